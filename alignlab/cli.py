@@ -1,0 +1,174 @@
+"""The ``alignlab`` command.
+
+    alignlab train [CONFIG.yaml] [--field value ...]   train with any registered method
+    alignlab methods                                   list the methods and their defaults
+    alignlab tiny-model OUT_DIR                        save a tiny Llama + tokenizer for experiments
+
+Every ``TrainConfig`` field and every hyperparameter of the method is a flag (``--max-steps`` and
+``--max_steps`` both work; ``--columns.prompt question`` sets one key of a mapping). A bad value
+is reported in one line naming the field, with exit status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import textwrap
+
+from alignlab.errors import UserError
+
+USAGE = "alignlab train [CONFIG.yaml] [--field value ...]"
+
+
+def _parse_flags(tokens: list[str]) -> tuple[str | None, dict[str, str], bool]:
+    """Split ``[CONFIG] --key value --flag ...`` into (config path, overrides, debug)."""
+    config, overrides, debug = None, {}, False
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--"):
+            if config is not None:
+                raise UserError(f"unexpected argument '{tok}' (only one config file can be given)")
+            config = tok
+            i += 1
+            continue
+        key = tok[2:]
+        value = None
+        if "=" in key:
+            key, value = key.split("=", 1)
+        key = key.replace("-", "_")
+        if key == "debug":
+            debug = True
+            i += 1
+            continue
+        if value is None:
+            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+            if nxt is None or (nxt.startswith("--") and not _is_number(nxt)):
+                value = "true"  # a bare flag: --lora, --resume, --skip-invalid
+                i += 1
+            else:
+                value = nxt
+                i += 2
+        else:
+            i += 1
+        if not key:
+            raise UserError(f"malformed flag '{tok}'")
+        overrides[key] = value
+    return config, overrides, debug
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _train_help() -> str:
+    from alignlab.config import TrainConfig, field_help
+    from alignlab.losses import REGISTRY
+
+    lines = [f"usage: {USAGE}", "", "Train a model. Keys come from the YAML file, then from flags.", "", "fields:"]
+    for name, tp, default, help_ in field_help(TrainConfig):
+        lines.append(f"  --{name.replace('_', '-'):<22} {tp:<6} (default {default!r})")
+        lines.extend("        " + w for w in textwrap.wrap(help_, 90))
+    lines += ["", "method hyperparameters (give the ones of the chosen --method):"]
+    for spec in REGISTRY.values():
+        rows = field_help(spec.params)
+        lines.append(f"  {spec.name}:" + ("" if rows else " (none)"))
+        for name, tp, default, help_ in rows:
+            lines.append(f"    --{name.replace('_', '-'):<20} {tp:<6} (default {default!r})  {help_}")
+    lines += ["", "  --debug                   show the full traceback of an error"]
+    return "\n".join(lines)
+
+
+def cmd_train(tokens: list[str]) -> int:
+    if any(t in ("-h", "--help") for t in tokens):
+        print(_train_help())
+        return 0
+    from alignlab.config import load_config
+    from alignlab.train import train
+
+    config_path, overrides, _ = _parse_flags(tokens)
+    cfg = load_config(config_path, overrides)
+    summary = train(cfg)
+    from alignlab.train.distributed import init_distributed
+
+    if init_distributed().is_main:
+        final = {k: round(v, 6) for k, v in {**summary.train_metrics, **summary.eval_metrics}.items()}
+        print(json.dumps({"output_dir": summary.output_dir, "model_dir": summary.model_dir,
+                          "steps": summary.steps, "final": final}, indent=1))
+    return 0
+
+
+def cmd_methods(tokens: list[str]) -> int:
+    from alignlab.losses import REGISTRY
+
+    as_json = "--json" in tokens
+    rows = []
+    for spec in REGISTRY.values():
+        rows.append({
+            "method": spec.name, "data": spec.shape, "reference": spec.needs_reference,
+            "logps": spec.reduction, "defaults": spec.defaults(), "paper": spec.paper, "summary": spec.summary,
+        })
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        ref = "needs reference" if r["reference"] else "no reference"
+        defaults = ", ".join(f"{k}={v}" for k, v in r["defaults"].items()) or "-"
+        print(f"{r['method']:<8} data={r['data']:<5} {ref:<16} logps={r['logps']:<5} {defaults}")
+        print(f"         {r['summary']}  [{r['paper']}]")
+    return 0
+
+
+def cmd_tiny_model(tokens: list[str]) -> int:
+    from alignlab.config import build
+    from alignlab.models import TinyModelConfig, save_tiny_model
+
+    parser = argparse.ArgumentParser(prog="alignlab tiny-model", description="Save a tiny Llama and tokenizer.")
+    parser.add_argument("out_dir")
+    for f in dataclasses.fields(TinyModelConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None)
+    args = parser.parse_args(tokens)
+    raw = {k: v for k, v in vars(args).items() if k != "out_dir" and v is not None}
+    out = save_tiny_model(args.out_dir, build(TinyModelConfig, raw, "tiny-model"))
+    print(f"saved tiny model to {out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "methods": cmd_methods, "tiny-model": cmd_tiny_model}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from alignlab import __version__
+
+        print(__version__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"alignlab: unknown command '{command}' (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    debug = "--debug" in rest
+    try:
+        return COMMANDS[command](rest)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"alignlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alignlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

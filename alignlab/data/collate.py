@@ -1,0 +1,61 @@
+"""Token ids to padded batch tensors.
+
+Every row is ``prompt + response``, right-padded. ``loss_mask_BT[b, t]`` is 1 where token t of
+row b is a response token that carries loss; ``logprobs.py`` shifts it to line up with the
+predictions. A pair batch holds all chosen rows first, then all rejected rows, so one forward pass
+computes both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from alignlab.data.render import Response, TokenizedPair, TokenizedSFT
+
+
+@dataclass
+class Batch:
+    input_ids_BT: torch.Tensor
+    attention_mask_BT: torch.Tensor
+    loss_mask_BT: torch.Tensor
+    num_pairs: int = 0  # pair batches: rows [0, n) are chosen, [n, 2n) rejected
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask_BT.sum())
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int(self.loss_mask_BT.sum())
+
+    @property
+    def padded_fraction(self) -> float:
+        return 1.0 - self.num_tokens / self.attention_mask_BT.numel()
+
+
+def _pad(rows: Sequence[tuple[tuple[int, ...], Response]], pad_id: int) -> Batch:
+    T = max(len(p) + len(r) for p, r in rows)
+    B = len(rows)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    loss = torch.zeros((B, T), dtype=torch.long)
+    for b, (prompt, resp) in enumerate(rows):
+        n_p, n = len(prompt), len(prompt) + len(resp)
+        ids[b, :n] = torch.tensor(prompt + resp.ids, dtype=torch.long)
+        attn[b, :n] = 1
+        loss[b, n_p:n] = torch.tensor(resp.mask, dtype=torch.long)
+    return Batch(ids, attn, loss)
+
+
+def collate_sft(examples: Sequence[TokenizedSFT], pad_id: int) -> Batch:
+    return _pad([(e.prompt_ids, e.completion) for e in examples], pad_id)
+
+
+def collate_pairs(examples: Sequence[TokenizedPair], pad_id: int) -> Batch:
+    rows = [(e.prompt_ids, e.chosen) for e in examples] + [(e.prompt_ids, e.rejected) for e in examples]
+    batch = _pad(rows, pad_id)
+    batch.num_pairs = len(examples)
+    return batch

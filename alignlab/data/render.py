@@ -1,0 +1,201 @@
+"""Records to token ids.
+
+Conversations are rendered with the tokenizer's chat template; strings as plain text, with the
+response followed by EOS. The prompt and each piece of the response are tokenized separately
+(as TRL does), so a response's tokens never depend on how the prompt ends, and the prompt can be
+shared by both responses of a pair.
+
+Truncation is explicit:
+- ``max_prompt_length`` (optional): a longer prompt keeps its last tokens (those nearest the
+  response). Counted in ``RenderResult.truncated_prompts``.
+- ``max_length``: prompt plus response. A longer response is cut at the end (it loses its EOS)
+  and counted in ``RenderResult.truncated_responses``. A prompt that leaves no room for a single
+  response token is a bad row (field 'prompt'), reported like any other: an error by default,
+  skipped and counted with ``skip_invalid``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from alignlab.data.records import Conversation, PairRecord, SFTRecord, Text, is_conversation
+from alignlab.errors import RowIssue, UserError
+
+
+@dataclass(frozen=True)
+class Response:
+    """Token ids of a response and a 0/1 mask of the ids that carry loss."""
+
+    ids: tuple[int, ...]
+    mask: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class TokenizedSFT:
+    prompt_ids: tuple[int, ...]
+    completion: Response
+    row: int = 0
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    prompt_ids: tuple[int, ...]
+    chosen: Response
+    rejected: Response
+    row: int = 0
+
+
+@dataclass
+class RenderResult:
+    examples: list = field(default_factory=list)
+    issues: list[RowIssue] = field(default_factory=list)
+    truncated_prompts: int = 0
+    truncated_responses: int = 0
+
+    def summary(self) -> str:
+        parts = []
+        if self.truncated_prompts:
+            parts.append(f"{self.truncated_prompts} prompts truncated to max_prompt_length (kept their end)")
+        if self.truncated_responses:
+            parts.append(f"{self.truncated_responses} responses truncated to fit max_length")
+        return "; ".join(parts)
+
+
+class Renderer:
+    """Turns records into token ids for one tokenizer and one set of length limits."""
+
+    def __init__(self, tokenizer, max_length: int, max_prompt_length: int | None = None):
+        if max_length < 2:
+            raise UserError(f"max_length must be at least 2, got {max_length}")
+        self.tok = tokenizer
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+        self.eos = tokenizer.eos_token_id
+        # A response needs a token before it to be predicted from; an empty prompt gets this one.
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.start_ids = (start,) if start is not None else ()
+
+    # -- low level -------------------------------------------------------------------------
+    def _ids(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def _template(self, messages: Conversation, add_generation_prompt: bool) -> str:
+        if not messages:
+            return ""
+        return self.tok.apply_chat_template(
+            [m.as_dict() for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _prompt_ids(self, prompt: Text) -> tuple[int, ...]:
+        if is_conversation(prompt):
+            text = self._template(prompt, add_generation_prompt=False)
+            ids = self._ids(text) if text else ()
+        else:
+            ids = tuple(self.tok(prompt, add_special_tokens=True)["input_ids"]) if prompt else ()
+        return ids or self.start_ids
+
+    def _conversation_response(self, prompt: Conversation, response: Conversation) -> Response:
+        """Render ``response`` after ``prompt`` turn by turn; loss on assistant content only."""
+        ids: list[int] = []
+        mask: list[int] = []
+        history = tuple(prompt)
+        done = self._template(history, add_generation_prompt=False)
+        for message in response:
+            pieces = []
+            if message.role == "assistant":
+                opened = self._template(history, add_generation_prompt=True) if history else ""
+                pieces.append((opened, 0))
+            history = history + (message,)
+            full = self._template(history, add_generation_prompt=False)
+            pieces.append((full, 1 if message.role == "assistant" else 0))
+            for text, loss in pieces:
+                if not text.startswith(done):
+                    raise _TemplateError()
+                piece = self._ids(text[len(done):]) if len(text) > len(done) else ()
+                ids.extend(piece)
+                mask.extend([loss] * len(piece))
+                done = text
+        return Response(tuple(ids), tuple(mask))
+
+    def _text_response(self, response: str) -> Response:
+        ids = self._ids(response) + ((self.eos,) if self.eos is not None else ())
+        return Response(ids, (1,) * len(ids))
+
+    def _response(self, prompt: Text, response: Text) -> Response:
+        if is_conversation(response):
+            if self.tok.chat_template is None:
+                raise UserError(
+                    "the data is conversational but the tokenizer has no chat template; "
+                    "use a tokenizer with one, or give the data as plain strings"
+                )
+            return self._conversation_response(prompt if is_conversation(prompt) else (), response)
+        return self._text_response(response)
+
+    # -- fitting to the length limits ----------------------------------------------------------
+    def _fit_prompt(self, ids: tuple[int, ...], result: RenderResult) -> tuple[int, ...]:
+        if self.max_prompt_length is not None and len(ids) > self.max_prompt_length:
+            result.truncated_prompts += 1
+            ids = ids[-self.max_prompt_length:]
+        return ids
+
+    def _fit_response(self, prompt_len: int, resp: Response, result: RenderResult) -> Response:
+        room = self.max_length - prompt_len
+        if len(resp) > room:
+            result.truncated_responses += 1
+            resp = Response(resp.ids[:room], resp.mask[:room])
+        return resp
+
+    def _prompt_too_long(self, rec, n: int) -> RowIssue:
+        return RowIssue(
+            rec.source, rec.row, "prompt",
+            f"prompt is {n} tokens, which leaves no room for a response within max_length={self.max_length}"
+            " (raise max_length or set max_prompt_length)",
+        )
+
+    # -- public ----------------------------------------------------------------------------------
+    def render(self, records: list) -> RenderResult:
+        """Tokenize SFT or pair records; bad rows become issues, nothing is dropped silently."""
+        result = RenderResult()
+        for rec in records:
+            try:
+                ex = self._render_one(rec, result)
+            except _TemplateError:
+                result.issues.append(RowIssue(
+                    rec.source, rec.row, None,
+                    "the chat template does not render this conversation turn by turn as a prefix of the "
+                    "whole; it cannot be split into prompt and response tokens",
+                ))
+                continue
+            if isinstance(ex, RowIssue):
+                result.issues.append(ex)
+            else:
+                result.examples.append(ex)
+        return result
+
+    def _render_one(self, rec, result: RenderResult):
+        if isinstance(rec, SFTRecord):
+            prompt = self._fit_prompt(self._prompt_ids(rec.prompt), result)
+            if len(prompt) >= self.max_length:
+                return self._prompt_too_long(rec, len(prompt))
+            completion = self._fit_response(len(prompt), self._response(rec.prompt, rec.completion), result)
+            if not any(completion.mask):
+                return RowIssue(rec.source, rec.row, "completion", "no response token is left to train on after truncation")
+            return TokenizedSFT(prompt, completion, rec.row)
+        if isinstance(rec, PairRecord):
+            prompt = self._fit_prompt(self._prompt_ids(rec.prompt), result)
+            if len(prompt) >= self.max_length:
+                return self._prompt_too_long(rec, len(prompt))
+            chosen = self._fit_response(len(prompt), self._response(rec.prompt, rec.chosen), result)
+            rejected = self._fit_response(len(prompt), self._response(rec.prompt, rec.rejected), result)
+            for name, resp in (("chosen", chosen), ("rejected", rejected)):
+                if not any(resp.mask):
+                    return RowIssue(rec.source, rec.row, name, "no response token is left after truncation")
+            return TokenizedPair(prompt, chosen, rejected, rec.row)
+        raise TypeError(f"cannot render {type(rec).__name__}")
+
+
+class _TemplateError(Exception):
+    pass

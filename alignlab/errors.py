@@ -1,0 +1,48 @@
+"""Errors that are the user's to fix.
+
+Anything raised as a ``UserError`` is printed by the CLI as one line (no traceback unless
+``--debug``) and exits with status 2. Everything else is a bug in alignlab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class UserError(Exception):
+    """Bad input from the user: a file, a row, a config key, a model path."""
+
+
+class ConfigError(UserError):
+    """An invalid configuration value; the message names the field."""
+
+
+@dataclass(frozen=True)
+class RowIssue:
+    """One bad row: where it is and what is wrong with it."""
+
+    source: str
+    row: int  # 1-based; for JSONL the line number, for other formats the data row number
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}, row {self.row}"
+        if self.field:
+            where += f", field '{self.field}'"
+        return f"{where}: {self.message}"
+
+
+class DataError(UserError):
+    """One or more bad rows. ``issues`` holds every one found, not only the first."""
+
+    def __init__(self, issues: list[RowIssue], hint: str = "pass --skip-invalid to skip bad rows"):
+        self.issues = list(issues)
+        first = self.issues[0]
+        more = len(self.issues) - 1
+        msg = str(first)
+        if more:
+            msg += f" (and {more} more bad row{'s' if more > 1 else ''}; {hint})"
+        elif hint:
+            msg += f" ({hint})"
+        super().__init__(msg)

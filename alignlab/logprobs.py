@@ -1,0 +1,58 @@
+"""The one place that turns logits into log-probabilities.
+
+Shapes use suffixes: B rows, T positions, V vocabulary. Position t's logits predict token t+1, so
+the log-prob of token t+1 sits at index t of the shifted tensors; the loss mask is shifted the same
+way. Full-vocabulary log-softmax is never materialised: the log-prob of the target is its logit
+minus the row's logsumexp, computed a chunk of rows at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from alignlab.data.collate import Batch
+
+
+@dataclass
+class SequenceLogps:
+    """Per-row log-probs of response tokens."""
+
+    token_logps_BT: torch.Tensor  # (B, T-1), zero where the mask is zero
+    mask_BT: torch.Tensor  # (B, T-1) float, 1 on response tokens that carry loss
+    sum_B: torch.Tensor  # summed log-prob of each row's response
+    count_B: torch.Tensor  # number of response tokens in each row
+
+    @property
+    def mean_B(self) -> torch.Tensor:
+        return self.sum_B / self.count_B.clamp(min=1)
+
+
+def gather_logps(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, chunk_rows: int = 8) -> torch.Tensor:
+    """log softmax(logits)[target] for every position, in fp32, a few rows at a time."""
+    out = []
+    for start in range(0, logits_BTV.shape[0], chunk_rows):
+        lg = logits_BTV[start:start + chunk_rows].float()
+        tgt = targets_BT[start:start + chunk_rows]
+        picked = lg.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        out.append(picked - torch.logsumexp(lg, dim=-1))
+    return torch.cat(out, dim=0)
+
+
+def sequence_logps(model: torch.nn.Module, batch: Batch) -> SequenceLogps:
+    """Run ``model`` on a padded batch and return the log-probs of its response tokens."""
+    logits_BTV = model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT).logits
+    logits_BTV = logits_BTV[:, :-1]
+    targets_BT = batch.input_ids_BT[:, 1:]
+    mask_BT = batch.loss_mask_BT[:, 1:].to(torch.float32)
+    token_logps_BT = gather_logps(logits_BTV, targets_BT) * mask_BT
+    return SequenceLogps(token_logps_BT, mask_BT, token_logps_BT.sum(-1), mask_BT.sum(-1))
+
+
+def split_pairs(logps: SequenceLogps, num_pairs: int) -> tuple[SequenceLogps, SequenceLogps]:
+    """Split a pair batch's log-probs into (chosen, rejected)."""
+    def part(sl: slice) -> SequenceLogps:
+        return SequenceLogps(logps.token_logps_BT[sl], logps.mask_BT[sl], logps.sum_B[sl], logps.count_B[sl])
+
+    return part(slice(0, num_pairs)), part(slice(num_pairs, 2 * num_pairs))

@@ -1,0 +1,211 @@
+"""Load, build and save models and tokenizers.
+
+Policy, reference and tokenizer come from a local directory or a hub name through transformers'
+Auto classes. A tiny LlamaForCausalLM with a locally built byte-level tokenizer stands in for a real
+model in tests and demos; it goes through exactly the same loading and saving code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from alignlab.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+# Special tokens of the tiny tokenizer. <|end|> closes every chat turn and doubles as EOS.
+TINY_SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the tiny Llama built for tests and demos (about 1M parameters)."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_position_embeddings: int = 2048
+    seed: int = 0
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (peft)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+def build_tiny_tokenizer():
+    """A byte-level fast tokenizer (256 byte tokens + specials) with a simple chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(TINY_SPECIAL_TOKENS)}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<|pad|>",
+        bos_token="<|bos|>",
+        eos_token="<|end|>",
+        additional_special_tokens=TINY_SPECIAL_TOKENS[3:],
+    )
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok
+
+
+def build_tiny_model(cfg: TinyModelConfig | None = None):
+    """Build a randomly initialised tiny LlamaForCausalLM and its tokenizer, seeded."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = cfg or TinyModelConfig()
+    tok = build_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM(config)
+    return model, tok
+
+
+def save_tiny_model(out_dir: str | os.PathLike, cfg: TinyModelConfig | None = None) -> Path:
+    """Build a tiny model and save it (safetensors) with its tokenizer to ``out_dir``."""
+    model, tok = build_tiny_model(cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _check_source(name_or_path: str) -> None:
+    p = Path(name_or_path).expanduser()
+    looks_local = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 1)[-1]
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"model path '{name_or_path}' is a file; give the directory that holds config.json")
+        if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
+            raise UserError(f"model directory '{name_or_path}' has no config.json (is it a saved model?)")
+    elif looks_local or name_or_path.count("/") > 1:
+        raise UserError(f"model directory '{name_or_path}' does not exist")
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """Load a tokenizer; give it a pad token (EOS) when it has none. Padding is on the right."""
+    from transformers import AutoTokenizer
+
+    _check_source(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise UserError(f"cannot load tokenizer from '{name_or_path}': {e}") from None
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise UserError(f"tokenizer of '{name_or_path}' has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def load_model(name_or_path: str, dtype: str = "fp32", trust_remote_code: bool = False):
+    """Load a causal LM (safetensors preferred) in the given dtype ('fp32' or 'bf16')."""
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {sorted(set(DTYPES))}, got '{dtype}'")
+    _check_source(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model from '{name_or_path}': {e}") from None
+    return model
+
+
+def add_lora(model, settings: LoraSettings):
+    """Wrap ``model`` with a trainable LoRA adapter; the base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise UserError(f"cannot add LoRA adapter: {e}") from None
+
+
+def is_lora(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+class Reference:
+    """The reference policy: a frozen copy of the initial model, or, with LoRA, the same
+    network with its adapter disabled (no second copy in memory)."""
+
+    def __init__(self, policy):
+        self._policy = policy
+        self._copy = None if is_lora(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
+
+    @contextlib.contextmanager
+    def model(self, policy_unwrapped) -> Iterator[torch.nn.Module]:
+        """Yield the module to run for reference log-probs (under no_grad)."""
+        with torch.no_grad():
+            if self._copy is not None:
+                yield self._copy
+            else:
+                with policy_unwrapped.disable_adapter():
+                    yield policy_unwrapped
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike, merge_lora: bool = False) -> Path:
+    """Save so that ``from_pretrained`` loads it. LoRA: the adapter directory, and with
+    ``merge_lora`` a ``merged/`` subdirectory holding full merged weights."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    if merge_lora and is_lora(model):
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(out / "merged", safe_serialization=True)
+        tokenizer.save_pretrained(out / "merged")
+    return out

@@ -1,0 +1,170 @@
+"""Checkpoints: safetensors for tensors, JSON for the rest, written atomically.
+
+Layout of ``<output_dir>/checkpoints/step-00000042/``:
+    trainable.safetensors   the trainable parameters (all of them, or the LoRA adapter)
+    optimizer.safetensors   AdamW moments and step counts, keyed by parameter index
+    rng.safetensors         torch's CPU (and CUDA) random state
+    state.json              step, optimizer param groups, scheduler, run config
+    manifest.json           sha256 of every file above; written last
+
+The directory is first written under a temporary name and renamed when complete, so a crash while
+writing never leaves a directory that looks complete. On load every checksum is verified; a
+checkpoint that fails is reported and the next newest is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PREFIX = "step-"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for key, value in st.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{idx}.{key}"] = t.detach().cpu().contiguous()
+    return tensors, sd["param_groups"]
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"cuda{i}"] = s
+    return out
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, extra: dict[str, Any]) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically and return its directory."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{PREFIX}{step:08d}-", dir=root))
+    try:
+        opt_tensors, groups = optimizer_tensors(optimizer)
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        save_file(rng_tensors(), tmp / "rng.safetensors")
+        state = {"step": step, "param_groups": groups, "scheduler": scheduler.state_dict(), **extra}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
+        files = sorted(p.name for p in tmp.iterdir())
+        for name in files:
+            with (tmp / name).open("rb") as f:
+                os.fsync(f.fileno())
+        manifest = {"step": step, "sha256": {name: _sha256(tmp / name) for name in files}}
+        with (tmp / "manifest.json").open("w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def verify(ckpt: Path) -> str | None:
+    """None if ``ckpt`` is complete and intact, else the reason it is not."""
+    manifest = ckpt / "manifest.json"
+    if not manifest.is_file():
+        return "no manifest (the write did not finish)"
+    try:
+        sums = json.loads(manifest.read_text())["sha256"]
+    except (ValueError, KeyError):
+        return "manifest is unreadable"
+    for name, digest in sums.items():
+        f = ckpt / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if _sha256(f) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint directories under ``root``, newest first (temporaries excluded)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+
+
+def newest_valid(root: Path, report=print) -> Path | None:
+    for ckpt in list_checkpoints(root):
+        why = verify(ckpt)
+        if why is None:
+            return ckpt
+        report(f"ignoring checkpoint {ckpt}: {why}")
+    return None
+
+
+def prune(root: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoints (keep=0 keeps all); drop stale temporaries."""
+    for tmp in root.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    if keep > 0:
+        for old in list_checkpoints(root)[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNG from ``ckpt``; return its state.json."""
+    state = json.loads((ckpt / "state.json").read_text())
+    weights = load_file(ckpt / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    unexpected = [n for n in weights if n not in params]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {ckpt} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    tensors = load_file(ckpt / "optimizer.safetensors")
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        opt_state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    scheduler.load_state_dict(state["scheduler"])
+    rng = load_file(ckpt / "rng.safetensors")
+    torch.set_rng_state(rng["cpu"])
+    if torch.cuda.is_available():
+        cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    return state

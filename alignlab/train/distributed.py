@@ -1,0 +1,65 @@
+"""Processes and devices. The same code runs alone, under ``torchrun`` and under
+``accelerate launch``: both set RANK/WORLD_SIZE/LOCAL_RANK and the rendezvous address."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a float64 tensor over processes (a copy; the input is left alone)."""
+        out = values.detach().to(torch.float64).clone()
+        if self.world_size > 1:
+            out = out.to(self.device)
+            tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
+        return out.cpu()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            tdist.barrier()
+
+    def broadcast_object(self, obj):
+        """rank 0's object, on every process."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        tdist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def init_distributed() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not tdist.is_initialized():
+        tdist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Dist(rank, world, local, device)
+
+
+def wrap_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
+    if dist.world_size == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [dist.device.index] if dist.device.type == "cuda" else None
+    # Buffers (rotary tables) never change; broadcasting them would add a collective to every forward.
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)

@@ -1,0 +1,231 @@
+"""The optimizer-step loop shared by SFT and preference training.
+
+A family (``sft.py``, ``preference.py``) says how a batch of its examples becomes per-example
+losses; this file does the rest, top to bottom: data order, gradient accumulation normalised over
+the whole step, clipping, the schedule, evaluation, metrics, checkpoints and resume.
+
+Batch arithmetic. One optimizer step consumes ``batch_size × grad_accum × world_size`` examples
+(the global batch). Each example's loss is summed and divided by the number of units (examples,
+or tokens for SFT) in the *global* batch, counted before the backward passes. So batch 8 × accum 1
+on one process, batch 1 × accum 8, and batch 4 on two processes all give the same update.
+DistributedDataParallel averages gradients over processes, so each process scales its loss by
+``world_size`` to turn that average back into the sum.
+
+Data order. Epoch ``e`` visits the examples in ``randperm(n)`` drawn from a generator seeded with
+``(seed, e)``. The last global batch of an epoch is completed with examples from the start of the
+same order (as many as needed, said in the log), so no example is left out. The position in the
+data is a function of the step, which is what makes resume exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignlab.data.collate import Batch
+from alignlab.losses.types import LossOutput
+from alignlab.train import checkpoint as ckpt
+from alignlab.train.distributed import Dist
+from alignlab.train.metrics import MetricsLog, short
+from alignlab.train.optim import make_optimizer, make_scheduler
+
+# forward(model, batch) -> (LossOutput, units in this batch)
+Forward = Callable[[torch.nn.Module, Batch], tuple[LossOutput, torch.Tensor]]
+
+
+@dataclass
+class LoopInputs:
+    cfg: Any  # TrainConfig
+    dist: Dist
+    model: torch.nn.Module  # possibly DDP-wrapped
+    train_examples: list
+    eval_examples: list
+    collate: Callable[[list], Batch]
+    forward: Forward
+    out_dir: Path
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def global_batch_indices(n: int, global_batch: int, seed: int, step: int) -> list[int]:
+    """Indices of the examples that optimizer step ``step`` consumes, in order."""
+    per_epoch = math.ceil(n / global_batch)
+    epoch, k = divmod(step, per_epoch)
+    order = epoch_order(n, seed, epoch)
+    chosen = order[k * global_batch:(k + 1) * global_batch]
+    if len(chosen) < global_batch:  # complete the last batch from the start of the same order
+        chosen += (order * math.ceil(global_batch / n))[: global_batch - len(chosen)]
+    return chosen
+
+
+def local_micro_batches(indices: list[int], batch_size: int, grad_accum: int, dist: Dist) -> list[list[int]]:
+    """This process's micro-batches of a global batch: micro m of rank r is slot m·world + r."""
+    return [
+        indices[(m * dist.world_size + dist.rank) * batch_size:][:batch_size]
+        for m in range(grad_accum)
+    ]
+
+
+def total_steps(cfg, n: int, global_batch: int) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * math.ceil(n / global_batch)))
+
+
+def _sum_metrics(acc: dict[str, torch.Tensor], out: LossOutput) -> None:
+    for k, v in out.metrics.items():
+        acc[k] = acc.get(k, torch.zeros((), dtype=torch.float64)) + v.detach().double().sum().cpu()
+
+
+def _reduce(dist: Dist, sums: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Sum every value over processes in one collective."""
+    keys = sorted(sums) + sorted(extra)
+    flat = torch.stack([sums[k] if k in sums else extra[k] for k in keys]) if keys else torch.zeros(0)
+    total = dist.sum(flat)
+    return {k: float(total[i]) for i, k in enumerate(keys)}
+
+
+def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
+    """Loss and metrics over the held-out set, split over processes, summed exactly."""
+    cfg, dist = inp.cfg, inp.dist
+    examples = inp.eval_examples[dist.rank::dist.world_size]
+    bs = cfg.eval_batch_size or cfg.batch_size
+    sums: dict[str, torch.Tensor] = {}
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    units = torch.zeros((), dtype=torch.float64)
+    count = torch.zeros((), dtype=torch.float64)
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), bs):
+            part = examples[start:start + bs]
+            out, n_units = inp.forward(module, inp.collate(part))
+            loss_sum += out.losses.double().sum().cpu()
+            units += n_units.double().cpu()
+            count += len(part)
+            _sum_metrics(sums, out)
+    module.train(was_training)
+    tot = _reduce(dist, sums, {"_loss": loss_sum, "_units": units, "_count": count})
+    result = {"eval/loss": tot["_loss"] / max(tot["_units"], 1.0)}
+    result.update({f"eval/{k}": tot[k] / max(tot["_count"], 1.0) for k in sums})
+    return result
+
+
+def run_loop(inp: LoopInputs) -> LoopResult:
+    cfg, dist, model = inp.cfg, inp.dist, inp.model
+    unwrapped = getattr(model, "module", model)
+    n = len(inp.train_examples)
+    global_batch = cfg.batch_size * cfg.grad_accum * dist.world_size
+    steps = total_steps(cfg, n, global_batch)
+    optimizer = make_optimizer(unwrapped, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps)
+    scheduler = make_scheduler(optimizer, steps, cfg.warmup_steps, cfg.warmup_ratio, cfg.scheduler)
+    ckpt_root = inp.out_dir / "checkpoints"
+    if n % global_batch and dist.is_main:
+        inp.log(f"each epoch's last step repeats {global_batch - n % global_batch} examples from its start "
+                f"to fill the global batch of {global_batch}")
+
+    start_step = 0
+    if cfg.resume:
+        found = ckpt.newest_valid(ckpt_root, report=inp.log if dist.is_main else (lambda _: None))
+        if found is not None:
+            state = ckpt.load_checkpoint(found, unwrapped, optimizer, scheduler)
+            start_step = state["step"]
+            if dist.is_main:
+                inp.log(f"resumed from {found} at step {start_step}")
+        elif dist.is_main:
+            inp.log(f"no checkpoint in {ckpt_root}; starting from step 0")
+    metrics_log = MetricsLog(inp.out_dir / "metrics.jsonl", dist.is_main, start_step if cfg.resume else None)
+
+    result = LoopResult(steps=steps)
+    progress = None
+    if cfg.progress and dist.is_main:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=steps, initial=start_step, desc=cfg.method, dynamic_ncols=True)
+    model.train()
+    for step in range(start_step, steps):
+        t0 = time.perf_counter()
+        indices = global_batch_indices(n, global_batch, cfg.seed, step)
+        micro = [inp.collate([inp.train_examples[i] for i in idx])
+                 for idx in local_micro_batches(indices, cfg.batch_size, cfg.grad_accum, dist)]
+        # Units of the whole global step, known before any backward pass.
+        local_units = torch.tensor(float(sum(_units_of(inp, b) for b in micro)), dtype=torch.float64)
+        global_units = float(dist.sum(local_units))
+        scale = dist.world_size / max(global_units, 1.0)
+
+        sums: dict[str, torch.Tensor] = {}
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        tokens = 0
+        for m, batch in enumerate(micro):
+            sync = m == len(micro) - 1 or dist.world_size == 1
+            ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else contextlib.nullcontext()
+            with ctx:
+                out, _ = inp.forward(model, batch)
+                (out.losses.sum() * scale).backward()
+            loss_sum += out.losses.detach().double().sum()
+            tokens += batch.num_tokens
+            _sum_metrics(sums, out)
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in unwrapped.parameters() if p.requires_grad], max_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        tot = _reduce(dist, sums, {"_loss": loss_sum, "_tokens": torch.tensor(float(tokens), dtype=torch.float64)})
+        elapsed = time.perf_counter() - t0
+        done = step + 1
+        metrics = {"step": done, "epoch": done * global_batch / n, "loss": tot["_loss"] / max(global_units, 1.0)}
+        metrics.update({k: tot[k] / global_batch for k in sums})
+        metrics.update({"lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tot["_tokens"] / max(elapsed, 1e-9)})
+        result.train_metrics = metrics
+
+        if inp.eval_examples and cfg.eval_every and done % cfg.eval_every == 0 and done < steps:
+            metrics.update(evaluate(inp, unwrapped))
+        if done % cfg.log_every == 0 or done == steps:
+            metrics_log.write(metrics)
+        if cfg.save_every and done % cfg.save_every == 0 and done < steps:
+            save(inp, unwrapped, optimizer, scheduler, done)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(short(metrics))
+    if progress is not None:
+        progress.close()
+
+    if inp.eval_examples:
+        result.eval_metrics = evaluate(inp, unwrapped)
+        metrics_log.write({"step": steps, **result.eval_metrics})
+    if start_step < steps or not ckpt.list_checkpoints(ckpt_root):
+        save(inp, unwrapped, optimizer, scheduler, steps)
+    return result
+
+
+def _units_of(inp: LoopInputs, batch: Batch) -> int:
+    return batch.num_loss_tokens if inp.cfg.spec.normalize == "tokens" else (batch.num_pairs or batch.input_ids_BT.shape[0])
+
+
+def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int) -> None:
+    if inp.dist.is_main:
+        root = inp.out_dir / "checkpoints"
+        ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler, {"config": inp.cfg.to_dict()})
+        ckpt.prune(root, inp.cfg.keep_checkpoints)
+    inp.dist.barrier()
+
