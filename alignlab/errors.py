@@ -39,7 +39,8 @@ class DataError(UserError):
     def __init__(self, issues: list[RowIssue], hint: str = "pass --skip-invalid to skip bad rows"):
         self.issues = list(issues)
         first = self.issues[0]
-        more = len(self.issues) - 1
+        # One row may have several issues; count rows, not issues.
+        more = len({(i.source, i.row) for i in self.issues}) - 1
         msg = str(first)
         if more:
             msg += f" (and {more} more bad row{'s' if more > 1 else ''}; {hint})"
