@@ -59,7 +59,7 @@ class TrainConfig:
     log_every: int = param(1, "write metrics every N optimizer steps")
     seed: int = param(0, "seed of the run's one random generator (data order, initialisation)")
     resume: bool = param(False, "continue from the newest complete checkpoint in output_dir")
-    dtype: str = param("fp32", "model weights dtype: fp32 or bf16")
+    dtype: str = param("fp32", "model weights dtype: fp32, bf16, or fp64 (for numerical checks)")
     trust_remote_code: bool = param(False, "allow model code from the model directory or hub to run")
     lora: bool = param(False, "train a LoRA adapter; the reference is the base with the adapter disabled")
     lora_r: int = param(16, "LoRA rank")
@@ -102,7 +102,7 @@ class TrainConfig:
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         _check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         _check(self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
-        _check(self.dtype in ("fp32", "bf16"), "dtype", f"must be fp32 or bf16, got '{self.dtype}'")
+        _check(self.dtype in ("fp32", "bf16", "fp64"), "dtype", f"must be fp32, bf16 or fp64, got '{self.dtype}'")
         _check(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
         _check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         _check(not (self.eval_data and self.eval_fraction > 0), "eval_fraction",

@@ -30,10 +30,11 @@ class SequenceLogps:
 
 
 def gather_logps(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, chunk_rows: int = 8) -> torch.Tensor:
-    """log softmax(logits)[target] for every position, in fp32, a few rows at a time."""
+    """log softmax(logits)[target] for every position, in fp32 (fp64 stays fp64), a few rows at a time."""
     out = []
     for start in range(0, logits_BTV.shape[0], chunk_rows):
-        lg = logits_BTV[start:start + chunk_rows].float()
+        lg = logits_BTV[start:start + chunk_rows]
+        lg = lg if lg.dtype == torch.float64 else lg.float()
         tgt = targets_BT[start:start + chunk_rows]
         picked = lg.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
         out.append(picked - torch.logsumexp(lg, dim=-1))

@@ -18,7 +18,7 @@ import torch
 
 from alignlab.errors import UserError
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 # Special tokens of the tiny tokenizer. <|end|> closes every chat turn and doubles as EOS.
 TINY_SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
@@ -140,7 +140,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 
 def load_model(name_or_path: str, dtype: str = "fp32", trust_remote_code: bool = False):
-    """Load a causal LM (safetensors preferred) in the given dtype ('fp32' or 'bf16')."""
+    """Load a causal LM (safetensors preferred) in the given dtype ('fp32', 'bf16', or 'fp64' for
+    numerical checks)."""
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:

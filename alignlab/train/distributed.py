@@ -62,4 +62,4 @@ def wrap_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
 
     ids = [dist.device.index] if dist.device.type == "cuda" else None
     # Buffers (rotary tables) never change; broadcasting them would add a collective to every forward.
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)

@@ -1,0 +1,50 @@
+"""Two gloo processes under torchrun give the same weights as one process with the same global
+batch. Runs the real CLI in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from alignlab import train
+from tests.train.helpers import base_config, max_abs_diff, weights
+
+pytestmark = pytest.mark.slow
+
+
+def _launch(cmd: list[str], cfg_path, tmp_path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run(cmd + ["-m", "alignlab.cli", "train", str(cfg_path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("method,data_fixture", [("dpo", "pairs_file"), ("sft", "sft_file")])
+def test_two_processes_equal_one(tmp_path, tiny_model_dir, request, method, data_fixture):
+    data = request.getfixturevalue(data_fixture)
+    common = dict(method=method, max_steps=3, dtype="fp64", eval_fraction=0.25, eval_every=2)
+    single = train(base_config(tiny_model_dir, data, tmp_path / "one", batch_size=4, **common))
+
+    cfg = base_config(tiny_model_dir, data, tmp_path / "two", batch_size=2, **common)
+    cfg_path = tmp_path / "two.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"],
+            cfg_path, tmp_path)
+
+    two_dir = tmp_path / "two" / "model"
+    assert max_abs_diff(weights(single.model_dir), weights(two_dir)) < 1e-9
+    lines = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if "loss" in x]
+    assert [x["step"] for x in train_lines] == [1, 2, 3]  # written once, by rank 0 only
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip([x for x in one if "loss" in x], train_lines, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-9)
+    evals_one = [x["eval/loss"] for x in one if "eval/loss" in x]
+    evals_two = [x["eval/loss"] for x in lines if "eval/loss" in x]
+    assert len(evals_two) == 2 and evals_two == pytest.approx(evals_one, abs=1e-9)

@@ -1,0 +1,88 @@
+"""A run interrupted after step k and resumed ends with exactly the weights of an
+uninterrupted run (CPU, fp32, bitwise)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import alignlab.train.loop as loop
+from alignlab import train
+from alignlab.errors import ConfigError
+from alignlab.train import checkpoint as ckpt
+from tests.train.helpers import base_config, weights
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_after_saving(monkeypatch, at_step: int) -> None:
+    real_save = loop.save
+
+    def save_then_crash(inp, unwrapped, optimizer, scheduler, step):
+        real_save(inp, unwrapped, optimizer, scheduler, step)
+        if step == at_step:
+            raise Crash(f"simulated crash after the checkpoint of step {at_step}")
+
+    monkeypatch.setattr(loop, "save", save_then_crash)
+
+
+@pytest.mark.parametrize("method,data_fixture", [("dpo", "pairs_file"), ("sft", "sft_file")])
+def test_resume_is_exact(tmp_path, tiny_model_dir, monkeypatch, request, method, data_fixture):
+    data = request.getfixturevalue(data_fixture)
+    # 16 examples, batch 3: epochs end mid-batch, so resume also crosses an epoch boundary.
+    cfg = dict(method=method, max_steps=8, batch_size=3, save_every=3, scheduler="cosine", warmup_steps=2,
+               weight_decay=0.01, eval_fraction=0.2, eval_every=2)
+    full = train(base_config(tiny_model_dir, data, tmp_path / "full", **cfg))
+
+    with monkeypatch.context() as m:
+        _crash_after_saving(m, at_step=6)
+        with pytest.raises(Crash):
+            train(base_config(tiny_model_dir, data, tmp_path / "cut", **cfg))
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints")] == ["step-00000006", "step-00000003"]
+    resumed = train(base_config(tiny_model_dir, data, tmp_path / "cut", resume=True, **cfg))
+
+    a, b = weights(full.model_dir), weights(resumed.model_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The metrics file reads as one run: every step once, with the same numbers.
+    full_lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    cut_lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(x).items() if k != "tokens_per_s"} for x in full_lines]
+    strip_cut = [{k: v for k, v in json.loads(x).items() if k != "tokens_per_s"} for x in cut_lines]
+    assert strip == strip_cut
+
+
+def test_partial_checkpoint_is_ignored(tmp_path, tiny_model_dir, pairs_file, capsys):
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=4, save_every=2, batch_size=4)
+    train(cfg)
+    root = tmp_path / "run" / "checkpoints"
+    newest = ckpt.list_checkpoints(root)[0]
+    (newest / "manifest.json").unlink()  # as if the write had died before its last file
+    assert ckpt.verify(newest) is not None
+    older = ckpt.list_checkpoints(root)[1]
+    assert ckpt.newest_valid(root, report=print) == older
+    assert "ignoring checkpoint" in capsys.readouterr().out
+
+
+def test_corrupted_checkpoint_fails_its_checksum(tmp_path, tiny_model_dir, pairs_file):
+    train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=2, save_every=1, batch_size=4))
+    newest = ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")[0]
+    data = bytearray((newest / "trainable.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (newest / "trainable.safetensors").write_bytes(bytes(data))
+    assert "checksum" in ckpt.verify(newest)
+
+
+def test_output_dir_with_another_run_is_refused(tmp_path, tiny_model_dir, pairs_file):
+    train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=1, batch_size=4))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=1, batch_size=4))
+    with pytest.raises(ConfigError, match="differs in lr"):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=1, batch_size=4, lr=0.5,
+                          resume=True))
+    again = train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=1, batch_size=4, lr=0.5,
+                              overwrite=True))
+    assert again.steps == 1
