@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from alignlab.data.records import Conversation, PairRecord, SFTRecord, Text, is_conversation
+from alignlab.data.records import Conversation, Message, PairRecord, SFTRecord, Text, is_conversation
 from alignlab.errors import RowIssue, UserError
 
 
@@ -70,6 +70,8 @@ class Renderer:
     def __init__(self, tokenizer, max_length: int, max_prompt_length: int | None = None):
         if max_length < 2:
             raise UserError(f"max_length must be at least 2, got {max_length}")
+        if max_prompt_length is not None and max_prompt_length < 1:
+            raise UserError(f"max_prompt_length must be at least 1, got {max_prompt_length}")
         self.tok = tokenizer
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
@@ -83,7 +85,12 @@ class Renderer:
         return tuple(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def _template(self, messages: Conversation, add_generation_prompt: bool) -> str:
-        if not messages:
+        if self.tok.chat_template is None:
+            raise UserError(
+                "the data is conversational but the tokenizer has no chat template; "
+                "use a tokenizer with one, or give the data as plain strings"
+            )
+        if not messages and not add_generation_prompt:
             return ""
         return self.tok.apply_chat_template(
             [m.as_dict() for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
@@ -106,8 +113,7 @@ class Renderer:
         for message in response:
             pieces = []
             if message.role == "assistant":
-                opened = self._template(history, add_generation_prompt=True) if history else ""
-                pieces.append((opened, 0))
+                pieces.append((self._opener(history, message), 0))
             history = history + (message,)
             full = self._template(history, add_generation_prompt=False)
             pieces.append((full, 1 if message.role == "assistant" else 0))
@@ -120,17 +126,25 @@ class Renderer:
                 done = text
         return Response(tuple(ids), tuple(mask))
 
+    def _opener(self, history: Conversation, message) -> str:
+        """The conversation so far plus the template's assistant opener (which carries no loss).
+
+        Templates refuse an empty conversation, so with no history the opener is found from a
+        probe conversation, and used only if the template renders ``message`` starting with it.
+        """
+        if history:
+            return self._template(history, add_generation_prompt=True)
+        probe = (Message("user", "probe"),)
+        closed, opened = self._template(probe, False), self._template(probe, True)
+        opener = opened[len(closed):] if opened.startswith(closed) else ""
+        return opener if self._template((message,), False).startswith(opener) else ""
+
     def _text_response(self, response: str) -> Response:
         ids = self._ids(response) + ((self.eos,) if self.eos is not None else ())
         return Response(ids, (1,) * len(ids))
 
     def _response(self, prompt: Text, response: Text) -> Response:
         if is_conversation(response):
-            if self.tok.chat_template is None:
-                raise UserError(
-                    "the data is conversational but the tokenizer has no chat template; "
-                    "use a tokenizer with one, or give the data as plain strings"
-                )
             return self._conversation_response(prompt if is_conversation(prompt) else (), response)
         return self._text_response(response)
 

@@ -50,6 +50,7 @@ def get_loss(name: str) -> LossSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(REGISTRY), n=3)
+        lowered = {n.lower(): n for n in REGISTRY}
+        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=3)]
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(f"method: unknown method '{name}'{hint} (known: {', '.join(sorted(REGISTRY))})") from None

@@ -1,0 +1,139 @@
+"""The `alignlab` command: help, flags, YAML, errors as one line with exit status 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignlab.cli import _parse_flags, main
+from alignlab.config import TrainConfig, load_config
+from alignlab.errors import ConfigError
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_help_lists_every_field_with_its_help(capsys):
+    code, out, _ = _run(["train", "--help"], capsys)
+    assert code == 0
+    for f in dataclasses.fields(TrainConfig):
+        if f.metadata.get("internal"):
+            continue
+        assert f"--{f.name.replace('_', '-')}" in out
+        assert f.metadata["help"][:40] in out.replace("\n        ", " ")
+    assert "--beta" in out and "strength of the KL penalty" in out
+
+
+def test_flags_parse():
+    cfg, over, debug = _parse_flags(["c.yaml", "--max-steps", "5", "--lora", "--lr=1e-3", "--beta", "-0.5", "--debug"])
+    assert cfg == "c.yaml" and debug
+    assert over == {"max_steps": "5", "lora": "true", "lr": "1e-3", "beta": "-0.5"}
+
+
+def test_yaml_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": "m", "data": "d", "lr": 0.1, "beta": 0.3, "columns": {"prompt": "q"}}))
+    cfg = load_config(path, {"lr": "0.2", "columns.chosen": "good"})
+    assert cfg.lr == 0.2 and cfg.method_params.beta == 0.3
+    assert cfg.columns == {"prompt": "q", "chosen": "good"}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "-1"], "lr: must be > 0"),
+    (["--lr", "abc"], "lr: expected a number"),
+    (["--beta", "0"], "beta: must be > 0"),
+    (["--bta", "0.2"], "did you mean 'beta'"),
+    (["--batch-size", "2.5"], "batch_size: expected an integer"),
+    (["--method", "dpoo"], "did you mean 'dpo'"),
+    (["--method", "sft", "--beta", "0.1"], "beta: not a parameter of method 'sft'"),
+    (["--eval-fraction", "1.5"], "eval_fraction: must be in [0, 1)"),
+    (["--scheduler", "step"], "scheduler: must be linear, cosine or constant"),
+])
+def test_bad_values_are_one_line_exit_2(flags, message, capsys, tmp_path):
+    code, _, err = _run(["train", "--model", "m", "--data", "d", "--output-dir", str(tmp_path / "o")] + flags, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert message in err
+
+
+def test_missing_required_field(capsys):
+    code, _, err = _run(["train", "--data", "d"], capsys)
+    assert code == 2 and "model: is required" in err
+
+
+def test_missing_config_file(capsys):
+    code, _, err = _run(["train", "nope.yaml"], capsys)
+    assert code == 2 and "nope.yaml" in err
+
+
+def test_missing_model_and_data_are_named(capsys, tmp_path, tiny_model_dir, pairs_file):
+    code, _, err = _run(["train", "--model", str(tmp_path / "nomodel"), "--data", str(pairs_file),
+                         "--output-dir", str(tmp_path / "o1")], capsys)
+    assert code == 2 and "nomodel" in err and "does not exist" in err
+    code, _, err = _run(["train", "--model", str(tiny_model_dir), "--data", str(tmp_path / "none.jsonl"),
+                         "--output-dir", str(tmp_path / "o2")], capsys)
+    assert code == 2 and "none.jsonl" in err
+
+
+def test_bad_row_names_file_row_and_field(capsys, tmp_path, tiny_model_dir):
+    data = tmp_path / "bad.jsonl"
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "", "rejected": "b"},
+            {"prompt": "p", "chosen": "x", "rejected": "x"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = _run(["train", "--model", str(tiny_model_dir), "--data", str(data),
+                         "--output-dir", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert "bad.jsonl, row 2, field 'chosen'" in err and "1 more bad row" in err
+
+
+def test_skip_invalid_trains_on_the_rest(capsys, tmp_path, tiny_model_dir):
+    data = tmp_path / "some_bad.jsonl"
+    rows = [{"prompt": "p", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(6)]
+    rows.insert(2, {"prompt": "p", "chosen": "same", "rejected": "same"})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = _run(["train", "--model", str(tiny_model_dir), "--data", str(data), "--skip-invalid",
+                           "--output-dir", str(tmp_path / "o"), "--max-steps", "1", "--batch-size", "2",
+                           "--progress", "false"], capsys)
+    assert code == 0, err
+    assert "1 invalid row skipped" in err and "row 3" in err
+    assert json.loads(out)["steps"] == 1
+
+
+def test_debug_shows_the_traceback():
+    with pytest.raises(ConfigError):
+        main(["train", "--model", "m", "--data", "d", "--lr", "-1", "--debug"])
+
+
+def test_methods_lists_dpo_and_sft(capsys):
+    code, out, _ = _run(["methods"], capsys)
+    assert code == 0 and "dpo" in out and "needs reference" in out and "beta=0.1" in out
+    code, out, _ = _run(["methods", "--json"], capsys)
+    rows = {r["method"]: r for r in json.loads(out)}
+    assert rows["dpo"]["reference"] is True and rows["sft"]["reference"] is False
+
+
+def test_unknown_command(capsys):
+    code, _, err = _run(["trian"], capsys)
+    assert code == 2 and "unknown command" in err
+
+
+def test_console_script_tiny_model(tmp_path):
+    """The console script that `pip install` puts beside the interpreter."""
+    exe = Path(sys.executable).parent / "alignlab"
+    assert exe.exists(), "install the package (pip install -e .) to get the alignlab command"
+    proc = subprocess.run([str(exe), "tiny-model", str(tmp_path / "tiny"), "--num-layers", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny")
+    assert model.config.num_hidden_layers == 1

@@ -1,0 +1,96 @@
+"""Loading, LoRA, the reference model and saving."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from alignlab import train
+from alignlab.errors import UserError
+from alignlab.models import LoraSettings, Reference, add_lora, build_tiny_model, load_model, load_tokenizer
+from tests.train.helpers import base_config
+
+
+def test_tiny_model_is_about_one_million_parameters():
+    model, tok = build_tiny_model()
+    n = sum(p.numel() for p in model.parameters())
+    assert 0.5e6 < n < 1.5e6
+    assert tok.chat_template and tok.eos_token == "<|end|>" and tok.pad_token_id != tok.eos_token_id
+
+
+def test_tiny_model_is_seeded():
+    a, _ = build_tiny_model()
+    b, _ = build_tiny_model()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_saved_tiny_model_loads_with_auto_classes(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tok("hello", return_tensors="pt").input_ids
+    assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
+    assert tok.decode(ids[0]) == "hello"
+
+
+@pytest.mark.parametrize("path,message", [("/nonexistent/model", "does not exist"), ("./missing-dir", "does not exist")])
+def test_missing_model_directory(path, message):
+    with pytest.raises(UserError, match=message):
+        load_model(path)
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(UserError, match="no config.json"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_bad_dtype(tiny_model_dir):
+    with pytest.raises(UserError, match="dtype"):
+        load_model(str(tiny_model_dir), dtype="fp8")
+
+
+def test_bf16_loading(tiny_model_dir):
+    assert load_model(str(tiny_model_dir), dtype="bf16").dtype == torch.bfloat16
+
+
+def test_lora_reference_is_the_same_network_with_the_adapter_off(tiny_model_dir):
+    base = load_model(str(tiny_model_dir))
+    ids = torch.tensor([[5, 80, 81, 82, 83]])
+    base_logits = base(ids).logits.detach()
+    policy = add_lora(base, LoraSettings(r=4, alpha=8))
+    with torch.no_grad():  # make the adapter non-zero so that policy and reference differ
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.05)
+    ref = Reference(policy)
+    assert ref._copy is None  # no second copy of the weights
+    with ref.model(policy) as m:
+        assert torch.allclose(m(ids).logits, base_logits, atol=1e-6)
+    assert not torch.allclose(policy(ids).logits, base_logits, atol=1e-3)
+
+
+def test_full_finetuning_reference_is_a_frozen_copy(tiny_model_dir):
+    policy = load_model(str(tiny_model_dir))
+    ref = Reference(policy)
+    with torch.no_grad():
+        next(policy.parameters()).add_(1.0)
+    with ref.model(policy) as m:
+        assert m is not policy and not any(p.requires_grad for p in m.parameters())
+        assert not torch.equal(next(m.parameters()), next(policy.parameters()))
+
+
+def test_lora_training_saves_adapter_and_merged_weights(tmp_path, tiny_model_dir, pairs_file):
+    from peft import PeftModel
+
+    summary = train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", lora=True, lora_r=4,
+                                lora_alpha=8, merge_lora=True, max_steps=2, lr=1e-2, batch_size=4))
+    model_dir = tmp_path / "run" / "model"
+    assert (model_dir / "adapter_config.json").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    adapted = PeftModel.from_pretrained(base, model_dir)
+    merged = AutoModelForCausalLM.from_pretrained(model_dir / "merged")
+    ids = torch.tensor([[5, 80, 81, 82, 83, 84]])
+    assert torch.allclose(adapted(ids).logits, merged(ids).logits, atol=1e-5)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.allclose(plain(ids).logits, merged(ids).logits, atol=1e-4)  # the adapter learned something
+    assert summary.train_metrics["rewards/margins"] != 0.0
