@@ -89,9 +89,12 @@ def cmd_train(tokens: list[str]) -> int:
     if any(t in ("-h", "--help") for t in tokens):
         print(_train_help())
         return 0
+    from transformers.utils import logging as hf_logging
+
     from alignlab.config import load_config
     from alignlab.train import train
 
+    hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the training bar
     config_path, overrides, _ = _parse_flags(tokens)
     cfg = load_config(config_path, overrides)
     summary = train(cfg)

@@ -276,7 +276,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """YAML file (optional) plus overrides (flag values, dotted keys allowed)."""
     raw = read_yaml(path) if path else {}
     for key, value in (overrides or {}).items():
-        _merge_dotted(raw, key, value) if "." in key else raw.__setitem__(key, value)
+        _merge_dotted(raw, key, value)
     return make_config(raw)
 
 
