@@ -180,7 +180,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
             with ctx:
                 out, _ = inp.forward(model, batch)
                 (out.losses.sum() * scale).backward()
-            loss_sum += out.losses.detach().double().sum()
+            loss_sum += out.losses.detach().double().sum().cpu()
             tokens += batch.num_tokens
             _sum_metrics(sums, out)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
@@ -225,7 +225,12 @@ def _units_of(inp: LoopInputs, batch: Batch) -> int:
 def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int) -> None:
     if inp.dist.is_main:
         root = inp.out_dir / "checkpoints"
-        ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler, {"config": inp.cfg.to_dict()})
+        n = len(inp.train_examples)
+        global_batch = inp.cfg.batch_size * inp.cfg.grad_accum * inp.dist.world_size
+        epoch, position = divmod(step, math.ceil(n / global_batch))
+        position_info = {"epoch": epoch, "global_batches_done_in_epoch": position, "global_batch": global_batch}
+        ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler,
+                             {"data_position": position_info, "config": inp.cfg.to_dict()})
         ckpt.prune(root, inp.cfg.keep_checkpoints)
     inp.dist.barrier()
 

@@ -10,28 +10,21 @@ from alignlab.errors import ConfigError
 from alignlab.losses import REGISTRY, DPOParams, LossSpec, SFTParams, dpo_loss, get_loss, register, sft_loss
 
 
-def test_dpo_spec():
-    spec = get_loss("dpo")
-    assert spec.name == "dpo"
-    assert spec.fn is dpo_loss
-    assert spec.shape == "pair"
-    assert spec.needs_reference is True
+@pytest.mark.parametrize("name,fn,shape,needs_ref,normalize,params,defaults", [
+    ("dpo", dpo_loss, "pair", True, "examples", DPOParams, {"beta": 0.1}),
+    ("sft", sft_loss, "sft", False, "tokens", SFTParams, {}),
+])
+def test_spec_fields(name, fn, shape, needs_ref, normalize, params, defaults):
+    spec = get_loss(name)
+    assert spec.name == name
+    assert spec.fn is fn
+    assert spec.shape == shape
+    assert spec.needs_reference is needs_ref
     assert spec.reduction == "sum"
-    assert spec.normalize == "examples"
-    assert spec.params is DPOParams
-    assert spec.defaults() == {"beta": 0.1}
+    assert spec.normalize == normalize
+    assert spec.params is params
+    assert spec.defaults() == defaults
     assert spec.paper and spec.summary
-
-
-def test_sft_spec():
-    spec = get_loss("sft")
-    assert spec.fn is sft_loss
-    assert spec.shape == "sft"
-    assert spec.needs_reference is False
-    assert spec.reduction == "sum"
-    assert spec.normalize == "tokens"
-    assert spec.params is SFTParams
-    assert spec.defaults() == {}
 
 
 @pytest.mark.parametrize("typo,right", [("dpoo", "dpo"), ("dp", "dpo"), ("spt", "sft")])

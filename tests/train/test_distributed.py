@@ -48,3 +48,16 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir, request, method, data
     evals_one = [x["eval/loss"] for x in one if "eval/loss" in x]
     evals_two = [x["eval/loss"] for x in lines if "eval/loss" in x]
     assert len(evals_two) == 2 and evals_two == pytest.approx(evals_one, abs=1e-9)
+
+
+def test_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_dir, pairs_file):
+    """`accelerate launch --multi_gpu` starts two gloo processes on a CPU machine; same result."""
+    common = dict(max_steps=2, dtype="fp64")
+    single = train(base_config(tiny_model_dir, pairs_file, tmp_path / "one", batch_size=4, **common))
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "two", batch_size=2, **common)
+    cfg_path = tmp_path / "two.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    _launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+             "--main_process_port", "29533"], cfg_path, tmp_path)
+    assert max_abs_diff(weights(single.model_dir), weights(tmp_path / "two" / "model")) < 1e-9
