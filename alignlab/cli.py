@@ -1,12 +1,12 @@
-"""The ``alignlab`` command.
+"""The `alignlab` command.
 
     alignlab train [CONFIG.yaml] [--field value ...]   train with any registered method
     alignlab methods                                   list the methods and their defaults
     alignlab tiny-model OUT_DIR                        save a tiny Llama + tokenizer for experiments
 
-Every ``TrainConfig`` field and every hyperparameter of the method is a flag (``--max-steps`` and
-``--max_steps`` both work; ``--columns.prompt question`` sets one key of a mapping). A bad value
-is reported in one line naming the field, with exit status 2; ``--debug`` shows the traceback.
+Every `TrainConfig` field and every hyperparameter of the method is a flag (`--max-steps` and
+`--max_steps` both work; `--columns.prompt question` sets one key of a mapping). A bad value
+is reported in one line naming the field, with exit status 2; `--debug` shows the traceback.
 """
 
 from __future__ import annotations

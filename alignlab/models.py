@@ -111,14 +111,14 @@ def save_tiny_model(out_dir: str | os.PathLike, cfg: TinyModelConfig | None = No
 
 
 def _check_source(name_or_path: str) -> None:
+    """A path that exists must be a model directory; one that cannot be a hub name must exist."""
     p = Path(name_or_path).expanduser()
-    looks_local = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 1)[-1]
     if p.exists():
         if not p.is_dir():
             raise UserError(f"model path '{name_or_path}' is a file; give the directory that holds config.json")
         if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
             raise UserError(f"model directory '{name_or_path}' has no config.json (is it a saved model?)")
-    elif looks_local or name_or_path.count("/") > 1:
+    elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise UserError(f"model directory '{name_or_path}' does not exist")
 
 
