@@ -257,7 +257,10 @@ def _split_implicit(chosen: Text, c_col: str, rejected: Text, r_col: str) -> tup
     else:  # _same_kind has already rejected mixed kinds
         raise AssertionError("mixed kinds")
     for text, column in ((chosen, c_col), (rejected, r_col)):
-        if cut >= len(text):
+        if isinstance(text, str) and text[cut:] and not text[cut:].strip():
+            raise _Bad(column, f"empty response: the prompt shared with the other response leaves only "
+                               f"white space of '{column}'")
+        if not text[cut:]:
             raise _Bad(column, f"the prompt shared with the other response swallows the whole of '{column}'")
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
@@ -266,8 +269,9 @@ def _string_cut(chosen: str, rejected: str, c_col: str) -> int:
     """Where the shared prompt of two strings ends.
 
     Anthropic HH transcripts are cut just after the last "\\n\\nAssistant:" both share, so the
-    response keeps its leading space. Other strings are cut after the last whitespace of their
-    common prefix, so that no word is split between prompt and response.
+    response keeps its leading space. Other strings are cut at the last whitespace of their common
+    prefix, so that no word is split and the space starts the response (" Paris"), the way a
+    tokenizer sees a continuation.
     """
     common = _common_prefix_len(chosen, rejected)
     if _is_hh(chosen) and _is_hh(rejected):
@@ -277,7 +281,7 @@ def _string_cut(chosen: str, rejected: str, c_col: str) -> int:
                 c_col, "Anthropic HH transcripts share no '\\n\\nAssistant:' turn, so there is no prompt"
             )
         return marker + len(HH_ASSISTANT)
-    return max((i + 1 for i in range(common) if chosen[i].isspace()), default=0)
+    return max((i for i in range(common) if chosen[i].isspace()), default=0)
 
 
 def _common_prefix_len(a: str, b: str) -> int:

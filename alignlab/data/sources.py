@@ -56,6 +56,9 @@ def iter_rows(source: str | os.PathLike[str], *, split: str | None = None) -> It
     if path.is_dir():
         yield from _iter_directory(path, name, split)
     elif path.is_file():
+        if split is not None:
+            raise UserError(f"{name}: a split ('{split}') applies to dataset directories and hub datasets, "
+                            "not to a single file")
         yield from _iter_file(path, name)
     elif _looks_like_hub_name(name):
         yield from _iter_hub(name, split)

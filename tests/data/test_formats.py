@@ -80,12 +80,12 @@ def test_empty_string_prompt_with_conversations_becomes_empty_conversation():
 
 def test_implicit_prompt_strings_cut_at_last_whitespace():
     rec = convert({"chosen": "The capital is Paris", "rejected": "The capital is Pisa"})
-    assert rec == PairRecord("The capital is ", "Paris", "Pisa", SRC, 7)
+    assert rec == PairRecord("The capital is", " Paris", " Pisa", SRC, 7)
 
 
 def test_implicit_prompt_strings_when_one_is_a_prefix_of_the_other():
     rec = convert({"chosen": "The answer is 4", "rejected": "The answer is 4 or 5"})
-    assert (rec.prompt, rec.chosen, rec.rejected) == ("The answer is ", "4", "4 or 5")
+    assert (rec.prompt, rec.chosen, rec.rejected) == ("The answer is", " 4", " 4 or 5")
 
 
 def test_implicit_prompt_strings_without_shared_words():
@@ -299,8 +299,8 @@ BAD_PAIRS = [
         "conversation does not end with an assistant turn (last role: user)",
     ),
     ({"chosen": "same", "rejected": "same"}, "rejected", "chosen and rejected are identical"),
-    ({"chosen": "Yes ", "rejected": "Yes sir"}, "chosen", "swallows the whole of 'chosen'"),
-    ({"chosen": "Sure thing ok", "rejected": "Sure "}, "rejected", "swallows the whole of 'rejected'"),
+    ({"chosen": "Yes ", "rejected": "Yes sir"}, "chosen", "leaves only white space of 'chosen'"),
+    ({"chosen": "Sure thing ok", "rejected": "Sure "}, "rejected", "leaves only white space of 'rejected'"),
     (
         {"chosen": A, "rejected": [*A, msg("user", "x"), msg("assistant", "y")]},
         "chosen",

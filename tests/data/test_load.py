@@ -94,7 +94,7 @@ CASES = {
     "pair-implicit-text": (
         "pair",
         [{"chosen": "The sky is blue", "rejected": "The sky is green"}],
-        [("The sky is ", "blue", "green")],
+        [("The sky is", " blue", " green")],
     ),
     "sft-prompt-completion": (
         "sft",
