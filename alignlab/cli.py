@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import textwrap
 
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             raise
-        print(f"alignlab: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun/accelerate, one process speaks
+            print(f"alignlab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alignlab: interrupted", file=sys.stderr)

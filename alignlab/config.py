@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,11 +34,12 @@ class TrainConfig:
     data: str = param("", "training data: .jsonl/.json/.parquet/.csv file, dataset directory or hub name")
     eval_data: str | None = param(None, "held-out data in the same formats (instead of eval_fraction)")
     eval_fraction: float = param(0.0, "fraction of the training data held out for evaluation (0 = none)")
-    data_split: str | None = param(None, "split to read from a dataset directory or hub dataset (default 'train')")
+    data_split: str | None = param(None, "split of `data` to read from a dataset directory or hub dataset (default 'train')")
+    eval_data_split: str | None = param(None, "split of `eval_data` to read, e.g. 'test' (default 'train')")
     columns: dict[str, str] = param(None, "map alignlab field names to your column names, e.g. prompt=question")
     skip_invalid: bool = param(False, "skip bad rows (counted and printed) instead of stopping at the first")
     output_dir: str = param("runs/alignlab", "where checkpoints, metrics.jsonl and the final model go")
-    overwrite: bool = param(False, "allow writing into an output directory that holds a different run")
+    overwrite: bool = param(False, "start afresh in an output directory that holds a run (deletes its checkpoints)")
     max_steps: int = param(0, "optimizer steps to run; 0 means run `epochs` epochs")
     epochs: float = param(1.0, "passes over the training data (used when max_steps is 0)")
     batch_size: int = param(8, "examples (pairs for preference methods) per micro-batch per process")
@@ -46,6 +48,7 @@ class TrainConfig:
     weight_decay: float = param(0.0, "AdamW weight decay")
     adam_betas: list[float] = param(None, "AdamW betas (default 0.9,0.999)")
     adam_eps: float = param(1e-8, "AdamW epsilon")
+    disable_dropout: bool = param(True, "turn the model's dropout off, so policy and reference log-probs are deterministic")
     scheduler: str = param("linear", "learning-rate schedule after warmup: linear, cosine or constant")
     warmup_steps: int = param(0, "linear warmup steps (overrides warmup_ratio when > 0)")
     warmup_ratio: float = param(0.0, "warmup as a fraction of all steps")
@@ -59,7 +62,8 @@ class TrainConfig:
     log_every: int = param(1, "write metrics every N optimizer steps")
     seed: int = param(0, "seed of the run's one random generator (data order, initialisation)")
     resume: bool = param(False, "continue from the newest complete checkpoint in output_dir")
-    dtype: str = param("fp32", "model weights dtype: fp32, bf16, or fp64 (for numerical checks)")
+    dtype: str = param("fp32", "fp32; bf16 (mixed precision: fp32 master weights and optimizer, bf16 compute, "
+                              "model saved in bf16); or fp64 (for numerical checks)")
     trust_remote_code: bool = param(False, "allow model code from the model directory or hub to run")
     lora: bool = param(False, "train a LoRA adapter; the reference is the base with the adapter disabled")
     lora_r: int = param(16, "LoRA rank")
@@ -88,6 +92,7 @@ class TrainConfig:
         _check(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.adam_eps > 0, "adam_eps", f"must be > 0, got {self.adam_eps}")
         _check(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), "adam_betas",
                f"must be two numbers in [0, 1), got {self.adam_betas}")
         _check(self.scheduler in ("linear", "cosine", "constant"), "scheduler",
@@ -107,6 +112,10 @@ class TrainConfig:
         _check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         _check(not (self.eval_data and self.eval_fraction > 0), "eval_fraction",
                "give either eval_data or eval_fraction, not both")
+        _check(not (self.overwrite and self.resume), "overwrite",
+               "cannot be combined with resume (overwrite starts afresh, resume continues)")
+        for name in ("lr", "epochs", "weight_decay", "adam_eps", "warmup_ratio", "max_grad_norm", "eval_fraction"):
+            _check(math.isfinite(getattr(self, name)), name, f"must be a finite number, got {getattr(self, name)}")
 
     @property
     def spec(self):
@@ -160,7 +169,10 @@ def convert(value: Any, tp: Any, key: str) -> Any:
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+            return number
         if tp is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
@@ -290,3 +302,11 @@ def field_help(cls: type) -> list[tuple[str, str, Any, str]]:
         name = getattr(tp, "__name__", str(tp))
         rows.append((f.name, name, f.default, f.metadata.get("help", "")))
     return rows
+
+
+def fields_markdown() -> str:
+    """The README's table of TrainConfig fields (tests check that the README holds it verbatim)."""
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for name, tp, default, help_ in field_help(TrainConfig):
+        rows.append(f"| `{name}` | {tp} | `{default!r}` | {help_.replace('|', '/')} |")
+    return "\n".join(rows)

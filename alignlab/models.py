@@ -41,6 +41,13 @@ class TinyModelConfig:
     max_position_embeddings: int = 2048
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise UserError(f"num_heads: must divide hidden_size ({self.hidden_size}), got {self.num_heads}")
+
 
 @dataclass
 class LoraSettings:
@@ -102,35 +109,48 @@ def build_tiny_model(cfg: TinyModelConfig | None = None):
 
 def save_tiny_model(out_dir: str | os.PathLike, cfg: TinyModelConfig | None = None) -> Path:
     """Build a tiny model and save it (safetensors) with its tokenizer to ``out_dir``."""
-    model, tok = build_tiny_model(cfg)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"'{out}' is a file; give a directory to save the tiny model in")
+    model, tok = build_tiny_model(cfg)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
 
-def _check_source(name_or_path: str) -> None:
-    """A path that exists must be a model directory; one that cannot be a hub name must exist."""
+def _resolve_source(name_or_path: str) -> str:
+    """An existing local path, made absolute (so a saved LoRA adapter can find its base from
+    anywhere), or a hub name. A path that exists must be a model directory."""
     p = Path(name_or_path).expanduser()
     if p.exists():
         if not p.is_dir():
             raise UserError(f"model path '{name_or_path}' is a file; give the directory that holds config.json")
         if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
             raise UserError(f"model directory '{name_or_path}' has no config.json (is it a saved model?)")
-    elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        return str(p.resolve())
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise UserError(f"model directory '{name_or_path}' does not exist")
+    return name_or_path
+
+
+def _load_failed(what: str, name_or_path: str, error: Exception) -> UserError:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    where = "" if Path(name_or_path).expanduser().exists() else \
+        " (no local directory has that name, and the hub could not provide it)"
+    return UserError(f"cannot load {what} from '{name_or_path}'{where}: {type(error).__name__}: {first}")
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """Load a tokenizer; give it a pad token (EOS) when it has none. Padding is on the right."""
     from transformers import AutoTokenizer
 
-    _check_source(name_or_path)
+    source = _resolve_source(name_or_path)
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise UserError(f"cannot load tokenizer from '{name_or_path}': {e}") from None
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception as e:  # any failure to read the user's files is theirs to fix, not a crash
+        raise _load_failed("tokenizer", name_or_path, e) from None
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise UserError(f"tokenizer of '{name_or_path}' has neither a pad nor an EOS token")
@@ -140,20 +160,26 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 
 def load_model(name_or_path: str, dtype: str = "fp32", trust_remote_code: bool = False):
-    """Load a causal LM (safetensors preferred) in the given dtype ('fp32', 'bf16', or 'fp64' for
-    numerical checks)."""
+    """Load a causal LM (safetensors preferred) with weights in ``dtype``: 'fp32', 'bf16', or
+    'fp64' (for numerical checks)."""
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
-        raise UserError(f"dtype must be one of {sorted(set(DTYPES))}, got '{dtype}'")
-    _check_source(name_or_path)
+        raise UserError(f"dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
+    source = _resolve_source(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model from '{name_or_path}': {e}") from None
-    return model
+        return AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+    except Exception as e:  # any failure to read the user's files is theirs to fix, not a crash
+        raise _load_failed("model", name_or_path, e) from None
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability to zero (dropout layers and attention dropout)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def add_lora(model, settings: LoraSettings):
@@ -180,12 +206,16 @@ def is_lora(model) -> bool:
 
 
 class Reference:
-    """The reference policy: a frozen copy of the initial model, or, with LoRA, the same
-    network with its adapter disabled (no second copy in memory)."""
+    """The reference policy: a frozen copy of the initial model (cast to ``dtype`` if given, e.g.
+    bf16 under mixed precision), or, with LoRA, the same network with its adapter disabled (no
+    second copy in memory)."""
 
-    def __init__(self, policy):
-        self._policy = policy
-        self._copy = None if is_lora(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
+    def __init__(self, policy, dtype: torch.dtype | None = None):
+        self._copy = None
+        if not is_lora(policy):
+            self._copy = copy.deepcopy(policy).eval().requires_grad_(False)
+            if dtype is not None:
+                self._copy.to(dtype)
 
     @contextlib.contextmanager
     def model(self, policy_unwrapped) -> Iterator[torch.nn.Module]:

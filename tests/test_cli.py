@@ -50,7 +50,11 @@ def test_yaml_then_flags(tmp_path):
 @pytest.mark.parametrize("flags,message", [
     (["--lr", "-1"], "lr: must be > 0"),
     (["--lr", "abc"], "lr: expected a number"),
-    (["--beta", "0"], "beta: must be > 0"),
+    (["--beta", "0"], "beta: must be a finite number > 0"),
+    (["--beta", "inf"], "beta: must be a finite number"),
+    (["--lr", "nan"], "lr: must be a finite number"),
+    (["--adam-eps", "-1"], "adam_eps: must be > 0"),
+    (["--resume", "--overwrite"], "overwrite: cannot be combined with resume"),
     (["--bta", "0.2"], "did you mean 'beta'"),
     (["--batch-size", "2.5"], "batch_size: expected an integer"),
     (["--method", "dpoo"], "did you mean 'dpo'"),

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from alignlab.config import TrainConfig
+from alignlab.config import TrainConfig, fields_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -26,6 +26,7 @@ def test_readme_opens_with_the_two_setup_commands():
 
 
 def test_readme_lists_every_config_field():
+    assert fields_markdown() in README, "regenerate the README's field table with fields_markdown()"
     for f in dataclasses.fields(TrainConfig):
         if not f.metadata.get("internal"):
             assert f"| `{f.name}` |" in README, f.name

@@ -183,6 +183,12 @@ class Renderer:
                     "whole; it cannot be split into prompt and response tokens",
                 ))
                 continue
+            except UserError:
+                raise
+            except Exception as e:  # the tokenizer's chat template refused this row (e.g. a system role)
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                result.issues.append(RowIssue(rec.source, rec.row, None, f"the chat template failed: {first}"))
+                continue
             if isinstance(ex, RowIssue):
                 result.issues.append(ex)
             else:

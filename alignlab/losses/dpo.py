@@ -10,6 +10,7 @@ Inputs are (B,) tensors; the output is the (B,) per-pair loss and per-pair metri
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ class DPOParams:
     beta: float = param(0.1, "β: strength of the KL penalty toward the reference (higher stays closer)")
 
     def __post_init__(self) -> None:
-        require(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
+        require(math.isfinite(self.beta) and self.beta > 0, "beta", f"must be a finite number > 0, got {self.beta}")
 
 
 def implicit_rewards(logps: PairLogps, beta: float) -> tuple[torch.Tensor, torch.Tensor]:

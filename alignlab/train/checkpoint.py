@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from alignlab.errors import UserError
+
 PREFIX = "step-"
 
 
@@ -142,15 +144,20 @@ def prune(root: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def read_state(ckpt: Path) -> dict[str, Any]:
+    return json.loads((ckpt / "state.json").read_text())
+
+
 def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and RNG from ``ckpt``; return its state.json."""
-    state = json.loads((ckpt / "state.json").read_text())
+    state = read_state(ckpt)
     weights = load_file(ckpt / "trainable.safetensors")
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unexpected = [n for n in weights if n not in params]
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint {ckpt} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(f"checkpoint {ckpt} does not fit the model being trained (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}); was it written with other model or LoRA settings?")
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)

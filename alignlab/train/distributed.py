@@ -33,13 +33,13 @@ class Dist:
         if self.world_size > 1:
             tdist.barrier()
 
-    def broadcast_object(self, obj):
-        """rank 0's object, on every process."""
+    def union(self, keys: list[str]) -> list[str]:
+        """The sorted union of every process's ``keys`` (each process may have seen different ones)."""
         if self.world_size == 1:
-            return obj
-        box = [obj]
-        tdist.broadcast_object_list(box, src=0)
-        return box[0]
+            return sorted(set(keys))
+        gathered: list = [None] * self.world_size
+        tdist.all_gather_object(gathered, sorted(set(keys)))
+        return sorted({k for part in gathered for k in part})
 
 
 def init_distributed() -> Dist:

@@ -30,10 +30,11 @@ from typing import Any
 import torch
 
 from alignlab.data.collate import Batch
+from alignlab.errors import ConfigError, UserError
 from alignlab.losses.types import LossOutput
 from alignlab.train import checkpoint as ckpt
 from alignlab.train.distributed import Dist
-from alignlab.train.metrics import MetricsLog, short
+from alignlab.train.metrics import MetricsLog, read_metrics, short
 from alignlab.train.optim import make_optimizer, make_scheduler
 
 # forward(model, batch) -> (LossOutput, units in this batch)
@@ -96,11 +97,20 @@ def _sum_metrics(acc: dict[str, torch.Tensor], out: LossOutput) -> None:
 
 
 def _reduce(dist: Dist, sums: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Sum every value over processes in one collective."""
-    keys = sorted(sums) + sorted(extra)
-    flat = torch.stack([sums[k] if k in sums else extra[k] for k in keys]) if keys else torch.zeros(0)
+    """Sum every value over processes in one collective. Every process takes part with the same
+    keys, including one that saw no example (its sums count as zero)."""
+    keys = dist.union(list(sums) + list(extra))
+    zero = torch.zeros((), dtype=torch.float64)
+    flat = torch.stack([sums.get(k, extra.get(k, zero)) for k in keys])
     total = dist.sum(flat)
     return {k: float(total[i]) for i, k in enumerate(keys)}
+
+
+def autocast(cfg, dist: Dist):
+    """bf16 compute over fp32 master weights when the run asks for bf16; otherwise nothing."""
+    if cfg.dtype != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dist.device.type, dtype=torch.bfloat16)
 
 
 def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
@@ -114,7 +124,7 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     count = torch.zeros((), dtype=torch.float64)
     was_training = module.training
     module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(cfg, dist):
         for start in range(0, len(examples), bs):
             part = examples[start:start + bs]
             out, n_units = inp.forward(module, inp.collate(part))
@@ -125,8 +135,33 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     module.train(was_training)
     tot = _reduce(dist, sums, {"_loss": loss_sum, "_units": units, "_count": count})
     result = {"eval/loss": tot["_loss"] / max(tot["_units"], 1.0)}
-    result.update({f"eval/{k}": tot[k] / max(tot["_count"], 1.0) for k in sums})
+    result.update({f"eval/{k}": v / max(tot["_count"], 1.0) for k, v in tot.items() if not k.startswith("_")})
     return result
+
+
+def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler, global_batch: int) -> int:
+    """Restore the newest complete checkpoint; return its step (0 when there is none)."""
+    dist = inp.dist
+    root = inp.out_dir / "checkpoints"
+    found = ckpt.newest_valid(root, report=inp.log if dist.is_main else (lambda _: None))
+    if found is None:
+        if dist.is_main:
+            inp.log(f"no checkpoint in {root}; starting from step 0")
+        return 0
+    state = ckpt.read_state(found)
+    saved = state.get("data_position", {})
+    now = {"global_batch": global_batch, "train_examples": len(inp.train_examples)}
+    for key, value in now.items():
+        if key in saved and saved[key] != value:
+            raise ConfigError(
+                f"resume: checkpoint {found.name} was written with {key}={saved[key]} and this run has {value}; "
+                "resume with the same batch_size × grad_accum × processes and the same data, "
+                "or start afresh with --overwrite"
+            )
+    ckpt.load_checkpoint(found, unwrapped, optimizer, scheduler)
+    if dist.is_main:
+        inp.log(f"resumed from {found} at step {state['step']}")
+    return state["step"]
 
 
 def run_loop(inp: LoopInputs) -> LoopResult:
@@ -134,25 +169,22 @@ def run_loop(inp: LoopInputs) -> LoopResult:
     unwrapped = getattr(model, "module", model)
     n = len(inp.train_examples)
     global_batch = cfg.batch_size * cfg.grad_accum * dist.world_size
+    steps_per_epoch = math.ceil(n / global_batch)
     steps = total_steps(cfg, n, global_batch)
     optimizer = make_optimizer(unwrapped, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps)
     scheduler = make_scheduler(optimizer, steps, cfg.warmup_steps, cfg.warmup_ratio, cfg.scheduler)
-    ckpt_root = inp.out_dir / "checkpoints"
+    trainable = [p for p in unwrapped.parameters() if p.requires_grad]
     if n % global_batch and dist.is_main:
         inp.log(f"each epoch's last step repeats {global_batch - n % global_batch} examples from its start "
                 f"to fill the global batch of {global_batch}")
 
-    start_step = 0
-    if cfg.resume:
-        found = ckpt.newest_valid(ckpt_root, report=inp.log if dist.is_main else (lambda _: None))
-        if found is not None:
-            state = ckpt.load_checkpoint(found, unwrapped, optimizer, scheduler)
-            start_step = state["step"]
-            if dist.is_main:
-                inp.log(f"resumed from {found} at step {start_step}")
-        elif dist.is_main:
-            inp.log(f"no checkpoint in {ckpt_root}; starting from step 0")
-    metrics_log = MetricsLog(inp.out_dir / "metrics.jsonl", dist.is_main, start_step if cfg.resume else None)
+    start_step = _resume(inp, unwrapped, optimizer, scheduler, global_batch) if cfg.resume else 0
+    metrics_path = inp.out_dir / "metrics.jsonl"
+    if start_step >= steps:  # a finished run: report its numbers, do not redo or relog anything
+        if dist.is_main:
+            inp.log(f"the run is already complete ({steps} steps)")
+        return _finished(metrics_path, steps)
+    metrics_log = MetricsLog(metrics_path, dist.is_main, start_step if cfg.resume else None)
 
     result = LoopResult(steps=steps)
     progress = None
@@ -178,29 +210,38 @@ def run_loop(inp: LoopInputs) -> LoopResult:
             sync = m == len(micro) - 1 or dist.world_size == 1
             ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else contextlib.nullcontext()
             with ctx:
-                out, _ = inp.forward(model, batch)
+                with autocast(cfg, dist):
+                    out, _ = inp.forward(model, batch)
                 (out.losses.sum() * scale).backward()
             loss_sum += out.losses.detach().double().sum().cpu()
             tokens += batch.num_tokens
             _sum_metrics(sums, out)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in unwrapped.parameters() if p.requires_grad], max_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+        tot = _reduce(dist, sums, {"_loss": loss_sum, "_tokens": torch.tensor(float(tokens), dtype=torch.float64)})
+        loss = tot["_loss"] / max(global_units, 1.0)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise NumericError(
+                f"step {step + 1}: the loss ({loss}) or gradient norm ({grad_norm}) is not finite, on the examples "
+                f"at rows {sorted(inp.train_examples[i].row for i in indices)[:8]}...; the weights were not "
+                f"updated; the newest checkpoint in {inp.out_dir / 'checkpoints'} is the last good state"
+            )
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        tot = _reduce(dist, sums, {"_loss": loss_sum, "_tokens": torch.tensor(float(tokens), dtype=torch.float64)})
         elapsed = time.perf_counter() - t0
         done = step + 1
-        metrics = {"step": done, "epoch": done * global_batch / n, "loss": tot["_loss"] / max(global_units, 1.0)}
-        metrics.update({k: tot[k] / global_batch for k in sums})
-        metrics.update({"lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tot["_tokens"] / max(elapsed, 1e-9)})
-        result.train_metrics = metrics
+        metrics = {"step": done, "epoch": done / steps_per_epoch, "loss": loss}
+        metrics.update({k: v / global_batch for k, v in tot.items() if not k.startswith("_")})
+        metrics.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tot["_tokens"] / max(elapsed, 1e-9)})
+        result.train_metrics = dict(metrics)
 
-        if inp.eval_examples and cfg.eval_every and done % cfg.eval_every == 0 and done < steps:
+        evaluated = bool(inp.eval_examples and cfg.eval_every and done % cfg.eval_every == 0 and done < steps)
+        if evaluated:
             metrics.update(evaluate(inp, unwrapped))
-        if done % cfg.log_every == 0 or done == steps:
+        if evaluated or done % cfg.log_every == 0 or done == steps:
             metrics_log.write(metrics)
         if cfg.save_every and done % cfg.save_every == 0 and done < steps:
             save(inp, unwrapped, optimizer, scheduler, done)
@@ -213,9 +254,20 @@ def run_loop(inp: LoopInputs) -> LoopResult:
     if inp.eval_examples:
         result.eval_metrics = evaluate(inp, unwrapped)
         metrics_log.write({"step": steps, **result.eval_metrics})
-    if start_step < steps or not ckpt.list_checkpoints(ckpt_root):
-        save(inp, unwrapped, optimizer, scheduler, steps)
+    save(inp, unwrapped, optimizer, scheduler, steps)
     return result
+
+
+def _finished(metrics_path: Path, steps: int) -> LoopResult:
+    records = read_metrics(metrics_path)
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if r.get("step") == steps and "eval/loss" in r and "loss" not in r]
+    return LoopResult(steps=steps, train_metrics=train[-1] if train else {},
+                      eval_metrics={k: v for k, v in evals[-1].items() if k != "step"} if evals else {})
+
+
+class NumericError(UserError):
+    """A non-finite loss or gradient; the step was not applied."""
 
 
 def _units_of(inp: LoopInputs, batch: Batch) -> int:
@@ -225,12 +277,11 @@ def _units_of(inp: LoopInputs, batch: Batch) -> int:
 def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int) -> None:
     if inp.dist.is_main:
         root = inp.out_dir / "checkpoints"
-        n = len(inp.train_examples)
         global_batch = inp.cfg.batch_size * inp.cfg.grad_accum * inp.dist.world_size
-        epoch, position = divmod(step, math.ceil(n / global_batch))
-        position_info = {"epoch": epoch, "global_batches_done_in_epoch": position, "global_batch": global_batch}
+        epoch, position = divmod(step, math.ceil(len(inp.train_examples) / global_batch))
+        position_info = {"epoch": epoch, "global_batches_done_in_epoch": position, "global_batch": global_batch,
+                         "train_examples": len(inp.train_examples)}
         ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler,
                              {"data_position": position_info, "config": inp.cfg.to_dict()})
         ckpt.prune(root, inp.cfg.keep_checkpoints)
     inp.dist.barrier()
-

@@ -32,7 +32,9 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    """Every record of a metrics.jsonl file, in order."""
+    p = Path(path)
+    return [json.loads(line) for line in p.read_text().splitlines() if line] if p.exists() else []
 
 
 def short(metrics: dict[str, float], keys=("loss", "rewards/accuracies", "rewards/margins", "lr")) -> dict[str, str]:

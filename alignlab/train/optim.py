@@ -19,9 +19,14 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
+
+    Warmup rises linearly over ``warmup`` steps to reach the peak at step ``warmup``, where the
+    decay starts: with warmup 3, the factors are 1/4, 2/4, 3/4, 1, then decreasing. No step has a
+    learning rate of zero.
+    """
     if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
+        return (step + 1) / (warmup + 1)
     if kind == "constant":
         return 1.0
     progress = (step - warmup) / max(1, total - warmup)

@@ -18,13 +18,22 @@ from alignlab.data.collate import collate_pairs, collate_sft
 from alignlab.data.load import load_records, split_records
 from alignlab.data.render import Renderer
 from alignlab.errors import ConfigError, DataError
-from alignlab.models import LoraSettings, Reference, add_lora, load_model, load_tokenizer, save_model
+from alignlab.models import (
+    LoraSettings,
+    Reference,
+    add_lora,
+    disable_dropout,
+    load_model,
+    load_tokenizer,
+    save_model,
+)
 from alignlab.train import preference, sft
 from alignlab.train.distributed import Dist, init_distributed, wrap_model
 from alignlab.train.loop import LoopInputs, run_loop
 
-# Keys that may differ between a run and its resumption.
-_RESUMABLE_KEYS = {"resume", "progress", "overwrite"}
+# Keys that may differ between a run and its resumption: they do not change the weights.
+_RESUMABLE_KEYS = {"resume", "progress", "overwrite", "save_every", "keep_checkpoints", "log_every",
+                   "eval_every", "eval_batch_size"}
 
 
 @dataclass
@@ -44,30 +53,46 @@ def _log(dist: Dist, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _prepare_output_dir(cfg: TrainConfig, out: Path, dist: Dist) -> None:
-    """Refuse to mix two different runs in one directory; clear it on --overwrite."""
+def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
+    """Refuse to mix two different runs in one directory (read-only; every process checks)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: '{out}' is a file")
     saved = out / "run.yaml"
-    current = cfg.to_dict()
-    if saved.exists():
+    if not saved.exists():
+        return
+    if cfg.overwrite:
+        model = Path(cfg.model).expanduser()
+        if model.exists() and model.resolve().is_relative_to(out.resolve()):
+            raise ConfigError(f"overwrite: the model '{cfg.model}' lies inside output_dir '{out}', "
+                              "which --overwrite would delete; choose another output_dir")
+        return
+    try:
         previous = yaml.safe_load(saved.read_text()) or {}
-        differ = sorted(k for k in set(previous) | set(current)
-                        if k not in _RESUMABLE_KEYS and previous.get(k) != current.get(k))
-        if not cfg.overwrite:
-            if not cfg.resume:
-                what = f"a different run (differs in {', '.join(differ)})" if differ else "a run"
-                raise ConfigError(f"output_dir: '{out}' already holds {what}; pass --resume to continue it "
-                                  "or --overwrite to start over")
-            if differ:
-                raise ConfigError(f"output_dir: '{out}' holds a run whose config differs in {', '.join(differ)}; "
-                                  "resume with the same config, or pass --overwrite to start over")
+    except yaml.YAMLError:
+        previous = {}
+    current = cfg.to_dict()
+    differ = sorted(k for k in set(previous) | set(current)
+                    if k not in _RESUMABLE_KEYS and previous.get(k) != current.get(k))
+    if not cfg.resume:
+        what = f"a different run (differs in {', '.join(differ)})" if differ else "a run"
+        raise ConfigError(f"output_dir: '{out}' already holds {what}; pass --resume to continue it "
+                          "or --overwrite to start afresh")
+    if differ:
+        raise ConfigError(f"output_dir: '{out}' holds a run whose config differs in {', '.join(differ)}; "
+                          "resume with the same config, or pass --overwrite to start afresh")
+
+
+def _claim_output_dir(cfg: TrainConfig, out: Path, dist: Dist) -> None:
+    """Once everything has loaded: clear an overwritten run and record this run's config."""
     dist.barrier()
     if dist.is_main:
-        if cfg.overwrite and not cfg.resume:
+        if cfg.overwrite and (out / "run.yaml").exists():
             for name in ("checkpoints", "model"):
                 shutil.rmtree(out / name, ignore_errors=True)
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+            for name in ("metrics.jsonl", "summary.json"):
+                (out / name).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        saved.write_text(yaml.safe_dump(current, sort_keys=False))
+        (out / "run.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     dist.barrier()
 
 
@@ -75,11 +100,12 @@ def _load_examples(cfg: TrainConfig, renderer: Renderer, dist: Dist) -> tuple[li
     shape = cfg.spec.shape
     kind = "sft" if shape == "sft" else "pair"
     train = load_records(cfg.data, kind, columns=cfg.columns, skip_invalid=cfg.skip_invalid, split=cfg.data_split)
+    skipped_rows = len(train.skipped)
     _log(dist, train.summary())
     info: dict[str, Any] = {"train_rows": len(train.records), "skipped_rows": len(train.skipped)}
     if cfg.eval_data:
         held = load_records(cfg.eval_data, kind, columns=cfg.columns, skip_invalid=cfg.skip_invalid,
-                            split=cfg.data_split)
+                            split=cfg.eval_data_split)
         _log(dist, held.summary())
         train_records, eval_records = train.records, held.records
         info["skipped_rows"] += len(held.skipped)
@@ -99,8 +125,10 @@ def _load_examples(cfg: TrainConfig, renderer: Renderer, dist: Dist) -> tuple[li
         info[f"{name}_skipped_after_tokenizing"] = len(res.issues)
         rendered.append(res.examples)
     if not rendered[0]:
-        raise DataError(train.skipped or [], hint="no training example is left") if train.skipped else \
-            ConfigError("data: no training example is left after tokenizing")
+        raise ConfigError(
+            f"data: no training example is left: {skipped_rows} rows were invalid and "
+            f"{info['train_skipped_after_tokenizing']} did not fit max_length={cfg.max_length}"
+        )
     return rendered[0], rendered[1], info
 
 
@@ -110,19 +138,25 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     spec = cfg.spec
     dist = init_distributed()
     out = Path(cfg.output_dir)
-    _prepare_output_dir(cfg, out, dist)
+    _check_output_dir(cfg, out)
     torch.manual_seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     renderer = Renderer(tokenizer, cfg.max_length, cfg.max_prompt_length)
     train_examples, eval_examples, data_info = _load_examples(cfg, renderer, dist)
 
-    policy = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    # bf16 is mixed precision: fp32 master weights and optimizer state, bf16 compute (autocast).
+    master_dtype = "fp32" if cfg.dtype == "bf16" else cfg.dtype
+    policy = load_model(cfg.model, dtype=master_dtype, trust_remote_code=cfg.trust_remote_code)
+    if cfg.disable_dropout:
+        disable_dropout(policy)
     if cfg.lora:
         policy = add_lora(policy, LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules))
     policy.to(dist.device)
-    reference = Reference(policy) if spec.needs_reference else None
+    ref_dtype = torch.bfloat16 if cfg.dtype == "bf16" else None
+    reference = Reference(policy, dtype=ref_dtype) if spec.needs_reference else None
     model = wrap_model(policy, dist)
+    _claim_output_dir(cfg, out, dist)
 
     pad = tokenizer.pad_token_id
     if spec.shape == "sft":
@@ -145,6 +179,8 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
 
     model_dir = out / "model"
     if dist.is_main:
+        if cfg.dtype == "bf16":
+            policy.to(torch.bfloat16)  # training is over: save in the compute dtype
         save_model(policy, tokenizer, model_dir, merge_lora=cfg.merge_lora)
     summary = Summary(str(out), str(model_dir), result.steps, result.train_metrics, result.eval_metrics, data_info)
     if dist.is_main:
