@@ -141,3 +141,19 @@ def test_console_script_tiny_model(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny")
     assert model.config.num_hidden_layers == 1
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--num-heads", "3"], "num_heads: must divide hidden_size"),
+    (["--hidden-size", "0"], "hidden_size: must be >= 1"),
+    (["--num-layers", "-1"], "num_layers: must be >= 1"),
+])
+def test_tiny_model_bad_shape(flags, message, capsys, tmp_path):
+    code, _, err = _run(["tiny-model", str(tmp_path / "t")] + flags, capsys)
+    assert code == 2 and message in err
+
+
+def test_only_rank_0_prints_errors(capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    code, _, err = _run(["train", "--model", "m", "--data", "d", "--lr", "-1"], capsys)
+    assert code == 2 and err == ""

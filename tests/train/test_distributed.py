@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from alignlab import train
+from alignlab.errors import ConfigError
 from tests.train.helpers import base_config, max_abs_diff, weights
 
 pytestmark = pytest.mark.slow
@@ -25,10 +27,12 @@ def _launch(cmd: list[str], cfg_path, tmp_path) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.parametrize("method,data_fixture", [("dpo", "pairs_file"), ("sft", "sft_file")])
-def test_two_processes_equal_one(tmp_path, tiny_model_dir, request, method, data_fixture):
+# dpo holds out one example, so the second process evaluates nothing and must still take part.
+@pytest.mark.parametrize("method,data_fixture,eval_fraction", [("dpo", "pairs_file", 1 / 16), ("sft", "sft_file", 0.25)])
+def test_two_processes_equal_one(tmp_path, tiny_model_dir, request, method, data_fixture, eval_fraction):
     data = request.getfixturevalue(data_fixture)
-    common = dict(method=method, max_steps=3, dtype="fp64", eval_fraction=0.25, eval_every=2)
+    common = dict(method=method, max_steps=3, dtype="fp64", eval_fraction=eval_fraction, eval_every=2,
+                  save_every=1, keep_checkpoints=0)
     single = train(base_config(tiny_model_dir, data, tmp_path / "one", batch_size=4, **common))
 
     cfg = base_config(tiny_model_dir, data, tmp_path / "two", batch_size=2, **common)
@@ -48,6 +52,13 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir, request, method, data
     evals_one = [x["eval/loss"] for x in one if "eval/loss" in x]
     evals_two = [x["eval/loss"] for x in lines if "eval/loss" in x]
     assert len(evals_two) == 2 and evals_two == pytest.approx(evals_one, abs=1e-9)
+
+    # Resuming the two-process run in one process would change the global batch (2 × 2 → 2):
+    # the data position would be wrong, so it is refused.
+    newest = sorted((tmp_path / "two" / "checkpoints").iterdir())[-1]
+    shutil.rmtree(newest)
+    with pytest.raises(ConfigError, match="global_batch=4"):
+        train({**cfg, "resume": True})
 
 
 def test_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_dir, pairs_file):
