@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 
 from alignlab.errors import ConfigError
-from alignlab.losses import REGISTRY, get_loss
+from alignlab.losses import REGISTRY, ParamError, UnknownLossError
+from alignlab.losses import get_loss as _get_loss
 from alignlab.losses.params import param
 
 
@@ -128,6 +129,14 @@ class TrainConfig:
         return out
 
 
+def get_loss(name: str):
+    """The registry's spec for ``name``; an unknown name is a ConfigError."""
+    try:
+        return _get_loss(name)
+    except UnknownLossError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _check(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{name}: {message}")
@@ -228,6 +237,8 @@ def build(cls: type, raw: dict[str, Any], where: str) -> Any:
         kwargs[key] = convert(value, types_[key], key)
     try:
         return cls(**kwargs)
+    except ParamError as e:  # a hyperparameter's own range check
+        raise ConfigError(str(e)) from None
     except TypeError as e:  # a required field without default
         raise ConfigError(f"{where}: {e}") from None
 

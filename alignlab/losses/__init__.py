@@ -1,7 +1,8 @@
 """Pure loss functions over log-prob tensors, and the registry that says what each needs."""
 
 from alignlab.losses.dpo import DPOParams, dpo_loss
-from alignlab.losses.registry import REGISTRY, LossSpec, get_loss, register
+from alignlab.losses.params import ParamError
+from alignlab.losses.registry import REGISTRY, LossSpec, UnknownLossError, get_loss, register
 from alignlab.losses.sft import SFTParams, sft_loss
 from alignlab.losses.types import LossOutput, PairLogps, SeqLogps
 
@@ -17,6 +18,6 @@ register(LossSpec(
 ))
 
 __all__ = [
-    "REGISTRY", "LossSpec", "get_loss", "register", "LossOutput", "PairLogps", "SeqLogps",
+    "REGISTRY", "LossSpec", "ParamError", "UnknownLossError", "get_loss", "register", "LossOutput", "PairLogps", "SeqLogps",
     "DPOParams", "dpo_loss", "SFTParams", "sft_loss",
 ]

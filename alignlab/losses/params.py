@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Any
 
-from alignlab.errors import ConfigError
+
+class ParamError(ValueError):
+    """A hyperparameter out of its range; the message starts with the parameter's name."""
 
 
 def param(default: Any, help: str) -> Any:  # noqa: A002 - 'help' reads best at call sites
@@ -15,4 +17,4 @@ def param(default: Any, help: str) -> Any:  # noqa: A002 - 'help' reads best at 
 
 def require(ok: bool, name: str, message: str) -> None:
     if not ok:
-        raise ConfigError(f"{name}: {message}")
+        raise ParamError(f"{name}: {message}")

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from alignlab.errors import ConfigError
-
 Shape = Literal["sft", "pair"]
 
 
@@ -36,6 +34,10 @@ class LossSpec:
 REGISTRY: dict[str, LossSpec] = {}
 
 
+class UnknownLossError(LookupError):
+    """No loss of that name; the message lists the closest names."""
+
+
 def register(spec: LossSpec) -> LossSpec:
     if spec.name in REGISTRY:
         raise ValueError(f"loss '{spec.name}' is registered twice")
@@ -46,11 +48,11 @@ def register(spec: LossSpec) -> LossSpec:
 
 
 def get_loss(name: str) -> LossSpec:
-    """The spec of a method, or a ConfigError with the closest names."""
+    """The spec of a method, or an UnknownLossError with the closest names."""
     try:
         return REGISTRY[name]
     except KeyError:
         lowered = {n.lower(): n for n in REGISTRY}
         close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=3)]
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"method: unknown method '{name}'{hint} (known: {', '.join(sorted(REGISTRY))})") from None
+        raise UnknownLossError(f"method: unknown method '{name}'{hint} (known: {', '.join(sorted(REGISTRY))})") from None

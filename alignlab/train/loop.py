@@ -85,6 +85,11 @@ def local_micro_batches(indices: list[int], batch_size: int, grad_accum: int, di
     ]
 
 
+def global_batch_size(cfg, dist: Dist) -> int:
+    """Examples consumed by one optimizer step, over micro-batches and processes."""
+    return cfg.batch_size * cfg.grad_accum * dist.world_size
+
+
 def total_steps(cfg, n: int, global_batch: int) -> int:
     if cfg.max_steps > 0:
         return cfg.max_steps
@@ -168,7 +173,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
     cfg, dist, model = inp.cfg, inp.dist, inp.model
     unwrapped = getattr(model, "module", model)
     n = len(inp.train_examples)
-    global_batch = cfg.batch_size * cfg.grad_accum * dist.world_size
+    global_batch = global_batch_size(cfg, dist)
     steps_per_epoch = math.ceil(n / global_batch)
     steps = total_steps(cfg, n, global_batch)
     optimizer = make_optimizer(unwrapped, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps)
@@ -277,7 +282,7 @@ def _units_of(inp: LoopInputs, batch: Batch) -> int:
 def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int) -> None:
     if inp.dist.is_main:
         root = inp.out_dir / "checkpoints"
-        global_batch = inp.cfg.batch_size * inp.cfg.grad_accum * inp.dist.world_size
+        global_batch = global_batch_size(inp.cfg, inp.dist)
         epoch, position = divmod(step, math.ceil(len(inp.train_examples) / global_batch))
         position_info = {"epoch": epoch, "global_batches_done_in_epoch": position, "global_batch": global_batch,
                          "train_examples": len(inp.train_examples)}

@@ -11,8 +11,7 @@ import math
 import pytest
 import torch
 
-from alignlab.errors import ConfigError, UserError
-from alignlab.losses import DPOParams, PairLogps, dpo_loss
+from alignlab.losses import DPOParams, PairLogps, ParamError, dpo_loss
 
 TOL = 1e-6
 
@@ -198,7 +197,7 @@ def test_dpo_params_default_beta():
 
 @pytest.mark.parametrize("beta", [0.0, -0.1, -5.0, float("nan")])
 def test_dpo_params_rejects_non_positive_beta(beta):
-    with pytest.raises(ConfigError, match="beta") as info:
+    with pytest.raises(ParamError, match="beta") as info:
         DPOParams(beta=beta)
-    assert isinstance(info.value, UserError)
+    assert isinstance(info.value, ValueError)
     assert "> 0" in str(info.value)

@@ -6,8 +6,17 @@ import dataclasses
 
 import pytest
 
-from alignlab.errors import ConfigError
-from alignlab.losses import REGISTRY, DPOParams, LossSpec, SFTParams, dpo_loss, get_loss, register, sft_loss
+from alignlab.losses import (
+    REGISTRY,
+    DPOParams,
+    LossSpec,
+    SFTParams,
+    UnknownLossError,
+    dpo_loss,
+    get_loss,
+    register,
+    sft_loss,
+)
 
 
 @pytest.mark.parametrize("name,fn,shape,needs_ref,normalize,params,defaults", [
@@ -29,7 +38,7 @@ def test_spec_fields(name, fn, shape, needs_ref, normalize, params, defaults):
 
 @pytest.mark.parametrize("typo,right", [("dpoo", "dpo"), ("dp", "dpo"), ("spt", "sft")])
 def test_get_loss_typo_suggests_the_right_name(typo, right):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(UnknownLossError) as info:
         get_loss(typo)
     msg = str(info.value)
     assert f"'{typo}'" in msg
@@ -38,12 +47,12 @@ def test_get_loss_typo_suggests_the_right_name(typo, right):
 
 
 def test_get_loss_wrong_case_suggests_the_right_name():
-    with pytest.raises(ConfigError, match="did you mean 'dpo'"):
+    with pytest.raises(UnknownLossError, match="did you mean 'dpo'"):
         get_loss("DPO")
 
 
 def test_get_loss_unrelated_name_lists_known_methods_without_a_guess():
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(UnknownLossError) as info:
         get_loss("zzzzzzzz")
     msg = str(info.value)
     assert "did you mean" not in msg
@@ -92,3 +101,24 @@ def test_every_spec_params_instantiate_with_defaults_and_have_help(name):
     assert spec.reduction in ("sum", "mean")
     assert spec.normalize in ("examples", "tokens")
     assert callable(spec.fn)
+
+
+def test_losses_import_nothing_of_alignlab_but_themselves():
+    """Losses are pure: torch and their own small containers, no model, data or config code."""
+    import ast
+    from pathlib import Path
+
+    import alignlab.losses
+
+    for path in Path(alignlab.losses.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("alignlab"):
+                    assert name.startswith("alignlab.losses"), f"{path.name} imports {name}"
