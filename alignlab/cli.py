@@ -21,6 +21,7 @@ import textwrap
 from alignlab.errors import UserError
 
 USAGE = "alignlab train [CONFIG.yaml] [--field value ...]"
+BARE = None  # the value of a flag given without one
 
 
 def _parse_flags(tokens: list[str]) -> tuple[str | None, dict[str, str], bool]:
@@ -47,7 +48,7 @@ def _parse_flags(tokens: list[str]) -> tuple[str | None, dict[str, str], bool]:
         if value is None:
             nxt = tokens[i + 1] if i + 1 < len(tokens) else None
             if nxt is None or (nxt.startswith("--") and not _is_number(nxt)):
-                value = "true"  # a bare flag: --lora, --resume, --skip-invalid
+                value = BARE  # --lora, --resume: true for a boolean field, an error for any other
                 i += 1
             else:
                 value = nxt
@@ -58,6 +59,20 @@ def _parse_flags(tokens: list[str]) -> tuple[str | None, dict[str, str], bool]:
             raise UserError(f"malformed flag '{tok}'")
         overrides[key] = value
     return config, overrides, debug
+
+
+def _bare_flags_to_true(overrides: dict[str, str | None]) -> dict[str, str]:
+    """A flag without a value means true for a boolean field; for any other it is a mistake."""
+    from alignlab.config import bool_keys
+
+    out = {}
+    for key, value in overrides.items():
+        if value is BARE:
+            if key not in bool_keys():
+                raise UserError(f"--{key.replace('_', '-')} needs a value")
+            value = "true"
+        out[key] = value
+    return out
 
 
 def _is_number(text: str) -> bool:
@@ -97,7 +112,7 @@ def cmd_train(tokens: list[str]) -> int:
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the training bar
     config_path, overrides, _ = _parse_flags(tokens)
-    cfg = load_config(config_path, overrides)
+    cfg = load_config(config_path, _bare_flags_to_true(overrides))
     summary = train(cfg)
     from alignlab.train.distributed import init_distributed
 

@@ -315,6 +315,12 @@ def field_help(cls: type) -> list[tuple[str, str, Any, str]]:
     return rows
 
 
+def bool_keys() -> set[str]:
+    """Names of the boolean fields of TrainConfig and of every method's hyperparameters."""
+    classes = [TrainConfig] + [spec.params for spec in REGISTRY.values()]
+    return {name for cls in classes for name, tp in _field_types(cls).items() if _strip_optional(tp)[0] is bool}
+
+
 def fields_markdown() -> str:
     """The README's table of TrainConfig fields (tests check that the README holds it verbatim)."""
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]

@@ -36,7 +36,17 @@ def test_train_help_lists_every_field_with_its_help(capsys):
 def test_flags_parse():
     cfg, over, debug = _parse_flags(["c.yaml", "--max-steps", "5", "--lora", "--lr=1e-3", "--beta", "-0.5", "--debug"])
     assert cfg == "c.yaml" and debug
-    assert over == {"max_steps": "5", "lora": "true", "lr": "1e-3", "beta": "-0.5"}
+    assert over == {"max_steps": "5", "lora": None, "lr": "1e-3", "beta": "-0.5"}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--data"], "--data needs a value"),
+    (["--columns.prompt"], "--columns.prompt needs a value"),
+    (["--max-steps", "--lora"], "--max-steps needs a value"),
+])
+def test_value_flags_need_a_value(flags, message, capsys):
+    code, _, err = _run(["train", "--model", "m"] + flags, capsys)
+    assert code == 2 and message in err
 
 
 def test_yaml_then_flags(tmp_path):

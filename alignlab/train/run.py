@@ -100,15 +100,15 @@ def _load_examples(cfg: TrainConfig, renderer: Renderer, dist: Dist) -> tuple[li
     shape = cfg.spec.shape
     kind = "sft" if shape == "sft" else "pair"
     train = load_records(cfg.data, kind, columns=cfg.columns, skip_invalid=cfg.skip_invalid, split=cfg.data_split)
-    skipped_rows = len(train.skipped)
+    skipped_rows = train.skipped_rows
     _log(dist, train.summary())
-    info: dict[str, Any] = {"train_rows": len(train.records), "skipped_rows": len(train.skipped)}
+    info: dict[str, Any] = {"train_rows": len(train.records), "skipped_rows": train.skipped_rows}
     if cfg.eval_data:
         held = load_records(cfg.eval_data, kind, columns=cfg.columns, skip_invalid=cfg.skip_invalid,
                             split=cfg.eval_data_split)
         _log(dist, held.summary())
         train_records, eval_records = train.records, held.records
-        info["skipped_rows"] += len(held.skipped)
+        info["skipped_rows"] += held.skipped_rows
     else:
         train_records, eval_records = split_records(train.records, cfg.eval_fraction, cfg.seed)
     rendered = []
