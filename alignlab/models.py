@@ -129,7 +129,8 @@ def _resolve_source(name_or_path: str) -> str:
         if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
             raise UserError(f"model directory '{name_or_path}' has no config.json (is it a saved model?)")
         return str(p.resolve())
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    first = name_or_path.split("/", 1)[0]
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or ("/" in name_or_path and Path(first).is_dir()):
         raise UserError(f"model directory '{name_or_path}' does not exist")
     return name_or_path
 

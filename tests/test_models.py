@@ -39,6 +39,14 @@ def test_missing_model_directory(path, message):
         load_model(path)
 
 
+def test_missing_directory_inside_an_existing_folder_is_not_a_hub_name(tmp_path, monkeypatch):
+    """'runs/tiny-model' where 'runs/' exists is a local path that is missing, not a hub repo."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(UserError, match="'runs/tiny-model' does not exist"):
+        load_model("runs/tiny-model")
+
+
 def test_directory_without_config(tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         load_tokenizer(str(tmp_path))
