@@ -6,9 +6,14 @@ Accepted shapes (TRL's dataset formats, plus Anthropic HH transcripts):
 - pair, conversational:  {"prompt": [msgs], "chosen": [msgs], "rejected": [msgs]}
 - pair, implicit prompt: {"chosen": ..., "rejected": ...}; the shared beginning is the prompt.
   Anthropic HH transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ...") are split after the last
-  "\\n\\nAssistant:" both share.
+  "\\n\\nAssistant:" both share. An empty shared beginning is only accepted when the row has no
+  other columns: otherwise the prompt is probably in a column of another name.
+- pair, UltraFeedback:   {"prompt": str, "chosen": [msgs], "rejected": [msgs]} where both
+  conversations start with the prompt's turns; the turns they share are the prompt, as in TRL.
 - sft:                   {"prompt": str, "completion": str}, {"text": str},
                          {"prompt": [msgs], "completion": [msgs]}, {"messages": [msgs]}
+  A "text" row whose other columns hold text too (an "instruction") is refused unless "text" is
+  mapped explicitly: one of those columns is probably the prompt.
 
 ``columns`` maps alignlab field names to the user's column names. Every problem becomes a
 ``RowIssue`` naming the source, the row and the user's column.
@@ -93,6 +98,9 @@ def to_record(
 
     ``columns`` (already checked with ``check_columns``) maps alignlab fields to column names.
     Extra message keys other than role and content (``name``, ``tool_calls``...) are ignored.
+    Other columns are ignored too, except where they suggest that a prompt is being lost: a pair
+    whose implicit prompt is empty, or an sft ``text`` row (with 'text' not mapped) that has other
+    non-empty string columns, is an issue naming those columns.
     """
     if kind not in KINDS:
         raise UserError(f"unknown data kind '{kind}'; expected one of: {', '.join(KINDS)}")
@@ -141,12 +149,16 @@ class _RowReader:
         )
         if need:
             what += f"; {need}"
-        listing = ", ".join(found[:12]) + (", ..." if len(found) > 12 else "")
-        what += f" (found: {listing or 'no fields'}"
+        what += f" (found: {_listing(found) or 'no fields'}"
         close = _closest((column, *wanted), found)
         if close:
             what += f"; '{close[1]}' looks like a misspelling of '{close[0]}'"
         return _Bad(column, what + ")")
+
+    def others(self, *fields: str) -> list[str]:
+        """The row's columns, sorted, other than those that ``fields`` are read from."""
+        used = {self.column(field) for field in fields}
+        return sorted(str(key) for key in self.data if key not in used)
 
     def text(self, field: str, *, allow_list: bool = True) -> Text | None:
         """The field as a Text; records a problem and returns None if it is missing or bad."""
@@ -170,6 +182,16 @@ class _RowReader:
     def stop_if_problems(self) -> None:
         if self.problems:
             raise _Stop
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+
+
+def _misspelling(wanted: tuple[str, ...], found: list[str]) -> str:
+    """" ('promt' looks like a misspelling of 'prompt')", or "" when no name is close."""
+    close = _closest(wanted, found)
+    return f" ('{close[1]}' looks like a misspelling of '{close[0]}')" if close else ""
 
 
 def _closest(wanted: tuple[str, ...], found: list[str]) -> tuple[str, str] | None:
@@ -238,12 +260,58 @@ def _pair(reader: _RowReader, source: str, row: int) -> PairRecord:
         raise _Bad(r_col, "chosen and rejected are identical")
     if prompt is None:
         prompt, chosen, rejected = _split_implicit(chosen, c_col, rejected, r_col)
+        if not prompt:
+            _check_nothing_unused(reader, c_col, r_col)
+    elif _string_beside_conversations(prompt, chosen, rejected):
+        assert isinstance(prompt, str) and isinstance(chosen, tuple) and isinstance(rejected, tuple)
+        p_col = reader.column("prompt")
+        prompt, chosen, rejected = _split_under_string_prompt(prompt, p_col, chosen, c_col, rejected, r_col)
     else:
         prompt = _match_prompt(prompt, reader.column("prompt"), chosen, c_col)
     reader.attempt(_check_response, chosen, c_col)
     reader.attempt(_check_response, rejected, r_col)
     reader.stop_if_problems()
     return PairRecord(prompt=prompt, chosen=chosen, rejected=rejected, source=source, row=row)
+
+
+def _check_nothing_unused(reader: _RowReader, c_col: str, r_col: str) -> None:
+    """Refuse an empty implicit prompt in a row that has columns besides chosen and rejected.
+
+    Some data really has no prompt, but a row with other columns probably keeps its prompt in
+    one of them (``question``, a misspelt ``promt``), which would otherwise be dropped silently.
+    """
+    unused = reader.others("chosen", "rejected")
+    if unused:
+        raise _Bad(
+            reader.column("prompt"),
+            f"{c_col} and {r_col} share no prompt; unused columns: {_listing(unused)}"
+            f"{_misspelling(('prompt',), unused)}; map one with --columns.prompt NAME",
+        )
+
+
+def _string_beside_conversations(prompt: Text, chosen: Text, rejected: Text) -> bool:
+    """A non-empty string prompt with two conversations that each start with a non-assistant turn."""
+    whole = [isinstance(t, tuple) and bool(t) and t[0].role != "assistant" for t in (chosen, rejected)]
+    return isinstance(prompt, str) and prompt != "" and all(whole)
+
+
+def _split_under_string_prompt(
+    prompt: str, p_col: str, chosen: Conversation, c_col: str, rejected: Conversation, r_col: str
+) -> tuple[Text, Text, Text]:
+    """UltraFeedback-style rows: a string prompt beside two whole conversations.
+
+    As in TRL, the prompt is the turns both conversations share, and the string is not used
+    beyond a check: it must be the content (white space aside) of one of the shared user turns,
+    which catches rows whose columns do not belong together.
+    """
+    shared, chosen_rest, rejected_rest = _split_implicit(chosen, c_col, rejected, r_col)
+    users = [m.content.strip() for m in shared if m.role == "user"]
+    if not users:
+        raise _Bad(p_col, f"'{c_col}' and '{r_col}' are whole conversations that share no user turn, "
+                          f"so there is no prompt to match '{p_col}'")
+    if prompt.strip() not in users:
+        raise _Bad(p_col, f"'{p_col}' is not the content of any user turn that '{c_col}' and '{r_col}' share")
+    return shared, chosen_rest, rejected_rest
 
 
 def _split_implicit(chosen: Text, c_col: str, rejected: Text, r_col: str) -> tuple[Text, Text, Text]:
@@ -269,12 +337,14 @@ def _string_cut(chosen: str, rejected: str, c_col: str) -> int:
     """Where the shared prompt of two strings ends.
 
     Anthropic HH transcripts are cut just after the last "\\n\\nAssistant:" both share, so the
-    response keeps its leading space. Other strings are cut at the last whitespace of their common
+    response keeps its leading space. Other strings, and "Human:" transcripts with no
+    "\\n\\nAssistant:" at all (single newlines), are cut at the last whitespace of their common
     prefix, so that no word is split and the space starts the response (" Paris"), the way a
     tokenizer sees a continuation.
     """
     common = _common_prefix_len(chosen, rejected)
-    if _is_hh(chosen) and _is_hh(rejected):
+    has_marker = HH_ASSISTANT in chosen or HH_ASSISTANT in rejected
+    if _is_hh(chosen) and _is_hh(rejected) and has_marker:
         marker = chosen.rfind(HH_ASSISTANT, 0, common)
         if marker < 0:
             raise _Bad(
@@ -310,6 +380,8 @@ def _sft(reader: _RowReader, source: str, row: int) -> SFTRecord:
         prompt, completion = "", text
         if not text.strip():
             raise _Bad(reader.column("text"), "empty text")
+        if not reader.mapped("text"):
+            _check_text_alone(reader)
     else:
         completion = reader.text("completion")
         prompt = reader.text("prompt")
@@ -319,6 +391,26 @@ def _sft(reader: _RowReader, source: str, row: int) -> SFTRecord:
         prompt = _match_prompt(prompt, reader.column("prompt"), completion, c_col)
         _check_response(completion, c_col)
     return SFTRecord(prompt=prompt, completion=completion, source=source, row=row)
+
+
+def _check_text_alone(reader: _RowReader) -> None:
+    """Refuse a 'text' row whose other columns hold text too.
+
+    A 'text' row trains on the whole text with no prompt. If another column holds a non-empty
+    string (an 'instruction', a 'prompt' beside 'text'), it is probably the prompt and would be
+    dropped silently. Columns holding numbers, lists, nulls or blank strings do not count, and
+    mapping 'text' explicitly (--columns.text text) says that the text alone is meant.
+    """
+    t_col = reader.column("text")
+    unused = [c for c in reader.others("text") if isinstance(reader.data[c], str) and reader.data[c].strip()]
+    if unused:
+        raise _Bad(
+            t_col,
+            f"'{t_col}' would be trained on alone, with no prompt, but other columns hold text: "
+            f"{_listing(unused)}{_misspelling(('prompt', 'completion'), unused)}; map the prompt and "
+            f"completion with --columns.prompt NAME --columns.completion NAME, or pass "
+            f"--columns.text {t_col} to train on '{t_col}' alone",
+        )
 
 
 def _sft_shape(reader: _RowReader) -> str:

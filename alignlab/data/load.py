@@ -6,7 +6,7 @@ import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 from alignlab.data.formats import check_columns, to_record
 from alignlab.data.records import PairRecord, Record
@@ -41,11 +41,18 @@ class LoadResult:
             line += f", {self.duplicates} duplicate{_s(self.duplicates)} kept"
         if self.skipped:
             rows = self.skipped_rows
-            reasons = "; ".join(str(issue) for issue in self.skipped[:_SHOWN_REASONS])
-            if len(self.skipped) > _SHOWN_REASONS:
-                reasons += f"; and {len(self.skipped) - _SHOWN_REASONS} more"
-            line += f" ({rows} invalid row{_s(rows)} skipped: {reasons})"
+            line += f" ({rows} invalid row{_s(rows)} skipped: {self._reasons()})"
         return line
+
+    def _reasons(self) -> str:
+        """The first issue of each of the first few skipped rows, and how many rows are not shown."""
+        first_per_row: dict[tuple[str, int], RowIssue] = {}
+        for issue in self.skipped:
+            first_per_row.setdefault((issue.source, issue.row), issue)
+        shown = list(first_per_row.values())[:_SHOWN_REASONS]
+        reasons = "; ".join(str(issue) for issue in shown)
+        more = len(first_per_row) - len(shown)
+        return reasons + (f"; and {more} more row{_s(more)}" if more else "")
 
 
 def load_records(
@@ -65,23 +72,25 @@ def load_records(
 
     Every row is checked. If any row is bad, raises ``DataError`` holding every issue, unless
     ``skip_invalid``, in which case bad rows are left out and listed in ``LoadResult.skipped``.
+    For pairs, a file in which some rows have a prompt column and others do not is taken to
+    have lost the prompts of the others: those rows are bad ones too (the field 'prompt').
     Raises ``UserError`` if the source has no rows, or no valid rows.
     """
     mapping = check_columns(kind, columns)
     name = os.fspath(source)
-    records: list[Record] = []
-    issues: list[RowIssue] = []
-    n_rows = 0
+    prompt_column = mapping.get("prompt", "prompt")
+    results: list[_Result] = []
     for raw in iter_rows(source, split=split):
-        n_rows += 1
         if isinstance(raw.data, RowIssue):
-            issues.append(raw.data)
-            continue
-        result = to_record(raw.data, kind, source=raw.source, row=raw.row, columns=mapping)
-        if isinstance(result, list):
-            issues.extend(result)
+            results.append(_Result(raw.source, [raw.data], False))
         else:
-            records.append(result)
+            record = to_record(raw.data, kind, source=raw.source, row=raw.row, columns=mapping)
+            results.append(_Result(raw.source, record, prompt_column in raw.data))
+    n_rows = len(results)
+    if kind == "pair":
+        results = _refuse_missing_prompts(results)
+    records = [r.outcome for r in results if not isinstance(r.outcome, list)]
+    issues = [issue for r in results if isinstance(r.outcome, list) for issue in r.outcome]
     if n_rows == 0:
         raise UserError(f"{name}: no rows")
     if issues and not skip_invalid:
@@ -91,6 +100,30 @@ def load_records(
             f"{name}: no valid rows ({n_rows} row{_s(n_rows)} read, all invalid; first: {issues[0]})"
         )
     return LoadResult(records, issues, name, kind=kind, duplicates=count_duplicates(records))
+
+
+class _Result(NamedTuple):
+    """What became of one row: its record or its issues, and whether it had a prompt column."""
+
+    source: str
+    outcome: Record | list[RowIssue]
+    has_prompt: bool
+
+
+def _refuse_missing_prompts(results: list[_Result]) -> list[_Result]:
+    """Turn pairs read without a prompt into issues when other rows of their file have one.
+
+    A file that mixes both probably lost some prompts; an implicit prompt would hide that.
+    Rows that are already bad keep their own issues.
+    """
+    with_prompt = {r.source for r in results if r.has_prompt}
+    message = "missing field 'prompt' (other rows of this file have one)"
+    return [
+        r._replace(outcome=[RowIssue(r.source, r.outcome.row, "prompt", message)])
+        if isinstance(r.outcome, PairRecord) and not r.has_prompt and r.source in with_prompt
+        else r
+        for r in results
+    ]
 
 
 def count_duplicates(records: Sequence[Record]) -> int:

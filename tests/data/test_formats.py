@@ -387,3 +387,104 @@ def test_both_empty_responses_are_reported():
         ("chosen", "empty response"),
         ("rejected", "empty response"),
     ]
+
+
+# ---------------------------------------------------------------- prompts that would be lost
+
+
+@pytest.mark.parametrize(
+    ("row", "needle"),
+    [
+        (
+            {"system": "", "question": "What is 2+2?", "chosen": "The answer is 4.", "rejected": "5"},
+            "chosen and rejected share no prompt; unused columns: question, system; "
+            "map one with --columns.prompt NAME",
+        ),
+        (
+            {"promt": "What is 2+2?", "chosen": "The answer is 4.", "rejected": "5"},
+            "unused columns: promt ('promt' looks like a misspelling of 'prompt'); "
+            "map one with --columns.prompt NAME",
+        ),
+        (
+            {"question": "q", "chosen": [msg("assistant", "a")], "rejected": [msg("assistant", "b")]},
+            "chosen and rejected share no prompt; unused columns: question;",
+        ),
+    ],
+)
+def test_empty_implicit_prompt_with_other_columns_is_refused(row, needle):
+    issue = only_issue(convert(row))
+    assert issue.field == "prompt"
+    assert needle in issue.message
+
+
+def test_empty_implicit_prompt_names_the_mapped_response_columns():
+    issue = only_issue(convert({"q": "x", "good": "a", "bad": "b"}, columns={"chosen": "good", "rejected": "bad"}))
+    assert issue.field == "prompt"
+    assert issue.message.startswith("good and bad share no prompt; unused columns: q;")
+
+
+def test_implicit_prompt_with_other_columns_is_fine_when_it_is_not_empty():
+    rec = convert({"id": 3, "chosen": "The sky is blue", "rejected": "The sky is green"})
+    assert rec == PairRecord("The sky is", " blue", " green", SRC, 7)
+
+
+def test_sft_text_beside_other_text_columns_is_refused():
+    issue = only_issue(convert({"instruction": "Say hi.", "text": "Hi!", "input": " ", "id": 4}, "sft"))
+    assert issue.field == "text"
+    assert "other columns hold text: instruction;" in issue.message
+    assert "--columns.prompt NAME --columns.completion NAME" in issue.message
+    assert "--columns.text text" in issue.message
+
+
+def test_sft_text_beside_a_misspelt_prompt_says_so():
+    issue = only_issue(convert({"promt": "Say hi.", "text": "Hi!"}, "sft"))
+    assert "other columns hold text: promt ('promt' looks like a misspelling of 'prompt')" in issue.message
+
+
+def test_sft_text_with_only_non_text_or_blank_columns_or_mapped_explicitly_is_fine():
+    assert convert({"text": "Hi!", "id": 4, "tags": ["a"], "note": ""}, "sft") == SFTRecord("", "Hi!", SRC, 7)
+    rec = convert({"text": "Hi!", "source": "wiki"}, "sft", columns={"text": "text"})
+    assert rec == SFTRecord("", "Hi!", SRC, 7)
+
+
+# ---------------------------------------------------------------- UltraFeedback and HH variants
+
+
+def test_ultrafeedback_string_prompt_with_whole_conversations():
+    rec = convert(
+        {
+            "prompt": "What is 2+2?",
+            "chosen": [msg("system", "Be brief."), msg("user", "What is 2+2?"), msg("assistant", "4")],
+            "rejected": [msg("system", "Be brief."), msg("user", "What is 2+2?"), msg("assistant", "5")],
+        }
+    )
+    assert rec == PairRecord(
+        prompt=conv(("system", "Be brief."), ("user", "What is 2+2?")),
+        chosen=conv(("assistant", "4")),
+        rejected=conv(("assistant", "5")),
+        source=SRC,
+        row=7,
+    )
+
+
+@pytest.mark.parametrize(
+    ("chosen_question", "needle"),
+    [
+        ("What is 2+2?", "'prompt' is not the content of any user turn that 'chosen' and 'rejected' share"),
+        ("What is 3+3?", "are whole conversations that share no user turn"),
+    ],
+)
+def test_ultrafeedback_prompt_that_does_not_fit_the_conversations(chosen_question, needle):
+    row = {
+        "prompt": "Name a color.",
+        "chosen": [msg("user", chosen_question), msg("assistant", "4")],
+        "rejected": [msg("user", "What is 2+2?"), msg("assistant", "5")],
+    }
+    issue = only_issue(convert(row))
+    assert issue.field == "prompt"
+    assert needle in issue.message
+
+
+def test_human_transcript_with_single_newlines_uses_the_word_boundary_split():
+    rec = convert({"chosen": "Human: What is 2+2?\nAssistant: 4", "rejected": "Human: What is 2+2?\nAssistant: 5"})
+    assert rec == PairRecord("Human: What is 2+2?\nAssistant:", " 4", " 5", SRC, 7)

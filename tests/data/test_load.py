@@ -96,6 +96,17 @@ CASES = {
         [{"chosen": "The sky is blue", "rejected": "The sky is green"}],
         [("The sky is", " blue", " green")],
     ),
+    "pair-ultrafeedback": (
+        "pair",
+        [
+            {
+                "prompt": "q",
+                "chosen": [m("user", "q"), m("assistant", "good")],
+                "rejected": [m("user", "q"), m("assistant", "bad")],
+            }
+        ],
+        [(conv(("user", "q")), conv(("assistant", "good")), conv(("assistant", "bad")))],
+    ),
     "sft-prompt-completion": (
         "sft",
         [{"prompt": "Q: 1+1?", "completion": " A: 2"}, {"prompt": "Q: 2+2?", "completion": " A: 4"}],
@@ -210,7 +221,7 @@ def test_skip_mode_keeps_good_rows_and_counts_the_rest(tmp_path):
     )
     assert "row 3: malformed JSON" in summary
     assert "row 5, field 'rejected': chosen and rejected are identical" in summary
-    assert summary.endswith("; and 1 more)")
+    assert summary.endswith("; and 1 more row)")
 
 
 def test_skip_mode_counts_rows_not_issues(tmp_path):
@@ -308,3 +319,67 @@ def test_split_that_leaves_no_training_data():
     with pytest.raises(UserError, match="leaves no training data"):
         split_records([], 0.5, seed=0)
     assert [len(x) for x in split_records([1, 2], 0.99, seed=0)] == [1, 1]
+
+
+# ---------------------------------------------------------------- prompts that would be lost
+
+
+def test_rows_without_a_prompt_in_a_file_whose_other_rows_have_one(tmp_path):
+    rows = [
+        {"prompt": "Sky?", "chosen": "blue", "rejected": "green"},
+        {"chosen": "The sky is blue", "rejected": "The sky is green"},
+        {"prompt": "Grass?", "chosen": "green", "rejected": "blue"},
+    ]
+    p = write(tmp_path, rows, "jsonl")
+    with pytest.raises(DataError) as e:
+        load_records(p, "pair")
+    (issue,) = e.value.issues
+    assert (issue.source, issue.row, issue.field) == (str(p), 2, "prompt")
+    assert issue.message == "missing field 'prompt' (other rows of this file have one)"
+    result = load_records(p, "pair", skip_invalid=True)
+    assert result.records == [
+        PairRecord("Sky?", "blue", "green", str(p), 1),
+        PairRecord("Grass?", "green", "blue", str(p), 3),
+    ]
+
+
+def test_prompt_column_is_compared_within_each_file_of_a_directory(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "a.jsonl").write_text(json.dumps({"prompt": "Sky?", "chosen": "blue", "rejected": "green"}) + "\n")
+    (d / "b.jsonl").write_text(json.dumps({"chosen": "The sky is blue", "rejected": "The sky is green"}) + "\n")
+    assert load_records(d, "pair").records == [
+        PairRecord("Sky?", "blue", "green", str(d / "a.jsonl"), 1),
+        PairRecord("The sky is", " blue", " green", str(d / "b.jsonl"), 1),
+    ]
+
+
+def test_prompt_under_another_column_name_is_not_dropped(tmp_path):
+    row = {"system": "", "question": "What is 2+2?", "chosen": "The answer is 4.", "rejected": "5"}
+    p = write(tmp_path, [row], "jsonl")
+    with pytest.raises(DataError) as e:
+        load_records(p, "pair")
+    (issue,) = e.value.issues
+    assert (issue.source, issue.row, issue.field) == (str(p), 1, "prompt")
+    assert "unused columns: question, system; map one with --columns.prompt NAME" in issue.message
+    result = load_records(p, "pair", columns={"prompt": "question"})
+    assert result.records == [PairRecord("What is 2+2?", "The answer is 4.", "5", str(p), 1)]
+
+
+def test_summary_counts_and_shows_rows_not_issues(tmp_path):
+    rows = [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": 1, "chosen": None, "rejected": "b"},  # two issues in one row
+        {"prompt": "p", "chosen": "", "rejected": "b"},
+        {"prompt": "p", "chosen": "same", "rejected": "same"},
+        {"prompt": "p", "chosen": "a", "rejected": ""},
+        {"prompt": "p", "chosen": "", "rejected": "c"},
+    ]
+    p = write(tmp_path, rows, "jsonl")
+    result = load_records(p, "pair", skip_invalid=True)
+    assert len(result.skipped) == 6 and result.skipped_rows == 5
+    assert result.summary() == (
+        f"loaded 1 pair from {p} (5 invalid rows skipped: {p}, row 2, field 'chosen': missing value (null); "
+        f"{p}, row 3, field 'chosen': empty response; "
+        f"{p}, row 4, field 'rejected': chosen and rejected are identical; and 2 more rows)"
+    )

@@ -289,3 +289,246 @@ def test_hub_failure_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets, "load_dataset", failing)
     with pytest.raises(UserError, match="someone/prefs: not a local path.*offline"):
         rows("someone/prefs")
+
+
+# ---------------------------------------------------------------- duplicate keys, nesting, odd text
+
+
+def test_jsonl_duplicate_key_is_a_row_issue_naming_the_key(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(
+        '{"chosen": "a", "rejected": "b"}\n'
+        '{"chosen": "a", "rejected": "b", "chosen": "c"}\n'
+        '{"chosen": [{"role": "assistant", "content": "x", "content": "y"}]}\n',
+        encoding="utf-8",
+    )
+    got = rows(p)
+    assert got[0][1] == {"chosen": "a", "rejected": "b"}
+    for number, key in ((2, "chosen"), (3, "content")):
+        issue = got[number - 1][1]
+        assert isinstance(issue, RowIssue)
+        assert (issue.source, issue.row, issue.field) == (str(p), number, None)
+        assert f"duplicate key '{key}'" in issue.message
+
+
+def test_json_document_row_with_a_duplicate_key_is_a_row_issue(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text('[{"a": 1}, {"a": 2, "a": 3}]', encoding="utf-8")
+    got = rows(p)
+    assert got[0][1] == {"a": 1}
+    issue = got[1][1]
+    assert isinstance(issue, RowIssue) and (issue.row, issue.field) == (2, None)
+    assert "duplicate key 'a'" in issue.message
+
+
+def test_csv_header_repeating_a_column_is_a_user_error(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("prompt,chosen,rejected,chosen\np,a,b,c\n", encoding="utf-8")
+    with pytest.raises(UserError, match="column 'chosen' more than once") as e:
+        rows(p)
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize("depth", [900, 100_000])
+def test_jsonl_deeply_nested_line_is_a_row_issue(tmp_path, depth):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"a": 1}\n{"a": ' + "[" * depth + "]" * depth + '}\n{"a": 3}\n', encoding="utf-8")
+    got = rows(p)
+    assert [got[0][1], got[2][1]] == [{"a": 1}, {"a": 3}]
+    issue = got[1][1]
+    if depth == 900:  # deep, but within what the JSON parser reads
+        assert isinstance(issue, dict)
+    else:
+        assert isinstance(issue, RowIssue) and (issue.row, issue.field) == (2, None)
+        assert issue.message == "malformed JSON: nested too deeply to read"
+
+
+def test_jsonl_value_error_while_parsing_is_a_row_issue(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"a": ' + "1" * 5000 + "}\n", encoding="utf-8")
+    (issue,) = [d for _, d, _ in rows(p)]
+    assert isinstance(issue, RowIssue) and (issue.row, issue.field) == (1, None)
+    assert issue.message.startswith("malformed JSON: ") and "digits" in issue.message
+
+
+def test_json_document_nested_too_deeply_is_a_user_error(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(UserError, match="not valid JSON: nested too deeply") as e:
+        rows(p)
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "json"])
+def test_escaped_lone_surrogate_is_not_called_bad_utf8(tmp_path, ext):
+    p = tmp_path / f"d.{ext}"
+    line = '{"text": "smile \\ud83d"}'
+    p.write_text(line + "\n" if ext == "jsonl" else f"[{line}]", encoding="utf-8")
+    (issue,) = [d for _, d, _ in rows(p)]
+    assert isinstance(issue, RowIssue) and (issue.row, issue.field) == (1, None)
+    assert issue.message.startswith("holds an unpaired surrogate (\\ud83d)")
+    assert "UTF-8" not in issue.message
+
+
+def test_json_with_bad_bytes_and_an_escaped_surrogate_tells_them_apart(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_bytes(b'[{"a": "caf\xe9"}, {"a": "\\ud83d"}]')
+    first, second = [d for _, d, _ in rows(p)]
+    assert isinstance(first, RowIssue) and "not valid UTF-8" in first.message
+    assert isinstance(second, RowIssue) and "unpaired surrogate" in second.message
+
+
+def test_json_file_of_json_lines_with_a_line_separator_in_a_string(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text('{"a": "x\u2028y"}\n{"a": 2}\n', encoding="utf-8")
+    assert rows(p) == [(1, {"a": "x\u2028y"}, str(p)), (2, {"a": 2}, str(p))]
+
+
+# ---------------------------------------------------------------- CSV limits and conversations
+
+
+def test_csv_cell_larger_than_128_kib(tmp_path):
+    p = tmp_path / "d.csv"
+    big = "x" * (200 * 1024)
+    p.write_text(f"prompt,chosen\np,{big}\n", encoding="utf-8")
+    assert rows(p) == [(1, {"prompt": "p", "chosen": big}, str(p))]
+
+
+def test_malformed_csv_names_the_data_row_it_failed_in(tmp_path, monkeypatch):
+    import csv
+
+    import alignlab.data.sources as sources
+
+    # Keep a small cell limit so that the csv module fails on the second data row.
+    monkeypatch.setattr(sources, "_allow_large_csv_cells", lambda: None, raising=False)
+    old_limit = csv.field_size_limit(10)
+    try:
+        p = tmp_path / "d.csv"
+        p.write_text("a,b\n1,2\n\n3," + "y" * 50 + "\n", encoding="utf-8")
+        with pytest.raises(UserError, match=r"malformed CSV in data row 2 \(line 4\)") as e:
+            rows(p)
+        assert str(p) in str(e.value)
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def test_csv_cells_that_are_json_lists_but_not_conversations_stay_text(tmp_path):
+    import csv
+
+    p = tmp_path / "d.csv"
+    cells = ["[]", '[{"a": 1}]', '[{"role": "user"}]', '[{"role": "user", "content": "q"}, 3]']
+    with p.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["c1", "c2", "c3", "c4", "conv"])
+        w.writerow([*cells, '[{"role": "user", "content": "q"}]'])
+    assert rows(p)[0][1] == {
+        "c1": "[]",
+        "c2": '[{"a": 1}]',
+        "c3": '[{"role": "user"}]',
+        "c4": '[{"role": "user", "content": "q"}, 3]',
+        "conv": [{"role": "user", "content": "q"}],
+    }
+
+
+# ---------------------------------------------------------------- Arrow text that is not UTF-8
+
+
+def bad_utf8_strings() -> pa.Array:
+    """A string array whose second value, b"caf\\xe9", is not UTF-8 (Arrow does not check)."""
+    offsets = pa.py_buffer(pa.array([0, 2, 6, 8], type=pa.int32()).buffers()[1])
+    return pa.Array.from_buffers(pa.string(), 3, [None, offsets, pa.py_buffer(b"okcaf\xe9hi")])
+
+
+def test_parquet_row_with_bad_utf8_is_a_row_issue_and_reading_goes_on(tmp_path):
+    p = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"t": bad_utf8_strings(), "n": [1, 2, 3]}), p)
+    got = rows(p)
+    assert (got[0][:2], got[2][:2]) == ((1, {"t": "ok", "n": 1}), (3, {"t": "hi", "n": 3}))
+    issue = got[1][1]
+    assert isinstance(issue, RowIssue)
+    assert (issue.source, issue.row, issue.field) == (str(p), 2, None)
+    assert issue.message == "not valid UTF-8 (in column 't')"
+
+
+def test_saved_dataset_row_with_bad_utf8_is_a_row_issue(tmp_path):
+    import datasets
+
+    datasets.Dataset(pa.table({"t": bad_utf8_strings()})).save_to_disk(tmp_path / "ds")
+    got = rows(tmp_path / "ds")
+    assert [d for _, d, _ in got][0::2] == [{"t": "ok"}, {"t": "hi"}]
+    issue = got[1][1]
+    assert isinstance(issue, RowIssue) and (issue.row, issue.field) == (2, None)
+    assert "not valid UTF-8" in issue.message
+
+
+def test_parquet_with_a_damaged_page_is_a_user_error(tmp_path):
+    p = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"t": [f"row {i} " * 20 for i in range(200)]}), p)
+    data = bytearray(p.read_bytes())
+    data[100:160] = bytes(b ^ 0xFF for b in data[100:160])  # inside the first data page
+    p.write_bytes(bytes(data))
+    with pytest.raises(UserError) as e:
+        rows(p)
+    assert str(p) in str(e.value)
+
+
+# ---------------------------------------------------------------- local paths and split tags
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """Run in tmp_path with a Hub loader that records its calls instead of going online."""
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    calls: list[str] = []
+
+    def fake_load_dataset(name, split=None):
+        calls.append(name)
+        return datasets.Dataset.from_list([{"a": "hub"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["mydata/pairs", "notes/train.txt", "owner/data.jsonl"])
+def test_mistyped_local_path_is_not_sent_to_the_hub(no_hub, tmp_path, name):
+    (tmp_path / "mydata").mkdir()
+    with pytest.raises(UserError, match=f"^{name}: no such file or directory$"):
+        rows(name)
+    assert no_hub == []
+
+
+def test_names_that_look_like_hub_ids_still_go_to_the_hub(no_hub):
+    assert rows("teknium/OpenHermes-2.5") == [(1, {"a": "hub"}, "teknium/OpenHermes-2.5")]
+    assert no_hub == ["teknium/OpenHermes-2.5"]
+
+
+def test_tilde_in_a_data_path_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_jsonl(tmp_path / "d.jsonl", [{"a": 1}])
+    assert rows("~/d.jsonl") == [(1, {"a": 1}, "~/d.jsonl")]
+
+
+def test_split_name_anywhere_in_the_file_name_keeps_splits_apart(tmp_path):
+    write_jsonl(tmp_path / "pairs_train.jsonl", [{"a": 1}])
+    write_jsonl(tmp_path / "pairs_eval.jsonl", [{"a": 2}])
+    write_jsonl(tmp_path / "sft_train.jsonl", [{"a": 3}])
+    write_jsonl(tmp_path / "pairs_test.jsonl", [{"a": 4}])
+    write_jsonl(tmp_path / "part.val.jsonl", [{"a": 5}])
+    write_jsonl(tmp_path / "notes.jsonl", [{"a": 6}])
+    assert [x for _, x, _ in rows(tmp_path)] == [{"a": 1}, {"a": 3}]
+    assert rows(tmp_path, split="eval") == [(1, {"a": 2}, str(tmp_path / "pairs_eval.jsonl"))]
+    assert [x for _, x, _ in rows(tmp_path, split="test")] == [{"a": 4}]
+    assert [x for _, x, _ in rows(tmp_path, split="val")] == [{"a": 5}]
+
+
+def test_split_folder_names_and_words_that_merely_contain_a_split_name(tmp_path):
+    write_jsonl(tmp_path / "contest.jsonl", [{"a": 1}])
+    write_jsonl(tmp_path / "trainee-notes.jsonl", [{"a": 2}])
+    assert [x for _, x, _ in rows(tmp_path)] == [{"a": 1}, {"a": 2}]  # no split tags: every file
+    (tmp_path / "dev").mkdir()
+    write_jsonl(tmp_path / "dev" / "0.jsonl", [{"a": 3}])
+    assert [x for _, x, _ in rows(tmp_path, split="dev")] == [{"a": 3}]
+    with pytest.raises(UserError, match="no data files for split 'train' \\(splits found: dev;"):
+        rows(tmp_path)
