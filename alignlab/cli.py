@@ -24,8 +24,15 @@ USAGE = "alignlab train [CONFIG.yaml] [--field value ...]"
 BARE = None  # the value of a flag given without one
 
 
-def _parse_flags(tokens: list[str]) -> tuple[str | None, dict[str, str], bool]:
-    """Split ``[CONFIG] --key value --flag ...`` into (config path, overrides, debug)."""
+_BOOL_WORDS = {"true", "false", "yes", "no", "1", "0", "on", "off"}
+
+
+def _parse_flags(tokens: list[str], bool_keys: frozenset[str] = frozenset()) -> tuple[str | None, dict, bool]:
+    """Split `[CONFIG] --key value --flag ...` into (config path, overrides, debug).
+
+    A boolean key takes the next token only if it reads as a boolean (`--lora`, `--lora false`,
+    `--resume run.yaml` all work); another key given without a value maps to BARE.
+    """
     config, overrides, debug = None, {}, False
     i = 0
     while i < len(tokens):
@@ -36,39 +43,37 @@ def _parse_flags(tokens: list[str]) -> tuple[str | None, dict[str, str], bool]:
             config = tok
             i += 1
             continue
-        key = tok[2:]
-        value = None
-        if "=" in key:
-            key, value = key.split("=", 1)
+        key, eq, value = tok[2:].partition("=")
         key = key.replace("-", "_")
-        if key == "debug":
-            debug = True
-            i += 1
-            continue
-        if value is None:
-            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
-            if nxt is None or (nxt.startswith("--") and not _is_number(nxt)):
-                value = BARE  # --lora, --resume: true for a boolean field, an error for any other
-                i += 1
-            else:
-                value = nxt
-                i += 2
-        else:
-            i += 1
+        i += 1
         if not key:
             raise UserError(f"malformed flag '{tok}'")
+        if key == "debug":
+            debug = True
+            continue
+        if not eq:
+            nxt = tokens[i] if i < len(tokens) else None
+            if key in bool_keys:
+                value = "true"
+                if nxt is not None and nxt.lower() in _BOOL_WORDS:
+                    value, i = nxt, i + 1
+            elif nxt is None or (nxt.startswith("--") and not _is_number(nxt)):
+                value = BARE
+            else:
+                value, i = nxt, i + 1
         overrides[key] = value
     return config, overrides, debug
 
 
 def _bare_flags_to_true(overrides: dict[str, str | None]) -> dict[str, str]:
-    """A flag without a value means true for a boolean field; for any other it is a mistake."""
-    from alignlab.config import bool_keys
+    """A known non-boolean key given without a value is a mistake; an unknown one passes on as
+    true, so that the config reports it with a did-you-mean."""
+    from alignlab.config import known_keys
 
     out = {}
     for key, value in overrides.items():
         if value is BARE:
-            if key not in bool_keys():
+            if key.split(".", 1)[0] in known_keys():
                 raise UserError(f"--{key.replace('_', '-')} needs a value")
             value = "true"
         out[key] = value
@@ -107,17 +112,17 @@ def cmd_train(tokens: list[str]) -> int:
         return 0
     from transformers.utils import logging as hf_logging
 
-    from alignlab.config import load_config
+    from alignlab.config import bool_keys, load_config
     from alignlab.train import train
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the training bar
-    config_path, overrides, _ = _parse_flags(tokens)
+    config_path, overrides, _ = _parse_flags(tokens, frozenset(bool_keys()))
     cfg = load_config(config_path, _bare_flags_to_true(overrides))
     summary = train(cfg)
     from alignlab.train.distributed import init_distributed
 
     if init_distributed().is_main:
-        final = {k: round(v, 6) for k, v in {**summary.train_metrics, **summary.eval_metrics}.items()}
+        final = {k: float(f"{v:.6g}") for k, v in {**summary.train_metrics, **summary.eval_metrics}.items()}
         print(json.dumps({"output_dir": summary.output_dir, "model_dir": summary.model_dir,
                           "steps": summary.steps, "final": final}, indent=1))
     return 0

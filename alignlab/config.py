@@ -40,7 +40,8 @@ class TrainConfig:
     columns: dict[str, str] = param(None, "map alignlab field names to your column names, e.g. prompt=question")
     skip_invalid: bool = param(False, "skip bad rows (counted and printed) instead of stopping at the first")
     output_dir: str = param("runs/alignlab", "where checkpoints, metrics.jsonl and the final model go")
-    overwrite: bool = param(False, "start afresh in an output directory that holds a run (deletes its checkpoints)")
+    overwrite: bool = param(False, "start afresh in an output directory that holds a run (deletes its checkpoints); "
+                                   "ignored with resume")
     max_steps: int = param(0, "optimizer steps to run; 0 means run `epochs` epochs")
     epochs: float = param(1.0, "passes over the training data (used when max_steps is 0)")
     batch_size: int = param(8, "examples (pairs for preference methods) per micro-batch per process")
@@ -113,8 +114,6 @@ class TrainConfig:
         _check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         _check(not (self.eval_data and self.eval_fraction > 0), "eval_fraction",
                "give either eval_data or eval_fraction, not both")
-        _check(not (self.overwrite and self.resume), "overwrite",
-               "cannot be combined with resume (overwrite starts afresh, resume continues)")
         for name in ("lr", "epochs", "weight_decay", "adam_eps", "warmup_ratio", "max_grad_norm", "eval_fraction"):
             _check(math.isfinite(getattr(self, name)), name, f"must be a finite number, got {getattr(self, name)}")
 
@@ -313,6 +312,25 @@ def field_help(cls: type) -> list[tuple[str, str, Any, str]]:
         name = getattr(tp, "__name__", str(tp))
         rows.append((f.name, name, f.default, f.metadata.get("help", "")))
     return rows
+
+
+# Keys that may differ between a run and its resumption: they do not change the weights.
+RESUMABLE_KEYS = frozenset({
+    "resume", "progress", "overwrite", "save_every", "keep_checkpoints", "log_every", "eval_every",
+    "eval_batch_size", "eval_data", "eval_data_split", "merge_lora", "trust_remote_code",
+})
+
+
+def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys whose values differ between two flat configs and that matter for resuming. A key
+    that one of them lacks (written by another version) is not compared."""
+    return sorted(k for k in set(previous) & set(current)
+                  if k not in RESUMABLE_KEYS and previous[k] != current[k])
+
+
+def known_keys() -> set[str]:
+    """Names of the fields of TrainConfig and of every method's hyperparameters."""
+    return {name for cls in [TrainConfig] + [s.params for s in REGISTRY.values()] for name in _field_types(cls)}
 
 
 def bool_keys() -> set[str]:

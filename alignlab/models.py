@@ -138,8 +138,8 @@ def _resolve_source(name_or_path: str) -> str:
 def _load_failed(what: str, name_or_path: str, error: Exception) -> UserError:
     lines = [line for line in str(error).splitlines() if line.strip()]
     first = lines[0] if lines else type(error).__name__
-    where = "" if Path(name_or_path).expanduser().exists() else \
-        " (no local directory has that name, and the hub could not provide it)"
+    lookup = isinstance(error, OSError) and not Path(name_or_path).expanduser().exists()
+    where = " (no local directory has that name, and the hub could not provide it)" if lookup else ""
     return UserError(f"cannot load {what} from '{name_or_path}'{where}: {type(error).__name__}: {first}")
 
 
@@ -207,16 +207,11 @@ def is_lora(model) -> bool:
 
 
 class Reference:
-    """The reference policy: a frozen copy of the initial model (cast to ``dtype`` if given, e.g.
-    bf16 under mixed precision), or, with LoRA, the same network with its adapter disabled (no
-    second copy in memory)."""
+    """The reference policy: a frozen copy of the initial model, or, with LoRA, the same
+    network with its adapter disabled (no second copy in memory)."""
 
-    def __init__(self, policy, dtype: torch.dtype | None = None):
-        self._copy = None
-        if not is_lora(policy):
-            self._copy = copy.deepcopy(policy).eval().requires_grad_(False)
-            if dtype is not None:
-                self._copy.to(dtype)
+    def __init__(self, policy):
+        self._copy = None if is_lora(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
 
     @contextlib.contextmanager
     def model(self, policy_unwrapped) -> Iterator[torch.nn.Module]:

@@ -34,9 +34,14 @@ def test_train_help_lists_every_field_with_its_help(capsys):
 
 
 def test_flags_parse():
-    cfg, over, debug = _parse_flags(["c.yaml", "--max-steps", "5", "--lora", "--lr=1e-3", "--beta", "-0.5", "--debug"])
+    cfg, over, debug = _parse_flags(["c.yaml", "--max-steps", "5", "--lora", "--lr=1e-3", "--beta", "-0.5", "--debug"],
+                                    frozenset({"lora"}))
     assert cfg == "c.yaml" and debug
-    assert over == {"max_steps": "5", "lora": None, "lr": "1e-3", "beta": "-0.5"}
+    assert over == {"max_steps": "5", "lora": "true", "lr": "1e-3", "beta": "-0.5"}
+    # a boolean flag does not swallow the config path after it; it does take a boolean word
+    assert _parse_flags(["--resume", "c.yaml", "--lora", "false"], frozenset({"resume", "lora"}))[:2] == (
+        "c.yaml", {"resume": "true", "lora": "false"})
+    assert _parse_flags(["--data"])[1] == {"data": None}
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -64,7 +69,7 @@ def test_yaml_then_flags(tmp_path):
     (["--beta", "inf"], "beta: must be a finite number"),
     (["--lr", "nan"], "lr: must be a finite number"),
     (["--adam-eps", "-1"], "adam_eps: must be > 0"),
-    (["--resume", "--overwrite"], "overwrite: cannot be combined with resume"),
+    (["--lorra"], "unknown key for method 'dpo'; did you mean 'lora'?"),
     (["--bta", "0.2"], "did you mean 'beta'"),
     (["--batch-size", "2.5"], "batch_size: expected an integer"),
     (["--method", "dpoo"], "did you mean 'dpo'"),

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from alignlab.config import config_differences
 from alignlab.data.collate import Batch
 from alignlab.errors import ConfigError, UserError
 from alignlab.losses.types import LossOutput
@@ -154,6 +155,10 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler, global_batch: int)
             inp.log(f"no checkpoint in {root}; starting from step 0")
         return 0
     state = ckpt.read_state(found)
+    differ = config_differences(state.get("config", {}), inp.cfg.to_dict())
+    if differ:
+        raise ConfigError(f"resume: checkpoint {found} was written with a config that differs in "
+                          f"{', '.join(differ)}; resume with the same config, or start afresh with --overwrite")
     saved = state.get("data_position", {})
     now = {"global_batch": global_batch, "train_examples": len(inp.train_examples)}
     for key, value in now.items():
@@ -226,11 +231,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
         tot = _reduce(dist, sums, {"_loss": loss_sum, "_tokens": torch.tensor(float(tokens), dtype=torch.float64)})
         loss = tot["_loss"] / max(global_units, 1.0)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise NumericError(
-                f"step {step + 1}: the loss ({loss}) or gradient norm ({grad_norm}) is not finite, on the examples "
-                f"at rows {sorted(inp.train_examples[i].row for i in indices)[:8]}...; the weights were not "
-                f"updated; the newest checkpoint in {inp.out_dir / 'checkpoints'} is the last good state"
-            )
+            raise NumericError(_numeric_fault(inp, step, loss, grad_norm, indices))
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -273,6 +274,16 @@ def _finished(metrics_path: Path, steps: int) -> LoopResult:
 
 class NumericError(UserError):
     """A non-finite loss or gradient; the step was not applied."""
+
+
+def _numeric_fault(inp: LoopInputs, step: int, loss: float, grad_norm: float, indices: list[int]) -> str:
+    rows = sorted({inp.train_examples[i].row for i in indices})
+    shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+    newest = ckpt.newest_valid(inp.out_dir / "checkpoints", report=lambda _: None)
+    state = f"the newest checkpoint, {newest}, is the last good state" if newest else "no checkpoint was written yet"
+    return (f"step {step + 1}: the loss ({loss}) or gradient norm ({grad_norm}) is not finite, on the batch of "
+            f"data rows {shown}; the weights were not updated and {state}. A lower lr or max_grad_norm, "
+            "or a smaller beta, usually helps (start afresh with --overwrite)")
 
 
 def _units_of(inp: LoopInputs, batch: Batch) -> int:

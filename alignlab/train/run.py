@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from alignlab.config import TrainConfig, make_config
+from alignlab.config import TrainConfig, config_differences, make_config
 from alignlab.data.collate import collate_pairs, collate_sft
 from alignlab.data.load import load_records, split_records
 from alignlab.data.render import Renderer
@@ -28,12 +29,9 @@ from alignlab.models import (
     save_model,
 )
 from alignlab.train import preference, sft
+from alignlab.train.checkpoint import list_checkpoints
 from alignlab.train.distributed import Dist, init_distributed, wrap_model
 from alignlab.train.loop import LoopInputs, run_loop
-
-# Keys that may differ between a run and its resumption: they do not change the weights.
-_RESUMABLE_KEYS = {"resume", "progress", "overwrite", "save_every", "keep_checkpoints", "log_every",
-                   "eval_every", "eval_batch_size"}
 
 
 @dataclass
@@ -54,45 +52,50 @@ def _log(dist: Dist, msg: str) -> None:
 
 
 def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
-    """Refuse to mix two different runs in one directory (read-only; every process checks)."""
+    """Refuse to mix two different runs in one directory, or to write where nothing can be
+    written (read-only; every process checks, before anything loads)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir: '{out}' is a file")
+    parent = next(p for p in [out, *out.absolute().parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir: cannot create '{out}': '{parent}' is not a writable directory")
     saved = out / "run.yaml"
     if not saved.exists():
         return
-    if cfg.overwrite:
+    if cfg.overwrite and not cfg.resume:
         model = Path(cfg.model).expanduser()
         if model.exists() and model.resolve().is_relative_to(out.resolve()):
             raise ConfigError(f"overwrite: the model '{cfg.model}' lies inside output_dir '{out}', "
                               "which --overwrite would delete; choose another output_dir")
         return
     try:
-        previous = yaml.safe_load(saved.read_text()) or {}
+        previous = yaml.safe_load(saved.read_text())
     except yaml.YAMLError:
-        previous = {}
-    current = cfg.to_dict()
-    differ = sorted(k for k in set(previous) | set(current)
-                    if k not in _RESUMABLE_KEYS and previous.get(k) != current.get(k))
+        previous = None
+    differ = config_differences(previous if isinstance(previous, dict) else {}, cfg.to_dict())
     if not cfg.resume:
         what = f"a different run (differs in {', '.join(differ)})" if differ else "a run"
         raise ConfigError(f"output_dir: '{out}' already holds {what}; pass --resume to continue it "
                           "or --overwrite to start afresh")
     if differ:
         raise ConfigError(f"output_dir: '{out}' holds a run whose config differs in {', '.join(differ)}; "
-                          "resume with the same config, or pass --overwrite to start afresh")
+                          "resume with the same config, or pass --overwrite (without --resume) to start afresh")
 
 
 def _claim_output_dir(cfg: TrainConfig, out: Path, dist: Dist) -> None:
     """Once everything has loaded: clear an overwritten run and record this run's config."""
     dist.barrier()
     if dist.is_main:
-        if cfg.overwrite and (out / "run.yaml").exists():
+        if cfg.overwrite and not cfg.resume and ((out / "run.yaml").exists() or list_checkpoints(out / "checkpoints")):
             for name in ("checkpoints", "model"):
                 shutil.rmtree(out / name, ignore_errors=True)
             for name in ("metrics.jsonl", "summary.json"):
                 (out / name).unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "run.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        except OSError as e:
+            raise ConfigError(f"output_dir: cannot write to '{out}': {e.strerror}") from None
     dist.barrier()
 
 
@@ -153,8 +156,9 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     if cfg.lora:
         policy = add_lora(policy, LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules))
     policy.to(dist.device)
-    ref_dtype = torch.bfloat16 if cfg.dtype == "bf16" else None
-    reference = Reference(policy, dtype=ref_dtype) if spec.needs_reference else None
+    # The reference stays in the master dtype and runs under the same autocast as the policy, so
+    # the two agree exactly before the first update.
+    reference = Reference(policy) if spec.needs_reference else None
     model = wrap_model(policy, dist)
     _claim_output_dir(cfg, out, dist)
 

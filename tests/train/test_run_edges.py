@@ -73,6 +73,43 @@ def test_output_dir_that_is_a_file(tmp_path, tiny_model_dir, pairs_file):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
         train(base_config(tiny_model_dir, pairs_file, tmp_path / "afile"))
+    with pytest.raises(ConfigError, match="not a writable directory"):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "afile" / "sub"))
+
+
+def test_run_yaml_that_is_not_a_mapping(tmp_path, tiny_model_dir, pairs_file):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.yaml").write_text("- a\n")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "r", max_steps=1, batch_size=4))
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, tiny_model_dir, pairs_file):
+    """Even with run.yaml gone, the checkpoint's own record of its config is checked."""
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "r", max_steps=2, batch_size=4, save_every=1,
+                      keep_checkpoints=0)
+    train(cfg)
+    (tmp_path / "r" / "run.yaml").unlink()
+    with pytest.raises(ConfigError, match="differs in lr"):
+        train({**cfg, "lr": 0.5, "resume": True})
+
+
+def test_resume_wins_over_overwrite(tmp_path, tiny_model_dir, pairs_file):
+    """Example configs carry overwrite: true; running them with --resume continues the run."""
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "r", max_steps=2, batch_size=4, overwrite=True)
+    first = train(cfg)
+    again = train({**cfg, "resume": True})
+    assert again.train_metrics["loss"] == first.train_metrics["loss"]
+
+
+def test_overwrite_clears_stale_checkpoints_without_run_yaml(tmp_path, tiny_model_dir, pairs_file):
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "r", max_steps=3, batch_size=4, save_every=1,
+                      keep_checkpoints=0)
+    train(cfg)
+    (tmp_path / "r" / "run.yaml").unlink()
+    train({**cfg, "max_steps": 1, "overwrite": True})
+    steps = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    assert steps == ["step-00000001"]
 
 
 def test_lora_adapter_records_an_absolute_base_path(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
@@ -110,6 +147,11 @@ def test_bf16_is_mixed_precision(tmp_path, tiny_model_dir, pairs_file):
     final = weights(summary.model_dir)
     assert all(v.dtype == torch.bfloat16 for v in final.values())
     assert math.isfinite(summary.train_metrics["loss"])
+    # The reference runs like the policy (fp32 weights, bf16 autocast): before the first update
+    # they agree exactly, so every implicit reward is 0 and the loss is log 2.
+    first = _lines(tmp_path / "r" / "metrics.jsonl")[0]
+    assert first["rewards/chosen"] == 0.0 and first["rewards/rejected"] == 0.0
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-7)
 
 
 def test_non_finite_loss_stops_the_run_without_updating(tmp_path, tiny_model_dir, pairs_file):
