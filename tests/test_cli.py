@@ -124,7 +124,9 @@ def test_skip_invalid_trains_on_the_rest(capsys, tmp_path, tiny_model_dir):
                            "--progress", "false"], capsys)
     assert code == 0, err
     assert "1 invalid row skipped" in err and "row 3" in err
-    assert json.loads(out)["steps"] == 1
+    summary = json.loads(out)
+    assert summary["steps"] == 1 and summary["final"]["step"] == 1 and isinstance(summary["final"]["step"], int)
+    assert summary["final"]["lr"] > 0  # printed to 6 significant digits, not rounded away
 
 
 def test_debug_shows_the_traceback():
