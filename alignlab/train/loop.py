@@ -20,6 +20,7 @@ data is a function of the step, which is what makes resume exact.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -62,15 +63,20 @@ class LoopResult:
     eval_metrics: dict[str, float] = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=2)
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The epoch's permutation, drawn once per epoch (cached; callers must not mutate it)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
 
 
+def steps_per_epoch(n: int, global_batch: int) -> int:
+    return math.ceil(n / global_batch)
+
+
 def global_batch_indices(n: int, global_batch: int, seed: int, step: int) -> list[int]:
     """Indices of the examples that optimizer step ``step`` consumes, in order."""
-    per_epoch = math.ceil(n / global_batch)
-    epoch, k = divmod(step, per_epoch)
+    epoch, k = divmod(step, steps_per_epoch(n, global_batch))
     order = epoch_order(n, seed, epoch)
     chosen = order[k * global_batch:(k + 1) * global_batch]
     if len(chosen) < global_batch:  # complete the last batch from the start of the same order
@@ -94,7 +100,7 @@ def global_batch_size(cfg, dist: Dist) -> int:
 def total_steps(cfg, n: int, global_batch: int) -> int:
     if cfg.max_steps > 0:
         return cfg.max_steps
-    return max(1, math.ceil(cfg.epochs * math.ceil(n / global_batch)))
+    return max(1, math.ceil(cfg.epochs * steps_per_epoch(n, global_batch)))
 
 
 def _sum_metrics(acc: dict[str, torch.Tensor], out: LossOutput) -> None:
@@ -179,7 +185,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
     unwrapped = getattr(model, "module", model)
     n = len(inp.train_examples)
     global_batch = global_batch_size(cfg, dist)
-    steps_per_epoch = math.ceil(n / global_batch)
+    per_epoch = steps_per_epoch(n, global_batch)
     steps = total_steps(cfg, n, global_batch)
     optimizer = make_optimizer(unwrapped, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps)
     scheduler = make_scheduler(optimizer, steps, cfg.warmup_steps, cfg.warmup_ratio, cfg.scheduler)
@@ -239,7 +245,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
 
         elapsed = time.perf_counter() - t0
         done = step + 1
-        metrics = {"step": done, "epoch": done / steps_per_epoch, "loss": loss}
+        metrics = {"step": done, "epoch": done / per_epoch, "loss": loss}
         metrics.update({k: v / global_batch for k, v in tot.items() if not k.startswith("_")})
         metrics.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tot["_tokens"] / max(elapsed, 1e-9)})
         result.train_metrics = dict(metrics)
@@ -294,7 +300,7 @@ def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int) -> None:
     if inp.dist.is_main:
         root = inp.out_dir / "checkpoints"
         global_batch = global_batch_size(inp.cfg, inp.dist)
-        epoch, position = divmod(step, math.ceil(len(inp.train_examples) / global_batch))
+        epoch, position = divmod(step, steps_per_epoch(len(inp.train_examples), global_batch))
         position_info = {"epoch": epoch, "global_batches_done_in_epoch": position, "global_batch": global_batch,
                          "train_examples": len(inp.train_examples)}
         ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler,
