@@ -3,6 +3,7 @@
     alignlab train [CONFIG.yaml] [--field value ...]   train with any registered method
     alignlab methods                                   list the methods and their defaults
     alignlab tiny-model OUT_DIR                        save a tiny Llama + tokenizer for experiments
+    alignlab demo [--task T] [--method M] [--seed S]   align a tiny model on a testbed task, before/after table
 
 Every `TrainConfig` field and every hyperparameter of the method is a flag (`--max-steps` and
 `--max_steps` both work; `--columns.prompt question` sets one key of a mapping). A bad value
@@ -165,7 +166,37 @@ def cmd_tiny_model(tokens: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "methods": cmd_methods, "tiny-model": cmd_tiny_model}
+def cmd_demo(tokens: list[str]) -> int:
+    from alignlab.testbed.demo import DemoSettings, run_demo, table
+    from alignlab.testbed.tasks import task_names
+
+    parser = argparse.ArgumentParser(
+        prog="alignlab demo",
+        description="Build (once) a tiny SFT model for a testbed task, synthesize preferences with the task's "
+                    "gold reward, train, and compare gold reward before and after.")
+    parser.add_argument("--task", default="arithmetic", help=f"one of {', '.join(task_names())} (default arithmetic)")
+    parser.add_argument("--method", default="dpo", help="training method (default dpo; see `alignlab methods`)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling, training and evaluation (default 0)")
+    parser.add_argument("--out", default=None, help="report folder (default runs/demo-TASK-METHOD-sSEED)")
+    parser.add_argument("--cache-dir", default=None, help="where tiny models are cached (default $ALIGNLAB_CACHE "
+                                                          "or ~/.cache/alignlab)")
+    parser.add_argument("--label-noise", type=float, default=0.0, help="fraction of pair labels to flip (default 0)")
+    parser.add_argument("--reward", default="gold", choices=["gold", "proxy"], help="reward that labels the feedback")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(tokens)
+    settings = DemoSettings(task=args.task, method=args.method, seed=args.seed, label_noise=args.label_noise,
+                            reward=args.reward)
+    out = args.out or f"runs/demo-{args.task}-{args.method}-s{args.seed}"
+    report = run_demo(settings, out, args.cache_dir, progress=not args.no_progress)
+    print(f"\n{args.method} on the {args.task} task, seed {args.seed}: held-out gold reward before and after\n")
+    print(table(report))
+    print(f"\nreport: {out}/metrics.json, {out}/plot.png; trained model: {out}/model "
+          f"({report['seconds']['total']:.0f} s)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "methods": cmd_methods, "tiny-model": cmd_tiny_model, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,10 @@ class TrainConfig:
     lora_target_modules: list[str] = param(None, "modules to adapt (default q_proj,k_proj,v_proj,o_proj)")
     merge_lora: bool = param(False, "also save merged full weights under <output_dir>/model/merged")
     progress: bool = param(True, "show a progress bar")
+    task: str | None = param(None, "testbed task (arithmetic, sentiment, constraints): at every evaluation the model "
+                                   "answers its held-out prompts, logged as gold reward, win rate and KL against "
+                                   "the starting model, and length")
+    task_eval_prompts: int = param(0, "how many of the task's held-out prompts to answer (0: all)")
     method_params: Any = field(default=None, metadata={"help": "hyperparameters of the method", "internal": True})
 
     def __post_init__(self) -> None:
@@ -107,6 +111,11 @@ class TrainConfig:
                "max_prompt_length", f"must be between 1 and max_length-1, got {self.max_prompt_length}")
         for name in ("eval_every", "save_every", "keep_checkpoints"):
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        _check(self.task_eval_prompts >= 0, "task_eval_prompts", f"must be >= 0, got {self.task_eval_prompts}")
+        if self.task is not None:
+            from alignlab.testbed.tasks import task_names
+
+            _check(self.task in task_names(), "task", f"must be one of {', '.join(task_names())}, got '{self.task}'")
         _check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         _check(self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
         _check(self.dtype in ("fp32", "bf16", "fp64"), "dtype", f"must be fp32, bf16 or fp64, got '{self.dtype}'")
@@ -317,7 +326,8 @@ def field_help(cls: type) -> list[tuple[str, str, Any, str]]:
 # Keys that may differ between a run and its resumption: they do not change the weights.
 RESUMABLE_KEYS = frozenset({
     "resume", "progress", "overwrite", "save_every", "keep_checkpoints", "log_every", "eval_every",
-    "eval_batch_size", "eval_data", "eval_data_split", "merge_lora", "trust_remote_code",
+    "eval_batch_size", "eval_data", "eval_data_split", "merge_lora", "trust_remote_code", "task",
+    "task_eval_prompts",
 })
 
 

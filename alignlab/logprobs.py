@@ -8,11 +8,12 @@ minus the row's logsumexp, computed a chunk of rows at a time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from alignlab.data.collate import Batch
+from alignlab.data.collate import Batch, collate_completions
 
 
 @dataclass
@@ -49,6 +50,21 @@ def sequence_logps(model: torch.nn.Module, batch: Batch) -> SequenceLogps:
     mask_BT = batch.loss_mask_BT[:, 1:].to(torch.float32)
     token_logps_BT = gather_logps(logits_BTV, targets_BT) * mask_BT
     return SequenceLogps(token_logps_BT, mask_BT, token_logps_BT.sum(-1), mask_BT.sum(-1))
+
+
+def completion_logps(model: torch.nn.Module, prompts: Sequence[tuple[int, ...]],
+                     completions: Sequence[tuple[int, ...]], pad_id: int, batch_size: int = 64) -> torch.Tensor:
+    """Summed log-prob of each completion given its prompt (token ids), ``batch_size`` rows at a
+    time, without gradients. Returns a float64 tensor of shape (N,) on the CPU."""
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            batch = collate_completions(prompts[start:start + batch_size], completions[start:start + batch_size], pad_id)
+            for name in ("input_ids_BT", "attention_mask_BT", "loss_mask_BT"):
+                setattr(batch, name, getattr(batch, name).to(device))
+            out.append(sequence_logps(model, batch).sum_B.double().cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
 def split_pairs(logps: SequenceLogps, num_pairs: int) -> tuple[SequenceLogps, SequenceLogps]:

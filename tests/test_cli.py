@@ -174,3 +174,13 @@ def test_only_rank_0_prints_errors(capsys, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     code, _, err = _run(["train", "--model", "m", "--data", "d", "--lr", "-1"], capsys)
     assert code == 2 and err == ""
+
+
+def test_demo_rejects_unknown_task_and_method_before_any_work(capsys, tmp_path):
+    from alignlab.cli import main
+
+    assert main(["demo", "--task", "arith", "--cache-dir", str(tmp_path)]) == 2
+    assert "task must be one of arithmetic, constraints, sentiment" in capsys.readouterr().err
+    assert main(["demo", "--method", "dpoo", "--cache-dir", str(tmp_path)]) == 2
+    assert "unknown method 'dpoo'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing was built

@@ -50,6 +50,13 @@ def _pad(rows: Sequence[tuple[tuple[int, ...], Response]], pad_id: int) -> Batch
     return Batch(ids, attn, loss)
 
 
+def collate_completions(prompts: Sequence[tuple[int, ...]], completions: Sequence[tuple[int, ...]],
+                        pad_id: int) -> Batch:
+    """Rows of ``prompt + completion`` with loss on every completion token (generated samples)."""
+    rows = [(p, Response(tuple(c), (1,) * len(c))) for p, c in zip(prompts, completions, strict=True)]
+    return _pad(rows, pad_id)
+
+
 def collate_sft(examples: Sequence[TokenizedSFT], pad_id: int) -> Batch:
     return _pad([(e.prompt_ids, e.completion) for e in examples], pad_id)
 

@@ -54,6 +54,8 @@ class LoopInputs:
     forward: Forward
     out_dir: Path
     log: Callable[[str], None] = print
+    # Extra measurements at every evaluation (e.g. a testbed task's gold reward): module -> metrics.
+    extra_eval: Callable[[torch.nn.Module], dict[str, float]] | None = None
 
 
 @dataclass
@@ -151,6 +153,15 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     return result
 
 
+def evaluate_all(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
+    """The held-out loss and metrics (when there is held-out data) and the extra measurements."""
+    result = evaluate(inp, module) if inp.eval_examples else {}
+    if inp.extra_eval is not None:
+        with autocast(inp.cfg, inp.dist):
+            result.update(inp.extra_eval(module))
+    return result
+
+
 def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler, global_batch: int) -> int:
     """Restore the newest complete checkpoint; return its step (0 when there is none)."""
     dist = inp.dist
@@ -203,6 +214,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
     metrics_log = MetricsLog(metrics_path, dist.is_main, start_step if cfg.resume else None)
 
     result = LoopResult(steps=steps)
+    has_eval = bool(inp.eval_examples) or inp.extra_eval is not None
     progress = None
     if cfg.progress and dist.is_main:
         from tqdm.auto import tqdm
@@ -250,9 +262,9 @@ def run_loop(inp: LoopInputs) -> LoopResult:
         metrics.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tot["_tokens"] / max(elapsed, 1e-9)})
         result.train_metrics = dict(metrics)
 
-        evaluated = bool(inp.eval_examples and cfg.eval_every and done % cfg.eval_every == 0 and done < steps)
+        evaluated = bool(has_eval and cfg.eval_every and done % cfg.eval_every == 0 and done < steps)
         if evaluated:
-            metrics.update(evaluate(inp, unwrapped))
+            metrics.update(evaluate_all(inp, unwrapped))
         if evaluated or done % cfg.log_every == 0 or done == steps:
             metrics_log.write(metrics)
         if cfg.save_every and done % cfg.save_every == 0 and done < steps:
@@ -263,8 +275,8 @@ def run_loop(inp: LoopInputs) -> LoopResult:
     if progress is not None:
         progress.close()
 
-    if inp.eval_examples:
-        result.eval_metrics = evaluate(inp, unwrapped)
+    if has_eval:
+        result.eval_metrics = evaluate_all(inp, unwrapped)
         metrics_log.write({"step": steps, **result.eval_metrics})
     save(inp, unwrapped, optimizer, scheduler, steps)
     return result
@@ -273,7 +285,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
 def _finished(metrics_path: Path, steps: int) -> LoopResult:
     records = read_metrics(metrics_path)
     train = [r for r in records if "loss" in r]
-    evals = [r for r in records if r.get("step") == steps and "eval/loss" in r and "loss" not in r]
+    evals = [r for r in records if r.get("step") == steps and "loss" not in r]
     return LoopResult(steps=steps, train_metrics=train[-1] if train else {},
                       eval_metrics={k: v for k, v in evals[-1].items() if k != "step"} if evals else {})
 

@@ -135,6 +135,26 @@ def _load_examples(cfg: TrainConfig, renderer: Renderer, dist: Dist) -> tuple[li
     return rendered[0], rendered[1], info
 
 
+def _task_eval(cfg: TrainConfig, tokenizer, reference: Reference, policy, dist: Dist):
+    """Measure the model on the testbed task's held-out prompts against the starting model."""
+    from alignlab.eval.gold import GoldEvaluator
+    from alignlab.testbed.tasks import get_task
+
+    evaluator = GoldEvaluator(get_task(cfg.task), tokenizer, seed=cfg.seed, num_prompts=cfg.task_eval_prompts,
+                              rank=dist.rank, world_size=dist.world_size)
+
+    def reduce(totals: dict[str, float]) -> dict[str, float]:
+        keys = sorted(totals)
+        summed = dist.sum(torch.tensor([totals[k] for k in keys], dtype=torch.float64))
+        return {k: float(summed[i]) for i, k in enumerate(keys)}
+
+    def measure(module) -> dict[str, float]:
+        metrics = evaluator(module, lambda: reference.model(policy), reduce=reduce)
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+    return measure
+
+
 def train(config: TrainConfig | dict[str, Any]) -> Summary:
     """Train with ``config`` (a TrainConfig or a flat dict as in YAML) and return a Summary."""
     cfg = config if isinstance(config, TrainConfig) else make_config(config)
@@ -159,6 +179,7 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     # The reference stays in the master dtype and runs under the same autocast as the policy, so
     # the two agree exactly before the first update.
     reference = Reference(policy) if spec.needs_reference else None
+    extra_eval = _task_eval(cfg, tokenizer, reference or Reference(policy), policy, dist) if cfg.task else None
     model = wrap_model(policy, dist)
     _claim_output_dir(cfg, out, dist)
 
@@ -178,7 +199,7 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
 
     result = run_loop(LoopInputs(
         cfg=cfg, dist=dist, model=model, train_examples=train_examples, eval_examples=eval_examples,
-        collate=to_device, forward=forward, out_dir=out, log=partial(_log, dist),
+        collate=to_device, forward=forward, out_dir=out, log=partial(_log, dist), extra_eval=extra_eval,
     ))
 
     model_dir = out / "model"

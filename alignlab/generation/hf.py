@@ -1,0 +1,89 @@
+"""The Hugging Face ``generate`` backend, always available."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from alignlab.data.records import Text, is_conversation
+from alignlab.errors import UserError
+from alignlab.generation.base import Sample, SamplingParams
+
+
+class HFGenerator:
+    """Sample from a causal LM with ``model.generate``, ``batch_size`` sequences at a time.
+
+    Prompts are left-padded within a batch. Randomness comes from a generator seeded with
+    ``params.seed`` (the global torch RNG is left as it was), so the same model, prompts and
+    params give the same samples on CPU.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 128):
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = getattr(model, "module", model)  # a DDP wrapper has no generate
+        self.tok = tokenizer
+        self.batch_size = batch_size
+        self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+
+    def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
+        """Token ids of ``prompt`` as the model should see it before its response."""
+        if is_conversation(prompt):
+            if self.tok.chat_template is None:
+                raise UserError("the prompts are conversations but the tokenizer has no chat template")
+            text = self.tok.apply_chat_template([m.as_dict() for m in prompt], tokenize=False,
+                                                add_generation_prompt=True)
+            ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tok(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+        if not ids:
+            start = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.eos
+            ids = [start]
+        return tuple(ids)
+
+    def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams) -> list[list[Sample]]:
+        if n < 1:
+            raise UserError(f"n must be >= 1, got {n}")
+        contexts = [self.prompt_ids(p) for p in prompts]
+        flat = [c for c in contexts for _ in range(n)]
+        out: list[Sample] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(params.seed)
+                for start in range(0, len(flat), self.batch_size):
+                    out.extend(self._batch(flat[start:start + self.batch_size], params))
+        finally:
+            self.model.train(was_training)
+        return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _batch(self, contexts: list[tuple[int, ...]], params: SamplingParams) -> list[Sample]:
+        from transformers import GenerationConfig
+
+        device = next(self.model.parameters()).device
+        width = max(len(c) for c in contexts)
+        ids = torch.full((len(contexts), width), self.pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for b, c in enumerate(contexts):
+            ids[b, width - len(c):] = torch.tensor(c, dtype=torch.long)
+            attn[b, width - len(c):] = 1
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=not params.greedy,
+            eos_token_id=self.eos,
+            pad_token_id=self.pad,
+            **({} if params.greedy else {"temperature": params.temperature, "top_p": params.top_p,
+                                          "top_k": params.top_k}),
+        )
+        generated = self.model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                        generation_config=config)[:, width:].tolist()
+        samples = []
+        for c, row in zip(contexts, generated, strict=True):
+            finished = self.eos in row
+            row = row[:row.index(self.eos) + 1] if finished else row
+            body = row[:-1] if finished else row
+            samples.append(Sample(self.tok.decode(body, skip_special_tokens=True), c, tuple(row), finished))
+        return samples

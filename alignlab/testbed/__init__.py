@@ -1,0 +1,1 @@
+"""Built-in testbed: tasks with gold rewards, tiny models trained here, synthetic feedback."""

@@ -1,0 +1,177 @@
+"""Tiny testbed models: pretrained and SFT-ed here, on CPU, and cached.
+
+A task's SFT model is built in three stages, each through the same code a real model goes
+through (``save_tiny_model``, then ``alignlab.train`` with the ``sft`` method twice):
+
+1. a randomly initialised LlamaForCausalLM with the byte-level tokenizer and chat template;
+2. pretraining: language modelling on the task's plain-text corpus;
+3. SFT: the task's demonstrations as prompt/completion text (loss on the completion and EOS).
+
+Testbed data is plain text in TRL's standard format (the prompt, then the answer): the same
+format as the corpus, so the little the model learns in pretraining carries over to the task.
+
+The SFT model is deliberately under-trained, so that its samples mix good and bad answers and
+alignment has something to improve. The result lives in ``<cache>/testbed/<task>-<key>/sft``,
+where ``key`` hashes the whole ``ModelRecipe``; a second call with the same recipe loads it.
+The cache is ``$ALIGNLAB_CACHE`` or ``~/.cache/alignlab`` unless a directory is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignlab.errors import UserError
+from alignlab.models import TinyModelConfig, save_tiny_model
+from alignlab.testbed.tasks import get_task
+
+RECIPE_VERSION = 3  # bump when the build procedure changes, so old cache entries are not reused
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """Everything that determines a testbed SFT model (the cache key hashes all of it)."""
+
+    task: str = "arithmetic"
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    pretrain_steps: int = 450
+    pretrain_batch: int = 32
+    pretrain_lr: float = 3e-3
+    sft_steps: int = 100
+    sft_batch: int = 64
+    sft_lr: float = 1e-3
+    scheduler: str = "constant"  # after a short warmup; the model learns the task late, at a high rate
+    doc_chars: int = 64  # pretraining documents are cut into pieces of about this many characters
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        get_task(self.task)  # an unknown task fails here, with the list of known ones
+        for name in ("pretrain_steps", "sft_steps"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("pretrain_batch", "sft_batch"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        TinyModelConfig(self.hidden_size, self.num_layers, self.num_heads, self.intermediate_size)
+
+    def key(self) -> str:
+        blob = json.dumps({"version": RECIPE_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# Per-task budgets: enough for a model whose samples are right some of the time, not all.
+DEFAULT_RECIPES: dict[str, ModelRecipe] = {
+    "arithmetic": ModelRecipe("arithmetic"),
+    "sentiment": ModelRecipe("sentiment", pretrain_steps=150, sft_steps=100, sft_batch=32),
+    "constraints": ModelRecipe("constraints", pretrain_steps=200, sft_steps=150, sft_batch=32),
+}
+
+
+def default_recipe(task: str, **overrides) -> ModelRecipe:
+    base = DEFAULT_RECIPES.get(task) or ModelRecipe(task)
+    return dataclasses.replace(base, **overrides)
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get("ALIGNLAB_CACHE") or "~/.cache/alignlab").expanduser()
+
+
+def short_documents(docs: list[str], chars: int) -> list[str]:
+    """Regroup each document's lines into pieces of at most ``chars`` characters (a longer line
+    stays whole): short sequences train faster per example on a CPU."""
+    out = []
+    for doc in docs:
+        piece = ""
+        for line in doc.split("\n"):
+            if piece and len(piece) + 1 + len(line) > chars:
+                out.append(piece)
+                piece = ""
+            piece = f"{piece}\n{line}" if piece else line
+        if piece:
+            out.append(piece)
+    return out
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def _stage(model: str, data: Path, out: Path, steps: int, batch: int, lr: float, recipe: ModelRecipe) -> str:
+    from alignlab.train import train
+
+    summary = train({
+        "method": "sft", "model": model, "data": str(data), "output_dir": str(out), "max_steps": steps,
+        "batch_size": batch, "lr": lr, "scheduler": recipe.scheduler, "warmup_steps": min(50, steps // 10),
+        "weight_decay": 0.0, "adam_betas": [0.9, 0.98], "max_length": 512, "seed": recipe.seed,
+        "progress": False, "keep_checkpoints": 1,
+    })
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # only the model is kept
+    return summary.model_dir
+
+
+def sft_model_path(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = None) -> Path:
+    return cache_root(cache_dir) / "testbed" / f"{recipe.task}-{recipe.key()}" / "sft"
+
+
+def build_sft_model(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = None,
+                    log: Callable[[str], None] | None = None) -> Path:
+    """Return the directory of the recipe's SFT model, building it first if it is not cached."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    final = sft_model_path(recipe, cache_dir)
+    if (final / "config.json").exists():
+        return final
+    root = final.parent.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cache directory '{root}' cannot be created: {e.strerror}") from None
+    task = get_task(recipe.task)
+    t0 = time.perf_counter()
+    log(f"building the tiny {recipe.task} model (once; cached in {final.parent})")
+    with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as tmp:
+        work = Path(tmp)
+        tiny = TinyModelConfig(recipe.hidden_size, recipe.num_layers, recipe.num_heads,
+                               recipe.intermediate_size, max_position_embeddings=512, seed=recipe.seed)
+        model = str(save_tiny_model(work / "init", tiny))
+        if recipe.pretrain_steps:
+            docs = short_documents(task.corpus(recipe.pretrain_steps * recipe.pretrain_batch, recipe.seed),
+                                   recipe.doc_chars)[:recipe.pretrain_steps * recipe.pretrain_batch]
+            _write_jsonl(work / "corpus.jsonl", [{"text": d} for d in docs])
+            log(f"  pretraining on {len(docs)} documents ({recipe.pretrain_steps} steps)")
+            model = _stage(model, work / "corpus.jsonl", work / "pretrain", recipe.pretrain_steps,
+                           recipe.pretrain_batch, recipe.pretrain_lr, recipe)
+        demos = task.demonstrations(recipe.sft_steps * recipe.sft_batch, recipe.seed + 1)
+        _write_jsonl(work / "sft.jsonl", [{"prompt": p, "completion": r} for p, r in demos])
+        if recipe.sft_steps:
+            log(f"  supervised fine-tuning on {len(demos)} demonstrations ({recipe.sft_steps} steps)")
+            model = _stage(model, work / "sft.jsonl", work / "sft-run", recipe.sft_steps, recipe.sft_batch,
+                           recipe.sft_lr, recipe)
+        staged = work / "entry"
+        staged.mkdir()
+        shutil.copytree(model, staged / "sft")
+        info = {"recipe": dataclasses.asdict(recipe), "key": recipe.key(), "version": RECIPE_VERSION,
+                "build_seconds": round(time.perf_counter() - t0, 1)}
+        (staged / "recipe.json").write_text(json.dumps(info, indent=1))
+        try:
+            staged.rename(final.parent)
+        except OSError:
+            if not (final / "config.json").exists():  # not a concurrent build that finished first
+                raise
+    log(f"  built in {time.perf_counter() - t0:.0f} s")
+    return final

@@ -1,0 +1,143 @@
+"""Synthetic feedback: sample K responses per prompt from a model, score them, write datasets.
+
+The same samples are written in every shape alignlab trains on, as the JSONL files a user would
+bring (TRL's standard text format where TRL has one: the prompt, then the answer):
+
+- ``pairs.jsonl``: ``{"prompt", "chosen", "rejected", "score_chosen", "score_rejected"}``, one pair
+  per prompt chosen by ``pair_rule``; a prompt whose samples all score the same gives no pair;
+- ``ranked.jsonl``: ``{"prompt", "completions", "scores", "ranks"}``, all K samples (rank 1 is
+  the best; equal scores share the lower rank);
+- ``unpaired.jsonl``: ``{"prompt", "completion", "label"}`` (TRL's KTO format), thumbs up when
+  the score is above the mean score of all samples;
+- ``scored.jsonl``: ``{"prompt", "completion", "score"}``, every sample;
+- ``negatives.jsonl``: ``{"prompt", "rejected"}``, every thumbs-down sample alone;
+- ``metadata.json``: how the files were made, including the flipped pairs.
+
+Label noise flips exactly ``round(label_noise × pairs)`` pairs, drawn with the run's seed; their
+row numbers (0-based lines of ``pairs.jsonl``) are recorded in the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from alignlab.errors import UserError
+from alignlab.generation import HFGenerator, SamplingParams
+from alignlab.models import load_model, load_tokenizer
+from alignlab.testbed.tasks import get_task
+
+PAIR_RULES = ("best_worst", "random", "margin")
+FILES = ("pairs", "ranked", "unpaired", "scored", "negatives")
+
+
+@dataclass(frozen=True)
+class FeedbackSpec:
+    task: str = "arithmetic"
+    num_prompts: int = 512
+    k: int = 4
+    reward: str = "gold"  # or "proxy"
+    pair_rule: str = "best_worst"
+    margin: float = 0.0  # pair_rule "margin": a random pair whose scores differ by at least this
+    label_noise: float = 0.0
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        get_task(self.task)
+        checks = [
+            (self.num_prompts >= 1, f"num_prompts must be >= 1, got {self.num_prompts}"),
+            (self.k >= 2, f"k must be >= 2 (pairs need two samples), got {self.k}"),
+            (self.reward in ("gold", "proxy"), f"reward must be 'gold' or 'proxy', got '{self.reward}'"),
+            (self.pair_rule in PAIR_RULES, f"pair_rule must be one of {', '.join(PAIR_RULES)}, got '{self.pair_rule}'"),
+            (self.margin >= 0, f"margin must be >= 0, got {self.margin}"),
+            (0.0 <= self.label_noise <= 1.0, f"label_noise must be in [0, 1], got {self.label_noise}"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"feedback: {message}")
+
+
+def pick_pair(scores: list[float], rule: str, margin: float, rng: random.Random) -> tuple[int, int] | None:
+    """Indices (chosen, rejected) of one pair among ``scores`` by ``rule``, or None when no two
+    samples qualify. Best vs worst takes the first best and the first worst sample."""
+    if rule == "best_worst":
+        best = max(range(len(scores)), key=lambda i: scores[i])
+        worst = min(range(len(scores)), key=lambda i: scores[i])
+        return (best, worst) if scores[best] > scores[worst] else None
+    need = margin if rule == "margin" else 0.0
+    candidates = [(i, j) for i in range(len(scores)) for j in range(len(scores))
+                  if scores[i] > scores[j] and scores[i] - scores[j] >= need]
+    return rng.choice(candidates) if candidates else None
+
+
+def ranks_of(scores: list[float]) -> list[int]:
+    """Competition ranks: 1 for the best; equal scores share the lower rank (1, 2, 2, 4)."""
+    return [1 + sum(other > s for other in scores) for s in scores]
+
+
+def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, batch_size: int = 256) -> dict:
+    """Sample, score and write every dataset shape under ``out_dir``; return the metadata."""
+    task = get_task(spec.task)
+    score = task.gold if spec.reward == "gold" else task.proxy
+    tok = load_tokenizer(str(model_dir))
+    model = load_model(str(model_dir))
+    prompts = task.train_prompts(spec.num_prompts, spec.seed)
+    params = SamplingParams(max_new_tokens=task.max_new_tokens, temperature=spec.temperature, seed=spec.seed)
+    samples = HFGenerator(model, tok, batch_size).generate(prompts, spec.k, params)
+    texts = [[s.text for s in row] for row in samples]
+    scores = [[float(score(p, t)) for t in row] for p, row in zip(prompts, texts, strict=True)]
+    flat = [s for row in scores for s in row]
+    threshold = sum(flat) / len(flat)
+
+    rng = random.Random(f"feedback/{spec.seed}")
+    pairs = []
+    for p, row, sc in zip(prompts, texts, scores, strict=True):
+        picked = pick_pair(sc, spec.pair_rule, spec.margin, rng)
+        if picked is not None:
+            c, r = picked
+            pairs.append({"prompt": p, "chosen": row[c], "rejected": row[r],
+                          "score_chosen": sc[c], "score_rejected": sc[r]})
+    flipped = sorted(rng.sample(range(len(pairs)), round(spec.label_noise * len(pairs)))) if pairs else []
+    for i in flipped:
+        row = pairs[i]
+        row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
+        row["score_chosen"], row["score_rejected"] = row["score_rejected"], row["score_chosen"]
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create feedback directory '{out}': {e.strerror}") from None
+    rows = {
+        "pairs": pairs,
+        "ranked": [{"prompt": p, "completions": list(row), "scores": sc, "ranks": ranks_of(sc)}
+                   for p, row, sc in zip(prompts, texts, scores, strict=True)],
+        "unpaired": [{"prompt": p, "completion": t, "label": s > threshold}
+                     for p, row, sc in zip(prompts, texts, scores, strict=True) for t, s in zip(row, sc, strict=True)],
+        "scored": [{"prompt": p, "completion": t, "score": s}
+                   for p, row, sc in zip(prompts, texts, scores, strict=True) for t, s in zip(row, sc, strict=True)],
+        "negatives": [{"prompt": p, "rejected": t}
+                      for p, row, sc in zip(prompts, texts, scores, strict=True) for t, s in zip(row, sc, strict=True)
+                      if s <= threshold],
+    }
+    for name in FILES:
+        with (out / f"{name}.jsonl").open("w") as f:
+            for r in rows[name]:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    meta = {
+        "spec": asdict(spec),
+        "model": str(model_dir),
+        "rows": {name: len(rows[name]) for name in FILES},
+        "prompts_without_pair": len(prompts) - len(pairs),
+        "mean_score": threshold,
+        "label_threshold": threshold,
+        "flipped_pairs": len(flipped),
+        "flipped_rows": flipped,
+        "files": {name: f"{name}.jsonl" for name in FILES},
+    }
+    (out / "metadata.json").write_text(json.dumps(meta, indent=1))
+    return meta

@@ -1,0 +1,104 @@
+"""Synthetic feedback: pair rules, ranks, label noise, and files that alignlab's loaders accept."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from alignlab.data.load import load_records
+from alignlab.errors import UserError
+from alignlab.testbed.feedback import FeedbackSpec, pick_pair, ranks_of, synthesize
+from alignlab.testbed.tasks import get_task
+
+
+def test_best_worst_takes_first_best_and_first_worst():
+    assert pick_pair([0.0, 1.0, 1.0, 0.0], "best_worst", 0.0, random.Random(0)) == (1, 0)
+    assert pick_pair([0.5, 0.5, 0.5], "best_worst", 0.0, random.Random(0)) is None
+
+
+def test_random_and_margin_rules_only_return_strictly_ordered_pairs():
+    scores = [0.0, 0.3, 1.0]
+    rng = random.Random(1)
+    seen = {pick_pair(scores, "random", 0.0, rng) for _ in range(200)}
+    assert seen == {(1, 0), (2, 0), (2, 1)}
+    seen = {pick_pair(scores, "margin", 0.5, rng) for _ in range(200)}
+    assert seen == {(2, 0), (2, 1)}  # 0.3 - 0.0 < 0.5 is excluded
+    assert pick_pair(scores, "margin", 1.5, rng) is None
+
+
+def test_competition_ranks():
+    assert ranks_of([3.0, 1.0, 3.0, 0.0]) == [1, 3, 1, 4]
+    assert ranks_of([2.0]) == [1]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"k": 1}, "k must be"), ({"num_prompts": 0}, "num_prompts"), ({"reward": "gold!"}, "reward"),
+    ({"pair_rule": "best"}, "pair_rule"), ({"label_noise": 1.5}, "label_noise"), ({"margin": -1.0}, "margin"),
+    ({"task": "arithmetc"}, "arithmetic"),
+])
+def test_bad_specs_are_user_errors(kwargs, match):
+    with pytest.raises(UserError, match=match):
+        FeedbackSpec(**kwargs)
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def synthesized(tiny_model_dir, tmp_path_factory):
+    """The untrained tiny model answering sentiment prompts, scored by the proxy (gold plus a
+    length bonus), so that almost every prompt's samples differ in score."""
+    out = tmp_path_factory.mktemp("feedback")
+    spec = FeedbackSpec("sentiment", num_prompts=40, k=3, reward="proxy", label_noise=0.25, seed=4)
+    return spec, out, synthesize(tiny_model_dir, spec, out)
+
+
+def test_every_shape_is_written_and_consistent(synthesized):
+    spec, out, meta = synthesized
+    task = get_task("sentiment")
+    scored = read(out / "scored.jsonl")
+    assert len(scored) == 40 * 3 == meta["rows"]["scored"]
+    for row in scored:
+        assert row["score"] == pytest.approx(task.proxy(row["prompt"], row["completion"]), abs=1e-12)
+    threshold = sum(r["score"] for r in scored) / len(scored)
+    assert meta["label_threshold"] == pytest.approx(threshold, abs=1e-12)
+    unpaired = read(out / "unpaired.jsonl")
+    assert [r["label"] for r in unpaired] == [r["score"] > threshold for r in scored]
+    negatives = read(out / "negatives.jsonl")
+    assert len(negatives) == sum(not r["label"] for r in unpaired)
+    ranked = read(out / "ranked.jsonl")
+    assert len(ranked) == 40 and all(len(r["completions"]) == 3 == len(r["scores"]) for r in ranked)
+    assert all(r["ranks"] == ranks_of(r["scores"]) for r in ranked)
+    pairs = read(out / "pairs.jsonl")
+    assert len(pairs) == meta["rows"]["pairs"] == 40 - meta["prompts_without_pair"]
+
+
+def test_label_noise_flips_exactly_the_recorded_pairs(synthesized):
+    _, out, meta = synthesized
+    pairs = read(out / "pairs.jsonl")
+    flipped = set(meta["flipped_rows"])
+    assert len(flipped) == meta["flipped_pairs"] == round(0.25 * len(pairs))
+    for i, row in enumerate(pairs):
+        if i in flipped:
+            assert row["score_chosen"] < row["score_rejected"]
+        else:
+            assert row["score_chosen"] > row["score_rejected"]
+
+
+def test_files_load_as_alignlab_data(synthesized):
+    """The pairs file is a TRL standard-format preference file that the pair loader accepts."""
+    _, out, meta = synthesized
+    loaded = load_records(str(out / "pairs.jsonl"), "pair")
+    assert len(loaded.records) == meta["rows"]["pairs"] and loaded.skipped == 0
+    first = read(out / "pairs.jsonl")[0]
+    assert loaded.records[0].prompt == first["prompt"] and loaded.records[0].chosen == first["chosen"]
+
+
+def test_same_seed_same_files(synthesized, tiny_model_dir, tmp_path):
+    spec, out, _ = synthesized
+    synthesize(tiny_model_dir, spec, tmp_path)
+    for name in ("pairs", "ranked", "unpaired", "scored", "negatives"):
+        assert (tmp_path / f"{name}.jsonl").read_text() == (out / f"{name}.jsonl").read_text()
