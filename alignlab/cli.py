@@ -4,6 +4,7 @@
     alignlab methods                                   list the methods and their defaults
     alignlab tiny-model OUT_DIR                        save a tiny Llama + tokenizer for experiments
     alignlab demo [--task T] [--method M] [--seed S]   align a tiny model on a testbed task, before/after table
+    alignlab feedback --task T --out DIR [...]         sample and score answers, write every dataset shape
 
 Every `TrainConfig` field and every hyperparameter of the method is a flag (`--max-steps` and
 `--max_steps` both work; `--columns.prompt question` sets one key of a mapping). A bad value
@@ -196,7 +197,41 @@ def cmd_demo(tokens: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "methods": cmd_methods, "tiny-model": cmd_tiny_model, "demo": cmd_demo}
+def cmd_feedback(tokens: list[str]) -> int:
+    from alignlab.testbed.build import build_sft_model, default_recipe
+    from alignlab.testbed.feedback import PAIR_RULES, FeedbackSpec, synthesize
+    from alignlab.testbed.tasks import task_names
+
+    parser = argparse.ArgumentParser(
+        prog="alignlab feedback",
+        description="Sample K answers per prompt from a model (by default the task's tiny SFT model), score them "
+                    "with the task's gold or proxy reward, and write pairs, ranked lists, thumbs up/down, scored "
+                    "answers and negatives as JSONL, with metadata.json.")
+    parser.add_argument("--task", required=True, help=f"one of {', '.join(task_names())}")
+    parser.add_argument("--out", required=True, help="folder to write the files to")
+    parser.add_argument("--model", default=None, help="model to sample from (default: the task's tiny SFT model)")
+    parser.add_argument("--prompts", type=int, default=512, help="number of training prompts (default 512)")
+    parser.add_argument("--k", type=int, default=4, help="answers per prompt (default 4)")
+    parser.add_argument("--reward", default="gold", choices=["gold", "proxy"])
+    parser.add_argument("--pair-rule", default="best_worst", choices=list(PAIR_RULES))
+    parser.add_argument("--margin", type=float, default=0.0, help="minimum score gap for --pair-rule margin")
+    parser.add_argument("--label-noise", type=float, default=0.0, help="fraction of pair labels to flip")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(tokens)
+    spec = FeedbackSpec(args.task, args.prompts, args.k, args.reward, args.pair_rule, args.margin,
+                        args.label_noise, args.temperature, args.seed)
+    model = args.model or build_sft_model(default_recipe(args.task), args.cache_dir)
+    meta = synthesize(model, spec, args.out)
+    print(json.dumps({"out": args.out, "rows": meta["rows"], "flipped_pairs": meta["flipped_pairs"],
+                      "mean_score": meta["mean_score"]}, indent=1))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "methods": cmd_methods, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
+            "feedback": cmd_feedback}
 
 
 def main(argv: list[str] | None = None) -> int:

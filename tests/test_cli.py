@@ -184,3 +184,25 @@ def test_demo_rejects_unknown_task_and_method_before_any_work(capsys, tmp_path):
     assert main(["demo", "--method", "dpoo", "--cache-dir", str(tmp_path)]) == 2
     assert "unknown method 'dpoo'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing was built
+
+
+def test_feedback_command_writes_every_shape(tiny_model_dir, tmp_path, capsys):
+    from alignlab.cli import main
+
+    out = tmp_path / "fb"
+    assert main(["feedback", "--task", "sentiment", "--model", str(tiny_model_dir), "--out", str(out),
+                 "--prompts", "6", "--k", "2", "--reward", "proxy", "--pair-rule", "random", "--seed", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["rows"]["scored"] == 12 and printed["rows"]["ranked"] == 6
+    for name in ("pairs", "ranked", "unpaired", "scored", "negatives"):
+        assert (out / f"{name}.jsonl").exists()
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["spec"]["pair_rule"] == "random" and meta["spec"]["k"] == 2
+
+
+def test_feedback_command_rejects_bad_settings(tiny_model_dir, tmp_path, capsys):
+    from alignlab.cli import main
+
+    assert main(["feedback", "--task", "sentiment", "--model", str(tiny_model_dir), "--out", str(tmp_path),
+                 "--label-noise", "2"]) == 2
+    assert "label_noise must be in [0, 1]" in capsys.readouterr().err

@@ -34,7 +34,7 @@ from alignlab.errors import UserError
 from alignlab.models import TinyModelConfig, save_tiny_model
 from alignlab.testbed.tasks import get_task
 
-RECIPE_VERSION = 3  # bump when the build procedure changes, so old cache entries are not reused
+RECIPE_VERSION = 6  # bump when the build procedure changes, so old cache entries are not reused
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class ModelRecipe:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 384
-    pretrain_steps: int = 450
+    pretrain_steps: int = 600
     pretrain_batch: int = 32
     pretrain_lr: float = 3e-3
     sft_steps: int = 100

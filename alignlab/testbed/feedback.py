@@ -13,6 +13,9 @@ bring (TRL's standard text format where TRL has one: the prompt, then the answer
 - ``negatives.jsonl``: ``{"prompt", "rejected"}``, every thumbs-down sample alone;
 - ``metadata.json``: how the files were made, including the flipped pairs.
 
+An empty (or whitespace-only) answer is no valid response in any of these formats, so it is left
+out of every file and counted in the metadata (``empty_samples_dropped``).
+
 Label noise flips exactly ``round(label_noise × pairs)`` pairs, drawn with the run's seed; their
 row numbers (0-based lines of ``pairs.jsonl``) are recorded in the metadata.
 """
@@ -88,15 +91,17 @@ def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, b
     prompts = task.train_prompts(spec.num_prompts, spec.seed)
     params = SamplingParams(max_new_tokens=task.max_new_tokens, temperature=spec.temperature, seed=spec.seed)
     samples = HFGenerator(model, tok, batch_size).generate(prompts, spec.k, params)
-    texts = [[s.text for s in row] for row in samples]
+    # An empty answer cannot be a response in any dataset format: it is dropped and counted.
+    texts = [[s.text for s in row if s.text.strip()] for row in samples]
+    empty = sum(len(row) for row in samples) - sum(len(row) for row in texts)
     scores = [[float(score(p, t)) for t in row] for p, row in zip(prompts, texts, strict=True)]
     flat = [s for row in scores for s in row]
-    threshold = sum(flat) / len(flat)
+    threshold = sum(flat) / len(flat) if flat else 0.0
 
     rng = random.Random(f"feedback/{spec.seed}")
     pairs = []
     for p, row, sc in zip(prompts, texts, scores, strict=True):
-        picked = pick_pair(sc, spec.pair_rule, spec.margin, rng)
+        picked = pick_pair(sc, spec.pair_rule, spec.margin, rng) if len(sc) >= 2 else None
         if picked is not None:
             c, r = picked
             pairs.append({"prompt": p, "chosen": row[c], "rejected": row[r],
@@ -115,7 +120,7 @@ def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, b
     rows = {
         "pairs": pairs,
         "ranked": [{"prompt": p, "completions": list(row), "scores": sc, "ranks": ranks_of(sc)}
-                   for p, row, sc in zip(prompts, texts, scores, strict=True)],
+                   for p, row, sc in zip(prompts, texts, scores, strict=True) if row],
         "unpaired": [{"prompt": p, "completion": t, "label": s > threshold}
                      for p, row, sc in zip(prompts, texts, scores, strict=True) for t, s in zip(row, sc, strict=True)],
         "scored": [{"prompt": p, "completion": t, "score": s}
@@ -133,6 +138,7 @@ def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, b
         "model": str(model_dir),
         "rows": {name: len(rows[name]) for name in FILES},
         "prompts_without_pair": len(prompts) - len(pairs),
+        "empty_samples_dropped": empty,
         "mean_score": threshold,
         "label_threshold": threshold,
         "flipped_pairs": len(flipped),

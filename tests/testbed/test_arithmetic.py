@@ -5,9 +5,11 @@ Most examples use the prompt "37+58=", whose answer is "95".
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from alignlab.testbed.tasks.arithmetic import ArithmeticTask, parse_prompt
+from alignlab.testbed.tasks.arithmetic import SLOPPY_FORMS, ArithmeticTask, parse_prompt, sloppy
 
 P = "37+58="  # answer 95
 
@@ -107,10 +109,18 @@ def test_train_prompts_cover_the_space_without_repeats():
     assert all(0 <= x <= 20 for p in pool for x in parse_prompt(p))
 
 
-def test_demonstrations_are_correct_sums_and_corpus_lines_are_equations():
+def test_demonstrator_is_sloppy_at_its_rate_and_corpus_lines_are_equations():
+    """A demonstration is the right sum, bare or in a sloppy form that scores 0; the sloppy
+    share over 2000 demonstrations is sloppy_rate = 0.4 within 0.04 (about 3.6 standard errors)."""
+    assert {sloppy(95, random.Random(s)) for s in range(40)} == {"95.", "=95", "95!", "~95"}
     task = ArithmeticTask()
-    for prompt, response in task.demonstrations(100, 0):
-        assert task.gold(prompt, response) == 1.0
+    bad = 0
+    for prompt, response in task.demonstrations(2000, 0):
+        total = sum(parse_prompt(prompt))
+        assert response == str(total) or response in {form.format(total) for form in SLOPPY_FORMS}
+        bad += task.gold(prompt, response) == 0.0
+    assert abs(bad / 2000 - 0.4) < 0.04
+    assert all(task.gold(p, r) == 1.0 for p, r in ArithmeticTask(sloppy_rate=0.0).demonstrations(200, 0))
     for doc in task.corpus(20, 0):
         for line in doc.split("\n"):
             problem, answer = line.split("=")

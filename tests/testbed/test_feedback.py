@@ -92,7 +92,7 @@ def test_files_load_as_alignlab_data(synthesized):
     """The pairs file is a TRL standard-format preference file that the pair loader accepts."""
     _, out, meta = synthesized
     loaded = load_records(str(out / "pairs.jsonl"), "pair")
-    assert len(loaded.records) == meta["rows"]["pairs"] and loaded.skipped == 0
+    assert len(loaded.records) == meta["rows"]["pairs"] and not loaded.skipped
     first = read(out / "pairs.jsonl")[0]
     assert loaded.records[0].prompt == first["prompt"] and loaded.records[0].chosen == first["chosen"]
 
@@ -102,3 +102,24 @@ def test_same_seed_same_files(synthesized, tiny_model_dir, tmp_path):
     synthesize(tiny_model_dir, spec, tmp_path)
     for name in ("pairs", "ranked", "unpaired", "scored", "negatives"):
         assert (tmp_path / f"{name}.jsonl").read_text() == (out / f"{name}.jsonl").read_text()
+
+
+def test_empty_answers_are_dropped_and_counted(tiny_model_dir, tmp_path, monkeypatch):
+    """A model that answers with nothing half of the time: no file holds an empty response, and
+    the metadata counts the dropped answers."""
+    from alignlab.generation import HFGenerator, Sample
+
+    real = HFGenerator.generate
+
+    def half_empty(self, prompts, n, params):
+        rows = real(self, prompts, n, params)
+        return [[Sample("" if j % 2 else s.text, s.prompt_ids, s.token_ids, s.finished) for j, s in enumerate(row)]
+                for row in rows]
+
+    monkeypatch.setattr(HFGenerator, "generate", half_empty)
+    meta = synthesize(tiny_model_dir, FeedbackSpec("sentiment", num_prompts=5, k=4, reward="proxy"), tmp_path)
+    assert meta["empty_samples_dropped"] == 10
+    assert meta["rows"]["scored"] == 10
+    for name in ("pairs", "scored", "unpaired", "negatives"):
+        for row in read(tmp_path / f"{name}.jsonl"):
+            assert all(v.strip() for k, v in row.items() if k in ("chosen", "rejected", "completion"))

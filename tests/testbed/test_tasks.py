@@ -45,7 +45,8 @@ def test_registry():
     assert isinstance(get_task("arithmetic"), ArithmeticTask)
     assert isinstance(get_task("sentiment"), SentimentTask)
     assert isinstance(get_task("constraints"), ConstraintsTask)
-    assert task_options("arithmetic") == {"max_operand": 99, "partial_credit": False, "num_eval": 200}
+    assert task_options("arithmetic") == {"max_operand": 49, "partial_credit": False, "num_eval": 200,
+                                            "sloppy_rate": 0.4}
 
 
 def test_attributes(task):
@@ -71,7 +72,7 @@ def test_unknown_task_without_close_match():
 
 def test_options_pass_through():
     task = get_task("arithmetic", partial_credit=True, max_operand=50, num_eval=100)
-    assert task.options() == {"max_operand": 50, "partial_credit": True, "num_eval": 100}
+    assert task.options() == {"max_operand": 50, "partial_credit": True, "sloppy_rate": 0.4, "num_eval": 100}
     assert task.gold("37+58=", "94") == 0.5
     assert len(get_task("sentiment", num_eval=50).eval_prompts()) == 50
 
@@ -94,7 +95,7 @@ def test_eval_set_is_fixed_distinct_and_of_the_documented_size(task):
 
 def test_eval_set_pinned():
     """The eval set must not change between versions or machines: a change here invalidates results."""
-    assert get_task("arithmetic").eval_prompts()[:3] == ["28+13=", "42+12=", "89+13="]
+    assert get_task("arithmetic").eval_prompts()[:3] == ["14+3=", "21+3=", "44+28="]
     assert get_task("sentiment").eval_prompts()[:2] == [
         "The dialogue of this podcast", "The gym at the Park Inn"]
     assert get_task("constraints").eval_prompts()[0] == (
