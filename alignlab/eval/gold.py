@@ -82,13 +82,13 @@ class GoldEvaluator:
         prompts = [s.prompt_ids for s in samples]
         responses = [s.token_ids for s in samples]
         was_training = policy.training
-        policy.eval()
+        policy.eval()  # with LoRA the reference is this same module: both passes run in eval mode
         try:
             lp_policy = completion_logps(policy, prompts, responses, pad, self.batch_size)
+            with scope() as ref:
+                lp_ref = completion_logps(ref, prompts, responses, pad, self.batch_size)
         finally:
             policy.train(was_training)
-        with scope() as ref:
-            lp_ref = completion_logps(ref, prompts, responses, pad, self.batch_size)
         return float((lp_policy - lp_ref).sum())
 
     def __call__(self, policy, reference: Any,

@@ -33,6 +33,8 @@ class SamplingParams:
             raise UserError(f"temperature must be finite and >= 0, got {self.temperature}")
         if not (0 < self.top_p <= 1):
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (0 <= self.seed < 2**63):
+            raise UserError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.top_k < 0:
             raise UserError(f"top_k must be >= 0, got {self.top_k}")
 

@@ -14,9 +14,10 @@ from alignlab.generation.base import Sample, SamplingParams
 class HFGenerator:
     """Sample from a causal LM with ``model.generate``, ``batch_size`` sequences at a time.
 
-    Prompts are left-padded within a batch. Randomness comes from a generator seeded with
-    ``params.seed`` (the global torch RNG is left as it was), so the same model, prompts and
-    params give the same samples on CPU.
+    Prompts are left-padded within a batch. Randomness comes from the torch RNG seeded with
+    ``params.seed`` inside a fork (the global state is restored afterwards), so the same model,
+    prompts, params and batch size give the same samples on CPU; a prompt's samples depend on
+    which prompts share its batch.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 128):
@@ -52,7 +53,9 @@ class HFGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
+            device = next(self.model.parameters()).device
+            devices = [device.index or 0] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
                 torch.manual_seed(params.seed)
                 for start in range(0, len(flat), self.batch_size):
                     out.extend(self._batch(flat[start:start + self.batch_size], params))
@@ -70,11 +73,17 @@ class HFGenerator:
         for b, c in enumerate(contexts):
             ids[b, width - len(c):] = torch.tensor(c, dtype=torch.long)
             attn[b, width - len(c):] = 1
+        # Every logits processor is set to neutral here: transformers fills unset fields from the
+        # checkpoint's own generation_config (a repetition penalty, say), and the samples must come
+        # from the model's distribution for the gold and KL numbers to mean what they say.
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             do_sample=not params.greedy,
             eos_token_id=self.eos,
             pad_token_id=self.pad,
+            repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, typical_p=1.0,
+            encoder_repetition_penalty=1.0, length_penalty=1.0, suppress_tokens=[], begin_suppress_tokens=[],
+            bad_words_ids=None, epsilon_cutoff=0.0, eta_cutoff=0.0, num_beams=1, diversity_penalty=0.0,
             **({} if params.greedy else {"temperature": params.temperature, "top_p": params.top_p,
                                           "top_k": params.top_k}),
         )

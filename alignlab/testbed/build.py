@@ -67,7 +67,18 @@ class ModelRecipe:
         TinyModelConfig(self.hidden_size, self.num_layers, self.num_heads, self.intermediate_size)
 
     def key(self) -> str:
-        blob = json.dumps({"version": RECIPE_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        """Hash of the recipe and of what else shapes the model: the task's options, the build
+        procedure's version, the library versions and the kind of device it trains on."""
+        import torch
+        import transformers
+
+        import alignlab
+
+        blob = json.dumps({
+            "version": RECIPE_VERSION, **dataclasses.asdict(self), "task_options": get_task(self.task).options(),
+            "alignlab": alignlab.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+        }, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -168,6 +179,8 @@ def build_sft_model(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = N
         info = {"recipe": dataclasses.asdict(recipe), "key": recipe.key(), "version": RECIPE_VERSION,
                 "build_seconds": round(time.perf_counter() - t0, 1)}
         (staged / "recipe.json").write_text(json.dumps(info, indent=1))
+        if final.parent.exists() and not (final / "config.json").exists():
+            shutil.rmtree(final.parent)  # an incomplete entry (its model was deleted): replace it
         try:
             staged.rename(final.parent)
         except OSError:

@@ -60,6 +60,10 @@ class DemoSettings:
             raise UserError(f"unknown method '{self.method}' (see `alignlab methods`)")
         if self.lr is None:
             self.lr = TASK_LR[self.task]
+        # Checked now, before minutes of model building, not when the feedback is written.
+        FeedbackSpec(self.task, self.num_prompts, self.k, self.reward, label_noise=self.label_noise, seed=self.seed)
+        if not (0 <= self.seed < 2**63):
+            raise UserError(f"seed must be in [0, 2**63), got {self.seed}")
         shape = REGISTRY[self.method].shape
         if shape not in SHAPE_FILES:
             raise UserError(f"the demo trains methods on pairs or SFT data; '{self.method}' needs '{shape}' data")
@@ -82,9 +86,15 @@ def _sft_input(feedback_dir: Path) -> Path:
 def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Run the demo; return (and write to ``out_dir/metrics.json``) its numbers."""
+    from transformers.utils import logging as hf_logging
+
     from alignlab.train import train
 
+    hf_logging.disable_progress_bar()  # weight loading and saving bars would bury the demo's own output
     out = Path(out_dir)
+    if (out / "run.yaml").exists() and not (out / "feedback" / "metadata.json").exists():
+        raise UserError(f"'{out}' holds a training run that is not a demo; the demo would overwrite it. "
+                        "Choose another --out")
     t0 = time.perf_counter()
     sft_dir = build_sft_model(default_recipe(settings.task), cache_dir, log=_log)
     t_model = time.perf_counter() - t0
@@ -106,6 +116,7 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
         "method": settings.method, "model": str(sft_dir), "data": str(data), "output_dir": str(out),
         "overwrite": True, "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr,
         "scheduler": "linear", "warmup_ratio": 0.1, "eval_every": settings.eval_every, "max_length": 256,
+        "eval_batch_size": 128,
         "seed": settings.seed, "task": settings.task, "task_eval_prompts": settings.eval_prompts,
         "keep_checkpoints": 1, "progress": progress, **settings.method_params,
     }

@@ -141,7 +141,8 @@ def _task_eval(cfg: TrainConfig, tokenizer, reference: Reference, policy, dist: 
     from alignlab.testbed.tasks import get_task
 
     evaluator = GoldEvaluator(get_task(cfg.task), tokenizer, seed=cfg.seed, num_prompts=cfg.task_eval_prompts,
-                              rank=dist.rank, world_size=dist.world_size)
+                              batch_size=cfg.eval_batch_size or cfg.batch_size, rank=dist.rank,
+                              world_size=dist.world_size)
 
     def reduce(totals: dict[str, float]) -> dict[str, float]:
         keys = sorted(totals)

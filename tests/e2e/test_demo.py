@@ -23,9 +23,11 @@ def cache(tmp_path_factory):
 
 def small(task: str, seed: int) -> DemoSettings:
     """Arithmetic at the demo's own sizes (its answers are two tokens long, so it is quick);
-    sentiment, with 64-token answers, on half the prompts and half the held-out set."""
+    sentiment, whose answers are up to 64 tokens, samples half the prompts and trains 8 epochs on
+    them. Both measure on all 200 held-out prompts: with 100, the sampled gold reward of the SFT
+    model alone varies by about 0.1 between seeds."""
     if task == "sentiment":
-        return DemoSettings(task=task, seed=seed, eval_every=0, num_prompts=256, eval_prompts=100)
+        return DemoSettings(task=task, seed=seed, eval_every=0, num_prompts=256, epochs=8.0)
     return DemoSettings(task=task, seed=seed, eval_every=0)
 
 

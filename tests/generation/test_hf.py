@@ -104,3 +104,27 @@ def test_bad_n_and_batch_size(model_tok):
         HFGenerator(model, tok).generate(["a"], 0, SamplingParams())
     with pytest.raises(UserError, match="batch_size"):
         HFGenerator(model, tok, batch_size=0)
+
+
+def test_the_checkpoints_own_generation_settings_do_not_leak_in(model_tok):
+    """A checkpoint may ship a generation_config with processors (here: suppress the model's most
+    likely first token, and a repetition penalty); samples must still follow softmax(logits)."""
+    import copy
+
+    model, tok = model_tok
+    ids = tok("q", add_special_tokens=True)["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1)
+    top = int(probs.argmax())
+    p = float(probs[top])
+    odd = copy.deepcopy(model)
+    odd.generation_config.suppress_tokens = [top]
+    odd.generation_config.repetition_penalty = 5.0
+    (row,) = HFGenerator(odd, tok, batch_size=1000).generate(["q"], 3000, SamplingParams(max_new_tokens=1, seed=1))
+    freq = sum(s.token_ids[0] == top for s in row) / 3000
+    assert abs(freq - p) < 4 * (p * (1 - p) / 3000) ** 0.5
+
+
+def test_seed_out_of_range_is_a_user_error():
+    with pytest.raises(UserError, match="seed"):
+        SamplingParams(seed=2**64)
