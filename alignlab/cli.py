@@ -183,11 +183,15 @@ def cmd_demo(tokens: list[str]) -> int:
                                                           "or ~/.cache/alignlab)")
     parser.add_argument("--label-noise", type=float, default=0.0, help="fraction of pair labels to flip (default 0)")
     parser.add_argument("--reward", default="gold", choices=["gold", "proxy"], help="reward that labels the feedback")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the task's, see TASK_LR)")
+    parser.add_argument("--epochs", type=float, default=3.0, help="passes over the synthetic data (default 3)")
+    parser.add_argument("--prompts", type=int, default=512, help="training prompts to sample answers to (default 512)")
+    parser.add_argument("--k", type=int, default=4, help="answers sampled per prompt (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(tokens)
     settings = DemoSettings(task=args.task, method=args.method, seed=args.seed, label_noise=args.label_noise,
-                            reward=args.reward)
+                            reward=args.reward, lr=args.lr, epochs=args.epochs, num_prompts=args.prompts, k=args.k)
     out = args.out or f"runs/demo-{args.task}-{args.method}-s{args.seed}"
     report = run_demo(settings, out, args.cache_dir, progress=not args.no_progress)
     print(f"\n{args.method} on the {args.task} task, seed {args.seed}: held-out gold reward before and after\n")

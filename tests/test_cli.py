@@ -183,6 +183,10 @@ def test_demo_rejects_unknown_task_and_method_before_any_work(capsys, tmp_path):
     assert "task must be one of arithmetic, constraints, sentiment" in capsys.readouterr().err
     assert main(["demo", "--method", "dpoo", "--cache-dir", str(tmp_path)]) == 2
     assert "unknown method 'dpoo'" in capsys.readouterr().err
+    assert main(["demo", "--lr", "-1", "--cache-dir", str(tmp_path)]) == 2
+    assert "lr and epochs must be positive" in capsys.readouterr().err
+    assert main(["demo", "--label-noise", "1.5", "--cache-dir", str(tmp_path)]) == 2
+    assert "label_noise must be in [0, 1]" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing was built
 
 

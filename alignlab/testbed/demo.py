@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -60,6 +61,8 @@ class DemoSettings:
             raise UserError(f"unknown method '{self.method}' (see `alignlab methods`)")
         if self.lr is None:
             self.lr = TASK_LR[self.task]
+        if not (math.isfinite(self.lr) and self.lr > 0) or not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise UserError(f"lr and epochs must be positive numbers, got lr={self.lr}, epochs={self.epochs}")
         # Checked now, before minutes of model building, not when the feedback is written.
         FeedbackSpec(self.task, self.num_prompts, self.k, self.reward, label_noise=self.label_noise, seed=self.seed)
         if not (0 <= self.seed < 2**63):
