@@ -14,7 +14,9 @@ bring (TRL's standard text format where TRL has one: the prompt, then the answer
 - ``metadata.json``: how the files were made, including the flipped pairs.
 
 An empty (or whitespace-only) answer is no valid response in any of these formats, so it is left
-out of every file and counted in the metadata (``empty_samples_dropped``).
+out of every file and counted in the metadata (``empty_samples_dropped``). An answer cut off at the
+task's ``max_new_tokens`` is kept as it is (training appends EOS to it, as to any response) and
+counted (``unfinished_samples_kept``).
 
 Label noise flips exactly ``round(label_noise × pairs)`` pairs, drawn with the run's seed; their
 row numbers (0-based lines of ``pairs.jsonl``) are recorded in the metadata.
@@ -94,6 +96,7 @@ def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, b
     # An empty answer cannot be a response in any dataset format: it is dropped and counted.
     texts = [[s.text for s in row if s.text.strip()] for row in samples]
     empty = sum(len(row) for row in samples) - sum(len(row) for row in texts)
+    unfinished = sum(not s.finished for row in samples for s in row if s.text.strip())
     scores = [[float(score(p, t)) for t in row] for p, row in zip(prompts, texts, strict=True)]
     flat = [s for row in scores for s in row]
     threshold = sum(flat) / len(flat) if flat else 0.0
@@ -139,6 +142,7 @@ def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, b
         "rows": {name: len(rows[name]) for name in FILES},
         "prompts_without_pair": len(prompts) - len(pairs),
         "empty_samples_dropped": empty,
+        "unfinished_samples_kept": unfinished,
         "mean_score": threshold,
         "label_threshold": threshold,
         "flipped_pairs": len(flipped),

@@ -74,6 +74,21 @@ def test_every_shape_is_written_and_consistent(synthesized):
     assert all(r["ranks"] == ranks_of(r["scores"]) for r in ranked)
     pairs = read(out / "pairs.jsonl")
     assert len(pairs) == meta["rows"]["pairs"] == 40 - meta["prompts_without_pair"]
+    assert meta["unfinished_samples_kept"] == unfinished_by_regenerating(spec, out) > 0
+
+
+def unfinished_by_regenerating(spec, out) -> int:
+    """The same samples drawn again with the generator directly; count those cut off at the
+    task's max_new_tokens (the untrained model seldom stops on its own)."""
+    from alignlab.generation import HFGenerator, SamplingParams
+    from alignlab.models import load_model, load_tokenizer
+
+    meta = json.loads((out / "metadata.json").read_text())
+    task = get_task(spec.task)
+    model, tok = load_model(meta["model"]), load_tokenizer(meta["model"])
+    rows = HFGenerator(model, tok, 256).generate(task.train_prompts(spec.num_prompts, spec.seed), spec.k,
+                                                 SamplingParams(max_new_tokens=task.max_new_tokens, seed=spec.seed))
+    return sum(not s.finished for row in rows for s in row if s.text.strip())
 
 
 def test_label_noise_flips_exactly_the_recorded_pairs(synthesized):
