@@ -159,8 +159,10 @@ ROWS = [("gold reward (sampled)", "eval/gold/sampled"), ("gold reward (greedy)",
 def table(report: dict[str, Any]) -> str:
     """The before/after table printed at the end of the demo."""
     method = report["settings"]["method"].upper() if report["settings"]["method"] != "sft" else "SFT on best"
-    head = f"{'':26}{'SFT model':>12}{'after ' + method:>14}"
-    lines = [head]
+    after = f"after {method}"
+    width = max(14, len(after) + 2)
+    lines = [f"{'':26}{'SFT model':>12}{after:>{width}}"]
     for label, key in ROWS:
-        lines.append(f"{label:26}{report['before'].get(key, float('nan')):>12.3f}{report['after'].get(key, float('nan')):>14.3f}")
+        before_value, after_value = report["before"].get(key, float("nan")), report["after"].get(key, float("nan"))
+        lines.append(f"{label:26}{before_value:>12.3f}{after_value:>{width}.3f}")
     return "\n".join(lines)
