@@ -32,6 +32,7 @@ from pathlib import Path
 
 from alignlab.errors import UserError
 from alignlab.models import TinyModelConfig, save_tiny_model
+from alignlab.testbed.feedback import write_jsonl
 from alignlab.testbed.tasks import get_task
 
 RECIPE_VERSION = 6  # bump when the build procedure changes, so old cache entries are not reused
@@ -117,12 +118,6 @@ def short_documents(docs: list[str], chars: int) -> list[str]:
     return out
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
 def _stage(model: str, data: Path, out: Path, steps: int, batch: int, lr: float, recipe: ModelRecipe) -> str:
     from alignlab.train import train
 
@@ -163,12 +158,12 @@ def build_sft_model(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = N
         if recipe.pretrain_steps:
             docs = short_documents(task.corpus(recipe.pretrain_steps * recipe.pretrain_batch, recipe.seed),
                                    recipe.doc_chars)[:recipe.pretrain_steps * recipe.pretrain_batch]
-            _write_jsonl(work / "corpus.jsonl", [{"text": d} for d in docs])
+            write_jsonl(work / "corpus.jsonl", [{"text": d} for d in docs])
             log(f"  pretraining on {len(docs)} documents ({recipe.pretrain_steps} steps)")
             model = _stage(model, work / "corpus.jsonl", work / "pretrain", recipe.pretrain_steps,
                            recipe.pretrain_batch, recipe.pretrain_lr, recipe)
         demos = task.demonstrations(recipe.sft_steps * recipe.sft_batch, recipe.seed + 1)
-        _write_jsonl(work / "sft.jsonl", [{"prompt": p, "completion": r} for p, r in demos])
+        write_jsonl(work / "sft.jsonl", [{"prompt": p, "completion": r} for p, r in demos])
         if recipe.sft_steps:
             log(f"  supervised fine-tuning on {len(demos)} demonstrations ({recipe.sft_steps} steps)")
             model = _stage(model, work / "sft.jsonl", work / "sft-run", recipe.sft_steps, recipe.sft_batch,

@@ -25,8 +25,9 @@ from alignlab.eval.gold import GoldEvaluator
 from alignlab.losses import REGISTRY
 from alignlab.models import load_model, load_tokenizer
 from alignlab.testbed.build import build_sft_model, default_recipe
-from alignlab.testbed.feedback import FeedbackSpec, synthesize
+from alignlab.testbed.feedback import FeedbackSpec, synthesize, write_jsonl
 from alignlab.testbed.tasks import get_task, task_names
+from alignlab.train.metrics import read_metrics
 
 # Learning rates that move each task's tiny model clearly without wrecking it (measured here; a
 # larger rate makes DPO push down the rejected answers so hard that the good ones go down too).
@@ -79,10 +80,8 @@ def _log(msg: str) -> None:
 def _sft_input(feedback_dir: Path) -> Path:
     """The chosen answers of the pairs, as prompt/completion rows (rejection-sampling SFT)."""
     out = feedback_dir / "best.jsonl"
-    with (feedback_dir / "pairs.jsonl").open() as src, out.open("w") as dst:
-        for line in src:
-            row = json.loads(line)
-            dst.write(json.dumps({"prompt": row["prompt"], "completion": row["chosen"]}) + "\n")
+    pairs = [json.loads(line) for line in (feedback_dir / "pairs.jsonl").read_text().splitlines()]
+    write_jsonl(out, [{"prompt": row["prompt"], "completion": row["chosen"]} for row in pairs])
     return out
 
 
@@ -128,11 +127,8 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
     t_train = time.perf_counter() - t0 - t_model - t_feedback
 
     history = [{"step": 0, **{k: v for k, v in before_metrics.items() if k.startswith("eval/gold")}}]
-    with (out / "metrics.jsonl").open() as f:
-        for line in f:
-            row = json.loads(line)
-            if "eval/gold/sampled" in row:
-                history.append({k: v for k, v in row.items() if k == "step" or k.startswith("eval/gold")})
+    history += [{k: v for k, v in row.items() if k == "step" or k.startswith("eval/gold")}
+                for row in read_metrics(out / "metrics.jsonl") if "eval/gold/sampled" in row]
     report = {
         "settings": asdict(settings),
         "sft_model": str(sft_dir),

@@ -66,6 +66,13 @@ class FeedbackSpec:
                 raise UserError(f"feedback: {message}")
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line, UTF-8 kept as it is."""
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def pick_pair(scores: list[float], rule: str, margin: float, rng: random.Random) -> tuple[int, int] | None:
     """Indices (chosen, rejected) of one pair among ``scores`` by ``rule``, or None when no two
     samples qualify. Best vs worst takes the first best and the first worst sample."""
@@ -133,9 +140,7 @@ def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, b
                       if s <= threshold],
     }
     for name in FILES:
-        with (out / f"{name}.jsonl").open("w") as f:
-            for r in rows[name]:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        write_jsonl(out / f"{name}.jsonl", rows[name])
     meta = {
         "spec": asdict(spec),
         "model": str(model_dir),

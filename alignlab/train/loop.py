@@ -110,7 +110,7 @@ def _sum_metrics(acc: dict[str, torch.Tensor], out: LossOutput) -> None:
         acc[k] = acc.get(k, torch.zeros((), dtype=torch.float64)) + v.detach().double().sum().cpu()
 
 
-def _reduce(dist: Dist, sums: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> dict[str, float]:
+def sum_over_processes(dist: Dist, sums: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> dict[str, float]:
     """Sum every value over processes in one collective. Every process takes part with the same
     keys, including one that saw no example (its sums count as zero)."""
     keys = dist.union(list(sums) + list(extra))
@@ -147,7 +147,7 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
             count += len(part)
             _sum_metrics(sums, out)
     module.train(was_training)
-    tot = _reduce(dist, sums, {"_loss": loss_sum, "_units": units, "_count": count})
+    tot = sum_over_processes(dist, sums, {"_loss": loss_sum, "_units": units, "_count": count})
     result = {"eval/loss": tot["_loss"] / max(tot["_units"], 1.0)}
     result.update({f"eval/{k}": v / max(tot["_count"], 1.0) for k, v in tot.items() if not k.startswith("_")})
     return result
@@ -246,7 +246,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
             _sum_metrics(sums, out)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
-        tot = _reduce(dist, sums, {"_loss": loss_sum, "_tokens": torch.tensor(float(tokens), dtype=torch.float64)})
+        tot = sum_over_processes(dist, sums, {"_loss": loss_sum, "_tokens": torch.tensor(float(tokens), dtype=torch.float64)})
         loss = tot["_loss"] / max(global_units, 1.0)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise NumericError(_numeric_fault(inp, step, loss, grad_norm, indices))

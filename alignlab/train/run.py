@@ -31,7 +31,7 @@ from alignlab.models import (
 from alignlab.train import preference, sft
 from alignlab.train.checkpoint import list_checkpoints
 from alignlab.train.distributed import Dist, init_distributed, wrap_model
-from alignlab.train.loop import LoopInputs, run_loop
+from alignlab.train.loop import LoopInputs, run_loop, sum_over_processes
 
 
 @dataclass
@@ -145,9 +145,7 @@ def _task_eval(cfg: TrainConfig, tokenizer, reference: Reference, policy, dist: 
                               world_size=dist.world_size)
 
     def reduce(totals: dict[str, float]) -> dict[str, float]:
-        keys = sorted(totals)
-        summed = dist.sum(torch.tensor([totals[k] for k in keys], dtype=torch.float64))
-        return {k: float(summed[i]) for i, k in enumerate(keys)}
+        return sum_over_processes(dist, {k: torch.tensor(v, dtype=torch.float64) for k, v in totals.items()}, {})
 
     def measure(module) -> dict[str, float]:
         metrics = evaluator(module, lambda: reference.model(policy), reduce=reduce)
