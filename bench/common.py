@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 # -- data ------------------------------------------------------------------------------------------
 
 PROMPT_WORDS = (
@@ -447,6 +449,8 @@ def common_flags(parser: argparse.ArgumentParser, lr: float) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every process")
     parser.add_argument("--trl-grad-ckpt", action="store_true",
                         help="let TRL use gradient checkpointing (its default; off here so both compute the same)")
+    parser.add_argument("--alignlab-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra alignlab config key for its run, e.g. shared_prompt=false (repeatable)")
     parser.add_argument("--work", default=None, help="folder for data, models and runs (default: a temporary one)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
@@ -485,7 +489,7 @@ def run_alignlab(spec: dict[str, Any], config: dict[str, Any], tokens_of, keys: 
         "max_steps": spec["steps"], "batch_size": spec["batch_size"], "grad_accum": 1, "lr": spec["lr"],
         "max_length": spec["max_length"], "dtype": "fp32", "seed": spec["seed"], "scheduler": "linear",
         "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "eval_fraction": 0.0, "log_every": 1,
-        "save_every": 0, "progress": False, "cache": False, **config,
+        "save_every": 0, "progress": False, "cache": False, **config, **spec.get("alignlab_set", {}),
     })
     total = time.perf_counter() - t
     sec = timer.seconds
@@ -554,6 +558,14 @@ def compare(script: str, args: argparse.Namespace, method: str, rows: list[dict]
     print(f"{method.upper()}: {len(rows)} examples (seed {args.seed}), {steps} steps of {args.batch_size}, lr {args.lr}, "
           f"max_length {args.max_length}, fp32, TRL gradient checkpointing {'on' if args.trl_grad_ckpt else 'off'}; "
           f"work folder {work}")
+    extra = {}
+    for item in args.alignlab_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--alignlab-set: expected KEY=VALUE, got '{item}'")
+        extra[key] = yaml.safe_load(value)
+    if extra:
+        print(f"alignlab run with {extra}")
     if legend:
         print(legend)
     for kind in (["tiny", "30m"] if args.model == "both" else [args.model]):
@@ -562,7 +574,8 @@ def compare(script: str, args: argparse.Namespace, method: str, rows: list[dict]
         print(f"\nmodel {kind}: {counts['total']:,} parameters ({counts['embedding']:,} input embedding, "
               f"{counts['matmul']:,} in matmuls)")
         spec = {"model": str(model_dir), "data": str(data), "steps": steps, "batch_size": args.batch_size,
-                "lr": args.lr, "max_length": args.max_length, "seed": args.seed, "trl_grad_ckpt": args.trl_grad_ckpt}
+                "lr": args.lr, "max_length": args.max_length, "seed": args.seed, "trl_grad_ckpt": args.trl_grad_ckpt,
+                "alignlab_set": extra}
         columns = []
         for name in ["alignlab", *names]:
             run_spec = {**spec, "out": str(work / f"run-{kind}-{name}"), "precompute": name == "trl-precompute"}
