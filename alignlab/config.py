@@ -60,8 +60,9 @@ class TrainConfig:
     eval_every: int = param(0, "evaluate every N optimizer steps (0: only at the end)")
     group_by_length: bool = param(False, "put examples of similar length in the same step, so batches pad little "
                                          "(the order of the steps stays random)")
-    shared_prompt: bool = param(True, "preference methods: run each prompt once with all its responses after it "
-                                      "(a block attention mask), not once per response")
+    packing: bool = param(True, "pack batches instead of padding them: each prompt once with all its responses "
+                                "after it, short examples sharing a row, all kept apart by a block attention mask "
+                                "(the same numbers as one padded row per response)")
     gradient_checkpointing: bool = param(False, "recompute activations in the backward pass instead of keeping "
                                                 "them: less memory, about a third more compute")
     eval_at_start: bool = param(False, "also evaluate before the first step (a baseline row, step 0, in metrics.jsonl)")

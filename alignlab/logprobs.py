@@ -2,8 +2,10 @@
 
 Shapes use suffixes: B rows, T positions, V vocabulary. Position t's logits predict token t+1, so
 the log-prob of token t+1 sits at index t of the shifted tensors; the loss mask is shifted the same
-way. Full-vocabulary log-softmax is never materialised: the log-prob of the target is its logit
-minus the row's logsumexp, computed a chunk of rows at a time.
+way. For models with a plain linear head (``head_logps.head_of``) the logits are computed at the
+response positions only, a chunk at a time, and never kept (``head_logps``). Other models give
+their full logits, and the log-prob of each target is its logit minus the row's logsumexp,
+computed a few rows at a time so the full-vocabulary log-softmax is never materialised in fp32.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from alignlab.data.collate import Batch, collate_completions
+from alignlab.head_logps import final_hidden, head_of, squared_mass, target_logps
 
 
 @dataclass
@@ -78,16 +81,38 @@ def _attention_mask(model: torch.nn.Module, allowed_B1TT: torch.Tensor) -> torch
     return allowed_B1TT
 
 
+def _response_logps(model: torch.nn.Module, inputs: dict, rows_N: torch.Tensor, pred_NL: torch.Tensor,
+                    target_NL: torch.Tensor, mask_NL: torch.Tensor, sqmass: bool) -> SequenceLogps:
+    """Run ``model`` on ``inputs`` and return, for each of N responses, the log-probs of its
+    tokens: token k of response n is ``target_NL[n, k]``, predicted at position ``pred_NL[n, k]``
+    of row ``rows_N[n]``, and counts where ``mask_NL`` is 1."""
+    keep = mask_NL > 0
+    n_idx, k_idx = keep.nonzero(as_tuple=True)
+    rows, cols = rows_N[n_idx], pred_NL[n_idx, k_idx]
+    targets = target_NL[n_idx, k_idx]
+    served = head_of(model)
+    if served is not None:
+        decoder, weight = served
+        hidden_K = final_hidden(model, decoder, **inputs)[rows, cols]
+        picked_K = target_logps(hidden_K, weight, targets)
+        sq_K = squared_mass(hidden_K, weight) if sqmass else None
+    else:
+        logits_KV = model(**inputs, use_cache=False).logits[rows, cols]
+        picked_K = gather_logps(logits_KV.unsqueeze(1), targets.unsqueeze(1), chunk_rows=256).squeeze(1)
+        sq_K = log_squared_mass(logits_KV.unsqueeze(1), chunk_rows=256).squeeze(1) if sqmass else None
+    mask = keep.to(torch.float32)
+    token_logps = picked_K.new_zeros(mask_NL.shape).index_put((n_idx, k_idx), picked_K)
+    sq = None if sq_K is None else sq_K.new_zeros(mask_NL.shape).index_put((n_idx, k_idx), sq_K).sum(-1)
+    return SequenceLogps(token_logps, mask, token_logps.sum(-1), mask.sum(-1), sq)
+
+
 def packed_logps(model: torch.nn.Module, batch: Batch, sqmass: bool = False) -> SequenceLogps:
     """Log-probs of every response of a shared-prompt batch (``data/pack.py``), one row per
     response in the batch's response order, tokens left-aligned."""
     pk = batch.packed
-    logits_BTV = model(input_ids=batch.input_ids_BT, attention_mask=_attention_mask(model, pk.attention_B1TT),
-                       position_ids=pk.position_ids_BT).logits
-    picked_NLV = logits_BTV[pk.row_N.unsqueeze(1), pk.pred_NL]
-    token_logps = gather_logps(picked_NLV, pk.target_NL) * pk.mask_NL
-    sq = (log_squared_mass(picked_NLV) * pk.mask_NL).sum(-1) if sqmass else None
-    return SequenceLogps(token_logps, pk.mask_NL, token_logps.sum(-1), pk.mask_NL.sum(-1), sq)
+    inputs = {"input_ids": batch.input_ids_BT, "attention_mask": _attention_mask(model, pk.attention_B1TT),
+              "position_ids": pk.position_ids_BT}
+    return _response_logps(model, inputs, pk.row_N, pk.pred_NL, pk.target_NL, pk.mask_NL, sqmass)
 
 
 def sequence_logps(model: torch.nn.Module, batch: Batch, sqmass: bool = False) -> SequenceLogps:
@@ -96,13 +121,12 @@ def sequence_logps(model: torch.nn.Module, batch: Batch, sqmass: bool = False) -
     batch gives one row per response (``packed_logps``)."""
     if batch.packed is not None:
         return packed_logps(model, batch, sqmass)
-    logits_BTV = model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT).logits
-    logits_BTV = logits_BTV[:, :-1]
-    targets_BT = batch.input_ids_BT[:, 1:]
-    mask_BT = batch.loss_mask_BT[:, 1:].to(torch.float32)
-    token_logps_BT = gather_logps(logits_BTV, targets_BT) * mask_BT
-    sq_B = (log_squared_mass(logits_BTV) * mask_BT).sum(-1) if sqmass else None
-    return SequenceLogps(token_logps_BT, mask_BT, token_logps_BT.sum(-1), mask_BT.sum(-1), sq_B)
+    ids_BT = batch.input_ids_BT
+    B, T = ids_BT.shape
+    inputs = {"input_ids": ids_BT, "attention_mask": batch.attention_mask_BT}
+    positions = torch.arange(T - 1, device=ids_BT.device).expand(B, T - 1)
+    return _response_logps(model, inputs, torch.arange(B, device=ids_BT.device), positions, ids_BT[:, 1:],
+                           batch.loss_mask_BT[:, 1:], sqmass)
 
 
 def completion_logps(model: torch.nn.Module, prompts: Sequence[tuple[int, ...]],

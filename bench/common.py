@@ -450,7 +450,7 @@ def common_flags(parser: argparse.ArgumentParser, lr: float) -> None:
     parser.add_argument("--trl-grad-ckpt", action="store_true",
                         help="let TRL use gradient checkpointing (its default; off here so both compute the same)")
     parser.add_argument("--alignlab-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an extra alignlab config key for its run, e.g. shared_prompt=false (repeatable)")
+                        help="an extra alignlab config key for its run, e.g. packing=false (repeatable)")
     parser.add_argument("--work", default=None, help="folder for data, models and runs (default: a temporary one)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)

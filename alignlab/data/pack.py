@@ -1,7 +1,7 @@
 """Shared-prompt packing: a prompt goes through the model once, with all its responses after it.
 
-Row b of a packed batch holds, for each example, its prompt and then each response to it, side
-by side: ``[prompt][chosen][rejected]``. A block attention mask lets every response see the whole
+A packed row holds, for each of its examples, the prompt and then each response to it, side by
+side: ``[prompt][chosen][rejected]``. A block attention mask lets every response see the whole
 prompt and its own earlier tokens, never another response; each response's position ids continue
 from the end of the prompt, so every response is computed exactly as if it followed the prompt
 alone. A response's first token is predicted from the prompt's last position.
@@ -9,7 +9,8 @@ alone. A response's first token is predicted from the prompt's last position.
 Compared with one row per response this computes each prompt once instead of once per response,
 and a pair costs ``P + C + R`` positions instead of ``2·max(P + C, P + R)`` after padding.
 Examples whose responses answer different prompts (joint preference) pack each prompt with its
-own responses in the same row.
+own responses in the same row. Short examples share a row (``fill_rows``), each blind to the
+others and with its own position ids, so a batch pads only what no example fits into.
 """
 
 from __future__ import annotations
@@ -40,35 +41,68 @@ class Packed:
         return Packed(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
+def _layout(example) -> tuple[list[int], list]:
+    """One example's packed ids (each distinct prompt once, then its responses) and, per
+    response, ((prompt start, prompt length), response start, response), offsets within the example."""
+    ids: list[int] = []
+    starts: dict[tuple[int, ...], tuple[int, int]] = {}
+    spans = []
+    for prompt, resp in example.sequences():
+        prompt = tuple(prompt)
+        if prompt not in starts:
+            starts[prompt] = (len(ids), len(prompt))
+            ids.extend(prompt)
+        spans.append((starts[prompt], len(ids), resp))
+        ids.extend(resp.ids)
+    return ids, spans
+
+
+def fill_rows(lengths: Sequence[int]) -> list[list[int]]:
+    """Examples (by index) assigned to rows no longer than the longest example: first fit,
+    longest first, so short examples fill the room long ones leave. Rows in order of their
+    first example; each row's examples in index order."""
+    budget = max(lengths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(budget - lengths[i])
+    return sorted(sorted(r) for r in rows)
+
+
 def collate_packed(examples: Sequence, pad_id: int, role_major: bool) -> Batch:
-    """One packed row per example. Responses are listed role-major (every example's first
-    response, then every second one: the order ``collate_pairs`` uses) or example-major (the order
+    """Examples packed into as few rows as fit the longest one (``fill_rows``), each example
+    blind to the others. Responses are listed role-major (every example's first response, then
+    every second one: the order ``collate_pairs`` uses) or example-major (the order
     ``collate_sequences`` uses)."""
-    rows, spans = [], []  # spans[b]: for each of example b's responses, (prompt start, prompt length, start)
-    for ex in examples:
+    layouts = [_layout(ex) for ex in examples]
+    groups = fill_rows([len(ids) for ids, _ in layouts])
+    row_of, offset_of = {}, {}
+    row_ids = []
+    for b, group in enumerate(groups):
         ids: list[int] = []
-        starts: dict[tuple[int, ...], tuple[int, int]] = {}
-        mine = []
-        for prompt, resp in ex.sequences():
-            prompt = tuple(prompt)
-            if prompt not in starts:
-                starts[prompt] = (len(ids), len(prompt))
-                ids.extend(prompt)
-            mine.append((starts[prompt], len(ids), resp))
-            ids.extend(resp.ids)
-        rows.append(ids)
-        spans.append(mine)
-    B, T = len(rows), max(len(r) for r in rows)
+        for e in group:
+            row_of[e], offset_of[e] = b, len(ids)
+            ids.extend(layouts[e][0])
+        row_ids.append(ids)
+    B, T = len(row_ids), max(len(r) for r in row_ids)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
     real = torch.zeros((B, T), dtype=torch.long)
     loss = torch.zeros((B, T), dtype=torch.long)
     positions = torch.zeros((B, T), dtype=torch.long)
     attend = torch.zeros((B, 1, T, T), dtype=torch.bool)
     causal = torch.ones((T, T), dtype=torch.bool).tril()
-    for b, (ids, mine) in enumerate(zip(rows, spans, strict=True)):
-        input_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        real[b, :len(ids)] = 1
-        for (p0, pn), r0, resp in mine:
+    spans = []  # per example, its responses' spans in row coordinates
+    for e, (_, mine) in enumerate(layouts):
+        b, o = row_of[e], offset_of[e]
+        spans.append([((o + p0, pn), o + r0, resp) for (p0, pn), r0, resp in mine])
+        for (p0, pn), r0, resp in spans[-1]:
             n = len(resp)
             attend[b, 0, p0:p0 + pn, p0:p0 + pn] = causal[:pn, :pn]
             attend[b, 0, r0:r0 + n, p0:p0 + pn] = True
@@ -76,28 +110,31 @@ def collate_packed(examples: Sequence, pad_id: int, role_major: bool) -> Batch:
             positions[b, p0:p0 + pn] = torch.arange(pn)
             positions[b, r0:r0 + n] = pn + torch.arange(n)
             loss[b, r0:r0 + n] = torch.tensor(resp.mask, dtype=torch.long)
+    for b, ids in enumerate(row_ids):
+        input_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        real[b, :len(ids)] = 1
         for t in range(len(ids), T):  # padding attends to itself only (no empty attention row)
             attend[b, 0, t, t] = True
 
-    order = [(b, j) for b in range(B) for j in range(len(spans[b]))]
+    order = [(e, j) for e in range(len(examples)) for j in range(len(spans[e]))]
     if role_major:
-        order.sort(key=lambda bj: (bj[1], bj[0]))
-    L = max(len(spans[b][j][2]) for b, j in order)
+        order.sort(key=lambda ej: (ej[1], ej[0]))
+    L = max(len(spans[e][j][2]) for e, j in order)
     N = len(order)
-    row = torch.tensor([b for b, _ in order], dtype=torch.long)
+    row = torch.tensor([row_of[e] for e, _ in order], dtype=torch.long)
     pred = torch.zeros((N, L), dtype=torch.long)
     target = torch.full((N, L), pad_id, dtype=torch.long)
     mask = torch.zeros((N, L), dtype=torch.float32)
-    for n, (b, j) in enumerate(order):
-        (p0, pn), r0, resp = spans[b][j]
+    for n, (e, j) in enumerate(order):
+        (p0, pn), r0, resp = spans[e][j]
         k = len(resp)
         pred[n, 0] = p0 + pn - 1
         pred[n, 1:k] = torch.arange(r0, r0 + k - 1)
         target[n, :k] = torch.tensor(resp.ids, dtype=torch.long)
         mask[n, :k] = torch.tensor(resp.mask, dtype=torch.float32)
     batch = Batch(input_ids, real, loss)
-    batch.num_examples = B
-    batch.num_pairs = B if role_major else 0
+    batch.num_examples = len(examples)
+    batch.num_pairs = len(examples) if role_major else 0
     batch.rows_per_example = tuple(len(s) for s in spans)
     batch.examples = list(examples)
     batch.packed = Packed(attend, positions, row, pred, target, mask)

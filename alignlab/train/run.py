@@ -290,16 +290,15 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     state = spec.init_state(cfg.method_params) if spec.init_state else {}
     if "group" in spec.needs:
         state["trace_fraction"] = sum(e.group for e in train_examples) / len(train_examples)
+    pairs = spec.shape in ("pair", "joint")
     if spec.shape == "sft":
         forward = sft.make_forward(spec, cfg.method_params)
-        collate = partial(collate_sft, pad_id=pad)
+        padded = collate_sft
     else:
         forward = preference.PreferenceForward(spec, cfg.method_params, state, pad, partial(autocast, cfg, dist))
-        pairs = spec.shape in ("pair", "joint")
-        if cfg.shared_prompt:
-            collate = partial(collate_packed, pad_id=pad, role_major=pairs)
-        else:
-            collate = partial(collate_pairs if pairs else collate_sequences, pad_id=pad)
+        padded = collate_pairs if pairs else collate_sequences
+    collate = partial(collate_packed, role_major=pairs) if cfg.packing else padded
+    collate = partial(collate, pad_id=pad)
 
     def to_device(examples):
         return collate(examples).to(dist.device)

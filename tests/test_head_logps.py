@@ -1,0 +1,151 @@
+"""The fused head (``head_logps``) computes exactly what full logits and a log-softmax compute:
+values and gradients, chunked or not, packed or padded, with adapters; and it never runs the
+model's vocabulary projection on more than one position per row."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from alignlab import head_logps, logprobs
+from alignlab.data.collate import collate_pairs
+from alignlab.data.pack import collate_packed
+from alignlab.data.render import Response, TokenizedPair
+from alignlab.logprobs import sequence_logps
+from alignlab.models import TinyModelConfig, build_tiny_model
+
+
+def _resp(ids, mask=None):
+    return Response(tuple(ids), tuple(mask or [1] * len(ids)))
+
+
+PAIRS = [
+    TokenizedPair((1, 5, 6, 7), _resp([10, 11, 12, 2]), _resp([13, 2]), row=1),
+    TokenizedPair((1, 8), _resp([14, 15, 2]), _resp([16, 17, 18, 19, 20, 2]), row=2),
+    TokenizedPair((1, 9, 9, 9, 9, 9), _resp([30, 31, 40, 2], [0, 0, 1, 1]), _resp([30, 31, 41, 42, 2], [0, 0, 1, 1, 1]), row=3),
+]
+
+
+def _model(dtype=torch.float64):
+    torch.manual_seed(0)
+    model, _ = build_tiny_model(TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128))
+    return model.to(dtype).eval()
+
+
+@pytest.fixture
+def tiny_chunks(monkeypatch):
+    """Chunks of 3 positions, so that every test below crosses chunk boundaries."""
+    monkeypatch.setattr(head_logps, "CHUNK_VALUES", 3 * 263)  # 263: the tiny vocabulary
+
+
+def _full_logits(monkeypatch):
+    monkeypatch.setattr(head_logps, "PLAIN_HEAD_MODEL_TYPES", frozenset())
+
+
+def test_target_logps_equal_log_softmax_values_and_gradients(tiny_chunks):
+    """Against autograd through ``log_softmax(h @ W.T)[target]`` in fp64, on 7 positions (chunks of 3, 3, 1)."""
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(7, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(259, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    t = torch.randint(0, 259, (7,), generator=gen)
+    g = torch.randn(7, dtype=torch.float64, generator=gen)  # an arbitrary upstream gradient
+    ref = torch.log_softmax(h @ w.T, dim=-1).gather(-1, t[:, None]).squeeze(-1)
+    got = head_logps.target_logps(h, w, t)
+    assert torch.allclose(got, ref, atol=1e-13, rtol=0)
+    ref_h, ref_w = torch.autograd.grad((ref * g).sum(), [h, w])
+    got_h, got_w = torch.autograd.grad((got * g).sum(), [h, w])
+    assert torch.allclose(got_h, ref_h, atol=1e-12, rtol=0)
+    assert torch.allclose(got_w, ref_w, atol=1e-12, rtol=0)
+
+
+def test_target_logps_hand_value():
+    """h = [1, 0], W rows [2, 0], [0, 0], [−1, 0]: logits (2, 0, −1); target 0 has log-prob
+    2 − log(e² + 1 + e⁻¹); d/dh = W[0] − Σ p_v W[v] = 2 − (2e² − e⁻¹)/(e² + 1 + e⁻¹) on the first axis."""
+    h = torch.tensor([[1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([[2.0, 0.0], [0.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+    out = head_logps.target_logps(h, w, torch.tensor([0]))
+    z = math.exp(2) + 1 + math.exp(-1)
+    assert float(out.detach()) == pytest.approx(2 - math.log(z), abs=1e-14)
+    (grad,) = torch.autograd.grad(out.sum(), h)
+    assert float(grad[0, 0]) == pytest.approx(2 - (2 * math.exp(2) - math.exp(-1)) / z, abs=1e-14)
+    assert float(grad[0, 1]) == 0.0
+
+
+def test_squared_mass_equals_direct(tiny_chunks):
+    gen = torch.Generator().manual_seed(1)
+    h, w = torch.randn(5, 4, dtype=torch.float64, generator=gen), torch.randn(259, 4, dtype=torch.float64, generator=gen)
+    p = torch.softmax(h @ w.T, dim=-1)
+    assert torch.allclose(head_logps.squared_mass(h, w), torch.log((p * p).sum(-1)), atol=1e-13, rtol=0)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_fused_equals_full_logits_through_the_model(monkeypatch, tiny_chunks, packed):
+    """sequence_logps with the fused head against the model's own full logits: per-token values,
+    WPO's squared mass, and the gradient of every weight, in fp64."""
+    model = _model()
+    batch = collate_packed(PAIRS, pad_id=0, role_major=True) if packed else collate_pairs(PAIRS, pad_id=0)
+    fused = sequence_logps(model, batch, sqmass=True)
+    g_fused = torch.autograd.grad(fused.sum_B.sum(), list(model.parameters()))
+    _full_logits(monkeypatch)
+    full = sequence_logps(model, batch, sqmass=True)
+    g_full = torch.autograd.grad(full.sum_B.sum(), list(model.parameters()))
+    assert torch.allclose(fused.token_logps_BT, full.token_logps_BT, atol=1e-12, rtol=0)
+    assert torch.equal(fused.mask_BT, full.mask_BT)
+    assert torch.allclose(fused.sqmass_B, full.sqmass_B, atol=1e-12, rtol=0)
+    assert max(float((a - b).abs().max()) for a, b in zip(g_fused, g_full, strict=True)) < 1e-11
+    assert max(float(a.abs().max()) for a in g_full) > 1.0
+
+
+def test_fused_head_never_projects_more_than_one_position_per_row():
+    """The model's own lm_head sees one position per row (its ``logits_to_keep=1``), so no
+    B × T × V tensor exists; the response positions go through the chunked head instead."""
+    model = _model(torch.float32)
+    seen = []
+    model.lm_head.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape)))
+    batch = collate_pairs(PAIRS, pad_id=0)
+    out = sequence_logps(model, batch)
+    assert seen == [(6, 1, 64)]
+    assert float(out.count_B.sum()) == 4 + 2 + 3 + 6 + 2 + 3
+
+
+def test_fused_equals_full_logits_in_bf16(monkeypatch):
+    """bf16 model: both paths round the logits to bf16 before the fp32 log-softmax, so they agree
+    to bf16's rounding of the summed log-probs (a few units of 2⁻⁸ relative)."""
+    model = _model(torch.bfloat16)
+    batch = collate_pairs(PAIRS, pad_id=0)
+    fused = sequence_logps(model, batch)
+    _full_logits(monkeypatch)
+    full = sequence_logps(model, batch)
+    assert fused.sum_B.dtype == torch.float32
+    assert torch.allclose(fused.sum_B, full.sum_B, rtol=2e-2, atol=0)
+
+
+def test_lora_policy_uses_the_fused_head_with_equal_gradients(monkeypatch):
+    peft = pytest.importorskip("peft")
+    model = _model()
+    model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                       init_lora_weights=False))
+    assert logprobs.head_of(model) is not None
+    batch = collate_pairs(PAIRS, pad_id=0)
+    lora = [p for p in model.parameters() if p.requires_grad]
+    g_fused = torch.autograd.grad(sequence_logps(model, batch).sum_B.sum(), lora)
+    _full_logits(monkeypatch)
+    g_full = torch.autograd.grad(sequence_logps(model, batch).sum_B.sum(), lora)
+    assert max(float((a - b).abs().max()) for a, b in zip(g_fused, g_full, strict=True)) < 1e-11
+
+
+def test_models_without_a_plain_head_use_their_full_logits():
+    """A GPT-2 is not on the list: its log-probs come from its own logits, and equal a direct log-softmax."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2)).double().eval()
+    assert logprobs.head_of(model) is None
+    batch = collate_pairs(PAIRS[:2], pad_id=0)
+    out = sequence_logps(model, batch)
+    logits = model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT).logits[:, :-1]
+    direct = torch.log_softmax(logits, -1).gather(-1, batch.input_ids_BT[:, 1:, None]).squeeze(-1)
+    mask = batch.loss_mask_BT[:, 1:].double()
+    assert torch.allclose(out.sum_B, (direct * mask).sum(-1), atol=1e-12, rtol=0)
