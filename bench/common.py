@@ -413,8 +413,13 @@ def report(title: str, columns: list[Column], metrics: dict[str, str], flops_per
         flops = flops_per_token * r["tokens"] + ref_flops_per_token * r["ref_tokens"]
         return f"{flops / r['timed_s'] / 1e9:.1f} GFLOP/s = {flops / r['timed_s'] / r['matmul_flops']:.1%}"
 
+    def mfu_steps(r: dict[str, Any]) -> str:
+        flops = flops_per_token * r["tokens"] + (ref_flops_per_token * r["ref_tokens"] if r.get("ref_s") is None else 0)
+        return f"{flops / r['train_s'] / 1e9:.1f} GFLOP/s = {flops / r['train_s'] / r['matmul_flops']:.1%}"
+
     add("matmul peak around the run (GFLOP/s)", lambda r: f"{r['matmul_flops'] / 1e9:.0f}")
     add("model FLOP rate, share of that peak", mfu)
+    add("  the same, training steps only", mfu_steps)
     label_w = max(len(label) for label, _ in rows) + 2
     widths = [max(len(c.name), *(len(values[i]) for _, values in rows)) + 3 for i, c in enumerate(columns)]
     print(" " * label_w + "".join(c.name.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
@@ -424,7 +429,7 @@ def report(title: str, columns: list[Column], metrics: dict[str, str], flops_per
     base = columns[0].result
     for c in columns[1:]:
         r = c.result
-        print(f"alignlab/{c.name}: speed (tokens/s, timed span) "
+        print(f"alignlab/{c.name}: speed (examples/s and tokens/s, timed span) "
               f"{(base['tokens'] / base['timed_s']) / (r['tokens'] / r['timed_s']):.2f}×, "
               f"steps only {(base['tokens'] / base['train_s']) / (r['tokens'] / r['train_s']):.2f}×, "
               f"peak RSS {base['peak_rss_mb'] / r['peak_rss_mb']:.2f}×; tokens per CPU second "
