@@ -2,10 +2,16 @@
 
 Shapes use suffixes: B rows, T positions, V vocabulary. Position t's logits predict token t+1, so
 the log-prob of token t+1 sits at index t of the shifted tensors; the loss mask is shifted the same
-way. For models with a plain linear head (``head_logps.head_of``) the logits are computed at the
-response positions only, a chunk at a time, and never kept (``head_logps``). Other models give
-their full logits, and the log-prob of each target is its logit minus the row's logsumexp,
-computed a few rows at a time so the full-vocabulary log-softmax is never materialised in fp32.
+way.
+
+Models whose logits are exactly ``hidden @ W.T`` (``head_of``: no bias, soft-capping or scaling)
+never produce their full logits here. The model runs its decoder (asked for the logits of one
+position per row), the hidden states at the response positions are taken, and the log-prob of each
+target is ``logit[target] − logsumexp``, a chunk of positions at a time (``target_logps``); the
+backward pass recomputes each chunk's logits instead of keeping them. Memory is one chunk of
+``chunk × V`` values, never ``B × T × V``, and prompts and padding cost no output-layer matmul.
+Other models give their full logits, and the same difference is computed a few rows at a time, so
+the full-vocabulary log-softmax is never materialised in fp32.
 """
 
 from __future__ import annotations
@@ -16,7 +22,126 @@ from dataclasses import dataclass
 import torch
 
 from alignlab.data.collate import Batch, collate_completions
-from alignlab.head_logps import final_hidden, head_of, squared_mass, target_logps
+
+# Model types whose output is a plain, bias-free linear map of the decoder's normalised output.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+CHUNK_VALUES = 1 << 25  # logits per chunk: 128 MB in fp32
+
+
+def head_of(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor] | None:
+    """(decoder, head weight) of a model this module can serve, else None. ``model`` may be
+    wrapped in DistributedDataParallel or carry PEFT adapters (not on the head)."""
+    base = getattr(model, "module", model)
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    try:
+        head = base.get_output_embeddings()
+        decoder = base.get_decoder()
+    except (AttributeError, NotImplementedError):
+        return None
+    if type(head) is not torch.nn.Linear or head.bias is not None or decoder is None:
+        return None
+    return decoder, head.weight
+
+
+def final_hidden(model: torch.nn.Module, decoder: torch.nn.Module, **inputs) -> torch.Tensor:
+    """The decoder's output (B, T, d) for ``inputs``, from a call of ``model`` itself (so that a
+    DDP wrapper sees the forward pass) that computes the logits of the last position only."""
+    seen: list[torch.Tensor] = []
+
+    def keep(_module, _args, output):
+        seen.append(output[0])
+
+    handle = decoder.register_forward_hook(keep)
+    try:
+        model(**inputs, logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    if len(seen) != 1:
+        raise RuntimeError(f"expected one decoder call in the model's forward pass, saw {len(seen)}")
+    return seen[0]
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunk(weight: torch.Tensor) -> int:
+    return max(1, CHUNK_VALUES // weight.shape[0])
+
+
+def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype the output layer's matmul runs in: autocast's when it is on (bf16 mixed
+    precision), else the weight's. Fixed once in the forward pass, so that the backward pass
+    (which autocast does not reach) recomputes exactly the same logits."""
+    kind = weight.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return weight.dtype
+
+
+class _TargetLogps(torch.autograd.Function):
+    """log softmax(h W^T)[target] per row of ``h``, chunked in both directions."""
+
+    @staticmethod
+    def forward(ctx, hidden_Nd, weight_Vd, targets_N):
+        cd = _compute_dtype(weight_Vd)
+        acc = _accumulator(cd)
+        w = weight_Vd.to(cd)
+        n, step = hidden_Nd.shape[0], _chunk(weight_Vd)
+        out_N = torch.empty(n, dtype=acc, device=hidden_Nd.device)
+        lse_N = torch.empty(n, dtype=acc, device=hidden_Nd.device)
+        for s in range(0, n, step):
+            logits = (hidden_Nd[s:s + step].to(cd) @ w.T).to(acc)
+            lse_N[s:s + step] = torch.logsumexp(logits, dim=-1)
+            out_N[s:s + step] = logits.gather(-1, targets_N[s:s + step, None]).squeeze(-1) - lse_N[s:s + step]
+        ctx.save_for_backward(hidden_Nd, weight_Vd, targets_N, lse_N)
+        ctx.compute_dtype = cd
+        return out_N
+
+    @staticmethod
+    def backward(ctx, grad_N):
+        hidden_Nd, weight_Vd, targets_N, lse_N = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        cd, acc = ctx.compute_dtype, lse_N.dtype
+        w = weight_Vd.to(cd)
+        n, step = hidden_Nd.shape[0], _chunk(weight_Vd)
+        grad_h = torch.empty_like(hidden_Nd) if need_h else None
+        grad_w = torch.zeros(weight_Vd.shape, dtype=acc, device=weight_Vd.device) if need_w else None
+        for s in range(0, n, step):
+            h = hidden_Nd[s:s + step].to(cd)
+            g = grad_N[s:s + step].to(acc)
+            # d/dlogits of (logit[target] − logsumexp) is onehot(target) − softmax
+            d = torch.exp((h @ w.T).to(acc) - lse_N[s:s + step, None]).mul_(-g[:, None])
+            d.scatter_add_(-1, targets_N[s:s + step, None], g[:, None])
+            d = d.to(cd)
+            if need_h:
+                grad_h[s:s + step] = d @ w
+            if need_w:
+                grad_w += d.T @ h  # in the compute precision; the chunks' sum in fp32 or fp64
+        return grad_h, (grad_w.to(weight_Vd.dtype) if need_w else None), None
+
+
+def target_logps(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
+    """log softmax(hidden @ weight.T)[target] for each of N positions: fp32 (fp64 for an fp64
+    model), differentiable with respect to ``hidden_Nd`` and ``weight_Vd``. Under autocast the
+    matmul runs in autocast's dtype, as the model's own output layer would."""
+    return _TargetLogps.apply(hidden_Nd, weight_Vd, targets_N)
+
+
+def squared_mass(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor) -> torch.Tensor:
+    """log Σ_v p_v² of each position's next-token distribution, without gradient."""
+    cd = _compute_dtype(weight_Vd)
+    acc = _accumulator(cd)
+    step = _chunk(weight_Vd)
+    out = []
+    with torch.no_grad():
+        w = weight_Vd.to(cd)
+        for s in range(0, hidden_Nd.shape[0], step):
+            logits = (hidden_Nd[s:s + step].to(cd) @ w.T).to(acc)
+            out.append(torch.logsumexp(2 * logits, dim=-1) - 2 * torch.logsumexp(logits, dim=-1))
+    return torch.cat(out) if out else hidden_Nd.new_zeros(0, dtype=acc)
 
 
 @dataclass

@@ -275,7 +275,8 @@ class Timer:
 def trl_args(spec: dict[str, Any], out_dir: str) -> dict[str, Any]:
     """TrainingArguments shared by TRL's trainers: the benchmark's settings, TRL's defaults
     otherwise, except fp32 (TRL defaults to bf16) and no gradient checkpointing unless asked
-    (TRL defaults to it; alignlab has none, so both would not compute the same thing)."""
+    (TRL defaults to it, alignlab does not; ``--trl-grad-ckpt`` with ``--alignlab-set
+    gradient_checkpointing=true`` compares the two with it)."""
     return dict(
         output_dir=out_dir, per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
         learning_rate=spec["lr"], max_steps=spec["steps"], lr_scheduler_type="linear", warmup_steps=0,

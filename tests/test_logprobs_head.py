@@ -1,4 +1,4 @@
-"""The fused head (``head_logps``) computes exactly what full logits and a log-softmax compute:
+"""The chunked output layer of ``logprobs`` (``target_logps``) computes exactly what full logits and a log-softmax compute:
 values and gradients, chunked or not, packed or padded, with adapters; and it never runs the
 model's vocabulary projection on more than one position per row."""
 
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from alignlab import head_logps, logprobs
+from alignlab import logprobs
 from alignlab.data.collate import collate_pairs
 from alignlab.data.pack import collate_packed
 from alignlab.data.render import Response, TokenizedPair
@@ -37,11 +37,11 @@ def _model(dtype=torch.float64):
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """Chunks of 3 positions, so that every test below crosses chunk boundaries."""
-    monkeypatch.setattr(head_logps, "CHUNK_VALUES", 3 * 263)  # 263: the tiny vocabulary
+    monkeypatch.setattr(logprobs, "CHUNK_VALUES", 3 * 263)  # 263: the tiny vocabulary
 
 
 def _full_logits(monkeypatch):
-    monkeypatch.setattr(head_logps, "PLAIN_HEAD_MODEL_TYPES", frozenset())
+    monkeypatch.setattr(logprobs, "PLAIN_HEAD_MODEL_TYPES", frozenset())
 
 
 def test_target_logps_equal_log_softmax_values_and_gradients(tiny_chunks):
@@ -52,7 +52,7 @@ def test_target_logps_equal_log_softmax_values_and_gradients(tiny_chunks):
     t = torch.randint(0, 259, (7,), generator=gen)
     g = torch.randn(7, dtype=torch.float64, generator=gen)  # an arbitrary upstream gradient
     ref = torch.log_softmax(h @ w.T, dim=-1).gather(-1, t[:, None]).squeeze(-1)
-    got = head_logps.target_logps(h, w, t)
+    got = logprobs.target_logps(h, w, t)
     assert torch.allclose(got, ref, atol=1e-13, rtol=0)
     ref_h, ref_w = torch.autograd.grad((ref * g).sum(), [h, w])
     got_h, got_w = torch.autograd.grad((got * g).sum(), [h, w])
@@ -65,7 +65,7 @@ def test_target_logps_hand_value():
     2 − log(e² + 1 + e⁻¹); d/dh = W[0] − Σ p_v W[v] = 2 − (2e² − e⁻¹)/(e² + 1 + e⁻¹) on the first axis."""
     h = torch.tensor([[1.0, 0.0]], dtype=torch.float64, requires_grad=True)
     w = torch.tensor([[2.0, 0.0], [0.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
-    out = head_logps.target_logps(h, w, torch.tensor([0]))
+    out = logprobs.target_logps(h, w, torch.tensor([0]))
     z = math.exp(2) + 1 + math.exp(-1)
     assert float(out.detach()) == pytest.approx(2 - math.log(z), abs=1e-14)
     (grad,) = torch.autograd.grad(out.sum(), h)
@@ -77,7 +77,7 @@ def test_squared_mass_equals_direct(tiny_chunks):
     gen = torch.Generator().manual_seed(1)
     h, w = torch.randn(5, 4, dtype=torch.float64, generator=gen), torch.randn(259, 4, dtype=torch.float64, generator=gen)
     p = torch.softmax(h @ w.T, dim=-1)
-    assert torch.allclose(head_logps.squared_mass(h, w), torch.log((p * p).sum(-1)), atol=1e-13, rtol=0)
+    assert torch.allclose(logprobs.squared_mass(h, w), torch.log((p * p).sum(-1)), atol=1e-13, rtol=0)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
@@ -149,3 +149,24 @@ def test_models_without_a_plain_head_use_their_full_logits():
     direct = torch.log_softmax(logits, -1).gather(-1, batch.input_ids_BT[:, 1:, None]).squeeze(-1)
     mask = batch.loss_mask_BT[:, 1:].double()
     assert torch.allclose(out.sum_B, (direct * mask).sum(-1), atol=1e-12, rtol=0)
+
+
+def test_target_logps_under_autocast_runs_the_output_layer_in_bf16_both_ways():
+    """Under CPU autocast (bf16 mixed precision) the logits are h·Wᵀ in bf16 in the forward pass
+    and again when the backward pass recomputes them: values and gradients equal autograd through
+    log_softmax((h.bf16 @ W.bf16ᵀ).float()). Logits of size ~20 make any mix of an fp32
+    recomputation with a bf16 logsumexp show (softmax sums off by several percent)."""
+    gen = torch.Generator().manual_seed(2)
+    h = (3 * torch.randn(6, 8, generator=gen)).requires_grad_()
+    w = (3 * torch.randn(50, 8, generator=gen)).requires_grad_()
+    t = torch.randint(0, 50, (6,), generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = logprobs.target_logps(h, w, t)
+    ref = torch.log_softmax((h.bfloat16() @ w.bfloat16().T).float(), dim=-1).gather(-1, t[:, None]).squeeze(-1)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, ref, atol=1e-5, rtol=0)
+    ref_h, ref_w = torch.autograd.grad(ref.sum(), [h, w])
+    got_h, got_w = torch.autograd.grad(got.sum(), [h, w])
+    assert got_h.dtype == got_w.dtype == torch.float32
+    assert torch.allclose(got_h, ref_h, atol=1e-2 * float(ref_h.abs().max()), rtol=0)
+    assert torch.allclose(got_w, ref_w, atol=1e-2 * float(ref_w.abs().max()), rtol=0)
