@@ -25,7 +25,7 @@ import textwrap
 import yaml
 
 from alignlab.data.convert_cli import cmd_convert
-from alignlab.errors import UserError
+from alignlab.errors import ArgumentParser, Interrupted, UserError
 
 USAGE = "alignlab train [CONFIG.yaml] [--field value ...]"
 BARE = None  # the value of a flag given without one
@@ -188,7 +188,7 @@ def cmd_tiny_model(tokens: list[str]) -> int:
     from alignlab.config import build
     from alignlab.models import TinyModelConfig, save_tiny_model
 
-    parser = argparse.ArgumentParser(prog="alignlab tiny-model", description="Save a tiny Llama and tokenizer.")
+    parser = ArgumentParser(prog="alignlab tiny-model", description="Save a tiny Llama and tokenizer.")
     parser.add_argument("out_dir")
     for f in dataclasses.fields(TinyModelConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None)
@@ -203,7 +203,7 @@ def cmd_demo(tokens: list[str]) -> int:
     from alignlab.testbed.demo import DemoSettings, run_demo, table
     from alignlab.testbed.tasks import task_names
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="alignlab demo",
         description="Build (once) a tiny SFT model for a testbed task, synthesize preferences with the task's "
                     "gold reward, train, and compare gold reward before and after.")
@@ -247,7 +247,7 @@ def cmd_feedback(tokens: list[str]) -> int:
     from alignlab.testbed.feedback import PAIR_RULES, FeedbackSpec, synthesize
     from alignlab.testbed.tasks import task_names
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="alignlab feedback",
         description="Sample K answers per prompt from a model (by default the task's tiny SFT model), score them "
                     "with the task's gold or proxy reward, and write pairs, ranked lists, thumbs up/down, scored "
@@ -302,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # under torchrun/accelerate, one process speaks
             print(f"alignlab: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"alignlab: {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("alignlab: interrupted", file=sys.stderr)
         return 130

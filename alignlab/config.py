@@ -55,6 +55,8 @@ class TrainConfig:
     warmup_steps: int = param(0, "linear warmup steps (overrides warmup_ratio when > 0)")
     warmup_ratio: float = param(0.0, "warmup as a fraction of all steps")
     max_grad_norm: float = param(1.0, "clip the global gradient norm to this (0 disables clipping)")
+    skip_nonfinite: bool = param(False, "skip a step whose loss or gradient is not finite (logged, counted as "
+                                        "skipped_steps) instead of stopping the run")
     max_length: int = param(1024, "maximum tokens of prompt + response; longer responses are cut at the end")
     max_prompt_length: int | None = param(None, "keep only the last this-many prompt tokens (None: no limit)")
     eval_every: int = param(0, "evaluate every N optimizer steps (0: only at the end)")
@@ -247,8 +249,19 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
 
 
+# Names other trainers (Hugging Face TrainingArguments, TRL) give to some of our keys.
+OTHER_NAMES = {
+    "learning_rate": "lr", "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs", "model_name_or_path": "model",
+    "dataset": "data", "dataset_name": "data", "train_file": "data", "max_seq_length": "max_length",
+    "warmup_steps_ratio": "warmup_ratio", "lr_scheduler_type": "scheduler", "save_steps": "save_every",
+    "eval_steps": "eval_every", "logging_steps": "log_every", "save_total_limit": "keep_checkpoints",
+    "gradient_checkpointing_enable": "gradient_checkpointing", "loss_type": "method",
+}
+
+
 def unknown_key_error(key: str, known: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=1)
+    close = [OTHER_NAMES[key]] if OTHER_NAMES.get(key) in known else difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return ConfigError(f"{key}: unknown key for {where}{hint}")
 
@@ -288,7 +301,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file '{path}'{where} is not valid YAML: {what}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -324,9 +340,16 @@ def make_config(raw: dict[str, Any]) -> TrainConfig:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """YAML file (optional) plus overrides (flag values, dotted keys allowed)."""
     raw = read_yaml(path) if path else {}
+    from_file = set(raw)
     for key, value in (overrides or {}).items():
         _merge_dotted(raw, key, value)
-    return make_config(raw)
+    try:
+        return make_config(raw)
+    except ConfigError as e:
+        key = str(e).split(":", 1)[0]
+        if path and key in from_file and key not in (overrides or {}):
+            raise ConfigError(f"{path}: {e}") from None  # the key came from the file: say which file
+        raise
 
 
 def field_help(cls: type) -> list[tuple[str, str, Any, str]]:
@@ -345,7 +368,7 @@ def field_help(cls: type) -> list[tuple[str, str, Any, str]]:
 RESUMABLE_KEYS = frozenset({
     "resume", "progress", "overwrite", "save_every", "keep_checkpoints", "log_every", "eval_every",
     "eval_batch_size", "eval_data", "eval_data_split", "merge_lora", "trust_remote_code", "task",
-    "task_eval_prompts", "cache_dir", "cache", "eval_at_start", "gradient_checkpointing",
+    "task_eval_prompts", "cache_dir", "cache", "eval_at_start", "gradient_checkpointing", "skip_nonfinite",
 })
 
 

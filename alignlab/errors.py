@@ -6,11 +6,25 @@ Anything raised as a ``UserError`` is printed by the CLI as one line (no traceba
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 
 class UserError(Exception):
     """Bad input from the user: a file, a row, a config key, a model path."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are ``UserError``s: one line and status 2, like every other
+    bad input, instead of a usage dump and an exit from inside the program."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class Interrupted(Exception):
+    """A run stopped on a signal after writing a checkpoint; the message says where. The CLI
+    prints it and exits with status 130."""
 
 
 class ConfigError(UserError):

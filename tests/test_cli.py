@@ -198,7 +198,7 @@ def test_demo_rejects_unknown_task_and_method_before_any_work(capsys, tmp_path):
     assert main(["demo", "--lr", "-1", "--cache-dir", str(tmp_path)]) == 2
     assert "lr and epochs must be positive" in capsys.readouterr().err
     assert main(["demo", "--label-noise", "1.5", "--cache-dir", str(tmp_path)]) == 2
-    assert "label_noise must be in [0, 1]" in capsys.readouterr().err
+    assert "label_noise must be in [0, 0.5)" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing was built
 
 
@@ -221,4 +221,4 @@ def test_feedback_command_rejects_bad_settings(tiny_model_dir, tmp_path, capsys)
 
     assert main(["feedback", "--task", "sentiment", "--model", str(tiny_model_dir), "--out", str(tmp_path),
                  "--label-noise", "2"]) == 2
-    assert "label_noise must be in [0, 1]" in capsys.readouterr().err
+    assert "label_noise must be in [0, 0.5)" in capsys.readouterr().err

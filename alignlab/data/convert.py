@@ -193,8 +193,9 @@ def flip_labels(records: Sequence[PairRecord], rate: float, *, seed: int = 0) ->
     The pairs are drawn by ``random.Random(seed)``; ``Converted.flipped`` lists their 0-based
     positions, ascending. A strength stays as it is: the flipped label is asserted as firmly.
     """
-    if isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
-        raise UserError(f"rate must be in [0, 1], got {rate!r}")
+    if isinstance(rate, bool) or not 0.0 <= rate < 0.5:
+        raise UserError(f"--rate must be in [0, 0.5), got {rate!r}: at 0.5 the labels say nothing, above it they "
+                        "mostly say the opposite")
     n = len(records)
     flipped = sorted(random.Random(seed).sample(range(n), round(rate * n)))
     out: Converted[PairRecord] = Converted(list(records), flipped=flipped)

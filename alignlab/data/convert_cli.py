@@ -10,7 +10,7 @@ from typing import Any
 from alignlab.data import convert
 from alignlab.data.load import NOUNS, load_records
 from alignlab.data.write import check_jsonl_path, write_jsonl
-from alignlab.errors import UserError
+from alignlab.errors import ArgumentParser, UserError
 
 _OPTIONS = ("rule", "margin", "seed", "rate", "variant")
 _SHOWN_LINES = 20
@@ -53,7 +53,7 @@ CONVERSIONS: dict[str, Conversion] = {
 
 def _parser() -> argparse.ArgumentParser:
     listing = "\n".join(f"  {name:<18} {c.reads} -> {c.writes}: {c.help}" for name, c in CONVERSIONS.items())
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="alignlab convert",
         description="Convert feedback data from one shape to another; writes JSON lines.",
         epilog="conversions:\n" + listing + "\n\n--columns.FIELD NAME: the input column that holds FIELD "
@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rule", choices=convert.PAIR_RULES, help="pairing rule (default best_worst)")
     parser.add_argument("--margin", type=float, help="--rule margin: the least score gap of a pair")
     parser.add_argument("--seed", type=int, help="seed of --rule random and of flip-labels (default 0)")
-    parser.add_argument("--rate", type=float, help="flip-labels: the fraction of pairs to flip, in [0, 1]")
+    parser.add_argument("--rate", type=float, help="flip-labels: the fraction of pairs to flip, in [0, 0.5)")
     parser.add_argument("--variant", choices=convert.VARIANTS, help="reward-augment: where the target score "
                                                                    "goes (default system)")
     parser.add_argument("--split", default=None, help="split of a dataset directory or hub dataset")
@@ -135,4 +135,4 @@ def _check_options(args: argparse.Namespace, conversion: Conversion) -> None:
     if args.rule == "margin" and args.margin is None:
         raise UserError("--rule margin needs --margin (the least score gap of a pair)")
     if args.conversion == "flip-labels" and args.rate is None:
-        raise UserError("flip-labels needs --rate (the fraction of pairs to flip, in [0, 1])")
+        raise UserError("flip-labels needs --rate (the fraction of pairs to flip, in [0, 0.5))")

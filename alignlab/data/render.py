@@ -167,8 +167,8 @@ class Renderer:
     def _template(self, messages: Conversation, add_generation_prompt: bool) -> str:
         if self.tok.chat_template is None:
             raise UserError(
-                "the data is conversational but the tokenizer has no chat template; "
-                "use a tokenizer with one, or give the data as plain strings"
+                f"the data is conversational but the tokenizer of '{self.tok.name_or_path}' has no chat "
+                "template; use a tokenizer with one, or give the data as plain strings"
             )
         if not messages and not add_generation_prompt:
             return ""

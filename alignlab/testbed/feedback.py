@@ -58,7 +58,7 @@ class FeedbackSpec:
             (self.reward in ("gold", "proxy"), f"reward must be 'gold' or 'proxy', got '{self.reward}'"),
             (self.pair_rule in PAIR_RULES, f"pair_rule must be one of {', '.join(PAIR_RULES)}, got '{self.pair_rule}'"),
             (self.margin >= 0, f"margin must be >= 0, got {self.margin}"),
-            (0.0 <= self.label_noise <= 1.0, f"label_noise must be in [0, 1], got {self.label_noise}"),
+            (0.0 <= self.label_noise < 0.5, f"label_noise must be in [0, 0.5), got {self.label_noise}"),
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
         ]
         for ok, message in checks:

@@ -68,11 +68,16 @@ def rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
+def step_name(step: int) -> str:
+    """The directory name of checkpoint ``step``."""
+    return f"{PREFIX}{step:08d}"
+
+
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, extra: dict[str, Any]) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically and return its directory."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{PREFIX}{step:08d}-", dir=root))
+    final = root / step_name(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{step_name(step)}-", dir=root))
     try:
         opt_tensors, groups = optimizer_tensors(optimizer)
         save_file(trainable_state(model), tmp / "trainable.safetensors")
@@ -127,6 +132,11 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def newest_valid(root: Path, report=print) -> Path | None:
+    """The newest checkpoint under ``root`` that passes its checksums; every unfinished or
+    damaged one met on the way is reported, never loaded."""
+    if root.is_dir():
+        for tmp in sorted(root.glob(f".tmp-{PREFIX}*")):
+            report(f"ignoring unfinished checkpoint {tmp} (its write did not complete)")
     for ckpt in list_checkpoints(root):
         why = verify(ckpt)
         if why is None:
@@ -137,11 +147,14 @@ def newest_valid(root: Path, report=print) -> Path | None:
 
 def prune(root: Path, keep: int) -> None:
     """Delete all but the ``keep`` newest checkpoints (keep=0 keeps all); drop stale temporaries."""
-    for tmp in root.glob(f".tmp-{PREFIX}*"):
+    for tmp in [*root.glob(f".tmp-{PREFIX}*"), *root.glob(f".old-{PREFIX}*")]:
         shutil.rmtree(tmp, ignore_errors=True)
     if keep > 0:
         for old in list_checkpoints(root)[keep:]:
-            shutil.rmtree(old, ignore_errors=True)
+            # renamed first (atomic), so a kill while deleting never leaves a half-deleted step-N
+            gone = root / f".old-{old.name}"
+            os.replace(old, gone)
+            shutil.rmtree(gone, ignore_errors=True)
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:

@@ -11,18 +11,15 @@ on one process, batch 1 × accum 8, and batch 4 on two processes all give the sa
 DistributedDataParallel averages gradients over processes, so each process scales its loss by
 ``world_size`` to turn that average back into the sum.
 
-Data order. Epoch ``e`` visits the examples in ``randperm(n)`` drawn from a generator seeded with
-``(seed, e)``. The last global batch of an epoch is completed with examples from the start of the
-same order (as many as needed, said in the log), so no example is left out. The position in the
-data is a function of the step, which is what makes resume exact.
+Data order (``order.py``) is a function of the step, which is what makes resume exact.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +33,16 @@ from alignlab.errors import ConfigError, UserError
 from alignlab.losses.types import LossOutput
 from alignlab.train import checkpoint as ckpt
 from alignlab.train.distributed import Dist
+from alignlab.train.interrupt import Interrupted, StopRequest
 from alignlab.train.metrics import MetricsLog, read_metrics, short
 from alignlab.train.optim import make_optimizer, make_scheduler
+from alignlab.train.order import (
+    global_batch_indices,
+    global_batch_size,
+    local_micro_batches,
+    steps_per_epoch,
+    total_steps,
+)
 
 # forward(model, batch) -> (LossOutput, units in this batch)
 Forward = Callable[[torch.nn.Module, Batch], tuple[LossOutput, torch.Tensor]]
@@ -66,72 +71,9 @@ class LoopInputs:
 @dataclass
 class LoopResult:
     steps: int
+    skipped_steps: int = 0  # steps not applied because their loss or gradient was not finite (skip_nonfinite)
     train_metrics: dict[str, float] = field(default_factory=dict)
     eval_metrics: dict[str, float] = field(default_factory=dict)
-
-
-@functools.lru_cache(maxsize=2)
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The epoch's permutation, drawn once per epoch (cached; callers must not mutate it)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
-def steps_per_epoch(n: int, global_batch: int) -> int:
-    return math.ceil(n / global_batch)
-
-
-GROUP_SPAN = 32  # length grouping sorts windows of this many global batches
-
-
-@functools.lru_cache(maxsize=2)
-def grouped_order(lengths: tuple[int, ...], global_batch: int, seed: int, epoch: int) -> list[int]:
-    """The epoch's permutation with examples of similar length in the same global batch: windows of
-    ``GROUP_SPAN`` global batches of the random order are sorted by length (longest first), cut
-    into global batches, and the batches of the epoch are shuffled. Within a batch the examples stay
-    sorted, so each micro-batch holds neighbours in length and pads little."""
-    order = epoch_order(len(lengths), seed, epoch)
-    span = global_batch * GROUP_SPAN
-    batches = []
-    for start in range(0, len(order), span):
-        window = sorted(order[start:start + span], key=lambda i: -lengths[i])
-        batches += [window[k:k + global_batch] for k in range(0, len(window), global_batch)]
-    full = [b for b in batches if len(b) == global_batch]
-    partial = [b for b in batches if len(b) < global_batch]  # at most one: the epoch's last window's tail
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7919)
-    shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
-    return [i for b in shuffled + partial for i in b]
-
-
-def global_batch_indices(n: int, global_batch: int, seed: int, step: int,
-                         lengths: tuple[int, ...] | None = None) -> list[int]:
-    """Indices of the examples that optimizer step ``step`` consumes, in order. With ``lengths``,
-    batches are grouped by length (``grouped_order``)."""
-    epoch, k = divmod(step, steps_per_epoch(n, global_batch))
-    order = epoch_order(n, seed, epoch) if lengths is None else grouped_order(lengths, global_batch, seed, epoch)
-    chosen = order[k * global_batch:(k + 1) * global_batch]
-    if len(chosen) < global_batch:  # complete the last batch from the start of the same order
-        chosen += (order * math.ceil(global_batch / n))[: global_batch - len(chosen)]
-    return chosen
-
-
-def local_micro_batches(indices: list[int], batch_size: int, grad_accum: int, dist: Dist) -> list[list[int]]:
-    """This process's micro-batches of a global batch: micro m of rank r is slot m·world + r."""
-    return [
-        indices[(m * dist.world_size + dist.rank) * batch_size:][:batch_size]
-        for m in range(grad_accum)
-    ]
-
-
-def global_batch_size(cfg, dist: Dist) -> int:
-    """Examples consumed by one optimizer step, over micro-batches and processes."""
-    return cfg.batch_size * cfg.grad_accum * dist.world_size
-
-
-def total_steps(cfg, n: int, global_batch: int) -> int:
-    if cfg.max_steps > 0:
-        return cfg.max_steps
-    return max(1, math.ceil(cfg.epochs * steps_per_epoch(n, global_batch)))
 
 
 def _sum_metrics(acc: dict[str, torch.Tensor], out: LossOutput, what: str = "metrics") -> None:
@@ -193,15 +135,16 @@ def evaluate_all(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     return result
 
 
-def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler, global_batch: int) -> int:
-    """Restore the newest complete checkpoint; return its step (0 when there is none)."""
+def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler, global_batch: int) -> tuple[int, int]:
+    """Restore the newest complete checkpoint; return its step and skipped-step count ((0, 0) when
+    there is none)."""
     dist = inp.dist
     root = inp.out_dir / "checkpoints"
     found = ckpt.newest_valid(root, report=inp.log if dist.is_main else (lambda _: None))
     if found is None:
         if dist.is_main:
             inp.log(f"no checkpoint in {root}; starting from step 0")
-        return 0
+        return 0, 0
     state = ckpt.read_state(found)
     differ = config_differences(state.get("config", {}), inp.cfg.to_dict())
     if differ:
@@ -221,7 +164,7 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler, global_batch: int)
         inp.loss_state.update(state.get("loss_state", {}))
     if dist.is_main:
         inp.log(f"resumed from {found} at step {state['step']}")
-    return state["step"]
+    return state["step"], int(state.get("skipped_steps", 0))
 
 
 def run_loop(inp: LoopInputs) -> LoopResult:
@@ -229,7 +172,6 @@ def run_loop(inp: LoopInputs) -> LoopResult:
     unwrapped = getattr(model, "module", model)
     n = len(inp.train_examples)
     global_batch = global_batch_size(cfg, dist)
-    per_epoch = steps_per_epoch(n, global_batch)
     steps = total_steps(cfg, n, global_batch)
     optimizer = make_optimizer(unwrapped, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps)
     scheduler = make_scheduler(optimizer, steps, cfg.warmup_steps, cfg.warmup_ratio, cfg.scheduler)
@@ -238,7 +180,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
         inp.log(f"each epoch's last step repeats {global_batch - n % global_batch} examples from its start "
                 f"to fill the global batch of {global_batch}")
 
-    start_step = _resume(inp, unwrapped, optimizer, scheduler, global_batch) if cfg.resume else 0
+    start_step, skipped = _resume(inp, unwrapped, optimizer, scheduler, global_batch) if cfg.resume else (0, 0)
     metrics_path = inp.out_dir / "metrics.jsonl"
     if start_step >= steps:  # a finished run: report its numbers, do not redo or relog anything
         if dist.is_main:
@@ -246,7 +188,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
         return _finished(metrics_path, steps)
     metrics_log = MetricsLog(metrics_path, dist.is_main, start_step if cfg.resume else None)
 
-    result = LoopResult(steps=steps)
+    result = LoopResult(steps=steps, skipped_steps=skipped)
     has_eval = bool(inp.eval_examples) or inp.extra_eval is not None
     progress = None
     if cfg.progress and dist.is_main:
@@ -256,84 +198,132 @@ def run_loop(inp: LoopInputs) -> LoopResult:
     if has_eval and cfg.eval_at_start and start_step == 0:
         metrics_log.write({"step": 0, **evaluate_all(inp, unwrapped)})
     model.train()
+    # A stop asked for during the last step, the final evaluation or the final save lets the run
+    # finish: the final checkpoint is the one a stop would have written.
+    with StopRequest() as stop:
+        try:
+            _steps(inp, optimizer, scheduler, trainable, metrics_log, result, progress, stop, start_step)
+        finally:
+            if progress is not None:
+                progress.close()
+        if has_eval:
+            result.eval_metrics = evaluate_all(inp, unwrapped)
+            metrics_log.write({"step": steps, **result.eval_metrics})
+        save(inp, unwrapped, optimizer, scheduler, steps, result.skipped_steps)
+    return result
+
+
+def _gradients(inp: LoopInputs, micro: list[Batch]) -> tuple[float, dict, dict]:
+    """Forward and backward over the step's micro-batches, gradients accumulated for the whole
+    global step. Returns the step's mean loss, the summed metrics (with ``_tokens``/``_slots``)
+    and the summed loss statistics, all over every process."""
+    cfg, dist, model = inp.cfg, inp.dist, inp.model
+    unwrapped = getattr(model, "module", model)
+    # Units of the whole global step, known before any backward pass.
+    local_units = torch.tensor(float(sum(_units_of(inp, b) for b in micro)), dtype=torch.float64)
+    global_units = float(dist.sum(local_units))
+    scale = dist.world_size / max(global_units, 1.0)
+    step_sums = getattr(inp.forward, "step_sums", None)
+    if step_sums is not None:  # a quantity of the whole step (KTO's z0), before any backward pass
+        inp.forward.step_values = sum_over_processes(dist, step_sums(unwrapped, micro), {})
+
+    sums: dict[str, torch.Tensor] = {}
+    stats: dict[str, torch.Tensor] = {}
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    tokens = slots = 0
+    for m, batch in enumerate(micro):
+        sync = m == len(micro) - 1 or dist.world_size == 1
+        ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else contextlib.nullcontext()
+        with ctx:
+            with autocast(cfg, dist):
+                out, _ = inp.forward(model, batch)
+            (out.losses.sum() * scale).backward()
+        loss_sum += out.losses.detach().double().sum().cpu()
+        tokens += batch.num_tokens
+        slots += batch.attention_mask_BT.numel()
+        _sum_metrics(sums, out)
+        _sum_metrics(stats, out, "stats")
+    tot = sum_over_processes(dist, sums, {"_loss": loss_sum, "_tokens": torch.tensor(float(tokens), dtype=torch.float64),
+                                          "_slots": torch.tensor(float(slots), dtype=torch.float64)})
+    return tot["_loss"] / max(global_units, 1.0), tot, stats
+
+
+def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: MetricsLog, result: LoopResult,
+           progress, stop: StopRequest, start_step: int) -> None:
+    """Optimizer steps from ``start_step`` to the end, or until a stop is requested (then a
+    checkpoint is written and ``Interrupted`` raised)."""
+    cfg, dist = inp.cfg, inp.dist
+    unwrapped = getattr(inp.model, "module", inp.model)
+    n = len(inp.train_examples)
+    global_batch = global_batch_size(cfg, dist)
+    per_epoch = steps_per_epoch(n, global_batch)
+    steps = result.steps
+    has_eval = bool(inp.eval_examples) or inp.extra_eval is not None
     for step in range(start_step, steps):
         t0 = time.perf_counter()
         indices = global_batch_indices(n, global_batch, cfg.seed, step, inp.lengths)
         micro = [inp.collate([inp.train_examples[i] for i in idx])
                  for idx in local_micro_batches(indices, cfg.batch_size, cfg.grad_accum, dist)]
-        # Units of the whole global step, known before any backward pass.
-        local_units = torch.tensor(float(sum(_units_of(inp, b) for b in micro)), dtype=torch.float64)
-        global_units = float(dist.sum(local_units))
-        scale = dist.world_size / max(global_units, 1.0)
-        step_sums = getattr(inp.forward, "step_sums", None)
-        if step_sums is not None:  # a quantity of the whole step (KTO's z0), before any backward pass
-            inp.forward.step_values = sum_over_processes(dist, step_sums(unwrapped, micro), {})
-
-        sums: dict[str, torch.Tensor] = {}
-        stats: dict[str, torch.Tensor] = {}
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        tokens = slots = 0
-        for m, batch in enumerate(micro):
-            sync = m == len(micro) - 1 or dist.world_size == 1
-            ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else contextlib.nullcontext()
-            with ctx:
-                with autocast(cfg, dist):
-                    out, _ = inp.forward(model, batch)
-                (out.losses.sum() * scale).backward()
-            loss_sum += out.losses.detach().double().sum().cpu()
-            tokens += batch.num_tokens
-            slots += batch.attention_mask_BT.numel()
-            _sum_metrics(sums, out)
-            _sum_metrics(stats, out, "stats")
+        loss, tot, stats = _gradients(inp, micro)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
-        tot = sum_over_processes(dist, sums, {"_loss": loss_sum, "_tokens": torch.tensor(float(tokens), dtype=torch.float64),
-                                              "_slots": torch.tensor(float(slots), dtype=torch.float64)})
-        loss = tot["_loss"] / max(global_units, 1.0)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise NumericError(_numeric_fault(inp, step, loss, grad_norm, indices))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if inp.update_state is not None:
-            totals = sum_over_processes(dist, stats, {})
-            inp.loss_state.update(inp.update_state(dict(inp.loss_state), totals))
-
-        elapsed = time.perf_counter() - t0
         done = step + 1
-        metrics = {"step": done, "epoch": done / per_epoch, "loss": loss}
-        metrics.update({k: v / global_batch for k, v in tot.items() if not k.startswith("_")})
-        metrics.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tot["_tokens"] / max(elapsed, 1e-9),
-                        "padding": 1.0 - tot["_tokens"] / max(tot["_slots"], 1.0)})
-        metrics.update({f"state/{k}": v for k, v in (inp.loss_state or {}).items()})
-        result.train_metrics = dict(metrics)
+        lr = scheduler.get_last_lr()[0]
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            optimizer.step()
+            if inp.update_state is not None:
+                totals = sum_over_processes(dist, stats, {})
+                inp.loss_state.update(inp.update_state(dict(inp.loss_state), totals))
+            elapsed = time.perf_counter() - t0
+            metrics = {"step": done, "epoch": done / per_epoch, "loss": loss}
+            metrics.update({k: v / global_batch for k, v in tot.items() if not k.startswith("_")})
+            metrics.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tot["_tokens"] / max(elapsed, 1e-9),
+                            "padding": 1.0 - tot["_tokens"] / max(tot["_slots"], 1.0)})
+            metrics.update({f"state/{k}": v for k, v in (inp.loss_state or {}).items()})
+            if result.skipped_steps:
+                metrics["skipped_steps"] = result.skipped_steps
+            result.train_metrics = dict(metrics)
+        elif cfg.skip_nonfinite:
+            result.skipped_steps += 1
+            metrics = {"step": done, "epoch": done / per_epoch, "skipped": True, "skipped_steps": result.skipped_steps}
+            result.train_metrics["skipped_steps"] = result.skipped_steps
+            if dist.is_main:
+                inp.log(_numeric_fault(inp, step, loss, grad_norm, indices, skipped=True))
+        else:
+            raise NumericError(_numeric_fault(inp, step, loss, grad_norm, indices))
+        with warnings.catch_warnings():  # a skipped first step steps the schedule before the optimizer
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
+            scheduler.step()  # a skipped step keeps its place in the schedule, as in the data order
+        optimizer.zero_grad(set_to_none=True)
 
         evaluated = bool(has_eval and cfg.eval_every and done % cfg.eval_every == 0 and done < steps)
         if evaluated:
             metrics.update(evaluate_all(inp, unwrapped))
-        if evaluated or done % cfg.log_every == 0 or done == steps:
+        if evaluated or done % cfg.log_every == 0 or done == steps or "loss" not in metrics:
             metrics_log.write(metrics)
-        if cfg.save_every and done % cfg.save_every == 0 and done < steps:
-            save(inp, unwrapped, optimizer, scheduler, done)
+        saved = bool(cfg.save_every and done % cfg.save_every == 0 and done < steps)
+        if saved:
+            save(inp, unwrapped, optimizer, scheduler, done, result.skipped_steps)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(short(metrics))
-    if progress is not None:
-        progress.close()
-
-    if has_eval:
-        result.eval_metrics = evaluate_all(inp, unwrapped)
-        metrics_log.write({"step": steps, **result.eval_metrics})
-    save(inp, unwrapped, optimizer, scheduler, steps)
-    return result
+        if done < steps and stop.agreed(dist):
+            if not saved:
+                save(inp, unwrapped, optimizer, scheduler, done, result.skipped_steps)
+            raise Interrupted(f"stopped by {stop.signal_name or 'a signal to another process'} after step {done} "
+                              f"of {steps}; checkpoint {inp.out_dir / 'checkpoints' / ckpt.step_name(done)} written; "
+                              "continue with --resume")
 
 
 def _finished(metrics_path: Path, steps: int) -> LoopResult:
     records = read_metrics(metrics_path)
     train = [r for r in records if "loss" in r]
-    evals = [r for r in records if r.get("step") == steps and "loss" not in r]
-    return LoopResult(steps=steps, train_metrics=train[-1] if train else {},
+    evals = [r for r in records if r.get("step") == steps and "loss" not in r and not r.get("skipped")]
+    skipped = max((int(r.get("skipped_steps", 0)) for r in records), default=0)
+    train_metrics = dict(train[-1]) if train else {}
+    if skipped:
+        train_metrics["skipped_steps"] = skipped
+    return LoopResult(steps=steps, skipped_steps=skipped, train_metrics=train_metrics,
                       eval_metrics={k: v for k, v in evals[-1].items() if k != "step"} if evals else {})
 
 
@@ -341,9 +331,13 @@ class NumericError(UserError):
     """A non-finite loss or gradient; the step was not applied."""
 
 
-def _numeric_fault(inp: LoopInputs, step: int, loss: float, grad_norm: float, indices: list[int]) -> str:
+def _numeric_fault(inp: LoopInputs, step: int, loss: float, grad_norm: float, indices: list[int],
+                   skipped: bool = False) -> str:
     rows = sorted({inp.train_examples[i].row for i in indices})
     shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+    if skipped:
+        return (f"step {step + 1}: skipped (skip_nonfinite): the loss ({loss}) or gradient norm ({grad_norm}) "
+                f"is not finite, on the batch of data rows {shown}")
     newest = ckpt.newest_valid(inp.out_dir / "checkpoints", report=lambda _: None)
     state = f"the newest checkpoint, {newest}, is the last good state" if newest else "no checkpoint was written yet"
     return (f"step {step + 1}: the loss ({loss}) or gradient norm ({grad_norm}) is not finite, on the batch of "
@@ -357,7 +351,7 @@ def _units_of(inp: LoopInputs, batch: Batch) -> int:
     return batch.num_examples or batch.num_pairs or batch.input_ids_BT.shape[0]
 
 
-def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int) -> None:
+def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int, skipped_steps: int = 0) -> None:
     if inp.dist.is_main:
         root = inp.out_dir / "checkpoints"
         global_batch = global_batch_size(inp.cfg, inp.dist)
@@ -366,6 +360,6 @@ def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int) -> None:
                          "train_examples": len(inp.train_examples)}
         ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler,
                              {"data_position": position_info, "config": inp.cfg.to_dict(),
-                              "loss_state": dict(inp.loss_state or {})})
+                              "loss_state": dict(inp.loss_state or {}), "skipped_steps": skipped_steps})
         ckpt.prune(root, inp.cfg.keep_checkpoints)
     inp.dist.barrier()

@@ -21,7 +21,7 @@ class MetricsLog:
         if resume_step is None:
             path.write_text("")
         elif path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line in path.read_text().splitlines() if _step(line) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -31,10 +31,25 @@ class MetricsLog:
                 f.write(json.dumps(clean) + "\n")
 
 
+def _record(line: str) -> dict[str, Any] | None:
+    """One line's record; None for a blank line or one cut short by a killed process."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _step(line: str) -> float:
+    record = _record(line)
+    return math.inf if record is None else record.get("step", 0)
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of a metrics.jsonl file, in order."""
+    """Every complete record of a metrics.jsonl file, in order."""
     p = Path(path)
-    return [json.loads(line) for line in p.read_text().splitlines() if line] if p.exists() else []
+    records = [_record(line) for line in p.read_text().splitlines()] if p.exists() else []
+    return [r for r in records if r is not None]
 
 
 def short(metrics: dict[str, float], keys=("loss", "rewards/accuracies", "rewards/margins", "lr")) -> dict[str, str]:

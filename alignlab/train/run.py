@@ -116,7 +116,7 @@ def _load(cfg: TrainConfig, source: str, split: str | None, dist: Dist):
     except UserError as e:
         have = first_row_kind(source, split)
         if have is not None and have != kind and not (kind == "joint" and have == "pair"):
-            raise ConfigError(shape_error(have, kind, cfg.method)) from None
+            raise ConfigError(f"{source}: {shape_error(have, kind, cfg.method)}") from None
         raise e from None
     if "strength" in cfg.spec.needs:
         missing = [RowIssue(r.source, r.row, "strength", f"method '{cfg.method}' needs a preference strength "

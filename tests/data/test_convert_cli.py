@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from alignlab.cli import main
 from alignlab.data.convert_cli import cmd_convert
 from alignlab.errors import DataError, UserError
 
@@ -134,7 +135,10 @@ def test_skip_invalid_and_output_name(tmp_path, capsys):
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
-    for tokens in (["nonsense", "a", "b"], ["flip-labels", "a"], ["pairs-to-unpaired", "a", "b", "--bogus"]):
-        with pytest.raises(SystemExit) as e:
+    for tokens, named in ((["nonsense", "a", "b"], "nonsense"), (["flip-labels", "a"], "OUT"),
+                          (["pairs-to-unpaired", "a", "b", "--bogus"], "--bogus")):
+        with pytest.raises(UserError, match=named):
             cmd_convert(tokens)
-        assert e.value.code == 2
+        assert main(["convert", *tokens]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("alignlab: error: alignlab convert: ") and named in err

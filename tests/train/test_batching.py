@@ -9,7 +9,7 @@ import random
 import pytest
 
 from alignlab import train
-from alignlab.train.loop import global_batch_indices, grouped_order
+from alignlab.train.order import global_batch_indices, grouped_order
 from tests.conftest import write_jsonl
 from tests.train.helpers import base_config, max_abs_diff, weights
 

@@ -22,8 +22,8 @@ class Crash(Exception):
 def _crash_after_saving(monkeypatch, at_step: int) -> None:
     real_save = loop.save
 
-    def save_then_crash(inp, unwrapped, optimizer, scheduler, step):
-        real_save(inp, unwrapped, optimizer, scheduler, step)
+    def save_then_crash(inp, unwrapped, optimizer, scheduler, step, *rest):
+        real_save(inp, unwrapped, optimizer, scheduler, step, *rest)
         if step == at_step:
             raise Crash(f"simulated crash after the checkpoint of step {at_step}")
 
