@@ -22,6 +22,7 @@ import torch
 from alignlab import cli, train
 from alignlab.train import checkpoint as ckpt
 from alignlab.train import preference
+from alignlab.train.interrupt import StopRequest
 from tests.train.helpers import base_config, weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,7 +78,25 @@ def test_killed_at_random_points_resume_identical(faults, capsys):
     assert "2/2 resumed identical" in out
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_stop_request_counts_signals():
+    """SIGINT or SIGTERM asks once; a second Ctrl-C aborts at once; a repeated SIGTERM (launchers
+    repeat it) does not; the previous handlers come back afterwards."""
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.signal_name == "SIGTERM"
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.signal_name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    with StopRequest() as stop:
+        assert stop.signal_name is None
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signal_name == "SIGINT"
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("sig", ["SIGINT"])
 def test_a_signal_saves_a_checkpoint_and_exits_cleanly(faults, sig):
     """The signal arrives while checkpoint 2 is being written (its optimizer file, the 5th tensor
     file): that checkpoint is completed, the run stops there and exits 130 with one line; resumed,
