@@ -38,7 +38,7 @@ def head_of(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor] | No
     try:
         head = base.get_output_embeddings()
         decoder = base.get_decoder()
-    except (AttributeError, NotImplementedError):
+    except AttributeError:  # not a transformers model, whatever its config says
         return None
     if type(head) is not torch.nn.Linear or head.bias is not None or decoder is None:
         return None
@@ -71,6 +71,11 @@ def _chunk(weight: torch.Tensor) -> int:
     return max(1, CHUNK_VALUES // weight.shape[0])
 
 
+def _logits(hidden_Nd: torch.Tensor, weight_cd: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """One chunk's logits (N, V): the matmul in the weight's (compute) dtype, the result in ``acc``."""
+    return (hidden_Nd.to(weight_cd.dtype) @ weight_cd.T).to(acc)
+
+
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
     """The dtype the output layer's matmul runs in: autocast's when it is on (bf16 mixed
     precision), else the weight's. Fixed once in the forward pass, so that the backward pass
@@ -93,7 +98,7 @@ class _TargetLogps(torch.autograd.Function):
         out_N = torch.empty(n, dtype=acc, device=hidden_Nd.device)
         lse_N = torch.empty(n, dtype=acc, device=hidden_Nd.device)
         for s in range(0, n, step):
-            logits = (hidden_Nd[s:s + step].to(cd) @ w.T).to(acc)
+            logits = _logits(hidden_Nd[s:s + step], w, acc)
             lse_N[s:s + step] = torch.logsumexp(logits, dim=-1)
             out_N[s:s + step] = logits.gather(-1, targets_N[s:s + step, None]).squeeze(-1) - lse_N[s:s + step]
         ctx.save_for_backward(hidden_Nd, weight_Vd, targets_N, lse_N)
@@ -113,7 +118,7 @@ class _TargetLogps(torch.autograd.Function):
             h = hidden_Nd[s:s + step].to(cd)
             g = grad_N[s:s + step].to(acc)
             # d/dlogits of (logit[target] − logsumexp) is onehot(target) − softmax
-            d = torch.exp((h @ w.T).to(acc) - lse_N[s:s + step, None]).mul_(-g[:, None])
+            d = torch.exp(_logits(h, w, acc) - lse_N[s:s + step, None]).mul_(-g[:, None])
             d.scatter_add_(-1, targets_N[s:s + step, None], g[:, None])
             d = d.to(cd)
             if need_h:
@@ -139,8 +144,7 @@ def squared_mass(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor) -> torch.Tens
     with torch.no_grad():
         w = weight_Vd.to(cd)
         for s in range(0, hidden_Nd.shape[0], step):
-            logits = (hidden_Nd[s:s + step].to(cd) @ w.T).to(acc)
-            out.append(torch.logsumexp(2 * logits, dim=-1) - 2 * torch.logsumexp(logits, dim=-1))
+            out.append(log_squared_mass(_logits(hidden_Nd[s:s + step], w, acc).unsqueeze(0)).squeeze(0))
     return torch.cat(out) if out else hidden_Nd.new_zeros(0, dtype=acc)
 
 

@@ -1,6 +1,6 @@
-"""The chunked output layer of ``logprobs`` (``target_logps``) computes exactly what full logits and a log-softmax compute:
-values and gradients, chunked or not, packed or padded, with adapters; and it never runs the
-model's vocabulary projection on more than one position per row."""
+"""The chunked output layer of ``logprobs`` (``target_logps``) computes exactly what full logits
+and a log-softmax compute: values and gradients, chunked or not, packed or padded, with adapters;
+and it never runs the model's vocabulary projection on more than one position per row."""
 
 from __future__ import annotations
 
@@ -12,26 +12,11 @@ import torch
 from alignlab import logprobs
 from alignlab.data.collate import collate_pairs
 from alignlab.data.pack import collate_packed
-from alignlab.data.render import Response, TokenizedPair
 from alignlab.logprobs import sequence_logps
-from alignlab.models import TinyModelConfig, build_tiny_model
+from tests.data.test_pack import PAIRS as PACKED_PAIRS
+from tests.data.test_pack import _model
 
-
-def _resp(ids, mask=None):
-    return Response(tuple(ids), tuple(mask or [1] * len(ids)))
-
-
-PAIRS = [
-    TokenizedPair((1, 5, 6, 7), _resp([10, 11, 12, 2]), _resp([13, 2]), row=1),
-    TokenizedPair((1, 8), _resp([14, 15, 2]), _resp([16, 17, 18, 19, 20, 2]), row=2),
-    TokenizedPair((1, 9, 9, 9, 9, 9), _resp([30, 31, 40, 2], [0, 0, 1, 1]), _resp([30, 31, 41, 42, 2], [0, 0, 1, 1, 1]), row=3),
-]
-
-
-def _model(dtype=torch.float64):
-    torch.manual_seed(0)
-    model, _ = build_tiny_model(TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128))
-    return model.to(dtype).eval()
+PAIRS = PACKED_PAIRS[:3]  # the pairs of the packing tests that share their prompt
 
 
 @pytest.fixture
