@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -14,14 +15,41 @@ GOOD = ["great", "lovely", "superb", "solid", "reliable", "charming"]
 BAD = ["awful", "flimsy", "broken", "dull", "noisy", "clumsy"]
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker is one of ``-n`` processes sharing the machine's cores: one
+    intra-op thread each, instead of every worker starting a thread per core."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist the slow tests come first, the rest after them, each part in collection
+    order: the workers take tests one at a time in this order (``--dist loadgroup``), so the tests
+    that take minutes start at once, side by side, and the many short ones fill in around them.
+    Without xdist the order stays as collected."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def shared_tmp(tmp_path_factory) -> Path:
+    """This run's temporary folder, the same for all xdist workers (each worker's own basetemp is
+    a subfolder of it); without xdist, the session's basetemp."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """Reference log-probs and samples that runs cache go to a folder of this session, not ~/.cache."""
-    import os
-
+    """Reference log-probs and samples that runs cache, and testbed models, go to a folder of this
+    test run, not ~/.cache: one folder for all xdist workers, so a model is built once per run
+    (builds of the same entry take turns on its lock)."""
     old = os.environ.get("ALIGNLAB_CACHE")
-    os.environ["ALIGNLAB_CACHE"] = str(tmp_path_factory.mktemp("alignlab-cache"))
-    yield Path(os.environ["ALIGNLAB_CACHE"])
+    cache = shared_tmp(tmp_path_factory) / "alignlab-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["ALIGNLAB_CACHE"] = str(cache)
+    yield cache
     if old is None:
         os.environ.pop("ALIGNLAB_CACHE", None)
     else:

@@ -49,7 +49,7 @@ class Batch:
         return 1.0 - self.num_tokens / self.attention_mask_BT.numel()
 
 
-def _pad(rows: Sequence[tuple[tuple[int, ...], Response]], pad_id: int) -> Batch:
+def pad_rows(rows: Sequence[tuple[tuple[int, ...], Response]], pad_id: int) -> Batch:
     T = max(len(p) + len(r) for p, r in rows)
     B = len(rows)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -67,18 +67,18 @@ def collate_completions(prompts: Sequence[tuple[int, ...]], completions: Sequenc
                         pad_id: int) -> Batch:
     """Rows of ``prompt + completion`` with loss on every completion token (generated samples)."""
     rows = [(p, Response(tuple(c), (1,) * len(c))) for p, c in zip(prompts, completions, strict=True)]
-    return _pad(rows, pad_id)
+    return pad_rows(rows, pad_id)
 
 
 def collate_sft(examples: Sequence[TokenizedSFT], pad_id: int) -> Batch:
-    batch = _pad([(e.prompt_ids, e.completion) for e in examples], pad_id)
+    batch = pad_rows([(e.prompt_ids, e.completion) for e in examples], pad_id)
     batch.num_examples = len(examples)
     return batch
 
 
 def collate_pairs(examples: Sequence[TokenizedPair], pad_id: int) -> Batch:
     seqs = [e.sequences() for e in examples]
-    batch = _pad([s[0] for s in seqs] + [s[1] for s in seqs], pad_id)
+    batch = pad_rows([s[0] for s in seqs] + [s[1] for s in seqs], pad_id)
     batch.num_pairs = batch.num_examples = len(examples)
     batch.examples = list(examples)
     return batch
@@ -87,7 +87,7 @@ def collate_pairs(examples: Sequence[TokenizedPair], pad_id: int) -> Batch:
 def collate_sequences(examples: Sequence, pad_id: int) -> Batch:
     """Every row of every example (``example.sequences()``), example after example."""
     seqs = [e.sequences() for e in examples]
-    batch = _pad([row for s in seqs for row in s], pad_id)
+    batch = pad_rows([row for s in seqs for row in s], pad_id)
     batch.num_examples = len(examples)
     batch.rows_per_example = tuple(len(s) for s in seqs)
     batch.examples = list(examples)

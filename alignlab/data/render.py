@@ -70,6 +70,7 @@ class TokenizedPair:
     row: int = 0
     rejected_prompt_ids: tuple[int, ...] | None = None  # joint preference: the rejected side's prompt
     strength: float | None = None
+    score_gap: float | None = None  # score_chosen − score_rejected, when the data has scores (reward margins)
     group: float | None = None  # 1.0: pair of the first set, 0.0: of the second (mixtures of two sets)
     ref: tuple[float, ...] | None = None
     ref_tokens: tuple[tuple[float, ...], ...] | None = None
@@ -155,7 +156,8 @@ class Renderer:
         self.tok = tokenizer
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
-        self.eos = tokenizer.eos_token_id
+        # An encoder's tokenizer (BERT's) has no EOS: its separator ends a response instead.
+        self.eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(tokenizer, "sep_token_id", None)
         # A response needs a token before it to be predicted from; an empty prompt gets this one.
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.start_ids = (start,) if start is not None else ()
@@ -289,7 +291,8 @@ class Renderer:
             if isinstance(got, RowIssue):
                 return got
             prompt, (chosen, rejected) = got
-            return TokenizedPair(prompt, chosen, rejected, rec.row, strength=rec.strength)
+            gap = None if rec.score_chosen is None or rec.score_rejected is None else rec.score_chosen - rec.score_rejected
+            return TokenizedPair(prompt, chosen, rejected, rec.row, strength=rec.strength, score_gap=gap)
         if isinstance(rec, JointRecord):
             got_c = self._prompted(rec, rec.prompt_chosen, {"chosen": rec.chosen}, result, "prompt_chosen")
             got_r = self._prompted(rec, rec.prompt_rejected, {"rejected": rec.rejected}, result, "prompt_rejected")

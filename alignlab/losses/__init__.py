@@ -10,6 +10,7 @@ DPO), ``sft``; ``combine`` builds weighted sums such as ``dpo+0.005*sft``.
 from alignlab.losses.dpo import DPOParams, dpo_loss
 from alignlab.losses.params import ParamError
 from alignlab.losses.registry import REGISTRY, LossSpec, UnknownLossError, get_loss, register
+from alignlab.losses.reward import RewardModelParams, reward_model_loss
 from alignlab.losses.sft import SFTParams, sft_loss
 from alignlab.losses.types import ListLogps, LossOutput, NegativeLogps, PairLogps, SeqLogps, UnpairedLogps
 
@@ -22,6 +23,14 @@ register(LossSpec(
     name="dpo", fn=dpo_loss, shape="pair", params=DPOParams, needs_reference=True,
     paper="Rafailov et al. 2023, Direct Preference Optimization",
     summary="-log σ(β·(ρ_chosen − ρ_rejected)), ρ = log π/π_ref summed over response tokens",
+))
+
+register(LossSpec(
+    name="reward_model", fn=reward_model_loss, shape="pair", params=RewardModelParams, needs_reference=False,
+    model="reward", reduction="sum",
+    paper="Bradley-Terry (Ouyang et al. 2022); GPM: Zhang et al. 2024, General Preference Modeling",
+    summary="a reward model: -log σ(r_chosen − r_rejected − m) [+ c·(r_c + r_r)²], or GPM's "
+            "-log σ((s(chosen ≻ rejected) − m)/τ) with a skew-symmetric score s",
 ))
 
 # Each module registers its losses when imported.

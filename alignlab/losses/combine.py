@@ -77,6 +77,9 @@ def combination(name: str) -> LossSpec:
     if missing:
         raise LookupError(f"method: unknown loss '{missing[0]}' in '{name}'")
     specs = [REGISTRY[n] for _, n in terms]
+    trained = [s for s in specs if s.model != "policy"]
+    if trained:
+        raise ValueError(f"method: '{trained[0].name}' trains a reward model and cannot be added to other losses")
     shapes = [s.shape for s in specs if s.name != "sft"] or ["sft"]
     shape = shapes[0]
     fns = [_term_fn(s, shape) for s in specs]

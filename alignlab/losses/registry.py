@@ -45,6 +45,9 @@ class LossSpec:
     init_state: Callable | None = None
     update_state: Callable | None = None
     strict_order: bool = False  # ranked data: ties in scores/ranks are refused
+    # What trains: the policy (a causal LM; the loss gets log-probs), or a reward model (a backbone
+    # with a value head; the loss gets ``reward.RewardPairs`` of its values instead of log-probs).
+    model: Literal["policy", "reward"] = "policy"
 
     def defaults(self) -> dict:
         return {f.name: f.default for f in dataclasses.fields(self.params)}

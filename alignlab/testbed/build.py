@@ -14,10 +14,13 @@ The SFT model is deliberately under-trained, so that its samples mix good and ba
 alignment has something to improve. The result lives in ``<cache>/testbed/<task>-<key>/sft``,
 where ``key`` hashes the whole ``ModelRecipe``; a second call with the same recipe loads it.
 The cache is ``$ALIGNLAB_CACHE`` or ``~/.cache/alignlab`` unless a directory is given.
+Processes that want the same entry at once (two runs, or parallel test workers) take turns on a
+lock file beside it, ``<task>-<key>.lock``: one builds, the others wait and then load its result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,7 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,9 +133,36 @@ def sft_model_path(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = No
     return cache_root(cache_dir) / "testbed" / f"{recipe.task}-{recipe.key()}" / "sft"
 
 
+@contextlib.contextmanager
+def _exclusive(lock_file: Path, log: Callable[[str], None], what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (created if missing, never deleted: removing it
+    would let a late process lock a different file). Without ``fcntl`` (Windows) there is no lock;
+    a concurrent build then only costs time, as its rename fails and the first entry is kept."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"cache lock '{lock_file}' cannot be opened: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another process that is building {what}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
 def build_sft_model(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = None,
                     log: Callable[[str], None] | None = None) -> Path:
-    """Return the directory of the recipe's SFT model, building it first if it is not cached."""
+    """Return the directory of the recipe's SFT model, building it first if it is not cached.
+
+    The check and the build happen under the entry's lock, so concurrent callers build it once."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     final = sft_model_path(recipe, cache_dir)
     if (final / "config.json").exists():
@@ -142,6 +172,14 @@ def build_sft_model(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = N
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cache directory '{root}' cannot be created: {e.strerror}") from None
+    with _exclusive(root / f"{final.parent.name}.lock", log, f"the tiny {recipe.task} model"):
+        if (final / "config.json").exists():  # built by the process that held the lock before
+            return final
+        _build(recipe, final, root, log)
+    return final
+
+
+def _build(recipe: ModelRecipe, final: Path, root: Path, log: Callable[[str], None]) -> None:
     task = get_task(recipe.task)
     t0 = time.perf_counter()
     log(f"building the tiny {recipe.task} model (once; cached in {final.parent})")
@@ -177,4 +215,3 @@ def build_sft_model(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = N
             if not (final / "config.json").exists():  # not a concurrent build that finished first
                 raise
     log(f"  built in {time.perf_counter() - t0:.0f} s")
-    return final

@@ -34,7 +34,8 @@ from alignlab.models import (
     load_tokenizer,
     save_model,
 )
-from alignlab.train import preference, prepare, sft
+from alignlab.rewards.model import save_reward_model
+from alignlab.train import preference, prepare, reward_model, sft
 from alignlab.train.checkpoint import list_checkpoints
 from alignlab.train.distributed import Dist, init_distributed, wrap_model
 from alignlab.train.loop import LoopInputs, autocast, run_loop, sum_over_processes
@@ -249,20 +250,30 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     torch.manual_seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    renderer = Renderer(tokenizer, cfg.max_length, cfg.max_prompt_length)
+    rewarded = spec.model == "reward"  # a reward model trains: a backbone with a fresh head
+    if rewarded:
+        reward_model.check_config(cfg)
+    length = reward_model.max_length(cfg) if rewarded else cfg.max_length
+    renderer = Renderer(tokenizer, length, cfg.max_prompt_length)
     train_examples, eval_examples, data_info = _load_examples(cfg, renderer, dist)
+    if rewarded:
+        reward_model.check_examples(cfg, train_examples + eval_examples)
 
     # bf16 is mixed precision: fp32 master weights and optimizer state, bf16 compute (autocast).
     master_dtype = "fp32" if cfg.dtype == "bf16" else cfg.dtype
-    policy = load_model(cfg.model, dtype=master_dtype, trust_remote_code=cfg.trust_remote_code)
+    if rewarded:
+        policy = reward_model.build_model(cfg, master_dtype)
+    else:
+        policy = load_model(cfg.model, dtype=master_dtype, trust_remote_code=cfg.trust_remote_code)
     if cfg.disable_dropout:
         disable_dropout(policy)
     if cfg.lora:
         policy = add_lora(policy, LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules))
     policy.to(dist.device)
     if cfg.gradient_checkpointing:
+        network = policy.backbone if rewarded else policy
         try:
-            policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            network.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         except ValueError as e:  # a model class without support
             raise ConfigError(f"gradient_checkpointing: {e}") from None
         if cfg.lora:
@@ -291,13 +302,16 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     if "group" in spec.needs:
         state["trace_fraction"] = sum(e.group for e in train_examples) / len(train_examples)
     pairs = spec.shape in ("pair", "joint")
-    if spec.shape == "sft":
+    if rewarded:  # padded pairs: an encoder cannot share a prompt across rows
+        forward = reward_model.make_forward(spec, cfg.method_params)
+        padded = collate_pairs
+    elif spec.shape == "sft":
         forward = sft.make_forward(spec, cfg.method_params)
         padded = collate_sft
     else:
         forward = preference.PreferenceForward(spec, cfg.method_params, state, pad, partial(autocast, cfg, dist))
         padded = collate_pairs if pairs else collate_sequences
-    collate = partial(collate_packed, role_major=pairs) if cfg.packing else padded
+    collate = partial(collate_packed, role_major=pairs) if cfg.packing and not rewarded else padded
     collate = partial(collate, pad_id=pad)
 
     def to_device(examples):
@@ -318,7 +332,10 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     if dist.is_main:
         if cfg.dtype == "bf16":
             policy.to(torch.bfloat16)  # training is over: save in the compute dtype
-        save_model(policy, tokenizer, model_dir, merge_lora=cfg.merge_lora)
+        if rewarded:
+            save_reward_model(policy, tokenizer, model_dir)
+        else:
+            save_model(policy, tokenizer, model_dir, merge_lora=cfg.merge_lora)
     summary = Summary(str(out), str(model_dir), result.steps, result.train_metrics, result.eval_metrics, data_info)
     if dist.is_main:
         (out / "summary.json").write_text(json.dumps(asdict(summary), indent=1))

@@ -6,6 +6,7 @@ user's first `alignlab demo` would."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +18,10 @@ SEEDS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("alignlab-cache")
+def cache(isolated_cache):
+    """This test run's cache, cold at its start, shared by the xdist workers: the tests here may
+    run in two workers at once, and a model one of them is building is waited for, not built twice."""
+    return isolated_cache
 
 
 def small(task: str, seed: int) -> DemoSettings:
@@ -52,10 +55,24 @@ def test_dpo_beats_sft_by_more_than_the_seed_spread(task, cache, tmp_path):
     assert "after DPO" in table(reports[0])
 
 
+def own_reference_cache(cache: Path, path: Path) -> Path:
+    """A cache folder that shares the testbed models of ``cache`` (its ``testbed`` is a link) and
+    keeps its own reference log-probs."""
+    (cache / "testbed").mkdir(exist_ok=True)
+    path.mkdir()
+    (path / "testbed").symlink_to(cache / "testbed", target_is_directory=True)
+    return path
+
+
 def test_same_seed_same_numbers(cache, tmp_path):
-    first = run_demo(small("arithmetic", 1), tmp_path / "a", cache, progress=False)
-    second = run_demo(small("arithmetic", 1), tmp_path / "b", cache, progress=False)
+    """Each run computes its reference log-probs into a cache of its own, so both take the same
+    path whichever runs of the other tests (in another pytest-xdist worker, maybe at this moment)
+    have cached the same values; the model is the shared one."""
+    first = run_demo(small("arithmetic", 1), tmp_path / "a", own_reference_cache(cache, tmp_path / "ca"),
+                     progress=False)
+    second = run_demo(small("arithmetic", 1), tmp_path / "b", own_reference_cache(cache, tmp_path / "cb"),
+                      progress=False)
     assert first["before"] == second["before"]
     assert first["after"] == second["after"]
     assert first["history"] == second["history"]
-    assert first["seconds"]["model"] < 5  # the second demo found the cached model
+    assert second["seconds"]["model"] < 5  # the second demo found the cached model

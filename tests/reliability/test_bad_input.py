@@ -138,7 +138,33 @@ CASES = [
      ["trian"]),
     ("unknown-conversion", lambda t, m: ["convert", "pairs-to-lists", str(_pairs(t)), str(t / "x.jsonl")],
      ["pairs-to-lists"]),
+    # Reward models and their evaluation.
+    ("reward-margin-without-scores", lambda t, m: _train(m, _pairs(t), t / "o", "--method", "reward_model",
+                                                         "--margin-scale", "1"),
+     ["data.jsonl", "row 1", "score_chosen", "margin_scale"]),
+    ("gpm-dimension-odd", lambda t, m: _train(m, _pairs(t), t / "o", "--method", "reward_model", "--objective", "gpm",
+                                              "--gpm-dim", "3"),
+     ["gpm_dim", "even"]),
+    ("reward-model-with-lora", lambda t, m: _train(m, _pairs(t), t / "o", "--method", "reward_model", "--lora"),
+     ["lora", "reward models"]),
+    ("eval-rm-of-a-policy", lambda t, m: ["eval", "rm", "--data", str(_pairs(t)), "--model", str(m)],
+     ["tiny-model", "not a reward model directory"]),
+    ("eval-rm-missing-data", lambda t, m: ["eval", "rm", "--data", str(t / "nowhere.jsonl"), "--scorer", "length"],
+     ["nowhere.jsonl"]),
+    ("eval-rm-bad-scorer", lambda t, m: ["eval", "rm", "--data", str(_pairs(t)), "--scorer", "length:coef=lots"],
+     ["length:coef=lots", "coef"]),
+    ("eval-rm-bleu-references-bad-row", lambda t, m: ["eval", "rm", "--data", str(_pairs(t)), "--scorer",
+                                                      f"bleu:{_bad_refs(t)}"],
+     ["refs.jsonl", "line 2", "references"]),
+    ("unknown-evaluation", lambda t, m: ["eval", "rn"],
+     ["rn", "evaluations: rm"]),
 ]
+
+
+def _bad_refs(tmp: Path) -> Path:
+    path = tmp / "refs.jsonl"
+    path.write_text('{"prompt": "p", "references": ["a"]}\n{"prompt": "q", "references": 5}\n')
+    return path
 
 
 def _pairs_empty(tmp: Path) -> Path:

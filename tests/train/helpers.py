@@ -19,7 +19,12 @@ def base_config(model_dir: Path, data: Path, out: Path, **overrides) -> dict:
 
 
 def weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(Path(model_dir) / "model.safetensors")
+    """The saved weights; a reward model's head too."""
+    out = load_file(Path(model_dir) / "model.safetensors")
+    head = Path(model_dir) / "reward_head.safetensors"
+    if head.exists():
+        out.update(load_file(head))
+    return out
 
 
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

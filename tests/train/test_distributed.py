@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -19,6 +20,13 @@ from tests.train.helpers import base_config, max_abs_diff, weights
 pytestmark = pytest.mark.slow
 
 
+def _free_port() -> str:
+    """A port no one listens on now: tests running in parallel (pytest-xdist) must not share one."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def _launch(cmd: list[str], cfg_path, tmp_path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     proc = subprocess.run(cmd + ["-m", "alignlab.cli", "train", str(cfg_path)], env=env, cwd=tmp_path,
@@ -29,10 +37,12 @@ def _launch(cmd: list[str], cfg_path, tmp_path) -> subprocess.CompletedProcess:
 
 # dpo holds out one example, so the second process evaluates nothing and must still take part.
 # lcpo's noise estimate and kto's reference point are summed over both processes; the reference
-# log-probs are computed half by each process and gathered.
+# log-probs are computed half by each process and gathered. A reward model trains a backbone
+# with a head, wrapped in DistributedDataParallel like a policy.
 @pytest.mark.parametrize("method,data_fixture,eval_fraction", [("dpo", "pairs_file", 1 / 16), ("sft", "sft_file", 0.25),
                                                                ("lcpo", "pairs_file", 1 / 16),
-                                                               ("kto", "unpaired_file", 1 / 16)])
+                                                               ("kto", "unpaired_file", 1 / 16),
+                                                               ("reward_model", "pairs_file", 1 / 16)])
 def test_two_processes_equal_one(tmp_path, tiny_model_dir, request, method, data_fixture, eval_fraction):
     data = request.getfixturevalue(data_fixture)
     common = dict(method=method, max_steps=3, dtype="fp64", eval_fraction=eval_fraction, eval_every=2,
@@ -42,7 +52,7 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir, request, method, data
     cfg = base_config(tiny_model_dir, data, tmp_path / "two", batch_size=2, **common)
     cfg_path = tmp_path / "two.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"],
+    _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()],
             cfg_path, tmp_path)
 
     two_dir = tmp_path / "two" / "model"
@@ -74,5 +84,5 @@ def test_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_dir, pai
     cfg_path.write_text(yaml.safe_dump(cfg))
     _launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-             "--main_process_port", "29533"], cfg_path, tmp_path)
+             "--main_process_port", _free_port()], cfg_path, tmp_path)
     assert max_abs_diff(weights(single.model_dir), weights(tmp_path / "two" / "model")) < 1e-9

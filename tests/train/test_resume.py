@@ -31,7 +31,7 @@ def _crash_after_saving(monkeypatch, at_step: int) -> None:
 
 
 @pytest.mark.parametrize("method,data_fixture", [("dpo", "pairs_file"), ("sft", "sft_file"), ("lcpo", "pairs_file"),
-                                                 ("bco", "unpaired_file")])
+                                                 ("bco", "unpaired_file"), ("reward_model", "pairs_file")])
 def test_resume_is_exact(tmp_path, tiny_model_dir, monkeypatch, request, method, data_fixture):
     data = request.getfixturevalue(data_fixture)
     # 16 examples, batch 3: epochs end mid-batch, so resume also crosses an epoch boundary.

@@ -1,0 +1,121 @@
+"""Rewards behind one interface (``base.Scorer``): score responses, compare two of them.
+
+Modules: ``base`` (the interface), ``model`` (the reward-model network: backbone and head),
+``learned`` (trained reward models and a DPO policy's implicit reward as scorers), ``programs``
+(testbed gold rewards and verifiers, length penalty, user functions), ``bleu`` (sentence BLEU
+against references), ``judge`` and ``http_judge`` (LLM judges, local or over an OpenAI-compatible
+endpoint), ``combine`` (weighted sums, log-sigmoid sums, routing by prompt).
+
+``load_scorer(spec)`` builds a scorer from a short text, as the command line takes it:
+
+    rm:DIR  (or a reward-model DIR)      a model trained with --method reward_model
+    task:NAME[:gold|proxy]               a testbed task's reward (arithmetic, sentiment, constraints)
+    length[:coef=0.01,target=0,unit=words]   a length penalty
+    fn:MODULE:FUNCTION                   a user function f(prompt, response) -> number
+    bleu:REFS.jsonl                      sentence BLEU against {"prompt", "references"} rows
+    implicit:policy=DIR,reference=DIR[,beta=0.1]   a DPO policy's implicit reward
+    judge:DIR[,swap=true,max_new_tokens=512]   a pairwise judge: a local causal LM
+    openai:URL,model=NAME[,swap=true]    a pairwise judge behind an OpenAI-compatible endpoint
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignlab.errors import UserError
+from alignlab.rewards.base import Scorer
+from alignlab.rewards.bleu import BleuReward
+from alignlab.rewards.combine import LogSigmoidSum, Routed, WeightedSum, by_task, reference_rewards
+from alignlab.rewards.judge import CallableBackend, HFBackend, PairwiseJudge, PointwiseJudge, swap_consistency
+from alignlab.rewards.learned import ImplicitReward, RewardModelScorer
+from alignlab.rewards.programs import FunctionReward, LengthPenalty, TaskReward
+
+SPECS = ("rm", "task", "length", "fn", "bleu", "implicit", "judge", "openai")
+
+
+def _options(text: str, what: str, positional: str | None = None) -> dict[str, str]:
+    """``a=1,b=2`` as a dict; a first item without ``=`` is the ``positional`` option."""
+    out: dict[str, str] = {}
+    for i, item in enumerate(p for p in text.split(",") if p):
+        key, sep, value = item.partition("=")
+        if not sep:
+            if i == 0 and positional:
+                out[positional] = item
+                continue
+            raise UserError(f"scorer '{what}': expected key=value, got '{item}'")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _flag(value: str, key: str, what: str) -> bool:
+    if value.lower() in ("true", "1", "yes", "on"):
+        return True
+    if value.lower() in ("false", "0", "no", "off"):
+        return False
+    raise UserError(f"scorer '{what}': {key} must be true or false, got '{value}'")
+
+
+def _number(value: str, key: str, what: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise UserError(f"scorer '{what}': {key} must be a number, got '{value}'") from None
+
+
+def _known(opts: dict[str, str], allowed: set[str], what: str) -> None:
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise UserError(f"scorer '{what}': unknown option {unknown[0]!r} (options: {', '.join(sorted(allowed))})")
+
+
+def load_scorer(spec: str) -> Scorer:
+    """A scorer from its text form (see the module docstring); a UserError for a bad one."""
+    from alignlab.rewards.model import is_reward_model_dir
+
+    kind, _, rest = spec.partition(":")
+    if kind not in SPECS:
+        if Path(spec).expanduser().is_dir() and is_reward_model_dir(Path(spec).expanduser()):
+            kind, rest = "rm", spec
+        else:
+            raise UserError(f"scorer '{spec}': unknown kind '{kind}' (kinds: {', '.join(SPECS)}; or a reward-model "
+                            "directory)")
+    if kind == "rm":
+        return RewardModelScorer(rest)
+    if kind == "task":
+        name, _, which = rest.partition(":")
+        return TaskReward(name, which or "gold")
+    if kind == "length":
+        opts = _options(rest, spec)
+        _known(opts, {"coef", "target", "unit"}, spec)
+        return LengthPenalty(_number(opts.get("coef", "0.01"), "coef", spec),
+                             int(_number(opts.get("target", "0"), "target", spec)), opts.get("unit", "words"))
+    if kind == "fn":
+        return FunctionReward(rest)
+    if kind == "bleu":
+        return BleuReward.from_file(rest)
+    if kind == "implicit":
+        opts = _options(rest, spec, positional="policy")
+        _known(opts, {"policy", "reference", "beta"}, spec)
+        if "policy" not in opts or "reference" not in opts:
+            raise UserError(f"scorer '{spec}': give policy=DIR,reference=DIR")
+        return ImplicitReward.from_dirs(opts["policy"], opts["reference"], _number(opts.get("beta", "0.1"), "beta", spec))
+    if kind == "judge":
+        opts = _options(rest, spec, positional="model")
+        _known(opts, {"model", "swap", "max_new_tokens"}, spec)
+        swap = _flag(opts.get("swap", "true"), "swap", spec)
+        tokens = int(_number(opts.get("max_new_tokens", "512"), "max_new_tokens", spec))
+        return PairwiseJudge(HFBackend.from_pretrained(opts["model"], max_new_tokens=tokens), swap=swap, name=spec)
+    from alignlab.rewards.http_judge import OpenAIBackend
+
+    url, _, tail = rest.partition(",")
+    opts = _options(tail, spec)
+    _known(opts, {"model", "swap"}, spec)
+    if "model" not in opts:
+        raise UserError(f"scorer '{spec}': give the endpoint's model, e.g. openai:http://host/v1,model=NAME")
+    swap = _flag(opts.get("swap", "true"), "swap", spec)
+    return PairwiseJudge(OpenAIBackend(url, opts["model"]), swap=swap, name=spec)
+
+
+__all__ = ["Scorer", "BleuReward", "CallableBackend", "FunctionReward", "HFBackend", "ImplicitReward", "LengthPenalty",
+           "LogSigmoidSum", "PairwiseJudge", "PointwiseJudge", "RewardModelScorer", "Routed", "TaskReward",
+           "WeightedSum", "by_task", "load_scorer", "reference_rewards", "swap_consistency"]

@@ -1,0 +1,73 @@
+"""The one interface every reward in alignlab implements: score responses, compare two of them.
+
+A ``Scorer`` answers two questions about responses to prompts (plain strings):
+
+- ``score(prompts, responses)``: one number per (prompt, response); higher is better;
+- ``compare(prompts, first, second)``: per triple, the probability that ``first`` is the better
+  response to the prompt.
+
+A scorer that is naturally pointwise (a reward model, a verifier, BLEU) implements ``score`` and
+inherits ``compare`` as the Bradley-Terry probability σ(r₁ − r₂). A scorer that is naturally
+pairwise (a general preference model, a pairwise judge) implements ``compare`` and scores a response
+against an anchor response (see its docstring). Online methods, decoding-time methods and
+evaluation call only these two methods.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from alignlab.errors import UserError
+
+
+def sigmoid(x: float) -> float:
+    """σ(x), without overflow for large |x|."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def check_lengths(what: str, *columns: Sequence) -> int:
+    """The common length of ``columns``; a UserError naming ``what`` when they differ."""
+    lengths = {len(c) for c in columns}
+    if len(lengths) > 1:
+        raise UserError(f"{what}: got {', '.join(str(len(c)) for c in columns)} items; every list must have "
+                        "one item per prompt")
+    return lengths.pop() if lengths else 0
+
+
+def check_finite(what: str, values: Sequence[float]) -> list[float]:
+    """``values`` as floats; a UserError naming ``what`` and the item when one is not a finite number."""
+    out = []
+    for i, v in enumerate(values):
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise UserError(f"{what}: item {i} is {v!r}, not a number") from None
+        if not math.isfinite(x):
+            raise UserError(f"{what}: item {i} is {x}, not a finite number")
+        out.append(x)
+    return out
+
+
+class Scorer(ABC):
+    """Scores responses to prompts; compares two responses to one prompt."""
+
+    name: str = "scorer"
+
+    @abstractmethod
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """One reward per (prompt, response) pair; higher is better. Lists of equal length."""
+
+    def compare(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[float]:
+        """P(first ≻ second | prompt) per triple: σ(r(first) − r(second)) unless a scorer knows better."""
+        check_lengths(f"{self.name}: compare", prompts, first, second)
+        a = self.score(prompts, first)
+        b = self.score(prompts, second)
+        return [sigmoid(x - y) for x, y in zip(a, b, strict=True)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
