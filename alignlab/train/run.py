@@ -293,6 +293,8 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     extra_eval = _task_eval(cfg, tokenizer, reference, dist) if cfg.task else None
     if extra_eval is None:
         holder.clear()  # training itself never runs the reference
+    elif not holder:  # reference log-probs came from the cache: copy the starting policy now, before training
+        holder.append(Reference(policy))
     model = wrap_model(policy, dist)
     _claim_output_dir(cfg, out, dist)
 
