@@ -136,6 +136,9 @@ class TrainConfig:
                f"method '{self.method}' trains on one set of data; mix_data is for methods that mix two (bvpo)")
         _check(self.mix_data is not None or "group" not in self.spec.needs, "mix_data",
                f"method '{self.method}' needs a second set of pairs in mix_data")
+        if self.spec.model == "reward":
+            _check(not self.lora, "lora", "reward models train the whole backbone and head; LoRA is for policies")
+            _check(self.task is None, "task", "a reward model does not answer prompts; measure it with alignlab eval rm")
         _check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         _check(self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
         _check(self.dtype in ("fp32", "bf16", "fp64"), "dtype", f"must be fp32, bf16 or fp64, got '{self.dtype}'")

@@ -218,12 +218,13 @@ def parse_pairwise(text: str) -> Verdict | None:
 
 
 _NUM = r"(-?\d+(?:\.\d+)?)"
-_RATING_BRACKET = re.compile(rf"\[\[\s*{_NUM}\s*(?:(?:/|out\s+of)\s*{_NUM})?\s*\]\]")
+_OUT_OF = rf"\s*(?:/|out\s+of)\s*{_NUM}"  # "/10", "out of 10"
+_RATING_BRACKET = re.compile(rf"\[\[\s*{_NUM}(?:{_OUT_OF})?\s*\]\]")
 _RATING_LABEL = re.compile(rf"\b(?:rating|score|grade|overall)\s*(?:is|of|:|=|-)?\s*\[?\s*{_NUM}\s*\]?"
-                           rf"(?:\s*(?:/|out\s+of)\s*{_NUM})?")
+                           rf"(?:{_OUT_OF})?")
 _RATING_GIVE = re.compile(rf"\b(?:give|rate|rated|giving)\s+(?:it|this|the\s+response|the\s+answer)?\s*"
-                          rf"(?:an?\s+|as\s+)?{_NUM}(?:\s*(?:/|out\s+of)\s*{_NUM})?")
-_RATING_FRACTION = re.compile(rf"(?<![\w.]){_NUM}\s*(?:/|out\s+of)\s*{_NUM}")
+                          rf"(?:an?\s+|as\s+)?{_NUM}(?:{_OUT_OF})?")
+_RATING_FRACTION = re.compile(rf"(?<![\w.]){_NUM}{_OUT_OF}")
 _RATING_ALONE = re.compile(rf"^\s*{_NUM}\s*\.?\s*$")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from alignlab.data.collate import Batch
-from alignlab.errors import ConfigError, DataError, RowIssue
+from alignlab.errors import DataError, RowIssue
 from alignlab.losses.registry import LossSpec
 from alignlab.losses.reward import RewardModelParams, RewardPairs
 from alignlab.losses.types import LossOutput
@@ -43,13 +43,6 @@ def check_examples(cfg, examples: list) -> None:
                         "score_rejected; this pair has no scores") for e in examples if e.score_gap is None]
         if bad:
             raise DataError(bad, hint="")
-
-
-def check_config(cfg) -> None:
-    if cfg.lora:
-        raise ConfigError("lora: reward models train the whole backbone and head; LoRA is for policies")
-    if cfg.task:
-        raise ConfigError("task: a reward model does not answer prompts; measure it with alignlab eval rm")
 
 
 def make_forward(spec: LossSpec, params: RewardModelParams):

@@ -251,8 +251,6 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     rewarded = spec.model == "reward"  # a reward model trains: a backbone with a fresh head
-    if rewarded:
-        reward_model.check_config(cfg)
     length = reward_model.max_length(cfg) if rewarded else cfg.max_length
     renderer = Renderer(tokenizer, length, cfg.max_prompt_length)
     train_examples, eval_examples, data_info = _load_examples(cfg, renderer, dist)
