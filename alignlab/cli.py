@@ -245,7 +245,7 @@ def cmd_demo(tokens: list[str]) -> int:
 
 
 def cmd_feedback(tokens: list[str]) -> int:
-    from alignlab.testbed.build import build_sft_model, default_recipe
+    from alignlab.testbed.build import STAGES, build_sft_model, stage_recipe
     from alignlab.testbed.feedback import PAIR_RULES, FeedbackSpec, synthesize
     from alignlab.testbed.tasks import task_names
 
@@ -257,6 +257,10 @@ def cmd_feedback(tokens: list[str]) -> int:
     parser.add_argument("--task", required=True, help=f"one of {', '.join(task_names())}")
     parser.add_argument("--out", required=True, help="folder to write the files to")
     parser.add_argument("--model", default=None, help="model to sample from (default: the task's tiny SFT model)")
+    parser.add_argument("--from", dest="stage", default="sft", choices=list(STAGES),
+                        help="without --model, which tiny testbed model samples: sft (under-trained, its answers "
+                             "mix good and bad; default) or pretrained (pretrained longer, not fine-tuned: cleaner "
+                             "answers; the testbed's reward-model backbone)")
     parser.add_argument("--prompts", type=int, default=512, help="number of training prompts (default 512)")
     parser.add_argument("--k", type=int, default=4, help="answers per prompt (default 4)")
     parser.add_argument("--reward", default="gold", choices=["gold", "proxy"])
@@ -270,9 +274,9 @@ def cmd_feedback(tokens: list[str]) -> int:
     args = parser.parse_args(tokens)
     spec = FeedbackSpec(args.task, args.prompts, args.k, args.reward, args.pair_rule, args.margin,
                         args.label_noise, args.temperature, args.seed)
-    model = args.model or build_sft_model(default_recipe(args.task), args.cache_dir)
+    model = args.model or build_sft_model(stage_recipe(args.task, args.stage), args.cache_dir)
     meta = synthesize(model, spec, args.out)
-    print(json.dumps({"out": args.out, "rows": meta["rows"], "flipped_pairs": meta["flipped_pairs"],
+    print(json.dumps({"out": args.out, "model": str(model), "rows": meta["rows"], "flipped_pairs": meta["flipped_pairs"],
                       "mean_score": meta["mean_score"]}, indent=1))
     return 0
 

@@ -210,10 +210,27 @@ def test_feedback_command_writes_every_shape(tiny_model_dir, tmp_path, capsys):
                  "--prompts", "6", "--k", "2", "--reward", "proxy", "--pair-rule", "random", "--seed", "1"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["rows"]["scored"] == 12 and printed["rows"]["ranked"] == 6
+    assert printed["model"] == str(tiny_model_dir)
     for name in ("pairs", "ranked", "unpaired", "scored", "negatives"):
         assert (out / f"{name}.jsonl").exists()
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["spec"]["pair_rule"] == "random" and meta["spec"]["k"] == 2
+
+
+@pytest.mark.parametrize("stage,steps", [(None, (150, 100)), ("sft", (150, 100)), ("pretrained", (600, 0))])
+def test_feedback_command_samples_from_the_chosen_testbed_model(stage, steps, tiny_model_dir, tmp_path, capsys,
+                                                                 monkeypatch):
+    """Without --model, --from picks which testbed model is built (once) and sampled; the command
+    prints its path, to train on it (the pretrained one is the reward-model backbone)."""
+    import alignlab.testbed.build as build
+    from alignlab.cli import main
+
+    built = []
+    monkeypatch.setattr(build, "build_sft_model", lambda recipe, cache_dir: built.append(recipe) or tiny_model_dir)
+    args = ["feedback", "--task", "sentiment", "--out", str(tmp_path / "fb"), "--prompts", "3", "--k", "2"]
+    assert main(args + (["--from", stage] if stage else [])) == 0
+    assert [(r.task, r.pretrain_steps, r.sft_steps) for r in built] == [("sentiment", *steps)]
+    assert json.loads(capsys.readouterr().out)["model"] == str(tiny_model_dir)
 
 
 def test_feedback_command_rejects_bad_settings(tiny_model_dir, tmp_path, capsys):

@@ -74,3 +74,33 @@ def test_a_cached_model_is_returned_without_building(tmp_path):
     assert any(x.startswith("building the tiny") for x in logs)
     logs.clear()
     assert build_sft_model(TINY, tmp_path, log=logs.append) == first and logs == []
+
+
+def test_a_recipe_without_sft_is_the_pretrained_stage(tmp_path):
+    """No SFT steps: the build stops after pretraining and caches the model as ``pretrained`` (not
+    ``sft``) under its own key; the same recipe with SFT steps fine-tunes it further. The task's
+    pretrained recipe is the SFT recipe's model with 600 pretraining steps and no SFT."""
+    import torch
+
+    from alignlab.models import load_model
+    from alignlab.testbed.build import default_recipe, pretrained_recipe, stage_recipe
+
+    recipe = dataclasses.replace(TINY, sft_steps=0)
+    logs: list[str] = []
+    path = build_sft_model(recipe, tmp_path, log=logs.append)
+    assert path == sft_model_path(recipe, tmp_path) and path.name == "pretrained"
+    assert path.parent.name == f"sentiment-{recipe.key()}" and recipe.key() != TINY.key()
+    assert any(x.startswith("building the tiny pretrained sentiment model") for x in logs)
+    assert not any("supervised fine-tuning" in x for x in logs)
+    with_sft = build_sft_model(TINY, tmp_path, log=logs.append)
+    assert with_sft.name == "sft"
+    a, b = load_model(str(path)), load_model(str(with_sft))
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+    sentiment = pretrained_recipe("sentiment")
+    assert (sentiment.pretrain_steps, sentiment.sft_steps) == (600, 0)
+    assert dataclasses.replace(sentiment, pretrain_steps=150, sft_steps=100) == default_recipe("sentiment")
+    assert stage_recipe("sentiment", "pretrained") == sentiment and stage_recipe("sentiment", "sft") == \
+        default_recipe("sentiment")
+    with pytest.raises(Exception, match="stage must be one of sft, pretrained, got 'rl'"):
+        stage_recipe("sentiment", "rl")
