@@ -34,7 +34,7 @@ class TrainConfig:
     model: str = param("", "policy to start from: a local directory or a hub name")
     data: str = param("", "training data: .jsonl/.json/.parquet/.csv file, dataset directory or hub name")
     eval_data: str | None = param(None, "held-out data in the same formats (instead of eval_fraction)")
-    eval_fraction: float = param(0.0, "fraction of the training data held out for evaluation (0 = none)")
+    eval_fraction: float = param(0.0, "fraction of the training data held out for evaluation, whole prompts (0 = none)")
     data_split: str | None = param(None, "split of `data` to read from a dataset directory or hub dataset (default 'train')")
     eval_data_split: str | None = param(None, "split of `eval_data` to read, e.g. 'test' (default 'train')")
     columns: dict[str, str] = param(None, "map alignlab field names to your column names, e.g. prompt=question")

@@ -187,9 +187,14 @@ def _content(record: Record) -> tuple[object, ...]:
 def split_records(records: Sequence[T], eval_fraction: float, seed: int) -> tuple[list[T], list[T]]:
     """Split records into (train, eval) by a seeded shuffle; both keep the input order.
 
-    The eval set gets ``floor(len * eval_fraction)`` records, but at least one when
-    ``eval_fraction > 0``. Raises ``UserError`` if ``eval_fraction`` is not in [0, 1) or if the
-    split would leave no training records.
+    Records that share a prompt go to the same side, so the held-out set never shows a prompt that
+    training saw (several pairs per prompt, as ``all_pairs`` conversion makes, would otherwise leak
+    responses into it). The shuffled records are taken in turn, each with every record of its
+    prompt, until the eval set has ``floor(len * eval_fraction)`` records (at least one when
+    ``eval_fraction > 0``); it may overshoot by the rest of the last prompt's records. Records
+    without a prompt (plain text, a prompt-less pair) and records whose prompts are all different
+    are split one by one, exactly as a plain shuffle would. Raises ``UserError`` if
+    ``eval_fraction`` is not in [0, 1) or if the split would leave no training records.
     """
     if isinstance(eval_fraction, bool) or not (0.0 <= eval_fraction < 1.0):
         raise UserError(f"eval_fraction must be in [0, 1), got {eval_fraction!r}")
@@ -197,17 +202,36 @@ def split_records(records: Sequence[T], eval_fraction: float, seed: int) -> tupl
     if eval_fraction == 0:
         return list(records), []
     n_eval = max(1, int(n * eval_fraction + 1e-9))
-    if n_eval >= n:
-        raise UserError(
-            f"eval_fraction={eval_fraction} of {n} record{_s(n)} leaves no training data; "
-            "use more data or a smaller eval_fraction"
-        )
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    held_out = set(order[:n_eval])
+    same_prompt: dict[object, list[int]] = {}
+    keys = [_prompt_key(r) for r in records]
+    for i, key in enumerate(keys):
+        if key is not None:
+            same_prompt.setdefault(key, []).append(i)
+    held_out: set[int] = set()
+    for i in order:
+        if len(held_out) >= n_eval:
+            break
+        held_out.update(same_prompt[keys[i]] if keys[i] is not None else (i,))
+    if len(held_out) >= n:
+        groups = len(same_prompt) + keys.count(None)
+        shared = (f" (records that share a prompt are held out together, and these {n} have "
+                  f"{groups} distinct prompt{_s(groups)})") if groups < n else ""
+        raise UserError(
+            f"eval_fraction={eval_fraction} of {n} record{_s(n)} leaves no training data{shared}; "
+            "use more data or a smaller eval_fraction"
+        )
     train = [r for i, r in enumerate(records) if i not in held_out]
     evals = [r for i, r in enumerate(records) if i in held_out]
     return train, evals
+
+
+def _prompt_key(record: object) -> object:
+    """What groups a record with others in a split: its prompt, or None (a group of its own) when
+    it has none or an empty one."""
+    prompt = getattr(record, "prompt", None)
+    return prompt if prompt else None
 
 
 def _s(n: int) -> str:

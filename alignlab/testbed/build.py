@@ -117,8 +117,8 @@ def default_recipe(task: str, **overrides) -> ModelRecipe:
 
 def pretrained_recipe(task: str, **overrides) -> ModelRecipe:
     """The task's pretrained-only model: the SFT recipe's architecture, 600 pretraining steps, no SFT.
-    (On sentiment, a Bradley-Terry reward model on it reaches about 0.9 held-out accuracy; on the
-    SFT model's start, 150 steps, about 0.7.)"""
+    (On sentiment, a Bradley-Terry reward model on it, its head on the mean state, reaches about 0.92
+    held-out accuracy on 4096 prompts' pairs; on the SFT model's start, 150 steps, about 0.7.)"""
     return default_recipe(task, **{"pretrain_steps": PRETRAIN_ONLY_STEPS, "sft_steps": 0, **overrides})
 
 

@@ -321,6 +321,34 @@ def test_split_that_leaves_no_training_data():
     assert [len(x) for x in split_records([1, 2], 0.99, seed=0)] == [1, 1]
 
 
+def test_split_keeps_each_prompt_on_one_side():
+    """10 prompts with 4 pairs each, interleaved (row i has prompt i % 10). floor(40 * 0.25) = 10
+    records are wanted; prompts come whole, so the third prompt taken brings the eval set to 12."""
+    records = [PairRecord(f"p{i % 10}", f"c{i}", f"r{i}", row=i) for i in range(40)]
+    for seed in range(5):
+        train, evals = split_records(records, 0.25, seed=seed)
+        assert len(evals) == 12 and len(train) == 28
+        assert not {r.prompt for r in train} & {r.prompt for r in evals}
+        assert sorted(r.row for r in train + evals) == list(range(40))
+        assert [r.row for r in evals] == sorted(r.row for r in evals)
+
+
+def test_split_of_distinct_or_missing_prompts_is_the_plain_shuffle():
+    """Records that share no prompt (or have none) are held out exactly as plain items would be."""
+    plain = split_records(list(range(30)), 0.2, seed=7)
+    distinct = [PairRecord(f"p{i}", "c", "r", row=i) for i in range(30)]
+    missing = [SFTRecord("", f"text {i}", row=i) for i in range(30)]
+    for records in (distinct, missing):
+        train, evals = split_records(records, 0.2, seed=7)
+        assert ([r.row for r in train], [r.row for r in evals]) == plain
+
+
+def test_split_of_one_prompt_says_why_nothing_is_left():
+    records = [PairRecord("same", f"c{i}", "r", row=i) for i in range(3)]
+    with pytest.raises(UserError, match=r"held out together, and these 3 have 1 distinct prompt\)"):
+        split_records(records, 0.3, seed=0)
+
+
 # ---------------------------------------------------------------- prompts that would be lost
 
 

@@ -1,24 +1,24 @@
 """Acceptance: Bradley-Terry reward models trained on the testbed's sentiment preferences tell the
-preferred response apart on held-out pairs, both on the testbed's own tiny Llama (the head reads the
-last non-pad token) and on the pretrained MiniLM encoder, and `alignlab eval rm` measures the same
-accuracy on the held-out pairs.
+preferred response apart on held-out pairs, both on the testbed's own tiny Llama and on the
+pretrained MiniLM encoder, and `alignlab eval rm` measures the same accuracy on the held-out pairs.
 
 The preferences are the testbed's own: the sentiment task's pretrained model (built once, cached)
 answers 4096 training prompts 4 times, the task's gold reward (lexicon positivity with negation)
 scores the answers, and the best and worst answer to each prompt make a pair. A quarter of the pairs
-is held out. The same pretrained model is the tiny reward model's backbone, as a pretrained LM is a
-real reward model's.
+is held out, whole prompts at a time (the 4096 prompts repeat about 560 review openers). The same
+pretrained model is the tiny reward model's backbone, as a pretrained LM is a real reward model's.
 
-Why this model and this many prompts (measured, held-out accuracy of the tiny reward model):
+Why these settings (measured, held-out accuracy of the tiny reward model):
 
+- the head averages the backbone's states over the response (``pool: mean``): 0.92; on the last
+  token, the default for a causal LM, 0.83. Gold counts sentiment words wherever they are, and the
+  last state of a 4-layer byte-level model does not hold them all;
 - the under-trained SFT model's answers are full of misspellings (``"delightious"``, ``"dulll"``),
-  which the lexicon does not count: on its pairs even a bag-of-words logistic regression gets only
-  0.77-0.85, and the tiny reward model 0.6-0.7 whatever its settings;
-- on the pretrained model's pairs, with this backbone: 0.79 from 2048 prompts (3 epochs), 0.90 from
-  4096 (2 epochs); with a backbone pretrained 400 steps instead of 600, 0.82.
+  which the lexicon does not count: on its pairs the tiny reward model stays below 0.7 whatever its
+  settings, so the samples come from the better-spelling pretrained model.
 
 MiniLM, which knows English sentiment words from its own pretraining, needs far fewer pairs: it is
-trained on the first 1000 (0.98; 1 epoch on the first 800 gives 0.85).
+trained on the first 1000 (0.98).
 """
 
 from __future__ import annotations
@@ -52,12 +52,12 @@ def test_bradley_terry_reward_models_on_sentiment_preferences(isolated_cache, tm
     pairs = tmp_path / "fb" / "pairs.jsonl"
 
     tiny = train({"method": "reward_model", "model": str(backbone), "data": str(pairs), "eval_fraction": HELD_OUT,
-                  "output_dir": str(tmp_path / "tiny"), "batch_size": 16, "lr": 1e-3, "epochs": 2,
+                  "output_dir": str(tmp_path / "tiny"), "pool": "mean", "batch_size": 16, "lr": 1e-3, "epochs": 2,
                   "progress": False, "seed": 0})
     accuracy = tiny.eval_metrics["eval/rewards/accuracies"]
     assert accuracy > 0.85, tiny.eval_metrics
     settings = json.loads((tmp_path / "tiny" / "model" / "reward_model.json").read_text())
-    assert settings["pool"] == "last" and settings["causal"] is True and settings["objective"] == "bt"
+    assert settings["pool"] == "mean" and settings["causal"] is True and settings["objective"] == "bt"
 
     check_eval_rm_agrees(pairs, tiny.model_dir, accuracy, tmp_path)
 
