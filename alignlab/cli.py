@@ -245,7 +245,7 @@ def cmd_demo(tokens: list[str]) -> int:
 
 
 def cmd_feedback(tokens: list[str]) -> int:
-    from alignlab.testbed.build import STAGES, build_sft_model, stage_recipe
+    from alignlab.testbed.build import STAGES, build_testbed_model, stage_recipe
     from alignlab.testbed.feedback import PAIR_RULES, FeedbackSpec, synthesize
     from alignlab.testbed.tasks import task_names
 
@@ -274,7 +274,7 @@ def cmd_feedback(tokens: list[str]) -> int:
     args = parser.parse_args(tokens)
     spec = FeedbackSpec(args.task, args.prompts, args.k, args.reward, args.pair_rule, args.margin,
                         args.label_noise, args.temperature, args.seed)
-    model = args.model or build_sft_model(stage_recipe(args.task, args.stage), args.cache_dir)
+    model = args.model or build_testbed_model(stage_recipe(args.task, args.stage), args.cache_dir)
     meta = synthesize(model, spec, args.out)
     print(json.dumps({"out": args.out, "model": str(model), "rows": meta["rows"], "flipped_pairs": meta["flipped_pairs"],
                       "mean_score": meta["mean_score"]}, indent=1))

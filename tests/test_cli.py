@@ -226,7 +226,7 @@ def test_feedback_command_samples_from_the_chosen_testbed_model(stage, steps, ti
     from alignlab.cli import main
 
     built = []
-    monkeypatch.setattr(build, "build_sft_model", lambda recipe, cache_dir: built.append(recipe) or tiny_model_dir)
+    monkeypatch.setattr(build, "build_testbed_model", lambda recipe, cache_dir: built.append(recipe) or tiny_model_dir)
     args = ["feedback", "--task", "sentiment", "--out", str(tmp_path / "fb"), "--prompts", "3", "--k", "2"]
     assert main(args + (["--from", stage] if stage else [])) == 0
     assert [(r.task, r.pretrain_steps, r.sft_steps) for r in built] == [("sentiment", *steps)]

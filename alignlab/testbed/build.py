@@ -50,7 +50,7 @@ RECIPE_VERSION = 6  # bump when the build procedure changes, so old cache entrie
 
 @dataclass(frozen=True)
 class ModelRecipe:
-    """Everything that determines a testbed SFT model (the cache key hashes all of it)."""
+    """Everything that determines a testbed model (the cache key hashes all of it)."""
 
     task: str = "arithmetic"
     hidden_size: int = 128
@@ -158,7 +158,7 @@ def _stage(model: str, data: Path, out: Path, steps: int, batch: int, lr: float,
     return summary.model_dir
 
 
-def sft_model_path(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = None) -> Path:
+def model_cache_path(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the recipe's model is cached: ``.../sft``, or ``.../pretrained`` when it has no SFT steps."""
     return cache_root(cache_dir) / "testbed" / f"{recipe.task}-{recipe.key()}" / recipe.stage
 
@@ -188,13 +188,14 @@ def _exclusive(lock_file: Path, log: Callable[[str], None], what: str) -> Iterat
         os.close(fd)  # closing the last descriptor releases the lock
 
 
-def build_sft_model(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = None,
-                    log: Callable[[str], None] | None = None) -> Path:
-    """Return the directory of the recipe's SFT model, building it first if it is not cached.
+def build_testbed_model(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = None,
+                        log: Callable[[str], None] | None = None) -> Path:
+    """Return the directory of the recipe's model (SFT or pretrained), building it first if it is
+    not cached.
 
     The check and the build happen under the entry's lock, so concurrent callers build it once."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    final = sft_model_path(recipe, cache_dir)
+    final = model_cache_path(recipe, cache_dir)
     if (final / "config.json").exists():
         return final
     root = final.parent.parent

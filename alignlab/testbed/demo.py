@@ -24,7 +24,7 @@ from alignlab.errors import UserError
 from alignlab.eval.gold import GoldEvaluator
 from alignlab.losses import UnknownLossError, get_loss
 from alignlab.models import load_model, load_tokenizer
-from alignlab.testbed.build import build_sft_model, default_recipe
+from alignlab.testbed.build import build_testbed_model, default_recipe
 from alignlab.testbed.feedback import FeedbackSpec, synthesize, write_jsonl
 from alignlab.testbed.tasks import get_task, task_names
 from alignlab.train.metrics import read_metrics
@@ -104,7 +104,7 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
         raise UserError(f"'{out}' holds a training run that is not a demo; the demo would overwrite it. "
                         "Choose another --out")
     t0 = time.perf_counter()
-    sft_dir = build_sft_model(default_recipe(settings.task), cache_dir, log=_log)
+    sft_dir = build_testbed_model(default_recipe(settings.task), cache_dir, log=_log)
     t_model = time.perf_counter() - t0
 
     _log(f"sampling {settings.k} answers to each of {settings.num_prompts} prompts and scoring them")

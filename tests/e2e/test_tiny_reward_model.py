@@ -28,7 +28,7 @@ import os
 
 import pytest
 
-from alignlab.testbed.build import build_sft_model, pretrained_recipe
+from alignlab.testbed.build import build_testbed_model, pretrained_recipe
 from alignlab.testbed.feedback import FeedbackSpec, synthesize
 from alignlab.train import train
 from tests.e2e.test_reward_models import HELD_OUT, check_eval_rm_agrees
@@ -45,7 +45,7 @@ MINILM_PAIRS = 1000
 def test_bradley_terry_reward_models_on_sentiment_preferences(isolated_cache, tmp_path):
     """One test, not two sharing a fixture: pytest-xdist could run two tests on different workers,
     and each would sample the 16384 answers again."""
-    backbone = build_sft_model(pretrained_recipe("sentiment"), isolated_cache)
+    backbone = build_testbed_model(pretrained_recipe("sentiment"), isolated_cache)
     assert backbone.name == "pretrained"
     meta = synthesize(backbone, FeedbackSpec("sentiment", num_prompts=PROMPTS, k=4, seed=11), tmp_path / "fb")
     assert meta["rows"]["pairs"] > 3300

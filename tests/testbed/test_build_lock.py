@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from alignlab.testbed.build import ModelRecipe, build_sft_model, sft_model_path
+from alignlab.testbed.build import ModelRecipe, build_testbed_model, model_cache_path
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +25,9 @@ TINY = ModelRecipe(task="sentiment", hidden_size=32, num_layers=1, num_heads=2, 
 
 BUILDER = """
 import json, sys
-from alignlab.testbed.build import ModelRecipe, build_sft_model
+from alignlab.testbed.build import ModelRecipe, build_testbed_model
 recipe = ModelRecipe(**json.loads(sys.argv[2]))
-print("done", build_sft_model(recipe, sys.argv[1], log=lambda msg: print(msg, flush=True)), flush=True)
+print("done", build_testbed_model(recipe, sys.argv[1], log=lambda msg: print(msg, flush=True)), flush=True)
 """
 
 
@@ -45,7 +45,7 @@ def test_two_concurrent_builders_build_once(tmp_path):
     """The test holds the entry's lock until both builders wait on it, so that they really run at
     the same time; then exactly one of them builds, and both return the same complete model."""
     cache = tmp_path / "cache"
-    final = sft_model_path(TINY, cache)
+    final = model_cache_path(TINY, cache)
     final.parent.parent.mkdir(parents=True)
     with open(final.parent.parent / f"{final.parent.name}.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -70,10 +70,10 @@ def test_two_concurrent_builders_build_once(tmp_path):
 
 def test_a_cached_model_is_returned_without_building(tmp_path):
     logs: list[str] = []
-    first = build_sft_model(TINY, tmp_path, log=logs.append)
+    first = build_testbed_model(TINY, tmp_path, log=logs.append)
     assert any(x.startswith("building the tiny") for x in logs)
     logs.clear()
-    assert build_sft_model(TINY, tmp_path, log=logs.append) == first and logs == []
+    assert build_testbed_model(TINY, tmp_path, log=logs.append) == first and logs == []
 
 
 def test_a_recipe_without_sft_is_the_pretrained_stage(tmp_path):
@@ -87,12 +87,12 @@ def test_a_recipe_without_sft_is_the_pretrained_stage(tmp_path):
 
     recipe = dataclasses.replace(TINY, sft_steps=0)
     logs: list[str] = []
-    path = build_sft_model(recipe, tmp_path, log=logs.append)
-    assert path == sft_model_path(recipe, tmp_path) and path.name == "pretrained"
+    path = build_testbed_model(recipe, tmp_path, log=logs.append)
+    assert path == model_cache_path(recipe, tmp_path) and path.name == "pretrained"
     assert path.parent.name == f"sentiment-{recipe.key()}" and recipe.key() != TINY.key()
     assert any(x.startswith("building the tiny pretrained sentiment model") for x in logs)
     assert not any("supervised fine-tuning" in x for x in logs)
-    with_sft = build_sft_model(TINY, tmp_path, log=logs.append)
+    with_sft = build_testbed_model(TINY, tmp_path, log=logs.append)
     assert with_sft.name == "sft"
     a, b = load_model(str(path)), load_model(str(with_sft))
     assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
