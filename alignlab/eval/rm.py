@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from alignlab.rewards.base import Scorer, check_lengths
+from alignlab.rewards.base import Scorer, check_lengths, sigmoid
 
 
 @dataclass(frozen=True)
@@ -72,15 +72,19 @@ def calibration(probs: Sequence[float], bins: int = 10) -> tuple[list[dict], flo
 
 
 def evaluate_pairs(scorer: Scorer, pairs: Sequence[HeldOutPair], bins: int = 10) -> dict:
-    """Every metric of the module docstring for ``pairs`` (in one ``compare`` and one ``score`` call)."""
+    """Every metric of the module docstring for ``pairs``: one ``score`` call over every response,
+    and one ``compare`` call unless the scorer's comparison is σ of the score difference."""
     prompts = [p.prompt for p in pairs]
     chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
     n = check_lengths("pairs", prompts, chosen, rejected)
     if n == 0:
         raise ValueError("no pairs to evaluate")
-    probs = scorer.compare(prompts, chosen, rejected)
-    table, ece = calibration(probs, bins)
     scores = scorer.score(prompts * 2, chosen + rejected)
+    if scorer.compares_by_score:
+        probs = [sigmoid(c - r) for c, r in zip(scores[:n], scores[n:], strict=True)]
+    else:
+        probs = scorer.compare(prompts, chosen, rejected)
+    table, ece = calibration(probs, bins)
     lengths = [len(t.split()) for t in chosen + rejected]
     lean, data_lean = [], []
     for p, c, r in zip(probs, chosen, rejected, strict=True):

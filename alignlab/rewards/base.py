@@ -69,5 +69,11 @@ class Scorer(ABC):
         b = self.score(prompts, second)
         return [sigmoid(x - y) for x, y in zip(a, b, strict=True)]
 
+    @property
+    def compares_by_score(self) -> bool:
+        """Whether ``compare`` is σ(score(first) − score(second)): a caller that needs both the
+        scores and the probabilities can then derive the probabilities and score once."""
+        return type(self).compare is Scorer.compare
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"

@@ -76,6 +76,10 @@ class RewardModelScorer(Scorer):
             return self.values(prompts, responses)[0][:, 0].tolist()
         return self._gpm(prompts, responses, [self.anchor] * len(responses)).tolist()
 
+    @property
+    def compares_by_score(self) -> bool:
+        return self.objective == "bt"
+
     def compare(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[float]:
         if self.objective == "bt":
             return super().compare(prompts, first, second)

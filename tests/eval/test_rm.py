@@ -57,6 +57,46 @@ def test_evaluate_pairs_by_hand():
     assert r["length_correlation"] == pytest.approx(pearson(values, lengths), abs=1e-15)
 
 
+class Counting(Table):
+    """A table scorer that records its calls (pointwise: the base class's compare)."""
+
+    def __init__(self, scores):
+        super().__init__(scores)
+        self.calls = []
+
+    def score(self, prompts, responses):
+        self.calls.append(("score", len(responses)))
+        return super().score(prompts, responses)
+
+
+class FixedComparison(Counting):
+    """A pairwise scorer: p = 0.8 for every pair, whatever the scores say."""
+
+    def compare(self, prompts, first, second):
+        self.calls.append(("compare", len(first)))
+        return [0.8] * len(first)
+
+
+def test_a_pointwise_scorer_is_scored_once():
+    """Table's compare is σ of the score difference: evaluation scores the 2 × 2 responses in one call
+    and derives p from them (σ(2) and σ(−1), as the base compare would)."""
+    scorer = Counting({"good": 2.0, "bad": 0.0, "a": 0.0, "b": 1.0})
+    r = evaluate_pairs(scorer, [HeldOutPair("p", "good", "bad"), HeldOutPair("p", "a", "b")])
+    assert scorer.compares_by_score and scorer.calls == [("score", 4)]
+    assert r["mean_prob_chosen"] == pytest.approx((sigmoid(2) + sigmoid(-1)) / 2, abs=1e-15)
+    assert r["accuracy"] == 0.5
+
+
+def test_a_pairwise_scorer_is_compared():
+    """With its own compare, the scorer is asked for the probabilities: accuracy 1 and mean p 0.8,
+    though the scores (good 0, bad 1) lean to the rejected."""
+    scorer = FixedComparison({"good": 0.0, "bad": 1.0})
+    r = evaluate_pairs(scorer, [HeldOutPair("p", "good", "bad")] * 3)
+    assert not scorer.compares_by_score
+    assert scorer.calls == [("score", 6), ("compare", 3)]
+    assert r["accuracy"] == 1.0 and r["mean_prob_chosen"] == pytest.approx(0.8, abs=1e-15)
+
+
 def test_pearson_by_hand_and_degenerate():
     """x = (1, 2, 3), y = (2, 4, 7): means 2 and 13/3; Sxy = (−1)(−7/3) + 0 + (1)(8/3) = 5;
     Sxx = 2; Syy = 49/9 + 1/9 + 64/9 = 114/9; r = 5/√(2·114/9) = 15/√228."""

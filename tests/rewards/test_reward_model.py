@@ -85,6 +85,8 @@ def test_scorers_from_trained_models_through_the_interface(trained):
     bt = load_scorer(f"rm:{trained['bt'].model_dir}")
     ra, rb = bt.score(prompts, a), bt.score(prompts, b)
     assert bt.compare(prompts, a, b)[0] == pytest.approx(1 / (1 + torch.exp(torch.tensor(rb[0] - ra[0])).item()))
+    # Evaluation derives a Bradley-Terry model's probabilities from its scores; a GPM's it must ask for.
+    assert bt.compares_by_score and not load_scorer(trained["gpm"].model_dir).compares_by_score
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(tiny_model_dir, tmp_path):
