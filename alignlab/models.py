@@ -119,7 +119,7 @@ def save_tiny_model(out_dir: str | os.PathLike, cfg: TinyModelConfig | None = No
     return out
 
 
-def _resolve_source(name_or_path: str) -> str:
+def resolve_source(name_or_path: str) -> str:
     """An existing local path, made absolute (so a saved LoRA adapter can find its base from
     anywhere), or a hub name. A path that exists must be a model directory."""
     p = Path(name_or_path).expanduser()
@@ -135,7 +135,9 @@ def _resolve_source(name_or_path: str) -> str:
     return name_or_path
 
 
-def _load_failed(what: str, name_or_path: str, error: Exception) -> UserError:
+def load_failed(what: str, name_or_path: str, error: Exception) -> UserError:
+    """The one-line error for a model, tokenizer or config that would not load: what, from where, and
+    the first line of the cause (saying so when a name was neither a local directory nor on the hub)."""
     lines = [line for line in str(error).splitlines() if line.strip()]
     first = lines[0] if lines else type(error).__name__
     lookup = isinstance(error, OSError) and not Path(name_or_path).expanduser().exists()
@@ -147,11 +149,11 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """Load a tokenizer; give it a pad token (EOS) when it has none. Padding is on the right."""
     from transformers import AutoTokenizer
 
-    source = _resolve_source(name_or_path)
+    source = resolve_source(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as e:  # any failure to read the user's files is theirs to fix, not a crash
-        raise _load_failed("tokenizer", name_or_path, e) from None
+        raise load_failed("tokenizer", name_or_path, e) from None
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise UserError(f"tokenizer of '{name_or_path}' has neither a pad nor an EOS token")
@@ -167,11 +169,11 @@ def load_model(name_or_path: str, dtype: str = "fp32", trust_remote_code: bool =
 
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
-    source = _resolve_source(name_or_path)
+    source = resolve_source(name_or_path)
     try:
         return AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     except Exception as e:  # any failure to read the user's files is theirs to fix, not a crash
-        raise _load_failed("model", name_or_path, e) from None
+        raise load_failed("model", name_or_path, e) from None
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.errors import UserError
-from alignlab.models import DTYPES, _load_failed, _resolve_source
+from alignlab.models import DTYPES, load_failed, resolve_source
 
 CONFIG_FILE = "reward_model.json"
 HEAD_FILE = "reward_head.safetensors"
@@ -108,11 +108,11 @@ def backbone_config(name_or_path: str, trust_remote_code: bool = False):
     """The model config of ``name_or_path`` (no weights loaded)."""
     from transformers import AutoConfig
 
-    source = _resolve_source(name_or_path)
+    source = resolve_source(name_or_path)
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as e:  # any failure to read the user's files is theirs to fix, not a crash
-        raise _load_failed("model config", name_or_path, e) from None
+        raise load_failed("model config", name_or_path, e) from None
 
 
 def load_backbone(name_or_path: str, dtype: str = "fp32", trust_remote_code: bool = False):
@@ -120,13 +120,13 @@ def load_backbone(name_or_path: str, dtype: str = "fp32", trust_remote_code: boo
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    source = _resolve_source(name_or_path)
+    source = resolve_source(name_or_path)
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a causal LM's unused output layer is expected, not news
     try:
         return AutoModel.from_pretrained(source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     except Exception as e:  # any failure to read the user's files is theirs to fix, not a crash
-        raise _load_failed("reward-model backbone", name_or_path, e) from None
+        raise load_failed("reward-model backbone", name_or_path, e) from None
     finally:
         hf_logging.set_verbosity(level)
 
