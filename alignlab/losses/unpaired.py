@@ -86,8 +86,8 @@ def kto_reference_point(inputs: UnpairedLogps) -> torch.Tensor:
 
     The mean is over the whole optimizer step when the training loop supplies it
     (``state["kl_sum"]`` / ``state["kl_count"]``, summed over micro-batches and processes, as TRL
-    gathers it across devices), so the step's split does not change it; otherwise over the batch
-    given (evaluation, direct calls)."""
+    gathers it across devices), so the step's split does not change it; in evaluation, over the
+    whole held-out set; otherwise (direct calls) over the batch given."""
     if inputs.state.get("kl_count", 0) > 0:
         mean = inputs.state["kl_sum"] / inputs.state["kl_count"]
         return torch.tensor(max(0.0, mean), dtype=inputs.logps.dtype, device=inputs.logps.device)

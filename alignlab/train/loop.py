@@ -99,27 +99,35 @@ def autocast(cfg, dist: Dist):
 
 
 def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
-    """Loss and metrics over the held-out set, split over processes, summed exactly."""
+    """Loss and metrics over the held-out set, split over processes, summed exactly.
+
+    A loss with a quantity of the whole optimizer step (KTO's reference point z0) gets it from the
+    whole held-out set, over every process: the held-out loss does not depend on how the set is
+    cut into batches or shared between processes."""
     cfg, dist = inp.cfg, inp.dist
     examples = inp.eval_examples[dist.rank::dist.world_size]
     bs = cfg.eval_batch_size or cfg.batch_size
+    parts = [examples[start:start + bs] for start in range(0, len(examples), bs)]
     sums: dict[str, torch.Tensor] = {}
     loss_sum = torch.zeros((), dtype=torch.float64)
     units = torch.zeros((), dtype=torch.float64)
     count = torch.zeros((), dtype=torch.float64)
     was_training = module.training
     module.eval()
-    if getattr(inp.forward, "step_values", None):
-        inp.forward.step_values = {}  # evaluation batches use their own values, not the last step's
+    step_sums = getattr(inp.forward, "step_sums", None)
+    if step_sums is not None:  # computed before any loss, as in a training step
+        unwrapped = getattr(module, "module", module)
+        inp.forward.step_values = sum_over_processes(dist, step_sums(unwrapped, (inp.collate(p) for p in parts)), {})
     with torch.no_grad(), autocast(cfg, dist):
-        for start in range(0, len(examples), bs):
-            part = examples[start:start + bs]
+        for part in parts:
             out, n_units = inp.forward(module, inp.collate(part))
             loss_sum += out.losses.double().sum().cpu()
             units += n_units.double().cpu()
             count += len(part)
             _sum_metrics(sums, out)
     module.train(was_training)
+    if step_sums is not None:
+        inp.forward.step_values = {}  # the next training step computes its own
     tot = sum_over_processes(dist, sums, {"_loss": loss_sum, "_units": units, "_count": count})
     result = {"eval/loss": tot["_loss"] / max(tot["_units"], 1.0)}
     result.update({f"eval/{k}": v / max(tot["_count"], 1.0) for k, v in tot.items() if not k.startswith("_")})

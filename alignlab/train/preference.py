@@ -9,7 +9,7 @@ how the per-row values are arranged into the loss's container (``losses/types.py
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -151,7 +151,7 @@ class PreferenceForward:
         inputs = INPUTS[self.spec.shape](self.spec, lp, examples, batch, state)
         return self.spec.fn(inputs, self.params), torch.tensor(float(len(examples)))
 
-    def step_sums(self, model: torch.nn.Module, batches: list[Batch]) -> dict[str, torch.Tensor]:
+    def step_sums(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, torch.Tensor]:
         """KTO: Σ (log π − log π_ref) of the mismatched rows of the step's micro-batches, and their count."""
         total = torch.zeros((), dtype=torch.float64)
         count = 0

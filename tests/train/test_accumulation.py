@@ -39,3 +39,18 @@ def test_uneven_token_counts_are_weighted_by_tokens(tmp_path, tiny_model_dir, sf
     big = train(base_config(tiny_model_dir, sft_file, tmp_path / "big", method="sft", batch_size=4, grad_accum=1, dtype="fp64"))
     acc = train(base_config(tiny_model_dir, sft_file, tmp_path / "acc", method="sft", batch_size=2, grad_accum=2, dtype="fp64"))
     assert max_abs_diff(weights(big.model_dir), weights(acc.model_dir)) < 1e-6
+
+
+def test_held_out_kto_loss_does_not_depend_on_the_eval_batch(tmp_path, tiny_model_dir, unpaired_file):
+    """KTO's held-out reference point z0 is the mean over the whole held-out set, so evaluating in
+    batches of 1 gives the same loss and KL as in one batch. (With a z0 per batch, a batch of one
+    row uses that row's own mismatched pair, and the numbers differ.) The held-out set has several
+    prompts' records: 0.3 of 16 is at least 4 records."""
+    runs = []
+    for eval_bs in (1, 16):
+        runs.append(train(base_config(tiny_model_dir, unpaired_file, tmp_path / f"e{eval_bs}", method="kto",
+                                      max_steps=1, batch_size=4, dtype="fp64", eval_fraction=0.3,
+                                      eval_batch_size=eval_bs)).eval_metrics)
+    assert runs[0]["eval/loss"] == pytest.approx(runs[1]["eval/loss"], abs=1e-12)
+    assert runs[0]["eval/kl"] == pytest.approx(runs[1]["eval/kl"], abs=1e-12)
+    assert runs[0]["eval/kl"] > 0.0  # z0 is clamped at 0; a zero would make the check above empty
