@@ -117,7 +117,7 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     step_sums = getattr(inp.forward, "step_sums", None)
     if step_sums is not None:  # computed before any loss, as in a training step
         unwrapped = getattr(module, "module", module)
-        inp.forward.step_values = sum_over_processes(dist, step_sums(unwrapped, (inp.collate(p) for p in parts)), {})
+        inp.forward.step_values = sum_over_processes(dist, step_sums(unwrapped, parts), {})
     with torch.no_grad(), autocast(cfg, dist):
         for part in parts:
             out, n_units = inp.forward(module, inp.collate(part))
@@ -233,7 +233,7 @@ def _gradients(inp: LoopInputs, micro: list[Batch]) -> tuple[float, dict, dict]:
     scale = dist.world_size / max(global_units, 1.0)
     step_sums = getattr(inp.forward, "step_sums", None)
     if step_sums is not None:  # a quantity of the whole step (KTO's z0), before any backward pass
-        inp.forward.step_values = sum_over_processes(dist, step_sums(unwrapped, micro), {})
+        inp.forward.step_values = sum_over_processes(dist, step_sums(unwrapped, [b.examples for b in micro]), {})
 
     sums: dict[str, torch.Tensor] = {}
     stats: dict[str, torch.Tensor] = {}

@@ -9,7 +9,7 @@ how the per-row values are arranged into the loss's container (``losses/types.py
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -151,17 +151,18 @@ class PreferenceForward:
         inputs = INPUTS[self.spec.shape](self.spec, lp, examples, batch, state)
         return self.spec.fn(inputs, self.params), torch.tensor(float(len(examples)))
 
-    def step_sums(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, torch.Tensor]:
-        """KTO: Σ (log π − log π_ref) of the mismatched rows of the step's micro-batches, and their count."""
+    def step_sums(self, model: torch.nn.Module, groups: Iterable[Sequence]) -> dict[str, torch.Tensor]:
+        """KTO: Σ (log π − log π_ref) of the mismatched rows of the examples, and their count. The
+        examples come in groups (the step's micro-batches), each run as one batch."""
         total = torch.zeros((), dtype=torch.float64)
         count = 0
         device = next(model.parameters()).device
         with torch.no_grad(), self.autocast():
-            for batch in batches:
-                rows = collate_sequences([_KLRows(e) for e in batch.examples], self.pad_id)
+            for examples in groups:
+                rows = collate_sequences([_KLRows(e) for e in examples], self.pad_id)
                 rows.to(device)
                 logps = sequence_logps(model, rows).sum_B.double().cpu()
-                ref = torch.tensor([e.ref[1] for e in batch.examples], dtype=torch.float64)
+                ref = torch.tensor([e.ref[1] for e in examples], dtype=torch.float64)
                 total += (logps - ref).sum()
-                count += len(batch.examples)
+                count += len(examples)
         return {"kl_sum": total, "kl_count": torch.tensor(float(count), dtype=torch.float64)}
