@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from alignlab.cache import cache_root, model_fingerprint
+from alignlab.cache import cache_root, machine_signature, model_fingerprint
 from alignlab.config import TrainConfig, config_differences, make_config
 from alignlab.data.collate import collate_pairs, collate_sequences, collate_sft
 from alignlab.data.load import first_row_kind, load_records, split_records
@@ -210,11 +210,14 @@ def _prepare(cfg: TrainConfig, train_ex: list, eval_ex: list, tokenizer, referen
 
 def _fingerprint(cfg: TrainConfig, policy) -> str:
     """What identifies the reference model's numbers: its files (or hub name and revision), the
-    precision, and the versions of the libraries that compute them."""
+    precision, the versions of the libraries that compute them, and the machine's instruction set
+    and thread count (``machine_signature``: the same values computed elsewhere differ in the last bits)."""
     import transformers
 
     commit = getattr(getattr(policy, "config", None), "_commit_hash", None) or ""
-    return "\0".join([model_fingerprint(cfg.model), commit, cfg.dtype, torch.__version__, transformers.__version__])
+    machine = json.dumps(machine_signature(), sort_keys=True)
+    return "\0".join([model_fingerprint(cfg.model), commit, cfg.dtype, torch.__version__, transformers.__version__,
+                      machine])
 
 
 def _update(update_state: Callable, params, state: dict, stats: dict) -> dict:
@@ -228,7 +231,7 @@ def _task_eval(cfg: TrainConfig, tokenizer, reference: Callable, dist: Dist):
 
     evaluator = GoldEvaluator(get_task(cfg.task), tokenizer, seed=cfg.seed, num_prompts=cfg.task_eval_prompts,
                               batch_size=cfg.eval_batch_size or cfg.batch_size, rank=dist.rank,
-                              world_size=dist.world_size)
+                              world_size=dist.world_size, progress=cfg.progress and dist.is_main)
 
     def reduce(totals: dict[str, float]) -> dict[str, float]:
         return sum_over_processes(dist, {k: torch.tensor(v, dtype=torch.float64) for k, v in totals.items()}, {})

@@ -104,6 +104,28 @@ def test_second_run_reads_the_cache_and_trains_the_same(tiny_model_dir, pairs_fi
     assert max_abs_diff(weights(tmp_path / "a" / "model"), weights(tmp_path / "d" / "model")) < 1e-6
 
 
+def test_another_thread_count_or_instruction_set_computes_its_own_entry(tiny_model_dir, pairs_file, tmp_path,
+                                                                         count_references, monkeypatch):
+    """Reference log-probs differ in the last bits between thread counts and instruction sets: a run
+    with another number of threads, or with MKL capped to other instructions, does not reuse the
+    entry of the first run; the same setting again does."""
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "a", max_steps=1, batch_size=4, cache_dir=str(tmp_path / "c"))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train(cfg)
+        torch.set_num_threads(2)
+        train({**cfg, "output_dir": str(tmp_path / "b")})
+        monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "SSE4_2")
+        train({**cfg, "output_dir": str(tmp_path / "d")})
+        monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS")
+        train({**cfg, "output_dir": str(tmp_path / "e")})
+    finally:
+        torch.set_num_threads(before)
+    assert len(count_references) == 3
+    assert len(list((tmp_path / "c" / "reference_logps").iterdir())) == 3
+
+
 def _models_alive() -> int:
     gc.collect()
     # whole models only (a LlamaForCausalLM holds a LlamaModel, itself a PreTrainedModel)
