@@ -6,7 +6,6 @@ sft and pair rows, ``shapes`` for the other kinds) report it as a ``RowIssue``.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -116,14 +115,34 @@ def misspelling(wanted: tuple[str, ...], found: list[str]) -> str:
 
 
 def closest(wanted: tuple[str, ...], found: list[str]) -> tuple[str, str] | None:
-    """The (wanted, found) name pair most alike, if alike enough to be a typo."""
-    best: tuple[float, str, str] | None = None
+    """The (wanted, found) name pair most alike, if alike enough to be a typo.
+
+    A typo is one edit (a letter added, dropped or changed, or two neighbours swapped), or two in
+    a wanted name of nine letters or more; case does not count. So 'choosen' is 'chosen' mistyped
+    and 'complexity' (three letters changed) is no 'completion'.
+    """
+    best: tuple[int, str, str] | None = None
     for want in wanted:
+        allowed = 2 if len(want) >= 9 else 1
         for key in found:
-            ratio = difflib.SequenceMatcher(None, want.lower(), key.lower()).ratio()
-            if key != want and ratio >= 0.7 and (best is None or ratio > best[0]):
-                best = (ratio, want, key)
+            distance = edit_distance(want.lower(), key.lower())
+            if key != want and distance <= allowed and (best is None or distance < best[0]):
+                best = (distance, want, key)
     return (best[1], best[2]) if best else None
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Letters added, dropped, changed, or neighbours swapped, to make ``b`` from ``a`` (the
+    optimal string alignment distance)."""
+    before, row = [], list(range(len(b) + 1))  # the rows for a[:i-2] and a[:i-1]
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            current[j] = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], before[j - 2] + 1)
+        before, row = row, current
+    return row[-1]
 
 
 def to_text(value: Any, column: str, *, allow_list: bool = True) -> Text:
