@@ -1,0 +1,160 @@
+"""Dataset shapes seen in the wild: ranked answers inside a list of objects (Nectar), one response
+per row rated on several attributes (HelpSteer2). Expected values are worked out from the rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from alignlab.data import load_records
+from alignlab.data.formats import check_columns
+from alignlab.data.records import RankedRecord, ScoredRecord
+from alignlab.errors import DataError, UserError
+
+
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def csv_file(path: Path, header: list[str], *rows: list[str]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+# Nectar: each answer an object with its text, the model that wrote it, and its rank (1 = best).
+NECTAR = [
+    {"prompt": "\n\nHuman: Say hi.\n\nAssistant:", "turns": 1,
+     "answers": [{"answer": "Hello!", "model": "m1", "rank": 2}, {"answer": "Hi there.", "model": "m2", "rank": 1},
+                 {"answer": "Go away.", "model": "m3", "rank": 3}]},
+    {"prompt": "\n\nHuman: 2+2?\n\nAssistant:", "turns": 1,
+     "answers": [{"answer": "5", "model": "m1", "rank": 2}, {"answer": "4", "model": "m2", "rank": 1}]},
+]
+NECTAR_COLUMNS = {"completions": "answers[].answer", "ranks": "answers[].rank"}
+
+
+def test_ranks_read_from_a_list_of_answer_objects(tmp_path):
+    path = jsonl(tmp_path / "nectar.jsonl", NECTAR)
+    result = load_records(path, "ranked", columns=NECTAR_COLUMNS)
+    # Ranks r become scores -r; the answers come best (rank 1) first.
+    assert result.records == [
+        RankedRecord(NECTAR[0]["prompt"], ("Hi there.", "Hello!", "Go away."), (-1.0, -2.0, -3.0), str(path), 1),
+        RankedRecord(NECTAR[1]["prompt"], ("4", "5"), (-1.0, -2.0), str(path), 2),
+    ]
+
+
+def test_scores_read_from_a_list_of_answer_objects_higher_is_better(tmp_path):
+    path = jsonl(tmp_path / "scored.jsonl", [
+        {"prompt": "q", "responses": [{"text": "ok", "score": 7.5}, {"text": "best", "score": 9},
+                                      {"text": "bad", "score": 2}]}])
+    result = load_records(path, "ranked", columns={"completions": "responses[].text", "scores": "responses[].score"})
+    assert result.records == [RankedRecord("q", ("best", "ok", "bad"), (9.0, 7.5, 2.0), str(path), 1)]
+
+
+def test_a_csv_cell_holding_the_answer_list_as_json(tmp_path):
+    answers = json.dumps([{"answer": "x", "rank": 2}, {"answer": "y", "rank": 1}])
+    path = csv_file(tmp_path / "n.csv", ["prompt", "answers"], ["q", answers])
+    result = load_records(path, "ranked", columns=NECTAR_COLUMNS)
+    assert result.records == [RankedRecord("q", ("y", "x"), (-1.0, -2.0), str(path), 1)]
+
+
+@pytest.mark.parametrize(
+    ("answers", "field", "message"),
+    [
+        ([{"answer": "a", "rank": 1}, {"answer": "b", "model": "m"}], "answers[].rank",
+         "item 2 of 'answers' has no 'rank' (it has: answer, model)"),
+        ([{"answer": "a", "rank": 1}, "b"], "answers[].answer", "item 2 of 'answers' is not an object (got str)"),
+        ("a and b", "answers[].answer", "expected a list of objects, got a string"),
+        ([{"answer": "a", "rank": 1}, {"answer": "", "rank": 2}], "answers[].answer", "completion 2: empty response"),
+        ([{"answer": "a", "rank": 1}, {"answer": "b", "rank": 1.5}], "answers[].rank",
+         "rank 2: expected a whole number, 1 for the best, got 1.5"),
+    ],
+)
+def test_a_bad_answer_list_names_file_row_and_path(tmp_path, answers, field, message):
+    path = jsonl(tmp_path / "n.jsonl", [NECTAR[1], {"prompt": "q", "answers": answers}])
+    with pytest.raises(DataError) as e:
+        load_records(path, "ranked", columns=NECTAR_COLUMNS)
+    assert str(e.value).startswith(f"{path}, row 2, field '{field}': {message}")
+
+
+def test_a_missing_answer_list_is_named_with_its_mapping(tmp_path):
+    path = jsonl(tmp_path / "n.jsonl", [{"prompt": "q", "answer": [{"answer": "a", "rank": 1}]}])
+    with pytest.raises(DataError) as e:
+        load_records(path, "ranked", columns=NECTAR_COLUMNS)
+    assert str(e.value).startswith(
+        f"{path}, row 1, field 'answers': missing column 'answers' (mapped to 'completions' as answers[].answer) "
+        "(found: prompt, answer; did you mean 'answer'?)")
+
+
+# HelpSteer2: one response per row, rated 0-4 on five attributes.
+HELPSTEER = [
+    {"prompt": "p1", "response": "a", "helpfulness": 3, "correctness": 3, "coherence": 4, "complexity": 1,
+     "verbosity": 1},
+    {"prompt": "p1", "response": "b", "helpfulness": 1, "correctness": 2, "coherence": 4, "complexity": 1,
+     "verbosity": 2},
+]
+WEIGHTED = "0.65*helpfulness + 0.8*correctness + 0.45*coherence"
+
+
+def test_a_score_as_a_weighted_sum_of_attributes(tmp_path):
+    path = jsonl(tmp_path / "hs.jsonl", HELPSTEER)
+    result = load_records(path, "scored", columns={"completion": "response", "score": WEIGHTED})
+    # a: 0.65*3 + 0.8*3 + 0.45*4 = 1.95 + 2.4 + 1.8 = 6.15; b: 0.65*1 + 0.8*2 + 0.45*4 = 0.65 + 1.6 + 1.8 = 4.05
+    assert [(r.prompt, r.completion) for r in result.records] == [("p1", "a"), ("p1", "b")]
+    assert [r.score for r in result.records] == [pytest.approx(6.15, abs=1e-12), pytest.approx(4.05, abs=1e-12)]
+
+
+def test_a_weighted_sum_with_a_negative_term_over_csv_text(tmp_path):
+    path = csv_file(tmp_path / "hs.csv", ["prompt", "response", "helpfulness", "verbosity"], ["p", "a", "4", "2"])
+    result = load_records(path, "scored", columns={"completion": "response", "score": "1*helpfulness - 0.5*verbosity"})
+    # 1*4 - 0.5*2 = 3, exactly.
+    assert result.records == [ScoredRecord("p", "a", 3.0, str(path), 1)]
+
+
+def test_a_bad_term_of_a_weighted_sum_names_its_column(tmp_path):
+    path = jsonl(tmp_path / "hs.jsonl", [HELPSTEER[0], {**HELPSTEER[1], "correctness": "n/a"}])
+    with pytest.raises(DataError) as e:
+        load_records(path, "scored", columns={"completion": "response", "score": WEIGHTED})
+    assert str(e.value).startswith(
+        f"{path}, row 2, field 'correctness': expected a number, got the string 'n/a' (a term of the sum mapped "
+        f"to 'score': {WEIGHTED})")
+
+
+def test_a_misspelt_term_of_a_weighted_sum(tmp_path):
+    path = jsonl(tmp_path / "hs.jsonl", HELPSTEER[:1])
+    with pytest.raises(DataError) as e:
+        load_records(path, "scored", columns={"completion": "response", "score": "1*helpfulness + 1*corectness"})
+    assert str(e.value).startswith(
+        f"{path}, row 1, field 'corectness': missing column 'corectness' (a term of the sum mapped to 'score': "
+        "1*helpfulness + 1*corectness) (found: prompt, response, helpfulness, correctness, coherence, complexity, "
+        "verbosity; did you mean 'correctness'?)")
+
+
+@pytest.mark.parametrize(
+    ("kind", "columns", "words"),
+    [
+        ("ranked", {"prompt": "answers[].answer"}, "columns: 'prompt' is read from one column; a path into a list "
+                                                   "like 'answers[].answer' is for completions, scores, ranks"),
+        ("ranked", {"ranks": "answers[]"}, "columns: cannot read 'answers[]' (for 'ranks') as a path into a list; "
+                                           "write LIST[].KEY, like answers[].rank"),
+        ("ranked", {"completions": "a[].b[].c"}, "as a path into a list"),
+        ("scored", {"completion": "2*response"}, "columns: 'completion' is read from one column; a weighted sum "
+                                                 "like '2*response' is for score"),
+        ("scored", {"score": "0.5*helpfulness +"}, "columns: cannot read '0.5*helpfulness +' (for 'score') as a "
+                                                   "weighted sum; write WEIGHT*COLUMN terms joined by + or -"),
+        ("scored", {"score": "helpfulness*0.5"}, "as a weighted sum"),
+        ("scored", {"score": "0.5*helpfulness 0.5*correctness"}, "as a weighted sum"),
+        ("scored", {"score": "1*helpfulness + 2*helpfulness"},
+         "columns: the sum for 'score' names helpfulness more than once"),
+    ],
+)
+def test_malformed_paths_and_sums_are_refused_before_reading(kind, columns, words):
+    with pytest.raises(UserError) as e:
+        check_columns(kind, columns)
+    assert words in str(e.value)
