@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from alignlab.data.detect import COLUMNS, compatible, conversion_hint, detect_kind
+from alignlab.data.detect import COLUMNS, answer_list, compatible, conversion_hint, detect_kind
 from alignlab.data.formats import Kind, check_columns, to_record
 from alignlab.data.records import PairRecord, Record
 from alignlab.data.sources import iter_rows
@@ -38,6 +38,7 @@ class LoadResult:
     source: str
     kind: Kind = "pair"
     duplicates: int = 0  # rows whose content repeats an earlier row; they are kept
+    detected: dict[str, str] = dataclasses.field(default_factory=dict)  # columns mapped without being asked
 
     @property
     def skipped_rows(self) -> int:
@@ -49,6 +50,8 @@ class LoadResult:
         n = len(self.records)
         noun = NOUNS[self.kind][0 if n == 1 else 1]
         line = f"loaded {n} {noun} from {self.source}"
+        if self.detected:
+            line += ", reading " + " and ".join(f"{field} from {column}" for field, column in self.detected.items())
         if self.duplicates:
             line += f", {self.duplicates} duplicate{_s(self.duplicates)} kept"
         if self.skipped:
@@ -91,6 +94,9 @@ def load_records(
     kind: a file that holds another shape (ranked lists loaded as pairs, thumbs up/down loaded as
     SFT examples) is refused as a whole, with the `alignlab convert` command that makes the
     needed shape from it, rather than row by row or, worse, by quietly ignoring a column.
+    Ranked rows with no 'completions' column (and none mapped) whose first readable row keeps
+    its answers in a list of objects with ranks or scores (Nectar's ``answers``) are read through
+    that list, for every row (``detect.answer_list``; ``LoadResult.detected`` says how).
 
     Every row is checked. If any row is bad, raises ``DataError`` holding every issue, unless
     ``skip_invalid``, in which case bad rows are left out and listed in ``LoadResult.skipped``.
@@ -103,6 +109,8 @@ def load_records(
     prompt_column = mapping.get("prompt", "prompt")
     results: list[_Result] = []
     checked = bool(mapping)
+    detected: dict[str, str] = {}
+    first = True
     for raw in iter_rows(source, split=split):
         if isinstance(raw.data, RowIssue):
             results.append(_Result(raw.source, [raw.data], False))
@@ -110,6 +118,10 @@ def load_records(
             if not checked:
                 _check_shape(raw.data, kind, raw.source)
                 checked = True
+            if first and kind == "ranked":
+                detected = _answer_list_columns(raw.data, mapping)
+                mapping = {**mapping, **detected}
+            first = False
             record = to_record(
                 raw.data, kind, source=raw.source, row=raw.row, columns=mapping, strict_order=strict_order
             )
@@ -127,7 +139,7 @@ def load_records(
         raise UserError(
             f"{name}: no valid rows ({n_rows} row{_s(n_rows)} read, all invalid; first: {issues[0]})"
         )
-    return LoadResult(records, issues, name, kind=kind, duplicates=count_duplicates(records))
+    return LoadResult(records, issues, name, kind=kind, duplicates=count_duplicates(records), detected=detected)
 
 
 def first_row_kind(source: str | os.PathLike[str], split: str | None = None) -> str | None:
@@ -147,6 +159,17 @@ def _check_shape(row: Mapping[str, object], kind: str, source: str) -> None:
         f"{conversion_hint(have, kind)}; if the file does hold {kind} data, map its columns with "
         "--columns.FIELD NAME"
     )
+
+
+def _answer_list_columns(row: Mapping[str, object], mapping: dict[str, str]) -> dict[str, str]:
+    """What to read a ranked file's completions (and their ranks or scores) from, when neither
+    the mapping nor the row names them: its list of answer objects, if it has one."""
+    if "completions" in mapping or "completions" in row:
+        return {}
+    found = answer_list(row) or {}
+    if mapping.keys() & {"scores", "ranks"} or row.keys() & {"scores", "ranks"}:
+        found = {field: column for field, column in found.items() if field == "completions"}
+    return found
 
 
 class _Result(NamedTuple):

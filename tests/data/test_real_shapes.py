@@ -7,9 +7,12 @@ import csv
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from alignlab.data import load_records
+from alignlab.data.convert_cli import cmd_convert
 from alignlab.data.formats import check_columns
 from alignlab.data.records import RankedRecord, ScoredRecord
 from alignlab.errors import DataError, UserError
@@ -90,6 +93,55 @@ def test_a_missing_answer_list_is_named_with_its_mapping(tmp_path):
     assert str(e.value).startswith(
         f"{path}, row 1, field 'answers': missing column 'answers' (mapped to 'completions' as answers[].answer) "
         "(found: prompt, answer; did you mean 'answer'?)")
+
+
+def test_nectar_rows_load_as_ranked_lists_without_a_mapping(tmp_path):
+    path = jsonl(tmp_path / "nectar.jsonl", NECTAR)
+    result = load_records(path, "ranked")
+    assert result.records == load_records(path, "ranked", columns=NECTAR_COLUMNS).records
+    assert result.records[0].completions == ("Hi there.", "Hello!", "Go away.")
+    assert result.summary() == (f"loaded 2 ranked lists from {path}, reading completions from answers[].answer "
+                                "and ranks from answers[].rank")
+
+
+def test_nectar_as_parquet_lists_of_structs(tmp_path):
+    path = tmp_path / "nectar.parquet"
+    pq.write_table(pa.Table.from_pylist(NECTAR), path)
+    assert load_records(path, "ranked").records[1].completions == ("4", "5")
+
+
+def test_answer_objects_with_scores_are_found_too(tmp_path):
+    path = jsonl(tmp_path / "s.jsonl", [{"prompt": "q", "responses": [{"text": "ok", "score": 7.5},
+                                                                     {"text": "best", "score": 9}]}])
+    result = load_records(path, "ranked")
+    assert result.records == [RankedRecord("q", ("best", "ok"), (9.0, 7.5), str(path), 1)]
+    assert result.detected == {"completions": "responses[].text", "scores": "responses[].score"}
+
+
+def test_a_mapped_prompt_still_finds_the_answer_list(tmp_path):
+    path = jsonl(tmp_path / "n.jsonl", [{"question": "q", "answers": [{"answer": "a", "rank": 2},
+                                                                     {"answer": "b", "rank": 1}]}])
+    result = load_records(path, "ranked", columns={"prompt": "question"})
+    assert result.records == [RankedRecord("q", ("b", "a"), (-1.0, -2.0), str(path), 1)]
+
+
+def test_nectar_converts_to_pairs_in_one_command(tmp_path, capsys):
+    path = jsonl(tmp_path / "nectar.jsonl", NECTAR)
+    out = tmp_path / "pairs.jsonl"
+    assert cmd_convert(["ranked-to-pairs", str(path), str(out)]) == 0
+    # best_worst: rank 1 against the last rank of each list.
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [
+        {"prompt": NECTAR[0]["prompt"], "chosen": "Hi there.", "rejected": "Go away.", "score_chosen": -1.0,
+         "score_rejected": -3.0},
+        {"prompt": NECTAR[1]["prompt"], "chosen": "4", "rejected": "5", "score_chosen": -1.0, "score_rejected": -2.0},
+    ]
+    assert "reading completions from answers[].answer and ranks from answers[].rank" in capsys.readouterr().out
+
+
+def test_nectar_given_to_a_pair_method_names_the_converter(tmp_path):
+    path = jsonl(tmp_path / "nectar.jsonl", NECTAR)
+    with pytest.raises(UserError, match="holds ranked data .*`alignlab convert ranked-to-pairs IN OUT"):
+        load_records(path, "pair")
 
 
 # HelpSteer2: one response per row, rated 0-4 on five attributes.
