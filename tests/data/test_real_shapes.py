@@ -210,3 +210,20 @@ def test_malformed_paths_and_sums_are_refused_before_reading(kind, columns, word
     with pytest.raises(UserError) as e:
         check_columns(kind, columns)
     assert words in str(e.value)
+
+
+def test_helpsteer_to_pairs_in_one_command_merging_a_repeated_response(tmp_path, capsys):
+    # Response a to p1 is rated twice: 6.15 (as above) and, with helpfulness 4, 0.65*4 + 2.4 + 1.8 = 6.8.
+    rows = [*HELPSTEER, {**HELPSTEER[0], "helpfulness": 4}]
+    path, out = jsonl(tmp_path / "hs.jsonl", rows), tmp_path / "pairs.jsonl"
+    assert cmd_convert(["scored-to-pairs", str(path), str(out), "--columns.completion", "response",
+                        "--columns.score", WEIGHTED]) == 0
+    (pair,) = [json.loads(line) for line in out.read_text().splitlines()]
+    # a's score is the mean (6.15 + 6.8) / 2 = 6.475; b's is 4.05.
+    assert (pair["prompt"], pair["chosen"], pair["rejected"]) == ("p1", "a", "b")
+    assert pair["score_chosen"] == pytest.approx(6.475, abs=1e-12)
+    assert pair["score_rejected"] == pytest.approx(4.05, abs=1e-12)
+    assert capsys.readouterr().out.splitlines() == [
+        f"loaded 3 scored responses from {path}", f"wrote 1 pair to {out}",
+        "merged 1 repeated response into an earlier one with the same prompt and text (a merged response's score "
+        "is the mean of its scores)"]
