@@ -24,12 +24,14 @@ from alignlab.data.records import ROLES, Conversation, Message, Text
 
 
 class Bad(Exception):
-    """Internal: one problem with one field of the row being converted."""
+    """Internal: one problem with one field of the row being converted. ``lacks`` names the
+    alignlab field when the problem is that the row has no column for it."""
 
-    def __init__(self, field: str | None, message: str):
+    def __init__(self, field: str | None, message: str, lacks: str | None = None):
         super().__init__(message)
         self.field = field
         self.message = message
+        self.lacks = lacks
 
 
 class Stop(Exception):
@@ -78,7 +80,7 @@ class RowReader:
             what += f"; did you mean '{close[1]}'?"  # the mapping is misspelt, not the data
         elif close:
             what += f"; '{close[1]}' looks like a misspelling of '{close[0]}'"
-        return Bad(column, what + ")")
+        return Bad(column, what + ")", lacks=None if weighted_sum(mapped_to) else field)
 
     def others(self, *fields: str) -> list[str]:
         """The row's columns, sorted, other than those that ``fields`` are read from."""

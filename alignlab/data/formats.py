@@ -158,7 +158,7 @@ def to_record(
         reader.problems.append(bad)
     except Stop:
         pass
-    return [RowIssue(source, row, b.field, b.message) for b in reader.problems]
+    return [RowIssue(source, row, b.field, b.message, lacks=b.lacks) for b in reader.problems]
 
 
 # ---------------------------------------------------------------- pairs

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from alignlab.data.detect import COLUMNS, answer_list, compatible, conversion_hint, detect_kind
-from alignlab.data.formats import Kind, check_columns, to_record
+from alignlab.data.formats import FIELDS, Kind, check_columns, to_record
 from alignlab.data.records import PairRecord, Record
 from alignlab.data.sources import iter_rows
 from alignlab.errors import DataError, RowIssue, UserError
@@ -100,6 +102,8 @@ def load_records(
 
     Every row is checked. If any row is bad, raises ``DataError`` holding every issue, unless
     ``skip_invalid``, in which case bad rows are left out and listed in ``LoadResult.skipped``.
+    When every row is bad, the message does not offer ``skip_invalid`` (it would leave nothing)
+    but the column mapping that names the fields the rows lack.
     For pairs, a file in which some rows have a prompt column and others do not is taken to
     have lost the prompts of the others: those rows are bad ones too (the field 'prompt').
     Raises ``UserError`` if the source has no rows, or no valid rows.
@@ -110,7 +114,7 @@ def load_records(
     results: list[_Result] = []
     checked = bool(mapping)
     detected: dict[str, str] = {}
-    first = True
+    first_row: Mapping[str, object] | None = None
     for raw in iter_rows(source, split=split):
         if isinstance(raw.data, RowIssue):
             results.append(_Result(raw.source, [raw.data], False))
@@ -118,10 +122,11 @@ def load_records(
             if not checked:
                 _check_shape(raw.data, kind, raw.source)
                 checked = True
-            if first and kind == "ranked":
-                detected = _answer_list_columns(raw.data, mapping)
-                mapping = {**mapping, **detected}
-            first = False
+            if first_row is None:
+                first_row = raw.data
+                if kind == "ranked":
+                    detected = _answer_list_columns(raw.data, mapping)
+                    mapping = {**mapping, **detected}
             record = to_record(
                 raw.data, kind, source=raw.source, row=raw.row, columns=mapping, strict_order=strict_order
             )
@@ -134,10 +139,12 @@ def load_records(
     if n_rows == 0:
         raise UserError(f"{name}: no rows")
     if issues and not skip_invalid:
-        raise DataError(issues)
+        raise DataError(issues, hint=_every_row_bad(issues, kind, mapping, first_row) if not records else
+                        "pass --skip-invalid to skip bad rows")
     if not records:
         raise UserError(
-            f"{name}: no valid rows ({n_rows} row{_s(n_rows)} read, all invalid; first: {issues[0]})"
+            f"{name}: no valid rows ({n_rows} row{_s(n_rows)} read, all invalid; first: {issues[0]}); "
+            + _every_row_bad(issues, kind, mapping, first_row)
         )
     return LoadResult(records, issues, name, kind=kind, duplicates=count_duplicates(records), detected=detected)
 
@@ -170,6 +177,81 @@ def _answer_list_columns(row: Mapping[str, object], mapping: dict[str, str]) -> 
     if mapping.keys() & {"scores", "ranks"} or row.keys() & {"scores", "ranks"}:
         found = {field: column for field, column in found.items() if field == "completions"}
     return found
+
+
+def _every_row_bad(
+    issues: list[RowIssue], kind: str, mapping: Mapping[str, str], row: Mapping[str, object] | None
+) -> str:
+    """What to do when no row is valid (skipping the bad ones would leave nothing).
+
+    When the first bad row lacks fields, the column mapping that would name them, with the flag
+    and the YAML key, and, where the row suggests one, a path into its list of objects (ranked) or
+    a weighted sum of its number columns (scored); otherwise, that the data must be fixed.
+    """
+    first = issues[0]
+    lacking = {i.lacks for i in issues if (i.source, i.row) == (first.source, first.row) and i.lacks}
+    if not lacking:
+        return "every row is bad: fix the data (skipping bad rows would leave none)"
+    if kind == "sft" and "completion" in lacking:
+        lacking.add("prompt")
+    if row is not None and "prompt" in FIELDS[kind] and "prompt" not in mapping and "prompt" not in row:
+        lacking.add("prompt")
+    fields = [f for f in FIELDS[kind] if f in lacking]
+    flags = " ".join(f"--columns.{f} NAME" for f in fields)
+    yaml = ", ".join(f"{f}: NAME" for f in fields)
+    hint = (f"every row is bad: if the data holds {_and(fields)} under other names, map them with --columns, "
+            f"e.g. {flags} (in YAML: columns: {{{yaml}}})")
+    return hint + _forms_hint(kind, fields, row)
+
+
+def _forms_hint(kind: str, fields: list[str], row: Mapping[str, object] | None) -> str:
+    """An example of a path into the row's list of objects (ranked completions) or of a weighted
+    sum of its number columns (a score), built from the row's own names; "" when neither fits."""
+    if row is None:
+        return ""
+    if kind == "ranked" and "completions" in fields:
+        for column, value in row.items():
+            objects = _objects(value)
+            if objects:
+                text = next((k for k, v in objects[0].items() if isinstance(v, str)), "KEY")
+                number = next((k for k, v in objects[0].items() if _is_number(v)), "KEY")
+                return (f"; completions and their scores or ranks can be read from a list of objects, like "
+                        f"--columns.completions '{column}[].{text}' --columns.scores '{column}[].{number}' "
+                        "(scores: higher is better; ranks: 1 is best)")
+    if kind == "scored" and "score" in fields:
+        numbers = [str(column) for column, value in row.items() if _is_number(value)][:2]
+        if len(numbers) == 2:
+            return (f"; a score can be a weighted sum of number columns, like "
+                    f"--columns.score '0.5*{numbers[0]} + 0.5*{numbers[1]}'")
+    return ""
+
+
+def _objects(value: object) -> list[dict]:
+    """The value as a non-empty list of objects (a CSV cell holds it as JSON text), or []."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return []
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return value
+    return []
+
+
+def _is_number(value: object) -> bool:
+    """A number, or (a CSV cell) the text of one."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    try:
+        return isinstance(value, str) and math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class _Result(NamedTuple):

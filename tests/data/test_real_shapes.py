@@ -227,3 +227,64 @@ def test_helpsteer_to_pairs_in_one_command_merging_a_repeated_response(tmp_path,
         f"loaded 3 scored responses from {path}", f"wrote 1 pair to {out}",
         "merged 1 repeated response into an earlier one with the same prompt and text (a merged response's score "
         "is the mean of its scores)"]
+
+
+# ---------------------------------------------------------------- every row bad: no --skip-invalid
+
+
+def test_a_csv_with_other_columns_is_told_the_column_mapping(tmp_path):
+    path = csv_file(tmp_path / "qa.csv", ["question", "answer", "good"], ["q1", "a1", "1"], ["q2", "a2", "0"])
+    with pytest.raises(DataError) as e:
+        load_records(path, "pair")
+    assert str(e.value) == (
+        f"{path}, row 1, field 'chosen': missing field 'chosen' (found: question, answer, good) (and 1 more bad "
+        "row; every row is bad: if the data holds prompt, chosen and rejected under other names, map them with "
+        "--columns, e.g. --columns.prompt NAME --columns.chosen NAME --columns.rejected NAME (in YAML: columns: "
+        "{prompt: NAME, chosen: NAME, rejected: NAME}))")
+    with pytest.raises(UserError) as e:
+        load_records(path, "pair", skip_invalid=True)
+    assert "--skip-invalid" not in str(e.value)
+    assert str(e.value).endswith("e.g. --columns.prompt NAME --columns.chosen NAME --columns.rejected NAME (in "
+                                 "YAML: columns: {prompt: NAME, chosen: NAME, rejected: NAME})")
+
+
+def test_answer_objects_of_unknown_keys_are_told_the_path_mapping(tmp_path):
+    path = jsonl(tmp_path / "r.jsonl", [{"prompt": "q", "outs": [{"content": "a", "rating": 2},
+                                                                {"content": "b", "rating": 1}]}] * 2)
+    with pytest.raises(DataError) as e:
+        load_records(path, "ranked")
+    message = str(e.value)
+    assert "--skip-invalid" not in message
+    assert message.endswith(
+        "map them with --columns, e.g. --columns.completions NAME --columns.scores NAME (in YAML: columns: "
+        "{completions: NAME, scores: NAME}); completions and their scores or ranks can be read from a list of "
+        "objects, like --columns.completions 'outs[].content' --columns.scores 'outs[].rating' (scores: higher is "
+        "better; ranks: 1 is best))")
+
+
+def test_helpsteer_without_a_mapping_is_told_of_weighted_sums(tmp_path):
+    path = jsonl(tmp_path / "hs.jsonl", HELPSTEER)
+    with pytest.raises(DataError) as e:
+        load_records(path, "scored")
+    message = str(e.value)
+    assert "--skip-invalid" not in message and "misspelling" not in message
+    assert message.endswith(
+        "(and 1 more bad row; every row is bad: if the data holds completion and score under other names, map "
+        "them with --columns, e.g. --columns.completion NAME --columns.score NAME (in YAML: columns: {completion: "
+        "NAME, score: NAME}); a score can be a weighted sum of number columns, like "
+        "--columns.score '0.5*helpfulness + 0.5*correctness')")
+
+
+def test_every_row_bad_for_another_reason_is_not_offered_skipping(tmp_path):
+    path = jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "a"}] * 2)
+    with pytest.raises(DataError) as e:
+        load_records(path, "pair")
+    assert str(e.value) == (f"{path}, row 1, field 'rejected': chosen and rejected are identical (and 1 more bad "
+                            "row; every row is bad: fix the data (skipping bad rows would leave none))")
+
+
+def test_some_rows_bad_still_offers_skipping(tmp_path):
+    path = jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"},
+                                       {"prompt": "q", "chosen": "a", "rejected": "a"}])
+    with pytest.raises(DataError, match=r"row 2, .*\(pass --skip-invalid to skip bad rows\)$"):
+        load_records(path, "pair")

@@ -92,6 +92,12 @@ CASES = [
     ("data-for-another-method", lambda t, m: ["train", "--method", "kto", "--model", str(m), "--output-dir",
                                               str(t / "o"), "--progress", "false", "--data", str(_pairs(t))],
      ["data.jsonl", "alignlab convert"]),
+    ("csv-with-other-columns", lambda t, m: _train(m, _csv(t, "question,answer,good\nq,a,1\n"), t / "o"),
+     ["other.csv", "row 1", "--columns.prompt NAME --columns.chosen NAME", "columns: {prompt: NAME"]),
+    ("scored-rows-with-other-columns", lambda t, m: ["convert", "scored-to-pairs", str(write_jsonl(
+        t / "rated.jsonl", [{"prompt": "p", "response": "r", "helpfulness": 3, "correctness": 2}])),
+        str(t / "pairs.jsonl")],
+     ["rated.jsonl", "row 1", "--columns.completion NAME", "--columns.score '0.5*helpfulness + 0.5*correctness'"]),
     ("unknown-config-key", lambda t, m: _train(m, _pairs(t), t / "o", "--learning-rate", "0.1"),
      ["learning_rate", "lr"]),
     ("unknown-key-in-yaml", lambda t, m: ["train", str(_yaml(t, "method: dpo\nbatch_sise: 4\n"))],
@@ -164,6 +170,12 @@ CASES = [
 def _bad_refs(tmp: Path) -> Path:
     path = tmp / "refs.jsonl"
     path.write_text('{"prompt": "p", "references": ["a"]}\n{"prompt": "q", "references": 5}\n')
+    return path
+
+
+def _csv(tmp: Path, text: str) -> Path:
+    path = tmp / "other.csv"
+    path.write_text(text)
     return path
 
 
