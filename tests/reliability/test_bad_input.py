@@ -249,3 +249,11 @@ def test_duplicate_rows_are_warned_about_and_kept(tmp_path, tiny_model_dir, caps
     out = capsys.readouterr()
     assert rc == 0
     assert "loaded 8 pairs" in out.out + out.err and "2 duplicates kept" in out.out + out.err
+
+
+def test_every_row_too_long_is_not_offered_skipping(tmp_path, tiny_model_dir, capsys):
+    data = write_jsonl(tmp_path / "long.jsonl", [_row(prompt="long " * 100, chosen=f"yes {i}") for i in range(4)])
+    assert cli.main(_train(tiny_model_dir, data, tmp_path / "o", "--max-length", "64")) == 2
+    err = capsys.readouterr().err
+    assert "long.jsonl, row 1" in err and "max_length=64" in err
+    assert "--skip-invalid" not in err and "skipping bad rows would leave none" in err
