@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from alignlab.data.fields import item_path
+
 # What a row of each shape holds, for messages.
 COLUMNS: dict[str, str] = {
     "sft": "prompt and completion, or messages, or text",
@@ -80,20 +82,25 @@ def answer_list(row: Mapping[str, Any]) -> dict[str, str] | None:
     """
     found = []
     for column, value in row.items():
-        if isinstance(value, str) and value.lstrip().startswith("["):
-            try:
-                value = json.loads(value)
-            except (ValueError, RecursionError):
-                continue
-        if (not isinstance(value, list) or not value or not all(isinstance(item, Mapping) for item in value)
-                or "[" in str(column) or "]" in str(column)):
-            continue
-        keys = {key for item in value for key in item}
+        objects = list_of_objects(value)
+        keys = {key for item in objects for key in item}
         text = next((key for key in ANSWER_TEXT_KEYS if key in keys), None)
         order = next((key for key in ("rank", "score") if key in keys), None)
-        if text and order:
+        if text and order and item_path(f"{column}[].{text}") and item_path(f"{column}[].{order}"):
             found.append({"completions": f"{column}[].{text}", f"{order}s": f"{column}[].{order}"})
     return found[0] if len(found) == 1 else None
+
+
+def list_of_objects(value: Any) -> list[Mapping[str, Any]]:
+    """The value as a non-empty list of objects (a CSV cell holds one as JSON text), or []."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return []
+    if isinstance(value, list) and value and all(isinstance(item, Mapping) for item in value):
+        return value
+    return []
 
 
 def compatible(have: str, need: str) -> bool:

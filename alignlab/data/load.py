@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import random
@@ -11,7 +10,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from alignlab.data.detect import COLUMNS, answer_list, compatible, conversion_hint, detect_kind
+from alignlab.data.detect import (
+    COLUMNS,
+    answer_list,
+    compatible,
+    conversion_hint,
+    detect_kind,
+    list_of_objects,
+)
+from alignlab.data.fields import item_path, weighted_sum
 from alignlab.data.formats import FIELDS, Kind, check_columns, to_record
 from alignlab.data.records import PairRecord, Record
 from alignlab.data.sources import iter_rows
@@ -211,42 +218,28 @@ def _forms_hint(kind: str, fields: list[str], row: Mapping[str, object] | None) 
         return ""
     if kind == "ranked" and "completions" in fields:
         for column, value in row.items():
-            objects = _objects(value)
-            if objects:
-                text = next((k for k, v in objects[0].items() if isinstance(v, str)), "KEY")
-                number = next((k for k, v in objects[0].items() if _is_number(v)), "KEY")
+            objects = list_of_objects(value)
+            text = next((k for k, v in objects[0].items() if isinstance(v, str)), "KEY") if objects else ""
+            number = next((k for k, v in objects[0].items() if _is_number(v)), "KEY") if objects else ""
+            if objects and item_path(f"{column}[].{text}") and item_path(f"{column}[].{number}"):
                 return (f"; completions and their scores or ranks can be read from a list of objects, like "
                         f"--columns.completions '{column}[].{text}' --columns.scores '{column}[].{number}' "
                         "(scores: higher is better; ranks: 1 is best)")
     if kind == "scored" and "score" in fields:
-        numbers = [str(column) for column, value in row.items() if _is_number(value)][:2]
+        numbers = [str(c) for c, value in row.items() if _is_number(value) and weighted_sum(f"1*{c}")][:2]
         if len(numbers) == 2:
             return (f"; a score can be a weighted sum of number columns, like "
                     f"--columns.score '0.5*{numbers[0]} + 0.5*{numbers[1]}'")
     return ""
 
 
-def _objects(value: object) -> list[dict]:
-    """The value as a non-empty list of objects (a CSV cell holds it as JSON text), or []."""
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):
-            return []
-    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-        return value
-    return []
-
-
 def _is_number(value: object) -> bool:
-    """A number, or (a CSV cell) the text of one."""
+    """A finite number, or (a CSV cell) the text of one."""
     if isinstance(value, bool):
         return False
-    if isinstance(value, int | float):
-        return True
     try:
-        return isinstance(value, str) and math.isfinite(float(value))
-    except ValueError:
+        return isinstance(value, int | float | str) and math.isfinite(float(value))
+    except (ValueError, OverflowError):
         return False
 
 
