@@ -201,7 +201,9 @@ def _every_row_bad(
         return "every row is bad: fix the data (skipping bad rows would leave none)"
     if kind == "sft" and "completion" in lacking:
         lacking.add("prompt")
-    if row is not None and "prompt" in FIELDS[kind] and "prompt" not in mapping and "prompt" not in row:
+    if kind == "joint" and "prompt_chosen" in lacking and row is not None:  # the reader stopped at the prompt
+        lacking |= {f for f in ("prompt_rejected", "chosen", "rejected") if mapping.get(f, f) not in row}
+    elif row is not None and "prompt" in FIELDS[kind] and "prompt" not in mapping and "prompt" not in row:
         lacking.add("prompt")
     fields = [f for f in FIELDS[kind] if f in lacking]
     flags = " ".join(f"--columns.{f} NAME" for f in fields)

@@ -288,3 +288,22 @@ def test_some_rows_bad_still_offers_skipping(tmp_path):
                                        {"prompt": "q", "chosen": "a", "rejected": "a"}])
     with pytest.raises(DataError, match=r"row 2, .*\(pass --skip-invalid to skip bad rows\)$"):
         load_records(path, "pair")
+
+
+@pytest.mark.parametrize(
+    ("kind", "flags"),
+    [
+        ("pair", "--columns.prompt NAME --columns.chosen NAME --columns.rejected NAME"),
+        ("sft", "--columns.prompt NAME --columns.completion NAME"),
+        ("unpaired", "--columns.prompt NAME --columns.completion NAME --columns.label NAME"),
+        ("negatives", "--columns.prompt NAME --columns.rejected NAME"),
+        # A joint row takes one prompt per response, so both are named (never 'prompt' beside them).
+        ("joint", "--columns.prompt_chosen NAME --columns.chosen NAME --columns.prompt_rejected NAME "
+                  "--columns.rejected NAME"),
+    ],
+)
+def test_the_mapping_hint_names_every_field_of_the_kind(tmp_path, kind, flags):
+    path = jsonl(tmp_path / "x.jsonl", [{"q": "x", "good": "a", "bad": "b"}])
+    with pytest.raises(DataError) as e:
+        load_records(path, kind)
+    assert f"map them with --columns, e.g. {flags} (in YAML: columns: {{" in str(e.value)
