@@ -37,7 +37,9 @@ class TrainConfig:
     eval_fraction: float = param(0.0, "fraction of the training data held out for evaluation, whole prompts (0 = none)")
     data_split: str | None = param(None, "split of `data` to read from a dataset directory or hub dataset (default 'train')")
     eval_data_split: str | None = param(None, "split of `eval_data` to read, e.g. 'test' (default 'train')")
-    columns: dict[str, str] = param(None, "map alignlab field names to your column names, e.g. prompt=question")
+    columns: dict[str, str] = param(None, "map alignlab field names to your column names, e.g. prompt=question; "
+                                          "also completions=answers[].answer (a list of objects) and "
+                                          "score='0.5*helpfulness + 0.5*correctness' (a weighted sum)")
     skip_invalid: bool = param(False, "skip bad rows (counted and printed) instead of stopping at the first")
     output_dir: str = param("runs/alignlab", "where checkpoints, metrics.jsonl and the final model go")
     overwrite: bool = param(False, "start afresh in an output directory that holds a run (deletes its checkpoints); "

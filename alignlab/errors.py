@@ -7,6 +7,7 @@ Anything raised as a ``UserError`` is printed by the CLI as one line (no traceba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 
 
@@ -39,6 +40,8 @@ class RowIssue:
     row: int  # 1-based; for JSONL the line number, for other formats the data row number
     field: str | None
     message: str
+    # The alignlab field the row has no column for, when that is the problem (for hints).
+    lacks: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         where = f"{self.source}, row {self.row}"

@@ -31,6 +31,7 @@ class Converted(Generic[T]):
     records: list[T]
     dropped: dict[str, int] = field(default_factory=dict)
     flipped: list[int] = field(default_factory=list)  # flip_labels: 0-based positions of the flipped pairs
+    merged: int = 0  # scored responses merged into an earlier one with the same prompt and text
 
     def drop(self, reason: str, n: int = 1) -> None:
         if n:
@@ -43,21 +44,26 @@ class Converted(Generic[T]):
 def scored_to_ranked(records: Sequence[ScoredRecord]) -> Converted[RankedRecord]:
     """Group scored responses by prompt into ranked lists, best first.
 
-    Prompts come in the order they first appear; responses that tie keep the data's order. A
-    prompt with a single response makes no list: counted under "prompts with one response".
+    A response given to one prompt more than once (the same text; HelpSteer2 rates some twice)
+    is one response whose score is the mean of its scores; ``Converted.merged`` counts the
+    repeats merged away. Prompts come in the order they first appear; responses that tie keep
+    the order of their first appearance. A prompt with a single distinct response makes no list:
+    counted under "prompts with one response".
     """
-    groups: dict[Text, list[ScoredRecord]] = {}
+    groups: dict[Text, dict[Text, list[ScoredRecord]]] = {}
     for rec in records:
-        groups.setdefault(rec.prompt, []).append(rec)
+        groups.setdefault(rec.prompt, {}).setdefault(rec.completion, []).append(rec)
     out: Converted[RankedRecord] = Converted([])
-    for prompt, group in groups.items():
-        if len(group) < 2:
+    for prompt, responses in groups.items():
+        out.merged += sum(len(same) - 1 for same in responses.values())
+        if len(responses) < 2:
             out.drop("prompts with one response")
             continue
-        best_first = sorted(group, key=lambda r: -r.score)  # stable: ties keep the data's order
-        completions = tuple(r.completion for r in best_first)
-        scores = tuple(r.score for r in best_first)
-        out.records.append(RankedRecord(prompt, completions, scores, source=group[0].source, row=group[0].row))
+        scored = [(completion, sum(r.score for r in same) / len(same)) for completion, same in responses.items()]
+        best_first = sorted(scored, key=lambda item: -item[1])  # stable: ties keep the data's order
+        first = next(iter(responses.values()))[0]
+        out.records.append(RankedRecord(prompt, tuple(c for c, _ in best_first), tuple(s for _, s in best_first),
+                                        source=first.source, row=first.row))
     return out
 
 
@@ -101,11 +107,12 @@ def ranked_to_pairs(
 def scored_to_pairs(
     records: Sequence[ScoredRecord], rule: str = "best_worst", *, margin: float = 0.0, seed: int = 0
 ) -> Converted[PairRecord]:
-    """``scored_to_ranked`` then ``ranked_to_pairs``; the drops of both are counted."""
+    """``scored_to_ranked`` then ``ranked_to_pairs``; the drops and merges of both are counted."""
     ranked = scored_to_ranked(records)
     pairs = ranked_to_pairs(ranked.records, rule, margin=margin, seed=seed)
     for reason, n in ranked.dropped.items():
         pairs.drop(reason, n)
+    pairs.merged = ranked.merged
     return pairs
 
 

@@ -94,6 +94,9 @@ def cmd_convert(tokens: list[str]) -> int:
                                                                               else ""))
     n = write_jsonl(args.output, result.records)
     print(f"wrote {n} {NOUNS[conversion.writes][0 if n == 1 else 1]} to {args.output}")
+    if result.merged:
+        print(f"merged {result.merged} repeated response{'' if result.merged == 1 else 's'} into an earlier one "
+              "with the same prompt and text (a merged response's score is the mean of its scores)")
     if dropped:
         print(f"dropped {dropped}")
     if args.conversion == "flip-labels":

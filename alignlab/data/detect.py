@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
+
+from alignlab.data.fields import item_path
 
 # What a row of each shape holds, for messages.
 COLUMNS: dict[str, str] = {
@@ -36,12 +39,17 @@ _WHY_NOT: dict[tuple[str, str], str] = {
 }
 
 
+# The keys that hold an answer's text in a list of answer objects, in the order they are looked for.
+ANSWER_TEXT_KEYS = ("answer", "completion", "response", "text")
+
+
 def detect_kind(row: Mapping[str, Any]) -> str | None:
     """The data shape a row's column names suggest, or None when they suggest none.
 
     Checked in this order, so that a column that only one shape has decides: prompt_chosen or
-    prompt_rejected (joint), completions (ranked), chosen and rejected (pair), label (unpaired),
-    score (scored), rejected alone (negatives), completion, messages or text (sft).
+    prompt_rejected (joint), completions (ranked), chosen and rejected (pair), a list of answer
+    objects with ranks or scores (ranked, see ``answer_list``), label (unpaired), score (scored),
+    rejected alone (negatives), completion, messages or text (sft).
     """
     names = {str(key) for key in row}
     if names & {"prompt_chosen", "prompt_rejected"}:
@@ -50,6 +58,8 @@ def detect_kind(row: Mapping[str, Any]) -> str | None:
         return "ranked"
     if {"chosen", "rejected"} <= names:
         return "pair"
+    if answer_list(row) is not None:
+        return "ranked"
     if "label" in names:
         return "unpaired"
     if "score" in names:
@@ -59,6 +69,38 @@ def detect_kind(row: Mapping[str, Any]) -> str | None:
     if names & {"completion", "messages", "text"}:
         return "sft"
     return None
+
+
+def answer_list(row: Mapping[str, Any]) -> dict[str, str] | None:
+    """The column mapping that reads a ranked row out of its one list of answer objects, or None.
+
+    Nectar keeps a prompt's answers as ``"answers": [{"answer": "...", "model": "...", "rank": 1},
+    ...]``. A column whose value is a non-empty list of objects (or, in a CSV cell, the JSON text of
+    one) that hold a text (the first of ``ANSWER_TEXT_KEYS`` found) and a ``rank`` (else a
+    ``score``) is read as ``{"completions": "answers[].answer", "ranks": "answers[].rank"}``.
+    A row with no such column, or with several, gives None.
+    """
+    found = []
+    for column, value in row.items():
+        objects = list_of_objects(value)
+        keys = {key for item in objects for key in item}
+        text = next((key for key in ANSWER_TEXT_KEYS if key in keys), None)
+        order = next((key for key in ("rank", "score") if key in keys), None)
+        if text and order and item_path(f"{column}[].{text}") and item_path(f"{column}[].{order}"):
+            found.append({"completions": f"{column}[].{text}", f"{order}s": f"{column}[].{order}"})
+    return found[0] if len(found) == 1 else None
+
+
+def list_of_objects(value: Any) -> list[Mapping[str, Any]]:
+    """The value as a non-empty list of objects (a CSV cell holds one as JSON text), or []."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return []
+    if isinstance(value, list) and value and all(isinstance(item, Mapping) for item in value):
+        return value
+    return []
 
 
 def compatible(have: str, need: str) -> bool:

@@ -2,13 +2,21 @@
 
 Every problem is a ``Bad`` naming the user's column, so that the row converters (``formats`` for
 sft and pair rows, ``shapes`` for the other kinds) report it as a ``RowIssue``.
+
+A column mapping's value is usually a column name. Two other forms read several values (which
+fields may use them is checked in ``formats.check_columns``):
+
+- ``LIST[].KEY`` (``answers[].rank``): the value of KEY in every object of the list column LIST,
+  as one list. A ranked row's completions, scores or ranks inside a list of answer objects.
+- ``W*COLUMN + W*COLUMN ...`` (``0.65*helpfulness + 0.8*correctness - 0.1*verbosity``): a
+  weighted sum of number columns, every term with its weight. A score made of several ratings.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,12 +24,14 @@ from alignlab.data.records import ROLES, Conversation, Message, Text
 
 
 class Bad(Exception):
-    """Internal: one problem with one field of the row being converted."""
+    """Internal: one problem with one field of the row being converted. ``lacks`` names the
+    alignlab field when the problem is that the row has no column for it."""
 
-    def __init__(self, field: str | None, message: str):
+    def __init__(self, field: str | None, message: str, lacks: str | None = None):
         super().__init__(message)
         self.field = field
         self.message = message
+        self.lacks = lacks
 
 
 class Stop(Exception):
@@ -40,7 +50,7 @@ class RowReader:
         return self.mapping.get(field, field)
 
     def has(self, field: str) -> bool:
-        return self.column(field) in self.data
+        return all(column in self.data for column in read_from(self.column(field)))
 
     def mapped(self, field: str) -> bool:
         return field in self.mapping
@@ -51,24 +61,30 @@ class RowReader:
         Says which fields the row has and, when one of them is close to a wanted name (the
         missing column, plus ``wanted``), which one looks misspelt.
         """
-        column = self.column(field)
+        mapped_to = self.column(field)
+        column = next((c for c in read_from(mapped_to) if c not in self.data), mapped_to)
         found = [str(k) for k in self.data]
-        what = (
-            f"missing column '{column}' (mapped to '{field}')"
-            if self.mapped(field)
-            else f"missing field '{field}'"
-        )
+        if weighted_sum(mapped_to):
+            what = f"missing column '{column}' (a term of the sum mapped to '{field}': {mapped_to})"
+        elif column != mapped_to:
+            what = f"missing column '{column}' (mapped to '{field}' as {mapped_to})"
+        elif self.mapped(field):
+            what = f"missing column '{column}' (mapped to '{field}')"
+        else:
+            what = f"missing field '{field}'"
         if need:
             what += f"; {need}"
         what += f" (found: {listing(found) or 'no fields'}"
         close = closest((column, *wanted), found)
-        if close:
+        if close and close[0] == column and self.mapped(field):
+            what += f"; did you mean '{close[1]}'?"  # the mapping is misspelt, not the data
+        elif close:
             what += f"; '{close[1]}' looks like a misspelling of '{close[0]}'"
-        return Bad(column, what + ")")
+        return Bad(column, what + ")", lacks=None if weighted_sum(mapped_to) else field)
 
     def others(self, *fields: str) -> list[str]:
         """The row's columns, sorted, other than those that ``fields`` are read from."""
-        used = {self.column(field) for field in fields}
+        used = {column for field in fields for column in read_from(self.column(field))}
         return sorted(str(key) for key in self.data if key not in used)
 
     def text(self, field: str, *, allow_list: bool = True) -> Text | None:
@@ -82,16 +98,36 @@ class RowReader:
         unless it is mapped to a column: a mapped column must be there.
         """
         column = self.column(field)
-        if column not in self.data and not (optional and not self.mapped(field)):
-            self.problems.append(self.missing(field))
-            return None
-        if column not in self.data or (optional and self.data[column] is None):
+        if not self.has(field):
+            if not (optional and not self.mapped(field)):
+                self.problems.append(self.missing(field))
             return None
         try:
-            return parse(self.data[column], column)
+            value = self.value(field)
+            if optional and value is None:
+                return None
+            return parse(value, column)
         except Bad as bad:
             self.problems.append(bad)
             return None
+
+    def value(self, field: str) -> Any:
+        """The raw value of a field the row has: its column's, the list a ``LIST[].KEY`` path
+        gathers, or the number a weighted sum makes."""
+        column = self.column(field)
+        path = item_path(column)
+        if path is not None:
+            return items(self.data[path[0]], path[0], path[1], column)
+        terms = weighted_sum(column)
+        if terms is None:
+            return self.data[column]
+        total = 0.0
+        for weight, name in terms:
+            try:
+                total += weight * to_number(self.data[name], name)
+            except Bad as bad:
+                raise Bad(name, f"{bad.message} (a term of the sum mapped to '{field}': {column})") from None
+        return total
 
     def attempt(self, check: Callable[..., None], *args: Any) -> None:
         """Run one check, recording its problem instead of stopping at it."""
@@ -116,14 +152,86 @@ def misspelling(wanted: tuple[str, ...], found: list[str]) -> str:
 
 
 def closest(wanted: tuple[str, ...], found: list[str]) -> tuple[str, str] | None:
-    """The (wanted, found) name pair most alike, if alike enough to be a typo."""
-    best: tuple[float, str, str] | None = None
+    """The (wanted, found) name pair most alike, if alike enough to be a typo.
+
+    A typo is one edit (a letter added, dropped or changed, or two neighbours swapped), or two in
+    a wanted name of nine letters or more; case does not count. So 'choosen' is 'chosen' mistyped
+    and 'complexity' (three letters changed) is no 'completion'.
+    """
+    best: tuple[int, str, str] | None = None
     for want in wanted:
+        allowed = 2 if len(want) >= 9 else 1
         for key in found:
-            ratio = difflib.SequenceMatcher(None, want.lower(), key.lower()).ratio()
-            if key != want and ratio >= 0.7 and (best is None or ratio > best[0]):
-                best = (ratio, want, key)
+            distance = edit_distance(want.lower(), key.lower())
+            if key != want and distance <= allowed and (best is None or distance < best[0]):
+                best = (distance, want, key)
     return (best[1], best[2]) if best else None
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Letters added, dropped, changed, or neighbours swapped, to make ``b`` from ``a`` (the
+    optimal string alignment distance)."""
+    before, row = [], list(range(len(b) + 1))  # the rows for a[:i-2] and a[:i-1]
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            current[j] = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], before[j - 2] + 1)
+        before, row = row, current
+    return row[-1]
+
+
+# ---------------------------------------------------------------- paths into lists, weighted sums
+
+_PATH = re.compile(r"([^\[\]]+)\[\]\.([^\[\]]+)")
+_TERM = re.compile(r"\s*([+-]?)\s*((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*\*\s*([A-Za-z_]\w*)\s*")
+
+
+def item_path(column: str) -> tuple[str, str] | None:
+    """('answers', 'rank') for the mapping value 'answers[].rank'; None for any other value."""
+    match = _PATH.fullmatch(column)
+    return (match[1], match[2]) if match else None
+
+
+def weighted_sum(column: str) -> list[tuple[float, str]] | None:
+    """[(0.65, 'helpfulness'), (-0.1, 'verbosity')] for '0.65*helpfulness - 0.1*verbosity'; None
+    when the value is no such sum. Every term is WEIGHT*COLUMN; terms are joined by + or -."""
+    if "*" not in column:
+        return None
+    terms: list[tuple[float, str]] = []
+    at = 0
+    while at < len(column):
+        match = _TERM.match(column, at)
+        if match is None or (terms and not match[1]):
+            return None
+        terms.append((-float(match[2]) if match[1] == "-" else float(match[2]), match[3]))
+        at = match.end()
+    return terms or None
+
+
+def read_from(column: str) -> list[str]:
+    """The row's columns that a mapping value reads: the list of a path, the terms of a sum, or
+    the column itself."""
+    path = item_path(column)
+    if path is not None:
+        return [path[0]]
+    terms = weighted_sum(column)
+    return [name for _, name in terms] if terms else [column]
+
+
+def items(value: Any, name: str, key: str, column: str) -> list[Any]:
+    """The value of ``key`` in every object of the list ``value`` (the column ``name``); the
+    problems name ``column``, the path."""
+    out = []
+    for i, item in enumerate(to_list(value, column, "objects"), start=1):
+        if not isinstance(item, Mapping):
+            raise Bad(column, f"item {i} of '{name}' is not an object (got {type_name(item)})")
+        if key not in item:
+            keys = listing(sorted(str(k) for k in item)) or "no keys"
+            raise Bad(column, f"item {i} of '{name}' has no '{key}' (it has: {keys})")
+        out.append(item[key])
+    return out
 
 
 def to_text(value: Any, column: str, *, allow_list: bool = True) -> Text:

@@ -19,8 +19,10 @@ Accepted shapes (TRL's dataset formats, plus Anthropic HH transcripts):
 
 The other kinds (joint, unpaired, scored, ranked, negatives) are read in ``shapes``.
 
-``columns`` maps alignlab field names to the user's column names. Every problem becomes a
-``RowIssue`` naming the source, the row and the user's column.
+``columns`` maps alignlab field names to the user's column names, to a path into a list of
+objects (a ranked row's completions, scores and ranks: ``answers[].rank``), or to a weighted sum of
+number columns (a score: ``0.65*helpfulness + 0.8*correctness``); see ``fields``. Every problem
+becomes a ``RowIssue`` naming the source, the row and the user's column.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ from alignlab.data.fields import (
     RowReader,
     Stop,
     check_response,
+    item_path,
     listing,
     match_prompt,
     misspelling,
     same_kind,
+    weighted_sum,
 )
 from alignlab.data.records import Conversation, PairRecord, Record, SFTRecord, Text
 from alignlab.errors import RowIssue, UserError
@@ -53,6 +57,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "ranked": ("prompt", "completions", "scores", "ranks"),
     "negatives": ("prompt", "rejected"),
 }
+# The fields that may be read through a path into a list (LIST[].KEY), and as a weighted sum.
+PATH_FIELDS = ("completions", "scores", "ranks")
+SUM_FIELDS = ("score",)
 HH_HUMAN = "\n\nHuman:"
 HH_ASSISTANT = "\n\nAssistant:"
 
@@ -61,7 +68,8 @@ def check_columns(kind: str, columns: Mapping[str, str] | None) -> dict[str, str
     """Validate a column mapping for ``kind`` and return it as a plain dict.
 
     Raises ``UserError`` for an unknown kind, an unknown alignlab field, a non-string column name,
-    two fields mapped to one column, or (sft) fields from different row shapes.
+    a path or weighted sum that does not read or that its field cannot take, two fields mapped to
+    one column, or (sft) fields from different row shapes.
     """
     if kind not in KINDS:
         raise UserError(f"unknown data kind '{kind}'; expected one of: {', '.join(KINDS)}")
@@ -76,6 +84,7 @@ def check_columns(kind: str, columns: Mapping[str, str] | None) -> dict[str, str
             raise UserError(
                 f"columns: the column name for '{field}' must be a non-empty string, got {column!r}"
             )
+        _check_form(field, column)
     targets = list(mapping.values())
     for column in set(targets):
         if targets.count(column) > 1:
@@ -92,6 +101,30 @@ def check_columns(kind: str, columns: Mapping[str, str] | None) -> dict[str, str
         raise UserError("columns: map either 'prompt' (shared by both responses) or 'prompt_chosen' and "
                         "'prompt_rejected', not both")
     return mapping
+
+
+def _check_form(field: str, column: str) -> None:
+    """Refuse a path (LIST[].KEY) or weighted sum (W*COLUMN + ...) that is malformed or whose
+    field cannot take it."""
+    if "[]" in column:
+        if field not in PATH_FIELDS:
+            raise UserError(f"columns: '{field}' is read from one column; a path into a list like '{column}' "
+                            f"is for {', '.join(PATH_FIELDS)}")
+        if item_path(column) is None:
+            raise UserError(f"columns: cannot read '{column}' (for '{field}') as a path into a list; write "
+                            f"LIST[].KEY, like answers[].{'answer' if field == 'completions' else field[:-1]}")
+    elif "*" in column:
+        if field not in SUM_FIELDS:
+            raise UserError(f"columns: '{field}' is read from one column; a weighted sum like '{column}' is for "
+                            f"{', '.join(SUM_FIELDS)}")
+        terms = weighted_sum(column)
+        if terms is None:
+            raise UserError(f"columns: cannot read '{column}' (for '{field}') as a weighted sum; write "
+                            "WEIGHT*COLUMN terms joined by + or -, like 0.65*helpfulness + 0.8*correctness")
+        names = [name for _, name in terms]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise UserError(f"columns: the sum for '{field}' names {', '.join(repeated)} more than once")
 
 
 def to_record(
@@ -125,7 +158,7 @@ def to_record(
         reader.problems.append(bad)
     except Stop:
         pass
-    return [RowIssue(source, row, b.field, b.message) for b in reader.problems]
+    return [RowIssue(source, row, b.field, b.message, lacks=b.lacks) for b in reader.problems]
 
 
 # ---------------------------------------------------------------- pairs

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from alignlab.data.detect import COLUMNS, compatible, conversion_hint, detect_kind
-from alignlab.data.formats import Kind, check_columns, to_record
+from alignlab.data.detect import (
+    COLUMNS,
+    answer_list,
+    compatible,
+    conversion_hint,
+    detect_kind,
+    list_of_objects,
+)
+from alignlab.data.fields import item_path, weighted_sum
+from alignlab.data.formats import FIELDS, Kind, check_columns, to_record
 from alignlab.data.records import PairRecord, Record
 from alignlab.data.sources import iter_rows
 from alignlab.errors import DataError, RowIssue, UserError
@@ -38,6 +47,7 @@ class LoadResult:
     source: str
     kind: Kind = "pair"
     duplicates: int = 0  # rows whose content repeats an earlier row; they are kept
+    detected: dict[str, str] = dataclasses.field(default_factory=dict)  # columns mapped without being asked
 
     @property
     def skipped_rows(self) -> int:
@@ -49,6 +59,8 @@ class LoadResult:
         n = len(self.records)
         noun = NOUNS[self.kind][0 if n == 1 else 1]
         line = f"loaded {n} {noun} from {self.source}"
+        if self.detected:
+            line += ", reading " + " and ".join(f"{field} from {column}" for field, column in self.detected.items())
         if self.duplicates:
             line += f", {self.duplicates} duplicate{_s(self.duplicates)} kept"
         if self.skipped:
@@ -91,9 +103,14 @@ def load_records(
     kind: a file that holds another shape (ranked lists loaded as pairs, thumbs up/down loaded as
     SFT examples) is refused as a whole, with the `alignlab convert` command that makes the
     needed shape from it, rather than row by row or, worse, by quietly ignoring a column.
+    Ranked rows with no 'completions' column (and none mapped) whose first readable row keeps
+    its answers in a list of objects with ranks or scores (Nectar's ``answers``) are read through
+    that list, for every row (``detect.answer_list``; ``LoadResult.detected`` says how).
 
     Every row is checked. If any row is bad, raises ``DataError`` holding every issue, unless
     ``skip_invalid``, in which case bad rows are left out and listed in ``LoadResult.skipped``.
+    When every row is bad, the message does not offer ``skip_invalid`` (it would leave nothing)
+    but the column mapping that names the fields the rows lack.
     For pairs, a file in which some rows have a prompt column and others do not is taken to
     have lost the prompts of the others: those rows are bad ones too (the field 'prompt').
     Raises ``UserError`` if the source has no rows, or no valid rows.
@@ -103,6 +120,8 @@ def load_records(
     prompt_column = mapping.get("prompt", "prompt")
     results: list[_Result] = []
     checked = bool(mapping)
+    detected: dict[str, str] = {}
+    first_row: Mapping[str, object] | None = None
     for raw in iter_rows(source, split=split):
         if isinstance(raw.data, RowIssue):
             results.append(_Result(raw.source, [raw.data], False))
@@ -110,6 +129,11 @@ def load_records(
             if not checked:
                 _check_shape(raw.data, kind, raw.source)
                 checked = True
+            if first_row is None:
+                first_row = raw.data
+                if kind == "ranked":
+                    detected = _answer_list_columns(raw.data, mapping)
+                    mapping = {**mapping, **detected}
             record = to_record(
                 raw.data, kind, source=raw.source, row=raw.row, columns=mapping, strict_order=strict_order
             )
@@ -122,12 +146,14 @@ def load_records(
     if n_rows == 0:
         raise UserError(f"{name}: no rows")
     if issues and not skip_invalid:
-        raise DataError(issues)
+        raise DataError(issues, hint=_every_row_bad(issues, kind, mapping, first_row) if not records else
+                        "pass --skip-invalid to skip bad rows")
     if not records:
         raise UserError(
-            f"{name}: no valid rows ({n_rows} row{_s(n_rows)} read, all invalid; first: {issues[0]})"
+            f"{name}: no valid rows ({n_rows} row{_s(n_rows)} read, all invalid; first: {issues[0]}); "
+            + _every_row_bad(issues, kind, mapping, first_row)
         )
-    return LoadResult(records, issues, name, kind=kind, duplicates=count_duplicates(records))
+    return LoadResult(records, issues, name, kind=kind, duplicates=count_duplicates(records), detected=detected)
 
 
 def first_row_kind(source: str | os.PathLike[str], split: str | None = None) -> str | None:
@@ -147,6 +173,80 @@ def _check_shape(row: Mapping[str, object], kind: str, source: str) -> None:
         f"{conversion_hint(have, kind)}; if the file does hold {kind} data, map its columns with "
         "--columns.FIELD NAME"
     )
+
+
+def _answer_list_columns(row: Mapping[str, object], mapping: dict[str, str]) -> dict[str, str]:
+    """What to read a ranked file's completions (and their ranks or scores) from, when neither
+    the mapping nor the row names them: its list of answer objects, if it has one."""
+    if "completions" in mapping or "completions" in row:
+        return {}
+    found = answer_list(row) or {}
+    if mapping.keys() & {"scores", "ranks"} or row.keys() & {"scores", "ranks"}:
+        found = {field: column for field, column in found.items() if field == "completions"}
+    return found
+
+
+def _every_row_bad(
+    issues: list[RowIssue], kind: str, mapping: Mapping[str, str], row: Mapping[str, object] | None
+) -> str:
+    """What to do when no row is valid (skipping the bad ones would leave nothing).
+
+    When the first bad row lacks fields, the column mapping that would name them, with the flag
+    and the YAML key, and, where the row suggests one, a path into its list of objects (ranked) or
+    a weighted sum of its number columns (scored); otherwise, that the data must be fixed.
+    """
+    first = issues[0]
+    lacking = {i.lacks for i in issues if (i.source, i.row) == (first.source, first.row) and i.lacks}
+    if not lacking:
+        return "every row is bad: fix the data (skipping bad rows would leave none)"
+    if kind == "sft" and "completion" in lacking:
+        lacking.add("prompt")
+    if kind == "joint" and "prompt_chosen" in lacking and row is not None:  # the reader stopped at the prompt
+        lacking |= {f for f in ("prompt_rejected", "chosen", "rejected") if mapping.get(f, f) not in row}
+    elif row is not None and "prompt" in FIELDS[kind] and "prompt" not in mapping and "prompt" not in row:
+        lacking.add("prompt")
+    fields = [f for f in FIELDS[kind] if f in lacking]
+    flags = " ".join(f"--columns.{f} NAME" for f in fields)
+    yaml = ", ".join(f"{f}: NAME" for f in fields)
+    hint = (f"every row is bad: if the data holds {_and(fields)} under other names, map them with --columns, "
+            f"e.g. {flags} (in YAML: columns: {{{yaml}}})")
+    return hint + _forms_hint(kind, fields, row)
+
+
+def _forms_hint(kind: str, fields: list[str], row: Mapping[str, object] | None) -> str:
+    """An example of a path into the row's list of objects (ranked completions) or of a weighted
+    sum of its number columns (a score), built from the row's own names; "" when neither fits."""
+    if row is None:
+        return ""
+    if kind == "ranked" and "completions" in fields:
+        for column, value in row.items():
+            objects = list_of_objects(value)
+            text = next((k for k, v in objects[0].items() if isinstance(v, str)), "KEY") if objects else ""
+            number = next((k for k, v in objects[0].items() if _is_number(v)), "KEY") if objects else ""
+            if objects and item_path(f"{column}[].{text}") and item_path(f"{column}[].{number}"):
+                return (f"; completions and their scores or ranks can be read from a list of objects, like "
+                        f"--columns.completions '{column}[].{text}' --columns.scores '{column}[].{number}' "
+                        "(scores: higher is better; ranks: 1 is best)")
+    if kind == "scored" and "score" in fields:
+        numbers = [str(c) for c, value in row.items() if _is_number(value) and weighted_sum(f"1*{c}")][:2]
+        if len(numbers) == 2:
+            return (f"; a score can be a weighted sum of number columns, like "
+                    f"--columns.score '0.5*{numbers[0]} + 0.5*{numbers[1]}'")
+    return ""
+
+
+def _is_number(value: object) -> bool:
+    """A finite number, or (a CSV cell) the text of one."""
+    if isinstance(value, bool):
+        return False
+    try:
+        return isinstance(value, int | float | str) and math.isfinite(float(value))
+    except (ValueError, OverflowError):
+        return False
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class _Result(NamedTuple):

@@ -10,7 +10,9 @@ the prompt is required but may be empty):
 - ranked:    {"prompt", "completions": [...], "scores": [...]}, or "ranks" (smaller is better,
              1 the best) instead of or beside "scores". Ranks r become scores -r. Given both, they
              must order the completions alike, and the scores are kept. The record lists the
-             completions best first; completions that tie keep the data's order.
+             completions best first; completions that tie keep the data's order. The completions
+             and their scores or ranks may come from one list of objects through a column mapping
+             like "answers[].answer" (see ``fields``; ``load`` finds Nectar's on its own).
 - negatives: {"prompt", "rejected"}
 
 Each function here takes a ``RowReader`` and raises ``Bad`` (or collects problems and raises

@@ -147,6 +147,9 @@ def _load_examples(cfg: TrainConfig, renderer: Renderer, dist: Dist) -> tuple[li
         for k, (name, records) in enumerate((("train", train_records), ("eval", eval_records))):
             res = renderer.render(records)
             if res.issues and not cfg.skip_invalid:
+                if name == "train" and not res.examples:  # skipping them would leave nothing to train on
+                    raise DataError(res.issues, hint="every row is bad: fix the data or the limits (skipping "
+                                                     "bad rows would leave none)")
                 raise DataError(res.issues)
             if res.issues:
                 _log(dist, f"{name}: skipped {len(res.issues)} examples that do not fit: "

@@ -36,6 +36,27 @@ def test_scored_to_ranked_groups_by_prompt_and_counts_lone_prompts():
     assert out.dropped == {"prompts with one response": 1}
 
 
+# Prompt p has response a twice (scores 3 and 4), prompt q has only x, twice.
+REPEATED = [S("p", "a", 3.0, 1), S("p", "b", 1.0, 2), S("q", "x", 5.0, 3), S("p", "a", 4.0, 4), S("p", "c", 2.0, 5),
+            S("q", "x", 1.0, 6)]
+
+
+def test_scored_to_ranked_merges_a_repeated_response_with_the_mean_score():
+    out = scored_to_ranked(REPEATED)
+    # p: a's score is (3 + 4) / 2 = 3.5, then c (2), then b (1); the list keeps p's first row.
+    # q: x twice is one response, so q has one response and makes no list.
+    assert out.records == [RankedRecord("p", ("a", "c", "b"), (3.5, 2.0, 1.0), "s.jsonl", 1)]
+    assert out.merged == 2
+    assert out.dropped == {"prompts with one response": 1}
+
+
+def test_scored_to_pairs_never_pairs_a_response_with_itself():
+    out = scored_to_pairs(REPEATED, "all_pairs")
+    assert pairs(out) == [("a", "c", 3.5, 2.0), ("a", "b", 3.5, 1.0), ("c", "b", 2.0, 1.0)]
+    assert out.merged == 2
+    assert out.dropped == {"prompts with one response": 1}
+
+
 def test_scored_to_ranked_groups_conversation_prompts():
     q = (Message("user", "q"),)
     answers = [(Message("assistant", t),) for t in ("u", "v")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignlab.data.detect import detect_kind, shape_error
+from alignlab.data.detect import answer_list, detect_kind, shape_error
 from alignlab.data.load import first_row_kind
 
 
@@ -28,6 +28,22 @@ from alignlab.data.load import first_row_kind
 )
 def test_detect_kind(columns, kind):
     assert detect_kind(dict.fromkeys(columns, "x")) == kind
+
+
+def test_a_list_of_answer_objects_with_ranks_or_scores_is_a_ranked_row():
+    nectar = {"prompt": "p", "answers": [{"answer": "a", "model": "m", "rank": 1}, {"answer": "b", "rank": 2}]}
+    assert detect_kind(nectar) == "ranked"
+    assert answer_list(nectar) == {"completions": "answers[].answer", "ranks": "answers[].rank"}
+    # The text key is looked for in order (answer, completion, response, text); rank before score.
+    both = {"prompt": "p", "outs": [{"text": "a", "response": "b", "score": 2, "rank": 1}]}
+    assert answer_list(both) == {"completions": "outs[].response", "ranks": "outs[].rank"}
+    # A CSV cell holds the list as JSON text.
+    assert answer_list({"answers": '[{"completion": "a", "score": 1}]'}) == {
+        "completions": "answers[].completion", "scores": "answers[].score"}
+    # Not answer lists: messages, objects without a rank or score, two candidate lists (which one?).
+    assert answer_list({"messages": [{"role": "user", "content": "hi"}]}) is None
+    assert detect_kind({"prompt": "p", "answers": [{"answer": "a", "model": "m"}]}) is None
+    assert answer_list({"a": [{"text": "x", "score": 1}], "b": [{"text": "y", "score": 2}]}) is None
 
 
 def test_shape_error_names_the_converter():

@@ -389,6 +389,21 @@ def test_both_empty_responses_are_reported():
     ]
 
 
+def test_a_misspelling_is_suggested_only_for_a_real_typo():
+    # 'choosen' is 'chosen' with one letter added: a typo, and said so.
+    issue = only_issue(convert({"prompt": "p", "choosen": "a", "rejected": "b"}))
+    assert issue.message == ("missing field 'chosen' (found: prompt, choosen, rejected; 'choosen' looks like a "
+                             "misspelling of 'chosen')")
+    # HelpSteer2's columns: 'complexity' is a rating, not 'completion' mistyped (it differs in three
+    # letters: t, o, n against x, t, y), and no other column is near 'completion' either.
+    row = {"prompt": "p", "response": "r", "helpfulness": 3, "correctness": 3, "coherence": 4, "complexity": 1,
+           "verbosity": 1}
+    completion, score = convert(row, "scored")
+    assert (completion.field, score.field) == ("completion", "score")
+    assert completion.message == ("missing field 'completion' (found: prompt, response, helpfulness, correctness, "
+                                  "coherence, complexity, verbosity)")
+
+
 # ---------------------------------------------------------------- prompts that would be lost
 
 

@@ -92,6 +92,12 @@ CASES = [
     ("data-for-another-method", lambda t, m: ["train", "--method", "kto", "--model", str(m), "--output-dir",
                                               str(t / "o"), "--progress", "false", "--data", str(_pairs(t))],
      ["data.jsonl", "alignlab convert"]),
+    ("csv-with-other-columns", lambda t, m: _train(m, _csv(t, "question,answer,good\nq,a,1\n"), t / "o"),
+     ["other.csv", "row 1", "--columns.prompt NAME --columns.chosen NAME", "columns: {prompt: NAME"]),
+    ("scored-rows-with-other-columns", lambda t, m: ["convert", "scored-to-pairs", str(write_jsonl(
+        t / "rated.jsonl", [{"prompt": "p", "response": "r", "helpfulness": 3, "correctness": 2}])),
+        str(t / "pairs.jsonl")],
+     ["rated.jsonl", "row 1", "--columns.completion NAME", "--columns.score '0.5*helpfulness + 0.5*correctness'"]),
     ("unknown-config-key", lambda t, m: _train(m, _pairs(t), t / "o", "--learning-rate", "0.1"),
      ["learning_rate", "lr"]),
     ("unknown-key-in-yaml", lambda t, m: ["train", str(_yaml(t, "method: dpo\nbatch_sise: 4\n"))],
@@ -167,6 +173,12 @@ def _bad_refs(tmp: Path) -> Path:
     return path
 
 
+def _csv(tmp: Path, text: str) -> Path:
+    path = tmp / "other.csv"
+    path.write_text(text)
+    return path
+
+
 def _pairs_empty(tmp: Path) -> Path:
     path = tmp / "empty.jsonl"
     path.write_text("")
@@ -237,3 +249,11 @@ def test_duplicate_rows_are_warned_about_and_kept(tmp_path, tiny_model_dir, caps
     out = capsys.readouterr()
     assert rc == 0
     assert "loaded 8 pairs" in out.out + out.err and "2 duplicates kept" in out.out + out.err
+
+
+def test_every_row_too_long_is_not_offered_skipping(tmp_path, tiny_model_dir, capsys):
+    data = write_jsonl(tmp_path / "long.jsonl", [_row(prompt="long " * 100, chosen=f"yes {i}") for i in range(4)])
+    assert cli.main(_train(tiny_model_dir, data, tmp_path / "o", "--max-length", "64")) == 2
+    err = capsys.readouterr().err
+    assert "long.jsonl, row 1" in err and "max_length=64" in err
+    assert "--skip-invalid" not in err and "skipping bad rows would leave none" in err
