@@ -5,6 +5,7 @@
     alignlab tiny-model OUT_DIR                        save a tiny Llama + tokenizer for experiments
     alignlab demo [--task T] [--method M] [--seed S]   align a tiny model on a testbed task, before/after table
     alignlab feedback --task T --out DIR [...]         sample and score answers, write every dataset shape
+    alignlab testbed list|build [--task T] [--ship]    the shipped testbed models; rebuild them here and compare
     alignlab convert CONVERSION IN OUT [...]           turn data of one shape into another (scored to pairs,
                                                        pairs to unpaired, reward-augment, flip-labels, ...)
     alignlab eval rm --data PAIRS --model RM_DIR       a reward model's (or, with --scorer, any scorer's)
@@ -207,14 +208,16 @@ def cmd_demo(tokens: list[str]) -> int:
 
     parser = ArgumentParser(
         prog="alignlab demo",
-        description="Build (once) a tiny SFT model for a testbed task, synthesize preferences with the task's "
-                    "gold reward, train, and compare gold reward before and after.")
+        description="Take a testbed task's tiny SFT model (shipped with alignlab), synthesize preferences with the "
+                    "task's gold reward, train, and compare gold reward before and after.")
     parser.add_argument("--task", default="arithmetic", help=f"one of {', '.join(task_names())} (default arithmetic)")
     parser.add_argument("--method", default="dpo", help="training method (default dpo; see `alignlab methods`)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling, training and evaluation (default 0)")
     parser.add_argument("--out", default=None, help="report folder (default runs/demo-TASK-METHOD-sSEED)")
-    parser.add_argument("--cache-dir", default=None, help="where tiny models are cached (default $ALIGNLAB_CACHE "
-                                                          "or ~/.cache/alignlab)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo's report in --out")
+    parser.add_argument("--cache-dir", default=None, help="where reference log-probs (and models built from a "
+                                                          "changed recipe) are cached (default $ALIGNLAB_CACHE or "
+                                                          "~/.cache/alignlab)")
     parser.add_argument("--label-noise", type=float, default=0.0, help="fraction of pair labels to flip (default 0)")
     parser.add_argument("--reward", default="gold", choices=["gold", "proxy"], help="reward that labels the feedback")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the task's, see TASK_LR)")
@@ -236,7 +239,7 @@ def cmd_demo(tokens: list[str]) -> int:
                             reward=args.reward, lr=args.lr, epochs=args.epochs, num_prompts=args.prompts, k=args.k,
                             method_params=params)
     out = args.out or f"runs/demo-{args.task}-{args.method}-s{args.seed}"
-    report = run_demo(settings, out, args.cache_dir, progress=not args.no_progress)
+    report = run_demo(settings, out, args.cache_dir, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"\n{args.method} on the {args.task} task, seed {args.seed}: held-out gold reward before and after\n")
     print(table(report))
     print(f"\nreport: {out}/metrics.json, {out}/plot.png; trained model: {out}/model "
@@ -245,8 +248,9 @@ def cmd_demo(tokens: list[str]) -> int:
 
 
 def cmd_feedback(tokens: list[str]) -> int:
-    from alignlab.testbed.build import STAGES, build_testbed_model, stage_recipe
+    from alignlab.testbed.build import STAGES
     from alignlab.testbed.feedback import PAIR_RULES, FeedbackSpec, synthesize
+    from alignlab.testbed.shipped import testbed_model
     from alignlab.testbed.tasks import task_names
 
     parser = ArgumentParser(
@@ -274,10 +278,60 @@ def cmd_feedback(tokens: list[str]) -> int:
     args = parser.parse_args(tokens)
     spec = FeedbackSpec(args.task, args.prompts, args.k, args.reward, args.pair_rule, args.margin,
                         args.label_noise, args.temperature, args.seed)
-    model = args.model or build_testbed_model(stage_recipe(args.task, args.stage), args.cache_dir)
-    meta = synthesize(model, spec, args.out)
+    model = args.model or testbed_model(args.task, args.stage, args.cache_dir, progress=True)
+    meta = synthesize(model, spec, args.out, progress=True)
     print(json.dumps({"out": args.out, "model": str(model), "rows": meta["rows"], "flipped_pairs": meta["flipped_pairs"],
                       "mean_score": meta["mean_score"]}, indent=1))
+    return 0
+
+
+def cmd_testbed(tokens: list[str]) -> int:
+    """``alignlab testbed list|build``: the shipped testbed models, and rebuilding them here."""
+    from alignlab.cache import describe_machine
+    from alignlab.testbed import shipped
+    from alignlab.testbed.build import STAGES
+    from alignlab.testbed.tasks import task_names
+
+    parser = ArgumentParser(
+        prog="alignlab testbed",
+        description="list: the testbed models shipped with alignlab (recipe, build machine, held-out gold; files "
+                    "checked against their sha256). build: build their recipes on this machine and compare each "
+                    "rebuilt model with the shipped one; with --ship, make the rebuilt models the shipped ones.")
+    parser.add_argument("action", choices=["list", "build"])
+    parser.add_argument("--task", action="append", choices=task_names(), help="a task (repeatable; default all)")
+    parser.add_argument("--stage", action="append", choices=list(STAGES), help="a stage (repeatable; default both)")
+    parser.add_argument("--ship", action="store_true", help="write the built models into the package as the shipped "
+                                                            "ones (for maintainers)")
+    parser.add_argument("--cache-dir", default=None, help="where builds are cached (default $ALIGNLAB_CACHE or "
+                                                          "~/.cache/alignlab)")
+    parser.add_argument("--json", default=None, help="also write the reports to this file")
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(tokens)
+    if args.action == "list":
+        for m in shipped.shipped_models():
+            gold = m["held_out"]
+            print(f"{m['task']:<12} {m['stage']:<11} {m['path']}\n  built on {describe_machine(m['built_on'])} in "
+                  f"{m['build_seconds']:.0f} s; held-out gold sampled {gold['gold/sampled']:.3f}, greedy "
+                  f"{gold['gold/greedy']:.3f}; files match their sha256")
+        return 0
+    reports = []
+    for task in args.task or task_names():
+        for stage in args.stage or STAGES:
+            if args.ship:
+                from alignlab.testbed.build import build_testbed_model, stage_recipe
+
+                built = build_testbed_model(stage_recipe(task, stage), args.cache_dir, progress=True)
+                manifest = shipped.ship(task, stage, built)
+                reports.append(manifest)
+                print(f"shipped {task} {stage}: held-out gold sampled {manifest['held_out']['gold/sampled']:.3f}, "
+                      f"greedy {manifest['held_out']['gold/greedy']:.3f} -> {shipped.shipped_dir(task, stage)}")
+            else:
+                reports.append(shipped.rebuild(task, stage, args.cache_dir))
+                print(shipped.rebuild_table(reports[-1]))
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps(reports, indent=1))
     return 0
 
 
@@ -331,7 +385,7 @@ def cmd_eval(tokens: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "methods": cmd_methods, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
-            "feedback": cmd_feedback, "convert": cmd_convert}
+            "feedback": cmd_feedback, "convert": cmd_convert, "testbed": cmd_testbed}
 
 
 def main(argv: list[str] | None = None) -> int:

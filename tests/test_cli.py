@@ -217,19 +217,20 @@ def test_feedback_command_writes_every_shape(tiny_model_dir, tmp_path, capsys):
     assert meta["spec"]["pair_rule"] == "random" and meta["spec"]["k"] == 2
 
 
-@pytest.mark.parametrize("stage,steps", [(None, (150, 100)), ("sft", (150, 100)), ("pretrained", (600, 0))])
-def test_feedback_command_samples_from_the_chosen_testbed_model(stage, steps, tiny_model_dir, tmp_path, capsys,
+@pytest.mark.parametrize("stage,expected", [(None, "sft"), ("sft", "sft"), ("pretrained", "pretrained")])
+def test_feedback_command_samples_from_the_chosen_testbed_model(stage, expected, tiny_model_dir, tmp_path, capsys,
                                                                  monkeypatch):
-    """Without --model, --from picks which testbed model is built (once) and sampled; the command
-    prints its path, to train on it (the pretrained one is the reward-model backbone)."""
-    import alignlab.testbed.build as build
+    """Without --model, --from picks which testbed model is sampled; the command prints its path,
+    to train on it (the pretrained one is the reward-model backbone)."""
+    import alignlab.testbed.shipped as shipped
     from alignlab.cli import main
 
-    built = []
-    monkeypatch.setattr(build, "build_testbed_model", lambda recipe, cache_dir: built.append(recipe) or tiny_model_dir)
+    asked = []
+    monkeypatch.setattr(shipped, "testbed_model", lambda task, stage, cache_dir, progress: asked.append((task, stage))
+                        or tiny_model_dir)
     args = ["feedback", "--task", "sentiment", "--out", str(tmp_path / "fb"), "--prompts", "3", "--k", "2"]
     assert main(args + (["--from", stage] if stage else [])) == 0
-    assert [(r.task, r.pretrain_steps, r.sft_steps) for r in built] == [("sentiment", *steps)]
+    assert asked == [("sentiment", expected)]
     assert json.loads(capsys.readouterr().out)["model"] == str(tiny_model_dir)
 
 

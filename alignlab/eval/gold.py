@@ -41,6 +41,7 @@ class GoldEvaluator:
     batch_size: int = 128
     rank: int = 0
     world_size: int = 1
+    progress: bool = False  # a bar for each sampling pass
 
     def __post_init__(self) -> None:
         prompts = self.task.eval_prompts()
@@ -49,8 +50,9 @@ class GoldEvaluator:
         self.prompts: list[str] = prompts[self.rank::self.world_size]
         self._reference_gold: list[float] | None = None
 
-    def _generate(self, model, params: SamplingParams) -> list[Sample]:
-        gen = HFGenerator(model, self.tokenizer, self.batch_size)
+    def _generate(self, model, params: SamplingParams, what: str) -> list[Sample]:
+        label = f"evaluating: {what} answers to {len(self.prompts)} held-out prompts" if self.progress else None
+        gen = HFGenerator(model, self.tokenizer, self.batch_size, progress=label)
         return [s[0] for s in gen.generate(self.prompts, 1, params)]
 
     def _params(self, greedy: bool, seed: int) -> SamplingParams:
@@ -63,10 +65,10 @@ class GoldEvaluator:
             lambda: contextlib.nullcontext(reference))
         if self._reference_gold is None:
             with scope() as ref:
-                ref_samples = self._generate(ref, self._params(False, self.seed + REFERENCE_SEED_OFFSET))
+                ref_samples = self._generate(ref, self._params(False, self.seed + REFERENCE_SEED_OFFSET), "reference")
             self._reference_gold = [self.task.gold(p, s.text) for p, s in zip(self.prompts, ref_samples, strict=True)]
-        sampled = self._generate(policy, self._params(False, self.seed))
-        greedy = self._generate(policy, self._params(True, self.seed))
+        sampled = self._generate(policy, self._params(False, self.seed), "sampled")
+        greedy = self._generate(policy, self._params(True, self.seed), "greedy")
         gold_s = [self.task.gold(p, s.text) for p, s in zip(self.prompts, sampled, strict=True)]
         gold_g = [self.task.gold(p, s.text) for p, s in zip(self.prompts, greedy, strict=True)]
         wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(gold_s, self._reference_gold, strict=True)]

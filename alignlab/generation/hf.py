@@ -20,9 +20,11 @@ class HFGenerator:
     which prompts share its batch.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 128):
+    def __init__(self, model, tokenizer, batch_size: int = 128, progress: str | None = None):
+        """``progress``: a label to show a progress bar (sequences done) under, or None for none."""
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        self.progress = progress
         self.model = getattr(model, "module", model)  # a DDP wrapper has no generate
         self.tok = tokenizer
         self.batch_size = batch_size
@@ -58,13 +60,20 @@ class HFGenerator:
         try:
             device = next(self.model.parameters()).device
             devices = [device.index or 0] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), self._bar(len(flat)) as bar:
                 torch.manual_seed(params.seed)
                 for start in range(0, len(flat), self.batch_size):
                     out.extend(self._batch(flat[start:start + self.batch_size], params))
+                    bar.update(len(out) - bar.n)
         finally:
             self.model.train(was_training)
         return [out[i * n:(i + 1) * n] for i in range(len(contexts))]
+
+    def _bar(self, total: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=self.progress, unit="seq", leave=False, dynamic_ncols=True,
+                    disable=self.progress is None)
 
     def _batch(self, contexts: list[tuple[int, ...]], params: SamplingParams) -> list[Sample]:
         from transformers import GenerationConfig

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignlab.cache import cache_root
+from alignlab.cache import cache_root, machine_signature
 from alignlab.errors import UserError
 from alignlab.models import TinyModelConfig, save_tiny_model
 from alignlab.testbed.feedback import write_jsonl
@@ -66,13 +66,14 @@ class ModelRecipe:
     scheduler: str = "constant"  # after a short warmup; the model learns the task late, at a high rate
     doc_chars: int = 64  # pretraining documents are cut into pieces of about this many characters
     seed: int = 0
+    threads: int = 1  # torch intra-op threads during the build: the bits depend on it, so it is fixed here
 
     def __post_init__(self) -> None:
         get_task(self.task)  # an unknown task fails here, with the list of known ones
         for name in ("pretrain_steps", "sft_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        for name in ("pretrain_batch", "sft_batch"):
+        for name in ("pretrain_batch", "sft_batch", "threads"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}: must be >= 1, got {getattr(self, name)}")
         TinyModelConfig(self.hidden_size, self.num_layers, self.num_heads, self.intermediate_size)
@@ -84,7 +85,9 @@ class ModelRecipe:
 
     def key(self) -> str:
         """Hash of the recipe and of what else shapes the model: the task's options, the build
-        procedure's version, the library versions and the kind of device it trains on."""
+        procedure's version, the library versions and the machine it trains on (its instruction
+        set and vendor, ``machine_signature``: hundreds of steps from scratch turn a difference in
+        the last bits into a different model)."""
         import torch
         import transformers
 
@@ -93,7 +96,7 @@ class ModelRecipe:
         blob = json.dumps({
             "version": RECIPE_VERSION, **dataclasses.asdict(self), "task_options": get_task(self.task).options(),
             "alignlab": alignlab.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "machine": machine_signature(self.threads),
         }, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -145,17 +148,31 @@ def short_documents(docs: list[str], chars: int) -> list[str]:
     return out
 
 
-def _stage(model: str, data: Path, out: Path, steps: int, batch: int, lr: float, recipe: ModelRecipe) -> str:
+def _stage(model: str, data: Path, out: Path, steps: int, batch: int, lr: float, recipe: ModelRecipe,
+           progress: bool) -> str:
     from alignlab.train import train
 
     summary = train({
         "method": "sft", "model": model, "data": str(data), "output_dir": str(out), "max_steps": steps,
         "batch_size": batch, "lr": lr, "scheduler": recipe.scheduler, "warmup_steps": min(50, steps // 10),
         "weight_decay": 0.0, "adam_betas": [0.9, 0.98], "max_length": 512, "seed": recipe.seed,
-        "progress": False, "keep_checkpoints": 1,
+        "progress": progress, "keep_checkpoints": 1,
     })
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # only the model is kept
     return summary.model_dir
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous number."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def model_cache_path(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -189,11 +206,12 @@ def _exclusive(lock_file: Path, log: Callable[[str], None], what: str) -> Iterat
 
 
 def build_testbed_model(recipe: ModelRecipe, cache_dir: str | os.PathLike | None = None,
-                        log: Callable[[str], None] | None = None) -> Path:
+                        log: Callable[[str], None] | None = None, progress: bool = False) -> Path:
     """Return the directory of the recipe's model (SFT or pretrained), building it first if it is
-    not cached.
+    not cached for this machine (the key includes ``machine_signature``).
 
-    The check and the build happen under the entry's lock, so concurrent callers build it once."""
+    The check and the build happen under the entry's lock, so concurrent callers build it once.
+    ``progress`` shows a bar for each training stage."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     final = model_cache_path(recipe, cache_dir)
     if (final / "config.json").exists():
@@ -206,16 +224,16 @@ def build_testbed_model(recipe: ModelRecipe, cache_dir: str | os.PathLike | None
     with _exclusive(root / f"{final.parent.name}.lock", log, f"the tiny {recipe.task} model"):
         if (final / "config.json").exists():  # built by the process that held the lock before
             return final
-        _build(recipe, final, root, log)
+        _build(recipe, final, root, log, progress)
     return final
 
 
-def _build(recipe: ModelRecipe, final: Path, root: Path, log: Callable[[str], None]) -> None:
+def _build(recipe: ModelRecipe, final: Path, root: Path, log: Callable[[str], None], progress: bool) -> None:
     task = get_task(recipe.task)
     t0 = time.perf_counter()
     what = "SFT" if recipe.stage == "sft" else recipe.stage
     log(f"building the tiny {what} {recipe.task} model (once; cached in {final.parent})")
-    with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as tmp:
+    with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as tmp, intra_op_threads(recipe.threads):
         work = Path(tmp)
         tiny = TinyModelConfig(recipe.hidden_size, recipe.num_layers, recipe.num_heads,
                                recipe.intermediate_size, max_position_embeddings=512, seed=recipe.seed)
@@ -226,18 +244,18 @@ def _build(recipe: ModelRecipe, final: Path, root: Path, log: Callable[[str], No
             write_jsonl(work / "corpus.jsonl", [{"text": d} for d in docs])
             log(f"  pretraining on {len(docs)} documents ({recipe.pretrain_steps} steps)")
             model = _stage(model, work / "corpus.jsonl", work / "pretrain", recipe.pretrain_steps,
-                           recipe.pretrain_batch, recipe.pretrain_lr, recipe)
+                           recipe.pretrain_batch, recipe.pretrain_lr, recipe, progress)
         if recipe.sft_steps:
             demos = task.demonstrations(recipe.sft_steps * recipe.sft_batch, recipe.seed + 1)
             write_jsonl(work / "sft.jsonl", [{"prompt": p, "completion": r} for p, r in demos])
             log(f"  supervised fine-tuning on {len(demos)} demonstrations ({recipe.sft_steps} steps)")
             model = _stage(model, work / "sft.jsonl", work / "sft-run", recipe.sft_steps, recipe.sft_batch,
-                           recipe.sft_lr, recipe)
+                           recipe.sft_lr, recipe, progress)
         staged = work / "entry"
         staged.mkdir()
         shutil.copytree(model, staged / final.name)
         info = {"recipe": dataclasses.asdict(recipe), "key": recipe.key(), "version": RECIPE_VERSION,
-                "build_seconds": round(time.perf_counter() - t0, 1)}
+                "machine": machine_signature(recipe.threads), "build_seconds": round(time.perf_counter() - t0, 1)}
         (staged / "recipe.json").write_text(json.dumps(info, indent=1))
         if final.parent.exists() and not (final / "config.json").exists():
             shutil.rmtree(final.parent)  # an incomplete entry (its model was deleted): replace it

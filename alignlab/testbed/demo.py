@@ -1,6 +1,6 @@
 """``alignlab demo``: the whole loop on a testbed task, with a number that means something.
 
-1. build (once, cached) or load the task's tiny SFT model;
+1. load the task's tiny SFT model, shipped with the package (``testbed/shipped.py``);
 2. sample K answers per training prompt from it and score them with the gold reward;
 3. train the chosen method (DPO by default) on the resulting dataset, measuring gold reward, win
    rate and KL on the held-out prompts at every evaluation;
@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignlab.cache import machine_signature
 from alignlab.errors import UserError
 from alignlab.eval.gold import GoldEvaluator
 from alignlab.losses import UnknownLossError, get_loss
 from alignlab.models import load_model, load_tokenizer
-from alignlab.testbed.build import build_testbed_model, default_recipe
 from alignlab.testbed.feedback import FeedbackSpec, synthesize, write_jsonl
+from alignlab.testbed.shipped import model_provenance, testbed_model
 from alignlab.testbed.tasks import get_task, task_names
 from alignlab.train.metrics import read_metrics
 
@@ -91,32 +92,43 @@ def _sft_input(feedback_dir: Path) -> Path:
     return out
 
 
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds a training run that is not a demo, and one that holds an earlier
+    demo's report unless ``overwrite``: the demo would replace what is there."""
+    if (out / "run.yaml").exists() and not (out / "feedback" / "metadata.json").exists():
+        raise UserError(f"'{out}' holds a training run that is not a demo; the demo would overwrite it. "
+                        "Choose another --out")
+    if not overwrite and ((out / "metrics.json").exists() or (out / "feedback" / "metadata.json").exists()):
+        raise UserError(f"'{out}' holds an earlier demo's report; the demo would replace it. Choose another --out, "
+                        "or pass --overwrite to replace it")
+
+
 def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Run the demo; return (and write to ``out_dir/metrics.json``) its numbers."""
+             progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Run the demo; return (and write to ``out_dir/metrics.json``) its numbers. A folder that
+    holds an earlier demo's report is refused unless ``overwrite``."""
     from transformers.utils import logging as hf_logging
 
     from alignlab.train import train
 
     hf_logging.disable_progress_bar()  # weight loading and saving bars would bury the demo's own output
     out = Path(out_dir)
-    if (out / "run.yaml").exists() and not (out / "feedback" / "metadata.json").exists():
-        raise UserError(f"'{out}' holds a training run that is not a demo; the demo would overwrite it. "
-                        "Choose another --out")
+    check_out_dir(out, overwrite)
     t0 = time.perf_counter()
-    sft_dir = build_testbed_model(default_recipe(settings.task), cache_dir, log=_log)
+    sft_dir = testbed_model(settings.task, "sft", cache_dir, log=_log, progress=progress)
     t_model = time.perf_counter() - t0
 
     _log(f"sampling {settings.k} answers to each of {settings.num_prompts} prompts and scoring them")
     feedback = synthesize(sft_dir, FeedbackSpec(settings.task, settings.num_prompts, settings.k, settings.reward,
                                                 label_noise=settings.label_noise, seed=settings.seed),
-                          out / "feedback")
+                          out / "feedback", progress=progress)
     t_feedback = time.perf_counter() - t0 - t_model
     shape = get_loss(settings.method).shape
     data = out / "feedback" / SHAPE_FILES[shape] if shape != "sft" else _sft_input(out / "feedback")
 
     task = get_task(settings.task)
-    before = GoldEvaluator(task, load_tokenizer(str(sft_dir)), seed=settings.seed, num_prompts=settings.eval_prompts)
+    before = GoldEvaluator(task, load_tokenizer(str(sft_dir)), seed=settings.seed, num_prompts=settings.eval_prompts,
+                           progress=progress)
     sft_model = load_model(str(sft_dir))
     before_metrics = {f"eval/{k}": v for k, v in before(sft_model, sft_model).items()}
 
@@ -142,11 +154,13 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
     report = {
         "settings": asdict(settings),
         "sft_model": str(sft_dir),
+        "sft_model_provenance": model_provenance(sft_dir),
         "before": before_metrics,
         "after": {k: v for k, v in summary.eval_metrics.items() if k.startswith("eval/gold")},
         "history": history,
         "train": summary.train_metrics,
         "feedback": {k: v for k, v in feedback.items() if k != "flipped_rows"},
+        "machine": machine_signature(),
         "seconds": {"model": round(t_model, 1), "feedback": round(t_feedback, 1), "train": round(t_train, 1),
                     "total": round(time.perf_counter() - t0, 1)},
     }

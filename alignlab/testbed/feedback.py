@@ -91,20 +91,27 @@ def ranks_of(scores: list[float]) -> list[int]:
     return [1 + sum(other > s for other in scores) for s in scores]
 
 
-def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, batch_size: int = 256) -> dict:
-    """Sample, score and write every dataset shape under ``out_dir``; return the metadata."""
+def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, batch_size: int = 256,
+               progress: bool = False) -> dict:
+    """Sample, score and write every dataset shape under ``out_dir``; return the metadata.
+    ``progress`` shows a bar while sampling and one while scoring."""
+    from tqdm.auto import tqdm
+
     task = get_task(spec.task)
     score = task.gold if spec.reward == "gold" else task.proxy
     tok = load_tokenizer(str(model_dir))
     model = load_model(str(model_dir))
     prompts = task.train_prompts(spec.num_prompts, spec.seed)
     params = SamplingParams(max_new_tokens=task.max_new_tokens, temperature=spec.temperature, seed=spec.seed)
-    samples = HFGenerator(model, tok, batch_size).generate(prompts, spec.k, params)
+    samples = HFGenerator(model, tok, batch_size, progress=f"sampling {spec.k} answers to {len(prompts)} prompts"
+                          if progress else None).generate(prompts, spec.k, params)
     # An empty answer cannot be a response in any dataset format: it is dropped and counted.
     texts = [[s.text for s in row if s.text.strip()] for row in samples]
     empty = sum(len(row) for row in samples) - sum(len(row) for row in texts)
     unfinished = sum(not s.finished for row in samples for s in row if s.text.strip())
-    scores = [[float(score(p, t)) for t in row] for p, row in zip(prompts, texts, strict=True)]
+    scoring = tqdm(zip(prompts, texts, strict=True), total=len(prompts), desc=f"scoring ({spec.reward} reward)",
+                   unit="prompt", leave=False, disable=not progress)
+    scores = [[float(score(p, t)) for t in row] for p, row in scoring]
     flat = [s for row in scores for s in row]
     threshold = sum(flat) / len(flat) if flat else 0.0
 

@@ -2,8 +2,8 @@
 testbed's sentiment preferences, tells the preferred response apart on held-out pairs, and
 `alignlab eval rm` measures the same accuracy on them.
 
-The preferences are the testbed's own: the tiny sentiment SFT model (built once, cached, shared
-with the demo tests) answers training prompts, the task's gold reward (lexicon positivity) scores
+The preferences are the testbed's own: the tiny sentiment SFT model (shipped with the package)
+answers training prompts, the task's gold reward (lexicon positivity) scores
 the answers, and the best and worst answer to each prompt make a pair. A quarter of the pairs is
 held out. The answers are the under-trained model's samples, misspellings and all, so the reward
 model has to find the sentiment words among noise.
@@ -17,8 +17,8 @@ import pytest
 
 from alignlab.cli import main
 from alignlab.data.load import load_records, split_records
-from alignlab.testbed.build import build_testbed_model, default_recipe
 from alignlab.testbed.feedback import FeedbackSpec, synthesize
+from alignlab.testbed.shipped import testbed_model
 from alignlab.train import train
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ HELD_OUT = 0.25
 @pytest.fixture(scope="module")
 def sentiment_pairs(isolated_cache, tmp_path_factory):
     """The testbed's sentiment pairs file (best against worst of 4 samples per prompt)."""
-    model = build_testbed_model(default_recipe("sentiment"), isolated_cache)
+    model = testbed_model("sentiment", "sft", isolated_cache)
     out = tmp_path_factory.mktemp("sentiment-feedback")
     meta = synthesize(model, FeedbackSpec("sentiment", num_prompts=PROMPTS, k=4, seed=11), out)
     assert meta["rows"]["pairs"] > 600

@@ -2,7 +2,7 @@
 preferred response apart on held-out pairs, both on the testbed's own tiny Llama and on the
 pretrained MiniLM encoder, and `alignlab eval rm` measures the same accuracy on the held-out pairs.
 
-The preferences are the testbed's own: the sentiment task's pretrained model (built once, cached)
+The preferences are the testbed's own: the sentiment task's pretrained model (shipped with alignlab)
 answers 4096 training prompts 4 times, the task's gold reward (lexicon positivity with negation)
 scores the answers, and the best and worst answer to each prompt make a pair. A quarter of the pairs
 is held out, whole prompts at a time (the 4096 prompts repeat about 560 review openers). The same
@@ -28,8 +28,8 @@ import os
 
 import pytest
 
-from alignlab.testbed.build import build_testbed_model, pretrained_recipe
 from alignlab.testbed.feedback import FeedbackSpec, synthesize
+from alignlab.testbed.shipped import shipped_dir, testbed_model
 from alignlab.train import train
 from tests.e2e.test_reward_models import HELD_OUT, check_eval_rm_agrees
 
@@ -45,8 +45,8 @@ MINILM_PAIRS = 1000
 def test_bradley_terry_reward_models_on_sentiment_preferences(isolated_cache, tmp_path):
     """One test, not two sharing a fixture: pytest-xdist could run two tests on different workers,
     and each would sample the 16384 answers again."""
-    backbone = build_testbed_model(pretrained_recipe("sentiment"), isolated_cache)
-    assert backbone.name == "pretrained"
+    backbone = testbed_model("sentiment", "pretrained", isolated_cache)
+    assert backbone == shipped_dir("sentiment", "pretrained")
     meta = synthesize(backbone, FeedbackSpec("sentiment", num_prompts=PROMPTS, k=4, seed=11), tmp_path / "fb")
     assert meta["rows"]["pairs"] > 3300
     pairs = tmp_path / "fb" / "pairs.jsonl"
