@@ -335,7 +335,40 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "methods": cmd_methods, "tiny-
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; returns the exit status (0, 2 for a user error, 130 when interrupted, 141
+    when the reader of stdout went away, as in ``alignlab methods | head``)."""
+    try:
+        code = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # what is still buffered fails here, inside the try, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # some other pipe or socket broke: that is not the reader going away
+        # Nothing more can be printed; point stdout at devnull so that the interpreter's own flush
+        # at exit does not fail again, and stop without a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe or socket whose reading end is closed (poll reports an error or a
+    hang-up on it); True where poll cannot be asked, False for a stdout that is no file."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
@@ -364,7 +397,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("alignlab: interrupted", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())
