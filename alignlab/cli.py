@@ -131,10 +131,7 @@ def cmd_train(tokens: list[str]) -> int:
     from alignlab.train.distributed import init_distributed
 
     if init_distributed().is_main:
-        final = {k: v if isinstance(v, int) else float(f"{v:.6g}")
-                 for k, v in {**summary.train_metrics, **summary.eval_metrics}.items()}
-        print(json.dumps({"output_dir": summary.output_dir, "model_dir": summary.model_dir,
-                          "steps": summary.steps, "final": final}, indent=1))
+        print(summary.to_json())  # the same as the run's summary.json
     return 0
 
 

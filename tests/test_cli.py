@@ -126,8 +126,24 @@ def test_skip_invalid_trains_on_the_rest(capsys, tmp_path, tiny_model_dir):
     assert code == 0, err
     assert "1 invalid row skipped" in err and "row 3" in err
     summary = json.loads(out)
-    assert summary["steps"] == 1 and summary["final"]["step"] == 1 and isinstance(summary["final"]["step"], int)
-    assert summary["final"]["lr"] > 0  # printed to 6 significant digits, not rounded away
+    assert summary["steps"] == 1 and summary["train_metrics"]["step"] == 1
+    assert summary["data"]["train_rows"] == 6 and summary["data"]["skipped_rows"] == 1
+
+
+def test_train_prints_what_summary_json_holds(capsys, tmp_path, tiny_model_dir, pairs_file):
+    """One structure: the printout is summary.json, the last step's metrics under train_metrics and
+    the final evaluation's under eval_metrics, at full precision."""
+    code, out, err = _run(["train", "--model", str(tiny_model_dir), "--data", str(pairs_file), "--output-dir",
+                           str(tmp_path / "o"), "--max-steps", "2", "--batch-size", "4", "--eval-fraction", "0.25",
+                           "--lr", "1e-7", "--warmup-steps", "0", "--scheduler", "constant", "--progress", "false"],
+                          capsys)
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed == json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert list(printed) == ["output_dir", "model_dir", "steps", "train_metrics", "eval_metrics", "data"]
+    assert printed["steps"] == 2 and printed["train_metrics"]["step"] == 2
+    assert printed["train_metrics"]["lr"] == 1e-7  # a constant schedule, printed exactly
+    assert "eval/loss" in printed["eval_metrics"] and not any(k.startswith("eval/") for k in printed["train_metrics"])
 
 
 def test_debug_shows_the_traceback():

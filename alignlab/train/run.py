@@ -44,14 +44,18 @@ from alignlab.train.reference_cache import attach_reference, cache_key
 
 @dataclass
 class Summary:
-    """What a finished run returns: where it wrote and the final numbers."""
+    """What a finished run returns: where it wrote and the final numbers. ``to_json()`` is what
+    ``summary.json`` holds and what ``alignlab train`` prints."""
 
     output_dir: str
     model_dir: str
     steps: int
-    train_metrics: dict[str, float] = field(default_factory=dict)
-    eval_metrics: dict[str, float] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
+    train_metrics: dict[str, float] = field(default_factory=dict)  # the last training step's metrics
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # the final evaluation's (eval/...)
+    data: dict[str, Any] = field(default_factory=dict)  # rows and examples read, skipped, held out
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
 
 
 def _log(dist: Dist, msg: str) -> None:
@@ -338,6 +342,6 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
             save_model(policy, tokenizer, model_dir, merge_lora=cfg.merge_lora)
     summary = Summary(str(out), str(model_dir), result.steps, result.train_metrics, result.eval_metrics, data_info)
     if dist.is_main:
-        (out / "summary.json").write_text(json.dumps(asdict(summary), indent=1))
+        (out / "summary.json").write_text(summary.to_json())
     dist.barrier()
     return summary
