@@ -27,7 +27,7 @@ import textwrap
 import yaml
 
 from alignlab.data.convert_cli import cmd_convert
-from alignlab.errors import ArgumentParser, Interrupted, UserError
+from alignlab.errors import ArgumentParser, Interrupted, UserError, command_line
 
 USAGE = "alignlab train [CONFIG.yaml] [--field value ...]"
 BARE = None  # the value of a flag given without one
@@ -380,7 +380,8 @@ def _dispatch(argv: list[str]) -> int:
         return 2
     debug = "--debug" in rest
     try:
-        return COMMANDS[command](rest)
+        with command_line():  # messages name options as flags (--overwrite, not overwrite=True)
+            return COMMANDS[command](rest)
     except UserError as e:
         if debug:
             raise

@@ -10,9 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from alignlab import train
-from alignlab.errors import ConfigError, UserError
+from alignlab import cli, train
+from alignlab.config import make_config
+from alignlab.errors import ConfigError, Interrupted, UserError
 from alignlab.models import TinyModelConfig, save_tiny_model
+from alignlab.train.interrupt import StopRequest
 from alignlab.train.loop import NumericError
 from tests.train.helpers import base_config, weights
 
@@ -92,6 +94,56 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, tiny_model_dir,
     (tmp_path / "r" / "run.yaml").unlink()
     with pytest.raises(ConfigError, match="differs in lr"):
         train({**cfg, "lr": 0.5, "resume": True})
+
+
+def _flags(cfg: dict) -> list[str]:
+    """A flat config as `alignlab train` flags."""
+    return [x for k, v in cfg.items() for x in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]
+
+
+def test_refusals_name_the_option_as_the_caller_sets_it(tmp_path, tiny_model_dir, pairs_file, capsys):
+    """From Python (a dict or a TrainConfig) a refusal names the config key (overwrite=True), from the
+    command line the flag (--overwrite): the refusal of a used output directory, of a resume whose
+    run.yaml differs, and of a resume whose checkpoint was written with another config."""
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "r", max_steps=1, batch_size=4)
+    train(cfg)
+    for given in (cfg, make_config(cfg)):
+        with pytest.raises(ConfigError) as e:
+            train(given)
+        assert str(e.value) == (f"output_dir: '{tmp_path / 'r'}' already holds a run; pass resume=True to continue "
+                                "it or overwrite=True to start afresh")
+    with pytest.raises(ConfigError) as e:
+        train({**cfg, "lr": 0.5, "resume": True})
+    assert str(e.value).endswith("differs in lr; resume with the same config, or start afresh with overwrite=True "
+                                 "without resume=True")
+    assert cli.main(["train", *_flags(cfg)]) == 2
+    assert capsys.readouterr().err.endswith("already holds a run; pass --resume to continue it or --overwrite to "
+                                            "start afresh\n")
+    assert cli.main(["train", *_flags({**cfg, "lr": 0.5, "resume": True})]) == 2
+    assert capsys.readouterr().err.endswith("start afresh with --overwrite without --resume\n")
+    (tmp_path / "r" / "run.yaml").unlink()  # the checkpoint's own record of its config is checked next
+    with pytest.raises(ConfigError) as e:
+        train({**cfg, "lr": 0.5, "resume": True})
+    assert str(e.value).startswith("resume: checkpoint") and "--" not in str(e.value)
+    assert str(e.value).endswith("start afresh with overwrite=True without resume=True")
+    assert cli.main(["train", *_flags({**cfg, "lr": 0.5, "resume": True})]) == 2
+    assert capsys.readouterr().err.endswith("start afresh with --overwrite without --resume\n")
+
+
+def test_a_bad_row_from_python_says_how_to_skip_it(tmp_path, tiny_model_dir, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "a"}) + "\n")
+    cfg = base_config(tiny_model_dir, data, tmp_path / "r")
+    with pytest.raises(UserError, match=r"bad.jsonl, row 1, .* identical \(pass skip_invalid=True to skip bad rows\)$"):
+        train(cfg)
+    assert cli.main(["train", *_flags(cfg)]) == 2
+    assert capsys.readouterr().err.endswith("(pass --skip-invalid to skip bad rows)\n")
+
+
+def test_a_stopped_python_run_says_how_to_continue_it(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
+    monkeypatch.setattr(StopRequest, "agreed", lambda self, dist: True)  # as if a signal came during step 1
+    with pytest.raises(Interrupted, match=r"after step 1 of 3; .* written; continue with resume=True$"):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "r", max_steps=3, batch_size=4))
 
 
 def test_resume_wins_over_overwrite(tmp_path, tiny_model_dir, pairs_file):
