@@ -8,7 +8,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignlab import train
 from alignlab.errors import UserError
-from alignlab.models import LoraSettings, Reference, add_lora, build_tiny_model, load_model, load_tokenizer
+from alignlab.models import (
+    LoraSettings,
+    Reference,
+    add_lora,
+    build_tiny_model,
+    first_non_finite,
+    load_model,
+    load_tokenizer,
+)
+from tests.conftest import DAMAGED_SIZE, DAMAGED_TENSOR, DAMAGED_VALUES
 from tests.train.helpers import base_config
 
 
@@ -55,6 +64,27 @@ def test_directory_without_config(tmp_path):
 def test_bad_dtype(tiny_model_dir):
     with pytest.raises(UserError, match="dtype"):
         load_model(str(tiny_model_dir), dtype="fp8")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_a_model_with_non_finite_weights_is_refused_naming_file_and_tensor(damaged_model_dir, dtype):
+    """A model.safetensors damaged in place (same size, NaN and inf in two tensors): one line naming
+    the directory, the file, the first damaged tensor in parameter order and how many of its
+    values are bad."""
+    with pytest.raises(UserError) as e:
+        load_model(str(damaged_model_dir), dtype=dtype)
+    assert str(e.value) == (
+        f"model '{damaged_model_dir}' has non-finite weights: '{DAMAGED_TENSOR}' (in {damaged_model_dir}/"
+        f"model.safetensors) holds {DAMAGED_VALUES} NaN or infinite values of {DAMAGED_SIZE}; the file is damaged, "
+        "or was saved after a training run diverged")
+
+
+def test_first_non_finite_finds_nan_and_inf_and_is_not_fooled_by_an_overflowing_sum():
+    big = torch.full((4,), 3e38)  # finite values whose float32 sum overflows to inf
+    assert first_non_finite([("big", big), ("ints", torch.arange(3)), ("ok", torch.zeros(2))]) is None
+    inf = torch.tensor([1.0, float("inf"), -float("inf")])  # a sum of inf - inf is NaN: still found
+    assert first_non_finite([("big", big), ("inf", inf), ("nan", torch.tensor([float("nan")]))]) == ("inf", 2, 3)
+    assert first_non_finite([("half", torch.tensor([1.0, float("nan")], dtype=torch.bfloat16))]) == ("half", 1, 2)
 
 
 def test_bf16_loading(tiny_model_dir):

@@ -207,7 +207,7 @@ def _prepare(cfg: TrainConfig, train_ex: list, eval_ex: list, tokenizer, referen
             examples = attach_reference(
                 examples, reference, pad_id=tokenizer.pad_token_id, batch_size=batch, dist=dist,
                 cache_file=root / "reference_logps" / f"{key}.safetensors" if root else None, tokens=tokens,
-                autocast=partial(autocast, cfg, dist), log=log)
+                autocast=partial(autocast, cfg, dist), log=log, model_name=cfg.model)
         sets[i] = examples
     return sets[0], sets[1]
 

@@ -8,14 +8,16 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from alignlab import cli, train
 from alignlab.config import make_config
 from alignlab.errors import ConfigError, Interrupted, UserError
 from alignlab.models import TinyModelConfig, save_tiny_model
+from alignlab.train import preference
 from alignlab.train.interrupt import StopRequest
 from alignlab.train.loop import NumericError
+from tests.conftest import DAMAGED_TENSOR, DAMAGED_VALUES
 from tests.train.helpers import base_config, weights
 
 
@@ -209,17 +211,34 @@ def test_bf16_is_mixed_precision(tmp_path, tiny_model_dir, pairs_file):
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
 
 
-def test_non_finite_loss_stops_the_run_without_updating(tmp_path, tiny_model_dir, pairs_file):
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for f in tiny_model_dir.iterdir():
-        (broken / f.name).write_bytes(f.read_bytes())
-    w = load_file(broken / "model.safetensors")
-    w["model.norm.weight"][0] = float("nan")
-    save_file(w, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(NumericError, match="step 1: the loss"):
-        train(base_config(broken, pairs_file, tmp_path / "r", max_steps=2, batch_size=4))
+def test_non_finite_loss_stops_the_run_without_updating(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
+    real = preference.PreferenceForward.__call__
+
+    def poisoned(self, model, batch):
+        out, units = real(self, model, batch)
+        out.losses = out.losses * float("nan")
+        return out, units
+
+    monkeypatch.setattr(preference.PreferenceForward, "__call__", poisoned)
+    with pytest.raises(NumericError, match=r"^step 1: the loss \(nan\).*start afresh with overwrite=True without "
+                                           r"resume=True\)$"):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "r", max_steps=2, batch_size=4))
     assert not (tmp_path / "r" / "model").exists()
+
+
+@pytest.mark.parametrize("method", ["dpo", "sft"])
+def test_non_finite_weights_are_refused_before_anything_is_written(method, tmp_path, damaged_model_dir, pairs_file,
+                                                                   sft_file):
+    """Not blamed on the data rows and the learning rate at the first step, and none of the
+    model's NaN reference log-probs cached: the model is refused as it loads, naming its file."""
+    cache = tmp_path / "cache"
+    data = sft_file if method == "sft" else pairs_file
+    with pytest.raises(UserError) as e:
+        train(base_config(damaged_model_dir, data, tmp_path / "r", method=method, cache_dir=str(cache)))
+    assert not isinstance(e.value, NumericError)
+    assert str(e.value).startswith(f"model '{damaged_model_dir}' has non-finite weights: '{DAMAGED_TENSOR}' "
+                                   f"(in {damaged_model_dir}/model.safetensors) holds {DAMAGED_VALUES} NaN")
+    assert not (tmp_path / "r").exists() and not cache.exists()
 
 
 def test_broken_model_config_is_a_user_error(tmp_path, tiny_model_dir, pairs_file):
