@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +252,15 @@ def add_lora(model, settings: LoraSettings):
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft 0.21 asks the model `is_gradient_checkpointing` (to make inputs require grads when it
+            # is on); transformers 5 deprecates that name for `is_activation_checkpointing`, which
+            # alignlab uses. The answer is always False here, since checkpointing is switched on after
+            # the adapter (train/run.py). Only that one question is silenced, only for this call;
+            # drop this once peft asks the new name.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as e:
         raise UserError(f"cannot add LoRA adapter: {e}") from None
 

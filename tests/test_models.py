@@ -132,3 +132,28 @@ def test_lora_training_saves_adapter_and_merged_weights(tmp_path, tiny_model_dir
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not torch.allclose(plain(ids).logits, merged(ids).logits, atol=1e-4)  # the adapter learned something
     assert summary.train_metrics["rewards/margins"] != 0.0
+
+
+@pytest.mark.parametrize("options", [{}, {"lora": True, "lora_r": 4}, {"lora": True, "lora_r": 4,
+                                                                      "gradient_checkpointing": True,
+                                                                      "merge_lora": True}],
+                         ids=["full", "lora", "lora-checkpointed"])
+def test_training_uses_no_deprecated_transformers_api(options, tmp_path, tiny_model_dir, pairs_file):
+    """No deprecation warning from transformers (of `is_gradient_checkpointing`, which peft's LoRA
+    wrapper read, or any other), neither as a Python warning nor through transformers' logger."""
+    import logging
+    import warnings
+
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=1, batch_size=4, **options))
+    finally:
+        hf_logger.removeHandler(handler)
+    said = [f"{w.category.__name__}: {w.message}" for w in caught] + [r.getMessage() for r in logged]
+    assert not [s for s in said if "deprecat" in s.lower()], said
