@@ -396,5 +396,6 @@ def _dispatch(argv: list[str]) -> int:
         print("alignlab: interrupted", file=sys.stderr)
         return 130
 
+
 if __name__ == "__main__":
     sys.exit(main())
