@@ -28,7 +28,7 @@ import textwrap
 import yaml
 
 from alignlab.data.convert_cli import cmd_convert
-from alignlab.errors import ArgumentParser, Interrupted, UserError
+from alignlab.errors import ArgumentParser, Interrupted, UserError, command_line
 
 USAGE = "alignlab train [CONFIG.yaml] [--field value ...]"
 BARE = None  # the value of a flag given without one
@@ -132,10 +132,7 @@ def cmd_train(tokens: list[str]) -> int:
     from alignlab.train.distributed import init_distributed
 
     if init_distributed().is_main:
-        final = {k: v if isinstance(v, int) else float(f"{v:.6g}")
-                 for k, v in {**summary.train_metrics, **summary.eval_metrics}.items()}
-        print(json.dumps({"output_dir": summary.output_dir, "model_dir": summary.model_dir,
-                          "steps": summary.steps, "final": final}, indent=1))
+        print(summary.to_json())  # the same as the run's summary.json
     return 0
 
 
@@ -389,7 +386,40 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "methods": cmd_methods, "tiny-
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; returns the exit status (0, 2 for a user error, 130 when interrupted, 141
+    when the reader of stdout went away, as in ``alignlab methods | head``)."""
+    try:
+        code = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # what is still buffered fails here, inside the try, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # some other pipe or socket broke: that is not the reader going away
+        # Nothing more can be printed; point stdout at devnull so that the interpreter's own flush
+        # at exit does not fail again, and stop without a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe or socket whose reading end is closed (poll reports an error or a
+    hang-up on it); True where poll cannot be asked, False for a stdout that is no file."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
@@ -404,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = "--debug" in rest
     try:
-        return COMMANDS[command](rest)
+        with command_line():  # messages name options as flags (--overwrite, not overwrite=True)
+            return COMMANDS[command](rest)
     except UserError as e:
         if debug:
             raise

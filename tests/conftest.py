@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,34 @@ def pairs_file(tmp_path) -> Path:
 def sft_file(tmp_path) -> Path:
     rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in make_pairs(16, seed=1)]
     return write_jsonl(tmp_path / "sft.jsonl", rows)
+
+
+def overwrite_values(file: Path, tensor: str, values: list[float]) -> None:
+    """Overwrite the first values of a float32 ``tensor`` of a safetensors file in place, as damage
+    on disk would: the file keeps its size and its header."""
+    with open(file, "r+b") as f:
+        (header_size,) = struct.unpack("<Q", f.read(8))
+        entry = json.loads(f.read(header_size))[tensor]
+        assert entry["dtype"] == "F32"
+        f.seek(8 + header_size + entry["data_offsets"][0])
+        f.write(struct.pack(f"<{len(values)}f", *values))
+
+
+# The tiny model with damaged weights: in parameter order (embeddings, layer 0, layer 1, norm, head),
+# the first tensor holding them is layer 1's MLP up-projection (intermediate 128 x hidden 64).
+DAMAGED_TENSOR, DAMAGED_VALUES, DAMAGED_SIZE = "model.layers.1.mlp.up_proj.weight", 3, 128 * 64
+
+
+def damage(model_dir: Path, out: Path, prefix: str = "model.") -> Path:
+    """A copy of ``model_dir`` whose model.safetensors holds NaN and inf (see DAMAGED_TENSOR);
+    ``prefix``: of the names in the file (none for a saved backbone)."""
+    shutil.copytree(model_dir, out)
+    overwrite_values(out / "model.safetensors", f"{prefix}norm.weight", [float("nan")])
+    overwrite_values(out / "model.safetensors", prefix + DAMAGED_TENSOR.removeprefix("model."),
+                     [float("nan"), 0.5, float("inf"), float("nan")])
+    return out
+
+
+@pytest.fixture
+def damaged_model_dir(tiny_model_dir, tmp_path) -> Path:
+    return damage(tiny_model_dir, tmp_path / "damaged-model")

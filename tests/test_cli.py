@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,8 +126,24 @@ def test_skip_invalid_trains_on_the_rest(capsys, tmp_path, tiny_model_dir):
     assert code == 0, err
     assert "1 invalid row skipped" in err and "row 3" in err
     summary = json.loads(out)
-    assert summary["steps"] == 1 and summary["final"]["step"] == 1 and isinstance(summary["final"]["step"], int)
-    assert summary["final"]["lr"] > 0  # printed to 6 significant digits, not rounded away
+    assert summary["steps"] == 1 and summary["train_metrics"]["step"] == 1
+    assert summary["data"]["train_rows"] == 6 and summary["data"]["skipped_rows"] == 1
+
+
+def test_train_prints_what_summary_json_holds(capsys, tmp_path, tiny_model_dir, pairs_file):
+    """One structure: the printout is summary.json, the last step's metrics under train_metrics and
+    the final evaluation's under eval_metrics, at full precision."""
+    code, out, err = _run(["train", "--model", str(tiny_model_dir), "--data", str(pairs_file), "--output-dir",
+                           str(tmp_path / "o"), "--max-steps", "2", "--batch-size", "4", "--eval-fraction", "0.25",
+                           "--lr", "1e-7", "--warmup-steps", "0", "--scheduler", "constant", "--progress", "false"],
+                          capsys)
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed == json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert list(printed) == ["output_dir", "model_dir", "steps", "train_metrics", "eval_metrics", "data"]
+    assert printed["steps"] == 2 and printed["train_metrics"]["step"] == 2
+    assert printed["train_metrics"]["lr"] == 1e-7  # a constant schedule, printed exactly
+    assert "eval/loss" in printed["eval_metrics"] and not any(k.startswith("eval/") for k in printed["train_metrics"])
 
 
 def test_debug_shows_the_traceback():
@@ -240,3 +257,68 @@ def test_feedback_command_rejects_bad_settings(tiny_model_dir, tmp_path, capsys)
     assert main(["feedback", "--task", "sentiment", "--model", str(tiny_model_dir), "--out", str(tmp_path),
                  "--label-noise", "2"]) == 2
     assert "label_noise must be in [0, 0.5)" in capsys.readouterr().err
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    """The environment of a child python that imports this checkout of alignlab."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def _pipe_to_a_reader_that_leaves(argv: list[str], read_first_line: bool) -> tuple[bytes, int, str]:
+    """Run ``python -m alignlab.cli ARGV`` into a real pipe whose reader leaves early: after the
+    first line (as ``| head -n 1`` does), or before anything is written (as ``| true`` does).
+
+    The pipe holds one page (4 KiB) where Linux lets it be shrunk, so a command printing more than
+    twice that cannot have written everything before the reader leaves (at most one pipeful read
+    and one pipeful waiting); the first-line cases print more than 12 KiB."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    elif read_first_line:
+        pytest.skip("the pipe's capacity cannot be set here")
+    proc = subprocess.Popen([sys.executable, "-m", "alignlab.cli", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                            cwd=ROOT, env=_env())
+    os.close(write_end)
+    first = b""
+    if read_first_line:
+        while b"\n" not in first:
+            chunk = os.read(read_end, 1)
+            if not chunk:
+                break
+            first += chunk
+    os.close(read_end)
+    _, err = proc.communicate(timeout=120)
+    return first, proc.returncode, err.decode()
+
+
+@pytest.mark.parametrize("argv,read_first_line", [
+    (["methods"], True),
+    (["train", "--help"], True),
+    (["--help"], False),
+])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(argv, read_first_line):
+    """`alignlab methods | head -n 1`: the reader takes its line and goes; the command stops with no
+    traceback, with the status a shell gives a writer whose reader left (128 + SIGPIPE)."""
+    first, code, err = _pipe_to_a_reader_that_leaves(argv, read_first_line)
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+    assert code == 141, err
+    if read_first_line:
+        assert first == {"methods": b"== sft data: prompt + completion (or messages / text)\n",
+                         "train": b"usage: alignlab train [CONFIG.yaml] [--field value ...]\n"}[argv[0]]
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden():
+    """Only the reader of stdout going away ends a command quietly; another broken pipe (a judge's
+    socket, say) while stdout's reader is still there is a bug to show, not to swallow."""
+    code = ("import sys\nfrom alignlab import cli\n"
+            "def broken(tokens):\n    print('a line first')\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "cli.COMMANDS['methods'] = broken\nsys.exit(cli.main(['methods']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=_env(),
+                          timeout=120)
+    assert proc.stdout == "a line first\n"
+    assert proc.returncode == 1 and "BrokenPipeError" in proc.stderr, proc.stderr

@@ -8,7 +8,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignlab import train
 from alignlab.errors import UserError
-from alignlab.models import LoraSettings, Reference, add_lora, build_tiny_model, load_model, load_tokenizer
+from alignlab.models import (
+    LoraSettings,
+    Reference,
+    add_lora,
+    build_tiny_model,
+    first_non_finite,
+    load_model,
+    load_tokenizer,
+)
+from tests.conftest import DAMAGED_SIZE, DAMAGED_TENSOR, DAMAGED_VALUES
 from tests.train.helpers import base_config
 
 
@@ -57,6 +66,27 @@ def test_bad_dtype(tiny_model_dir):
         load_model(str(tiny_model_dir), dtype="fp8")
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_a_model_with_non_finite_weights_is_refused_naming_file_and_tensor(damaged_model_dir, dtype):
+    """A model.safetensors damaged in place (same size, NaN and inf in two tensors): one line naming
+    the directory, the file, the first damaged tensor in parameter order and how many of its
+    values are bad."""
+    with pytest.raises(UserError) as e:
+        load_model(str(damaged_model_dir), dtype=dtype)
+    assert str(e.value) == (
+        f"model '{damaged_model_dir}' has non-finite weights: '{DAMAGED_TENSOR}' (in {damaged_model_dir}/"
+        f"model.safetensors) holds {DAMAGED_VALUES} NaN or infinite values of {DAMAGED_SIZE}; the file is damaged, "
+        "or was saved after a training run diverged")
+
+
+def test_first_non_finite_finds_nan_and_inf_and_is_not_fooled_by_an_overflowing_sum():
+    big = torch.full((4,), 3e38)  # finite values whose float32 sum overflows to inf
+    assert first_non_finite([("big", big), ("ints", torch.arange(3)), ("ok", torch.zeros(2))]) is None
+    inf = torch.tensor([1.0, float("inf"), -float("inf")])  # a sum of inf - inf is NaN: still found
+    assert first_non_finite([("big", big), ("inf", inf), ("nan", torch.tensor([float("nan")]))]) == ("inf", 2, 3)
+    assert first_non_finite([("half", torch.tensor([1.0, float("nan")], dtype=torch.bfloat16))]) == ("half", 1, 2)
+
+
 def test_bf16_loading(tiny_model_dir):
     assert load_model(str(tiny_model_dir), dtype="bf16").dtype == torch.bfloat16
 
@@ -102,3 +132,28 @@ def test_lora_training_saves_adapter_and_merged_weights(tmp_path, tiny_model_dir
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not torch.allclose(plain(ids).logits, merged(ids).logits, atol=1e-4)  # the adapter learned something
     assert summary.train_metrics["rewards/margins"] != 0.0
+
+
+@pytest.mark.parametrize("options", [{}, {"lora": True, "lora_r": 4}, {"lora": True, "lora_r": 4,
+                                                                      "gradient_checkpointing": True,
+                                                                      "merge_lora": True}],
+                         ids=["full", "lora", "lora-checkpointed"])
+def test_training_uses_no_deprecated_transformers_api(options, tmp_path, tiny_model_dir, pairs_file):
+    """No deprecation warning from transformers (of `is_gradient_checkpointing`, which peft's LoRA
+    wrapper read, or any other), neither as a Python warning nor through transformers' logger."""
+    import logging
+    import warnings
+
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=1, batch_size=4, **options))
+    finally:
+        hf_logger.removeHandler(handler)
+    said = [f"{w.category.__name__}: {w.message}" for w in caught] + [r.getMessage() for r in logged]
+    assert not [s for s in said if "deprecat" in s.lower()], said

@@ -1,8 +1,10 @@
-"""The README stays true: its set-up commands, its field table, and ruff."""
+"""The README stays true: its set-up commands, its Python example, its field table, and ruff."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 import subprocess
 import sys
@@ -23,6 +25,27 @@ def test_readme_opens_with_the_two_setup_commands():
     assert "pip install -e" in main_job and main_job.rstrip().endswith("alignlab demo")
     assert "pip install -e" in tests and tests.strip().endswith("pytest")
     assert (ROOT / "examples" / "dpo_tiny.yaml").exists()
+
+
+def _python_api_example() -> str:
+    found = re.findall(r"^Python API[^\n]*\n\n```python\n(.*?)```", README, flags=re.S | re.M)
+    assert len(found) == 1, "the README should hold one Python API example"
+    return found[0]
+
+
+def test_readme_python_example_runs_on_its_own(tmp_path):
+    """The README's Python API example, exactly as written, in an empty directory: it makes its own
+    model and data, trains, and prints the model directory and two accuracies from its Summary."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _python_api_example()], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    model_dir, train_accuracy, eval_accuracy = proc.stdout.split()
+    assert (tmp_path / model_dir / "model.safetensors").is_file()
+    saved = json.loads((tmp_path / "runs" / "api" / "summary.json").read_text())
+    assert saved["steps"] == 8
+    assert float(train_accuracy) == saved["train_metrics"]["rewards/accuracies"]
+    assert float(eval_accuracy) == saved["eval_metrics"]["eval/rewards/accuracies"]
 
 
 def test_readme_lists_every_config_field():

@@ -44,7 +44,7 @@ from alignlab.data.fields import (
     weighted_sum,
 )
 from alignlab.data.records import Conversation, PairRecord, Record, SFTRecord, Text
-from alignlab.errors import RowIssue, UserError
+from alignlab.errors import RowIssue, UserError, columns_option
 
 Kind = Literal["sft", "pair", "joint", "unpaired", "scored", "ranked", "negatives"]
 KINDS: tuple[str, ...] = ("sft", "pair", "joint", "unpaired", "scored", "ranked", "negatives")
@@ -203,7 +203,7 @@ def _check_nothing_unused(reader: RowReader, c_col: str, r_col: str) -> None:
         raise Bad(
             reader.column("prompt"),
             f"{c_col} and {r_col} share no prompt; unused columns: {listing(unused)}"
-            f"{misspelling(('prompt',), unused)}; map one with --columns.prompt NAME",
+            f"{misspelling(('prompt',), unused)}; map one with {columns_option({'prompt': 'NAME'})}",
         )
 
 
@@ -326,8 +326,8 @@ def _check_text_alone(reader: RowReader) -> None:
             t_col,
             f"'{t_col}' would be trained on alone, with no prompt, but other columns hold text: "
             f"{listing(unused)}{misspelling(('prompt', 'completion'), unused)}; map the prompt and "
-            f"completion with --columns.prompt NAME --columns.completion NAME, or pass "
-            f"--columns.text {t_col} to train on '{t_col}' alone",
+            f"completion with {columns_option({'prompt': 'NAME', 'completion': 'NAME'})}, or map "
+            f"{columns_option({'text': t_col})} to train on '{t_col}' alone",
         )
 
 

@@ -22,7 +22,7 @@ from alignlab.data.fields import item_path, weighted_sum
 from alignlab.data.formats import FIELDS, Kind, check_columns, to_record
 from alignlab.data.records import PairRecord, Record
 from alignlab.data.sources import iter_rows
-from alignlab.errors import DataError, RowIssue, UserError
+from alignlab.errors import DataError, RowIssue, UserError, columns_option, on_command_line, option
 
 T = TypeVar("T")
 _SHOWN_REASONS = 3
@@ -147,7 +147,7 @@ def load_records(
         raise UserError(f"{name}: no rows")
     if issues and not skip_invalid:
         raise DataError(issues, hint=_every_row_bad(issues, kind, mapping, first_row) if not records else
-                        "pass --skip-invalid to skip bad rows")
+                        f"pass {option('skip_invalid')} to skip bad rows")
     if not records:
         raise UserError(
             f"{name}: no valid rows ({n_rows} row{_s(n_rows)} read, all invalid; first: {issues[0]}); "
@@ -171,7 +171,7 @@ def _check_shape(row: Mapping[str, object], kind: str, source: str) -> None:
     raise UserError(
         f"{source} holds {have} data (rows of {COLUMNS[have]}), not {kind} data (rows of {COLUMNS[kind]}); "
         f"{conversion_hint(have, kind)}; if the file does hold {kind} data, map its columns with "
-        "--columns.FIELD NAME"
+        f"{columns_option({'FIELD': 'NAME'})}"
     )
 
 
@@ -206,10 +206,9 @@ def _every_row_bad(
     elif row is not None and "prompt" in FIELDS[kind] and "prompt" not in mapping and "prompt" not in row:
         lacking.add("prompt")
     fields = [f for f in FIELDS[kind] if f in lacking]
-    flags = " ".join(f"--columns.{f} NAME" for f in fields)
     yaml = ", ".join(f"{f}: NAME" for f in fields)
-    hint = (f"every row is bad: if the data holds {_and(fields)} under other names, map them with --columns, "
-            f"e.g. {flags} (in YAML: columns: {{{yaml}}})")
+    hint = (f"every row is bad: if the data holds {_and(fields)} under other names, map them with the columns "
+            f"option, e.g. {columns_option(dict.fromkeys(fields, 'NAME'))} (in YAML: columns: {{{yaml}}})")
     return hint + _forms_hint(kind, fields, row)
 
 
@@ -224,15 +223,21 @@ def _forms_hint(kind: str, fields: list[str], row: Mapping[str, object] | None) 
             text = next((k for k, v in objects[0].items() if isinstance(v, str)), "KEY") if objects else ""
             number = next((k for k, v in objects[0].items() if _is_number(v)), "KEY") if objects else ""
             if objects and item_path(f"{column}[].{text}") and item_path(f"{column}[].{number}"):
+                paths = {"completions": f"{column}[].{text}", "scores": f"{column}[].{number}"}
                 return (f"; completions and their scores or ranks can be read from a list of objects, like "
-                        f"--columns.completions '{column}[].{text}' --columns.scores '{column}[].{number}' "
-                        "(scores: higher is better; ranks: 1 is best)")
+                        f"{columns_option(_quoted(paths))} (scores: higher is better; ranks: 1 is best)")
     if kind == "scored" and "score" in fields:
         numbers = [str(c) for c, value in row.items() if _is_number(value) and weighted_sum(f"1*{c}")][:2]
         if len(numbers) == 2:
-            return (f"; a score can be a weighted sum of number columns, like "
-                    f"--columns.score '0.5*{numbers[0]} + 0.5*{numbers[1]}'")
+            total = {"score": f"0.5*{numbers[0]} + 0.5*{numbers[1]}"}
+            return f"; a score can be a weighted sum of number columns, like {columns_option(_quoted(total))}"
     return ""
+
+
+def _quoted(fields: dict[str, str]) -> dict[str, str]:
+    """Column values quoted for a shell on the command line (they hold brackets or spaces); as
+    they are for a Python caller, whose message shows them as strings anyway."""
+    return {k: f"'{v}'" for k, v in fields.items()} if on_command_line() else fields
 
 
 def _is_number(value: object) -> bool:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.errors import UserError
-from alignlab.models import DTYPES, load_failed, resolve_source
+from alignlab.models import DTYPES, check_finite_weights, first_non_finite, load_failed, resolve_source
 
 CONFIG_FILE = "reward_model.json"
 HEAD_FILE = "reward_head.safetensors"
@@ -124,11 +124,13 @@ def load_backbone(name_or_path: str, dtype: str = "fp32", trust_remote_code: boo
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a causal LM's unused output layer is expected, not news
     try:
-        return AutoModel.from_pretrained(source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        backbone = AutoModel.from_pretrained(source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     except Exception as e:  # any failure to read the user's files is theirs to fix, not a crash
         raise load_failed("reward-model backbone", name_or_path, e) from None
     finally:
         hf_logging.set_verbosity(level)
+    check_finite_weights(backbone, name_or_path, "reward-model backbone")
+    return backbone
 
 
 def new_reward_model(name_or_path: str, objective: str, dim: int, pool: str, gate: bool, normalize: bool,
@@ -178,6 +180,11 @@ def load_reward_model(path: str | os.PathLike, dtype: str = "fp32", trust_remote
         weights = load_file(p / HEAD_FILE)
     except (OSError, SafetensorError) as e:
         raise UserError(f"{p / HEAD_FILE}: cannot read the reward head: {e}") from None
+    found = first_non_finite(weights.items())
+    if found is not None:
+        name, bad, total = found
+        raise UserError(f"{p / HEAD_FILE}: the reward head's '{name}' holds {bad} NaN or infinite "
+                        f"value{'s' if bad > 1 else ''} of {total}; the file is damaged")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.startswith("backbone.")]
     if missing or unexpected:

@@ -29,7 +29,7 @@ import torch
 
 from alignlab.config import config_differences
 from alignlab.data.collate import Batch
-from alignlab.errors import ConfigError, UserError
+from alignlab.errors import ConfigError, UserError, option
 from alignlab.losses.types import LossOutput
 from alignlab.train import checkpoint as ckpt
 from alignlab.train.distributed import Dist
@@ -143,6 +143,11 @@ def evaluate_all(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     return result
 
 
+def afresh() -> str:
+    """How the caller starts afresh in an output directory that holds a run: overwrite, not resume."""
+    return f"{option('overwrite')} without {option('resume')}"
+
+
 def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler, global_batch: int) -> tuple[int, int]:
     """Restore the newest complete checkpoint; return its step and skipped-step count ((0, 0) when
     there is none)."""
@@ -157,7 +162,7 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler, global_batch: int)
     differ = config_differences(state.get("config", {}), inp.cfg.to_dict())
     if differ:
         raise ConfigError(f"resume: checkpoint {found} was written with a config that differs in "
-                          f"{', '.join(differ)}; resume with the same config, or start afresh with --overwrite")
+                          f"{', '.join(differ)}; resume with the same config, or start afresh with {afresh()}")
     saved = state.get("data_position", {})
     now = {"global_batch": global_batch, "train_examples": len(inp.train_examples)}
     for key, value in now.items():
@@ -165,7 +170,7 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler, global_batch: int)
             raise ConfigError(
                 f"resume: checkpoint {found.name} was written with {key}={saved[key]} and this run has {value}; "
                 "resume with the same batch_size × grad_accum × processes and the same data, "
-                "or start afresh with --overwrite"
+                f"or start afresh with {afresh()}"
             )
     ckpt.load_checkpoint(found, unwrapped, optimizer, scheduler)
     if inp.loss_state is not None:
@@ -320,7 +325,7 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
                 save(inp, unwrapped, optimizer, scheduler, done, result.skipped_steps)
             raise Interrupted(f"stopped by {stop.signal_name or 'a signal to another process'} after step {done} "
                               f"of {steps}; checkpoint {inp.out_dir / 'checkpoints' / ckpt.step_name(done)} written; "
-                              "continue with --resume")
+                              f"continue with {option('resume')}")
 
 
 def _finished(metrics_path: Path, steps: int) -> LoopResult:
@@ -350,7 +355,7 @@ def _numeric_fault(inp: LoopInputs, step: int, loss: float, grad_norm: float, in
     state = f"the newest checkpoint, {newest}, is the last good state" if newest else "no checkpoint was written yet"
     return (f"step {step + 1}: the loss ({loss}) or gradient norm ({grad_norm}) is not finite, on the batch of "
             f"data rows {shown}; the weights were not updated and {state}. A lower lr or max_grad_norm, "
-            "or a smaller beta, usually helps (start afresh with --overwrite)")
+            f"or a smaller beta, usually helps (start afresh with {afresh()})")
 
 
 def _units_of(inp: LoopInputs, batch: Batch) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import math
 from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +25,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alignlab.data.pack import collate_packed
+from alignlab.errors import UserError, option
 from alignlab.logprobs import left_align, sequence_logps
+from alignlab.models import first_non_finite
 from alignlab.train.distributed import Dist
 from alignlab.train.prepare import gather_parts, read_shared, write_atomic
 
@@ -74,6 +77,9 @@ def _read(cache_file: Path | None, n_rows: int, tokens: bool, log: Callable[[str
         saved = load_file(str(cache_file))
         if saved["sums"].numel() != n_rows or (tokens and "tokens" not in saved):
             return None
+        if first_non_finite(saved.items()) is not None:  # never written so: damaged, or by an older version
+            log(f"reference log-probs: ignoring cache {cache_file}, which holds non-finite values")
+            return None
         sums = saved["sums"].tolist()
         per_token = []
         if tokens:
@@ -85,14 +91,28 @@ def _read(cache_file: Path | None, n_rows: int, tokens: bool, log: Callable[[str
         return None
 
 
+def _check_finite(examples: list, by_example: list, model_name: str) -> None:
+    """Refuse non-finite reference log-probs (on every process alike: they all hold every value),
+    before anything is cached or trained on."""
+    bad = [ex.row for ex, (sums, per_token) in zip(examples, by_example, strict=True)
+           if not all(map(math.isfinite, sums)) or not all(math.isfinite(v) for t in per_token for v in t)]
+    if bad:
+        raise UserError(
+            f"reference log-probs: the model '{model_name}' gives non-finite values for {len(bad)} of "
+            f"{len(examples)} examples (the first is data row {bad[0]}); nothing was cached, and no loss can be "
+            f"computed from them (a model overflows sooner in bf16: try {option('dtype', 'fp32')})")
+
+
 def attach_reference(examples: list, reference: Callable[[], contextlib.AbstractContextManager],
                      *, pad_id: int, batch_size: int, dist: Dist, cache_file: Path | None, tokens: bool,
-                     autocast: Callable, log: Callable[[str], None] = print) -> list:
+                     autocast: Callable, log: Callable[[str], None] = print,
+                     model_name: str = "reference") -> list:
     """Return ``examples`` with ``ref`` (and with ``tokens``, ``ref_tokens``) filled in.
 
-    ``reference()`` is a context manager yielding the reference module. ``cache_file``: where the
-    values are read from if present (by the first process, shared with the others), and written
-    to otherwise (None: no cache)."""
+    ``reference()`` is a context manager yielding the reference module (named ``model_name`` in
+    messages). ``cache_file``: where the values are read from if present (by the first process,
+    shared with the others), and written to otherwise (None: no cache). Values that are not all
+    finite are an error, and never cached."""
     rows = [row for ex in examples for row in ex.sequences()]
     found = read_shared(dist, lambda: _read(cache_file, len(rows), tokens, log))
     if found is None:
@@ -104,6 +124,7 @@ def attach_reference(examples: list, reference: Callable[[], contextlib.Abstract
         for rank, values in enumerate(gather_parts(dist, part)):
             for j, i in enumerate(range(rank, len(examples), dist.world_size)):
                 by_example[i] = values[j]
+        _check_finite(examples, by_example, model_name)
         sums = [v for s_, _ in by_example for v in s_]
         per_token: list[list[float]] = [t for _, t_ in by_example for t in t_] if tokens else []
         if dist.is_main:

@@ -23,7 +23,7 @@ from alignlab.data.load import first_row_kind, load_records, split_records
 from alignlab.data.pack import collate_packed
 from alignlab.data.render import Renderer
 from alignlab.data.shapes import shape_error
-from alignlab.errors import ConfigError, DataError, RowIssue, UserError
+from alignlab.errors import ConfigError, DataError, RowIssue, UserError, option
 from alignlab.generation.base import SamplingParams
 from alignlab.models import (
     LoraSettings,
@@ -38,20 +38,24 @@ from alignlab.rewards.model import save_reward_model
 from alignlab.train import preference, prepare, reward_model, sft
 from alignlab.train.checkpoint import list_checkpoints
 from alignlab.train.distributed import Dist, init_distributed, wrap_model
-from alignlab.train.loop import LoopInputs, autocast, run_loop, sum_over_processes
+from alignlab.train.loop import LoopInputs, afresh, autocast, run_loop, sum_over_processes
 from alignlab.train.reference_cache import attach_reference, cache_key
 
 
 @dataclass
 class Summary:
-    """What a finished run returns: where it wrote and the final numbers."""
+    """What a finished run returns: where it wrote and the final numbers. ``to_json()`` is what
+    ``summary.json`` holds and what ``alignlab train`` prints."""
 
     output_dir: str
     model_dir: str
     steps: int
-    train_metrics: dict[str, float] = field(default_factory=dict)
-    eval_metrics: dict[str, float] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
+    train_metrics: dict[str, float] = field(default_factory=dict)  # the last training step's metrics
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # the final evaluation's (eval/...)
+    data: dict[str, Any] = field(default_factory=dict)  # rows and examples read, skipped, held out
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
 
 
 def _log(dist: Dist, msg: str) -> None:
@@ -74,7 +78,7 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
         model = Path(cfg.model).expanduser()
         if model.exists() and model.resolve().is_relative_to(out.resolve()):
             raise ConfigError(f"overwrite: the model '{cfg.model}' lies inside output_dir '{out}', "
-                              "which --overwrite would delete; choose another output_dir")
+                              f"which {option('overwrite')} would delete; choose another output_dir")
         return
     try:
         previous = yaml.safe_load(saved.read_text())
@@ -83,11 +87,11 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
     differ = config_differences(previous if isinstance(previous, dict) else {}, cfg.to_dict())
     if not cfg.resume:
         what = f"a different run (differs in {', '.join(differ)})" if differ else "a run"
-        raise ConfigError(f"output_dir: '{out}' already holds {what}; pass --resume to continue it "
-                          "or --overwrite to start afresh")
+        raise ConfigError(f"output_dir: '{out}' already holds {what}; pass {option('resume')} to continue it "
+                          f"or {option('overwrite')} to start afresh")
     if differ:
         raise ConfigError(f"output_dir: '{out}' holds a run whose config differs in {', '.join(differ)}; "
-                          "resume with the same config, or pass --overwrite (without --resume) to start afresh")
+                          f"resume with the same config, or start afresh with {afresh()}")
 
 
 def _claim_output_dir(cfg: TrainConfig, out: Path, dist: Dist) -> None:
@@ -206,7 +210,7 @@ def _prepare(cfg: TrainConfig, train_ex: list, eval_ex: list, tokenizer, referen
             examples = attach_reference(
                 examples, reference, pad_id=tokenizer.pad_token_id, batch_size=batch, dist=dist,
                 cache_file=root / "reference_logps" / f"{key}.safetensors" if root else None, tokens=tokens,
-                autocast=partial(autocast, cfg, dist), log=log)
+                autocast=partial(autocast, cfg, dist), log=log, model_name=cfg.model)
         sets[i] = examples
     return sets[0], sets[1]
 
@@ -344,6 +348,6 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
             save_model(policy, tokenizer, model_dir, merge_lora=cfg.merge_lora)
     summary = Summary(str(out), str(model_dir), result.steps, result.train_metrics, result.eval_metrics, data_info)
     if dist.is_main:
-        (out / "summary.json").write_text(json.dumps(asdict(summary), indent=1))
+        (out / "summary.json").write_text(summary.to_json())
     dist.barrier()
     return summary

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from alignlab import cli
-from tests.conftest import make_pairs, write_jsonl
+from tests.conftest import DAMAGED_TENSOR, damage, make_pairs, write_jsonl
 
 
 def _train(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
@@ -130,6 +130,8 @@ CASES = [
      ["no-model"]),
     ("model-directory-without-a-model", lambda t, m: _train(_empty_dir(t), _pairs(t), t / "o"),
      ["empty-model"]),
+    ("model-with-nan-weights", lambda t, m: _train(damage(m, t / "damaged"), _pairs(t), t / "o"),
+     ["damaged/model.safetensors", DAMAGED_TENSOR, "non-finite weights"]),
     ("no-chat-template-for-conversations", lambda t, m: _train(
         _without_chat_template(t, m),
         write_jsonl(t / "chat.jsonl", [{"prompt": [{"role": "user", "content": "hi"}],

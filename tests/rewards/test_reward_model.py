@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from alignlab.cli import main
-from alignlab.errors import ConfigError, DataError
+from alignlab.errors import ConfigError, DataError, UserError
 from alignlab.models import load_model, load_tokenizer
 from alignlab.rewards import load_scorer
 from alignlab.rewards.base import Scorer
 from alignlab.rewards.learned import ImplicitReward, RewardModelScorer
 from alignlab.rewards.model import load_reward_model
 from alignlab.train import train
-from tests.conftest import make_pairs, write_jsonl
+from tests.conftest import (
+    DAMAGED_SIZE,
+    DAMAGED_TENSOR,
+    DAMAGED_VALUES,
+    damage,
+    make_pairs,
+    overwrite_values,
+    write_jsonl,
+)
 
 
 def _pairs_file(tmp_path, n=48, scores=True):
@@ -108,6 +117,35 @@ def test_margins_need_scores_and_reward_models_refuse_policy_options(tiny_model_
         train(_config(tiny_model_dir, data, tmp_path / "l", lora=True))
     with pytest.raises(ConfigError, match="task: a reward model does not answer prompts"):
         train(_config(tiny_model_dir, data, tmp_path / "t", task="sentiment"))
+
+
+def test_a_backbone_with_non_finite_weights_is_refused(damaged_model_dir, tmp_path):
+    """Training on it: the backbone (a decoder without the causal LM's prefix 'model.') is named
+    with the file that holds the damaged tensor."""
+    with pytest.raises(UserError) as e:
+        train(_config(damaged_model_dir, _pairs_file(tmp_path), tmp_path / "rm", cache_dir=str(tmp_path / "c")))
+    assert str(e.value).startswith(
+        f"reward-model backbone '{damaged_model_dir}' has non-finite weights: "
+        f"'{DAMAGED_TENSOR.removeprefix('model.')}' (in {damaged_model_dir}/model.safetensors) holds "
+        f"{DAMAGED_VALUES} NaN or infinite values of {DAMAGED_SIZE}")
+    assert not (tmp_path / "rm").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_saved_reward_model_with_non_finite_weights_is_refused(trained, tmp_path):
+    """Its backbone (model.safetensors) or its head (reward_head.safetensors), damaged in place."""
+    saved = Path(trained["bt"].model_dir)
+    backbone = damage(saved, tmp_path / "backbone", prefix="")
+    with pytest.raises(UserError, match=rf"^reward-model backbone '{backbone}' has non-finite weights: "
+                                        rf"'{DAMAGED_TENSOR.removeprefix('model.')}'"):
+        load_scorer(f"rm:{backbone}")
+    head = tmp_path / "head"
+    shutil.copytree(saved, head)
+    overwrite_values(head / "reward_head.safetensors", "head.weight", [float("inf")])
+    with pytest.raises(UserError) as e:
+        load_reward_model(head)
+    # the Bradley-Terry head is one linear map from the 64-wide state to a scalar
+    assert str(e.value) == (f"{head}/reward_head.safetensors: the reward head's 'head.weight' holds 1 NaN or "
+                            "infinite value of 64; the file is damaged")
 
 
 def test_cli_trains_and_evaluates_a_reward_model(tiny_model_dir, tmp_path, capsys):

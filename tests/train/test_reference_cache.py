@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from alignlab import train
 from alignlab.data.load import load_records
 from alignlab.data.render import Renderer
+from alignlab.errors import UserError
 from alignlab.logprobs import completion_logps
 from alignlab.models import Reference, load_model, load_tokenizer
 from alignlab.train import loop as loop_module
@@ -66,6 +69,48 @@ def test_a_damaged_cache_file_is_recomputed(tiny_model_dir, pairs_file, tmp_path
                            dist=Dist(), cache_file=bad, tokens=False, autocast=contextlib.nullcontext, log=said.append)
     assert any("unreadable cache" in s for s in said)
     assert all(e.ref is not None and len(e.ref) == 2 for e in out)
+
+
+def test_non_finite_reference_logps_are_refused_and_never_cached(tiny_model_dir, pairs_file, tmp_path):
+    """A model that gives NaN (here: its weights damaged in memory, after the load-time check) is
+    named, and its values are not written to the cache. A NaN in the final norm's first weight
+    reaches every logit of every position, so every example of the 16 is hit, the first (data row
+    1) included."""
+    tok, examples = _examples(tiny_model_dir, pairs_file)
+    model = load_model(str(tiny_model_dir))
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    cache = tmp_path / "c.safetensors"
+    with pytest.raises(UserError) as e:
+        attach_reference(examples, lambda: contextlib.nullcontext(model), pad_id=tok.pad_token_id, batch_size=4,
+                         dist=Dist(), cache_file=cache, tokens=True, autocast=contextlib.nullcontext,
+                         log=lambda _: None, model_name="runs/my-model")
+    assert str(e.value).startswith("reference log-probs: the model 'runs/my-model' gives non-finite values for 16 of "
+                                   "16 examples (the first is data row 1); nothing was cached")
+    assert str(e.value).endswith("try dtype='fp32')")  # how a Python caller sets it
+    assert not cache.exists() and list(tmp_path.iterdir()) == [pairs_file]
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_a_cache_file_holding_non_finite_values_is_recomputed(tokens, tiny_model_dir, pairs_file, tmp_path):
+    """Such a file is never written; one that holds them anyway is damaged: its values are computed
+    afresh and it is replaced."""
+    tok, examples = _examples(tiny_model_dir, pairs_file)
+    model = load_model(str(tiny_model_dir))
+    cache = tmp_path / "c.safetensors"
+    run = dict(pad_id=tok.pad_token_id, batch_size=4, dist=Dist(), cache_file=cache, tokens=tokens,
+               autocast=contextlib.nullcontext)
+    good = attach_reference(examples, lambda: contextlib.nullcontext(model), log=lambda _: None, **run)
+    saved = load_file(cache)
+    key = "tokens" if tokens else "sums"
+    saved[key][1] = float("nan")  # the same shapes, one value lost
+    save_file(saved, cache)
+    said = []
+    again = attach_reference(examples, lambda: contextlib.nullcontext(model), log=said.append, **run)
+    assert any("ignoring cache" in s and "non-finite" in s for s in said), said
+    assert [e.ref for e in again] == [e.ref for e in good] and all(math.isfinite(v) for e in again for v in e.ref)
+    assert [e.ref_tokens for e in again] == [e.ref_tokens for e in good]
+    assert torch.isfinite(load_file(cache)[key]).all()  # replaced by the values computed afresh
 
 
 def test_cache_key_follows_model_precision_data_and_tokenization(tiny_model_dir, pairs_file):

@@ -8,12 +8,16 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from alignlab import train
-from alignlab.errors import ConfigError, UserError
+from alignlab import cli, train
+from alignlab.config import make_config
+from alignlab.errors import ConfigError, Interrupted, UserError
 from alignlab.models import TinyModelConfig, save_tiny_model
+from alignlab.train import preference
+from alignlab.train.interrupt import StopRequest
 from alignlab.train.loop import NumericError
+from tests.conftest import DAMAGED_TENSOR, DAMAGED_VALUES
 from tests.train.helpers import base_config, weights
 
 
@@ -94,6 +98,56 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, tiny_model_dir,
         train({**cfg, "lr": 0.5, "resume": True})
 
 
+def _flags(cfg: dict) -> list[str]:
+    """A flat config as `alignlab train` flags."""
+    return [x for k, v in cfg.items() for x in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]
+
+
+def test_refusals_name_the_option_as_the_caller_sets_it(tmp_path, tiny_model_dir, pairs_file, capsys):
+    """From Python (a dict or a TrainConfig) a refusal names the config key (overwrite=True), from the
+    command line the flag (--overwrite): the refusal of a used output directory, of a resume whose
+    run.yaml differs, and of a resume whose checkpoint was written with another config."""
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "r", max_steps=1, batch_size=4)
+    train(cfg)
+    for given in (cfg, make_config(cfg)):
+        with pytest.raises(ConfigError) as e:
+            train(given)
+        assert str(e.value) == (f"output_dir: '{tmp_path / 'r'}' already holds a run; pass resume=True to continue "
+                                "it or overwrite=True to start afresh")
+    with pytest.raises(ConfigError) as e:
+        train({**cfg, "lr": 0.5, "resume": True})
+    assert str(e.value).endswith("differs in lr; resume with the same config, or start afresh with overwrite=True "
+                                 "without resume=True")
+    assert cli.main(["train", *_flags(cfg)]) == 2
+    assert capsys.readouterr().err.endswith("already holds a run; pass --resume to continue it or --overwrite to "
+                                            "start afresh\n")
+    assert cli.main(["train", *_flags({**cfg, "lr": 0.5, "resume": True})]) == 2
+    assert capsys.readouterr().err.endswith("start afresh with --overwrite without --resume\n")
+    (tmp_path / "r" / "run.yaml").unlink()  # the checkpoint's own record of its config is checked next
+    with pytest.raises(ConfigError) as e:
+        train({**cfg, "lr": 0.5, "resume": True})
+    assert str(e.value).startswith("resume: checkpoint") and "--" not in str(e.value)
+    assert str(e.value).endswith("start afresh with overwrite=True without resume=True")
+    assert cli.main(["train", *_flags({**cfg, "lr": 0.5, "resume": True})]) == 2
+    assert capsys.readouterr().err.endswith("start afresh with --overwrite without --resume\n")
+
+
+def test_a_bad_row_from_python_says_how_to_skip_it(tmp_path, tiny_model_dir, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "a"}) + "\n")
+    cfg = base_config(tiny_model_dir, data, tmp_path / "r")
+    with pytest.raises(UserError, match=r"bad.jsonl, row 1, .* identical \(pass skip_invalid=True to skip bad rows\)$"):
+        train(cfg)
+    assert cli.main(["train", *_flags(cfg)]) == 2
+    assert capsys.readouterr().err.endswith("(pass --skip-invalid to skip bad rows)\n")
+
+
+def test_a_stopped_python_run_says_how_to_continue_it(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
+    monkeypatch.setattr(StopRequest, "agreed", lambda self, dist: True)  # as if a signal came during step 1
+    with pytest.raises(Interrupted, match=r"after step 1 of 3; .* written; continue with resume=True$"):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "r", max_steps=3, batch_size=4))
+
+
 def test_resume_wins_over_overwrite(tmp_path, tiny_model_dir, pairs_file):
     """Example configs carry overwrite: true; running them with --resume continues the run."""
     cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "r", max_steps=2, batch_size=4, overwrite=True)
@@ -157,17 +211,34 @@ def test_bf16_is_mixed_precision(tmp_path, tiny_model_dir, pairs_file):
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
 
 
-def test_non_finite_loss_stops_the_run_without_updating(tmp_path, tiny_model_dir, pairs_file):
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for f in tiny_model_dir.iterdir():
-        (broken / f.name).write_bytes(f.read_bytes())
-    w = load_file(broken / "model.safetensors")
-    w["model.norm.weight"][0] = float("nan")
-    save_file(w, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(NumericError, match="step 1: the loss"):
-        train(base_config(broken, pairs_file, tmp_path / "r", max_steps=2, batch_size=4))
+def test_non_finite_loss_stops_the_run_without_updating(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
+    real = preference.PreferenceForward.__call__
+
+    def poisoned(self, model, batch):
+        out, units = real(self, model, batch)
+        out.losses = out.losses * float("nan")
+        return out, units
+
+    monkeypatch.setattr(preference.PreferenceForward, "__call__", poisoned)
+    with pytest.raises(NumericError, match=r"^step 1: the loss \(nan\).*start afresh with overwrite=True without "
+                                           r"resume=True\)$"):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "r", max_steps=2, batch_size=4))
     assert not (tmp_path / "r" / "model").exists()
+
+
+@pytest.mark.parametrize("method", ["dpo", "sft"])
+def test_non_finite_weights_are_refused_before_anything_is_written(method, tmp_path, damaged_model_dir, pairs_file,
+                                                                   sft_file):
+    """Not blamed on the data rows and the learning rate at the first step, and none of the
+    model's NaN reference log-probs cached: the model is refused as it loads, naming its file."""
+    cache = tmp_path / "cache"
+    data = sft_file if method == "sft" else pairs_file
+    with pytest.raises(UserError) as e:
+        train(base_config(damaged_model_dir, data, tmp_path / "r", method=method, cache_dir=str(cache)))
+    assert not isinstance(e.value, NumericError)
+    assert str(e.value).startswith(f"model '{damaged_model_dir}' has non-finite weights: '{DAMAGED_TENSOR}' "
+                                   f"(in {damaged_model_dir}/model.safetensors) holds {DAMAGED_VALUES} NaN")
+    assert not (tmp_path / "r").exists() and not cache.exists()
 
 
 def test_broken_model_config_is_a_user_error(tmp_path, tiny_model_dir, pairs_file):
