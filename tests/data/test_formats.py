@@ -8,7 +8,7 @@ import pytest
 
 from alignlab.data.formats import check_columns, to_record
 from alignlab.data.records import Message, PairRecord, SFTRecord
-from alignlab.errors import RowIssue, UserError
+from alignlab.errors import RowIssue, UserError, command_line
 
 SRC = "prefs.jsonl"
 
@@ -413,12 +413,12 @@ def test_a_misspelling_is_suggested_only_for_a_real_typo():
         (
             {"system": "", "question": "What is 2+2?", "chosen": "The answer is 4.", "rejected": "5"},
             "chosen and rejected share no prompt; unused columns: question, system; "
-            "map one with --columns.prompt NAME",
+            "map one with columns={'prompt': 'NAME'}",
         ),
         (
             {"promt": "What is 2+2?", "chosen": "The answer is 4.", "rejected": "5"},
             "unused columns: promt ('promt' looks like a misspelling of 'prompt'); "
-            "map one with --columns.prompt NAME",
+            "map one with columns={'prompt': 'NAME'}",
         ),
         (
             {"question": "q", "chosen": [msg("assistant", "a")], "rejected": [msg("assistant", "b")]},
@@ -447,8 +447,10 @@ def test_sft_text_beside_other_text_columns_is_refused():
     issue = only_issue(convert({"instruction": "Say hi.", "text": "Hi!", "input": " ", "id": 4}, "sft"))
     assert issue.field == "text"
     assert "other columns hold text: instruction;" in issue.message
-    assert "--columns.prompt NAME --columns.completion NAME" in issue.message
-    assert "--columns.text text" in issue.message
+    assert "columns={'prompt': 'NAME', 'completion': 'NAME'}, or map columns={'text': 'text'}" in issue.message
+    with command_line():  # the command line is told the flags
+        issue = only_issue(convert({"instruction": "Say hi.", "text": "Hi!", "input": " ", "id": 4}, "sft"))
+    assert "--columns.prompt NAME --columns.completion NAME, or map --columns.text text" in issue.message
 
 
 def test_sft_text_beside_a_misspelt_prompt_says_so():

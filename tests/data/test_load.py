@@ -389,7 +389,7 @@ def test_prompt_under_another_column_name_is_not_dropped(tmp_path):
         load_records(p, "pair")
     (issue,) = e.value.issues
     assert (issue.source, issue.row, issue.field) == (str(p), 1, "prompt")
-    assert "unused columns: question, system; map one with --columns.prompt NAME" in issue.message
+    assert "unused columns: question, system; map one with columns={'prompt': 'NAME'}" in issue.message
     result = load_records(p, "pair", columns={"prompt": "question"})
     assert result.records == [PairRecord("What is 2+2?", "The answer is 4.", "5", str(p), 1)]
 

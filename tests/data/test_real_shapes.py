@@ -15,7 +15,7 @@ from alignlab.data import load_records
 from alignlab.data.convert_cli import cmd_convert
 from alignlab.data.formats import check_columns
 from alignlab.data.records import RankedRecord, ScoredRecord
-from alignlab.errors import DataError, UserError
+from alignlab.errors import DataError, UserError, command_line
 
 
 def jsonl(path: Path, rows: list[dict]) -> Path:
@@ -232,14 +232,21 @@ def test_helpsteer_to_pairs_in_one_command_merging_a_repeated_response(tmp_path,
 # ---------------------------------------------------------------- every row bad: no --skip-invalid
 
 
-def test_a_csv_with_other_columns_is_told_the_column_mapping(tmp_path):
+@pytest.fixture
+def from_command_line():
+    """The hints as the command line shows them (flags); a Python caller gets ``columns={...}``."""
+    with command_line():
+        yield
+
+
+def test_a_csv_with_other_columns_is_told_the_column_mapping(from_command_line, tmp_path):
     path = csv_file(tmp_path / "qa.csv", ["question", "answer", "good"], ["q1", "a1", "1"], ["q2", "a2", "0"])
     with pytest.raises(DataError) as e:
         load_records(path, "pair")
     assert str(e.value) == (
         f"{path}, row 1, field 'chosen': missing field 'chosen' (found: question, answer, good) (and 1 more bad "
         "row; every row is bad: if the data holds prompt, chosen and rejected under other names, map them with "
-        "--columns, e.g. --columns.prompt NAME --columns.chosen NAME --columns.rejected NAME (in YAML: columns: "
+        "the columns option, e.g. --columns.prompt NAME --columns.chosen NAME --columns.rejected NAME (in YAML: columns: "
         "{prompt: NAME, chosen: NAME, rejected: NAME}))")
     with pytest.raises(UserError) as e:
         load_records(path, "pair", skip_invalid=True)
@@ -248,7 +255,7 @@ def test_a_csv_with_other_columns_is_told_the_column_mapping(tmp_path):
                                  "YAML: columns: {prompt: NAME, chosen: NAME, rejected: NAME})")
 
 
-def test_answer_objects_of_unknown_keys_are_told_the_path_mapping(tmp_path):
+def test_answer_objects_of_unknown_keys_are_told_the_path_mapping(from_command_line, tmp_path):
     path = jsonl(tmp_path / "r.jsonl", [{"prompt": "q", "outs": [{"content": "a", "rating": 2},
                                                                 {"content": "b", "rating": 1}]}] * 2)
     with pytest.raises(DataError) as e:
@@ -256,13 +263,13 @@ def test_answer_objects_of_unknown_keys_are_told_the_path_mapping(tmp_path):
     message = str(e.value)
     assert "--skip-invalid" not in message
     assert message.endswith(
-        "map them with --columns, e.g. --columns.completions NAME --columns.scores NAME (in YAML: columns: "
+        "map them with the columns option, e.g. --columns.completions NAME --columns.scores NAME (in YAML: columns: "
         "{completions: NAME, scores: NAME}); completions and their scores or ranks can be read from a list of "
         "objects, like --columns.completions 'outs[].content' --columns.scores 'outs[].rating' (scores: higher is "
         "better; ranks: 1 is best))")
 
 
-def test_helpsteer_without_a_mapping_is_told_of_weighted_sums(tmp_path):
+def test_helpsteer_without_a_mapping_is_told_of_weighted_sums(from_command_line, tmp_path):
     path = jsonl(tmp_path / "hs.jsonl", HELPSTEER)
     with pytest.raises(DataError) as e:
         load_records(path, "scored")
@@ -270,7 +277,7 @@ def test_helpsteer_without_a_mapping_is_told_of_weighted_sums(tmp_path):
     assert "--skip-invalid" not in message and "misspelling" not in message
     assert message.endswith(
         "(and 1 more bad row; every row is bad: if the data holds completion and score under other names, map "
-        "them with --columns, e.g. --columns.completion NAME --columns.score NAME (in YAML: columns: {completion: "
+        "them with the columns option, e.g. --columns.completion NAME --columns.score NAME (in YAML: columns: {completion: "
         "NAME, score: NAME}); a score can be a weighted sum of number columns, like "
         "--columns.score '0.5*helpfulness + 0.5*correctness')")
 
@@ -283,11 +290,21 @@ def test_every_row_bad_for_another_reason_is_not_offered_skipping(tmp_path):
                             "row; every row is bad: fix the data (skipping bad rows would leave none))")
 
 
-def test_some_rows_bad_still_offers_skipping(tmp_path):
+def test_some_rows_bad_still_offers_skipping(from_command_line, tmp_path):
     path = jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"},
                                        {"prompt": "q", "chosen": "a", "rejected": "a"}])
     with pytest.raises(DataError, match=r"row 2, .*\(pass --skip-invalid to skip bad rows\)$"):
         load_records(path, "pair")
+
+
+def test_a_python_caller_is_told_the_mapping_as_a_columns_argument(tmp_path):
+    path = csv_file(tmp_path / "qa.csv", ["question", "answer", "good"], ["q1", "a1", "1"], ["q2", "a2", "0"])
+    with pytest.raises(DataError) as e:
+        load_records(path, "pair")
+    assert str(e.value).endswith("map them with the columns option, e.g. columns={'prompt': 'NAME', 'chosen': "
+                                 "'NAME', 'rejected': 'NAME'} (in YAML: columns: {prompt: NAME, chosen: NAME, "
+                                 "rejected: NAME}))")
+    assert "--" not in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -302,8 +319,8 @@ def test_some_rows_bad_still_offers_skipping(tmp_path):
                   "--columns.rejected NAME"),
     ],
 )
-def test_the_mapping_hint_names_every_field_of_the_kind(tmp_path, kind, flags):
+def test_the_mapping_hint_names_every_field_of_the_kind(from_command_line, tmp_path, kind, flags):
     path = jsonl(tmp_path / "x.jsonl", [{"q": "x", "good": "a", "bad": "b"}])
     with pytest.raises(DataError) as e:
         load_records(path, kind)
-    assert f"map them with --columns, e.g. {flags} (in YAML: columns: {{" in str(e.value)
+    assert f"map them with the columns option, e.g. {flags} (in YAML: columns: {{" in str(e.value)
