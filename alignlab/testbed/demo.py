@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.cache import machine_signature
-from alignlab.errors import UserError
+from alignlab.errors import UserError, option
 from alignlab.eval.gold import GoldEvaluator
 from alignlab.losses import UnknownLossError, get_loss
 from alignlab.models import load_model, load_tokenizer
@@ -97,10 +97,10 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
     demo's report unless ``overwrite``: the demo would replace what is there."""
     if (out / "run.yaml").exists() and not (out / "feedback" / "metadata.json").exists():
         raise UserError(f"'{out}' holds a training run that is not a demo; the demo would overwrite it. "
-                        "Choose another --out")
+                        "Choose another report folder")
     if not overwrite and ((out / "metrics.json").exists() or (out / "feedback" / "metadata.json").exists()):
-        raise UserError(f"'{out}' holds an earlier demo's report; the demo would replace it. Choose another --out, "
-                        "or pass --overwrite to replace it")
+        raise UserError(f"'{out}' holds an earlier demo's report; the demo would replace it. Choose another report "
+                        f"folder, or pass {option('overwrite')} to replace it")
 
 
 def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path | None = None,
