@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import shutil
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 from alignlab.cache import describe_machine, machine_signature
 from alignlab.errors import UserError
 from alignlab.testbed.build import STAGES, build_testbed_model, intra_op_threads, stage_recipe
+from alignlab.train.checkpoint import sha256_file
 
 SHIPPED = Path(__file__).resolve().parent / "models"
 MANIFEST = "testbed.json"
@@ -44,14 +44,6 @@ def _log(msg: str) -> None:
 def shipped_dir(task: str, stage: str = "sft", root: Path | None = None) -> Path:
     """Where the shipped model of ``task`` at ``stage`` lives (whether or not it exists)."""
     return (root or SHIPPED) / f"{task}-{stage}"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(path: Path) -> dict:

@@ -30,7 +30,8 @@ from alignlab.errors import UserError
 PREFIX = "step-"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file's bytes, read a MiB at a time."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -89,7 +90,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, extra: d
         for name in files:
             with (tmp / name).open("rb") as f:
                 os.fsync(f.fileno())
-        manifest = {"step": step, "sha256": {name: _sha256(tmp / name) for name in files}}
+        manifest = {"step": step, "sha256": {name: sha256_file(tmp / name) for name in files}}
         with (tmp / "manifest.json").open("w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()
@@ -118,7 +119,7 @@ def verify(ckpt: Path) -> str | None:
         f = ckpt / name
         if not f.is_file():
             return f"{name} is missing"
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             return f"{name} does not match its checksum"
     return None
 

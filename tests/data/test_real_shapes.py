@@ -3,7 +3,6 @@ per row rated on several attributes (HelpSteer2). Expected values are worked out
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -16,18 +15,11 @@ from alignlab.data.convert_cli import cmd_convert
 from alignlab.data.formats import check_columns
 from alignlab.data.records import RankedRecord, ScoredRecord
 from alignlab.errors import DataError, UserError, command_line
+from tests.data.test_load_shapes import csv_file
 
 
 def jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def csv_file(path: Path, header: list[str], *rows: list[str]) -> Path:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
     return path
 
 

@@ -16,6 +16,7 @@ from alignlab.errors import UserError
 from alignlab.testbed import shipped
 from alignlab.testbed.build import ModelRecipe, build_testbed_model, stage_recipe
 from alignlab.testbed.tasks import task_names
+from alignlab.train.checkpoint import sha256_file
 
 TINY = ModelRecipe(task="arithmetic", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                    pretrain_steps=3, sft_steps=2, pretrain_batch=4, sft_batch=4)
@@ -39,7 +40,7 @@ def test_ship_writes_16_bit_weights_with_their_checksums(tiny_testbed):
     assert manifest["built_on"] == machine_signature(TINY.threads)
     assert set(manifest["files"]) == {f.name for f in path.iterdir()} - {shipped.MANIFEST}
     for name, digest in manifest["files"].items():
-        assert digest == shipped.sha256_file(path / name) and len(digest) == 64
+        assert digest == sha256_file(path / name) and len(digest) == 64
     full, half = load_file(str(built / "model.safetensors")), load_file(str(path / "model.safetensors"))
     assert full.keys() == half.keys()
     for k in full:  # each weight is the 32-bit one rounded to the nearest float16
