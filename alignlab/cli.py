@@ -247,7 +247,7 @@ def cmd_demo(tokens: list[str]) -> int:
 def cmd_feedback(tokens: list[str]) -> int:
     from alignlab.testbed.build import STAGES
     from alignlab.testbed.feedback import PAIR_RULES, FeedbackSpec, synthesize
-    from alignlab.testbed.shipped import testbed_model
+    from alignlab.testbed.shipped import task_model
     from alignlab.testbed.tasks import task_names
 
     parser = ArgumentParser(
@@ -275,7 +275,7 @@ def cmd_feedback(tokens: list[str]) -> int:
     args = parser.parse_args(tokens)
     spec = FeedbackSpec(args.task, args.prompts, args.k, args.reward, args.pair_rule, args.margin,
                         args.label_noise, args.temperature, args.seed)
-    model = args.model or testbed_model(args.task, args.stage, args.cache_dir, progress=True)
+    model = args.model or task_model(args.task, args.stage, args.cache_dir, progress=True)
     meta = synthesize(model, spec, args.out, progress=True)
     print(json.dumps({"out": args.out, "model": str(model), "rows": meta["rows"], "flipped_pairs": meta["flipped_pairs"],
                       "mean_score": meta["mean_score"]}, indent=1))

@@ -243,7 +243,7 @@ def test_feedback_command_samples_from_the_chosen_testbed_model(stage, expected,
     from alignlab.cli import main
 
     asked = []
-    monkeypatch.setattr(shipped, "testbed_model", lambda task, stage, cache_dir, progress: asked.append((task, stage))
+    monkeypatch.setattr(shipped, "task_model", lambda task, stage, cache_dir, progress: asked.append((task, stage))
                         or tiny_model_dir)
     args = ["feedback", "--task", "sentiment", "--out", str(tmp_path / "fb"), "--prompts", "3", "--k", "2"]
     assert main(args + (["--from", stage] if stage else [])) == 0

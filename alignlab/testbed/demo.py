@@ -26,7 +26,7 @@ from alignlab.eval.gold import GoldEvaluator
 from alignlab.losses import UnknownLossError, get_loss
 from alignlab.models import load_model, load_tokenizer
 from alignlab.testbed.feedback import FeedbackSpec, synthesize, write_jsonl
-from alignlab.testbed.shipped import model_provenance, testbed_model
+from alignlab.testbed.shipped import model_provenance, task_model
 from alignlab.testbed.tasks import get_task, task_names
 from alignlab.train.metrics import read_metrics
 
@@ -115,7 +115,7 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
     out = Path(out_dir)
     check_out_dir(out, overwrite)
     t0 = time.perf_counter()
-    sft_dir = testbed_model(settings.task, "sft", cache_dir, log=_log, progress=progress)
+    sft_dir = task_model(settings.task, "sft", cache_dir, log=_log, progress=progress)
     t_model = time.perf_counter() - t0
 
     _log(f"sampling {settings.k} answers to each of {settings.num_prompts} prompts and scoring them")

@@ -9,7 +9,7 @@ the size of 32-bit ones; they load as 32-bit weights, and every result is measur
 loaded). Beside each model, ``testbed.json`` records its recipe, the machine it was built on, the
 sha256 of every file and the model's own held-out gold reward.
 
-``testbed_model(task, stage)`` returns a shipped model after checking its files against their
+``task_model(task, stage)`` returns a shipped model after checking its files against their
 checksums; only a task without a shipped model (or whose recipe has changed since) is built, into
 the cache, keyed by the machine. ``rebuild(task, stage)`` builds the recipe afresh on this machine
 and compares the result with the shipped model: the same weights, or how far its gold reward is.
@@ -70,7 +70,7 @@ def _verified(path: str, _stamp: tuple) -> dict:
     return manifest
 
 
-def testbed_model(task: str, stage: str = "sft", cache_dir=None, log: Callable[[str], None] | None = None,
+def task_model(task: str, stage: str = "sft", cache_dir=None, log: Callable[[str], None] | None = None,
                   progress: bool = False, root: Path | None = None) -> Path:
     """The directory of ``task``'s testbed model at ``stage`` (``sft`` or ``pretrained``): the
     shipped one, checked against its checksums, when it was built from today's recipe; otherwise

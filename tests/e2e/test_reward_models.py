@@ -18,7 +18,7 @@ import pytest
 from alignlab.cli import main
 from alignlab.data.load import load_records, split_records
 from alignlab.testbed.feedback import FeedbackSpec, synthesize
-from alignlab.testbed.shipped import testbed_model
+from alignlab.testbed.shipped import task_model
 from alignlab.train import train
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ HELD_OUT = 0.25
 @pytest.fixture(scope="module")
 def sentiment_pairs(isolated_cache, tmp_path_factory):
     """The testbed's sentiment pairs file (best against worst of 4 samples per prompt)."""
-    model = testbed_model("sentiment", "sft", isolated_cache)
+    model = task_model("sentiment", "sft", isolated_cache)
     out = tmp_path_factory.mktemp("sentiment-feedback")
     meta = synthesize(model, FeedbackSpec("sentiment", num_prompts=PROMPTS, k=4, seed=11), out)
     assert meta["rows"]["pairs"] > 600

@@ -29,7 +29,7 @@ import os
 import pytest
 
 from alignlab.testbed.feedback import FeedbackSpec, synthesize
-from alignlab.testbed.shipped import shipped_dir, testbed_model
+from alignlab.testbed.shipped import shipped_dir, task_model
 from alignlab.train import train
 from tests.e2e.test_reward_models import HELD_OUT, check_eval_rm_agrees
 
@@ -45,7 +45,7 @@ MINILM_PAIRS = 1000
 def test_bradley_terry_reward_models_on_sentiment_preferences(isolated_cache, tmp_path):
     """One test, not two sharing a fixture: pytest-xdist could run two tests on different workers,
     and each would sample the 16384 answers again."""
-    backbone = testbed_model("sentiment", "pretrained", isolated_cache)
+    backbone = task_model("sentiment", "pretrained", isolated_cache)
     assert backbone == shipped_dir("sentiment", "pretrained")
     meta = synthesize(backbone, FeedbackSpec("sentiment", num_prompts=PROMPTS, k=4, seed=11), tmp_path / "fb")
     assert meta["rows"]["pairs"] > 3300
@@ -55,6 +55,7 @@ def test_bradley_terry_reward_models_on_sentiment_preferences(isolated_cache, tm
                   "output_dir": str(tmp_path / "tiny"), "pool": "mean", "batch_size": 16, "lr": 1e-3, "epochs": 2,
                   "progress": False, "seed": 0})
     accuracy = tiny.eval_metrics["eval/rewards/accuracies"]
+    print(f"tiny Bradley-Terry, mean head: held-out accuracy {accuracy:.4f} ({meta['rows']['pairs']} pairs)")
     assert accuracy > 0.85, tiny.eval_metrics
     settings = json.loads((tmp_path / "tiny" / "model" / "reward_model.json").read_text())
     assert settings["pool"] == "mean" and settings["causal"] is True and settings["objective"] == "bt"
@@ -68,6 +69,7 @@ def test_bradley_terry_reward_models_on_sentiment_preferences(isolated_cache, tm
     minilm = train({"method": "reward_model", "model": str(gt.get_model_path()), "data": str(few),
                     "eval_fraction": HELD_OUT, "output_dir": str(tmp_path / "minilm"), "batch_size": 16,
                     "lr": 5e-5, "epochs": 2, "progress": False, "seed": 0})
+    print(f"MiniLM on the first {MINILM_PAIRS} pairs: held-out accuracy {minilm.eval_metrics['eval/rewards/accuracies']:.4f}")
     assert minilm.eval_metrics["eval/rewards/accuracies"] > 0.85, minilm.eval_metrics
     settings = json.loads((tmp_path / "minilm" / "model" / "reward_model.json").read_text())
     assert settings["pool"] == "mean" and settings["causal"] is False

@@ -1,5 +1,5 @@
 """Shipped testbed models: written by ``ship`` as 16-bit weights with checksums, returned by
-``testbed_model`` only when their files match and their recipe is today's, and compared with a
+``task_model`` only when their files match and their recipe is today's, and compared with a
 rebuild on this machine."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_the_shipped_model_is_used_and_loads_in_32_bit(tiny_testbed):
     from alignlab.models import load_model
 
     _, cache, root, _ = tiny_testbed
-    path = shipped.testbed_model("arithmetic", "sft", cache, root=root)
+    path = shipped.task_model("arithmetic", "sft", cache, root=root)
     assert path == shipped.shipped_dir("arithmetic", "sft", root)
     assert load_model(str(path)).model.embed_tokens.weight.dtype == torch.float32
     assert shipped.model_provenance(path)["shipped"] is True
@@ -66,14 +66,14 @@ def test_a_damaged_file_is_named_and_never_used(tiny_testbed):
     data[-3] ^= 0xFF  # same size, one byte changed
     weights.write_bytes(bytes(data))
     with pytest.raises(UserError, match=r"file 'model\.safetensors' does not match its sha256"):
-        shipped.testbed_model("arithmetic", "sft", cache, root=root)
+        shipped.task_model("arithmetic", "sft", cache, root=root)
 
 
 def test_a_missing_file_is_named(tiny_testbed):
     _, cache, root, _ = tiny_testbed
     (shipped.shipped_dir("arithmetic", "sft", root) / "tokenizer.json").unlink()
     with pytest.raises(UserError, match=r"file 'tokenizer\.json' is missing"):
-        shipped.testbed_model("arithmetic", "sft", cache, root=root)
+        shipped.task_model("arithmetic", "sft", cache, root=root)
 
 
 def test_a_changed_recipe_builds_its_own_model_instead(tiny_testbed, monkeypatch):
@@ -81,7 +81,7 @@ def test_a_changed_recipe_builds_its_own_model_instead(tiny_testbed, monkeypatch
     changed = dataclasses.replace(TINY, sft_steps=1)
     monkeypatch.setattr(shipped, "stage_recipe", lambda task, stage: changed)
     logs = []
-    path = shipped.testbed_model("arithmetic", "sft", cache, log=logs.append, root=root)
+    path = shipped.task_model("arithmetic", "sft", cache, log=logs.append, root=root)
     assert path != shipped.shipped_dir("arithmetic", "sft", root) and path != built
     assert json.loads((path.parent / "recipe.json").read_text())["recipe"] == dataclasses.asdict(changed)
     assert any("another recipe" in line for line in logs)
@@ -125,5 +125,5 @@ def test_every_task_ships_both_models_from_todays_recipe(task, stage):
     manifest = shipped.read_manifest(path)
     assert manifest["recipe"] == dataclasses.asdict(stage_recipe(task, stage))
     assert (manifest["task"], manifest["stage"], manifest["dtype"]) == (task, stage, "float16")
-    assert shipped.testbed_model(task, stage) == path
+    assert shipped.task_model(task, stage) == path
     assert (path / "model.safetensors").stat().st_size < 2_000_000
