@@ -36,7 +36,7 @@ from tests.e2e.test_reward_models import HELD_OUT, check_eval_rm_agrees
 # About 8 minutes on one CPU thread (16,384 sampled answers, two trainings): too long for the default
 # run; ALIGNLAB_SLOW_ACCEPTANCE=1 runs it.
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("ALIGNLAB_SLOW_ACCEPTANCE") != "1",
-                                                   reason="set ALIGNLAB_SLOW_ACCEPTANCE=1 to run (about 11 min)")]
+                                                   reason="set ALIGNLAB_SLOW_ACCEPTANCE=1 to run (about 8 min)")]
 
 PROMPTS = 4096
 MINILM_PAIRS = 1000

@@ -133,10 +133,11 @@ def test_refusals_name_the_option_as_the_caller_sets_it(tmp_path, tiny_model_dir
 
 
 def test_a_bad_row_from_python_says_how_to_skip_it(tmp_path, tiny_model_dir, capsys):
-    data = tmp_path / "bad.jsonl"
-    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "a"}) + "\n")
+    data = tmp_path / "bad.jsonl"  # one good row and one bad: skipping the bad one leaves something
+    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n"
+                    + json.dumps({"prompt": "p", "chosen": "a", "rejected": "a"}) + "\n")
     cfg = base_config(tiny_model_dir, data, tmp_path / "r")
-    with pytest.raises(UserError, match=r"bad.jsonl, row 1, .* identical \(pass skip_invalid=True to skip bad rows\)$"):
+    with pytest.raises(UserError, match=r"bad.jsonl, row 2, .* identical \(pass skip_invalid=True to skip bad rows\)$"):
         train(cfg)
     assert cli.main(["train", *_flags(cfg)]) == 2
     assert capsys.readouterr().err.endswith("(pass --skip-invalid to skip bad rows)\n")
