@@ -3,8 +3,9 @@ samples drawn from a reference. ``$ALIGNLAB_CACHE`` or ``~/.cache/alignlab`` unl
 
 A cached number is only reusable where it would come out the same. Floating-point results on a
 CPU depend on the instruction set the kernels use (torch's CPU capability and MKL's own choice,
-which ``MKL_ENABLE_INSTRUCTIONS`` caps), on the CPU vendor (MKL takes other paths on AMD and Intel)
-and on the number of intra-op threads; on a GPU, on the device. ``machine_signature`` names all
+which ``MKL_ENABLE_INSTRUCTIONS`` caps), on the CPU vendor (MKL takes other paths on AMD and Intel),
+on settings that pick MKL's and oneDNN's kernels (``MKL_CBWR`` and others in ``BIT_SETTINGS``) and
+on the number of intra-op threads; on a GPU, on the device. ``machine_signature`` names all
 of that, and the cache keys include it, so a machine (or thread count) that computes other bits
 computes its own entry instead of reusing another's.
 """
@@ -37,6 +38,11 @@ def model_fingerprint(name_or_path: str) -> str:
     return "\n".join(parts)
 
 
+# Environment settings that change which kernels MKL and oneDNN run, named in the signature when set:
+# MKL's conditional numerical reproducibility mode, its CPU-type override, oneDNN's instruction cap.
+BIT_SETTINGS = ("MKL_CBWR", "MKL_DEBUG_CPU_TYPE", "ONEDNN_MAX_CPU_ISA")
+
+
 @functools.cache
 def _cpu_vendor() -> str:
     try:
@@ -52,14 +58,16 @@ def _cpu_vendor() -> str:
 def machine_signature(threads: int | None = None) -> dict[str, str | int]:
     """What changes the bits of a computation on this machine: the device (``cpu``, or the CUDA
     device's name), on a CPU the instruction set torch's kernels use, MKL's instruction cap, the
-    CPU vendor, and the number of intra-op threads (``threads``, default torch's current number)."""
+    CPU vendor, the number of intra-op threads (``threads``, default torch's current number), and
+    the settings of ``BIT_SETTINGS`` that are set."""
     import torch
 
     if torch.cuda.is_available():
         return {"device": f"cuda:{torch.cuda.get_device_name()}"}
     return {"device": "cpu", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", ""), "cpu_vendor": _cpu_vendor(),
-            "threads": torch.get_num_threads() if threads is None else threads}
+            "threads": torch.get_num_threads() if threads is None else threads,
+            **{name.lower(): os.environ[name] for name in BIT_SETTINGS if os.environ.get(name)}}
 
 
 def describe_machine(signature: dict) -> str:

@@ -5,7 +5,7 @@
     alignlab tiny-model OUT_DIR                        save a tiny Llama + tokenizer for experiments
     alignlab demo [--task T] [--method M] [--seed S]   align a tiny model on a testbed task, before/after table
     alignlab feedback --task T --out DIR [...]         sample and score answers, write every dataset shape
-    alignlab testbed list|build [--task T] [--ship]    the shipped testbed models; rebuild them here and compare
+    alignlab testbed list|build [--task T] [--stage S] the shipped testbed models; rebuild them here and compare
     alignlab convert CONVERSION IN OUT [...]           turn data of one shape into another (scored to pairs,
                                                        pairs to unpaired, reward-augment, flip-labels, ...)
     alignlab eval rm --data PAIRS --model RM_DIR       a reward model's (or, with --scorer, any scorer's)
@@ -305,12 +305,23 @@ def cmd_testbed(tokens: list[str]) -> int:
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(tokens)
     if args.action == "list":
-        for m in shipped.shipped_models():
+        if args.ship or args.json or args.cache_dir:
+            raise UserError("alignlab testbed list: --ship, --json and --cache-dir are options of build")
+        for m in shipped.shipped_models(args.task, args.stage):
             gold = m["held_out"]
+            state = "files match their sha256" + ("" if m["current"] else "; built from ANOTHER recipe, build "
+                                                  "procedure or task options, so not used (its build is)")
             print(f"{m['task']:<12} {m['stage']:<11} {m['path']}\n  built on {describe_machine(m['built_on'])} in "
                   f"{m['build_seconds']:.0f} s; held-out gold sampled {gold['gold/sampled']:.3f}, greedy "
-                  f"{gold['gold/greedy']:.3f}; files match their sha256")
+                  f"{gold['gold/greedy']:.3f}; {state}")
         return 0
+    if args.json:  # a path that cannot be written is found now, not after the builds
+        from pathlib import Path
+
+        if not Path(args.json).expanduser().parent.is_dir():
+            raise UserError(f"--json: folder '{Path(args.json).expanduser().parent}' does not exist")
+    if args.ship:
+        shipped.check_shippable()
     reports = []
     for task in args.task or task_names():
         for stage in args.stage or STAGES:
@@ -328,7 +339,10 @@ def cmd_testbed(tokens: list[str]) -> int:
     if args.json:
         from pathlib import Path
 
-        Path(args.json).write_text(json.dumps(reports, indent=1))
+        try:
+            Path(args.json).expanduser().write_text(json.dumps(reports, indent=1))
+        except OSError as e:
+            raise UserError(f"--json: cannot write '{args.json}': {e.strerror}") from None
     return 0
 
 

@@ -100,6 +100,12 @@ class ModelRecipe:
         }, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
+    def identity(self) -> dict:
+        """What a model built from this recipe is, whatever machine built it: the recipe, the build
+        procedure's version and the task's options (a shipped model stands for its identity)."""
+        return {"recipe": dataclasses.asdict(self), "recipe_version": RECIPE_VERSION,
+                "task_options": get_task(self.task).options()}
+
 
 # Per-task budgets: enough for a model whose samples are right some of the time, not all.
 DEFAULT_RECIPES: dict[str, ModelRecipe] = {
@@ -255,7 +261,8 @@ def _build(recipe: ModelRecipe, final: Path, root: Path, log: Callable[[str], No
         staged.mkdir()
         shutil.copytree(model, staged / final.name)
         info = {"recipe": dataclasses.asdict(recipe), "key": recipe.key(), "version": RECIPE_VERSION,
-                "machine": machine_signature(recipe.threads), "build_seconds": round(time.perf_counter() - t0, 1)}
+                "task_options": task.options(), "machine": machine_signature(recipe.threads),
+                "build_seconds": round(time.perf_counter() - t0, 1)}
         (staged / "recipe.json").write_text(json.dumps(info, indent=1))
         if final.parent.exists() and not (final / "config.json").exists():
             shutil.rmtree(final.parent)  # an incomplete entry (its model was deleted): replace it

@@ -99,7 +99,8 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise UserError(f"'{out}' holds a training run that is not a demo; the demo would overwrite it. "
                         "Choose another report folder")
     if not overwrite and ((out / "metrics.json").exists() or (out / "feedback" / "metadata.json").exists()):
-        raise UserError(f"'{out}' holds an earlier demo's report; the demo would replace it. Choose another report "
+        what = "report" if (out / "metrics.json").exists() else "feedback (from a demo that did not finish)"
+        raise UserError(f"'{out}' holds an earlier demo's {what}; the demo would replace it. Choose another report "
                         f"folder, or pass {option('overwrite')} to replace it")
 
 

@@ -17,10 +17,9 @@ and compares the result with the shipped model: the same weights, or how far its
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
-import shutil
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -28,12 +27,15 @@ from pathlib import Path
 
 from alignlab.cache import describe_machine, machine_signature
 from alignlab.errors import UserError
-from alignlab.testbed.build import STAGES, build_testbed_model, intra_op_threads, stage_recipe
+from alignlab.testbed.build import STAGES, ModelRecipe, build_testbed_model, intra_op_threads, stage_recipe
 from alignlab.train.checkpoint import sha256_file
 
 SHIPPED = Path(__file__).resolve().parent / "models"
 MANIFEST = "testbed.json"
 GOLD_KEYS = ("gold/sampled", "gold/greedy", "gold/length")
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+MANIFEST_KEYS = frozenset({"task", "stage", "recipe", "recipe_version", "task_options", "built_on", "build_seconds",
+                           "dtype", "held_out", "files"})
 EVAL_SEED = 0  # the seed of the manifest's held-out measurement, as in the demo's default
 
 
@@ -47,42 +49,69 @@ def shipped_dir(task: str, stage: str = "sft", root: Path | None = None) -> Path
 
 
 def read_manifest(path: Path) -> dict:
-    """The shipped model's ``testbed.json``, its files checked against their sha256."""
-    return _verified(str(path.resolve()), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                                                for f in sorted(path.iterdir()) if f.is_file()))
+    """The shipped model's ``testbed.json``, checked: it lists every file of the folder (and at
+    least the weights, config and tokenizer), and every file matches its sha256."""
+    try:
+        stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file())
+    except OSError as e:
+        raise UserError(f"testbed model '{path}' cannot be read: {e.strerror}; reinstall alignlab") from None
+    return _verified(str(path.resolve()), stamp)
 
 
 @functools.cache
-def _verified(path: str, _stamp: tuple) -> dict:
-    """Checked once per process and per state of the folder's files (``_stamp``)."""
+def _verified(path: str, stamp: tuple) -> dict:
+    """Checked once per process and per state of the folder's files (``stamp``)."""
     folder = Path(path)
+
+    def bad(what: str) -> UserError:
+        return UserError(f"testbed model '{folder}': {what}; reinstall alignlab, or rebuild it with "
+                         "`alignlab testbed build`")
+
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"testbed model '{folder}': {MANIFEST} cannot be read ({e}); reinstall alignlab") from None
-    for name, digest in manifest.get("files", {}).items():
-        f = folder / name
-        if not f.is_file():
-            raise UserError(f"testbed model '{folder}': file '{name}' is missing; reinstall alignlab")
-        if sha256_file(f) != digest:
-            raise UserError(f"testbed model '{folder}': file '{name}' does not match its sha256 in {MANIFEST} "
-                            "(damaged or edited); reinstall alignlab, or rebuild it with `alignlab testbed build`")
+    except FileNotFoundError:
+        raise bad(f"{MANIFEST} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad(f"{MANIFEST} cannot be read ({e})") from None
+    if not isinstance(manifest, dict) or not MANIFEST_KEYS <= manifest.keys() or not isinstance(manifest["files"], dict):
+        raise bad(f"{MANIFEST} is not a testbed manifest (it needs {', '.join(sorted(MANIFEST_KEYS))})")
+    present = {name for name, _, _ in stamp} - {MANIFEST}
+    listed = set(manifest["files"])
+    for name in sorted((present - listed) | (set(REQUIRED_FILES) - listed)):
+        raise bad(f"file '{name}' is not listed in {MANIFEST}")
+    for name in sorted(listed):
+        if name not in present:
+            raise bad(f"file '{name}' is missing")
+        try:
+            digest = sha256_file(folder / name)
+        except OSError as e:
+            raise bad(f"file '{name}' cannot be read ({e.strerror})") from None
+        if digest != manifest["files"][name]:
+            raise bad(f"file '{name}' does not match its sha256 in {MANIFEST} (damaged or edited)")
     return manifest
 
 
+def is_current(manifest: dict, recipe) -> bool:
+    """Whether a shipped model was built from ``recipe`` by today's build procedure, for today's task."""
+    return {k: manifest.get(k) for k in recipe.identity()} == recipe.identity()
+
+
 def task_model(task: str, stage: str = "sft", cache_dir=None, log: Callable[[str], None] | None = None,
-                  progress: bool = False, root: Path | None = None) -> Path:
+               progress: bool = False, root: Path | None = None) -> Path:
     """The directory of ``task``'s testbed model at ``stage`` (``sft`` or ``pretrained``): the
-    shipped one, checked against its checksums, when it was built from today's recipe; otherwise
-    the recipe's build for this machine, from the cache or built now."""
+    shipped one, checked against its checksums, when it was built from today's recipe, build
+    procedure and task options; otherwise the recipe's build for this machine, from the cache or
+    built now (said in the log)."""
     log = log or _log
     recipe = stage_recipe(task, stage)
     path = shipped_dir(task, stage, root)
-    if (path / MANIFEST).exists():
-        if read_manifest(path)["recipe"] == dataclasses.asdict(recipe):
+    if path.exists():
+        if is_current(read_manifest(path), recipe):
             return path
-        log(f"the shipped {task} {stage} model was built from another recipe; using this machine's build of "
-            "today's recipe instead")
+        log(f"the shipped {task} {stage} model was built from another recipe, build procedure or task options; "
+            "using this machine's build of today's recipe instead")
+    else:
+        log(f"alignlab ships no {task} {stage} model; using this machine's build of its recipe")
     return build_testbed_model(recipe, cache_dir, log=log, progress=progress)
 
 
@@ -116,28 +145,46 @@ def _write_half(built: Path, out: Path) -> None:
     load_tokenizer(str(built)).save_pretrained(out)
 
 
+def check_shippable(root: Path | None = None) -> Path:
+    """The folder ``ship`` writes into, if it can: the package's own ``models/`` only in a source
+    checkout (an installed copy would be the wrong place to change), and only where writable."""
+    folder = root or SHIPPED
+    if root is None and not (SHIPPED.parents[2] / "pyproject.toml").is_file():
+        raise UserError(f"shipping writes the models into a source checkout of alignlab (installed with pip install "
+                        f"-e); this alignlab is installed at '{SHIPPED.parents[1]}'")
+    probe = folder if folder.exists() else folder.parent
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"cannot ship testbed models into '{folder}': it is not writable")
+    return folder
+
+
 def ship(task: str, stage: str, built: Path, root: Path | None = None) -> dict:
-    """Write the model built in ``built`` as the shipped model of ``task`` at ``stage``: 16-bit
-    weights, tokenizer, and ``testbed.json`` (recipe, build machine, sha256 of each file, held-out
-    gold measured on the 16-bit weights). Replaces a previous shipped model."""
-    dest = shipped_dir(task, stage, root)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    """Write the model built in ``built`` (a build of this machine, from the cache) as the shipped
+    model of ``task`` at ``stage``: 16-bit weights, tokenizer, and ``testbed.json`` (recipe, build
+    procedure version, task options, build machine, sha256 of each file, held-out gold measured on
+    the 16-bit weights). Replaces a previous shipped model."""
+    dest = shipped_dir(task, stage, check_shippable(root))
     build_info = json.loads((built.parent / "recipe.json").read_text())
+    recipe = ModelRecipe(**build_info["recipe"])
+    if recipe.key() != build_info["key"]:
+        raise UserError(f"'{built}' was built by another build procedure, task options, library versions or machine "
+                        "than this one has; ship a model built here")
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".ship-") as tmp:
         staged = Path(tmp) / dest.name
         _write_half(built, staged)
-        files = {f.name: sha256_file(f) for f in sorted(staged.iterdir()) if f.is_file()}
+        for f in staged.iterdir():
+            f.chmod(0o644)  # save_pretrained writes the weights readable by their owner only
         manifest = {
-            "task": task, "stage": stage, "recipe": build_info["recipe"], "key": build_info["key"],
-            "recipe_version": build_info["version"], "built_on": build_info["machine"],
-            "build_seconds": build_info["build_seconds"], "dtype": "float16",
-            "held_out": {"seed": EVAL_SEED, "measured_on": machine_signature(1),
-                         **held_out_gold(staged, task)},
-            "files": files,
+            "task": task, "stage": stage, **recipe.identity(), "key": build_info["key"],
+            "built_on": build_info["machine"], "build_seconds": build_info["build_seconds"], "dtype": "float16",
+            "held_out": {"seed": EVAL_SEED, "measured_on": machine_signature(1), **held_out_gold(staged, task)},
+            "files": {f.name: sha256_file(f) for f in sorted(staged.iterdir()) if f.is_file()},
         }
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
+        (staged / MANIFEST).chmod(0o644)
+        if dest.exists():  # moved aside, not deleted first: the folder is never without a model
+            dest.rename(Path(tmp) / "previous")
         staged.rename(dest)
     return manifest
 
@@ -168,11 +215,11 @@ def rebuild(task: str, stage: str, cache_dir=None, log: Callable[[str], None] | 
         _write_half(built, half)
         log(f"measuring the rebuilt {task} {stage} model on the held-out prompts")
         report["rebuilt"] = held_out_gold(half, task)
-        if (shipped / MANIFEST).exists():
+        if shipped.exists():
             manifest = read_manifest(shipped)
             report["shipped"] = {k: manifest["held_out"][k] for k in GOLD_KEYS}
             report["shipped_built_on"] = manifest["built_on"]
-            report["same_recipe"] = manifest["recipe"] == dataclasses.asdict(recipe)
+            report["same_recipe"] = is_current(manifest, recipe)
             report["identical"], report["max_weight_difference"] = _same_weights(half, shipped)
     return report
 
@@ -184,7 +231,7 @@ def rebuild_table(report: dict) -> str:
         rows = [f"  {k:<14}{report['rebuilt'][k]:>10.3f}" for k in GOLD_KEYS]
         return "\n".join([head + " (no shipped model to compare with)", f"  {'':<14}{'rebuilt':>10}", *rows])
     lines = [head, f"  shipped model built on {describe_machine(report['shipped_built_on'])}"
-             + ("" if report["same_recipe"] else " from ANOTHER recipe"),
+             + ("" if report["same_recipe"] else " from ANOTHER recipe, build procedure or task options"),
              f"  {'':<14}{'shipped':>10}{'rebuilt':>10}{'difference':>12}"]
     for k in GOLD_KEYS:
         a, b = report["shipped"][k], report["rebuilt"][k]
@@ -194,16 +241,19 @@ def rebuild_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def shipped_models(root: Path | None = None) -> list[dict]:
-    """Every shipped model's manifest (checked), in task and stage order."""
+def shipped_models(tasks: list[str] | None = None, stages: list[str] | None = None,
+                   root: Path | None = None) -> list[dict]:
+    """The shipped models' manifests (checked), in task and stage order, each with its ``path`` and
+    whether it is ``current`` (built from today's recipe, so ``task_model`` uses it)."""
     from alignlab.testbed.tasks import task_names
 
     out = []
-    for task in task_names():
-        for stage in STAGES:
+    for task in tasks or task_names():
+        for stage in stages or STAGES:
             path = shipped_dir(task, stage, root)
-            if (path / MANIFEST).exists():
-                out.append({"path": str(path), **read_manifest(path)})
+            if path.exists():
+                manifest = read_manifest(path)
+                out.append({"path": str(path), "current": is_current(manifest, stage_recipe(task, stage)), **manifest})
     return out
 
 

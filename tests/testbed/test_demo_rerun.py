@@ -3,13 +3,14 @@ report records where its model came from (the shipped model's build machine and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 
 from alignlab.errors import UserError
 from alignlab.testbed.demo import DemoSettings, run_demo
-from alignlab.testbed.shipped import read_manifest, shipped_dir
+from alignlab.testbed.shipped import shipped_dir
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +29,16 @@ def test_a_rerun_keeps_the_earlier_report_unless_told_to_replace_it(tmp_path):
     second = run_demo(tiny(), out, tmp_path / "cache", progress=False, overwrite=True)
     assert second["after"] == first["after"]
 
-    manifest = read_manifest(shipped_dir("arithmetic", "sft"))
+    folder = shipped_dir("arithmetic", "sft")
+    manifest = json.loads((folder / "testbed.json").read_text())
     provenance = json.loads((out / "metrics.json").read_text())["sft_model_provenance"]
     assert provenance == {"shipped": True, "key": manifest["key"], "built_on": manifest["built_on"],
-                          "build_seconds": manifest["build_seconds"], "sha256": manifest["files"]["model.safetensors"]}
-    assert provenance["build_seconds"] > 0
+                          "build_seconds": manifest["build_seconds"],
+                          "sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()}
+
+
+def test_an_unfinished_demo_is_called_one(tmp_path):
+    (tmp_path / "demo" / "feedback").mkdir(parents=True)
+    (tmp_path / "demo" / "feedback" / "metadata.json").write_text("{}")
+    with pytest.raises(UserError, match=r"earlier demo's feedback \(from a demo that did not finish\)"):
+        run_demo(tiny(), tmp_path / "demo", tmp_path / "cache", progress=False)
