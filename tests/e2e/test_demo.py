@@ -31,7 +31,7 @@ def readme_table() -> tuple[dict[str, tuple[float, float]], float]:
     for line in block.strip().splitlines()[1:]:
         label, before, after = re.fullmatch(r"(.+?)\s+(-?[\d.]+)\s+(-?[\d.]+)", line.strip()).groups()
         rows[label] = (float(before), float(after))
-    tolerance = float(re.search(r"within ±([\d.]+) of each number", text).group(1))
+    tolerance = float(re.search(r"within ±([\d.]+) of each\s+number", text).group(1))
     return rows, tolerance
 
 
