@@ -168,6 +168,11 @@ def _stage(model: str, data: Path, out: Path, steps: int, batch: int, lr: float,
     return summary.model_dir
 
 
+def log_to_stderr(msg: str) -> None:
+    """The testbed's progress messages: one line each on stderr, flushed at once."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def intra_op_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` torch intra-op threads, then restore the previous number."""
@@ -218,7 +223,7 @@ def build_testbed_model(recipe: ModelRecipe, cache_dir: str | os.PathLike | None
 
     The check and the build happen under the entry's lock, so concurrent callers build it once.
     ``progress`` shows a bar for each training stage."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or log_to_stderr
     final = model_cache_path(recipe, cache_dir)
     if (final / "config.json").exists():
         return final

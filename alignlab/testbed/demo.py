@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from alignlab.errors import UserError, option
 from alignlab.eval.gold import GoldEvaluator
 from alignlab.losses import UnknownLossError, get_loss
 from alignlab.models import load_model, load_tokenizer
+from alignlab.testbed.build import log_to_stderr
 from alignlab.testbed.feedback import FeedbackSpec, synthesize, write_jsonl
 from alignlab.testbed.shipped import model_provenance, task_model
 from alignlab.testbed.tasks import get_task, task_names
@@ -80,10 +80,6 @@ class DemoSettings:
             raise UserError(f"the demo's feedback has no {' or '.join(extra)} per pair, which '{self.method}' needs")
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _sft_input(feedback_dir: Path) -> Path:
     """The chosen answers of the pairs, as prompt/completion rows (rejection-sampling SFT)."""
     out = feedback_dir / "best.jsonl"
@@ -116,10 +112,10 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
     out = Path(out_dir)
     check_out_dir(out, overwrite)
     t0 = time.perf_counter()
-    sft_dir = task_model(settings.task, "sft", cache_dir, log=_log, progress=progress)
+    sft_dir = task_model(settings.task, "sft", cache_dir, log=log_to_stderr, progress=progress)
     t_model = time.perf_counter() - t0
 
-    _log(f"sampling {settings.k} answers to each of {settings.num_prompts} prompts and scoring them")
+    log_to_stderr(f"sampling {settings.k} answers to each of {settings.num_prompts} prompts and scoring them")
     feedback = synthesize(sft_dir, FeedbackSpec(settings.task, settings.num_prompts, settings.k, settings.reward,
                                                 label_noise=settings.label_noise, seed=settings.seed),
                           out / "feedback", progress=progress)

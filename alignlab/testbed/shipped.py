@@ -20,14 +20,20 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from alignlab.cache import describe_machine, machine_signature
 from alignlab.errors import UserError
-from alignlab.testbed.build import STAGES, ModelRecipe, build_testbed_model, intra_op_threads, stage_recipe
+from alignlab.testbed.build import (
+    STAGES,
+    ModelRecipe,
+    build_testbed_model,
+    intra_op_threads,
+    log_to_stderr,
+    stage_recipe,
+)
 from alignlab.train.checkpoint import sha256_file
 
 SHIPPED = Path(__file__).resolve().parent / "models"
@@ -37,10 +43,7 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokeniz
 MANIFEST_KEYS = frozenset({"task", "stage", "recipe", "recipe_version", "task_options", "built_on", "build_seconds",
                            "dtype", "held_out", "files"})
 EVAL_SEED = 0  # the seed of the manifest's held-out measurement, as in the demo's default
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+EVAL_THREADS = 1  # and its number of intra-op threads (recorded beside the numbers)
 
 
 def shipped_dir(task: str, stage: str = "sft", root: Path | None = None) -> Path:
@@ -52,10 +55,10 @@ def read_manifest(path: Path) -> dict:
     """The shipped model's ``testbed.json``, checked: it lists every file of the folder (and at
     least the weights, config and tokenizer), and every file matches its sha256."""
     try:
-        stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file())
+        stats = [(f.name, f.stat()) for f in sorted(path.iterdir()) if f.is_file()]
     except OSError as e:
         raise UserError(f"testbed model '{path}' cannot be read: {e.strerror}; reinstall alignlab") from None
-    return _verified(str(path.resolve()), stamp)
+    return _verified(str(path.resolve()), tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats))
 
 
 @functools.cache
@@ -102,7 +105,7 @@ def task_model(task: str, stage: str = "sft", cache_dir=None, log: Callable[[str
     shipped one, checked against its checksums, when it was built from today's recipe, build
     procedure and task options; otherwise the recipe's build for this machine, from the cache or
     built now (said in the log)."""
-    log = log or _log
+    log = log or log_to_stderr
     recipe = stage_recipe(task, stage)
     path = shipped_dir(task, stage, root)
     if path.exists():
@@ -115,14 +118,14 @@ def task_model(task: str, stage: str = "sft", cache_dir=None, log: Callable[[str
     return build_testbed_model(recipe, cache_dir, log=log, progress=progress)
 
 
-def held_out_gold(model_dir: Path, task: str, threads: int = 1) -> dict[str, float]:
+def held_out_gold(model_dir: Path, task: str) -> dict[str, float]:
     """Gold reward (sampled, greedy) and response length on the task's held-out prompts, seed
-    ``EVAL_SEED``, with ``threads`` intra-op threads (as recorded next to the numbers)."""
+    ``EVAL_SEED``, with ``EVAL_THREADS`` intra-op threads."""
     from alignlab.eval.gold import GoldEvaluator
     from alignlab.models import load_model, load_tokenizer
     from alignlab.testbed.tasks import get_task
 
-    with intra_op_threads(threads):
+    with intra_op_threads(EVAL_THREADS):
         model = load_model(str(model_dir))
         evaluator = GoldEvaluator(get_task(task), load_tokenizer(str(model_dir)), seed=EVAL_SEED)
         metrics = evaluator(model, model)
@@ -178,7 +181,7 @@ def ship(task: str, stage: str, built: Path, root: Path | None = None) -> dict:
         manifest = {
             "task": task, "stage": stage, **recipe.identity(), "key": build_info["key"],
             "built_on": build_info["machine"], "build_seconds": build_info["build_seconds"], "dtype": "float16",
-            "held_out": {"seed": EVAL_SEED, "measured_on": machine_signature(1), **held_out_gold(staged, task)},
+            "held_out": {"seed": EVAL_SEED, "measured_on": machine_signature(EVAL_THREADS), **held_out_gold(staged, task)},
             "files": {f.name: sha256_file(f) for f in sorted(staged.iterdir()) if f.is_file()},
         }
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -205,7 +208,7 @@ def rebuild(task: str, stage: str, cache_dir=None, log: Callable[[str], None] | 
     """Build ``task``'s ``stage`` recipe on this machine (or take this machine's cached build) and
     compare it, rounded to 16 bits as shipped, with the shipped model: whether the weights are the
     same, the largest weight difference, and the held-out gold reward of both."""
-    log = log or _log
+    log = log or log_to_stderr
     recipe = stage_recipe(task, stage)
     built = build_testbed_model(recipe, cache_dir, log=log, progress=progress)
     shipped = shipped_dir(task, stage, root)

@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
+from alignlab.testbed.build import intra_op_threads
 from alignlab.testbed.demo import ROWS, DemoSettings, run_demo, table
 from alignlab.testbed.shipped import shipped_dir
 
@@ -52,12 +52,8 @@ def test_the_readme_table_is_reproduced(threads, tmp_path):
     the demo on a 2-core machine)."""
     expected, tolerance = readme_table()
     assert [label for label, _ in ROWS] == list(expected)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with intra_op_threads(threads):
         report = run_demo(DemoSettings(), tmp_path / "demo", tmp_path / "cache", progress=False)
-    finally:
-        torch.set_num_threads(before)
     assert report["sft_model"] == str(shipped_dir("arithmetic", "sft"))
     for label, key in ROWS:
         got = (report["before"][key], report["after"][key])

@@ -31,7 +31,7 @@ def tiny_testbed(tmp_path, monkeypatch):
     monkeypatch.setattr(shipped, "stage_recipe", lambda task, stage: TINY)
     cache, root = tmp_path / "cache", tmp_path / "shipped"
     built = build_testbed_model(TINY, cache, log=lambda msg: None)
-    monkeypatch.setattr(shipped, "held_out_gold", lambda path, task, threads=1: {k: 0.5 for k in shipped.GOLD_KEYS})
+    monkeypatch.setattr(shipped, "held_out_gold", lambda path, task: {k: 0.5 for k in shipped.GOLD_KEYS})
     manifest = shipped.ship("arithmetic", "sft", built, root)
     return built, cache, root, manifest
 

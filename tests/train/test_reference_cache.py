@@ -18,6 +18,7 @@ from alignlab.data.render import Renderer
 from alignlab.errors import UserError
 from alignlab.logprobs import completion_logps
 from alignlab.models import Reference, load_model, load_tokenizer
+from alignlab.testbed.build import intra_op_threads
 from alignlab.train import loop as loop_module
 from alignlab.train.distributed import Dist
 from alignlab.train.reference_cache import attach_reference, cache_key
@@ -155,18 +156,15 @@ def test_another_thread_count_or_instruction_set_computes_its_own_entry(tiny_mod
     with another number of threads, or with MKL capped to other instructions, does not reuse the
     entry of the first run; the same setting again does."""
     cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "a", max_steps=1, batch_size=4, cache_dir=str(tmp_path / "c"))
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)  # the run's own setting, whatever the caller's
+    with intra_op_threads(1):
         train(cfg)
-        torch.set_num_threads(2)
+    with intra_op_threads(2):
         train({**cfg, "output_dir": str(tmp_path / "b")})
         monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "SSE4_2")
         train({**cfg, "output_dir": str(tmp_path / "d")})
         monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS")
         train({**cfg, "output_dir": str(tmp_path / "e")})
-    finally:
-        torch.set_num_threads(before)
     assert len(count_references) == 3
     assert len(list((tmp_path / "c" / "reference_logps").iterdir())) == 3
 
