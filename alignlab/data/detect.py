@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from alignlab.data.fields import item_path
+from alignlab.data.rows.fields import item_path
 
 # What a row of each shape holds, for messages.
 COLUMNS: dict[str, str] = {

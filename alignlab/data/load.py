@@ -18,9 +18,9 @@ from alignlab.data.detect import (
     detect_kind,
     list_of_objects,
 )
-from alignlab.data.fields import item_path, weighted_sum
-from alignlab.data.formats import FIELDS, Kind, check_columns, to_record
 from alignlab.data.records import PairRecord, Record
+from alignlab.data.rows.fields import item_path, weighted_sum
+from alignlab.data.rows.formats import FIELDS, Kind, check_columns, to_record
 from alignlab.data.sources import iter_rows
 from alignlab.errors import DataError, RowIssue, UserError, columns_option, on_command_line, option
 
@@ -90,13 +90,13 @@ def load_records(
 ) -> LoadResult:
     """Read ``source`` and validate every row into records of ``kind``.
 
-    ``kind`` is one of sft, pair, joint, unpaired, scored, ranked, negatives (see ``formats``
-    and ``shapes`` for the rows each accepts); ``strict_order`` refuses ranked rows whose
+    ``kind`` is one of sft, pair, joint, unpaired, scored, ranked, negatives (see ``rows.formats``
+    and ``rows.shapes`` for the rows each accepts); ``strict_order`` refuses ranked rows whose
     completions tie.
 
     ``source`` is a .jsonl/.json/.parquet/.csv file, a local dataset directory, or a Hugging
     Face Hub dataset name (see ``sources.iter_rows``); ``split`` picks a split where there are
-    several (default "train"). ``columns`` maps alignlab field names (``formats.FIELDS``) to the
+    several (default "train"). ``columns`` maps alignlab field names (``rows.formats.FIELDS``) to the
     source's column names.
 
     Unless ``columns`` is given, the first readable row's column names are checked against the

@@ -19,10 +19,10 @@ import yaml
 from alignlab.cache import cache_root, machine_signature, model_fingerprint
 from alignlab.config import TrainConfig, config_differences, make_config
 from alignlab.data.collate import collate_pairs, collate_sequences, collate_sft
+from alignlab.data.detect import shape_error
 from alignlab.data.load import first_row_kind, load_records, split_records
 from alignlab.data.pack import collate_packed
 from alignlab.data.render import Renderer
-from alignlab.data.shapes import shape_error
 from alignlab.errors import ConfigError, DataError, RowIssue, UserError, option
 from alignlab.generation.base import SamplingParams
 from alignlab.models import (

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from alignlab.data.formats import check_columns, to_record
 from alignlab.data.records import Message, PairRecord, SFTRecord
+from alignlab.data.rows.formats import check_columns, to_record
 from alignlab.errors import RowIssue, UserError, command_line
 
 SRC = "prefs.jsonl"

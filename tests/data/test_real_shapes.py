@@ -12,8 +12,8 @@ import pytest
 
 from alignlab.data import load_records
 from alignlab.data.convert_cli import cmd_convert
-from alignlab.data.formats import check_columns
 from alignlab.data.records import RankedRecord, ScoredRecord
+from alignlab.data.rows.formats import check_columns
 from alignlab.errors import DataError, UserError, command_line
 from tests.data.test_load_shapes import csv_file
 

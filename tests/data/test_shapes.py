@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from alignlab.data.formats import check_columns, to_record
 from alignlab.data.records import (
     JointRecord,
     Message,
@@ -17,6 +16,7 @@ from alignlab.data.records import (
     ScoredRecord,
     UnpairedRecord,
 )
+from alignlab.data.rows.formats import check_columns, to_record
 from alignlab.errors import UserError
 
 SRC = "feedback.jsonl"

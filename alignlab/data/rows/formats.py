@@ -30,8 +30,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from alignlab.data import shapes
-from alignlab.data.fields import (
+from alignlab.data.records import Conversation, PairRecord, Record, SFTRecord, Text
+from alignlab.data.rows import shapes
+from alignlab.data.rows.fields import (
     Bad,
     RowReader,
     Stop,
@@ -43,7 +44,6 @@ from alignlab.data.fields import (
     same_kind,
     weighted_sum,
 )
-from alignlab.data.records import Conversation, PairRecord, Record, SFTRecord, Text
 from alignlab.errors import RowIssue, UserError, columns_option
 
 Kind = Literal["sft", "pair", "joint", "unpaired", "scored", "ranked", "negatives"]

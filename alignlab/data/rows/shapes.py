@@ -25,7 +25,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from alignlab.data.detect import detect_kind, shape_error
-from alignlab.data.fields import (
+from alignlab.data.records import (
+    JointRecord,
+    NegativeRecord,
+    RankedRecord,
+    ScoredRecord,
+    Text,
+    UnpairedRecord,
+)
+from alignlab.data.rows.fields import (
     Bad,
     RowReader,
     check_response,
@@ -36,14 +44,6 @@ from alignlab.data.fields import (
     to_list,
     to_number,
     to_text,
-)
-from alignlab.data.records import (
-    JointRecord,
-    NegativeRecord,
-    RankedRecord,
-    ScoredRecord,
-    Text,
-    UnpairedRecord,
 )
 
 
