@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from alignlab.data.collate import Batch, collate_completions
+from alignlab.train.distributed import unwrap
 
 # Model types whose output is a plain, bias-free linear map of the decoder's normalised output.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
@@ -31,7 +32,7 @@ CHUNK_VALUES = 1 << 25  # logits per chunk: 128 MB in fp32
 def head_of(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor] | None:
     """(decoder, head weight) of a model this module can serve, else None. ``model`` may be
     wrapped in DistributedDataParallel or carry PEFT adapters (not on the head)."""
-    base = getattr(model, "module", model)
+    base = unwrap(model)
     config = getattr(base, "config", None)
     if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
         return None
@@ -201,7 +202,7 @@ def left_align(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
 def _attention_mask(model: torch.nn.Module, allowed_B1TT: torch.Tensor) -> torch.Tensor:
     """A block mask in the form the model's attention takes: boolean for SDPA and flex attention,
     additive (0 or the dtype's minimum) for eager attention."""
-    config = getattr(getattr(model, "module", model), "config", None)
+    config = getattr(unwrap(model), "config", None)
     impl = getattr(config, "_attn_implementation", "sdpa")
     if impl == "eager":
         dtype = next(model.parameters()).dtype

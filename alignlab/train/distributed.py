@@ -1,5 +1,9 @@
-"""Processes and devices. The same code runs alone, under ``torchrun`` and under
-``accelerate launch``: both set RANK/WORLD_SIZE/LOCAL_RANK and the rendezvous address."""
+"""Processes and devices: who this process is, the collectives the loop uses, and the DDP wrapper.
+
+The same code runs alone, under ``torchrun`` and under ``accelerate launch``: both set
+RANK/WORLD_SIZE/LOCAL_RANK and the rendezvous address. Everything that talks to other processes
+or unwraps the wrapper is here, so the rest of the package never sees ``torch.distributed``.
+"""
 
 from __future__ import annotations
 
@@ -63,3 +67,22 @@ def wrap_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
     ids = [dist.device.index] if dist.device.type == "cuda" else None
     # Buffers (rotary tables) never change; broadcasting them would add a collective to every forward.
     return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a ``DistributedDataParallel`` wrapper (the model itself when unwrapped)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def sum_over_processes(dist: Dist, sums: dict[str, torch.Tensor], extra: dict[str, torch.Tensor] | None = None
+                       ) -> dict[str, float]:
+    """Sum every value over processes in one collective. Every process takes part with the same
+    keys, including one that saw no example (its sums count as zero)."""
+    extra = extra or {}
+    keys = dist.union(list(sums) + list(extra))
+    zero = torch.zeros((), dtype=torch.float64)
+    flat = torch.stack([sums.get(k, extra.get(k, zero)) for k in keys])
+    total = dist.sum(flat)
+    return {k: float(total[i]) for i, k in enumerate(keys)}

@@ -18,28 +18,19 @@ import yaml
 
 from alignlab.cache import cache_root, machine_signature, model_fingerprint
 from alignlab.config import TrainConfig, config_differences, make_config
-from alignlab.data.collate import collate_pairs, collate_sequences, collate_sft
 from alignlab.data.detect import shape_error
 from alignlab.data.load import first_row_kind, load_records, split_records
-from alignlab.data.pack import collate_packed
 from alignlab.data.render import Renderer
 from alignlab.errors import ConfigError, DataError, RowIssue, UserError, option
 from alignlab.generation.base import SamplingParams
-from alignlab.models import (
-    LoraSettings,
-    Reference,
-    add_lora,
-    disable_dropout,
-    load_model,
-    load_tokenizer,
-    save_model,
-)
-from alignlab.rewards.model import save_reward_model
-from alignlab.train import preference, prepare, reward_model, sft
+from alignlab.models import LoraSettings, Reference, add_lora, disable_dropout, load_tokenizer
+from alignlab.train import prepare
 from alignlab.train.checkpoint import list_checkpoints
-from alignlab.train.distributed import Dist, init_distributed, wrap_model
-from alignlab.train.loop import LoopInputs, afresh, autocast, run_loop, sum_over_processes
+from alignlab.train.distributed import Dist, init_distributed, sum_over_processes, wrap_model
+from alignlab.train.kinds import model_kind
+from alignlab.train.loop import LoopInputs, afresh, autocast, run_loop
 from alignlab.train.reference_cache import attach_reference, cache_key
+from alignlab.train.source import OfflineSource
 
 
 @dataclass
@@ -180,7 +171,7 @@ def _load_examples(cfg: TrainConfig, renderer: Renderer, dist: Dist) -> tuple[li
     return rendered[0], rendered[1], info
 
 
-def _prepare(cfg: TrainConfig, train_ex: list, eval_ex: list, tokenizer, reference: Callable, dist: Dist,
+def _prepare(cfg: TrainConfig, train_ex: list, eval_ex: list, tokenizer, reference: Reference, dist: Dist,
              fingerprint: str) -> tuple[list, list]:
     """Add what the method needs to its examples, once, before training: mismatched responses,
     prompt weights, reference samples, and the reference's log-probs (cached)."""
@@ -227,12 +218,9 @@ def _fingerprint(cfg: TrainConfig, policy) -> str:
                       machine])
 
 
-def _update(update_state: Callable, params, state: dict, stats: dict) -> dict:
-    return update_state(state, stats, params)
-
-
-def _task_eval(cfg: TrainConfig, tokenizer, reference: Callable, dist: Dist):
-    """Measure the model on the testbed task's held-out prompts against the starting model."""
+def _task_eval(cfg: TrainConfig, tokenizer, dist: Dist) -> Callable:
+    """Measure the model on the testbed task's held-out prompts against the starting model:
+    ``measure(module, reference) -> metrics``."""
     from alignlab.eval.gold import GoldEvaluator
     from alignlab.testbed.tasks import get_task
 
@@ -241,9 +229,9 @@ def _task_eval(cfg: TrainConfig, tokenizer, reference: Callable, dist: Dist):
                               world_size=dist.world_size, progress=cfg.progress and dist.is_main)
 
     def reduce(totals: dict[str, float]) -> dict[str, float]:
-        return sum_over_processes(dist, {k: torch.tensor(v, dtype=torch.float64) for k, v in totals.items()}, {})
+        return sum_over_processes(dist, {k: torch.tensor(v, dtype=torch.float64) for k, v in totals.items()})
 
-    def measure(module) -> dict[str, float]:
+    def measure(module, reference: Reference) -> dict[str, float]:
         metrics = evaluator(module, reference, reduce=reduce)
         return {f"eval/{k}": v for k, v in metrics.items()}
 
@@ -253,76 +241,50 @@ def _task_eval(cfg: TrainConfig, tokenizer, reference: Callable, dist: Dist):
 def train(config: TrainConfig | dict[str, Any]) -> Summary:
     """Train with ``config`` (a TrainConfig or a flat dict as in YAML) and return a Summary."""
     cfg = config if isinstance(config, TrainConfig) else make_config(config)
-    spec = cfg.spec
+    kind = model_kind(cfg)  # a policy, or a reward model (a backbone with a fresh head)
     dist = init_distributed()
     out = Path(cfg.output_dir)
     _check_output_dir(cfg, out)
     torch.manual_seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    rewarded = spec.model == "reward"  # a reward model trains: a backbone with a fresh head
-    length = reward_model.max_length(cfg) if rewarded else cfg.max_length
-    renderer = Renderer(tokenizer, length, cfg.max_prompt_length)
+    renderer = Renderer(tokenizer, kind.max_length(), cfg.max_prompt_length)
     train_examples, eval_examples, data_info = _load_examples(cfg, renderer, dist)
-    if rewarded:
-        reward_model.check_examples(cfg, train_examples + eval_examples)
+    kind.check_examples(train_examples + eval_examples)
 
     # bf16 is mixed precision: fp32 master weights and optimizer state, bf16 compute (autocast).
-    master_dtype = "fp32" if cfg.dtype == "bf16" else cfg.dtype
-    if rewarded:
-        policy = reward_model.build_model(cfg, master_dtype)
-    else:
-        policy = load_model(cfg.model, dtype=master_dtype, trust_remote_code=cfg.trust_remote_code)
+    policy = kind.build_model("fp32" if cfg.dtype == "bf16" else cfg.dtype)
     if cfg.disable_dropout:
         disable_dropout(policy)
     if cfg.lora:
         policy = add_lora(policy, LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules))
     policy.to(dist.device)
     if cfg.gradient_checkpointing:
-        network = policy.backbone if rewarded else policy
         try:
-            network.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            kind.network(policy).activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
         except ValueError as e:  # a model class without support
             raise ConfigError(f"gradient_checkpointing: {e}") from None
         if cfg.lora:
             policy.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
-    # The reference is the starting policy: a frozen copy made only if something needs it (the
+    # The reference is the starting policy: a frozen copy made only when something uses it (the
     # reference log-probs when not cached, reference samples, the task evaluation), or with LoRA the
     # same network with its adapter disabled. It runs under the policy's precision.
-    holder: list[Reference] = []
-
-    def reference():
-        if not holder:
-            holder.append(Reference(policy))
-        return holder[0].model(policy)
-
+    reference = Reference(policy)
     train_examples, eval_examples = _prepare(cfg, train_examples, eval_examples, tokenizer, reference, dist,
                                              _fingerprint(cfg, policy))
-    extra_eval = _task_eval(cfg, tokenizer, reference, dist) if cfg.task else None
+    extra_eval = _task_eval(cfg, tokenizer, dist) if cfg.task else None
     if extra_eval is None:
-        holder.clear()  # training itself never runs the reference
-    elif not holder:  # reference log-probs came from the cache: copy the starting policy now, before training
-        holder.append(Reference(policy))
+        reference.release()  # training itself never runs the reference
+    else:  # reference log-probs may have come from the cache: copy the starting policy now, before training
+        reference.materialize()
     model = wrap_model(policy, dist)
     _claim_output_dir(cfg, out, dist)
 
-    pad = tokenizer.pad_token_id
-    # Loss state: a stateful loss's running values (saved in checkpoints), plus constants of the data.
-    state = spec.init_state(cfg.method_params) if spec.init_state else {}
-    if "group" in spec.needs:
-        state["trace_fraction"] = sum(e.group for e in train_examples) / len(train_examples)
-    pairs = spec.shape in ("pair", "joint")
-    if rewarded:  # padded pairs: an encoder cannot share a prompt across rows
-        forward = reward_model.make_forward(spec, cfg.method_params)
-        padded = collate_pairs
-    elif spec.shape == "sft":
-        forward = sft.make_forward(spec, cfg.method_params)
-        padded = collate_sft
-    else:
-        forward = preference.PreferenceForward(spec, cfg.method_params, state, pad, partial(autocast, cfg, dist))
-        padded = collate_pairs if pairs else collate_sequences
-    collate = partial(collate_packed, role_major=pairs) if cfg.packing and not rewarded else padded
-    collate = partial(collate, pad_id=pad)
+    forward = kind.make_forward(tokenizer.pad_token_id, partial(autocast, cfg, dist))
+    if "group" in cfg.spec.needs:  # a constant of the data the loss reads
+        forward.state["trace_fraction"] = sum(e.group for e in train_examples) / len(train_examples)
+    collate = kind.collate(tokenizer.pad_token_id)
 
     def to_device(examples):
         return collate(examples).to(dist.device)
@@ -332,20 +294,16 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
         lengths = tuple(sum(len(p) + len(r) for p, r in e.sequences()) for e in train_examples)
 
     result = run_loop(LoopInputs(
-        cfg=cfg, dist=dist, model=model, train_examples=train_examples, eval_examples=eval_examples,
-        collate=to_device, forward=forward, out_dir=out, log=partial(_log, dist), extra_eval=extra_eval,
-        loss_state=state if spec.init_state else None, lengths=lengths,
-        update_state=partial(_update, spec.update_state, cfg.method_params) if spec.update_state else None,
+        cfg=cfg, dist=dist, model=model, source=OfflineSource(cfg, dist, train_examples, to_device, lengths),
+        forward=forward, out_dir=out, eval_examples=eval_examples, collate=to_device,
+        reference=reference if extra_eval is not None else None, extra_eval=extra_eval, log=partial(_log, dist),
     ))
 
     model_dir = out / "model"
     if dist.is_main:
         if cfg.dtype == "bf16":
             policy.to(torch.bfloat16)  # training is over: save in the compute dtype
-        if rewarded:
-            save_reward_model(policy, tokenizer, model_dir)
-        else:
-            save_model(policy, tokenizer, model_dir, merge_lora=cfg.merge_lora)
+        kind.save(policy, tokenizer, model_dir)
     summary = Summary(str(out), str(model_dir), result.steps, result.train_metrics, result.eval_metrics, data_info)
     if dist.is_main:
         (out / "summary.json").write_text(summary.to_json())

@@ -21,7 +21,7 @@ import torch
 
 from alignlab import cli, train
 from alignlab.train import checkpoint as ckpt
-from alignlab.train import preference
+from alignlab.train.forward import preference
 from alignlab.train.interrupt import StopRequest
 from tests.train.helpers import base_config, weights
 
@@ -144,11 +144,11 @@ def _nan_on_call(monkeypatch, bad_calls: set[int]) -> None:
     calls = [0]
 
     def poisoned(self, model, batch):
-        out, units = real(self, model, batch)
+        out = real(self, model, batch)
         calls[0] += 1
         if calls[0] in bad_calls:
             out.losses = out.losses * float("nan")
-        return out, units
+        return out
 
     monkeypatch.setattr(preference.PreferenceForward, "__call__", poisoned)
 

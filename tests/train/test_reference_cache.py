@@ -127,13 +127,13 @@ def test_cache_key_follows_model_precision_data_and_tokenization(tiny_model_dir,
 @pytest.fixture
 def count_references(monkeypatch):
     made = []
-    original = Reference.__init__
+    original = Reference.frozen_copy
 
-    def counting(self, policy):
+    def counting(policy):
         made.append(1)
-        original(self, policy)
+        return original(policy)
 
-    monkeypatch.setattr(Reference, "__init__", counting)
+    monkeypatch.setattr(Reference, "frozen_copy", staticmethod(counting))
     return made
 
 

@@ -14,7 +14,7 @@ from alignlab import cli, train
 from alignlab.config import make_config
 from alignlab.errors import ConfigError, Interrupted, UserError
 from alignlab.models import TinyModelConfig, save_tiny_model
-from alignlab.train import preference
+from alignlab.train.forward import preference
 from alignlab.train.interrupt import StopRequest
 from alignlab.train.loop import NumericError
 from tests.conftest import DAMAGED_TENSOR, DAMAGED_VALUES
@@ -216,9 +216,9 @@ def test_non_finite_loss_stops_the_run_without_updating(tmp_path, tiny_model_dir
     real = preference.PreferenceForward.__call__
 
     def poisoned(self, model, batch):
-        out, units = real(self, model, batch)
+        out = real(self, model, batch)
         out.losses = out.losses * float("nan")
-        return out, units
+        return out
 
     monkeypatch.setattr(preference.PreferenceForward, "__call__", poisoned)
     with pytest.raises(NumericError, match=r"^step 1: the loss \(nan\).*start afresh with overwrite=True without "

@@ -9,7 +9,7 @@ how the per-row values are arranged into the loss's container (``losses/types.py
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -17,6 +17,7 @@ from alignlab.data.collate import Batch, collate_sequences
 from alignlab.logprobs import SequenceLogps, left_align, sequence_logps
 from alignlab.losses.registry import LossSpec
 from alignlab.losses.types import ListLogps, LossOutput, NegativeLogps, PairLogps, UnpairedLogps
+from alignlab.train.forward import Forward, Reduce
 
 
 def _tensor(values, like: torch.Tensor) -> torch.Tensor:
@@ -126,43 +127,40 @@ class _KLRows:
         return [(self.example.prompt_ids, self.example.kl_completion)]
 
 
-class PreferenceForward:
-    """``forward(model, batch) -> (LossOutput, number of examples)``.
+class PreferenceForward(Forward):
+    """All rows of a batch through the policy in one pass, arranged into the loss's container.
 
-    ``state`` (a stateful loss's running values) is read at every call; the loop updates it in
-    place between steps. ``step_sums``, when the loss needs a quantity of the whole optimizer step
-    (KTO's reference point z0), computes this process's sums for the step's micro-batches before
-    any backward pass; the loop adds them over processes and sets ``step_values``.
+    KTO's reference point z0 is a quantity of the whole step (``before_step``): the mean of
+    log π − log π_ref over the mismatched rows of the step's examples, on every process.
     """
 
-    def __init__(self, spec: LossSpec, params, state: dict[str, float], pad_id: int, autocast: Callable):
-        self.spec, self.params, self.state = spec, params, state
+    def __init__(self, spec: LossSpec, params, pad_id: int, autocast: Callable):
+        super().__init__(spec, params)
+        if spec.shape not in INPUTS:
+            raise ValueError(f"no preference forward for data shape '{spec.shape}'")
         self.pad_id, self.autocast = pad_id, autocast
-        self.step_values: dict[str, float] = {}
-        if "kl" not in spec.needs:
-            self.step_sums = None
+        self.step_values: dict[str, float] = {}  # set by before_step, read by every micro-batch of the step
 
-    def __call__(self, model: torch.nn.Module, batch: Batch) -> tuple[LossOutput, torch.Tensor]:
-        examples = batch.examples
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> LossOutput:
         lp = sequence_logps(model, batch, sqmass="sqmass" in self.spec.needs)
         state = {**self.state, **self.step_values}
-        if self.spec.shape not in INPUTS:
-            raise ValueError(f"no preference forward for data shape '{self.spec.shape}'")
-        inputs = INPUTS[self.spec.shape](self.spec, lp, examples, batch, state)
-        return self.spec.fn(inputs, self.params), torch.tensor(float(len(examples)))
+        inputs = INPUTS[self.spec.shape](self.spec, lp, batch.examples, batch, state)
+        return self.spec.fn(inputs, self.params)
 
-    def step_sums(self, model: torch.nn.Module, groups: Iterable[Sequence]) -> dict[str, torch.Tensor]:
-        """KTO: Σ (log π − log π_ref) of the mismatched rows of the examples, and their count. The
-        examples come in groups (the step's micro-batches), each run as one batch."""
+    def before_step(self, model: torch.nn.Module, parts: Sequence[Sequence], reduce: Reduce) -> None:
+        """KTO: Σ (log π − log π_ref) of the mismatched rows of the step's examples and their
+        count, summed over processes. Each part (a micro-batch's examples) runs as one batch."""
+        if "kl" not in self.spec.needs:
+            return
         total = torch.zeros((), dtype=torch.float64)
         count = 0
         device = next(model.parameters()).device
         with torch.no_grad(), self.autocast():
-            for examples in groups:
+            for examples in parts:
                 rows = collate_sequences([_KLRows(e) for e in examples], self.pad_id)
                 rows.to(device)
                 logps = sequence_logps(model, rows).sum_B.double().cpu()
                 ref = torch.tensor([e.ref[1] for e in examples], dtype=torch.float64)
                 total += (logps - ref).sum()
                 count += len(examples)
-        return {"kl_sum": total, "kl_count": torch.tensor(float(count), dtype=torch.float64)}
+        self.step_values = reduce({"kl_sum": total, "kl_count": torch.tensor(float(count), dtype=torch.float64)})

@@ -1,0 +1,106 @@
+"""Step sources: what hands the loop each optimizer step's examples.
+
+The loop (``loop.py``) asks its source for step ``s`` and gets this process's micro-batches of it;
+it never learns where they came from. A source also says how many steps the run has, what its
+position is worth logging (the epoch), and what of it a checkpoint must hold to resume exactly.
+
+``OfflineSource`` reads a fixed list of examples in an order that is a function of the step alone
+(``order.py``: step → global batch indices → this process's micro-batches → collate), so a resumed
+run sees exactly the batches an uninterrupted one sees; its checkpoint state is the data position,
+which a resumed run must match. A source that samples while it trains (prompts → generator →
+scorer → examples) plugs into the same seam and keeps its own state in the checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from alignlab.data.collate import Batch
+from alignlab.train.distributed import Dist
+from alignlab.train.order import (
+    global_batch_indices,
+    global_batch_size,
+    local_micro_batches,
+    steps_per_epoch,
+    total_steps,
+)
+
+
+@dataclass
+class Step:
+    micro: list[Batch]  # this process's micro-batches, collated, on the device
+    size: int  # examples in the whole step, over every process (what per-example metrics are averaged over)
+    rows: list[int]  # data rows of the step's examples, over every process (named when a step fails)
+
+
+class StepSource(Protocol):
+    total_steps: int
+
+    def step(self, step: int) -> Step:
+        """The examples of optimizer step ``step`` (0-based)."""
+        ...
+
+    def notes(self) -> list[str]:
+        """What the log should say about the source before the first step."""
+        ...
+
+    def position(self, done: int) -> dict[str, float]:
+        """What to log about where the run is after ``done`` steps (e.g. the epoch)."""
+        ...
+
+    def state_dict(self, done: int) -> dict[str, Any]:
+        """What a checkpoint written after ``done`` steps holds of this source."""
+        ...
+
+    def mismatches(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """(key, saved, now) for what a checkpoint's source state says that this run contradicts."""
+        ...
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint's source state (after ``mismatches`` found none)."""
+        ...
+
+
+class OfflineSource:
+    """A fixed list of examples, ``batch_size × grad_accum × world_size`` of them per step."""
+
+    def __init__(self, cfg, dist: Dist, examples: list, collate: Callable[[list], Batch],
+                 lengths: tuple[int, ...] | None = None):
+        """``collate`` makes a batch on the device; ``lengths`` (tokens per example) groups
+        examples of similar length into the same step."""
+        self.cfg, self.dist, self.examples, self.collate, self.lengths = cfg, dist, examples, collate, lengths
+        self.global_batch = global_batch_size(cfg, dist)
+        self.per_epoch = steps_per_epoch(len(examples), self.global_batch)
+        self.total_steps = total_steps(cfg, len(examples), self.global_batch)
+
+    def notes(self) -> list[str]:
+        """What the log should say about the data order before the first step."""
+        n, gb = len(self.examples), self.global_batch
+        if n % gb:
+            return [f"each epoch's last step repeats {gb - n % gb} examples from its start "
+                    f"to fill the global batch of {gb}"]
+        return []
+
+    def step(self, step: int) -> Step:
+        cfg = self.cfg
+        indices = global_batch_indices(len(self.examples), self.global_batch, cfg.seed, step, self.lengths)
+        micro = [self.collate([self.examples[i] for i in idx])
+                 for idx in local_micro_batches(indices, cfg.batch_size, cfg.grad_accum, self.dist)]
+        return Step(micro, self.global_batch, sorted({self.examples[i].row for i in indices}))
+
+    def position(self, done: int) -> dict[str, float]:
+        return {"epoch": done / self.per_epoch}
+
+    def state_dict(self, done: int) -> dict[str, Any]:
+        epoch, position = divmod(done, self.per_epoch)
+        return {"epoch": epoch, "global_batches_done_in_epoch": position, "global_batch": self.global_batch,
+                "train_examples": len(self.examples)}
+
+    def mismatches(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        now = {"global_batch": self.global_batch, "train_examples": len(self.examples)}
+        return [(k, saved[k], v) for k, v in now.items() if k in saved and saved[k] != v]
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Nothing to restore: the position in the data is a function of the step."""
