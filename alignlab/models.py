@@ -272,51 +272,47 @@ def is_lora(model) -> bool:
 
 
 class Reference:
-    """The reference policy: the starting policy, frozen. A frozen copy of it, or, with LoRA, the
-    same network with its adapter disabled (no second copy in memory).
-
-    The copy is made on first use (``materialize`` makes it at once, before training changes the
-    policy) and can be dropped with ``release`` once nothing needs it. Calling the reference gives
-    a context that yields the module to run (under no_grad)."""
+    """The reference policy: the policy as it is when this is made, frozen. A frozen copy of it,
+    or, with LoRA, the same network with its adapter disabled (no second copy in memory).
+    Calling it gives a context that yields the module to run (under no_grad)."""
 
     def __init__(self, policy: torch.nn.Module):
         self.policy = policy
-        self._copy: torch.nn.Module | None = None
-
-    @property
-    def shares_policy(self) -> bool:
-        """True with LoRA: the reference is the policy's own network with its adapter off."""
-        return is_lora(self.policy)
-
-    def materialize(self) -> Reference:
-        """Copy the policy now (it must still be the starting policy); nothing to do with LoRA."""
-        if self._copy is None and not self.shares_policy:
-            self._copy = self.frozen_copy(self.policy)
-        return self
-
-    @staticmethod
-    def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
-        """A second model: the policy's weights, frozen, in eval mode."""
-        return copy.deepcopy(policy).eval().requires_grad_(False)
-
-    @property
-    def materialized(self) -> bool:
-        return self._copy is not None or self.shares_policy
-
-    def release(self) -> None:
-        """Drop the copy (memory); a later use copies the policy as it is then."""
-        self._copy = None
+        self._copy = None if is_lora(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
 
     @contextlib.contextmanager
-    def __call__(self) -> Iterator[torch.nn.Module]:
+    def model(self, policy_unwrapped: torch.nn.Module | None = None) -> Iterator[torch.nn.Module]:
         """Yield the module to run for reference log-probs or samples (under no_grad)."""
-        self.materialize()
         with torch.no_grad():
             if self._copy is not None:
                 yield self._copy
             else:
-                with self.policy.disable_adapter():
-                    yield self.policy
+                with (policy_unwrapped or self.policy).disable_adapter():
+                    yield policy_unwrapped or self.policy
+
+    def __call__(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
+        return self.model()
+
+
+class LazyReference:
+    """A ``Reference`` made on first use, so that a run whose reference values all come from a
+    cache never copies the model. ``get`` makes it now (before training changes the policy);
+    ``release`` drops it once nothing needs it."""
+
+    def __init__(self, policy: torch.nn.Module):
+        self.policy = policy
+        self._made: Reference | None = None
+
+    def get(self) -> Reference:
+        if self._made is None:
+            self._made = Reference(self.policy)
+        return self._made
+
+    def release(self) -> None:
+        self._made = None
+
+    def __call__(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
+        return self.get().model()
 
 
 def save_model(model, tokenizer, out_dir: str | os.PathLike, merge_lora: bool = False) -> Path:

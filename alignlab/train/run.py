@@ -23,7 +23,7 @@ from alignlab.data.load import first_row_kind, load_records, split_records
 from alignlab.data.render import Renderer
 from alignlab.errors import ConfigError, DataError, RowIssue, UserError, option
 from alignlab.generation.base import SamplingParams
-from alignlab.models import LoraSettings, Reference, add_lora, disable_dropout, load_tokenizer
+from alignlab.models import LazyReference, LoraSettings, Reference, add_lora, disable_dropout, load_tokenizer
 from alignlab.train import prepare
 from alignlab.train.checkpoint import list_checkpoints
 from alignlab.train.distributed import Dist, init_distributed, sum_over_processes, wrap_model
@@ -171,8 +171,8 @@ def _load_examples(cfg: TrainConfig, renderer: Renderer, dist: Dist) -> tuple[li
     return rendered[0], rendered[1], info
 
 
-def _prepare(cfg: TrainConfig, train_ex: list, eval_ex: list, tokenizer, reference: Reference, dist: Dist,
-             fingerprint: str) -> tuple[list, list]:
+def _prepare(cfg: TrainConfig, train_ex: list, eval_ex: list, tokenizer, reference: LazyReference,
+             dist: Dist, fingerprint: str) -> tuple[list, list]:
     """Add what the method needs to its examples, once, before training: mismatched responses,
     prompt weights, reference samples, and the reference's log-probs (cached)."""
     spec, params = cfg.spec, cfg.method_params
@@ -270,14 +270,14 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     # The reference is the starting policy: a frozen copy made only when something uses it (the
     # reference log-probs when not cached, reference samples, the task evaluation), or with LoRA the
     # same network with its adapter disabled. It runs under the policy's precision.
-    reference = Reference(policy)
-    train_examples, eval_examples = _prepare(cfg, train_examples, eval_examples, tokenizer, reference, dist,
+    lazy = LazyReference(policy)
+    train_examples, eval_examples = _prepare(cfg, train_examples, eval_examples, tokenizer, lazy, dist,
                                              _fingerprint(cfg, policy))
     extra_eval = _task_eval(cfg, tokenizer, dist) if cfg.task else None
-    if extra_eval is None:
-        reference.release()  # training itself never runs the reference
-    else:  # reference log-probs may have come from the cache: copy the starting policy now, before training
-        reference.materialize()
+    # What the loop runs the reference for: the task evaluation. Reference log-probs may have come
+    # from the cache, so the copy is made here if not yet, before training changes the policy.
+    reference = lazy.get() if extra_eval is not None else None
+    lazy.release()
     model = wrap_model(policy, dist)
     _claim_output_dir(cfg, out, dist)
 
@@ -296,7 +296,7 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     result = run_loop(LoopInputs(
         cfg=cfg, dist=dist, model=model, source=OfflineSource(cfg, dist, train_examples, to_device, lengths),
         forward=forward, out_dir=out, eval_examples=eval_examples, collate=to_device,
-        reference=reference if extra_eval is not None else None, extra_eval=extra_eval, log=partial(_log, dist),
+        reference=reference, extra_eval=extra_eval, log=partial(_log, dist),
     ))
 
     model_dir = out / "model"
