@@ -292,8 +292,9 @@ def record_order(inp, order: list[int], positions: dict[str, int]) -> None:
     """Make alignlab's loop inputs ``inp`` append to ``order`` the index (in the training data) of
     every example it collates into a training batch, in training order, and count in
     ``positions`` the positions its batches put through the model (real, and with padding)."""
-    index = {id(e): i for i, e in enumerate(inp.train_examples)}
-    collate = inp.collate
+    source = inp.source  # the offline step source: its examples and the collate it batches them with
+    index = {id(e): i for i, e in enumerate(source.examples)}
+    collate = source.collate
 
     def recording(examples):
         order.extend(index[id(e)] for e in examples)
@@ -301,7 +302,7 @@ def record_order(inp, order: list[int], positions: dict[str, int]) -> None:
         count_positions(positions, batch.attention_mask_BT)
         return batch
 
-    inp.collate = recording
+    source.collate = recording
 
 
 def count_positions(positions: dict[str, int], attention_mask) -> None:
@@ -468,6 +469,7 @@ def run_alignlab(spec: dict[str, Any], config: dict[str, Any], tokens_of, keys: 
     The timed span is the whole ``train`` call less its saving (the final checkpoint and model,
     timed apart); within it the reference pass (``_prepare``) and the step loop are timed too.
     ``tokens_of(example)`` counts an example's tokens as alignlab rendered it."""
+    import alignlab.train.kinds as kinds_mod
     import alignlab.train.loop as loop_mod
     import alignlab.train.run as run_mod
     from alignlab import train
@@ -479,7 +481,7 @@ def run_alignlab(spec: dict[str, Any], config: dict[str, Any], tokens_of, keys: 
     original_loop = run_mod.run_loop
 
     def loop(inp):  # record each example's tokens, the training order and the positions run
-        lengths.extend(tokens_of(e) for e in inp.train_examples)
+        lengths.extend(tokens_of(e) for e in inp.source.examples)
         record_order(inp, order, positions)
         return original_loop(inp)
 
@@ -487,7 +489,7 @@ def run_alignlab(spec: dict[str, Any], config: dict[str, Any], tokens_of, keys: 
     timer.wrap(run_mod, "_prepare", "ref")
     timer.wrap(run_mod, "run_loop", "loop")
     timer.wrap(loop_mod, "save", "checkpoint")
-    timer.wrap(run_mod, "save_model", "model")
+    timer.wrap(kinds_mod.PolicyKind, "save", "model")
     cpu = cpu_seconds()
     t = time.perf_counter()
     train({
