@@ -31,19 +31,17 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.losses.dpo import DPOParams, dpo_loss, implicit_rewards, reward_metrics
-from alignlab.losses.params import param, require
+from alignlab.losses.params import (
+    BETA_HELP,
+    param,
+    require,
+    require_beta,
+    require_bool,
+    require_fraction,
+    require_non_negative,
+)
 from alignlab.losses.registry import LossSpec, register
 from alignlab.losses.types import LossOutput, PairLogps
-
-BETA_HELP = "β: strength of the KL penalty toward the reference (higher stays closer)"
-
-
-def _require_beta(beta: float) -> None:
-    require(math.isfinite(beta) and beta > 0, "beta", f"must be a finite number > 0, got {beta}")
-
-
-def _require_bool(value: object, name: str) -> None:
-    require(isinstance(value, bool), name, f"must be true or false, got {value!r}")
 
 
 def _log_ratios(logps: PairLogps) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +65,7 @@ class IPOParams:
     beta: float = param(0.1, "τ: IPO's regularisation; the loss pulls the token-mean margin Δ̄ to 1/(2τ)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
+        require_beta(self.beta)
 
 
 def ipo_loss(logps: PairLogps, params: IPOParams) -> LossOutput:
@@ -105,7 +103,7 @@ class LNDPOParams:
     beta: float = param(5.0, "β on the token-mean log-ratio margin (per-token scale: much larger than DPO's)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
+        require_beta(self.beta)
 
 
 def ln_dpo_loss(logps: PairLogps, params: LNDPOParams) -> LossOutput:
@@ -132,10 +130,9 @@ class RPOParams:
     eta_times_beta: bool = param(False, "multiply the NLL weight by β as well (η·β instead of η)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
-        require(math.isfinite(self.eta) and self.eta >= 0, "eta",
-                f"must be a finite number >= 0, got {self.eta}")
-        _require_bool(self.eta_times_beta, "eta_times_beta")
+        require_beta(self.beta)
+        require_non_negative(self.eta, "eta")
+        require_bool(self.eta_times_beta, "eta_times_beta")
 
 
 def rpo_loss(logps: PairLogps, params: RPOParams) -> LossOutput:
@@ -167,9 +164,8 @@ class DPOPParams:
     lam: float = param(50.0, "λ: penalty on the chosen log-prob falling below the reference's")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
-        require(math.isfinite(self.lam) and self.lam >= 0, "lam",
-                f"must be a finite number >= 0, got {self.lam}")
+        require_beta(self.beta)
+        require_non_negative(self.lam, "lam")
 
 
 def dpop_loss(logps: PairLogps, params: DPOPParams) -> LossOutput:
@@ -197,9 +193,8 @@ class GammaDPOParams:
     gamma: float = param(1.0, "γ: weight of the reference log-ratio (1 = DPO, 0 = no reference)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
-        require(math.isfinite(self.gamma) and self.gamma >= 0, "gamma",
-                f"must be a finite number >= 0, got {self.gamma}")
+        require_beta(self.beta)
+        require_non_negative(self.gamma, "gamma")
 
 
 def gamma_dpo_loss(logps: PairLogps, params: GammaDPOParams) -> LossOutput:
@@ -253,7 +248,7 @@ class FDPOAlphaParams:
     alpha: float = param(0.5, "α in (0, 1): the α-divergence's exponent (→ 0: reverse KL; → 1: forward KL)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
+        require_beta(self.beta)
         require(math.isfinite(self.alpha) and 0 < self.alpha < 1, "alpha",
                 f"must be strictly between 0 and 1, got {self.alpha}")
 
@@ -285,9 +280,8 @@ class LDDPOParams:
                                                "only, as TRL's ld_alpha; True: policy and reference alike)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
-        require(math.isfinite(self.alpha) and 0 <= self.alpha <= 1, "alpha",
-                f"must be between 0 and 1, got {self.alpha}")
+        require_beta(self.beta)
+        require_fraction(self.alpha, "alpha")
 
 
 def _desensitized(tokens: torch.Tensor, shared: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -334,8 +328,8 @@ class WPOParams:
     clamp_weight: bool = param(True, "cap each pair's weight at 1 (TRL before 1.0 did; TRL 1.x does not)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
-        _require_bool(self.clamp_weight, "clamp_weight")
+        require_beta(self.beta)
+        require_bool(self.clamp_weight, "clamp_weight")
 
 
 def wpo_loss(logps: PairLogps, params: WPOParams) -> LossOutput:
@@ -372,9 +366,8 @@ class BVPOParams:
     alpha: float = param(0.5, "α in [0, 1]: weight of the trace pairs' mean loss (1 − α: empty-trace pairs)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
-        require(math.isfinite(self.alpha) and 0 <= self.alpha <= 1, "alpha",
-                f"must be between 0 and 1, got {self.alpha}")
+        require_beta(self.beta)
+        require_fraction(self.alpha, "alpha")
 
 
 def bvpo_loss(logps: PairLogps, params: BVPOParams) -> LossOutput:

@@ -39,29 +39,19 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.losses.dpo import reward_metrics
-from alignlab.losses.params import param, require
+from alignlab.losses.logistic import smoothed_logistic
+from alignlab.losses.params import (
+    param,
+    require_below_half,
+    require_beta,
+    require_non_negative,
+    require_positive,
+)
 from alignlab.losses.registry import LossSpec, register
 from alignlab.losses.types import LossOutput, PairLogps
 
 # Cap on the token-mean log-prob inside the log-odds (p ≤ 1 − 1e-6), so lo(y) stays finite.
 MAX_MEAN_LOGP = -1e-6
-
-
-def _check_positive(value: float, name: str) -> None:
-    require(math.isfinite(value) and value > 0, name, f"must be a finite number > 0, got {value}")
-
-
-def _check_non_negative(value: float, name: str) -> None:
-    require(math.isfinite(value) and value >= 0, name, f"must be a finite number >= 0, got {value}")
-
-
-def _check_smoothing(eps: float) -> None:
-    require(math.isfinite(eps) and 0.0 <= eps < 0.5, "label_smoothing", f"must be in [0, 0.5), got {eps}")
-
-
-def _smoothed_logistic(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """−(1 − ε)·log σ(z) − ε·log σ(−z), elementwise."""
-    return -(1.0 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -89,10 +79,10 @@ class SimPOParams:
     sft_weight: float = param(0.0, "weight of NLL(y_w), the token-mean cross-entropy on the chosen response")
 
     def __post_init__(self) -> None:
-        _check_positive(self.beta, "beta")
-        _check_non_negative(self.gamma_beta_ratio, "gamma_beta_ratio")
-        _check_smoothing(self.label_smoothing)
-        _check_non_negative(self.sft_weight, "sft_weight")
+        require_beta(self.beta)
+        require_non_negative(self.gamma_beta_ratio, "gamma_beta_ratio")
+        require_below_half(self.label_smoothing, "label_smoothing")
+        require_non_negative(self.sft_weight, "sft_weight")
 
 
 def simpo_loss(logps: PairLogps, params: SimPOParams) -> LossOutput:
@@ -100,7 +90,7 @@ def simpo_loss(logps: PairLogps, params: SimPOParams) -> LossOutput:
     mean_w, mean_l = logps.chosen_mean, logps.rejected_mean
     z = mean_w - mean_l - params.gamma_beta_ratio
     nll = -mean_w
-    losses = _smoothed_logistic(params.beta * z, params.label_smoothing) + params.sft_weight * nll
+    losses = smoothed_logistic(params.beta * z, params.label_smoothing) + params.sft_weight * nll
     metrics = reward_metrics(params.beta * mean_w, params.beta * mean_l, logps)
     metrics["nll"] = nll.detach()
     return LossOutput(losses, metrics)
@@ -114,16 +104,16 @@ class CPOParams:
     label_smoothing: float = param(0.0, "ε: weight of the flipped logistic term, in [0, 0.5)")
 
     def __post_init__(self) -> None:
-        _check_positive(self.beta, "beta")
-        _check_non_negative(self.alpha, "alpha")
-        _check_smoothing(self.label_smoothing)
+        require_beta(self.beta)
+        require_non_negative(self.alpha, "alpha")
+        require_below_half(self.label_smoothing, "label_smoothing")
 
 
 def cpo_loss(logps: PairLogps, params: CPOParams) -> LossOutput:
     """CPO: logistic loss on β·(ℓ(y_w) − ℓ(y_l)) (summed) + α·NLL(y_w) (token mean). (B,) per pair."""
     r_chosen, r_rejected = params.beta * logps.chosen, params.beta * logps.rejected
     nll = -logps.chosen_mean
-    losses = _smoothed_logistic(r_chosen - r_rejected, params.label_smoothing) + params.alpha * nll
+    losses = smoothed_logistic(r_chosen - r_rejected, params.label_smoothing) + params.alpha * nll
     metrics = reward_metrics(r_chosen, r_rejected, logps)
     metrics["nll"] = nll.detach()
     return LossOutput(losses, metrics)
@@ -135,7 +125,7 @@ class ORPOParams:
     lam: float = param(0.1, "λ: weight of the odds-ratio term (TRL's ORPOConfig.beta)")
 
     def __post_init__(self) -> None:
-        _check_positive(self.lam, "lam")
+        require_positive(self.lam, "lam")
 
 
 def orpo_loss(logps: PairLogps, params: ORPOParams) -> LossOutput:
@@ -161,8 +151,8 @@ class ASFTParams:
     beta: float = param(1.0, "β: temperature on the log-odds (DAA survey); 1 gives the plain ASFT loss")
 
     def __post_init__(self) -> None:
-        _check_positive(self.lam, "lam")
-        _check_positive(self.beta, "beta")
+        require_positive(self.lam, "lam")
+        require_beta(self.beta)
 
 
 def asft_loss(logps: PairLogps, params: ASFTParams) -> LossOutput:
