@@ -19,7 +19,7 @@ Every loss takes a ``PairLogps`` of B pairs, each field (B,) (per-token fields (
 - dove: −log σ(βΔ) on joint pairs whose two prompts may differ (Bansal et al. 2024)
 
 Where a detail could not be checked in the authors' code it is a parameter, and the docstring of
-the loss says what was assumed (RPO's β·η, LD-DPO's α, WPO's clamp).
+the loss says what was assumed (RPO's β·η, LD-DPO's reference, WPO's clamp).
 """
 
 from __future__ import annotations
@@ -276,12 +276,14 @@ def f_dpo_alpha_loss(logps: PairLogps, params: FDPOAlphaParams) -> LossOutput:
 class LDDPOParams:
     beta: float = param(0.1, BETA_HELP)
     alpha: float = param(0.5, "α in [0, 1]: weight of the tokens past the shorter response's end (1 = DPO)")
-    desensitize_reference: bool = param(False, "also down-weight the reference's tokens past l_p (False: policy "
-                                               "only, as TRL's ld_alpha; True: policy and reference alike)")
+    desensitize_reference: bool = param(True, "down-weight the reference's tokens past l_p as the policy's (true: "
+                                              "TRL >= 0.29's ld_alpha, policy = reference gives log 2) or only the "
+                                              "policy's (false: TRL 0.18-0.28's ld_alpha)")
 
     def __post_init__(self) -> None:
         require_beta(self.beta)
         require_fraction(self.alpha, "alpha")
+        require_bool(self.desensitize_reference, "desensitize_reference")
 
 
 def _desensitized(tokens: torch.Tensor, shared: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -295,13 +297,23 @@ def _desensitized(tokens: torch.Tensor, shared: torch.Tensor, alpha: float) -> t
 def ld_dpo_loss(logps: PairLogps, params: LDDPOParams) -> LossOutput:
     """LD-DPO (Liu et al. 2024, "Length Desensitization in Direct Preference Optimization").
 
-    With l_p = min(|yw|, |yl|), the policy's log-prob of each response becomes
-    ℓ' = Σ_{t≤l_p} ℓ_t + α·Σ_{t>l_p} ℓ_t, and DPO is applied to ℓ'. Only the longer response of a
-    pair has tokens past l_p. α = 1 is DPO. TRL's ``ld_alpha`` desensitizes the policy only, which
-    is the default here; whether the paper treats the reference the same way was not verified, so
-    ``desensitize_reference`` switches it (then policy = reference gives log 2 again). The paper
-    tunes α per model; the default 0.5 is a middle value, not a number read in the paper.
-    Needs "tokens": the (B, L) per-token fields.
+    With l_p = min(|yw|, |yl|), the length the two responses share (the "public" part), each
+    response's log-prob becomes ℓ' = Σ_{t≤l_p} ℓ_t + α·Σ_{t>l_p} ℓ_t: the tokens past l_p (the
+    "verbose" part; only the longer response of a pair has any) count α times. DPO is applied to
+    ℓ'. α = 1 is DPO. ``desensitize_reference`` says whose log-probs are rewritten:
+
+    - true (default): the policy's and the reference's alike, ρ' = ℓ' − ℓ'ref. This is TRL's
+      ``ld_alpha`` from TRL 0.29 on (TRL 1.16 checked: its reference forward splits the per-token
+      log-probs at the same l_p and weights the tail by the same α). Policy = reference gives
+      ρ' = 0 for both responses and the loss log 2, as for DPO.
+    - false: the policy's only, ρ' = ℓ' − ℓref with the reference summed over all its tokens. This
+      is TRL's ``ld_alpha`` in TRL 0.18 to 0.28, where the reference forward skipped the weighting.
+      At policy = reference the longer response gets ρ' = −(1 − α)·Σ_{t>l_p} ℓ_t ≥ 0, a reward for
+      its extra length before any training, so the loss is not log 2.
+
+    Which of the two the paper means was not verified in the authors' code. The paper tunes α per
+    model; the default 0.5 is a middle value, not a number read in the paper.
+    Needs "tokens": the (B, L) per-token fields (the reference's too when ``desensitize_reference``).
     """
     fields = (logps.chosen_tokens, logps.rejected_tokens, logps.ref_chosen_tokens, logps.ref_rejected_tokens)
     if any(t is None for t in fields[:2]) or (params.desensitize_reference and any(t is None for t in fields[2:])):
