@@ -39,13 +39,13 @@ micro-batches or processes; the i-th loss belongs to the i-th quantile, not to p
 micro-batch gives a finer quantile match; with one pair per micro-batch both reduce to DPO.
 
 Reward shift of ``bco-pair``: the BCO paper subtracts δ, a running mean of all rewards seen in
-training. TRL's ``bco_pair`` did so in its 0.x releases (it folded the current batch's mean into a
-running mean of batch means before the loss); the 1.x trainer (1.16 checked) has no δ. Here δ is
+training. TRL's ``bco_pair`` did so up to 0.28 (it folded the current batch's mean into a running
+mean of batch means before the loss); from 0.29 on (1.16 checked) it has no δ. Here δ is
 loss state: each call reports the sum and count of its 2B rewards (``stats``), the loop adds them
 over the step, and ``update_state`` folds the totals into the running mean, so the δ used in a step
 is the mean of every reward of the previous steps (weighted per reward, not per batch). At step 0
 the policy is the reference, all rewards are 0 and δ = 0 is exact. ``reward_shift=False`` gives
-TRL 1.x's form.
+TRL 1.16's form.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def nca_loss(logps: PairLogps, params: NCAParams) -> LossOutput:
 class BCOPairParams:
     beta: float = param(0.1, "β: reward scale r = β·ρ (TRL default; the BCO paper's reproduction uses 0.01)")
     reward_shift: bool = param(True, "subtract δ, the running mean of all rewards of previous steps "
-                                     "(BCO paper; TRL 1.x has no shift: set false to match it)")
+                                     "(BCO paper; TRL >= 0.29 has no shift: set false to match it)")
 
     def __post_init__(self) -> None:
         require_beta(self.beta)

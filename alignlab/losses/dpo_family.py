@@ -337,7 +337,7 @@ def ld_dpo_loss(logps: PairLogps, params: LDDPOParams) -> LossOutput:
 @dataclass
 class WPOParams:
     beta: float = param(0.1, BETA_HELP)
-    clamp_weight: bool = param(True, "cap each pair's weight at 1 (TRL before 1.0 did; TRL 1.x does not)")
+    clamp_weight: bool = param(True, "cap each pair's weight at 1 (TRL up to 0.28 did; 0.29 and later do not)")
 
     def __post_init__(self) -> None:
         require_beta(self.beta)
@@ -349,8 +349,9 @@ def wpo_loss(logps: PairLogps, params: WPOParams) -> LossOutput:
     detached weight w = exp(m(yw) + m(yl)), with m(y) = (ℓ(y) − Σ_t log Σ_v π(v)²)/|y| the token mean
     of the "aligned" log-probs (Eq. 2; ``*_sqmass`` holds Σ_t log Σ_v π(v)²).
 
-    TRL's ``use_weighting`` computes the same m(y); TRL up to 0.x then took min(1, e^{m(yw)+m(yl)}),
-    TRL 1.x multiplies e^{m(yw)}·e^{m(yl)} with no cap. ``clamp_weight`` (default on) chooses.
+    TRL's ``use_weighting`` computes the same m(y); TRL up to 0.28 then took min(1, e^{m(yw)+m(yl)}),
+    TRL 0.29 and later (1.16 checked) multiply e^{m(yw)}·e^{m(yl)} with no cap. ``clamp_weight``
+    (default on) chooses; false is TRL 1.16's form.
     Needs "sqmass".
     """
     if logps.chosen_sqmass is None or logps.rejected_sqmass is None:

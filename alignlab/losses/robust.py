@@ -59,9 +59,16 @@ class CDPOParams:
 
 
 def cdpo_loss(logps: PairLogps, params: CDPOParams) -> LossOutput:
-    """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences"; TRL ``label_smoothing``):
-    −(1 − ε)·log σ(h) − ε·log σ(−h). TRL's label smoothing defaults to 0 (plain DPO); as a method of
-    its own the default here is ε = 0.1. ε = 0 is DPO."""
+    """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences"):
+    −(1 − ε)·log σ(h) − ε·log σ(−h), ε = ``epsilon``, default 0.1 (a method of its own here); ε = 0 is DPO.
+
+    TRL: up to 0.28, DPOTrainer's ``label_smoothing`` (default 0) turned ``loss_type="sigmoid"`` into
+    this loss. From 0.29 on (TRL 1.16 checked) ``sigmoid`` ignores ``label_smoothing`` and is plain
+    DPO whatever its value; TRL 1.16 reads ``label_smoothing`` only for ``robust`` (rDPO's flip rate),
+    ``exo_pair`` (EXO's ε), ``aot`` and ``aot_unpaired``, and has no cDPO loss type. Its ``aot`` with
+    one pair per batch computes this same formula (sorting one value changes nothing), which is how
+    tests/losses/test_trl_parity.py compares the two.
+    """
     r_c, r_r = implicit_rewards(logps, params.beta)
     h = r_c - r_r
     losses = smoothed_logistic(h, params.epsilon)
