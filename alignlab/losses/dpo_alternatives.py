@@ -7,8 +7,9 @@ reference) and returns a (B,) per-example loss. Notation, per pair (all (B,)):
     ρ_w = ℓθ(y_w) − ℓref(y_w),  ρ_l = ℓθ(y_l) − ℓref(y_l),  r = β·ρ (implicit reward),
     h = β·(ρ_w − ρ_l) (the DPO margin),  σ = sigmoid.
 
-Formulas (checked against the ``loss_type`` branches of Hugging Face TRL's ``dpo_trainer.py``;
-constants that do not change gradients are kept as TRL has them):
+Formulas (checked against the ``loss_type`` branches of Hugging Face TRL's ``dpo_trainer.py``, and
+run beside TRL 1.16's code by tests/losses/test_trl_parity.py; constants that do not change
+gradients are kept as TRL has them):
 
 - ``exo`` — Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model Alignment"
   (EXO-pref, eq. 16; TRL ``exo_pair``). With q = σ(h), the reverse KL from the model's pair

@@ -112,6 +112,7 @@ def ln_dpo_loss(logps: PairLogps, params: LNDPOParams) -> LossOutput:
     The margin is a difference of per-token log-ratios, roughly Δ/|y|, so β must be about |y| times
     DPO's for the same pull: the default 5 matches DPO's 0.1 at ~50-token responses and is the value
     reported for Tülu 3's length-normalised DPO (not read in the Hitchhiker's Guide itself).
+    Rewards are logged as β·ρ̄, the quantities the loss compares (TRL's ``sigmoid_norm`` logs β·ρ).
     """
     mean_c, mean_r = _mean_log_ratios(logps)
     r_c, r_r = params.beta * mean_c, params.beta * mean_r
@@ -217,6 +218,7 @@ def _exp_clamped(x: torch.Tensor) -> torch.Tensor:
 
 
 def _f_dpo_output(score_c: torch.Tensor, score_r: torch.Tensor, logps: PairLogps, beta: float) -> LossOutput:
+    """−log σ(β(s_c − s_r)); rewards are logged as β·s, the scores compared (TRL logs β·ρ for every divergence)."""
     r_c, r_r = beta * score_c, beta * score_r
     return LossOutput(-F.logsigmoid(r_c - r_r), reward_metrics(r_c, r_r, logps))
 
@@ -313,6 +315,7 @@ def ld_dpo_loss(logps: PairLogps, params: LDDPOParams) -> LossOutput:
 
     Which of the two the paper means was not verified in the authors' code. The paper tunes α per
     model; the default 0.5 is a middle value, not a number read in the paper.
+    Rewards are logged from ρ' (as TRL); ``logps/*`` are the plain sums (TRL logs ℓ' there).
     Needs "tokens": the (B, L) per-token fields (the reference's too when ``desensitize_reference``).
     """
     fields = (logps.chosen_tokens, logps.rejected_tokens, logps.ref_chosen_tokens, logps.ref_rejected_tokens)

@@ -23,7 +23,10 @@ p(y) = e^{ℓ̄(y)} the log-odds ``lo(y) = ℓ̄(y) − log(1 − e^{ℓ̄(y)})`
 
 Differences from the reference code, per example: SimPO's and CPO's NLL terms are the mean over the
 whole batch's chosen tokens there, the per-pair token mean here (equal when the chosen responses have
-equal lengths). ORPO and ASFT compute the log-odds in float32 or better (float64 stays float64) and
+equal lengths). TRL 1.16's ORPO NLL also counts the chosen row's prompt tokens (its labels are the
+whole input); here it is the response's alone, as for every alignlab loss. TRL logs ``logps/*`` as
+the log-probs its loss uses (token means for SimPO and ORPO); here they are always the sums. The
+parity tests (tests/losses/test_trl_parity.py) map each of these explicitly. ORPO and ASFT compute the log-odds in float32 or better (float64 stays float64) and
 return the loss in that dtype; log(1 − e^x) uses log(−expm1(x)) for x > −log 2 and log1p(−e^x)
 below, and ℓ̄ is capped at −1e-6 inside the log-odds only (p ≤ 1 − 1e-6), so that a response the
 policy already predicts with certainty gives a finite log-odds instead of inf/NaN (TRL does not cap;
@@ -132,7 +135,7 @@ def orpo_loss(logps: PairLogps, params: ORPOParams) -> LossOutput:
     """ORPO: NLL(y_w) − λ·log σ(lo(y_w) − lo(y_l)), (B,) per pair, float32 or better.
 
     Metrics as TRL logs them: rewards λ·ℓ̄, ``log_odds_ratio`` = log σ(lo_w − lo_l),
-    ``log_odds_chosen`` = lo_w − lo_l, and ``nll``.
+    ``log_odds_chosen`` = lo_w − lo_l, and ``nll``; ``logps/*`` are sums (TRL logs the token means).
     """
     mean_w, mean_l = _at_least_fp32(logps.chosen_mean), _at_least_fp32(logps.rejected_mean)
     z = log_odds(mean_w) - log_odds(mean_l)
