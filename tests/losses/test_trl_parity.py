@@ -27,7 +27,7 @@ from tests.losses import trl_harness as th
 trl = pytest.importorskip("trl")
 
 TOL64 = {"rtol": 1e-9, "atol": 1e-9}
-TOL32 = {"rtol": 1e-6, "atol": 1e-6}  # TRL computes in float32: f-DPO's α-divergence, ORPO's odds ratio
+TOL32 = {"rtol": 1e-6, "atol": 1e-6}  # TRL computes in float32: f-DPO's α-divergence, ORPO's odds ratio, EXO's log ε
 
 REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 LOGPS = ("logps/chosen", "logps/rejected")
