@@ -362,7 +362,7 @@ def test_orpo_trainer_nll_also_covers_the_prompt():
 KTO_CASES = [
     ("kto", {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0}, 20),
     ("kto", {"beta": 0.5, "desirable_weight": 1.33, "undesirable_weight": 1.0}, -20),  # KL estimate < 0 → 0
-    ("kto", {"beta": 2.0, "desirable_weight": 1.0, "undesirable_weight": 0.5}, 5),
+    ("kto", {"beta": 2.0, "desirable_weight": 1.0, "undesirable_weight": 0.5}, 40),
 ]
 
 
@@ -371,13 +371,12 @@ KTO_CASES = [
 def test_kto_trainer(method, params, kl_shift, labels):
     """The batch mean of the per-example losses, the reference point z0 (TRL's "kl"), and TRL's
     per-class means of the rewards and log-probs, from alignlab's per-example metrics."""
-    data = th.random_unpaired(len(labels) + kl_shift, labels, kl_shift=kl_shift)
+    data = th.random_unpaired(11, labels, kl_shift=kl_shift)
     out = get_loss(method).fn(th.unpaired_logps(data), get_loss(method).params(**params))
     loss, metrics = th.trl_kto(data, **params)
     close(float(out.losses.mean()), loss, TOL64, "loss")
     close(float(out.metrics["kl"][0]), metrics["kl"], TOL64, "kl")
-    if kl_shift < 0:
-        assert metrics["kl"] == 0.0
+    assert metrics["kl"] == 0.0 if kl_shift < 0 else metrics["kl"] > 0.0  # clamped, or a real estimate
     desirable = torch.tensor(labels)
     expected = {
         "rewards/chosen": out.metrics["rewards"][desirable].mean(),
