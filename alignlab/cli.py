@@ -12,8 +12,9 @@
                                                        accuracy, calibration, length bias, per-subset accuracy
 
 Every `TrainConfig` field and every hyperparameter of the method is a flag (`--max-steps` and
-`--max_steps` both work; `--columns.prompt question` sets one key of a mapping). A bad value
-is reported in one line naming the field, with exit status 2; `--debug` shows the traceback.
+`--max_steps` both work; `--columns.prompt question` sets one key of a mapping). A field of a
+section is given flat or by its section (`--lr 1e-4` or `--optim.lr 1e-4`). A bad value is
+reported in one line naming the field, with exit status 2; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
@@ -100,13 +101,23 @@ def _is_number(text: str) -> bool:
 
 
 def _train_help() -> str:
-    from alignlab.config import TrainConfig, field_help
+    from alignlab.config import TrainConfig, field_help, sections
     from alignlab.losses import REGISTRY
 
-    lines = [f"usage: {USAGE}", "", "Train a model. Keys come from the YAML file, then from flags.", "", "fields:"]
-    for name, tp, default, help_ in field_help(TrainConfig):
-        lines.append(f"  --{name.replace('_', '-'):<22} {tp:<6} (default {default!r})")
-        lines.extend("        " + w for w in textwrap.wrap(help_, 90))
+    lines = [f"usage: {USAGE}", "", "Train a model. Keys come from the YAML file, then from flags. A key of a "
+             "section is given flat", "(--lr 1e-4; lr: 1e-4 in YAML) or by its section (--optim.lr 1e-4; optim: "
+             "{lr: 1e-4}).", "", "fields:"]
+
+    def add(cls: type) -> None:
+        for name, tp, default, help_ in field_help(cls):
+            lines.append(f"  --{name.replace('_', '-'):<22} {tp:<6} (default {default!r})")
+            lines.extend("        " + w for w in textwrap.wrap(help_, 90))
+
+    add(TrainConfig)
+    for s in sections():
+        lines += ["", f"  --{s.name}.KEY{'':<{18 - len(s.name)}} section"]
+        lines.extend("        " + w for w in textwrap.wrap(s.help, 90))
+        add(s.cls)
     lines += ["", "method hyperparameters (give the ones of the chosen --method):"]
     for spec in REGISTRY.values():
         rows = field_help(spec.params)

@@ -59,8 +59,8 @@ def test_yaml_then_flags(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"model": "m", "data": "d", "lr": 0.1, "beta": 0.3, "columns": {"prompt": "q"}}))
     cfg = load_config(path, {"lr": "0.2", "columns.chosen": "good"})
-    assert cfg.lr == 0.2 and cfg.method_params.beta == 0.3
-    assert cfg.columns == {"prompt": "q", "chosen": "good"}
+    assert cfg.optim.lr == 0.2 and cfg.method_params.beta == 0.3
+    assert cfg.dataset.columns == {"prompt": "q", "chosen": "good"}
 
 
 @pytest.mark.parametrize("flags,message", [
