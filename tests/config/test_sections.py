@@ -164,3 +164,19 @@ def test_flags_by_section(capsys, tmp_path):
     assert code == 2 and "--optim needs a value" in capsys.readouterr().err
     code = cli.main(["train", "--model", "m", "--data", "d", "--output-dir", str(tmp_path), "--optim.lr", "-1"])
     assert code == 2 and capsys.readouterr().err == "alignlab: error: lr: must be > 0, got -1.0\n"
+
+
+def test_the_example_configs_read_the_same_flat_and_by_section():
+    """examples/dpo_tiny.yaml is flat, examples/sft_tiny.yaml by section; both load, and the
+    sectioned one means what its flat form means."""
+    from pathlib import Path
+
+    from alignlab.config import read_yaml
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    assert load_config(examples / "dpo_tiny.yaml").optim.lr == 2e-3
+    sectioned = read_yaml(examples / "sft_tiny.yaml")
+    assert {"optim", "eval", "dataset", "checkpoint"} <= set(sectioned)
+    cfg = load_config(examples / "sft_tiny.yaml")
+    assert cfg == make_config(flat_config(sectioned))
+    assert (cfg.method, cfg.optim.epochs, cfg.eval.eval_fraction, cfg.dataset.max_length) == ("sft", 3.0, 0.1, 256)
