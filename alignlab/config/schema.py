@@ -222,7 +222,7 @@ class TrainConfig:
 
     def __getattr__(self, name: str) -> Any:
         """Only called for a name that is not an attribute: say where a field of a section is."""
-        home = _home(name)
+        home = None if name.startswith("__") else _home(name)
         if home:
             raise AttributeError(f"'TrainConfig' has no attribute '{name}'; it is in a section: cfg.{home}.{name}")
         raise AttributeError(f"'TrainConfig' has no attribute '{name}'")
