@@ -106,7 +106,7 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     cut into batches or shared between processes."""
     cfg, dist = inp.cfg, inp.dist
     examples = inp.eval_examples[dist.rank::dist.world_size]
-    bs = cfg.eval_batch_size or cfg.batch_size
+    bs = cfg.eval.eval_batch_size or cfg.optim.batch_size
     parts = [examples[start:start + bs] for start in range(0, len(examples), bs)]
     sums: dict[str, torch.Tensor] = {}
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -186,20 +186,20 @@ def run_loop(inp: LoopInputs) -> LoopResult:
     n = len(inp.train_examples)
     global_batch = global_batch_size(cfg, dist)
     steps = total_steps(cfg, n, global_batch)
-    optimizer = make_optimizer(unwrapped, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps)
-    scheduler = make_scheduler(optimizer, steps, cfg.warmup_steps, cfg.warmup_ratio, cfg.scheduler)
+    optimizer = make_optimizer(unwrapped, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.adam_betas, cfg.optim.adam_eps)
+    scheduler = make_scheduler(optimizer, steps, cfg.optim.warmup_steps, cfg.optim.warmup_ratio, cfg.optim.scheduler)
     trainable = [p for p in unwrapped.parameters() if p.requires_grad]
     if n % global_batch and dist.is_main:
         inp.log(f"each epoch's last step repeats {global_batch - n % global_batch} examples from its start "
                 f"to fill the global batch of {global_batch}")
 
-    start_step, skipped = _resume(inp, unwrapped, optimizer, scheduler, global_batch) if cfg.resume else (0, 0)
+    start_step, skipped = _resume(inp, unwrapped, optimizer, scheduler, global_batch) if cfg.checkpoint.resume else (0, 0)
     metrics_path = inp.out_dir / "metrics.jsonl"
     if start_step >= steps:  # a finished run: report its numbers, do not redo or relog anything
         if dist.is_main:
             inp.log(f"the run is already complete ({steps} steps)")
         return _finished(metrics_path, steps)
-    metrics_log = MetricsLog(metrics_path, dist.is_main, start_step if cfg.resume else None)
+    metrics_log = MetricsLog(metrics_path, dist.is_main, start_step if cfg.checkpoint.resume else None)
 
     result = LoopResult(steps=steps, skipped_steps=skipped)
     has_eval = bool(inp.eval_examples) or inp.extra_eval is not None
@@ -208,7 +208,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=steps, initial=start_step, desc=cfg.method, dynamic_ncols=True)
-    if has_eval and cfg.eval_at_start and start_step == 0:
+    if has_eval and cfg.eval.eval_at_start and start_step == 0:
         metrics_log.write({"step": 0, **evaluate_all(inp, unwrapped)})
     model.train()
     # A stop asked for during the last step, the final evaluation or the final save lets the run
@@ -276,9 +276,9 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
         t0 = time.perf_counter()
         indices = global_batch_indices(n, global_batch, cfg.seed, step, inp.lengths)
         micro = [inp.collate([inp.train_examples[i] for i in idx])
-                 for idx in local_micro_batches(indices, cfg.batch_size, cfg.grad_accum, dist)]
+                 for idx in local_micro_batches(indices, cfg.optim.batch_size, cfg.optim.grad_accum, dist)]
         loss, tot, stats = _gradients(inp, micro)
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
         done = step + 1
         lr = scheduler.get_last_lr()[0]
@@ -296,7 +296,7 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
             if result.skipped_steps:
                 metrics["skipped_steps"] = result.skipped_steps
             result.train_metrics = dict(metrics)
-        elif cfg.skip_nonfinite:
+        elif cfg.optim.skip_nonfinite:
             result.skipped_steps += 1
             metrics = {"step": done, "epoch": done / per_epoch, "skipped": True, "skipped_steps": result.skipped_steps}
             result.train_metrics["skipped_steps"] = result.skipped_steps
@@ -309,12 +309,12 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
             scheduler.step()  # a skipped step keeps its place in the schedule, as in the data order
         optimizer.zero_grad(set_to_none=True)
 
-        evaluated = bool(has_eval and cfg.eval_every and done % cfg.eval_every == 0 and done < steps)
+        evaluated = bool(has_eval and cfg.eval.eval_every and done % cfg.eval.eval_every == 0 and done < steps)
         if evaluated:
             metrics.update(evaluate_all(inp, unwrapped))
         if evaluated or done % cfg.log_every == 0 or done == steps or "loss" not in metrics:
             metrics_log.write(metrics)
-        saved = bool(cfg.save_every and done % cfg.save_every == 0 and done < steps)
+        saved = bool(cfg.checkpoint.save_every and done % cfg.checkpoint.save_every == 0 and done < steps)
         if saved:
             save(inp, unwrapped, optimizer, scheduler, done, result.skipped_steps)
         if progress is not None:
@@ -374,5 +374,5 @@ def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int, skipped_st
         ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler,
                              {"data_position": position_info, "config": inp.cfg.to_dict(),
                               "loss_state": dict(inp.loss_state or {}), "skipped_steps": skipped_steps})
-        ckpt.prune(root, inp.cfg.keep_checkpoints)
+        ckpt.prune(root, inp.cfg.checkpoint.keep_checkpoints)
     inp.dist.barrier()

@@ -31,9 +31,9 @@ def build_model(cfg, dtype: str) -> RewardModel:
 
 
 def max_length(cfg) -> int:
-    """``cfg.max_length``, or less when the backbone has fewer positions (MiniLM has 512)."""
+    """``cfg.dataset.max_length``, or less when the backbone has fewer positions (MiniLM has 512)."""
     positions = getattr(backbone_config(cfg.model, cfg.trust_remote_code), "max_position_embeddings", None)
-    return min(cfg.max_length, positions) if positions else cfg.max_length
+    return min(cfg.dataset.max_length, positions) if positions else cfg.dataset.max_length
 
 
 def check_examples(cfg, examples: list) -> None:
