@@ -12,8 +12,22 @@
                                                        accuracy, calibration, length bias, per-subset accuracy
 
 Every `TrainConfig` field and every hyperparameter of the method is a flag (`--max-steps` and
-`--max_steps` both work; `--columns.prompt question` sets one key of a mapping). A bad value
-is reported in one line naming the field, with exit status 2; `--debug` shows the traceback.
+`--max_steps` both work; `--columns.prompt question` sets one key of a mapping). A field of a
+section is given flat or by its section (`--lr 1e-4` or `--optim.lr 1e-4`). A bad value is
+reported in one line naming the field, with exit status 2; `--debug` shows the traceback. The
+demo, feedback and tiny-model commands build their flags from their settings' dataclasses
+(`DemoSettings`, `FeedbackSpec`, `TinyModelConfig`): names, types, defaults and help.
+
+`alignlab train`'s flags are split here, by hand, and read by ``alignlab.config``: the parser
+libraries tried (jsonargparse, transformers' HfArgumentParser) could not keep its command line.
+jsonargparse takes a sectioned field only by its dotted name (``--lr`` is "unrecognized
+arguments"), needs a value after a boolean flag (``--lora``: "expected one argument"), takes a
+YAML file only as ``--config`` (a positional one fails inside the library), spells flags with
+underscores only (``--optim.batch-size`` is unrecognized), ignores help kept in field metadata,
+and reports a bad value on two lines under its dotted name (``Parser key "optim.lr": Expected a
+<class 'float'>``) without the file it came from, and an unknown key without a suggestion.
+HfArgumentParser has no sections or dotted keys at all (``--columns.prompt`` is refused) and
+leaves YAML values unconverted (``lr: abc`` stays a string).
 """
 
 from __future__ import annotations
@@ -100,13 +114,23 @@ def _is_number(text: str) -> bool:
 
 
 def _train_help() -> str:
-    from alignlab.config import TrainConfig, field_help
+    from alignlab.config import TrainConfig, field_help, sections
     from alignlab.losses import REGISTRY
 
-    lines = [f"usage: {USAGE}", "", "Train a model. Keys come from the YAML file, then from flags.", "", "fields:"]
-    for name, tp, default, help_ in field_help(TrainConfig):
-        lines.append(f"  --{name.replace('_', '-'):<22} {tp:<6} (default {default!r})")
-        lines.extend("        " + w for w in textwrap.wrap(help_, 90))
+    lines = [f"usage: {USAGE}", "", "Train a model. Keys come from the YAML file, then from flags. A key of a "
+             "section is given flat", "(--lr 1e-4; lr: 1e-4 in YAML) or by its section (--optim.lr 1e-4; optim: "
+             "{lr: 1e-4}).", "", "fields:"]
+
+    def add(cls: type) -> None:
+        for name, tp, default, help_ in field_help(cls):
+            lines.append(f"  --{name.replace('_', '-'):<22} {tp:<6} (default {default!r})")
+            lines.extend("        " + w for w in textwrap.wrap(help_, 90))
+
+    add(TrainConfig)
+    for s in sections():
+        lines += ["", f"  --{s.name}.KEY{'':<{18 - len(s.name)}} section"]
+        lines.extend("        " + w for w in textwrap.wrap(s.help, 90))
+        add(s.cls)
     lines += ["", "method hyperparameters (give the ones of the chosen --method):"]
     for spec in REGISTRY.values():
         rows = field_help(spec.params)
@@ -185,57 +209,104 @@ def cmd_methods(tokens: list[str]) -> int:
     return 0
 
 
+# Flags named otherwise than the dataclass field they set, per command; every other field's flag
+# is its name with dashes (num_layers: --num-layers).
+FLAG_NAMES = {
+    "demo": {"num_prompts": "prompts", "method_params": "param"},
+    "feedback": {"num_prompts": "prompts"},
+    "tiny-model": {},
+}
+
+
+def default_text(value: object) -> str:
+    """A field's default as ``--help`` shows it: ``(default 0.5)``, ``(default none)``."""
+    if value is None or value == {}:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def field_default(f: dataclasses.Field) -> object:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def add_field_flags(parser: argparse.ArgumentParser, cls: type, command: str, required: tuple[str, ...] = ()) -> None:
+    """One flag per field of dataclass ``cls``: named after the field (or as ``FLAG_NAMES[command]``
+    says), of its type, with its default and its help (``metadata['help']``; ``metadata['choices']``
+    limits the values). A mapping field is a repeatable ``--flag NAME=VALUE``."""
+    import typing
+
+    from alignlab.config.parse import _strip_optional
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, _ = _strip_optional(hints[f.name])
+        flag = "--" + FLAG_NAMES[command].get(f.name, f.name).replace("_", "-")
+        shown = "required" if f.name in required else f"default {default_text(field_default(f))}"
+        kwargs = {"dest": f.name, "help": f"{f.metadata.get('help', '')} ({shown})".replace("%", "%%")}
+        if f.name in required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = field_default(f)
+        if "choices" in f.metadata:
+            kwargs["choices"] = list(f.metadata["choices"])
+            kwargs["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(tp) is dict:
+            parser.add_argument(flag, action="append", metavar="NAME=VALUE", **{**kwargs, "default": []})
+        else:
+            parser.add_argument(flag, type=tp, **{"metavar": flag[2:].upper().replace("-", "_"), **kwargs})
+
+
+def field_values(args: argparse.Namespace, cls: type, command: str) -> dict:
+    """The values of ``cls``'s fields from parsed flags; a mapping's NAME=VALUE items become a
+    dict, each value read as YAML (``--param epsilon=0.3`` gives ``{'epsilon': 0.3}``)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name)
+        if isinstance(value, list) and not isinstance(field_default(f), list):
+            items = {}
+            for item in value:
+                name, sep, text = item.partition("=")
+                if not sep or not name:
+                    flag = "--" + FLAG_NAMES[command].get(f.name, f.name).replace("_", "-")
+                    raise UserError(f"{flag}: expected NAME=VALUE, got '{item}'")
+                items[name] = yaml.safe_load(text)
+            value = items
+        out[f.name] = value
+    return out
+
+
 def cmd_tiny_model(tokens: list[str]) -> int:
-    from alignlab.config import build
     from alignlab.models import TinyModelConfig, save_tiny_model
 
     parser = ArgumentParser(prog="alignlab tiny-model", description="Save a tiny Llama and tokenizer.")
-    parser.add_argument("out_dir")
-    for f in dataclasses.fields(TinyModelConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None)
+    parser.add_argument("out_dir", help="folder to save the model and tokenizer to")
+    add_field_flags(parser, TinyModelConfig, "tiny-model")
     args = parser.parse_args(tokens)
-    raw = {k: v for k, v in vars(args).items() if k != "out_dir" and v is not None}
-    out = save_tiny_model(args.out_dir, build(TinyModelConfig, raw, "tiny-model"))
+    out = save_tiny_model(args.out_dir, TinyModelConfig(**field_values(args, TinyModelConfig, "tiny-model")))
     print(f"saved tiny model to {out}")
     return 0
 
 
 def cmd_demo(tokens: list[str]) -> int:
     from alignlab.testbed.demo import DemoSettings, run_demo, table
-    from alignlab.testbed.tasks import task_names
 
     parser = ArgumentParser(
         prog="alignlab demo",
         description="Take a testbed task's tiny SFT model (shipped with alignlab), synthesize preferences with the "
                     "task's gold reward, train, and compare gold reward before and after.")
-    parser.add_argument("--task", default="arithmetic", help=f"one of {', '.join(task_names())} (default arithmetic)")
-    parser.add_argument("--method", default="dpo", help="training method (default dpo; see `alignlab methods`)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of sampling, training and evaluation (default 0)")
+    add_field_flags(parser, DemoSettings, "demo")
+    # Options of the run itself, not of its settings.
     parser.add_argument("--out", default=None, help="report folder (default runs/demo-TASK-METHOD-sSEED)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo's report in --out")
     parser.add_argument("--cache-dir", default=None, help="where reference log-probs (and models built from a "
                                                           "changed recipe) are cached (default $ALIGNLAB_CACHE or "
                                                           "~/.cache/alignlab)")
-    parser.add_argument("--label-noise", type=float, default=0.0, help="fraction of pair labels to flip (default 0)")
-    parser.add_argument("--reward", default="gold", choices=["gold", "proxy"], help="reward that labels the feedback")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the task's, see TASK_LR)")
-    parser.add_argument("--epochs", type=float, default=3.0, help="passes over the synthetic data (default 3)")
-    parser.add_argument("--prompts", type=int, default=512, help="training prompts to sample answers to (default 512)")
-    parser.add_argument("--k", type=int, default=4, help="answers sampled per prompt (default 4)")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="a hyperparameter of the method, e.g. --param epsilon=0.3 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(tokens)
-    params = {}
-    for item in args.param:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise UserError(f"--param: expected NAME=VALUE, got '{item}'")
-        params[name] = yaml.safe_load(value)
-    settings = DemoSettings(task=args.task, method=args.method, seed=args.seed, label_noise=args.label_noise,
-                            reward=args.reward, lr=args.lr, epochs=args.epochs, num_prompts=args.prompts, k=args.k,
-                            method_params=params)
+    settings = DemoSettings(**field_values(args, DemoSettings, "demo"))
     out = args.out or f"runs/demo-{args.task}-{args.method}-s{args.seed}"
     report = run_demo(settings, out, args.cache_dir, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"\n{args.method} on the {args.task} task, seed {args.seed}: held-out gold reward before and after\n")
@@ -247,35 +318,27 @@ def cmd_demo(tokens: list[str]) -> int:
 
 def cmd_feedback(tokens: list[str]) -> int:
     from alignlab.testbed.build import STAGES
-    from alignlab.testbed.feedback import PAIR_RULES, FeedbackSpec, synthesize
+    from alignlab.testbed.feedback import FeedbackSpec, synthesize
     from alignlab.testbed.shipped import task_model
-    from alignlab.testbed.tasks import task_names
 
     parser = ArgumentParser(
         prog="alignlab feedback",
         description="Sample K answers per prompt from a model (by default the task's tiny SFT model), score them "
                     "with the task's gold or proxy reward, and write pairs, ranked lists, thumbs up/down, scored "
                     "answers and negatives as JSONL, with metadata.json.")
-    parser.add_argument("--task", required=True, help=f"one of {', '.join(task_names())}")
+    add_field_flags(parser, FeedbackSpec, "feedback", required=("task",))
+    # Options of the command itself: where to write, and which model samples.
     parser.add_argument("--out", required=True, help="folder to write the files to")
     parser.add_argument("--model", default=None, help="model to sample from (default: the task's tiny SFT model)")
     parser.add_argument("--from", dest="stage", default="sft", choices=list(STAGES),
                         help="without --model, which tiny testbed model samples: sft (under-trained, its answers "
                              "mix good and bad; default) or pretrained (pretrained longer, not fine-tuned: cleaner "
                              "answers; the testbed's reward-model backbone)")
-    parser.add_argument("--prompts", type=int, default=512, help="number of training prompts (default 512)")
-    parser.add_argument("--k", type=int, default=4, help="answers per prompt (default 4)")
-    parser.add_argument("--reward", default="gold", choices=["gold", "proxy"])
-    parser.add_argument("--pair-rule", default="best_worst", choices=list(PAIR_RULES))
-    parser.add_argument("--margin", type=float, default=0.0, help="minimum score gap for --pair-rule margin")
-    parser.add_argument("--label-noise", type=float, default=0.0, help="fraction of pair labels to flip")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--cache-dir", default=None, help="where testbed models built from a changed recipe are "
+                                                          "cached (default $ALIGNLAB_CACHE or ~/.cache/alignlab)")
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(tokens)
-    spec = FeedbackSpec(args.task, args.prompts, args.k, args.reward, args.pair_rule, args.margin,
-                        args.label_noise, args.temperature, args.seed)
+    spec = FeedbackSpec(**field_values(args, FeedbackSpec, "feedback"))
     model = args.model or task_model(args.task, args.stage, args.cache_dir, progress=True)
     meta = synthesize(model, spec, args.out, progress=True)
     print(json.dumps({"out": args.out, "model": str(model), "rows": meta["rows"], "flipped_pairs": meta["flipped_pairs"],

@@ -35,12 +35,13 @@ TINY_CHAT_TEMPLATE = (
 class TinyModelConfig:
     """Shape of the tiny Llama built for tests and demos (about 1M parameters)."""
 
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 384
-    max_position_embeddings: int = 2048
-    seed: int = 0
+    hidden_size: int = field(default=128, metadata={"help": "width of the hidden states"})
+    num_layers: int = field(default=4, metadata={"help": "number of decoder layers"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads (and key-value heads); must divide "
+                                                        "hidden_size"})
+    intermediate_size: int = field(default=384, metadata={"help": "width of the MLP"})
+    max_position_embeddings: int = field(default=2048, metadata={"help": "longest sequence the model takes"})
+    seed: int = field(default=0, metadata={"help": "seed of the random initial weights"})
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):

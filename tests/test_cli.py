@@ -14,7 +14,7 @@ import yaml
 
 from alignlab.cli import _parse_flags, main
 from alignlab.config import TrainConfig, load_config
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, UserError
 
 
 def _run(argv, capsys):
@@ -59,8 +59,8 @@ def test_yaml_then_flags(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"model": "m", "data": "d", "lr": 0.1, "beta": 0.3, "columns": {"prompt": "q"}}))
     cfg = load_config(path, {"lr": "0.2", "columns.chosen": "good"})
-    assert cfg.lr == 0.2 and cfg.method_params.beta == 0.3
-    assert cfg.columns == {"prompt": "q", "chosen": "good"}
+    assert cfg.optim.lr == 0.2 and cfg.method_params.beta == 0.3
+    assert cfg.dataset.columns == {"prompt": "q", "chosen": "good"}
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -322,3 +322,51 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden():
                           timeout=120)
     assert proc.stdout == "a line first\n"
     assert proc.returncode == 1 and "BrokenPipeError" in proc.stderr, proc.stderr
+
+
+def _settings_classes():
+    from alignlab.models import TinyModelConfig
+    from alignlab.testbed.demo import DemoSettings
+    from alignlab.testbed.feedback import FeedbackSpec
+
+    return [("demo", DemoSettings), ("feedback", FeedbackSpec), ("tiny-model", TinyModelConfig)]
+
+
+@pytest.mark.parametrize("command,cls", _settings_classes(), ids=lambda x: x if isinstance(x, str) else "")
+def test_settings_commands_show_every_fields_flag_help_and_default(command, cls, capsys, monkeypatch):
+    """demo, feedback and tiny-model build their flags from their settings' dataclass: each field
+    is a flag (named as FLAG_NAMES says where it differs) with its help and the field's default."""
+    from alignlab.cli import FLAG_NAMES, default_text, field_default
+
+    monkeypatch.setenv("COLUMNS", "10000")  # one line per flag: no word of a help text broken at a hyphen
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(cls):
+        flag = "--" + FLAG_NAMES[command].get(f.name, f.name).replace("_", "-")
+        assert f" {flag} " in out, flag
+        help_ = " ".join(f.metadata["help"].split())
+        shown = "(required)" if (command, f.name) == ("feedback", "task") else f"(default {default_text(field_default(f))})"
+        assert f"{help_} {shown}" in out, f.name
+
+
+def test_demo_flags_set_the_settings(monkeypatch, capsys):
+    """Flags land in DemoSettings' fields, the renamed ones too (--prompts, --param)."""
+    import alignlab.testbed.demo as demo
+
+    seen = {}
+
+    def fake_run_demo(settings, out, cache_dir, progress, overwrite):
+        seen.update(settings=settings, out=out, progress=progress, overwrite=overwrite)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--task", "sentiment", "--method", "rdpo", "--prompts", "7", "--k", "3", "--batch-size",
+                 "4", "--lr", "1e-4", "--param", "epsilon=0.2", "--no-progress", "--overwrite"]) == 2
+    s = seen["settings"]
+    assert (s.task, s.method, s.num_prompts, s.k, s.batch_size, s.lr) == ("sentiment", "rdpo", 7, 3, 4, 1e-4)
+    assert s.method_params == {"epsilon": 0.2} and s.epochs == 3.0
+    assert seen["out"] == "runs/demo-sentiment-rdpo-s0" and seen["progress"] is False and seen["overwrite"] is True
+    assert main(["demo", "--param", "epsilon"]) == 2
+    assert "--param: expected NAME=VALUE, got 'epsilon'" in capsys.readouterr().err

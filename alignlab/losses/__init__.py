@@ -4,7 +4,8 @@ Modules by family: ``dpo`` (DPO), ``dpo_family`` (IPO, hinge, LN-DPO, RPO, DPOP,
 LD-DPO, WPO, BVPO, DOVE), ``robust`` (cDPO, rDPO, soft preference, LCPO), ``dpo_alternatives``
 (EXO, NCA, BCO-pair, SPPO-hard, AOT, APO, DiscoPOP), ``reference_free`` (SimPO, CPO, ORPO, ASFT),
 ``unpaired`` (KTO, BCO), ``negatives`` (D2O), ``listwise`` (PRO, LiPO, ListMLE, ListNet, all-pairs
-DPO), ``sft``; ``combine`` builds weighted sums such as ``dpo+0.005*sft``.
+DPO), ``sft``; ``combine`` builds weighted sums such as ``dpo+0.005*sft``. Shared pieces: ``params``
+(hyperparameter fields and range checks), ``logistic`` (the label-smoothed logistic loss).
 """
 
 from alignlab.losses.dpo import DPOParams, dpo_loss

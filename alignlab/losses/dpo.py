@@ -10,22 +10,21 @@ Inputs are (B,) tensors; the output is the (B,) per-pair loss and per-pair metri
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from alignlab.losses.params import param, require
+from alignlab.losses.params import BETA_HELP, param, require_beta
 from alignlab.losses.types import LossOutput, PairLogps
 
 
 @dataclass
 class DPOParams:
-    beta: float = param(0.1, "β: strength of the KL penalty toward the reference (higher stays closer)")
+    beta: float = param(0.1, BETA_HELP)
 
     def __post_init__(self) -> None:
-        require(math.isfinite(self.beta) and self.beta > 0, "beta", f"must be a finite number > 0, got {self.beta}")
+        require_beta(self.beta)
 
 
 def implicit_rewards(logps: PairLogps, beta: float) -> tuple[torch.Tensor, torch.Tensor]:

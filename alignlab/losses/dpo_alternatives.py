@@ -7,8 +7,9 @@ reference) and returns a (B,) per-example loss. Notation, per pair (all (B,)):
     ρ_w = ℓθ(y_w) − ℓref(y_w),  ρ_l = ℓθ(y_l) − ℓref(y_l),  r = β·ρ (implicit reward),
     h = β·(ρ_w − ρ_l) (the DPO margin),  σ = sigmoid.
 
-Formulas (checked against the ``loss_type`` branches of Hugging Face TRL's ``dpo_trainer.py``;
-constants that do not change gradients are kept as TRL has them):
+Formulas (checked against the ``loss_type`` branches of Hugging Face TRL's ``dpo_trainer.py``, and
+run beside TRL 1.16's code by tests/losses/test_trl_parity.py; constants that do not change
+gradients are kept as TRL has them):
 
 - ``exo`` — Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model Alignment"
   (EXO-pref, eq. 16; TRL ``exo_pair``). With q = σ(h), the reverse KL from the model's pair
@@ -39,13 +40,13 @@ micro-batches or processes; the i-th loss belongs to the i-th quantile, not to p
 micro-batch gives a finer quantile match; with one pair per micro-batch both reduce to DPO.
 
 Reward shift of ``bco-pair``: the BCO paper subtracts δ, a running mean of all rewards seen in
-training. TRL's ``bco_pair`` did so in its 0.x releases (it folded the current batch's mean into a
-running mean of batch means before the loss); the 1.x trainer (1.16 checked) has no δ. Here δ is
+training. TRL's ``bco_pair`` did so up to 0.28 (it folded the current batch's mean into a running
+mean of batch means before the loss); from 0.29 on (1.16 checked) it has no δ. Here δ is
 loss state: each call reports the sum and count of its 2B rewards (``stats``), the loop adds them
 over the step, and ``update_state`` folds the totals into the running mean, so the δ used in a step
 is the mean of every reward of the previous steps (weighted per reward, not per batch). At step 0
 the policy is the reference, all rewards are 0 and δ = 0 is exact. ``reward_shift=False`` gives
-TRL 1.x's form.
+TRL 1.16's form.
 """
 
 from __future__ import annotations
@@ -57,22 +58,17 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.losses.dpo import implicit_rewards, reward_metrics
-from alignlab.losses.params import param, require
+from alignlab.losses.logistic import smoothed_logistic
+from alignlab.losses.params import (
+    param,
+    require,
+    require_below_half,
+    require_beta,
+    require_bool,
+    require_positive,
+)
 from alignlab.losses.registry import LossSpec, register
 from alignlab.losses.types import LossOutput, PairLogps
-
-
-def _check_beta(beta: float) -> None:
-    require(math.isfinite(beta) and beta > 0, "beta", f"must be a finite number > 0, got {beta}")
-
-
-def _check_smoothing(eps: float, name: str = "label_smoothing") -> None:
-    require(math.isfinite(eps) and 0.0 <= eps < 0.5, name, f"must be in [0, 0.5), got {eps}")
-
-
-def _smoothed_logistic(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """−(1 − ε)·log σ(z) − ε·log σ(−z), elementwise."""
-    return -(1.0 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
 
 
 # ---------------------------------------------------------------------------------------------- EXO
@@ -83,7 +79,7 @@ class EXOParams:
                                  "(TRL's recommended EXO value)")
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
+        require_beta(self.beta)
         require(math.isfinite(self.epsilon) and 0.0 < self.epsilon < 0.5, "epsilon",
                 f"must be in (0, 0.5) (log ε appears in the loss), got {self.epsilon}")
 
@@ -104,7 +100,7 @@ class NCAParams:
     beta: float = param(0.1, "β: reward scale r = β·ρ (TRL default; the NCA paper's reproduction uses 0.01)")
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
+        require_beta(self.beta)
 
 
 def nca_loss(logps: PairLogps, params: NCAParams) -> LossOutput:
@@ -119,12 +115,11 @@ def nca_loss(logps: PairLogps, params: NCAParams) -> LossOutput:
 class BCOPairParams:
     beta: float = param(0.1, "β: reward scale r = β·ρ (TRL default; the BCO paper's reproduction uses 0.01)")
     reward_shift: bool = param(True, "subtract δ, the running mean of all rewards of previous steps "
-                                     "(BCO paper; TRL 1.x has no shift: set false to match it)")
+                                     "(BCO paper; TRL >= 0.29 has no shift: set false to match it)")
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
-        require(isinstance(self.reward_shift, bool), "reward_shift",
-                f"must be true or false, got {self.reward_shift!r}")
+        require_beta(self.beta)
+        require_bool(self.reward_shift, "reward_shift")
 
 
 def bco_pair_init_state(params: BCOPairParams) -> dict[str, float]:
@@ -166,7 +161,7 @@ class SPPOParams:
                              "the rejected one to −1/(2β)")
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
+        require_beta(self.beta)
 
 
 def sppo_hard_loss(logps: PairLogps, params: SPPOParams) -> LossOutput:
@@ -186,8 +181,8 @@ class AOTParams:
     label_smoothing: float = param(0.0, "ε: weight of the flipped logistic term, in [0, 0.5)")
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
-        _check_smoothing(self.label_smoothing)
+        require_beta(self.beta)
+        require_below_half(self.label_smoothing, "label_smoothing")
 
 
 def aot_loss(logps: PairLogps, params: AOTParams) -> LossOutput:
@@ -199,7 +194,7 @@ def aot_loss(logps: PairLogps, params: AOTParams) -> LossOutput:
     r_chosen, r_rejected = implicit_rewards(logps, params.beta)
     policy_sorted, _ = torch.sort(logps.chosen - logps.rejected, dim=0)
     ref_sorted, _ = torch.sort(logps.ref_chosen - logps.ref_rejected, dim=0)
-    losses = _smoothed_logistic(params.beta * (policy_sorted - ref_sorted), params.label_smoothing)
+    losses = smoothed_logistic(params.beta * (policy_sorted - ref_sorted), params.label_smoothing)
     return LossOutput(losses, reward_metrics(r_chosen, r_rejected, logps))
 
 
@@ -211,7 +206,7 @@ def aot_unpaired_loss(logps: PairLogps, params: AOTParams) -> LossOutput:
     r_chosen, r_rejected = implicit_rewards(logps, params.beta)
     chosen_sorted, _ = torch.sort(logps.chosen - logps.ref_chosen, dim=0)
     rejected_sorted, _ = torch.sort(logps.rejected - logps.ref_rejected, dim=0)
-    losses = _smoothed_logistic(params.beta * (chosen_sorted - rejected_sorted), params.label_smoothing)
+    losses = smoothed_logistic(params.beta * (chosen_sorted - rejected_sorted), params.label_smoothing)
     return LossOutput(losses, reward_metrics(r_chosen, r_rejected, logps))
 
 
@@ -221,7 +216,7 @@ class APOParams:
     beta: float = param(0.1, "β: reward scale r = β·ρ (the APO paper's value)")
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
+        require_beta(self.beta)
 
 
 def apo_zero_loss(logps: PairLogps, params: APOParams) -> LossOutput:
@@ -247,9 +242,8 @@ class DiscoPOPParams:
     tau: float = param(0.05, "τ: temperature of the mixing weight σ(h/τ) (the paper's value)")
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
-        require(math.isfinite(self.tau) and self.tau > 0, "tau",
-                f"must be a finite number > 0, got {self.tau}")
+        require_beta(self.beta)
+        require_positive(self.tau, "tau")
 
 
 def discopop_loss(logps: PairLogps, params: DiscoPOPParams) -> LossOutput:

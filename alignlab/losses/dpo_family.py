@@ -19,7 +19,7 @@ Every loss takes a ``PairLogps`` of B pairs, each field (B,) (per-token fields (
 - dove: −log σ(βΔ) on joint pairs whose two prompts may differ (Bansal et al. 2024)
 
 Where a detail could not be checked in the authors' code it is a parameter, and the docstring of
-the loss says what was assumed (RPO's β·η, LD-DPO's α, WPO's clamp).
+the loss says what was assumed (RPO's β·η, LD-DPO's reference, WPO's clamp).
 """
 
 from __future__ import annotations
@@ -31,19 +31,17 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.losses.dpo import DPOParams, dpo_loss, implicit_rewards, reward_metrics
-from alignlab.losses.params import param, require
+from alignlab.losses.params import (
+    BETA_HELP,
+    param,
+    require,
+    require_beta,
+    require_bool,
+    require_fraction,
+    require_non_negative,
+)
 from alignlab.losses.registry import LossSpec, register
 from alignlab.losses.types import LossOutput, PairLogps
-
-BETA_HELP = "β: strength of the KL penalty toward the reference (higher stays closer)"
-
-
-def _require_beta(beta: float) -> None:
-    require(math.isfinite(beta) and beta > 0, "beta", f"must be a finite number > 0, got {beta}")
-
-
-def _require_bool(value: object, name: str) -> None:
-    require(isinstance(value, bool), name, f"must be true or false, got {value!r}")
 
 
 def _log_ratios(logps: PairLogps) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +65,7 @@ class IPOParams:
     beta: float = param(0.1, "τ: IPO's regularisation; the loss pulls the token-mean margin Δ̄ to 1/(2τ)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
+        require_beta(self.beta)
 
 
 def ipo_loss(logps: PairLogps, params: IPOParams) -> LossOutput:
@@ -105,7 +103,7 @@ class LNDPOParams:
     beta: float = param(5.0, "β on the token-mean log-ratio margin (per-token scale: much larger than DPO's)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
+        require_beta(self.beta)
 
 
 def ln_dpo_loss(logps: PairLogps, params: LNDPOParams) -> LossOutput:
@@ -114,6 +112,7 @@ def ln_dpo_loss(logps: PairLogps, params: LNDPOParams) -> LossOutput:
     The margin is a difference of per-token log-ratios, roughly Δ/|y|, so β must be about |y| times
     DPO's for the same pull: the default 5 matches DPO's 0.1 at ~50-token responses and is the value
     reported for Tülu 3's length-normalised DPO (not read in the Hitchhiker's Guide itself).
+    Rewards are logged as β·ρ̄, the quantities the loss compares (TRL's ``sigmoid_norm`` logs β·ρ).
     """
     mean_c, mean_r = _mean_log_ratios(logps)
     r_c, r_r = params.beta * mean_c, params.beta * mean_r
@@ -132,10 +131,9 @@ class RPOParams:
     eta_times_beta: bool = param(False, "multiply the NLL weight by β as well (η·β instead of η)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
-        require(math.isfinite(self.eta) and self.eta >= 0, "eta",
-                f"must be a finite number >= 0, got {self.eta}")
-        _require_bool(self.eta_times_beta, "eta_times_beta")
+        require_beta(self.beta)
+        require_non_negative(self.eta, "eta")
+        require_bool(self.eta_times_beta, "eta_times_beta")
 
 
 def rpo_loss(logps: PairLogps, params: RPOParams) -> LossOutput:
@@ -167,9 +165,8 @@ class DPOPParams:
     lam: float = param(50.0, "λ: penalty on the chosen log-prob falling below the reference's")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
-        require(math.isfinite(self.lam) and self.lam >= 0, "lam",
-                f"must be a finite number >= 0, got {self.lam}")
+        require_beta(self.beta)
+        require_non_negative(self.lam, "lam")
 
 
 def dpop_loss(logps: PairLogps, params: DPOPParams) -> LossOutput:
@@ -197,9 +194,8 @@ class GammaDPOParams:
     gamma: float = param(1.0, "γ: weight of the reference log-ratio (1 = DPO, 0 = no reference)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
-        require(math.isfinite(self.gamma) and self.gamma >= 0, "gamma",
-                f"must be a finite number >= 0, got {self.gamma}")
+        require_beta(self.beta)
+        require_non_negative(self.gamma, "gamma")
 
 
 def gamma_dpo_loss(logps: PairLogps, params: GammaDPOParams) -> LossOutput:
@@ -222,6 +218,7 @@ def _exp_clamped(x: torch.Tensor) -> torch.Tensor:
 
 
 def _f_dpo_output(score_c: torch.Tensor, score_r: torch.Tensor, logps: PairLogps, beta: float) -> LossOutput:
+    """−log σ(β(s_c − s_r)); rewards are logged as β·s, the scores compared (TRL logs β·ρ for every divergence)."""
     r_c, r_r = beta * score_c, beta * score_r
     return LossOutput(-F.logsigmoid(r_c - r_r), reward_metrics(r_c, r_r, logps))
 
@@ -253,7 +250,7 @@ class FDPOAlphaParams:
     alpha: float = param(0.5, "α in (0, 1): the α-divergence's exponent (→ 0: reverse KL; → 1: forward KL)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
+        require_beta(self.beta)
         require(math.isfinite(self.alpha) and 0 < self.alpha < 1, "alpha",
                 f"must be strictly between 0 and 1, got {self.alpha}")
 
@@ -281,13 +278,14 @@ def f_dpo_alpha_loss(logps: PairLogps, params: FDPOAlphaParams) -> LossOutput:
 class LDDPOParams:
     beta: float = param(0.1, BETA_HELP)
     alpha: float = param(0.5, "α in [0, 1]: weight of the tokens past the shorter response's end (1 = DPO)")
-    desensitize_reference: bool = param(False, "also down-weight the reference's tokens past l_p (False: policy "
-                                               "only, as TRL's ld_alpha; True: policy and reference alike)")
+    desensitize_reference: bool = param(True, "down-weight the reference's tokens past l_p as the policy's (true: "
+                                              "TRL >= 0.29's ld_alpha, policy = reference gives log 2) or only the "
+                                              "policy's (false: TRL 0.18-0.28's ld_alpha)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
-        require(math.isfinite(self.alpha) and 0 <= self.alpha <= 1, "alpha",
-                f"must be between 0 and 1, got {self.alpha}")
+        require_beta(self.beta)
+        require_fraction(self.alpha, "alpha")
+        require_bool(self.desensitize_reference, "desensitize_reference")
 
 
 def _desensitized(tokens: torch.Tensor, shared: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -301,13 +299,24 @@ def _desensitized(tokens: torch.Tensor, shared: torch.Tensor, alpha: float) -> t
 def ld_dpo_loss(logps: PairLogps, params: LDDPOParams) -> LossOutput:
     """LD-DPO (Liu et al. 2024, "Length Desensitization in Direct Preference Optimization").
 
-    With l_p = min(|yw|, |yl|), the policy's log-prob of each response becomes
-    ℓ' = Σ_{t≤l_p} ℓ_t + α·Σ_{t>l_p} ℓ_t, and DPO is applied to ℓ'. Only the longer response of a
-    pair has tokens past l_p. α = 1 is DPO. TRL's ``ld_alpha`` desensitizes the policy only, which
-    is the default here; whether the paper treats the reference the same way was not verified, so
-    ``desensitize_reference`` switches it (then policy = reference gives log 2 again). The paper
-    tunes α per model; the default 0.5 is a middle value, not a number read in the paper.
-    Needs "tokens": the (B, L) per-token fields.
+    With l_p = min(|yw|, |yl|), the length the two responses share (the "public" part), each
+    response's log-prob becomes ℓ' = Σ_{t≤l_p} ℓ_t + α·Σ_{t>l_p} ℓ_t: the tokens past l_p (the
+    "verbose" part; only the longer response of a pair has any) count α times. DPO is applied to
+    ℓ'. α = 1 is DPO. ``desensitize_reference`` says whose log-probs are rewritten:
+
+    - true (default): the policy's and the reference's alike, ρ' = ℓ' − ℓ'ref. This is TRL's
+      ``ld_alpha`` from TRL 0.29 on (TRL 1.16 checked: its reference forward splits the per-token
+      log-probs at the same l_p and weights the tail by the same α). Policy = reference gives
+      ρ' = 0 for both responses and the loss log 2, as for DPO.
+    - false: the policy's only, ρ' = ℓ' − ℓref with the reference summed over all its tokens. This
+      is TRL's ``ld_alpha`` in TRL 0.18 to 0.28, where the reference forward skipped the weighting.
+      At policy = reference the longer response gets ρ' = −(1 − α)·Σ_{t>l_p} ℓ_t ≥ 0, a reward for
+      its extra length before any training, so the loss is not log 2.
+
+    Which of the two the paper means was not verified in the authors' code. The paper tunes α per
+    model; the default 0.5 is a middle value, not a number read in the paper.
+    Rewards are logged from ρ' (as TRL); ``logps/*`` are the plain sums (TRL logs ℓ' there).
+    Needs "tokens": the (B, L) per-token fields (the reference's too when ``desensitize_reference``).
     """
     fields = (logps.chosen_tokens, logps.rejected_tokens, logps.ref_chosen_tokens, logps.ref_rejected_tokens)
     if any(t is None for t in fields[:2]) or (params.desensitize_reference and any(t is None for t in fields[2:])):
@@ -331,11 +340,11 @@ def ld_dpo_loss(logps: PairLogps, params: LDDPOParams) -> LossOutput:
 @dataclass
 class WPOParams:
     beta: float = param(0.1, BETA_HELP)
-    clamp_weight: bool = param(True, "cap each pair's weight at 1 (TRL before 1.0 did; TRL 1.x does not)")
+    clamp_weight: bool = param(True, "cap each pair's weight at 1 (TRL up to 0.28 did; 0.29 and later do not)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
-        _require_bool(self.clamp_weight, "clamp_weight")
+        require_beta(self.beta)
+        require_bool(self.clamp_weight, "clamp_weight")
 
 
 def wpo_loss(logps: PairLogps, params: WPOParams) -> LossOutput:
@@ -343,8 +352,9 @@ def wpo_loss(logps: PairLogps, params: WPOParams) -> LossOutput:
     detached weight w = exp(m(yw) + m(yl)), with m(y) = (ℓ(y) − Σ_t log Σ_v π(v)²)/|y| the token mean
     of the "aligned" log-probs (Eq. 2; ``*_sqmass`` holds Σ_t log Σ_v π(v)²).
 
-    TRL's ``use_weighting`` computes the same m(y); TRL up to 0.x then took min(1, e^{m(yw)+m(yl)}),
-    TRL 1.x multiplies e^{m(yw)}·e^{m(yl)} with no cap. ``clamp_weight`` (default on) chooses.
+    TRL's ``use_weighting`` computes the same m(y); TRL up to 0.28 then took min(1, e^{m(yw)+m(yl)}),
+    TRL 0.29 and later (1.16 checked) multiply e^{m(yw)}·e^{m(yl)} with no cap. ``clamp_weight``
+    (default on) chooses; false is TRL 1.16's form.
     Needs "sqmass".
     """
     if logps.chosen_sqmass is None or logps.rejected_sqmass is None:
@@ -372,9 +382,8 @@ class BVPOParams:
     alpha: float = param(0.5, "α in [0, 1]: weight of the trace pairs' mean loss (1 − α: empty-trace pairs)")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
-        require(math.isfinite(self.alpha) and 0 <= self.alpha <= 1, "alpha",
-                f"must be between 0 and 1, got {self.alpha}")
+        require_beta(self.beta)
+        require_fraction(self.alpha, "alpha")
 
 
 def bvpo_loss(logps: PairLogps, params: BVPOParams) -> LossOutput:

@@ -55,13 +55,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from alignlab.losses.params import param, require
+from alignlab.losses.params import param, require_beta, require_bool, require_non_negative
 from alignlab.losses.registry import LossSpec, register
 from alignlab.losses.types import ListLogps, LossOutput
-
-
-def _check_beta(beta: float) -> None:
-    require(math.isfinite(beta) and beta > 0, "beta", f"must be a finite number > 0, got {beta}")
 
 
 def _real(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -124,10 +120,9 @@ class PROParams:
     eps: float = param(1e-10, "ε added inside each stage's log, as in the authors' code")
 
     def __post_init__(self) -> None:
-        require(math.isfinite(self.sft_weight) and self.sft_weight >= 0, "sft_weight",
-                f"must be a finite number >= 0, got {self.sft_weight}")
-        require(isinstance(self.use_scores, bool), "use_scores", f"must be true or false, got {self.use_scores!r}")
-        require(math.isfinite(self.eps) and self.eps >= 0, "eps", f"must be a finite number >= 0, got {self.eps}")
+        require_non_negative(self.sft_weight, "sft_weight")
+        require_bool(self.use_scores, "use_scores")
+        require_non_negative(self.eps, "eps")
 
 
 def pro_loss(inputs: ListLogps, params: PROParams) -> LossOutput:
@@ -169,9 +164,8 @@ class LiPOParams:
     normalize_scores: bool = param(False, "min–max scale each list's scores to [0, 1] before the gain 2^ψ − 1")
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
-        require(isinstance(self.normalize_scores, bool), "normalize_scores",
-                f"must be true or false, got {self.normalize_scores!r}")
+        require_beta(self.beta)
+        require_bool(self.normalize_scores, "normalize_scores")
 
 
 def lipo_lambda_weights(s: torch.Tensor, inputs: ListLogps, normalize_scores: bool = False) -> torch.Tensor:
@@ -211,7 +205,7 @@ class ListBetaParams:
     beta: float = param(0.1, "β: s = β·log(π/π_ref)")
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
+        require_beta(self.beta)
 
 
 def listmle_loss(inputs: ListLogps, params: ListBetaParams) -> LossOutput:

@@ -23,12 +23,11 @@ to draw the K samples.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from alignlab.losses.params import param, require
+from alignlab.losses.params import param, require, require_positive
 from alignlab.losses.registry import LossSpec, register
 from alignlab.losses.types import LossOutput, NegativeLogps
 
@@ -48,8 +47,7 @@ class D2OParams:
 
     def __post_init__(self) -> None:
         for name in ("beta", "alpha", "sample_temperature"):
-            value = getattr(self, name)
-            require(math.isfinite(value) and value > 0, name, f"must be a finite number > 0, got {value}")
+            require_positive(getattr(self, name), name)
         _positive_int(self.num_samples, "num_samples")
         _positive_int(self.sample_max_new_tokens, "sample_max_new_tokens")
 

@@ -23,7 +23,10 @@ p(y) = e^{ℓ̄(y)} the log-odds ``lo(y) = ℓ̄(y) − log(1 − e^{ℓ̄(y)})`
 
 Differences from the reference code, per example: SimPO's and CPO's NLL terms are the mean over the
 whole batch's chosen tokens there, the per-pair token mean here (equal when the chosen responses have
-equal lengths). ORPO and ASFT compute the log-odds in float32 or better (float64 stays float64) and
+equal lengths). TRL 1.16's ORPO NLL also counts the chosen row's prompt tokens (its labels are the
+whole input); here it is the response's alone, as for every alignlab loss. TRL logs ``logps/*`` as
+the log-probs its loss uses (token means for SimPO and ORPO); here they are always the sums. The
+parity tests (tests/losses/test_trl_parity.py) map each of these explicitly. ORPO and ASFT compute the log-odds in float32 or better (float64 stays float64) and
 return the loss in that dtype; log(1 − e^x) uses log(−expm1(x)) for x > −log 2 and log1p(−e^x)
 below, and ℓ̄ is capped at −1e-6 inside the log-odds only (p ≤ 1 − 1e-6), so that a response the
 policy already predicts with certainty gives a finite log-odds instead of inf/NaN (TRL does not cap;
@@ -39,29 +42,19 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.losses.dpo import reward_metrics
-from alignlab.losses.params import param, require
+from alignlab.losses.logistic import smoothed_logistic
+from alignlab.losses.params import (
+    param,
+    require_below_half,
+    require_beta,
+    require_non_negative,
+    require_positive,
+)
 from alignlab.losses.registry import LossSpec, register
 from alignlab.losses.types import LossOutput, PairLogps
 
 # Cap on the token-mean log-prob inside the log-odds (p ≤ 1 − 1e-6), so lo(y) stays finite.
 MAX_MEAN_LOGP = -1e-6
-
-
-def _check_positive(value: float, name: str) -> None:
-    require(math.isfinite(value) and value > 0, name, f"must be a finite number > 0, got {value}")
-
-
-def _check_non_negative(value: float, name: str) -> None:
-    require(math.isfinite(value) and value >= 0, name, f"must be a finite number >= 0, got {value}")
-
-
-def _check_smoothing(eps: float) -> None:
-    require(math.isfinite(eps) and 0.0 <= eps < 0.5, "label_smoothing", f"must be in [0, 0.5), got {eps}")
-
-
-def _smoothed_logistic(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """−(1 − ε)·log σ(z) − ε·log σ(−z), elementwise."""
-    return -(1.0 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -89,10 +82,10 @@ class SimPOParams:
     sft_weight: float = param(0.0, "weight of NLL(y_w), the token-mean cross-entropy on the chosen response")
 
     def __post_init__(self) -> None:
-        _check_positive(self.beta, "beta")
-        _check_non_negative(self.gamma_beta_ratio, "gamma_beta_ratio")
-        _check_smoothing(self.label_smoothing)
-        _check_non_negative(self.sft_weight, "sft_weight")
+        require_beta(self.beta)
+        require_non_negative(self.gamma_beta_ratio, "gamma_beta_ratio")
+        require_below_half(self.label_smoothing, "label_smoothing")
+        require_non_negative(self.sft_weight, "sft_weight")
 
 
 def simpo_loss(logps: PairLogps, params: SimPOParams) -> LossOutput:
@@ -100,7 +93,7 @@ def simpo_loss(logps: PairLogps, params: SimPOParams) -> LossOutput:
     mean_w, mean_l = logps.chosen_mean, logps.rejected_mean
     z = mean_w - mean_l - params.gamma_beta_ratio
     nll = -mean_w
-    losses = _smoothed_logistic(params.beta * z, params.label_smoothing) + params.sft_weight * nll
+    losses = smoothed_logistic(params.beta * z, params.label_smoothing) + params.sft_weight * nll
     metrics = reward_metrics(params.beta * mean_w, params.beta * mean_l, logps)
     metrics["nll"] = nll.detach()
     return LossOutput(losses, metrics)
@@ -114,16 +107,16 @@ class CPOParams:
     label_smoothing: float = param(0.0, "ε: weight of the flipped logistic term, in [0, 0.5)")
 
     def __post_init__(self) -> None:
-        _check_positive(self.beta, "beta")
-        _check_non_negative(self.alpha, "alpha")
-        _check_smoothing(self.label_smoothing)
+        require_beta(self.beta)
+        require_non_negative(self.alpha, "alpha")
+        require_below_half(self.label_smoothing, "label_smoothing")
 
 
 def cpo_loss(logps: PairLogps, params: CPOParams) -> LossOutput:
     """CPO: logistic loss on β·(ℓ(y_w) − ℓ(y_l)) (summed) + α·NLL(y_w) (token mean). (B,) per pair."""
     r_chosen, r_rejected = params.beta * logps.chosen, params.beta * logps.rejected
     nll = -logps.chosen_mean
-    losses = _smoothed_logistic(r_chosen - r_rejected, params.label_smoothing) + params.alpha * nll
+    losses = smoothed_logistic(r_chosen - r_rejected, params.label_smoothing) + params.alpha * nll
     metrics = reward_metrics(r_chosen, r_rejected, logps)
     metrics["nll"] = nll.detach()
     return LossOutput(losses, metrics)
@@ -135,14 +128,14 @@ class ORPOParams:
     lam: float = param(0.1, "λ: weight of the odds-ratio term (TRL's ORPOConfig.beta)")
 
     def __post_init__(self) -> None:
-        _check_positive(self.lam, "lam")
+        require_positive(self.lam, "lam")
 
 
 def orpo_loss(logps: PairLogps, params: ORPOParams) -> LossOutput:
     """ORPO: NLL(y_w) − λ·log σ(lo(y_w) − lo(y_l)), (B,) per pair, float32 or better.
 
     Metrics as TRL logs them: rewards λ·ℓ̄, ``log_odds_ratio`` = log σ(lo_w − lo_l),
-    ``log_odds_chosen`` = lo_w − lo_l, and ``nll``.
+    ``log_odds_chosen`` = lo_w − lo_l, and ``nll``; ``logps/*`` are sums (TRL logs the token means).
     """
     mean_w, mean_l = _at_least_fp32(logps.chosen_mean), _at_least_fp32(logps.rejected_mean)
     z = log_odds(mean_w) - log_odds(mean_l)
@@ -161,8 +154,8 @@ class ASFTParams:
     beta: float = param(1.0, "β: temperature on the log-odds (DAA survey); 1 gives the plain ASFT loss")
 
     def __post_init__(self) -> None:
-        _check_positive(self.lam, "lam")
-        _check_positive(self.beta, "beta")
+        require_positive(self.lam, "lam")
+        require_beta(self.beta)
 
 
 def asft_loss(logps: PairLogps, params: ASFTParams) -> LossOutput:

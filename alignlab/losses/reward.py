@@ -24,13 +24,12 @@ represented, which no scalar reward can do.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from alignlab.losses.params import param, require
+from alignlab.losses.params import param, require, require_non_negative, require_positive
 from alignlab.losses.types import LossOutput
 
 OBJECTIVES = ("bt", "gpm")
@@ -65,13 +64,10 @@ class RewardModelParams:
 
     def __post_init__(self) -> None:
         require(self.objective in OBJECTIVES, "objective", f"must be bt or gpm, got '{self.objective}'")
-        require(math.isfinite(self.margin_scale) and self.margin_scale >= 0, "margin_scale",
-                f"must be a finite number >= 0, got {self.margin_scale}")
-        require(math.isfinite(self.center_coef) and self.center_coef >= 0, "center_coef",
-                f"must be a finite number >= 0, got {self.center_coef}")
+        require_non_negative(self.margin_scale, "margin_scale")
+        require_non_negative(self.center_coef, "center_coef")
         require(self.gpm_dim >= 2 and self.gpm_dim % 2 == 0, "gpm_dim", f"must be even and >= 2, got {self.gpm_dim}")
-        require(math.isfinite(self.gpm_tau) and self.gpm_tau > 0, "gpm_tau", f"must be a finite number > 0, "
-                f"got {self.gpm_tau}")
+        require_positive(self.gpm_tau, "gpm_tau")
         require(self.pool in POOLS, "pool", f"must be one of {', '.join(POOLS)}, got '{self.pool}'")
 
     @property

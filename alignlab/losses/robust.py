@@ -32,15 +32,10 @@ import torch.nn.functional as F
 
 from alignlab.losses.dpo import DPOParams, dpo_loss, implicit_rewards, reward_metrics
 from alignlab.losses.dpo_family import IPO_SPEC
-from alignlab.losses.params import param, require
+from alignlab.losses.logistic import smoothed_logistic
+from alignlab.losses.params import BETA_HELP, param, require, require_below_half, require_beta
 from alignlab.losses.registry import LossSpec, register
 from alignlab.losses.types import LossOutput, PairLogps
-
-BETA_HELP = "β: strength of the KL penalty toward the reference (higher stays closer)"
-
-
-def _require_beta(beta: float) -> None:
-    require(math.isfinite(beta) and beta > 0, "beta", f"must be a finite number > 0, got {beta}")
 
 
 def _require_flip_rate(epsilon: float) -> None:
@@ -59,18 +54,24 @@ class CDPOParams:
     epsilon: float = param(0.1, "ε in [0, 0.5): label smoothing, the assumed chance that a label is flipped")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
+        require_beta(self.beta)
         _require_flip_rate(self.epsilon)
 
 
 def cdpo_loss(logps: PairLogps, params: CDPOParams) -> LossOutput:
-    """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences"; TRL ``label_smoothing``):
-    −(1 − ε)·log σ(h) − ε·log σ(−h). TRL's label smoothing defaults to 0 (plain DPO); as a method of
-    its own the default here is ε = 0.1. ε = 0 is DPO."""
+    """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences"):
+    −(1 − ε)·log σ(h) − ε·log σ(−h), ε = ``epsilon``, default 0.1 (a method of its own here); ε = 0 is DPO.
+
+    TRL: up to 0.28, DPOTrainer's ``label_smoothing`` (default 0) turned ``loss_type="sigmoid"`` into
+    this loss. From 0.29 on (TRL 1.16 checked) ``sigmoid`` ignores ``label_smoothing`` and is plain
+    DPO whatever its value; TRL 1.16 reads ``label_smoothing`` only for ``robust`` (rDPO's flip rate),
+    ``exo_pair`` (EXO's ε), ``aot`` and ``aot_unpaired``, and has no cDPO loss type. Its ``aot`` with
+    one pair per batch computes this same formula (sorting one value changes nothing), which is how
+    tests/losses/test_trl_parity.py compares the two.
+    """
     r_c, r_r = implicit_rewards(logps, params.beta)
     h = r_c - r_r
-    eps = params.epsilon
-    losses = -(1.0 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)
+    losses = smoothed_logistic(h, params.epsilon)
     return LossOutput(losses, reward_metrics(r_c, r_r, logps))
 
 
@@ -80,7 +81,7 @@ class RDPOParams:
     epsilon: float = param(0.1, "ε in [0, 0.5): the known rate at which preference labels are flipped")
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
+        require_beta(self.beta)
         _require_flip_rate(self.epsilon)
 
 
@@ -108,7 +109,7 @@ class SoftPreferenceParams:
     beta: float = param(0.1, BETA_HELP)
 
     def __post_init__(self) -> None:
-        _require_beta(self.beta)
+        require_beta(self.beta)
 
 
 def soft_preference_loss(logps: PairLogps, params: SoftPreferenceParams) -> LossOutput:
@@ -150,8 +151,7 @@ def _noise_fields() -> list[tuple[str, type, dataclasses.Field]]:
 
 def _check_noise_params(params) -> None:
     for name in ("noise_init", "noise_min", "noise_max"):
-        value = getattr(params, name)
-        require(math.isfinite(value) and 0 <= value < 0.5, name, f"must be in [0, 0.5), got {value}")
+        require_below_half(getattr(params, name), name)
     require(params.noise_min <= params.noise_max, "noise_min",
             f"must be <= noise_max ({params.noise_max}), got {params.noise_min}")
     require(params.noise_min <= params.noise_init <= params.noise_max, "noise_init",

@@ -41,13 +41,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from alignlab.losses.params import param, require
+from alignlab.losses.params import (
+    param,
+    require,
+    require_beta,
+    require_bool,
+    require_non_negative,
+    require_positive,
+)
 from alignlab.losses.registry import LossSpec, register
 from alignlab.losses.types import LossOutput, UnpairedLogps
-
-
-def _check_beta(beta: float) -> None:
-    require(math.isfinite(beta) and beta > 0, "beta", f"must be a finite number > 0, got {beta}")
 
 
 def _unpaired_metrics(inputs: UnpairedLogps, rewards: torch.Tensor, threshold: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -73,10 +76,9 @@ class KTOParams:
     undesirable_weight: float = param(1.0, "λU: weight of the undesirable examples' losses")
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
+        require_beta(self.beta)
         for name in ("desirable_weight", "undesirable_weight"):
-            value = getattr(self, name)
-            require(math.isfinite(value) and value >= 0, name, f"must be a finite number >= 0, got {value}")
+            require_non_negative(getattr(self, name), name)
         require(self.desirable_weight > 0 or self.undesirable_weight > 0, "desirable_weight",
                 "desirable_weight and undesirable_weight cannot both be 0")
 
@@ -122,10 +124,9 @@ class BCOParams:
     udm_sample_size: int = param(1024, "UDM: prompts sampled from each class to fit the prompt classifier")
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
-        require(isinstance(self.udm, bool), "udm", f"must be true or false, got {self.udm!r}")
-        require(math.isfinite(self.udm_clip_min) and self.udm_clip_min > 0, "udm_clip_min",
-                f"must be a finite number > 0, got {self.udm_clip_min}")
+        require_beta(self.beta)
+        require_bool(self.udm, "udm")
+        require_positive(self.udm_clip_min, "udm_clip_min")
         require(math.isfinite(self.udm_clip_max) and self.udm_clip_max >= self.udm_clip_min, "udm_clip_max",
                 f"must be a finite number >= udm_clip_min ({self.udm_clip_min}), got {self.udm_clip_max}")
         require(isinstance(self.udm_sample_size, int) and not isinstance(self.udm_sample_size, bool)

@@ -41,21 +41,26 @@ SHAPE_FILES = {"pair": "pairs.jsonl", "joint": "pairs.jsonl", "sft": "pairs.json
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo. The defaults finish within minutes on two CPU cores."""
+    """Sizes of the demo. The defaults finish within minutes on two CPU cores. Each field's help
+    is what ``alignlab demo --help`` prints beside its flag."""
 
-    task: str = "arithmetic"
-    method: str = "dpo"
-    seed: int = 0
-    num_prompts: int = 512
-    k: int = 4
-    label_noise: float = 0.0
-    reward: str = "gold"
-    epochs: float = 3.0
-    batch_size: int = 16
-    lr: float | None = None  # None: the task's default in TASK_LR
-    eval_every: int = 16
-    eval_prompts: int = 0  # 0: all of the task's held-out prompts
-    method_params: dict[str, Any] = field(default_factory=dict)
+    task: str = field(default="arithmetic", metadata={"help": "testbed task: its tiny SFT model, its prompts and its "
+                                                              "gold reward (arithmetic, sentiment, constraints)"})
+    method: str = field(default="dpo", metadata={"help": "training method (see `alignlab methods`)"})
+    seed: int = field(default=0, metadata={"help": "seed of sampling, training and evaluation"})
+    num_prompts: int = field(default=512, metadata={"help": "training prompts to sample answers to"})
+    k: int = field(default=4, metadata={"help": "answers sampled per prompt"})
+    label_noise: float = field(default=0.0, metadata={"help": "fraction of pair labels to flip"})
+    reward: str = field(default="gold", metadata={"help": "reward that labels the feedback",
+                                                  "choices": ("gold", "proxy")})
+    epochs: float = field(default=3.0, metadata={"help": "passes over the synthetic data"})
+    batch_size: int = field(default=16, metadata={"help": "examples per training step"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate; none: the task's own, from TASK_LR"})
+    eval_every: int = field(default=16, metadata={"help": "measure the held-out gold reward every N steps"})
+    eval_prompts: int = field(default=0, metadata={"help": "held-out prompts to answer at each evaluation (0: all "
+                                                           "of the task's)"})
+    method_params: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "hyperparameters of the method, e.g. epsilon=0.3 (repeatable)"})
 
     def __post_init__(self) -> None:
         if self.task not in task_names():

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from alignlab.errors import UserError
@@ -40,15 +40,22 @@ FILES = ("pairs", "ranked", "unpaired", "scored", "negatives")
 
 @dataclass(frozen=True)
 class FeedbackSpec:
-    task: str = "arithmetic"
-    num_prompts: int = 512
-    k: int = 4
-    reward: str = "gold"  # or "proxy"
-    pair_rule: str = "best_worst"
-    margin: float = 0.0  # pair_rule "margin": a random pair whose scores differ by at least this
-    label_noise: float = 0.0
-    temperature: float = 1.0
-    seed: int = 0
+    """What feedback to synthesize: which task's prompts, how many answers, scored and paired how.
+    Each field's help is what ``alignlab feedback --help`` prints beside its flag."""
+
+    task: str = field(default="arithmetic", metadata={"help": "testbed task whose prompts are answered and whose "
+                                                              "reward scores the answers"})
+    num_prompts: int = field(default=512, metadata={"help": "number of training prompts"})
+    k: int = field(default=4, metadata={"help": "answers sampled per prompt"})
+    reward: str = field(default="gold", metadata={"help": "reward that scores the answers: the task's gold reward "
+                                                          "or its proxy", "choices": ("gold", "proxy")})
+    pair_rule: str = field(default="best_worst", metadata={"help": "which two of a prompt's answers make its pair",
+                                                           "choices": PAIR_RULES})
+    margin: float = field(default=0.0, metadata={"help": "minimum score gap of a pair under pair_rule margin (a "
+                                                         "random pair whose scores differ by at least this)"})
+    label_noise: float = field(default=0.0, metadata={"help": "fraction of pair labels to flip"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    seed: int = field(default=0, metadata={"help": "seed of sampling, pairing and label flips"})
 
     def __post_init__(self) -> None:
         get_task(self.task)

@@ -34,7 +34,7 @@ class PolicyKind:
         self.cfg = cfg
 
     def max_length(self) -> int:
-        return self.cfg.max_length
+        return self.cfg.dataset.max_length
 
     def check_examples(self, examples: list) -> None:
         """Nothing beyond what loading and rendering check."""
@@ -56,13 +56,13 @@ class PolicyKind:
         """Examples -> a Batch: packed rows (a prompt once, its responses after it) or padded ones."""
         shape = self.cfg.spec.shape
         pairs = shape in ("pair", "joint")
-        if self.cfg.packing:
+        if self.cfg.dataset.packing:
             return partial(collate_packed, role_major=pairs, pad_id=pad_id)
         padded = collate_sft if shape == "sft" else collate_pairs if pairs else collate_sequences
         return partial(padded, pad_id=pad_id)
 
     def save(self, model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
-        save_model(model, tokenizer, out_dir, merge_lora=self.cfg.merge_lora)
+        save_model(model, tokenizer, out_dir, merge_lora=self.cfg.adapter.merge_lora)
 
 
 class RewardModelKind:
@@ -77,7 +77,7 @@ class RewardModelKind:
         """``max_length``, or less when the backbone has fewer positions (MiniLM has 512)."""
         cfg = self.cfg
         positions = getattr(backbone_config(cfg.model, cfg.trust_remote_code), "max_position_embeddings", None)
-        return min(cfg.max_length, positions) if positions else cfg.max_length
+        return min(cfg.dataset.max_length, positions) if positions else cfg.dataset.max_length
 
     def check_examples(self, examples: list) -> None:
         """A margin comes from the data's scores: every pair must have them."""

@@ -87,7 +87,7 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     cut into batches or shared between processes."""
     cfg, dist, forward = inp.cfg, inp.dist, inp.forward
     examples = inp.eval_examples[dist.rank::dist.world_size]
-    bs = cfg.eval_batch_size or cfg.batch_size
+    bs = cfg.eval.eval_batch_size or cfg.optim.batch_size
     parts = [examples[start:start + bs] for start in range(0, len(examples), bs)]
     sums: dict[str, torch.Tensor] = {}
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -159,20 +159,20 @@ def run_loop(inp: LoopInputs) -> LoopResult:
     cfg, dist, model = inp.cfg, inp.dist, inp.model
     unwrapped = unwrap(model)
     steps = inp.source.total_steps
-    optimizer = make_optimizer(unwrapped, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps)
-    scheduler = make_scheduler(optimizer, steps, cfg.warmup_steps, cfg.warmup_ratio, cfg.scheduler)
+    optimizer = make_optimizer(unwrapped, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.adam_betas, cfg.optim.adam_eps)
+    scheduler = make_scheduler(optimizer, steps, cfg.optim.warmup_steps, cfg.optim.warmup_ratio, cfg.optim.scheduler)
     trainable = [p for p in unwrapped.parameters() if p.requires_grad]
     if dist.is_main:
         for note in inp.source.notes():
             inp.log(note)
 
-    start_step, skipped = _resume(inp, unwrapped, optimizer, scheduler) if cfg.resume else (0, 0)
+    start_step, skipped = _resume(inp, unwrapped, optimizer, scheduler) if cfg.checkpoint.resume else (0, 0)
     metrics_path = inp.out_dir / "metrics.jsonl"
     if start_step >= steps:  # a finished run: report its numbers, do not redo or relog anything
         if dist.is_main:
             inp.log(f"the run is already complete ({steps} steps)")
         return _finished(metrics_path, steps)
-    metrics_log = MetricsLog(metrics_path, dist.is_main, start_step if cfg.resume else None)
+    metrics_log = MetricsLog(metrics_path, dist.is_main, start_step if cfg.checkpoint.resume else None)
 
     result = LoopResult(steps=steps, skipped_steps=skipped)
     has_eval = bool(inp.eval_examples) or inp.extra_eval is not None
@@ -181,7 +181,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=steps, initial=start_step, desc=cfg.method, dynamic_ncols=True)
-    if has_eval and cfg.eval_at_start and start_step == 0:
+    if has_eval and cfg.eval.eval_at_start and start_step == 0:
         metrics_log.write({"step": 0, **evaluate_all(inp, unwrapped)})
     model.train()
     # A stop asked for during the last step, the final evaluation or the final save lets the run
@@ -244,7 +244,7 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
         t0 = time.perf_counter()
         batch = inp.source.step(step)
         loss, tot, stats = _gradients(inp, batch.micro)
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
         done = step + 1
         lr = scheduler.get_last_lr()[0]
@@ -263,7 +263,7 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
             if result.skipped_steps:
                 metrics["skipped_steps"] = result.skipped_steps
             result.train_metrics = dict(metrics)
-        elif cfg.skip_nonfinite:
+        elif cfg.optim.skip_nonfinite:
             result.skipped_steps += 1
             metrics = {"step": done, **position, "skipped": True, "skipped_steps": result.skipped_steps}
             result.train_metrics["skipped_steps"] = result.skipped_steps
@@ -276,12 +276,12 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
             scheduler.step()  # a skipped step keeps its place in the schedule, as in the data order
         optimizer.zero_grad(set_to_none=True)
 
-        evaluated = bool(has_eval and cfg.eval_every and done % cfg.eval_every == 0 and done < steps)
+        evaluated = bool(has_eval and cfg.eval.eval_every and done % cfg.eval.eval_every == 0 and done < steps)
         if evaluated:
             metrics.update(evaluate_all(inp, unwrapped))
         if evaluated or done % cfg.log_every == 0 or done == steps or "loss" not in metrics:
             metrics_log.write(metrics)
-        saved = bool(cfg.save_every and done % cfg.save_every == 0 and done < steps)
+        saved = bool(cfg.checkpoint.save_every and done % cfg.checkpoint.save_every == 0 and done < steps)
         if saved:
             save(inp, unwrapped, optimizer, scheduler, done, result.skipped_steps)
         if progress is not None:
@@ -331,5 +331,5 @@ def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int, skipped_st
                              {"data_position": inp.source.state_dict(step), "config": inp.cfg.to_dict(),
                               "loss_state": dict(inp.forward.state) if inp.forward.stateful else {},
                               "skipped_steps": skipped_steps})
-        ckpt.prune(root, inp.cfg.keep_checkpoints)
+        ckpt.prune(root, inp.cfg.checkpoint.keep_checkpoints)
     inp.dist.barrier()

@@ -73,10 +73,10 @@ def local_micro_batches(indices: list[int], batch_size: int, grad_accum: int, di
 
 def global_batch_size(cfg, dist: Dist) -> int:
     """Examples consumed by one optimizer step, over micro-batches and processes."""
-    return cfg.batch_size * cfg.grad_accum * dist.world_size
+    return cfg.optim.batch_size * cfg.optim.grad_accum * dist.world_size
 
 
 def total_steps(cfg, n: int, global_batch: int) -> int:
-    if cfg.max_steps > 0:
-        return cfg.max_steps
-    return max(1, math.ceil(cfg.epochs * steps_per_epoch(n, global_batch)))
+    if cfg.optim.max_steps > 0:
+        return cfg.optim.max_steps
+    return max(1, math.ceil(cfg.optim.epochs * steps_per_epoch(n, global_batch)))

@@ -65,7 +65,7 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
     saved = out / "run.yaml"
     if not saved.exists():
         return
-    if cfg.overwrite and not cfg.resume:
+    if cfg.checkpoint.overwrite and not cfg.checkpoint.resume:
         model = Path(cfg.model).expanduser()
         if model.exists() and model.resolve().is_relative_to(out.resolve()):
             raise ConfigError(f"overwrite: the model '{cfg.model}' lies inside output_dir '{out}', "
@@ -76,7 +76,7 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
     except yaml.YAMLError:
         previous = None
     differ = config_differences(previous if isinstance(previous, dict) else {}, cfg.to_dict())
-    if not cfg.resume:
+    if not cfg.checkpoint.resume:
         what = f"a different run (differs in {', '.join(differ)})" if differ else "a run"
         raise ConfigError(f"output_dir: '{out}' already holds {what}; pass {option('resume')} to continue it "
                           f"or {option('overwrite')} to start afresh")
@@ -89,7 +89,7 @@ def _claim_output_dir(cfg: TrainConfig, out: Path, dist: Dist) -> None:
     """Once everything has loaded: clear an overwritten run and record this run's config."""
     dist.barrier()
     if dist.is_main:
-        if cfg.overwrite and not cfg.resume and ((out / "run.yaml").exists() or list_checkpoints(out / "checkpoints")):
+        if cfg.checkpoint.overwrite and not cfg.checkpoint.resume and ((out / "run.yaml").exists() or list_checkpoints(out / "checkpoints")):
             for name in ("checkpoints", "model"):
                 shutil.rmtree(out / name, ignore_errors=True)
             for name in ("metrics.jsonl", "summary.json"):
@@ -107,7 +107,7 @@ def _load(cfg: TrainConfig, source: str, split: str | None, dist: Dist):
     says which shape the method needs and which converter makes it."""
     kind = cfg.spec.shape
     try:
-        result = load_records(source, kind, columns=cfg.columns, skip_invalid=cfg.skip_invalid, split=split,
+        result = load_records(source, kind, columns=cfg.dataset.columns, skip_invalid=cfg.dataset.skip_invalid, split=split,
                               strict_order=cfg.spec.strict_order)
     except UserError as e:
         have = first_row_kind(source, split)
@@ -124,9 +124,9 @@ def _load(cfg: TrainConfig, source: str, split: str | None, dist: Dist):
 
 
 def _load_examples(cfg: TrainConfig, renderer: Renderer, dist: Dist) -> tuple[list, list, dict[str, Any]]:
-    sets = [(cfg.data, cfg.data_split, cfg.eval_data, cfg.eval_data_split, 1.0)]
-    if cfg.mix_data:  # a second set of pairs, tagged group 0 (bvpo's empty-trace pairs)
-        sets.append((cfg.mix_data, None, None, None, 0.0))
+    sets = [(cfg.data, cfg.dataset.data_split, cfg.eval.eval_data, cfg.eval.eval_data_split, 1.0)]
+    if cfg.dataset.mix_data:  # a second set of pairs, tagged group 0 (bvpo's empty-trace pairs)
+        sets.append((cfg.dataset.mix_data, None, None, None, 0.0))
     info: dict[str, Any] = {"train_rows": 0, "skipped_rows": 0}
     rendered: list[list] = [[], []]
     for source, split, held_source, held_split, group in sets:
@@ -138,10 +138,10 @@ def _load_examples(cfg: TrainConfig, renderer: Renderer, dist: Dist) -> tuple[li
             train_records, eval_records = train.records, held.records
             info["skipped_rows"] += held.skipped_rows
         else:
-            train_records, eval_records = split_records(train.records, cfg.eval_fraction, cfg.seed)
+            train_records, eval_records = split_records(train.records, cfg.eval.eval_fraction, cfg.seed)
         for k, (name, records) in enumerate((("train", train_records), ("eval", eval_records))):
             res = renderer.render(records)
-            if res.issues and not cfg.skip_invalid:
+            if res.issues and not cfg.dataset.skip_invalid:
                 if name == "train" and not res.examples:  # skipping them would leave nothing to train on
                     raise DataError(res.issues, hint="every row is bad: fix the data or the limits (skipping "
                                                      "bad rows would leave none)")
@@ -154,10 +154,10 @@ def _load_examples(cfg: TrainConfig, renderer: Renderer, dist: Dist) -> tuple[li
             info[f"{name}_examples"] = info.get(f"{name}_examples", 0) + len(res.examples)
             info[f"{name}_skipped_after_tokenizing"] = info.get(f"{name}_skipped_after_tokenizing", 0) + len(res.issues)
             examples = res.examples
-            if cfg.mix_data:
+            if cfg.dataset.mix_data:
                 examples = [dataclasses.replace(e, group=group) for e in examples]
             rendered[k].extend(examples)
-    if cfg.mix_data:
+    if cfg.dataset.mix_data:
         groups = {e.group for e in rendered[0]}
         for group, name in ((1.0, "data"), (0.0, "mix_data")):
             if group not in groups:
@@ -166,7 +166,7 @@ def _load_examples(cfg: TrainConfig, renderer: Renderer, dist: Dist) -> tuple[li
     if not rendered[0]:
         raise ConfigError(
             f"data: no training example is left: {info['skipped_rows']} rows were invalid and "
-            f"{info['train_skipped_after_tokenizing']} did not fit max_length={cfg.max_length}"
+            f"{info['train_skipped_after_tokenizing']} did not fit max_length={cfg.dataset.max_length}"
         )
     return rendered[0], rendered[1], info
 
@@ -178,10 +178,10 @@ def _prepare(cfg: TrainConfig, train_ex: list, eval_ex: list, tokenizer, referen
     spec, params = cfg.spec, cfg.method_params
     log = partial(_log, dist)
     root = cache_root(cfg.cache_dir) if cfg.cache else None
-    batch = cfg.eval_batch_size or cfg.batch_size
+    batch = cfg.eval.eval_batch_size or cfg.optim.batch_size
     sets = [train_ex, eval_ex]
     if "kl" in spec.needs:
-        sets = [prepare.add_mismatched(ex, cfg.seed + i, cfg.max_length) if ex else ex for i, ex in enumerate(sets)]
+        sets = [prepare.add_mismatched(ex, cfg.seed + i, cfg.dataset.max_length) if ex else ex for i, ex in enumerate(sets)]
     if "udm" in spec.needs and getattr(params, "udm", False):
         sets = list(prepare.add_udm_weights(sets[0], sets[1], tokenizer, params, cfg.seed))
     for i, examples in enumerate(sets):
@@ -192,7 +192,7 @@ def _prepare(cfg: TrainConfig, train_ex: list, eval_ex: list, tokenizer, referen
                                       temperature=params.sample_temperature, seed=cfg.seed + i)
             key = prepare.samples_key(fingerprint, examples, params.num_samples, sampling)
             examples = prepare.add_samples(
-                examples, reference, tokenizer, k=params.num_samples, params=sampling, max_length=cfg.max_length,
+                examples, reference, tokenizer, k=params.num_samples, params=sampling, max_length=cfg.dataset.max_length,
                 cache_file=root / "samples" / f"{key}.json" if root else None, dist=dist,
                 autocast=partial(autocast, cfg, dist), log=log)
         if spec.needs_reference:
@@ -224,8 +224,8 @@ def _task_eval(cfg: TrainConfig, tokenizer, dist: Dist) -> Callable:
     from alignlab.eval.gold import GoldEvaluator
     from alignlab.testbed.tasks import get_task
 
-    evaluator = GoldEvaluator(get_task(cfg.task), tokenizer, seed=cfg.seed, num_prompts=cfg.task_eval_prompts,
-                              batch_size=cfg.eval_batch_size or cfg.batch_size, rank=dist.rank,
+    evaluator = GoldEvaluator(get_task(cfg.eval.task), tokenizer, seed=cfg.seed, num_prompts=cfg.eval.task_eval_prompts,
+                              batch_size=cfg.eval.eval_batch_size or cfg.optim.batch_size, rank=dist.rank,
                               world_size=dist.world_size, progress=cfg.progress and dist.is_main)
 
     def reduce(totals: dict[str, float]) -> dict[str, float]:
@@ -248,24 +248,24 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     torch.manual_seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    renderer = Renderer(tokenizer, kind.max_length(), cfg.max_prompt_length)
+    renderer = Renderer(tokenizer, kind.max_length(), cfg.dataset.max_prompt_length)
     train_examples, eval_examples, data_info = _load_examples(cfg, renderer, dist)
     kind.check_examples(train_examples + eval_examples)
 
     # bf16 is mixed precision: fp32 master weights and optimizer state, bf16 compute (autocast).
     policy = kind.build_model("fp32" if cfg.dtype == "bf16" else cfg.dtype)
-    if cfg.disable_dropout:
+    if cfg.optim.disable_dropout:
         disable_dropout(policy)
-    if cfg.lora:
-        policy = add_lora(policy, LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules))
+    if cfg.adapter.lora:
+        policy = add_lora(policy, LoraSettings(cfg.adapter.lora_r, cfg.adapter.lora_alpha, cfg.adapter.lora_dropout, cfg.adapter.lora_target_modules))
     policy.to(dist.device)
-    if cfg.gradient_checkpointing:
+    if cfg.optim.gradient_checkpointing:
         try:
             kind.network(policy).activation_checkpointing_enable(
                 activation_checkpointing_kwargs={"use_reentrant": False})
         except ValueError as e:  # a model class without support
             raise ConfigError(f"gradient_checkpointing: {e}") from None
-        if cfg.lora:
+        if cfg.adapter.lora:
             policy.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
     # The reference is the starting policy: a frozen copy made only when something uses it (the
     # reference log-probs when not cached, reference samples, the task evaluation), or with LoRA the
@@ -273,7 +273,7 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     lazy = LazyReference(policy)
     train_examples, eval_examples = _prepare(cfg, train_examples, eval_examples, tokenizer, lazy, dist,
                                              _fingerprint(cfg, policy))
-    extra_eval = _task_eval(cfg, tokenizer, dist) if cfg.task else None
+    extra_eval = _task_eval(cfg, tokenizer, dist) if cfg.eval.task else None
     # What the loop runs the reference for: the task evaluation. Reference log-probs may have come
     # from the cache, so the copy is made here if not yet, before training changes the policy.
     reference = lazy.get() if extra_eval is not None else None
@@ -290,7 +290,7 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
         return collate(examples).to(dist.device)
 
     lengths = None
-    if cfg.group_by_length:
+    if cfg.dataset.group_by_length:
         lengths = tuple(sum(len(p) + len(r) for p, r in e.sequences()) for e in train_examples)
 
     result = run_loop(LoopInputs(

@@ -87,7 +87,7 @@ class OfflineSource:
         cfg = self.cfg
         indices = global_batch_indices(len(self.examples), self.global_batch, cfg.seed, step, self.lengths)
         micro = [self.collate([self.examples[i] for i in idx])
-                 for idx in local_micro_batches(indices, cfg.batch_size, cfg.grad_accum, self.dist)]
+                 for idx in local_micro_batches(indices, cfg.optim.batch_size, cfg.optim.grad_accum, self.dist)]
         return Step(micro, self.global_batch, sorted({self.examples[i].row for i in indices}))
 
     def position(self, done: int) -> dict[str, float]:

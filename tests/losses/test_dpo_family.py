@@ -357,33 +357,65 @@ def ld_pair(**kw) -> PairLogps:
 
 
 def test_ld_dpo_worked_example():
-    """α = 0.5, β = 0.1. Chosen: ℓ' = −3, ℓ'ref = −3, ρ'_c = 0.
+    """The default (policy and reference desensitized alike, TRL >= 0.29), α = 0.5, β = 0.1.
+    Chosen: ℓ' = −3, ℓ'ref = −3, ρ'_c = 0.
     Rejected: ℓ' = −1.5 + 0.5·(−5) = −4, ℓ'ref = −2 + 0.5·(−2) = −3, ρ'_r = −1.
     h = 0.1·(0 + 1) = 0.1, loss = softplus(−0.1) = 0.644396660074.
     (Plain DPO: ρ_r = −6.5 + 4 = −2.5, h = 0.25, loss 0.575939419879.)
     """
-    out = fam.ld_dpo_loss(ld_pair(), fam.LDDPOParams(alpha=0.5, desensitize_reference=True))
+    assert fam.LDDPOParams().desensitize_reference is True
+    out = fam.ld_dpo_loss(ld_pair(), fam.LDDPOParams(alpha=0.5))
     assert loss0(out) == pytest.approx(0.644396660074, abs=1e-11)
     assert float(out.metrics["rewards/rejected"][0]) == pytest.approx(-0.1, abs=TOL)
+    assert float(out.metrics["rewards/chosen"][0]) == pytest.approx(0.0, abs=TOL)
 
 
-def test_ld_dpo_default_desensitizes_the_policy_only():
-    """The default (TRL's form): the reference keeps its plain sums. α = 0.5, β = 0.1.
+def test_ld_dpo_policy_only_option():
+    """desensitize_reference=False (TRL 0.18-0.28): the reference keeps its plain sums. α = 0.5, β = 0.1.
     Chosen: ℓ' = −3, ℓref = −3, ρ'_c = 0. Rejected: ℓ' = −1.5 + 0.5·(−5) = −4, ℓref = −4, ρ'_r = 0.
-    h = 0, loss = log 2 = 0.693147180560 (although plain DPO's h is 0.25)."""
-    out = fam.ld_dpo_loss(ld_pair(), fam.LDDPOParams(alpha=0.5))
+    h = 0, loss = log 2 = 0.693147180560 here (plain DPO's h is 0.25)."""
+    params = fam.LDDPOParams(alpha=0.5, desensitize_reference=False)
+    out = fam.ld_dpo_loss(ld_pair(), params)
     assert loss0(out) == pytest.approx(math.log(2), abs=1e-12)
     # without reference per-token values it still runs: they are not needed
-    out = fam.ld_dpo_loss(ld_pair(ref_chosen_tokens=None, ref_rejected_tokens=None), fam.LDDPOParams(alpha=0.5))
+    out = fam.ld_dpo_loss(ld_pair(ref_chosen_tokens=None, ref_rejected_tokens=None), params)
     assert loss0(out) == pytest.approx(math.log(2), abs=1e-12)
     with pytest.raises(ValueError, match="per-token"):
-        fam.ld_dpo_loss(ld_pair(ref_chosen_tokens=None), fam.LDDPOParams(desensitize_reference=True))
+        fam.ld_dpo_loss(ld_pair(ref_chosen_tokens=None), fam.LDDPOParams())
+
+
+def same_tokens_pair() -> PairLogps:
+    """ld_pair's policy tokens as both policy and reference: chosen [−1, −2] (sum −3), rejected
+    [−0.5, −1, −3, −2] (sum −6.5; prefix −1.5, tail past l_p = 2: −5)."""
+    chosen_t, rejected_t = f64([[-1.0, -2.0, 0.0, 0.0]]), f64([[-0.5, -1.0, -3.0, -2.0]])
+    return pair([-3.0], [-6.5], [-3.0], [-6.5], [2], [4], chosen_tokens=chosen_t, rejected_tokens=rejected_t,
+                ref_chosen_tokens=chosen_t.clone(), ref_rejected_tokens=rejected_t.clone())
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_ld_dpo_default_at_policy_equals_reference_is_log_2(alpha):
+    """Default: ℓ' = ℓ'ref for both responses, so ρ'_c = ρ'_r = 0, h = 0 and the loss is log 2 for every α."""
+    out = fam.ld_dpo_loss(same_tokens_pair(), fam.LDDPOParams(alpha=alpha))
+    assert loss0(out) == pytest.approx(math.log(2), abs=1e-12)
+    assert float(out.metrics["rewards/margins"][0]) == 0.0
+
+
+def test_ld_dpo_policy_only_at_policy_equals_reference_favours_the_longer_response():
+    """desensitize_reference=False, α = 0.5, β = 0.1, policy = reference:
+    rejected ℓ' = −1.5 + 0.5·(−5) = −4 against ℓref = −6.5, so ρ'_r = 2.5 = −(1 − α)·(tail −5); ρ'_c = 0.
+    h = 0.1·(0 − 2.5) = −0.25, loss = softplus(0.25) = 0.575939419879 + 0.25 = 0.825939419879 > log 2.
+    α = 0.2: ρ'_r = 0.8·5 = 4, h = −0.4, loss = softplus(0.4) = 0.913015252400."""
+    out = fam.ld_dpo_loss(same_tokens_pair(), fam.LDDPOParams(alpha=0.5, desensitize_reference=False))
+    assert loss0(out) == pytest.approx(0.825939419879, abs=1e-11)
+    assert float(out.metrics["rewards/rejected"][0]) == pytest.approx(0.25, abs=TOL)
+    out = fam.ld_dpo_loss(same_tokens_pair(), fam.LDDPOParams(alpha=0.2, desensitize_reference=False))
+    assert loss0(out) == pytest.approx(0.913015252400, abs=1e-11)
 
 
 def test_ld_dpo_alpha_zero_drops_the_tail():
     """α = 0: rejected ℓ' = −1.5, ℓ'ref = −2, ρ'_r = 0.5, h = 0.1·(0 − 0.5) = −0.05,
     loss = softplus(0.05) = 0.718459648013."""
-    out = fam.ld_dpo_loss(ld_pair(), fam.LDDPOParams(alpha=0.0, desensitize_reference=True))
+    out = fam.ld_dpo_loss(ld_pair(), fam.LDDPOParams(alpha=0.0))
     assert loss0(out) == pytest.approx(0.718459648013, abs=1e-11)
 
 
@@ -409,7 +441,7 @@ def test_ld_dpo_batch_tail_follows_the_longer_response_of_each_pair():
     logps = pair([-3.0, -6.0], [-6.5, -2.0], [-3.0, -3.0], [-4.0, -1.0], [2, 3], [4, 1],
                  chosen_tokens=chosen_t, rejected_tokens=rejected_t,
                  ref_chosen_tokens=ref_chosen_t, ref_rejected_tokens=ref_rejected_t)
-    out = fam.ld_dpo_loss(logps, fam.LDDPOParams(alpha=0.5, desensitize_reference=True))
+    out = fam.ld_dpo_loss(logps, fam.LDDPOParams(alpha=0.5))
     assert out.losses.tolist() == pytest.approx([0.644396660074, 0.718459648013], abs=1e-11)
 
 
@@ -427,7 +459,7 @@ def test_ld_dpo_gradient_scales_tail_tokens_by_alpha():
     """dL/d(rejected token t) = +β·σ(−h) for prefix tokens and α·β·σ(−h) for tail tokens (h = 0.1)."""
     logps = ld_pair(rejected_tokens=torch.tensor([[-0.5, -1.0, -3.0, -2.0]], dtype=torch.float64,
                                                  requires_grad=True))
-    fam.ld_dpo_loss(logps, fam.LDDPOParams(alpha=0.5, desensitize_reference=True)).losses.sum().backward()
+    fam.ld_dpo_loss(logps, fam.LDDPOParams(alpha=0.5)).losses.sum().backward()
     g = 0.1 * sigmoid(-0.1)
     assert logps.rejected_tokens.grad[0].tolist() == pytest.approx([g, g, 0.5 * g, 0.5 * g], abs=TOL)
 
@@ -599,7 +631,7 @@ def test_gradient_raises_chosen_and_lowers_rejected(name, extra):
     ("f-dpo-forward-kl", "pair", "sum", set(), {"beta": 0.1}),
     ("f-dpo-js", "pair", "sum", set(), {"beta": 0.1}),
     ("f-dpo-alpha", "pair", "sum", set(), {"beta": 0.1, "alpha": 0.5}),
-    ("ld-dpo", "pair", "sum", {"tokens"}, {"beta": 0.1, "alpha": 0.5, "desensitize_reference": False}),
+    ("ld-dpo", "pair", "sum", {"tokens"}, {"beta": 0.1, "alpha": 0.5, "desensitize_reference": True}),
     ("wpo", "pair", "sum+mean", {"sqmass"}, {"beta": 0.1, "clamp_weight": True}),
     ("bvpo", "pair", "sum", {"group"}, {"beta": 0.1, "alpha": 0.5}),
     ("dove", "joint", "sum", set(), {"beta": 0.1}),
@@ -649,6 +681,7 @@ def test_every_params_class_rejects_bad_beta(cls, beta):
     (fam.FDPOAlphaParams, "alpha", float("nan")),
     (fam.LDDPOParams, "alpha", -0.1),
     (fam.LDDPOParams, "alpha", 1.5),
+    (fam.LDDPOParams, "desensitize_reference", "false"),
     (fam.WPOParams, "clamp_weight", "yes"),
     (fam.BVPOParams, "alpha", -0.01),
     (fam.BVPOParams, "alpha", 1.01),

@@ -17,7 +17,7 @@ import torch
 
 from alignlab.losses import REGISTRY, robust
 from alignlab.losses import dpo_family as fam
-from alignlab.losses.dpo import DPOParams, dpo_loss
+from alignlab.losses.dpo import DPOParams
 from alignlab.losses.dpo_alternatives import BCOPairParams, bco_pair_loss
 from alignlab.losses.types import PairLogps
 
@@ -232,6 +232,11 @@ def test_dove_at_policy_equals_reference_is_log_2():
 
 
 def test_dove_equals_dpo_on_a_batch():
-    logps = full_pairs()
-    torch.testing.assert_close(REGISTRY["dove"].fn(logps, DPOParams()).losses, dpo_loss(logps, DPOParams()).losses,
-                               atol=0, rtol=0)
+    """DPO's numbers on full_pairs' three pairs, β = 0.1 (the two prompts of a joint pair change nothing).
+    Sums: policy chosen −3, −6, −0.5; rejected −5, −4, −2.5; reference chosen −3, −6, −1; rejected −3, −3, −4.
+    ρ_c = 0, 0, 0.5; ρ_r = −2, −1, 1.5; Δ = 2, 1, −1; h = 0.2, 0.1, −0.1.
+    Loss softplus(−h) = 0.598138869382, 0.644396660074, 0.744396660074; margins h."""
+    out = REGISTRY["dove"].fn(full_pairs(), DPOParams())
+    torch.testing.assert_close(out.losses, f64([0.598138869382, 0.644396660074, 0.744396660074]),
+                               atol=1e-11, rtol=0)
+    torch.testing.assert_close(out.metrics["rewards/margins"], f64([0.2, 0.1, -0.1]), atol=1e-12, rtol=0)

@@ -153,11 +153,12 @@ def test_simpo_gradient_by_hand():
 
 def test_simpo_swap_mirrors_the_margin():
     """With γ = 0 swapping maps m = β(ℓ̄_w − ℓ̄_l) to −m, and L_swapped − L = softplus(m) − softplus(−m)
-    = m."""
+    = m. On C/R: ℓ̄_w = −1.5, −1.5, −2; ℓ̄_l = −2, −0.5, −3; β = 2: m = 1, −2, 2."""
     logps = pair(C, R, CL, RL)
     params = rf.SimPOParams(gamma_beta_ratio=0.0)
     out, swapped = rf.simpo_loss(logps, params), rf.simpo_loss(logps.swapped(), params)
-    margin = out.metrics["rewards/margins"]
+    margin = torch.tensor([1.0, -2.0, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(out.metrics["rewards/margins"], margin, atol=TOL, rtol=0)
     torch.testing.assert_close(swapped.metrics["rewards/margins"], -margin, atol=TOL, rtol=0)
     torch.testing.assert_close(swapped.losses - out.losses, margin, atol=TOL, rtol=0)
 
@@ -201,11 +202,14 @@ def test_cpo_gradient_by_hand():
 
 
 def test_cpo_swap_mirrors_the_margin():
-    """α = 0: L_swapped − L = h, the margin β(ℓ_w − ℓ_l)."""
+    """α = 0: L_swapped − L = h, the margin β(ℓ_w − ℓ_l). On C/R (β = 0.1): ℓ_w − ℓ_l = 4, −0.5, −11,
+    h = 0.4, −0.05, −1.1."""
     logps = pair(C, R, CL, RL)
     params = rf.CPOParams(alpha=0.0)
     out, swapped = rf.cpo_loss(logps, params), rf.cpo_loss(logps.swapped(), params)
-    torch.testing.assert_close(swapped.losses - out.losses, out.metrics["rewards/margins"], atol=TOL, rtol=0)
+    h = torch.tensor([0.4, -0.05, -1.1], dtype=torch.float64)
+    torch.testing.assert_close(swapped.losses - out.losses, h, atol=TOL, rtol=0)
+    torch.testing.assert_close(out.metrics["rewards/margins"], h, atol=TOL, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------- ORPO
@@ -242,14 +246,27 @@ def test_orpo_gradient_by_hand():
 
 def test_orpo_swap_identity():
     """L = −ℓ̄_w − λ log σ(z); swapped: −ℓ̄_l − λ log σ(−z). So L_swapped − L = ℓ̄_w − ℓ̄_l + λ·z
-    (log σ(z) − log σ(−z) = z)."""
+    (log σ(z) − log σ(−z) = z). On C/R: ℓ̄_w = −1.5, −1.5, −2; ℓ̄_l = −2, −0.5, −3; with
+    lo(x) = x − log(1 − e^x), z = lo(ℓ̄_w) − lo(ℓ̄_l) = 0.607069001057, −1.680269670642, 1.094344276926,
+    and at λ = 0.3, L_swapped − L = 0.682120700317, −1.504080901193, 1.328303283078. Recomputed below
+    in plain float math."""
+    def lo(x: float) -> float:
+        return x - math.log1p(-math.exp(x))
+
+    mean_w = [c / n for c, n in zip(C, CL, strict=True)]
+    mean_l = [r / n for r, n in zip(R, RL, strict=True)]
+    z = [lo(a) - lo(b) for a, b in zip(mean_w, mean_l, strict=True)]
+    diff = [a - b + 0.3 * zz for a, b, zz in zip(mean_w, mean_l, z, strict=True)]
+    assert z == pytest.approx([0.607069001057, -1.680269670642, 1.094344276926], abs=1e-12)
+    assert diff == pytest.approx([0.682120700317, -1.504080901193, 1.328303283078], abs=1e-12)
+
     logps = pair(C, R, CL, RL)
     params = rf.ORPOParams(lam=0.3)
     out, swapped = rf.orpo_loss(logps, params), rf.orpo_loss(logps.swapped(), params)
-    expected = logps.chosen_mean - logps.rejected_mean + 0.3 * out.metrics["log_odds_chosen"]
-    torch.testing.assert_close(swapped.losses - out.losses, expected, atol=TOL, rtol=0)
-    z = out.metrics["log_odds_chosen"]
-    torch.testing.assert_close(swapped.metrics["log_odds_chosen"], -z, atol=TOL, rtol=0)
+    torch.testing.assert_close(swapped.losses - out.losses, torch.tensor(diff, dtype=torch.float64), atol=TOL, rtol=0)
+    torch.testing.assert_close(out.metrics["log_odds_chosen"], torch.tensor(z, dtype=torch.float64), atol=TOL, rtol=0)
+    torch.testing.assert_close(swapped.metrics["log_odds_chosen"], -torch.tensor(z, dtype=torch.float64),
+                               atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize("fn", [rf.orpo_loss, rf.asft_loss])

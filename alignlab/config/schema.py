@@ -1,0 +1,285 @@
+"""The training config's schema: ``TrainConfig``, its sections, each field's help and the checks.
+
+A run is described by a few top-level fields (method, model, data, output_dir, seed, dtype, ...)
+and one section per concern, so that a new concern (online sampling, say) is a new section
+rather than more fields in one flat bag:
+
+    dataset     how the training data is read and cut to length   cfg.dataset.max_length
+    optim       steps, batches, AdamW and the schedule            cfg.optim.lr
+    checkpoint  resuming, overwriting, how often and how many     cfg.checkpoint.save_every
+    adapter     LoRA                                              cfg.adapter.lora_r
+    eval        held-out data and how often it is measured        cfg.eval.eval_every
+
+Every field name is unique across the sections and the top level, so a key is given flat
+(``lr: 1e-4``, ``--lr 1e-4``) or by its section (``optim: {lr: 1e-4}``, ``--optim.lr 1e-4``), and
+errors name it flat (``lr: must be > 0, got -1``). No section shares its name with a field: the
+training data's path is the top-level ``data``, LoRA's on/off switch is ``lora`` in ``adapter``.
+Each ``__post_init__`` rejects nonsense with a message that starts with the field's name; checks
+that span sections (a reward model takes no LoRA) live in ``TrainConfig``'s. Reading YAML and
+flags into these classes is ``alignlab.config.parse``'s job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from alignlab.errors import ConfigError
+from alignlab.losses import ParamError, UnknownLossError
+from alignlab.losses import get_loss as _get_loss
+from alignlab.losses.params import param
+
+
+def section(cls: type, help: str) -> Any:  # noqa: A002 - 'help' as in param()
+    """A field of ``TrainConfig`` that holds a section (a dataclass of related fields)."""
+    return field(default_factory=cls, metadata={"help": help, "section": True})
+
+
+@dataclass
+class DataConfig:
+    """How the training data is read and cut to length (the path itself is ``TrainConfig.data``)."""
+
+    data_split: str | None = param(None, "split of `data` to read from a dataset directory or hub dataset "
+                                         "(default 'train')")
+    mix_data: str | None = param(None, "a second set of pairs for methods that mix two sets (bvpo: the "
+                                       "empty-trace pairs; `data` holds the trace pairs)")
+    columns: dict[str, str] = param(None, "map alignlab field names to your column names, e.g. prompt=question; "
+                                          "also completions=answers[].answer (a list of objects) and "
+                                          "score='0.5*helpfulness + 0.5*correctness' (a weighted sum)")
+    skip_invalid: bool = param(False, "skip bad rows (counted and printed) instead of stopping at the first")
+    max_length: int = param(1024, "maximum tokens of prompt + response; longer responses are cut at the end")
+    max_prompt_length: int | None = param(None, "keep only the last this-many prompt tokens (None: no limit)")
+    packing: bool = param(True, "pack batches instead of padding them: each prompt once with all its responses "
+                                "after it, short examples sharing a row, all kept apart by a block attention mask "
+                                "(the same numbers as one padded row per response)")
+    group_by_length: bool = param(False, "put examples of similar length in the same step, so batches pad little "
+                                         "(the order of the steps stays random)")
+
+    def __post_init__(self) -> None:
+        self.columns = dict(self.columns or {})
+        _check(self.max_length >= 2, "max_length", f"must be >= 2, got {self.max_length}")
+        _check(self.max_prompt_length is None or 1 <= self.max_prompt_length < self.max_length,
+               "max_prompt_length", f"must be between 1 and max_length-1, got {self.max_prompt_length}")
+
+
+@dataclass
+class OptimConfig:
+    """How long and how the weights move: steps, batches, AdamW, the learning-rate schedule."""
+
+    max_steps: int = param(0, "optimizer steps to run; 0 means run `epochs` epochs")
+    epochs: float = param(1.0, "passes over the training data (used when max_steps is 0)")
+    batch_size: int = param(8, "examples (pairs for preference methods) per micro-batch per process")
+    grad_accum: int = param(1, "micro-batches accumulated per optimizer step")
+    lr: float = param(1e-6, "peak learning rate (AdamW)")
+    weight_decay: float = param(0.0, "AdamW weight decay")
+    adam_betas: list[float] = param(None, "AdamW betas (default 0.9,0.999)")
+    adam_eps: float = param(1e-8, "AdamW epsilon")
+    scheduler: str = param("linear", "learning-rate schedule after warmup: linear, cosine or constant")
+    warmup_steps: int = param(0, "linear warmup steps (overrides warmup_ratio when > 0)")
+    warmup_ratio: float = param(0.0, "warmup as a fraction of all steps")
+    max_grad_norm: float = param(1.0, "clip the global gradient norm to this (0 disables clipping)")
+    skip_nonfinite: bool = param(False, "skip a step whose loss or gradient is not finite (logged, counted as "
+                                        "skipped_steps) instead of stopping the run")
+    disable_dropout: bool = param(True, "turn the model's dropout off, so policy and reference log-probs are deterministic")
+    gradient_checkpointing: bool = param(False, "recompute activations in the backward pass instead of keeping "
+                                                "them: less memory, about a third more compute")
+
+    def __post_init__(self) -> None:
+        self.adam_betas = list(self.adam_betas or [0.9, 0.999])
+        _check(self.max_steps >= 0, "max_steps", f"must be >= 0, got {self.max_steps}")
+        _check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.adam_eps > 0, "adam_eps", f"must be > 0, got {self.adam_eps}")
+        _check(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), "adam_betas",
+               f"must be two numbers in [0, 1), got {self.adam_betas}")
+        _check(self.scheduler in ("linear", "cosine", "constant"), "scheduler",
+               f"must be linear, cosine or constant, got '{self.scheduler}'")
+        _check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+        for name in ("lr", "epochs", "weight_decay", "adam_eps", "warmup_ratio", "max_grad_norm"):
+            _check(math.isfinite(getattr(self, name)), name, f"must be a finite number, got {getattr(self, name)}")
+
+
+@dataclass
+class CheckpointConfig:
+    """Resuming, starting afresh, and how often and how many checkpoints are kept."""
+
+    overwrite: bool = param(False, "start afresh in an output directory that holds a run (deletes its checkpoints); "
+                                   "ignored with resume")
+    resume: bool = param(False, "continue from the newest complete checkpoint in output_dir")
+    save_every: int = param(0, "write a checkpoint every N optimizer steps (0: only at the end)")
+    keep_checkpoints: int = param(2, "how many of the newest checkpoints to keep (0 keeps all)")
+
+    def __post_init__(self) -> None:
+        for name in ("save_every", "keep_checkpoints"):
+            _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class AdapterConfig:
+    """A LoRA adapter instead of training the whole model."""
+
+    lora: bool = param(False, "train a LoRA adapter; the reference is the base with the adapter disabled")
+    lora_r: int = param(16, "LoRA rank")
+    lora_alpha: int = param(32, "LoRA alpha")
+    lora_dropout: float = param(0.0, "LoRA dropout")
+    lora_target_modules: list[str] = param(None, "modules to adapt (default q_proj,k_proj,v_proj,o_proj)")
+    merge_lora: bool = param(False, "also save merged full weights under <output_dir>/model/merged")
+
+    def __post_init__(self) -> None:
+        self.lora_target_modules = list(self.lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj"])
+        _check(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
+        _check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out data, the testbed task's gold reward, and how often both are measured."""
+
+    eval_data: str | None = param(None, "held-out data in the same formats (instead of eval_fraction)")
+    eval_data_split: str | None = param(None, "split of `eval_data` to read, e.g. 'test' (default 'train')")
+    eval_fraction: float = param(0.0, "fraction of the training data held out for evaluation, whole prompts (0 = none)")
+    eval_every: int = param(0, "evaluate every N optimizer steps (0: only at the end)")
+    eval_at_start: bool = param(False, "also evaluate before the first step (a baseline row, step 0, in metrics.jsonl)")
+    eval_batch_size: int | None = param(None, "micro-batch size for evaluation (default: batch_size)")
+    task: str | None = param(None, "testbed task (arithmetic, sentiment, constraints): at every evaluation the model "
+                                   "answers its held-out prompts, logged as gold reward, win rate and KL against "
+                                   "the starting model, and length")
+    task_eval_prompts: int = param(0, "how many of the task's held-out prompts to answer (0: all)")
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.eval_fraction), "eval_fraction", f"must be a finite number, got {self.eval_fraction}")
+        _check(0.0 <= self.eval_fraction < 1.0, "eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
+        _check(not (self.eval_data and self.eval_fraction > 0), "eval_fraction",
+               "give either eval_data or eval_fraction, not both")
+        _check(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
+        _check(self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        _check(self.task_eval_prompts >= 0, "task_eval_prompts", f"must be >= 0, got {self.task_eval_prompts}")
+        if self.task is not None:
+            from alignlab.testbed.tasks import task_names
+
+            _check(self.task in task_names(), "task", f"must be one of {', '.join(task_names())}, got '{self.task}'")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs: what to train on what, then one section per concern.
+    Method hyperparameters live in ``method_params`` (a dataclass of the method's own)."""
+
+    method: str = param("dpo", "training method (see `alignlab methods`): sft, dpo, ...")
+    model: str = param("", "policy to start from: a local directory or a hub name")
+    data: str = param("", "training data: .jsonl/.json/.parquet/.csv file, dataset directory or hub name")
+    output_dir: str = param("runs/alignlab", "where checkpoints, metrics.jsonl and the final model go")
+    seed: int = param(0, "seed of the run's one random generator (data order, initialisation)")
+    dtype: str = param("fp32", "fp32; bf16 (mixed precision: fp32 master weights and optimizer, bf16 compute, "
+                              "model saved in bf16); or fp64 (for numerical checks)")
+    trust_remote_code: bool = param(False, "allow model code from the model directory or hub to run")
+    progress: bool = param(True, "show a progress bar")
+    log_every: int = param(1, "write metrics every N optimizer steps")
+    cache_dir: str | None = param(None, "where reference log-probs and reference samples are cached "
+                                        "(default $ALIGNLAB_CACHE or ~/.cache/alignlab)")
+    cache: bool = param(True, "reuse cached reference log-probs and samples (false: compute them afresh, "
+                              "and write nothing)")
+    dataset: DataConfig = section(DataConfig, "how the training data is read and cut to length: split, columns, "
+                                              "bad rows, lengths, packing")
+    optim: OptimConfig = section(OptimConfig, "how long and how the weights move: steps, batches, AdamW, the "
+                                              "learning-rate schedule, clipping")
+    checkpoint: CheckpointConfig = section(CheckpointConfig, "resuming, starting afresh, and how often and how "
+                                                             "many checkpoints are kept")
+    adapter: AdapterConfig = section(AdapterConfig, "a LoRA adapter instead of the whole model")
+    eval: EvalConfig = section(EvalConfig, "held-out data, the testbed task's gold reward, and how often both "
+                                           "are measured")
+    method_params: Any = field(default=None, metadata={"help": "hyperparameters of the method", "internal": True})
+
+    def __post_init__(self) -> None:
+        for s in sections():
+            value = getattr(self, s.name)
+            if isinstance(value, dict):  # from Python: TrainConfig(optim={"lr": 1e-4})
+                setattr(self, s.name, _instantiate(s.cls, value, f"section '{s.name}'"))
+        spec = get_loss(self.method)
+        if self.method_params is None:
+            self.method_params = spec.params()
+        elif isinstance(self.method_params, dict):
+            self.method_params = _instantiate(spec.params, self.method_params, f"method '{self.method}'")
+        _check(self.model != "", "model", "is required (a local directory or a hub name)")
+        _check(self.data != "", "data", "is required (a file, dataset directory or hub name)")
+        _check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        _check(self.dtype in ("fp32", "bf16", "fp64"), "dtype", f"must be fp32, bf16 or fp64, got '{self.dtype}'")
+        mix_data = self.dataset.mix_data
+        _check(mix_data is None or "group" in spec.needs, "mix_data",
+               f"method '{self.method}' trains on one set of data; mix_data is for methods that mix two (bvpo)")
+        _check(mix_data is not None or "group" not in spec.needs, "mix_data",
+               f"method '{self.method}' needs a second set of pairs in mix_data")
+        if spec.model == "reward":
+            _check(not self.adapter.lora, "lora", "reward models train the whole backbone and head; LoRA is for policies")
+            _check(self.eval.task is None, "task", "a reward model does not answer prompts; measure it with alignlab eval rm")
+
+    def __getattr__(self, name: str) -> Any:
+        """Only called for a name that is not an attribute: say where a field of a section is."""
+        home = None if name.startswith("__") else _home(name)
+        if home:
+            raise AttributeError(f"'TrainConfig' has no attribute '{name}'; it is in a section: cfg.{home}.{name}")
+        raise AttributeError(f"'TrainConfig' has no attribute '{name}'")
+
+    @property
+    def spec(self):
+        return get_loss(self.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run as a YAML file holds it: the top-level keys, the method's hyperparameters beside
+        them, then one mapping per section."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if not f.metadata.get("internal") and not f.metadata.get("section")}
+        out.update(dataclasses.asdict(self.method_params))
+        for s in sections():
+            out[s.name] = dataclasses.asdict(getattr(self, s.name))
+        return out
+
+
+class Section(NamedTuple):
+    name: str  # the attribute of TrainConfig, the YAML mapping and the flag prefix: optim
+    cls: type  # the dataclass: OptimConfig
+    help: str
+
+
+def sections() -> list[Section]:
+    """The sections of ``TrainConfig``, in order."""
+    return [Section(f.name, f.default_factory, f.metadata["help"])
+            for f in dataclasses.fields(TrainConfig) if f.metadata.get("section")]
+
+
+def _home(name: str) -> str | None:
+    """The section that holds field ``name``, or None."""
+    for s in sections():
+        if name in {f.name for f in dataclasses.fields(s.cls)}:
+            return s.name
+    return None
+
+
+def _instantiate(cls: type, values: dict[str, Any], where: str) -> Any:
+    """``cls(**values)`` for values that are already Python objects of the right types."""
+    try:
+        return cls(**values)
+    except ParamError as e:  # a hyperparameter's own range check
+        raise ConfigError(str(e)) from None
+    except TypeError as e:  # an unknown key
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def get_loss(name: str):
+    """The registry's spec for ``name``; an unknown name is a ConfigError."""
+    try:
+        return _get_loss(name)
+    except UnknownLossError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {message}")
