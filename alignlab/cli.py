@@ -147,14 +147,14 @@ def cmd_train(tokens: list[str]) -> int:
         return 0
     from transformers.utils import logging as hf_logging
 
+    from alignlab import train
     from alignlab.config import bool_keys, load_config
-    from alignlab.train import train
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the training bar
     config_path, overrides, _ = _parse_flags(tokens, frozenset(bool_keys()))
     cfg = load_config(config_path, _bare_flags_to_true(overrides))
     summary = train(cfg)
-    from alignlab.train.distributed import init_distributed
+    from alignlab.training.distributed import init_distributed
 
     if init_distributed().is_main:
         print(summary.to_json())  # the same as the run's summary.json

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from alignlab.data.collate import Batch, collate_completions
-from alignlab.train.distributed import unwrap
+from alignlab.training.distributed import unwrap
 
 # Model types whose output is a plain, bias-free linear map of the decoder's normalised output.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})

@@ -257,7 +257,7 @@ def add_lora(model, settings: LoraSettings):
             # peft 0.21 asks the model `is_gradient_checkpointing` (to make inputs require grads when it
             # is on); transformers 5 deprecates that name for `is_activation_checkpointing`, which
             # alignlab uses. The answer is always False here, since checkpointing is switched on after
-            # the adapter (train/run.py). Only that one question is silenced, only for this call;
+            # the adapter (training/run.py). Only that one question is silenced, only for this call;
             # drop this once peft asks the new name.
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
                                     category=FutureWarning)

@@ -469,9 +469,9 @@ def run_alignlab(spec: dict[str, Any], config: dict[str, Any], tokens_of, keys: 
     The timed span is the whole ``train`` call less its saving (the final checkpoint and model,
     timed apart); within it the reference pass (``_prepare``) and the step loop are timed too.
     ``tokens_of(example)`` counts an example's tokens as alignlab rendered it."""
-    import alignlab.train.kinds as kinds_mod
-    import alignlab.train.loop as loop_mod
-    import alignlab.train.run as run_mod
+    import alignlab.training.kinds as kinds_mod
+    import alignlab.training.loop as loop_mod
+    import alignlab.training.run as run_mod
     from alignlab import train
 
     timer = Timer()

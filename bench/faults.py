@@ -40,7 +40,7 @@ RUNNER = textwrap.dedent("""
     import os, signal, sys
     at, action = int(os.environ.get("FAULTS_IN_WRITE", "0")), os.environ.get("FAULTS_ACTION", "kill")
     if at:
-        import alignlab.train.checkpoint as ckpt
+        import alignlab.training.checkpoint as ckpt
         real, calls = ckpt.save_file, [0]
         def faulty(tensors, path, *args, **kwargs):
             calls[0] += 1
@@ -139,7 +139,7 @@ def logged_steps(out: Path) -> int:
 def check_checkpoints(out: Path) -> tuple[int | None, list[str]]:
     """The newest step whose checkpoint verifies, and a problem for each complete-looking
     checkpoint that does not (there must be none: partial writes stay under a temporary name)."""
-    from alignlab.train import checkpoint as ckpt
+    from alignlab.training import checkpoint as ckpt
 
     problems = []
     newest = None

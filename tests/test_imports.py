@@ -16,7 +16,7 @@ def test_every_module_imports():
 
 
 def test_train_is_callable_after_importing_submodules():
-    import alignlab.train.loop  # noqa: F401
+    import alignlab.training.loop  # noqa: F401
 
     assert callable(alignlab.train)
 

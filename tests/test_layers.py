@@ -11,7 +11,7 @@ import alignlab
 
 ROOT = Path(alignlab.__file__).parent
 # Modules that import only torch and may serve any layer.
-LEAVES = {"alignlab.errors", "alignlab.train.distributed"}
+LEAVES = {"alignlab.errors", "alignlab.training.distributed"}
 
 
 def _module_name(path: Path) -> str:
@@ -58,7 +58,7 @@ def test_losses_and_data_import_nothing_above_them():
 def test_nothing_below_the_loop_imports_it():
     """Generation, rewards, tasks, evaluation, log-probs and models serve training; they never
     import it (or the command line)."""
-    above = ("alignlab.train", "alignlab.testbed", "alignlab.cli")
+    above = ("alignlab.training", "alignlab.testbed", "alignlab.cli")
     bad = [f"{m} imports {t}" for m, targets in imports().items()
            for t in sorted(targets)
            if any(_under(m, p) for p in ("alignlab.generation", "alignlab.rewards", "alignlab.tasks",
@@ -70,5 +70,5 @@ def test_nothing_below_the_loop_imports_it():
 
 def test_the_walk_sees_imports_inside_functions():
     """The check can fail: a function-level import is found."""
-    assert "alignlab.train.run" in imports()["alignlab.cli"] or any(
-        _under(t, "alignlab.train") for t in imports()["alignlab.cli"])
+    assert "alignlab.training.run" in imports()["alignlab.cli"] or any(
+        _under(t, "alignlab.training") for t in imports()["alignlab.cli"])

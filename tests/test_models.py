@@ -18,7 +18,7 @@ from alignlab.models import (
     load_tokenizer,
 )
 from tests.conftest import DAMAGED_SIZE, DAMAGED_TENSOR, DAMAGED_VALUES
-from tests.train.helpers import base_config
+from tests.training.helpers import base_config
 
 
 def test_tiny_model_is_about_one_million_parameters():

@@ -26,7 +26,7 @@ The δ a step uses is ``inputs.state["delta"]``, the mean over all *previous* st
 its running mean with the current batch before computing the loss; at step 0 the policy equals
 the reference, so every reward is 0 and δ = 0 is exact in both, and after that δ here lags TRL's
 by one step. w is the underlying-distribution-matching (UDM) weight of an undesirable example
-(``inputs.udm_weight``, from a prompt classifier, see ``alignlab.train.udm``); desirable
+(``inputs.udm_weight``, from a prompt classifier, see ``alignlab.training.udm``); desirable
 examples always have weight 1. β = 0.1 (TRL default), UDM clip range [0.5, 10], 1024 prompts
 sampled per class to fit the classifier (TRL defaults).
 

@@ -156,7 +156,7 @@ def short_documents(docs: list[str], chars: int) -> list[str]:
 
 def _stage(model: str, data: Path, out: Path, steps: int, batch: int, lr: float, recipe: ModelRecipe,
            progress: bool) -> str:
-    from alignlab.train import train
+    from alignlab import train
 
     summary = train({
         "method": "sft", "model": model, "data": str(data), "output_dir": str(out), "max_steps": steps,

@@ -28,7 +28,7 @@ from alignlab.testbed.build import log_to_stderr
 from alignlab.testbed.feedback import FeedbackSpec, synthesize, write_jsonl
 from alignlab.testbed.shipped import model_provenance, task_model
 from alignlab.testbed.tasks import get_task, task_names
-from alignlab.train.metrics import read_metrics
+from alignlab.training.metrics import read_metrics
 
 # Learning rates that move each task's tiny model clearly without wrecking it (measured here; a
 # larger rate makes DPO push down the rejected answers so hard that the good ones go down too).
@@ -111,7 +111,7 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
     holds an earlier demo's report is refused unless ``overwrite``."""
     from transformers.utils import logging as hf_logging
 
-    from alignlab.train import train
+    from alignlab import train
 
     hf_logging.disable_progress_bar()  # weight loading and saving bars would bury the demo's own output
     out = Path(out_dir)

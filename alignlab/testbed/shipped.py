@@ -34,7 +34,7 @@ from alignlab.testbed.build import (
     log_to_stderr,
     stage_recipe,
 )
-from alignlab.train.checkpoint import sha256_file
+from alignlab.training.checkpoint import sha256_file
 
 SHIPPED = Path(__file__).resolve().parent / "models"
 MANIFEST = "testbed.json"

@@ -120,8 +120,8 @@ def test_a_run_with_a_flat_run_yaml_resumes(tmp_path, tiny_model_dir, pairs_file
     """A run written before the sections (its run.yaml flat) resumes; one with another lr does not."""
     import shutil
 
-    from alignlab.train import train
-    from alignlab.train.checkpoint import list_checkpoints
+    from alignlab import train
+    from alignlab.training.checkpoint import list_checkpoints
 
     cfg = {**BASE, "model": str(tiny_model_dir), "data": str(pairs_file), "output_dir": str(tmp_path / "r"),
            "max_steps": 2, "batch_size": 4, "save_every": 1, "keep_checkpoints": 0, "max_length": 64,

@@ -15,11 +15,11 @@ import json
 
 import pytest
 
+from alignlab import train
 from alignlab.cli import main
 from alignlab.data.load import load_records, split_records
 from alignlab.testbed.feedback import FeedbackSpec, synthesize
 from alignlab.testbed.shipped import task_model
-from alignlab.train import train
 
 pytestmark = pytest.mark.slow
 

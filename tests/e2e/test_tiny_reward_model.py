@@ -28,9 +28,9 @@ import os
 
 import pytest
 
+from alignlab import train
 from alignlab.testbed.feedback import FeedbackSpec, synthesize
 from alignlab.testbed.shipped import shipped_dir, task_model
-from alignlab.train import train
 from tests.e2e.test_reward_models import HELD_OUT, check_eval_rm_agrees
 
 # About 8 minutes on one CPU thread (16,384 sampled answers, two trainings): too long for the default

@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from alignlab import cli, train
-from alignlab.train import checkpoint as ckpt
-from alignlab.train.forward import preference
-from alignlab.train.interrupt import StopRequest
-from tests.train.helpers import base_config, weights
+from alignlab.training import checkpoint as ckpt
+from alignlab.training.forward import preference
+from alignlab.training.interrupt import StopRequest
+from tests.training.helpers import base_config, weights
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import pytest
 import alignlab
 from alignlab import train
 from alignlab.config import TrainConfig
-from tests.train.helpers import base_config
+from tests.training.helpers import base_config
 
 PACKAGE = Path(alignlab.__file__).resolve().parent
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from alignlab import train
 from alignlab.cli import main
 from alignlab.errors import ConfigError, DataError, UserError
 from alignlab.models import load_model, load_tokenizer
@@ -16,7 +17,6 @@ from alignlab.rewards import load_scorer
 from alignlab.rewards.base import Scorer
 from alignlab.rewards.learned import ImplicitReward, RewardModelScorer
 from alignlab.rewards.model import load_reward_model
-from alignlab.train import train
 from tests.conftest import (
     DAMAGED_SIZE,
     DAMAGED_TENSOR,

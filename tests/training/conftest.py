@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.train.shape_data import write_shape
+from tests.training.shape_data import write_shape
 
 
 @pytest.fixture

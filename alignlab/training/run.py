@@ -24,13 +24,13 @@ from alignlab.data.render import Renderer
 from alignlab.errors import ConfigError, DataError, RowIssue, UserError, option
 from alignlab.generation.base import SamplingParams
 from alignlab.models import LazyReference, LoraSettings, Reference, add_lora, disable_dropout, load_tokenizer
-from alignlab.train import prepare
-from alignlab.train.checkpoint import list_checkpoints
-from alignlab.train.distributed import Dist, init_distributed, sum_over_processes, wrap_model
-from alignlab.train.kinds import model_kind
-from alignlab.train.loop import LoopInputs, afresh, autocast, run_loop
-from alignlab.train.reference_cache import attach_reference, cache_key
-from alignlab.train.source import OfflineSource
+from alignlab.training import prepare
+from alignlab.training.checkpoint import list_checkpoints
+from alignlab.training.distributed import Dist, init_distributed, sum_over_processes, wrap_model
+from alignlab.training.kinds import model_kind
+from alignlab.training.loop import LoopInputs, afresh, autocast, run_loop
+from alignlab.training.reference_cache import attach_reference, cache_key
+from alignlab.training.source import OfflineSource
 
 
 @dataclass

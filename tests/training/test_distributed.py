@@ -15,7 +15,7 @@ import yaml
 
 from alignlab import train
 from alignlab.errors import ConfigError
-from tests.train.helpers import base_config, max_abs_diff, weights
+from tests.training.helpers import base_config, max_abs_diff, weights
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from alignlab import train
-from tests.train.helpers import base_config, max_abs_diff, weights
+from tests.training.helpers import base_config, max_abs_diff, weights
 
 
 # lcpo and bco keep state that is updated once per step from sums over the whole step; kto's

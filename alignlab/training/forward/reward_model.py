@@ -13,7 +13,7 @@ import torch
 from alignlab.data.collate import Batch
 from alignlab.losses.reward import RewardPairs
 from alignlab.losses.types import LossOutput
-from alignlab.train.forward import Forward
+from alignlab.training.forward import Forward
 
 
 class RewardModelForward(Forward):

@@ -14,7 +14,7 @@ import threading
 import torch
 
 from alignlab.errors import Interrupted
-from alignlab.train.distributed import Dist
+from alignlab.training.distributed import Dist
 
 __all__ = ["Interrupted", "StopRequest"]
 SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -19,10 +19,10 @@ from alignlab.data.pack import collate_packed
 from alignlab.errors import DataError, RowIssue
 from alignlab.models import load_model, save_model
 from alignlab.rewards.model import backbone_config, new_reward_model, save_reward_model
-from alignlab.train.forward import Forward
-from alignlab.train.forward.preference import PreferenceForward
-from alignlab.train.forward.reward_model import RewardModelForward
-from alignlab.train.forward.sft import SFTForward
+from alignlab.training.forward import Forward
+from alignlab.training.forward.preference import PreferenceForward
+from alignlab.training.forward.reward_model import RewardModelForward
+from alignlab.training.forward.sft import SFTForward
 
 
 class PolicyKind:

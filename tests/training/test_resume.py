@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-import alignlab.train.loop as loop
+import alignlab.training.loop as loop
 from alignlab import train
 from alignlab.errors import ConfigError
-from alignlab.train import checkpoint as ckpt
-from tests.train.helpers import base_config, weights
+from alignlab.training import checkpoint as ckpt
+from tests.training.helpers import base_config, weights
 
 
 class Crash(Exception):

@@ -27,7 +27,7 @@ import torch
 from alignlab.data.render import Response
 from alignlab.generation.base import SamplingParams
 from alignlab.generation.hf import HFGenerator
-from alignlab.train.distributed import Dist
+from alignlab.training.distributed import Dist
 
 SAMPLE_CHUNK = 8  # prompts per generation call; each chunk has its own seed
 
@@ -59,9 +59,9 @@ def add_mismatched(examples: list, seed: int, max_length: int | None = None) -> 
 
 
 def add_udm_weights(train: list, held_out: list, tokenizer, params, seed: int) -> tuple[list, list]:
-    """BCO: weight each example by the density ratio of its prompt (``train/udm.py``), with one
+    """BCO: weight each example by the density ratio of its prompt (``training/udm.py``), with one
     classifier fitted on the training prompts."""
-    from alignlab.train.udm import udm_weights
+    from alignlab.training.udm import udm_weights
 
     def texts(examples: list) -> list[str]:
         return [tokenizer.decode(e.prompt_ids, skip_special_tokens=True) for e in examples]

@@ -33,13 +33,13 @@ from alignlab.data.collate import Batch
 from alignlab.errors import ConfigError, UserError, option
 from alignlab.losses.types import LossOutput
 from alignlab.models import Reference
-from alignlab.train import checkpoint as ckpt
-from alignlab.train.distributed import Dist, sum_over_processes, unwrap
-from alignlab.train.forward import Forward
-from alignlab.train.interrupt import Interrupted, StopRequest
-from alignlab.train.metrics import MetricsLog, read_metrics, short
-from alignlab.train.optim import make_optimizer, make_scheduler
-from alignlab.train.source import Step, StepSource
+from alignlab.training import checkpoint as ckpt
+from alignlab.training.distributed import Dist, sum_over_processes, unwrap
+from alignlab.training.forward import Forward
+from alignlab.training.interrupt import Interrupted, StopRequest
+from alignlab.training.metrics import MetricsLog, read_metrics, short
+from alignlab.training.optim import make_optimizer, make_scheduler
+from alignlab.training.source import Step, StepSource
 
 
 @dataclass

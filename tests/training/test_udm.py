@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from alignlab.errors import UserError
-from alignlab.train import udm
-from alignlab.train.udm import fit_prompt_classifier, udm_weights
+from alignlab.training import udm
+from alignlab.training.udm import fit_prompt_classifier, udm_weights
 
 
 def sigmoid(x: float) -> float:

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from alignlab.train.distributed import Dist
+from alignlab.training.distributed import Dist
 
 
 @functools.lru_cache(maxsize=2)

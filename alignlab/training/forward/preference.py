@@ -17,7 +17,7 @@ from alignlab.data.collate import Batch, collate_sequences
 from alignlab.logprobs import SequenceLogps, left_align, sequence_logps
 from alignlab.losses.registry import LossSpec
 from alignlab.losses.types import ListLogps, LossOutput, NegativeLogps, PairLogps, UnpairedLogps
-from alignlab.train.forward import Forward, Reduce
+from alignlab.training.forward import Forward, Reduce
 
 
 def _tensor(values, like: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,10 @@ import pytest
 from alignlab import train
 from alignlab.errors import ConfigError, DataError, UserError
 from alignlab.generation.hf import HFGenerator
-from alignlab.train.prepare import add_mismatched
+from alignlab.training.prepare import add_mismatched
 from tests.conftest import make_pairs, write_jsonl
-from tests.train.helpers import base_config
-from tests.train.shape_data import write_shape
+from tests.training.helpers import base_config
+from tests.training.shape_data import write_shape
 
 
 def test_kto_on_pairs_names_the_converter(tmp_path, tiny_model_dir, pairs_file):

@@ -9,8 +9,8 @@ import pytest
 
 from alignlab import train
 from alignlab.losses import REGISTRY, get_loss
-from tests.train.helpers import base_config
-from tests.train.shape_data import write_shape
+from tests.training.helpers import base_config
+from tests.training.shape_data import write_shape
 
 COMBINATIONS = ["dpo+0.005*sft", "0.5*simpo+0.1*sft"]
 # Settings a method needs at this size: fewer and shorter reference samples for D2O; a smaller

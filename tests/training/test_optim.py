@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from alignlab.train.optim import lr_factor
+from alignlab.training.optim import lr_factor
 
 
 def test_linear_with_warmup():

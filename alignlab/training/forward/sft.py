@@ -8,7 +8,7 @@ import torch
 from alignlab.data.collate import Batch
 from alignlab.logprobs import sequence_logps
 from alignlab.losses.types import LossOutput, SeqLogps
-from alignlab.train.forward import Forward
+from alignlab.training.forward import Forward
 
 
 class SFTForward(Forward):

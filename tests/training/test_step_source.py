@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import alignlab.train.loop as loop
-import alignlab.train.run as run
+import alignlab.training.loop as loop
+import alignlab.training.run as run
 from alignlab import train
-from alignlab.train import checkpoint as ckpt
-from alignlab.train.source import OfflineSource
-from tests.train.helpers import base_config, weights
+from alignlab.training import checkpoint as ckpt
+from alignlab.training.source import OfflineSource
+from tests.training.helpers import base_config, weights
 
 
 class CountingSource(OfflineSource):

@@ -28,8 +28,8 @@ from alignlab.data.pack import collate_packed
 from alignlab.errors import UserError, option
 from alignlab.logprobs import left_align, sequence_logps
 from alignlab.models import first_non_finite
-from alignlab.train.distributed import Dist
-from alignlab.train.prepare import gather_parts, read_shared, write_atomic
+from alignlab.training.distributed import Dist
+from alignlab.training.prepare import gather_parts, read_shared, write_atomic
 
 CACHE_VERSION = 2  # 2: computed with shared-prompt packing
 

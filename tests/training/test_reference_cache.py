@@ -19,10 +19,10 @@ from alignlab.errors import UserError
 from alignlab.logprobs import completion_logps
 from alignlab.models import Reference, load_model, load_tokenizer
 from alignlab.testbed.build import intra_op_threads
-from alignlab.train import loop as loop_module
-from alignlab.train.distributed import Dist
-from alignlab.train.reference_cache import attach_reference, cache_key
-from tests.train.helpers import base_config, max_abs_diff, weights
+from alignlab.training import loop as loop_module
+from alignlab.training.distributed import Dist
+from alignlab.training.reference_cache import attach_reference, cache_key
+from tests.training.helpers import base_config, max_abs_diff, weights
 
 
 def _examples(model_dir, pairs_file, max_length=128):
@@ -187,7 +187,7 @@ def test_models_in_memory_during_training(method, expected_references, tiny_mode
         seen.append(_models_alive())
         return real(inp)
 
-    monkeypatch.setattr("alignlab.train.run.run_loop", spy)
+    monkeypatch.setattr("alignlab.training.run.run_loop", spy)
     gc.collect()
     before = _models_alive()
     train(base_config(tiny_model_dir, pairs_file, tmp_path / "r", method=method, max_steps=1, batch_size=4,

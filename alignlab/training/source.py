@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from alignlab.data.collate import Batch
-from alignlab.train.distributed import Dist
-from alignlab.train.order import (
+from alignlab.training.distributed import Dist
+from alignlab.training.order import (
     global_batch_indices,
     global_batch_size,
     local_micro_batches,

@@ -9,9 +9,9 @@ import random
 import pytest
 
 from alignlab import train
-from alignlab.train.order import global_batch_indices, grouped_order
+from alignlab.training.order import global_batch_indices, grouped_order
 from tests.conftest import write_jsonl
-from tests.train.helpers import base_config, max_abs_diff, weights
+from tests.training.helpers import base_config, max_abs_diff, weights
 
 
 def test_grouped_order_is_a_permutation_with_sorted_batches():

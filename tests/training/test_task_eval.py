@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from alignlab import train
 from alignlab.errors import ConfigError
-from alignlab.train import train
-from tests.train.helpers import base_config
+from tests.training.helpers import base_config
 
 KEYS = {"eval/gold/sampled", "eval/gold/greedy", "eval/gold/win_rate", "eval/gold/kl", "eval/gold/length"}
 

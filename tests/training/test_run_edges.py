@@ -14,11 +14,11 @@ from alignlab import cli, train
 from alignlab.config import make_config
 from alignlab.errors import ConfigError, Interrupted, UserError
 from alignlab.models import TinyModelConfig, save_tiny_model
-from alignlab.train.forward import preference
-from alignlab.train.interrupt import StopRequest
-from alignlab.train.loop import NumericError
+from alignlab.training.forward import preference
+from alignlab.training.interrupt import StopRequest
+from alignlab.training.loop import NumericError
 from tests.conftest import DAMAGED_TENSOR, DAMAGED_VALUES
-from tests.train.helpers import base_config, weights
+from tests.training.helpers import base_config, weights
 
 
 def _lines(path):
