@@ -201,8 +201,8 @@ def cmd_tiny_model(tokens: list[str]) -> int:
 
 
 def cmd_demo(tokens: list[str]) -> int:
+    from alignlab.tasks import task_names
     from alignlab.testbed.demo import DemoSettings, run_demo, table
-    from alignlab.testbed.tasks import task_names
 
     parser = ArgumentParser(
         prog="alignlab demo",
@@ -246,10 +246,10 @@ def cmd_demo(tokens: list[str]) -> int:
 
 
 def cmd_feedback(tokens: list[str]) -> int:
+    from alignlab.tasks import task_names
     from alignlab.testbed.build import STAGES
     from alignlab.testbed.feedback import PAIR_RULES, FeedbackSpec, synthesize
     from alignlab.testbed.shipped import task_model
-    from alignlab.testbed.tasks import task_names
 
     parser = ArgumentParser(
         prog="alignlab feedback",

@@ -131,7 +131,7 @@ class TrainConfig:
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         _check(self.task_eval_prompts >= 0, "task_eval_prompts", f"must be >= 0, got {self.task_eval_prompts}")
         if self.task is not None:
-            from alignlab.testbed.tasks import task_names
+            from alignlab.tasks import task_names
 
             _check(self.task in task_names(), "task", f"must be one of {', '.join(task_names())}, got '{self.task}'")
         _check(self.mix_data is None or "group" in self.spec.needs, "mix_data",

@@ -26,7 +26,7 @@ from typing import Any
 
 from alignlab.generation import HFGenerator, Sample, SamplingParams
 from alignlab.logprobs import completion_logps
-from alignlab.testbed.tasks import Task
+from alignlab.tasks import Task
 
 REFERENCE_SEED_OFFSET = 7919  # the reference's samples use a seed of their own
 

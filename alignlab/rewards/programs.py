@@ -25,7 +25,7 @@ class TaskReward(Scorer):
     task's is a UserError naming the item."""
 
     def __init__(self, task: str, kind: str = "gold", **options):
-        from alignlab.testbed.tasks import get_task
+        from alignlab.tasks import get_task
 
         if kind not in ("gold", "proxy"):
             raise UserError(f"task reward: kind must be gold or proxy, got '{kind}'")

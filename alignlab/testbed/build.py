@@ -42,8 +42,8 @@ from pathlib import Path
 from alignlab.cache import cache_root, machine_signature
 from alignlab.errors import UserError
 from alignlab.models import TinyModelConfig, save_tiny_model
+from alignlab.tasks import get_task
 from alignlab.testbed.feedback import write_jsonl
-from alignlab.testbed.tasks import get_task
 
 RECIPE_VERSION = 6  # bump when the build procedure changes, so old cache entries are not reused
 

@@ -24,10 +24,10 @@ from alignlab.errors import UserError, option
 from alignlab.eval.gold import GoldEvaluator
 from alignlab.losses import UnknownLossError, get_loss
 from alignlab.models import load_model, load_tokenizer
+from alignlab.tasks import get_task, task_names
 from alignlab.testbed.build import log_to_stderr
 from alignlab.testbed.feedback import FeedbackSpec, synthesize, write_jsonl
 from alignlab.testbed.shipped import model_provenance, task_model
-from alignlab.testbed.tasks import get_task, task_names
 from alignlab.train.metrics import read_metrics
 
 # Learning rates that move each task's tiny model clearly without wrecking it (measured here; a

@@ -32,7 +32,7 @@ from pathlib import Path
 from alignlab.errors import UserError
 from alignlab.generation import HFGenerator, SamplingParams
 from alignlab.models import load_model, load_tokenizer
-from alignlab.testbed.tasks import get_task
+from alignlab.tasks import get_task
 
 PAIR_RULES = ("best_worst", "random", "margin")
 FILES = ("pairs", "ranked", "unpaired", "scored", "negatives")

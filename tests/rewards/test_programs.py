@@ -64,7 +64,7 @@ def test_bleu_references_from_a_file_and_its_errors(tmp_path):
 
 
 def test_task_reward_is_the_gold_reward_and_refuses_foreign_prompts():
-    from alignlab.testbed.tasks import get_task
+    from alignlab.tasks import get_task
 
     task = get_task("arithmetic")
     prompt = task.train_prompts(1, 0)[0]  # "45+24="
@@ -143,7 +143,7 @@ def test_reference_rewards_are_quantiles_of_sample_rewards():
 
 
 def test_routing_by_task_sends_each_prompt_to_its_scorer():
-    from alignlab.testbed.tasks import get_task
+    from alignlab.tasks import get_task
 
     arith = get_task("arithmetic").train_prompts(2, 0)
     senti = get_task("sentiment").train_prompts(2, 0)

@@ -9,8 +9,8 @@ import pytest
 
 from alignlab.data.load import load_records
 from alignlab.errors import UserError
+from alignlab.tasks import get_task
 from alignlab.testbed.feedback import FeedbackSpec, pick_pair, ranks_of, synthesize
-from alignlab.testbed.tasks import get_task
 
 
 def test_best_worst_takes_first_best_and_first_worst():
