@@ -123,11 +123,10 @@ def held_out_gold(model_dir: Path, task: str) -> dict[str, float]:
     ``EVAL_SEED``, with ``EVAL_THREADS`` intra-op threads."""
     from alignlab.eval.gold import GoldEvaluator
     from alignlab.models import load_model, load_tokenizer
-    from alignlab.tasks import get_task
 
     with intra_op_threads(EVAL_THREADS):
         model = load_model(str(model_dir))
-        evaluator = GoldEvaluator(get_task(task), load_tokenizer(str(model_dir)), seed=EVAL_SEED)
+        evaluator = GoldEvaluator(task, load_tokenizer(str(model_dir)), seed=EVAL_SEED)
         metrics = evaluator(model, model)
     return {k: round(metrics[k], 6) for k in GOLD_KEYS}
 

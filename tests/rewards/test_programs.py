@@ -80,6 +80,24 @@ def test_task_reward_is_the_gold_reward_and_refuses_foreign_prompts():
     assert reward.owns(prompt) and not reward.owns("The pasta at Marco's")
 
 
+def test_task_reward_of_a_task_already_built_keeps_its_options():
+    """A Task instance is scored as it is (here: partial credit, which the default task lacks)."""
+    from alignlab.tasks import ArithmeticTask
+
+    task = ArithmeticTask(partial_credit=True)
+    prompt = task.train_prompts(1, 0)[0]
+    a, b = prompt.rstrip("=").split("+")
+    right = str(int(a) + int(b))
+    near = right[:-1] + str((int(right[-1]) + 1) % 10)  # "69" -> "60": the tens right, the ones wrong
+    assert len(right) == 2
+    reward = TaskReward(task)
+    assert reward.name == "task:arithmetic:gold" and reward.task is task
+    assert reward.score([prompt], [near]) == [0.5]  # one of two digits in place
+    assert TaskReward("arithmetic").score([prompt], [near]) == [0.0]
+    with pytest.raises(UserError, match="options go with a task name"):
+        TaskReward(task, partial_credit=False)
+
+
 def test_length_penalty_by_hand():
     """coef 0.5, target 2 words: "a b c d" (4 words) → −0.5·2 = −1; "a b" → 0; in characters with
     target 0, "abc" → −1.5."""
