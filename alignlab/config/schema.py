@@ -162,7 +162,7 @@ class EvalConfig:
         _check(self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
         _check(self.task_eval_prompts >= 0, "task_eval_prompts", f"must be >= 0, got {self.task_eval_prompts}")
         if self.task is not None:
-            from alignlab.testbed.tasks import task_names
+            from alignlab.tasks import task_names
 
             _check(self.task in task_names(), "task", f"must be one of {', '.join(task_names())}, got '{self.task}'")
 

@@ -59,29 +59,44 @@ def scored_to_ranked(records: Sequence[ScoredRecord]) -> Converted[RankedRecord]
         if len(responses) < 2:
             out.drop("prompts with one response")
             continue
-        scored = [(completion, sum(r.score for r in same) / len(same)) for completion, same in responses.items()]
-        best_first = sorted(scored, key=lambda item: -item[1])  # stable: ties keep the data's order
         first = next(iter(responses.values()))[0]
-        out.records.append(RankedRecord(prompt, tuple(c for c, _ in best_first), tuple(s for _, s in best_first),
-                                        source=first.source, row=first.row))
+        means = [sum(r.score for r in same) / len(same) for same in responses.values()]
+        out.records.append(rank_responses(prompt, list(responses), means, source=first.source, row=first.row))
     return out
 
 
+def rank_responses(prompt: Text, completions: Sequence[Text], scores: Sequence[float], *, source: str = "",
+                   row: int = 0) -> RankedRecord:
+    """The responses to one prompt as a ranked list, best first; responses that tie keep their
+    order (a stable sort)."""
+    best_first = sorted(zip(completions, scores, strict=True), key=lambda item: -item[1])
+    return RankedRecord(prompt, tuple(c for c, _ in best_first), tuple(float(s) for _, s in best_first),
+                        source=source, row=row)
+
+
+def competition_ranks(scores: Sequence[float]) -> list[int]:
+    """Rank of each score in the order given: 1 for the best; equal scores share the lower rank
+    (scores 3, 1, 3, 0 have ranks 1, 3, 1, 4)."""
+    return [1 + sum(other > s for other in scores) for s in scores]
+
+
 def ranked_to_pairs(
-    records: Sequence[RankedRecord], rule: str = "best_worst", *, margin: float = 0.0, seed: int = 0
+    records: Sequence[RankedRecord], rule: str = "best_worst", *, margin: float = 0.0, seed: int | str = 0
 ) -> Converted[PairRecord]:
     """Pairs from ranked lists; each pair carries its two scores.
 
     Rules: ``best_worst``, one pair per list, the first best against the first worst (in the
     data's order, as the testbed picks them); ``all_pairs``, every two responses whose scores
-    differ; ``random``, one pair per list drawn from those by ``random.Random(seed)``;
+    differ; ``random``, one pair per list drawn by ``random.Random(seed)`` from those whose scores
+    differ by at least ``margin`` (0: any that differ; the list's pairs in best-first order);
     ``margin``, every two responses whose scores differ by at least ``margin`` (> 0 always).
     Responses that tie never make a pair: the tied pairs (or, for one-pair rules, the lists that
-    tie throughout) are counted, and so are pairs below the margin.
+    tie throughout) are counted, and so are pairs below the margin (for ``random``: the lists
+    with no pair at the margin).
     """
     if rule not in PAIR_RULES:
         raise UserError(f"unknown pair rule '{rule}'; expected one of: {', '.join(PAIR_RULES)}")
-    if rule == "margin" and not margin >= 0:
+    if rule in ("margin", "random") and not margin >= 0:
         raise UserError(f"margin must be >= 0, got {margin}")
     rng = random.Random(seed)
     out: Converted[PairRecord] = Converted([])
@@ -92,8 +107,12 @@ def ranked_to_pairs(
             if not ordered:
                 out.drop("lists whose scores all tie")
                 continue
+            wide = [(i, j) for i, j in ordered if s[i] - s[j] >= margin] if rule == "random" else ordered
+            if not wide:
+                out.drop(f"lists with no pair whose scores differ by at least {margin:g}")
+                continue
             worst = next(i for i in range(n) if s[i] == s[-1])  # the first of the worst
-            picks = [(0, worst)] if rule == "best_worst" else [rng.choice(ordered)]
+            picks = [(0, worst)] if rule == "best_worst" else [rng.choice(wide)]
         else:
             out.drop("pairs with tied scores", n * (n - 1) // 2 - len(ordered))
             picks = ordered if rule == "all_pairs" else [(i, j) for i, j in ordered if s[i] - s[j] >= margin]
@@ -105,7 +124,7 @@ def ranked_to_pairs(
 
 
 def scored_to_pairs(
-    records: Sequence[ScoredRecord], rule: str = "best_worst", *, margin: float = 0.0, seed: int = 0
+    records: Sequence[ScoredRecord], rule: str = "best_worst", *, margin: float = 0.0, seed: int | str = 0
 ) -> Converted[PairRecord]:
     """``scored_to_ranked`` then ``ranked_to_pairs``; the drops and merges of both are counted."""
     ranked = scored_to_ranked(records)
@@ -194,10 +213,11 @@ def _with_target(prompt: Text, score: float, variant: str) -> Text:
     return tuple(messages)
 
 
-def flip_labels(records: Sequence[PairRecord], rate: float, *, seed: int = 0) -> Converted[PairRecord]:
+def flip_labels(records: Sequence[PairRecord], rate: float, *, seed: int | str = 0) -> Converted[PairRecord]:
     """Label noise: swap chosen and rejected (and their scores) in exactly ``round(rate * n)`` pairs.
 
-    The pairs are drawn by ``random.Random(seed)``; ``Converted.flipped`` lists their 0-based
+    The pairs are drawn by ``random.Random(seed)`` (one ``sample`` call, so a given seed and
+    number of pairs always flip the same positions); ``Converted.flipped`` lists their 0-based
     positions, ascending. A strength stays as it is: the flipped label is asserted as firmly.
     """
     if isinstance(rate, bool) or not 0.0 <= rate < 0.5:

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("input", metavar="IN", help="data file, dataset directory or hub dataset")
     parser.add_argument("output", metavar="OUT", help="the .jsonl file to write")
     parser.add_argument("--rule", choices=convert.PAIR_RULES, help="pairing rule (default best_worst)")
-    parser.add_argument("--margin", type=float, help="--rule margin: the least score gap of a pair")
+    parser.add_argument("--margin", type=float, help="--rule margin or random: the least score gap of a pair")
     parser.add_argument("--seed", type=int, help="seed of --rule random and of flip-labels (default 0)")
     parser.add_argument("--rate", type=float, help="flip-labels: the fraction of pairs to flip, in [0, 0.5)")
     parser.add_argument("--variant", choices=convert.VARIANTS, help="reward-augment: where the target score "

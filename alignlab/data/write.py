@@ -67,7 +67,12 @@ def check_jsonl_path(path: str | os.PathLike[str]) -> Path:
 
 
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[Record]) -> int:
-    """Write one row per record to a .jsonl file and return how many; UTF-8 is kept as it is.
+    """Write one row per record to a .jsonl file and return how many (``write_rows``)."""
+    return write_rows(path, (record_to_row(record) for record in records))
+
+
+def write_rows(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> int:
+    """Write JSON objects, one a line, to a .jsonl file and return how many; UTF-8 is kept as it is.
 
     The file is written beside its final path and renamed into place, so a reader never sees half
     of it and an interrupted run leaves the old file as it was.
@@ -77,8 +82,8 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[Record]) -> int:
     n = 0
     try:
         with tmp.open("w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record_to_row(record), ensure_ascii=False, allow_nan=False) + "\n")
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
                 n += 1
         os.replace(tmp, final)
     except OSError as e:

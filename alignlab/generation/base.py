@@ -1,8 +1,9 @@
 """The generation protocol: what online methods, decoding-time methods and evaluation call.
 
-Callers ask a ``Generator`` for ``n`` samples per prompt and never learn which engine ran.
-A prompt is a plain string or a conversation (as in the data records); a conversation is
-rendered with the tokenizer's chat template and the assistant turn opened.
+Callers get a ``Generator`` from ``alignlab.generation.make_generator``, ask it for ``n`` samples
+per prompt and never learn which engine ran. A prompt is a plain string or a conversation (as in
+the data records); a conversation is rendered with the tokenizer's chat template and the assistant
+turn opened.
 """
 
 from __future__ import annotations
@@ -50,15 +51,47 @@ class Sample:
     ``prompt_ids`` is the context the model saw (the prompt as rendered for generation, without
     padding) and ``token_ids`` what it generated, including the end-of-turn token when it stopped
     on one (``finished``). ``text`` is the decoded response without that token.
+
+    ``logprobs[i]`` is log π(token_ids[i] | prompt_ids, token_ids[:i]) under the model's own,
+    unmodified distribution: the log-softmax of its raw logits at temperature 1, with no top-p,
+    top-k or other processing, whatever ``SamplingParams`` the token was drawn with (so a greedy
+    sample's log-probs are not 0). That is the old policy's log-prob an online method needs. It is
+    computed in float32 during generation (with the key-value cache), so it agrees with a
+    teacher-forced forward pass (``alignlab.logprobs.completion_logps``) to rounding, not to the bit.
+    Every generator fills it, one per generated token, the end-of-turn token included; only a
+    sample made by hand may leave it empty.
     """
 
     text: str
     prompt_ids: tuple[int, ...]
     token_ids: tuple[int, ...]
     finished: bool
+    logprobs: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.logprobs and len(self.logprobs) != len(self.token_ids):
+            raise ValueError(f"a sample has {len(self.token_ids)} tokens but {len(self.logprobs)} log-probs")
 
 
 class Generator(Protocol):
+    """What every generation backend (and every decoding-time method) provides."""
+
+    def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
+        """Token ids of ``prompt`` as the model sees it before its response."""
+        ...
+
     def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams) -> list[list[Sample]]:
         """``n`` samples for each prompt, in prompt order."""
+        ...
+
+    def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams) -> list[list[Sample]]:
+        """``generate`` for prompts given as token ids, exactly as the model should see them."""
+        ...
+
+    def update_weights(self, model) -> None:
+        """Sample from ``model``'s current weights from now on (weight sync for online training).
+
+        A backend that runs on the policy's own parameters has nothing to copy; one with an engine
+        of its own (vLLM) loads the weights into it.
+        """
         ...

@@ -1,4 +1,4 @@
-"""The Hugging Face ``generate`` backend, always available."""
+"""The Hugging Face ``generate`` backend, always available; built by ``make_generator(..., "hf")``."""
 
 from __future__ import annotations
 
@@ -18,18 +18,34 @@ class HFGenerator:
     ``params.seed`` inside a fork (the global state is restored afterwards), so the same model,
     prompts, params and batch size give the same samples on CPU; a prompt's samples depend on
     which prompts share its batch.
+
+    Each sample's log-probs come from the raw logits ``generate`` returns (``output_logits``), so
+    asking for them changes no sampled token; the batch's logits at every step are held until the
+    batch ends: ``batch_size × max_new_tokens × vocabulary`` floats.
+
+    The generator runs on ``model``'s own parameters: an optimizer step on the policy is seen by
+    the next ``generate`` call without any copy.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 128, progress: str | None = None):
-        """``progress``: a label to show a progress bar (sequences done) under, or None for none."""
+        """``model``: the network itself (training unwraps a DDP wrapper, ``training.distributed.unwrap``,
+        before handing its policy over). ``progress``: a label to show a progress bar (sequences
+        done) under, or None for none."""
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         self.progress = progress
-        self.model = getattr(model, "module", model)  # a DDP wrapper has no generate
+        self.model = model
         self.tok = tokenizer
         self.batch_size = batch_size
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+
+    def update_weights(self, model) -> None:
+        """Sample from ``model`` from now on. Given the module this generator already runs on,
+        nothing happens: it shares the policy's parameters, so it already samples
+        from their current values. Given another module, the generator runs on that module from
+        now on (it holds the module itself, not a copy of its weights); the tokenizer stays."""
+        self.model = model
 
     def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
         """Token ids of ``prompt`` as the model should see it before its response."""
@@ -99,12 +115,18 @@ class HFGenerator:
             **({} if params.greedy else {"temperature": params.temperature, "top_p": params.top_p,
                                           "top_k": params.top_k}),
         )
-        generated = self.model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                        generation_config=config)[:, width:].tolist()
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config,
+                                  return_dict_in_generate=True, output_logits=True)
+        new_BT = out.sequences[:, width:]
+        # The raw logits of each step, before any processor or temperature: log π at temperature 1.
+        # One step at a time, so no second copy of all the steps' logits is made.
+        logprobs_BT = torch.stack([torch.log_softmax(logits_BV.float(), dim=-1).gather(-1, new_BT[:, t, None])[:, 0]
+                                   for t, logits_BV in enumerate(out.logits)], dim=1)
         samples = []
-        for c, row in zip(contexts, generated, strict=True):
+        for c, row, lps in zip(contexts, new_BT.tolist(), logprobs_BT.tolist(), strict=True):
             finished = self.eos in row
             row = row[:row.index(self.eos) + 1] if finished else row
             body = row[:-1] if finished else row
-            samples.append(Sample(self.tok.decode(body, skip_special_tokens=True), c, tuple(row), finished))
+            samples.append(Sample(self.tok.decode(body, skip_special_tokens=True), c, tuple(row), finished,
+                                  tuple(lps[:len(row)])))
         return samples

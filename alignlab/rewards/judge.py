@@ -79,14 +79,15 @@ class HFBackend:
     """A local Hugging Face causal LM as the judge, decoding greedily (temperature 0).
 
     Each judge prompt becomes a single user message rendered with the tokenizer's chat template
-    when it has one, and is given as plain text otherwise. Generation goes through ``HFGenerator``
-    (left padding, ``batch_size`` prompts at a time, at most ``max_new_tokens`` new tokens).
+    when it has one, and is given as plain text otherwise. Generation goes through a generator from
+    ``make_generator`` (``backend``; for "hf": left padding, ``batch_size`` prompts at a time), at most
+    ``max_new_tokens`` new tokens.
     """
 
-    def __init__(self, model, tokenizer, max_new_tokens: int = 512, batch_size: int = 8):
-        from alignlab.generation.hf import HFGenerator
+    def __init__(self, model, tokenizer, max_new_tokens: int = 512, batch_size: int = 8, backend: str = "hf"):
+        from alignlab.generation.factory import make_generator
 
-        self.generator = HFGenerator(model, tokenizer, batch_size=batch_size)
+        self.generator = make_generator(model, tokenizer, backend, batch_size=batch_size)
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
         self.chat = getattr(tokenizer, "chat_template", None) is not None
 

@@ -21,17 +21,20 @@ UNITS = ("words", "chars", "tokens")
 
 
 class TaskReward(Scorer):
-    """A testbed task's ``gold`` (default) or ``proxy`` reward. A prompt that is not one of the
-    task's is a UserError naming the item."""
+    """A testbed task's ``gold`` (default) or ``proxy`` reward. ``task`` is a name (built with
+    ``options``) or a ``Task`` already built. A prompt that is not one of the task's is a UserError
+    naming the item."""
 
-    def __init__(self, task: str, kind: str = "gold", **options):
-        from alignlab.testbed.tasks import get_task
+    def __init__(self, task, kind: str = "gold", **options):
+        from alignlab.tasks import Task, get_task
 
         if kind not in ("gold", "proxy"):
             raise UserError(f"task reward: kind must be gold or proxy, got '{kind}'")
-        self.task = get_task(task, **options)
+        if isinstance(task, Task) and options:
+            raise UserError("task reward: options go with a task name, not with a task already built")
+        self.task = task if isinstance(task, Task) else get_task(task, **options)
         self.kind = kind
-        self.name = f"task:{task}:{kind}"
+        self.name = f"task:{self.task.name}:{kind}"
         self._fn = self.task.gold if kind == "gold" else self.task.proxy
 
     def owns(self, prompt: str) -> bool:

@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignlab.cache import cache_root, machine_signature
+from alignlab.data.write import write_rows
 from alignlab.errors import UserError
 from alignlab.models import TinyModelConfig, save_tiny_model
-from alignlab.testbed.feedback import write_jsonl
-from alignlab.testbed.tasks import get_task
+from alignlab.tasks import get_task
 
 RECIPE_VERSION = 6  # bump when the build procedure changes, so old cache entries are not reused
 
@@ -252,13 +252,13 @@ def _build(recipe: ModelRecipe, final: Path, root: Path, log: Callable[[str], No
         if recipe.pretrain_steps:
             docs = short_documents(task.corpus(recipe.pretrain_steps * recipe.pretrain_batch, recipe.seed),
                                    recipe.doc_chars)[:recipe.pretrain_steps * recipe.pretrain_batch]
-            write_jsonl(work / "corpus.jsonl", [{"text": d} for d in docs])
+            write_rows(work / "corpus.jsonl", [{"text": d} for d in docs])
             log(f"  pretraining on {len(docs)} documents ({recipe.pretrain_steps} steps)")
             model = _stage(model, work / "corpus.jsonl", work / "pretrain", recipe.pretrain_steps,
                            recipe.pretrain_batch, recipe.pretrain_lr, recipe, progress)
         if recipe.sft_steps:
             demos = task.demonstrations(recipe.sft_steps * recipe.sft_batch, recipe.seed + 1)
-            write_jsonl(work / "sft.jsonl", [{"prompt": p, "completion": r} for p, r in demos])
+            write_rows(work / "sft.jsonl", [{"prompt": p, "completion": r} for p, r in demos])
             log(f"  supervised fine-tuning on {len(demos)} demonstrations ({recipe.sft_steps} steps)")
             model = _stage(model, work / "sft.jsonl", work / "sft-run", recipe.sft_steps, recipe.sft_batch,
                            recipe.sft_lr, recipe, progress)

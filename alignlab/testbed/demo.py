@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.cache import machine_signature
+from alignlab.data.records import SFTRecord
+from alignlab.data.write import write_jsonl
 from alignlab.errors import UserError, option
 from alignlab.eval.gold import GoldEvaluator
 from alignlab.losses import UnknownLossError, get_loss
 from alignlab.models import load_model, load_tokenizer
+from alignlab.tasks import get_task, task_names
 from alignlab.testbed.build import log_to_stderr
-from alignlab.testbed.feedback import FeedbackSpec, synthesize, write_jsonl
+from alignlab.testbed.feedback import FeedbackSpec, synthesize
 from alignlab.testbed.shipped import model_provenance, task_model
-from alignlab.testbed.tasks import get_task, task_names
 from alignlab.training.metrics import read_metrics
 
 # Learning rates that move each task's tiny model clearly without wrecking it (measured here; a
@@ -89,7 +91,7 @@ def _sft_input(feedback_dir: Path) -> Path:
     """The chosen answers of the pairs, as prompt/completion rows (rejection-sampling SFT)."""
     out = feedback_dir / "best.jsonl"
     pairs = [json.loads(line) for line in (feedback_dir / "pairs.jsonl").read_text().splitlines()]
-    write_jsonl(out, [{"prompt": row["prompt"], "completion": row["chosen"]} for row in pairs])
+    write_jsonl(out, [SFTRecord(row["prompt"], row["chosen"]) for row in pairs])
     return out
 
 

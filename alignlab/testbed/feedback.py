@@ -1,10 +1,16 @@
 """Synthetic feedback: sample K responses per prompt from a model, score them, write datasets.
 
+A generator (``make_generator``) draws the samples, the task's scorer (``task:NAME:gold|proxy``)
+scores them, ``alignlab.data.convert`` pairs them and adds label noise, and
+``alignlab.data.write`` writes the files: the same code that converts a user's own data.
+
 The same samples are written in every shape alignlab trains on, as the JSONL files a user would
 bring (TRL's standard text format where TRL has one: the prompt, then the answer):
 
 - ``pairs.jsonl``: ``{"prompt", "chosen", "rejected", "score_chosen", "score_rejected"}``, one pair
-  per prompt chosen by ``pair_rule``; a prompt whose samples all score the same gives no pair;
+  per prompt chosen by ``pair_rule`` (``best_worst``: the first best against the first worst
+  sample; ``random``: a random pair whose scores differ; ``margin``: a random pair whose scores
+  differ by at least ``margin``); a prompt whose samples all score the same gives no pair;
 - ``ranked.jsonl``: ``{"prompt", "completions", "scores", "ranks"}``, all K samples (rank 1 is
   the best; equal scores share the lower rank);
 - ``unpaired.jsonl``: ``{"prompt", "completion", "label"}`` (TRL's KTO format), thumbs up when
@@ -19,20 +25,24 @@ task's ``max_new_tokens`` is kept as it is (training appends EOS to it, as to an
 counted (``unfinished_samples_kept``).
 
 Label noise flips exactly ``round(label_noise × pairs)`` pairs, drawn with the run's seed; their
-row numbers (0-based lines of ``pairs.jsonl``) are recorded in the metadata.
+row numbers (0-based lines of ``pairs.jsonl``) are recorded in the metadata. The random pair rules
+and the label noise each draw from ``random.Random(f"feedback/{seed}")``.
 """
 
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from alignlab.data import convert
+from alignlab.data.records import NegativeRecord, ScoredRecord, UnpairedRecord
+from alignlab.data.write import record_to_row, write_rows
 from alignlab.errors import UserError
-from alignlab.generation import HFGenerator, SamplingParams
+from alignlab.generation import SamplingParams, make_generator
 from alignlab.models import load_model, load_tokenizer
-from alignlab.testbed.tasks import get_task
+from alignlab.rewards import load_scorer
+from alignlab.tasks import get_task
 
 PAIR_RULES = ("best_worst", "random", "margin")
 FILES = ("pairs", "ranked", "unpaired", "scored", "negatives")
@@ -73,29 +83,17 @@ class FeedbackSpec:
                 raise UserError(f"feedback: {message}")
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """One JSON object per line, UTF-8 kept as it is."""
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def pick_pair(scores: list[float], rule: str, margin: float, rng: random.Random) -> tuple[int, int] | None:
-    """Indices (chosen, rejected) of one pair among ``scores`` by ``rule``, or None when no two
-    samples qualify. Best vs worst takes the first best and the first worst sample."""
-    if rule == "best_worst":
-        best = max(range(len(scores)), key=lambda i: scores[i])
-        worst = min(range(len(scores)), key=lambda i: scores[i])
-        return (best, worst) if scores[best] > scores[worst] else None
-    need = margin if rule == "margin" else 0.0
-    candidates = [(i, j) for i in range(len(scores)) for j in range(len(scores))
-                  if scores[i] > scores[j] and scores[i] - scores[j] >= need]
-    return rng.choice(candidates) if candidates else None
-
-
-def ranks_of(scores: list[float]) -> list[int]:
-    """Competition ranks: 1 for the best; equal scores share the lower rank (1, 2, 2, 4)."""
-    return [1 + sum(other > s for other in scores) for s in scores]
+def pairs_of(prompts: list[str], texts: list[list[str]], scores: list[list[float]], spec: FeedbackSpec):
+    """One pair per prompt by ``spec.pair_rule`` (``convert.ranked_to_pairs``), then label noise
+    (``convert.flip_labels``); the pairs and the flipped rows."""
+    seed = f"feedback/{spec.seed}"
+    ranked = [convert.rank_responses(p, row, sc) for p, row, sc in zip(prompts, texts, scores, strict=True)
+              if len(row) >= 2]
+    rule, margin = ("best_worst", 0.0) if spec.pair_rule == "best_worst" else (
+        "random", spec.margin if spec.pair_rule == "margin" else 0.0)
+    pairs = convert.ranked_to_pairs(ranked, rule, margin=margin, seed=seed).records
+    noisy = convert.flip_labels(pairs, spec.label_noise, seed=seed)
+    return noisy.records, noisy.flipped
 
 
 def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, batch_size: int = 256,
@@ -105,56 +103,42 @@ def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, b
     from tqdm.auto import tqdm
 
     task = get_task(spec.task)
-    score = task.gold if spec.reward == "gold" else task.proxy
+    scorer = load_scorer(f"task:{spec.task}:{spec.reward}")
     tok = load_tokenizer(str(model_dir))
     model = load_model(str(model_dir))
     prompts = task.train_prompts(spec.num_prompts, spec.seed)
     params = SamplingParams(max_new_tokens=task.max_new_tokens, temperature=spec.temperature, seed=spec.seed)
-    samples = HFGenerator(model, tok, batch_size, progress=f"sampling {spec.k} answers to {len(prompts)} prompts"
-                          if progress else None).generate(prompts, spec.k, params)
+    label = f"sampling {spec.k} answers to {len(prompts)} prompts" if progress else None
+    samples = make_generator(model, tok, batch_size=batch_size, progress=label).generate(prompts, spec.k, params)
     # An empty answer cannot be a response in any dataset format: it is dropped and counted.
     texts = [[s.text for s in row if s.text.strip()] for row in samples]
     empty = sum(len(row) for row in samples) - sum(len(row) for row in texts)
     unfinished = sum(not s.finished for row in samples for s in row if s.text.strip())
     scoring = tqdm(zip(prompts, texts, strict=True), total=len(prompts), desc=f"scoring ({spec.reward} reward)",
                    unit="prompt", leave=False, disable=not progress)
-    scores = [[float(score(p, t)) for t in row] for p, row in scoring]
+    scores = [scorer.score([p] * len(row), row) for p, row in scoring]
     flat = [s for row in scores for s in row]
     threshold = sum(flat) / len(flat) if flat else 0.0
-
-    rng = random.Random(f"feedback/{spec.seed}")
-    pairs = []
-    for p, row, sc in zip(prompts, texts, scores, strict=True):
-        picked = pick_pair(sc, spec.pair_rule, spec.margin, rng) if len(sc) >= 2 else None
-        if picked is not None:
-            c, r = picked
-            pairs.append({"prompt": p, "chosen": row[c], "rejected": row[r],
-                          "score_chosen": sc[c], "score_rejected": sc[r]})
-    flipped = sorted(rng.sample(range(len(pairs)), round(spec.label_noise * len(pairs)))) if pairs else []
-    for i in flipped:
-        row = pairs[i]
-        row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
-        row["score_chosen"], row["score_rejected"] = row["score_rejected"], row["score_chosen"]
+    pairs, flipped = pairs_of(prompts, texts, scores, spec)
 
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create feedback directory '{out}': {e.strerror}") from None
-    rows = {
+    each = [(p, t, s) for p, row, sc in zip(prompts, texts, scores, strict=True) for t, s in zip(row, sc, strict=True)]
+    records = {
         "pairs": pairs,
-        "ranked": [{"prompt": p, "completions": list(row), "scores": sc, "ranks": ranks_of(sc)}
-                   for p, row, sc in zip(prompts, texts, scores, strict=True) if len(row) >= 2],
-        "unpaired": [{"prompt": p, "completion": t, "label": s > threshold}
-                     for p, row, sc in zip(prompts, texts, scores, strict=True) for t, s in zip(row, sc, strict=True)],
-        "scored": [{"prompt": p, "completion": t, "score": s}
-                   for p, row, sc in zip(prompts, texts, scores, strict=True) for t, s in zip(row, sc, strict=True)],
-        "negatives": [{"prompt": p, "rejected": t}
-                      for p, row, sc in zip(prompts, texts, scores, strict=True) for t, s in zip(row, sc, strict=True)
-                      if s <= threshold],
+        "unpaired": [UnpairedRecord(p, t, s > threshold) for p, t, s in each],
+        "scored": [ScoredRecord(p, t, s) for p, t, s in each],
+        "negatives": [NegativeRecord(p, t) for p, t, s in each if s <= threshold],
     }
+    rows = {name: [record_to_row(r) for r in rs] for name, rs in records.items()}
+    # The ranked file keeps each prompt's samples in the order drawn, with their competition ranks.
+    rows["ranked"] = [{"prompt": p, "completions": list(row), "scores": sc, "ranks": convert.competition_ranks(sc)}
+                      for p, row, sc in zip(prompts, texts, scores, strict=True) if len(row) >= 2]
     for name in FILES:
-        write_jsonl(out / f"{name}.jsonl", rows[name])
+        write_rows(out / f"{name}.jsonl", rows[name])
     meta = {
         "spec": asdict(spec),
         "model": str(model_dir),

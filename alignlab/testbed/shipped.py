@@ -123,11 +123,10 @@ def held_out_gold(model_dir: Path, task: str) -> dict[str, float]:
     ``EVAL_SEED``, with ``EVAL_THREADS`` intra-op threads."""
     from alignlab.eval.gold import GoldEvaluator
     from alignlab.models import load_model, load_tokenizer
-    from alignlab.testbed.tasks import get_task
 
     with intra_op_threads(EVAL_THREADS):
         model = load_model(str(model_dir))
-        evaluator = GoldEvaluator(get_task(task), load_tokenizer(str(model_dir)), seed=EVAL_SEED)
+        evaluator = GoldEvaluator(task, load_tokenizer(str(model_dir)), seed=EVAL_SEED)
         metrics = evaluator(model, model)
     return {k: round(metrics[k], 6) for k in GOLD_KEYS}
 
@@ -248,7 +247,7 @@ def shipped_models(tasks: list[str] | None = None, stages: list[str] | None = No
                    root: Path | None = None) -> list[dict]:
     """The shipped models' manifests (checked), in task and stage order, each with its ``path`` and
     whether it is ``current`` (built from today's recipe, so ``task_model`` uses it)."""
-    from alignlab.testbed.tasks import task_names
+    from alignlab.tasks import task_names
 
     out = []
     for task in tasks or task_names():

@@ -15,9 +15,9 @@ from alignlab.errors import ArgumentParser, UserError
 def cmd_testbed(tokens: list[str]) -> int:
     """``alignlab testbed list|build``: the shipped testbed models, and rebuilding them here."""
     from alignlab.cache import describe_machine
+    from alignlab.tasks import task_names
     from alignlab.testbed import shipped
     from alignlab.testbed.build import STAGES, build_testbed_model, stage_recipe
-    from alignlab.testbed.tasks import task_names
 
     parser = ArgumentParser(
         prog="alignlab testbed",

@@ -26,7 +26,7 @@ import torch
 
 from alignlab.data.render import Response
 from alignlab.generation.base import SamplingParams
-from alignlab.generation.hf import HFGenerator
+from alignlab.generation.factory import make_generator
 from alignlab.training.distributed import Dist
 
 SAMPLE_CHUNK = 8  # prompts per generation call; each chunk has its own seed
@@ -143,7 +143,7 @@ def add_samples(examples: list, reference: Callable, tokenizer, *, k: int, param
         chunks = list(range(0, len(contexts), SAMPLE_CHUNK))
         part = {}
         with reference() as ref_model, autocast():
-            gen = HFGenerator(ref_model, tokenizer, batch_size=SAMPLE_CHUNK * k)
+            gen = make_generator(ref_model, tokenizer, batch_size=SAMPLE_CHUNK * k)
             for c in chunks[dist.rank::dist.world_size]:
                 chunk_params = dataclasses.replace(params, seed=(params.seed * 1_000_003 + c) % 2**63)
                 rows = gen.generate_ids(contexts[c:c + SAMPLE_CHUNK], k, chunk_params)

@@ -222,9 +222,8 @@ def _task_eval(cfg: TrainConfig, tokenizer, dist: Dist) -> Callable:
     """Measure the model on the testbed task's held-out prompts against the starting model:
     ``measure(module, reference) -> metrics``."""
     from alignlab.eval.gold import GoldEvaluator
-    from alignlab.testbed.tasks import get_task
 
-    evaluator = GoldEvaluator(get_task(cfg.eval.task), tokenizer, seed=cfg.seed, num_prompts=cfg.eval.task_eval_prompts,
+    evaluator = GoldEvaluator(cfg.eval.task, tokenizer, seed=cfg.seed, num_prompts=cfg.eval.task_eval_prompts,
                               batch_size=cfg.eval.eval_batch_size or cfg.optim.batch_size, rank=dist.rank,
                               world_size=dist.world_size, progress=cfg.progress and dist.is_main)
 

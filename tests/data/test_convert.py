@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from alignlab.data.convert import (
+    competition_ranks,
     flip_labels,
     pairs_to_unpaired,
+    rank_responses,
     ranked_to_pairs,
     reward_augment,
     scored_to_pairs,
@@ -99,6 +101,27 @@ def test_random_is_seeded_and_picks_an_ordered_pair():
     assert first != pairs(ranked_to_pairs(lists, "random", seed=4))
     assert len(first) == 20 and all(c > r for _, _, c, r in first)
     assert len(set(first)) > 1
+
+
+def test_random_with_a_margin_draws_only_wide_enough_pairs():
+    """LIST's pairs with a gap of at least 1.5: a>c and a>d (a>b and b>c, b>d differ by 1)."""
+    seen = set(pairs(ranked_to_pairs([LIST] * 200, "random", margin=1.5, seed=0)))
+    assert seen == {("a", "c", 3.0, 1.0), ("a", "d", 3.0, 1.0)}
+    out = ranked_to_pairs([LIST, RankedRecord("q", ("x", "y"), (1.0, 0.5))], "random", margin=2.0, seed=0)
+    assert pairs(out) == [("a", "c", 3.0, 1.0)] or pairs(out) == [("a", "d", 3.0, 1.0)]
+    assert out.dropped == {"lists with no pair whose scores differ by at least 2": 1}
+    with pytest.raises(UserError, match="margin must be >= 0"):
+        ranked_to_pairs([LIST], "random", margin=-0.5)
+
+
+def test_rank_responses_sorts_best_first_and_keeps_ties_in_order():
+    rec = rank_responses("p", ["w", "x", "y", "z"], [1.0, 3.0, 1.0, 2.0], source="s.jsonl", row=4)
+    assert rec == RankedRecord("p", ("x", "z", "w", "y"), (3.0, 2.0, 1.0, 1.0), "s.jsonl", 4)
+
+
+def test_competition_ranks_share_the_lower_rank():
+    assert competition_ranks([3.0, 1.0, 3.0, 0.0]) == [1, 3, 1, 4]
+    assert competition_ranks([0.5, 0.5]) == [1, 1]
 
 
 def test_lists_that_tie_throughout_give_no_pair():

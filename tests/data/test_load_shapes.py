@@ -17,7 +17,7 @@ from alignlab.errors import DataError, UserError
 
 
 def jsonl(path: Path, rows: list[dict]) -> Path:
-    # As the testbed writes them (alignlab.testbed.feedback.write_jsonl).
+    # As the testbed writes them (alignlab.data.write.write_rows).
     with path.open("w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

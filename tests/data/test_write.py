@@ -18,7 +18,7 @@ from alignlab.data.records import (
     SFTRecord,
     UnpairedRecord,
 )
-from alignlab.data.write import record_to_row, write_jsonl
+from alignlab.data.write import record_to_row, write_jsonl, write_rows
 from alignlab.errors import UserError
 
 Q = (Message("system", "be kind"), Message("user", "q"))
@@ -80,3 +80,12 @@ def test_only_jsonl_and_a_writable_place(tmp_path):
         write_jsonl(tmp_path / "out.csv", RECORDS["sft"])
     with pytest.raises(UserError, match="cannot write"):
         write_jsonl(tmp_path / "missing" / "out.jsonl", RECORDS["sft"])
+
+
+def test_plain_rows_are_written_in_their_key_order(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    assert write_rows(path, [{"text": "é ✓"}, {"b": 1, "a": [0.5, True]}]) == 2
+    assert path.read_bytes() == '{"text": "é ✓"}\n{"b": 1, "a": [0.5, true]}\n'.encode()
+    with pytest.raises(ValueError):
+        write_rows(path, [{"x": float("nan")}])  # not JSON; the file stays as it was
+    assert path.read_bytes() == '{"text": "é ✓"}\n{"b": 1, "a": [0.5, true]}\n'.encode()

@@ -10,7 +10,7 @@ import torch
 from alignlab.eval.gold import REFERENCE_SEED_OFFSET, GoldEvaluator
 from alignlab.generation import HFGenerator, SamplingParams
 from alignlab.models import load_model, load_tokenizer
-from alignlab.testbed.tasks.base import Task
+from alignlab.tasks.base import Task
 
 
 class CountTask(Task):

@@ -64,7 +64,7 @@ def test_bleu_references_from_a_file_and_its_errors(tmp_path):
 
 
 def test_task_reward_is_the_gold_reward_and_refuses_foreign_prompts():
-    from alignlab.testbed.tasks import get_task
+    from alignlab.tasks import get_task
 
     task = get_task("arithmetic")
     prompt = task.train_prompts(1, 0)[0]  # "45+24="
@@ -78,6 +78,24 @@ def test_task_reward_is_the_gold_reward_and_refuses_foreign_prompts():
     with pytest.raises(UserError, match="task:arithmetic:gold: item 0: not"):
         reward.score(["The pasta at Marco's"], ["x"])
     assert reward.owns(prompt) and not reward.owns("The pasta at Marco's")
+
+
+def test_task_reward_of_a_task_already_built_keeps_its_options():
+    """A Task instance is scored as it is (here: partial credit, which the default task lacks)."""
+    from alignlab.tasks import ArithmeticTask
+
+    task = ArithmeticTask(partial_credit=True)
+    prompt = task.train_prompts(1, 0)[0]
+    a, b = prompt.rstrip("=").split("+")
+    right = str(int(a) + int(b))
+    near = right[:-1] + str((int(right[-1]) + 1) % 10)  # "69" -> "60": the tens right, the ones wrong
+    assert len(right) == 2
+    reward = TaskReward(task)
+    assert reward.name == "task:arithmetic:gold" and reward.task is task
+    assert reward.score([prompt], [near]) == [0.5]  # one of two digits in place
+    assert TaskReward("arithmetic").score([prompt], [near]) == [0.0]
+    with pytest.raises(UserError, match="options go with a task name"):
+        TaskReward(task, partial_credit=False)
 
 
 def test_length_penalty_by_hand():
@@ -143,7 +161,7 @@ def test_reference_rewards_are_quantiles_of_sample_rewards():
 
 
 def test_routing_by_task_sends_each_prompt_to_its_scorer():
-    from alignlab.testbed.tasks import get_task
+    from alignlab.tasks import get_task
 
     arith = get_task("arithmetic").train_prompts(2, 0)
     senti = get_task("sentiment").train_prompts(2, 0)

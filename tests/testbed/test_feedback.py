@@ -3,34 +3,42 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
+from alignlab.data.convert import competition_ranks
 from alignlab.data.load import load_records
 from alignlab.errors import UserError
-from alignlab.testbed.feedback import FeedbackSpec, pick_pair, ranks_of, synthesize
-from alignlab.testbed.tasks import get_task
+from alignlab.tasks import get_task
+from alignlab.testbed.feedback import FeedbackSpec, pairs_of, synthesize
+
+
+def pick_pairs(scores: list[float], draws: int = 1, **spec) -> set[tuple[int, int] | None]:
+    """The (chosen, rejected) sample indices that feedback's pairing picks for ``scores`` over
+    ``draws`` copies of one prompt's samples; None for a copy without a pair."""
+    texts = [f"s{i}" for i in range(len(scores))]
+    pairs, _ = pairs_of(["p"] * draws, [texts] * draws, [list(scores)] * draws, FeedbackSpec(**spec))
+    picked = {(texts.index(r.chosen), texts.index(r.rejected)) for r in pairs}
+    return picked | ({None} if len(pairs) < draws else set())
 
 
 def test_best_worst_takes_first_best_and_first_worst():
-    assert pick_pair([0.0, 1.0, 1.0, 0.0], "best_worst", 0.0, random.Random(0)) == (1, 0)
-    assert pick_pair([0.5, 0.5, 0.5], "best_worst", 0.0, random.Random(0)) is None
+    assert pick_pairs([0.0, 1.0, 1.0, 0.0]) == {(1, 0)}
+    assert pick_pairs([0.5, 0.5, 0.5]) == {None}
 
 
 def test_random_and_margin_rules_only_return_strictly_ordered_pairs():
     scores = [0.0, 0.3, 1.0]
-    rng = random.Random(1)
-    seen = {pick_pair(scores, "random", 0.0, rng) for _ in range(200)}
+    seen = pick_pairs(scores, 200, pair_rule="random", seed=1)
     assert seen == {(1, 0), (2, 0), (2, 1)}
-    seen = {pick_pair(scores, "margin", 0.5, rng) for _ in range(200)}
+    seen = pick_pairs(scores, 200, pair_rule="margin", margin=0.5, seed=1)
     assert seen == {(2, 0), (2, 1)}  # 0.3 - 0.0 < 0.5 is excluded
-    assert pick_pair(scores, "margin", 1.5, rng) is None
+    assert pick_pairs(scores, pair_rule="margin", margin=1.5) == {None}
 
 
 def test_competition_ranks():
-    assert ranks_of([3.0, 1.0, 3.0, 0.0]) == [1, 3, 1, 4]
-    assert ranks_of([2.0]) == [1]
+    assert competition_ranks([3.0, 1.0, 3.0, 0.0]) == [1, 3, 1, 4]
+    assert competition_ranks([2.0]) == [1]
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -71,7 +79,7 @@ def test_every_shape_is_written_and_consistent(synthesized):
     assert len(negatives) == sum(not r["label"] for r in unpaired)
     ranked = read(out / "ranked.jsonl")
     assert len(ranked) == 40 and all(len(r["completions"]) == 3 == len(r["scores"]) for r in ranked)
-    assert all(r["ranks"] == ranks_of(r["scores"]) for r in ranked)
+    assert all(r["ranks"] == competition_ranks(r["scores"]) for r in ranked)
     pairs = read(out / "pairs.jsonl")
     assert len(pairs) == meta["rows"]["pairs"] == 40 - meta["prompts_without_pair"]
     assert meta["unfinished_samples_kept"] == unfinished_by_regenerating(spec, out) > 0

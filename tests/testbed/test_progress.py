@@ -7,9 +7,9 @@ import pytest
 
 from alignlab.eval.gold import GoldEvaluator
 from alignlab.models import load_model, load_tokenizer
+from alignlab.tasks import get_task
 from alignlab.testbed.build import ModelRecipe, build_testbed_model
 from alignlab.testbed.feedback import FeedbackSpec, synthesize
-from alignlab.testbed.tasks import get_task
 
 
 @pytest.mark.parametrize("progress", [True, False])

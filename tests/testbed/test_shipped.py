@@ -17,9 +17,9 @@ import alignlab.testbed.build as build
 from alignlab.cache import machine_signature
 from alignlab.cli import main
 from alignlab.errors import UserError
+from alignlab.tasks import ArithmeticTask, task_names
 from alignlab.testbed import shipped
 from alignlab.testbed.build import ModelRecipe, build_testbed_model, stage_recipe
-from alignlab.testbed.tasks import ArithmeticTask, task_names
 
 TINY = ModelRecipe(task="arithmetic", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                    pretrain_steps=3, sft_steps=2, pretrain_batch=4, sft_batch=4)

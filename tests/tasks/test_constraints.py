@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from alignlab.testbed.tasks.constraints import (
+from alignlab.tasks.constraints import (
     FILLER,
     KEYWORDS,
     TOPICS,

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from alignlab.testbed.tasks.arithmetic import SLOPPY_FORMS, ArithmeticTask, parse_prompt, sloppy
+from alignlab.tasks.arithmetic import SLOPPY_FORMS, ArithmeticTask, parse_prompt, sloppy
 
 P = "37+58="  # answer 95
 

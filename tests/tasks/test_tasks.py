@@ -7,7 +7,7 @@ import math
 import pytest
 
 from alignlab.errors import UserError
-from alignlab.testbed.tasks import (
+from alignlab.tasks import (
     TASKS,
     ArithmeticTask,
     ConstraintsTask,

@@ -40,7 +40,7 @@ from __future__ import annotations
 import random
 import re
 
-from alignlab.testbed.tasks.base import Task, check_int, pack_documents
+from alignlab.tasks.base import Task, check_int, pack_documents
 
 SLOPPY_FORMS = ("{}.", "={}", "{}!", "~{}")  # each fails the exact-answer check
 

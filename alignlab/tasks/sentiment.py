@@ -33,8 +33,8 @@ from __future__ import annotations
 import random
 import re
 
-from alignlab.testbed.tasks import lexicon as lx
-from alignlab.testbed.tasks.base import Task, check_int, cycle_draw, pack_documents
+from alignlab.tasks import lexicon as lx
+from alignlab.tasks.base import Task, check_int, cycle_draw, pack_documents
 
 WORD_RE = re.compile(r"[a-z']+")
 NEGATION_WINDOW = 2

@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 
-from alignlab.testbed.tasks import lexicon as lx
-from alignlab.testbed.tasks.sentiment import (
+from alignlab.tasks import lexicon as lx
+from alignlab.tasks.sentiment import (
     SentimentTask,
     continuation,
     lexicon_score,

@@ -1,4 +1,5 @@
-"""The built-in testbed tasks by name: prompts with a gold reward, a flawed proxy and a held-out eval set.
+"""The built-in tasks by name (the testbed's task library): prompts with a gold reward, a flawed
+proxy and a held-out eval set.
 
 ``get_task("arithmetic", partial_credit=True)`` builds a task; ``task_names()`` lists them. Each
 task's module docstring says what its gold and proxy rewards are and what alignment should change.
@@ -10,10 +11,10 @@ import difflib
 import inspect
 
 from alignlab.errors import UserError
-from alignlab.testbed.tasks.arithmetic import ArithmeticTask
-from alignlab.testbed.tasks.base import Task
-from alignlab.testbed.tasks.constraints import ConstraintsTask
-from alignlab.testbed.tasks.sentiment import SentimentTask
+from alignlab.tasks.arithmetic import ArithmeticTask
+from alignlab.tasks.base import Task
+from alignlab.tasks.constraints import ConstraintsTask
+from alignlab.tasks.sentiment import SentimentTask
 
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ArithmeticTask, SentimentTask, ConstraintsTask)}
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import random
 import re
 
-from alignlab.testbed.tasks.base import Task, check_int, pack_documents
+from alignlab.tasks.base import Task, check_int, pack_documents
 
 TOPICS = [
     "the sea", "a city at night", "your morning", "a forest walk", "winter", "a busy market",

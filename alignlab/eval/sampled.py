@@ -1,0 +1,129 @@
+"""Sampled evaluation: how a policy's answers to a set of prompts score, against a reference's.
+
+Over (prompts, a ``Scorer``, generators): for each prompt the policy answers once by sampling and
+once greedily. Reported, each under ``PREFIX/``:
+
+- ``sampled``, ``greedy``: mean score of those answers;
+- ``win_rate``: how often the sampled answer beats a sample from the reference. With a pointwise
+  scorer (``Scorer.compares_by_score``) a higher score wins and a tie counts one half; with a
+  pairwise one (a judge) it is the mean of ``compare(prompt, answer, reference's answer)``. The
+  reference's samples are drawn once, with their own seed, and reused at every evaluation;
+- ``kl``: KL(policy ‖ reference) estimated from the policy's samples as the mean of
+  log π(y|x) − log π_ref(y|x), summed over the response tokens (unbiased; a single term can be
+  negative);
+- ``length``: mean number of generated tokens, end-of-turn token excluded.
+
+The scorer can be anything ``alignlab.rewards.load_scorer`` builds: a task's gold reward
+(``task:arithmetic``, see ``eval/gold.py``), a reward model, a judge, a function. Samples come
+from ``make_generator`` (or the ``generators`` function given). The reference is a module, or a
+function returning a context manager that yields it (a LoRA policy's reference is the same
+network with its adapter switched off, only inside that context). The prompts can be split over
+processes (``rank``/``world_size``); ``reduce`` sums the per-process totals, so every process gets
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from alignlab.data.records import Text
+from alignlab.generation import Generator, Sample, SamplingParams, make_generator
+from alignlab.logprobs import completion_logps
+from alignlab.rewards.base import Scorer
+
+REFERENCE_SEED_OFFSET = 7919  # the reference's samples use a seed of their own
+METRICS = ("sampled", "greedy", "win_rate", "kl", "length")
+
+
+@dataclass
+class SampledEvaluation:
+    """The evaluation of the module docstring. ``prompts`` is given in full; after construction it
+    holds this process's share (every ``world_size``-th prompt from ``rank``)."""
+
+    prompts: Sequence[Text]
+    scorer: Scorer
+    tokenizer: object
+    max_new_tokens: int
+    prefix: str = "reward"  # metric names: PREFIX/sampled, PREFIX/greedy, ...
+    seed: int = 0
+    temperature: float = 1.0
+    batch_size: int = 128
+    rank: int = 0
+    world_size: int = 1
+    progress: bool = False  # a bar for each sampling pass
+    backend: str = "hf"  # make_generator's backend
+    generators: Callable[[Any, str | None], Generator] | None = None  # (module, bar label) -> Generator
+    prompts_name: str = "prompts"  # what the progress bars call the prompts
+
+    def __post_init__(self) -> None:
+        self.prompts = list(self.prompts)[self.rank::self.world_size]
+        self._reference: tuple[list[str], list[float] | None] | None = None  # texts, scores
+
+    def _generate(self, model, params: SamplingParams, what: str) -> list[Sample]:
+        label = f"evaluating: {what} answers to {len(self.prompts)} {self.prompts_name}" if self.progress else None
+        if self.generators is not None:
+            gen = self.generators(model, label)
+        else:
+            gen = make_generator(model, self.tokenizer, self.backend, batch_size=self.batch_size, progress=label)
+        return [s[0] for s in gen.generate(self.prompts, 1, params)]
+
+    def _params(self, greedy: bool, seed: int) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0 if greedy else self.temperature,
+                              seed=seed)
+
+    def _score(self, samples: Sequence[Sample]) -> list[float]:
+        return self.scorer.score(self.prompts, [s.text for s in samples])
+
+    def _wins(self, texts: list[str], scores: list[float]) -> list[float]:
+        ref_texts, ref_scores = self._reference
+        if ref_scores is not None:
+            return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, ref_scores, strict=True)]
+        return self.scorer.compare(self.prompts, texts, ref_texts)
+
+    def sums(self, policy, reference: Any) -> dict[str, float]:
+        """This process's totals: sums over its prompts, and their count under ``_count``."""
+        scope = reference if callable(reference) and not hasattr(reference, "forward") else (
+            lambda: contextlib.nullcontext(reference))
+        if self._reference is None:
+            with scope() as ref:
+                ref_samples = self._generate(ref, self._params(False, self.seed + REFERENCE_SEED_OFFSET), "reference")
+            pointwise = self.scorer.compares_by_score
+            self._reference = ([s.text for s in ref_samples], self._score(ref_samples) if pointwise else None)
+        sampled = self._generate(policy, self._params(False, self.seed), "sampled")
+        greedy = self._generate(policy, self._params(True, self.seed), "greedy")
+        score_s = self._score(sampled)
+        score_g = self._score(greedy)
+        wins = self._wins([s.text for s in sampled], score_s)
+        kl = self._kl(policy, scope, sampled)
+        lengths = [len(s.token_ids) - int(s.finished) for s in sampled]
+        p = self.prefix
+        return {f"{p}/sampled": sum(score_s), f"{p}/greedy": sum(score_g), f"{p}/win_rate": sum(wins),
+                f"{p}/kl": kl, f"{p}/length": float(sum(lengths)), "_count": float(len(self.prompts))}
+
+    def _kl(self, policy, scope, samples: Sequence[Sample]) -> float:
+        if not samples:
+            return 0.0
+        pad = self.tokenizer.pad_token_id
+        prompts = [s.prompt_ids for s in samples]
+        responses = [s.token_ids for s in samples]
+        was_training = policy.training
+        policy.eval()  # with LoRA the reference is this same module: both passes run in eval mode
+        try:
+            lp_policy = completion_logps(policy, prompts, responses, pad, self.batch_size)
+            with scope() as ref:
+                lp_ref = completion_logps(ref, prompts, responses, pad, self.batch_size)
+        finally:
+            policy.train(was_training)
+        return float((lp_policy - lp_ref).sum())
+
+    def __call__(self, policy, reference: Any,
+                 reduce: Callable[[dict[str, float]], dict[str, float]] | None = None) -> dict[str, float]:
+        """Mean metrics over all prompts (summed over processes with ``reduce`` when given)."""
+        totals = self.sums(policy, reference)
+        if reduce is not None:
+            totals = reduce(totals)
+        count = max(totals.pop("_count"), 1.0)
+        return {k: v / count for k, v in totals.items()}

@@ -1,0 +1,34 @@
+"""``make_generator``: the one place a generation backend is built.
+
+Online methods, decoding-time methods, evaluation, judges and the testbed ask this factory for a
+``Generator`` and use only the protocol (``generation/base.py``), so a backend can be swapped by
+name without touching them.
+"""
+
+from __future__ import annotations
+
+from alignlab.errors import UserError
+from alignlab.generation.base import Generator
+
+BACKENDS = ("hf",)
+OPTIONS = {"hf": ("batch_size", "progress")}
+
+
+def make_generator(model, tokenizer, backend: str = "hf", **options) -> Generator:
+    """A ``Generator`` that samples from ``model`` (a causal LM, or its DDP wrapper) with ``tokenizer``.
+
+    ``backend``: ``"hf"``, Hugging Face ``generate`` on the model's own parameters (options:
+    ``batch_size`` sequences at a time, default 128; ``progress``, a label to show a progress bar
+    under). An unknown backend is a ``UserError`` naming the known ones.
+    """
+    if backend not in BACKENDS:
+        raise UserError(f"generation backend '{backend}' is unknown; known: {', '.join(BACKENDS)}")
+    unknown = sorted(set(options) - set(OPTIONS[backend]))
+    if unknown:
+        raise UserError(f"generation backend '{backend}': unknown option '{unknown[0]}' (options: "
+                        f"{', '.join(OPTIONS[backend])})")
+    if backend == "hf":
+        from alignlab.generation.hf import HFGenerator
+
+        return HFGenerator(model, tokenizer, **options)
+    raise AssertionError(backend)  # every name in BACKENDS is built above
