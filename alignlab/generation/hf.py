@@ -115,13 +115,10 @@ class HFGenerator:
             **({} if params.greedy else {"temperature": params.temperature, "top_p": params.top_p,
                                           "top_k": params.top_k}),
         )
-        out = self.model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config,
-                                  return_dict_in_generate=True, output_logits=True)
-        new_BT = out.sequences[:, width:]
-        # The raw logits of each step, before any processor or temperature: log π at temperature 1.
-        # One step at a time, so no second copy of all the steps' logits is made.
-        logprobs_BT = torch.stack([torch.log_softmax(logits_BV.float(), dim=-1).gather(-1, new_BT[:, t, None])[:, 0]
-                                   for t, logits_BV in enumerate(out.logits)], dim=1)
+        recorder = TokenLogprobs()
+        new_BT = self.model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                     generation_config=config, logits_processor=[recorder])[:, width:]
+        logprobs_BT = recorder.finish(new_BT)
         samples = []
         for c, row, lps in zip(contexts, new_BT.tolist(), logprobs_BT.tolist(), strict=True):
             finished = self.eos in row
@@ -130,3 +127,30 @@ class HFGenerator:
             samples.append(Sample(self.tok.decode(body, skip_special_tokens=True), c, tuple(row), finished,
                                   tuple(lps[:len(row)])))
         return samples
+
+
+class TokenLogprobs:
+    """A logits processor that records log π(token) of every generated token at temperature 1.
+
+    It runs before the sampling warpers (temperature, top-k, top-p; every other processor is set
+    to neutral above), so it sees the model's raw logits. At each step it keeps that step's
+    log-softmax, and at the next step reads off the value of the token that was drawn (now the
+    last of ``input_ids``): one step's values in memory, never all of them. It returns the scores
+    unchanged, so the draws are those of ``generate`` without it."""
+
+    def __init__(self):
+        self._last: torch.Tensor | None = None
+        self._values: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._last is not None:
+            self._values.append(self._last.gather(-1, input_ids[:, -1:])[:, 0])
+        self._last = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, new_BT: torch.Tensor) -> torch.Tensor:
+        """(B, T) log-probs of the generated tokens ``new_BT`` (the last step read off here)."""
+        if self._last is not None:
+            self._values.append(self._last.gather(-1, new_BT[:, -1:].to(self._last.device))[:, 0])
+            self._last = None
+        return torch.stack(self._values, dim=1)
