@@ -216,6 +216,11 @@ def test_demo_rejects_unknown_task_and_method_before_any_work(capsys, tmp_path):
     assert "lr and epochs must be positive" in capsys.readouterr().err
     assert main(["demo", "--label-noise", "1.5", "--cache-dir", str(tmp_path)]) == 2
     assert "label_noise must be in [0, 0.5)" in capsys.readouterr().err
+    for flag, value, words in (("--batch-size", "0", "--batch-size: must be >= 1, got 0"),
+                               ("--eval-every", "-1", "--eval-every: must be >= 0, got -1"),
+                               ("--eval-prompts", "-2", "--eval-prompts: must be >= 0, got -2")):
+        assert main(["demo", flag, value, "--cache-dir", str(tmp_path)]) == 2
+        assert f"alignlab: error: {words}\n" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing was built
 
 

@@ -226,6 +226,8 @@ def _merge_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(sub, dict):
             raise ConfigError(f"{head}: cannot set '{tail}' inside a non-mapping value")
         raw[head] = {**sub, tail: value}
+    elif isinstance(value, dict) and isinstance(raw.get(key), dict):
+        raw[key] = {**raw[key], **value}  # a mapping after dotted keys into it: both kept
     else:
         raw[key] = value
 

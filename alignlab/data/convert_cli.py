@@ -131,8 +131,9 @@ def _check_options(args: argparse.Namespace, conversion: Conversion) -> None:
         if getattr(args, option) is not None and option not in conversion.options:
             takes = ", ".join(f"--{o}" for o in conversion.options) or "none"
             raise UserError(f"--{option} does not apply to {args.conversion} (its options: {takes})")
-    if args.margin is not None and args.rule != "margin":
-        raise UserError("--margin applies to --rule margin only")
+    if args.margin is not None and args.rule not in ("margin", "random"):
+        raise UserError("--margin applies to --rule margin only, or to --rule random (the least score gap of "
+                        "the pair drawn)")
     if args.seed is not None and "rule" in conversion.options and args.rule != "random":
         raise UserError("--seed applies to --rule random only (the other rules draw nothing)")
     if args.rule == "margin" and args.margin is None:

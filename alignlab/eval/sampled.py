@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignlab.data.records import Text
+from alignlab.errors import UserError
 from alignlab.generation import Generator, Sample, SamplingParams, make_generator
+from alignlab.generation.factory import BACKENDS
 from alignlab.logprobs import completion_logps
 from alignlab.rewards.base import Scorer
 
@@ -59,6 +61,13 @@ class SampledEvaluation:
     prompts_name: str = "prompts"  # what the progress bars call the prompts
 
     def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise UserError(f"sampled evaluation: rank must be in [0, world_size) and world_size >= 1, got rank "
+                            f"{self.rank} of {self.world_size}")
+        if not self.prompts:
+            raise UserError(f"sampled evaluation: no {self.prompts_name} to answer")
+        if self.backend not in BACKENDS:
+            raise UserError(f"generation backend '{self.backend}' is unknown; known: {', '.join(BACKENDS)}")
         self.prompts = list(self.prompts)[self.rank::self.world_size]
         self._reference: tuple[list[str], list[float] | None] | None = None  # texts, scores
 

@@ -15,7 +15,8 @@ OPTIONS = {"hf": ("batch_size", "progress")}
 
 
 def make_generator(model, tokenizer, backend: str = "hf", **options) -> Generator:
-    """A ``Generator`` that samples from ``model`` (a causal LM, or its DDP wrapper) with ``tokenizer``.
+    """A ``Generator`` that samples from ``model`` (a causal LM itself: a training run hands over
+    the network inside its DDP wrapper, ``training.distributed.unwrap``) with ``tokenizer``.
 
     ``backend``: ``"hf"``, Hugging Face ``generate`` on the model's own parameters (options:
     ``batch_size`` sequences at a time, default 128; ``progress``, a label to show a progress bar
@@ -27,6 +28,9 @@ def make_generator(model, tokenizer, backend: str = "hf", **options) -> Generato
     if unknown:
         raise UserError(f"generation backend '{backend}': unknown option '{unknown[0]}' (options: "
                         f"{', '.join(OPTIONS[backend])})")
+    if not callable(getattr(model, "generate", None)):
+        raise UserError(f"make_generator: {type(model).__name__} cannot generate; give the causal LM itself "
+                        "(a DistributedDataParallel wrapper's .module)")
     if backend == "hf":
         from alignlab.generation.hf import HFGenerator
 

@@ -75,6 +75,10 @@ class DemoSettings:
             self.lr = TASK_LR[self.task]
         if not (math.isfinite(self.lr) and self.lr > 0) or not (math.isfinite(self.epochs) and self.epochs > 0):
             raise UserError(f"lr and epochs must be positive numbers, got lr={self.lr}, epochs={self.epochs}")
+        for name, value, least in (("batch_size", self.batch_size, 1), ("eval_every", self.eval_every, 0),
+                                   ("eval_prompts", self.eval_prompts, 0)):
+            if value < least:
+                raise UserError(f"{option(name)}: must be >= {least}, got {value}")
         # Checked now, before minutes of model building, not when the feedback is written.
         FeedbackSpec(self.task, self.num_prompts, self.k, self.reward, label_noise=self.label_noise, seed=self.seed)
         if not (0 <= self.seed < 2**63):

@@ -61,7 +61,7 @@ class FeedbackSpec:
                                                           "or its proxy", "choices": ("gold", "proxy")})
     pair_rule: str = field(default="best_worst", metadata={"help": "which two of a prompt's answers make its pair",
                                                            "choices": PAIR_RULES})
-    margin: float = field(default=0.0, metadata={"help": "minimum score gap of a pair under pair_rule margin (a "
+    margin: float = field(default=0.0, metadata={"help": "minimum score gap of a pair under pair_rule margin or random (a "
                                                          "random pair whose scores differ by at least this)"})
     label_noise: float = field(default=0.0, metadata={"help": "fraction of pair labels to flip"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
@@ -75,6 +75,8 @@ class FeedbackSpec:
             (self.reward in ("gold", "proxy"), f"reward must be 'gold' or 'proxy', got '{self.reward}'"),
             (self.pair_rule in PAIR_RULES, f"pair_rule must be one of {', '.join(PAIR_RULES)}, got '{self.pair_rule}'"),
             (self.margin >= 0, f"margin must be >= 0, got {self.margin}"),
+            (self.margin == 0 or self.pair_rule in ("margin", "random"),
+             f"margin applies to pair_rule margin or random, not {self.pair_rule}"),
             (0.0 <= self.label_noise < 0.5, f"label_noise must be in [0, 0.5), got {self.label_noise}"),
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
         ]
@@ -89,8 +91,7 @@ def pairs_of(prompts: list[str], texts: list[list[str]], scores: list[list[float
     seed = f"feedback/{spec.seed}"
     ranked = [convert.rank_responses(p, row, sc) for p, row, sc in zip(prompts, texts, scores, strict=True)
               if len(row) >= 2]
-    rule, margin = ("best_worst", 0.0) if spec.pair_rule == "best_worst" else (
-        "random", spec.margin if spec.pair_rule == "margin" else 0.0)
+    rule, margin = ("best_worst", 0.0) if spec.pair_rule == "best_worst" else ("random", spec.margin)
     pairs = convert.ranked_to_pairs(ranked, rule, margin=margin, seed=seed).records
     noisy = convert.flip_labels(pairs, spec.label_noise, seed=seed)
     return noisy.records, noisy.flipped

@@ -51,7 +51,9 @@ class StepSource(Protocol):
         ...
 
     def state_dict(self, done: int) -> dict[str, Any]:
-        """What a checkpoint written after ``done`` steps holds of this source."""
+        """What a checkpoint written after ``done`` steps holds of this source. The first process
+        writes the checkpoint and every process resumes from it, so the state must be the same on
+        every process (a source with per-process state gathers it here)."""
         ...
 
     def mismatches(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -180,3 +180,11 @@ def test_the_example_configs_read_the_same_flat_and_by_section():
     cfg = load_config(examples / "sft_tiny.yaml")
     assert cfg == make_config(flat_config(sectioned))
     assert (cfg.method, cfg.optim.epochs, cfg.eval.eval_fraction, cfg.dataset.max_length) == ("sft", 3.0, 0.1, 256)
+
+
+def test_a_mapping_after_dotted_keys_into_it_keeps_both(tmp_path):
+    """YAML ``columns.prompt: q`` then ``columns: {chosen: c}``: both mappings are kept, in either order."""
+    for lines in (["columns.prompt: q", "columns: {chosen: c}"], ["columns: {chosen: c}", "columns.prompt: q"]):
+        path = tmp_path / "c.yaml"
+        path.write_text("model: m\ndata: d\n" + "\n".join(lines) + "\n")
+        assert load_config(path).dataset.columns == {"prompt": "q", "chosen": "c"}

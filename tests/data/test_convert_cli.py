@@ -142,3 +142,14 @@ def test_usage_errors_exit_2(tmp_path, capsys):
         assert main(["convert", *tokens]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("alignlab: error: alignlab convert: ") and named in err
+
+
+def test_random_rule_takes_a_margin(tmp_path, capsys):
+    """Scores 3, 2, 0: with --margin 2.5 the only pair a random draw may give is (3, 0); a list whose
+    scores never differ by 2.5 gives none (counted as dropped)."""
+    src = jsonl(tmp_path / "r.jsonl", [{"prompt": "a", "completions": ["x", "y", "z"], "scores": [3, 2, 0]},
+                                       {"prompt": "b", "completions": ["u", "v"], "scores": [1, 0]}])
+    for seed in ("0", "1", "2"):
+        written, _ = run(tmp_path, capsys, "ranked-to-pairs", str(src), "--rule", "random", "--margin", "2.5",
+                         "--seed", seed)
+        assert [(r["prompt"], r["chosen"], r["rejected"]) for r in written] == [("a", "x", "z")]

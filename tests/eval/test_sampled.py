@@ -113,3 +113,19 @@ def test_shards_split_the_prompts(models):
     halves = [p.sums(policy, ref) for p in parts]
     assert halves[0]["_count"] + halves[1]["_count"] == whole["_count"] == 4
     assert halves[0]["reward/greedy"] + halves[1]["reward/greedy"] == pytest.approx(whole["reward/greedy"], abs=1e-12)
+
+
+@pytest.mark.parametrize(("prompts", "rank", "world", "backend", "words"), [
+    ([], 0, 1, "hf", "no prompts to answer"),
+    (PROMPTS, 0, 0, "hf", "rank must be in [0, world_size)"),
+    (PROMPTS, 2, 2, "hf", "got rank 2 of 2"),
+    (PROMPTS, 0, 1, "vllm", "generation backend 'vllm' is unknown"),
+])
+def test_settings_that_cannot_work_are_refused_at_construction(models, prompts, rank, world, backend, words):
+    from alignlab.errors import UserError
+
+    _, _, tok = models
+    with pytest.raises(UserError) as e:
+        SampledEvaluation(prompts, LengthPenalty(), tok, max_new_tokens=4, rank=rank, world_size=world,
+                          backend=backend)
+    assert words in str(e.value) and "\n" not in str(e.value)

@@ -65,3 +65,10 @@ def test_update_weights_with_another_module_samples_from_it(model_tok):
     assert gen.model is other
     assert gen.generate(["xy", "1+2="], 1, params) == make_generator(other, tok).generate(["xy", "1+2="], 1, params)
     assert gen.generate(["xy", "1+2="], 1, params) != before
+
+
+def test_a_module_that_cannot_generate_is_a_one_line_user_error(model_tok):
+    """A DDP wrapper (or any module without ``generate``) is refused with the fix named."""
+    _, tok = model_tok
+    with pytest.raises(UserError, match=r"^make_generator: Linear cannot generate; give the causal LM itself"):
+        make_generator(torch.nn.Linear(2, 2), tok)

@@ -44,7 +44,7 @@ def test_competition_ranks():
 @pytest.mark.parametrize("kwargs,match", [
     ({"k": 1}, "k must be"), ({"num_prompts": 0}, "num_prompts"), ({"reward": "gold!"}, "reward"),
     ({"pair_rule": "best"}, "pair_rule"), ({"label_noise": 1.5}, "label_noise"), ({"margin": -1.0}, "margin"),
-    ({"task": "arithmetc"}, "arithmetic"),
+    ({"task": "arithmetc"}, "arithmetic"), ({"margin": 0.5}, "margin applies to pair_rule margin or random"),
 ])
 def test_bad_specs_are_user_errors(kwargs, match):
     with pytest.raises(UserError, match=match):
