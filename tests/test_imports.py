@@ -79,11 +79,13 @@ def importers_of_testbed(root: Path) -> list[str]:
 
 
 def backend_classes(root: Path) -> set[str]:
-    """Classes defined in the generation backends (every module of generation/ but the protocol,
-    the factory and the package's __init__)."""
+    """Generators defined in the generation backends (every module of generation/ but the protocol,
+    the factory and the package's __init__): the classes there with a ``generate`` method (a
+    backend's own helpers, such as a logits processor, are not generators)."""
     return {node.name for path, tree in sources(root).items()
             if path.startswith("generation/") and path not in NOT_BACKENDS
-            for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+            for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+            and any(isinstance(f, ast.FunctionDef) and f.name == "generate" for f in node.body)}
 
 
 def backend_constructions(root: Path, classes: set[str]) -> list[str]:
@@ -131,7 +133,8 @@ def test_the_boundary_checks_catch_violations(tmp_path):
         "tasks/__init__.py": "from ..testbed import build\n",
         "training/run.py": "from alignlab.testbedish import y\nfrom alignlab.generation.hf import HFGenerator\n"
                         "g = HFGenerator(model, tok)\n",
-        "generation/hf.py": "class HFGenerator:\n    pass\n",
+        "generation/hf.py": "class HFGenerator:\n    def generate(self):\n        return Helper()\n\n\n"
+                            "class Helper:\n    pass\n",
         "generation/base.py": "class Generator:\n    pass\n",
         "generation/factory.py": "from alignlab.generation.hf import HFGenerator\nHFGenerator(m, t)\n",
         "rewards/model.py": "from alignlab.generation import hf\n\n\ndef g(m, t):\n    return hf.HFGenerator(m, t)\n",
