@@ -218,6 +218,11 @@ FLAG_NAMES = {
 }
 
 
+def field_flag(command: str, name: str) -> str:
+    """The flag that sets field ``name`` of ``command``'s settings: ``--prompts`` for num_prompts."""
+    return "--" + FLAG_NAMES[command].get(name, name).replace("_", "-")
+
+
 def default_text(value: object) -> str:
     """A field's default as ``--help`` shows it: ``(default 0.5)``, ``(default none)``."""
     if value is None or value == {}:
@@ -240,7 +245,7 @@ def add_field_flags(parser: argparse.ArgumentParser, cls: type, command: str, re
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, _ = _strip_optional(hints[f.name])
-        flag = "--" + FLAG_NAMES[command].get(f.name, f.name).replace("_", "-")
+        flag = field_flag(command, f.name)
         shown = "required" if f.name in required else f"default {default_text(field_default(f))}"
         kwargs = {"dest": f.name, "help": f"{f.metadata.get('help', '')} ({shown})".replace("%", "%%")}
         if f.name in required:
@@ -269,8 +274,7 @@ def field_values(args: argparse.Namespace, cls: type, command: str) -> dict:
             for item in value:
                 name, sep, text = item.partition("=")
                 if not sep or not name:
-                    flag = "--" + FLAG_NAMES[command].get(f.name, f.name).replace("_", "-")
-                    raise UserError(f"{flag}: expected NAME=VALUE, got '{item}'")
+                    raise UserError(f"{field_flag(command, f.name)}: expected NAME=VALUE, got '{item}'")
                 items[name] = yaml.safe_load(text)
             value = items
         out[f.name] = value

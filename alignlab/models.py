@@ -284,12 +284,13 @@ class Reference:
     @contextlib.contextmanager
     def model(self, policy_unwrapped: torch.nn.Module | None = None) -> Iterator[torch.nn.Module]:
         """Yield the module to run for reference log-probs or samples (under no_grad)."""
+        policy = self.policy if policy_unwrapped is None else policy_unwrapped
         with torch.no_grad():
             if self._copy is not None:
                 yield self._copy
             else:
-                with (policy_unwrapped or self.policy).disable_adapter():
-                    yield policy_unwrapped or self.policy
+                with policy.disable_adapter():
+                    yield policy
 
     def __call__(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
         return self.model()

@@ -30,7 +30,7 @@ import yaml
 
 from alignlab.config.schema import TrainConfig, _instantiate, get_loss, sections
 from alignlab.errors import ConfigError
-from alignlab.losses import REGISTRY, ParamError
+from alignlab.losses import REGISTRY
 
 # -- conversion of raw values (YAML or command line) to field types ------------------------------
 
@@ -157,12 +157,7 @@ def build(cls: type, raw: dict[str, Any], where: str) -> Any:
         if key not in types_:
             raise unknown_key_error(key, list(types_), where)
         kwargs[key] = convert(value, types_[key], key)
-    try:
-        return cls(**kwargs)
-    except ParamError as e:  # a hyperparameter's own range check
-        raise ConfigError(str(e)) from None
-    except TypeError as e:  # a required field without default
-        raise ConfigError(f"{where}: {e}") from None
+    return _instantiate(cls, kwargs, where)
 
 
 # -- keys: by section or flat ----------------------------------------------------------------------

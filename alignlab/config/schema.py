@@ -263,12 +263,13 @@ def _home(name: str) -> str | None:
 
 
 def _instantiate(cls: type, values: dict[str, Any], where: str) -> Any:
-    """``cls(**values)`` for values that are already Python objects of the right types."""
+    """``cls(**values)`` for values that are already Python objects of the right types; a range
+    check's error or an unknown or missing key is a ``ConfigError``."""
     try:
         return cls(**values)
     except ParamError as e:  # a hyperparameter's own range check
         raise ConfigError(str(e)) from None
-    except TypeError as e:  # an unknown key
+    except TypeError as e:  # an unknown key, or a required one missing
         raise ConfigError(f"{where}: {e}") from None
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from alignlab.data.records import Text
 from alignlab.errors import UserError
 from alignlab.generation import Generator, Sample, SamplingParams, make_generator
-from alignlab.generation.factory import BACKENDS
+from alignlab.generation.factory import check_backend
 from alignlab.logprobs import completion_logps
 from alignlab.rewards.base import Scorer
 
@@ -66,8 +66,7 @@ class SampledEvaluation:
                             f"{self.rank} of {self.world_size}")
         if not self.prompts:
             raise UserError(f"sampled evaluation: no {self.prompts_name} to answer")
-        if self.backend not in BACKENDS:
-            raise UserError(f"generation backend '{self.backend}' is unknown; known: {', '.join(BACKENDS)}")
+        check_backend(self.backend)
         self.prompts = list(self.prompts)[self.rank::self.world_size]
         self._reference: tuple[list[str], list[float] | None] | None = None  # texts, scores
 

@@ -14,6 +14,12 @@ BACKENDS = ("hf",)
 OPTIONS = {"hf": ("batch_size", "progress")}
 
 
+def check_backend(backend: str) -> None:
+    """A ``UserError`` naming the known backends unless ``backend`` is one."""
+    if backend not in BACKENDS:
+        raise UserError(f"generation backend '{backend}' is unknown; known: {', '.join(BACKENDS)}")
+
+
 def make_generator(model, tokenizer, backend: str = "hf", **options) -> Generator:
     """A ``Generator`` that samples from ``model`` (a causal LM itself: a training run hands over
     the network inside its DDP wrapper, ``training.distributed.unwrap``) with ``tokenizer``.
@@ -22,8 +28,7 @@ def make_generator(model, tokenizer, backend: str = "hf", **options) -> Generato
     ``batch_size`` sequences at a time, default 128; ``progress``, a label to show a progress bar
     under). An unknown backend is a ``UserError`` naming the known ones.
     """
-    if backend not in BACKENDS:
-        raise UserError(f"generation backend '{backend}' is unknown; known: {', '.join(BACKENDS)}")
+    check_backend(backend)
     unknown = sorted(set(options) - set(OPTIONS[backend]))
     if unknown:
         raise UserError(f"generation backend '{backend}': unknown option '{unknown[0]}' (options: "

@@ -19,9 +19,9 @@ class HFGenerator:
     prompts, params and batch size give the same samples on CPU; a prompt's samples depend on
     which prompts share its batch.
 
-    Each sample's log-probs come from the raw logits ``generate`` returns (``output_logits``), so
-    asking for them changes no sampled token; the batch's logits at every step are held until the
-    batch ends: ``batch_size × max_new_tokens × vocabulary`` floats.
+    Each sample's log-probs are read off the raw logits one step at a time (``TokenLogprobs``, a
+    logits processor that changes no score), so asking for them changes no sampled token and keeps
+    one step's ``batch_size × vocabulary`` floats, not every step's.
 
     The generator runs on ``model``'s own parameters: an optimizer step on the policy is seen by
     the next ``generate`` call without any copy.

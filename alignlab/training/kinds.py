@@ -28,8 +28,6 @@ from alignlab.training.forward.sft import SFTForward
 class PolicyKind:
     """A causal LM trained on the log-probs of its responses."""
 
-    answers_prompts = True  # it can be sampled from (a testbed task's evaluation)
-
     def __init__(self, cfg):
         self.cfg = cfg
 
@@ -67,8 +65,6 @@ class PolicyKind:
 
 class RewardModelKind:
     """A backbone (a causal LM's decoder or an encoder) with a fresh head, trained on pairs."""
-
-    answers_prompts = False
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -141,7 +141,9 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
         raise ConfigError(f"resume: checkpoint {found} was written with a config that differs in "
                           f"{', '.join(differ)}; resume with the same config, or start afresh with {afresh()}")
     saved = state.get("data_position", {})
-    for key, then, now in inp.source.mismatches(saved)[:1]:
+    mismatches = inp.source.mismatches(saved)
+    if mismatches:
+        key, then, now = mismatches[0]
         raise ConfigError(
             f"resume: checkpoint {found.name} was written with {key}={then} and this run has {now}; "
             "resume with the same batch_size × grad_accum × processes and the same data, "
