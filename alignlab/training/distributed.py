@@ -8,7 +8,9 @@ or unwraps the wrapper is here, so the rest of the package never sees ``torch.di
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -39,11 +41,24 @@ class Dist:
 
     def union(self, keys: list[str]) -> list[str]:
         """The sorted union of every process's ``keys`` (each process may have seen different ones)."""
+        return sorted({k for part in self.gather(sorted(set(keys))) for k in part})
+
+    def gather(self, part: Any) -> list:
+        """Every process's ``part`` (any picklable value), in rank order."""
         if self.world_size == 1:
-            return sorted(set(keys))
-        gathered: list = [None] * self.world_size
-        tdist.all_gather_object(gathered, sorted(set(keys)))
-        return sorted({k for part in gathered for k in part})
+            return [part]
+        out: list = [None] * self.world_size
+        tdist.all_gather_object(out, part)
+        return out
+
+    def from_main(self, read: Callable[[], Any]) -> Any:
+        """``read()`` on the first process only; every process gets its value."""
+        value = read() if self.is_main else None
+        if self.world_size > 1:
+            box = [value]
+            tdist.broadcast_object_list(box, src=0)
+            value = box[0]
+        return value
 
 
 def init_distributed() -> Dist:

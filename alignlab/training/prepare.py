@@ -20,7 +20,6 @@ import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -84,25 +83,6 @@ def opener(resp: Response) -> tuple[int, ...]:
     return resp.ids[:k]
 
 
-def read_shared(dist: Dist, read: Callable[[], Any]) -> Any:
-    """``read()`` on the first process (None when there is nothing usable), the same on all."""
-    value = read() if dist.is_main else None
-    if dist.world_size > 1:
-        box = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        value = box[0]
-    return value
-
-
-def gather_parts(dist: Dist, part: Any) -> list:
-    """Every process's ``part``, in rank order."""
-    if dist.world_size == 1:
-        return [part]
-    out: list = [None] * dist.world_size
-    torch.distributed.all_gather_object(out, part)
-    return out
-
-
 def write_atomic(path: Path, write: Callable[[str], None], log: Callable[[str], None], what: str) -> None:
     """Write through a temporary file renamed into place; a failure is reported, not raised."""
     tmp = None
@@ -138,7 +118,7 @@ def add_samples(examples: list, reference: Callable, tokenizer, *, k: int, param
     do not depend on the number of processes. A sample longer than the room ``max_length`` leaves
     after its prompt is cut at the end."""
     contexts = [tuple(e.prompt_ids) + opener(e.rejected) for e in examples]
-    drawn = read_shared(dist, lambda: _read_samples(cache_file, len(examples), k))
+    drawn = dist.from_main(lambda: _read_samples(cache_file, len(examples), k))
     if drawn is None:
         chunks = list(range(0, len(contexts), SAMPLE_CHUNK))
         part = {}
@@ -148,7 +128,7 @@ def add_samples(examples: list, reference: Callable, tokenizer, *, k: int, param
                 chunk_params = dataclasses.replace(params, seed=(params.seed * 1_000_003 + c) % 2**63)
                 rows = gen.generate_ids(contexts[c:c + SAMPLE_CHUNK], k, chunk_params)
                 part[c] = [[list(s.token_ids) for s in row] for row in rows]
-        merged = {c: rows for piece in gather_parts(dist, part) for c, rows in piece.items()}
+        merged = {c: rows for piece in dist.gather(part) for c, rows in piece.items()}
         drawn = [row for c in chunks for row in merged[c]]
         if dist.is_main:
             log(f"samples: drew {k} per prompt for {len(contexts)} prompts from the reference")

@@ -29,7 +29,7 @@ from alignlab.errors import UserError, option
 from alignlab.logprobs import left_align, sequence_logps
 from alignlab.models import first_non_finite
 from alignlab.training.distributed import Dist
-from alignlab.training.prepare import gather_parts, read_shared, write_atomic
+from alignlab.training.prepare import write_atomic
 
 CACHE_VERSION = 2  # 2: computed with shared-prompt packing
 
@@ -114,14 +114,14 @@ def attach_reference(examples: list, reference: Callable[[], contextlib.Abstract
     shared with the others), and written to otherwise (None: no cache). Values that are not all
     finite are an error, and never cached."""
     rows = [row for ex in examples for row in ex.sequences()]
-    found = read_shared(dist, lambda: _read(cache_file, len(rows), tokens, log))
+    found = dist.from_main(lambda: _read(cache_file, len(rows), tokens, log))
     if found is None:
         mine = list(range(dist.rank, len(examples), dist.world_size))
         with reference() as ref_model:
             device = next(ref_model.parameters()).device
             part = _compute(ref_model, [examples[i] for i in mine], pad_id, batch_size, device, tokens, autocast)
         by_example: list = [None] * len(examples)
-        for rank, values in enumerate(gather_parts(dist, part)):
+        for rank, values in enumerate(dist.gather(part)):
             for j, i in enumerate(range(rank, len(examples), dist.world_size)):
                 by_example[i] = values[j]
         _check_finite(examples, by_example, model_name)
