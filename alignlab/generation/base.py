@@ -60,6 +60,11 @@ class Sample:
     teacher-forced forward pass (``alignlab.logprobs.completion_logps``) to rounding, not to the bit.
     Every generator fills it, one per generated token, the end-of-turn token included; only a
     sample made by hand may leave it empty.
+
+    ``sampling_logprobs[i]`` is the log-probability the token had under the distribution it was
+    actually drawn from: the raw logits divided by the temperature, cut by top-k and then top-p and
+    renormalised (0.0 for every greedy token: it was certain). It is what importance ratios against
+    the sampler need; empty when a backend does not report it (the "hf" backend).
     """
 
     text: str
@@ -67,10 +72,13 @@ class Sample:
     token_ids: tuple[int, ...]
     finished: bool
     logprobs: tuple[float, ...] = ()
+    sampling_logprobs: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.logprobs and len(self.logprobs) != len(self.token_ids):
-            raise ValueError(f"a sample has {len(self.token_ids)} tokens but {len(self.logprobs)} log-probs")
+        for name in ("logprobs", "sampling_logprobs"):
+            values = getattr(self, name)
+            if values and len(values) != len(self.token_ids):
+                raise ValueError(f"a sample has {len(self.token_ids)} tokens but {len(values)} {name}")
 
 
 class Generator(Protocol):
