@@ -19,15 +19,23 @@ from alignlab.errors import UserError
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. ``temperature == 0`` means greedy decoding (then ``n`` copies agree)."""
+    """How to sample. ``temperature == 0`` means greedy decoding (then ``n`` copies agree).
+
+    A sample ends at the tokenizer's end-of-sequence token, at any of ``stop_token_ids`` (the token
+    is kept in ``Sample.token_ids`` and the sample counts as finished) or after ``max_new_tokens``.
+    """
 
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0: no top-k cut
     seed: int = 0
+    stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        if any(not isinstance(t, int) or isinstance(t, bool) or t < 0 for t in self.stop_token_ids):
+            raise UserError(f"stop_token_ids must be token ids (integers >= 0), got {list(self.stop_token_ids)}")
         if self.max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -88,11 +96,18 @@ class Generator(Protocol):
         """Token ids of ``prompt`` as the model sees it before its response."""
         ...
 
-    def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams) -> list[list[Sample]]:
-        """``n`` samples for each prompt, in prompt order."""
+    def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams, start: int = 0) -> list[list[Sample]]:
+        """``n`` samples for each prompt, in prompt order.
+
+        ``start``: the index of the first prompt in the caller's whole prompt set. A backend that
+        draws from one random stream per (seed, prompt index, sample index) ("native") numbers the
+        prompts from it, so a prompt set sampled in pieces (shards across processes, chunks of a
+        resumed run) gets the samples it would get in one call; others ignore it.
+        """
         ...
 
-    def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams) -> list[list[Sample]]:
+    def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams,
+                     start: int = 0) -> list[list[Sample]]:
         """``generate`` for prompts given as token ids, exactly as the model should see them."""
         ...
 

@@ -7,11 +7,13 @@ name without touching them.
 
 from __future__ import annotations
 
+import sys
+
 from alignlab.errors import UserError
 from alignlab.generation.base import Generator
 
-BACKENDS = ("hf",)
-OPTIONS = {"hf": ("batch_size", "progress")}
+BACKENDS = ("native", "hf")
+OPTIONS = {"native": ("batch_size", "progress", "prefill_tokens"), "hf": ("batch_size", "progress")}
 
 
 def check_backend(backend: str) -> None:
@@ -20,13 +22,20 @@ def check_backend(backend: str) -> None:
         raise UserError(f"generation backend '{backend}' is unknown; known: {', '.join(BACKENDS)}")
 
 
-def make_generator(model, tokenizer, backend: str = "hf", **options) -> Generator:
+def make_generator(model, tokenizer, backend: str = "native", **options) -> Generator:
     """A ``Generator`` that samples from ``model`` (a causal LM itself: a training run hands over
     the network inside its DDP wrapper, ``training.distributed.unwrap``) with ``tokenizer``.
 
-    ``backend``: ``"hf"``, Hugging Face ``generate`` on the model's own parameters (options:
-    ``batch_size`` sequences at a time, default 128; ``progress``, a label to show a progress bar
-    under). An unknown backend is a ``UserError`` naming the known ones.
+    ``backend``:
+    - ``"native"`` (the default): continuous batching over a pre-allocated cache, one random stream
+      per (seed, prompt, sample), both kinds of log-probs (``generation/native.py``; options:
+      ``batch_size`` sequences decoding at once, default 64; ``prefill_tokens``; ``progress``). The
+      model is first checked against a plain forward pass; one the engine cannot run exactly
+      (sliding-window attention, say) gets the "hf" backend instead, with a one-line notice.
+    - ``"hf"``: Hugging Face ``generate`` on the model's own parameters (options: ``batch_size``
+      sequences at a time, default 128; ``progress``, a label to show a progress bar under).
+
+    An unknown backend or option is a ``UserError`` naming the known ones.
     """
     check_backend(backend)
     unknown = sorted(set(options) - set(OPTIONS[backend]))
@@ -36,6 +45,16 @@ def make_generator(model, tokenizer, backend: str = "hf", **options) -> Generato
     if not callable(getattr(model, "generate", None)):
         raise UserError(f"make_generator: {type(model).__name__} cannot generate; give the causal LM itself "
                         "(a DistributedDataParallel wrapper's .module)")
+    if backend == "native":
+        from alignlab.generation.native import NativeGenerator, unsupported
+
+        reason = unsupported(model)
+        if reason is None:
+            return NativeGenerator(model, tokenizer, **options)
+        print(f"alignlab: the native generation backend cannot run {type(model).__name__} ({reason}); "
+              "using the hf backend", file=sys.stderr, flush=True)
+        options.pop("prefill_tokens", None)
+        backend = "hf"
     if backend == "hf":
         from alignlab.generation.hf import HFGenerator
 

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import torch
 
-from alignlab.data.records import Text, is_conversation
+from alignlab.data.records import Text
 from alignlab.errors import UserError
 from alignlab.generation.base import Sample, SamplingParams
+from alignlab.generation.prompts import prompt_ids
 
 
 class HFGenerator:
@@ -49,24 +50,15 @@ class HFGenerator:
 
     def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
         """Token ids of ``prompt`` as the model should see it before its response."""
-        if is_conversation(prompt):
-            if self.tok.chat_template is None:
-                raise UserError("the prompts are conversations but the tokenizer has no chat template")
-            text = self.tok.apply_chat_template([m.as_dict() for m in prompt], tokenize=False,
-                                                add_generation_prompt=True)
-            ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        else:
-            ids = self.tok(prompt, add_special_tokens=True)["input_ids"] if prompt else []
-        if not ids:
-            start = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.eos
-            ids = [start]
-        return tuple(ids)
+        return prompt_ids(self.tok, prompt)
 
-    def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams) -> list[list[Sample]]:
-        return self.generate_ids([self.prompt_ids(p) for p in prompts], n, params)
+    def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams, start: int = 0) -> list[list[Sample]]:
+        return self.generate_ids([self.prompt_ids(p) for p in prompts], n, params, start)
 
-    def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams) -> list[list[Sample]]:
-        """``generate`` for prompts given as token ids, exactly as the model should see them."""
+    def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams,
+                     start: int = 0) -> list[list[Sample]]:
+        """``generate`` for prompts given as token ids, exactly as the model should see them
+        (``start`` is ignored: this backend's draws depend on the batch anyway)."""
         if n < 1:
             raise UserError(f"n must be >= 1, got {n}")
         flat = [tuple(c) for c in contexts for _ in range(n)]
@@ -94,6 +86,7 @@ class HFGenerator:
     def _batch(self, contexts: list[tuple[int, ...]], params: SamplingParams) -> list[Sample]:
         from transformers import GenerationConfig
 
+        stops = [t for t in (self.eos, *params.stop_token_ids) if t is not None]
         device = next(self.model.parameters()).device
         width = max(len(c) for c in contexts)
         ids = torch.full((len(contexts), width), self.pad, dtype=torch.long)
@@ -107,7 +100,7 @@ class HFGenerator:
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             do_sample=not params.greedy,
-            eos_token_id=self.eos,
+            eos_token_id=stops or None,
             pad_token_id=self.pad,
             repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, typical_p=1.0,
             encoder_repetition_penalty=1.0, length_penalty=1.0, suppress_tokens=[], begin_suppress_tokens=[],
@@ -121,8 +114,9 @@ class HFGenerator:
         logprobs_BT = recorder.finish(new_BT)
         samples = []
         for c, row, lps in zip(contexts, new_BT.tolist(), logprobs_BT.tolist(), strict=True):
-            finished = self.eos in row
-            row = row[:row.index(self.eos) + 1] if finished else row
+            end = next((i for i, t in enumerate(row) if t in stops), None)
+            finished = end is not None
+            row = row[:end + 1] if finished else row
             body = row[:-1] if finished else row
             samples.append(Sample(self.tok.decode(body, skip_special_tokens=True), c, tuple(row), finished,
                                   tuple(lps[:len(row)])))

@@ -1,0 +1,24 @@
+"""How a prompt becomes the token ids a model sees before its response (every backend's ``prompt_ids``)."""
+
+from __future__ import annotations
+
+from alignlab.data.records import Text, is_conversation
+from alignlab.errors import UserError
+
+
+def prompt_ids(tokenizer, prompt: Text) -> tuple[int, ...]:
+    """A conversation is rendered with the tokenizer's chat template and the assistant turn
+    opened; a plain string is tokenized with the tokenizer's special tokens. An empty prompt
+    becomes the beginning-of-sequence token (the end-of-sequence token where there is none)."""
+    if is_conversation(prompt):
+        if tokenizer.chat_template is None:
+            raise UserError("the prompts are conversations but the tokenizer has no chat template")
+        text = tokenizer.apply_chat_template([m.as_dict() for m in prompt], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+    if not ids:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids = [start]
+    return tuple(ids)

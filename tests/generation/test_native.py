@@ -1,0 +1,213 @@
+"""The native backend against Hugging Face ``generate``, a plain forward pass and its own promises
+(batch-independent draws, continuous batching, stopping, fallback)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from alignlab.errors import UserError
+from alignlab.generation import SamplingParams, make_generator
+from alignlab.generation.hf import HFGenerator
+from alignlab.generation.native import NativeGenerator, unsupported
+
+VOCAB = 96
+EOS, PAD = 2, 0
+
+
+class Tok:
+    """The part of a tokenizer the backends use (token ids are made by the tests)."""
+
+    eos_token_id, pad_token_id, bos_token_id = EOS, PAD, 1
+    chat_template = None
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(str(i) for i in ids if not (skip_special_tokens and i == EOS))
+
+
+def llama(seed: int = 0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         eos_token_id=EOS, pad_token_id=PAD, bos_token_id=1)
+    model = LlamaForCausalLM(config).eval()
+    _sharpen(model)
+    return model
+
+
+def qwen2():
+    torch.manual_seed(1)
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         eos_token_id=EOS, pad_token_id=PAD)
+    model = Qwen2ForCausalLM(config).eval()
+    _sharpen(model)
+    return model
+
+
+def gpt2():
+    torch.manual_seed(2)
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                        eos_token_id=EOS, bos_token_id=1)
+    model = GPT2LMHeadModel(config).eval()
+    _sharpen(model)
+    return model
+
+
+def _sharpen(model) -> None:
+    """Scale the output layer so the distributions are far from uniform (greedy ties impossible,
+    sampling tests meaningful) but not so sharp that samples repeat."""
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        if model.config.tie_word_embeddings:  # keep the input embeddings as they were
+            model.get_output_embeddings().weight = torch.nn.Parameter(head.detach().clone())
+            head = model.get_output_embeddings().weight
+        head.mul_(1.0 / head.std())
+        head[EOS] *= 0.1  # a middling end-of-sequence logit: tests choose their stop tokens
+
+
+def contexts(lengths=(5, 11, 2, 17, 8, 3, 13)) -> list[tuple[int, ...]]:
+    """Ragged prompts of token ids 3..VOCAB-1."""
+    return [tuple(3 + (7 * k + 5 * i) % (VOCAB - 3) for i in range(n)) for k, n in enumerate(lengths)]
+
+
+def teacher_forced(model, context, tokens) -> torch.Tensor:
+    """log-softmax of a plain forward pass over context + tokens, at the positions that predict tokens."""
+    with torch.no_grad():
+        logits = model(torch.tensor([list(context) + list(tokens)])).logits[0].float()
+    return torch.log_softmax(logits[len(context) - 1:len(context) - 1 + len(tokens)], -1)
+
+
+@pytest.mark.parametrize("build", [llama, qwen2, gpt2], ids=["llama", "qwen2", "gpt2"])
+def test_greedy_equals_hf_generate_token_for_token(build):
+    model = build()
+    assert unsupported(model) is None
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    ours = NativeGenerator(model, Tok(), batch_size=4).generate_ids(contexts(), 2, params)
+    hf = HFGenerator(model, Tok(), batch_size=16).generate_ids(contexts(), 2, params)
+    for context, mine, theirs in zip(contexts(), ours, hf, strict=True):
+        for a, b in zip(mine, theirs, strict=True):
+            assert a.token_ids == b.token_ids
+            assert a.finished == b.finished
+            raw = teacher_forced(model, context, a.token_ids)
+            assert max(abs(x - raw[i, t].item()) for i, (x, t) in enumerate(zip(a.logprobs, a.token_ids))) < 1e-5
+            assert a.sampling_logprobs == (0.0,) * len(a.token_ids)
+
+
+@pytest.mark.parametrize("build", [llama, gpt2], ids=["llama", "gpt2"])
+def test_logprobs_equal_a_teacher_forced_forward_pass(build):
+    model = build()
+    params = SamplingParams(max_new_tokens=10, temperature=0.8, top_k=20, top_p=0.9, seed=5)
+    out = NativeGenerator(model, Tok(), batch_size=3).generate_ids(contexts(), 3, params)
+    for context, samples in zip(contexts(), out, strict=True):
+        for s in samples:
+            raw = teacher_forced(model, context, s.token_ids)
+            for i, token in enumerate(s.token_ids):
+                assert abs(s.logprobs[i] - raw[i, token].item()) < 1e-5
+                # the sampling distribution, built here by hand from the raw log-probs:
+                # temperature, then the 20 largest, then the smallest prefix reaching mass 0.9
+                z = raw[i] / 0.8
+                order = torch.argsort(z, descending=True)[:20].tolist()
+                p = torch.softmax(z[order], -1).tolist()
+                kept, mass = [], 0.0
+                for tok, q in zip(order, p, strict=True):
+                    if mass >= 0.9:
+                        break
+                    kept.append(tok)
+                    mass += q
+                assert token in kept
+                want = z[token] - torch.logsumexp(z[kept], -1)
+                # computed from logits/0.8 of magnitude up to ~50 (float32 spacing 4e-6 there)
+                assert abs(s.sampling_logprobs[i] - want.item()) < 5e-5
+
+
+def test_same_seed_same_samples_whatever_the_batch_size():
+    model = llama()
+    # 8 of the 96 tokens stop a sequence: they end at different steps, so slots free up and refill
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=11, stop_token_ids=tuple(range(3, 11)))
+    runs = [NativeGenerator(model, Tok(), batch_size=b).generate_ids(contexts(), 10, params) for b in (1, 7, 64)]
+    tokens = [[[s.token_ids for s in row] for row in run] for run in runs]
+    assert tokens[0] == tokens[1] == tokens[2]
+    lengths = {len(s.token_ids) for row in runs[0] for s in row}
+    assert len(lengths) > 3 and any(s.finished for row in runs[0] for s in row)
+    # the 10 samples of a prompt differ (one stream each); another seed gives other samples
+    assert sum(len(set(row)) for row in tokens[0]) > 35  # of 70
+    other = NativeGenerator(model, Tok(), batch_size=7).generate_ids(contexts(), 10, SamplingParams(
+        max_new_tokens=16, seed=12, stop_token_ids=tuple(range(3, 11))))
+    assert [[s.token_ids for s in row] for row in other] != tokens[0]
+
+
+def test_prompts_sampled_in_pieces_get_the_samples_of_one_call():
+    model = llama()
+    params = SamplingParams(max_new_tokens=6, seed=3)
+    gen = NativeGenerator(model, Tok(), batch_size=8)
+    whole = gen.generate_ids(contexts(), 2, params)
+    pieces = gen.generate_ids(contexts()[:3], 2, params) + gen.generate_ids(contexts()[3:], 2, params, start=3)
+    assert [[s.token_ids for s in r] for r in whole] == [[s.token_ids for s in r] for r in pieces]
+    shifted = gen.generate_ids(contexts()[3:], 2, params)  # numbered from 0: other streams
+    assert [[s.token_ids for s in r] for r in shifted] != [[s.token_ids for s in r] for r in whole[3:]]
+
+
+def test_stop_tokens_budget_and_context_limit():
+    model = llama()
+    gen = NativeGenerator(model, Tok(), batch_size=4)
+    free = gen.generate_ids(contexts(), 1, SamplingParams(max_new_tokens=12, temperature=0))
+    stop = free[1][0].token_ids[4]
+    first = free[1][0].token_ids.index(stop)
+    stopped = gen.generate_ids(contexts(), 1, SamplingParams(max_new_tokens=12, temperature=0,
+                                                              stop_token_ids=(stop,)))
+    s = stopped[1][0]
+    assert s.token_ids == free[1][0].token_ids[:first + 1] and s.finished
+    assert s.text == " ".join(str(t) for t in s.token_ids[:-1])
+    for (r,) in free:  # each ran to its budget or stopped at the end-of-sequence token
+        assert r.finished == (r.token_ids[-1] == EOS) and (r.finished or len(r.token_ids) == 12)
+    # the context (128 positions) caps the generation: 120 prompt tokens leave room for 8
+    long = (5,) * 120
+    (capped,), = gen.generate_ids([long], 1, SamplingParams(max_new_tokens=50, temperature=0))
+    assert len(capped.token_ids) == 8 and not capped.finished
+    with pytest.raises(UserError, match="prompt 1 has 128 tokens; the model's context is 128"):
+        gen.generate_ids([(5,), (5,) * 128], 1, SamplingParams(temperature=0))
+    with pytest.raises(UserError, match="n must be >= 1"):
+        gen.generate_ids([(5,)], 0, SamplingParams())
+
+
+def test_greedy_copies_agree_and_training_mode_is_restored():
+    model = llama().train()
+    out = NativeGenerator(model, Tok(), batch_size=5).generate_ids(contexts(), 3, SamplingParams(temperature=0))
+    assert model.training
+    assert all(len({s.token_ids for s in row}) == 1 for row in out)
+
+
+def test_factory_defaults_to_native_and_falls_back_with_a_notice(capsys):
+    assert isinstance(make_generator(llama(), Tok()), NativeGenerator)
+    from transformers import MistralConfig, MistralForCausalLM
+
+    windowed = MistralForCausalLM(MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                                sliding_window=16, max_position_embeddings=128))
+    gen = make_generator(windowed, Tok(), batch_size=4, prefill_tokens=64)
+    assert isinstance(gen, HFGenerator)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["alignlab: the native generation backend cannot run MistralForCausalLM (sliding-window "
+                   "attention); using the hf backend"]
+
+
+def test_a_model_whose_cache_path_is_wrong_is_refused():
+    model = llama()
+
+    class Forgetful(torch.nn.Module):
+        """Runs the model but drops the cache it is given: cached decoding would be silently wrong."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, past_key_values=None, logits_to_keep=0, **kwargs):
+            return self.inner(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
+
+        def get_output_embeddings(self):
+            return self.inner.get_output_embeddings()
+
+    reason = unsupported(Forgetful(model))
+    assert reason is not None and reason.startswith(("its cached logits differ", "RuntimeError", "TypeError"))
