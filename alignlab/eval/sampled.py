@@ -18,8 +18,10 @@ The scorer can be anything ``alignlab.rewards.load_scorer`` builds: a task's gol
 from ``make_generator`` (or the ``generators`` function given). The reference is a module, or a
 function returning a context manager that yields it (a LoRA policy's reference is the same
 network with its adapter switched off, only inside that context). The prompts can be split over
-processes (``rank``/``world_size``); ``reduce`` sums the per-process totals, so every process gets
-the same numbers.
+processes (``rank``/``world_size``: each takes a contiguous block); ``reduce`` sums the per-process
+totals, so every process gets the same numbers. With the "native" backend (the default) a prompt's
+samples depend only on the seed and its index in the whole prompt set, so the numbers do not
+depend on the number of processes or the batch size either (up to the last bits of the logits).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ METRICS = ("sampled", "greedy", "win_rate", "kl", "length")
 @dataclass
 class SampledEvaluation:
     """The evaluation of the module docstring. ``prompts`` is given in full; after construction it
-    holds this process's share (every ``world_size``-th prompt from ``rank``)."""
+    holds this process's share (the ``rank``-th of ``world_size`` contiguous blocks, the first ones
+    one prompt longer when they do not divide evenly), which starts at ``offset`` in the whole set."""
 
     prompts: Sequence[Text]
     scorer: Scorer
@@ -56,7 +59,7 @@ class SampledEvaluation:
     rank: int = 0
     world_size: int = 1
     progress: bool = False  # a bar for each sampling pass
-    backend: str = "hf"  # make_generator's backend
+    backend: str = "native"  # make_generator's backend
     generators: Callable[[Any, str | None], Generator] | None = None  # (module, bar label) -> Generator
     prompts_name: str = "prompts"  # what the progress bars call the prompts
 
@@ -67,7 +70,9 @@ class SampledEvaluation:
         if not self.prompts:
             raise UserError(f"sampled evaluation: no {self.prompts_name} to answer")
         check_backend(self.backend)
-        self.prompts = list(self.prompts)[self.rank::self.world_size]
+        size, extra = divmod(len(self.prompts), self.world_size)
+        self.offset = self.rank * size + min(self.rank, extra)
+        self.prompts = list(self.prompts)[self.offset:self.offset + size + (self.rank < extra)]
         self._reference: tuple[list[str], list[float] | None] | None = None  # texts, scores
 
     def _generate(self, model, params: SamplingParams, what: str) -> list[Sample]:
@@ -76,7 +81,7 @@ class SampledEvaluation:
             gen = self.generators(model, label)
         else:
             gen = make_generator(model, self.tokenizer, self.backend, batch_size=self.batch_size, progress=label)
-        return [s[0] for s in gen.generate(self.prompts, 1, params)]
+        return [s[0] for s in gen.generate(self.prompts, 1, params, start=self.offset)]
 
     def _params(self, greedy: bool, seed: int) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0 if greedy else self.temperature,

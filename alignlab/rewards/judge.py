@@ -80,11 +80,11 @@ class HFBackend:
 
     Each judge prompt becomes a single user message rendered with the tokenizer's chat template
     when it has one, and is given as plain text otherwise. Generation goes through a generator from
-    ``make_generator`` (``backend``; for "hf": left padding, ``batch_size`` prompts at a time), at most
+    ``make_generator`` (``backend``, default "native"; ``batch_size`` sequences at a time), at most
     ``max_new_tokens`` new tokens.
     """
 
-    def __init__(self, model, tokenizer, max_new_tokens: int = 512, batch_size: int = 8, backend: str = "hf"):
+    def __init__(self, model, tokenizer, max_new_tokens: int = 512, batch_size: int = 8, backend: str = "native"):
         from alignlab.generation.factory import make_generator
 
         self.generator = make_generator(model, tokenizer, backend, batch_size=batch_size)

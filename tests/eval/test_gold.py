@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignlab.eval.gold import REFERENCE_SEED_OFFSET, GoldEvaluator
-from alignlab.generation import HFGenerator, SamplingParams
+from alignlab.generation import HFGenerator, SamplingParams, make_generator
 from alignlab.models import load_model, load_tokenizer
 from alignlab.tasks.base import Task
 
@@ -85,8 +85,8 @@ def test_kl_is_the_mean_log_ratio_on_policy_samples(model_tok):
         policy.lm_head.weight.add_(0.05 * torch.randn_like(policy.lm_head.weight))
     task = CountTask()
     got = GoldEvaluator(task, tok, seed=1)(policy, model)
-    samples = [r[0] for r in HFGenerator(policy, tok).generate(task.eval_prompts(), 1,
-                                                              SamplingParams(max_new_tokens=5, seed=1))]
+    samples = [r[0] for r in make_generator(policy, tok).generate(task.eval_prompts(), 1,
+                                                                  SamplingParams(max_new_tokens=5, seed=1))]
     expected = sum(seq_logp_by_hand(policy, s.prompt_ids, s.token_ids) - seq_logp_by_hand(model, s.prompt_ids, s.token_ids)
                    for s in samples) / len(samples)
     assert got["gold/kl"] == pytest.approx(expected, abs=1e-4)

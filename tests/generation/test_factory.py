@@ -9,6 +9,7 @@ import torch
 
 from alignlab.errors import UserError
 from alignlab.generation import HFGenerator, SamplingParams, make_generator
+from alignlab.generation.native import NativeGenerator
 from alignlab.models import load_model, load_tokenizer
 
 
@@ -17,28 +18,33 @@ def model_tok(tiny_model_dir):
     return load_model(str(tiny_model_dir)).eval(), load_tokenizer(str(tiny_model_dir))
 
 
-def test_hf_backend_is_the_default_and_takes_its_options(model_tok):
+def test_native_backend_is_the_default_and_each_backend_takes_its_options(model_tok):
     model, tok = model_tok
-    gen = make_generator(model, tok, batch_size=3, progress="label")
+    gen = make_generator(model, tok, batch_size=3, progress="label", prefill_tokens=99)
+    assert isinstance(gen, NativeGenerator)
+    assert (gen.model, gen.batch_size, gen.progress, gen.prefill_tokens) == (model, 3, "label", 99)
+    gen = make_generator(model, tok, "hf", batch_size=3, progress="label")
     assert isinstance(gen, HFGenerator)
     assert (gen.model, gen.batch_size, gen.progress) == (model, 3, "label")
+    with pytest.raises(UserError, match="unknown option 'prefill_tokens' \\(options: batch_size, progress\\)"):
+        make_generator(model, tok, "hf", prefill_tokens=9)
 
 
 def test_unknown_backend_is_a_one_line_user_error_naming_the_known_ones(model_tok):
     model, tok = model_tok
     with pytest.raises(UserError) as err:
         make_generator(model, tok, "vlm")
-    assert str(err.value) == "generation backend 'vlm' is unknown; known: hf"
+    assert str(err.value) == "generation backend 'vlm' is unknown; known: native, hf"
 
 
 def test_unknown_option_is_a_user_error(model_tok):
     model, tok = model_tok
-    with pytest.raises(UserError, match="unknown option 'temperature' \\(options: batch_size, progress\\)"):
+    with pytest.raises(UserError, match="unknown option 'temperature' \\(options: batch_size, progress, prefill_tokens\\)"):
         make_generator(model, tok, temperature=0.5)
 
 
 def test_update_weights_with_the_same_module_changes_nothing(model_tok):
-    """The HF backend runs on the policy's own parameters: an in-place change of a weight shows in
+    """The default backend runs on the policy's own parameters: an in-place change of a weight shows in
     the next samples with no call at all, and update_weights(policy) keeps the same module."""
     model, tok = model_tok
     policy = copy.deepcopy(model)

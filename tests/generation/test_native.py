@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from alignlab.errors import UserError
 from alignlab.generation import SamplingParams, make_generator
@@ -91,7 +98,7 @@ def test_greedy_equals_hf_generate_token_for_token(build):
             assert a.token_ids == b.token_ids
             assert a.finished == b.finished
             raw = teacher_forced(model, context, a.token_ids)
-            assert max(abs(x - raw[i, t].item()) for i, (x, t) in enumerate(zip(a.logprobs, a.token_ids))) < 1e-5
+            assert max(abs(x - raw[i, t].item()) for i, (x, t) in enumerate(zip(a.logprobs, a.token_ids, strict=True))) < 1e-5
             assert a.sampling_logprobs == (0.0,) * len(a.token_ids)
 
 

@@ -28,15 +28,16 @@ def token_logps_by_hand(model, prompt_ids, token_ids) -> list[float]:
     return [float(logp[n - 1 + i, t]) for i, t in enumerate(token_ids)]
 
 
+@pytest.mark.parametrize("backend", ["native", "hf"])
 @pytest.mark.parametrize("params", [
     SamplingParams(max_new_tokens=8, temperature=0.0),
     SamplingParams(max_new_tokens=8, temperature=1.0, seed=3),
     # Drawn at temperature 0.5 with a top-k cut, yet scored at temperature 1 with no cut.
     SamplingParams(max_new_tokens=8, temperature=0.5, top_k=20, top_p=0.9, seed=4),
 ], ids=["greedy", "sampled", "tempered"])
-def test_sample_logprobs_match_a_teacher_forced_pass(model_tok, params):
+def test_sample_logprobs_match_a_teacher_forced_pass(model_tok, params, backend):
     model, tok = model_tok
-    rows = make_generator(model, tok, batch_size=8).generate(PROMPTS, 2, params)
+    rows = make_generator(model, tok, backend, batch_size=8).generate(PROMPTS, 2, params)
     samples = [s for row in rows for s in row]
     assert {len(s.prompt_ids) for s in samples} == {len(tok(p)["input_ids"]) for p in PROMPTS}  # 4 lengths
     for s in samples:
@@ -50,13 +51,13 @@ def test_sample_logprobs_match_a_teacher_forced_pass(model_tok, params):
 
 
 def test_asking_for_logprobs_draws_the_same_tokens(model_tok):
-    """The tokens equal those of a plain ``model.generate`` call without logits, on the same seed,
+    """The "hf" backend's tokens equal those of a plain ``model.generate`` call without logits, on the same seed,
     batch and settings: the log-probs cost no random draw."""
     from transformers import GenerationConfig
 
     model, tok = model_tok
     params = SamplingParams(max_new_tokens=6, seed=11)
-    rows = make_generator(model, tok, batch_size=8).generate(PROMPTS, 2, params)
+    rows = make_generator(model, tok, "hf", batch_size=8).generate(PROMPTS, 2, params)
     contexts = [tuple(tok(p)["input_ids"]) for p in PROMPTS for _ in range(2)]
     width = max(map(len, contexts))
     pad = tok.pad_token_id

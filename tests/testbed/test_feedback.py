@@ -68,7 +68,7 @@ def test_every_shape_is_written_and_consistent(synthesized):
     spec, out, meta = synthesized
     task = get_task("sentiment")
     scored = read(out / "scored.jsonl")
-    assert len(scored) == 40 * 3 == meta["rows"]["scored"]
+    assert len(scored) == 40 * 3 - meta["empty_samples_dropped"] == meta["rows"]["scored"]
     for row in scored:
         assert row["score"] == pytest.approx(task.proxy(row["prompt"], row["completion"]), abs=1e-12)
     threshold = sum(r["score"] for r in scored) / len(scored)
@@ -78,7 +78,8 @@ def test_every_shape_is_written_and_consistent(synthesized):
     negatives = read(out / "negatives.jsonl")
     assert len(negatives) == sum(not r["label"] for r in unpaired)
     ranked = read(out / "ranked.jsonl")
-    assert len(ranked) == 40 and all(len(r["completions"]) == 3 == len(r["scores"]) for r in ranked)
+    assert len(ranked) == 40 and all(len(r["completions"]) == len(r["scores"]) for r in ranked)
+    assert sum(len(r["completions"]) for r in ranked) == len(scored)
     assert all(r["ranks"] == competition_ranks(r["scores"]) for r in ranked)
     pairs = read(out / "pairs.jsonl")
     assert len(pairs) == meta["rows"]["pairs"] == 40 - meta["prompts_without_pair"]
@@ -88,13 +89,13 @@ def test_every_shape_is_written_and_consistent(synthesized):
 def unfinished_by_regenerating(spec, out) -> int:
     """The same samples drawn again with the generator directly; count those cut off at the
     task's max_new_tokens (the untrained model seldom stops on its own)."""
-    from alignlab.generation import HFGenerator, SamplingParams
+    from alignlab.generation import SamplingParams, make_generator
     from alignlab.models import load_model, load_tokenizer
 
     meta = json.loads((out / "metadata.json").read_text())
     task = get_task(spec.task)
     model, tok = load_model(meta["model"]), load_tokenizer(meta["model"])
-    rows = HFGenerator(model, tok, 256).generate(task.train_prompts(spec.num_prompts, spec.seed), spec.k,
+    rows = make_generator(model, tok, batch_size=256).generate(task.train_prompts(spec.num_prompts, spec.seed), spec.k,
                                                  SamplingParams(max_new_tokens=task.max_new_tokens, seed=spec.seed))
     return sum(not s.finished for row in rows for s in row if s.text.strip())
 
@@ -130,16 +131,17 @@ def test_same_seed_same_files(synthesized, tiny_model_dir, tmp_path):
 def test_empty_answers_are_dropped_and_counted(tiny_model_dir, tmp_path, monkeypatch):
     """A model that answers with nothing half of the time: no file holds an empty response, and
     the metadata counts the dropped answers."""
-    from alignlab.generation import HFGenerator, Sample
+    from alignlab.generation import Sample
+    from alignlab.generation.native import NativeGenerator
 
-    real = HFGenerator.generate
+    real = NativeGenerator.generate
 
-    def half_empty(self, prompts, n, params):
-        rows = real(self, prompts, n, params)
+    def half_empty(self, prompts, n, params, start=0):
+        rows = real(self, prompts, n, params, start)
         return [[Sample("" if j % 2 else s.text, s.prompt_ids, s.token_ids, s.finished) for j, s in enumerate(row)]
                 for row in rows]
 
-    monkeypatch.setattr(HFGenerator, "generate", half_empty)
+    monkeypatch.setattr(NativeGenerator, "generate", half_empty)
     meta = synthesize(tiny_model_dir, FeedbackSpec("sentiment", num_prompts=5, k=4, reward="proxy"), tmp_path)
     assert meta["empty_samples_dropped"] == 10
     assert meta["rows"]["scored"] == 10
