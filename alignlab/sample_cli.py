@@ -434,8 +434,8 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
             scores = None
             if scorer is not None:
                 done = kept + result["written"]
-                written = (f"the {done} rows before it are in {out}, and the same command resumes after them"
-                           if done else f"no row was written to {out}")
+                written = (f"{done} rows are in {out}, and the same command resumes after them" if done
+                           else f"no row was written to {out}")
                 scores = score_chunk(scorer, job.scorer, chunk, samples, start, job.n, written)
                 found = [s for i, row in enumerate(scores) if start + i >= kept for s in row if s is not None]
                 total, count = total + sum(found), count + len(found)

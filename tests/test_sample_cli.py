@@ -267,6 +267,21 @@ def test_best_of_n_keeps_the_first_of_tied_best_responses(tmp_path, tiny_model_d
     assert rows(tmp_path / "sft.jsonl") == [{"prompt": "q", "completion": "yy"}]
 
 
+def test_a_row_left_with_one_response_is_named_by_convert(tmp_path, tiny_model_dir, scripted, scorers, capsys):
+    """Prompt a's samples are "" and "x": one response is no ranked list. convert names the row,
+    and --skip-invalid leaves it out."""
+    scripted(lambda p, j: {"a": ["", "x"], "b": ["y", "zz"]}[p][j])
+    out = tmp_path / "s.jsonl"
+    src = jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
+    assert run(capsys, "--model", str(tiny_model_dir), "--prompts", str(src), "--output", str(out), "-n", "2",
+               "--scorer", f"fn:{scorers}:length")[0] == 0
+    pairs = tmp_path / "pairs.jsonl"
+    assert main(["convert", "ranked-to-pairs", str(out), str(pairs)]) == 2
+    assert f"{out}, row 1, field 'completions': a ranked row needs at least 2 completions, got 1" in capsys.readouterr().err
+    assert main(["convert", "ranked-to-pairs", str(out), str(pairs), "--skip-invalid"]) == 0
+    assert rows(pairs) == [{"prompt": "b", "chosen": "zz", "rejected": "y", "score_chosen": 2.0, "score_rejected": 1.0}]
+
+
 # ---------------------------------------------------------------- resume
 
 
@@ -323,8 +338,7 @@ def test_a_scorer_that_fails_names_the_sample_and_keeps_the_rows_before(tmp_path
     monkeypatch.setenv("SAMPLE_TEST_BAD_RESPONSE", f"{PROMPTS[3]}|1")
     err = refused(capsys, *args, "--output", str(out))
     assert (f"--scorer fn:{scorers}:picky failed on prompt 4 ({prompt_file}, row 4), sample 2 of 2: ValueError: "
-            f"cannot score '{PROMPTS[3]}|1'; the 2 rows before it are in {out}, and the same command resumes after "
-            "them") in err
+            f"cannot score '{PROMPTS[3]}|1'; 2 rows are in {out}, and the same command resumes after them") in err
     assert [r["input_row"] for r in rows(out)] == [1, 2]
     monkeypatch.delenv("SAMPLE_TEST_BAD_RESPONSE")
     assert run(capsys, *args, "--output", str(out))[0] == 0
