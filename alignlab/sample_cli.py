@@ -51,11 +51,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignlab.data.prompts import load_prompts
 from alignlab.data.records import PromptRecord, Text, is_conversation
 from alignlab.errors import ArgumentParser, UserError, on_command_line, option
+
+if TYPE_CHECKING:  # generation imports torch: only when a command samples
+    from alignlab.generation import SamplingParams
 
 FORMAT = 1  # of the output rows and the sidecar; a rerun of another format is refused
 META_SUFFIX = ".meta.json"
@@ -88,11 +91,10 @@ def default_backend() -> str | None:
 @dataclass(frozen=True)
 class SampleJob:
     """What decides the rows of an output file: the sidecar records it (``record``), and a rerun
-    that resumes the file must repeat it. ``params`` is a ``SamplingParams``; ``backend`` None is
-    ``make_generator``'s default."""
+    that resumes the file must repeat it. ``backend`` None is ``make_generator``'s default."""
 
     model: str
-    params: Any
+    params: SamplingParams
     n: int = 4
     prompts: str | None = None
     task: str | None = None
