@@ -5,6 +5,8 @@
     alignlab tiny-model OUT_DIR                        save a tiny Llama + tokenizer for experiments
     alignlab demo [--task T] [--method M] [--seed S]   align a tiny model on a testbed task, before/after table
     alignlab feedback --task T --out DIR [...]         sample and score answers, write every dataset shape
+    alignlab sample --model M --prompts F --output O   n samples per prompt of any model and prompt file (or
+                                                       --task T), optionally scored (--scorer); resumable
     alignlab testbed list|build [--task T] [--stage S] the shipped testbed models; rebuild them here and compare
     alignlab convert CONVERSION IN OUT [...]           turn data of one shape into another (scored to pairs,
                                                        pairs to unpaired, reward-augment, flip-labels, ...)
@@ -43,6 +45,7 @@ import yaml
 
 from alignlab.data.convert_cli import cmd_convert
 from alignlab.errors import ArgumentParser, Interrupted, UserError, command_line
+from alignlab.sample_cli import cmd_sample
 from alignlab.testbed.shipped_cli import cmd_testbed
 
 USAGE = "alignlab train [CONFIG.yaml] [--field value ...]"
@@ -214,6 +217,7 @@ def cmd_methods(tokens: list[str]) -> int:
 FLAG_NAMES = {
     "demo": {"num_prompts": "prompts", "method_params": "param"},
     "feedback": {"num_prompts": "prompts"},
+    "sample": {},
     "tiny-model": {},
 }
 
@@ -234,10 +238,12 @@ def field_default(f: dataclasses.Field) -> object:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
-def add_field_flags(parser: argparse.ArgumentParser, cls: type, command: str, required: tuple[str, ...] = ()) -> None:
+def add_field_flags(parser: argparse.ArgumentParser, cls: type, command: str, required: tuple[str, ...] = (),
+                    helps: dict[str, str] | None = None) -> None:
     """One flag per field of dataclass ``cls``: named after the field (or as ``FLAG_NAMES[command]``
-    says), of its type, with its default and its help (``metadata['help']``; ``metadata['choices']``
-    limits the values). A mapping field is a repeatable ``--flag NAME=VALUE``."""
+    says), of its type, with its default and its help (``metadata['help']``, else ``helps[name]``
+    for a dataclass that keeps no help of its own; ``metadata['choices']`` limits the values). A
+    mapping field is a repeatable ``--flag NAME=VALUE``."""
     import typing
 
     from alignlab.config.parse import _strip_optional
@@ -247,7 +253,8 @@ def add_field_flags(parser: argparse.ArgumentParser, cls: type, command: str, re
         tp, _ = _strip_optional(hints[f.name])
         flag = field_flag(command, f.name)
         shown = "required" if f.name in required else f"default {default_text(field_default(f))}"
-        kwargs = {"dest": f.name, "help": f"{f.metadata.get('help', '')} ({shown})".replace("%", "%%")}
+        text = f.metadata.get("help") or (helps or {}).get(f.name, "")
+        kwargs = {"dest": f.name, "help": f"{text} ({shown})".replace("%", "%%")}
         if f.name in required:
             kwargs["required"] = True
         else:
@@ -400,7 +407,7 @@ def cmd_eval(tokens: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "methods": cmd_methods, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
-            "feedback": cmd_feedback, "convert": cmd_convert, "testbed": cmd_testbed}
+            "feedback": cmd_feedback, "sample": cmd_sample, "convert": cmd_convert, "testbed": cmd_testbed}
 
 
 def main(argv: list[str] | None = None) -> int:

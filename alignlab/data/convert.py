@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
-from alignlab.data.records import Message, PairRecord, RankedRecord, ScoredRecord, Text, UnpairedRecord
+from alignlab.data.records import (
+    Message,
+    PairRecord,
+    RankedRecord,
+    ScoredRecord,
+    SFTRecord,
+    Text,
+    UnpairedRecord,
+)
 from alignlab.errors import DataError, RowIssue, UserError
 
 T = TypeVar("T")
@@ -145,6 +153,32 @@ def pairs_to_unpaired(records: Sequence[PairRecord]) -> Converted[UnpairedRecord
         for completion, label in ((rec.chosen, True), (rec.rejected, False)):
             out.records.append(UnpairedRecord(rec.prompt, completion, label, source=rec.source, row=rec.row))
     return out
+
+
+# ---------------------------------------------------------------- best of n
+
+
+def ranked_to_sft(records: Sequence[RankedRecord]) -> Converted[SFTRecord]:
+    """Best-of-n SFT data (rejection sampling): each list's best response as an SFT example.
+
+    A ranked record lists its responses best first, responses that tie in the data's order, so the
+    best is the first of the top-scored ones as the data gave them.
+    """
+    return Converted([SFTRecord(r.prompt, r.completions[0], source=r.source, row=r.row) for r in records])
+
+
+def scored_to_sft(records: Sequence[ScoredRecord]) -> Converted[SFTRecord]:
+    """Best-of-n SFT data from scored responses: per prompt, the response with the highest score.
+
+    Prompts come in the order they first appear; among responses that tie for the highest score
+    the first to appear wins. A prompt with a single response keeps it (it is the best it has).
+    The example keeps the ``source`` and ``row`` of the response it holds.
+    """
+    best: dict[Text, ScoredRecord] = {}
+    for rec in records:
+        if rec.prompt not in best or rec.score > best[rec.prompt].score:
+            best[rec.prompt] = rec
+    return Converted([SFTRecord(r.prompt, r.completion, source=r.source, row=r.row) for r in best.values()])
 
 
 # ---------------------------------------------------------------- relabeling and label noise

@@ -39,6 +39,12 @@ CONVERSIONS: dict[str, Conversion] = {
     "ranked-to-pairs": Conversion(
         "ranked", "pair", ("rule", "margin", "seed"), _pairs_of(convert.ranked_to_pairs),
         "pair the responses of ranked lists by --rule"),
+    "ranked-to-sft": Conversion(
+        "ranked", "sft", (), lambda records, a: convert.ranked_to_sft(records),
+        "best-of-n SFT data: each list's best response (of ties, the first in the data)"),
+    "scored-to-sft": Conversion(
+        "scored", "sft", (), lambda records, a: convert.scored_to_sft(records),
+        "best-of-n SFT data: each prompt's highest-scored response (of ties, the first in the data)"),
     "pairs-to-unpaired": Conversion(
         "pair", "unpaired", (), lambda records, a: convert.pairs_to_unpaired(records),
         "chosen responses become thumbs up, rejected ones thumbs down"),

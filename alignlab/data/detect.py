@@ -29,6 +29,8 @@ _STEPS: dict[tuple[str, str], tuple[str, ...]] = {
     ("ranked", "joint"): ("ranked-to-pairs",),
     ("ranked", "unpaired"): ("ranked-to-pairs", "pairs-to-unpaired"),
     ("pair", "unpaired"): ("pairs-to-unpaired",),
+    ("scored", "sft"): ("scored-to-sft",),
+    ("ranked", "sft"): ("ranked-to-sft",),
 }
 _OPTIONS = {"scored-to-pairs": " --rule best_worst", "ranked-to-pairs": " --rule best_worst"}
 _UNORDERED = "a thumbs up or down says nothing about which of two responses to a prompt is better"

@@ -145,6 +145,16 @@ class NegativeRecord:
         return is_conversation(self.rejected)
 
 
+@dataclass(frozen=True)
+class PromptRecord:
+    """A prompt alone, read out of a row of any shape that has one (what ``alignlab sample``
+    answers)."""
+
+    prompt: Text
+    source: str = ""
+    row: int = 0
+
+
 Record: TypeAlias = (
     SFTRecord | PairRecord | JointRecord | UnpairedRecord | ScoredRecord | RankedRecord | NegativeRecord
 )

@@ -10,12 +10,14 @@ from alignlab.data.convert import (
     pairs_to_unpaired,
     rank_responses,
     ranked_to_pairs,
+    ranked_to_sft,
     reward_augment,
     scored_to_pairs,
     scored_to_ranked,
+    scored_to_sft,
     target_score_prompt,
 )
-from alignlab.data.records import Message, PairRecord, RankedRecord, ScoredRecord, UnpairedRecord
+from alignlab.data.records import Message, PairRecord, RankedRecord, ScoredRecord, SFTRecord, UnpairedRecord
 from alignlab.errors import DataError, UserError
 
 # Written out in full here, not built from the module's constant.
@@ -144,6 +146,24 @@ def test_scored_to_pairs_counts_the_drops_of_both_steps():
     out = scored_to_pairs(SCORED, "all_pairs")
     assert pairs(out) == [("y", "x", 3.0, 1.0), ("w", "x", 3.0, 1.0)]
     assert out.dropped == {"pairs with tied scores": 1, "prompts with one response": 1}
+
+
+def test_scored_to_sft_keeps_each_prompts_first_top_scored_response():
+    """SCORED: prompt a has x 1, y 3, w 3 (y and w tie at the top: y came first); b has z alone."""
+    out = scored_to_sft(SCORED)
+    assert out.records == [SFTRecord("a", "y", "s.jsonl", 2), SFTRecord("b", "z", "s.jsonl", 3)]
+    assert out.dropped == {}
+    later_best = [S("a", "x", 1.0, 1), S("a", "v", 4.0, 2), S("a", "y", 4.0, 3)]
+    assert scored_to_sft(later_best).records == [SFTRecord("a", "v", "s.jsonl", 2)]
+
+
+def test_ranked_to_sft_keeps_the_best_of_each_list():
+    lists = [RankedRecord("p", ("b", "a", "c"), (5.0, 5.0, 1.0), "r.jsonl", 1),
+             RankedRecord((Message("user", "q"),), ((Message("assistant", "x"),), (Message("assistant", "y"),)),
+                          (2.0, -1.0), "r.jsonl", 2)]
+    assert ranked_to_sft(lists).records == [SFTRecord("p", "b", "r.jsonl", 1),
+                                            SFTRecord((Message("user", "q"),), (Message("assistant", "x"),),
+                                                      "r.jsonl", 2)]
 
 
 def test_pairs_to_unpaired():

@@ -56,6 +56,17 @@ def test_scored_to_pairs_and_ranked_to_pairs(tmp_path, capsys):
     assert len(written) == 1 and (written[0]["chosen"], written[0]["rejected"]) in {("b", "c"), ("b", "a"), ("c", "a")}
 
 
+def test_best_of_n_sft_from_scored_and_ranked_data(tmp_path, capsys):
+    """SCORED: a's best is y (3; w ties at 3 but comes later), b's only response is z. The ranked
+    row's best is the first of the two ranked 1, as the data orders them."""
+    written, printed = run(tmp_path, capsys, "scored-to-sft", str(jsonl(tmp_path / "s.jsonl", SCORED)))
+    assert written == [{"prompt": "a", "completion": "y"}, {"prompt": "b", "completion": "z"}]
+    assert f"wrote 2 SFT examples to {tmp_path / 'out.jsonl'}" in printed
+    ranked = jsonl(tmp_path / "r.jsonl", [{"prompt": "p", "completions": ["c", "a", "b"], "ranks": [2, 1, 1]}])
+    written, _ = run(tmp_path, capsys, "ranked-to-sft", str(ranked))
+    assert written == [{"prompt": "p", "completion": "a"}]
+
+
 def test_pairs_to_unpaired(tmp_path, capsys):
     written, printed = run(tmp_path, capsys, "pairs-to-unpaired", str(jsonl(tmp_path / "p.jsonl", PAIRS[:1])))
     assert written == [{"prompt": "q", "completion": "good", "label": True},

@@ -54,6 +54,8 @@ def test_shape_error_names_the_converter():
     )
     assert shape_error("pair", "unpaired", "kto").endswith("`alignlab convert pairs-to-unpaired IN OUT`")
     assert "`alignlab convert scored-to-ranked IN OUT`" in shape_error("scored", "ranked", "lipo")
+    assert shape_error("ranked", "sft", "sft").endswith("convert it with `alignlab convert ranked-to-sft IN OUT`")
+    assert shape_error("scored", "sft", "sft").endswith("convert it with `alignlab convert scored-to-sft IN OUT`")
 
 
 def test_shape_error_says_when_no_converter_does():
