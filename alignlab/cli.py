@@ -243,7 +243,7 @@ def add_field_flags(parser: argparse.ArgumentParser, cls: type, command: str, re
     """One flag per field of dataclass ``cls``: named after the field (or as ``FLAG_NAMES[command]``
     says), of its type, with its default and its help (``metadata['help']``, else ``helps[name]``
     for a dataclass that keeps no help of its own; ``metadata['choices']`` limits the values). A
-    mapping field is a repeatable ``--flag NAME=VALUE``."""
+    mapping field is a repeatable ``--flag NAME=VALUE``; a tuple field takes any number of values."""
     import typing
 
     from alignlab.config.parse import _strip_optional
@@ -266,6 +266,9 @@ def add_field_flags(parser: argparse.ArgumentParser, cls: type, command: str, re
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(tp) is dict:
             parser.add_argument(flag, action="append", metavar="NAME=VALUE", **{**kwargs, "default": []})
+        elif typing.get_origin(tp) is tuple:
+            item = typing.get_args(tp)[0]
+            parser.add_argument(flag, nargs="*", type=item, metavar=item.__name__.upper(), **kwargs)
         else:
             parser.add_argument(flag, type=tp, **{"metavar": flag[2:].upper().replace("-", "_"), **kwargs})
 

@@ -71,6 +71,8 @@ SAMPLING_HELP = {
     "top_p": "nucleus sampling: draw from the most likely tokens whose probabilities add up to top_p, in (0, 1]",
     "top_k": "draw from the k most likely tokens; 0 keeps them all",
     "seed": "seed of the draws; each chunk of --batch-size prompts draws with a seed derived from it",
+    "stop_token_ids": "token ids that also end a sample (kept in it, which counts as finished), besides the "
+                      "tokenizer's end-of-sequence token",
 }
 
 

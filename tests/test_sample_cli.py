@@ -153,13 +153,14 @@ def test_rows_hold_the_prompt_every_sample_and_its_score(tmp_path, tiny_model_di
         assert r["completions"] == as_given
         assert r["scores"] == [float(len(t)) for t in texts]
         for s in r["samples"]:
-            assert set(s) == {"text", "num_tokens", "finished", "logprobs", "score"}  # hf gives no sampling_logprobs
-            assert 1 <= s["num_tokens"] == len(s["logprobs"]) <= 5 and isinstance(s["finished"], bool)
+            assert set(s) == {"text", "num_tokens", "finished", "logprobs", "sampling_logprobs", "score"}
+            assert 1 <= s["num_tokens"] == len(s["logprobs"]) == len(s["sampling_logprobs"]) <= 5
+            assert isinstance(s["finished"], bool)
             assert all(-1e4 < lp < 0 for lp in s["logprobs"])
             assert s["score"] == (float(len(s["text"])) if s["text"].strip() else None)
     meta = json.loads((tmp_path / "s.jsonl.meta.json").read_text())
     assert meta["prompts"] == str(src.resolve()) and meta["model"] == str(tiny_model_dir.resolve())
-    assert (meta["n"], meta["max_new_tokens"], meta["scorer"], meta["backend"]) == (3, 5, f"fn:{scorers}:length", "hf")
+    assert (meta["n"], meta["max_new_tokens"], meta["scorer"], meta["backend"]) == (3, 5, f"fn:{scorers}:length", "native")
     assert meta["num_prompts"] == 2 and len(meta["prompts_sha256"]) == 64
 
 
