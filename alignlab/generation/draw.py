@@ -72,21 +72,51 @@ def pick(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor
 
     Returns the tokens, their log-probs under the raw temperature-1 distribution and their
     log-probs under the distribution they were drawn from (0 for greedy), all float32. A sampled
-    token is the first whose cumulative probability (in token-id order) exceeds ``u``.
+    token is the first whose cumulative probability (in token-id order) exceeds ``u`` times the
+    total.
     """
     raw = logits.float()
-    raw_lse = torch.logsumexp(raw, dim=-1)
+    plain = params.temperature == 1 and params.top_k == 0 and params.top_p == 1
     if params.greedy:
         tokens = raw.argmax(dim=-1)
-        drawn = torch.zeros_like(raw_lse)
+        drawn = torch.zeros(len(raw), device=raw.device)
+        raw_lse = torch.logsumexp(raw, dim=-1)
     else:
-        z = filtered_logits(raw, params)
-        logp = torch.log_softmax(z, dim=-1)
-        cdf = torch.cumsum(logp.exp(), dim=-1)
-        total = cdf[:, -1:]
-        # u * total rounds to total itself once in about 2**24 draws; keep the target below it
-        target = torch.minimum(u.to(cdf.dtype).unsqueeze(-1) * total, total * (1 - 2.0**-23))
-        tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=raw.shape[-1] - 1)
-        drawn = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        z = raw if plain else filtered_logits(raw, params)
+        top = z.amax(dim=-1, keepdim=True)
+        weights = (z - top).exp_()  # unnormalised probabilities, the largest 1
+        tokens, total = inverse_cdf(weights, u)
+        lse = top.squeeze(-1) + total.log()
+        drawn = z.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+        raw_lse = lse if plain else torch.logsumexp(raw, dim=-1)
     raw_logp = raw.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - raw_lse
     return tokens, raw_logp, drawn
+
+
+BLOCK = 256
+
+
+def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of non-negative ``weights`` (B, V), the first index whose running sum exceeds
+    ``u`` times the row's total; also the totals.
+
+    Two levels, so no pass over the vocabulary is sequential: the sums of blocks of 256 weights,
+    a running sum over the blocks to find the block, then a running sum inside that block only.
+    Where rounding puts the target past the block's last positive weight, that weight is taken
+    (never a token of weight 0)."""
+    rows, vocab = weights.shape
+    full = vocab // BLOCK
+    sums = [weights[:, :full * BLOCK].unflatten(1, (full, BLOCK)).sum(-1)] if full else []
+    if vocab > full * BLOCK:
+        sums.append(weights[:, full * BLOCK:].sum(-1, keepdim=True))
+    block_cdf = torch.cumsum(torch.cat(sums, dim=1), dim=1)
+    total = block_cdf[:, -1]
+    target = (u.to(total.dtype) * total).unsqueeze(-1)
+    block = torch.searchsorted(block_cdf, target, right=True).clamp_(max=block_cdf.shape[1] - 1)
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), torch.zeros_like(target))
+    cols = block * BLOCK + torch.arange(BLOCK, device=weights.device)
+    inside = cols < vocab
+    part = weights.gather(1, cols.clamp(max=vocab - 1)) * inside
+    offset = torch.searchsorted(torch.cumsum(part, dim=1), target - before, right=True)
+    last = ((part > 0) * torch.arange(1, BLOCK + 1, device=weights.device)).argmax(dim=1, keepdim=True)
+    return (block * BLOCK + torch.minimum(offset, last)).squeeze(-1), total

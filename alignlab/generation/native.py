@@ -18,6 +18,7 @@ is refused with the reason, and ``make_generator`` falls back to the "hf" backen
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,8 +44,18 @@ def context_limit(model) -> int | None:
     return None
 
 
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def unsupported(model) -> str | None:
-    """Why the native engine cannot run ``model``, or None when it can (checked by running it)."""
+    """Why the native engine cannot run ``model``, or None when it can (checked by running it,
+    once per module: training that changes its weights does not change the answer)."""
+    if model not in _CHECKED:
+        _CHECKED[model] = _unsupported(model)
+    return _CHECKED[model]
+
+
+def _unsupported(model) -> str | None:
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
         return "an encoder-decoder model"
@@ -66,15 +77,16 @@ def unsupported(model) -> str | None:
 def _self_check(model) -> str | None:
     """Prefill two prompts of 5 and 3 tokens, decode 2 tokens, and compare each step's log-probs
     with a plain forward pass of the same sequences."""
-    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 8
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else 8
     seqs = [[(7 * i + 3) % vocab for i in range(7)], [(5 * i + 11) % vocab for i in range(5)]]
     prompts = [tuple(s[:-2]) for s in seqs]
-    engine = _Run(model, SlotCache(2, 8), pad=0)
-    got = [engine.prefill([(0, prompts[0], [0]), (1, prompts[1], [1])])]
+    run = _Run(model, SlotCache(2, 8), pad=0)
+    got = [run.prefill(prompts, torch.tensor([0, 1]), torch.tensor([0, 1]))]
     for t in range(2):
         tokens = torch.tensor([seqs[0][5 + t], seqs[1][3 + t]])
         positions = torch.tensor([5 + t, 3 + t])
-        got.append(engine.decode(tokens, positions, int(positions.max()) + 1))
+        got.append(run.decode(tokens, positions, int(positions.max()) + 1))
     tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2
     device = next(model.parameters()).device
     for b, seq in enumerate(seqs):
@@ -96,24 +108,20 @@ class _Run:
         self.device, self.dtype = param.device, param.dtype
         self.floor = torch.finfo(self.dtype if self.dtype.is_floating_point else torch.float32).min
 
-    def prefill(self, rows: list[tuple[int, tuple[int, ...], list[int]]]) -> torch.Tensor:
-        """Prompts ``(row, ids, slots)`` left-padded into one batch: writes their keys into their
-        slots and returns each prompt's last-position logits, ``(len(rows), V)``."""
-        width = max(len(ids) for _, ids, _ in rows)
-        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        pads = torch.empty(len(rows), dtype=torch.long)
-        plan = []
-        for r, (_, prompt, slots) in enumerate(rows):
-            pad = width - len(prompt)
-            ids[r, pad:] = torch.tensor(prompt, dtype=torch.long)
-            pads[r] = pad
-            plan.append((r, pad, len(prompt), slots))
+    def prefill(self, prompts: list[tuple[int, ...]], rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """``prompts`` left-padded into one batch; slot ``slots[i]`` takes the keys of prompt
+        ``rows[i]``. Returns each prompt's last-position logits, ``(len(prompts), V)``."""
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
+        pads = torch.tensor([width - len(p) for p in prompts], dtype=torch.long)
+        for r, prompt in enumerate(prompts):
+            ids[r, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
         cols = torch.arange(width)
         positions = (cols.unsqueeze(0) - pads.unsqueeze(1)).clamp_(min=0)
         keys, queries = cols.view(1, 1, width), cols.view(1, width, 1)
         allowed = ((keys >= pads.view(-1, 1, 1)) & (keys <= queries)) | (keys == queries)
         mask = torch.zeros(allowed.shape, dtype=self.dtype).masked_fill_(~allowed, self.floor).unsqueeze(1)
-        self.cache.prefill(plan)
+        self.cache.prefill(pads.to(self.device), rows.to(self.device), slots.to(self.device))
         return self._forward(ids, positions, mask)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, width: int) -> torch.Tensor:
@@ -142,6 +150,73 @@ class _Seq:
     raw: list[float] = field(default_factory=list)
     drawn: list[float] = field(default_factory=list)
     finished: bool = False
+
+
+class _Slots:
+    """The per-slot state of one generation call, as tensors (one row per slot), so that a decode
+    step costs a few tensor operations whatever the number of sequences; a sequence's tokens are
+    read out into its ``_Seq`` once, when it ends."""
+
+    def __init__(self, slots: int, budget: int, stops: set[int]):
+        self.seq: list[_Seq | None] = [None] * slots
+        self.live = torch.zeros(slots, dtype=torch.bool)
+        self.positions = torch.zeros(slots, dtype=torch.long)  # where the last token is written
+        self.last = torch.zeros(slots, dtype=torch.long)
+        self.steps = torch.zeros(slots, dtype=torch.long)  # tokens drawn so far
+        self.budget = torch.zeros(slots, dtype=torch.long)
+        self.keys = np.zeros(slots, dtype=np.uint64)
+        self.tokens = torch.zeros(slots, budget, dtype=torch.long)
+        self.raw = torch.zeros(slots, budget)
+        self.drawn = torch.zeros(slots, budget)
+        self.stops = torch.tensor(sorted(stops), dtype=torch.long)
+
+    def top(self) -> int:
+        """One past the highest live slot."""
+        live = self.live.nonzero()
+        return int(live[-1]) + 1 if len(live) else 0
+
+    def place(self, slot: int, s: _Seq) -> None:
+        self.seq[slot] = s
+        self.live[slot] = True
+        self.positions[slot] = len(s.context) - 1
+        self.steps[slot] = 0
+        self.budget[slot] = s.budget
+        self.keys[slot] = s.key
+
+    def draw(self, slots: torch.Tensor, logits: torch.Tensor, params: SamplingParams) -> list[_Seq]:
+        """Draw the next token of each of ``slots`` from its row of ``logits``; returns the
+        sequences that ended (their slots are free again)."""
+        steps = self.steps[slots]
+        u = torch.from_numpy(uniforms(self.keys[slots.numpy()], steps.numpy())).to(logits.device)
+        tokens, raw, drawn = pick(logits, params, u)
+        tokens, raw, drawn = tokens.cpu(), raw.cpu(), drawn.cpu()
+        self.tokens[slots, steps] = tokens
+        self.raw[slots, steps] = raw
+        self.drawn[slots, steps] = drawn
+        self.steps[slots] = steps + 1
+        self.positions[slots] += 1
+        self.last[slots] = tokens
+        stopped = torch.isin(tokens, self.stops)
+        ended = stopped | (steps + 1 >= self.budget[slots])
+        done = []
+        for slot, stop in zip(slots[ended].tolist(), stopped[ended].tolist(), strict=True):
+            s = self.seq[slot]
+            n = int(self.steps[slot])
+            s.tokens = self.tokens[slot, :n].tolist()
+            s.raw = self.raw[slot, :n].tolist()
+            s.drawn = self.drawn[slot, :n].tolist()
+            s.finished = stop
+            self.seq[slot] = None
+            self.live[slot] = False
+            done.append(s)
+        return done
+
+    def move(self, source: int, target: int) -> None:
+        for t in (self.live, self.positions, self.last, self.steps, self.budget, self.tokens, self.raw, self.drawn):
+            t[target] = t[source]
+        self.keys[target] = self.keys[source]
+        self.seq[target], self.seq[source] = self.seq[source], None
+        self.live[source] = False
 
 
 class NativeGenerator:
@@ -220,109 +295,61 @@ class NativeGenerator:
                     disable=self.progress is None)
 
     def _run(self, seqs: list[_Seq], params: SamplingParams, stops: set[int], bar) -> None:
-        slots = min(self.batch_size, len(seqs))
+        count = min(self.batch_size, len(seqs))
         length = max(len(s.context) + s.budget for s in seqs)
-        run = _Run(self.model, SlotCache(slots, length), self.pad)
+        run = _Run(self.model, SlotCache(count, length), self.pad)
+        state = _Slots(count, max(s.budget for s in seqs), stops)
         # Longest prompts first: similar lengths share a prefill (less padding), and the long
         # sequences start early instead of trailing at the end.
         waiting = deque(sorted(seqs, key=lambda s: (-len(s.context), s.prompt, s.sample)))
-        live: list[_Seq | None] = [None] * slots
-        positions = torch.zeros(slots, dtype=torch.long)
-        last = torch.zeros(slots, dtype=torch.long)
-        stop_ids = torch.tensor(sorted(stops), dtype=torch.long)
         while True:
-            free = [i for i, s in enumerate(live) if s is None]
-            running = slots - len(free)
-            if waiting and free and (running == 0 or len(free) >= max(1, slots // 4) or len(waiting) <= len(free)):
-                admitted = self._admit(run, waiting, free, live, positions, last, params, stop_ids)
-                for _ in admitted:
-                    bar.update(1)
-            top = max((i for i, s in enumerate(live) if s is not None), default=-1) + 1
+            free = (~state.live).nonzero().flatten().tolist()
+            if waiting and free and (len(free) == count or len(free) >= max(1, count // 4) or len(waiting) <= len(free)):
+                bar.update(len(self._admit(run, state, waiting, free, params)))
+            top = state.top()
             if top == 0:
                 if not waiting:
                     return
                 continue
-            if not waiting and sum(s is not None for s in live) <= top // 2:
-                top = self._compact(run.cache, live, positions, last)
-            width = int(max(positions[i] for i in range(top) if live[i] is not None)) + 1
-            logits = run.decode(last[:top], positions[:top], width)
-            done = self._draw(logits, [(i, live[i]) for i in range(top) if live[i] is not None], params,
-                              positions, last, stop_ids)
-            for i in done:
-                live[i] = None
-                bar.update(1)
+            if not waiting and int(state.live.sum()) <= top // 2:
+                top = self._compact(run.cache, state)
+            live = state.live[:top].nonzero().flatten()
+            width = int(state.positions[live].max()) + 1
+            logits = run.decode(state.last[:top], state.positions[:top], width)
+            bar.update(len(state.draw(live, logits.index_select(0, live.to(logits.device)), params)))
 
-    def _admit(self, run: _Run, waiting: deque, free: list[int], live: list, positions: torch.Tensor,
-               last: torch.Tensor, params: SamplingParams, stop_ids: torch.Tensor) -> list[int]:
-        """Prefill the next waiting sequences into ``free`` slots; returns those that ended at once."""
-        groups: dict[int, list[tuple[_Seq, int]]] = {}
+    def _admit(self, run: _Run, state: _Slots, waiting: deque, free: list[int], params: SamplingParams) -> list[_Seq]:
+        """Prefill the next waiting sequences into ``free`` slots (the samples of one prompt share
+        a prefill row); returns those that ended at once."""
+        prompts: dict[int, int] = {}  # prompt index -> batch row
+        contexts: list[tuple[int, ...]] = []
+        rows, slots = [], []
         width = 0
-        taken = 0
-        while waiting and taken < len(free):
+        while waiting and len(slots) < len(free):
             s = waiting[0]
-            if s.prompt not in groups:
+            if s.prompt not in prompts:
                 new_width = max(width, len(s.context))
-                if groups and new_width * (len(groups) + 1) > self.prefill_tokens:
+                if contexts and new_width * (len(contexts) + 1) > self.prefill_tokens:
                     break
                 width = new_width
-                groups[s.prompt] = []
-            groups[s.prompt].append((waiting.popleft(), free[taken]))
-            taken += 1
-        rows = [(r, members[0][0].context, [slot for _, slot in members]) for r, members in enumerate(groups.values())]
-        logits = run.prefill(rows)
-        placed = []
-        for r, members in enumerate(groups.values()):
-            for s, slot in members:
-                live[slot] = s
-                positions[slot] = len(s.context)
-                placed.append((r, slot, s))
-        rows_of = torch.tensor([r for r, _, _ in placed], device=logits.device)
-        done = self._draw(logits.index_select(0, rows_of), [(slot, s) for _, slot, s in placed], params,
-                          positions, last, stop_ids, absolute=False)
-        for slot in done:
-            live[slot] = None
-        return done
-
-    def _draw(self, logits: torch.Tensor, members: list[tuple[int, _Seq]], params: SamplingParams,
-              positions: torch.Tensor, last: torch.Tensor, stop_ids: torch.Tensor, absolute: bool = True) -> list[int]:
-        """Draw each member's next token from its row of ``logits`` (row = slot when ``absolute``,
-        else row = order in ``members``), record it, and return the slots whose sequence ended."""
-        if absolute:
-            index = torch.tensor([slot for slot, _ in members], device=logits.device)
-            logits = logits.index_select(0, index)
-        keys = np.array([s.key for _, s in members], dtype=np.uint64)
-        steps = np.array([len(s.tokens) for _, s in members], dtype=np.int64)
-        u = torch.from_numpy(uniforms(keys, steps)).to(logits.device)
-        tokens, raw, drawn = pick(logits, params, u)
-        tokens_l, raw_l, drawn_l = tokens.tolist(), raw.tolist(), drawn.tolist()
-        stopped = torch.isin(tokens.cpu(), stop_ids).tolist()
-        done = []
-        for b, (slot, s) in enumerate(members):
-            s.tokens.append(tokens_l[b])
-            s.raw.append(raw_l[b])
-            s.drawn.append(drawn_l[b])
-            if stopped[b] or len(s.tokens) >= s.budget:
-                s.finished = bool(stopped[b])
-                done.append(slot)
-            else:
-                last[slot] = tokens_l[b]
-                if absolute:
-                    positions[slot] += 1
-        return done
+                prompts[s.prompt] = len(contexts)
+                contexts.append(s.context)
+            waiting.popleft()
+            slot = free[len(slots)]
+            rows.append(prompts[s.prompt])
+            slots.append(slot)
+            state.place(slot, s)
+        rows_t, slots_t = torch.tensor(rows), torch.tensor(slots)
+        logits = run.prefill(contexts, rows_t, slots_t)
+        return state.draw(slots_t, logits.index_select(0, rows_t.to(logits.device)), params)
 
     @staticmethod
-    def _compact(cache: SlotCache, live: list, positions: torch.Tensor, last: torch.Tensor) -> int:
+    def _compact(cache: SlotCache, state: _Slots) -> int:
         """Move the live sequences into the lowest slots; returns how many slots are in use."""
-        holes = [i for i, s in enumerate(live) if s is None]
-        for src in range(len(live) - 1, -1, -1):
-            if live[src] is None:
-                continue
-            if not holes or holes[0] > src:
-                break
-            dst = holes.pop(0)
+        live = state.live.nonzero().flatten().tolist()
+        holes = (~state.live[:len(live)]).nonzero().flatten().tolist()
+        movers = [s for s in live if s >= len(live)]
+        for src, dst in zip(movers, holes, strict=True):
             cache.move(src, dst)
-            live[dst], live[src] = live[src], None
-            positions[dst], last[dst] = positions[src], last[src]
-            holes.append(src)
-            holes.sort()
-        return sum(s is not None for s in live)
+            state.move(src, dst)
+        return len(live)

@@ -9,9 +9,9 @@ sequence's slot can take a new one while the others keep decoding.
 
 The model's attention layers call ``update(keys, values, layer)``; what the cache does depends on
 the mode the engine set before the forward pass:
-- prefill: the batch is ``m`` left-padded prompts; each prompt's keys (without its padding) are
-  copied into every slot that samples from it (the n samples of one prompt share one prefill),
-  and the attention of this pass uses the prompts' own keys;
+- prefill: the batch is ``m`` left-padded prompts; each prompt's keys (shifted past its padding)
+  are copied into every slot that samples from it (the n samples of one prompt share one
+  prefill), and the attention of this pass uses the prompts' own keys;
 - decode: row ``b`` of the batch is slot ``b``; its new key goes to the slot's next position and
   the attention sees the first ``width`` positions of every slot (the engine's mask hides the
   positions a slot has not filled).
@@ -30,15 +30,15 @@ class SlotCache(Cache):
         self.length = length
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
-        self._prefill: list[tuple[int, int, int, list[int]]] | None = None  # (row, pad, length, slots)
+        self._prefill: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (pads, rows, slots)
         self._decode: tuple[torch.Tensor, int] | None = None  # (positions, width)
 
     # -- modes, set by the engine before each forward pass --------------------------------------
 
-    def prefill(self, rows: list[tuple[int, int, int, list[int]]]) -> None:
-        """The next pass is a prefill: batch row ``row``, left-padded by ``pad``, holds a prompt of
-        ``length`` tokens that goes to each of ``slots``."""
-        self._prefill, self._decode = rows, None
+    def prefill(self, pads: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor) -> None:
+        """The next pass is a prefill of left-padded prompts, batch row ``r`` padded by ``pads[r]``;
+        slot ``slots[i]`` takes the prompt of batch row ``rows[i]``."""
+        self._prefill, self._decode = (pads, rows, slots), None
 
     def decode(self, positions: torch.Tensor, width: int) -> None:
         """The next pass decodes one token per slot ``0..B-1``, writing slot b's at ``positions[b]``;
@@ -61,11 +61,14 @@ class SlotCache(Cache):
             self.values.append(value_states.new_zeros(shape[:3] + (value_states.shape[3],)))
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         if self._prefill is not None:
-            for row, pad, length, slots in self._prefill:
-                k, v = key_states[row, :, pad:pad + length], value_states[row, :, pad:pad + length]
-                for s in slots:
-                    keys[s, :, :length].copy_(k)
-                    values[s, :, :length].copy_(v)
+            pads, rows, slots = self._prefill
+            width = key_states.shape[2]
+            # shift each row left by its padding (position j of a slot holds the prompt's token j;
+            # what lands after the prompt's end is never attended to and is overwritten later)
+            shift = (pads.view(-1, 1) + torch.arange(width, device=pads.device)).clamp_(max=width - 1)
+            for cache, new in ((keys, key_states), (values, value_states)):
+                index = shift.view(len(pads), 1, width, 1).expand(-1, new.shape[1], -1, new.shape[3])
+                cache[:, :, :width].index_copy_(0, slots, new.gather(2, index).index_select(0, rows))
             return key_states, value_states
         if self._decode is None:
             raise RuntimeError("SlotCache: the engine set no mode before the forward pass")

@@ -91,3 +91,28 @@ def test_first_two_tokens_follow_the_model(model, options):
     if options:  # the test can tell distributions apart: the unmodified one is rejected
         assert p_value([c if p > 0 else 0 for c, p in zip(counts, expected(model, PROMPT), strict=True)],
                        expected(model, PROMPT)) < 1e-6
+
+
+def test_inverse_cdf_finds_the_token_whose_interval_holds_the_target():
+    """Weights over 600 tokens (two blocks of 256 and a tail of 88) with zeros sprinkled in: for
+    targets at the middle of each positive token's interval the two-level search returns that
+    token; a target of 0 gives the first positive token, never one of weight 0."""
+    from alignlab.generation.draw import inverse_cdf
+
+    g = torch.Generator().manual_seed(0)
+    weights = torch.rand(3, 600, generator=g, dtype=torch.float64)
+    weights[:, ::7] = 0
+    weights[1, :300] = 0  # the first block and a half empty
+    weights[2, 500:] = 0  # the tail empty
+    cdf = torch.cumsum(weights, 1)
+    for row in range(3):
+        positive = (weights[row] > 0).nonzero().flatten()
+        total = float(cdf[row, -1])
+        for t in positive[:: 5].tolist() + [int(positive[0]), int(positive[-1])]:
+            middle = (float(cdf[row, t]) - float(weights[row, t]) / 2) / total
+            u = torch.zeros(3, dtype=torch.float64)
+            u[row] = middle
+            tokens, totals = inverse_cdf(weights, u)
+            assert int(tokens[row]) == t
+            assert float(totals[row]) == pytest.approx(total, rel=1e-12)
+        assert int(inverse_cdf(weights, torch.zeros(3, dtype=torch.float64))[0][row]) == int(positive[0])

@@ -1,0 +1,239 @@
+"""Sampling speed and memory: alignlab's native backend against Hugging Face ``generate``.
+
+    python bench/generate_vs_hf.py                      # the full comparison (about 40 min on 2 cores)
+    python bench/generate_vs_hf.py --prompts 32 --max-new-tokens 64 --subset 8   # a quick look
+
+The 30M model of the DPO benchmark (a Llama with a 32k vocabulary, random weights), 256 prompts of
+50-300 tokens (the DPO benchmark's prompts, byte-level tokens), 4 samples each, up to 256 new
+tokens, temperature 1, fp32. Every engine runs in its own child process, one after the other:
+
+1. alignlab's native backend (``make_generator(model, tok, "native")``) on the whole set;
+2. ``model.generate`` on a subset of the prompts at each of ``--hf-batches`` sequences per call,
+   to find its best batch size, then on the whole set at that batch size (and, when that is not
+   the native backend's batch size, on the subset at the native one, for memory at equal batch);
+3. on the subset, what else transformers ships: ``generate`` with its static cache, the static
+   cache with the model's forward compiled (``torch.compile``), and ``generate_batch``
+   (continuous batching with paged attention), beside the native backend on the same subset;
+4. the testbed's tiny arithmetic model (``--tiny``): native and ``generate`` on the task's 200
+   held-out prompts, 4 samples each: what the testbed's online runs will feel.
+
+Printed: generated tokens per second (end-of-sequence tokens included), the ratio to HF, the peak
+resident memory of each child, and the model FLOP rate as a share of the machine's dense fp32
+matmul throughput measured in the same children. Model FLOPs are 2 × (parameters other than the
+input embedding) × (prompt tokens, once per prompt, + generated tokens): what any engine must do,
+whatever it pads or repeats; attention's own FLOPs are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import (
+    build_model,
+    child_setup,
+    code_version,
+    cpu_seconds,
+    finish_child,
+    machine,
+    make_pairs,
+    matmul_flops,
+    param_counts,
+    run_child,
+)
+
+HERE = Path(__file__).resolve()
+
+
+# -- children ----------------------------------------------------------------------------------------
+
+def _load(spec: dict):
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(spec["model"]).eval()
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    contexts = [tuple(c) for c in json.loads(Path(spec["prompts"]).read_text())]
+    torch.manual_seed(0)
+    return model, tok, contexts
+
+
+def child(name: str, spec: dict) -> None:
+    """Generate ``spec["samples"]`` samples per prompt with one engine; write tokens and seconds."""
+    import torch
+
+    child_setup(spec)
+    model, tok, contexts = _load(spec)
+    n, new, batch = spec["samples"], spec["max_new_tokens"], spec["batch"]
+    engine = spec["engine"]
+    with torch.no_grad():
+        start, cpu = time.perf_counter(), cpu_seconds()
+        if engine == "native":
+            tokens = _native(model, tok, contexts, n, new, batch)
+        elif engine == "generate_batch":
+            tokens = _generate_batch(model, tok, contexts, n, new, batch)
+        else:
+            tokens = _generate(model, tok, contexts, n, new, batch, engine)
+        seconds = time.perf_counter() - start
+    finish_child(spec, {"name": name, "tokens": tokens, "seconds": seconds, "sequences": n * len(contexts)}, cpu)
+
+
+def _native(model, tok, contexts, n, new, batch) -> int:
+    from alignlab.generation import SamplingParams, make_generator
+
+    gen = make_generator(model, tok, "native", batch_size=batch)
+    rows = gen.generate_ids(contexts, n, SamplingParams(max_new_tokens=new, temperature=1.0, seed=0))
+    return sum(len(s.token_ids) for row in rows for s in row)
+
+
+def _config(tok, new, **extra):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=new, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
+
+
+def _generate(model, tok, contexts, n, new, batch, engine) -> int:
+    """``model.generate`` on left-padded batches of ``batch`` sequences (the n samples of a prompt
+    side by side), counting each row's tokens up to its end-of-sequence token."""
+    import torch
+
+    extra = {}
+    if engine in ("static", "static+compile"):
+        extra["cache_implementation"] = "static"
+    if engine == "static+compile":
+        model.forward = torch.compile(model.forward, dynamic=False)
+    config = _config(tok, new, **extra)
+    flat = [c for c in contexts for _ in range(n)]
+    total = 0
+    for i in range(0, len(flat), batch):
+        part = flat[i:i + batch]
+        width = max(map(len, part))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(c)) + list(c) for c in part])
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in part])
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:].tolist()
+        for row in out:
+            total += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+    return total
+
+
+def _generate_batch(model, tok, contexts, n, new, batch) -> int:
+    """transformers' continuous batching with paged attention (``generate_batch``)."""
+    config = _config(tok, new, max_batch_tokens=batch * 64, num_blocks=None)
+    flat = [list(c) for c in contexts for _ in range(n)]
+    out = model.generate_batch(inputs=flat, generation_config=config, progress_bar=False)
+    return sum(len(r.generated_tokens) for r in out.values())
+
+
+# -- parent --------------------------------------------------------------------------------------------
+
+def prompts(count: int, seed: int, tok) -> list[list[int]]:
+    rows = make_pairs(count, seed)
+    return [tok(r["prompt"], add_special_tokens=True)["input_ids"] for r in rows]
+
+
+def run(engine: str, batch: int, contexts: list[list[int]], args, work: Path, model_dir: Path, label: str) -> dict:
+    path = work / f"{label}.prompts.json"
+    path.write_text(json.dumps(contexts))
+    spec = {"model": str(model_dir), "prompts": str(path), "samples": args.samples,
+            "max_new_tokens": args.max_new_tokens, "batch": batch, "engine": engine}
+    result = run_child(str(HERE), label, spec, work, args.threads)
+    result.update(engine=engine, batch=batch, prompt_tokens=sum(map(len, contexts)))
+    return result
+
+
+def line(r: dict, matmul_params: int, base: dict | None) -> str:
+    rate = r["tokens"] / r["seconds"]
+    flops = 2 * matmul_params * (r["prompt_tokens"] + r["tokens"]) / r["seconds"]
+    ratio = f"{rate / (base['tokens'] / base['seconds']):5.2f}×" if base else "     "
+    return (f"  {r['name']:<34} batch {r['batch']:>4}  {rate:8.0f} tok/s  {ratio}  peak {r['peak_rss_mb']:6.0f} MiB  "
+            f"{100 * flops / r['matmul_flops']:4.1f}% of matmul peak ({r['matmul_flops'] / 1e9:.0f} GFLOP/s)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompts", type=int, default=256)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--native-batch", type=int, default=256, help="sequences decoding at once (native)")
+    p.add_argument("--hf-batches", default="16,64,256", help="generate's batch sizes to try on the subset")
+    p.add_argument("--subset", type=int, default=32, help="prompts for the batch-size search and the alternatives")
+    p.add_argument("--no-alternatives", action="store_true", help="skip static cache, compile and generate_batch")
+    p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the testbed's tiny arithmetic model")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--child")
+    p.add_argument("--spec")
+    args = p.parse_args()
+    if args.child:
+        child(args.child, json.loads(Path(args.spec).read_text()))
+        return
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    work = Path(tempfile.mkdtemp(prefix="alignlab-genbench-"))
+    model_dir = work / "model-30m"
+    counts = build_model("30m", model_dir, args.seed)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    everything = prompts(args.prompts, args.seed, tok)
+    subset = random.Random(args.seed).sample(everything, min(args.subset, len(everything)))
+    print(f"machine: {machine()}; torch threads {args.threads}; code {code_version(HERE.parents[1])}")
+    print(f"matmul peak at the start: {matmul_flops(args.threads) / 1e9:.0f} GFLOP/s")
+    print(f"30M model: {counts['matmul'] / 1e6:.1f}M parameters in matmuls; {len(everything)} prompts of "
+          f"{min(map(len, everything))}-{max(map(len, everything))} tokens, {args.samples} samples each, up to "
+          f"{args.max_new_tokens} new tokens, temperature 1\n")
+
+    native = run("native", args.native_batch, everything, args, work, model_dir, "native")
+    sweep = [run("generate", int(b), subset, args, work, model_dir, f"generate-b{b}-subset")
+             for b in args.hf_batches.split(",")]
+    best = max(sweep, key=lambda r: r["tokens"] / r["seconds"])
+    hf = run("generate", best["batch"], everything, args, work, model_dir, "generate")
+    print(f"\nall {len(everything)} prompts:")
+    print(line(hf, counts["matmul"], None))
+    print(line(native, counts["matmul"], hf))
+    ratio = (native["tokens"] / native["seconds"]) / (hf["tokens"] / hf["seconds"])
+    print(f"  native / generate at its best batch: {ratio:.2f}× tokens/s")
+
+    print(f"\n{len(subset)} of the prompts (batch-size search and what transformers ships):")
+    subset_native = run("native", args.native_batch, subset, args, work, model_dir, "native-subset")
+    rows = list(sweep)
+    if not args.no_alternatives:
+        for engine in ("static", "static+compile", "generate_batch"):
+            try:
+                rows.append(run(engine, best["batch"], subset, args, work, model_dir, f"{engine}-subset"))
+            except RuntimeError as exc:
+                print(f"  {engine}: failed ({str(exc).splitlines()[0]})")
+    if args.native_batch not in [r["batch"] for r in sweep]:
+        rows.append(run("generate", args.native_batch, subset, args, work, model_dir,
+                        f"generate-b{args.native_batch}-subset"))
+    for r in rows:
+        print(line(r, counts["matmul"], best))
+    print(line(subset_native, counts["matmul"], best))
+
+    if args.tiny:
+        from alignlab.generation.prompts import prompt_ids
+        from alignlab.tasks import get_task
+        from alignlab.testbed.shipped import shipped_dir
+
+        tiny_dir = shipped_dir("arithmetic")
+        task = get_task("arithmetic")
+        tiny_tok = AutoTokenizer.from_pretrained(tiny_dir)
+        tiny_prompts = [list(prompt_ids(tiny_tok, q)) for q in task.eval_prompts()]
+        tiny_params = param_counts(LlamaForCausalLM.from_pretrained(tiny_dir))
+        tiny_args = argparse.Namespace(**{**vars(args), "max_new_tokens": task.max_new_tokens})
+        print(f"\nthe testbed's arithmetic model ({tiny_params['matmul'] / 1e6:.2f}M parameters in matmuls), "
+              f"{len(tiny_prompts)} held-out prompts, {args.samples} samples, up to {task.max_new_tokens} new tokens:")
+        tiny = [run("generate", 256, tiny_prompts, tiny_args, work, tiny_dir, "tiny-generate"),
+                run("native", 256, tiny_prompts, tiny_args, work, tiny_dir, "tiny-native")]
+        print(line(tiny[0], tiny_params["matmul"], None))
+        print(line(tiny[1], tiny_params["matmul"], tiny[0]))
+    print(f"\nlogs and results: {work}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
