@@ -10,8 +10,11 @@ from __future__ import annotations
 from alignlab.errors import UserError
 from alignlab.generation.base import Generator
 
-BACKENDS = ("hf",)
-OPTIONS = {"hf": ("batch_size", "progress")}
+BACKENDS = ("hf", "vllm")
+OPTIONS = {"hf": ("batch_size", "progress"),
+           "vllm": ("model_path", "gpu_memory_utilization", "dtype", "max_model_len", "tensor_parallel_size",
+                    "enable_prefix_caching", "seed", "logprobs_mode", "enforce_eager", "batch_size", "progress",
+                    "engine_args")}
 
 
 def check_backend(backend: str) -> None:
@@ -26,7 +29,10 @@ def make_generator(model, tokenizer, backend: str = "hf", **options) -> Generato
 
     ``backend``: ``"hf"``, Hugging Face ``generate`` on the model's own parameters (options:
     ``batch_size`` sequences at a time, default 128; ``progress``, a label to show a progress bar
-    under). An unknown backend is a ``UserError`` naming the known ones.
+    under). ``"vllm"``, a vLLM engine on a CUDA GPU (``generation/vllm.py``; untested on this
+    project's machines): built from a model directory, ``model_path`` or else the model's own
+    ``name_or_path``, with the model's current weights pushed into it (options: ``OPTIONS["vllm"]``,
+    documented on ``VLLMGenerator``). An unknown backend is a ``UserError`` naming the known ones.
     """
     check_backend(backend)
     unknown = sorted(set(options) - set(OPTIONS[backend]))
@@ -40,4 +46,8 @@ def make_generator(model, tokenizer, backend: str = "hf", **options) -> Generato
         from alignlab.generation.hf import HFGenerator
 
         return HFGenerator(model, tokenizer, **options)
+    if backend == "vllm":
+        from alignlab.generation.vllm import VLLMGenerator
+
+        return VLLMGenerator(model, tokenizer, **options)
     raise AssertionError(backend)  # every name in BACKENDS is built above
