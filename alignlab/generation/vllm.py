@@ -79,11 +79,11 @@ def model_directory(model, model_path: str | os.PathLike | None = None) -> str:
             raise UserError(f"model_path '{model_path}' is not a model directory (it has no config.json)")
         return str(Path(model_path).resolve())
     inner = unwrap(model)
-    name = getattr(inner, "name_or_path", None) or getattr(getattr(inner, "config", None), "_name_or_path", None)
+    name = getattr(inner, "name_or_path", None) or getattr(getattr(inner, "config", None), "_name_or_path", None) or ""
     if name and (Path(name) / "config.json").is_file():
         return str(Path(name).resolve())
     raise UserError(f"the vllm generation backend builds its engine from a model directory, and the policy's "
-                    f"name_or_path ({name or 'none'!r}) is not one: pass model_path=DIR, a directory with the "
+                    f"name_or_path ({name!r}) is not one: pass model_path=DIR, a directory with the "
                     "model's config.json (and its tokenizer), e.g. written by save_pretrained")
 
 
