@@ -444,9 +444,10 @@ class VLLMGenerator:
         cache (it holds keys and values of the old weights).
 
         With one GPU the tensors are handed over by reference (the engine runs in this process);
-        with tensor parallelism they go to the worker processes through the CPU. Every parameter of
-        the engine's model must be written, or the names did not match: that is a ``UserError``
-        naming the first missing one (a policy of another architecture than the directory's)."""
+        with tensor parallelism they go to the worker processes through the CPU. A name the engine
+        does not know is refused by vLLM's loader; every parameter of the engine's model (but
+        quantization scales) must be written, or the policy is not the directory's model: that is a
+        ``UserError`` naming the first one missing."""
         expected = self.llm.collective_rpc(_engine_parameters)
         written = [set() for _ in expected]
         for chunk in weight_chunks(policy_weights(model), to_cpu=not self.by_reference):
