@@ -10,9 +10,11 @@ id -> Logprob, ``finish_reason``, ``stop_reason``), ``vllm.outputs.RequestOutput
 position, ``outputs``, ``finished``), and of ``vllm.LLM`` what the backend calls: ``generate(prompts,
 sampling_params, use_tqdm=...)``, ``collective_rpc(method, args=...)`` (``method(worker, *args)`` on
 each worker, whose ``model_runner.get_model()`` has ``load_weights`` and ``named_parameters``),
-``reset_prefix_cache()`` and ``llm_engine.model_config.max_model_len``. On the real classes (vLLM
-0.32.0 installed on a CPU machine) ``sample_from_completion`` and ``with_scored_logprobs`` give the
-same samples, with the list and the flat (``FlatLogprobs``) layout of ``logprobs`` alike.
+``reset_prefix_cache()`` and ``llm_engine.model_config.max_model_len``. Checked once by hand on the
+real classes (vLLM 0.32.0 installed on a CPU machine, where its engine cannot run):
+``sample_from_completion`` and ``with_scored_logprobs`` give the same samples from them, with the
+list and the flat (``FlatLogprobs``) layout of ``logprobs`` alike, and ``vllm.SamplingParams``
+accepts ``sampling_kwargs`` and ``scoring_kwargs`` as they are.
 """
 
 from __future__ import annotations
