@@ -12,8 +12,11 @@ import sys
 from alignlab.errors import UserError
 from alignlab.generation.base import Generator
 
-BACKENDS = ("native", "hf")
-OPTIONS = {"native": ("batch_size", "progress", "prefill_tokens"), "hf": ("batch_size", "progress")}
+BACKENDS = ("native", "hf", "vllm")
+OPTIONS = {"native": ("batch_size", "progress", "prefill_tokens"), "hf": ("batch_size", "progress"),
+           "vllm": ("model_path", "gpu_memory_utilization", "dtype", "max_model_len", "tensor_parallel_size",
+                    "enable_prefix_caching", "seed", "logprobs_mode", "enforce_eager", "batch_size", "progress",
+                    "engine_args")}
 
 
 def check_backend(backend: str) -> None:
@@ -34,6 +37,10 @@ def make_generator(model, tokenizer, backend: str = "native", **options) -> Gene
       (sliding-window attention, say) gets the "hf" backend instead, with a one-line notice.
     - ``"hf"``: Hugging Face ``generate`` on the model's own parameters (options: ``batch_size``
       sequences at a time, default 128; ``progress``, a label to show a progress bar under).
+    - ``"vllm"``: a vLLM engine on a CUDA GPU (``generation/vllm.py``; untested on this project's
+      machines): built from a model directory, ``model_path`` or else the model's own
+      ``name_or_path``, with the model's current weights pushed into it (options:
+      ``OPTIONS["vllm"]``, documented on ``VLLMGenerator``).
 
     An unknown backend or option is a ``UserError`` naming the known ones.
     """
@@ -59,4 +66,8 @@ def make_generator(model, tokenizer, backend: str = "native", **options) -> Gene
         from alignlab.generation.hf import HFGenerator
 
         return HFGenerator(model, tokenizer, **options)
+    if backend == "vllm":
+        from alignlab.generation.vllm import VLLMGenerator
+
+        return VLLMGenerator(model, tokenizer, **options)
     raise AssertionError(backend)  # every name in BACKENDS is built above

@@ -123,7 +123,7 @@ def test_shards_split_the_prompts(models):
     ([], 0, 1, "hf", "no prompts to answer"),
     (PROMPTS, 0, 0, "hf", "rank must be in [0, world_size)"),
     (PROMPTS, 2, 2, "hf", "got rank 2 of 2"),
-    (PROMPTS, 0, 1, "vllm", "generation backend 'vllm' is unknown"),
+    (PROMPTS, 0, 1, "vlm", "generation backend 'vlm' is unknown"),
 ])
 def test_settings_that_cannot_work_are_refused_at_construction(models, prompts, rank, world, backend, words):
     from alignlab.errors import UserError
