@@ -1,89 +1,125 @@
-"""A key/value cache of fixed slots for the native backend, behind transformers' ``Cache`` API.
+"""The native backend's key/value cache and decode attention, behind transformers' APIs.
 
 Why by hand: transformers' caches hold one batch whose rows start and stop together (the dynamic
 cache concatenates every step; the static cache is pre-allocated but its rows share one
-position), and its paged continuous-batching cache is built for GPUs (measured in
-``bench/generate_vs_hf.py``). This cache holds ``slots`` sequences, each in its own pre-allocated
-row of ``(kv heads, length, head dim)`` per layer, each at its own position, so a finished
-sequence's slot can take a new one while the others keep decoding.
+position), its paged continuous-batching cache is built for GPUs (measured in
+``bench/generate_vs_hf.py``), and none shares a prompt's keys between the samples drawn from it.
 
-The model's attention layers call ``update(keys, values, layer)``; what the cache does depends on
-the mode the engine set before the forward pass:
-- prefill: the batch is ``m`` left-padded prompts; each prompt's keys (shifted past its padding)
-  are copied into every slot that samples from it (the n samples of one prompt share one
-  prefill), and the attention of this pass uses the prompts' own keys;
-- decode: row ``b`` of the batch is slot ``b``; its new key goes to the slot's next position and
-  the attention sees the first ``width`` positions of every slot (the engine's mask hides the
-  positions a slot has not filled).
+Layout. A *group* is one prompt prefilled once; its keys and values sit in one row of the prefix
+store, ``(groups, kv heads, longest prompt, head dim)`` per layer. A *slot* is one sequence being
+sampled from a group; the keys and values of its generated tokens sit in its row of the suffix
+store, ``(slots, kv heads, max new tokens, head dim)``. The n samples of a prompt read its prompt
+once per decode step instead of n times: on a CPU, where decode attention is bound by memory
+bandwidth, that is most of its cost.
+
+The model's attention layers call ``update(keys, values, layer)`` and then the attention function
+named by the config. While the engine runs (``SlotAttention``), that name points to
+``slot_attention``:
+- prefill: the batch is left-padded prompts; ``update`` copies each prompt's keys (shifted past
+  its padding) into its group's row, and the attention is transformers' own SDPA over the prompts'
+  keys with the engine's 4D mask;
+- decode: row ``b`` of the batch is slot ``b``; ``update`` writes its new key into the slot's next
+  suffix position, and ``slot_attention`` attends over the group's prompt (scores computed per
+  group) and the slot's own tokens, one softmax over both.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from dataclasses import dataclass
+
 import torch
 from transformers.cache_utils import Cache
 
+NAME = "alignlab_slots"
+_ACTIVE: contextvars.ContextVar[SlotCache | None] = contextvars.ContextVar("alignlab_slot_cache", default=None)
+
+
+@dataclass
+class DecodePlan:
+    """Who is where in one decode step (shared by every layer).
+
+    ``groups``/``members``: each slot's group and its place among the group's slots; ``live``:
+    which slots hold a sequence; ``steps``: where each slot writes its new token in its suffix;
+    ``prefix_mask`` ``(groups in use, prefix width)`` and ``suffix_mask`` ``(slots, suffix width)``:
+    which positions hold keys (a free slot sees only its suffix position 0, so no row is empty)."""
+
+    groups: torch.Tensor
+    members: torch.Tensor
+    live: torch.Tensor
+    steps: torch.Tensor
+    prefix_mask: torch.Tensor
+    suffix_mask: torch.Tensor
+    width: int  # members per group in use
+
 
 class SlotCache(Cache):
-    def __init__(self, slots: int, length: int):
+    def __init__(self, slots: int, prompt_length: int, new_tokens: int):
         super().__init__(layers=[])
-        self.slots = slots
-        self.length = length
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self._prefill: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (pads, rows, slots)
-        self._decode: tuple[torch.Tensor, int] | None = None  # (positions, width)
+        self.slots, self.prompt_length, self.new_tokens = slots, prompt_length, new_tokens
+        self.prefix_k: list[torch.Tensor] = []
+        self.prefix_v: list[torch.Tensor] = []
+        self.suffix_k: list[torch.Tensor] = []
+        self.suffix_v: list[torch.Tensor] = []
+        self._prefill: tuple[torch.Tensor, torch.Tensor] | None = None  # (pads, groups)
+        self.plan: DecodePlan | None = None
 
     # -- modes, set by the engine before each forward pass --------------------------------------
 
-    def prefill(self, pads: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor) -> None:
-        """The next pass is a prefill of left-padded prompts, batch row ``r`` padded by ``pads[r]``;
-        slot ``slots[i]`` takes the prompt of batch row ``rows[i]``."""
-        self._prefill, self._decode = (pads, rows, slots), None
+    def prefill(self, pads: torch.Tensor, groups: torch.Tensor) -> None:
+        """The next pass prefills left-padded prompts: batch row ``r``, padded by ``pads[r]``, into
+        group ``groups[r]``."""
+        self._prefill, self.plan = (pads, groups), None
 
-    def decode(self, positions: torch.Tensor, width: int) -> None:
-        """The next pass decodes one token per slot ``0..B-1``, writing slot b's at ``positions[b]``;
-        attention reads the first ``width`` positions."""
-        self._prefill, self._decode = None, (positions, width)
+    def decode(self, plan: DecodePlan) -> None:
+        """The next pass decodes one token for each slot ``0..B-1`` as ``plan`` says."""
+        self._prefill, self.plan = None, plan
 
-    def move(self, source: int, target: int) -> None:
-        """Copy slot ``source``'s keys and values to slot ``target`` (to keep the live slots at the front)."""
-        for k, v in zip(self.keys, self.values, strict=True):
-            k[target].copy_(k[source])
-            v[target].copy_(v[source])
+    def move_slot(self, source: int, target: int) -> None:
+        for store in (self.suffix_k, self.suffix_v):
+            for t in store:
+                t[target].copy_(t[source])
+
+    def move_group(self, source: int, target: int) -> None:
+        for store in (self.prefix_k, self.prefix_v):
+            for t in store:
+                t[target].copy_(t[source])
 
     # -- transformers' Cache API ------------------------------------------------------------------
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        if layer_idx == len(self.keys):
-            shape = (self.slots, key_states.shape[1], self.length, key_states.shape[3])
-            self.keys.append(key_states.new_zeros(shape))
-            self.values.append(value_states.new_zeros(shape[:3] + (value_states.shape[3],)))
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if layer_idx == len(self.prefix_k):
+            heads, dim = key_states.shape[1], key_states.shape[3]
+            for store, length in ((self.prefix_k, self.prompt_length), (self.suffix_k, self.new_tokens)):
+                store.append(key_states.new_zeros(self.slots, heads, length, dim))
+            for store, length in ((self.prefix_v, self.prompt_length), (self.suffix_v, self.new_tokens)):
+                store.append(value_states.new_zeros(self.slots, heads, length, value_states.shape[3]))
         if self._prefill is not None:
-            pads, rows, slots = self._prefill
+            pads, groups = self._prefill
             width = key_states.shape[2]
-            # shift each row left by its padding (position j of a slot holds the prompt's token j;
-            # what lands after the prompt's end is never attended to and is overwritten later)
+            # position j of a group's row holds the prompt's token j; what lands after the prompt's
+            # end is never attended to
             shift = (pads.view(-1, 1) + torch.arange(width, device=pads.device)).clamp_(max=width - 1)
-            for cache, new in ((keys, key_states), (values, value_states)):
+            for store, new in ((self.prefix_k, key_states), (self.prefix_v, value_states)):
                 index = shift.view(len(pads), 1, width, 1).expand(-1, new.shape[1], -1, new.shape[3])
-                cache[:, :, :width].index_copy_(0, slots, new.gather(2, index).index_select(0, rows))
+                store[layer_idx][:, :, :width].index_copy_(0, groups, new.gather(2, index))
             return key_states, value_states
-        if self._decode is None:
+        if self.plan is None:
             raise RuntimeError("SlotCache: the engine set no mode before the forward pass")
-        positions, width = self._decode
         batch = key_states.shape[0]
-        rows = torch.arange(batch, device=positions.device)
-        keys[rows, :, positions] = key_states[:, :, 0]
-        values[rows, :, positions] = value_states[:, :, 0]
-        return keys[:batch, :, :width], values[:batch, :, :width]
+        rows = torch.arange(batch, device=key_states.device)
+        self.suffix_k[layer_idx][rows, :, self.plan.steps] = key_states[:, :, 0]
+        self.suffix_v[layer_idx][rows, :, self.plan.steps] = value_states[:, :, 0]
+        self._layer = layer_idx
+        return key_states, value_states
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.length
+        return self.prompt_length + self.new_tokens
 
     def get_max_cache_shape(self, layer_idx: int = 0) -> int:
-        return self.length
+        return self.prompt_length + self.new_tokens
 
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
         raise RuntimeError("SlotCache: the engine passes a prepared 4D attention mask")
@@ -91,3 +127,77 @@ class SlotCache(Cache):
     @property
     def is_compileable(self) -> bool:
         return False
+
+
+def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' attention-function signature. Outside a decode step of the engine, SDPA on
+    the tensors given; in one, attention over the slot's group prompt and its own tokens."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cache = _ACTIVE.get()
+    if cache is None or cache.plan is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    plan, layer = cache.plan, cache._layer
+    batch, heads, _, dim = query.shape
+    kv_heads = cache.prefix_k[layer].shape[1]
+    rep = heads // kv_heads
+    scale = dim ** -0.5 if scaling is None else scaling
+    q = query.view(batch, kv_heads, rep, dim).float() * scale
+    n_groups, prefix_width = plan.prefix_mask.shape
+    suffix_width = plan.suffix_mask.shape[1]
+    live = plan.live.nonzero().flatten()
+    g_live, m_live = plan.groups[live], plan.members[live]
+    groups, members = plan.groups.clamp(max=n_groups - 1), plan.members.clamp(max=plan.width - 1)
+
+    def to_groups(x: torch.Tensor) -> torch.Tensor:
+        """(slots, kv heads, rep, F) -> (groups, kv heads, members × rep, F): the live slots' rows
+        at their group and member, zeros elsewhere."""
+        out = x.new_zeros(n_groups, plan.width, kv_heads, rep, x.shape[-1])
+        out[g_live, m_live] = x[live]
+        return out.permute(0, 2, 1, 3, 4).reshape(n_groups, kv_heads, plan.width * rep, x.shape[-1])
+
+    def to_slots(x: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``to_groups`` for every slot (a free slot reads some group's row: finite,
+        and its output is never used)."""
+        x = x.view(n_groups, kv_heads, plan.width, rep, x.shape[-1]).permute(0, 2, 1, 3, 4)
+        return x[groups, members]
+
+    # Free slots compute too (their rows are cheaper to keep than to cut out of the stores); they
+    # see no prompt and only their suffix position 0, so every row's softmax is over finite scores.
+    prefix_mask = plan.prefix_mask[groups] & plan.live.view(-1, 1)
+    suffix_mask = plan.suffix_mask.clone()
+    suffix_mask[:, 0] |= ~plan.live
+    prefix_k = cache.prefix_k[layer][:n_groups, :, :prefix_width]
+    prefix_v = cache.prefix_v[layer][:n_groups, :, :prefix_width]
+    suffix_k = cache.suffix_k[layer][:batch, :, :suffix_width]
+    suffix_v = cache.suffix_v[layer][:batch, :, :suffix_width]
+    dtype = prefix_k.dtype
+    s_prefix = to_slots(to_groups(q).to(dtype) @ prefix_k.transpose(-1, -2)).float()
+    s_prefix = s_prefix.masked_fill_(~prefix_mask.view(batch, 1, 1, prefix_width), float("-inf"))
+    s_suffix = (q.to(dtype) @ suffix_k.transpose(-1, -2)).float()
+    s_suffix = s_suffix.masked_fill_(~suffix_mask.view(batch, 1, 1, suffix_width), float("-inf"))
+    top = torch.maximum(s_prefix.amax(-1, keepdim=True), s_suffix.amax(-1, keepdim=True))
+    e_prefix, e_suffix = (s_prefix - top).exp_(), (s_suffix - top).exp_()
+    total = e_prefix.sum(-1, keepdim=True) + e_suffix.sum(-1, keepdim=True)
+    out_prefix = to_slots(to_groups(e_prefix).to(dtype) @ prefix_v)
+    out_suffix = e_suffix.to(dtype) @ suffix_v
+    out = ((out_prefix.float() + out_suffix.float()) / total).to(query.dtype)
+    return out.view(batch, 1, heads, dim), None
+
+
+@contextlib.contextmanager
+def active(model, cache: SlotCache):
+    """Route ``model``'s attention through ``slot_attention`` with ``cache``, for the duration."""
+    from transformers.modeling_utils import AttentionInterface
+
+    AttentionInterface.register(NAME, slot_attention)
+    config = model.config
+    saved = config._attn_implementation
+    token = _ACTIVE.set(cache)
+    config._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
+        _ACTIVE.reset(token)

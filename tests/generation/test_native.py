@@ -216,5 +216,7 @@ def test_a_model_whose_cache_path_is_wrong_is_refused():
         def get_output_embeddings(self):
             return self.inner.get_output_embeddings()
 
-    reason = unsupported(Forgetful(model))
-    assert reason is not None and reason.startswith(("its cached logits differ", "RuntimeError", "TypeError"))
+    forgetful = Forgetful(model)
+    forgetful.generate = model.generate
+    assert unsupported(forgetful) is not None
+    assert isinstance(make_generator(forgetful, Tok()), HFGenerator)
