@@ -161,7 +161,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--native-batch", type=int, default=128, help="sequences decoding at once (native)")
-XX
+    p.add_argument("--hf-batches", default="16,64,128", help="generate's batch sizes to try on the subset")
     p.add_argument("--subset", type=int, default=32, help="prompts for the batch-size search and the alternatives")
     p.add_argument("--no-alternatives", action="store_true", help="skip static cache, compile and generate_batch")
     p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=True,
