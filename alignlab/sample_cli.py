@@ -31,12 +31,15 @@ on. Beside the output, ``OUT.jsonl.meta.json`` records what decides the rows: th
 prompts came from and a hash of them, the sampling options, the backend, the batch size, the
 scorer and the dtype. The same command run again resumes: it refuses other settings (in one line
 naming the option that differs), cuts off a partly written last line, and goes on with the next
-prompt. Chunks always start at multiples of ``batch_size`` and each draws with a seed derived from
-``seed`` and the index of its first prompt; a chunk cut short is sampled whole again and only its
-missing rows are written. So a resumed file equals an uninterrupted one row for row whenever the
-backend gives the same samples for the same call (the "hf" backend does, on the same machine and
-device), even when a prompt's samples depend on its batch neighbours, as the "hf" backend's do: a
-chunk always holds the same prompts. A backend whose samples change from call to call (an engine
+prompt. Every chunk tells the generator the index of its first prompt (``start``): a backend that
+draws from one random stream per (seed, prompt index, sample index) ("native", "vllm";
+``numbers_prompts``) gives each prompt the samples of one call over the whole file, whatever
+``batch_size``. For another ("hf"), each chunk draws with a seed derived from ``seed`` and the index
+of its first prompt. Chunks always start at multiples of ``batch_size``; a chunk cut short is
+sampled whole again and only its missing rows are written. So a resumed file equals an
+uninterrupted one row for row whenever the backend gives the same samples for the same call (both
+do, on the same machine and device), even when a prompt's samples depend on its batch neighbours,
+as the "hf" backend's do: a chunk always holds the same prompts. A backend whose samples change from call to call (an engine
 with state of its own, nondeterministic kernels) resumes with rows that are valid samples but not
 the same ones.
 """
@@ -70,7 +73,8 @@ SAMPLING_HELP = {
     "temperature": "sampling temperature; 0 is greedy decoding (then the n samples of a prompt agree)",
     "top_p": "nucleus sampling: draw from the most likely tokens whose probabilities add up to top_p, in (0, 1]",
     "top_k": "draw from the k most likely tokens; 0 keeps them all",
-    "seed": "seed of the draws; each chunk of --batch-size prompts draws with a seed derived from it",
+    "seed": "seed of the draws (with the hf backend each chunk of --batch-size prompts draws with a seed derived "
+            "from it)",
     "stop_token_ids": "token ids that also end a sample (kept in it, which counts as finished), besides the "
                       "tokenizer's end-of-sequence token",
 }
@@ -433,8 +437,9 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
     with handle, bar:
         for start in range(kept // job.batch_size * job.batch_size, len(prompts), job.batch_size):
             chunk = prompts[start:start + job.batch_size]
-            params = replace(job.params, seed=chunk_seed(job.params.seed, start))
-            samples = generator.generate([p.prompt for p in chunk], job.n, params)
+            params = job.params if getattr(generator, "numbers_prompts", False) else replace(
+                job.params, seed=chunk_seed(job.params.seed, start))
+            samples = generator.generate([p.prompt for p in chunk], job.n, params, start=start)
             scores = None
             if scorer is not None:
                 done = kept + result["written"]

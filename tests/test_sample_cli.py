@@ -78,12 +78,16 @@ class Scripted:
     def __init__(self, texts):
         self.texts = texts
         self.calls: list[tuple[list, int, SamplingParams]] = []
+        self.starts: list[int] = []
 
     def prompt_ids(self, prompt) -> tuple[int, ...]:
         return tuple(range(len(str(prompt))))
 
-    def generate(self, prompts, n, params):
+    numbers_prompts = False  # as the hf backend: the command derives a seed per chunk
+
+    def generate(self, prompts, n, params, start=0):
         self.calls.append((list(prompts), n, params))
+        self.starts.append(start)
         out = []
         for p in prompts:
             row = []
@@ -210,6 +214,7 @@ def test_chunks_draw_with_their_own_seeds_and_the_options_given(tmp_path, tiny_m
         SamplingParams(max_new_tokens=9, temperature=0.7, top_p=0.9, top_k=5, seed=chunk_seed(11, start))
         for start in (0, 2, 4)]
     assert len({chunk_seed(11, s) for s in (0, 2, 4)} | {chunk_seed(12, 0)}) == 4
+    assert gen.starts == [0, 2, 4]
     assert built == [(default_backend(), {"batch_size": 6})]
     sample = rows(out)[0]["samples"][1]
     assert sample == {"text": "1+1=#1", "num_tokens": 7, "finished": True, "logprobs": [-0.5] * 7,

@@ -90,7 +90,12 @@ class Sample:
 
 
 class Generator(Protocol):
-    """What every generation backend (and every decoding-time method) provides."""
+    """What every generation backend (and every decoding-time method) provides.
+
+    ``numbers_prompts``: True when a prompt's draws depend only on (seed, its index in the
+    caller's prompt set, ``start`` included, sample index), not on the batch it shares."""
+
+    numbers_prompts: bool
 
     def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
         """Token ids of ``prompt`` as the model sees it before its response."""

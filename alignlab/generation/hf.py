@@ -28,6 +28,8 @@ class HFGenerator:
     the next ``generate`` call without any copy.
     """
 
+    numbers_prompts = False  # draws depend on the batch; generate ignores start
+
     def __init__(self, model, tokenizer, batch_size: int = 128, progress: str | None = None):
         """``model``: the network itself (training unwraps a DDP wrapper, ``training.distributed.unwrap``,
         before handing its policy over). ``progress``: a label to show a progress bar (sequences

@@ -294,6 +294,8 @@ class NativeGenerator:
     Build it with ``make_generator(model, tokenizer, "native")``, which checks the model first.
     """
 
+    numbers_prompts = True  # draws depend only on (seed, prompt index, sample index)
+
     def __init__(self, model, tokenizer, batch_size: int = 64, progress: str | None = None,
                  prefill_tokens: int = 4096):
         if batch_size < 1:
@@ -307,8 +309,13 @@ class NativeGenerator:
 
     def update_weights(self, model) -> None:
         """Sample from ``model`` from now on: given the module it already runs on, nothing happens
-        (it shares the policy's parameters); given another, it runs on that one (``make_generator``
-        checks a new architecture; this does not)."""
+        (it shares the policy's parameters); given another, it runs on that one, once the engine's
+        check has passed on it (a ``UserError`` with the reason otherwise)."""
+        if model is not self.model:
+            reason = unsupported(model)
+            if reason is not None:
+                raise UserError(f"the native generation backend cannot run {type(model).__name__} ({reason}); "
+                                "build a generator for it with make_generator")
         self.model = model
 
     def prompt_ids(self, prompt: Text) -> tuple[int, ...]:

@@ -332,6 +332,8 @@ class VLLMGenerator:
     request, copied ``n`` times. Prompts are rendered exactly as the "hf" backend renders them.
     """
 
+    numbers_prompts = True  # draws depend only on (seed, prompt index, sample index)
+
     def __init__(self, model, tokenizer, model_path: str | os.PathLike | None = None,
                  gpu_memory_utilization: float = 0.4, dtype: str = "auto", max_model_len: int | None = None,
                  tensor_parallel_size: int = 1, enable_prefix_caching: bool = True, seed: int = 0,

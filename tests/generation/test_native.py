@@ -220,3 +220,17 @@ def test_a_model_whose_cache_path_is_wrong_is_refused():
     forgetful.generate = model.generate
     assert unsupported(forgetful) is not None
     assert isinstance(make_generator(forgetful, Tok()), HFGenerator)
+
+
+def test_update_weights_to_a_model_the_engine_cannot_run_is_refused():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    gen = NativeGenerator(llama(), Tok())
+    windowed = MistralForCausalLM(MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                                sliding_window=16, max_position_embeddings=128))
+    with pytest.raises(UserError, match=r"cannot run MistralForCausalLM \(sliding-window attention\)"):
+        gen.update_weights(windowed)
+    other = llama(seed=3)
+    gen.update_weights(other)
+    assert gen.model is other
