@@ -80,12 +80,13 @@ def importers_of_testbed(root: Path) -> list[str]:
 
 def backend_classes(root: Path) -> set[str]:
     """Generators defined in the generation backends (every module of generation/ but the protocol,
-    the factory and the package's __init__): the classes there with a ``generate`` method (a
-    backend's own helpers, such as a logits processor, are not generators)."""
+    the factory and the package's __init__): the classes there with a ``generate`` or
+    ``generate_ids`` method (a backend's own helpers, such as a logits processor, are not
+    generators; the shared ``RendersPrompts`` part builds nothing)."""
     return {node.name for path, tree in sources(root).items()
             if path.startswith("generation/") and path not in NOT_BACKENDS
             for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
-            and any(isinstance(f, ast.FunctionDef) and f.name == "generate" for f in node.body)}
+            and any(isinstance(f, ast.FunctionDef) and f.name in ("generate", "generate_ids") for f in node.body)}
 
 
 def backend_constructions(root: Path, classes: set[str]) -> list[str]:
@@ -109,7 +110,7 @@ def test_nothing_outside_the_testbed_imports_it_but_the_command_line():
 
 def test_generation_backends_are_built_only_by_the_factory():
     classes = backend_classes(PACKAGE)
-    assert "HFGenerator" in classes
+    assert {"HFGenerator", "NativeGenerator", "VLLMGenerator"} <= classes
     assert backend_constructions(PACKAGE, classes) == []
 
 

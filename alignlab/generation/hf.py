@@ -6,13 +6,12 @@ from collections.abc import Sequence
 
 import torch
 
-from alignlab.data.records import Text
 from alignlab.errors import UserError
 from alignlab.generation.base import Sample, SamplingParams
-from alignlab.generation.prompts import prompt_ids
+from alignlab.generation.prompts import RendersPrompts
 
 
-class HFGenerator:
+class HFGenerator(RendersPrompts):
     """Sample from a causal LM with ``model.generate``, ``batch_size`` sequences at a time.
 
     Prompts are left-padded within a batch. Randomness comes from the torch RNG seeded with
@@ -50,12 +49,7 @@ class HFGenerator:
         now on (it holds the module itself, not a copy of its weights); the tokenizer stays."""
         self.model = model
 
-    def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
-        """Token ids of ``prompt`` as the model should see it before its response."""
-        return prompt_ids(self.tok, prompt)
 
-    def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams, start: int = 0) -> list[list[Sample]]:
-        return self.generate_ids([self.prompt_ids(p) for p in prompts], n, params, start)
 
     def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams,
                      start: int = 0) -> list[list[Sample]]:

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from alignlab.data.records import Text
 from alignlab.errors import UserError
 from alignlab.generation.base import Sample, SamplingParams
 from alignlab.generation.draw import pick, stream_keys, uniforms
-from alignlab.generation.prompts import prompt_ids
+from alignlab.generation.prompts import RendersPrompts
 from alignlab.generation.slots import DecodePlan, SlotCache, active
 
 
@@ -283,7 +282,7 @@ class _Slots:
         self.group_size[target], self.group_size[source] = self.group_size[source], 0
 
 
-class NativeGenerator:
+class NativeGenerator(RendersPrompts):
     """Continuous-batching generation on ``model``'s own parameters (see the module docstring).
 
     ``batch_size``: sequences decoding at once (the slots of the cache, whose memory is ``slots ×
@@ -318,11 +317,7 @@ class NativeGenerator:
                                 "build a generator for it with make_generator")
         self.model = model
 
-    def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
-        return prompt_ids(self.tok, prompt)
 
-    def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams, start: int = 0) -> list[list[Sample]]:
-        return self.generate_ids([self.prompt_ids(p) for p in prompts], n, params, start)
 
     def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams,
                      start: int = 0) -> list[list[Sample]]:

@@ -1,6 +1,10 @@
-"""How a prompt becomes the token ids a model sees before its response (every backend's ``prompt_ids``)."""
+"""How a prompt becomes the token ids a model sees before its response (every backend's
+``prompt_ids``), and ``RendersPrompts``: the part of the ``Generator`` protocol every backend
+shares (render the prompts, then sample from their token ids)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from alignlab.data.records import Text, is_conversation
 from alignlab.errors import UserError
@@ -22,3 +26,16 @@ def prompt_ids(tokenizer, prompt: Text) -> tuple[int, ...]:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         ids = [start]
     return tuple(ids)
+
+
+class RendersPrompts:
+    """``prompt_ids`` and ``generate`` for a backend with a tokenizer ``tok`` and a
+    ``generate_ids(contexts, n, params, start)``."""
+
+    def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
+        """Token ids of ``prompt`` as the model should see it before its response."""
+        return prompt_ids(self.tok, prompt)
+
+    def generate(self, prompts: Sequence[Text], n: int, params, start: int = 0) -> list:
+        """``n`` samples for each prompt, in prompt order (``Generator.generate``)."""
+        return self.generate_ids([self.prompt_ids(p) for p in prompts], n, params, start)

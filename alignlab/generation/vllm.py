@@ -39,10 +39,9 @@ from pathlib import Path
 
 import torch
 
-from alignlab.data.records import Text
 from alignlab.errors import UserError
 from alignlab.generation.base import Sample, SamplingParams
-from alignlab.generation.prompts import prompt_ids
+from alignlab.generation.prompts import RendersPrompts
 
 VLLM_VERSION = "0.32.0"
 INSTALL_HINT = (f'install it on a CUDA machine with: pip install "vllm=={VLLM_VERSION}" && pip install -e . '
@@ -317,7 +316,7 @@ def with_scored_logprobs(sample: Sample, output) -> Sample:
 
 # ------------------------------------------------------------------------------ the generator
 
-class VLLMGenerator:
+class VLLMGenerator(RendersPrompts):
     """Sample with a vLLM engine (``vllm.LLM``) built from a model directory, with the policy's
     weights pushed into it (``update_weights``) when built and whenever training asks.
 
@@ -392,14 +391,6 @@ class VLLMGenerator:
         self.by_reference = tensor_parallel_size == 1
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.update_weights(model)
-
-    def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
-        """Token ids of ``prompt`` as the model should see it before its response (as every backend
-        renders it: ``generation.prompts.prompt_ids``)."""
-        return prompt_ids(self.tok, prompt)
-
-    def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams, start: int = 0) -> list[list[Sample]]:
-        return self.generate_ids([self.prompt_ids(p) for p in prompts], n, params, start)
 
     def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams,
                      start: int = 0) -> list[list[Sample]]:
