@@ -9,7 +9,7 @@ import pytest
 
 from alignlab import train
 from alignlab.errors import ConfigError, DataError, UserError
-from alignlab.generation.hf import HFGenerator
+from alignlab.generation.native import NativeGenerator
 from alignlab.training.prepare import add_mismatched
 from tests.conftest import make_pairs, write_jsonl
 from tests.training.helpers import base_config
@@ -76,13 +76,13 @@ def test_bvpo_weights_the_two_sets_by_their_share(tmp_path, tiny_model_dir):
 
 def test_d2o_samples_are_drawn_once_and_cached(tmp_path, tiny_model_dir, negatives_file, monkeypatch):
     calls = []
-    real = HFGenerator.generate_ids
+    real = NativeGenerator.generate_ids
 
-    def counting(self, contexts, n, params):
+    def counting(self, contexts, n, params, start=0):
         calls.append((len(contexts), n))
-        return real(self, contexts, n, params)
+        return real(self, contexts, n, params, start)
 
-    monkeypatch.setattr(HFGenerator, "generate_ids", counting)
+    monkeypatch.setattr(NativeGenerator, "generate_ids", counting)
     cfg = base_config(tiny_model_dir, negatives_file, tmp_path / "a", method="d2o", num_samples=3,
                       sample_max_new_tokens=5, max_steps=1, cache_dir=str(tmp_path / "c"))
     first = train(cfg)
