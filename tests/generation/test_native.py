@@ -53,6 +53,20 @@ def qwen2():
     return model
 
 
+def mistral():
+    """Mistral as its v0.2+ checkpoints configure it: no sliding window (v0.1's 4096-token window
+    makes the engine hand the model to the "hf" backend; see the fallback test)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(3)
+    config = MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                           sliding_window=None, eos_token_id=EOS, pad_token_id=PAD)
+    model = MistralForCausalLM(config).eval()
+    _sharpen(model)
+    return model
+
+
 def gpt2():
     torch.manual_seed(2)
     config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128,
@@ -86,7 +100,7 @@ def teacher_forced(model, context, tokens) -> torch.Tensor:
     return torch.log_softmax(logits[len(context) - 1:len(context) - 1 + len(tokens)], -1)
 
 
-@pytest.mark.parametrize("build", [llama, qwen2, gpt2], ids=["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("build", [llama, qwen2, mistral, gpt2], ids=["llama", "qwen2", "mistral", "gpt2"])
 def test_greedy_equals_hf_generate_token_for_token(build):
     model = build()
     assert unsupported(model) is None
