@@ -47,6 +47,11 @@ class SamplingParams:
         if self.top_k < 0:
             raise UserError(f"top_k must be >= 0, got {self.top_k}")
 
+    def stops(self, eos: int | None) -> list[int]:
+        """The tokens that end a sample: the tokenizer's end-of-sequence token ``eos`` (when it has
+        one), then ``stop_token_ids``; every backend stops on exactly these."""
+        return [t for t in (eos, *self.stop_token_ids) if t is not None]
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0

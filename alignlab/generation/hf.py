@@ -82,7 +82,7 @@ class HFGenerator(RendersPrompts):
     def _batch(self, contexts: list[tuple[int, ...]], params: SamplingParams) -> list[Sample]:
         from transformers import GenerationConfig
 
-        stops = [t for t in (self.eos, *params.stop_token_ids) if t is not None]
+        stops = params.stops(self.eos)
         device = next(self.model.parameters()).device
         width = max(len(c) for c in contexts)
         ids = torch.full((len(contexts), width), self.pad, dtype=torch.long)

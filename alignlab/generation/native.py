@@ -8,9 +8,9 @@ sequences decoding at once: a sequence that ends leaves its slot and a waiting o
 into it. The ``n`` samples of a prompt share one prefill. Tokens are drawn from one random stream
 per (seed, prompt index, sample index) (``draw.py``), so samples do not depend on the batch.
 
-It calls the model's own ``forward`` with a prepared 4D attention mask, explicit positions and a
-``SlotCache`` (``slots.py``), so any causal LM whose attention layers use transformers' cache API
-runs unchanged. Before first use the engine checks a model on a short ragged batch against a plain
+It calls the model's own ``forward`` with explicit positions, a ``SlotCache`` and, while it runs,
+the cache's own attention function (``slots.py``; a prepared 4D mask for the prefill), so any
+causal LM whose attention layers use transformers' cache API runs unchanged. Before first use the engine checks a model on a short ragged batch against a plain
 forward pass; a model that fails the check (or has sliding-window or encoder-decoder attention)
 is refused with the reason, and ``make_generator`` falls back to the "hf" backend with a notice.
 """
@@ -339,7 +339,7 @@ class NativeGenerator(RendersPrompts):
                            np.array([s.sample for s in seqs], dtype=np.int64))
         for s, key in zip(seqs, keys, strict=True):
             s.key = key
-        stops = {t for t in (self.eos, *params.stop_token_ids) if t is not None}
+        stops = set(params.stops(self.eos))
         was_training = self.model.training
         self.model.eval()
         try:

@@ -248,7 +248,7 @@ def sampling_kwargs(params: SamplingParams, prompt_index: int, sample_index: int
         "top_p": 1.0 if params.greedy else params.top_p,
         "top_k": 0 if params.greedy else params.top_k,
         "seed": None if params.greedy else request_seed(params.seed, prompt_index, sample_index),
-        "stop_token_ids": [t for t in (eos, *params.stop_token_ids) if t is not None],
+        "stop_token_ids": params.stops(eos),
         "ignore_eos": True,
         "logprobs": 0,
         "detokenize": False,
@@ -277,7 +277,7 @@ def sample_from_completion(completion, context: tuple[int, ...], eos: int | None
     table of the module docstring; where the raw log-probs need a second pass (processed mode,
     tempered or cut params), ``logprobs`` is left empty for ``with_scored_logprobs``."""
     tokens = list(completion.token_ids)
-    stops = {t for t in (eos, *params.stop_token_ids) if t is not None}
+    stops = set(params.stops(eos))
     end = next((i for i, t in enumerate(tokens) if t in stops), None)
     finished = end is not None
     if finished:
