@@ -107,14 +107,19 @@ def decode_plan(groups: torch.Tensor, members: torch.Tensor, live: torch.Tensor,
     """The plan of a decode step over slots ``0..B-1``: slot b (of group ``groups[b]``, its
     ``members[b]``-th slot) has drawn ``steps[b]`` tokens and feeds the last; group g's prompt has
     ``prompt_lengths[g]`` tokens (indexed by group id)."""
-    used_groups = int(groups[live].max()) + 1
+    live_slots = live.nonzero().flatten()
+    used_groups = int(groups[live_slots].max()) + 1
+    width = int(members[live_slots].max()) + 1
     lengths = prompt_lengths[:used_groups]
-    prefix_width = int(lengths[groups[live]].max())
-    suffix_width = int(steps[live].max())
-    prefix_mask = torch.arange(prefix_width).unsqueeze(0) < lengths.unsqueeze(1)
-    suffix_mask = torch.arange(suffix_width).unsqueeze(0) < steps.unsqueeze(1)
-    return DecodePlan(groups, members, live, (steps - 1).clamp(min=0), prefix_mask, suffix_mask,
-                      int(members[live].max()) + 1)
+    prefix_width = int(lengths[groups[live_slots]].max())
+    suffix_width = int(steps[live_slots].max())
+    floor = torch.tensor(float("-inf"))
+    prefix_bias = torch.where(torch.arange(prefix_width) < lengths.unsqueeze(1), 0.0, floor)
+    seen = torch.arange(suffix_width) < steps.unsqueeze(1)
+    seen[:, 0] |= ~live
+    slot_rows = groups.clamp(max=used_groups - 1) * width + members.clamp(max=width - 1)
+    return DecodePlan((steps - 1).clamp(min=0), live_slots, slot_rows[live_slots], slot_rows, prefix_bias,
+                      torch.where(seen, 0.0, floor), width)
 
 
 class _Run:
@@ -146,9 +151,7 @@ class _Run:
         """One token per slot ``0..B-1`` at ``positions`` as ``plan`` says; returns the ``(B, V)``
         next-token logits. The attention reads the plan, not a mask (a 4D placeholder is passed
         so that the model builds none)."""
-        d = self.device
-        self.cache.decode(DecodePlan(plan.groups.to(d), plan.members.to(d), plan.live.to(d), plan.steps.to(d),
-                                     plan.prefix_mask.to(d), plan.suffix_mask.to(d), plan.width))
+        self.cache.decode(plan.to(self.device))
         placeholder = torch.zeros(len(tokens), 1, 1, 1, dtype=self.dtype)
         return self._forward(tokens.view(-1, 1), positions.view(-1, 1), placeholder)
 
@@ -363,7 +366,10 @@ class NativeGenerator(RendersPrompts):
     def _run(self, seqs: list[_Seq], params: SamplingParams, stops: set[int], bar) -> None:
         count = min(self.batch_size, len(seqs))
         budget = max(s.budget for s in seqs)
-        run = _Run(self.model, SlotCache(count, max(len(s.context) for s in seqs), budget), self.pad)
+        prompts = len({s.prompt for s in seqs})
+        n = max(1, len(seqs) // prompts)
+        cache = SlotCache(count, max(len(s.context) for s in seqs), budget, groups=min(prompts, -(-count // n)))
+        run = _Run(self.model, cache, self.pad)
         state = _Slots(count, budget, stops)
         # Longest prompts first: similar lengths share a prefill and a decode batch (less padding),
         # and the long sequences start early instead of trailing at the end.
@@ -411,6 +417,7 @@ class NativeGenerator(RendersPrompts):
             rows.append(row)
             slots.append(slot)
         rows_t, slots_t = torch.tensor(rows), torch.tensor(slots)
+        run.cache.reserve_groups(max(g for _, g in groups.values()) + 1)
         logits = run.prefill(contexts, torch.tensor([g for _, g in groups.values()]))
         return state.draw(slots_t, logits.index_select(0, rows_t.to(logits.device)), params)
 

@@ -18,6 +18,7 @@ from alignlab.errors import UserError
 from alignlab.generation import SamplingParams, make_generator
 from alignlab.generation.hf import HFGenerator
 from alignlab.generation.native import NativeGenerator, unsupported
+from alignlab.generation.slots import SlotCache
 
 VOCAB = 96
 EOS, PAD = 2, 0
@@ -143,13 +144,18 @@ def test_logprobs_equal_a_teacher_forced_forward_pass(build):
                 assert abs(s.sampling_logprobs[i] - want.item()) < 5e-5
 
 
-def test_same_seed_same_samples_whatever_the_batch_size():
+def test_same_seed_same_samples_whatever_the_batch_size(monkeypatch):
     model = llama()
     # 8 of the 96 tokens stop a sequence: they end at different steps, so slots free up and refill
     params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=11, stop_token_ids=tuple(range(3, 11)))
+    grown = []  # the prompt rows start at ceil(7 / 10) = 1 and grow as slots refill with new prompts
+    reserve = SlotCache.reserve_groups
+    monkeypatch.setattr(SlotCache, "reserve_groups",
+                        lambda self, count: (grown.append((self.groups, count)), reserve(self, count)))
     runs = [NativeGenerator(model, Tok(), batch_size=b).generate_ids(contexts(), 10, params) for b in (1, 7, 64)]
     tokens = [[[s.token_ids for s in row] for row in run] for run in runs]
     assert tokens[0] == tokens[1] == tokens[2]
+    assert any(count > had for had, count in grown)
     lengths = {len(s.token_ids) for row in runs[0] for s in row}
     assert len(lengths) > 3 and any(s.finished for row in runs[0] for s in row)
     # the 10 samples of a prompt differ (one stream each); another seed gives other samples
