@@ -9,6 +9,7 @@ rather than more fields in one flat bag:
     checkpoint  resuming, overwriting, how often and how many     cfg.checkpoint.save_every
     adapter     LoRA                                              cfg.adapter.lora_r
     eval        held-out data and how often it is measured        cfg.eval.eval_every
+    rollout     online methods: reward, samples, the generator    cfg.rollout.num_generations
 
 Every field name is unique across the sections and the top level, so a key is given flat
 (``lr: 1e-4``, ``--lr 1e-4``) or by its section (``optim: {lr: 1e-4}``, ``--optim.lr 1e-4``), and
@@ -168,6 +169,43 @@ class EvalConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """Online methods: how each round samples, scores and reuses its completions."""
+
+    reward: list[str] = param(None, "the reward: one scorer spec or several (task:NAME[:gold|proxy], rm:DIR, bleu:FILE, "
+                                    "fn:MODULE:FUNCTION, judge:DIR, openai:URL,model=NAME, length[:...]); their "
+                                    "weighted sum is the reward, each one's mean is logged")
+    reward_weights: list[float] = param(None, "one weight per reward (default 1 each)")
+    num_generations: int = param(8, "G: completions sampled per prompt each round")
+    max_new_tokens: int | None = param(None, "most tokens per completion (default: the task's, else 256)")
+    temperature: float = param(1.0, "sampling temperature of the rollouts")
+    top_p: float = param(1.0, "nucleus sampling of the rollouts (1: off)")
+    top_k: int = param(0, "top-k sampling of the rollouts (0: off)")
+    generation_backend: str = param("native", "generation backend: native, hf or vllm")
+    generation_batch_size: int = param(64, "sequences the generator decodes at once")
+    updates_per_rollout: int = param(1, "μ: optimizer steps over each round's completions (its log-probs at the "
+                                        "start of the round are the old policy's)")
+    prompt_column: str | None = param(None, "the column holding the prompt, when `data` is a file")
+
+    def __post_init__(self) -> None:
+        self.reward = [self.reward] if isinstance(self.reward, str) else list(self.reward or [])
+        self.reward_weights = None if self.reward_weights is None else [float(w) for w in self.reward_weights]
+        _check(self.num_generations >= 1, "num_generations", f"must be >= 1, got {self.num_generations}")
+        _check(self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens",
+               f"must be >= 1, got {self.max_new_tokens}")
+        _check(math.isfinite(self.temperature) and self.temperature > 0, "temperature",
+               f"must be a finite number > 0 for online sampling, got {self.temperature}")
+        _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(self.top_k >= 0, "top_k", f"must be >= 0, got {self.top_k}")
+        _check(self.generation_backend in ("native", "hf", "vllm"), "generation_backend",
+               f"must be native, hf or vllm, got '{self.generation_backend}'")
+        _check(self.generation_batch_size >= 1, "generation_batch_size", f"must be >= 1, got {self.generation_batch_size}")
+        _check(self.updates_per_rollout >= 1, "updates_per_rollout", f"must be >= 1, got {self.updates_per_rollout}")
+        _check(self.reward_weights is None or len(self.reward_weights) == len(self.reward), "reward_weights",
+               f"give one weight per reward ({len(self.reward)}), got {self.reward_weights}")
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs: what to train on what, then one section per concern.
     Method hyperparameters live in ``method_params`` (a dataclass of the method's own)."""
@@ -195,6 +233,8 @@ class TrainConfig:
     adapter: AdapterConfig = section(AdapterConfig, "a LoRA adapter instead of the whole model")
     eval: EvalConfig = section(EvalConfig, "held-out data, the testbed task's gold reward, and how often both "
                                            "are measured")
+    rollout: RolloutConfig = section(RolloutConfig, "online methods: the reward, samples per prompt, sampling, "
+                                                    "the generator, updates per round")
     method_params: Any = field(default=None, metadata={"help": "hyperparameters of the method", "internal": True})
 
     def __post_init__(self) -> None:

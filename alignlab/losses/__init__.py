@@ -4,7 +4,8 @@ Modules by family: ``dpo`` (DPO), ``dpo_family`` (IPO, hinge, LN-DPO, RPO, DPOP,
 LD-DPO, WPO, BVPO, DOVE), ``robust`` (cDPO, rDPO, soft preference, LCPO), ``dpo_alternatives``
 (EXO, NCA, BCO-pair, SPPO-hard, AOT, APO, DiscoPOP), ``reference_free`` (SimPO, CPO, ORPO, ASFT),
 ``unpaired`` (KTO, BCO), ``negatives`` (D2O), ``listwise`` (PRO, LiPO, ListMLE, ListNet, all-pairs
-DPO), ``sft``; ``combine`` builds weighted sums such as ``dpo+0.005*sft``. Shared pieces: ``params``
+DPO), ``sft``; the online policy-gradient methods in ``online`` (GRPO, DAPO, Dr. GRPO, GSPO, RLOO:
+their registry entries) over ``policy_gradient`` (the per-token losses) and ``advantages``; ``combine`` builds weighted sums such as ``dpo+0.005*sft``. Shared pieces: ``params``
 (hyperparameter fields and range checks), ``logistic`` (the label-smoothed logistic loss).
 """
 
@@ -40,6 +41,7 @@ from alignlab.losses import (  # noqa: E402
     dpo_family,  # noqa: F401
     listwise,  # noqa: F401
     negatives,  # noqa: F401
+    online,  # noqa: F401
     reference_free,  # noqa: F401
     robust,
     unpaired,  # noqa: F401

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-Shape = Literal["sft", "pair", "joint", "unpaired", "ranked", "negatives"]
+Shape = Literal["sft", "pair", "joint", "unpaired", "ranked", "negatives", "online"]
 
 # Each data shape: the input container the loss receives, and what a row of data holds.
 SHAPES: dict[str, str] = {
@@ -22,6 +22,7 @@ SHAPES: dict[str, str] = {
     "unpaired": "UnpairedLogps; rows: prompt, completion, label (true = desirable)",
     "ranked": "ListLogps; rows: prompt, completions (a list), scores or ranks",
     "negatives": "NegativeLogps; rows: prompt, rejected (samples are drawn from the reference)",
+    "online": "PolicyGradientInputs; rows: prompts (or task:NAME); completions are sampled and scored while training",
 }
 
 
@@ -48,6 +49,9 @@ class LossSpec:
     # What trains: the policy (a causal LM; the loss gets log-probs), or a reward model (a backbone
     # with a value head; the loss gets ``reward.RewardPairs`` of its values instead of log-probs).
     model: Literal["policy", "reward"] = "policy"
+    # Online methods: advantages(rewards_PG, params) -> advantages_PG, from one round's rewards (one
+    # row per prompt, one column per sample), over every process.
+    advantages: Callable | None = None
 
     def defaults(self) -> dict:
         return {f.name: f.default for f in dataclasses.fields(self.params)}

@@ -20,6 +20,7 @@ from alignlab.errors import DataError, RowIssue
 from alignlab.models import load_model, save_model
 from alignlab.rewards.model import backbone_config, new_reward_model, save_reward_model
 from alignlab.training.forward import Forward
+from alignlab.training.forward.policy_gradient import PolicyGradientForward
 from alignlab.training.forward.preference import PreferenceForward
 from alignlab.training.forward.reward_model import RewardModelForward
 from alignlab.training.forward.sft import SFTForward
@@ -48,6 +49,10 @@ class PolicyKind:
         spec, params = self.cfg.spec, self.cfg.method_params
         if spec.shape == "sft":
             return SFTForward(spec, params)
+        if spec.shape == "online":
+            from alignlab.training.online_run import max_new_tokens
+
+            return PolicyGradientForward(spec, params, max_new_tokens(self.cfg))
         return PreferenceForward(spec, params, pad_id, autocast)
 
     def collate(self, pad_id: int) -> Callable:

@@ -260,6 +260,10 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
             metrics.update({k: v / batch.size for k, v in tot.items() if not k.startswith("_")})
             metrics.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tot["_tokens"] / max(elapsed, 1e-9),
                             "padding": 1.0 - tot["_tokens"] / max(tot["_slots"], 1.0)})
+            if batch.metrics:  # an online round's reward and timings; training time is the rest
+                metrics.update(batch.metrics)
+                making = batch.metrics.get("generation_s", 0.0) + batch.metrics.get("reward_s", 0.0)
+                metrics["training_s"] = max(elapsed - making, 0.0)
             if forward.stateful:
                 metrics.update({f"state/{k}": v for k, v in forward.state.items()})
             if result.skipped_steps:

@@ -29,6 +29,7 @@ from alignlab.training.checkpoint import list_checkpoints
 from alignlab.training.distributed import Dist, init_distributed, sum_over_processes, wrap_model
 from alignlab.training.kinds import model_kind
 from alignlab.training.loop import LoopInputs, afresh, autocast, run_loop
+from alignlab.training.online_run import online_source
 from alignlab.training.reference_cache import attach_reference, cache_key
 from alignlab.training.source import OfflineSource
 
@@ -247,9 +248,13 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     torch.manual_seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    renderer = Renderer(tokenizer, kind.max_length(), cfg.dataset.max_prompt_length)
-    train_examples, eval_examples, data_info = _load_examples(cfg, renderer, dist)
-    kind.check_examples(train_examples + eval_examples)
+    online = cfg.spec.shape == "online"  # prompts sampled and scored while training (online_run.py)
+    if online:
+        train_examples, eval_examples, data_info = [], [], {}
+    else:
+        renderer = Renderer(tokenizer, kind.max_length(), cfg.dataset.max_prompt_length)
+        train_examples, eval_examples, data_info = _load_examples(cfg, renderer, dist)
+        kind.check_examples(train_examples + eval_examples)
 
     # bf16 is mixed precision: fp32 master weights and optimizer state, bf16 compute (autocast).
     policy = kind.build_model("fp32" if cfg.dtype == "bf16" else cfg.dtype)
@@ -270,13 +275,18 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     # reference log-probs when not cached, reference samples, the task evaluation), or with LoRA the
     # same network with its adapter disabled. It runs under the policy's precision.
     lazy = LazyReference(policy)
-    train_examples, eval_examples = _prepare(cfg, train_examples, eval_examples, tokenizer, lazy, dist,
-                                             _fingerprint(cfg, policy))
+    if not online:
+        train_examples, eval_examples = _prepare(cfg, train_examples, eval_examples, tokenizer, lazy, dist,
+                                                 _fingerprint(cfg, policy))
     extra_eval = _task_eval(cfg, tokenizer, dist) if cfg.eval.task else None
-    # What the loop runs the reference for: the task evaluation. Reference log-probs may have come
-    # from the cache, so the copy is made here if not yet, before training changes the policy.
-    reference = lazy.get() if extra_eval is not None else None
+    # What the loop runs the reference for: the task evaluation, and an online method's KL term.
+    # Reference log-probs may have come from the cache, so the copy is made here if not yet, before
+    # training changes the policy.
+    kl_term = online and getattr(cfg.method_params, "beta", 0.0) > 0
+    reference = lazy.get() if extra_eval is not None or kl_term else None
     lazy.release()
+    if online:
+        source = online_source(cfg, dist, tokenizer, policy, reference.model if kl_term else None, partial(_log, dist))
     model = wrap_model(policy, dist)
     _claim_output_dir(cfg, out, dist)
 
@@ -292,8 +302,10 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     if cfg.dataset.group_by_length:
         lengths = tuple(sum(len(p) + len(r) for p, r in e.sequences()) for e in train_examples)
 
+    if not online:
+        source = OfflineSource(cfg, dist, train_examples, to_device, lengths)
     result = run_loop(LoopInputs(
-        cfg=cfg, dist=dist, model=model, source=OfflineSource(cfg, dist, train_examples, to_device, lengths),
+        cfg=cfg, dist=dist, model=model, source=source,
         forward=forward, out_dir=out, eval_examples=eval_examples, collate=to_device,
         reference=reference, extra_eval=extra_eval, log=partial(_log, dist),
     ))

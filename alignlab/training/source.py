@@ -14,7 +14,7 @@ scorer → examples) plugs into the same seam and keeps its own state in the che
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from alignlab.data.collate import Batch
@@ -33,6 +33,9 @@ class Step:
     micro: list[Batch]  # this process's micro-batches, collated, on the device
     size: int  # examples in the whole step, over every process (what per-example metrics are averaged over)
     rows: list[int]  # data rows of the step's examples, over every process (named when a step fails)
+    # what the source measured making the step, logged with it (an online round's reward, its
+    # generation time); the same on every process
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class StepSource(Protocol):

@@ -1,0 +1,66 @@
+"""Online training: a micro-batch of sampled completions becomes per-example policy-gradient losses.
+
+The batch's rows are prompt + completion (``rollout.collate_rollout``); the policy's log-probs of
+the completion tokens come from one forward pass (``logprobs.sequence_logps``), left-aligned so
+that token ``t`` of row ``b`` lines up with the values the round computed for it (advantage, old,
+reference and sampler log-probs, carried by the examples). The loss is the method's
+(``losses/policy_gradient.py``); ``units`` is what the loop divides the step's summed losses by,
+counted from the examples alone, so the update does not depend on how the step is split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from alignlab.data.collate import Batch
+from alignlab.logprobs import left_align, sequence_logps
+from alignlab.losses.policy_gradient import PolicyGradientInputs, units
+from alignlab.losses.registry import LossSpec
+from alignlab.losses.types import LossOutput
+from alignlab.training.forward import Forward
+from alignlab.training.rollout import token_tensor
+
+
+class PolicyGradientForward(Forward):
+    def __init__(self, spec: LossSpec, params, max_new_tokens: int):
+        """``max_new_tokens``: the completion-length limit, the normaliser of 'constant' aggregation
+        when the params give none."""
+        if getattr(params, "max_completion_length", None) is None:
+            params = dataclasses.replace(params, max_completion_length=max_new_tokens)
+        super().__init__(spec, params)
+
+    def _mask_and_flags(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([len(e.completion_ids) for e in batch.examples])
+        width = int(lengths.max()) if len(lengths) else 0
+        mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+        truncated = torch.tensor([not e.finished for e in batch.examples])
+        return mask, truncated
+
+    def units(self, batch: Batch) -> float:
+        mask, truncated = self._mask_and_flags(batch)
+        return float(units(self.params.aggregation, mask, truncated if self.params.mask_truncated else None).sum())
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> LossOutput:
+        examples = batch.examples
+        lp = sequence_logps(model, batch)
+        logps = left_align(lp.token_logps_BT, lp.mask_BT)
+        mask, truncated = self._mask_and_flags(batch)
+        width = mask.shape[1]
+        logps = logps[:, :width]
+        device, dtype = logps.device, logps.dtype
+
+        def per_token(name: str) -> torch.Tensor | None:
+            rows = [getattr(e, name) for e in examples]
+            if any(r is None or len(r) == 0 for r in rows):
+                return None
+            return token_tensor(rows, width, dtype=dtype).to(device)
+
+        inputs = PolicyGradientInputs(
+            logps=logps, mask=mask.to(device), advantages=per_token("advantages"),
+            old_logps=per_token("old_logps"), ref_logps=per_token("ref_logps"),
+            sampler_logps=per_token("sampler_logps"), truncated=truncated.to(device))
+        out = self.spec.fn(inputs, self.params)
+        out.metrics["reward"] = torch.tensor([e.reward for e in examples], dtype=torch.float64)
+        return out

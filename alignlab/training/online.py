@@ -1,0 +1,194 @@
+"""The online step source: each round, prompts are sampled by the policy, scored, and trained on.
+
+Round ``r`` serves optimizer steps ``r·μ .. r·μ + μ - 1`` (μ = ``updates_per_rollout``), each step
+over the whole round. A round:
+1. takes ``P`` prompts (the global batch of completions divided by G, the samples per prompt), in
+   an order that is a function of the round alone (``order.py``, as offline data);
+2. gives this process the contiguous ``P / world`` of them and samples G completions of each with
+   the run's generator, after pushing the policy's current weights into it (``update_weights``).
+   The sampling seed is a function of (run seed, round), and the prompts are numbered within the
+   round, so a backend with per-sample streams (``native``) draws the same completions however
+   the round is split over processes;
+3. scores every completion with the run's reward (``rollout.score_samples``);
+4. computes advantages (the method's ``advantages`` rule) from the whole round's rewards, gathered
+   from every process, so that a statistic of the batch (the batch std) is the whole batch's;
+5. when the method needs them, computes the policy's log-probs at the start of the round (μ > 1,
+   or the sampler correction) and the reference's (a KL term), without gradients.
+This process's completions then form its micro-batches, prompt-major. Because everything a round
+draws is a function of (seed, round, the weights at its start), a run resumed at a round boundary
+redraws the same round; a checkpoint written inside a round (μ > 1) holds the round itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from alignlab.errors import ConfigError
+from alignlab.generation.base import Generator, SamplingParams
+from alignlab.logprobs import left_align, sequence_logps
+from alignlab.training.distributed import Dist
+from alignlab.training.order import global_batch_indices, steps_per_epoch
+from alignlab.training.rollout import RewardTerm, RolloutExample, collate_rollout, score_samples
+from alignlab.training.source import Step
+
+# advantages(rewards_PG) -> advantages_PG, over the whole round (every process's prompts, in order)
+Advantages = Callable[[torch.Tensor], torch.Tensor]
+
+
+def round_seed(seed: int, round_: int) -> int:
+    """The sampling seed of a round: distinct per (seed, round), in [0, 2**63)."""
+    return (seed * 1_000_003 + 7919 * (round_ + 1)) % (2**63)
+
+
+def token_logps(model: torch.nn.Module, examples: Sequence[RolloutExample], pad_id: int, batch_size: int,
+                device) -> list[tuple[float, ...]]:
+    """Teacher-forced log-probs of each completion token under ``model`` (no gradients)."""
+    out: list[tuple[float, ...]] = []
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            part = examples[start:start + batch_size]
+            batch = collate_rollout(part, pad_id).to(device)
+            lp = sequence_logps(model, batch)
+            aligned = left_align(lp.token_logps_BT, lp.mask_BT).double().cpu()
+            out.extend(tuple(aligned[b, :len(e.completion_ids)].tolist()) for b, e in enumerate(part))
+    return out
+
+
+class OnlineSource:
+    """Prompts → generator → reward → examples, one round per ``updates_per_rollout`` steps."""
+
+    def __init__(self, cfg, dist: Dist, prompts: Sequence[tuple[int, str]], policy: torch.nn.Module, tokenizer,
+                 generator: Generator, reward: Sequence[RewardTerm], advantages: Advantages, params: SamplingParams,
+                 *, pad_id: int, reduce: Callable[[dict], dict], reference: Callable | None = None,
+                 needs_old: bool = False):
+        """``prompts``: (data row, text) of the run's prompt set; ``policy``: the unwrapped module
+        being trained; ``reference``: a context-manager factory yielding the reference module
+        (only when the method has a KL term); ``needs_old``: compute the policy's log-probs at the
+        start of each round (otherwise the loss takes its ratio against the current log-probs)."""
+        rollout = cfg.rollout
+        self.cfg, self.dist, self.prompts, self.policy, self.tokenizer = cfg, dist, list(prompts), policy, tokenizer
+        self.generator, self.reward, self.advantages, self.params = generator, list(reward), advantages, params
+        self.pad_id, self.reduce, self.reference = pad_id, reduce, reference
+        self.needs_old = needs_old
+        self.G, self.updates = rollout.num_generations, rollout.updates_per_rollout
+        completions = cfg.optim.batch_size * cfg.optim.grad_accum * dist.world_size
+        if completions % (self.G * dist.world_size):
+            raise ConfigError(f"batch_size: a step's {completions} completions (batch_size × grad_accum × "
+                              f"{dist.world_size} processes) must be a multiple of num_generations ({self.G}) × "
+                              f"processes ({dist.world_size}), so each process samples whole groups")
+        self.completions = completions
+        self.per_round = completions // self.G
+        self.rounds_per_epoch = steps_per_epoch(len(self.prompts), self.per_round)
+        if cfg.optim.max_steps > 0:
+            self.total_steps = cfg.optim.max_steps
+        else:
+            self.total_steps = max(1, round(cfg.optim.epochs * self.rounds_per_epoch)) * self.updates
+        self._round: int | None = None
+        self._examples: list[RolloutExample] = []  # this process's, prompt-major
+        self._everyone: list[list[dict]] | None = None  # every process's (μ > 1: what a checkpoint holds)
+        self._metrics: dict[str, float] = {}
+
+    # -- the StepSource protocol --------------------------------------------------------------------
+
+    def notes(self) -> list[str]:
+        return [f"online: {self.per_round} prompts × {self.G} samples per round, {self.updates} update"
+                f"{'s' if self.updates > 1 else ''} per round, {len(self.prompts)} prompts"]
+
+    def step(self, step: int) -> Step:
+        round_ = step // self.updates
+        fresh = self._round != round_
+        if fresh:
+            self._collect(round_)
+        bs, device = self.cfg.optim.batch_size, self.dist.device
+        micro = [collate_rollout(self._examples[m * bs:(m + 1) * bs], self.pad_id).to(device)
+                 for m in range(self.cfg.optim.grad_accum)]
+        rows = sorted({e.row for e in self._examples})
+        metrics = dict(self._metrics) if fresh else {"generation_s": 0.0, "reward_s": 0.0}
+        return Step(micro, self.completions, rows, metrics)
+
+    def position(self, done: int) -> dict[str, float]:
+        return {"epoch": done / (self.updates * self.rounds_per_epoch)}
+
+    def state_dict(self, done: int) -> dict[str, Any]:
+        state = {"round": done // self.updates, "prompts": len(self.prompts), "per_round": self.per_round,
+                 "num_generations": self.G, "updates_per_rollout": self.updates}
+        if done % self.updates and self._everyone is not None:  # inside a round: keep the round
+            state["rollout"] = self._everyone
+        return state
+
+    def mismatches(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        now = {"prompts": len(self.prompts), "per_round": self.per_round, "num_generations": self.G,
+               "updates_per_rollout": self.updates}
+        return [(k, saved[k], v) for k, v in now.items() if k in saved and saved[k] != v]
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        if "rollout" in saved:
+            self._everyone = saved["rollout"]
+            self._examples = [RolloutExample.from_state(d) for d in self._everyone[self.dist.rank]]
+            self._round = saved["round"]
+            self._metrics = {}
+
+    # -- a round ---------------------------------------------------------------------------------------
+
+    def _collect(self, round_: int) -> None:
+        dist, G = self.dist, self.G
+        order = global_batch_indices(len(self.prompts), self.per_round, self.cfg.seed, round_)
+        share = self.per_round // dist.world_size
+        mine = order[dist.rank * share:(dist.rank + 1) * share]
+        rows = [self.prompts[i][0] for i in mine]
+        texts = [self.prompts[i][1] for i in mine]
+        self.generator.update_weights(self.policy)
+        params = dataclasses.replace(self.params, seed=round_seed(self.cfg.seed, round_))
+        t0 = time.perf_counter()
+        samples = self.generator.generate(texts, G, params, start=dist.rank * share)
+        t1 = time.perf_counter()
+        where = [f"prompt row {row}, sample {j + 1}" for row in rows for j in range(G)]
+        flat = [s for group in samples for s in group]
+        rewards, parts = score_samples(self.reward, [t for t in texts for _ in range(G)], [s.text for s in flat], where)
+        t2 = time.perf_counter()
+        # the whole round's rewards on every process: a statistic of the batch is the batch's
+        everyone = torch.cat(dist.gather(rewards.view(len(mine), G)))
+        advantages = self.advantages(everyone)[dist.rank * share:(dist.rank + 1) * share].reshape(-1)
+        self._examples = [
+            RolloutExample(row=rows[k // G], prompt_ids=s.prompt_ids, completion_ids=s.token_ids, finished=s.finished,
+                           reward=float(rewards[k]), advantages=(float(advantages[k]),) * len(s.token_ids),
+                           sampler_logps=s.logprobs, components={name: float(v[k]) for name, v in parts.items()})
+            for k, s in enumerate(flat)]
+        batch_rows = self.cfg.optim.batch_size
+        if self.needs_old:
+            for e, lp in zip(self._examples, token_logps(self.policy, self._examples, self.pad_id, batch_rows,
+                                                         self.dist.device), strict=True):
+                e.old_logps = lp
+        if self.reference is not None:
+            with self.reference() as ref:
+                for e, lp in zip(self._examples, token_logps(ref, self._examples, self.pad_id, batch_rows,
+                                                             self.dist.device), strict=True):
+                    e.ref_logps = lp
+        self._round = round_
+        self._everyone = dist.gather([e.to_state() for e in self._examples]) if self.updates > 1 else None
+        self._metrics = self._round_metrics(rewards, parts, flat, t1 - t0, t2 - t1)
+
+    def _round_metrics(self, rewards: torch.Tensor, parts: dict[str, torch.Tensor], flat: list, gen_s: float,
+                       reward_s: float) -> dict[str, float]:
+        """The round's reward, per-term means, lengths and truncation, over every process."""
+        lengths = torch.tensor([float(len(s.token_ids)) for s in flat], dtype=torch.float64)
+        truncated = torch.tensor([0.0 if s.finished else 1.0 for s in flat], dtype=torch.float64)
+        sums = {"reward": rewards.sum(), "reward_sq": (rewards ** 2).sum(), "length": lengths.sum(),
+                "truncated": truncated.sum(), "count": torch.tensor(float(len(flat)), dtype=torch.float64),
+                "gen_tokens": lengths.sum()}
+        sums.update({f"reward/{k}": v.sum() for k, v in parts.items()})
+        tot = self.reduce(sums)
+        n = max(tot.pop("count"), 1.0)
+        mean = tot["reward"] / n
+        out = {"reward": mean, "reward_std": max(tot.pop("reward_sq") / n - mean ** 2, 0.0) ** 0.5,
+               "completion_length": tot.pop("length") / n, "truncated": tot.pop("truncated") / n,
+               "generation_s": gen_s, "reward_s": reward_s,
+               "generation_tokens_per_s": tot.pop("gen_tokens") / max(gen_s, 1e-9)}
+        out.update({k: v / n for k, v in tot.items() if k.startswith("reward/")})
+        return out
+

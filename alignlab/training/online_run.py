@@ -1,0 +1,102 @@
+"""What an online run loads before its first step: its prompts, its reward and its generator.
+
+``data`` is a prompt file (any data ``alignlab sample`` reads prompts from) or ``task:NAME``, a
+testbed task's training prompts. Every prompt is checked once, at load time: a prompt that leaves
+no room for ``max_new_tokens`` in the model's context is an error naming its row, never cut
+silently. The reward is ``rollout.reward`` (scorer specs), or a task's gold when the data is a
+task and no reward is given (said in the log).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from alignlab.errors import ConfigError, DataError, RowIssue
+from alignlab.generation.base import SamplingParams
+from alignlab.generation.factory import make_generator
+from alignlab.generation.native import context_limit
+from alignlab.training.distributed import Dist, sum_over_processes
+from alignlab.training.online import OnlineSource
+from alignlab.training.rollout import load_reward_terms
+
+DEFAULT_MAX_NEW_TOKENS = 256
+TASK_PREFIX = "task:"
+
+
+def _task(cfg):
+    from alignlab.tasks import get_task
+
+    return get_task(cfg.data[len(TASK_PREFIX):]) if cfg.data.startswith(TASK_PREFIX) else None
+
+
+def max_new_tokens(cfg) -> int:
+    task = _task(cfg)
+    return cfg.rollout.max_new_tokens or (task.max_new_tokens if task else DEFAULT_MAX_NEW_TOKENS)
+
+
+def load_online_prompts(cfg, per_round: int) -> list[tuple[int, str]]:
+    """(row, prompt) pairs: a task's training prompts (enough for one fresh prompt per slot of
+    the run when ``max_steps`` is set, else 1024), or a file's prompts (rows 1-based)."""
+    task = _task(cfg)
+    if task is not None:
+        rounds = math.ceil(cfg.optim.max_steps / cfg.rollout.updates_per_rollout) if cfg.optim.max_steps else 0
+        n = per_round * rounds if rounds else 1024
+        return list(enumerate(task.train_prompts(n, cfg.seed), start=1))
+    from alignlab.data.prompts import load_prompts
+
+    records = load_prompts(cfg.data, prompt_column=cfg.rollout.prompt_column, split=cfg.dataset.data_split)
+    out = []
+    for r in records:
+        if not isinstance(r.prompt, str):
+            raise DataError([RowIssue(r.source, r.row, "prompt", "online training takes text prompts; a "
+                                      "conversation prompt is not supported yet")], hint="")
+        out.append((r.row, r.prompt))
+    return out
+
+
+def check_room(cfg, prompts: list[tuple[int, str]], generator, model, new_tokens: int) -> None:
+    """Every prompt must leave room for ``new_tokens`` in the model's context."""
+    limit = context_limit(model)
+    if limit is None:
+        return
+    bad = []
+    for row, text in prompts:
+        n = len(generator.prompt_ids(text))
+        if n + new_tokens > limit:
+            bad.append(RowIssue(cfg.data, row, "prompt", f"{n} tokens + max_new_tokens {new_tokens} exceed the "
+                                f"model's context of {limit} tokens; shorten it or lower max_new_tokens"))
+    if bad:
+        raise DataError(bad, hint="")
+
+
+def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference: Callable | None,
+                  log: Callable[[str], None]) -> OnlineSource:
+    """The run's step source, with its prompts loaded and checked."""
+    rollout, spec, params = cfg.rollout, cfg.spec, cfg.method_params
+    specs = rollout.reward
+    if not specs:
+        task = _task(cfg)
+        if task is None:
+            raise ConfigError("reward: an online method needs a reward (scorer specs), e.g. --reward task:arithmetic")
+        specs = [f"task:{task.name}:gold"]
+        log(f"reward: none given; using the task's gold reward ({specs[0]})")
+    terms = load_reward_terms(specs, rollout.reward_weights)
+    completions = cfg.optim.batch_size * cfg.optim.grad_accum * dist.world_size
+    per_round = max(completions // rollout.num_generations, 1)
+    prompts = load_online_prompts(cfg, per_round)
+    new_tokens = max_new_tokens(cfg)
+    generator = make_generator(policy, tokenizer, rollout.generation_backend, batch_size=rollout.generation_batch_size)
+    check_room(cfg, prompts, generator, policy, new_tokens)
+    sampling = SamplingParams(max_new_tokens=new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
+                              top_k=rollout.top_k, seed=cfg.seed)
+    needs_old = rollout.updates_per_rollout > 1 or getattr(params, "is_mode", "off") != "off"
+
+    def reduce(sums: dict) -> dict:
+        return sum_over_processes(dist, sums)
+
+    return OnlineSource(cfg, dist, prompts, policy, tokenizer, generator, terms,
+                        lambda rewards: spec.advantages(rewards, params), sampling, pad_id=tokenizer.pad_token_id,
+                        reduce=reduce, reference=reference, needs_old=needs_old)

@@ -1,0 +1,147 @@
+"""One round of online sampling: prompts → the generator → the rewards → what the loss trains on.
+
+The online step source (``online.py``) calls ``score_samples`` and builds ``RolloutExample``s once
+per round; ``collate_rollout`` turns a micro-batch of them into the padded ``Batch`` the
+policy-gradient forward runs. Everything a loss needs from the round travels with the example:
+the completion's tokens, its advantage per token, the sampler's log-probs and, when the method
+needs them, the trainer's log-probs at the start of the round and the reference's.
+
+A reward is one or more scorers (``alignlab.rewards``), each with a weight; the run's reward is
+their weighted sum and each one's mean is logged on its own. A scorer that raises, returns a list
+of the wrong length, a non-number, NaN or infinity stops the step with one line that names the
+reward, the prompt's data row and the sample (a scorer that raised on the batch is asked again
+one sample at a time to find the one at fault).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from alignlab.data.collate import Batch, collate_completions
+from alignlab.errors import UserError
+from alignlab.rewards.base import Scorer
+
+
+class RewardError(UserError):
+    """A reward failed or returned something that is not a finite number for one sample."""
+
+
+@dataclass(frozen=True)
+class RewardTerm:
+    name: str  # as logged: reward/<name>
+    scorer: Scorer
+    weight: float = 1.0
+
+
+def load_reward_terms(specs: Sequence[str], weights: Sequence[float] | None = None) -> list[RewardTerm]:
+    """Scorers from their text specs (``alignlab.rewards.load_scorer``), with weights (1 each by
+    default). Two terms of the same spec are logged as ``spec``, ``spec#2``."""
+    from alignlab.rewards import load_scorer
+
+    if not specs:
+        raise UserError("reward: give at least one scorer spec (e.g. task:arithmetic)")
+    weights = list(weights) if weights else [1.0] * len(specs)
+    if len(weights) != len(specs):
+        raise UserError(f"reward_weights: {len(weights)} weights for {len(specs)} rewards; give one per reward")
+    terms, seen = [], {}
+    for spec, w in zip(specs, weights, strict=True):
+        if not math.isfinite(w):
+            raise UserError(f"reward_weights: the weight of '{spec}' is {w}, not a finite number")
+        seen[spec] = seen.get(spec, 0) + 1
+        terms.append(RewardTerm(spec if seen[spec] == 1 else f"{spec}#{seen[spec]}", load_scorer(spec), float(w)))
+    return terms
+
+
+def _value(term: RewardTerm, value, where: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise RewardError(f"reward '{term.name}': {where}: returned {value!r}, not a number") from None
+    if not math.isfinite(x):
+        raise RewardError(f"reward '{term.name}': {where}: returned {x}, not a finite number")
+    return x
+
+
+def score_samples(terms: Sequence[RewardTerm], prompts: Sequence[str], responses: Sequence[str],
+                  where: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted reward of each response (float64, shape (N,)) and each term's own values.
+
+    ``prompts[i]`` is the prompt response ``i`` answers; ``where[i]`` names it in an error (e.g.
+    "prompt row 12, sample 3")."""
+    n = len(responses)
+    total = torch.zeros(n, dtype=torch.float64)
+    parts: dict[str, torch.Tensor] = {}
+    for term in terms:
+        try:
+            values = list(term.scorer.score(list(prompts), list(responses)))
+        except RewardError:
+            raise
+        except Exception as exc:  # find the sample at fault, then report it in one line
+            raise RewardError(f"reward '{term.name}': {_culprit(term, prompts, responses, where)}: raised "
+                              f"{type(exc).__name__}: {_first_line(exc)}") from None
+        if len(values) != n:
+            raise RewardError(f"reward '{term.name}': returned {len(values)} values for {n} responses "
+                              f"({where[0]} to {where[-1]}); a reward gives one value per response")
+        got = torch.tensor([_value(term, v, where[i]) for i, v in enumerate(values)], dtype=torch.float64)
+        parts[term.name] = got
+        total += term.weight * got
+    return total, parts
+
+
+def _culprit(term: RewardTerm, prompts, responses, where) -> str:
+    for i in range(len(responses)):
+        try:
+            term.scorer.score([prompts[i]], [responses[i]])
+        except Exception:
+            return where[i]
+    return f"{where[0]} to {where[-1]} (each alone scores)"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+@dataclass
+class RolloutExample:
+    """One sampled completion and what the loss needs of it (token-level tuples have one value
+    per completion token)."""
+
+    row: int  # the prompt's data row (1-based, as errors name it)
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+    finished: bool  # ended on a stop token (False: cut at max_new_tokens)
+    reward: float
+    advantages: tuple[float, ...]
+    sampler_logps: tuple[float, ...] = ()  # the generator's (temperature 1, raw)
+    old_logps: tuple[float, ...] | None = None  # the trainer's at the start of the round (None: ratio 1)
+    ref_logps: tuple[float, ...] | None = None  # the reference's (None: no KL term)
+    components: dict[str, float] = field(default_factory=dict)
+
+    def to_state(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_state(cls, d: dict) -> RolloutExample:
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
+def collate_rollout(examples: Sequence[RolloutExample], pad_id: int) -> Batch:
+    """Rows of prompt + completion, loss on every completion token (a method that drops truncated
+    completions does so in its loss, from ``finished``)."""
+    batch = collate_completions([e.prompt_ids for e in examples], [e.completion_ids for e in examples], pad_id)
+    batch.num_examples = len(examples)
+    batch.examples = list(examples)
+    return batch
+
+
+def token_tensor(rows: Sequence[Sequence[float]], width: int, dtype=torch.float32) -> torch.Tensor:
+    """Per-token values of each row, left-aligned and zero-padded to ``width``: ``(B, width)``."""
+    out = torch.zeros(len(rows), width, dtype=dtype)
+    for b, r in enumerate(rows):
+        out[b, :len(r)] = torch.tensor(r[:width], dtype=dtype)
+    return out
