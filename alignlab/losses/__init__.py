@@ -7,6 +7,9 @@ LD-DPO, WPO, BVPO, DOVE), ``robust`` (cDPO, rDPO, soft preference, LCPO), ``dpo_
 DPO), ``sft``; the online policy-gradient methods in ``online`` (GRPO, DAPO, Dr. GRPO, GSPO, RLOO:
 their registry entries) over ``policy_gradient`` (the per-token losses) and ``advantages``; ``combine`` builds weighted sums such as ``dpo+0.005*sft``. Shared pieces: ``params``
 (hyperparameter fields and range checks), ``logistic`` (the label-smoothed logistic loss).
+Online RL: ``advantages`` (GRPO, RLOO, ReMax, REINFORCE++ and GAE advantages, KL estimators, whitening)
+and ``policy_gradient`` (the clipped surrogate of GRPO/DAPO/Dr. GRPO/GSPO/PPO, its aggregation modes
+and their ``units``, PPO's value loss).
 """
 
 from alignlab.losses.dpo import DPOParams, dpo_loss

@@ -1,0 +1,363 @@
+"""The clipped policy-gradient surrogate of online RL (GRPO, DAPO, Dr. GRPO, GSPO, PPO), per example.
+
+ALGORITHMS.md 6.3, 6.5 and 6.8. Notation: ℓ_t = log πθ(y_t | x, y_<t) (``logps``), ℓold_t the
+policy that sampled the batch as the trainer recomputes it (``old_logps``), m_t the completion mask,
+A the advantage (per sequence, broadcast to its tokens, or per token).
+
+Per token (Schulman et al. 2017, "Proximal Policy Optimization Algorithms"; asymmetric clipping
+from DAPO, Yu et al. 2025):
+
+    c_t  = exp(ℓ_t − ℓold_t)                                          ratio_level="token"
+    c_t  = s_i = exp(Σ_t m_t(ℓ_t − ℓold_t) / Σ_t m_t)  for every t of i  ratio_level="sequence" (GSPO)
+    L_t  = −min(c_t·A, clip(c_t, 1 − ε_low, 1 + ε_high)·A) · w_t  +  β·k3_t [· c_t]
+
+w_t is the truncated importance-sampling weight against the sampler (below, 1 when off); k3_t =
+e^u − u − 1 with u = ℓref_t − ℓ_t is the KL penalty toward the reference (β = 0: none), multiplied
+by c_t when ``kl_ratio_weight`` (TRL's ``use_bias_correction_kl``).
+
+GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"): one ratio per sequence, the
+geometric mean of its token ratios, clipped at sequence level (the paper uses ε of order 3e-4 to
+4e-4). Its gradient is TRL 1.16's ``importance_sampling_level="sequence"``: nothing is detached, so
+∇s_i = s_i · (1/|y_i|) Σ_t ∇ℓ_t, and an unclipped sequence's surrogate has gradient
+−A_i·s_i·mean_t ∇ℓ_t. With ``aggregation="seq_mean_token_mean"`` the per-example loss is exactly
+GSPO's −min(s_i·A_i, clip(s_i)·A_i); the token-summing aggregations weight it by |y_i| (TRL warns
+about that combination; it is allowed here too).
+
+Truncated importance sampling (rollout/trainer mismatch: a vLLM or low-precision sampler draws the
+tokens, the trainer recomputes ℓold). As TRL 1.16 ``vllm_importance_sampling_mode`` with
+``vllm_importance_sampling_clip_max``/``clip_min`` (``is_clip_max``/``is_clip_min`` here, default
+3.0/None as TRL), with d_t = m_t·(ℓold_t − ℓsampler_t):
+
+    token_truncate:     w_t = clamp(e^{d_t}, C_min, C_max)               (Yao et al. 2025, TIS)
+    token_mask:         w_t = e^{d_t}, or 0 where it is outside [C_min, C_max]
+    sequence_truncate:  w_i = clamp(e^{Σ_t d_t}, C_min, C_max)           (one weight per sequence)
+    sequence_mask:      w_i = e^{Σ_t d_t}, or 0 outside [C_min, C_max]
+
+``token_truncate`` with no C_min is the brief's min(e^{ℓold − ℓsampler}, C). The sequence weight is the
+product of the token ratios (a sum of log-ratios, not GSPO's mean). The weight is a constant (no
+gradient) and multiplies the clipped surrogate only, not the KL term, as in TRL.
+
+Truncated completions (DAPO's overlong filtering; TRL ``mask_truncated_completions``): a per-sequence
+flag ``truncated`` zeros the sequence's mask, so it adds nothing to the loss and, under "token_mean",
+no units.
+
+Aggregation and the step's normaliser
+-------------------------------------
+The loss returns one value per example, ℓ_i, and ``units(mode, mask)`` one count per example, u_i.
+The training loop (``alignlab/training/loop.py``) sums ℓ_i over every micro-batch and process of the
+optimizer step and divides by U = Σ u_i over the whole step's batch, counted before any backward:
+
+    "token_mean"           ℓ_i = Σ_t m L_t,           u_i = Σ_t m   → Σ_{i,t} m L / Σ_{i,t} m   (DAPO;
+                                                                       TRL's default loss_type "dapo")
+    "seq_mean_token_mean"  ℓ_i = Σ_t m L_t / Σ_t m,   u_i = 1       → mean_i of token means     (GRPO paper;
+                                                                       TRL "grpo")
+    "constant"             ℓ_i = Σ_t m L_t / L_max,   u_i = 1       → Σ_{i,t} m L / (N·L_max)   (Dr. GRPO;
+                                                                       TRL "dr_grpo", L_max = max_completion_length)
+
+Why no split of the step changes the update. Let the step's N examples be split in any way into
+micro-batches b and processes p (each example in exactly one part). ℓ_i is computed from example
+i's own tensors only (its log-probs, mask, advantages and hyperparameters; advantages are computed
+once for the whole step beforehand and enter as constants), and so is u_i. So
+
+    Σ_p Σ_{b on p} Σ_{i ∈ b} ℓ_i / U  =  Σ_{i=1..N} ℓ_i / U,     U = Σ_{i=1..N} u_i,
+
+the same number for every split: the parts are a partition of 1..N, and a sum over a partition is
+the sum over the whole. U is a constant (a count, fixed before the backward passes), so by
+linearity of the gradient Σ_b ∇(Σ_{i∈b} ℓ_i / U) = ∇(Σ_i ℓ_i / U): accumulating micro-batch gradients
+gives the gradient of the whole-step objective. Across processes the loop scales each process's
+loss by the world size W and DistributedDataParallel averages: (1/W)·Σ_p W·g_p = Σ_p g_p, the same
+sum. ∎ The argument needs both halves to be per-example: TRL's "bnpo" divides by the *local*
+micro-batch's token count, a normaliser that depends on the split (Σ_b Σ_{i∈b} ℓ_i / U_b ≠ Σ_i ℓ_i / U
+unless every U_b is equal), so alignlab deliberately does not offer it as an aggregation mode.
+
+PPO (ALGORITHMS.md 6.5): ``ppo_loss`` adds vf_coef × the clipped value loss 0.5·max((V − R)²,
+(V_clip − R)²), V_clip = Vold + clamp(V − Vold, −ε_v, ε_v) (OpenRLHF ``ValueLoss``), aggregated the
+same way as the policy term so the two share the units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from alignlab.losses.params import param, require, require_non_negative, require_positive
+from alignlab.losses.types import LossOutput
+
+Aggregation = Literal["token_mean", "seq_mean_token_mean", "constant"]
+RatioLevel = Literal["token", "sequence"]
+ISMode = Literal["off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
+RATIO_LEVELS = ("token", "sequence")
+IS_MODES = ("off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+# ------------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class PolicyGradientInputs:
+    """A batch of B sampled completions, right-padded to T positions.
+
+    ``logps`` (B, T): the current policy's per-token log-probs (with gradient). ``mask`` (B, T): 1 on
+    completion tokens, 0 on padding. ``advantages``: (B,) per sequence or (B, T) per token.
+    ``old_logps`` (B, T): the sampling policy's log-probs as the trainer computes them; None means
+    on-policy (ℓold = ℓ detached, every ratio 1). ``ref_logps`` (B, T): the reference's, needed when
+    β > 0. ``sampler_logps`` (B, T): the sampler's own log-probs (vLLM), needed for importance-sampling
+    correction. ``truncated`` (B,) bool: completions cut at the length limit. ``entropy`` (B, T):
+    per-token policy entropies, logged only. For PPO, ``values`` (B, T) (with gradient),
+    ``old_values`` (B, T) and ``returns`` (B, T).
+    """
+
+    logps: torch.Tensor
+    mask: torch.Tensor
+    advantages: torch.Tensor
+    old_logps: torch.Tensor | None = None
+    ref_logps: torch.Tensor | None = None
+    sampler_logps: torch.Tensor | None = None
+    truncated: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+
+@dataclass
+class PolicyGradientParams:
+    eps_low: float = param(0.2, "ε_low: the ratio is clipped below at 1 − ε_low (TRL `epsilon`)")
+    eps_high: float = param(0.2, "ε_high: the ratio is clipped above at 1 + ε_high (DAPO's clip-higher: 0.28; "
+                                 "TRL `epsilon_high`)")
+    ratio_level: RatioLevel = param("token", "'token': one ratio per token (PPO/GRPO); 'sequence': one ratio "
+                                             "per sequence, exp of the mean token log-ratio (GSPO)")
+    beta: float = param(0.0, "β: weight of the per-token k3 KL penalty toward the reference (0: no reference)")
+    kl_ratio_weight: bool = param(False, "multiply the KL term by the policy ratio (TRL `use_bias_correction_kl`)")
+    aggregation: Aggregation = param("token_mean", "how token losses become the step's loss: 'token_mean' (DAPO), "
+                                                   "'seq_mean_token_mean' (GRPO), 'constant' (Dr. GRPO)")
+    max_completion_length: int | None = param(None, "L_max of 'constant' aggregation: per-example loss = sum / L_max")
+    is_mode: ISMode = param("off", "importance-sampling correction against the sampler's log-probs: 'off', "
+                                   "'token_truncate', 'token_mask', 'sequence_truncate', 'sequence_mask' (TRL names)")
+    is_clip_max: float | None = param(3.0, "C_max of the importance-sampling correction (TRL default 3.0)")
+    is_clip_min: float | None = param(None, "C_min of the importance-sampling correction (None: no lower bound)")
+    mask_truncated: bool = param(False, "drop completions flagged as truncated from the loss (DAPO)")
+
+    def __post_init__(self) -> None:
+        require(self.ratio_level in RATIO_LEVELS, "ratio_level", f"must be one of {RATIO_LEVELS}, got {self.ratio_level!r}")
+        require(self.aggregation in AGGREGATIONS, "aggregation", f"must be one of {AGGREGATIONS}, got "
+                f"{self.aggregation!r} (the local token mean 'bnpo' depends on how the step is split)")
+        require(self.is_mode in IS_MODES, "is_mode", f"must be one of {IS_MODES}, got {self.is_mode!r}")
+        require_positive(self.eps_low, "eps_low")
+        require(self.eps_low < 1, "eps_low", f"must be < 1 (the lower clip bound 1 − ε_low must be > 0), got {self.eps_low}")
+        require_positive(self.eps_high, "eps_high")
+        require_non_negative(self.beta, "beta")
+        if self.aggregation == "constant":
+            require(isinstance(self.max_completion_length, int) and self.max_completion_length > 0,
+                    "max_completion_length", f"'constant' aggregation needs a positive integer, got "
+                    f"{self.max_completion_length!r}")
+        for name in ("is_clip_max", "is_clip_min"):
+            value = getattr(self, name)
+            if value is not None:
+                require_positive(value, name)
+        if self.is_clip_max is not None and self.is_clip_min is not None:
+            require(self.is_clip_min <= self.is_clip_max, "is_clip_min", "must not exceed is_clip_max")
+
+
+@dataclass
+class PPOParams(PolicyGradientParams):
+    vf_coef: float = param(0.1, "weight of the value loss in the total (ALGORITHMS.md 6.5: 0.1)")
+    value_clip: float | None = param(0.2, "ε_v: the value may move at most this far from the old value (None: "
+                                          "unclipped)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_non_negative(self.vf_coef, "vf_coef")
+        if self.value_clip is not None:
+            require_positive(self.value_clip, "value_clip")
+
+
+# --------------------------------------------------------------------------------- the pieces
+
+
+def effective_mask(mask: torch.Tensor, truncated: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) bool mask with the rows of truncated completions (``truncated`` (B,) bool) zeroed."""
+    mask = mask.bool()
+    if truncated is not None:
+        mask = mask & ~truncated.bool().reshape(-1, 1)
+    return mask
+
+
+def units(mode: Aggregation, mask: torch.Tensor, truncated: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-example units of the step's denominator, (B,) float64: the example's valid tokens for
+    "token_mean", 1 for "seq_mean_token_mean" and "constant". ``truncated`` (B,) gives the tokens of
+    flagged rows no units (pass it exactly when ``mask_truncated`` is on). The loop divides the
+    step's summed per-example losses by the sum of these over the whole step."""
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {mode!r}; one of {AGGREGATIONS}")
+    mask = effective_mask(mask, truncated)
+    if mode == "token_mean":
+        return mask.sum(dim=-1).to(torch.float64)
+    return torch.ones(mask.shape[0], dtype=torch.float64, device=mask.device)
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: Aggregation,
+              max_completion_length: int | None = None) -> torch.Tensor:
+    """Per-example losses (B,) from per-token losses (B, T) (or (B, 1), broadcast over the tokens):
+    Σ_t m·L for "token_mean", Σ_t m·L / Σ_t m for "seq_mean_token_mean" (0 for a row with no
+    tokens), Σ_t m·L / L_max for "constant". Padding never contributes, even if it holds inf/NaN."""
+    mask = mask.bool()
+    per_token = per_token.expand(mask.shape)
+    summed = torch.where(mask, per_token, torch.zeros_like(per_token)).sum(dim=-1)
+    if mode == "token_mean":
+        return summed
+    if mode == "seq_mean_token_mean":
+        return summed / mask.sum(dim=-1).clamp(min=1).to(summed.dtype)
+    if mode == "constant":
+        if max_completion_length is None or max_completion_length <= 0:
+            raise ValueError("'constant' aggregation needs max_completion_length > 0")
+        return summed / max_completion_length
+    raise ValueError(f"unknown aggregation {mode!r}; one of {AGGREGATIONS}")
+
+
+def log_ratio(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor, level: RatioLevel) -> torch.Tensor:
+    """log c: (B, T) ℓ − ℓold for "token" (0 on padding), or (B, 1) Σ_t m(ℓ − ℓold) / max(Σ_t m, 1)
+    for "sequence" (GSPO's log s_i; the gradient flows into every token's ℓ)."""
+    mask = mask.bool()
+    diff = torch.where(mask, logps - old_logps, torch.zeros_like(logps))
+    if level == "token":
+        return diff
+    if level == "sequence":
+        return (diff.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1).to(diff.dtype)).unsqueeze(-1)
+    raise ValueError(f"unknown ratio level {level!r}; one of {RATIO_LEVELS}")
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float) -> torch.Tensor:
+    """−min(c·A, clip(c, 1 − ε_low, 1 + ε_high)·A), elementwise with broadcasting.
+
+    Where the clipped term is the smaller one the loss is constant in c, so its gradient is 0: a
+    token with A > 0 and c > 1 + ε_high, or A < 0 and c < 1 − ε_low, stops pushing."""
+    return -torch.minimum(ratio * advantages, ratio.clamp(1 - eps_low, 1 + eps_high) * advantages)
+
+
+def importance_weights(old_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor, mode: ISMode,
+                       clip_max: float | None = 3.0, clip_min: float | None = None) -> torch.Tensor:
+    """Truncated/masked importance-sampling weights of the trainer's ℓold against the sampler's
+    log-probs, detached: (B, T) for the token modes, (B, 1) for the sequence modes (see the module
+    docstring). d_t = m_t·(ℓold_t − ℓsampler_t); a NaN sampler log-prob counts as d_t = 0 (as TRL)."""
+    if mode not in IS_MODES or mode == "off":
+        raise ValueError(f"importance-sampling mode must be one of {IS_MODES[1:]}, got {mode!r}")
+    d = torch.where(mask.bool(), old_logps.detach() - sampler_logps.detach(), torch.zeros_like(old_logps))
+    d = torch.nan_to_num(d, nan=0.0)
+    if mode.startswith("sequence"):
+        d = d.sum(dim=-1, keepdim=True)
+    w = torch.exp(d)
+    if mode.endswith("truncate"):
+        return w if clip_min is None and clip_max is None else w.clamp(min=clip_min, max=clip_max)
+    low = -math.inf if clip_min is None else clip_min
+    high = math.inf if clip_max is None else clip_max
+    return torch.where((w < low) | (w > high), torch.zeros_like(w), w)
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               clip: float | None = 0.2) -> torch.Tensor:
+    """Per-token clipped value loss 0.5·max((V − R)², (V_clip − R)²), V_clip = Vold + clamp(V − Vold, ±ε_v).
+
+    PPO's value clipping as in OpenRLHF ``ValueLoss`` (and the PPO of "Secrets of RLHF", ALGORITHMS.md
+    6.5); ``clip=None`` gives 0.5·(V − R)². All (B, T); aggregate it like the policy loss."""
+    unclipped = (values - returns) ** 2
+    if clip is None:
+        return 0.5 * unclipped
+    clipped_values = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * torch.maximum(unclipped, (clipped_values - returns) ** 2)
+
+
+def _token_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-example mean over valid tokens (B,), detached; 0 for a row with none."""
+    x = x.detach().expand(mask.shape)
+    return (torch.where(mask, x, torch.zeros_like(x)).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------- the losses
+
+
+def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                       dict[str, torch.Tensor]]:
+    """Per-token policy losses (B, T), the effective mask (B, T) and per-example metrics."""
+    logps = inputs.logps
+    truncated = inputs.truncated if params.mask_truncated else None
+    mask = effective_mask(inputs.mask, truncated)
+    old = logps.detach() if inputs.old_logps is None else inputs.old_logps.detach()
+    adv = inputs.advantages.detach().to(logps.dtype)
+    if adv.dim() == 1:
+        adv = adv.unsqueeze(-1)
+
+    ratio = torch.exp(log_ratio(logps, old, mask, params.ratio_level))  # (B, T) or (B, 1)
+    per_token = clipped_surrogate(ratio, adv, params.eps_low, params.eps_high)
+
+    metrics: dict[str, torch.Tensor] = {}
+    if params.is_mode != "off":
+        if inputs.sampler_logps is None:
+            raise ValueError(f"is_mode={params.is_mode!r} needs sampler_logps (the sampler's per-token log-probs)")
+        w = importance_weights(old, inputs.sampler_logps, mask, params.is_mode, params.is_clip_max, params.is_clip_min)
+        per_token = per_token * w
+        metrics["is_weight/mean"] = _token_mean(w, mask)
+
+    if params.beta != 0.0:
+        if inputs.ref_logps is None:
+            raise ValueError("beta > 0 needs ref_logps (the reference model's per-token log-probs)")
+        # u is masked before the exponential so that padding (which may hold inf) gives no NaN gradient.
+        u = torch.where(mask, inputs.ref_logps.detach() - logps, torch.zeros_like(logps))
+        kl = torch.expm1(u) - u
+        if params.kl_ratio_weight:
+            kl = kl * ratio
+        per_token = per_token + params.beta * kl
+        metrics["kl"] = _token_mean(kl, mask)
+
+    low = (ratio < 1 - params.eps_low) & (adv < 0)
+    high = (ratio > 1 + params.eps_high) & (adv > 0)
+    metrics["clip/low"] = _token_mean(low.to(logps.dtype), mask)
+    metrics["clip/high"] = _token_mean(high.to(logps.dtype), mask)
+    metrics["ratio/mean"] = _token_mean(ratio, mask)
+    metrics["advantages"] = _token_mean(adv, mask)
+    if inputs.entropy is not None:
+        metrics["entropy"] = _token_mean(inputs.entropy, mask)
+    return per_token.expand(mask.shape), mask, metrics
+
+
+def policy_gradient_loss(inputs: PolicyGradientInputs, params: PolicyGradientParams) -> LossOutput:
+    """The clipped surrogate (+ β·k3), one loss per example (B,), aggregated by ``params.aggregation``.
+
+    Divide the step's summed losses by the step's sum of ``units(params.aggregation, mask, truncated)``.
+    Metrics (per example, detached, over the example's valid tokens): ``clip/low`` and ``clip/high``
+    (fraction of tokens whose ratio is clipped on the side the advantage pushes, as TRL's
+    ``clip_ratio/low_mean``/``high_mean``), ``ratio/mean``, ``advantages``, ``kl`` (β > 0),
+    ``is_weight/mean`` (importance-sampling correction on), ``entropy`` (when given). TRL logs global
+    token means; the loop averages these per-example values over examples.
+    """
+    per_token, mask, metrics = _policy_terms(inputs, params)
+    losses = aggregate(per_token, mask, params.aggregation, params.max_completion_length)
+    return LossOutput(losses, metrics)
+
+
+def ppo_loss(inputs: PolicyGradientInputs, params: PPOParams) -> LossOutput:
+    """PPO: the clipped policy surrogate plus vf_coef × the clipped value loss, per example (B,).
+
+    Both terms are aggregated with ``params.aggregation`` (the same units). ``inputs.values`` carries
+    the critic's gradient; ``old_values`` and ``returns`` (``advantages.gae``) are constants. Metrics as
+    ``policy_gradient_loss`` plus ``policy_loss``, ``value_loss`` (per example, aggregated the same
+    way) and ``value/clip`` (fraction of tokens where the clipped value error was the larger one)."""
+    if inputs.values is None or inputs.old_values is None or inputs.returns is None:
+        raise ValueError("ppo_loss needs values, old_values and returns")
+    per_token, mask, metrics = _policy_terms(inputs, params)
+    old_values, returns = inputs.old_values.detach(), inputs.returns.detach()
+    v_loss = value_loss(inputs.values, old_values, returns, params.value_clip)
+    policy = aggregate(per_token, mask, params.aggregation, params.max_completion_length)
+    value = aggregate(v_loss, mask, params.aggregation, params.max_completion_length)
+    if params.value_clip is not None:
+        clipped_values = old_values + (inputs.values.detach() - old_values).clamp(-params.value_clip, params.value_clip)
+        used_clip = (clipped_values - returns) ** 2 > (inputs.values.detach() - returns) ** 2
+        metrics["value/clip"] = _token_mean(used_clip.to(per_token.dtype), mask)
+    metrics["policy_loss"] = policy.detach()
+    metrics["value_loss"] = value.detach()
+    return LossOutput(policy + params.vf_coef * value, metrics)
