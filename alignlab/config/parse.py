@@ -55,6 +55,11 @@ def convert(value: Any, tp: Any, key: str) -> Any:
             return None
         raise ConfigError(f"{key}: a value is required")
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:  # one of a fixed set of strings
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}, got {value!r}")
     try:
         if tp is bool:
             if isinstance(value, bool):

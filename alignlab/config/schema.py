@@ -81,8 +81,9 @@ class OptimConfig:
     warmup_steps: int = param(0, "linear warmup steps (overrides warmup_ratio when > 0)")
     warmup_ratio: float = param(0.0, "warmup as a fraction of all steps")
     max_grad_norm: float = param(1.0, "clip the global gradient norm to this (0 disables clipping)")
-    skip_nonfinite: bool = param(False, "skip a step whose loss or gradient is not finite (logged, counted as "
-                                        "skipped_steps) instead of stopping the run")
+    skip_nonfinite: bool = param(False, "skip a step whose loss or gradient is not finite, or whose online reward "
+                                        "failed on a sample (logged, counted as skipped_steps) instead of stopping "
+                                        "the run")
     disable_dropout: bool = param(True, "turn the model's dropout off, so policy and reference log-probs are deterministic")
     gradient_checkpointing: bool = param(False, "recompute activations in the backward pass instead of keeping "
                                                 "them: less memory, about a third more compute")
@@ -256,6 +257,8 @@ class TrainConfig:
                f"method '{self.method}' trains on one set of data; mix_data is for methods that mix two (bvpo)")
         _check(mix_data is not None or "group" not in spec.needs, "mix_data",
                f"method '{self.method}' needs a second set of pairs in mix_data")
+        _check(not self.rollout.reward or spec.shape == "online", "reward",
+               f"method '{self.method}' trains on fixed data; a reward is for online methods (grpo, rloo, ...)")
         if spec.model == "reward":
             _check(not self.adapter.lora, "lora", "reward models train the whole backbone and head; LoRA is for policies")
             _check(self.eval.task is None, "task", "a reward model does not answer prompts; measure it with alignlab eval rm")

@@ -4,12 +4,11 @@ Modules by family: ``dpo`` (DPO), ``dpo_family`` (IPO, hinge, LN-DPO, RPO, DPOP,
 LD-DPO, WPO, BVPO, DOVE), ``robust`` (cDPO, rDPO, soft preference, LCPO), ``dpo_alternatives``
 (EXO, NCA, BCO-pair, SPPO-hard, AOT, APO, DiscoPOP), ``reference_free`` (SimPO, CPO, ORPO, ASFT),
 ``unpaired`` (KTO, BCO), ``negatives`` (D2O), ``listwise`` (PRO, LiPO, ListMLE, ListNet, all-pairs
-DPO), ``sft``; the online policy-gradient methods in ``online`` (GRPO, DAPO, Dr. GRPO, GSPO, RLOO:
-their registry entries) over ``policy_gradient`` (the per-token losses) and ``advantages``; ``combine`` builds weighted sums such as ``dpo+0.005*sft``. Shared pieces: ``params``
+DPO), ``sft``; ``combine`` builds weighted sums such as ``dpo+0.005*sft``. Online RL: ``online``
+(the registry entries GRPO, DAPO, Dr. GRPO, GSPO, RLOO) over ``policy_gradient`` (the clipped
+surrogate, its aggregation modes and their ``units``, PPO's value loss) and ``advantages`` (GRPO,
+RLOO, ReMax, REINFORCE++ and GAE advantages, KL estimators, whitening). Shared pieces: ``params``
 (hyperparameter fields and range checks), ``logistic`` (the label-smoothed logistic loss).
-Online RL: ``advantages`` (GRPO, RLOO, ReMax, REINFORCE++ and GAE advantages, KL estimators, whitening)
-and ``policy_gradient`` (the clipped surrogate of GRPO/DAPO/Dr. GRPO/GSPO/PPO, its aggregation modes
-and their ``units``, PPO's value loss).
 """
 
 from alignlab.losses.dpo import DPOParams, dpo_loss

@@ -136,7 +136,8 @@ class PolicyGradientParams:
     kl_ratio_weight: bool = param(False, "multiply the KL term by the policy ratio (TRL `use_bias_correction_kl`)")
     aggregation: Aggregation = param("token_mean", "how token losses become the step's loss: 'token_mean' (DAPO), "
                                                    "'seq_mean_token_mean' (GRPO), 'constant' (Dr. GRPO)")
-    max_completion_length: int | None = param(None, "L_max of 'constant' aggregation: per-example loss = sum / L_max")
+    max_completion_length: int | None = param(None, "L_max of 'constant' aggregation: per-example loss = sum / L_max "
+                                                    "(None: a training run's max_new_tokens)")
     is_mode: ISMode = param("off", "importance-sampling correction against the sampler's log-probs: 'off', "
                                    "'token_truncate', 'token_mask', 'sequence_truncate', 'sequence_mask' (TRL names)")
     is_clip_max: float | None = param(3.0, "C_max of the importance-sampling correction (TRL default 3.0)")
@@ -152,10 +153,9 @@ class PolicyGradientParams:
         require(self.eps_low < 1, "eps_low", f"must be < 1 (the lower clip bound 1 − ε_low must be > 0), got {self.eps_low}")
         require_positive(self.eps_high, "eps_high")
         require_non_negative(self.beta, "beta")
-        if self.aggregation == "constant":
-            require(isinstance(self.max_completion_length, int) and self.max_completion_length > 0,
-                    "max_completion_length", f"'constant' aggregation needs a positive integer, got "
-                    f"{self.max_completion_length!r}")
+        require(self.max_completion_length is None or (isinstance(self.max_completion_length, int)
+                                                         and self.max_completion_length > 0),
+                "max_completion_length", f"must be a positive integer, got {self.max_completion_length!r}")
         for name in ("is_clip_max", "is_clip_min"):
             value = getattr(self, name)
             if value is not None:

@@ -1,7 +1,8 @@
 """``alignlab demo``: the whole loop on a testbed task, with a number that means something.
 
 1. load the task's tiny SFT model, shipped with the package (``testbed/shipped.py``);
-2. sample K answers per training prompt from it and score them with the gold reward;
+2. sample K answers per training prompt from it and score them with the gold reward (an online
+   method, GRPO say, skips this: it samples K answers per prompt and scores them while it trains);
 3. train the chosen method (DPO by default) on the resulting dataset, measuring gold reward, win
    rate and KL on the held-out prompts at every evaluation;
 4. print a before/after table and write a report folder: ``metrics.json``, ``plot.png`` (gold
@@ -126,13 +127,19 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
     sft_dir = task_model(settings.task, "sft", cache_dir, log=log_to_stderr, progress=progress)
     t_model = time.perf_counter() - t0
 
-    log_to_stderr(f"sampling {settings.k} answers to each of {settings.num_prompts} prompts and scoring them")
-    feedback = synthesize(sft_dir, FeedbackSpec(settings.task, settings.num_prompts, settings.k, settings.reward,
-                                                label_noise=settings.label_noise, seed=settings.seed),
-                          out / "feedback", progress=progress)
-    t_feedback = time.perf_counter() - t0 - t_model
     shape = get_loss(settings.method).shape
-    data = out / "feedback" / SHAPE_FILES[shape] if shape != "sft" else _sft_input(out / "feedback")
+    online = shape == "online"
+    if online:  # the method samples and scores while it trains: no feedback file, only what it was told
+        feedback, data = {"online": True, "reward": f"task:{settings.task}:{settings.reward}"}, f"task:{settings.task}"
+        (out / "feedback").mkdir(parents=True, exist_ok=True)
+        (out / "feedback" / "metadata.json").write_text(json.dumps(feedback, indent=1))
+    else:
+        log_to_stderr(f"sampling {settings.k} answers to each of {settings.num_prompts} prompts and scoring them")
+        feedback = synthesize(sft_dir, FeedbackSpec(settings.task, settings.num_prompts, settings.k, settings.reward,
+                                                    label_noise=settings.label_noise, seed=settings.seed),
+                              out / "feedback", progress=progress)
+        data = out / "feedback" / SHAPE_FILES[shape] if shape != "sft" else _sft_input(out / "feedback")
+    t_feedback = time.perf_counter() - t0 - t_model
 
     task = get_task(settings.task)
     before = GoldEvaluator(task, load_tokenizer(str(sft_dir)), seed=settings.seed, num_prompts=settings.eval_prompts,
@@ -150,6 +157,13 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
         **settings.method_params,
     }
     spec = get_loss(settings.method)
+    if online:
+        # k samples of each prompt per round, batch_size of them per step; as many rounds as
+        # `epochs` passes over num_prompts prompts
+        per_step = max(settings.batch_size // settings.k, 1)
+        config.update(data=data, reward=[f"task:{settings.task}:{settings.reward}"], num_generations=settings.k,
+                      batch_size=per_step * settings.k, epochs=1.0,
+                      max_steps=math.ceil(settings.epochs * settings.num_prompts / per_step))
     if "sample_max_new_tokens" in spec.defaults() and "sample_max_new_tokens" not in settings.method_params:
         config["sample_max_new_tokens"] = task.max_new_tokens  # samples as long as the task's answers
     summary = train(config)

@@ -39,7 +39,7 @@ from alignlab.training.forward import Forward
 from alignlab.training.interrupt import Interrupted, StopRequest
 from alignlab.training.metrics import MetricsLog, read_metrics, short
 from alignlab.training.optim import make_optimizer, make_scheduler
-from alignlab.training.source import Step, StepSource
+from alignlab.training.source import Step, StepFault, StepSource
 
 
 @dataclass
@@ -244,7 +244,13 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
     has_eval = bool(inp.eval_examples) or inp.extra_eval is not None
     for step in range(start_step, steps):
         t0 = time.perf_counter()
-        batch = inp.source.step(step)
+        try:
+            batch = inp.source.step(step)
+        except StepFault as fault:
+            if not cfg.optim.skip_nonfinite:
+                raise
+            _skip_unmade(inp, scheduler, metrics_log, result, progress, step, fault)
+            continue
         loss, tot, stats = _gradients(inp, batch.micro)
         max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
@@ -299,6 +305,22 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
             raise Interrupted(f"stopped by {stop.signal_name or 'a signal to another process'} after step {done} "
                               f"of {steps}; checkpoint {inp.out_dir / 'checkpoints' / ckpt.step_name(done)} written; "
                               f"continue with {option('resume')}")
+
+
+def _skip_unmade(inp: LoopInputs, scheduler, metrics_log: MetricsLog, result: LoopResult, progress, step: int,
+                 fault: StepFault) -> None:
+    """A step its source could not make (skip_nonfinite): logged, counted, its place in the schedule kept."""
+    result.skipped_steps += 1
+    metrics = {"step": step + 1, **inp.source.position(step + 1), "skipped": True, "skipped_steps": result.skipped_steps}
+    result.train_metrics["skipped_steps"] = result.skipped_steps
+    if inp.dist.is_main:
+        inp.log(f"step {step + 1}: skipped (skip_nonfinite): {fault}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
+        scheduler.step()
+    metrics_log.write(metrics)
+    if progress is not None:
+        progress.update(1)
 
 
 def _finished(metrics_path: Path, steps: int) -> LoopResult:

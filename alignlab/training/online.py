@@ -33,7 +33,7 @@ from alignlab.generation.base import Generator, SamplingParams
 from alignlab.logprobs import left_align, sequence_logps
 from alignlab.training.distributed import Dist
 from alignlab.training.order import global_batch_indices, steps_per_epoch
-from alignlab.training.rollout import RewardTerm, RolloutExample, collate_rollout, score_samples
+from alignlab.training.rollout import RewardError, RewardTerm, RolloutExample, collate_rollout, score_samples
 from alignlab.training.source import Step
 
 # advantages(rewards_PG) -> advantages_PG, over the whole round (every process's prompts, in order)
@@ -149,7 +149,15 @@ class OnlineSource:
         t1 = time.perf_counter()
         where = [f"prompt row {row}, sample {j + 1}" for row in rows for j in range(G)]
         flat = [s for group in samples for s in group]
-        rewards, parts = score_samples(self.reward, [t for t in texts for _ in range(G)], [s.text for s in flat], where)
+        try:
+            rewards, parts = score_samples(self.reward, [t for t in texts for _ in range(G)], [s.text for s in flat],
+                                           where)
+            fault = None
+        except RewardError as exc:
+            fault = str(exc)
+        faults = [f for f in dist.gather(fault) if f]  # every process stops (or skips) together
+        if faults:
+            raise RewardError(faults[0])
         t2 = time.perf_counter()
         # the whole round's rewards on every process: a statistic of the batch is the batch's
         everyone = torch.cat(dist.gather(rewards.view(len(mine), G)))

@@ -24,9 +24,10 @@ import torch
 from alignlab.data.collate import Batch, collate_completions
 from alignlab.errors import UserError
 from alignlab.rewards.base import Scorer
+from alignlab.training.source import StepFault
 
 
-class RewardError(UserError):
+class RewardError(StepFault):
     """A reward failed or returned something that is not a finite number for one sample."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from alignlab.data.collate import Batch
+from alignlab.errors import UserError
 from alignlab.training.distributed import Dist
 from alignlab.training.order import (
     global_batch_indices,
@@ -36,6 +37,11 @@ class Step:
     # what the source measured making the step, logged with it (an online round's reward, its
     # generation time); the same on every process
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+class StepFault(UserError):
+    """The source could not make a step from its data (an online reward that failed on one sample):
+    the run stops with the message, or with ``skip_nonfinite`` skips the step and counts it."""
 
 
 class StepSource(Protocol):

@@ -319,7 +319,7 @@ def test_params_reject_nonsense():
     with pytest.raises(ParamError, match="aggregation"):
         PolicyGradientParams(aggregation="bnpo")
     with pytest.raises(ParamError, match="max_completion_length"):
-        PolicyGradientParams(aggregation="constant")
+        PolicyGradientParams(aggregation="constant", max_completion_length=0)
     with pytest.raises(ParamError, match="eps_low"):
         PolicyGradientParams(eps_low=1.0)
     with pytest.raises(ParamError, match="ratio_level"):

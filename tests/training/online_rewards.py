@@ -1,0 +1,23 @@
+"""Reward functions for the online-training tests (imported by name: ``fn:tests.training.online_rewards:...``)."""
+
+from __future__ import annotations
+
+
+def digits(prompt: str, response: str) -> float:
+    """How many ASCII digits the response has: random completions differ in it, so advantages do too."""
+    return float(sum(c in "0123456789" for c in response))
+
+
+def letters(prompt: str, response: str) -> float:
+    return float(sum(c.isalpha() for c in response))
+
+
+def fails_on_x(prompt: str, response: str) -> float:
+    """Raises on a response that contains an 'x'."""
+    if "x" in response:
+        raise ValueError("no x please")
+    return 0.0
+
+
+def nan_on_x(prompt: str, response: str) -> float:
+    return float("nan") if "x" in response else 0.0

@@ -1,0 +1,196 @@
+"""Online training through the shared loop: GRPO and its variants and RLOO sample, score and learn
+while training, and keep the loop's guarantees (the update does not depend on how the step is
+split; an interrupted run resumes exactly; the same seed gives the same run)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import alignlab.training.loop as loop
+from alignlab import train
+from alignlab.errors import DataError, UserError
+from alignlab.rewards.base import Scorer
+from alignlab.training import checkpoint as ckpt
+from alignlab.training.rollout import RewardError, RewardTerm, score_samples
+from tests.training.helpers import base_config, max_abs_diff, weights
+
+DIGITS = "fn:tests.training.online_rewards:digits"
+
+
+def online(model_dir, out, **overrides) -> dict:
+    cfg = base_config(model_dir, "task:arithmetic", out, method="grpo", reward=[DIGITS], num_generations=4,
+                      max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2)
+    cfg.update(overrides)
+    return cfg
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_grpo_trains_and_logs_the_round(tmp_path, tiny_model_dir):
+    summary = train(online(tiny_model_dir, tmp_path / "run", max_steps=2))
+    rows = [m for m in metrics(tmp_path / "run") if "loss" in m]
+    assert [m["step"] for m in rows] == [1, 2]
+    for m in rows:
+        # 8 completions of 2 prompts per step; the reward is their digit count, 0..6
+        assert 0 <= m["reward"] <= 6 and m["reward_std"] >= 0
+        assert m[f"reward/{DIGITS}"] == pytest.approx(m["reward"])
+        assert 1 <= m["completion_length"] <= 6 and 0 <= m["truncated"] <= 1
+        assert m["generation_s"] > 0 and m["training_s"] > 0 and m["generation_tokens_per_s"] > 0
+        # the first (and only) update of a round is on-policy: every ratio is 1, nothing is clipped
+        assert m["ratio/mean"] == pytest.approx(1.0, abs=1e-12)
+        assert m["clip/low"] == 0 and m["clip/high"] == 0
+    assert max_abs_diff(weights(summary.model_dir), weights(tiny_model_dir)) > 1e-4  # it learned something
+
+
+@pytest.mark.parametrize("method,extra", [("grpo", {}), ("grpo", {"aggregation": "seq_mean_token_mean"}),
+                                          ("dr_grpo", {}), ("grpo", {"scale_rewards": "batch"}), ("rloo", {}),
+                                          ("gspo", {})])
+def test_the_update_does_not_depend_on_how_the_step_is_split(tmp_path, tiny_model_dir, method, extra):
+    """8 completions per step as 8 × 1, 1 × 8 and 2 × 4 (micro-batch × accumulation): the same
+    samples, the same losses divided by the same global units, so the same weights after 2 steps
+    (fp64; the second step samples from the first step's weights, so it checks those too)."""
+    runs = []
+    for bs, ga in ((8, 1), (1, 8), (2, 4)):
+        out = tmp_path / f"{bs}x{ga}"
+        runs.append(train(online(tiny_model_dir, out, method=method, batch_size=bs, grad_accum=ga, **extra)))
+    a, b, c = (weights(r.model_dir) for r in runs)
+    assert max_abs_diff(a, b) < 1e-9 and max_abs_diff(a, c) < 1e-9
+    assert max_abs_diff(a, weights(tiny_model_dir)) > 1e-4
+
+
+def test_a_per_micro_batch_normaliser_would_change_the_update(tmp_path, tiny_model_dir, monkeypatch):
+    """The check above can fail: dividing each micro-batch by its own token count (TRL's 'bnpo')
+    gives 8 × 1 and 1 × 8 different weights."""
+    from alignlab.training.forward.policy_gradient import PolicyGradientForward
+
+    real = PolicyGradientForward.__call__
+
+    def local_mean(self, model, batch):
+        out = real(self, model, batch)
+        out.losses = out.losses / max(batch.num_loss_tokens, 1)
+        return out
+
+    monkeypatch.setattr(PolicyGradientForward, "__call__", local_mean)
+    a = train(online(tiny_model_dir, tmp_path / "a", batch_size=8, grad_accum=1, max_steps=1))
+    b = train(online(tiny_model_dir, tmp_path / "b", batch_size=1, grad_accum=8, max_steps=1))
+    assert max_abs_diff(weights(a.model_dir), weights(b.model_dir)) > 1e-6
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("updates,crash_at", [(1, 2), (2, 1), (2, 3)])
+def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, monkeypatch, updates, crash_at):
+    """Killed after the checkpoint of step ``crash_at`` and resumed: the same weights and the same
+    per-step metrics as an uninterrupted run (with 2 updates per round, steps 1 and 3 end inside a
+    round, whose completions the checkpoint holds)."""
+    cfg = dict(max_steps=4, save_every=1, keep_checkpoints=0, updates_per_rollout=updates)
+    full = train(online(tiny_model_dir, tmp_path / "full", **cfg))
+    real_save = loop.save
+
+    def save_then_crash(inp, unwrapped, optimizer, scheduler, step, *rest):
+        real_save(inp, unwrapped, optimizer, scheduler, step, *rest)
+        if step == crash_at:
+            raise Crash
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "save", save_then_crash)
+        with pytest.raises(Crash):
+            train(online(tiny_model_dir, tmp_path / "cut", **cfg))
+    state = ckpt.read_state(ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints")[0])  # the newest
+    assert state["step"] == crash_at and ("rollout" in state["data_position"]) == bool(crash_at % updates)
+    resumed = train(online(tiny_model_dir, tmp_path / "cut", resume=True, **cfg))
+    assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
+
+    def per_step(out):
+        keep = ("loss", "reward", "grad_norm", "ratio/mean", "completion_length")
+        return {m["step"]: [m.get(k) for k in keep] for m in metrics(out) if "loss" in m}
+
+    assert per_step(tmp_path / "cut") == per_step(tmp_path / "full")
+    if updates > 1:  # the second update of a round is off-policy: ratios move away from 1
+        assert any(abs(m["ratio/mean"] - 1) > 1e-9 for m in metrics(tmp_path / "full") if m.get("step") == 2)
+
+
+def test_the_same_seed_gives_the_same_run_and_another_seed_another(tmp_path, tiny_model_dir):
+    a = train(online(tiny_model_dir, tmp_path / "a"))
+    b = train(online(tiny_model_dir, tmp_path / "b"))
+    c = train(online(tiny_model_dir, tmp_path / "c", seed=1))
+    assert max_abs_diff(weights(a.model_dir), weights(b.model_dir)) == 0
+    assert max_abs_diff(weights(a.model_dir), weights(c.model_dir)) > 1e-6
+
+
+def test_kl_to_the_reference_is_logged_when_beta_is_set(tmp_path, tiny_model_dir):
+    train(online(tiny_model_dir, tmp_path / "kl", beta=0.1))
+    rows = [m for m in metrics(tmp_path / "kl") if "loss" in m]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-12)  # the policy is the reference at step 1
+    assert rows[1]["kl"] > 0
+
+
+class _Scorer(Scorer):
+    def __init__(self, fn):
+        self.fn = fn
+
+    def score(self, prompts, responses):
+        return self.fn(prompts, responses)
+
+
+def test_reward_faults_name_the_reward_the_prompt_and_the_sample():
+    where = ["prompt row 4, sample 1", "prompt row 4, sample 2", "prompt row 9, sample 1"]
+    prompts, responses = ["a", "a", "b"], ["ok", "xx", "ok"]
+
+    def term(fn):
+        return [RewardTerm("mine", _Scorer(fn))]
+
+    def raising(ps, rs):
+        if any("x" in r for r in rs):
+            raise ValueError("bad response")
+        return [1.0] * len(rs)
+
+    with pytest.raises(RewardError, match=r"^reward 'mine': prompt row 4, sample 2: raised ValueError: bad response$"):
+        score_samples(term(raising), prompts, responses, where)
+    with pytest.raises(RewardError, match=r"^reward 'mine': prompt row 9, sample 1: returned nan, not a finite number$"):
+        score_samples(term(lambda ps, rs: [1.0, 2.0, float("nan")]), prompts, responses, where)
+    with pytest.raises(RewardError, match=r"prompt row 4, sample 1: returned 'high', not a number"):
+        score_samples(term(lambda ps, rs: ["high", 1, 2]), prompts, responses, where)
+    with pytest.raises(RewardError, match=r"returned 2 values for 3 responses"):
+        score_samples(term(lambda ps, rs: [1.0, 2.0]), prompts, responses, where)
+    total, parts = score_samples([RewardTerm("a", _Scorer(lambda ps, rs: [1.0, 2.0, 3.0]), 2.0),
+                                  RewardTerm("b", _Scorer(lambda ps, rs: [0.5, 0.5, 0.5]), -1.0)],
+                                 prompts, responses, where)
+    assert total.tolist() == [1.5, 3.5, 5.5] and parts["b"].tolist() == [0.5, 0.5, 0.5]
+
+
+def test_a_failing_reward_stops_the_run_keeping_the_last_checkpoint(tmp_path, tiny_model_dir):
+    with pytest.raises(RewardError, match=r"reward 'fn:tests.training.online_rewards:nan_on_x': prompt row \d+, "
+                                          r"sample \d+: raised UserError"):
+        # 'x' is one of ~260 byte tokens: within 40 steps of 8 six-token samples one surely shows up
+        train(online(tiny_model_dir, tmp_path / "nan", max_steps=40, save_every=1,
+                     reward=["fn:tests.training.online_rewards:nan_on_x"]))
+    assert ckpt.list_checkpoints(tmp_path / "nan" / "checkpoints")  # the steps before it were kept
+
+
+def test_bad_online_setups_are_one_line_errors(tmp_path, tiny_model_dir):
+    with pytest.raises(UserError, match="unknown task 'arithmatic'.*did you mean 'arithmetic'"):
+        train(online(tiny_model_dir, tmp_path / "a", data="task:arithmatic"))
+    with pytest.raises(UserError, match="scorer 'nope:x': unknown kind 'nope'"):
+        train(online(tiny_model_dir, tmp_path / "b", reward=["nope:x"]))
+    with pytest.raises(UserError, match="must be a multiple of num_generations"):
+        train(online(tiny_model_dir, tmp_path / "c", batch_size=6, num_generations=4))
+    long_prompts = tmp_path / "long.jsonl"
+    long_prompts.write_text(json.dumps({"prompt": "1+1="}) + "\n" + json.dumps({"prompt": "9" * 2100}) + "\n")
+    with pytest.raises(DataError, match=r"long.jsonl.*2.*prompt.*exceed the model's context"):
+        train(online(tiny_model_dir, tmp_path / "d", data=str(long_prompts)))
+
+
+def test_with_skip_nonfinite_a_failing_reward_skips_the_step(tmp_path, tiny_model_dir):
+    summary = train(online(tiny_model_dir, tmp_path / "skip", max_steps=40, skip_nonfinite=True,
+                           reward=["fn:tests.training.online_rewards:nan_on_x"]))
+    skipped = [m for m in metrics(tmp_path / "skip") if m.get("skipped")]
+    assert skipped and summary.train_metrics["skipped_steps"] == len(skipped)
+    assert len([m for m in metrics(tmp_path / "skip") if "loss" in m]) == 40 - len(skipped)
