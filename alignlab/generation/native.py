@@ -288,9 +288,9 @@ class _Slots:
 class NativeGenerator(RendersPrompts):
     """Continuous-batching generation on ``model``'s own parameters (see the module docstring).
 
-    ``batch_size``: sequences decoding at once (the slots of the cache, whose memory is ``slots ×
-    (longest prompt + max_new_tokens) × layers × 2 × kv heads × head dim`` numbers of the model's
-    dtype); ``prefill_tokens``: how many prompt positions (prompts × padded width) one prefill pass
+    ``batch_size``: sequences decoding at once (the slots of the cache, whose memory is ``(slots ×
+    max_new_tokens + prompts live × longest prompt) × layers × 2 × kv heads × head dim`` numbers of
+    the model's dtype; the prompt rows grow as prompts go live, the n samples of one sharing a row); ``prefill_tokens``: how many prompt positions (prompts × padded width) one prefill pass
     takes at most; ``progress``: a label for a progress bar (sequences done), or None.
 
     Build it with ``make_generator(model, tokenizer, "native")``, which checks the model first.
