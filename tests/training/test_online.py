@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import alignlab.training.loop as loop
 from alignlab import train
