@@ -176,7 +176,7 @@ class RolloutConfig:
     reward: list[str] = param(None, "the reward: one scorer spec or several (task:NAME[:gold|proxy], rm:DIR, bleu:FILE, "
                                     "fn:MODULE:FUNCTION, judge:DIR, openai:URL,model=NAME, length[:...]); their "
                                     "weighted sum is the reward, each one's mean is logged")
-    reward_weights: list[float] = param(None, "one weight per reward (default 1 each)")
+    reward_weights: list[float] | None = param(None, "one weight per reward (default 1 each)")
     num_generations: int = param(8, "G: completions sampled per prompt each round")
     max_new_tokens: int | None = param(None, "most tokens per completion (default: the task's, else 256)")
     temperature: float = param(1.0, "sampling temperature of the rollouts")
