@@ -209,7 +209,9 @@ def test_demo_rejects_unknown_task_and_method_before_any_work(capsys, tmp_path):
     from alignlab.cli import main
 
     assert main(["demo", "--task", "arith", "--cache-dir", str(tmp_path)]) == 2
-    assert "task must be one of arithmetic, constraints, sentiment" in capsys.readouterr().err
+    assert "task must be one of arithmetic, chainsum, constraints, sentiment" in capsys.readouterr().err
+    assert main(["demo", "--task", "chainsum", "--cache-dir", str(tmp_path)]) == 2  # TASK_LR has no rate for it
+    assert "no measured learning rate for task 'chainsum' yet; give one with --lr" in capsys.readouterr().err
     assert main(["demo", "--method", "dpoo", "--cache-dir", str(tmp_path)]) == 2
     assert "unknown method 'dpoo'" in capsys.readouterr().err
     assert main(["demo", "--lr", "-1", "--cache-dir", str(tmp_path)]) == 2

@@ -150,9 +150,9 @@ class EvalConfig:
     eval_every: int = param(0, "evaluate every N optimizer steps (0: only at the end)")
     eval_at_start: bool = param(False, "also evaluate before the first step (a baseline row, step 0, in metrics.jsonl)")
     eval_batch_size: int | None = param(None, "micro-batch size for evaluation (default: batch_size)")
-    task: str | None = param(None, "testbed task (arithmetic, sentiment, constraints): at every evaluation the model "
-                                   "answers its held-out prompts, logged as gold reward, win rate and KL against "
-                                   "the starting model, and length")
+    task: str | None = param(None, "testbed task (arithmetic, chainsum, sentiment, constraints): at every evaluation "
+                                   "the model answers its held-out prompts, logged as gold reward, win rate and KL "
+                                   "against the starting model, and length")
     task_eval_prompts: int = param(0, "how many of the task's held-out prompts to answer (0: all)")
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ endpoint), ``combine`` (weighted sums, log-sigmoid sums, routing by prompt).
 ``load_scorer(spec)`` builds a scorer from a short text, as the command line takes it:
 
     rm:DIR  (or a reward-model DIR)      a model trained with --method reward_model
-    task:NAME[:gold|proxy]               a testbed task's reward (arithmetic, sentiment, constraints)
+    task:NAME[:gold|proxy]               a testbed task's reward (arithmetic, chainsum, sentiment, constraints)
     length[:coef=0.01,target=0,unit=words]   a length penalty
     fn:MODULE:FUNCTION                   a user function f(prompt, response) -> number
     bleu:REFS.jsonl                      sentence BLEU against {"prompt", "references"} rows

@@ -1,7 +1,7 @@
 """Programmatic rewards: a testbed task's gold reward or verifier, a length penalty, a user function.
 
-- ``TaskReward("arithmetic")``: the task's gold reward (for arithmetic and constraints a verifier:
-  1 when the answer is right, partial credit where the task gives it), or its flawed ``proxy``.
+- ``TaskReward("arithmetic")``: the task's gold reward (for arithmetic, chainsum and constraints a
+  verifier: 1 when the answer is right, partial credit where the task gives it), or its flawed ``proxy``.
 - ``LengthPenalty(coef, target, unit)``: −coef·max(0, length − target), length in words,
   characters or tokens of a given tokenizer; 0 for responses up to ``target``.
 - ``FunctionReward("mypkg.rewards:politeness")``: any function ``f(prompt, response) -> number``,

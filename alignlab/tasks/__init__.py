@@ -13,10 +13,12 @@ import inspect
 from alignlab.errors import UserError
 from alignlab.tasks.arithmetic import ArithmeticTask
 from alignlab.tasks.base import Task
+from alignlab.tasks.chainsum import ChainSumTask
 from alignlab.tasks.constraints import ConstraintsTask
 from alignlab.tasks.sentiment import SentimentTask
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ArithmeticTask, SentimentTask, ConstraintsTask)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ArithmeticTask, SentimentTask, ConstraintsTask,
+                                                             ChainSumTask)}
 
 
 def task_names() -> list[str]:
@@ -53,5 +55,5 @@ def _task_class(name: str) -> type[Task]:
         raise UserError(f"task: unknown task {name!r}{hint} (known: {', '.join(task_names())})") from None
 
 
-__all__ = ["TASKS", "Task", "ArithmeticTask", "ConstraintsTask", "SentimentTask", "get_task", "task_names",
-           "task_options"]
+__all__ = ["TASKS", "Task", "ArithmeticTask", "ChainSumTask", "ConstraintsTask", "SentimentTask", "get_task",
+           "task_names", "task_options"]

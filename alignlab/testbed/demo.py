@@ -73,6 +73,8 @@ class DemoSettings:
         except UnknownLossError as e:
             raise UserError(f"{e} (see `alignlab methods`)") from None
         if self.lr is None:
+            if self.task not in TASK_LR:
+                raise UserError(f"the demo has no measured learning rate for task '{self.task}' yet; give one with --lr")
             self.lr = TASK_LR[self.task]
         if not (math.isfinite(self.lr) and self.lr > 0) or not (math.isfinite(self.epochs) and self.epochs > 0):
             raise UserError(f"lr and epochs must be positive numbers, got lr={self.lr}, epochs={self.epochs}")

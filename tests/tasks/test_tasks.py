@@ -10,6 +10,7 @@ from alignlab.errors import UserError
 from alignlab.tasks import (
     TASKS,
     ArithmeticTask,
+    ChainSumTask,
     ConstraintsTask,
     SentimentTask,
     Task,
@@ -17,16 +18,20 @@ from alignlab.tasks import (
     task_names,
     task_options,
 )
+from alignlab.tasks.chainsum import parse_prompt as parse_chainsum
+from alignlab.tasks.chainsum import solution as chainsum_solution
 
-NAMES = ["arithmetic", "constraints", "sentiment"]
+NAMES = ["arithmetic", "chainsum", "constraints", "sentiment"]
 # (lowest, highest) value each reward can take, from the module docstrings.
-GOLD_RANGE = {"arithmetic": (0.0, 1.0), "sentiment": (-1.0, 1.0), "constraints": (0.0, 1.0)}
-PROXY_RANGE = {"arithmetic": (0.0, 1.5), "sentiment": (-1.0, 1.5), "constraints": (0.0, 3.0)}
+GOLD_RANGE = {"arithmetic": (0.0, 1.0), "sentiment": (-1.0, 1.0), "constraints": (0.0, 1.0), "chainsum": (0.0, 1.0)}
+PROXY_RANGE = {"arithmetic": (0.0, 1.5), "sentiment": (-1.0, 1.5), "constraints": (0.0, 3.0), "chainsum": (0.0, 1.0)}
 # Two responses with the same gold, the second longer; the proxy must prefer it.
 SAME_GOLD = {
     "arithmetic": ("7", "7 ok!"),
     "sentiment": (" was great.", " was great and we told our friends about it."),
     "constraints": ("Nothing.", "Nothing at all, really."),  # no keyword, within every limit (>= 5 words)
+    # per prompt: the bare right answer, and the same answer worked out (the proxy reads the steps)
+    "chainsum": lambda prompt: (str(sum(parse_chainsum(prompt))), chainsum_solution(parse_chainsum(prompt))),
 }
 ODD_RESPONSES = [
     "", " ", "\n\n", "\t", "\x00", "９５", "95", " 95\n", "🙂🎉", "café naïve", "stone", "not bad",
@@ -45,29 +50,30 @@ def test_registry():
     assert isinstance(get_task("arithmetic"), ArithmeticTask)
     assert isinstance(get_task("sentiment"), SentimentTask)
     assert isinstance(get_task("constraints"), ConstraintsTask)
+    assert isinstance(get_task("chainsum"), ChainSumTask)
     assert task_options("arithmetic") == {"max_operand": 49, "partial_credit": False, "num_eval": 200,
                                             "sloppy_rate": 0.4}
 
 
 def test_attributes(task):
-    assert task.max_new_tokens == {"arithmetic": 6, "sentiment": 64, "constraints": 80}[task.name]
+    assert task.max_new_tokens == {"arithmetic": 6, "sentiment": 64, "constraints": 80, "chainsum": 48}[task.name]
     assert task.description and "\n" not in task.description
     assert repr(task).startswith(type(task).__name__ + "(")
 
 
 @pytest.mark.parametrize("typo,suggestion", [("arithmetik", "arithmetic"), ("Sentiment", "sentiment"),
-                                             ("constraint", "constraints")])
+                                             ("constraint", "constraints"), ("chainsums", "chainsum")])
 def test_unknown_task_lists_names_and_suggests(typo, suggestion):
     with pytest.raises(UserError, match=f"did you mean '{suggestion}'") as info:
         get_task(typo)
-    assert "known: arithmetic, constraints, sentiment" in str(info.value)
+    assert "known: arithmetic, chainsum, constraints, sentiment" in str(info.value)
 
 
 def test_unknown_task_without_close_match():
     with pytest.raises(UserError) as info:
         get_task("zzz")
     assert "did you mean" not in str(info.value)
-    assert "known: arithmetic, constraints, sentiment" in str(info.value)
+    assert "known: arithmetic, chainsum, constraints, sentiment" in str(info.value)
 
 
 def test_options_pass_through():
@@ -100,6 +106,7 @@ def test_eval_set_pinned():
         "The dialogue of this podcast", "The gym at the Park Inn"]
     assert get_task("constraints").eval_prompts()[0] == (
         "Write about the moon. Use the words: ring, bread, orange. At most 5 words.")
+    assert get_task("chainsum").eval_prompts()[:3] == ["12+24+18+12=", "3+8+19=", "20+21+12="]
 
 
 def test_deterministic_in_n_and_seed(task):
@@ -118,7 +125,7 @@ def test_no_eval_prompt_in_anything_used_for_training(task):
         assert not held & {p for p, _ in task.demonstrations(1000, seed)}
     for doc in task.corpus(200, 0):
         for line in doc.split("\n"):
-            if task.name == "arithmetic":
+            if task.name in ("arithmetic", "chainsum"):  # a line is the problem, "=" and its answer
                 assert line.split("=")[0] + "=" not in held
             else:
                 assert not [p for p in held if line.startswith(p + " ")], line
@@ -154,7 +161,8 @@ def test_unparseable_prompt_raises_value_error_naming_it(task):
 
 
 def test_proxy_prefers_the_longer_of_two_responses_with_equal_gold(task):
-    short, long = SAME_GOLD[task.name]
+    pair = SAME_GOLD[task.name]
     for prompt in task.eval_prompts()[:20]:
+        short, long = pair(prompt) if callable(pair) else pair
         assert task.gold(prompt, short) == task.gold(prompt, long)
         assert task.proxy(prompt, long) > task.proxy(prompt, short)

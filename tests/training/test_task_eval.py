@@ -39,5 +39,5 @@ def test_the_reference_is_the_starting_model_when_reference_logps_are_cached(tin
 
 
 def test_unknown_task_is_a_config_error(tiny_model_dir, pairs_file, tmp_path):
-    with pytest.raises(ConfigError, match="task: must be one of arithmetic, constraints, sentiment"):
+    with pytest.raises(ConfigError, match="task: must be one of arithmetic, chainsum, constraints, sentiment"):
         train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", task="arith"))
