@@ -212,6 +212,10 @@ def test_demo_rejects_unknown_task_and_method_before_any_work(capsys, tmp_path):
     assert "task must be one of arithmetic, chainsum, constraints, sentiment" in capsys.readouterr().err
     assert main(["demo", "--task", "chainsum", "--cache-dir", str(tmp_path)]) == 2  # TASK_LR has no rate for it
     assert "no measured learning rate for task 'chainsum' yet; give one with --lr" in capsys.readouterr().err
+    from alignlab.testbed.demo import ONLINE_LR, DemoSettings
+
+    assert DemoSettings(task="chainsum", method="grpo").lr == ONLINE_LR  # online methods share one measured rate
+    assert DemoSettings(task="arithmetic", method="grpo", lr=1e-3).lr == 1e-3
     assert main(["demo", "--method", "dpoo", "--cache-dir", str(tmp_path)]) == 2
     assert "unknown method 'dpoo'" in capsys.readouterr().err
     assert main(["demo", "--lr", "-1", "--cache-dir", str(tmp_path)]) == 2

@@ -36,6 +36,9 @@ from alignlab.training.metrics import read_metrics
 # Learning rates that move each task's tiny model clearly without wrecking it (measured here; a
 # larger rate makes DPO push down the rejected answers so hard that the good ones go down too).
 TASK_LR = {"arithmetic": 2e-5, "sentiment": 3e-4, "constraints": 3e-4}
+# Online methods (GRPO and its variants): 5e-5 raised held-out gold on arithmetic (0.48 -> 0.84) and
+# chainsum (0.33 -> 0.78) in one measured run each (seed 0, 512 steps of 4 prompts x 8 samples).
+ONLINE_LR = 5e-5
 
 # The feedback file each data shape trains on. SFT learns from the chosen (best) answers.
 SHAPE_FILES = {"pair": "pairs.jsonl", "joint": "pairs.jsonl", "sft": "pairs.jsonl", "unpaired": "unpaired.jsonl",
@@ -58,7 +61,8 @@ class DemoSettings:
                                                   "choices": ("gold", "proxy")})
     epochs: float = field(default=3.0, metadata={"help": "passes over the synthetic data"})
     batch_size: int = field(default=16, metadata={"help": "examples per training step"})
-    lr: float | None = field(default=None, metadata={"help": "learning rate; none: the task's own, from TASK_LR"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate; none: the task's own, from TASK_LR "
+                                                               "(online methods: ONLINE_LR)"})
     eval_every: int = field(default=16, metadata={"help": "measure the held-out gold reward every N steps"})
     eval_prompts: int = field(default=0, metadata={"help": "held-out prompts to answer at each evaluation (0: all "
                                                            "of the task's)"})
@@ -72,6 +76,8 @@ class DemoSettings:
             spec = get_loss(self.method)
         except UnknownLossError as e:
             raise UserError(f"{e} (see `alignlab methods`)") from None
+        if self.lr is None and spec.shape == "online":
+            self.lr = ONLINE_LR
         if self.lr is None:
             if self.task not in TASK_LR:
                 raise UserError(f"the demo has no measured learning rate for task '{self.task}' yet; give one with --lr")
