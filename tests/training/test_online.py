@@ -48,9 +48,12 @@ def test_grpo_trains_and_logs_the_round(tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("method,extra", [("grpo", {}), ("grpo", {"aggregation": "seq_mean_token_mean"}),
                                           ("dr_grpo", {}), ("grpo", {"scale_rewards": "batch"}), ("rloo", {}),
-                                          ("gspo", {})])
+                                          ("gspo", {}),
+                                          # a random model's 6-token answers all hit the limit, which
+                                          # DAPO masks by default: nothing would train
+                                          ("dapo", {"mask_truncated": False})])
 def test_the_update_does_not_depend_on_how_the_step_is_split(tmp_path, tiny_model_dir, method, extra):
-    """8 completions per step as 8 × 1, 1 × 8 and 2 × 4 (micro-batch × accumulation): the same
+    """Every online method (the registry's, each trained here); 8 completions per step as 8 × 1, 1 × 8 and 2 × 4 (micro-batch × accumulation): the same
     samples, the same losses divided by the same global units, so the same weights after 2 steps
     (fp64; the second step samples from the first step's weights, so it checks those too)."""
     runs = []
@@ -193,3 +196,14 @@ def test_with_skip_nonfinite_a_failing_reward_skips_the_step(tmp_path, tiny_mode
     skipped = [m for m in metrics(tmp_path / "skip") if m.get("skipped")]
     assert skipped and summary.train_metrics["skipped_steps"] == len(skipped)
     assert len([m for m in metrics(tmp_path / "skip") if "loss" in m]) == 40 - len(skipped)
+
+
+def test_dapo_masks_completions_cut_at_the_limit(tmp_path, tiny_model_dir):
+    """A random model's 6-token answers all hit the limit: DAPO (mask_truncated) gives them no loss
+    and no units, so nothing moves; with the mask off the same run trains."""
+    masked = train(online(tiny_model_dir, tmp_path / "masked", method="dapo", max_steps=1))
+    rows = [m for m in metrics(tmp_path / "masked") if "loss" in m]
+    assert rows[0]["truncated"] == 1.0 and rows[0]["loss"] == 0.0
+    assert max_abs_diff(weights(masked.model_dir), weights(tiny_model_dir)) < 1e-12  # fp64 save of fp32 weights
+    unmasked = train(online(tiny_model_dir, tmp_path / "unmasked", method="dapo", max_steps=1, mask_truncated=False))
+    assert max_abs_diff(weights(unmasked.model_dir), weights(tiny_model_dir)) > 1e-4
