@@ -86,3 +86,26 @@ def test_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_dir, pai
              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
              "--main_process_port", _free_port()], cfg_path, tmp_path)
     assert max_abs_diff(weights(single.model_dir), weights(tmp_path / "two" / "model")) < 1e-9
+
+
+@pytest.mark.parametrize("updates", [1, 2])
+def test_online_two_processes_equal_one(tmp_path, tiny_model_dir, updates):
+    """GRPO: 2 processes × 4 completions per step equal 1 process × 8 (fp64). Each process samples
+    its own prompts, numbered so the native backend draws the same completions; the round's
+    rewards are gathered for the advantages; with 2 updates per round the second step reuses the
+    round with the old log-probs of its start."""
+    common = dict(method="grpo", reward=["fn:tests.training.online_rewards:digits"], num_generations=4,
+                  max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2, max_steps=4,
+                  updates_per_rollout=updates)
+    single = train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "one", batch_size=8, **common))
+    cfg = base_config(tiny_model_dir, "task:arithmetic", tmp_path / "two", batch_size=4, **common)
+    cfg_path = tmp_path / "two.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()],
+            cfg_path, tmp_path)
+    assert max_abs_diff(weights(single.model_dir), weights(tmp_path / "two" / "model")) < 1e-9
+    assert max_abs_diff(weights(single.model_dir), weights(tiny_model_dir)) > 1e-4
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-9) and b["reward"] == pytest.approx(a["reward"], abs=1e-12)
