@@ -178,10 +178,10 @@ def slot_attention(module, query, key, value, attention_mask, scaling=None, drop
     dtype = prefix_k.dtype
     q = (query.view(batch, kv_heads, rep, dim).float() * scale).to(dtype)
 
-    def to_groups(x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    def to_groups(x: torch.Tensor) -> torch.Tensor:
         """Per-slot ``(slots, kv heads, rep, F)`` -> group layout ``(groups, kv heads, width ×
-        rep, F)``: the live slots at their rows, ``fill`` elsewhere (small tensors only)."""
-        out = x.new_full((rows, kv_heads, rep, x.shape[-1]), fill)
+        rep, F)``: the live slots at their rows, zeros elsewhere (small tensors only)."""
+        out = x.new_zeros(rows, kv_heads, rep, x.shape[-1])
         out[plan.live_rows] = x[plan.live_slots]
         return out.view(n_groups, plan.width, kv_heads, rep, -1).transpose(1, 2).reshape(n_groups, kv_heads, -1,
                                                                                          x.shape[-1])

@@ -244,16 +244,19 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
     has_eval = bool(inp.eval_examples) or inp.extra_eval is not None
     for step in range(start_step, steps):
         t0 = time.perf_counter()
+        fault: StepFault | None = None
         try:
             batch = inp.source.step(step)
-        except StepFault as fault:
+        except StepFault as exc:  # the source could not make the step (an online reward failed)
             if not cfg.optim.skip_nonfinite:
                 raise
-            _skip_unmade(inp, scheduler, metrics_log, result, progress, step, fault)
-            continue
-        loss, tot, stats = _gradients(inp, batch.micro)
-        max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+            batch, fault = None, exc
+        if batch is not None:
+            loss, tot, stats = _gradients(inp, batch.micro)
+            max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+        else:
+            loss = grad_norm = float("nan")  # skipped below, like a step whose loss is not finite
         done = step + 1
         lr = scheduler.get_last_lr()[0]
         position = inp.source.position(done)
@@ -280,7 +283,8 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
             metrics = {"step": done, **position, "skipped": True, "skipped_steps": result.skipped_steps}
             result.train_metrics["skipped_steps"] = result.skipped_steps
             if dist.is_main:
-                inp.log(_numeric_fault(inp, step, loss, grad_norm, batch, skipped=True))
+                inp.log(f"step {done}: skipped (skip_nonfinite): {fault}" if fault is not None
+                        else _numeric_fault(inp, step, loss, grad_norm, batch, skipped=True))
         else:
             raise NumericError(_numeric_fault(inp, step, loss, grad_norm, batch))
         with warnings.catch_warnings():  # a skipped first step steps the schedule before the optimizer
@@ -305,22 +309,6 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
             raise Interrupted(f"stopped by {stop.signal_name or 'a signal to another process'} after step {done} "
                               f"of {steps}; checkpoint {inp.out_dir / 'checkpoints' / ckpt.step_name(done)} written; "
                               f"continue with {option('resume')}")
-
-
-def _skip_unmade(inp: LoopInputs, scheduler, metrics_log: MetricsLog, result: LoopResult, progress, step: int,
-                 fault: StepFault) -> None:
-    """A step its source could not make (skip_nonfinite): logged, counted, its place in the schedule kept."""
-    result.skipped_steps += 1
-    metrics = {"step": step + 1, **inp.source.position(step + 1), "skipped": True, "skipped_steps": result.skipped_steps}
-    result.train_metrics["skipped_steps"] = result.skipped_steps
-    if inp.dist.is_main:
-        inp.log(f"step {step + 1}: skipped (skip_nonfinite): {fault}")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
-        scheduler.step()
-    metrics_log.write(metrics)
-    if progress is not None:
-        progress.update(1)
 
 
 def _finished(metrics_path: Path, steps: int) -> LoopResult:

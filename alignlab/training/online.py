@@ -31,7 +31,7 @@ import torch
 from alignlab.errors import ConfigError
 from alignlab.generation.base import Generator, SamplingParams
 from alignlab.logprobs import left_align, sequence_logps
-from alignlab.training.distributed import Dist
+from alignlab.training.distributed import Dist, sum_over_processes
 from alignlab.training.order import global_batch_indices, steps_per_epoch
 from alignlab.training.rollout import RewardError, RewardTerm, RolloutExample, collate_rollout, score_samples
 from alignlab.training.source import Step
@@ -59,30 +59,34 @@ def token_logps(model: torch.nn.Module, examples: Sequence[RolloutExample], pad_
     return out
 
 
+def round_size(cfg, dist: Dist) -> tuple[int, int]:
+    """(completions, prompts) of one round over every process: ``batch_size × grad_accum ×
+    processes`` completions, G per prompt; a ConfigError unless each process gets whole groups."""
+    completions = cfg.optim.batch_size * cfg.optim.grad_accum * dist.world_size
+    G = cfg.rollout.num_generations
+    if completions % (G * dist.world_size):
+        raise ConfigError(f"batch_size: a step's {completions} completions (batch_size × grad_accum × "
+                          f"{dist.world_size} processes) must be a multiple of num_generations ({G}) × "
+                          f"processes ({dist.world_size}), so each process samples whole groups")
+    return completions, completions // G
+
+
 class OnlineSource:
     """Prompts → generator → reward → examples, one round per ``updates_per_rollout`` steps."""
 
-    def __init__(self, cfg, dist: Dist, prompts: Sequence[tuple[int, str]], policy: torch.nn.Module, tokenizer,
+    def __init__(self, cfg, dist: Dist, prompts: Sequence[tuple[int, str]], policy: torch.nn.Module,
                  generator: Generator, reward: Sequence[RewardTerm], advantages: Advantages, params: SamplingParams,
-                 *, pad_id: int, reduce: Callable[[dict], dict], reference: Callable | None = None,
-                 needs_old: bool = False):
+                 *, pad_id: int, reference: Callable | None = None, needs_old: bool = False):
         """``prompts``: (data row, text) of the run's prompt set; ``policy``: the unwrapped module
         being trained; ``reference``: a context-manager factory yielding the reference module
         (only when the method has a KL term); ``needs_old``: compute the policy's log-probs at the
         start of each round (otherwise the loss takes its ratio against the current log-probs)."""
         rollout = cfg.rollout
-        self.cfg, self.dist, self.prompts, self.policy, self.tokenizer = cfg, dist, list(prompts), policy, tokenizer
+        self.cfg, self.dist, self.prompts, self.policy = cfg, dist, list(prompts), policy
         self.generator, self.reward, self.advantages, self.params = generator, list(reward), advantages, params
-        self.pad_id, self.reduce, self.reference = pad_id, reduce, reference
-        self.needs_old = needs_old
+        self.pad_id, self.reference, self.needs_old = pad_id, reference, needs_old
         self.G, self.updates = rollout.num_generations, rollout.updates_per_rollout
-        completions = cfg.optim.batch_size * cfg.optim.grad_accum * dist.world_size
-        if completions % (self.G * dist.world_size):
-            raise ConfigError(f"batch_size: a step's {completions} completions (batch_size × grad_accum × "
-                              f"{dist.world_size} processes) must be a multiple of num_generations ({self.G}) × "
-                              f"processes ({dist.world_size}), so each process samples whole groups")
-        self.completions = completions
-        self.per_round = completions // self.G
+        self.completions, self.per_round = round_size(cfg, dist)
         self.rounds_per_epoch = steps_per_epoch(len(self.prompts), self.per_round)
         if cfg.optim.max_steps > 0:
             self.total_steps = cfg.optim.max_steps
@@ -152,15 +156,17 @@ class OnlineSource:
         try:
             rewards, parts = score_samples(self.reward, [t for t in texts for _ in range(G)], [s.text for s in flat],
                                            where)
-            fault = None
+            mine_out: tuple = (None, rewards.view(len(mine), G))
         except RewardError as exc:
-            fault = str(exc)
-        faults = [f for f in dist.gather(fault) if f]  # every process stops (or skips) together
+            mine_out = (str(exc), None)
+        # one exchange: every process stops (or skips) together on a fault, and otherwise has the
+        # whole round's rewards, so that a statistic of the batch is the batch's
+        gathered = dist.gather(mine_out)
+        faults = [f for f, _ in gathered if f]
         if faults:
             raise RewardError(faults[0])
         t2 = time.perf_counter()
-        # the whole round's rewards on every process: a statistic of the batch is the batch's
-        everyone = torch.cat(dist.gather(rewards.view(len(mine), G)))
+        everyone = torch.cat([r for _, r in gathered])
         advantages = self.advantages(everyone)[dist.rank * share:(dist.rank + 1) * share].reshape(-1)
         self._examples = [
             RolloutExample(row=rows[k // G], prompt_ids=s.prompt_ids, completion_ids=s.token_ids, finished=s.finished,
@@ -190,7 +196,7 @@ class OnlineSource:
                 "truncated": truncated.sum(), "count": torch.tensor(float(len(flat)), dtype=torch.float64),
                 "gen_tokens": lengths.sum()}
         sums.update({f"reward/{k}": v.sum() for k, v in parts.items()})
-        tot = self.reduce(sums)
+        tot = sum_over_processes(self.dist, sums)
         n = max(tot.pop("count"), 1.0)
         mean = tot["reward"] / n
         out = {"reward": mean, "reward_std": max(tot.pop("reward_sq") / n - mean ** 2, 0.0) ** 0.5,

@@ -18,8 +18,8 @@ from alignlab.errors import ConfigError, DataError, RowIssue
 from alignlab.generation.base import SamplingParams
 from alignlab.generation.factory import make_generator
 from alignlab.generation.native import context_limit
-from alignlab.training.distributed import Dist, sum_over_processes
-from alignlab.training.online import OnlineSource
+from alignlab.training.distributed import Dist
+from alignlab.training.online import OnlineSource, round_size
 from alignlab.training.rollout import load_reward_terms
 
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -84,8 +84,7 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
         specs = [f"task:{task.name}:gold"]
         log(f"reward: none given; using the task's gold reward ({specs[0]})")
     terms = load_reward_terms(specs, rollout.reward_weights)
-    completions = cfg.optim.batch_size * cfg.optim.grad_accum * dist.world_size
-    per_round = max(completions // rollout.num_generations, 1)
+    _, per_round = round_size(cfg, dist)
     prompts = load_online_prompts(cfg, per_round)
     new_tokens = max_new_tokens(cfg)
     generator = make_generator(policy, tokenizer, rollout.generation_backend, batch_size=rollout.generation_batch_size)
@@ -94,9 +93,5 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
                               top_k=rollout.top_k, seed=cfg.seed)
     needs_old = rollout.updates_per_rollout > 1 or getattr(params, "is_mode", "off") != "off"
 
-    def reduce(sums: dict) -> dict:
-        return sum_over_processes(dist, sums)
-
-    return OnlineSource(cfg, dist, prompts, policy, tokenizer, generator, terms,
-                        lambda rewards: spec.advantages(rewards, params), sampling, pad_id=tokenizer.pad_token_id,
-                        reduce=reduce, reference=reference, needs_old=needs_old)
+    return OnlineSource(cfg, dist, prompts, policy, generator, terms, lambda rewards: spec.advantages(rewards, params),
+                        sampling, pad_id=tokenizer.pad_token_id, reference=reference, needs_old=needs_old)
