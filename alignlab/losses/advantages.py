@@ -223,26 +223,38 @@ def discounted_returns(rewards_BT: torch.Tensor, mask_BT: torch.Tensor, gamma: f
     return returns * mask
 
 
+def whiten_stats(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, population variance) of a flat tensor of valid values: what ``whiten`` normalises by.
+    Pass every process's valid values, concatenated in rank order, to whiten a batch split over
+    processes exactly as one process would."""
+    x = values.detach().reshape(-1)
+    if x.numel() == 0:
+        zero = torch.zeros((), dtype=x.dtype)
+        return zero, zero
+    mean = x.sum() / x.numel()
+    return mean, ((x - mean) ** 2).sum() / x.numel()
+
+
 def whiten(values_BT: torch.Tensor, mask_BT: torch.Tensor, *, center: bool = True, scale: bool = True,
-           eps: float = WHITEN_EPS) -> torch.Tensor:
+           eps: float = WHITEN_EPS, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(x − mean)/std over all valid tokens of the batch (B, T); 0 on padding.
 
     mean = Σ m·x / Σ m and var = Σ m·(x − mean)² / Σ m (the biased, population variance), and the
     scale is rsqrt(max(var, eps)): OpenRLHF's advantage normalisation for REINFORCE++ and GAE.
     ``center=False`` keeps the mean (x·rstd); ``scale=False`` only subtracts it (OpenRLHF's
     ``no_std_norm``). The statistics are of the tensor given, so pass the whole optimizer step's
-    batch. OpenRLHF leaves (0 − mean)·rstd on padding; here padding is 0 (losses mask it anyway).
+    batch, or give ``stats`` (``whiten_stats`` of the whole batch) to whiten a part of it.
+    OpenRLHF leaves (0 − mean)·rstd on padding; here padding is 0 (losses mask it anyway).
     """
     mask = mask_BT.bool()
     x = values_BT.detach()
-    m = mask.to(x.dtype)
-    n = m.sum()
-    if n == 0:
-        return torch.zeros_like(x)
-    mean = (x * m).sum() / n
+    if stats is None:
+        if not mask.any():
+            return torch.zeros_like(x)
+        stats = whiten_stats(x[mask])
+    mean, var = (s.to(x.dtype) for s in stats)
     out = x - mean if center else x
     if scale:
-        var = (((x - mean) * m) ** 2).sum() / n
         out = out * torch.rsqrt(var.clamp(min=eps))
     return torch.where(mask, out, torch.zeros_like(out))
 

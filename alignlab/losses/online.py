@@ -1,11 +1,19 @@
-"""The online policy-gradient methods as registry entries: GRPO and its named variants, and RLOO.
+"""The online policy-gradient methods as registry entries: GRPO and its named variants, RLOO,
+ReMax, REINFORCE++ and PPO.
 
-Each entry pairs the per-token loss of ``policy_gradient.py`` with the advantage rule of
-``advantages.py`` (``LossSpec.advantages``: the round's rewards, one row per prompt and one column
-per sample, to one advantage per sample; the step source calls it on the whole round's rewards,
-over every process, so a statistic of the batch is the batch's). The variants differ only in
-their defaults, so that ``--method dapo`` is what the DAPO paper ran, and each default is a field
-the user can change.
+Each entry pairs the per-token loss of ``policy_gradient.py`` with an advantage rule of
+``advantages.py``, of one of two kinds:
+- sequence rules (``LossSpec.advantages``): the round's rewards, one row per prompt and one column
+  per sample, to one advantage per sample; the step source calls it on the whole round's rewards,
+  over every process, so a statistic of the batch is the batch's. ReMax's also gets the reward of
+  each prompt's greedy answer (``LossSpec.greedy_baseline``).
+- token rules (``LossSpec.token_advantages``): a process's completions with their per-token
+  log-probs (sampling policy, reference) and, for PPO, the critic's values (``RoundTokens``), to
+  per-token advantages and returns. Each completion's are its own, so a process computes its
+  share; the step source then whitens the advantages over every completion token of the round,
+  on all processes (``whiten`` = True), as OpenRLHF normalises over its global batch.
+The GRPO variants differ only in their defaults, so that ``--method dapo`` is what the DAPO paper
+ran, and each default is a field the user can change.
 
 Defaults and their sources:
 - ``grpo``: TRL 1.16's ``GRPOConfig`` defaults: token-mean aggregation over the global batch
@@ -18,6 +26,20 @@ Defaults and their sources:
   ε = 3e-4 / 4e-4 (the paper's), sequence-mean-token-mean aggregation as in TRL's GSPO example.
 - ``rloo``: Ahmadian et al. 2024 (Back to Basics): leave-one-out baseline, no std scaling; TRL
   wraps it in the PPO clip, as here (ε = 0.2).
+- ``remax``: Li et al. 2023 (ReMax): A_i = r_i − r(greedy answer to the prompt), one greedy
+  answer per prompt and round, sampled with the same generator at temperature 0; REINFORCE
+  (with one update per round the clip never binds).
+- ``reinforce++``: Hu 2025 (REINFORCE++), as OpenRLHF's ``advantage_estimator=reinforce``: the
+  per-token reward −β_KL·KL_t plus the score on the last token, returns with γ = 1, whitened over
+  the round's tokens; KL_t is k1 of the sampling policy against the reference (OpenRLHF's default
+  estimator) with β_KL = 0.01 (OpenRLHF's default ``init_kl_coef``). ``baseline="group"``
+  subtracts each prompt's mean score first (OpenRLHF's ``reinforce_baseline``).
+- ``ppo``: Schulman et al. 2017 with the RLHF shaping of Ouyang et al. 2022; the defaults of
+  "Secrets of RLHF" (ALGORITHMS.md 6.5): β_KL = 0.05 (k1 in the reward), GAE γ = 1, λ = 0.95,
+  ε = 0.2, value clip 0.2, vf_coef 0.1, advantages whitened. The critic is a value head on the
+  policy's last hidden states (``critic="shared"``), a copy of the policy's network with its own
+  head (``"separate"``), or a model or reward-model directory to start one from
+  (``training/critic.py``).
 """
 
 from __future__ import annotations
@@ -26,12 +48,22 @@ from dataclasses import dataclass
 
 import torch
 
-from alignlab.losses.advantages import group_advantages, rloo_advantages
-from alignlab.losses.params import param, require
-from alignlab.losses.policy_gradient import PolicyGradientParams, policy_gradient_loss
+from alignlab.losses.advantages import (
+    discounted_returns,
+    gae,
+    group_advantages,
+    kl_estimate,
+    remax_advantages,
+    rloo_advantages,
+    token_rewards,
+)
+from alignlab.losses.params import param, require, require_non_negative
+from alignlab.losses.policy_gradient import PolicyGradientParams, PPOParams, policy_gradient_loss, ppo_loss
 from alignlab.losses.registry import LossSpec, register
 
 SCALES = ("group", "batch", "none")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+BASELINES = ("none", "group")
 
 
 @dataclass
@@ -70,13 +102,114 @@ class RLOOParams(PolicyGradientParams):
     """The leave-one-out baseline needs no scaling option."""
 
 
-def grpo_advantages(rewards_PG: torch.Tensor, params: GRPOParams) -> torch.Tensor:
+@dataclass
+class ReMaxParams(PolicyGradientParams):
+    """The greedy baseline needs no option."""
+
+
+@dataclass
+class KLRewardParams(PolicyGradientParams):
+    """A per-token KL penalty in the reward, returns, and whitened advantages (REINFORCE++, PPO)."""
+
+    kl_coef: float = param(0.01, "β_KL: the reward of token t is −β_KL·KL_t (+ the score on the last token); "
+                                 "KL_t of the sampling policy to the reference (0: no reference)")
+    kl_estimator: str = param("k1", "estimator of KL_t: 'k1' (log π_old/π_ref, OpenRLHF's default), 'k2', 'k3'")
+    gamma: float = param(1.0, "γ: discount of the returns")
+    whiten: bool = param(True, "normalise the advantages over every completion token of the round (all processes)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_non_negative(self.kl_coef, "kl_coef")
+        require(self.kl_estimator in KL_ESTIMATORS, "kl_estimator",
+                f"must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+        require(0 <= self.gamma <= 1, "gamma", f"must be in [0, 1], got {self.gamma}")
+
+
+@dataclass
+class ReinforcePPParams(KLRewardParams):
+    baseline: str = param("none", "'none' (REINFORCE++) or 'group': subtract each prompt's mean score first "
+                                  "(REINFORCE++-baseline)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.baseline in BASELINES, "baseline", f"must be one of {BASELINES}, got {self.baseline!r}")
+
+
+@dataclass
+class PPOOnlineParams(PPOParams, KLRewardParams):
+    kl_coef: float = param(0.05, "β_KL: the reward of token t is −β_KL·KL_t (+ the score on the last token); "
+                                 "KL_t of the sampling policy to the reference (0: no reference)")
+    lam: float = param(0.95, "λ of generalized advantage estimation")
+    critic: str = param("shared", "the value model: 'shared' (a head on the policy's last hidden states), "
+                                  "'separate' (a copy of the policy's network with its own head), or a model or "
+                                  "reward-model directory to start a separate critic from")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 <= self.lam <= 1, "lam", f"must be in [0, 1], got {self.lam}")
+        require(bool(self.critic), "critic", "give 'shared', 'separate' or a model directory")
+
+
+@dataclass
+class RoundTokens:
+    """A process's completions of a round, as a token rule reads them: prompt-major, G per prompt,
+    right-padded to T tokens, float64. ``old_logps_BT``: the sampling policy's log-probs as the
+    trainer computes them; ``ref_logps_BT``: the reference's (None when the method has no KL);
+    ``values_BT``: the critic's value of the state before each token (PPO)."""
+
+    scores_PG: torch.Tensor
+    mask_BT: torch.Tensor
+    old_logps_BT: torch.Tensor | None = None
+    ref_logps_BT: torch.Tensor | None = None
+    values_BT: torch.Tensor | None = None
+
+
+def needs_reference(params) -> bool:
+    """Whether an online method's params use the reference model (a KL term in the loss or reward)."""
+    return getattr(params, "beta", 0.0) > 0 or getattr(params, "kl_coef", 0.0) > 0
+
+
+def grpo_advantages(rewards_PG: torch.Tensor, params: GRPOParams, greedy_P: torch.Tensor | None = None) -> torch.Tensor:
     """(P, G) rewards → (P, G) advantages with the params' scaling."""
     return group_advantages(rewards_PG, scale=params.scale_rewards)
 
 
-def rloo_group_advantages(rewards_PG: torch.Tensor, params: RLOOParams) -> torch.Tensor:
+def rloo_group_advantages(rewards_PG: torch.Tensor, params: RLOOParams,
+                          greedy_P: torch.Tensor | None = None) -> torch.Tensor:
     return rloo_advantages(rewards_PG)
+
+
+def remax_group_advantages(rewards_PG: torch.Tensor, params: ReMaxParams, greedy_P: torch.Tensor | None = None
+                           ) -> torch.Tensor:
+    if greedy_P is None:
+        raise ValueError("remax needs the reward of each prompt's greedy answer")
+    return remax_advantages(rewards_PG, greedy_P)
+
+
+def _token_rewards(r: RoundTokens, params: KLRewardParams, scores_PG: torch.Tensor) -> torch.Tensor:
+    """−β_KL·KL_t on every token, plus the score on the last one (B, T)."""
+    kl = None
+    if params.kl_coef > 0:
+        if r.old_logps_BT is None or r.ref_logps_BT is None:
+            raise ValueError("kl_coef > 0 needs the sampling policy's and the reference's log-probs")
+        kl = kl_estimate(r.old_logps_BT, r.ref_logps_BT, params.kl_estimator, r.mask_BT)
+    return token_rewards(scores_PG.reshape(-1), r.mask_BT, kl, params.kl_coef)
+
+
+def reinforce_pp_token_advantages(r: RoundTokens, params: ReinforcePPParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++: (advantages, returns) before whitening, both the returns G_t."""
+    scores = r.scores_PG
+    if params.baseline == "group":
+        scores = scores - scores.mean(dim=1, keepdim=True)
+    returns = discounted_returns(_token_rewards(r, params, scores), r.mask_BT, params.gamma)
+    return returns.clone(), returns
+
+
+def ppo_token_advantages(r: RoundTokens, params: PPOOnlineParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO: GAE(γ, λ) advantages (before whitening) and returns (the value targets)."""
+    if r.values_BT is None:
+        raise ValueError("ppo needs the critic's values")
+    return gae(_token_rewards(r, params, r.scores_PG), r.values_BT, r.mask_BT, gamma=params.gamma, lam=params.lam)
 
 
 _GRPO_SUMMARY = "clipped policy gradient with group-normalised advantages (+ β·k3 KL)"
@@ -90,3 +223,14 @@ for _name, _params, _paper in (
 register(LossSpec(name="rloo", fn=policy_gradient_loss, shape="online", params=RLOOParams, needs_reference=False,
                   paper="Ahmadian et al. 2024, Back to Basics (RLOO)",
                   summary="clipped policy gradient with a leave-one-out baseline", advantages=rloo_group_advantages))
+register(LossSpec(name="remax", fn=policy_gradient_loss, shape="online", params=ReMaxParams, needs_reference=False,
+                  paper="Li et al. 2023, ReMax", summary="policy gradient with the greedy answer's reward as baseline",
+                  advantages=remax_group_advantages, greedy_baseline=True))
+register(LossSpec(name="reinforce++", fn=policy_gradient_loss, shape="online", params=ReinforcePPParams,
+                  needs_reference=False, paper="Hu 2025, REINFORCE++",
+                  summary="clipped policy gradient, KL in the per-token reward, returns whitened over the batch",
+                  token_advantages=reinforce_pp_token_advantages))
+register(LossSpec(name="ppo", fn=ppo_loss, shape="online", params=PPOOnlineParams, needs_reference=False,
+                  paper="Schulman et al. 2017, PPO; Ouyang et al. 2022 (RLHF); Zheng et al. 2023, Secrets of RLHF",
+                  summary="clipped policy gradient with a critic: GAE over a KL-shaped per-token reward, "
+                          "clipped value loss", token_advantages=ppo_token_advantages, value_model=True))

@@ -49,9 +49,15 @@ class LossSpec:
     # What trains: the policy (a causal LM; the loss gets log-probs), or a reward model (a backbone
     # with a value head; the loss gets ``reward.RewardPairs`` of its values instead of log-probs).
     model: Literal["policy", "reward"] = "policy"
-    # Online methods: advantages(rewards_PG, params) -> advantages_PG, from one round's rewards (one
-    # row per prompt, one column per sample), over every process.
+    # Online methods (losses/online.py): a sequence rule advantages(rewards_PG, params, greedy_P) ->
+    # advantages_PG, from one round's rewards (one row per prompt, one column per sample) over every
+    # process, with the reward of each prompt's greedy answer when ``greedy_baseline``; or a token
+    # rule token_advantages(RoundTokens, params) -> (advantages_BT, returns_BT) of one process's
+    # completions. ``value_model``: the method trains a critic (PPO).
     advantages: Callable | None = None
+    token_advantages: Callable | None = None
+    greedy_baseline: bool = False
+    value_model: bool = False
 
     def defaults(self) -> dict:
         return {f.name: f.default for f in dataclasses.fields(self.params)}

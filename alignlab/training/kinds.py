@@ -19,6 +19,7 @@ from alignlab.data.pack import collate_packed
 from alignlab.errors import DataError, RowIssue
 from alignlab.models import load_model, save_model
 from alignlab.rewards.model import backbone_config, new_reward_model, save_reward_model
+from alignlab.training.critic import detached_critic, save_critic
 from alignlab.training.forward import Forward
 from alignlab.training.forward.policy_gradient import PolicyGradientForward
 from alignlab.training.forward.preference import PreferenceForward
@@ -65,7 +66,11 @@ class PolicyKind:
         return partial(padded, pad_id=pad_id)
 
     def save(self, model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
-        save_model(model, tokenizer, out_dir, merge_lora=self.cfg.adapter.merge_lora)
+        """The policy; a PPO critic beside it, in ``value_model/`` (``critic.py``)."""
+        with detached_critic(model) as critic:
+            save_model(model, tokenizer, out_dir, merge_lora=self.cfg.adapter.merge_lora)
+            if critic is not None:
+                save_critic(critic, tokenizer, out_dir)
 
 
 class RewardModelKind:

@@ -10,10 +10,14 @@ over the whole round. A round:
    round, so a backend with per-sample streams (``native``) draws the same completions however
    the round is split over processes;
 3. scores every completion with the run's reward (``rollout.score_samples``);
-4. computes advantages (the method's ``advantages`` rule) from the whole round's rewards, gathered
-   from every process, so that a statistic of the batch (the batch std) is the whole batch's;
-5. when the method needs them, computes the policy's log-probs at the start of the round (μ > 1,
-   or the sampler correction) and the reference's (a KL term), without gradients.
+4. when the method needs them, computes the policy's log-probs at the start of the round (μ > 1,
+   the sampler correction, a KL term in the reward), the reference's (a KL term) and the critic's
+   values (PPO), without gradients;
+5. computes advantages with the method's rule (``AdvantageRule``): a sequence rule from the whole
+   round's rewards, gathered from every process, so that a statistic of the batch (the batch std)
+   is the whole batch's; a token rule on this process's completions, then whitened with the
+   statistics of every process's tokens (gathered in rank order, so 1 process or 2 whiten alike).
+   ReMax's rule also gets the reward of a greedy answer to each prompt, sampled and scored here.
 This process's completions then form its micro-batches, prompt-major. Because everything a round
 draws is a function of (seed, round, the weights at its start), a run resumed at a round boundary
 redraws the same round; a checkpoint written inside a round (μ > 1) holds the round itself.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,13 +36,43 @@ import torch
 from alignlab.errors import ConfigError
 from alignlab.generation.base import Generator, SamplingParams
 from alignlab.logprobs import left_align, sequence_logps
+from alignlab.losses.advantages import whiten, whiten_stats
+from alignlab.losses.online import RoundTokens
+from alignlab.training.critic import token_values
 from alignlab.training.distributed import Dist, sum_over_processes
 from alignlab.training.order import global_batch_indices, steps_per_epoch
-from alignlab.training.rollout import RewardError, RewardTerm, RolloutExample, collate_rollout, score_samples
+from alignlab.training.rollout import (
+    RewardError,
+    RewardTerm,
+    RolloutExample,
+    collate_rollout,
+    score_samples,
+    token_tensor,
+)
 from alignlab.training.source import Step
 
-# advantages(rewards_PG) -> advantages_PG, over the whole round (every process's prompts, in order)
-Advantages = Callable[[torch.Tensor], torch.Tensor]
+
+@dataclass(frozen=True)
+class AdvantageRule:
+    """How a method turns a round into advantages (``losses/online.py``): ``sequence(rewards_PG,
+    greedy_P)`` -> advantages_PG over the whole round, or ``token(RoundTokens)`` -> (advantages_BT,
+    returns_BT) over this process's completions, whitened over the round when ``whiten``.
+    ``greedy_baseline``: also sample and score one greedy answer per prompt; ``values``: the
+    critic's values at the start of the round (PPO)."""
+
+    sequence: Callable | None = None
+    token: Callable | None = None
+    whiten: bool = False
+    greedy_baseline: bool = False
+    values: bool = False
+
+    @classmethod
+    def of(cls, spec, params) -> AdvantageRule:
+        if spec.token_advantages is not None:
+            return cls(token=lambda r: spec.token_advantages(r, params), whiten=bool(getattr(params, "whiten", False)),
+                       values=spec.value_model)
+        return cls(sequence=lambda rewards, greedy: spec.advantages(rewards, params, greedy),
+                   greedy_baseline=spec.greedy_baseline)
 
 
 def round_seed(seed: int, round_: int) -> int:
@@ -48,13 +83,21 @@ def round_seed(seed: int, round_: int) -> int:
 def token_logps(model: torch.nn.Module, examples: Sequence[RolloutExample], pad_id: int, batch_size: int,
                 device) -> list[tuple[float, ...]]:
     """Teacher-forced log-probs of each completion token under ``model`` (no gradients)."""
+    def logps(batch):
+        lp = sequence_logps(model, batch)
+        return left_align(lp.token_logps_BT, lp.mask_BT)
+
+    return _per_token(logps, examples, pad_id, batch_size, device)
+
+
+def _per_token(fn: Callable, examples: Sequence[RolloutExample], pad_id: int, batch_size: int,
+               device) -> list[tuple[float, ...]]:
+    """``fn(batch)`` -> (B, L) left-aligned per-token values, for every example, without gradients."""
     out: list[tuple[float, ...]] = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             part = examples[start:start + batch_size]
-            batch = collate_rollout(part, pad_id).to(device)
-            lp = sequence_logps(model, batch)
-            aligned = left_align(lp.token_logps_BT, lp.mask_BT).double().cpu()
+            aligned = fn(collate_rollout(part, pad_id).to(device)).double().cpu()
             out.extend(tuple(aligned[b, :len(e.completion_ids)].tolist()) for b, e in enumerate(part))
     return out
 
@@ -75,7 +118,7 @@ class OnlineSource:
     """Prompts → generator → reward → examples, one round per ``updates_per_rollout`` steps."""
 
     def __init__(self, cfg, dist: Dist, prompts: Sequence[tuple[int, str]], policy: torch.nn.Module,
-                 generator: Generator, reward: Sequence[RewardTerm], advantages: Advantages, params: SamplingParams,
+                 generator: Generator, reward: Sequence[RewardTerm], advantages: AdvantageRule, params: SamplingParams,
                  *, pad_id: int, reference: Callable | None = None, needs_old: bool = False):
         """``prompts``: (data row, text) of the run's prompt set; ``policy``: the unwrapped module
         being trained; ``reference``: a context-manager factory yielding the reference module
@@ -148,58 +191,103 @@ class OnlineSource:
         texts = [self.prompts[i][1] for i in mine]
         self.generator.update_weights(self.policy)
         params = dataclasses.replace(self.params, seed=round_seed(self.cfg.seed, round_))
+        rule = self.advantages
         t0 = time.perf_counter()
         samples = self.generator.generate(texts, G, params, start=dist.rank * share)
+        greedy = None
+        if rule.greedy_baseline:  # ReMax: one greedy answer per prompt
+            greedy = self.generator.generate(texts, 1, dataclasses.replace(params, temperature=0.0),
+                                             start=dist.rank * share)
         t1 = time.perf_counter()
         where = [f"prompt row {row}, sample {j + 1}" for row in rows for j in range(G)]
         flat = [s for group in samples for s in group]
         try:
             rewards, parts = score_samples(self.reward, [t for t in texts for _ in range(G)], [s.text for s in flat],
                                            where)
-            mine_out: tuple = (None, rewards.view(len(mine), G))
+            greedy_rewards = None
+            if greedy is not None:
+                greedy_rewards, _ = score_samples(self.reward, texts, [g[0].text for g in greedy],
+                                                  [f"prompt row {row}, greedy answer" for row in rows])
+            mine_out: tuple = (None, rewards.view(len(mine), G), greedy_rewards)
         except RewardError as exc:
-            mine_out = (str(exc), None)
+            mine_out = (str(exc), None, None)
         # one exchange: every process stops (or skips) together on a fault, and otherwise has the
         # whole round's rewards, so that a statistic of the batch is the batch's
         gathered = dist.gather(mine_out)
-        faults = [f for f, _ in gathered if f]
+        faults = [f for f, _, _ in gathered if f]
         if faults:
             raise RewardError(faults[0])
         t2 = time.perf_counter()
-        everyone = torch.cat([r for _, r in gathered])
-        advantages = self.advantages(everyone)[dist.rank * share:(dist.rank + 1) * share].reshape(-1)
         self._examples = [
             RolloutExample(row=rows[k // G], prompt_ids=s.prompt_ids, completion_ids=s.token_ids, finished=s.finished,
-                           reward=float(rewards[k]), advantages=(float(advantages[k]),) * len(s.token_ids),
-                           sampler_logps=s.logprobs, components={name: float(v[k]) for name, v in parts.items()})
+                           reward=float(rewards[k]), advantages=(), sampler_logps=s.logprobs,
+                           components={name: float(v[k]) for name, v in parts.items()})
             for k, s in enumerate(flat)]
-        batch_rows = self.cfg.optim.batch_size
+        examples, batch_rows, device = self._examples, self.cfg.optim.batch_size, self.dist.device
         if self.needs_old:
-            for e, lp in zip(self._examples, token_logps(self.policy, self._examples, self.pad_id, batch_rows,
-                                                         self.dist.device), strict=True):
+            for e, lp in zip(examples, token_logps(self.policy, examples, self.pad_id, batch_rows, device), strict=True):
                 e.old_logps = lp
         if self.reference is not None:
             with self.reference() as ref:
-                for e, lp in zip(self._examples, token_logps(ref, self._examples, self.pad_id, batch_rows,
-                                                             self.dist.device), strict=True):
+                for e, lp in zip(examples, token_logps(ref, examples, self.pad_id, batch_rows, device), strict=True):
                     e.ref_logps = lp
+        if rule.values:
+            values = _per_token(lambda b: token_values(self.policy, b), examples, self.pad_id, batch_rows, device)
+            for e, v in zip(examples, values, strict=True):
+                e.old_values = v
+        if rule.sequence is not None:
+            everyone = torch.cat([r for _, r, _ in gathered])
+            greedy_all = torch.cat([g for _, _, g in gathered]) if greedy is not None else None
+            advantages = rule.sequence(everyone, greedy_all)[dist.rank * share:(dist.rank + 1) * share].reshape(-1)
+            for e, a in zip(examples, advantages.tolist(), strict=True):
+                e.advantages = (a,) * len(e.completion_ids)
+        else:
+            self._token_advantages(rule, rewards.view(len(mine), G))
         self._round = round_
-        self._everyone = dist.gather([e.to_state() for e in self._examples]) if self.updates > 1 else None
+        self._everyone = dist.gather([e.to_state() for e in examples]) if self.updates > 1 else None
         self._metrics = self._round_metrics(rewards, parts, flat, t1 - t0, t2 - t1)
+        if greedy_rewards is not None:
+            self._metrics["reward/greedy"] = sum_over_processes(dist, {"g": greedy_rewards.sum()})["g"] / self.per_round
+
+    def _token_advantages(self, rule: AdvantageRule, scores_PG: torch.Tensor) -> None:
+        """A token rule on this process's completions; advantages whitened over the whole round."""
+        examples = self._examples
+        width = max((len(e.completion_ids) for e in examples), default=0)
+        mask = token_tensor([[1.0] * len(e.completion_ids) for e in examples], width).bool()
+
+        def tokens(name: str) -> torch.Tensor | None:
+            rows = [getattr(e, name) for e in examples]
+            return None if any(r is None for r in rows) else token_tensor(rows, width, dtype=torch.float64)
+
+        advantages, returns = rule.token(RoundTokens(scores_PG, mask, tokens("old_logps"), tokens("ref_logps"),
+                                                     tokens("old_values")))
+        if rule.whiten:  # statistics of every process's tokens, concatenated in rank order
+            advantages = whiten(advantages, mask, stats=whiten_stats(torch.cat(self.dist.gather(advantages[mask]))))
+        for b, e in enumerate(examples):
+            n = len(e.completion_ids)
+            e.advantages = tuple(advantages[b, :n].tolist())
+            if rule.values:
+                e.returns = tuple(returns[b, :n].tolist())
 
     def _round_metrics(self, rewards: torch.Tensor, parts: dict[str, torch.Tensor], flat: list, gen_s: float,
                        reward_s: float) -> dict[str, float]:
         """The round's reward, per-term means, lengths and truncation, over every process."""
         lengths = torch.tensor([float(len(s.token_ids)) for s in flat], dtype=torch.float64)
         truncated = torch.tensor([0.0 if s.finished else 1.0 for s in flat], dtype=torch.float64)
+        adv = torch.tensor([a for e in self._examples for a in e.advantages], dtype=torch.float64)
         sums = {"reward": rewards.sum(), "reward_sq": (rewards ** 2).sum(), "length": lengths.sum(),
                 "truncated": truncated.sum(), "count": torch.tensor(float(len(flat)), dtype=torch.float64),
-                "gen_tokens": lengths.sum()}
+                "gen_tokens": lengths.sum(), "adv": adv.sum(), "adv_sq": (adv ** 2).sum(),
+                "adv_zero": (adv == 0).sum().double()}
         sums.update({f"reward/{k}": v.sum() for k, v in parts.items()})
         tot = sum_over_processes(self.dist, sums)
         n = max(tot.pop("count"), 1.0)
         mean = tot["reward"] / n
+        tokens = max(tot["length"], 1.0)
+        adv_mean = tot.pop("adv") / tokens
         out = {"reward": mean, "reward_std": max(tot.pop("reward_sq") / n - mean ** 2, 0.0) ** 0.5,
+               "advantage/mean": adv_mean, "advantage/std": max(tot.pop("adv_sq") / tokens - adv_mean ** 2, 0.0) ** 0.5,
+               "advantage/zero": tot.pop("adv_zero") / tokens,
                "completion_length": tot.pop("length") / n, "truncated": tot.pop("truncated") / n,
                "generation_s": gen_s, "reward_s": reward_s,
                "generation_tokens_per_s": tot.pop("gen_tokens") / max(gen_s, 1e-9)}

@@ -19,7 +19,7 @@ from alignlab.generation.base import SamplingParams
 from alignlab.generation.factory import make_generator
 from alignlab.generation.native import context_limit
 from alignlab.training.distributed import Dist
-from alignlab.training.online import OnlineSource, round_size
+from alignlab.training.online import AdvantageRule, OnlineSource, round_size
 from alignlab.training.rollout import load_reward_terms
 
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -91,7 +91,9 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
     check_room(cfg, prompts, generator, policy, new_tokens)
     sampling = SamplingParams(max_new_tokens=new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
                               top_k=rollout.top_k, seed=cfg.seed)
-    needs_old = rollout.updates_per_rollout > 1 or getattr(params, "is_mode", "off") != "off"
-
-    return OnlineSource(cfg, dist, prompts, policy, generator, terms, lambda rewards: spec.advantages(rewards, params),
-                        sampling, pad_id=tokenizer.pad_token_id, reference=reference, needs_old=needs_old)
+    # the policy's log-probs at the start of the round: the old policy of μ > 1 updates, the
+    # sampler correction's, and the sampling policy's side of a KL penalty in the reward
+    needs_old = (rollout.updates_per_rollout > 1 or getattr(params, "is_mode", "off") != "off"
+                 or getattr(params, "kl_coef", 0.0) > 0)
+    return OnlineSource(cfg, dist, prompts, policy, generator, terms, AdvantageRule.of(spec, params), sampling,
+                        pad_id=tokenizer.pad_token_id, reference=reference, needs_old=needs_old)

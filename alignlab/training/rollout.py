@@ -121,6 +121,8 @@ class RolloutExample:
     sampler_logps: tuple[float, ...] = ()  # the generator's (temperature 1, raw)
     old_logps: tuple[float, ...] | None = None  # the trainer's at the start of the round (None: ratio 1)
     ref_logps: tuple[float, ...] | None = None  # the reference's (None: no KL term)
+    old_values: tuple[float, ...] | None = None  # the critic's at the start of the round (PPO)
+    returns: tuple[float, ...] | None = None  # the critic's targets (PPO)
     components: dict[str, float] = field(default_factory=dict)
 
     def to_state(self) -> dict:

@@ -23,9 +23,11 @@ from alignlab.data.load import first_row_kind, load_records, split_records
 from alignlab.data.render import Renderer
 from alignlab.errors import ConfigError, DataError, RowIssue, UserError, option
 from alignlab.generation.base import SamplingParams
+from alignlab.losses.online import needs_reference
 from alignlab.models import LazyReference, LoraSettings, Reference, add_lora, disable_dropout, load_tokenizer
 from alignlab.training import prepare
 from alignlab.training.checkpoint import list_checkpoints
+from alignlab.training.critic import attach_critic
 from alignlab.training.distributed import Dist, init_distributed, sum_over_processes, wrap_model
 from alignlab.training.kinds import model_kind
 from alignlab.training.loop import LoopInputs, afresh, autocast, run_loop
@@ -282,9 +284,12 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     # What the loop runs the reference for: the task evaluation, and an online method's KL term.
     # Reference log-probs may have come from the cache, so the copy is made here if not yet, before
     # training changes the policy.
-    kl_term = online and getattr(cfg.method_params, "beta", 0.0) > 0
+    kl_term = online and needs_reference(cfg.method_params)
     reference = lazy.get() if extra_eval is not None or kl_term else None
     lazy.release()
+    if cfg.spec.value_model:  # PPO's critic, on the policy module (training/critic.py), after the reference copy
+        attach_critic(policy, cfg.method_params.critic, cfg.model, "fp32" if cfg.dtype == "bf16" else cfg.dtype,
+                      cfg.trust_remote_code)
     if online:
         source = online_source(cfg, dist, tokenizer, policy, reference.model if kl_term else None, partial(_log, dist))
     model = wrap_model(policy, dist)

@@ -19,11 +19,14 @@ def base_config(model_dir: Path, data: Path, out: Path, **overrides) -> dict:
 
 
 def weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
-    """The saved weights; a reward model's head too."""
-    out = load_file(Path(model_dir) / "model.safetensors")
-    head = Path(model_dir) / "reward_head.safetensors"
-    if head.exists():
-        out.update(load_file(head))
+    """The saved weights; a reward model's head too, and a PPO critic saved beside a policy."""
+    model_dir = Path(model_dir)
+    out = load_file(model_dir / "model.safetensors") if (model_dir / "model.safetensors").exists() else {}
+    for extra in ("reward_head.safetensors", "value_head.safetensors"):
+        if (model_dir / extra).exists():
+            out.update(load_file(model_dir / extra))
+    if (model_dir / "value_model").is_dir():
+        out.update({f"value_model/{k}": v for k, v in weights(model_dir / "value_model").items()})
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from safetensors.torch import load_file
 
 import alignlab.training.loop as loop
 from alignlab import train
@@ -51,9 +52,15 @@ def test_grpo_trains_and_logs_the_round(tmp_path, tiny_model_dir):
                                           ("gspo", {}),
                                           # a random model's 6-token answers all hit the limit, which
                                           # DAPO masks by default: nothing would train
-                                          ("dapo", {"mask_truncated": False})])
+                                          ("dapo", {"mask_truncated": False}),
+                                          ("remax", {}), ("reinforce++", {}),
+                                          ("reinforce++", {"baseline": "group", "kl_coef": 0.0}),
+                                          # the critic's weights are compared too
+                                          ("ppo", {}), ("ppo", {"critic": "separate", "updates_per_rollout": 2,
+                                                                "max_steps": 4})])
 def test_the_update_does_not_depend_on_how_the_step_is_split(tmp_path, tiny_model_dir, method, extra):
-    """Every online method (the registry's, each trained here); 8 completions per step as 8 × 1, 1 × 8 and 2 × 4 (micro-batch × accumulation): the same
+    """Every online method (the registry's, each trained here); 8 completions per step as 8 × 1,
+    1 × 8 and 2 × 4 (micro-batch × accumulation): the same
     samples, the same losses divided by the same global units, so the same weights after 2 steps
     (fp64; the second step samples from the first step's weights, so it checks those too)."""
     runs = []
@@ -62,7 +69,8 @@ def test_the_update_does_not_depend_on_how_the_step_is_split(tmp_path, tiny_mode
         runs.append(train(online(tiny_model_dir, out, method=method, batch_size=bs, grad_accum=ga, **extra)))
     a, b, c = (weights(r.model_dir) for r in runs)
     assert max_abs_diff(a, b) < 1e-9 and max_abs_diff(a, c) < 1e-9
-    assert max_abs_diff(a, weights(tiny_model_dir)) > 1e-4
+    start = weights(tiny_model_dir)
+    assert max_abs_diff({k: a[k] for k in start}, start) > 1e-4
 
 
 def test_a_per_micro_batch_normaliser_would_change_the_update(tmp_path, tiny_model_dir, monkeypatch):
@@ -87,12 +95,14 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("updates,crash_at", [(1, 2), (2, 1), (2, 3)])
-def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, monkeypatch, updates, crash_at):
+@pytest.mark.parametrize("updates,crash_at,method", [(1, 2, "grpo"), (2, 1, "grpo"), (2, 3, "grpo"),
+                                                    (2, 1, "ppo"), (1, 2, "reinforce++")])
+def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, monkeypatch, updates, crash_at, method):
     """Killed after the checkpoint of step ``crash_at`` and resumed: the same weights and the same
     per-step metrics as an uninterrupted run (with 2 updates per round, steps 1 and 3 end inside a
-    round, whose completions the checkpoint holds)."""
-    cfg = dict(max_steps=4, save_every=1, keep_checkpoints=0, updates_per_rollout=updates)
+    round, whose completions the checkpoint holds). PPO's critic (weights, optimizer state, the
+    round's values and returns) resumes with the policy: its weights are compared too."""
+    cfg = dict(max_steps=4, save_every=1, keep_checkpoints=0, updates_per_rollout=updates, method=method)
     full = train(online(tiny_model_dir, tmp_path / "full", **cfg))
     real_save = loop.save
 
@@ -111,7 +121,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, monkeypatc
     assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
 
     def per_step(out):
-        keep = ("loss", "reward", "grad_norm", "ratio/mean", "completion_length")
+        keep = ("loss", "reward", "grad_norm", "ratio/mean", "completion_length", "value_loss")
         return {m["step"]: [m.get(k) for k in keep] for m in metrics(out) if "loss" in m}
 
     assert per_step(tmp_path / "cut") == per_step(tmp_path / "full")
@@ -207,3 +217,42 @@ def test_dapo_masks_completions_cut_at_the_limit(tmp_path, tiny_model_dir):
     assert max_abs_diff(weights(masked.model_dir), weights(tiny_model_dir)) < 1e-12  # fp64 save of fp32 weights
     unmasked = train(online(tiny_model_dir, tmp_path / "unmasked", method="dapo", max_steps=1, mask_truncated=False))
     assert max_abs_diff(weights(unmasked.model_dir), weights(tiny_model_dir)) > 1e-4
+
+
+def test_ppo_saves_its_critic_beside_the_policy_and_learns_values(tmp_path, tiny_model_dir):
+    """The policy directory holds the policy alone (it loads as a plain causal LM); the critic is in
+    ``value_model/``: a shared head's weights, or a separate critic as a reward-model directory.
+    The shared head starts at zero and training moves it off zero; the first update of a round has
+    values equal to the round's, so no value is clipped."""
+    from alignlab.models import load_model
+    from alignlab.rewards.model import load_reward_model
+
+    shared = train(online(tiny_model_dir, tmp_path / "shared", method="ppo", max_steps=3))
+    assert set(weights(shared.model_dir)) - set(weights(tiny_model_dir)) == {"value_model/weight", "value_model/bias"}
+    assert not any("value" in k for k in load_file(tmp_path / "shared" / "model" / "model.safetensors"))
+    load_model(shared.model_dir)
+    head = load_file(tmp_path / "shared" / "model" / "value_model" / "value_head.safetensors")
+    assert head["weight"].abs().max() > 0
+    rows = [m for m in metrics(tmp_path / "shared") if "loss" in m]
+    assert rows[0]["value/clip"] == 0 and all(m["value_loss"] > 0 for m in rows)
+
+    train(online(tiny_model_dir, tmp_path / "separate", method="ppo", critic="separate", max_steps=2))
+    critic = load_reward_model(tmp_path / "separate" / "model" / "value_model")
+    assert critic.settings.dim == 1 and critic.head.weight.abs().max() > 0
+
+
+def test_remax_logs_the_greedy_baseline(tmp_path, tiny_model_dir):
+    """ReMax samples one greedy answer per prompt each round; its mean reward is logged, and the
+    advantages are the samples' rewards minus it (their mean over the round's tokens is then the
+    token-weighted mean reward minus the greedy mean: every answer here is 6 tokens, so the plain
+    means)."""
+    train(online(tiny_model_dir, tmp_path / "remax", method="remax"))
+    for m in (m for m in metrics(tmp_path / "remax") if "loss" in m):
+        assert 0 <= m["reward/greedy"] <= 6
+        if m["truncated"] == 1:  # every completion has 6 tokens
+            assert m["advantage/mean"] == pytest.approx(m["reward"] - m["reward/greedy"], abs=1e-12)
+
+
+def test_a_critic_that_cannot_be_built_is_a_one_line_error(tmp_path, tiny_model_dir):
+    with pytest.raises(UserError, match="critic: '.*nowhere' is neither"):
+        train(online(tiny_model_dir, tmp_path / "bad", method="ppo", critic=str(tmp_path / "nowhere")))

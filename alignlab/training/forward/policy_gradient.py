@@ -19,6 +19,7 @@ from alignlab.logprobs import left_align, sequence_logps
 from alignlab.losses.policy_gradient import PolicyGradientInputs, units
 from alignlab.losses.registry import LossSpec
 from alignlab.losses.types import LossOutput
+from alignlab.training.critic import decoder_output, token_values
 from alignlab.training.forward import Forward
 from alignlab.training.rollout import token_tensor
 
@@ -44,7 +45,13 @@ class PolicyGradientForward(Forward):
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> LossOutput:
         examples = batch.examples
-        lp = sequence_logps(model, batch)
+        values = None
+        if self.spec.value_model:  # one pass of the policy gives its log-probs and a shared head's values
+            with decoder_output(model) as seen:
+                lp = sequence_logps(model, batch)
+            values = token_values(model, batch, seen[-1] if seen else None)
+        else:
+            lp = sequence_logps(model, batch)
         logps = left_align(lp.token_logps_BT, lp.mask_BT)
         mask, truncated = self._mask_and_flags(batch)
         width = mask.shape[1]
@@ -60,7 +67,9 @@ class PolicyGradientForward(Forward):
         inputs = PolicyGradientInputs(
             logps=logps, mask=mask.to(device), advantages=per_token("advantages"),
             old_logps=per_token("old_logps"), ref_logps=per_token("ref_logps"),
-            sampler_logps=per_token("sampler_logps"), truncated=truncated.to(device))
+            sampler_logps=per_token("sampler_logps"), truncated=truncated.to(device),
+            values=None if values is None else values[:, :width].to(dtype), old_values=per_token("old_values"),
+            returns=per_token("returns"))
         out = self.spec.fn(inputs, self.params)
         out.metrics["reward"] = torch.tensor([e.reward for e in examples], dtype=torch.float64)
         return out

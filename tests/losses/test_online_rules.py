@@ -1,0 +1,100 @@
+"""The advantage rules of the online registry entries (``losses/online.py``) on numbers worked by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignlab.losses.online import (
+    PPOOnlineParams,
+    ReinforcePPParams,
+    ReMaxParams,
+    RoundTokens,
+    needs_reference,
+    ppo_token_advantages,
+    reinforce_pp_token_advantages,
+    remax_group_advantages,
+)
+from alignlab.losses.params import ParamError
+from alignlab.losses.registry import REGISTRY
+
+F64 = torch.float64
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=F64)
+
+
+# One prompt, two samples: sample 1 has 2 tokens, sample 2 has 1.
+MASK = torch.tensor([[True, True], [True, False]])
+OLD = t([[-1.0, -2.0], [-0.5, 0.0]])
+REF = t([[-1.5, -1.0], [-0.5, 0.0]])
+
+
+def test_reinforce_pp_with_group_baseline_and_kl_in_the_reward():
+    """Scores (1, 0) centred on their mean: (0.5, −0.5). k1 = ℓold − ℓref = (0.5, −1.0 | 0.0).
+    With β_KL = 0.5, r = −β·k1 plus the centred score on the last token: sample 1:
+    (−0.25, 0.5 + 0.5) = (−0.25, 1.0); sample 2: (0 − 0.5) = (−0.5).
+    Returns (γ = 1): sample 1 (0.75, 1.0), sample 2 (−0.5). Before whitening A = G."""
+    params = ReinforcePPParams(kl_coef=0.5, baseline="group")
+    adv, ret = reinforce_pp_token_advantages(RoundTokens(t([[1.0, 0.0]]), MASK, OLD, REF), params)
+    expected = t([[0.75, 1.0], [-0.5, 0.0]])
+    assert torch.allclose(ret, expected, rtol=0, atol=1e-15) and torch.allclose(adv, expected, rtol=0, atol=1e-15)
+
+
+def test_reinforce_pp_without_baseline_discounts():
+    """No baseline, no KL, γ = 0.5: sample 1's score 1 sits on its last token, so G = (0.5, 1);
+    sample 2's score 0 gives (0)."""
+    params = ReinforcePPParams(kl_coef=0.0, gamma=0.5)
+    adv, _ = reinforce_pp_token_advantages(RoundTokens(t([[1.0, 0.0]]), MASK), params)
+    assert torch.allclose(adv, t([[0.5, 1.0], [0.0, 0.0]]), rtol=0, atol=1e-15)
+
+
+def test_reinforce_pp_kl_needs_both_log_probs():
+    with pytest.raises(ValueError, match="kl_coef"):
+        reinforce_pp_token_advantages(RoundTokens(t([[1.0, 0.0]]), MASK), ReinforcePPParams(kl_coef=0.1))
+
+
+def test_ppo_gae_on_a_two_token_completion():
+    """One completion of 2 tokens, score 1, values (0.2, 0.6), β_KL = 0, γ = 1, λ = 0.5:
+    δ_1 = 1 + 0 − 0.6 = 0.4, A_1 = 0.4; δ_0 = 0 + 0.6 − 0.2 = 0.4, A_0 = 0.4 + 0.5·0.4 = 0.6;
+    returns R = A + V = (0.8, 1.0)."""
+    params = PPOOnlineParams(kl_coef=0.0, lam=0.5)
+    r = RoundTokens(t([[1.0]]), torch.tensor([[True, True]]), values_BT=t([[0.2, 0.6]]))
+    adv, ret = ppo_token_advantages(r, params)
+    assert torch.allclose(adv, t([[0.6, 0.4]]), rtol=0, atol=1e-15)
+    assert torch.allclose(ret, t([[0.8, 1.0]]), rtol=0, atol=1e-15)
+
+
+def test_ppo_kl_shaping_enters_before_gae():
+    """Same completion with β_KL = 0.5 and k1 = (0.5, −1.0): rewards (−0.25, 1 + 0.5) = (−0.25, 1.5);
+    λ = 1, values 0: A = returns = (1.25, 1.5)."""
+    params = PPOOnlineParams(kl_coef=0.5, lam=1.0)
+    r = RoundTokens(t([[1.0]]), torch.tensor([[True, True]]), OLD[:1], REF[:1], t([[0.0, 0.0]]))
+    adv, ret = ppo_token_advantages(r, params)
+    assert torch.allclose(adv, t([[1.25, 1.5]]), rtol=0, atol=1e-15) and torch.allclose(ret, adv, rtol=0, atol=1e-15)
+
+
+def test_remax_subtracts_the_greedy_reward():
+    adv = remax_group_advantages(t([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]), ReMaxParams(), t([0.5, 1.0]))
+    assert torch.equal(adv, t([[0.5, -0.5, 0.5], [-1.0, -1.0, 0.0]]))
+    with pytest.raises(ValueError, match="greedy"):
+        remax_group_advantages(t([[1.0]]), ReMaxParams(), None)
+
+
+def test_which_params_need_the_reference():
+    assert not needs_reference(REGISTRY["grpo"].params())
+    assert needs_reference(REGISTRY["grpo"].params(beta=0.1))
+    assert needs_reference(REGISTRY["ppo"].params())  # β_KL = 0.05 by default
+    assert not needs_reference(REGISTRY["ppo"].params(kl_coef=0.0))
+    assert needs_reference(REGISTRY["reinforce++"].params())
+
+
+def test_the_registry_entries_and_their_bad_values():
+    assert REGISTRY["remax"].greedy_baseline and REGISTRY["ppo"].value_model
+    assert REGISTRY["reinforce++"].token_advantages is not None and REGISTRY["reinforce++"].advantages is None
+    for bad in (dict(kl_estimator="k4"), dict(gamma=1.5), dict(kl_coef=-1.0), dict(lam=2.0)):
+        with pytest.raises(ParamError):
+            PPOOnlineParams(**bad)
+    with pytest.raises(ParamError, match="baseline"):
+        ReinforcePPParams(baseline="mean")
