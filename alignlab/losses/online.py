@@ -226,11 +226,13 @@ register(LossSpec(name="rloo", fn=policy_gradient_loss, shape="online", params=R
 register(LossSpec(name="remax", fn=policy_gradient_loss, shape="online", params=ReMaxParams, needs_reference=False,
                   paper="Li et al. 2023, ReMax", summary="policy gradient with the greedy answer's reward as baseline",
                   advantages=remax_group_advantages, greedy_baseline=True))
+# ``needs_reference``: what the defaults need (kl_coef > 0); a run loads the reference exactly when
+# its params do (``needs_reference(params)``)
 register(LossSpec(name="reinforce++", fn=policy_gradient_loss, shape="online", params=ReinforcePPParams,
-                  needs_reference=False, paper="Hu 2025, REINFORCE++",
+                  needs_reference=True, paper="Hu 2025, REINFORCE++",
                   summary="clipped policy gradient, KL in the per-token reward, returns whitened over the batch",
                   token_advantages=reinforce_pp_token_advantages))
-register(LossSpec(name="ppo", fn=ppo_loss, shape="online", params=PPOOnlineParams, needs_reference=False,
+register(LossSpec(name="ppo", fn=ppo_loss, shape="online", params=PPOOnlineParams, needs_reference=True,
                   paper="Schulman et al. 2017, PPO; Ouyang et al. 2022 (RLHF); Zheng et al. 2023, Secrets of RLHF",
                   summary="clipped policy gradient with a critic: GAE over a KL-shaped per-token reward, "
                           "clipped value loss", token_advantages=ppo_token_advantages, value_model=True))
