@@ -271,7 +271,9 @@ class OnlineSource:
 
     def _round_metrics(self, rewards: torch.Tensor, parts: dict[str, torch.Tensor], flat: list, gen_s: float,
                        reward_s: float) -> dict[str, float]:
-        """The round's reward, per-term means, lengths and truncation, over every process."""
+        """The round's reward, per-term means, advantage statistics, lengths, truncation and (when
+        both log-probs were computed) the sampling policy's KL to the reference per completion,
+        over every process."""
         lengths = torch.tensor([float(len(s.token_ids)) for s in flat], dtype=torch.float64)
         truncated = torch.tensor([0.0 if s.finished else 1.0 for s in flat], dtype=torch.float64)
         adv = torch.tensor([a for e in self._examples for a in e.advantages], dtype=torch.float64)
@@ -280,6 +282,10 @@ class OnlineSource:
                 "gen_tokens": lengths.sum(), "adv": adv.sum(), "adv_sq": (adv ** 2).sum(),
                 "adv_zero": (adv == 0).sum().double()}
         sums.update({f"reward/{k}": v.sum() for k, v in parts.items()})
+        if all(e.old_logps is not None and e.ref_logps is not None for e in self._examples):
+            # the sampling policy's KL to the reference, per completion (k1: Σ_t ℓold − ℓref)
+            sums["kl_k1"] = torch.tensor(sum(sum(e.old_logps) - sum(e.ref_logps) for e in self._examples),
+                                         dtype=torch.float64)
         tot = sum_over_processes(self.dist, sums)
         n = max(tot.pop("count"), 1.0)
         mean = tot["reward"] / n
@@ -291,6 +297,8 @@ class OnlineSource:
                "completion_length": tot.pop("length") / n, "truncated": tot.pop("truncated") / n,
                "generation_s": gen_s, "reward_s": reward_s,
                "generation_tokens_per_s": tot.pop("gen_tokens") / max(gen_s, 1e-9)}
+        if "kl_k1" in tot:
+            out["kl/sampled"] = tot.pop("kl_k1") / n
         out.update({k: v / n for k, v in tot.items() if k.startswith("reward/")})
         return out
 
