@@ -90,9 +90,11 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 def _entropy(logits_NV: torch.Tensor, lse_N: torch.Tensor) -> torch.Tensor:
-    """−Σ_v p_v log p_v of each row's softmax, given its logsumexp; a −inf logit adds nothing."""
+    """−Σ_v p_v log p_v of each row's softmax, given its logsumexp; a −inf logit adds nothing.
+    Two temporaries of the logits' size, whatever the chunk."""
     logp = logits_NV - lse_N[:, None]
-    return -(logp.exp() * logp.masked_fill(logp == float("-inf"), 0.0)).sum(-1)
+    p = logp.exp()
+    return -p.mul_(logp.masked_fill_(logp == float("-inf"), 0.0)).sum(-1)
 
 
 class _TargetLogps(torch.autograd.Function):
