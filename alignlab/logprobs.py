@@ -10,6 +10,8 @@ position per row), the hidden states at the response positions are taken, and th
 target is ``logit[target] − logsumexp``, a chunk of positions at a time (``target_logps``); the
 backward pass recomputes each chunk's logits instead of keeping them. Memory is one chunk of
 ``chunk × V`` values, never ``B × T × V``, and prompts and padding cost no output-layer matmul.
+Asked for it, the same pass also gives each position's entropy −Σ_v p_v log p_v (no gradient), from
+the chunk's logits it already holds.
 Other models give their full logits, and the same difference is computed a few rows at a time, so
 the full-vocabulary log-softmax is never materialised in fp32.
 """
@@ -87,27 +89,40 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def _entropy(logits_NV: torch.Tensor, lse_N: torch.Tensor) -> torch.Tensor:
+    """−Σ_v p_v log p_v of each row's softmax, given its logsumexp; a −inf logit adds nothing.
+    Two temporaries of the logits' size, whatever the chunk."""
+    logp = logits_NV - lse_N[:, None]
+    p = logp.exp()
+    return -p.mul_(logp.masked_fill_(logp == float("-inf"), 0.0)).sum(-1)
+
+
 class _TargetLogps(torch.autograd.Function):
-    """log softmax(h W^T)[target] per row of ``h``, chunked in both directions."""
+    """log softmax(h W^T)[target] per row of ``h``, chunked in both directions; with
+    ``with_entropy`` also each row's entropy (a second output, without gradient; empty otherwise)."""
 
     @staticmethod
-    def forward(ctx, hidden_Nd, weight_Vd, targets_N):
+    def forward(ctx, hidden_Nd, weight_Vd, targets_N, with_entropy):
         cd = _compute_dtype(weight_Vd)
         acc = _accumulator(cd)
         w = weight_Vd.to(cd)
         n, step = hidden_Nd.shape[0], _chunk(weight_Vd)
         out_N = torch.empty(n, dtype=acc, device=hidden_Nd.device)
         lse_N = torch.empty(n, dtype=acc, device=hidden_Nd.device)
+        ent_N = torch.empty(n if with_entropy else 0, dtype=acc, device=hidden_Nd.device)
         for s in range(0, n, step):
             logits = _logits(hidden_Nd[s:s + step], w, acc)
             lse_N[s:s + step] = torch.logsumexp(logits, dim=-1)
             out_N[s:s + step] = logits.gather(-1, targets_N[s:s + step, None]).squeeze(-1) - lse_N[s:s + step]
+            if with_entropy:
+                ent_N[s:s + step] = _entropy(logits, lse_N[s:s + step])
         ctx.save_for_backward(hidden_Nd, weight_Vd, targets_N, lse_N)
         ctx.compute_dtype = cd
-        return out_N
+        ctx.mark_non_differentiable(ent_N)
+        return out_N, ent_N
 
     @staticmethod
-    def backward(ctx, grad_N):
+    def backward(ctx, grad_N, _grad_entropy):
         hidden_Nd, weight_Vd, targets_N, lse_N = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         cd, acc = ctx.compute_dtype, lse_N.dtype
@@ -126,14 +141,21 @@ class _TargetLogps(torch.autograd.Function):
                 grad_h[s:s + step] = d @ w
             if need_w:
                 grad_w += d.T @ h  # in the compute precision; the chunks' sum in fp32 or fp64
-        return grad_h, (grad_w.to(weight_Vd.dtype) if need_w else None), None
+        return grad_h, (grad_w.to(weight_Vd.dtype) if need_w else None), None, None
 
 
 def target_logps(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
     """log softmax(hidden @ weight.T)[target] for each of N positions: fp32 (fp64 for an fp64
     model), differentiable with respect to ``hidden_Nd`` and ``weight_Vd``. Under autocast the
     matmul runs in autocast's dtype, as the model's own output layer would."""
-    return _TargetLogps.apply(hidden_Nd, weight_Vd, targets_N)
+    return _TargetLogps.apply(hidden_Nd, weight_Vd, targets_N, False)[0]
+
+
+def target_logps_and_entropy(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor,
+                             targets_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``target_logps`` and, from the same chunks of logits, the entropy −Σ_v p_v log p_v of each
+    position's next-token distribution (N,), in the same dtype, without gradient."""
+    return _TargetLogps.apply(hidden_Nd, weight_Vd, targets_N, True)
 
 
 def squared_mass(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor) -> torch.Tensor:
@@ -158,6 +180,7 @@ class SequenceLogps:
     sum_B: torch.Tensor  # summed log-prob of each row's response
     count_B: torch.Tensor  # number of response tokens in each row
     sqmass_B: torch.Tensor | None = None  # Σ over response tokens of log Σ_v p_v², no gradient (WPO)
+    entropy_BT: torch.Tensor | None = None  # (B, T-1) −Σ_v p_v log p_v where each token was predicted, no gradient
 
     @property
     def mean_B(self) -> torch.Tensor:
@@ -188,6 +211,18 @@ def log_squared_mass(logits_BTV: torch.Tensor, chunk_rows: int = 8) -> torch.Ten
     return torch.cat(out, dim=0)
 
 
+def token_entropy(logits_BTV: torch.Tensor, chunk_rows: int = 8) -> torch.Tensor:
+    """−Σ_v p_v log p_v of the next-token distribution at every position (B, T), in fp32 (fp64
+    stays fp64), without gradient, a few rows at a time."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, logits_BTV.shape[0], chunk_rows):
+            lg = logits_BTV[start:start + chunk_rows]
+            lg = lg if lg.dtype == torch.float64 else lg.float()
+            out.append(_entropy(lg.flatten(0, -2), torch.logsumexp(lg, dim=-1).flatten()).view(lg.shape[:-1]))
+    return torch.cat(out, dim=0)
+
+
 def left_align(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
     """The masked entries of each row moved to its start, in order: (B, L) with L the largest
     count, zero beyond each row's count. Differentiable with respect to ``values_BT``."""
@@ -212,7 +247,7 @@ def _attention_mask(model: torch.nn.Module, allowed_B1TT: torch.Tensor) -> torch
 
 
 def _response_logps(model: torch.nn.Module, inputs: dict, rows_N: torch.Tensor, pred_NL: torch.Tensor,
-                    target_NL: torch.Tensor, mask_NL: torch.Tensor, sqmass: bool) -> SequenceLogps:
+                    target_NL: torch.Tensor, mask_NL: torch.Tensor, sqmass: bool, entropy: bool) -> SequenceLogps:
     """Run ``model`` on ``inputs`` and return, for each of N responses, the log-probs of its
     tokens: token k of response n is ``target_NL[n, k]``, predicted at position ``pred_NL[n, k]``
     of row ``rows_N[n]``, and counts where ``mask_NL`` is 1."""
@@ -221,42 +256,55 @@ def _response_logps(model: torch.nn.Module, inputs: dict, rows_N: torch.Tensor, 
     rows, cols = rows_N[n_idx], pred_NL[n_idx, k_idx]
     targets = target_NL[n_idx, k_idx]
     served = head_of(model)
+    ent_K = None
     if served is not None:
         decoder, weight = served
         hidden_K = final_hidden(model, decoder, **inputs)[rows, cols]
-        picked_K = target_logps(hidden_K, weight, targets)
+        if entropy:
+            picked_K, ent_K = target_logps_and_entropy(hidden_K, weight, targets)
+        else:
+            picked_K = target_logps(hidden_K, weight, targets)
         sq_K = squared_mass(hidden_K, weight) if sqmass else None
     else:
         logits_KV = model(**inputs, use_cache=False).logits[rows, cols]
         picked_K = gather_logps(logits_KV.unsqueeze(1), targets.unsqueeze(1), chunk_rows=256).squeeze(1)
         sq_K = log_squared_mass(logits_KV.unsqueeze(1), chunk_rows=256).squeeze(1) if sqmass else None
+        ent_K = token_entropy(logits_KV.unsqueeze(1), chunk_rows=256).squeeze(1) if entropy else None
     mask = keep.to(torch.float32)
-    token_logps = picked_K.new_zeros(mask_NL.shape).index_put((n_idx, k_idx), picked_K)
-    sq = None if sq_K is None else sq_K.new_zeros(mask_NL.shape).index_put((n_idx, k_idx), sq_K).sum(-1)
-    return SequenceLogps(token_logps, mask, token_logps.sum(-1), mask.sum(-1), sq)
+
+    def placed(values_K: torch.Tensor) -> torch.Tensor:
+        return values_K.new_zeros(mask_NL.shape).index_put((n_idx, k_idx), values_K)
+
+    token_logps = placed(picked_K)
+    sq = None if sq_K is None else placed(sq_K).sum(-1)
+    ent = None if ent_K is None else placed(ent_K)
+    return SequenceLogps(token_logps, mask, token_logps.sum(-1), mask.sum(-1), sq, ent)
 
 
-def packed_logps(model: torch.nn.Module, batch: Batch, sqmass: bool = False) -> SequenceLogps:
+def packed_logps(model: torch.nn.Module, batch: Batch, sqmass: bool = False, entropy: bool = False) -> SequenceLogps:
     """Log-probs of every response of a shared-prompt batch (``data/pack.py``), one row per
     response in the batch's response order, tokens left-aligned."""
     pk = batch.packed
     inputs = {"input_ids": batch.input_ids_BT, "attention_mask": _attention_mask(model, pk.attention_B1TT),
               "position_ids": pk.position_ids_BT}
-    return _response_logps(model, inputs, pk.row_N, pk.pred_NL, pk.target_NL, pk.mask_NL, sqmass)
+    return _response_logps(model, inputs, pk.row_N, pk.pred_NL, pk.target_NL, pk.mask_NL, sqmass, entropy)
 
 
-def sequence_logps(model: torch.nn.Module, batch: Batch, sqmass: bool = False) -> SequenceLogps:
+def sequence_logps(model: torch.nn.Module, batch: Batch, sqmass: bool = False, entropy: bool = False
+                   ) -> SequenceLogps:
     """Run ``model`` on a padded batch and return the log-probs of its response tokens; with
-    ``sqmass`` also each row's Σ_t log Σ_v p_v² over its response positions. A shared-prompt
-    batch gives one row per response (``packed_logps``)."""
+    ``sqmass`` also each row's Σ_t log Σ_v p_v² over its response positions, and with ``entropy``
+    the entropy −Σ_v p_v log p_v of the model's next-token distribution where each response token
+    is predicted (``entropy_BT``, laid out as ``token_logps_BT``). Both without gradient. A shared-prompt batch
+    gives one row per response (``packed_logps``)."""
     if batch.packed is not None:
-        return packed_logps(model, batch, sqmass)
+        return packed_logps(model, batch, sqmass, entropy)
     ids_BT = batch.input_ids_BT
     B, T = ids_BT.shape
     inputs = {"input_ids": ids_BT, "attention_mask": batch.attention_mask_BT}
     positions = torch.arange(T - 1, device=ids_BT.device).expand(B, T - 1)
     return _response_logps(model, inputs, torch.arange(B, device=ids_BT.device), positions, ids_BT[:, 1:],
-                           batch.loss_mask_BT[:, 1:], sqmass)
+                           batch.loss_mask_BT[:, 1:], sqmass, entropy)
 
 
 def completion_logps(model: torch.nn.Module, prompts: Sequence[tuple[int, ...]],
@@ -277,6 +325,7 @@ def split_pairs(logps: SequenceLogps, num_pairs: int) -> tuple[SequenceLogps, Se
     """Split a pair batch's log-probs into (chosen, rejected)."""
     def part(sl: slice) -> SequenceLogps:
         sq = None if logps.sqmass_B is None else logps.sqmass_B[sl]
-        return SequenceLogps(logps.token_logps_BT[sl], logps.mask_BT[sl], logps.sum_B[sl], logps.count_B[sl], sq)
+        ent = None if logps.entropy_BT is None else logps.entropy_BT[sl]
+        return SequenceLogps(logps.token_logps_BT[sl], logps.mask_BT[sl], logps.sum_B[sl], logps.count_B[sl], sq, ent)
 
     return part(slice(0, num_pairs)), part(slice(num_pairs, 2 * num_pairs))

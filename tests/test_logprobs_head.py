@@ -65,20 +65,74 @@ def test_squared_mass_equals_direct(tiny_chunks):
     assert torch.allclose(logprobs.squared_mass(h, w), torch.log((p * p).sum(-1)), atol=1e-13, rtol=0)
 
 
+def test_entropy_by_hand():
+    """−Σ_v p_v log p_v of hand-built logits over V = 4, computed from the logits (``token_entropy``):
+    - all equal (0, 0, 0, 0), or all 1000: uniform, H = 4 · ¼ · log 4 = log 4;
+    - (0, log 3, −inf, −inf): p = (¼, ¾, 0, 0), H = −¼ log ¼ − ¾ log ¾ = log 4 − ¾ log 3 (a −inf
+      logit has p = 0 and adds nothing, not 0 · −inf = nan);
+    - (5, −inf, −inf, −inf): one token certain, H = 0;
+    - (1000, 1000, −1000, −1000): two tokens at ½ each (e⁻²⁰⁰⁰ is 0 in fp64), H = log 2."""
+    inf = float("inf")
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [1000.0] * 4, [0.0, math.log(3), -inf, -inf]],
+                           [[5.0, -inf, -inf, -inf], [1000.0, 1000.0, -1000.0, -1000.0], [0.0] * 4]],
+                          dtype=torch.float64)
+    want = torch.tensor([[math.log(4), math.log(4), math.log(4) - 0.75 * math.log(3)],
+                         [0.0, math.log(2), math.log(4)]], dtype=torch.float64)
+    for chunk_rows in (1, 8):
+        got = logprobs.token_entropy(logits, chunk_rows=chunk_rows)
+        assert got.dtype == torch.float64 and got.shape == (2, 3)
+        assert torch.allclose(got, want, atol=1e-13, rtol=0)
+    assert logprobs.token_entropy(logits.float()).dtype == torch.float32
+
+
+def test_fused_entropy_by_hand_and_without_gradient(tiny_chunks):
+    """From hidden states and the head weight (``target_logps_and_entropy``): h = [1, 0], W rows
+    [2, 0], [0, 0], [−1, 0] give logits (2, 0, −1), z = e² + 1 + e⁻¹ and
+    H = log z − Σ p_v·logit_v = log z − (2e² − e⁻¹)/z; h = 0 gives equal logits over the V = 3
+    rows, H = log 3. The log-probs and their gradient are those of ``target_logps``."""
+    h = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([[2.0, 0.0], [0.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+    t = torch.tensor([0, 2])
+    logps, ent = logprobs.target_logps_and_entropy(h, w, t)
+    z = math.exp(2) + 1 + math.exp(-1)
+    assert ent.tolist() == pytest.approx([math.log(z) - (2 * math.exp(2) - math.exp(-1)) / z, math.log(3)],
+                                         abs=1e-14)
+    assert not ent.requires_grad and logps.requires_grad
+    plain = logprobs.target_logps(h, w, t)
+    assert torch.equal(logps.detach(), plain.detach())
+    (g_with,) = torch.autograd.grad(logps.sum(), h)
+    (g_plain,) = torch.autograd.grad(plain.sum(), h)
+    assert torch.equal(g_with, g_plain)
+
+
+def test_fused_entropy_equals_direct_across_chunks(tiny_chunks):
+    """On 7 random positions (chunks of 3, 3, 1), against −Σ softmax · log_softmax of h @ W.T."""
+    gen = torch.Generator().manual_seed(3)
+    h, w = torch.randn(7, 4, dtype=torch.float64, generator=gen), torch.randn(259, 4, dtype=torch.float64, generator=gen)
+    logits = h @ w.T
+    direct = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    _, ent = logprobs.target_logps_and_entropy(h, w, torch.zeros(7, dtype=torch.long))
+    assert torch.allclose(ent, direct, atol=1e-13, rtol=0)
+    assert float(direct.max() - direct.min()) > 0.1  # positions differ: a mix-up of rows would show
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_fused_equals_full_logits_through_the_model(monkeypatch, tiny_chunks, packed):
     """sequence_logps with the fused head against the model's own full logits: per-token values,
     WPO's squared mass, and the gradient of every weight, in fp64."""
     model = _model()
     batch = collate_packed(PAIRS, pad_id=0, role_major=True) if packed else collate_pairs(PAIRS, pad_id=0)
-    fused = sequence_logps(model, batch, sqmass=True)
+    fused = sequence_logps(model, batch, sqmass=True, entropy=True)
     g_fused = torch.autograd.grad(fused.sum_B.sum(), list(model.parameters()))
     _full_logits(monkeypatch)
-    full = sequence_logps(model, batch, sqmass=True)
+    full = sequence_logps(model, batch, sqmass=True, entropy=True)
     g_full = torch.autograd.grad(full.sum_B.sum(), list(model.parameters()))
     assert torch.allclose(fused.token_logps_BT, full.token_logps_BT, atol=1e-12, rtol=0)
     assert torch.equal(fused.mask_BT, full.mask_BT)
     assert torch.allclose(fused.sqmass_B, full.sqmass_B, atol=1e-12, rtol=0)
+    assert torch.allclose(fused.entropy_BT, full.entropy_BT, atol=1e-12, rtol=0)
+    assert torch.equal(fused.entropy_BT != 0, fused.mask_BT > 0)  # on response tokens only
+    assert float(fused.entropy_BT.max()) > 1.0 and not fused.entropy_BT.requires_grad
     assert max(float((a - b).abs().max()) for a, b in zip(g_fused, g_full, strict=True)) < 1e-11
     assert max(float(a.abs().max()) for a in g_full) > 1.0
 
@@ -129,11 +183,13 @@ def test_models_without_a_plain_head_use_their_full_logits():
     model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2)).double().eval()
     assert logprobs.head_of(model) is None
     batch = collate_pairs(PAIRS[:2], pad_id=0)
-    out = sequence_logps(model, batch)
+    out = sequence_logps(model, batch, entropy=True)
     logits = model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT).logits[:, :-1]
     direct = torch.log_softmax(logits, -1).gather(-1, batch.input_ids_BT[:, 1:, None]).squeeze(-1)
     mask = batch.loss_mask_BT[:, 1:].double()
     assert torch.allclose(out.sum_B, (direct * mask).sum(-1), atol=1e-12, rtol=0)
+    entropy = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    assert torch.allclose(out.entropy_BT, (entropy * mask).detach(), atol=1e-12, rtol=0)
 
 
 def test_target_logps_under_autocast_runs_the_output_layer_in_bf16_both_ways():

@@ -142,7 +142,10 @@ class LossOutput:
     ``losses`` holds one value per example, shape (B,). The training loop sums them and divides by
     the number of units in the whole optimizer step (over micro-batches and processes), where a
     unit is an example or a token as the registry entry says. So the update does not depend on how
-    the step's batch is split. ``metrics`` are per-example (B,) values, averaged for logging.
+    the step's batch is split. ``metrics`` are per-example (B,) values, averaged for logging: summed
+    over the step (or held-out set) and divided by its examples, or, for a metric ``name`` that comes
+    with per-example counts ``_count/name``, by the summed counts (a mean over tokens, whatever the
+    split). Names that start with ``_`` are not logged.
     ``stats`` (stateful losses only) are scalar sums; the loop adds them over the step's
     micro-batches and processes and hands the totals to ``LossSpec.update_state`` after the step.
     """

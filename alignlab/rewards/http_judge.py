@@ -13,6 +13,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from alignlab.errors import UserError
@@ -24,6 +25,10 @@ def _first_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[:limit] + "..."
 
 
+def _tries(n: int) -> str:
+    return f"{n} {'try' if n == 1 else 'tries'}"
+
+
 class OpenAIBackend:
     """``complete(prompts)``: one chat completion per prompt, sent as a single user message.
 
@@ -33,12 +38,17 @@ class OpenAIBackend:
     ``api_key`` falls back to the ``OPENAI_API_KEY`` environment variable and is sent as
     ``Authorization: Bearer <key>``; with neither, no header is sent (local servers need none).
 
-    A request answered with HTTP 429 or 5xx is retried up to ``retries`` times, waiting
-    ``backoff * 2**attempt`` seconds (or the server's ``Retry-After``, capped at 60 s). Anything
-    else that goes wrong (a refused connection, another HTTP status, a timeout, a body that is not
-    JSON or lacks the fields) is a UserError naming the URL and the cause. Up to ``workers``
-    requests run at once; the outputs come back in prompt order.
+    A request is asked again, up to ``retries`` times, waiting ``backoff * 2**attempt`` seconds
+    (or the server's ``Retry-After``, capped at 60 s), when it is answered with HTTP 429 or 5xx,
+    when it times out (``timeout`` seconds), when the body is not a chat completion (not JSON, or
+    without ``choices[0].message.content``), and, given ``accept`` (the judges give their verdict
+    parser's test), when the answer is not a verdict. After the last try a UserError says in one
+    line what it got, e.g. "judge request to URL failed after 4 tries: answered 'I like both',
+    which is not a verdict". A refused connection or another HTTP status is a UserError at once.
+    Up to ``workers`` requests run at once; the outputs come back in prompt order.
     """
+
+    asks_again = True  # complete() takes ``accept`` and asks again for an answer it refuses (judge.py)
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 120.0,
                  max_tokens: int = 1024, temperature: float = 0.0, retries: int = 3, backoff: float = 1.0,
@@ -72,18 +82,18 @@ class OpenAIBackend:
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIBackend({self.url!r}, model={self.model!r})"
 
-    def complete(self, prompts: list[str]) -> list[str]:
+    def complete(self, prompts: list[str], accept: Callable[[str], bool] | None = None) -> list[str]:
         prompts = list(prompts)
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
                 raise UserError(f"judge prompt {i} is a {type(p).__name__}, not a string")
         if self.workers == 1 or len(prompts) <= 1:
-            return [self.complete_one(p) for p in prompts]
+            return [self.complete_one(p, accept) for p in prompts]
         with ThreadPoolExecutor(max_workers=min(self.workers, len(prompts))) as pool:
-            return list(pool.map(self.complete_one, prompts))
+            return list(pool.map(self.complete_one, prompts, [accept] * len(prompts)))
 
-    def complete_one(self, prompt: str) -> str:
-        """The judge's answer to one prompt, retrying 429 and 5xx answers."""
+    def complete_one(self, prompt: str, accept: Callable[[str], bool] | None = None) -> str:
+        """The judge's answer to one prompt, asked again as the class docstring says."""
         body = json.dumps({
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
@@ -95,30 +105,37 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {self.api_key}"
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            retry_after = None
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     raw = response.read()
-                return self._content(raw)
             except urllib.error.HTTPError as e:
                 try:
                     detail = _first_line(e.read().decode("utf-8", "replace"))
                 except Exception:  # a body that cannot be read leaves only the status to report
                     detail = ""
-                retryable = e.code == 429 or 500 <= e.code < 600
-                if not retryable or attempt == self.retries:
-                    tried = f" after {attempt + 1} attempts" if retryable and attempt else ""
-                    raise UserError(f"judge request to {self.url} failed{tried}: HTTP {e.code} {e.reason}"
-                                    + (f": {detail}" if detail else "")) from None
-                time.sleep(self._wait(attempt, e.headers.get("Retry-After") if e.headers else None))
+                problem = f"HTTP {e.code} {e.reason}" + (f": {detail}" if detail else "")
+                if not (e.code == 429 or 500 <= e.code < 600):
+                    raise UserError(f"judge request to {self.url} failed: {problem}") from None
+                retry_after = e.headers.get("Retry-After") if e.headers else None
             except TimeoutError:
-                raise UserError(f"judge request to {self.url} timed out after {self.timeout} s") from None
+                problem = f"timed out after {self.timeout} s"
             except urllib.error.URLError as e:
-                reason = e.reason
-                if isinstance(reason, TimeoutError):
-                    raise UserError(f"judge request to {self.url} timed out after {self.timeout} s") from None
-                raise UserError(f"judge request to {self.url} failed: cannot connect ({reason})") from None
+                if not isinstance(e.reason, TimeoutError):
+                    raise UserError(f"judge request to {self.url} failed: cannot connect ({e.reason})") from None
+                problem = f"timed out after {self.timeout} s"
             except (OSError, http.client.HTTPException) as e:
                 raise UserError(f"judge request to {self.url} failed: {type(e).__name__}: {e}") from None
+            else:
+                content, problem = self._content(raw)
+                if problem is None and accept is not None and not accept(content):
+                    shown = repr(_first_line(content)) if content.strip() else "nothing"
+                    problem = f"answered {shown}, which is not a verdict"
+                if problem is None:
+                    return content
+            if attempt == self.retries:
+                raise UserError(f"judge request to {self.url} failed after {_tries(attempt + 1)}: {problem}")
+            time.sleep(self._wait(attempt, retry_after))
         raise AssertionError("unreachable")
 
     def _wait(self, attempt: int, retry_after: str | None) -> float:
@@ -129,21 +146,19 @@ class OpenAIBackend:
                 pass
         return self.backoff * 2**attempt
 
-    def _content(self, raw: bytes) -> str:
-        """``choices[0].message.content`` of a response body; a UserError when it is not there."""
+    def _content(self, raw: bytes) -> tuple[str, str | None]:
+        """(``choices[0].message.content``, None) of a response body, or ("", what is wrong with it)."""
         text = raw.decode("utf-8", "replace")
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
-            raise UserError(f"judge response from {self.url} is not JSON: {_first_line(text) or '(empty body)'}") from None
+            return "", f"the answer is not JSON: {_first_line(text) or '(empty body)'}"
         try:
             content = data["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise UserError(f"judge response from {self.url} has no choices[0].message.content: "
-                            f"{_first_line(text)}") from None
+            return "", f"the answer has no choices[0].message.content: {_first_line(text)}"
         if content is None:
-            return ""
+            return "", None
         if not isinstance(content, str):
-            raise UserError(f"judge response from {self.url}: choices[0].message.content is a "
-                            f"{type(content).__name__}, not a string")
-        return content
+            return "", f"choices[0].message.content is a {type(content).__name__}, not a string"
+        return content, None

@@ -7,7 +7,9 @@ Three parts, each replaceable on its own:
   (greedy), ``CallableBackend`` wraps a Python function (scripted judges in tests),
   ``alignlab.rewards.http_judge.OpenAIBackend`` calls an OpenAI-compatible server;
 - a *template* with placeholders that becomes the judge prompt, and a *parser* that reads the
-  verdict out of free text (``verdicts.py``); an unreadable verdict is counted, never raised.
+  verdict out of free text (``verdicts.py``); an unreadable verdict is counted, never raised,
+  except by a backend that asks again (``asks_again``: the HTTP one, whose next answer may differ),
+  which re-asks up to its ``retries`` and then raises an error naming the answer.
 
 ``PairwiseJudge`` and ``PointwiseJudge`` are ``Scorer``s. Pairwise judges prefer whichever response
 sits in a given slot more often than they should (position bias, "Judging the Judges" and
@@ -127,6 +129,16 @@ def _check_outputs(who: str, prompts: Sequence[str], outputs: Sequence) -> list[
     return list(outputs)
 
 
+def _ask(who: str, backend: JudgeBackend, queries: list[str], accept: Callable[[str], bool]) -> list[str]:
+    """The backend's outputs for ``queries``; a backend that asks again (``asks_again``) is given
+    ``accept``, the judge's test of a readable verdict, and re-asks for an answer that fails it."""
+    if not queries:
+        return []
+    if getattr(backend, "asks_again", False):
+        return _check_outputs(who, queries, backend.complete(queries, accept=accept))
+    return _check_outputs(who, queries, backend.complete(queries))
+
+
 def _check_backend(backend) -> JudgeBackend:
     if not callable(getattr(backend, "complete", None)):
         raise UserError(f"judge backend must have a complete(prompts) method, got {type(backend).__name__}")
@@ -243,7 +255,9 @@ class PairwiseJudge(Scorer):
     ``compare(prompts, first, second)`` asks the judge with ``first`` in slot A and, when ``swap``
     (the default), again with ``second`` in slot A, mapping the second verdict back (ALGORITHMS.md
     §8.4). P(first better) = the mean over the orders asked of 1 for a win of ``first``, 0.5 for a
-    tie or an unparseable verdict, 0 for a loss; with the swap it is in {0, 0.25, 0.5, 0.75, 1}.
+    tie or an unparseable verdict (which a backend that asks again, such as the HTTP one, re-asks
+    for instead, failing after its retries), 0 for a loss; with the swap it is in {0, 0.25, 0.5,
+    0.75, 1}.
     One backend call covers all the pairs and both orders.
 
     ``score(prompts, responses)`` is P(response better than ``anchor``) (by default the empty
@@ -271,7 +285,7 @@ class PairwiseJudge(Scorer):
         queries = [render(self.template, prompt=p, first=a, second=b) for p, a, b in triples]
         if swap:
             queries += [render(self.template, prompt=p, first=b, second=a) for p, a, b in triples]
-        outputs = _check_outputs(self.name, queries, self.backend.complete(queries)) if queries else []
+        outputs = _ask(self.name, self.backend, queries, lambda text: parse_pairwise(text) is not None)
         n = len(prompts)
         pairs = []
         for i in range(n):
@@ -324,7 +338,8 @@ class PointwiseJudge(Scorer):
     """A judge model that rates one response at a time on ``[low, high]`` (MT-Bench single grading).
 
     ``score`` is the parsed rating; an unparseable or out-of-range rating scores ``fallback``
-    (default the midpoint (low + high) / 2) and is counted in ``last_report.unparsed``.
+    (default the midpoint (low + high) / 2) and is counted in ``last_report.unparsed`` (a backend
+    that asks again, such as the HTTP one, re-asks for it instead and fails after its retries).
     ``compare`` rates both responses (one backend call) and gives 1 when the first rating is higher,
     0 when lower, 0.5 when equal or when either rating could not be parsed (no evidence either way).
     """
@@ -348,7 +363,8 @@ class PointwiseJudge(Scorer):
         _check_texts(f"{self.name}: score", prompts=prompts, responses=responses)
         queries = [render(self.template, prompt=p, response=r, low=_num(self.low), high=_num(self.high))
                    for p, r in zip(prompts, responses, strict=True)]
-        outputs = _check_outputs(self.name, queries, self.backend.complete(queries)) if queries else []
+        outputs = _ask(self.name, self.backend, queries,
+                       lambda text: parse_rating(text, self.low, self.high) is not None)
         ratings = [parse_rating(o, self.low, self.high) for o in outputs]
         self.last_report = RatingReport(ratings, outputs, sum(r is None for r in ratings))
         return ratings

@@ -72,6 +72,12 @@ def _sum_metrics(acc: dict[str, torch.Tensor], out: LossOutput, what: str = "met
         acc[k] = acc.get(k, torch.zeros((), dtype=torch.float64)) + v.detach().double().sum().cpu()
 
 
+def _means(tot: dict[str, float], examples: float, prefix: str = "") -> dict[str, float]:
+    """The logged metrics of summed ones: each sum over the examples, or over its own count
+    ``_count/<name>`` where the forward gives one (a mean over tokens: ``LossOutput``)."""
+    return {prefix + k: v / max(tot.get(f"_count/{k}", examples), 1.0) for k, v in tot.items() if not k.startswith("_")}
+
+
 def autocast(cfg, dist: Dist):
     """bf16 compute over fp32 master weights when the run asks for bf16; otherwise nothing."""
     if cfg.dtype != "bf16":
@@ -107,7 +113,7 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     module.train(was_training)
     tot = sum_over_processes(dist, sums, {"_loss": loss_sum, "_units": units, "_count": count})
     result = {"eval/loss": tot["_loss"] / max(tot["_units"], 1.0)}
-    result.update({f"eval/{k}": v / max(tot["_count"], 1.0) for k, v in tot.items() if not k.startswith("_")})
+    result.update(_means(tot, tot["_count"], "eval/"))
     return result
 
 
@@ -266,7 +272,7 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
                 forward.after_step(sum_over_processes(dist, stats))
             elapsed = time.perf_counter() - t0
             metrics = {"step": done, **position, "loss": loss}
-            metrics.update({k: v / batch.size for k, v in tot.items() if not k.startswith("_")})
+            metrics.update(_means(tot, batch.size))
             metrics.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tot["_tokens"] / max(elapsed, 1e-9),
                             "padding": 1.0 - tot["_tokens"] / max(tot["_slots"], 1.0)})
             if batch.metrics:  # an online round's reward and timings; training time is the rest

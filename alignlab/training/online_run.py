@@ -1,8 +1,12 @@
 """What an online run loads before its first step: its prompts, its reward and its generator.
 
 ``data`` is a prompt file (any data ``alignlab sample`` reads prompts from) or ``task:NAME``, a
-testbed task's training prompts. Every prompt is checked once, at load time: a prompt that leaves
-no room for ``max_new_tokens`` in the model's context is an error naming its row, never cut
+testbed task's training prompts. A prompt is text or a conversation; the generator renders a
+conversation with the tokenizer's chat template and the assistant turn opened, as ``alignlab
+sample`` does (``generation/prompts.py``), and the reward reads its last user message
+(``rollout.reward_prompt``). Every prompt is checked once, at load time: a conversation when the
+tokenizer has no chat template, a conversation without a user message, and a prompt that leaves
+no room for ``max_new_tokens`` in the model's context are errors naming the row, never cut
 silently. The reward is ``rollout.reward`` (scorer specs), or a task's gold when the data is a
 task and no reward is given (said in the log).
 """
@@ -14,13 +18,14 @@ from collections.abc import Callable
 
 import torch
 
+from alignlab.data.records import Text, is_conversation
 from alignlab.errors import ConfigError, DataError, RowIssue
 from alignlab.generation.base import SamplingParams
 from alignlab.generation.factory import make_generator
 from alignlab.generation.native import context_limit
 from alignlab.training.distributed import Dist
 from alignlab.training.online import AdvantageRule, OnlineSource, round_size
-from alignlab.training.rollout import load_reward_terms
+from alignlab.training.rollout import load_reward_terms, reward_prompt
 
 DEFAULT_MAX_NEW_TOKENS = 256
 TASK_PREFIX = "task:"
@@ -37,9 +42,10 @@ def max_new_tokens(cfg) -> int:
     return cfg.rollout.max_new_tokens or (task.max_new_tokens if task else DEFAULT_MAX_NEW_TOKENS)
 
 
-def load_online_prompts(cfg, per_round: int) -> list[tuple[int, str]]:
+def load_online_prompts(cfg, per_round: int, tokenizer) -> list[tuple[int, Text]]:
     """(row, prompt) pairs: a task's training prompts (enough for one fresh prompt per slot of
-    the run when ``max_steps`` is set, else 1024), or a file's prompts (rows 1-based)."""
+    the run when ``max_steps`` is set, else 1024), or a file's prompts (rows 1-based), text or
+    conversations (see the module docstring for what is checked)."""
     task = _task(cfg)
     if task is not None:
         rounds = math.ceil(cfg.optim.max_steps / cfg.rollout.updates_per_rollout) if cfg.optim.max_steps else 0
@@ -48,23 +54,33 @@ def load_online_prompts(cfg, per_round: int) -> list[tuple[int, str]]:
     from alignlab.data.prompts import load_prompts
 
     records = load_prompts(cfg.data, prompt_column=cfg.rollout.prompt_column, split=cfg.dataset.data_split)
-    out = []
+    templated = getattr(tokenizer, "chat_template", None) is not None
+    bad = []
     for r in records:
-        if not isinstance(r.prompt, str):
-            raise DataError([RowIssue(r.source, r.row, "prompt", "online training takes text prompts; a "
-                                      "conversation prompt is not supported yet")], hint="")
-        out.append((r.row, r.prompt))
-    return out
+        if not is_conversation(r.prompt):
+            continue
+        if not templated:
+            bad.append(RowIssue(r.source, r.row, "prompt", f"a conversation prompt is rendered with the tokenizer's "
+                                f"chat template, and the tokenizer of {cfg.model} has none"))
+            continue
+        try:
+            reward_prompt(r.prompt)
+        except ValueError as e:
+            bad.append(RowIssue(r.source, r.row, "prompt", str(e)))
+    if bad:
+        raise DataError(bad, hint="give text prompts, or a model whose tokenizer has a chat template"
+                        if not templated else "every conversation prompt needs a user message")
+    return [(r.row, r.prompt) for r in records]
 
 
-def check_room(cfg, prompts: list[tuple[int, str]], generator, model, new_tokens: int) -> None:
+def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_tokens: int) -> None:
     """Every prompt must leave room for ``new_tokens`` in the model's context."""
     limit = context_limit(model)
     if limit is None:
         return
     bad = []
-    for row, text in prompts:
-        n = len(generator.prompt_ids(text))
+    for row, prompt in prompts:
+        n = len(generator.prompt_ids(prompt))
         if n + new_tokens > limit:
             bad.append(RowIssue(cfg.data, row, "prompt", f"{n} tokens + max_new_tokens {new_tokens} exceed the "
                                 f"model's context of {limit} tokens; shorten it or lower max_new_tokens"))
@@ -85,7 +101,7 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
         log(f"reward: none given; using the task's gold reward ({specs[0]})")
     terms = load_reward_terms(specs, rollout.reward_weights)
     _, per_round = round_size(cfg, dist)
-    prompts = load_online_prompts(cfg, per_round)
+    prompts = load_online_prompts(cfg, per_round, tokenizer)
     new_tokens = max_new_tokens(cfg)
     generator = make_generator(policy, tokenizer, rollout.generation_backend, batch_size=rollout.generation_batch_size)
     check_room(cfg, prompts, generator, policy, new_tokens)

@@ -7,7 +7,10 @@ the completion's tokens, its advantage per token, the sampler's log-probs and, w
 needs them, the trainer's log-probs at the start of the round and the reference's.
 
 A reward is one or more scorers (``alignlab.rewards``), each with a weight; the run's reward is
-their weighted sum and each one's mean is logged on its own. A scorer that raises, returns a list
+their weighted sum and each one's mean is logged on its own. Scorers take prompts as plain text: a
+conversation prompt (which the generator renders with the chat template) reaches them as the text
+of its last user message (``reward_prompt``), the question a verifier, a judge or a reward model
+reads, as a testbed task's prompts are. A scorer that raises, returns a list
 of the wrong length, a non-number, NaN or infinity stops the step with one line that names the
 reward, the prompt's data row and the sample (a scorer that raised on the batch is asked again
 one sample at a time to find the one at fault).
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.data.collate import Batch, collate_completions
+from alignlab.data.records import Text, is_conversation
 from alignlab.errors import UserError
 from alignlab.rewards.base import Scorer
 from alignlab.training.source import StepFault
@@ -67,12 +71,26 @@ def _value(term: RewardTerm, value, where: str) -> float:
     return x
 
 
-def score_samples(terms: Sequence[RewardTerm], prompts: Sequence[str], responses: Sequence[str],
+def reward_prompt(prompt: Text) -> str:
+    """What scorers get as the prompt: a text prompt as it is, a conversation's last user message
+    (system messages and earlier turns are not passed on). A ValueError for a conversation without
+    a user message."""
+    if not is_conversation(prompt):
+        return prompt
+    users = [m.content for m in prompt if m.role == "user"]
+    if not users:
+        raise ValueError("the conversation has no user message, so a reward has no question to read")
+    return users[-1]
+
+
+def score_samples(terms: Sequence[RewardTerm], prompts: Sequence[Text], responses: Sequence[str],
                   where: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted reward of each response (float64, shape (N,)) and each term's own values.
 
-    ``prompts[i]`` is the prompt response ``i`` answers; ``where[i]`` names it in an error (e.g.
-    "prompt row 12, sample 3")."""
+    ``prompts[i]`` is the prompt response ``i`` answers (a conversation is scored against its last
+    user message: ``reward_prompt``); ``where[i]`` names it in an error (e.g. "prompt row 12,
+    sample 3")."""
+    prompts = [reward_prompt(p) for p in prompts]
     n = len(responses)
     total = torch.zeros(n, dtype=torch.float64)
     parts: dict[str, torch.Tensor] = {}

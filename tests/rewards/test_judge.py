@@ -414,6 +414,7 @@ class StubState:
         self.requests: list[dict] = []
         self.queue: list[tuple[int, bytes]] = []  # scripted (status, body) answers, then the judge
         self.delay = 0.0
+        self.delays: list[float] = []  # the delays of the first requests, then ``delay``
         self.judge = lambda content: "[[C]]"
 
 
@@ -424,8 +425,9 @@ class StubHandler(BaseHTTPRequestHandler):
         with state.lock:
             state.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
             scripted_answer = state.queue.pop(0) if state.queue else None
-        if state.delay:
-            time.sleep(state.delay)
+            delay = state.delays.pop(0) if state.delays else state.delay
+        if delay:
+            time.sleep(delay)
         if self.path != "/v1/chat/completions":
             status, payload = 404, b"no such route"
         elif scripted_answer is not None:
@@ -509,7 +511,7 @@ def test_openai_backend_retries_429_and_5xx(stub):
     stub.queue = [(503, b"down\nmore detail")] * 2
     with pytest.raises(UserError) as e:
         OpenAIBackend(stub.base_url, "m", retries=1, backoff=0.0).complete(["hi"])
-    assert "after 2 attempts" in str(e.value) and "HTTP 503" in str(e.value) and "down" in str(e.value)
+    assert "failed after 2 tries: HTTP 503" in str(e.value) and "down" in str(e.value)
     assert "\n" not in str(e.value) and "more detail" not in str(e.value)
 
 
@@ -523,19 +525,84 @@ def test_openai_backend_http_400_is_a_user_error_without_retry(stub):
     assert len(stub.requests) == 1
 
 
-def test_openai_backend_bad_answers_are_user_errors(stub):
-    backend = OpenAIBackend(stub.base_url, "m", backoff=0.0)
-    stub.queue = [(200, b"<html>oops</html>")]
-    with pytest.raises(UserError, match=r"chat/completions is not JSON: <html>oops"):
+def test_openai_backend_bad_answers_are_user_errors_after_the_retries(stub):
+    backend = OpenAIBackend(stub.base_url, "m", retries=1, backoff=0.0)
+    stub.queue = [(200, b"<html>oops</html>")] * 2
+    with pytest.raises(UserError, match=r"chat/completions failed after 2 tries: the answer is not JSON: <html>oops"):
         backend.complete(["hi"])
-    stub.queue = [(200, b'{"choices": []}')]
-    with pytest.raises(UserError, match=r"has no choices\[0\]\.message\.content"):
+    stub.queue = [(200, b'{"choices": []}')] * 2
+    with pytest.raises(UserError, match=r"after 2 tries: the answer has no choices\[0\]\.message\.content"):
         backend.complete(["hi"])
+    assert len(stub.requests) == 4
     stub.queue = [(200, b'{"choices": [{"message": {"content": null}}]}')]
-    assert backend.complete(["hi"]) == [""]  # an empty verdict: counted as unparsed by the judges
+    assert backend.complete(["hi"]) == [""]  # an empty verdict: the judges' accept decides (below)
     stub.delay = 1.0
-    with pytest.raises(UserError, match="timed out after 0.2 s"):
-        OpenAIBackend(stub.base_url, "m", timeout=0.2).complete(["hi"])
+    with pytest.raises(UserError) as e:
+        OpenAIBackend(stub.base_url, "m", timeout=0.2, retries=2, backoff=0.0).complete(["hi"])
+    assert str(e.value) == f"judge request to {stub.base_url}/chat/completions failed after 3 tries: timed out after 0.2 s"
+    assert len(stub.requests) == 5 + 3
+
+
+def test_openai_backend_asks_again_after_a_timeout_or_a_garbage_body(stub):
+    """The first request times out (the server answers after 1 s, the client waits 0.3 s), the
+    second gets an HTML page, the third the judge's answer: one output, three requests."""
+    stub.delays = [1.0]
+    stub.queue = [(200, b"ok"), (200, b"<html>busy</html>")]  # the first is never read (timed out)
+    backend = OpenAIBackend(stub.base_url, "m", timeout=0.3, retries=2, backoff=0.0)
+    assert backend.complete(["hi"]) == ["[[C]]"]
+    assert len(stub.requests) == 3
+
+
+def test_openai_backend_asks_again_for_an_answer_that_is_no_verdict(stub):
+    """Given ``accept``, an answer it refuses is asked again; pairwise and pointwise judges give theirs."""
+    answers = {"pair": ["I like both.", "", "[[A]]"], "rate": ["Rating: [[11]]", "Rating: [[7]]"]}
+
+    def judge(content: str) -> str:
+        return answers["rate" if content.startswith("Rate ") else "pair"].pop(0)
+
+    stub.judge = judge
+    backend = OpenAIBackend(stub.base_url, "m", retries=2, backoff=0.0)
+    assert PairwiseJudge(backend, swap=False).score(["p"], ["r"]) == [1.0]
+    assert len(stub.requests) == 3 and answers["pair"] == []
+    point = PointwiseJudge(backend, template="Rate {response} to {prompt} from {low} to {high}.")
+    assert point.score(["p"], ["r"]) == [7.0]  # 11 is out of the 1-10 scale: asked again
+    assert len(stub.requests) == 5 and point.last_report.unparsed == 0
+
+
+def test_openai_backend_waits_with_backoff_and_names_the_answer_that_is_no_verdict(stub, monkeypatch):
+    """A judge that never gives a verdict is asked 1 + retries times, waiting backoff·2^k between
+    tries (0.5 s, 1 s, 2 s: recorded, not slept), then fails with one line naming its answer."""
+    import alignlab.rewards.http_judge as http_judge
+
+    waits: list[float] = []
+    monkeypatch.setattr(http_judge.time, "sleep", waits.append)
+    stub.judge = lambda content: "Both answers are lovely.\nReally."
+    judge = PairwiseJudge(OpenAIBackend(stub.base_url, "m", retries=3, backoff=0.5), swap=False)
+    with pytest.raises(UserError) as e:
+        judge.score(["p"], ["r"])
+    assert str(e.value) == (f"judge request to {stub.base_url}/chat/completions failed after 4 tries: answered "
+                            "'Both answers are lovely.', which is not a verdict")
+    assert waits == [0.5, 1.0, 2.0] and len(stub.requests) == 4
+    stub.judge = lambda content: ""
+    with pytest.raises(UserError, match=r"failed after 1 try: answered nothing, which is not a verdict$"):
+        PairwiseJudge(OpenAIBackend(stub.base_url, "m", retries=0), swap=False).score(["p"], ["r"])
+    assert waits == [0.5, 1.0, 2.0]
+
+
+def test_a_judge_that_fails_in_online_training_names_the_reward_the_prompt_and_the_sample(stub):
+    """Through ``score_samples`` (what an online round calls): the judge answers garbage for one
+    response only; the batch fails, each sample is asked alone, and the error names the one at fault."""
+    from alignlab.training.rollout import RewardError, RewardTerm, score_samples
+
+    stub.judge = lambda content: "no idea" if "second answer" in content else "[[A]]"
+    judge = PairwiseJudge(OpenAIBackend(stub.base_url, "m", retries=1, backoff=0.0), swap=False, name="openai:j")
+    where = ["prompt row 4, sample 1", "prompt row 4, sample 2", "prompt row 9, sample 1"]
+    with pytest.raises(RewardError) as e:
+        score_samples([RewardTerm("openai:j", judge)], ["p", "p", "q"], ["first answer", "second answer", "third"],
+                      where)
+    assert str(e.value) == (f"reward 'openai:j': prompt row 4, sample 2: raised UserError: judge request to "
+                            f"{stub.base_url}/chat/completions failed after 2 tries: answered 'no idea', which is "
+                            "not a verdict")
 
 
 def test_openai_backend_refused_connection_and_bad_settings():

@@ -21,3 +21,12 @@ def fails_on_x(prompt: str, response: str) -> float:
 
 def nan_on_x(prompt: str, response: str) -> float:
     return float("nan") if "x" in response else 0.0
+
+
+SEEN_PROMPTS: list = []  # what ``records_prompt`` was given, in order
+
+
+def records_prompt(prompt, response: str) -> float:
+    """Keeps the prompt it is given (a test reads SEEN_PROMPTS); the response's length as reward."""
+    SEEN_PROMPTS.append(prompt)
+    return float(len(response))

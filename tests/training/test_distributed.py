@@ -112,3 +112,4 @@ def test_online_two_processes_equal_one(tmp_path, tiny_model_dir, method, update
     two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     for a, b in zip(one, two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-9) and b["reward"] == pytest.approx(a["reward"], abs=1e-12)
+        assert b["entropy"] == pytest.approx(a["entropy"], abs=1e-9)  # one mean over both processes' tokens

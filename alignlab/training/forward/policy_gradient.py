@@ -6,6 +6,13 @@ that token ``t`` of row ``b`` lines up with the values the round computed for it
 reference and sampler log-probs, carried by the examples). The loss is the method's
 (``losses/policy_gradient.py``); ``units`` is what the loop divides the step's summed losses by,
 counted from the examples alone, so the update does not depend on how the step is split.
+
+Besides the loss's metrics it logs ``entropy``: the mean over every completion token of the step
+(all of them, those a truncation mask leaves out of the loss too) of the entropy −Σ_v π(v) log π(v)
+of the policy's next-token distribution where the token is predicted, at temperature 1, from the
+same forward pass. Each example gives its sum and its token count (``_count/entropy``), which the
+loop adds over the step before dividing, so it is one mean over the step's tokens however the step
+is split.
 """
 
 from __future__ import annotations
@@ -48,10 +55,10 @@ class PolicyGradientForward(Forward):
         values = None
         if self.spec.value_model:  # one pass of the policy gives its log-probs and a shared head's values
             with decoder_output(model) as seen:
-                lp = sequence_logps(model, batch)
+                lp = sequence_logps(model, batch, entropy=True)
             values = token_values(model, batch, seen[-1] if seen else None)
         else:
-            lp = sequence_logps(model, batch)
+            lp = sequence_logps(model, batch, entropy=True)
         logps = left_align(lp.token_logps_BT, lp.mask_BT)
         mask, truncated = self._mask_and_flags(batch)
         width = mask.shape[1]
@@ -72,4 +79,6 @@ class PolicyGradientForward(Forward):
             returns=per_token("returns"))
         out = self.spec.fn(inputs, self.params)
         out.metrics["reward"] = torch.tensor([e.reward for e in examples], dtype=torch.float64)
+        out.metrics["entropy"] = lp.entropy_BT.sum(-1)
+        out.metrics["_count/entropy"] = lp.count_B
         return out
