@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 from alignlab.data.prompts import load_prompts
 from alignlab.data.records import PromptRecord, Text, is_conversation
 from alignlab.errors import ArgumentParser, UserError, on_command_line, option
+from alignlab.rewards.base import reward_prompt
 
 if TYPE_CHECKING:  # generation imports torch: only when a command samples
     from alignlab.generation import SamplingParams
@@ -366,7 +367,8 @@ def score_chunk(scorer, spec: str, chunk: Sequence[PromptRecord], samples: Seque
         return scores
     error = None
     try:
-        values = list(scorer.score([chunk[i].prompt for i, _ in where], [samples[i][j].text for i, j in where]))
+        values = list(scorer.score([reward_prompt(chunk[i].prompt) for i, _ in where],
+                                   [samples[i][j].text for i, j in where]))
         if len(values) != len(where) or not all(_finite(v) for v in values):
             error = f"it gave {len(values)} scores for {len(where)} samples, or one that is not a finite number"
     except Exception as e:  # a scorer is the user's code or model: any failure is reported, not a crash
@@ -377,7 +379,7 @@ def score_chunk(scorer, spec: str, chunk: Sequence[PromptRecord], samples: Seque
         return scores
     for i, j in where:
         try:
-            alone = list(scorer.score([chunk[i].prompt], [samples[i][j].text]))
+            alone = list(scorer.score([reward_prompt(chunk[i].prompt)], [samples[i][j].text]))
             problem = None if len(alone) == 1 and _finite(alone[0]) else f"it gave {alone!r}, not one finite number"
         except Exception as e:  # see above
             problem = _cause(e)

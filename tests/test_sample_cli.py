@@ -25,6 +25,10 @@ def length(prompt, response):
     return float(len(response))
 
 
+def prompt_length(prompt, response):
+    return float(len(prompt))
+
+
 def picky(prompt, response):
     if response == os.environ.get("SAMPLE_TEST_BAD_RESPONSE"):
         raise ValueError(f"cannot score {response!r}")
@@ -497,3 +501,16 @@ def test_a_model_without_an_end_of_sequence_token_is_refused(tmp_path, tiny_mode
     assert (f"--model {model}: the tokenizer has no end-of-sequence token (eos_token_id is None)"
             in refused(capsys, "--model", str(model), "--prompts", str(prompt_file), "--output",
                        str(tmp_path / "s.jsonl")))
+
+
+def test_a_scorer_reads_a_conversation_as_its_last_user_message(tmp_path, tiny_model_dir, scorers, capsys):
+    """Scorers take text prompts: a conversation reaches them as its last user message ("what?",
+    5 characters), a text prompt as it is ("q", 1), as in online training."""
+    convo = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+             {"role": "assistant", "content": "hello"}, {"role": "user", "content": "what?"}]
+    src = jsonl(tmp_path / "p.jsonl", [{"prompt": "q"}, {"prompt": convo}])
+    out = tmp_path / "s.jsonl"
+    assert run(capsys, "--model", str(tiny_model_dir), "--prompts", str(src), "--output", str(out), "-n", "2",
+               "--max-new-tokens", "3", "--scorer", f"fn:{scorers}:prompt_length")[0] == 0
+    got = [[s["score"] for s in r["samples"] if s["score"] is not None] for r in rows(out)]
+    assert all(v == 1.0 for v in got[0]) and all(v == 5.0 for v in got[1]) and got[0] and got[1]

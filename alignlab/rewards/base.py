@@ -19,6 +19,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from alignlab.data.records import Text, is_conversation
 from alignlab.errors import UserError
 
 
@@ -77,3 +78,15 @@ class Scorer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
+
+
+def reward_prompt(prompt: Text) -> str:
+    """What scorers get as the prompt: a text prompt as it is, a conversation's last user message
+    (system messages and earlier turns are not passed on). A ValueError for a conversation without
+    a user message."""
+    if not is_conversation(prompt):
+        return prompt
+    users = [m.content for m in prompt if m.role == "user"]
+    if not users:
+        raise ValueError("the conversation has no user message, so a reward has no question to read")
+    return users[-1]

@@ -23,9 +23,10 @@ from alignlab.errors import ConfigError, DataError, RowIssue
 from alignlab.generation.base import SamplingParams
 from alignlab.generation.factory import make_generator
 from alignlab.generation.native import context_limit
+from alignlab.rewards.base import reward_prompt
 from alignlab.training.distributed import Dist
 from alignlab.training.online import AdvantageRule, OnlineSource, round_size
-from alignlab.training.rollout import load_reward_terms, reward_prompt
+from alignlab.training.rollout import load_reward_terms
 
 DEFAULT_MAX_NEW_TOKENS = 256
 TASK_PREFIX = "task:"

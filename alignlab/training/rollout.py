@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.data.collate import Batch, collate_completions
-from alignlab.data.records import Text, is_conversation
+from alignlab.data.records import Text
 from alignlab.errors import UserError
-from alignlab.rewards.base import Scorer
+from alignlab.rewards.base import Scorer, reward_prompt
 from alignlab.training.source import StepFault
 
 
@@ -69,18 +69,6 @@ def _value(term: RewardTerm, value, where: str) -> float:
     if not math.isfinite(x):
         raise RewardError(f"reward '{term.name}': {where}: returned {x}, not a finite number")
     return x
-
-
-def reward_prompt(prompt: Text) -> str:
-    """What scorers get as the prompt: a text prompt as it is, a conversation's last user message
-    (system messages and earlier turns are not passed on). A ValueError for a conversation without
-    a user message."""
-    if not is_conversation(prompt):
-        return prompt
-    users = [m.content for m in prompt if m.role == "user"]
-    if not users:
-        raise ValueError("the conversation has no user message, so a reward has no question to read")
-    return users[-1]
 
 
 def score_samples(terms: Sequence[RewardTerm], prompts: Sequence[Text], responses: Sequence[str],
