@@ -32,12 +32,13 @@ steps within it, and within the steps the sampling (alignlab's generator; TRL's
 "training" (log-probs, loss, backward, optimizer, and each framework's bookkeeping).
 
 Printed per model: steps/s, sampling, reward and training time, sampled tokens/s, peak resident
-memory (from the start of the run: the heap is trimmed and the high-water mark reset after the
-imports and the matmul measurement) and its growth over the run, CPU time, the mean reward over all steps and per window of ``--every`` steps side by
-side, the alignlab/TRL ratios, and the nominal model FLOP rate over the steps (8·P per token of
-prompt + completion per sample: 2·P to sample it, 6·P to train on it; P the parameters other than
-the input embedding) as a share of this machine's dense fp32 matmul throughput, measured in each
-child before and after its timed span.
+memory from the start of the run (the heap is trimmed and the high-water mark reset after the
+imports and the matmul measurement) and its growth over the run, CPU time, the mean reward over
+all steps and per window of ``--every`` steps side by side, the alignlab/TRL ratios, and the
+nominal model FLOP rate over the steps (8·P per token of prompt + completion per sample: 2·P to
+sample it, 6·P to train on it; P the parameters other than the input embedding) as a share of
+this machine's dense fp32 matmul throughput, measured in each child before and after its timed
+span. The machine must be idle: two torch threads sharing two busy cores wait for each other.
 """
 
 from __future__ import annotations
