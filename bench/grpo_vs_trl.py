@@ -38,7 +38,8 @@ all steps and per window of ``--every`` steps side by side, the alignlab/TRL rat
 nominal model FLOP rate over the steps (8·P per token of prompt + completion per sample: 2·P to
 sample it, 6·P to train on it; P the parameters other than the input embedding) as a share of
 this machine's dense fp32 matmul throughput, measured in each child before and after its timed
-span. The machine must be idle: two torch threads sharing two busy cores wait for each other.
+span. Run it on an idle machine: children with two torch threads on two busy cores slow down
+many times over.
 """
 
 from __future__ import annotations
