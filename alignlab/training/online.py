@@ -235,9 +235,9 @@ class OnlineSource:
             values = _per_token(lambda b: token_values(self.policy, b), examples, self.pad_id, batch_rows, device)
             for e, v in zip(examples, values, strict=True):
                 e.old_values = v
+        greedy_all = torch.cat([g for _, _, g in gathered]) if greedy is not None else None
         if rule.sequence is not None:
             everyone = torch.cat([r for _, r, _ in gathered])
-            greedy_all = torch.cat([g for _, _, g in gathered]) if greedy is not None else None
             advantages = rule.sequence(everyone, greedy_all)[dist.rank * share:(dist.rank + 1) * share].reshape(-1)
             for e, a in zip(examples, advantages.tolist(), strict=True):
                 e.advantages = (a,) * len(e.completion_ids)
@@ -246,8 +246,8 @@ class OnlineSource:
         self._round = round_
         self._everyone = dist.gather([e.to_state() for e in examples]) if self.updates > 1 else None
         self._metrics = self._round_metrics(rewards, parts, flat, t1 - t0, t2 - t1)
-        if greedy_rewards is not None:
-            self._metrics["reward/greedy"] = sum_over_processes(dist, {"g": greedy_rewards.sum()})["g"] / self.per_round
+        if greedy_all is not None:  # every process's, already gathered
+            self._metrics["reward/greedy"] = float(greedy_all.mean())
 
     def _token_advantages(self, rule: AdvantageRule, scores_PG: torch.Tensor) -> None:
         """A token rule on this process's completions; advantages whitened over the whole round."""
