@@ -281,30 +281,38 @@ def _response_logps(model: torch.nn.Module, inputs: dict, rows_N: torch.Tensor, 
     return SequenceLogps(token_logps, mask, token_logps.sum(-1), mask.sum(-1), sq, ent)
 
 
-def packed_logps(model: torch.nn.Module, batch: Batch, sqmass: bool = False, entropy: bool = False) -> SequenceLogps:
-    """Log-probs of every response of a shared-prompt batch (``data/pack.py``), one row per
-    response in the batch's response order, tokens left-aligned."""
+def forward_inputs(model: torch.nn.Module, batch: Batch) -> dict:
+    """The keyword arguments that run ``model`` on ``batch``: its ids and padding mask, or for a
+    packed batch its block attention mask (in the form the model's attention takes) and position ids."""
+    if batch.packed is None:
+        return {"input_ids": batch.input_ids_BT, "attention_mask": batch.attention_mask_BT}
     pk = batch.packed
-    inputs = {"input_ids": batch.input_ids_BT, "attention_mask": _attention_mask(model, pk.attention_B1TT),
-              "position_ids": pk.position_ids_BT}
-    return _response_logps(model, inputs, pk.row_N, pk.pred_NL, pk.target_NL, pk.mask_NL, sqmass, entropy)
+    return {"input_ids": batch.input_ids_BT, "attention_mask": _attention_mask(model, pk.attention_B1TT),
+            "position_ids": pk.position_ids_BT}
+
+
+def response_positions(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows_N, pred_NL, target_NL, mask_NL): response n's token k is ``target_NL[n, k]``, predicted
+    at position ``pred_NL[n, k]`` of row ``rows_N[n]``, and carries loss where ``mask_NL`` is 1. A
+    padded batch has one response per row (L = T − 1, every position); a packed one its own layout."""
+    if batch.packed is not None:
+        pk = batch.packed
+        return pk.row_N, pk.pred_NL, pk.target_NL, pk.mask_NL
+    ids_BT = batch.input_ids_BT
+    B, T = ids_BT.shape
+    positions = torch.arange(T - 1, device=ids_BT.device).expand(B, T - 1)
+    return torch.arange(B, device=ids_BT.device), positions, ids_BT[:, 1:], batch.loss_mask_BT[:, 1:]
 
 
 def sequence_logps(model: torch.nn.Module, batch: Batch, sqmass: bool = False, entropy: bool = False
                    ) -> SequenceLogps:
-    """Run ``model`` on a padded batch and return the log-probs of its response tokens; with
-    ``sqmass`` also each row's Σ_t log Σ_v p_v² over its response positions, and with ``entropy``
-    the entropy −Σ_v p_v log p_v of the model's next-token distribution where each response token
-    is predicted (``entropy_BT``, laid out as ``token_logps_BT``). Both without gradient. A shared-prompt batch
-    gives one row per response (``packed_logps``)."""
-    if batch.packed is not None:
-        return packed_logps(model, batch, sqmass, entropy)
-    ids_BT = batch.input_ids_BT
-    B, T = ids_BT.shape
-    inputs = {"input_ids": ids_BT, "attention_mask": batch.attention_mask_BT}
-    positions = torch.arange(T - 1, device=ids_BT.device).expand(B, T - 1)
-    return _response_logps(model, inputs, torch.arange(B, device=ids_BT.device), positions, ids_BT[:, 1:],
-                           batch.loss_mask_BT[:, 1:], sqmass, entropy)
+    """Run ``model`` on a batch and return the log-probs of its response tokens; with ``sqmass``
+    also each row's Σ_t log Σ_v p_v² over its response positions, and with ``entropy`` the entropy
+    −Σ_v p_v log p_v of the model's next-token distribution where each response token is predicted
+    (``entropy_BT``, laid out as ``token_logps_BT``). Both without gradient. A padded batch gives
+    one row per batch row; a shared-prompt batch (``data/pack.py``) one row per response, in the
+    batch's response order, tokens left-aligned."""
+    return _response_logps(model, forward_inputs(model, batch), *response_positions(batch), sqmass, entropy)
 
 
 def completion_logps(model: torch.nn.Module, prompts: Sequence[tuple[int, ...]],

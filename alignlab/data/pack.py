@@ -129,7 +129,8 @@ def collate_packed(examples: Sequence, pad_id: int, role_major: bool) -> Batch:
         (p0, pn), r0, resp = spans[e][j]
         k = len(resp)
         pred[n, 0] = p0 + pn - 1
-        pred[n, 1:k] = torch.arange(r0, r0 + k - 1)
+        if k:  # an empty response keeps its place, with no tokens
+            pred[n, 1:k] = torch.arange(r0, r0 + k - 1)
         target[n, :k] = torch.tensor(resp.ids, dtype=torch.long)
         mask[n, :k] = torch.tensor(resp.mask, dtype=torch.float32)
     batch = Batch(input_ids, real, loss)

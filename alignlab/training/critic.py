@@ -26,7 +26,7 @@ import torch
 
 from alignlab.data.collate import Batch
 from alignlab.errors import UserError
-from alignlab.logprobs import left_align
+from alignlab.logprobs import forward_inputs, left_align, response_positions
 from alignlab.training.distributed import unwrap
 
 ATTR = "value_model"
@@ -103,20 +103,18 @@ def token_values(model: torch.nn.Module, batch: Batch, policy_hidden: torch.Tens
     critic = critic_of(model)
     if critic is None:
         raise ValueError("the policy has no critic (value_model)")
-    if batch.packed is not None:
-        raise ValueError("values are computed on padded batches")
     if isinstance(critic, SharedValueHead):
         if policy_hidden is None:
             with decoder_output(model) as seen:
-                model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT, logits_to_keep=1,
-                      use_cache=False)
+                model(**forward_inputs(model, batch), logits_to_keep=1, use_cache=False)
             policy_hidden = seen[-1]
         hidden = policy_hidden
     else:
-        hidden = critic.backbone(input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT).last_hidden_state
-    values = critic.head(hidden).squeeze(-1).float()
-    # the state after position p predicts token p + 1: the loss positions of token p + 1
-    return left_align(values[:, :-1], batch.loss_mask_BT[:, 1:])
+        hidden = critic.backbone(**forward_inputs(critic.backbone, batch)).last_hidden_state
+    values_BT = critic.head(hidden).squeeze(-1).float()
+    # the state at the position that predicts a completion token is the state before that token
+    rows_N, pred_NL, _, mask_NL = response_positions(batch)
+    return left_align(values_BT[rows_N[:, None], pred_NL], mask_NL)
 
 
 @contextlib.contextmanager

@@ -81,23 +81,24 @@ def round_seed(seed: int, round_: int) -> int:
 
 
 def token_logps(model: torch.nn.Module, examples: Sequence[RolloutExample], pad_id: int, batch_size: int,
-                device) -> list[tuple[float, ...]]:
+                device, pack: bool = False) -> list[tuple[float, ...]]:
     """Teacher-forced log-probs of each completion token under ``model`` (no gradients)."""
     def logps(batch):
         lp = sequence_logps(model, batch)
         return left_align(lp.token_logps_BT, lp.mask_BT)
 
-    return _per_token(logps, examples, pad_id, batch_size, device)
+    return _per_token(logps, examples, pad_id, batch_size, device, pack)
 
 
 def _per_token(fn: Callable, examples: Sequence[RolloutExample], pad_id: int, batch_size: int,
-               device) -> list[tuple[float, ...]]:
-    """``fn(batch)`` -> (B, L) left-aligned per-token values, for every example, without gradients."""
+               device, pack: bool = False) -> list[tuple[float, ...]]:
+    """``fn(batch)`` -> (B, L) left-aligned per-token values, for every example, without gradients
+    (batches packed by group when ``pack``)."""
     out: list[tuple[float, ...]] = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             part = examples[start:start + batch_size]
-            aligned = fn(collate_rollout(part, pad_id).to(device)).double().cpu()
+            aligned = fn(collate_rollout(part, pad_id, pack).to(device)).double().cpu()
             out.extend(tuple(aligned[b, :len(e.completion_ids)].tolist()) for b, e in enumerate(part))
     return out
 
@@ -128,6 +129,7 @@ class OnlineSource:
         self.cfg, self.dist, self.prompts, self.policy = cfg, dist, list(prompts), policy
         self.generator, self.reward, self.advantages, self.params = generator, list(reward), advantages, params
         self.pad_id, self.reference, self.needs_old = pad_id, reference, needs_old
+        self.pack = cfg.dataset.packing
         self.G, self.updates = rollout.num_generations, rollout.updates_per_rollout
         self.completions, self.per_round = round_size(cfg, dist)
         self.rounds_per_epoch = steps_per_epoch(len(self.prompts), self.per_round)
@@ -152,7 +154,7 @@ class OnlineSource:
         if fresh:
             self._collect(round_)
         bs, device = self.cfg.optim.batch_size, self.dist.device
-        micro = [collate_rollout(self._examples[m * bs:(m + 1) * bs], self.pad_id).to(device)
+        micro = [collate_rollout(self._examples[m * bs:(m + 1) * bs], self.pad_id, self.pack).to(device)
                  for m in range(self.cfg.optim.grad_accum)]
         rows = sorted({e.row for e in self._examples})
         metrics = dict(self._metrics) if fresh else {"generation_s": 0.0, "reward_s": 0.0}
@@ -225,14 +227,17 @@ class OnlineSource:
             for k, s in enumerate(flat)]
         examples, batch_rows, device = self._examples, self.cfg.optim.batch_size, self.dist.device
         if self.needs_old:
-            for e, lp in zip(examples, token_logps(self.policy, examples, self.pad_id, batch_rows, device), strict=True):
+            old = token_logps(self.policy, examples, self.pad_id, batch_rows, device, self.pack)
+            for e, lp in zip(examples, old, strict=True):
                 e.old_logps = lp
         if self.reference is not None:
             with self.reference() as ref:
-                for e, lp in zip(examples, token_logps(ref, examples, self.pad_id, batch_rows, device), strict=True):
+                reference = token_logps(ref, examples, self.pad_id, batch_rows, device, self.pack)
+                for e, lp in zip(examples, reference, strict=True):
                     e.ref_logps = lp
         if rule.values:
-            values = _per_token(lambda b: token_values(self.policy, b), examples, self.pad_id, batch_rows, device)
+            values = _per_token(lambda b: token_values(self.policy, b), examples, self.pad_id, batch_rows, device,
+                                self.pack)
             for e, v in zip(examples, values, strict=True):
                 e.old_values = v
         greedy_all = torch.cat([g for _, _, g in gathered]) if greedy is not None else None

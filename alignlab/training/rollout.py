@@ -1,7 +1,7 @@
 """One round of online sampling: prompts → the generator → the rewards → what the loss trains on.
 
 The online step source (``online.py``) calls ``score_samples`` and builds ``RolloutExample``s once
-per round; ``collate_rollout`` turns a micro-batch of them into the padded ``Batch`` the
+per round; ``collate_rollout`` turns a micro-batch of them into the ``Batch`` (packed or padded) the
 policy-gradient forward runs. Everything a loss needs from the round travels with the example:
 the completion's tokens, its advantage per token, the sampler's log-probs and, when the method
 needs them, the trainer's log-probs at the start of the round and the reference's.
@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.data.collate import Batch, collate_completions
+from alignlab.data.pack import collate_packed
 from alignlab.data.records import Text
+from alignlab.data.render import Response
 from alignlab.errors import UserError
 from alignlab.rewards.base import Scorer, reward_prompt
 from alignlab.training.source import StepFault
@@ -139,10 +141,34 @@ class RolloutExample:
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
-def collate_rollout(examples: Sequence[RolloutExample], pad_id: int) -> Batch:
-    """Rows of prompt + completion, loss on every completion token (a method that drops truncated
-    completions does so in its loss, from ``finished``)."""
-    batch = collate_completions([e.prompt_ids for e in examples], [e.completion_ids for e in examples], pad_id)
+@dataclass(frozen=True)
+class _Group:
+    """Consecutive completions of one prompt, as ``collate_packed`` takes them."""
+
+    prompt_ids: tuple[int, ...]
+    completions: tuple[tuple[int, ...], ...]
+
+    def sequences(self) -> list[tuple[tuple[int, ...], Response]]:
+        return [(self.prompt_ids, Response(c, (1,) * len(c))) for c in self.completions]
+
+
+def collate_rollout(examples: Sequence[RolloutExample], pad_id: int, pack: bool = False) -> Batch:
+    """Completions to a batch, loss on every completion token (a method that drops truncated
+    completions does so in its loss, from ``finished``). Padded: a row of prompt + completion each.
+    ``pack``: each run of consecutive completions of one prompt (a group, as a round lays them out)
+    in one packed row, the prompt once and the completions after it (``data/pack.py``), so a
+    prompt goes through the model once per group, not once per sample; the responses keep the
+    examples' order and every completion gets the same numbers as in its own padded row."""
+    if pack and examples and any(e.completion_ids for e in examples):
+        groups: list[_Group] = []
+        for e in examples:
+            if groups and groups[-1].prompt_ids == tuple(e.prompt_ids):
+                groups[-1] = _Group(groups[-1].prompt_ids, groups[-1].completions + (tuple(e.completion_ids),))
+            else:
+                groups.append(_Group(tuple(e.prompt_ids), (tuple(e.completion_ids),)))
+        batch = collate_packed(groups, pad_id, role_major=False)
+    else:
+        batch = collate_completions([e.prompt_ids for e in examples], [e.completion_ids for e in examples], pad_id)
     batch.num_examples = len(examples)
     batch.examples = list(examples)
     return batch
