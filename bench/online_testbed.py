@@ -35,6 +35,8 @@ with one thread, ``--env OMP_NUM_THREADS=1``, while two of these commands shared
     python online_testbed.py --task sentiment --runs rloo dpo --seeds 0 1 2 --env OMP_NUM_THREADS=1 \\
         --args rloo="--prompts 512 --epochs 1 --k 8 --batch-size 32 --lr 5e-5 --eval-every 32" \\
         --args dpo="--prompts 512 --eval-every 32"
+    python online_testbed.py --task sentiment --runs ppo --seeds 0 1 2 --env OMP_NUM_THREADS=1 \\
+        --args ppo="--prompts 512 --epochs 1 --k 8 --batch-size 32 --lr 2e-4 --eval-every 32"
 
 An online run and DPO given the same ``--prompts`` and seed train on the same prompts: both take
 the task's first ``--prompts`` training prompts for that seed (DPO samples its pairs from the SFT
