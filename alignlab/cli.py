@@ -1,6 +1,8 @@
 """The `alignlab` command.
 
     alignlab train [CONFIG.yaml] [--field value ...]   train with any registered method
+    alignlab iterate [CONFIG.yaml] [--field value ...] rounds: sample, score, train an offline method on the
+                                                       policy's own samples, repeat (--recipe raft|iterative-dpo)
     alignlab methods                                   list the methods and their defaults
     alignlab tiny-model OUT_DIR                        save a tiny Llama + tokenizer for experiments
     alignlab demo [--task T] [--method M] [--seed S]   align a tiny model on a testbed task, before/after table
@@ -144,7 +146,13 @@ def _train_help() -> str:
     return "\n".join(lines)
 
 
-def cmd_train(tokens: list[str]) -> int:
+def cmd_iterate(tokens: list[str]) -> int:
+    """``alignlab train`` for a config that runs rounds (``alignlab.rounds``): without ``rounds`` it
+    is an error, so that a forgotten key does not silently train once."""
+    return cmd_train(tokens, rounds=True)
+
+
+def cmd_train(tokens: list[str], rounds: bool = False) -> int:
     if any(t in ("-h", "--help") for t in tokens):
         print(_train_help())
         return 0
@@ -156,6 +164,8 @@ def cmd_train(tokens: list[str]) -> int:
     hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the training bar
     config_path, overrides, _ = _parse_flags(tokens, frozenset(bool_keys()))
     cfg = load_config(config_path, _bare_flags_to_true(overrides))
+    if rounds and not cfg.iterate.rounds:
+        raise UserError("alignlab iterate runs rounds: give rounds: N (N >= 1) in the config or --rounds N")
     summary = train(cfg)
     from alignlab.training.distributed import init_distributed
 
@@ -325,7 +335,7 @@ def cmd_demo(tokens: list[str]) -> int:
     report = run_demo(settings, out, args.cache_dir, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"\n{args.method} on the {args.task} task, seed {args.seed}: held-out gold reward before and after\n")
     print(table(report))
-    print(f"\nreport: {out}/metrics.json, {out}/plot.png; trained model: {out}/model "
+    print(f"\nreport: {out}/metrics.json, {out}/plot.png; trained model: {report['model']} "
           f"({report['seconds']['total']:.0f} s)")
     return 0
 
@@ -409,7 +419,7 @@ def cmd_eval(tokens: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "methods": cmd_methods, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "iterate": cmd_iterate, "eval": cmd_eval, "methods": cmd_methods, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
             "feedback": cmd_feedback, "sample": cmd_sample, "convert": cmd_convert, "testbed": cmd_testbed}
 
 

@@ -11,7 +11,7 @@ import contextlib
 import copy
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,12 +274,16 @@ def is_lora(model) -> bool:
 
 class Reference:
     """The reference policy: the policy as it is when this is made, frozen. A frozen copy of it,
-    or, with LoRA, the same network with its adapter disabled (no second copy in memory).
+    or, with LoRA, the same network with its adapter disabled (no second copy in memory); or a
+    model of its own (``frozen``: a reference model loaded from elsewhere).
     Calling it gives a context that yields the module to run (under no_grad)."""
 
-    def __init__(self, policy: torch.nn.Module):
+    def __init__(self, policy: torch.nn.Module, frozen: torch.nn.Module | None = None):
         self.policy = policy
-        self._copy = None if is_lora(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
+        if frozen is not None:
+            self._copy = frozen.eval().requires_grad_(False)
+        else:
+            self._copy = None if is_lora(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
 
     @contextlib.contextmanager
     def model(self, policy_unwrapped: torch.nn.Module | None = None) -> Iterator[torch.nn.Module]:
@@ -301,13 +305,15 @@ class LazyReference:
     cache never copies the model. ``get`` makes it now (before training changes the policy);
     ``release`` drops it once nothing needs it."""
 
-    def __init__(self, policy: torch.nn.Module):
+    def __init__(self, policy: torch.nn.Module, load: Callable[[], torch.nn.Module] | None = None):
+        """``load``: makes a reference model of its own (a ``reference_model``) instead of the copy."""
         self.policy = policy
+        self.load = load
         self._made: Reference | None = None
 
     def get(self) -> Reference:
         if self._made is None:
-            self._made = Reference(self.policy)
+            self._made = Reference(self.policy, self.load() if self.load is not None else None)
         return self._made
 
     def release(self) -> None:

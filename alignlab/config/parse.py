@@ -35,6 +35,10 @@ from alignlab.losses import REGISTRY
 # -- conversion of raw values (YAML or command line) to field types ------------------------------
 
 
+
+# the method a round recipe trains with when the config names none (``IterateConfig.recipe``)
+RECIPE_METHODS = {"raft": "sft", "iterative-dpo": "dpo"}
+
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
@@ -273,7 +277,10 @@ def make_config(raw: dict[str, Any]) -> TrainConfig:
     flat: dict[str, Any] = {}
     for key, value in normalize(raw).items():
         _merge_dotted(flat, key, value)
-    method = str(flat.get("method", "dpo"))
+    recipe = flat.get("recipe")
+    method = str(flat.get("method", RECIPE_METHODS.get(recipe, "dpo")))  # a recipe's method unless one is given
+    if "method" not in flat and recipe in RECIPE_METHODS:
+        flat["method"] = method
     spec = get_loss(method)
     layout, types_ = _layout(), _value_types()
     method_keys = set(_field_types(spec.params))

@@ -10,6 +10,7 @@ rather than more fields in one flat bag:
     adapter     LoRA                                              cfg.adapter.lora_r
     eval        held-out data and how often it is measured        cfg.eval.eval_every
     rollout     online methods: reward, samples, the generator    cfg.rollout.num_generations
+    iterate     rounds of sampling and offline training           cfg.iterate.rounds
 
 Every field name is unique across the sections and the top level, so a key is given flat
 (``lr: 1e-4``, ``--lr 1e-4``) or by its section (``optim: {lr: 1e-4}``, ``--optim.lr 1e-4``), and
@@ -206,6 +207,48 @@ class RolloutConfig:
                f"give one weight per reward ({len(self.reward)}), got {self.reward_weights}")
 
 
+ROUND_RECIPES = ("raft", "iterative-dpo")
+ROUND_SHAPES = ("sft", "pair", "unpaired", "ranked")
+ROUND_REFERENCES = ("fixed", "previous")
+
+
+@dataclass
+class IterateConfig:
+    """Rounds: sample from the current policy, score, turn the scores into data, train, repeat
+    (``alignlab/rounds.py``). The samples per prompt are ``num_generations``, drawn with the
+    rollout section's sampling settings; the scorer is ``reward``."""
+
+    rounds: int = param(0, "rounds of sample -> score -> convert -> train, each from the previous round's policy "
+                           "(0: one run on the data as it is)")
+    recipe: str | None = param(None, "a named recipe that sets the method and the conversion: raft (SFT on the "
+                                     "best samples) or iterative-dpo (DPO on best-worst pairs)")
+    round_prompts: int | None = param(None, "prompts sampled each round, new ones each round (default: a prompt "
+                                            "file's prompts split evenly over the rounds; a task's: 256)")
+    pair_rule: str = param("best_worst", "pair methods: which pairs a prompt's scored samples make (best_worst, "
+                                         "all_pairs, random, margin)")
+    pair_margin: float = param(0.0, "pair methods: the least score difference of a pair (rules random, margin)")
+    keep_top: int = param(1, "SFT methods: the best samples kept per prompt")
+    min_score: float | None = param(None, "SFT methods: keep a sample only if its score is at least this")
+    round_reference: str = param("fixed", "the reference of every round: fixed (the starting model) or previous "
+                                          "(the previous round's policy)")
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 0, "rounds", f"must be >= 0, got {self.rounds}")
+        _check(self.recipe is None or self.recipe in ROUND_RECIPES, "recipe",
+               f"must be one of {', '.join(ROUND_RECIPES)}, got '{self.recipe}'")
+        _check(self.round_prompts is None or self.round_prompts >= 1, "round_prompts",
+               f"must be >= 1, got {self.round_prompts}")
+        _check(self.pair_rule in ("best_worst", "all_pairs", "random", "margin"), "pair_rule",
+               f"must be best_worst, all_pairs, random or margin, got '{self.pair_rule}'")
+        _check(math.isfinite(self.pair_margin) and self.pair_margin >= 0, "pair_margin",
+               f"must be >= 0, got {self.pair_margin}")
+        _check(self.keep_top >= 1, "keep_top", f"must be >= 1, got {self.keep_top}")
+        _check(self.min_score is None or math.isfinite(self.min_score), "min_score",
+               f"must be a finite number, got {self.min_score}")
+        _check(self.round_reference in ROUND_REFERENCES, "round_reference",
+               f"must be fixed or previous, got '{self.round_reference}'")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs: what to train on what, then one section per concern.
@@ -213,6 +256,8 @@ class TrainConfig:
 
     method: str = param("dpo", "training method (see `alignlab methods`): sft, dpo, ...")
     model: str = param("", "policy to start from: a local directory or a hub name")
+    reference_model: str | None = param(None, "the reference: a local directory or hub name (default: the policy's "
+                                              "starting weights; with LoRA, the base with the adapter disabled)")
     data: str = param("", "training data: .jsonl/.json/.parquet/.csv file, dataset directory or hub name")
     output_dir: str = param("runs/alignlab", "where checkpoints, metrics.jsonl and the final model go")
     seed: int = param(0, "seed of the run's one random generator (data order, initialisation)")
@@ -236,6 +281,8 @@ class TrainConfig:
                                            "are measured")
     rollout: RolloutConfig = section(RolloutConfig, "online methods: the reward, samples per prompt, sampling, "
                                                     "the generator, updates per round")
+    iterate: IterateConfig = section(IterateConfig, "rounds of sampling, scoring and offline training from the "
+                                                    "policy's own samples (RAFT, iterative DPO)")
     method_params: Any = field(default=None, metadata={"help": "hyperparameters of the method", "internal": True})
 
     def __post_init__(self) -> None:
@@ -257,8 +304,24 @@ class TrainConfig:
                f"method '{self.method}' trains on one set of data; mix_data is for methods that mix two (bvpo)")
         _check(mix_data is not None or "group" not in spec.needs, "mix_data",
                f"method '{self.method}' needs a second set of pairs in mix_data")
-        _check(not self.rollout.reward or spec.shape == "online", "reward",
-               f"method '{self.method}' trains on fixed data; a reward is for online methods (grpo, rloo, ...)")
+        rounds = self.iterate.rounds > 0
+        _check(not self.rollout.reward or spec.shape == "online" or rounds, "reward",
+               f"method '{self.method}' trains on fixed data; a reward is for online methods (grpo, rloo, ...) "
+               "and for rounds (rounds: N)")
+        _check(not rounds or spec.shape in ROUND_SHAPES, "rounds",
+               f"rounds train an offline method on their samples (data {', '.join(ROUND_SHAPES)}); method "
+               f"'{self.method}' trains on {spec.shape} data")
+        _check(self.iterate.recipe is None or rounds, "recipe", "a recipe runs rounds; give rounds: N (N >= 1)")
+        if self.iterate.recipe == "raft":
+            _check(spec.shape == "sft", "recipe", f"raft fine-tunes on the best samples with an SFT method; method "
+                                                  f"'{self.method}' trains on {spec.shape} data")
+        if self.iterate.recipe == "iterative-dpo":
+            _check(spec.shape == "pair", "recipe", f"iterative-dpo trains a pair method (dpo, ipo, ...); method "
+                                                   f"'{self.method}' trains on {spec.shape} data")
+        _check(self.reference_model is None or not self.adapter.lora, "reference_model",
+               "with LoRA the reference is the base model with the adapter disabled; give no reference_model")
+        _check(self.reference_model is None or spec.model == "policy", "reference_model",
+               "a reward model has no reference")
         if spec.model == "reward":
             _check(not self.adapter.lora, "lora", "reward models train the whole backbone and head; LoRA is for policies")
             _check(self.eval.task is None, "task", "a reward model does not answer prompts; measure it with alignlab eval rm")

@@ -158,13 +158,23 @@ def pairs_to_unpaired(records: Sequence[PairRecord]) -> Converted[UnpairedRecord
 # ---------------------------------------------------------------- best of n
 
 
-def ranked_to_sft(records: Sequence[RankedRecord]) -> Converted[SFTRecord]:
-    """Best-of-n SFT data (rejection sampling): each list's best response as an SFT example.
+def ranked_to_sft(records: Sequence[RankedRecord], top: int = 1, min_score: float | None = None
+                  ) -> Converted[SFTRecord]:
+    """Best-of-n SFT data (rejection sampling): each list's ``top`` best responses as SFT examples,
+    best first, those scored below ``min_score`` left out (counted).
 
     A ranked record lists its responses best first, responses that tie in the data's order, so the
     best is the first of the top-scored ones as the data gave them.
     """
-    return Converted([SFTRecord(r.prompt, r.completions[0], source=r.source, row=r.row) for r in records])
+    if top < 1:
+        raise UserError(f"top must be >= 1, got {top}")
+    out: Converted[SFTRecord] = Converted([])
+    for r in records:
+        best = list(zip(r.completions, r.scores, strict=True))[:top]
+        kept = [c for c, s in best if min_score is None or s >= min_score]
+        out.drop(f"responses scored below {min_score:g}" if min_score is not None else "", len(best) - len(kept))
+        out.records.extend(SFTRecord(r.prompt, c, source=r.source, row=r.row) for c in kept)
+    return out
 
 
 def scored_to_sft(records: Sequence[ScoredRecord]) -> Converted[SFTRecord]:

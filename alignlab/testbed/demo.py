@@ -66,6 +66,9 @@ class DemoSettings:
     eval_every: int = field(default=16, metadata={"help": "measure the held-out gold reward every N steps"})
     eval_prompts: int = field(default=0, metadata={"help": "held-out prompts to answer at each evaluation (0: all "
                                                            "of the task's)"})
+    rounds: int = field(default=1, metadata={"help": "rounds of sampling from the current policy and training on "
+                                                     "its scored samples (iterative DPO, RAFT with sft), the prompts "
+                                                     "split evenly over them; 1: one round on the SFT model's samples"})
     method_params: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "hyperparameters of the method, e.g. epsilon=0.3 (repeatable)"})
 
@@ -95,6 +98,13 @@ class DemoSettings:
         from alignlab.config import build
 
         build(spec.params, dict(self.method_params), f"method '{self.method}'")  # bad names/values fail now
+        if self.rounds < 1:
+            raise UserError(f"{option('rounds')}: must be >= 1, got {self.rounds}")
+        if self.rounds > 1 and spec.shape == "online":
+            raise UserError(f"{option('rounds')}: an online method samples every step; rounds are for offline methods")
+        if self.rounds > 1 and self.num_prompts < self.rounds:
+            raise UserError(f"{option('rounds')}: {self.rounds} rounds need at least as many prompts, got "
+                            f"{self.num_prompts}")
         extra = sorted(spec.needs & {"strength", "group"})
         if extra:
             raise UserError(f"the demo's feedback has no {' or '.join(extra)} per pair, which '{self.method}' needs")
@@ -137,7 +147,8 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
 
     shape = get_loss(settings.method).shape
     online = shape == "online"
-    if online:  # the method samples and scores while it trains: no feedback file, only what it was told
+    rounds = settings.rounds > 1  # the policy samples its own data each round (alignlab/rounds.py)
+    if online or rounds:  # the method samples and scores while it trains: no feedback file, only what it was told
         feedback, data = {"online": True, "reward": f"task:{settings.task}:{settings.reward}"}, f"task:{settings.task}"
         (out / "feedback").mkdir(parents=True, exist_ok=True)
         (out / "feedback" / "metadata.json").write_text(json.dumps(feedback, indent=1))
@@ -172,18 +183,30 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
         config.update(data=data, reward=[f"task:{settings.task}:{settings.reward}"], num_generations=settings.k,
                       batch_size=per_step * settings.k, epochs=1.0,
                       max_steps=math.ceil(settings.epochs * settings.num_prompts / per_step))
+    if rounds:
+        # the same prompts and samples per prompt as one round, split evenly over the rounds; each
+        # round trains `epochs` passes over its own data, so the steps add up to one round's
+        config.update(data=data, reward=[f"task:{settings.task}:{settings.reward}"], num_generations=settings.k,
+                      rounds=settings.rounds, round_prompts=settings.num_prompts // settings.rounds)
     if "sample_max_new_tokens" in spec.defaults() and "sample_max_new_tokens" not in settings.method_params:
         config["sample_max_new_tokens"] = task.max_new_tokens  # samples as long as the task's answers
     summary = train(config)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the report keeps the final model only
+    for folder in sorted(out.glob("round-*/train")):  # and each round's model
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     t_train = time.perf_counter() - t0 - t_model - t_feedback
 
     history = [{"step": 0, **{k: v for k, v in before_metrics.items() if k.startswith("eval/gold")}}]
-    history += [{k: v for k, v in row.items() if k == "step" or k.startswith("eval/gold")}
-                for row in read_metrics(out / "metrics.jsonl") if "eval/gold/sampled" in row]
+    offset = 0  # rounds: each round's steps after the previous rounds'
+    for folder in ([out / f"round-{r}" / "train" for r in range(1, settings.rounds + 1)] if rounds else [out]):
+        rows = read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
+        history += [{k: (v + offset if k == "step" else v) for k, v in row.items()
+                     if k == "step" or k.startswith("eval/gold")} for row in rows if "eval/gold/sampled" in row]
+        offset += max((row.get("step", 0) for row in rows), default=0)
     report = {
         "settings": asdict(settings),
         "sft_model": str(sft_dir),
+        "model": summary.model_dir,
         "sft_model_provenance": model_provenance(sft_dir),
         "before": before_metrics,
         "after": {k: v for k, v in summary.eval_metrics.items() if k.startswith("eval/gold")},

@@ -24,7 +24,15 @@ from alignlab.data.render import Renderer
 from alignlab.errors import ConfigError, DataError, RowIssue, UserError, option
 from alignlab.generation.base import SamplingParams
 from alignlab.losses.online import needs_reference
-from alignlab.models import LazyReference, LoraSettings, Reference, add_lora, disable_dropout, load_tokenizer
+from alignlab.models import (
+    LazyReference,
+    LoraSettings,
+    Reference,
+    add_lora,
+    disable_dropout,
+    load_model,
+    load_tokenizer,
+)
 from alignlab.training import prepare
 from alignlab.training.checkpoint import list_checkpoints
 from alignlab.training.critic import attach_critic
@@ -209,6 +217,20 @@ def _prepare(cfg: TrainConfig, train_ex: list, eval_ex: list, tokenizer, referen
     return sets[0], sets[1]
 
 
+def _reference_model(cfg: TrainConfig, policy, dist: Dist) -> torch.nn.Module:
+    """``reference_model`` loaded in the policy's precision, on its device; its vocabulary must be
+    the policy's (its log-probs are of the same tokens)."""
+    reference = load_model(cfg.reference_model, dtype="fp32" if cfg.dtype == "bf16" else cfg.dtype,
+                           trust_remote_code=cfg.trust_remote_code)
+    mine, theirs = policy.get_input_embeddings().weight.shape[0], reference.get_input_embeddings().weight.shape[0]
+    if mine != theirs:
+        raise ConfigError(f"reference_model: {cfg.reference_model} has a vocabulary of {theirs} tokens and the "
+                          f"policy {cfg.model} one of {mine}; the reference must score the policy's tokens")
+    if cfg.optim.disable_dropout:
+        disable_dropout(reference)
+    return reference.to(dist.device)
+
+
 def _fingerprint(cfg: TrainConfig, policy) -> str:
     """What identifies the reference model's numbers: its files (or hub name and revision), the
     precision, the versions of the libraries that compute them, and the machine's instruction set
@@ -217,7 +239,7 @@ def _fingerprint(cfg: TrainConfig, policy) -> str:
 
     commit = getattr(getattr(policy, "config", None), "_commit_hash", None) or ""
     machine = json.dumps(machine_signature(), sort_keys=True)
-    return "\0".join([model_fingerprint(cfg.model), commit, cfg.dtype, torch.__version__, transformers.__version__,
+    return "\0".join([model_fingerprint(cfg.reference_model or cfg.model), commit, cfg.dtype, torch.__version__, transformers.__version__,
                       machine])
 
 
@@ -243,6 +265,9 @@ def _task_eval(cfg: TrainConfig, tokenizer, dist: Dist) -> Callable:
 def train(config: TrainConfig | dict[str, Any]) -> Summary:
     """Train with ``config`` (a TrainConfig or a flat dict as in YAML) and return a Summary."""
     cfg = config if isinstance(config, TrainConfig) else make_config(config)
+    if cfg.iterate.rounds:
+        raise ConfigError("rounds: a run of rounds goes through alignlab.train (or `alignlab iterate`), which "
+                          "trains each round with this function")
     kind = model_kind(cfg)  # a policy, or a reward model (a backbone with a fresh head)
     dist = init_distributed()
     out = Path(cfg.output_dir)
@@ -276,7 +301,7 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     # The reference is the starting policy: a frozen copy made only when something uses it (the
     # reference log-probs when not cached, reference samples, the task evaluation), or with LoRA the
     # same network with its adapter disabled. It runs under the policy's precision.
-    lazy = LazyReference(policy)
+    lazy = LazyReference(policy, partial(_reference_model, cfg, policy, dist) if cfg.reference_model else None)
     if not online:
         train_examples, eval_examples = _prepare(cfg, train_examples, eval_examples, tokenizer, lazy, dist,
                                                  _fingerprint(cfg, policy))

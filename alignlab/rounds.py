@@ -1,0 +1,297 @@
+"""Rounds: the policy samples, a scorer ranks the samples, an offline method learns from the ranking,
+and the next round starts from the trained policy.
+
+A run with ``rounds: N`` (``alignlab iterate CONFIG``, or ``alignlab train`` with ``rounds``) does,
+for round r = 1..N, under ``output_dir/round-r/``:
+1. ``prompts.jsonl``: the round's prompts, ``round_prompts`` new ones per round (a prompt file's
+   prompts split evenly over the rounds by default; a testbed task's training prompts, 256 per
+   round by default), in order, wrapping around a prompt file that runs out;
+2. ``samples.jsonl``: ``num_generations`` samples of each from the current policy, drawn by
+   ``alignlab sample``'s machinery (``sample_cli.run_sample``) with the rollout section's sampling
+   settings and a seed that is a function of (seed, round);
+3. ``data.jsonl``: the samples scored by ``reward`` (one scorer spec or a weighted list, as online
+   methods take it), ranked per prompt and converted to the method's data shape with the existing
+   converters: SFT methods get each prompt's ``keep_top`` best samples (scored at least
+   ``min_score``), pair methods the pairs of ``pair_rule`` (``pair_margin``), unpaired methods
+   (KTO...) those pairs as a thumbs up and a thumbs down, ranked methods the ranked lists;
+4. ``train/``: an ordinary training run (``training.run.train``) of the method on that data from
+   the current policy, for the round's budget (``epochs`` or ``max_steps`` of the config, per
+   round), with the reference fixed at the starting model (``round_reference: fixed``, the default)
+   or the round's starting policy (``previous``);
+5. ``round.json``: what the round did (prompts, samples, mean score per scorer term, data made and
+   dropped, the training's final metrics, the model it produced), written last.
+``rounds.jsonl`` beside the rounds gathers every finished round's record.
+
+Resume: every step is kept on disk as it finishes. With ``resume`` a run skips the rounds that
+have a ``round.json``, and within the round it stopped in, sampling resumes where its file ends
+(``alignlab sample``'s resume: the same samples as an uninterrupted run with the native backend),
+scoring and conversion are redone from the samples (both are functions of them), and training
+resumes from the round's newest checkpoint (exact with ``save_every``). So a run killed anywhere
+ends with the weights of an uninterrupted one.
+
+The recipes (``recipe``): ``raft``, rejection-sampling fine-tuning (Dong et al. 2023, RAFT: Reward
+rAnked FineTuning): SFT on each prompt's best sample, no reference; with one round it is best-of-n
+distillation. ``iterative-dpo`` (Xiong et al. 2024, Iterative Preference Learning from Human
+Feedback; Dong et al. 2024, RLHF Workflow): DPO (or any pair method) on each prompt's best and worst
+samples, the reference fixed at the starting model.
+
+Rounds run in one process: sampling is not split over processes, and each round's training is a
+single-process run. A config that names rounds under torchrun is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignlab.config import TrainConfig, config_differences, make_config
+from alignlab.data import convert
+from alignlab.data.records import Message, RankedRecord, Text
+from alignlab.data.write import write_jsonl, write_rows
+from alignlab.errors import ConfigError, UserError, option
+from alignlab.generation.base import SamplingParams
+from alignlab.training.online_run import _task, max_new_tokens
+from alignlab.training.rollout import load_reward_terms, score_samples
+from alignlab.training.run import Summary
+from alignlab.training.run import train as train_once
+
+TASK_ROUND_PROMPTS = 256  # a testbed task's prompts per round when the config gives no round_prompts
+CONFIG_FILE = "rounds.yaml"
+DONE_FILE = "round.json"
+
+
+def round_seed(seed: int, round_: int) -> int:
+    """The sampling seed of round ``round_`` (from 1): distinct per (seed, round), in [0, 2**63)."""
+    return (seed * 1_000_003 + 104_729 * round_) % (2**63)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_rounds(cfg: TrainConfig) -> Summary:
+    """Run ``cfg.iterate.rounds`` rounds (see the module docstring); returns the last round's
+    training summary, with the run folder as ``output_dir``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("rounds: rounds run in one process (their sampling is not split over processes); "
+                          "launch without torchrun")
+    out = Path(cfg.output_dir)
+    _claim(cfg, out)
+    prompts = _all_prompts(cfg)
+    per_round = _per_round(cfg, len(prompts))
+    terms = load_reward_terms(_reward_specs(cfg), cfg.rollout.reward_weights)
+    policy, summary = cfg.model, None
+    for r in range(1, cfg.iterate.rounds + 1):
+        folder = out / f"round-{r}"
+        done = folder / DONE_FILE
+        if done.exists():
+            record = json.loads(done.read_text())
+            policy = record["model"]
+            _log(f"round {r}/{cfg.iterate.rounds}: done earlier ({policy})")
+            summary = Summary(**record["summary"]) if record.get("summary") else summary
+            continue
+        _log(f"round {r}/{cfg.iterate.rounds}: sampling {cfg.rollout.num_generations} answers to each of "
+             f"{per_round} prompts from {policy}")
+        mine = [prompts[(i + (r - 1) * per_round) % len(prompts)] for i in range(per_round)]
+        samples = _sample(cfg, r, policy, mine, folder)
+        rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
+        ranked, scores = _score(terms, rows, samples)
+        data, made = _convert(cfg, ranked, folder / "data.jsonl")
+        record: dict[str, Any] = {"round": r, "start_model": policy, "prompts": per_round,
+                                  "samples": sum(len(row["samples"]) for row in rows), **scores, "data": made}
+        if made["examples"] == 0:
+            _log(f"round {r}: the samples made no training data ({made['dropped']}); the policy stays as it is")
+            record.update(model=policy, trained=False, summary=None)
+        else:
+            summary = train_once(_round_config(cfg, r, policy, data, folder / "train"))
+            policy = summary.model_dir
+            record.update(model=policy, trained=True, summary=dataclasses.asdict(summary))
+        _write_json(done, record)
+        with (out / "rounds.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({k: v for k, v in record.items() if k != "summary"}
+                               | {"eval": (record["summary"] or {}).get("eval_metrics", {})}) + "\n")
+    if summary is None:
+        raise UserError(f"rounds: none of the {cfg.iterate.rounds} rounds made training data; see "
+                        f"{out / 'rounds.jsonl'}")
+    return dataclasses.replace(summary, output_dir=str(out), model_dir=policy)
+
+
+# -- the run folder ---------------------------------------------------------------------------------
+
+
+def _claim(cfg: TrainConfig, out: Path) -> None:
+    """Refuse to mix two runs in one folder, as ``alignlab train`` does; ``overwrite`` clears it,
+    ``resume`` continues it (with the same config)."""
+    saved = out / CONFIG_FILE
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: '{out}' is a file")
+    if saved.exists():
+        if cfg.checkpoint.resume:
+            differ = config_differences(yaml.safe_load(saved.read_text()) or {}, _recorded(cfg))
+            if differ:
+                raise ConfigError(f"resume: '{out}' holds rounds run with other settings (differs in "
+                                  f"{', '.join(differ)}); resume with the same config or use another output_dir")
+        elif cfg.checkpoint.overwrite:
+            for child in out.glob("round-*"):
+                shutil.rmtree(child)
+            (out / "rounds.jsonl").unlink(missing_ok=True)
+        else:
+            raise ConfigError(f"output_dir: '{out}' already holds rounds; pass {option('resume')} to continue them "
+                              f"or {option('overwrite')} to start afresh")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(_recorded(cfg), sort_keys=False))
+
+
+def _recorded(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as the run folder records it: without the switches that only say how to start."""
+    d = cfg.to_dict()
+    d["checkpoint"] = {k: v for k, v in d["checkpoint"].items() if k not in ("resume", "overwrite")}
+    d.pop("progress", None)
+    return d
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+
+
+# -- one round ------------------------------------------------------------------------------------
+
+
+def _reward_specs(cfg: TrainConfig) -> list[str]:
+    if cfg.rollout.reward:
+        return list(cfg.rollout.reward)
+    task = _task(cfg)
+    if task is None:
+        raise ConfigError("reward: rounds score their samples with a reward (scorer specs), e.g. --reward "
+                          "task:arithmetic; none was given")
+    spec = f"task:{task.name}:gold"
+    _log(f"reward: none given; using the task's gold reward ({spec})")
+    return [spec]
+
+
+def _all_prompts(cfg: TrainConfig) -> list[Text]:
+    """Every prompt the rounds draw from, in order: a task's training prompts (as many as the
+    rounds take), or a prompt file's."""
+    task = _task(cfg)
+    if task is not None:
+        n = (cfg.iterate.round_prompts or TASK_ROUND_PROMPTS) * cfg.iterate.rounds
+        return list(task.train_prompts(n, cfg.seed))
+    from alignlab.data.prompts import load_prompts
+
+    records = load_prompts(cfg.data, prompt_column=cfg.rollout.prompt_column, split=cfg.dataset.data_split)
+    if not records:
+        raise UserError(f"data: {cfg.data} holds no prompts")
+    return [r.prompt for r in records]
+
+
+def _per_round(cfg: TrainConfig, available: int) -> int:
+    if cfg.iterate.round_prompts:
+        return cfg.iterate.round_prompts
+    per_round = available // cfg.iterate.rounds
+    if per_round < 1:
+        raise ConfigError(f"round_prompts: {cfg.data} holds {available} prompts, fewer than the "
+                          f"{cfg.iterate.rounds} rounds; give round_prompts (prompts are reused when they run out)")
+    return per_round
+
+
+def _sample(cfg: TrainConfig, r: int, policy: str, prompts: Sequence[Text], folder: Path) -> Path:
+    """The round's samples (``samples.jsonl``), resumed where an interrupted round left them."""
+    from alignlab.sample_cli import SampleJob, plain, run_sample
+
+    folder.mkdir(parents=True, exist_ok=True)
+    prompt_file = folder / "prompts.jsonl"
+    if not prompt_file.exists():
+        write_rows(prompt_file, [{"prompt": plain(p)} for p in prompts])
+    rollout = cfg.rollout
+    params = SamplingParams(max_new_tokens=max_new_tokens(cfg), temperature=rollout.temperature, top_p=rollout.top_p,
+                            top_k=rollout.top_k, seed=round_seed(cfg.seed, r))
+    job = SampleJob(model=policy, params=params, n=rollout.num_generations, prompts=str(prompt_file),
+                    backend=rollout.generation_backend,
+                    batch_size=max(1, rollout.generation_batch_size // rollout.num_generations),
+                    dtype="fp32" if cfg.dtype == "bf16" else cfg.dtype)
+    out = folder / "samples.jsonl"
+    run_sample(job, out, trust_remote_code=cfg.trust_remote_code, progress=cfg.progress)
+    return out
+
+
+def _text(completion: Any) -> str:
+    """A response as a scorer reads it: the text, or an assistant message's content."""
+    if isinstance(completion, str):
+        return completion
+    return completion[-1]["content"]
+
+
+def _prompt(value: Any) -> Text:
+    """A prompt (or a response to a conversation) as a row holds it, back to ``Text``."""
+    if isinstance(value, str):
+        return value
+    return tuple(Message(m["role"], m["content"]) for m in value)
+
+
+def _score(terms, rows: list[dict], source: Path) -> tuple[list[RankedRecord], dict[str, Any]]:
+    """Each prompt's non-empty samples scored and ranked best first; the mean score per term."""
+    prompts, responses, where, owner = [], [], [], []
+    for i, row in enumerate(rows):
+        for j, c in enumerate(row["completions"]):
+            prompts.append(_prompt(row["prompt"]))
+            responses.append(_text(c))
+            where.append(f"{source} row {i + 1}, response {j + 1}")
+            owner.append(i)
+    totals, parts = score_samples(terms, prompts, responses, where) if responses else (None, {})
+    scores: list[list[float]] = [[] for _ in rows]
+    for k, i in enumerate(owner):
+        scores[i].append(float(totals[k]))
+    ranked = []
+    for i, row in enumerate(rows):
+        completions = [_prompt(c) for c in row["completions"]]
+        ranked.append(convert.rank_responses(_prompt(row["prompt"]), completions, scores[i], source=str(source),
+                                             row=i + 1))
+    n = max(len(responses), 1)
+    stats = {"reward": float(totals.sum()) / n if responses else None,
+             **{f"reward/{name}": float(v.sum()) / n for name, v in parts.items()},
+             "empty_samples": sum(len(row["samples"]) - len(row["completions"]) for row in rows)}
+    return ranked, stats
+
+
+def _convert(cfg: TrainConfig, ranked: list[RankedRecord], path: Path) -> tuple[Path, dict[str, Any]]:
+    """The ranked samples as the method's data (``data.jsonl``): what was made and dropped."""
+    it = cfg.iterate
+    shape = cfg.spec.shape
+    if shape == "sft":
+        made = convert.ranked_to_sft(ranked, it.keep_top, it.min_score)
+    elif shape == "ranked":
+        made: convert.Converted = convert.Converted([r for r in ranked if len(r.completions) >= 2 and r.scores[0] > r.scores[-1]])
+        made.drop("prompts with fewer than two differently scored samples", len(ranked) - len(made.records))
+    else:
+        made = convert.ranked_to_pairs(ranked, it.pair_rule, margin=it.pair_margin, seed=cfg.seed)
+        if shape == "unpaired":
+            pairs = made
+            made = convert.pairs_to_unpaired(pairs.records)
+            made.dropped = pairs.dropped
+    write_jsonl(path, made.records)
+    return path, {"examples": len(made.records), "dropped": {k: v for k, v in made.dropped.items() if k}}
+
+
+def _round_config(cfg: TrainConfig, r: int, policy: str, data: Path, out: Path) -> TrainConfig:
+    """The round's training run: the method on the round's data from ``policy``, resumed when an
+    interrupted run of it is there."""
+    d = cfg.to_dict()
+    d.update(model=policy, data=str(data), output_dir=str(out))
+    d["iterate"] = {"rounds": 0}
+    d["rollout"] = {**d["rollout"], "reward": [], "reward_weights": None}
+    if cfg.reference_model is None and cfg.iterate.round_reference == "fixed" and r > 1:
+        d["reference_model"] = cfg.model
+    started = (out / "run.yaml").exists()
+    d["checkpoint"] = {**d["checkpoint"], "resume": started, "overwrite": False}
+    return make_config(d)
+
