@@ -1,0 +1,227 @@
+"""Rounds (``alignlab.rounds``): sample from the current policy, score, convert, train, repeat;
+everything kept under the run folder, and a run killed anywhere resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+import alignlab.training.loop as loop
+from alignlab import train
+from alignlab.cli import main
+from alignlab.errors import ConfigError
+from alignlab.models import TinyModelConfig, save_tiny_model
+from tests.training.helpers import max_abs_diff, weights
+
+DIGITS = "fn:tests.training.online_rewards:digits"
+PROMPTS = [f"Write a number for item {i}:" for i in range(1, 9)]
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.fixture
+def prompt_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return path
+
+
+def rounds_config(model_dir, data, out, **overrides) -> dict:
+    cfg = {"method": "dpo", "model": str(model_dir), "data": str(data), "output_dir": str(out), "rounds": 2,
+           "reward": [DIGITS], "num_generations": 4, "round_prompts": 4, "max_new_tokens": 6,
+           "generation_batch_size": 8, "max_steps": 2, "batch_size": 2, "lr": 1e-3, "dtype": "fp64",
+           "progress": False, "seed": 0, "warmup_steps": 0, "max_length": 64}
+    cfg.update(overrides)
+    if cfg["method"] is None:  # a recipe's own
+        cfg.pop("method")
+    return cfg
+
+
+def digit_count(text: str) -> int:
+    return sum(ch.isdigit() for ch in text)
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_two_rounds_of_iterative_dpo(tmp_path, tiny_model_dir, prompt_file):
+    """Round 1 samples prompts 1-4 from the starting model, round 2 prompts 5-8 from round 1's
+    model; each round's pairs are its samples' first best against first worst by the digit count
+    (recomputed here from the samples), ties dropped; round 2's reference is the starting model."""
+    out = tmp_path / "run"
+    summary = train(rounds_config(tiny_model_dir, prompt_file, out, recipe="iterative-dpo"))
+    records = jsonl(out / "rounds.jsonl")
+    assert [r["round"] for r in records] == [1, 2]
+    assert records[0]["start_model"] == str(tiny_model_dir)
+    assert records[1]["start_model"] == records[0]["model"] == str(out / "round-1" / "train" / "model")
+    assert summary.model_dir == str(out / "round-2" / "train" / "model") and summary.output_dir == str(out)
+    for r, prompts in ((1, PROMPTS[:4]), (2, PROMPTS[4:])):
+        folder = out / f"round-{r}"
+        assert [row["prompt"] for row in jsonl(folder / "prompts.jsonl")] == prompts
+        samples = jsonl(folder / "samples.jsonl")
+        assert [row["prompt"] for row in samples] == prompts and all(len(row["samples"]) == 4 for row in samples)
+        want, ties = [], 0
+        for row in samples:
+            scores = [digit_count(c) for c in row["completions"]]
+            if len(set(scores)) < 2:
+                ties += 1
+                continue
+            best, worst = scores.index(max(scores)), scores.index(min(scores))
+            want.append({"prompt": row["prompt"], "chosen": row["completions"][best],
+                         "rejected": row["completions"][worst]})
+        got = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in jsonl(folder / "data.jsonl")]
+        assert got == want and len(got) >= 2
+        record = json.loads((folder / "round.json").read_text())
+        assert record["data"] == {"examples": len(want), "dropped": {"lists whose scores all tie": ties} if ties else {}}
+        flat = [digit_count(c) for row in samples for c in row["completions"]]
+        assert record["reward"] == pytest.approx(sum(flat) / len(flat), abs=1e-12)
+        run = yaml.safe_load((folder / "train" / "run.yaml").read_text())
+        assert run["model"] == record["start_model"] and run["data"] == str(folder / "data.jsonl")
+        assert run["reference_model"] == (None if r == 1 else str(tiny_model_dir))
+    assert max_abs_diff(weights(summary.model_dir), weights(records[0]["model"])) > 1e-6
+
+
+def test_round_reference_previous_uses_the_rounds_starting_policy(tmp_path, tiny_model_dir, prompt_file):
+    out = tmp_path / "run"
+    train(rounds_config(tiny_model_dir, prompt_file, out, round_reference="previous", rounds=2))
+    assert yaml.safe_load((out / "round-2" / "train" / "run.yaml").read_text())["reference_model"] is None
+
+
+def test_raft_trains_on_the_best_samples_that_reach_min_score(tmp_path, tiny_model_dir, prompt_file):
+    """recipe raft: an SFT method on each prompt's 2 best samples (ties in the order drawn),
+    those with fewer than 1 digit left out and counted."""
+    out = tmp_path / "run"
+    train(rounds_config(tiny_model_dir, prompt_file, out, recipe="raft", method=None, rounds=1, round_prompts=8,
+                        keep_top=2, min_score=1.0))
+    assert yaml.safe_load((out / "rounds.yaml").read_text())["method"] == "sft"
+    samples = jsonl(out / "round-1" / "samples.jsonl")
+    want, low = [], 0
+    for row in samples:
+        ranked = sorted(row["completions"], key=digit_count, reverse=True)[:2]  # sorted() is stable
+        want += [{"prompt": row["prompt"], "completion": c} for c in ranked if digit_count(c) >= 1]
+        low += sum(digit_count(c) < 1 for c in ranked)
+    got = [{k: row[k] for k in ("prompt", "completion")} for row in jsonl(out / "round-1" / "data.jsonl")]
+    assert got == want and 0 < len(got) < 16
+    assert json.loads((out / "round-1" / "round.json").read_text())["data"]["dropped"] == (
+        {"responses scored below 1": low} if low else {})
+
+
+def test_a_round_killed_in_training_resumes_to_the_same_weights(tmp_path, tiny_model_dir, prompt_file, monkeypatch):
+    """Killed after round 2's first checkpoint, then resumed: round 1 is not redone (its folder is
+    untouched) and the final weights equal an uninterrupted run's exactly."""
+    extra = dict(save_every=1, keep_checkpoints=0)
+    full = train(rounds_config(tiny_model_dir, prompt_file, tmp_path / "full", **extra))
+    real_save, calls = loop.save, []
+
+    def save_then_crash(inp, unwrapped, optimizer, scheduler, step, *rest):
+        real_save(inp, unwrapped, optimizer, scheduler, step, *rest)
+        calls.append(step)
+        if len(calls) == 3:  # round 1 saves steps 1 and 2; this is round 2's step 1
+            raise Crash
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "save", save_then_crash)
+        with pytest.raises(Crash):
+            train(rounds_config(tiny_model_dir, prompt_file, tmp_path / "cut", **extra))
+    cut = tmp_path / "cut"
+    assert (cut / "round-1" / "round.json").exists() and not (cut / "round-2" / "round.json").exists()
+    stamp = (cut / "round-1" / "round.json").stat().st_mtime_ns
+    resumed = train(rounds_config(tiny_model_dir, prompt_file, cut, resume=True, **extra))
+    assert (cut / "round-1" / "round.json").stat().st_mtime_ns == stamp
+    assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
+    assert len(jsonl(cut / "rounds.jsonl")) == 2
+
+
+def test_a_round_killed_while_sampling_resumes_to_the_same_samples_and_weights(tmp_path, tiny_model_dir,
+                                                                              prompt_file, monkeypatch):
+    """Killed right after round 2 wrote the first of its two chunks of samples (chunks of 2
+    prompts: 8 sequences at once, 4 per prompt; the file is synced a chunk at a time), then
+    resumed: it samples the rest and ends with the same samples and weights."""
+    import alignlab.sample_cli as sample_cli
+
+    full = train(rounds_config(tiny_model_dir, prompt_file, tmp_path / "full"))
+    real_fsync, synced = sample_cli.os.fsync, []
+
+    def fsync_then_crash(fd):
+        real_fsync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("samples.jsonl"):  # not a checkpoint's files
+            synced.append(fd)
+            if len(synced) == 3:  # round 1 synced its 2 chunks; this is round 2's first
+                raise Crash
+
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        m.setattr(sample_cli.os, "fsync", fsync_then_crash)
+        with pytest.raises(Crash):
+            train(rounds_config(tiny_model_dir, prompt_file, cut))
+    assert len(jsonl(cut / "round-2" / "samples.jsonl")) == 2 and not (cut / "round-2" / "train").exists()
+    resumed = train(rounds_config(tiny_model_dir, prompt_file, cut, resume=True))
+    assert (cut / "round-2" / "samples.jsonl").read_text() == (tmp_path / "full" / "round-2" / "samples.jsonl").read_text()
+    assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
+
+
+def test_a_run_folder_with_rounds_is_not_mixed_with_another(tmp_path, tiny_model_dir, prompt_file):
+    out = tmp_path / "run"
+    train(rounds_config(tiny_model_dir, prompt_file, out, rounds=1, round_prompts=2))
+    with pytest.raises(ConfigError, match="already holds rounds; pass resume"):
+        train(rounds_config(tiny_model_dir, prompt_file, out, rounds=1, round_prompts=2))
+    with pytest.raises(ConfigError, match=r"other settings \(differs in .*round_prompts"):
+        train(rounds_config(tiny_model_dir, prompt_file, out, rounds=1, round_prompts=3, resume=True))
+    train(rounds_config(tiny_model_dir, prompt_file, out, rounds=1, round_prompts=3, overwrite=True))
+    assert len(jsonl(out / "round-1" / "prompts.jsonl")) == 3
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"method": "grpo"}, "rounds: rounds train an offline method on their samples"),
+    ({"method": "dpo", "recipe": "raft"}, "recipe: raft fine-tunes on the best samples with an SFT method"),
+    ({"method": "sft", "recipe": "iterative-dpo"}, "recipe: iterative-dpo trains a pair method"),
+    ({"rounds": 0, "recipe": "raft", "reward": []}, "recipe: a recipe runs rounds"),
+    ({"round_reference": "initial"}, "round_reference: must be fixed or previous"),
+    ({"keep_top": 0}, "keep_top: must be >= 1"),
+    ({"pair_rule": "best"}, "pair_rule: must be best_worst"),
+])
+def test_bad_round_settings_are_one_line_errors(tmp_path, tiny_model_dir, prompt_file, overrides, message):
+    cfg = rounds_config(tiny_model_dir, prompt_file, tmp_path / "run", **overrides)
+    with pytest.raises(ConfigError, match=message) as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_with_fewer_prompts_than_rounds_and_no_reward(tmp_path, tiny_model_dir, prompt_file):
+    with pytest.raises(ConfigError, match="holds 8 prompts, fewer than the 9 rounds"):
+        train(rounds_config(tiny_model_dir, prompt_file, tmp_path / "a", rounds=9, round_prompts=None))
+    with pytest.raises(ConfigError, match="reward: rounds score their samples with a reward"):
+        train(rounds_config(tiny_model_dir, prompt_file, tmp_path / "b", reward=[]))
+
+
+def test_iterate_needs_rounds(tmp_path, tiny_model_dir, prompt_file, capsys):
+    code = main(["iterate", "--model", str(tiny_model_dir), "--data", str(prompt_file), "--output-dir",
+                 str(tmp_path / "run")])
+    assert code == 2
+    assert "alignlab iterate runs rounds: give rounds: N" in capsys.readouterr().err
+
+
+def test_a_reference_model_of_its_own(tmp_path, tiny_model_dir, pairs_file):
+    """DPO with ``reference_model`` the policy's own directory trains exactly as without it; another
+    model as the reference gives other implicit rewards from the first step on, and another update."""
+    base = {"method": "dpo", "model": str(tiny_model_dir), "data": str(pairs_file), "max_steps": 2, "batch_size": 4,
+            "lr": 1e-3, "dtype": "fp64", "progress": False, "warmup_steps": 0, "cache": False}
+    plain = train({**base, "output_dir": str(tmp_path / "a")})
+    same = train({**base, "output_dir": str(tmp_path / "b"), "reference_model": str(tiny_model_dir)})
+    assert max_abs_diff(weights(plain.model_dir), weights(same.model_dir)) == 0
+    other = save_tiny_model(tmp_path / "other", TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4,
+                                                                 intermediate_size=128, seed=7))
+    moved = train({**base, "output_dir": str(tmp_path / "c"), "reference_model": str(other)})
+    assert max_abs_diff(weights(plain.model_dir), weights(moved.model_dir)) > 1e-6
+    plain_row = [m for m in jsonl(tmp_path / "a" / "metrics.jsonl") if "loss" in m][0]
+    moved_row = [m for m in jsonl(tmp_path / "c" / "metrics.jsonl") if "loss" in m][0]
+    assert plain_row["rewards/chosen"] == pytest.approx(0.0, abs=1e-12)  # the policy is its own reference
+    assert abs(moved_row["rewards/chosen"]) > 1e-3
