@@ -22,6 +22,14 @@ for round r = 1..N, under ``output_dir/round-r/``:
    dropped, the training's final metrics, the model it produced), written last.
 ``rounds.jsonl`` beside the rounds gathers every finished round's record.
 
+In a scorer spec, ``{policy}`` is the round's starting policy and ``{start}`` the starting model:
+``judge:{policy}`` is the policy judging its own samples (self-rewarding),
+``implicit:policy={policy},reference={start}`` its implicit DPO reward. On a testbed task (``data:
+task:NAME`` or the ``task`` evaluation) scored by anything but the task's gold reward, each round
+also reports how its scores agree with gold: ``gold_agreement``, over every two samples of a
+prompt that gold tells apart, the share the scores order alike (a score tie counts half), and for
+pairs ``pairs_gold_correct``, the share whose chosen answer gold prefers.
+
 Resume: every step is kept on disk as it finishes. With ``resume`` a run skips the rounds that
 have a ``round.json``, and within the round it stopped in, sampling resumes where its file ends
 (``alignlab sample``'s resume: the same samples as an uninterrupted run with the native backend),
@@ -33,7 +41,13 @@ The recipes (``recipe``): ``raft``, rejection-sampling fine-tuning (Dong et al. 
 rAnked FineTuning): SFT on each prompt's best sample, no reference; with one round it is best-of-n
 distillation. ``iterative-dpo`` (Xiong et al. 2024, Iterative Preference Learning from Human
 Feedback; Dong et al. 2024, RLHF Workflow): DPO (or any pair method) on each prompt's best and worst
-samples, the reference fixed at the starting model.
+samples, the reference fixed at the starting model. ``self-rewarding`` (Yuan et al. 2024,
+Self-Rewarding Language Models): the same with the policy as its own judge (reward
+``judge:{policy}``, a pairwise judge asked in both orders against an empty answer, unless the
+config gives another) and each round's reference the previous round's policy. ``osp`` (Online
+Self-Preferring Language Models): ``soft-preference`` on the pairs, each weighted by its strength,
+the scorer's probability that the chosen answer is better (a pairwise judge's verdicts in both
+orders; σ of the score difference otherwise), not a hard label.
 
 Rounds run in one process: sampling is not split over processes, and each round's training is a
 single-process run. A config that names rounds under torchrun is refused.
@@ -47,6 +61,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +102,8 @@ def run_rounds(cfg: TrainConfig) -> Summary:
     _claim(cfg, out)
     prompts = _all_prompts(cfg)
     per_round = _per_round(cfg, len(prompts))
-    terms = load_reward_terms(_reward_specs(cfg), cfg.rollout.reward_weights)
+    specs = _reward_specs(cfg)
+    gold = _gold(cfg, specs)
     policy, summary = cfg.model, None
     for r in range(1, cfg.iterate.rounds + 1):
         folder = out / f"round-{r}"
@@ -103,8 +119,11 @@ def run_rounds(cfg: TrainConfig) -> Summary:
         mine = [prompts[(i + (r - 1) * per_round) % len(prompts)] for i in range(per_round)]
         samples = _sample(cfg, r, policy, mine, folder)
         rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
+        terms = load_reward_terms(specs, cfg.rollout.reward_weights, partial(_resolve, policy=policy, start=cfg.model))
         ranked, scores = _score(terms, rows, samples)
-        data, made = _convert(cfg, ranked, folder / "data.jsonl")
+        data, made = _convert(cfg, ranked, folder / "data.jsonl", terms)
+        if gold is not None:
+            scores.update(_agreement(gold, ranked, data, cfg.spec.shape))
         record: dict[str, Any] = {"round": r, "start_model": policy, "prompts": per_round,
                                   "samples": sum(len(row["samples"]) for row in rows), **scores, "data": made}
         if made["examples"] == 0:
@@ -118,9 +137,10 @@ def run_rounds(cfg: TrainConfig) -> Summary:
         with (out / "rounds.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps({k: v for k, v in record.items() if k != "summary"}
                                | {"eval": (record["summary"] or {}).get("eval_metrics", {})}) + "\n")
-    if summary is None:
-        raise UserError(f"rounds: none of the {cfg.iterate.rounds} rounds made training data; see "
-                        f"{out / 'rounds.jsonl'}")
+    if summary is None:  # no round made data (a judge that never tells two answers apart): nothing trained
+        _log(f"rounds: none of the {cfg.iterate.rounds} rounds made training data (see {out / 'rounds.jsonl'}); "
+             f"the policy is the starting model")
+        return Summary(output_dir=str(out), model_dir=policy, steps=0)
     return dataclasses.replace(summary, output_dir=str(out), model_dir=policy)
 
 
@@ -179,6 +199,58 @@ def _reward_specs(cfg: TrainConfig) -> list[str]:
     return [spec]
 
 
+def _resolve(spec: str, policy: str, start: str) -> str:
+    """A scorer spec with ``{policy}`` as the round's policy (the self-rewarding judge, an implicit
+    reward of the current policy) and ``{start}`` as the starting model."""
+    return spec.replace("{policy}", policy).replace("{start}", start)
+
+
+def _gold(cfg: TrainConfig, specs: Sequence[str]):
+    """The testbed task's gold reward when the rounds run on a task (``data: task:NAME`` or the
+    ``task`` evaluation) and score with something else: each round then reports how well its
+    scores agree with gold."""
+    task = _task(cfg)
+    name = task.name if task is not None else cfg.eval.task
+    if name is None or list(specs) == [f"task:{name}:gold"]:
+        return None
+    from alignlab.rewards import load_scorer
+
+    return load_scorer(f"task:{name}:gold")
+
+
+def _agreement(gold, ranked: list[RankedRecord], data: Path, shape: str) -> dict[str, float | None]:
+    """How the round's scores agree with the task's gold reward: over every two samples of a
+    prompt that gold tells apart, the share the scores order the same way (a tie in the scores
+    counts half: ``gold_agreement``); and for pair data, the share of pairs whose chosen answer
+    has the higher gold reward (``pairs_gold_correct``; a gold tie counts half)."""
+    agree = total = 0.0
+    for rec in ranked:
+        texts = [_text(c) for c in rec.completions]
+        g = gold.score([_reward_text(rec.prompt)] * len(texts), texts)
+        for i in range(len(texts)):
+            for j in range(i + 1, len(texts)):
+                if g[i] != g[j]:
+                    total += 1
+                    same = (rec.scores[i] - rec.scores[j]) * (g[i] - g[j])
+                    agree += 1.0 if same > 0 else 0.5 if same == 0 else 0.0
+    out: dict[str, float | None] = {"gold_agreement": agree / total if total else None}
+    if shape == "pair":
+        rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if rows:
+            prompts = [_reward_text(_prompt(r["prompt"])) for r in rows]
+            gc = gold.score(prompts, [_text(r["chosen"]) for r in rows])
+            gr = gold.score(prompts, [_text(r["rejected"]) for r in rows])
+            out["pairs_gold_correct"] = sum(1.0 if a > b else 0.5 if a == b else 0.0
+                                            for a, b in zip(gc, gr, strict=True)) / len(rows)
+    return out
+
+
+def _reward_text(prompt: Text):
+    from alignlab.rewards.base import reward_prompt
+
+    return reward_prompt(prompt)
+
+
 def _all_prompts(cfg: TrainConfig) -> list[Text]:
     """Every prompt the rounds draw from, in order: a task's training prompts (as many as the
     rounds take), or a prompt file's."""
@@ -225,10 +297,12 @@ def _sample(cfg: TrainConfig, r: int, policy: str, prompts: Sequence[Text], fold
 
 
 def _text(completion: Any) -> str:
-    """A response as a scorer reads it: the text, or an assistant message's content."""
+    """A response as a scorer reads it: the text, or an assistant message's content (a row's
+    mapping or a ``Message``)."""
     if isinstance(completion, str):
         return completion
-    return completion[-1]["content"]
+    last = completion[-1]
+    return last.content if isinstance(last, Message) else last["content"]
 
 
 def _prompt(value: Any) -> Text:
@@ -263,8 +337,10 @@ def _score(terms, rows: list[dict], source: Path) -> tuple[list[RankedRecord], d
     return ranked, stats
 
 
-def _convert(cfg: TrainConfig, ranked: list[RankedRecord], path: Path) -> tuple[Path, dict[str, Any]]:
-    """The ranked samples as the method's data (``data.jsonl``): what was made and dropped."""
+def _convert(cfg: TrainConfig, ranked: list[RankedRecord], path: Path, terms) -> tuple[Path, dict[str, Any]]:
+    """The ranked samples as the method's data (``data.jsonl``): what was made and dropped. A
+    method that weighs each pair by a preference strength (``soft-preference``: OSP) gets the
+    scorer's probability that the chosen answer is better (``_strengths``)."""
     it = cfg.iterate
     shape = cfg.spec.shape
     if shape == "sft":
@@ -278,8 +354,36 @@ def _convert(cfg: TrainConfig, ranked: list[RankedRecord], path: Path) -> tuple[
             pairs = made
             made = convert.pairs_to_unpaired(pairs.records)
             made.dropped = pairs.dropped
+        elif "strength" in cfg.spec.needs:
+            made.records = _strengths(made.records, terms)
     write_jsonl(path, made.records)
     return path, {"examples": len(made.records), "dropped": {k: v for k, v in made.dropped.items() if k}}
+
+
+def _strengths(pairs: list, terms) -> list:
+    """Each pair with its strength p = P(chosen ≻ rejected): the scorer's own ``compare`` when the
+    reward is one scorer (a pairwise judge's swapped verdicts; σ of the score difference for a
+    scorer of scores), else σ of the weighted rewards' difference. A pair the comparison turns
+    round (p < 0.5, a judge that disagrees with its own scores) is swapped, so p is in [0.5, 1]."""
+    if not pairs:
+        return pairs
+    prompts = [_reward_text(p.prompt) for p in pairs]
+    chosen, rejected = [_text(p.chosen) for p in pairs], [_text(p.rejected) for p in pairs]
+    if len(terms) == 1:
+        probs = terms[0].scorer.compare(prompts, chosen, rejected)
+    else:
+        a, _ = score_samples(terms, [p.prompt for p in pairs], chosen, [f"pair {i + 1}, chosen" for i in range(len(pairs))])
+        b, _ = score_samples(terms, [p.prompt for p in pairs], rejected,
+                             [f"pair {i + 1}, rejected" for i in range(len(pairs))])
+        probs = (a - b).sigmoid().tolist()
+    out = []
+    for pair, p in zip(pairs, probs, strict=True):
+        if p < 0.5:
+            pair = dataclasses.replace(pair, chosen=pair.rejected, rejected=pair.chosen,
+                                       score_chosen=pair.score_rejected, score_rejected=pair.score_chosen)
+            p = 1.0 - p
+        out.append(dataclasses.replace(pair, strength=float(p)))
+    return out
 
 
 def _round_config(cfg: TrainConfig, r: int, policy: str, data: Path, out: Path) -> TrainConfig:

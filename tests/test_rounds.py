@@ -4,6 +4,7 @@ everything kept under the run folder, and a run killed anywhere resumes to the s
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -225,3 +226,80 @@ def test_a_reference_model_of_its_own(tmp_path, tiny_model_dir, pairs_file):
     moved_row = [m for m in jsonl(tmp_path / "c" / "metrics.jsonl") if "loss" in m][0]
     assert plain_row["rewards/chosen"] == pytest.approx(0.0, abs=1e-12)  # the policy is its own reference
     assert abs(moved_row["rewards/chosen"]) > 1e-3
+
+
+def test_a_round_on_a_task_reports_how_its_scores_agree_with_gold(tmp_path, tiny_model_dir):
+    """Scored by the digit count on the arithmetic task's prompts: ``gold_agreement`` is, over
+    every two samples of a prompt whose gold rewards differ, the share the digit counts order alike
+    (ties half), and ``pairs_gold_correct`` the share of pairs whose chosen answer gold prefers;
+    both recomputed here from the samples and the data."""
+    from alignlab.rewards import load_scorer
+
+    out = tmp_path / "run"
+    train(rounds_config(tiny_model_dir, "task:arithmetic", out, rounds=1, round_prompts=6, max_new_tokens=4))
+    gold = load_scorer("task:arithmetic:gold")
+    agree = total = 0.0
+    for row in jsonl(out / "round-1" / "samples.jsonl"):
+        comps = row["completions"]
+        g = gold.score([row["prompt"]] * len(comps), comps)
+        d = [digit_count(c) for c in comps]
+        for i in range(len(comps)):
+            for j in range(i + 1, len(comps)):
+                if g[i] != g[j]:
+                    total += 1
+                    agree += 1.0 if (d[i] - d[j]) * (g[i] - g[j]) > 0 else 0.5 if d[i] == d[j] else 0.0
+    pairs = jsonl(out / "round-1" / "data.jsonl")
+    correct = [gold.score([p["prompt"]], [p["chosen"]])[0] - gold.score([p["prompt"]], [p["rejected"]])[0]
+               for p in pairs]
+    record = json.loads((out / "round-1" / "round.json").read_text())
+    assert record["gold_agreement"] == (pytest.approx(agree / total, abs=1e-12) if total else None)
+    assert record["pairs_gold_correct"] == pytest.approx(
+        sum(1.0 if c > 0 else 0.5 if c == 0 else 0.0 for c in correct) / len(correct), abs=1e-12)
+
+
+def test_self_rewarding_judges_with_the_rounds_own_policy(tmp_path, tiny_model_dir, prompt_file, monkeypatch):
+    """recipe self-rewarding: the reward ``judge:{policy}`` is loaded from each round's starting
+    policy (round 2's judge is round 1's model), logged under the spec as written; the reference
+    is the previous round's policy. A scripted judge stands in for the tiny model's verdicts (which
+    it cannot write): it prefers the answer with more digits."""
+    import alignlab.rewards as rewards
+    from alignlab.rewards.judge import CallableBackend, PairwiseJudge
+
+    loaded = []
+    real = rewards.load_scorer
+
+    def fake_load(spec):
+        if not spec.startswith("judge:"):
+            return real(spec)
+        loaded.append(spec)
+
+        def verdict(prompt: str) -> str:
+            a = prompt.split("[The Start of Assistant A's Answer]")[1].split("[The End of Assistant A's")[0]
+            b = prompt.split("[The Start of Assistant B's Answer]")[1].split("[The End of Assistant B's")[0]
+            return "[[A]]" if digit_count(a) > digit_count(b) else "[[B]]" if digit_count(b) > digit_count(a) else "[[C]]"
+
+        return PairwiseJudge(CallableBackend(verdict), name=spec)
+
+    monkeypatch.setattr(rewards, "load_scorer", fake_load)
+    out = tmp_path / "run"
+    cfg = rounds_config(tiny_model_dir, prompt_file, out, recipe="self-rewarding", reward=[])
+    cfg.pop("reward")
+    train(cfg)
+    assert loaded == [f"judge:{tiny_model_dir}", f"judge:{out / 'round-1' / 'train' / 'model'}"]
+    record = json.loads((out / "round-2" / "round.json").read_text())
+    assert "reward/judge:{policy}" in record
+    # the judge's pairs: each chosen answer has more digits than its rejected one
+    assert all(digit_count(p["chosen"]) > digit_count(p["rejected"]) for p in jsonl(out / "round-2" / "data.jsonl"))
+    assert yaml.safe_load((out / "round-2" / "train" / "run.yaml").read_text())["reference_model"] is None
+
+
+def test_osp_weighs_each_pair_by_the_scorers_probability(tmp_path, tiny_model_dir, prompt_file):
+    """recipe osp (soft-preference): each best-worst pair carries strength σ(digits(chosen) −
+    digits(rejected)), the scorer's Bradley-Terry probability, recomputed here."""
+    out = tmp_path / "run"
+    train(rounds_config(tiny_model_dir, prompt_file, out, recipe="osp", method=None, rounds=1, round_prompts=8))
+    pairs = jsonl(out / "round-1" / "data.jsonl")
+    assert pairs and yaml.safe_load((out / "rounds.yaml").read_text())["method"] == "soft-preference"
+    for p in pairs:
+        want = 1 / (1 + math.exp(-(digit_count(p["chosen"]) - digit_count(p["rejected"]))))
+        assert p["strength"] == pytest.approx(want, abs=1e-12) and p["strength"] > 0.5

@@ -36,8 +36,13 @@ from alignlab.losses import REGISTRY
 
 
 
-# the method a round recipe trains with when the config names none (``IterateConfig.recipe``)
-RECIPE_METHODS = {"raft": "sft", "iterative-dpo": "dpo"}
+# what a round recipe sets when the config does not (``IterateConfig.recipe``, ``alignlab/rounds.py``)
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "raft": {"method": "sft"},
+    "iterative-dpo": {"method": "dpo"},
+    "self-rewarding": {"method": "dpo", "reward": ["judge:{policy}"], "round_reference": "previous"},
+    "osp": {"method": "soft-preference"},
+}
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
     args = typing.get_args(tp)
@@ -277,10 +282,9 @@ def make_config(raw: dict[str, Any]) -> TrainConfig:
     flat: dict[str, Any] = {}
     for key, value in normalize(raw).items():
         _merge_dotted(flat, key, value)
-    recipe = flat.get("recipe")
-    method = str(flat.get("method", RECIPE_METHODS.get(recipe, "dpo")))  # a recipe's method unless one is given
-    if "method" not in flat and recipe in RECIPE_METHODS:
-        flat["method"] = method
+    for key, value in RECIPE_DEFAULTS.get(flat.get("recipe"), {}).items():  # a recipe's, unless given
+        flat.setdefault(key, value)
+    method = str(flat.get("method", "dpo"))
     spec = get_loss(method)
     layout, types_ = _layout(), _value_types()
     method_keys = set(_field_types(spec.params))

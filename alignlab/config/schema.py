@@ -207,7 +207,7 @@ class RolloutConfig:
                f"give one weight per reward ({len(self.reward)}), got {self.reward_weights}")
 
 
-ROUND_RECIPES = ("raft", "iterative-dpo")
+ROUND_RECIPES = ("raft", "iterative-dpo", "self-rewarding", "osp")
 ROUND_SHAPES = ("sft", "pair", "unpaired", "ranked")
 ROUND_REFERENCES = ("fixed", "previous")
 
@@ -220,8 +220,10 @@ class IterateConfig:
 
     rounds: int = param(0, "rounds of sample -> score -> convert -> train, each from the previous round's policy "
                            "(0: one run on the data as it is)")
-    recipe: str | None = param(None, "a named recipe that sets the method and the conversion: raft (SFT on the "
-                                     "best samples) or iterative-dpo (DPO on best-worst pairs)")
+    recipe: str | None = param(None, "a named recipe: raft (SFT on the best samples), iterative-dpo (DPO on "
+                                     "best-worst pairs) or self-rewarding (DPO on pairs the policy judges itself, "
+                                     "reward judge:{policy}, reference the previous round's policy) or osp "
+                                     "(soft-preference on pairs weighted by the scorer's P(chosen better))")
     round_prompts: int | None = param(None, "prompts sampled each round, new ones each round (default: a prompt "
                                             "file's prompts split evenly over the rounds; a task's: 256)")
     pair_rule: str = param("best_worst", "pair methods: which pairs a prompt's scored samples make (best_worst, "
@@ -312,12 +314,17 @@ class TrainConfig:
                f"rounds train an offline method on their samples (data {', '.join(ROUND_SHAPES)}); method "
                f"'{self.method}' trains on {spec.shape} data")
         _check(self.iterate.recipe is None or rounds, "recipe", "a recipe runs rounds; give rounds: N (N >= 1)")
+        _check(not rounds or "group" not in spec.needs, "rounds",
+               f"method '{self.method}' mixes two sets of pairs; rounds make one")
+        if self.iterate.recipe == "osp":
+            _check("strength" in spec.needs, "recipe", f"osp trains a method that weighs pairs by a preference "
+                                                       f"strength (soft-preference); method '{self.method}' does not")
         if self.iterate.recipe == "raft":
             _check(spec.shape == "sft", "recipe", f"raft fine-tunes on the best samples with an SFT method; method "
                                                   f"'{self.method}' trains on {spec.shape} data")
-        if self.iterate.recipe == "iterative-dpo":
-            _check(spec.shape == "pair", "recipe", f"iterative-dpo trains a pair method (dpo, ipo, ...); method "
-                                                   f"'{self.method}' trains on {spec.shape} data")
+        if self.iterate.recipe in ("iterative-dpo", "self-rewarding"):
+            _check(spec.shape == "pair", "recipe", f"{self.iterate.recipe} trains a pair method (dpo, ipo, ...); "
+                                                   f"method '{self.method}' trains on {spec.shape} data")
         _check(self.reference_model is None or not self.adapter.lora, "reference_model",
                "with LoRA the reference is the base model with the adapter disabled; give no reference_model")
         _check(self.reference_model is None or spec.model == "policy", "reference_model",

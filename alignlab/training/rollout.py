@@ -19,7 +19,7 @@ one sample at a time to find the one at fault).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -44,9 +44,12 @@ class RewardTerm:
     weight: float = 1.0
 
 
-def load_reward_terms(specs: Sequence[str], weights: Sequence[float] | None = None) -> list[RewardTerm]:
+def load_reward_terms(specs: Sequence[str], weights: Sequence[float] | None = None,
+                      resolve: Callable[[str], str] | None = None) -> list[RewardTerm]:
     """Scorers from their text specs (``alignlab.rewards.load_scorer``), with weights (1 each by
-    default). Two terms of the same spec are logged as ``spec``, ``spec#2``."""
+    default). Two terms of the same spec are logged as ``spec``, ``spec#2``. ``resolve``: the spec
+    a scorer is loaded from, when it differs from the one it is logged as (rounds fill in the
+    round's policy for ``{policy}``)."""
     from alignlab.rewards import load_scorer
 
     if not specs:
@@ -59,7 +62,8 @@ def load_reward_terms(specs: Sequence[str], weights: Sequence[float] | None = No
         if not math.isfinite(w):
             raise UserError(f"reward_weights: the weight of '{spec}' is {w}, not a finite number")
         seen[spec] = seen.get(spec, 0) + 1
-        terms.append(RewardTerm(spec if seen[spec] == 1 else f"{spec}#{seen[spec]}", load_scorer(spec), float(w)))
+        terms.append(RewardTerm(spec if seen[spec] == 1 else f"{spec}#{seen[spec]}",
+                                load_scorer(resolve(spec) if resolve else spec), float(w)))
     return terms
 
 
