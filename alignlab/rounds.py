@@ -22,9 +22,10 @@ for round r = 1..N, under ``output_dir/round-r/``:
    dropped, the training's final metrics, the model it produced), written last.
 ``rounds.jsonl`` beside the rounds gathers every finished round's record.
 
-In a scorer spec, ``{policy}`` is the round's starting policy and ``{start}`` the starting model:
+In a scorer spec, ``{policy}`` is the round's starting policy, ``{start}`` the starting model and
+``{reference}`` the run's reference (``reference_model``, else the starting model):
 ``judge:{policy}`` is the policy judging its own samples (self-rewarding),
-``implicit:policy={policy},reference={start}`` its implicit DPO reward. On a testbed task (``data:
+``implicit:policy={policy},reference={reference}`` its implicit DPO reward. On a testbed task (``data:
 task:NAME`` or the ``task`` evaluation) scored by anything but the task's gold reward, each round
 also reports how its scores agree with gold: ``gold_agreement``, over every two samples of a
 prompt that gold tells apart, the share the scores order alike (a score tie counts half), and for
@@ -47,7 +48,11 @@ Self-Rewarding Language Models): the same with the policy as its own judge (rewa
 config gives another) and each round's reference the previous round's policy. ``osp`` (Online
 Self-Preferring Language Models): ``soft-preference`` on the pairs, each weighted by its strength,
 the scorer's probability that the chosen answer is better (a pairwise judge's verdicts in both
-orders; σ of the score difference otherwise), not a hard label.
+orders; σ of the score difference otherwise), not a hard label. ``spa`` (Kim et al. 2025, Spread
+Preference Annotation): two samples per prompt labelled by the policy's implicit reward
+``implicit:policy={policy},reference={reference}`` (start from a DPO model with its SFT model as
+``reference_model``: against itself the implicit reward is 0), trained with ``soft-preference``
+after the paper's label refinement (``_refined``: the least confident pairs smoothed).
 
 Rounds run in one process: sampling is not split over processes, and each round's training is a
 single-process run. A config that names rounds under torchrun is refused.
@@ -57,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -119,7 +125,9 @@ def run_rounds(cfg: TrainConfig) -> Summary:
         mine = [prompts[(i + (r - 1) * per_round) % len(prompts)] for i in range(per_round)]
         samples = _sample(cfg, r, policy, mine, folder)
         rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
-        terms = load_reward_terms(specs, cfg.rollout.reward_weights, partial(_resolve, policy=policy, start=cfg.model))
+        terms = load_reward_terms(specs, cfg.rollout.reward_weights,
+                                  partial(_resolve, policy=policy, start=cfg.model,
+                                          reference=cfg.reference_model or cfg.model))
         ranked, scores = _score(terms, rows, samples)
         data, made = _convert(cfg, ranked, folder / "data.jsonl", terms)
         if gold is not None:
@@ -199,10 +207,11 @@ def _reward_specs(cfg: TrainConfig) -> list[str]:
     return [spec]
 
 
-def _resolve(spec: str, policy: str, start: str) -> str:
+def _resolve(spec: str, policy: str, start: str, reference: str) -> str:
     """A scorer spec with ``{policy}`` as the round's policy (the self-rewarding judge, an implicit
-    reward of the current policy) and ``{start}`` as the starting model."""
-    return spec.replace("{policy}", policy).replace("{start}", start)
+    reward of the current policy), ``{start}`` as the starting model and ``{reference}`` as the
+    run's reference (``reference_model``, else the starting model)."""
+    return spec.replace("{policy}", policy).replace("{start}", start).replace("{reference}", reference)
 
 
 def _gold(cfg: TrainConfig, specs: Sequence[str]):
@@ -354,6 +363,8 @@ def _convert(cfg: TrainConfig, ranked: list[RankedRecord], path: Path, terms) ->
             pairs = made
             made = convert.pairs_to_unpaired(pairs.records)
             made.dropped = pairs.dropped
+        elif cfg.iterate.recipe == "spa":
+            made.records = _refined(made.records, it.refine_fraction, it.refine_smoothing)
         elif "strength" in cfg.spec.needs:
             made.records = _strengths(made.records, terms)
     write_jsonl(path, made.records)
@@ -384,6 +395,20 @@ def _strengths(pairs: list, terms) -> list:
             p = 1.0 - p
         out.append(dataclasses.replace(pair, strength=float(p)))
     return out
+
+
+def _refined(pairs: list, fraction: float, smoothing: float) -> list:
+    """SPA's label refinement: the pairs whose labels the scores back least (the smallest score
+    margins: with the implicit reward, the lowest confidence σ(r̂_w − r̂_l)) get strength
+    1 − ``smoothing`` (label smoothing), the others 1. ``fraction`` of the pairs, rounded up, the
+    least confident first (ties: the earlier pair first). The paper computes the confidence with
+    extrapolated log-probs (1 + λ)ℓ_θ − λℓ_ref; at the sequence level that scales every margin by
+    1 + λ and leaves the order, so the pairs it picks are these."""
+    if not pairs:
+        return pairs
+    margins = [p.score_chosen - p.score_rejected for p in pairs]
+    low = set(sorted(range(len(pairs)), key=lambda i: (margins[i], i))[:math.ceil(fraction * len(pairs))])
+    return [dataclasses.replace(p, strength=1.0 - smoothing if i in low else 1.0) for i, p in enumerate(pairs)]
 
 
 def _round_config(cfg: TrainConfig, r: int, policy: str, data: Path, out: Path) -> TrainConfig:

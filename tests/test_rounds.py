@@ -303,3 +303,61 @@ def test_osp_weighs_each_pair_by_the_scorers_probability(tmp_path, tiny_model_di
     for p in pairs:
         want = 1 / (1 + math.exp(-(digit_count(p["chosen"]) - digit_count(p["rejected"]))))
         assert p["strength"] == pytest.approx(want, abs=1e-12) and p["strength"] > 0.5
+
+
+def test_spa_labels_by_the_implicit_reward_and_smooths_the_least_confident_pairs(tmp_path, tiny_model_dir,
+                                                                                prompt_file):
+    """recipe spa: two samples per prompt, ranked by the implicit reward β(ℓ_policy − ℓ_reference)
+    of the round's policy against ``reference_model`` (recomputed here), the pair with the smallest
+    margin of the 8 (10%, rounded up) smoothed to strength 0.9, the others 1."""
+    import torch
+
+    from alignlab.logprobs import completion_logps
+    from alignlab.models import load_model, load_tokenizer
+    from alignlab.rewards.tokens import render_pairs
+
+    reference = save_tiny_model(tmp_path / "ref", TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4,
+                                                                   intermediate_size=128, seed=7))
+    out = tmp_path / "run"
+    cfg = rounds_config(tiny_model_dir, prompt_file, out, recipe="spa", method=None, rounds=1, round_prompts=8,
+                        reference_model=str(reference), reward=[])
+    cfg.pop("reward")
+    cfg.pop("num_generations")
+    train(cfg)
+    pairs = jsonl(out / "round-1" / "data.jsonl")
+    assert len(pairs) == 8  # two samples per prompt that (almost surely) differ in implicit reward
+    tok = load_tokenizer(str(tiny_model_dir))
+    policy, ref = load_model(str(tiny_model_dir)), load_model(str(reference))
+
+    def implicit(prompt, text):  # the response as training renders it (with its end-of-sequence token)
+        (p, r), = render_pairs(tok, [prompt], [text], 1024)
+        return 0.1 * float(completion_logps(policy, [p], [r.ids], tok.pad_token_id)
+                           - completion_logps(ref, [p], [r.ids], tok.pad_token_id))
+
+    margins = []
+    for p in pairs:
+        assert p["score_chosen"] == pytest.approx(implicit(p["prompt"], p["chosen"]), abs=1e-6)
+        assert p["score_rejected"] == pytest.approx(implicit(p["prompt"], p["rejected"]), abs=1e-6)
+        margins.append(p["score_chosen"] - p["score_rejected"])
+    assert min(margins) > 0
+    weakest = margins.index(min(margins))
+    assert [p["strength"] for p in pairs] == [0.9 if i == weakest else 1.0 for i in range(8)]
+    assert torch.isfinite(torch.tensor(margins)).all()
+
+
+def test_a_judge_spec_takes_a_mode_and_a_template(tmp_path, tiny_model_dir):
+    from alignlab.errors import UserError
+    from alignlab.rewards import load_scorer
+    from alignlab.rewards.judge import PairwiseJudge, PointwiseJudge
+
+    template = tmp_path / "t.txt"
+    template.write_text("{prompt} {response} Score {low} to {high} = ")
+    judge = load_scorer(f"judge:{tiny_model_dir},mode=pointwise,template={template},max_new_tokens=2")
+    assert isinstance(judge, PointwiseJudge) and judge.template == template.read_text()
+    assert isinstance(load_scorer(f"judge:{tiny_model_dir},swap=false"), PairwiseJudge)
+    for spec, message in ((f"judge:{tiny_model_dir},mode=listwise", "mode must be pairwise or pointwise"),
+                          (f"judge:{tiny_model_dir},mode=pointwise,swap=true", "swap is for a pairwise judge"),
+                          (f"judge:{tiny_model_dir},template={tmp_path / 'none.txt'}", "template file .* not found"),
+                          (f"judge:{tiny_model_dir},template={template}", "pairwise judge template is missing")):
+        with pytest.raises(UserError, match=message):
+            load_scorer(spec)

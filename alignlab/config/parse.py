@@ -42,6 +42,8 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "iterative-dpo": {"method": "dpo"},
     "self-rewarding": {"method": "dpo", "reward": ["judge:{policy}"], "round_reference": "previous"},
     "osp": {"method": "soft-preference"},
+    "spa": {"method": "soft-preference", "reward": ["implicit:policy={policy},reference={reference}"],
+            "num_generations": 2},
 }
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:

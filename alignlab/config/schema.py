@@ -207,7 +207,7 @@ class RolloutConfig:
                f"give one weight per reward ({len(self.reward)}), got {self.reward_weights}")
 
 
-ROUND_RECIPES = ("raft", "iterative-dpo", "self-rewarding", "osp")
+ROUND_RECIPES = ("raft", "iterative-dpo", "self-rewarding", "osp", "spa")
 ROUND_SHAPES = ("sft", "pair", "unpaired", "ranked")
 ROUND_REFERENCES = ("fixed", "previous")
 
@@ -223,7 +223,8 @@ class IterateConfig:
     recipe: str | None = param(None, "a named recipe: raft (SFT on the best samples), iterative-dpo (DPO on "
                                      "best-worst pairs) or self-rewarding (DPO on pairs the policy judges itself, "
                                      "reward judge:{policy}, reference the previous round's policy) or osp "
-                                     "(soft-preference on pairs weighted by the scorer's P(chosen better))")
+                                     "(soft-preference on pairs weighted by the scorer's P(chosen better)) or spa "
+                                     "(pairs labelled by the policy's implicit reward, the least confident smoothed)")
     round_prompts: int | None = param(None, "prompts sampled each round, new ones each round (default: a prompt "
                                             "file's prompts split evenly over the rounds; a task's: 256)")
     pair_rule: str = param("best_worst", "pair methods: which pairs a prompt's scored samples make (best_worst, "
@@ -233,6 +234,9 @@ class IterateConfig:
     min_score: float | None = param(None, "SFT methods: keep a sample only if its score is at least this")
     round_reference: str = param("fixed", "the reference of every round: fixed (the starting model) or previous "
                                           "(the previous round's policy)")
+    refine_fraction: float = param(0.1, "spa: the share of each round's pairs, least confident first, whose labels "
+                                        "are smoothed")
+    refine_smoothing: float = param(0.1, "spa: the label smoothing of those pairs (their strength is 1 minus this)")
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 0, "rounds", f"must be >= 0, got {self.rounds}")
@@ -249,6 +253,10 @@ class IterateConfig:
                f"must be a finite number, got {self.min_score}")
         _check(self.round_reference in ROUND_REFERENCES, "round_reference",
                f"must be fixed or previous, got '{self.round_reference}'")
+        for name in ("refine_fraction", "refine_smoothing"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and 0 <= value <= (1 if name == "refine_fraction" else 0.5), name,
+                   f"must be in [0, {1 if name == 'refine_fraction' else 0.5}], got {value}")
 
 
 @dataclass
@@ -316,8 +324,8 @@ class TrainConfig:
         _check(self.iterate.recipe is None or rounds, "recipe", "a recipe runs rounds; give rounds: N (N >= 1)")
         _check(not rounds or "group" not in spec.needs, "rounds",
                f"method '{self.method}' mixes two sets of pairs; rounds make one")
-        if self.iterate.recipe == "osp":
-            _check("strength" in spec.needs, "recipe", f"osp trains a method that weighs pairs by a preference "
+        if self.iterate.recipe in ("osp", "spa"):
+            _check("strength" in spec.needs, "recipe", f"{self.iterate.recipe} trains a method that weighs pairs by a preference "
                                                        f"strength (soft-preference); method '{self.method}' does not")
         if self.iterate.recipe == "raft":
             _check(spec.shape == "sft", "recipe", f"raft fine-tunes on the best samples with an SFT method; method "

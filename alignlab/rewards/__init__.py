@@ -14,7 +14,8 @@ endpoint), ``combine`` (weighted sums, log-sigmoid sums, routing by prompt).
     fn:MODULE:FUNCTION                   a user function f(prompt, response) -> number
     bleu:REFS.jsonl                      sentence BLEU against {"prompt", "references"} rows
     implicit:policy=DIR,reference=DIR[,beta=0.1]   a DPO policy's implicit reward
-    judge:DIR[,swap=true,max_new_tokens=512]   a pairwise judge: a local causal LM
+    judge:DIR[,swap=true,max_new_tokens=512,mode=pairwise|pointwise,template=FILE]   an LLM judge: a local
+                                         causal LM, pairwise (asked in both orders) or rating one answer
     openai:URL,model=NAME[,swap=true]    a pairwise judge behind an OpenAI-compatible endpoint
 """
 
@@ -101,10 +102,24 @@ def load_scorer(spec: str) -> Scorer:
         return ImplicitReward.from_dirs(opts["policy"], opts["reference"], _number(opts.get("beta", "0.1"), "beta", spec))
     if kind == "judge":
         opts = _options(rest, spec, positional="model")
-        _known(opts, {"model", "swap", "max_new_tokens"}, spec)
+        _known(opts, {"model", "swap", "max_new_tokens", "mode", "template"}, spec)
         swap = _flag(opts.get("swap", "true"), "swap", spec)
         tokens = int(_number(opts.get("max_new_tokens", "512"), "max_new_tokens", spec))
-        return PairwiseJudge(HFBackend.from_pretrained(opts["model"], max_new_tokens=tokens), swap=swap, name=spec)
+        mode = opts.get("mode", "pairwise")
+        if mode not in ("pairwise", "pointwise"):
+            raise UserError(f"scorer '{spec}': mode must be pairwise or pointwise, got '{mode}'")
+        template = {}
+        if "template" in opts:
+            path = Path(opts["template"]).expanduser()
+            if not path.is_file():
+                raise UserError(f"scorer '{spec}': template file '{path}' not found")
+            template = {"template": path.read_text(encoding="utf-8")}
+        backend = HFBackend.from_pretrained(opts["model"], max_new_tokens=tokens)
+        if mode == "pointwise":
+            if "swap" in opts:
+                raise UserError(f"scorer '{spec}': swap is for a pairwise judge; a pointwise one rates one answer")
+            return PointwiseJudge(backend, name=spec, **template)
+        return PairwiseJudge(backend, swap=swap, name=spec, **template)
     from alignlab.rewards.http_judge import OpenAIBackend
 
     url, _, tail = rest.partition(",")
