@@ -38,6 +38,14 @@ with one thread, ``--env OMP_NUM_THREADS=1``, while two of these commands shared
     python online_testbed.py --task sentiment --runs ppo --seeds 0 1 2 --env OMP_NUM_THREADS=1 \\
         --args ppo="--prompts 512 --epochs 1 --k 8 --batch-size 32 --lr 2e-4 --eval-every 32"
 
+Rounds of an offline method on the policy's own samples (``--rounds``: the demo's prompts split
+over the rounds; the README's iterative-DPO and RAFT table):
+
+    python online_testbed.py --task arithmetic --runs dpo dpo-3rounds:dpo raft:sft --seeds 0 1 2 \\
+        --env OMP_NUM_THREADS=1 --args dpo="--prompts 4096 --eval-every 128" \\
+        --args dpo-3rounds="--prompts 4096 --rounds 3 --eval-every 128" \\
+        --args raft="--prompts 4096 --rounds 3 --eval-every 128"
+
 An online run and DPO given the same ``--prompts`` and seed train on the same prompts: both take
 the task's first ``--prompts`` training prompts for that seed (DPO samples its pairs from the SFT
 model on them, the online method samples while it trains). ``--proxy-seeds 0``: the run trained on
