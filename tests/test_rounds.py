@@ -361,3 +361,24 @@ def test_a_judge_spec_takes_a_mode_and_a_template(tmp_path, tiny_model_dir):
                           (f"judge:{tiny_model_dir},template={template}", "pairwise judge template is missing")):
         with pytest.raises(UserError, match=message):
             load_scorer(spec)
+
+
+@pytest.mark.parametrize("method", ["kto", "listnet"])
+def test_unpaired_and_ranked_methods_get_their_own_shape(tmp_path, tiny_model_dir, prompt_file, method):
+    """kto: each best-worst pair as a thumbs up (the best) and a thumbs down (the worst); listnet:
+    each prompt's samples as a list ranked by the digit count, prompts whose samples all tie left out."""
+    out = tmp_path / "run"
+    train(rounds_config(tiny_model_dir, prompt_file, out, method=method, rounds=1, round_prompts=8))
+    samples = jsonl(out / "round-1" / "samples.jsonl")
+    rows = jsonl(out / "round-1" / "data.jsonl")
+    decisive = [s for s in samples if len({digit_count(c) for c in s["completions"]}) > 1]
+    if method == "kto":
+        assert [(r["prompt"], r["label"]) for r in rows] == [(s["prompt"], lab) for s in decisive for lab in (True, False)]
+        for up, down in zip(rows[::2], rows[1::2], strict=True):
+            assert digit_count(up["completion"]) > digit_count(down["completion"])
+    else:
+        assert [r["prompt"] for r in rows] == [s["prompt"] for s in decisive]
+        for r, s in zip(rows, decisive, strict=True):
+            assert sorted(r["completions"]) == sorted(s["completions"])
+            assert r["scores"] == sorted((float(digit_count(c)) for c in s["completions"]), reverse=True)
+    assert json.loads((out / "round-1" / "round.json").read_text())["trained"]
