@@ -142,9 +142,7 @@ def run_rounds(cfg: TrainConfig) -> Summary:
             policy = summary.model_dir
             record.update(model=policy, trained=True, summary=dataclasses.asdict(summary))
         _write_json(done, record)
-        with (out / "rounds.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps({k: v for k, v in record.items() if k != "summary"}
-                               | {"eval": (record["summary"] or {}).get("eval_metrics", {})}) + "\n")
+        _gather(out, r)
     if summary is None:  # no round made data (a judge that never tells two answers apart): nothing trained
         _log(f"rounds: none of the {cfg.iterate.rounds} rounds made training data (see {out / 'rounds.jsonl'}); "
              f"the policy is the starting model")
@@ -184,6 +182,22 @@ def _recorded(cfg: TrainConfig) -> dict[str, Any]:
     d["checkpoint"] = {k: v for k, v in d["checkpoint"].items() if k not in ("resume", "overwrite")}
     d.pop("progress", None)
     return d
+
+
+def _gather(out: Path, last: int) -> None:
+    """``rounds.jsonl``: one line per finished round up to ``last`` (from their ``round.json``),
+    with the training's final evaluation and without the rest of its summary; rewritten whole,
+    so a run stopped between the two files still lists every finished round when it resumes."""
+    lines = []
+    for r in range(1, last + 1):
+        done = out / f"round-{r}" / DONE_FILE
+        if done.exists():
+            record = json.loads(done.read_text())
+            summary = record.pop("summary", None) or {}
+            lines.append(json.dumps(record | {"eval": summary.get("eval_metrics", {})}) + "\n")
+    tmp = out / "rounds.jsonl.tmp"
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(out / "rounds.jsonl")
 
 
 def _write_json(path: Path, value: Any) -> None:
