@@ -33,7 +33,9 @@ sum of the pair losses over the number of decisive pairs, the same however the s
 (a pair never is). The metrics (``rewards/*``, ``logps/*`` as offline DPO's, β·ρ with summed
 log-probs) sit on the chosen row too, with a count ``_count/<name>`` of 1 there, so they are means
 over the step's decisive pairs; ``pairs/tied`` is on both rows of a pair, so its mean over the
-step's completions is the share of tied pairs.
+step's completions is the share of tied pairs. ``kl/sequence``: Σ_t (ℓθ − ℓref) of each completion,
+its mean over the step's completions (ties too) the k1 estimate of KL(π‖π_ref) per completion on
+the policy's own samples (TRL's ``objective/kl``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ from alignlab.losses.policy_gradient import PolicyGradientInputs
 from alignlab.losses.registry import LossSpec, register
 from alignlab.losses.types import LossOutput, PairLogps
 
-LOSS_TYPES = ("sigmoid", "ipo")
+# loss_type → the offline pair loss and its params
+PAIR_LOSSES = {"sigmoid": (dpo_loss, DPOParams), "ipo": (ipo_loss, IPOParams)}
+LOSS_TYPES = tuple(PAIR_LOSSES)
 
 
 @dataclass
@@ -117,8 +121,8 @@ def online_dpo_loss(inputs: PolicyGradientInputs, params: OnlineDPOParams) -> Lo
     on its chosen row, 0 elsewhere. Divide the step's sum by the step's ``pair_units``. Needs
     ``ref_logps``; ``old_logps``, ``sampler_logps`` and ``truncated`` are not used."""
     pairs, labels = pairs_of(inputs)
-    pair_params = DPOParams(beta=params.beta) if params.loss_type == "sigmoid" else IPOParams(beta=params.beta)
-    out = (dpo_loss if params.loss_type == "sigmoid" else ipo_loss)(pairs, pair_params)
+    pair_loss, pair_params = PAIR_LOSSES[params.loss_type]
+    out = pair_loss(pairs, pair_params(beta=params.beta))
     on_chosen = labels > 0  # (B,): the chosen row of a decisive pair
 
     def spread(x_P: torch.Tensor) -> torch.Tensor:
@@ -131,6 +135,10 @@ def online_dpo_loss(inputs: PolicyGradientInputs, params: OnlineDPOParams) -> Lo
         metrics[name] = spread(value.detach().to(torch.float64))
         metrics[f"_count/{name}"] = count
     metrics["pairs/tied"] = (labels == 0).to(torch.float64)
+    # Σ_t (ℓθ − ℓref) of every completion: on the round's own samples (one update per round), the
+    # k1 estimate of KL(π‖π_ref) per completion, as TRL's objective/kl
+    rho = torch.where(inputs.mask.bool(), inputs.logps.detach() - inputs.ref_logps.detach().to(inputs.logps.dtype), 0.0)
+    metrics["kl/sequence"] = rho.sum(dim=-1).to(torch.float64)
     return LossOutput(spread(out.losses), metrics)
 
 

@@ -61,7 +61,8 @@ def test_sigmoid_loss_on_the_chosen_rows_of_decisive_pairs():
     Pair 2 ties: no loss. Per-row losses (0.3133, 0, 0, 0.3133, 0, 0); units (1, 0, 0, 1, 0, 0),
     so the step's loss is 2·0.3133/2 = 0.3133.
     rewards/chosen = β·ρ_w = 0.5 on both decisive pairs, rewards/rejected = −0.5, margins 1,
-    accuracies 1; logps/chosen = −3 (pair 0) and −1 (pair 1); pairs/tied 1 on rows 4 and 5."""
+    accuracies 1; logps/chosen = −3 (pair 0) and −1 (pair 1); pairs/tied 1 on rows 4 and 5;
+    kl/sequence = ρ of each row: (1, −1, −1, 1, 4, 0)."""
     out = online_dpo_loss(inputs(), OnlineDPOParams(beta=0.5, loss_type="sigmoid"))
     loss = math.log1p(math.exp(-1.0))
     assert loss == pytest.approx(0.313261687518, abs=1e-12)
@@ -76,6 +77,7 @@ def test_sigmoid_loss_on_the_chosen_rows_of_decisive_pairs():
     assert m["logps/chosen"].tolist() == [-3.0, 0, 0, -1.0, 0, 0]
     assert m["logps/rejected"].tolist() == [-4.0, 0, 0, -3.0, 0, 0]
     assert m["pairs/tied"].tolist() == [0, 0, 0, 0, 1.0, 1.0]
+    assert m["kl/sequence"].tolist() == [1.0, -1.0, -1.0, 1.0, 4.0, 0.0]  # ρ of every row, ties too
 
 
 def test_the_gradient_reaches_both_answers_of_a_decisive_pair_and_neither_of_a_tie():

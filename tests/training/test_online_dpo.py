@@ -33,6 +33,7 @@ def test_online_dpo_trains_and_logs_its_pairs(tmp_path, tiny_model_dir):
     assert first["pairs/tied"] < 1
     assert first["loss"] == pytest.approx(0.6931471805599453, abs=1e-12)
     assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-12) and first["rewards/margins"] == pytest.approx(0.0, abs=1e-12)
+    assert first["kl/sequence"] == pytest.approx(0.0, abs=1e-12)
     for m in rows:
         assert m["pairs/tied"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 pairs a step
         assert m["advantage/mean"] == pytest.approx(0.0, abs=1e-12)  # labels +1 / −1 cancel, ties are 0
@@ -132,3 +133,13 @@ def test_bad_setups_are_one_line_errors(tmp_path, tiny_model_dir):
         train(dpo_run(tiny_model_dir, tmp_path / "g", num_generations=4))
     with pytest.raises(ConfigError, match=r"^batch_size: .*a multiple of 2, got 3$"):
         train(dpo_run(tiny_model_dir, tmp_path / "b", batch_size=3, grad_accum=2))
+
+
+def test_the_demo_samples_two_answers_per_prompt_for_it():
+    from alignlab.errors import UserError
+    from alignlab.testbed.demo import DemoSettings
+
+    assert DemoSettings(method="online-dpo").k == 2 and DemoSettings(method="online-dpo", k=2).k == 2
+    assert DemoSettings(method="grpo").k == 4 and DemoSettings(method="dpo").k == 4
+    with pytest.raises(UserError, match="k=4: method 'online-dpo' compares 2 answers per prompt; give k=2"):
+        DemoSettings(method="online-dpo", k=4)
