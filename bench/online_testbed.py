@@ -37,6 +37,13 @@ with one thread, ``--env OMP_NUM_THREADS=1``, while two of these commands shared
         --args dpo="--prompts 512 --eval-every 32"
     python online_testbed.py --task sentiment --runs ppo --seeds 0 1 2 --env OMP_NUM_THREADS=1 \\
         --args ppo="--prompts 512 --epochs 1 --k 8 --batch-size 32 --lr 2e-4 --eval-every 32"
+    python online_testbed.py --task arithmetic --runs online-dpo dpo --seeds 0 1 2 --env OMP_NUM_THREADS=1 \\
+        --args online-dpo="--prompts 8192 --epochs 1 --batch-size 16 --lr 2e-4 --eval-every 128" \\
+        --args dpo="--prompts 4096 --eval-every 128"
+
+The online DPO runs draw as many samples as DPO's: 2 answers (its ``--k``) to each of 8192 prompts
+against DPO's 4 (the demo's default ``--k``) to each of 4096, 16,384 each. Online DPO's first 4096
+prompts are DPO's (arithmetic has 2114 distinct training problems, so both see every one of them).
 
 Rounds of an offline method on the policy's own samples (``--rounds``: the demo's prompts split
 over the rounds; the README's iterative-DPO and RAFT table):

@@ -7,7 +7,8 @@ LD-DPO, WPO, BVPO, DOVE), ``robust`` (cDPO, rDPO, soft preference, LCPO), ``dpo_
 DPO), ``sft``; ``combine`` builds weighted sums such as ``dpo+0.005*sft``. Online RL: ``online``
 (the registry entries GRPO, DAPO, Dr. GRPO, GSPO, RLOO) over ``policy_gradient`` (the clipped
 surrogate, its aggregation modes and their ``units``, PPO's value loss) and ``advantages`` (GRPO,
-RLOO, ReMax, REINFORCE++ and GAE advantages, KL estimators, whitening). Shared pieces: ``params``
+RLOO, ReMax, REINFORCE++ and GAE advantages, KL estimators, whitening); ``online_pref`` (online
+DPO: DPO or IPO on two sampled answers per prompt, ranked by the reward). Shared pieces: ``params``
 (hyperparameter fields and range checks), ``logistic`` (the label-smoothed logistic loss).
 """
 
@@ -44,6 +45,7 @@ from alignlab.losses import (  # noqa: E402
     listwise,  # noqa: F401
     negatives,  # noqa: F401
     online,  # noqa: F401
+    online_pref,  # noqa: F401
     reference_free,  # noqa: F401
     robust,
     unpaired,  # noqa: F401

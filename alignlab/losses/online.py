@@ -165,7 +165,8 @@ class RoundTokens:
 
 
 def needs_reference(params) -> bool:
-    """Whether an online method's params use the reference model (a KL term in the loss or reward)."""
+    """Whether an online method's params use the reference model: a KL term in the loss or the
+    reward, or online DPO's implicit reward (its β is always > 0, so it always does)."""
     return getattr(params, "beta", 0.0) > 0 or getattr(params, "kl_coef", 0.0) > 0
 
 

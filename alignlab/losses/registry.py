@@ -58,6 +58,14 @@ class LossSpec:
     token_advantages: Callable | None = None
     greedy_baseline: bool = False
     value_model: bool = False
+    # ``num_generations``: a method that compares a fixed number of samples per prompt (online DPO:
+    # 2); a run must sample exactly that many, and each micro-batch must hold whole groups
+    # (batch_size a multiple of it), since the loss reads a group's samples together.
+    # ``units(advantages_B, params) -> (B,)``: the units of the step's normaliser from each
+    # completion's sequence advantage, for a method that counts its own (online DPO: decisive
+    # pairs); None: ``policy_gradient.units`` of the params' aggregation.
+    num_generations: int | None = None
+    units: Callable | None = None
 
     def defaults(self) -> dict:
         return {f.name: f.default for f in dataclasses.fields(self.params)}

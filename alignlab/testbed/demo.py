@@ -55,7 +55,8 @@ class DemoSettings:
     method: str = field(default="dpo", metadata={"help": "training method (see `alignlab methods`)"})
     seed: int = field(default=0, metadata={"help": "seed of sampling, training and evaluation"})
     num_prompts: int = field(default=512, metadata={"help": "training prompts to sample answers to"})
-    k: int = field(default=4, metadata={"help": "answers sampled per prompt"})
+    k: int | None = field(default=None, metadata={"help": "answers sampled per prompt; none: 4, or the number a method "
+                                                          "compares (online-dpo: 2)"})
     label_noise: float = field(default=0.0, metadata={"help": "fraction of pair labels to flip"})
     reward: str = field(default="gold", metadata={"help": "reward that labels the feedback",
                                                   "choices": ("gold", "proxy")})
@@ -79,6 +80,12 @@ class DemoSettings:
             spec = get_loss(self.method)
         except UnknownLossError as e:
             raise UserError(f"{e} (see `alignlab methods`)") from None
+        fixed = spec.num_generations  # a method that compares a fixed number of answers per prompt
+        if self.k is None:
+            self.k = fixed or 4
+        elif fixed is not None and self.k != fixed:
+            raise UserError(f"{option('k', self.k)}: method '{self.method}' compares {fixed} answers per prompt; "
+                            f"give {option('k', fixed)} or leave it out")
         if self.lr is None and spec.shape == "online":
             self.lr = ONLINE_LR
         if self.lr is None:

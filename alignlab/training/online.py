@@ -105,9 +105,19 @@ def _per_token(fn: Callable, examples: Sequence[RolloutExample], pad_id: int, ba
 
 def round_size(cfg, dist: Dist) -> tuple[int, int]:
     """(completions, prompts) of one round over every process: ``batch_size × grad_accum ×
-    processes`` completions, G per prompt; a ConfigError unless each process gets whole groups."""
+    processes`` completions, G per prompt; a ConfigError unless each process gets whole groups,
+    and, for a method that compares a fixed number of samples (``LossSpec.num_generations``:
+    online DPO's pair), unless G is that number and each micro-batch holds whole groups."""
     completions = cfg.optim.batch_size * cfg.optim.grad_accum * dist.world_size
     G = cfg.rollout.num_generations
+    fixed = cfg.spec.num_generations
+    if fixed is not None and G != fixed:
+        raise ConfigError(f"num_generations: method '{cfg.method}' compares {fixed} samples per prompt; set "
+                          f"num_generations to {fixed}, got {G}")
+    if fixed is not None and cfg.optim.batch_size % fixed:
+        raise ConfigError(f"batch_size: method '{cfg.method}' trains on each prompt's {fixed} samples together, "
+                          f"so a micro-batch holds whole groups: batch_size must be a multiple of {fixed}, "
+                          f"got {cfg.optim.batch_size}")
     if completions % (G * dist.world_size):
         raise ConfigError(f"batch_size: a step's {completions} completions (batch_size × grad_accum × "
                           f"{dist.world_size} processes) must be a multiple of num_generations ({G}) × "

@@ -4,8 +4,10 @@ The batch's rows are prompt + completion (``rollout.collate_rollout``); the poli
 the completion tokens come from one forward pass (``logprobs.sequence_logps``), left-aligned so
 that token ``t`` of row ``b`` lines up with the values the round computed for it (advantage, old,
 reference and sampler log-probs, carried by the examples). The loss is the method's
-(``losses/policy_gradient.py``); ``units`` is what the loop divides the step's summed losses by,
-counted from the examples alone, so the update does not depend on how the step is split.
+(``losses/policy_gradient.py``, or online DPO's ``losses/online_pref.py``); ``units`` is what the
+loop divides the step's summed losses by, counted from the examples alone (their aggregation's
+units, or the method's own ``LossSpec.units``: online DPO's decisive pairs), so the update does not
+depend on how the step is split.
 
 Besides the loss's metrics it logs ``entropy``: the mean over every completion token of the step
 (all of them, those a truncation mask leaves out of the loss too) of the entropy −Σ_v π(v) log π(v)
@@ -35,7 +37,7 @@ class PolicyGradientForward(Forward):
     def __init__(self, spec: LossSpec, params, max_new_tokens: int):
         """``max_new_tokens``: the completion-length limit, the normaliser of 'constant' aggregation
         when the params give none."""
-        if getattr(params, "max_completion_length", None) is None:
+        if hasattr(params, "max_completion_length") and params.max_completion_length is None:
             params = dataclasses.replace(params, max_completion_length=max_new_tokens)
         super().__init__(spec, params)
 
@@ -47,6 +49,9 @@ class PolicyGradientForward(Forward):
         return mask, truncated
 
     def units(self, batch: Batch) -> float:
+        if self.spec.units is not None:  # the method counts its own, from the round's sequence advantages
+            advantages = torch.tensor([e.advantages[0] for e in batch.examples], dtype=torch.float64)
+            return float(self.spec.units(advantages, self.params).sum())
         mask, truncated = self._mask_and_flags(batch)
         return float(units(self.params.aggregation, mask, truncated if self.params.mask_truncated else None).sum())
 
