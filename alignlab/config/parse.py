@@ -288,6 +288,8 @@ def make_config(raw: dict[str, Any]) -> TrainConfig:
         flat.setdefault(key, value)
     method = str(flat.get("method", "dpo"))
     spec = get_loss(method)
+    if spec.num_generations is not None:  # a method that compares a fixed number of samples (online-dpo: 2)
+        flat.setdefault("num_generations", spec.num_generations)
     layout, types_ = _layout(), _value_types()
     method_keys = set(_field_types(spec.params))
     parts: dict[str | None, dict[str, Any]] = {None: {}, **{s.name: {} for s in sections()}}

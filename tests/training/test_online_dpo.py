@@ -143,3 +143,12 @@ def test_the_demo_samples_two_answers_per_prompt_for_it():
     assert DemoSettings(method="grpo").k == 4 and DemoSettings(method="dpo").k == 4
     with pytest.raises(UserError, match="k=4: method 'online-dpo' compares 2 answers per prompt; give k=2"):
         DemoSettings(method="online-dpo", k=4)
+
+
+def test_online_dpo_samples_two_answers_per_prompt_unless_told_otherwise(tmp_path, tiny_model_dir):
+    """The config's num_generations (8 for the other online methods) is the method's 2 when not given."""
+    from alignlab.config import make_config
+
+    cfg = make_config({"method": "online-dpo", "model": str(tiny_model_dir), "data": "task:arithmetic"})
+    assert cfg.rollout.num_generations == 2
+    assert make_config({"method": "grpo", "model": str(tiny_model_dir), "data": "x"}).rollout.num_generations == 8
