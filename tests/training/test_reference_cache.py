@@ -129,9 +129,9 @@ def count_references(monkeypatch):
     made = []
     original = Reference.__init__
 
-    def counting(self, policy):
+    def counting(self, policy, frozen=None):
         made.append(1)
-        original(self, policy)
+        original(self, policy, frozen)
 
     monkeypatch.setattr(Reference, "__init__", counting)
     return made
