@@ -79,6 +79,7 @@ from alignlab.data.records import Message, RankedRecord, Text
 from alignlab.data.write import write_jsonl, write_rows
 from alignlab.errors import ConfigError, UserError, option
 from alignlab.generation.base import SamplingParams
+from alignlab.training.online import round_seed
 from alignlab.training.online_run import _task, max_new_tokens
 from alignlab.training.rollout import load_reward_terms, score_samples
 from alignlab.training.run import Summary
@@ -87,11 +88,7 @@ from alignlab.training.run import train as train_once
 TASK_ROUND_PROMPTS = 256  # a testbed task's prompts per round when the config gives no round_prompts
 CONFIG_FILE = "rounds.yaml"
 DONE_FILE = "round.json"
-
-
-def round_seed(seed: int, round_: int) -> int:
-    """The sampling seed of round ``round_`` (from 1): distinct per (seed, round), in [0, 2**63)."""
-    return (seed * 1_000_003 + 104_729 * round_) % (2**63)
+SCORED_FILE = "scored.json"  # the round's scores and data counts, written before its training starts
 
 
 def _log(msg: str) -> None:
@@ -105,11 +102,13 @@ def run_rounds(cfg: TrainConfig) -> Summary:
         raise ConfigError("rounds: rounds run in one process (their sampling is not split over processes); "
                           "launch without torchrun")
     out = Path(cfg.output_dir)
-    _claim(cfg, out)
+    # everything that can be checked before a model loads is, before the folder is claimed
     prompts = _all_prompts(cfg)
     per_round = _per_round(cfg, len(prompts))
     specs = _reward_specs(cfg)
+    _check_specs(specs)
     gold = _gold(cfg, specs)
+    _claim(cfg, out)
     policy, summary = cfg.model, None
     for r in range(1, cfg.iterate.rounds + 1):
         folder = out / f"round-{r}"
@@ -122,18 +121,27 @@ def run_rounds(cfg: TrainConfig) -> Summary:
             continue
         _log(f"round {r}/{cfg.iterate.rounds}: sampling {cfg.rollout.num_generations} answers to each of "
              f"{per_round} prompts from {policy}")
-        mine = [prompts[(i + (r - 1) * per_round) % len(prompts)] for i in range(per_round)]
-        samples = _sample(cfg, r, policy, mine, folder)
-        rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
-        terms = load_reward_terms(specs, cfg.rollout.reward_weights,
-                                  partial(_resolve, policy=policy, start=cfg.model,
-                                          reference=cfg.reference_model or cfg.model))
-        ranked, scores = _score(terms, rows, samples)
-        data, made = _convert(cfg, ranked, folder / "data.jsonl", terms)
-        if gold is not None:
-            scores.update(_agreement(gold, ranked, data, cfg.spec.shape))
-        record: dict[str, Any] = {"round": r, "start_model": policy, "prompts": per_round,
-                                  "samples": sum(len(row["samples"]) for row in rows), **scores, "data": made}
+        scored = folder / SCORED_FILE
+        if (folder / "train" / "run.yaml").exists() and scored.exists():
+            # the round's training had started: keep the data it trains on (a scorer asked again,
+            # such as a judge behind an endpoint, may not repeat itself)
+            record = json.loads(scored.read_text())
+            data = folder / "data.jsonl"
+        else:
+            mine = [prompts[(i + (r - 1) * per_round) % len(prompts)] for i in range(per_round)]
+            samples = _sample(cfg, r, policy, mine, folder)
+            rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
+            terms = load_reward_terms(specs, cfg.rollout.reward_weights,
+                                      partial(_resolve, policy=policy, start=cfg.model,
+                                              reference=cfg.reference_model or cfg.model))
+            ranked, scores = _score(terms, rows, samples)
+            data, made = _convert(cfg, ranked, folder / "data.jsonl", terms)
+            if gold is not None:
+                scores.update(_agreement(gold, ranked, data, cfg.spec.shape))
+            record = {"round": r, "start_model": policy, "prompts": per_round,
+                      "samples": sum(len(row["samples"]) for row in rows), **scores, "data": made}
+            _write_json(scored, record)
+        made = record["data"]
         if made["examples"] == 0:
             _log(f"round {r}: the samples made no training data ({made['dropped']}); the policy stays as it is")
             record.update(model=policy, trained=False, summary=None)
@@ -154,11 +162,14 @@ def run_rounds(cfg: TrainConfig) -> Summary:
 
 
 def _claim(cfg: TrainConfig, out: Path) -> None:
-    """Refuse to mix two runs in one folder, as ``alignlab train`` does; ``overwrite`` clears it,
-    ``resume`` continues it (with the same config)."""
+    """Refuse to mix two runs in one folder (rounds, or rounds and a training run), as ``alignlab
+    train`` does; ``overwrite`` clears it (never the model the rounds start from), ``resume``
+    continues it (with the same config)."""
     saved = out / CONFIG_FILE
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir: '{out}' is a file")
+    if (out / "run.yaml").exists():
+        raise ConfigError(f"output_dir: '{out}' holds a training run (run.yaml); give rounds a folder of their own")
     if saved.exists():
         if cfg.checkpoint.resume:
             differ = config_differences(yaml.safe_load(saved.read_text()) or {}, _recorded(cfg))
@@ -166,14 +177,21 @@ def _claim(cfg: TrainConfig, out: Path) -> None:
                 raise ConfigError(f"resume: '{out}' holds rounds run with other settings (differs in "
                                   f"{', '.join(differ)}); resume with the same config or use another output_dir")
         elif cfg.checkpoint.overwrite:
+            model = Path(cfg.model).expanduser()
+            if model.exists() and model.resolve().is_relative_to(out.resolve()):
+                raise ConfigError(f"overwrite: the model '{cfg.model}' lies inside output_dir '{out}', which "
+                                  f"{option('overwrite')} would delete; choose another output_dir")
             for child in out.glob("round-*"):
                 shutil.rmtree(child)
             (out / "rounds.jsonl").unlink(missing_ok=True)
         else:
             raise ConfigError(f"output_dir: '{out}' already holds rounds; pass {option('resume')} to continue them "
                               f"or {option('overwrite')} to start afresh")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(yaml.safe_dump(_recorded(cfg), sort_keys=False))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(yaml.safe_dump(_recorded(cfg), sort_keys=False))
+    except OSError as e:
+        raise ConfigError(f"output_dir: cannot write to '{out}': {e.strerror or e}") from None
 
 
 def _recorded(cfg: TrainConfig) -> dict[str, Any]:
@@ -221,6 +239,18 @@ def _reward_specs(cfg: TrainConfig) -> list[str]:
     return [spec]
 
 
+def _check_specs(specs: Sequence[str]) -> None:
+    """Each reward spec's kind is one ``load_scorer`` knows (or a directory), before any sampling:
+    a spec split at its commas (``--reward a,b=c`` makes two) is caught here, not after a round."""
+    from alignlab.rewards import SPECS
+
+    for spec in specs:
+        kind = spec.split(":", 1)[0]
+        if kind not in SPECS and not spec.startswith("{") and not Path(spec).expanduser().is_dir():
+            raise ConfigError(f"reward: '{spec}' is no scorer spec (kinds: {', '.join(SPECS)}); a spec that holds "
+                              "a comma goes in a JSON list, e.g. --reward '[\"judge:{policy},mode=pointwise\"]'")
+
+
 def _resolve(spec: str, policy: str, start: str, reference: str) -> str:
     """A scorer spec with ``{policy}`` as the round's policy (the self-rewarding judge, an implicit
     reward of the current policy), ``{start}`` as the starting model and ``{reference}`` as the
@@ -229,13 +259,12 @@ def _resolve(spec: str, policy: str, start: str, reference: str) -> str:
 
 
 def _gold(cfg: TrainConfig, specs: Sequence[str]):
-    """The testbed task's gold reward when the rounds run on a task (``data: task:NAME`` or the
-    ``task`` evaluation) and score with something else: each round then reports how well its
-    scores agree with gold."""
+    """The testbed task's gold reward when the rounds run on a task's prompts (``data: task:NAME``)
+    and score with something else: each round then reports how well its scores agree with gold."""
     task = _task(cfg)
-    name = task.name if task is not None else cfg.eval.task
-    if name is None or list(specs) == [f"task:{name}:gold"]:
-        return None
+    if task is None or list(specs) in ([f"task:{task.name}:gold"], [f"task:{task.name}"]):
+        return None  # prompts of a file: the task's gold reward need not know them
+    name = task.name
     from alignlab.rewards import load_scorer
 
     return load_scorer(f"task:{name}:gold")
@@ -387,20 +416,22 @@ def _convert(cfg: TrainConfig, ranked: list[RankedRecord], path: Path, terms) ->
 
 def _strengths(pairs: list, terms) -> list:
     """Each pair with its strength p = P(chosen ≻ rejected): the scorer's own ``compare`` when the
-    reward is one scorer (a pairwise judge's swapped verdicts; σ of the score difference for a
-    scorer of scores), else σ of the weighted rewards' difference. A pair the comparison turns
+    reward is one scorer of weight 1 that compares otherwise than by its scores (a pairwise judge's
+    swapped verdicts), else σ of the reward difference the pair was ranked by. A pair the comparison turns
     round (p < 0.5, a judge that disagrees with its own scores) is swapped, so p is in [0.5, 1]."""
     if not pairs:
         return pairs
-    prompts = [_reward_text(p.prompt) for p in pairs]
-    chosen, rejected = [_text(p.chosen) for p in pairs], [_text(p.rejected) for p in pairs]
-    if len(terms) == 1:
-        probs = terms[0].scorer.compare(prompts, chosen, rejected)
-    else:
-        a, _ = score_samples(terms, [p.prompt for p in pairs], chosen, [f"pair {i + 1}, chosen" for i in range(len(pairs))])
-        b, _ = score_samples(terms, [p.prompt for p in pairs], rejected,
-                             [f"pair {i + 1}, rejected" for i in range(len(pairs))])
-        probs = (a - b).sigmoid().tolist()
+    if len(terms) == 1 and terms[0].weight == 1.0 and not terms[0].scorer.compares_by_score:
+        prompts = [_reward_text(p.prompt) for p in pairs]
+        try:
+            probs = terms[0].scorer.compare(prompts, [_text(p.chosen) for p in pairs], [_text(p.rejected) for p in pairs])
+        except UserError:
+            raise
+        except Exception as e:  # a judge that failed: one line naming it
+            raise UserError(f"reward '{terms[0].name}': comparing the round's pairs raised {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    else:  # σ of the (weighted) reward difference the pair was made from
+        probs = [1.0 / (1.0 + math.exp(-(p.score_chosen - p.score_rejected))) for p in pairs]
     out = []
     for pair, p in zip(pairs, probs, strict=True):
         if p < 0.5:
@@ -431,6 +462,8 @@ def _round_config(cfg: TrainConfig, r: int, policy: str, data: Path, out: Path) 
     d = cfg.to_dict()
     d.update(model=policy, data=str(data), output_dir=str(out))
     d["iterate"] = {"rounds": 0}
+    # the round's data.jsonl has the standard keys and no splits, whatever the prompts were read from
+    d["dataset"] = {**d["dataset"], "data_split": None, "columns": {}}
     d["rollout"] = {**d["rollout"], "reward": [], "reward_weights": None}
     if cfg.reference_model is None and cfg.iterate.round_reference == "fixed" and r > 1:
         d["reference_model"] = cfg.model

@@ -45,7 +45,8 @@ def rounds_config(model_dir, data, out, **overrides) -> dict:
 
 
 def digit_count(text: str) -> int:
-    return sum(ch.isdigit() for ch in text)
+    """What the ``digits`` reward counts: ASCII digits (not, say, '٠')."""
+    return sum(ch in "0123456789" for ch in text)
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -78,7 +79,7 @@ def test_two_rounds_of_iterative_dpo(tmp_path, tiny_model_dir, prompt_file):
             want.append({"prompt": row["prompt"], "chosen": row["completions"][best],
                          "rejected": row["completions"][worst]})
         got = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in jsonl(folder / "data.jsonl")]
-        assert got == want and len(got) >= 2
+        assert got == want and len(got) >= 1
         record = json.loads((folder / "round.json").read_text())
         assert record["data"] == {"examples": len(want), "dropped": {"lists whose scores all tie": ties} if ties else {}}
         flat = [digit_count(c) for row in samples for c in row["completions"]]
@@ -134,7 +135,15 @@ def test_a_round_killed_in_training_resumes_to_the_same_weights(tmp_path, tiny_m
     cut = tmp_path / "cut"
     assert (cut / "round-1" / "round.json").exists() and not (cut / "round-2" / "round.json").exists()
     stamp = (cut / "round-1" / "round.json").stat().st_mtime_ns
-    resumed = train(rounds_config(tiny_model_dir, prompt_file, cut, resume=True, **extra))
+    # the round's data is kept, not scored again (a judge asked again may answer otherwise)
+    import alignlab.rounds as rounds_mod
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored again")
+
+    with monkeypatch.context() as m:
+        m.setattr(rounds_mod, "_score", no_scoring)
+        resumed = train(rounds_config(tiny_model_dir, prompt_file, cut, resume=True, **extra))
     assert (cut / "round-1" / "round.json").stat().st_mtime_ns == stamp
     assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
     assert len(jsonl(cut / "rounds.jsonl")) == 2
@@ -169,7 +178,14 @@ def test_a_round_killed_while_sampling_resumes_to_the_same_samples_and_weights(t
 
 
 def test_a_run_folder_with_rounds_is_not_mixed_with_another(tmp_path, tiny_model_dir, prompt_file):
+    """Another run of rounds, a training run, and an overwrite that would delete the model the
+    rounds start from are refused; resume with other settings too."""
     out = tmp_path / "run"
+    trained = tmp_path / "plain"
+    (trained / "run.yaml").parent.mkdir()
+    (trained / "run.yaml").write_text("method: dpo\n")
+    with pytest.raises(ConfigError, match="holds a training run"):
+        train(rounds_config(tiny_model_dir, prompt_file, trained, rounds=1))
     train(rounds_config(tiny_model_dir, prompt_file, out, rounds=1, round_prompts=2))
     with pytest.raises(ConfigError, match="already holds rounds; pass resume"):
         train(rounds_config(tiny_model_dir, prompt_file, out, rounds=1, round_prompts=2))
@@ -177,6 +193,9 @@ def test_a_run_folder_with_rounds_is_not_mixed_with_another(tmp_path, tiny_model
         train(rounds_config(tiny_model_dir, prompt_file, out, rounds=1, round_prompts=3, resume=True))
     train(rounds_config(tiny_model_dir, prompt_file, out, rounds=1, round_prompts=3, overwrite=True))
     assert len(jsonl(out / "round-1" / "prompts.jsonl")) == 3
+    inside = str(out / "round-1" / "train" / "model")
+    with pytest.raises(ConfigError, match="overwrite: the model .* lies inside output_dir"):
+        train(rounds_config(inside, prompt_file, out, rounds=1, round_prompts=3, overwrite=True))
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -187,6 +206,11 @@ def test_a_run_folder_with_rounds_is_not_mixed_with_another(tmp_path, tiny_model
     ({"round_reference": "initial"}, "round_reference: must be fixed or previous"),
     ({"keep_top": 0}, "keep_top: must be >= 1"),
     ({"pair_rule": "best"}, "pair_rule: must be best_worst"),
+    ({"lora": True}, "lora: rounds start each round from the previous round's whole model"),
+    ({"recipe": "spa", "method": None}, "reference_model: spa labels pairs by the policy's implicit reward"),
+    ({"reference_model": "x", "round_reference": "previous"}, "round_reference: previous makes each round's"),
+    ({"reward": ["reference={reference}"]}, "reward: 'reference={reference}' is no scorer spec"),
+    ({"recipe": ["raft"]}, "recipe: expected a string"),
 ])
 def test_bad_round_settings_are_one_line_errors(tmp_path, tiny_model_dir, prompt_file, overrides, message):
     cfg = rounds_config(tiny_model_dir, prompt_file, tmp_path / "run", **overrides)

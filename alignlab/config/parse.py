@@ -284,8 +284,9 @@ def make_config(raw: dict[str, Any]) -> TrainConfig:
     flat: dict[str, Any] = {}
     for key, value in normalize(raw).items():
         _merge_dotted(flat, key, value)
-    for key, value in RECIPE_DEFAULTS.get(flat.get("recipe"), {}).items():  # a recipe's, unless given
-        flat.setdefault(key, value)
+    recipe = flat.get("recipe")
+    for key, value in (RECIPE_DEFAULTS.get(recipe, {}) if isinstance(recipe, str) else {}).items():
+        flat.setdefault(key, value)  # a recipe's, unless given
     method = str(flat.get("method", "dpo"))
     spec = get_loss(method)
     if spec.num_generations is not None:  # a method that compares a fixed number of samples (online-dpo: 2)

@@ -333,6 +333,14 @@ class TrainConfig:
         if self.iterate.recipe in ("iterative-dpo", "self-rewarding"):
             _check(spec.shape == "pair", "recipe", f"{self.iterate.recipe} trains a pair method (dpo, ipo, ...); "
                                                    f"method '{self.method}' trains on {spec.shape} data")
+        _check(not rounds or not self.adapter.lora, "lora",
+               "rounds start each round from the previous round's whole model; train them without LoRA")
+        _check(self.iterate.recipe != "spa" or self.reference_model is not None, "reference_model",
+               "spa labels pairs by the policy's implicit reward against a reference: give the model it was "
+               "trained from (its SFT model), or every reward is 0")
+        _check(self.reference_model is None or not rounds or self.iterate.round_reference == "fixed",
+               "round_reference", "previous makes each round's starting policy the reference; a reference_model "
+               "fixes it: give one or the other")
         _check(self.reference_model is None or not self.adapter.lora, "reference_model",
                "with LoRA the reference is the base model with the adapter disabled; give no reference_model")
         _check(self.reference_model is None or spec.model == "policy", "reference_model",

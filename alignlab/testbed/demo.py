@@ -109,6 +109,9 @@ class DemoSettings:
             raise UserError(f"{option('rounds')}: must be >= 1, got {self.rounds}")
         if self.rounds > 1 and spec.shape == "online":
             raise UserError(f"{option('rounds')}: an online method samples every step; rounds are for offline methods")
+        if self.rounds > 1 and self.label_noise:
+            raise UserError(f"{option('rounds')}: rounds label their pairs as they sample them; label noise is for "
+                            "the one-round demo")
         if self.rounds > 1 and self.num_prompts < self.rounds:
             raise UserError(f"{option('rounds')}: {self.rounds} rounds need at least as many prompts, got "
                             f"{self.num_prompts}")

@@ -50,7 +50,8 @@ class PolicyGradientForward(Forward):
 
     def units(self, batch: Batch) -> float:
         if self.spec.units is not None:  # the method counts its own, from the round's sequence advantages
-            advantages = torch.tensor([e.advantages[0] for e in batch.examples], dtype=torch.float64)
+            advantages = torch.tensor([e.advantages[0] if e.advantages else 0.0 for e in batch.examples],
+                                      dtype=torch.float64)
             return float(self.spec.units(advantages, self.params).sum())
         mask, truncated = self._mask_and_flags(batch)
         return float(units(self.params.aggregation, mask, truncated if self.params.mask_truncated else None).sum())
