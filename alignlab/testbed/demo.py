@@ -70,6 +70,9 @@ class DemoSettings:
     rounds: int = field(default=1, metadata={"help": "rounds of sampling from the current policy and training on "
                                                      "its scored samples (iterative DPO, RAFT with sft), the prompts "
                                                      "split evenly over them; 1: one round on the SFT model's samples"})
+    round_reference: str = field(default="fixed", metadata={
+        "help": "with rounds: the reference of every round, fixed (the SFT model) or previous (the previous round's "
+                "policy)", "choices": ("fixed", "previous")})
     method_params: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "hyperparameters of the method, e.g. epsilon=0.3 (repeatable)"})
 
@@ -197,7 +200,8 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
         # the same prompts and samples per prompt as one round, split evenly over the rounds; each
         # round trains `epochs` passes over its own data, so the steps add up to one round's
         config.update(data=data, reward=[f"task:{settings.task}:{settings.reward}"], num_generations=settings.k,
-                      rounds=settings.rounds, round_prompts=settings.num_prompts // settings.rounds)
+                      rounds=settings.rounds, round_prompts=settings.num_prompts // settings.rounds,
+                      round_reference=settings.round_reference)
     if "sample_max_new_tokens" in spec.defaults() and "sample_max_new_tokens" not in settings.method_params:
         config["sample_max_new_tokens"] = task.max_new_tokens  # samples as long as the task's answers
     summary = train(config)
@@ -206,6 +210,10 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     t_train = time.perf_counter() - t0 - t_model - t_feedback
 
+    after = {k: v for k, v in summary.eval_metrics.items() if k.startswith("eval/gold")}
+    if rounds and settings.round_reference == "previous":  # the run measured the last round against its
+        # own reference, the previous round's policy: measure the final model against the SFT model
+        after = {f"eval/{k}": v for k, v in before(load_model(summary.model_dir), sft_model).items()}
     history = [{"step": 0, **{k: v for k, v in before_metrics.items() if k.startswith("eval/gold")}}]
     offset = 0  # rounds: each round's steps after the previous rounds'
     for folder in ([out / f"round-{r}" / "train" for r in range(1, settings.rounds + 1)] if rounds else [out]):
@@ -219,7 +227,7 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
         "model": summary.model_dir,
         "sft_model_provenance": model_provenance(sft_dir),
         "before": before_metrics,
-        "after": {k: v for k, v in summary.eval_metrics.items() if k.startswith("eval/gold")},
+        "after": after,
         "history": history,
         "train": summary.train_metrics,
         "feedback": {k: v for k, v in feedback.items() if k != "flipped_rows"},

@@ -1,0 +1,12 @@
+"""Decoding-time alignment: each method wraps a generator (and a scorer where it needs one) and is
+itself a ``Generator``, so anything that samples (evaluation, ``alignlab sample``, ``alignlab
+decode``) can sample through it.
+
+- ``best_of_n``: best-of-n and soft best-of-n, with InfAlign-style calibration;
+- ``kl``: best-of-n's KL to its policy, the analytic bound and an estimate from rewards.
+"""
+
+from alignlab.decoding.best_of_n import BestOfN, BestOfNReport
+from alignlab.decoding.kl import KLEstimate, estimate, kl_bound, kl_of_rewards
+
+__all__ = ["BestOfN", "BestOfNReport", "KLEstimate", "estimate", "kl_bound", "kl_of_rewards"]

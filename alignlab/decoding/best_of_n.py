@@ -1,0 +1,160 @@
+"""Best-of-n and soft best-of-n: a generator that draws n candidates and a scorer that picks one.
+
+``BestOfN(base, scorer, n)`` is itself a ``Generator``: asked for k samples of a prompt, it draws
+k·n from ``base`` (candidates j·n .. j·n + n − 1 make the j-th answer), scores every candidate with
+``scorer`` and returns, for each answer, the best-scored of its n (the first drawn among equals).
+With ``temperature`` τ > 0 it is soft best-of-n (rejection-sampling style, "Soft Best-of-n
+Sampling", Verdun et al. 2025): candidate i is picked with probability ∝ exp(r_i / τ), one uniform
+number per answer from a stream keyed by (seed, prompt index, answer index), so a prompt's picks do
+not depend on the batch it shares. τ → 0 is best-of-n; τ → ∞ one plain sample.
+
+``calibrate`` (InfAlign, Balashankar et al. 2024, ALGORITHMS.md §7.7): each candidate's reward
+is replaced before the pick by its calibrated quantile under the base policy,
+C(x, y) = P_{y' ~ π}[r(x, y') ≤ r(x, y)], estimated from ``calibration_samples`` further samples of
+the same prompt (drawn once per prompt and call). For best-of-n the pick is the same (the quantile
+is monotone in r; ties stay ties), so calibration changes soft best-of-n and the rewards reported,
+not plain best-of-n's choice.
+
+What each call spent and scored is kept in ``last_report`` (``BestOfNReport``): the candidates'
+rewards per answer (for the KL estimate, ``kl.py``), the picked rewards, and the model's forward
+tokens (each candidate's prompt and generated tokens: what a forward pass without a shared-prefix
+cache computes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from alignlab.data.records import Text
+from alignlab.errors import UserError
+from alignlab.generation.base import Generator, Sample, SamplingParams
+from alignlab.generation.draw import stream_keys, uniforms
+from alignlab.rewards.base import Scorer, reward_prompt
+
+_PICK_SALT = 0x5EED_B0F  # keeps the pick's stream apart from the base generator's token streams
+
+
+@dataclass
+class BestOfNReport:
+    """One call's numbers: per prompt, per answer, the candidates' rewards and the index picked."""
+
+    candidate_rewards: list[list[list[float]]] = field(default_factory=list)  # [prompt][answer][candidate]
+    picked: list[list[int]] = field(default_factory=list)  # [prompt][answer] -> candidate index
+    forward_tokens: int = 0
+
+    @property
+    def picked_rewards(self) -> list[list[float]]:
+        return [[cands[i] for cands, i in zip(per_prompt, picks, strict=True)]
+                for per_prompt, picks in zip(self.candidate_rewards, self.picked, strict=True)]
+
+
+def softmax_pick(rewards: Sequence[float], temperature: float, u: float) -> int:
+    """The candidate picked by uniform ``u`` in [0, 1): the first whose cumulative probability
+    exceeds u, probabilities ∝ exp(r / temperature) (temperature 0: the first of the best)."""
+    if temperature == 0:
+        best = max(rewards)
+        return next(i for i, r in enumerate(rewards) if r == best)
+    top = max(rewards)
+    weights = [math.exp((r - top) / temperature) for r in rewards]
+    total = sum(weights)
+    acc = 0.0
+    for i, w in enumerate(weights):
+        acc += w / total
+        if u < acc:
+            return i
+    return len(rewards) - 1
+
+
+def quantiles(rewards: Sequence[float], reference: Sequence[float]) -> list[float]:
+    """Each reward's calibrated quantile: the share of ``reference`` rewards at or below it."""
+    ref = np.sort(np.asarray(reference, dtype=np.float64))
+    return (np.searchsorted(ref, np.asarray(rewards, dtype=np.float64), side="right") / len(ref)).tolist()
+
+
+class BestOfN:
+    """A ``Generator`` that answers with the scorer's pick of ``n`` candidates (see the module docstring)."""
+
+    def __init__(self, base: Generator, scorer: Scorer, n: int, temperature: float = 0.0,
+                 calibrate: bool = False, calibration_samples: int = 16, tokenizer=None):
+        """``tokenizer``: decodes prompts given as token ids (``generate_ids``) for the scorer; the
+        base generator's own (``base.tok``) when not given."""
+        if scorer is None:
+            raise UserError("best-of-n needs a scorer to pick with (--scorer SPEC)")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UserError(f"best-of-n: n must be a whole number >= 1, got {n}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise UserError(f"best-of-n: temperature must be a finite number >= 0, got {temperature}")
+        if calibrate and calibration_samples < 1:
+            raise UserError(f"best-of-n: calibration_samples must be >= 1, got {calibration_samples}")
+        self.base, self.scorer, self.n, self.temperature = base, scorer, n, float(temperature)
+        self.calibrate, self.calibration_samples = calibrate, calibration_samples
+        self.tok = tokenizer if tokenizer is not None else getattr(base, "tok", None)
+        self.numbers_prompts = getattr(base, "numbers_prompts", False)
+        self.last_report = BestOfNReport()
+
+    def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
+        return self.base.prompt_ids(prompt)
+
+    def update_weights(self, model) -> None:
+        self.base.update_weights(model)
+
+    def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams, start: int = 0) -> list[list[Sample]]:
+        candidates = self.base.generate(prompts, n * self.n, params, start=start)
+        texts = [reward_prompt(p) for p in prompts]
+        reference = None
+        if self.calibrate:
+            reference = self.base.generate(prompts, self.calibration_samples,
+                                           replace(params, seed=(params.seed + _PICK_SALT) % (2**63)), start=start)
+        return self._pick(texts, candidates, n, params, start, reference)
+
+    def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams,
+                     start: int = 0) -> list[list[Sample]]:
+        if self.tok is None:
+            raise UserError("best-of-n: prompts given as token ids need a tokenizer to show the scorer the prompt")
+        candidates = self.base.generate_ids(contexts, n * self.n, params, start=start)
+        texts = [self.tok.decode(list(c), skip_special_tokens=True) for c in contexts]
+        reference = None
+        if self.calibrate:
+            reference = self.base.generate_ids(contexts, self.calibration_samples,
+                                               replace(params, seed=(params.seed + _PICK_SALT) % (2**63)), start=start)
+        return self._pick(texts, candidates, n, params, start, reference)
+
+    def _pick(self, texts: list[str], candidates: list[list[Sample]], k: int, params: SamplingParams, start: int,
+              reference: list[list[Sample]] | None) -> list[list[Sample]]:
+        flat_prompts = [t for t, group in zip(texts, candidates, strict=True) for _ in group]
+        flat = [s.text for group in candidates for s in group]
+        scores = [float(x) for x in self.scorer.score(flat_prompts, flat)] if flat else []
+        if reference is not None:
+            ref_scores = self.scorer.score([t for t, g in zip(texts, reference, strict=True) for _ in g],
+                                           [s.text for g in reference for s in g])
+        report = BestOfNReport()
+        out: list[list[Sample]] = []
+        at = ref_at = 0
+        for p, group in enumerate(candidates):
+            rewards = scores[at:at + len(group)]
+            at += len(group)
+            if reference is not None:
+                mine = [float(x) for x in ref_scores[ref_at:ref_at + len(reference[p])]]
+                ref_at += len(reference[p])
+                rewards = quantiles(rewards, mine)
+            keys = stream_keys((params.seed + _PICK_SALT) % (2**63), np.full(k, start + p), np.arange(k))
+            u = uniforms(keys, np.zeros(k, dtype=np.int64))
+            answers, picks, per_answer = [], [], []
+            for j in range(k):
+                cand = rewards[j * self.n:(j + 1) * self.n]
+                i = softmax_pick(cand, self.temperature, float(u[j]))
+                answers.append(group[j * self.n + i])
+                picks.append(i)
+                per_answer.append(cand)
+            out.append(answers)
+            report.picked.append(picks)
+            report.candidate_rewards.append(per_answer)
+            report.forward_tokens += sum(len(s.prompt_ids) + len(s.token_ids) for s in group)
+            if reference is not None:
+                report.forward_tokens += sum(len(s.prompt_ids) + len(s.token_ids) for s in reference[p])
+        self.last_report = report
+        return out
