@@ -3,6 +3,9 @@
     alignlab train [CONFIG.yaml] [--field value ...]   train with any registered method
     alignlab iterate [CONFIG.yaml] [--field value ...] rounds: sample, score, train an offline method on the
                                                        policy's own samples, repeat (--recipe raft|iterative-dpo)
+    alignlab decode --method best-of-n --model M --scorer S (--prompts F | --task T) --output O
+                                                       answer through a decoding-time method; with --task,
+                                                       gold, win rate against plain sampling, KL, compute
     alignlab methods                                   list the methods and their defaults
     alignlab tiny-model OUT_DIR                        save a tiny Llama + tokenizer for experiments
     alignlab demo [--task T] [--method M] [--seed S]   align a tiny model on a testbed task, before/after table
@@ -146,6 +149,12 @@ def _train_help() -> str:
     return "\n".join(lines)
 
 
+def cmd_decode(tokens: list[str]) -> int:
+    from alignlab.decode_cli import cmd_decode as run
+
+    return run(tokens)
+
+
 def cmd_iterate(tokens: list[str]) -> int:
     """``alignlab train`` for a config that runs rounds (``alignlab.rounds``): without ``rounds`` it
     is an error, so that a forgotten key does not silently train once."""
@@ -228,6 +237,7 @@ FLAG_NAMES = {
     "demo": {"num_prompts": "prompts", "method_params": "param"},
     "feedback": {"num_prompts": "prompts"},
     "sample": {},
+    "decode": {},
     "tiny-model": {},
 }
 
@@ -419,7 +429,7 @@ def cmd_eval(tokens: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "iterate": cmd_iterate, "eval": cmd_eval, "methods": cmd_methods, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "iterate": cmd_iterate, "decode": cmd_decode, "eval": cmd_eval, "methods": cmd_methods, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
             "feedback": cmd_feedback, "sample": cmd_sample, "convert": cmd_convert, "testbed": cmd_testbed}
 
 

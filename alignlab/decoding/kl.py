@@ -12,8 +12,8 @@ tied samples is a draw of π restricted to that value). So π_n(y) = π(y)·q_c/
 the KL between the two reward distributions. With no ties (every answer its own reward) it is
 log n − (n − 1)/n (Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment
 policy"; ALGORITHMS.md §7.1), and ties only lower it: the analytic value is a bound. ``estimate``
-plugs in the empirical reward distribution of m samples of π and gives a bootstrap interval
-over those samples.
+plugs in the empirical reward distribution of m samples of π per prompt and gives a bootstrap
+interval over the prompts.
 """
 
 from __future__ import annotations
@@ -69,18 +69,18 @@ class KLEstimate:
 def estimate(rewards_by_prompt: Sequence[Sequence[float]], n: int, resamples: int = 1000, level: float = 0.95,
              seed: int = 0) -> KLEstimate:
     """Best-of-n's KL to its policy, averaged over prompts: for each prompt the KL of the
-    empirical distribution of its samples' rewards (``kl_of_rewards``), then the mean; the interval
-    resamples each prompt's rewards with replacement (``resamples`` times) and takes the
-    percentiles."""
+    empirical distribution of its samples' rewards (``kl_of_rewards``), then the mean over prompts,
+    with a percentile bootstrap interval over the prompts (resampled with replacement
+    ``resamples`` times). Within a prompt the plug-in is biased low when it has few samples (m
+    samples show at most m distinct rewards; with m = n = 8 continuous rewards it gives 1.163
+    against the exact 1.20), which the interval does not cover: it measures how much the mean
+    over these prompts would vary over others."""
     if not rewards_by_prompt or any(not r for r in rewards_by_prompt):
         raise ValueError("every prompt needs at least one reward")
-    point = sum(kl_of_rewards(r, n) for r in rewards_by_prompt) / len(rewards_by_prompt)
+    per_prompt = [kl_of_rewards(r, n) for r in rewards_by_prompt]
+    point = sum(per_prompt) / len(per_prompt)
     rng = random.Random(seed)
-    draws = []
-    for _ in range(resamples):
-        draws.append(sum(kl_of_rewards(rng.choices(r, k=len(r)), n) for r in rewards_by_prompt)
-                     / len(rewards_by_prompt))
-    draws.sort()
+    draws = sorted(sum(rng.choices(per_prompt, k=len(per_prompt))) / len(per_prompt) for _ in range(resamples))
     tail = (1 - level) / 2
     low = draws[int(math.floor(tail * (resamples - 1)))]
     high = draws[int(math.ceil((1 - tail) * (resamples - 1)))]

@@ -1,0 +1,173 @@
+"""`alignlab decode`: answer prompts through a decoding-time method (``alignlab.decoding``) and write
+the answers as `alignlab sample` writes samples; on a testbed task, also measure them.
+
+    alignlab decode --method best-of-n --model M --scorer SPEC --n 8 (--prompts FILE | --task T) --output O.jsonl
+
+The output has one row per prompt in the `alignlab sample` format (prompt, completions, scores:
+the scorer's reward of each answer, the rewards the pick used, samples, input_row). With
+``--task`` the command also prints, and writes beside the output (``O.jsonl.summary.json``), the
+held-out gold reward of the answers and of plain samples of the same model (one per answer,
+drawn with another seed), the win rate of the answers against those plain samples (a tie counts
+half), best-of-n's KL to the model (the analytic bound log n − (n−1)/n and the estimate from the
+candidates' rewards with a bootstrap interval, ``decoding/kl.py``) and the compute both spent, in
+model forward tokens (prompt and generated tokens of every sequence sampled).
+
+Settings that cannot work (a method that needs a scorer and has none, n < 1, an unknown method)
+are one-line errors before the model loads. The command does not resume: it writes the file at the
+end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import ArgumentParser, UserError
+
+METHODS = ("best-of-n",)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from alignlab.cli import add_field_flags  # the command line imports this module: not at the top
+    from alignlab.generation import SamplingParams
+    from alignlab.models import DTYPES
+    from alignlab.sample_cli import PROMPT_SETS, SAMPLING_HELP, default_backend
+    from alignlab.tasks import task_names
+
+    parser = ArgumentParser(prog="alignlab decode", allow_abbrev=False,
+                            description="Answer prompts through a decoding-time alignment method and write the "
+                                        "answers (as alignlab sample does); with --task, measure them against plain "
+                                        "sampling.")
+    parser.add_argument("--method", required=True, help=f"decoding method: {', '.join(METHODS)}")
+    parser.add_argument("--model", required=True, help="the model that samples: a local directory or a hub name")
+    parser.add_argument("--scorer", default=None, help="the scorer that picks (best-of-n): rm:DIR, "
+                                                       "task:NAME[:gold|proxy], fn:MODULE:FUNCTION, judge:DIR, ...")
+    parser.add_argument("--n", type=int, default=4, help="best-of-n: candidates per answer (default 4)")
+    parser.add_argument("--pick-temperature", type=float, default=0.0,
+                        help="soft best-of-n: pick candidate i with probability ∝ exp(r_i / T) (default 0: the best)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="pick by each reward's quantile among --calibration-samples plain samples of the prompt "
+                             "(InfAlign's calibration)")
+    parser.add_argument("--calibration-samples", type=int, default=16, help="plain samples per prompt for --calibrate")
+    parser.add_argument("--answers", type=int, default=1, help="answers per prompt (default 1)")
+    parser.add_argument("--prompts", default=None, help="data file whose prompts are answered (any shape with a prompt)")
+    parser.add_argument("--task", default=None, help=f"answer a testbed task's prompts and measure the answers: "
+                                                     f"{', '.join(task_names())}")
+    parser.add_argument("--prompt-set", default="eval", choices=PROMPT_SETS, help="with --task: eval (default) or train")
+    parser.add_argument("--limit", type=int, default=None, help="answer only the first N prompts")
+    parser.add_argument("--output", required=True, help="the .jsonl file to write")
+    add_field_flags(parser, SamplingParams, "decode", helps=SAMPLING_HELP)
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts answered together (default 16)")
+    parser.add_argument("--backend", default=default_backend(), help=f"generation backend (default {default_backend()})")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weights' dtype (default fp32)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model directory")
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _check(args) -> None:
+    """Everything that can be wrong before a model loads."""
+    if args.method not in METHODS:
+        raise UserError(f"--method: unknown decoding method '{args.method}' (methods: {', '.join(METHODS)})")
+    if args.method == "best-of-n" and not args.scorer:
+        raise UserError("--scorer: best-of-n picks with a scorer; give one (e.g. --scorer task:arithmetic or rm:DIR)")
+    for name in ("n", "answers", "batch_size", "calibration_samples"):
+        value = getattr(args, name)
+        if value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not Path(args.output).suffix.lower() == ".jsonl":
+        raise UserError(f"--output {args.output}: answers are written as JSON lines; name the file *.jsonl")
+
+
+def cmd_decode(tokens: list[str]) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from alignlab.cli import field_values
+    from alignlab.generation import SamplingParams
+
+    args = _parser().parse_args(tokens)
+    _check(args)
+    hf_logging.disable_progress_bar()
+    from alignlab.sample_cli import SampleJob, _sampling_params
+
+    params = _sampling_params(field_values(args, SamplingParams, "decode"))
+    job = SampleJob(model=args.model, params=params, n=args.answers, prompts=args.prompts, task=args.task,
+                    prompt_set=args.prompt_set, limit=args.limit, backend=args.backend, batch_size=args.batch_size,
+                    scorer=args.scorer, dtype=args.dtype)
+    result = run_decode(job, args)
+    print(f"wrote {result['rows']} rows to {args.output}")
+    if "summary" in result:
+        print(format_summary(result["summary"]))
+    return 0
+
+
+def run_decode(job, args) -> dict[str, Any]:
+    """Answer ``job``'s prompts through ``args.method``; write the rows, and with a task measure them."""
+    from alignlab import generation
+    from alignlab.decoding import BestOfN, estimate
+    from alignlab.models import load_model, load_tokenizer
+    from alignlab.rewards import load_scorer
+    from alignlab.sample_cli import _default_device, output_row, read_prompts
+
+    prompts = read_prompts(job)
+    scorer = load_scorer(args.scorer)
+    tokenizer = load_tokenizer(job.model, trust_remote_code=args.trust_remote_code)
+    model = load_model(job.model, dtype=job.dtype, trust_remote_code=args.trust_remote_code).to(_default_device())
+    base = generation.make_generator(model, tokenizer, job.backend, batch_size=job.batch_size * job.n * args.n)
+    method = BestOfN(base, scorer, args.n, temperature=args.pick_temperature, calibrate=args.calibrate,
+                     calibration_samples=args.calibration_samples)
+    rows, answers, candidate_rewards, forward = [], [], [], 0
+    for start in range(0, len(prompts), job.batch_size):
+        chunk = prompts[start:start + job.batch_size]
+        got = method.generate([p.prompt for p in chunk], job.n, job.params, start=start)
+        report = method.last_report
+        forward += report.forward_tokens
+        for i, p in enumerate(chunk):
+            rows.append(output_row(p, got[i], report.picked_rewards[i]))
+            answers.append(got[i])
+            candidate_rewards.append([r for per_answer in report.candidate_rewards[i] for r in per_answer])
+    out = Path(args.output)
+    try:
+        out.write_text("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows),
+                       encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{out}: cannot write: {e.strerror or e}") from None
+    result: dict[str, Any] = {"rows": len(rows)}
+    if job.task is None:
+        return result
+    gold = load_scorer(f"task:{job.task}:gold")
+    texts = [p.prompt for p in prompts]
+    plain_params = replace(job.params, seed=(job.params.seed + 1) % (2**63))
+    plain, plain_tokens = [], 0
+    for start in range(0, len(prompts), job.batch_size):
+        chunk = base.generate(texts[start:start + job.batch_size], job.n, plain_params, start=start)
+        plain += chunk
+        plain_tokens += sum(len(s.prompt_ids) + len(s.token_ids) for group in chunk for s in group)
+    flat_prompts = [t for t in texts for _ in range(job.n)]
+    g_dec = gold.score(flat_prompts, [s.text for group in answers for s in group])
+    g_plain = gold.score(flat_prompts, [s.text for group in plain for s in group])
+    win = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(g_dec, g_plain, strict=True)) / len(g_dec)
+    kl = estimate(candidate_rewards, args.n)
+    summary = {"method": args.method, "n": args.n, "pick_temperature": args.pick_temperature,
+               "calibrate": args.calibrate, "scorer": args.scorer, "task": job.task, "prompts": len(prompts),
+               "gold": sum(g_dec) / len(g_dec), "gold_plain": sum(g_plain) / len(g_plain), "win_rate": win,
+               "forward_tokens": forward, "forward_tokens_plain": plain_tokens, **kl.as_dict()}
+    if args.pick_temperature > 0 or args.calibrate:
+        summary["kl_note"] = "the bound and the estimate are best-of-n's; a soft or calibrated pick moves less"
+    Path(f"{out}.summary.json").write_text(json.dumps(summary, indent=1))
+    result["summary"] = summary
+    return result
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    return "\n".join([
+        f"{s['method']} (n {s['n']}) on {s['prompts']} {s['task']} prompts, scorer {s['scorer']}:",
+        f"  gold reward            {s['gold']:.4f}   (plain sampling {s['gold_plain']:.4f})",
+        f"  win rate vs plain      {s['win_rate']:.4f}",
+        f"  KL to the model        {s['kl']:.4f} [{s['kl_low']:.4f}, {s['kl_high']:.4f}]   "
+        f"(bound log n - (n-1)/n = {s['kl_bound']:.4f})",
+        f"  forward tokens         {s['forward_tokens']}   (plain sampling {s['forward_tokens_plain']})",
+    ])
