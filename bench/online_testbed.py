@@ -48,8 +48,9 @@ prompts are DPO's (arithmetic has 2114 distinct training problems, so both see e
 Rounds of an offline method on the policy's own samples (``--rounds``: the demo's prompts split
 over the rounds; the README's iterative-DPO and RAFT table):
 
-    python online_testbed.py --task arithmetic --runs dpo dpo-3rounds:dpo raft:sft --seeds 0 1 2 \\
-        --env OMP_NUM_THREADS=1 --args dpo="--prompts 4096 --eval-every 128" \\
+    python online_testbed.py --task arithmetic --runs dpo dpo-3rounds-e1:dpo dpo-3rounds:dpo raft:sft \\
+        --seeds 0 1 2 --env OMP_NUM_THREADS=1 --args dpo="--prompts 4096 --eval-every 128" \\
+        --args dpo-3rounds-e1="--prompts 4096 --rounds 3 --epochs 1 --eval-every 128" \\
         --args dpo-3rounds="--prompts 4096 --rounds 3 --eval-every 128" \\
         --args raft="--prompts 4096 --rounds 3 --eval-every 128"
 
