@@ -2,13 +2,14 @@
 the answers as `alignlab sample` writes samples; on a testbed task, also measure them.
 
     alignlab decode --method best-of-n --model M --scorer SPEC --n 8 (--prompts FILE | --task T) --output O.jsonl
+    alignlab decode --method urial --model BASE [--prefix FILE] (--prompts FILE | --task T) --output O.jsonl
 
 The output has one row per prompt in the `alignlab sample` format (prompt, completions, scores:
 the scorer's reward of each answer, the rewards the pick used, samples, input_row). With
 ``--task`` the command also prints, and writes beside the output (``O.jsonl.summary.json``), the
 held-out gold reward of the answers and of plain samples of the same model (one per answer,
 drawn with another seed), the win rate of the answers against those plain samples (a tie counts
-half), best-of-n's KL to the model (the analytic bound log n − (n−1)/n and the estimate from the
+half), for best-of-n its KL to the model (the analytic bound log n − (n−1)/n and the estimate from the
 candidates' rewards with a bootstrap interval, ``decoding/kl.py``) and the compute both spent, in
 model forward tokens (prompt and generated tokens of every sequence sampled).
 
@@ -27,7 +28,7 @@ from typing import Any
 
 from alignlab.errors import ArgumentParser, UserError
 
-METHODS = ("best-of-n",)
+METHODS = ("best-of-n", "urial")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="pick by each reward's quantile among --calibration-samples plain samples of the prompt "
                              "(InfAlign's calibration)")
     parser.add_argument("--calibration-samples", type=int, default=16, help="plain samples per prompt for --calibrate")
+    parser.add_argument("--prefix", default=None, help="urial: the in-context prefix file (default: the shipped "
+                                                       "preamble and three examples, decoding/prefixes/urial.txt)")
     parser.add_argument("--answers", type=int, default=1, help="answers per prompt (default 1)")
     parser.add_argument("--prompts", default=None, help="data file whose prompts are answered (any shape with a prompt)")
     parser.add_argument("--task", default=None, help=f"answer a testbed task's prompts and measure the answers: "
@@ -78,6 +81,12 @@ def _check(args) -> None:
         value = getattr(args, name)
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.prefix is not None and args.method != "urial":
+        raise UserError(f"--prefix: an in-context prefix is for urial, not {args.method}")
+    if args.method == "urial":
+        from alignlab.decoding.urial import read_prefix
+
+        read_prefix(args.prefix)  # a missing or empty file fails now
     if not Path(args.output).suffix.lower() == ".jsonl":
         raise UserError(f"--output {args.output}: answers are written as JSON lines; name the file *.jsonl")
 
@@ -108,27 +117,43 @@ def run_decode(job, args) -> dict[str, Any]:
     """Answer ``job``'s prompts through ``args.method``; write the rows, and with a task measure them."""
     from alignlab import generation
     from alignlab.decoding import BestOfN, estimate
+    from alignlab.decoding.urial import InContext, read_prefix
     from alignlab.models import load_model, load_tokenizer
     from alignlab.rewards import load_scorer
+    from alignlab.rewards.base import reward_prompt
     from alignlab.sample_cli import _default_device, output_row, read_prompts
 
     prompts = read_prompts(job)
-    scorer = load_scorer(args.scorer)
+    scorer = load_scorer(args.scorer) if args.scorer else None
     tokenizer = load_tokenizer(job.model, trust_remote_code=args.trust_remote_code)
     model = load_model(job.model, dtype=job.dtype, trust_remote_code=args.trust_remote_code).to(_default_device())
-    base = generation.make_generator(model, tokenizer, job.backend, batch_size=job.batch_size * job.n * args.n)
-    method = BestOfN(base, scorer, args.n, temperature=args.pick_temperature, calibrate=args.calibrate,
-                     calibration_samples=args.calibration_samples)
+    best_of = args.method == "best-of-n"
+    base = generation.make_generator(model, tokenizer, job.backend,
+                                     batch_size=job.batch_size * job.n * (args.n if best_of else 1))
+    if best_of:
+        method = BestOfN(base, scorer, args.n, temperature=args.pick_temperature, calibrate=args.calibrate,
+                         calibration_samples=args.calibration_samples)
+    else:
+        method = InContext(base, read_prefix(args.prefix), tokenizer)
     rows, answers, candidate_rewards, forward = [], [], [], 0
     for start in range(0, len(prompts), job.batch_size):
         chunk = prompts[start:start + job.batch_size]
         got = method.generate([p.prompt for p in chunk], job.n, job.params, start=start)
-        report = method.last_report
-        forward += report.forward_tokens
+        if best_of:
+            report = method.last_report
+            forward += report.forward_tokens
+            scores = report.picked_rewards
+            candidate_rewards += [[r for per in report.candidate_rewards[i] for r in per] for i in range(len(chunk))]
+        else:
+            forward += method.forward_tokens
+            scores = None
+            if scorer is not None:
+                flat = scorer.score([reward_prompt(p.prompt) for p in chunk for _ in range(job.n)],
+                                    [s.text for group in got for s in group])
+                scores = [flat[i * job.n:(i + 1) * job.n] for i in range(len(chunk))]
         for i, p in enumerate(chunk):
-            rows.append(output_row(p, got[i], report.picked_rewards[i]))
+            rows.append(output_row(p, got[i], None if scores is None else scores[i]))
             answers.append(got[i])
-            candidate_rewards.append([r for per_answer in report.candidate_rewards[i] for r in per_answer])
     out = Path(args.output)
     try:
         out.write_text("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows),
@@ -150,24 +175,28 @@ def run_decode(job, args) -> dict[str, Any]:
     g_dec = gold.score(flat_prompts, [s.text for group in answers for s in group])
     g_plain = gold.score(flat_prompts, [s.text for group in plain for s in group])
     win = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(g_dec, g_plain, strict=True)) / len(g_dec)
-    kl = estimate(candidate_rewards, args.n)
-    summary = {"method": args.method, "n": args.n, "pick_temperature": args.pick_temperature,
-               "calibrate": args.calibrate, "scorer": args.scorer, "task": job.task, "prompts": len(prompts),
+    summary = {"method": args.method, "scorer": args.scorer, "task": job.task, "prompts": len(prompts),
                "gold": sum(g_dec) / len(g_dec), "gold_plain": sum(g_plain) / len(g_plain), "win_rate": win,
-               "forward_tokens": forward, "forward_tokens_plain": plain_tokens, **kl.as_dict()}
-    if args.pick_temperature > 0 or args.calibrate:
-        summary["kl_note"] = "the bound and the estimate are best-of-n's; a soft or calibrated pick moves less"
+               "forward_tokens": forward, "forward_tokens_plain": plain_tokens}
+    if best_of:
+        summary.update(pick_temperature=args.pick_temperature, calibrate=args.calibrate,
+                       **estimate(candidate_rewards, args.n).as_dict())  # with n
+        if args.pick_temperature > 0 or args.calibrate:
+            summary["kl_note"] = "the bound and the estimate are best-of-n's; a soft or calibrated pick moves less"
+    else:
+        summary["prefix"] = str(args.prefix or "shipped")
     Path(f"{out}.summary.json").write_text(json.dumps(summary, indent=1))
     result["summary"] = summary
     return result
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    return "\n".join([
-        f"{s['method']} (n {s['n']}) on {s['prompts']} {s['task']} prompts, scorer {s['scorer']}:",
-        f"  gold reward            {s['gold']:.4f}   (plain sampling {s['gold_plain']:.4f})",
-        f"  win rate vs plain      {s['win_rate']:.4f}",
-        f"  KL to the model        {s['kl']:.4f} [{s['kl_low']:.4f}, {s['kl_high']:.4f}]   "
-        f"(bound log n - (n-1)/n = {s['kl_bound']:.4f})",
-        f"  forward tokens         {s['forward_tokens']}   (plain sampling {s['forward_tokens_plain']})",
-    ])
+    head = f"{s['method']}" + (f" (n {s['n']})" if "n" in s else "")
+    lines = [f"{head} on {s['prompts']} {s['task']} prompts" + (f", scorer {s['scorer']}:" if s["scorer"] else ":"),
+             f"  gold reward            {s['gold']:.4f}   (plain sampling {s['gold_plain']:.4f})",
+             f"  win rate vs plain      {s['win_rate']:.4f}"]
+    if "kl" in s:
+        lines.append(f"  KL to the model        {s['kl']:.4f} [{s['kl_low']:.4f}, {s['kl_high']:.4f}]   "
+                     f"(bound log n - (n-1)/n = {s['kl_bound']:.4f})")
+    lines.append(f"  forward tokens         {s['forward_tokens']}   (plain sampling {s['forward_tokens_plain']})")
+    return "\n".join(lines)

@@ -47,3 +47,23 @@ def test_settings_that_cannot_work_are_one_line_errors_before_loading(tmp_path, 
                  "--output", str(tmp_path / "o.jsonl")])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_urial_answers_after_the_prefix_and_is_measured(tmp_path, sft_model):
+    """With a short prefix of the task's own form the command answers, writes rows without scores
+    and measures gold, win rate and forward tokens (no KL: it is not defined for urial)."""
+    prefix = tmp_path / "prefix.txt"
+    prefix.write_text("# Query:\n```\n12+30=\n```\n\n# Answer:\n```\n42\n```")
+    out = tmp_path / "urial.jsonl"
+    assert main(["decode", "--method", "urial", "--prefix", str(prefix), "--model", sft_model, "--task",
+                 "arithmetic", "--limit", "8", "--max-new-tokens", "8", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 8 and all("scores" not in r and "```" not in r["samples"][0]["text"] for r in rows)
+    summary = json.loads((tmp_path / "urial.jsonl.summary.json").read_text())
+    assert "kl" not in summary and summary["forward_tokens"] > summary["forward_tokens_plain"]
+
+
+def test_a_prefix_is_for_urial_only(tmp_path, capsys):
+    code = main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--prefix", "p.txt", "--model",
+                 "m", "--task", "arithmetic", "--output", str(tmp_path / "o.jsonl")])
+    assert code == 2 and "--prefix: an in-context prefix is for urial" in capsys.readouterr().err
