@@ -11,19 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-import alignlab.training.loop as loop
 from alignlab import train
 from alignlab.cli import main
 from alignlab.errors import ConfigError
 from alignlab.models import TinyModelConfig, save_tiny_model
-from tests.training.helpers import max_abs_diff, weights
+from tests.training.helpers import Crash, crash_after_save, max_abs_diff, weights
 
 DIGITS = "fn:tests.training.online_rewards:digits"
 PROMPTS = [f"Write a number for item {i}:" for i in range(1, 9)]
-
-
-class Crash(Exception):
-    pass
 
 
 @pytest.fixture
@@ -120,18 +115,14 @@ def test_a_round_killed_in_training_resumes_to_the_same_weights(tmp_path, tiny_m
     untouched) and the final weights equal an uninterrupted run's exactly."""
     extra = dict(save_every=1, keep_checkpoints=0)
     full = train(rounds_config(tiny_model_dir, prompt_file, tmp_path / "full", **extra))
-    real_save, calls = loop.save, []
+    calls = []
 
-    def save_then_crash(inp, unwrapped, optimizer, scheduler, step, *rest):
-        real_save(inp, unwrapped, optimizer, scheduler, step, *rest)
+    def third(step):  # round 1 saves steps 1 and 2; the third save is round 2's step 1
         calls.append(step)
-        if len(calls) == 3:  # round 1 saves steps 1 and 2; this is round 2's step 1
-            raise Crash
+        return len(calls) == 3
 
-    with monkeypatch.context() as m:
-        m.setattr(loop, "save", save_then_crash)
-        with pytest.raises(Crash):
-            train(rounds_config(tiny_model_dir, prompt_file, tmp_path / "cut", **extra))
+    with crash_after_save(third):
+        train(rounds_config(tiny_model_dir, prompt_file, tmp_path / "cut", **extra))
     cut = tmp_path / "cut"
     assert (cut / "round-1" / "round.json").exists() and not (cut / "round-2" / "round.json").exists()
     stamp = (cut / "round-1" / "round.json").stat().st_mtime_ns

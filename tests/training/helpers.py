@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -33,3 +36,26 @@ def weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+class Crash(Exception):
+    """Raised by ``crash_after_save``: the run stops as a killed process would, after a checkpoint."""
+
+
+@contextlib.contextmanager
+def crash_after_save(when: Callable[[int], bool]) -> Iterator[None]:
+    """Within the block, a training run stops with ``Crash`` right after writing the checkpoint of
+    a step for which ``when(step)`` is true; the block must end that way."""
+    import alignlab.training.loop as loop
+
+    real = loop.save
+
+    def save_then_crash(inp, unwrapped, optimizer, scheduler, step, *rest):
+        real(inp, unwrapped, optimizer, scheduler, step, *rest)
+        if when(step):
+            raise Crash
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(loop, "save", save_then_crash)
+        with pytest.raises(Crash):
+            yield

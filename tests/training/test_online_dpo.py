@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-import alignlab.training.loop as loop
 from alignlab import train
 from alignlab.errors import ConfigError
 from alignlab.training import checkpoint as ckpt
-from tests.training.helpers import max_abs_diff, weights
+from tests.training.helpers import crash_after_save, max_abs_diff, weights
 from tests.training.test_online import metrics, online
 
 # the number of letters in an answer: 6 random byte tokens differ in it, with a tie now and then
@@ -85,26 +84,13 @@ def test_dividing_by_every_pair_instead_of_the_decisive_ones_would_change_the_up
     assert max_abs_diff(weights(a.model_dir), weights(b.model_dir)) > 1e-6
 
 
-class Crash(Exception):
-    pass
-
-
-def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, monkeypatch):
+def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir):
     """Killed after the checkpoint of step 2 and resumed: the same weights and per-step metrics
     as an uninterrupted run of 4 steps (the rounds are redrawn from (seed, round, weights))."""
     cfg = dict(max_steps=4, save_every=1, keep_checkpoints=0)
     full = train(dpo_run(tiny_model_dir, tmp_path / "full", **cfg))
-    real_save = loop.save
-
-    def save_then_crash(inp, unwrapped, optimizer, scheduler, step, *rest):
-        real_save(inp, unwrapped, optimizer, scheduler, step, *rest)
-        if step == 2:
-            raise Crash
-
-    with monkeypatch.context() as m:
-        m.setattr(loop, "save", save_then_crash)
-        with pytest.raises(Crash):
-            train(dpo_run(tiny_model_dir, tmp_path / "cut", **cfg))
+    with crash_after_save(lambda step: step == 2):
+        train(dpo_run(tiny_model_dir, tmp_path / "cut", **cfg))
     assert ckpt.read_state(ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints")[0])["step"] == 2
     resumed = train(dpo_run(tiny_model_dir, tmp_path / "cut", resume=True, **cfg))
     assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
