@@ -34,9 +34,11 @@ pairs ``pairs_gold_correct``, the share whose chosen answer gold prefers.
 Resume: every step is kept on disk as it finishes. With ``resume`` a run skips the rounds that
 have a ``round.json``, and within the round it stopped in, sampling resumes where its file ends
 (``alignlab sample``'s resume: the same samples as an uninterrupted run with the native backend),
-scoring and conversion are redone from the samples (both are functions of them), and training
-resumes from the round's newest checkpoint (exact with ``save_every``). So a run killed anywhere
-ends with the weights of an uninterrupted one.
+scoring and conversion are redone from the samples if the round's training had not started, and
+otherwise its ``scored.json`` and ``data.jsonl`` are kept (a scorer asked again, such as a judge
+behind an endpoint, may answer otherwise), and training resumes from the round's newest checkpoint
+(exact with ``save_every``). So a run killed anywhere ends with the weights of an uninterrupted
+one, with a scorer that gives the same scores for the same samples.
 
 The recipes (``recipe``): ``raft``, rejection-sampling fine-tuning (Dong et al. 2023, RAFT: Reward
 rAnked FineTuning): SFT on each prompt's best sample, no reference; with one round it is best-of-n
