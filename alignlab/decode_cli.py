@@ -2,6 +2,7 @@
 the answers as `alignlab sample` writes samples; on a testbed task, also measure them.
 
     alignlab decode --method best-of-n --model M --scorer SPEC --n 8 (--prompts FILE | --task T) --output O.jsonl
+    alignlab decode --method qalign --model M --scorer SPEC --steps 16 --beta 1 (--prompts FILE | --task T) --output O.jsonl
     alignlab decode --method urial --model BASE [--prefix FILE] (--prompts FILE | --task T) --output O.jsonl
 
 The output has one row per prompt in the `alignlab sample` format (prompt, completions, scores:
@@ -28,7 +29,7 @@ from typing import Any
 
 from alignlab.errors import ArgumentParser, UserError
 
-METHODS = ("best-of-n", "urial")
+METHODS = ("best-of-n", "qalign", "urial")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="pick by each reward's quantile among --calibration-samples plain samples of the prompt "
                              "(InfAlign's calibration)")
     parser.add_argument("--calibration-samples", type=int, default=16, help="plain samples per prompt for --calibrate")
+    parser.add_argument("--steps", type=int, default=16, help="qalign: Metropolis-Hastings steps per answer (default 16)")
+    parser.add_argument("--beta", type=float, default=1.0, help="qalign: the reward's temperature β in "
+                                                                "π·exp(r/β) (default 1, QAlign's)")
+    parser.add_argument("--vote", action="store_true", help="qalign: answer with the chain's most frequent "
+                                                            "answer after --burn-in steps, not its last state")
+    parser.add_argument("--burn-in", type=int, default=0, help="qalign: steps left out of the vote (default 0)")
     parser.add_argument("--prefix", default=None, help="urial: the in-context prefix file (default: the shipped "
                                                        "preamble and three examples, decoding/prefixes/urial.txt)")
     parser.add_argument("--answers", type=int, default=1, help="answers per prompt (default 1)")
@@ -75,8 +82,12 @@ def _check(args) -> None:
     """Everything that can be wrong before a model loads."""
     if args.method not in METHODS:
         raise UserError(f"--method: unknown decoding method '{args.method}' (methods: {', '.join(METHODS)})")
-    if args.method == "best-of-n" and not args.scorer:
-        raise UserError("--scorer: best-of-n picks with a scorer; give one (e.g. --scorer task:arithmetic or rm:DIR)")
+    if args.method in ("best-of-n", "qalign") and not args.scorer:
+        raise UserError(f"--scorer: {args.method} needs a scorer (a reward); give one (e.g. --scorer task:arithmetic "
+                        "or rm:DIR)")
+    if args.method == "qalign" and (args.steps < 0 or not args.beta > 0 or not 0 <= args.burn_in <= args.steps):
+        raise UserError(f"--steps must be >= 0, --beta > 0 and --burn-in in [0, steps]; got {args.steps}, {args.beta}, "
+                        f"{args.burn_in}")
     for name in ("n", "answers", "batch_size", "calibration_samples"):
         value = getattr(args, name)
         if value < 1:
@@ -117,6 +128,7 @@ def run_decode(job, args) -> dict[str, Any]:
     """Answer ``job``'s prompts through ``args.method``; write the rows, and with a task measure them."""
     from alignlab import generation
     from alignlab.decoding import BestOfN, estimate
+    from alignlab.decoding.qalign import QAlign
     from alignlab.decoding.urial import InContext, read_prefix
     from alignlab.models import load_model, load_tokenizer
     from alignlab.rewards import load_scorer
@@ -133,8 +145,11 @@ def run_decode(job, args) -> dict[str, Any]:
     if best_of:
         method = BestOfN(base, scorer, args.n, temperature=args.pick_temperature, calibrate=args.calibrate,
                          calibration_samples=args.calibration_samples)
+    elif args.method == "qalign":
+        method = QAlign(base, scorer, args.steps, args.beta, vote=args.vote, burn_in=args.burn_in, tokenizer=tokenizer)
     else:
         method = InContext(base, read_prefix(args.prefix), tokenizer)
+    acceptance = []
     rows, answers, candidate_rewards, forward = [], [], [], 0
     for start in range(0, len(prompts), job.batch_size):
         chunk = prompts[start:start + job.batch_size]
@@ -145,7 +160,11 @@ def run_decode(job, args) -> dict[str, Any]:
             scores = report.picked_rewards
             candidate_rewards += [[r for per in report.candidate_rewards[i] for r in per] for i in range(len(chunk))]
         else:
-            forward += method.forward_tokens
+            if args.method == "qalign":
+                forward += method.last_report.forward_tokens
+                acceptance.append((method.last_report.accepted, method.last_report.proposals))
+            else:
+                forward += method.forward_tokens
             scores = None
             if scorer is not None:
                 flat = scorer.score([reward_prompt(p.prompt) for p in chunk for _ in range(job.n)],
@@ -183,6 +202,10 @@ def run_decode(job, args) -> dict[str, Any]:
                        **estimate(candidate_rewards, args.n).as_dict())  # with n
         if args.pick_temperature > 0 or args.calibrate:
             summary["kl_note"] = "the bound and the estimate are best-of-n's; a soft or calibrated pick moves less"
+    elif args.method == "qalign":
+        accepted, proposed = (sum(x) for x in zip(*acceptance, strict=True)) if acceptance else (0, 0)
+        summary.update(steps=args.steps, beta=args.beta, vote=args.vote, burn_in=args.burn_in,
+                       acceptance_rate=accepted / proposed if proposed else 0.0)
     else:
         summary["prefix"] = str(args.prefix or "shipped")
     Path(f"{out}.summary.json").write_text(json.dumps(summary, indent=1))
@@ -198,5 +221,7 @@ def format_summary(s: dict[str, Any]) -> str:
     if "kl" in s:
         lines.append(f"  KL to the model        {s['kl']:.4f} [{s['kl_low']:.4f}, {s['kl_high']:.4f}]   "
                      f"(bound log n - (n-1)/n = {s['kl_bound']:.4f})")
+    if "acceptance_rate" in s:
+        lines.append(f"  acceptance rate        {s['acceptance_rate']:.4f}   ({s['steps']} steps, beta {s['beta']:g})")
     lines.append(f"  forward tokens         {s['forward_tokens']}   (plain sampling {s['forward_tokens_plain']})")
     return "\n".join(lines)

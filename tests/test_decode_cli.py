@@ -38,9 +38,11 @@ def test_best_of_n_on_a_task_writes_its_answers_and_measures_them(tmp_path, sft_
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--method", "best-of-n"], "--scorer: best-of-n picks with a scorer"),
+    (["--method", "best-of-n"], "--scorer: best-of-n needs a scorer"),
     (["--method", "best-of-n", "--scorer", "task:arithmetic", "--n", "0"], "--n must be >= 1"),
-    (["--method", "qalign", "--scorer", "task:arithmetic"], "unknown decoding method 'qalign'"),
+    (["--method", "nudging", "--scorer", "task:arithmetic"], "unknown decoding method 'nudging'"),
+    (["--method", "qalign"], "--scorer: qalign needs a scorer"),
+    (["--method", "qalign", "--scorer", "task:arithmetic", "--burn-in", "20", "--steps", "4"], "--burn-in in [0, steps]"),
 ])
 def test_settings_that_cannot_work_are_one_line_errors_before_loading(tmp_path, args, message, capsys):
     code = main(["decode", *args, "--model", str(tmp_path / "no-model"), "--task", "arithmetic",
@@ -67,3 +69,18 @@ def test_a_prefix_is_for_urial_only(tmp_path, capsys):
     code = main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--prefix", "p.txt", "--model",
                  "m", "--task", "arithmetic", "--output", str(tmp_path / "o.jsonl")])
     assert code == 2 and "--prefix: an in-context prefix is for urial" in capsys.readouterr().err
+
+
+def test_qalign_answers_through_its_chains_and_reports_their_acceptance(tmp_path, sft_model):
+    """4 steps of the gold-tilted chain on 16 prompts: rows scored by gold (recomputed here), an
+    acceptance rate in (0, 1], and 5 sequences' worth of compute per answer at least."""
+    out = tmp_path / "qa.jsonl"
+    assert main(["decode", "--method", "qalign", "--model", sft_model, "--scorer", "task:arithmetic:gold", "--steps",
+                 "4", "--task", "arithmetic", "--limit", "16", "--max-new-tokens", "6", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    gold = load_scorer("task:arithmetic:gold")
+    for r in rows:
+        assert r["samples"][0]["score"] == gold.score([r["prompt"]], [r["samples"][0]["text"]])[0]
+    summary = json.loads((tmp_path / "qa.jsonl.summary.json").read_text())
+    assert 0 < summary["acceptance_rate"] <= 1 and summary["steps"] == 4
+    assert summary["forward_tokens"] > 2 * summary["forward_tokens_plain"]

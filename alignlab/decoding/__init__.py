@@ -3,7 +3,9 @@ itself a ``Generator``, so anything that samples (evaluation, ``alignlab sample`
 decode``) can sample through it.
 
 - ``best_of_n``: best-of-n and soft best-of-n, with InfAlign-style calibration;
-- ``kl``: best-of-n's KL to its policy, the analytic bound and an estimate from rewards.
+- ``kl``: best-of-n's KL to its policy, the analytic bound and an estimate from rewards;
+- ``qalign``: MCMC towards the reward-tilted model (QAlign / QUEST);
+- ``urial``: in-context alignment of a base model with a fixed prefix.
 """
 
 from alignlab.decoding.best_of_n import BestOfN, BestOfNReport
