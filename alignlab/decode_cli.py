@@ -3,6 +3,7 @@ the answers as `alignlab sample` writes samples; on a testbed task, also measure
 
     alignlab decode --method best-of-n --model M --scorer SPEC --n 8 (--prompts FILE | --task T) --output O.jsonl
     alignlab decode --method qalign --model M --scorer SPEC --steps 16 --beta 1 (--prompts FILE | --task T) --output O.jsonl
+    alignlab decode --method reward-guided --model M --scorer SPEC --candidates 10 --guide-weight 1 ...
     alignlab decode --method urial --model BASE [--prefix FILE] (--prompts FILE | --task T) --output O.jsonl
 
 The output has one row per prompt in the `alignlab sample` format (prompt, completions, scores:
@@ -29,7 +30,7 @@ from typing import Any
 
 from alignlab.errors import ArgumentParser, UserError
 
-METHODS = ("best-of-n", "qalign", "urial")
+METHODS = ("best-of-n", "qalign", "reward-guided", "urial")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--vote", action="store_true", help="qalign: answer with the chain's most frequent "
                                                             "answer after --burn-in steps, not its last state")
     parser.add_argument("--burn-in", type=int, default=0, help="qalign: steps left out of the vote (default 0)")
+    parser.add_argument("--candidates", type=int, default=10, help="reward-guided: the most likely next tokens "
+                                                                  "scored at each step (default 10)")
+    parser.add_argument("--guide-weight", type=float, default=1.0, help="reward-guided: the reward's weight beside "
+                                                                       "the logits (default 1)")
     parser.add_argument("--prefix", default=None, help="urial: the in-context prefix file (default: the shipped "
                                                        "preamble and three examples, decoding/prefixes/urial.txt)")
     parser.add_argument("--answers", type=int, default=1, help="answers per prompt (default 1)")
@@ -82,7 +87,7 @@ def _check(args) -> None:
     """Everything that can be wrong before a model loads."""
     if args.method not in METHODS:
         raise UserError(f"--method: unknown decoding method '{args.method}' (methods: {', '.join(METHODS)})")
-    if args.method in ("best-of-n", "qalign") and not args.scorer:
+    if args.method in ("best-of-n", "qalign", "reward-guided") and not args.scorer:
         raise UserError(f"--scorer: {args.method} needs a scorer (a reward); give one (e.g. --scorer task:arithmetic "
                         "or rm:DIR)")
     if args.method == "qalign" and (args.steps < 0 or not args.beta > 0 or not 0 <= args.burn_in <= args.steps):
@@ -128,6 +133,7 @@ def run_decode(job, args) -> dict[str, Any]:
     """Answer ``job``'s prompts through ``args.method``; write the rows, and with a task measure them."""
     from alignlab import generation
     from alignlab.decoding import BestOfN, estimate
+    from alignlab.decoding.guided import RewardGuided
     from alignlab.decoding.qalign import QAlign
     from alignlab.decoding.urial import InContext, read_prefix
     from alignlab.models import load_model, load_tokenizer
@@ -147,6 +153,8 @@ def run_decode(job, args) -> dict[str, Any]:
                          calibration_samples=args.calibration_samples)
     elif args.method == "qalign":
         method = QAlign(base, scorer, args.steps, args.beta, vote=args.vote, burn_in=args.burn_in, tokenizer=tokenizer)
+    elif args.method == "reward-guided":
+        method = RewardGuided(model, tokenizer, scorer, k=args.candidates, weight=args.guide_weight)
     else:
         method = InContext(base, read_prefix(args.prefix), tokenizer)
     acceptance = []
@@ -163,6 +171,8 @@ def run_decode(job, args) -> dict[str, Any]:
             if args.method == "qalign":
                 forward += method.last_report.forward_tokens
                 acceptance.append((method.last_report.accepted, method.last_report.proposals))
+            elif args.method == "reward-guided":
+                forward += method.last_report.forward_tokens
             else:
                 forward += method.forward_tokens
             scores = None
@@ -206,6 +216,8 @@ def run_decode(job, args) -> dict[str, Any]:
         accepted, proposed = (sum(x) for x in zip(*acceptance, strict=True)) if acceptance else (0, 0)
         summary.update(steps=args.steps, beta=args.beta, vote=args.vote, burn_in=args.burn_in,
                        acceptance_rate=accepted / proposed if proposed else 0.0)
+    elif args.method == "reward-guided":
+        summary.update(candidates=args.candidates, guide_weight=args.guide_weight)
     else:
         summary["prefix"] = str(args.prefix or "shipped")
     Path(f"{out}.summary.json").write_text(json.dumps(summary, indent=1))

@@ -42,6 +42,7 @@ def test_best_of_n_on_a_task_writes_its_answers_and_measures_them(tmp_path, sft_
     (["--method", "best-of-n", "--scorer", "task:arithmetic", "--n", "0"], "--n must be >= 1"),
     (["--method", "nudging", "--scorer", "task:arithmetic"], "unknown decoding method 'nudging'"),
     (["--method", "qalign"], "--scorer: qalign needs a scorer"),
+    (["--method", "reward-guided"], "--scorer: reward-guided needs a scorer"),
     (["--method", "qalign", "--scorer", "task:arithmetic", "--burn-in", "20", "--steps", "4"], "--burn-in in [0, steps]"),
 ])
 def test_settings_that_cannot_work_are_one_line_errors_before_loading(tmp_path, args, message, capsys):
@@ -84,3 +85,20 @@ def test_qalign_answers_through_its_chains_and_reports_their_acceptance(tmp_path
     summary = json.loads((tmp_path / "qa.jsonl.summary.json").read_text())
     assert 0 < summary["acceptance_rate"] <= 1 and summary["steps"] == 4
     assert summary["forward_tokens"] > 2 * summary["forward_tokens_plain"]
+
+
+def test_reward_guided_search_steers_toward_the_reward(tmp_path, sft_model):
+    """Greedy ARGS guided by gold at weight 4 on 16 prompts: its answers' gold (recomputed here) is
+    at least greedy decoding's own (weight 0), and each step's forward pass is counted."""
+    golds = {}
+    for weight in ("0", "4"):
+        out = tmp_path / f"rg{weight}.jsonl"
+        assert main(["decode", "--method", "reward-guided", "--model", sft_model, "--scorer", "task:arithmetic:gold",
+                     "--guide-weight", weight, "--candidates", "5", "--temperature", "0", "--task", "arithmetic",
+                     "--limit", "16", "--max-new-tokens", "6", "--output", str(out)]) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        gold = load_scorer("task:arithmetic:gold")
+        golds[weight] = sum(gold.score([r["prompt"]], [r["samples"][0]["text"]])[0] for r in rows) / 16
+        summary = json.loads((tmp_path / f"rg{weight}.jsonl.summary.json").read_text())
+        assert summary["gold"] == pytest.approx(golds[weight], abs=1e-12) and summary["forward_tokens"] > 0
+    assert golds["4"] >= golds["0"]

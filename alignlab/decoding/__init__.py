@@ -5,6 +5,7 @@ decode``) can sample through it.
 - ``best_of_n``: best-of-n and soft best-of-n, with InfAlign-style calibration;
 - ``kl``: best-of-n's KL to its policy, the analytic bound and an estimate from rewards;
 - ``qalign``: MCMC towards the reward-tilted model (QAlign / QUEST);
+- ``guided``: reward-guided token-level search (ARGS);
 - ``urial``: in-context alignment of a base model with a fixed prefix.
 """
 
