@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from alignlab.data.records import Text
+from alignlab.decoding.wraps import Wraps
 from alignlab.errors import UserError
 from alignlab.generation.base import Generator, Sample, SamplingParams
 from alignlab.generation.draw import stream_keys, uniforms
@@ -75,7 +76,7 @@ def quantiles(rewards: Sequence[float], reference: Sequence[float]) -> list[floa
     return (np.searchsorted(ref, np.asarray(rewards, dtype=np.float64), side="right") / len(ref)).tolist()
 
 
-class BestOfN:
+class BestOfN(Wraps):
     """A ``Generator`` that answers with the scorer's pick of ``n`` candidates (see the module docstring)."""
 
     def __init__(self, base: Generator, scorer: Scorer, n: int, temperature: float = 0.0,
@@ -90,17 +91,10 @@ class BestOfN:
             raise UserError(f"best-of-n: temperature must be a finite number >= 0, got {temperature}")
         if calibrate and calibration_samples < 1:
             raise UserError(f"best-of-n: calibration_samples must be >= 1, got {calibration_samples}")
-        self.base, self.scorer, self.n, self.temperature = base, scorer, n, float(temperature)
+        self.scorer, self.n, self.temperature = scorer, n, float(temperature)
         self.calibrate, self.calibration_samples = calibrate, calibration_samples
-        self.tok = tokenizer if tokenizer is not None else getattr(base, "tok", None)
-        self.numbers_prompts = getattr(base, "numbers_prompts", False)
+        self._wrap(base, tokenizer)
         self.last_report = BestOfNReport()
-
-    def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
-        return self.base.prompt_ids(prompt)
-
-    def update_weights(self, model) -> None:
-        self.base.update_weights(model)
 
     def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams, start: int = 0) -> list[list[Sample]]:
         candidates = self.base.generate(prompts, n * self.n, params, start=start)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from alignlab.data.records import Text
+from alignlab.decoding.wraps import Wraps
 from alignlab.errors import UserError
 from alignlab.generation.base import Generator, Sample, SamplingParams
 from alignlab.generation.draw import stream_keys, uniforms
@@ -69,7 +70,7 @@ class _Chain:
     history: list[Sample]
 
 
-class QAlign:
+class QAlign(Wraps):
     """A ``Generator`` that answers with a reward-tilted MCMC chain per answer (see the module docstring)."""
 
     def __init__(self, base: Generator, scorer: Scorer, steps: int, beta: float = 1.0, vote: bool = False,
@@ -82,19 +83,12 @@ class QAlign:
             raise UserError(f"qalign: beta must be a finite number > 0, got {beta}")
         if not 0 <= burn_in <= steps:
             raise UserError(f"qalign: burn_in must be in [0, steps], got {burn_in}")
-        self.base, self.scorer, self.steps, self.beta = base, scorer, steps, float(beta)
+        self.scorer, self.steps, self.beta = scorer, steps, float(beta)
         self.vote, self.burn_in = vote, burn_in
-        self.tok = tokenizer if tokenizer is not None else getattr(base, "tok", None)
+        self._wrap(base, tokenizer)
         if self.tok is None:
             raise UserError("qalign: the base generator has no tokenizer to decode the chains' answers with")
-        self.numbers_prompts = getattr(base, "numbers_prompts", False)
         self.last_report = QAlignReport()
-
-    def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
-        return self.base.prompt_ids(prompt)
-
-    def update_weights(self, model) -> None:
-        self.base.update_weights(model)
 
     def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams, start: int = 0) -> list[list[Sample]]:
         contexts = [self.base.prompt_ids(p) for p in prompts]
