@@ -162,19 +162,14 @@ def run_decode(job, args) -> dict[str, Any]:
     for start in range(0, len(prompts), job.batch_size):
         chunk = prompts[start:start + job.batch_size]
         got = method.generate([p.prompt for p in chunk], job.n, job.params, start=start)
+        report = method.last_report
+        forward += report.forward_tokens
         if best_of:
-            report = method.last_report
-            forward += report.forward_tokens
             scores = report.picked_rewards
             candidate_rewards += [[r for per in report.candidate_rewards[i] for r in per] for i in range(len(chunk))]
         else:
             if args.method == "qalign":
-                forward += method.last_report.forward_tokens
-                acceptance.append((method.last_report.accepted, method.last_report.proposals))
-            elif args.method == "reward-guided":
-                forward += method.last_report.forward_tokens
-            else:
-                forward += method.forward_tokens
+                acceptance.append((report.accepted, report.proposals))
             scores = None
             if scorer is not None:
                 flat = scorer.score([reward_prompt(p.prompt) for p in chunk for _ in range(job.n)],

@@ -77,14 +77,16 @@ import yaml
 
 from alignlab.config import TrainConfig, config_differences, make_config
 from alignlab.data import convert
-from alignlab.data.records import Message, RankedRecord, Text
+from alignlab.data.records import PairRecord, RankedRecord, Text
+from alignlab.data.rows.fields import to_text
 from alignlab.data.write import write_jsonl, write_rows
 from alignlab.errors import ConfigError, UserError, option
 from alignlab.generation.base import SamplingParams
+from alignlab.rewards.base import reward_prompt
 from alignlab.training.online import round_seed
 from alignlab.training.online_run import _task, max_new_tokens
 from alignlab.training.rollout import load_reward_terms, score_samples
-from alignlab.training.run import Summary
+from alignlab.training.run import Summary, check_model_outside
 from alignlab.training.run import train as train_once
 
 TASK_ROUND_PROMPTS = 256  # a testbed task's prompts per round when the config gives no round_prompts
@@ -121,8 +123,6 @@ def run_rounds(cfg: TrainConfig) -> Summary:
             _log(f"round {r}/{cfg.iterate.rounds}: done earlier ({policy})")
             summary = Summary(**record["summary"]) if record.get("summary") else summary
             continue
-        _log(f"round {r}/{cfg.iterate.rounds}: sampling {cfg.rollout.num_generations} answers to each of "
-             f"{per_round} prompts from {policy}")
         scored = folder / SCORED_FILE
         if (folder / "train" / "run.yaml").exists() and scored.exists():
             # the round's training had started: keep the data it trains on (a scorer asked again,
@@ -130,6 +130,8 @@ def run_rounds(cfg: TrainConfig) -> Summary:
             record = json.loads(scored.read_text())
             data = folder / "data.jsonl"
         else:
+            _log(f"round {r}/{cfg.iterate.rounds}: sampling {cfg.rollout.num_generations} answers to each of "
+                 f"{per_round} prompts from {policy}")
             mine = [prompts[(i + (r - 1) * per_round) % len(prompts)] for i in range(per_round)]
             samples = _sample(cfg, r, policy, mine, folder)
             rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -137,9 +139,9 @@ def run_rounds(cfg: TrainConfig) -> Summary:
                                       partial(_resolve, policy=policy, start=cfg.model,
                                               reference=cfg.reference_model or cfg.model))
             ranked, scores = _score(terms, rows, samples)
-            data, made = _convert(cfg, ranked, folder / "data.jsonl", terms)
+            data, made, records = _convert(cfg, ranked, folder / "data.jsonl", terms)
             if gold is not None:
-                scores.update(_agreement(gold, ranked, data, cfg.spec.shape))
+                scores.update(_agreement(gold, ranked, records))
             record = {"round": r, "start_model": policy, "prompts": per_round,
                       "samples": sum(len(row["samples"]) for row in rows), **scores, "data": made}
             _write_json(scored, record)
@@ -179,10 +181,7 @@ def _claim(cfg: TrainConfig, out: Path) -> None:
                 raise ConfigError(f"resume: '{out}' holds rounds run with other settings (differs in "
                                   f"{', '.join(differ)}); resume with the same config or use another output_dir")
         elif cfg.checkpoint.overwrite:
-            model = Path(cfg.model).expanduser()
-            if model.exists() and model.resolve().is_relative_to(out.resolve()):
-                raise ConfigError(f"overwrite: the model '{cfg.model}' lies inside output_dir '{out}', which "
-                                  f"{option('overwrite')} would delete; choose another output_dir")
+            check_model_outside(cfg, out)
             for child in out.glob("round-*"):
                 shutil.rmtree(child)
             (out / "rounds.jsonl").unlink(missing_ok=True)
@@ -272,7 +271,7 @@ def _gold(cfg: TrainConfig, specs: Sequence[str]):
     return load_scorer(f"task:{name}:gold")
 
 
-def _agreement(gold, ranked: list[RankedRecord], data: Path, shape: str) -> dict[str, float | None]:
+def _agreement(gold, ranked: list[RankedRecord], made: list) -> dict[str, float | None]:
     """How the round's scores agree with the task's gold reward: over every two samples of a
     prompt that gold tells apart, the share the scores order the same way (a tie in the scores
     counts half: ``gold_agreement``); and for pair data, the share of pairs whose chosen answer
@@ -280,7 +279,7 @@ def _agreement(gold, ranked: list[RankedRecord], data: Path, shape: str) -> dict
     agree = total = 0.0
     for rec in ranked:
         texts = [_text(c) for c in rec.completions]
-        g = gold.score([_reward_text(rec.prompt)] * len(texts), texts)
+        g = gold.score([reward_prompt(rec.prompt)] * len(texts), texts)
         for i in range(len(texts)):
             for j in range(i + 1, len(texts)):
                 if g[i] != g[j]:
@@ -288,21 +287,14 @@ def _agreement(gold, ranked: list[RankedRecord], data: Path, shape: str) -> dict
                     same = (rec.scores[i] - rec.scores[j]) * (g[i] - g[j])
                     agree += 1.0 if same > 0 else 0.5 if same == 0 else 0.0
     out: dict[str, float | None] = {"gold_agreement": agree / total if total else None}
-    if shape == "pair":
-        rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if rows:
-            prompts = [_reward_text(_prompt(r["prompt"])) for r in rows]
-            gc = gold.score(prompts, [_text(r["chosen"]) for r in rows])
-            gr = gold.score(prompts, [_text(r["rejected"]) for r in rows])
-            out["pairs_gold_correct"] = sum(1.0 if a > b else 0.5 if a == b else 0.0
-                                            for a, b in zip(gc, gr, strict=True)) / len(rows)
+    pairs = [r for r in made if isinstance(r, PairRecord)]
+    if pairs:
+        prompts = [reward_prompt(r.prompt) for r in pairs]
+        gc = gold.score(prompts, [_text(r.chosen) for r in pairs])
+        gr = gold.score(prompts, [_text(r.rejected) for r in pairs])
+        out["pairs_gold_correct"] = sum(1.0 if a > b else 0.5 if a == b else 0.0
+                                        for a, b in zip(gc, gr, strict=True)) / len(pairs)
     return out
-
-
-def _reward_text(prompt: Text):
-    from alignlab.rewards.base import reward_prompt
-
-    return reward_prompt(prompt)
 
 
 def _all_prompts(cfg: TrainConfig) -> list[Text]:
@@ -350,20 +342,9 @@ def _sample(cfg: TrainConfig, r: int, policy: str, prompts: Sequence[Text], fold
     return out
 
 
-def _text(completion: Any) -> str:
-    """A response as a scorer reads it: the text, or an assistant message's content (a row's
-    mapping or a ``Message``)."""
-    if isinstance(completion, str):
-        return completion
-    last = completion[-1]
-    return last.content if isinstance(last, Message) else last["content"]
-
-
-def _prompt(value: Any) -> Text:
-    """A prompt (or a response to a conversation) as a row holds it, back to ``Text``."""
-    if isinstance(value, str):
-        return value
-    return tuple(Message(m["role"], m["content"]) for m in value)
+def _text(completion: Text) -> str:
+    """A response as a scorer reads it: the text, or the content of its (assistant) message."""
+    return completion if isinstance(completion, str) else completion[-1].content
 
 
 def _score(terms, rows: list[dict], source: Path) -> tuple[list[RankedRecord], dict[str, Any]]:
@@ -371,8 +352,8 @@ def _score(terms, rows: list[dict], source: Path) -> tuple[list[RankedRecord], d
     prompts, responses, where, owner = [], [], [], []
     for i, row in enumerate(rows):
         for j, c in enumerate(row["completions"]):
-            prompts.append(_prompt(row["prompt"]))
-            responses.append(_text(c))
+            prompts.append(to_text(row["prompt"], "prompt"))
+            responses.append(_text(to_text(c, "completions")))
             where.append(f"{source} row {i + 1}, response {j + 1}")
             owner.append(i)
     totals, parts = score_samples(terms, prompts, responses, where) if responses else (None, {})
@@ -381,9 +362,9 @@ def _score(terms, rows: list[dict], source: Path) -> tuple[list[RankedRecord], d
         scores[i].append(float(totals[k]))
     ranked = []
     for i, row in enumerate(rows):
-        completions = [_prompt(c) for c in row["completions"]]
-        ranked.append(convert.rank_responses(_prompt(row["prompt"]), completions, scores[i], source=str(source),
-                                             row=i + 1))
+        completions = [to_text(c, "completions") for c in row["completions"]]
+        ranked.append(convert.rank_responses(to_text(row["prompt"], "prompt"), completions, scores[i],
+                                             source=str(source), row=i + 1))
     n = max(len(responses), 1)
     stats = {"reward": float(totals.sum()) / n if responses else None,
              **{f"reward/{name}": float(v.sum()) / n for name, v in parts.items()},
@@ -391,8 +372,9 @@ def _score(terms, rows: list[dict], source: Path) -> tuple[list[RankedRecord], d
     return ranked, stats
 
 
-def _convert(cfg: TrainConfig, ranked: list[RankedRecord], path: Path, terms) -> tuple[Path, dict[str, Any]]:
-    """The ranked samples as the method's data (``data.jsonl``): what was made and dropped. A
+def _convert(cfg: TrainConfig, ranked: list[RankedRecord], path: Path, terms) -> tuple[Path, dict[str, Any], list]:
+    """The ranked samples as the method's data (``data.jsonl``): the file, what was made and
+    dropped, and the records written. A
     method that weighs each pair by a preference strength (``soft-preference``: OSP) gets the
     scorer's probability that the chosen answer is better (``_strengths``)."""
     it = cfg.iterate
@@ -413,7 +395,7 @@ def _convert(cfg: TrainConfig, ranked: list[RankedRecord], path: Path, terms) ->
         elif "strength" in cfg.spec.needs:
             made.records = _strengths(made.records, terms)
     write_jsonl(path, made.records)
-    return path, {"examples": len(made.records), "dropped": {k: v for k, v in made.dropped.items() if k}}
+    return path, {"examples": len(made.records), "dropped": {k: v for k, v in made.dropped.items() if k}}, made.records
 
 
 def _strengths(pairs: list, terms) -> list:
@@ -424,7 +406,7 @@ def _strengths(pairs: list, terms) -> list:
     if not pairs:
         return pairs
     if len(terms) == 1 and terms[0].weight == 1.0 and not terms[0].scorer.compares_by_score:
-        prompts = [_reward_text(p.prompt) for p in pairs]
+        prompts = [reward_prompt(p.prompt) for p in pairs]
         try:
             probs = terms[0].scorer.compare(prompts, [_text(p.chosen) for p in pairs], [_text(p.rejected) for p in pairs])
         except UserError:

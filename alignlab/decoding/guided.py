@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from alignlab.data.records import Text
+from alignlab.decoding.best_of_n import softmax_pick
 from alignlab.errors import UserError
 from alignlab.generation.base import Sample, SamplingParams
 from alignlab.generation.draw import stream_keys, uniforms
@@ -43,17 +44,7 @@ def choose(logits: Sequence[float], rewards: Sequence[float], weight: float, tem
     """The index of the candidate taken: argmax of logit + weight·reward (the first among equals)
     at temperature 0, else the first whose cumulative softmax((logit + weight·reward)/temperature)
     probability exceeds ``u``."""
-    scores = [a + weight * r for a, r in zip(logits, rewards, strict=True)]
-    if temperature == 0:
-        return scores.index(max(scores))
-    top = max(scores)
-    weights = [math.exp((s - top) / temperature) for s in scores]
-    total, acc = sum(weights), 0.0
-    for i, w in enumerate(weights):
-        acc += w / total
-        if u < acc:
-            return i
-    return len(scores) - 1
+    return softmax_pick([a + weight * r for a, r in zip(logits, rewards, strict=True)], temperature, u)
 
 
 class RewardGuided:

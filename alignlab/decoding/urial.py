@@ -15,7 +15,7 @@ is the closest setting.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from alignlab.data.records import Text
@@ -55,6 +55,11 @@ def cut_at_stops(sample: Sample, tokenizer, stops: Sequence[str]) -> Sample:
                    sampling_logprobs=sample.sampling_logprobs[:k])
 
 
+@dataclass
+class InContextReport:
+    forward_tokens: int = 0  # of the latest call: every sequence's context (the prefix too) and new tokens
+
+
 class InContext:
     """A ``Generator``: the base generator answering each query after ``prefix`` (see the module docstring)."""
 
@@ -67,7 +72,7 @@ class InContext:
         if self.tok is None:
             raise UserError("urial: the base generator has no tokenizer to cut answers with; pass one")
         self.numbers_prompts = getattr(base, "numbers_prompts", False)
-        self.forward_tokens = 0  # of the latest call: every sequence's context and generated tokens
+        self.last_report = InContextReport()
 
     def render(self, prompt: Text) -> str:
         return self.prefix + self.template.format(query=reward_prompt(prompt))
@@ -88,5 +93,5 @@ class InContext:
         return self.generate(queries, n, params, start=start)
 
     def _cut(self, got: list[list[Sample]]) -> list[list[Sample]]:
-        self.forward_tokens = sum(len(s.prompt_ids) + len(s.token_ids) for group in got for s in group)
+        self.last_report = InContextReport(sum(len(s.prompt_ids) + len(s.token_ids) for group in got for s in group))
         return [[cut_at_stops(s, self.tok, self.stops) for s in group] for group in got]

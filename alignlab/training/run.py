@@ -65,6 +65,14 @@ def _log(dist: Dist, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def check_model_outside(cfg: TrainConfig, out: Path) -> None:
+    """Refuse an overwrite of ``out`` that would delete the model the run starts from."""
+    model = Path(cfg.model).expanduser()
+    if model.exists() and model.resolve().is_relative_to(out.resolve()):
+        raise ConfigError(f"overwrite: the model '{cfg.model}' lies inside output_dir '{out}', "
+                          f"which {option('overwrite')} would delete; choose another output_dir")
+
+
 def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
     """Refuse to mix two different runs in one directory, or to write where nothing can be
     written (read-only; every process checks, before anything loads)."""
@@ -77,10 +85,7 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
     if not saved.exists():
         return
     if cfg.checkpoint.overwrite and not cfg.checkpoint.resume:
-        model = Path(cfg.model).expanduser()
-        if model.exists() and model.resolve().is_relative_to(out.resolve()):
-            raise ConfigError(f"overwrite: the model '{cfg.model}' lies inside output_dir '{out}', "
-                              f"which {option('overwrite')} would delete; choose another output_dir")
+        check_model_outside(cfg, out)
         return
     try:
         previous = yaml.safe_load(saved.read_text())
