@@ -138,7 +138,7 @@ def run_decode(job, args) -> dict[str, Any]:
     from alignlab.decoding.urial import InContext, read_prefix
     from alignlab.models import load_model, load_tokenizer
     from alignlab.rewards import load_scorer
-    from alignlab.rewards.base import reward_prompt
+    from alignlab.rewards.base import reward_prompt, win_points
     from alignlab.sample_cli import _default_device, output_row, read_prompts
 
     prompts = read_prompts(job)
@@ -198,7 +198,7 @@ def run_decode(job, args) -> dict[str, Any]:
     flat_prompts = [t for t in texts for _ in range(job.n)]
     g_dec = gold.score(flat_prompts, [s.text for group in answers for s in group])
     g_plain = gold.score(flat_prompts, [s.text for group in plain for s in group])
-    win = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(g_dec, g_plain, strict=True)) / len(g_dec)
+    win = sum(win_points(g_dec, g_plain)) / len(g_dec)
     summary = {"method": args.method, "scorer": args.scorer, "task": job.task, "prompts": len(prompts),
                "gold": sum(g_dec) / len(g_dec), "gold_plain": sum(g_plain) / len(g_plain), "win_rate": win,
                "forward_tokens": forward, "forward_tokens_plain": plain_tokens}

@@ -82,7 +82,7 @@ from alignlab.data.rows.fields import to_text
 from alignlab.data.write import write_jsonl, write_rows
 from alignlab.errors import ConfigError, UserError, option
 from alignlab.generation.base import SamplingParams
-from alignlab.rewards.base import reward_prompt
+from alignlab.rewards.base import reward_prompt, win_points
 from alignlab.training.online import round_seed
 from alignlab.training.online_run import _task, max_new_tokens
 from alignlab.training.rollout import load_reward_terms, score_samples
@@ -292,8 +292,7 @@ def _agreement(gold, ranked: list[RankedRecord], made: list) -> dict[str, float 
         prompts = [reward_prompt(r.prompt) for r in pairs]
         gc = gold.score(prompts, [_text(r.chosen) for r in pairs])
         gr = gold.score(prompts, [_text(r.rejected) for r in pairs])
-        out["pairs_gold_correct"] = sum(1.0 if a > b else 0.5 if a == b else 0.0
-                                        for a, b in zip(gc, gr, strict=True)) / len(pairs)
+        out["pairs_gold_correct"] = sum(win_points(gc, gr)) / len(pairs)
     return out
 
 

@@ -97,24 +97,22 @@ class BestOfN(Wraps):
         self.last_report = BestOfNReport()
 
     def generate(self, prompts: Sequence[Text], n: int, params: SamplingParams, start: int = 0) -> list[list[Sample]]:
-        candidates = self.base.generate(prompts, n * self.n, params, start=start)
-        texts = [reward_prompt(p) for p in prompts]
-        reference = None
-        if self.calibrate:
-            reference = self.base.generate(prompts, self.calibration_samples,
-                                           replace(params, seed=(params.seed + _PICK_SALT) % (2**63)), start=start)
-        return self._pick(texts, candidates, n, params, start, reference)
+        return self._draw(lambda k, p: self.base.generate(prompts, k, p, start=start),
+                          [reward_prompt(p) for p in prompts], n, params, start)
 
     def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams,
                      start: int = 0) -> list[list[Sample]]:
         if self.tok is None:
             raise UserError("best-of-n: prompts given as token ids need a tokenizer to show the scorer the prompt")
-        candidates = self.base.generate_ids(contexts, n * self.n, params, start=start)
-        texts = [self.tok.decode(list(c), skip_special_tokens=True) for c in contexts]
-        reference = None
-        if self.calibrate:
-            reference = self.base.generate_ids(contexts, self.calibration_samples,
-                                               replace(params, seed=(params.seed + _PICK_SALT) % (2**63)), start=start)
+        return self._draw(lambda k, p: self.base.generate_ids(contexts, k, p, start=start),
+                          [self.tok.decode(list(c), skip_special_tokens=True) for c in contexts], n, params, start)
+
+    def _draw(self, draw, texts: list[str], n: int, params: SamplingParams, start: int) -> list[list[Sample]]:
+        """``draw(k, params)``: k samples of each prompt from the base generator. The n·``self.n``
+        candidates, and with ``calibrate`` the reference samples (another seed), then the picks."""
+        candidates = draw(n * self.n, params)
+        reference = draw(self.calibration_samples, replace(params, seed=(params.seed + _PICK_SALT) % (2**63))) \
+            if self.calibrate else None
         return self._pick(texts, candidates, n, params, start, reference)
 
     def _pick(self, texts: list[str], candidates: list[list[Sample]], k: int, params: SamplingParams, start: int,

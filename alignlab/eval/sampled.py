@@ -36,7 +36,7 @@ from alignlab.errors import UserError
 from alignlab.generation import Generator, Sample, SamplingParams, make_generator
 from alignlab.generation.factory import check_backend
 from alignlab.logprobs import completion_logps
-from alignlab.rewards.base import Scorer
+from alignlab.rewards.base import Scorer, win_points
 
 REFERENCE_SEED_OFFSET = 7919  # the reference's samples use a seed of their own
 METRICS = ("sampled", "greedy", "win_rate", "kl", "length")
@@ -93,7 +93,7 @@ class SampledEvaluation:
     def _wins(self, texts: list[str], scores: list[float]) -> list[float]:
         ref_texts, ref_scores = self._reference
         if ref_scores is not None:
-            return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, ref_scores, strict=True)]
+            return win_points(scores, ref_scores)
         return self.scorer.compare(self.prompts, texts, ref_texts)
 
     def sums(self, policy, reference: Any) -> dict[str, float]:

@@ -80,6 +80,11 @@ class Scorer(ABC):
         return f"{type(self).__name__}({self.name})"
 
 
+def win_points(first: Sequence[float], second: Sequence[float]) -> list[float]:
+    """Pair by pair: 1 where ``first`` scores higher, 0.5 for a tie, 0 where lower (a win rate's terms)."""
+    return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(first, second, strict=True)]
+
+
 def reward_prompt(prompt: Text) -> str:
     """What scorers get as the prompt: a text prompt as it is, a conversation's last user message
     (system messages and earlier turns are not passed on). A ValueError for a conversation without
