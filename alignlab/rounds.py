@@ -84,7 +84,7 @@ from alignlab.errors import ConfigError, UserError, option
 from alignlab.generation.base import SamplingParams
 from alignlab.rewards.base import reward_prompt, win_points
 from alignlab.training.online import round_seed
-from alignlab.training.online_run import _task, max_new_tokens
+from alignlab.training.online_run import data_task, max_new_tokens
 from alignlab.training.rollout import load_reward_terms, score_samples
 from alignlab.training.run import Summary, check_model_outside
 from alignlab.training.run import train as train_once
@@ -231,7 +231,7 @@ def _write_json(path: Path, value: Any) -> None:
 def _reward_specs(cfg: TrainConfig) -> list[str]:
     if cfg.rollout.reward:
         return list(cfg.rollout.reward)
-    task = _task(cfg)
+    task = data_task(cfg)
     if task is None:
         raise ConfigError("reward: rounds score their samples with a reward (scorer specs), e.g. --reward "
                           "task:arithmetic; none was given")
@@ -262,7 +262,7 @@ def _resolve(spec: str, policy: str, start: str, reference: str) -> str:
 def _gold(cfg: TrainConfig, specs: Sequence[str]):
     """The testbed task's gold reward when the rounds run on a task's prompts (``data: task:NAME``)
     and score with something else: each round then reports how well its scores agree with gold."""
-    task = _task(cfg)
+    task = data_task(cfg)
     if task is None or list(specs) in ([f"task:{task.name}:gold"], [f"task:{task.name}"]):
         return None  # prompts of a file: the task's gold reward need not know them
     name = task.name
@@ -299,7 +299,7 @@ def _agreement(gold, ranked: list[RankedRecord], made: list) -> dict[str, float 
 def _all_prompts(cfg: TrainConfig) -> list[Text]:
     """Every prompt the rounds draw from, in order: a task's training prompts (as many as the
     rounds take), or a prompt file's."""
-    task = _task(cfg)
+    task = data_task(cfg)
     if task is not None:
         n = (cfg.iterate.round_prompts or TASK_ROUND_PROMPTS) * cfg.iterate.rounds
         return list(task.train_prompts(n, cfg.seed))

@@ -32,14 +32,15 @@ DEFAULT_MAX_NEW_TOKENS = 256
 TASK_PREFIX = "task:"
 
 
-def _task(cfg):
+def data_task(cfg):
+    """The testbed task whose training prompts ``data`` names (``task:NAME``), else None."""
     from alignlab.tasks import get_task
 
     return get_task(cfg.data[len(TASK_PREFIX):]) if cfg.data.startswith(TASK_PREFIX) else None
 
 
 def max_new_tokens(cfg) -> int:
-    task = _task(cfg)
+    task = data_task(cfg)
     return cfg.rollout.max_new_tokens or (task.max_new_tokens if task else DEFAULT_MAX_NEW_TOKENS)
 
 
@@ -47,7 +48,7 @@ def load_online_prompts(cfg, per_round: int, tokenizer) -> list[tuple[int, Text]
     """(row, prompt) pairs: a task's training prompts (enough for one fresh prompt per slot of
     the run when ``max_steps`` is set, else 1024), or a file's prompts (rows 1-based), text or
     conversations (see the module docstring for what is checked)."""
-    task = _task(cfg)
+    task = data_task(cfg)
     if task is not None:
         rounds = math.ceil(cfg.optim.max_steps / cfg.rollout.updates_per_rollout) if cfg.optim.max_steps else 0
         n = per_round * rounds if rounds else 1024
@@ -95,7 +96,7 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
     rollout, spec, params = cfg.rollout, cfg.spec, cfg.method_params
     specs = rollout.reward
     if not specs:
-        task = _task(cfg)
+        task = data_task(cfg)
         if task is None:
             raise ConfigError("reward: an online method needs a reward (scorer specs), e.g. --reward task:arithmetic")
         specs = [f"task:{task.name}:gold"]
