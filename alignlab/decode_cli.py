@@ -28,9 +28,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from alignlab.decoding.spec import METHODS, add_method_flags, build_method, check_method, method_scorer
 from alignlab.errors import ArgumentParser, UserError
 
-METHODS = ("best-of-n", "qalign", "reward-guided", "urial")
+__all__ = ["METHODS", "cmd_decode", "run_decode"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,29 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                             description="Answer prompts through a decoding-time alignment method and write the "
                                         "answers (as alignlab sample does); with --task, measure them against plain "
                                         "sampling.")
-    parser.add_argument("--method", required=True, help=f"decoding method: {', '.join(METHODS)}")
+    add_method_flags(parser)
     parser.add_argument("--model", required=True, help="the model that samples: a local directory or a hub name")
-    parser.add_argument("--scorer", default=None, help="the scorer that picks (best-of-n): rm:DIR, "
-                                                       "task:NAME[:gold|proxy], fn:MODULE:FUNCTION, judge:DIR, ...")
-    parser.add_argument("--n", type=int, default=4, help="best-of-n: candidates per answer (default 4)")
-    parser.add_argument("--pick-temperature", type=float, default=0.0,
-                        help="soft best-of-n: pick candidate i with probability ∝ exp(r_i / T) (default 0: the best)")
-    parser.add_argument("--calibrate", action="store_true",
-                        help="pick by each reward's quantile among --calibration-samples plain samples of the prompt "
-                             "(InfAlign's calibration)")
-    parser.add_argument("--calibration-samples", type=int, default=16, help="plain samples per prompt for --calibrate")
-    parser.add_argument("--steps", type=int, default=16, help="qalign: Metropolis-Hastings steps per answer (default 16)")
-    parser.add_argument("--beta", type=float, default=1.0, help="qalign: the reward's temperature β in "
-                                                                "π·exp(r/β) (default 1, QAlign's)")
-    parser.add_argument("--vote", action="store_true", help="qalign: answer with the chain's most frequent "
-                                                            "answer after --burn-in steps, not its last state")
-    parser.add_argument("--burn-in", type=int, default=0, help="qalign: steps left out of the vote (default 0)")
-    parser.add_argument("--candidates", type=int, default=10, help="reward-guided: the most likely next tokens "
-                                                                  "scored at each step (default 10)")
-    parser.add_argument("--guide-weight", type=float, default=1.0, help="reward-guided: the reward's weight beside "
-                                                                       "the logits (default 1)")
-    parser.add_argument("--prefix", default=None, help="urial: the in-context prefix file (default: the shipped "
-                                                       "preamble and three examples, decoding/prefixes/urial.txt)")
     parser.add_argument("--answers", type=int, default=1, help="answers per prompt (default 1)")
     parser.add_argument("--prompts", default=None, help="data file whose prompts are answered (any shape with a prompt)")
     parser.add_argument("--task", default=None, help=f"answer a testbed task's prompts and measure the answers: "
@@ -85,24 +65,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(args) -> None:
     """Everything that can be wrong before a model loads."""
-    if args.method not in METHODS:
-        raise UserError(f"--method: unknown decoding method '{args.method}' (methods: {', '.join(METHODS)})")
-    if args.method in ("best-of-n", "qalign", "reward-guided") and not args.scorer:
-        raise UserError(f"--scorer: {args.method} needs a scorer (a reward); give one (e.g. --scorer task:arithmetic "
-                        "or rm:DIR)")
-    if args.method == "qalign" and (args.steps < 0 or not args.beta > 0 or not 0 <= args.burn_in <= args.steps):
-        raise UserError(f"--steps must be >= 0, --beta > 0 and --burn-in in [0, steps]; got {args.steps}, {args.beta}, "
-                        f"{args.burn_in}")
-    for name in ("n", "answers", "batch_size", "calibration_samples"):
+    check_method(args)
+    for name in ("answers", "batch_size"):
         value = getattr(args, name)
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.prefix is not None and args.method != "urial":
-        raise UserError(f"--prefix: an in-context prefix is for urial, not {args.method}")
-    if args.method == "urial":
-        from alignlab.decoding.urial import read_prefix
-
-        read_prefix(args.prefix)  # a missing or empty file fails now
     if not Path(args.output).suffix.lower() == ".jsonl":
         raise UserError(f"--output {args.output}: answers are written as JSON lines; name the file *.jsonl")
 
@@ -132,31 +99,20 @@ def cmd_decode(tokens: list[str]) -> int:
 def run_decode(job, args) -> dict[str, Any]:
     """Answer ``job``'s prompts through ``args.method``; write the rows, and with a task measure them."""
     from alignlab import generation
-    from alignlab.decoding import BestOfN, estimate
-    from alignlab.decoding.guided import RewardGuided
-    from alignlab.decoding.qalign import QAlign
-    from alignlab.decoding.urial import InContext, read_prefix
+    from alignlab.decoding import estimate
     from alignlab.models import load_model, load_tokenizer
     from alignlab.rewards import load_scorer
     from alignlab.rewards.base import reward_prompt, win_points
     from alignlab.sample_cli import _default_device, output_row, read_prompts
 
     prompts = read_prompts(job)
-    scorer = load_scorer(args.scorer) if args.scorer else None
+    scorer = method_scorer(args)
     tokenizer = load_tokenizer(job.model, trust_remote_code=args.trust_remote_code)
     model = load_model(job.model, dtype=job.dtype, trust_remote_code=args.trust_remote_code).to(_default_device())
     best_of = args.method == "best-of-n"
     base = generation.make_generator(model, tokenizer, job.backend,
                                      batch_size=job.batch_size * job.n * (args.n if best_of else 1))
-    if best_of:
-        method = BestOfN(base, scorer, args.n, temperature=args.pick_temperature, calibrate=args.calibrate,
-                         calibration_samples=args.calibration_samples)
-    elif args.method == "qalign":
-        method = QAlign(base, scorer, args.steps, args.beta, vote=args.vote, burn_in=args.burn_in, tokenizer=tokenizer)
-    elif args.method == "reward-guided":
-        method = RewardGuided(model, tokenizer, scorer, k=args.candidates, weight=args.guide_weight)
-    else:
-        method = InContext(base, read_prefix(args.prefix), tokenizer)
+    method = build_method(args, model, tokenizer, base, scorer)
     acceptance = []
     rows, answers, candidate_rewards, forward = [], [], [], 0
     for start in range(0, len(prompts), job.batch_size):

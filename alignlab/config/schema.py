@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, UserError
 from alignlab.losses import ParamError, UnknownLossError
 from alignlab.losses import get_loss as _get_loss
 from alignlab.losses.params import param
@@ -155,6 +155,10 @@ class EvalConfig:
                                    "the model answers its held-out prompts, logged as gold reward, win rate and KL "
                                    "against the starting model, and length")
     task_eval_prompts: int = param(0, "how many of the task's held-out prompts to answer (0: all)")
+    task_eval_decoding: str | None = param(None, "with task: also answer its held-out prompts through a decoding "
+                                                 "method on top of the model, as `alignlab decode` takes it (e.g. "
+                                                 "'best-of-n --n 4 --scorer task:arithmetic:proxy'); logged under "
+                                                 "gold@METHOD/")
 
     def __post_init__(self) -> None:
         _check(math.isfinite(self.eval_fraction), "eval_fraction", f"must be a finite number, got {self.eval_fraction}")
@@ -168,6 +172,14 @@ class EvalConfig:
             from alignlab.tasks import task_names
 
             _check(self.task in task_names(), "task", f"must be one of {', '.join(task_names())}, got '{self.task}'")
+        if self.task_eval_decoding is not None:
+            _check(self.task is not None, "task_eval_decoding", "evaluates on a task's held-out prompts: give task too")
+            from alignlab.decoding.spec import parse_method
+
+            try:
+                parse_method(self.task_eval_decoding)
+            except UserError as e:
+                raise ConfigError(str(e)) from None
 
 
 @dataclass

@@ -15,10 +15,11 @@ __all__ = ["REFERENCE_SEED_OFFSET", "GoldEvaluator"]
 class GoldEvaluator(SampledEvaluation):
     """``SampledEvaluation`` of ``task`` (a name, or a ``Task`` built with options of its own):
     its held-out prompts (the first ``num_prompts``; 0: all), its gold reward, its
-    ``max_new_tokens``, metrics under ``gold/``."""
+    ``max_new_tokens``, metrics under ``gold/`` (and ``gold@NAME/`` for a ``decoding`` method)."""
 
     def __init__(self, task: Task | str, tokenizer, seed: int = 0, num_prompts: int = 0, temperature: float = 1.0,
-                 batch_size: int = 128, rank: int = 0, world_size: int = 1, progress: bool = False):
+                 batch_size: int = 128, rank: int = 0, world_size: int = 1, progress: bool = False,
+                 decoding=None, decoding_name: str = "decoded"):
         if isinstance(task, str):
             task, scorer = get_task(task), load_scorer(f"task:{task}")
         else:
@@ -28,5 +29,6 @@ class GoldEvaluator(SampledEvaluation):
             prompts = prompts[:num_prompts]
         super().__init__(prompts, scorer, tokenizer, task.max_new_tokens, prefix="gold", seed=seed,
                          temperature=temperature, batch_size=batch_size, rank=rank, world_size=world_size,
-                         progress=progress, prompts_name="held-out prompts")
+                         progress=progress, prompts_name="held-out prompts", decoding=decoding,
+                         decoding_name=decoding_name)
         self.task = task

@@ -13,6 +13,12 @@ once greedily. Reported, each under ``PREFIX/``:
   negative);
 - ``length``: mean number of generated tokens, end-of-turn token excluded.
 
+With ``decoding`` (a function that puts a decoding method, ``alignlab.decoding``, on top of the
+policy's generator) the policy also answers each prompt once through the method, at the sampling
+temperature, and ``PREFIX@NAME/`` reports ``sampled``, ``win_rate`` (against the same reference
+samples), ``length`` and ``forward_tokens``, the model forward tokens the method spent per prompt.
+It has no ``kl``: the samples' log-probs are the policy's, not the method's distribution's.
+
 The scorer can be anything ``alignlab.rewards.load_scorer`` builds: a task's gold reward
 (``task:arithmetic``, see ``eval/gold.py``), a reward model, a judge, a function. Samples come
 from ``make_generator`` (or the ``generators`` function given). The reference is a module, or a
@@ -62,6 +68,8 @@ class SampledEvaluation:
     backend: str = "native"  # make_generator's backend
     generators: Callable[[Any, str | None], Generator] | None = None  # (module, bar label) -> Generator
     prompts_name: str = "prompts"  # what the progress bars call the prompts
+    decoding: Callable[[Generator, Any], Generator] | None = None  # (policy's generator, policy) -> method
+    decoding_name: str = "decoded"  # its metrics: PREFIX@NAME/...
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -75,13 +83,25 @@ class SampledEvaluation:
         self.prompts = list(self.prompts)[self.offset:self.offset + size + (self.rank < extra)]
         self._reference: tuple[list[str], list[float] | None] | None = None  # texts, scores
 
-    def _generate(self, model, params: SamplingParams, what: str) -> list[Sample]:
+    def _generator(self, model, what: str) -> Generator:
         label = f"evaluating: {what} answers to {len(self.prompts)} {self.prompts_name}" if self.progress else None
         if self.generators is not None:
-            gen = self.generators(model, label)
-        else:
-            gen = make_generator(model, self.tokenizer, self.backend, batch_size=self.batch_size, progress=label)
-        return [s[0] for s in gen.generate(self.prompts, 1, params, start=self.offset)]
+            return self.generators(model, label)
+        return make_generator(model, self.tokenizer, self.backend, batch_size=self.batch_size, progress=label)
+
+    def _generate(self, model, params: SamplingParams, what: str) -> list[Sample]:
+        return [s[0] for s in self._generator(model, what).generate(self.prompts, 1, params, start=self.offset)]
+
+    def _decoded(self, policy) -> dict[str, float]:
+        """The sums of the policy answering through ``decoding``."""
+        method = self.decoding(self._generator(policy, self.decoding_name), policy)
+        samples = [s[0] for s in method.generate(self.prompts, 1, self._params(False, self.seed), start=self.offset)]
+        scores = self._score(samples)
+        wins = self._wins([s.text for s in samples], scores)
+        p = f"{self.prefix}@{self.decoding_name}"
+        return {f"{p}/sampled": sum(scores), f"{p}/win_rate": sum(wins),
+                f"{p}/length": float(sum(len(s.token_ids) - int(s.finished) for s in samples)),
+                f"{p}/forward_tokens": float(method.last_report.forward_tokens)}
 
     def _params(self, greedy: bool, seed: int) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0 if greedy else self.temperature,
@@ -113,8 +133,16 @@ class SampledEvaluation:
         kl = self._kl(policy, scope, sampled)
         lengths = [len(s.token_ids) - int(s.finished) for s in sampled]
         p = self.prefix
-        return {f"{p}/sampled": sum(score_s), f"{p}/greedy": sum(score_g), f"{p}/win_rate": sum(wins),
+        sums = {f"{p}/sampled": sum(score_s), f"{p}/greedy": sum(score_g), f"{p}/win_rate": sum(wins),
                 f"{p}/kl": kl, f"{p}/length": float(sum(lengths)), "_count": float(len(self.prompts))}
+        if self.decoding is not None:
+            was_training = policy.training
+            policy.eval()
+            try:
+                sums.update(self._decoded(policy))
+            finally:
+                policy.train(was_training)
+        return sums
 
     def _kl(self, policy, scope, samples: Sequence[Sample]) -> float:
         if not samples:

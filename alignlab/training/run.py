@@ -249,13 +249,24 @@ def _fingerprint(cfg: TrainConfig, policy) -> str:
 
 
 def _task_eval(cfg: TrainConfig, tokenizer, dist: Dist) -> Callable:
-    """Measure the model on the testbed task's held-out prompts against the starting model:
-    ``measure(module, reference) -> metrics``."""
+    """Measure the model on the testbed task's held-out prompts against the starting model, and
+    through ``task_eval_decoding``'s method when given: ``measure(module, reference) -> metrics``."""
     from alignlab.eval.gold import GoldEvaluator
+
+    decoding, name = None, "decoded"
+    if cfg.eval.task_eval_decoding:
+        from alignlab.decoding.spec import build_method, method_scorer, parse_method
+
+        spec = parse_method(cfg.eval.task_eval_decoding)
+        scorer, name = method_scorer(spec), spec.method
+
+        def decoding(generator, policy):
+            return build_method(spec, policy, tokenizer, generator, scorer)
 
     evaluator = GoldEvaluator(cfg.eval.task, tokenizer, seed=cfg.seed, num_prompts=cfg.eval.task_eval_prompts,
                               batch_size=cfg.eval.eval_batch_size or cfg.optim.batch_size, rank=dist.rank,
-                              world_size=dist.world_size, progress=cfg.progress and dist.is_main)
+                              world_size=dist.world_size, progress=cfg.progress and dist.is_main,
+                              decoding=decoding, decoding_name=name)
 
     def reduce(totals: dict[str, float]) -> dict[str, float]:
         return sum_over_processes(dist, {k: torch.tensor(v, dtype=torch.float64) for k, v in totals.items()})

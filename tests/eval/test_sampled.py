@@ -133,3 +133,32 @@ def test_settings_that_cannot_work_are_refused_at_construction(models, prompts, 
         SampledEvaluation(prompts, LengthPenalty(), tok, max_new_tokens=4, rank=rank, world_size=world,
                           backend=backend)
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_decoding_method_on_top_is_measured_beside_plain_sampling(models):
+    """``decoding``: best-of-3 by answer length (−characters) over the policy. Its answer to each
+    prompt is, by best-of-n's definition, the shortest of the 3 candidates the policy's generator
+    draws for it with the evaluation's seed (the first drawn among equals), so every metric is
+    recomputed here from 3 samples per prompt drawn directly; forward tokens are the prompt and
+    answer tokens of the 3 candidates, per prompt. Plain sampling's metrics do not change."""
+    from alignlab.decoding import BestOfN
+
+    policy, ref, tok = models
+    scorer = load_scorer("length:coef=1,unit=chars")
+    plain = SampledEvaluation(PROMPTS, scorer, tok, max_new_tokens=6, prefix="len", seed=3)(policy, ref)
+    ev = SampledEvaluation(PROMPTS, scorer, tok, max_new_tokens=6, prefix="len", seed=3,
+                           decoding=lambda gen, module: BestOfN(gen, scorer, 3), decoding_name="bon")
+    got = ev(policy, ref)
+    assert {k: got[k] for k in plain} == plain
+    assert set(got) - set(plain) == {"len@bon/sampled", "len@bon/win_rate", "len@bon/length", "len@bon/forward_tokens"}
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=3)
+    candidates = make_generator(policy, tok).generate(PROMPTS, 3, params)
+    picked = [min(row, key=lambda s: len(s.text)) for row in candidates]
+    reference = draw(ref, tok, 3 + REFERENCE_SEED_OFFSET)
+    assert got["len@bon/sampled"] == pytest.approx(-sum(len(s.text) for s in picked) / 4, abs=1e-12)
+    wins = [1.0 if len(a.text) < len(b.text) else 0.5 if len(a.text) == len(b.text) else 0.0
+            for a, b in zip(picked, reference, strict=True)]
+    assert got["len@bon/win_rate"] == pytest.approx(sum(wins) / 4, abs=1e-12)
+    assert got["len@bon/length"] == pytest.approx(sum(len(s.token_ids) - s.finished for s in picked) / 4, abs=1e-12)
+    spent = sum(len(s.prompt_ids) + len(s.token_ids) for row in candidates for s in row)
+    assert got["len@bon/forward_tokens"] == pytest.approx(spent / 4, abs=1e-12)

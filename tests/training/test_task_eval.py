@@ -41,3 +41,38 @@ def test_the_reference_is_the_starting_model_when_reference_logps_are_cached(tin
 def test_unknown_task_is_a_config_error(tiny_model_dir, pairs_file, tmp_path):
     with pytest.raises(ConfigError, match="task: must be one of arithmetic, chainsum, constraints, sentiment"):
         train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", task="arith"))
+
+
+def test_a_decoding_method_on_top_is_evaluated_too(tiny_model_dir, pairs_file, tmp_path):
+    """``task_eval_decoding``: at the end the trained model also answers through best-of-2 by gold.
+    Best-of-2's answer to a prompt has gold max(g1, g2) over the two candidates the model draws for
+    it with the run's seed, so its mean is recomputed here from the saved model's own two samples
+    per prompt (the native sampler's samples depend only on the seed and the prompt's index)."""
+    from alignlab.generation import SamplingParams, make_generator
+    from alignlab.models import load_model, load_tokenizer
+    from alignlab.rewards import load_scorer
+    from alignlab.tasks import get_task
+
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "run", task="arithmetic", task_eval_prompts=6,
+                      max_steps=2, lr=1e-2, task_eval_decoding="best-of-n --n 2 --scorer task:arithmetic")
+    summary = train(cfg)
+    got = summary.eval_metrics
+    assert KEYS <= set(got)
+    assert {k for k in got if "@" in k} == {f"eval/gold@best-of-n/{m}" for m in
+                                           ("sampled", "win_rate", "length", "forward_tokens")}
+    model_dir = str(tmp_path / "run" / "model")
+    prompts = get_task("arithmetic").eval_prompts()[:6]
+    params = SamplingParams(max_new_tokens=get_task("arithmetic").max_new_tokens, temperature=1.0, seed=cfg["seed"])
+    rows = make_generator(load_model(model_dir), load_tokenizer(model_dir)).generate(prompts, 2, params)
+    gold = load_scorer("task:arithmetic")
+    best = [max(gold.score([p, p], [s.text for s in row])) for p, row in zip(prompts, rows, strict=True)]
+    assert got["eval/gold@best-of-n/sampled"] == pytest.approx(sum(best) / 6, abs=1e-12)
+    spent = sum(len(s.prompt_ids) + len(s.token_ids) for row in rows for s in row)
+    assert got["eval/gold@best-of-n/forward_tokens"] == pytest.approx(spent / 6, abs=1e-12)
+
+
+def test_a_decoding_method_that_cannot_work_stops_the_run_before_training(tiny_model_dir, pairs_file, tmp_path):
+    with pytest.raises(ConfigError, match="task_eval_decoding: --n must be >= 1, got 0"):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", task="arithmetic",
+                          task_eval_decoding="best-of-n --n 0 --scorer task:arithmetic"))
+    assert not (tmp_path / "run").exists()

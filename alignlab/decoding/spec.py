@@ -1,0 +1,126 @@
+"""A decoding method and its settings, as `alignlab decode` takes them on its command line and a
+training run's evaluation takes them in one string (``task_eval_decoding: "best-of-n --n 4 --scorer
+task:arithmetic:proxy"``): the method's flags, their checks and the construction of the method
+around a base generator.
+
+One parser serves both, so a setting means the same in either place and a bad one fails the same
+way: one line, before any model loads. The method's own arguments are checked again by its class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+from alignlab.errors import UserError
+
+METHODS = ("best-of-n", "qalign", "reward-guided", "urial")
+NEEDS_SCORER = ("best-of-n", "qalign", "reward-guided")
+
+
+def add_method_flags(parser: argparse.ArgumentParser, method_required: bool = True) -> None:
+    """The flags that choose a decoding method and set it."""
+    parser.add_argument("--method", required=method_required, help=f"decoding method: {', '.join(METHODS)}")
+    parser.add_argument("--scorer", default=None, help="the scorer that picks (best-of-n): rm:DIR, "
+                                                       "task:NAME[:gold|proxy], fn:MODULE:FUNCTION, judge:DIR, ...")
+    parser.add_argument("--n", type=int, default=4, help="best-of-n: candidates per answer (default 4)")
+    parser.add_argument("--pick-temperature", type=float, default=0.0,
+                        help="soft best-of-n: pick candidate i with probability ∝ exp(r_i / T) (default 0: the best)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="pick by each reward's quantile among --calibration-samples plain samples of the prompt "
+                             "(InfAlign's calibration)")
+    parser.add_argument("--calibration-samples", type=int, default=16, help="plain samples per prompt for --calibrate")
+    parser.add_argument("--steps", type=int, default=16, help="qalign: Metropolis-Hastings steps per answer (default 16)")
+    parser.add_argument("--beta", type=float, default=1.0, help="qalign: the reward's temperature β in "
+                                                                "π·exp(r/β) (default 1, QAlign's)")
+    parser.add_argument("--vote", action="store_true", help="qalign: answer with the chain's most frequent "
+                                                            "answer after --burn-in steps, not its last state")
+    parser.add_argument("--burn-in", type=int, default=0, help="qalign: steps left out of the vote (default 0)")
+    parser.add_argument("--candidates", type=int, default=10, help="reward-guided: the most likely next tokens "
+                                                                  "scored at each step (default 10)")
+    parser.add_argument("--guide-weight", type=float, default=1.0, help="reward-guided: the reward's weight beside "
+                                                                       "the logits (default 1)")
+    parser.add_argument("--prefix", default=None, help="urial: the in-context prefix file (default: the shipped "
+                                                       "preamble and three examples, decoding/prefixes/urial.txt)")
+
+
+def check_method(args: argparse.Namespace) -> None:
+    """Everything about the method's settings that can be wrong before a model loads."""
+    if args.method not in METHODS:
+        raise UserError(f"--method: unknown decoding method '{args.method}' (methods: {', '.join(METHODS)})")
+    if args.method in NEEDS_SCORER and not args.scorer:
+        raise UserError(f"--scorer: {args.method} needs a scorer (a reward); give one (e.g. --scorer task:arithmetic "
+                        "or rm:DIR)")
+    if args.method == "qalign" and (args.steps < 0 or not args.beta > 0 or not 0 <= args.burn_in <= args.steps):
+        raise UserError(f"--steps must be >= 0, --beta > 0 and --burn-in in [0, steps]; got {args.steps}, {args.beta}, "
+                        f"{args.burn_in}")
+    for name in ("n", "calibration_samples"):
+        value = getattr(args, name)
+        if value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.prefix is not None and args.method != "urial":
+        raise UserError(f"--prefix: an in-context prefix is for urial, not {args.method}")
+    if args.method == "urial":
+        from alignlab.decoding.urial import read_prefix
+
+        read_prefix(args.prefix)  # a missing or empty file fails now
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors as ``UserError`` naming ``field`` (a config field), not an exit with usage."""
+
+    def __init__(self, field: str):
+        super().__init__(prog=field, add_help=False, allow_abbrev=False)
+        self.field = field
+
+    def error(self, message: str):
+        raise UserError(f"{self.field}: {message}")
+
+
+def parse_method(text: str, field: str = "task_eval_decoding") -> argparse.Namespace:
+    """``"METHOD --flag value ..."`` (the flags of `alignlab decode` that set a method) as checked
+    settings; an unknown method or flag or a bad value is a one-line error naming ``field``."""
+    try:
+        tokens = shlex.split(text)
+    except ValueError as e:
+        raise UserError(f"{field}: cannot read '{text}': {e}") from None
+    if not tokens or tokens[0].startswith("-"):
+        raise UserError(f"{field}: start with the method's name ({', '.join(METHODS)}), then its flags as in "
+                        f"`alignlab decode` (e.g. 'best-of-n --n 4 --scorer task:arithmetic'); got '{text}'")
+    parser = _Parser(field)
+    add_method_flags(parser, method_required=False)
+    args = parser.parse_args(["--method", tokens[0], *tokens[1:]])
+    try:
+        check_method(args)
+    except UserError as e:
+        raise UserError(f"{field}: {e}") from None
+    return args
+
+
+def method_scorer(args: argparse.Namespace):
+    """The scorer the method needs, loaded (None for a method without one)."""
+    from alignlab.rewards import load_scorer
+
+    return load_scorer(args.scorer) if args.scorer else None
+
+
+def build_method(args: argparse.Namespace, model, tokenizer, base, scorer: Any = None):
+    """The decoding method ``args`` describe, as a ``Generator`` over ``base`` (a generator of
+    ``model``); ``scorer`` is the loaded scorer (``method_scorer``)."""
+    if args.method == "best-of-n":
+        from alignlab.decoding.best_of_n import BestOfN
+
+        return BestOfN(base, scorer, args.n, temperature=args.pick_temperature, calibrate=args.calibrate,
+                       calibration_samples=args.calibration_samples)
+    if args.method == "qalign":
+        from alignlab.decoding.qalign import QAlign
+
+        return QAlign(base, scorer, args.steps, args.beta, vote=args.vote, burn_in=args.burn_in, tokenizer=tokenizer)
+    if args.method == "reward-guided":
+        from alignlab.decoding.guided import RewardGuided
+
+        return RewardGuided(model, tokenizer, scorer, k=args.candidates, weight=args.guide_weight)
+    from alignlab.decoding.urial import InContext, read_prefix
+
+    return InContext(base, read_prefix(args.prefix), tokenizer)

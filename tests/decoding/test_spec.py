@@ -1,0 +1,46 @@
+"""A decoding method in one string (``task_eval_decoding``): the same flags, defaults and checks as
+`alignlab decode`, and a one-line error naming the field for anything wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignlab.config import make_config
+from alignlab.decoding.spec import parse_method
+from alignlab.errors import UserError
+
+
+def test_a_method_and_its_flags_read_as_the_command_reads_them():
+    args = parse_method("best-of-n --n 8 --scorer 'task:arithmetic:proxy' --pick-temperature 0.5 --calibrate")
+    assert (args.method, args.n, args.scorer, args.pick_temperature, args.calibrate) == (
+        "best-of-n", 8, "task:arithmetic:proxy", 0.5, True)
+    q = parse_method("qalign --scorer task:sentiment --steps 3 --beta 0.25 --vote --burn-in 1")
+    assert (q.method, q.steps, q.beta, q.vote, q.burn_in, q.n) == ("qalign", 3, 0.25, True, 1, 4)  # n: its default
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "start with the method's name"),
+    ("--n 4 best-of-n", "start with the method's name"),
+    ("best-of-three --scorer task:arithmetic", "unknown decoding method 'best-of-three'"),
+    ("best-of-n --n 4", "best-of-n needs a scorer"),
+    ("best-of-n --scorer task:arithmetic --n 0", "--n must be >= 1, got 0"),
+    ("best-of-n --scorer task:arithmetic --n four", "argument --n: invalid int value: 'four'"),
+    ("best-of-n --scorer task:arithmetic --width 3", "unrecognized arguments: --width 3"),
+    ("qalign --scorer task:arithmetic --beta 0", "--beta > 0"),
+    ("reward-guided --scorer task:arithmetic --prefix p.txt", "--prefix: an in-context prefix is for urial"),
+    ("best-of-n --scorer 'task:arithmetic", "cannot read"),
+])
+def test_what_cannot_work_is_one_line_naming_the_field(text, message):
+    with pytest.raises(UserError) as e:
+        parse_method(text)
+    assert str(e.value).startswith("task_eval_decoding: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_config_field_is_checked_when_the_config_is_made():
+    base = {"method": "dpo", "model": "m", "data": "d.jsonl"}
+    with pytest.raises(UserError, match="task_eval_decoding: evaluates on a task's held-out prompts: give task too"):
+        make_config({**base, "task_eval_decoding": "best-of-n --scorer task:arithmetic"})
+    with pytest.raises(UserError, match="task_eval_decoding: --scorer: best-of-n needs a scorer"):
+        make_config({**base, "task": "arithmetic", "task_eval_decoding": "best-of-n"})
+    cfg = make_config({**base, "task": "arithmetic", "task_eval_decoding": "best-of-n --n 2 --scorer task:arithmetic"})
+    assert cfg.eval.task_eval_decoding == "best-of-n --n 2 --scorer task:arithmetic"
