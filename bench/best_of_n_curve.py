@@ -44,6 +44,13 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "alignlab.cli", *args]
 
 
+def call(cmd: list[str]) -> None:
+    """Run an alignlab command quietly; on failure show the end of what it printed."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
 def train_rm(task: str, work: Path, seed: int) -> str:
     """A Bradley-Terry reward model for ``task`` (see the module docstring); its directory as a scorer spec."""
     from alignlab.testbed.shipped import task_model
@@ -51,13 +58,12 @@ def train_rm(task: str, work: Path, seed: int) -> str:
     out = work / f"{task}-rm"
     if not (out / "model" / "reward_model.json").exists():
         feedback = work / f"{task}-feedback"
-        subprocess.run(cli("feedback", "--task", task, "--prompts", str(RM_PROMPTS), "--k", "4", "--seed", str(seed),
-                           "--out", str(feedback)), check=True, stdout=subprocess.DEVNULL)
+        call(cli("feedback", "--task", task, "--prompts", str(RM_PROMPTS), "--k", "4", "--seed", str(seed),
+                 "--out", str(feedback)))
         extra = ["--pool", "mean"] if task == "sentiment" else []
-        subprocess.run(cli("train", "--method", "reward_model", "--model", str(task_model(task, "pretrained")),
-                           "--data", str(feedback / "pairs.jsonl"), "--eval-fraction", "0.2", "--lr", "1e-3",
-                           "--epochs", "2", "--batch-size", "16", "--seed", str(seed), "--output-dir", str(out),
-                           *extra), check=True, stdout=subprocess.DEVNULL)
+        call(cli("train", "--method", "reward_model", "--model", str(task_model(task, "pretrained")),
+                 "--data", str(feedback / "pairs.jsonl"), "--eval-fraction", "0.2", "--lr", "1e-3", "--epochs", "2",
+                 "--batch-size", "16", "--seed", str(seed), "--output-dir", str(out), *extra))
     accuracy = json.loads((out / "summary.json").read_text())["eval_metrics"]["eval/rewards/accuracies"]
     print(f"{task}: reward model {out / 'model'}, held-out pair accuracy {accuracy:.3f}", flush=True)
     return f"rm:{out / 'model'}"
@@ -85,7 +91,7 @@ def run(task: str, label: str, spec: str, n: int, work: Path, seed: int, method:
     cmd = cli("decode", "--method", method, "--model", str(task_model(task, "sft")), "--scorer", spec, "--n", str(n),
               "--task", task, "--output", str(out), "--seed", str(seed),
               "--max-new-tokens", str(get_task(task).max_new_tokens), *extra)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    call(cmd)
     summary = json.loads(Path(f"{out}.summary.json").read_text())
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     picked = [s["score"] for r in rows for s in r["samples"] if s.get("score") is not None]
