@@ -358,6 +358,7 @@ RESUMABLE_KEYS = frozenset({
     "resume", "progress", "overwrite", "save_every", "keep_checkpoints", "log_every", "eval_every",
     "eval_batch_size", "eval_data", "eval_data_split", "merge_lora", "trust_remote_code", "task",
     "task_eval_prompts", "task_eval_decoding", "cache_dir", "cache", "eval_at_start", "gradient_checkpointing", "skip_nonfinite",
+    "report_to", "logging_dir", "run_name", "run_group", "project",
 })
 
 
