@@ -377,6 +377,18 @@ def known_keys() -> set[str]:
         name for spec in REGISTRY.values() for name in _field_types(spec.params)}
 
 
+def list_keys() -> set[str]:
+    """Keys of list values, as ``bool_keys`` gives the boolean ones (``report_to``,
+    ``tracking.report_to``, ``reward``, ...)."""
+    layout = _layout()
+    out = {name for name, tp in _value_types().items() if typing.get_origin(_strip_optional(tp)[0]) is list}
+    out |= {f"{layout[name]}.{name}" for name in out if layout[name]}
+    for spec in REGISTRY.values():
+        out |= {name for name, tp in _field_types(spec.params).items()
+                if typing.get_origin(_strip_optional(tp)[0]) is list}
+    return out
+
+
 def bool_keys() -> set[str]:
     """Keys of boolean values: fields of TrainConfig (flat, and by section: ``adapter.lora``) and
     every method's hyperparameters."""
