@@ -140,7 +140,9 @@ def _config(run: SinkRun) -> dict[str, Any]:
 
 
 class WandbSink:
-    """A Weights & Biases run; offline with ``WANDB_MODE=offline`` (``wandb sync`` uploads it later)."""
+    """A Weights & Biases run; offline with ``WANDB_MODE=offline`` (``wandb sync`` uploads it later).
+    W&B's service process writes the run's file and may finish it just after ``finish()`` returns;
+    it is complete at the latest when the process exits."""
 
     def __init__(self, run: SinkRun):
         import wandb

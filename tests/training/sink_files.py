@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,22 @@ def wandb_run(path: Path) -> dict[str, Any]:
     return run
 
 
-def wandb_runs(folder: Path) -> list[dict[str, Any]]:
-    """Every offline W&B run under ``folder`` (W&B's ``wandb/`` folder is inside it), oldest first."""
-    return sorted((wandb_run(p) for p in folder.glob("wandb/offline-run-*/run-*.wandb")), key=lambda r: r["started"])
+def wandb_runs(folder: Path, wait_s: float = 60.0) -> list[dict[str, Any]]:
+    """Every offline W&B run under ``folder`` (W&B's ``wandb/`` folder is inside it), oldest first.
+    W&B's service process writes a run's file after ``finish()`` returns (it is complete when the
+    process exits): each is read again until it holds its exit record, for up to ``wait_s``."""
+    runs = []
+    for path in folder.glob("wandb/offline-run-*/run-*.wandb"):
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                if "exit_code" in wandb_run(path):
+                    break
+            except Exception:  # a record still being written
+                pass
+            time.sleep(0.1)
+        runs.append(wandb_run(path))
+    return sorted(runs, key=lambda r: r["started"])
 
 
 def same(a: dict[str, float], b: dict[str, float]) -> bool:
