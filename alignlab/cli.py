@@ -60,11 +60,14 @@ BARE = None  # the value of a flag given without one
 _BOOL_WORDS = {"true", "false", "yes", "no", "1", "0", "on", "off"}
 
 
-def _parse_flags(tokens: list[str], bool_keys: frozenset[str] = frozenset()) -> tuple[str | None, dict, bool]:
+def _parse_flags(tokens: list[str], bool_keys: frozenset[str] = frozenset(),
+                 list_keys: frozenset[str] = frozenset()) -> tuple[str | None, dict, bool]:
     """Split `[CONFIG] --key value --flag ...` into (config path, overrides, debug).
 
     A boolean key takes the next token only if it reads as a boolean (`--lora`, `--lora false`,
-    `--resume run.yaml` all work); another key given without a value maps to BARE.
+    `--resume run.yaml` all work); another key given without a value maps to BARE. A list key
+    takes every value up to the next flag (`--report-to tensorboard wandb`; one value is split at
+    its commas), but not a YAML file after its first (`--report-to wandb run.yaml`).
     """
     config, overrides, debug = None, {}, False
     i = 0
@@ -94,6 +97,13 @@ def _parse_flags(tokens: list[str], bool_keys: frozenset[str] = frozenset()) -> 
                 value = BARE
             else:
                 value, i = nxt, i + 1
+                if key in list_keys:
+                    values = [value]
+                    while (i < len(tokens) and not tokens[i].startswith("--")
+                           and not (config is None and tokens[i].lower().endswith((".yaml", ".yml")))):
+                        values.append(tokens[i])
+                        i += 1
+                    value = values if len(values) > 1 else value
         overrides[key] = value
     return config, overrides, debug
 
@@ -168,10 +178,10 @@ def cmd_train(tokens: list[str], rounds: bool = False) -> int:
     from transformers.utils import logging as hf_logging
 
     from alignlab import train
-    from alignlab.config import bool_keys, load_config
+    from alignlab.config import bool_keys, list_keys, load_config
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the training bar
-    config_path, overrides, _ = _parse_flags(tokens, frozenset(bool_keys()))
+    config_path, overrides, _ = _parse_flags(tokens, frozenset(bool_keys()), frozenset(list_keys()))
     cfg = load_config(config_path, _bare_flags_to_true(overrides))
     if rounds and not cfg.iterate.rounds:
         raise UserError("alignlab iterate runs rounds: give rounds: N (N >= 1) in the config or --rounds N")

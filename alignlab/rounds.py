@@ -20,7 +20,10 @@ for round r = 1..N, under ``output_dir/round-r/``:
    or the round's starting policy (``previous``);
 5. ``round.json``: what the round did (prompts, samples, mean score per scorer term, data made and
    dropped, the training's final metrics, the model it produced), written last.
-``rounds.jsonl`` beside the rounds gathers every finished round's record.
+``rounds.jsonl`` beside the rounds gathers every finished round's record. With metric sinks
+(``report_to``), each round's training logs as a run of its own: TensorBoard under
+``output_dir/tensorboard/round-r`` (or ``logging_dir/round-r``), W&B and trackio as
+``NAME-round-r``, all rounds in one group (``run_group``, default ``run_name`` or the folder's name).
 
 In a scorer spec, ``{policy}`` is the round's starting policy, ``{start}`` the starting model and
 ``{reference}`` the run's reference (``reference_model``, else the starting model):
@@ -88,6 +91,7 @@ from alignlab.training.online_run import data_task, max_new_tokens
 from alignlab.training.rollout import load_reward_terms, score_samples
 from alignlab.training.run import Summary, check_model_outside
 from alignlab.training.run import train as train_once
+from alignlab.training.sinks import TENSORBOARD_FOLDER, run_name
 
 TASK_ROUND_PROMPTS = 256  # a testbed task's prompts per round when the config gives no round_prompts
 CONFIG_FILE = "rounds.yaml"
@@ -184,6 +188,8 @@ def _claim(cfg: TrainConfig, out: Path) -> None:
             check_model_outside(cfg, out)
             for child in out.glob("round-*"):
                 shutil.rmtree(child)
+            if not cfg.tracking.logging_dir:  # the rounds' TensorBoard folder, where it is theirs
+                shutil.rmtree(out / TENSORBOARD_FOLDER, ignore_errors=True)
             (out / "rounds.jsonl").unlink(missing_ok=True)
         else:
             raise ConfigError(f"output_dir: '{out}' already holds rounds; pass {option('resume')} to continue them "
@@ -452,5 +458,11 @@ def _round_config(cfg: TrainConfig, r: int, policy: str, data: Path, out: Path) 
         d["reference_model"] = cfg.model
     started = (out / "run.yaml").exists()
     d["checkpoint"] = {**d["checkpoint"], "resume": started, "overwrite": False}
+    # metric sinks: each round's training is a run of its own, in one TensorBoard folder and one
+    # W&B and trackio group for all rounds
+    name = run_name(cfg)
+    logs = Path(cfg.tracking.logging_dir) if cfg.tracking.logging_dir else Path(cfg.output_dir) / TENSORBOARD_FOLDER
+    d["tracking"] = {**d["tracking"], "logging_dir": str(logs / f"round-{r}"), "run_name": f"{name}-round-{r}",
+                     "run_group": cfg.tracking.run_group or name}
     return make_config(d)
 

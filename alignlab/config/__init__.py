@@ -16,6 +16,7 @@ from alignlab.config.parse import (
     fields_markdown,
     flat_config,
     known_keys,
+    list_keys,
     load_config,
     make_config,
     normalize,
@@ -29,6 +30,7 @@ from alignlab.config.schema import (
     EvalConfig,
     OptimConfig,
     Section,
+    TrackingConfig,
     TrainConfig,
     get_loss,
     sections,
@@ -36,7 +38,7 @@ from alignlab.config.schema import (
 
 __all__ = [
     "OTHER_NAMES", "RESUMABLE_KEYS", "AdapterConfig", "CheckpointConfig", "DataConfig", "EvalConfig", "OptimConfig",
-    "Section", "TrainConfig", "bool_keys", "build", "config_differences", "convert", "field_help", "fields_markdown",
-    "flat_config", "get_loss", "known_keys", "load_config", "make_config", "normalize", "read_yaml", "sections",
+    "Section", "TrackingConfig", "TrainConfig", "bool_keys", "build", "config_differences", "convert", "field_help", "fields_markdown",
+    "flat_config", "get_loss", "known_keys", "list_keys", "load_config", "make_config", "normalize", "read_yaml", "sections",
     "unknown_key_error",
 ]

@@ -358,6 +358,7 @@ RESUMABLE_KEYS = frozenset({
     "resume", "progress", "overwrite", "save_every", "keep_checkpoints", "log_every", "eval_every",
     "eval_batch_size", "eval_data", "eval_data_split", "merge_lora", "trust_remote_code", "task",
     "task_eval_prompts", "task_eval_decoding", "cache_dir", "cache", "eval_at_start", "gradient_checkpointing", "skip_nonfinite",
+    "report_to", "logging_dir", "run_name", "run_group", "project",
 })
 
 
@@ -374,6 +375,18 @@ def known_keys() -> set[str]:
     """Names of the fields of TrainConfig (flat), of its sections and of every method's hyperparameters."""
     return set(_layout()) | {s.name for s in sections()} | {
         name for spec in REGISTRY.values() for name in _field_types(spec.params)}
+
+
+def list_keys() -> set[str]:
+    """Keys of list values, as ``bool_keys`` gives the boolean ones (``report_to``,
+    ``tracking.report_to``, ``reward``, ...)."""
+    layout = _layout()
+    out = {name for name, tp in _value_types().items() if typing.get_origin(_strip_optional(tp)[0]) is list}
+    out |= {f"{layout[name]}.{name}" for name in out if layout[name]}
+    for spec in REGISTRY.values():
+        out |= {name for name, tp in _field_types(spec.params).items()
+                if typing.get_origin(_strip_optional(tp)[0]) is list}
+    return out
 
 
 def bool_keys() -> set[str]:

@@ -11,6 +11,7 @@ rather than more fields in one flat bag:
     eval        held-out data and how often it is measured        cfg.eval.eval_every
     rollout     online methods: reward, samples, the generator    cfg.rollout.num_generations
     iterate     rounds of sampling and offline training           cfg.iterate.rounds
+    tracking    TensorBoard, W&B, trackio beside metrics.jsonl    cfg.tracking.report_to
 
 Every field name is unique across the sections and the top level, so a key is given flat
 (``lr: 1e-4``, ``--lr 1e-4``) or by its section (``optim: {lr: 1e-4}``, ``--optim.lr 1e-4``), and
@@ -272,6 +273,28 @@ class IterateConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where the metrics go besides ``metrics.jsonl``: TensorBoard, Weights & Biases, trackio
+    (``alignlab/training/sinks.py``); ``report_to`` and the names as TRL has them."""
+
+    report_to: list[str] | None = param(None, "also log the metrics to tensorboard, wandb and/or trackio (a list; all: "
+                                       "every one installed; none: only metrics.jsonl); each needs its extra, "
+                                       "e.g. pip install 'alignlab[wandb]'")
+    logging_dir: str | None = param(None, "TensorBoard's folder (default OUTPUT_DIR/tensorboard)")
+    run_name: str | None = param(None, "the run's name in W&B and trackio (default: the name of output_dir)")
+    run_group: str | None = param(None, "the W&B and trackio group of the run (default: run_name, so a resumed "
+                                        "run's parts stay together; rounds: one group for all rounds)")
+    project: str | None = param(None, "the W&B and trackio project (default $WANDB_PROJECT for W&B, else alignlab)")
+
+    def __post_init__(self) -> None:
+        from alignlab.training.sinks import resolve_report_to
+
+        self.report_to = resolve_report_to(self.report_to)
+        for name in ("logging_dir", "run_name", "run_group", "project"):
+            _check(getattr(self, name) != "", name, "must not be empty (leave it out for the default)")
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs: what to train on what, then one section per concern.
     Method hyperparameters live in ``method_params`` (a dataclass of the method's own)."""
@@ -305,6 +328,8 @@ class TrainConfig:
                                                     "the generator, updates per round")
     iterate: IterateConfig = section(IterateConfig, "rounds of sampling, scoring and offline training from the "
                                                     "policy's own samples (RAFT, iterative DPO)")
+    tracking: TrackingConfig = section(TrackingConfig, "where the metrics go besides metrics.jsonl: TensorBoard, "
+                                                       "Weights & Biases, trackio")
     method_params: Any = field(default=None, metadata={"help": "hyperparameters of the method", "internal": True})
 
     def __post_init__(self) -> None:

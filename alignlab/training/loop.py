@@ -39,6 +39,7 @@ from alignlab.training.forward import Forward
 from alignlab.training.interrupt import Interrupted, StopRequest
 from alignlab.training.metrics import MetricsLog, read_metrics, short
 from alignlab.training.optim import make_optimizer, make_scheduler
+from alignlab.training.sinks import sinks_for
 from alignlab.training.source import Step, StepFault, StepSource
 
 
@@ -180,30 +181,33 @@ def run_loop(inp: LoopInputs) -> LoopResult:
         if dist.is_main:
             inp.log(f"the run is already complete ({steps} steps)")
         return _finished(metrics_path, steps)
-    metrics_log = MetricsLog(metrics_path, dist.is_main, start_step if cfg.checkpoint.resume else None)
+    # TensorBoard, W&B, trackio (when asked): opened here, ended however the run ends
+    sinks = sinks_for(cfg, inp.out_dir, start_step or None) if dist.is_main else None
+    metrics_log = MetricsLog(metrics_path, dist.is_main, start_step if cfg.checkpoint.resume else None, sinks)
 
     result = LoopResult(steps=steps, skipped_steps=skipped)
     has_eval = bool(inp.eval_examples) or inp.extra_eval is not None
     progress = None
-    if cfg.progress and dist.is_main:
-        from tqdm.auto import tqdm
+    with metrics_log:
+        if cfg.progress and dist.is_main:
+            from tqdm.auto import tqdm
 
-        progress = tqdm(total=steps, initial=start_step, desc=cfg.method, dynamic_ncols=True)
-    if has_eval and cfg.eval.eval_at_start and start_step == 0:
-        metrics_log.write({"step": 0, **evaluate_all(inp, unwrapped)})
-    model.train()
-    # A stop asked for during the last step, the final evaluation or the final save lets the run
-    # finish: the final checkpoint is the one a stop would have written.
-    with StopRequest() as stop:
-        try:
-            _steps(inp, optimizer, scheduler, trainable, metrics_log, result, progress, stop, start_step)
-        finally:
-            if progress is not None:
-                progress.close()
-        if has_eval:
-            result.eval_metrics = evaluate_all(inp, unwrapped)
-            metrics_log.write({"step": steps, **result.eval_metrics})
-        save(inp, unwrapped, optimizer, scheduler, steps, result.skipped_steps)
+            progress = tqdm(total=steps, initial=start_step, desc=cfg.method, dynamic_ncols=True)
+        if has_eval and cfg.eval.eval_at_start and start_step == 0:
+            metrics_log.write({"step": 0, **evaluate_all(inp, unwrapped)})
+        model.train()
+        # A stop asked for during the last step, the final evaluation or the final save lets the run
+        # finish: the final checkpoint is the one a stop would have written.
+        with StopRequest() as stop:
+            try:
+                _steps(inp, optimizer, scheduler, trainable, metrics_log, result, progress, stop, start_step)
+            finally:
+                if progress is not None:
+                    progress.close()
+            if has_eval:
+                result.eval_metrics = evaluate_all(inp, unwrapped)
+                metrics_log.write({"step": steps, **result.eval_metrics})
+            save(inp, unwrapped, optimizer, scheduler, steps, result.skipped_steps)
     return result
 
 

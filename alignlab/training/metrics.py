@@ -7,14 +7,18 @@ import math
 from pathlib import Path
 from typing import Any
 
+from alignlab.training.sinks import Sinks
+
 
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl``. On resume, lines after the resumed
-    step are dropped first, so the file reads as one uninterrupted run."""
+    step are dropped first, so the file reads as one uninterrupted run. Each record also goes to
+    ``sinks`` (TensorBoard, W&B, trackio: ``sinks.py``), which ``close`` ends."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None = None):
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None = None, sinks: Sinks | None = None):
         self.path = path
         self.enabled = enabled
+        self.sinks = sinks or Sinks()
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,6 +33,17 @@ class MetricsLog:
             clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
             with self.path.open("a") as f:
                 f.write(json.dumps(clean) + "\n")
+            self.sinks.write(record)
+
+    def close(self, ok: bool = True) -> None:
+        """End the sinks (``ok``: whether the run ended well)."""
+        self.sinks.close(ok)
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.close(ok=kind is None)
 
 
 def _record(line: str) -> dict[str, Any] | None:

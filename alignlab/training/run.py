@@ -41,6 +41,7 @@ from alignlab.training.kinds import model_kind
 from alignlab.training.loop import LoopInputs, afresh, autocast, run_loop
 from alignlab.training.online_run import online_source
 from alignlab.training.reference_cache import attach_reference, cache_key
+from alignlab.training.sinks import TENSORBOARD_FOLDER
 from alignlab.training.source import OfflineSource
 
 
@@ -106,7 +107,8 @@ def _claim_output_dir(cfg: TrainConfig, out: Path, dist: Dist) -> None:
     dist.barrier()
     if dist.is_main:
         if cfg.checkpoint.overwrite and not cfg.checkpoint.resume and ((out / "run.yaml").exists() or list_checkpoints(out / "checkpoints")):
-            for name in ("checkpoints", "model"):
+            # TensorBoard's folder too where it is the run's own (a logging_dir elsewhere is left)
+            for name in ("checkpoints", "model") + (() if cfg.tracking.logging_dir else (TENSORBOARD_FOLDER,)):
                 shutil.rmtree(out / name, ignore_errors=True)
             for name in ("metrics.jsonl", "summary.json"):
                 (out / name).unlink(missing_ok=True)

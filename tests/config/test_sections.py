@@ -35,7 +35,8 @@ def test_field_names_are_unique_and_no_section_is_named_like_a_field():
     hyper = {f.name for spec in REGISTRY.values() for f in dataclasses.fields(spec.params)}
     assert not hyper & set(names)
     assert not {s.name for s in sections()} & (set(names) | hyper)
-    assert {s.name for s in sections()} == {"dataset", "optim", "checkpoint", "adapter", "eval", "rollout", "iterate"}
+    assert {s.name for s in sections()} == {"dataset", "optim", "checkpoint", "adapter", "eval", "rollout", "iterate",
+                                          "tracking"}
 
 
 @pytest.mark.parametrize("raw", [
