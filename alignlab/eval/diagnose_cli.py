@@ -81,7 +81,7 @@ def _prompt_records(args: argparse.Namespace, what: str) -> list:
     return [PromptRecord(t, source=f"task {args.task} (held-out prompts)", row=i) for i, t in enumerate(texts, 1)]
 
 
-def _params(args: argparse.Namespace):
+def _params(args: argparse.Namespace, seed_offset: int = 0):
     from alignlab.generation import SamplingParams
 
     tokens = args.max_new_tokens
@@ -91,7 +91,7 @@ def _params(args: argparse.Namespace):
             from alignlab.tasks import get_task
 
             tokens = get_task(args.task).max_new_tokens
-    return SamplingParams(max_new_tokens=tokens, temperature=args.temperature, seed=args.seed)
+    return SamplingParams(max_new_tokens=tokens, temperature=args.temperature, seed=(args.seed + seed_offset) % 2**63)
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -117,12 +117,12 @@ def _load(path: str, args: argparse.Namespace, what: str):
     return model.to(_device(args)).eval(), tokenizer
 
 
-def _draw(model, tokenizer, prompts, args: argparse.Namespace) -> list:
+def _draw(model, tokenizer, prompts, args: argparse.Namespace, seed_offset: int = 0) -> list:
     from alignlab.eval.answers import draw_answer_rows
     from alignlab.generation import make_generator
 
     generator = make_generator(model, tokenizer, args.backend, batch_size=args.batch_size * args.n)
-    return draw_answer_rows(generator, prompts, args.n, _params(args), args.batch_size)
+    return draw_answer_rows(generator, prompts, args.n, _params(args, seed_offset), args.batch_size)
 
 
 def _scorer(spec: str, flag: str):
@@ -158,8 +158,8 @@ def _length_parser() -> argparse.ArgumentParser:
         description="Length exploitation: score and win rate against response length, and the length-controlled "
                     "win rate of answers A against answers B to the same prompts (AlpacaEval 2's GLM, simplified).",
         epilog="A and B each come from a file (--answers, --against: alignlab sample or decode output) or are drawn "
-               "now (--model, --against-model) on --task or --prompts. Answer j of a prompt in A is compared with "
-               "answer j of the same prompt in B. Scores: the files' own, or --scorer for every answer (default when "
+               "now (--model, --against-model, the latter with a seed of its own) on --task or --prompts. Answer j of "
+               "a prompt in A is compared with answer j of the same prompt in B. Scores: the files' own, or --scorer for every answer (default when "
                "answers are drawn on --task: the task's gold reward, for every answer).")
     parser.add_argument("--answers", default=None, help="answers A: an alignlab sample/decode output file")
     parser.add_argument("--model", default=None, help="or draw answers A from this model")
@@ -177,7 +177,8 @@ def _length_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _answer_set(path: str | None, model_dir: str | None, flags: tuple[str, str], args, prompts_cache: dict) -> list:
+def _answer_set(path: str | None, model_dir: str | None, flags: tuple[str, str], args, prompts_cache: dict,
+                seed_offset: int = 0) -> list:
     from alignlab.eval.answers import read_answer_rows
 
     if path is not None and model_dir is not None:
@@ -187,7 +188,7 @@ def _answer_set(path: str | None, model_dir: str | None, flags: tuple[str, str],
     if "prompts" not in prompts_cache:
         prompts_cache["prompts"] = _prompt_records(args, f"{flags[1]} {model_dir}")
     model, tokenizer = _load(model_dir, args, flags[1])
-    return _draw(model, tokenizer, prompts_cache["prompts"], args)
+    return _draw(model, tokenizer, prompts_cache["prompts"], args, seed_offset)
 
 
 def _lengths(rows: list, unit: str) -> list[list[float]]:
@@ -210,6 +211,7 @@ def run_length(args: argparse.Namespace) -> dict[str, Any]:
     """The report of ``alignlab eval length`` (see ``eval/length.py``)."""
     from alignlab.eval.answers import same_prompts, score_rows
     from alignlab.eval.length import answer_summary, pair_summary
+    from alignlab.eval.sampled import REFERENCE_SEED_OFFSET
     from alignlab.rewards.base import win_points
 
     _check_counts(args)
@@ -218,8 +220,11 @@ def run_length(args: argparse.Namespace) -> dict[str, Any]:
     cache: dict = {}
     a_rows = _answer_set(args.answers, args.model, ("--answers", "--model"), args, cache)
     has_b = args.against is not None or args.against_model is not None
-    b_rows = _answer_set(args.against, args.against_model, ("--against", "--against-model"), args, cache) if has_b \
-        else None
+    # B's draws use a seed of their own (as eval/sampled.py's reference does): with the same seed the
+    # native backend would couple each B answer to its A answer, and a win rate over coupled pairs is
+    # not the win rate of independent answers
+    b_rows = _answer_set(args.against, args.against_model, ("--against", "--against-model"), args, cache,
+                         REFERENCE_SEED_OFFSET) if has_b else None
     if b_rows is not None:
         same_prompts(a_rows, b_rows)
     spec = args.scorer
