@@ -181,3 +181,18 @@ def test_judge_bias_on_answers_labels_by_score(tmp_path):
                          "--no-perturbations", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["pairs"] == 2 and "perturbation" not in report
+
+
+def test_answers_b_are_drawn_independently_of_answers_a(tmp_path):
+    """The same model on both sides: drawn with one seed, every B answer would be its A answer
+    (the native sampler's stream depends on seed, prompt and sample index only), so every length
+    difference would be 0 and the win rate exactly 1/2. B draws with a seed of its own, so some
+    pairs differ in length (the SFT model's answers differ in length in about half its pairs)."""
+    from alignlab.testbed.shipped import task_model
+
+    model = str(task_model("arithmetic", "sft"))
+    out = tmp_path / "r.json"
+    run(cmd_length, ["--task", "arithmetic", "--limit", "20", "-n", "2", "--model", model, "--against-model", model,
+                     "--bootstrap", "0", "--device", "cpu", "--out", str(out)])
+    pairs = json.loads(out.read_text())["pairs"]
+    assert pairs["pairs"] == 40 and pairs["a_longer"] + pairs["a_shorter"] > 0
