@@ -48,7 +48,7 @@ import textwrap
 
 import yaml
 
-from alignlab.data.convert_cli import cmd_convert
+from alignlab.data.convert_cli import cmd_convert as convert_data
 from alignlab.errors import ArgumentParser, Interrupted, UserError, command_line
 from alignlab.eval_cli import cmd_eval
 from alignlab.sample_cli import cmd_sample
@@ -148,6 +148,16 @@ def _train_help() -> str:
             lines.append(f"    --{name.replace('_', '-'):<20} {tp:<6} (default {default!r})  {help_}")
     lines += ["", "  --debug                   show the full traceback of an error"]
     return "\n".join(lines)
+
+
+def cmd_convert(tokens: list[str]) -> int:
+    """``alignlab convert``: the data conversions (``data/convert_cli.py``), and the filters that
+    need a model (``ches-filter``, in ``eval_cli.py``: data/ imports nothing above it)."""
+    if tokens and tokens[0] == "ches-filter":
+        from alignlab.eval_cli import cmd_ches_filter
+
+        return cmd_ches_filter(tokens[1:])
+    return convert_data(tokens)
 
 
 def cmd_decode(tokens: list[str]) -> int:
