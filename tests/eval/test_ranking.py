@@ -199,3 +199,23 @@ def test_eval_ranking_of_a_model_against_another(tiny_model_dir, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "ranking accuracy R (policy)" in printed and "implicit-reward accuracy" in printed
     assert "rewards/accuracies" in printed
+
+
+def test_task_pairs_are_held_out_and_labelled_by_gold(tmp_path):
+    """--task arithmetic: pairs on the task's evaluation prompts (none a training prompt of the
+    demo's seed), the chosen answer of each scoring higher on the gold reward."""
+    from alignlab.tasks import get_task
+    from alignlab.testbed.shipped import task_model
+
+    sft = str(task_model("arithmetic", "sft"))
+    saved = tmp_path / "held_out.jsonl"
+    out = tmp_path / "report.json"
+    assert main(["eval", "ranking", "--task", "arithmetic", "--model", sft, "--save-pairs", str(saved),
+                 "--beta", "1", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in saved.read_text().splitlines()]
+    task = get_task("arithmetic")
+    assert rows and {r["prompt"] for r in rows} <= set(task.eval_prompts())
+    assert not {r["prompt"] for r in rows} & set(task.train_prompts(512, 0))
+    assert all(task.gold(r["prompt"], r["chosen"]) > task.gold(r["prompt"], r["rejected"]) for r in rows)
+    report = json.loads(out.read_text())
+    assert report["pairs"] == len(rows) and "implicit_reward_accuracy" not in report
