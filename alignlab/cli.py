@@ -14,9 +14,14 @@
                                                        --task T), optionally scored (--scorer); resumable
     alignlab testbed list|build [--task T] [--stage S] the shipped testbed models; rebuild them here and compare
     alignlab convert CONVERSION IN OUT [...]           turn data of one shape into another (scored to pairs,
-                                                       pairs to unpaired, reward-augment, flip-labels, ...)
+                                                       pairs to unpaired, reward-augment, flip-labels, ...);
+                                                       ches-filter drops the pairs with the highest CHES
+    alignlab eval SUBCOMMAND [...]                     diagnostics (alignlab eval lists them):
     alignlab eval rm --data PAIRS --model RM_DIR       a reward model's (or, with --scorer, any scorer's)
                                                        accuracy, calibration, length bias, per-subset accuracy
+    alignlab eval ranking --data PAIRS --model M       ranking accuracy, idealized ranking accuracy, alignment gap
+    alignlab eval displacement --run RUN_DIR           chosen and rejected log-prob change over training
+    alignlab eval ches --data PAIRS --model M          CHES scores of each pair
 
 Every `TrainConfig` field and every hyperparameter of the method is a flag (`--max-steps` and
 `--max_steps` both work; `--columns.prompt question` sets one key of a mapping). A field of a
