@@ -44,10 +44,11 @@ def displacement(start: PairLogps, end: PairLogps) -> dict:
     }
 
 
-def _read_run_config(run: Path) -> dict:
+def run_config(run: str | Path) -> dict:
+    """The config a training run saved (its ``run.yaml``); one error line when there is none."""
     import yaml
 
-    path = run / "run.yaml"
+    path = Path(run) / "run.yaml"
     if not path.is_file():
         raise UserError(f"--run {run}: no run.yaml there (is it a training run's output_dir?)")
     try:
@@ -57,11 +58,6 @@ def _read_run_config(run: Path) -> dict:
     if not isinstance(config, dict) or not config.get("model"):
         raise UserError(f"{path}: names no starting model ('model')")
     return config
-
-
-def run_config(run: str | Path) -> dict:
-    """The run's config as it saved it (``run.yaml``)."""
-    return _read_run_config(Path(run))
 
 
 def run_models(run: str | Path, dtype: str = "fp32") -> Iterator[tuple[str, Callable[[], torch.nn.Module]]]:
@@ -78,7 +74,7 @@ def run_models(run: str | Path, dtype: str = "fp32") -> Iterator[tuple[str, Call
     from alignlab.training.checkpoint import list_checkpoints, verify
 
     root = Path(run)
-    config = _read_run_config(root)
+    config = run_config(root)
     base = str(config["model"])
     adapter = config.get("adapter") or {}
     trust = bool(config.get("trust_remote_code", False))
