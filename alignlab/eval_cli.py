@@ -242,8 +242,7 @@ def cmd_ranking(tokens: list[str]) -> int:
                     "log-prob? summed and length-normalised), the idealized ranking accuracy R* of the exact "
                     "DPO/RLHF optimum from the reference for each beta, the alignment gap R* - R, and, for "
                     "comparison, the implicit-reward accuracy that training logs as rewards/accuracies (a different "
-                    "quantity). Chen et al. 2024, 'Preference Learning Algorithms Do Not Learn Preference Rankings'.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "quantity). Chen et al. 2024, 'Preference Learning Algorithms Do Not Learn Preference Rankings'.")
     parser.add_argument("--model", required=True, help="the policy: a model directory or hub name")
     parser.add_argument("--reference", default=None, help="the reference R* is computed from (typically the SFT "
                         "model training started from; default: the policy itself, so that R* is the idealized "
