@@ -14,9 +14,14 @@
                                                        --task T), optionally scored (--scorer); resumable
     alignlab testbed list|build [--task T] [--stage S] the shipped testbed models; rebuild them here and compare
     alignlab convert CONVERSION IN OUT [...]           turn data of one shape into another (scored to pairs,
-                                                       pairs to unpaired, reward-augment, flip-labels, ...)
+                                                       pairs to unpaired, reward-augment, flip-labels, ...);
+                                                       ches-filter drops the pairs with the highest CHES
+    alignlab eval SUBCOMMAND [...]                     diagnostics (alignlab eval lists them):
     alignlab eval rm --data PAIRS --model RM_DIR       a reward model's (or, with --scorer, any scorer's)
                                                        accuracy, calibration, length bias, per-subset accuracy
+    alignlab eval ranking --data PAIRS --model M       ranking accuracy, idealized ranking accuracy, alignment gap
+    alignlab eval displacement --run RUN_DIR           chosen and rejected log-prob change over training
+    alignlab eval ches --data PAIRS --model M          CHES scores of each pair
 
 Every `TrainConfig` field and every hyperparameter of the method is a flag (`--max-steps` and
 `--max_steps` both work; `--columns.prompt question` sets one key of a mapping). A field of a
@@ -48,8 +53,9 @@ import textwrap
 
 import yaml
 
-from alignlab.data.convert_cli import cmd_convert
+from alignlab.data.convert_cli import cmd_convert as convert_data
 from alignlab.errors import ArgumentParser, Interrupted, UserError, command_line
+from alignlab.eval_cli import cmd_eval
 from alignlab.sample_cli import cmd_sample
 from alignlab.testbed.shipped_cli import cmd_testbed
 
@@ -157,6 +163,16 @@ def _train_help() -> str:
             lines.append(f"    --{name.replace('_', '-'):<20} {tp:<6} (default {default!r})  {help_}")
     lines += ["", "  --debug                   show the full traceback of an error"]
     return "\n".join(lines)
+
+
+def cmd_convert(tokens: list[str]) -> int:
+    """``alignlab convert``: the data conversions (``data/convert_cli.py``), and the filters that
+    need a model (``ches-filter``, in ``eval_cli.py``: data/ imports nothing above it)."""
+    if tokens and tokens[0] == "ches-filter":
+        from alignlab.eval_cli import cmd_ches_filter
+
+        return cmd_ches_filter(tokens[1:])
+    return convert_data(tokens)
 
 
 def cmd_decode(tokens: list[str]) -> int:
@@ -387,55 +403,6 @@ def cmd_feedback(tokens: list[str]) -> int:
     meta = synthesize(model, spec, args.out, progress=True)
     print(json.dumps({"out": args.out, "model": str(model), "rows": meta["rows"], "flipped_pairs": meta["flipped_pairs"],
                       "mean_score": meta["mean_score"]}, indent=1))
-    return 0
-
-
-def cmd_eval(tokens: list[str]) -> int:
-    """``alignlab eval rm``: a reward model's (or any scorer's) accuracy, calibration and length bias."""
-    if not tokens or tokens[0] in ("-h", "--help"):
-        print("usage: alignlab eval rm --data PAIRS (--model RM_DIR | --scorer SPEC) [--bins N] [--subset-column C] "
-              "[--out FILE.json]\n\nEvaluations: rm (reward models and other scorers on held-out preference pairs)")
-        return 0
-    if tokens[0] != "rm":
-        raise UserError(f"alignlab eval: unknown evaluation '{tokens[0]}' (evaluations: rm)")
-    from alignlab.eval.rm import evaluate_pairs, load_pairs
-    from alignlab.rewards import load_scorer
-
-    parser = ArgumentParser(
-        prog="alignlab eval rm",
-        description="Accuracy, calibration (reliability bins, ECE), correlation with length and accuracy per subset "
-                    "of a reward model, or of any scorer, on held-out preference pairs.")
-    parser.add_argument("--data", required=True, help="preference pairs (prompt, chosen, rejected), any format")
-    parser.add_argument("--model", default=None, help="a reward-model directory (from --method reward_model)")
-    parser.add_argument("--scorer", default=None, help="any scorer, e.g. task:sentiment, judge:DIR, bleu:REFS.jsonl "
-                                                       "(see alignlab.rewards)")
-    parser.add_argument("--split", default=None, help="split of a dataset directory")
-    parser.add_argument("--bins", type=int, default=10, help="reliability bins (default 10)")
-    parser.add_argument("--subset-column", default="subset", help="column naming each pair's subset (default subset)")
-    parser.add_argument("--out", default=None, help="also write the full report here as JSON")
-    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(tokens[1:])
-    if (args.model is None) == (args.scorer is None):
-        raise UserError("alignlab eval rm: give one of --model or --scorer")
-    if args.bins < 1:
-        raise UserError(f"alignlab eval rm: --bins must be >= 1, got {args.bins}")
-    scorer = load_scorer(f"rm:{args.model}" if args.model else args.scorer)
-    pairs = load_pairs(args.data, args.subset_column, split=args.split)
-    report = {"scorer": scorer.name, "data": args.data, **evaluate_pairs(scorer, pairs, args.bins)}
-    if args.out:
-        from pathlib import Path
-
-        Path(args.out).write_text(json.dumps(report, indent=1))
-    print(f"{scorer.name} on {report['pairs']} pairs from {args.data}")
-    for key in ("accuracy", "ece", "mean_prob_chosen", "length_correlation", "prefers_longer", "data_prefers_longer"):
-        print(f"  {key:<22} {report[key]:.4f}")
-    for name, row in report.get("subsets", {}).items():
-        print(f"  subset {name:<15} accuracy {row['accuracy']:.4f} ({row['pairs']} pairs)")
-    print("  reliability (confidence bin: pairs, mean confidence, accuracy):")
-    for row in report["calibration"]:
-        if row["count"]:
-            print(f"    [{row['low']:.2f}, {row['high']:.2f}]  {row['count']:>5}  {row['confidence']:.3f}  "
-                  f"{row['accuracy']:.3f}")
     return 0
 
 

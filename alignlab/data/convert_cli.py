@@ -57,8 +57,17 @@ CONVERSIONS: dict[str, Conversion] = {
 }
 
 
+# Filters that need a model: `alignlab convert NAME --help` for their flags. The command line routes
+# them to their own code (``cli.cmd_convert``), since data/ imports nothing above it.
+MODEL_FILTERS = {
+    "ches-filter": "pair -> pair: drop the pairs with the highest CHES under --model, the ones DPO would push "
+                   "the chosen response down on most (--keep-fraction or --drop-fraction)",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
-    listing = "\n".join(f"  {name:<18} {c.reads} -> {c.writes}: {c.help}" for name, c in CONVERSIONS.items())
+    listing = "\n".join([f"  {name:<18} {c.reads} -> {c.writes}: {c.help}" for name, c in CONVERSIONS.items()]
+                        + [f"  {name:<18} {text}" for name, text in MODEL_FILTERS.items()])
     parser = ArgumentParser(
         prog="alignlab convert",
         description="Convert feedback data from one shape to another; writes JSON lines.",
@@ -86,7 +95,7 @@ def cmd_convert(tokens: list[str]) -> int:
     """Run `alignlab convert`; prints what it read, wrote and dropped. Bad input is a ``UserError``."""
     parser = _parser()
     args, rest = parser.parse_known_args(tokens)
-    columns = _columns(rest, parser)
+    columns = columns_flags(rest, parser)
     conversion = CONVERSIONS[args.conversion]
     _check_options(args, conversion)
     check_jsonl_path(args.output)
@@ -113,7 +122,7 @@ def cmd_convert(tokens: list[str]) -> int:
     return 0
 
 
-def _columns(tokens: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+def columns_flags(tokens: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
     """``--columns.FIELD NAME`` (or ``--columns.FIELD=NAME``) options: which column holds a field."""
     columns: dict[str, str] = {}
     i = 0

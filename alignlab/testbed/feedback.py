@@ -32,11 +32,11 @@ and the label noise each draw from ``random.Random(f"feedback/{seed}")``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from alignlab.data import convert
-from alignlab.data.records import NegativeRecord, ScoredRecord, UnpairedRecord
+from alignlab.data.records import NegativeRecord, PairRecord, ScoredRecord, UnpairedRecord
 from alignlab.data.write import record_to_row, write_rows
 from alignlab.errors import UserError
 from alignlab.generation import SamplingParams, make_generator
@@ -97,17 +97,16 @@ def pairs_of(prompts: list[str], texts: list[list[str]], scores: list[list[float
     return noisy.records, noisy.flipped
 
 
-def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, batch_size: int = 256,
-               progress: bool = False) -> dict:
-    """Sample, score and write every dataset shape under ``out_dir``; return the metadata.
-    ``progress`` shows a bar while sampling and one while scoring."""
+def _sample_and_score(model_dir: str | Path, prompts: list[str], spec: FeedbackSpec, batch_size: int,
+                      progress: bool) -> tuple[list[list[str]], list[list[float]], int, int]:
+    """Sample ``spec.k`` answers to each prompt and score them: (answers, their scores, empty
+    answers dropped, unfinished answers kept), the answers of each prompt in the order drawn."""
     from tqdm.auto import tqdm
 
     task = get_task(spec.task)
     scorer = load_scorer(f"task:{spec.task}:{spec.reward}")
     tok = load_tokenizer(str(model_dir))
     model = load_model(str(model_dir))
-    prompts = task.train_prompts(spec.num_prompts, spec.seed)
     params = SamplingParams(max_new_tokens=task.max_new_tokens, temperature=spec.temperature, seed=spec.seed)
     label = f"sampling {spec.k} answers to {len(prompts)} prompts" if progress else None
     samples = make_generator(model, tok, batch_size=batch_size, progress=label).generate(prompts, spec.k, params)
@@ -118,6 +117,29 @@ def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, b
     scoring = tqdm(zip(prompts, texts, strict=True), total=len(prompts), desc=f"scoring ({spec.reward} reward)",
                    unit="prompt", leave=False, disable=not progress)
     scores = [scorer.score([p] * len(row), row) for p, row in scoring]
+    return texts, scores, empty, unfinished
+
+
+def held_out_pairs(model_dir: str | Path, spec: FeedbackSpec, batch_size: int = 256,
+                   progress: bool = False) -> list[PairRecord]:
+    """Pairs on the task's held-out evaluation prompts (never a training prompt), made as
+    ``synthesize`` makes its training pairs: ``spec.k`` answers per prompt from ``model_dir``, scored
+    by ``spec.reward``, paired by ``spec.pair_rule``, labels flipped at ``spec.label_noise``; a
+    prompt whose answers all score the same gives no pair. ``spec.num_prompts`` is not used: every
+    evaluation prompt is answered. Each pair's ``row`` is its prompt's place (from 1) in the set."""
+    prompts = get_task(spec.task).eval_prompts()
+    texts, scores, _, _ = _sample_and_score(model_dir, prompts, spec, batch_size, progress)
+    places = {p: i + 1 for i, p in enumerate(prompts)}
+    pairs, _ = pairs_of(prompts, texts, scores, spec)
+    return [replace(p, source=f"task:{spec.task} (held-out prompts)", row=places[p.prompt]) for p in pairs]
+
+
+def synthesize(model_dir: str | Path, spec: FeedbackSpec, out_dir: str | Path, batch_size: int = 256,
+               progress: bool = False) -> dict:
+    """Sample, score and write every dataset shape under ``out_dir``; return the metadata.
+    ``progress`` shows a bar while sampling and one while scoring."""
+    prompts = get_task(spec.task).train_prompts(spec.num_prompts, spec.seed)
+    texts, scores, empty, unfinished = _sample_and_score(model_dir, prompts, spec, batch_size, progress)
     flat = [s for row in scores for s in row]
     threshold = sum(flat) / len(flat) if flat else 0.0
     pairs, flipped = pairs_of(prompts, texts, scores, spec)
