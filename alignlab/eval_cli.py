@@ -34,6 +34,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                                "likelihood displacement: the chosen and rejected log-prob change over training"),
     "ches": Subcommand("alignlab.eval_cli:cmd_ches", "(--data PAIRS | --task T) --model M [--out SCORES.jsonl]",
                        "CHES and length-normalised CHES of each pair (which pairs will displace the chosen response)"),
+    "length": Subcommand("alignlab.eval.diagnose_cli:cmd_length", "(--answers FILE | --task T --model M) (--against FILE | --against-model M) [--scorer SPEC]",
+                         "length exploitation: score and win rate against length, the length-controlled win rate"),
+    "health": Subcommand("alignlab.eval.diagnose_cli:cmd_health", "(--samples FILE | --task T --model M) [--reference R]",
+                         "generation health: top-k entropy and mass, KL to a reference, distinct-n"),
+    "judge-bias": Subcommand("alignlab.eval.diagnose_cli:cmd_judge_bias", "--judge SPEC (--pairs PAIRS | --answers FILE | --task T --model M)",
+                             "judge bias: swap consistency, position preference, robustness to perturbations"),
 }
 
 
