@@ -5,6 +5,7 @@ the answers as `alignlab sample` writes samples; on a testbed task, also measure
     alignlab decode --method qalign --model M --scorer SPEC --steps 16 --beta 1 (--prompts FILE | --task T) --output O.jsonl
     alignlab decode --method reward-guided --model M --scorer SPEC --candidates 10 --guide-weight 1 ...
     alignlab decode --method urial --model BASE [--prefix FILE] (--prompts FILE | --task T) --output O.jsonl
+    alignlab decode --method nudging --model BASE --aligned NUDGER [--threshold 0.3] --temperature 0 ...
 
 The output has one row per prompt in the `alignlab sample` format (prompt, completions, scores:
 the scorer's reward of each answer, the rewards the pick used, samples, input_row). With
@@ -13,7 +14,8 @@ held-out gold reward of the answers and of plain samples of the same model (one 
 drawn with another seed), the win rate of the answers against those plain samples (a tie counts
 half), for best-of-n its KL to the model (the analytic bound log n − (n−1)/n and the estimate from the
 candidates' rewards with a bootstrap interval, ``decoding/kl.py``) and the compute both spent, in
-model forward tokens (prompt and generated tokens of every sequence sampled).
+model forward tokens (prompt and generated tokens of every sequence sampled); for nudging also
+the share of the answers' tokens the aligned model wrote.
 
 Settings that cannot work (a method that needs a scorer and has none, n < 1, an unknown method)
 are one-line errors before the model loads. The command does not resume: it writes the file at the
@@ -30,7 +32,8 @@ from typing import Any
 
 from alignlab.errors import ArgumentParser, UserError
 
-METHODS = ("best-of-n", "qalign", "reward-guided", "urial")
+METHODS = ("best-of-n", "qalign", "reward-guided", "urial", "nudging")
+USES_ALIGNED = ("nudging",)  # the methods that take a second, aligned model (--aligned)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
                                                                        "the logits (default 1)")
     parser.add_argument("--prefix", default=None, help="urial: the in-context prefix file (default: the shipped "
                                                        "preamble and three examples, decoding/prefixes/urial.txt)")
+    parser.add_argument("--aligned", default=None, help="the aligned model a method uses: nudging's nudger, "
+                                                        "transfer-q's guide (a local directory or a hub name)")
+    parser.add_argument("--threshold", type=float, default=0.3, help="nudging: the aligned model writes where the "
+                        "base model's top-1 probability is below this (default 0.3, the paper's; its runs use 0.4)")
     parser.add_argument("--answers", type=int, default=1, help="answers per prompt (default 1)")
     parser.add_argument("--prompts", default=None, help="data file whose prompts are answered (any shape with a prompt)")
     parser.add_argument("--task", default=None, help=f"answer a testbed task's prompts and measure the answers: "
@@ -97,6 +104,15 @@ def _check(args) -> None:
         value = getattr(args, name)
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.method in USES_ALIGNED and not args.aligned:
+        raise UserError(f"--aligned: {args.method} needs an aligned model (--aligned DIR)")
+    if args.aligned and args.method not in USES_ALIGNED:
+        raise UserError(f"--aligned: {args.method} uses no aligned model (only {', '.join(USES_ALIGNED)} do)")
+    if args.method == "nudging" and not 0 < args.threshold <= 1:
+        raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
+    if args.method == "nudging" and (args.temperature != 0 or args.stop_token_ids):
+        raise UserError("nudging decodes greedily, as the paper does, and ends at either model's end token: pass "
+                        "--temperature 0 and no --stop-token-ids")
     if args.prefix is not None and args.method != "urial":
         raise UserError(f"--prefix: an in-context prefix is for urial, not {args.method}")
     if args.method == "urial":
@@ -134,6 +150,7 @@ def run_decode(job, args) -> dict[str, Any]:
     from alignlab import generation
     from alignlab.decoding import BestOfN, estimate
     from alignlab.decoding.guided import RewardGuided
+    from alignlab.decoding.nudging import Nudging
     from alignlab.decoding.qalign import QAlign
     from alignlab.decoding.urial import InContext, read_prefix
     from alignlab.models import load_model, load_tokenizer
@@ -155,9 +172,13 @@ def run_decode(job, args) -> dict[str, Any]:
         method = QAlign(base, scorer, args.steps, args.beta, vote=args.vote, burn_in=args.burn_in, tokenizer=tokenizer)
     elif args.method == "reward-guided":
         method = RewardGuided(model, tokenizer, scorer, k=args.candidates, weight=args.guide_weight)
+    elif args.method == "nudging":
+        nudger = load_model(args.aligned, dtype=job.dtype, trust_remote_code=args.trust_remote_code)
+        method = Nudging(model, tokenizer, nudger.to(_default_device()),
+                         load_tokenizer(args.aligned, trust_remote_code=args.trust_remote_code), args.threshold)
     else:
         method = InContext(base, read_prefix(args.prefix), tokenizer)
-    acceptance = []
+    acceptance, nudged = [], [0, 0]  # qalign: (accepted, proposed) per batch; nudging: (nudged, all) tokens
     rows, answers, candidate_rewards, forward = [], [], [], 0
     for start in range(0, len(prompts), job.batch_size):
         chunk = prompts[start:start + job.batch_size]
@@ -170,6 +191,8 @@ def run_decode(job, args) -> dict[str, Any]:
         else:
             if args.method == "qalign":
                 acceptance.append((report.accepted, report.proposals))
+            if args.method == "nudging":
+                nudged = [nudged[0] + report.nudged_tokens, nudged[1] + report.answer_tokens]
             scores = None
             if scorer is not None:
                 flat = scorer.score([reward_prompt(p.prompt) for p in chunk for _ in range(job.n)],
@@ -213,6 +236,9 @@ def run_decode(job, args) -> dict[str, Any]:
                        acceptance_rate=accepted / proposed if proposed else 0.0)
     elif args.method == "reward-guided":
         summary.update(candidates=args.candidates, guide_weight=args.guide_weight)
+    elif args.method == "nudging":
+        summary.update(aligned=args.aligned, threshold=args.threshold,
+                       nudged_share=nudged[0] / nudged[1] if nudged[1] else 0.0)
     else:
         summary["prefix"] = str(args.prefix or "shipped")
     Path(f"{out}.summary.json").write_text(json.dumps(summary, indent=1))
@@ -230,5 +256,8 @@ def format_summary(s: dict[str, Any]) -> str:
                      f"(bound log n - (n-1)/n = {s['kl_bound']:.4f})")
     if "acceptance_rate" in s:
         lines.append(f"  acceptance rate        {s['acceptance_rate']:.4f}   ({s['steps']} steps, beta {s['beta']:g})")
+    if "nudged_share" in s:
+        lines.append(f"  nudged share           {s['nudged_share']:.4f}   (of the answers' tokens, by {s['aligned']}; "
+                     f"threshold {s['threshold']:g})")
     lines.append(f"  forward tokens         {s['forward_tokens']}   (plain sampling {s['forward_tokens_plain']})")
     return "\n".join(lines)
