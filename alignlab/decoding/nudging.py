@@ -4,8 +4,8 @@
 ``Nudging(base, base_tokenizer, nudger, nudger_tokenizer, threshold)`` is a ``Generator``. The base
 model B (unaligned, e.g. pretrained) writes the answer where it is sure of its next token; the
 nudger A (small, aligned) writes it where B is not. The rule: **A nudges iff max_v p_B(v | prefix)
-< γ** (``threshold``: 0.3 is the paper's function default, 0.4 its README runs'). Greedy
-throughout, as in the paper:
+< γ** (``threshold``: 0.3 is the paper's function default, 0.4 the setting of its README runs).
+Greedy throughout, as in the paper:
 1. A continues the answer by up to ``chunk`` (16) tokens; the text is split into words, each with
    the whitespace before it. The first word is always taken. Before each next word B is asked for
    its next token at the answer so far: if B is sure (top-1 ≥ γ) or its token is a prefix of the
@@ -19,7 +19,8 @@ its end-of-sequence token (by the rule: B was sure of it), at ``max_new_tokens``
 longer answer is cut there, unfinished), after ``max_rounds`` (150) rounds of step 1, or when a
 round's nudging words are those of each of the ``repeats`` (3) rounds before it (the paper's stop
 for repeated nudges; they are not written a fourth time). The paper's API code lets A go on after
-B's end-of-sequence token and drops repeated base completions; neither is done here.
+B's end-of-sequence token, drops repeated base completions and trims a repeated ending; none of
+that is done here.
 
 The models pass words as text, so A and B may have different tokenizers: each sees the prompt
 rendered with its own chat template (``alignlab.generation.prompts.prompt_ids``) followed by the
