@@ -5,6 +5,7 @@ the answers as `alignlab sample` writes samples; on a testbed task, also measure
     alignlab decode --method qalign --model M --scorer SPEC --steps 16 --beta 1 (--prompts FILE | --task T) --output O.jsonl
     alignlab decode --method reward-guided --model M --scorer SPEC --candidates 10 --guide-weight 1 ...
     alignlab decode --method urial --model BASE [--prefix FILE] (--prompts FILE | --task T) --output O.jsonl
+    alignlab decode --method nudging --model BASE --aligned NUDGER [--threshold 0.3] --temperature 0 ...
 
 The output has one row per prompt in the `alignlab sample` format (prompt, completions, scores:
 the scorer's reward of each answer, the rewards the pick used, samples, input_row). With
@@ -13,7 +14,8 @@ held-out gold reward of the answers and of plain samples of the same model (one 
 drawn with another seed), the win rate of the answers against those plain samples (a tie counts
 half), for best-of-n its KL to the model (the analytic bound log n − (n−1)/n and the estimate from the
 candidates' rewards with a bootstrap interval, ``decoding/kl.py``) and the compute both spent, in
-model forward tokens (prompt and generated tokens of every sequence sampled).
+model forward tokens (prompt and generated tokens of every sequence sampled); for nudging also
+the share of the answers' tokens the aligned model wrote.
 
 Settings that cannot work (a method that needs a scorer and has none, n < 1, an unknown method)
 are one-line errors before the model loads. The command does not resume: it writes the file at the
@@ -28,7 +30,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from alignlab.decoding.spec import METHODS, add_method_flags, build_method, check_method, method_scorer
+from alignlab.decoding.spec import (
+    GREEDY_ONLY,
+    METHODS,
+    add_method_flags,
+    build_method,
+    check_method,
+    method_models,
+    method_scorer,
+)
 from alignlab.errors import ArgumentParser, UserError
 
 __all__ = ["METHODS", "cmd_decode", "run_decode"]
@@ -66,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 def _check(args) -> None:
     """Everything that can be wrong before a model loads."""
     check_method(args)
+    if args.method in GREEDY_ONLY and (args.temperature != 0 or args.stop_token_ids):
+        raise UserError(f"{args.method} decodes greedily, as the paper does, and ends at either model's end token: "
+                        "pass --temperature 0 and no --stop-token-ids")
     for name in ("answers", "batch_size"):
         value = getattr(args, name)
         if value < 1:
@@ -112,8 +125,9 @@ def run_decode(job, args) -> dict[str, Any]:
     best_of = args.method == "best-of-n"
     base = generation.make_generator(model, tokenizer, job.backend,
                                      batch_size=job.batch_size * job.n * (args.n if best_of else 1))
-    method = build_method(args, model, tokenizer, base, scorer)
-    acceptance = []
+    others = method_models(args, job.dtype, args.trust_remote_code, _default_device())
+    method = build_method(args, model, tokenizer, base, scorer, others)
+    acceptance, nudged = [], [0, 0]  # qalign: (accepted, proposed) per batch; nudging: (nudged, all) tokens
     rows, answers, candidate_rewards, forward = [], [], [], 0
     for start in range(0, len(prompts), job.batch_size):
         chunk = prompts[start:start + job.batch_size]
@@ -126,6 +140,8 @@ def run_decode(job, args) -> dict[str, Any]:
         else:
             if args.method == "qalign":
                 acceptance.append((report.accepted, report.proposals))
+            if args.method == "nudging":
+                nudged = [nudged[0] + report.nudged_tokens, nudged[1] + report.answer_tokens]
             scores = None
             if scorer is not None:
                 flat = scorer.score([reward_prompt(p.prompt) for p in chunk for _ in range(job.n)],
@@ -169,6 +185,9 @@ def run_decode(job, args) -> dict[str, Any]:
                        acceptance_rate=accepted / proposed if proposed else 0.0)
     elif args.method == "reward-guided":
         summary.update(candidates=args.candidates, guide_weight=args.guide_weight)
+    elif args.method == "nudging":
+        summary.update(aligned=args.aligned, threshold=args.threshold,
+                       nudged_share=nudged[0] / nudged[1] if nudged[1] else 0.0)
     else:
         summary["prefix"] = str(args.prefix or "shipped")
     Path(f"{out}.summary.json").write_text(json.dumps(summary, indent=1))
@@ -186,5 +205,8 @@ def format_summary(s: dict[str, Any]) -> str:
                      f"(bound log n - (n-1)/n = {s['kl_bound']:.4f})")
     if "acceptance_rate" in s:
         lines.append(f"  acceptance rate        {s['acceptance_rate']:.4f}   ({s['steps']} steps, beta {s['beta']:g})")
+    if "nudged_share" in s:
+        lines.append(f"  nudged share           {s['nudged_share']:.4f}   (of the answers' tokens, by {s['aligned']}; "
+                     f"threshold {s['threshold']:g})")
     lines.append(f"  forward tokens         {s['forward_tokens']}   (plain sampling {s['forward_tokens_plain']})")
     return "\n".join(lines)

@@ -40,10 +40,15 @@ def test_best_of_n_on_a_task_writes_its_answers_and_measures_them(tmp_path, sft_
 @pytest.mark.parametrize("args,message", [
     (["--method", "best-of-n"], "--scorer: best-of-n needs a scorer"),
     (["--method", "best-of-n", "--scorer", "task:arithmetic", "--n", "0"], "--n must be >= 1"),
-    (["--method", "nudging", "--scorer", "task:arithmetic"], "unknown decoding method 'nudging'"),
+    (["--method", "beam-search", "--scorer", "task:arithmetic"], "unknown decoding method 'beam-search'"),
     (["--method", "qalign"], "--scorer: qalign needs a scorer"),
     (["--method", "reward-guided"], "--scorer: reward-guided needs a scorer"),
     (["--method", "qalign", "--scorer", "task:arithmetic", "--burn-in", "20", "--steps", "4"], "--burn-in in [0, steps]"),
+    (["--method", "nudging", "--temperature", "0"], "--aligned: nudging needs an aligned model"),
+    (["--method", "best-of-n", "--scorer", "task:arithmetic", "--aligned", "m"], "--aligned: best-of-n uses no aligned"),
+    (["--method", "nudging", "--aligned", "m", "--temperature", "0", "--threshold", "0"], "--threshold must be in (0, 1]"),
+    (["--method", "nudging", "--aligned", "m", "--temperature", "0", "--threshold", "1.5"], "--threshold must be in"),
+    (["--method", "nudging", "--aligned", "m"], "pass --temperature 0"),
 ])
 def test_settings_that_cannot_work_are_one_line_errors_before_loading(tmp_path, args, message, capsys):
     code = main(["decode", *args, "--model", str(tmp_path / "no-model"), "--task", "arithmetic",
@@ -102,3 +107,29 @@ def test_reward_guided_search_steers_toward_the_reward(tmp_path, sft_model):
         summary = json.loads((tmp_path / f"rg{weight}.jsonl.summary.json").read_text())
         assert summary["gold"] == pytest.approx(golds[weight], abs=1e-12) and summary["forward_tokens"] > 0
     assert golds["4"] >= golds["0"]
+
+
+def test_nudging_a_pretrained_model_with_a_one_word_answerer_gives_the_answerers_answers(tmp_path, sft_model):
+    """An arithmetic answer is one word (no space in "95" nor in a sloppy "95."), so the nudger's
+    first chunk of 16 tokens holds all of it and its end token, which the method takes whole: with
+    the SFT model nudging the pretrained one, the answers are the SFT model's greedy answers, every
+    answer token is the nudger's, and the gold reward is theirs; plain (greedy) decoding of the
+    pretrained model is measured beside it."""
+    from alignlab import generation
+    from alignlab.generation import SamplingParams
+    from alignlab.models import load_model, load_tokenizer
+
+    out = tmp_path / "nudge.jsonl"
+    assert main(["decode", "--method", "nudging", "--model", str(task_model("arithmetic", "pretrained")), "--aligned",
+                 sft_model, "--threshold", "0.4", "--temperature", "0", "--task", "arithmetic", "--limit", "16",
+                 "--max-new-tokens", "6", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    sft = generation.make_generator(load_model(sft_model), load_tokenizer(sft_model), "native")
+    greedy = sft.generate([r["prompt"] for r in rows], 1, SamplingParams(temperature=0, max_new_tokens=6))
+    assert [r["samples"][0]["text"] for r in rows] == [g[0].text for g in greedy]
+    summary = json.loads((tmp_path / "nudge.jsonl.summary.json").read_text())
+    gold = load_scorer("task:arithmetic:gold")
+    assert summary["gold"] == pytest.approx(sum(gold.score([r["prompt"] for r in rows], [g[0].text for g in greedy])) / 16,
+                                            abs=1e-12)
+    assert summary["nudged_share"] == 1.0 and summary["threshold"] == 0.4 and summary["aligned"] == sft_model
+    assert summary["forward_tokens"] > summary["forward_tokens_plain"] > 0

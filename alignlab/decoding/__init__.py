@@ -6,7 +6,8 @@ decode``) can sample through it.
 - ``kl``: best-of-n's KL to its policy, the analytic bound and an estimate from rewards;
 - ``qalign``: MCMC towards the reward-tilted model (QAlign / QUEST);
 - ``guided``: reward-guided token-level search (ARGS);
-- ``urial``: in-context alignment of a base model with a fixed prefix.
+- ``urial``: in-context alignment of a base model with a fixed prefix;
+- ``nudging``: a small aligned model writes the words a base model is unsure of.
 """
 
 from alignlab.decoding.best_of_n import BestOfN, BestOfNReport

@@ -15,8 +15,10 @@ from typing import Any
 
 from alignlab.errors import UserError
 
-METHODS = ("best-of-n", "qalign", "reward-guided", "urial")
+METHODS = ("best-of-n", "qalign", "reward-guided", "urial", "nudging")
 NEEDS_SCORER = ("best-of-n", "qalign", "reward-guided")
+USES_ALIGNED = ("nudging",)  # the methods that take a second, aligned model (--aligned)
+GREEDY_ONLY = ("nudging",)  # the methods that decode greedily and nothing else
 
 
 def add_method_flags(parser: argparse.ArgumentParser, method_required: bool = True) -> None:
@@ -43,6 +45,10 @@ def add_method_flags(parser: argparse.ArgumentParser, method_required: bool = Tr
                                                                        "the logits (default 1)")
     parser.add_argument("--prefix", default=None, help="urial: the in-context prefix file (default: the shipped "
                                                        "preamble and three examples, decoding/prefixes/urial.txt)")
+    parser.add_argument("--aligned", default=None, help="the aligned model a method uses: nudging's nudger, "
+                                                        "transfer-q's guide (a local directory or a hub name)")
+    parser.add_argument("--threshold", type=float, default=0.3, help="nudging: the aligned model writes where the "
+                        "base model's top-1 probability is below this (default 0.3, the paper's; its runs use 0.4)")
 
 
 def check_method(args: argparse.Namespace) -> None:
@@ -59,6 +65,12 @@ def check_method(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.method in USES_ALIGNED and not args.aligned:
+        raise UserError(f"--aligned: {args.method} needs an aligned model (--aligned DIR)")
+    if args.aligned and args.method not in USES_ALIGNED:
+        raise UserError(f"--aligned: {args.method} uses no aligned model (only {', '.join(USES_ALIGNED)} do)")
+    if args.method == "nudging" and not 0 < args.threshold <= 1:
+        raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
     if args.prefix is not None and args.method != "urial":
         raise UserError(f"--prefix: an in-context prefix is for urial, not {args.method}")
     if args.method == "urial":
@@ -105,9 +117,22 @@ def method_scorer(args: argparse.Namespace):
     return load_scorer(args.scorer) if args.scorer else None
 
 
-def build_method(args: argparse.Namespace, model, tokenizer, base, scorer: Any = None):
+def method_models(args: argparse.Namespace, dtype: str = "fp32", trust_remote_code: bool = False,
+                  device: Any = "cpu") -> dict[str, tuple[Any, Any]]:
+    """The other models the method reads, loaded once: name -> (model, tokenizer)."""
+    from alignlab.models import load_model, load_tokenizer
+
+    names = {"aligned": args.aligned} if args.method in USES_ALIGNED else {}
+    return {key: (load_model(path, dtype=dtype, trust_remote_code=trust_remote_code).to(device).eval(),
+                  load_tokenizer(path, trust_remote_code=trust_remote_code)) for key, path in names.items()}
+
+
+def build_method(args: argparse.Namespace, model, tokenizer, base, scorer: Any = None,
+                 models: dict[str, tuple[Any, Any]] | None = None):
     """The decoding method ``args`` describe, as a ``Generator`` over ``base`` (a generator of
-    ``model``); ``scorer`` is the loaded scorer (``method_scorer``)."""
+    ``model``); ``scorer`` is the loaded scorer (``method_scorer``), ``models`` the other models
+    (``method_models``)."""
+    models = models or {}
     if args.method == "best-of-n":
         from alignlab.decoding.best_of_n import BestOfN
 
@@ -121,6 +146,10 @@ def build_method(args: argparse.Namespace, model, tokenizer, base, scorer: Any =
         from alignlab.decoding.guided import RewardGuided
 
         return RewardGuided(model, tokenizer, scorer, k=args.candidates, weight=args.guide_weight)
+    if args.method == "nudging":
+        from alignlab.decoding.nudging import Nudging
+
+        return Nudging(model, tokenizer, *models["aligned"], args.threshold)
     from alignlab.decoding.urial import InContext, read_prefix
 
     return InContext(base, read_prefix(args.prefix), tokenizer)

@@ -15,7 +15,7 @@ once greedily. Reported, each under ``PREFIX/``:
 
 With ``decoding`` (a function that puts a decoding method, ``alignlab.decoding``, on top of the
 policy's generator) the policy also answers each prompt once through the method, at the sampling
-temperature, and ``PREFIX@NAME/`` reports ``sampled``, ``win_rate`` (against the same reference
+temperature (greedily for a method that only decodes greedily, ``greedy_only``), and ``PREFIX@NAME/`` reports ``sampled``, ``win_rate`` (against the same reference
 samples), ``length`` and ``forward_tokens``, the model forward tokens the method spent per prompt.
 It has no ``kl``: the samples' log-probs are the policy's, not the method's distribution's.
 
@@ -95,7 +95,8 @@ class SampledEvaluation:
     def _decoded(self, policy) -> dict[str, float]:
         """The sums of the policy answering through ``decoding``."""
         method = self.decoding(self._generator(policy, self.decoding_name), policy)
-        samples = [s[0] for s in method.generate(self.prompts, 1, self._params(False, self.seed), start=self.offset)]
+        greedy = getattr(method, "greedy_only", False)  # e.g. nudging: greedy as its paper, and nothing else
+        samples = [s[0] for s in method.generate(self.prompts, 1, self._params(greedy, self.seed), start=self.offset)]
         scores = self._score(samples)
         wins = self._wins([s.text for s in samples], scores)
         p = f"{self.prefix}@{self.decoding_name}"

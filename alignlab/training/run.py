@@ -257,13 +257,14 @@ def _task_eval(cfg: TrainConfig, tokenizer, dist: Dist) -> Callable:
 
     decoding, name = None, "decoded"
     if cfg.eval.task_eval_decoding:
-        from alignlab.decoding.spec import build_method, method_scorer, parse_method
+        from alignlab.decoding.spec import build_method, method_models, method_scorer, parse_method
 
         spec = parse_method(cfg.eval.task_eval_decoding)
         scorer, name = method_scorer(spec), spec.method
+        others = method_models(spec, trust_remote_code=cfg.trust_remote_code, device=dist.device)
 
         def decoding(generator, policy):
-            return build_method(spec, policy, tokenizer, generator, scorer)
+            return build_method(spec, policy, tokenizer, generator, scorer, others)
 
     evaluator = GoldEvaluator(cfg.eval.task, tokenizer, seed=cfg.seed, num_prompts=cfg.eval.task_eval_prompts,
                               batch_size=cfg.eval.eval_batch_size or cfg.optim.batch_size, rank=dist.rank,

@@ -76,3 +76,15 @@ def test_a_decoding_method_that_cannot_work_stops_the_run_before_training(tiny_m
         train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", task="arithmetic",
                           task_eval_decoding="best-of-n --n 0 --scorer task:arithmetic"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_greedy_only_method_with_a_second_model_is_evaluated_greedily(tiny_model_dir, pairs_file, tmp_path):
+    """Nudging reads a second model (loaded once for the run) and decodes only greedily, so its
+    evaluation asks for greedy answers rather than failing at the sampling temperature. Nudged by a
+    copy of the starting model, the trained model's answers are judged like any other."""
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "run", task="arithmetic", task_eval_prompts=3,
+                      max_steps=1, lr=1e-2, task_eval_decoding=f"nudging --aligned {tiny_model_dir} --threshold 0.5")
+    got = train(cfg).eval_metrics
+    assert {k for k in got if "@" in k} == {f"eval/gold@nudging/{m}" for m in
+                                           ("sampled", "win_rate", "length", "forward_tokens")}
+    assert 0.0 <= got["eval/gold@nudging/win_rate"] <= 1.0 and got["eval/gold@nudging/forward_tokens"] > 0
