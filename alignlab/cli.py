@@ -17,6 +17,10 @@
                                                        pairs to unpaired, reward-augment, flip-labels, ...)
     alignlab eval rm --data PAIRS --model RM_DIR       a reward model's (or, with --scorer, any scorer's)
                                                        accuracy, calibration, length bias, per-subset accuracy
+    alignlab compare CONFIG.yaml [--jobs N]            train and evaluate a grid of methods, hyperparameters,
+                                                       seeds and decoding methods alike, in parallel, resumably;
+                                                       one report (HTML, Markdown, PNG)
+    alignlab report FOLDER                             the report of a training run's or a comparison's folder
 
 Every `TrainConfig` field and every hyperparameter of the method is a flag (`--max-steps` and
 `--max_steps` both work; `--columns.prompt question` sets one key of a mapping). A field of a
@@ -151,6 +155,18 @@ def _train_help() -> str:
 
 def cmd_decode(tokens: list[str]) -> int:
     from alignlab.decode_cli import cmd_decode as run
+
+    return run(tokens)
+
+
+def cmd_compare(tokens: list[str]) -> int:
+    from alignlab.compare_cli import cmd_compare as run
+
+    return run(tokens)
+
+
+def cmd_report(tokens: list[str]) -> int:
+    from alignlab.compare_cli import cmd_report as run
 
     return run(tokens)
 
@@ -430,7 +446,8 @@ def cmd_eval(tokens: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "iterate": cmd_iterate, "decode": cmd_decode, "eval": cmd_eval, "methods": cmd_methods, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
-            "feedback": cmd_feedback, "sample": cmd_sample, "convert": cmd_convert, "testbed": cmd_testbed}
+            "feedback": cmd_feedback, "sample": cmd_sample, "convert": cmd_convert, "testbed": cmd_testbed,
+            "compare": cmd_compare, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
