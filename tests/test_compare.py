@@ -50,7 +50,8 @@ grid:
     ("output_dir: x", "method: [dpo]", "", "base.output_dir: set by alignlab compare for each cell"),
     ("feedback: {promts: 8}", "method: [dpo]", "", "base.feedback.promts: unknown key (keys: "),
     ("feedback: {k: 1}", "method: [dpo]", "", "k must be >= 2"),
-    ("epochs: 1", "method: [bvpo]", "", "cell method=bvpo: the synthetic feedback has no group per pair"),
+    ("epochs: 1", "method: [soft-preference]", "", "cell method=soft-preference: the synthetic feedback has no strength"),
+    ("epochs: 1", "method: [bvpo]", "", "cell method=bvpo: mix_data: method 'bvpo' needs a second set of pairs"),
     ("epochs: 1", "method: [dpo]", "jobs: 0", "jobs: cells run at once, a whole number >= 1, got 0"),
 ])
 def test_config_errors_are_one_line_before_anything_runs(tmp_path, capsys, base, grid, extra, message):
@@ -250,3 +251,16 @@ def test_compare_on_the_arithmetic_testbed(tmp_path, capsys):
     assert decoded.split(" | ")[5] == "–"  # no KL for a decoding row
     assert cli.main(["compare", str(path)]) == 0
     assert "0 cells ran, 4 had finished earlier" in capsys.readouterr().out
+
+
+def test_the_readme_shows_the_example_config():
+    """The README's config is examples/compare_arithmetic.yaml (comments aside), and it plans
+    9 training runs and 6 evaluations of the base model (base and best-of-4, 3 seeds)."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = readme.split("The config (`examples/compare_arithmetic.yaml`):", 1)[1]
+    block = block.split("```yaml\n", 1)[1].split("```", 1)[0]
+    example = root / "examples" / "compare_arithmetic.yaml"
+    assert yaml.safe_load(block) == yaml.safe_load(example.read_text())
+    plan = load_plan(example)
+    assert [c.kind for c in plan.cells].count("train") == 9 and len(plan.cells) == 15

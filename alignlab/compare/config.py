@@ -249,11 +249,12 @@ def _feedback(raw: Any, task: str | None) -> dict[str, Any] | None:
     return {f.name: getattr(spec, f.name) for f in fields(FeedbackSpec)}
 
 
-def _check_train(cell_id: str, train: dict[str, Any], base: dict[str, Any], values: dict[str, Any]) -> None:
-    """make_config on the cell's training config (placeholder paths for what the harness makes)."""
-    keys = {"model": "TESTBED-SFT-MODEL", "data": "FEEDBACK", **train, "output_dir": "CELL"}
+def _check_train(cell_id: str, train: dict[str, Any], base: dict[str, Any], values: dict[str, Any]):
+    """make_config on the cell's training config (placeholders for the paths the harness makes):
+    the checked config, or a one-line error that names the cell."""
+    keys = {"model": "BASE-MODEL", "data": "FEEDBACK", **train, "output_dir": "CELL"}
     try:
-        make_config(keys)
+        return make_config(keys)
     except ConfigError as e:
         key = str(e).split(":", 1)[0].split(".")[-1]
         where = " (set in base)" if key in base and key not in values else ""
@@ -275,27 +276,25 @@ def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedba
         where = "grid" if "method" in values else "base"
         raise ConfigError(f"{where}.{e}") from None
     settings: dict[str, Any] = {"kind": "train", "task": plan.task}
-    seed = int(train.get("seed", 0))
     if plan.task is not None and "model" not in train:  # the testbed's model: the demo's settings
         train = {**testbed_keys(plan.task, method, train), **train}
-    rounds = int(train.get("rounds") or 0)
-    online = spec.shape == "online" or rounds > 0
+    cfg = _check_train(cell_id, train, base, values)  # the values, checked and typed
+    rounds = cfg.iterate.rounds
     if "data" not in train:
         if plan.task is None:
             raise ConfigError("base: give the data to train on (or a task, for synthetic feedback made from its "
                               "SFT model)")
-        if online:
+        if spec.shape == "online" or rounds:  # the task's prompts, sampled and scored while training
             train["data"] = f"task:{plan.task}"
             train.setdefault("reward", [f"task:{plan.task}:{feedback['reward']}"])
-            train.setdefault("num_generations", spec.num_generations or feedback["k"])
+            k = int(train.setdefault("num_generations", spec.num_generations or feedback["k"]))
             if rounds:
                 train.setdefault("round_prompts", max(feedback["num_prompts"] // rounds, 1))
-            elif not int(train.get("max_steps") or 0):
+            elif not cfg.optim.max_steps:
                 from alignlab.testbed.demo import online_budget
 
-                budget = online_budget(float(train.get("epochs", 1.0)), feedback["num_prompts"],
-                                       int(train.get("batch_size", 16)), int(train["num_generations"]))
-                train.update(budget)
+                train.update(online_budget(cfg.optim.epochs, feedback["num_prompts"], cfg.optim.batch_size, k))
+            cfg = _check_train(cell_id, train, base, values)
         else:
             extra = sorted(spec.needs & {"strength", "group"})
             if extra:
@@ -304,10 +303,8 @@ def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedba
             settings["feedback"] = spec.shape  # trains on OUT/data/<the shape's file>
             settings["feedback_spec"] = feedback  # what made it: a change is a change of the cell
     settings["train"] = train
-    settings["eval_prompts"] = int(train.get("task_eval_prompts", 0))
-    _check_train(cell_id, train, base, values)
-    group = _group_label(values, method)
-    return Cell(cell_id, "train", group, seed, values, settings)
+    settings["eval_prompts"] = cfg.eval.task_eval_prompts
+    return Cell(cell_id, "train", _group_label(values, method), cfg.seed, values, settings)
 
 
 def _group_label(values: dict[str, Any], method: str) -> str:

@@ -28,7 +28,7 @@ class CellResult:
     group: str  # its row in the report
     seed: int | None
     status: str = NOT_RUN
-    metrics: dict[str, float] = field(default_factory=dict)  # final: eval/..., train/..., seconds
+    metrics: dict[str, float] = field(default_factory=dict)  # final: eval/..., train/..., steps, seconds
     history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl records, in step order
     answers: list[dict[str, Any]] | None = None  # one per held-out prompt: prompt (index), gold, ...
     diagnostics: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +105,8 @@ def collect_comparison(out: Path) -> Collected:
             if "seconds" in result:
                 cell.metrics["seconds"] = result["seconds"]
             cell.steps = result.get("steps")
+            if entry["kind"] == "train" and cell.steps is not None:
+                cell.metrics["steps"] = cell.steps
             cell.diagnostics = result.get("diagnostics") or {}
             if result.get("answers"):
                 cell.answers = read_jsonl(folder / result["answers"])

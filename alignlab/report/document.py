@@ -67,7 +67,7 @@ DECODED = re.compile(r"^eval/gold@(.+)/(sampled|win_rate|length|forward_tokens)$
 def metric_columns(cells: list[CellResult]) -> list[tuple[str, str]]:
     """(key, label) of the table's columns: ``COLUMNS`` that some cell has, then a training run's
     evaluation through a decoding method (``eval/gold@METHOD/...``), then the final training loss
-    when nothing was evaluated, then the time."""
+    when nothing was evaluated, then the optimizer steps of the training runs and the time."""
     present = {k for c in cells for k in c.metrics}
     out = [(k, label) for k, label in COLUMNS if k in present]
     for key in sorted(present):
@@ -76,6 +76,8 @@ def metric_columns(cells: list[CellResult]) -> list[tuple[str, str]]:
             out.append((key, f"{match.group(2).replace('_', ' ')} through {match.group(1)}"))
     if not any(k.startswith("eval/") for k in present) and "train/loss" in present:
         out.append(("train/loss", "final training loss"))
+    if "steps" in present:
+        out.append(("steps", "steps"))
     if "seconds" in present:
         out.append(("seconds", "time (s)"))
     return out
@@ -110,7 +112,8 @@ def results_table(data: Collected) -> Table:
     caption = ("Final metrics, mean ± sample standard deviation over the seeds that finished (seeds: how many). "
                "Gold: the task's gold reward of one answer per held-out prompt; win rate: against an answer of the "
                "base model (a tie counts half); KL: estimated from the row's samples. A decoding row's numbers are "
-               "those of its answers (it has no KL: its samples' log-probs are the model's).") if data.task else (
+               "those of its answers (it has no KL: its samples' log-probs are the model's). Steps: optimizer "
+               "steps of the training runs (epochs are passes over each method's own data).") if data.task else (
                "Final metrics, mean ± sample standard deviation over the seeds that finished.")
     return Table(["row", "seeds", *[label for _, label in columns]], rows, caption)
 

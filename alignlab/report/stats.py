@@ -52,9 +52,12 @@ def spread_text(s: Spread | None, like: float | None = None) -> str:
 
 
 def column_texts(spreads: Sequence[Spread | None]) -> list[str]:
-    """A column's entries, all with the decimals of its largest mean."""
-    sizes = [abs(s.mean) for s in spreads if s is not None]
-    like = max(sizes) if sizes else None
+    """A column's entries, all with the decimals of its largest mean; a column of whole numbers
+    that agree across seeds (optimizer steps) as whole numbers."""
+    found = [s for s in spreads if s is not None]
+    if found and all(s.mean.is_integer() and not s.std for s in found):
+        return ["–" if s is None else f"{int(s.mean)}" for s in spreads]
+    like = max((abs(s.mean) for s in found), default=None)
     return [spread_text(s, like) for s in spreads]
 
 
