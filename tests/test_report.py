@@ -231,3 +231,25 @@ def test_report_of_a_folder_that_holds_no_run(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "neither a comparison" in err and "\n" not in err
+
+
+def test_columns_of_a_decoding_method_in_training_and_without_a_task():
+    """A training run evaluated through a decoding method (task_eval_decoding) gets its columns
+    after the plain ones; a comparison without a task shows the held-out loss and accuracy, or
+    the final training loss when nothing was held out."""
+    from alignlab.report.collect import CellResult
+    from alignlab.report.document import metric_columns
+
+    cell = CellResult("c", "train", "dpo", 0, "ok", {
+        "eval/gold/sampled": 0.5, "eval/gold@best-of-n/sampled": 0.8, "eval/gold@best-of-n/forward_tokens": 30.0,
+        "eval/gold/kl": 0.1, "train/loss": 0.6, "steps": 8, "seconds": 3.0})
+    assert metric_columns([cell]) == [
+        ("eval/gold/sampled", "gold (sampled)"), ("eval/gold/kl", "KL to base"),
+        ("eval/gold@best-of-n/sampled", "gold through best-of-n"),
+        ("eval/gold@best-of-n/forward_tokens", "forward tokens through best-of-n"), ("steps", "steps"),
+        ("seconds", "time (s)")]
+    held_out = CellResult("c", "train", "dpo", 0, "ok", {"eval/loss": 0.6, "eval/rewards/accuracies": 0.9,
+                                                         "train/loss": 0.5})
+    assert [k for k, _ in metric_columns([held_out])] == ["eval/loss", "eval/rewards/accuracies"]
+    assert [k for k, _ in metric_columns([CellResult("c", "train", "dpo", 0, "ok", {"train/loss": 0.5})])] == [
+        "train/loss"]

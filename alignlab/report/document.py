@@ -70,10 +70,9 @@ def metric_columns(cells: list[CellResult]) -> list[tuple[str, str]]:
     when nothing was evaluated, then the optimizer steps of the training runs and the time."""
     present = {k for c in cells for k in c.metrics}
     out = [(k, label) for k, label in COLUMNS if k in present]
-    for key in sorted(present):
-        match = DECODED.match(key)
-        if match:
-            out.append((key, f"{match.group(2).replace('_', ' ')} through {match.group(1)}"))
+    labels = {"sampled": "gold", "win_rate": "win rate", "length": "length", "forward_tokens": "forward tokens"}
+    decoded = sorted((m.group(1), list(labels).index(m.group(2)), key) for key in present if (m := DECODED.match(key)))
+    out += [(key, f"{labels[key.rsplit('/', 1)[1]]} through {method}") for method, _, key in decoded]
     if not any(k.startswith("eval/") for k in present) and "train/loss" in present:
         out.append(("train/loss", "final training loss"))
     if "steps" in present:
