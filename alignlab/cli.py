@@ -52,6 +52,7 @@ import textwrap
 
 import yaml
 
+from alignlab.compare_cli import cmd_compare, cmd_report
 from alignlab.data.convert_cli import cmd_convert
 from alignlab.errors import ArgumentParser, Interrupted, UserError, command_line
 from alignlab.sample_cli import cmd_sample
@@ -155,18 +156,6 @@ def _train_help() -> str:
 
 def cmd_decode(tokens: list[str]) -> int:
     from alignlab.decode_cli import cmd_decode as run
-
-    return run(tokens)
-
-
-def cmd_compare(tokens: list[str]) -> int:
-    from alignlab.compare_cli import cmd_compare as run
-
-    return run(tokens)
-
-
-def cmd_report(tokens: list[str]) -> int:
-    from alignlab.compare_cli import cmd_report as run
 
     return run(tokens)
 

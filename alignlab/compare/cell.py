@@ -126,9 +126,15 @@ def run_train(cell_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     keys.update(output_dir=str(run_dir), resume=started, progress=False)
     if keys.get("lora"):
         keys["merge_lora"] = True  # answers are sampled from full weights
-    if started:
-        _log(f"resuming the run in {run_dir}")
-    summary = train(keys)
+    if not rounds and (run_dir / "summary.json").exists() and (run_dir / "model").is_dir():
+        from alignlab.training.run import Summary  # trained by an earlier attempt that failed after it
+
+        _log(f"the run in {run_dir} finished earlier; answering with its model")
+        summary = Summary(**json.loads((run_dir / "summary.json").read_text()))
+    else:
+        if started:
+            _log(f"resuming the run in {run_dir}")
+        summary = train(keys)
     for folder in [run_dir, *sorted(run_dir.glob("round-*/train"))]:
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the cell is done: the final model is kept
     model_dir = Path(summary.model_dir)

@@ -263,7 +263,7 @@ def _check_train(cell_id: str, train: dict[str, Any], base: dict[str, Any], valu
 
 def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedback: dict[str, Any] | None) -> Cell:
     """A cell of the grid: base's keys, the cell's values, and from a testbed model what the demo
-    would set (``testbed_keys``); without data, the synthetic feedback its method's shape needs
+    would set (``demo_keys``); without data, the synthetic feedback its method's shape needs
     (made from the base model), or for an online method (or rounds) the task's prompts and reward."""
     from alignlab.config import get_loss
 
@@ -277,7 +277,7 @@ def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedba
         raise ConfigError(f"{where}.{e}") from None
     settings: dict[str, Any] = {"kind": "train", "task": plan.task}
     if plan.task is not None and "model" not in train:  # the testbed's model: the demo's settings
-        train = {**testbed_keys(plan.task, method, train), **train}
+        train = {**demo_keys(plan.task, method, train), **train}
     cfg = _check_train(cell_id, train, base, values)  # the values, checked and typed
     rounds = cfg.iterate.rounds
     if "data" not in train:
@@ -324,7 +324,7 @@ def _eval_cell(plan: Plan, base: dict[str, Any], decoding: str | None, seed: int
                 settings)
 
 
-def testbed_keys(task: str, method: str, given: dict[str, Any]) -> dict[str, Any]:
+def demo_keys(task: str, method: str, given: dict[str, Any]) -> dict[str, Any]:
     """What a cell on a testbed task trains with unless its config says otherwise: the demo's
     keys (``TESTBED_TRAIN_KEYS``), the learning rate measured for the task (``task_lr``), and
     samples as long as the task's answers for a method that draws its own."""
