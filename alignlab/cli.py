@@ -22,6 +22,10 @@
     alignlab eval ranking --data PAIRS --model M       ranking accuracy, idealized ranking accuracy, alignment gap
     alignlab eval displacement --run RUN_DIR           chosen and rejected log-prob change over training
     alignlab eval ches --data PAIRS --model M          CHES scores of each pair
+    alignlab compare CONFIG.yaml [--jobs N]            train and evaluate a grid of methods, hyperparameters,
+                                                       seeds and decoding methods alike, in parallel, resumably;
+                                                       one report (HTML, Markdown, PNG)
+    alignlab report FOLDER                             the report of a training run's or a comparison's folder
 
 Every `TrainConfig` field and every hyperparameter of the method is a flag (`--max-steps` and
 `--max_steps` both work; `--columns.prompt question` sets one key of a mapping). A field of a
@@ -53,6 +57,7 @@ import textwrap
 
 import yaml
 
+from alignlab.compare_cli import cmd_compare, cmd_report
 from alignlab.data.convert_cli import cmd_convert as convert_data
 from alignlab.errors import ArgumentParser, Interrupted, UserError, command_line
 from alignlab.eval_cli import cmd_eval
@@ -407,7 +412,8 @@ def cmd_feedback(tokens: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "iterate": cmd_iterate, "decode": cmd_decode, "eval": cmd_eval, "methods": cmd_methods, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
-            "feedback": cmd_feedback, "sample": cmd_sample, "convert": cmd_convert, "testbed": cmd_testbed}
+            "feedback": cmd_feedback, "sample": cmd_sample, "convert": cmd_convert, "testbed": cmd_testbed,
+            "compare": cmd_compare, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,25 @@ ONLINE_LR = 5e-5
 # The feedback file each data shape trains on. SFT learns from the chosen (best) answers.
 SHAPE_FILES = {"pair": "pairs.jsonl", "joint": "pairs.jsonl", "sft": "pairs.jsonl", "unpaired": "unpaired.jsonl",
                "ranked": "ranked.jsonl", "negatives": "negatives.jsonl"}
+# Training keys of a run on a testbed task that the demo sets (and `alignlab compare` sets where its
+# config does not): a warmed-up linear schedule, room for the tasks' prompts and answers, large
+# evaluation batches, the final checkpoint only. The learning rate is ``task_lr``'s.
+TESTBED_TRAIN_KEYS = {"batch_size": 16, "scheduler": "linear", "warmup_ratio": 0.1, "max_length": 256,
+                      "eval_batch_size": 128, "keep_checkpoints": 1}
+
+
+def task_lr(task: str, method: str) -> float | None:
+    """The learning rate measured to help ``method`` on ``task``: ONLINE_LR for an online method,
+    else TASK_LR's (None for a task without one)."""
+    return ONLINE_LR if get_loss(method).shape == "online" else TASK_LR.get(task)
+
+
+def online_budget(epochs: float, num_prompts: int, batch_size: int, k: int) -> dict[str, Any]:
+    """An online method's steps for the budget of ``epochs`` passes over ``num_prompts`` prompts:
+    k samples of each prompt per round, ``batch_size`` samples per step (rounded down to whole
+    prompts, at least one), as many steps as it takes to see the prompts ``epochs`` times."""
+    per_step = max(batch_size // k, 1)
+    return {"batch_size": per_step * k, "epochs": 1.0, "max_steps": math.ceil(epochs * num_prompts / per_step)}
 
 
 @dataclass
@@ -89,12 +108,10 @@ class DemoSettings:
         elif fixed is not None and self.k != fixed:
             raise UserError(f"{option('k', self.k)}: method '{self.method}' compares {fixed} answers per prompt; "
                             f"give {option('k', fixed)} or leave it out")
-        if self.lr is None and spec.shape == "online":
-            self.lr = ONLINE_LR
         if self.lr is None:
-            if self.task not in TASK_LR:
+            self.lr = task_lr(self.task, self.method)
+            if self.lr is None:
                 raise UserError(f"the demo has no measured learning rate for task '{self.task}' yet; give one with --lr")
-            self.lr = TASK_LR[self.task]
         if not (math.isfinite(self.lr) and self.lr > 0) or not (math.isfinite(self.epochs) and self.epochs > 0):
             raise UserError(f"lr and epochs must be positive numbers, got lr={self.lr}, epochs={self.epochs}")
         for name, value, least in (("batch_size", self.batch_size, 1), ("eval_every", self.eval_every, 0),
@@ -129,6 +146,14 @@ def _sft_input(feedback_dir: Path) -> Path:
     pairs = [json.loads(line) for line in (feedback_dir / "pairs.jsonl").read_text().splitlines()]
     write_jsonl(out, [SFTRecord(row["prompt"], row["chosen"]) for row in pairs])
     return out
+
+
+def feedback_file(feedback_dir: Path, shape: str) -> Path:
+    """The file of synthetic feedback (``synthesize``'s, in ``feedback_dir``) that a method of data
+    ``shape`` trains on; for SFT, the chosen answers of the pairs, written here on first use."""
+    if shape == "sft":
+        return feedback_dir / "best.jsonl" if (feedback_dir / "best.jsonl").exists() else _sft_input(feedback_dir)
+    return feedback_dir / SHAPE_FILES[shape]
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
@@ -170,7 +195,7 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
         feedback = synthesize(sft_dir, FeedbackSpec(settings.task, settings.num_prompts, settings.k, settings.reward,
                                                     label_noise=settings.label_noise, seed=settings.seed),
                               out / "feedback", progress=progress)
-        data = out / "feedback" / SHAPE_FILES[shape] if shape != "sft" else _sft_input(out / "feedback")
+        data = feedback_file(out / "feedback", shape)
     t_feedback = time.perf_counter() - t0 - t_model
 
     task = get_task(settings.task)
@@ -180,22 +205,18 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
     before_metrics = {f"eval/{k}": v for k, v in before(sft_model, sft_model).items()}
 
     config = {
+        **TESTBED_TRAIN_KEYS,
         "method": settings.method, "model": str(sft_dir), "data": str(data), "output_dir": str(out),
         "overwrite": True, "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr,
-        "scheduler": "linear", "warmup_ratio": 0.1, "eval_every": settings.eval_every, "max_length": 256,
-        "eval_batch_size": 128,
+        "eval_every": settings.eval_every,
         "seed": settings.seed, "task": settings.task, "task_eval_prompts": settings.eval_prompts,
-        "keep_checkpoints": 1, "progress": progress, "cache_dir": str(cache_dir) if cache_dir else None,
+        "progress": progress, "cache_dir": str(cache_dir) if cache_dir else None,
         **settings.method_params,
     }
     spec = get_loss(settings.method)
     if online:
-        # k samples of each prompt per round, batch_size of them per step; as many rounds as
-        # `epochs` passes over num_prompts prompts
-        per_step = max(settings.batch_size // settings.k, 1)
         config.update(data=data, reward=[f"task:{settings.task}:{settings.reward}"], num_generations=settings.k,
-                      batch_size=per_step * settings.k, epochs=1.0,
-                      max_steps=math.ceil(settings.epochs * settings.num_prompts / per_step))
+                      **online_budget(settings.epochs, settings.num_prompts, settings.batch_size, settings.k))
     if rounds:
         # the same prompts and samples per prompt as one round, split evenly over the rounds; each
         # round trains `epochs` passes over its own data, so the steps add up to one round's

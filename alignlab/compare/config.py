@@ -1,0 +1,354 @@
+"""`alignlab compare`'s config: read it, check it all before anything runs, expand it into cells.
+
+A config has a ``base`` (any `alignlab train` keys, flat or by section, plus ``feedback:`` on a
+testbed task), a ``grid`` (train key -> list of values; the cells are their product), optional
+``decoding`` (decoding methods, as `alignlab decode` takes them in one string, evaluated on the base
+model), ``output_dir`` and ``jobs``. Every mistake that can be seen without running anything is a
+one-line ``ConfigError`` naming the file and the place: an unknown top-level, base, grid or
+feedback key, an unknown method or task, an empty grid or value list, a decoding method that does
+not parse, a cell whose training config ``make_config`` refuses (the cell is named).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from alignlab.config import make_config, normalize, read_yaml
+from alignlab.errors import ConfigError, UserError
+
+TOP_KEYS = ("output_dir", "base", "grid", "decoding", "jobs")
+# Keys the harness sets for every cell; a config that sets them would fight it.
+HARNESS_KEYS = ("output_dir", "resume", "overwrite", "progress")
+# `feedback:` in base: FeedbackSpec's fields, ``prompts`` for num_prompts as on `alignlab feedback`'s command line.
+FEEDBACK_NAMES = {"prompts": "num_prompts"}
+BASE_LABEL = "base"  # the row of the base model itself, and the prefix of its decoding rows
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the comparison. ``kind``: ``train`` (a training run of ``settings['train']``),
+    ``base`` (the base model evaluated as it is) or ``decode`` (the base model answering through
+    ``settings['decoding']``). ``settings`` is everything the cell runner needs and what decides
+    its result: a finished cell is reused only while its settings stay the same."""
+
+    id: str  # its folder name under OUT/cells/, readable and stable: method=dpo,lr=2e-05,seed=0
+    kind: str
+    group: str  # its row in the report: the cell without its seed
+    seed: int
+    values: dict[str, Any]  # the grid's values of a train cell (seed included)
+    settings: dict[str, Any]
+
+
+@dataclass
+class Plan:
+    """A checked comparison: where it writes, how many cells run at once, its cells in report order."""
+
+    path: str  # the config file
+    output_dir: Path
+    jobs: int
+    task: str | None
+    model: str | None  # the base model (base's model); None: the task's shipped SFT model
+    feedback: dict[str, Any] | None  # FeedbackSpec's fields, when cells train on synthetic feedback
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.output_dir / "data"
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.output_dir / "cells" / cell.id
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def slug(text: str) -> str:
+    """``text`` as a folder name: characters other than letters, digits and ``._=+,-`` become ``_``;
+    a long one is cut and given a hash of the whole, so two long names stay apart."""
+    out = re.sub(r"[^A-Za-z0-9._=+,-]+", "_", text).strip("_.") or "_"
+    if len(out) > 100:
+        out = f"{out[:90]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return out
+
+
+def value_text(value: Any) -> str:
+    """A grid value as a cell id and a report label show it: 2e-05, 0.1, dpo, true."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def load_plan(path: str | Path, jobs: int | None = None) -> Plan:
+    """Read and check the config at ``path`` (``jobs`` overrides its ``jobs``); every error is one
+    line that starts with the file's name."""
+    try:
+        return _plan(read_yaml(path), str(path), jobs)
+    except ConfigError as e:
+        text = str(e)
+        raise ConfigError(text if text.startswith(f"{path}") else f"{path}: {text}") from None
+    except UserError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
+    unknown = [k for k in raw if k not in TOP_KEYS]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(str(unknown[0]), TOP_KEYS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{unknown[0]}: unknown key of a comparison{hint} (keys: {', '.join(TOP_KEYS)})")
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"base: a mapping of `alignlab train` keys, got {base!r}")
+    base = dict(base)
+    feedback_raw = base.pop("feedback", None)
+    base = _train_keys(base, "base")
+    grid = _grid(raw.get("grid"))
+    decoding = _decoding(raw.get("decoding"))
+    output_dir = raw.get("output_dir") or f"runs/compare-{Path(path).stem}"
+    if not isinstance(output_dir, str):
+        raise ConfigError(f"output_dir: a folder name, got {output_dir!r}")
+    jobs = raw.get("jobs") if jobs is None else jobs
+    if jobs is None:
+        jobs = available_cores()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs: cells run at once, a whole number >= 1, got {jobs!r}")
+
+    task = base.get("task")
+    if "task" in grid:
+        raise ConfigError("grid.task: the cells of a comparison share a task (their prompts and gold reward); "
+                          "set it in base")
+    if task is not None:
+        from alignlab.tasks import task_names
+
+        if task not in task_names():
+            raise ConfigError(f"base.task: unknown task '{task}' (tasks: {', '.join(task_names())})")
+    testbed_model = "model" not in base and "model" not in grid
+    if testbed_model and task is None:
+        raise ConfigError("base: give a model (and data) to train, or a task: its shipped SFT model and synthetic "
+                          "feedback made from it")
+    if decoding and task is None:
+        raise ConfigError("decoding: decoding methods are measured on a task's held-out prompts by its gold "
+                          "reward; give base a task")
+    if "model" in grid and decoding:
+        raise ConfigError("decoding: with a grid of models there is no one base model to decode with; set model "
+                          "in base")
+    feedback = _feedback(feedback_raw, task)
+
+    plan = Plan(path, Path(output_dir).expanduser().absolute(), jobs, task, base.get("model"), None)
+    seeds = grid.get("seed", [base.get("seed", 0)])
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo, strict=True))
+        plan.cells.append(_train_cell(plan, base, values, feedback))
+    if any(c.settings.get("feedback") for c in plan.cells):
+        plan.feedback = feedback
+    if task is not None and "model" not in grid:  # the base model: where every cell starts
+        for text in [None, *decoding]:
+            for seed in seeds:
+                plan.cells.append(_eval_cell(plan, base, text, seed))
+        plan.cells = [c for c in plan.cells if c.kind != "train"] + [c for c in plan.cells if c.kind == "train"]
+    ids = [c.id for c in plan.cells]
+    if len(set(ids)) != len(ids):
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise ConfigError(f"grid: two cells would share the folder '{twice}'; make the values differ in more than "
+                          "punctuation")
+    return plan
+
+
+def _train_keys(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Train keys by their flat names (``optim: {lr: ...}`` -> ``lr``); the harness's own keys refused."""
+    try:
+        flat = normalize(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{where}.{e}") from None
+    for key in flat:
+        if key in HARNESS_KEYS:
+            raise ConfigError(f"{where}.{key}: set by alignlab compare for each cell (its folder under output_dir, "
+                              "resumed when interrupted); leave it out")
+    return flat
+
+
+def _grid(raw: Any) -> dict[str, list[Any]]:
+    if raw is None or raw == {}:
+        raise ConfigError("grid: empty; give at least one train key with a list of values (e.g. method: [dpo, ipo], "
+                          "seed: [0, 1, 2])")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"grid: a mapping of train keys to lists of values, got {raw!r}")
+    grid: dict[str, list[Any]] = {}
+    for key, values in raw.items():
+        if key == "feedback":
+            raise ConfigError("grid.feedback: the synthetic feedback is made once for every cell; set it in base")
+        if not isinstance(values, list):
+            raise ConfigError(f"grid.{key}: a list of values (e.g. [{value_text(values)}]), got {values!r}")
+        if not values:
+            raise ConfigError(f"grid.{key}: an empty list makes no cells; give at least one value")
+        texts = [value_text(v) for v in values]
+        twice = next((t for t in texts if texts.count(t) > 1), None)
+        if twice is not None:
+            raise ConfigError(f"grid.{key}: the value {twice} is given twice")
+        grid[key] = values
+    flat = _train_keys({k: v[0] for k, v in grid.items()}, "grid")
+    if len(flat) != len(grid):
+        raise ConfigError("grid: a key is given twice (flat and by its section)")
+    return dict(zip(flat, grid.values(), strict=True))
+
+
+def _decoding(raw: Any) -> list[str]:
+    from alignlab.decoding.spec import parse_method
+
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+        raise ConfigError(f"decoding: a list of decoding methods as `alignlab decode` takes them, e.g. "
+                          f"['best-of-n --n 4 --scorer task:arithmetic'], got {raw!r}")
+    for i, text in enumerate(raw):
+        parse_method(text, field=f"decoding[{i}]")
+        if raw.index(text) != i:
+            raise ConfigError(f"decoding[{i}]: '{text}' is given twice")
+    return list(raw)
+
+
+def _feedback(raw: Any, task: str | None) -> dict[str, Any] | None:
+    """FeedbackSpec's fields from base's ``feedback:`` (checked by FeedbackSpec itself)."""
+    from alignlab.testbed.feedback import FeedbackSpec
+
+    if task is None:
+        if raw is not None:
+            raise ConfigError("base.feedback: synthetic feedback is made on a task; give base a task")
+        return None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"base.feedback: a mapping (prompts, k, reward, label_noise, seed, ...), got {raw!r}")
+    known = {f.name for f in fields(FeedbackSpec)} - {"task"}
+    names = {**{k: k for k in known}, **FEEDBACK_NAMES}
+    values = {}
+    for key, value in raw.items():
+        if key not in names or key == "num_prompts":
+            shown = sorted((set(known) - set(FEEDBACK_NAMES.values())) | set(FEEDBACK_NAMES))
+            raise ConfigError(f"base.feedback.{key}: unknown key (keys: {', '.join(shown)})")
+        values[names[key]] = value
+    try:
+        spec = FeedbackSpec(task=task, **values)
+    except (TypeError, UserError) as e:
+        raise ConfigError(f"base.{e}") from None
+    return {f.name: getattr(spec, f.name) for f in fields(FeedbackSpec)}
+
+
+def _check_train(cell_id: str, train: dict[str, Any], base: dict[str, Any], values: dict[str, Any]):
+    """make_config on the cell's training config (placeholders for the paths the harness makes):
+    the checked config, or a one-line error that names the cell."""
+    keys = {"model": "BASE-MODEL", "data": "FEEDBACK", **train, "output_dir": "CELL"}
+    try:
+        return make_config(keys)
+    except ConfigError as e:
+        key = str(e).split(":", 1)[0].split(".")[-1]
+        where = " (set in base)" if key in base and key not in values else ""
+        raise ConfigError(f"cell {cell_id}: {e}{where}") from None
+
+
+def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedback: dict[str, Any] | None) -> Cell:
+    """A cell of the grid: base's keys, the cell's values, and from a testbed model what the demo
+    would set (``demo_keys``); without data, the synthetic feedback its method's shape needs
+    (made from the base model), or for an online method (or rounds) the task's prompts and reward."""
+    from alignlab.config import get_loss
+
+    cell_id = slug(",".join(f"{k}={value_text(v)}" for k, v in values.items()))
+    train = {**base, **values}
+    method = str(train.get("method", "dpo"))
+    try:
+        spec = get_loss(method)
+    except ConfigError as e:
+        where = "grid" if "method" in values else "base"
+        raise ConfigError(f"{where}.{e}") from None
+    settings: dict[str, Any] = {"kind": "train", "task": plan.task}
+    if plan.task is not None and "model" not in train:  # the testbed's model: the demo's settings
+        train = {**demo_keys(plan.task, method, train), **train}
+    cfg = _check_train(cell_id, train, base, values)  # the values, checked and typed
+    rounds = cfg.iterate.rounds
+    if "data" not in train:
+        if plan.task is None:
+            raise ConfigError("base: give the data to train on (or a task, for synthetic feedback made from its "
+                              "SFT model)")
+        if spec.shape == "online" or rounds:  # the task's prompts, sampled and scored while training
+            train["data"] = f"task:{plan.task}"
+            train.setdefault("reward", [f"task:{plan.task}:{feedback['reward']}"])
+            k = int(train.setdefault("num_generations", spec.num_generations or feedback["k"]))
+            if rounds:
+                train.setdefault("round_prompts", max(feedback["num_prompts"] // rounds, 1))
+            elif not cfg.optim.max_steps:
+                from alignlab.testbed.demo import online_budget
+
+                train.update(online_budget(cfg.optim.epochs, feedback["num_prompts"], cfg.optim.batch_size, k))
+            cfg = _check_train(cell_id, train, base, values)
+        else:
+            extra = sorted(spec.needs & {"strength", "group"})
+            if extra:
+                raise ConfigError(f"cell {cell_id}: the synthetic feedback has no {' or '.join(extra)} per pair, "
+                                  f"which method '{method}' needs; give it data")
+            settings["feedback"] = spec.shape  # trains on OUT/data/<the shape's file>
+            settings["feedback_spec"] = feedback  # what made it: a change is a change of the cell
+    settings["train"] = train
+    settings["eval_prompts"] = cfg.eval.task_eval_prompts
+    return Cell(cell_id, "train", _group_label(values, method), cfg.seed, values, settings)
+
+
+def _group_label(values: dict[str, Any], method: str) -> str:
+    """A train cell's row: its grid values but the seed (the method's name bare), or the method."""
+    parts = [value_text(v) if k == "method" else f"{k}={value_text(v)}" for k, v in values.items() if k != "seed"]
+    return ", ".join(parts) or method
+
+
+def _eval_cell(plan: Plan, base: dict[str, Any], decoding: str | None, seed: int) -> Cell:
+    """The base model measured on the task as it is (``decoding`` None) or through a decoding method."""
+    group = BASE_LABEL if decoding is None else f"{BASE_LABEL} + {decoding}"
+    settings = {"kind": "base" if decoding is None else "decode", "task": plan.task, "model": plan.model,
+                "decoding": decoding,
+                "eval_prompts": int(base.get("task_eval_prompts", 0)), "seed": seed,
+                "dtype": base.get("dtype", "fp32"), "eval_batch_size": int(base.get("eval_batch_size") or 128)}
+    return Cell(slug(f"{group.replace(' + ', '+')},seed={seed}"), settings["kind"], group, seed, {"seed": seed},
+                settings)
+
+
+def demo_keys(task: str, method: str, given: dict[str, Any]) -> dict[str, Any]:
+    """What a cell on a testbed task trains with unless its config says otherwise: the demo's
+    keys (``TESTBED_TRAIN_KEYS``), the learning rate measured for the task (``task_lr``), and
+    samples as long as the task's answers for a method that draws its own."""
+    from alignlab.config import get_loss
+    from alignlab.tasks import get_task
+    from alignlab.testbed.demo import TESTBED_TRAIN_KEYS, task_lr
+
+    keys: dict[str, Any] = {**TESTBED_TRAIN_KEYS, "task": task}
+    lr = task_lr(task, method)
+    if lr is None and "lr" not in given:
+        raise ConfigError(f"lr: no learning rate has been measured for method '{method}' on task '{task}'; give "
+                          "lr in base or grid")
+    if lr is not None:
+        keys["lr"] = lr
+    if "sample_max_new_tokens" in get_loss(method).defaults():
+        keys["sample_max_new_tokens"] = get_task(task).max_new_tokens
+    return keys
+
+
+def describe(plan: Plan) -> str:
+    """One line: the comparison's size."""
+    kinds = {k: sum(c.kind == k for c in plan.cells) for k in ("train", "base", "decode")}
+    groups = len({c.group for c in plan.cells})
+    threads = max(1, available_cores() // min(plan.jobs, len(plan.cells)))
+    return (f"{len(plan.cells)} cells ({kinds['train']} training runs, {kinds['base'] + kinds['decode']} evaluations "
+            f"of the base model) in {groups} rows, up to {plan.jobs} at a time with {threads} "
+            f"thread{'s' if threads > 1 else ''} each")

@@ -1,0 +1,225 @@
+"""Running a comparison: check what an earlier run left, make the shared data once, run the cells
+as processes (``jobs`` at a time), then write the report.
+
+    OUT/compare.json          the plan: every cell (id, kind, row, seed, grid values), in report order
+    OUT/data/                 the synthetic feedback every cell trains on (with spec.json, how it was made)
+    OUT/cells/ID/cell.json    the cell's settings; ID is its grid values, e.g. method=dpo,seed=0
+    OUT/cells/ID/log.txt      its output, every attempt appended
+    OUT/cells/ID/result.json  written last by a cell that finished (``compare/cell.py``)
+    OUT/cells/ID/failed.json  the return code and log of a cell that failed
+    OUT/report.html, OUT/report.md, OUT/report/*.png   the report (``alignlab.report``)
+
+Rerunning the same command skips every cell with a result.json, resumes the others (a training
+run continues from its newest checkpoint) and reruns the failed ones. A finished cell whose
+settings the config now changes is a one-line error: its result would no longer be the config's.
+An unfinished cell whose settings changed starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import alignlab
+from alignlab.compare.cell import RESULT, write_json
+from alignlab.compare.config import Cell, Plan, available_cores
+from alignlab.errors import ConfigError, Interrupted
+
+PLAN = "compare.json"
+FAILED = "failed.json"
+
+
+@dataclass
+class Outcome:
+    """What a run of the comparison did."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # finished earlier
+    failed: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> returncode, log
+    report: dict[str, Path] = field(default_factory=dict)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cell_record(plan: Plan, cell: Cell) -> dict[str, Any]:
+    """What ``cell.json`` holds (as it reads back: JSON turns tuples into lists)."""
+    record = {"id": cell.id, "kind": cell.kind, "group": cell.group, "seed": cell.seed, "values": cell.values,
+              "settings": cell.settings, "data_dir": str(plan.data_dir)}
+    return json.loads(json.dumps(record))
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys whose values differ, one level into ``train`` (a training config)."""
+    keys = sorted(set(old) | set(new))
+    out = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            out.append(key)
+    return out
+
+
+def check_earlier(plan: Plan) -> list[Cell]:
+    """The cells left to run. A finished cell whose settings differ from the config's is an error;
+    an unfinished one is cleared (it starts afresh). Nothing else is touched."""
+    todo = []
+    for cell in plan.cells:
+        folder = plan.cell_dir(cell)
+        saved = folder / "cell.json"
+        if not saved.exists():
+            todo.append(cell)
+            continue
+        old = json.loads(saved.read_text())
+        differ = _differences(old.get("settings", {}), cell_record(plan, cell)["settings"])
+        if differ and (folder / RESULT).exists():
+            raise ConfigError(f"output_dir: cell {cell.id} in {plan.output_dir} finished with other settings "
+                              f"(differs in {', '.join(differ)}); use another output_dir, or delete {folder} to "
+                              "run it again")
+        if not (folder / RESULT).exists():
+            todo.append(cell)
+    return todo
+
+
+def prepare_data(plan: Plan, todo: list[Cell]) -> None:
+    """The task's SFT model when the cells start from it (checked, or built once here rather than
+    in every cell), and the synthetic feedback, made once for every cell from the base model (kept
+    while what made it stays the same)."""
+    shapes = sorted({c.settings["feedback"] for c in todo if c.settings.get("feedback")})
+    if not todo or plan.task is None or (plan.model is not None and not shapes):
+        return
+    from alignlab.testbed.demo import feedback_file
+    from alignlab.testbed.feedback import FeedbackSpec, synthesize
+    from alignlab.testbed.shipped import task_model
+
+    model = plan.model or str(task_model(plan.task, "sft", log=_log, progress=True))
+    if not shapes:
+        return
+    spec_file = plan.data_dir / "spec.json"
+    recorded = {"feedback": plan.feedback, "model": model}
+    if spec_file.exists() and json.loads(spec_file.read_text()) == recorded:
+        _log(f"synthetic feedback: reusing {plan.data_dir}")
+    else:
+        shutil.rmtree(plan.data_dir, ignore_errors=True)
+        spec = FeedbackSpec(**plan.feedback)
+        _log(f"synthetic feedback: sampling {spec.k} answers to each of {spec.num_prompts} {plan.task} prompts from "
+             f"{model}, scored by the {spec.reward} reward, into {plan.data_dir}")
+        synthesize(model, spec, plan.data_dir, progress=True)
+        write_json(spec_file, recorded)
+    for shape in shapes:  # made here, once, not by two cells at the same time
+        feedback_file(plan.data_dir, shape)
+
+
+def cell_command(cell_dir: Path) -> list[str]:
+    """The process that runs one cell."""
+    return [sys.executable, "-m", "alignlab.compare.cell", str(cell_dir)]
+
+
+def run_cells(plan: Plan, cells: list[Cell], command: Callable[[Path], list[str]] = cell_command,
+              poll: float = 0.2) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Run ``cells`` as processes, ``plan.jobs`` at once, each with its share of the cores as
+    threads; return the ids that finished and the failures (id -> return code, log path). A cell
+    failed when its process exits non-zero or leaves no result.json. On an interrupt the running
+    cells are stopped (not marked failed: a rerun resumes them) and ``Interrupted`` is raised."""
+    slots = max(1, min(plan.jobs, len(cells)))
+    threads = str(max(1, available_cores() // slots))
+    package_root = str(Path(alignlab.__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    pending = list(cells)
+    running: dict[str, tuple[subprocess.Popen, Cell, float, Any]] = {}
+    done: list[str] = []
+    failed: dict[str, dict[str, Any]] = {}
+    total = len(cells)
+    try:
+        while pending or running:
+            while pending and len(running) < slots:
+                cell = pending.pop(0)
+                folder = plan.cell_dir(cell)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / FAILED).unlink(missing_ok=True)
+                write_json(folder / "cell.json", cell_record(plan, cell))
+                log = (folder / "log.txt").open("a")
+                log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command(folder))}\n")
+                log.flush()
+                proc = subprocess.Popen(command(folder), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        stdin=subprocess.DEVNULL)
+                running[cell.id] = (proc, cell, time.perf_counter(), log)
+                _log(f"started  {cell.id} ({total - len(pending)} of {total})")
+            time.sleep(poll)
+            for cell_id, (proc, cell, started, log) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                log.close()
+                del running[cell_id]
+                folder = plan.cell_dir(cell)
+                seconds = time.perf_counter() - started
+                if code == 0 and (folder / RESULT).exists():
+                    done.append(cell_id)
+                    _log(f"finished {cell_id} in {seconds:.0f} s ({len(done) + len(failed)} of {total} done)")
+                else:
+                    info = {"returncode": code, "log": str(folder / "log.txt"), "seconds": round(seconds, 1)}
+                    write_json(folder / FAILED, info)
+                    failed[cell_id] = info
+                    _log(f"FAILED   {cell_id} (exit {code}; log: {info['log']}) ({len(done) + len(failed)} of {total} "
+                         "done)")
+    except KeyboardInterrupt:
+        for proc, _, _, _ in running.values():
+            proc.terminate()
+        for proc, _, _, log in running.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+        raise Interrupted(f"comparison interrupted with {len(running)} cells running; run the same command again "
+                          "to resume it") from None
+    return done, failed
+
+
+def write_plan(plan: Plan) -> None:
+    """``OUT/compare.json``: the cells in report order, for the report (and `alignlab report OUT`)."""
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(plan.output_dir / PLAN, {
+        "config": str(Path(plan.path).absolute()), "task": plan.task, "jobs": plan.jobs, "feedback": plan.feedback,
+        "cells": [{"id": c.id, "kind": c.kind, "group": c.group, "seed": c.seed, "values": c.values}
+                  for c in plan.cells],
+    })
+
+
+def run_compare(plan: Plan, command: Callable[[Path], list[str]] | None = None) -> Outcome:
+    """Run every cell of ``plan`` that has not finished, then write the report. ``command(CELL_DIR)``:
+    the process of one cell (default ``cell_command``)."""
+    from alignlab.report import write_report
+
+    todo = check_earlier(plan)
+    outcome = Outcome(skipped=[c.id for c in plan.cells if c not in todo])
+    write_plan(plan)
+    if outcome.skipped:
+        _log(f"{len(outcome.skipped)} cells finished earlier and are kept; {len(todo)} to run")
+    if todo:
+        for cell in todo:  # an unfinished cell of other settings starts afresh
+            folder = plan.cell_dir(cell)
+            saved = folder / "cell.json"
+            if saved.exists() and json.loads(saved.read_text()).get("settings") != cell_record(plan, cell)["settings"]:
+                _log(f"{cell.id}: its settings changed since it was started; starting it afresh")
+                shutil.rmtree(folder)
+        prepare_data(plan, todo)
+        outcome.ran, outcome.failed = run_cells(plan, todo, command or cell_command)
+    outcome.report = write_report(plan.output_dir)
+    return outcome

@@ -1,0 +1,146 @@
+"""Reading what runs left on disk into one shape the report renders: cells with their final
+metrics, learning curves, answers and diagnostics.
+
+A comparison (``alignlab compare``'s output folder) is read from its plan, ``compare.json``, and each
+cell's folder: ``result.json`` (finished), ``failed.json`` (failed: return code and log) or neither
+(not run, or interrupted). A single training run (``alignlab train``'s output folder) is one cell:
+``run.yaml``, ``summary.json`` when it finished and ``metrics.jsonl``, read even while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OK, FAILED, NOT_RUN = "ok", "failed", "not run"
+
+
+@dataclass
+class CellResult:
+    """One cell (one seed of one row): what it measured, or why it has nothing."""
+
+    id: str
+    kind: str  # train, base, decode (comparison cells) or run (a training run)
+    group: str  # its row in the report
+    seed: int | None
+    status: str = NOT_RUN
+    metrics: dict[str, float] = field(default_factory=dict)  # final: eval/..., train/..., steps, seconds
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl records, in step order
+    answers: list[dict[str, Any]] | None = None  # one per held-out prompt: prompt (index), gold, ...
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    log: str | None = None  # relative to the report's folder
+    returncode: int | None = None
+    steps: int | None = None
+
+
+@dataclass
+class Collected:
+    """What a report shows: a comparison's cells, or a training run as one cell."""
+
+    kind: str  # "comparison" or "run"
+    root: Path  # the folder the report is written to
+    title: str
+    cells: list[CellResult]
+    task: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # a run's run.yaml, flat
+
+    @property
+    def groups(self) -> list[str]:
+        """The rows, in the order of their first cell."""
+        return list(dict.fromkeys(c.group for c in self.cells))
+
+    def of(self, group: str) -> list[CellResult]:
+        return [c for c in self.cells if c.group == group]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON objects of a JSON-lines file (a line cut short by a killed process is skipped)."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """A training run's metrics.jsonl records; for rounds (``round-N/train/``), every round's in
+    turn, each round's steps after the previous rounds'."""
+    if (run_dir / "metrics.jsonl").exists():
+        return read_jsonl(run_dir / "metrics.jsonl")
+    rounds = sorted(run_dir.glob("round-*/train"), key=lambda p: int(p.parent.name.split("-")[1]))
+    history, offset = [], 0
+    for folder in rounds:
+        rows = read_jsonl(folder / "metrics.jsonl")
+        history += [{**row, "step": row.get("step", 0) + offset} for row in rows]
+        offset += max((row.get("step", 0) for row in rows), default=0)
+    return history
+
+
+def _relative(path: str | Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def collect_comparison(out: Path) -> Collected:
+    """The cells of the comparison in ``out`` (see the module docstring)."""
+    plan = json.loads((out / "compare.json").read_text())
+    cells = []
+    for entry in plan["cells"]:
+        folder = out / "cells" / entry["id"]
+        cell = CellResult(entry["id"], entry["kind"], entry["group"], entry.get("seed"))
+        if (folder / "result.json").exists():
+            result = json.loads((folder / "result.json").read_text())
+            cell.status = OK
+            cell.metrics = {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}
+            if "seconds" in result:
+                cell.metrics["seconds"] = result["seconds"]
+            cell.steps = result.get("steps")
+            if entry["kind"] == "train" and cell.steps is not None:
+                cell.metrics["steps"] = cell.steps
+            cell.diagnostics = result.get("diagnostics") or {}
+            if result.get("answers"):
+                cell.answers = read_jsonl(folder / result["answers"])
+        elif (folder / "failed.json").exists():
+            failed = json.loads((folder / "failed.json").read_text())
+            cell.status, cell.returncode = FAILED, failed.get("returncode")
+        if (folder / "log.txt").exists():
+            cell.log = _relative(folder / "log.txt", out)
+        if entry["kind"] == "train":
+            cell.history = read_history(folder / "run")
+        cells.append(cell)
+    title = f"Comparison: {Path(plan.get('config') or out).name}" + (f" on the {plan['task']} task" if plan.get("task")
+                                                                     else "")
+    return Collected("comparison", out, title, cells, plan.get("task"), {"config": plan.get("config")})
+
+
+def collect_run(run_dir: Path) -> Collected:
+    """A training run (finished or not; rounds too) as a comparison of one cell."""
+    from alignlab.config import flat_config
+
+    saved = next((run_dir / name for name in ("run.yaml", "rounds.yaml") if (run_dir / name).exists()), None)
+    config = flat_config(yaml.safe_load(saved.read_text()) or {}) if saved else {}
+    method = str(config.get("method", "run"))
+    cell = CellResult(run_dir.name, "run", method, config.get("seed"), history=read_history(run_dir))
+    rounds = sorted(run_dir.glob("round-*/train/summary.json"), key=lambda p: int(p.parent.parent.name.split("-")[1]))
+    summary_file = run_dir / "summary.json" if (run_dir / "summary.json").exists() or not rounds else rounds[-1]
+    if summary_file.exists():
+        summary = json.loads(summary_file.read_text())
+        cell.status, cell.steps = OK, summary.get("steps")
+        cell.metrics = {**summary.get("eval_metrics", {}),
+                        **{f"train/{k}": v for k, v in summary.get("train_metrics", {}).items()
+                           if k not in ("step", "epoch")}}
+        cell.metrics = {k: v for k, v in cell.metrics.items() if isinstance(v, (int, float))}
+    elif cell.history:
+        cell.status = "running or interrupted"
+    title = f"Training run: {run_dir.name} ({method})"
+    return Collected("run", run_dir, title, [cell], config.get("task"), config)

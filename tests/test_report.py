@@ -1,0 +1,255 @@
+"""Reports (``alignlab.report``): the table's numbers and the win-rate matrix from hand-made cell
+results, a self-contained HTML page that a real browser (headless Chromium) shows without errors,
+and `alignlab report` on a training run."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from alignlab import cli
+from alignlab.report import write_report
+from alignlab.report.stats import spread, spread_text, win_matrix
+
+# Hand-made comparison: rows dpo (3 seeds), ipo (seed 2 failed), kto (every seed failed), base.
+GOLD = {("dpo", 0): 0.5, ("dpo", 1): 0.7, ("dpo", 2): 0.9, ("ipo", 0): 0.6, ("ipo", 1): 0.6,
+        ("base", 0): 0.4, ("base", 1): 0.4, ("base", 2): 0.4}
+KL = {("dpo", 0): 1.0, ("dpo", 1): 2.0, ("dpo", 2): 6.0, ("ipo", 0): 0.5, ("ipo", 1): 1.5,
+      ("base", 0): 0.0, ("base", 1): 0.0, ("base", 2): 0.0}
+# gold of each row's answer to held-out prompts 0..3, by seed
+ANSWERS = {("dpo", 0): [1, 0, 1, 0], ("dpo", 1): [1, 1, 0, 0], ("dpo", 2): [1, 1, 1, 0],
+           ("ipo", 0): [0, 0, 1, 1], ("ipo", 1): [1, 1, 1, 1],
+           ("base", 0): [0, 0, 0, 1], ("base", 1): [0, 1, 0, 0], ("base", 2): [1, 0, 0, 0]}
+
+
+def _write(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+
+
+def make_comparison(out: Path) -> Path:
+    """A comparison's folder as `alignlab compare` leaves it, written by hand."""
+    cells = []
+    for group in ("base", "dpo", "ipo", "kto"):
+        for seed in (0, 1, 2):
+            cell_id = f"{group},seed={seed}" if group == "base" else f"method={group},seed={seed}"
+            kind = "base" if group == "base" else "train"
+            cells.append({"id": cell_id, "kind": kind, "group": group, "seed": seed,
+                          "values": {"seed": seed} if kind == "base" else {"method": group, "seed": seed}})
+            folder = out / "cells" / cell_id
+            folder.mkdir(parents=True)
+            (folder / "log.txt").write_text("== attempt\n")
+            if (group, seed) not in GOLD:
+                _write(folder / "failed.json", {"returncode": 1, "log": str(folder / "log.txt")})
+                continue
+            metrics = {"eval/gold/sampled": GOLD[group, seed], "eval/gold/kl": KL[group, seed],
+                       "eval/gold/length": 2.0 + seed}
+            _write(folder / "result.json", {"status": "ok", "metrics": metrics, "steps": 8, "seconds": 10.0,
+                                            "answers": "answers.jsonl",
+                                            "diagnostics": {"answers": {"empty": 0.25 * seed}, "note": f"s{seed}"}})
+            (folder / "answers.jsonl").write_text("".join(
+                json.dumps({"prompt": i, "answer": "x", "gold": g}) + "\n"
+                for i, g in enumerate(ANSWERS[group, seed])))
+            if kind == "train":
+                (folder / "run").mkdir()
+                (folder / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+                    {"step": 1, "loss": 0.7}, {"step": 4, "loss": 0.6, "eval/gold/sampled": 0.45, "eval/gold/kl": 0.5},
+                    {"step": 8, "loss": 0.5, "eval/gold/sampled": GOLD[group, seed], "eval/gold/kl": KL[group, seed]}]))
+    _write(out / "compare.json", {"config": str(out / "compare.yaml"), "task": "arithmetic", "cells": cells})
+    return out
+
+
+def table_rows(markdown: str, first_header: str, column: str = "") -> dict[str, dict[str, str]]:
+    """The rows of the first Markdown table whose first header is ``first_header`` (and that has
+    ``column``), by first column."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |")
+                 and f"| {column}" in line)
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header, cells, strict=True))
+    return rows
+
+
+def test_spread_is_the_mean_and_the_sample_standard_deviation():
+    """0.5, 0.7, 0.9: mean 0.7, squared deviations 0.04 + 0 + 0.04 over n − 1 = 2 -> std 0.2; one
+    value has no spread; nothing finite has no entry."""
+    s = spread([0.5, 0.7, 0.9])
+    assert s.mean == pytest.approx(0.7) and s.std == pytest.approx(0.2) and s.n == 3
+    assert spread_text(s) == "0.700 ± 0.200"
+    assert spread_text(spread([0.25])) == "0.250"
+    assert spread([]) is None and spread([float("nan")]) is None and spread_text(None) == "–"
+    assert spread_text(spread([1500.0, 2500.0])) == "2,000 ± 707"
+
+
+def test_win_matrix_by_hand():
+    """A and B share seeds 0 and 1, paired alike. Seed 0: A [1, 0, 1, 0] against B [0, 0, 1, 1]
+    wins, ties, ties, loses: (1 + .5 + .5 + 0) / 4 = 0.5. Seed 1: A [1, 1, 0, 0] against B
+    [1, 1, 1, 1]: (.5 + .5 + 0 + 0) / 4 = 0.25. So A beats B 0.375 and B beats A 0.625. C has only
+    seed 5, in common with neither, so every seed of A meets it: A0 against C5 [1, 1, 1, 1] gives
+    (.5 + 0 + .5 + 0) / 4 = 0.25, A1 against C5 gives 0.25: A beats C 0.25. The diagonal is 0.5."""
+    golds = {"A": {0: dict(enumerate([1, 0, 1, 0])), 1: dict(enumerate([1, 1, 0, 0]))},
+             "B": {0: dict(enumerate([0, 0, 1, 1])), 1: dict(enumerate([1, 1, 1, 1]))},
+             "C": {5: dict(enumerate([1, 1, 1, 1]))}}
+    m = win_matrix(golds)
+    assert m[0] == pytest.approx([0.5, 0.375, 0.25])
+    assert m[1][0] == pytest.approx(0.625) and m[2][0] == pytest.approx(0.75)
+    assert all(m[i][j] + m[j][i] == pytest.approx(1.0) for i in range(3) for j in range(3))
+    # only the prompts both answered count: B's seed 0 without prompt 3 -> A0 against B0 on 0..2
+    # gives (1 + .5 + .5) / 3, seed 1 still 0.25
+    golds["B"][0].pop(3)
+    assert win_matrix(golds)[0][1] == pytest.approx((2 / 3 + 0.25) / 2)
+
+
+def test_comparison_table_marks_failed_cells_and_computes_mean_and_std(tmp_path):
+    """dpo's gold 0.5, 0.7, 0.9 -> 0.700 ± 0.200; its KL 1, 2, 6: mean 3, squared deviations
+    4 + 1 + 9 = 14 over 2 -> std √7 = 2.646. ipo's seeds 0 and 1 finished (gold 0.6 and 0.6 ->
+    0.600 ± 0.000; KL 0.5 and 1.5 -> 1.000 ± 0.707, √0.5) and seed 2 failed; kto failed on every
+    seed: its row says FAILED, and the failed cells are listed with their logs."""
+    out = make_comparison(tmp_path / "cmp")
+    paths = write_report(out)
+    md = paths["markdown"].read_text()
+    rows = table_rows(md, "row")
+    assert rows["dpo"]["gold (sampled)"] == "0.700 ± 0.200"
+    assert rows["dpo"]["KL to base"] == "3.000 ± 2.646"
+    assert rows["dpo"]["seeds"] == "3"
+    assert rows["ipo"]["gold (sampled)"] == "0.600 ± 0.000"
+    assert rows["ipo"]["KL to base"] == "1.000 ± 0.707"
+    assert rows["ipo"]["seeds"] == "2 of 3 (failed: seed 2)"
+    assert rows["kto"]["gold (sampled)"] == "FAILED" and rows["kto"]["seeds"].startswith("0 of 3")
+    failed = table_rows(md, "cell", "exit status")
+    assert set(failed) == {"method=ipo,seed=2", "method=kto,seed=0", "method=kto,seed=1", "method=kto,seed=2"}
+    assert failed["method=kto,seed=1"]["log"] == "cells/method=kto,seed=1/log.txt"
+    # the win-rate matrix of the report is win_matrix of the cells' answers
+    golds = {g: {s: dict(enumerate(ANSWERS[g, s])) for s in (0, 1, 2) if (g, s) in ANSWERS} for g in ("base", "dpo", "ipo")}
+    expected = win_matrix(golds)
+    wins = table_rows(md, "row beats column")
+    for i, a in enumerate(("base", "dpo", "ipo")):
+        for j, b in enumerate(("base", "dpo", "ipo")):
+            assert wins[a][b] == f"{expected[i][j]:.3f}"
+    # the numeric diagnostics per row (dpo: empty 0, 0.25, 0.5 -> 0.250 ± 0.250), the others per cell
+    assert table_rows(md, "row", "answers/empty")["dpo"]["answers/empty"] == "0.250 ± 0.250"
+    assert '"s2"' in md
+    for name in ("frontier", "curves", "win_rates", "length"):
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(report/{name}.png)" in md
+
+
+def test_html_is_self_contained(tmp_path):
+    """No script, stylesheet link or address: every src and href is inline data."""
+    out = make_comparison(tmp_path / "cmp")
+    html = write_report(out)["html"].read_text()
+    assert "<script" not in html and "<link" not in html and "@import" not in html and "url(" not in html
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", html)
+    assert len(refs) == 4 and all(r.startswith("data:image/png;base64,") for r in refs)
+    assert "http://" not in html and "https://" not in html
+
+
+def _chromium() -> str | None:
+    import os
+
+    for name in (os.environ.get("ALIGNLAB_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium found (apt-get install chromium, or set ALIGNLAB_CHROMIUM)")
+def test_the_report_loads_in_a_headless_browser(tmp_path):
+    """Headless Chromium opens the report from disk: no console error, no page error, no request
+    but the file itself and its inline images, every image decoded (natural width > 0), and a
+    screenshot that is not blank."""
+    from PIL import Image, ImageStat
+    from playwright.sync_api import sync_playwright
+
+    html = write_report(make_comparison(tmp_path / "cmp"))["html"]
+    shot = tmp_path / "screenshot.png"
+    errors, requests = [], []
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=_chromium(), headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1200, "height": 900})
+        try:
+            page = context.new_page()
+            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type in (
+                "error", "warning") else None)
+            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(html.as_uri(), wait_until="load")
+            widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+            title = page.title()
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            context.close()
+    assert errors == []
+    assert all(u == html.as_uri() or u.startswith("data:") for u in requests), requests
+    assert len(widths) == 4 and all(w > 0 for w in widths), widths
+    assert title.startswith("Comparison")
+    image = Image.open(shot).convert("L")
+    assert image.height > 2000  # the whole page: table, four figures, diagnostics
+    assert ImageStat.Stat(image).stddev[0] > 20  # not blank: text and plots on white
+
+
+def test_report_of_a_training_run(tiny_model_dir, pairs_file, tmp_path, capsys):
+    """`alignlab report RUN_DIR` on a finished run: its final metrics from summary.json, curves
+    of its training and evaluation metrics, its config."""
+    from alignlab import train
+
+    run = tmp_path / "run"
+    summary = train({"method": "dpo", "model": str(tiny_model_dir), "data": str(pairs_file), "output_dir": str(run),
+                     "max_steps": 3, "batch_size": 4, "lr": 1e-3, "eval_fraction": 0.25, "eval_every": 1,
+                     "progress": False})
+    assert cli.main(["report", str(run)]) == 0
+    assert str(run / "report.html") in capsys.readouterr().out
+    md = (run / "report.md").read_text()
+    final = table_rows(md, "metric")
+    accuracy = summary.eval_metrics["eval/rewards/accuracies"]
+    assert final["eval/rewards/accuracies"]["value"] == f"{accuracy:.4g}"
+    assert final["train/loss"]["value"] == f"{summary.train_metrics['loss']:.4g}"
+    assert table_rows(md, "key")["method"]["value"] == "dpo"
+    assert "3 optimizer steps" in md
+    for name in ("training", "evaluation"):
+        assert (run / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(report/{name}.png)" in md
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+
+
+def test_report_of_a_folder_that_holds_no_run(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "neither a comparison" in err and "\n" not in err
+
+
+def test_columns_of_a_decoding_method_in_training_and_without_a_task():
+    """A training run evaluated through a decoding method (task_eval_decoding) gets its columns
+    after the plain ones; a comparison without a task shows the held-out loss and accuracy, or
+    the final training loss when nothing was held out."""
+    from alignlab.report.collect import CellResult
+    from alignlab.report.document import metric_columns
+
+    cell = CellResult("c", "train", "dpo", 0, "ok", {
+        "eval/gold/sampled": 0.5, "eval/gold@best-of-n/sampled": 0.8, "eval/gold@best-of-n/forward_tokens": 30.0,
+        "eval/gold/kl": 0.1, "train/loss": 0.6, "steps": 8, "seconds": 3.0})
+    assert metric_columns([cell]) == [
+        ("eval/gold/sampled", "gold (sampled)"), ("eval/gold/kl", "KL to base"),
+        ("eval/gold@best-of-n/sampled", "gold through best-of-n"),
+        ("eval/gold@best-of-n/forward_tokens", "forward tokens through best-of-n"), ("steps", "steps"),
+        ("seconds", "time (s)")]
+    held_out = CellResult("c", "train", "dpo", 0, "ok", {"eval/loss": 0.6, "eval/rewards/accuracies": 0.9,
+                                                         "train/loss": 0.5})
+    assert [k for k, _ in metric_columns([held_out])] == ["eval/loss", "eval/rewards/accuracies"]
+    assert [k for k, _ in metric_columns([CellResult("c", "train", "dpo", 0, "ok", {"train/loss": 0.5})])] == [
+        "train/loss"]
