@@ -315,9 +315,10 @@ def ranking_table(report: dict) -> str:
 
 def cmd_displacement(tokens: list[str]) -> int:
     """``alignlab eval displacement``: the chosen and rejected log-prob change from a starting model."""
-    from alignlab.eval.displacement import displacement, run_config, run_models
+    from alignlab.eval.displacement import displacement
     from alignlab.eval.pairs import same_vocabulary
     from alignlab.models import load_model, load_tokenizer
+    from alignlab.training.saved import run_config, run_models
 
     prog = "alignlab eval displacement"
     parser = ArgumentParser(

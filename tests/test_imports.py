@@ -43,7 +43,7 @@ PACKAGE = Path(alignlab.__file__).parent
 # The command line is the top of the package: it registers the testbed's commands (demo, feedback,
 # testbed), so it may import alignlab.testbed from outside it. The comparison harness sits on top
 # beside it: on a task, its cells start from the testbed's SFT model and its synthetic feedback.
-MAY_IMPORT_TESTBED = {"cli.py", "compare/config.py", "compare/run.py", "compare/cell.py"}
+MAY_IMPORT_TESTBED = {"cli.py", "eval_cli.py", "compare/config.py", "compare/run.py", "compare/cell.py"}
 FACTORY = "generation/factory.py"
 NOT_BACKENDS = {"generation/__init__.py", "generation/base.py", FACTORY}
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from alignlab.cli import main
-from alignlab.eval.displacement import displacement, run_models
+from alignlab.eval.displacement import displacement
 from alignlab.eval.pairs import PairLogps
 from alignlab.models import load_model, load_tokenizer
+from alignlab.training.saved import run_models
 from tests.conftest import make_pairs, write_jsonl
 from tests.eval.test_ranking import teacher_forced
 
