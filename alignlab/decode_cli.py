@@ -3,7 +3,9 @@ the answers as `alignlab sample` writes samples; on a testbed task, also measure
 
     alignlab decode --method best-of-n --model M --scorer SPEC --n 8 (--prompts FILE | --task T) --output O.jsonl
     alignlab decode --method qalign --model M --scorer SPEC --steps 16 --beta 1 (--prompts FILE | --task T) --output O.jsonl
-    alignlab decode --method reward-guided --model M --scorer SPEC --candidates 10 --guide-weight 1 ...
+    alignlab decode --method reward-guided --model M --scorer SPEC --candidates 10 --guide-weight 1 [--lookahead L] ...
+    alignlab decode --method transfer-q --model BASE --aligned DPO_MODEL --reference REF_MODEL [--candidates 10]
+        [--lookahead 20] [--guide-weight 1] [--implicit-beta 0.1] ...
     alignlab decode --method urial --model BASE [--prefix FILE] (--prompts FILE | --task T) --output O.jsonl
 
 The output has one row per prompt in the `alignlab sample` format (prompt, completions, scores:
@@ -15,8 +17,8 @@ half), for best-of-n its KL to the model (the analytic bound log n − (n−1)/n
 candidates' rewards with a bootstrap interval, ``decoding/kl.py``) and the compute both spent, in
 model forward tokens (prompt and generated tokens of every sequence sampled).
 
-Settings that cannot work (a method that needs a scorer and has none, n < 1, an unknown method)
-are one-line errors before the model loads. The command does not resume: it writes the file at the
+Settings that cannot work (a method that needs a scorer or a model and has none, n < 1, an unknown
+method, a flag given to a method that does not read it) are one-line errors before the model loads. The command does not resume: it writes the file at the
 end.
 """
 
@@ -30,7 +32,10 @@ from typing import Any
 
 from alignlab.errors import ArgumentParser, UserError
 
-METHODS = ("best-of-n", "qalign", "reward-guided", "urial")
+METHODS = ("best-of-n", "qalign", "reward-guided", "transfer-q", "urial")
+# Flags only some methods read (their default is None): given to another method they are a mistake.
+METHOD_FLAGS = {"beta": ("qalign",), "lookahead": ("reward-guided", "transfer-q"), "aligned": ("transfer-q",),
+                "reference": ("transfer-q",), "implicit_beta": ("transfer-q",)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,15 +61,28 @@ def _parser() -> argparse.ArgumentParser:
                              "(InfAlign's calibration)")
     parser.add_argument("--calibration-samples", type=int, default=16, help="plain samples per prompt for --calibrate")
     parser.add_argument("--steps", type=int, default=16, help="qalign: Metropolis-Hastings steps per answer (default 16)")
-    parser.add_argument("--beta", type=float, default=1.0, help="qalign: the reward's temperature β in "
-                                                                "π·exp(r/β) (default 1, QAlign's)")
+    parser.add_argument("--beta", type=float, default=None, help="qalign: the reward's temperature β in "
+                                                                 "π·exp(r/β) (default 1, QAlign's; transfer-q's β "
+                                                                 "is --implicit-beta)")
     parser.add_argument("--vote", action="store_true", help="qalign: answer with the chain's most frequent "
                                                             "answer after --burn-in steps, not its last state")
     parser.add_argument("--burn-in", type=int, default=0, help="qalign: steps left out of the vote (default 0)")
-    parser.add_argument("--candidates", type=int, default=10, help="reward-guided: the most likely next tokens "
-                                                                  "scored at each step (default 10)")
-    parser.add_argument("--guide-weight", type=float, default=1.0, help="reward-guided: the reward's weight beside "
-                                                                       "the logits (default 1)")
+    parser.add_argument("--candidates", type=int, default=10, help="reward-guided, transfer-q: the most likely "
+                                                                  "next tokens scored at each step (default 10)")
+    parser.add_argument("--guide-weight", type=float, default=1.0, help="reward-guided, transfer-q: the reward's "
+                                                                       "weight beside the logits (transfer-q's α; "
+                                                                       "default 1)")
+    parser.add_argument("--lookahead", type=int, default=None, help="reward-guided, transfer-q: greedy tokens each "
+                                                                    "candidate is rolled out before it is valued "
+                                                                    "(default 0 for reward-guided, ARGS; 20 for "
+                                                                    "transfer-q)")
+    parser.add_argument("--aligned", default=None, help="the aligned model a method uses: nudging's nudger, "
+                                                        "transfer-q's guide (a local directory or a hub name)")
+    parser.add_argument("--reference", default=None, help="transfer-q: the model --aligned was trained from; the "
+                                                          "guide is β·log(aligned / reference)")
+    parser.add_argument("--implicit-beta", type=float, default=None, help="transfer-q: β of the aligned model's "
+                                                                          "implicit reward, the β it was trained "
+                                                                          "with (default 0.1, DPO's)")
     parser.add_argument("--prefix", default=None, help="urial: the in-context prefix file (default: the shipped "
                                                        "preamble and three examples, decoding/prefixes/urial.txt)")
     parser.add_argument("--answers", type=int, default=1, help="answers per prompt (default 1)")
@@ -84,9 +102,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args) -> None:
-    """Everything that can be wrong before a model loads."""
+    """Everything that can be wrong before a model loads; fills in the defaults that depend on the method."""
     if args.method not in METHODS:
         raise UserError(f"--method: unknown decoding method '{args.method}' (methods: {', '.join(METHODS)})")
+    for flag, methods in METHOD_FLAGS.items():
+        if getattr(args, flag) is not None and args.method not in methods:
+            hint = "; transfer-q's β is --implicit-beta" if flag == "beta" and args.method == "transfer-q" else ""
+            raise UserError(f"--{flag.replace('_', '-')}: {args.method} does not read it (it is for "
+                            f"{' and '.join(methods)}){hint}")
+    if args.method == "transfer-q":
+        for flag, what in (("aligned", "the aligned model that guides (e.g. a DPO model)"),
+                           ("reference", "the model the aligned model was trained from")):
+            if getattr(args, flag) is None:
+                raise UserError(f"--{flag}: transfer-q needs {what}; give --{flag} DIR")
+    # the defaults of the flags above, now that they are known to be the method's
+    args.beta = 1.0 if args.beta is None else args.beta
+    args.implicit_beta = 0.1 if args.implicit_beta is None else args.implicit_beta
+    args.lookahead = (20 if args.method == "transfer-q" else 0) if args.lookahead is None else args.lookahead
+    if args.lookahead < 0 or not 0 < args.implicit_beta < float("inf"):
+        raise UserError(f"--lookahead must be >= 0 and --implicit-beta > 0; got {args.lookahead}, {args.implicit_beta}")
     if args.method in ("best-of-n", "qalign", "reward-guided") and not args.scorer:
         raise UserError(f"--scorer: {args.method} needs a scorer (a reward); give one (e.g. --scorer task:arithmetic "
                         "or rm:DIR)")
@@ -154,16 +188,20 @@ def run_decode(job, args) -> dict[str, Any]:
     elif args.method == "qalign":
         method = QAlign(base, scorer, args.steps, args.beta, vote=args.vote, burn_in=args.burn_in, tokenizer=tokenizer)
     elif args.method == "reward-guided":
-        method = RewardGuided(model, tokenizer, scorer, k=args.candidates, weight=args.guide_weight)
+        method = RewardGuided(model, tokenizer, scorer, k=args.candidates, weight=args.guide_weight,
+                              lookahead=args.lookahead)
+    elif args.method == "transfer-q":
+        method = _transfer_q(args, job, model, tokenizer)
     else:
         method = InContext(base, read_prefix(args.prefix), tokenizer)
     acceptance = []
-    rows, answers, candidate_rewards, forward = [], [], [], 0
+    rows, answers, candidate_rewards, forward, rollout = [], [], [], 0, 0
     for start in range(0, len(prompts), job.batch_size):
         chunk = prompts[start:start + job.batch_size]
         got = method.generate([p.prompt for p in chunk], job.n, job.params, start=start)
         report = method.last_report
         forward += report.forward_tokens
+        rollout += getattr(report, "rollout_tokens", 0)
         if best_of:
             scores = report.picked_rewards
             candidate_rewards += [[r for per in report.candidate_rewards[i] for r in per] for i in range(len(chunk))]
@@ -211,13 +249,33 @@ def run_decode(job, args) -> dict[str, Any]:
         accepted, proposed = (sum(x) for x in zip(*acceptance, strict=True)) if acceptance else (0, 0)
         summary.update(steps=args.steps, beta=args.beta, vote=args.vote, burn_in=args.burn_in,
                        acceptance_rate=accepted / proposed if proposed else 0.0)
-    elif args.method == "reward-guided":
-        summary.update(candidates=args.candidates, guide_weight=args.guide_weight)
+    elif args.method in ("reward-guided", "transfer-q"):
+        summary.update(candidates=args.candidates, guide_weight=args.guide_weight, lookahead=args.lookahead,
+                       rollout_tokens=rollout)
+        if args.method == "transfer-q":
+            summary.update(aligned=args.aligned, reference=args.reference, implicit_beta=args.implicit_beta)
     else:
         summary["prefix"] = str(args.prefix or "shipped")
     Path(f"{out}.summary.json").write_text(json.dumps(summary, indent=1))
     result["summary"] = summary
     return result
+
+
+def _transfer_q(args, job, model, tokenizer):
+    """Transfer Q* over the base ``model``: the aligned and reference models' tokenizers are checked
+    to share its vocabulary before either model loads."""
+    from alignlab.decoding.transfer_q import TransferQ, check_vocabulary
+    from alignlab.models import load_model, load_tokenizer
+    from alignlab.sample_cli import _default_device
+
+    paths = {"aligned": args.aligned, "reference": args.reference}
+    toks = {role: load_tokenizer(path, trust_remote_code=args.trust_remote_code) for role, path in paths.items()}
+    check_vocabulary([(f"the base model {job.model}", tokenizer),
+                      *((f"the {role} model {paths[role]}", tok) for role, tok in toks.items())])
+    aligned, reference = (load_model(paths[role], dtype=job.dtype, trust_remote_code=args.trust_remote_code)
+                          .to(_default_device()) for role in paths)
+    return TransferQ(model, tokenizer, aligned, reference, k=args.candidates, lookahead=args.lookahead,
+                     weight=args.guide_weight, beta=args.implicit_beta)
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -230,5 +288,6 @@ def format_summary(s: dict[str, Any]) -> str:
                      f"(bound log n - (n-1)/n = {s['kl_bound']:.4f})")
     if "acceptance_rate" in s:
         lines.append(f"  acceptance rate        {s['acceptance_rate']:.4f}   ({s['steps']} steps, beta {s['beta']:g})")
-    lines.append(f"  forward tokens         {s['forward_tokens']}   (plain sampling {s['forward_tokens_plain']})")
+    lines.append(f"  forward tokens         {s['forward_tokens']}   (plain sampling {s['forward_tokens_plain']})"
+                 + (f", {s['rollout_tokens']} in rollouts" if s.get("rollout_tokens") else ""))
     return "\n".join(lines)
