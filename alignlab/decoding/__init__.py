@@ -5,7 +5,9 @@ decode``) can sample through it.
 - ``best_of_n``: best-of-n and soft best-of-n, with InfAlign-style calibration;
 - ``kl``: best-of-n's KL to its policy, the analytic bound and an estimate from rewards;
 - ``qalign``: MCMC towards the reward-tilted model (QAlign / QUEST);
-- ``guided``: reward-guided token-level search (ARGS);
+- ``search``: the token-level search loop the next two share (candidates, values, rollouts);
+- ``guided``: reward-guided token-level search (ARGS), with DeAL-style lookahead;
+- ``transfer_q``: Transfer Q*, a base model guided by an aligned model's implicit reward;
 - ``urial``: in-context alignment of a base model with a fixed prefix.
 """
 
