@@ -121,3 +121,26 @@ def test_one_vocabulary():
 def test_bad_settings(kwargs, message):
     with pytest.raises(UserError, match=message):
         transfer_q(**kwargs)
+
+
+def test_a_cached_rollout_of_a_real_model_is_its_greedy_answer_with_its_log_probs():
+    """On the shipped arithmetic SFT model (a Llama): the rollout of each of 3 candidates after a
+    prompt, token by token with the key-value cache, is the native sampler's greedy continuation
+    of prompt ⊕ candidate, and its summed log-prob is a teacher-forced pass's (completion_logps) to
+    float32 rounding."""
+    from alignlab.generation import make_generator
+    from alignlab.logprobs import completion_logps
+    from alignlab.models import load_model, load_tokenizer
+    from alignlab.testbed.shipped import task_model
+
+    path = str(task_model("arithmetic", "sft"))
+    model, tok = load_model(path), load_tokenizer(path)
+    prompt = list(tok("37+45=", add_special_tokens=True)["input_ids"])
+    cands = tok("819", add_special_tokens=False)["input_ids"]
+    report = SearchReport()
+    rolled = rollout(model, prompt, cands, 5, {tok.eos_token_id}, report)
+    greedy = make_generator(model, tok, "native").generate_ids([tuple(prompt + [c]) for c in cands], 1,
+                                                                SamplingParams(temperature=0, max_new_tokens=5))
+    assert rolled.tokens == [[c, *g[0].token_ids] for c, g in zip(cands, greedy, strict=True)]
+    forced = completion_logps(model, [tuple(prompt)] * 3, [tuple(t) for t in rolled.tokens], tok.pad_token_id)
+    assert rolled.logps == pytest.approx(forced.tolist(), abs=1e-4)
