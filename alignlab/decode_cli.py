@@ -18,8 +18,8 @@ candidates' rewards with a bootstrap interval, ``decoding/kl.py``) and the compu
 model forward tokens (prompt and generated tokens of every sequence sampled).
 
 Settings that cannot work (a method that needs a scorer or a model and has none, n < 1, an unknown
-method, a flag given to a method that does not read it) are one-line errors before the model loads. The command does not resume: it writes the file at the
-end.
+method, a flag given to a method that does not read it) are one-line errors before the model loads.
+The command does not resume: it writes the file at the end.
 """
 
 from __future__ import annotations
