@@ -3,7 +3,9 @@ the answers as `alignlab sample` writes samples; on a testbed task, also measure
 
     alignlab decode --method best-of-n --model M --scorer SPEC --n 8 (--prompts FILE | --task T) --output O.jsonl
     alignlab decode --method qalign --model M --scorer SPEC --steps 16 --beta 1 (--prompts FILE | --task T) --output O.jsonl
-    alignlab decode --method reward-guided --model M --scorer SPEC --candidates 10 --guide-weight 1 ...
+    alignlab decode --method reward-guided --model M --scorer SPEC --candidates 10 --guide-weight 1 [--lookahead L] ...
+    alignlab decode --method transfer-q --model BASE --aligned DPO_MODEL --reference REF_MODEL [--candidates 10]
+        [--lookahead 20] [--guide-weight 1] [--implicit-beta 0.1] ...
     alignlab decode --method urial --model BASE [--prefix FILE] (--prompts FILE | --task T) --output O.jsonl
     alignlab decode --method nudging --model BASE --aligned NUDGER [--threshold 0.3] --temperature 0 ...
 
@@ -17,9 +19,10 @@ candidates' rewards with a bootstrap interval, ``decoding/kl.py``) and the compu
 model forward tokens (prompt and generated tokens of every sequence sampled); for nudging also
 the share of the answers' tokens the aligned model wrote.
 
-Settings that cannot work (a method that needs a scorer and has none, n < 1, an unknown method)
-are one-line errors before the model loads. The command does not resume: it writes the file at the
-end.
+Settings that cannot work (a method that needs a scorer or a model and has none, n < 1, an unknown
+method, a flag given to a method that does not read it, models of different vocabularies for
+transfer-q) are one-line errors before the model loads. The command does not resume: it writes the
+file at the end.
 """
 
 from __future__ import annotations
@@ -125,15 +128,16 @@ def run_decode(job, args) -> dict[str, Any]:
     best_of = args.method == "best-of-n"
     base = generation.make_generator(model, tokenizer, job.backend,
                                      batch_size=job.batch_size * job.n * (args.n if best_of else 1))
-    others = method_models(args, job.dtype, args.trust_remote_code, _default_device())
+    others = method_models(args, job.dtype, args.trust_remote_code, _default_device(), tokenizer, job.model)
     method = build_method(args, model, tokenizer, base, scorer, others)
     acceptance, nudged = [], [0, 0]  # qalign: (accepted, proposed) per batch; nudging: (nudged, all) tokens
-    rows, answers, candidate_rewards, forward = [], [], [], 0
+    rows, answers, candidate_rewards, forward, rollout = [], [], [], 0, 0
     for start in range(0, len(prompts), job.batch_size):
         chunk = prompts[start:start + job.batch_size]
         got = method.generate([p.prompt for p in chunk], job.n, job.params, start=start)
         report = method.last_report
         forward += report.forward_tokens
+        rollout += getattr(report, "rollout_tokens", 0)
         if best_of:
             scores = report.picked_rewards
             candidate_rewards += [[r for per in report.candidate_rewards[i] for r in per] for i in range(len(chunk))]
@@ -183,8 +187,11 @@ def run_decode(job, args) -> dict[str, Any]:
         accepted, proposed = (sum(x) for x in zip(*acceptance, strict=True)) if acceptance else (0, 0)
         summary.update(steps=args.steps, beta=args.beta, vote=args.vote, burn_in=args.burn_in,
                        acceptance_rate=accepted / proposed if proposed else 0.0)
-    elif args.method == "reward-guided":
-        summary.update(candidates=args.candidates, guide_weight=args.guide_weight)
+    elif args.method in ("reward-guided", "transfer-q"):
+        summary.update(candidates=args.candidates, guide_weight=args.guide_weight, lookahead=args.lookahead,
+                       rollout_tokens=rollout)
+        if args.method == "transfer-q":
+            summary.update(aligned=args.aligned, reference=args.reference, implicit_beta=args.implicit_beta)
     elif args.method == "nudging":
         summary.update(aligned=args.aligned, threshold=args.threshold,
                        nudged_share=nudged[0] / nudged[1] if nudged[1] else 0.0)
@@ -208,5 +215,6 @@ def format_summary(s: dict[str, Any]) -> str:
     if "nudged_share" in s:
         lines.append(f"  nudged share           {s['nudged_share']:.4f}   (of the answers' tokens, by {s['aligned']}; "
                      f"threshold {s['threshold']:g})")
-    lines.append(f"  forward tokens         {s['forward_tokens']}   (plain sampling {s['forward_tokens_plain']})")
+    lines.append(f"  forward tokens         {s['forward_tokens']}   (plain sampling {s['forward_tokens_plain']})"
+                 + (f", {s['rollout_tokens']} in rollouts" if s.get("rollout_tokens") else ""))
     return "\n".join(lines)

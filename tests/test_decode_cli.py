@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -45,10 +46,22 @@ def test_best_of_n_on_a_task_writes_its_answers_and_measures_them(tmp_path, sft_
     (["--method", "reward-guided"], "--scorer: reward-guided needs a scorer"),
     (["--method", "qalign", "--scorer", "task:arithmetic", "--burn-in", "20", "--steps", "4"], "--burn-in in [0, steps]"),
     (["--method", "nudging", "--temperature", "0"], "--aligned: nudging needs an aligned model"),
-    (["--method", "best-of-n", "--scorer", "task:arithmetic", "--aligned", "m"], "--aligned: best-of-n uses no aligned"),
+    (["--method", "best-of-n", "--scorer", "task:arithmetic", "--aligned", "m"], "--aligned: best-of-n does not read it (it is for nudging and transfer-q)"),
     (["--method", "nudging", "--aligned", "m", "--temperature", "0", "--threshold", "0"], "--threshold must be in (0, 1]"),
     (["--method", "nudging", "--aligned", "m", "--temperature", "0", "--threshold", "1.5"], "--threshold must be in"),
     (["--method", "nudging", "--aligned", "m"], "pass --temperature 0"),
+    (["--method", "transfer-q", "--reference", "r"], "--aligned: transfer-q needs the aligned model that guides"),
+    (["--method", "transfer-q", "--aligned", "a"], "--reference: transfer-q needs the model the aligned model was"),
+    (["--method", "transfer-q", "--aligned", "a", "--reference", "r", "--beta", "0.5"],
+     "--beta: transfer-q does not read it (it is for qalign); transfer-q's β is --implicit-beta"),
+    (["--method", "qalign", "--scorer", "task:arithmetic", "--implicit-beta", "0.5"],
+     "--implicit-beta: qalign does not read it (it is for transfer-q)"),
+    (["--method", "best-of-n", "--scorer", "task:arithmetic", "--lookahead", "4"],
+     "--lookahead: best-of-n does not read it (it is for reward-guided and transfer-q)"),
+    (["--method", "reward-guided", "--scorer", "task:arithmetic", "--aligned", "a"],
+     "--aligned: reward-guided does not read it (it is for nudging and transfer-q)"),
+    (["--method", "reward-guided", "--scorer", "task:arithmetic", "--lookahead", "-1"], "--lookahead must be >= 0"),
+    (["--method", "transfer-q", "--aligned", "a", "--reference", "r", "--implicit-beta", "0"], "--implicit-beta > 0"),
 ])
 def test_settings_that_cannot_work_are_one_line_errors_before_loading(tmp_path, args, message, capsys):
     code = main(["decode", *args, "--model", str(tmp_path / "no-model"), "--task", "arithmetic",
@@ -133,3 +146,62 @@ def test_nudging_a_pretrained_model_with_a_one_word_answerer_gives_the_answerers
                                             abs=1e-12)
     assert summary["nudged_share"] == 1.0 and summary["threshold"] == 0.4 and summary["aligned"] == sft_model
     assert summary["forward_tokens"] > summary["forward_tokens_plain"] > 0
+def test_lookahead_is_counted_and_guides_by_the_rolled_out_text(tmp_path, sft_model):
+    """Greedy ARGS guided by gold at weight 4 on 16 prompts, with a lookahead of 3 tokens: its
+    summary records the lookahead and the rollouts' forward tokens (a part of the total), and its
+    gold (recomputed here) is at least that of the same search without lookahead."""
+    golds, summaries = {}, {}
+    for lookahead in ("0", "3"):
+        out = tmp_path / f"la{lookahead}.jsonl"
+        assert main(["decode", "--method", "reward-guided", "--model", sft_model, "--scorer", "task:arithmetic:gold",
+                     "--guide-weight", "4", "--candidates", "5", "--lookahead", lookahead, "--temperature", "0",
+                     "--task", "arithmetic", "--limit", "16", "--max-new-tokens", "6", "--output", str(out)]) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        gold = load_scorer("task:arithmetic:gold")
+        golds[lookahead] = sum(gold.score([r["prompt"]], [r["samples"][0]["text"]])[0] for r in rows) / 16
+        summaries[lookahead] = json.loads((tmp_path / f"la{lookahead}.jsonl.summary.json").read_text())
+    assert summaries["0"]["lookahead"] == 0 and summaries["0"]["rollout_tokens"] == 0
+    assert summaries["3"]["lookahead"] == 3 and 0 < summaries["3"]["rollout_tokens"] < summaries["3"]["forward_tokens"]
+    assert summaries["3"]["gold"] == pytest.approx(golds["3"], abs=1e-12) and golds["3"] >= golds["0"]
+
+
+def test_transfer_q_with_the_reference_as_guide_decodes_greedily(tmp_path, sft_model):
+    """With --aligned and --reference the same model the implicit reward is 0 for every candidate
+    (up to rounding), so transfer-q at temperature 0 answers as greedy decoding of the base model
+    (here: best-of-1 at temperature 0, through the sampler); its summary records its settings and
+    the guide's rollouts."""
+    pretrained = str(task_model("arithmetic", "pretrained"))
+    common = ["--model", sft_model, "--task", "arithmetic", "--limit", "12", "--max-new-tokens", "6",
+              "--temperature", "0"]
+    assert main(["decode", "--method", "transfer-q", "--aligned", pretrained, "--reference", pretrained,
+                 "--lookahead", "4", *common, "--output", str(tmp_path / "tq.jsonl")]) == 0
+    assert main(["decode", "--method", "best-of-n", "--n", "1", "--scorer", "task:arithmetic:gold", *common,
+                 "--output", str(tmp_path / "greedy.jsonl")]) == 0
+    texts = [[json.loads(line)["samples"][0]["text"] for line in (tmp_path / f).read_text().splitlines()]
+             for f in ("tq.jsonl", "greedy.jsonl")]
+    assert texts[0] == texts[1]
+    summary = json.loads((tmp_path / "tq.jsonl.summary.json").read_text())
+    assert (summary["aligned"], summary["implicit_beta"], summary["lookahead"], summary["candidates"]) == \
+        (pretrained, 0.1, 4, 10)
+    assert 0 < summary["rollout_tokens"] < summary["forward_tokens"]
+
+
+def test_transfer_q_refuses_models_of_another_vocabulary_before_loading_them(tmp_path, sft_model, capsys):
+    """An aligned model whose tokenizer swaps two tokens' ids (and has no weights: it must not
+    load) is refused in one line naming the base model and it."""
+    other = tmp_path / "swapped"
+    other.mkdir()
+    for f in Path(sft_model).iterdir():
+        if f.name != "model.safetensors":
+            (other / f.name).write_bytes(f.read_bytes())
+    spec = json.loads((other / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["!"], vocab['"'] = vocab['"'], vocab["!"]
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    code = main(["decode", "--method", "transfer-q", "--model", sft_model, "--aligned", str(other), "--reference",
+                 sft_model, "--task", "arithmetic", "--limit", "2", "--output", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"transfer-q needs one vocabulary: the base model {sft_model} and the aligned model {other} have " \
+           "different vocabularies (263 and 263 tokens, 4 entries not shared)" in err
+    assert not (tmp_path / "o.jsonl").exists()

@@ -15,10 +15,13 @@ from typing import Any
 
 from alignlab.errors import UserError
 
-METHODS = ("best-of-n", "qalign", "reward-guided", "urial", "nudging")
+METHODS = ("best-of-n", "qalign", "reward-guided", "transfer-q", "urial", "nudging")
 NEEDS_SCORER = ("best-of-n", "qalign", "reward-guided")
-USES_ALIGNED = ("nudging",)  # the methods that take a second, aligned model (--aligned)
 GREEDY_ONLY = ("nudging",)  # the methods that decode greedily and nothing else
+# Flags only some methods read (their default is None): given to another method they are a mistake.
+METHOD_FLAGS = {"beta": ("qalign",), "lookahead": ("reward-guided", "transfer-q"),
+                "aligned": ("nudging", "transfer-q"), "reference": ("transfer-q",), "implicit_beta": ("transfer-q",)}
+USES_ALIGNED = METHOD_FLAGS["aligned"]  # the methods that take a second, aligned model (--aligned)
 
 
 def add_method_flags(parser: argparse.ArgumentParser, method_required: bool = True) -> None:
@@ -34,27 +37,56 @@ def add_method_flags(parser: argparse.ArgumentParser, method_required: bool = Tr
                              "(InfAlign's calibration)")
     parser.add_argument("--calibration-samples", type=int, default=16, help="plain samples per prompt for --calibrate")
     parser.add_argument("--steps", type=int, default=16, help="qalign: Metropolis-Hastings steps per answer (default 16)")
-    parser.add_argument("--beta", type=float, default=1.0, help="qalign: the reward's temperature β in "
-                                                                "π·exp(r/β) (default 1, QAlign's)")
+    parser.add_argument("--beta", type=float, default=None, help="qalign: the reward's temperature β in "
+                                                                 "π·exp(r/β) (default 1, QAlign's; transfer-q's β "
+                                                                 "is --implicit-beta)")
     parser.add_argument("--vote", action="store_true", help="qalign: answer with the chain's most frequent "
                                                             "answer after --burn-in steps, not its last state")
     parser.add_argument("--burn-in", type=int, default=0, help="qalign: steps left out of the vote (default 0)")
-    parser.add_argument("--candidates", type=int, default=10, help="reward-guided: the most likely next tokens "
-                                                                  "scored at each step (default 10)")
-    parser.add_argument("--guide-weight", type=float, default=1.0, help="reward-guided: the reward's weight beside "
-                                                                       "the logits (default 1)")
+    parser.add_argument("--candidates", type=int, default=10, help="reward-guided, transfer-q: the most likely "
+                                                                  "next tokens scored at each step (default 10)")
+    parser.add_argument("--guide-weight", type=float, default=1.0, help="reward-guided, transfer-q: the reward's "
+                                                                       "weight beside the logits (transfer-q's α; "
+                                                                       "default 1)")
+    parser.add_argument("--lookahead", type=int, default=None, help="reward-guided, transfer-q: greedy tokens each "
+                                                                    "candidate is rolled out before it is valued "
+                                                                    "(default 0 for reward-guided, ARGS; 20 for "
+                                                                    "transfer-q)")
     parser.add_argument("--prefix", default=None, help="urial: the in-context prefix file (default: the shipped "
                                                        "preamble and three examples, decoding/prefixes/urial.txt)")
     parser.add_argument("--aligned", default=None, help="the aligned model a method uses: nudging's nudger, "
                                                         "transfer-q's guide (a local directory or a hub name)")
+    parser.add_argument("--reference", default=None, help="transfer-q: the model --aligned was trained from; the "
+                                                          "guide is β·log(aligned / reference)")
+    parser.add_argument("--implicit-beta", type=float, default=None, help="transfer-q: β of the aligned model's "
+                                                                          "implicit reward, the β it was trained "
+                                                                          "with (default 0.1, DPO's)")
     parser.add_argument("--threshold", type=float, default=0.3, help="nudging: the aligned model writes where the "
                         "base model's top-1 probability is below this (default 0.3, the paper's; its runs use 0.4)")
 
 
 def check_method(args: argparse.Namespace) -> None:
-    """Everything about the method's settings that can be wrong before a model loads."""
+    """Everything about the method's settings that can be wrong before a model loads; fills in the
+    defaults that depend on the method."""
     if args.method not in METHODS:
         raise UserError(f"--method: unknown decoding method '{args.method}' (methods: {', '.join(METHODS)})")
+    for flag, methods in METHOD_FLAGS.items():
+        if getattr(args, flag) is not None and args.method not in methods:
+            hint = "; transfer-q's β is --implicit-beta" if flag == "beta" and args.method == "transfer-q" else ""
+            raise UserError(f"--{flag.replace('_', '-')}: {args.method} does not read it (it is for "
+                            f"{' and '.join(methods)}){hint}")
+    needs = {"nudging": (("aligned", "an aligned model, the nudger"),),
+             "transfer-q": (("aligned", "the aligned model that guides (e.g. a DPO model)"),
+                            ("reference", "the model the aligned model was trained from"))}
+    for flag, what in needs.get(args.method, ()):
+        if getattr(args, flag) is None:
+            raise UserError(f"--{flag}: {args.method} needs {what}; give --{flag} DIR")
+    # the defaults of the flags above, now that they are known to be the method's
+    args.beta = 1.0 if args.beta is None else args.beta
+    args.implicit_beta = 0.1 if args.implicit_beta is None else args.implicit_beta
+    args.lookahead = (20 if args.method == "transfer-q" else 0) if args.lookahead is None else args.lookahead
+    if args.lookahead < 0 or not 0 < args.implicit_beta < float("inf"):
+        raise UserError(f"--lookahead must be >= 0 and --implicit-beta > 0; got {args.lookahead}, {args.implicit_beta}")
     if args.method in NEEDS_SCORER and not args.scorer:
         raise UserError(f"--scorer: {args.method} needs a scorer (a reward); give one (e.g. --scorer task:arithmetic "
                         "or rm:DIR)")
@@ -65,10 +97,6 @@ def check_method(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.method in USES_ALIGNED and not args.aligned:
-        raise UserError(f"--aligned: {args.method} needs an aligned model (--aligned DIR)")
-    if args.aligned and args.method not in USES_ALIGNED:
-        raise UserError(f"--aligned: {args.method} uses no aligned model (only {', '.join(USES_ALIGNED)} do)")
     if args.method == "nudging" and not 0 < args.threshold <= 1:
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
     if args.prefix is not None and args.method != "urial":
@@ -118,13 +146,21 @@ def method_scorer(args: argparse.Namespace):
 
 
 def method_models(args: argparse.Namespace, dtype: str = "fp32", trust_remote_code: bool = False,
-                  device: Any = "cpu") -> dict[str, tuple[Any, Any]]:
-    """The other models the method reads, loaded once: name -> (model, tokenizer)."""
+                  device: Any = "cpu", base_tokenizer: Any = None,
+                  base_name: str = "") -> dict[str, tuple[Any, Any]]:
+    """The other models the method reads, loaded once: name (aligned, reference) -> (model,
+    tokenizer). For transfer-q, their vocabularies are checked against ``base_tokenizer`` first."""
     from alignlab.models import load_model, load_tokenizer
 
-    names = {"aligned": args.aligned} if args.method in USES_ALIGNED else {}
+    names = {key: getattr(args, key) for key in ("aligned", "reference") if getattr(args, key, None)}
+    tokenizers = {key: load_tokenizer(path, trust_remote_code=trust_remote_code) for key, path in names.items()}
+    if args.method == "transfer-q" and base_tokenizer is not None:  # one vocabulary, checked before loading
+        from alignlab.decoding.transfer_q import check_vocabulary
+
+        check_vocabulary([(f"the base model {base_name}", base_tokenizer),
+                          *((f"the {key} model {names[key]}", tok) for key, tok in tokenizers.items())])
     return {key: (load_model(path, dtype=dtype, trust_remote_code=trust_remote_code).to(device).eval(),
-                  load_tokenizer(path, trust_remote_code=trust_remote_code)) for key, path in names.items()}
+                  tokenizers[key]) for key, path in names.items()}
 
 
 def build_method(args: argparse.Namespace, model, tokenizer, base, scorer: Any = None,
@@ -145,7 +181,13 @@ def build_method(args: argparse.Namespace, model, tokenizer, base, scorer: Any =
     if args.method == "reward-guided":
         from alignlab.decoding.guided import RewardGuided
 
-        return RewardGuided(model, tokenizer, scorer, k=args.candidates, weight=args.guide_weight)
+        return RewardGuided(model, tokenizer, scorer, k=args.candidates, weight=args.guide_weight,
+                            lookahead=args.lookahead)
+    if args.method == "transfer-q":
+        from alignlab.decoding.transfer_q import TransferQ
+
+        return TransferQ(model, tokenizer, models["aligned"][0], models["reference"][0], k=args.candidates,
+                         lookahead=args.lookahead, weight=args.guide_weight, beta=args.implicit_beta)
     if args.method == "nudging":
         from alignlab.decoding.nudging import Nudging
 

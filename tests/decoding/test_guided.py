@@ -1,4 +1,4 @@
-"""Reward-guided search (ARGS): the choice by hand on a three-token vocabulary."""
+"""Reward-guided search (ARGS, and DeAL-style lookahead): the choice by hand on a three-token vocabulary."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignlab.decoding.guided import RewardGuided, choose
+from alignlab.decoding.guided import RewardGuided
+from alignlab.decoding.search import choose
 from alignlab.errors import UserError
 from alignlab.generation.base import SamplingParams
 from alignlab.rewards.base import Scorer
-
-EOS, A, B = 0, 1, 2
+from tests.decoding.fakes import EOS, Letters, Markov
 
 
 class Fixed(torch.nn.Module):
@@ -29,13 +29,6 @@ class Fixed(torch.nn.Module):
         T = input_ids.shape[1]
         row = torch.tensor([self.l_eos, 1.0, 0.0]) if T < 4 else torch.tensor([10.0, -10.0, -10.0])
         return SimpleNamespace(logits=row.expand(1, T, 3))
-
-
-class Letters:
-    eos_token_id = EOS
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join({A: "a", B: "b"}.get(i, "") for i in ids)
 
 
 class CountB(Scorer):
@@ -67,8 +60,59 @@ def test_the_reward_steers_each_token(weight, want):
     assert guided.last_report.forward_tokens == 1 + 2 + 3 + 4 and guided.last_report.reward_calls == 8
 
 
+# After the prompt (token 7) the model prefers a (logit 1) to b (0); after a it goes on with a
+# (logit 2), after b with b (2); EOS stays at -5.
+SELF_FOLLOWING = Markov({1: [-5.0, 2.0, 0.0], 2: [-5.0, 0.0, 2.0]}, start=[-5.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("lookahead,want,forward,rollout", [(0, "aaa", 6, 0), (2, "bbb", 18, 12)])
+def test_lookahead_sees_where_a_token_leads(lookahead, want, forward, rollout):
+    """Weight 0.5, reward = the number of b's, top-2 candidates, 3 new tokens at most.
+    L = 0 (ARGS): step 1 scores a 1 + 0.5·0 = 1 against b 0 + 0.5·1 = 0.5 and takes a; after a the
+    logits are (a 2, b 0): a 2 against b 0.5, so "aaa".
+    L = 2: each candidate is rolled out greedily, cut to the budget (2, then 1, then 0 tokens): step
+    1 sees "aaa" (reward 0, score 1) against "bbb" (3, 0 + 1.5) and takes b; step 2 (after b: b 2, a
+    0) sees "bbb" (2 + 1.5) against "baa" (0 + 0.5), step 3 "bbb" against "bba": "bbb".
+    Forward tokens: the steps' passes over 1 + 2 + 3 tokens; with L = 2 the rollouts' first passes
+    over the 2 candidate sequences (2·2 at step 1, 2·3 at step 2) and one cached token per row at
+    step 1's second rollout token (2): 12."""
+    guided = RewardGuided(SELF_FOLLOWING, Letters(), CountB(), k=2, weight=0.5, lookahead=lookahead)
+    (answer,), = guided.generate_ids([(7,)], 1, SamplingParams(temperature=0, max_new_tokens=3))
+    assert answer.text == want and not answer.finished
+    report = guided.last_report
+    assert (report.forward_tokens, report.rollout_tokens, report.reward_calls) == (forward, rollout, 6)
+
+
+def test_a_rollout_ends_at_its_stop_token():
+    """After a the model ends (EOS 3 > a 2); after b it goes on with b; after EOS it would say b (5).
+    Weight 0.4, b-count reward, top-2, L = 3, 4 new tokens. Step 1: a's rollout stops at EOS ("a",
+    score 1 + 0) while b's runs 3 tokens ("bbbb", 0 + 1.6): b. Were a's rollout read past its EOS,
+    it would read "abb" (1 + 0.8 = 1.8) and win. Later steps: "bbbb" (2 + 1.6) against "ba", "bba",
+    "bbba" (at most 0 + 1.2): "bbbb".
+    Rollout tokens: step 1 the first pass 2·2, then one token for both rows twice while b is live
+    (2 + 2); step 2 (horizon 2) 2·3 + 2; step 3 (horizon 1) 2·4; step 4 none: 24, plus the steps'
+    1 + 2 + 3 + 4."""
+    model = Markov({1: [3.0, 2.0, 0.0], 2: [-5.0, 0.0, 2.0], 0: [-5.0, 0.0, 5.0]}, start=[-5.0, 1.0, 0.0])
+    guided = RewardGuided(model, Letters(), CountB(), k=2, weight=0.4, lookahead=3)
+    (answer,), = guided.generate_ids([(7,)], 1, SamplingParams(temperature=0, max_new_tokens=4))
+    assert answer.text == "bbbb" and answer.token_ids == (2, 2, 2, 2)
+    assert (guided.last_report.rollout_tokens, guided.last_report.forward_tokens) == (24, 34)
+
+
+def test_sampled_lookahead_answers_do_not_depend_on_their_batch():
+    """Sampled at temperature 1 with lookahead, three prompts asked together give each prompt the
+    answers it gets alone (its index passed as ``start``)."""
+    guided = RewardGuided(SELF_FOLLOWING, Letters(), CountB(), k=2, weight=0.5, lookahead=2)
+    params = SamplingParams(temperature=1.0, max_new_tokens=3, seed=3)
+    together = guided.generate_ids([(7,), (8,), (9,)], 4, params)
+    alone = [guided.generate_ids([c], 4, params, start=i)[0] for i, c in enumerate([(7,), (8,), (9,)])]
+    assert [[s.token_ids for s in row] for row in together] == [[s.token_ids for s in row] for row in alone]
+    assert len({s.token_ids for row in together for s in row}) > 1
+
+
 def test_bad_settings():
     for kwargs, message in (({"scorer": None}, "needs a scorer"), ({"k": 0}, "k must be"),
-                            ({"weight": float("nan")}, "weight must be")):
+                            ({"weight": float("nan")}, "weight must be"), ({"lookahead": -1}, "lookahead must be"),
+                            ({"lookahead": True}, "lookahead must be")):
         with pytest.raises(UserError, match=message):
             RewardGuided(**{"model": Fixed(), "tokenizer": Letters(), "scorer": CountB(), **kwargs})
