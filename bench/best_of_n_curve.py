@@ -108,17 +108,18 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r["task"] for r in results))
-    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4.4 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(13, 4.8 * len(tasks)), squeeze=False)
     for (ax_r, ax_kl), task in zip(axes, tasks, strict=True):
         mine_task = [r for r in results if r["task"] == task]
+        ax_s = ax_r.twinx()  # the scorers' own rewards: their scales differ from gold's
         for kind in dict.fromkeys(r["scorer_kind"] for r in mine_task):
             bon = sorted((r for r in mine_task if r["scorer_kind"] == kind and r["method"] == "best-of-n"),
                          key=lambda r: r["n"])
             x = [r["forward_tokens"] for r in bon]
             line = ax_r.plot(x, [r["gold"] for r in bon], marker="o", label=f"best-of-n: gold, picked by {kind}")[0]
             if kind != "gold":
-                ax_r.plot(x, [r["scorer_reward"] for r in bon], marker="s", linestyle="--", alpha=0.5,
-                          color=line.get_color(), label=f"best-of-n: the {kind}'s score (what it picks by)")
+                ax_s.plot(x, [r["scorer_reward"] for r in bon], marker="s", linestyle="--", alpha=0.45,
+                          color=line.get_color(), label=f"best-of-n: the {kind}'s score (right axis)")
             for method, mark in (("qalign", "^"), ("reward-guided", "D")):
                 pts = sorted((r for r in mine_task if r["scorer_kind"] == kind and r["method"] == method),
                              key=lambda r: r["forward_tokens"])
@@ -136,10 +137,12 @@ def plot(results: list[dict], path: Path) -> None:
                        linestyle=":", label="log n − (n−1)/n")
         ax_r.set_xscale("log")
         ax_r.set_xlabel("model forward tokens")
-        ax_r.set_ylabel("reward of the answers")
+        ax_r.set_ylabel("gold reward of the answers")
+        ax_s.set_ylabel("the picking scorer's reward (dashed)")
         ax_r.set_title(f"{task}: reward against compute")
         ax_r.grid(alpha=0.3)
-        ax_r.legend(fontsize=6.5)
+        handles = [h for ax in (ax_r, ax_s) for h in ax.get_legend_handles_labels()[0]]
+        ax_r.legend(handles=handles, fontsize=6, loc="best")
         ax_kl.set_xscale("log", base=2)
         ax_kl.set_xlabel("n")
         ax_kl.set_ylabel("KL(best-of-n ‖ model), nats")
