@@ -119,14 +119,14 @@ def check_method(args: argparse.Namespace) -> None:
 
 def check_scorer(spec: str) -> None:
     """What can be checked of a scorer's spec without loading a model: its kind (or a directory),
-    and a task scorer whole (it is cheap); an error names --scorer."""
+    and whole those that load no model (task, length, fn, bleu); an error names --scorer."""
     from pathlib import Path
 
     from alignlab.rewards import SPECS, load_scorer
 
     kind = spec.partition(":")[0]
     try:
-        if kind == "task" or (kind not in SPECS and not Path(spec).expanduser().is_dir()):
+        if kind in ("task", "length", "fn", "bleu") or (kind not in SPECS and not Path(spec).expanduser().is_dir()):
             load_scorer(spec)
     except UserError as e:
         raise UserError(f"--scorer: {e}") from None
