@@ -267,3 +267,13 @@ def test_the_readme_shows_the_example_config():
     assert yaml.safe_load(block) == yaml.safe_load(example.read_text())
     plan = load_plan(example)
     assert [c.kind for c in plan.cells].count("train") == 9 and len(plan.cells) == 15
+
+
+def test_a_bad_jobs_flag_names_the_flag_and_a_folder_is_not_a_config(tmp_path, capsys):
+    path = write_config(tmp_path, TESTBED.format(base="epochs: 1", grid="method: [dpo]"))
+    assert cli.main(["compare", str(path), "--jobs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--jobs: cells run at once, a whole number >= 1, got 0" in err and str(path) not in err, err
+    assert cli.main(["compare", str(tmp_path)]) == 2
+    assert f"config file '{tmp_path}' is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

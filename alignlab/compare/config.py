@@ -93,7 +93,9 @@ def value_text(value: Any) -> str:
 
 def load_plan(path: str | Path, jobs: int | None = None) -> Plan:
     """Read and check the config at ``path`` (``jobs`` overrides its ``jobs``); every error is one
-    line that starts with the file's name."""
+    line that starts with the file's name (a bad ``jobs`` names --jobs)."""
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs: cells run at once, a whole number >= 1, got {jobs}")
     try:
         return _plan(read_yaml(path), str(path), jobs)
     except ConfigError as e:
