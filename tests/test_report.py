@@ -231,6 +231,11 @@ def test_report_of_a_folder_that_holds_no_run(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "neither a comparison" in err and "\n" not in err
+    assert cli.main(["report", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'}: does not exist" in capsys.readouterr().err
+    (tmp_path / "f.txt").write_text("x")
+    assert cli.main(["report", str(tmp_path / "f.txt")]) == 2
+    assert f"{tmp_path / 'f.txt'}: is a file" in capsys.readouterr().err
 
 
 def test_columns_of_a_decoding_method_in_training_and_without_a_task():
