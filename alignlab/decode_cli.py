@@ -88,6 +88,11 @@ def _check(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if not Path(args.output).suffix.lower() == ".jsonl":
         raise UserError(f"--output {args.output}: answers are written as JSON lines; name the file *.jsonl")
+    out = Path(args.output).expanduser()
+    if out.is_dir():
+        raise UserError(f"--output {args.output}: is a folder; name the file to write (*.jsonl)")
+    if not out.parent.is_dir():
+        raise UserError(f"--output {args.output}: folder '{out.parent}' does not exist")
 
 
 def cmd_decode(tokens: list[str]) -> int:

@@ -101,6 +101,8 @@ def cmd_rm(tokens: list[str]) -> int:
     parser.add_argument("--scorer", default=None, help="any scorer, e.g. task:sentiment, judge:DIR, bleu:REFS.jsonl "
                                                        "(see alignlab.rewards)")
     parser.add_argument("--split", default=None, help="split of a dataset directory")
+    parser.add_argument("--skip-invalid", action="store_true", help="skip bad rows (each is reported) instead of "
+                                                                    "stopping at the first")
     parser.add_argument("--bins", type=int, default=10, help="reliability bins (default 10)")
     parser.add_argument("--subset-column", default="subset", help="column naming each pair's subset (default subset)")
     parser.add_argument("--out", default=None, help="also write the full report here as JSON")
@@ -111,7 +113,7 @@ def cmd_rm(tokens: list[str]) -> int:
     if args.bins < 1:
         raise UserError(f"alignlab eval rm: --bins must be >= 1, got {args.bins}")
     scorer = load_scorer(f"rm:{args.model}" if args.model else args.scorer)
-    pairs = load_pairs(args.data, args.subset_column, split=args.split)
+    pairs = load_pairs(args.data, args.subset_column, split=args.split, skip_invalid=args.skip_invalid)
     report = {"scorer": scorer.name, "data": args.data, **evaluate_pairs(scorer, pairs, args.bins)}
     write_report(args.out, report)
     print(f"{scorer.name} on {report['pairs']} pairs from {args.data}")

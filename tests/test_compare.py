@@ -50,6 +50,9 @@ grid:
     ("output_dir: x", "method: [dpo]", "", "base.output_dir: set by alignlab compare for each cell"),
     ("feedback: {promts: 8}", "method: [dpo]", "", "base.feedback.promts: unknown key (keys: "),
     ("feedback: {k: 1}", "method: [dpo]", "", "k must be >= 2"),
+    ("feedback: {prompts: many}", "method: [dpo]", "", "base.feedback.prompts: a whole number, got 'many'"),
+    ("feedback: {label_noise: [0.1]}", "method: [dpo]", "", "base.feedback.label_noise: a number, got [0.1]"),
+    ("feedback: {k: 2.5}", "method: [dpo]", "", "base.feedback.k: a whole number, got 2.5"),
     ("epochs: 1", "method: [soft-preference]", "", "cell method=soft-preference: the synthetic feedback has no strength"),
     ("epochs: 1", "method: [bvpo]", "", "cell method=bvpo: mix_data: method 'bvpo' needs a second set of pairs"),
     ("epochs: 1", "method: [dpo]", "jobs: 0", "jobs: cells run at once, a whole number >= 1, got 0"),
@@ -264,3 +267,13 @@ def test_the_readme_shows_the_example_config():
     assert yaml.safe_load(block) == yaml.safe_load(example.read_text())
     plan = load_plan(example)
     assert [c.kind for c in plan.cells].count("train") == 9 and len(plan.cells) == 15
+
+
+def test_a_bad_jobs_flag_names_the_flag_and_a_folder_is_not_a_config(tmp_path, capsys):
+    path = write_config(tmp_path, TESTBED.format(base="epochs: 1", grid="method: [dpo]"))
+    assert cli.main(["compare", str(path), "--jobs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--jobs: cells run at once, a whole number >= 1, got 0" in err and str(path) not in err, err
+    assert cli.main(["compare", str(tmp_path)]) == 2
+    assert f"config file '{tmp_path}' is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

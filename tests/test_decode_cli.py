@@ -70,6 +70,21 @@ def test_settings_that_cannot_work_are_one_line_errors_before_loading(tmp_path, 
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(("output", "message"), [
+    ("no-such-folder/o.jsonl", "folder '{tmp}/no-such-folder' does not exist"),
+    (".", "is a folder; name the file to write"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_loading(tmp_path, output, message, capsys):
+    out = str(tmp_path / output) if output != "." else str(tmp_path / "x.jsonl")
+    if output == ".":
+        (tmp_path / "x.jsonl").mkdir()
+    code = main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--model",
+                 str(tmp_path / "no-model"), "--task", "arithmetic", "--output", out])
+    err = capsys.readouterr().err
+    assert code == 2 and message.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1, err
+    assert "no-model" not in err
+
+
 def test_urial_answers_after_the_prefix_and_is_measured(tmp_path, sft_model):
     """With a short prefix of the task's own form the command answers, writes rows without scores
     and measures gold, win rate and forward tokens (no KL: it is not defined for urial)."""

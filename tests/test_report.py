@@ -231,6 +231,11 @@ def test_report_of_a_folder_that_holds_no_run(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "neither a comparison" in err and "\n" not in err
+    assert cli.main(["report", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'}: does not exist" in capsys.readouterr().err
+    (tmp_path / "f.txt").write_text("x")
+    assert cli.main(["report", str(tmp_path / "f.txt")]) == 2
+    assert f"{tmp_path / 'f.txt'}: is a file" in capsys.readouterr().err
 
 
 def test_columns_of_a_decoding_method_in_training_and_without_a_task():
@@ -253,3 +258,32 @@ def test_columns_of_a_decoding_method_in_training_and_without_a_task():
     assert [k for k, _ in metric_columns([held_out])] == ["eval/loss", "eval/rewards/accuracies"]
     assert [k for k, _ in metric_columns([CellResult("c", "train", "dpo", 0, "ok", {"train/loss": 0.5})])] == [
         "train/loss"]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("cells/method=dpo,seed=0/result.json", "{bad", "method=dpo,seed=0/result.json: cannot read it as JSON"),
+    ("cells/method=dpo,seed=0/result.json", "[1]", "method=dpo,seed=0/result.json: expected a JSON object, got list"),
+    ("compare.json", "", "compare.json: cannot read it as JSON"),
+])
+def test_a_comparison_file_that_is_not_json_is_one_line_naming_it(tmp_path, capsys, name, text, message):
+    out = make_comparison(tmp_path / "out")
+    (out / name).write_text(text)
+    assert cli.main(["report", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("run.yaml", "method: [dpo", "run.yaml: not valid YAML"),
+    ("run.yaml", "- dpo", "run.yaml: expected a mapping of config keys, got list"),
+    ("summary.json", "not json", "summary.json: cannot read it as JSON"),
+])
+def test_a_run_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, capsys, name, text, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.yaml").write_text("method: dpo\nseed: 0\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n')
+    (run / name).write_text(text)
+    assert cli.main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "delete the cell" not in err, err

@@ -93,7 +93,9 @@ def value_text(value: Any) -> str:
 
 def load_plan(path: str | Path, jobs: int | None = None) -> Plan:
     """Read and check the config at ``path`` (``jobs`` overrides its ``jobs``); every error is one
-    line that starts with the file's name."""
+    line that starts with the file's name (a bad ``jobs`` names --jobs)."""
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs: cells run at once, a whole number >= 1, got {jobs}")
     try:
         return _plan(read_yaml(path), str(path), jobs)
     except ConfigError as e:
@@ -236,11 +238,20 @@ def _feedback(raw: Any, task: str | None) -> dict[str, Any] | None:
         raise ConfigError(f"base.feedback: a mapping (prompts, k, reward, label_noise, seed, ...), got {raw!r}")
     known = {f.name for f in fields(FeedbackSpec)} - {"task"}
     names = {**{k: k for k in known}, **FEEDBACK_NAMES}
+    types = {f.name: f.type for f in fields(FeedbackSpec)}
     values = {}
     for key, value in raw.items():
         if key not in names or key == "num_prompts":
             shown = sorted((set(known) - set(FEEDBACK_NAMES.values())) | set(FEEDBACK_NAMES))
             raise ConfigError(f"base.feedback.{key}: unknown key (keys: {', '.join(shown)})")
+        kind = types[names[key]]
+        kind = kind if isinstance(kind, str) else kind.__name__
+        wrong = {"int": isinstance(value, bool) or not isinstance(value, int),
+                 "float": isinstance(value, bool) or not isinstance(value, (int, float)),
+                 "str": not isinstance(value, str)}.get(kind, False)
+        if wrong:
+            what = {"int": "a whole number", "float": "a number", "str": "a string"}[kind]
+            raise ConfigError(f"base.feedback.{key}: {what}, got {value!r}")
         values[names[key]] = value
     try:
         spec = FeedbackSpec(task=task, **values)

@@ -261,6 +261,8 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file '{path}' is a folder; give the YAML file")
     if not p.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     try:

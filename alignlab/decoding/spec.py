@@ -90,6 +90,16 @@ def check_method(args: argparse.Namespace) -> None:
     if args.method in NEEDS_SCORER and not args.scorer:
         raise UserError(f"--scorer: {args.method} needs a scorer (a reward); give one (e.g. --scorer task:arithmetic "
                         "or rm:DIR)")
+    if args.scorer:
+        check_scorer(args.scorer)
+    for flag in ("aligned", "reference"):
+        if getattr(args, flag) is not None:
+            from alignlab.models import resolve_source
+
+            try:
+                resolve_source(getattr(args, flag))
+            except UserError as e:
+                raise UserError(f"--{flag}: {e}") from None
     if args.method == "qalign" and (args.steps < 0 or not args.beta > 0 or not 0 <= args.burn_in <= args.steps):
         raise UserError(f"--steps must be >= 0, --beta > 0 and --burn-in in [0, steps]; got {args.steps}, {args.beta}, "
                         f"{args.burn_in}")
@@ -105,6 +115,21 @@ def check_method(args: argparse.Namespace) -> None:
         from alignlab.decoding.urial import read_prefix
 
         read_prefix(args.prefix)  # a missing or empty file fails now
+
+
+def check_scorer(spec: str) -> None:
+    """What can be checked of a scorer's spec without loading a model: its kind (or a directory),
+    and whole those that load no model (task, length, fn, bleu); an error names --scorer."""
+    from pathlib import Path
+
+    from alignlab.rewards import SPECS, load_scorer
+
+    kind = spec.partition(":")[0]
+    try:
+        if kind in ("task", "length", "fn", "bleu") or (kind not in SPECS and not Path(spec).expanduser().is_dir()):
+            load_scorer(spec)
+    except UserError as e:
+        raise UserError(f"--scorer: {e}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,7 +167,12 @@ def method_scorer(args: argparse.Namespace):
     """The scorer the method needs, loaded (None for a method without one)."""
     from alignlab.rewards import load_scorer
 
-    return load_scorer(args.scorer) if args.scorer else None
+    if not args.scorer:
+        return None
+    try:
+        return load_scorer(args.scorer)
+    except UserError as e:
+        raise UserError(f"--scorer: {e}") from None
 
 
 def method_models(args: argparse.Namespace, dtype: str = "fp32", trust_remote_code: bool = False,

@@ -453,6 +453,8 @@ def _judge_parser() -> argparse.ArgumentParser:
     parser.add_argument("--judge", required=True, help="the scorer to test: judge:DIR, openai:URL,model=NAME, rm:DIR, "
                                                        "task:NAME[:gold|proxy], fn:MODULE:FUNCTION, ...")
     parser.add_argument("--pairs", default=None, help="preference pairs (prompt, chosen, rejected), any format")
+    parser.add_argument("--skip-invalid", action="store_true", help="--pairs: skip bad rows (each is reported) "
+                                                                    "instead of stopping at the first")
     parser.add_argument("--answers", default=None, help="or an alignlab sample/decode output file")
     parser.add_argument("--model", default=None, help="or draw two answers per prompt from this model (with --task "
                                                       "or --prompts)")
@@ -471,10 +473,12 @@ def _judge_pairs(args: argparse.Namespace) -> tuple[list[str], list[str], list[s
     if len(given) != 1:
         raise UserError("alignlab eval judge-bias: give the pairs with one of --pairs, --answers or --model, "
                         + (f"not {' and '.join('--' + g for g in given)}" if given else "got none"))
+    if args.skip_invalid and args.pairs is None:
+        raise UserError("alignlab eval judge-bias: --skip-invalid is for --pairs")
     if args.pairs is not None:
         from alignlab.eval.rm import load_pairs
 
-        pairs = load_pairs(args.pairs, subset_column=None)[:args.limit]
+        pairs = load_pairs(args.pairs, subset_column=None, skip_invalid=args.skip_invalid)[:args.limit]
         prompts, first, second, labels = [], [], [], []
         for i, p in enumerate(pairs):
             swap = i % 2 == 1

@@ -112,7 +112,7 @@ def evaluate_pairs(scorer: Scorer, pairs: Sequence[HeldOutPair], bins: int = 10)
 
 
 def load_pairs(source: str, subset_column: str | None = "subset", columns: dict[str, str] | None = None,
-               split: str | None = None) -> list[HeldOutPair]:
+               split: str | None = None, skip_invalid: bool = False) -> list[HeldOutPair]:
     """Plain-text preference pairs from any source alignlab reads, with each row's subset (the
     value of ``subset_column``, when the rows have it). Conversations are refused: scorers take
     strings."""
@@ -120,7 +120,7 @@ def load_pairs(source: str, subset_column: str | None = "subset", columns: dict[
     from alignlab.data.sources import iter_rows
     from alignlab.errors import UserError
 
-    records = load_records(source, "pair", columns=columns, split=split).records
+    records = load_records(source, "pair", columns=columns, split=split, skip_invalid=skip_invalid).records
     subsets: dict[int, object] = {}
     if subset_column:
         for raw in iter_rows(source, split=split):

@@ -26,6 +26,9 @@ def write_report(folder: str | Path) -> dict[str, Path]:
     from alignlab.report.markdown import render_markdown
 
     root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"{root}: {'is a file' if root.exists() else 'does not exist'}; give a training run's "
+                        "output_dir or a comparison's")
     if (root / "compare.json").exists():
         data, build = collect_comparison(root), comparison_document
     elif any((root / name).exists() for name in ("run.yaml", "rounds.yaml", "metrics.jsonl")):

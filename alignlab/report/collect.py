@@ -57,6 +57,35 @@ class Collected:
         return [c for c in self.cells if c.group == group]
 
 
+CELL_HINT = "; delete the cell's folder to run it again"
+
+
+def read_json(path: Path, hint: str = "") -> dict[str, Any]:
+    """A JSON object from ``path``; a file that is not one is a one-line error naming it (and ``hint``)."""
+    from alignlab.errors import UserError
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: cannot read it as JSON ({e}){hint}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(value).__name__}{hint}")
+    return value
+
+
+def read_yaml_config(path: Path) -> dict[str, Any]:
+    """A saved run config (run.yaml); a file that is not a YAML mapping is a one-line error naming it."""
+    from alignlab.errors import UserError
+
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a mapping of config keys, got {type(value).__name__}")
+    return value
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The complete JSON objects of a JSON-lines file (a line cut short by a killed process is skipped)."""
     out = []
@@ -93,13 +122,13 @@ def _relative(path: str | Path, root: Path) -> str:
 
 def collect_comparison(out: Path) -> Collected:
     """The cells of the comparison in ``out`` (see the module docstring)."""
-    plan = json.loads((out / "compare.json").read_text())
+    plan = read_json(out / "compare.json")
     cells = []
     for entry in plan["cells"]:
         folder = out / "cells" / entry["id"]
         cell = CellResult(entry["id"], entry["kind"], entry["group"], entry.get("seed"))
         if (folder / "result.json").exists():
-            result = json.loads((folder / "result.json").read_text())
+            result = read_json(folder / "result.json", CELL_HINT)
             cell.status = OK
             cell.metrics = {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}
             if "seconds" in result:
@@ -111,7 +140,7 @@ def collect_comparison(out: Path) -> Collected:
             if result.get("answers"):
                 cell.answers = read_jsonl(folder / result["answers"])
         elif (folder / "failed.json").exists():
-            failed = json.loads((folder / "failed.json").read_text())
+            failed = read_json(folder / "failed.json", CELL_HINT)
             cell.status, cell.returncode = FAILED, failed.get("returncode")
         if (folder / "log.txt").exists():
             cell.log = _relative(folder / "log.txt", out)
@@ -128,13 +157,13 @@ def collect_run(run_dir: Path) -> Collected:
     from alignlab.config import flat_config
 
     saved = next((run_dir / name for name in ("run.yaml", "rounds.yaml") if (run_dir / name).exists()), None)
-    config = flat_config(yaml.safe_load(saved.read_text()) or {}) if saved else {}
+    config = flat_config(read_yaml_config(saved)) if saved else {}
     method = str(config.get("method", "run"))
     cell = CellResult(run_dir.name, "run", method, config.get("seed"), history=read_history(run_dir))
     rounds = sorted(run_dir.glob("round-*/train/summary.json"), key=lambda p: int(p.parent.parent.name.split("-")[1]))
     summary_file = run_dir / "summary.json" if (run_dir / "summary.json").exists() or not rounds else rounds[-1]
     if summary_file.exists():
-        summary = json.loads(summary_file.read_text())
+        summary = read_json(summary_file)
         cell.status, cell.steps = OK, summary.get("steps")
         cell.metrics = {**summary.get("eval_metrics", {}),
                         **{f"train/{k}": v for k, v in summary.get("train_metrics", {}).items()

@@ -260,8 +260,12 @@ def _task_eval(cfg: TrainConfig, tokenizer, dist: Dist) -> Callable:
         from alignlab.decoding.spec import build_method, method_models, method_scorer, parse_method
 
         spec = parse_method(cfg.eval.task_eval_decoding)
-        scorer, name = method_scorer(spec), spec.method
-        others = method_models(spec, trust_remote_code=cfg.trust_remote_code, device=dist.device)
+        try:
+            scorer, name = method_scorer(spec), spec.method
+            others = method_models(spec, trust_remote_code=cfg.trust_remote_code, device=dist.device,
+                                   base_tokenizer=tokenizer, base_name=cfg.model)
+        except UserError as e:
+            raise UserError(f"task_eval_decoding: {e}") from None
 
         def decoding(generator, policy):
             return build_method(spec, policy, tokenizer, generator, scorer, others)

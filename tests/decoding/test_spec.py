@@ -29,6 +29,13 @@ def test_a_method_and_its_flags_read_as_the_command_reads_them():
     ("qalign --scorer task:arithmetic --beta 0", "--beta > 0"),
     ("reward-guided --scorer task:arithmetic --prefix p.txt", "--prefix: an in-context prefix is for urial"),
     ("best-of-n --scorer 'task:arithmetic", "cannot read"),
+    ("best-of-n --scorer task:arithmetik", "--scorer: task: unknown task 'arithmetik'"),
+    ("best-of-n --scorer task:arithmetic:silver", "--scorer: task reward: kind must be gold or proxy"),
+    ("best-of-n --scorer bogus", "--scorer: scorer 'bogus': unknown kind 'bogus'"),
+    ("best-of-n --scorer fn:no_such_module_here:f", "--scorer: reward function 'no_such_module_here:f': cannot import"),
+    ("best-of-n --scorer length:coef=lots", "--scorer: scorer 'length:coef=lots': coef must be a number"),
+    ("nudging --aligned /no/such/model", "--aligned: model directory '/no/such/model' does not exist"),
+    ("transfer-q --aligned a --reference ./no-such-model", "--reference: model directory './no-such-model' does not"),
 ])
 def test_what_cannot_work_is_one_line_naming_the_field(text, message):
     with pytest.raises(UserError) as e:

@@ -196,3 +196,13 @@ def test_answers_b_are_drawn_independently_of_answers_a(tmp_path):
                      "--bootstrap", "0", "--device", "cpu", "--out", str(out)])
     pairs = json.loads(out.read_text())["pairs"]
     assert pairs["pairs"] == 40 and pairs["a_longer"] + pairs["a_shorter"] > 0
+
+
+def test_judge_bias_skips_bad_pairs_when_asked_as_its_error_says(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "q", "chosen": "a long answer", "rejected": "short"}\n{"prompt": "r", "chosen": 3}\n')
+    with pytest.raises(UserError, match="row 2, field 'chosen'.*pass --skip-invalid to skip bad rows"):
+        run(cmd_judge_bias, ["--judge", "length", "--pairs", str(pairs), "--no-perturbations"])
+    assert run(cmd_judge_bias, ["--judge", "length", "--pairs", str(pairs), "--no-perturbations", "--skip-invalid"]) == 0
+    with pytest.raises(UserError, match="--skip-invalid is for --pairs"):
+        run(cmd_judge_bias, ["--judge", "length", "--answers", str(pairs), "--skip-invalid"])

@@ -143,3 +143,13 @@ def test_eval_rm_command_with_a_scorer(tmp_path, capsys):
     assert "give one of --model or --scorer" in capsys.readouterr().err
     assert main(["eval", "rm", "--data", str(data), "--scorer", "nonsense:x"]) == 2
     assert "unknown kind 'nonsense'" in capsys.readouterr().err
+
+
+def test_eval_rm_skips_bad_rows_when_asked_as_its_error_says(tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a long answer", "rejected": "short"}\n'
+                    '{"prompt": "q", "chosen": 3}\n')
+    assert main(["eval", "rm", "--data", str(data), "--scorer", "length"]) == 2
+    assert "pass --skip-invalid to skip bad rows" in capsys.readouterr().err
+    assert main(["eval", "rm", "--data", str(data), "--scorer", "length", "--skip-invalid"]) == 0
+    assert "on 1 pairs from" in capsys.readouterr().out

@@ -88,3 +88,23 @@ def test_a_greedy_only_method_with_a_second_model_is_evaluated_greedily(tiny_mod
     assert {k for k in got if "@" in k} == {f"eval/gold@nudging/{m}" for m in
                                            ("sampled", "win_rate", "length", "forward_tokens")}
     assert 0.0 <= got["eval/gold@nudging/win_rate"] <= 1.0 and got["eval/gold@nudging/forward_tokens"] > 0
+
+
+def test_transfer_q_with_models_of_another_vocabulary_stops_the_run_before_training(tiny_model_dir, pairs_file,
+                                                                                    tmp_path):
+    """The vocabulary check `alignlab decode` makes for transfer-q holds for the evaluation too."""
+    import shutil
+
+    from alignlab.errors import UserError
+    from alignlab.models import load_tokenizer
+
+    other = tmp_path / "other"  # the tiny model with one token more in its vocabulary
+    shutil.copytree(tiny_model_dir, other)
+    tokenizer = load_tokenizer(str(other))
+    tokenizer.add_tokens(["<another-token>"])
+    tokenizer.save_pretrained(str(other))
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "run", task="arithmetic", task_eval_prompts=3,
+                      max_steps=1, lr=1e-2, task_eval_decoding=f"transfer-q --aligned {other} --reference {other}")
+    with pytest.raises(UserError, match="^task_eval_decoding: transfer-q needs one vocabulary: the base model "):
+        train(cfg)
+    assert not (tmp_path / "run" / "model").exists()
