@@ -473,6 +473,8 @@ def claim_gold(ps: list[Paths], seeds: list[int]) -> Claim:
         gain = [a - b for a, b in zip(after, before, strict=True)]
         effects.append(Effect(f"{task}: gold after − before", gain))
         body += [per_seed(f"{task}: SFT model", before), per_seed(f"{task}: after DPO", after),
+                 per_seed(f"{task}: SFT model, greedy", [r["before"]["eval/gold/greedy"] for r in reports]),
+                 per_seed(f"{task}: after DPO, greedy", [r["after"]["eval/gold/greedy"] for r in reports]),
                  per_seed(f"{task}: KL to SFT (nats)", [r["after"]["eval/gold/kl"] for r in reports])]
     return Claim(
         "gold", "DPO raises the reward over the SFT model",
@@ -484,7 +486,10 @@ def claim_gold(ps: list[Paths], seeds: list[int]) -> Claim:
         "`alignlab demo` on sentiment and on arithmetic (DPO, β 0.1, the task's learning rate, pairs of the SFT "
         "model's samples ranked by gold); the gold reward of sampled answers to the held-out prompts before and "
         "after. Effect: after − before, per task.",
-        effects, table(["", *[f"seed {s}" for s in seeds], "mean ± std"], body))
+        effects, table(["gold reward (sampled unless greedy)", *[f"seed {s}" for s in seeds], "mean ± std"], body) + [
+            "The claim is about sampled answers, and they improve on both tasks. The sentiment gains come with "
+            "tens of nats of KL at the demo's learning rate, and there the greedy answer's gold falls (the SFT "
+            "model's most likely continuation was already positive; README, the demo's section)."])
 
 
 def claim_ranking(ps: list[Paths], seeds: list[int]) -> Claim:
@@ -554,8 +559,8 @@ def claim_ches(ps: list[Paths], seeds: list[int], kind: str) -> Claim:
             per_seed(f"share fell, {name} half", [r["chosen_fell"] for r in runs[kind]]),
             per_seed("share fell, random half", [r["chosen_fell"] for r in runs["random"]])]
     flag = " --length-normalized" if kind == "lnches" else ""
-    paper_note = (" The paper's own filter ranks by the length-normalised score; this row filters by the plain "
-                  "one, the claim as the issue states it." if kind == "ches" else
+    paper_note = (" This row filters by the plain score; the paper's own filter ranks by the length-normalised "
+                  "one (the next claim)." if kind == "ches" else
                   " This is the paper's own filter (it keeps the samples of lowest length-normalised CHES).")
     return Claim(
         kind, f"Filtering by {name} reduces likelihood displacement",
@@ -566,7 +571,8 @@ def claim_ches(ps: list[Paths], seeds: list[int], kind: str) -> Claim:
         "Razin et al. 2024",
         f"The sentiment demo's training pairs: `alignlab convert ches-filter PAIRS KEPT --model SFT "
         f"--drop-fraction 0.5{flag}` keeps the half with the lowest {name} under the SFT model; the control is a "
-        "random half of the same size (`random.Random(seed)`). DPO trains on each half with the demo's settings "
+        "random half of the same size (`random.Random(seed)`). One fraction only, a half; the paper's own "
+        "SORRY-Bench run kept the lowest 5% (ALGORITHMS.md §8.2). DPO trains on each half with the demo's settings "
         "(`alignlab train` with its learning rate, epochs, batch size and schedule), and "
         "`alignlab eval displacement --run RUN` measures Δℓ(chosen) from the SFT model on the pairs trained "
         f"on. Effect: Δℓ(chosen) of the {name} half − that of the random half (positive: less displacement)."
@@ -745,7 +751,10 @@ def claim_overoptimization(ps: list[Paths], seeds: list[int], sizes: Sizes) -> C
     sent = bon_summaries(ps, "sentiment", "proxy", sizes.n_sentiment)
     details += [
         "Arithmetic's proxy pays partial credit for the leading digits plus a bonus per character trailing the "
-        "answer: picking by it favours wrong, wordy answers.",
+        "answer: picking by it favours wrong, wordy answers. Gold is highest at n = "
+        + ", ".join(str(max(ns, key=lambda n, i=i: got[n][i]["gold"])) for i in range(len(ps)))
+        + " (per seed): the proxy's flaw is large enough that gold falls from the first step, where Gao et al. "
+        "saw it rise before falling.",
         "",
         "Sentiment, picked by its proxy (gold + 0.02 per word): "
         + "; ".join(f"n = {n}: √KL {fmt([math.sqrt(max(s['kl'], 0.0)) for s in sent[n]])}, proxy "
@@ -830,7 +839,8 @@ def report(claims: list[Claim], ran: dict[str, dict], info: dict, work: Path, se
     cpu = {c.key: cpu_of([s for s in steps if c.key in s["claims"]]) for c in claims}
     total_cpu, longest = cpu_of(steps), max((cpu_of(r["steps"]) or 0.0 for r in ran.values()), default=0.0)
     idle = ("" if total_cpu is None else
-            f" The commands used {total_cpu:.0f} s of CPU in all (the longest chain {longest:.0f} s): on "
+            f" The commands used {total_cpu:.0f} s of CPU in all (the longest chain {longest:.0f} s), not counting "
+            "each chain's few seconds of interpreter start: on "
             f"{info['jobs']} idle cores the run would take about {max(total_cpu / info['jobs'], longest) / 60:.0f} "
             "min.")
     lines = [
@@ -921,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
         ran = run_chains(todo, work, args.jobs, args.resume, work / "cache")
         run = {"chains": ran, "total": time.perf_counter() - start, "load_start": load_start,
                "load_end": os.getloadavg()[0], "jobs": args.jobs, "resumed": args.resume,
-               "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+               "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "commit": code_version(REPO),
                "command": "python bench/claims.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
         (work / "run.json").write_text(json.dumps(run, indent=1))
     claims = all_claims(work, seeds, sizes)
@@ -931,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
     if run["resumed"]:
         busy += "; the run was resumed, so steps done before it took no time in it"
     info = {"command": run["command"].strip(), "date": run["date"],
-            "commit": code_version(REPO), "machine": machine(), "torch": torch.__version__, "jobs": run["jobs"],
+            "commit": run.get("commit") or code_version(REPO), "machine": machine(), "torch": torch.__version__, "jobs": run["jobs"],
             "total": run["total"], "load_start": run["load_start"], "load_end": run["load_end"], "busy": busy,
             "sizes": "smallest (--smallest): " + repr(sizes) if args.smallest else
             "default (each command's defaults: demos of 512 prompts × 4 answers, 3 epochs; 200 held-out "
