@@ -34,6 +34,7 @@ rollouts' tokens (also counted apart in ``rollout_tokens``) and what a value mak
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -126,17 +127,17 @@ def check_search(name: str, k: int, weight: float, lookahead: int) -> None:
         raise UserError(f"{name}: lookahead must be a whole number >= 0, got {lookahead}")
 
 
-class TokenSearch:
+class TokenSearch(ABC):
     """The ``Generator`` part of a token-level search over ``self.model`` with ``self.tok``; a
     subclass sets ``k``, ``weight`` and ``lookahead`` and gives ``values``."""
 
     numbers_prompts = True
 
+    @abstractmethod
     def values(self, text: str, prefix: list[int], answer: list[int], candidates: list[int], horizon: int,
                stops: set[int], report: SearchReport) -> list[float]:
         """The value of each candidate after ``answer`` (``prefix``: the prompt's ids and the
         answer's), for the prompt ``text``; ``horizon``: the tokens a rollout may look ahead."""
-        raise NotImplementedError
 
     def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
         return render_prompt(self.tok, prompt)

@@ -308,13 +308,18 @@ def _cell(x: Any) -> str:
     return str(x) if isinstance(x, int) else f"{x:.3f}"
 
 
+def _command(parser, run, format_report, tokens: list[str]) -> int:
+    """One diagnostic command: read the flags, measure, write the report with ``--out``, print the table."""
+    args = parser().parse_args(tokens)
+    report = run(args)
+    _write(report, args.out)
+    print(format_report(report))
+    return 0
+
+
 def cmd_length(tokens: list[str]) -> int:
     """``alignlab eval length``: prints the table, writes the report with ``--out``."""
-    args = _length_parser().parse_args(tokens)
-    report = run_length(args)
-    _write(report, args.out)
-    print(format_length(report))
-    return 0
+    return _command(_length_parser, run_length, format_length, tokens)
 
 
 # ---------------------------------------------------------------- alignlab eval health
@@ -430,11 +435,7 @@ def format_health(report: dict[str, Any]) -> str:
 
 def cmd_health(tokens: list[str]) -> int:
     """``alignlab eval health``: prints the table, writes the report with ``--out``."""
-    args = _health_parser().parse_args(tokens)
-    report = run_health(args)
-    _write(report, args.out)
-    print(format_health(report))
-    return 0
+    return _command(_health_parser, run_health, format_health, tokens)
 
 
 # ---------------------------------------------------------------- alignlab eval judge-bias
@@ -558,8 +559,4 @@ def format_judge_bias(report: dict[str, Any]) -> str:
 
 def cmd_judge_bias(tokens: list[str]) -> int:
     """``alignlab eval judge-bias``: prints the table, writes the report with ``--out``."""
-    args = _judge_parser().parse_args(tokens)
-    report = run_judge_bias(args)
-    _write(report, args.out)
-    print(format_judge_bias(report))
-    return 0
+    return _command(_judge_parser, run_judge_bias, format_judge_bias, tokens)
