@@ -160,6 +160,21 @@ def demo_argv(task: str, seed: int, out: Path, sizes: Sizes, *extra: str) -> lis
             "--out", str(out), "--overwrite", "--no-progress"]
 
 
+def demo_steps(task: str, seed: int, sizes: Sizes, demo: Path, ranking: Path, displacement: Path,
+               demo_claims: list[str]) -> list[Step]:
+    """A task's DPO demo, then its ranking accuracy on held-out pairs and the log-prob change of its
+    own training pairs from the SFT model to the trained one."""
+    return [
+        Step(demo_argv(task, seed, demo, sizes), str(demo / "metrics.json"), demo_claims),
+        Step(["eval", "ranking", "--task", task, "--task-seed", str(seed), *sizes.ranking,
+              "--model", str(demo / "model"), "--reference", sft(task), "--out", str(ranking), "--no-progress"],
+             str(ranking), ["ranking"]),
+        Step(["eval", "displacement", "--data", str(demo / "feedback" / "pairs.jsonl"),
+              "--models", sft(task), str(demo / "model"), "--out", str(displacement), "--no-progress"],
+             str(displacement), ["displacement"]),
+    ]
+
+
 def chains(work: Path, seeds: list[int], sizes: Sizes) -> list[Chain]:
     from noisy_labels import parse_method
 
@@ -173,17 +188,8 @@ def chains(work: Path, seeds: list[int], sizes: Sizes) -> list[Chain]:
         s = str(seed)
 
         # sentiment: the DPO demo, its ranking and displacement, CHES / LN-CHES / random halves
-        steps = [
-            Step(demo_argv("sentiment", seed, p.sentiment_demo, sizes), str(p.sentiment_demo / "metrics.json"),
-                 ["gold", "ranking", "displacement", "ches", "lnches"]),
-            Step(["eval", "ranking", "--task", "sentiment", "--task-seed", s, *sizes.ranking,
-                  "--model", str(p.sentiment_demo / "model"), "--reference", sft("sentiment"),
-                  "--out", str(p.sentiment_ranking), "--no-progress"], str(p.sentiment_ranking), ["ranking"]),
-            Step(["eval", "displacement", "--data", str(p.sentiment_demo / "feedback" / "pairs.jsonl"),
-                  "--models", sft("sentiment"), str(p.sentiment_demo / "model"),
-                  "--out", str(p.sentiment_displacement), "--no-progress"],
-                 str(p.sentiment_displacement), ["displacement"]),
-        ]
+        steps = demo_steps("sentiment", seed, sizes, p.sentiment_demo, p.sentiment_ranking, p.sentiment_displacement,
+                           ["gold", "ranking", "displacement", "ches", "lnches"])
         pairs = str(p.sentiment_demo / "feedback" / "pairs.jsonl")
         for kind, flags in (("ches", []), ("lnches", ["--length-normalized"])):
             steps.append(Step(["convert", "ches-filter", pairs, str(p.half(kind)), "--model", sft("sentiment"),
@@ -205,17 +211,8 @@ def chains(work: Path, seeds: list[int], sizes: Sizes) -> list[Chain]:
 
         # arithmetic: the clean DPO demo (gold; ranking and displacement beside sentiment's) and the
         # noisy-label demos of bench/noisy_labels.py (rDPO told the flip rate)
-        steps = [
-            Step(demo_argv("arithmetic", seed, p.arithmetic_demo, sizes), str(p.arithmetic_demo / "metrics.json"),
-                 ["gold"]),
-            Step(["eval", "ranking", "--task", "arithmetic", "--task-seed", s, *sizes.ranking,
-                  "--model", str(p.arithmetic_demo / "model"), "--reference", sft("arithmetic"),
-                  "--out", str(p.arithmetic_ranking), "--no-progress"], str(p.arithmetic_ranking), ["ranking"]),
-            Step(["eval", "displacement", "--data", str(p.arithmetic_demo / "feedback" / "pairs.jsonl"),
-                  "--models", sft("arithmetic"), str(p.arithmetic_demo / "model"),
-                  "--out", str(p.arithmetic_displacement), "--no-progress"],
-                 str(p.arithmetic_displacement), ["displacement"]),
-        ]
+        steps = demo_steps("arithmetic", seed, sizes, p.arithmetic_demo, p.arithmetic_ranking,
+                           p.arithmetic_displacement, ["gold"])
         for method in ("dpo", "rdpo", "lcpo"):
             name, params = parse_method(method, NOISE, None)
             flags = [x for k, v in params.items() for x in ("--param", f"{k}={v}")]
