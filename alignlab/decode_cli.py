@@ -182,7 +182,8 @@ def run_decode(job, args) -> dict[str, Any]:
     win = sum(win_points(g_dec, g_plain)) / len(g_dec)
     summary = {"method": args.method, "scorer": args.scorer, "task": job.task, "prompts": len(prompts),
                "gold": sum(g_dec) / len(g_dec), "gold_plain": sum(g_plain) / len(g_plain), "win_rate": win,
-               "forward_tokens": forward, "forward_tokens_plain": plain_tokens}
+               "forward_tokens": forward, "forward_tokens_plain": plain_tokens,
+               "temperature": args.temperature}
     if best_of:
         summary.update(pick_temperature=args.pick_temperature, calibrate=args.calibrate,
                        **estimate(candidate_rewards, args.n).as_dict())  # with n
@@ -209,8 +210,9 @@ def run_decode(job, args) -> dict[str, Any]:
 
 def format_summary(s: dict[str, Any]) -> str:
     head = f"{s['method']}" + (f" (n {s['n']})" if "n" in s else "")
+    plain = "plain greedy" if s.get("temperature") == 0 else "plain sampling"
     lines = [f"{head} on {s['prompts']} {s['task']} prompts" + (f", scorer {s['scorer']}:" if s["scorer"] else ":"),
-             f"  gold reward            {s['gold']:.4f}   (plain sampling {s['gold_plain']:.4f})",
+             f"  gold reward            {s['gold']:.4f}   ({plain} {s['gold_plain']:.4f})",
              f"  win rate vs plain      {s['win_rate']:.4f}"]
     if "kl" in s:
         lines.append(f"  KL to the model        {s['kl']:.4f} [{s['kl_low']:.4f}, {s['kl_high']:.4f}]   "
@@ -220,6 +222,6 @@ def format_summary(s: dict[str, Any]) -> str:
     if "nudged_share" in s:
         lines.append(f"  nudged share           {s['nudged_share']:.4f}   (of the answers' tokens, by {s['aligned']}; "
                      f"threshold {s['threshold']:g})")
-    lines.append(f"  forward tokens         {s['forward_tokens']}   (plain sampling {s['forward_tokens_plain']})"
+    lines.append(f"  forward tokens         {s['forward_tokens']}   ({plain} {s['forward_tokens_plain']})"
                  + (f", {s['rollout_tokens']} in rollouts" if s.get("rollout_tokens") else ""))
     return "\n".join(lines)

@@ -88,8 +88,8 @@ def run(task: str, label: str, spec: str, n: int, work: Path, seed: int, method:
 
     tag = "-".join([method, label, str(n), *extra]).replace("--", "")
     out = work / f"{task}-{tag}.jsonl"
-    cmd = cli("decode", "--method", method, "--model", str(task_model(task, "sft")), "--scorer", spec, "--n", str(n),
-              "--task", task, "--output", str(out), "--seed", str(seed),
+    cmd = cli("decode", "--method", method, "--model", str(task_model(task, "sft")), "--scorer", spec,
+              *(("--n", str(n)) if method == "best-of-n" else ()), "--task", task, "--output", str(out), "--seed", str(seed),
               "--max-new-tokens", str(get_task(task).max_new_tokens), *extra)
     call(cmd)
     summary = json.loads(Path(f"{out}.summary.json").read_text())

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from alignlab.cli import main
+from alignlab.decode_cli import format_summary
 from alignlab.rewards import load_scorer
 from alignlab.testbed.shipped import task_model
 
@@ -161,6 +162,10 @@ def test_nudging_a_pretrained_model_with_a_one_word_answerer_gives_the_answerers
                                             abs=1e-12)
     assert summary["nudged_share"] == 1.0 and summary["threshold"] == 0.4 and summary["aligned"] == sft_model
     assert summary["forward_tokens"] > summary["forward_tokens_plain"] > 0
+    assert "(plain greedy " in format_summary(summary) and "plain sampling" not in format_summary(summary)
+    assert "(plain sampling " in format_summary({**summary, "temperature": 1.0})
+
+
 def test_lookahead_is_counted_and_guides_by_the_rolled_out_text(tmp_path, sft_model):
     """Greedy ARGS guided by gold at weight 4 on 16 prompts, with a lookahead of 3 tokens: its
     summary records the lookahead and the rollouts' forward tokens (a part of the total), and its

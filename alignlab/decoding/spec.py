@@ -18,10 +18,19 @@ from alignlab.errors import UserError
 METHODS = ("best-of-n", "qalign", "reward-guided", "transfer-q", "urial", "nudging")
 NEEDS_SCORER = ("best-of-n", "qalign", "reward-guided")
 GREEDY_ONLY = ("nudging",)  # the methods that decode greedily and nothing else
-# Flags only some methods read (their default is None): given to another method they are a mistake.
-METHOD_FLAGS = {"beta": ("qalign",), "lookahead": ("reward-guided", "transfer-q"),
-                "aligned": ("nudging", "transfer-q"), "reference": ("transfer-q",), "implicit_beta": ("transfer-q",)}
-USES_ALIGNED = METHOD_FLAGS["aligned"]  # the methods that take a second, aligned model (--aligned)
+# Flags only some methods read, with the methods that read them and their defaults. Each defaults
+# to None on the command line, so a flag given to a method that does not read it is refused rather
+# than ignored; check_method then fills in the default.
+METHOD_FLAGS = {"n": (("best-of-n",), 4), "pick_temperature": (("best-of-n",), 0.0),
+                "calibrate": (("best-of-n",), False), "calibration_samples": (("best-of-n",), 16),
+                "steps": (("qalign",), 16), "beta": (("qalign",), 1.0), "vote": (("qalign",), False),
+                "burn_in": (("qalign",), 0), "candidates": (("reward-guided", "transfer-q"), 10),
+                "guide_weight": (("reward-guided", "transfer-q"), 1.0),
+                "lookahead": (("reward-guided", "transfer-q"), None),  # 0 for reward-guided, 20 for transfer-q
+                "aligned": (("nudging", "transfer-q"), None), "reference": (("transfer-q",), None),
+                "implicit_beta": (("transfer-q",), 0.1), "threshold": (("nudging",), 0.3),
+                "prefix": (("urial",), None)}
+USES_ALIGNED = METHOD_FLAGS["aligned"][0]  # the methods that take a second, aligned model (--aligned)
 
 
 def add_method_flags(parser: argparse.ArgumentParser, method_required: bool = True) -> None:
@@ -29,23 +38,23 @@ def add_method_flags(parser: argparse.ArgumentParser, method_required: bool = Tr
     parser.add_argument("--method", required=method_required, help=f"decoding method: {', '.join(METHODS)}")
     parser.add_argument("--scorer", default=None, help="the scorer that picks (best-of-n): rm:DIR, "
                                                        "task:NAME[:gold|proxy], fn:MODULE:FUNCTION, judge:DIR, ...")
-    parser.add_argument("--n", type=int, default=4, help="best-of-n: candidates per answer (default 4)")
-    parser.add_argument("--pick-temperature", type=float, default=0.0,
+    parser.add_argument("--n", type=int, default=None, help="best-of-n: candidates per answer (default 4)")
+    parser.add_argument("--pick-temperature", type=float, default=None,
                         help="soft best-of-n: pick candidate i with probability ∝ exp(r_i / T) (default 0: the best)")
-    parser.add_argument("--calibrate", action="store_true",
+    parser.add_argument("--calibrate", action="store_true", default=None,
                         help="pick by each reward's quantile among --calibration-samples plain samples of the prompt "
                              "(InfAlign's calibration)")
-    parser.add_argument("--calibration-samples", type=int, default=16, help="plain samples per prompt for --calibrate")
-    parser.add_argument("--steps", type=int, default=16, help="qalign: Metropolis-Hastings steps per answer (default 16)")
+    parser.add_argument("--calibration-samples", type=int, default=None, help="plain samples per prompt for --calibrate")
+    parser.add_argument("--steps", type=int, default=None, help="qalign: Metropolis-Hastings steps per answer (default 16)")
     parser.add_argument("--beta", type=float, default=None, help="qalign: the reward's temperature β in "
                                                                  "π·exp(r/β) (default 1, QAlign's; transfer-q's β "
                                                                  "is --implicit-beta)")
-    parser.add_argument("--vote", action="store_true", help="qalign: answer with the chain's most frequent "
+    parser.add_argument("--vote", action="store_true", default=None, help="qalign: answer with the chain's most frequent "
                                                             "answer after --burn-in steps, not its last state")
-    parser.add_argument("--burn-in", type=int, default=0, help="qalign: steps left out of the vote (default 0)")
-    parser.add_argument("--candidates", type=int, default=10, help="reward-guided, transfer-q: the most likely "
+    parser.add_argument("--burn-in", type=int, default=None, help="qalign: steps left out of the vote (default 0)")
+    parser.add_argument("--candidates", type=int, default=None, help="reward-guided, transfer-q: the most likely "
                                                                   "next tokens scored at each step (default 10)")
-    parser.add_argument("--guide-weight", type=float, default=1.0, help="reward-guided, transfer-q: the reward's "
+    parser.add_argument("--guide-weight", type=float, default=None, help="reward-guided, transfer-q: the reward's "
                                                                        "weight beside the logits (transfer-q's α; "
                                                                        "default 1)")
     parser.add_argument("--lookahead", type=int, default=None, help="reward-guided, transfer-q: greedy tokens each "
@@ -61,7 +70,7 @@ def add_method_flags(parser: argparse.ArgumentParser, method_required: bool = Tr
     parser.add_argument("--implicit-beta", type=float, default=None, help="transfer-q: β of the aligned model's "
                                                                           "implicit reward, the β it was trained "
                                                                           "with (default 0.1, DPO's)")
-    parser.add_argument("--threshold", type=float, default=0.3, help="nudging: the aligned model writes where the "
+    parser.add_argument("--threshold", type=float, default=None, help="nudging: the aligned model writes where the "
                         "base model's top-1 probability is below this (default 0.3, the paper's; its runs use 0.4)")
 
 
@@ -70,11 +79,12 @@ def check_method(args: argparse.Namespace) -> None:
     defaults that depend on the method."""
     if args.method not in METHODS:
         raise UserError(f"--method: unknown decoding method '{args.method}' (methods: {', '.join(METHODS)})")
-    for flag, methods in METHOD_FLAGS.items():
+    for flag, (methods, _) in METHOD_FLAGS.items():
         if getattr(args, flag) is not None and args.method not in methods:
             hint = "; transfer-q's β is --implicit-beta" if flag == "beta" and args.method == "transfer-q" else ""
-            raise UserError(f"--{flag.replace('_', '-')}: {args.method} does not read it (it is for "
-                            f"{' and '.join(methods)}){hint}")
+            what = f"an in-context prefix is for urial, not {args.method}" if flag == "prefix" else \
+                f"{args.method} does not read it (it is for {' and '.join(methods)})"
+            raise UserError(f"--{flag.replace('_', '-')}: {what}{hint}")
     needs = {"nudging": (("aligned", "an aligned model, the nudger"),),
              "transfer-q": (("aligned", "the aligned model that guides (e.g. a DPO model)"),
                             ("reference", "the model the aligned model was trained from"))}
@@ -82,8 +92,9 @@ def check_method(args: argparse.Namespace) -> None:
         if getattr(args, flag) is None:
             raise UserError(f"--{flag}: {args.method} needs {what}; give --{flag} DIR")
     # the defaults of the flags above, now that they are known to be the method's
-    args.beta = 1.0 if args.beta is None else args.beta
-    args.implicit_beta = 0.1 if args.implicit_beta is None else args.implicit_beta
+    for flag, (_, default) in METHOD_FLAGS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     args.lookahead = (20 if args.method == "transfer-q" else 0) if args.lookahead is None else args.lookahead
     if args.lookahead < 0 or not 0 < args.implicit_beta < float("inf"):
         raise UserError(f"--lookahead must be >= 0 and --implicit-beta > 0; got {args.lookahead}, {args.implicit_beta}")
@@ -109,8 +120,6 @@ def check_method(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.method == "nudging" and not 0 < args.threshold <= 1:
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
-    if args.prefix is not None and args.method != "urial":
-        raise UserError(f"--prefix: an in-context prefix is for urial, not {args.method}")
     if args.method == "urial":
         from alignlab.decoding.urial import read_prefix
 

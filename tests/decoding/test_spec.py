@@ -51,3 +51,27 @@ def test_the_config_field_is_checked_when_the_config_is_made():
         make_config({**base, "task": "arithmetic", "task_eval_decoding": "best-of-n"})
     cfg = make_config({**base, "task": "arithmetic", "task_eval_decoding": "best-of-n --n 2 --scorer task:arithmetic"})
     assert cfg.eval.task_eval_decoding == "best-of-n --n 2 --scorer task:arithmetic"
+
+
+@pytest.mark.parametrize(("text", "flag", "owner"), [
+    ("qalign --scorer task:arithmetic --n 8", "--n", "best-of-n"),
+    ("best-of-n --scorer task:arithmetic --steps 3", "--steps", "qalign"),
+    ("best-of-n --scorer task:arithmetic --threshold 0.4", "--threshold", "nudging"),
+    ("urial --candidates 5", "--candidates", "reward-guided and transfer-q"),
+    ("reward-guided --scorer task:arithmetic --calibrate", "--calibrate", "best-of-n"),
+    ("best-of-n --scorer task:arithmetic --vote", "--vote", "qalign"),
+])
+def test_a_flag_the_method_does_not_read_is_refused_not_ignored(text, flag, owner):
+    """Each of these flags has a default; were it filled in before the check, the other method would
+    silently ignore it."""
+    with pytest.raises(UserError, match=f"{flag}: .* does not read it \\(it is for {owner}\\)"):
+        parse_method(text)
+
+
+def test_each_flag_gets_its_default_once_the_method_is_known(tiny_model_dir):
+    b = parse_method("best-of-n --scorer task:arithmetic")
+    assert (b.n, b.pick_temperature, b.calibrate, b.calibration_samples) == (4, 0.0, False, 16)
+    n = parse_method(f"nudging --aligned {tiny_model_dir}")
+    assert (n.threshold, n.lookahead, n.steps) == (0.3, 0, 16)
+    t = parse_method(f"transfer-q --aligned {tiny_model_dir} --reference {tiny_model_dir}")
+    assert (t.lookahead, t.implicit_beta, t.candidates, t.guide_weight) == (20, 0.1, 10, 1.0)
