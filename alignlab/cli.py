@@ -355,7 +355,7 @@ def cmd_tiny_model(tokens: list[str]) -> int:
 
 
 def cmd_demo(tokens: list[str]) -> int:
-    from alignlab.testbed.demo import DemoSettings, run_demo, table
+    from alignlab.testbed.demo import DemoSettings, default_out_dir, run_demo, table
 
     parser = ArgumentParser(
         prog="alignlab demo",
@@ -363,17 +363,26 @@ def cmd_demo(tokens: list[str]) -> int:
                     "task's gold reward, train, and compare gold reward before and after.")
     add_field_flags(parser, DemoSettings, "demo")
     # Options of the run itself, not of its settings.
-    parser.add_argument("--out", default=None, help="report folder (default runs/demo-TASK-METHOD-sSEED)")
+    parser.add_argument("--out", default=None, help="report folder (default runs/demo-TASK-METHOD-sSEED, and "
+                                                    "-proxy, -noiseX, -roundsN when those are set)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo's report in --out")
     parser.add_argument("--cache-dir", default=None, help="where reference log-probs (and models built from a "
                                                           "changed recipe) are cached (default $ALIGNLAB_CACHE or "
                                                           "~/.cache/alignlab)")
+    parser.add_argument("--report-to", nargs="+", default=None, metavar="SINK",
+                        help="also log the training run to tensorboard, wandb and/or trackio (all: every one "
+                             "installed), beside metrics.jsonl")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(tokens)
     settings = DemoSettings(**field_values(args, DemoSettings, "demo"))
-    out = args.out or f"runs/demo-{args.task}-{args.method}-s{args.seed}"
-    report = run_demo(settings, out, args.cache_dir, progress=not args.no_progress, overwrite=args.overwrite)
+    if args.report_to:
+        from alignlab.training.sinks import resolve_report_to
+
+        resolve_report_to(args.report_to)  # an unknown or missing sink fails now, not after sampling
+    out = args.out or default_out_dir(settings)
+    report = run_demo(settings, out, args.cache_dir, progress=not args.no_progress, overwrite=args.overwrite,
+                      report_to=args.report_to)
     print(f"\n{args.method} on the {args.task} task, seed {args.seed}: held-out gold reward before and after\n")
     print(table(report))
     print(f"\nreport: {out}/metrics.json, {out}/plot.png; trained model: {report['model']} "

@@ -168,10 +168,24 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
                         f"folder, or pass {option('overwrite')} to replace it")
 
 
+def default_out_dir(settings: DemoSettings) -> str:
+    """``runs/demo-TASK-METHOD-sSEED``, with the reward, label noise and rounds when they are not
+    the defaults, so that a proxy-labelled or noisy demo does not land in the gold one's folder."""
+    name = f"runs/demo-{settings.task}-{settings.method}-s{settings.seed}"
+    if settings.reward != "gold":
+        name += f"-{settings.reward}"
+    if settings.label_noise:
+        name += f"-noise{settings.label_noise:g}"
+    if settings.rounds > 1:
+        name += f"-rounds{settings.rounds}"
+    return name
+
+
 def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path | None = None,
-             progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+             progress: bool = True, overwrite: bool = False, report_to: list[str] | None = None) -> dict[str, Any]:
     """Run the demo; return (and write to ``out_dir/metrics.json``) its numbers. A folder that
-    holds an earlier demo's report is refused unless ``overwrite``."""
+    holds an earlier demo's report is refused unless ``overwrite``. ``report_to`` names metric
+    sinks the training run also logs to (as the ``report_to`` config field)."""
     from transformers.utils import logging as hf_logging
 
     from alignlab import train
@@ -211,6 +225,7 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
         "eval_every": settings.eval_every,
         "seed": settings.seed, "task": settings.task, "task_eval_prompts": settings.eval_prompts,
         "progress": progress, "cache_dir": str(cache_dir) if cache_dir else None,
+        **({"report_to": list(report_to)} if report_to else {}),
         **settings.method_params,
     }
     spec = get_loss(settings.method)

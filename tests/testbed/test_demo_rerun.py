@@ -8,8 +8,9 @@ import json
 
 import pytest
 
+from alignlab.cli import main
 from alignlab.errors import UserError
-from alignlab.testbed.demo import DemoSettings, run_demo
+from alignlab.testbed.demo import DemoSettings, default_out_dir, run_demo
 from alignlab.testbed.shipped import shipped_dir
 
 pytestmark = pytest.mark.slow
@@ -21,7 +22,8 @@ def tiny() -> DemoSettings:
 
 def test_a_rerun_keeps_the_earlier_report_unless_told_to_replace_it(tmp_path):
     out = tmp_path / "demo"
-    first = run_demo(tiny(), out, tmp_path / "cache", progress=False)
+    first = run_demo(tiny(), out, tmp_path / "cache", progress=False, report_to=["tensorboard"])
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # the training run logged there too
     saved = (out / "metrics.json").read_text()
     with pytest.raises(UserError, match=r"holds an earlier demo.s report; .* pass overwrite=True to replace it"):
         run_demo(tiny(), out, tmp_path / "cache", progress=False)
@@ -42,3 +44,17 @@ def test_an_unfinished_demo_is_called_one(tmp_path):
     (tmp_path / "demo" / "feedback" / "metadata.json").write_text("{}")
     with pytest.raises(UserError, match=r"earlier demo's feedback \(from a demo that did not finish\)"):
         run_demo(tiny(), tmp_path / "demo", tmp_path / "cache", progress=False)
+
+
+def test_the_default_folder_names_what_differs_from_the_gold_demo():
+    assert default_out_dir(DemoSettings()) == "runs/demo-arithmetic-dpo-s0"
+    assert default_out_dir(DemoSettings(reward="proxy", seed=2)) == "runs/demo-arithmetic-dpo-s2-proxy"
+    assert default_out_dir(DemoSettings(label_noise=0.3)) == "runs/demo-arithmetic-dpo-s0-noise0.3"
+    assert default_out_dir(DemoSettings(rounds=2)) == "runs/demo-arithmetic-dpo-s0-rounds2"
+
+
+def test_an_unknown_sink_fails_before_anything_runs(tmp_path, capsys):
+    assert main(["demo", "--report-to", "tensorbored", "--out", str(tmp_path / "d")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "unknown sink 'tensorbored'" in err and "did you mean 'tensorboard'" in err and "\n" not in err
+    assert not (tmp_path / "d").exists()
