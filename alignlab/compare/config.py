@@ -58,6 +58,11 @@ class Plan:
     cells: list[Cell] = field(default_factory=list)
 
     @property
+    def config_dir(self) -> Path:
+        """The config file's folder: its relative paths are read from there."""
+        return Path(self.path).expanduser().absolute().parent
+
+    @property
     def data_dir(self) -> Path:
         return self.output_dir / "data"
 
