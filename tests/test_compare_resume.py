@@ -86,3 +86,5 @@ def test_a_resumed_cell_keeps_its_threads_and_cache_and_ends_as_an_uninterrupted
     assert result["attempts"] == 2
     assert result["seconds"] == pytest.approx(sum(x["seconds"] for x in attempts), abs=0.051)
     assert all(x["seconds"] > 0.5 for x in attempts)  # each loaded a model and trained
+    assert "(stopped or failed, then resumed; their time counts every attempt): seed=0 (2 attempts)." in \
+        (cut.output_dir / "report.md").read_text()
