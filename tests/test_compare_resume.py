@@ -48,18 +48,21 @@ grid:
 """
 
 
-def _plan(tmp_path: Path, name: str, model: Path, data: Path, seeds: str = "[0, 1]"):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(textwrap.dedent(CONFIG.format(out=tmp_path / name, model=model, data=data, seeds=seeds)))
+def _plan(name: str, model: Path, data: Path, seeds: str = "[0, 1]"):
+    """The config beside the data, which it names by a relative path (read from the config's folder)."""
+    path = data.parent / f"{name}.yaml"
+    path.write_text(textwrap.dedent(CONFIG.format(out=name, model=model, data=data.name, seeds=seeds)))
     return load_plan(path)
 
 
 def test_a_resumed_cell_keeps_its_threads_and_cache_and_ends_as_an_uninterrupted_one(
         tmp_path, tiny_model_dir, pairs_file, monkeypatch):
     monkeypatch.setattr(compare_run, "available_cores", lambda: 2)  # 2 cells at once: 1 thread each
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     command = lambda d: [sys.executable, "-c", INTERRUPT_ONCE, str(d)]  # noqa: E731
 
-    cut = _plan(tmp_path, "cut", tiny_model_dir, pairs_file)
+    cut = _plan("cut", tiny_model_dir, pairs_file)
     first = compare_run.run_compare(cut, command=command)
     assert first.ran == ["seed=1"] and first.failed["seed=0"]["returncode"] == 130
     folder = cut.cell_dir(cut.cells[0])
@@ -74,7 +77,7 @@ def test_a_resumed_cell_keeps_its_threads_and_cache_and_ends_as_an_uninterrupted
     assert "resuming the run" in resumed_log and "reference log-probs: read 32 from the cache" in resumed_log
 
     monkeypatch.setattr(compare_run, "available_cores", lambda: 1)  # a cell alone: 1 thread
-    full = _plan(tmp_path, "full", tiny_model_dir, pairs_file, seeds="[0]")
+    full = _plan("full", tiny_model_dir, pairs_file, seeds="[0]")
     assert compare_run.run_compare(full).ran == ["seed=0"]
     a = weights(full.cell_dir(full.cells[0]) / "run" / "model")
     b = weights(folder / "run" / "model")

@@ -6,7 +6,8 @@ testbed task), a ``grid`` (train key -> list of values; the cells are their prod
 model), ``output_dir`` and ``jobs``. Every mistake that can be seen without running anything is a
 one-line ``ConfigError`` naming the file and the place: an unknown top-level, base, grid or
 feedback key, an unknown method or task, an empty grid or value list, a decoding method that does
-not parse, a cell whose training config ``make_config`` refuses (the cell is named).
+not parse, a cell whose training config ``make_config`` refuses (the cell is named), an empty or
+missing path. Relative paths are read from the config file's folder (``paths.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from alignlab.compare.paths import output_path, resolve_keys
 from alignlab.config import make_config, normalize, read_yaml
 from alignlab.errors import ConfigError, UserError
 
@@ -126,9 +128,12 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
     base = _train_keys(base, "base")
     grid = _grid(raw.get("grid"))
     decoding = _decoding(raw.get("decoding"))
-    output_dir = raw.get("output_dir") or f"runs/compare-{Path(path).stem}"
-    if not isinstance(output_dir, str):
-        raise ConfigError(f"output_dir: a folder name, got {output_dir!r}")
+    config_dir = Path(path).expanduser().absolute().parent
+    base = resolve_keys(base, "base", config_dir)
+    if "output_dir" in raw:  # a relative one is read from the config's folder, the default from the current one
+        output_dir = output_path(raw["output_dir"], "output_dir", config_dir)
+    else:
+        output_dir = Path(f"runs/compare-{Path(path).stem}").absolute()
     jobs = raw.get("jobs") if jobs is None else jobs
     if jobs is None:
         jobs = available_cores()
@@ -156,11 +161,12 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
                           "in base")
     feedback = _feedback(feedback_raw, task)
 
-    plan = Plan(path, Path(output_dir).expanduser().absolute(), jobs, task, base.get("model"), None)
+    plan = Plan(path, output_dir, jobs, task, base.get("model"), None)
     seeds = grid.get("seed", [base.get("seed", 0)])
-    for combo in itertools.product(*grid.values()):
-        values = dict(zip(grid, combo, strict=True))
-        plan.cells.append(_train_cell(plan, base, values, feedback))
+    paths = {k: [resolve_keys({k: v}, "grid", config_dir)[k] for v in vs] for k, vs in grid.items()}
+    for combo, resolved in zip(itertools.product(*grid.values()), itertools.product(*paths.values()), strict=True):
+        values = dict(zip(grid, combo, strict=True))  # as written: the cell's id and row
+        plan.cells.append(_train_cell(plan, base, values, feedback, dict(zip(grid, resolved, strict=True))))
     if any(c.settings.get("feedback") for c in plan.cells):
         plan.feedback = feedback
     if task is not None and "model" not in grid:  # the base model: where every cell starts
@@ -277,14 +283,16 @@ def _check_train(cell_id: str, train: dict[str, Any], base: dict[str, Any], valu
         raise ConfigError(f"cell {cell_id}: {e}{where}") from None
 
 
-def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedback: dict[str, Any] | None) -> Cell:
-    """A cell of the grid: base's keys, the cell's values, and from a testbed model what the demo
-    would set (``demo_keys``); without data, the synthetic feedback its method's shape needs
-    (made from the base model), or for an online method (or rounds) the task's prompts and reward."""
+def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedback: dict[str, Any] | None,
+                resolved: dict[str, Any]) -> Cell:
+    """A cell of the grid: base's keys, the cell's values (``resolved``: with their paths read from
+    the config's folder), and from a testbed model what the demo would set (``demo_keys``); without
+    data, the synthetic feedback its method's shape needs (made from the base model), or for an
+    online method (or rounds) the task's prompts and reward."""
     from alignlab.config import get_loss
 
     cell_id = slug(",".join(f"{k}={value_text(v)}" for k, v in values.items()))
-    train = {**base, **values}
+    train = {**base, **resolved}
     method = str(train.get("method", "dpo"))
     try:
         spec = get_loss(method)
