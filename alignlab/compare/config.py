@@ -174,12 +174,37 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
             for seed in seeds:
                 plan.cells.append(_eval_cell(plan, base, text, seed))
         plan.cells = [c for c in plan.cells if c.kind != "train"] + [c for c in plan.cells if c.kind == "train"]
-    ids = [c.id for c in plan.cells]
-    if len(set(ids)) != len(ids):
-        twice = next(i for i in ids if ids.count(i) > 1)
-        raise ConfigError(f"grid: two cells would share the folder '{twice}'; make the values differ in more than "
-                          "punctuation")
+    trains = [c for c in plan.cells if c.kind == "train"]
+    for i, cell in enumerate(trains):
+        same = next((c for c in trains[i + 1:] if c.settings == cell.settings), None)
+        if same is not None:
+            raise ConfigError(f"grid: cells {cell.id} and {same.id} are the same run (their settings are equal, as "
+                              "1 and 1.0 are); give each value once")
+    plan.cells = _distinct_ids(plan.cells)
     return plan
+
+
+def _full_name(cell: Cell) -> str:
+    """A cell's name before ``slug``: its grid values, or its row and seed."""
+    if cell.kind == "train":
+        return ",".join(f"{k}={value_text(v)}" for k, v in cell.values.items())
+    return f"{cell.group},seed={cell.seed}"
+
+
+def _distinct_ids(cells: list[Cell]) -> list[Cell]:
+    """``cells`` with the ids that would name one folder (distinct values that differ only in the
+    characters ``slug`` replaces, or in case, which some file systems ignore) told apart by a hash
+    of their full names."""
+    from dataclasses import replace
+
+    names = [c.id.lower() for c in cells]
+    out = [replace(c, id=f"{c.id}-{hashlib.sha256(_full_name(c).encode()).hexdigest()[:8]}")
+           if names.count(name) > 1 else c for c, name in zip(cells, names, strict=True)]
+    ids = [c.id.lower() for c in out]
+    twice = next((c.id for c, i in zip(out, ids, strict=True) if ids.count(i) > 1), None)
+    if twice is not None:  # the same full names: given twice in a way the checks above do not see
+        raise ConfigError(f"grid: two cells would share the folder '{twice}'; give each value once")
+    return out
 
 
 def _train_keys(raw: dict[str, Any], where: str) -> dict[str, Any]:
@@ -205,6 +230,9 @@ def _grid(raw: Any) -> dict[str, list[Any]]:
     for key, values in raw.items():
         if key == "feedback":
             raise ConfigError("grid.feedback: the synthetic feedback is made once for every cell; set it in base")
+        if isinstance(values, dict):
+            raise ConfigError(f"grid.{key}: a list of values; give a section's keys flat or dotted, e.g. "
+                              f"{key}.{next(iter(values), 'lr')}: [...]")
         if not isinstance(values, list):
             raise ConfigError(f"grid.{key}: a list of values (e.g. [{value_text(values)}]), got {values!r}")
         if not values:
@@ -228,10 +256,11 @@ def _decoding(raw: Any) -> list[str]:
     if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
         raise ConfigError(f"decoding: a list of decoding methods as `alignlab decode` takes them, e.g. "
                           f"['best-of-n --n 4 --scorer task:arithmetic'], got {raw!r}")
+    parsed = []
     for i, text in enumerate(raw):
-        parse_method(text, field=f"decoding[{i}]")
-        if raw.index(text) != i:
-            raise ConfigError(f"decoding[{i}]: '{text}' is given twice")
+        parsed.append(parse_method(text, field=f"decoding[{i}]"))
+        if parsed.index(parsed[-1]) != i:  # the same method and flags, written alike or not
+            raise ConfigError(f"decoding[{i}]: '{text}' is the same method as decoding[{parsed.index(parsed[-1])}]")
     return list(raw)
 
 
