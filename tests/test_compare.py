@@ -58,7 +58,8 @@ grid:
     ("epochs: 1", "method: [bvpo]", "", "cell method=bvpo: mix_data: method 'bvpo' needs a second set of pairs"),
     ("epochs: 1", "method: [dpo]", "jobs: 0", "jobs: cells run at once, a whole number >= 1, got 0"),
     ("lr: 1.0e-5", "epochs: [1, 1.0]", "", "grid: cells epochs=1 and epochs=1.0 are the same run (their settings are "
-                                           "equal, as 1 and 1.0 are); give each value once"),
+                                           "equal once read, as 1 and 1.0 are, or two spellings of one path); give "
+                                           "each value once"),
     ("epochs: 1", "method: [dpo]", "decoding: ['best-of-n --n 4 --scorer task:arithmetic', "
                                    "'best-of-n  --scorer task:arithmetic --n 4']",
      "decoding[1]: 'best-of-n  --scorer task:arithmetic --n 4' is the same method as decoding[0]"),

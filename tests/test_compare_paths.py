@@ -44,19 +44,21 @@ output_dir: out
 base: {{model: models/m, data: pairs.jsonl, method: dpo, reference_model: gpt2, cache_dir: cache,
         logging_dir: ~/tb, eval_data: {tmp_path}/held-out.jsonl}}
 grid:
-  model: [models/m, org/name, ./models/../models/m]
+  model: [models/m, org/name]
 """))
     assert plan.output_dir == conf / "out" and plan.config_dir == conf
     train = [c.settings["train"] for c in plan.cells]
-    assert [t["model"] for t in train] == [str(conf / "models" / "m"), "org/name", str(conf / "models" / "m")]
+    assert [t["model"] for t in train] == [str(conf / "models" / "m"), "org/name"]
     assert {t["data"] for t in train} == {str(conf / "pairs.jsonl")}
     assert {t["reference_model"] for t in train} == {"gpt2"}  # a hub name, left alone
     assert {t["cache_dir"] for t in train} == {str(conf / "cache")}
     assert {t["logging_dir"] for t in train} == {str(tmp_path / "home" / "tb")}
     assert {t["eval_data"] for t in train} == {f"{tmp_path}/held-out.jsonl"}  # absolute: as it is
     # cell ids and rows show the values as written, not where they resolve to
-    assert [c.id for c in plan.cells] == ["model=models_m", "model=org_name", "model=._models_.._models_m"]
+    assert [c.id for c in plan.cells] == ["model=models_m", "model=org_name"]
     assert plan.cells[0].group == "model=models/m"
+    with pytest.raises(ConfigError, match=r"grid: cells model=models_m and model=._models_.._models_m are the same run"):
+        load_plan(_config(conf, "base: {data: pairs.jsonl}\ngrid: {model: [models/m, ./models/../models/m]}\n"))
 
     default = load_plan(_config(conf, "base: {model: models/m, data: pairs.jsonl}\ngrid: {seed: [0]}\n"))
     assert default.output_dir == elsewhere / "runs" / "compare-compare"  # not in the config: the current folder

@@ -24,6 +24,7 @@ from alignlab.errors import UserError
 # SIGINT after it ends it (as the training loop's "Ctrl-C twice").
 STUBBORN_CELL = r"""
 import os, signal, sys, time
+from pathlib import Path
 cell = Path(sys.argv[1])
 def term(*_):
     print("asked to stop", flush=True)
@@ -167,6 +168,7 @@ def test_one_process_at_a_time_runs_a_cell_or_a_comparison(tmp_path, capsys):
 # A cell that finished: seed 1 after two attempts, its time their sum.
 TIMED_CELL = r"""
 import json, sys
+from pathlib import Path
 cell = Path(sys.argv[1])
 seed = json.loads((cell / "cell.json").read_text())["seed"]
 result = {"status": "ok", "metrics": {"eval/loss": 1.0}, "steps": 1, "seconds": 3.0 + 2 * seed, "attempts": 1 + seed}

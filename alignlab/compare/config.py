@@ -12,14 +12,13 @@ missing path. Relative paths are read from the config file's folder (``paths.py`
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from alignlab.compare.names import distinct_ids, group_label, slug, value_text
 from alignlab.compare.paths import output_path, resolve_keys
 from alignlab.config import make_config, normalize, read_yaml
 from alignlab.errors import ConfigError, UserError
@@ -78,24 +77,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def slug(text: str) -> str:
-    """``text`` as a folder name: characters other than letters, digits and ``._=+,-`` become ``_``;
-    a long one is cut and given a hash of the whole, so two long names stay apart."""
-    out = re.sub(r"[^A-Za-z0-9._=+,-]+", "_", text).strip("_.") or "_"
-    if len(out) > 100:
-        out = f"{out[:90]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-    return out
-
-
-def value_text(value: Any) -> str:
-    """A grid value as a cell id and a report label show it: 2e-05, 0.1, dpo, true."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
 
 
 def load_plan(path: str | Path, jobs: int | None = None) -> Plan:
@@ -178,33 +159,10 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
     for i, cell in enumerate(trains):
         same = next((c for c in trains[i + 1:] if c.settings == cell.settings), None)
         if same is not None:
-            raise ConfigError(f"grid: cells {cell.id} and {same.id} are the same run (their settings are equal, as "
-                              "1 and 1.0 are); give each value once")
-    plan.cells = _distinct_ids(plan.cells)
+            raise ConfigError(f"grid: cells {cell.id} and {same.id} are the same run (their settings are equal once "
+                              "read, as 1 and 1.0 are, or two spellings of one path); give each value once")
+    plan.cells = distinct_ids(plan.cells)
     return plan
-
-
-def _full_name(cell: Cell) -> str:
-    """A cell's name before ``slug``: its grid values, or its row and seed."""
-    if cell.kind == "train":
-        return ",".join(f"{k}={value_text(v)}" for k, v in cell.values.items())
-    return f"{cell.group},seed={cell.seed}"
-
-
-def _distinct_ids(cells: list[Cell]) -> list[Cell]:
-    """``cells`` with the ids that would name one folder (distinct values that differ only in the
-    characters ``slug`` replaces, or in case, which some file systems ignore) told apart by a hash
-    of their full names."""
-    from dataclasses import replace
-
-    names = [c.id.lower() for c in cells]
-    out = [replace(c, id=f"{c.id}-{hashlib.sha256(_full_name(c).encode()).hexdigest()[:8]}")
-           if names.count(name) > 1 else c for c, name in zip(cells, names, strict=True)]
-    ids = [c.id.lower() for c in out]
-    twice = next((c.id for c, i in zip(out, ids, strict=True) if ids.count(i) > 1), None)
-    if twice is not None:  # the same full names: given twice in a way the checks above do not see
-        raise ConfigError(f"grid: two cells would share the folder '{twice}'; give each value once")
-    return out
 
 
 def _train_keys(raw: dict[str, Any], where: str) -> dict[str, Any]:
@@ -357,13 +315,7 @@ def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedba
             settings["feedback_spec"] = feedback  # what made it: a change is a change of the cell
     settings["train"] = train
     settings["eval_prompts"] = cfg.eval.task_eval_prompts
-    return Cell(cell_id, "train", _group_label(values, method), cfg.seed, values, settings)
-
-
-def _group_label(values: dict[str, Any], method: str) -> str:
-    """A train cell's row: its grid values but the seed (the method's name bare), or the method."""
-    parts = [value_text(v) if k == "method" else f"{k}={value_text(v)}" for k, v in values.items() if k != "seed"]
-    return ", ".join(parts) or method
+    return Cell(cell_id, "train", group_label(values, method), cfg.seed, values, settings)
 
 
 def _eval_cell(plan: Plan, base: dict[str, Any], decoding: str | None, seed: int) -> Cell:
