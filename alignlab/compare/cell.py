@@ -12,11 +12,16 @@ them to ``CELL_DIR/answers.jsonl``; the report's win-rate matrix compares these.
 
 ``CELL_DIR/result.json`` is written last, atomically: its presence means the cell is done. It
 holds ``metrics`` (the final evaluation: ``eval/...``; ``train/...`` the last step's training
-metrics), ``steps``, ``seconds`` and ``diagnostics`` (any per-cell numbers, rendered by the report
-as they come: here the share of empty answers and of answers cut off at the task's token limit).
+metrics), ``steps``, ``seconds`` (the wall time of all its attempts, ``attempts.py``), ``attempts``
+and ``diagnostics`` (any per-cell numbers, rendered by the report as they come: here the share of
+empty answers and of answers cut off at the task's token limit).
 A decoding row's metrics sit under ``eval/gold/`` like the others' (``sampled``: the gold reward of
 its answers, ``win_rate``, ``length``, ``forward_tokens`` per answer); it has no KL, since its
 answers' log-probs are the model's, not the decoding method's.
+
+The cell runs with the intra-op threads in its cell.json (fixed when it first ran), holds
+``CELL_DIR/.lock`` while it runs (a second process on the same cell exits at once), and stops on
+SIGTERM as on Ctrl-C: a training run after its step, with a checkpoint; anything else at once.
 """
 
 from __future__ import annotations

@@ -356,4 +356,4 @@ def describe(plan: Plan) -> str:
     threads = max(1, available_cores() // min(plan.jobs, len(plan.cells)))
     return (f"{len(plan.cells)} cells ({kinds['train']} training runs, {kinds['base'] + kinds['decode']} evaluations "
             f"of the base model) in {groups} rows, up to {plan.jobs} at a time with {threads} "
-            f"thread{'s' if threads > 1 else ''} each")
+            f"thread{'s' if threads > 1 else ''} each (a resumed cell keeps those it started with)")

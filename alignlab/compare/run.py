@@ -3,8 +3,9 @@ as processes (``jobs`` at a time), then write the report.
 
     OUT/compare.json          the plan: every cell (id, kind, row, seed, grid values), in report order
     OUT/data/                 the synthetic feedback every cell trains on (with spec.json, how it was made)
-    OUT/cells/ID/cell.json    the cell's settings; ID is its grid values, e.g. method=dpo,seed=0
+    OUT/cells/ID/cell.json    the cell's settings and threads; ID is its grid values, e.g. method=dpo,seed=0
     OUT/cells/ID/log.txt      its output, every attempt appended
+    OUT/cells/ID/attempts.json  each attempt's start, wall time and end (``compare/attempts.py``)
     OUT/cells/ID/result.json  written last by a cell that finished (``compare/cell.py``)
     OUT/cells/ID/failed.json  the return code and log of a cell that failed
     OUT/report.html, OUT/report.md, OUT/report/*.png   the report (``alignlab.report``)
@@ -12,7 +13,9 @@ as processes (``jobs`` at a time), then write the report.
 Rerunning the same command skips every cell with a result.json, resumes the others (a training
 run continues from its newest checkpoint) and reruns the failed ones. A finished cell whose
 settings the config now changes is a one-line error: its result would no longer be the config's.
-An unfinished cell whose settings changed starts afresh.
+An unfinished cell whose settings changed starts afresh; one resumed keeps the threads it was first
+given, so it computes what an uninterrupted run would. The cells run in the config's folder. One
+comparison at a time runs in an output_dir (``OUT/.lock``).
 """
 
 from __future__ import annotations
