@@ -52,7 +52,7 @@ grid: {{lr: [0.1, 0.2]}}
 """
 
 
-def _wait_for(condition, seconds: float = 30.0) -> None:
+def _wait_for(condition, seconds: float = 60.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -111,17 +111,21 @@ def test_an_attempt_killed_outright_keeps_its_time_to_the_last_heartbeat(tmp_pat
             time.sleep(0.6)
             os.kill(os.getpid(), signal.SIGKILL)
         """)
+    start = time.perf_counter()
     assert subprocess.run([sys.executable, "-c", killed]).returncode == -signal.SIGKILL
+    whole = time.perf_counter() - start  # the process's life, Python's start included
     (first,) = read_attempts(tmp_path)
-    assert first["end"] == "running" and 0.5 <= first["seconds"] <= 0.65, first
+    assert first["end"] == "running" and 0.3 <= first["seconds"] <= whole, first
 
+    start = time.perf_counter()
     with Attempt(tmp_path) as attempt:
         time.sleep(0.2)
         attempt.end = "ok"
+    whole = time.perf_counter() - start
     seconds, count = attempt.total()
     recorded = read_attempts(tmp_path)
     assert [a["end"] for a in recorded] == ["running", "ok"] and count == 2
-    assert 0.2 <= recorded[1]["seconds"] < 0.3
+    assert 0.2 <= recorded[1]["seconds"] <= whole + 0.005
     assert seconds == pytest.approx(first["seconds"] + recorded[1]["seconds"], abs=0.006)
 
 
