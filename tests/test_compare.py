@@ -4,6 +4,7 @@ comparison on the arithmetic testbed from start to report."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import textwrap
@@ -56,6 +57,14 @@ grid:
     ("epochs: 1", "method: [soft-preference]", "", "cell method=soft-preference: the synthetic feedback has no strength"),
     ("epochs: 1", "method: [bvpo]", "", "cell method=bvpo: mix_data: method 'bvpo' needs a second set of pairs"),
     ("epochs: 1", "method: [dpo]", "jobs: 0", "jobs: cells run at once, a whole number >= 1, got 0"),
+    ("lr: 1.0e-5", "epochs: [1, 1.0]", "", "grid: cells epochs=1 and epochs=1.0 are the same run (their settings are "
+                                           "equal once read, as 1 and 1.0 are, or two spellings of one path); give "
+                                           "each value once"),
+    ("epochs: 1", "method: [dpo]", "decoding: ['best-of-n --n 4 --scorer task:arithmetic', "
+                                   "'best-of-n  --scorer task:arithmetic --n 4']",
+     "decoding[1]: 'best-of-n  --scorer task:arithmetic --n 4' is the same method as decoding[0]"),
+    ("epochs: 1", "optim: {lr: [1.0e-5]}", "", "grid.optim: a list of values; give a section's keys flat or dotted, "
+                                              "e.g. optim.lr: [...]"),
 ])
 def test_config_errors_are_one_line_before_anything_runs(tmp_path, capsys, base, grid, extra, message):
     path = write_config(tmp_path, TESTBED.format(base=base, grid=grid) + extra)
@@ -267,6 +276,21 @@ def test_the_readme_shows_the_example_config():
     assert yaml.safe_load(block) == yaml.safe_load(example.read_text())
     plan = load_plan(example)
     assert [c.kind for c in plan.cells].count("train") == 9 and len(plan.cells) == 15
+
+
+def test_values_that_would_share_a_folder_are_told_apart(tmp_path):
+    """Values that differ only in characters a folder name replaces ('a/b', 'a_b'), in letters
+    outside ASCII or in case get a hash of the full value after their name; other cells keep
+    theirs."""
+    plan = load_plan(write_config(tmp_path, """
+        base: {model: /models/m, data: /data/pairs.jsonl}
+        grid: {run_name: [a/b, a_b, α, β, X, x, plain]}
+        """))
+    ids = [c.id for c in plan.cells]
+    assert len(set(ids)) == 7 and ids[-1] == "run_name=plain"
+    digest = {v: hashlib.sha256(f"run_name={v}".encode()).hexdigest()[:8] for v in ("a/b", "a_b", "α", "β", "X", "x")}
+    assert ids[:6] == [f"run_name=a_b-{digest['a/b']}", f"run_name=a_b-{digest['a_b']}", f"run_name=-{digest['α']}",
+                       f"run_name=-{digest['β']}", f"run_name=X-{digest['X']}", f"run_name=x-{digest['x']}"]
 
 
 def test_a_bad_jobs_flag_names_the_flag_and_a_folder_is_not_a_config(tmp_path, capsys):

@@ -12,11 +12,16 @@ them to ``CELL_DIR/answers.jsonl``; the report's win-rate matrix compares these.
 
 ``CELL_DIR/result.json`` is written last, atomically: its presence means the cell is done. It
 holds ``metrics`` (the final evaluation: ``eval/...``; ``train/...`` the last step's training
-metrics), ``steps``, ``seconds`` and ``diagnostics`` (any per-cell numbers, rendered by the report
-as they come: here the share of empty answers and of answers cut off at the task's token limit).
+metrics), ``steps``, ``seconds`` (the wall time of all its attempts, ``attempts.py``), ``attempts``
+and ``diagnostics`` (any per-cell numbers, rendered by the report as they come: here the share of
+empty answers and of answers cut off at the task's token limit).
 A decoding row's metrics sit under ``eval/gold/`` like the others' (``sampled``: the gold reward of
 its answers, ``win_rate``, ``length``, ``forward_tokens`` per answer); it has no KL, since its
 answers' log-probs are the model's, not the decoding method's.
+
+The cell runs with the intra-op threads in its cell.json (fixed when it first ran), holds
+``CELL_DIR/.lock`` while it runs (a second process on the same cell exits at once), and stops on
+SIGTERM as on Ctrl-C: a training run after its step, with a checkpoint; anything else at once.
 """
 
 from __future__ import annotations
@@ -25,11 +30,11 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 RESULT = "result.json"
+LOCK = ".lock"  # held by the process running the cell
 ANSWERS = "answers.jsonl"
 
 
@@ -210,30 +215,50 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _stop_on_sigterm(signum, _frame) -> None:
+    raise KeyboardInterrupt  # outside the training loop (which stops after its step) SIGTERM stops as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the cell in ``argv[0]``; its result.json appears only when it succeeded."""
+    """Run the cell in ``argv[0]``; its result.json appears only when it succeeded. Every attempt
+    is timed in attempts.json; the result's ``seconds`` is their sum, ``attempts`` their number."""
+    import signal
+
+    import torch
     from transformers.utils import logging as hf_logging
 
+    from alignlab.compare.attempts import Attempt, hold_lock, lock_holder
     from alignlab.errors import Interrupted, UserError
 
     argv = sys.argv[1:] if argv is None else argv
     cell_dir = Path(argv[0])
     record = json.loads((cell_dir / "cell.json").read_text())
-    hf_logging.disable_progress_bar()
-    _log(f"cell {record['id']} ({record['kind']}), seed {record['seed']}, {os.environ.get('OMP_NUM_THREADS', '?')} "
-         "threads")
-    start = time.perf_counter()
-    try:
-        result = (run_train if record["kind"] == "train" else run_eval)(cell_dir, record)
-    except UserError as e:  # the user's to fix: one line, as the command line says it
-        _log(f"alignlab: error: {e}")
+    lock = hold_lock(cell_dir / LOCK)
+    if lock is None:
+        _log(f"alignlab: error: cell {record['id']} is already running in another process (pid "
+             f"{lock_holder(cell_dir / LOCK)}), perhaps left by a comparison that was killed; wait for it or stop it")
         return 2
-    except Interrupted as e:  # stopped by a signal after writing a checkpoint: a rerun resumes
-        _log(f"alignlab: {e}")
-        return 130
-    result = {"id": record["id"], "status": "ok", **result, "seconds": round(time.perf_counter() - start, 1)}
+    if record.get("threads"):  # fixed when the cell first ran: a resumed cell computes the same bits
+        torch.set_num_threads(int(record["threads"]))
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    hf_logging.disable_progress_bar()
+    _log(f"cell {record['id']} ({record['kind']}), seed {record['seed']}, {torch.get_num_threads()} threads")
+    with Attempt(cell_dir) as attempt:
+        try:
+            result = (run_train if record["kind"] == "train" else run_eval)(cell_dir, record)
+        except UserError as e:  # the user's to fix: one line, as the command line says it
+            _log(f"alignlab: error: {e}")
+            return 2
+        except (Interrupted, KeyboardInterrupt) as e:  # stopped by a signal (after a checkpoint): a rerun resumes
+            attempt.end = "interrupted"
+            _log(f"alignlab: {e or 'interrupted'}")
+            return 130
+        attempt.end = "ok"
+    seconds, attempts = attempt.total()
+    result = {"id": record["id"], "status": "ok", **result, "seconds": round(seconds, 2), "attempts": attempts}
     write_json(cell_dir / RESULT, result)
-    _log(f"done in {result['seconds']} s")
+    _log(f"done in {attempt.seconds:.1f} s" + (f" ({seconds:.1f} s over {attempts} attempts)" if attempts > 1 else ""))
+    lock.close()
     return 0
 
 

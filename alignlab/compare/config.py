@@ -6,19 +6,20 @@ testbed task), a ``grid`` (train key -> list of values; the cells are their prod
 model), ``output_dir`` and ``jobs``. Every mistake that can be seen without running anything is a
 one-line ``ConfigError`` naming the file and the place: an unknown top-level, base, grid or
 feedback key, an unknown method or task, an empty grid or value list, a decoding method that does
-not parse, a cell whose training config ``make_config`` refuses (the cell is named).
+not parse, a cell whose training config ``make_config`` refuses (the cell is named), an empty or
+missing path. Relative paths are read from the config file's folder (``paths.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from alignlab.compare.names import distinct_ids, group_label, slug, value_text
+from alignlab.compare.paths import output_path, resolve_keys
 from alignlab.config import make_config, normalize, read_yaml
 from alignlab.errors import ConfigError, UserError
 
@@ -58,6 +59,11 @@ class Plan:
     cells: list[Cell] = field(default_factory=list)
 
     @property
+    def config_dir(self) -> Path:
+        """The config file's folder: its relative paths are read from there."""
+        return Path(self.path).expanduser().absolute().parent
+
+    @property
     def data_dir(self) -> Path:
         return self.output_dir / "data"
 
@@ -71,24 +77,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def slug(text: str) -> str:
-    """``text`` as a folder name: characters other than letters, digits and ``._=+,-`` become ``_``;
-    a long one is cut and given a hash of the whole, so two long names stay apart."""
-    out = re.sub(r"[^A-Za-z0-9._=+,-]+", "_", text).strip("_.") or "_"
-    if len(out) > 100:
-        out = f"{out[:90]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-    return out
-
-
-def value_text(value: Any) -> str:
-    """A grid value as a cell id and a report label show it: 2e-05, 0.1, dpo, true."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
 
 
 def load_plan(path: str | Path, jobs: int | None = None) -> Plan:
@@ -121,9 +109,12 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
     base = _train_keys(base, "base")
     grid = _grid(raw.get("grid"))
     decoding = _decoding(raw.get("decoding"))
-    output_dir = raw.get("output_dir") or f"runs/compare-{Path(path).stem}"
-    if not isinstance(output_dir, str):
-        raise ConfigError(f"output_dir: a folder name, got {output_dir!r}")
+    config_dir = Path(path).expanduser().absolute().parent
+    base = resolve_keys(base, "base", config_dir)
+    if "output_dir" in raw:  # a relative one is read from the config's folder, the default from the current one
+        output_dir = output_path(raw["output_dir"], "output_dir", config_dir)
+    else:
+        output_dir = Path(f"runs/compare-{Path(path).stem}").absolute()
     jobs = raw.get("jobs") if jobs is None else jobs
     if jobs is None:
         jobs = available_cores()
@@ -151,11 +142,12 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
                           "in base")
     feedback = _feedback(feedback_raw, task)
 
-    plan = Plan(path, Path(output_dir).expanduser().absolute(), jobs, task, base.get("model"), None)
+    plan = Plan(path, output_dir, jobs, task, base.get("model"), None)
     seeds = grid.get("seed", [base.get("seed", 0)])
-    for combo in itertools.product(*grid.values()):
-        values = dict(zip(grid, combo, strict=True))
-        plan.cells.append(_train_cell(plan, base, values, feedback))
+    paths = {k: [resolve_keys({k: v}, "grid", config_dir)[k] for v in vs] for k, vs in grid.items()}
+    for combo, resolved in zip(itertools.product(*grid.values()), itertools.product(*paths.values()), strict=True):
+        values = dict(zip(grid, combo, strict=True))  # as written: the cell's id and row
+        plan.cells.append(_train_cell(plan, base, values, feedback, dict(zip(grid, resolved, strict=True))))
     if any(c.settings.get("feedback") for c in plan.cells):
         plan.feedback = feedback
     if task is not None and "model" not in grid:  # the base model: where every cell starts
@@ -163,11 +155,13 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
             for seed in seeds:
                 plan.cells.append(_eval_cell(plan, base, text, seed))
         plan.cells = [c for c in plan.cells if c.kind != "train"] + [c for c in plan.cells if c.kind == "train"]
-    ids = [c.id for c in plan.cells]
-    if len(set(ids)) != len(ids):
-        twice = next(i for i in ids if ids.count(i) > 1)
-        raise ConfigError(f"grid: two cells would share the folder '{twice}'; make the values differ in more than "
-                          "punctuation")
+    trains = [c for c in plan.cells if c.kind == "train"]
+    for i, cell in enumerate(trains):
+        same = next((c for c in trains[i + 1:] if c.settings == cell.settings), None)
+        if same is not None:
+            raise ConfigError(f"grid: cells {cell.id} and {same.id} are the same run (their settings are equal once "
+                              "read, as 1 and 1.0 are, or two spellings of one path); give each value once")
+    plan.cells = distinct_ids(plan.cells)
     return plan
 
 
@@ -194,6 +188,9 @@ def _grid(raw: Any) -> dict[str, list[Any]]:
     for key, values in raw.items():
         if key == "feedback":
             raise ConfigError("grid.feedback: the synthetic feedback is made once for every cell; set it in base")
+        if isinstance(values, dict):
+            raise ConfigError(f"grid.{key}: a list of values; give a section's keys flat or dotted, e.g. "
+                              f"{key}.{next(iter(values), 'lr')}: [...]")
         if not isinstance(values, list):
             raise ConfigError(f"grid.{key}: a list of values (e.g. [{value_text(values)}]), got {values!r}")
         if not values:
@@ -217,10 +214,11 @@ def _decoding(raw: Any) -> list[str]:
     if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
         raise ConfigError(f"decoding: a list of decoding methods as `alignlab decode` takes them, e.g. "
                           f"['best-of-n --n 4 --scorer task:arithmetic'], got {raw!r}")
+    parsed = []
     for i, text in enumerate(raw):
-        parse_method(text, field=f"decoding[{i}]")
-        if raw.index(text) != i:
-            raise ConfigError(f"decoding[{i}]: '{text}' is given twice")
+        parsed.append(parse_method(text, field=f"decoding[{i}]"))
+        if parsed.index(parsed[-1]) != i:  # the same method and flags, written alike or not
+            raise ConfigError(f"decoding[{i}]: '{text}' is the same method as decoding[{parsed.index(parsed[-1])}]")
     return list(raw)
 
 
@@ -272,14 +270,16 @@ def _check_train(cell_id: str, train: dict[str, Any], base: dict[str, Any], valu
         raise ConfigError(f"cell {cell_id}: {e}{where}") from None
 
 
-def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedback: dict[str, Any] | None) -> Cell:
-    """A cell of the grid: base's keys, the cell's values, and from a testbed model what the demo
-    would set (``demo_keys``); without data, the synthetic feedback its method's shape needs
-    (made from the base model), or for an online method (or rounds) the task's prompts and reward."""
+def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedback: dict[str, Any] | None,
+                resolved: dict[str, Any]) -> Cell:
+    """A cell of the grid: base's keys, the cell's values (``resolved``: with their paths read from
+    the config's folder), and from a testbed model what the demo would set (``demo_keys``); without
+    data, the synthetic feedback its method's shape needs (made from the base model), or for an
+    online method (or rounds) the task's prompts and reward."""
     from alignlab.config import get_loss
 
     cell_id = slug(",".join(f"{k}={value_text(v)}" for k, v in values.items()))
-    train = {**base, **values}
+    train = {**base, **resolved}
     method = str(train.get("method", "dpo"))
     try:
         spec = get_loss(method)
@@ -315,13 +315,7 @@ def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedba
             settings["feedback_spec"] = feedback  # what made it: a change is a change of the cell
     settings["train"] = train
     settings["eval_prompts"] = cfg.eval.task_eval_prompts
-    return Cell(cell_id, "train", _group_label(values, method), cfg.seed, values, settings)
-
-
-def _group_label(values: dict[str, Any], method: str) -> str:
-    """A train cell's row: its grid values but the seed (the method's name bare), or the method."""
-    parts = [value_text(v) if k == "method" else f"{k}={value_text(v)}" for k, v in values.items() if k != "seed"]
-    return ", ".join(parts) or method
+    return Cell(cell_id, "train", group_label(values, method), cfg.seed, values, settings)
 
 
 def _eval_cell(plan: Plan, base: dict[str, Any], decoding: str | None, seed: int) -> Cell:
@@ -362,4 +356,4 @@ def describe(plan: Plan) -> str:
     threads = max(1, available_cores() // min(plan.jobs, len(plan.cells)))
     return (f"{len(plan.cells)} cells ({kinds['train']} training runs, {kinds['base'] + kinds['decode']} evaluations "
             f"of the base model) in {groups} rows, up to {plan.jobs} at a time with {threads} "
-            f"thread{'s' if threads > 1 else ''} each")
+            f"thread{'s' if threads > 1 else ''} each (a resumed cell keeps those it started with)")

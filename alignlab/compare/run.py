@@ -3,8 +3,9 @@ as processes (``jobs`` at a time), then write the report.
 
     OUT/compare.json          the plan: every cell (id, kind, row, seed, grid values), in report order
     OUT/data/                 the synthetic feedback every cell trains on (with spec.json, how it was made)
-    OUT/cells/ID/cell.json    the cell's settings; ID is its grid values, e.g. method=dpo,seed=0
+    OUT/cells/ID/cell.json    the cell's settings and threads; ID is its grid values, e.g. method=dpo,seed=0
     OUT/cells/ID/log.txt      its output, every attempt appended
+    OUT/cells/ID/attempts.json  each attempt's start, wall time and end (``compare/attempts.py``)
     OUT/cells/ID/result.json  written last by a cell that finished (``compare/cell.py``)
     OUT/cells/ID/failed.json  the return code and log of a cell that failed
     OUT/report.html, OUT/report.md, OUT/report/*.png   the report (``alignlab.report``)
@@ -12,7 +13,9 @@ as processes (``jobs`` at a time), then write the report.
 Rerunning the same command skips every cell with a result.json, resumes the others (a training
 run continues from its newest checkpoint) and reruns the failed ones. A finished cell whose
 settings the config now changes is a one-line error: its result would no longer be the config's.
-An unfinished cell whose settings changed starts afresh.
+An unfinished cell whose settings changed starts afresh; one resumed keeps the threads it was first
+given, so it computes what an uninterrupted run would. The cells run in the config's folder. One
+comparison at a time runs in an output_dir (``OUT/.lock``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import alignlab
-from alignlab.compare.cell import RESULT, write_json
+from alignlab.compare.attempts import hold_lock, lock_holder
+from alignlab.compare.cell import LOCK, RESULT, write_json
 from alignlab.compare.config import Cell, Plan, available_cores
-from alignlab.errors import ConfigError, Interrupted
+from alignlab.errors import ConfigError, Interrupted, UserError
 
 PLAN = "compare.json"
 FAILED = "failed.json"
@@ -51,10 +56,11 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def cell_record(plan: Plan, cell: Cell) -> dict[str, Any]:
-    """What ``cell.json`` holds (as it reads back: JSON turns tuples into lists)."""
+def cell_record(plan: Plan, cell: Cell, threads: int | None = None) -> dict[str, Any]:
+    """What ``cell.json`` holds (as it reads back: JSON turns tuples into lists); ``threads``: the
+    intra-op threads it runs with."""
     record = {"id": cell.id, "kind": cell.kind, "group": cell.group, "seed": cell.seed, "values": cell.values,
-              "settings": cell.settings, "data_dir": str(plan.data_dir)}
+              "settings": cell.settings, "data_dir": str(plan.data_dir), "threads": threads}
     return json.loads(json.dumps(record))
 
 
@@ -128,17 +134,67 @@ def cell_command(cell_dir: Path) -> list[str]:
     return [sys.executable, "-m", "alignlab.compare.cell", str(cell_dir)]
 
 
+def cell_threads(plan: Plan, cell: Cell, slots: int) -> int:
+    """The intra-op threads of ``cell``: those it was first run with, recorded in its cell.json (a
+    resumed cell computes the same bits as if it had not stopped, and finds what it cached), else
+    its share of the cores among ``slots`` cells running at once."""
+    saved = plan.cell_dir(cell) / "cell.json"
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        if old.get("threads") and old.get("settings") == cell_record(plan, cell)["settings"]:
+            return int(old["threads"])
+    return max(1, available_cores() // slots)
+
+
+def cell_env() -> dict[str, str]:
+    """The environment of a cell's process: this one's, with this package importable and the
+    paths that name folders made absolute (the cell runs in the config's folder)."""
+    package_root = str(Path(alignlab.__file__).resolve().parents[1])
+    paths = [package_root] + [str(Path(p).absolute()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    if env.get("ALIGNLAB_CACHE"):
+        env["ALIGNLAB_CACHE"] = str(Path(env["ALIGNLAB_CACHE"]).expanduser().absolute())
+    return env
+
+
+# How running cells are stopped, step by step: SIGTERM (a training run ends its step and writes a
+# checkpoint), then SIGINT (after SIGTERM, a training run stops at once), then SIGKILL; each waits
+# this many seconds for them to end, or for the next Ctrl-C.
+STOPS = ((signal.SIGTERM, 60.0), (signal.SIGINT, 5.0), (None, 0.0))
+
+
+def _stop(running: dict[str, tuple[subprocess.Popen, Cell, float, Any]]) -> None:
+    """Stop the running cells, each step of ``STOPS`` taken when the previous one timed out or
+    the user pressed Ctrl-C again."""
+    procs = [proc for proc, _, _, _ in running.values()]
+    _log(f"stopping {len(procs)} running cells (a training run writes a checkpoint first); Ctrl-C again to stop "
+         "them at once")
+    for sig, seconds in STOPS:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill() if sig is None else proc.send_signal(sig)
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline and any(proc.poll() is None for proc in procs):
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            _log("stopping them at once")
+        if all(proc.poll() is not None for proc in procs):
+            break
+    for proc, _, _, log in running.values():
+        proc.wait()
+        log.close()
+
+
 def run_cells(plan: Plan, cells: list[Cell], command: Callable[[Path], list[str]] = cell_command,
               poll: float = 0.2) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """Run ``cells`` as processes, ``plan.jobs`` at once, each with its share of the cores as
-    threads; return the ids that finished and the failures (id -> return code, log path). A cell
-    failed when its process exits non-zero or leaves no result.json. On an interrupt the running
-    cells are stopped (not marked failed: a rerun resumes them) and ``Interrupted`` is raised."""
+    """Run ``cells`` as processes in the config's folder (its relative paths are read from there),
+    ``plan.jobs`` at once, each with its threads (``cell_threads``); return the ids that finished
+    and the failures (id -> return code, log path). A cell failed when its process exits non-zero
+    or leaves no result.json. On an interrupt the running cells are stopped (not marked failed: a
+    rerun resumes them) and ``Interrupted`` is raised."""
     slots = max(1, min(plan.jobs, len(cells)))
-    threads = str(max(1, available_cores() // slots))
-    package_root = str(Path(alignlab.__file__).resolve().parents[1])
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-           "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    env = cell_env()
     pending = list(cells)
     running: dict[str, tuple[subprocess.Popen, Cell, float, Any]] = {}
     done: list[str] = []
@@ -149,14 +205,16 @@ def run_cells(plan: Plan, cells: list[Cell], command: Callable[[Path], list[str]
             while pending and len(running) < slots:
                 cell = pending.pop(0)
                 folder = plan.cell_dir(cell)
+                threads = cell_threads(plan, cell, slots)
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / FAILED).unlink(missing_ok=True)
-                write_json(folder / "cell.json", cell_record(plan, cell))
+                write_json(folder / "cell.json", cell_record(plan, cell, threads))
                 log = (folder / "log.txt").open("a")
                 log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command(folder))}\n")
                 log.flush()
-                proc = subprocess.Popen(command(folder), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        stdin=subprocess.DEVNULL)
+                proc = subprocess.Popen(command(folder), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        cwd=plan.config_dir,
+                                        env={**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
                 running[cell.id] = (proc, cell, time.perf_counter(), log)
                 _log(f"started  {cell.id} ({total - len(pending)} of {total})")
             time.sleep(poll)
@@ -178,15 +236,7 @@ def run_cells(plan: Plan, cells: list[Cell], command: Callable[[Path], list[str]
                     _log(f"FAILED   {cell_id} (exit {code}; log: {info['log']}) ({len(done) + len(failed)} of {total} "
                          "done)")
     except KeyboardInterrupt:
-        for proc, _, _, _ in running.values():
-            proc.terminate()
-        for proc, _, _, log in running.values():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+        _stop(running)
         raise Interrupted(f"comparison interrupted with {len(running)} cells running; run the same command again "
                           "to resume it") from None
     return done, failed
@@ -204,7 +254,21 @@ def write_plan(plan: Plan) -> None:
 
 def run_compare(plan: Plan, command: Callable[[Path], list[str]] | None = None) -> Outcome:
     """Run every cell of ``plan`` that has not finished, then write the report. ``command(CELL_DIR)``:
-    the process of one cell (default ``cell_command``)."""
+    the process of one cell (default ``cell_command``). One comparison at a time writes to an
+    output_dir: another one started on it meanwhile is refused."""
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    lock = hold_lock(plan.output_dir / LOCK)
+    if lock is None:
+        raise UserError(f"output_dir: {plan.output_dir} is in use by another alignlab compare (pid "
+                        f"{lock_holder(plan.output_dir / LOCK)}); wait for it to end, or give this one another "
+                        "output_dir")
+    try:
+        return _run(plan, command or cell_command)
+    finally:
+        lock.close()
+
+
+def _run(plan: Plan, command: Callable[[Path], list[str]]) -> Outcome:
     from alignlab.report import write_report
 
     todo = check_earlier(plan)
@@ -220,6 +284,6 @@ def run_compare(plan: Plan, command: Callable[[Path], list[str]] | None = None) 
                 _log(f"{cell.id}: its settings changed since it was started; starting it afresh")
                 shutil.rmtree(folder)
         prepare_data(plan, todo)
-        outcome.ran, outcome.failed = run_cells(plan, todo, command or cell_command)
+        outcome.ran, outcome.failed = run_cells(plan, todo, command)
     outcome.report = write_report(plan.output_dir)
     return outcome

@@ -35,6 +35,7 @@ class CellResult:
     log: str | None = None  # relative to the report's folder
     returncode: int | None = None
     steps: int | None = None
+    attempts: int | None = None  # the processes it took (more than one: resumed after a stop or a failure)
 
 
 @dataclass
@@ -131,8 +132,9 @@ def collect_comparison(out: Path) -> Collected:
             result = read_json(folder / "result.json", CELL_HINT)
             cell.status = OK
             cell.metrics = {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}
-            if "seconds" in result:
+            if "seconds" in result:  # the wall time of all its attempts
                 cell.metrics["seconds"] = result["seconds"]
+            cell.attempts = result.get("attempts")
             cell.steps = result.get("steps")
             if entry["kind"] == "train" and cell.steps is not None:
                 cell.metrics["steps"] = cell.steps

@@ -114,6 +114,8 @@ def results_table(data: Collected) -> Table:
                "those of its answers (it has no KL: its samples' log-probs are the model's). Steps: optimizer "
                "steps of the training runs (epochs are passes over each method's own data).") if data.task else (
                "Final metrics, mean ± sample standard deviation over the seeds that finished.")
+    if any(k == "seconds" for k, _ in columns):
+        caption += " Time: a cell's wall-clock seconds, summed over its attempts when it was resumed."
     return Table(["row", "seeds", *[label for _, label in columns]], rows, caption)
 
 
@@ -171,6 +173,10 @@ def comparison_document(data: Collected, images: Path) -> Document:
     failed = [c for c in data.cells if c.status == FAILED]
     intro = [f"{len(data.cells)} cells in {len(data.groups)} rows: {done} finished, {len(failed)} failed, "
              f"{len(data.cells) - done - len(failed)} not run."]
+    resumed = [c for c in data.cells if c.status == OK and (c.attempts or 1) > 1]
+    if resumed:
+        intro.append("Cells that took more than one attempt (stopped or failed, then resumed; their time counts every "
+                     "attempt): " + ", ".join(f"{c.id} ({c.attempts} attempts)" for c in resumed) + ".")
     if data.config.get("config"):
         intro.append(f"Config: {data.config['config']}")
     results = Section("Results", [results_table(data)])

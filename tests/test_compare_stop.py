@@ -1,0 +1,195 @@
+"""Stopping and restarting a comparison: Ctrl-C twice stops slow cells at once (none is left
+running), a cell's attempts are timed even when its process is killed outright, and one process
+at a time runs a cell or a comparison's folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from alignlab.compare import cell as compare_cell
+from alignlab.compare import run as compare_run
+from alignlab.compare.attempts import Attempt, hold_lock, lock_holder, read_attempts
+from alignlab.compare.config import load_plan
+from alignlab.errors import UserError
+
+# A cell slow to stop: SIGTERM only makes it say so (as a training run finishing a long step);
+# SIGINT after it ends it (as the training loop's "Ctrl-C twice").
+STUBBORN_CELL = r"""
+import os, signal, sys, time
+from pathlib import Path
+cell = Path(sys.argv[1])
+def term(*_):
+    print("asked to stop", flush=True)
+signal.signal(signal.SIGTERM, term)
+signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+(cell / "pid").write_text(str(os.getpid()))
+while True:
+    time.sleep(0.05)
+"""
+
+# `alignlab compare CONFIG` with STUBBORN_CELL as every cell's process.
+HARNESS = r"""
+import sys
+from alignlab import cli
+from alignlab.compare import run
+run.cell_command = lambda d: [sys.executable, "-c", CELL, str(d)]
+sys.exit(cli.main(["compare", sys.argv[1]]))
+"""
+
+CONFIG = """
+output_dir: {out}
+jobs: 2
+base: {{model: /models/m, data: /data/pairs.jsonl, method: dpo}}
+grid: {{lr: [0.1, 0.2]}}
+"""
+
+
+def _wait_for(condition, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ctrl_c_twice_stops_slow_cells_at_once(tmp_path):
+    """The first Ctrl-C asks the cells to stop (SIGTERM) and waits; the second stops them at once:
+    the command exits 130 within seconds, no cell process is left, none is marked failed."""
+    out = tmp_path / "out"
+    path = tmp_path / "compare.yaml"
+    path.write_text(CONFIG.format(out=out))
+    harness = subprocess.Popen([sys.executable, "-c", HARNESS.replace("CELL", repr(STUBBORN_CELL)), str(path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids = [out / "cells" / f"lr={lr}" / "pid" for lr in ("0.1", "0.2")]
+    logs = [p.with_name("log.txt") for p in pids]
+    try:
+        _wait_for(lambda: all(p.exists() and p.read_text() for p in pids))
+        harness.send_signal(signal.SIGINT)
+        _wait_for(lambda: all("asked to stop" in log.read_text() for log in logs))
+        time.sleep(0.3)
+        assert harness.poll() is None  # waiting for the cells to write their checkpoints
+        start = time.monotonic()
+        harness.send_signal(signal.SIGINT)
+        _, err = harness.communicate(timeout=20)
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+        for p in pids:
+            if p.exists() and p.read_text() and _alive(int(p.read_text())):
+                os.kill(int(p.read_text()), signal.SIGKILL)
+    assert harness.returncode == 130 and time.monotonic() - start < 5, err
+    assert "stopping 2 running cells" in err and "stopping them at once" in err, err
+    assert err.rstrip().endswith("alignlab: comparison interrupted with 2 cells running; run the same command again "
+                                 "to resume it"), err
+    assert not any(_alive(int(p.read_text())) for p in pids)
+    assert not list(out.glob("cells/*/failed.json"))
+
+
+def test_an_attempt_killed_outright_keeps_its_time_to_the_last_heartbeat(tmp_path):
+    """A process killed by SIGKILL after 0.6 s, beating every 0.05 s, leaves an attempt still
+    'running' with at least 0.5 s; the next attempt adds its own, and the total is their sum."""
+    killed = textwrap.dedent(f"""
+        import os, signal, time
+        from pathlib import Path
+        from alignlab.compare.attempts import Attempt
+        with Attempt(Path({str(tmp_path)!r}), heartbeat=0.05):
+            time.sleep(0.6)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    start = time.perf_counter()
+    assert subprocess.run([sys.executable, "-c", killed]).returncode == -signal.SIGKILL
+    whole = time.perf_counter() - start  # the process's life, Python's start included
+    (first,) = read_attempts(tmp_path)
+    assert first["end"] == "running" and 0.3 <= first["seconds"] <= whole, first
+
+    start = time.perf_counter()
+    with Attempt(tmp_path) as attempt:
+        time.sleep(0.2)
+        attempt.end = "ok"
+    whole = time.perf_counter() - start
+    seconds, count = attempt.total()
+    recorded = read_attempts(tmp_path)
+    assert [a["end"] for a in recorded] == ["running", "ok"] and count == 2
+    assert 0.2 <= recorded[1]["seconds"] <= whole + 0.005
+    assert seconds == pytest.approx(first["seconds"] + recorded[1]["seconds"], abs=0.006)
+
+
+def test_an_attempt_that_raises_is_recorded_as_failed(tmp_path):
+    with pytest.raises(RuntimeError), Attempt(tmp_path):
+        raise RuntimeError("boom")
+    assert [a["end"] for a in read_attempts(tmp_path)] == ["failed"]
+
+
+def test_one_process_at_a_time_runs_a_cell_or_a_comparison(tmp_path, capsys):
+    """A lock held elsewhere (here: by this process, through another open file) refuses a second
+    holder, which is told the holder's pid; a comparison whose folder is locked is a one-line
+    error, and so is a cell run twice at once (left by a killed comparison)."""
+    first = hold_lock(tmp_path / "lock")
+    assert first is not None and hold_lock(tmp_path / "lock") is None
+    assert lock_holder(tmp_path / "lock") == str(os.getpid())
+    first.close()
+    again = hold_lock(tmp_path / "lock")
+    assert again is not None
+    again.close()
+
+    path = tmp_path / "compare.yaml"
+    path.write_text(CONFIG.format(out=tmp_path / "out"))
+    plan = load_plan(path)
+    plan.output_dir.mkdir()
+    held = hold_lock(plan.output_dir / compare_run.LOCK)
+    with pytest.raises(UserError, match=rf"^output_dir: {plan.output_dir} is in use by another alignlab compare "
+                                        rf"\(pid {os.getpid()}\); wait for it to end"):
+        compare_run.run_compare(plan, command=lambda d: ["false"])
+    held.close()
+
+    folder = plan.cell_dir(plan.cells[0])
+    folder.mkdir(parents=True)
+    (folder / "cell.json").write_text(json.dumps(compare_run.cell_record(plan, plan.cells[0], 1)))
+    held = hold_lock(folder / compare_cell.LOCK)
+    assert compare_cell.main([str(folder)]) == 2
+    held.close()
+    err = capsys.readouterr().err
+    assert err == (f"alignlab: error: cell lr=0.1 is already running in another process (pid {os.getpid()}), "
+                   "perhaps left by a comparison that was killed; wait for it or stop it\n")
+    assert not (folder / "attempts.json").exists()
+
+
+# A cell that finished: seed 1 after two attempts, its time their sum.
+TIMED_CELL = r"""
+import json, sys
+from pathlib import Path
+cell = Path(sys.argv[1])
+seed = json.loads((cell / "cell.json").read_text())["seed"]
+result = {"status": "ok", "metrics": {"eval/loss": 1.0}, "steps": 1, "seconds": 3.0 + 2 * seed, "attempts": 1 + seed}
+(cell / "result.json").write_text(json.dumps(result))
+"""
+
+
+def test_the_report_shows_time_over_all_attempts_and_the_resumed_cells(tmp_path):
+    """Seeds 0 and 1 took 3 s (one attempt) and 5 s (two): the row's time is 4 ± √2, and the
+    report names the cell that took two attempts."""
+    path = tmp_path / "compare.yaml"
+    path.write_text(CONFIG.format(out=tmp_path / "out").replace("grid: {lr: [0.1, 0.2]}", "grid: {seed: [0, 1]}"))
+    plan = load_plan(path)
+    compare_run.run_compare(plan, command=lambda d: [sys.executable, "-c", TIMED_CELL, str(d)])
+    md = (plan.output_dir / "report.md").read_text()
+    assert "| row | seeds | eval loss | steps | time (s) |" in md
+    assert "| dpo | 2 | 1 | 1 | 4.000 ± 1.414 |" in md, md  # mean 4, sample std √2
+    assert "Cells that took more than one attempt (stopped or failed, then resumed; their time counts every attempt): " \
+           "seed=1 (2 attempts)." in md
+    assert "Time: a cell's wall-clock seconds, summed over its attempts when it was resumed." in md
