@@ -168,6 +168,19 @@ class GenerationWorker:
         return os.getpid()
 
 
+def _get(refs):
+    """``ray.get``, with a ``UserError`` raised in a worker raised here as one line."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(refs)
+    except RayTaskError as exc:
+        if isinstance(exc.cause, UserError):
+            raise UserError(str(exc.cause)) from None
+        raise
+
+
 def shares(count: int, parts: int) -> list[tuple[int, int]]:
     """``count`` items in ``parts`` contiguous (start, stop) ranges, the first ones one longer."""
     size, extra = divmod(count, parts)
@@ -215,8 +228,8 @@ class RayGenerator(RendersPrompts):
         else:
             from alignlab.generation.vllm import unwrap
 
-            inner = unwrap(model)
-            base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+            net = unwrap(model)
+            base = net.get_base_model() if hasattr(net, "get_base_model") else net
             spec.update(config=base.config, dtype=_model_dtype(model))
             resources = {"num_cpus": 1}
         actor = ray.remote(GenerationWorker).options(max_restarts=max_restarts, max_task_retries=max_restarts,
@@ -247,7 +260,7 @@ class RayGenerator(RendersPrompts):
             from alignlab.generation.vllm import policy_weights
 
             self._weights = ray.put({name: t.cpu() for name, t in policy_weights(self.model)})
-        ray.get([self.workers[i].load.remote(self._weights, self.version) for i in which])
+        _get([self.workers[i].load.remote(self._weights, self.version) for i in which])
 
     def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams,
                      start: int = 0) -> list[list[Sample]]:
@@ -268,17 +281,13 @@ class RayGenerator(RendersPrompts):
 
     def _result(self, i: int, call, contexts, n: int, params: SamplingParams, start: int) -> list[list[Sample]]:
         """Worker ``i``'s share: a restarted worker gets the current weights and is asked again."""
-        import ray
         from ray.exceptions import ActorDiedError, RayTaskError
 
         for _ in range(self.max_restarts + 1):
             try:
-                return ray.get(call)
+                return _get(call)
             except RayTaskError as exc:
-                cause = exc.cause
-                if isinstance(cause, UserError):
-                    raise UserError(str(cause)) from None
-                if not isinstance(cause, StaleWeights):
+                if not isinstance(exc.cause, StaleWeights):
                     raise
             except ActorDiedError:
                 break
