@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from typing import Any, NamedTuple
 
 from alignlab.errors import ConfigError, UserError
@@ -196,8 +197,14 @@ class RolloutConfig:
     temperature: float = param(1.0, "sampling temperature of the rollouts")
     top_p: float = param(1.0, "nucleus sampling of the rollouts (1: off)")
     top_k: int = param(0, "top-k sampling of the rollouts (0: off)")
-    generation_backend: str = param("native", "generation backend: native, hf or vllm")
-    generation_batch_size: int = param(64, "sequences the generator decodes at once")
+    generation_backend: str = param("native", "generation backend: native, hf, vllm or ray (workers as Ray actors, "
+                                              "ray_workers of them)")
+    generation_batch_size: int = param(64, "sequences the generator decodes at once (per Ray worker)")
+    ray_workers: int = param(2, "generation workers (Ray actors) when generation_backend is ray")
+    ray_address: str | None = param(None, "the Ray cluster the workers run on (host:port, ray://host:port or auto); "
+                                          "default: a local cluster with ray_workers CPUs")
+    ray_backend: str = param("native", "what each Ray worker samples with: native (CPU) or vllm (a GPU each, "
+                                       "weights over NCCL; untested)")
     updates_per_rollout: int = param(1, "μ: optimizer steps over each round's completions (its log-probs at the "
                                         "start of the round are the old policy's)")
     prompt_column: str | None = param(None, "the column holding the prompt, when `data` is a file")
@@ -212,8 +219,15 @@ class RolloutConfig:
                f"must be a finite number > 0 for online sampling, got {self.temperature}")
         _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         _check(self.top_k >= 0, "top_k", f"must be >= 0, got {self.top_k}")
-        _check(self.generation_backend in ("native", "hf", "vllm"), "generation_backend",
-               f"must be native, hf or vllm, got '{self.generation_backend}'")
+        _check(self.generation_backend in ("native", "hf", "vllm", "ray"), "generation_backend",
+               f"must be native, hf, vllm or ray, got '{self.generation_backend}'")
+        _check(self.ray_workers >= 1, "ray_workers", f"must be >= 1, got {self.ray_workers}")
+        _check(self.ray_backend in ("native", "vllm"), "ray_backend",
+               f"must be native or vllm, got '{self.ray_backend}' (hf draws depend on the batch, so its samples "
+               "would change with the split over workers)")
+        _check(self.generation_backend != "ray" or find_spec("ray") is not None, "generation_backend",
+               "ray needs Ray, which is not installed; install the extra: pip install 'alignlab[ray]' (from a "
+               "checkout: pip install -e '.[ray]')")
         _check(self.generation_batch_size >= 1, "generation_batch_size", f"must be >= 1, got {self.generation_batch_size}")
         _check(self.updates_per_rollout >= 1, "updates_per_rollout", f"must be >= 1, got {self.updates_per_rollout}")
         _check(self.reward_weights is None or len(self.reward_weights) == len(self.reward), "reward_weights",
@@ -359,6 +373,8 @@ class TrainConfig:
                f"rounds train an offline method on their samples (data {', '.join(ROUND_SHAPES)}); method "
                f"'{self.method}' trains on {spec.shape} data")
         _check(self.iterate.recipe is None or rounds, "recipe", "a recipe runs rounds; give rounds: N (N >= 1)")
+        _check(not rounds or self.rollout.generation_backend != "ray", "generation_backend",
+               "ray samples online methods' rounds (grpo, rloo, ...); rounds sample with native, hf or vllm")
         _check(not rounds or "group" not in spec.needs, "rounds",
                f"method '{self.method}' mixes two sets of pairs; rounds make one")
         if self.iterate.recipe in ("osp", "spa"):

@@ -12,11 +12,12 @@ import sys
 from alignlab.errors import UserError
 from alignlab.generation.base import Generator
 
-BACKENDS = ("native", "hf", "vllm")
+BACKENDS = ("native", "hf", "vllm", "ray")
 OPTIONS = {"native": ("batch_size", "progress", "prefill_tokens"), "hf": ("batch_size", "progress"),
            "vllm": ("model_path", "gpu_memory_utilization", "dtype", "max_model_len", "tensor_parallel_size",
                     "enable_prefix_caching", "seed", "logprobs_mode", "enforce_eager", "batch_size", "progress",
-                    "engine_args")}
+                    "engine_args"),
+           "ray": ("workers", "address", "inner", "max_restarts", "model_path", "options", "batch_size", "progress")}
 
 
 def check_backend(backend: str) -> None:
@@ -40,7 +41,12 @@ def make_generator(model, tokenizer, backend: str = "native", **options) -> Gene
     - ``"vllm"``: a vLLM engine on a CUDA GPU (``generation/vllm.py``; untested on this project's
       machines): built from a model directory, ``model_path`` or else the model's own
       ``name_or_path``, with the model's current weights pushed into it (options:
-      ``OPTIONS["vllm"]``, documented on ``VLLMGenerator``).
+      ``OPTIONS["vllm"]``, documented on ``VLLMGenerator``). ``model`` may be None when
+      ``model_path`` is given: the engine keeps the directory's weights until ``load_weights``.
+    - ``"ray"``: generation workers as Ray actors, each with its own copy of the model and an inner
+      backend (``backend``: "native" on CPU, "vllm" on a GPU each); prompts are fanned out and the
+      samples gathered in order, so they equal the inner backend's in one process
+      (``generation/ray_workers.py``; options: ``OPTIONS["ray"]``, documented on ``RayGenerator``).
 
     An unknown backend or option is a ``UserError`` naming the known ones.
     """
@@ -49,7 +55,7 @@ def make_generator(model, tokenizer, backend: str = "native", **options) -> Gene
     if unknown:
         raise UserError(f"generation backend '{backend}': unknown option '{unknown[0]}' (options: "
                         f"{', '.join(OPTIONS[backend])})")
-    if not callable(getattr(model, "generate", None)):
+    if not callable(getattr(model, "generate", None)) and not (model is None and backend == "vllm"):
         raise UserError(f"make_generator: {type(model).__name__} cannot generate; give the causal LM itself "
                         "(a DistributedDataParallel wrapper's .module)")
     if backend == "native":
@@ -70,4 +76,8 @@ def make_generator(model, tokenizer, backend: str = "native", **options) -> Gene
         from alignlab.generation.vllm import VLLMGenerator
 
         return VLLMGenerator(model, tokenizer, **options)
+    if backend == "ray":
+        from alignlab.generation.ray_workers import RayGenerator
+
+        return RayGenerator(model, tokenizer, **options)
     raise AssertionError(backend)  # every name in BACKENDS is built above

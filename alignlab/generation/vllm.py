@@ -338,7 +338,9 @@ class VLLMGenerator(RendersPrompts):
                  tensor_parallel_size: int = 1, enable_prefix_caching: bool = True, seed: int = 0,
                  logprobs_mode: str = "raw_logprobs", enforce_eager: bool = False, batch_size: int | None = None,
                  progress: str | None = None, engine_args: dict | None = None):
-        """``model``: the policy to sample from (its weights are pushed into the engine now).
+        """``model``: the policy to sample from (its weights are pushed into the engine now), or
+        None to keep the directory's weights until ``load_weights`` (a Ray generation worker, whose
+        weights arrive over NCCL: ``generation/ray_nccl.py``).
         ``model_path``: the directory the engine is built from (``model_directory``; default: the
         policy's ``name_or_path``). ``dtype``: vLLM's (``"auto"``: vLLM's choice for the checkpoint,
         ``"bfloat16"``, ``"float16"``, ``"float32"``). ``seed``: the engine's own seed; alignlab
@@ -390,7 +392,8 @@ class VLLMGenerator(RendersPrompts):
         self.progress = progress
         self.by_reference = tensor_parallel_size == 1
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
-        self.update_weights(model)
+        if model is not None:
+            self.update_weights(model)
 
     def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams,
                      start: int = 0) -> list[list[Sample]]:
@@ -444,9 +447,14 @@ class VLLMGenerator(RendersPrompts):
         does not know is refused by vLLM's loader; every parameter of the engine's model (but
         quantization scales) must be written, or the policy is not the directory's model: that is a
         ``UserError`` naming the first one missing."""
+        self.load_weights(policy_weights(model))
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """``update_weights`` for weights given as ``(name, tensor)`` pairs with the Hugging Face
+        model's names (``policy_weights``' output, or tensors received from a trainer)."""
         expected = self.llm.collective_rpc(_engine_parameters)
         written = [set() for _ in expected]
-        for chunk in weight_chunks(policy_weights(model), to_cpu=not self.by_reference):
+        for chunk in weight_chunks(weights, to_cpu=not self.by_reference):
             for names, done in zip(written, self.llm.collective_rpc(_load_on_worker, args=(chunk,)), strict=True):
                 names.update(done)
         self.llm.reset_prefix_cache()

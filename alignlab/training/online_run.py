@@ -90,6 +90,18 @@ def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_token
         raise DataError(bad, hint="")
 
 
+def generator_options(cfg, dist: Dist) -> dict:
+    """The run's generator options: the batch size, and for "ray" its workers and cluster."""
+    rollout = cfg.rollout
+    options = {"batch_size": rollout.generation_batch_size}
+    if rollout.generation_backend == "ray":
+        if dist.world_size > 1:
+            raise ConfigError(f"generation_backend: ray fans generation out from one training process; this run has "
+                              f"{dist.world_size}: launch it without torchrun, or use native")
+        options.update(workers=rollout.ray_workers, address=rollout.ray_address, inner=rollout.ray_backend)
+    return options
+
+
 def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference: Callable | None,
                   log: Callable[[str], None]) -> OnlineSource:
     """The run's step source, with its prompts loaded and checked."""
@@ -105,7 +117,7 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
     _, per_round = round_size(cfg, dist)
     prompts = load_online_prompts(cfg, per_round, tokenizer)
     new_tokens = max_new_tokens(cfg)
-    generator = make_generator(policy, tokenizer, rollout.generation_backend, batch_size=rollout.generation_batch_size)
+    generator = make_generator(policy, tokenizer, rollout.generation_backend, **generator_options(cfg, dist))
     check_room(cfg, prompts, generator, policy, new_tokens)
     sampling = SamplingParams(max_new_tokens=new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
                               top_k=rollout.top_k, seed=cfg.seed)

@@ -34,7 +34,7 @@ def test_unknown_backend_is_a_one_line_user_error_naming_the_known_ones(model_to
     model, tok = model_tok
     with pytest.raises(UserError) as err:
         make_generator(model, tok, "vlm")
-    assert str(err.value) == "generation backend 'vlm' is unknown; known: native, hf, vllm"
+    assert str(err.value) == "generation backend 'vlm' is unknown; known: native, hf, vllm, ray"
 
 
 def test_unknown_option_is_a_user_error(model_tok):
