@@ -34,6 +34,8 @@ from alignlab.errors import ConfigError, UserError, option
 from alignlab.losses.types import LossOutput
 from alignlab.models import Reference
 from alignlab.training import checkpoint as ckpt
+from alignlab.training import fsdp
+from alignlab.training import sharded as sharded_ckpt
 from alignlab.training.distributed import Dist, sum_over_processes, unwrap
 from alignlab.training.forward import Forward
 from alignlab.training.interrupt import Interrupted, StopRequest
@@ -41,6 +43,10 @@ from alignlab.training.metrics import MetricsLog, read_metrics, short
 from alignlab.training.optim import make_optimizer, make_scheduler
 from alignlab.training.sinks import sinks_for
 from alignlab.training.source import Step, StepFault, StepSource
+
+# How a process's share of the global batch is cut: a sharded checkpoint resumes with another cut
+# (another number of processes) as long as the global batch is the same.
+SPLIT_KEYS = frozenset({"batch_size", "grad_accum"})
 
 
 @dataclass
@@ -120,10 +126,11 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
 
 def evaluate_all(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     """The held-out loss and metrics (when there is held-out data) and the extra measurements."""
-    result = evaluate(inp, module) if inp.eval_examples else {}
-    if inp.extra_eval is not None:
-        with autocast(inp.cfg, inp.dist):
-            result.update(inp.extra_eval(module, inp.reference))
+    with fsdp.full_params(module):  # each process evaluates its own share: no collective in a forward pass
+        result = evaluate(inp, module) if inp.eval_examples else {}
+        if inp.extra_eval is not None:
+            with autocast(inp.cfg, inp.dist):
+                result.update(inp.extra_eval(module, inp.reference))
     return result
 
 
@@ -143,11 +150,16 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
             inp.log(f"no checkpoint in {root}; starting from step 0")
         return 0, 0
     state = ckpt.read_state(found)
+    sharded, then = bool(state.get("sharded")), state.get("world_size", dist.world_size)
     differ = config_differences(state.get("config", {}), inp.cfg.to_dict())
+    if sharded:  # the split of the global batch over processes may change; the global batch is checked below
+        differ = [k for k in differ if k not in SPLIT_KEYS]
     if differ:
         raise ConfigError(f"resume: checkpoint {found} was written with a config that differs in "
                           f"{', '.join(differ)}; resume with the same config, or start afresh with {afresh()}")
     saved = state.get("data_position", {})
+    if then != dist.world_size:
+        _check_processes(inp, found, saved, then, sharded)
     mismatches = inp.source.mismatches(saved)
     if mismatches:
         key, then, now = mismatches[0]
@@ -156,12 +168,36 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
             "resume with the same batch_size × grad_accum × processes and the same data, "
             f"or start afresh with {afresh()}"
         )
-    ckpt.load_checkpoint(found, unwrapped, optimizer, scheduler)
+    if sharded:
+        sharded_ckpt.load_sharded(found, unwrapped, optimizer, scheduler)
+    else:
+        ckpt.load_checkpoint(found, unwrapped, optimizer, scheduler)
     inp.source.load_state_dict(saved)
     inp.forward.load_state(state.get("loss_state", {}))
     if dist.is_main:
         inp.log(f"resumed from {found} at step {state['step']}")
     return state["step"], int(state.get("skipped_steps", 0))
+
+
+def _check_processes(inp: LoopInputs, found: Path, saved: dict, then: int, sharded: bool) -> None:
+    """A checkpoint written by ``then`` processes, resumed on another number: an unsharded one is
+    refused; a sharded one is re-cut, and what changes is said."""
+    dist, now = inp.dist, inp.dist.world_size
+    if not sharded:
+        batch = f" (global_batch={saved['global_batch']})" if "global_batch" in saved else ""
+        raise ConfigError(f"resume: checkpoint {found.name} was written by {then} processes{batch} and this run has "
+                          f"{now}; an unsharded checkpoint resumes on as many processes as wrote it: launch {then} "
+                          f"(a run with {option('fsdp')} writes sharded checkpoints, which resume on any number)")
+    if "rollout" in saved:
+        raise ConfigError(f"resume: checkpoint {found.name} was written inside an online round by {then} processes, "
+                          f"each holding its share of the round; resume it on {then} processes, or resume from a "
+                          "checkpoint at the end of a round (save_every a multiple of updates_per_rollout)")
+    if dist.is_main:
+        cfg = inp.cfg
+        inp.log(f"resuming {found.name}, written by {then} processes, on {now}: the weights and AdamW state are "
+                f"re-cut into {now} shards, and each process now takes {cfg.optim.batch_size} × {cfg.optim.grad_accum}"
+                " examples per step of the same global batch; the updates are the same up to rounding (the "
+                "gradient is summed in another order)")
 
 
 def run_loop(inp: LoopInputs) -> LoopResult:
@@ -264,7 +300,7 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
         if batch is not None:
             loss, tot, stats = _gradients(inp, batch.micro)
             max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+            grad_norm = fsdp.grad_norm(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
         else:
             loss = grad_norm = float("nan")  # skipped below, like a step whose loss is not finite
         done = step + 1
@@ -351,11 +387,14 @@ def _numeric_fault(inp: LoopInputs, step: int, loss: float, grad_norm: float, ba
 
 
 def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int, skipped_steps: int = 0) -> None:
-    if inp.dist.is_main:
-        root = inp.out_dir / "checkpoints"
-        ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler,
-                             {"data_position": inp.source.state_dict(step), "config": inp.cfg.to_dict(),
-                              "loss_state": dict(inp.forward.state) if inp.forward.stateful else {},
-                              "skipped_steps": skipped_steps})
+    dist, root = inp.dist, inp.out_dir / "checkpoints"
+    extra = {"data_position": inp.source.state_dict(step), "config": inp.cfg.to_dict(),
+             "loss_state": dict(inp.forward.state) if inp.forward.stateful else {},
+             "skipped_steps": skipped_steps, "world_size": dist.world_size}
+    if fsdp.is_sharded(unwrapped):  # every process writes its shards
+        sharded_ckpt.save_sharded(root, step, unwrapped, optimizer, scheduler, extra, dist)
+    elif dist.is_main:
+        ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler, extra)
+    if dist.is_main:
         ckpt.prune(root, inp.cfg.checkpoint.keep_checkpoints)
-    inp.dist.barrier()
+    dist.barrier()
