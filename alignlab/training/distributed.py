@@ -107,3 +107,12 @@ def sum_over_processes(dist: Dist, sums: dict[str, torch.Tensor], extra: dict[st
     flat = torch.stack([sums.get(k, extra.get(k, zero)) for k in keys])
     total = dist.sum(flat)
     return {k: float(total[i]) for i, k in enumerate(keys)}
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another process died or stopped
+    answering (gloo's closed connection, NCCL's error or timeout)."""
+    if isinstance(exc, tdist.DistError):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("gloo", "nccl", "connection reset by peer", "connection closed by peer"))

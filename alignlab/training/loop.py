@@ -36,7 +36,7 @@ from alignlab.models import Reference
 from alignlab.training import checkpoint as ckpt
 from alignlab.training import fsdp
 from alignlab.training import sharded as sharded_ckpt
-from alignlab.training.distributed import Dist, sum_over_processes, unwrap
+from alignlab.training.distributed import Dist, peer_lost, sum_over_processes, unwrap
 from alignlab.training.forward import Forward
 from alignlab.training.interrupt import Interrupted, StopRequest
 from alignlab.training.metrics import MetricsLog, read_metrics, short
@@ -159,7 +159,7 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
                           f"{', '.join(differ)}; resume with the same config, or start afresh with {afresh()}")
     saved = state.get("data_position", {})
     if then != dist.world_size:
-        _check_processes(inp, found, saved, then, sharded)
+        sharded_ckpt.check_processes(found, saved, then, sharded, inp.cfg, inp.dist, inp.log)
     mismatches = inp.source.mismatches(saved)
     if mismatches:
         key, then, now = mismatches[0]
@@ -177,27 +177,6 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
     if dist.is_main:
         inp.log(f"resumed from {found} at step {state['step']}")
     return state["step"], int(state.get("skipped_steps", 0))
-
-
-def _check_processes(inp: LoopInputs, found: Path, saved: dict, then: int, sharded: bool) -> None:
-    """A checkpoint written by ``then`` processes, resumed on another number: an unsharded one is
-    refused; a sharded one is re-cut, and what changes is said."""
-    dist, now = inp.dist, inp.dist.world_size
-    if not sharded:
-        batch = f" (global_batch={saved['global_batch']})" if "global_batch" in saved else ""
-        raise ConfigError(f"resume: checkpoint {found.name} was written by {then} processes{batch} and this run has "
-                          f"{now}; an unsharded checkpoint resumes on as many processes as wrote it: launch {then} "
-                          f"(a run with {option('fsdp')} writes sharded checkpoints, which resume on any number)")
-    if "rollout" in saved:
-        raise ConfigError(f"resume: checkpoint {found.name} was written inside an online round by {then} processes, "
-                          f"each holding its share of the round; resume it on {then} processes, or resume from a "
-                          "checkpoint at the end of a round (save_every a multiple of updates_per_rollout)")
-    if dist.is_main:
-        cfg = inp.cfg
-        inp.log(f"resuming {found.name}, written by {then} processes, on {now}: the weights and AdamW state are "
-                f"re-cut into {now} shards, and each process now takes {cfg.optim.batch_size} × {cfg.optim.grad_accum}"
-                " examples per step of the same global batch; the updates are the same up to rounding (the "
-                "gradient is summed in another order)")
 
 
 def run_loop(inp: LoopInputs) -> LoopResult:
@@ -237,6 +216,13 @@ def run_loop(inp: LoopInputs) -> LoopResult:
         with StopRequest() as stop:
             try:
                 _steps(inp, optimizer, scheduler, trainable, metrics_log, result, progress, stop, start_step)
+            except RuntimeError as exc:
+                if dist.world_size > 1 and peer_lost(exc):  # one line, not the collective's traceback
+                    newest = ckpt.newest_valid(inp.out_dir / "checkpoints", report=lambda _: None)
+                    raise LostProcess(f"another process of the run was lost ({str(exc).splitlines()[0][:160]}); "
+                                      + (f"the newest complete checkpoint is {newest}: continue with "
+                                         f"{option('resume')}" if newest else "no checkpoint was written")) from None
+                raise
             finally:
                 if progress is not None:
                     progress.close()
@@ -367,6 +353,10 @@ def _finished(metrics_path: Path, steps: int) -> LoopResult:
         train_metrics["skipped_steps"] = skipped
     return LoopResult(steps=steps, skipped_steps=skipped, train_metrics=train_metrics,
                       eval_metrics={k: v for k, v in evals[-1].items() if k != "step"} if evals else {})
+
+
+class LostProcess(UserError):
+    """A collective failed because another process of the run died or hung."""
 
 
 class NumericError(UserError):

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from alignlab.errors import ConfigError, option
 from alignlab.training.checkpoint import _fsync_dir, read_state, rng_tensors, set_rng, sha256_file, step_name
 from alignlab.training.distributed import Dist
 
@@ -105,3 +106,23 @@ def load_sharded(ckpt: Path, model, optimizer, scheduler) -> dict[str, Any]:
     scheduler.load_state_dict(state["scheduler"])
     set_rng(load_file(ckpt / "rng.safetensors"))
     return state
+
+
+def check_processes(found: Path, saved: dict, then: int, sharded: bool, cfg, dist: Dist, log) -> None:
+    """A checkpoint written by ``then`` processes, resumed on another number: an unsharded one is
+    refused; a sharded one is re-cut, and what changes is said."""
+    now = dist.world_size
+    if not sharded:
+        batch = f" (global_batch={saved['global_batch']})" if "global_batch" in saved else ""
+        raise ConfigError(f"resume: checkpoint {found.name} was written by {then} processes{batch} and this run has "
+                          f"{now}; an unsharded checkpoint resumes on as many processes as wrote it: launch {then} "
+                          f"(a run with {option('fsdp')} writes sharded checkpoints, which resume on any number)")
+    if "rollout" in saved:
+        raise ConfigError(f"resume: checkpoint {found.name} was written inside an online round by {then} processes, "
+                          f"each holding its share of the round; resume it on {then} processes, or resume from a "
+                          "checkpoint at the end of a round (save_every a multiple of updates_per_rollout)")
+    if dist.is_main:
+        log(f"resuming {found.name}, written by {then} processes, on {now}: the weights and AdamW state are "
+            f"re-cut into {now} shards, and each process now takes {cfg.optim.batch_size} × {cfg.optim.grad_accum} "
+            "examples per step of the same global batch; the updates are the same up to rounding (the gradient "
+            "is summed in another order)")

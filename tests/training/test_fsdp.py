@@ -113,13 +113,15 @@ def test_fsdp_online_equal_one(tmp_path, tiny_model_dir):
 
 def test_fsdp_lost_process_then_resume(tmp_path, tiny_model_dir, pairs_file):
     """The second process dies after checkpoint 2 of 5: the run stops (the first process is not
-    left waiting), checkpoint 2 is intact, and resuming ends with the weights of a run never
-    stopped."""
+    left waiting, and says what happened in one line), checkpoint 2 is intact, and resuming ends
+    with the weights of a run never stopped."""
     common = dict(max_steps=5, dtype="fp64", save_every=1, keep_checkpoints=2, lr=1e-2)
     whole = train(base_config(tiny_model_dir, pairs_file, tmp_path / "whole", batch_size=4, **common))
     cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "two", batch_size=2, fsdp=True, **common)
     proc = _torchrun(cfg, tmp_path, "two", module="tests.training.test_fsdp", ok=False)
     assert proc.returncode != 0
+    # the first process says so in one line, naming the checkpoint to resume from
+    assert "another process of the run was lost" in proc.stderr and "step-00000002: continue with --resume" in proc.stderr
     newest = newest_valid(tmp_path / "two" / "checkpoints", report=lambda _: None)
     assert newest is not None and newest.name == "step-00000002"
     assert not (tmp_path / "two" / "model").exists()
