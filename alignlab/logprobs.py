@@ -6,7 +6,8 @@ way.
 
 Models whose logits are exactly ``hidden @ W.T`` (``head_of``: no bias, soft-capping or scaling)
 never produce their full logits here. The model runs its decoder (asked for the logits of one
-position per row), the hidden states at the response positions are taken, and the log-prob of each
+position per row) and, inside its forward pass (where a model sharded with FSDP has its whole
+output-layer weight), the hidden states at the response positions are taken, and the log-prob of each
 target is ``logit[target] − logsumexp``, a chunk of positions at a time (``target_logps``); the
 backward pass recomputes each chunk's logits instead of keeping them. Memory is one chunk of
 ``chunk × V`` values, never ``B × T × V``, and prompts and padding cost no output-layer matmul.
