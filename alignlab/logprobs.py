@@ -6,7 +6,8 @@ way.
 
 Models whose logits are exactly ``hidden @ W.T`` (``head_of``: no bias, soft-capping or scaling)
 never produce their full logits here. The model runs its decoder (asked for the logits of one
-position per row), the hidden states at the response positions are taken, and the log-prob of each
+position per row) and, inside its forward pass (where a model sharded with FSDP has its whole
+output-layer weight), the hidden states at the response positions are taken, and the log-prob of each
 target is ``logit[target] − logsumexp``, a chunk of positions at a time (``target_logps``); the
 backward pass recomputes each chunk's logits instead of keeping them. Memory is one chunk of
 ``chunk × V`` values, never ``B × T × V``, and prompts and padding cost no output-layer matmul.
@@ -64,6 +65,27 @@ def final_hidden(model: torch.nn.Module, decoder: torch.nn.Module, **inputs) -> 
     if len(seen) != 1:
         raise RuntimeError(f"expected one decoder call in the model's forward pass, saw {len(seen)}")
     return seen[0]
+
+
+def inside_forward(model: torch.nn.Module, decoder: torch.nn.Module, fn, **inputs) -> None:
+    """Run ``model`` on ``inputs`` (the logits of the last position only) and, inside its forward
+    pass, call ``fn(decoder output (B, T, d), output-layer weight (V, d))``. The weight is read
+    there: a model sharded with FSDP (``training/fsdp.py``) has its whole weight only while it
+    runs, and the gradient that reaches that weight is the one FSDP reduces."""
+    calls = 0
+
+    def call(_module, _args, output):
+        nonlocal calls
+        calls += 1
+        fn(output[0], unwrap(model).get_output_embeddings().weight)
+
+    handle = decoder.register_forward_hook(call)
+    try:
+        model(**inputs, logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    if calls != 1:
+        raise RuntimeError(f"expected one decoder call in the model's forward pass, saw {calls}")
 
 
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
@@ -256,15 +278,18 @@ def _response_logps(model: torch.nn.Module, inputs: dict, rows_N: torch.Tensor, 
     rows, cols = rows_N[n_idx], pred_NL[n_idx, k_idx]
     targets = target_NL[n_idx, k_idx]
     served = head_of(model)
-    ent_K = None
+    picked_K = ent_K = sq_K = None
     if served is not None:
-        decoder, weight = served
-        hidden_K = final_hidden(model, decoder, **inputs)[rows, cols]
-        if entropy:
-            picked_K, ent_K = target_logps_and_entropy(hidden_K, weight, targets)
-        else:
-            picked_K = target_logps(hidden_K, weight, targets)
-        sq_K = squared_mass(hidden_K, weight) if sqmass else None
+        def head(hidden_BTd: torch.Tensor, weight_Vd: torch.Tensor) -> None:
+            nonlocal picked_K, ent_K, sq_K
+            hidden_K = hidden_BTd[rows, cols]
+            if entropy:
+                picked_K, ent_K = target_logps_and_entropy(hidden_K, weight_Vd, targets)
+            else:
+                picked_K = target_logps(hidden_K, weight_Vd, targets)
+            sq_K = squared_mass(hidden_K, weight_Vd) if sqmass else None
+
+        inside_forward(model, served[0], head, **inputs)
     else:
         logits_KV = model(**inputs, use_cache=False).logits[rows, cols]
         picked_K = gather_logps(logits_KV.unsqueeze(1), targets.unsqueeze(1), chunk_rows=256).squeeze(1)

@@ -90,6 +90,9 @@ class OptimConfig:
     disable_dropout: bool = param(True, "turn the model's dropout off, so policy and reference log-probs are deterministic")
     gradient_checkpointing: bool = param(False, "recompute activations in the backward pass instead of keeping "
                                                 "them: less memory, about a third more compute")
+    fsdp: bool = param(False, "shard parameters, gradients and optimizer state over the processes (FSDP2, one unit "
+                              "per decoder layer) instead of a whole copy per process; checkpoints are sharded and "
+                              "resume on any number of processes (docs/scaling.md)")
 
     def __post_init__(self) -> None:
         self.adam_betas = list(self.adam_betas or [0.9, 0.999])

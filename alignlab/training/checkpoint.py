@@ -182,10 +182,14 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict[str, Any]:
         opt_state.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
-    rng = load_file(ckpt / "rng.safetensors")
+    set_rng(load_file(ckpt / "rng.safetensors"))
+    return state
+
+
+def set_rng(rng: dict[str, torch.Tensor]) -> None:
+    """Put back the random state ``rng_tensors`` saved."""
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available():
         cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
-    return state

@@ -61,7 +61,10 @@ class Dist:
         return value
 
 
-def init_distributed() -> Dist:
+def init_distributed(group: bool = False) -> Dist:
+    """This process's place among the launched ones, with the process group started when there
+    are several. ``group``: start one for a single process too (FSDP shards over a group, here
+    a group of one, kept in memory)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -69,8 +72,11 @@ def init_distributed() -> Dist:
     device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
+    backend = "nccl" if cuda else "gloo"
     if world > 1 and not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if cuda else "gloo")
+        tdist.init_process_group(backend=backend)
+    elif group and not tdist.is_initialized():
+        tdist.init_process_group(backend=backend, store=tdist.HashStore(), rank=0, world_size=1)
     return Dist(rank, world, local, device)
 
 
@@ -101,3 +107,12 @@ def sum_over_processes(dist: Dist, sums: dict[str, torch.Tensor], extra: dict[st
     flat = torch.stack([sums.get(k, extra.get(k, zero)) for k in keys])
     total = dist.sum(flat)
     return {k: float(total[i]) for i, k in enumerate(keys)}
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another process died or stopped
+    answering (gloo's closed connection, NCCL's error or timeout)."""
+    if isinstance(exc, tdist.DistError):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("gloo", "nccl", "connection reset by peer", "connection closed by peer"))

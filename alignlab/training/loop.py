@@ -34,13 +34,19 @@ from alignlab.errors import ConfigError, UserError, option
 from alignlab.losses.types import LossOutput
 from alignlab.models import Reference
 from alignlab.training import checkpoint as ckpt
-from alignlab.training.distributed import Dist, sum_over_processes, unwrap
+from alignlab.training import fsdp
+from alignlab.training import sharded as sharded_ckpt
+from alignlab.training.distributed import Dist, peer_lost, sum_over_processes, unwrap
 from alignlab.training.forward import Forward
 from alignlab.training.interrupt import Interrupted, StopRequest
 from alignlab.training.metrics import MetricsLog, read_metrics, short
 from alignlab.training.optim import make_optimizer, make_scheduler
 from alignlab.training.sinks import sinks_for
 from alignlab.training.source import Step, StepFault, StepSource
+
+# How a process's share of the global batch is cut: a sharded checkpoint resumes with another cut
+# (another number of processes) as long as the global batch is the same.
+SPLIT_KEYS = frozenset({"batch_size", "grad_accum"})
 
 
 @dataclass
@@ -120,10 +126,11 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
 
 def evaluate_all(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     """The held-out loss and metrics (when there is held-out data) and the extra measurements."""
-    result = evaluate(inp, module) if inp.eval_examples else {}
-    if inp.extra_eval is not None:
-        with autocast(inp.cfg, inp.dist):
-            result.update(inp.extra_eval(module, inp.reference))
+    with fsdp.full_params(module):  # each process evaluates its own share: no collective in a forward pass
+        result = evaluate(inp, module) if inp.eval_examples else {}
+        if inp.extra_eval is not None:
+            with autocast(inp.cfg, inp.dist):
+                result.update(inp.extra_eval(module, inp.reference))
     return result
 
 
@@ -143,11 +150,16 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
             inp.log(f"no checkpoint in {root}; starting from step 0")
         return 0, 0
     state = ckpt.read_state(found)
+    sharded, then = bool(state.get("sharded")), state.get("world_size", dist.world_size)
     differ = config_differences(state.get("config", {}), inp.cfg.to_dict())
+    if sharded:  # the split of the global batch over processes may change; the global batch is checked below
+        differ = [k for k in differ if k not in SPLIT_KEYS]
     if differ:
         raise ConfigError(f"resume: checkpoint {found} was written with a config that differs in "
                           f"{', '.join(differ)}; resume with the same config, or start afresh with {afresh()}")
     saved = state.get("data_position", {})
+    if then != dist.world_size:
+        sharded_ckpt.check_processes(found, saved, then, sharded, inp.cfg, inp.dist, inp.log)
     mismatches = inp.source.mismatches(saved)
     if mismatches:
         key, then, now = mismatches[0]
@@ -156,7 +168,10 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
             "resume with the same batch_size × grad_accum × processes and the same data, "
             f"or start afresh with {afresh()}"
         )
-    ckpt.load_checkpoint(found, unwrapped, optimizer, scheduler)
+    if sharded:
+        sharded_ckpt.load_sharded(found, unwrapped, optimizer, scheduler)
+    else:
+        ckpt.load_checkpoint(found, unwrapped, optimizer, scheduler)
     inp.source.load_state_dict(saved)
     inp.forward.load_state(state.get("loss_state", {}))
     if dist.is_main:
@@ -201,6 +216,13 @@ def run_loop(inp: LoopInputs) -> LoopResult:
         with StopRequest() as stop:
             try:
                 _steps(inp, optimizer, scheduler, trainable, metrics_log, result, progress, stop, start_step)
+            except RuntimeError as exc:
+                if dist.world_size > 1 and peer_lost(exc):  # one line, not the collective's traceback
+                    newest = ckpt.newest_valid(inp.out_dir / "checkpoints", report=lambda _: None)
+                    raise LostProcess(f"another process of the run was lost ({str(exc).splitlines()[0][:160]}); "
+                                      + (f"the newest complete checkpoint is {newest}: continue with "
+                                         f"{option('resume')}" if newest else "no checkpoint was written")) from None
+                raise
             finally:
                 if progress is not None:
                     progress.close()
@@ -264,7 +286,7 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
         if batch is not None:
             loss, tot, stats = _gradients(inp, batch.micro)
             max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+            grad_norm = fsdp.grad_norm(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
         else:
             loss = grad_norm = float("nan")  # skipped below, like a step whose loss is not finite
         done = step + 1
@@ -333,6 +355,10 @@ def _finished(metrics_path: Path, steps: int) -> LoopResult:
                       eval_metrics={k: v for k, v in evals[-1].items() if k != "step"} if evals else {})
 
 
+class LostProcess(UserError):
+    """A collective failed because another process of the run died or hung."""
+
+
 class NumericError(UserError):
     """A non-finite loss or gradient; the step was not applied."""
 
@@ -351,11 +377,14 @@ def _numeric_fault(inp: LoopInputs, step: int, loss: float, grad_norm: float, ba
 
 
 def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int, skipped_steps: int = 0) -> None:
-    if inp.dist.is_main:
-        root = inp.out_dir / "checkpoints"
-        ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler,
-                             {"data_position": inp.source.state_dict(step), "config": inp.cfg.to_dict(),
-                              "loss_state": dict(inp.forward.state) if inp.forward.stateful else {},
-                              "skipped_steps": skipped_steps})
+    dist, root = inp.dist, inp.out_dir / "checkpoints"
+    extra = {"data_position": inp.source.state_dict(step), "config": inp.cfg.to_dict(),
+             "loss_state": dict(inp.forward.state) if inp.forward.stateful else {},
+             "skipped_steps": skipped_steps, "world_size": dist.world_size}
+    if fsdp.is_sharded(unwrapped):  # every process writes its shards
+        sharded_ckpt.save_sharded(root, step, unwrapped, optimizer, scheduler, extra, dist)
+    elif dist.is_main:
+        ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler, extra)
+    if dist.is_main:
         ckpt.prune(root, inp.cfg.checkpoint.keep_checkpoints)
-    inp.dist.barrier()
+    dist.barrier()

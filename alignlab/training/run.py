@@ -33,12 +33,12 @@ from alignlab.models import (
     load_model,
     load_tokenizer,
 )
-from alignlab.training import prepare
+from alignlab.training import fsdp, prepare
 from alignlab.training.checkpoint import list_checkpoints
 from alignlab.training.critic import attach_critic
 from alignlab.training.distributed import Dist, init_distributed, sum_over_processes, wrap_model
 from alignlab.training.kinds import model_kind
-from alignlab.training.loop import LoopInputs, afresh, autocast, run_loop
+from alignlab.training.loop import SPLIT_KEYS, LoopInputs, afresh, autocast, run_loop
 from alignlab.training.online_run import online_source
 from alignlab.training.reference_cache import attach_reference, cache_key
 from alignlab.training.sinks import TENSORBOARD_FOLDER
@@ -93,6 +93,8 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
     except yaml.YAMLError:
         previous = None
     differ = config_differences(previous if isinstance(previous, dict) else {}, cfg.to_dict())
+    if cfg.checkpoint.resume and cfg.optim.fsdp:
+        differ = [k for k in differ if k not in SPLIT_KEYS]  # checked against the checkpoint's global batch
     if not cfg.checkpoint.resume:
         what = f"a different run (differs in {', '.join(differ)})" if differ else "a run"
         raise ConfigError(f"output_dir: '{out}' already holds {what}; pass {option('resume')} to continue it "
@@ -292,7 +294,10 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
         raise ConfigError("rounds: a run of rounds goes through alignlab.train (or `alignlab iterate`), which "
                           "trains each round with this function")
     kind = model_kind(cfg)  # a policy, or a reward model (a backbone with a fresh head)
-    dist = init_distributed()
+    if cfg.optim.fsdp and cfg.spec.value_model:
+        raise ConfigError(f"fsdp: method '{cfg.method}' trains a critic beside the policy, which fsdp does not "
+                          "shard yet; train it without fsdp")
+    dist = init_distributed(group=cfg.optim.fsdp)
     out = Path(cfg.output_dir)
     _check_output_dir(cfg, out)
     torch.manual_seed(cfg.seed)
@@ -340,7 +345,14 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
                       cfg.trust_remote_code)
     if online:
         source = online_source(cfg, dist, tokenizer, policy, reference.model if kl_term else None, partial(_log, dist))
-    model = wrap_model(policy, dist)
+    skeleton = None
+    if cfg.optim.fsdp:
+        skeleton = fsdp.meta_copy(policy)  # the plain module the final weights are saved from
+        model = fsdp.shard(policy, dist, bf16=cfg.dtype == "bf16")
+        if online:  # a round samples from the policy and runs it outside the training step
+            source = fsdp.GatheredSource(source, model)
+    else:
+        model = wrap_model(policy, dist)
     _claim_output_dir(cfg, out, dist)
 
     forward = kind.make_forward(tokenizer.pad_token_id, partial(autocast, cfg, dist))
@@ -364,10 +376,11 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     ))
 
     model_dir = out / "model"
+    final = fsdp.export(model, skeleton, dist) if skeleton is not None else policy
     if dist.is_main:
         if cfg.dtype == "bf16":
-            policy.to(torch.bfloat16)  # training is over: save in the compute dtype
-        kind.save(policy, tokenizer, model_dir)
+            final.to(torch.bfloat16)  # training is over: save in the compute dtype
+        kind.save(final, tokenizer, model_dir)
     summary = Summary(str(out), str(model_dir), result.steps, result.train_metrics, result.eval_metrics, data_info)
     if dist.is_main:
         (out / "summary.json").write_text(summary.to_json())

@@ -67,11 +67,11 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir, request, method, data
     evals_two = [x["eval/loss"] for x in lines if "eval/loss" in x]
     assert len(evals_two) == 2 and evals_two == pytest.approx(evals_one, abs=1e-9)
 
-    # Resuming the two-process run in one process would change the global batch (2 × 2 → 2):
-    # the data position would be wrong, so it is refused.
+    # An unsharded checkpoint resumes on the number of processes that wrote it: in one process
+    # it is refused, naming both counts and the global batch (2 × 2 here, 2 there).
     newest = sorted((tmp_path / "two" / "checkpoints").iterdir())[-1]
     shutil.rmtree(newest)
-    with pytest.raises(ConfigError, match="global_batch=4"):
+    with pytest.raises(ConfigError, match=r"written by 2 processes \(global_batch=4\) and this run has 1.*launch 2"):
         train({**cfg, "resume": True})
 
 

@@ -1,0 +1,149 @@
+"""FSDP2 on two gloo processes under torchrun gives the weights of one unsharded process with the
+same global batch (fp64); its sharded checkpoints resume exactly, on the same or another number
+of processes, and survive a process that dies. Runs the real CLI in subprocesses.
+
+Run as ``python -m tests.training.test_fsdp ARGS`` (under torchrun) it is the CLI whose second
+process dies right after writing checkpoint ``step-00000002``: a lost process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignlab import train
+from alignlab.errors import ConfigError
+from alignlab.training.checkpoint import newest_valid
+from tests.training.helpers import base_config, max_abs_diff, weights
+
+pytestmark = pytest.mark.slow
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+
+
+def _free_port() -> str:
+    from tests.training.test_distributed import _free_port as free
+
+    return free()
+
+
+def _torchrun(cfg: dict, tmp_path, name: str, module: str = "alignlab.cli", ok: bool = True):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run(TORCHRUN + ["--master_port", _free_port(), "-m", module, "train", str(path)], env=env,
+                          cwd=os.getcwd(), capture_output=True, text=True, timeout=300)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _saved(model_dir) -> dict:
+    """The saved weights, or a LoRA run's adapter."""
+    from safetensors.torch import load_file
+
+    adapter = model_dir / "adapter_model.safetensors"
+    return load_file(adapter) if adapter.exists() else weights(model_dir)
+
+
+def _train_lines(out) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+# SFT divides by the global batch's tokens, DPO by its pairs (and evaluates one held-out pair, on
+# the first process only); with LoRA only the adapter trains, beside frozen sharded weights.
+@pytest.mark.parametrize("method,data_fixture,lora", [("dpo", "pairs_file", False), ("sft", "sft_file", False),
+                                                       ("dpo", "pairs_file", True)])
+def test_fsdp_two_processes_equal_one(tmp_path, tiny_model_dir, request, method, data_fixture, lora):
+    data = request.getfixturevalue(data_fixture)
+    common = dict(method=method, max_steps=3, dtype="fp64", eval_fraction=1 / 16, eval_every=2, save_every=1,
+                  keep_checkpoints=0, lora=lora, lora_r=4, lr=1e-2)
+    single = train(base_config(tiny_model_dir, data, tmp_path / "one", batch_size=4, **common))
+    cfg = base_config(tiny_model_dir, data, tmp_path / "two", batch_size=2, fsdp=True, **common)
+    _torchrun(cfg, tmp_path, "two")
+
+    one, two = _saved(Path(single.model_dir)), _saved(tmp_path / "two" / "model")
+    assert max_abs_diff(one, two) < 1e-9
+    start = weights(tiny_model_dir)
+    if not lora:  # the equality is of weights that moved
+        assert max_abs_diff({k: v for k, v in one.items() if k in start}, start) > 1e-3
+    else:  # the adapter's B starts at zero
+        assert max(float(v.abs().max()) for k, v in two.items() if "lora_B" in k) > 1e-4
+    for a, b in zip(_train_lines(tmp_path / "one"), _train_lines(tmp_path / "two"), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-9) and b["grad_norm"] == pytest.approx(a["grad_norm"], abs=1e-9)
+
+    # each process wrote its own shard; no unsharded copy of the weights
+    step3 = tmp_path / "two" / "checkpoints" / "step-00000003"
+    assert sorted(p.name for p in (step3 / "shards").iterdir()) == [
+        "shard-00001-model-00001-of-00001.safetensors", "shard-00002-model-00001-of-00001.safetensors"]
+    assert not (step3 / "trainable.safetensors").exists()
+
+    if method == "dpo" and not lora:
+        # Resumed on one process from the two-process checkpoint of step 2: the shards are re-cut
+        # (batch 4 × 1 process, the same global batch) and the run ends where the others did.
+        shutil.rmtree(step3)
+        shutil.rmtree(tmp_path / "two" / "model")
+        resumed = train({**cfg, "batch_size": 4, "resume": True})
+        assert max_abs_diff(one, weights(resumed.model_dir)) < 1e-9
+        # with another global batch it is refused, naming both
+        with pytest.raises(ConfigError, match="global_batch=4 and this run has 2"):
+            train({**cfg, "batch_size": 2, "resume": True})
+
+
+def test_fsdp_online_equal_one(tmp_path, tiny_model_dir):
+    """GRPO, two updates per round: each process samples its prompts from the whole policy (its
+    parameters gathered for the round), and the weights end as one unsharded process's."""
+    common = dict(method="grpo", reward=["fn:tests.training.online_rewards:digits"], num_generations=4,
+                  max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2, max_steps=4, updates_per_rollout=2)
+    single = train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "one", batch_size=8, **common))
+    _torchrun(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "two", batch_size=4, fsdp=True, **common),
+              tmp_path, "two")
+    one = weights(single.model_dir)
+    assert max_abs_diff(one, weights(tmp_path / "two" / "model")) < 1e-9
+    start = weights(tiny_model_dir)
+    assert max_abs_diff({k: v for k, v in one.items() if k in start}, start) > 1e-4
+    for a, b in zip(_train_lines(tmp_path / "one"), _train_lines(tmp_path / "two"), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-9) and b["reward"] == pytest.approx(a["reward"], abs=1e-12)
+
+
+def test_fsdp_lost_process_then_resume(tmp_path, tiny_model_dir, pairs_file):
+    """The second process dies after checkpoint 2 of 5: the run stops (the first process is not
+    left waiting, and says what happened in one line), checkpoint 2 is intact, and resuming ends
+    with the weights of a run never stopped."""
+    common = dict(max_steps=5, dtype="fp64", save_every=1, keep_checkpoints=2, lr=1e-2)
+    whole = train(base_config(tiny_model_dir, pairs_file, tmp_path / "whole", batch_size=4, **common))
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "two", batch_size=2, fsdp=True, **common)
+    proc = _torchrun(cfg, tmp_path, "two", module="tests.training.test_fsdp", ok=False)
+    assert proc.returncode != 0
+    # the first process says so in one line, naming the checkpoint to resume from
+    assert "another process of the run was lost" in proc.stderr and "step-00000002: continue with --resume" in proc.stderr
+    newest = newest_valid(tmp_path / "two" / "checkpoints", report=lambda _: None)
+    assert newest is not None and newest.name == "step-00000002"
+    assert not (tmp_path / "two" / "model").exists()
+    _torchrun({**cfg, "resume": True}, tmp_path, "resumed")
+    assert max_abs_diff(weights(whole.model_dir), weights(tmp_path / "two" / "model")) < 1e-9
+
+
+def _die_after_step_2() -> None:
+    import alignlab.training.loop as loop
+
+    real = loop.save
+
+    def save(inp, unwrapped, optimizer, scheduler, step, *rest):
+        real(inp, unwrapped, optimizer, scheduler, step, *rest)
+        if step == 2 and inp.dist.rank == 1:
+            os._exit(1)
+
+    loop.save = save
+
+
+if __name__ == "__main__":
+    from alignlab.cli import main
+
+    _die_after_step_2()
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""FSDP2's options on one process (a process group of one): activation checkpointing gives the
+gradients of a run without it, bf16 mixed precision trains and saves in bf16, and what fsdp cannot
+shard is a one-line error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignlab import train
+from alignlab.errors import ConfigError
+from tests.training.helpers import base_config, max_abs_diff, weights
+
+pytestmark = pytest.mark.slow
+
+
+def _lines(out) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def test_activation_checkpointing_same_gradients(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
+    """The layers' forward passes run again in the backward pass, and the gradients are the same."""
+    from transformers.models.llama import modeling_llama
+
+    calls = {"n": 0}
+    layer_forward = modeling_llama.LlamaDecoderLayer.forward
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return layer_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaDecoderLayer, "forward", counted)
+    common = dict(max_steps=2, dtype="fp64", batch_size=4, fsdp=True, lr=1e-2, eval_fraction=0.0, cache=False)
+    plain = train(base_config(tiny_model_dir, pairs_file, tmp_path / "plain", **common))
+    without = calls["n"]
+    ckpt = train(base_config(tiny_model_dir, pairs_file, tmp_path / "ac", gradient_checkpointing=True, **common))
+    assert calls["n"] - without == without + 2 * 2  # 2 layers × 2 steps recomputed (the reference's take no grad)
+    for a, b in zip(_lines(tmp_path / "plain"), _lines(tmp_path / "ac"), strict=True):
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], abs=1e-12)
+    assert max_abs_diff(weights(plain.model_dir), weights(ckpt.model_dir)) < 1e-12
+
+
+def test_bf16_mixed_precision(tmp_path, tiny_model_dir, pairs_file):
+    """Parameters gathered in bf16 for compute: the first loss is the unsharded bf16 run's up to
+    bf16 rounding, and the model is saved in bf16."""
+    import torch
+
+    common = dict(max_steps=2, dtype="bf16", batch_size=4, lr=1e-2)
+    plain = train(base_config(tiny_model_dir, pairs_file, tmp_path / "plain", **common))
+    sharded = train(base_config(tiny_model_dir, pairs_file, tmp_path / "fsdp", fsdp=True, **common))
+    a, b = _lines(tmp_path / "plain"), _lines(tmp_path / "fsdp")
+    assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=2e-2)
+    saved = weights(sharded.model_dir)
+    assert all(v.dtype == torch.bfloat16 for v in saved.values())
+    assert max_abs_diff(saved, weights(plain.model_dir)) < 0.05  # same updates, up to bf16 compute
+    assert max_abs_diff(saved, weights(tiny_model_dir)) > 1e-3
+
+
+def test_no_decoder_layers_is_one_line_error(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
+    """A model class that names no layer it keeps whole (``_no_split_modules``)."""
+    from transformers.models.llama import modeling_llama
+
+    monkeypatch.setattr(modeling_llama.LlamaPreTrainedModel, "_no_split_modules", None)
+    with pytest.raises(ConfigError, match="fsdp: cannot find the decoder layers of model type 'llama'.*without fsdp"):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "x", fsdp=True, max_steps=1))
+
+
+def test_critic_is_refused(tmp_path, tiny_model_dir):
+    with pytest.raises(ConfigError, match="fsdp: method 'ppo' trains a critic"):
+        train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "x", method="ppo", fsdp=True, max_steps=1,
+                          reward=["fn:tests.training.online_rewards:digits"], num_generations=2, batch_size=2))
