@@ -38,6 +38,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                          "length exploitation: score and win rate against length, the length-controlled win rate"),
     "health": Subcommand("alignlab.eval.diagnose_cli:cmd_health", "(--samples FILE | --task T --model M) [--reference R]",
                          "generation health: top-k entropy and mass, KL to a reference, distinct-n"),
+    "overopt": Subcommand("alignlab.eval.overopt_cli:cmd_overopt", "--run RUN_DIR [--task T | --prompts FILE] "
+                          "[--proxy SPEC] [--gold SPEC] [--plot PNG]",
+                          "reward over-optimisation: proxy and gold reward against sqrt(KL) over a run's checkpoints"),
     "judge-bias": Subcommand("alignlab.eval.diagnose_cli:cmd_judge_bias", "--judge SPEC (--pairs PAIRS | --answers FILE | --task T --model M)",
                              "judge bias: swap consistency, position preference, robustness to perturbations"),
 }
