@@ -25,6 +25,9 @@ import math
 import random
 from collections.abc import Sequence
 
+from alignlab.eval.answers import draw_answer_rows
+from alignlab.eval.health import kl_terms
+
 LEVEL = 0.95
 
 
@@ -86,6 +89,25 @@ def summarize(kl_terms: Sequence[float], proxy: Sequence[float], gold: Sequence[
         row["sqrt_kl_low"] = math.sqrt(max(row["kl_low"], 0.0))
         row["sqrt_kl_high"] = math.sqrt(max(row["kl_high"], 0.0))
     return row
+
+
+def measure(model, reference, generator, prompts: Sequence, n: int, params, proxy, gold, pad_id: int,
+            batch_size: int = 16, resamples: int = 1000, seed: int = 0) -> dict:
+    """One model's row (``summarize``): ``n`` answers to each of ``prompts`` (``PromptRecord``s)
+    drawn by ``generator`` (sampling from ``model``) with ``params``, scored by the ``proxy`` and
+    ``gold`` scorers, and each answer's log π(y|x) − log π_ref(y|x) under ``model`` and
+    ``reference`` (0 without a pass when they are the same module)."""
+    rows = draw_answer_rows(generator, prompts, n, params, batch_size)
+    samples = [s for r in rows for s in r.samples]
+    asked = [r.scorer_prompt for r in rows for _ in r.samples]
+    texts = [s.text for s in samples]
+    scores = [[float(v) for v in scorer.score(asked, texts)] for scorer in (proxy, gold)]
+    if model is reference:
+        terms = [0.0] * len(samples)
+    else:
+        terms = kl_terms(model, reference, [s.prompt_ids for s in samples], [s.token_ids for s in samples], pad_id,
+                         batch_size * n)
+    return summarize(terms, *scores, [len(r.samples) for r in rows], resamples, seed)
 
 
 def fit_gao(d: Sequence[float], reward: Sequence[float]) -> dict | None:

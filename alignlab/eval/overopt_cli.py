@@ -24,7 +24,7 @@ from alignlab.eval.diagnose_cli import (
     _add_drawing,
     _check_counts,
     _device,
-    _draw,
+    _params,
     _prompt_records,
     _scorer,
 )
@@ -88,8 +88,8 @@ def _models(run: str) -> list[tuple[str, int | None, Any]]:
 
 def run_overopt(args: argparse.Namespace) -> dict[str, Any]:
     """The report of ``alignlab eval overopt`` (see the module docstring)."""
-    from alignlab.eval.health import kl_terms
-    from alignlab.eval.overopt import fit_gao, summarize, trend
+    from alignlab.eval.overopt import fit_gao, measure, trend
+    from alignlab.generation import make_generator
     from alignlab.models import load_tokenizer
     from alignlab.training.saved import run_config
 
@@ -127,19 +127,10 @@ def run_overopt(args: argparse.Namespace) -> dict[str, Any]:
     for name, step, load in models:
         print(f"{PROG}: {name}: {args.n} answers to each of {len(prompts)} prompts", file=sys.stderr, flush=True)
         model = reference if name == "start" else load().to(device).eval()
-        drawn = _draw(model, tokenizer, prompts, args)
-        samples = [s for r in drawn for s in r.samples]
-        asked = [r.scorer_prompt for r in drawn for _ in r.samples]
-        texts = [s.text for s in samples]
-        scores = {k: [float(v) for v in scorer.score(asked, texts)] for k, scorer in scorers.items()}
-        if model is reference:
-            terms = [0.0] * len(samples)
-        else:
-            terms = kl_terms(model, reference, [s.prompt_ids for s in samples], [s.token_ids for s in samples], pad,
-                             args.batch_size * args.n)
-        rows.append({"model": name, "step": step, **summarize(terms, scores["proxy"], scores["gold"],
-                                                            [len(r.samples) for r in drawn], args.bootstrap,
-                                                            args.seed)})
+        generator = make_generator(model, tokenizer, args.backend, batch_size=args.batch_size * args.n)
+        rows.append({"model": name, "step": step, **measure(model, reference, generator, prompts, args.n, _params(args),
+                                                          scorers["proxy"], scorers["gold"], pad, args.batch_size,
+                                                          args.bootstrap, args.seed)})
         del model
     d = [r["sqrt_kl"] for r in rows]
     return {"run": str(args.run), "reference": str(config["model"]),
