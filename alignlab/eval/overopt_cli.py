@@ -14,8 +14,8 @@ and prints a table: step, KL, √KL, proxy, gold.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ PROG = "alignlab eval overopt"
 REPORT_NAME = "overopt.json"  # in the run's folder, where `alignlab report` looks for it
 
 
-def _parser() -> argparse.ArgumentParser:
+def overopt_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog=PROG, allow_abbrev=False,
         description="Reward over-optimisation over training: for a run's starting model (step 0) and each of its "
@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Each model answers the same prompts with the same seed (temperature 1: KL is estimated from the "
                "model's own samples, log p(y|x) - log p_start(y|x) summed over the answer's tokens). Intervals are "
                "95%% percentile bootstraps over the prompts. Without --task or --prompts, the held-out prompts of "
-               "the run's task (its `task`, or `data: task:NAME`).")
+               "the run's task (its `task`, or `data: task:NAME`). Without --out the report goes to RUN/"
+               f"{REPORT_NAME}, where `alignlab report RUN` finds it.")
     parser.add_argument("--run", required=True, help="a training run's output_dir (run.yaml, checkpoints/)")
     parser.add_argument("--proxy", default=None, help="the scorer that was optimised (default task:TASK:proxy)")
     parser.add_argument("--gold", default=None, help="the scorer that measures what was wanted (default task:TASK, "
@@ -50,11 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the prompts for the "
                                                                     "95%% intervals (default 1000; 0: none)")
     parser.add_argument("--plot", default=None, help="also draw proxy and gold against sqrt(KL) to this PNG")
-    _add_drawing(parser, n=4)
-    parser.set_defaults(out=None)
-    for action in parser._actions:
-        if action.dest == "out":
-            action.help = f"write the report here as JSON (default RUN/{REPORT_NAME})"
+    _add_drawing(parser, n=4)  # its --out: without it, RUN/overopt.json (the epilog says so)
     return parser
 
 
@@ -66,38 +63,18 @@ def _run_task(config: dict) -> str | None:
     return data.split(":")[1] if data.startswith("task:") and data.count(":") >= 1 else None
 
 
-def _models(run: str) -> list[tuple[str, int | None, Any]]:
-    """(label, step, load) of the run's models in training order: start (step 0), each checkpoint,
-    the final model unless a checkpoint already holds its step."""
-    from alignlab.training.checkpoint import PREFIX
-    from alignlab.training.saved import run_models
-
-    out = []
-    for name, load in run_models(run):
-        step = 0 if name == "start" else int(name[len(PREFIX):]) if name.startswith(PREFIX) else None
-        out.append((name, step, load))
-    if out and out[-1][0] == "final":
-        summary = Path(run) / "summary.json"
-        steps = json.loads(summary.read_text()).get("steps") if summary.is_file() else None
-        if isinstance(steps, int) and any(step == steps for _, step, _ in out[:-1]):
-            out.pop()  # the last checkpoint is the final model
-        else:
-            out[-1] = ("final", steps if isinstance(steps, int) else None, out[-1][2])
-    return out
-
-
-def run_overopt(args: argparse.Namespace) -> dict[str, Any]:
-    """The report of ``alignlab eval overopt`` (see the module docstring)."""
+def run_overopt(args: argparse.Namespace, config: dict, saved: Callable[[], list]) -> dict[str, Any]:
+    """The report of ``alignlab eval overopt`` (see the module docstring) on the run whose saved
+    config (run.yaml) is ``config`` and whose models ``saved()`` lists in training order as
+    (label, step, load): the start (step 0) first."""
     from alignlab.eval.overopt import fit_gao, measure, trend
     from alignlab.generation import make_generator
     from alignlab.models import load_tokenizer
-    from alignlab.training.saved import run_config
 
     _check_counts(args)
     if args.temperature != 1.0:
         raise UserError(f"{PROG}: --temperature must be 1 (got {args.temperature:g}): the KL estimate needs the "
                         "models' own samples")
-    config = run_config(args.run)
     if args.task is None and args.prompts is None:
         args.task = _run_task(config)
         if args.task is None:
@@ -110,7 +87,7 @@ def run_overopt(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"{PROG}: with --prompts there is no task to take the scorers from; give --proxy and --gold")
     specs = {"proxy": args.proxy or f"task:{args.task}:proxy", "gold": args.gold or f"task:{args.task}"}
     scorers = {k: _scorer(spec, f"--{k}") for k, spec in specs.items()}
-    models = _models(args.run)
+    models = saved()
     if len(models) < 2:
         raise UserError(f"{PROG}: --run {args.run} has no checkpoint and no final model, only its start (train with "
                         "--save-every N --keep-checkpoints 0 to keep every checkpoint)")
@@ -167,25 +144,3 @@ def format_overopt(report: dict[str, Any]) -> str:
                          f"beta {fit['beta']:.3f} (rmse {fit['rmse']:.3f} over {fit['points']} points)")
     lines.append(f"report: {report['out']}" + (f"; plot: {report['plot']}" if report["plot"] else ""))
     return "\n".join(lines)
-
-
-def _write_and_plot(report: dict[str, Any]) -> None:
-    from alignlab.eval.diagnose_cli import _write
-
-    _write(report, report["out"])
-    if report["plot"]:
-        from alignlab.report.overopt import overopt_figure
-
-        try:
-            overopt_figure(report, Path(report["plot"]))
-        except OSError as e:
-            raise UserError(f"--plot {report['plot']}: cannot write: {e.strerror or e}") from None
-
-
-def cmd_overopt(tokens: list[str]) -> int:
-    """``alignlab eval overopt``: prints the table, writes the report (and the plot with ``--plot``)."""
-    args = _parser().parse_args(tokens)
-    report = run_overopt(args)
-    _write_and_plot(report)
-    print(format_overopt(report))
-    return 0

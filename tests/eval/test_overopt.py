@@ -15,7 +15,7 @@ from alignlab.cli import main
 from alignlab.data.records import PromptRecord
 from alignlab.errors import UserError, command_line
 from alignlab.eval.overopt import fit_gao, measure, percentile_interval, summarize, trend
-from alignlab.eval.overopt_cli import cmd_overopt
+from alignlab.eval_cli import cmd_overopt
 from alignlab.generation import Sample, SamplingParams
 from alignlab.rewards.base import Scorer
 from tests.conftest import make_pairs, write_jsonl
