@@ -38,6 +38,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                          "length exploitation: score and win rate against length, the length-controlled win rate"),
     "health": Subcommand("alignlab.eval.diagnose_cli:cmd_health", "(--samples FILE | --task T --model M) [--reference R]",
                          "generation health: top-k entropy and mass, KL to a reference, distinct-n"),
+    "overopt": Subcommand("alignlab.eval_cli:cmd_overopt", "--run RUN_DIR [--task T | --prompts FILE] "
+                          "[--proxy SPEC] [--gold SPEC] [--plot PNG]",
+                          "reward over-optimisation: proxy and gold reward against sqrt(KL) over a run's checkpoints"),
     "judge-bias": Subcommand("alignlab.eval.diagnose_cli:cmd_judge_bias", "--judge SPEC (--pairs PAIRS | --answers FILE | --task T --model M)",
                              "judge bias: swap consistency, position preference, robustness to perturbations"),
 }
@@ -513,4 +516,48 @@ def cmd_ches_filter(tokens: list[str]) -> int:
     if pairs.skipped:
         print(f"left out {len(pairs.skipped)} rows that do not fit --max-length {args.max_length} (--skip-invalid)")
     print(f"wrote {written} pairs to {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------- over-optimisation
+
+
+def saved_models(run: str) -> list[tuple[str, int | None, object]]:
+    """(label, step, load) of a training run's models in training order: start (step 0), each
+    checkpoint, then the final model unless a checkpoint already holds its step (summary.json's
+    ``steps``)."""
+    from alignlab.training.checkpoint import PREFIX
+    from alignlab.training.saved import run_models
+
+    out: list[tuple[str, int | None, object]] = []
+    for name, load in run_models(run):
+        step = 0 if name == "start" else int(name[len(PREFIX):]) if name.startswith(PREFIX) else None
+        out.append((name, step, load))
+    if out and out[-1][0] == "final":
+        summary = Path(run) / "summary.json"
+        steps = json.loads(summary.read_text()).get("steps") if summary.is_file() else None
+        if isinstance(steps, int) and any(step == steps for _, step, _ in out[:-1]):
+            out.pop()  # the last checkpoint is the final model
+        else:
+            out[-1] = ("final", steps if isinstance(steps, int) else None, out[-1][2])
+    return out
+
+
+def cmd_overopt(tokens: list[str]) -> int:
+    """``alignlab eval overopt`` (``eval/overopt_cli.py``): the run's saved models are read here, on
+    top of the training layer; writes the report (and the plot with ``--plot``), prints the table."""
+    from alignlab.eval.overopt_cli import format_overopt, overopt_parser, run_overopt
+    from alignlab.training.saved import run_config
+
+    args = overopt_parser().parse_args(tokens)
+    report = run_overopt(args, run_config(args.run), lambda: saved_models(args.run))
+    write_report(report["out"], report)
+    if report["plot"]:
+        from alignlab.report.overopt import overopt_figure
+
+        try:
+            overopt_figure(report, Path(report["plot"]))
+        except OSError as e:
+            raise UserError(f"--plot {report['plot']}: cannot write: {e.strerror or e}") from None
+    print(format_overopt(report))
     return 0

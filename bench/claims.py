@@ -6,10 +6,11 @@ to what the paper says, with a verdict reached by the rules below.
     python bench/claims.py --smallest --out /tmp/claims.md  # 1 seed, tiny sizes: about a minute
 
 The script composes alignlab's own commands (``alignlab demo``, ``eval ranking``, ``eval
-displacement``, ``convert ches-filter``, ``train``, ``decode --method best-of-n``, ``eval length``),
+displacement``, ``convert ches-filter``, ``train``, ``decode --method best-of-n``, ``eval length``,
+``feedback``, ``eval overopt``),
 grouped in chains: a chain is a list of commands that depend on one another (the sentiment DPO
-demo, then its ranking, its displacement, the CHES filters and the DPO runs on the filtered
-halves). Each chain runs in a Python process of its own, one intra-op thread, calling
+demo, then its ranking, its displacement, the CHES filters at each share kept and the DPO runs
+on the filtered subsets). Each chain runs in a Python process of its own, one intra-op thread, calling
 ``alignlab.cli.main`` for each command (one interpreter start per chain, not per command), and
 ``--jobs`` chains (default 2) run side by side. Work is shared between claims: the sentiment
 demo's DPO model serves the gold, ranking and displacement claims; one set of best-of-n runs
@@ -79,15 +80,29 @@ class Sizes:
     n_arithmetic: tuple[int, ...] = (1, 2, 4, 8, 16)
     n_sentiment: tuple[int, ...] = (4, 16)
     length: tuple[str, ...] = ()          # extra flags of `eval length`
+    ches_keep: tuple[float, ...] = (0.05, 0.25, 0.5)  # shares of the pairs the CHES filters keep
+    overopt_prompts: int = 512            # proxy-labelled feedback prompts of the over-optimisation run
+    overopt_save_every: int = 16          # its checkpoints (optimizer steps)
+    overopt: tuple[str, ...] = ()         # extra flags of `eval overopt`
 
 
 DEFAULT = Sizes()
 SMALLEST = Sizes(demo=("--prompts", "32", "--epochs", "1", "--eval-prompts", "16"), train_epochs=1.0,
                  ranking=("--task-k", "2"), decode=("--limit", "16"), n_arithmetic=(1, 4), n_sentiment=(4,),
-                 length=("--limit", "16", "-n", "1", "--bootstrap", "100"))
+                 length=("--limit", "16", "-n", "1", "--bootstrap", "100"), ches_keep=(0.25, 0.5),
+                 overopt_prompts=32, overopt_save_every=1, overopt=("--limit", "16", "-n", "1", "--bootstrap", "100"))
 
 
 # -- where each result lives ---------------------------------------------------------------------
+
+def percent(share: float) -> str:
+    """A share as the percent in file names and claim keys: 0.05 -> "5"."""
+    return f"{share * 100:g}"
+
+
+def ches_key(kind: str, keep: float) -> str:
+    return f"{kind}-{percent(keep)}"
+
 
 class Paths:
     """The files of one seed's work, shared by the chains that write them and the claims that read them."""
@@ -106,15 +121,25 @@ class Paths:
         self.constraints_length = d / "constraints-length.json"
         self.bon = d / "best-of-n"
 
-    def half(self, kind: str) -> Path:
-        """The kept half of the sentiment demo's pairs: ``ches``, ``lnches`` or ``random``."""
-        return self.dir / f"pairs-{kind}-half.jsonl"
+    def kept(self, kind: str, keep: float) -> Path:
+        """The share ``keep`` of the sentiment demo's pairs that a filter kept: ``ches``, ``lnches``
+        (the lowest scores) or ``random`` (the control, as many pairs)."""
+        return self.dir / f"pairs-{kind}-keep{percent(keep)}.jsonl"
 
-    def half_run(self, kind: str) -> Path:
-        return self.dir / f"dpo-{kind}-half"
+    def kept_run(self, kind: str, keep: float) -> Path:
+        return self.dir / f"dpo-{kind}-keep{percent(keep)}"
 
-    def half_displacement(self, kind: str) -> Path:
-        return self.dir / f"dpo-{kind}-half-displacement.json"
+    def kept_displacement(self, kind: str, keep: float) -> Path:
+        return self.dir / f"dpo-{kind}-keep{percent(keep)}-displacement.json"
+
+    @property
+    def overopt_run(self) -> Path:
+        """DPO on arithmetic pairs labelled by the flawed proxy, every checkpoint kept."""
+        return self.dir / "arithmetic-dpo-proxy"
+
+    @property
+    def overopt(self) -> Path:
+        return self.dir / "arithmetic-dpo-proxy-overopt.json"
 
     def noisy_demo(self, method: str) -> Path:
         return self.dir / f"arithmetic-noise{int(NOISE * 100)}-{method}"
@@ -188,26 +213,49 @@ def chains(work: Path, seeds: list[int], sizes: Sizes) -> list[Chain]:
         s = str(seed)
 
         # sentiment: the DPO demo, its ranking and displacement, CHES / LN-CHES / random halves
+        every_ches = [ches_key(k, f) for k in ("ches", "lnches") for f in sizes.ches_keep]
         steps = demo_steps("sentiment", seed, sizes, p.sentiment_demo, p.sentiment_ranking, p.sentiment_displacement,
-                           ["gold", "ranking", "displacement", "ches", "lnches"])
+                           ["gold", "ranking", "displacement", *every_ches])
         pairs = str(p.sentiment_demo / "feedback" / "pairs.jsonl")
-        for kind, flags in (("ches", []), ("lnches", ["--length-normalized"])):
-            steps.append(Step(["convert", "ches-filter", pairs, str(p.half(kind)), "--model", sft("sentiment"),
-                               "--drop-fraction", "0.5", *flags, "--no-progress"], str(p.half(kind)), [kind]))
-        steps.append(Step(["claims:random-half", pairs, str(p.half("random")), str(p.half("ches")), s],
-                          str(p.half("random")), ["ches", "lnches"]))
-        for kind in ("ches", "lnches", "random"):
-            claims = [kind] if kind != "random" else ["ches", "lnches"]
-            run = p.half_run(kind)
-            steps.append(Step(["train", "--method", "dpo", "--model", sft("sentiment"), "--data", str(p.half(kind)),
-                               "--lr", str(TASK_LR["sentiment"]), "--epochs", f"{sizes.train_epochs:g}",
-                               "--batch-size", "16", "--scheduler", "linear", "--warmup-ratio", "0.1",
-                               "--max-length", "256", "--seed", s, "--eval-every", "0", "--keep-checkpoints", "1",
-                               "--output-dir", str(run), "--overwrite", "true", "--progress", "false"],
-                              str(run / "summary.json"), claims))
-            steps.append(Step(["eval", "displacement", "--run", str(run), "--out", str(p.half_displacement(kind)),
-                               "--no-progress"], str(p.half_displacement(kind)), claims))
-        out.append(Chain(f"sentiment-s{seed}", steps, 220))
+        for keep in sizes.ches_keep:
+            both = [ches_key(k, keep) for k in ("ches", "lnches")]
+            for kind, flags in (("ches", []), ("lnches", ["--length-normalized"])):
+                steps.append(Step(["convert", "ches-filter", pairs, str(p.kept(kind, keep)), "--model",
+                                   sft("sentiment"), "--keep-fraction", f"{keep:g}", *flags, "--no-progress"],
+                                  str(p.kept(kind, keep)), [ches_key(kind, keep)]))
+            steps.append(Step(["claims:random-half", pairs, str(p.kept("random", keep)), str(p.kept("ches", keep)), s],
+                              str(p.kept("random", keep)), both))
+            for kind in ("ches", "lnches", "random"):
+                claims = [ches_key(kind, keep)] if kind != "random" else both
+                run = p.kept_run(kind, keep)
+                steps.append(Step(["train", "--method", "dpo", "--model", sft("sentiment"), "--data",
+                                   str(p.kept(kind, keep)), "--lr", str(TASK_LR["sentiment"]), "--epochs",
+                                   f"{sizes.train_epochs:g}", "--batch-size", "16", "--scheduler", "linear",
+                                   "--warmup-ratio", "0.1", "--max-length", "256", "--seed", s, "--eval-every", "0",
+                                   "--keep-checkpoints", "1", "--output-dir", str(run), "--overwrite", "true",
+                                   "--progress", "false"], str(run / "summary.json"), claims))
+                steps.append(Step(["eval", "displacement", "--run", str(run), "--out",
+                                   str(p.kept_displacement(kind, keep)), "--no-progress"],
+                                  str(p.kept_displacement(kind, keep)), claims))
+        out.append(Chain(f"sentiment-s{seed}", steps, 120 + 100 * sum(sizes.ches_keep) / 0.5))
+
+        # over-optimisation over training: DPO on arithmetic pairs ranked by the flawed proxy, every
+        # checkpoint kept, then proxy and gold against √KL at each (`eval overopt`)
+        feedback = p.overopt_run.with_name(p.overopt_run.name + "-feedback")
+        run = p.overopt_run
+        steps = [
+            Step(["feedback", "--task", "arithmetic", "--reward", "proxy", "--prompts", str(sizes.overopt_prompts),
+                  "--seed", s, "--out", str(feedback)], str(feedback / "metadata.json"), ["overopt_training"]),
+            Step(["train", "--method", "dpo", "--model", sft("arithmetic"), "--data", str(feedback / "pairs.jsonl"),
+                  "--lr", str(TASK_LR["arithmetic"]), "--epochs", f"{sizes.train_epochs:g}", "--batch-size", "16",
+                  "--scheduler", "linear", "--warmup-ratio", "0.1", "--max-length", "256", "--seed", s,
+                  "--eval-every", "0", "--save-every", str(sizes.overopt_save_every), "--keep-checkpoints", "0",
+                  "--output-dir", str(run), "--overwrite", "true", "--progress", "false"],
+                 str(run / "summary.json"), ["overopt_training"]),
+            Step(["eval", "overopt", "--run", str(run), "--task", "arithmetic", "--seed", s, *sizes.overopt,
+                  "--out", str(p.overopt)], str(p.overopt), ["overopt_training"]),
+        ]
+        out.append(Chain(f"overopt-s{seed}", steps, 45))
 
         # arithmetic: the clean DPO demo (gold; ranking and displacement beside sentiment's) and the
         # noisy-label demos of bench/noisy_labels.py (rDPO told the flip rate)
@@ -545,36 +593,40 @@ def claim_displacement(ps: list[Paths], seeds: list[int]) -> Claim:
         [Effect("sentiment: −Δℓ(chosen)", [-r["chosen_change"] for r in sent])], details)
 
 
-def claim_ches(ps: list[Paths], seeds: list[int], kind: str) -> Claim:
-    runs = {k: [load(p.half_displacement(k))["models"][-1] for p in ps] for k in (kind, "random")}
+def claim_ches(ps: list[Paths], seeds: list[int], kind: str, keep: float) -> Claim:
+    runs = {k: [load(p.kept_displacement(k, keep))["models"][-1] for p in ps] for k in (kind, "random")}
     full = displacement_rows(ps, "sentiment_displacement")
     diff = [a["chosen_change"] - b["chosen_change"] for a, b in zip(runs[kind], runs["random"], strict=True)]
     name = "CHES" if kind == "ches" else "LN-CHES"
+    share = f"{percent(keep)}%"
+    kept = [len(p.kept(kind, keep).read_text().splitlines()) for p in ps]
     body = [per_seed("all pairs (the demo)", [r["chosen_change"] for r in full], sign=True),
-            per_seed(f"{name} half", [r["chosen_change"] for r in runs[kind]], sign=True),
-            per_seed("random half", [r["chosen_change"] for r in runs["random"]], sign=True),
-            per_seed(f"share fell, {name} half", [r["chosen_fell"] for r in runs[kind]]),
-            per_seed("share fell, random half", [r["chosen_fell"] for r in runs["random"]])]
+            per_seed(f"lowest {share} by {name}", [r["chosen_change"] for r in runs[kind]], sign=True),
+            per_seed(f"random {share}", [r["chosen_change"] for r in runs["random"]], sign=True),
+            per_seed(f"share fell, lowest {share} by {name}", [r["chosen_fell"] for r in runs[kind]]),
+            per_seed(f"share fell, random {share}", [r["chosen_fell"] for r in runs["random"]]),
+            per_seed("pairs kept", [float(k) for k in kept], 0)]
     flag = " --length-normalized" if kind == "lnches" else ""
-    paper_note = (" This row filters by the plain score; the paper's own filter ranks by the length-normalised "
-                  "one (the next claim)." if kind == "ches" else
+    paper_note = (" This filter ranks by the plain score; the paper's own ranks by the length-normalised one."
+                  if kind == "ches" else
                   " This is the paper's own filter (it keeps the samples of lowest length-normalised CHES).")
     return Claim(
-        kind, f"Filtering by {name} reduces likelihood displacement",
+        ches_key(kind, keep), f"Filtering by {name}, keeping the lowest {share}, reduces likelihood displacement",
         "Likelihood displacement is driven by preferences whose preferred and dispreferred responses have "
         "similar hidden representations (high CHES score); filtering out the pairs with the highest "
         "(length-normalised) CHES mitigates it.",
         "Razin et al. 2024, *Unintentional Unalignment: Likelihood Displacement in Direct Preference Optimization*",
         "Razin et al. 2024",
         f"The sentiment demo's training pairs: `alignlab convert ches-filter PAIRS KEPT --model SFT "
-        f"--drop-fraction 0.5{flag}` keeps the half with the lowest {name} under the SFT model; the control is a "
-        "random half of the same size (`random.Random(seed)`). One fraction only, a half; the paper's own "
-        "SORRY-Bench run kept the lowest 5% (ALGORITHMS.md §8.2). DPO trains on each half with the demo's settings "
-        "(`alignlab train` with its learning rate, epochs, batch size and schedule), and "
-        "`alignlab eval displacement --run RUN` measures Δℓ(chosen) from the SFT model on the pairs trained "
-        f"on. Effect: Δℓ(chosen) of the {name} half − that of the random half (positive: less displacement)."
+        f"--keep-fraction {keep:g}{flag}` keeps the {share} with the lowest {name} under the SFT model; the control "
+        "is a random subset of the same size (`random.Random(seed)`). The filter runs at several shares (each its "
+        "own claim); the paper's SORRY-Bench run kept the lowest 5% (ALGORITHMS.md §8.2). DPO trains on each "
+        "subset with the demo's settings (`alignlab train` with its learning rate, epochs, batch size and "
+        "schedule: a smaller subset gets fewer steps, the same for the filtered and the random one), and "
+        "`alignlab eval displacement --run RUN` measures Δℓ(chosen) from the SFT model on the pairs trained on. "
+        f"Effect: Δℓ(chosen) of the filtered subset − that of the random one (positive: less displacement)."
         + paper_note,
-        [Effect(f"Δℓ(chosen): {name} half − random half", diff)],
+        [Effect(f"Δℓ(chosen): lowest {share} by {name} − random {share}", diff)],
         table(["Δℓ(chosen), pairs trained on", *[f"seed {s}" for s in seeds], "mean ± std"], body))
 
 
@@ -760,7 +812,7 @@ def claim_overoptimization(ps: list[Paths], seeds: list[int], sizes: Sizes) -> C
         + " (plain sampling's gold: " + fmt([s["gold_plain"] for s in sent[sizes.n_sentiment[0]]])
         + "): its length bonus rarely overturns gold's order at these n, so gold still rises there."]
     return Claim(
-        "overoptimization", "Over-optimisation: the proxy rises while gold falls, against √KL",
+        "overoptimization", "Over-optimisation under best-of-n: the proxy rises while gold falls, against √KL",
         "Optimising a proxy reward model (best-of-n or RL) raises the proxy reward steadily as the policy moves "
         "away from the initial one (measured by √KL), while the gold reward rises, peaks and then falls.",
         "Gao, Schulman & Hilton 2023, *Scaling Laws for Reward Model Overoptimization*", "Gao et al. 2023",
@@ -769,6 +821,51 @@ def claim_overoptimization(ps: list[Paths], seeds: list[int], sizes: Sizes) -> C
         "summary's gold and KL, the proxy's mean over the picked answers. Effects: proxy at the largest n − at "
         "n = 1; gold at its peak over n − gold at the largest n.",
         [Effect(f"proxy: n {last} − n {first}", proxy_rise), Effect(f"gold: peak − n {last}", gold_fall)],
+        details)
+
+
+def claim_overopt_training(ps: list[Paths], seeds: list[int], sizes: Sizes) -> Claim:
+    reports = [load(p.overopt) for p in ps]
+    by_seed = [r["rows"] for r in reports]
+    common = sorted(set.intersection(*({row["step"] for row in rows if row["step"] is not None} for rows in by_seed)))
+
+    def line(label: str, picked: list[dict]) -> list[str]:
+        return [label, fmt([r["kl"] for r in picked]), fmt([r["sqrt_kl"] for r in picked]),
+                fmt([r["proxy"] for r in picked]), fmt([r["gold"] for r in picked])]
+
+    body = [line(str(step), [next(r for r in rows if r["step"] == step) for rows in by_seed]) for step in common]
+    lasts = [rows[-1] for rows in by_seed]
+    if any(r["step"] not in common for r in lasts):
+        body.append(line(f"last ({' / '.join(str(r['step']) for r in lasts)})", lasts))
+    details = table(["step", "KL (nats)", "√KL (nats^½)", "proxy reward", "gold reward"], body)
+    peaks = ", ".join(str(r["trend"]["gold_peak_step"]) for r in reports)
+    details.append(f"Gold is highest at step {peaks} (per seed; step 0 is the SFT model). Each number is the mean "
+                   f"over a model's answers ({reports[0]['n']} per held-out prompt, the same seed for every model), "
+                   "then mean ± std over seeds.")
+    fits = [r["fit"]["gold"] for r in reports if r["fit"].get("gold")]
+    if fits:
+        details += ["", f"Gao et al.'s RL form fitted to gold, gold(d) − gold(0) = d(α − β log d) with d = √KL "
+                        f"(`eval overopt`'s fit, least squares over the checkpoints): α {fmt([f['alpha'] for f in fits])}, "
+                        f"β {fmt([f['beta'] for f in fits])} over {len(fits)} seeds"
+                        + (": α < 0, gold falls from the start, as under best-of-n (the claim above), where the "
+                           "proxy's flaw made gold fall from n = 1." if statistics.mean(f["alpha"] for f in fits) < 0
+                           else ": α > 0, gold first rises.")]
+    return Claim(
+        "overopt_training", "Over-optimisation over training (DPO on proxy-ranked pairs): the proxy rises while "
+        "gold falls, against √KL",
+        "Optimising a proxy reward model (best-of-n or RL) raises the proxy reward steadily as the policy moves "
+        "away from the initial one (measured by √KL), while the gold reward rises, peaks and then falls.",
+        "Gao, Schulman & Hilton 2023, *Scaling Laws for Reward Model Overoptimization*", "Gao et al. 2023",
+        f"Training instead of best-of-n: `alignlab feedback --task arithmetic --reward proxy --prompts "
+        f"{sizes.overopt_prompts} --seed S` (the SFT model's 4 answers per prompt, best against worst by the flawed "
+        "proxy), then `alignlab train --method dpo` on those pairs with the arithmetic demo's settings (lr 2e-5, "
+        f"β 0.1, {sizes.train_epochs:g} epochs, batch 16) and `--save-every {sizes.overopt_save_every} "
+        "--keep-checkpoints 0`, then `alignlab eval overopt --run RUN --task arithmetic --seed S`: at the SFT model "
+        "(step 0) and each checkpoint, 4 answers per held-out prompt, their proxy and gold reward and KL to the "
+        "SFT model. Effects: proxy at the last checkpoint − at step 0; gold at its peak over the checkpoints − gold "
+        "at the last.",
+        [Effect("proxy: last − step 0", [r["trend"]["proxy_change"] for r in reports]),
+         Effect("gold: peak − last", [r["trend"]["gold_fall_from_peak"] for r in reports])],
         details)
 
 
@@ -801,10 +898,11 @@ def claim_length(ps: list[Paths], seeds: list[int]) -> Claim:
 def all_claims(work: Path, seeds: list[int], sizes: Sizes) -> list[Claim]:
     ps = [Paths(work, s) for s in seeds]
     return [claim_gold(ps, seeds), claim_ranking(ps, seeds), claim_displacement(ps, seeds),
-            claim_ches(ps, seeds, "ches"), claim_ches(ps, seeds, "lnches"), claim_noise(ps, seeds, "rdpo"),
+            *[claim_ches(ps, seeds, kind, keep) for kind in ("ches", "lnches") for keep in sizes.ches_keep],
+            claim_noise(ps, seeds, "rdpo"),
             claim_noise(ps, seeds, "lcpo"), claim_kl(ps, seeds, sizes), claim_win_rate(ps, seeds, sizes, "gold"),
             claim_win_rate(ps, seeds, sizes, "proxy"), claim_overoptimization(ps, seeds, sizes),
-            claim_length(ps, seeds)]
+            claim_overopt_training(ps, seeds, sizes), claim_length(ps, seeds)]
 
 
 # -- the report ------------------------------------------------------------------------------------

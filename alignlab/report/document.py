@@ -239,6 +239,10 @@ def run_document(data: Collected, images: Path) -> Document:
     sections = [final]
     if curves.blocks:
         sections.append(curves)
+    from alignlab.report.overopt import overopt_section
+
+    if (over := overopt_section(data.root, images)) is not None:  # `alignlab eval overopt`'s JSON, when there
+        sections.append(over)
     if data.config:
         sections.append(Section("Config", [Table(["key", "value"], [[k, _value_text(v)] for k, v in data.config.items()
                                                                      if v not in (None, "", [], {})],
