@@ -82,6 +82,10 @@ def test_fsdp_two_processes_equal_one(tmp_path, tiny_model_dir, request, method,
     assert sorted(p.name for p in (step3 / "shards").iterdir()) == [
         "shard-00001-model-00001-of-00001.safetensors", "shard-00002-model-00001-of-00001.safetensors"]
     assert not (step3 / "trainable.safetensors").exists()
+    # the run's models over training (eval displacement --run): each sharded checkpoint's shards
+    # put together on this process hold the unsharded run's checkpoint of the same step
+    _same_models(tmp_path / "one", tmp_path / "two", ["start", "step-00000001", "step-00000002", "step-00000003",
+                                                      "final"])
 
     if method == "dpo" and not lora:
         # Resumed on one process from the two-process checkpoint of step 2: the shards are re-cut
@@ -93,6 +97,17 @@ def test_fsdp_two_processes_equal_one(tmp_path, tiny_model_dir, request, method,
         # with another global batch it is refused, naming both
         with pytest.raises(ConfigError, match="global_batch=4 and this run has 2"):
             train({**cfg, "batch_size": 2, "resume": True})
+
+
+def _same_models(one, two, labels: list[str]) -> None:
+    from alignlab.training.saved import run_models
+
+    a, b = list(run_models(one, dtype="fp64")), list(run_models(two, dtype="fp64"))
+    assert [x for x, _ in a] == [x for x, _ in b] == labels
+    for (label, load_a), (_, load_b) in zip(a, b, strict=True):
+        sa, sb = load_a().state_dict(), load_b().state_dict()
+        assert max_abs_diff(sa, sb) < 1e-9, label
+    assert max_abs_diff(a[1][1]().state_dict(), a[2][1]().state_dict()) > 1e-5  # the steps differ
 
 
 def test_fsdp_online_equal_one(tmp_path, tiny_model_dir):

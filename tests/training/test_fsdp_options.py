@@ -71,7 +71,7 @@ def test_ppo_shared_critic_as_unsharded(tmp_path, tiny_model_dir):
     group of one, the policy and the head end as the unsharded run's (fp64)."""
     common = dict(method="ppo", reward=["fn:tests.training.online_rewards:digits"], num_generations=4,
                   max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2, max_steps=2, updates_per_rollout=2,
-                  batch_size=8)
+                  batch_size=8, save_every=1, keep_checkpoints=0)
     plain = train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "plain", **common))
     sharded = train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "fsdp", fsdp=True, **common))
     a, b = weights(plain.model_dir), weights(sharded.model_dir)
@@ -80,6 +80,13 @@ def test_ppo_shared_critic_as_unsharded(tmp_path, tiny_model_dir):
     assert float(b["value_model/weight"].abs().max()) > 1e-4  # the head starts at zero
     for x, y in zip(_lines(tmp_path / "plain"), _lines(tmp_path / "fsdp"), strict=True):
         assert y["value_loss"] == pytest.approx(x["value_loss"], abs=1e-12)
+    # the run's policies over training: the checkpoints' critic is left out of them
+    from alignlab.training.saved import run_models
+
+    a, b = list(run_models(tmp_path / "plain", dtype="fp64")), list(run_models(tmp_path / "fsdp", dtype="fp64"))
+    assert [x for x, _ in a] == [x for x, _ in b] == ["start", "step-00000001", "step-00000002", "final"]
+    for (label, load_a), (_, load_b) in zip(a[1:], b[1:], strict=True):
+        assert max_abs_diff(load_a().state_dict(), load_b().state_dict()) < 1e-12, label
 
 
 def test_no_sync_keeps_gradients_on_the_process(tiny_model_dir):
