@@ -51,6 +51,15 @@ class Dist:
         tdist.all_gather_object(out, part)
         return out
 
+    def scatter(self, parts: list | None) -> Any:
+        """Item i of the first process's ``parts`` (one picklable value per process; None on the
+        others), on process i."""
+        if self.world_size == 1:
+            return parts[0]
+        out: list = [None]
+        tdist.scatter_object_list(out, parts if self.is_main else None, src=0)
+        return out[0]
+
     def from_main(self, read: Callable[[], Any]) -> Any:
         """``read()`` on the first process only; every process gets its value."""
         value = read() if self.is_main else None

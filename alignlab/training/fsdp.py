@@ -3,13 +3,16 @@
 ``shard`` applies ``torch.distributed.fsdp.fully_shard`` to each decoder layer (the classes a
 transformers model lists in ``_no_split_modules``: the layers it never splits across devices) and
 then to the whole model, whose own unit holds the rest (embeddings, final norm, output layer,
-a reward or value head). A layer's parameters are gathered just before its forward and backward
+a reward model's head). A PPO critic hanging on the policy (``critic.py``) is sharded apart from
+the policy: its network (a separate critic's decoder, with its own layers as units) and its
+head are units of their own, gathered when the critic runs. A layer's parameters are gathered just before its forward and backward
 passes and freed after them; the root unit's stay gathered from its forward to the end of the
 backward pass (``reshard_after_forward=False``), because the output layer is read again there
 (``logprobs.py`` computes the response log-probs inside the forward pass, from its weight). Each
 process keeps 1/N of every parameter, of its gradient and of the AdamW moments.
 
 Gradients are reduce-scattered as averages, like DDP's all-reduce: the loop's loss scaling holds.
+With gradient accumulation only the last micro-batch's backward pass reduce-scatters (``no_sync``).
 With ``dtype: bf16`` the mixed precision policy gathers parameters in bf16 (fp32 masters and
 optimizer state stay sharded) and reduces gradients in fp32.
 
@@ -22,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from collections.abc import Iterator
 
 import torch
 
 from alignlab.errors import ConfigError
+from alignlab.training.critic import ATTR
 from alignlab.training.distributed import Dist
 
 
@@ -71,8 +76,24 @@ def shard(model: torch.nn.Module, dist: Dist, bf16: bool) -> torch.nn.Module:
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp)
+    for unit in critic_units(model):
+        fully_shard(unit, mesh=mesh, mp_policy=mp)
+    # A head's output (B, T, 1) is a view of its matmul; FSDP warns that an in-place op on it would
+    # skip its backward hook. ``critic.token_values`` only reads it.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPLinear\) returned a view tensor")
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
     return model
+
+
+def critic_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """A PPO critic's modules that are run directly (``critic.token_values``), each a unit: a
+    separate critic's backbone (embeddings, final norm; its layers are units already) and the
+    head, for either kind. Empty without a critic."""
+    critic = getattr(model, ATTR, None)
+    if critic is None:
+        return []
+    backbone = getattr(critic, "backbone", None)
+    return ([backbone] if backbone is not None else []) + [critic.head]
 
 
 @contextlib.contextmanager
@@ -97,6 +118,25 @@ def full_params(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             unit.reshard()
         model.set_reshard_after_forward(True)
         model.set_reshard_after_forward(False, recurse=False)
+
+
+@contextlib.contextmanager
+def no_sync(model: torch.nn.Module) -> Iterator[None]:
+    """Backward passes in the block accumulate gradients on each process without the collective
+    (gradient accumulation's micro-batches before the last): DDP's ``no_sync``, or FSDP2's
+    ``set_requires_gradient_sync(False)``. Under FSDP each process then holds its whole unsharded
+    gradient until the next synced backward pass reduce-scatters the sum. A no-op for a plain model."""
+    if is_sharded(model):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    elif hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    else:
+        yield
 
 
 def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

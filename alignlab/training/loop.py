@@ -251,7 +251,7 @@ def _gradients(inp: LoopInputs, micro: list[Batch]) -> tuple[float, dict, dict]:
     tokens = slots = 0
     for m, batch in enumerate(micro):
         sync = m == len(micro) - 1 or dist.world_size == 1
-        ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else contextlib.nullcontext()
+        ctx = fsdp.no_sync(model) if not sync else contextlib.nullcontext()  # DDP's or FSDP's
         with ctx:
             with autocast(cfg, dist):
                 out = forward(model, batch)

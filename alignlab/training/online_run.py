@@ -90,16 +90,27 @@ def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_token
         raise DataError(bad, hint="")
 
 
-def generator_options(cfg, dist: Dist) -> dict:
+def generator_options(cfg) -> dict:
     """The run's generator options: the batch size, and for "ray" its workers and cluster."""
     rollout = cfg.rollout
     options = {"batch_size": rollout.generation_batch_size}
     if rollout.generation_backend == "ray":
-        if dist.world_size > 1:
-            raise ConfigError(f"generation_backend: ray fans generation out from one training process; this run has "
-                              f"{dist.world_size}: launch it without torchrun, or use native")
         options.update(workers=rollout.ray_workers, address=rollout.ray_address, inner=rollout.ray_backend)
     return options
+
+
+def run_generator(cfg, dist: Dist, policy: torch.nn.Module, tokenizer, log: Callable[[str], None]):
+    """The run's generator. Ray workers on a run of several processes are started once, by the
+    first process, which samples every process's prompts (``first_process_generation.py``)."""
+    backend = cfg.rollout.generation_backend
+    if backend != "ray" or dist.world_size == 1:
+        return make_generator(policy, tokenizer, backend, **generator_options(cfg))
+    from alignlab.training.first_process_generation import FirstProcessGenerator
+
+    inner = make_generator(policy, tokenizer, backend, **generator_options(cfg)) if dist.is_main else None
+    log(f"generation: the first process samples the prompts of all {dist.world_size} processes on "
+        f"{cfg.rollout.ray_workers} Ray workers")
+    return FirstProcessGenerator(inner, dist, tokenizer)
 
 
 def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference: Callable | None,
@@ -117,7 +128,7 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
     _, per_round = round_size(cfg, dist)
     prompts = load_online_prompts(cfg, per_round, tokenizer)
     new_tokens = max_new_tokens(cfg)
-    generator = make_generator(policy, tokenizer, rollout.generation_backend, **generator_options(cfg, dist))
+    generator = run_generator(cfg, dist, policy, tokenizer, log)
     check_room(cfg, prompts, generator, policy, new_tokens)
     sampling = SamplingParams(max_new_tokens=new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
                               top_k=rollout.top_k, seed=cfg.seed)

@@ -294,9 +294,6 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
         raise ConfigError("rounds: a run of rounds goes through alignlab.train (or `alignlab iterate`), which "
                           "trains each round with this function")
     kind = model_kind(cfg)  # a policy, or a reward model (a backbone with a fresh head)
-    if cfg.optim.fsdp and cfg.spec.value_model:
-        raise ConfigError(f"fsdp: method '{cfg.method}' trains a critic beside the policy, which fsdp does not "
-                          "shard yet; train it without fsdp")
     dist = init_distributed(group=cfg.optim.fsdp)
     out = Path(cfg.output_dir)
     _check_output_dir(cfg, out)

@@ -1,6 +1,7 @@
 """A training run's saved models, in training order: its starting model, each checkpoint kept
 (only the trainable parameters, loaded into the starting model) and the final model; for
-following a quantity over training (``alignlab eval displacement --run``)."""
+following a quantity over training (``alignlab eval displacement --run``). A sharded (FSDP)
+checkpoint's parameters are put together from every process's shards first."""
 
 from __future__ import annotations
 
@@ -32,14 +33,18 @@ def run_models(run: str | Path, dtype: str = "fp32") -> Iterator[tuple[str, Call
     """(label, load) for each model of a training run in training order: ``start`` (the run's
     starting model, ``model`` in run.yaml), ``step-N`` for each checkpoint under checkpoints/ that
     passes its checksums (a damaged one is reported on stderr and left out), and ``final`` (the
-    saved model/) when there is one. A checkpoint holds only the trainable parameters: they are
-    loaded into the starting model (with the run's LoRA adapter, for a LoRA run)."""
+    saved model/) when there is one. A checkpoint holds only the trainable parameters (one file,
+    or a sharded run's shards): they are loaded into the starting model (with the run's LoRA
+    adapter, for a LoRA run). A PPO critic's parameters (``value_model.*``) are not the policy's
+    and are left out."""
     import sys
 
     from safetensors.torch import load_file
 
     from alignlab.models import LoraSettings, add_lora, load_model
     from alignlab.training.checkpoint import list_checkpoints, verify
+    from alignlab.training.critic import ATTR as CRITIC
+    from alignlab.training.sharded import read_weights
 
     root = Path(run)
     config = run_config(root)
@@ -56,7 +61,11 @@ def run_models(run: str | Path, dtype: str = "fp32") -> Iterator[tuple[str, Call
             if adapter.get("lora"):
                 model = add_lora(model, LoraSettings(adapter["lora_r"], adapter["lora_alpha"], 0.0,
                                                      adapter["lora_target_modules"]))
-            weights = load_file(ckpt / "trainable.safetensors")
+            if (ckpt / "trainable.safetensors").is_file():
+                weights = load_file(ckpt / "trainable.safetensors")
+            else:
+                weights = read_weights(ckpt)
+            weights = {k: v for k, v in weights.items() if not k.startswith(f"{CRITIC}.")}
             params = dict(model.named_parameters())
             unexpected = [name for name in weights if name not in params]
             if unexpected:

@@ -13,6 +13,8 @@ The guarantees are those of ``checkpoint.py``: every process writes into one tem
 (named by the first), the first writes state.json and the manifest once all have finished, and
 renames the directory into place. Loading reads each process's pieces of the tensors in the
 checkpoint's layout, so a checkpoint resumes on any number of processes; nothing is unpickled.
+``read_weights`` puts the pieces of the parameters together on one process, without a process
+group (``training/saved.py``: a run's models over training).
 """
 
 from __future__ import annotations
@@ -106,6 +108,24 @@ def load_sharded(ckpt: Path, model, optimizer, scheduler) -> dict[str, Any]:
     scheduler.load_state_dict(state["scheduler"])
     set_rng(load_file(ckpt / "rng.safetensors"))
     return state
+
+
+def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The trainable parameters of a sharded ``ckpt``, whole, on the CPU of this process alone (no
+    process group): each tensor is allocated at the size the shards' metadata gives and filled
+    from every process's pieces by ``torch.distributed.checkpoint``. Nothing is unpickled."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    where = str(ckpt / SHARDS)
+    items = HuggingFaceStorageReader(where).read_metadata().state_dict_metadata
+    tensors = {k: torch.empty(v.size, dtype=v.properties.dtype) for k, v in items.items() if k.startswith("model.")}
+    with warnings.catch_warnings():  # loading without a process group is the intent here
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(where))
+    return {k[len("model."):]: v for k, v in tensors.items()}
 
 
 def check_processes(found: Path, saved: dict, then: int, sharded: bool, cfg, dist: Dist, log) -> None:

@@ -35,3 +35,9 @@ def records_prompt(prompt, response: str) -> float:
 def constant(prompt: str, response: str) -> float:
     """The same reward for every answer: every pair of answers ties."""
     return 1.0
+
+
+def shared_with_prompt(prompt: str, response: str) -> float:
+    """How many of the response's characters occur in the prompt: a reward of the pair, which
+    changes when a completion is scored against another prompt."""
+    return float(sum(c in prompt for c in response))

@@ -82,6 +82,10 @@ def test_fsdp_two_processes_equal_one(tmp_path, tiny_model_dir, request, method,
     assert sorted(p.name for p in (step3 / "shards").iterdir()) == [
         "shard-00001-model-00001-of-00001.safetensors", "shard-00002-model-00001-of-00001.safetensors"]
     assert not (step3 / "trainable.safetensors").exists()
+    # the run's models over training (eval displacement --run): each sharded checkpoint's shards
+    # put together on this process hold the unsharded run's checkpoint of the same step
+    _same_models(tmp_path / "one", tmp_path / "two", ["start", "step-00000001", "step-00000002", "step-00000003",
+                                                      "final"])
 
     if method == "dpo" and not lora:
         # Resumed on one process from the two-process checkpoint of step 2: the shards are re-cut
@@ -93,6 +97,17 @@ def test_fsdp_two_processes_equal_one(tmp_path, tiny_model_dir, request, method,
         # with another global batch it is refused, naming both
         with pytest.raises(ConfigError, match="global_batch=4 and this run has 2"):
             train({**cfg, "batch_size": 2, "resume": True})
+
+
+def _same_models(one, two, labels: list[str]) -> None:
+    from alignlab.training.saved import run_models
+
+    a, b = list(run_models(one, dtype="fp64")), list(run_models(two, dtype="fp64"))
+    assert [x for x, _ in a] == [x for x, _ in b] == labels
+    for (label, load_a), (_, load_b) in zip(a, b, strict=True):
+        sa, sb = load_a().state_dict(), load_b().state_dict()
+        assert max_abs_diff(sa, sb) < 1e-9, label
+    assert max_abs_diff(a[1][1]().state_dict(), a[2][1]().state_dict()) > 1e-5  # the steps differ
 
 
 def test_fsdp_online_equal_one(tmp_path, tiny_model_dir):
@@ -109,6 +124,46 @@ def test_fsdp_online_equal_one(tmp_path, tiny_model_dir):
     assert max_abs_diff({k: v for k, v in one.items() if k in start}, start) > 1e-4
     for a, b in zip(_train_lines(tmp_path / "one"), _train_lines(tmp_path / "two"), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-9) and b["reward"] == pytest.approx(a["reward"], abs=1e-12)
+
+
+def test_fsdp_ppo_separate_critic_equal_one(tmp_path, tiny_model_dir):
+    """PPO with a critic of its own network: the critic's backbone and head are sharded as units
+    apart from the policy's; on 2 processes the policy and the critic end as one unsharded
+    process's, two updates per round (the second clips against the round's values)."""
+    common = dict(method="ppo", critic="separate", reward=["fn:tests.training.online_rewards:digits"],
+                  num_generations=4, max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2, max_steps=2,
+                  updates_per_rollout=2)
+    single = train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "one", batch_size=8, **common))
+    _torchrun(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "two", batch_size=4, fsdp=True, **common),
+              tmp_path, "two")
+    one, two = weights(single.model_dir), weights(tmp_path / "two" / "model")
+    assert any(k.startswith("value_model/") for k in one)
+    assert max_abs_diff(one, two) < 1e-9
+    start = weights(tiny_model_dir)
+    assert max_abs_diff({k: v for k, v in one.items() if k in start}, start) > 1e-4
+    # the critic starts as a copy of the policy's decoder ("model.*"), and trains
+    critic_start = {f"value_model/{k[len('model.'):]}": v for k, v in start.items() if k.startswith("model.")}
+    assert max_abs_diff({k: one[k] for k in critic_start}, critic_start) > 1e-4
+    for a, b in zip(_train_lines(tmp_path / "one"), _train_lines(tmp_path / "two"), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-9)
+        assert b["value_loss"] == pytest.approx(a["value_loss"], abs=1e-9)
+
+
+def test_fsdp_accumulation_equals_ddp_and_one(tmp_path, tiny_model_dir, sft_file):
+    """SFT, 2 processes × batch 1 × grad_accum 2: FSDP (whose first micro-batch keeps its gradient
+    on the process, no reduce-scatter) and DDP (no all-reduce) end with the weights of one process
+    taking the same global batch of 4 at once."""
+    common = dict(method="sft", max_steps=2, dtype="fp64", lr=1e-2, eval_fraction=0.0, cache=False)
+    single = train(base_config(tiny_model_dir, sft_file, tmp_path / "one", batch_size=4, **common))
+    accum = dict(batch_size=1, grad_accum=2, **common)
+    _torchrun(base_config(tiny_model_dir, sft_file, tmp_path / "fsdp", fsdp=True, **accum), tmp_path, "fsdp")
+    _torchrun(base_config(tiny_model_dir, sft_file, tmp_path / "ddp", **accum), tmp_path, "ddp")
+    one = weights(single.model_dir)
+    assert max_abs_diff(one, weights(tmp_path / "fsdp" / "model")) < 1e-9
+    assert max_abs_diff(weights(tmp_path / "ddp" / "model"), weights(tmp_path / "fsdp" / "model")) < 1e-9
+    assert max_abs_diff(one, weights(tiny_model_dir)) > 1e-3
+    for a, b in zip(_train_lines(tmp_path / "ddp"), _train_lines(tmp_path / "fsdp"), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-9) and b["grad_norm"] == pytest.approx(a["grad_norm"], abs=1e-9)
 
 
 def test_fsdp_lost_process_then_resume(tmp_path, tiny_model_dir, pairs_file):

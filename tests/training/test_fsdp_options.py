@@ -77,7 +77,52 @@ def test_no_decoder_layers_is_one_line_error(tmp_path, tiny_model_dir, pairs_fil
         train(base_config(tiny_model_dir, pairs_file, tmp_path / "x", fsdp=True, max_steps=1))
 
 
-def test_critic_is_refused(tmp_path, tiny_model_dir):
-    with pytest.raises(ConfigError, match="fsdp: method 'ppo' trains a critic"):
-        train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "x", method="ppo", fsdp=True, max_steps=1,
-                          reward=["fn:tests.training.online_rewards:digits"], num_generations=2, batch_size=2))
+def test_ppo_shared_critic_as_unsharded(tmp_path, tiny_model_dir):
+    """PPO with a value head on the policy, the head a unit of its own: sharded over a process
+    group of one, the policy and the head end as the unsharded run's (fp64)."""
+    common = dict(method="ppo", reward=["fn:tests.training.online_rewards:digits"], num_generations=4,
+                  max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2, max_steps=2, updates_per_rollout=2,
+                  batch_size=8, save_every=1, keep_checkpoints=0)
+    plain = train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "plain", **common))
+    sharded = train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "fsdp", fsdp=True, **common))
+    a, b = weights(plain.model_dir), weights(sharded.model_dir)
+    assert {"value_model/weight", "value_model/bias"} <= a.keys()
+    assert max_abs_diff(a, b) < 1e-12
+    assert float(b["value_model/weight"].abs().max()) > 1e-4  # the head starts at zero
+    for x, y in zip(_lines(tmp_path / "plain"), _lines(tmp_path / "fsdp"), strict=True):
+        assert y["value_loss"] == pytest.approx(x["value_loss"], abs=1e-12)
+    # the run's policies over training: the checkpoints' critic is left out of them
+    from alignlab.training.saved import run_models
+
+    a, b = list(run_models(tmp_path / "plain", dtype="fp64")), list(run_models(tmp_path / "fsdp", dtype="fp64"))
+    assert [x for x, _ in a] == [x for x, _ in b] == ["start", "step-00000001", "step-00000002", "final"]
+    for (label, load_a), (_, load_b) in zip(a[1:], b[1:], strict=True):
+        assert max_abs_diff(load_a().state_dict(), load_b().state_dict()) < 1e-12, label
+
+
+def test_no_sync_keeps_gradients_on_the_process(tiny_model_dir):
+    """Inside ``fsdp.no_sync`` a backward pass leaves the sharded gradients unset (nothing was
+    reduce-scattered: the gradient waits, unsharded, on the process); the next backward pass
+    outside it reduces the sum of both, which is the unsharded model's accumulated gradient."""
+    import copy
+
+    import torch
+
+    from alignlab.models import load_model
+    from alignlab.training import fsdp
+    from alignlab.training.distributed import init_distributed
+
+    dist = init_distributed(group=True)
+    plain = load_model(str(tiny_model_dir), dtype="fp64")
+    model = fsdp.shard(copy.deepcopy(plain), dist, bf16=False)
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, plain.config.vocab_size, (2, 7), generator=gen) for _ in range(2)]
+    for ids in batches:
+        plain(input_ids=ids, labels=ids).loss.backward()
+    with fsdp.no_sync(model):
+        model(input_ids=batches[0], labels=batches[0]).loss.backward()
+    assert all(p.grad is None for p in model.parameters())
+    model(input_ids=batches[1], labels=batches[1]).loss.backward()
+    want = dict(plain.named_parameters())
+    for name, p in model.named_parameters():
+        assert float((p.grad.full_tensor() - want[name].grad).abs().max()) < 1e-12, name
