@@ -163,3 +163,10 @@ def test_deepspeed_start_up_log_stays_off_stdout():
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == "only this\n"
+
+
+def test_resume_across_deepspeed_and_not_is_refused(tmp_path):
+    plain = __import__("torch").nn.Linear(2, 2)
+    zero.check_resume(tmp_path, {"step": 2}, plain)  # written without DeepSpeed, resumed without
+    with pytest.raises(ConfigError, match="written with DeepSpeed ZeRO-3 and this run trains without DeepSpeed"):
+        zero.check_resume(tmp_path, {"step": 2, "deepspeed": 3}, plain)
