@@ -33,7 +33,7 @@ from alignlab.models import (
     load_model,
     load_tokenizer,
 )
-from alignlab.training import fsdp, prepare, zero
+from alignlab.training import fsdp, prepare, zero, zero_config
 from alignlab.training.checkpoint import list_checkpoints
 from alignlab.training.critic import attach_critic
 from alignlab.training.distributed import Dist, init_distributed, sum_over_processes, wrap_model
@@ -298,7 +298,7 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     if cfg.optim.fsdp and cfg.spec.value_model:
         raise ConfigError(f"fsdp: method '{cfg.method}' trains a critic beside the policy, which fsdp does not "
                           "shard yet; train it without fsdp")
-    deepspeed = zero.requested(cfg)  # None, or what DeepSpeed is asked for (training/zero.py)
+    deepspeed = zero_config.requested(cfg)  # None, or what DeepSpeed is asked for (training/zero.py)
     if deepspeed:
         zero.import_deepspeed()  # a missing install is one line, before anything loads
     dist = init_distributed(group=cfg.optim.fsdp or bool(deepspeed))

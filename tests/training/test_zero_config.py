@@ -1,4 +1,4 @@
-"""What a run asks DeepSpeed for, and the config handed to it: presets, a DeepSpeed JSON with
+"""``training/zero_config.py``: what a run asks DeepSpeed for, and the config handed to it: presets, a DeepSpeed JSON with
 "auto" values, what ``accelerate launch`` exports from a DeepSpeed accelerate config, and every
 conflict with the run's own settings refused in one line naming the file and key. No DeepSpeed
 needed, except where a test says so."""
@@ -15,7 +15,7 @@ import pytest
 from alignlab.cli import main
 from alignlab.config import make_config
 from alignlab.errors import ConfigError, UserError
-from alignlab.training import zero
+from alignlab.training import zero, zero_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_KEYS = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_DEEPSPEED_CONFIG_FILE",
@@ -42,8 +42,8 @@ def _json(tmp_path, config: dict) -> str:
 @pytest.mark.parametrize("spec,stage", [("zero2", 2), ("zero3", 3)])
 def test_presets_get_the_runs_batch_and_clipping(spec, stage):
     cfg = _cfg(deepspeed=spec)
-    assert zero.requested(cfg) == spec
-    config = zero.ds_config(spec, cfg, world_size=3, hidden_size=None)
+    assert zero_config.requested(cfg) == spec
+    config = zero_config.ds_config(spec, cfg, world_size=3, hidden_size=None)
     assert config["zero_optimization"] == {"stage": stage}
     assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"],
             config["train_batch_size"], config["gradient_clipping"]) == (4, 2, 24, 0.5)  # 4 × 2 × 3 processes
@@ -57,7 +57,7 @@ def test_json_autos_filled_and_its_own_settings_kept(tmp_path):
                             "zero_optimization": {"stage": 3, "overlap_comm": True, "reduce_bucket_size": "auto",
                                                   "stage3_prefetch_bucket_size": "auto",
                                                   "stage3_param_persistence_threshold": "auto"}})
-    config = zero.ds_config(path, _cfg(deepspeed=path), world_size=2, hidden_size=64)
+    config = zero_config.ds_config(path, _cfg(deepspeed=path), world_size=2, hidden_size=64)
     assert config["train_batch_size"] == 16 and config["gradient_clipping"] == 0.5
     # the sizes accelerate derives from the width: 64², 0.9 × 64², 10 × 64
     assert config["zero_optimization"] == {"stage": 3, "overlap_comm": True, "reduce_bucket_size": 4096,
@@ -82,20 +82,20 @@ def test_json_autos_filled_and_its_own_settings_kept(tmp_path):
 def test_json_conflicts_name_the_file_and_key(tmp_path, content, message):
     path = _json(tmp_path, content)
     with pytest.raises(ConfigError) as e:
-        zero.ds_config(path, _cfg(deepspeed=path), world_size=2, hidden_size=64)
+        zero_config.ds_config(path, _cfg(deepspeed=path), world_size=2, hidden_size=64)
     assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
 
 
 def test_unreadable_json(tmp_path):
     with pytest.raises(ConfigError, match="deepspeed: cannot read '.*nope.json': No such file"):
-        zero.ds_config(str(tmp_path / "nope.json"), _cfg(), 1, None)
+        zero_config.ds_config(str(tmp_path / "nope.json"), _cfg(), 1, None)
     bad = tmp_path / "bad.json"
     bad.write_text("{stage: 2")
     with pytest.raises(ConfigError, match="deepspeed: '.*bad.json' is not valid JSON"):
-        zero.ds_config(str(bad), _cfg(), 1, None)
+        zero_config.ds_config(str(bad), _cfg(), 1, None)
     bad.write_text("[2]")
     with pytest.raises(ConfigError, match="holds no JSON object"):
-        zero.ds_config(str(bad), _cfg(), 1, None)
+        zero_config.ds_config(str(bad), _cfg(), 1, None)
 
 
 def test_config_field_values():
@@ -104,34 +104,34 @@ def test_config_field_values():
     with pytest.raises(ConfigError, match="fsdp: DeepSpeed ZeRO shards the model already"):
         _cfg(deepspeed="zero2", fsdp=True)
     with pytest.raises(ConfigError, match="deepspeed: method 'ppo' trains a critic"):
-        zero.requested(make_config({"method": "ppo", "model": "m", "data": "task:arithmetic", "output_dir": "o",
+        zero_config.requested(make_config({"method": "ppo", "model": "m", "data": "task:arithmetic", "output_dir": "o",
                                     "deepspeed": "zero2", "reward": ["fn:tests.training.online_rewards:digits"]}))
 
 
 def test_accelerate_launch_exports_are_read(monkeypatch, tmp_path):
     """What ``accelerate launch --config_file examples/accelerate/zero3.yaml`` exports (its
     ``deepspeed_config`` as ACCELERATE_* variables) becomes the run's DeepSpeed config."""
-    assert zero.requested(_cfg()) is None
+    assert zero_config.requested(_cfg()) is None
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
-    assert zero.requested(_cfg()) == "accelerate"
-    config = zero.ds_config("accelerate", _cfg(), world_size=2, hidden_size=None)
+    assert zero_config.requested(_cfg()) == "accelerate"
+    config = zero_config.ds_config("accelerate", _cfg(), world_size=2, hidden_size=None)
     assert config["zero_optimization"]["stage"] == 3
     assert (config["train_batch_size"], config["gradient_accumulation_steps"], config["gradient_clipping"]) == (16, 2, 0.5)
     # an accelerate config whose gradient_accumulation_steps is not the run's
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "8")
     with pytest.raises(ConfigError, match="the accelerate config: gradient_accumulation_steps is 8 and the run's grad_accum is 2"):
-        zero.ds_config("accelerate", _cfg(), world_size=2, hidden_size=None)
+        zero_config.ds_config("accelerate", _cfg(), world_size=2, hidden_size=None)
     # or one that points at a DeepSpeed JSON
     monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
     path = _json(tmp_path, {"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": "auto"})
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", path)
-    assert zero.ds_config("accelerate", _cfg(), world_size=1, hidden_size=None)["zero_optimization"]["stage"] == 2
+    assert zero_config.ds_config("accelerate", _cfg(), world_size=1, hidden_size=None)["zero_optimization"]["stage"] == 2
     # asked for twice, or with fsdp
     with pytest.raises(ConfigError, match="asks for 'zero2' and was launched with a DeepSpeed accelerate config"):
-        zero.requested(_cfg(deepspeed="zero2"))
+        zero_config.requested(_cfg(deepspeed="zero2"))
     with pytest.raises(ConfigError, match="fsdp: DeepSpeed ZeRO shards the model already"):
-        zero.requested(_cfg(fsdp=True))
+        zero_config.requested(_cfg(fsdp=True))
 
 
 @pytest.mark.parametrize("yaml_name,stage", [("zero2.yaml", "2"), ("zero3.yaml", "3")])
