@@ -5,6 +5,7 @@ needed, except where a test says so."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -157,7 +158,8 @@ def test_missing_deepspeed_is_one_line(monkeypatch, tmp_path, tiny_model_dir, pa
 
 
 def test_deepspeed_start_up_log_stays_off_stdout():
-    pytest.importorskip("deepspeed")
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("DeepSpeed is not installed")
     code = "from alignlab.training import zero; zero.import_deepspeed(); print('only this')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
