@@ -46,6 +46,8 @@ def head_of(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor] | No
         return None
     if type(head) is not torch.nn.Linear or head.bias is not None or decoder is None:
         return None
+    if hasattr(head.weight, "ds_id"):  # partitioned by DeepSpeed ZeRO-3: whole only inside the head's own forward
+        return None
     return decoder, head.weight
 
 

@@ -368,16 +368,18 @@ def test_demo_flags_set_the_settings(monkeypatch, capsys):
 
     seen = {}
 
-    def fake_run_demo(settings, out, cache_dir, progress, overwrite):
-        seen.update(settings=settings, out=out, progress=progress, overwrite=overwrite)
+    def fake_run_demo(settings, out, cache_dir, progress, overwrite, report_to):
+        seen.update(settings=settings, out=out, progress=progress, overwrite=overwrite, report_to=report_to)
         raise UserError("stop here")
 
     monkeypatch.setattr(demo, "run_demo", fake_run_demo)
     assert main(["demo", "--task", "sentiment", "--method", "rdpo", "--prompts", "7", "--k", "3", "--batch-size",
-                 "4", "--lr", "1e-4", "--param", "epsilon=0.2", "--no-progress", "--overwrite"]) == 2
+                 "4", "--lr", "1e-4", "--param", "epsilon=0.2", "--no-progress", "--overwrite", "--report-to",
+                 "tensorboard", "--reward", "proxy"]) == 2
     s = seen["settings"]
     assert (s.task, s.method, s.num_prompts, s.k, s.batch_size, s.lr) == ("sentiment", "rdpo", 7, 3, 4, 1e-4)
     assert s.method_params == {"epsilon": 0.2} and s.epochs == 3.0
-    assert seen["out"] == "runs/demo-sentiment-rdpo-s0" and seen["progress"] is False and seen["overwrite"] is True
+    assert seen["out"] == "runs/demo-sentiment-rdpo-s0-proxy" and seen["progress"] is False and seen["overwrite"] is True
+    assert seen["report_to"] == ["tensorboard"] and s.reward == "proxy"
     assert main(["demo", "--param", "epsilon"]) == 2
     assert "--param: expected NAME=VALUE, got 'epsilon'" in capsys.readouterr().err

@@ -93,6 +93,9 @@ class OptimConfig:
     fsdp: bool = param(False, "shard parameters, gradients and optimizer state over the processes (FSDP2, one unit "
                               "per decoder layer) instead of a whole copy per process; checkpoints are sharded and "
                               "resume on any number of processes (docs/scaling.md)")
+    deepspeed: str | None = param(None, "hand the model and AdamW to DeepSpeed: zero2, zero3, or a DeepSpeed config file "
+                               "(.json); also set by `accelerate launch` with a DeepSpeed accelerate config "
+                               "(examples/accelerate/, docs/scaling.md)")
 
     def __post_init__(self) -> None:
         self.adam_betas = list(self.adam_betas or [0.9, 0.999])
@@ -110,6 +113,10 @@ class OptimConfig:
         _check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         _check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+        _check(not (self.fsdp and self.deepspeed), "fsdp", "DeepSpeed ZeRO shards the model already; use fsdp or "
+               "deepspeed, not both")
+        _check(self.deepspeed in (None, "zero2", "zero3") or str(self.deepspeed).endswith(".json"), "deepspeed",
+               f"must be zero2, zero3 or a DeepSpeed config file (.json), got '{self.deepspeed}'")
         for name in ("lr", "epochs", "weight_decay", "adam_eps", "warmup_ratio", "max_grad_norm"):
             _check(math.isfinite(getattr(self, name)), name, f"must be a finite number, got {getattr(self, name)}")
 

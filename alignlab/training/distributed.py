@@ -8,6 +8,7 @@ or unwraps the wrapper is here, so the rest of the package never sees ``torch.di
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,10 +101,13 @@ def wrap_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The network inside a ``DistributedDataParallel`` wrapper (the model itself when unwrapped)."""
+    """The network inside a ``DistributedDataParallel`` wrapper or a DeepSpeed engine
+    (``zero.py``; the model itself when unwrapped)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    deepspeed = sys.modules.get("deepspeed")  # imported only when a run asks for it
+    engine = deepspeed is not None and isinstance(model, deepspeed.DeepSpeedEngine)
+    return model.module if engine or isinstance(model, DistributedDataParallel) else model
 
 
 def sum_over_processes(dist: Dist, sums: dict[str, torch.Tensor], extra: dict[str, torch.Tensor] | None = None

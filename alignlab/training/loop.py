@@ -34,7 +34,7 @@ from alignlab.errors import ConfigError, UserError, option
 from alignlab.losses.types import LossOutput
 from alignlab.models import Reference
 from alignlab.training import checkpoint as ckpt
-from alignlab.training import fsdp
+from alignlab.training import fsdp, zero
 from alignlab.training import sharded as sharded_ckpt
 from alignlab.training.distributed import Dist, peer_lost, sum_over_processes, unwrap
 from alignlab.training.forward import Forward
@@ -53,7 +53,7 @@ SPLIT_KEYS = frozenset({"batch_size", "grad_accum"})
 class LoopInputs:
     cfg: Any  # TrainConfig
     dist: Dist
-    model: torch.nn.Module  # the policy being trained, possibly DDP-wrapped
+    model: torch.nn.Module  # the policy being trained, possibly DDP-wrapped or a DeepSpeed engine (zero.py)
     source: StepSource  # each step's micro-batches
     forward: Forward  # batch -> per-example losses
     out_dir: Path
@@ -126,7 +126,8 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
 
 def evaluate_all(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     """The held-out loss and metrics (when there is held-out data) and the extra measurements."""
-    with fsdp.full_params(module):  # each process evaluates its own share: no collective in a forward pass
+    # each process evaluates its own share: no collective in a forward pass
+    with fsdp.full_params(module), zero.full_params(inp.model):
         result = evaluate(inp, module) if inp.eval_examples else {}
         if inp.extra_eval is not None:
             with autocast(inp.cfg, inp.dist):
@@ -157,6 +158,7 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
     if differ:
         raise ConfigError(f"resume: checkpoint {found} was written with a config that differs in "
                           f"{', '.join(differ)}; resume with the same config, or start afresh with {afresh()}")
+    zero.check_resume(found, state, inp.model)
     saved = state.get("data_position", {})
     if then != dist.world_size:
         sharded_ckpt.check_processes(found, saved, then, sharded, inp.cfg, inp.dist, inp.log)
@@ -170,6 +172,8 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
         )
     if sharded:
         sharded_ckpt.load_sharded(found, unwrapped, optimizer, scheduler)
+    elif zero.is_engine(inp.model):
+        zero.load(found, inp.model, scheduler)
     else:
         ckpt.load_checkpoint(found, unwrapped, optimizer, scheduler)
     inp.source.load_state_dict(saved)
@@ -183,7 +187,9 @@ def run_loop(inp: LoopInputs) -> LoopResult:
     cfg, dist, model = inp.cfg, inp.dist, inp.model
     unwrapped = unwrap(model)
     steps = inp.source.total_steps
-    optimizer = make_optimizer(unwrapped, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.adam_betas, cfg.optim.adam_eps)
+    # A DeepSpeed engine drives the run's AdamW, made before the engine (run.py)
+    optimizer = model.client_optimizer if zero.is_engine(model) else make_optimizer(
+        unwrapped, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.adam_betas, cfg.optim.adam_eps)
     scheduler = make_scheduler(optimizer, steps, cfg.optim.warmup_steps, cfg.optim.warmup_ratio, cfg.optim.scheduler)
     trainable = [p for p in unwrapped.parameters() if p.requires_grad]
     if dist.is_main:
@@ -250,12 +256,14 @@ def _gradients(inp: LoopInputs, micro: list[Batch]) -> tuple[float, dict, dict]:
     loss_sum = torch.zeros((), dtype=torch.float64)
     tokens = slots = 0
     for m, batch in enumerate(micro):
-        sync = m == len(micro) - 1 or dist.world_size == 1
-        ctx = fsdp.no_sync(model) if not sync else contextlib.nullcontext()  # DDP's or FSDP's
+        last = m == len(micro) - 1
+        sync = last or dist.world_size == 1
+        # DDP's or FSDP's; a DeepSpeed engine keeps its own accumulation boundary (training/zero.py)
+        ctx = fsdp.no_sync(model) if not sync and not zero.is_engine(model) else contextlib.nullcontext()
         with ctx:
             with autocast(cfg, dist):
                 out = forward(model, batch)
-            (out.losses.sum() * scale).backward()
+            zero.backward(model, out.losses.sum() * scale, last)
         loss_sum += out.losses.detach().double().sum().cpu()
         tokens += batch.num_tokens
         slots += batch.attention_mask_BT.numel()
@@ -272,6 +280,7 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
     checkpoint is written and ``Interrupted`` raised)."""
     cfg, dist, forward = inp.cfg, inp.dist, inp.forward
     unwrapped = unwrap(inp.model)
+    engine = inp.model if zero.is_engine(inp.model) else None
     steps = result.steps
     has_eval = bool(inp.eval_examples) or inp.extra_eval is not None
     for step in range(start_step, steps):
@@ -285,15 +294,19 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
             batch, fault = None, exc
         if batch is not None:
             loss, tot, stats = _gradients(inp, batch.micro)
-            max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
-            grad_norm = fsdp.grad_norm(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+            if engine is not None:  # DeepSpeed clips and steps in one call; a non-finite gradient it skips
+                grad_norm = zero.step(engine)
+            else:
+                max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
+                grad_norm = fsdp.grad_norm(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
         else:
             loss = grad_norm = float("nan")  # skipped below, like a step whose loss is not finite
         done = step + 1
         lr = scheduler.get_last_lr()[0]
         position = inp.source.position(done)
         if math.isfinite(loss) and math.isfinite(grad_norm):
-            optimizer.step()
+            if engine is None:
+                optimizer.step()
             if forward.stateful:
                 forward.after_step(sum_over_processes(dist, stats))
             elapsed = time.perf_counter() - t0
@@ -383,6 +396,8 @@ def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int, skipped_st
              "skipped_steps": skipped_steps, "world_size": dist.world_size}
     if fsdp.is_sharded(unwrapped):  # every process writes its shards
         sharded_ckpt.save_sharded(root, step, unwrapped, optimizer, scheduler, extra, dist)
+    elif zero.is_engine(inp.model):  # every process writes its partitions, through the engine
+        zero.save(root, step, inp.model, scheduler, extra, dist)
     elif dist.is_main:
         ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler, extra)
     if dist.is_main:

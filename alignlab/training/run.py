@@ -33,13 +33,14 @@ from alignlab.models import (
     load_model,
     load_tokenizer,
 )
-from alignlab.training import fsdp, prepare
+from alignlab.training import fsdp, prepare, zero, zero_config
 from alignlab.training.checkpoint import list_checkpoints
 from alignlab.training.critic import attach_critic
 from alignlab.training.distributed import Dist, init_distributed, sum_over_processes, wrap_model
 from alignlab.training.kinds import model_kind
 from alignlab.training.loop import SPLIT_KEYS, LoopInputs, afresh, autocast, run_loop
 from alignlab.training.online_run import online_source
+from alignlab.training.optim import make_optimizer
 from alignlab.training.reference_cache import attach_reference, cache_key
 from alignlab.training.sinks import TENSORBOARD_FOLDER
 from alignlab.training.source import OfflineSource
@@ -294,7 +295,10 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
         raise ConfigError("rounds: a run of rounds goes through alignlab.train (or `alignlab iterate`), which "
                           "trains each round with this function")
     kind = model_kind(cfg)  # a policy, or a reward model (a backbone with a fresh head)
-    dist = init_distributed(group=cfg.optim.fsdp)
+    deepspeed = zero_config.requested(cfg)  # None, or what DeepSpeed is asked for (training/zero.py)
+    if deepspeed:
+        zero.import_deepspeed()  # a missing install is one line, before anything loads
+    dist = init_distributed(group=cfg.optim.fsdp or bool(deepspeed))
     out = Path(cfg.output_dir)
     _check_output_dir(cfg, out)
     torch.manual_seed(cfg.seed)
@@ -348,6 +352,14 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
         model = fsdp.shard(policy, dist, bf16=cfg.dtype == "bf16")
         if online:  # a round samples from the policy and runs it outside the training step
             source = fsdp.GatheredSource(source, model)
+    elif deepspeed:
+        optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.adam_betas, cfg.optim.adam_eps)
+        skeleton = fsdp.meta_copy(policy)  # ZeRO-3 partitions the policy's weights: the final ones are gathered here
+        model = zero.initialize(policy, optimizer, deepspeed, cfg, dist)
+        if zero.stage_of(model) == 2:
+            skeleton = None  # ZeRO-2 keeps whole weights in the policy
+        elif online:
+            source = zero.GatheredSource(source, model)
     else:
         model = wrap_model(policy, dist)
     _claim_output_dir(cfg, out, dist)
@@ -373,7 +385,10 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     ))
 
     model_dir = out / "model"
-    final = fsdp.export(model, skeleton, dist) if skeleton is not None else policy
+    if deepspeed:
+        final = zero.export(policy, skeleton, dist)
+    else:
+        final = fsdp.export(model, skeleton, dist) if skeleton is not None else policy
     if dist.is_main:
         if cfg.dtype == "bf16":
             final.to(torch.bfloat16)  # training is over: save in the compute dtype
