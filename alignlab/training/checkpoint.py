@@ -74,6 +74,28 @@ def step_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
+def seal(tmp: Path, final: Path, step: int) -> None:
+    """Finish the checkpoint written into ``tmp``: fsync every file, write ``manifest.json`` (the
+    sha256 of every file, by its path under ``tmp``) last, fsync the directories, then rename
+    ``tmp`` to ``final`` (replacing an older one of that step). Every writer of checkpoints
+    (this module, ``sharded.py``, ``zero.py``) ends with it, so all give the same guarantees."""
+    files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    for name in files:
+        with (tmp / name).open("rb") as f:
+            os.fsync(f.fileno())
+    manifest = {"step": step, "sha256": {name: sha256_file(tmp / name) for name in files}}
+    with (tmp / "manifest.json").open("w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    for folder in sorted({(tmp / name).parent for name in files} | {tmp}, key=lambda d: -len(d.parts)):
+        _fsync_dir(folder)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, extra: dict[str, Any]) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically and return its directory."""
     root.mkdir(parents=True, exist_ok=True)
@@ -86,20 +108,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, extra: d
         save_file(rng_tensors(), tmp / "rng.safetensors")
         state = {"step": step, "param_groups": groups, "scheduler": scheduler.state_dict(), **extra}
         (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
-        files = sorted(p.name for p in tmp.iterdir())
-        for name in files:
-            with (tmp / name).open("rb") as f:
-                os.fsync(f.fileno())
-        manifest = {"step": step, "sha256": {name: sha256_file(tmp / name) for name in files}}
-        with (tmp / "manifest.json").open("w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        seal(tmp, final, step)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

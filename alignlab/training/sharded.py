@@ -20,7 +20,6 @@ group (``training/saved.py``: a run's models over training).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alignlab.errors import ConfigError, option
-from alignlab.training.checkpoint import _fsync_dir, read_state, rng_tensors, set_rng, sha256_file, step_name
+from alignlab.training.checkpoint import read_state, rng_tensors, seal, set_rng, step_name
 from alignlab.training.distributed import Dist
 
 SHARDS = "shards"
@@ -67,21 +66,7 @@ def save_sharded(root: Path, step: int, model, optimizer, scheduler, extra: dict
             state = {"step": step, "param_groups": osd["param_groups"], "scheduler": scheduler.state_dict(),
                      "sharded": True, **extra}
             (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
-            files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-            for name in files:
-                with (tmp / name).open("rb") as fh:
-                    os.fsync(fh.fileno())
-            manifest = {"step": step, "sha256": {name: sha256_file(tmp / name) for name in files}}
-            with (tmp / "manifest.json").open("w") as fh:
-                json.dump(manifest, fh, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _fsync_dir(tmp / SHARDS)
-            _fsync_dir(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(root)
+            seal(tmp, final, step)
         dist.barrier()
     except BaseException:
         if dist.is_main:

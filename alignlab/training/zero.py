@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from alignlab.errors import ConfigError, UserError
-from alignlab.training.checkpoint import _fsync_dir, read_state, rng_tensors, set_rng, sha256_file, step_name
+from alignlab.training.checkpoint import read_state, rng_tensors, seal, set_rng, step_name
 from alignlab.training.distributed import Dist
 from alignlab.training.zero_config import ds_config
 
@@ -192,17 +192,7 @@ def save(root: Path, step: int, engine, scheduler, extra: dict[str, Any], dist: 
             save_file(rng_tensors(), tmp / "rng.safetensors")
             state = {"step": step, "deepspeed": stage_of(engine), "scheduler": scheduler.state_dict(), **extra}
             (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
-            files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-            for name in files:
-                with (tmp / name).open("rb") as f:
-                    os.fsync(f.fileno())
-            manifest = {"step": step, "sha256": {name: sha256_file(tmp / name) for name in files}}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-            _fsync_dir(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(root)
+            seal(tmp, final, step)
     except BaseException:
         if dist.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
