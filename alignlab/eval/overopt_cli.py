@@ -189,5 +189,7 @@ def format_overopt(report: dict[str, Any]) -> str:
         if fit:
             lines.append(f"fit {key} - {key}(0) = d(alpha - beta log d), d = sqrt(KL): alpha {fit['alpha']:.3f}, "
                          f"beta {fit['beta']:.3f} (rmse {fit['rmse']:.3f} over {fit['points']} points)")
+    for name, why in (report.get("left_out") or {}).items():
+        lines.append(f"left out {name}: {why}")
     lines.append(f"report: {report['out']}" + (f"; plot: {report['plot']}" if report["plot"] else ""))
     return "\n".join(lines)

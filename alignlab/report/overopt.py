@@ -107,7 +107,8 @@ def overopt_section(root: Path, images: Path):
                   f"From {REPORT_NAME} (`alignlab eval overopt`): {report['n']} answers per prompt on "
                   f"{report['prompts']}, KL to the starting model, proxy {report['proxy_scorer']}, gold "
                   f"{report['gold_scorer']}; means over the answers"
-                  + (", [95% bootstrap interval over the prompts]." if report.get("bootstrap") else "."))
+                  + (", [95% bootstrap interval over the prompts]." if report.get("bootstrap") else ".")
+                  + "".join(f" Left out {name}: {why}." for name, why in (report.get("left_out") or {}).items()))
     return Section("Over-optimisation", [
         Figure(figure, "Proxy and gold reward against √KL",
                "Over-optimisation shows as the proxy rising while gold falls as the model moves away from its start "

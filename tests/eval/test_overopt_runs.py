@@ -58,12 +58,20 @@ def test_an_online_run_is_measured_against_its_own_reward(tiny_model_dir, tmp_pa
     assert report["proxy_scorer"] == "task:arithmetic:gold"
     assert [r["model"] for r in report["rows"]] == ["start", "final"] and report["rows"][0]["prompts"] == 3
     assert all(r["proxy"] == r["gold"] for r in report["rows"])
+    assert report["left_out"] == {}
+    damaged = run / "checkpoints" / "step-00000001"  # its manifest names a file it lacks: left out, and said so
+    damaged.mkdir(parents=True)
+    (damaged / "manifest.json").write_text(json.dumps({"step": 1, "sha256": {"trainable.safetensors": "0" * 64}}))
     (run / "run.yaml").write_text(yaml.safe_dump({
         "model": str(tiny_model_dir), "method": "grpo", "data": "task:arithmetic",
         "rollout": {"reward": ["task:arithmetic:gold", "length:coef=1,unit=chars"], "reward_weights": [2.0, 0.5]}}))
     assert main(["eval", "overopt", *common, "--task", "arithmetic", "--limit", "3"]) == 0
     report = json.loads((run / "overopt.json").read_text())
     assert report["proxy_scorer"].startswith("2*") and " + 0.5*" in report["proxy_scorer"]
+    assert report["left_out"] == {"step-00000001": "trainable.safetensors is missing"}
+    assert [r["model"] for r in report["rows"]] == ["start", "final"]
+    assert main(["report", str(run)]) == 0
+    assert "Left out step-00000001: trainable.safetensors is missing." in (run / "report.md").read_text()
 
 
 def test_a_reward_model_run_is_refused_before_anything_is_drawn(tiny_model_dir, tmp_path):
