@@ -551,6 +551,11 @@ def cmd_overopt(tokens: list[str]) -> int:
 
     args = overopt_parser().parse_args(tokens)
     report = run_overopt(args, run_config(args.run), lambda: saved_models(args.run))
+    from alignlab.training.checkpoint import list_checkpoints, verify
+
+    # the checkpoints run_models left out (damaged, unfinished), kept in the report for whoever reads it later
+    report["left_out"] = {c.name: why for c in reversed(list_checkpoints(Path(args.run) / "checkpoints"))
+                          if (why := verify(c)) is not None}
     write_report(report["out"], report)
     if report["plot"]:
         from alignlab.report.overopt import overopt_figure

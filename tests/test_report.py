@@ -277,6 +277,16 @@ def test_a_comparison_file_that_is_not_json_is_one_line_naming_it(tmp_path, caps
     ("run.yaml", "method: [dpo", "run.yaml: not valid YAML"),
     ("run.yaml", "- dpo", "run.yaml: expected a mapping of config keys, got list"),
     ("summary.json", "not json", "summary.json: cannot read it as JSON"),
+    # only the last line of metrics.jsonl may be cut short (a run still writing it); an earlier one is damage
+    ("metrics.jsonl", 'xx{\n{"step": 1, "loss": 0.7}\n', "metrics.jsonl, line 1: not a JSON object"),
+    ("metrics.jsonl", '{"step": 1}\n[1]\n{"step": 2}\n', "metrics.jsonl, line 2: expected a JSON object, got list"),
+    ("metrics.jsonl", '{"step": "one", "loss": 0.7}\n', "metrics.jsonl, line 1, field 'step': expected a number"),
+    ("overopt.json", "[1]", "overopt.json: expected a JSON object, got list"),
+    ("overopt.json", '{"rows": []}', "overopt.json: no 'n'"),
+    ("overopt.json", json.dumps({"n": 2, "prompts": "p", "proxy_scorer": "a", "gold_scorer": "b", "rows": [
+        {"model": "start", "step": 0, "kl": 0.0, "sqrt_kl": 0.0, "proxy": 1.0, "gold": 0.5},
+        {"model": "step-1", "step": 1, "kl": 0.2, "sqrt_kl": 0.4, "proxy": "1.1", "gold": 0.4}]}),
+     "overopt.json: row 2, field 'proxy': expected a finite number, got '1.1'"),
 ])
 def test_a_run_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, capsys, name, text, message):
     run = tmp_path / "run"
@@ -287,3 +297,15 @@ def test_a_run_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, capsys, 
     assert cli.main(["report", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "delete the cell" not in err, err
+
+
+def test_a_run_still_writing_its_metrics_is_reported(tmp_path, capsys):
+    """A last line cut short is skipped (the run is writing it); a metric that is no number (a
+    list) is left out of the curves rather than stopping the report."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.yaml").write_text("method: dpo\nseed: 0\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.7, "odd": [1, 2]}\n{"step": 2, "loss": 0.6}\n{"step": 3, "lo')
+    assert cli.main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    assert "running or interrupted; 2 optimizer steps; 2 records in metrics.jsonl" in md

@@ -38,6 +38,8 @@ def _add_drawing(parser: argparse.ArgumentParser, n: int) -> None:
                                                      f"{', '.join(task_names())}")
     parser.add_argument("--prompts", default=None, help="draw answers to the prompts of this data file (any shape "
                                                         "with a prompt) instead")
+    parser.add_argument("--prompt-column", default=None, help="with --prompts: the column that holds the prompt "
+                                                              "(default prompt)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     parser.add_argument("-n", "--n", type=int, default=n, help=f"answers drawn per prompt (default {n})")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="most tokens per answer (default: the "
@@ -74,7 +76,9 @@ def _prompt_records(args: argparse.Namespace, what: str) -> list:
         raise UserError(f"{what}: give the prompts to answer with one of --task or --prompts, "
                         + ("not both" if args.task else "got neither"))
     if args.prompts is not None:
-        return load_prompts(args.prompts, limit=args.limit)
+        return load_prompts(args.prompts, prompt_column=args.prompt_column, limit=args.limit)
+    if args.prompt_column is not None:
+        raise UserError("--prompt-column names a column of --prompts; a task's prompts have none")
     from alignlab.tasks import get_task
 
     texts = get_task(args.task).eval_prompts()[:args.limit]

@@ -25,6 +25,7 @@ import math
 import random
 from collections.abc import Sequence
 
+from alignlab.errors import UserError
 from alignlab.eval.answers import draw_answer_rows
 from alignlab.eval.health import kl_terms
 
@@ -102,6 +103,11 @@ def measure(model, reference, generator, prompts: Sequence, n: int, params, prox
     asked = [r.scorer_prompt for r in rows for _ in r.samples]
     texts = [s.text for s in samples]
     scores = [[float(v) for v in scorer.score(asked, texts)] for scorer in (proxy, gold)]
+    for scorer, values in zip((proxy, gold), scores, strict=True):
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise UserError(f"scorer {scorer.name}: returned {values[bad]} for answer {bad + 1} ({texts[bad][:40]!r}), "
+                            "not a finite number; a reward that cannot score every answer cannot be averaged")
     if model is reference:
         terms = [0.0] * len(samples)
     else:

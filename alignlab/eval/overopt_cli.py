@@ -6,7 +6,8 @@
 For the run's starting model (step 0, the reference of the KL) and each checkpoint it kept (train
 with ``--save-every N --keep-checkpoints 0`` to keep them all), then its final model when no
 checkpoint holds the last step: draw n answers per prompt, score them with the proxy and the gold
-scorer and estimate KL(model ‖ start) from the answers' log-probs (``eval/overopt.py``). Writes
+scorer and estimate KL(model ‖ start) from the answers' log-probs (``eval/overopt.py``). The proxy
+is by default the reward the run optimised, where run.yaml names it (``_run_reward``). Writes
 the report as JSON (by default ``RUN_DIR/overopt.json``, where ``alignlab report RUN_DIR`` finds it)
 and prints a table: step, KL, √KL, proxy, gold.
 """
@@ -45,7 +46,9 @@ def overopt_parser() -> argparse.ArgumentParser:
                "the run's task (its `task`, or `data: task:NAME`). Without --out the report goes to RUN/"
                f"{REPORT_NAME}, where `alignlab report RUN` finds it.")
     parser.add_argument("--run", required=True, help="a training run's output_dir (run.yaml, checkpoints/)")
-    parser.add_argument("--proxy", default=None, help="the scorer that was optimised (default task:TASK:proxy)")
+    parser.add_argument("--proxy", default=None, help="the scorer that was optimised (default: the run's own reward, "
+                                                      "for a run that names one (an online run without one: its "
+                                                      "task's gold reward), else task:TASK:proxy)")
     parser.add_argument("--gold", default=None, help="the scorer that measures what was wanted (default task:TASK, "
                                                      "the task's gold reward)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the prompts for the "
@@ -61,6 +64,44 @@ def _run_task(config: dict) -> str | None:
         return str(config["task"])
     data = str(config.get("data") or "")
     return data.split(":")[1] if data.startswith("task:") and data.count(":") >= 1 else None
+
+
+def _run_reward(config: dict) -> tuple[list[str], list[float] | None] | None:
+    """The reward a run optimised, as it names it (its ``reward`` specs and ``reward_weights``; an
+    online method's default, the gold reward of its ``data: task:NAME``), else None (an offline
+    run on a data file: its labels' reward is not recorded)."""
+    from alignlab.losses.registry import UnknownLossError, get_loss
+
+    rollout = config.get("rollout") if isinstance(config.get("rollout"), dict) else config
+    specs = rollout.get("reward") or []
+    if isinstance(specs, str):
+        specs = [specs]
+    if specs and all(isinstance(s, str) and "{" not in s for s in specs):  # {policy}: a round's, not loadable here
+        return [str(s) for s in specs], rollout.get("reward_weights")
+    try:
+        online = get_loss(str(config.get("method"))).shape == "online"
+    except UnknownLossError:
+        online = False
+    data = str(config.get("data") or "")
+    return ([f"task:{data.split(':')[1]}:gold"], None) if online and data.startswith("task:") else None
+
+
+def _proxy_of_run(config: dict):
+    """(label, scorer) of the run's own reward (``_run_reward``), or None."""
+    from alignlab.rewards.combine import WeightedSum
+
+    reward = _run_reward(config)
+    if reward is None:
+        return None
+    specs, weights = reward
+    weights = list(weights) if weights else [1.0] * len(specs)
+    if len(weights) != len(specs):
+        raise UserError(f"{PROG}: run.yaml names {len(specs)} rewards and {len(weights)} reward_weights; give --proxy")
+    if len(specs) == 1 and weights[0] == 1.0:
+        return specs[0], _scorer(specs[0], "--proxy (the run's reward)")
+    scorer = WeightedSum([(w, _scorer(spec, "--proxy (the run's reward)")) for w, spec in zip(weights, specs,
+                                                                                            strict=True)])
+    return scorer.name, scorer
 
 
 def run_overopt(args: argparse.Namespace, config: dict, saved: Callable[[], list]) -> dict[str, Any]:
@@ -83,10 +124,16 @@ def run_overopt(args: argparse.Namespace, config: dict, saved: Callable[[], list
 
     if args.task is not None and args.task not in task_names():
         raise UserError(f"{PROG}: --task {args.task}: not a testbed task ({', '.join(task_names())})")
-    if (args.proxy is None or args.gold is None) and args.task is None:
-        raise UserError(f"{PROG}: with --prompts there is no task to take the scorers from; give --proxy and --gold")
-    specs = {"proxy": args.proxy or f"task:{args.task}:proxy", "gold": args.gold or f"task:{args.task}"}
+    own = _proxy_of_run(config) if args.proxy is None else None
+    if ((args.proxy is None and own is None) or args.gold is None) and args.task is None:
+        raise UserError(f"{PROG}: with --prompts there is no task to take the scorers from; give "
+                        + ("--gold" if own is not None or args.proxy is not None else "--proxy and --gold"))
+    specs = {"gold": args.gold or f"task:{args.task}"}
+    if own is None:
+        specs["proxy"] = args.proxy or f"task:{args.task}:proxy"
     scorers = {k: _scorer(spec, f"--{k}") for k, spec in specs.items()}
+    if own is not None:
+        specs["proxy"], scorers["proxy"] = own
     models = saved()
     if len(models) < 2:
         raise UserError(f"{PROG}: --run {args.run} has no checkpoint and no final model, only its start (train with "
@@ -142,5 +189,7 @@ def format_overopt(report: dict[str, Any]) -> str:
         if fit:
             lines.append(f"fit {key} - {key}(0) = d(alpha - beta log d), d = sqrt(KL): alpha {fit['alpha']:.3f}, "
                          f"beta {fit['beta']:.3f} (rmse {fit['rmse']:.3f} over {fit['points']} points)")
+    for name, why in (report.get("left_out") or {}).items():
+        lines.append(f"left out {name}: {why}")
     lines.append(f"report: {report['out']}" + (f"; plot: {report['plot']}" if report["plot"] else ""))
     return "\n".join(lines)

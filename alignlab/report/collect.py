@@ -10,6 +10,7 @@ cell's folder: ``result.json`` (finished), ``failed.json`` (failed: return code 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,16 +88,48 @@ def read_yaml_config(path: Path) -> dict[str, Any]:
     return value
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The complete JSON objects of a JSON-lines file (a line cut short by a killed process is skipped)."""
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, JSON object) of each line of a JSON-lines file (see ``read_jsonl``)."""
+    from alignlab.errors import UserError
+
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except ValueError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
+            if number == len(lines):
+                continue
+            raise UserError(f"{path}, line {number}: not a JSON object (a damaged file? only its last line may be "
+                            "cut short)") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+        yield number, record
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file. Its last line may be cut short (a process killed, or
+    still writing it) and is then skipped; any other line that is no JSON object is a one-line
+    error naming the file and the line."""
+    return [record for _, record in _records(path)]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """A metrics.jsonl's records (``read_jsonl``) with their numbers (a metric that is none, such
+    as text, is left out: there is nothing to plot); a record's ``step``, when it has one, must be
+    a number."""
+    from alignlab.errors import UserError
+
+    out = []
+    for number, record in _records(path):
+        if "step" in record and not _number(record["step"]):
+            raise UserError(f"{path}, line {number}, field 'step': expected a number, got {record['step']!r}")
+        out.append({k: v for k, v in record.items() if v is None or _number(v)})
     return out
 
 
@@ -104,11 +137,11 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
     """A training run's metrics.jsonl records; for rounds (``round-N/train/``), every round's in
     turn, each round's steps after the previous rounds'."""
     if (run_dir / "metrics.jsonl").exists():
-        return read_jsonl(run_dir / "metrics.jsonl")
+        return read_metrics(run_dir / "metrics.jsonl")
     rounds = sorted(run_dir.glob("round-*/train"), key=lambda p: int(p.parent.name.split("-")[1]))
     history, offset = [], 0
     for folder in rounds:
-        rows = read_jsonl(folder / "metrics.jsonl")
+        rows = read_metrics(folder / "metrics.jsonl")
         history += [{**row, "step": row.get("step", 0) + offset} for row in rows]
         offset += max((row.get("step", 0) for row in rows), default=0)
     return history

@@ -63,6 +63,33 @@ def _cell(row: dict, key: str) -> str:
     return text
 
 
+HINT = "; write it again with `alignlab eval overopt --run RUN_DIR`"
+NUMBERS = ("kl", "sqrt_kl", "proxy", "gold")
+
+
+def check_report(report: dict[str, Any], source: Path) -> list[dict]:
+    """The rows of an overopt.json that ``alignlab eval overopt`` could have written; anything else
+    (a hand edit, another program's file) is one error line naming the row and field."""
+    from alignlab.errors import UserError
+
+    for key in ("n", "prompts", "proxy_scorer", "gold_scorer"):
+        if key not in report:
+            raise UserError(f"{source}: no '{key}'{HINT}")
+    rows = report.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"{source}: 'rows' must be a non-empty list of the models' rows{HINT}")
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise UserError(f"{source}: row {i}: expected an object, got {type(row).__name__}{HINT}")
+        fields = [(k, row.get(k)) for k in NUMBERS] + [(k, row[k]) for k in row if k.endswith(("_low", "_high"))]
+        for key, value in fields:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"{source}: row {i}, field '{key}': expected a finite number, got {value!r}{HINT}")
+        if not isinstance(row.get("model"), str) or not (row.get("step") is None or type(row["step"]) is int):
+            raise UserError(f"{source}: row {i}: needs 'model' (a name) and 'step' (an integer or null){HINT}")
+    return rows
+
+
 def overopt_section(root: Path, images: Path):
     """The report's "Over-optimisation" section when ``root`` holds ``overopt.json``, else None."""
     from alignlab.report.collect import read_json
@@ -71,10 +98,8 @@ def overopt_section(root: Path, images: Path):
     source = root / REPORT_NAME
     if not source.is_file():
         return None
-    report = read_json(source, "; write it again with `alignlab eval overopt --run RUN_DIR`")
-    rows = report.get("rows") or []
-    if not rows:
-        return None
+    report = read_json(source, HINT)
+    rows = check_report(report, source)
     figure = overopt_figure(report, images / "overopt.png")
     table = Table(["model", "step", "KL", "√KL", "proxy", "gold"],
                   [[r["model"], "–" if r["step"] is None else str(r["step"]), _cell(r, "kl"), _cell(r, "sqrt_kl"),
@@ -82,7 +107,8 @@ def overopt_section(root: Path, images: Path):
                   f"From {REPORT_NAME} (`alignlab eval overopt`): {report['n']} answers per prompt on "
                   f"{report['prompts']}, KL to the starting model, proxy {report['proxy_scorer']}, gold "
                   f"{report['gold_scorer']}; means over the answers"
-                  + (", [95% bootstrap interval over the prompts]." if report.get("bootstrap") else "."))
+                  + (", [95% bootstrap interval over the prompts]." if report.get("bootstrap") else ".")
+                  + "".join(f" Left out {name}: {why}." for name, why in (report.get("left_out") or {}).items()))
     return Section("Over-optimisation", [
         Figure(figure, "Proxy and gold reward against √KL",
                "Over-optimisation shows as the proxy rising while gold falls as the model moves away from its start "

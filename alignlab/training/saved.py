@@ -35,12 +35,14 @@ def run_models(run: str | Path, dtype: str = "fp32") -> Iterator[tuple[str, Call
     passes its checksums (a damaged one is reported on stderr and left out), and ``final`` (the
     saved model/) when there is one. A checkpoint holds only the trainable parameters (one file,
     or a sharded run's shards): they are loaded into the starting model (with the run's LoRA
-    adapter, for a LoRA run). A PPO critic's parameters (``value_model.*``) are not the policy's
-    and are left out."""
+    adapter, for a LoRA run, then merged into it). A PPO critic's parameters (``value_model.*``)
+    are not the policy's and are left out. A reward-model run has no policy to follow: one error
+    line."""
     import sys
 
     from safetensors.torch import load_file
 
+    from alignlab.losses.registry import UnknownLossError, get_loss
     from alignlab.models import LoraSettings, add_lora, load_model
     from alignlab.training.checkpoint import list_checkpoints, verify
     from alignlab.training.critic import ATTR as CRITIC
@@ -48,6 +50,14 @@ def run_models(run: str | Path, dtype: str = "fp32") -> Iterator[tuple[str, Call
 
     root = Path(run)
     config = run_config(root)
+    try:
+        spec = get_loss(str(config.get("method")))
+    except UnknownLossError:
+        spec = None  # run.yaml's own method is checked by the training that wrote it
+    if spec is not None and spec.model == "reward":
+        raise UserError(f"--run {run}: a reward-model run (method {spec.name}); its checkpoints score answers and "
+                        "write none, so there is no policy to follow over training (give a policy's run; its reward "
+                        "model can be a scorer, rm:DIR)")
     base = str(config["model"])
     adapter = config.get("adapter") or {}
     trust = bool(config.get("trust_remote_code", False))
@@ -74,7 +84,9 @@ def run_models(run: str | Path, dtype: str = "fp32") -> Iterator[tuple[str, Call
             with torch.no_grad():
                 for name, value in weights.items():
                     params[name].copy_(value)
-            return model
+            # the adapter merged in: a plain model, as the final model/ loads, which every
+            # generation backend runs (the same sampler, hence the same seeds, for all of a run's models)
+            return model.merge_and_unload() if adapter.get("lora") else model
         return load
 
     yield "start", start
