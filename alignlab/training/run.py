@@ -366,11 +366,16 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
 
     if not online:
         source = OfflineSource(cfg, dist, train_examples, to_device, lengths)
-    result = run_loop(LoopInputs(
-        cfg=cfg, dist=dist, model=model, source=source,
-        forward=forward, out_dir=out, eval_examples=eval_examples, collate=to_device,
-        reference=reference, extra_eval=extra_eval, log=partial(_log, dist),
-    ))
+    try:
+        result = run_loop(LoopInputs(
+            cfg=cfg, dist=dist, model=model, source=source,
+            forward=forward, out_dir=out, eval_examples=eval_examples, collate=to_device,
+            reference=reference, extra_eval=extra_eval, log=partial(_log, dist),
+        ))
+    finally:  # the run's Ray workers (and a local cluster it started) end with it, however it ends
+        close = getattr(getattr(source, "generator", None), "close", None)
+        if close is not None:
+            close()
 
     model_dir = out / "model"
     final = fsdp.export(model, skeleton, dist) if skeleton is not None else policy
