@@ -126,7 +126,8 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
 
 def evaluate_all(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     """The held-out loss and metrics (when there is held-out data) and the extra measurements."""
-    with fsdp.full_params(module):  # each process evaluates its own share: no collective in a forward pass
+    # each process evaluates its own share: no collective in a forward pass (the reference's too)
+    with fsdp.full_params(module, inp.reference.own if inp.reference is not None else None):
         result = evaluate(inp, module) if inp.eval_examples else {}
         if inp.extra_eval is not None:
             with autocast(inp.cfg, inp.dist):

@@ -346,8 +346,11 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     if cfg.optim.fsdp:
         skeleton = fsdp.meta_copy(policy)  # the plain module the final weights are saved from
         model = fsdp.shard(policy, dist, bf16=cfg.dtype == "bf16")
+        frozen = reference.own if reference is not None else None  # a KL term's, the task evaluation's
+        if frozen is not None:
+            fsdp.shard(frozen, dist, bf16=cfg.dtype == "bf16")
         if online:  # a round samples from the policy and runs it outside the training step
-            source = fsdp.GatheredSource(source, model)
+            source = fsdp.GatheredSource(source, model, frozen)
     else:
         model = wrap_model(policy, dist)
     _claim_output_dir(cfg, out, dist)
