@@ -104,6 +104,17 @@ def _check_shared(tmp: Path, dist: Dist) -> None:
                           "(a shared or network file system)")
 
 
+def same_newest(found: Path | None, root: Path, dist: Dist) -> None:
+    """Every process must resume from the checkpoint the first one found: a process that finds
+    another (or none) sees another file system under output_dir."""
+    names = dist.gather(None if found is None else found.name)
+    if len(set(names)) > 1:
+        seen = ", ".join(f"process {r}: {n or 'none'}" for r, n in enumerate(names))
+        raise ConfigError(f"resume: the processes find different newest checkpoints in {root} ({seen}); output_dir "
+                          "must be on a file system that every machine of the run sees (a shared or network file "
+                          "system)")
+
+
 def load_sharded(ckpt: Path, model, optimizer, scheduler) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and RNG from a sharded ``ckpt`` into the sharded
     ``model`` (on any number of processes; every process takes part); returns its state.json."""
