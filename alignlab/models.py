@@ -285,6 +285,11 @@ class Reference:
         else:
             self._copy = None if is_lora(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
 
+    @property
+    def own(self) -> torch.nn.Module | None:
+        """The reference's module of its own (a copy or a loaded model); None with LoRA."""
+        return self._copy
+
     @contextlib.contextmanager
     def model(self, policy_unwrapped: torch.nn.Module | None = None) -> Iterator[torch.nn.Module]:
         """Yield the module to run for reference log-probs or samples (under no_grad)."""

@@ -238,10 +238,18 @@ class RolloutConfig:
         _check(self.generation_backend != "ray" or find_spec("ray") is not None, "generation_backend",
                "ray needs Ray, which is not installed; install the extra: pip install 'alignlab[ray]' (from a "
                "checkout: pip install -e '.[ray]')")
+        _check(self.ray_address is None or _ray_address(str(self.ray_address)), "ray_address",
+               f"must be host:port, ray://host:port or auto, got '{self.ray_address}'")
         _check(self.generation_batch_size >= 1, "generation_batch_size", f"must be >= 1, got {self.generation_batch_size}")
         _check(self.updates_per_rollout >= 1, "updates_per_rollout", f"must be >= 1, got {self.updates_per_rollout}")
         _check(self.reward_weights is None or len(self.reward_weights) == len(self.reward), "reward_weights",
                f"give one weight per reward ({len(self.reward)}), got {self.reward_weights}")
+
+
+def _ray_address(address: str) -> bool:
+    """``host:port``, ``ray://host:port`` or ``auto``."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return address == "auto" or (bool(host) and port.isdigit())
 
 
 ROUND_RECIPES = ("raft", "iterative-dpo", "self-rewarding", "osp", "spa")
@@ -385,6 +393,9 @@ class TrainConfig:
         _check(self.iterate.recipe is None or rounds, "recipe", "a recipe runs rounds; give rounds: N (N >= 1)")
         _check(not rounds or self.rollout.generation_backend != "ray", "generation_backend",
                "ray samples online methods' rounds (grpo, rloo, ...); rounds sample with native, hf or vllm")
+        _check(self.rollout.generation_backend != "ray" or spec.shape == "online" or rounds, "generation_backend",
+               f"ray samples the rounds of online methods (grpo, rloo, ...); method '{self.method}' trains on fixed "
+               "data and samples nothing: leave generation_backend unset")
         _check(not rounds or "group" not in spec.needs, "rounds",
                f"method '{self.method}' mixes two sets of pairs; rounds make one")
         if self.iterate.recipe in ("osp", "spa"):

@@ -66,16 +66,17 @@ def check_answers(address: str) -> None:
                         "local cluster") from None
 
 
-def connect(address: str | None, cpus: int) -> None:
+def connect(address: str | None, cpus: int) -> bool:
     """Join the Ray cluster at ``address``, or start a local one with ``cpus`` CPUs (and this
-    machine's GPUs) when it is None; a process that has joined one already keeps it."""
+    machine's GPUs) when it is None; a process that has joined one already keeps it. True when
+    this call joined or started the cluster (the caller then leaves it: ``ray.shutdown``)."""
     require_ray()
     import ray
 
     if address is not None:
         check_answers(address)
     if ray.is_initialized():
-        return
+        return False
     try:
         if address is None:
             ray.init(num_cpus=cpus, include_dashboard=False)
@@ -84,10 +85,27 @@ def connect(address: str | None, cpus: int) -> None:
     except (ConnectionError, SystemExit) as exc:
         raise UserError(f"could not join the Ray cluster at '{address}': {str(exc).splitlines()[0]}; check "
                         "ray_address (ray status there shows the address) or leave it unset") from None
+    return True
+
+
+def check_room(workers: int, resource: str) -> None:
+    """A one-line ``UserError`` unless the cluster has ``workers`` of ``resource`` (CPU or GPU) in
+    all: an actor that asks for more than the cluster has waits for it forever."""
+    import ray
+
+    have = ray.cluster_resources().get(resource, 0.0)
+    if have < workers:
+        raise UserError(f"ray_workers: {workers} workers need {workers} {resource}s and the Ray cluster has "
+                        f"{have:g}; lower ray_workers, or give the cluster more (a local cluster started by a "
+                        "run has ray_workers CPUs, and one this process joined before is kept as it is)")
 
 
 class StaleWeights(Exception):
     """A worker was asked to sample with weights it has not loaded (it was restarted)."""
+
+
+def _model_device(model) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _model_dtype(model) -> torch.dtype:
@@ -214,8 +232,17 @@ class RayGenerator(RendersPrompts):
                             "depend on the batch, so its samples would change with the split)")
         if max_restarts < 0:
             raise UserError(f"max_restarts must be >= 0, got {max_restarts}")
-        connect(address, workers)
+        if inner == "vllm" and _model_device(model).type != "cuda":  # before any cluster starts
+            raise UserError("ray_backend vllm pushes weights over NCCL from the trainer's GPU, and the policy is on "
+                            f"{_model_device(model).type}; train on a CUDA device or use ray_backend native")
+        self._joined = connect(address, workers)
         import ray
+
+        try:
+            check_room(workers, "GPU" if inner == "vllm" else "CPU")
+        except UserError:
+            self.close()
+            raise
 
         self.tok, self.backend, self.max_restarts = tokenizer, inner, max_restarts
         options = {**(options or {}), **({} if batch_size is None else {"batch_size": batch_size})}
@@ -303,9 +330,13 @@ class RayGenerator(RendersPrompts):
         return ray.get([w.pid.remote() for w in self.workers])
 
     def close(self) -> None:
-        """Stop the workers (they also stop when this generator is garbage collected)."""
+        """Stop the workers, and leave the cluster when this generator joined or started it (a local
+        cluster then stops with its processes); a cluster this process had joined before is kept."""
         import ray
 
-        for w in self.workers:
+        for w in getattr(self, "workers", []):
             ray.kill(w, no_restart=True)
         self.workers = []
+        if getattr(self, "_joined", False) and ray.is_initialized():
+            ray.shutdown()
+        self._joined = False

@@ -104,6 +104,11 @@ def _bare_name(name: str) -> str:
     return ".".join(part for part in name.split(".") if part not in WRAPPER_PARTS)
 
 
+# A submodule that training hangs on the policy but the sampled network does not contain (PPO's
+# critic) carries this attribute, set true: ``policy_weights`` leaves it out.
+NOT_SAMPLED = "alignlab_not_sampled"
+
+
 def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """Every parameter of ``model`` as the engine should load it: ``(name, tensor)`` with the
     Hugging Face model's own names (``model.layers.0.self_attn.q_proj.weight``, ``lm_head.weight``),
@@ -120,6 +125,7 @@ def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
     model is not touched. The names are the base model's (no ``base_model.model.`` prefix, no
     ``base_layer`` part, no adapter tensors), and a ``modules_to_save`` copy is given under the
     original module's names. Only LoRA adapters can be merged; another tuner is a ``UserError``.
+    A submodule marked ``NOT_SAMPLED`` (PPO's critic) is left out.
     Tensors are detached and yielded one at a time (a merged one is made when it is reached)."""
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
@@ -144,7 +150,7 @@ def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
                 seen.add(id(param))
                 yield _bare_name(prefix + name), param.detach()
         for name, child in module._modules.items():
-            if child is not None:
+            if child is not None and not getattr(child, NOT_SAMPLED, False):
                 yield from walk(child, f"{prefix}{name}.")
 
     model = unwrap(model)

@@ -130,6 +130,14 @@ def verify(ckpt: Path) -> str | None:
             return f"{name} is missing"
         if sha256_file(f) != digest:
             return f"{name} does not match its checksum"
+    if (ckpt / "shards").is_dir():  # a sharded checkpoint (sharded.py): one shard file per process that wrote it
+        try:
+            then = int(read_state(ckpt).get("world_size", 1))
+        except (OSError, ValueError, TypeError):
+            return "state.json is unreadable"
+        have = len(list((ckpt / "shards").glob("*.safetensors")))
+        if have != then:
+            return f"it holds the shards of {have} of the {then} processes that wrote it"
     return None
 
 

@@ -26,6 +26,7 @@ import torch
 
 from alignlab.data.collate import Batch
 from alignlab.errors import UserError
+from alignlab.generation.vllm import NOT_SAMPLED
 from alignlab.logprobs import forward_inputs, left_align, response_positions
 from alignlab.training.distributed import unwrap
 
@@ -76,6 +77,7 @@ def attach_critic(policy: torch.nn.Module, kind: str, model_source: str, dtype: 
         if not critic.settings.causal:
             raise UserError(f"critic: {source} is not a causal LM; a token's value must not see the tokens after it")
     critic.to(next(policy.parameters()).device)
+    setattr(critic, NOT_SAMPLED, True)  # a generator with weights of its own (Ray, vLLM) is not sent it
     setattr(policy, ATTR, critic)
     return critic
 

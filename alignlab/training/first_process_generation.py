@@ -41,6 +41,11 @@ class FirstProcessGenerator(RendersPrompts):
         if self.inner is not None:
             self.inner.update_weights(model)
 
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
     def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams,
                      start: int = 0) -> list[list[Sample]]:
         requests = self.dist.gather((start, [tuple(c) for c in contexts]))

@@ -16,6 +16,9 @@ With gradient accumulation only the last micro-batch's backward pass reduce-scat
 With ``dtype: bf16`` the mixed precision policy gathers parameters in bf16 (fp32 masters and
 optimizer state stay sharded) and reduces gradients in fp32.
 
+A reference model of its own (a frozen copy of the starting policy, or ``reference_model``) is
+sharded the same way, with no gradient or optimizer state, and is only run whole (``full_params``).
+
 Code that runs the model outside the training step (evaluation, sampling, a round's log-probs)
 goes through ``full_params``: every unit gathered once and kept so, so each process can run any
 number of forward passes without the others (processes sample sequences of different lengths).
@@ -97,11 +100,21 @@ def critic_units(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @contextlib.contextmanager
-def full_params(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Within the block every parameter of a sharded ``model`` is whole on every process (one
-    all-gather on entry, freed on exit) and forward passes need no collective; for code that runs
-    the model a different number of times on each process. A no-op for a model not sharded.
-    For forward passes without gradient only."""
+def full_params(model: torch.nn.Module, *others: torch.nn.Module | None) -> Iterator[torch.nn.Module]:
+    """Within the block every parameter of a sharded ``model`` (and of ``others``: a sharded
+    reference; None is skipped) is whole on every process (one all-gather on entry, freed on exit)
+    and forward passes need no collective; for code that runs the model a different number of
+    times on each process. A no-op for a model not sharded. For forward passes without gradient
+    only. Yields ``model``."""
+    with contextlib.ExitStack() as stack:
+        for module in (model, *others):
+            if module is not None:
+                stack.enter_context(_gathered(module))
+        yield model
+
+
+@contextlib.contextmanager
+def _gathered(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     if not is_sharded(model):
         yield model
         return
@@ -171,14 +184,15 @@ def grad_norm(total: torch.Tensor) -> float:
 
 
 class GatheredSource:
-    """A step source whose ``step`` runs the policy on each process alone (an online round:
-    sampling, the round's log-probs), given whole parameters for it (``full_params``)."""
+    """A step source whose ``step`` runs the policy (and a sharded reference, for a KL term) on
+    each process alone (an online round: sampling, the round's log-probs), given whole parameters
+    for it (``full_params``)."""
 
-    def __init__(self, source, model: torch.nn.Module):
-        self.source, self.model = source, model
+    def __init__(self, source, model: torch.nn.Module, reference: torch.nn.Module | None = None):
+        self.source, self.model, self.reference = source, model, reference
 
     def step(self, step: int):
-        with full_params(self.model):
+        with full_params(self.model, self.reference):
             return self.source.step(step)
 
     def __getattr__(self, name: str):

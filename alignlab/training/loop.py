@@ -126,8 +126,9 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
 
 def evaluate_all(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     """The held-out loss and metrics (when there is held-out data) and the extra measurements."""
-    # each process evaluates its own share: no collective in a forward pass
-    with fsdp.full_params(module), zero.full_params(inp.model):
+    # each process evaluates its own share: no collective in a forward pass (the reference's too)
+    with fsdp.full_params(module, inp.reference.own if inp.reference is not None else None), \
+            zero.full_params(inp.model):
         result = evaluate(inp, module) if inp.eval_examples else {}
         if inp.extra_eval is not None:
             with autocast(inp.cfg, inp.dist):
@@ -146,6 +147,7 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
     dist = inp.dist
     root = inp.out_dir / "checkpoints"
     found = ckpt.newest_valid(root, report=inp.log if dist.is_main else (lambda _: None))
+    sharded_ckpt.same_newest(found, root, dist)
     if found is None:
         if dist.is_main:
             inp.log(f"no checkpoint in {root}; starting from step 0")

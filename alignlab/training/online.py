@@ -201,10 +201,10 @@ class OnlineSource:
         mine = order[dist.rank * share:(dist.rank + 1) * share]
         rows = [self.prompts[i][0] for i in mine]
         texts = [self.prompts[i][1] for i in mine]
+        t0 = time.perf_counter()  # generation_s counts the push of the weights (to Ray or vLLM workers) too
         self.generator.update_weights(self.policy)
         params = dataclasses.replace(self.params, seed=round_seed(self.cfg.seed, round_))
         rule = self.advantages
-        t0 = time.perf_counter()
         samples = self.generator.generate(texts, G, params, start=dist.rank * share)
         greedy = None
         if rule.greedy_baseline:  # ReMax: one greedy answer per prompt

@@ -350,8 +350,11 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     if cfg.optim.fsdp:
         skeleton = fsdp.meta_copy(policy)  # the plain module the final weights are saved from
         model = fsdp.shard(policy, dist, bf16=cfg.dtype == "bf16")
+        frozen = reference.own if reference is not None else None  # a KL term's, the task evaluation's
+        if frozen is not None:
+            fsdp.shard(frozen, dist, bf16=cfg.dtype == "bf16")
         if online:  # a round samples from the policy and runs it outside the training step
-            source = fsdp.GatheredSource(source, model)
+            source = fsdp.GatheredSource(source, model, frozen)
     elif deepspeed:
         optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.adam_betas, cfg.optim.adam_eps)
         skeleton = fsdp.meta_copy(policy)  # ZeRO-3 partitions the policy's weights: the final ones are gathered here
@@ -378,11 +381,16 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
 
     if not online:
         source = OfflineSource(cfg, dist, train_examples, to_device, lengths)
-    result = run_loop(LoopInputs(
-        cfg=cfg, dist=dist, model=model, source=source,
-        forward=forward, out_dir=out, eval_examples=eval_examples, collate=to_device,
-        reference=reference, extra_eval=extra_eval, log=partial(_log, dist),
-    ))
+    try:
+        result = run_loop(LoopInputs(
+            cfg=cfg, dist=dist, model=model, source=source,
+            forward=forward, out_dir=out, eval_examples=eval_examples, collate=to_device,
+            reference=reference, extra_eval=extra_eval, log=partial(_log, dist),
+        ))
+    finally:  # the run's Ray workers (and a local cluster it started) end with it, however it ends
+        close = getattr(getattr(source, "generator", None), "close", None)
+        if close is not None:
+            close()
 
     model_dir = out / "model"
     if deepspeed:

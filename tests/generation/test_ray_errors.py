@@ -85,3 +85,18 @@ def test_shares_are_contiguous_and_cover_every_prompt_once():
     assert shares(5, 2) == [(0, 3), (3, 5)]
     assert shares(1, 3) == [(0, 1), (1, 1), (1, 1)]
     assert shares(0, 2) == [(0, 0), (0, 0)]
+
+
+def test_an_offline_method_does_not_take_the_ray_backend():
+    """An offline method samples nothing, so Ray would not run: refused, not ignored."""
+    with pytest.raises(ConfigError, match="generation_backend: ray samples the rounds of online methods .*method "
+                                          "'dpo' trains on fixed data .*leave generation_backend unset"):
+        make_config({**_config(generation_backend="ray"), "method": "dpo", "data": "pairs.jsonl"})
+
+
+def test_a_malformed_address_is_refused_when_the_config_is_read():
+    for bad in ("nohost", "host:", ":6379", 6379):
+        with pytest.raises(ConfigError, match=f"ray_address: must be host:port, ray://host:port or auto, got '{bad}'"):
+            make_config(_config(generation_backend="ray", ray_address=bad))
+    for good in ("auto", "10.0.0.5:6379", "ray://head:10001"):
+        assert make_config(_config(ray_address=good)).rollout.ray_address == good

@@ -47,6 +47,32 @@ def test_grpo_trains_and_logs_the_round(tmp_path, tiny_model_dir):
     assert max_abs_diff(weights(summary.model_dir), weights(tiny_model_dir)) > 1e-4  # it learned something
 
 
+def test_the_weights_push_counts_as_generation_time(tmp_path, tiny_model_dir, monkeypatch):
+    """A generator whose weights take 0.4 s to arrive (Ray workers, a vLLM engine): the time is the
+    round's generation_s, not its training_s."""
+    import time
+
+    import alignlab.training.online_run as online_run
+
+    made = online_run.make_generator
+
+    def slow_push(*args, **kwargs):
+        generator = made(*args, **kwargs)
+        push = generator.update_weights
+
+        def update_weights(model):
+            time.sleep(0.4)
+            push(model)
+
+        generator.update_weights = update_weights
+        return generator
+
+    monkeypatch.setattr(online_run, "make_generator", slow_push)
+    train(online(tiny_model_dir, tmp_path / "run", max_steps=1))
+    [m] = [m for m in metrics(tmp_path / "run") if "loss" in m]
+    assert m["generation_s"] >= 0.4 and m["training_s"] < m["generation_s"]
+
+
 @pytest.mark.parametrize("method,extra", [("grpo", {}), ("grpo", {"aggregation": "seq_mean_token_mean"}),
                                           ("dr_grpo", {}), ("grpo", {"scale_rewards": "batch"}), ("rloo", {}),
                                           ("gspo", {}),
