@@ -19,6 +19,7 @@ from alignlab.compare import run as compare_run
 from alignlab.compare.attempts import Attempt, hold_lock, lock_holder, read_attempts
 from alignlab.compare.config import load_plan
 from alignlab.errors import UserError
+from tests.conftest import process_alive
 
 # A cell slow to stop: SIGTERM only makes it say so (as a training run finishing a long step);
 # SIGINT after it ends it (as the training loop's "Ctrl-C twice").
@@ -59,14 +60,6 @@ def _wait_for(condition, seconds: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_ctrl_c_twice_stops_slow_cells_at_once(tmp_path):
     """The first Ctrl-C asks the cells to stop (SIGTERM) and waits; the second stops them at once:
     the command exits 130 within seconds, no cell process is left, none is marked failed."""
@@ -90,13 +83,13 @@ def test_ctrl_c_twice_stops_slow_cells_at_once(tmp_path):
         if harness.poll() is None:
             harness.kill()
         for p in pids:
-            if p.exists() and p.read_text() and _alive(int(p.read_text())):
+            if p.exists() and p.read_text() and process_alive(int(p.read_text())):
                 os.kill(int(p.read_text()), signal.SIGKILL)
     assert harness.returncode == 130 and time.monotonic() - start < 5, err
     assert "stopping 2 running cells" in err and "stopping them at once" in err, err
     assert err.rstrip().endswith("alignlab: comparison interrupted with 2 cells running; run the same command again "
                                  "to resume it"), err
-    assert not any(_alive(int(p.read_text())) for p in pids)
+    assert not any(process_alive(int(p.read_text())) for p in pids)
     assert not list(out.glob("cells/*/failed.json"))
 
 

@@ -4,25 +4,17 @@ when ``train`` returns, so a second run in the same process starts afresh; a clu
 
 from __future__ import annotations
 
-import os
 import threading
 from importlib.util import find_spec
 
 import pytest
 
 from alignlab.errors import UserError
+from tests.conftest import process_alive
 from tests.training.helpers import base_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray"),
               pytest.mark.skipif(find_spec("ray") is None, reason="ray is not installed (pip install -e '.[ray]')")]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_run_stops_its_workers_and_the_cluster_it_started(tmp_path, tiny_model_dir, monkeypatch):
@@ -46,10 +38,10 @@ def test_a_run_stops_its_workers_and_the_cluster_it_started(tmp_path, tiny_model
     assert not ray.is_initialized()  # the local cluster this run started is gone
     assert len(pids) == 1
     for _ in range(100):  # the worker's process ends with the cluster
-        if not _alive(pids[0]):
+        if not process_alive(pids[0]):
             break
         threading.Event().wait(0.1)
-    assert not _alive(pids[0])
+    assert not process_alive(pids[0])
 
 
 def test_a_cluster_without_room_for_the_workers_is_one_line_and_kept(tiny_model_dir):
