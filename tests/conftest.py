@@ -78,6 +78,19 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def bench_module(name: str):
+    """``bench/NAME.py`` imported as module ``bench_NAME`` (bench/ is scripts, not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "bench" /
+                                                  f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"bench_{name}"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process with this id exists (signal 0 checks without sending anything)."""
     try:

@@ -4,7 +4,6 @@ every measured effect."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
@@ -14,17 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import bench_module
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def claims_module():
-    spec = importlib.util.spec_from_file_location("bench_claims", REPO / "bench" / "claims.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_claims"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("claims")
 
 
 def table_rows(markdown: str) -> list[list[str]]:

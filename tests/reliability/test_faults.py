@@ -8,11 +8,9 @@ that repeats them at random points (``python bench/faults.py --runs 20``).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -23,17 +21,14 @@ from alignlab import cli, train
 from alignlab.training import checkpoint as ckpt
 from alignlab.training.forward import preference
 from alignlab.training.interrupt import StopRequest
+from tests.conftest import bench_module
 from tests.training.helpers import base_config, weights
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _faults():
-    spec = importlib.util.spec_from_file_location("bench_faults", REPO / "bench" / "faults.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_faults"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("faults")
 
 
 @pytest.fixture(scope="module")
