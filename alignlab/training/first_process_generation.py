@@ -14,7 +14,7 @@ would have drawn itself, and those of a single process sampling the whole round.
 
 Weights: ``update_weights`` pushes the first process's policy. Each process holds the whole
 policy at that point: DDP keeps a whole copy, and under FSDP a round runs with every unit gathered
-(``fsdp.GatheredSource``); the other processes push nothing.
+(``source.GatheredSource``); the other processes push nothing.
 """
 
 from __future__ import annotations

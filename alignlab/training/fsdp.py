@@ -181,19 +181,3 @@ def grad_norm(total: torch.Tensor) -> float:
     """``clip_grad_norm_``'s result as a number; over sharded gradients it is a DTensor."""
     full = getattr(total, "full_tensor", None)
     return float(full() if full is not None else total)
-
-
-class GatheredSource:
-    """A step source whose ``step`` runs the policy (and a sharded reference, for a KL term) on
-    each process alone (an online round: sampling, the round's log-probs), given whole parameters
-    for it (``full_params``)."""
-
-    def __init__(self, source, model: torch.nn.Module, reference: torch.nn.Module | None = None):
-        self.source, self.model, self.reference = source, model, reference
-
-    def step(self, step: int):
-        with full_params(self.model, self.reference):
-            return self.source.step(step)
-
-    def __getattr__(self, name: str):
-        return getattr(self.source, name)

@@ -43,7 +43,7 @@ from alignlab.training.online_run import online_source
 from alignlab.training.optim import make_optimizer
 from alignlab.training.reference_cache import attach_reference, cache_key
 from alignlab.training.sinks import TENSORBOARD_FOLDER
-from alignlab.training.source import OfflineSource
+from alignlab.training.source import GatheredSource, OfflineSource
 
 
 @dataclass
@@ -354,7 +354,7 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
         if frozen is not None:
             fsdp.shard(frozen, dist, bf16=cfg.dtype == "bf16")
         if online:  # a round samples from the policy and runs it outside the training step
-            source = fsdp.GatheredSource(source, model, frozen)
+            source = GatheredSource(source, partial(fsdp.full_params, model, frozen))
     elif deepspeed:
         optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.adam_betas, cfg.optim.adam_eps)
         skeleton = fsdp.meta_copy(policy)  # ZeRO-3 partitions the policy's weights: the final ones are gathered here
@@ -362,7 +362,7 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
         if zero.stage_of(model) == 2:
             skeleton = None  # ZeRO-2 keeps whole weights in the policy
         elif online:
-            source = zero.GatheredSource(source, model)
+            source = GatheredSource(source, partial(zero.full_params, model))
     else:
         model = wrap_model(policy, dist)
     _claim_output_dir(cfg, out, dist)

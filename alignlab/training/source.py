@@ -115,3 +115,20 @@ class OfflineSource:
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Nothing to restore: the position in the data is a function of the step."""
+
+
+class GatheredSource:
+    """A step source whose ``step`` runs the models on each process alone (an online round:
+    sampling, the round's log-probs), inside ``gathered()``: a context in which sharded
+    parameters are whole (``fsdp.full_params`` over the policy and a sharded reference, or
+    ``zero.full_params`` over a ZeRO-3 engine). Everything else is ``source``'s."""
+
+    def __init__(self, source, gathered: Callable[[], Any]):
+        self.source, self.gathered = source, gathered
+
+    def step(self, step: int):
+        with self.gathered():
+            return self.source.step(step)
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)

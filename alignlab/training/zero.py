@@ -160,21 +160,6 @@ def full_params(model):
             offload.setup_zero_stage3_hooks()
 
 
-class GatheredSource:
-    """A step source whose ``step`` runs the policy on each process alone (an online round),
-    with a ZeRO-3 engine's parameters whole for it (``full_params``)."""
-
-    def __init__(self, source, engine):
-        self.source, self.engine = source, engine
-
-    def step(self, number: int):
-        with full_params(self.engine):
-            return self.source.step(number)
-
-    def __getattr__(self, name: str):
-        return getattr(self.source, name)
-
-
 def save(root: Path, step: int, engine, scheduler, extra: dict[str, Any], dist: Dist) -> Path:
     """Write checkpoint ``step`` under ``root`` from every process, atomically; returns its directory."""
     root.mkdir(parents=True, exist_ok=True)
