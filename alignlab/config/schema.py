@@ -218,6 +218,11 @@ class RolloutConfig:
     updates_per_rollout: int = param(1, "μ: optimizer steps over each round's completions (its log-probs at the "
                                         "start of the round are the old policy's)")
     prompt_column: str | None = param(None, "the column holding the prompt, when `data` is a file")
+    skip_zero_advantage: bool = param(True, "leave completions whose advantages are all 0 out of the forward and "
+                                            "backward passes where their loss is exactly 0 (policy-gradient "
+                                            "methods with beta 0): the same update, faster; they still count in "
+                                            "the normaliser, and per-example metrics (entropy, clip) are then "
+                                            "over the completions trained on")
 
     def __post_init__(self) -> None:
         self.reward = [self.reward] if isinstance(self.reward, str) else list(self.reward or [])

@@ -27,6 +27,13 @@ class Batch:
     rows_per_example: tuple[int, ...] = ()  # collate_sequences: example i owns the next rows_per_example[i] rows
     examples: list = field(default_factory=list)  # the examples the rows come from (labels, cached values)
     packed: Any = None  # pack.Packed for shared-prompt batches (``collate_packed``)
+    # examples the micro-batch stands for but does not compute, their loss known to be exactly 0
+    # (online completions with zero advantage): the forward counts their units and nothing else
+    idle: list = field(default_factory=list)
+    # every example of the micro-batch is idle: one is computed all the same, so that every process
+    # runs its forward and backward passes (DDP's, FSDP's and DeepSpeed's collectives need them);
+    # its loss is 0 and its metrics do not count
+    placeholder: bool = False
 
     def to(self, device) -> Batch:
         """Move every tensor to ``device`` (in place; returns the batch)."""

@@ -228,15 +228,20 @@ class _Slots:
         self.prompt_length[g] = length
         return g
 
-    def place(self, slot: int, s: _Seq, group: int, member: int) -> None:
-        self.seq[slot] = s
-        self.live[slot] = True
-        self.positions[slot] = len(s.context) - 1
-        self.steps[slot] = 0
-        self.budget[slot] = s.budget
-        self.keys[slot] = s.key
-        self.group[slot], self.member[slot] = group, member
-        self.group_size[group] += 1
+    def place(self, slots: list[int], seqs: list[_Seq], groups: list[int], members: list[int]) -> None:
+        """Put each of ``seqs`` in its slot, as member ``members[i]`` of group ``groups[i]`` (the
+        caller counts the group's members in ``group_size`` as it assigns them, so that
+        ``new_group`` never hands out a group that is being filled)."""
+        idx = torch.tensor(slots, dtype=torch.long)
+        self.live[idx] = True
+        self.positions[idx] = torch.tensor([len(s.context) - 1 for s in seqs], dtype=torch.long)
+        self.steps[idx] = 0
+        self.budget[idx] = torch.tensor([s.budget for s in seqs], dtype=torch.long)
+        self.keys[idx.numpy()] = np.array([s.key for s in seqs], dtype=np.uint64)
+        self.group[idx] = torch.tensor(groups, dtype=torch.long)
+        self.member[idx] = torch.tensor(members, dtype=torch.long)
+        for slot, s in zip(slots, seqs, strict=True):
+            self.seq[slot] = s
 
     def draw(self, slots: torch.Tensor, logits: torch.Tensor, params: SamplingParams) -> list[_Seq]:
         """Draw the next token of each of ``slots`` from its row of ``logits``; returns the
@@ -254,16 +259,19 @@ class _Slots:
         stopped = torch.isin(tokens, self.stops)
         ended = stopped | (steps + 1 >= self.budget[slots])
         done = []
-        for slot, stop in zip(slots[ended].tolist(), stopped[ended].tolist(), strict=True):
+        idx = slots[ended]
+        if not len(idx):
+            return done
+        self.live[idx] = False
+        # each table read out once for all the sequences that ended (not a row at a time)
+        tokens, raw, drawn = self.tokens[idx].tolist(), self.raw[idx].tolist(), self.drawn[idx].tolist()
+        for i, (slot, stop, n, g) in enumerate(zip(idx.tolist(), stopped[ended].tolist(), self.steps[idx].tolist(),
+                                                    self.group[idx].tolist(), strict=True)):
             s = self.seq[slot]
-            n = int(self.steps[slot])
-            s.tokens = self.tokens[slot, :n].tolist()
-            s.raw = self.raw[slot, :n].tolist()
-            s.drawn = self.drawn[slot, :n].tolist()
+            s.tokens, s.raw, s.drawn = tokens[i][:n], raw[i][:n], drawn[i][:n]
             s.finished = stop
             self.seq[slot] = None
-            self.live[slot] = False
-            self.group_size[int(self.group[slot])] -= 1
+            self.group_size[g] -= 1
             done.append(s)
         return done
 
@@ -271,13 +279,18 @@ class _Slots:
         return decode_plan(self.group[:top], self.member[:top], self.live[:top], self.steps[:top],
                            self.prompt_length)
 
-    def move(self, source: int, target: int) -> None:
+    def move(self, sources: list[int], targets: list[int]) -> None:
+        """Move each source slot's sequence to its target slot (free; no slot is both)."""
+        if not sources:
+            return
+        src, dst = torch.tensor(sources), torch.tensor(targets)
         for t in (self.live, self.positions, self.last, self.steps, self.budget, self.group, self.member,
                   self.tokens, self.raw, self.drawn):
-            t[target] = t[source]
-        self.keys[target] = self.keys[source]
-        self.seq[target], self.seq[source] = self.seq[source], None
-        self.live[source] = False
+            t[dst] = t[src]
+        self.keys[dst.numpy()] = self.keys[src.numpy()]
+        for a, b in zip(sources, targets, strict=True):
+            self.seq[b], self.seq[a] = self.seq[a], None
+        self.live[src] = False
 
     def move_group(self, source: int, target: int) -> None:
         self.group[self.live & (self.group == source)] = target
@@ -397,7 +410,7 @@ class NativeGenerator(RendersPrompts):
         groups: dict[int, tuple[int, int]] = {}  # prompt index -> (batch row, group id)
         members: dict[int, int] = {}
         contexts: list[tuple[int, ...]] = []
-        rows, slots = [], []
+        rows, slots, placed, group_ids, member_ids = [], [], [], [], []
         width = 0
         while waiting and len(slots) < len(free):
             s = waiting[0]
@@ -411,11 +424,14 @@ class NativeGenerator(RendersPrompts):
                 contexts.append(s.context)
             waiting.popleft()
             row, group = groups[s.prompt]
-            slot = free[len(slots)]
-            state.place(slot, s, group, members[s.prompt])
+            slots.append(free[len(slots)])
+            placed.append(s)
+            group_ids.append(group)
+            member_ids.append(members[s.prompt])
             members[s.prompt] += 1
+            state.group_size[group] += 1
             rows.append(row)
-            slots.append(slot)
+        state.place(slots, placed, group_ids, member_ids)
         rows_t, slots_t = torch.tensor(rows), torch.tensor(slots)
         run.cache.reserve_groups(max(g for _, g in groups.values()) + 1)
         logits = run.prefill(contexts, torch.tensor([g for _, g in groups.values()]))
@@ -427,9 +443,10 @@ class NativeGenerator(RendersPrompts):
         ids; returns how many slots are in use."""
         live = state.live.nonzero().flatten().tolist()
         holes = (~state.live[:len(live)]).nonzero().flatten().tolist()
-        for src, dst in zip([s for s in live if s >= len(live)], holes, strict=True):
-            cache.move_slot(src, dst)
-            state.move(src, dst)
+        pairs = list(zip([s for s in live if s >= len(live)], holes, strict=True))
+        sources, targets = [a for a, _ in pairs], [b for _, b in pairs]
+        cache.move_slots(sources, targets)
+        state.move(sources, targets)
         used = [g for g, n in enumerate(state.group_size) if n]
         gaps = [g for g, n in enumerate(state.group_size[:len(used)]) if not n]
         for src, dst in zip([g for g in used if g >= len(used)], gaps, strict=True):

@@ -99,10 +99,14 @@ class SlotCache(Cache):
                 grown[:len(t)] = t
                 store[i] = grown
 
-    def move_slot(self, source: int, target: int) -> None:
+    def move_slots(self, sources: list[int], targets: list[int]) -> None:
+        """Copy each source slot's keys and values to its target (no slot is both)."""
+        if not sources:
+            return
+        src, dst = torch.tensor(sources), torch.tensor(targets)
         for store in (self.suffix_k, self.suffix_v):
             for t in store:
-                t[target].copy_(t[source])
+                t[dst.to(t.device)] = t[src.to(t.device)]
 
     def move_group(self, source: int, target: int) -> None:
         for store in (self.prefix_k, self.prefix_v):

@@ -325,6 +325,18 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
     return per_token.expand(mask.shape), mask, metrics
 
 
+def zero_advantage_is_free(params: PolicyGradientParams) -> bool:
+    """Whether a completion whose advantages are all 0 has loss exactly 0 and no gradient under
+    ``policy_gradient_loss`` with ``params``, so that leaving it out of the forward pass (while
+    still counting its units) gives the same update. Every token's surrogate is then
+    −min(c·0, clip(c)·0)·w = 0 for any ratio c, provided the importance weight w is finite (no
+    correction, or one capped at ``is_clip_max``) and no term without the advantage is added: β = 0
+    (no KL term). PPO's value loss is such a term (``PPOParams``: never free)."""
+    if isinstance(params, PPOParams):
+        return False
+    return params.beta == 0.0 and (params.is_mode == "off" or params.is_clip_max is not None)
+
+
 def policy_gradient_loss(inputs: PolicyGradientInputs, params: PolicyGradientParams) -> LossOutput:
     """The clipped surrogate (+ β·k3), one loss per example (B,), aggregated by ``params.aggregation``.
 

@@ -313,7 +313,8 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
                 forward.after_step(sum_over_processes(dist, stats))
             elapsed = time.perf_counter() - t0
             metrics = {"step": done, **position, "loss": loss}
-            metrics.update(_means(tot, batch.size))
+            if batch.size:  # none when an online step computed no completion (all with advantage 0)
+                metrics.update(_means(tot, batch.size))
             metrics.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tot["_tokens"] / max(elapsed, 1e-9),
                             "padding": 1.0 - tot["_tokens"] / max(tot["_slots"], 1.0)})
             if batch.metrics:  # an online round's reward and timings; training time is the rest

@@ -75,6 +75,17 @@ class AdvantageRule:
                    greedy_baseline=spec.greedy_baseline)
 
 
+def _is_idle(advantages: Sequence[float]) -> bool:
+    """A completion whose advantage is 0 at every token."""
+    return all(a == 0 for a in advantages)
+
+
+def _split_idle(chunk: list, idle: Sequence[bool]) -> tuple[list, list]:
+    """A micro-batch's completions split into those to compute and the idle ones (advantage 0)."""
+    return ([e for e, i in zip(chunk, idle, strict=True) if not i],
+            [e for e, i in zip(chunk, idle, strict=True) if i])
+
+
 def round_seed(seed: int, round_: int) -> int:
     """The sampling seed of a round: distinct per (seed, round), in [0, 2**63)."""
     return (seed * 1_000_003 + 7919 * (round_ + 1)) % (2**63)
@@ -130,15 +141,19 @@ class OnlineSource:
 
     def __init__(self, cfg, dist: Dist, prompts: Sequence[tuple[int, str]], policy: torch.nn.Module,
                  generator: Generator, reward: Sequence[RewardTerm], advantages: AdvantageRule, params: SamplingParams,
-                 *, pad_id: int, reference: Callable | None = None, needs_old: bool = False):
+                 *, pad_id: int, reference: Callable | None = None, needs_old: bool = False, skip_idle: bool = False):
         """``prompts``: (data row, text) of the run's prompt set; ``policy``: the unwrapped module
         being trained; ``reference``: a context-manager factory yielding the reference module
         (only when the method has a KL term); ``needs_old``: compute the policy's log-probs at the
-        start of each round (otherwise the loss takes its ratio against the current log-probs)."""
+        start of each round (otherwise the loss takes its ratio against the current log-probs);
+        ``skip_idle``: leave completions whose advantage is 0 out of the micro-batches (``idle``),
+        which the caller allows only where their loss is exactly 0 (``zero_advantage_is_free``)."""
         rollout = cfg.rollout
         self.cfg, self.dist, self.prompts, self.policy = cfg, dist, list(prompts), policy
         self.generator, self.reward, self.advantages, self.params = generator, list(reward), advantages, params
         self.pad_id, self.reference, self.needs_old = pad_id, reference, needs_old
+        self.skip_idle = skip_idle and advantages.sequence is not None
+        self._idle: list[list[bool]] | None = None  # per process, per completion: advantage 0
         self.pack = cfg.dataset.packing
         self.G, self.updates = rollout.num_generations, rollout.updates_per_rollout
         self.completions, self.per_round = round_size(cfg, dist)
@@ -164,11 +179,26 @@ class OnlineSource:
         if fresh:
             self._collect(round_)
         bs, device = self.cfg.optim.batch_size, self.dist.device
-        micro = [collate_rollout(self._examples[m * bs:(m + 1) * bs], self.pad_id, self.pack).to(device)
-                 for m in range(self.cfg.optim.grad_accum)]
+        micro = []
+        for m in range(self.cfg.optim.grad_accum):
+            chunk = self._examples[m * bs:(m + 1) * bs]
+            if self._idle is None:
+                micro.append(collate_rollout(chunk, self.pad_id, self.pack).to(device))
+                continue
+            work, idle = _split_idle(chunk, self._idle[self.dist.rank][m * bs:(m + 1) * bs])
+            placeholder = not work
+            if placeholder:  # nothing to compute: one completion stands in (loss 0, metrics not counted)
+                work, idle = idle[:1], idle[1:]
+            batch = collate_rollout(work, self.pad_id, self.pack).to(device)
+            batch.idle, batch.placeholder = idle, placeholder
+            micro.append(batch)
         rows = sorted({e.row for e in self._examples})
         metrics = dict(self._metrics) if fresh else {"generation_s": 0.0, "reward_s": 0.0}
-        return Step(micro, self.completions, rows, metrics)
+        size = self.completions
+        if self._idle is not None:  # per-example metrics are over the completions with an advantage
+            size = sum(not i for flags in self._idle for i in flags)
+            metrics["skipped_zero_advantage"] = 1.0 - size / self.completions
+        return Step(micro, size, rows, metrics)
 
     def position(self, done: int) -> dict[str, float]:
         return {"epoch": done / (self.updates * self.rounds_per_epoch)}
@@ -191,6 +221,8 @@ class OnlineSource:
             self._examples = [RolloutExample.from_state(d) for d in self._everyone[self.dist.rank]]
             self._round = saved["round"]
             self._metrics = {}
+            if self.skip_idle:
+                self._idle = [[_is_idle(d["advantages"]) for d in mine] for mine in self._everyone]
 
     # -- a round ---------------------------------------------------------------------------------------
 
@@ -253,9 +285,12 @@ class OnlineSource:
         greedy_all = torch.cat([g for _, _, g in gathered]) if greedy is not None else None
         if rule.sequence is not None:
             everyone = torch.cat([r for _, r, _ in gathered])
-            advantages = rule.sequence(everyone, greedy_all)[dist.rank * share:(dist.rank + 1) * share].reshape(-1)
+            whole = rule.sequence(everyone, greedy_all)
+            advantages = whole[dist.rank * share:(dist.rank + 1) * share].reshape(-1)
             for e, a in zip(examples, advantages.tolist(), strict=True):
                 e.advantages = (a,) * len(e.completion_ids)
+            if self.skip_idle:  # every process's flags, from the round's advantages every process has
+                self._idle = (whole == 0).reshape(dist.world_size, -1).tolist()
         else:
             self._token_advantages(rule, rewards.view(len(mine), G))
         self._round = round_

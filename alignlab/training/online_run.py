@@ -23,6 +23,7 @@ from alignlab.errors import ConfigError, DataError, RowIssue
 from alignlab.generation.base import SamplingParams
 from alignlab.generation.factory import make_generator
 from alignlab.generation.native import context_limit
+from alignlab.losses.policy_gradient import policy_gradient_loss, zero_advantage_is_free
 from alignlab.rewards.base import reward_prompt
 from alignlab.training.distributed import Dist
 from alignlab.training.online import AdvantageRule, OnlineSource, round_size
@@ -136,5 +137,6 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
     # sampler correction's, and the sampling policy's side of a KL penalty in the reward
     needs_old = (rollout.updates_per_rollout > 1 or getattr(params, "is_mode", "off") != "off"
                  or getattr(params, "kl_coef", 0.0) > 0)
+    skip_idle = rollout.skip_zero_advantage and spec.fn is policy_gradient_loss and zero_advantage_is_free(params)
     return OnlineSource(cfg, dist, prompts, policy, generator, terms, AdvantageRule.of(spec, params), sampling,
-                        pad_id=tokenizer.pad_token_id, reference=reference, needs_old=needs_old)
+                        pad_id=tokenizer.pad_token_id, reference=reference, needs_old=needs_old, skip_idle=skip_idle)

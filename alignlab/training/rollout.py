@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from alignlab.data.collate import Batch, collate_completions
@@ -180,7 +181,8 @@ def collate_rollout(examples: Sequence[RolloutExample], pad_id: int, pack: bool 
 
 def token_tensor(rows: Sequence[Sequence[float]], width: int, dtype=torch.float32) -> torch.Tensor:
     """Per-token values of each row, left-aligned and zero-padded to ``width``: ``(B, width)``."""
-    out = torch.zeros(len(rows), width, dtype=dtype)
+    out = np.zeros((len(rows), width), dtype=np.float64)  # filled in numpy: a row costs microseconds
     for b, r in enumerate(rows):
-        out[b, :len(r)] = torch.tensor(r[:width], dtype=dtype)
-    return out
+        r = r[:width]
+        out[b, :len(r)] = r
+    return torch.from_numpy(out).to(dtype)

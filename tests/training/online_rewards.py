@@ -41,3 +41,8 @@ def shared_with_prompt(prompt: str, response: str) -> float:
     """How many of the response's characters occur in the prompt: a reward of the pair, which
     changes when a completion is scored against another prompt."""
     return float(sum(c in prompt for c in response))
+
+
+def has_digit(prompt: str, response: str) -> float:
+    """1 when the response has an ASCII digit, else 0: a binary reward, so some groups tie."""
+    return float(any(c in "0123456789" for c in response))

@@ -77,7 +77,8 @@ def test_an_online_run_logs_the_entropy_of_its_completions(tmp_path, tiny_model_
 
     with monkeypatch.context() as m:
         m.setattr(PolicyGradientForward, "__call__", keep)
-        train(online(tiny_model_dir, tmp_path / "a", max_steps=1))
+        # every completion computed (none left out for a zero advantage), so the mean is over all 8
+        train(online(tiny_model_dir, tmp_path / "a", max_steps=1, skip_zero_advantage=False))
     assert len(seen) == 8
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float64).eval()
     tokens = direct_entropies(model, seen)
@@ -86,7 +87,7 @@ def test_an_online_run_logs_the_entropy_of_its_completions(tmp_path, tiny_model_
     assert first["entropy"] == pytest.approx(want, abs=1e-9)
     assert 0 < want < torch.log(torch.tensor(float(model.config.vocab_size))).item()
 
-    train(online(tiny_model_dir, tmp_path / "b", max_steps=2, batch_size=2, grad_accum=4))
+    train(online(tiny_model_dir, tmp_path / "b", max_steps=2, batch_size=2, grad_accum=4, skip_zero_advantage=False))
     rows = [m for m in metrics(tmp_path / "b") if "loss" in m]
     assert rows[0]["entropy"] == pytest.approx(first["entropy"], abs=1e-12)
     assert all("entropy" in m for m in rows) and len(rows) == 2

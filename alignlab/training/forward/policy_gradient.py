@@ -41,19 +41,23 @@ class PolicyGradientForward(Forward):
             params = dataclasses.replace(params, max_completion_length=max_new_tokens)
         super().__init__(spec, params)
 
-    def _mask_and_flags(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = torch.tensor([len(e.completion_ids) for e in batch.examples])
+    @staticmethod
+    def _mask_and_flags(examples) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([len(e.completion_ids) for e in examples], dtype=torch.long)
         width = int(lengths.max()) if len(lengths) else 0
         mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
-        truncated = torch.tensor([not e.finished for e in batch.examples])
+        truncated = torch.tensor([not e.finished for e in examples], dtype=torch.bool)
         return mask, truncated
 
     def units(self, batch: Batch) -> float:
+        """The units of the micro-batch's examples, its idle ones (left out of the forward pass,
+        ``Batch.idle``) included: the step's normaliser is the same whether they are computed or not."""
+        examples = list(batch.examples) + list(batch.idle)
         if self.spec.units is not None:  # the method counts its own, from the round's sequence advantages
-            advantages = torch.tensor([e.advantages[0] if e.advantages else 0.0 for e in batch.examples],
+            advantages = torch.tensor([e.advantages[0] if e.advantages else 0.0 for e in examples],
                                       dtype=torch.float64)
             return float(self.spec.units(advantages, self.params).sum())
-        mask, truncated = self._mask_and_flags(batch)
+        mask, truncated = self._mask_and_flags(examples)
         return float(units(self.params.aggregation, mask, truncated if self.params.mask_truncated else None).sum())
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> LossOutput:
@@ -66,7 +70,7 @@ class PolicyGradientForward(Forward):
         else:
             lp = sequence_logps(model, batch, entropy=True)
         logps = left_align(lp.token_logps_BT, lp.mask_BT)
-        mask, truncated = self._mask_and_flags(batch)
+        mask, truncated = self._mask_and_flags(examples)
         width = mask.shape[1]
         logps = logps[:, :width]
         device, dtype = logps.device, logps.dtype
@@ -87,4 +91,6 @@ class PolicyGradientForward(Forward):
         out.metrics["reward"] = torch.tensor([e.reward for e in examples], dtype=torch.float64)
         out.metrics["entropy"] = lp.entropy_BT.sum(-1)
         out.metrics["_count/entropy"] = lp.count_B
+        if batch.placeholder:  # computed only so that every process runs its passes (``Batch.placeholder``)
+            out.metrics = {k: torch.zeros_like(v) for k, v in out.metrics.items()}
         return out
