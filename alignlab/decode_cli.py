@@ -43,12 +43,12 @@ from alignlab.decoding.spec import (
     method_scorer,
 )
 from alignlab.errors import ArgumentParser, UserError
+from alignlab.field_flags import add_field_flags, field_values
 
 __all__ = ["METHODS", "cmd_decode", "run_decode"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    from alignlab.cli import add_field_flags  # the command line imports this module: not at the top
     from alignlab.generation import SamplingParams
     from alignlab.models import DTYPES
     from alignlab.sample_cli import PROMPT_SETS, SAMPLING_HELP, default_backend
@@ -98,7 +98,6 @@ def _check(args) -> None:
 def cmd_decode(tokens: list[str]) -> int:
     from transformers.utils import logging as hf_logging
 
-    from alignlab.cli import field_values
     from alignlab.generation import SamplingParams
 
     args = _parser().parse_args(tokens)

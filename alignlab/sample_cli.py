@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 from alignlab.data.prompts import load_prompts
 from alignlab.data.records import PromptRecord, Text, is_conversation
 from alignlab.errors import ArgumentParser, UserError, on_command_line, option
+from alignlab.field_flags import add_field_flags, field_values
 from alignlab.rewards.base import reward_prompt
 
 if TYPE_CHECKING:  # generation imports torch: only when a command samples
@@ -497,7 +498,6 @@ def _sampling_params(values: dict[str, Any]):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from alignlab.cli import add_field_flags  # the command line imports this module: not at the top
     from alignlab.generation import SamplingParams
     from alignlab.models import DTYPES
     from alignlab.tasks import task_names
@@ -552,7 +552,6 @@ def cmd_sample(tokens: list[str]) -> int:
     """Run `alignlab sample`; prints where it wrote and what. Bad input is a ``UserError``."""
     from transformers.utils import logging as hf_logging
 
-    from alignlab.cli import field_values
     from alignlab.generation import SamplingParams
 
     args = _parser().parse_args(tokens)

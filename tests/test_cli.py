@@ -347,7 +347,7 @@ def _settings_classes():
 def test_settings_commands_show_every_fields_flag_help_and_default(command, cls, capsys, monkeypatch):
     """demo, feedback and tiny-model build their flags from their settings' dataclass: each field
     is a flag (named as FLAG_NAMES says where it differs) with its help and the field's default."""
-    from alignlab.cli import FLAG_NAMES, default_text, field_default
+    from alignlab.field_flags import FLAG_NAMES, default_text, field_default
 
     monkeypatch.setenv("COLUMNS", "10000")  # one line per flag: no word of a help text broken at a hyphen
     with pytest.raises(SystemExit) as e:

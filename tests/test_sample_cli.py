@@ -126,7 +126,7 @@ def scripted(monkeypatch):
 
 
 def test_help_shows_every_sampling_flag_with_its_help_and_default(capsys, monkeypatch):
-    from alignlab.cli import default_text
+    from alignlab.field_flags import default_text
 
     monkeypatch.setenv("COLUMNS", "10000")
     with pytest.raises(SystemExit) as e:

@@ -73,12 +73,6 @@ class HFGenerator(RendersPrompts):
             self.model.train(was_training)
         return [out[i * n:(i + 1) * n] for i in range(len(contexts))]
 
-    def _bar(self, total: int):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=self.progress, unit="seq", leave=False, dynamic_ncols=True,
-                    disable=self.progress is None)
-
     def _batch(self, contexts: list[tuple[int, ...]], params: SamplingParams) -> list[Sample]:
         from transformers import GenerationConfig
 

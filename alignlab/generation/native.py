@@ -370,12 +370,6 @@ class NativeGenerator(RendersPrompts):
                                         s.finished, tuple(s.raw), tuple(s.drawn)))
         return out
 
-    def _bar(self, total: int):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=self.progress, unit="seq", leave=False, dynamic_ncols=True,
-                    disable=self.progress is None)
-
     def _run(self, seqs: list[_Seq], params: SamplingParams, stops: set[int], bar) -> None:
         count = min(self.batch_size, len(seqs))
         budget = max(s.budget for s in seqs)

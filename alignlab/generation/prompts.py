@@ -30,7 +30,14 @@ def prompt_ids(tokenizer, prompt: Text) -> tuple[int, ...]:
 
 class RendersPrompts:
     """``prompt_ids`` and ``generate`` for a backend with a tokenizer ``tok`` and a
-    ``generate_ids(contexts, n, params, start)``."""
+    ``generate_ids(contexts, n, params, start)``; ``_bar`` for one with a ``progress`` label."""
+
+    def _bar(self, total: int):
+        """A progress bar of sequences done, labelled ``self.progress`` (off when it is None)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=self.progress, unit="seq", leave=False, dynamic_ncols=True,
+                    disable=self.progress is None)
 
     def prompt_ids(self, prompt: Text) -> tuple[int, ...]:
         """Token ids of ``prompt`` as the model should see it before its response."""
