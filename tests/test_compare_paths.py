@@ -122,3 +122,27 @@ def test_cells_run_in_the_configs_folder(folders):
     compare_run.run_compare(plan, command=lambda d: [sys.executable, "-c", WHERE_CELL, str(d)])
     result = json.loads((conf / "out" / "cells" / "seed=0" / "result.json").read_text())
     assert result["cwd"] == os.fspath(conf) and result["data"] == "the config's pairs"
+
+
+def test_a_scorer_that_is_not_there_is_an_error_before_any_cell_runs(tmp_path):
+    """A reward-model folder missing for an online cell's reward or a decoding method's scorer, or
+    a folder that is not a reward model: one line naming where, at load time.
+    A reward model that is there, given relative to the config's folder, passes."""
+    from alignlab.compare.config import load_plan
+    from alignlab.errors import ConfigError
+
+    def plan(body: str):
+        path = tmp_path / "c.yaml"
+        path.write_text(body)
+        return load_plan(path)
+
+    with pytest.raises(ConfigError, match=r"cell method=grpo: reward: scorer 'rm:nowhere': reward-model folder "
+                                          r"'nowhere' not found"):
+        plan("base: {task: arithmetic, reward: ['rm:nowhere']}\ngrid: {method: [grpo]}\n")
+    with pytest.raises(ConfigError, match=r"decoding\[1\]: --scorer: scorer 'rm:gone': reward-model folder 'gone' not"):
+        plan("base: {task: arithmetic}\ngrid: {method: [dpo]}\n"
+             "decoding: ['best-of-n --n 2 --scorer task:arithmetic', 'best-of-n --n 2 --scorer rm:gone']\n")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ConfigError, match="'plain' is not a reward model"):
+        plan("base: {task: arithmetic, reward: ['rm:plain']}\ngrid: {method: [grpo]}\n")
+    assert plan("base: {task: arithmetic, reward: ['task:arithmetic:gold']}\ngrid: {method: [grpo]}\n").cells

@@ -110,6 +110,12 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
     grid = _grid(raw.get("grid"))
     decoding = _decoding(raw.get("decoding"))
     config_dir = Path(path).expanduser().absolute().parent
+    from alignlab.decoding.spec import parse_method
+
+    for i, text in enumerate(decoding):
+        scorer = getattr(parse_method(text, field=f"decoding[{i}]"), "scorer", None)
+        if scorer:
+            _check_scorers(f"decoding[{i}]: --scorer", [scorer], config_dir)
     base = resolve_keys(base, "base", config_dir)
     if "output_dir" in raw:  # a relative one is read from the config's folder, the default from the current one
         output_dir = output_path(raw["output_dir"], "output_dir", config_dir)
@@ -163,6 +169,18 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
                               "read, as 1 and 1.0 are, or two spellings of one path); give each value once")
     plan.cells = distinct_ids(plan.cells)
     return plan
+
+
+def _check_scorers(where: str, specs: list[str], folder: Path) -> None:
+    """A one-line error for the first scorer spec that is plainly wrong (``spec_problem``: an
+    unknown kind or task, a reward-model folder that is not there), read from the config's folder
+    where the cells run, before any cell runs."""
+    from alignlab.rewards import spec_problem
+
+    for spec in specs:
+        problem = spec_problem(spec, folder)
+        if problem is not None:
+            raise ConfigError(f"{where}: {problem}")
 
 
 def _train_keys(raw: dict[str, Any], where: str) -> dict[str, Any]:
@@ -290,6 +308,7 @@ def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedba
     if plan.task is not None and "model" not in train:  # the testbed's model: the demo's settings
         train = {**demo_keys(plan.task, method, train), **train}
     cfg = _check_train(cell_id, train, base, values)  # the values, checked and typed
+    _check_scorers(f"cell {cell_id}: reward", list(cfg.rollout.reward), plan.config_dir)
     rounds = cfg.iterate.rounds
     if "data" not in train:
         if plan.task is None:

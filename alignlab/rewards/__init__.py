@@ -69,6 +69,44 @@ def _known(opts: dict[str, str], allowed: set[str], what: str) -> None:
         raise UserError(f"scorer '{what}': unknown option {unknown[0]!r} (options: {', '.join(sorted(allowed))})")
 
 
+def spec_problem(spec: str, folder: Path | None = None) -> str | None:
+    """What is wrong with scorer ``spec`` that shows without loading anything (an unknown kind, an
+    unknown task, a reward-model or policy folder that is not there), its relative paths read from
+    ``folder`` (default: the current one); None when nothing shows. A harness that runs many jobs
+    checks its scorers with this before the first, so a typo does not surface after hours."""
+    from alignlab.rewards.model import is_reward_model_dir
+
+    def where(path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() or folder is None else folder / p
+
+    kind, _, rest = spec.partition(":")
+    if kind not in SPECS:
+        if where(spec).is_dir() and is_reward_model_dir(where(spec)):
+            return None
+        return f"scorer '{spec}': unknown kind '{kind}' (kinds: {', '.join(SPECS)}; or a reward-model directory)"
+    if kind == "rm":
+        if not where(rest).is_dir():
+            return f"scorer '{spec}': reward-model folder '{rest}' not found"
+        if not is_reward_model_dir(where(rest)):
+            return f"scorer '{spec}': '{rest}' is not a reward model (train one with --method reward_model)"
+    if kind == "task":
+        from alignlab.tasks import task_names
+
+        name = rest.partition(":")[0]
+        if name not in task_names():
+            return f"scorer '{spec}': unknown task '{name}' (tasks: {', '.join(task_names())})"
+    if kind == "implicit":
+        try:
+            opts = _options(rest, spec, positional="policy")
+        except UserError as e:
+            return str(e)
+        for key in ("policy", "reference"):
+            if key in opts and not where(opts[key]).is_dir():
+                return f"scorer '{spec}': {key} folder '{opts[key]}' not found"
+    return None
+
+
 def load_scorer(spec: str) -> Scorer:
     """A scorer from its text form (see the module docstring); a UserError for a bad one."""
     from alignlab.rewards.model import is_reward_model_dir
@@ -133,4 +171,4 @@ def load_scorer(spec: str) -> Scorer:
 
 __all__ = ["Scorer", "BleuReward", "CallableBackend", "FunctionReward", "HFBackend", "ImplicitReward", "LengthPenalty",
            "LogSigmoidSum", "PairwiseJudge", "PointwiseJudge", "RewardModelScorer", "Routed", "TaskReward",
-           "WeightedSum", "by_task", "load_scorer", "reference_rewards", "swap_consistency"]
+           "WeightedSum", "by_task", "load_scorer", "spec_problem", "reference_rewards", "swap_consistency"]

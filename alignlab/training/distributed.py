@@ -23,6 +23,8 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    # this run started a process group of one (FSDP or DeepSpeed on one process), which it ends
+    own_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -83,11 +85,21 @@ def init_distributed(group: bool = False) -> Dist:
     if cuda:
         torch.cuda.set_device(device)
     backend = "nccl" if cuda else "gloo"
+    own = False
     if world > 1 and not tdist.is_initialized():
         tdist.init_process_group(backend=backend)
     elif group and not tdist.is_initialized():
         tdist.init_process_group(backend=backend, store=tdist.HashStore(), rank=0, world_size=1)
-    return Dist(rank, world, local, device)
+        own = True
+    return Dist(rank, world, local, device, own_group=own)
+
+
+def end_own_group(dist: Dist) -> None:
+    """End the process group of one that ``init_distributed`` started for this run, so that the
+    process is as the run found it (a later run, or the caller's own group, starts afresh). A
+    launcher's group of several processes is left to the launcher."""
+    if dist.own_group and tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def wrap_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:

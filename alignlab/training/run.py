@@ -36,7 +36,13 @@ from alignlab.models import (
 from alignlab.training import fsdp, prepare, zero, zero_config
 from alignlab.training.checkpoint import list_checkpoints
 from alignlab.training.critic import attach_critic
-from alignlab.training.distributed import Dist, init_distributed, sum_over_processes, wrap_model
+from alignlab.training.distributed import (
+    Dist,
+    end_own_group,
+    init_distributed,
+    sum_over_processes,
+    wrap_model,
+)
 from alignlab.training.kinds import model_kind
 from alignlab.training.loop import SPLIT_KEYS, LoopInputs, afresh, autocast, run_loop
 from alignlab.training.online_run import online_source
@@ -299,6 +305,13 @@ def train(config: TrainConfig | dict[str, Any]) -> Summary:
     if deepspeed:
         zero.import_deepspeed()  # a missing install is one line, before anything loads
     dist = init_distributed(group=cfg.optim.fsdp or bool(deepspeed))
+    try:
+        return _train(cfg, kind, deepspeed, dist)
+    finally:
+        end_own_group(dist)
+
+
+def _train(cfg: TrainConfig, kind, deepspeed, dist: Dist) -> Summary:
     out = Path(cfg.output_dir)
     _check_output_dir(cfg, out)
     torch.manual_seed(cfg.seed)

@@ -139,18 +139,13 @@ def test_wrappers_are_looked_through(model_tok, tmp_path):
     weights = dict(backend.policy_weights(torch.compile(wrapped)))
     assert sorted(weights) == sorted(bare)
     assert all(torch.equal(weights[n], p) for n, p in model.named_parameters())
-    # a one-process fsdp run earlier in this process may have left its group of one: use it then
-    started = not torch.distributed.is_initialized()
-    if started:
-        torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(str(tmp_path / "store"), 1),
-                                             rank=0, world_size=1)
+    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(str(tmp_path / "store"), 1),
+                                         rank=0, world_size=1)
     try:
-        assert torch.distributed.get_world_size() == 1
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         assert {n: t.data_ptr() for n, t in backend.policy_weights(ddp)} == bare
     finally:
-        if started:
-            torch.distributed.destroy_process_group()
+        torch.distributed.destroy_process_group()
 
 
 def test_tied_embeddings_are_given_once():

@@ -202,3 +202,25 @@ if __name__ == "__main__":
 
     _die_after_step_2()
     sys.exit(main())
+
+
+def test_a_one_process_fsdp_run_ends_the_group_it_started(tmp_path, tiny_model_dir, sft_file):
+    """In a process with no process group, ``train(fsdp=True)`` starts a group of one and ends it
+    when it returns (or fails): a second run starts its own, and the process is left as found.
+    A group the caller started is the caller's: the run uses it and leaves it running."""
+    import torch.distributed as tdist
+
+    common = dict(method="sft", max_steps=1, dtype="fp64", lr=1e-2, eval_fraction=0.0, cache=False, fsdp=True)
+    assert not tdist.is_initialized()
+    a = train(base_config(tiny_model_dir, sft_file, tmp_path / "a", **common))
+    assert not tdist.is_initialized()
+    with pytest.raises(ConfigError):  # a run that fails after the group started ends it too
+        train(base_config(tiny_model_dir, sft_file, tmp_path / "a", **common))  # the folder is taken
+    assert not tdist.is_initialized()
+    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    try:
+        b = train(base_config(tiny_model_dir, sft_file, tmp_path / "b", **common))
+        assert tdist.is_initialized()
+    finally:
+        tdist.destroy_process_group()
+    assert max_abs_diff(weights(a.model_dir), weights(b.model_dir)) == 0
