@@ -12,46 +12,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alignlab.report import figures
+from alignlab.report.blocks import Document, Figure, Section, Table, Text
 from alignlab.report.collect import FAILED, OK, CellResult, Collected
+from alignlab.report.overopt import overopt_section
 from alignlab.report.stats import column_texts, spread, win_matrix
-
-
-@dataclass
-class Text:
-    text: str
-
-
-@dataclass
-class Table:
-    columns: list[str]
-    rows: list[list[str]]
-    caption: str = ""
-
-
-@dataclass
-class Figure:
-    path: Path  # the PNG
-    title: str
-    caption: str = ""
-
-
-@dataclass
-class Section:
-    title: str
-    blocks: list[Text | Table | Figure] = field(default_factory=list)
-
-
-@dataclass
-class Document:
-    title: str
-    intro: list[str]
-    sections: list[Section]
-
 
 # The final metrics a comparison's table shows, in order, where some cell has them.
 COLUMNS = [
@@ -239,8 +207,6 @@ def run_document(data: Collected, images: Path) -> Document:
     sections = [final]
     if curves.blocks:
         sections.append(curves)
-    from alignlab.report.overopt import overopt_section
-
     if (over := overopt_section(data.root, images)) is not None:  # `alignlab eval overopt`'s JSON, when there
         sections.append(over)
     if data.config:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import html
 
-from alignlab.report.document import Document, Figure, Table, Text
+from alignlab.report.blocks import Document, Figure, Table, Text
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;

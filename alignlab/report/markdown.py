@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from alignlab.report.document import Document, Figure, Table, Text
+from alignlab.report.blocks import Document, Figure, Table, Text
 
 
 def _cell(text: str) -> str:

@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from alignlab.report.blocks import Figure, Section, Table
+
 REPORT_NAME = "overopt.json"
 
 
@@ -93,7 +95,6 @@ def check_report(report: dict[str, Any], source: Path) -> list[dict]:
 def overopt_section(root: Path, images: Path):
     """The report's "Over-optimisation" section when ``root`` holds ``overopt.json``, else None."""
     from alignlab.report.collect import read_json
-    from alignlab.report.document import Figure, Section, Table
 
     source = root / REPORT_NAME
     if not source.is_file():
