@@ -97,8 +97,15 @@ def init_distributed(group: bool = False) -> Dist:
 def end_own_group(dist: Dist) -> None:
     """End the process group of one that ``init_distributed`` started for this run, so that the
     process is as the run found it (a later run, or the caller's own group, starts afresh). A
-    launcher's group of several processes is left to the launcher."""
-    if dist.own_group and tdist.is_initialized():
+    launcher's group of several processes is left to the launcher. Where DeepSpeed ran on the
+    group, its own teardown ends it: DeepSpeed keeps groups cloned from it (a later engine would
+    find them ended, "not registered"), which only its ``destroy_process_group`` lets go."""
+    if not (dist.own_group and tdist.is_initialized()):
+        return
+    comm = sys.modules.get("deepspeed.comm")  # imported by a run that used DeepSpeed, never here
+    if comm is not None and comm.is_initialized():
+        comm.destroy_process_group()
+    else:
         tdist.destroy_process_group()
 
 

@@ -194,11 +194,20 @@ class OnlineSource:
             micro.append(batch)
         rows = sorted({e.row for e in self._examples})
         metrics = dict(self._metrics) if fresh else {"generation_s": 0.0, "reward_s": 0.0}
+        if not fresh and self._everyone is not None:  # a later step of the round (μ > 1) logs its reward too
+            metrics["reward"] = self._round_reward()
         size = self.completions
         if self._idle is not None:  # per-example metrics are over the completions with an advantage
             size = sum(not i for flags in self._idle for i in flags)
             metrics["skipped_zero_advantage"] = 1.0 - size / self.completions
         return Step(micro, size, rows, metrics)
+
+    def _round_reward(self) -> float:
+        """The mean reward of the round's completions, every process's (what its first step logs),
+        from the round a later step of it (μ > 1) holds, resumed or not: the forward's per-example
+        reward covers only the completions it computed (``skip_zero_advantage``)."""
+        rewards = [d["reward"] for mine in self._everyone for d in mine]
+        return sum(rewards) / max(len(rewards), 1)
 
     def position(self, done: int) -> dict[str, float]:
         return {"epoch": done / (self.updates * self.rounds_per_epoch)}

@@ -36,13 +36,16 @@ def run(model_dir, tmp_path, name, **kw):
                                           ("grpo", {"updates_per_rollout": 2, "max_steps": 4})])
 @pytest.mark.parametrize("bs,ga", [(8, 1), (2, 4)])
 def test_leaving_out_zero_advantage_completions_gives_the_same_update(tmp_path, tiny_model_dir, method, extra, bs, ga):
-    """fp64, 3 steps (each samples from the last one's weights): the same losses and weights to
-    1e-12 with the completions left out as with every one computed, and some were left out."""
+    """fp64, 3 steps (each samples from the last one's weights): the same losses, weights and
+    logged rewards to 1e-12 with the completions left out as with every one computed, and some
+    were left out."""
     kw = {"method": method, "batch_size": bs, "grad_accum": ga, "packing": False, **extra}
     off, off_rows = run(tiny_model_dir, tmp_path, "off", skip_zero_advantage=False, **kw)
     on, on_rows = run(tiny_model_dir, tmp_path, "on", **kw)
     assert [r["loss"] for r in on_rows] == pytest.approx([r["loss"] for r in off_rows], abs=1e-12)
     assert max_abs_diff(weights(on.model_dir), weights(off.model_dir)) < 1e-12
+    # every step of a round logs the round's reward (over all its completions, not those computed)
+    assert [r["reward"] for r in on_rows] == pytest.approx([r["reward"] for r in off_rows], abs=1e-12)
     assert all("skipped_zero_advantage" not in r for r in off_rows)
     assert any(r["skipped_zero_advantage"] > 0 for r in on_rows)
     assert max_abs_diff(weights(on.model_dir), weights(tiny_model_dir)) > 1e-4  # it learned

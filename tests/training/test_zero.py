@@ -132,3 +132,25 @@ def test_zero3_online_and_lora(tmp_path, tiny_model_dir, pairs_file):
     one, two = (load_file(Path(d) / "adapter_model.safetensors") for d in (single.model_dir, tmp_path / "lora-two" / "model"))
     assert max(float(v.abs().max()) for k, v in two.items() if "lora_B" in k) > 1e-3  # B starts at zero
     assert max_abs_diff(one, two) < TOL
+
+
+def test_one_process_runs_one_after_another(tmp_path, tiny_model_dir, pairs_file):
+    """Two one-process ZeRO-2 runs in one Python process (as a notebook or a sweep runs them): the
+    first ends the process group of one it started, DeepSpeed's groups cloned from it included, so
+    the second starts afresh and ends with the same weights (it failed on DeepSpeed's stale clone
+    of the ended group: "Group ... is not registered")."""
+    cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "run", batch_size=2, deepspeed="zero2",
+                      **{**_common(), "max_steps": 1, "eval_fraction": 0.0})
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    script = ("import json, sys, torch.distributed as tdist\n"
+              "from alignlab import train\n"
+              "cfg = json.load(open(sys.argv[1]))\n"
+              "for name in ('a', 'b'):\n"
+              "    train({**cfg, 'output_dir': cfg['output_dir'] + '-' + name})\n"
+              "    assert not tdist.is_initialized()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cfg.json")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = weights(tmp_path / "run-a" / "model"), weights(tmp_path / "run-b" / "model")
+    assert max_abs_diff(a, weights(tiny_model_dir)) > 1e-3 and max_abs_diff(a, b) == 0

@@ -9,8 +9,9 @@ loop divides the step's summed losses by, counted from the examples alone (their
 units, or the method's own ``LossSpec.units``: online DPO's decisive pairs), so the update does not
 depend on how the step is split.
 
-Besides the loss's metrics it logs ``entropy``: the mean over every completion token of the step
-(all of them, those a truncation mask leaves out of the loss too) of the entropy −Σ_v π(v) log π(v)
+Besides the loss's metrics it logs ``entropy``: the mean over every completion token the step
+computes (those a truncation mask leaves out of the loss too; not those of completions left out
+for a zero advantage, ``Batch.idle``) of the entropy −Σ_v π(v) log π(v)
 of the policy's next-token distribution where the token is predicted, at temperature 1, from the
 same forward pass. Each example gives its sum and its token count (``_count/entropy``), which the
 loop adds over the step before dividing, so it is one mean over the step's tokens however the step
