@@ -93,6 +93,37 @@ def test_ctrl_c_twice_stops_slow_cells_at_once(tmp_path):
     assert not list(out.glob("cells/*/failed.json"))
 
 
+def test_ctrl_c_pressed_in_a_burst_always_stops_the_cells(tmp_path):
+    """Presses that land anywhere in the harness (here: bursts of SIGINT at random moments, over
+    and over) never leave it hung or its cells running: each run exits 130 within seconds with no
+    cell process left. A press is counted by a handler, not raised inside whatever runs (raised
+    inside ``Popen.poll`` it could leave the process's lock held and ``wait`` blocked forever)."""
+    import random
+
+    rng = random.Random(0)
+    for attempt in range(4):
+        out = tmp_path / f"out{attempt}"
+        path = tmp_path / f"compare{attempt}.yaml"
+        path.write_text(CONFIG.format(out=out))
+        harness = subprocess.Popen([sys.executable, "-c", HARNESS.replace("CELL", repr(STUBBORN_CELL)), str(path)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pids = [out / "cells" / f"lr={lr}" / "pid" for lr in ("0.1", "0.2")]
+        try:
+            _wait_for(lambda pids=pids: all(p.exists() and p.read_text() for p in pids))
+            for _ in range(rng.randint(2, 6)):
+                harness.send_signal(signal.SIGINT)
+                time.sleep(rng.uniform(0, 0.02))
+            _, err = harness.communicate(timeout=20)
+        finally:
+            if harness.poll() is None:
+                harness.kill()
+            for p in pids:
+                if p.exists() and p.read_text() and process_alive(int(p.read_text())):
+                    os.kill(int(p.read_text()), signal.SIGKILL)
+        assert harness.returncode == 130, err
+        assert not any(process_alive(int(p.read_text())) for p in pids), err
+
+
 def test_an_attempt_killed_outright_keeps_its_time_to_the_last_heartbeat(tmp_path):
     """A process killed by SIGKILL after 0.6 s, beating every 0.05 s, leaves an attempt still
     'running' with at least 0.5 s; the next attempt adds its own, and the total is their sum."""

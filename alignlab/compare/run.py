@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -163,21 +164,50 @@ def cell_env() -> dict[str, str]:
 STOPS = ((signal.SIGTERM, 60.0), (signal.SIGINT, 5.0), (None, 0.0))
 
 
-def _stop(running: dict[str, tuple[subprocess.Popen, Cell, float, Any]]) -> None:
+class CtrlC:
+    """Ctrl-C presses counted by a handler of SIGINT while the cells run, instead of raised as
+    ``KeyboardInterrupt`` wherever the harness happens to be: raised inside ``Popen.poll``, that
+    exception can leave the process object's internal lock held, after which ``wait`` blocks
+    forever and the harness cannot stop its cells. Off the main thread (where no handler can be
+    set) presses arrive as ``KeyboardInterrupt`` as usual."""
+
+    def __init__(self) -> None:
+        self.presses = 0
+        self._previous: Any = None
+
+    def _press(self, signum, frame) -> None:
+        self.presses += 1
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._press)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _stop(running: dict[str, tuple[subprocess.Popen, Cell, float, Any]], ctrl_c: CtrlC) -> None:
     """Stop the running cells, each step of ``STOPS`` taken when the previous one timed out or
     the user pressed Ctrl-C again."""
     procs = [proc for proc, _, _, _ in running.values()]
     _log(f"stopping {len(procs)} running cells (a training run writes a checkpoint first); Ctrl-C again to stop "
          "them at once")
+    handled = 1  # the press that started the stop; any later one, even in the same burst, is "again"
     for sig, seconds in STOPS:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill() if sig is None else proc.send_signal(sig)
         deadline = time.monotonic() + seconds
         try:
-            while time.monotonic() < deadline and any(proc.poll() is None for proc in procs):
+            while (time.monotonic() < deadline and ctrl_c.presses <= handled
+                   and any(proc.poll() is None for proc in procs)):
                 time.sleep(0.05)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # off the main thread
+            ctrl_c.presses += 1
+        if ctrl_c.presses > handled:
+            handled = ctrl_c.presses
             _log("stopping them at once")
         if all(proc.poll() is not None for proc in procs):
             break
@@ -200,45 +230,48 @@ def run_cells(plan: Plan, cells: list[Cell], command: Callable[[Path], list[str]
     done: list[str] = []
     failed: dict[str, dict[str, Any]] = {}
     total = len(cells)
-    try:
-        while pending or running:
-            while pending and len(running) < slots:
-                cell = pending.pop(0)
-                folder = plan.cell_dir(cell)
-                threads = cell_threads(plan, cell, slots)
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / FAILED).unlink(missing_ok=True)
-                write_json(folder / "cell.json", cell_record(plan, cell, threads))
-                log = (folder / "log.txt").open("a")
-                log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command(folder))}\n")
-                log.flush()
-                proc = subprocess.Popen(command(folder), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        cwd=plan.config_dir,
-                                        env={**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-                running[cell.id] = (proc, cell, time.perf_counter(), log)
-                _log(f"started  {cell.id} ({total - len(pending)} of {total})")
-            time.sleep(poll)
-            for cell_id, (proc, cell, started, log) in list(running.items()):
-                code = proc.poll()
-                if code is None:
-                    continue
-                log.close()
-                del running[cell_id]
-                folder = plan.cell_dir(cell)
-                seconds = time.perf_counter() - started
-                if code == 0 and (folder / RESULT).exists():
-                    done.append(cell_id)
-                    _log(f"finished {cell_id} in {seconds:.0f} s ({len(done) + len(failed)} of {total} done)")
-                else:
-                    info = {"returncode": code, "log": str(folder / "log.txt"), "seconds": round(seconds, 1)}
-                    write_json(folder / FAILED, info)
-                    failed[cell_id] = info
-                    _log(f"FAILED   {cell_id} (exit {code}; log: {info['log']}) ({len(done) + len(failed)} of {total} "
-                         "done)")
-    except KeyboardInterrupt:
-        _stop(running)
-        raise Interrupted(f"comparison interrupted with {len(running)} cells running; run the same command again "
-                          "to resume it") from None
+    with CtrlC() as ctrl_c:
+        try:
+            while (pending or running) and not ctrl_c.presses:
+                while pending and len(running) < slots:
+                    cell = pending.pop(0)
+                    folder = plan.cell_dir(cell)
+                    threads = cell_threads(plan, cell, slots)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / FAILED).unlink(missing_ok=True)
+                    write_json(folder / "cell.json", cell_record(plan, cell, threads))
+                    log = (folder / "log.txt").open("a")
+                    log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command(folder))}\n")
+                    log.flush()
+                    proc = subprocess.Popen(command(folder), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            cwd=plan.config_dir,
+                                            env={**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+                    running[cell.id] = (proc, cell, time.perf_counter(), log)
+                    _log(f"started  {cell.id} ({total - len(pending)} of {total})")
+                time.sleep(poll)
+                for cell_id, (proc, cell, started, log) in list(running.items()):
+                    code = proc.poll()
+                    if code is None:
+                        continue
+                    log.close()
+                    del running[cell_id]
+                    folder = plan.cell_dir(cell)
+                    seconds = time.perf_counter() - started
+                    if code == 0 and (folder / RESULT).exists():
+                        done.append(cell_id)
+                        _log(f"finished {cell_id} in {seconds:.0f} s ({len(done) + len(failed)} of {total} done)")
+                    else:
+                        info = {"returncode": code, "log": str(folder / "log.txt"), "seconds": round(seconds, 1)}
+                        write_json(folder / FAILED, info)
+                        failed[cell_id] = info
+                        _log(f"FAILED   {cell_id} (exit {code}; log: {info['log']}) ({len(done) + len(failed)} of {total} "
+                             "done)")
+        except KeyboardInterrupt:  # off the main thread
+            ctrl_c.presses += 1
+        if ctrl_c.presses:  # a second press stops the cells at once
+            _stop(running, ctrl_c)
+            raise Interrupted(f"comparison interrupted with {len(running)} cells running; run the same command "
+                              "again to resume it") from None
     return done, failed
 
 
