@@ -42,6 +42,19 @@ def shared_tmp(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+@pytest.fixture(autouse=True)
+def no_process_group_left():
+    """A test that starts a process group ends it: one left behind breaks a later test in the same
+    worker that starts its own (the order differs from run to run under xdist). Checked after every
+    test, which then fails here, naming itself, with the group ended for the next."""
+    yield
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+        pytest.fail("the test left a torch.distributed process group running; end it (end_own_group)")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Reference log-probs and samples that runs cache, and testbed models, go to a folder of this

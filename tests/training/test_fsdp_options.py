@@ -104,16 +104,22 @@ def test_no_sync_keeps_gradients_on_the_process(tiny_model_dir):
     """Inside ``fsdp.no_sync`` a backward pass leaves the sharded gradients unset (nothing was
     reduce-scattered: the gradient waits, unsharded, on the process); the next backward pass
     outside it reduces the sum of both, which is the unsharded model's accumulated gradient."""
+    from alignlab.models import load_model
+    from alignlab.training import fsdp
+    from alignlab.training.distributed import end_own_group, init_distributed
+
+    dist = init_distributed(group=True)
+    try:
+        _no_sync_check(dist, load_model(str(tiny_model_dir), dtype="fp64"), fsdp)
+    finally:
+        end_own_group(dist)
+
+
+def _no_sync_check(dist, plain, fsdp) -> None:
     import copy
 
     import torch
 
-    from alignlab.models import load_model
-    from alignlab.training import fsdp
-    from alignlab.training.distributed import init_distributed
-
-    dist = init_distributed(group=True)
-    plain = load_model(str(tiny_model_dir), dtype="fp64")
     model = fsdp.shard(copy.deepcopy(plain), dist, bf16=False)
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, plain.config.vocab_size, (2, 7), generator=gen) for _ in range(2)]
