@@ -119,12 +119,13 @@ def measure(model, reference, generator, prompts: Sequence, n: int, params, prox
 def fit_gao(d: Sequence[float], reward: Sequence[float]) -> dict | None:
     """Least-squares α, β of R(d) − R(0) = d(α − β log d) over the points with d > 0, ``R(0)``
     being the reward at the first point (which must have d = 0: the reference itself); None when
-    fewer than two points have d > 0 or the fit is degenerate."""
+    fewer than three points have d > 0 (two points determine α and β exactly, a curve through them
+    that says nothing of the form) or the fit is degenerate."""
     if not d or d[0] != 0.0:
         return None
     base = reward[0]
     pts = [(x, y - base) for x, y in zip(d[1:], reward[1:], strict=True) if x > 0]
-    if len(pts) < 2:
+    if len(pts) < 3:
         return None
     # normal equations of y = α·x − β·x·log x
     f = [(x, -x * math.log(x)) for x, _ in pts]

@@ -54,13 +54,19 @@ def test_percentile_interval_takes_order_statistics():
 
 def test_fit_gao_recovers_the_form_and_refuses_too_few_points():
     """R(d) = 0.3 + d(0.8 − 0.25 log d) at d = 0, 0.5, 1, 2, 3: the fit returns α 0.8, β 0.25, no
-    residual. Without a first point at d = 0, or with one point past it, there is no fit."""
+    residual. Without a first point at d = 0, or with fewer than three points past it (two fix α
+    and β exactly, with no residual to say whether the form fits), there is no fit; with three
+    off the form, the residual shows it."""
     d = [0.0, 0.5, 1.0, 2.0, 3.0]
     r = [0.3] + [0.3 + x * (0.8 - 0.25 * math.log(x)) for x in d[1:]]
     fit = fit_gao(d, r)
     assert fit["alpha"] == pytest.approx(0.8, abs=1e-9) and fit["beta"] == pytest.approx(0.25, abs=1e-9)
     assert fit["rmse"] == pytest.approx(0.0, abs=1e-9) and fit["points"] == 4
-    assert fit_gao(d[1:], r[1:]) is None and fit_gao(d[:2], r[:2]) is None
+    assert fit_gao(d[1:], r[1:]) is None and fit_gao(d[:2], r[:2]) is None and fit_gao(d[:3], r[:3]) is None
+    assert fit_gao(d[:4], r[:4])["points"] == 3
+    # a reward rising as 0.1·d² is not of the form: a residual remains
+    off = fit_gao([0.0, 1.0, 2.0, 3.0], [0.0, 0.1, 0.4, 0.9])
+    assert off["rmse"] > 1e-3
 
 
 def test_trend_by_hand():
