@@ -26,7 +26,40 @@ def run_config(run: str | Path) -> dict:
         raise UserError(f"{path}: not readable YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(config, dict) or not config.get("model"):
         raise UserError(f"{path}: names no starting model ('model')")
-    return config
+    return _from_launch_folder(config, Path(run))
+
+
+SOURCE_KEYS = ("model", "reference_model", "data", "mix_data", "eval_data")
+
+
+def _from_launch_folder(config: dict, run: Path) -> dict:
+    """``config`` with its relative local paths (the model, the data) read from the folder the run
+    was started in, wherever the caller stands now. run.yaml keeps them as typed; the folder is
+    the run's own minus its relative ``output_dir`` (``runs/x`` found at ``/work/runs/x`` was
+    started in ``/work``). A value that is not a path there (a hub name, ``task:NAME``) or a run
+    whose folder cannot tell (an absolute output_dir, a moved run) keeps its value."""
+    out_dir = config.get("output_dir")
+    if not isinstance(out_dir, str) or not out_dir or Path(out_dir).is_absolute():
+        return config
+    parts = Path(out_dir).parts
+    here = run.expanduser().resolve().parts
+    if len(here) <= len(parts) or here[-len(parts):] != parts:
+        return config
+    launch = Path(*here[:-len(parts)])
+
+    def resolved(value):
+        if not isinstance(value, str) or not value or value.startswith("task:") or Path(value).is_absolute():
+            return value
+        where = launch / Path(value).expanduser()
+        return str(where) if where.exists() else value
+
+    out = dict(config)
+    for key, value in config.items():
+        if key in SOURCE_KEYS:
+            out[key] = resolved(value)
+        elif isinstance(value, dict):  # a section (dataset: mix_data, eval_data)
+            out[key] = {k: resolved(v) if k in SOURCE_KEYS else v for k, v in value.items()}
+    return out
 
 
 def run_models(run: str | Path, dtype: str = "fp32") -> Iterator[tuple[str, Callable[[], torch.nn.Module]]]:

@@ -4,9 +4,11 @@ by hand and over a training run's checkpoints."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
+import yaml
 
 from alignlab.cli import main
 from alignlab.eval.displacement import displacement
@@ -76,3 +78,30 @@ def test_a_runs_checkpoints_in_order(tiny_model_dir, tmp_path, capsys):
         assert by_name[name]["rejected_change"] == pytest.approx(mean_change("rejected"), abs=1e-4)
     assert by_name["step-00000001"]["margin_change"] != 0.0  # one step already moved the weights
     assert report["pairs"] == 8 and "chosen fell" in capsys.readouterr().out
+
+
+def test_a_runs_relative_paths_are_read_from_where_it_was_started(tiny_model_dir, pairs_file, tmp_path, monkeypatch):
+    """A run started in folder W with ``--model m --data pairs.jsonl --output_dir runs/x`` keeps
+    those paths as typed in run.yaml; read from another folder, its model and data are W's, and
+    its models load. A run moved elsewhere (its folder no longer tells) keeps them as written."""
+    from alignlab import train
+    from alignlab.training.saved import run_config
+    from tests.training.helpers import base_config
+
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.copytree(tiny_model_dir, work / "m")
+    shutil.copy(pairs_file, work / "pairs.jsonl")
+    monkeypatch.chdir(work)
+    train(base_config("m", "pairs.jsonl", "runs/x", method="dpo", max_steps=1, save_every=1, keep_checkpoints=0))
+    saved = yaml.safe_load((work / "runs" / "x" / "run.yaml").read_text())
+    assert saved["model"] == "m" and saved["data"] == "pairs.jsonl"  # as typed
+    monkeypatch.chdir(tmp_path)
+    config = run_config("w/runs/x")
+    assert config["model"] == str(work / "m") and config["data"] == str(work / "pairs.jsonl")
+    labels = [label for label, _ in run_models("w/runs/x")]
+    assert labels[0] == "start" and labels[-1] == "final"
+    start = dict(run_models("w/runs/x"))["start"]()
+    assert start.config.vocab_size > 0
+    shutil.move(work / "runs" / "x", tmp_path / "moved")  # its folder no longer tells where it started
+    assert run_config(tmp_path / "moved")["model"] == "m"
