@@ -21,7 +21,7 @@ def _paths(paths: dict) -> str:
 
 def cmd_compare(tokens: list[str]) -> int:
     from alignlab.compare.config import describe, load_plan
-    from alignlab.compare.run import run_compare
+    from alignlab.compare.run import ending, run_compare
 
     parser = ArgumentParser(prog="alignlab compare", allow_abbrev=False,
                             description="Train and evaluate every cell of a grid (methods, hyperparameters, seeds; "
@@ -41,7 +41,7 @@ def cmd_compare(tokens: list[str]) -> int:
     print(f"\n{table}\n")
     print(f"{len(outcome.ran)} cells ran, {len(outcome.skipped)} had finished earlier, {len(outcome.failed)} failed")
     for cell_id, info in outcome.failed.items():
-        print(f"  FAILED {cell_id} (exit {info['returncode']}): {info['log']}")
+        print(f"  FAILED {cell_id} ({ending(info['returncode'])}): {info['log']}")
     print(_paths(outcome.report))
     return 1 if outcome.failed else 0
 

@@ -217,3 +217,22 @@ def test_the_report_shows_time_over_all_attempts_and_the_resumed_cells(tmp_path)
     assert "Cells that took more than one attempt (stopped or failed, then resumed; their time counts every attempt): " \
            "seed=1 (2 attempts)." in md
     assert "Time: a cell's wall-clock seconds, summed over its attempts when it was resumed." in md
+
+
+def test_a_cell_ended_by_a_signal_from_outside_says_so(tmp_path, capsys, monkeypatch):
+    """A cell's process killed from outside the comparison (the out-of-memory killer sends
+    SIGKILL) is reported as killed by that signal, not as a bare negative exit code, and is run
+    again by the next run of the comparison."""
+    from alignlab import cli
+
+    assert compare_run.ending(3) == "exit 3" and compare_run.ending(-15) == "killed by SIGTERM"
+    assert compare_run.ending(-200) == "killed by signal 200"
+    killed = "import os, signal, sys; os.kill(os.getpid(), signal.SIGKILL)"
+    path = tmp_path / "compare.yaml"
+    path.write_text(CONFIG.format(out=tmp_path / "out"))
+    monkeypatch.setattr(compare_run, "cell_command", lambda d: [sys.executable, "-c", killed, str(d)])
+    assert cli.main(["compare", str(path)]) == 1
+    printed = capsys.readouterr()
+    assert "FAILED lr=0.1 (killed by SIGKILL)" in printed.out, printed.out
+    assert "a rerun of the comparison runs it again" in printed.err
+    assert len(compare_run.check_earlier(load_plan(path))) == 2

@@ -216,6 +216,17 @@ def _stop(running: dict[str, tuple[subprocess.Popen, Cell, float, Any]], ctrl_c:
         log.close()
 
 
+def ending(code: int) -> str:
+    """How a cell's process ended, as a person reads it: ``exit 1``, or ``killed by SIGKILL`` for a
+    process a signal ended (from outside the comparison: the out-of-memory killer, a kill command)."""
+    if code >= 0:
+        return f"exit {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 def run_cells(plan: Plan, cells: list[Cell], command: Callable[[Path], list[str]] = cell_command,
               poll: float = 0.2) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Run ``cells`` as processes in the config's folder (its relative paths are read from there),
@@ -264,8 +275,8 @@ def run_cells(plan: Plan, cells: list[Cell], command: Callable[[Path], list[str]
                         info = {"returncode": code, "log": str(folder / "log.txt"), "seconds": round(seconds, 1)}
                         write_json(folder / FAILED, info)
                         failed[cell_id] = info
-                        _log(f"FAILED   {cell_id} (exit {code}; log: {info['log']}) ({len(done) + len(failed)} of {total} "
-                             "done)")
+                        _log(f"FAILED   {cell_id} ({ending(code)}; log: {info['log']}) ({len(done) + len(failed)} "
+                             f"of {total} done; a rerun of the comparison runs it again)")
         except KeyboardInterrupt:  # off the main thread
             ctrl_c.presses += 1
         if ctrl_c.presses:  # a second press stops the cells at once
