@@ -60,14 +60,28 @@ def _wait_for(condition, seconds: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def _start_harness(path) -> subprocess.Popen:
+    """``alignlab compare PATH`` with STUBBORN_CELL as every cell's process."""
+    return subprocess.Popen([sys.executable, "-c", HARNESS.replace("CELL", repr(STUBBORN_CELL)), str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _end(harness: subprocess.Popen, pids) -> None:
+    """Whatever a test left running, killed (the harness, and each cell by the pid it wrote)."""
+    if harness.poll() is None:
+        harness.kill()
+    for p in pids:
+        if p.exists() and p.read_text() and process_alive(int(p.read_text())):
+            os.kill(int(p.read_text()), signal.SIGKILL)
+
+
 def test_ctrl_c_twice_stops_slow_cells_at_once(tmp_path):
     """The first Ctrl-C asks the cells to stop (SIGTERM) and waits; the second stops them at once:
     the command exits 130 within seconds, no cell process is left, none is marked failed."""
     out = tmp_path / "out"
     path = tmp_path / "compare.yaml"
     path.write_text(CONFIG.format(out=out))
-    harness = subprocess.Popen([sys.executable, "-c", HARNESS.replace("CELL", repr(STUBBORN_CELL)), str(path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    harness = _start_harness(path)
     pids = [out / "cells" / f"lr={lr}" / "pid" for lr in ("0.1", "0.2")]
     logs = [p.with_name("log.txt") for p in pids]
     try:
@@ -80,11 +94,7 @@ def test_ctrl_c_twice_stops_slow_cells_at_once(tmp_path):
         harness.send_signal(signal.SIGINT)
         _, err = harness.communicate(timeout=20)
     finally:
-        if harness.poll() is None:
-            harness.kill()
-        for p in pids:
-            if p.exists() and p.read_text() and process_alive(int(p.read_text())):
-                os.kill(int(p.read_text()), signal.SIGKILL)
+        _end(harness, pids)
     assert harness.returncode == 130 and time.monotonic() - start < 5, err
     assert "stopping 2 running cells" in err and "stopping them at once" in err, err
     assert err.rstrip().endswith("alignlab: comparison interrupted with 2 cells running; run the same command again "
@@ -105,8 +115,7 @@ def test_ctrl_c_pressed_in_a_burst_always_stops_the_cells(tmp_path):
         out = tmp_path / f"out{attempt}"
         path = tmp_path / f"compare{attempt}.yaml"
         path.write_text(CONFIG.format(out=out))
-        harness = subprocess.Popen([sys.executable, "-c", HARNESS.replace("CELL", repr(STUBBORN_CELL)), str(path)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        harness = _start_harness(path)
         pids = [out / "cells" / f"lr={lr}" / "pid" for lr in ("0.1", "0.2")]
         try:
             _wait_for(lambda pids=pids: all(p.exists() and p.read_text() for p in pids))
@@ -115,11 +124,7 @@ def test_ctrl_c_pressed_in_a_burst_always_stops_the_cells(tmp_path):
                 time.sleep(rng.uniform(0, 0.02))
             _, err = harness.communicate(timeout=20)
         finally:
-            if harness.poll() is None:
-                harness.kill()
-            for p in pids:
-                if p.exists() and p.read_text() and process_alive(int(p.read_text())):
-                    os.kill(int(p.read_text()), signal.SIGKILL)
+            _end(harness, pids)
         assert harness.returncode == 130, err
         assert not any(process_alive(int(p.read_text())) for p in pids), err
 
