@@ -108,14 +108,8 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
     feedback_raw = base.pop("feedback", None)
     base = _train_keys(base, "base")
     grid = _grid(raw.get("grid"))
-    decoding = _decoding(raw.get("decoding"))
     config_dir = Path(path).expanduser().absolute().parent
-    from alignlab.decoding.spec import parse_method
-
-    for i, text in enumerate(decoding):
-        scorer = getattr(parse_method(text, field=f"decoding[{i}]"), "scorer", None)
-        if scorer:
-            _check_scorers(f"decoding[{i}]: --scorer", [scorer], config_dir)
+    decoding = _decoding(raw.get("decoding"), config_dir)
     base = resolve_keys(base, "base", config_dir)
     if "output_dir" in raw:  # a relative one is read from the config's folder, the default from the current one
         output_dir = output_path(raw["output_dir"], "output_dir", config_dir)
@@ -224,7 +218,9 @@ def _grid(raw: Any) -> dict[str, list[Any]]:
     return dict(zip(flat, grid.values(), strict=True))
 
 
-def _decoding(raw: Any) -> list[str]:
+def _decoding(raw: Any, config_dir: Path) -> list[str]:
+    """The decoding methods as written, each parsed once: checked, none given twice, and its
+    scorer checked (``_check_scorers``) from the config's folder."""
     from alignlab.decoding.spec import parse_method
 
     if raw is None:
@@ -237,6 +233,9 @@ def _decoding(raw: Any) -> list[str]:
         parsed.append(parse_method(text, field=f"decoding[{i}]"))
         if parsed.index(parsed[-1]) != i:  # the same method and flags, written alike or not
             raise ConfigError(f"decoding[{i}]: '{text}' is the same method as decoding[{parsed.index(parsed[-1])}]")
+        scorer = getattr(parsed[-1], "scorer", None)
+        if scorer:
+            _check_scorers(f"decoding[{i}]: --scorer", [scorer], config_dir)
     return list(raw)
 
 
