@@ -22,10 +22,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from alignlab.config import SOURCE_KEYS
 from alignlab.errors import ConfigError
 
 OUTPUT_KEYS = ("cache_dir", "logging_dir")  # and the comparison's own output_dir
-SOURCE_KEYS = ("model", "reference_model", "data", "mix_data", "eval_data")
 # Keys whose null is their default (left as it is); a null model or data would fall back silently.
 NULLABLE = ("cache_dir", "logging_dir", "reference_model", "mix_data", "eval_data")
 # A file extension starts with a letter, so that a version in a hub name ("OpenHermes-2.5") is none.

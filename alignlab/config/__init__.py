@@ -24,6 +24,7 @@ from alignlab.config.parse import (
     unknown_key_error,
 )
 from alignlab.config.schema import (
+    SOURCE_KEYS,
     AdapterConfig,
     CheckpointConfig,
     DataConfig,
@@ -37,7 +38,7 @@ from alignlab.config.schema import (
 )
 
 __all__ = [
-    "OTHER_NAMES", "RESUMABLE_KEYS", "AdapterConfig", "CheckpointConfig", "DataConfig", "EvalConfig", "OptimConfig",
+    "OTHER_NAMES", "RESUMABLE_KEYS", "SOURCE_KEYS", "AdapterConfig", "CheckpointConfig", "DataConfig", "EvalConfig", "OptimConfig",
     "Section", "TrackingConfig", "TrainConfig", "bool_keys", "build", "config_differences", "convert", "field_help", "fields_markdown",
     "flat_config", "get_loss", "known_keys", "list_keys", "load_config", "make_config", "normalize", "read_yaml", "sections",
     "unknown_key_error",

@@ -331,6 +331,11 @@ class TrackingConfig:
             _check(getattr(self, name) != "", name, "must not be empty (leave it out for the default)")
 
 
+# The fields that name what a run reads: a local path (file or folder), or a hub name; data may
+# also be a task's prompts (``task:NAME``). A relative path is relative to where the run starts.
+SOURCE_KEYS = ("model", "reference_model", "data", "mix_data", "eval_data")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs: what to train on what, then one section per concern.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from alignlab.config import SOURCE_KEYS
 from alignlab.errors import UserError
 
 
@@ -27,9 +28,6 @@ def run_config(run: str | Path) -> dict:
     if not isinstance(config, dict) or not config.get("model"):
         raise UserError(f"{path}: names no starting model ('model')")
     return _from_launch_folder(config, Path(run))
-
-
-SOURCE_KEYS = ("model", "reference_model", "data", "mix_data", "eval_data")
 
 
 def _from_launch_folder(config: dict, run: Path) -> dict:
