@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from alignlab.errors import UserError
+from alignlab.errors import ConfigError, UserError
 
 PREFIX = "step-"
 
@@ -94,6 +94,33 @@ def seal(tmp: Path, final: Path, step: int) -> None:
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
+
+
+def shared_tmp(root: Path, step: int, dist) -> Path:
+    """A new folder under ``root`` for checkpoint ``step`` that every process writes into (a sharded
+    or DeepSpeed checkpoint), made by the first process. Every process must see it (its name is
+    new, so no older one can stand in for it): otherwise a process's part would land on a disk of
+    its own and the checkpoint would lack it, so that is a one-line error."""
+    tmp = Path(dist.from_main(lambda: tempfile.mkdtemp(prefix=f".tmp-{step_name(step)}-", dir=root)))
+    blind = [r for r, seen in enumerate(dist.gather(tmp.is_dir())) if not seen]
+    if blind:
+        if dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"output_dir: process {blind[0]} does not see {tmp}, which the first process made to write "
+                          "a checkpoint in; output_dir must be on a file system that every machine of the run sees "
+                          "(a shared or network file system)")
+    return tmp
+
+
+def same_newest(found: Path | None, root: Path, dist) -> None:
+    """Every process must resume from the checkpoint the first one found: a process that finds
+    another (or none) sees another file system under output_dir."""
+    names = dist.gather(None if found is None else found.name)
+    if len(set(names)) > 1:
+        seen = ", ".join(f"process {r}: {n or 'none'}" for r, n in enumerate(names))
+        raise ConfigError(f"resume: the processes find different newest checkpoints in {root} ({seen}); output_dir "
+                          "must be on a file system that every machine of the run sees (a shared or network file "
+                          "system)")
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, extra: dict[str, Any]) -> Path:

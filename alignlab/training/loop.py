@@ -147,7 +147,7 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
     dist = inp.dist
     root = inp.out_dir / "checkpoints"
     found = ckpt.newest_valid(root, report=inp.log if dist.is_main else (lambda _: None))
-    sharded_ckpt.same_newest(found, root, dist)
+    ckpt.same_newest(found, root, dist)
     if found is None:
         if dist.is_main:
             inp.log(f"no checkpoint in {root}; starting from step 0")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alignlab.errors import ConfigError, option
-from alignlab.training.checkpoint import read_state, rng_tensors, seal, set_rng, step_name
+from alignlab.training.checkpoint import read_state, rng_tensors, seal, set_rng, shared_tmp, step_name
 from alignlab.training.distributed import Dist
 
 SHARDS = "shards"
@@ -56,8 +55,7 @@ def save_sharded(root: Path, step: int, model, optimizer, scheduler, extra: dict
 
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_name(step)
-    tmp = Path(dist.from_main(lambda: tempfile.mkdtemp(prefix=f".tmp-{step_name(step)}-", dir=root)))
-    _check_shared(tmp, dist)
+    tmp = shared_tmp(root, step, dist)
     try:
         tensors, osd = _flat(model, optimizer)
         dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(tmp / SHARDS), save_distributed=True))
@@ -74,30 +72,6 @@ def save_sharded(root: Path, step: int, model, optimizer, scheduler, extra: dict
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def _check_shared(tmp: Path, dist: Dist) -> None:
-    """Every process must see the directory the first process just made (its name is new, so no
-    older one can stand in for it): otherwise a process's shards would land on a disk of its own
-    and the checkpoint would lack them."""
-    blind = [r for r, seen in enumerate(dist.gather(tmp.is_dir())) if not seen]
-    if blind:
-        if dist.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise ConfigError(f"output_dir: process {blind[0]} does not see {tmp}, which the first process made to write "
-                          "a checkpoint in; output_dir must be on a file system that every machine of the run sees "
-                          "(a shared or network file system)")
-
-
-def same_newest(found: Path | None, root: Path, dist: Dist) -> None:
-    """Every process must resume from the checkpoint the first one found: a process that finds
-    another (or none) sees another file system under output_dir."""
-    names = dist.gather(None if found is None else found.name)
-    if len(set(names)) > 1:
-        seen = ", ".join(f"process {r}: {n or 'none'}" for r, n in enumerate(names))
-        raise ConfigError(f"resume: the processes find different newest checkpoints in {root} ({seen}); output_dir "
-                          "must be on a file system that every machine of the run sees (a shared or network file "
-                          "system)")
 
 
 def load_sharded(ckpt: Path, model, optimizer, scheduler) -> dict[str, Any]:

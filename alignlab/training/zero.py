@@ -26,14 +26,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from alignlab.errors import ConfigError, UserError
-from alignlab.training.checkpoint import read_state, rng_tensors, seal, set_rng, step_name
+from alignlab.training.checkpoint import read_state, rng_tensors, seal, set_rng, shared_tmp, step_name
 from alignlab.training.distributed import Dist
 from alignlab.training.zero_config import ds_config
 
@@ -164,7 +163,7 @@ def save(root: Path, step: int, engine, scheduler, extra: dict[str, Any], dist: 
     """Write checkpoint ``step`` under ``root`` from every process, atomically; returns its directory."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_name(step)
-    tmp = Path(dist.from_main(lambda: tempfile.mkdtemp(prefix=f".tmp-{step_name(step)}-", dir=root)))
+    tmp = shared_tmp(root, step, dist)
     try:
         with contextlib.redirect_stdout(sys.stderr):
             engine.save_checkpoint(str(tmp / ENGINE_DIR), tag=TAG, save_latest=False)

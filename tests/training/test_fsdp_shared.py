@@ -81,25 +81,23 @@ def _finds_nothing_on_process_1() -> None:
 
 
 def _blind_from_step_2() -> None:
-    import alignlab.training.sharded as sharded
+    """Process 1 is handed, from checkpoint 2 on, the first process's new checkpoint folder under
+    ``elsewhere/``: whatever engine writes the checkpoint (FSDP's shards, DeepSpeed's), the folder
+    every process writes into comes through ``Dist.from_main`` (``checkpoint.shared_tmp``)."""
+    import re
 
-    real = sharded.save_sharded
+    from alignlab.training.distributed import Dist
 
-    def save(root, step, model, optimizer, scheduler, extra, dist):
-        if dist.rank == 1 and step >= 2:
-            seen = dist.from_main
+    real = Dist.from_main
 
-            def elsewhere(read):
-                return seen(read).replace("/checkpoints/", "/elsewhere/")
+    def from_main(self, read):
+        value = real(self, read)
+        made = re.search(r"/checkpoints/\.tmp-step-(\d+)-", value) if isinstance(value, str) else None
+        if self.rank == 1 and made and int(made[1]) >= 2:
+            return value.replace("/checkpoints/", "/elsewhere/")
+        return value
 
-            dist.from_main = elsewhere
-            try:
-                return real(root, step, model, optimizer, scheduler, extra, dist)
-            finally:
-                dist.from_main = seen
-        return real(root, step, model, optimizer, scheduler, extra, dist)
-
-    sharded.save_sharded = save
+    Dist.from_main = from_main
 
 
 if __name__ == "__main__":

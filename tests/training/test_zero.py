@@ -154,3 +154,23 @@ def test_one_process_runs_one_after_another(tmp_path, tiny_model_dir, pairs_file
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = weights(tmp_path / "run-a" / "model"), weights(tmp_path / "run-b" / "model")
     assert max_abs_diff(a, weights(tiny_model_dir)) > 1e-3 and max_abs_diff(a, b) == 0
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_output_dir_not_shared_is_one_line(tmp_path, tiny_model_dir, pairs_file, stage):
+    """Every process writes its part of a DeepSpeed checkpoint into the folder the first process
+    made: a process that does not see it (each machine's own disk, simulated on process 1 from
+    checkpoint 2 on, as for FSDP in ``test_fsdp_shared.py``) stops the run with one line, and
+    nothing of checkpoint 2 is left, where DeepSpeed would otherwise write that process's part on
+    a disk of its own and the checkpoint would lack it."""
+    from tests.training.test_fsdp import _torchrun
+
+    out = tmp_path / "two"
+    cfg = base_config(tiny_model_dir, pairs_file, out, batch_size=1, deepspeed=stage, save_every=1,
+                      keep_checkpoints=0, **_common())
+    proc = _torchrun(cfg, tmp_path, "two", module="tests.training.test_fsdp_shared", ok=False)
+    assert proc.returncode != 0
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("alignlab: error:")]
+    assert lines and lines[0].startswith("alignlab: error: output_dir: process 1 does not see "), proc.stderr[-3000:]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000001"]
+    assert not (out / "elsewhere").exists()
