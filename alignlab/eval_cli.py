@@ -522,15 +522,15 @@ def cmd_ches_filter(tokens: list[str]) -> int:
 # ---------------------------------------------------------------- over-optimisation
 
 
-def saved_models(run: str) -> list[tuple[str, int | None, object]]:
+def saved_models(run: str, left_out: dict[str, str] | None = None) -> list[tuple[str, int | None, object]]:
     """(label, step, load) of a training run's models in training order: start (step 0), each
     checkpoint, then the final model unless a checkpoint already holds its step (summary.json's
-    ``steps``)."""
+    ``steps``). ``left_out`` receives the checkpoints left out (``run_models``)."""
     from alignlab.training.checkpoint import PREFIX
     from alignlab.training.saved import run_models
 
     out: list[tuple[str, int | None, object]] = []
-    for name, load in run_models(run):
+    for name, load in run_models(run, left_out=left_out):
         step = 0 if name == "start" else int(name[len(PREFIX):]) if name.startswith(PREFIX) else None
         out.append((name, step, load))
     if out and out[-1][0] == "final":
@@ -550,12 +550,9 @@ def cmd_overopt(tokens: list[str]) -> int:
     from alignlab.training.saved import run_config
 
     args = overopt_parser().parse_args(tokens)
-    report = run_overopt(args, run_config(args.run), lambda: saved_models(args.run))
-    from alignlab.training.checkpoint import list_checkpoints, verify
-
-    # the checkpoints run_models left out (damaged, unfinished), kept in the report for whoever reads it later
-    report["left_out"] = {c.name: why for c in reversed(list_checkpoints(Path(args.run) / "checkpoints"))
-                          if (why := verify(c)) is not None}
+    left_out: dict[str, str] = {}  # checkpoints run_models left out (damaged, unfinished), as it checked them
+    report = run_overopt(args, run_config(args.run), lambda: saved_models(args.run, left_out))
+    report["left_out"] = left_out  # kept in the report for whoever reads it later
     write_report(report["out"], report)
     if report["plot"]:
         from alignlab.report.overopt import overopt_figure

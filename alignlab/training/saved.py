@@ -60,7 +60,8 @@ def _from_launch_folder(config: dict, run: Path) -> dict:
     return out
 
 
-def run_models(run: str | Path, dtype: str = "fp32") -> Iterator[tuple[str, Callable[[], torch.nn.Module]]]:
+def run_models(run: str | Path, dtype: str = "fp32", left_out: dict[str, str] | None = None
+               ) -> Iterator[tuple[str, Callable[[], torch.nn.Module]]]:
     """(label, load) for each model of a training run in training order: ``start`` (the run's
     starting model, ``model`` in run.yaml), ``step-N`` for each checkpoint under checkpoints/ that
     passes its checksums (a damaged one is reported on stderr and left out), and ``final`` (the
@@ -68,7 +69,7 @@ def run_models(run: str | Path, dtype: str = "fp32") -> Iterator[tuple[str, Call
     or a sharded run's shards): they are loaded into the starting model (with the run's LoRA
     adapter, for a LoRA run, then merged into it). A PPO critic's parameters (``value_model.*``)
     are not the policy's and are left out. A reward-model run has no policy to follow: one error
-    line."""
+    line. ``left_out``, when given, receives each checkpoint left out and why, by name."""
     import sys
 
     from safetensors.torch import load_file
@@ -125,6 +126,8 @@ def run_models(run: str | Path, dtype: str = "fp32") -> Iterator[tuple[str, Call
         why = verify(ckpt)
         if why is not None:
             print(f"leaving out checkpoint {ckpt}: {why}", file=sys.stderr)
+            if left_out is not None:
+                left_out[ckpt.name] = why
             continue
         yield ckpt.name, at(ckpt)
     if (root / "model").is_dir():
