@@ -94,6 +94,9 @@ from alignlab.training.run import train as train_once
 from alignlab.training.sinks import TENSORBOARD_FOLDER, run_name
 
 TASK_ROUND_PROMPTS = 256  # a testbed task's prompts per round when the config gives no round_prompts
+# Samples per chunk of a round's sampling (the unit that is scored and written, so a killed round
+# resumes from its last chunk) when the config gives no generation_batch_size.
+ROUND_CHUNK = 64
 CONFIG_FILE = "rounds.yaml"
 DONE_FILE = "round.json"
 SCORED_FILE = "scored.json"  # the round's scores and data counts, written before its training starts
@@ -340,7 +343,7 @@ def _sample(cfg: TrainConfig, r: int, policy: str, prompts: Sequence[Text], fold
                             top_k=rollout.top_k, seed=round_seed(cfg.seed, r))
     job = SampleJob(model=policy, params=params, n=rollout.num_generations, prompts=str(prompt_file),
                     backend=rollout.generation_backend,
-                    batch_size=max(1, rollout.generation_batch_size // rollout.num_generations),
+                    batch_size=max(1, (rollout.generation_batch_size or ROUND_CHUNK) // rollout.num_generations),
                     dtype="fp32" if cfg.dtype == "bf16" else cfg.dtype)
     out = folder / "samples.jsonl"
     run_sample(job, out, trust_remote_code=cfg.trust_remote_code, progress=cfg.progress)

@@ -209,7 +209,10 @@ class RolloutConfig:
     top_k: int = param(0, "top-k sampling of the rollouts (0: off)")
     generation_backend: str = param("native", "generation backend: native, hf, vllm or ray (workers as Ray actors, "
                                               "ray_workers of them)")
-    generation_batch_size: int = param(64, "sequences the generator decodes at once (per Ray worker)")
+    generation_batch_size: int | None = param(None, "sequences the generator decodes at once (per Ray worker); none: "
+                                                    "native takes a step's samples all at once when their cache fits "
+                                                    "in a quarter of the free memory (fewer otherwise), hf 128, vllm "
+                                                    "its own max_num_seqs")
     ray_workers: int = param(2, "generation workers (Ray actors) when generation_backend is ray")
     ray_address: str | None = param(None, "the Ray cluster the workers run on (host:port, ray://host:port or auto); "
                                           "default: a local cluster with ray_workers CPUs")
@@ -245,7 +248,8 @@ class RolloutConfig:
                "checkout: pip install -e '.[ray]')")
         _check(self.ray_address is None or _ray_address(str(self.ray_address)), "ray_address",
                f"must be host:port, ray://host:port or auto, got '{self.ray_address}'")
-        _check(self.generation_batch_size >= 1, "generation_batch_size", f"must be >= 1, got {self.generation_batch_size}")
+        _check(self.generation_batch_size is None or self.generation_batch_size >= 1, "generation_batch_size",
+               f"must be >= 1, got {self.generation_batch_size}")
         _check(self.updates_per_rollout >= 1, "updates_per_rollout", f"must be >= 1, got {self.updates_per_rollout}")
         _check(self.reward_weights is None or len(self.reward_weights) == len(self.reward), "reward_weights",
                f"give one weight per reward ({len(self.reward)}), got {self.reward_weights}")

@@ -44,6 +44,54 @@ def context_limit(model) -> int | None:
     return None
 
 
+# ``batch_size=None``: the sequences decoding at once may take at most this share of the memory free
+# on the model's device (their keys and values, and their logits while a token is drawn).
+AUTO_MEMORY_SHARE = 0.25
+AUTO_FALLBACK = 64  # when the model's shape or the free memory cannot be read
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device``: CUDA's own count, else the host's available memory (Linux's
+    MemAvailable); None where neither can be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def bytes_per_sequence(model, new_tokens: int) -> int | None:
+    """Memory one decoding sequence takes: the keys and values of its ``new_tokens`` in every
+    layer, and four copies of its logits (the output, the filtered and normalised copies of a
+    draw). None when the config does not say the model's shape."""
+    config = model.config
+    get = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers, heads, hidden = (getattr(get, k, None) for k in ("num_hidden_layers", "num_attention_heads", "hidden_size"))
+    vocab = getattr(get, "vocab_size", None)
+    if not all(isinstance(v, int) and v > 0 for v in (layers, heads, hidden, vocab)):
+        return None
+    kv_heads = getattr(get, "num_key_value_heads", None) or heads
+    head_dim = getattr(get, "head_dim", None) or hidden // heads
+    size = next(model.parameters()).element_size()
+    return layers * 2 * kv_heads * head_dim * new_tokens * size + 4 * vocab * 4
+
+
+def auto_batch_size(model, sequences: int, new_tokens: int) -> int:
+    """How many of ``sequences`` decode at once when the caller leaves it to the engine: all of
+    them when they fit in ``AUTO_MEMORY_SHARE`` of the device's free memory, else as many as do
+    (at least one); ``AUTO_FALLBACK`` at most where the model's shape or the memory is unknown."""
+    each = bytes_per_sequence(model, new_tokens)
+    free = free_memory(next(model.parameters()).device)
+    if each is None or free is None:
+        return max(1, min(sequences, AUTO_FALLBACK))
+    return max(1, min(sequences, int(free * AUTO_MEMORY_SHARE) // each))
+
+
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -303,17 +351,20 @@ class NativeGenerator(RendersPrompts):
 
     ``batch_size``: sequences decoding at once (the slots of the cache, whose memory is ``(slots ×
     max_new_tokens + prompts live × longest prompt) × layers × 2 × kv heads × head dim`` numbers of
-    the model's dtype; the prompt rows grow as prompts go live, the n samples of one sharing a row); ``prefill_tokens``: how many prompt positions (prompts × padded width) one prefill pass
-    takes at most; ``progress``: a label for a progress bar (sequences done), or None.
+    the model's dtype; the prompt rows grow as prompts go live, the n samples of one sharing a
+    row); None (the default): every sequence of a call at once when they fit in a quarter of the
+    free memory, else as many as do (``auto_batch_size``). The samples are the same whatever the
+    batch size. ``prefill_tokens``: how many prompt positions (prompts × padded width) one prefill
+    pass takes at most; ``progress``: a label for a progress bar (sequences done), or None.
 
     Build it with ``make_generator(model, tokenizer, "native")``, which checks the model first.
     """
 
     numbers_prompts = True  # draws depend only on (seed, prompt index, sample index)
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, progress: str | None = None,
+    def __init__(self, model, tokenizer, batch_size: int | None = None, progress: str | None = None,
                  prefill_tokens: int = 4096):
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         if prefill_tokens < 1:
             raise UserError(f"prefill_tokens must be >= 1, got {prefill_tokens}")
@@ -371,8 +422,8 @@ class NativeGenerator(RendersPrompts):
         return out
 
     def _run(self, seqs: list[_Seq], params: SamplingParams, stops: set[int], bar) -> None:
-        count = min(self.batch_size, len(seqs))
         budget = max(s.budget for s in seqs)
+        count = min(self.batch_size or auto_batch_size(self.model, len(seqs), budget), len(seqs))
         prompts = len({s.prompt for s in seqs})
         n = max(1, len(seqs) // prompts)
         cache = SlotCache(count, max(len(s.context) for s in seqs), budget, groups=min(prompts, -(-count // n)))

@@ -92,9 +92,11 @@ def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_token
 
 
 def generator_options(cfg) -> dict:
-    """The run's generator options: the batch size, and for "ray" its workers and cluster."""
+    """The run's generator options: the batch size (where the run sets one; else the backend's
+    default), and for "ray" its workers and cluster."""
     rollout = cfg.rollout
-    options = {"batch_size": rollout.generation_batch_size}
+    size = rollout.generation_batch_size
+    options = {} if size is None else {"batch_size": size}
     if rollout.generation_backend == "ray":
         options.update(workers=rollout.ray_workers, address=rollout.ray_address, inner=rollout.ray_backend)
     return options

@@ -254,3 +254,38 @@ def test_update_weights_to_a_model_the_engine_cannot_run_is_refused():
     other = llama(seed=3)
     gen.update_weights(other)
     assert gen.model is other
+
+
+def test_default_batch_size_takes_every_sequence_that_fits_in_a_quarter_of_free_memory(monkeypatch):
+    """``batch_size=None`` sizes the slots from the model's shape and the free memory.
+
+    The test llama (fp32, 4 bytes a number): 2 layers × 2 (keys, values) × 2 kv heads × head dim
+    32/4 = 8 numbers per new token = 64 numbers, × 16 new tokens × 4 bytes = 4096 bytes of cache a
+    sequence, plus 4 copies of its 96 logits × 4 bytes = 1536: 5632 bytes a sequence. With 100,000
+    bytes free a quarter is 25,000: 4 sequences (22,528 bytes; 5 would take 28,160)."""
+    import alignlab.generation.native as native
+
+    model = llama()
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=11, stop_token_ids=tuple(range(3, 11)))
+    assert native.bytes_per_sequence(model, 16) == 5632
+    slots = []
+    made = native.SlotCache.__init__
+    monkeypatch.setattr(native.SlotCache, "__init__", lambda self, n, *a, **k: (slots.append(n), made(self, n, *a, **k))[1])
+    monkeypatch.setattr(native, "free_memory", lambda device: 100_000)
+    small = NativeGenerator(model, Tok()).generate_ids(contexts(), 10, params)
+    monkeypatch.setattr(native, "free_memory", lambda device: 10**12)
+    whole = NativeGenerator(model, Tok()).generate_ids(contexts(), 10, params)
+    monkeypatch.setattr(native, "free_memory", lambda device: None)  # unknown: AUTO_FALLBACK at most
+    unknown = NativeGenerator(model, Tok()).generate_ids(contexts(), 10, params)
+    monkeypatch.setattr(native, "free_memory", lambda device: 1)  # too little for one: one at a time
+    one = NativeGenerator(model, Tok()).generate_ids(contexts(), 10, params)
+    assert slots == [4, 70, 64, 1]  # 7 prompts × 10 samples
+    tokens = [[[s.token_ids for s in row] for row in run] for run in (small, whole, unknown, one)]
+    assert tokens[0] == tokens[1] == tokens[2] == tokens[3]
+
+
+def test_free_memory_reads_the_host_on_cpu():
+    from alignlab.generation.native import free_memory
+
+    free = free_memory(torch.device("cpu"))
+    assert free is not None and 0 < free < 2**50
