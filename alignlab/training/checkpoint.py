@@ -102,14 +102,21 @@ def shared_tmp(root: Path, step: int, dist) -> Path:
     new, so no older one can stand in for it): otherwise a process's part would land on a disk of
     its own and the checkpoint would lack it, so that is a one-line error."""
     tmp = Path(dist.from_main(lambda: tempfile.mkdtemp(prefix=f".tmp-{step_name(step)}-", dir=root)))
-    blind = [r for r, seen in enumerate(dist.gather(tmp.is_dir())) if not seen]
-    if blind:
-        if dist.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise ConfigError(f"output_dir: process {blind[0]} does not see {tmp}, which the first process made to write "
-                          "a checkpoint in; output_dir must be on a file system that every machine of the run sees "
-                          "(a shared or network file system)")
+    seen_by_all(tmp, dist, "made to write a checkpoint in", drop=True)
     return tmp
+
+
+def seen_by_all(path: Path, dist, what: str, drop: bool = False) -> None:
+    """Every process must see ``path``, which the first process ``what`` (words for the message);
+    a process that does not is on a disk of its own, so that is a one-line error (``drop``: the
+    first process removes ``path`` first)."""
+    blind = [r for r, seen in enumerate(dist.gather(path.is_dir())) if not seen]
+    if blind:
+        if drop and dist.is_main:
+            shutil.rmtree(path, ignore_errors=True)
+        raise ConfigError(f"output_dir: process {blind[0]} does not see {path}, which the first process {what}; "
+                          "output_dir must be on a file system that every machine of the run sees (a shared or "
+                          "network file system)")
 
 
 def same_newest(found: Path | None, root: Path, dist) -> None:

@@ -401,8 +401,9 @@ def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int, skipped_st
         sharded_ckpt.save_sharded(root, step, unwrapped, optimizer, scheduler, extra, dist)
     elif zero.is_engine(inp.model):  # every process writes its partitions, through the engine
         zero.save(root, step, inp.model, scheduler, extra, dist)
-    elif dist.is_main:
-        ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler, extra)
+    else:  # the first process writes alone; the others must see it to resume from it
+        written = dist.from_main(lambda: str(ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler, extra)))
+        ckpt.seen_by_all(Path(written), dist, "wrote as a checkpoint (it alone writes them)")
     if dist.is_main:
         ckpt.prune(root, inp.cfg.checkpoint.keep_checkpoints)
     dist.barrier()

@@ -1,5 +1,6 @@
 """A run whose output_dir some process does not see (each machine's own disk instead of a
-shared file system) stops with one line at the checkpoint it cannot write whole, or at resume when
+shared file system) stops with one line at the checkpoint it cannot write whole (FSDP) or that a
+process cannot see (DDP), or at resume when
 the processes find different checkpoints; a sharded checkpoint that lacks a process's shards is
 reported and skipped on resume.
 
@@ -50,6 +51,24 @@ def test_output_dir_not_shared_is_one_line_and_a_checkpoint_missing_shards_is_sk
     assert reports == [f"ignoring checkpoint {step1}: it holds the shards of 1 of the 2 processes that wrote it"]
 
 
+def test_ddp_output_dir_not_shared_is_one_line_at_the_checkpoint_the_others_cannot_see(tmp_path, tiny_model_dir,
+                                                                                       pairs_file):
+    """DDP: the first process writes each checkpoint alone; a process that cannot see it could not
+    resume from it, so the run stops there (not at a resume after a crash, when it is too late)."""
+    out = tmp_path / "ddp"
+    cfg = base_config(tiny_model_dir, pairs_file, out, batch_size=2, max_steps=3, save_every=1, keep_checkpoints=0)
+    proc = _torchrun(cfg, tmp_path, "ddp", module="tests.training.test_fsdp_shared", ok=False)
+    assert proc.returncode != 0
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("alignlab: error:")]
+    step2 = out / "checkpoints" / "step-00000002"
+    # every process says it; the first names the folder as it wrote it (process 1 is handed another)
+    assert (f"alignlab: error: output_dir: process 1 does not see {step2}, which the first process wrote as a "
+            "checkpoint (it alone writes them); output_dir must be on a file system that every machine of the run "
+            "sees (a shared or network file system)") in lines, proc.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
+    assert newest_valid(out / "checkpoints", report=lambda _: None) == step2  # what was written stays whole
+
+
 def test_resuming_processes_that_find_different_checkpoints_is_one_line(tmp_path, tiny_model_dir, pairs_file):
     """DDP: the first process alone writes the checkpoints; a process on a disk of its own finds
     none (simulated on process 1) and would start from step 0 beside the others."""
@@ -83,7 +102,8 @@ def _finds_nothing_on_process_1() -> None:
 def _blind_from_step_2() -> None:
     """Process 1 is handed, from checkpoint 2 on, the first process's new checkpoint folder under
     ``elsewhere/``: whatever engine writes the checkpoint (FSDP's shards, DeepSpeed's), the folder
-    every process writes into comes through ``Dist.from_main`` (``checkpoint.shared_tmp``)."""
+    every process writes into comes through ``Dist.from_main`` (``checkpoint.shared_tmp``), and so
+    does the checkpoint the first process writes alone (DDP)."""
     import re
 
     from alignlab.training.distributed import Dist
@@ -92,7 +112,7 @@ def _blind_from_step_2() -> None:
 
     def from_main(self, read):
         value = real(self, read)
-        made = re.search(r"/checkpoints/\.tmp-step-(\d+)-", value) if isinstance(value, str) else None
+        made = re.search(r"/checkpoints/(?:\.tmp-)?step-(\d+)", value) if isinstance(value, str) else None
         if self.rank == 1 and made and int(made[1]) >= 2:
             return value.replace("/checkpoints/", "/elsewhere/")
         return value
