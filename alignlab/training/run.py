@@ -369,7 +369,8 @@ def _train(cfg: TrainConfig, kind, deepspeed, dist: Dist) -> Summary:
         if online:  # a round samples from the policy and runs it outside the training step
             source = GatheredSource(source, partial(fsdp.full_params, model, frozen))
     elif deepspeed:
-        optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.adam_betas, cfg.optim.adam_eps)
+        optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.adam_betas, cfg.optim.adam_eps,
+                                   fused=False)  # DeepSpeed steps it on flat partitions of its own
         skeleton = fsdp.meta_copy(policy)  # ZeRO-3 partitions the policy's weights: the final ones are gathered here
         model = zero.initialize(policy, optimizer, deepspeed, cfg, dist)
         if zero.stage_of(model) == 2:
