@@ -9,8 +9,9 @@ never produce their full logits here. The model runs its decoder (asked for the 
 position per row) and, inside its forward pass (where a model sharded with FSDP has its whole
 output-layer weight), the hidden states at the response positions are taken, and the log-prob of each
 target is ``logit[target] − logsumexp``, a chunk of positions at a time (``target_logps``); the
-backward pass recomputes each chunk's logits instead of keeping them. Memory is one chunk of
-``chunk × V`` values, never ``B × T × V``, and prompts and padding cost no output-layer matmul.
+backward pass recomputes each chunk's logits instead of keeping them (positions that fit in one
+chunk keep their softmax for it instead). Memory is one chunk of ``chunk × V`` values, never ``B ×
+T × V``, and prompts and padding cost no output-layer matmul.
 Asked for it, the same pass also gives each position's entropy −Σ_v p_v log p_v (no gradient), from
 the chunk's logits it already holds.
 Other models give their full logits, and the same difference is computed a few rows at a time, so
@@ -121,25 +122,50 @@ def _entropy(logits_NV: torch.Tensor, lse_N: torch.Tensor) -> torch.Tensor:
     return -p.mul_(logp.masked_fill_(logp == float("-inf"), 0.0)).sum(-1)
 
 
+def _chunk_stats(logits_NV: torch.Tensor, targets_N: torch.Tensor, with_entropy: bool, keep: bool):
+    """From one chunk's logits (overwritten): the targets' log-probs, the logsumexp, the entropy
+    (None without ``with_entropy``) and, with ``keep``, ``(exp(logits − max), its row sums)`` for
+    the backward pass. One exponential serves all: with z = logits − max and s = Σ exp(z),
+    logsumexp = max + log s and the entropy −Σ p log p = log s − Σ exp(z)·z / s."""
+    picked_N = logits_NV.gather(-1, targets_N[:, None]).squeeze(-1)
+    max_N1 = logits_NV.amax(-1, keepdim=True)
+    z = logits_NV.sub_(max_N1)
+    if with_entropy:  # a −inf logit (probability 0) then adds 0·finfo.min = 0 to Σ exp(z)·z, not NaN
+        z.clamp_(min=torch.finfo(z.dtype).min)
+    e = z.exp() if (keep or with_entropy) else z.exp_()
+    sum_N = e.sum(-1)
+    log_sum_N = sum_N.log()
+    lse_N = max_N1.squeeze(-1) + log_sum_N
+    entropy_N = log_sum_N - torch.linalg.vecdot(e, z) / sum_N if with_entropy else None
+    return picked_N - lse_N, lse_N, entropy_N, ((e, sum_N) if keep else None)
+
+
 class _TargetLogps(torch.autograd.Function):
     """log softmax(h W^T)[target] per row of ``h``, chunked in both directions; with
-    ``with_entropy`` also each row's entropy (a second output, without gradient; empty otherwise)."""
+    ``with_entropy`` also each row's entropy (a second output, without gradient; empty otherwise).
+
+    The backward pass needs each row's softmax. When all rows fit in one chunk the forward pass
+    keeps it (one chunk of memory held from the forward to the backward pass); otherwise the
+    backward pass recomputes each chunk's logits, so memory stays at one chunk whatever the rows."""
 
     @staticmethod
-    def forward(ctx, hidden_Nd, weight_Vd, targets_N, with_entropy):
+    def forward(ctx, hidden_Nd, weight_Vd, targets_N, with_entropy, grad_enabled):
         cd = _compute_dtype(weight_Vd)
         acc = _accumulator(cd)
         w = weight_Vd.to(cd)
         n, step = hidden_Nd.shape[0], _chunk(weight_Vd)
+        keep = n <= step and grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         out_N = torch.empty(n, dtype=acc, device=hidden_Nd.device)
         lse_N = torch.empty(n, dtype=acc, device=hidden_Nd.device)
         ent_N = torch.empty(n if with_entropy else 0, dtype=acc, device=hidden_Nd.device)
+        ctx.kept = None
         for s in range(0, n, step):
-            logits = _logits(hidden_Nd[s:s + step], w, acc)
-            lse_N[s:s + step] = torch.logsumexp(logits, dim=-1)
-            out_N[s:s + step] = logits.gather(-1, targets_N[s:s + step, None]).squeeze(-1) - lse_N[s:s + step]
+            picked, lse, ent, kept = _chunk_stats(_logits(hidden_Nd[s:s + step], w, acc), targets_N[s:s + step],
+                                                  with_entropy, keep)
+            out_N[s:s + step], lse_N[s:s + step] = picked, lse
             if with_entropy:
-                ent_N[s:s + step] = _entropy(logits, lse_N[s:s + step])
+                ent_N[s:s + step] = ent
+            ctx.kept = kept
         ctx.save_for_backward(hidden_Nd, weight_Vd, targets_N, lse_N)
         ctx.compute_dtype = cd
         ctx.mark_non_differentiable(ent_N)
@@ -158,28 +184,33 @@ class _TargetLogps(torch.autograd.Function):
             h = hidden_Nd[s:s + step].to(cd)
             g = grad_N[s:s + step].to(acc)
             # d/dlogits of (logit[target] − logsumexp) is onehot(target) − softmax
-            d = torch.exp(_logits(h, w, acc) - lse_N[s:s + step, None]).mul_(-g[:, None])
+            if ctx.kept is not None:  # the softmax kept by the forward pass: exp(z) / Σ exp(z)
+                e, sum_N = ctx.kept
+                d = e * (-g / sum_N)[:, None]
+            else:
+                d = torch.exp(_logits(h, w, acc) - lse_N[s:s + step, None]).mul_(-g[:, None])
             d.scatter_add_(-1, targets_N[s:s + step, None], g[:, None])
             d = d.to(cd)
             if need_h:
                 grad_h[s:s + step] = d @ w
             if need_w:
                 grad_w += d.T @ h  # in the compute precision; the chunks' sum in fp32 or fp64
-        return grad_h, (grad_w.to(weight_Vd.dtype) if need_w else None), None, None
+        ctx.kept = None
+        return grad_h, (grad_w.to(weight_Vd.dtype) if need_w else None), None, None, None
 
 
 def target_logps(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
     """log softmax(hidden @ weight.T)[target] for each of N positions: fp32 (fp64 for an fp64
     model), differentiable with respect to ``hidden_Nd`` and ``weight_Vd``. Under autocast the
     matmul runs in autocast's dtype, as the model's own output layer would."""
-    return _TargetLogps.apply(hidden_Nd, weight_Vd, targets_N, False)[0]
+    return _TargetLogps.apply(hidden_Nd, weight_Vd, targets_N, False, torch.is_grad_enabled())[0]
 
 
 def target_logps_and_entropy(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor,
                              targets_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``target_logps`` and, from the same chunks of logits, the entropy −Σ_v p_v log p_v of each
     position's next-token distribution (N,), in the same dtype, without gradient."""
-    return _TargetLogps.apply(hidden_Nd, weight_Vd, targets_N, True)
+    return _TargetLogps.apply(hidden_Nd, weight_Vd, targets_N, True, torch.is_grad_enabled())
 
 
 def squared_mass(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,45 @@ def test_target_logps_equal_log_softmax_values_and_gradients(tiny_chunks):
     assert torch.allclose(got_w, ref_w, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("chunk_rows", [3, 7], ids=["chunks-recomputed", "one-chunk-kept"])
+def test_backward_keeps_the_softmax_of_one_chunk_and_recomputes_several(monkeypatch, chunk_rows):
+    """7 positions in chunks of 3 run the output-layer matmul 3 times forward and 3 times again
+    backward; in one chunk of 7 the forward pass keeps its softmax and the matmul runs once. Values
+    and gradients equal autograd through ``log_softmax(h @ W.T)`` either way, with the entropy too."""
+    monkeypatch.setattr(logprobs, "CHUNK_VALUES", chunk_rows * 259)
+    calls = []
+    real = logprobs._logits
+    monkeypatch.setattr(logprobs, "_logits", lambda *a: (calls.append(1), real(*a))[1])
+    gen = torch.Generator().manual_seed(5)
+    h = torch.randn(7, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(259, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    t = torch.randint(0, 259, (7,), generator=gen)
+    g = torch.randn(7, dtype=torch.float64, generator=gen)
+    logits = h @ w.T
+    ref = torch.log_softmax(logits, dim=-1).gather(-1, t[:, None]).squeeze(-1)
+    got, ent = logprobs.target_logps_and_entropy(h, w, t)
+    assert len(calls) == (3 if chunk_rows == 3 else 1)
+    ref_h, ref_w = torch.autograd.grad((ref * g).sum(), [h, w])
+    got_h, got_w = torch.autograd.grad((got * g).sum(), [h, w])
+    assert len(calls) == (6 if chunk_rows == 3 else 1)
+    assert torch.allclose(got, ref, atol=1e-13, rtol=0)
+    assert torch.allclose(got_h, ref_h, atol=1e-12, rtol=0) and torch.allclose(got_w, ref_w, atol=1e-12, rtol=0)
+    direct = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    assert torch.allclose(ent, direct.detach(), atol=1e-13, rtol=0)
+
+
+def test_nothing_is_kept_without_a_gradient(monkeypatch):
+    """Under no_grad (the old policy's and the reference's log-probs) the forward pass keeps no softmax."""
+    kept = []
+    real = logprobs._chunk_stats
+    monkeypatch.setattr(logprobs, "_chunk_stats", lambda *a: (kept.append(a[-1]), real(*a))[1])
+    h, w = torch.randn(4, 3, requires_grad=True), torch.randn(11, 3, requires_grad=True)
+    with torch.no_grad():
+        logprobs.target_logps(h, w, torch.zeros(4, dtype=torch.long))
+    logprobs.target_logps(h, w, torch.zeros(4, dtype=torch.long))
+    assert kept == [False, True]
+
+
 def test_target_logps_hand_value():
     """h = [1, 0], W rows [2, 0], [0, 0], [−1, 0]: logits (2, 0, −1); target 0 has log-prob
     2 − log(e² + 1 + e⁻¹); d/dh = W[0] − Σ p_v W[v] = 2 − (2e² − e⁻¹)/(e² + 1 + e⁻¹) on the first axis."""
