@@ -9,9 +9,9 @@ never produce their full logits here. The model runs its decoder (asked for the 
 position per row) and, inside its forward pass (where a model sharded with FSDP has its whole
 output-layer weight), the hidden states at the response positions are taken, and the log-prob of each
 target is ``logit[target] − logsumexp``, a chunk of positions at a time (``target_logps``); the
-backward pass recomputes each chunk's logits instead of keeping them (positions that fit in one
-chunk keep their softmax for it instead). Memory is one chunk of ``chunk × V`` values, never ``B ×
-T × V``, and prompts and padding cost no output-layer matmul.
+backward pass recomputes each chunk's logits instead of keeping them (unless all the positions'
+softmax fits in ``KEEP_VALUES``: then it is kept). Memory is one chunk of ``chunk × V`` values (or
+the kept softmax), never ``B × T × V`` logits, and prompts and padding cost no output-layer matmul.
 Asked for it, the same pass also gives each position's entropy −Σ_v p_v log p_v (no gradient), from
 the chunk's logits it already holds.
 Other models give their full logits, and the same difference is computed a few rows at a time, so
@@ -30,7 +30,13 @@ from alignlab.training.distributed import unwrap
 
 # Model types whose output is a plain, bias-free linear map of the decoder's normalised output.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
-CHUNK_VALUES = 1 << 25  # logits per chunk: 128 MB in fp32
+# Logits per chunk: 16 MB in fp32. Under glibc's largest mmap threshold (32 MB), so that a chunk's
+# temporaries come from the reused heap: a fresh 128 MB buffer costs its page faults, which took
+# longer than the exponential written into it (2 cores: 60 ms against 20 for 33M values).
+CHUNK_VALUES = 1 << 22
+# Softmax values (all chunks together) that the forward pass may keep for the backward pass
+# instead of recomputing the logits there: 128 MB in fp32.
+KEEP_VALUES = 1 << 25
 
 
 def head_of(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor] | None:
@@ -122,52 +128,56 @@ def _entropy(logits_NV: torch.Tensor, lse_N: torch.Tensor) -> torch.Tensor:
     return -p.mul_(logp.masked_fill_(logp == float("-inf"), 0.0)).sum(-1)
 
 
-def _chunk_stats(logits_NV: torch.Tensor, targets_N: torch.Tensor, with_entropy: bool, keep: bool):
-    """From one chunk's logits (overwritten): the targets' log-probs, the logsumexp, the entropy
-    (None without ``with_entropy``) and, with ``keep``, ``(exp(logits − max), its row sums)`` for
-    the backward pass. One exponential serves all: with z = logits − max and s = Σ exp(z),
-    logsumexp = max + log s and the entropy −Σ p log p = log s − Σ exp(z)·z / s."""
+def _chunk_stats(logits_NV: torch.Tensor, targets_N: torch.Tensor, with_entropy: bool,
+                 keep_NV: torch.Tensor | None):
+    """From one chunk's logits (overwritten): the targets' log-probs, the logsumexp, each row's
+    Σ exp(z) for z = logits − max, and the entropy (None without ``with_entropy``); ``keep_NV``
+    (optional) receives exp(z) for the backward pass. One exponential serves all: logsumexp =
+    max + log Σ exp(z) and the entropy −Σ p log p = log Σ exp(z) − Σ exp(z)·z / Σ exp(z)."""
     picked_N = logits_NV.gather(-1, targets_N[:, None]).squeeze(-1)
     max_N1 = logits_NV.amax(-1, keepdim=True)
     z = logits_NV.sub_(max_N1)
     if with_entropy:  # a −inf logit (probability 0) then adds 0·finfo.min = 0 to Σ exp(z)·z, not NaN
         z.clamp_(min=torch.finfo(z.dtype).min)
-    e = z.exp() if (keep or with_entropy) else z.exp_()
+    if keep_NV is not None:
+        e = torch.exp(z, out=keep_NV)
+    else:
+        e = z.exp() if with_entropy else z.exp_()
     sum_N = e.sum(-1)
     log_sum_N = sum_N.log()
     lse_N = max_N1.squeeze(-1) + log_sum_N
-    entropy_N = log_sum_N - torch.linalg.vecdot(e, z) / sum_N if with_entropy else None
-    return picked_N - lse_N, lse_N, entropy_N, ((e, sum_N) if keep else None)
+    entropy_N = log_sum_N - z.mul_(e).sum(-1) / sum_N if with_entropy else None
+    return picked_N - lse_N, lse_N, sum_N, entropy_N
 
 
 class _TargetLogps(torch.autograd.Function):
     """log softmax(h W^T)[target] per row of ``h``, chunked in both directions; with
     ``with_entropy`` also each row's entropy (a second output, without gradient; empty otherwise).
 
-    The backward pass needs each row's softmax. When all rows fit in one chunk the forward pass
-    keeps it (one chunk of memory held from the forward to the backward pass); otherwise the
-    backward pass recomputes each chunk's logits, so memory stays at one chunk whatever the rows."""
+    The backward pass needs each row's softmax. When all rows hold at most ``KEEP_VALUES`` of them
+    the forward pass keeps them (unnormalised, in one buffer held until the backward pass, which
+    then runs each output-layer matmul once over all rows); otherwise the backward pass recomputes
+    each chunk's logits, so memory stays at one chunk whatever the rows."""
 
     @staticmethod
     def forward(ctx, hidden_Nd, weight_Vd, targets_N, with_entropy, grad_enabled):
         cd = _compute_dtype(weight_Vd)
         acc = _accumulator(cd)
         w = weight_Vd.to(cd)
-        n, step = hidden_Nd.shape[0], _chunk(weight_Vd)
-        keep = n <= step and grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
-        out_N = torch.empty(n, dtype=acc, device=hidden_Nd.device)
-        lse_N = torch.empty(n, dtype=acc, device=hidden_Nd.device)
+        (n, _), step, vocab = hidden_Nd.shape, _chunk(weight_Vd), weight_Vd.shape[0]
+        trained = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+        kept_NV = torch.empty(n, vocab, dtype=acc, device=hidden_Nd.device) if trained and n * vocab <= KEEP_VALUES \
+            else None
+        out_N, lse_N, sum_N = (torch.empty(n, dtype=acc, device=hidden_Nd.device) for _ in range(3))
         ent_N = torch.empty(n if with_entropy else 0, dtype=acc, device=hidden_Nd.device)
-        ctx.kept = None
         for s in range(0, n, step):
-            picked, lse, ent, kept = _chunk_stats(_logits(hidden_Nd[s:s + step], w, acc), targets_N[s:s + step],
-                                                  with_entropy, keep)
-            out_N[s:s + step], lse_N[s:s + step] = picked, lse
+            out_N[s:s + step], lse_N[s:s + step], sum_N[s:s + step], ent = _chunk_stats(
+                _logits(hidden_Nd[s:s + step], w, acc), targets_N[s:s + step], with_entropy,
+                None if kept_NV is None else kept_NV[s:s + step])
             if with_entropy:
                 ent_N[s:s + step] = ent
-            ctx.kept = kept
         ctx.save_for_backward(hidden_Nd, weight_Vd, targets_N, lse_N)
-        ctx.compute_dtype = cd
+        ctx.compute_dtype, ctx.kept = cd, (None if kept_NV is None else (kept_NV, sum_N))
         ctx.mark_non_differentiable(ent_N)
         return out_N, ent_N
 
@@ -177,25 +187,32 @@ class _TargetLogps(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         cd, acc = ctx.compute_dtype, lse_N.dtype
         w = weight_Vd.to(cd)
+        # d/dlogits of (logit[target] − logsumexp) is onehot(target) − softmax
+        if ctx.kept is not None:  # exp(z) / Σ exp(z), kept by the forward pass; consumed here
+            d, sum_N = ctx.kept
+            ctx.kept = None  # a second backward pass (retain_graph) recomputes
+            g = grad_N.to(acc)
+            d.mul_((-g / sum_N)[:, None]).scatter_add_(-1, targets_N[:, None], g[:, None])
+            d, h = d.to(cd), hidden_Nd.to(cd)
+            grad_h = (d @ w).to(hidden_Nd.dtype) if need_h else None
+            grad_w = (d.T @ h).to(weight_Vd.dtype) if need_w else None
+            return grad_h, grad_w, None, None, None
         n, step = hidden_Nd.shape[0], _chunk(weight_Vd)
         grad_h = torch.empty_like(hidden_Nd) if need_h else None
         grad_w = torch.zeros(weight_Vd.shape, dtype=acc, device=weight_Vd.device) if need_w else None
         for s in range(0, n, step):
             h = hidden_Nd[s:s + step].to(cd)
             g = grad_N[s:s + step].to(acc)
-            # d/dlogits of (logit[target] − logsumexp) is onehot(target) − softmax
-            if ctx.kept is not None:  # the softmax kept by the forward pass: exp(z) / Σ exp(z)
-                e, sum_N = ctx.kept
-                d = e * (-g / sum_N)[:, None]
-            else:
-                d = torch.exp(_logits(h, w, acc) - lse_N[s:s + step, None]).mul_(-g[:, None])
+            d = torch.exp(_logits(h, w, acc) - lse_N[s:s + step, None]).mul_(-g[:, None])
             d.scatter_add_(-1, targets_N[s:s + step, None], g[:, None])
             d = d.to(cd)
             if need_h:
                 grad_h[s:s + step] = d @ w
-            if need_w:
-                grad_w += d.T @ h  # in the compute precision; the chunks' sum in fp32 or fp64
-        ctx.kept = None
+            if need_w:  # in the compute precision; the chunks' sum in fp32 or fp64
+                if cd == acc:
+                    grad_w.addmm_(d.T, h)
+                else:
+                    grad_w += d.T @ h
         return grad_h, (grad_w.to(weight_Vd.dtype) if need_w else None), None, None, None
 
 

@@ -463,6 +463,19 @@ def common_flags(parser: argparse.ArgumentParser, lr: float) -> None:
     parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
 
 
+def record_optimizer(loop_mod, seen: list[str]) -> None:
+    """Have alignlab's loop (module ``loop_mod``) record in ``seen`` which AdamW it runs."""
+    make = loop_mod.make_optimizer
+
+    def recorded(*args, **kwargs):
+        opt = make(*args, **kwargs)
+        fused = all(g.get("fused") for g in opt.param_groups)
+        seen.append(f"{type(opt).__module__}.{type(opt).__name__}" + (" (fused)" if fused else ""))
+        return opt
+
+    loop_mod.make_optimizer = recorded
+
+
 def run_alignlab(spec: dict[str, Any], config: dict[str, Any], tokens_of, keys: tuple[str, ...]) -> None:
     """Child: ``alignlab.train`` with the benchmark's settings plus ``config``, timed.
 
@@ -486,6 +499,8 @@ def run_alignlab(spec: dict[str, Any], config: dict[str, Any], tokens_of, keys: 
         return original_loop(inp)
 
     run_mod.run_loop = loop
+    optimizer: list[str] = []
+    record_optimizer(loop_mod, optimizer)
     timer.wrap(run_mod, "_prepare", "ref")
     timer.wrap(run_mod, "run_loop", "loop")
     timer.wrap(loop_mod, "save", "checkpoint")
@@ -508,7 +523,7 @@ def run_alignlab(spec: dict[str, Any], config: dict[str, Any], tokens_of, keys: 
         "timed_s": total - save, "train_s": steps_s, "ref_s": sec["ref"], "setup_s": total - save - steps_s,
         "save_s": save, "examples": examples, "tokens": trained_tokens(lengths, order, examples),
         "ref_tokens": sum(lengths), "history": alignlab_history(spec["out"], keys), "order": order,
-        "positions": positions,
+        "positions": positions, "optimizer": optimizer[0] if optimizer else "?",
     }, cpu)
 
 
@@ -593,7 +608,7 @@ def compare(script: str, args: argparse.Namespace, method: str, rows: list[dict]
                 print("TRL sees " + ("alignlab's batches, in alignlab's order" if spec["same_order"]
                                      else "its own shuffle (alignlab's order was not recorded)"))
         optimizers = {c.name: c.result["optimizer"] for c in columns if "optimizer" in c.result}
-        print("optimizers: alignlab torch.optim.AdamW; " + "; ".join(f"{k} {v}" for k, v in optimizers.items()))
+        print("optimizers: " + "; ".join(f"{k} {v}" for k, v in optimizers.items()))
         p = counts["matmul"]
         report(f"{method.upper()}, model {kind}", columns, metrics, flops_per_token=6 * p,
                ref_flops_per_token=2 * p if reference else 0.0)

@@ -66,6 +66,7 @@ from common import (
     matmul_flops,
     param_counts,
     read_jsonl,
+    record_optimizer,
     run_child,
     trl_args,
     trl_history,
@@ -113,6 +114,8 @@ def child_alignlab(spec: dict) -> None:
     from alignlab import train
 
     timer = Timer()
+    optimizer: list[str] = []
+    record_optimizer(loop_mod, optimizer)
     rounds: list[list[str]] = []
     starts: list[float] = []  # when each step began, then when the loop ended
     tokens = {"prompt": 0, "completion": 0}
@@ -179,7 +182,7 @@ def child_alignlab(spec: dict) -> None:
         "prompt_tokens": tokens["prompt"], "completion_tokens": tokens["completion"],
         "after_first_s": starts[-1] - sec["checkpoint"] - starts[1] if len(starts) > 2 else None,
         "history": alignlab_history(spec["out"], ALIGNLAB_KEYS), "rounds": rounds,
-        "optimizer": "torch.optim.AdamW", "start_rss_mb": start_rss,
+        "optimizer": optimizer[0] if optimizer else "?", "start_rss_mb": start_rss,
     }, cpu)
 
 

@@ -45,12 +45,13 @@ def test_target_logps_equal_log_softmax_values_and_gradients(tiny_chunks):
     assert torch.allclose(got_w, ref_w, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("chunk_rows", [3, 7], ids=["chunks-recomputed", "one-chunk-kept"])
-def test_backward_keeps_the_softmax_of_one_chunk_and_recomputes_several(monkeypatch, chunk_rows):
-    """7 positions in chunks of 3 run the output-layer matmul 3 times forward and 3 times again
-    backward; in one chunk of 7 the forward pass keeps its softmax and the matmul runs once. Values
-    and gradients equal autograd through ``log_softmax(h @ W.T)`` either way, with the entropy too."""
-    monkeypatch.setattr(logprobs, "CHUNK_VALUES", chunk_rows * 259)
+@pytest.mark.parametrize("keep", [False, True], ids=["recomputed", "kept"])
+def test_backward_keeps_the_softmax_that_fits_and_recomputes_it_otherwise(monkeypatch, keep):
+    """7 positions in chunks of 3 run the output-layer matmul 3 times forward; without room to keep
+    their softmax, 3 times again backward, else not at all. Values and gradients equal autograd
+    through ``log_softmax(h @ W.T)`` either way, with the entropy too."""
+    monkeypatch.setattr(logprobs, "CHUNK_VALUES", 3 * 259)
+    monkeypatch.setattr(logprobs, "KEEP_VALUES", 7 * 259 if keep else 7 * 259 - 1)
     calls = []
     real = logprobs._logits
     monkeypatch.setattr(logprobs, "_logits", lambda *a: (calls.append(1), real(*a))[1])
@@ -62,10 +63,10 @@ def test_backward_keeps_the_softmax_of_one_chunk_and_recomputes_several(monkeypa
     logits = h @ w.T
     ref = torch.log_softmax(logits, dim=-1).gather(-1, t[:, None]).squeeze(-1)
     got, ent = logprobs.target_logps_and_entropy(h, w, t)
-    assert len(calls) == (3 if chunk_rows == 3 else 1)
+    assert len(calls) == 3
     ref_h, ref_w = torch.autograd.grad((ref * g).sum(), [h, w])
     got_h, got_w = torch.autograd.grad((got * g).sum(), [h, w])
-    assert len(calls) == (6 if chunk_rows == 3 else 1)
+    assert len(calls) == (3 if keep else 6)
     assert torch.allclose(got, ref, atol=1e-13, rtol=0)
     assert torch.allclose(got_h, ref_h, atol=1e-12, rtol=0) and torch.allclose(got_w, ref_w, atol=1e-12, rtol=0)
     direct = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
@@ -76,7 +77,7 @@ def test_nothing_is_kept_without_a_gradient(monkeypatch):
     """Under no_grad (the old policy's and the reference's log-probs) the forward pass keeps no softmax."""
     kept = []
     real = logprobs._chunk_stats
-    monkeypatch.setattr(logprobs, "_chunk_stats", lambda *a: (kept.append(a[-1]), real(*a))[1])
+    monkeypatch.setattr(logprobs, "_chunk_stats", lambda *a: (kept.append(a[-1] is not None), real(*a))[1])
     h, w = torch.randn(4, 3, requires_grad=True), torch.randn(11, 3, requires_grad=True)
     with torch.no_grad():
         logprobs.target_logps(h, w, torch.zeros(4, dtype=torch.long))
