@@ -50,19 +50,39 @@ AUTO_MEMORY_SHARE = 0.25
 AUTO_FALLBACK = 64  # when the model's shape or the free memory cannot be read
 
 
+MEMINFO = "/proc/meminfo"
+# A container's memory limit and use: cgroup v2, then v1 (a v1 "no limit" is a huge number).
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):  # missing, unreadable, or "max" (no limit)
+        return None
+
+
 def free_memory(device: torch.device) -> int | None:
-    """Bytes free on ``device``: CUDA's own count, else the host's available memory (Linux's
-    MemAvailable); None where neither can be read."""
+    """Bytes free on ``device``: CUDA's own count; on the host, Linux's MemAvailable, or less where
+    the process's container (cgroup) allows less; None where none of it can be read."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    free = None
     try:
-        with open("/proc/meminfo") as f:
+        with open(MEMINFO) as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    for limit_file, used_file in CGROUP_FILES:
+        limit, used = _read_int(limit_file), _read_int(used_file)
+        if limit is not None and used is not None and limit < 2**60:
+            free = max(0, limit - used) if free is None else min(free, max(0, limit - used))
+            break
+    return free
 
 
 def bytes_per_sequence(model, new_tokens: int) -> int | None:

@@ -289,3 +289,21 @@ def test_free_memory_reads_the_host_on_cpu():
 
     free = free_memory(torch.device("cpu"))
     assert free is not None and 0 < free < 2**50
+
+
+@pytest.mark.parametrize("limit, used, want", [("1000000\n", "400000\n", 600_000), ("max\n", "400000\n", 2_048_000),
+                                               ("9223372036854771712\n", "5\n", 2_048_000),
+                                               ("1000000\n", "1200000\n", 0)])
+def test_free_memory_is_at_most_what_the_container_allows(tmp_path, monkeypatch, limit, used, want):
+    """The host has MemAvailable 2000 kB = 2,048,000 bytes. A cgroup limit of 1,000,000 bytes with
+    400,000 used leaves 600,000; no limit ("max", or v1's huge number) leaves the host's figure;
+    use above the limit leaves 0."""
+    import alignlab.generation.native as native
+
+    (tmp_path / "meminfo").write_text("MemTotal:       4000 kB\nMemFree:         100 kB\nMemAvailable:   2000 kB\n")
+    (tmp_path / "max").write_text(limit)
+    (tmp_path / "cur").write_text(used)
+    monkeypatch.setattr(native, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(native, "CGROUP_FILES", ((str(tmp_path / "none"), str(tmp_path / "none")),
+                                                 (str(tmp_path / "max"), str(tmp_path / "cur"))))
+    assert native.free_memory(torch.device("cpu")) == want
