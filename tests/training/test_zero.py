@@ -5,9 +5,14 @@ weights. Runs the real CLI under torchrun and under ``accelerate launch`` with t
 DeepSpeed keeps its AdamW state in fp32 whatever the model's dtype, so the runs are fp32, and the
 weights agree as fp32 sums taken in another order do after Adam's normalisation: over these 3
 steps at lr 1e-2 (weights moving by ~3e-2), plain DDP on two processes differs from one process
-by 1.0e-5 at most, ZeRO-2 by 1.0e-5 to 2.8e-5 and ZeRO-3 by 0.7e-5 (measured). A gradient scaled
+by 1.0e-5 at most, ZeRO-2 by 1.0e-5 to 2.8e-5 and ZeRO-3 by 0.7e-5 (measured on an AVX2 CPU). On
+an AVX-512 one ZeRO-2 differs by 0.7e-4 to 1.1e-4 (before and after one process took the fused
+AdamW) and ZeRO-3, whose partitioned output layer takes the model's full logits while one process
+takes the chunked output layer, by 3.1e-4: Adam's first step is lr·sign(g), so a gradient within
+rounding of 0 moves its weight by up to 2·lr either way. The bound is 5e-4, under 2% of the
+weights' movement; the exact equalities are the fp64 tests of FSDP and DDP. A gradient scaled
 wrongly (DeepSpeed's own division by the accumulation steps) hardly moves Adam's update but
-shows in the logged gradient norm, compared to 1e-5 relative."""
+shows in the logged gradient norm, compared to 1e-4 relative."""
 
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from tests.training.helpers import base_config, max_abs_diff, weights
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                                    reason="DeepSpeed is not installed (pip install 'alignlab[deepspeed]')")]
 ROOT = Path(__file__).resolve().parents[2]
-TOL = 5e-5
+TOL = 5e-4
 
 
 def _free_port() -> str:
@@ -77,7 +82,9 @@ def test_zero_two_processes_equal_one_and_resume(tmp_path, tiny_model_dir, pairs
     assert len(lines_one) == len(lines_two) == 3
     for a, b in zip(lines_one, lines_two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5) and a["grad_norm"] > 0.5  # clipped
+        # rel 1e-4: the later steps start from weights that differ as above (a wrong scaling of
+        # the gradient, such as a division by the accumulation steps, is off by a factor)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4) and a["grad_norm"] > 0.5  # clipped
         assert b["lr"] == a["lr"]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["eval_metrics"]["eval/loss"] == pytest.approx(
         single.eval_metrics["eval/loss"], abs=1e-5)
