@@ -51,9 +51,13 @@ AUTO_FALLBACK = 64  # when the model's shape or the free memory cannot be read
 
 
 MEMINFO = "/proc/meminfo"
-# A container's memory limit and use: cgroup v2, then v1 (a v1 "no limit" is a huge number).
-CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+# A container's memory limit and use, and the line of its memory.stat that tells how much of the
+# use is inactive file cache (the kernel reclaims it first, so it counts as free, as MemAvailable
+# counts it): cgroup v2, then v1 (a v1 "no limit" is a huge number).
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat",
+                 "inactive_file"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+                 "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file"))
 
 
 def _read_int(path: str) -> int | None:
@@ -64,9 +68,23 @@ def _read_int(path: str) -> int | None:
         return None
 
 
+def _stat_value(path: str, key: str) -> int:
+    """The value of ``key`` in a cgroup's memory.stat (0 where the file or the key is missing)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def free_memory(device: torch.device) -> int | None:
     """Bytes free on ``device``: CUDA's own count; on the host, Linux's MemAvailable, or less where
-    the process's container (cgroup) allows less; None where none of it can be read."""
+    the process's container (cgroup) allows less (its limit less its use, the use without its
+    inactive file cache); None where none of it can be read."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     free = None
@@ -77,9 +95,10 @@ def free_memory(device: torch.device) -> int | None:
                     free = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    for limit_file, used_file in CGROUP_FILES:
+    for limit_file, used_file, stat_file, cache_key in CGROUP_FILES:
         limit, used = _read_int(limit_file), _read_int(used_file)
         if limit is not None and used is not None and limit < 2**60:
+            used = max(0, used - _stat_value(stat_file, cache_key))
             free = max(0, limit - used) if free is None else min(free, max(0, limit - used))
             break
     return free

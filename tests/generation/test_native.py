@@ -304,6 +304,30 @@ def test_free_memory_is_at_most_what_the_container_allows(tmp_path, monkeypatch,
     (tmp_path / "max").write_text(limit)
     (tmp_path / "cur").write_text(used)
     monkeypatch.setattr(native, "MEMINFO", str(tmp_path / "meminfo"))
-    monkeypatch.setattr(native, "CGROUP_FILES", ((str(tmp_path / "none"), str(tmp_path / "none")),
-                                                 (str(tmp_path / "max"), str(tmp_path / "cur"))))
+    none = str(tmp_path / "none")  # no memory.stat either: nothing of the use is counted as cache
+    monkeypatch.setattr(native, "CGROUP_FILES", ((none, none, none, "inactive_file"),
+                                                 (str(tmp_path / "max"), str(tmp_path / "cur"), none,
+                                                  "total_inactive_file")))
     assert native.free_memory(torch.device("cpu")) == want
+
+
+
+@pytest.mark.parametrize("version, key", [(2, "inactive_file"), (1, "total_inactive_file")])
+def test_free_memory_counts_the_containers_inactive_file_cache_as_free(tmp_path, monkeypatch, version, key):
+    """A container's use counts the page cache of the files it read (the model, the data), which
+    the kernel drops when memory is wanted. Limit 1,000,000 bytes, use 900,000 of which 500,000
+    inactive file cache: 1,000,000 − (900,000 − 500,000) = 600,000 free, not 100,000 (the host's
+    MemAvailable, 2,048,000, is larger). Active file cache and anonymous memory stay used."""
+    import alignlab.generation.native as native
+
+    (tmp_path / "meminfo").write_text("MemAvailable:   2000 kB\n")
+    (tmp_path / "max").write_text("1000000\n")
+    (tmp_path / "cur").write_text("900000\n")
+    active = "total_active_file" if version == 1 else "active_file"
+    (tmp_path / "stat").write_text(f"anon 300000\n{active} 100000\n{key} 500000\nshmem 0\n")
+    monkeypatch.setattr(native, "MEMINFO", str(tmp_path / "meminfo"))
+    files = (str(tmp_path / "max"), str(tmp_path / "cur"), str(tmp_path / "stat"), key)
+    none = str(tmp_path / "none")
+    missing = (none, none, none, "inactive_file" if version == 1 else "total_inactive_file")
+    monkeypatch.setattr(native, "CGROUP_FILES", (files, missing) if version == 2 else (missing, files))
+    assert native.free_memory(torch.device("cpu")) == 600_000
