@@ -251,3 +251,24 @@ def test_target_logps_under_autocast_runs_the_output_layer_in_bf16_both_ways():
     assert got_h.dtype == got_w.dtype == torch.float32
     assert torch.allclose(got_h, ref_h, atol=1e-2 * float(ref_h.abs().max()), rtol=0)
     assert torch.allclose(got_w, ref_w, atol=1e-2 * float(ref_w.abs().max()), rtol=0)
+
+
+def test_a_second_backward_pass_through_the_kept_softmax_recomputes_it():
+    """The first backward pass consumes the kept softmax in place; with ``retain_graph`` a second
+    one must recompute it: the gradients accumulate to exactly twice autograd's through
+    ``log_softmax(h @ W.T)`` (fp64), for ``hidden`` and ``weight``."""
+    gen = torch.Generator().manual_seed(9)
+    h = torch.randn(6, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(37, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    t = torch.randint(0, 37, (6,), generator=gen)
+    g = torch.randn(6, dtype=torch.float64, generator=gen)
+    ref_h, ref_w = torch.autograd.grad((torch.log_softmax(h @ w.T, -1).gather(-1, t[:, None]).squeeze(-1) * g).sum(),
+                                       [h, w])
+    out = logprobs.target_logps(h, w, t)
+    assert out.grad_fn.kept is not None  # 6 × 37 values fit: kept
+    loss = (out * g).sum()
+    loss.backward(retain_graph=True)
+    assert out.grad_fn.kept is None  # consumed and let go
+    loss.backward()
+    assert torch.allclose(h.grad, 2 * ref_h, atol=1e-12, rtol=0)
+    assert torch.allclose(w.grad, 2 * ref_w, atol=1e-12, rtol=0)
