@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -125,12 +126,20 @@ def bytes_per_sequence(model, new_tokens: int, prompt_tokens: int = 0) -> int | 
 def auto_batch_size(model, sequences: int, new_tokens: int, prompt_tokens: int = 0) -> int:
     """How many of ``sequences`` decode at once when the caller leaves it to the engine: all of
     them when they fit in ``AUTO_MEMORY_SHARE`` of the device's free memory, else as many as do
-    (at least one); ``AUTO_FALLBACK`` at most where the model's shape or the memory is unknown."""
+    (at least one); ``AUTO_FALLBACK`` at most where the model's shape or the memory is unknown.
+    On the host, the share is split between the run's processes on it (``LOCAL_WORLD_SIZE``)."""
     each = bytes_per_sequence(model, new_tokens, prompt_tokens)
-    free = free_memory(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    free = free_memory(device)
     if each is None or free is None:
         return max(1, min(sequences, AUTO_FALLBACK))
-    return max(1, min(sequences, int(free * AUTO_MEMORY_SHARE) // each))
+    share = AUTO_MEMORY_SHARE
+    if device.type == "cpu":  # the processes of a run on this host (torchrun's count) share its memory
+        try:
+            share /= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        except ValueError:
+            pass
+    return max(1, min(sequences, int(free * share) // each))
 
 
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

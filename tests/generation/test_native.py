@@ -356,3 +356,16 @@ def test_default_batch_size_counts_the_prompts_keys_and_values(monkeypatch):
     held = sum(t.numel() * t.element_size() for c in caches for store in (c.prefix_k, c.prefix_v, c.suffix_k,
                                                                            c.suffix_v) for t in store)
     assert held == 68 * 256
+
+
+def test_default_batch_splits_the_host_memory_between_the_processes_on_it(monkeypatch):
+    """Two processes of a run on one host (torchrun's LOCAL_WORLD_SIZE=2) take an eighth of the
+    free memory each: with 100,000 bytes free, 12,500 each, 2 sequences of 5,632 bytes (the test
+    llama with 16 new tokens and no prompt, as derived above) instead of 4."""
+    import alignlab.generation.native as native
+
+    model = llama()
+    monkeypatch.setattr(native, "free_memory", lambda device: 100_000)
+    assert native.auto_batch_size(model, 70, 16) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert native.auto_batch_size(model, 70, 16) == 2
