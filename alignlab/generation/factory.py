@@ -33,7 +33,8 @@ def make_generator(model, tokenizer, backend: str = "native", **options) -> Gene
     ``backend``:
     - ``"native"`` (the default): continuous batching over a pre-allocated cache, one random stream
       per (seed, prompt, sample), both kinds of log-probs (``generation/native.py``; options:
-      ``batch_size`` sequences decoding at once, default as many as fit in a quarter of the free memory; ``prefill_tokens``; ``progress``). The
+      ``batch_size`` sequences decoding at once, default as many as fit in a quarter of the free
+      memory, ``generation/memory.py``; ``prefill_tokens``; ``progress``). The
       model is first checked against a plain forward pass; one the engine cannot run exactly
       (sliding-window attention, say) gets the "hf" backend instead, with a one-line notice.
     - ``"hf"``: Hugging Face ``generate`` on the model's own parameters (options: ``batch_size``

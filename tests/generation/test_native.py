@@ -264,74 +264,25 @@ def test_default_batch_size_takes_every_sequence_that_fits_in_a_quarter_of_free_
     sequence, plus 4 copies of its 96 logits × 4 bytes = 1536: 5632 bytes a sequence without its
     prompt. With a prompt row of the longest prompt, 17 tokens, 64 × 33 × 4 + 1536 = 9984 bytes.
     With 100,000 bytes free a quarter is 25,000: 2 sequences (19,968 bytes; 3 would take 29,952)."""
-    import alignlab.generation.native as native
+    import alignlab.generation.memory as memory
 
     model = llama()
     params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=11, stop_token_ids=tuple(range(3, 11)))
-    assert native.bytes_per_sequence(model, 16) == 5632 and native.bytes_per_sequence(model, 16, 17) == 9984
+    assert memory.bytes_per_sequence(model, 16) == 5632 and memory.bytes_per_sequence(model, 16, 17) == 9984
     slots = []
-    made = native.SlotCache.__init__
-    monkeypatch.setattr(native.SlotCache, "__init__", lambda self, n, *a, **k: (slots.append(n), made(self, n, *a, **k))[1])
-    monkeypatch.setattr(native, "free_memory", lambda device: 100_000)
+    made = SlotCache.__init__
+    monkeypatch.setattr(SlotCache, "__init__", lambda self, n, *a, **k: (slots.append(n), made(self, n, *a, **k))[1])
+    monkeypatch.setattr(memory, "free_memory", lambda device: 100_000)
     small = NativeGenerator(model, Tok()).generate_ids(contexts(), 10, params)
-    monkeypatch.setattr(native, "free_memory", lambda device: 10**12)
+    monkeypatch.setattr(memory, "free_memory", lambda device: 10**12)
     whole = NativeGenerator(model, Tok()).generate_ids(contexts(), 10, params)
-    monkeypatch.setattr(native, "free_memory", lambda device: None)  # unknown: AUTO_FALLBACK at most
+    monkeypatch.setattr(memory, "free_memory", lambda device: None)  # unknown: AUTO_FALLBACK at most
     unknown = NativeGenerator(model, Tok()).generate_ids(contexts(), 10, params)
-    monkeypatch.setattr(native, "free_memory", lambda device: 1)  # too little for one: one at a time
+    monkeypatch.setattr(memory, "free_memory", lambda device: 1)  # too little for one: one at a time
     one = NativeGenerator(model, Tok()).generate_ids(contexts(), 10, params)
     assert slots == [2, 70, 64, 1]  # 7 prompts × 10 samples
     tokens = [[[s.token_ids for s in row] for row in run] for run in (small, whole, unknown, one)]
     assert tokens[0] == tokens[1] == tokens[2] == tokens[3]
-
-
-def test_free_memory_reads_the_host_on_cpu():
-    from alignlab.generation.native import free_memory
-
-    free = free_memory(torch.device("cpu"))
-    assert free is not None and 0 < free < 2**50
-
-
-@pytest.mark.parametrize("limit, used, want", [("1000000\n", "400000\n", 600_000), ("max\n", "400000\n", 2_048_000),
-                                               ("9223372036854771712\n", "5\n", 2_048_000),
-                                               ("1000000\n", "1200000\n", 0)])
-def test_free_memory_is_at_most_what_the_container_allows(tmp_path, monkeypatch, limit, used, want):
-    """The host has MemAvailable 2000 kB = 2,048,000 bytes. A cgroup limit of 1,000,000 bytes with
-    400,000 used leaves 600,000; no limit ("max", or v1's huge number) leaves the host's figure;
-    use above the limit leaves 0."""
-    import alignlab.generation.native as native
-
-    (tmp_path / "meminfo").write_text("MemTotal:       4000 kB\nMemFree:         100 kB\nMemAvailable:   2000 kB\n")
-    (tmp_path / "max").write_text(limit)
-    (tmp_path / "cur").write_text(used)
-    monkeypatch.setattr(native, "MEMINFO", str(tmp_path / "meminfo"))
-    none = str(tmp_path / "none")  # no memory.stat either: nothing of the use is counted as cache
-    monkeypatch.setattr(native, "CGROUP_FILES", ((none, none, none, "inactive_file"),
-                                                 (str(tmp_path / "max"), str(tmp_path / "cur"), none,
-                                                  "total_inactive_file")))
-    assert native.free_memory(torch.device("cpu")) == want
-
-
-
-@pytest.mark.parametrize("version, key", [(2, "inactive_file"), (1, "total_inactive_file")])
-def test_free_memory_counts_the_containers_inactive_file_cache_as_free(tmp_path, monkeypatch, version, key):
-    """A container's use counts the page cache of the files it read (the model, the data), which
-    the kernel drops when memory is wanted. Limit 1,000,000 bytes, use 900,000 of which 500,000
-    inactive file cache: 1,000,000 − (900,000 − 500,000) = 600,000 free, not 100,000 (the host's
-    MemAvailable, 2,048,000, is larger). Active file cache and anonymous memory stay used."""
-    import alignlab.generation.native as native
-
-    (tmp_path / "meminfo").write_text("MemAvailable:   2000 kB\n")
-    (tmp_path / "max").write_text("1000000\n")
-    (tmp_path / "cur").write_text("900000\n")
-    active = "total_active_file" if version == 1 else "active_file"
-    (tmp_path / "stat").write_text(f"anon 300000\n{active} 100000\n{key} 500000\nshmem 0\n")
-    monkeypatch.setattr(native, "MEMINFO", str(tmp_path / "meminfo"))
-    files = (str(tmp_path / "max"), str(tmp_path / "cur"), str(tmp_path / "stat"), key)
-    none = str(tmp_path / "none")
-    missing = (none, none, none, "inactive_file" if version == 1 else "total_inactive_file")
-    monkeypatch.setattr(native, "CGROUP_FILES", (files, missing) if version == 2 else (missing, files))
-    assert native.free_memory(torch.device("cpu")) == 600_000
 
 
 def test_default_batch_size_counts_the_prompts_keys_and_values(monkeypatch):
@@ -343,12 +294,12 @@ def test_default_batch_size_counts_the_prompts_keys_and_values(monkeypatch):
     68 positions: 17,408 bytes, plus 4 copies of 96 fp32 logits, 1,536: 18,944 bytes. A quarter of
     100,000 bytes free is 25,000: one sequence at a time, not 25,000 // (8 × 256 + 1,536) = 6,
     whose prompts' rows alone (6 × 60 × 256 = 92,160 bytes) would take most of the free memory."""
-    import alignlab.generation.native as native
+    import alignlab.generation.memory as memory
 
     caches = []
-    made = native.SlotCache.__init__
-    monkeypatch.setattr(native.SlotCache, "__init__", lambda self, *a, **k: (caches.append(self), made(self, *a, **k))[1])
-    monkeypatch.setattr(native, "free_memory", lambda device: 100_000)
+    made = SlotCache.__init__
+    monkeypatch.setattr(SlotCache, "__init__", lambda self, *a, **k: (caches.append(self), made(self, *a, **k))[1])
+    monkeypatch.setattr(memory, "free_memory", lambda device: 100_000)
     prompts = [tuple(3 + (7 * k + 5 * i) % (VOCAB - 3) for i in range(60)) for k in range(12)]
     params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=5)
     NativeGenerator(llama(), Tok()).generate_ids(prompts, 1, params)
@@ -362,10 +313,10 @@ def test_default_batch_splits_the_host_memory_between_the_processes_on_it(monkey
     """Two processes of a run on one host (torchrun's LOCAL_WORLD_SIZE=2) take an eighth of the
     free memory each: with 100,000 bytes free, 12,500 each, 2 sequences of 5,632 bytes (the test
     llama with 16 new tokens and no prompt, as derived above) instead of 4."""
-    import alignlab.generation.native as native
+    import alignlab.generation.memory as memory
 
     model = llama()
-    monkeypatch.setattr(native, "free_memory", lambda device: 100_000)
-    assert native.auto_batch_size(model, 70, 16) == 4
+    monkeypatch.setattr(memory, "free_memory", lambda device: 100_000)
+    assert memory.auto_batch_size(model, 70, 16) == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert native.auto_batch_size(model, 70, 16) == 2
+    assert memory.auto_batch_size(model, 70, 16) == 2
