@@ -107,6 +107,7 @@ def fresh_peak_rss() -> float | None:
 def child_alignlab(spec: dict) -> None:
     """``alignlab.train`` with method grpo; records the prompts of each round, in order."""
     child_setup(spec)
+    import alignlab.generation.native as native_mod
     import alignlab.training.kinds as kinds_mod
     import alignlab.training.loop as loop_mod
     import alignlab.training.online as online_mod
@@ -116,6 +117,9 @@ def child_alignlab(spec: dict) -> None:
     timer = Timer()
     optimizer: list[str] = []
     record_optimizer(loop_mod, optimizer)
+    decoding: set[bool] = set()  # whether the sampler's decode steps ran its written-out pass
+    pass_ok = native_mod.decode_pass_ok
+    native_mod.decode_pass_ok = lambda model: (decoding.add(pass_ok(model)), pass_ok(model))[1]
     rounds: list[list[str]] = []
     starts: list[float] = []  # when each step began, then when the loop ended
     tokens = {"prompt": 0, "completion": 0}
@@ -183,6 +187,8 @@ def child_alignlab(spec: dict) -> None:
         "after_first_s": starts[-1] - sec["checkpoint"] - starts[1] if len(starts) > 2 else None,
         "history": alignlab_history(spec["out"], ALIGNLAB_KEYS), "rounds": rounds,
         "optimizer": optimizer[0] if optimizer else "?", "start_rss_mb": start_rss,
+        "decoding": " and ".join(sorted("alignlab's written-out decode pass" if d else "the model's forward pass"
+                                        for d in decoding)) or "?",
     }, cpu)
 
 
@@ -251,6 +257,7 @@ def child_trl(spec: dict) -> None:
         "after_first_s": end - starts[1] if len(starts) > 1 else None, "rounds": rounds,
         "history": trl_history(trainer, TRL_KEYS), "start_rss_mb": start_rss,
         "optimizer": str(getattr(trainer.args.optim, "value", trainer.args.optim)),
+        "decoding": "the model's forward pass (model.generate)",
     }, cpu)
 
 
@@ -327,6 +334,7 @@ def report(kind: str, s: dict, results: dict[str, dict], matmul_params: int, eve
     add("matmul peak around the run (GFLOP/s)", lambda r: f"{r['matmul_flops'] / 1e9:.0f}")
     add("model FLOP rate over the steps, share", flops)
     add("optimizer", lambda r: r["optimizer"])
+    add("sampling's decode steps", lambda r: r["decoding"])
     rows.append(("mean reward over all steps", [f"{mean(rewards[n]):.4f}" for n in names]))
     rows.append((f"mean reward, first {tail} / last {tail} steps",
                  [f"{mean(rewards[n][:tail]):.4f} / {mean(rewards[n][-tail:]):.4f}" for n in names]))

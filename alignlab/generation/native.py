@@ -13,6 +13,8 @@ the cache's own attention function (``slots.py``; a prepared 4D mask for the pre
 causal LM whose attention layers use transformers' cache API runs unchanged. Before first use the engine checks a model on a short ragged batch against a plain
 forward pass; a model that fails the check (or has sliding-window or encoder-decoder attention)
 is refused with the reason, and ``make_generator`` falls back to the "hf" backend with a notice.
+The decode steps of plain float32 or float64 Llama, Mistral and Qwen2 models on a CPU run a
+written-out pass instead of the model's forward (``decode_pass.py``), after the same check.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 
 from alignlab.errors import UserError
 from alignlab.generation.base import Sample, SamplingParams
+from alignlab.generation.decode_pass import DecodePass
 from alignlab.generation.draw import pick, stream_keys, uniforms
 from alignlab.generation.memory import auto_batch_size
 from alignlab.generation.prompts import RendersPrompts
@@ -46,6 +49,7 @@ def context_limit(model) -> int | None:
 
 
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def unsupported(model) -> str | None:
@@ -54,6 +58,18 @@ def unsupported(model) -> str | None:
     if model not in _CHECKED:
         _CHECKED[model] = _unsupported(model)
     return _CHECKED[model]
+
+
+def decode_pass_ok(model) -> bool:
+    """Whether decode steps of ``model`` run the written-out pass (``decode_pass.py``): its
+    structure is one the pass computes, and the pass agrees with a plain forward pass (checked once
+    per module, as ``unsupported``)."""
+    if model not in _FAST:
+        try:
+            _FAST[model] = DecodePass.build(model) is not None and _self_check(model, fast=True) is None
+        except Exception:  # the pass cannot run this model: its own forward pass decodes
+            _FAST[model] = False
+    return _FAST[model]
 
 
 def _unsupported(model) -> str | None:
@@ -75,14 +91,14 @@ def _unsupported(model) -> str | None:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _self_check(model) -> str | None:
-    """Prefill two prompts of 5 and 3 tokens, decode 2 tokens, and compare each step's log-probs
-    with a plain forward pass of the same sequences."""
+def _self_check(model, fast: bool = False) -> str | None:
+    """Prefill two prompts of 5 and 3 tokens, decode 2 tokens (through the written-out pass when
+    ``fast``), and compare each step's log-probs with a plain forward pass of the same sequences."""
     head = model.get_output_embeddings()
     vocab = head.weight.shape[0] if head is not None else 8
     seqs = [[(7 * i + 3) % vocab for i in range(7)], [(5 * i + 11) % vocab for i in range(5)]]
     prompts = [tuple(s[:-2]) for s in seqs]
-    run = _Run(model, SlotCache(2, 5, 3), pad=0)
+    run = _Run(model, SlotCache(2, 5, 3), pad=0, fast=fast)
     both = torch.tensor([0, 1])
     got = [run.prefill(prompts, both)]
     for t in range(2):
@@ -126,8 +142,12 @@ def decode_plan(groups: torch.Tensor, members: torch.Tensor, live: torch.Tensor,
 class _Run:
     """The two forward passes of the engine on one slot cache."""
 
-    def __init__(self, model, cache: SlotCache, pad: int):
+    def __init__(self, model, cache: SlotCache, pad: int, fast: bool = False):
+        """``fast``: decode through ``DecodePass`` (built here, from the weights as they are now)."""
         self.model, self.cache, self.pad = model, cache, pad
+        self.fast = DecodePass.build(model) if fast else None
+        if fast and self.fast is None:
+            raise RuntimeError(f"the written-out decode pass cannot run {type(model).__name__}")
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.floor = torch.finfo(self.dtype if self.dtype.is_floating_point else torch.float32).min
@@ -153,6 +173,8 @@ class _Run:
         next-token logits. The attention reads the plan, not a mask (a 4D placeholder is passed
         so that the model builds none)."""
         self.cache.decode(plan.to(self.device))
+        if self.fast is not None:
+            return self.fast(tokens.to(self.device), positions.to(self.device), self.cache)
         placeholder = torch.zeros(len(tokens), 1, 1, 1, dtype=self.dtype)
         return self._forward(tokens.view(-1, 1), positions.view(-1, 1), placeholder)
 
@@ -380,7 +402,7 @@ class NativeGenerator(RendersPrompts):
         prompts = len({s.prompt for s in seqs})
         n = max(1, len(seqs) // prompts)
         cache = SlotCache(count, longest, budget, groups=min(prompts, -(-count // n)))
-        run = _Run(self.model, cache, self.pad)
+        run = _Run(self.model, cache, self.pad, fast=decode_pass_ok(self.model))
         state = _Slots(count, budget, stops)
         # Longest prompts first: similar lengths share a prefill and a decode batch (less padding),
         # and the long sequences start early instead of trailing at the end.

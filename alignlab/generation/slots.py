@@ -135,14 +135,18 @@ class SlotCache(Cache):
                 index = shift.view(len(pads), 1, width, 1).expand(-1, new.shape[1], -1, new.shape[3])
                 store[layer_idx][:, :, :width].index_copy_(0, groups, new.gather(2, index))
             return key_states, value_states
-        if self.plan is None:
-            raise RuntimeError("SlotCache: the engine set no mode before the forward pass")
-        batch = key_states.shape[0]
-        rows = torch.arange(batch, device=key_states.device)
-        self.suffix_k[layer_idx][rows, :, self.plan.steps] = key_states[:, :, 0]
-        self.suffix_v[layer_idx][rows, :, self.plan.steps] = value_states[:, :, 0]
+        self.write(layer_idx, key_states[:, :, 0], value_states[:, :, 0])
         self._layer = layer_idx
         return key_states, value_states
+
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Decode: the new key and value of each slot ``0..B-1``, ``(B, kv heads, head dim)``,
+        into its next suffix position."""
+        if self.plan is None:
+            raise RuntimeError("SlotCache: the engine set no mode before the forward pass")
+        rows = torch.arange(len(keys), device=keys.device)
+        self.suffix_k[layer][rows, :, self.plan.steps] = keys
+        self.suffix_v[layer][rows, :, self.plan.steps] = values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.prompt_length + self.new_tokens
@@ -160,14 +164,20 @@ class SlotCache(Cache):
 
 def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers' attention-function signature. Outside a decode step of the engine, SDPA on
-    the tensors given; in one, attention over the slot's group prompt and its own tokens."""
+    the tensors given; in one, ``attend`` for the layer whose keys the cache took last."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     cache = _ACTIVE.get()
     if cache is None or cache.plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    plan, layer = cache.plan, cache._layer
+    return attend(cache, cache._layer, query, scaling), None
+
+
+def attend(cache: SlotCache, layer: int, query: torch.Tensor, scaling: float | None = None) -> torch.Tensor:
+    """A decode step's attention of ``query`` ``(slots, heads, 1, head dim)`` over each slot's
+    group prompt and its own tokens, one softmax over both; returns ``(slots, 1, heads, head dim)``."""
+    plan = cache.plan
     batch, heads, _, dim = query.shape
     kv_heads = cache.prefix_k[layer].shape[1]
     rep = heads // kv_heads
@@ -207,7 +217,7 @@ def slot_attention(module, query, key, value, attention_mask, scaling=None, drop
     e_suffix = s_suffix.sub_(top).exp_()
     total = to_slots(e_prefix.sum(-1, keepdim=True)) + e_suffix.sum(-1, keepdim=True)
     out = to_slots((e_prefix.to(dtype) @ prefix_v).float()) + (e_suffix.to(dtype) @ suffix_v).float()
-    return (out / total).to(query.dtype).view(batch, 1, heads, dim), None
+    return (out / total).to(query.dtype).view(batch, 1, heads, dim)
 
 
 @contextlib.contextmanager

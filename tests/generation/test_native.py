@@ -17,7 +17,7 @@ from transformers import (
 from alignlab.errors import UserError
 from alignlab.generation import SamplingParams, make_generator
 from alignlab.generation.hf import HFGenerator
-from alignlab.generation.native import NativeGenerator, unsupported
+from alignlab.generation.native import NativeGenerator, decode_pass_ok, unsupported
 from alignlab.generation.slots import SlotCache
 
 VOCAB = 96
@@ -269,6 +269,7 @@ def test_default_batch_size_takes_every_sequence_that_fits_in_a_quarter_of_free_
     model = llama()
     params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=11, stop_token_ids=tuple(range(3, 11)))
     assert memory.bytes_per_sequence(model, 16) == 5632 and memory.bytes_per_sequence(model, 16, 17) == 9984
+    assert decode_pass_ok(model)  # its check (once per model) builds a cache of its own: not counted below
     slots = []
     made = SlotCache.__init__
     monkeypatch.setattr(SlotCache, "__init__", lambda self, n, *a, **k: (slots.append(n), made(self, n, *a, **k))[1])
@@ -296,13 +297,15 @@ def test_default_batch_size_counts_the_prompts_keys_and_values(monkeypatch):
     whose prompts' rows alone (6 × 60 × 256 = 92,160 bytes) would take most of the free memory."""
     import alignlab.generation.memory as memory
 
+    model = llama()
+    assert decode_pass_ok(model)  # its check (once per model) builds a cache of its own: not counted below
     caches = []
     made = SlotCache.__init__
     monkeypatch.setattr(SlotCache, "__init__", lambda self, *a, **k: (caches.append(self), made(self, *a, **k))[1])
     monkeypatch.setattr(memory, "free_memory", lambda device: 100_000)
     prompts = [tuple(3 + (7 * k + 5 * i) % (VOCAB - 3) for i in range(60)) for k in range(12)]
     params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=5)
-    NativeGenerator(llama(), Tok()).generate_ids(prompts, 1, params)
+    NativeGenerator(model, Tok()).generate_ids(prompts, 1, params)
     assert [c.slots for c in caches] == [1]
     held = sum(t.numel() * t.element_size() for c in caches for store in (c.prefix_k, c.prefix_v, c.suffix_k,
                                                                            c.suffix_v) for t in store)

@@ -1,0 +1,133 @@
+"""The native backend's written-out decode step (``decode_pass.py``): which models take it, that
+it computes the model's own function, and that a pass that does not is never used."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import alignlab.generation.native as native
+from alignlab.generation import SamplingParams
+from alignlab.generation.decode_pass import DecodePass
+from alignlab.generation.hf import HFGenerator
+from alignlab.generation.native import NativeGenerator, decode_pass_ok
+from tests.generation.test_native import EOS, PAD, VOCAB, Tok, _sharpen, contexts, gpt2, llama, mistral, qwen2
+
+
+def llama_variant():
+    """A Llama with what the plain test model lacks: biases in every projection, a head dimension
+    that is not hidden size / heads (12, not 8), 4 query heads over 2 key/value heads, and llama3
+    rotary scaling, whose frequencies depend on the position range."""
+    torch.manual_seed(4)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=12, attention_bias=True,
+                         mlp_bias=True, max_position_embeddings=128, eos_token_id=EOS, pad_token_id=PAD,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 16})
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.3)  # biases start at zero: make them count
+    _sharpen(model)
+    return model
+
+
+BUILDS = [llama, llama_variant, qwen2, mistral]
+IDS = ["llama", "llama-variant", "qwen2", "mistral"]
+
+
+def _calls(monkeypatch) -> list[int]:
+    """Counts the pass's decode steps from now on."""
+    count = [0]
+    run = DecodePass.__call__
+
+    def counted(self, *args):
+        count[0] += 1
+        return run(self, *args)
+
+    monkeypatch.setattr(DecodePass, "__call__", counted)
+    return count
+
+
+def _without_pass(monkeypatch, model):
+    monkeypatch.setitem(native._FAST, model, False)
+
+
+@pytest.mark.parametrize("build", BUILDS, ids=IDS)
+def test_fp64_samples_equal_those_of_the_models_own_forward_pass(build, monkeypatch):
+    """In float64 the pass and the model's forward pass agree to rounding (1e-12 on each sampled
+    token's log-prob), so the same seed draws the same tokens: 7 ragged prompts × 3 samples, 5
+    slots (sequences end, others are prefilled into their slots, and the slots are compacted)."""
+    model = build().double()
+    assert decode_pass_ok(model)
+    params = SamplingParams(max_new_tokens=14, temperature=1.0, top_k=30, seed=3)
+    steps = _calls(monkeypatch)
+    fast = NativeGenerator(model, Tok(), batch_size=5).generate_ids(contexts(), 3, params)
+    assert steps[0] > 14  # the decode steps ran through the pass
+    through_pass = steps[0]
+    _without_pass(monkeypatch, model)
+    slow = NativeGenerator(model, Tok(), batch_size=5).generate_ids(contexts(), 3, params)
+    assert steps[0] == through_pass  # and now none did
+    for a_row, b_row in zip(fast, slow, strict=True):
+        for a, b in zip(a_row, b_row, strict=True):
+            assert a.token_ids == b.token_ids and a.finished == b.finished
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-12
+            assert max(abs(x - y) for x, y in zip(a.sampling_logprobs, b.sampling_logprobs, strict=True)) < 1e-12
+
+
+@pytest.mark.parametrize("build", BUILDS, ids=IDS)
+def test_fp32_greedy_equals_hf_generate_through_the_pass(build, monkeypatch):
+    """In float32 (the default dtype) the pass's greedy tokens are transformers' ``generate``'s."""
+    model = build()
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    steps = _calls(monkeypatch)
+    ours = NativeGenerator(model, Tok(), batch_size=4).generate_ids(contexts(), 2, params)
+    assert steps[0] > 0
+    theirs = HFGenerator(model, Tok(), batch_size=16).generate_ids(contexts(), 2, params)
+    assert [[s.token_ids for s in row] for row in ours] == [[s.token_ids for s in row] for row in theirs]
+
+
+def test_other_models_and_wrapped_layers_decode_through_their_own_forward_pass(monkeypatch):
+    """GPT-2, a Llama with a hook on a layer, a LoRA-wrapped Llama (the wrapper and the model
+    under it) and a bfloat16 Llama decode through their own forward pass: only plain float32 and
+    float64 Llama-family modules take the pass."""
+    assert DecodePass.build(gpt2()) is None
+    hooked = llama()
+    hooked.model.layers[1].mlp.register_forward_hook(lambda module, args, out: out * 2)
+    assert DecodePass.build(hooked) is None
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert DecodePass.build(lora) is None and DecodePass.build(lora.get_base_model()) is None
+    assert DecodePass.build(llama().bfloat16()) is None
+    assert DecodePass.build(llama()) is not None and DecodePass.build(llama().double()) is not None
+    # the engine still samples them, through the model's forward pass
+    steps = _calls(monkeypatch)
+    params = SamplingParams(max_new_tokens=6, temperature=0)
+    for model in (gpt2(), hooked):
+        NativeGenerator(model, Tok(), batch_size=4).generate_ids(contexts()[:3], 2, params)
+    assert steps[0] == 0
+
+
+def test_a_pass_that_disagrees_with_the_model_is_not_used(monkeypatch):
+    """The engine checks the pass against a plain forward pass before first use: a pass off by
+    a little (one logit moved by 0.01) is refused, and the samples are the model's own."""
+    model = llama()
+    right = NativeGenerator(model, Tok(), batch_size=4).generate_ids(contexts(), 2, SamplingParams(
+        max_new_tokens=10, temperature=1.0, seed=2))
+    run = DecodePass.__call__
+
+    def off(self, *args):
+        logits = run(self, *args)
+        logits[:, 7] += 0.01
+        return logits
+
+    monkeypatch.setattr(DecodePass, "__call__", off)
+    other = llama()  # a module the engine has not checked yet
+    assert not decode_pass_ok(other)
+    again = NativeGenerator(other, Tok(), batch_size=4).generate_ids(contexts(), 2, SamplingParams(
+        max_new_tokens=10, temperature=1.0, seed=2))
+    assert [[s.token_ids for s in row] for row in again] == [[s.token_ids for s in row] for row in right]
