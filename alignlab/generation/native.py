@@ -331,6 +331,8 @@ class NativeGenerator(RendersPrompts):
     free memory, else as many as do (``auto_batch_size``). The samples are the same whatever the
     batch size. ``prefill_tokens``: how many prompt positions (prompts × padded width) one prefill
     pass takes at most; ``progress``: a label for a progress bar (sequences done), or None.
+    ``host_processes``: how many of the run's processes share the host's memory, for the default
+    batch (None: torchrun's ``LOCAL_WORLD_SIZE``; Ray's generation workers are told theirs).
 
     Build it with ``make_generator(model, tokenizer, "native")``, which checks the model first.
     """
@@ -345,6 +347,7 @@ class NativeGenerator(RendersPrompts):
             raise UserError(f"prefill_tokens must be >= 1, got {prefill_tokens}")
         self.model, self.tok = model, tokenizer
         self.batch_size, self.progress, self.prefill_tokens = batch_size, progress, prefill_tokens
+        self.host_processes: int | None = None
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos or 0)
 
@@ -398,7 +401,8 @@ class NativeGenerator(RendersPrompts):
 
     def _run(self, seqs: list[_Seq], params: SamplingParams, stops: set[int], bar) -> None:
         budget, longest = max(s.budget for s in seqs), max(len(s.context) for s in seqs)
-        count = min(self.batch_size or auto_batch_size(self.model, len(seqs), budget, longest), len(seqs))
+        count = min(self.batch_size or auto_batch_size(self.model, len(seqs), budget, longest, self.host_processes),
+                    len(seqs))
         prompts = len({s.prompt for s in seqs})
         n = max(1, len(seqs) // prompts)
         cache = SlotCache(count, longest, budget, groups=min(prompts, -(-count // n)))

@@ -169,9 +169,13 @@ class GenerationWorker:
         self.version = version
 
     def generate_ids(self, version: int, contexts: list[tuple[int, ...]], n: int, params: SamplingParams,
-                     start: int) -> list[list[Sample]]:
+                     start: int, host_processes: int | None = None) -> list[list[Sample]]:
+        """``host_processes``: the run's processes on this worker's host, which share its memory
+        (the native engine's default batch takes its part of a quarter of the free memory)."""
         if version != self.version:
             raise StaleWeights(f"worker has weights {self.version}, asked for {version}")
+        if hasattr(self.generator, "host_processes"):
+            self.generator.host_processes = host_processes
         out = self.generator.generate_ids(contexts, n, params, start)
         if self.exit_next:  # the fault drill: die with the work done, as a lost machine would
             os._exit(1)
@@ -184,6 +188,15 @@ class GenerationWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def host_processes(self) -> int | None:
+        """What the last call said about the processes on this host (the tests read it)."""
+        return getattr(self.generator, "host_processes", None)
 
 
 def _get(refs):
@@ -263,6 +276,7 @@ class RayGenerator(RendersPrompts):
                                                      **resources)
         self._spec = ray.put(spec)
         self.workers = [actor.remote([self._spec]) for _ in range(workers)]
+        self._hosts = self._host_counts()
         self.version = 0
         self.model = None
         self._weights = None  # this version's object ref (CPU) or the NCCL pusher (GPU)
@@ -271,6 +285,20 @@ class RayGenerator(RendersPrompts):
 
             self._weights = NcclPush(self.workers)
         self.update_weights(model)
+
+    def _host_counts(self) -> list[int]:
+        """For each worker, the run's processes on its host: the workers Ray placed there, and
+        this process's torchrun group (``LOCAL_WORLD_SIZE``) when it is this process's host. (A
+        worker Ray restarts elsewhere keeps its first host's count.)"""
+        import ray
+
+        nodes = _get([w.node.remote() for w in self.workers])
+        here = ray.get_runtime_context().get_node_id()
+        try:
+            local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        except ValueError:
+            local = 1
+        return [nodes.count(node) + (local if node == here else 0) for node in nodes]
 
     def update_weights(self, model) -> None:
         """Send ``model``'s current weights to every worker (see the module docstring)."""
@@ -304,7 +332,7 @@ class RayGenerator(RendersPrompts):
         return out
 
     def _submit(self, i: int, contexts, n: int, params: SamplingParams, start: int):
-        return self.workers[i].generate_ids.remote(self.version, contexts, n, params, start)
+        return self.workers[i].generate_ids.remote(self.version, contexts, n, params, start, self._hosts[i])
 
     def _result(self, i: int, call, contexts, n: int, params: SamplingParams, start: int) -> list[list[Sample]]:
         """Worker ``i``'s share: a restarted worker gets the current weights and is asked again."""

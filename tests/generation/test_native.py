@@ -323,3 +323,29 @@ def test_default_batch_splits_the_host_memory_between_the_processes_on_it(monkey
     assert memory.auto_batch_size(model, 70, 16) == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert memory.auto_batch_size(model, 70, 16) == 2
+
+
+def test_default_batch_takes_the_host_processes_it_is_told(monkeypatch):
+    """A count of the host's processes given to the engine (as Ray's workers are given theirs)
+    replaces torchrun's: with 100,000 bytes free, 3 processes get 8,333 bytes each, one sequence of
+    5,632 bytes (the test llama with 16 new tokens and no prompt, as derived above), and 1 process
+    gets 25,000, 4 sequences, whatever LOCAL_WORLD_SIZE says. The engine passes its own count on:
+    7 prompts of up to 17 tokens (9,984 bytes a sequence) decode one at a time with 2 processes
+    told (12,500 bytes each) and 2 at a time with 1 (25,000)."""
+    import alignlab.generation.memory as memory
+
+    model = llama()
+    assert decode_pass_ok(model)  # its check builds a cache of its own: not counted below
+    monkeypatch.setattr(memory, "free_memory", lambda device: 100_000)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert memory.auto_batch_size(model, 70, 16, processes=3) == 1
+    assert memory.auto_batch_size(model, 70, 16, processes=1) == 4
+    slots = []
+    made = SlotCache.__init__
+    monkeypatch.setattr(SlotCache, "__init__", lambda self, n, *a, **k: (slots.append(n), made(self, n, *a, **k))[1])
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=11)
+    gen = NativeGenerator(model, Tok())
+    gen.generate_ids(contexts(), 10, params)  # LOCAL_WORLD_SIZE=2
+    gen.host_processes = 1
+    gen.generate_ids(contexts(), 10, params)
+    assert slots == [1, 2]

@@ -63,6 +63,9 @@ def test_two_workers_sample_what_one_process_samples_even_when_one_is_killed(clu
     one, two = native.generate(PROMPTS, 3, params, start=4), workers.generate(PROMPTS, 3, params, start=4)
     assert same_samples(one, two)
     assert len({s.token_ids for g in two for s in g}) > 6  # they are samples, not copies
+    # both workers and this process are on this host: each worker's default batch takes a third of
+    # the memory share, not all of it
+    assert ray.get([w.host_processes.remote() for w in workers.workers]) == [3, 3]
     # an odd count (shares of 3 and 2) and a single prompt (one worker idle)
     assert same_samples(native.generate(PROMPTS[:5], 2, params), workers.generate(PROMPTS[:5], 2, params))
     assert same_samples(native.generate(PROMPTS[:1], 2, params, start=9),
@@ -86,6 +89,7 @@ def test_two_workers_sample_what_one_process_samples_even_when_one_is_killed(clu
     after = workers.pids()
     assert after[0] == before[0] and after[1] != before[1]  # worker 1's process died and was replaced
     assert same_samples(got, native.generate(PROMPTS, 4, params))  # nothing lost, nothing twice
+    assert ray.get([w.host_processes.remote() for w in workers.workers]) == [3, 3]  # the restarted one too
     workers.close()
 
 
