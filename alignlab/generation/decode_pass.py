@@ -13,7 +13,9 @@ in the same way; transformers has nothing of the kind for a CPU.
 
 Only a model whose layers are exactly these takes this path: ``DecodePass.build`` checks the
 classes of the model, its layers and norms, that every projection is a plain ``nn.Linear`` of
-plain float32 or float64 CPU tensors, that the activation is SiLU and that no module has hooks.
+plain float32 or float64 CPU tensors, that the activation is SiLU and that no module has hooks or
+a ``forward`` of its own. It is built again for every generation call, and a model that no longer
+passes (a hook, a dtype or a device changed since the check) decodes through its own forward pass.
 Any other model decodes through its own forward pass: one wrapped for LoRA or sharded, one on a
 GPU (where this pass has not been run), and one in 16 bits, whose rounding differs with the
 shapes of the products (on the test Llama in bfloat16 the pass's log-probs differ from a plain
@@ -46,17 +48,18 @@ def _model_classes() -> tuple[type, ...]:
     return LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
 
 
-def _plain(module: torch.nn.Module) -> bool:
-    """No hooks, and every parameter of its own a plain float32 or float64 CPU tensor (not a
-    DTensor, not offloaded)."""
-    if module._forward_hooks or module._forward_pre_hooks:
+def _plain(module: torch.nn.Module, called: bool = False) -> bool:
+    """No hooks, no ``forward`` set on the module itself (as accelerate's hooks set one: code the
+    pass would skip; allowed where the pass ``called`` the module), and every parameter of its own a
+    plain float32 or float64 CPU tensor (not a DTensor, not offloaded)."""
+    if module._forward_hooks or module._forward_pre_hooks or (not called and "forward" in vars(module)):
         return False
     return all(type(p.data) is torch.Tensor and p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
                for p in module.parameters(recurse=False))
 
 
-def _linear(module) -> bool:
-    return type(module) is torch.nn.Linear and _plain(module)
+def _linear(module, called: bool = False) -> bool:
+    return type(module) is torch.nn.Linear and _plain(module, called)
 
 
 _NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")
@@ -129,7 +132,8 @@ class DecodePass:
             if getattr(attn, "sliding_window", None):
                 return None
         head, final_norm = model.lm_head, _rms(base.norm)
-        if not _linear(head) or head.bias is not None or final_norm is None or not _plain(base.embed_tokens) \
+        # the output layer is called as a module (the engine may set its forward: ``_transposed_head``)
+        if not _linear(head, called=True) or head.bias is not None or final_norm is None or not _plain(base.embed_tokens) \
                 or type(base.embed_tokens) is not torch.nn.Embedding or not _plain(model) or not _plain(base):
             return None
         return cls(model, [_Layer(layer) for layer in layers], final_norm, head)

@@ -112,10 +112,13 @@ def test_other_models_and_wrapped_layers_decode_through_their_own_forward_pass(m
     assert steps[0] == 0
 
 
-def test_a_pass_that_disagrees_with_the_model_is_not_used(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_a_pass_that_disagrees_with_the_model_is_not_used(dtype, monkeypatch):
     """The engine checks the pass against a plain forward pass before first use: a pass off by
-    a little (one logit moved by 0.01) is refused, and the samples are the model's own."""
-    model = llama()
+    a little (one logit moved by 0.01) is refused, in float64 as in float32 (both agree with a
+    plain forward pass to about 1e-5: a 16-bit model's looser tolerance is not theirs), and the
+    samples are the model's own."""
+    model = llama().to(dtype)
     right = NativeGenerator(model, Tok(), batch_size=4).generate_ids(contexts(), 2, SamplingParams(
         max_new_tokens=10, temperature=1.0, seed=2))
     run = DecodePass.__call__
@@ -126,8 +129,47 @@ def test_a_pass_that_disagrees_with_the_model_is_not_used(monkeypatch):
         return logits
 
     monkeypatch.setattr(DecodePass, "__call__", off)
-    other = llama()  # a module the engine has not checked yet
+    other = llama().to(dtype)  # a module the engine has not checked yet
     assert not decode_pass_ok(other)
     again = NativeGenerator(other, Tok(), batch_size=4).generate_ids(contexts(), 2, SamplingParams(
         max_new_tokens=10, temperature=1.0, seed=2))
     assert [[s.token_ids for s in row] for row in again] == [[s.token_ids for s in row] for row in right]
+
+
+@pytest.mark.parametrize("change", ["hook", "forward", "bfloat16"])
+def test_a_model_changed_after_its_check_decodes_through_its_own_forward_pass(change, monkeypatch):
+    """The pass is checked once per module. A change to the module after that check which the
+    pass does not compute (a forward hook that doubles a layer's MLP output, a ``forward`` set on
+    that MLP that does the same, a cast to bfloat16) sends the decode steps back to the model's
+    own forward pass, without an error: the samples are those drawn with the pass switched off."""
+    model = llama()
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=2)
+    NativeGenerator(model, Tok(), batch_size=4).generate_ids(contexts(), 2, params)
+    assert decode_pass_ok(model)
+    mlp = model.model.layers[1].mlp
+    if change == "hook":
+        mlp.register_forward_hook(lambda module, args, out: out * 2)
+    elif change == "forward":
+        inner = mlp.forward
+        mlp.forward = lambda x: inner(x) * 2
+    else:
+        model.bfloat16()
+    steps = _calls(monkeypatch)
+    got = NativeGenerator(model, Tok(), batch_size=4).generate_ids(contexts(), 2, params)
+    assert steps[0] == 0
+    _without_pass(monkeypatch, model)
+    want = NativeGenerator(model, Tok(), batch_size=4).generate_ids(contexts(), 2, params)
+    for a_row, b_row in zip(got, want, strict=True):
+        for a, b in zip(a_row, b_row, strict=True):
+            assert a.token_ids == b.token_ids and a.logprobs == b.logprobs
+
+
+def test_a_module_with_a_forward_of_its_own_is_refused():
+    """A ``forward`` set on a module the pass computes by hand (as accelerate's hooks set one) is
+    code the pass would skip: such a model is not built, whatever the check would say."""
+    model = llama()
+    mlp = model.model.layers[0].mlp
+    mlp.forward = mlp.forward  # the same function, as an instance attribute
+    assert DecodePass.build(model) is None
+    del mlp.forward
+    assert DecodePass.build(model) is not None
