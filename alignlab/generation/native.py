@@ -66,7 +66,8 @@ def decode_pass_ok(model) -> bool:
     per module, as ``unsupported``)."""
     if model not in _FAST:
         try:
-            _FAST[model] = DecodePass.build(model) is not None and _self_check(model, fast=True) is None
+            decoder = DecodePass.build(model)
+            _FAST[model] = decoder is not None and _self_check(model, decoder) is None
         except Exception:  # the pass cannot run this model: its own forward pass decodes
             _FAST[model] = False
     return _FAST[model]
@@ -91,14 +92,14 @@ def _unsupported(model) -> str | None:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _self_check(model, fast: bool = False) -> str | None:
+def _self_check(model, decoder: DecodePass | None = None) -> str | None:
     """Prefill two prompts of 5 and 3 tokens, decode 2 tokens (through the written-out pass when
-    ``fast``), and compare each step's log-probs with a plain forward pass of the same sequences."""
+    ``decoder`` is given), and compare each step's log-probs with a plain forward pass of the same sequences."""
     head = model.get_output_embeddings()
     vocab = head.weight.shape[0] if head is not None else 8
     seqs = [[(7 * i + 3) % vocab for i in range(7)], [(5 * i + 11) % vocab for i in range(5)]]
     prompts = [tuple(s[:-2]) for s in seqs]
-    run = _Run(model, SlotCache(2, 5, 3), pad=0, fast=fast)
+    run = _Run(model, SlotCache(2, 5, 3), pad=0, decoder=decoder)
     both = torch.tensor([0, 1])
     got = [run.prefill(prompts, both)]
     for t in range(2):
@@ -144,12 +145,9 @@ def decode_plan(groups: torch.Tensor, members: torch.Tensor, live: torch.Tensor,
 class _Run:
     """The two forward passes of the engine on one slot cache."""
 
-    def __init__(self, model, cache: SlotCache, pad: int, fast: bool = False):
-        """``fast``: decode through ``DecodePass`` (built here, from the weights as they are now)."""
-        self.model, self.cache, self.pad = model, cache, pad
-        self.fast = DecodePass.build(model) if fast else None
-        if fast and self.fast is None:
-            raise RuntimeError(f"the written-out decode pass cannot run {type(model).__name__}")
+    def __init__(self, model, cache: SlotCache, pad: int, decoder: DecodePass | None = None):
+        """``decoder``: the written-out pass the decode steps run, or None for the model's forward."""
+        self.model, self.cache, self.pad, self.decoder = model, cache, pad, decoder
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.floor = torch.finfo(self.dtype if self.dtype.is_floating_point else torch.float32).min
@@ -175,8 +173,8 @@ class _Run:
         next-token logits. The attention reads the plan, not a mask (a 4D placeholder is passed
         so that the model builds none)."""
         self.cache.decode(plan.to(self.device))
-        if self.fast is not None:
-            return self.fast(tokens.to(self.device), positions.to(self.device), self.cache)
+        if self.decoder is not None:
+            return self.decoder(tokens.to(self.device), positions.to(self.device), self.cache)
         placeholder = torch.zeros(len(tokens), 1, 1, 1, dtype=self.dtype)
         return self._forward(tokens.view(-1, 1), positions.view(-1, 1), placeholder)
 
@@ -410,8 +408,8 @@ class NativeGenerator(RendersPrompts):
         cache = SlotCache(count, longest, budget, groups=min(prompts, -(-count // n)))
         # checked once per module; a change since then that the pass does not compute (a hook, a dtype,
         # a device) sends the decode steps back to the model's own forward pass
-        fast = decode_pass_ok(self.model) and DecodePass.build(self.model) is not None
-        run = _Run(self.model, cache, self.pad, fast=fast)
+        decoder = DecodePass.build(self.model) if decode_pass_ok(self.model) else None
+        run = _Run(self.model, cache, self.pad, decoder)
         state = _Slots(count, budget, stops)
         # Longest prompts first: similar lengths share a prefill and a decode batch (less padding),
         # and the long sequences start early instead of trailing at the end.

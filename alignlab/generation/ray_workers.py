@@ -288,12 +288,14 @@ class RayGenerator(RendersPrompts):
 
     def _host_counts(self) -> list[int]:
         """For each worker, the run's processes on its host: the workers Ray placed there, and
-        this process's torchrun group (``LOCAL_WORLD_SIZE``) when it is this process's host. (A
-        worker Ray restarts elsewhere keeps its first host's count.)"""
+        this process's torchrun group (``LOCAL_WORLD_SIZE``) when it is this process's host, which
+        it is not through Ray Client (``ray://``: the node Ray names for this process is then the
+        head node). A worker Ray restarts elsewhere keeps its first host's count."""
         import ray
+        import ray.util.client
 
         nodes = _get([w.node.remote() for w in self.workers])
-        here = ray.get_runtime_context().get_node_id()
+        here = None if ray.util.client.ray.is_connected() else ray.get_runtime_context().get_node_id()
         try:
             local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         except ValueError:
