@@ -26,7 +26,10 @@ repository on ``PYTHONPATH`` (arithmetic with torch's default 2 threads; sentime
 with one thread, ``--env OMP_NUM_THREADS=1``, while two of these commands shared the 2 cores):
 
     python online_testbed.py --task arithmetic --runs grpo dpo --seeds 0 1 2 \\
-        --args grpo="--prompts 4096 --epochs 1 --k 8 --batch-size 32 --lr 2e-4 --eval-every 256" \\
+        --args grpo="--prompts 8192 --epochs 1 --k 64 --batch-size 256 --lr 2e-4 --eval-every 512" \\
+        --args dpo="--prompts 8192 --eval-every 256"
+    python online_testbed.py --task arithmetic --runs grpo-g8:grpo dpo --seeds 0 1 2 \\
+        --args grpo-g8="--prompts 4096 --epochs 1 --k 8 --batch-size 32 --lr 2e-4 --eval-every 256" \\
         --args dpo="--prompts 4096 --eval-every 128"
     python online_testbed.py --task chainsum --runs grpo grpo-proxy:grpo --seeds 0 1 2 --proxy-seeds 0 \\
         --env OMP_NUM_THREADS=1 \\
