@@ -89,13 +89,22 @@ def bytes_per_sequence(model, new_tokens: int, prompt_tokens: int = 0) -> int | 
     return layers * 2 * kv_heads * head_dim * (new_tokens + prompt_tokens) * size + 4 * vocab * 4
 
 
+def torchrun_processes() -> int:
+    """The processes torchrun started on this host (``LOCAL_WORLD_SIZE``; 1 when unset or not a
+    positive number)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def auto_batch_size(model, sequences: int, new_tokens: int, prompt_tokens: int = 0,
                     processes: int | None = None) -> int:
     """How many of ``sequences`` decode at once when the caller leaves it to the engine: all of
     them when they fit in ``AUTO_MEMORY_SHARE`` of the device's free memory, else as many as do
     (at least one); ``AUTO_FALLBACK`` at most where the model's shape or the memory is unknown.
-    On the host, the share is split between the run's ``processes`` on it (None: torchrun's
-    ``LOCAL_WORLD_SIZE``, else 1)."""
+    On the host, the share is split between the run's ``processes`` on it (None:
+    ``torchrun_processes``)."""
     each = bytes_per_sequence(model, new_tokens, prompt_tokens)
     device = next(model.parameters()).device
     free = free_memory(device)
@@ -103,10 +112,5 @@ def auto_batch_size(model, sequences: int, new_tokens: int, prompt_tokens: int =
         return max(1, min(sequences, AUTO_FALLBACK))
     share = AUTO_MEMORY_SHARE
     if device.type == "cpu":  # the processes of a run on this host share its memory
-        if processes is None:
-            try:
-                processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            except ValueError:
-                processes = 1
-        share /= max(1, processes)
+        share /= max(1, torchrun_processes() if processes is None else processes)
     return max(1, min(sequences, int(free * share) // each))

@@ -35,6 +35,7 @@ import torch
 
 from alignlab.errors import UserError
 from alignlab.generation.base import Sample, SamplingParams
+from alignlab.generation.memory import torchrun_processes
 from alignlab.generation.prompts import RendersPrompts
 
 INNER_BACKENDS = ("native", "vllm")
@@ -296,10 +297,7 @@ class RayGenerator(RendersPrompts):
 
         nodes = _get([w.node.remote() for w in self.workers])
         here = None if ray.util.client.ray.is_connected() else ray.get_runtime_context().get_node_id()
-        try:
-            local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        except ValueError:
-            local = 1
+        local = torchrun_processes()
         return [nodes.count(node) + (local if node == here else 0) for node in nodes]
 
     def update_weights(self, model) -> None:
