@@ -272,3 +272,35 @@ def test_a_second_backward_pass_through_the_kept_softmax_recomputes_it():
     loss.backward()
     assert torch.allclose(h.grad, 2 * ref_h, atol=1e-12, rtol=0)
     assert torch.allclose(w.grad, 2 * ref_w, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["recomputed", "kept"])
+def test_float32_output_layer_of_packed_weights_gives_log_softmax_values_and_gradients(monkeypatch, keep):
+    """A float32 output layer of 1,000 × 128 weights (above ``packed_linear.MIN_WEIGHTS``, so its
+    logits come from oneDNN's packed weights where torch has oneDNN), 37 positions in chunks of 8,
+    the softmax kept or recomputed in the backward pass: values, entropy and both gradients equal
+    autograd through ``log_softmax(h @ W.T)`` in float64 on the same float32 numbers, to float32
+    rounding (values 2e-5, gradients 1e-5 of their largest entry: a float32 sum of 128 products
+    is off by about 1e-6 of its size, bfloat16 by 1e-2)."""
+    from alignlab import packed_linear
+
+    assert packed_linear.Linear(torch.zeros(1000, 128)).packed is not None or not packed_linear._onednn()
+    monkeypatch.setattr(logprobs, "CHUNK_VALUES", 8 * 1000)
+    monkeypatch.setattr(logprobs, "KEEP_VALUES", 37 * 1000 if keep else 37 * 1000 - 1)
+    gen = torch.Generator().manual_seed(6)
+    h = torch.randn(37, 128, generator=gen, requires_grad=True)
+    w = (torch.randn(1000, 128, generator=gen) / 4).requires_grad_()
+    t = torch.randint(0, 1000, (37,), generator=gen)
+    g = torch.randn(37, generator=gen)
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    logits = h64 @ w64.T
+    ref = torch.log_softmax(logits, dim=-1).gather(-1, t[:, None]).squeeze(-1)
+    got, ent = logprobs.target_logps_and_entropy(h, w, t)
+    assert got.dtype == torch.float32
+    assert (got.double() - ref).abs().max().item() < 2e-5
+    direct = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    assert (ent.double() - direct).abs().max().item() < 2e-5
+    ref_h, ref_w = torch.autograd.grad((ref * g.double()).sum(), [h64, w64])
+    got_h, got_w = torch.autograd.grad((got * g).sum(), [h, w])
+    assert (got_h.double() - ref_h).abs().max().item() < 1e-5 * ref_h.abs().max().item()
+    assert (got_w.double() - ref_w).abs().max().item() < 1e-5 * ref_w.abs().max().item()

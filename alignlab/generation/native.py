@@ -36,6 +36,7 @@ from alignlab.generation.draw import pick, stream_keys, uniforms
 from alignlab.generation.memory import auto_batch_size
 from alignlab.generation.prompts import RendersPrompts
 from alignlab.generation.slots import DecodePlan, SlotCache, active
+from alignlab.packed_linear import Linear
 
 
 def context_limit(model) -> int | None:
@@ -187,18 +188,23 @@ class _Run:
 
 
 @contextlib.contextmanager
-def _transposed_head(model):
-    """On CPU, compute a bias-free linear output layer as ``hidden @ Wᵀ`` with ``Wᵀ`` copied once
-    per call: BLAS runs a product with a large output dimension about 1.3-1.4 times faster from
-    the transposed, contiguous weight than ``F.linear`` does from the weight as stored (measured
-    for a 32k vocabulary on 2 cores); the output layer is half of a small model's decode FLOPs.
-    The same product, so the same logits up to rounding; the module is restored on exit."""
+def _fast_head(model):
+    """On CPU, compute a bias-free linear output layer from a weight prepared once per call: packed
+    for oneDNN when it is float32 and large enough (``packed_linear.Linear``: 2.7 ms against 7-9 ms for 16
+    rows and a 32k vocabulary), else transposed and contiguous, ``hidden @ Wᵀ`` (BLAS runs a
+    product with a large output dimension about 1.3-1.4 times faster so than ``F.linear`` from
+    the weight as stored). The same product, so the same logits up to rounding; the module is
+    restored on exit. The output layer is half of a small model's decode FLOPs."""
     head = model.get_output_embeddings()
     if type(head) is not torch.nn.Linear or head.bias is not None or head.weight.device.type != "cpu":
         yield
         return
-    weight = head.weight.detach().t().contiguous()
-    head.forward = lambda hidden: hidden @ weight  # an instance attribute: shadows Linear.forward
+    packed = Linear(head.weight.detach())
+    if packed.packed is not None:
+        head.forward = packed  # an instance attribute: shadows Linear.forward
+    else:
+        weight = head.weight.detach().t().contiguous()
+        head.forward = lambda hidden: hidden @ weight
     try:
         yield
     finally:
@@ -388,7 +394,7 @@ class NativeGenerator(RendersPrompts):
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), _transposed_head(self.model), self._bar(len(seqs)) as bar:
+            with torch.no_grad(), _fast_head(self.model), self._bar(len(seqs)) as bar:
                 self._run(seqs, params, stops, bar)
         finally:
             self.model.train(was_training)

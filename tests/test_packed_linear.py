@@ -1,0 +1,85 @@
+"""``packed_linear.Linear``: a float32 product with a fixed weight through oneDNN's packed layout, the
+same product as ``F.linear`` up to float32 rounding, and ``F.linear`` itself where it does not pack."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alignlab import packed_linear
+from alignlab.packed_linear import MIN_WEIGHTS, Linear
+
+ONEDNN = packed_linear._onednn()
+
+
+def _float32_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per output, 1e-5 times the sum of the absolute products |xᵢ wᵢ| (plus the bias): a float32
+    sum of 256-384 terms in any order is off by about √K · 2⁻²⁴ · Σ|xᵢ wᵢ| ≈ 1e-6 of it (5e-7 is
+    what oneDNN and MKL are off here), a product in bfloat16 by about 1e-3 of it, a wrong one by
+    far more."""
+    return 1e-5 * (x.double().abs() @ weight.double().abs().t() + 1)
+
+
+@pytest.mark.skipif(not ONEDNN, reason="torch built without oneDNN")
+@pytest.mark.parametrize("rows", [1, 3, 16, 37])
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_large_float32_weight_is_packed_and_gives_the_product_up_to_rounding(rows, bias):
+    """The exact product is computed in float64 from the same float32 numbers; the packed
+    product must be within the float32 rounding bound of it (and not equal F.linear bit for bit,
+    which is allowed but not required)."""
+    torch.manual_seed(rows)
+    weight = torch.randn(512, 256)  # 131,072 weights: above the 65,536 threshold
+    b = torch.randn(512) if bias else None
+    x = torch.randn(rows, 256)
+    lin = Linear(weight, b)
+    assert lin.packed is not None
+    got = lin(x)
+    exact = x.double() @ weight.double().t() + (b.double() if bias else 0)
+    assert got.dtype == torch.float32 and got.shape == (rows, 512)
+    assert ((got.double() - exact).abs() <= _float32_bound(x, weight)).all()
+    # the bound is not vacuous: the same product in bfloat16 breaks it
+    rough = F.linear(x.bfloat16(), weight.bfloat16(), None if b is None else b.bfloat16()).double()
+    assert not ((rough - exact).abs() <= _float32_bound(x, weight)).all()
+
+
+@pytest.mark.skipif(not ONEDNN, reason="torch built without oneDNN")
+def test_a_rows_result_does_not_depend_on_the_other_rows_of_the_call():
+    """The native sampler's draws must not depend on how many sequences decode together."""
+    torch.manual_seed(0)
+    weight = torch.randn(1024, 384)
+    lin = Linear(weight)
+    x = torch.randn(40, 384)
+    full = lin(x)
+    for rows in (1, 3, 5, 16, 33):
+        assert torch.equal(lin(x[:rows]), full[:rows])
+    # a batch of sequences, as the decode pass's (B, heads·dim) input, and a 3D input
+    assert torch.equal(lin(x.view(2, 20, 384))[1], full[20:])
+
+
+@pytest.mark.parametrize("case", ["small", "float64", "bfloat16-input"])
+def test_what_is_not_packed_is_f_linear_exactly(case):
+    torch.manual_seed(1)
+    if case == "small":  # one weight fewer than the threshold
+        weight, x = torch.randn(MIN_WEIGHTS // 128 - 1, 128), torch.randn(4, 128)
+    elif case == "float64":
+        weight, x = torch.randn(512, 256, dtype=torch.float64), torch.randn(4, 256, dtype=torch.float64)
+    else:
+        weight, x = torch.randn(512, 256).bfloat16(), torch.randn(4, 256).bfloat16()
+    lin = Linear(weight)
+    assert lin.packed is None
+    assert torch.equal(lin(x), F.linear(x, weight))
+
+
+@pytest.mark.skipif(not ONEDNN, reason="torch built without oneDNN")
+def test_the_weight_is_read_when_it_is_packed():
+    """A generation call packs the policy's weights as they are then; the packed copy is the
+    weight of that call (training moves the weight between calls, and a new call packs again)."""
+    torch.manual_seed(2)
+    weight, x = torch.randn(512, 256), torch.randn(4, 256)
+    lin = Linear(weight)
+    before = lin(x)
+    weight.add_(1.0)
+    assert torch.equal(lin(x), before)
+    again = Linear(weight)(x)
+    assert ((again.double() - x.double() @ weight.double().t()).abs() <= _float32_bound(x, weight)).all()
