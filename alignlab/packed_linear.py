@@ -9,8 +9,9 @@ to 128 rows). torch exposes the two oneDNN operations (``mkldnn::_reorder_linear
 ``mkldnn::_linear_pointwise``, the ones its compiler emits for frozen CPU graphs) but uses them
 for no eager call. Below 64K weights the MKL call is a few microseconds cheaper, so smaller
 weights keep ``F.linear``; so do other dtypes (oneDNN has no float64), other devices, tensor
-subclasses (a sharded DTensor), a weight that needs its gradient (the packed copy has none) and a
-torch built without oneDNN. Packing reads the weight as it is, so a weight that training moves is
+subclasses (a sharded DTensor), a weight that needs its gradient (the packed copy has none), a
+torch built without oneDNN, and a call under CPU autocast (``F.linear`` then multiplies in
+autocast's dtype, as the model's own layers do; the packed op knows no autocast). Packing reads the weight as it is, so a weight that training moves is
 packed again for each generation call (about 20 ms for the 12M-weight output layer).
 
 The product is the same up to float32 rounding (oneDNN sums in its own order), and a row's
@@ -43,6 +44,6 @@ class Linear:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 16)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is None or x.dtype != torch.float32:
+        if self.packed is None or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")

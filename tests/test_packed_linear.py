@@ -83,3 +83,19 @@ def test_the_weight_is_read_when_it_is_packed():
     assert torch.equal(lin(x), before)
     again = Linear(weight)(x)
     assert ((again.double() - x.double() @ weight.double().t()).abs() <= _float32_bound(x, weight)).all()
+
+
+@pytest.mark.skipif(not ONEDNN, reason="torch built without oneDNN")
+def test_under_cpu_autocast_the_product_is_f_linears_in_autocasts_dtype():
+    """Under CPU autocast ``F.linear`` (the model's own layers) multiplies in bfloat16 and returns
+    bfloat16; the packed op knows no autocast and returns float32, which the native sampler then
+    writes into a key/value cache that the (autocast) prefill allocated in bfloat16. Under autocast
+    the product must be ``F.linear``'s, bit for bit."""
+    torch.manual_seed(3)
+    weight, b, x = torch.randn(512, 256), torch.randn(512), torch.randn(4, 256)
+    lin = Linear(weight, b)
+    assert lin.packed is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = lin(x), F.linear(x, weight, b)
+    assert want.dtype == torch.bfloat16
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)

@@ -3,6 +3,8 @@ it computes the model's own function, and that a pass that does not is never use
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -226,3 +228,26 @@ def test_fp32_packed_products_give_the_models_log_probs(monkeypatch):
             picked = want.gather(1, torch.tensor(s.token_ids).view(-1, 1)).flatten()
             worst = max(worst, (torch.tensor(s.logprobs, dtype=torch.float64) - picked).abs().max().item())
     assert worst < 1e-4
+
+
+@pytest.mark.skipif(not packed_linear._onednn(), reason="torch built without oneDNN")
+def test_under_cpu_autocast_the_packed_model_samples_as_its_own_forward_pass(monkeypatch):
+    """Training with ``dtype: bf16`` runs the task evaluation's sampling under CPU autocast, after
+    rollouts outside it have checked the pass. Under autocast the prefill (the model's forward)
+    keeps bfloat16 keys and values, and the pass's products must be autocast's too: the samples,
+    tokens and log-probs, are those of the model's own forward pass and output layer under
+    autocast (no pass, no prepared head), bit for bit, as they were before products were packed."""
+    model = wide_llama()
+    assert decode_pass_ok(model)  # checked outside autocast, as a rollout before the evaluation does
+    wide = [tuple(3 + (7 * k + 5 * i) % 509 for i in range(len(c))) for k, c in enumerate(contexts())]
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=1)
+    steps = _calls(monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = NativeGenerator(model, Tok(), batch_size=5).generate_ids(wide, 3, params)
+        assert steps[0] >= 9
+        _without_pass(monkeypatch, model)
+        monkeypatch.setattr(native, "_fast_head", lambda _model: contextlib.nullcontext())
+        own = NativeGenerator(model, Tok(), batch_size=5).generate_ids(wide, 3, params)
+    for a_row, b_row in zip(fast, own, strict=True):
+        for a, b in zip(a_row, b_row, strict=True):
+            assert a.token_ids == b.token_ids and a.logprobs == b.logprobs
