@@ -42,6 +42,8 @@ class Linear:
                 and weight.numel() >= MIN_WEIGHTS and not weight.requires_grad \
                 and (bias is None or bias.dtype == torch.float32) and _onednn():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 16)
+            if bias is not None:  # oneDNN reads the bias as contiguous memory, whatever its strides
+                self.bias = bias.contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is None or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):

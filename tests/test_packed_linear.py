@@ -99,3 +99,19 @@ def test_under_cpu_autocast_the_product_is_f_linears_in_autocasts_dtype():
         got, want = lin(x), F.linear(x, weight, b)
     assert want.dtype == torch.bfloat16
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+@pytest.mark.skipif(not ONEDNN, reason="torch built without oneDNN")
+@pytest.mark.parametrize("layout", ["strided", "expanded"])
+def test_a_bias_that_is_not_contiguous_is_added_as_it_reads(layout):
+    """oneDNN reads a bias as contiguous memory: a strided view (every other value of a longer
+    vector) or an expanded one (one value, stride 0) must still add its own values, as in
+    ``F.linear``; checked against the float64 product plus the bias."""
+    torch.manual_seed(4)
+    weight, x = torch.randn(512, 256), torch.randn(5, 256)
+    b = torch.randn(1024)[::2] if layout == "strided" else torch.randn(1).expand(512)
+    assert not b.is_contiguous()
+    lin = Linear(weight, b)
+    exact = x.double() @ weight.double().t() + b.double()
+    assert ((lin(x).double() - exact).abs() <= _float32_bound(x, weight)).all()
+
