@@ -9,10 +9,12 @@ to 128 rows). torch exposes the two oneDNN operations (``mkldnn::_reorder_linear
 ``mkldnn::_linear_pointwise``, the ones its compiler emits for frozen CPU graphs) but uses them
 for no eager call. Below 64K weights the MKL call is a few microseconds cheaper, so smaller
 weights keep ``F.linear``; so do other dtypes (oneDNN has no float64), other devices, tensor
-subclasses (a sharded DTensor), a weight that needs its gradient (the packed copy has none), a
-torch built without oneDNN, and a call under CPU autocast (``F.linear`` then multiplies in
-autocast's dtype, as the model's own layers do; the packed op knows no autocast). Packing reads the weight as it is, so a weight that training moves is
-packed again for each generation call (about 20 ms for the 12M-weight output layer).
+subclasses (a sharded DTensor), a weight, bias or input that needs its gradient (the packed op
+has no autograd formula: torch would only warn, and the gradient would be lost), a torch built
+without oneDNN, and a call under CPU autocast (``F.linear`` then multiplies in autocast's dtype,
+as the model's own layers do; the packed op knows no autocast). Packing reads the weight as it
+is, so a weight that training moves is packed again for each generation call (about 20 ms for
+the 12M-weight output layer).
 
 The product is the same up to float32 rounding (oneDNN sums in its own order), and a row's
 result does not depend on the other rows of the call.
@@ -40,12 +42,13 @@ class Linear:
         self.packed = None
         if type(weight) is torch.Tensor and weight.dtype == torch.float32 and weight.device.type == "cpu" \
                 and weight.numel() >= MIN_WEIGHTS and not weight.requires_grad \
-                and (bias is None or bias.dtype == torch.float32) and _onednn():
+                and (bias is None or (bias.dtype == torch.float32 and not bias.requires_grad)) and _onednn():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 16)
             if bias is not None:  # oneDNN reads the bias as contiguous memory, whatever its strides
                 self.bias = bias.contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is None or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        if self.packed is None or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") \
+                or (x.requires_grad and torch.is_grad_enabled()):  # the packed op has no autograd formula
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")

@@ -115,3 +115,19 @@ def test_a_bias_that_is_not_contiguous_is_added_as_it_reads(layout):
     exact = x.double() @ weight.double().t() + b.double()
     assert ((lin(x).double() - exact).abs() <= _float32_bound(x, weight)).all()
 
+
+@pytest.mark.skipif(not ONEDNN, reason="torch built without oneDNN")
+def test_gradients_reach_an_input_and_a_bias_that_need_them():
+    """The packed op has no autograd formula (torch only warns, and the gradient is lost): an input
+    that needs its gradient while gradients are on, or a bias that needs it, takes ``F.linear``.
+    For y = x Wᵀ + b and the loss Σ g·y: ∂/∂x = g W and ∂/∂b = Σ_rows g, computed in float64."""
+    torch.manual_seed(5)
+    weight, g = torch.randn(512, 256), torch.randn(3, 512)
+    x = torch.randn(3, 256, requires_grad=True)
+    b = torch.randn(512, requires_grad=True)
+    (Linear(weight)(x) * g).sum().backward()
+    assert x.grad is not None
+    want = g.double() @ weight.double()
+    assert ((x.grad.double() - want).abs() <= 1e-5 * (g.double().abs() @ weight.double().abs() + 1)).all()
+    (Linear(weight, b)(x.detach()) * g).sum().backward()
+    assert b.grad is not None and torch.allclose(b.grad.double(), g.double().sum(0), rtol=0, atol=1e-5)
