@@ -110,7 +110,8 @@ def _logits(hidden_Nd: torch.Tensor, weight: Linear, acc: torch.dtype) -> torch.
     """One chunk's logits (N, V): the matmul in the weight's (compute) dtype, the result in ``acc``.
     The weight is prepared once per pass over the chunks (``packed_linear``: a float32 one on the
     CPU packed for oneDNN, whose product with a chunk of rows and a 32k vocabulary took about half
-    of MKL's time); each row's logits do not depend on the chunk's other rows."""
+    of MKL's time). The backward pass recomputes a chunk's logits from the same rows, so the same
+    values."""
     return weight(hidden_Nd.to(weight.weight.dtype)).to(acc)
 
 

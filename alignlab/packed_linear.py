@@ -16,8 +16,10 @@ as the model's own layers do; the packed op knows no autocast). Packing reads th
 is, so a weight that training moves is packed again for each generation call (about 20 ms for
 the 12M-weight output layer).
 
-The product is the same up to float32 rounding (oneDNN sums in its own order), and a row's
-result does not depend on the other rows of the call.
+The product is the same up to float32 rounding (oneDNN sums in its own order). A row's result
+does not depend on the other rows of a call of two rows or more; a call of one row can take
+another kernel (on the CPU above, one of more than 1,024 inputs does, and its last bits differ),
+so a lone sequence's decode step may round otherwise than the same sequence decoded with others.
 """
 
 from __future__ import annotations

@@ -45,7 +45,9 @@ def test_a_large_float32_weight_is_packed_and_gives_the_product_up_to_rounding(r
 
 @pytest.mark.skipif(not ONEDNN, reason="torch built without oneDNN")
 def test_a_rows_result_does_not_depend_on_the_other_rows_of_the_call():
-    """The native sampler's draws must not depend on how many sequences decode together."""
+    """The native sampler's draws should not depend on how many sequences decode together: at two
+    rows or more a row's product is the same whatever the others (a single row of more than 1,024
+    inputs can take another kernel; ``packed_linear``'s docstring)."""
     torch.manual_seed(0)
     weight = torch.randn(1024, 384)
     lin = Linear(weight)
