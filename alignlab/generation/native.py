@@ -57,7 +57,8 @@ def unsupported(model) -> str | None:
     """Why the native engine cannot run ``model``, or None when it can (checked by running it,
     once per module: training that changes its weights does not change the answer)."""
     if model not in _CHECKED:
-        _CHECKED[model] = _unsupported(model)
+        with _no_autocast(model):
+            _CHECKED[model] = _unsupported(model)
     return _CHECKED[model]
 
 
@@ -67,11 +68,20 @@ def decode_pass_ok(model) -> bool:
     per module, as ``unsupported``)."""
     if model not in _FAST:
         try:
-            decoder = DecodePass.build(model)
-            _FAST[model] = decoder is not None and _self_check(model, decoder) is None
+            with _no_autocast(model):
+                decoder = DecodePass.build(model)
+                _FAST[model] = decoder is not None and _self_check(model, decoder) is None
         except Exception:  # the pass cannot run this model: its own forward pass decodes
             _FAST[model] = False
     return _FAST[model]
+
+
+def _no_autocast(model):
+    """The checks compare the engine with a plain forward pass at the model's own precision,
+    whatever autocast the first generation call runs under (a bf16 run's evaluation samples
+    under it): under autocast both round to 16 bits apart and would differ by more than the float32
+    tolerance, and the answer is kept for the module's lifetime."""
+    return torch.autocast(next(model.parameters()).device.type, enabled=False)
 
 
 def _unsupported(model) -> str | None:
