@@ -8,9 +8,9 @@ forward pass, of which the products were 0.6 ms, and 2.5 ms through this pass. T
 the same function as plain tensor operations: the rotary embedding once per step for every layer
 and for the query and key heads of a layer at once, a float32 model's norms as torch's fused
 ``rms_norm``, its projections of at least 64K weights from weights packed once per call for
-oneDNN (``packed_linear.py``: on the 30M benchmark model a generation call took 0.78 s against 1.40 s),
-and the keys, values and attention of the ``SlotCache`` (the same functions the
-model's forward pass reaches through the cache API). vLLM writes out its models' forward passes
+oneDNN (``packed_linear.py``: a generation call of the 30M benchmark model took 0.76-0.93 s
+against 1.40-1.49 s), and the keys, values and attention of the ``SlotCache`` (the same functions
+the model's forward pass reaches through the cache API). vLLM writes out its models' forward passes
 in the same way; transformers has nothing of the kind for a CPU.
 
 Only a model whose layers are exactly these takes this path: ``DecodePass.build`` checks the

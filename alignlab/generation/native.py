@@ -199,11 +199,11 @@ class _Run:
 
 @contextlib.contextmanager
 def _fast_head(model):
-    """On CPU, compute a bias-free linear output layer from a weight prepared once per call: packed
-    for oneDNN when it is float32 and large enough (``packed_linear.Linear``: 2.7 ms against 7-9 ms for 16
-    rows and a 32k vocabulary), else transposed and contiguous, ``hidden @ Wᵀ`` (BLAS runs a
-    product with a large output dimension about 1.3-1.4 times faster so than ``F.linear`` from
-    the weight as stored). The same product, so the same logits up to rounding; the module is
+    """On CPU, compute a bias-free linear output layer from a weight prepared once per call:
+    packed for oneDNN when it is float32 and large enough (``packed_linear.Linear``: 2.7 ms against
+    7-9 ms for 16 rows and a 32k vocabulary), else transposed and contiguous, ``hidden @ Wᵀ`` (BLAS
+    runs a product with a large output dimension about 1.3-1.4 times faster so than ``F.linear``
+    from the weight as stored). The same product, so the same logits up to rounding; the module is
     restored on exit. The output layer is half of a small model's decode FLOPs."""
     head = model.get_output_embeddings()
     if type(head) is not torch.nn.Linear or head.bias is not None or head.weight.device.type != "cpu":
