@@ -54,11 +54,20 @@ def _model_classes() -> tuple[type, ...]:
 def _plain(module: torch.nn.Module, called: bool = False) -> bool:
     """No hooks, no ``forward`` set on the module itself (as accelerate's hooks set one: code the
     pass would skip; allowed where the pass ``called`` the module), and every parameter of its own a
-    plain float32 or float64 CPU tensor (not a DTensor, not offloaded)."""
-    if module._forward_hooks or module._forward_pre_hooks or (not called and "forward" in vars(module)):
+    plain float32 or float64 CPU tensor (not a DTensor, not offloaded). The one hook allowed is
+    transformers' ``make_inputs_require_grads`` (``enable_input_require_grads``, which gradient
+    checkpointing turns on, on the input embeddings): it only marks an output as needing
+    gradients, which under ``no_grad`` (where generation runs) changes no value."""
+    hooks = [h for h in module._forward_hooks.values() if not _marks_grads(h)]
+    if hooks or module._forward_pre_hooks or (not called and "forward" in vars(module)):
         return False
     return all(type(p.data) is torch.Tensor and p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
                for p in module.parameters(recurse=False))
+
+
+def _marks_grads(hook) -> bool:
+    return getattr(hook, "__name__", "") == "make_inputs_require_grads" \
+        and getattr(hook, "__module__", "").startswith("transformers.")
 
 
 def _linear(module, called: bool = False) -> bool:
@@ -136,8 +145,9 @@ class DecodePass:
                 return None
         head, final_norm = model.lm_head, _rms(base.norm)
         # the output layer is called as a module (the engine may set its forward: ``_fast_head``)
-        if not _linear(head, called=True) or head.bias is not None or final_norm is None or not _plain(base.embed_tokens) \
-                or type(base.embed_tokens) is not torch.nn.Embedding or not _plain(model) or not _plain(base):
+        if not _linear(head, called=True) or head.bias is not None or final_norm is None \
+                or type(base.embed_tokens) is not torch.nn.Embedding or not _plain(base.embed_tokens) \
+                or not _plain(model) or not _plain(base):
             return None
         return cls(model, [_Layer(layer) for layer in layers], final_norm, head)
 

@@ -262,3 +262,27 @@ def test_a_model_first_checked_under_autocast_keeps_the_engine_and_the_pass():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert native.unsupported(model) is None
         assert decode_pass_ok(model)
+
+
+def test_gradient_checkpointing_keeps_the_pass():
+    """Gradient checkpointing makes transformers hook the input embeddings
+    (``make_inputs_require_grads``, which only marks their output as needing gradients): the pass
+    still runs, and in float64 its samples equal those of the model's own forward pass to 1e-12.
+    Any other hook on the embeddings still sends decoding to the model's own forward pass."""
+    model = llama().double()
+    model.gradient_checkpointing_enable()
+    assert model.model.embed_tokens._forward_hooks  # the hook is there
+    assert DecodePass.build(model) is not None and decode_pass_ok(model)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=4)
+    fast = NativeGenerator(model, Tok(), batch_size=5).generate_ids(contexts(), 2, params)
+    other = llama().double()
+    other.gradient_checkpointing_enable()
+    native._FAST[other] = False
+    slow = NativeGenerator(other, Tok(), batch_size=5).generate_ids(contexts(), 2, params)
+    for a_row, b_row in zip(fast, slow, strict=True):
+        for a, b in zip(a_row, b_row, strict=True):
+            assert a.token_ids == b.token_ids
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-12
+    hooked = llama()
+    hooked.model.embed_tokens.register_forward_hook(lambda module, args, out: out * 2)
+    assert DecodePass.build(hooked) is None
