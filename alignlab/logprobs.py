@@ -191,6 +191,7 @@ class _TargetLogps(torch.autograd.Function):
         hidden_Nd, weight_Vd, targets_N, lse_N = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         cd, acc = ctx.compute_dtype, lse_N.dtype
+        w = weight_Vd.to(cd)
         # d/dlogits of (logit[target] − logsumexp) is onehot(target) − softmax
         if ctx.kept is not None:  # exp(z) / Σ exp(z), kept by the forward pass; consumed here
             d, sum_N = ctx.kept
@@ -198,12 +199,10 @@ class _TargetLogps(torch.autograd.Function):
             g = grad_N.to(acc)
             d.mul_((-g / sum_N)[:, None]).scatter_add_(-1, targets_N[:, None], g[:, None])
             d, h = d.to(cd), hidden_Nd.to(cd)
-            w = weight_Vd.to(cd)
             grad_h = (d @ w).to(hidden_Nd.dtype) if need_h else None
             grad_w = (d.T @ h).to(weight_Vd.dtype) if need_w else None
             return grad_h, grad_w, None, None, None
         n, step = hidden_Nd.shape[0], _chunk(weight_Vd)
-        w = weight_Vd.to(cd)
         product = Linear(w.detach())  # the forward pass's logits again, row for row
         grad_h = torch.empty_like(hidden_Nd) if need_h else None
         grad_w = torch.zeros(weight_Vd.shape, dtype=acc, device=weight_Vd.device) if need_w else None

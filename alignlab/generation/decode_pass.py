@@ -17,8 +17,8 @@ Only a model whose layers are exactly these takes this path: ``DecodePass.build`
 classes of the model, its layers and norms, that every projection is a plain ``nn.Linear`` of
 plain float32 or float64 CPU tensors, that the activation is SiLU and that no module has hooks
 (but the one gradient checkpointing puts on the input embeddings) or a ``forward`` of its own. It
-is built again for every generation call, and a model that no longer
-passes (a hook, a dtype or a device changed since the check) decodes through its own forward pass.
+is built again for every generation call, and a model that no longer passes (a hook, a dtype or a
+device changed since the check) decodes through its own forward pass.
 Any other model decodes through its own forward pass: one wrapped for LoRA or sharded, one on a
 GPU (where this pass has not been run), and one in 16 bits, whose rounding differs with the
 shapes of the products (on the test Llama in bfloat16 the pass's log-probs differ from a plain

@@ -203,6 +203,11 @@ def wide_llama():
     return model
 
 
+def wide_contexts() -> list[tuple[int, ...]]:
+    """``contexts()``'s ragged prompts with token ids spread over ``wide_llama``'s 512 ids."""
+    return [tuple(3 + (7 * k + 5 * i) % 509 for i in range(len(c))) for k, c in enumerate(contexts())]
+
+
 @pytest.mark.skipif(not packed_linear._onednn(), reason="torch built without oneDNN")
 def test_fp32_packed_products_give_the_models_log_probs(monkeypatch):
     """With every product packed, each sampled token's log-prob is that of a float64 forward pass
@@ -216,7 +221,7 @@ def test_fp32_packed_products_give_the_models_log_probs(monkeypatch):
     assert packed_linear.Linear(model.lm_head.weight.detach()).packed is not None
     assert decode_pass_ok(model)
     steps = _calls(monkeypatch)
-    wide = [tuple(3 + (7 * k + 5 * i) % 509 for i in range(len(c))) for k, c in enumerate(contexts())]
+    wide = wide_contexts()
     params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=1)
     out = NativeGenerator(model, Tok(), batch_size=5).generate_ids(wide, 3, params)
     assert steps[0] >= 9
@@ -239,7 +244,7 @@ def test_under_cpu_autocast_the_packed_model_samples_as_its_own_forward_pass(mon
     autocast (no pass, no prepared head), bit for bit, as they were before products were packed."""
     model = wide_llama()
     assert decode_pass_ok(model)  # checked outside autocast, as a rollout before the evaluation does
-    wide = [tuple(3 + (7 * k + 5 * i) % 509 for i in range(len(c))) for k, c in enumerate(contexts())]
+    wide = wide_contexts()
     params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=1)
     steps = _calls(monkeypatch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
