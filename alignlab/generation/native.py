@@ -13,8 +13,9 @@ the cache's own attention function (``slots.py``; a prepared 4D mask for the pre
 causal LM whose attention layers use transformers' cache API runs unchanged. Before first use the engine checks a model on a short ragged batch against a plain
 forward pass; a model that fails the check (or has sliding-window or encoder-decoder attention)
 is refused with the reason, and ``make_generator`` falls back to the "hf" backend with a notice.
-The decode steps of plain float32 or float64 Llama, Mistral and Qwen2 models on a CPU run a
-written-out pass instead of the model's forward (``decode_pass.py``), after the same check.
+The prefill and decode steps of plain float32 or float64 Llama, Mistral and Qwen2 models on a
+CPU run a written-out pass instead of the model's forward (``decode_pass.py``), after the same
+check.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def unsupported(model) -> str | None:
 
 
 def decode_pass_ok(model) -> bool:
-    """Whether decode steps of ``model`` run the written-out pass (``decode_pass.py``): its
+    """Whether prefill and decode steps of ``model`` run the written-out pass (``decode_pass.py``): its
     structure is one the pass computes, and the pass agrees with a plain forward pass (checked once
     per module, as ``unsupported``)."""
     if model not in _FAST:
@@ -71,7 +72,7 @@ def decode_pass_ok(model) -> bool:
             with _no_autocast(model):
                 decoder = DecodePass.build(model)
                 _FAST[model] = decoder is not None and _self_check(model, decoder) is None
-        except Exception:  # the pass cannot run this model: its own forward pass decodes
+        except Exception:  # the pass cannot run this model: its own forward pass samples
             _FAST[model] = False
     return _FAST[model]
 
@@ -104,7 +105,7 @@ def _unsupported(model) -> str | None:
 
 
 def _self_check(model, decoder: DecodePass | None = None) -> str | None:
-    """Prefill two prompts of 5 and 3 tokens, decode 2 tokens (through the written-out pass when
+    """Prefill two prompts of 5 and 3 tokens, decode 2 tokens (both through the written-out pass when
     ``decoder`` is given), and compare each step's log-probs with a plain forward pass of the same sequences."""
     head = model.get_output_embeddings()
     vocab = head.weight.shape[0] if head is not None else 8
@@ -157,7 +158,8 @@ class _Run:
     """The two forward passes of the engine on one slot cache."""
 
     def __init__(self, model, cache: SlotCache, pad: int, decoder: DecodePass | None = None):
-        """``decoder``: the written-out pass the decode steps run, or None for the model's forward."""
+        """``decoder``: the written-out pass prefill and the decode steps run, or None for the
+        model's forward pass."""
         self.model, self.cache, self.pad, self.decoder = model, cache, pad, decoder
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -177,6 +179,9 @@ class _Run:
         allowed = ((keys >= pads.view(-1, 1, 1)) & (keys <= queries)) | (keys == queries)
         mask = torch.zeros(allowed.shape, dtype=self.dtype).masked_fill_(~allowed, self.floor).unsqueeze(1)
         self.cache.prefill(pads.to(self.device), groups.to(self.device))
+        if self.decoder is not None:
+            return self.decoder.prefill(ids.to(self.device), positions.to(self.device), mask.to(self.device),
+                                        self.cache)
         return self._forward(ids, positions, mask)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, plan: DecodePlan) -> torch.Tensor:
@@ -423,7 +428,7 @@ class NativeGenerator(RendersPrompts):
         n = max(1, len(seqs) // prompts)
         cache = SlotCache(count, longest, budget, groups=min(prompts, -(-count // n)))
         # checked once per module; a change since then that the pass does not compute (a hook, a dtype,
-        # a device) sends the decode steps back to the model's own forward pass
+        # a device) sends prefill and the decode steps back to the model's own forward pass
         decoder = DecodePass.build(self.model) if decode_pass_ok(self.model) else None
         run = _Run(self.model, cache, self.pad, decoder)
         state = _Slots(count, budget, stops)

@@ -55,15 +55,16 @@ IDS = ["llama", "llama-variant", "qwen2", "mistral"]
 
 
 def _calls(monkeypatch) -> list[int]:
-    """Counts the pass's decode steps from now on."""
-    count = [0]
-    run = DecodePass.__call__
+    """Counts the pass's decode steps (``[0]``) and prefills (``[1]``) from now on."""
+    count = [0, 0]
+    for i, name in enumerate(("__call__", "prefill")):
+        run = getattr(DecodePass, name)
 
-    def counted(self, *args):
-        count[0] += 1
-        return run(self, *args)
+        def counted(self, *args, _run=run, _i=i):
+            count[_i] += 1
+            return _run(self, *args)
 
-    monkeypatch.setattr(DecodePass, "__call__", counted)
+        monkeypatch.setattr(DecodePass, name, counted)
     return count
 
 
@@ -75,17 +76,19 @@ def _without_pass(monkeypatch, model):
 def test_fp64_samples_equal_those_of_the_models_own_forward_pass(build, monkeypatch):
     """In float64 the pass and the model's forward pass agree to rounding (1e-12 on each sampled
     token's log-prob), so the same seed draws the same tokens: 7 ragged prompts × 3 samples, 5
-    slots (sequences end, others are prefilled into their slots, and the slots are compacted)."""
+    slots (sequences end, others are prefilled into their slots, and the slots are compacted).
+    Both the prefills (left-padded prompts of several lengths) and the decode steps ran through
+    the pass; then neither did."""
     model = build().double()
     assert decode_pass_ok(model)
     params = SamplingParams(max_new_tokens=14, temperature=1.0, top_k=30, seed=3)
     steps = _calls(monkeypatch)
     fast = NativeGenerator(model, Tok(), batch_size=5).generate_ids(contexts(), 3, params)
-    assert steps[0] > 14  # the decode steps ran through the pass
-    through_pass = steps[0]
+    assert steps[0] > 14 and steps[1] > 1  # the decode steps and the prefills ran through the pass
+    through_pass = list(steps)
     _without_pass(monkeypatch, model)
     slow = NativeGenerator(model, Tok(), batch_size=5).generate_ids(contexts(), 3, params)
-    assert steps[0] == through_pass  # and now none did
+    assert steps == through_pass  # and now none did
     for a_row, b_row in zip(fast, slow, strict=True):
         for a, b in zip(a_row, b_row, strict=True):
             assert a.token_ids == b.token_ids and a.finished == b.finished
@@ -124,26 +127,27 @@ def test_other_models_and_wrapped_layers_decode_through_their_own_forward_pass(m
     params = SamplingParams(max_new_tokens=6, temperature=0)
     for model in (gpt2(), hooked):
         NativeGenerator(model, Tok(), batch_size=4).generate_ids(contexts()[:3], 2, params)
-    assert steps[0] == 0
+    assert steps == [0, 0]
 
 
+@pytest.mark.parametrize("part", ["__call__", "prefill"], ids=["decode", "prefill"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_a_pass_that_disagrees_with_the_model_is_not_used(dtype, monkeypatch):
-    """The engine checks the pass against a plain forward pass before first use: a pass off by
-    a little (one logit moved by 0.01) is refused, in float64 as in float32 (both agree with a
-    plain forward pass to about 1e-5: a 16-bit model's looser tolerance is not theirs), and the
-    samples are the model's own."""
+def test_a_pass_that_disagrees_with_the_model_is_not_used(dtype, part, monkeypatch):
+    """The engine checks the pass against a plain forward pass before first use: a pass whose
+    decode step or prefill is off by a little (one logit moved by 0.01) is refused, in float64 as
+    in float32 (both agree with a plain forward pass to about 1e-5: a 16-bit model's looser
+    tolerance is not theirs), and the samples are the model's own."""
     model = llama().to(dtype)
     right = NativeGenerator(model, Tok(), batch_size=4).generate_ids(contexts(), 2, SamplingParams(
         max_new_tokens=10, temperature=1.0, seed=2))
-    run = DecodePass.__call__
+    run = getattr(DecodePass, part)
 
     def off(self, *args):
         logits = run(self, *args)
         logits[:, 7] += 0.01
         return logits
 
-    monkeypatch.setattr(DecodePass, "__call__", off)
+    monkeypatch.setattr(DecodePass, part, off)
     other = llama().to(dtype)  # a module the engine has not checked yet
     assert not decode_pass_ok(other)
     again = NativeGenerator(other, Tok(), batch_size=4).generate_ids(contexts(), 2, SamplingParams(
@@ -171,7 +175,7 @@ def test_a_model_changed_after_its_check_decodes_through_its_own_forward_pass(ch
         model.bfloat16()
     steps = _calls(monkeypatch)
     got = NativeGenerator(model, Tok(), batch_size=4).generate_ids(contexts(), 2, params)
-    assert steps[0] == 0
+    assert steps == [0, 0]
     _without_pass(monkeypatch, model)
     want = NativeGenerator(model, Tok(), batch_size=4).generate_ids(contexts(), 2, params)
     for a_row, b_row in zip(got, want, strict=True):
@@ -238,8 +242,8 @@ def test_fp32_packed_products_give_the_models_log_probs(monkeypatch):
 @pytest.mark.skipif(not packed_linear._onednn(), reason="torch built without oneDNN")
 def test_under_cpu_autocast_the_packed_model_samples_as_its_own_forward_pass(monkeypatch):
     """Training with ``dtype: bf16`` runs the task evaluation's sampling under CPU autocast, after
-    rollouts outside it have checked the pass. Under autocast the prefill (the model's forward)
-    keeps bfloat16 keys and values, and the pass's products must be autocast's too: the samples,
+    rollouts outside it have checked the pass. Under autocast the pass's products must be
+    autocast's, as the model's own layers compute them (the prefill keeps bfloat16 values): the samples,
     tokens and log-probs, are those of the model's own forward pass and output layer under
     autocast (no pass, no prepared head), bit for bit, as they were before products were packed."""
     model = wide_llama()
