@@ -38,6 +38,8 @@ CHUNK_VALUES = 1 << 22
 # Softmax values (all chunks together) that the forward pass may keep for the backward pass
 # instead of recomputing the logits there: 128 MB in fp32.
 KEEP_VALUES = 1 << 25
+# The largest output layer whose packed copy (``_product``) a pass holds: the same 128 MB.
+PACK_VALUES = 1 << 25
 
 
 def head_of(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor] | None:
@@ -115,6 +117,14 @@ def _logits(hidden_Nd: torch.Tensor, weight: Linear, acc: torch.dtype) -> torch.
     return weight(hidden_Nd.to(weight.weight.dtype)).to(acc)
 
 
+def _product(weight_Vd: torch.Tensor) -> Linear:
+    """The output layer's product for the chunks of one pass (``weight_Vd`` already in the compute
+    dtype). Packed for oneDNN only when the packed copy, held while the pass runs, is at most
+    ``PACK_VALUES`` numbers, the memory the kept softmax may take: the 30M benchmark model's 12M
+    are, a 152k × 896 output layer (545 MB packed) is not and multiplies from its own weight."""
+    return Linear(weight_Vd, pack=weight_Vd.numel() <= PACK_VALUES)
+
+
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
     """The dtype the output layer's matmul runs in: autocast's when it is on (bf16 mixed
     precision), else the weight's. Fixed once in the forward pass, so that the backward pass
@@ -168,7 +178,7 @@ class _TargetLogps(torch.autograd.Function):
     def forward(ctx, hidden_Nd, weight_Vd, targets_N, with_entropy, grad_enabled):
         cd = _compute_dtype(weight_Vd)
         acc = _accumulator(cd)
-        w = Linear(weight_Vd.detach().to(cd))
+        w = _product(weight_Vd.detach().to(cd))
         (n, _), step, vocab = hidden_Nd.shape, _chunk(weight_Vd), weight_Vd.shape[0]
         trained = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         kept_NV = torch.empty(n, vocab, dtype=acc, device=hidden_Nd.device) if trained and n * vocab <= KEEP_VALUES \
@@ -203,7 +213,7 @@ class _TargetLogps(torch.autograd.Function):
             grad_w = (d.T @ h).to(weight_Vd.dtype) if need_w else None
             return grad_h, grad_w, None, None, None
         n, step = hidden_Nd.shape[0], _chunk(weight_Vd)
-        product = Linear(w.detach())  # the forward pass's logits again, row for row
+        product = _product(w.detach())  # the forward pass's logits again, row for row
         grad_h = torch.empty_like(hidden_Nd) if need_h else None
         grad_w = torch.zeros(weight_Vd.shape, dtype=acc, device=weight_Vd.device) if need_w else None
         for s in range(0, n, step):
@@ -243,7 +253,7 @@ def squared_mass(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor) -> torch.Tens
     step = _chunk(weight_Vd)
     out = []
     with torch.no_grad():
-        w = Linear(weight_Vd.detach().to(cd))
+        w = _product(weight_Vd.detach().to(cd))
         for s in range(0, hidden_Nd.shape[0], step):
             out.append(log_squared_mass(_logits(hidden_Nd[s:s + step], w, acc).unsqueeze(0)).squeeze(0))
     return torch.cat(out) if out else hidden_Nd.new_zeros(0, dtype=acc)

@@ -39,10 +39,11 @@ def _onednn() -> bool:
 class Linear:
     """``x @ weight.T + bias`` for a fixed ``weight`` (detached; read once, here)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, pack: bool = True):
+        """``pack``: False keeps ``F.linear`` (the caller finds the packed copy too big to hold)."""
         self.weight, self.bias = weight, bias
         self.packed = None
-        if type(weight) is torch.Tensor and weight.dtype == torch.float32 and weight.device.type == "cpu" \
+        if pack and type(weight) is torch.Tensor and weight.dtype == torch.float32 and weight.device.type == "cpu" \
                 and weight.numel() >= MIN_WEIGHTS and not weight.requires_grad \
                 and (bias is None or (bias.dtype == torch.float32 and not bias.requires_grad)) and _onednn():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 16)

@@ -304,3 +304,36 @@ def test_float32_output_layer_of_packed_weights_gives_log_softmax_values_and_gra
     got_h, got_w = torch.autograd.grad((got * g).sum(), [h, w])
     assert (got_h.double() - ref_h).abs().max().item() < 1e-5 * ref_h.abs().max().item()
     assert (got_w.double() - ref_w).abs().max().item() < 1e-5 * ref_w.abs().max().item()
+
+
+@pytest.mark.parametrize("budget", ["within", "above"])
+def test_an_output_layer_is_packed_only_within_the_packing_budget(monkeypatch, budget):
+    """A pass over the output layer holds its packed copy while it runs, so a layer of more than
+    ``PACK_VALUES`` weights (here the budget is set one below the layer's 128,000) is not packed:
+    forward, recomputing backward and ``squared_mass`` multiply from the weight itself, and the
+    values are the same float32 function (within float32 rounding of a float64 log-softmax). At
+    or under the budget every pass packs (where torch has oneDNN)."""
+    from alignlab import packed_linear
+
+    monkeypatch.setattr(logprobs, "PACK_VALUES", 128_000 if budget == "within" else 127_999)
+    monkeypatch.setattr(logprobs, "KEEP_VALUES", 0)  # the backward pass recomputes: it multiplies too
+    made = []
+    real = logprobs.Linear
+
+    def recording(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(logprobs, "Linear", recording)
+    gen = torch.Generator().manual_seed(7)
+    h = torch.randn(9, 128, generator=gen, requires_grad=True)
+    w = (torch.randn(1000, 128, generator=gen) / 4).requires_grad_()
+    t = torch.randint(0, 1000, (9,), generator=gen)
+    got = logprobs.target_logps(h, w, t)
+    got.sum().backward()
+    logprobs.squared_mass(h.detach(), w.detach())
+    assert len(made) == 3
+    packed = [m.packed is not None for m in made]
+    assert packed == ([packed_linear._onednn()] * 3 if budget == "within" else [False] * 3)
+    ref = torch.log_softmax(h.detach().double() @ w.detach().double().T, -1).gather(-1, t[:, None]).squeeze(-1)
+    assert (got.detach().double() - ref).abs().max().item() < 2e-5
