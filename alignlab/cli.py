@@ -49,6 +49,7 @@ leaves YAML values unconverted (``lr: abc`` stays a string).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -350,7 +351,44 @@ COMMANDS = {"train": cmd_train, "iterate": cmd_iterate, "decode": cmd_decode, "e
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0, 2 for a user error, 130 when interrupted, 141
-    when the reader of stdout went away, as in ``alignlab methods | head``)."""
+    when the reader of stdout went away, as in ``alignlab methods | head``). Run as the program
+    (no ``argv``) in a process of a multi-process run, it exits instead (``_exit_launched``)."""
+    code = _main(argv)
+    if argv is None:
+        _exit_launched(code)
+    return code
+
+
+def _exit_launched(code: int) -> None:
+    """End a process of a multi-process run (torchrun, accelerate launch) whose command returned,
+    without finalizing the interpreter: non-daemon threads are joined, exit handlers run and the
+    output is flushed as at a normal exit, then the process ends with ``code``. Elsewhere, return.
+
+    A gloo worker thread drops a collective's work (a barrier's holds the works before it) only
+    after the process waiting on it has gone on, and the work holds tensors made in Python,
+    whose last reference takes the interpreter's lock. Once the interpreter is finalizing, that
+    ends the thread inside a C++ destructor: "terminate called without an active exception",
+    SIGABRT, for a run that had finished (on a busy machine, after train()'s final barrier).
+    Ending the process group does not prevent it: DistributedDataParallel keeps references to the
+    group, so its threads are never joined. Without finalization nothing of Python is torn down
+    under them."""
+    tdist = sys.modules.get("torch.distributed")  # imported by a command that trained, never here
+    if tdist is None or not tdist.is_available() or not tdist.is_initialized() or tdist.get_world_size() < 2:
+        return
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         code = _dispatch(list(sys.argv[1:] if argv is None else argv))
         sys.stdout.flush()  # what is still buffered fails here, inside the try, not at interpreter exit
