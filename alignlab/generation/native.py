@@ -58,7 +58,7 @@ def unsupported(model) -> str | None:
     """Why the native engine cannot run ``model``, or None when it can (checked by running it,
     once per module: training that changes its weights does not change the answer)."""
     if model not in _CHECKED:
-        with _no_autocast(model):
+        with _no_autocast(model), _evaluating(model):
             _CHECKED[model] = _unsupported(model)
     return _CHECKED[model]
 
@@ -69,7 +69,7 @@ def decode_pass_ok(model) -> bool:
     per module, as ``unsupported``)."""
     if model not in _FAST:
         try:
-            with _no_autocast(model):
+            with _no_autocast(model), _evaluating(model):
                 decoder = DecodePass.build(model)
                 _FAST[model] = decoder is not None and _self_check(model, decoder) is None
         except Exception:  # the pass cannot run this model: its own forward pass samples
@@ -83,6 +83,18 @@ def _no_autocast(model):
     under it): under autocast both round to 16 bits apart and would differ by more than the float32
     tolerance, and the answer is kept for the module's lifetime."""
     return torch.autocast(next(model.parameters()).device.type, enabled=False)
+
+
+@contextlib.contextmanager
+def _evaluating(model):
+    """The checks run the model as generation does, in eval mode (no dropout: a policy in training
+    mode with attention dropout would fail them at random); its mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _unsupported(model) -> str | None:

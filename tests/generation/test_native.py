@@ -220,6 +220,32 @@ def test_factory_defaults_to_native_and_falls_back_with_a_notice(capsys):
                    "attention); using the hf backend"]
 
 
+def test_a_model_in_training_mode_with_attention_dropout_keeps_the_native_engine(capsys):
+    """The policy is in training mode when the run builds its generator, and a model may have
+    attention dropout (here 0.5). Generation runs in eval mode, where dropout is off, so the
+    engine's check must compare in eval mode too: in training mode its plain forward pass drops
+    half the attention weights at random, differs from the cached logits by far more than the
+    tolerance, and the model was refused (the "hf" backend with a notice) for the rest of the run.
+    The model is back in training mode after the check, and its samples are those of the same
+    weights in eval mode (dropout off), which the engine computes apart from this one."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         eos_token_id=EOS, pad_token_id=PAD, attention_dropout=0.5)
+    model = LlamaForCausalLM(config).train()
+    _sharpen(model)
+    gen = make_generator(model, Tok(), batch_size=4)
+    assert isinstance(gen, NativeGenerator) and capsys.readouterr().err == ""
+    assert model.training
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=2)
+    got = gen.generate_ids(contexts(), 2, params)
+    assert model.training
+    same = LlamaForCausalLM(config).eval()
+    same.load_state_dict(model.state_dict())
+    want = NativeGenerator(same, Tok(), batch_size=4).generate_ids(contexts(), 2, params)
+    assert [[s.token_ids for s in row] for row in got] == [[s.token_ids for s in row] for row in want]
+
+
 def test_a_model_whose_cache_path_is_wrong_is_refused():
     model = llama()
 
