@@ -57,7 +57,8 @@ class DataConfig:
     max_prompt_length: int | None = param(None, "keep only the last this-many prompt tokens (None: no limit)")
     packing: bool = param(True, "pack batches instead of padding them: each prompt once with all its responses "
                                 "after it, short examples sharing a row, all kept apart by a block attention mask "
-                                "(the same numbers as one padded row per response)")
+                                "(the same numbers as one padded row per response; online runs pack a micro-batch "
+                                "only where that costs the policy no more FLOPs than padded rows)")
     group_by_length: bool = param(False, "put examples of similar length in the same step, so batches pad little "
                                          "(the order of the steps stays random)")
 

@@ -42,6 +42,7 @@ from alignlab.training.critic import token_values
 from alignlab.training.distributed import Dist, sum_over_processes
 from alignlab.training.order import global_batch_indices, steps_per_epoch
 from alignlab.training.rollout import (
+    PackingCost,
     RewardError,
     RewardTerm,
     RolloutExample,
@@ -92,7 +93,7 @@ def round_seed(seed: int, round_: int) -> int:
 
 
 def token_logps(model: torch.nn.Module, examples: Sequence[RolloutExample], pad_id: int, batch_size: int,
-                device, pack: bool = False) -> list[tuple[float, ...]]:
+                device, pack: bool | PackingCost = False) -> list[tuple[float, ...]]:
     """Teacher-forced log-probs of each completion token under ``model`` (no gradients)."""
     def logps(batch):
         lp = sequence_logps(model, batch)
@@ -102,9 +103,9 @@ def token_logps(model: torch.nn.Module, examples: Sequence[RolloutExample], pad_
 
 
 def _per_token(fn: Callable, examples: Sequence[RolloutExample], pad_id: int, batch_size: int,
-               device, pack: bool = False) -> list[tuple[float, ...]]:
+               device, pack: bool | PackingCost = False) -> list[tuple[float, ...]]:
     """``fn(batch)`` -> (B, L) left-aligned per-token values, for every example, without gradients
-    (batches packed by group when ``pack``)."""
+    (batches packed by group as ``pack`` says: ``collate_rollout``)."""
     out: list[tuple[float, ...]] = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
@@ -154,7 +155,8 @@ class OnlineSource:
         self.pad_id, self.reference, self.needs_old = pad_id, reference, needs_old
         self.skip_idle = skip_idle and advantages.sequence is not None
         self._idle: list[list[bool]] | None = None  # per process, per completion: advantage 0
-        self.pack = cfg.dataset.packing
+        # packed by group where that costs the policy no more than padded rows (``PackingCost``)
+        self.pack = (PackingCost.of(policy) or True) if cfg.dataset.packing else False
         self.G, self.updates = rollout.num_generations, rollout.updates_per_rollout
         self.completions, self.per_round = round_size(cfg, dist)
         self.rounds_per_epoch = steps_per_epoch(len(self.prompts), self.per_round)

@@ -13,7 +13,7 @@ from alignlab import train
 from alignlab.losses.registry import get_loss
 from alignlab.training.critic import attach_critic, token_values
 from alignlab.training.forward.policy_gradient import PolicyGradientForward
-from alignlab.training.rollout import RolloutExample, collate_rollout
+from alignlab.training.rollout import PackingCost, RolloutExample, collate_rollout
 from tests.data.test_pack import _model
 from tests.training.helpers import max_abs_diff, weights
 from tests.training.test_online import metrics, online
@@ -114,3 +114,76 @@ def test_a_packed_run_matches_a_padded_one(tmp_path, tiny_model_dir):
     rows_b = [m for m in metrics(out_b) if "loss" in m]
     for x, y in zip(rows_a, rows_b, strict=True):
         assert x["reward"] == y["reward"] and x["loss"] == pytest.approx(y["loss"], abs=1e-7)
+
+
+def test_a_micro_batch_is_packed_only_where_that_costs_no_more_flops():
+    """``PackingCost(per_position=10, per_pair=1)``: a batch of r rows of width w costs
+    r·w·(10 + w) (every position, and every (query, key) pair of a row). P1 (4 tokens) with two
+    completions of 3: packed, one row of 4 + 3 + 3 = 10, costs 10·20 = 200; padded, two rows of 7,
+    2·7·17 = 238: packed. P2 (2 tokens) with three completions of 6: packed, one row of 20, costs
+    20·30 = 600; padded, three rows of 8, 3·8·18 = 432: padded. ``pack=True`` packs both."""
+    cost = PackingCost(per_position=10.0, per_pair=1.0)
+    short = [example(P1, (10, 11, 12), 1.0), example(P1, (13, 14, 15), 1.0)]
+    long = [example(P2, tuple(range(20, 26)), 1.0) for _ in range(3)]
+    assert collate_rollout(short, pad_id=0, pack=cost).packed is not None
+    padded = collate_rollout(long, pad_id=0, pack=cost)
+    assert padded.packed is None and tuple(padded.input_ids_BT.shape) == (3, 8)
+    assert collate_rollout(long, pad_id=0, pack=True).packed is not None
+
+
+def test_the_packing_cost_of_a_llama_counts_its_layers_and_attention():
+    """A Llama of hidden size 16, 2 layers, 4 query heads of 4 over 2 key/value heads, MLP 24, 50
+    tokens: per layer q 16·16 + k 16·8 + v 16·8 + o 16·16 = 768, MLP 3·16·24 = 1,152, two norms
+    32, so 1,952; two layers and the final norm (16) are 3,920 weights, 7,840 FLOPs per position
+    (the embeddings and the output layer left out); per pair 4 · 4 heads · 4 · 2 layers = 128."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    assert PackingCost.of(LlamaForCausalLM(config)) == PackingCost(7840.0, 128.0)
+    assert PackingCost.of(torch.nn.Linear(2, 2)) is None  # no config: every micro-batch packed
+
+
+def test_a_run_packs_short_completions_and_pads_long_ones(tmp_path, tiny_model_dir, monkeypatch):
+    """With packing on, each micro-batch takes the layout of fewer FLOPs for the policy. The test
+    model (hidden 64, 2 layers, 4 heads of 16, MLP 128) costs 2·(2·(4·64² + 3·64·128 + 2·64) + 64)
+    = 164,480 FLOPs per position and 4·4·16·2 = 512 per pair. A group of G prompts' completions
+    packs when r·w·(164,480 + 512·w) (packed rows) is at most n·W·(164,480 + 512·W) (n padded rows
+    of the longest prompt + completion W): computed here by hand from each collated micro-batch's
+    lengths. Completions of at most 6 tokens come out packed; the random model's completions of
+    up to 60 tokens (4 per prompt: 4·60 extra pairs per completion outweigh the 3 prompts saved)
+    come out padded."""
+    from alignlab.data.pack import fill_rows
+    from alignlab.training import online as online_mod
+
+    seen = []
+    real = online_mod.collate_rollout
+
+    def recording(examples, pad_id, pack=False):
+        batch = real(examples, pad_id, pack)
+        seen.append((batch.packed is not None, list(examples)))
+        return batch
+
+    monkeypatch.setattr(online_mod, "collate_rollout", recording)
+
+    def cheaper_packed(examples) -> bool:
+        per_position, per_pair = 2 * (2 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64), 4 * 4 * 16 * 2
+        groups: list[list] = []
+        for e in examples:
+            if groups and groups[-1][0].prompt_ids == e.prompt_ids:
+                groups[-1].append(e)
+            else:
+                groups.append([e])
+        lengths = [len(g[0].prompt_ids) + sum(len(e.completion_ids) for e in g) for g in groups]
+        rows, w = len(fill_rows(lengths)), max(lengths)
+        n, W = len(examples), max(len(e.prompt_ids) + len(e.completion_ids) for e in examples)
+        return rows * w * (per_position + per_pair * w) <= n * W * (per_position + per_pair * W)
+
+    layouts = {}
+    for tokens in (6, 60):
+        seen.clear()
+        train(online(tiny_model_dir, tmp_path / f"t{tokens}", max_steps=1, max_new_tokens=tokens,
+                     skip_zero_advantage=False))
+        assert seen and all(packed == cheaper_packed(examples) for packed, examples in seen)
+        layouts[tokens] = {packed for packed, _ in seen}
+    assert layouts == {6: {True}, 60: {False}}
