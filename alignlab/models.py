@@ -21,6 +21,18 @@ from alignlab.errors import UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` in eval mode (no dropout) for the duration; its training mode is restored after,
+    however the block ends."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
 # Special tokens of the tiny tokenizer. <|end|> closes every chat turn and doubles as EOS.
 TINY_SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
 TINY_CHAT_TEMPLATE = (

@@ -47,6 +47,7 @@ from alignlab.logprobs import (
     head_of,
     response_positions,
 )
+from alignlab.models import evaluating
 
 TOP_K = 10
 DISTINCT_N = (1, 2, 3)
@@ -158,9 +159,7 @@ def health_report(groups: Sequence[Sequence[Sequence[str]]], lengths: Sequence[f
                  **distinct_report(groups)}
     if model is None:
         return out
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         sums = topk_sums(model, prompts, responses, pad_id, k, batch_size)
         positions = sums.pop("positions")
         out.update(top_k=k, positions=int(positions),
@@ -171,6 +170,4 @@ def health_report(groups: Sequence[Sequence[Sequence[str]]], lengths: Sequence[f
             mean = sum(terms) / n
             var = sum((t - mean) ** 2 for t in terms) / (n - 1) if n > 1 else float("nan")
             out.update(kl=mean, kl_stderr=(var / n) ** 0.5 if n > 1 else None)
-    finally:
-        model.train(was_training)
     return out

@@ -42,6 +42,7 @@ from alignlab.errors import UserError
 from alignlab.generation import Generator, Sample, SamplingParams, make_generator
 from alignlab.generation.factory import check_backend
 from alignlab.logprobs import completion_logps
+from alignlab.models import evaluating
 from alignlab.rewards.base import Scorer, win_points
 
 REFERENCE_SEED_OFFSET = 7919  # the reference's samples use a seed of their own
@@ -137,12 +138,8 @@ class SampledEvaluation:
         sums = {f"{p}/sampled": sum(score_s), f"{p}/greedy": sum(score_g), f"{p}/win_rate": sum(wins),
                 f"{p}/kl": kl, f"{p}/length": float(sum(lengths)), "_count": float(len(self.prompts))}
         if self.decoding is not None:
-            was_training = policy.training
-            policy.eval()
-            try:
+            with evaluating(policy):
                 sums.update(self._decoded(policy))
-            finally:
-                policy.train(was_training)
         return sums
 
     def _kl(self, policy, scope, samples: Sequence[Sample]) -> float:
@@ -151,14 +148,10 @@ class SampledEvaluation:
         pad = self.tokenizer.pad_token_id
         prompts = [s.prompt_ids for s in samples]
         responses = [s.token_ids for s in samples]
-        was_training = policy.training
-        policy.eval()  # with LoRA the reference is this same module: both passes run in eval mode
-        try:
+        with evaluating(policy):  # with LoRA the reference is this same module: both passes run in eval mode
             lp_policy = completion_logps(policy, prompts, responses, pad, self.batch_size)
             with scope() as ref:
                 lp_ref = completion_logps(ref, prompts, responses, pad, self.batch_size)
-        finally:
-            policy.train(was_training)
         return float((lp_policy - lp_ref).sum())
 
     def __call__(self, policy, reference: Any,

@@ -9,6 +9,7 @@ import torch
 from alignlab.errors import UserError
 from alignlab.generation.base import Sample, SamplingParams
 from alignlab.generation.prompts import RendersPrompts
+from alignlab.models import evaluating
 
 
 class HFGenerator(RendersPrompts):
@@ -59,18 +60,14 @@ class HFGenerator(RendersPrompts):
             raise UserError(f"n must be >= 1, got {n}")
         flat = [tuple(c) for c in contexts for _ in range(n)]
         out: list[Sample] = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            device = next(self.model.parameters()).device
-            devices = [device.index or 0] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), torch.no_grad(), self._bar(len(flat)) as bar:
-                torch.manual_seed(params.seed)
-                for start in range(0, len(flat), self.batch_size):
-                    out.extend(self._batch(flat[start:start + self.batch_size], params))
-                    bar.update(len(out) - bar.n)
-        finally:
-            self.model.train(was_training)
+        device = next(self.model.parameters()).device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with evaluating(self.model), torch.random.fork_rng(devices=devices), torch.no_grad(), \
+                self._bar(len(flat)) as bar:
+            torch.manual_seed(params.seed)
+            for start in range(0, len(flat), self.batch_size):
+                out.extend(self._batch(flat[start:start + self.batch_size], params))
+                bar.update(len(out) - bar.n)
         return [out[i * n:(i + 1) * n] for i in range(len(contexts))]
 
     def _batch(self, contexts: list[tuple[int, ...]], params: SamplingParams) -> list[Sample]:

@@ -37,6 +37,7 @@ from alignlab.generation.draw import pick, stream_keys, uniforms
 from alignlab.generation.memory import auto_batch_size
 from alignlab.generation.prompts import RendersPrompts
 from alignlab.generation.slots import DecodePlan, SlotCache, active
+from alignlab.models import evaluating
 from alignlab.packed_linear import Linear
 
 
@@ -58,7 +59,7 @@ def unsupported(model) -> str | None:
     """Why the native engine cannot run ``model``, or None when it can (checked by running it,
     once per module: training that changes its weights does not change the answer)."""
     if model not in _CHECKED:
-        with _no_autocast(model), _evaluating(model):
+        with _no_autocast(model), evaluating(model):
             _CHECKED[model] = _unsupported(model)
     return _CHECKED[model]
 
@@ -69,7 +70,7 @@ def decode_pass_ok(model) -> bool:
     per module, as ``unsupported``)."""
     if model not in _FAST:
         try:
-            with _no_autocast(model), _evaluating(model):
+            with _no_autocast(model), evaluating(model):
                 decoder = DecodePass.build(model)
                 _FAST[model] = decoder is not None and _self_check(model, decoder) is None
         except Exception:  # the pass cannot run this model: its own forward pass samples
@@ -83,18 +84,6 @@ def _no_autocast(model):
     under it): under autocast both round to 16 bits apart and would differ by more than the float32
     tolerance, and the answer is kept for the module's lifetime."""
     return torch.autocast(next(model.parameters()).device.type, enabled=False)
-
-
-@contextlib.contextmanager
-def _evaluating(model):
-    """The checks run the model as generation does, in eval mode (no dropout: a policy in training
-    mode with attention dropout would fail them at random); its mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _unsupported(model) -> str | None:
@@ -418,13 +407,8 @@ class NativeGenerator(RendersPrompts):
         for s, key in zip(seqs, keys, strict=True):
             s.key = key
         stops = set(params.stops(self.eos))
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad(), _fast_head(self.model), self._bar(len(seqs)) as bar:
-                self._run(seqs, params, stops, bar)
-        finally:
-            self.model.train(was_training)
+        with evaluating(self.model), torch.no_grad(), _fast_head(self.model), self._bar(len(seqs)) as bar:
+            self._run(seqs, params, stops, bar)
         out: list[list[Sample]] = [[] for _ in contexts]
         for s in seqs:
             body = s.tokens[:-1] if s.finished else s.tokens
