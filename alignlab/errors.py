@@ -105,7 +105,7 @@ class DataError(UserError):
         more = len({(i.source, i.row) for i in self.issues}) - 1
         msg = str(first)
         if more:
-            msg += f" (and {more} more bad row{'s' if more > 1 else ''}; {hint})"
+            msg += f" (and {more} more bad row{'s' if more > 1 else ''}{f'; {hint}' if hint else ''})"
         elif hint:
             msg += f" ({hint})"
         super().__init__(msg)

@@ -205,6 +205,15 @@ def test_default_mode_raises_with_every_issue(tmp_path):
     assert "misspelling of 'chosen'" in issues[3].message
 
 
+def test_an_empty_hint_leaves_no_dangling_separator():
+    """A message with no hint (hint="") counts the further bad rows and stops there."""
+    from alignlab.errors import RowIssue
+
+    issues = [RowIssue("p.jsonl", row, "prompt", "too long") for row in (1, 2, 3)]
+    assert str(DataError(issues, hint="")) == "p.jsonl, row 1, field 'prompt': too long (and 2 more bad rows)"
+    assert str(DataError(issues[:1], hint="")) == "p.jsonl, row 1, field 'prompt': too long"
+
+
 def test_skip_mode_keeps_good_rows_and_counts_the_rest(tmp_path):
     p = bad_file(tmp_path)
     result = load_records(p, "pair", skip_invalid=True)
