@@ -362,6 +362,17 @@ def test_settings_commands_show_every_fields_flag_help_and_default(command, cls,
         assert f"{help_} {shown}" in out, f.name
 
 
+def test_demo_help_names_every_task(capsys, monkeypatch):
+    from alignlab.tasks import task_names
+
+    monkeypatch.setenv("COLUMNS", "10000")
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("--task"))
+    for name in task_names():
+        assert name in line, name
+
+
 def test_demo_flags_set_the_settings(monkeypatch, capsys):
     """Flags land in DemoSettings' fields, the renamed ones too (--prompts, --param)."""
     import alignlab.testbed.demo as demo

@@ -70,7 +70,7 @@ class DemoSettings:
     is what ``alignlab demo --help`` prints beside its flag."""
 
     task: str = field(default="arithmetic", metadata={"help": "testbed task: its tiny SFT model, its prompts and its "
-                                                              "gold reward (arithmetic, sentiment, constraints)"})
+                                                              "gold reward (arithmetic, chainsum, sentiment, constraints)"})
     method: str = field(default="dpo", metadata={"help": "training method (see `alignlab methods`)"})
     seed: int = field(default=0, metadata={"help": "seed of sampling, training and evaluation"})
     num_prompts: int = field(default=512, metadata={"help": "training prompts to sample answers to"})
