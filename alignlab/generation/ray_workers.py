@@ -348,7 +348,7 @@ class RayGenerator(RendersPrompts):
                 break
             self._push([i])
             call = self._submit(i, contexts, n, params, start)
-        raise RuntimeError(f"ray generation worker {i} died more than max_restarts={self.max_restarts} times; "
+        raise UserError(f"ray generation worker {i} died more than max_restarts={self.max_restarts} times; "
                            "its log is under the Ray session folder (/tmp/ray/session_latest/logs)")
 
     def pids(self) -> list[int]:

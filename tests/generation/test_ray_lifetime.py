@@ -90,3 +90,28 @@ def test_vllm_workers_for_a_cpu_policy_are_refused_before_a_cluster_starts(tiny_
                                         "policy is on cpu; train on a CUDA device or use ray_backend native"):
         make_generator(model, tok, "ray", workers=1, inner="vllm")
     assert not ray.is_initialized()
+
+
+def test_a_worker_that_dies_more_than_max_restarts_times_is_one_line(tiny_model_dir):
+    """A worker past its restarts stops the call with one line pointing to Ray's logs (the CLI
+    prints a UserError as one line), not a traceback."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from alignlab.generation import SamplingParams, make_generator
+    from alignlab.models import load_model
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = load_model(str(tiny_model_dir), "fp32")
+    ray.init(num_cpus=1, include_dashboard=False, object_store_memory=128 * 2**20)
+    try:
+        workers = make_generator(model, tok, "ray", workers=1, max_restarts=0)
+        ray.get(workers.workers[0].exit_during_next_call.remote())
+        with pytest.raises(UserError) as e:
+            workers.generate(["1+2="], 2, SamplingParams(max_new_tokens=3, seed=0))
+        message = str(e.value)
+        assert message.startswith("ray generation worker 0 died more than max_restarts=0 times;"), message
+        assert "/tmp/ray/session_latest/logs" in message and "\n" not in message
+        workers.close()
+    finally:
+        ray.shutdown()
