@@ -121,6 +121,16 @@ def build_tiny_model(cfg: TinyModelConfig | None = None):
     return model, tok
 
 
+def save_pretrained(model, out: str | os.PathLike, **kwargs) -> None:
+    """``model.save_pretrained(out, **kwargs)`` with anything it prints sent to stderr: it unwraps the
+    model through accelerate, which imports DeepSpeed where it is installed, and DeepSpeed's start-up
+    log binds to the stdout it sees then, where a command's own output goes (a run's JSON summary)."""
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):
+        model.save_pretrained(out, **kwargs)
+
+
 def save_tiny_model(out_dir: str | os.PathLike, cfg: TinyModelConfig | None = None) -> Path:
     """Build a tiny model and save it (safetensors) with its tokenizer to ``out_dir``."""
     out = Path(out_dir)
@@ -128,7 +138,7 @@ def save_tiny_model(out_dir: str | os.PathLike, cfg: TinyModelConfig | None = No
         raise UserError(f"'{out}' is a file; give a directory to save the tiny model in")
     model, tok = build_tiny_model(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    save_pretrained(model, out)
     tok.save_pretrained(out)
     return out
 
@@ -345,10 +355,10 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, merge_lora: bool = 
     ``merge_lora`` a ``merged/`` subdirectory holding full merged weights."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    save_pretrained(model, out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     if merge_lora and is_lora(model):
         merged = copy.deepcopy(model).merge_and_unload()
-        merged.save_pretrained(out / "merged", safe_serialization=True)
+        save_pretrained(merged, out / "merged", safe_serialization=True)
         tokenizer.save_pretrained(out / "merged")
     return out

@@ -130,6 +130,19 @@ def test_skip_invalid_trains_on_the_rest(capsys, tmp_path, tiny_model_dir):
     assert summary["data"]["train_rows"] == 6 and summary["data"]["skipped_rows"] == 1
 
 
+def test_train_stdout_is_the_summary_alone(tmp_path, tiny_model_dir, pairs_file):
+    """In a fresh process, stdout is the JSON summary and nothing else: saving the model makes
+    accelerate import DeepSpeed where it is installed, whose start-up log must not land there."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "alignlab.cli", "train", "--model", str(tiny_model_dir), "--data",
+                           str(pairs_file), "--output-dir", str(tmp_path / "o"), "--max-steps", "1",
+                           "--batch-size", "2", "--progress", "false"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["steps"] == 1, proc.stdout[:300]
+
+
 def test_train_prints_what_summary_json_holds(capsys, tmp_path, tiny_model_dir, pairs_file):
     """One structure: the printout is summary.json, the last step's metrics under train_metrics and
     the final evaluation's under eval_metrics, at full precision."""

@@ -29,7 +29,14 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.errors import UserError
-from alignlab.models import DTYPES, check_finite_weights, first_non_finite, load_failed, resolve_source
+from alignlab.models import (
+    DTYPES,
+    check_finite_weights,
+    first_non_finite,
+    load_failed,
+    resolve_source,
+    save_pretrained,
+)
 
 CONFIG_FILE = "reward_model.json"
 HEAD_FILE = "reward_head.safetensors"
@@ -152,7 +159,7 @@ def save_reward_model(model: RewardModel, tokenizer, out_dir: str | os.PathLike)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.backbone.save_pretrained(out, safe_serialization=True)
+    save_pretrained(model.backbone, out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     head = {f"head.{k}": v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
     if model.gate is not None:

@@ -136,14 +136,14 @@ def _write_half(built: Path, out: Path) -> None:
     tokenizer."""
     import torch
 
-    from alignlab.models import load_model, load_tokenizer
+    from alignlab.models import load_model, load_tokenizer, save_pretrained
 
     model = load_model(str(built))
     for name, p in model.state_dict().items():
         if not torch.isfinite(p.half()).all():
             raise UserError(f"testbed model '{built}': weight '{name}' does not fit in float16 (largest |value| "
                             f"{p.abs().max().item():.3g}); it cannot be shipped as 16-bit weights")
-    model.half().save_pretrained(out, safe_serialization=True)
+    save_pretrained(model.half(), out, safe_serialization=True)
     load_tokenizer(str(built)).save_pretrained(out)
 
 
