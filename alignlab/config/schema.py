@@ -204,7 +204,8 @@ class RolloutConfig:
                                     "weighted sum is the reward, each one's mean is logged")
     reward_weights: list[float] | None = param(None, "one weight per reward (default 1 each)")
     num_generations: int = param(8, "G: completions sampled per prompt each round")
-    max_new_tokens: int | None = param(None, "most tokens per completion (default: the task's, else 256)")
+    max_new_tokens: int | None = param(None, "most tokens per completion (default: the task's when data is "
+                                                      "task:NAME, else 256)")
     temperature: float = param(1.0, "sampling temperature of the rollouts")
     top_p: float = param(1.0, "nucleus sampling of the rollouts (1: off)")
     top_k: int = param(0, "top-k sampling of the rollouts (0: off)")
@@ -223,8 +224,8 @@ class RolloutConfig:
                                         "start of the round are the old policy's)")
     prompt_column: str | None = param(None, "the column holding the prompt, when `data` is a file")
     skip_zero_advantage: bool = param(True, "leave completions whose advantages are all 0 out of the forward and "
-                                            "backward passes where their loss is exactly 0 (policy-gradient "
-                                            "methods with beta 0): the same update, faster; they still count in "
+                                            "backward passes where their loss is exactly 0 (grpo, dapo, dr_grpo, "
+                                            "gspo, rloo and remax with beta 0): the same update, faster; they still count in "
                                             "the normaliser, and per-example metrics (entropy, clip) are then "
                                             "over the completions trained on")
 
