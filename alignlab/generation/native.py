@@ -37,7 +37,7 @@ from alignlab.generation.draw import pick, stream_keys, uniforms
 from alignlab.generation.memory import auto_batch_size
 from alignlab.generation.prompts import RendersPrompts
 from alignlab.generation.slots import DecodePlan, SlotCache, active
-from alignlab.models import evaluating
+from alignlab.models import evaluating, is_lora
 from alignlab.packed_linear import Linear
 
 
@@ -55,9 +55,17 @@ _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def runnable(model):
+    """The module the engine runs for ``model``: a PEFT model's own network (its base model, with
+    the adapter's layers in place and active: the same parameters and the same function), whose
+    forward takes ``logits_to_keep`` where the PEFT wrapper's does not; any other model itself."""
+    return model.get_base_model() if is_lora(model) else model
+
+
 def unsupported(model) -> str | None:
     """Why the native engine cannot run ``model``, or None when it can (checked by running it,
     once per module: training that changes its weights does not change the answer)."""
+    model = runnable(model)
     if model not in _CHECKED:
         with _no_autocast(model), evaluating(model):
             _CHECKED[model] = _unsupported(model)
@@ -367,7 +375,7 @@ class NativeGenerator(RendersPrompts):
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         if prefill_tokens < 1:
             raise UserError(f"prefill_tokens must be >= 1, got {prefill_tokens}")
-        self.model, self.tok = model, tokenizer
+        self.model, self.tok = runnable(model), tokenizer
         self.batch_size, self.progress, self.prefill_tokens = batch_size, progress, prefill_tokens
         self.host_processes: int | None = None
         self.eos = tokenizer.eos_token_id
@@ -377,12 +385,12 @@ class NativeGenerator(RendersPrompts):
         """Sample from ``model`` from now on: given the module it already runs on, nothing happens
         (it shares the policy's parameters); given another, it runs on that one, once the engine's
         check has passed on it (a ``UserError`` with the reason otherwise)."""
-        if model is not self.model:
+        if runnable(model) is not self.model:
             reason = unsupported(model)
             if reason is not None:
                 raise UserError(f"the native generation backend cannot run {type(model).__name__} ({reason}); "
                                 "build a generator for it with make_generator")
-        self.model = model
+        self.model = runnable(model)
 
 
 

@@ -239,6 +239,9 @@ class OnlineSource:
 
     def _collect(self, round_: int) -> None:
         dist, G = self.dist, self.G
+        # nothing of the round before outlives a round that fails (a reward fault skipped under
+        # skip_nonfinite): a checkpoint inside it must not hold the round before as this one's
+        self._round, self._examples, self._everyone, self._idle = None, [], None, None
         order = global_batch_indices(len(self.prompts), self.per_round, self.cfg.seed, round_)
         share = self.per_round // dist.world_size
         mine = order[dist.rank * share:(dist.rank + 1) * share]

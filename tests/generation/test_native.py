@@ -246,6 +246,35 @@ def test_a_model_in_training_mode_with_attention_dropout_keeps_the_native_engine
     assert [[s.token_ids for s in row] for row in got] == [[s.token_ids for s in row] for row in want]
 
 
+def test_a_lora_policy_samples_on_the_native_engine_as_its_merged_weights_do(capsys):
+    """A PEFT LoRA model's own forward takes no logits_to_keep, but the network inside it (its base
+    model, the adapter's layers in place) does: the engine runs that, with no notice and no "hf"
+    fallback (whose draws depend on the batch and ignore the prompt numbering a run of several
+    processes relies on). Reference: the same adapter merged into plain weights by peft
+    (``merge_and_unload``), sampled by the engine; fp64, so the two agree token for token. The
+    adapter's B matrices are set off zero so that it changes the samples, and pushing the policy's
+    weights each round (``update_weights``) keeps the engine."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    policy = get_peft_model(llama().double(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    gen = make_generator(policy, Tok(), batch_size=4)
+    assert isinstance(gen, NativeGenerator) and capsys.readouterr().err == ""
+    gen.update_weights(policy)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=5)
+    got = gen.generate_ids(contexts(), 3, params)
+    merged = copy.deepcopy(policy).merge_and_unload()
+    want = NativeGenerator(merged, Tok(), batch_size=4).generate_ids(contexts(), 3, params)
+    assert [[s.token_ids for s in row] for row in got] == [[s.token_ids for s in row] for row in want]
+    base = NativeGenerator(llama().double(), Tok(), batch_size=4).generate_ids(contexts(), 3, params)
+    assert [[s.token_ids for s in row] for row in got] != [[s.token_ids for s in row] for row in base]
+
+
 def test_a_model_whose_cache_path_is_wrong_is_refused():
     model = llama()
 

@@ -9,9 +9,11 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from alignlab import train
 from alignlab.errors import ConfigError
@@ -88,26 +90,41 @@ def test_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_dir, pai
     assert max_abs_diff(weights(single.model_dir), weights(tmp_path / "two" / "model")) < 1e-9
 
 
-@pytest.mark.parametrize("method,updates", [("grpo", 1), ("grpo", 2), ("ppo", 2), ("reinforce++", 1)])
-def test_online_two_processes_equal_one(tmp_path, tiny_model_dir, method, updates):
+def _trained(model_dir) -> dict:
+    """A saved run's trained weights: a LoRA adapter's, else ``weights``."""
+    adapter = Path(model_dir) / "adapter_model.safetensors"
+    return load_file(adapter) if adapter.exists() else weights(model_dir)
+
+
+@pytest.mark.parametrize("method,updates,extra", [("grpo", 1, {}), ("grpo", 2, {}), ("ppo", 2, {}),
+                                                  ("reinforce++", 1, {}), ("grpo", 2, {"lora": True, "beta": 0.1})],
+                         ids=["grpo-1", "grpo-2", "ppo-2", "reinforce++-1", "grpo-2-lora-beta"])
+def test_online_two_processes_equal_one(tmp_path, tiny_model_dir, method, updates, extra):
     """2 processes × 4 completions per step equal 1 process × 8 (fp64). Each process samples its
     own prompts, numbered so the native backend draws the same completions; the round's rewards
     are gathered for GRPO's advantages; with 2 updates per round the second step reuses the round
     with the old log-probs of its start. REINFORCE++ and PPO whiten their token advantages with
     the statistics of both processes' tokens; PPO's critic (a head on the policy) is averaged by
-    DDP with the policy and compared too."""
+    DDP with the policy and compared too. A LoRA policy (its reference the network with the
+    adapter off, for β > 0) samples on the native engine too: on the "hf" backend, which it fell
+    back to, each process drew its prompts from the same random stream and 2 processes trained
+    other weights than 1."""
     common = dict(method=method, reward=["fn:tests.training.online_rewards:digits"], num_generations=4,
                   max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2, max_steps=4,
-                  updates_per_rollout=updates)
+                  updates_per_rollout=updates, **extra)
     single = train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "one", batch_size=8, **common))
     cfg = base_config(tiny_model_dir, "task:arithmetic", tmp_path / "two", batch_size=4, **common)
     cfg_path = tmp_path / "two.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()],
             cfg_path, tmp_path)
-    assert max_abs_diff(weights(single.model_dir), weights(tmp_path / "two" / "model")) < 1e-9
-    start = weights(tiny_model_dir)
-    assert max_abs_diff({k: v for k, v in weights(single.model_dir).items() if k in start}, start) > 1e-4
+    one_w, two_w = _trained(single.model_dir), _trained(tmp_path / "two" / "model")
+    assert max_abs_diff(one_w, two_w) < 1e-9
+    if extra.get("lora"):  # the adapter's B starts at zero
+        assert max(float(v.abs().max()) for k, v in one_w.items() if "lora_B" in k) > 1e-4
+    else:
+        start = weights(tiny_model_dir)
+        assert max_abs_diff({k: v for k, v in one_w.items() if k in start}, start) > 1e-4
     one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     for a, b in zip(one, two, strict=True):

@@ -15,7 +15,7 @@ from alignlab.errors import DataError, UserError
 from alignlab.rewards.base import Scorer
 from alignlab.training import checkpoint as ckpt
 from alignlab.training.rollout import RewardError, RewardTerm, score_samples
-from tests.training.helpers import base_config, max_abs_diff, weights
+from tests.training.helpers import base_config, crash_after_save, max_abs_diff, weights
 
 DIGITS = "fn:tests.training.online_rewards:digits"
 
@@ -236,6 +236,37 @@ def test_with_skip_nonfinite_a_failing_reward_skips_the_step(tmp_path, tiny_mode
     skipped = [m for m in metrics(tmp_path / "skip") if m.get("skipped")]
     assert skipped and summary.train_metrics["skipped_steps"] == len(skipped)
     assert len([m for m in metrics(tmp_path / "skip") if "loss" in m]) == 40 - len(skipped)
+
+
+def test_a_round_whose_reward_failed_is_not_resumed_from_the_round_before(tmp_path, tiny_model_dir, monkeypatch):
+    """2 updates per round, skip_nonfinite: round 1's reward fails (a RewardError where the round's
+    rewards are gathered), so steps 3 and 4 both try round 1 and are skipped. A run killed after
+    the checkpoint of step 3 (inside round 1) must skip step 4 too when resumed, not train it on
+    round 0's completions, which the source still held when the reward failed."""
+    import alignlab.training.online as online_source
+
+    collect, score = online_source.OnlineSource._collect, online_source.score_samples
+    scoring: list[int] = []  # the round being scored
+
+    def remember_the_round(self, round_):
+        scoring[:] = [round_]
+        collect(self, round_)
+
+    def round_1_fails(*args):
+        if scoring == [1]:
+            raise RewardError("reward 'r': prompt row 1, sample 1: raised ValueError: round 1")
+        return score(*args)
+
+    monkeypatch.setattr(online_source.OnlineSource, "_collect", remember_the_round)
+    monkeypatch.setattr(online_source, "score_samples", round_1_fails)
+    cfg = dict(max_steps=6, save_every=1, keep_checkpoints=0, updates_per_rollout=2, skip_nonfinite=True)
+    full = train(online(tiny_model_dir, tmp_path / "full", **cfg))
+    assert [m["step"] for m in metrics(tmp_path / "full") if m.get("skipped")] == [3, 4]
+    with crash_after_save(lambda step: step == 3):
+        train(online(tiny_model_dir, tmp_path / "cut", **cfg))
+    resumed = train(online(tiny_model_dir, tmp_path / "cut", resume=True, **cfg))
+    assert [m["step"] for m in metrics(tmp_path / "cut") if m.get("skipped")] == [3, 4]
+    assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
 
 
 def test_dapo_masks_completions_cut_at_the_limit(tmp_path, tiny_model_dir):
