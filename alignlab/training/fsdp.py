@@ -85,6 +85,11 @@ def shard(model: torch.nn.Module, dist: Dist, bf16: bool) -> torch.nn.Module:
     # skip its backward hook. ``critic.token_values`` only reads it.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPLinear\) returned a view tensor")
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+    # FSDP settles which unit is the root at the first forward pass through any unit, and refuses
+    # the root afterwards if that pass ran an inner one first. Code outside the training step can
+    # do that: a LoRA policy's rollouts run the PEFT model's base network (``native.runnable``),
+    # not the wrapper that is the root. So the root is settled here, before anything runs.
+    model._get_fsdp_state()._lazy_init()
     return model
 
 
