@@ -70,6 +70,12 @@ class Scorer(ABC):
         b = self.score(prompts, second)
         return [sigmoid(x - y) for x, y in zip(a, b, strict=True)]
 
+    def prompt_problem(self, prompt: str) -> str | None:
+        """What stops this scorer from scoring any answer to ``prompt``, seen before anything is
+        sampled (BLEU without references for it, a task's reward on a prompt of another kind);
+        None when nothing shows. An online run asks this of every prompt at load time."""
+        return None
+
     @property
     def compares_by_score(self) -> bool:
         """Whether ``compare`` is σ(score(first) − score(second)): a caller that needs both the

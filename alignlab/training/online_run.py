@@ -7,7 +7,7 @@ sample`` does (``generation/prompts.py``), and the reward reads its last user me
 (``rollout.reward_prompt``). Every prompt is checked once, at load time: a conversation when the
 tokenizer has no chat template, a conversation without a user message, and a prompt that leaves
 no room for ``max_new_tokens`` in the model's context are errors naming the row, never cut
-silently. The reward is ``rollout.reward`` (scorer specs), or a task's gold when the data is a
+silently, and so is a prompt a reward cannot score (``Scorer.prompt_problem``). The reward is ``rollout.reward`` (scorer specs), or a task's gold when the data is a
 task and no reward is given (said in the log).
 """
 
@@ -91,6 +91,20 @@ def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_token
         raise DataError(bad, hint="")
 
 
+def check_rewards(cfg, prompts: list[tuple[int, Text]], terms) -> None:
+    """Every prompt must be one each reward can score (``Scorer.prompt_problem``): a prompt
+    without BLEU references or of another task is reported now, not when a round draws it."""
+    bad = []
+    for row, prompt in prompts:
+        text = reward_prompt(prompt)
+        for term in terms:
+            problem = term.scorer.prompt_problem(text)
+            if problem is not None:
+                bad.append(RowIssue(cfg.data, row, "prompt", f"reward '{term.name}': {problem}"))
+    if bad:
+        raise DataError(bad, hint="every prompt needs what its reward reads")
+
+
 def generator_options(cfg) -> dict:
     """The run's generator options: the batch size (where the run sets one; else the backend's
     default), and for "ray" its workers and cluster."""
@@ -130,6 +144,7 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
     terms = load_reward_terms(specs, rollout.reward_weights)
     _, per_round = round_size(cfg, dist)
     prompts = load_online_prompts(cfg, per_round, tokenizer)
+    check_rewards(cfg, prompts, terms)
     new_tokens = max_new_tokens(cfg)
     generator = run_generator(cfg, dist, policy, tokenizer, log)
     check_room(cfg, prompts, generator, policy, new_tokens)

@@ -4,12 +4,14 @@ that silently learns nothing or drops what the user gave."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
+from alignlab import train
 from alignlab.config import make_config
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, DataError
 
 BASE = {"model": "m", "data": "task:arithmetic", "reward": ["task:arithmetic"]}
 
@@ -60,3 +62,36 @@ def test_a_reward_flag_with_options_reaches_the_scorer_whole(tmp_path, tiny_mode
     assert err.startswith("alignlab: error: reward 'openai:http://127.0.0.1:9/v1,model=judge': prompt row 1, "
                           "sample 1: raised UserError: judge request to http://127.0.0.1:9/v1/chat/completions "
                           "failed: cannot connect")
+
+
+def _online(model_dir, out, **overrides) -> dict:
+    cfg = {"method": "grpo", "model": str(model_dir), "data": "task:arithmetic", "output_dir": str(out),
+           "reward": ["task:arithmetic"], "num_generations": 2, "batch_size": 4, "max_new_tokens": 3, "max_steps": 1,
+           "progress": False, "dtype": "fp64"}
+    cfg.update(overrides)
+    return cfg
+
+
+def _prompt_file(path, prompts) -> str:
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return str(path)
+
+
+def test_a_prompt_the_reward_cannot_score_is_reported_at_load_time(tmp_path, tiny_model_dir):
+    """BLEU without references for row 3's prompt, or a task's reward on a prompt of another kind,
+    stops the run before the first round with the file and row, not when the prompt is drawn."""
+    data = _prompt_file(tmp_path / "prompts.jsonl", ["1+1=", "2+2=", "3+3=", "4+4="])
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text("".join(json.dumps({"prompt": p, "references": [a]}) + "\n"
+                            for p, a in (("1+1=", "2"), ("2+2=", "4"), ("4+4=", "8"))))
+    with pytest.raises(DataError) as e:
+        train(_online(tiny_model_dir, tmp_path / "a", data=data, reward=[f"bleu:{refs}"]))
+    assert str(e.value) == (f"{data}, row 3, field 'prompt': reward 'bleu:{refs}': no reference answer for the "
+                            "prompt '3+3=' (every prompt needs what its reward reads)")
+    assert not (tmp_path / "a" / "metrics.jsonl").exists()
+
+    with pytest.raises(DataError, match=rf"^{re.escape(data)}, row 1, field 'prompt': reward 'task:sentiment': not "
+                                        r"a sentiment prompt: '1\+1=' .*\(and 3 more bad rows; every prompt needs "
+                                        r"what its reward reads\)$"):
+        train(_online(tiny_model_dir, tmp_path / "b", data=data, reward=["task:sentiment"]))
+    assert not (tmp_path / "b" / "metrics.jsonl").exists()
