@@ -11,7 +11,7 @@ import pytest
 
 from alignlab import train
 from alignlab.config import make_config
-from alignlab.errors import ConfigError, DataError
+from alignlab.errors import ConfigError, DataError, UserError
 
 BASE = {"model": "m", "data": "task:arithmetic", "reward": ["task:arithmetic"]}
 
@@ -95,3 +95,25 @@ def test_a_prompt_the_reward_cannot_score_is_reported_at_load_time(tmp_path, tin
                                         r"what its reward reads\)$"):
         train(_online(tiny_model_dir, tmp_path / "b", data=data, reward=["task:sentiment"]))
     assert not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+def test_a_length_penalty_in_tokens_counts_the_policys_tokens(tmp_path, tiny_model_dir):
+    """`length:unit=tokens` is a documented option: an online run counts with its policy's
+    tokenizer (it was refused for want of a tokenizer the spec cannot name)."""
+    from alignlab.models import load_tokenizer
+    from alignlab.training.rollout import load_reward_terms
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    (term,) = load_reward_terms(["length:coef=0.5,target=1,unit=tokens"], tokenizer=tok)
+    texts = ["hello world", "ab", ""]
+    counts = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert counts[0] > 1 and counts[2] == 0
+    assert term.scorer.score(["p"] * 3, texts) == [-0.5 * max(0, n - 1) for n in counts]
+
+    from alignlab.rewards import load_scorer
+
+    with pytest.raises(UserError, match=r"^scorer 'length:unit=tokens': unit=tokens counts the policy's tokens, "
+                                        r"and there is no policy here .*; use unit=words or unit=chars$"):
+        load_scorer("length:unit=tokens")
+    summary = train(_online(tiny_model_dir, tmp_path / "run", reward=["length:coef=1,unit=tokens"]))
+    assert summary.train_metrics["reward/length:coef=1,unit=tokens"] < 0  # the answers have tokens
