@@ -81,14 +81,17 @@ def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_token
     limit = context_limit(model)
     if limit is None:
         return
+    if new_tokens >= limit:
+        raise ConfigError(f"max_new_tokens: {new_tokens} leaves no room for a prompt in the model's context of "
+                          f"{limit} tokens; give at most {limit - 1}")
     bad = []
     for row, prompt in prompts:
         n = len(generator.prompt_ids(prompt))
         if n + new_tokens > limit:
             bad.append(RowIssue(cfg.data, row, "prompt", f"{n} tokens + max_new_tokens {new_tokens} exceed the "
-                                f"model's context of {limit} tokens; shorten it or lower max_new_tokens"))
+                                f"model's context of {limit} tokens"))
     if bad:
-        raise DataError(bad, hint="")
+        raise DataError(bad, hint=f"shorten the prompt{'s' if len(bad) > 1 else ''} or lower max_new_tokens")
 
 
 def check_rewards(cfg, prompts: list[tuple[int, Text]], terms) -> None:

@@ -117,3 +117,20 @@ def test_a_length_penalty_in_tokens_counts_the_policys_tokens(tmp_path, tiny_mod
         load_scorer("length:unit=tokens")
     summary = train(_online(tiny_model_dir, tmp_path / "run", reward=["length:coef=1,unit=tokens"]))
     assert summary.train_metrics["reward/length:coef=1,unit=tokens"] < 0  # the answers have tokens
+
+
+def test_prompts_too_long_for_the_context_are_named_with_a_hint(tmp_path, tiny_model_dir):
+    """The tiny model's context is 2048 tokens and its tokenizer writes a digit as one token. (A
+    task's reward would refuse these prompts too, showing each cut to 80 characters.)"""
+    with pytest.raises(DataError, match=r"row 2, field 'prompt': reward 'task:arithmetic': not an arithmetic "
+                                        r"prompt: '9{80}'\.\.\. \(expected"):
+        train(_online(tiny_model_dir, tmp_path / "t", data=_prompt_file(tmp_path / "t.jsonl", ["1+1=", "9" * 2046])))
+    data = _prompt_file(tmp_path / "long.jsonl", ["1+1=", "9" * 2046, "8" * 2100])
+    with pytest.raises(DataError) as e:
+        train(_online(tiny_model_dir, tmp_path / "a", data=data, reward=["length"]))
+    assert str(e.value) == (f"{data}, row 2, field 'prompt': 2046 tokens + max_new_tokens 3 exceed the model's "
+                            "context of 2048 tokens (and 1 more bad row; shorten the prompts or lower max_new_tokens)")
+    with pytest.raises(ConfigError, match=r"^max_new_tokens: 2048 leaves no room for a prompt in the model's "
+                                          r"context of 2048 tokens; give at most 2047$"):
+        train(_online(tiny_model_dir, tmp_path / "b", data=data, reward=["length"], max_new_tokens=2048))
+    assert not (tmp_path / "a" / "metrics.jsonl").exists() and not (tmp_path / "b" / "metrics.jsonl").exists()
