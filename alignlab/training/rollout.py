@@ -30,7 +30,7 @@ from alignlab.data.pack import collate_packed, fill_rows
 from alignlab.data.records import Text
 from alignlab.data.render import Response
 from alignlab.errors import UserError
-from alignlab.rewards.base import Scorer, reward_prompt
+from alignlab.rewards.base import Scorer, finite_number, reward_prompt
 from alignlab.training.source import StepFault
 
 
@@ -69,12 +69,9 @@ def load_reward_terms(specs: Sequence[str], weights: Sequence[float] | None = No
 
 
 def _value(term: RewardTerm, value, where: str) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise RewardError(f"reward '{term.name}': {where}: returned {value!r}, not a number") from None
-    if not math.isfinite(x):
-        raise RewardError(f"reward '{term.name}': {where}: returned {x}, not a finite number")
+    x, problem = finite_number(value)
+    if x is None:
+        raise RewardError(f"reward '{term.name}': {where}: returned {problem}")
     return x
 
 

@@ -134,3 +134,32 @@ def test_prompts_too_long_for_the_context_are_named_with_a_hint(tmp_path, tiny_m
                                           r"context of 2048 tokens; give at most 2047$"):
         train(_online(tiny_model_dir, tmp_path / "b", data=data, reward=["length"], max_new_tokens=2048))
     assert not (tmp_path / "a" / "metrics.jsonl").exists() and not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("value,shown", [
+    ("1.5", "'1.5', not a number"), (b"2", "b'2', not a number"), ("nan", "'nan', not a number"),
+    (10**400, "1000000000000000000000000000000000000000..., not a finite number"),
+])
+def test_a_reward_function_must_return_a_number_not_text_or_an_overflowing_one(value, shown):
+    """A function that returns the text of a number has a bug (a verdict it forgot to parse); it
+    is not read as that number. An int too large for a float is no finite reward."""
+    from alignlab.rewards import FunctionReward
+
+    reward = FunctionReward(lambda prompt, response: value, name="mine")
+    with pytest.raises(UserError) as e:
+        reward.score(["p"], ["r"])
+    assert str(e.value) == f"reward function mine: item 0 is {shown}"
+    assert reward.__class__(lambda p, r: True, name="b").score(["p"], ["r"]) == [1.0]  # a bool is a number
+
+
+def test_a_scorer_that_returns_text_stops_the_step_naming_the_sample():
+    from alignlab.rewards.base import Scorer
+    from alignlab.training.rollout import RewardError, RewardTerm, score_samples
+
+    class Texts(Scorer):
+        def score(self, prompts, responses):
+            return [0.5, "0.75"]
+
+    with pytest.raises(RewardError, match=r"^reward 'mine': prompt row 7, sample 2: returned '0.75', not a number$"):
+        score_samples([RewardTerm("mine", Texts())], ["p", "p"], ["a", "b"],
+                      ["prompt row 7, sample 1", "prompt row 7, sample 2"])
