@@ -163,3 +163,16 @@ def test_a_scorer_that_returns_text_stops_the_step_naming_the_sample():
     with pytest.raises(RewardError, match=r"^reward 'mine': prompt row 7, sample 2: returned '0.75', not a number$"):
         score_samples([RewardTerm("mine", Texts())], ["p", "p"], ["a", "b"],
                       ["prompt row 7, sample 1", "prompt row 7, sample 2"])
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--reward", "task:arithmetic", "--reward", "length"],
+     "--reward given twice ('task:arithmetic' and 'length'); give every value after one flag: --reward A B"),
+    (["--num-generations", "4", "--num_generations", "8"], "--num-generations given twice ('4' and '8'); give it once"),
+])
+def test_a_flag_given_twice_is_refused_not_half_dropped(flags, message, capsys):
+    """`--reward A --reward B` trained on B alone."""
+    from alignlab.cli import main
+
+    code = main(["train", "--method", "grpo", "--model", "/no/such/dir", "--data", "task:arithmetic", *flags])
+    assert code == 2 and capsys.readouterr().err.strip() == f"alignlab: error: {message}"
