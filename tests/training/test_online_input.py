@@ -176,3 +176,24 @@ def test_a_flag_given_twice_is_refused_not_half_dropped(flags, message, capsys):
 
     code = main(["train", "--method", "grpo", "--model", "/no/such/dir", "--data", "task:arithmetic", *flags])
     assert code == 2 and capsys.readouterr().err.strip() == f"alignlab: error: {message}"
+
+
+def test_a_prompt_column_for_a_tasks_prompts_is_refused(tmp_path, tiny_model_dir):
+    """A task's prompts have no columns: the option was ignored without a word."""
+    with pytest.raises(ConfigError, match=r"^prompt_column: data 'task:arithmetic' is a testbed task's prompts, "
+                                          r"which have no columns; prompt_column names the column of a prompt file$"):
+        train(_online(tiny_model_dir, tmp_path / "a", prompt_column="question"))
+
+
+def test_a_conversation_that_ends_with_an_answer_or_asks_nothing_is_a_bad_row(tmp_path, tiny_model_dir):
+    """The policy would answer after an answer, or the reward would read an empty question."""
+    user = {"role": "user", "content": "What is 2+3?"}
+    data = _prompt_file(tmp_path / "chats.jsonl", [[user], [user, {"role": "assistant", "content": "5"}],
+                                                   [{"role": "user", "content": "  "}]])
+    with pytest.raises(DataError) as e:
+        train(_online(tiny_model_dir, tmp_path / "a", data=data, reward=["length"]))
+    assert str(e.value) == (f"{data}, row 2, field 'prompt': the conversation ends with an assistant message; an "
+                            "online prompt waits for the assistant's answer (and 1 more bad row; every conversation "
+                            "prompt needs a user message and ends before the answer)")
+    assert [str(i) for i in e.value.issues][1] == (f"{data}, row 3, field 'prompt': the conversation's last user "
+                                                   "message is empty, so a reward has no question to read")
