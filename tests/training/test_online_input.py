@@ -168,9 +168,10 @@ def test_a_scorer_that_returns_text_stops_the_step_naming_the_sample():
 @pytest.mark.parametrize("flags,message", [
     (["--reward", "task:arithmetic", "--reward", "length"],
      "--reward given twice ('task:arithmetic' and 'length'); give every value after one flag: --reward A B"),
-    (["--num-generations", "4", "--num_generations", "8"], "--num-generations given twice ('4' and '8'); give it once"),
+    (["--reward", "task:arithmetic", "length", "--reward_weights", "1", "2", "--reward-weights", "3"],
+     "--reward-weights given twice ('1 2' and '3'); give every value after one flag: --reward-weights A B"),
 ])
-def test_a_flag_given_twice_is_refused_not_half_dropped(flags, message, capsys):
+def test_a_list_flag_given_twice_is_refused_not_half_dropped(flags, message, capsys):
     """`--reward A --reward B` trained on B alone."""
     from alignlab.cli import main
 
