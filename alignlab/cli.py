@@ -80,7 +80,9 @@ def _parse_flags(tokens: list[str], bool_keys: frozenset[str] = frozenset(),
     A boolean key takes the next token only if it reads as a boolean (`--lora`, `--lora false`,
     `--resume run.yaml` all work); another key given without a value maps to BARE. A list key
     takes every value up to the next flag (`--report-to tensorboard wandb`; one value is split at
-    its commas), but not a YAML file after its first (`--report-to wandb run.yaml`).
+    its commas), but not a YAML file after its first (`--report-to wandb run.yaml`). Another value
+    of a key replaces the earlier one, but a list key given twice is an error (`--reward a
+    --reward b` reads as both, and keeping one would drop the other without a word).
     """
     config, overrides, debug = None, {}, False
     i = 0
@@ -117,6 +119,11 @@ def _parse_flags(tokens: list[str], bool_keys: frozenset[str] = frozenset(),
                         values.append(tokens[i])
                         i += 1
                     value = values if len(values) > 1 else value
+        if key in overrides and key in list_keys:  # the earlier values would be dropped without a word
+            flag = "--" + key.replace("_", "-")
+            shown = [" ".join(v) if isinstance(v, list) else v for v in (overrides[key], value)]
+            raise UserError(f"{flag} given twice ({shown[0]!r} and {shown[1]!r}); give every value after one "
+                            f"flag: {flag} A B")
         overrides[key] = value
     return config, overrides, debug
 

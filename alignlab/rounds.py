@@ -251,7 +251,7 @@ def _reward_specs(cfg: TrainConfig) -> list[str]:
 
 def _check_specs(specs: Sequence[str]) -> None:
     """Each reward spec's kind is one ``load_scorer`` knows (or a directory), before any sampling:
-    a spec split at its commas (``--reward a,b=c`` makes two) is caught here, not after a round."""
+    a reward text that splits into something else is caught here, not after a round."""
     from alignlab.rewards import SPECS
 
     for spec in specs:

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -45,6 +46,24 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "spa": {"method": "soft-preference", "reward": ["implicit:policy={policy},reference={reference}"],
             "num_generations": 2},
 }
+
+# list fields of scorer specs, whose items hold commas of their own (``length:coef=0.01,target=5``)
+SPEC_LIST_KEYS = frozenset({"reward"})
+_OPTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def split_scorer_specs(text: str) -> list[str]:
+    """Scorer specs written as one text, split at the commas between specs and not at those
+    inside one: an item that reads ``name=value`` is an option of the spec before it
+    (``openai:URL,model=NAME``), unless it is a folder (a reward model)."""
+    specs: list[str] = []
+    for item in text.split(","):
+        if specs and _OPTION.match(item.strip()) and not Path(item.strip()).expanduser().is_dir():
+            specs[-1] += "," + item
+        elif item:
+            specs.append(item)
+    return specs
+
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
     args = typing.get_args(tp)
@@ -95,8 +114,10 @@ def convert(value: Any, tp: Any, key: str) -> Any:
             return str(value)
         if origin is list:
             (item,) = typing.get_args(tp)
-            if isinstance(value, str):
-                value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            if isinstance(value, str) and value.strip().startswith("["):
+                value = json.loads(value)
+            elif isinstance(value, str):
+                value = split_scorer_specs(value) if key in SPEC_LIST_KEYS else [v for v in value.split(",") if v]
             if not isinstance(value, list):
                 raise ValueError
             return [convert(v, item, key) for v in value]

@@ -399,6 +399,15 @@ class TrainConfig:
                f"method '{self.method}' trains on one set of data; mix_data is for methods that mix two (bvpo)")
         _check(mix_data is not None or "group" not in spec.needs, "mix_data",
                f"method '{self.method}' needs a second set of pairs in mix_data")
+        if spec.shape == "online" and self.rollout.num_generations < 2:
+            from alignlab.losses.online import group_baseline
+
+            why = group_baseline(spec, self.method_params)
+            _check(why is None, "num_generations",
+                   f"method '{self.method}' compares each prompt's samples with each other ({why}); with "
+                   f"{self.rollout.num_generations} sample per prompt the reward adds nothing to any advantage, so "
+                   "nothing is learned from it: "
+                   "set num_generations to 2 or more")
         rounds = self.iterate.rounds > 0
         _check(not self.rollout.reward or spec.shape == "online" or rounds, "reward",
                f"method '{self.method}' trains on fixed data; a reward is for online methods (grpo, rloo, ...) "

@@ -170,6 +170,19 @@ def needs_reference(params) -> bool:
     return getattr(params, "beta", 0.0) > 0 or getattr(params, "kl_coef", 0.0) > 0
 
 
+def group_baseline(spec: LossSpec, params) -> str | None:
+    """What makes an online method's advantage compare a prompt's samples with each other (the
+    GRPO family's group-normalised rewards, RLOO's leave-one-out baseline, REINFORCE++'s group
+    baseline), or None: with one sample per prompt such an advantage is 0 for every sample."""
+    if spec.advantages is grpo_advantages:
+        return "its advantage is a reward minus its group's mean"
+    if spec.advantages is rloo_group_advantages:
+        return "its baseline is the mean reward of the prompt's other samples"
+    if spec.token_advantages is reinforce_pp_token_advantages and getattr(params, "baseline", None) == "group":
+        return "baseline 'group' subtracts the prompt's mean score"
+    return None
+
+
 def grpo_advantages(rewards_PG: torch.Tensor, params: GRPOParams, greedy_P: torch.Tensor | None = None) -> torch.Tensor:
     """(P, G) rewards → (P, G) advantages with the params' scaling."""
     return group_advantages(rewards_PG, scale=params.scale_rewards)

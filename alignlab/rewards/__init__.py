@@ -107,8 +107,9 @@ def spec_problem(spec: str, folder: Path | None = None) -> str | None:
     return None
 
 
-def load_scorer(spec: str) -> Scorer:
-    """A scorer from its text form (see the module docstring); a UserError for a bad one."""
+def load_scorer(spec: str, tokenizer=None) -> Scorer:
+    """A scorer from its text form (see the module docstring); a UserError for a bad one.
+    ``tokenizer`` counts the tokens of ``length:unit=tokens`` (an online run gives its policy's)."""
     from alignlab.rewards.model import is_reward_model_dir
 
     kind, _, rest = spec.partition(":")
@@ -126,8 +127,12 @@ def load_scorer(spec: str) -> Scorer:
     if kind == "length":
         opts = _options(rest, spec)
         _known(opts, {"coef", "target", "unit"}, spec)
+        unit = opts.get("unit", "words")
+        if unit == "tokens" and tokenizer is None:
+            raise UserError(f"scorer '{spec}': unit=tokens counts the policy's tokens, and there is no policy "
+                            "here (it works as an online run's reward); use unit=words or unit=chars")
         return LengthPenalty(_number(opts.get("coef", "0.01"), "coef", spec),
-                             int(_number(opts.get("target", "0"), "target", spec)), opts.get("unit", "words"))
+                             int(_number(opts.get("target", "0"), "target", spec)), unit, tokenizer=tokenizer)
     if kind == "fn":
         return FunctionReward(rest)
     if kind == "bleu":

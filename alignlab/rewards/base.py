@@ -40,16 +40,31 @@ def check_lengths(what: str, *columns: Sequence) -> int:
     return lengths.pop() if lengths else 0
 
 
+def finite_number(value) -> tuple[float | None, str]:
+    """(``value`` as a float, "") or (None, what it is instead, for a message: "'1.5', not a
+    number", "nan, not a finite number"). A number is anything ``float`` takes but text: a reward
+    that returns the text of a number ("1.5", b"2") has a bug and is not read as that number."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return None, f"{value!r}, not a number"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None, f"{value!r}, not a number"
+    except OverflowError:  # an int beyond the float range
+        shown = repr(value)
+        return None, f"{shown if len(shown) <= 40 else shown[:40] + '...'}, not a finite number"
+    if not math.isfinite(x):
+        return None, f"{x}, not a finite number"
+    return x, ""
+
+
 def check_finite(what: str, values: Sequence[float]) -> list[float]:
     """``values`` as floats; a UserError naming ``what`` and the item when one is not a finite number."""
     out = []
     for i, v in enumerate(values):
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            raise UserError(f"{what}: item {i} is {v!r}, not a number") from None
-        if not math.isfinite(x):
-            raise UserError(f"{what}: item {i} is {x}, not a finite number")
+        x, problem = finite_number(v)
+        if x is None:
+            raise UserError(f"{what}: item {i} is {problem}")
         out.append(x)
     return out
 
@@ -69,6 +84,12 @@ class Scorer(ABC):
         a = self.score(prompts, first)
         b = self.score(prompts, second)
         return [sigmoid(x - y) for x, y in zip(a, b, strict=True)]
+
+    def prompt_problem(self, prompt: str) -> str | None:
+        """What stops this scorer from scoring any answer to ``prompt``, seen before anything is
+        sampled (BLEU without references for it, a task's reward on a prompt of another kind);
+        None when nothing shows. An online run asks this of every prompt at load time."""
+        return None
 
     @property
     def compares_by_score(self) -> bool:

@@ -70,8 +70,14 @@ class BleuReward(Scorer):
     def refs_for(self, prompt: str) -> list[str]:
         refs = self.references(prompt) if callable(self.references) else self.references.get(prompt)
         if not refs:
-            raise UserError(f"{self.name}: no reference answer for the prompt {prompt[:80]!r}")
+            raise UserError(f"{self.name}: {_no_refs(prompt)}")
         return list(refs)
+
+    def prompt_problem(self, prompt: str) -> str | None:
+        """A prompt the references mapping lacks (a function of the prompt is asked when scoring)."""
+        if callable(self.references) or self.references.get(prompt):
+            return None
+        return _no_refs(prompt)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         import sacrebleu
@@ -82,3 +88,7 @@ class BleuReward(Scorer):
             refs = self.refs_for(p)
             out.append(0.0 if not r.strip() else sacrebleu.sentence_bleu(r, refs, **self.kwargs).score / 100.0)
         return out
+
+
+def _no_refs(prompt: str) -> str:
+    return f"no reference answer for the prompt {prompt[:80]!r}"

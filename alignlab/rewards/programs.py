@@ -39,11 +39,14 @@ class TaskReward(Scorer):
 
     def owns(self, prompt: str) -> bool:
         """Whether ``prompt`` is one of this task's prompts (for routing)."""
+        return self.prompt_problem(prompt) is None
+
+    def prompt_problem(self, prompt: str) -> str | None:
         try:
             self._fn(prompt, "")
-        except ValueError:
-            return False
-        return True
+        except ValueError as e:
+            return str(e)
+        return None
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         check_lengths(self.name, prompts, responses)

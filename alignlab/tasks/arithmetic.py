@@ -40,7 +40,7 @@ from __future__ import annotations
 import random
 import re
 
-from alignlab.tasks.base import Task, check_int, pack_documents
+from alignlab.tasks.base import Task, check_int, pack_documents, shown
 
 SLOPPY_FORMS = ("{}.", "={}", "{}!", "~{}")  # each fails the exact-answer check
 
@@ -62,7 +62,7 @@ def parse_prompt(prompt: str) -> tuple[int, int]:
     """The operands of ``"a+b="``, or a ValueError naming the prompt."""
     match = PROMPT_RE.fullmatch(prompt) if isinstance(prompt, str) else None
     if match is None:
-        raise ValueError(f"not an arithmetic prompt: {prompt!r} (expected the form '37+58=')")
+        raise ValueError(f"not an arithmetic prompt: {shown(prompt)} (expected the form '37+58=')")
     return int(match[1]), int(match[2])
 
 

@@ -22,6 +22,12 @@ DOC_MIN_CHARS = 100
 DOC_MAX_CHARS = 250
 
 
+def shown(prompt: object, chars: int = 80) -> str:
+    """``prompt`` as an error message shows it: its repr, the first ``chars`` characters of a
+    longer string followed by ``...``."""
+    return f"{prompt[:chars]!r}..." if isinstance(prompt, str) and len(prompt) > chars else repr(prompt)
+
+
 class Task(ABC):
     """A prompt distribution with a gold reward, a flawed proxy reward and a held-out eval set.
 

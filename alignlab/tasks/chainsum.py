@@ -71,7 +71,7 @@ import math
 import random
 import re
 
-from alignlab.tasks.base import Task, check_int, pack_documents
+from alignlab.tasks.base import Task, check_int, pack_documents, shown
 
 MIN_OPERANDS, MAX_OPERANDS = 3, 4
 MAX_OPERAND_LIMIT = 99  # the longest response, 35 characters, then fits max_new_tokens with room
@@ -86,7 +86,7 @@ Step = tuple[int, int, int]  # (x, y, z) of a step written "x+y=z"
 def parse_prompt(prompt: str) -> tuple[int, ...]:
     """The operands of ``"7+15+9="`` (three or four), or a ValueError naming the prompt."""
     if not isinstance(prompt, str) or PROMPT_RE.fullmatch(prompt) is None:
-        raise ValueError(f"not a chainsum prompt: {prompt!r} (expected the form '7+15+9=' with 3 or 4 numbers)")
+        raise ValueError(f"not a chainsum prompt: {shown(prompt)} (expected the form '7+15+9=' with 3 or 4 numbers)")
     return tuple(int(x) for x in prompt[:-1].split("+"))
 
 

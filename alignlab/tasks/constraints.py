@@ -34,7 +34,7 @@ from __future__ import annotations
 import random
 import re
 
-from alignlab.tasks.base import Task, check_int, pack_documents
+from alignlab.tasks.base import Task, check_int, pack_documents, shown
 
 TOPICS = [
     "the sea", "a city at night", "your morning", "a forest walk", "winter", "a busy market",
@@ -83,7 +83,7 @@ def parse_prompt(prompt: str) -> tuple[list[str], int]:
     """(keywords, word limit) of a constraints prompt, or a ValueError naming the prompt."""
     match = PROMPT_RE.fullmatch(prompt) if isinstance(prompt, str) else None
     if match is None:
-        raise ValueError(f"not a constraints prompt: {prompt!r} (expected e.g. "
+        raise ValueError(f"not a constraints prompt: {shown(prompt)} (expected e.g. "
                          "'Write about the sea. Use the words: stone, river. At most 8 words.')")
     return match["keywords"].split(", "), int(match["limit"])
 

@@ -34,7 +34,7 @@ import random
 import re
 
 from alignlab.tasks import lexicon as lx
-from alignlab.tasks.base import Task, check_int, cycle_draw, pack_documents
+from alignlab.tasks.base import Task, check_int, cycle_draw, pack_documents, shown
 
 WORD_RE = re.compile(r"[a-z']+")
 NEGATION_WINDOW = 2
@@ -174,7 +174,7 @@ class SentimentTask(Task):
 
     def _check(self, prompt: str) -> None:
         if prompt not in self._known:
-            raise ValueError(f"not a sentiment prompt: {prompt!r} (prompts are review openers such as "
+            raise ValueError(f"not a sentiment prompt: {shown(prompt)} (prompts are review openers such as "
                              "'The pasta at Marco's')")
 
     def gold(self, prompt: str, response: str) -> float:

@@ -5,10 +5,12 @@ testbed task's training prompts. A prompt is text or a conversation; the generat
 conversation with the tokenizer's chat template and the assistant turn opened, as ``alignlab
 sample`` does (``generation/prompts.py``), and the reward reads its last user message
 (``rollout.reward_prompt``). Every prompt is checked once, at load time: a conversation when the
-tokenizer has no chat template, a conversation without a user message, and a prompt that leaves
-no room for ``max_new_tokens`` in the model's context are errors naming the row, never cut
-silently. The reward is ``rollout.reward`` (scorer specs), or a task's gold when the data is a
-task and no reward is given (said in the log).
+tokenizer has no chat template, a conversation without a user message (or with an empty last
+one, or that ends with an assistant message), a prompt that leaves no room for
+``max_new_tokens`` in the model's context and a prompt a reward cannot score
+(``Scorer.prompt_problem``) are errors naming the row, never cut or met silently. The reward is
+``rollout.reward`` (scorer specs), or a task's gold when the data is a task and no reward is
+given (said in the log).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def load_online_prompts(cfg, per_round: int, tokenizer) -> list[tuple[int, Text]
     the run when ``max_steps`` is set, else 1024), or a file's prompts (rows 1-based), text or
     conversations (see the module docstring for what is checked)."""
     task = data_task(cfg)
+    if task is not None and cfg.rollout.prompt_column:
+        raise ConfigError(f"prompt_column: data '{cfg.data}' is a testbed task's prompts, which have no columns; "
+                          "prompt_column names the column of a prompt file")
     if task is not None:
         rounds = math.ceil(cfg.optim.max_steps / cfg.rollout.updates_per_rollout) if cfg.optim.max_steps else 0
         n = per_round * rounds if rounds else 1024
@@ -66,13 +71,22 @@ def load_online_prompts(cfg, per_round: int, tokenizer) -> list[tuple[int, Text]
             bad.append(RowIssue(r.source, r.row, "prompt", f"a conversation prompt is rendered with the tokenizer's "
                                 f"chat template, and the tokenizer of {cfg.model} has none"))
             continue
+        if r.prompt[-1].role == "assistant":
+            bad.append(RowIssue(r.source, r.row, "prompt", "the conversation ends with an assistant message; an "
+                                "online prompt waits for the assistant's answer"))
+            continue
         try:
-            reward_prompt(r.prompt)
+            question = reward_prompt(r.prompt)
         except ValueError as e:
             bad.append(RowIssue(r.source, r.row, "prompt", str(e)))
+            continue
+        if not question.strip():
+            bad.append(RowIssue(r.source, r.row, "prompt", "the conversation's last user message is empty, so a "
+                                "reward has no question to read"))
     if bad:
         raise DataError(bad, hint="give text prompts, or a model whose tokenizer has a chat template"
-                        if not templated else "every conversation prompt needs a user message")
+                        if not templated else "every conversation prompt needs a user message and ends before "
+                                              "the answer")
     return [(r.row, r.prompt) for r in records]
 
 
@@ -81,14 +95,31 @@ def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_token
     limit = context_limit(model)
     if limit is None:
         return
+    if new_tokens >= limit:
+        raise ConfigError(f"max_new_tokens: {new_tokens} leaves no room for a prompt in the model's context of "
+                          f"{limit} tokens; give at most {limit - 1}")
     bad = []
     for row, prompt in prompts:
         n = len(generator.prompt_ids(prompt))
         if n + new_tokens > limit:
             bad.append(RowIssue(cfg.data, row, "prompt", f"{n} tokens + max_new_tokens {new_tokens} exceed the "
-                                f"model's context of {limit} tokens; shorten it or lower max_new_tokens"))
+                                f"model's context of {limit} tokens"))
     if bad:
-        raise DataError(bad, hint="")
+        raise DataError(bad, hint=f"shorten the prompt{'s' if len(bad) > 1 else ''} or lower max_new_tokens")
+
+
+def check_rewards(cfg, prompts: list[tuple[int, Text]], terms) -> None:
+    """Every prompt must be one each reward can score (``Scorer.prompt_problem``): a prompt
+    without BLEU references or of another task is reported now, not when a round draws it."""
+    bad = []
+    for row, prompt in prompts:
+        text = reward_prompt(prompt)
+        for term in terms:
+            problem = term.scorer.prompt_problem(text)
+            if problem is not None:
+                bad.append(RowIssue(cfg.data, row, "prompt", f"reward '{term.name}': {problem}"))
+    if bad:
+        raise DataError(bad, hint="every prompt needs what its reward reads")
 
 
 def generator_options(cfg) -> dict:
@@ -127,9 +158,10 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
             raise ConfigError("reward: an online method needs a reward (scorer specs), e.g. --reward task:arithmetic")
         specs = [f"task:{task.name}:gold"]
         log(f"reward: none given; using the task's gold reward ({specs[0]})")
-    terms = load_reward_terms(specs, rollout.reward_weights)
+    terms = load_reward_terms(specs, rollout.reward_weights, tokenizer=tokenizer)
     _, per_round = round_size(cfg, dist)
     prompts = load_online_prompts(cfg, per_round, tokenizer)
+    check_rewards(cfg, prompts, terms)
     new_tokens = max_new_tokens(cfg)
     generator = run_generator(cfg, dist, policy, tokenizer, log)
     check_room(cfg, prompts, generator, policy, new_tokens)

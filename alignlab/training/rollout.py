@@ -30,7 +30,7 @@ from alignlab.data.pack import collate_packed, fill_rows
 from alignlab.data.records import Text
 from alignlab.data.render import Response
 from alignlab.errors import UserError
-from alignlab.rewards.base import Scorer, reward_prompt
+from alignlab.rewards.base import Scorer, finite_number, reward_prompt
 from alignlab.training.source import StepFault
 
 
@@ -46,11 +46,11 @@ class RewardTerm:
 
 
 def load_reward_terms(specs: Sequence[str], weights: Sequence[float] | None = None,
-                      resolve: Callable[[str], str] | None = None) -> list[RewardTerm]:
+                      resolve: Callable[[str], str] | None = None, tokenizer=None) -> list[RewardTerm]:
     """Scorers from their text specs (``alignlab.rewards.load_scorer``), with weights (1 each by
     default). Two terms of the same spec are logged as ``spec``, ``spec#2``. ``resolve``: the spec
     a scorer is loaded from, when it differs from the one it is logged as (rounds fill in the
-    round's policy for ``{policy}``)."""
+    round's policy for ``{policy}``). ``tokenizer``: the policy's, for ``length:unit=tokens``."""
     from alignlab.rewards import load_scorer
 
     if not specs:
@@ -64,17 +64,14 @@ def load_reward_terms(specs: Sequence[str], weights: Sequence[float] | None = No
             raise UserError(f"reward_weights: the weight of '{spec}' is {w}, not a finite number")
         seen[spec] = seen.get(spec, 0) + 1
         terms.append(RewardTerm(spec if seen[spec] == 1 else f"{spec}#{seen[spec]}",
-                                load_scorer(resolve(spec) if resolve else spec), float(w)))
+                                load_scorer(resolve(spec) if resolve else spec, tokenizer), float(w)))
     return terms
 
 
 def _value(term: RewardTerm, value, where: str) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise RewardError(f"reward '{term.name}': {where}: returned {value!r}, not a number") from None
-    if not math.isfinite(x):
-        raise RewardError(f"reward '{term.name}': {where}: returned {x}, not a finite number")
+    x, problem = finite_number(value)
+    if x is None:
+        raise RewardError(f"reward '{term.name}': {where}: returned {problem}")
     return x
 
 

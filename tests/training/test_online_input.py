@@ -1,0 +1,200 @@
+"""Bad or unusual input to an online run: each is a one-line error naming what is wrong (the field,
+the file and row, the reward), reported before anything is sampled where it can be, never a run
+that silently learns nothing or drops what the user gave."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from alignlab import train
+from alignlab.config import make_config
+from alignlab.errors import ConfigError, DataError, UserError
+
+BASE = {"model": "m", "data": "task:arithmetic", "reward": ["task:arithmetic"]}
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("grpo", {}), ("dapo", {}), ("dr_grpo", {}), ("gspo", {}), ("grpo", {"scale_rewards": "batch"}),
+    ("rloo", {}), ("reinforce++", {"baseline": "group"}),
+])
+def test_one_sample_per_prompt_is_refused_where_the_advantage_compares_a_prompts_samples(method, extra):
+    """With G = 1 a group's mean is its one reward, so every group-relative advantage is exactly 0
+    and the run would train on nothing."""
+    with pytest.raises(ConfigError, match=rf"^num_generations: method '{re.escape(method)}' compares each prompt's "
+                                          r"samples with each other \(.+\); with 1 sample per prompt the reward adds "
+                                          r"nothing to any advantage, so nothing is learned from it: set "
+                                          r"num_generations to 2 or more$"):
+        make_config({**BASE, "method": method, "num_generations": 1, **extra})
+
+
+@pytest.mark.parametrize("method,extra", [("remax", {}), ("reinforce++", {}), ("ppo", {})])
+def test_one_sample_per_prompt_is_fine_where_the_baseline_is_not_the_group(method, extra):
+    assert make_config({**BASE, "method": method, "num_generations": 1, **extra}).rollout.num_generations == 1
+
+
+@pytest.mark.parametrize("given,specs", [
+    ("length:coef=0.01,target=5", ["length:coef=0.01,target=5"]),
+    ("openai:http://127.0.0.1:9/v1,model=judge,swap=false", ["openai:http://127.0.0.1:9/v1,model=judge,swap=false"]),
+    ("task:arithmetic,length:coef=0.5,unit=chars", ["task:arithmetic", "length:coef=0.5,unit=chars"]),
+    ("task:arithmetic,length,fn:m:f", ["task:arithmetic", "length", "fn:m:f"]),
+    ('["length:coef=0.01,target=5", "task:arithmetic"]', ["length:coef=0.01,target=5", "task:arithmetic"]),
+])
+def test_a_reward_given_as_one_text_splits_only_between_scorer_specs(given, specs):
+    """A spec's own options (key=value after a comma) stay with it, from YAML, a flag or Python."""
+    weights = {"reward_weights": [1.0] * len(specs)}
+    assert make_config({**BASE, "method": "grpo", "reward": given, **weights}).rollout.reward == specs
+
+
+def test_a_reward_flag_with_options_reaches_the_scorer_whole(tmp_path, tiny_model_dir, capsys):
+    """From the command line: the endpoint's model is not lost to a split at the comma, so the
+    judge is built and asked (nothing listens on port 9: the run stops at its first request)."""
+    from alignlab.cli import main
+
+    code = main(["train", "--method", "grpo", "--model", str(tiny_model_dir), "--data", "task:arithmetic",
+                 "--reward", "openai:http://127.0.0.1:9/v1,model=judge", "--num-generations", "2",
+                 "--batch-size", "2", "--max-new-tokens", "2", "--max-steps", "1", "--progress", "false",
+                 "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err.startswith("alignlab: error: reward 'openai:http://127.0.0.1:9/v1,model=judge': prompt row 1, "
+                          "sample 1: raised UserError: judge request to http://127.0.0.1:9/v1/chat/completions "
+                          "failed: cannot connect")
+
+
+def _online(model_dir, out, **overrides) -> dict:
+    cfg = {"method": "grpo", "model": str(model_dir), "data": "task:arithmetic", "output_dir": str(out),
+           "reward": ["task:arithmetic"], "num_generations": 2, "batch_size": 4, "max_new_tokens": 3, "max_steps": 1,
+           "progress": False, "dtype": "fp64"}
+    cfg.update(overrides)
+    return cfg
+
+
+def _prompt_file(path, prompts) -> str:
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return str(path)
+
+
+def test_a_prompt_the_reward_cannot_score_is_reported_at_load_time(tmp_path, tiny_model_dir):
+    """BLEU without references for row 3's prompt, or a task's reward on a prompt of another kind,
+    stops the run before the first round with the file and row, not when the prompt is drawn."""
+    data = _prompt_file(tmp_path / "prompts.jsonl", ["1+1=", "2+2=", "3+3=", "4+4="])
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text("".join(json.dumps({"prompt": p, "references": [a]}) + "\n"
+                            for p, a in (("1+1=", "2"), ("2+2=", "4"), ("4+4=", "8"))))
+    with pytest.raises(DataError) as e:
+        train(_online(tiny_model_dir, tmp_path / "a", data=data, reward=[f"bleu:{refs}"]))
+    assert str(e.value) == (f"{data}, row 3, field 'prompt': reward 'bleu:{refs}': no reference answer for the "
+                            "prompt '3+3=' (every prompt needs what its reward reads)")
+    assert not (tmp_path / "a" / "metrics.jsonl").exists()
+
+    with pytest.raises(DataError, match=rf"^{re.escape(data)}, row 1, field 'prompt': reward 'task:sentiment': not "
+                                        r"a sentiment prompt: '1\+1=' .*\(and 3 more bad rows; every prompt needs "
+                                        r"what its reward reads\)$"):
+        train(_online(tiny_model_dir, tmp_path / "b", data=data, reward=["task:sentiment"]))
+    assert not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+def test_a_length_penalty_in_tokens_counts_the_policys_tokens(tmp_path, tiny_model_dir):
+    """`length:unit=tokens` is a documented option: an online run counts with its policy's
+    tokenizer (it was refused for want of a tokenizer the spec cannot name)."""
+    from alignlab.models import load_tokenizer
+    from alignlab.training.rollout import load_reward_terms
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    (term,) = load_reward_terms(["length:coef=0.5,target=1,unit=tokens"], tokenizer=tok)
+    texts = ["hello world", "ab", ""]
+    counts = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert counts[0] > 1 and counts[2] == 0
+    assert term.scorer.score(["p"] * 3, texts) == [-0.5 * max(0, n - 1) for n in counts]
+
+    from alignlab.rewards import load_scorer
+
+    with pytest.raises(UserError, match=r"^scorer 'length:unit=tokens': unit=tokens counts the policy's tokens, "
+                                        r"and there is no policy here .*; use unit=words or unit=chars$"):
+        load_scorer("length:unit=tokens")
+    summary = train(_online(tiny_model_dir, tmp_path / "run", reward=["length:coef=1,unit=tokens"]))
+    assert summary.train_metrics["reward/length:coef=1,unit=tokens"] < 0  # the answers have tokens
+
+
+def test_prompts_too_long_for_the_context_are_named_with_a_hint(tmp_path, tiny_model_dir):
+    """The tiny model's context is 2048 tokens and its tokenizer writes a digit as one token. (A
+    task's reward would refuse these prompts too, showing each cut to 80 characters.)"""
+    with pytest.raises(DataError, match=r"row 2, field 'prompt': reward 'task:arithmetic': not an arithmetic "
+                                        r"prompt: '9{80}'\.\.\. \(expected"):
+        train(_online(tiny_model_dir, tmp_path / "t", data=_prompt_file(tmp_path / "t.jsonl", ["1+1=", "9" * 2046])))
+    data = _prompt_file(tmp_path / "long.jsonl", ["1+1=", "9" * 2046, "8" * 2100])
+    with pytest.raises(DataError) as e:
+        train(_online(tiny_model_dir, tmp_path / "a", data=data, reward=["length"]))
+    assert str(e.value) == (f"{data}, row 2, field 'prompt': 2046 tokens + max_new_tokens 3 exceed the model's "
+                            "context of 2048 tokens (and 1 more bad row; shorten the prompts or lower max_new_tokens)")
+    with pytest.raises(ConfigError, match=r"^max_new_tokens: 2048 leaves no room for a prompt in the model's "
+                                          r"context of 2048 tokens; give at most 2047$"):
+        train(_online(tiny_model_dir, tmp_path / "b", data=data, reward=["length"], max_new_tokens=2048))
+    assert not (tmp_path / "a" / "metrics.jsonl").exists() and not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("value,shown", [
+    ("1.5", "'1.5', not a number"), (b"2", "b'2', not a number"), ("nan", "'nan', not a number"),
+    (10**400, "1000000000000000000000000000000000000000..., not a finite number"),
+])
+def test_a_reward_function_must_return_a_number_not_text_or_an_overflowing_one(value, shown):
+    """A function that returns the text of a number has a bug (a verdict it forgot to parse); it
+    is not read as that number. An int too large for a float is no finite reward."""
+    from alignlab.rewards import FunctionReward
+
+    reward = FunctionReward(lambda prompt, response: value, name="mine")
+    with pytest.raises(UserError) as e:
+        reward.score(["p"], ["r"])
+    assert str(e.value) == f"reward function mine: item 0 is {shown}"
+    assert reward.__class__(lambda p, r: True, name="b").score(["p"], ["r"]) == [1.0]  # a bool is a number
+
+
+def test_a_scorer_that_returns_text_stops_the_step_naming_the_sample():
+    from alignlab.rewards.base import Scorer
+    from alignlab.training.rollout import RewardError, RewardTerm, score_samples
+
+    class Texts(Scorer):
+        def score(self, prompts, responses):
+            return [0.5, "0.75"]
+
+    with pytest.raises(RewardError, match=r"^reward 'mine': prompt row 7, sample 2: returned '0.75', not a number$"):
+        score_samples([RewardTerm("mine", Texts())], ["p", "p"], ["a", "b"],
+                      ["prompt row 7, sample 1", "prompt row 7, sample 2"])
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--reward", "task:arithmetic", "--reward", "length"],
+     "--reward given twice ('task:arithmetic' and 'length'); give every value after one flag: --reward A B"),
+    (["--reward", "task:arithmetic", "length", "--reward_weights", "1", "2", "--reward-weights", "3"],
+     "--reward-weights given twice ('1 2' and '3'); give every value after one flag: --reward-weights A B"),
+])
+def test_a_list_flag_given_twice_is_refused_not_half_dropped(flags, message, capsys):
+    """`--reward A --reward B` trained on B alone."""
+    from alignlab.cli import main
+
+    code = main(["train", "--method", "grpo", "--model", "/no/such/dir", "--data", "task:arithmetic", *flags])
+    assert code == 2 and capsys.readouterr().err.strip() == f"alignlab: error: {message}"
+
+
+def test_a_prompt_column_for_a_tasks_prompts_is_refused(tmp_path, tiny_model_dir):
+    """A task's prompts have no columns: the option was ignored without a word."""
+    with pytest.raises(ConfigError, match=r"^prompt_column: data 'task:arithmetic' is a testbed task's prompts, "
+                                          r"which have no columns; prompt_column names the column of a prompt file$"):
+        train(_online(tiny_model_dir, tmp_path / "a", prompt_column="question"))
+
+
+def test_a_conversation_that_ends_with_an_answer_or_asks_nothing_is_a_bad_row(tmp_path, tiny_model_dir):
+    """The policy would answer after an answer, or the reward would read an empty question."""
+    user = {"role": "user", "content": "What is 2+3?"}
+    data = _prompt_file(tmp_path / "chats.jsonl", [[user], [user, {"role": "assistant", "content": "5"}],
+                                                   [{"role": "user", "content": "  "}]])
+    with pytest.raises(DataError) as e:
+        train(_online(tiny_model_dir, tmp_path / "a", data=data, reward=["length"]))
+    assert str(e.value) == (f"{data}, row 2, field 'prompt': the conversation ends with an assistant message; an "
+                            "online prompt waits for the assistant's answer (and 1 more bad row; every conversation "
+                            "prompt needs a user message and ends before the answer)")
+    assert [str(i) for i in e.value.issues][1] == (f"{data}, row 3, field 'prompt': the conversation's last user "
+                                                   "message is empty, so a reward has no question to read")
