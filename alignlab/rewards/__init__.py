@@ -16,7 +16,10 @@ endpoint), ``combine`` (weighted sums, log-sigmoid sums, routing by prompt).
     implicit:policy=DIR,reference=DIR[,beta=0.1]   a DPO policy's implicit reward
     judge:DIR[,swap=true,max_new_tokens=512,mode=pairwise|pointwise,template=FILE]   an LLM judge: a local
                                          causal LM, pairwise (asked in both orders) or rating one answer
-    openai:URL,model=NAME[,swap=true]    a pairwise judge behind an OpenAI-compatible endpoint
+    openai:URL,model=NAME[,swap=true,timeout=120,retries=3,backoff=1,workers=4]   a pairwise judge
+                                         behind an OpenAI-compatible endpoint: seconds a request may
+                                         take, times it is asked again, the first wait (doubling),
+                                         requests at once
 """
 
 from __future__ import annotations
@@ -61,6 +64,13 @@ def _number(value: str, key: str, what: str) -> float:
         return float(value)
     except ValueError:
         raise UserError(f"scorer '{what}': {key} must be a number, got '{value}'") from None
+
+
+def _integer(value: str, key: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"scorer '{what}': {key} must be a whole number, got '{value}'") from None
 
 
 def _known(opts: dict[str, str], allowed: set[str], what: str) -> None:
@@ -167,11 +177,13 @@ def load_scorer(spec: str, tokenizer=None) -> Scorer:
 
     url, _, tail = rest.partition(",")
     opts = _options(tail, spec)
-    _known(opts, {"model", "swap"}, spec)
+    _known(opts, {"model", "swap", "timeout", "retries", "backoff", "workers"}, spec)
     if "model" not in opts:
         raise UserError(f"scorer '{spec}': give the endpoint's model, e.g. openai:http://host/v1,model=NAME")
     swap = _flag(opts.get("swap", "true"), "swap", spec)
-    return PairwiseJudge(OpenAIBackend(url, opts["model"]), swap=swap, name=spec)
+    settings = {key: _number(opts[key], key, spec) for key in ("timeout", "backoff") if key in opts}
+    settings.update({key: _integer(opts[key], key, spec) for key in ("retries", "workers") if key in opts})
+    return PairwiseJudge(OpenAIBackend(url, opts["model"], **settings), swap=swap, name=spec)
 
 
 __all__ = ["Scorer", "BleuReward", "CallableBackend", "FunctionReward", "HFBackend", "ImplicitReward", "LengthPenalty",

@@ -16,6 +16,7 @@ import pytest
 
 from alignlab.errors import UserError
 from alignlab.models import load_model, load_tokenizer
+from alignlab.rewards import load_scorer
 from alignlab.rewards.base import Scorer
 from alignlab.rewards.http_judge import OpenAIBackend
 from alignlab.rewards.judge import CallableBackend, HFBackend, PairwiseJudge, PointwiseJudge, swap_consistency
@@ -616,3 +617,26 @@ def test_openai_backend_refused_connection_and_bad_settings():
         OpenAIBackend("localhost:8000/v1", "m")
     with pytest.raises(UserError, match="retries"):
         OpenAIBackend("http://localhost:8000/v1", "m", retries=-1)
+
+
+def test_openai_spec_sets_the_timeout_retries_backoff_and_workers(stub):
+    """``openai:URL,model=m,timeout=0.2,retries=1,backoff=0,workers=2``: a server that answers
+    after 1 s is asked twice (1 + retries), each request given up after 0.2 s, and the judge then
+    fails in one line naming 2 tries; well under the 1 s a request would take. The defaults would
+    have waited 120 s for each of 4 tries. A bad value is named with its option."""
+    stub.delay = 1.0
+    judge = load_scorer(f"openai:{stub.base_url},model=m,timeout=0.2,retries=1,backoff=0,workers=2,swap=false")
+    backend = judge.backend
+    assert (backend.timeout, backend.retries, backend.backoff, backend.workers) == (0.2, 1, 0.0, 2)
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"failed after 2 tries"):
+        judge.compare(["p"], ["a"], ["b"])
+    assert time.perf_counter() - t0 < 0.9
+    assert len(stub.requests) == 2
+    with pytest.raises(UserError, match=r"retries must be a whole number, got '1.5'"):
+        load_scorer(f"openai:{stub.base_url},model=m,retries=1.5")
+    with pytest.raises(UserError, match=r"judge timeout must be > 0 seconds, got 0.0"):
+        load_scorer(f"openai:{stub.base_url},model=m,timeout=0")
+    with pytest.raises(UserError, match=r"unknown option 'tiemout' \(options: backoff, model, retries, swap, "
+                                        r"timeout, workers\)"):
+        load_scorer(f"openai:{stub.base_url},model=m,tiemout=3")
