@@ -34,8 +34,8 @@ naming the option that differs), cuts off a partly written last line, and goes o
 prompt. Every chunk tells the generator the index of its first prompt (``start``): a backend that
 draws from one random stream per (seed, prompt index, sample index) ("native", "vllm";
 ``numbers_prompts``) gives each prompt the samples of one call over the whole file, whatever
-``batch_size``. For another ("hf"), each chunk draws with a seed derived from ``seed`` and the index
-of its first prompt. Chunks always start at multiples of ``batch_size``; a chunk cut short is
+``batch_size``. Another ("hf") draws each chunk with a seed derived from ``seed`` and the index
+of its first prompt (``hf.stream_seed``). Chunks always start at multiples of ``batch_size``; a chunk cut short is
 sampled whole again and only its missing rows are written. So a resumed file equals an
 uninterrupted one row for row whenever the backend gives the same samples for the same call (both
 do, on the same machine and device), even when a prompt's samples depend on its batch neighbours,
@@ -52,7 +52,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -188,13 +188,6 @@ def prompts_hash(prompts: Sequence[PromptRecord]) -> str:
     """sha256 of the prompts as rows hold them, in order: what a resumed run must find again."""
     text = json.dumps([plain(p.prompt) for p in prompts], ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def chunk_seed(seed: int, start: int) -> int:
-    """The seed of the chunk whose first prompt has index ``start`` (from 0): a fixed function of
-    both, so that a chunk draws the same samples in every run and two chunks draw different ones."""
-    digest = hashlib.sha256(f"alignlab-sample/{seed}/{start}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1  # SamplingParams takes seeds below 2**63
 
 
 def output_row(prompt: PromptRecord, samples: Sequence[Any], scores: Sequence[float | None] | None) -> dict[str, Any]:
@@ -440,9 +433,7 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
     with handle, bar:
         for start in range(kept // job.batch_size * job.batch_size, len(prompts), job.batch_size):
             chunk = prompts[start:start + job.batch_size]
-            params = job.params if getattr(generator, "numbers_prompts", False) else replace(
-                job.params, seed=chunk_seed(job.params.seed, start))
-            samples = generator.generate([p.prompt for p in chunk], job.n, params, start=start)
+            samples = generator.generate([p.prompt for p in chunk], job.n, job.params, start=start)
             scores = None
             if scorer is not None:
                 done = kept + result["written"]

@@ -14,7 +14,7 @@ from alignlab.cli import main
 from alignlab.data.records import Message
 from alignlab.generation import Sample, SamplingParams
 from alignlab.models import TinyModelConfig, load_model, load_tokenizer, save_tiny_model
-from alignlab.sample_cli import SAMPLING_HELP, chunk_seed, default_backend
+from alignlab.sample_cli import SAMPLING_HELP, default_backend
 
 PROMPTS = ["1+1=", "name a colour:", "1+1=", "the sky is", "count: one, two,"]  # 1 and 3 alike, in two chunks
 SCORERS = '''
@@ -203,9 +203,10 @@ def test_task_prompts(tmp_path, tiny_model_dir, capsys):
 
 def test_chunks_draw_with_their_own_seeds_and_the_options_given(tmp_path, tiny_model_dir, prompt_file, scripted,
                                                                  monkeypatch, capsys):
-    """Chunks of --batch-size prompts, each one generate call with every sampling option and a seed
-    derived from --seed and its first prompt; the backend named (or make_generator's default)
-    reaches make_generator, and backend-reported sampling log-probs are kept."""
+    """Chunks of --batch-size prompts, each one generate call with every sampling option, --seed and
+    the index of its first prompt (from which a backend that does not number prompts derives the
+    chunk's stream: ``test_hf``); the backend named (or make_generator's default) reaches
+    make_generator, and backend-reported sampling log-probs are kept."""
     from alignlab.generation import factory
 
     gen, built = scripted(lambda p, j: f"{p}#{j}")
@@ -215,9 +216,7 @@ def test_chunks_draw_with_their_own_seeds_and_the_options_given(tmp_path, tiny_m
     assert run(capsys, *args, "--output", str(out))[0] == 0
     assert [prompts for prompts, _, _ in gen.calls] == [PROMPTS[0:2], PROMPTS[2:4], PROMPTS[4:5]]
     assert [params for _, _, params in gen.calls] == [
-        SamplingParams(max_new_tokens=9, temperature=0.7, top_p=0.9, top_k=5, seed=chunk_seed(11, start))
-        for start in (0, 2, 4)]
-    assert len({chunk_seed(11, s) for s in (0, 2, 4)} | {chunk_seed(12, 0)}) == 4
+        SamplingParams(max_new_tokens=9, temperature=0.7, top_p=0.9, top_k=5, seed=11)] * 3
     assert gen.starts == [0, 2, 4]
     assert built == [(default_backend(), {"batch_size": 6})]
     sample = rows(out)[0]["samples"][1]

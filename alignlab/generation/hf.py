@@ -12,13 +12,21 @@ from alignlab.generation.prompts import RendersPrompts
 from alignlab.models import evaluating
 
 
+def stream_seed(seed: int, start: int) -> int:
+    """The torch seed of a call whose prompts start at index ``start`` of the caller's prompt set:
+    ``seed`` itself for the first piece, and for a later one a seed of its own (in [0, 2**63))."""
+    return seed if start == 0 else (seed * 1_000_003 + 998_244_353 * start) % (2**63)
+
+
 class HFGenerator(RendersPrompts):
     """Sample from a causal LM with ``model.generate``, ``batch_size`` sequences at a time.
 
     Prompts are left-padded within a batch. Randomness comes from the torch RNG seeded with
     ``params.seed`` inside a fork (the global state is restored afterwards), so the same model,
-    prompts, params and batch size give the same samples on CPU; a prompt's samples depend on
-    which prompts share its batch.
+    prompts, params, ``start`` and batch size give the same samples on CPU; a prompt's samples
+    depend on which prompts share its batch. A call with ``start`` > 0 (a later piece of one prompt
+    set: another process's share of a round, a later chunk) seeds with ``params.seed`` and
+    ``start`` together, so that the pieces do not draw the same random numbers.
 
     Each sample's log-probs are read off the raw logits one step at a time (``TokenLogprobs``, a
     logits processor that changes no score), so asking for them changes no sampled token and keeps
@@ -28,7 +36,7 @@ class HFGenerator(RendersPrompts):
     the next ``generate`` call without any copy.
     """
 
-    numbers_prompts = False  # draws depend on the batch; generate ignores start
+    numbers_prompts = False  # draws depend on the batch; start only picks the random stream
 
     def __init__(self, model, tokenizer, batch_size: int = 128, progress: str | None = None):
         """``model``: the network itself (training unwraps a DDP wrapper, ``training.distributed.unwrap``,
@@ -55,7 +63,7 @@ class HFGenerator(RendersPrompts):
     def generate_ids(self, contexts: Sequence[tuple[int, ...]], n: int, params: SamplingParams,
                      start: int = 0) -> list[list[Sample]]:
         """``generate`` for prompts given as token ids, exactly as the model should see them
-        (``start`` is ignored: this backend's draws depend on the batch anyway)."""
+        (``start``: see the class docstring)."""
         if n < 1:
             raise UserError(f"n must be >= 1, got {n}")
         flat = [tuple(c) for c in contexts for _ in range(n)]
@@ -64,9 +72,9 @@ class HFGenerator(RendersPrompts):
         devices = [device.index or 0] if device.type == "cuda" else []
         with evaluating(self.model), torch.random.fork_rng(devices=devices), torch.no_grad(), \
                 self._bar(len(flat)) as bar:
-            torch.manual_seed(params.seed)
-            for start in range(0, len(flat), self.batch_size):
-                out.extend(self._batch(flat[start:start + self.batch_size], params))
+            torch.manual_seed(stream_seed(params.seed, start))
+            for first in range(0, len(flat), self.batch_size):
+                out.extend(self._batch(flat[first:first + self.batch_size], params))
                 bar.update(len(out) - bar.n)
         return [out[i * n:(i + 1) * n] for i in range(len(contexts))]
 

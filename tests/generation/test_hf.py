@@ -64,6 +64,22 @@ def test_same_seed_same_samples_and_global_rng_untouched(model_tok):
     assert len(a) == 2 and all(len(row) == 3 for row in a)
 
 
+def test_a_later_piece_of_a_prompt_set_draws_from_a_stream_of_its_own(model_tok):
+    """Two processes' shares of a round (or two chunks) call with the same seed and ``start`` 0 and
+    2: the second piece must not reuse the first's random numbers. Same prompts at start 2 give
+    other samples than at start 0, the same again at start 2, and start 0 is the seed alone (the
+    samples of a call without ``start``). With one stream, each process's k-th sample drew the same
+    uniforms, so a round's shares were correlated (two processes gave near-copies)."""
+    model, tok = model_tok
+    gen = HFGenerator(model, tok, batch_size=8)
+    params = SamplingParams(max_new_tokens=6, seed=5)
+    first = gen.generate(["ab", "cd"], 4, params, start=0)
+    assert first == gen.generate(["ab", "cd"], 4, params)
+    later = gen.generate(["ab", "cd"], 4, params, start=2)
+    assert later != first
+    assert later == gen.generate(["ab", "cd"], 4, params, start=2)
+
+
 def test_sampling_follows_the_model_distribution_without_a_top_k_cut(model_tok):
     """First-token frequencies over 3000 samples match softmax(logits) at temperature 1.
 
