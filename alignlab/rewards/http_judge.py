@@ -19,6 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from alignlab.errors import UserError
 
 
+# a connection the server closed or reset mid-request, or a reply cut short: asked again, as a
+# timeout is (a refused connection is not: nothing listens there)
+DROPPED = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.RemoteDisconnected,
+           http.client.IncompleteRead)
+
+
 def _first_line(text: str, limit: int = 200) -> str:
     """The first non-empty line of ``text``, cut to ``limit`` characters (error messages are one line)."""
     line = next((x.strip() for x in text.splitlines() if x.strip()), "")
@@ -40,7 +46,8 @@ class OpenAIBackend:
 
     A request is asked again, up to ``retries`` times, waiting ``backoff * 2**attempt`` seconds
     (or the server's ``Retry-After``, capped at 60 s), when it is answered with HTTP 429 or 5xx,
-    when it times out (``timeout`` seconds), when the body is not a chat completion (not JSON, or
+    when it times out (``timeout`` seconds), when the server drops the connection or cuts its reply
+    short, when the body is not a chat completion (not JSON, or
     without ``choices[0].message.content``), and, given ``accept`` (the judges give their verdict
     parser's test), when the answer is not a verdict. After the last try a UserError says in one
     line what it got, e.g. "judge request to URL failed after 4 tries: answered 'I like both',
@@ -121,9 +128,14 @@ class OpenAIBackend:
             except TimeoutError:
                 problem = f"timed out after {self.timeout} s"
             except urllib.error.URLError as e:
-                if not isinstance(e.reason, TimeoutError):
+                if isinstance(e.reason, TimeoutError):
+                    problem = f"timed out after {self.timeout} s"
+                elif isinstance(e.reason, DROPPED):
+                    problem = f"the connection was dropped ({type(e.reason).__name__})"
+                else:
                     raise UserError(f"judge request to {self.url} failed: cannot connect ({e.reason})") from None
-                problem = f"timed out after {self.timeout} s"
+            except DROPPED as e:
+                problem = f"the connection was dropped ({type(e).__name__})"
             except (OSError, http.client.HTTPException) as e:
                 raise UserError(f"judge request to {self.url} failed: {type(e).__name__}: {e}") from None
             else:

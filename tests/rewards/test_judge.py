@@ -429,6 +429,16 @@ class StubHandler(BaseHTTPRequestHandler):
             delay = state.delays.pop(0) if state.delays else state.delay
         if delay:
             time.sleep(delay)
+        if scripted_answer is not None and scripted_answer[0] == 0:  # drop the connection, answering nothing
+            self.close_connection = True
+            return
+        if scripted_answer is not None and scripted_answer[0] == -1:  # a reply cut short: 10 of 100 bytes
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"choices"')
+            self.close_connection = True
+            return
         if self.path != "/v1/chat/completions":
             status, payload = 404, b"no such route"
         elif scripted_answer is not None:
@@ -640,3 +650,17 @@ def test_openai_spec_sets_the_timeout_retries_backoff_and_workers(stub):
     with pytest.raises(UserError, match=r"unknown option 'tiemout' \(options: backoff, model, retries, swap, "
                                         r"timeout, workers\)"):
         load_scorer(f"openai:{stub.base_url},model=m,tiemout=3")
+
+
+def test_openai_backend_asks_again_after_a_dropped_connection_or_a_cut_reply(stub):
+    """The server closes the first connection without answering and cuts the second reply short
+    (10 of 100 bytes); both are asked again, as a timeout is, and the third request's verdict is
+    the answer. With retries=1 the same two faults end in one line naming the last. (A refused
+    connection is still not asked again: ``test_openai_backend_refused_connection_and_bad_settings``.)"""
+    stub.queue = [(0, b""), (-1, b"")]
+    backend = OpenAIBackend(stub.base_url, "m", retries=2, backoff=0.0)
+    assert backend.complete(["hi"]) == ["[[C]]"]
+    assert len(stub.requests) == 3
+    stub.queue = [(0, b""), (-1, b"")]
+    with pytest.raises(UserError, match=r"failed after 2 tries: the connection was dropped \(IncompleteRead\)"):
+        OpenAIBackend(stub.base_url, "m", retries=1, backoff=0.0).complete(["hi"])
