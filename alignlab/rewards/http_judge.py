@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from alignlab.errors import UserError
 
-
 # a connection the server closed or reset mid-request, or a reply cut short: asked again, as a
 # timeout is (a refused connection is not: nothing listens there)
 DROPPED = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.RemoteDisconnected,
