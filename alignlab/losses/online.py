@@ -24,6 +24,15 @@ Defaults and their sources:
   normaliser (the completion-length limit), β = 0.
 - ``gspo``: Zheng et al. 2025 (Group Sequence Policy Optimization): one ratio per sequence,
   ε = 3e-4 / 4e-4 (the paper's), sequence-mean-token-mean aggregation as in TRL's GSPO example.
+- ``luspo``: GSPO with each sequence's loss summed over its tokens rather than averaged
+  (``seq_mean_token_sum``), so that a long sequence weighs by its length; TRL 1.16's ``luspo``
+  (which requires sequence-level ratios); GSPO's ε.
+- ``cispo``: MiniMax 2025 (MiniMax-M1, arXiv 2506.13585): the ratio, capped at ``cispo_max`` = 5 (TRL's
+  recommended ``epsilon_high`` for it; ScaleRL uses 4-5), is a constant weight on A·log π, so no
+  token loses its gradient; token-mean aggregation as TRL's ``cispo``.
+- ``sapo``: Soft Adaptive Policy Optimization (arXiv 2511.20347): a sigmoid gate in place of the clip, τ = 1.0 for positive
+  and 1.05 for negative advantages (TRL's defaults); sequence-mean-token-mean aggregation as
+  TRL's ``sapo``.
 - ``rloo``: Ahmadian et al. 2024 (Back to Basics): leave-one-out baseline, no std scaling; TRL
   wraps it in the PPO clip, as here (ε = 0.2).
 - ``remax``: Li et al. 2023 (ReMax): A_i = r_i − r(greedy answer to the prompt), one greedy
@@ -95,6 +104,24 @@ class GSPOParams(GRPOParams):
     eps_low: float = param(3e-4, "ε_low of the sequence ratio (GSPO paper: 3e-4)")
     eps_high: float = param(4e-4, "ε_high of the sequence ratio (GSPO paper: 4e-4)")
     aggregation: str = param("seq_mean_token_mean", "'seq_mean_token_mean', 'token_mean' or 'constant'")
+
+
+@dataclass
+class LUSPOParams(GSPOParams):
+    aggregation: str = param("seq_mean_token_sum", "'seq_mean_token_sum' (LUSPO: each sequence's loss summed "
+                                                   "over its tokens, so weighted by its length), or another")
+
+
+@dataclass
+class CISPOParams(GRPOParams):
+    surrogate: str = param("cispo", "'cispo' (the capped ratio as a constant weight on A·log π), 'clip' or 'sapo'")
+
+
+@dataclass
+class SAPOParams(GRPOParams):
+    surrogate: str = param("sapo", "'sapo' (a sigmoid gate in place of the clip), 'clip' or 'cispo'")
+    aggregation: str = param("seq_mean_token_mean", "'seq_mean_token_mean' (as TRL's sapo), 'token_mean', "
+                                                    "'seq_mean_token_sum' or 'constant'")
 
 
 @dataclass
@@ -227,13 +254,21 @@ def ppo_token_advantages(r: RoundTokens, params: PPOOnlineParams) -> tuple[torch
 
 
 _GRPO_SUMMARY = "clipped policy gradient with group-normalised advantages (+ β·k3 KL)"
+_SUMMARIES = {
+    "cispo": "policy gradient weighted by the capped ratio sg(min(c, C)), group-normalised advantages (+ β·k3 KL)",
+    "sapo": "policy gradient through a sigmoid gate on the ratio, group-normalised advantages (+ β·k3 KL)",
+    "luspo": "GSPO's sequence-ratio clip, each sequence's loss summed over its tokens (+ β·k3 KL)",
+}
 for _name, _params, _paper in (
         ("grpo", GRPOParams, "Shao et al. 2024, DeepSeekMath (GRPO); defaults as TRL 1.16"),
         ("dapo", DAPOParams, "Yu et al. 2025, DAPO"),
         ("dr_grpo", DrGRPOParams, "Liu et al. 2025, Understanding R1-Zero-Like Training (Dr. GRPO)"),
-        ("gspo", GSPOParams, "Zheng et al. 2025, Group Sequence Policy Optimization")):
+        ("gspo", GSPOParams, "Zheng et al. 2025, Group Sequence Policy Optimization"),
+        ("luspo", LUSPOParams, "Length-Unbiased Sequence Policy Optimization (LUSPO), arXiv 2602.05261"),
+        ("cispo", CISPOParams, "MiniMax 2025, MiniMax-M1 (CISPO), arXiv 2506.13585"),
+        ("sapo", SAPOParams, "Soft Adaptive Policy Optimization (SAPO), arXiv 2511.20347")):
     register(LossSpec(name=_name, fn=policy_gradient_loss, shape="online", params=_params, needs_reference=False,
-                      paper=_paper, summary=_GRPO_SUMMARY, advantages=grpo_advantages))
+                      paper=_paper, summary=_SUMMARIES.get(_name, _GRPO_SUMMARY), advantages=grpo_advantages))
 register(LossSpec(name="rloo", fn=policy_gradient_loss, shape="online", params=RLOOParams, needs_reference=False,
                   paper="Ahmadian et al. 2024, Back to Basics (RLOO)",
                   summary="clipped policy gradient with a leave-one-out baseline", advantages=rloo_group_advantages))

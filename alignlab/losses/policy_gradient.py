@@ -1,4 +1,4 @@
-"""The clipped policy-gradient surrogate of online RL (GRPO, DAPO, Dr. GRPO, GSPO, PPO), per example.
+"""The policy-gradient surrogates of online RL (GRPO, DAPO, Dr. GRPO, GSPO, LUSPO, CISPO, SAPO, PPO), per example.
 
 ALGORITHMS.md 6.3, 6.5 and 6.8. Notation: ℓ_t = log πθ(y_t | x, y_<t) (``logps``), ℓold_t the
 policy that sampled the batch as the trainer recomputes it (``old_logps``), m_t the completion mask,
@@ -14,6 +14,17 @@ from DAPO, Yu et al. 2025):
 w_t is the truncated importance-sampling weight against the sampler (below, 1 when off); k3_t =
 e^u − u − 1 with u = ℓref_t − ℓ_t is the KL penalty toward the reference (β = 0: none), multiplied
 by c_t when ``kl_ratio_weight`` (TRL's ``use_bias_correction_kl``).
+
+Two other surrogates take the clipped one's place (``surrogate``), as TRL 1.16's loss types of
+the same names:
+
+    "cispo"  L_t = −sg(min(c_t, C))·A·ℓ_t        (MiniMax-M1, arXiv 2506.13585; C = ``cispo_max``)
+    "sapo"   L_t = −(4/τ)·σ(τ(c_t − 1))·A,  τ = τ_pos if A > 0 else τ_neg   (SAPO, arXiv 2511.20347)
+
+CISPO keeps every token's gradient, weighted by the capped ratio (sg: no gradient through it);
+SAPO's sigmoid gate has gradient −4σ(1−σ)·c·A·∇ℓ, the policy gradient at c = 1, fading smoothly
+away from it. Both are 0 with their gradient where A = 0. The KL term and the sampler weight w_t
+apply to them as to the clipped one.
 
 GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"): one ratio per sequence, the
 geometric mean of its token ratios, clipped at sequence level (the paper uses ε of order 3e-4 to
@@ -51,6 +62,8 @@ optimizer step and divides by U = Σ u_i over the whole step's batch, counted be
                                                                        TRL's default loss_type "dapo")
     "seq_mean_token_mean"  ℓ_i = Σ_t m L_t / Σ_t m,   u_i = 1       → mean_i of token means     (GRPO paper;
                                                                        TRL "grpo")
+    "seq_mean_token_sum"   ℓ_i = Σ_t m L_t,           u_i = 1       → mean_i of token sums      (LUSPO;
+                                                                       TRL "luspo", verl seq-mean-token-sum)
     "constant"             ℓ_i = Σ_t m L_t / L_max,   u_i = 1       → Σ_{i,t} m L / (N·L_max)   (Dr. GRPO;
                                                                        TRL "dr_grpo", L_max = max_completion_length)
 
@@ -86,12 +99,14 @@ import torch
 from alignlab.losses.params import param, require, require_non_negative, require_positive
 from alignlab.losses.types import LossOutput
 
-Aggregation = Literal["token_mean", "seq_mean_token_mean", "constant"]
+Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant"]
 RatioLevel = Literal["token", "sequence"]
+Surrogate = Literal["clip", "cispo", "sapo"]
 ISMode = Literal["off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant")
 RATIO_LEVELS = ("token", "sequence")
+SURROGATES = ("clip", "cispo", "sapo")
 IS_MODES = ("off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
@@ -135,7 +150,15 @@ class PolicyGradientParams:
     beta: float = param(0.0, "β: weight of the per-token k3 KL penalty toward the reference (0: no reference)")
     kl_ratio_weight: bool = param(False, "multiply the KL term by the policy ratio (TRL `use_bias_correction_kl`)")
     aggregation: Aggregation = param("token_mean", "how token losses become the step's loss: 'token_mean' (DAPO), "
-                                                   "'seq_mean_token_mean' (GRPO), 'constant' (Dr. GRPO)")
+                                                   "'seq_mean_token_mean' (GRPO), 'seq_mean_token_sum' (LUSPO), "
+                                                   "'constant' (Dr. GRPO)")
+    surrogate: Surrogate = param("clip", "the per-token policy loss: 'clip' (PPO's clipped ratio), 'cispo' (the "
+                                         "capped ratio as a constant weight on A·log π, MiniMax-M1), 'sapo' (a "
+                                         "sigmoid gate in place of the clip, SAPO)")
+    cispo_max: float = param(5.0, "CISPO's cap on the ratio: the weight is min(ratio, cispo_max) (ScaleRL: 4-5; "
+                                  "TRL `epsilon_high` with loss_type cispo)")
+    sapo_tau_pos: float = param(1.0, "SAPO's gate temperature where the advantage is > 0 (TRL default 1.0)")
+    sapo_tau_neg: float = param(1.05, "SAPO's gate temperature where the advantage is <= 0 (TRL default 1.05)")
     max_completion_length: int | None = param(None, "L_max of 'constant' aggregation: per-example loss = sum / L_max "
                                                     "(None: a training run's max_new_tokens)")
     is_mode: ISMode = param("off", "importance-sampling correction against the sampler's log-probs: 'off', "
@@ -149,6 +172,10 @@ class PolicyGradientParams:
         require(self.aggregation in AGGREGATIONS, "aggregation", f"must be one of {AGGREGATIONS}, got "
                 f"{self.aggregation!r} (the local token mean 'bnpo' depends on how the step is split)")
         require(self.is_mode in IS_MODES, "is_mode", f"must be one of {IS_MODES}, got {self.is_mode!r}")
+        require(self.surrogate in SURROGATES, "surrogate", f"must be one of {SURROGATES}, got {self.surrogate!r}")
+        require_positive(self.cispo_max, "cispo_max")
+        require_positive(self.sapo_tau_pos, "sapo_tau_pos")
+        require_positive(self.sapo_tau_neg, "sapo_tau_neg")
         require_positive(self.eps_low, "eps_low")
         require(self.eps_low < 1, "eps_low", f"must be < 1 (the lower clip bound 1 − ε_low must be > 0), got {self.eps_low}")
         require_positive(self.eps_high, "eps_high")
@@ -190,7 +217,7 @@ def effective_mask(mask: torch.Tensor, truncated: torch.Tensor | None = None) ->
 
 def units(mode: Aggregation, mask: torch.Tensor, truncated: torch.Tensor | None = None) -> torch.Tensor:
     """Per-example units of the step's denominator, (B,) float64: the example's valid tokens for
-    "token_mean", 1 for "seq_mean_token_mean" and "constant". ``truncated`` (B,) gives the tokens of
+    "token_mean", 1 for the others. ``truncated`` (B,) gives the tokens of
     flagged rows no units (pass it exactly when ``mask_truncated`` is on). The loop divides the
     step's summed per-example losses by the sum of these over the whole step."""
     if mode not in AGGREGATIONS:
@@ -204,8 +231,8 @@ def units(mode: Aggregation, mask: torch.Tensor, truncated: torch.Tensor | None 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: Aggregation,
               max_completion_length: int | None = None) -> torch.Tensor:
     """Per-example losses (B,) from per-token losses (B, T) (or (B, 1), broadcast over the tokens):
-    Σ_t m·L for "token_mean", Σ_t m·L / Σ_t m for "seq_mean_token_mean" (0 for a row with no
-    tokens), Σ_t m·L / L_max for "constant". Padding never contributes, even if it holds inf/NaN."""
+    Σ_t m·L for "token_mean" and "seq_mean_token_sum" (which differ in their units), Σ_t m·L / Σ_t m
+    for "seq_mean_token_mean" (0 for a row with no tokens), Σ_t m·L / L_max for "constant". Padding never contributes, even if it holds inf/NaN."""
     mask = mask.bool()
     per_token = per_token.expand(mask.shape)
     summed = torch.where(mask, per_token, torch.zeros_like(per_token)).sum(dim=-1)
@@ -213,6 +240,8 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: Aggregation,
         return summed
     if mode == "seq_mean_token_mean":
         return summed / mask.sum(dim=-1).clamp(min=1).to(summed.dtype)
+    if mode == "seq_mean_token_sum":
+        return summed
     if mode == "constant":
         if max_completion_length is None or max_completion_length <= 0:
             raise ValueError("'constant' aggregation needs max_completion_length > 0")
@@ -238,6 +267,23 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: fl
     Where the clipped term is the smaller one the loss is constant in c, so its gradient is 0: a
     token with A > 0 and c > 1 + ε_high, or A < 0 and c < 1 − ε_low, stops pushing."""
     return -torch.minimum(ratio * advantages, ratio.clamp(1 - eps_low, 1 + eps_high) * advantages)
+
+
+def cispo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, logps: torch.Tensor, cap: float) -> torch.Tensor:
+    """CISPO: −sg(min(c, cap))·A·ℓ, elementwise with broadcasting (MiniMax-M1, arXiv 2506.13585).
+
+    The ratio is a constant weight (no gradient through it), so every token keeps its gradient
+    −min(c, cap)·A·∇ℓ, where the clipped surrogate drops the gradient of a clipped token; on-policy
+    (c = 1) that is the clipped surrogate's gradient −A·∇ℓ, though the loss value is −A·ℓ, not −A."""
+    return -ratio.detach().clamp(max=cap) * advantages * logps
+
+
+def sapo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, tau_pos: float, tau_neg: float) -> torch.Tensor:
+    """SAPO: −(4/τ)·σ(τ(c − 1))·A, τ = τ_pos where A > 0, else τ_neg (Soft Adaptive Policy
+    Optimization, arXiv 2511.20347). Its gradient −4σ(1 − σ)·c·A·∇ℓ is the plain policy gradient at c = 1
+    (σ = 1/2) and fades smoothly as c leaves 1, faster on the side of the larger τ."""
+    tau = torch.where(advantages > 0, ratio.new_tensor(tau_pos), ratio.new_tensor(tau_neg))  # in the ratio's dtype
+    return -torch.sigmoid(tau * (ratio - 1)) * (4 / tau) * advantages
 
 
 def importance_weights(old_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor, mode: ISMode,
@@ -293,7 +339,12 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
         adv = adv.unsqueeze(-1)
 
     ratio = torch.exp(log_ratio(logps, old, mask, params.ratio_level))  # (B, T) or (B, 1)
-    per_token = clipped_surrogate(ratio, adv, params.eps_low, params.eps_high)
+    if params.surrogate == "cispo":
+        per_token = cispo_surrogate(ratio, adv, logps, params.cispo_max)
+    elif params.surrogate == "sapo":
+        per_token = sapo_surrogate(ratio, adv, params.sapo_tau_pos, params.sapo_tau_neg)
+    else:
+        per_token = clipped_surrogate(ratio, adv, params.eps_low, params.eps_high)
 
     metrics: dict[str, torch.Tensor] = {}
     if params.is_mode != "off":
@@ -314,8 +365,12 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
         per_token = per_token + params.beta * kl
         metrics["kl"] = _token_mean(kl, mask)
 
-    low = (ratio < 1 - params.eps_low) & (adv < 0)
-    high = (ratio > 1 + params.eps_high) & (adv > 0)
+    if params.surrogate == "clip":
+        low = (ratio < 1 - params.eps_low) & (adv < 0)
+        high = (ratio > 1 + params.eps_high) & (adv > 0)
+    else:  # CISPO caps the weight above (counted where A > 0, as TRL's cispo_clip_ratio); SAPO has no clip
+        high = (ratio > params.cispo_max) & (adv > 0) if params.surrogate == "cispo" else torch.zeros_like(ratio > 0)
+        low = torch.zeros_like(high)
     metrics["clip/low"] = _token_mean(low.to(logps.dtype), mask)
     metrics["clip/high"] = _token_mean(high.to(logps.dtype), mask)
     metrics["ratio/mean"] = _token_mean(ratio, mask)
@@ -328,10 +383,10 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
 def zero_advantage_is_free(params: PolicyGradientParams) -> bool:
     """Whether a completion whose advantages are all 0 has loss exactly 0 and no gradient under
     ``policy_gradient_loss`` with ``params``, so that leaving it out of the forward pass (while
-    still counting its units) gives the same update. Every token's surrogate is then
-    −min(c·0, clip(c)·0)·w = 0 for any ratio c, provided the importance weight w is finite (no
-    correction, or one capped at ``is_clip_max``) and no term without the advantage is added: β = 0
-    (no KL term). PPO's value loss is such a term (``PPOParams``: never free)."""
+    still counting its units) gives the same update. Every token's surrogate is then 0 for any
+    ratio c (−min(c·0, clip(c)·0); CISPO's −sg(min(c, C))·0·ℓ; SAPO's −(4/τ)σ(·)·0), times w,
+    provided the importance weight w is finite (no correction, or one capped at ``is_clip_max``)
+    and no term without the advantage is added: β = 0 (no KL term). PPO's value loss is such a term (``PPOParams``: never free)."""
     if isinstance(params, PPOParams):
         return False
     return params.beta == 0.0 and (params.is_mode == "off" or params.is_clip_max is not None)

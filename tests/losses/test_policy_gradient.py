@@ -92,6 +92,55 @@ def test_token_surrogate_by_hand():
             assert not any(v.requires_grad for v in m.values())
 
 
+def test_cispo_and_sapo_by_hand():
+    """The token ratios 1.5, 0.5, 1.1, 0.7 of ``ratio_batch`` (ℓ_t = ℓold_t + log c_t, ℓold = −1, −2,
+    −0.5, −3), A = +2 on the first row and −1 on the second, token_mean (the per-example sum).
+
+    CISPO, cap C = 1.3: weights w = min(c, 1.3) = 1.3, 0.5, 1.1, 0.7 on both rows, constants;
+      L_t = −w·A·ℓ_t, so ∂L_t/∂ℓ_t = −w·A: row 1 −2.6, −1.0, −2.2, −1.4; row 2 1.3, 0.5, 1.1, 0.7
+      (the capped token keeps its gradient, where the clip would give it none).
+      clip/high: tokens with c > 1.3 and A > 0 (as TRL's cispo_clip_ratio): 1/4 and 0; clip/low 0.
+    SAPO, τ = 1 where A > 0, 1.05 where A < 0: L_t = −(4/τ)·σ(τ(c_t − 1))·A, and since
+      ∂c/∂ℓ = c, ∂L_t/∂ℓ_t = −4·σ·(1 − σ)·c_t·A with σ = σ(τ(c_t − 1)). No clip metrics.
+    The expected numbers below are these formulas evaluated with ``math``."""
+    def sig(z):
+        return 1 / (1 + math.exp(-z))
+
+    ells = [o + math.log(c) for o, c in zip(OLD, RATIOS, strict=True)]
+    advs = [2.0, -1.0]
+    w = [min(c, 1.3) for c in RATIOS]
+    cispo_loss = [sum(-wt * a * ell for wt, ell in zip(w, ells, strict=True)) for a in advs]
+    cispo_grad = [[-wt * a for wt in w] + [0.0] for a in advs]
+    taus = [1.0, 1.05]
+    sapo_loss = [sum(-(4 / tau) * sig(tau * (c - 1)) * a for c in RATIOS) for a, tau in zip(advs, taus, strict=True)]
+    sapo_grad = [[-4 * sig(tau * (c - 1)) * (1 - sig(tau * (c - 1))) * c * a for c in RATIOS] + [0.0]
+                 for a, tau in zip(advs, taus, strict=True)]
+    for surrogate, losses, grads in (("cispo", cispo_loss, cispo_grad), ("sapo", sapo_loss, sapo_grad)):
+        logps, old, mask = ratio_batch(advs)
+        params = PolicyGradientParams(surrogate=surrogate, cispo_max=1.3, sapo_tau_pos=1.0, sapo_tau_neg=1.05)
+        out = policy_gradient_loss(PolicyGradientInputs(logps, mask, t(advs), old_logps=old), params)
+        assert torch.allclose(out.losses, t(losses), rtol=0, atol=TOL), surrogate
+        out.losses.sum().backward()
+        assert torch.allclose(logps.grad, t(grads), rtol=0, atol=TOL), surrogate
+        assert out.metrics["clip/high"].tolist() == ([0.25, 0.0] if surrogate == "cispo" else [0.0, 0.0])
+        assert out.metrics["clip/low"].tolist() == [0.0, 0.0]
+        assert out.metrics["ratio/mean"].tolist() == pytest.approx([0.95, 0.95], abs=TOL)
+
+
+@pytest.mark.parametrize("surrogate", ["cispo", "sapo"])
+def test_other_surrogates_give_the_plain_policy_gradient_on_policy(surrogate):
+    """At c = 1 (no old log-probs) both are the policy gradient: CISPO's −min(1, C)·A = −A, SAPO's
+    −4·σ(0)·(1 − σ(0))·1·A = −4·¼·A = −A (either τ); token_mean weight 1, 0 on padding. A zero
+    advantage gives loss 0 and gradient 0 (``zero_advantage_is_free``)."""
+    logps, _, _, mask, adv = random_batch(0)
+    adv[0] = 0.0
+    logps.requires_grad_()
+    out = policy_gradient_loss(PolicyGradientInputs(logps, mask, adv), PolicyGradientParams(surrogate=surrogate))
+    out.losses.sum().backward()
+    assert torch.allclose(logps.grad, -adv.unsqueeze(1) * mask, rtol=0, atol=TOL)
+    assert out.losses[0].item() == 0.0
+
+
 def test_units_by_hand():
     """Rows with 3, 1 and 0 valid tokens: token_mean units [3, 1, 0]; the other modes 1 per example.
     With the second row flagged truncated, token_mean gives it 0 units; the others still count it."""
@@ -99,6 +148,7 @@ def test_units_by_hand():
     assert units("token_mean", mask).tolist() == [3.0, 1.0, 0.0]
     assert units("seq_mean_token_mean", mask).tolist() == [1.0, 1.0, 1.0]
     assert units("constant", mask).tolist() == [1.0, 1.0, 1.0]
+    assert units("seq_mean_token_sum", mask).tolist() == [1.0, 1.0, 1.0]
     flags = torch.tensor([False, True, False])
     assert units("token_mean", mask, flags).tolist() == [3.0, 0.0, 0.0]
     assert units("seq_mean_token_mean", mask, flags).tolist() == [1.0, 1.0, 1.0]
@@ -108,13 +158,14 @@ def test_units_by_hand():
 
 
 def test_aggregate_by_hand():
-    """Per-token [[1, 2, 3], [4, 5, inf on padding]] with lengths 3 and 2: sums 6 and 9, token means 2 and
-    4.5, sum/L_max(10) 0.6 and 0.9; a (B, 1) input counts once per valid token: [[2], [3]] → sums 6, 6."""
+    """Per-token [[1, 2, 3], [4, 5, inf on padding]] with lengths 3 and 2: sums 6 and 9 (token_mean and
+    seq_mean_token_sum, whose units differ), token means 2 and 4.5, sum/L_max(10) 0.6 and 0.9; a (B, 1) input counts once per valid token: [[2], [3]] → sums 6, 6."""
     x = t([[1.0, 2.0, 3.0], [4.0, 5.0, math.inf]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     assert aggregate(x, mask, "token_mean").tolist() == [6.0, 9.0]
     assert aggregate(x, mask, "seq_mean_token_mean").tolist() == [2.0, 4.5]
     assert aggregate(x, mask, "constant", 10).tolist() == pytest.approx([0.6, 0.9], abs=TOL)
+    assert aggregate(x, mask, "seq_mean_token_sum").tolist() == [6.0, 9.0]
     assert aggregate(t([[2.0], [3.0]]), mask, "token_mean").tolist() == [6.0, 6.0]
     assert aggregate(x, torch.zeros(2, 3), "seq_mean_token_mean").tolist() == [0.0, 0.0]
 
@@ -413,10 +464,15 @@ INVARIANCE_PARAMS = [
     PolicyGradientParams(aggregation="constant", max_completion_length=8, is_mode="sequence_mask", is_clip_max=1.5),
     PolicyGradientParams(aggregation="seq_mean_token_mean", ratio_level="sequence", eps_low=0.03, eps_high=0.04),
     PolicyGradientParams(aggregation="token_mean", ratio_level="sequence", eps_low=0.03, eps_high=0.04, beta=0.05),
+    PolicyGradientParams(aggregation="token_mean", surrogate="cispo", cispo_max=1.2, is_mode="token_truncate",
+                         mask_truncated=True),
+    PolicyGradientParams(aggregation="seq_mean_token_mean", surrogate="sapo", beta=0.05),
+    PolicyGradientParams(aggregation="seq_mean_token_sum", ratio_level="sequence", eps_low=0.03, eps_high=0.04),
 ]
 
 
-@pytest.mark.parametrize("params", INVARIANCE_PARAMS, ids=lambda p: f"{p.aggregation}-{p.ratio_level}-{p.is_mode}")
+@pytest.mark.parametrize("params", INVARIANCE_PARAMS,
+                         ids=lambda p: f"{p.aggregation}-{p.ratio_level}-{p.is_mode}-{p.surrogate}")
 def test_every_split_of_the_step_gives_the_same_gradient(params):
     """8 sequences of lengths 5, 8, 1, 6, 2, 7, 4, 3 (one truncated), split 8×1, 1×8, 4+4, 3+5 and over two
     processes with uneven micro-batches: the step's gradient agrees to 1e-6 (it does to rounding) in float64.
@@ -461,12 +517,28 @@ def test_split_invariance_of_the_loss_value():
 #   "dr_grpo"      constant                 micro-batch size · max_completion_length, / GA
 #   "bnpo"         (not offered)            the micro-batch's own token count, / GA: depends on the split
 #
-# TRL also has cispo, sapo, luspo and vespo, which alignlab does not implement. TRL's truncated IS
+#   "cispo"        token_mean, surrogate cispo (TRL's epsilon_high is the cap, cispo_max)
+#   "sapo"         seq_mean_token_mean, surrogate sapo
+#   "luspo"        seq_mean_token_sum, sequence-level ratio (TRL requires it)
+#
+# TRL also has vespo, which alignlab does not implement. TRL's truncated IS
 # ratio is computed outside _compute_loss (in _generate_and_score_completions) and passed in as
 # inputs["importance_sampling_ratio"]; trl_is_ratio below writes down those lines of TRL as they are.
 
 LOSS_TYPES = {"grpo": "seq_mean_token_mean", "dapo": "token_mean", "dr_grpo": "constant"}
 MAX_LEN = 9
+# SAPO's τ where A > 0 and A <= 0. TRL builds its τ tensor with torch.where from Python floats, which
+# makes a float32 tensor: its default 1.05 becomes 1.0499999523 even in a float64 loss (a 3e-8 relative
+# difference); alignlab keeps τ in the loss's dtype. The parity uses values exact in float32.
+SAPO_TAUS = (1.0, 1.0625)
+# loss type: (alignlab params beyond the parity's shared ones, TRL's level, TRL's ε_low, ε_high)
+OTHER_TYPES = {
+    "cispo": (dict(surrogate="cispo", cispo_max=1.3, aggregation="token_mean"), "token", 0.2, 1.3),
+    "sapo": (dict(surrogate="sapo", sapo_tau_pos=SAPO_TAUS[0], sapo_tau_neg=SAPO_TAUS[1],
+                  aggregation="seq_mean_token_mean"), "token", 0.2, 0.28),
+    "luspo": (dict(aggregation="seq_mean_token_sum", ratio_level="sequence", eps_low=0.03, eps_high=0.04),
+              "sequence", 0.03, 0.04),
+}
 
 
 def trl_is_ratio(old: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor, mode: str, clip_max, clip_min):
@@ -498,7 +570,8 @@ def trl_grpo(logps: torch.Tensor, entropies: torch.Tensor, batch: dict, *, loss_
         _get_per_token_logps_and_entropies=lambda *args, **kwargs: (logps, entropies, None),
         accelerator=accelerator, model=SimpleNamespace(training=True), _metrics=defaultdict(lambda: defaultdict(list)),
         args=SimpleNamespace(use_bias_correction_kl=bias_correction_kl, delta=None,
-                             steps_per_generation=steps_per_generation),
+                             steps_per_generation=steps_per_generation, sapo_temperature_pos=SAPO_TAUS[0],
+                             sapo_temperature_neg=SAPO_TAUS[1]),
         loss_type=loss_type, importance_sampling_level=level, epsilon_low=eps_low, epsilon_high=eps_high, beta=beta,
         use_vllm=is_mode != "off", vllm_importance_sampling_correction=is_mode != "off", top_entropy_quantile=1.0,
         off_policy_mask_threshold=None, aux_loss_enabled=False, _entropy_bonus_enabled=False,
@@ -603,6 +676,67 @@ def test_trl_grpo_parity(loss_type, level, kl_name, is_name):
         assert token_weighted["entropy"] == pytest.approx(trl_metrics["entropy"], rel=1e-6, abs=1e-6)
         if beta:
             assert token_weighted["kl"] == pytest.approx(trl_metrics["kl"], rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("is_name", list(IS_SETTINGS))
+@pytest.mark.parametrize("kl_name", list(KL_SETTINGS))
+@pytest.mark.parametrize("loss_type", list(OTHER_TYPES))
+def test_trl_other_loss_types_parity(loss_type, kl_name, is_name):
+    """CISPO, SAPO and LUSPO: loss and gradient w.r.t. every per-token log-prob agree with TRL 1.16's
+    at 1e-9 (float64), with and without the KL term and each importance-sampling correction; CISPO's
+    clip fraction agrees with TRL's ``cispo_clip_ratio`` and the data does cap some tokens."""
+    pytest.importorskip("trl")
+    beta, weighted = KL_SETTINGS[kl_name]
+    is_mode, clip_max, clip_min = IS_SETTINGS[is_name]
+    extra, level, eps_low, eps_high = OTHER_TYPES[loss_type]
+    for seed in (0, 1):
+        r = Rollout(seed)
+        rows = list(range(6))
+        trl_logps = r.logps.clone().requires_grad_()
+        trl_loss, trl_metrics = trl_grpo(
+            trl_logps, r.entropy, r.trl_batch(rows, is_mode, clip_max, clip_min, r.mask.sum()), loss_type=loss_type,
+            level=level, eps_low=eps_low, eps_high=eps_high, beta=beta, bias_correction_kl=weighted, is_mode=is_mode)
+        trl_loss.backward()
+        params = PolicyGradientParams(**{"eps_low": eps_low, "eps_high": eps_high, **extra}, beta=beta,
+                                      kl_ratio_weight=weighted, is_mode=is_mode, is_clip_max=clip_max,
+                                      is_clip_min=clip_min)
+        logps = r.logps.clone().requires_grad_()
+        out = policy_gradient_loss(r.inputs(logps, rows), params)
+        ours = step_loss(out, units(params.aggregation, r.mask))
+        ours.backward()
+        assert ours.item() == pytest.approx(trl_loss.item(), rel=1e-9, abs=1e-9)
+        assert torch.allclose(logps.grad, trl_logps.grad, rtol=1e-9, atol=1e-9)
+        assert logps.grad.abs().max() > 1e-3
+        if loss_type == "cispo":
+            n = r.mask.sum(1).to(F64)
+            capped = float((out.metrics["clip/high"] * n).sum() / n.sum())
+            assert capped == pytest.approx(trl_metrics["cispo_clip_ratio"], rel=1e-6, abs=1e-6)
+            assert capped > 0
+
+
+def test_trl_other_loss_types_accumulate_as_the_global_step():
+    """TRL with two micro-batches of three (gradient_accumulation_steps = steps_per_generation = 2) for
+    cispo, sapo and luspo: its summed micro-batch losses and accumulated gradients equal alignlab's
+    whole-step loss and gradient."""
+    pytest.importorskip("trl")
+    r = Rollout(4)
+    for loss_type, (extra, level, eps_low, eps_high) in OTHER_TYPES.items():
+        trl_grad = torch.zeros_like(r.logps)
+        trl_total = 0.0
+        for rows in ([0, 1, 2], [3, 4, 5]):
+            trl_logps = r.logps[rows].clone().requires_grad_()
+            loss, _ = trl_grpo(trl_logps, r.entropy[rows], r.trl_batch(rows, "off", 3.0, None, r.mask.sum()),
+                               loss_type=loss_type, level=level, eps_low=eps_low, eps_high=eps_high, beta=0.04,
+                               bias_correction_kl=False, is_mode="off", grad_accum=2, steps_per_generation=2)
+            loss.backward()
+            trl_grad[rows] = trl_logps.grad
+            trl_total += loss.item()
+        params = PolicyGradientParams(**{"eps_low": eps_low, "eps_high": eps_high, **extra}, beta=0.04)
+        logps = r.logps.clone().requires_grad_()
+        ours = step_loss(policy_gradient_loss(r.inputs(logps, list(range(6))), params), units(params.aggregation, r.mask))
+        ours.backward()
+        assert ours.item() == pytest.approx(trl_total, rel=1e-9, abs=1e-9), loss_type
+        assert torch.allclose(logps.grad, trl_grad, rtol=1e-9, atol=1e-9), loss_type
 
 
 @pytest.mark.parametrize("level", ["token", "sequence"])
