@@ -33,6 +33,10 @@ Defaults and their sources:
 - ``sapo``: Soft Adaptive Policy Optimization (arXiv 2511.20347): a sigmoid gate in place of the clip, τ = 1.0 for positive
   and 1.05 for negative advantages (TRL's defaults); sequence-mean-token-mean aggregation as
   TRL's ``sapo``.
+- ``vespo``: Variational Sequence-Level Soft Policy Optimization (arXiv 2602.10693): each
+  sequence's tokens weighted by φ(w) = e^λ·w^k·e^{−λw} of its ratio w (the product of its token
+  ratios and, when on, of the sampler's token weights), k = 2, λ = 3 for A ≥ 0 and k = 3, λ = 2
+  below (TRL's defaults), token-mean aggregation as TRL's ``vespo``.
 - ``rloo``: Ahmadian et al. 2024 (Back to Basics): leave-one-out baseline, no std scaling; TRL
   wraps it in the PPO clip, as here (ε = 0.2).
 - ``remax``: Li et al. 2023 (ReMax): A_i = r_i − r(greedy answer to the prompt), one greedy
@@ -122,6 +126,12 @@ class SAPOParams(GRPOParams):
     surrogate: str = param("sapo", "'sapo' (a sigmoid gate in place of the clip), 'clip' or 'cispo'")
     aggregation: str = param("seq_mean_token_mean", "'seq_mean_token_mean' (as TRL's sapo), 'token_mean', "
                                                     "'seq_mean_token_sum' or 'constant'")
+
+
+@dataclass
+class VESPOParams(GRPOParams):
+    surrogate: str = param("vespo", "'vespo' (a Gamma-shaped weight of the sequence's ratio on A·log π), 'clip', "
+                                    "'cispo' or 'sapo'")
 
 
 @dataclass
@@ -258,6 +268,7 @@ _SUMMARIES = {
     "cispo": "policy gradient weighted by the capped ratio sg(min(c, C)), group-normalised advantages (+ β·k3 KL)",
     "sapo": "policy gradient through a sigmoid gate on the ratio, group-normalised advantages (+ β·k3 KL)",
     "luspo": "GSPO's sequence-ratio clip, each sequence's loss summed over its tokens (+ β·k3 KL)",
+    "vespo": "policy gradient weighted by a Gamma-shaped function of the sequence's ratio (+ β·k3 KL)",
 }
 for _name, _params, _paper in (
         ("grpo", GRPOParams, "Shao et al. 2024, DeepSeekMath (GRPO); defaults as TRL 1.16"),
@@ -266,7 +277,8 @@ for _name, _params, _paper in (
         ("gspo", GSPOParams, "Zheng et al. 2025, Group Sequence Policy Optimization"),
         ("luspo", LUSPOParams, "Length-Unbiased Sequence Policy Optimization (LUSPO), arXiv 2602.05261"),
         ("cispo", CISPOParams, "MiniMax 2025, MiniMax-M1 (CISPO), arXiv 2506.13585"),
-        ("sapo", SAPOParams, "Soft Adaptive Policy Optimization (SAPO), arXiv 2511.20347")):
+        ("sapo", SAPOParams, "Soft Adaptive Policy Optimization (SAPO), arXiv 2511.20347"),
+        ("vespo", VESPOParams, "Variational Sequence-Level Soft Policy Optimization (VESPO), arXiv 2602.10693")):
     register(LossSpec(name=_name, fn=policy_gradient_loss, shape="online", params=_params, needs_reference=False,
                       paper=_paper, summary=_SUMMARIES.get(_name, _GRPO_SUMMARY), advantages=grpo_advantages))
 register(LossSpec(name="rloo", fn=policy_gradient_loss, shape="online", params=RLOOParams, needs_reference=False,

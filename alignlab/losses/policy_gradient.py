@@ -1,4 +1,5 @@
-"""The policy-gradient surrogates of online RL (GRPO, DAPO, Dr. GRPO, GSPO, LUSPO, CISPO, SAPO, PPO), per example.
+"""The policy-gradient surrogates of online RL (GRPO, DAPO, Dr. GRPO, GSPO, LUSPO, CISPO, SAPO, VESPO, PPO),
+per example.
 
 ALGORITHMS.md 6.3, 6.5 and 6.8. Notation: ℓ_t = log πθ(y_t | x, y_<t) (``logps``), ℓold_t the
 policy that sampled the batch as the trainer recomputes it (``old_logps``), m_t the completion mask,
@@ -21,9 +22,13 @@ the same names:
     "cispo"  L_t = −sg(min(c_t, C))·A·ℓ_t        (MiniMax-M1, arXiv 2506.13585; C = ``cispo_max``)
     "sapo"   L_t = −(4/τ)·σ(τ(c_t − 1))·A,  τ = τ_pos if A > 0 else τ_neg   (SAPO, arXiv 2511.20347)
 
+    "vespo"  L_t = −sg(φ(w_i))·A·ℓ_t,  φ(w) = e^λ·w^k·e^{−λw},  w_i = Π_t c_t (× the sampler's token
+             weights when on), k, λ by the sign of A   (VESPO, arXiv 2602.10693; ``vespo_weights``)
+
 CISPO keeps every token's gradient, weighted by the capped ratio (sg: no gradient through it);
 SAPO's sigmoid gate has gradient −4σ(1−σ)·c·A·∇ℓ, the policy gradient at c = 1, fading smoothly
-away from it. Both are 0 with their gradient where A = 0. The KL term and the sampler weight w_t
+away from it; VESPO's weight is 1 at w = 1 and falls off on both sides, faster for a sequence far
+from its sampler. All are 0 with their gradient where A = 0. The KL term and the sampler weight w_t
 apply to them as to the clipped one.
 
 GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"): one ratio per sequence, the
@@ -46,7 +51,8 @@ tokens, the trainer recomputes ℓold). As TRL 1.16 ``vllm_importance_sampling_m
 
 ``token_truncate`` with no C_min is the brief's min(e^{ℓold − ℓsampler}, C). The sequence weight is the
 product of the token ratios (a sum of log-ratios, not GSPO's mean). The weight is a constant (no
-gradient) and multiplies the clipped surrogate only, not the KL term, as in TRL.
+gradient) and multiplies the surrogate only, not the KL term, as in TRL; VESPO takes the token
+weights into its sequence weight instead (and refuses the sequence modes, as TRL does).
 
 Truncated completions (DAPO's overlong filtering; TRL ``mask_truncated_completions``): a per-sequence
 flag ``truncated`` zeros the sequence's mask, so it adds nothing to the loss and, under "token_mean",
@@ -101,12 +107,12 @@ from alignlab.losses.types import LossOutput
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant"]
 RatioLevel = Literal["token", "sequence"]
-Surrogate = Literal["clip", "cispo", "sapo"]
+Surrogate = Literal["clip", "cispo", "sapo", "vespo"]
 ISMode = Literal["off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant")
 RATIO_LEVELS = ("token", "sequence")
-SURROGATES = ("clip", "cispo", "sapo")
+SURROGATES = ("clip", "cispo", "sapo", "vespo")
 IS_MODES = ("off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
@@ -154,11 +160,16 @@ class PolicyGradientParams:
                                                    "'constant' (Dr. GRPO)")
     surrogate: Surrogate = param("clip", "the per-token policy loss: 'clip' (PPO's clipped ratio), 'cispo' (the "
                                          "capped ratio as a constant weight on A·log π, MiniMax-M1), 'sapo' (a "
-                                         "sigmoid gate in place of the clip, SAPO)")
+                                         "sigmoid gate in place of the clip, SAPO), 'vespo' (a Gamma-shaped weight "
+                                         "of the sequence's ratio on A·log π, VESPO)")
     cispo_max: float = param(5.0, "CISPO's cap on the ratio: the weight is min(ratio, cispo_max) (ScaleRL: 4-5; "
                                   "TRL `epsilon_high` with loss_type cispo)")
     sapo_tau_pos: float = param(1.0, "SAPO's gate temperature where the advantage is > 0 (TRL default 1.0)")
     sapo_tau_neg: float = param(1.05, "SAPO's gate temperature where the advantage is <= 0 (TRL default 1.05)")
+    vespo_k_pos: float = param(2.0, "VESPO's power k where the advantage is >= 0: φ(w) = e^λ·w^k·e^(−λw) (TRL 2.0)")
+    vespo_lambda_pos: float = param(3.0, "VESPO's decay λ where the advantage is >= 0 (TRL default 3.0)")
+    vespo_k_neg: float = param(3.0, "VESPO's power k where the advantage is < 0 (TRL default 3.0)")
+    vespo_lambda_neg: float = param(2.0, "VESPO's decay λ where the advantage is < 0 (TRL default 2.0)")
     max_completion_length: int | None = param(None, "L_max of 'constant' aggregation: per-example loss = sum / L_max "
                                                     "(None: a training run's max_new_tokens)")
     is_mode: ISMode = param("off", "importance-sampling correction against the sampler's log-probs: 'off', "
@@ -176,6 +187,15 @@ class PolicyGradientParams:
         require_positive(self.cispo_max, "cispo_max")
         require_positive(self.sapo_tau_pos, "sapo_tau_pos")
         require_positive(self.sapo_tau_neg, "sapo_tau_neg")
+        require_non_negative(self.vespo_k_pos, "vespo_k_pos")
+        require_non_negative(self.vespo_k_neg, "vespo_k_neg")
+        require_positive(self.vespo_lambda_pos, "vespo_lambda_pos")
+        require_positive(self.vespo_lambda_neg, "vespo_lambda_neg")
+        if self.surrogate == "vespo":
+            require(self.ratio_level == "token", "ratio_level", "must be 'token' with surrogate 'vespo', which "
+                    "weighs each sequence by its own ratio (the product of its token ratios)")
+            require(not self.is_mode.startswith("sequence"), "is_mode", "must be 'off' or a token mode with surrogate "
+                    "'vespo', which folds the token weights into its sequence weight")
         require_positive(self.eps_low, "eps_low")
         require(self.eps_low < 1, "eps_low", f"must be < 1 (the lower clip bound 1 − ε_low must be > 0), got {self.eps_low}")
         require_positive(self.eps_high, "eps_high")
@@ -286,6 +306,30 @@ def sapo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, tau_pos: float
     return -torch.sigmoid(tau * (ratio - 1)) * (4 / tau) * advantages
 
 
+def vespo_weights(token_log_ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                  sampler_weights: torch.Tensor | None, k_pos: float, lambda_pos: float, k_neg: float,
+                  lambda_neg: float) -> torch.Tensor:
+    """VESPO's weight φ(w) = e^λ·w^k·e^{−λw} (φ(1) = 1) of each sequence's ratio w, detached: (B, 1)
+    for one advantage per sequence, (B, T) for per-token ones (k, λ by each advantage's sign).
+
+    log w = Σ_t m_t·clamp(ℓ_t − ℓold_t, ±20) + Σ_t clamp(log ω_t, log 1e-8, 20) (ω_t the token
+    importance weights against the sampler, when on), clamped to [log 1e-8, 20]; k, λ are the
+    ``_pos`` ones where A ≥ 0, else the ``_neg`` ones; a φ that overflows counts 0. These are the
+    steps of TRL 1.16's ``get_gamma_weights``. ``token_log_ratio`` (B, T) is 0 on padding."""
+    floor = math.log(1e-8)
+    with torch.no_grad():
+        log_w = torch.where(mask, token_log_ratio.clamp(-20.0, 20.0), torch.zeros_like(token_log_ratio))
+        log_w = log_w.sum(dim=-1, keepdim=True)
+        if sampler_weights is not None:
+            log_w = log_w + sampler_weights.log().clamp(floor, 20.0).sum(dim=-1, keepdim=True)
+        log_w = log_w.clamp(floor, 20.0)
+        positive = advantages >= 0
+        k = torch.where(positive, log_w.new_tensor(k_pos), log_w.new_tensor(k_neg))
+        lam = torch.where(positive, log_w.new_tensor(lambda_pos), log_w.new_tensor(lambda_neg))
+        phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
+        return phi.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def importance_weights(old_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor, mode: ISMode,
                        clip_max: float | None = 3.0, clip_min: float | None = None) -> torch.Tensor:
     """Truncated/masked importance-sampling weights of the trainer's ℓold against the sampler's
@@ -338,21 +382,30 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
     if adv.dim() == 1:
         adv = adv.unsqueeze(-1)
 
-    ratio = torch.exp(log_ratio(logps, old, mask, params.ratio_level))  # (B, T) or (B, 1)
-    if params.surrogate == "cispo":
-        per_token = cispo_surrogate(ratio, adv, logps, params.cispo_max)
-    elif params.surrogate == "sapo":
-        per_token = sapo_surrogate(ratio, adv, params.sapo_tau_pos, params.sapo_tau_neg)
-    else:
-        per_token = clipped_surrogate(ratio, adv, params.eps_low, params.eps_high)
-
     metrics: dict[str, torch.Tensor] = {}
+    w = None
     if params.is_mode != "off":
         if inputs.sampler_logps is None:
             raise ValueError(f"is_mode={params.is_mode!r} needs sampler_logps (the sampler's per-token log-probs)")
         w = importance_weights(old, inputs.sampler_logps, mask, params.is_mode, params.is_clip_max, params.is_clip_min)
-        per_token = per_token * w
         metrics["is_weight/mean"] = _token_mean(w, mask)
+
+    token_log_ratio = log_ratio(logps, old, mask, params.ratio_level)
+    ratio = torch.exp(token_log_ratio)  # (B, T) or (B, 1)
+    if params.surrogate == "cispo":
+        per_token = cispo_surrogate(ratio, adv, logps, params.cispo_max)
+    elif params.surrogate == "sapo":
+        per_token = sapo_surrogate(ratio, adv, params.sapo_tau_pos, params.sapo_tau_neg)
+    elif params.surrogate == "vespo":  # the sampler's weights go into the sequence weight, not on top of it
+        phi = vespo_weights(token_log_ratio, adv, mask, w, params.vespo_k_pos, params.vespo_lambda_pos,
+                            params.vespo_k_neg, params.vespo_lambda_neg)
+        per_token = -phi * adv * logps
+        metrics["vespo/phi"] = _token_mean(phi, mask)
+        w = None
+    else:
+        per_token = clipped_surrogate(ratio, adv, params.eps_low, params.eps_high)
+    if w is not None:
+        per_token = per_token * w
 
     if params.beta != 0.0:
         if inputs.ref_logps is None:
@@ -368,7 +421,7 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
     if params.surrogate == "clip":
         low = (ratio < 1 - params.eps_low) & (adv < 0)
         high = (ratio > 1 + params.eps_high) & (adv > 0)
-    else:  # CISPO caps the weight above (counted where A > 0, as TRL's cispo_clip_ratio); SAPO has no clip
+    else:  # CISPO caps the weight above (counted where A > 0, as TRL's cispo_clip_ratio); SAPO, VESPO: no clip
         high = (ratio > params.cispo_max) & (adv > 0) if params.surrogate == "cispo" else torch.zeros_like(ratio > 0)
         low = torch.zeros_like(high)
     metrics["clip/low"] = _token_mean(low.to(logps.dtype), mask)
@@ -384,7 +437,8 @@ def zero_advantage_is_free(params: PolicyGradientParams) -> bool:
     """Whether a completion whose advantages are all 0 has loss exactly 0 and no gradient under
     ``policy_gradient_loss`` with ``params``, so that leaving it out of the forward pass (while
     still counting its units) gives the same update. Every token's surrogate is then 0 for any
-    ratio c (−min(c·0, clip(c)·0); CISPO's −sg(min(c, C))·0·ℓ; SAPO's −(4/τ)σ(·)·0), times w,
+    ratio c (−min(c·0, clip(c)·0); CISPO's −sg(min(c, C))·0·ℓ; SAPO's −(4/τ)σ(·)·0; VESPO's
+    −sg(φ)·0·ℓ with φ finite), times w,
     provided the importance weight w is finite (no correction, or one capped at ``is_clip_max``)
     and no term without the advantage is added: β = 0 (no KL term). PPO's value loss is such a term (``PPOParams``: never free)."""
     if isinstance(params, PPOParams):

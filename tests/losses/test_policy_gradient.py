@@ -127,10 +127,44 @@ def test_cispo_and_sapo_by_hand():
         assert out.metrics["ratio/mean"].tolist() == pytest.approx([0.95, 0.95], abs=TOL)
 
 
-@pytest.mark.parametrize("surrogate", ["cispo", "sapo"])
+def test_vespo_by_hand():
+    """``ratio_batch``'s rows (token ratios 1.5, 0.5, 1.1, 0.7; ℓold = −1, −2, −0.5, −3), A = +2 and
+    −1, token_mean. The sequence ratio is w = 1.5·0.5·1.1·0.7 = 0.5775 on both rows;
+    φ(w) = e^λ·w^k·e^{−λw}: row 1 (A ≥ 0: k = 2, λ = 3) e^{3 − 1.7325}·0.5775² = 1.18460,
+    row 2 (k = 3, λ = 2) e^{2 − 1.155}·0.5775³ = 0.44837. φ is a constant, so
+    L_i = −φ_i·A_i·Σ_t ℓ_t and ∂L_i/∂ℓ_t = −φ_i·A_i on each of its 4 tokens, 0 on padding. With a
+    sampler 0.1 below ℓold on every token and token_truncate at C = 3, the token weights
+    e^{0.1} join w: w = 0.5775·e^{0.4}. The numbers are these formulas evaluated with ``math``."""
+    ells = [o + math.log(c) for o, c in zip(OLD, RATIOS, strict=True)]
+    advs = [2.0, -1.0]
+    for shift in (0.0, 0.1):
+        w = math.prod(RATIOS) * math.exp(4 * shift)
+        phis = [math.exp(lam + k * math.log(w) - lam * w) for k, lam in ((2.0, 3.0), (3.0, 2.0))]
+        logps, old, mask = ratio_batch(advs)
+        extra = {} if shift == 0 else {"is_mode": "token_truncate", "is_clip_max": 3.0}
+        sampler = None if shift == 0 else old - shift
+        out = policy_gradient_loss(PolicyGradientInputs(logps, mask, t(advs), old_logps=old, sampler_logps=sampler),
+                                   PolicyGradientParams(surrogate="vespo", **extra))
+        assert torch.allclose(out.losses, t([-p * a * sum(ells) for p, a in zip(phis, advs, strict=True)]),
+                              rtol=0, atol=TOL), shift
+        out.losses.sum().backward()
+        assert torch.allclose(logps.grad, t([[-p * a] * 4 + [0.0] for p, a in zip(phis, advs, strict=True)]),
+                              rtol=0, atol=TOL), shift
+        assert out.metrics["vespo/phi"].tolist() == pytest.approx(phis, abs=TOL)
+
+
+def test_vespo_refuses_a_sequence_ratio_or_sequence_weights():
+    with pytest.raises(ParamError, match="ratio_level"):
+        PolicyGradientParams(surrogate="vespo", ratio_level="sequence")
+    with pytest.raises(ParamError, match="is_mode"):
+        PolicyGradientParams(surrogate="vespo", is_mode="sequence_truncate")
+
+
+@pytest.mark.parametrize("surrogate", ["cispo", "sapo", "vespo"])
 def test_other_surrogates_give_the_plain_policy_gradient_on_policy(surrogate):
-    """At c = 1 (no old log-probs) both are the policy gradient: CISPO's −min(1, C)·A = −A, SAPO's
-    −4·σ(0)·(1 − σ(0))·1·A = −4·¼·A = −A (either τ); token_mean weight 1, 0 on padding. A zero
+    """At c = 1 (no old log-probs) each is the policy gradient: CISPO's −min(1, C)·A = −A, SAPO's
+    −4·σ(0)·(1 − σ(0))·1·A = −4·¼·A = −A (either τ), VESPO's −φ(1)·A = −e^λ·1·e^{−λ}·A = −A;
+    token_mean weight 1, 0 on padding. A zero
     advantage gives loss 0 and gradient 0 (``zero_advantage_is_free``)."""
     logps, _, _, mask, adv = random_batch(0)
     adv[0] = 0.0
@@ -468,6 +502,7 @@ INVARIANCE_PARAMS = [
                          mask_truncated=True),
     PolicyGradientParams(aggregation="seq_mean_token_mean", surrogate="sapo", beta=0.05),
     PolicyGradientParams(aggregation="seq_mean_token_sum", ratio_level="sequence", eps_low=0.03, eps_high=0.04),
+    PolicyGradientParams(aggregation="token_mean", surrogate="vespo", is_mode="token_mask", is_clip_max=2.0),
 ]
 
 
@@ -520,8 +555,9 @@ def test_split_invariance_of_the_loss_value():
 #   "cispo"        token_mean, surrogate cispo (TRL's epsilon_high is the cap, cispo_max)
 #   "sapo"         seq_mean_token_mean, surrogate sapo
 #   "luspo"        seq_mean_token_sum, sequence-level ratio (TRL requires it)
+#   "vespo"        token_mean, surrogate vespo (token importance-sampling modes only, as TRL)
 #
-# TRL also has vespo, which alignlab does not implement. TRL's truncated IS
+# TRL's truncated IS
 # ratio is computed outside _compute_loss (in _generate_and_score_completions) and passed in as
 # inputs["importance_sampling_ratio"]; trl_is_ratio below writes down those lines of TRL as they are.
 
@@ -531,6 +567,7 @@ MAX_LEN = 9
 # makes a float32 tensor: its default 1.05 becomes 1.0499999523 even in a float64 loss (a 3e-8 relative
 # difference); alignlab keeps τ in the loss's dtype. The parity uses values exact in float32.
 SAPO_TAUS = (1.0, 1.0625)
+VESPO = (2.0, 3.0, 3.0, 2.0)  # k, λ where A >= 0, then where A < 0: TRL 1.16's defaults (exact in float32)
 # loss type: (alignlab params beyond the parity's shared ones, TRL's level, TRL's ε_low, ε_high)
 OTHER_TYPES = {
     "cispo": (dict(surrogate="cispo", cispo_max=1.3, aggregation="token_mean"), "token", 0.2, 1.3),
@@ -538,6 +575,8 @@ OTHER_TYPES = {
                   aggregation="seq_mean_token_mean"), "token", 0.2, 0.28),
     "luspo": (dict(aggregation="seq_mean_token_sum", ratio_level="sequence", eps_low=0.03, eps_high=0.04),
               "sequence", 0.03, 0.04),
+    "vespo": (dict(surrogate="vespo", vespo_k_pos=VESPO[0], vespo_lambda_pos=VESPO[1], vespo_k_neg=VESPO[2],
+                   vespo_lambda_neg=VESPO[3], aggregation="token_mean"), "token", 0.2, 0.28),
 }
 
 
@@ -571,7 +610,8 @@ def trl_grpo(logps: torch.Tensor, entropies: torch.Tensor, batch: dict, *, loss_
         accelerator=accelerator, model=SimpleNamespace(training=True), _metrics=defaultdict(lambda: defaultdict(list)),
         args=SimpleNamespace(use_bias_correction_kl=bias_correction_kl, delta=None,
                              steps_per_generation=steps_per_generation, sapo_temperature_pos=SAPO_TAUS[0],
-                             sapo_temperature_neg=SAPO_TAUS[1]),
+                             sapo_temperature_neg=SAPO_TAUS[1], vespo_k_pos=VESPO[0], vespo_lambda_pos=VESPO[1],
+                             vespo_k_neg=VESPO[2], vespo_lambda_neg=VESPO[3]),
         loss_type=loss_type, importance_sampling_level=level, epsilon_low=eps_low, epsilon_high=eps_high, beta=beta,
         use_vllm=is_mode != "off", vllm_importance_sampling_correction=is_mode != "off", top_entropy_quantile=1.0,
         off_policy_mask_threshold=None, aux_loss_enabled=False, _entropy_bonus_enabled=False,
@@ -682,13 +722,23 @@ def test_trl_grpo_parity(loss_type, level, kl_name, is_name):
 @pytest.mark.parametrize("kl_name", list(KL_SETTINGS))
 @pytest.mark.parametrize("loss_type", list(OTHER_TYPES))
 def test_trl_other_loss_types_parity(loss_type, kl_name, is_name):
-    """CISPO, SAPO and LUSPO: loss and gradient w.r.t. every per-token log-prob agree with TRL 1.16's
-    at 1e-9 (float64), with and without the KL term and each importance-sampling correction; CISPO's
-    clip fraction agrees with TRL's ``cispo_clip_ratio`` and the data does cap some tokens."""
+    """CISPO, SAPO, LUSPO and VESPO: loss and gradient w.r.t. every per-token log-prob agree with TRL
+    1.16's at 1e-9 (float64), with and without the KL term and each importance-sampling correction
+    (VESPO: the token ones; both refuse the sequence ones); CISPO's clip fraction agrees with TRL's
+    ``cispo_clip_ratio`` (and the data does cap some tokens), VESPO's mean weight over sequences with
+    its ``vespo/phi_seq_mean``."""
     pytest.importorskip("trl")
     beta, weighted = KL_SETTINGS[kl_name]
     is_mode, clip_max, clip_min = IS_SETTINGS[is_name]
     extra, level, eps_low, eps_high = OTHER_TYPES[loss_type]
+    if loss_type == "vespo" and is_mode.startswith("sequence"):  # TRL refuses it too
+        with pytest.raises(ParamError, match="is_mode"):
+            PolicyGradientParams(**extra, is_mode=is_mode)
+        return
+    if loss_type == "vespo" and is_mode == "token_mask":
+        # a masked token puts log 1e-8 into its sequence's weight, so [0.7, 1.5] leaves every φ ≈ 0
+        # and nothing to compare; a wider range masks fewer
+        clip_max, clip_min = 8.0, 0.1
     for seed in (0, 1):
         r = Rollout(seed)
         rows = list(range(6))
@@ -707,16 +757,19 @@ def test_trl_other_loss_types_parity(loss_type, kl_name, is_name):
         assert ours.item() == pytest.approx(trl_loss.item(), rel=1e-9, abs=1e-9)
         assert torch.allclose(logps.grad, trl_logps.grad, rtol=1e-9, atol=1e-9)
         assert logps.grad.abs().max() > 1e-3
+        n = r.mask.sum(1).to(F64)
         if loss_type == "cispo":
-            n = r.mask.sum(1).to(F64)
             capped = float((out.metrics["clip/high"] * n).sum() / n.sum())
             assert capped == pytest.approx(trl_metrics["cispo_clip_ratio"], rel=1e-6, abs=1e-6)
             assert capped > 0
+        if loss_type == "vespo":  # one weight per sequence: TRL averages it over sequences
+            phi = float(out.metrics["vespo/phi"].mean())
+            assert phi == pytest.approx(trl_metrics["vespo/phi_seq_mean"], rel=1e-6, abs=1e-6)
 
 
 def test_trl_other_loss_types_accumulate_as_the_global_step():
     """TRL with two micro-batches of three (gradient_accumulation_steps = steps_per_generation = 2) for
-    cispo, sapo and luspo: its summed micro-batch losses and accumulated gradients equal alignlab's
+    cispo, sapo, luspo and vespo: its summed micro-batch losses and accumulated gradients equal alignlab's
     whole-step loss and gradient."""
     pytest.importorskip("trl")
     r = Rollout(4)
