@@ -54,6 +54,13 @@ product of the token ratios (a sum of log-ratios, not GSPO's mean). The weight i
 gradient) and multiplies the surrogate only, not the KL term, as in TRL; VESPO takes the token
 weights into its sequence weight instead (and refuses the sequence modes, as TRL does).
 
+Two guards against stale samples, as TRL 1.16 has them: ``delta`` (INTELLECT-2, arXiv 2505.07291)
+caps the first term's ratio, −min(min(c, δ)·A, clip(c)·A), so a token with A < 0 cannot push
+without bound; ``off_policy_mask`` (DeepSeek-V3.2, arXiv 2512.02556) leaves out of the policy
+term a completion with A < 0 whose mean token log-ratio of the sampler to the policy exceeds the
+threshold (``off_policy_keep``). Both act per token or per completion, so no split of a step
+changes them.
+
 Truncated completions (DAPO's overlong filtering; TRL ``mask_truncated_completions``): a per-sequence
 flag ``truncated`` zeros the sequence's mask, so it adds nothing to the loss and, under "token_mean",
 no units.
@@ -166,6 +173,12 @@ class PolicyGradientParams:
                                   "TRL `epsilon_high` with loss_type cispo)")
     sapo_tau_pos: float = param(1.0, "SAPO's gate temperature where the advantage is > 0 (TRL default 1.0)")
     sapo_tau_neg: float = param(1.05, "SAPO's gate temperature where the advantage is <= 0 (TRL default 1.05)")
+    delta: float | None = param(None, "two-sided clipping (INTELLECT-2): the unclipped ratio of the 'clip' surrogate "
+                                      "is capped at delta, bounding what a token with A < 0 can push (TRL `delta`; "
+                                      "set it above 1 + eps_high; None: off)")
+    off_policy_mask: float | None = param(None, "off-policy sequence masking (DeepSeek-V3.2): a completion with A < 0 "
+                                                "whose mean per-token log π_sampler − log π exceeds this is left "
+                                                "out of the policy loss (TRL `off_policy_mask_threshold`; None: off)")
     vespo_k_pos: float = param(2.0, "VESPO's power k where the advantage is >= 0: φ(w) = e^λ·w^k·e^(−λw) (TRL 2.0)")
     vespo_lambda_pos: float = param(3.0, "VESPO's decay λ where the advantage is >= 0 (TRL default 3.0)")
     vespo_k_neg: float = param(3.0, "VESPO's power k where the advantage is < 0 (TRL default 3.0)")
@@ -187,6 +200,12 @@ class PolicyGradientParams:
         require_positive(self.cispo_max, "cispo_max")
         require_positive(self.sapo_tau_pos, "sapo_tau_pos")
         require_positive(self.sapo_tau_neg, "sapo_tau_neg")
+        if self.delta is not None:
+            require_positive(self.delta, "delta")
+            require(self.surrogate == "clip", "delta", f"caps the clipped surrogate's ratio; surrogate "
+                    f"'{self.surrogate}' has no such ratio")
+        if self.off_policy_mask is not None:
+            require_non_negative(self.off_policy_mask, "off_policy_mask")
         require_non_negative(self.vespo_k_pos, "vespo_k_pos")
         require_non_negative(self.vespo_k_neg, "vespo_k_neg")
         require_positive(self.vespo_lambda_pos, "vespo_lambda_pos")
@@ -281,12 +300,29 @@ def log_ratio(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor, 
     raise ValueError(f"unknown ratio level {level!r}; one of {RATIO_LEVELS}")
 
 
-def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float) -> torch.Tensor:
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float,
+                      delta: float | None = None) -> torch.Tensor:
     """−min(c·A, clip(c, 1 − ε_low, 1 + ε_high)·A), elementwise with broadcasting.
 
     Where the clipped term is the smaller one the loss is constant in c, so its gradient is 0: a
-    token with A > 0 and c > 1 + ε_high, or A < 0 and c < 1 − ε_low, stops pushing."""
-    return -torch.minimum(ratio * advantages, ratio.clamp(1 - eps_low, 1 + eps_high) * advantages)
+    token with A > 0 and c > 1 + ε_high, or A < 0 and c < 1 − ε_low, stops pushing. ``delta``
+    (INTELLECT-2's two-sided clipping) puts min(c, δ) in the first term, so a token with A < 0 and
+    c > δ also stops (its loss −δ·A instead of growing with c)."""
+    first = ratio if delta is None else ratio.clamp(max=delta)
+    return -torch.minimum(first * advantages, ratio.clamp(1 - eps_low, 1 + eps_high) * advantages)
+
+
+def off_policy_keep(logps: torch.Tensor, behaviour_logps: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """DeepSeek-V3.2's off-policy sequence mask (arXiv 2512.02556, eq. 9; TRL 1.16
+    ``get_off_policy_mask``): 1 to keep, 0 to leave a completion out, (B, 1) (or (B, T) for
+    per-token advantages). Kept: A ≥ 0, or the mean over its tokens of ℓbehaviour_t − ℓ_t (a
+    sample estimate of KL(behaviour ‖ current)) at most ``threshold``; a NaN behaviour log-prob
+    counts 0. Detached."""
+    with torch.no_grad():
+        kl = torch.where(mask, torch.nan_to_num(behaviour_logps - logps, nan=0.0), torch.zeros_like(logps))
+        mean_kl = kl.sum(dim=-1, keepdim=True) / mask.sum(dim=-1, keepdim=True).clamp(min=1).to(kl.dtype)
+        return ((advantages >= 0) | (mean_kl <= threshold)).to(logps.dtype)
 
 
 def cispo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, logps: torch.Tensor, cap: float) -> torch.Tensor:
@@ -403,7 +439,12 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
         metrics["vespo/phi"] = _token_mean(phi, mask)
         w = None
     else:
-        per_token = clipped_surrogate(ratio, adv, params.eps_low, params.eps_high)
+        per_token = clipped_surrogate(ratio, adv, params.eps_low, params.eps_high, params.delta)
+    if params.off_policy_mask is not None:  # against the sampler's log-probs where given, else the old policy's
+        behaviour = old if inputs.sampler_logps is None else inputs.sampler_logps.detach()
+        keep = off_policy_keep(logps, behaviour, adv, mask, params.off_policy_mask)
+        per_token = per_token * keep
+        metrics["off_policy_masked"] = _token_mean(1 - keep, mask)
     if w is not None:
         per_token = per_token * w
 

@@ -175,6 +175,51 @@ def test_other_surrogates_give_the_plain_policy_gradient_on_policy(surrogate):
     assert out.losses[0].item() == 0.0
 
 
+def test_two_sided_clipping_by_hand():
+    """δ = 1.3 with ε_low = 0.2, ε_high = 0.28 and A = −1 on ``ratio_batch``'s ratios 1.5, 0.5, 1.1, 0.7:
+    c = 1.5: −min(min(1.5, 1.3)·(−1), 1.28·(−1)) = −min(−1.3, −1.28) = 1.3, constant in c: gradient 0
+             (without δ it is 1.5 with gradient +1.5);
+    c = 0.5 and 0.7: clipped low as before, 0.8 each, gradient 0;  c = 1.1: 1.1, gradient 1.1.
+    Sum 4.0 (without δ 4.2). For A = +2 nothing changes (δ only enters the A < 0 side's minimum)."""
+    for delta, loss, grads in ((1.3, 4.0, [0.0, 0.0, 1.1, 0.0, 0.0]), (None, 4.2, [1.5, 0.0, 1.1, 0.0, 0.0])):
+        logps, old, mask = ratio_batch([-1.0])
+        out = policy_gradient_loss(PolicyGradientInputs(logps, mask, t([-1.0]), old_logps=old),
+                                   PolicyGradientParams(eps_low=0.2, eps_high=0.28, delta=delta))
+        assert out.losses.tolist() == pytest.approx([loss], abs=TOL)
+        out.losses.sum().backward()
+        assert torch.allclose(logps.grad, t([grads]), rtol=0, atol=TOL)
+    logps, old, mask = ratio_batch([2.0])
+    out = policy_gradient_loss(PolicyGradientInputs(logps, mask, t([2.0]), old_logps=old),
+                               PolicyGradientParams(eps_low=0.2, eps_high=0.28, delta=1.3))
+    assert out.losses.tolist() == pytest.approx([-7.16], abs=TOL)  # test_token_surrogate_by_hand's A = +2 row
+
+
+def test_off_policy_sequence_mask_by_hand():
+    """``ratio_batch`` rows with A = +2 and −1, the sampler equal to the old policy: each row's mean
+    token log-ratio of sampler to policy is −(log 1.5 + log 0.5 + log 1.1 + log 0.7)/4
+    = −log(0.5775)/4 = 0.137262. Threshold 0.1: the A < 0 row is left out (loss 0, gradient 0,
+    ``off_policy_masked`` 1), the A > 0 row never is (−7.16 at ε 0.2/0.28). Threshold 0.2: both kept
+    (the A < 0 row's 4.2 of ``test_token_surrogate_by_hand``). The KL term is not masked."""
+    mean_kl = -math.log(math.prod(RATIOS)) / 4
+    assert mean_kl == pytest.approx(0.137262, abs=1e-6)
+    for threshold, losses, masked in ((0.1, [-7.16, 0.0], [0.0, 1.0]), (0.2, [-7.16, 4.2], [0.0, 0.0])):
+        logps, old, mask = ratio_batch([2.0, -1.0])
+        out = policy_gradient_loss(PolicyGradientInputs(logps, mask, t([2.0, -1.0]), old_logps=old, sampler_logps=old),
+                                   PolicyGradientParams(eps_low=0.2, eps_high=0.28, off_policy_mask=threshold))
+        assert out.losses.tolist() == pytest.approx(losses, abs=TOL)
+        assert out.metrics["off_policy_masked"].tolist() == masked
+        out.losses.sum().backward()
+        if masked[1]:
+            assert logps.grad[1].abs().max() == 0
+    logps, old, mask = ratio_batch([-1.0])
+    ref = old.clone()
+    out = policy_gradient_loss(PolicyGradientInputs(logps, mask, t([-1.0]), old_logps=old, sampler_logps=old,
+                                                    ref_logps=ref),
+                               PolicyGradientParams(off_policy_mask=0.1, beta=0.5))
+    kl = sum(math.exp(-math.log(c)) + math.log(c) - 1 for c in RATIOS)  # k3 with u = ℓref − ℓ = −log c
+    assert out.losses.tolist() == pytest.approx([0.5 * kl], abs=TOL)
+
+
 def test_units_by_hand():
     """Rows with 3, 1 and 0 valid tokens: token_mean units [3, 1, 0]; the other modes 1 per example.
     With the second row flagged truncated, token_mean gives it 0 units; the others still count it."""
@@ -503,6 +548,7 @@ INVARIANCE_PARAMS = [
     PolicyGradientParams(aggregation="seq_mean_token_mean", surrogate="sapo", beta=0.05),
     PolicyGradientParams(aggregation="seq_mean_token_sum", ratio_level="sequence", eps_low=0.03, eps_high=0.04),
     PolicyGradientParams(aggregation="token_mean", surrogate="vespo", is_mode="token_mask", is_clip_max=2.0),
+    PolicyGradientParams(aggregation="seq_mean_token_mean", delta=1.3, off_policy_mask=0.05, beta=0.05),
 ]
 
 
@@ -595,7 +641,8 @@ def trl_is_ratio(old: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor, m
 
 def trl_grpo(logps: torch.Tensor, entropies: torch.Tensor, batch: dict, *, loss_type: str, level: str,
              eps_low: float, eps_high: float, beta: float, bias_correction_kl: bool, is_mode: str,
-             grad_accum: int = 1, steps_per_generation: int = 1):
+             grad_accum: int = 1, steps_per_generation: int = 1, delta: float | None = None,
+             off_policy_threshold: float | None = None):
     """TRL's loss (differentiable in ``logps``) and its logged metrics for one micro-batch."""
     from trl.trainer.grpo_trainer import GRPOTrainer
 
@@ -608,13 +655,13 @@ def trl_grpo(logps: torch.Tensor, entropies: torch.Tensor, batch: dict, *, loss_
     trainer.__dict__.update(
         _get_per_token_logps_and_entropies=lambda *args, **kwargs: (logps, entropies, None),
         accelerator=accelerator, model=SimpleNamespace(training=True), _metrics=defaultdict(lambda: defaultdict(list)),
-        args=SimpleNamespace(use_bias_correction_kl=bias_correction_kl, delta=None,
+        args=SimpleNamespace(use_bias_correction_kl=bias_correction_kl, delta=delta,
                              steps_per_generation=steps_per_generation, sapo_temperature_pos=SAPO_TAUS[0],
                              sapo_temperature_neg=SAPO_TAUS[1], vespo_k_pos=VESPO[0], vespo_lambda_pos=VESPO[1],
                              vespo_k_neg=VESPO[2], vespo_lambda_neg=VESPO[3]),
         loss_type=loss_type, importance_sampling_level=level, epsilon_low=eps_low, epsilon_high=eps_high, beta=beta,
         use_vllm=is_mode != "off", vllm_importance_sampling_correction=is_mode != "off", top_entropy_quantile=1.0,
-        off_policy_mask_threshold=None, aux_loss_enabled=False, _entropy_bonus_enabled=False,
+        off_policy_mask_threshold=off_policy_threshold, aux_loss_enabled=False, _entropy_bonus_enabled=False,
         current_gradient_accumulation_steps=grad_accum, max_completion_length=MAX_LEN,
     )
     loss = trainer._compute_loss(None, batch)
@@ -790,6 +837,43 @@ def test_trl_other_loss_types_accumulate_as_the_global_step():
         ours.backward()
         assert ours.item() == pytest.approx(trl_total, rel=1e-9, abs=1e-9), loss_type
         assert torch.allclose(logps.grad, trl_grad, rtol=1e-9, atol=1e-9), loss_type
+
+
+@pytest.mark.parametrize("loss_type", list(LOSS_TYPES))
+@pytest.mark.parametrize("guard", ["delta", "off_policy_mask", "both"])
+def test_trl_parity_of_two_sided_clipping_and_off_policy_masking(loss_type, guard):
+    """TRL's ``delta`` and ``off_policy_mask_threshold`` against alignlab's ``delta`` and
+    ``off_policy_mask`` (the sampler's log-probs given to both), with β > 0 and token truncation:
+    loss and gradient at 1e-9 (float64). The data masks some sequences and caps some ratios."""
+    pytest.importorskip("trl")
+    delta = 1.35 if guard in ("delta", "both") else None
+    threshold = 0.05 if guard in ("off_policy_mask", "both") else None
+    masked = capped = 0.0
+    for seed in (0, 1):
+        r = Rollout(seed)
+        rows = list(range(6))
+        batch = r.trl_batch(rows, "token_truncate", 1.5, None, r.mask.sum())
+        batch["sampling_per_token_logps"] = r.sampler[rows]
+        trl_logps = r.logps.clone().requires_grad_()
+        trl_loss, _ = trl_grpo(trl_logps, r.entropy, batch, loss_type=loss_type, level="token", eps_low=0.2,
+                               eps_high=0.28, beta=0.04, bias_correction_kl=False, is_mode="token_truncate",
+                               delta=delta, off_policy_threshold=threshold)
+        trl_loss.backward()
+        params = PolicyGradientParams(eps_low=0.2, eps_high=0.28, beta=0.04, aggregation=LOSS_TYPES[loss_type],
+                                      max_completion_length=MAX_LEN, is_mode="token_truncate", is_clip_max=1.5,
+                                      delta=delta, off_policy_mask=threshold)
+        logps = r.logps.clone().requires_grad_()
+        out = policy_gradient_loss(r.inputs(logps, rows), params)
+        ours = step_loss(out, units(params.aggregation, r.mask))
+        ours.backward()
+        assert ours.item() == pytest.approx(trl_loss.item(), rel=1e-9, abs=1e-9)
+        assert torch.allclose(logps.grad, trl_logps.grad, rtol=1e-9, atol=1e-9)
+        if threshold is not None:
+            masked += float(out.metrics["off_policy_masked"].sum())
+        ratio = torch.exp(r.logps - r.old)
+        capped += float(((ratio > 1.35) & (r.adv.unsqueeze(1) < 0) & r.mask.bool()).sum())
+    assert capped > 0
+    assert threshold is None or masked > 0
 
 
 @pytest.mark.parametrize("level", ["token", "sequence"])
