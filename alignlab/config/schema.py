@@ -226,10 +226,8 @@ class RolloutConfig:
     skip_zero_advantage: bool = param(True, "leave completions whose advantages are all 0 out of the forward and "
                                             "backward passes where their loss is exactly 0 (grpo, dapo, dr_grpo, "
                                             "gspo, luspo, cispo, sapo, vespo, rloo and remax with beta 0): the same "
-                                            "update, "
-                                            "faster; they still count in "
-                                            "the normaliser, and per-example metrics (entropy, clip) are then "
-                                            "over the completions trained on")
+                                            "update, faster; they still count in the normaliser, and per-example "
+                                            "metrics (entropy, clip) are then over the completions trained on")
 
     def __post_init__(self) -> None:
         self.reward = [self.reward] if isinstance(self.reward, str) else list(self.reward or [])

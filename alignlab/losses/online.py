@@ -26,15 +26,20 @@ Defaults and their sources:
   normaliser (the completion-length limit), β = 0.
 - ``gspo``: Zheng et al. 2025 (Group Sequence Policy Optimization): one ratio per sequence,
   ε = 3e-4 / 4e-4 (the paper's), sequence-mean-token-mean aggregation as in TRL's GSPO example.
-- ``luspo``: GSPO with each sequence's loss summed over its tokens rather than averaged
-  (``seq_mean_token_sum``), so that a long sequence weighs by its length; TRL 1.16's ``luspo``
-  (which requires sequence-level ratios); GSPO's ε.
-- ``cispo``: MiniMax 2025 (MiniMax-M1, arXiv 2506.13585): the ratio, capped at ``cispo_max`` = 5 (TRL's
-  recommended ``epsilon_high`` for it; ScaleRL uses 4-5), is a constant weight on A·log π, so no
-  token loses its gradient; token-mean aggregation as TRL's ``cispo``.
-- ``sapo``: Soft Adaptive Policy Optimization (arXiv 2511.20347): a sigmoid gate in place of the clip, τ = 1.0 for positive
-  and 1.05 for negative advantages (TRL's defaults); sequence-mean-token-mean aggregation as
-  TRL's ``sapo``.
+- ``luspo``: Liu et al. 2026 (Length-Unbiased Sequence Policy Optimization, arXiv 2602.05261): GSPO
+  with each sequence's loss summed over its tokens rather than averaged (``seq_mean_token_sum``),
+  so that a long sequence weighs by its length, as TRL 1.16's ``luspo``; sequence-level ratios
+  (TRL's documentation requires them, though its default level is "token", with a warning) and
+  GSPO's ε (TRL's default ε is 0.2).
+- ``cispo``: MiniMax 2025 (MiniMax-M1, arXiv 2506.13585): the ratio, capped at ``cispo_max`` = 5, is a
+  constant weight on A·log π, so no token loses its gradient; token-mean aggregation as TRL's
+  ``cispo``. MiniMax-M1 writes the weight clip(c, 1 − ε_low, 1 + ε_high) with the lower bound set
+  out of reach; the one-sided cap min(c, ε_max) is the form of ScaleRL (Khatri et al. 2025) and TRL,
+  whose ``epsilon_high`` is the cap: 5 is the value TRL recommends for it (left unset, TRL's cap
+  falls back to ε = 0.2).
+- ``sapo``: Gao et al. 2025 (Soft Adaptive Policy Optimization, arXiv 2511.20347): a sigmoid gate in
+  place of the clip, τ = 1.0 for positive and 1.05 for negative advantages (TRL's defaults);
+  sequence-mean-token-mean aggregation as TRL's ``sapo``.
 - ``vespo``: Variational Sequence-Level Soft Policy Optimization (arXiv 2602.10693): each
   sequence's tokens weighted by φ(w) = e^λ·w^k·e^{−λw} of its ratio w (the product of its token
   ratios and, when on, of the sampler's token weights), k = 2, λ = 3 for A ≥ 0 and k = 3, λ = 2
@@ -109,7 +114,8 @@ class GSPOParams(GRPOParams):
     ratio_level: str = param("sequence", "'sequence': one ratio per sequence (GSPO), or 'token'")
     eps_low: float = param(3e-4, "ε_low of the sequence ratio (GSPO paper: 3e-4)")
     eps_high: float = param(4e-4, "ε_high of the sequence ratio (GSPO paper: 4e-4)")
-    aggregation: str = param("seq_mean_token_mean", "'seq_mean_token_mean', 'token_mean' or 'constant'")
+    aggregation: str = param("seq_mean_token_mean", "'seq_mean_token_mean', 'token_mean', 'seq_mean_token_sum' or "
+                                                    "'constant'")
 
 
 @dataclass
@@ -120,12 +126,13 @@ class LUSPOParams(GSPOParams):
 
 @dataclass
 class CISPOParams(GRPOParams):
-    surrogate: str = param("cispo", "'cispo' (the capped ratio as a constant weight on A·log π), 'clip' or 'sapo'")
+    surrogate: str = param("cispo", "'cispo' (the capped ratio as a constant weight on A·log π), 'clip', 'sapo' or "
+                                    "'vespo'")
 
 
 @dataclass
 class SAPOParams(GRPOParams):
-    surrogate: str = param("sapo", "'sapo' (a sigmoid gate in place of the clip), 'clip' or 'cispo'")
+    surrogate: str = param("sapo", "'sapo' (a sigmoid gate in place of the clip), 'clip', 'cispo' or 'vespo'")
     aggregation: str = param("seq_mean_token_mean", "'seq_mean_token_mean' (as TRL's sapo), 'token_mean', "
                                                     "'seq_mean_token_sum' or 'constant'")
 
@@ -277,9 +284,10 @@ for _name, _params, _paper in (
         ("dapo", DAPOParams, "Yu et al. 2025, DAPO"),
         ("dr_grpo", DrGRPOParams, "Liu et al. 2025, Understanding R1-Zero-Like Training (Dr. GRPO)"),
         ("gspo", GSPOParams, "Zheng et al. 2025, Group Sequence Policy Optimization"),
-        ("luspo", LUSPOParams, "Length-Unbiased Sequence Policy Optimization (LUSPO), arXiv 2602.05261"),
+        ("luspo", LUSPOParams, "Liu et al. 2026, Length-Unbiased Sequence Policy Optimization (LUSPO), "
+                               "arXiv 2602.05261"),
         ("cispo", CISPOParams, "MiniMax 2025, MiniMax-M1 (CISPO), arXiv 2506.13585"),
-        ("sapo", SAPOParams, "Soft Adaptive Policy Optimization (SAPO), arXiv 2511.20347"),
+        ("sapo", SAPOParams, "Gao et al. 2025, Soft Adaptive Policy Optimization (SAPO), arXiv 2511.20347"),
         ("vespo", VESPOParams, "Variational Sequence-Level Soft Policy Optimization (VESPO), arXiv 2602.10693")):
     register(LossSpec(name=_name, fn=policy_gradient_loss, shape="online", params=_params, needs_reference=False,
                       paper=_paper, summary=_SUMMARIES.get(_name, _GRPO_SUMMARY), advantages=grpo_advantages))

@@ -19,7 +19,8 @@ by c_t when ``kl_ratio_weight`` (TRL's ``use_bias_correction_kl``).
 Two other surrogates take the clipped one's place (``surrogate``), as TRL 1.16's loss types of
 the same names:
 
-    "cispo"  L_t = −sg(min(c_t, C))·A·ℓ_t        (MiniMax-M1, arXiv 2506.13585; C = ``cispo_max``)
+    "cispo"  L_t = −sg(min(c_t, C))·A·ℓ_t        (MiniMax-M1, arXiv 2506.13585; C = ``cispo_max``, the
+                                                  one-sided cap of ScaleRL and TRL, MiniMax-M1's 1 + ε_high)
     "sapo"   L_t = −(4/τ)·σ(τ(c_t − 1))·A,  τ = τ_pos if A > 0 else τ_neg   (SAPO, arXiv 2511.20347)
 
     "vespo"  L_t = −sg(φ(w_i))·A·ℓ_t,  φ(w) = e^λ·w^k·e^{−λw},  w_i = Π_t c_t (× the sampler's token
@@ -169,8 +170,8 @@ class PolicyGradientParams:
                                          "capped ratio as a constant weight on A·log π, MiniMax-M1), 'sapo' (a "
                                          "sigmoid gate in place of the clip, SAPO), 'vespo' (a Gamma-shaped weight "
                                          "of the sequence's ratio on A·log π, VESPO)")
-    cispo_max: float = param(5.0, "CISPO's cap on the ratio: the weight is min(ratio, cispo_max) (ScaleRL: 4-5; "
-                                  "TRL `epsilon_high` with loss_type cispo)")
+    cispo_max: float = param(5.0, "CISPO's cap on the ratio: the weight is min(ratio, cispo_max) (ScaleRL's ε_max; "
+                                  "TRL `epsilon_high` with loss_type cispo, 5 as TRL recommends)")
     sapo_tau_pos: float = param(1.0, "SAPO's gate temperature where the advantage is > 0 (TRL default 1.0)")
     sapo_tau_neg: float = param(1.05, "SAPO's gate temperature where the advantage is <= 0 (TRL default 1.05)")
     delta: float | None = param(None, "two-sided clipping (INTELLECT-2): the unclipped ratio of the 'clip' surrogate "
@@ -337,7 +338,8 @@ def cispo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, logps: torch.
 def sapo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, tau_pos: float, tau_neg: float) -> torch.Tensor:
     """SAPO: −(4/τ)·σ(τ(c − 1))·A, τ = τ_pos where A > 0, else τ_neg (Soft Adaptive Policy
     Optimization, arXiv 2511.20347). Its gradient −4σ(1 − σ)·c·A·∇ℓ is the plain policy gradient at c = 1
-    (σ = 1/2) and fades smoothly as c leaves 1, faster on the side of the larger τ."""
+    (σ = 1/2) and fades smoothly as c leaves 1 on either side, faster for the larger τ (by default
+    τ_neg: the gates of negative advantages close faster)."""
     tau = torch.where(advantages > 0, ratio.new_tensor(tau_pos), ratio.new_tensor(tau_neg))  # in the ratio's dtype
     return -torch.sigmoid(tau * (ratio - 1)) * (4 / tau) * advantages
 
@@ -488,12 +490,14 @@ def zero_advantage_is_free(params: PolicyGradientParams) -> bool:
 
 
 def policy_gradient_loss(inputs: PolicyGradientInputs, params: PolicyGradientParams) -> LossOutput:
-    """The clipped surrogate (+ β·k3), one loss per example (B,), aggregated by ``params.aggregation``.
+    """The policy surrogate (``params.surrogate``: clipped, CISPO or SAPO; + β·k3), one loss per example
+    (B,), aggregated by ``params.aggregation``.
 
     Divide the step's summed losses by the step's sum of ``units(params.aggregation, mask, truncated)``.
     Metrics (per example, detached, over the example's valid tokens): ``clip/low`` and ``clip/high``
     (fraction of tokens whose ratio is clipped on the side the advantage pushes, as TRL's
-    ``clip_ratio/low_mean``/``high_mean``), ``ratio/mean``, ``advantages``, ``kl`` (β > 0),
+    ``clip_ratio/low_mean``/``high_mean``; under CISPO ``clip/high`` is the fraction capped where A > 0,
+    TRL's ``cispo_clip_ratio``, and under SAPO both are 0), ``ratio/mean``, ``advantages``, ``kl`` (β > 0),
     ``is_weight/mean`` (importance-sampling correction on), ``entropy`` (when given). TRL logs global
     token means; the loop averages these per-example values over examples.
     """

@@ -127,6 +127,37 @@ def test_cispo_and_sapo_by_hand():
         assert out.metrics["ratio/mean"].tolist() == pytest.approx([0.95, 0.95], abs=TOL)
 
 
+def test_sapo_and_cispo_with_per_token_advantages_by_hand():
+    """Per-token advantages (REINFORCE++, PPO) of mixed sign within one row, A_t = +2, −1, 0, +0.5 on
+    the ratios 1.5, 0.5, 1.1, 0.7 of ``ratio_batch``, token_mean (the per-example sum).
+
+    SAPO picks τ per token by the sign of A_t, not per sequence: τ_t = τ_pos = 1 where A_t > 0 (tokens
+      1 and 4), τ_neg = 2 where A_t <= 0 (tokens 2 and 3; A_3 = 0 gives that token loss and gradient 0).
+      L_t = −(4/τ_t)·σ(τ_t(c_t − 1))·A_t and ∂L_t/∂ℓ_t = −4·σ·(1 − σ)·c_t·A_t, σ = σ(τ_t(c_t − 1)).
+      A τ chosen for the whole row would give token 2 τ = 1 and a different value.
+    CISPO, cap 1.3: ∂L_t/∂ℓ_t = −min(c_t, 1.3)·A_t = −2.6, 0.5, 0, −0.35; clip/high counts the tokens
+      with c_t > 1.3 and A_t > 0: token 1 only, 1/4."""
+    def sig(z):
+        return 1 / (1 + math.exp(-z))
+
+    advs = [2.0, -1.0, 0.0, 0.5]
+    taus = [1.0 if a > 0 else 2.0 for a in advs]
+    sapo_loss = sum(-(4 / tau) * sig(tau * (c - 1)) * a for c, a, tau in zip(RATIOS, advs, taus, strict=True))
+    sapo_grad = [-4 * sig(tau * (c - 1)) * (1 - sig(tau * (c - 1))) * c * a
+                 for c, a, tau in zip(RATIOS, advs, taus, strict=True)] + [0.0]
+    ells = [o + math.log(c) for o, c in zip(OLD, RATIOS, strict=True)]
+    cispo_loss = sum(-min(c, 1.3) * a * ell for c, a, ell in zip(RATIOS, advs, ells, strict=True))
+    cispo_grad = [-2.6, 0.5, 0.0, -0.35, 0.0]
+    for surrogate, loss, grad, high in (("sapo", sapo_loss, sapo_grad, 0.0), ("cispo", cispo_loss, cispo_grad, 0.25)):
+        logps, old, mask = ratio_batch([0.0])
+        params = PolicyGradientParams(surrogate=surrogate, cispo_max=1.3, sapo_tau_pos=1.0, sapo_tau_neg=2.0)
+        out = policy_gradient_loss(PolicyGradientInputs(logps, mask, t([advs + [0.0]]), old_logps=old), params)
+        assert out.losses.item() == pytest.approx(loss, rel=0, abs=TOL), surrogate
+        out.losses.sum().backward()
+        assert torch.allclose(logps.grad, t([grad]), rtol=0, atol=TOL), surrogate
+        assert out.metrics["clip/high"].tolist() == [high]
+
+
 def test_vespo_by_hand():
     """``ratio_batch``'s rows (token ratios 1.5, 0.5, 1.1, 0.7; ℓold = −1, −2, −0.5, −3), A = +2 and
     −1, token_mean. The sequence ratio is w = 1.5·0.5·1.1·0.7 = 0.5775 on both rows;
