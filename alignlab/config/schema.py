@@ -222,6 +222,11 @@ class RolloutConfig:
                                        "weights over NCCL; untested)")
     updates_per_rollout: int = param(1, "μ: optimizer steps over each round's completions (its log-probs at the "
                                         "start of the round are the old policy's)")
+    dynamic_sampling: bool = param(False, "DAPO's dynamic sampling: draw more batches of prompts until the round "
+                                          "is filled with groups whose rewards differ (methods whose advantage "
+                                          "compares a prompt's samples: the grpo family and rloo)")
+    max_sampling_batches: int = param(4, "with dynamic_sampling, at most this many batches of prompts per round; a "
+                                         "round still short is completed with groups whose rewards are all equal")
     prompt_column: str | None = param(None, "the column holding the prompt, when `data` is a file")
     skip_zero_advantage: bool = param(True, "leave completions whose advantages are all 0 out of the forward and "
                                             "backward passes where their loss is exactly 0 (grpo, dapo, dr_grpo, "
@@ -253,6 +258,7 @@ class RolloutConfig:
         _check(self.generation_batch_size is None or self.generation_batch_size >= 1, "generation_batch_size",
                f"must be >= 1, got {self.generation_batch_size}")
         _check(self.updates_per_rollout >= 1, "updates_per_rollout", f"must be >= 1, got {self.updates_per_rollout}")
+        _check(self.max_sampling_batches >= 1, "max_sampling_batches", f"must be >= 1, got {self.max_sampling_batches}")
         _check(self.reward_weights is None or len(self.reward_weights) == len(self.reward), "reward_weights",
                f"give one weight per reward ({len(self.reward)}), got {self.reward_weights}")
 
@@ -399,6 +405,13 @@ class TrainConfig:
                f"method '{self.method}' trains on one set of data; mix_data is for methods that mix two (bvpo)")
         _check(mix_data is not None or "group" not in spec.needs, "mix_data",
                f"method '{self.method}' needs a second set of pairs in mix_data")
+        if self.rollout.dynamic_sampling:
+            from alignlab.losses.online import group_baseline
+
+            _check(spec.shape == "online" and spec.advantages is not None
+                   and group_baseline(spec, self.method_params) is not None, "dynamic_sampling",
+                   f"keeps the groups whose rewards differ, for methods whose advantage compares a prompt's "
+                   f"samples (the grpo family, rloo); method '{self.method}' has no such advantage")
         if spec.shape == "online" and self.rollout.num_generations < 2:
             from alignlab.losses.online import group_baseline
 

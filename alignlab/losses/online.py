@@ -13,9 +13,9 @@ Each entry pairs the per-token loss of ``policy_gradient.py`` with an advantage 
   share; the step source then whitens the advantages over every completion token of the round,
   on all processes (``whiten`` = True), as OpenRLHF normalises over its global batch.
 The GRPO variants differ only in their defaults, so that ``--method dapo`` trains with the DAPO
-paper's loss settings (its dynamic sampling, which refills a batch with groups of differing
-rewards, is a sampling procedure and not implemented), and each default is a field the user can
-change.
+paper's loss settings (its dynamic sampling, which refills a round with groups of differing
+rewards, is the step source's ``dynamic_sampling``, a run setting), and each default is a field
+the user can change.
 
 Defaults and their sources:
 - ``grpo``: TRL 1.16's ``GRPOConfig`` defaults: token-mean aggregation over the global batch

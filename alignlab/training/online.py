@@ -18,7 +18,9 @@ over the whole round. A round:
    is the whole batch's; a token rule on this process's completions, then whitened with the
    statistics of every process's tokens (gathered in rank order, so 1 process or 2 whiten alike).
    ReMax's rule also gets the reward of a greedy answer to each prompt, sampled and scored here.
-This process's completions then form its micro-batches, prompt-major. Because everything a round
+With ``dynamic_sampling`` (DAPO), steps 1-3 repeat for further batches of prompts until groups whose
+rewards differ fill the round (``_draw_with_spread``). This process's completions then form its
+micro-batches, prompt-major. Because everything a round
 draws is a function of (seed, round, the weights at its start), a run resumed at a round boundary
 redraws the same round; a checkpoint written inside a round (μ > 1) holds the round itself.
 """
@@ -137,6 +139,31 @@ def round_size(cfg, dist: Dist) -> tuple[int, int]:
     return completions, completions // G
 
 
+@dataclass
+class _Drawn:
+    """What a round drew: this process's prompts (data rows, texts), its completions (prompt-major,
+    G each) with their rewards and each reward term's values, the whole round's rewards (prompts ×
+    G, every process's in rank order), ReMax's greedy rewards of every prompt (or None), the
+    seconds spent sampling and scoring, and metrics of the drawing itself."""
+
+    rows: list[int]
+    texts: list
+    flat: list
+    rewards: torch.Tensor
+    parts: dict[str, torch.Tensor]
+    everyone: torch.Tensor
+    greedy_all: torch.Tensor | None
+    gen_s: float
+    reward_s: float
+    metrics: dict[str, float]
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of a round's ``batch``-th batch of prompts (dynamic sampling draws more than one):
+    the run's seed for the first, so that a run without dynamic sampling is unchanged."""
+    return seed if batch == 0 else (seed + 1_000_003 * batch) % (2**63)
+
+
 class OnlineSource:
     """Prompts → generator → reward → examples, one round per ``updates_per_rollout`` steps."""
 
@@ -158,6 +185,7 @@ class OnlineSource:
         # packed by group where that costs the policy no more than padded rows (``PackingCost``)
         self.pack = (PackingCost.of(policy) or True) if cfg.dataset.packing else False
         self.G, self.updates = rollout.num_generations, rollout.updates_per_rollout
+        self.dynamic, self.max_batches = rollout.dynamic_sampling, rollout.max_sampling_batches
         self.completions, self.per_round = round_size(cfg, dist)
         self.rounds_per_epoch = steps_per_epoch(len(self.prompts), self.per_round)
         if cfg.optim.max_steps > 0:
@@ -242,40 +270,13 @@ class OnlineSource:
         # nothing of the round before outlives a round that fails (a reward fault skipped under
         # skip_nonfinite): a checkpoint inside it must not hold the round before as this one's
         self._round, self._examples, self._everyone, self._idle = None, [], None, None
-        order = global_batch_indices(len(self.prompts), self.per_round, self.cfg.seed, round_)
         share = self.per_round // dist.world_size
-        mine = order[dist.rank * share:(dist.rank + 1) * share]
-        rows = [self.prompts[i][0] for i in mine]
-        texts = [self.prompts[i][1] for i in mine]
         t0 = time.perf_counter()  # generation_s counts the push of the weights (to Ray or vLLM workers) too
         self.generator.update_weights(self.policy)
-        params = dataclasses.replace(self.params, seed=round_seed(self.cfg.seed, round_))
+        pushed = time.perf_counter() - t0
+        drawn = self._draw_with_spread(round_) if self.dynamic else self._draw(round_, 0)
+        rows, flat, rewards, parts = drawn.rows, drawn.flat, drawn.rewards, drawn.parts
         rule = self.advantages
-        samples = self.generator.generate(texts, G, params, start=dist.rank * share)
-        greedy = None
-        if rule.greedy_baseline:  # ReMax: one greedy answer per prompt
-            greedy = self.generator.generate(texts, 1, dataclasses.replace(params, temperature=0.0),
-                                             start=dist.rank * share)
-        t1 = time.perf_counter()
-        where = [f"prompt row {row}, sample {j + 1}" for row in rows for j in range(G)]
-        flat = [s for group in samples for s in group]
-        try:
-            rewards, parts = score_samples(self.reward, [t for t in texts for _ in range(G)], [s.text for s in flat],
-                                           where)
-            greedy_rewards = None
-            if greedy is not None:
-                greedy_rewards, _ = score_samples(self.reward, texts, [g[0].text for g in greedy],
-                                                  [f"prompt row {row}, greedy answer" for row in rows])
-            mine_out: tuple = (None, rewards.view(len(mine), G), greedy_rewards)
-        except RewardError as exc:
-            mine_out = (str(exc), None, None)
-        # one exchange: every process stops (or skips) together on a fault, and otherwise has the
-        # whole round's rewards, so that a statistic of the batch is the batch's
-        gathered = dist.gather(mine_out)
-        faults = [f for f, _, _ in gathered if f]
-        if faults:
-            raise RewardError(faults[0])
-        t2 = time.perf_counter()
         self._examples = [
             RolloutExample(row=rows[k // G], prompt_ids=s.prompt_ids, completion_ids=s.token_ids, finished=s.finished,
                            reward=float(rewards[k]), advantages=(), sampler_logps=s.logprobs,
@@ -296,22 +297,102 @@ class OnlineSource:
                                 self.pack)
             for e, v in zip(examples, values, strict=True):
                 e.old_values = v
-        greedy_all = torch.cat([g for _, _, g in gathered]) if greedy is not None else None
         if rule.sequence is not None:
-            everyone = torch.cat([r for _, r, _ in gathered])
-            whole = rule.sequence(everyone, greedy_all)
+            whole = rule.sequence(drawn.everyone, drawn.greedy_all)
             advantages = whole[dist.rank * share:(dist.rank + 1) * share].reshape(-1)
             for e, a in zip(examples, advantages.tolist(), strict=True):
                 e.advantages = (a,) * len(e.completion_ids)
             if self.skip_idle:  # every process's flags, from the round's advantages every process has
                 self._idle = (whole == 0).reshape(dist.world_size, -1).tolist()
         else:
-            self._token_advantages(rule, rewards.view(len(mine), G))
+            self._token_advantages(rule, rewards.view(len(rows), G))
         self._round = round_
         self._everyone = dist.gather([e.to_state() for e in examples]) if self.updates > 1 else None
-        self._metrics = self._round_metrics(rewards, parts, flat, t1 - t0, t2 - t1)
-        if greedy_all is not None:  # every process's, already gathered
-            self._metrics["reward/greedy"] = float(greedy_all.mean())
+        self._metrics = self._round_metrics(rewards, parts, flat, pushed + drawn.gen_s, drawn.reward_s)
+        self._metrics.update(drawn.metrics)
+        if drawn.greedy_all is not None:  # every process's, already gathered
+            self._metrics["reward/greedy"] = float(drawn.greedy_all.mean())
+
+    def _draw(self, round_: int, batch: int) -> _Drawn:
+        """Batch ``batch`` of prompts of the round (0: the round's own, as without dynamic sampling;
+        more only under ``dynamic_sampling``), this process's share sampled G times and scored, and
+        every process's rewards: one exchange, so that every process stops (or skips) together on
+        a reward fault, and otherwise has the whole batch's rewards (a statistic of the batch is
+        the batch's)."""
+        dist, G = self.dist, self.G
+        seed = batch_seed(self.cfg.seed, batch)
+        order = global_batch_indices(len(self.prompts), self.per_round, seed, round_)
+        share = self.per_round // dist.world_size
+        mine = order[dist.rank * share:(dist.rank + 1) * share]
+        rows = [self.prompts[i][0] for i in mine]
+        texts = [self.prompts[i][1] for i in mine]
+        t0 = time.perf_counter()
+        params = dataclasses.replace(self.params, seed=round_seed(seed, round_))
+        samples = self.generator.generate(texts, G, params, start=dist.rank * share)
+        greedy = None
+        if self.advantages.greedy_baseline:  # ReMax: one greedy answer per prompt
+            greedy = self.generator.generate(texts, 1, dataclasses.replace(params, temperature=0.0),
+                                             start=dist.rank * share)
+        t1 = time.perf_counter()
+        where = [f"prompt row {row}, sample {j + 1}" for row in rows for j in range(G)]
+        flat = [s for group in samples for s in group]
+        try:
+            rewards, parts = score_samples(self.reward, [t for t in texts for _ in range(G)], [s.text for s in flat],
+                                           where)
+            greedy_rewards = None
+            if greedy is not None:
+                greedy_rewards, _ = score_samples(self.reward, texts, [g[0].text for g in greedy],
+                                                  [f"prompt row {row}, greedy answer" for row in rows])
+            mine_out: tuple = (None, rewards.view(len(mine), G), greedy_rewards)
+        except RewardError as exc:
+            mine_out = (str(exc), None, None)
+        gathered = dist.gather(mine_out)
+        faults = [f for f, _, _ in gathered if f]
+        if faults:
+            raise RewardError(faults[0])
+        greedy_all = torch.cat([g for _, _, g in gathered]) if greedy is not None else None
+        return _Drawn(rows, texts, flat, rewards, parts, torch.cat([r for _, r, _ in gathered]), greedy_all,
+                      t1 - t0, time.perf_counter() - t1, {})
+
+    def _draw_with_spread(self, round_: int) -> _Drawn:
+        """DAPO's dynamic sampling (Yu et al. 2025, "filter groups"): batches of the round's prompts
+        are drawn (``_draw``) until the groups whose rewards differ (some spread: a group
+        advantage that is not 0 everywhere) fill the round, or ``max_sampling_batches`` were
+        drawn; a round still short is completed with groups without spread, first drawn first
+        (they train with advantage 0). Groups keep the order they were drawn in (batch, then
+        process, then prompt) and the round's groups are dealt to the processes in that order, so
+        1 process or several, and any split of the step, train on the same groups. Every process
+        receives every group drawn (one exchange per batch)."""
+        dist, G, P = self.dist, self.G, self.per_round
+        spread: list[tuple] = []
+        flat_groups: list[tuple] = []
+        gen_s = reward_s = 0.0
+        drawn_groups, reward_sum = 0, 0.0
+        batches = 0
+        for batch in range(self.max_batches):
+            d = self._draw(round_, batch)
+            batches += 1
+            gen_s, reward_s = gen_s + d.gen_s, reward_s + d.reward_s
+            mine = [(d.rows[g], d.texts[g], d.flat[g * G:(g + 1) * G], d.rewards[g * G:(g + 1) * G].tolist(),
+                     {name: v[g * G:(g + 1) * G].tolist() for name, v in d.parts.items()})
+                    for g in range(len(d.rows))]
+            for group in (g for part in dist.gather(mine) for g in part):
+                (spread if max(group[3]) > min(group[3]) else flat_groups).append(group)
+                drawn_groups += 1
+                reward_sum += sum(group[3])
+            if len(spread) >= P:
+                break
+        chosen = spread[:P] + flat_groups[:max(0, P - len(spread))]
+        share = P // dist.world_size
+        mine = chosen[dist.rank * share:(dist.rank + 1) * share]
+        rewards = torch.tensor([r for g in mine for r in g[3]], dtype=torch.float64)
+        parts = {name: torch.tensor([r for g in mine for r in g[4][name]], dtype=torch.float64)
+                 for name in (mine[0][4] if mine else {})}
+        metrics = {"dynamic_sampling/batches": float(batches),
+                   "dynamic_sampling/with_spread": min(len(spread), P) / P,
+                   "reward/sampled": reward_sum / max(drawn_groups * G, 1)}
+        return _Drawn([g[0] for g in mine], [g[1] for g in mine], [s for g in mine for s in g[2]], rewards, parts,
+                      torch.tensor([g[3] for g in chosen], dtype=torch.float64), None, gen_s, reward_s, metrics)
 
     def _token_advantages(self, rule: AdvantageRule, scores_PG: torch.Tensor) -> None:
         """A token rule on this process's completions; advantages whitened over the whole round."""

@@ -46,3 +46,11 @@ def shared_with_prompt(prompt: str, response: str) -> float:
 def has_digit(prompt: str, response: str) -> float:
     """1 when the response has an ASCII digit, else 0: a binary reward, so some groups tie."""
     return float(any(c in "0123456789" for c in response))
+
+
+def digits_on_odd(prompt: str, response: str) -> float:
+    """0.5 for every answer to a prompt whose first number is even (its group has no spread: every
+    advantage 0), else ``digits``: dynamic sampling's tests see both kinds of group."""
+    if int(prompt.split("+")[0]) % 2 == 0:
+        return 0.5
+    return digits(prompt, response)

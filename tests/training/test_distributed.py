@@ -97,8 +97,12 @@ def _trained(model_dir) -> dict:
 
 
 @pytest.mark.parametrize("method,updates,extra", [("grpo", 1, {}), ("grpo", 2, {}), ("ppo", 2, {}),
-                                                  ("reinforce++", 1, {}), ("grpo", 2, {"lora": True, "beta": 0.1})],
-                         ids=["grpo-1", "grpo-2", "ppo-2", "reinforce++-1", "grpo-2-lora-beta"])
+                                                  ("reinforce++", 1, {}), ("grpo", 2, {"lora": True, "beta": 0.1}),
+                                                  # padded rows: the packed/padded choice is per micro-batch
+                                                  ("grpo", 1, {"dynamic_sampling": True, "packing": False,
+                                                               "reward": ["fn:tests.training.online_rewards:"
+                                                                          "digits_on_odd"]})],
+                         ids=["grpo-1", "grpo-2", "ppo-2", "reinforce++-1", "grpo-2-lora-beta", "grpo-1-dynamic"])
 def test_online_two_processes_equal_one(tmp_path, tiny_model_dir, method, updates, extra):
     """2 processes × 4 completions per step equal 1 process × 8 (fp64). Each process samples its
     own prompts, numbered so the native backend draws the same completions; the round's rewards
@@ -108,10 +112,12 @@ def test_online_two_processes_equal_one(tmp_path, tiny_model_dir, method, update
     DDP with the policy and compared too. A LoRA policy (its reference the network with the
     adapter off, for β > 0) samples on the native engine too: on the "hf" backend, which it fell
     back to, each process drew its prompts from the same random stream and 2 processes trained
-    other weights than 1."""
+    other weights than 1. With dynamic sampling the groups every process drew are dealt out in one
+    order, so the processes train on the groups 1 process would."""
     common = dict(method=method, reward=["fn:tests.training.online_rewards:digits"], num_generations=4,
                   max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2, max_steps=4,
-                  updates_per_rollout=updates, **extra)
+                  updates_per_rollout=updates)
+    common.update(extra)
     single = train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "one", batch_size=8, **common))
     cfg = base_config(tiny_model_dir, "task:arithmetic", tmp_path / "two", batch_size=4, **common)
     cfg_path = tmp_path / "two.yaml"

@@ -1,0 +1,148 @@
+"""DAPO's dynamic sampling (``dynamic_sampling``): a round is filled with groups whose rewards
+differ, drawing further batches of prompts, at most ``max_sampling_batches``; with the loop's
+guarantees (the split of a step, 1 process or 2, a resumed run and the seed change nothing).
+
+The reward ``digits_on_odd`` gives every answer to a prompt with an even first number 0.5 (a group
+without spread, whose GRPO advantages are all 0) and counts digits otherwise."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+import alignlab.training.loop as loop
+import alignlab.training.online as online_mod
+from alignlab import train
+from alignlab.errors import ConfigError
+from alignlab.training import checkpoint as ckpt
+from tests.training.helpers import base_config, max_abs_diff, weights
+
+HALF = "fn:tests.training.online_rewards:digits_on_odd"
+
+
+def cfg(model_dir, out, **overrides) -> dict:
+    c = base_config(model_dir, "task:arithmetic", out, method="grpo", reward=[HALF], num_generations=4,
+                    max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2, batch_size=8, max_steps=3,
+                    dynamic_sampling=True, packing=False)
+    c.update(overrides)
+    return c
+
+
+def logged(out) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def trained_groups(monkeypatch) -> list[list[list[float]]]:
+    """Records, per round, the rewards of each group the round trains on (G consecutive examples)."""
+    rounds: list = []
+    real = online_mod.OnlineSource._collect
+
+    def collect(self, round_):
+        real(self, round_)
+        rewards = [e.reward for e in self._examples]
+        rounds.append([rewards[i:i + self.G] for i in range(0, len(rewards), self.G)])
+
+    monkeypatch.setattr(online_mod.OnlineSource, "_collect", collect)
+    return rounds
+
+
+def test_every_trained_group_has_spread(tmp_path, tiny_model_dir, monkeypatch):
+    """Without dynamic sampling some of the round's groups have no spread (the prompts with an even
+    first number); with it every trained group does, more than one batch was drawn for some round,
+    and what was sampled (``reward/sampled``, all batches) differs from what was trained."""
+    rounds = trained_groups(monkeypatch)
+    train(cfg(tiny_model_dir, tmp_path / "plain", dynamic_sampling=False))
+    assert any(max(g) == min(g) for groups in rounds for g in groups)
+    rounds.clear()
+    train(cfg(tiny_model_dir, tmp_path / "dyn"))
+    assert len(rounds) == 3 and all(len(groups) == 2 for groups in rounds)
+    assert all(max(g) > min(g) for groups in rounds for g in groups)
+    rows = logged(tmp_path / "dyn")
+    assert all(r["dynamic_sampling/with_spread"] == 1.0 for r in rows)
+    assert any(r["dynamic_sampling/batches"] > 1 for r in rows)
+    assert all(r["advantage/zero"] < 1 for r in rows)
+
+
+def test_a_round_short_of_spread_is_completed_and_trains_nothing_from_it(tmp_path, tiny_model_dir):
+    """A reward without spread anywhere (``constant``) and one batch at most: the round is the
+    batch's groups, every advantage 0, ``with_spread`` 0, and the weights do not move (β = 0)."""
+    out = train(cfg(tiny_model_dir, tmp_path / "c", reward=["fn:tests.training.online_rewards:constant"],
+                    max_sampling_batches=1, max_steps=2))
+    rows = logged(tmp_path / "c")
+    assert [r["dynamic_sampling/with_spread"] for r in rows] == [0.0, 0.0]
+    assert [r["dynamic_sampling/batches"] for r in rows] == [1.0, 1.0]
+    assert max_abs_diff(weights(out.model_dir), weights(tiny_model_dir)) == 0
+
+
+@pytest.mark.parametrize("updates", [1, 2])
+def test_the_split_of_a_step_changes_nothing(tmp_path, tiny_model_dir, updates):
+    """8 × 1, 1 × 8 and 2 × 4 (micro-batch × accumulation): the same weights to 1e-9 (fp64) and the
+    same logged rewards, sampled and trained."""
+    runs = []
+    for bs, ga in ((8, 1), (1, 8), (2, 4)):
+        runs.append(train(cfg(tiny_model_dir, tmp_path / f"{bs}x{ga}", batch_size=bs, grad_accum=ga,
+                              updates_per_rollout=updates, max_steps=2 * updates)))
+    a = weights(runs[0].model_dir)
+    for r in runs[1:]:
+        assert max_abs_diff(a, weights(r.model_dir)) < 1e-9
+    assert max_abs_diff({k: a[k] for k in weights(tiny_model_dir)}, weights(tiny_model_dir)) > 1e-4
+    keys = ("reward", "reward/sampled", "dynamic_sampling/batches")
+    first = [r.get(k, -1.0) for r in logged(tmp_path / "8x1") for k in keys]
+    for name in ("1x8", "2x4"):
+        assert [r.get(k, -1.0) for r in logged(tmp_path / name) for k in keys] == pytest.approx(first, abs=1e-12)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_at", [1, 2])
+def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, monkeypatch, crash_at):
+    """Two updates per round; killed after the checkpoint of step 1 (inside a round: the checkpoint
+    holds the round's groups) or 2 (at a round boundary: the next round redraws its batches), then
+    resumed: the same weights and per-step losses and rewards as an uninterrupted run."""
+    common = dict(updates_per_rollout=2, max_steps=4, save_every=1, keep_checkpoints=0)
+    full = train(cfg(tiny_model_dir, tmp_path / "full", **common))
+    real_save = loop.save
+
+    def save_then_crash(inp, unwrapped, optimizer, scheduler, step, *rest):
+        real_save(inp, unwrapped, optimizer, scheduler, step, *rest)
+        if step == crash_at:
+            raise Crash
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "save", save_then_crash)
+        with pytest.raises(Crash):
+            train(cfg(tiny_model_dir, tmp_path / "cut", **common))
+    state = ckpt.read_state(ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints")[0])
+    assert ("rollout" in state["data_position"]) == (crash_at == 1)
+    resumed = train(cfg(tiny_model_dir, tmp_path / "cut", resume=True, **common))
+    assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
+
+    def per_step(out):
+        return {r["step"]: [r.get(k) for k in ("loss", "reward", "grad_norm")] for r in logged(out)}
+
+    assert per_step(tmp_path / "cut") == per_step(tmp_path / "full")
+
+
+def test_the_same_seed_gives_the_same_run(tmp_path, tiny_model_dir):
+    a = train(cfg(tiny_model_dir, tmp_path / "a"))
+    b = train(cfg(tiny_model_dir, tmp_path / "b"))
+    c = train(cfg(tiny_model_dir, tmp_path / "c", seed=1))
+    assert max_abs_diff(weights(a.model_dir), weights(b.model_dir)) == 0
+    assert max_abs_diff(weights(a.model_dir), weights(c.model_dir)) > 1e-6
+
+
+@pytest.mark.parametrize("method", ["remax", "ppo", "reinforce++", "online-dpo"])
+def test_methods_without_a_group_advantage_refuse_it(tmp_path, tiny_model_dir, method):
+    extra = {"num_generations": 2} if method == "online-dpo" else {}
+    with pytest.raises(ConfigError, match=r"^dynamic_sampling: keeps the groups whose rewards differ.*method "
+                                          rf"'{re.escape(method)}' has no such advantage"):
+        train(cfg(tiny_model_dir, tmp_path / "x", method=method, **extra))
+
+
+def test_max_sampling_batches_must_be_positive(tmp_path, tiny_model_dir):
+    with pytest.raises(ConfigError, match=r"max_sampling_batches: must be >= 1, got 0"):
+        train(cfg(tiny_model_dir, tmp_path / "x", max_sampling_batches=0))
