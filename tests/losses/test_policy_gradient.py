@@ -735,6 +735,25 @@ class Rollout:
                                     truncated=self.flags[rows], entropy=self.entropy[rows])
 
 
+def against_trl(r: Rollout, batch: dict, params: PolicyGradientParams, **trl_kwargs):
+    """TRL's loss on the whole rollout (one micro-batch, ``trl_grpo`` with ``trl_kwargs``) and
+    alignlab's whole-step loss with ``params``; asserts that the two and their gradients w.r.t.
+    every per-token log-prob agree at 1e-9 (float64), and that the gradient is not 0. Returns
+    alignlab's ``LossOutput`` and TRL's logged metrics."""
+    rows = list(range(len(r.mask)))
+    trl_logps = r.logps.clone().requires_grad_()
+    trl_loss, trl_metrics = trl_grpo(trl_logps, r.entropy, batch, **trl_kwargs)
+    trl_loss.backward()
+    logps = r.logps.clone().requires_grad_()
+    out = policy_gradient_loss(r.inputs(logps, rows), params)
+    ours = step_loss(out, units(params.aggregation, r.mask))
+    ours.backward()
+    assert ours.item() == pytest.approx(trl_loss.item(), rel=1e-9, abs=1e-9)
+    assert torch.allclose(logps.grad, trl_logps.grad, rtol=1e-9, atol=1e-9)
+    assert logps.grad.abs().max() > 1e-3
+    return out, trl_metrics
+
+
 def _eps(level: str) -> tuple[float, float]:
     return (0.2, 0.28) if level == "token" else (0.03, 0.04)  # GSPO clips the sequence ratio tightly
 
@@ -765,26 +784,13 @@ def test_trl_grpo_parity(loss_type, level, kl_name, is_name):
     eps_low, eps_high = _eps(level)
     for seed in (0, 1):
         r = Rollout(seed)
-        rows = list(range(6))
-        trl_logps = r.logps.clone().requires_grad_()
-        trl_loss, trl_metrics = trl_grpo(
-            trl_logps, r.entropy, r.trl_batch(rows, is_mode, clip_max, clip_min, r.mask.sum()), loss_type=loss_type,
-            level=level, eps_low=eps_low, eps_high=eps_high, beta=beta, bias_correction_kl=weighted, is_mode=is_mode)
-        trl_loss.backward()
-
         params = PolicyGradientParams(eps_low=eps_low, eps_high=eps_high, ratio_level=level, beta=beta,
                                       kl_ratio_weight=weighted, aggregation=LOSS_TYPES[loss_type],
                                       max_completion_length=MAX_LEN, is_mode=is_mode, is_clip_max=clip_max,
                                       is_clip_min=clip_min)
-        logps = r.logps.clone().requires_grad_()
-        out = policy_gradient_loss(r.inputs(logps, rows), params)
-        ours = step_loss(out, units(params.aggregation, r.mask))
-        ours.backward()
-
-        assert ours.item() == pytest.approx(trl_loss.item(), rel=1e-9, abs=1e-9)
-        assert torch.allclose(logps.grad, trl_logps.grad, rtol=1e-9, atol=1e-9)
-        assert logps.grad.abs().max() > 1e-3
-
+        out, trl_metrics = against_trl(
+            r, r.trl_batch(list(range(6)), is_mode, clip_max, clip_min, r.mask.sum()), params, loss_type=loss_type,
+            level=level, eps_low=eps_low, eps_high=eps_high, beta=beta, bias_correction_kl=weighted, is_mode=is_mode)
         n = r.mask.sum(1).to(F64)
         token_weighted = {k: float((v * n).sum() / n.sum()) for k, v in out.metrics.items()}
         seq_mean = {k: float(v.mean()) for k, v in out.metrics.items()}
@@ -819,22 +825,12 @@ def test_trl_other_loss_types_parity(loss_type, kl_name, is_name):
         clip_max, clip_min = 8.0, 0.1
     for seed in (0, 1):
         r = Rollout(seed)
-        rows = list(range(6))
-        trl_logps = r.logps.clone().requires_grad_()
-        trl_loss, trl_metrics = trl_grpo(
-            trl_logps, r.entropy, r.trl_batch(rows, is_mode, clip_max, clip_min, r.mask.sum()), loss_type=loss_type,
-            level=level, eps_low=eps_low, eps_high=eps_high, beta=beta, bias_correction_kl=weighted, is_mode=is_mode)
-        trl_loss.backward()
         params = PolicyGradientParams(**{"eps_low": eps_low, "eps_high": eps_high, **extra}, beta=beta,
                                       kl_ratio_weight=weighted, is_mode=is_mode, is_clip_max=clip_max,
                                       is_clip_min=clip_min)
-        logps = r.logps.clone().requires_grad_()
-        out = policy_gradient_loss(r.inputs(logps, rows), params)
-        ours = step_loss(out, units(params.aggregation, r.mask))
-        ours.backward()
-        assert ours.item() == pytest.approx(trl_loss.item(), rel=1e-9, abs=1e-9)
-        assert torch.allclose(logps.grad, trl_logps.grad, rtol=1e-9, atol=1e-9)
-        assert logps.grad.abs().max() > 1e-3
+        out, trl_metrics = against_trl(
+            r, r.trl_batch(list(range(6)), is_mode, clip_max, clip_min, r.mask.sum()), params, loss_type=loss_type,
+            level=level, eps_low=eps_low, eps_high=eps_high, beta=beta, bias_correction_kl=weighted, is_mode=is_mode)
         n = r.mask.sum(1).to(F64)
         if loss_type == "cispo":
             capped = float((out.metrics["clip/high"] * n).sum() / n.sum())
@@ -882,23 +878,14 @@ def test_trl_parity_of_two_sided_clipping_and_off_policy_masking(loss_type, guar
     masked = capped = 0.0
     for seed in (0, 1):
         r = Rollout(seed)
-        rows = list(range(6))
-        batch = r.trl_batch(rows, "token_truncate", 1.5, None, r.mask.sum())
-        batch["sampling_per_token_logps"] = r.sampler[rows]
-        trl_logps = r.logps.clone().requires_grad_()
-        trl_loss, _ = trl_grpo(trl_logps, r.entropy, batch, loss_type=loss_type, level="token", eps_low=0.2,
-                               eps_high=0.28, beta=0.04, bias_correction_kl=False, is_mode="token_truncate",
-                               delta=delta, off_policy_threshold=threshold)
-        trl_loss.backward()
+        batch = r.trl_batch(list(range(6)), "token_truncate", 1.5, None, r.mask.sum())
+        batch["sampling_per_token_logps"] = r.sampler
         params = PolicyGradientParams(eps_low=0.2, eps_high=0.28, beta=0.04, aggregation=LOSS_TYPES[loss_type],
                                       max_completion_length=MAX_LEN, is_mode="token_truncate", is_clip_max=1.5,
                                       delta=delta, off_policy_mask=threshold)
-        logps = r.logps.clone().requires_grad_()
-        out = policy_gradient_loss(r.inputs(logps, rows), params)
-        ours = step_loss(out, units(params.aggregation, r.mask))
-        ours.backward()
-        assert ours.item() == pytest.approx(trl_loss.item(), rel=1e-9, abs=1e-9)
-        assert torch.allclose(logps.grad, trl_logps.grad, rtol=1e-9, atol=1e-9)
+        out, _ = against_trl(r, batch, params, loss_type=loss_type, level="token", eps_low=0.2, eps_high=0.28,
+                             beta=0.04, bias_correction_kl=False, is_mode="token_truncate", delta=delta,
+                             off_policy_threshold=threshold)
         if threshold is not None:
             masked += float(out.metrics["off_policy_masked"].sum())
         ratio = torch.exp(r.logps - r.old)

@@ -12,12 +12,11 @@ import re
 
 import pytest
 
-import alignlab.training.loop as loop
 import alignlab.training.online as online_mod
 from alignlab import train
 from alignlab.errors import ConfigError
 from alignlab.training import checkpoint as ckpt
-from tests.training.helpers import base_config, max_abs_diff, weights
+from tests.training.helpers import base_config, crash_after_save, max_abs_diff, weights
 
 HALF = "fn:tests.training.online_rewards:digits_on_odd"
 
@@ -94,28 +93,15 @@ def test_the_split_of_a_step_changes_nothing(tmp_path, tiny_model_dir, updates):
         assert [r.get(k, -1.0) for r in logged(tmp_path / name) for k in keys] == pytest.approx(first, abs=1e-12)
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("crash_at", [1, 2])
-def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, monkeypatch, crash_at):
+def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, crash_at):
     """Two updates per round; killed after the checkpoint of step 1 (inside a round: the checkpoint
     holds the round's groups) or 2 (at a round boundary: the next round redraws its batches), then
     resumed: the same weights and per-step losses and rewards as an uninterrupted run."""
     common = dict(updates_per_rollout=2, max_steps=4, save_every=1, keep_checkpoints=0)
     full = train(cfg(tiny_model_dir, tmp_path / "full", **common))
-    real_save = loop.save
-
-    def save_then_crash(inp, unwrapped, optimizer, scheduler, step, *rest):
-        real_save(inp, unwrapped, optimizer, scheduler, step, *rest)
-        if step == crash_at:
-            raise Crash
-
-    with monkeypatch.context() as m:
-        m.setattr(loop, "save", save_then_crash)
-        with pytest.raises(Crash):
-            train(cfg(tiny_model_dir, tmp_path / "cut", **common))
+    with crash_after_save(lambda step: step == crash_at):
+        train(cfg(tiny_model_dir, tmp_path / "cut", **common))
     state = ckpt.read_state(ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints")[0])
     assert ("rollout" in state["data_position"]) == (crash_at == 1)
     resumed = train(cfg(tiny_model_dir, tmp_path / "cut", resume=True, **common))
