@@ -350,6 +350,32 @@ class LazyReference:
         return self.get().model()
 
 
+def merged_lora(model):
+    """A plain model computing what the PEFT LoRA ``model`` computes: a copy with its adapter merged
+    in (``model`` is not touched). Where the input and output embeddings share one weight (tied) and
+    the adapter changes one of them (a LoRA on the output layer or the embeddings, or a trained copy
+    of either), the copy's output layer first gets a weight of its own and its config says untied:
+    peft merges into the weight in place, so the adapter of one would change the other too."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    merged = copy.deepcopy(model)
+    network = merged.get_base_model()
+    embed, head = network.get_input_embeddings(), network.get_output_embeddings()
+
+    def plain(module):
+        return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+
+    adapted = (BaseTunerLayer, AuxiliaryTrainingWrapper)
+    if embed is not None and head is not None and plain(head).weight is plain(embed).weight \
+            and (isinstance(embed, adapted) or isinstance(head, adapted)):
+        plain(head).weight = torch.nn.Parameter(plain(head).weight.detach().clone(),
+                                                requires_grad=plain(head).weight.requires_grad)
+        for config in {id(c): c for c in (network.config, network.config.get_text_config())}.values():
+            config.tie_word_embeddings = False
+    return merged.merge_and_unload()
+
+
 def save_model(model, tokenizer, out_dir: str | os.PathLike, merge_lora: bool = False) -> Path:
     """Save so that ``from_pretrained`` loads it. LoRA: the adapter directory, and with
     ``merge_lora`` a ``merged/`` subdirectory holding full merged weights."""
@@ -358,7 +384,7 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, merge_lora: bool = 
     save_pretrained(model, out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     if merge_lora and is_lora(model):
-        merged = copy.deepcopy(model).merge_and_unload()
+        merged = merged_lora(model)
         save_pretrained(merged, out / "merged", safe_serialization=True)
         tokenizer.save_pretrained(out / "merged")
     return out
