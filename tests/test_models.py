@@ -159,28 +159,6 @@ def test_training_uses_no_deprecated_transformers_api(options, tmp_path, tiny_mo
     assert not [s for s in said if "deprecat" in s.lower()], said
 
 
-@pytest.fixture
-def tied_model_dir(tmp_path):
-    """A tiny Llama whose output layer shares the input embeddings' weight (tie_word_embeddings),
-    as GPT-2, Gemma, Qwen2-0.5B and Llama 3.2 1B have it."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from alignlab.models import build_tiny_tokenizer, save_pretrained
-
-    tok = build_tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    assert model.lm_head.weight is model.model.embed_tokens.weight
-    out = tmp_path / "tied"
-    save_pretrained(model, out)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.mark.parametrize("adapted", ["lm_head", "embed_tokens"])
 def test_a_merged_lora_on_a_tied_embedding_computes_what_the_adapter_does(tmp_path, tied_model_dir, adapted):
     """A LoRA on the output layer (or the input embeddings) of a model whose two share one weight:
