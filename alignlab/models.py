@@ -350,6 +350,46 @@ class LazyReference:
         return self.get().model()
 
 
+def _plain_layer(module):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+
+
+def lora_unties_embeddings(model) -> bool:
+    """Whether merging the PEFT ``model``'s adapter gives its output layer a weight of its own: the
+    input and output embeddings share one weight (tied) and the adapter changes one of them (a LoRA
+    on the output layer or the embeddings, or a trained copy of either)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    network = model.get_base_model()
+    embed, head = network.get_input_embeddings(), network.get_output_embeddings()
+    adapted = (BaseTunerLayer, AuxiliaryTrainingWrapper)
+    return (embed is not None and head is not None and _plain_layer(head).weight is _plain_layer(embed).weight
+            and (isinstance(embed, adapted) or isinstance(head, adapted)))
+
+
+def untie(config) -> None:
+    """Set ``config`` (and its text model's, where it has one) to untied input and output embeddings."""
+    for c in {id(c): c for c in (config, config.get_text_config())}.values():
+        c.tie_word_embeddings = False
+
+
+def merged_lora(model):
+    """A plain model computing what the PEFT LoRA ``model`` computes: a copy with its adapter merged
+    in (``model`` is not touched). Where merging unties the embeddings (``lora_unties_embeddings``)
+    the copy's output layer first gets a weight of its own and its config says untied: peft merges
+    into the weight in place, so the adapter of one layer would change the other too."""
+    merged = copy.deepcopy(model)
+    if lora_unties_embeddings(merged):
+        network = merged.get_base_model()
+        head = _plain_layer(network.get_output_embeddings())
+        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+        untie(network.config)
+    return merged.merge_and_unload()
+
+
 def save_model(model, tokenizer, out_dir: str | os.PathLike, merge_lora: bool = False) -> Path:
     """Save so that ``from_pretrained`` loads it. LoRA: the adapter directory, and with
     ``merge_lora`` a ``merged/`` subdirectory holding full merged weights."""
@@ -358,7 +398,7 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, merge_lora: bool = 
     save_pretrained(model, out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     if merge_lora and is_lora(model):
-        merged = copy.deepcopy(model).merge_and_unload()
+        merged = merged_lora(model)
         save_pretrained(merged, out / "merged", safe_serialization=True)
         tokenizer.save_pretrained(out / "merged")
     return out

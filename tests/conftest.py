@@ -78,6 +78,29 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_model(out, TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128))
 
 
+@pytest.fixture
+def tied_model_dir(tmp_path):
+    """A tiny Llama whose output layer shares the input embeddings' weight (tie_word_embeddings),
+    as GPT-2, Gemma, Qwen2-0.5B and Llama 3.2 1B have it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignlab.models import build_tiny_tokenizer, save_pretrained
+
+    tok = build_tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    out = tmp_path / "tied"
+    save_pretrained(model, out)
+    tok.save_pretrained(out)
+    return out
+
+
 def make_pairs(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []

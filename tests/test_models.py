@@ -157,3 +157,31 @@ def test_training_uses_no_deprecated_transformers_api(options, tmp_path, tiny_mo
         hf_logger.removeHandler(handler)
     said = [f"{w.category.__name__}: {w.message}" for w in caught] + [r.getMessage() for r in logged]
     assert not [s for s in said if "deprecat" in s.lower()], said
+
+
+@pytest.mark.parametrize("adapted", ["lm_head", "embed_tokens"])
+def test_a_merged_lora_on_a_tied_embedding_computes_what_the_adapter_does(tmp_path, tied_model_dir, adapted):
+    """A LoRA on the output layer (or the input embeddings) of a model whose two share one weight:
+    merged into that weight, the adapter of one would move the other too, and ``model/merged`` and
+    the merged checkpoints ``run_models`` gives (alignlab eval --run) would be another model (their
+    logits were off by 0.9). Reference: peft's own model of the saved adapter on the base (fp64)."""
+    from peft import PeftModel
+
+    from alignlab.training.saved import run_models
+
+    train(base_config(tied_model_dir, "task:arithmetic", tmp_path / "run", method="grpo", num_generations=4,
+                      reward=["fn:tests.training.online_rewards:digits"], max_new_tokens=6, dtype="fp64",
+                      warmup_steps=0, lr=5e-2, max_steps=2, save_every=2, lora=True, lora_r=2, lora_alpha=4,
+                      lora_target_modules=["q_proj", adapted], merge_lora=True))
+    model_dir = tmp_path / "run" / "model"
+    base = AutoModelForCausalLM.from_pretrained(tied_model_dir, dtype=torch.float64)
+    adapter = PeftModel.from_pretrained(base, model_dir).eval()
+    ids = torch.tensor([[5, 80, 81, 82, 83, 84]])
+    with torch.no_grad():
+        want = adapter(ids).logits
+        untouched = AutoModelForCausalLM.from_pretrained(tied_model_dir, dtype=torch.float64)(ids).logits
+        assert (want - untouched).abs().max() > 1e-3  # the adapter learned something
+        merged = AutoModelForCausalLM.from_pretrained(model_dir / "merged", dtype=torch.float64).eval()
+        assert (merged(ids).logits - want).abs().max() < 1e-10
+        models = dict(run_models(tmp_path / "run", dtype="fp64"))
+        assert (models["step-00000002"]().eval()(ids).logits - want).abs().max() < 1e-10

@@ -26,6 +26,7 @@ samples of an uninterrupted one, nothing lost or duplicated.
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 from collections.abc import Sequence
@@ -268,10 +269,15 @@ class RayGenerator(RendersPrompts):
             resources = {"num_gpus": 1}
         else:
             from alignlab.generation.vllm import unwrap
+            from alignlab.models import is_lora, lora_unties_embeddings, untie
 
             net = unwrap(model)
             base = net.get_base_model() if hasattr(net, "get_base_model") else net
-            spec.update(config=base.config, dtype=_model_dtype(model))
+            config = base.config
+            if is_lora(net) and lora_unties_embeddings(net):  # the merged output layer is a weight of its own
+                config = copy.deepcopy(config)
+                untie(config)
+            spec.update(config=config, dtype=_model_dtype(model))
             resources = {"num_cpus": 1}
         actor = ray.remote(GenerationWorker).options(max_restarts=max_restarts, max_task_retries=max_restarts,
                                                      **resources)

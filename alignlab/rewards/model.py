@@ -55,10 +55,16 @@ class HeadSettings:
     tau: float = 0.1  # GPM: temperature of σ(s/τ)
 
 
+# decoder-only causal LMs whose transformers class has the older name (GPT-2 and its forerunners)
+_CAUSAL_LM_HEADS = ("GPT2LMHeadModel", "OpenAIGPTLMHeadModel", "CTRLLMHeadModel")
+
+
 def is_causal(config) -> bool:
-    """Whether a model config describes a causal LM (its saved architecture is a ...ForCausalLM)."""
+    """Whether a model config describes a causal LM (its saved architecture is a ...ForCausalLM, or
+    GPT-2's ``GPT2LMHeadModel`` and the like)."""
     archs = getattr(config, "architectures", None) or []
-    return any(a.endswith("ForCausalLM") for a in archs) or bool(getattr(config, "is_decoder", False))
+    return any(a.endswith("ForCausalLM") or a in _CAUSAL_LM_HEADS for a in archs) \
+        or bool(getattr(config, "is_decoder", False))
 
 
 class RewardModel(torch.nn.Module):

@@ -171,14 +171,22 @@ def export(model: torch.nn.Module, skeleton: torch.nn.Module, dist: Dist) -> tor
     state = full_state(model)
     if not dist.is_main:
         return None
+    # parameters registered under several names (tied embeddings) are re-tied by those names: through
+    # a LoRA layer's base layer too, where transformers' tie_weights cannot set a LoRA layer's weight
+    names: dict[int, list[str]] = {}
+    for name, p in skeleton.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
     skeleton.to_empty(device="cpu")
     with torch.no_grad():
         buffers = dict(model.named_buffers())  # not sharded: the same on every process
         for name, buf in skeleton.named_buffers():
             buf.copy_(buffers[name])
     skeleton.load_state_dict(state)
-    if hasattr(skeleton, "tie_weights"):
-        skeleton.tie_weights()
+    for shared in (n for n in names.values() if len(n) > 1):
+        first = skeleton.get_parameter(shared[0])
+        for name in shared[1:]:
+            parent, _, attr = name.rpartition(".")
+            skeleton.get_submodule(parent)._parameters[attr] = first
     return skeleton
 
 

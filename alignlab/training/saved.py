@@ -75,7 +75,7 @@ def run_models(run: str | Path, dtype: str = "fp32", left_out: dict[str, str] | 
     from safetensors.torch import load_file
 
     from alignlab.losses.registry import UnknownLossError, get_loss
-    from alignlab.models import LoraSettings, add_lora, load_model
+    from alignlab.models import LoraSettings, add_lora, load_model, merged_lora
     from alignlab.training.checkpoint import list_checkpoints, verify
     from alignlab.training.critic import ATTR as CRITIC
     from alignlab.training.sharded import read_weights
@@ -118,7 +118,7 @@ def run_models(run: str | Path, dtype: str = "fp32", left_out: dict[str, str] | 
                     params[name].copy_(value)
             # the adapter merged in: a plain model, as the final model/ loads, which every
             # generation backend runs (the same sampler, hence the same seeds, for all of a run's models)
-            return model.merge_and_unload() if adapter.get("lora") else model
+            return merged_lora(model) if adapter.get("lora") else model
         return load
 
     yield "start", start

@@ -134,3 +134,22 @@ def test_an_online_run_on_two_workers_equals_the_single_process_run(cluster, tin
     assert max_abs_diff(one_w, weights(tiny_model_dir)) > 1e-4  # it learned something
     for a, b in zip(one_m, two_m, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-9) and b["reward"] == a["reward"]
+
+
+@pytest.mark.parametrize("adapted", ["lm_head", "embed_tokens"])
+def test_a_lora_run_on_a_worker_equals_the_single_process_run_with_tied_embeddings_adapted(cluster, tied_model_dir,
+                                                                                         tmp_path, adapted):
+    """A LoRA policy whose output layer shares the input embeddings' weight, with a LoRA on one of
+    them: the worker gets the two merged layers as weights of their own (one of them adapted), so
+    its model is built untied (built tied, it had no output weight to take them: every round was
+    refused). The single process samples on the native engine with the adapter in place; the same
+    completions are scored and the adapters agree to 1e-9 (fp64)."""
+    from safetensors.torch import load_file
+
+    extra = dict(lora=True, lora_r=2, lora_alpha=4, lora_target_modules=["q_proj", adapted])
+    _, _, one_s = _run(_online(tied_model_dir, tmp_path / "one", **extra))
+    _, _, two_s = _run(_online(tied_model_dir, tmp_path / "two", generation_backend="ray", ray_workers=1, **extra))
+    assert two_s == one_s and len(one_s) == 3 * 8
+    one_a, two_a = (load_file(tmp_path / run / "model" / "adapter_model.safetensors") for run in ("one", "two"))
+    assert max_abs_diff(one_a, two_a) < 1e-9
+    assert max(float(v.abs().max()) for k, v in one_a.items() if "lora_B" in k) > 1e-4  # it learned something

@@ -233,3 +233,21 @@ def test_a_one_process_fsdp_run_ends_the_group_it_started(tmp_path, tiny_model_d
     finally:
         tdist.destroy_process_group()
     assert max_abs_diff(weights(a.model_dir), weights(b.model_dir)) == 0
+
+
+def test_a_lora_on_the_tied_output_layer_of_a_sharded_policy_is_saved(tmp_path, tied_model_dir):
+    """FSDP (one process) with a LoRA on the output layer of a model whose output layer shares the
+    input embeddings' weight: the export re-ties the two layers' shared weight through the adapter's
+    layer (transformers' ``tie_weights`` cannot set a weight on a LoRA layer, and the run failed
+    after training with "attribute 'weight' already exists"); the adapter equals the unsharded run's
+    (fp64)."""
+    from safetensors.torch import load_file
+
+    common = dict(method="grpo", reward=["fn:tests.training.online_rewards:digits"], num_generations=4,
+                  max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=5e-2, max_steps=2, lora=True, lora_r=2,
+                  lora_alpha=4, lora_target_modules=["q_proj", "lm_head"])
+    plain = train(base_config(tied_model_dir, "task:arithmetic", tmp_path / "plain", **common))
+    sharded = train(base_config(tied_model_dir, "task:arithmetic", tmp_path / "fsdp", fsdp=True, **common))
+    a, b = (load_file(Path(s.model_dir) / "adapter_model.safetensors") for s in (plain, sharded))
+    assert max_abs_diff(a, b) < 1e-9
+    assert max(float(v.abs().max()) for k, v in a.items() if "lora_B" in k) > 1e-4

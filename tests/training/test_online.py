@@ -305,3 +305,26 @@ def test_remax_logs_the_greedy_baseline(tmp_path, tiny_model_dir):
 def test_a_critic_that_cannot_be_built_is_a_one_line_error(tmp_path, tiny_model_dir):
     with pytest.raises(UserError, match="critic: '.*nowhere' is neither"):
         train(online(tiny_model_dir, tmp_path / "bad", method="ppo", critic=str(tmp_path / "nowhere")))
+
+
+def test_a_gpt2_policy_gets_a_separate_critic_and_a_last_token_reward_model(tmp_path):
+    """GPT-2's causal LM class is saved as ``GPT2LMHeadModel``, not ``...ForCausalLM``: it is a
+    causal LM all the same, so PPO's separate critic is built on it (it was refused as "not a causal
+    LM") and a reward model on it pools its last token, as on any decoder (it pooled the mean)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from alignlab.models import build_tiny_tokenizer, save_pretrained
+    from alignlab.rewards.model import load_reward_model, new_reward_model
+
+    tok = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                       eos_token_id=tok.eos_token_id))
+    save_pretrained(model, tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    assert new_reward_model(str(tmp_path / "gpt2"), "bt", 1, "auto", False, False, 1.0).settings.pool == "last"
+    train(online(tmp_path / "gpt2", tmp_path / "separate", method="ppo", critic="separate", max_steps=2))
+    critic = load_reward_model(tmp_path / "separate" / "model" / "value_model")
+    assert critic.settings.causal and critic.settings.pool == "last" and critic.head.weight.abs().max() > 0
