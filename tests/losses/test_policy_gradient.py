@@ -868,12 +868,18 @@ def test_trl_other_loss_types_accumulate_as_the_global_step():
 
 @pytest.mark.parametrize("loss_type", list(LOSS_TYPES))
 @pytest.mark.parametrize("guard", ["delta", "off_policy_mask", "both"])
-def test_trl_parity_of_two_sided_clipping_and_off_policy_masking(loss_type, guard):
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_trl_parity_of_two_sided_clipping_and_off_policy_masking(loss_type, guard, level):
     """TRL's ``delta`` and ``off_policy_mask_threshold`` against alignlab's ``delta`` and
-    ``off_policy_mask`` (the sampler's log-probs given to both), with β > 0 and token truncation:
-    loss and gradient at 1e-9 (float64). The data masks some sequences and caps some ratios."""
+    ``off_policy_mask`` (the sampler's log-probs given to both), with β > 0 and token truncation,
+    token and sequence (GSPO) ratios: loss and gradient at 1e-9 (float64). The data masks some
+    sequences and caps some ratios (at sequence level δ = 1.02, which some sequence ratios of
+    negative advantage pass)."""
     pytest.importorskip("trl")
-    delta = 1.35 if guard in ("delta", "both") else None
+    if level == "sequence":
+        delta = 1.02 if guard in ("delta", "both") else None
+    else:
+        delta = 1.35 if guard in ("delta", "both") else None
     threshold = 0.05 if guard in ("off_policy_mask", "both") else None
     masked = capped = 0.0
     for seed in (0, 1):
@@ -882,14 +888,19 @@ def test_trl_parity_of_two_sided_clipping_and_off_policy_masking(loss_type, guar
         batch["sampling_per_token_logps"] = r.sampler
         params = PolicyGradientParams(eps_low=0.2, eps_high=0.28, beta=0.04, aggregation=LOSS_TYPES[loss_type],
                                       max_completion_length=MAX_LEN, is_mode="token_truncate", is_clip_max=1.5,
-                                      delta=delta, off_policy_mask=threshold)
-        out, _ = against_trl(r, batch, params, loss_type=loss_type, level="token", eps_low=0.2, eps_high=0.28,
+                                      delta=delta, off_policy_mask=threshold, ratio_level=level)
+        out, _ = against_trl(r, batch, params, loss_type=loss_type, level=level, eps_low=0.2, eps_high=0.28,
                              beta=0.04, bias_correction_kl=False, is_mode="token_truncate", delta=delta,
                              off_policy_threshold=threshold)
         if threshold is not None:
             masked += float(out.metrics["off_policy_masked"].sum())
-        ratio = torch.exp(r.logps - r.old)
-        capped += float(((ratio > 1.35) & (r.adv.unsqueeze(1) < 0) & r.mask.bool()).sum())
+        if level == "token":
+            ratio = torch.exp(r.logps - r.old)
+            capped += float(((ratio > 1.35) & (r.adv.unsqueeze(1) < 0) & r.mask.bool()).sum())
+        else:
+            m = r.mask.double()
+            ratio = torch.exp(((r.logps - r.old) * m).sum(-1) / m.sum(-1))
+            capped += float(((ratio > 1.02) & (r.adv < 0)).sum())
     assert capped > 0
     assert threshold is None or masked > 0
 
