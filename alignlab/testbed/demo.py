@@ -230,8 +230,12 @@ def run_demo(settings: DemoSettings, out_dir: str | Path, cache_dir: str | Path 
     }
     spec = get_loss(settings.method)
     if online:
+        budget = online_budget(settings.epochs, settings.num_prompts, settings.batch_size, settings.k)
+        if budget["batch_size"] != settings.batch_size:
+            log_to_stderr(f"batch size {settings.batch_size} is not a multiple of --k {settings.k}: each step "
+                          f"trains on {budget['batch_size']} answers ({budget['batch_size'] // settings.k} prompts)")
         config.update(data=data, reward=[f"task:{settings.task}:{settings.reward}"], num_generations=settings.k,
-                      **online_budget(settings.epochs, settings.num_prompts, settings.batch_size, settings.k))
+                      **budget)
     if rounds:
         # the same prompts and samples per prompt as one round, split evenly over the rounds; each
         # round trains `epochs` passes over its own data, so the steps add up to one round's

@@ -405,6 +405,9 @@ def _train(cfg: TrainConfig, kind, deepspeed, dist: Dist) -> Summary:
         close = getattr(getattr(source, "generator", None), "close", None)
         if close is not None:
             close()
+    if result.steps and result.skipped_steps >= result.steps:
+        _log(dist, f"warning: every step of the run ({result.steps}) was skipped (skip_nonfinite), so the model "
+                   "saved is the one it started from; the log above names each step's fault")
 
     model_dir = out / "model"
     if deepspeed:

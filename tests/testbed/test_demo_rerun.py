@@ -58,3 +58,27 @@ def test_an_unknown_sink_fails_before_anything_runs(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "unknown sink 'tensorbored'" in err and "did you mean 'tensorboard'" in err and "\n" not in err
     assert not (tmp_path / "d").exists()
+
+
+def test_an_online_demo_says_when_its_batch_is_rounded_to_whole_prompts(tmp_path, monkeypatch, capsys):
+    """``--k 3 --batch-size 16``: a step trains on 15 answers (5 prompts × 3), and the demo says so
+    before training (it rounded silently); the config it trains with has batch size 15."""
+    import alignlab
+    import alignlab.testbed.demo as demo
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(config):
+        seen.update(config)
+        raise Stop
+
+    monkeypatch.setattr(alignlab, "train", fake_train)  # run_demo imports it when it runs
+    settings = demo.DemoSettings(method="grpo", k=3, batch_size=16, num_prompts=16, eval_prompts=4)
+    with pytest.raises(Stop):
+        demo.run_demo(settings, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    assert seen["batch_size"] == 15 and seen["num_generations"] == 3
+    assert "batch size 16 is not a multiple of --k 3: each step trains on 15 answers (5 prompts)" in \
+        capsys.readouterr().err

@@ -328,3 +328,18 @@ def test_a_gpt2_policy_gets_a_separate_critic_and_a_last_token_reward_model(tmp_
     train(online(tmp_path / "gpt2", tmp_path / "separate", method="ppo", critic="separate", max_steps=2))
     critic = load_reward_model(tmp_path / "separate" / "model" / "value_model")
     assert critic.settings.causal and critic.settings.pool == "last" and critic.head.weight.abs().max() > 0
+
+
+def test_a_run_whose_every_step_was_skipped_says_so(tmp_path, tiny_model_dir, capsys):
+    """A reward that is NaN for every answer, with skip_nonfinite: every step is skipped, the saved
+    model is the starting one, and the run ends with one warning line saying so (it exited 0 with
+    nothing but the per-step lines). A run with some steps applied prints no such line."""
+    summary = train(online(tiny_model_dir, tmp_path / "all", max_steps=3, skip_nonfinite=True,
+                           reward=["fn:tests.training.online_rewards:always_nan"]))
+    assert summary.train_metrics["skipped_steps"] == 3
+    assert max_abs_diff(weights(summary.model_dir), weights(tiny_model_dir)) == 0
+    err = capsys.readouterr().err
+    assert "warning: every step of the run (3) was skipped (skip_nonfinite), so the model saved is the one it " \
+           "started from" in err
+    train(online(tiny_model_dir, tmp_path / "some", max_steps=3, skip_nonfinite=True))
+    assert "warning: every step" not in capsys.readouterr().err
