@@ -263,8 +263,13 @@ class RayGenerator(RendersPrompts):
         options = {**(options or {}), **({} if batch_size is None else {"batch_size": batch_size})}
         spec = {"backend": inner, "tokenizer": tokenizer, "options": options}
         if inner == "vllm":
-            from alignlab.generation.vllm import model_directory
+            from alignlab.generation.vllm import model_directory, refuse_tied_lora
 
+            try:
+                refuse_tied_lora(model)
+            except UserError:
+                self.close()
+                raise
             spec["model_path"] = model_directory(model, model_path)
             resources = {"num_gpus": 1}
         else:

@@ -160,6 +160,22 @@ def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
         yield from walk(model, "")
 
 
+def refuse_tied_lora(model: torch.nn.Module) -> None:
+    """A ``UserError`` where ``model`` is a PEFT LoRA model whose adapter changes an output layer
+    that shares its weight with the input embeddings (``lora_unties_embeddings``). A vLLM engine
+    built from the model's directory ties the two as the config says and loads the embeddings
+    only, so the merged output layer would be dropped without a word and the engine would sample
+    from another policy. (The native and Ray-native backends build an untied model instead.)"""
+    from alignlab.models import is_lora, lora_unties_embeddings
+
+    net = unwrap(model)
+    if is_lora(net) and lora_unties_embeddings(net):
+        raise UserError("vllm: the policy's output layer shares its weight with the input embeddings (tied) and its "
+                        "LoRA adapter changes one of them; a vLLM engine ties them too and would load the "
+                        "embeddings only. Sample with the native backend (or ray with ray_backend native), or leave "
+                        "lm_head and embed_tokens out of lora_target_modules")
+
+
 def _merged_lora(layer, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
     """The parameters of a LoRA layer's base layer with the adapters merged in (see policy_weights)."""
     base = layer.get_base_layer()
@@ -453,6 +469,7 @@ class VLLMGenerator(RendersPrompts):
         does not know is refused by vLLM's loader; every parameter of the engine's model (but
         quantization scales) must be written, or the policy is not the directory's model: that is a
         ``UserError`` naming the first one missing."""
+        refuse_tied_lora(model)
         self.load_weights(policy_weights(model))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -565,3 +565,20 @@ def test_a_policy_that_leaves_engine_parameters_unwritten_is_a_user_error(model_
     with pytest.raises(UserError, match=r"^update_weights: the vllm engine's parameter 'model.layers.1.[a-z_.]+' "
                                         r"\(worker 0; 9 in all\) got no value from the policy"):
         make_generator(smaller, tok, "vllm", model_path=tiny_model_dir)
+
+
+@pytest.mark.parametrize("targets,refused", [(["q_proj", "lm_head"], True), (["embed_tokens", "v_proj"], True),
+                                             (["q_proj", "v_proj"], False)])
+def test_a_lora_on_tied_embeddings_is_refused_before_a_vllm_engine_drops_it(tied_model_dir, targets, refused):
+    """On a model whose output layer and input embeddings share one weight, a LoRA on either makes
+    the merged output layer a weight of its own, which a vLLM engine built from the (tied)
+    directory would skip: ``refuse_tied_lora`` stops it in one line, and lets a LoRA elsewhere
+    (or an untied model) through. The native backend samples such a policy correctly
+    (``tests/test_models.py``)."""
+    model = add_lora(load_model(str(tied_model_dir)), LoraSettings(r=2, target_modules=targets))
+    if refused:
+        with pytest.raises(UserError, match=r"^vllm: the policy's output layer shares its weight with the input "
+                                            r"embeddings \(tied\)"):
+            backend.refuse_tied_lora(model)
+    else:
+        backend.refuse_tied_lora(model)
