@@ -357,9 +357,11 @@ def _plain_layer(module):
 
 
 def lora_unties_embeddings(model) -> bool:
-    """Whether merging the PEFT ``model``'s adapter gives its output layer a weight of its own: the
-    input and output embeddings share one weight (tied) and the adapter changes one of them (a LoRA
-    on the output layer or the embeddings, or a trained copy of either)."""
+    """Whether ``model`` is a PEFT LoRA model whose merged adapter gives its output layer a weight
+    of its own: the input and output embeddings share one weight (tied) and the adapter changes
+    one of them (a LoRA on the output layer or the embeddings, or a trained copy of either)."""
+    if not is_lora(model):
+        return False
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils.other import AuxiliaryTrainingWrapper
 

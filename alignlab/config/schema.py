@@ -405,17 +405,14 @@ class TrainConfig:
                f"method '{self.method}' trains on one set of data; mix_data is for methods that mix two (bvpo)")
         _check(mix_data is not None or "group" not in spec.needs, "mix_data",
                f"method '{self.method}' needs a second set of pairs in mix_data")
-        if self.rollout.dynamic_sampling:
-            from alignlab.losses.online import group_baseline
+        from alignlab.losses.online import group_baseline
 
-            _check(spec.shape == "online" and spec.advantages is not None
-                   and group_baseline(spec, self.method_params) is not None, "dynamic_sampling",
-                   f"keeps the groups whose rewards differ, for methods whose advantage compares a prompt's "
-                   f"samples (the grpo family, rloo); method '{self.method}' has no such advantage")
-        if spec.shape == "online" and self.rollout.num_generations < 2:
-            from alignlab.losses.online import group_baseline
-
-            why = group_baseline(spec, self.method_params)
+        # what makes the method's advantage compare a prompt's samples (None: nothing does)
+        why = group_baseline(spec, self.method_params) if spec.shape == "online" else None
+        _check(not self.rollout.dynamic_sampling or (why is not None and spec.advantages is not None),
+               "dynamic_sampling", f"keeps the groups whose rewards differ, for methods whose advantage compares a "
+               f"prompt's samples (the grpo family, rloo); method '{self.method}' has no such advantage")
+        if self.rollout.num_generations < 2:
             _check(why is None, "num_generations",
                    f"method '{self.method}' compares each prompt's samples with each other ({why}); with "
                    f"{self.rollout.num_generations} sample per prompt the reward adds nothing to any advantage, so "

@@ -274,12 +274,12 @@ class RayGenerator(RendersPrompts):
             resources = {"num_gpus": 1}
         else:
             from alignlab.generation.vllm import unwrap
-            from alignlab.models import is_lora, lora_unties_embeddings, untie
+            from alignlab.models import lora_unties_embeddings, untie
 
             net = unwrap(model)
             base = net.get_base_model() if hasattr(net, "get_base_model") else net
             config = base.config
-            if is_lora(net) and lora_unties_embeddings(net):  # the merged output layer is a weight of its own
+            if lora_unties_embeddings(net):  # the merged output layer is a weight of its own
                 config = copy.deepcopy(config)
                 untie(config)
             spec.update(config=config, dtype=_model_dtype(model))
@@ -360,7 +360,7 @@ class RayGenerator(RendersPrompts):
             self._push([i])
             call = self._submit(i, contexts, n, params, start)
         raise UserError(f"ray generation worker {i} died more than max_restarts={self.max_restarts} times; "
-                           "its log is under the Ray session folder (/tmp/ray/session_latest/logs)")
+                        "its log is under the Ray session folder (/tmp/ray/session_latest/logs)")
 
     def pids(self) -> list[int]:
         """Each worker's process id (a restarted worker has a new one)."""

@@ -166,10 +166,9 @@ def refuse_tied_lora(model: torch.nn.Module) -> None:
     built from the model's directory ties the two as the config says and loads the embeddings
     only, so the merged output layer would be dropped without a word and the engine would sample
     from another policy. (The native and Ray-native backends build an untied model instead.)"""
-    from alignlab.models import is_lora, lora_unties_embeddings
+    from alignlab.models import lora_unties_embeddings
 
-    net = unwrap(model)
-    if is_lora(net) and lora_unties_embeddings(net):
+    if lora_unties_embeddings(unwrap(model)):
         raise UserError("vllm: the policy's output layer shares its weight with the input embeddings (tied) and its "
                         "LoRA adapter changes one of them; a vLLM engine ties them too and would load the "
                         "embeddings only. Sample with the native backend (or ray with ray_backend native), or leave "

@@ -124,17 +124,12 @@ class OpenAIBackend:
                 if not (e.code == 429 or 500 <= e.code < 600):
                     raise UserError(f"judge request to {self.url} failed: {problem}") from None
                 retry_after = e.headers.get("Retry-After") if e.headers else None
-            except TimeoutError:
-                problem = f"timed out after {self.timeout} s"
-            except urllib.error.URLError as e:
-                if isinstance(e.reason, TimeoutError):
-                    problem = f"timed out after {self.timeout} s"
-                elif isinstance(e.reason, DROPPED):
-                    problem = f"the connection was dropped ({type(e.reason).__name__})"
-                else:
+            except urllib.error.URLError as e:  # urllib wraps what fails while connecting
+                if not isinstance(e.reason, (TimeoutError, *DROPPED)):
                     raise UserError(f"judge request to {self.url} failed: cannot connect ({e.reason})") from None
-            except DROPPED as e:
-                problem = f"the connection was dropped ({type(e).__name__})"
+                problem = self._passing(e.reason)
+            except (TimeoutError, *DROPPED) as e:
+                problem = self._passing(e)
             except (OSError, http.client.HTTPException) as e:
                 raise UserError(f"judge request to {self.url} failed: {type(e).__name__}: {e}") from None
             else:
@@ -148,6 +143,12 @@ class OpenAIBackend:
                 raise UserError(f"judge request to {self.url} failed after {_tries(attempt + 1)}: {problem}")
             time.sleep(self._wait(attempt, retry_after))
         raise AssertionError("unreachable")
+
+    def _passing(self, exc: BaseException) -> str:
+        """What a timeout or a dropped connection (``DROPPED``), both asked again, is called in the message."""
+        if isinstance(exc, TimeoutError):
+            return f"timed out after {self.timeout} s"
+        return f"the connection was dropped ({type(exc).__name__})"
 
     def _wait(self, attempt: int, retry_after: str | None) -> float:
         if retry_after is not None:

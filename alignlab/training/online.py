@@ -387,10 +387,10 @@ class OnlineSource:
         flat_groups: list[tuple] = []
         gen_s = reward_s = 0.0
         drawn_groups, reward_sum, generated = 0, 0.0, 0
-        batches, drawn = 0, []
+        drawn: list[int] = []
         for batch in range(self.max_batches):
             d = self._draw(round_, batch, drawn)
-            batches, drawn = batches + 1, drawn + d.order
+            drawn += d.order
             gen_s, reward_s = gen_s + d.gen_s, reward_s + d.reward_s
             mine = [(d.rows[g], d.texts[g], d.flat[g * G:(g + 1) * G], d.rewards[g * G:(g + 1) * G].tolist(),
                      {name: v[g * G:(g + 1) * G].tolist() for name, v in d.parts.items()})
@@ -408,7 +408,7 @@ class OnlineSource:
         rewards = torch.tensor([r for g in mine for r in g[3]], dtype=torch.float64)
         parts = {name: torch.tensor([r for g in mine for r in g[4][name]], dtype=torch.float64)
                  for name in (mine[0][4] if mine else {})}
-        metrics = {"dynamic_sampling/batches": float(batches),
+        metrics = {"dynamic_sampling/batches": float(batch + 1),
                    "dynamic_sampling/with_spread": min(len(spread), P) / P,
                    "reward/sampled": reward_sum / max(drawn_groups * G, 1)}
         return _Drawn([g[0] for g in mine], [g[1] for g in mine], [s for g in mine for s in g[2]], rewards, parts,
