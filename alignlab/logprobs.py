@@ -12,8 +12,8 @@ target is ``logit[target] − logsumexp``, a chunk of positions at a time (``tar
 backward pass recomputes each chunk's logits instead of keeping them (unless all the positions'
 softmax fits in ``KEEP_VALUES``: then it is kept). Memory is one chunk of ``chunk × V`` values (or
 the kept softmax), never ``B × T × V`` logits, and prompts and padding cost no output-layer matmul.
-Asked for it, the same pass also gives each position's entropy −Σ_v p_v log p_v (no gradient), from
-the chunk's logits it already holds.
+Asked for it, the same pass also gives each position's entropy −Σ_v p_v log p_v from the chunk's
+logits it already holds (with a gradient only when asked: an entropy bonus).
 Other models give their full logits, and the same difference is computed a few rows at a time, so
 the full-vocabulary log-softmax is never materialised in fp32.
 """
@@ -167,7 +167,14 @@ def _chunk_stats(logits_NV: torch.Tensor, targets_N: torch.Tensor, with_entropy:
 
 class _TargetLogps(torch.autograd.Function):
     """log softmax(h W^T)[target] per row of ``h``, chunked in both directions; with
-    ``with_entropy`` also each row's entropy (a second output, without gradient; empty otherwise).
+    ``with_entropy`` also each row's entropy (a second output, empty otherwise; differentiable with
+    ``entropy_grad``, else without gradient).
+
+    Gradients with respect to the logits z of one row, p = softmax(z), H = −Σ_v p_v log p_v:
+    ∂ log p_y/∂z_v = [v = y] − p_v, and ∂H/∂z_v = −p_v (log p_v + H) (from ∂ log p_u/∂z_v =
+    [u = v] − p_v: ∂H/∂z_v = −Σ_u p_u([u = v] − p_v)(log p_u + 1) = −p_v(log p_v + 1) + p_v(1 − H)).
+    With output gradients g and e the backward pass multiplies d_v = g·[v = y] − p_v (g + e (log p_v
+    + H)) into the output layer (a p_v = 0 adds nothing).
 
     The backward pass needs each row's softmax. When all rows hold at most ``KEEP_VALUES`` of them
     the forward pass keeps them (unnormalised, in one buffer held until the backward pass, which
@@ -175,7 +182,7 @@ class _TargetLogps(torch.autograd.Function):
     each chunk's logits, so memory stays at one chunk whatever the rows."""
 
     @staticmethod
-    def forward(ctx, hidden_Nd, weight_Vd, targets_N, with_entropy, grad_enabled):
+    def forward(ctx, hidden_Nd, weight_Vd, targets_N, with_entropy, grad_enabled, entropy_grad=False):
         cd = _compute_dtype(weight_Vd)
         acc = _accumulator(cd)
         w = _product(weight_Vd.detach().to(cd))
@@ -191,27 +198,40 @@ class _TargetLogps(torch.autograd.Function):
                 None if kept_NV is None else kept_NV[s:s + step])
             if with_entropy:
                 ent_N[s:s + step] = ent
-        ctx.save_for_backward(hidden_Nd, weight_Vd, targets_N, lse_N)
+        entropy_grad = with_entropy and entropy_grad
+        ctx.save_for_backward(hidden_Nd, weight_Vd, targets_N, lse_N, ent_N if entropy_grad else None)
         ctx.compute_dtype, ctx.kept = cd, (None if kept_NV is None else (kept_NV, sum_N))
-        ctx.mark_non_differentiable(ent_N)
+        ctx.set_materialize_grads(False)
+        if not entropy_grad:
+            ctx.mark_non_differentiable(ent_N)
         return out_N, ent_N
 
     @staticmethod
-    def backward(ctx, grad_N, _grad_entropy):
-        hidden_Nd, weight_Vd, targets_N, lse_N = ctx.saved_tensors
+    def backward(ctx, grad_N, grad_entropy_N):
+        hidden_Nd, weight_Vd, targets_N, lse_N, ent_N = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         cd, acc = ctx.compute_dtype, lse_N.dtype
+        if ent_N is None or grad_entropy_N is None or not grad_entropy_N.any():
+            grad_entropy_N = None
+        if grad_N is None:
+            grad_N = torch.zeros_like(lse_N)
         w = weight_Vd.to(cd)
-        # d/dlogits of (logit[target] − logsumexp) is onehot(target) − softmax
+        # d/dlogits of (logit[target] − logsumexp) is onehot(target) − softmax; of the entropy, −p (log p + H)
         if ctx.kept is not None:  # exp(z) / Σ exp(z), kept by the forward pass; consumed here
             d, sum_N = ctx.kept
             ctx.kept = None  # a second backward pass (retain_graph) recomputes
             g = grad_N.to(acc)
-            d.mul_((-g / sum_N)[:, None]).scatter_add_(-1, targets_N[:, None], g[:, None])
+            if grad_entropy_N is not None:  # log p = log exp(z) − log Σ exp(z), 0 where p = 0
+                d.div_(sum_N[:, None])
+                _entropy_factor(d, grad_N, grad_entropy_N, ent_N, d.log())
+                d.neg_()
+            else:
+                d.mul_((-g / sum_N)[:, None])
+            d.scatter_add_(-1, targets_N[:, None], g[:, None])
             d, h = d.to(cd), hidden_Nd.to(cd)
             grad_h = (d @ w).to(hidden_Nd.dtype) if need_h else None
             grad_w = (d.T @ h).to(weight_Vd.dtype) if need_w else None
-            return grad_h, grad_w, None, None, None
+            return grad_h, grad_w, None, None, None, None
         n, step = hidden_Nd.shape[0], _chunk(weight_Vd)
         product = _product(w.detach())  # the forward pass's logits again, row for row
         grad_h = torch.empty_like(hidden_Nd) if need_h else None
@@ -219,7 +239,13 @@ class _TargetLogps(torch.autograd.Function):
         for s in range(0, n, step):
             h = hidden_Nd[s:s + step].to(cd)
             g = grad_N[s:s + step].to(acc)
-            d = torch.exp(_logits(h, product, acc) - lse_N[s:s + step, None]).mul_(-g[:, None])
+            logp = _logits(h, product, acc).sub_(lse_N[s:s + step, None])
+            d = torch.exp(logp)
+            if grad_entropy_N is not None:
+                _entropy_factor(d, grad_N[s:s + step], grad_entropy_N[s:s + step], ent_N[s:s + step], logp)
+                d.neg_()
+            else:
+                d.mul_(-g[:, None])
             d.scatter_add_(-1, targets_N[s:s + step, None], g[:, None])
             d = d.to(cd)
             if need_h:
@@ -229,7 +255,16 @@ class _TargetLogps(torch.autograd.Function):
                     grad_w.addmm_(d.T, h)
                 else:
                     grad_w += d.T @ h
-        return grad_h, (grad_w.to(weight_Vd.dtype) if need_w else None), None, None, None
+        return grad_h, (grad_w.to(weight_Vd.dtype) if need_w else None), None, None, None, None
+
+
+def _entropy_factor(p_NV: torch.Tensor, g_N: torch.Tensor, e_N: torch.Tensor, ent_N: torch.Tensor,
+                    logp_NV: torch.Tensor) -> None:
+    """``p_NV`` ← p · (g + e (log p + H)) in place, 0 where p = 0 (``logp_NV`` −inf there): the
+    softmax part of the logits' gradient of g·log p_y + e·H, negated (``_TargetLogps``)."""
+    acc = p_NV.dtype
+    factor = logp_NV.add_(ent_N.to(acc)[:, None]).mul_(e_N.to(acc)[:, None]).add_(g_N.to(acc)[:, None])
+    p_NV.mul_(factor.masked_fill_(p_NV == 0, 0.0))
 
 
 def target_logps(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
@@ -239,11 +274,12 @@ def target_logps(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor, targets_N: to
     return _TargetLogps.apply(hidden_Nd, weight_Vd, targets_N, False, torch.is_grad_enabled())[0]
 
 
-def target_logps_and_entropy(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor,
-                             targets_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def target_logps_and_entropy(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor, targets_N: torch.Tensor,
+                             grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``target_logps`` and, from the same chunks of logits, the entropy −Σ_v p_v log p_v of each
-    position's next-token distribution (N,), in the same dtype, without gradient."""
-    return _TargetLogps.apply(hidden_Nd, weight_Vd, targets_N, True, torch.is_grad_enabled())
+    position's next-token distribution (N,), in the same dtype; differentiable with ``grad``
+    (an entropy bonus), else without gradient."""
+    return _TargetLogps.apply(hidden_Nd, weight_Vd, targets_N, True, torch.is_grad_enabled(), grad)
 
 
 def squared_mass(hidden_Nd: torch.Tensor, weight_Vd: torch.Tensor) -> torch.Tensor:
@@ -268,7 +304,7 @@ class SequenceLogps:
     sum_B: torch.Tensor  # summed log-prob of each row's response
     count_B: torch.Tensor  # number of response tokens in each row
     sqmass_B: torch.Tensor | None = None  # Σ over response tokens of log Σ_v p_v², no gradient (WPO)
-    entropy_BT: torch.Tensor | None = None  # (B, T-1) −Σ_v p_v log p_v where each token was predicted, no gradient
+    entropy_BT: torch.Tensor | None = None  # (B, T-1) −Σ_v p_v log p_v where each token was predicted
 
     @property
     def mean_B(self) -> torch.Tensor:
@@ -299,15 +335,20 @@ def log_squared_mass(logits_BTV: torch.Tensor, chunk_rows: int = 8) -> torch.Ten
     return torch.cat(out, dim=0)
 
 
-def token_entropy(logits_BTV: torch.Tensor, chunk_rows: int = 8) -> torch.Tensor:
+def token_entropy(logits_BTV: torch.Tensor, chunk_rows: int = 8, grad: bool = False) -> torch.Tensor:
     """−Σ_v p_v log p_v of the next-token distribution at every position (B, T), in fp32 (fp64
-    stays fp64), without gradient, a few rows at a time."""
+    stays fp64), a few rows at a time; without gradient unless ``grad`` (then through autograd,
+    with each chunk's softmax held for the backward pass)."""
     out = []
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         for start in range(0, logits_BTV.shape[0], chunk_rows):
             lg = logits_BTV[start:start + chunk_rows]
             lg = lg if lg.dtype == torch.float64 else lg.float()
-            out.append(_entropy(lg.flatten(0, -2), torch.logsumexp(lg, dim=-1).flatten()).view(lg.shape[:-1]))
+            if grad:
+                logp = torch.log_softmax(lg, dim=-1)
+                out.append(-(logp.exp() * logp.masked_fill(logp == float("-inf"), 0.0)).sum(-1))
+            else:
+                out.append(_entropy(lg.flatten(0, -2), torch.logsumexp(lg, dim=-1).flatten()).view(lg.shape[:-1]))
     return torch.cat(out, dim=0)
 
 
@@ -335,10 +376,13 @@ def _attention_mask(model: torch.nn.Module, allowed_B1TT: torch.Tensor) -> torch
 
 
 def _response_logps(model: torch.nn.Module, inputs: dict, rows_N: torch.Tensor, pred_NL: torch.Tensor,
-                    target_NL: torch.Tensor, mask_NL: torch.Tensor, sqmass: bool, entropy: bool) -> SequenceLogps:
+                    target_NL: torch.Tensor, mask_NL: torch.Tensor, sqmass: bool, entropy: bool | str
+                    ) -> SequenceLogps:
     """Run ``model`` on ``inputs`` and return, for each of N responses, the log-probs of its
     tokens: token k of response n is ``target_NL[n, k]``, predicted at position ``pred_NL[n, k]``
-    of row ``rows_N[n]``, and counts where ``mask_NL`` is 1."""
+    of row ``rows_N[n]``, and counts where ``mask_NL`` is 1. ``entropy``: False, True (without
+    gradient) or "grad" (differentiable)."""
+    grad = entropy == "grad"
     keep = mask_NL > 0
     n_idx, k_idx = keep.nonzero(as_tuple=True)
     rows, cols = rows_N[n_idx], pred_NL[n_idx, k_idx]
@@ -350,7 +394,7 @@ def _response_logps(model: torch.nn.Module, inputs: dict, rows_N: torch.Tensor, 
             nonlocal picked_K, ent_K, sq_K
             hidden_K = hidden_BTd[rows, cols]
             if entropy:
-                picked_K, ent_K = target_logps_and_entropy(hidden_K, weight_Vd, targets)
+                picked_K, ent_K = target_logps_and_entropy(hidden_K, weight_Vd, targets, grad)
             else:
                 picked_K = target_logps(hidden_K, weight_Vd, targets)
             sq_K = squared_mass(hidden_K, weight_Vd) if sqmass else None
@@ -360,7 +404,7 @@ def _response_logps(model: torch.nn.Module, inputs: dict, rows_N: torch.Tensor, 
         logits_KV = model(**inputs, use_cache=False).logits[rows, cols]
         picked_K = gather_logps(logits_KV.unsqueeze(1), targets.unsqueeze(1), chunk_rows=256).squeeze(1)
         sq_K = log_squared_mass(logits_KV.unsqueeze(1), chunk_rows=256).squeeze(1) if sqmass else None
-        ent_K = token_entropy(logits_KV.unsqueeze(1), chunk_rows=256).squeeze(1) if entropy else None
+        ent_K = token_entropy(logits_KV.unsqueeze(1), chunk_rows=256, grad=grad).squeeze(1) if entropy else None
     mask = keep.to(torch.float32)
 
     def placed(values_K: torch.Tensor) -> torch.Tensor:
@@ -395,12 +439,13 @@ def response_positions(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.
     return torch.arange(B, device=ids_BT.device), positions, ids_BT[:, 1:], batch.loss_mask_BT[:, 1:]
 
 
-def sequence_logps(model: torch.nn.Module, batch: Batch, sqmass: bool = False, entropy: bool = False
+def sequence_logps(model: torch.nn.Module, batch: Batch, sqmass: bool = False, entropy: bool | str = False
                    ) -> SequenceLogps:
     """Run ``model`` on a batch and return the log-probs of its response tokens; with ``sqmass``
     also each row's Σ_t log Σ_v p_v² over its response positions, and with ``entropy`` the entropy
     −Σ_v p_v log p_v of the model's next-token distribution where each response token is predicted
-    (``entropy_BT``, laid out as ``token_logps_BT``). Both without gradient. A padded batch gives
+    (``entropy_BT``, laid out as ``token_logps_BT``). Both without gradient, but for
+    ``entropy="grad"``: then the entropy is differentiable (an entropy bonus). A padded batch gives
     one row per batch row; a shared-prompt batch (``data/pack.py``) one row per response, in the
     batch's response order, tokens left-aligned."""
     return _response_logps(model, forward_inputs(model, batch), *response_positions(batch), sqmass, entropy)

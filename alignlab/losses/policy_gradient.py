@@ -14,7 +14,10 @@ from DAPO, Yu et al. 2025):
 
 w_t is the truncated importance-sampling weight against the sampler (below, 1 when off); k3_t =
 e^u − u − 1 with u = ℓref_t − ℓ_t is the KL penalty toward the reference (β = 0: none), multiplied
-by c_t when ``kl_ratio_weight`` (TRL's ``use_bias_correction_kl``).
+by c_t when ``kl_ratio_weight`` (TRL's ``use_bias_correction_kl``). An entropy bonus adds
+−η·H_t, H_t = −Σ_v πθ(v | x, y_<t) log πθ(v | x, y_<t) the policy's entropy where token t is
+predicted (η = ``entropy_coef``; verl's ``entropy_coeff``, aggregated as the policy term, as verl
+and OpenRLHF do; its gradient flows through every logit of the position, ``logprobs._TargetLogps``).
 
 Two other surrogates take the clipped one's place (``surrogate``), as TRL 1.16's loss types of
 the same names:
@@ -137,8 +140,9 @@ class PolicyGradientInputs:
     on-policy (ℓold = ℓ detached, every ratio 1). ``ref_logps`` (B, T): the reference's, needed when
     β > 0. ``sampler_logps`` (B, T): the sampler's own log-probs (vLLM), needed for importance-sampling
     correction. ``truncated`` (B,) bool: completions cut at the length limit. ``entropy`` (B, T):
-    per-token policy entropies, logged only. For PPO, ``values`` (B, T) (with gradient),
-    ``old_values`` (B, T) and ``returns`` (B, T).
+    per-token policy entropies, logged, and (with their gradient) the entropy bonus's
+    (``entropy_coef``). For PPO, ``values`` (B, T) (with gradient), ``old_values`` (B, T) and
+    ``returns`` (B, T).
     """
 
     logps: torch.Tensor
@@ -163,6 +167,9 @@ class PolicyGradientParams:
                                              "per sequence, exp of the mean token log-ratio (GSPO)")
     beta: float = param(0.0, "β: weight of the per-token k3 KL penalty toward the reference (0: no reference)")
     kl_ratio_weight: bool = param(False, "multiply the KL term by the policy ratio (TRL `use_bias_correction_kl`)")
+    entropy_coef: float = param(0.0, "entropy bonus: the loss subtracts entropy_coef × each token's policy entropy, "
+                                     "aggregated as the policy term (verl `entropy_coeff`, OpenRLHF "
+                                     "`--entropy_loss_coef`; 0: none; below 0: entropy minimisation)")
     aggregation: Aggregation = param("token_mean", "how token losses become the step's loss: 'token_mean' (DAPO), "
                                                    "'seq_mean_token_mean' (GRPO), 'seq_mean_token_sum' (LUSPO), "
                                                    "'constant' (Dr. GRPO)")
@@ -220,6 +227,7 @@ class PolicyGradientParams:
         require(self.eps_low < 1, "eps_low", f"must be < 1 (the lower clip bound 1 − ε_low must be > 0), got {self.eps_low}")
         require_positive(self.eps_high, "eps_high")
         require_non_negative(self.beta, "beta")
+        require(math.isfinite(self.entropy_coef), "entropy_coef", f"must be a finite number, got {self.entropy_coef}")
         require(self.max_completion_length is None or (isinstance(self.max_completion_length, int)
                                                          and self.max_completion_length > 0),
                 "max_completion_length", f"must be a positive integer, got {self.max_completion_length!r}")
@@ -460,6 +468,10 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
             kl = kl * ratio
         per_token = per_token + params.beta * kl
         metrics["kl"] = _token_mean(kl, mask)
+    if params.entropy_coef != 0.0:
+        if inputs.entropy is None or (logps.requires_grad and not inputs.entropy.requires_grad):
+            raise ValueError("entropy_coef != 0 needs the policy's per-token entropy with its gradient")
+        per_token = per_token - params.entropy_coef * torch.where(mask, inputs.entropy, torch.zeros_like(logps))
 
     if params.surrogate == "clip":
         low = (ratio < 1 - params.eps_low) & (adv < 0)
@@ -483,10 +495,11 @@ def zero_advantage_is_free(params: PolicyGradientParams) -> bool:
     ratio c (−min(c·0, clip(c)·0); CISPO's −sg(min(c, C))·0·ℓ; SAPO's −(4/τ)σ(·)·0; VESPO's
     −sg(φ)·0·ℓ with φ finite), times w,
     provided the importance weight w is finite (no correction, or one capped at ``is_clip_max``)
-    and no term without the advantage is added: β = 0 (no KL term). PPO's value loss is such a term (``PPOParams``: never free)."""
+    and no term without the advantage is added: β = 0 (no KL term) and no entropy bonus. PPO's value loss is such a term (``PPOParams``: never free)."""
     if isinstance(params, PPOParams):
         return False
-    return params.beta == 0.0 and (params.is_mode == "off" or params.is_clip_max is not None)
+    return params.beta == 0.0 and params.entropy_coef == 0.0 \
+        and (params.is_mode == "off" or params.is_clip_max is not None)
 
 
 def policy_gradient_loss(inputs: PolicyGradientInputs, params: PolicyGradientParams) -> LossOutput:

@@ -92,8 +92,8 @@ def test_completions_are_left_out_of_the_forward_pass(tmp_path, tiny_model_dir, 
     assert any(p for p, _, _ in seen) and any(not p for p, _, _ in seen)
 
 
-@pytest.mark.parametrize("method,extra", [("grpo", {"beta": 0.1}), ("ppo", {})])
+@pytest.mark.parametrize("method,extra", [("grpo", {"beta": 0.1}), ("ppo", {}), ("grpo", {"entropy_coef": 0.01})])
 def test_nothing_is_left_out_where_a_zero_advantage_still_has_a_loss(tmp_path, tiny_model_dir, method, extra):
-    """A KL term (β > 0) or PPO's value loss gives a zero-advantage completion a gradient."""
+    """A KL term (β > 0), PPO's value loss or an entropy bonus gives a zero-advantage completion a gradient."""
     _, rows = run(tiny_model_dir, tmp_path, "on", method=method, **extra)
     assert all("skipped_zero_advantage" not in r for r in rows)

@@ -9,6 +9,7 @@ loop divides the step's summed losses by, counted from the examples alone (their
 units, or the method's own ``LossSpec.units``: online DPO's decisive pairs), so the update does not
 depend on how the step is split.
 
+With an entropy bonus (``entropy_coef``) the same entropies, with their gradient, enter the loss.
 Besides the loss's metrics it logs ``entropy``: the mean over every completion token the step
 computes (those a truncation mask leaves out of the loss too; not those of completions left out
 for a zero advantage, ``Batch.idle``) of the entropy −Σ_v π(v) log π(v)
@@ -64,12 +65,14 @@ class PolicyGradientForward(Forward):
     def __call__(self, model: torch.nn.Module, batch: Batch) -> LossOutput:
         examples = batch.examples
         values = None
+        bonus = getattr(self.params, "entropy_coef", 0.0) != 0.0  # the entropy enters the loss, with its gradient
+        entropy = "grad" if bonus else True
         if self.spec.value_model:  # one pass of the policy gives its log-probs and a shared head's values
             with decoder_output(model) as seen:
-                lp = sequence_logps(model, batch, entropy=True)
+                lp = sequence_logps(model, batch, entropy=entropy)
             values = token_values(model, batch, seen[-1] if seen else None)
         else:
-            lp = sequence_logps(model, batch, entropy=True)
+            lp = sequence_logps(model, batch, entropy=entropy)
         logps = left_align(lp.token_logps_BT, lp.mask_BT)
         mask, truncated = self._mask_and_flags(examples)
         width = mask.shape[1]
@@ -87,10 +90,11 @@ class PolicyGradientForward(Forward):
             old_logps=per_token("old_logps"), ref_logps=per_token("ref_logps"),
             sampler_logps=per_token("sampler_logps"), truncated=truncated.to(device),
             values=None if values is None else values[:, :width].to(dtype), old_values=per_token("old_values"),
-            returns=per_token("returns"))
+            returns=per_token("returns"),
+            entropy=left_align(lp.entropy_BT, lp.mask_BT)[:, :width] if bonus else None)
         out = self.spec.fn(inputs, self.params)
         out.metrics["reward"] = torch.tensor([e.reward for e in examples], dtype=torch.float64)
-        out.metrics["entropy"] = lp.entropy_BT.sum(-1)
+        out.metrics["entropy"] = lp.entropy_BT.detach().sum(-1)
         out.metrics["_count/entropy"] = lp.count_B
         if batch.placeholder:  # computed only so that every process runs its passes (``Batch.placeholder``)
             out.metrics = {k: torch.zeros_like(v) for k, v in out.metrics.items()}

@@ -1,0 +1,201 @@
+"""The entropy bonus (``entropy_coef`` η): the loss subtracts η × each completion token's policy
+entropy H_t = −Σ_v π(v) log π(v), aggregated as the policy term (verl's ``entropy_coeff``), and its
+gradient flows through every logit of the position."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from alignlab import logprobs, train
+from alignlab.losses.policy_gradient import (
+    PolicyGradientInputs,
+    PolicyGradientParams,
+    policy_gradient_loss,
+    zero_advantage_is_free,
+)
+from alignlab.losses.registry import get_loss
+from alignlab.training.forward.policy_gradient import PolicyGradientForward
+from alignlab.training.rollout import RolloutExample, collate_rollout
+from tests.data.test_pack import _model
+from tests.training.helpers import max_abs_diff, weights
+from tests.training.test_online import metrics, online
+
+
+def test_the_bonus_by_hand():
+    """One completion of 2 tokens, on-policy (c = 1), A = 0.5, entropies H = (0.3, 0.7), η = 0.1.
+    Per token: −min(1·0.5, clip(1)·0.5) − η·H_t = −0.5 − 0.03 and −0.5 − 0.07; "token_mean" sums
+    them: −1.1, and "seq_mean_token_mean" halves it: −0.55. ∂ℓ/∂H_t = −η = −0.1 (token sum), −0.05
+    (token mean). A padded third position (H = 9) adds nothing."""
+    for aggregation, want, dh in (("token_mean", -1.1, -0.1), ("seq_mean_token_mean", -0.55, -0.05)):
+        ent = torch.tensor([[0.3, 0.7, 9.0]], dtype=torch.float64, requires_grad=True)
+        inputs = PolicyGradientInputs(logps=torch.tensor([[-1.0, -2.0, 0.0]], dtype=torch.float64, requires_grad=True),
+                                      mask=torch.tensor([[1, 1, 0]]), advantages=torch.tensor([0.5], dtype=torch.float64),
+                                      entropy=ent)
+        out = policy_gradient_loss(inputs, PolicyGradientParams(entropy_coef=0.1, aggregation=aggregation))
+        assert float(out.losses[0].detach()) == pytest.approx(want, abs=1e-15)
+        (grad,) = torch.autograd.grad(out.losses.sum(), ent)
+        assert grad[0].tolist() == pytest.approx([dh, dh, 0.0], abs=1e-15)
+
+
+def test_a_bonus_without_entropies_or_their_gradient_is_refused():
+    logps = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    kw = dict(logps=logps, mask=torch.ones(1, 2), advantages=torch.ones(1, dtype=torch.float64))
+    params = PolicyGradientParams(entropy_coef=0.01)
+    for entropy in (None, torch.ones(1, 2, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="entropy_coef"):
+            policy_gradient_loss(PolicyGradientInputs(**kw, entropy=entropy), params)
+    with pytest.raises(Exception, match="entropy_coef"):
+        PolicyGradientParams(entropy_coef=float("nan"))
+
+
+def test_a_zero_advantage_is_not_free_with_a_bonus():
+    """The bonus does not carry the advantage: a completion with A = 0 still has a gradient."""
+    assert zero_advantage_is_free(PolicyGradientParams())
+    assert not zero_advantage_is_free(PolicyGradientParams(entropy_coef=0.01))
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_output_layers_entropy_gradient_is_autograds(monkeypatch, keep):
+    """``target_logps_and_entropy(grad=True)``: for g·log p_y + e·H summed over 11 positions (a
+    vocabulary of 9, one logit about −1000: a probability that is 0 in float64), the gradients with respect to the hidden
+    states and the output layer equal autograd through log_softmax(h @ W.T) in float64, with the
+    softmax kept for the backward pass or recomputed chunk by chunk (3 rows each); and with the
+    entropy alone in the loss (no gradient reaches the log-probs)."""
+    monkeypatch.setattr(logprobs, "CHUNK_VALUES", 3 * 9)
+    monkeypatch.setattr(logprobs, "KEEP_VALUES", 11 * 9 if keep else 0)
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(11, 4, dtype=torch.float64, generator=gen)
+    w = torch.randn(9, 4, dtype=torch.float64, generator=gen)
+    h[:, 0], w[5] = 1.0, torch.tensor([-1000.0, 0.0, 0.0, 0.0])  # exp(logit 5 − max) underflows to 0
+    h.requires_grad_(), w.requires_grad_()
+    t = torch.randint(0, 5, (11,), generator=gen)
+    g, e = torch.randn(11, dtype=torch.float64, generator=gen), torch.randn(11, dtype=torch.float64, generator=gen)
+
+    def reference(with_logps: bool):
+        logp = torch.log_softmax(h @ w.T, -1)
+        ent = -(logp.exp() * logp).sum(-1)
+        picked = logp.gather(-1, t[:, None]).squeeze(-1)
+        return torch.autograd.grad((picked * g).sum() * with_logps + (ent * e).sum(), [h, w]), ent
+
+    for with_logps in (True, False):
+        (ref_h, ref_w), ref_ent = reference(with_logps)
+        got, ent = logprobs.target_logps_and_entropy(h, w, t, grad=True)
+        assert ent.requires_grad and torch.allclose(ent, ref_ent, atol=1e-14, rtol=0)
+        loss = (ent * e).sum() + ((got * g).sum() if with_logps else 0)
+        got_h, got_w = torch.autograd.grad(loss, [h, w])
+        assert torch.isfinite(got_w).all()
+        assert torch.allclose(got_h, ref_h, atol=1e-13, rtol=0) and torch.allclose(got_w, ref_w, atol=1e-13, rtol=0)
+    _, ent = logprobs.target_logps_and_entropy(h, w, t)
+    assert not ent.requires_grad  # without ``grad`` the entropy stays a logged value
+
+
+def _example(row: int, prompt: tuple[int, ...], completion: tuple[int, ...]) -> RolloutExample:
+    n = len(completion)
+    return RolloutExample(row=row, prompt_ids=prompt, completion_ids=completion, finished=True, reward=float(row),
+                          advantages=(0.5 - row % 2,) * n, sampler_logps=(-1.0,) * n)
+
+
+EXAMPLES = [_example(1, (1, 5, 6), (10,)), _example(2, (1, 8), (14, 15, 16, 17, 18, 2)),
+            _example(3, (1, 8), (20, 21)), _example(4, (1,), (30, 31, 32))]
+
+
+def _grads(model, forward, parts, pack) -> list[torch.Tensor]:
+    model.zero_grad()
+    units = sum(forward.units(collate_rollout([EXAMPLES[i] for i in p], 0, pack)) for p in parts)
+    for p in parts:
+        out = forward(model, collate_rollout([EXAMPLES[i] for i in p], 0, pack))
+        (out.losses.sum() / units).backward()
+    return [q.grad.clone() for q in model.parameters()]
+
+
+def _reference(model, eta: float) -> list[torch.Tensor]:
+    """∇ of (Σ_t −A·log π(y_t) − η·Σ_t H_t) / 12 over the 12 completion tokens, each prompt +
+    completion run alone through the model, H_t = −Σ softmax · log_softmax of its full logits at
+    the position that predicts y_t: on-policy GRPO's loss ("token_mean": every ratio is 1 and
+    unclipped, so each token's surrogate has the gradient −A·∇log π) with the bonus."""
+    model.zero_grad()
+    total = 0
+    for e in EXAMPLES:
+        logits = model(input_ids=torch.tensor([e.prompt_ids + e.completion_ids])).logits[0]
+        logp = torch.log_softmax(logits[len(e.prompt_ids) - 1:-1], -1)
+        picked = logp.gather(-1, torch.tensor(e.completion_ids)[:, None]).sum()
+        total = total - e.advantages[0] * picked + eta * (logp.exp() * logp).sum()
+    (total / 12).backward()
+    return [q.grad.clone() for q in model.parameters()]
+
+
+def _max_diff(a, b) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def _check_against_reference(model, splits, packs) -> None:
+    spec = get_loss("grpo")
+    plain = PolicyGradientForward(spec, spec.params(), max_new_tokens=6)
+    bonus = PolicyGradientForward(spec, spec.params(entropy_coef=0.3), max_new_tokens=6)
+    want, want_plain = _reference(model, 0.3), _reference(model, 0.0)
+    assert _max_diff(want, want_plain) > 1e-3  # the bonus moves the gradient
+    for pack in packs:
+        for parts in splits:
+            # packed rows hold a group's prompt once: their sums differ from one row per sequence by
+            # the float32 rounding of the model's norms (which normalise in float32 in a float64 model)
+            tol = 1e-6 if pack else 1e-12
+            assert _max_diff(_grads(model, bonus, parts, pack), want) < tol, (pack, parts)
+            assert _max_diff(_grads(model, plain, parts, pack), want_plain) < tol, (pack, parts)
+
+
+def test_the_step_gradient_is_the_bonus_objectives():
+    """A Llama (head served by ``logprobs``) in float64, 4 completions of 1, 6, 2 and 3 tokens (12
+    tokens; two share a prompt, so a packed row holds a group): the step's gradient with η = 0.3
+    equals ∇ of the loss written out above (``_reference``), and with η = 0 the one without the
+    bonus, for the whole step at once and split into micro-batches of 1, 1, 2, padded or packed."""
+    model = _model()
+    with torch.no_grad():
+        model.model.norm.weight.mul_(5.0)  # entropies well below log V, with gradients well above 0
+    _check_against_reference(model, ([[0, 1, 2, 3]], [[0], [3], [1, 2]]), (False, True))
+
+
+def test_a_model_without_a_served_head_gets_the_same_gradient():
+    """GPT-2 (its logits come from the model, not ``logprobs``' output layer: the entropy through
+    ``token_entropy(grad=True)``): the same check, padded rows."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=32, n_embd=16, n_layer=1, n_head=2)).double().eval()
+    assert logprobs.head_of(model) is None
+    _check_against_reference(model, ([[0, 1, 2, 3]], [[0], [3], [1, 2]]), (False,))
+
+
+def _fixed_entropy(model_dir) -> float:
+    """The saved model's mean next-token entropy over 4 fixed rows of 10 tokens (not the run's own
+    samples, which differ between runs)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float64).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.arange(1, 41).view(4, 10)).logits, -1)
+    return float(-(logp.exp() * logp).sum(-1).mean())
+
+
+def test_an_online_run_with_a_bonus_is_split_invariant_and_moves_the_entropy_its_way(tmp_path, tiny_model_dir):
+    """fp64, 3 steps of GRPO: with η = 0.5 the run ends at the same weights as 8 × 1, 2 × 4 and 1 × 8
+    (1e-9; padded rows, as ``test_online``'s split check) and computes every completion (none left
+    out for a zero advantage). Against the same run with η = 0 (its first step logs the same
+    entropy), the saved model's entropy on fixed rows is higher with η = 0.5 and far lower with
+    η = −0.5 (entropy minimisation). The random test model starts near the uniform distribution
+    (5.56 nats of log 263 = 5.57), where the entropy's gradient is small, so the bonus only slows
+    the fall the reward causes (measured: 5.5410 against 5.5390), while the penalty speeds it (5.194)."""
+    runs = {}
+    for name, kw in (("8x1", {"batch_size": 8, "grad_accum": 1}), ("2x4", {"batch_size": 2, "grad_accum": 4}),
+                     ("1x8", {"batch_size": 1, "grad_accum": 8}), ("plain", {"entropy_coef": 0.0}),
+                     ("minus", {"entropy_coef": -0.5})):
+        cfg = online(tiny_model_dir, tmp_path / name, max_steps=3, lr=3e-2, packing=False, skip_zero_advantage=False)
+        runs[name] = train({**cfg, "entropy_coef": 0.5, **kw})
+    base = weights(runs["8x1"].model_dir)
+    for name in ("2x4", "1x8"):
+        assert max_abs_diff(weights(runs[name].model_dir), base) < 1e-9
+    rows = [m for m in metrics(tmp_path / "8x1") if "loss" in m]
+    plain_rows = [m for m in metrics(tmp_path / "plain") if "loss" in m]
+    assert all("skipped_zero_advantage" not in r for r in rows)
+    assert rows[0]["entropy"] == pytest.approx(plain_rows[0]["entropy"], abs=1e-12)  # the same first step
+    bonus, plain, minus = (_fixed_entropy(runs[n].model_dir) for n in ("8x1", "plain", "minus"))
+    assert bonus > plain + 1e-3 and minus < plain - 0.1
