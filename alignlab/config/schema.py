@@ -230,7 +230,7 @@ class RolloutConfig:
     prompt_column: str | None = param(None, "the column holding the prompt, when `data` is a file")
     skip_zero_advantage: bool = param(True, "leave completions whose advantages are all 0 out of the forward and "
                                             "backward passes where their loss is exactly 0 (grpo, dapo, dr_grpo, "
-                                            "gspo, luspo, cispo, sapo, vespo, rloo and remax with beta 0 and no "
+                                            "gspo, luspo, cispo, sapo, vespo, gmpo, rloo and remax with beta 0 and no "
                                             "entropy bonus): the same "
                                             "update, faster; they still count in the normaliser, and per-example "
                                             "metrics (entropy, clip) are then over the completions trained on")

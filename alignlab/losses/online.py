@@ -44,6 +44,11 @@ Defaults and their sources:
   sequence's tokens weighted by φ(w) = e^λ·w^k·e^{−λw} of its ratio w (the product of its token
   ratios and, when on, of the sampler's token weights), k = 2, λ = 3 for A ≥ 0 and k = 3, λ = 2
   below (TRL's defaults), token-mean aggregation as TRL's ``vespo``.
+- ``gmpo``: Zhao et al. 2025 (Geometric-Mean Policy Optimization, arXiv 2507.20673): the geometric
+  mean of a sequence's token ratios, each clipped in log space to ±0.4 (the paper's and verl's
+  recipe: ``clip_ratio_low = clip_ratio_high = 0.4`` with ``loss_mode=geo_mean``), times its
+  advantage, one loss per sequence (sequence-mean-token-mean aggregation: verl's mean over
+  sequences); group-normalised advantages as the recipe's ``adv_estimator=grpo``.
 - ``rloo``: Ahmadian et al. 2024 (Back to Basics): leave-one-out baseline, no std scaling; TRL
   wraps it in the PPO clip, as here (ε = 0.2).
 - ``remax``: Li et al. 2023 (ReMax): A_i = r_i − r(greedy answer to the prompt), one greedy
@@ -141,6 +146,16 @@ class SAPOParams(GRPOParams):
 class VESPOParams(GRPOParams):
     surrogate: str = param("vespo", "'vespo' (a Gamma-shaped weight of the sequence's ratio on A·log π), 'clip', "
                                     "'cispo' or 'sapo'")
+
+
+@dataclass
+class GMPOParams(GRPOParams):
+    surrogate: str = param("gmpo", "'gmpo' (the geometric mean of the token ratios, each clipped in log space), "
+                                   "'clip', 'cispo', 'sapo' or 'vespo'")
+    eps_low: float = param(0.4, "ε_low: GMPO clips each token's log-ratio below at −ε_low (paper and verl: 0.4)")
+    eps_high: float = param(0.4, "ε_high: GMPO clips each token's log-ratio above at ε_high (paper and verl: 0.4)")
+    aggregation: str = param("seq_mean_token_mean", "'seq_mean_token_mean' (GMPO's loss per sequence, averaged over "
+                                                    "sequences), 'token_mean', 'seq_mean_token_sum' or 'constant'")
 
 
 @dataclass
@@ -278,6 +293,7 @@ _SUMMARIES = {
     "sapo": "policy gradient through a sigmoid gate on the ratio, group-normalised advantages (+ β·k3 KL)",
     "luspo": "GSPO's sequence-ratio clip, each sequence's loss summed over its tokens (+ β·k3 KL)",
     "vespo": "policy gradient weighted by a Gamma-shaped function of the sequence's ratio (+ β·k3 KL)",
+    "gmpo": "the geometric mean of log-clipped token ratios times the advantage, per sequence (+ β·k3 KL)",
 }
 for _name, _params, _paper in (
         ("grpo", GRPOParams, "Shao et al. 2024, DeepSeekMath (GRPO); defaults as TRL 1.16"),
@@ -288,7 +304,8 @@ for _name, _params, _paper in (
                                "arXiv 2602.05261"),
         ("cispo", CISPOParams, "MiniMax 2025, MiniMax-M1 (CISPO), arXiv 2506.13585"),
         ("sapo", SAPOParams, "Gao et al. 2025, Soft Adaptive Policy Optimization (SAPO), arXiv 2511.20347"),
-        ("vespo", VESPOParams, "Variational Sequence-Level Soft Policy Optimization (VESPO), arXiv 2602.10693")):
+        ("vespo", VESPOParams, "Variational Sequence-Level Soft Policy Optimization (VESPO), arXiv 2602.10693"),
+        ("gmpo", GMPOParams, "Zhao et al. 2025, Geometric-Mean Policy Optimization (GMPO), arXiv 2507.20673")):
     register(LossSpec(name=_name, fn=policy_gradient_loss, shape="online", params=_params, needs_reference=False,
                       paper=_paper, summary=_SUMMARIES.get(_name, _GRPO_SUMMARY), advantages=grpo_advantages))
 register(LossSpec(name="rloo", fn=policy_gradient_loss, shape="online", params=RLOOParams, needs_reference=False,

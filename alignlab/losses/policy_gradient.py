@@ -1,5 +1,5 @@
-"""The policy-gradient surrogates of online RL (GRPO, DAPO, Dr. GRPO, GSPO, LUSPO, CISPO, SAPO, VESPO, PPO),
-per example.
+"""The policy-gradient surrogates of online RL (GRPO, DAPO, Dr. GRPO, GSPO, LUSPO, CISPO, SAPO, VESPO, GMPO,
+PPO), per example.
 
 ALGORITHMS.md 6.3, 6.5 and 6.8. Notation: ℓ_t = log πθ(y_t | x, y_<t) (``logps``), ℓold_t the
 policy that sampled the batch as the trainer recomputes it (``old_logps``), m_t the completion mask,
@@ -28,6 +28,19 @@ the same names:
 
     "vespo"  L_t = −sg(φ(w_i))·A·ℓ_t,  φ(w) = e^λ·w^k·e^{−λw},  w_i = Π_t c_t (× the sampler's token
              weights when on), k, λ by the sign of A   (VESPO, arXiv 2602.10693; ``vespo_weights``)
+
+and one that replaces the whole sequence's loss, as verl's ``geo_mean`` policy loss:
+
+    "gmpo"   ℓ_i = −Ā_i · exp( Σ_t m_t·g_t / Σ_t m_t ),  g_t = s_t·min(s_t·d_t, s_t·clamp(d_t, −ε_low, ε_high)),
+             d_t = ℓ_t − ℓold_t, s_t = sign(A_t), Ā_i = Σ_t m_t·A_t / Σ_t m_t
+             (Geometric-Mean Policy Optimization, Zhao et al. 2025, arXiv 2507.20673; ``gmpo_surrogate``)
+
+GMPO maximises the geometric mean of the token ratios, each clipped in log space (ε 0.4 in the
+paper and verl's recipe: ratios within e^{±0.4}): a token whose log-ratio is past the bound on the
+side its advantage pushes stops contributing gradient, as in PPO. The loss is one value per
+sequence (shape (B, 1)); "seq_mean_token_mean" aggregation gives exactly ℓ_i, as verl's mean over
+sequences. With the sampler's token weights on, the sequence is weighted by their geometric mean
+(a weight of 0, masked, makes it 0), as verl.
 
 CISPO keeps every token's gradient, weighted by the capped ratio (sg: no gradient through it);
 SAPO's sigmoid gate has gradient −4σ(1−σ)·c·A·∇ℓ, the policy gradient at c = 1, fading smoothly
@@ -118,12 +131,12 @@ from alignlab.losses.types import LossOutput
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant"]
 RatioLevel = Literal["token", "sequence"]
-Surrogate = Literal["clip", "cispo", "sapo", "vespo"]
+Surrogate = Literal["clip", "cispo", "sapo", "vespo", "gmpo"]
 ISMode = Literal["off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant")
 RATIO_LEVELS = ("token", "sequence")
-SURROGATES = ("clip", "cispo", "sapo", "vespo")
+SURROGATES = ("clip", "cispo", "sapo", "vespo", "gmpo")
 IS_MODES = ("off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
@@ -176,7 +189,9 @@ class PolicyGradientParams:
     surrogate: Surrogate = param("clip", "the per-token policy loss: 'clip' (PPO's clipped ratio), 'cispo' (the "
                                          "capped ratio as a constant weight on A·log π, MiniMax-M1), 'sapo' (a "
                                          "sigmoid gate in place of the clip, SAPO), 'vespo' (a Gamma-shaped weight "
-                                         "of the sequence's ratio on A·log π, VESPO)")
+                                         "of the sequence's ratio on A·log π, VESPO), 'gmpo' (the geometric mean "
+                                         "of the token ratios, each clipped in log space to [−eps_low, eps_high], "
+                                         "times the sequence's mean advantage, GMPO)")
     cispo_max: float = param(5.0, "CISPO's cap on the ratio: the weight is min(ratio, cispo_max) (ScaleRL's ε_max; "
                                   "TRL `epsilon_high` with loss_type cispo, 5 as TRL recommends)")
     sapo_tau_pos: float = param(1.0, "SAPO's gate temperature where the advantage is > 0 (TRL default 1.0)")
@@ -218,9 +233,11 @@ class PolicyGradientParams:
         require_non_negative(self.vespo_k_neg, "vespo_k_neg")
         require_positive(self.vespo_lambda_pos, "vespo_lambda_pos")
         require_positive(self.vespo_lambda_neg, "vespo_lambda_neg")
-        if self.surrogate == "vespo":
-            require(self.ratio_level == "token", "ratio_level", "must be 'token' with surrogate 'vespo', which "
-                    "weighs each sequence by its own ratio (the product of its token ratios)")
+        if self.surrogate in ("vespo", "gmpo"):
+            require(self.ratio_level == "token", "ratio_level", f"must be 'token' with surrogate '{self.surrogate}', "
+                    "which makes each sequence's ratio from its token ratios itself")
+            require(not self.is_mode.startswith("sequence"), "is_mode", "must be 'off' or a token mode with surrogate "
+                    f"'{self.surrogate}', which folds the token weights into its sequence weight")
             require(not self.is_mode.startswith("sequence"), "is_mode", "must be 'off' or a token mode with surrogate "
                     "'vespo', which folds the token weights into its sequence weight")
         require_positive(self.eps_low, "eps_low")
@@ -376,6 +393,32 @@ def vespo_weights(token_log_ratio: torch.Tensor, advantages: torch.Tensor, mask:
         return phi.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def gmpo_surrogate(token_log_ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, eps_low: float,
+                   eps_high: float, sampler_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """GMPO's loss of each sequence, (B, 1): −Ā·exp(mean_t g_t) (see the module docstring; verl's
+    ``geo_mean`` policy loss). ``token_log_ratio`` (B, T): d_t = ℓ_t − ℓold_t (0 on padding);
+    ``advantages`` (B, 1) or (B, T); ``sampler_weights`` (B, T): the token importance weights
+    against the sampler, whose geometric mean over the sequence's tokens multiplies its loss
+    (detached). A sequence without tokens has loss 0.
+
+    Gradient: where A_t > 0 and d_t > ε_high, or A_t < 0 and d_t < −ε_low, g_t is the constant
+    bound; elsewhere g_t = d_t. So ∂ℓ_i/∂ℓ_t = −Ā_i·r_i/|y_i| on the tokens left unclipped, r_i =
+    exp(mean_t g_t), and 0 on the clipped ones."""
+    adv = advantages.expand(mask.shape)
+    sign = torch.sign(adv)
+    clamped = token_log_ratio.clamp(-eps_low, eps_high)
+    g = sign * torch.minimum(sign * token_log_ratio, sign * clamped)
+    count = mask.sum(dim=-1, keepdim=True).clamp(min=1).to(g.dtype)
+    zero = torch.zeros_like(g)
+    ratio = torch.exp(torch.where(mask, g, zero).sum(dim=-1, keepdim=True) / count)
+    mean_adv = torch.where(mask, adv, zero).sum(dim=-1, keepdim=True) / count
+    loss = -mean_adv * ratio
+    if sampler_weights is not None:
+        logw = torch.where(mask, sampler_weights.detach().expand(mask.shape).log(), zero.detach())
+        loss = loss * torch.exp(logw.sum(dim=-1, keepdim=True) / count)
+    return loss
+
+
 def importance_weights(old_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor, mode: ISMode,
                        clip_max: float | None = 3.0, clip_min: float | None = None) -> torch.Tensor:
     """Truncated/masked importance-sampling weights of the trainer's ℓold against the sampler's
@@ -448,6 +491,9 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
         per_token = -phi * adv * logps
         metrics["vespo/phi"] = _token_mean(phi, mask)
         w = None
+    elif params.surrogate == "gmpo":  # the sampler's weights go into the sequence's weight
+        per_token = gmpo_surrogate(token_log_ratio, adv, mask, params.eps_low, params.eps_high, w)
+        w = None
     else:
         per_token = clipped_surrogate(ratio, adv, params.eps_low, params.eps_high, params.delta)
     if params.off_policy_mask is not None:  # against the sampler's log-probs where given, else the old policy's
@@ -476,6 +522,9 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
     if params.surrogate == "clip":
         low = (ratio < 1 - params.eps_low) & (adv < 0)
         high = (ratio > 1 + params.eps_high) & (adv > 0)
+    elif params.surrogate == "gmpo":  # its bounds are on the log-ratio
+        low = (token_log_ratio < -params.eps_low) & (adv < 0)
+        high = (token_log_ratio > params.eps_high) & (adv > 0)
     else:  # CISPO caps the weight above (counted where A > 0, as TRL's cispo_clip_ratio); SAPO, VESPO: no clip
         high = (ratio > params.cispo_max) & (adv > 0) if params.surrogate == "cispo" else torch.zeros_like(ratio > 0)
         low = torch.zeros_like(high)
@@ -493,7 +542,7 @@ def zero_advantage_is_free(params: PolicyGradientParams) -> bool:
     ``policy_gradient_loss`` with ``params``, so that leaving it out of the forward pass (while
     still counting its units) gives the same update. Every token's surrogate is then 0 for any
     ratio c (−min(c·0, clip(c)·0); CISPO's −sg(min(c, C))·0·ℓ; SAPO's −(4/τ)σ(·)·0; VESPO's
-    −sg(φ)·0·ℓ with φ finite), times w,
+    −sg(φ)·0·ℓ with φ finite; GMPO's −0·exp(0), every g_t = sign(0)·… = 0), times w,
     provided the importance weight w is finite (no correction, or one capped at ``is_clip_max``)
     and no term without the advantage is added: β = 0 (no KL term) and no entropy bonus. PPO's value loss is such a term (``PPOParams``: never free)."""
     if isinstance(params, PPOParams):

@@ -191,11 +191,53 @@ def test_vespo_refuses_a_sequence_ratio_or_sequence_weights():
         PolicyGradientParams(surrogate="vespo", is_mode="sequence_truncate")
 
 
-@pytest.mark.parametrize("surrogate", ["cispo", "sapo", "vespo"])
+def test_gmpo_by_hand():
+    """``ratio_batch``'s rows (log-ratios d = log 1.5, log 0.5, log 1.1, log 0.7 = 0.405, −0.693,
+    0.095, −0.357), A = +2 and −1, ε = 0.4 both sides, seq_mean_token_mean (ℓ_i itself).
+    A > 0: g = min(d, clamp(d, ±0.4)) = 0.4 (clipped: d > 0.4), −0.693, 0.095, −0.357;
+    A < 0: g = max(d, clamp(d)) = 0.405, −0.4 (clipped: d < −0.4), 0.095, −0.357.
+    ℓ_i = −A_i·r_i, r_i = exp(Σ_t g_t / 4); ∂ℓ_i/∂ℓ_t = −A_i·r_i/4 on the unclipped tokens, 0 on the
+    clipped one and on the (NaN) padding. ``clip/high`` is 1/4 on the first row, ``clip/low`` 1/4 on
+    the second. With a sampler 0.1 below ℓold on every token (token_truncate, C = 3: w_t = e^0.1),
+    each loss and gradient is multiplied by the weights' geometric mean e^0.1. The numbers are
+    these formulas evaluated with ``math``."""
+    d = [math.log(c) for c in RATIOS]
+    advs = [2.0, -1.0]
+    g_pos = [min(x, max(-0.4, min(0.4, x))) for x in d]
+    g_neg = [max(x, max(-0.4, min(0.4, x))) for x in d]
+    assert g_pos[0] == 0.4 and g_neg[1] == -0.4
+    r = [math.exp(sum(g) / 4) for g in (g_pos, g_neg)]
+    kept = [[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0]]
+    for shift in (0.0, 0.1):
+        logps, old, mask = ratio_batch(advs)
+        extra = {} if shift == 0 else {"is_mode": "token_truncate", "is_clip_max": 3.0}
+        sampler = None if shift == 0 else old - shift
+        params = PolicyGradientParams(surrogate="gmpo", eps_low=0.4, eps_high=0.4, aggregation="seq_mean_token_mean",
+                                      **extra)
+        out = policy_gradient_loss(PolicyGradientInputs(logps, mask, t(advs), old_logps=old, sampler_logps=sampler),
+                                   params)
+        scale = math.exp(shift)
+        assert torch.allclose(out.losses, t([-a * ri * scale for a, ri in zip(advs, r, strict=True)]),
+                              rtol=0, atol=TOL), shift
+        out.losses.sum().backward()
+        want = [[-a * ri * scale / 4 * k for k in row] + [0.0] for a, ri, row in zip(advs, r, kept, strict=True)]
+        assert torch.allclose(logps.grad, t(want), rtol=0, atol=TOL), shift
+        assert out.metrics["clip/high"].tolist() == [0.25, 0.0] and out.metrics["clip/low"].tolist() == [0.0, 0.25]
+
+
+def test_gmpo_refuses_a_sequence_ratio_or_sequence_weights():
+    with pytest.raises(ParamError, match="ratio_level"):
+        PolicyGradientParams(surrogate="gmpo", ratio_level="sequence")
+    with pytest.raises(ParamError, match="is_mode"):
+        PolicyGradientParams(surrogate="gmpo", is_mode="sequence_mask")
+
+
+@pytest.mark.parametrize("surrogate", ["cispo", "sapo", "vespo", "gmpo"])
 def test_other_surrogates_give_the_plain_policy_gradient_on_policy(surrogate):
     """At c = 1 (no old log-probs) each is the policy gradient: CISPO's −min(1, C)·A = −A, SAPO's
-    −4·σ(0)·(1 − σ(0))·1·A = −4·¼·A = −A (either τ), VESPO's −φ(1)·A = −e^λ·1·e^{−λ}·A = −A;
-    token_mean weight 1, 0 on padding. A zero
+    −4·σ(0)·(1 − σ(0))·1·A = −4·¼·A = −A (either τ), VESPO's −φ(1)·A = −e^λ·1·e^{−λ}·A = −A,
+    GMPO's sequence loss −A·exp(mean_t g_t), counted once per token by token_mean: |y|·A·r/|y| = A
+    at r = 1; token_mean weight 1, 0 on padding. A zero
     advantage gives loss 0 and gradient 0 (``zero_advantage_is_free``)."""
     logps, _, _, mask, adv = random_batch(0)
     adv[0] = 0.0

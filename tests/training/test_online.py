@@ -75,6 +75,7 @@ def test_the_weights_push_counts_as_generation_time(tmp_path, tiny_model_dir, mo
 @pytest.mark.parametrize("method,extra", [("grpo", {}), ("grpo", {"aggregation": "seq_mean_token_mean"}),
                                           ("dr_grpo", {}), ("grpo", {"scale_rewards": "batch"}), ("rloo", {}),
                                           ("gspo", {}), ("luspo", {}), ("cispo", {}), ("sapo", {}), ("vespo", {}),
+                                          ("gmpo", {"updates_per_rollout": 2, "max_steps": 4}),
                                           ("grpo", {"delta": 1.3, "off_policy_mask": 0.01, "updates_per_rollout": 2,
                                                     "max_steps": 4}),
                                           # a random model's 6-token answers all hit the limit, which
