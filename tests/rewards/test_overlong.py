@@ -127,3 +127,25 @@ def test_where_only_texts_are_scored_it_is_refused():
     from alignlab.rewards import spec_problem
 
     assert spec_problem("overlong:cache=2") is None
+
+
+def test_rounds_and_alignlab_sample_score_the_sampled_counts():
+    """Rounds read the sampler's ``num_tokens`` of each non-blank sample: answers "12" (3 tokens),
+    a blank one (1 token, not a completion) and "13" (8 tokens) under cache 4, max 8 score 0 and
+    −1 (pairing "13" with the blank sample's count would give 0); the mean is −0.5 and "12" ranks
+    first. ``alignlab sample``'s scoring of a chunk reads ``len(token_ids)``: 6 tokens → −0.5."""
+    from alignlab.data.records import PromptRecord
+    from alignlab.rounds import _score
+    from alignlab.sample_cli import score_chunk
+
+    spec = "overlong:cache=4,max=8"
+    rows = [{"prompt": "5+7=", "completions": ["12", "13"],
+             "samples": [{"text": "12", "num_tokens": 3}, {"text": " ", "num_tokens": 1},
+                         {"text": "13", "num_tokens": 8}]}]
+    ranked, stats = _score(load_reward_terms([spec]), rows, "samples.jsonl")
+    assert list(ranked[0].completions) == ["12", "13"] and list(ranked[0].scores) == [0.0, -1.0]
+    assert stats[f"reward/{spec}"] == -0.5
+    samples = [[Sample("12", (1,), (4,) * 6, True), Sample("", (1,), (2,), True)]]
+    scores = score_chunk(load_scorer(spec, sampled=True), spec, [PromptRecord("5+7=", "p.jsonl", 1)], samples, 0, 2,
+                         "no row was written")
+    assert scores == [[-0.5, None]]
