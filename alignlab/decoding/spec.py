@@ -133,7 +133,7 @@ def scores_samples(method: str) -> bool:
     return method == "best-of-n"
 
 
-def check_scorer(spec: str, method: str = "best-of-n") -> None:
+def check_scorer(spec: str, method: str) -> None:
     """What can be checked of a scorer's spec without loading a model: its kind (or a directory),
     and whole those that load no model (task, length, overlong, fn, bleu); an error names --scorer."""
     from pathlib import Path
