@@ -144,7 +144,8 @@ def run_rounds(cfg: TrainConfig) -> Summary:
             rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
             terms = load_reward_terms(specs, cfg.rollout.reward_weights,
                                       partial(_resolve, policy=policy, start=cfg.model,
-                                              reference=cfg.reference_model or cfg.model))
+                                              reference=cfg.reference_model or cfg.model),
+                                      max_new_tokens=max_new_tokens(cfg))
             ranked, scores = _score(terms, rows, samples)
             data, made, records = _convert(cfg, ranked, folder / "data.jsonl", terms)
             if gold is not None:
@@ -356,15 +357,19 @@ def _text(completion: Text) -> str:
 
 
 def _score(terms, rows: list[dict], source: Path) -> tuple[list[RankedRecord], dict[str, Any]]:
-    """Each prompt's non-empty samples scored and ranked best first; the mean score per term."""
-    prompts, responses, where, owner = [], [], [], []
+    """Each prompt's non-empty samples scored and ranked best first; the mean score per term.
+    A sample's token count is the one the sampler wrote (``num_tokens``: completions are the
+    samples whose text is not blank, in order)."""
+    prompts, responses, where, owner, counts = [], [], [], [], []
     for i, row in enumerate(rows):
+        sampled = [s["num_tokens"] for s in row["samples"] if s["text"].strip()]
         for j, c in enumerate(row["completions"]):
             prompts.append(to_text(row["prompt"], "prompt"))
             responses.append(_text(to_text(c, "completions")))
             where.append(f"{source} row {i + 1}, response {j + 1}")
             owner.append(i)
-    totals, parts = score_samples(terms, prompts, responses, where) if responses else (None, {})
+            counts.append(sampled[j])
+    totals, parts = score_samples(terms, prompts, responses, where, counts) if responses else (None, {})
     scores: list[list[float]] = [[] for _ in rows]
     for k, i in enumerate(owner):
         scores[i].append(float(totals[k]))

@@ -349,7 +349,8 @@ def _cause(e: BaseException) -> str:
 
 def score_chunk(scorer, spec: str, chunk: Sequence[PromptRecord], samples: Sequence[Sequence[Any]], start: int,
                 n: int, written: str) -> list[list[float | None]]:
-    """Each sample's score (None for an empty response), from one ``score`` call over the chunk.
+    """Each sample's score (None for an empty response), from one ``score_sampled`` call over the
+    chunk (with each sample's token count).
 
     When that call fails (raises, or gives other than one finite number per sample), each sample
     is scored alone to find the one at fault, and a ``UserError`` names it: its prompt (index and
@@ -361,8 +362,9 @@ def score_chunk(scorer, spec: str, chunk: Sequence[PromptRecord], samples: Seque
         return scores
     error = None
     try:
-        values = list(scorer.score([reward_prompt(chunk[i].prompt) for i, _ in where],
-                                   [samples[i][j].text for i, j in where]))
+        values = list(scorer.score_sampled([reward_prompt(chunk[i].prompt) for i, _ in where],
+                                           [samples[i][j].text for i, j in where],
+                                           [len(samples[i][j].token_ids) for i, j in where]))
         if len(values) != len(where) or not all(_finite(v) for v in values):
             error = f"it gave {len(values)} scores for {len(where)} samples, or one that is not a finite number"
     except Exception as e:  # a scorer is the user's code or model: any failure is reported, not a crash
@@ -373,7 +375,8 @@ def score_chunk(scorer, spec: str, chunk: Sequence[PromptRecord], samples: Seque
         return scores
     for i, j in where:
         try:
-            alone = list(scorer.score([reward_prompt(chunk[i].prompt)], [samples[i][j].text]))
+            alone = list(scorer.score_sampled([reward_prompt(chunk[i].prompt)], [samples[i][j].text],
+                                              [len(samples[i][j].token_ids)]))
             problem = None if len(alone) == 1 and _finite(alone[0]) else f"it gave {alone!r}, not one finite number"
         except Exception as e:  # see above
             problem = _cause(e)
@@ -410,7 +413,7 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
                               "mean_score": None}
     if kept == len(prompts):
         return result
-    scorer = _load_scorer(job.scorer) if job.scorer else None
+    scorer = _load_scorer(job.scorer, job.params.max_new_tokens) if job.scorer else None
     tokenizer = load_tokenizer(job.model, trust_remote_code=trust_remote_code)
     if tokenizer.eos_token_id is None:
         raise UserError(f"{_flag('model')} {job.model}: the tokenizer has no end-of-sequence token (eos_token_id is "
@@ -457,11 +460,12 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
     return result
 
 
-def _load_scorer(spec: str):
+def _load_scorer(spec: str, max_new_tokens: int):
+    """The scorer of ``--scorer``; it scores samples, so ``overlong`` may count their tokens."""
     from alignlab.rewards import load_scorer
 
     try:
-        return load_scorer(spec)
+        return load_scorer(spec, sampled=True, max_new_tokens=max_new_tokens)
     except UserError as e:
         raise UserError(f"{_flag('scorer')} {spec}: {e}") from None
 

@@ -283,9 +283,9 @@ def test_self_rewarding_judges_with_the_rounds_own_policy(tmp_path, tiny_model_d
     loaded = []
     real = rewards.load_scorer
 
-    def fake_load(spec, tokenizer=None):
+    def fake_load(spec, tokenizer=None, **options):
         if not spec.startswith("judge:"):
-            return real(spec, tokenizer)
+            return real(spec, tokenizer, **options)
         loaded.append(spec)
 
         def verdict(prompt: str) -> str:

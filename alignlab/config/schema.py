@@ -200,7 +200,8 @@ class RolloutConfig:
     """Online methods: how each round samples, scores and reuses its completions."""
 
     reward: list[str] = param(None, "the reward: one scorer spec or several (task:NAME[:gold|proxy], rm:DIR, bleu:FILE, "
-                                    "fn:MODULE:FUNCTION, judge:DIR, openai:URL,model=NAME, length[:...]); their "
+                                    "fn:MODULE:FUNCTION, judge:DIR, openai:URL,model=NAME, length[:...], "
+                                    "overlong:cache=N[,...]); their "
                                     "weighted sum is the reward, each one's mean is logged")
     reward_weights: list[float] | None = param(None, "one weight per reward (default 1 each)")
     num_generations: int = param(8, "G: completions sampled per prompt each round")

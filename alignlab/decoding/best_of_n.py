@@ -2,7 +2,8 @@
 
 ``BestOfN(base, scorer, n)`` is itself a ``Generator``: asked for k samples of a prompt, it draws
 k·n from ``base`` (candidates j·n .. j·n + n − 1 make the j-th answer), scores every candidate with
-``scorer`` and returns, for each answer, the best-scored of its n (the first drawn among equals).
+``scorer`` (``score_sampled``: a scorer of lengths, ``overlong``, reads each candidate's sampled
+token count) and returns, for each answer, the best-scored of its n (the first drawn among equals).
 With ``temperature`` τ > 0 it is soft best-of-n (rejection-sampling style, "Soft Best-of-n
 Sampling", Verdun et al. 2025): candidate i is picked with probability ∝ exp(r_i / τ), one uniform
 number per answer from a stream keyed by (seed, prompt index, answer index), so a prompt's picks do
@@ -119,10 +120,12 @@ class BestOfN(Wraps):
               reference: list[list[Sample]] | None) -> list[list[Sample]]:
         flat_prompts = [t for t, group in zip(texts, candidates, strict=True) for _ in group]
         flat = [s.text for group in candidates for s in group]
-        scores = [float(x) for x in self.scorer.score(flat_prompts, flat)] if flat else []
+        counts = [len(s.token_ids) for group in candidates for s in group]
+        scores = [float(x) for x in self.scorer.score_sampled(flat_prompts, flat, counts)] if flat else []
         if reference is not None:
-            ref_scores = self.scorer.score([t for t, g in zip(texts, reference, strict=True) for _ in g],
-                                           [s.text for g in reference for s in g])
+            ref_scores = self.scorer.score_sampled([t for t, g in zip(texts, reference, strict=True) for _ in g],
+                                                   [s.text for g in reference for s in g],
+                                                   [len(s.token_ids) for g in reference for s in g])
         report = BestOfNReport()
         out: list[list[Sample]] = []
         at = ref_at = 0

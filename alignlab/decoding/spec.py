@@ -102,7 +102,7 @@ def check_method(args: argparse.Namespace) -> None:
         raise UserError(f"--scorer: {args.method} needs a scorer (a reward); give one (e.g. --scorer task:arithmetic "
                         "or rm:DIR)")
     if args.scorer:
-        check_scorer(args.scorer)
+        check_scorer(args.scorer, args.method)
     for flag in ("aligned", "reference"):
         if getattr(args, flag) is not None:
             from alignlab.models import resolve_source
@@ -126,17 +126,25 @@ def check_method(args: argparse.Namespace) -> None:
         read_prefix(args.prefix)  # a missing or empty file fails now
 
 
-def check_scorer(spec: str) -> None:
+def scores_samples(method: str) -> bool:
+    """Whether ``method`` scores whole samples (best-of-n's candidates), whose sampled token counts
+    a scorer of lengths (``overlong``) reads; the other methods score texts (partial answers,
+    proposals), so ``overlong`` is refused for them."""
+    return method == "best-of-n"
+
+
+def check_scorer(spec: str, method: str) -> None:
     """What can be checked of a scorer's spec without loading a model: its kind (or a directory),
-    and whole those that load no model (task, length, fn, bleu); an error names --scorer."""
+    and whole those that load no model (task, length, overlong, fn, bleu); an error names --scorer."""
     from pathlib import Path
 
     from alignlab.rewards import SPECS, load_scorer
 
     kind = spec.partition(":")[0]
     try:
-        if kind in ("task", "length", "fn", "bleu") or (kind not in SPECS and not Path(spec).expanduser().is_dir()):
-            load_scorer(spec)
+        if kind in ("task", "length", "overlong", "fn", "bleu") or (kind not in SPECS
+                                                                    and not Path(spec).expanduser().is_dir()):
+            load_scorer(spec, sampled=scores_samples(method))
     except UserError as e:
         raise UserError(f"--scorer: {e}") from None
 
@@ -179,7 +187,7 @@ def method_scorer(args: argparse.Namespace):
     if not args.scorer:
         return None
     try:
-        return load_scorer(args.scorer)
+        return load_scorer(args.scorer, sampled=scores_samples(args.method))
     except UserError as e:
         raise UserError(f"--scorer: {e}") from None
 

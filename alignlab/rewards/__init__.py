@@ -2,7 +2,8 @@
 
 Modules: ``base`` (the interface), ``model`` (the reward-model network: backbone and head),
 ``learned`` (trained reward models and a DPO policy's implicit reward as scorers), ``programs``
-(testbed gold rewards and verifiers, length penalty, user functions), ``bleu`` (sentence BLEU
+(testbed gold rewards and verifiers, length penalty, user functions), ``overlong`` (DAPO's soft
+overlong punishment of sampled token counts), ``bleu`` (sentence BLEU
 against references), ``judge`` and ``http_judge`` (LLM judges, local or over an OpenAI-compatible
 endpoint), ``combine`` (weighted sums, log-sigmoid sums, routing by prompt).
 
@@ -11,6 +12,8 @@ endpoint), ``combine`` (weighted sums, log-sigmoid sums, routing by prompt).
     rm:DIR  (or a reward-model DIR)      a model trained with --method reward_model
     task:NAME[:gold|proxy]               a testbed task's reward (arithmetic, chainsum, sentiment, constraints)
     length[:coef=0.01,target=0,unit=words]   a length penalty
+    overlong:cache=N[,max=M,penalty=1]   DAPO's soft overlong punishment of the tokens sampled
+                                         (max: the run's max_new_tokens); only where samples are
     fn:MODULE:FUNCTION                   a user function f(prompt, response) -> number
     bleu:REFS.jsonl                      sentence BLEU against {"prompt", "references"} rows
     implicit:policy=DIR,reference=DIR[,beta=0.1]   a DPO policy's implicit reward
@@ -32,9 +35,10 @@ from alignlab.rewards.bleu import BleuReward
 from alignlab.rewards.combine import LogSigmoidSum, Routed, WeightedSum, by_task, reference_rewards
 from alignlab.rewards.judge import CallableBackend, HFBackend, PairwiseJudge, PointwiseJudge, swap_consistency
 from alignlab.rewards.learned import ImplicitReward, RewardModelScorer
+from alignlab.rewards.overlong import WHERE, OverlongPunishment
 from alignlab.rewards.programs import FunctionReward, LengthPenalty, TaskReward
 
-SPECS = ("rm", "task", "length", "fn", "bleu", "implicit", "judge", "openai")
+SPECS = ("rm", "task", "length", "overlong", "fn", "bleu", "implicit", "judge", "openai")
 
 
 def _options(text: str, what: str, positional: str | None = None) -> dict[str, str]:
@@ -117,9 +121,12 @@ def spec_problem(spec: str, folder: Path | None = None) -> str | None:
     return None
 
 
-def load_scorer(spec: str, tokenizer=None) -> Scorer:
+def load_scorer(spec: str, tokenizer=None, sampled: bool = False, max_new_tokens: int | None = None) -> Scorer:
     """A scorer from its text form (see the module docstring); a UserError for a bad one.
-    ``tokenizer`` counts the tokens of ``length:unit=tokens`` (an online run gives its policy's)."""
+    ``tokenizer`` counts the tokens of ``length:unit=tokens`` (an online run gives its policy's).
+    ``sampled``: the caller scores samples through ``Scorer.score_sampled``, with the token counts
+    the generator sampled (``overlong`` is refused elsewhere); ``max_new_tokens``: the sampling
+    limit, ``overlong``'s default ``max``."""
     from alignlab.rewards.model import is_reward_model_dir
 
     kind, _, rest = spec.partition(":")
@@ -143,6 +150,8 @@ def load_scorer(spec: str, tokenizer=None) -> Scorer:
                             "here (it works as an online run's reward); use unit=words or unit=chars")
         return LengthPenalty(_number(opts.get("coef", "0.01"), "coef", spec),
                              int(_number(opts.get("target", "0"), "target", spec)), unit, tokenizer=tokenizer)
+    if kind == "overlong":
+        return _overlong(rest, spec, sampled, max_new_tokens)
     if kind == "fn":
         return FunctionReward(rest)
     if kind == "bleu":
@@ -186,6 +195,23 @@ def load_scorer(spec: str, tokenizer=None) -> Scorer:
     return PairwiseJudge(OpenAIBackend(url, opts["model"], **settings), swap=swap, name=spec)
 
 
+def _overlong(rest: str, spec: str, sampled: bool, max_new_tokens: int | None) -> OverlongPunishment:
+    opts = _options(rest, spec)
+    _known(opts, {"cache", "max", "penalty"}, spec)
+    if not sampled:
+        raise UserError(f"scorer '{spec}': it scores the token counts a generator sampled, and here only texts "
+                        f"are scored; it works in {WHERE}")
+    if "cache" not in opts:
+        raise UserError(f"scorer '{spec}': give cache=N, the last N tokens before max where the punishment grows "
+                        "from 0 to -penalty (options: cache, max, penalty)")
+    if "max" not in opts and max_new_tokens is None:
+        raise UserError(f"scorer '{spec}': give max=M, the completion limit (there is no run's max_new_tokens here "
+                        "to take it from)")
+    return OverlongPunishment(_integer(opts["cache"], "cache", spec),
+                              _integer(opts["max"], "max", spec) if "max" in opts else int(max_new_tokens),
+                              _number(opts.get("penalty", "1"), "penalty", spec), name=spec)
+
+
 __all__ = ["Scorer", "BleuReward", "CallableBackend", "FunctionReward", "HFBackend", "ImplicitReward", "LengthPenalty",
-           "LogSigmoidSum", "PairwiseJudge", "PointwiseJudge", "RewardModelScorer", "Routed", "TaskReward",
-           "WeightedSum", "by_task", "load_scorer", "spec_problem", "reference_rewards", "swap_consistency"]
+           "LogSigmoidSum", "OverlongPunishment", "PairwiseJudge", "PointwiseJudge", "RewardModelScorer", "Routed",
+           "TaskReward", "WeightedSum", "by_task", "load_scorer", "spec_problem", "reference_rewards", "swap_consistency"]

@@ -78,6 +78,13 @@ class Scorer(ABC):
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         """One reward per (prompt, response) pair; higher is better. Lists of equal length."""
 
+    def score_sampled(self, prompts: Sequence[str], responses: Sequence[str],
+                      token_counts: Sequence[int]) -> list[float]:
+        """``score`` of sampled responses, told how many tokens the generator sampled for each
+        (``len(Sample.token_ids)``: the end-of-sequence token included when it stopped on one).
+        Callers that hold samples call this; only a scorer of sampled lengths reads the counts."""
+        return self.score(prompts, responses)
+
     def compare(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[float]:
         """P(first ≻ second | prompt) per triple: σ(r(first) − r(second)) unless a scorer knows better."""
         check_lengths(f"{self.name}: compare", prompts, first, second)

@@ -356,11 +356,12 @@ class OnlineSource:
         flat = [s for group in samples for s in group]
         try:
             rewards, parts = score_samples(self.reward, [t for t in texts for _ in range(G)], [s.text for s in flat],
-                                           where)
+                                           where, [len(s.token_ids) for s in flat])
             greedy_rewards = None
             if greedy is not None:
                 greedy_rewards, _ = score_samples(self.reward, texts, [g[0].text for g in greedy],
-                                                  [f"prompt row {row}, greedy answer" for row in rows])
+                                                  [f"prompt row {row}, greedy answer" for row in rows],
+                                                  [len(g[0].token_ids) for g in greedy])
             mine_out: tuple = (None, rewards.view(len(mine), G), greedy_rewards)
         except RewardError as exc:
             mine_out = (str(exc), None, None)

@@ -158,7 +158,7 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
             raise ConfigError("reward: an online method needs a reward (scorer specs), e.g. --reward task:arithmetic")
         specs = [f"task:{task.name}:gold"]
         log(f"reward: none given; using the task's gold reward ({specs[0]})")
-    terms = load_reward_terms(specs, rollout.reward_weights, tokenizer=tokenizer)
+    terms = load_reward_terms(specs, rollout.reward_weights, tokenizer=tokenizer, max_new_tokens=max_new_tokens(cfg))
     _, per_round = round_size(cfg, dist)
     prompts = load_online_prompts(cfg, per_round, tokenizer)
     check_rewards(cfg, prompts, terms)

@@ -46,11 +46,14 @@ class RewardTerm:
 
 
 def load_reward_terms(specs: Sequence[str], weights: Sequence[float] | None = None,
-                      resolve: Callable[[str], str] | None = None, tokenizer=None) -> list[RewardTerm]:
+                      resolve: Callable[[str], str] | None = None, tokenizer=None,
+                      max_new_tokens: int | None = None) -> list[RewardTerm]:
     """Scorers from their text specs (``alignlab.rewards.load_scorer``), with weights (1 each by
     default). Two terms of the same spec are logged as ``spec``, ``spec#2``. ``resolve``: the spec
     a scorer is loaded from, when it differs from the one it is logged as (rounds fill in the
-    round's policy for ``{policy}``). ``tokenizer``: the policy's, for ``length:unit=tokens``."""
+    round's policy for ``{policy}``). ``tokenizer``: the policy's, for ``length:unit=tokens``.
+    The terms score samples (``score_samples`` with their token counts), so ``overlong`` is
+    allowed, its ``max`` by default ``max_new_tokens``, the sampling limit."""
     from alignlab.rewards import load_scorer
 
     if not specs:
@@ -64,7 +67,8 @@ def load_reward_terms(specs: Sequence[str], weights: Sequence[float] | None = No
             raise UserError(f"reward_weights: the weight of '{spec}' is {w}, not a finite number")
         seen[spec] = seen.get(spec, 0) + 1
         terms.append(RewardTerm(spec if seen[spec] == 1 else f"{spec}#{seen[spec]}",
-                                load_scorer(resolve(spec) if resolve else spec, tokenizer), float(w)))
+                                load_scorer(resolve(spec) if resolve else spec, tokenizer, sampled=True,
+                                            max_new_tokens=max_new_tokens), float(w)))
     return terms
 
 
@@ -76,23 +80,25 @@ def _value(term: RewardTerm, value, where: str) -> float:
 
 
 def score_samples(terms: Sequence[RewardTerm], prompts: Sequence[Text], responses: Sequence[str],
-                  where: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  where: Sequence[str], token_counts: Sequence[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted reward of each response (float64, shape (N,)) and each term's own values.
 
     ``prompts[i]`` is the prompt response ``i`` answers (a conversation is scored against its last
     user message: ``reward_prompt``); ``where[i]`` names it in an error (e.g. "prompt row 12,
-    sample 3")."""
+    sample 3"); ``token_counts[i]`` is the number of tokens the generator sampled for it, the
+    end-of-sequence token included when it stopped on one (``len(Sample.token_ids)``), which a
+    scorer of lengths (``overlong``) reads (``Scorer.score_sampled``)."""
     prompts = [reward_prompt(p) for p in prompts]
     n = len(responses)
     total = torch.zeros(n, dtype=torch.float64)
     parts: dict[str, torch.Tensor] = {}
     for term in terms:
         try:
-            values = list(term.scorer.score(list(prompts), list(responses)))
+            values = list(term.scorer.score_sampled(list(prompts), list(responses), list(token_counts)))
         except RewardError:
             raise
         except Exception as exc:  # find the sample at fault, then report it in one line
-            raise RewardError(f"reward '{term.name}': {_culprit(term, prompts, responses, where)}: raised "
+            raise RewardError(f"reward '{term.name}': {_culprit(term, prompts, responses, where, token_counts)}: raised "
                               f"{type(exc).__name__}: {_first_line(exc)}") from None
         if len(values) != n:
             raise RewardError(f"reward '{term.name}': returned {len(values)} values for {n} responses "
@@ -103,10 +109,10 @@ def score_samples(terms: Sequence[RewardTerm], prompts: Sequence[Text], response
     return total, parts
 
 
-def _culprit(term: RewardTerm, prompts, responses, where) -> str:
+def _culprit(term: RewardTerm, prompts, responses, where, token_counts) -> str:
     for i in range(len(responses)):
         try:
-            term.scorer.score([prompts[i]], [responses[i]])
+            term.scorer.score_sampled([prompts[i]], [responses[i]], [token_counts[i]])
         except Exception:
             return where[i]
     return f"{where[0]} to {where[-1]} (each alone scores)"

@@ -184,16 +184,16 @@ def test_reward_faults_name_the_reward_the_prompt_and_the_sample():
         return [1.0] * len(rs)
 
     with pytest.raises(RewardError, match=r"^reward 'mine': prompt row 4, sample 2: raised ValueError: bad response$"):
-        score_samples(term(raising), prompts, responses, where)
+        score_samples(term(raising), prompts, responses, where, [2, 2, 2])
     with pytest.raises(RewardError, match=r"^reward 'mine': prompt row 9, sample 1: returned nan, not a finite number$"):
-        score_samples(term(lambda ps, rs: [1.0, 2.0, float("nan")]), prompts, responses, where)
+        score_samples(term(lambda ps, rs: [1.0, 2.0, float("nan")]), prompts, responses, where, [2, 2, 2])
     with pytest.raises(RewardError, match=r"prompt row 4, sample 1: returned 'high', not a number"):
-        score_samples(term(lambda ps, rs: ["high", 1, 2]), prompts, responses, where)
+        score_samples(term(lambda ps, rs: ["high", 1, 2]), prompts, responses, where, [2, 2, 2])
     with pytest.raises(RewardError, match=r"returned 2 values for 3 responses"):
-        score_samples(term(lambda ps, rs: [1.0, 2.0]), prompts, responses, where)
+        score_samples(term(lambda ps, rs: [1.0, 2.0]), prompts, responses, where, [2, 2, 2])
     total, parts = score_samples([RewardTerm("a", _Scorer(lambda ps, rs: [1.0, 2.0, 3.0]), 2.0),
                                   RewardTerm("b", _Scorer(lambda ps, rs: [0.5, 0.5, 0.5]), -1.0)],
-                                 prompts, responses, where)
+                                 prompts, responses, where, [2, 2, 2])
     assert total.tolist() == [1.5, 3.5, 5.5] and parts["b"].tolist() == [0.5, 0.5, 0.5]
 
 

@@ -162,7 +162,7 @@ def test_a_scorer_that_returns_text_stops_the_step_naming_the_sample():
 
     with pytest.raises(RewardError, match=r"^reward 'mine': prompt row 7, sample 2: returned '0.75', not a number$"):
         score_samples([RewardTerm("mine", Texts())], ["p", "p"], ["a", "b"],
-                      ["prompt row 7, sample 1", "prompt row 7, sample 2"])
+                      ["prompt row 7, sample 1", "prompt row 7, sample 2"], [1, 1])
 
 
 @pytest.mark.parametrize("flags,message", [
