@@ -17,6 +17,8 @@ Sequence-level advantages (one number per completion):
   R1-Zero-Like Training"), as TRL 1.16's ``scale_rewards`` = "group" / "batch" / "none".
 - ``rloo_advantages``: RLOO (Ahmadian et al. 2024, "Back to Basics"), A_i = r_i − mean_{j≠i} r_j.
 - ``remax_advantages``: ReMax (Li et al. 2023), A_i = r_i − r(greedy response to the same prompt).
+- ``opo_advantages``: OPO (Hao et al. 2025), A_i = r_i − Σ_j |y_j|·r_j / Σ_j |y_j| (length-weighted).
+- ``passk_advantages``: pass@k (Tang et al. 2025), A_i = max(0, r_i − max_{j≠i} r_j), over the std.
 
 Token-level advantages (one number per completion token):
 
@@ -38,6 +40,7 @@ Scale = Literal["group", "batch", "none"]
 KLEstimator = Literal["k1", "k2", "k3"]
 
 GRPO_EPS = 1e-4  # TRL 1.16 grpo_trainer: advantages / (std + 1e-4)
+PASSK_EPS = 1e-6  # verl core_algos.compute_grpo_passk_outcome_advantage: epsilon=1e-6
 WHITEN_EPS = 1e-8  # OpenRLHF experience_maker: rsqrt(max(var, 1e-8))
 
 
@@ -83,6 +86,12 @@ def _centred(r: torch.Tensor, index: torch.Tensor, n_groups: int) -> tuple[torch
     return shifted - (_group_sum(shifted, index, n_groups) / counts)[index], counts[index]
 
 
+def _group_std(centred: torch.Tensor, counts: torch.Tensor, index: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Each sample's group's unbiased (n − 1) std (B,) from the centred rewards; 0 for a group of one."""
+    sq = _group_sum(centred * centred, index, n_groups)[index]
+    return torch.where(counts > 1, sq / (counts - 1).clamp(min=1), torch.zeros_like(sq)).sqrt()
+
+
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor | None = None, *, scale: Scale = "group",
                      eps: float = GRPO_EPS) -> torch.Tensor:
     """GRPO advantages: each reward minus its group's mean, divided by a std plus ε.
@@ -109,9 +118,7 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor | None = Non
     r, index, n_groups = _group_index(rewards, group_ids)
     centred, counts = _centred(r, index, n_groups)
     if scale == "group":
-        sq = _group_sum(centred * centred, index, n_groups)[index]
-        var = torch.where(counts > 1, sq / (counts - 1).clamp(min=1), torch.zeros_like(sq))
-        advantages = centred / (var.sqrt() + eps)
+        advantages = centred / (_group_std(centred, counts, index, n_groups) + eps)
     elif scale == "batch":
         std = r.std(unbiased=True) if r.numel() > 1 else r.new_zeros(())
         advantages = centred / (std + eps)
@@ -150,6 +157,75 @@ def remax_advantages(rewards: torch.Tensor, greedy_rewards: torch.Tensor) -> tor
     if greedy.shape != rewards.shape and not (rewards.dim() == 2 and greedy.shape == (rewards.shape[0], 1)):
         raise ValueError(f"greedy_rewards {tuple(greedy_rewards.shape)} does not match rewards {tuple(rewards.shape)}")
     return rewards - greedy
+
+
+def opo_advantages(rewards: torch.Tensor, lengths: torch.Tensor, group_ids: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """OPO's optimal baseline: A_i = r_i − b, b = Σ_j |y_j|·r_j / Σ_j |y_j| over the sample's group.
+
+    Hao et al. 2025, "On-Policy RL with Optimal Reward Baseline" (arXiv 2505.23585); verl's
+    ``compute_opo_outcome_advantage`` (``adv_estimator=opo``). |y_j| is completion j's length in
+    tokens, the tokens its advantage trains (verl: ``response_mask.sum(-1)``); no std scaling.
+    ``rewards`` and ``lengths``: (P, G), or (B,) with ``group_ids`` (B,); returns the shape of
+    ``rewards``. With equal lengths b is the group's mean (GRPO without scaling, Dr. GRPO).
+
+    The weighted mean is taken of r − (group minimum) and the minimum added back, so a group of
+    equal rewards gives exactly 0. A group whose lengths are all 0 (nothing to train) weighs its
+    samples equally instead of dividing 0 by 0. A group of one sample has b = r and advantage 0;
+    verl instead sets its baseline to 0 (A = r, as its GRPO and RLOO do for a group of one), which
+    alignlab never meets in training: a run with one sample per prompt is refused.
+    """
+    rewards = _as_float(rewards).detach()
+    lengths = torch.as_tensor(lengths, device=rewards.device).detach()
+    if lengths.shape != rewards.shape:
+        raise ValueError(f"lengths {tuple(lengths.shape)} must have the shape of rewards {tuple(rewards.shape)}")
+    if bool((lengths < 0).any()):
+        raise ValueError("lengths must be >= 0 (tokens per completion)")
+    r, index, n_groups = _group_index(rewards, group_ids)
+    weight = lengths.reshape(-1).to(r.dtype)
+    low = torch.full((n_groups,), float("inf"), dtype=r.dtype, device=r.device)
+    low = low.scatter_reduce(0, index, r, reduce="amin")[index]
+    total = _group_sum(weight, index, n_groups)[index]
+    weight = torch.where(total > 0, weight, torch.ones_like(weight))
+    shifted = r - low
+    baseline = (_group_sum(weight * shifted, index, n_groups) / _group_sum(weight, index, n_groups))[index]
+    return (shifted - baseline).reshape(rewards.shape)
+
+
+def passk_advantages(rewards: torch.Tensor, group_ids: torch.Tensor | None = None, *, scale: Scale = "group",
+                     eps: float = PASSK_EPS) -> torch.Tensor:
+    """Pass@k: only a group's best sample gets an advantage, its margin over the second best.
+
+    Tang et al. 2025, "Optimizing Language Models for Inference Time Objectives using
+    Reinforcement Learning" (arXiv 2503.19595), the leave-one-out advantage of the objective
+    max_i r_i over the group's k = G samples; verl's ``compute_grpo_passk_outcome_advantage``
+    (``adv_estimator=grpo_passk``):
+
+        A_i = max(r) − max_{j≠i} r_j = max(0, r_i − max_{j≠i} r_j)
+
+    which is r_max − r_second_max for the best sample and 0 for every other. When the best reward
+    is shared (a tie at the top, or all rewards equal) every advantage of the group is 0.
+    ``scale="group"`` divides by the group's std plus ε: the unbiased (n − 1) std of its rewards
+    and ε = 1e-6 (verl's ``norm_adv_by_std_in_grpo`` = True, its default, and its ``epsilon``);
+    ``scale="none"`` keeps the margin (``norm_adv_by_std_in_grpo`` = False). ``rewards``: (P, G),
+    or (B,) with ``group_ids`` (B,); returns the same shape. A group of one sample has no second
+    best and gets 0 (verl raises; alignlab refuses a run with one sample per prompt).
+    """
+    if scale not in ("group", "none"):
+        raise ValueError(f"scale must be 'group' or 'none', got {scale!r}")
+    rewards = _as_float(rewards).detach()
+    r, index, n_groups = _group_index(rewards, group_ids)
+    empty = torch.full((n_groups,), float("-inf"), dtype=r.dtype, device=r.device)
+    best = empty.scatter_reduce(0, index, r, reduce="amax")[index]
+    is_best = r == best
+    n_best = _group_sum(is_best.to(r.dtype), index, n_groups)[index]
+    below = torch.where(is_best, torch.full_like(r, float("-inf")), r)
+    second = empty.scatter_reduce(0, index, below, reduce="amax")[index]
+    winner = is_best & (n_best == 1) & (second > float("-inf"))
+    advantages = torch.where(winner, best - torch.where(winner, second, best), torch.zeros_like(r))
+    if scale == "group":
+        advantages = advantages / (_group_std(*_centred(r, index, n_groups), index, n_groups) + eps)
+    return advantages.reshape(rewards.shape)
 
 
 def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: KLEstimator = "k3",

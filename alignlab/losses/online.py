@@ -1,12 +1,13 @@
 """The online policy-gradient methods as registry entries: GRPO and its named variants, RLOO,
-ReMax, REINFORCE++ and PPO.
+ReMax, OPO, pass@k, REINFORCE++ and PPO.
 
 Each entry pairs the per-token loss of ``policy_gradient.py`` with an advantage rule of
 ``advantages.py``, of one of two kinds:
 - sequence rules (``LossSpec.advantages``): the round's rewards, one row per prompt and one column
   per sample, to one advantage per sample; the step source calls it on the whole round's rewards,
   over every process, so a statistic of the batch is the batch's. ReMax's also gets the reward of
-  each prompt's greedy answer (``LossSpec.greedy_baseline``).
+  each prompt's greedy answer (``LossSpec.greedy_baseline``), OPO's the length of every
+  completion (``LossSpec.lengths``).
 - token rules (``LossSpec.token_advantages``): a process's completions with their per-token
   log-probs (sampling policy, reference) and, for PPO, the critic's values (``RoundTokens``), to
   per-token advantages and returns. Each completion's are its own, so a process computes its
@@ -54,6 +55,19 @@ Defaults and their sources:
 - ``remax``: Li et al. 2023 (ReMax): A_i = r_i − r(greedy answer to the prompt), one greedy
   answer per prompt and round, sampled with the same generator at temperature 0; REINFORCE
   (with one update per round the clip never binds).
+- ``opo``: Hao et al. 2025 (On-Policy RL with Optimal Reward Baseline, arXiv 2505.23585), as verl's
+  ``adv_estimator=opo``: A_i = r_i − Σ_j |y_j|·r_j / Σ_j |y_j| over the prompt's samples, |y_j| the
+  completion's tokens, no std scaling. The loss is verl's actor defaults (its OPO recipe changes
+  only the estimator): the clip at ε = 0.2, token-mean aggregation, β = 0 (the recipe turns the KL
+  loss and the entropy bonus off). OPO's exact on-policy training is one update per round
+  (``updates_per_rollout`` = 1, the run's default) with the round's whole batch in one optimizer
+  step, which alignlab's step always is.
+- ``grpo_passk``: Tang et al. 2025 (Optimizing Language Models for Inference Time Objectives using
+  Reinforcement Learning, arXiv 2503.19595), as verl's ``adv_estimator=grpo_passk``: only a
+  prompt's best sample has an advantage, r_max − r_second_max (0 when the best is tied), divided by
+  the group's std + 1e-6 (``scale_rewards="group"``: verl's ``norm_adv_by_std_in_grpo`` = True, its
+  default); the loss as ``opo``'s (verl's actor defaults). Most advantages are 0, so
+  ``skip_zero_advantage`` leaves most completions out of the forward and backward passes.
 - ``reinforce++``: Hu 2025 (REINFORCE++), as OpenRLHF's ``advantage_estimator=reinforce``: the
   per-token reward −β_KL·KL_t plus the score on the last token, returns with γ = 1, whitened over
   the round's tokens; KL_t is k1 of the sampling policy against the reference (OpenRLHF's default
@@ -78,6 +92,8 @@ from alignlab.losses.advantages import (
     gae,
     group_advantages,
     kl_estimate,
+    opo_advantages,
+    passk_advantages,
     remax_advantages,
     rloo_advantages,
     token_rewards,
@@ -87,6 +103,7 @@ from alignlab.losses.policy_gradient import PolicyGradientParams, PPOParams, pol
 from alignlab.losses.registry import LossSpec, register
 
 SCALES = ("group", "batch", "none")
+PASSK_SCALES = ("group", "none")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 BASELINES = ("none", "group")
 
@@ -169,6 +186,22 @@ class ReMaxParams(PolicyGradientParams):
 
 
 @dataclass
+class OPOParams(PolicyGradientParams):
+    """The length-weighted baseline needs no option."""
+
+
+@dataclass
+class PassKParams(PolicyGradientParams):
+    scale_rewards: str = param("group", "'group': the best sample's margin over the second best is divided by the "
+                                        "group's std + 1e-6 (verl's norm_adv_by_std_in_grpo, its default), or 'none'")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.scale_rewards in PASSK_SCALES, "scale_rewards",
+                f"must be one of {PASSK_SCALES}, got {self.scale_rewards!r}")
+
+
+@dataclass
 class KLRewardParams(PolicyGradientParams):
     """A per-token KL penalty in the reward, returns, and whitened advantages (REINFORCE++, PPO)."""
 
@@ -234,11 +267,16 @@ def needs_reference(params) -> bool:
 def group_baseline(spec: LossSpec, params) -> str | None:
     """What makes an online method's advantage compare a prompt's samples with each other (the
     GRPO family's group-normalised rewards, RLOO's leave-one-out baseline, REINFORCE++'s group
-    baseline), or None: with one sample per prompt such an advantage is 0 for every sample."""
+    baseline, OPO's length-weighted baseline, pass@k's margin over the second best), or None: with
+    one sample per prompt such an advantage is 0 for every sample."""
     if spec.advantages is grpo_advantages:
         return "its advantage is a reward minus its group's mean"
     if spec.advantages is rloo_group_advantages:
         return "its baseline is the mean reward of the prompt's other samples"
+    if spec.advantages is opo_group_advantages:
+        return "its baseline is the length-weighted mean reward of the prompt's samples"
+    if spec.advantages is passk_group_advantages:
+        return "its advantage is the best sample's margin over the prompt's second best"
     if spec.token_advantages is reinforce_pp_token_advantages and getattr(params, "baseline", None) == "group":
         return "baseline 'group' subtracts the prompt's mean score"
     return None
@@ -259,6 +297,18 @@ def remax_group_advantages(rewards_PG: torch.Tensor, params: ReMaxParams, greedy
     if greedy_P is None:
         raise ValueError("remax needs the reward of each prompt's greedy answer")
     return remax_advantages(rewards_PG, greedy_P)
+
+
+def opo_group_advantages(rewards_PG: torch.Tensor, params: OPOParams, greedy_P: torch.Tensor | None = None,
+                         lengths_PG: torch.Tensor | None = None) -> torch.Tensor:
+    if lengths_PG is None:
+        raise ValueError("opo needs the length of each completion")
+    return opo_advantages(rewards_PG, lengths_PG)
+
+
+def passk_group_advantages(rewards_PG: torch.Tensor, params: PassKParams,
+                           greedy_P: torch.Tensor | None = None) -> torch.Tensor:
+    return passk_advantages(rewards_PG, scale=params.scale_rewards)
 
 
 def _token_rewards(r: RoundTokens, params: KLRewardParams, scores_PG: torch.Tensor) -> torch.Tensor:
@@ -314,6 +364,17 @@ register(LossSpec(name="rloo", fn=policy_gradient_loss, shape="online", params=R
 register(LossSpec(name="remax", fn=policy_gradient_loss, shape="online", params=ReMaxParams, needs_reference=False,
                   paper="Li et al. 2023, ReMax", summary="policy gradient with the greedy answer's reward as baseline",
                   advantages=remax_group_advantages, greedy_baseline=True))
+register(LossSpec(name="opo", fn=policy_gradient_loss, shape="online", params=OPOParams, needs_reference=False,
+                  paper="Hao et al. 2025, On-Policy RL with Optimal Reward Baseline (OPO), arXiv 2505.23585; "
+                        "defaults as verl",
+                  summary="clipped policy gradient with the length-weighted mean reward of the group as baseline",
+                  advantages=opo_group_advantages, lengths=True))
+register(LossSpec(name="grpo_passk", fn=policy_gradient_loss, shape="online", params=PassKParams,
+                  needs_reference=False,
+                  paper="Tang et al. 2025, Optimizing Language Models for Inference Time Objectives using "
+                        "Reinforcement Learning (pass@k), arXiv 2503.19595; defaults as verl",
+                  summary="clipped policy gradient; only each group's best sample has an advantage, its margin over "
+                          "the second best", advantages=passk_group_advantages))
 # ``needs_reference``: what the defaults need (kl_coef > 0); a run loads the reference exactly when
 # its params do (``needs_reference(params)``)
 register(LossSpec(name="reinforce++", fn=policy_gradient_loss, shape="online", params=ReinforcePPParams,

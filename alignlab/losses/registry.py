@@ -53,10 +53,12 @@ class LossSpec:
     # advantages_PG, from one round's rewards (one row per prompt, one column per sample) over every
     # process, with the reward of each prompt's greedy answer when ``greedy_baseline``; or a token
     # rule token_advantages(RoundTokens, params) -> (advantages_BT, returns_BT) of one process's
-    # completions. ``value_model``: the method trains a critic (PPO).
+    # completions. ``value_model``: the method trains a critic (PPO). ``lengths``: the sequence rule
+    # also gets ``lengths_PG``, each completion's length in tokens (OPO's length-weighted baseline).
     advantages: Callable | None = None
     token_advantages: Callable | None = None
     greedy_baseline: bool = False
+    lengths: bool = False
     value_model: bool = False
     # ``num_generations``: a method that compares a fixed number of samples per prompt (online DPO:
     # 2); a run must sample exactly that many, and each micro-batch must hold whole groups

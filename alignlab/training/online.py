@@ -17,9 +17,10 @@ over the whole round. A round:
    round's rewards, gathered from every process, so that a statistic of the batch (the batch std)
    is the whole batch's; a token rule on this process's completions, then whitened with the
    statistics of every process's tokens (gathered in rank order, so 1 process or 2 whiten alike).
-   ReMax's rule also gets the reward of a greedy answer to each prompt, sampled and scored here.
+   ReMax's rule also gets the reward of a greedy answer to each prompt, sampled and scored here;
+   OPO's the length of every completion.
 With ``dynamic_sampling`` (DAPO), steps 1-3 repeat for further batches of prompts until groups whose
-rewards differ fill the round (``_draw_with_spread``). This process's completions then form its
+advantages are not all 0 fill the round (``_draw_with_spread``). This process's completions then form its
 micro-batches, prompt-major. Because everything a round
 draws is a function of (seed, round, the weights at its start), a run resumed at a round boundary
 redraws the same round; a checkpoint written inside a round (μ > 1) holds the round itself.
@@ -59,8 +60,9 @@ from alignlab.training.source import Step
 @dataclass(frozen=True)
 class AdvantageRule:
     """How a method turns a round into advantages (``losses/online.py``): ``sequence(rewards_PG,
-    greedy_P)`` -> advantages_PG over the whole round, or ``token(RoundTokens)`` -> (advantages_BT,
-    returns_BT) over this process's completions, whitened over the round when ``whiten``.
+    greedy_P, lengths_PG)`` -> advantages_PG over the whole round (lengths: each completion's
+    tokens), or ``token(RoundTokens)`` -> (advantages_BT, returns_BT) over this process's
+    completions, whitened over the round when ``whiten``.
     ``greedy_baseline``: also sample and score one greedy answer per prompt; ``values``: the
     critic's values at the start of the round (PPO)."""
 
@@ -75,7 +77,10 @@ class AdvantageRule:
         if spec.token_advantages is not None:
             return cls(token=lambda r: spec.token_advantages(r, params), whiten=bool(getattr(params, "whiten", False)),
                        values=spec.value_model)
-        return cls(sequence=lambda rewards, greedy: spec.advantages(rewards, params, greedy),
+        if spec.lengths:
+            return cls(sequence=lambda rewards, greedy, lengths: spec.advantages(rewards, params, greedy, lengths),
+                       greedy_baseline=spec.greedy_baseline)
+        return cls(sequence=lambda rewards, greedy, lengths: spec.advantages(rewards, params, greedy),
                    greedy_baseline=spec.greedy_baseline)
 
 
@@ -144,8 +149,9 @@ def round_size(cfg, dist: Dist) -> tuple[int, int]:
 class _Drawn:
     """What a round drew: this process's prompts (data rows, texts), its completions (prompt-major,
     G each) with their rewards and each reward term's values, the whole round's rewards (prompts ×
-    G, every process's in rank order), ReMax's greedy rewards of every prompt (or None), the
-    seconds spent sampling and scoring, and metrics of the drawing itself."""
+    G, every process's in rank order) and the lengths of their completions in tokens, ReMax's
+    greedy rewards of every prompt (or None), the seconds spent sampling and scoring, and metrics
+    of the drawing itself."""
 
     rows: list[int]
     texts: list
@@ -153,6 +159,7 @@ class _Drawn:
     rewards: torch.Tensor
     parts: dict[str, torch.Tensor]
     everyone: torch.Tensor
+    lengths: torch.Tensor
     greedy_all: torch.Tensor | None
     gen_s: float
     reward_s: float
@@ -301,7 +308,7 @@ class OnlineSource:
             for e, v in zip(examples, values, strict=True):
                 e.old_values = v
         if rule.sequence is not None:
-            whole = rule.sequence(drawn.everyone, drawn.greedy_all)
+            whole = rule.sequence(drawn.everyone, drawn.greedy_all, drawn.lengths)
             advantages = whole[dist.rank * share:(dist.rank + 1) * share].reshape(-1)
             for e, a in zip(examples, advantages.tolist(), strict=True):
                 e.advantages = (a,) * len(e.completion_ids)
@@ -362,23 +369,25 @@ class OnlineSource:
                 greedy_rewards, _ = score_samples(self.reward, texts, [g[0].text for g in greedy],
                                                   [f"prompt row {row}, greedy answer" for row in rows],
                                                   [len(g[0].token_ids) for g in greedy])
-            mine_out: tuple = (None, rewards.view(len(mine), G), greedy_rewards)
+            lengths = torch.tensor([float(len(s.token_ids)) for s in flat], dtype=torch.float64)
+            mine_out: tuple = (None, rewards.view(len(mine), G), lengths.view(len(mine), G), greedy_rewards)
         except RewardError as exc:
-            mine_out = (str(exc), None, None)
+            mine_out = (str(exc), None, None, None)
         gathered = dist.gather(mine_out)
-        faults = [f for f, _, _ in gathered if f]
+        faults = [f for f, _, _, _ in gathered if f]
         if faults:
             raise RewardError(faults[0])
-        greedy_all = torch.cat([g for _, _, g in gathered]) if greedy is not None else None
-        return _Drawn(rows, texts, flat, rewards, parts, torch.cat([r for _, r, _ in gathered]), greedy_all,
-                      t1 - t0, time.perf_counter() - t1, {}, order)
+        greedy_all = torch.cat([g for _, _, _, g in gathered]) if greedy is not None else None
+        return _Drawn(rows, texts, flat, rewards, parts, torch.cat([r for _, r, _, _ in gathered]),
+                      torch.cat([n for _, _, n, _ in gathered]), greedy_all, t1 - t0, time.perf_counter() - t1, {},
+                      order)
 
     def _draw_with_spread(self, round_: int) -> _Drawn:
         """DAPO's dynamic sampling (Yu et al. 2025, "filter groups"): batches of the round's prompts
         are drawn (``_draw``; each of prompts the round has not drawn yet while the prompt set
-        lasts, ``_batch_order``) until the groups whose rewards differ (some spread: a group
-        advantage that is not 0 everywhere) fill the round, or ``max_sampling_batches`` were
-        drawn; a round still short is completed with groups without spread, first drawn first
+        lasts, ``_batch_order``) until the groups with spread (``_has_spread``: the method's
+        advantage is not 0 everywhere in the group) fill the round, or ``max_sampling_batches``
+        were drawn; a round still short is completed with groups without spread, first drawn first
         (they train with advantage 0). Groups keep the order they were drawn in (batch, then
         process, then prompt) and the round's groups are dealt to the processes in that order, so
         1 process or several, and any split of the step, train on the same groups. Every process
@@ -397,7 +406,7 @@ class OnlineSource:
                      {name: v[g * G:(g + 1) * G].tolist() for name, v in d.parts.items()})
                     for g in range(len(d.rows))]
             for group in (g for part in dist.gather(mine) for g in part):
-                (spread if max(group[3]) > min(group[3]) else flat_groups).append(group)
+                (spread if self._has_spread(group[3], group[2]) else flat_groups).append(group)
                 drawn_groups += 1
                 reward_sum += sum(group[3])
                 generated += sum(len(s.token_ids) for s in group[2])
@@ -412,9 +421,21 @@ class OnlineSource:
         metrics = {"dynamic_sampling/batches": float(batch + 1),
                    "dynamic_sampling/with_spread": min(len(spread), P) / P,
                    "reward/sampled": reward_sum / max(drawn_groups * G, 1)}
+        lengths = torch.tensor([[float(len(s.token_ids)) for s in g[2]] for g in chosen], dtype=torch.float64)
         return _Drawn([g[0] for g in mine], [g[1] for g in mine], [s for g in mine for s in g[2]], rewards, parts,
-                      torch.tensor([g[3] for g in chosen], dtype=torch.float64), None, gen_s, reward_s, metrics,
-                      drawn, float(generated))
+                      torch.tensor([g[3] for g in chosen], dtype=torch.float64), lengths, None, gen_s, reward_s,
+                      metrics, drawn, float(generated))
+
+    def _has_spread(self, rewards: list[float], samples: list) -> bool:
+        """Whether the method's advantage of one group is not 0 everywhere: for the GRPO family,
+        RLOO and OPO, whether its rewards differ (DAPO's criterion); for pass@k, whether its best
+        reward is its own (a tie at the top gives every sample 0). Dynamic sampling is allowed only
+        for sequence rules of such a group statistic (``group_baseline``), whose zeros a group
+        decides alone (GRPO's batch std scales every group alike)."""
+        lengths = [[float(len(s.token_ids)) for s in samples]]
+        whole = self.advantages.sequence(torch.tensor([rewards], dtype=torch.float64), None,
+                                         torch.tensor(lengths, dtype=torch.float64))
+        return bool((whole != 0).any())
 
     def _token_advantages(self, rule: AdvantageRule, scores_PG: torch.Tensor) -> None:
         """A token rule on this process's completions; advantages whitened over the whole round."""

@@ -17,6 +17,8 @@ from alignlab.losses.advantages import (
     group_advantages,
     kl_estimate,
     last_token_index,
+    opo_advantages,
+    passk_advantages,
     reinforce_pp_advantages,
     remax_advantages,
     rloo_advantages,
@@ -171,6 +173,107 @@ def test_remax_by_hand():
     assert remax_advantages(t([1.0, 4.0]), t([2.0, 2.0])).tolist() == [-1.0, 2.0]
     with pytest.raises(ValueError, match="greedy_rewards"):
         remax_advantages(t([1.0, 4.0]), t([2.0, 2.0, 2.0]))
+
+
+# ------------------------------------------------------------------------------- OPO, pass@k
+
+
+def test_opo_by_hand_with_unequal_lengths():
+    """b = Σ|y|·r / Σ|y|. Group 1, lengths (1, 2, 3): b = (1 + 4 + 9)/6 = 7/3, so
+    A = (1 − 7/3, 2 − 7/3, 3 − 7/3) = (−4/3, −1/3, 2/3). Group 2, lengths (4, 1, 1):
+    b = (0 + 0 + 6)/6 = 1, so A = (−1, −1, 5). (The plain mean would give (−1, 0, 1), (−2, −2, 4).)"""
+    lengths = [[1, 2, 3], [4, 1, 1]]
+    expected = [[-4 / 3, -1 / 3, 2 / 3], [-1.0, -1.0, 5.0]]
+    a = opo_advantages(t(REWARDS), torch.tensor(lengths))
+    assert a.shape == (2, 3) and a.dtype == F64
+    assert torch.allclose(a, t(expected), rtol=0, atol=TOL)
+    # the same samples flat, the two groups interleaved and named by arbitrary ids
+    order = [3, 0, 4, 1, 5, 2]
+    flat_r = t(REWARDS).reshape(-1)[order]
+    flat_len = torch.tensor(lengths).reshape(-1)[order]
+    flat = opo_advantages(flat_r, flat_len, torch.tensor([9, -2, 9, -2, 9, -2]))
+    assert flat.tolist() == pytest.approx([expected[k // 3][k % 3] for k in order], abs=TOL)
+
+
+def test_opo_with_equal_lengths_is_the_group_mean_baseline():
+    """Equal lengths weigh every sample alike: b is the group's mean, A = Dr. GRPO's r − mean, for
+    any common length; and scaling every length of a group by c leaves b unchanged."""
+    gen = torch.Generator().manual_seed(3)
+    r = torch.randn(5, 4, generator=gen, dtype=F64)
+    plain = group_advantages(r, scale="none")
+    for n in (1, 7):
+        assert torch.allclose(opo_advantages(r, torch.full((5, 4), n)), plain, rtol=0, atol=TOL)
+    lengths = torch.randint(1, 20, (5, 4), generator=gen)
+    assert torch.allclose(opo_advantages(r, 3 * lengths), opo_advantages(r, lengths), rtol=0, atol=TOL)
+
+
+def test_opo_properties():
+    """The length-weighted advantages of a group sum to 0 (Σ|y|(r − b) = 0: every token's advantage,
+    summed over the group's tokens, is 0); equal rewards give exactly 0 whatever the lengths; a
+    group of one has b = r (0); a group whose lengths are all 0 weighs its samples equally."""
+    gen = torch.Generator().manual_seed(4)
+    r = torch.randn(6, 5, generator=gen, dtype=F64)
+    lengths = torch.randint(0, 30, (6, 5), generator=gen)
+    lengths[:, 0] = 1  # no group with all lengths 0
+    a = opo_advantages(r, lengths)
+    assert torch.allclose((a * lengths).sum(dim=1), torch.zeros(6, dtype=F64), rtol=0, atol=1e-12)
+    assert opo_advantages(t([[0.1, 0.1, 0.1]]), torch.tensor([[3, 7, 5]])).tolist() == [[0.0, 0.0, 0.0]]
+    assert opo_advantages(t([0.7, 1.0, 3.0]), torch.tensor([5, 2, 4]), torch.tensor([0, 1, 1])).tolist() == \
+        pytest.approx([0.0, -2 * 4 / 6, 2 * 2 / 6], abs=TOL)  # group 1: b = (2 + 12)/6 = 7/3
+    assert opo_advantages(t([[1.0, 3.0]]), torch.tensor([[0, 0]])).tolist() == [[-1.0, 1.0]]
+
+
+def test_opo_rejects_bad_lengths():
+    with pytest.raises(ValueError, match=r"^lengths \(3,\) must have the shape of rewards \(2, 3\)$"):
+        opo_advantages(t(REWARDS), torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"^lengths must be >= 0"):
+        opo_advantages(t([[1.0, 2.0]]), torch.tensor([[1, -1]]))
+
+
+def leave_one_out_passk(rewards: list[float]) -> list[float]:
+    """Tang et al. 2025's leave-one-out advantage of max_i r_i, written out: max(r) − max_{j≠i} r_j."""
+    return [max(rewards) - max(rewards[:i] + rewards[i + 1:]) for i in range(len(rewards))]
+
+
+def test_passk_by_hand():
+    """Only the unique best sample has an advantage, r_max − r_second_max, over std + 1e-6.
+    (1, 0, 3, 2): best 3, second 2, margin 1; mean 1.5, squared deviations 0.25 + 2.25 + 2.25 + 0.25
+    = 5, unbiased std √(5/3). (0, 4, 1, 1): best 4, second 1 (tied), margin 3; mean 1.5, squared
+    deviations 2.25 + 6.25 + 0.25 + 0.25 = 9, std √3. (2, 2, 1, 0) and (0, 5, 5, 1): the best is tied,
+    every advantage 0. (1, 1, 1, 1): all equal, 0. (−1, −3): margin 2, std 2/√2 = √2."""
+    rewards = [[1.0, 0.0, 3.0, 2.0], [0.0, 4.0, 1.0, 1.0], [2.0, 2.0, 1.0, 0.0], [0.0, 5.0, 5.0, 1.0],
+               [1.0, 1.0, 1.0, 1.0]]
+    none = passk_advantages(t(rewards), scale="none")
+    assert none.tolist() == [[0, 0, 1, 0], [0, 3, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    group = passk_advantages(t(rewards))
+    expected = torch.zeros(5, 4, dtype=F64)
+    expected[0, 2] = 1 / (math.sqrt(5 / 3) + 1e-6)
+    expected[1, 1] = 3 / (math.sqrt(3) + 1e-6)
+    assert torch.allclose(group, expected, rtol=0, atol=TOL)
+    assert passk_advantages(t([-1.0, -3.0]), torch.tensor([0, 0])).tolist() == pytest.approx(
+        [2 / (math.sqrt(2) + 1e-6), 0.0], abs=TOL)
+    # flat, groups interleaved in any order, of different sizes, under arbitrary ids
+    flat = passk_advantages(t([3.0, -1.0, 0.0, 2.0, -3.0, 1.0]), torch.tensor([7, 4, 7, 7, 4, 7]), scale="none")
+    assert flat.tolist() == [1.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_passk_is_the_leave_one_out_of_the_best_reward():
+    """Integer rewards in 0..3 (many ties) in groups of 5: with scale 'none' the advantages equal
+    max(r) − max_{j≠i} r_j computed sample by sample, and at most one sample per group is non-zero."""
+    gen = torch.Generator().manual_seed(5)
+    r = torch.randint(0, 4, (40, 5), generator=gen).to(F64)
+    a = passk_advantages(r, scale="none")
+    assert a.tolist() == [leave_one_out_passk(row) for row in r.tolist()]
+    assert ((a != 0).sum(dim=1) <= 1).all() and (a != 0).any() and (a == 0).all(dim=1).any()
+    scaled = passk_advantages(r)
+    assert torch.allclose(scaled, a / (r.std(dim=1, keepdim=True) + 1e-6), rtol=0, atol=TOL)
+
+
+def test_passk_group_of_one_and_bad_scale():
+    assert passk_advantages(t([4.0, 1.0, 2.0]), torch.tensor([0, 1, 1])).tolist() == \
+        pytest.approx([0.0, 0.0, 1 / (math.sqrt(0.5) + 1e-6)], abs=TOL)
+    with pytest.raises(ValueError, match="scale must be 'group' or 'none', got 'batch'"):
+        passk_advantages(t(REWARDS), scale="batch")
 
 
 # ------------------------------------------------------------------------------------- KL

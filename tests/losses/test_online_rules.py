@@ -6,11 +6,16 @@ import pytest
 import torch
 
 from alignlab.losses.online import (
+    OPOParams,
+    PassKParams,
     PPOOnlineParams,
     ReinforcePPParams,
     ReMaxParams,
     RoundTokens,
+    group_baseline,
     needs_reference,
+    opo_group_advantages,
+    passk_group_advantages,
     ppo_token_advantages,
     reinforce_pp_token_advantages,
     remax_group_advantages,
@@ -80,6 +85,41 @@ def test_remax_subtracts_the_greedy_reward():
     assert torch.equal(adv, t([[0.5, -0.5, 0.5], [-1.0, -1.0, 0.0]]))
     with pytest.raises(ValueError, match="greedy"):
         remax_group_advantages(t([[1.0]]), ReMaxParams(), None)
+
+
+def test_opo_weighs_the_baseline_by_the_completions_lengths():
+    """Rewards (1, 0, 1), lengths (1, 2, 3): b = (1 + 0 + 3)/6 = 2/3, A = (1/3, −2/3, 1/3);
+    rewards (0, 0, 3), lengths (2, 2, 2): b = 1, A = (−1, −1, 2)."""
+    adv = opo_group_advantages(t([[1.0, 0.0, 1.0], [0.0, 0.0, 3.0]]), OPOParams(), None,
+                               t([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0]]))
+    assert torch.allclose(adv, t([[1 / 3, -2 / 3, 1 / 3], [-1.0, -1.0, 2.0]]), rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="length"):
+        opo_group_advantages(t([[1.0, 0.0]]), OPOParams(), None, None)
+
+
+def test_passk_gives_the_best_sample_its_margin():
+    """(1, 0, 3): best 3, second 1, margin 2; mean 4/3, squared deviations 1/9 + 16/9 + 25/9 = 42/9,
+    std √(7/3). (2, 2, 0): the best is tied, 0."""
+    rewards = t([[1.0, 0.0, 3.0], [2.0, 2.0, 0.0]])
+    assert torch.equal(passk_group_advantages(rewards, PassKParams(scale_rewards="none")),
+                       t([[0.0, 0.0, 2.0], [0.0, 0.0, 0.0]]))
+    adv = passk_group_advantages(rewards, PassKParams())
+    assert torch.allclose(adv, t([[0.0, 0.0, 2 / ((7 / 3) ** 0.5 + 1e-6)], [0.0, 0.0, 0.0]]), rtol=0, atol=1e-15)
+    with pytest.raises(ParamError, match=r"scale_rewards.*got 'batch'"):
+        PassKParams(scale_rewards="batch")
+
+
+def test_opo_and_passk_compare_a_prompts_samples():
+    """With one sample per prompt OPO's baseline is the sample's own reward and pass@k has no
+    second best: both advantages are 0, so ``group_baseline`` names why (a run refuses G = 1)."""
+    for name, why in (("opo", "length-weighted mean"), ("grpo_passk", "second best")):
+        spec = REGISTRY[name]
+        assert why in group_baseline(spec, spec.params())
+        assert spec.advantages is not None and not spec.needs_reference and spec.token_advantages is None
+    assert REGISTRY["opo"].lengths and not REGISTRY["grpo_passk"].lengths and not REGISTRY["rloo"].lengths
+    # verl's actor defaults: the clip at 0.2 both sides, token-mean aggregation, no KL term
+    for params in (OPOParams(), PassKParams()):
+        assert (params.eps_low, params.eps_high, params.aggregation, params.beta) == (0.2, 0.2, "token_mean", 0.0)
 
 
 def test_which_params_need_the_reference():

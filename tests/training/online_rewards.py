@@ -58,3 +58,9 @@ def digits_on_odd(prompt: str, response: str) -> float:
 
 def always_nan(prompt: str, response: str) -> float:
     return float("nan")
+
+
+def odd_letters(prompt: str, response: str) -> float:
+    """1 when the response has an odd number of letters, else 0: a binary reward near a coin flip,
+    so a group of 4 often has two or three answers tied at the top (pass@k's advantage 0)."""
+    return float(sum(c.isalpha() for c in response) % 2)

@@ -101,8 +101,14 @@ def _trained(model_dir) -> dict:
                                                   # padded rows: the packed/padded choice is per micro-batch
                                                   ("grpo", 1, {"dynamic_sampling": True, "packing": False,
                                                                "reward": ["fn:tests.training.online_rewards:"
-                                                                          "digits_on_odd"]})],
-                         ids=["grpo-1", "grpo-2", "ppo-2", "reinforce++-1", "grpo-2-lora-beta", "grpo-1-dynamic"])
+                                                                          "digits_on_odd"]}),
+                                                  # OPO's baseline weighs by every process's lengths (which
+                                                  # differ at 40 tokens), gathered or from the groups dealt out
+                                                  ("opo", 1, {"max_new_tokens": 40}),
+                                                  ("opo", 1, {"max_new_tokens": 40, "dynamic_sampling": True,
+                                                              "packing": False})],
+                         ids=["grpo-1", "grpo-2", "ppo-2", "reinforce++-1", "grpo-2-lora-beta", "grpo-1-dynamic",
+                              "opo-1", "opo-1-dynamic"])
 def test_online_two_processes_equal_one(tmp_path, tiny_model_dir, method, updates, extra):
     """2 processes × 4 completions per step equal 1 process × 8 (fp64). Each process samples its
     own prompts, numbered so the native backend draws the same completions; the round's rewards

@@ -81,7 +81,8 @@ def test_the_weights_push_counts_as_generation_time(tmp_path, tiny_model_dir, mo
                                           # a random model's 6-token answers all hit the limit, which
                                           # DAPO masks by default: nothing would train
                                           ("dapo", {"mask_truncated": False}),
-                                          ("remax", {}), ("reinforce++", {}),
+                                          ("remax", {}), ("opo", {"max_new_tokens": 40}), ("grpo_passk", {}),
+                                          ("reinforce++", {}),
                                           ("reinforce++", {"baseline": "group", "kl_coef": 0.0}),
                                           # the critic's weights are compared too
                                           ("ppo", {}), ("ppo", {"critic": "separate", "updates_per_rollout": 2,
@@ -344,3 +345,62 @@ def test_a_run_whose_every_step_was_skipped_says_so(tmp_path, tiny_model_dir, ca
            "started from" in err
     train(online(tiny_model_dir, tmp_path / "some", max_steps=3, skip_nonfinite=True))
     assert "warning: every step" not in capsys.readouterr().err
+
+
+def recorded_rounds(monkeypatch) -> list[list[list[tuple[float, int, float]]]]:
+    """Per round, per group (G consecutive completions): (reward, tokens, advantage) of each sample."""
+    import alignlab.training.online as online_mod
+
+    rounds: list = []
+    real = online_mod.OnlineSource._collect
+
+    def collect(self, round_):
+        real(self, round_)
+        done = [(e.reward, len(e.completion_ids), e.advantages[0]) for e in self._examples]
+        assert all(set(e.advantages) == {e.advantages[0]} for e in self._examples)  # one per sequence
+        rounds.append([done[i:i + self.G] for i in range(0, len(done), self.G)])
+
+    monkeypatch.setattr(online_mod.OnlineSource, "_collect", collect)
+    return rounds
+
+
+def test_opo_trains_with_the_length_weighted_baseline(tmp_path, tiny_model_dir, monkeypatch):
+    """Each completion's advantage is its reward minus Σ|y|·r/Σ|y| over its group (written out here),
+    with lengths that differ within some group (the random model stops early at times: 40 tokens at most); so the
+    advantages, weighted by their tokens, sum to 0 over each group and the logged token mean
+    ``advantage/mean`` is 0, where the group mean baseline (Dr. GRPO) would not give 0."""
+    rounds = recorded_rounds(monkeypatch)
+    summary = train(online(tiny_model_dir, tmp_path / "opo", method="opo", max_new_tokens=40, max_steps=3))
+    assert len(rounds) == 3
+    unequal = False
+    for group in (g for groups in rounds for g in groups):
+        baseline = sum(n * r for r, n, _ in group) / sum(n for _, n, _ in group)
+        assert [a for _, _, a in group] == pytest.approx([r - baseline for r, _, _ in group], abs=1e-12)
+        unequal |= len({n for _, n, _ in group}) > 1 and len({r for r, _, _ in group}) > 1
+    assert unequal
+    rows = [m for m in metrics(tmp_path / "opo") if "loss" in m]
+    assert all(m["advantage/mean"] == pytest.approx(0.0, abs=1e-12) for m in rows)
+    assert max_abs_diff(weights(summary.model_dir), weights(tiny_model_dir)) > 1e-4
+
+
+def test_grpo_passk_gives_only_each_groups_best_sample_an_advantage(tmp_path, tiny_model_dir, monkeypatch):
+    """Each group's advantages are 0 but for its unique best sample, whose advantage is its margin
+    over the second best divided by the group's unbiased std + 1e-6 (written out here); with a
+    binary reward (has the answer a digit) groups with two or more right answers tie at the top
+    and train nothing, and the logged share of zero-advantage tokens is at least (G − 1)/G."""
+    rounds = recorded_rounds(monkeypatch)
+    train(online(tiny_model_dir, tmp_path / "pk", method="grpo_passk", max_steps=4,
+                 reward=["fn:tests.training.online_rewards:has_digit"]))
+    winners = ties = 0
+    for group in (g for groups in rounds for g in groups):
+        rewards = [r for r, _, _ in group]
+        top, second = sorted(rewards, reverse=True)[:2]
+        mean = sum(rewards) / len(rewards)
+        std = (sum((r - mean) ** 2 for r in rewards) / (len(rewards) - 1)) ** 0.5
+        expected = [(top - second) / (std + 1e-6) if r == top and top > second else 0.0 for r in rewards]
+        assert [a for _, _, a in group] == pytest.approx(expected, abs=1e-12)
+        winners += top > second
+        ties += top == second and std > 0
+    assert winners and ties
+    rows = [m for m in metrics(tmp_path / "pk") if "loss" in m]
+    assert all(m["advantage/zero"] >= 0.75 for m in rows)

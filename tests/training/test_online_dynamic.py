@@ -186,3 +186,36 @@ def test_generation_throughput_counts_every_batch_drawn(tmp_path, tiny_model_dir
     assert any(r["dynamic_sampling/batches"] > 1 for r in rows)
     assert [r["generation_tokens_per_s"] * r["generation_s"] for r in rows] == \
         pytest.approx([tokens[k] for k in range(3)], rel=1e-9)
+
+
+def test_grpo_passk_keeps_the_groups_whose_best_answer_is_unique(tmp_path, tiny_model_dir, monkeypatch):
+    """Pass@k gives a group an advantage only where its best reward is its own: a group whose rewards
+    differ but whose best is tied (a binary reward: two or three answers with 1) trains nothing, so
+    dynamic sampling keeps the groups with a unique best first, the round's with_spread counting
+    those. The plain run shows such tied groups are drawn (the check could fail)."""
+    binary = ["fn:tests.training.online_rewards:odd_letters"]
+
+    def unique_best(g):
+        top, second = sorted(g, reverse=True)[:2]
+        return top > second
+
+    rounds = trained_groups(monkeypatch)
+    train(cfg(tiny_model_dir, tmp_path / "plain", method="grpo_passk", reward=binary, dynamic_sampling=False))
+    assert any(max(g) > min(g) and not unique_best(g) for groups in rounds for g in groups)
+    rounds.clear()
+    train(cfg(tiny_model_dir, tmp_path / "dyn", method="grpo_passk", reward=binary))
+    rows = logged(tmp_path / "dyn")
+    assert len(rounds) == len(rows) == 3
+    for groups, row in zip(rounds, rows, strict=True):
+        assert row["dynamic_sampling/with_spread"] == sum(map(unique_best, groups)) / len(groups)
+        kept = [unique_best(g) for g in groups]
+        assert kept == sorted(kept, reverse=True)  # groups with a unique best first, the rest fill up
+    assert any(r["dynamic_sampling/with_spread"] == 1.0 for r in rows)
+
+
+def test_opo_keeps_the_groups_whose_rewards_differ(tmp_path, tiny_model_dir, monkeypatch):
+    rounds = trained_groups(monkeypatch)
+    train(cfg(tiny_model_dir, tmp_path / "opo", method="opo"))
+    rows = logged(tmp_path / "opo")
+    assert all(r["dynamic_sampling/with_spread"] == 1.0 for r in rows)
+    assert all(max(g) > min(g) for groups in rounds for g in groups)

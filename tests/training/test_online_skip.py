@@ -33,7 +33,8 @@ def run(model_dir, tmp_path, name, **kw):
 
 @pytest.mark.parametrize("method,extra", [("grpo", {}), ("grpo", {"aggregation": "seq_mean_token_mean"}),
                                           ("dr_grpo", {}), ("rloo", {}), ("gspo", {}), ("luspo", {}),
-                                          ("cispo", {}), ("sapo", {}), ("vespo", {}), ("gmpo", {}),
+                                          ("cispo", {}), ("sapo", {}), ("vespo", {}), ("gmpo", {}), ("opo", {}),
+                                          ("grpo_passk", {}),
                                           ("grpo", {"updates_per_rollout": 2, "max_steps": 4})])
 @pytest.mark.parametrize("bs,ga", [(8, 1), (2, 4)])
 def test_leaving_out_zero_advantage_completions_gives_the_same_update(tmp_path, tiny_model_dir, method, extra, bs, ga):
