@@ -15,6 +15,9 @@ Sequence-level advantages (one number per completion):
 - ``group_advantages``: GRPO (Shao et al. 2024, "DeepSeekMath"), A_i = (r_i − mean_G r)/(std + ε),
   with the std of the group, of the batch, or none (Dr. GRPO: Liu et al. 2025, "Understanding
   R1-Zero-Like Training"), as TRL 1.16's ``scale_rewards`` = "group" / "batch" / "none".
+- ``gdpo_advantages``: GDPO (group reward-decoupled normalisation), TRL 1.16's
+  ``multi_objective_aggregation="normalize_then_sum"``: each reward term normalised within its group
+  as GRPO's reward is, the weighted sum of those, divided by its std over the batch.
 - ``rloo_advantages``: RLOO (Ahmadian et al. 2024, "Back to Basics"), A_i = r_i − mean_{j≠i} r_j.
 - ``remax_advantages``: ReMax (Li et al. 2023), A_i = r_i − r(greedy response to the same prompt).
 - ``opo_advantages``: OPO (Hao et al. 2025), A_i = r_i − Σ_j |y_j|·r_j / Σ_j |y_j| (length-weighted).
@@ -125,6 +128,35 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor | None = Non
     else:
         advantages = centred
     return advantages.reshape(rewards.shape)
+
+
+def gdpo_advantages(components_PGK: torch.Tensor, weights_K, eps: float = GRPO_EPS) -> torch.Tensor:
+    """Advantages (P, G) from K reward terms normalised one by one, as TRL 1.16's
+    ``multi_objective_aggregation="normalize_then_sum"`` (GDPO):
+
+        Â_k = group_advantages(r_k, scale="group")          each term within its group: (r − mean_g)/(std_g + ε)
+        s   = Σ_k w_k · Â_k
+        A   = s / (std_batch(s) + ε)                         the unbiased std over all P·G completions
+
+    ``components_PGK`` (P, G, K): each completion's raw value of each term (before its weight);
+    ``weights_K``: the terms' weights. A term that ties within a group adds 0 to that group, so the
+    group's advantage is decided by the terms that differ there, each at its own scale: a term of
+    large spread cannot drown one of small spread, as it does when the weighted sum is normalised
+    (GRPO's "sum_then_normalize"). TRL also subtracts the batch mean of s before dividing; that
+    mean is 0 by construction (every Â_k sums to 0 over each group), so it is left out here, and a
+    group whose every term tied keeps advantage exactly 0 (TRL's differs from this by the rounding
+    of a mean of 0, about 1e-17). With one term this is GRPO's advantage divided by its batch std."""
+    comps = _as_float(components_PGK).detach()
+    if comps.dim() != 3:
+        raise ValueError(f"components must be (P, G, K), got shape {tuple(comps.shape)}")
+    w = torch.as_tensor(weights_K, dtype=comps.dtype, device=comps.device)
+    if w.shape != (comps.shape[-1],):
+        raise ValueError(f"{w.numel()} weights for {comps.shape[-1]} reward terms")
+    normalised = torch.stack([group_advantages(comps[..., k], scale="group", eps=eps)
+                              for k in range(comps.shape[-1])], -1)
+    total = (normalised * w).sum(-1)
+    std = total.std(unbiased=True) if total.numel() > 1 else total.new_zeros(())
+    return total / (std + eps)
 
 
 def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor | None = None) -> torch.Tensor:

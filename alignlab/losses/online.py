@@ -106,16 +106,27 @@ SCALES = ("group", "batch", "none")
 PASSK_SCALES = ("group", "none")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 BASELINES = ("none", "group")
+MULTI_OBJECTIVE = ("sum_then_normalize", "normalize_then_sum")
 
 
 @dataclass
 class GRPOParams(PolicyGradientParams):
     scale_rewards: str = param("group", "advantage scaling: 'group' (divide by the group's std, GRPO), 'batch' "
                                         "(by the whole batch's std), 'none' (Dr. GRPO)")
+    multi_objective_aggregation: str = param(
+        "sum_then_normalize", "how several reward terms become advantages: 'sum_then_normalize' (their weighted sum "
+                              "is the reward, scaled by scale_rewards) or 'normalize_then_sum' (GDPO: each term "
+                              "normalised within its group, the weighted sum divided by its batch std; TRL's names)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.scale_rewards in SCALES, "scale_rewards", f"must be one of {SCALES}, got {self.scale_rewards!r}")
+        require(self.multi_objective_aggregation in MULTI_OBJECTIVE, "multi_objective_aggregation",
+                f"must be one of {MULTI_OBJECTIVE}, got {self.multi_objective_aggregation!r}")
+        if self.multi_objective_aggregation == "normalize_then_sum":
+            require(self.scale_rewards == "group", "scale_rewards", f"must be 'group' with multi_objective_aggregation "
+                    f"'normalize_then_sum', which scales each term by its group's std and the sum by the batch's "
+                    f"(got {self.scale_rewards!r})")
 
 
 @dataclass

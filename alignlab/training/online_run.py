@@ -172,5 +172,6 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
     needs_old = (rollout.updates_per_rollout > 1 or getattr(params, "is_mode", "off") != "off"
                  or getattr(params, "kl_coef", 0.0) > 0)
     skip_idle = rollout.skip_zero_advantage and spec.fn is policy_gradient_loss and zero_advantage_is_free(params)
-    return OnlineSource(cfg, dist, prompts, policy, generator, terms, AdvantageRule.of(spec, params), sampling,
+    rule = AdvantageRule.of(spec, params, [t.weight for t in terms])
+    return OnlineSource(cfg, dist, prompts, policy, generator, terms, rule, sampling,
                         pad_id=tokenizer.pad_token_id, reference=reference, needs_old=needs_old, skip_idle=skip_idle)
