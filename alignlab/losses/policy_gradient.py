@@ -182,7 +182,18 @@ class PolicyGradientParams:
     kl_ratio_weight: bool = param(False, "multiply the KL term by the policy ratio (TRL `use_bias_correction_kl`)")
     entropy_coef: float = param(0.0, "entropy bonus: the loss subtracts entropy_coef × each token's policy entropy, "
                                      "aggregated as the policy term (verl `entropy_coeff`, OpenRLHF "
-                                     "`--entropy_loss_coef`; 0: none; below 0: entropy minimisation)")
+                                     "`--entropy_loss_coef`; 0: none; below 0: entropy minimisation); with "
+                                     "adaptive_entropy, the starting coefficient")
+    adaptive_entropy: bool = param(False, "adaptive entropy control (Skywork-OR1; TRL `use_adaptive_entropy`): after "
+                                          "each step the coefficient rises by entropy_coef_delta when the step's mean "
+                                          "token entropy is at most entropy_target, else falls by it, within "
+                                          "[entropy_coef_min, entropy_coef_max]; it applies only while the last "
+                                          "step's entropy is at most the target")
+    entropy_target: float = param(0.2, "adaptive_entropy: the mean token entropy (nats) below which the bonus applies "
+                                       "(TRL default 0.2)")
+    entropy_coef_delta: float = param(0.005, "adaptive_entropy: the coefficient's change per step (TRL default 0.005)")
+    entropy_coef_min: float = param(0.0, "adaptive_entropy: the coefficient's lower bound (TRL default 0)")
+    entropy_coef_max: float = param(1.0, "adaptive_entropy: the coefficient's upper bound (TRL default 1)")
     aggregation: Aggregation = param("token_mean", "how token losses become the step's loss: 'token_mean' (DAPO), "
                                                    "'seq_mean_token_mean' (GRPO), 'seq_mean_token_sum' (LUSPO), "
                                                    "'constant' (Dr. GRPO)")
@@ -245,6 +256,11 @@ class PolicyGradientParams:
         require_positive(self.eps_high, "eps_high")
         require_non_negative(self.beta, "beta")
         require(math.isfinite(self.entropy_coef), "entropy_coef", f"must be a finite number, got {self.entropy_coef}")
+        require_non_negative(self.entropy_target, "entropy_target")
+        require_non_negative(self.entropy_coef_delta, "entropy_coef_delta")
+        require(math.isfinite(self.entropy_coef_min) and math.isfinite(self.entropy_coef_max)
+                and self.entropy_coef_min <= self.entropy_coef_max, "entropy_coef_min",
+                f"must be finite and at most entropy_coef_max ({self.entropy_coef_min} > {self.entropy_coef_max})")
         require(self.max_completion_length is None or (isinstance(self.max_completion_length, int)
                                                          and self.max_completion_length > 0),
                 "max_completion_length", f"must be a positive integer, got {self.max_completion_length!r}")
@@ -544,10 +560,11 @@ def zero_advantage_is_free(params: PolicyGradientParams) -> bool:
     ratio c (−min(c·0, clip(c)·0); CISPO's −sg(min(c, C))·0·ℓ; SAPO's −(4/τ)σ(·)·0; VESPO's
     −sg(φ)·0·ℓ with φ finite; GMPO's −0·exp(0), every g_t = sign(0)·… = 0), times w,
     provided the importance weight w is finite (no correction, or one capped at ``is_clip_max``)
-    and no term without the advantage is added: β = 0 (no KL term) and no entropy bonus. PPO's value loss is such a term (``PPOParams``: never free)."""
+    and no term without the advantage is added: β = 0 (no KL term) and no entropy bonus (nor adaptive entropy
+    control, which may turn one on). PPO's value loss is such a term (``PPOParams``: never free)."""
     if isinstance(params, PPOParams):
         return False
-    return params.beta == 0.0 and params.entropy_coef == 0.0 \
+    return params.beta == 0.0 and params.entropy_coef == 0.0 and not params.adaptive_entropy \
         and (params.is_mode == "off" or params.is_clip_max is not None)
 
 

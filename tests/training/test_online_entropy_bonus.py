@@ -19,7 +19,7 @@ from alignlab.losses.registry import get_loss
 from alignlab.training.forward.policy_gradient import PolicyGradientForward
 from alignlab.training.rollout import RolloutExample, collate_rollout
 from tests.data.test_pack import _model
-from tests.training.helpers import max_abs_diff, weights
+from tests.training.helpers import crash_after_save, max_abs_diff, weights
 from tests.training.test_online import metrics, online
 
 
@@ -199,3 +199,82 @@ def test_an_online_run_with_a_bonus_is_split_invariant_and_moves_the_entropy_its
     assert rows[0]["entropy"] == pytest.approx(plain_rows[0]["entropy"], abs=1e-12)  # the same first step
     bonus, plain, minus = (_fixed_entropy(runs[n].model_dir) for n in ("8x1", "plain", "minus"))
     assert bonus > plain + 1e-3 and minus < plain - 0.1
+
+
+# ------------------------------------------------------------------------ adaptive entropy control
+
+
+def _adaptive(**kw) -> PolicyGradientForward:
+    spec = get_loss("grpo")
+    return PolicyGradientForward(spec, spec.params(adaptive_entropy=True, **kw), max_new_tokens=6)
+
+
+def test_the_controller_by_hand():
+    """Start 0.01, target 0.5, δ 0.005, bounds [0, 0.012]. Before any step nothing is measured:
+    coefficient applied 0. Step entropies (sum / tokens) and the state after each:
+      0.7 (> 0.5): 0.01 − 0.005 = 0.005; applied next: 0 (0.7 is above the target)
+      0.4 (≤ 0.5): 0.005 + 0.005 = 0.01; applied next: 0.01
+      0.3:         0.01 + 0.005 = 0.015 → capped at 0.012; applied next: 0.012
+      0.9:         0.012 − 0.005 = 0.007; applied next: 0
+      0.9:         0.002;  0.9: max(−0.003, 0) = 0
+    A step without tokens changes nothing."""
+    f = _adaptive(entropy_coef=0.01, entropy_target=0.5, entropy_coef_delta=0.005, entropy_coef_max=0.012)
+    assert f.stateful and f.entropy_coef() == 0.0
+    want = [(0.7, 0.005, 0.0), (0.4, 0.01, 0.01), (0.3, 0.012, 0.012), (0.9, 0.007, 0.0), (0.9, 0.002, 0.0),
+            (0.9, 0.0, 0.0)]
+    for h, coef, applied in want:
+        f.after_step({"entropy_sum": 3 * h, "entropy_tokens": 3.0})
+        assert f.state["entropy_coef"] == pytest.approx(coef, abs=1e-15)
+        assert f.state["entropy_last"] == pytest.approx(h, abs=1e-15)
+        assert f.entropy_coef() == pytest.approx(applied, abs=1e-15)
+    f.after_step({"entropy_sum": 0.0, "entropy_tokens": 0.0})
+    assert f.state["entropy_last"] == pytest.approx(0.9)
+
+
+def test_the_applied_coefficient_is_the_bonus_the_loss_gets():
+    """A controller whose state applies 0.3 gives the step gradient of a static η = 0.3 exactly,
+    and reports the entropy sum and token count of every completion as its statistics."""
+    model = _model()
+    with torch.no_grad():
+        model.model.norm.weight.mul_(5.0)
+    f = _adaptive(entropy_target=1e9)
+    f.state.update(entropy_coef=0.3, entropy_last=1.0)
+    spec = get_loss("grpo")
+    static = PolicyGradientForward(spec, spec.params(entropy_coef=0.3), max_new_tokens=6)
+    assert _max_diff(_grads(model, f, [[0, 1, 2, 3]], False), _grads(model, static, [[0, 1, 2, 3]], False)) == 0
+    out = f(model, collate_rollout(EXAMPLES, 0, False))
+    assert out.stats["entropy_tokens"].tolist() == [1.0, 6.0, 2.0, 3.0]
+    assert torch.allclose(out.stats["entropy_sum"], out.metrics["entropy"], atol=1e-12, rtol=0)
+
+
+def test_an_adaptive_run_moves_its_coefficient_and_resumes_exactly(tmp_path, tiny_model_dir):
+    """fp64, 4 steps, target 100 nats (above any entropy here), start 0, δ 0.2: the logged
+    coefficient after step k is 0.2·k, the entropy it saw is the step's logged entropy (every
+    completion computed: adaptive control turns zero-advantage skipping off), 8 × 1 = 2 × 4, and a
+    run killed after step 2 and resumed ends at the same weights and logs the same states."""
+    kw = dict(adaptive_entropy=True, entropy_target=100.0, entropy_coef_delta=0.2, max_steps=4, packing=False,
+              save_every=1, keep_checkpoints=0)
+    full = train(online(tiny_model_dir, tmp_path / "full", **kw))
+    rows = [m for m in metrics(tmp_path / "full") if "loss" in m]
+    assert [m["state/entropy_coef"] for m in rows] == pytest.approx([0.2, 0.4, 0.6, 0.8], abs=1e-12)
+    assert [m["state/entropy_last"] for m in rows] == pytest.approx([m["entropy"] for m in rows], abs=1e-12)
+    assert all("skipped_zero_advantage" not in m for m in rows)
+    split = train(online(tiny_model_dir, tmp_path / "split", batch_size=2, grad_accum=4, **kw))
+    assert max_abs_diff(weights(full.model_dir), weights(split.model_dir)) < 1e-9
+    with crash_after_save(lambda step: step == 2):
+        train(online(tiny_model_dir, tmp_path / "cut", **kw))
+    resumed = train(online(tiny_model_dir, tmp_path / "cut", resume=True, **kw))
+    assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
+    cut = [m for m in metrics(tmp_path / "cut") if "loss" in m]
+    assert [m["state/entropy_coef"] for m in cut][-2:] == [m["state/entropy_coef"] for m in rows][-2:]
+    # the bonus applied from step 2 on: the run differs from one without control
+    plain = train(online(tiny_model_dir, tmp_path / "plain", max_steps=4, packing=False, skip_zero_advantage=False))
+    assert max_abs_diff(weights(full.model_dir), weights(plain.model_dir)) > 1e-6
+
+
+def test_bad_controller_settings_are_refused():
+    spec = get_loss("grpo")
+    for bad in ({"entropy_coef_min": 0.5, "entropy_coef_max": 0.1}, {"entropy_coef_delta": -0.1},
+                {"entropy_target": -1.0}):
+        with pytest.raises(Exception, match=next(iter(bad)).replace("_max", "_min")):
+            spec.params(adaptive_entropy=True, **bad)

@@ -9,7 +9,9 @@ loop divides the step's summed losses by, counted from the examples alone (their
 units, or the method's own ``LossSpec.units``: online DPO's decisive pairs), so the update does not
 depend on how the step is split.
 
-With an entropy bonus (``entropy_coef``) the same entropies, with their gradient, enter the loss.
+With an entropy bonus (``entropy_coef``) the same entropies, with their gradient, enter the loss;
+under adaptive entropy control (``adaptive_entropy``) the forward holds the coefficient as its
+state and moves it after each step from the step's mean token entropy (``after_step``).
 Besides the loss's metrics it logs ``entropy``: the mean over every completion token the step
 computes (those a truncation mask leaves out of the loss too; not those of completions left out
 for a zero advantage, ``Batch.idle``) of the entropy −Σ_v π(v) log π(v)
@@ -42,6 +44,38 @@ class PolicyGradientForward(Forward):
         if hasattr(params, "max_completion_length") and params.max_completion_length is None:
             params = dataclasses.replace(params, max_completion_length=max_new_tokens)
         super().__init__(spec, params)
+        self.adaptive = bool(getattr(params, "adaptive_entropy", False))
+        if self.adaptive:  # the coefficient, and the last step's entropy (−1: none measured yet)
+            self.state = {"entropy_coef": float(params.entropy_coef), "entropy_last": -1.0}
+
+    @property
+    def stateful(self) -> bool:
+        return self.adaptive or super().stateful
+
+    def entropy_coef(self) -> float:
+        """The entropy bonus's coefficient for this step: the params' own, or under adaptive
+        control the controller's, applied only once a step's entropy was measured at or below the
+        target (TRL applies none before its first measurement too)."""
+        if not self.adaptive:
+            return getattr(self.params, "entropy_coef", 0.0)
+        last = self.state["entropy_last"]
+        return self.state["entropy_coef"] if 0.0 <= last <= self.params.entropy_target else 0.0
+
+    def after_step(self, totals: dict[str, float]) -> None:
+        """Adaptive entropy control (Skywork-OR1, arXiv 2505.22312; TRL 1.16's
+        ``use_adaptive_entropy``): the step's mean token entropy H (summed over every process's
+        completions of the step, ``entropy_sum`` / ``entropy_tokens``) moves the coefficient by
+        ``entropy_coef_delta``, up when H ≤ ``entropy_target``, down otherwise, within
+        [``entropy_coef_min``, ``entropy_coef_max``]; H is kept for the next step's choice."""
+        if not self.adaptive:
+            return super().after_step(totals)
+        tokens = totals.get("entropy_tokens", 0.0)
+        if tokens <= 0:  # no completion token this step: nothing measured
+            return
+        p, coef, h = self.params, self.state["entropy_coef"], totals["entropy_sum"] / tokens
+        coef = min(coef + p.entropy_coef_delta, p.entropy_coef_max) if h <= p.entropy_target \
+            else max(coef - p.entropy_coef_delta, p.entropy_coef_min)
+        self.state.update(entropy_coef=coef, entropy_last=h)
 
     @staticmethod
     def _mask_and_flags(examples) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +99,8 @@ class PolicyGradientForward(Forward):
     def __call__(self, model: torch.nn.Module, batch: Batch) -> LossOutput:
         examples = batch.examples
         values = None
-        bonus = getattr(self.params, "entropy_coef", 0.0) != 0.0  # the entropy enters the loss, with its gradient
+        coef = self.entropy_coef()
+        bonus = coef != 0.0  # the entropy enters the loss, with its gradient
         entropy = "grad" if bonus else True
         if self.spec.value_model:  # one pass of the policy gives its log-probs and a shared head's values
             with decoder_output(model) as seen:
@@ -92,10 +127,17 @@ class PolicyGradientForward(Forward):
             values=None if values is None else values[:, :width].to(dtype), old_values=per_token("old_values"),
             returns=per_token("returns"),
             entropy=left_align(lp.entropy_BT, lp.mask_BT)[:, :width] if bonus else None)
-        out = self.spec.fn(inputs, self.params)
+        params = dataclasses.replace(self.params, entropy_coef=coef) if self.adaptive else self.params
+        out = self.spec.fn(inputs, params)
+        if self.adaptive:  # the step's entropy over the tokens of the policy term, for the controller
+            kept = mask & ~truncated[:, None] if self.params.mask_truncated else mask
+            ent = left_align(lp.entropy_BT.detach(), lp.mask_BT)[:, :width]
+            out.stats = {"entropy_sum": torch.where(kept.to(ent.device), ent, torch.zeros_like(ent)).sum(-1),
+                         "entropy_tokens": kept.sum(-1).to(ent.dtype)}
         out.metrics["reward"] = torch.tensor([e.reward for e in examples], dtype=torch.float64)
         out.metrics["entropy"] = lp.entropy_BT.detach().sum(-1)
         out.metrics["_count/entropy"] = lp.count_B
         if batch.placeholder:  # computed only so that every process runs its passes (``Batch.placeholder``)
             out.metrics = {k: torch.zeros_like(v) for k, v in out.metrics.items()}
+            out.stats = {k: torch.zeros_like(v) for k, v in out.stats.items()}
         return out
