@@ -78,6 +78,12 @@ term a completion with A < 0 whose mean token log-ratio of the sampler to the po
 threshold (``off_policy_keep``). Both act per token or per completion, so no split of a step
 changes them.
 
+High-entropy tokens only (Wang et al. 2025, "Beyond the 80/20 Rule", arXiv 2506.01939; TRL's
+``top_entropy_quantile`` ρ): ``token_keep`` multiplies each token's policy term (and entropy bonus)
+by [H_t ≥ τ], τ the (1 − ρ) quantile of the step's token entropies (the forward computes it before
+the step's backward passes, ``training/forward/policy_gradient.py``); the KL term stays on every
+token, and the units do not change, as in TRL.
+
 Truncated completions (DAPO's overlong filtering; TRL ``mask_truncated_completions``): a per-sequence
 flag ``truncated`` zeros the sequence's mask, so it adds nothing to the loss and, under "token_mean",
 no units.
@@ -154,8 +160,9 @@ class PolicyGradientInputs:
     β > 0. ``sampler_logps`` (B, T): the sampler's own log-probs (vLLM), needed for importance-sampling
     correction. ``truncated`` (B,) bool: completions cut at the length limit. ``entropy`` (B, T):
     per-token policy entropies, logged, and (with their gradient) the entropy bonus's
-    (``entropy_coef``). For PPO, ``values`` (B, T) (with gradient), ``old_values`` (B, T) and
-    ``returns`` (B, T).
+    (``entropy_coef``). ``token_keep`` (B, T) bool: the tokens that keep their policy term and
+    entropy bonus (``top_entropy_quantile``; None: all). For PPO, ``values`` (B, T) (with
+    gradient), ``old_values`` (B, T) and ``returns`` (B, T).
     """
 
     logps: torch.Tensor
@@ -166,6 +173,7 @@ class PolicyGradientInputs:
     sampler_logps: torch.Tensor | None = None
     truncated: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
+    token_keep: torch.Tensor | None = None
     values: torch.Tensor | None = None
     old_values: torch.Tensor | None = None
     returns: torch.Tensor | None = None
@@ -184,6 +192,10 @@ class PolicyGradientParams:
                                      "aggregated as the policy term (verl `entropy_coeff`, OpenRLHF "
                                      "`--entropy_loss_coef`; 0: none; below 0: entropy minimisation); with "
                                      "adaptive_entropy, the starting coefficient")
+    top_entropy_quantile: float = param(1.0, "ρ: only the top ρ share of the step's completion tokens by policy "
+                                             "entropy keep their policy term (and entropy bonus), the step's "
+                                             "(1 − ρ) quantile of entropy the cut (Wang et al. 2025, Beyond the 80/20 "
+                                             "Rule: 0.2; TRL `top_entropy_quantile`; 1: every token)")
     adaptive_entropy: bool = param(False, "adaptive entropy control (Skywork-OR1; TRL `use_adaptive_entropy`): after "
                                           "each step the coefficient rises by entropy_coef_delta when the step's mean "
                                           "token entropy is at most entropy_target, else falls by it, within "
@@ -256,6 +268,8 @@ class PolicyGradientParams:
         require_positive(self.eps_high, "eps_high")
         require_non_negative(self.beta, "beta")
         require(math.isfinite(self.entropy_coef), "entropy_coef", f"must be a finite number, got {self.entropy_coef}")
+        require(0.0 <= self.top_entropy_quantile <= 1.0, "top_entropy_quantile",
+                f"must be in [0, 1], got {self.top_entropy_quantile}")
         require_non_negative(self.entropy_target, "entropy_target")
         require_non_negative(self.entropy_coef_delta, "entropy_coef_delta")
         require(math.isfinite(self.entropy_coef_min) and math.isfinite(self.entropy_coef_max)
@@ -517,6 +531,8 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
         keep = off_policy_keep(logps, behaviour, adv, mask, params.off_policy_mask)
         per_token = per_token * keep
         metrics["off_policy_masked"] = _token_mean(1 - keep, mask)
+    if inputs.token_keep is not None:  # the high-entropy tokens (``top_entropy_quantile``)
+        per_token = per_token * inputs.token_keep.to(per_token.dtype)
     if w is not None:
         per_token = per_token * w
 
@@ -533,7 +549,8 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
     if params.entropy_coef != 0.0:
         if inputs.entropy is None or (logps.requires_grad and not inputs.entropy.requires_grad):
             raise ValueError("entropy_coef != 0 needs the policy's per-token entropy with its gradient")
-        per_token = per_token - params.entropy_coef * torch.where(mask, inputs.entropy, torch.zeros_like(logps))
+        bonus_mask = mask if inputs.token_keep is None else mask & inputs.token_keep.bool()
+        per_token = per_token - params.entropy_coef * torch.where(bonus_mask, inputs.entropy, torch.zeros_like(logps))
 
     if params.surrogate == "clip":
         low = (ratio < 1 - params.eps_low) & (adv < 0)

@@ -141,6 +141,20 @@ def sum_over_processes(dist: Dist, sums: dict[str, torch.Tensor], extra: dict[st
     return {k: float(total[i]) for i, k in enumerate(keys)}
 
 
+class StepReduce:
+    """The collectives a forward's ``before_step`` may use: called with a dict of scalars, their
+    sums over processes (``sum_over_processes``); ``gather(part)``, every process's ``part``."""
+
+    def __init__(self, dist: Dist):
+        self.dist = dist
+
+    def __call__(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        return sum_over_processes(self.dist, sums)
+
+    def gather(self, part: Any) -> list:
+        return self.dist.gather(part)
+
+
 def peer_lost(exc: BaseException) -> bool:
     """Whether ``exc`` is a collective that failed because another process died or stopped
     answering (gloo's closed connection, NCCL's error or timeout)."""

@@ -22,7 +22,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from alignlab.models import Reference
 from alignlab.training import checkpoint as ckpt
 from alignlab.training import fsdp, zero
 from alignlab.training import sharded as sharded_ckpt
-from alignlab.training.distributed import Dist, peer_lost, sum_over_processes, unwrap
+from alignlab.training.distributed import Dist, StepReduce, peer_lost, sum_over_processes, unwrap
 from alignlab.training.forward import Forward
 from alignlab.training.interrupt import Interrupted, StopRequest
 from alignlab.training.metrics import MetricsLog, read_metrics, short
@@ -108,7 +107,7 @@ def evaluate(inp: LoopInputs, module: torch.nn.Module) -> dict[str, float]:
     count = torch.zeros((), dtype=torch.float64)
     was_training = module.training
     module.eval()
-    forward.before_step(module, parts, partial(sum_over_processes, dist))  # as in a training step
+    forward.before_step(module, parts, StepReduce(dist))  # as in a training step
     with torch.no_grad(), autocast(cfg, dist):
         for part in parts:
             batch = inp.collate(part)
@@ -250,8 +249,9 @@ def _gradients(inp: LoopInputs, micro: list[Batch]) -> tuple[float, dict, dict]:
     local_units = torch.tensor(float(sum(forward.units(b) for b in micro)), dtype=torch.float64)
     global_units = float(dist.sum(local_units))
     scale = dist.world_size / max(global_units, 1.0)
-    # A quantity of the whole step (KTO's z0), before any backward pass.
-    forward.before_step(unwrap(model), [b.examples for b in micro], partial(sum_over_processes, dist))
+    # A quantity of the whole step (KTO's z0), before any backward pass, from all of the step's
+    # examples (those a micro-batch leaves out of its passes too: ``Batch.idle``).
+    forward.before_step(unwrap(model), [list(b.examples) + list(b.idle) for b in micro], StepReduce(dist))
 
     sums: dict[str, torch.Tensor] = {}
     stats: dict[str, torch.Tensor] = {}

@@ -9,7 +9,9 @@ three things the loop must know about its loss and would otherwise look up in th
   global step, so every split of the step gives the same update.
 - ``before_step(model, parts, reduce)``: a quantity of the whole optimizer step that the loss
   reads in every micro-batch (KTO's reference point z0), computed before any backward pass from
-  the step's examples (``parts``: one list per micro-batch); ``reduce`` sums over processes.
+  the step's examples (``parts``: one list per micro-batch, the examples it leaves out of its
+  passes included); ``reduce`` sums over processes, ``reduce.gather`` collects every process's
+  value (``distributed.StepReduce``).
 - ``state`` and ``after_step(totals)``: a stateful loss's running values (BCO's reward shift,
   LCPO's noise rate). The loss reports per-example statistics in ``LossOutput.stats``; after each
   applied step the loop sums them over the step and processes and hands them to ``after_step``.

@@ -11,7 +11,9 @@ depend on how the step is split.
 
 With an entropy bonus (``entropy_coef``) the same entropies, with their gradient, enter the loss;
 under adaptive entropy control (``adaptive_entropy``) the forward holds the coefficient as its
-state and moves it after each step from the step's mean token entropy (``after_step``).
+state and moves it after each step from the step's mean token entropy (``after_step``). With
+``top_entropy_quantile`` < 1 the forward ranks the step's token entropies before its backward
+passes (``before_step``) and keeps the policy term of the high-entropy tokens only.
 Besides the loss's metrics it logs ``entropy``: the mean over every completion token the step
 computes (those a truncation mask leaves out of the loss too; not those of completions left out
 for a zero advantage, ``Batch.idle``) of the entropy −Σ_v π(v) log π(v)
@@ -23,7 +25,9 @@ is split.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -34,16 +38,21 @@ from alignlab.losses.registry import LossSpec
 from alignlab.losses.types import LossOutput
 from alignlab.training.critic import decoder_output, token_values
 from alignlab.training.forward import Forward
-from alignlab.training.rollout import token_tensor
+from alignlab.training.rollout import collate_rollout, token_tensor
 
 
 class PolicyGradientForward(Forward):
-    def __init__(self, spec: LossSpec, params, max_new_tokens: int):
+    def __init__(self, spec: LossSpec, params, max_new_tokens: int, pad_id: int = 0,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         """``max_new_tokens``: the completion-length limit, the normaliser of 'constant' aggregation
-        when the params give none."""
+        when the params give none. ``pad_id`` and ``autocast``: the run's, for the entropy pass
+        before a step (``top_entropy_quantile``)."""
         if hasattr(params, "max_completion_length") and params.max_completion_length is None:
             params = dataclasses.replace(params, max_completion_length=max_new_tokens)
         super().__init__(spec, params)
+        self.pad_id, self.autocast = pad_id, autocast
+        self._keep: dict[int, torch.Tensor] | None = None  # per example (by id), its tokens above the step's cut
+        self._cut = 0.0
         self.adaptive = bool(getattr(params, "adaptive_entropy", False))
         if self.adaptive:  # the coefficient, and the last step's entropy (−1: none measured yet)
             self.state = {"entropy_coef": float(params.entropy_coef), "entropy_last": -1.0}
@@ -51,6 +60,57 @@ class PolicyGradientForward(Forward):
     @property
     def stateful(self) -> bool:
         return self.adaptive or super().stateful
+
+    def before_step(self, model: torch.nn.Module, parts: Sequence[Sequence], reduce) -> None:
+        """``top_entropy_quantile`` ρ < 1 (Wang et al. 2025, "Beyond the 80/20 Rule"): the entropy
+        of every completion token of the step (every micro-batch's, the idle ones included, every
+        process's: ``reduce.gather``), from one pass of the policy without gradient in eval mode
+        (no dropout, and no draw from the random stream the step's own passes use); the cut τ is
+        their (1 − ρ) quantile (``torch.quantile``'s linear interpolation, as TRL), over the tokens
+        of the policy term (a truncated completion's are left out under ``mask_truncated``, as
+        TRL), and each token keeps its policy term where its entropy is at least τ. One cut for the
+        whole step, so that no split of the step changes it: TRL takes it per micro-batch. The pass
+        costs a forward pass over the step's completions."""
+        self._keep = None
+        rho = getattr(self.params, "top_entropy_quantile", 1.0)
+        if rho >= 1.0:
+            return
+        device = next(model.parameters()).device
+        per_example: dict[int, torch.Tensor] = {}
+        counted: list[torch.Tensor] = []
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                for part in parts:
+                    if not part:
+                        continue
+                    lp = sequence_logps(model, collate_rollout(part, self.pad_id).to(device), entropy=True)
+                    ent = left_align(lp.entropy_BT, lp.mask_BT).cpu()
+                    for i, e in enumerate(part):
+                        per_example[id(e)] = ent[i, :len(e.completion_ids)]
+                        if e.finished or not self.params.mask_truncated:
+                            counted.append(per_example[id(e)])
+        finally:
+            model.train(was_training)
+        dtype = next(iter(per_example.values())).dtype if per_example else torch.float32
+        local = torch.cat(counted).tolist() if counted else []
+        every = torch.tensor([x for values in reduce.gather(local) for x in values], dtype=dtype)
+        if every.numel() == 0:  # no token to rank: none keeps its policy term (as TRL)
+            self._cut = float("inf")
+        else:
+            self._cut = float(torch.quantile(every, 1.0 - rho))
+        self._keep = {k: v >= self._cut for k, v in per_example.items()}
+
+    def _token_keep(self, examples, width: int) -> torch.Tensor | None:
+        if self._keep is None:
+            return None
+        try:
+            rows = [self._keep[id(e)].tolist() for e in examples]
+        except KeyError:
+            raise RuntimeError("top_entropy_quantile: a micro-batch holds a completion the step's entropy pass "
+                               "did not see") from None
+        return token_tensor(rows, width).bool()
 
     def entropy_coef(self) -> float:
         """The entropy bonus's coefficient for this step: the params' own, or under adaptive
@@ -127,10 +187,19 @@ class PolicyGradientForward(Forward):
             values=None if values is None else values[:, :width].to(dtype), old_values=per_token("old_values"),
             returns=per_token("returns"),
             entropy=left_align(lp.entropy_BT, lp.mask_BT)[:, :width] if bonus else None)
+        keep = self._token_keep(examples, width)
+        if keep is not None:
+            inputs.token_keep = keep.to(device)
         params = dataclasses.replace(self.params, entropy_coef=coef) if self.adaptive else self.params
         out = self.spec.fn(inputs, params)
+        if keep is not None:  # the share of the step's tokens above the cut, and the cut
+            out.metrics["entropy/kept"] = (keep & mask).sum(-1).to(torch.float64)
+            out.metrics["_count/entropy/kept"] = mask.sum(-1).to(torch.float64)
+            out.metrics["entropy/cut"] = torch.full((len(examples),), self._cut, dtype=torch.float64)
         if self.adaptive:  # the step's entropy over the tokens of the policy term, for the controller
             kept = mask & ~truncated[:, None] if self.params.mask_truncated else mask
+            if keep is not None:
+                kept = kept & keep
             ent = left_align(lp.entropy_BT.detach(), lp.mask_BT)[:, :width]
             out.stats = {"entropy_sum": torch.where(kept.to(ent.device), ent, torch.zeros_like(ent)).sum(-1),
                          "entropy_tokens": kept.sum(-1).to(ent.dtype)}
