@@ -335,20 +335,51 @@ def log_squared_mass(logits_BTV: torch.Tensor, chunk_rows: int = 8) -> torch.Ten
     return torch.cat(out, dim=0)
 
 
+class _TokenEntropy(torch.autograd.Function):
+    """−Σ_v p_v log p_v of each row of ``logits_NV`` (N,), ``rows`` rows at a time, in fp32 (fp64
+    stays fp64). The backward pass keeps only the logits (which the caller's own log-prob pass
+    keeps anyway) and the entropies: it recomputes each chunk's softmax and multiplies the output
+    gradient e into ∂H/∂z_v = −p_v (log p_v + H) (``_TargetLogps``; 0 where p_v = 0), where
+    autograd through log_softmax would hold three fp32 copies of the logits until then."""
+
+    @staticmethod
+    def forward(ctx, logits_NV, rows):
+        acc = _accumulator(logits_NV.dtype)
+        out = [_entropy(lg, torch.logsumexp(lg, dim=-1))
+               for lg in (logits_NV[s:s + rows].to(acc) for s in range(0, logits_NV.shape[0], rows))]
+        ent_N = torch.cat(out) if out else logits_NV.new_zeros(0, dtype=acc)
+        ctx.save_for_backward(logits_NV, ent_N)
+        ctx.rows = rows
+        return ent_N
+
+    @staticmethod
+    def backward(ctx, grad_N):
+        logits_NV, ent_N = ctx.saved_tensors
+        grad_NV = torch.empty_like(logits_NV)
+        zero = torch.zeros_like(ent_N[:ctx.rows])
+        for s in range(0, logits_NV.shape[0], ctx.rows):
+            lg = logits_NV[s:s + ctx.rows].to(ent_N.dtype)
+            logp = lg - torch.logsumexp(lg, dim=-1, keepdim=True)
+            p = torch.exp(logp)
+            _entropy_factor(p, zero[:len(p)], grad_N[s:s + ctx.rows], ent_N[s:s + ctx.rows], logp)
+            grad_NV[s:s + ctx.rows] = p.neg_()
+        return grad_NV, None
+
+
 def token_entropy(logits_BTV: torch.Tensor, chunk_rows: int = 8, grad: bool = False) -> torch.Tensor:
     """−Σ_v p_v log p_v of the next-token distribution at every position (B, T), in fp32 (fp64
-    stays fp64), a few rows at a time; without gradient unless ``grad`` (then through autograd,
-    with each chunk's softmax held for the backward pass)."""
+    stays fp64), a few rows at a time; without gradient unless ``grad`` (then ``_TokenEntropy``,
+    which recomputes each chunk's softmax in the backward pass instead of keeping it)."""
+    if grad and torch.is_grad_enabled():
+        shape = logits_BTV.shape[:-1]
+        rows = max(1, chunk_rows * (shape[1] if len(shape) > 1 else 1))
+        return _TokenEntropy.apply(logits_BTV.reshape(-1, logits_BTV.shape[-1]), rows).view(shape)
     out = []
-    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+    with torch.no_grad():
         for start in range(0, logits_BTV.shape[0], chunk_rows):
             lg = logits_BTV[start:start + chunk_rows]
             lg = lg if lg.dtype == torch.float64 else lg.float()
-            if grad:
-                logp = torch.log_softmax(lg, dim=-1)
-                out.append(-(logp.exp() * logp.masked_fill(logp == float("-inf"), 0.0)).sum(-1))
-            else:
-                out.append(_entropy(lg.flatten(0, -2), torch.logsumexp(lg, dim=-1).flatten()).view(lg.shape[:-1]))
+            out.append(_entropy(lg.flatten(0, -2), torch.logsumexp(lg, dim=-1).flatten()).view(lg.shape[:-1]))
     return torch.cat(out, dim=0)
 
 

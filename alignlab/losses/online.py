@@ -228,6 +228,8 @@ class KLRewardParams(PolicyGradientParams):
         require(self.kl_estimator in KL_ESTIMATORS, "kl_estimator",
                 f"must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
         require(0 <= self.gamma <= 1, "gamma", f"must be in [0, 1], got {self.gamma}")
+        require(self.surrogate != "gmpo", "surrogate", "'gmpo' needs one advantage per sequence (it averages them "
+                "and clips each token by its own advantage's sign); these advantages differ token by token")
 
 
 @dataclass

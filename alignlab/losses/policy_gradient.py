@@ -214,7 +214,8 @@ class PolicyGradientParams:
                                          "sigmoid gate in place of the clip, SAPO), 'vespo' (a Gamma-shaped weight "
                                          "of the sequence's ratio on A·log π, VESPO), 'gmpo' (the geometric mean "
                                          "of the token ratios, each clipped in log space to [−eps_low, eps_high], "
-                                         "times the sequence's mean advantage, GMPO)")
+                                         "times the sequence's mean advantage, GMPO; not with the per-token "
+                                         "advantages of reinforce++ and ppo)")
     cispo_max: float = param(5.0, "CISPO's cap on the ratio: the weight is min(ratio, cispo_max) (ScaleRL's ε_max; "
                                   "TRL `epsilon_high` with loss_type cispo, 5 as TRL recommends)")
     sapo_tau_pos: float = param(1.0, "SAPO's gate temperature where the advantage is > 0 (TRL default 1.0)")
@@ -261,10 +262,10 @@ class PolicyGradientParams:
                     "which makes each sequence's ratio from its token ratios itself")
             require(not self.is_mode.startswith("sequence"), "is_mode", "must be 'off' or a token mode with surrogate "
                     f"'{self.surrogate}', which folds the token weights into its sequence weight")
-            require(not self.is_mode.startswith("sequence"), "is_mode", "must be 'off' or a token mode with surrogate "
-                    "'vespo', which folds the token weights into its sequence weight")
         require_positive(self.eps_low, "eps_low")
-        require(self.eps_low < 1, "eps_low", f"must be < 1 (the lower clip bound 1 − ε_low must be > 0), got {self.eps_low}")
+        if self.surrogate != "gmpo":  # GMPO's bounds are on the log-ratio: e^−ε_low > 0 for any ε_low
+            require(self.eps_low < 1, "eps_low",
+                    f"must be < 1 (the lower clip bound 1 − ε_low must be > 0), got {self.eps_low}")
         require_positive(self.eps_high, "eps_high")
         require_non_negative(self.beta, "beta")
         require(math.isfinite(self.entropy_coef), "entropy_coef", f"must be a finite number, got {self.entropy_coef}")

@@ -232,6 +232,94 @@ def test_gmpo_refuses_a_sequence_ratio_or_sequence_weights():
         PolicyGradientParams(surrogate="gmpo", is_mode="sequence_mask")
 
 
+def _gmpo_reference(logps, old, adv, mask, eps_low, eps_high, weights=None) -> torch.Tensor:
+    """GMPO's sequence losses written out token by token from verl's ``compute_policy_loss_geo_mean``
+    (without its 1e-8 and 1e-10 guards): for each row i with tokens S_i (mask 1), d_t = ℓ_t − ℓold_t,
+    g_t = min(d_t, clamp(d_t, −ε_low, ε_high)) where A_t > 0, max(…) where A_t < 0, 0 where A_t = 0
+    (verl: sign(A)·min(sign(A)·d, sign(A)·clamp(d)) with sign(0) = 0); ℓ_i = −mean_{S_i}(A_t) ·
+    exp(mean_{S_i} g_t) · exp(mean_{S_i} log w_t) (w: the sampler's token weights, the last factor 0
+    when a weight is 0); a row without tokens has loss 0."""
+    rows = []
+    for i in range(logps.shape[0]):
+        tokens = [j for j in range(logps.shape[1]) if mask[i, j]]
+        if not tokens:
+            rows.append(logps[i, 0] * 0.0)
+            continue
+        gs = []
+        for j in tokens:
+            d, a = logps[i, j] - old[i, j], float(adv[i, j])
+            bounded = d.clamp(-eps_low, eps_high)
+            gs.append(torch.minimum(d, bounded) if a > 0 else torch.maximum(d, bounded) if a < 0 else d * 0.0)
+        loss = -sum(float(adv[i, j]) for j in tokens) / len(tokens) * torch.exp(sum(gs) / len(tokens))
+        if weights is not None:
+            ws = [float(weights[i, j]) for j in tokens]
+            loss = loss * (math.exp(sum(math.log(w) for w in ws) / len(ws)) if min(ws) > 0 else 0.0)
+        rows.append(loss)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("is_mode", ["off", "token_truncate", "token_mask"])
+def test_gmpo_equals_verls_formula_with_per_token_advantages_and_empty_rows(is_mode):
+    """Random fp64 inputs: 6 rows of 7 tokens, per-token advantages of both signs (one exactly 0), a
+    row with no tokens, log-ratios of spread 0.5 around ε_low = 0.4, ε_high = 0.3 (so both bounds
+    clip), the sampler's token weights e^[0, 0.3] but one of e^1.1 in the first row (truncated at
+    2, or under token_mask 0, which makes that row's loss 0). The losses and the gradients with respect to ℓ equal ``_gmpo_reference`` (1e-14), and
+    "seq_mean_token_mean" gives each row's ℓ_i as verl's mean over sequences does."""
+    gen = torch.Generator().manual_seed(1)
+    logps = (torch.randn(6, 7, dtype=F64, generator=gen) * 0.5 - 1).requires_grad_()
+    old = logps.detach() + torch.randn(6, 7, dtype=F64, generator=gen) * 0.5
+    adv = torch.randn(6, 7, dtype=F64, generator=gen)
+    adv[1, 2] = 0.0
+    mask = torch.rand(6, 7, generator=gen) > 0.3
+    mask[2] = False
+    sampler = old - torch.rand(6, 7, dtype=F64, generator=gen) * 0.3  # weights e^[0, 0.3]
+    first = int(mask[0].nonzero()[0])
+    sampler[0, first] = old[0, first] - 1.1  # a weight e^1.1 above 2: truncated, or 0 under token_mask
+    params = PolicyGradientParams(surrogate="gmpo", eps_low=0.4, eps_high=0.3, aggregation="seq_mean_token_mean",
+                                  is_mode=is_mode, is_clip_max=2.0)
+    out = policy_gradient_loss(PolicyGradientInputs(logps, mask, adv, old_logps=old, sampler_logps=sampler), params)
+    w = None if is_mode == "off" else importance_weights(old, sampler, mask, is_mode, 2.0, None)
+    if is_mode == "token_mask":
+        assert w[0, first] == 0 and (w[1:][mask[1:]] > 1).all()
+    want = _gmpo_reference(logps, old, adv, mask, 0.4, 0.3, w)
+    d = (logps - old).detach()
+    assert ((d < -0.4) & (adv < 0) & mask).any() and ((d > 0.3) & (adv > 0) & mask).any()
+    assert torch.allclose(out.losses, want, rtol=0, atol=1e-14)
+    (got,) = torch.autograd.grad(out.losses.sum(), logps)
+    (ref,) = torch.autograd.grad(want.sum(), logps)
+    assert torch.allclose(got, ref, rtol=0, atol=1e-14) and got.abs().max() > 0.05
+    assert (out.losses[0] == 0) == (is_mode == "token_mask")
+
+
+def test_gmpo_bounds_are_log_ratios_and_may_pass_one():
+    """GMPO's ε_low bounds the log-ratio (the ratio ≥ e^−ε_low > 0 for any ε_low), so ε_low = 1.5
+    is allowed (the clip surrogate's bound 1 − ε_low would be negative, and stays refused). One row,
+    A = −1, log-ratios −1.386 (ratio 0.25: inside −1.5, unclipped) and −1.609 (ratio 0.2: below,
+    clipped): g = (−1.386, −1.5), r = exp(−2.886/2), loss = −(−1)·r = r, ∂/∂ℓ = (r/2, 0)."""
+    logps = t([[math.log(0.25), math.log(0.2)]]).requires_grad_()
+    out = policy_gradient_loss(PolicyGradientInputs(logps, torch.ones(1, 2), t([-1.0]), old_logps=t([[0.0, 0.0]])),
+                               PolicyGradientParams(surrogate="gmpo", eps_low=1.5, aggregation="seq_mean_token_mean"))
+    r = math.exp((math.log(0.25) - 1.5) / 2)
+    assert out.losses.tolist() == pytest.approx([r], abs=TOL)
+    out.losses.sum().backward()
+    assert logps.grad[0].tolist() == pytest.approx([r / 2, 0.0], abs=TOL)
+    with pytest.raises(ParamError, match="eps_low"):
+        PolicyGradientParams(eps_low=1.5)
+
+
+def test_gmpo_is_refused_with_per_token_advantages():
+    """REINFORCE++'s and PPO's advantages differ token by token (KL-shaped returns, GAE); GMPO
+    averages them into one per sequence (verl: "we only support sequence level advantage"), which
+    drops their credit assignment, and clips each token on the side of its own sign, not the
+    mean's: refused, naming the field."""
+    from alignlab.losses.online import PPOOnlineParams, ReinforcePPParams
+
+    for cls in (ReinforcePPParams, PPOOnlineParams):
+        with pytest.raises(ParamError, match="surrogate"):
+            cls(surrogate="gmpo")
+        cls(surrogate="sapo")  # a per-token surrogate stays allowed
+
+
 @pytest.mark.parametrize("surrogate", ["cispo", "sapo", "vespo", "gmpo"])
 def test_other_surrogates_give_the_plain_policy_gradient_on_policy(surrogate):
     """At c = 1 (no old log-probs) each is the policy gradient: CISPO's −min(1, C)·A = −A, SAPO's

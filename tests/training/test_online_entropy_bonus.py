@@ -278,3 +278,51 @@ def test_bad_controller_settings_are_refused():
                 {"entropy_target": -1.0}):
         with pytest.raises(Exception, match=next(iter(bad)).replace("_max", "_min")):
             spec.params(adaptive_entropy=True, **bad)
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward pass while ``fn`` runs."""
+    saved: dict[int, int] = {}
+
+    def pack(x):
+        saved[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        fn()
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_token_entropy_with_gradient_holds_no_vocabulary_sized_tensor(dtype):
+    """``token_entropy(grad=True)`` (models whose head ``logprobs`` does not serve: GPT-2, DeepSpeed
+    ZeRO-3): 300 positions × 50 logits, one row with a −inf logit (a probability of 0) and one
+    whose softmax underflows but for one entry, chunks of 7 rows. The entropies and their
+    gradient for random output gradients e equal autograd through −Σ softmax·log_softmax of the
+    logits in float64 (1e-12 for float64 logits; for bf16 ones, the gradient rounded to bf16: 2⁻⁸
+    of the largest), and the pass keeps for the backward pass at most the logits themselves and
+    the 300 entropies (autograd through log_softmax kept three float32 copies of the logits and a
+    mask: 4 + 3·4·… bytes per logit more)."""
+    gen = torch.Generator().manual_seed(5)
+    logits = (torch.randn(300, 1, 50, dtype=torch.float64, generator=gen) * 3)
+    logits[4, 0, 7] = float("-inf")
+    logits[9, 0, 3] = 900.0
+    logits = logits.to(dtype).requires_grad_()
+    e = torch.randn(300, 1, dtype=torch.float64, generator=gen)
+
+    ref_in = logits.detach().double().requires_grad_()
+    logp = torch.log_softmax(ref_in, -1)
+    ref = -(logp.exp() * logp.masked_fill(logp == float("-inf"), 0.0)).sum(-1)
+    (ref_grad,) = torch.autograd.grad((ref * e).sum(), ref_in)
+
+    got = logprobs.token_entropy(logits, chunk_rows=7, grad=True)
+    assert got.requires_grad and got.shape == (300, 1)
+    (got_grad,) = torch.autograd.grad((got.double() * e).sum(), logits)
+    assert got_grad.dtype == dtype and torch.isfinite(got_grad).all()
+    tol = 1e-12 if dtype == torch.float64 else 2.0 ** -8 * float(ref_grad.abs().max())
+    assert torch.allclose(got.double(), ref, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-5)
+    assert torch.allclose(got_grad.double(), ref_grad, rtol=0, atol=tol)
+    assert got_grad[4, 0, 7] == 0 and got_grad[9].abs().max() == 0  # p = 0; a one-hot softmax
+
+    limit = logits.untyped_storage().nbytes() + 300 * 8
+    assert _saved_bytes(lambda: logprobs.token_entropy(logits, chunk_rows=7, grad=True)) <= limit
