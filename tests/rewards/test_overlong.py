@@ -4,6 +4,7 @@ sampled token count (not the text's) as the length, and bad specs refused in one
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -149,3 +150,28 @@ def test_rounds_and_alignlab_sample_score_the_sampled_counts():
     scores = score_chunk(load_scorer(spec, sampled=True), spec, [PromptRecord("5+7=", "p.jsonl", 1)], samples, 0, 2,
                          "no row was written")
     assert scores == [[-0.5, None]]
+
+
+def test_the_combinators_pass_the_sampled_counts_on():
+    """cache 4, max 8 (start 4): 3 tokens → 0, 6 → (4 − 6)/4 = −0.5, 8 → −1.
+    ``WeightedSum`` of 2·overlong and 1·(length, coef 0.1 per word over 0 words; "a b" is 2 words,
+    −0.2): (−0.2, −1.2, −2.2). ``LogSigmoidSum`` of overlong against reference 0:
+    log σ(0) = −log 2, log σ(−0.5), log σ(−1). ``Routed`` sends "x" prompts to overlong and the
+    others to the length penalty: "x" (6 tokens) → −0.5, "y" → −0.2, "x" (8 tokens) → −1. A
+    combinator's ``score`` on texts still refuses overlong in one line."""
+    from alignlab.rewards import LengthPenalty, LogSigmoidSum, Routed, WeightedSum
+
+    over = load_scorer("overlong:cache=4,max=8", sampled=True)
+    words = LengthPenalty(0.1, 0, "words")
+    prompts, texts, counts = ["x", "y", "x"], ["a b"] * 3, [3, 6, 8]
+    assert WeightedSum([(2.0, over), (1.0, words)]).score_sampled(prompts, texts, counts) == \
+        pytest.approx([-0.2, -1.2, -2.2], abs=1e-15)
+
+    # log σ(x) = x − log(1 + e^x) for x < 0
+    assert LogSigmoidSum([(over, 0.0)]).score_sampled(prompts, texts, counts) == \
+        pytest.approx([-math.log(2), -0.5 - math.log1p(math.exp(-0.5)), -1.0 - math.log1p(math.exp(-1.0))],
+                      abs=1e-15)
+    assert Routed([(lambda p: p == "x", over)], default=words).score_sampled(prompts, texts, [6, 3, 8]) == \
+        pytest.approx([-0.5, -0.2, -1.0], abs=1e-15)
+    with pytest.raises(UserError, match=r"^scorer 'overlong:cache=4,max=8': it scores the token counts"):
+        WeightedSum([(1.0, over)]).score(prompts, texts)
