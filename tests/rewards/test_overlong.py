@@ -175,3 +175,34 @@ def test_the_combinators_pass_the_sampled_counts_on():
         pytest.approx([-0.5, -0.2, -1.0], abs=1e-15)
     with pytest.raises(UserError, match=r"^scorer 'overlong:cache=4,max=8': it scores the token counts"):
         WeightedSum([(1.0, over)]).score(prompts, texts)
+
+
+def test_alignlab_decode_takes_max_from_its_max_new_tokens(tmp_path):
+    """``alignlab decode --method best-of-n --scorer overlong:cache=3 --max-new-tokens 8``: the
+    checks before loading pass, and the scorer has max 8 (6 tokens → (5 − 6)/3 = −1/3); without
+    --max-new-tokens, decode's default (SamplingParams' 64) stands for max. A training run's
+    task_eval_decoding has no such flag and still asks for max=M."""
+    from alignlab.decode_cli import _check, _parser
+    from alignlab.decoding.spec import method_scorer, parse_method
+
+    out = str(tmp_path / "o.jsonl")
+    args = _parser().parse_args(["--method", "best-of-n", "--scorer", "overlong:cache=3", "--model", "m",
+                                 "--task", "arithmetic", "--output", out, "--max-new-tokens", "8"])
+    _check(args)
+    scorer = method_scorer(args)
+    assert scorer.max_tokens == 8 and scorer.score_sampled(["p"], ["a"], [6]) == pytest.approx([-1 / 3], abs=1e-15)
+    default = _parser().parse_args(["--method", "best-of-n", "--scorer", "overlong:cache=3", "--model", "m",
+                                    "--task", "arithmetic", "--output", out])
+    _check(default)
+    assert method_scorer(default).max_tokens == SamplingParams().max_new_tokens == 64
+    with pytest.raises(UserError, match=r"^task_eval_decoding: --scorer: scorer 'overlong:cache=3': give max=M"):
+        parse_method("best-of-n --n 2 --scorer overlong:cache=3")
+
+
+def test_the_scorer_help_of_sample_and_decode_names_overlong():
+    from alignlab.decode_cli import _parser as decode_parser
+    from alignlab.sample_cli import _parser as sample_parser
+
+    for parser in (sample_parser(), decode_parser()):
+        scorer = next(a for a in parser._actions if "--scorer" in a.option_strings)
+        assert "overlong:cache=N" in scorer.help
