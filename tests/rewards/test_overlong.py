@@ -97,6 +97,8 @@ def test_best_of_n_picks_by_the_candidates_sampled_token_counts():
     ("overlong:cache=2.5,max=8", "cache must be a whole number, got '2.5'"),
     ("overlong:cache=2,max=8,penalty=-1", "penalty must be a finite number >= 0, got -1.0"),
     ("overlong:cache=2,max=8,penalty=inf", "penalty must be a finite number >= 0, got inf"),
+    ("overlong:cache=2,max=8,cache=3", "option 'cache' is given twice"),
+    ("overlong:cache=2, max=8,max =6", "option 'max' is given twice"),
 ])
 def test_bad_specs_are_one_line_errors_at_load_time(spec, message):
     with pytest.raises(UserError) as e:
