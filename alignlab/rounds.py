@@ -362,6 +362,10 @@ def _score(terms, rows: list[dict], source: Path) -> tuple[list[RankedRecord], d
     samples whose text is not blank, in order)."""
     prompts, responses, where, owner, counts = [], [], [], [], []
     for i, row in enumerate(rows):
+        missing = next((k for k, s in enumerate(row["samples"]) if "num_tokens" not in s), None)
+        if missing is not None:
+            raise UserError(f"{source} row {i + 1}: sample {missing + 1} has no num_tokens (the tokens sampled, "
+                            "which the reward's scorers are given); sample again with alignlab sample")
         sampled = [s["num_tokens"] for s in row["samples"] if s["text"].strip()]
         for j, c in enumerate(row["completions"]):
             prompts.append(to_text(row["prompt"], "prompt"))

@@ -208,3 +208,16 @@ def test_the_scorer_help_of_sample_and_decode_names_overlong():
     for parser in (sample_parser(), decode_parser()):
         scorer = next(a for a in parser._actions if "--scorer" in a.option_strings)
         assert "overlong:cache=N" in scorer.help
+
+
+def test_rounds_refuse_samples_without_their_token_counts_in_one_line():
+    """A samples.jsonl row whose samples lack ``num_tokens`` (written by hand or by another tool)
+    is a one-line error naming the file and row, not a KeyError."""
+    from alignlab.rounds import _score
+
+    rows = [{"prompt": "5+7=", "completions": ["12"], "samples": [{"text": "12", "num_tokens": 3}]},
+            {"prompt": "1+1=", "completions": ["2"], "samples": [{"text": "2"}]}]
+    with pytest.raises(UserError) as e:
+        _score(load_reward_terms(["overlong:cache=4,max=8"]), rows, "round-1/samples.jsonl")
+    assert str(e.value) == ("round-1/samples.jsonl row 2: sample 1 has no num_tokens (the tokens sampled, which "
+                            "the reward's scorers are given); sample again with alignlab sample")

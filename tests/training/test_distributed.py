@@ -106,9 +106,14 @@ def _trained(model_dir) -> dict:
                                                   # differ at 40 tokens), gathered or from the groups dealt out
                                                   ("opo", 1, {"max_new_tokens": 40}),
                                                   ("opo", 1, {"max_new_tokens": 40, "dynamic_sampling": True,
-                                                              "packing": False})],
+                                                              "packing": False}),
+                                                  # pass@k keeps only groups whose best answer is unique: a
+                                                  # binary reward ties at the top in many groups
+                                                  ("grpo_passk", 1, {"dynamic_sampling": True, "packing": False,
+                                                                     "reward": ["fn:tests.training.online_rewards:"
+                                                                                "has_digit"]})],
                          ids=["grpo-1", "grpo-2", "ppo-2", "reinforce++-1", "grpo-2-lora-beta", "grpo-1-dynamic",
-                              "opo-1", "opo-1-dynamic"])
+                              "opo-1", "opo-1-dynamic", "grpo_passk-1-dynamic"])
 def test_online_two_processes_equal_one(tmp_path, tiny_model_dir, method, updates, extra):
     """2 processes × 4 completions per step equal 1 process × 8 (fp64). Each process samples its
     own prompts, numbered so the native backend draws the same completions; the round's rewards
