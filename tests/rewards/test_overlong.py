@@ -221,3 +221,16 @@ def test_rounds_refuse_samples_without_their_token_counts_in_one_line():
         _score(load_reward_terms(["overlong:cache=4,max=8"]), rows, "round-1/samples.jsonl")
     assert str(e.value) == ("round-1/samples.jsonl row 2: sample 1 has no num_tokens (the tokens sampled, which "
                             "the reward's scorers are given); sample again with alignlab sample")
+
+
+def test_rounds_check_an_overlong_spec_before_the_first_round_samples():
+    """A bad overlong spec in the rounds' rewards (cache 9 above max 8) is refused with the specs'
+    checks, before anything is sampled; a good one, its max from max_new_tokens, passes."""
+    from alignlab.errors import ConfigError
+    from alignlab.rounds import _check_specs
+
+    with pytest.raises(ConfigError) as e:
+        _check_specs(["task:arithmetic:gold", "overlong:cache=9,max=8"], 16)
+    assert str(e.value) == ("reward: scorer 'overlong:cache=9,max=8': cache must be a whole number from 1 to max "
+                            "(8), got 9")
+    _check_specs(["task:arithmetic:gold", "overlong:cache=4"], 16)
