@@ -117,7 +117,7 @@ def run_rounds(cfg: TrainConfig) -> Summary:
     prompts = _all_prompts(cfg)
     per_round = _per_round(cfg, len(prompts))
     specs = _reward_specs(cfg)
-    _check_specs(specs)
+    _check_specs(specs, max_new_tokens(cfg))
     gold = _gold(cfg, specs)
     _claim(cfg, out)
     policy, summary = cfg.model, None
@@ -250,16 +250,23 @@ def _reward_specs(cfg: TrainConfig) -> list[str]:
     return [spec]
 
 
-def _check_specs(specs: Sequence[str]) -> None:
+def _check_specs(specs: Sequence[str], limit: int) -> None:
     """Each reward spec's kind is one ``load_scorer`` knows (or a directory), before any sampling:
-    a reward text that splits into something else is caught here, not after a round."""
-    from alignlab.rewards import SPECS
+    a reward text that splits into something else is caught here, not after a round. An
+    ``overlong`` spec, which loads nothing, is loaded whole (its ``max`` by default ``limit``, the
+    rounds' max_new_tokens)."""
+    from alignlab.rewards import SPECS, load_scorer
 
     for spec in specs:
         kind = spec.split(":", 1)[0]
         if kind not in SPECS and not spec.startswith("{") and not Path(spec).expanduser().is_dir():
             raise ConfigError(f"reward: '{spec}' is no scorer spec (kinds: {', '.join(SPECS)}); a spec that holds "
                               "a comma goes in a JSON list, e.g. --reward '[\"judge:{policy},mode=pointwise\"]'")
+        if kind == "overlong":
+            try:
+                load_scorer(spec, sampled=True, max_new_tokens=limit)
+            except UserError as e:
+                raise ConfigError(f"reward: {e}") from None
 
 
 def _resolve(spec: str, policy: str, start: str, reference: str) -> str:
@@ -362,6 +369,10 @@ def _score(terms, rows: list[dict], source: Path) -> tuple[list[RankedRecord], d
     samples whose text is not blank, in order)."""
     prompts, responses, where, owner, counts = [], [], [], [], []
     for i, row in enumerate(rows):
+        missing = next((k for k, s in enumerate(row["samples"]) if "num_tokens" not in s), None)
+        if missing is not None:
+            raise UserError(f"{source} row {i + 1}: sample {missing + 1} has no num_tokens (the tokens sampled, "
+                            "which the reward's scorers are given); sample again with alignlab sample")
         sampled = [s["num_tokens"] for s in row["samples"] if s["text"].strip()]
         for j, c in enumerate(row["completions"]):
             prompts.append(to_text(row["prompt"], "prompt"))

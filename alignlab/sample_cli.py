@@ -530,8 +530,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default=default_backend(),
                         help=f"generation backend (default {default_backend()})")
     parser.add_argument("--scorer", default=None, help="score the samples: rm:DIR, task:NAME[:gold|proxy], "
-                                                       "fn:MODULE:FUNCTION, bleu:REFS.jsonl, judge:DIR, ... (see "
-                                                       "alignlab.rewards)")
+                                                       "fn:MODULE:FUNCTION, bleu:REFS.jsonl, judge:DIR, "
+                                                       "overlong:cache=N[,max=M] (max by default --max-new-tokens), "
+                                                       "... (see alignlab.rewards)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weights' dtype (default fp32)")
     parser.add_argument("--device", default=None, help="where the model runs (default cuda when there is one, "
                                                        "else cpu)")

@@ -37,7 +37,9 @@ def add_method_flags(parser: argparse.ArgumentParser, method_required: bool = Tr
     """The flags that choose a decoding method and set it."""
     parser.add_argument("--method", required=method_required, help=f"decoding method: {', '.join(METHODS)}")
     parser.add_argument("--scorer", default=None, help="the scorer that picks (best-of-n): rm:DIR, "
-                                                       "task:NAME[:gold|proxy], fn:MODULE:FUNCTION, judge:DIR, ...")
+                                                       "task:NAME[:gold|proxy], fn:MODULE:FUNCTION, judge:DIR, "
+                                                       "overlong:cache=N[,max=M] (best-of-n only; max by default "
+                                                       "--max-new-tokens), ...")
     parser.add_argument("--n", type=int, default=None, help="best-of-n: candidates per answer (default 4)")
     parser.add_argument("--pick-temperature", type=float, default=None,
                         help="soft best-of-n: pick candidate i with probability ∝ exp(r_i / T) (default 0: the best)")
@@ -102,7 +104,7 @@ def check_method(args: argparse.Namespace) -> None:
         raise UserError(f"--scorer: {args.method} needs a scorer (a reward); give one (e.g. --scorer task:arithmetic "
                         "or rm:DIR)")
     if args.scorer:
-        check_scorer(args.scorer, args.method)
+        check_scorer(args.scorer, args.method, getattr(args, "max_new_tokens", None))
     for flag in ("aligned", "reference"):
         if getattr(args, flag) is not None:
             from alignlab.models import resolve_source
@@ -133,9 +135,11 @@ def scores_samples(method: str) -> bool:
     return method == "best-of-n"
 
 
-def check_scorer(spec: str, method: str) -> None:
+def check_scorer(spec: str, method: str, max_new_tokens: int | None = None) -> None:
     """What can be checked of a scorer's spec without loading a model: its kind (or a directory),
-    and whole those that load no model (task, length, overlong, fn, bleu); an error names --scorer."""
+    and whole those that load no model (task, length, overlong, fn, bleu); an error names --scorer.
+    ``max_new_tokens``: the sampling limit where the caller has one (`alignlab decode`), overlong's
+    default ``max``."""
     from pathlib import Path
 
     from alignlab.rewards import SPECS, load_scorer
@@ -144,7 +148,7 @@ def check_scorer(spec: str, method: str) -> None:
     try:
         if kind in ("task", "length", "overlong", "fn", "bleu") or (kind not in SPECS
                                                                     and not Path(spec).expanduser().is_dir()):
-            load_scorer(spec, sampled=scores_samples(method))
+            load_scorer(spec, sampled=scores_samples(method), max_new_tokens=max_new_tokens)
     except UserError as e:
         raise UserError(f"--scorer: {e}") from None
 
@@ -181,13 +185,15 @@ def parse_method(text: str, field: str = "task_eval_decoding") -> argparse.Names
 
 
 def method_scorer(args: argparse.Namespace):
-    """The scorer the method needs, loaded (None for a method without one)."""
+    """The scorer the method needs, loaded (None for a method without one); overlong's ``max`` is by
+    default the sampling limit ``args.max_new_tokens`` where the command has one (`alignlab decode`)."""
     from alignlab.rewards import load_scorer
 
     if not args.scorer:
         return None
     try:
-        return load_scorer(args.scorer, sampled=scores_samples(args.method))
+        return load_scorer(args.scorer, sampled=scores_samples(args.method),
+                           max_new_tokens=getattr(args, "max_new_tokens", None))
     except UserError as e:
         raise UserError(f"--scorer: {e}") from None
 

@@ -42,7 +42,8 @@ SPECS = ("rm", "task", "length", "overlong", "fn", "bleu", "implicit", "judge", 
 
 
 def _options(text: str, what: str, positional: str | None = None) -> dict[str, str]:
-    """``a=1,b=2`` as a dict; a first item without ``=`` is the ``positional`` option."""
+    """``a=1,b=2`` as a dict; a first item without ``=`` is the ``positional`` option. An option
+    given twice is an error (not the last one silently winning)."""
     out: dict[str, str] = {}
     for i, item in enumerate(p for p in text.split(",") if p):
         key, sep, value = item.partition("=")
@@ -51,6 +52,8 @@ def _options(text: str, what: str, positional: str | None = None) -> dict[str, s
                 out[positional] = item
                 continue
             raise UserError(f"scorer '{what}': expected key=value, got '{item}'")
+        if key.strip() in out:
+            raise UserError(f"scorer '{what}': option '{key.strip()}' is given twice")
         out[key.strip()] = value.strip()
     return out
 

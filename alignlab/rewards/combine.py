@@ -10,6 +10,9 @@
   quantile of the rewards of base-policy samples, as the paper suggests.
 - ``Routed(routes, default)``: each prompt goes to the first scorer whose predicate accepts it
   (``by_task`` builds predicates that recognise a testbed task's prompts).
+
+Each passes ``score_sampled``'s token counts on to its scorers, so a scorer of sampled lengths
+(``overlong``) works inside them where samples are scored.
 """
 
 from __future__ import annotations
@@ -33,10 +36,18 @@ class WeightedSum(Scorer):
         self.name = " + ".join(f"{w:g}*{s.name}" for w, s in self.terms)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        return self._sum(prompts, responses, lambda s: s.score(prompts, responses))
+
+    def score_sampled(self, prompts: Sequence[str], responses: Sequence[str],
+                      token_counts: Sequence[int]) -> list[float]:
+        check_lengths(self.name, prompts, responses, token_counts)
+        return self._sum(prompts, responses, lambda s: s.score_sampled(prompts, responses, token_counts))
+
+    def _sum(self, prompts, responses, rewards: Callable[[Scorer], Sequence[float]]) -> list[float]:
         n = check_lengths(self.name, prompts, responses)
         total = [0.0] * n
         for w, scorer in self.terms:
-            for i, r in enumerate(scorer.score(prompts, responses)):
+            for i, r in enumerate(rewards(scorer)):
                 total[i] += w * r
         return total
 
@@ -66,11 +77,18 @@ class LogSigmoidSum(Scorer):
         self.name = "logsigmoid(" + ", ".join(s.name for s, _ in self.terms) + ")"
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        return self._sum(prompts, responses, lambda s: s.score(prompts, responses))
+
+    def score_sampled(self, prompts: Sequence[str], responses: Sequence[str],
+                      token_counts: Sequence[int]) -> list[float]:
+        check_lengths(self.name, prompts, responses, token_counts)
+        return self._sum(prompts, responses, lambda s: s.score_sampled(prompts, responses, token_counts))
+
+    def _sum(self, prompts, responses, rewards: Callable[[Scorer], Sequence[float]]) -> list[float]:
         n = check_lengths(self.name, prompts, responses)
         total = [0.0] * n
         for scorer, ref in self.terms:
-            rewards = scorer.score(prompts, responses)
-            for i, (p, r) in enumerate(zip(prompts, rewards, strict=True)):
+            for i, (p, r) in enumerate(zip(prompts, rewards(scorer), strict=True)):
                 total[i] += log_sigmoid(r - _reference_value(ref, p, self.name))
         return total
 
@@ -123,6 +141,13 @@ class Routed(Scorer):
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         check_lengths(self.name, prompts, responses)
         return self._grouped(prompts, lambda s, idx: s.score([prompts[i] for i in idx], [responses[i] for i in idx]))
+
+    def score_sampled(self, prompts: Sequence[str], responses: Sequence[str],
+                      token_counts: Sequence[int]) -> list[float]:
+        check_lengths(self.name, prompts, responses, token_counts)
+        return self._grouped(prompts, lambda s, idx: s.score_sampled([prompts[i] for i in idx],
+                                                                     [responses[i] for i in idx],
+                                                                     [token_counts[i] for i in idx]))
 
     def compare(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[float]:
         check_lengths(self.name, prompts, first, second)

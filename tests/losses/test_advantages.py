@@ -7,6 +7,7 @@ group means 2 and 2, centred rewards [−1, 0, 1] and [−2, −2, 4].
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -274,6 +275,71 @@ def test_passk_group_of_one_and_bad_scale():
         pytest.approx([0.0, 0.0, 1 / (math.sqrt(0.5) + 1e-6)], abs=TOL)
     with pytest.raises(ValueError, match="scale must be 'group' or 'none', got 'batch'"):
         passk_advantages(t(REWARDS), scale="batch")
+
+
+def verl_style_opo(scores: list[float], lengths: list[float], index: list[int]) -> list[float]:
+    """OPO as verl's ``compute_opo_outcome_advantage`` goes about it, written here sample by sample:
+    gather each group's scores and lengths, baseline Σ len·score / Σ len (0 for a group of one),
+    subtract it from each score."""
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(index):
+        groups.setdefault(g, []).append(i)
+    baseline = {}
+    for g, members in groups.items():
+        if len(members) == 1:
+            baseline[g] = 0.0
+        else:
+            baseline[g] = sum(lengths[i] * scores[i] for i in members) / sum(lengths[i] for i in members)
+    return [scores[i] - baseline[index[i]] for i in range(len(scores))]
+
+
+def verl_style_passk(scores: list[float], index: list[int], norm: bool, eps: float = 1e-6) -> list[float]:
+    """pass@k as verl's ``compute_grpo_passk_outcome_advantage`` goes about it: per group, the top
+    two scores (a tie at the top gives a margin of 0), the margin to the first of the best, divided
+    by the group's unbiased std + eps when ``norm``; every other sample 0."""
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(index):
+        groups.setdefault(g, []).append(i)
+    out = [0.0] * len(scores)
+    for members in groups.values():
+        ranked = sorted(members, key=lambda i: (-scores[i], i))
+        margin = scores[ranked[0]] - scores[ranked[1]]
+        if norm:
+            mean = sum(scores[i] for i in members) / len(members)
+            std = math.sqrt(sum((scores[i] - mean) ** 2 for i in members) / (len(members) - 1))
+            margin = margin / (std + eps)
+        out[ranked[0]] = margin
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_opo_and_passk_equal_verls_rules_on_random_groups_with_ties(seed):
+    """Groups of 2 to 7 samples, interleaved under arbitrary ids, rewards drawn from a few values
+    (so ties, tied maxima and all-equal groups occur) or from a normal distribution, lengths 0 to 40
+    (no group all 0, which verl would divide by 0): fp64 agreement with the rules written as verl
+    writes them (above), to 1e-12."""
+    rng = random.Random(seed)
+    scores, lengths, index = [], [], []
+    for g in range(12):
+        size = rng.randrange(2, 8)
+        pool = [rng.choice([0.0, 0.5, 1.0]) for _ in range(size)] if g % 2 else \
+            [rng.gauss(0.0, 2.0) for _ in range(size)]
+        if g % 5 == 0:
+            pool = [pool[0]] * size  # all equal
+        n = [rng.randrange(0, 41) for _ in range(size)]
+        n[rng.randrange(size)] = rng.randrange(1, 41)
+        scores += pool
+        lengths += n
+        index += [100 - 7 * g] * size
+    order = list(range(len(scores)))
+    rng.shuffle(order)
+    scores, lengths, index = ([x[i] for i in order] for x in (scores, lengths, index))
+    r, ids = torch.tensor(scores, dtype=F64), torch.tensor(index)
+    opo = opo_advantages(r, torch.tensor(lengths), ids)
+    assert opo.tolist() == pytest.approx(verl_style_opo(scores, lengths, index), rel=0, abs=1e-12)
+    for scale, norm in (("group", True), ("none", False)):
+        got = passk_advantages(r, ids, scale=scale)
+        assert got.tolist() == pytest.approx(verl_style_passk(scores, index, norm), rel=0, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------- KL

@@ -4,6 +4,7 @@ sampled token count (not the text's) as the length, and bad specs refused in one
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -96,6 +97,8 @@ def test_best_of_n_picks_by_the_candidates_sampled_token_counts():
     ("overlong:cache=2.5,max=8", "cache must be a whole number, got '2.5'"),
     ("overlong:cache=2,max=8,penalty=-1", "penalty must be a finite number >= 0, got -1.0"),
     ("overlong:cache=2,max=8,penalty=inf", "penalty must be a finite number >= 0, got inf"),
+    ("overlong:cache=2,max=8,cache=3", "option 'cache' is given twice"),
+    ("overlong:cache=2, max=8,max =6", "option 'max' is given twice"),
 ])
 def test_bad_specs_are_one_line_errors_at_load_time(spec, message):
     with pytest.raises(UserError) as e:
@@ -149,3 +152,85 @@ def test_rounds_and_alignlab_sample_score_the_sampled_counts():
     scores = score_chunk(load_scorer(spec, sampled=True), spec, [PromptRecord("5+7=", "p.jsonl", 1)], samples, 0, 2,
                          "no row was written")
     assert scores == [[-0.5, None]]
+
+
+def test_the_combinators_pass_the_sampled_counts_on():
+    """cache 4, max 8 (start 4): 3 tokens → 0, 6 → (4 − 6)/4 = −0.5, 8 → −1.
+    ``WeightedSum`` of 2·overlong and 1·(length, coef 0.1 per word over 0 words; "a b" is 2 words,
+    −0.2): (−0.2, −1.2, −2.2). ``LogSigmoidSum`` of overlong against reference 0:
+    log σ(0) = −log 2, log σ(−0.5), log σ(−1). ``Routed`` sends "x" prompts to overlong and the
+    others to the length penalty: "x" (6 tokens) → −0.5, "y" → −0.2, "x" (8 tokens) → −1. A
+    combinator's ``score`` on texts still refuses overlong in one line."""
+    from alignlab.rewards import LengthPenalty, LogSigmoidSum, Routed, WeightedSum
+
+    over = load_scorer("overlong:cache=4,max=8", sampled=True)
+    words = LengthPenalty(0.1, 0, "words")
+    prompts, texts, counts = ["x", "y", "x"], ["a b"] * 3, [3, 6, 8]
+    assert WeightedSum([(2.0, over), (1.0, words)]).score_sampled(prompts, texts, counts) == \
+        pytest.approx([-0.2, -1.2, -2.2], abs=1e-15)
+
+    # log σ(x) = x − log(1 + e^x) for x < 0
+    assert LogSigmoidSum([(over, 0.0)]).score_sampled(prompts, texts, counts) == \
+        pytest.approx([-math.log(2), -0.5 - math.log1p(math.exp(-0.5)), -1.0 - math.log1p(math.exp(-1.0))],
+                      abs=1e-15)
+    assert Routed([(lambda p: p == "x", over)], default=words).score_sampled(prompts, texts, [6, 3, 8]) == \
+        pytest.approx([-0.5, -0.2, -1.0], abs=1e-15)
+    with pytest.raises(UserError, match=r"^scorer 'overlong:cache=4,max=8': it scores the token counts"):
+        WeightedSum([(1.0, over)]).score(prompts, texts)
+
+
+def test_alignlab_decode_takes_max_from_its_max_new_tokens(tmp_path):
+    """``alignlab decode --method best-of-n --scorer overlong:cache=3 --max-new-tokens 8``: the
+    checks before loading pass, and the scorer has max 8 (6 tokens → (5 − 6)/3 = −1/3); without
+    --max-new-tokens, decode's default (SamplingParams' 64) stands for max. A training run's
+    task_eval_decoding has no such flag and still asks for max=M."""
+    from alignlab.decode_cli import _check, _parser
+    from alignlab.decoding.spec import method_scorer, parse_method
+
+    out = str(tmp_path / "o.jsonl")
+    args = _parser().parse_args(["--method", "best-of-n", "--scorer", "overlong:cache=3", "--model", "m",
+                                 "--task", "arithmetic", "--output", out, "--max-new-tokens", "8"])
+    _check(args)
+    scorer = method_scorer(args)
+    assert scorer.max_tokens == 8 and scorer.score_sampled(["p"], ["a"], [6]) == pytest.approx([-1 / 3], abs=1e-15)
+    default = _parser().parse_args(["--method", "best-of-n", "--scorer", "overlong:cache=3", "--model", "m",
+                                    "--task", "arithmetic", "--output", out])
+    _check(default)
+    assert method_scorer(default).max_tokens == SamplingParams().max_new_tokens == 64
+    with pytest.raises(UserError, match=r"^task_eval_decoding: --scorer: scorer 'overlong:cache=3': give max=M"):
+        parse_method("best-of-n --n 2 --scorer overlong:cache=3")
+
+
+def test_the_scorer_help_of_sample_and_decode_names_overlong():
+    from alignlab.decode_cli import _parser as decode_parser
+    from alignlab.sample_cli import _parser as sample_parser
+
+    for parser in (sample_parser(), decode_parser()):
+        scorer = next(a for a in parser._actions if "--scorer" in a.option_strings)
+        assert "overlong:cache=N" in scorer.help
+
+
+def test_rounds_refuse_samples_without_their_token_counts_in_one_line():
+    """A samples.jsonl row whose samples lack ``num_tokens`` (written by hand or by another tool)
+    is a one-line error naming the file and row, not a KeyError."""
+    from alignlab.rounds import _score
+
+    rows = [{"prompt": "5+7=", "completions": ["12"], "samples": [{"text": "12", "num_tokens": 3}]},
+            {"prompt": "1+1=", "completions": ["2"], "samples": [{"text": "2"}]}]
+    with pytest.raises(UserError) as e:
+        _score(load_reward_terms(["overlong:cache=4,max=8"]), rows, "round-1/samples.jsonl")
+    assert str(e.value) == ("round-1/samples.jsonl row 2: sample 1 has no num_tokens (the tokens sampled, which "
+                            "the reward's scorers are given); sample again with alignlab sample")
+
+
+def test_rounds_check_an_overlong_spec_before_the_first_round_samples():
+    """A bad overlong spec in the rounds' rewards (cache 9 above max 8) is refused with the specs'
+    checks, before anything is sampled; a good one, its max from max_new_tokens, passes."""
+    from alignlab.errors import ConfigError
+    from alignlab.rounds import _check_specs
+
+    with pytest.raises(ConfigError) as e:
+        _check_specs(["task:arithmetic:gold", "overlong:cache=9,max=8"], 16)
+    assert str(e.value) == ("reward: scorer 'overlong:cache=9,max=8': cache must be a whole number from 1 to max "
+                            "(8), got 9")
+    _check_specs(["task:arithmetic:gold", "overlong:cache=4"], 16)

@@ -116,9 +116,15 @@ def _trained(model_dir) -> dict:
                                                   ("grpo", 1, {"top_entropy_quantile": 0.3, "packing": False}),
                                                   # the entropy bonus's gradient through the output layer,
                                                   # reduced by DDP, and GMPO's clip at the second update
-                                                  ("gmpo", 2, {"entropy_coef": 0.1})],
+                                                  ("gmpo", 2, {"entropy_coef": 0.1}),
+                                                  # pass@k keeps only groups whose best answer is unique: a
+                                                  # binary reward ties at the top in many groups
+                                                  ("grpo_passk", 1, {"dynamic_sampling": True, "packing": False,
+                                                                     "reward": ["fn:tests.training.online_rewards:"
+                                                                                "has_digit"]})],
                          ids=["grpo-1", "grpo-2", "ppo-2", "reinforce++-1", "grpo-2-lora-beta", "grpo-1-dynamic",
-                              "opo-1", "opo-1-dynamic", "gdpo-1", "entropy-cut-1", "gmpo-2-entropy"])
+                              "opo-1", "opo-1-dynamic", "gdpo-1", "entropy-cut-1", "gmpo-2-entropy",
+                              "grpo_passk-1-dynamic"])
 def test_online_two_processes_equal_one(tmp_path, tiny_model_dir, method, updates, extra):
     """2 processes × 4 completions per step equal 1 process × 8 (fp64). Each process samples its
     own prompts, numbered so the native backend draws the same completions; the round's rewards
