@@ -223,7 +223,10 @@ class _TargetLogps(torch.autograd.Function):
             g = grad_N.to(acc)
             if grad_entropy_N is not None:  # log p = log exp(z) − log Σ exp(z), 0 where p = 0
                 d.div_(sum_N[:, None])
-                _entropy_factor(d, grad_N, grad_entropy_N, ent_N, d.log())
+                step = _chunk(weight_Vd)  # log p a chunk of rows at a time: no second buffer of the kept size
+                for s in range(0, d.shape[0], step):
+                    rows = slice(s, s + step)
+                    _entropy_factor(d[rows], grad_N[rows], grad_entropy_N[rows], ent_N[rows], d[rows].log())
                 d.neg_()
             else:
                 d.mul_((-g / sum_N)[:, None])

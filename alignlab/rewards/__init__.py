@@ -210,9 +210,15 @@ def _overlong(rest: str, spec: str, sampled: bool, max_new_tokens: int | None) -
     if "max" not in opts and max_new_tokens is None:
         raise UserError(f"scorer '{spec}': give max=M, the completion limit (there is no run's max_new_tokens here "
                         "to take it from)")
-    return OverlongPunishment(_integer(opts["cache"], "cache", spec),
-                              _integer(opts["max"], "max", spec) if "max" in opts else int(max_new_tokens),
-                              _number(opts.get("penalty", "1"), "penalty", spec), name=spec)
+    scorer = OverlongPunishment(_integer(opts["cache"], "cache", spec),
+                                _integer(opts["max"], "max", spec) if "max" in opts else int(max_new_tokens),
+                                _number(opts.get("penalty", "1"), "penalty", spec), name=spec)
+    start = scorer.max_tokens - scorer.cache
+    if max_new_tokens is not None and start >= max_new_tokens:
+        raise UserError(f"scorer '{spec}': the punishment starts after max − cache = {start} tokens, and no "
+                        f"completion is longer than max_new_tokens ({max_new_tokens}): it would score 0 for every "
+                        f"completion; give a max or cache with max − cache below {max_new_tokens}")
+    return scorer
 
 
 __all__ = ["Scorer", "BleuReward", "CallableBackend", "FunctionReward", "HFBackend", "ImplicitReward", "LengthPenalty",

@@ -234,3 +234,12 @@ def test_rounds_check_an_overlong_spec_before_the_first_round_samples():
     assert str(e.value) == ("reward: scorer 'overlong:cache=9,max=8': cache must be a whole number from 1 to max "
                             "(8), got 9")
     _check_specs(["task:arithmetic:gold", "overlong:cache=4"], 16)
+
+
+def test_a_buffer_no_completion_can_reach_is_refused():
+    """With max_new_tokens 8 no completion is longer than 8 tokens: max 12, cache 4 puts the start
+    of the punishment at 8, so every completion would score 0; max 11 (start 7) is allowed."""
+    with pytest.raises(UserError, match=r"max − cache = 8 tokens.*max_new_tokens \(8\)"):
+        load_scorer("overlong:cache=4,max=12", sampled=True, max_new_tokens=8)
+    assert load_scorer("overlong:cache=4,max=11", sampled=True, max_new_tokens=8).score_sampled(
+        ["p"], ["r"], [8]) == [-0.25]
