@@ -42,6 +42,22 @@ sequence (shape (B, 1)); "seq_mean_token_mean" aggregation gives exactly ℓ_i, 
 sequences. With the sampler's token weights on, the sequence is weighted by their geometric mean
 (a weight of 0, masked, makes it 0), as verl.
 
+Two that act on the tokens whose log-prob and advantage covary most over the step (Cui et al.
+2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models", arXiv
+2505.22617; verl's ``clip_cov`` and ``kl_cov`` policy losses), with cov_t = (A_t − Ā)(ℓ_t − ℓ̄), the
+means over the step's completion tokens, and the selection s_t ∈ {0, 1} given (``cov_selected``):
+
+    "clip_cov"  L_t = −min(c_t·A, clip(c_t)·A)·(1 − s_t)    s: ⌊r·N⌋ (at least 1) tokens drawn at
+                random among those with lb < cov_t < ub that the clip leaves unclipped
+    "kl_cov"    L_t = −c_t·A + s_t·κ·|ℓ_t − ℓold_t|           s: the ⌊r·N⌋ (at least 1) tokens of
+                largest cov_t; no clip (as verl's)
+
+(N the step's completion tokens, r = ``cov_ratio``, κ = ``kl_cov_coef``). The selection is the
+step's, over every process's completions (``training/forward/policy_gradient.py``), so no split of
+the step changes it; verl selects within each micro-batch. With one update per round (ℓold = ℓ)
+KL-Cov's penalty |ℓ − ℓold| and its gradient are 0 (|x| has gradient 0 at 0): it acts from the
+second update of a round on.
+
 CISPO keeps every token's gradient, weighted by the capped ratio (sg: no gradient through it);
 SAPO's sigmoid gate has gradient −4σ(1−σ)·c·A·∇ℓ, the policy gradient at c = 1, fading smoothly
 away from it; VESPO's weight is 1 at w = 1 and falls off on both sides, faster for a sequence far
@@ -137,12 +153,13 @@ from alignlab.losses.types import LossOutput
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant"]
 RatioLevel = Literal["token", "sequence"]
-Surrogate = Literal["clip", "cispo", "sapo", "vespo", "gmpo"]
+Surrogate = Literal["clip", "cispo", "sapo", "vespo", "gmpo", "clip_cov", "kl_cov"]
 ISMode = Literal["off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant")
 RATIO_LEVELS = ("token", "sequence")
-SURROGATES = ("clip", "cispo", "sapo", "vespo", "gmpo")
+SURROGATES = ("clip", "cispo", "sapo", "vespo", "gmpo", "clip_cov", "kl_cov")
+COV_SURROGATES = ("clip_cov", "kl_cov")
 IS_MODES = ("off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
@@ -161,7 +178,8 @@ class PolicyGradientInputs:
     correction. ``truncated`` (B,) bool: completions cut at the length limit. ``entropy`` (B, T):
     per-token policy entropies, logged, and (with their gradient) the entropy bonus's
     (``entropy_coef``). ``token_keep`` (B, T) bool: the tokens that keep their policy term and
-    entropy bonus (``top_entropy_quantile``; None: all). For PPO, ``values`` (B, T) (with
+    entropy bonus (``top_entropy_quantile``; None: all). ``cov_selected`` (B, T) bool: the step's
+    tokens of high covariance, for the "clip_cov" and "kl_cov" surrogates. For PPO, ``values`` (B, T) (with
     gradient), ``old_values`` (B, T) and ``returns`` (B, T).
     """
 
@@ -174,6 +192,7 @@ class PolicyGradientInputs:
     truncated: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     token_keep: torch.Tensor | None = None
+    cov_selected: torch.Tensor | None = None
     values: torch.Tensor | None = None
     old_values: torch.Tensor | None = None
     returns: torch.Tensor | None = None
@@ -215,7 +234,10 @@ class PolicyGradientParams:
                                          "of the sequence's ratio on A·log π, VESPO), 'gmpo' (the geometric mean "
                                          "of the token ratios, each clipped in log space to [−eps_low, eps_high], "
                                          "times the sequence's mean advantage, GMPO; not with the per-token "
-                                         "advantages of reinforce++ and ppo)")
+                                         "advantages of reinforce++ and ppo), 'clip_cov' (the clip, with the "
+                                         "gradient of a few high-covariance tokens cut, Clip-Cov), 'kl_cov' (the "
+                                         "unclipped ratio, with |log π − log π_old| on the tokens of highest "
+                                         "covariance, KL-Cov)")
     cispo_max: float = param(5.0, "CISPO's cap on the ratio: the weight is min(ratio, cispo_max) (ScaleRL's ε_max; "
                                   "TRL `epsilon_high` with loss_type cispo, 5 as TRL recommends)")
     sapo_tau_pos: float = param(1.0, "SAPO's gate temperature where the advantage is > 0 (TRL default 1.0)")
@@ -226,6 +248,13 @@ class PolicyGradientParams:
     off_policy_mask: float | None = param(None, "off-policy sequence masking (DeepSeek-V3.2): a completion with A < 0 "
                                                 "whose mean per-token log π_sampler − log π exceeds this is left "
                                                 "out of the policy loss (TRL `off_policy_mask_threshold`; None: off)")
+    cov_ratio: float = param(2e-4, "clip_cov / kl_cov: the share of the step's completion tokens selected by their "
+                                   "covariance of log-prob and advantage (verl's clip_cov_ratio and kl_cov_ratio, "
+                                   "2e-4)")
+    clip_cov_lb: float = param(1.0, "clip_cov: tokens with covariance above this may be selected (verl 1.0)")
+    clip_cov_ub: float = param(5.0, "clip_cov: tokens with covariance below this may be selected (verl 5.0)")
+    kl_cov_coef: float = param(0.1, "kl_cov: κ, the weight of |log π − log π_old| on the selected tokens (verl's "
+                                    "ppo_kl_coef, 0.1)")
     vespo_k_pos: float = param(2.0, "VESPO's power k where the advantage is >= 0: φ(w) = e^λ·w^k·e^(−λw) (TRL 2.0)")
     vespo_lambda_pos: float = param(3.0, "VESPO's decay λ where the advantage is >= 0 (TRL default 3.0)")
     vespo_k_neg: float = param(3.0, "VESPO's power k where the advantage is < 0 (TRL default 3.0)")
@@ -269,6 +298,13 @@ class PolicyGradientParams:
         require_positive(self.eps_high, "eps_high")
         require_non_negative(self.beta, "beta")
         require(math.isfinite(self.entropy_coef), "entropy_coef", f"must be a finite number, got {self.entropy_coef}")
+        require(0.0 < self.cov_ratio <= 1.0, "cov_ratio", f"must be in (0, 1], got {self.cov_ratio}")
+        require(self.clip_cov_lb < self.clip_cov_ub, "clip_cov_lb", f"must be below clip_cov_ub "
+                f"({self.clip_cov_lb} >= {self.clip_cov_ub})")
+        require_non_negative(self.kl_cov_coef, "kl_cov_coef")
+        if self.surrogate in COV_SURROGATES:
+            require(self.ratio_level == "token", "ratio_level", f"must be 'token' with surrogate '{self.surrogate}', "
+                    "which selects tokens")
         require(0.0 <= self.top_entropy_quantile <= 1.0, "top_entropy_quantile",
                 f"must be in [0, 1], got {self.top_entropy_quantile}")
         require_non_negative(self.entropy_target, "entropy_target")
@@ -522,6 +558,15 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
         per_token = -phi * adv * logps
         metrics["vespo/phi"] = _token_mean(phi, mask)
         w = None
+    elif params.surrogate in COV_SURROGATES:
+        if inputs.cov_selected is None:
+            raise ValueError(f"surrogate {params.surrogate!r} needs cov_selected (the step's high-covariance tokens)")
+        selected = (inputs.cov_selected.bool() & mask).to(logps.dtype)
+        if params.surrogate == "clip_cov":
+            per_token = clipped_surrogate(ratio, adv, params.eps_low, params.eps_high) * (1 - selected)
+        else:
+            per_token = -ratio * adv + selected * params.kl_cov_coef * token_log_ratio.abs()
+        metrics["cov/selected"] = _token_mean(selected, mask)
     elif params.surrogate == "gmpo":  # the sampler's weights go into the sequence's weight
         per_token = gmpo_surrogate(token_log_ratio, adv, mask, params.eps_low, params.eps_high, w)
         w = None
@@ -553,7 +598,7 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
         bonus_mask = mask if inputs.token_keep is None else mask & inputs.token_keep.bool()
         per_token = per_token - params.entropy_coef * torch.where(bonus_mask, inputs.entropy, torch.zeros_like(logps))
 
-    if params.surrogate == "clip":
+    if params.surrogate in ("clip", "clip_cov"):
         low = (ratio < 1 - params.eps_low) & (adv < 0)
         high = (ratio > 1 + params.eps_high) & (adv > 0)
     elif params.surrogate == "gmpo":  # its bounds are on the log-ratio
@@ -576,13 +621,15 @@ def zero_advantage_is_free(params: PolicyGradientParams) -> bool:
     ``policy_gradient_loss`` with ``params``, so that leaving it out of the forward pass (while
     still counting its units) gives the same update. Every token's surrogate is then 0 for any
     ratio c (−min(c·0, clip(c)·0); CISPO's −sg(min(c, C))·0·ℓ; SAPO's −(4/τ)σ(·)·0; VESPO's
-    −sg(φ)·0·ℓ with φ finite; GMPO's −0·exp(0), every g_t = sign(0)·… = 0), times w,
+    −sg(φ)·0·ℓ with φ finite; GMPO's −0·exp(0), every g_t = sign(0)·… = 0; Clip-Cov's clipped
+    one times (1 − s)), times w,
     provided the importance weight w is finite (no correction, or one capped at ``is_clip_max``)
-    and no term without the advantage is added: β = 0 (no KL term) and no entropy bonus (nor adaptive entropy
-    control, which may turn one on). PPO's value loss is such a term (``PPOParams``: never free)."""
+    and no term without the advantage is added: β = 0 (no KL term), no entropy bonus (nor adaptive entropy
+    control, which may turn one on) and no KL-Cov penalty. PPO's value loss is such a term (``PPOParams``: never free)."""
     if isinstance(params, PPOParams):
         return False
     return params.beta == 0.0 and params.entropy_coef == 0.0 and not params.adaptive_entropy \
+        and params.surrogate != "kl_cov" \
         and (params.is_mode == "off" or params.is_clip_max is not None)
 
 

@@ -143,10 +143,11 @@ def sum_over_processes(dist: Dist, sums: dict[str, torch.Tensor], extra: dict[st
 
 class StepReduce:
     """The collectives a forward's ``before_step`` may use: called with a dict of scalars, their
-    sums over processes (``sum_over_processes``); ``gather(part)``, every process's ``part``."""
+    sums over processes (``sum_over_processes``); ``gather(part)``, every process's ``part``; and
+    ``step``, the optimizer step (0-based; −1 outside training)."""
 
-    def __init__(self, dist: Dist):
-        self.dist = dist
+    def __init__(self, dist: Dist, step: int = -1):
+        self.dist, self.step = dist, step
 
     def __call__(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
         return sum_over_processes(self.dist, sums)

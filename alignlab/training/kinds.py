@@ -53,7 +53,7 @@ class PolicyKind:
         if spec.shape == "online":
             from alignlab.training.online_run import max_new_tokens
 
-            return PolicyGradientForward(spec, params, max_new_tokens(self.cfg), pad_id, autocast)
+            return PolicyGradientForward(spec, params, max_new_tokens(self.cfg), pad_id, autocast, self.cfg.seed)
         return PreferenceForward(spec, params, pad_id, autocast)
 
     def collate(self, pad_id: int) -> Callable:

@@ -240,7 +240,7 @@ def run_loop(inp: LoopInputs) -> LoopResult:
     return result
 
 
-def _gradients(inp: LoopInputs, micro: list[Batch]) -> tuple[float, dict, dict]:
+def _gradients(inp: LoopInputs, micro: list[Batch], step: int = -1) -> tuple[float, dict, dict]:
     """Forward and backward over the step's micro-batches, gradients accumulated for the whole
     global step. Returns the step's mean loss, the summed metrics (with ``_tokens``/``_slots``)
     and the summed loss statistics, all over every process."""
@@ -251,7 +251,7 @@ def _gradients(inp: LoopInputs, micro: list[Batch]) -> tuple[float, dict, dict]:
     scale = dist.world_size / max(global_units, 1.0)
     # A quantity of the whole step (KTO's z0), before any backward pass, from all of the step's
     # examples (those a micro-batch leaves out of its passes too: ``Batch.idle``).
-    forward.before_step(unwrap(model), [list(b.examples) + list(b.idle) for b in micro], StepReduce(dist))
+    forward.before_step(unwrap(model), [list(b.examples) + list(b.idle) for b in micro], StepReduce(dist, step))
 
     sums: dict[str, torch.Tensor] = {}
     stats: dict[str, torch.Tensor] = {}
@@ -295,7 +295,7 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
                 raise
             batch, fault = None, exc
         if batch is not None:
-            loss, tot, stats = _gradients(inp, batch.micro)
+            loss, tot, stats = _gradients(inp, batch.micro, step)
             if engine is not None:  # DeepSpeed clips and steps in one call; a non-finite gradient it skips
                 grad_norm = zero.step(engine)
             else:

@@ -35,6 +35,8 @@ def run(model_dir, tmp_path, name, **kw):
                                           ("dr_grpo", {}), ("rloo", {}), ("gspo", {}), ("luspo", {}),
                                           ("cispo", {}), ("sapo", {}), ("vespo", {}), ("gmpo", {}), ("opo", {}),
                                           ("grpo_passk", {}),
+                                          ("grpo", {"surrogate": "clip_cov", "cov_ratio": 0.2, "clip_cov_lb": -1e9,
+                                                    "clip_cov_ub": 1e9}),
                                           ("grpo", {"updates_per_rollout": 2, "max_steps": 4})])
 @pytest.mark.parametrize("bs,ga", [(8, 1), (2, 4)])
 def test_leaving_out_zero_advantage_completions_gives_the_same_update(tmp_path, tiny_model_dir, method, extra, bs, ga):
@@ -93,8 +95,10 @@ def test_completions_are_left_out_of_the_forward_pass(tmp_path, tiny_model_dir, 
     assert any(p for p, _, _ in seen) and any(not p for p, _, _ in seen)
 
 
-@pytest.mark.parametrize("method,extra", [("grpo", {"beta": 0.1}), ("ppo", {}), ("grpo", {"entropy_coef": 0.01})])
+@pytest.mark.parametrize("method,extra", [("grpo", {"beta": 0.1}), ("ppo", {}), ("grpo", {"entropy_coef": 0.01}),
+                                          ("grpo", {"surrogate": "kl_cov"})])
 def test_nothing_is_left_out_where_a_zero_advantage_still_has_a_loss(tmp_path, tiny_model_dir, method, extra):
-    """A KL term (β > 0), PPO's value loss or an entropy bonus gives a zero-advantage completion a gradient."""
+    """A KL term (β > 0), PPO's value loss, an entropy bonus or KL-Cov's penalty gives a zero-advantage
+    completion a gradient."""
     _, rows = run(tiny_model_dir, tmp_path, "on", method=method, **extra)
     assert all("skipped_zero_advantage" not in r for r in rows)

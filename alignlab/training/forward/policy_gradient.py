@@ -27,31 +27,52 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import Callable, Sequence
 
 import torch
 
 from alignlab.data.collate import Batch
 from alignlab.logprobs import left_align, sequence_logps
-from alignlab.losses.policy_gradient import PolicyGradientInputs, units
+from alignlab.losses.policy_gradient import COV_SURROGATES, PolicyGradientInputs, units
 from alignlab.losses.registry import LossSpec
 from alignlab.losses.types import LossOutput
 from alignlab.training.critic import decoder_output, token_values
 from alignlab.training.forward import Forward
 from alignlab.training.rollout import collate_rollout, token_tensor
 
+_MASK64 = (1 << 64) - 1
+
+
+def _token_keys(seed: int, step: int, example) -> list[int]:
+    """A pseudo-random 64-bit key per completion token of ``example``: BLAKE2b of the seed, the
+    step, the prompt's row and tokens and the completion's tokens gives the completion's key, and
+    SplitMix64's finaliser of that key plus the token's position (times the golden-ratio
+    increment) each token's."""
+    digest = hashlib.blake2b(repr((seed, step, example.row, tuple(example.prompt_ids),
+                                   tuple(example.completion_ids))).encode(), digest_size=8).digest()
+    base = int.from_bytes(digest, "little")
+    keys = []
+    for t in range(len(example.completion_ids)):
+        z = (base + (t + 1) * 0x9E3779B97F4A7C15) & _MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        keys.append(z ^ (z >> 31))
+    return keys
+
 
 class PolicyGradientForward(Forward):
     def __init__(self, spec: LossSpec, params, max_new_tokens: int, pad_id: int = 0,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext, seed: int = 0):
         """``max_new_tokens``: the completion-length limit, the normaliser of 'constant' aggregation
-        when the params give none. ``pad_id`` and ``autocast``: the run's, for the entropy pass
-        before a step (``top_entropy_quantile``)."""
+        when the params give none. ``pad_id``, ``autocast`` and ``seed``: the run's, for the pass
+        before a step (``before_step``)."""
         if hasattr(params, "max_completion_length") and params.max_completion_length is None:
             params = dataclasses.replace(params, max_completion_length=max_new_tokens)
         super().__init__(spec, params)
-        self.pad_id, self.autocast = pad_id, autocast
+        self.pad_id, self.autocast, self.seed = pad_id, autocast, seed
         self._keep: dict[int, torch.Tensor] | None = None  # per example (by id), its tokens above the step's cut
+        self._cov: dict[int, torch.Tensor] | None = None  # per example (by id), its tokens Clip-Cov / KL-Cov select
         self._cut = 0.0
         self.adaptive = bool(getattr(params, "adaptive_entropy", False))
         if self.adaptive:  # the coefficient, and the last step's entropy (−1: none measured yet)
@@ -62,22 +83,42 @@ class PolicyGradientForward(Forward):
         return self.adaptive or super().stateful
 
     def before_step(self, model: torch.nn.Module, parts: Sequence[Sequence], reduce) -> None:
-        """``top_entropy_quantile`` ρ < 1 (Wang et al. 2025, "Beyond the 80/20 Rule"): the entropy
-        of every completion token of the step (every micro-batch's, the idle ones included, every
-        process's: ``reduce.gather``), from one pass of the policy without gradient in eval mode
-        (no dropout, and no draw from the random stream the step's own passes use); the cut τ is
-        their (1 − ρ) quantile (``torch.quantile``'s linear interpolation, as TRL), over the tokens
-        of the policy term (a truncated completion's are left out under ``mask_truncated``, as
-        TRL), and each token keeps its policy term where its entropy is at least τ. One cut for the
-        whole step, so that no split of the step changes it: TRL takes it per micro-batch. The pass
-        costs a forward pass over the step's completions."""
-        self._keep = None
+        """What the step's token selections need from all of the step's completions (every
+        micro-batch's, the idle ones included, every process's: ``reduce.gather``), from one pass
+        of the policy without gradient in eval mode (no dropout, and no draw from the random
+        stream the step's own passes use), at the weights the step's passes run at. It costs a
+        forward pass over the step's completions, and is made only for:
+
+        - ``top_entropy_quantile`` ρ < 1 (Wang et al. 2025, "Beyond the 80/20 Rule"): the cut τ is
+          the (1 − ρ) quantile (``torch.quantile``'s linear interpolation, as TRL) of the entropies
+          of the tokens of the policy term (a truncated completion's are left out under
+          ``mask_truncated``, as TRL), and a token keeps its policy term where its entropy is at
+          least τ. One cut for the whole step, so that no split of the step changes it: TRL takes
+          it per micro-batch.
+        - the "clip_cov" and "kl_cov" surrogates: their token selection (``_cov_selection``)."""
+        self._keep = self._cov = None
         rho = getattr(self.params, "top_entropy_quantile", 1.0)
-        if rho >= 1.0:
+        cov = getattr(self.params, "surrogate", None) in COV_SURROGATES
+        if rho >= 1.0 and not cov:
             return
+        examples = [e for part in parts for e in part]
+        logps, entropies = self._step_pass(model, parts, rho < 1.0)
+        counted = [e.finished or not self.params.mask_truncated for e in examples]
+        if rho < 1.0:
+            local = [x for e, h, c in zip(examples, entropies, counted, strict=True) if c for x in h.tolist()]
+            every = torch.tensor([x for values in reduce.gather(local) for x in values], dtype=logps[0].dtype
+                                 if logps else torch.float32)
+            # no token to rank: none keeps its policy term (as TRL)
+            self._cut = float(torch.quantile(every, 1.0 - rho)) if every.numel() else float("inf")
+            self._keep = {id(e): h >= self._cut for e, h in zip(examples, entropies, strict=True)}
+        if cov:
+            self._cov = self._cov_selection(examples, logps, counted, reduce)
+
+    def _step_pass(self, model, parts, entropy: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each example's completion-token log-probs and (with ``entropy``) entropies, in order."""
         device = next(model.parameters()).device
-        per_example: dict[int, torch.Tensor] = {}
-        counted: list[torch.Tensor] = []
+        logps: list[torch.Tensor] = []
+        entropies: list[torch.Tensor] = []
         was_training = model.training
         model.eval()
         try:
@@ -85,31 +126,72 @@ class PolicyGradientForward(Forward):
                 for part in parts:
                     if not part:
                         continue
-                    lp = sequence_logps(model, collate_rollout(part, self.pad_id).to(device), entropy=True)
-                    ent = left_align(lp.entropy_BT, lp.mask_BT).cpu()
+                    lp = sequence_logps(model, collate_rollout(part, self.pad_id).to(device), entropy=entropy)
+                    tok = left_align(lp.token_logps_BT, lp.mask_BT).cpu()
+                    ent = left_align(lp.entropy_BT, lp.mask_BT).cpu() if entropy else None
                     for i, e in enumerate(part):
-                        per_example[id(e)] = ent[i, :len(e.completion_ids)]
-                        if e.finished or not self.params.mask_truncated:
-                            counted.append(per_example[id(e)])
+                        logps.append(tok[i, :len(e.completion_ids)])
+                        if entropy:
+                            entropies.append(ent[i, :len(e.completion_ids)])
         finally:
             model.train(was_training)
-        dtype = next(iter(per_example.values())).dtype if per_example else torch.float32
-        local = torch.cat(counted).tolist() if counted else []
-        every = torch.tensor([x for values in reduce.gather(local) for x in values], dtype=dtype)
-        if every.numel() == 0:  # no token to rank: none keeps its policy term (as TRL)
-            self._cut = float("inf")
-        else:
-            self._cut = float(torch.quantile(every, 1.0 - rho))
-        self._keep = {k: v >= self._cut for k, v in per_example.items()}
+        return logps, entropies
 
-    def _token_keep(self, examples, width: int) -> torch.Tensor | None:
-        if self._keep is None:
+    def _cov_selection(self, examples, logps, counted, reduce) -> dict[int, torch.Tensor]:
+        """Clip-Cov's or KL-Cov's tokens (Cui et al. 2025; verl's ``clip_cov`` / ``kl_cov``), per
+        example (by id): over the N tokens of the policy term of the step (every process's),
+        cov_t = (A_t − Ā)(ℓ_t − ℓ̄) with ℓ the pass's log-probs. KL-Cov takes the max(1, ⌊r·N⌋)
+        of largest cov; Clip-Cov as many drawn at random among the tokens with lb < cov < ub that
+        the PPO clip leaves unclipped at the pass's ratio to ℓold. The draw orders the tokens by
+        a pseudo-random key of the run's seed, the step, and the token's prompt, completion and
+        position (``_token_keys``; KL-Cov breaks ties of cov with it too), so neither the order
+        the step's completions come in (micro-batches put those left out for a zero advantage
+        last) nor the processes change the choice; two tokens with the same key are the same
+        token of the same completion of the same prompt, whose terms are equal."""
+        p = self.params
+        local: list[tuple[float, float, bool, int]] = []
+        for e, lp, c in zip(examples, logps, counted, strict=True):
+            if not c:
+                continue
+            lp = lp.double()
+            adv = torch.tensor(e.advantages, dtype=torch.float64)
+            old = lp if e.old_logps is None else torch.tensor(e.old_logps, dtype=torch.float64)
+            ratio = torch.exp(lp - old)
+            clipped = -adv * ratio.clamp(1 - p.eps_low, 1 + p.eps_high) > -adv * ratio
+            local += list(zip(lp.tolist(), adv.tolist(), clipped.tolist(), _token_keys(self.seed, reduce.step, e),
+                              strict=True))
+        everyone = reduce.gather(local)
+        rank = getattr(getattr(reduce, "dist", None), "rank", 0)
+        offset = sum(len(x) for x in everyone[:rank])
+        flat = [t for x in everyone for t in x]
+        selected = torch.zeros(len(flat), dtype=torch.bool)
+        if flat:
+            lp = torch.tensor([t[0] for t in flat], dtype=torch.float64)
+            adv = torch.tensor([t[1] for t in flat], dtype=torch.float64)
+            cov = ((adv - adv.mean()) * (lp - lp.mean())).tolist()
+            count = max(1, int(p.cov_ratio * len(flat)))
+            if p.surrogate == "kl_cov":
+                chosen = sorted(range(len(flat)), key=lambda i: (-cov[i], flat[i][3]))[:count]
+            else:
+                eligible = [i for i in range(len(flat)) if p.clip_cov_lb < cov[i] < p.clip_cov_ub and not flat[i][2]]
+                chosen = sorted(eligible, key=lambda i: flat[i][3])[:count]
+            selected[chosen] = True
+        out, k = {}, offset
+        for e, lp, c in zip(examples, logps, counted, strict=True):
+            n = len(lp)
+            out[id(e)] = selected[k:k + n] if c else torch.zeros(n, dtype=torch.bool)
+            k += n if c else 0
+        return out
+
+    @staticmethod
+    def _token_flags(flags: dict[int, torch.Tensor] | None, examples, width: int) -> torch.Tensor | None:
+        """(B, width) bool of per-example token flags the step's pass set (``before_step``)."""
+        if flags is None:
             return None
         try:
-            rows = [self._keep[id(e)].tolist() for e in examples]
+            rows = [flags[id(e)].tolist() for e in examples]
         except KeyError:
-            raise RuntimeError("top_entropy_quantile: a micro-batch holds a completion the step's entropy pass "
-                               "did not see") from None
+            raise RuntimeError("a micro-batch holds a completion the step's pass before it did not see") from None
         return token_tensor(rows, width).bool()
 
     def entropy_coef(self) -> float:
@@ -187,9 +269,12 @@ class PolicyGradientForward(Forward):
             values=None if values is None else values[:, :width].to(dtype), old_values=per_token("old_values"),
             returns=per_token("returns"),
             entropy=left_align(lp.entropy_BT, lp.mask_BT)[:, :width] if bonus else None)
-        keep = self._token_keep(examples, width)
+        keep = self._token_flags(self._keep, examples, width)
         if keep is not None:
             inputs.token_keep = keep.to(device)
+        selected = self._token_flags(self._cov, examples, width)
+        if selected is not None:
+            inputs.cov_selected = selected.to(device)
         params = dataclasses.replace(self.params, entropy_coef=coef) if self.adaptive else self.params
         out = self.spec.fn(inputs, params)
         if keep is not None:  # the share of the step's tokens above the cut, and the cut
