@@ -18,6 +18,7 @@ Each passes ``score_sampled``'s token counts on to its scorers, so a scorer of s
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 
 from alignlab.errors import UserError
@@ -26,14 +27,10 @@ from alignlab.rewards.base import Scorer, check_lengths
 Reference = float | Mapping[str, float] | Callable[[str], float]
 
 
-class WeightedSum(Scorer):
-    """Σ_k w_k·r_k(x, y)."""
-
-    def __init__(self, terms: Sequence[tuple[float, Scorer]]):
-        if not terms:
-            raise UserError("weighted sum: give at least one (weight, scorer) term")
-        self.terms = [(float(w), s) for w, s in terms]
-        self.name = " + ".join(f"{w:g}*{s.name}" for w, s in self.terms)
+class _OverTerms(Scorer):
+    """A scorer made of other scorers: texts or sampled completions (``score_sampled``: with
+    their token counts, which a term such as ``overlong`` needs) go to every term, and ``_sum``
+    combines what the terms give."""
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         return self._sum(prompts, responses, lambda s: s.score(prompts, responses))
@@ -42,6 +39,20 @@ class WeightedSum(Scorer):
                       token_counts: Sequence[int]) -> list[float]:
         check_lengths(self.name, prompts, responses, token_counts)
         return self._sum(prompts, responses, lambda s: s.score_sampled(prompts, responses, token_counts))
+
+    @abstractmethod
+    def _sum(self, prompts, responses, rewards: Callable[[Scorer], Sequence[float]]) -> list[float]:
+        """The combined reward of each response, from ``rewards(term)``: each term's rewards."""
+
+
+class WeightedSum(_OverTerms):
+    """Σ_k w_k·r_k(x, y)."""
+
+    def __init__(self, terms: Sequence[tuple[float, Scorer]]):
+        if not terms:
+            raise UserError("weighted sum: give at least one (weight, scorer) term")
+        self.terms = [(float(w), s) for w, s in terms]
+        self.name = " + ".join(f"{w:g}*{s.name}" for w, s in self.terms)
 
     def _sum(self, prompts, responses, rewards: Callable[[Scorer], Sequence[float]]) -> list[float]:
         n = check_lengths(self.name, prompts, responses)
@@ -67,7 +78,7 @@ def _reference_value(ref: Reference, prompt: str, what: str) -> float:
     return float(ref)
 
 
-class LogSigmoidSum(Scorer):
+class LogSigmoidSum(_OverTerms):
     """Σ_k log σ(r_k(x, y) − r_ref,k(x)); see the module docstring."""
 
     def __init__(self, terms: Sequence[tuple[Scorer, Reference]]):
@@ -75,14 +86,6 @@ class LogSigmoidSum(Scorer):
             raise UserError("log-sigmoid sum: give at least one (scorer, reference reward) term")
         self.terms = list(terms)
         self.name = "logsigmoid(" + ", ".join(s.name for s, _ in self.terms) + ")"
-
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        return self._sum(prompts, responses, lambda s: s.score(prompts, responses))
-
-    def score_sampled(self, prompts: Sequence[str], responses: Sequence[str],
-                      token_counts: Sequence[int]) -> list[float]:
-        check_lengths(self.name, prompts, responses, token_counts)
-        return self._sum(prompts, responses, lambda s: s.score_sampled(prompts, responses, token_counts))
 
     def _sum(self, prompts, responses, rewards: Callable[[Scorer], Sequence[float]]) -> list[float]:
         n = check_lengths(self.name, prompts, responses)
