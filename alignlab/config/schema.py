@@ -225,14 +225,16 @@ class RolloutConfig:
                                         "start of the round are the old policy's)")
     dynamic_sampling: bool = param(False, "DAPO's dynamic sampling: draw more batches of prompts until the round "
                                           "is filled with groups whose rewards differ (methods whose advantage "
-                                          "compares a prompt's samples: the grpo family, rloo, opo and grpo_passk, "
+                                          "compares a prompt's samples: the grpo family, rloo, opo, gpg and "
+                                          "grpo_passk, "
                                           "which also needs the best reward unique)")
     max_sampling_batches: int = param(4, "with dynamic_sampling, at most this many batches of prompts per round; a "
                                          "round still short is completed with groups whose advantages are all 0")
     prompt_column: str | None = param(None, "the column holding the prompt, when `data` is a file")
     skip_zero_advantage: bool = param(True, "leave completions whose advantages are all 0 out of the forward and "
                                             "backward passes where their loss is exactly 0 (grpo, dapo, dr_grpo, "
-                                            "gspo, luspo, cispo, sapo, vespo, gmpo, rloo, remax, opo and grpo_passk "
+                                            "gspo, luspo, cispo, sapo, vespo, gmpo, rloo, remax, opo, gpg and "
+                                            "grpo_passk "
                                             "with beta 0 and no entropy bonus): the same update, faster; they still "
                                             "count in the normaliser, and per-example "
                                             "metrics (entropy, clip) are then over the completions trained on")
@@ -414,7 +416,8 @@ class TrainConfig:
         why = group_baseline(spec, self.method_params) if spec.shape == "online" else None
         _check(not self.rollout.dynamic_sampling or (why is not None and spec.advantages is not None),
                "dynamic_sampling", f"keeps the groups whose rewards differ, for methods whose advantage compares a "
-               f"prompt's samples (the grpo family, rloo, opo, grpo_passk); method '{self.method}' has no such advantage")
+               f"prompt's samples (the grpo family, rloo, opo, gpg, grpo_passk); method '{self.method}' has no such "
+               "advantage")
         if self.rollout.num_generations < 2:
             _check(why is None, "num_generations",
                    f"method '{self.method}' compares each prompt's samples with each other ({why}); with "

@@ -18,6 +18,8 @@ Sequence-level advantages (one number per completion):
 - ``gdpo_advantages``: GDPO (group reward-decoupled normalisation), TRL 1.16's
   ``multi_objective_aggregation="normalize_then_sum"``: each reward term normalised within its group
   as GRPO's reward is, the weighted sum of those, divided by its std over the batch.
+- ``gpg_advantages``: GPG (Chu et al. 2025): the group mean as baseline, scaled by the batch's
+  share of samples with a non-zero reward.
 - ``rloo_advantages``: RLOO (Ahmadian et al. 2024, "Back to Basics"), A_i = r_i − mean_{j≠i} r_j.
 - ``remax_advantages``: ReMax (Li et al. 2023), A_i = r_i − r(greedy response to the same prompt).
 - ``opo_advantages``: OPO (Hao et al. 2025), A_i = r_i − Σ_j |y_j|·r_j / Σ_j |y_j| (length-weighted).
@@ -222,6 +224,24 @@ def opo_advantages(rewards: torch.Tensor, lengths: torch.Tensor, group_ids: torc
     shifted = r - low
     baseline = (_group_sum(weight * shifted, index, n_groups) / _group_sum(weight, index, n_groups))[index]
     return (shifted - baseline).reshape(rewards.shape)
+
+
+def gpg_advantages(rewards: torch.Tensor, group_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """GPG's advantage (Chu et al. 2025, "GPG: A Simple and Strong Reinforcement Learning Baseline
+    for Model Reasoning", arXiv 2504.02546; verl's ``adv_estimator=gpg``, ``f_norm`` 1):
+
+        A_i = α·(r_i − mean_g r),   α = B / max(1, #{i : r_i ≠ 0})
+
+    B the batch's samples. α scales the batch's gradient up by the share of samples that scored at
+    all (the paper's correction for a batch in which few samples carry a signal). ``rewards``: (P,
+    G) or (B,) with ``group_ids``; call it on the whole step's batch (α is the batch's). A group of
+    equal rewards has advantage exactly 0 (the mean taken around the group minimum); a group of
+    one has 0, where verl's baseline for it is 0 (A = α·r): alignlab refuses G = 1."""
+    rewards = _as_float(rewards).detach()
+    r, index, n_groups = _group_index(rewards, group_ids)
+    centred, _ = _centred(r, index, n_groups)
+    alpha = r.numel() / max(1, int((r != 0).sum()))
+    return (alpha * centred).reshape(rewards.shape)
 
 
 def passk_advantages(rewards: torch.Tensor, group_ids: torch.Tensor | None = None, *, scale: Scale = "group",

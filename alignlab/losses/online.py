@@ -62,6 +62,9 @@ Defaults and their sources:
   loss and the entropy bonus off). OPO's exact on-policy training is one update per round
   (``updates_per_rollout`` = 1, the run's default) with the round's whole batch in one optimizer
   step, which alignlab's step always is.
+- ``gpg``: Chu et al. 2025 (GPG, arXiv 2504.02546), as verl's ``adv_estimator=gpg`` with
+  ``loss_mode=gpg``: the plain policy gradient −A·log π (no ratio, no clip, no KL), A = α·(r −
+  mean of the group), α = B / (samples with a non-zero reward), token-mean aggregation.
 - ``grpo_passk``: Tang et al. 2025 (Optimizing Language Models for Inference Time Objectives using
   Reinforcement Learning, arXiv 2503.19595), as verl's ``adv_estimator=grpo_passk``: only a
   prompt's best sample has an advantage, r_max − r_second_max (0 when the best is tied), divided by
@@ -90,6 +93,7 @@ import torch
 from alignlab.losses.advantages import (
     discounted_returns,
     gae,
+    gpg_advantages,
     group_advantages,
     kl_estimate,
     opo_advantages,
@@ -202,6 +206,11 @@ class OPOParams(PolicyGradientParams):
 
 
 @dataclass
+class GPGParams(PolicyGradientParams):
+    surrogate: str = param("pg", "'pg' (GPG's plain policy gradient −A·log π, no ratio), or another surrogate")
+
+
+@dataclass
 class PassKParams(PolicyGradientParams):
     scale_rewards: str = param("group", "'group': the best sample's margin over the second best is divided by the "
                                         "group's std + 1e-6 (verl's norm_adv_by_std_in_grpo, its default), or 'none'")
@@ -288,6 +297,8 @@ def group_baseline(spec: LossSpec, params) -> str | None:
         return "its baseline is the mean reward of the prompt's other samples"
     if spec.advantages is opo_group_advantages:
         return "its baseline is the length-weighted mean reward of the prompt's samples"
+    if spec.advantages is gpg_group_advantages:
+        return "its baseline is the mean reward of the prompt's samples"
     if spec.advantages is passk_group_advantages:
         return "its advantage is the best sample's margin over the prompt's second best"
     if spec.token_advantages is reinforce_pp_token_advantages and getattr(params, "baseline", None) == "group":
@@ -317,6 +328,11 @@ def opo_group_advantages(rewards_PG: torch.Tensor, params: OPOParams, greedy_P: 
     if lengths_PG is None:
         raise ValueError("opo needs the length of each completion")
     return opo_advantages(rewards_PG, lengths_PG)
+
+
+def gpg_group_advantages(rewards_PG: torch.Tensor, params: GPGParams, greedy_P: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+    return gpg_advantages(rewards_PG)
 
 
 def passk_group_advantages(rewards_PG: torch.Tensor, params: PassKParams,
@@ -388,6 +404,11 @@ register(LossSpec(name="grpo_passk", fn=policy_gradient_loss, shape="online", pa
                         "Reinforcement Learning (pass@k), arXiv 2503.19595; defaults as verl",
                   summary="clipped policy gradient; only each group's best sample has an advantage, its margin over "
                           "the second best", advantages=passk_group_advantages))
+register(LossSpec(name="gpg", fn=policy_gradient_loss, shape="online", params=GPGParams, needs_reference=False,
+                  paper="Chu et al. 2025, GPG: A Simple and Strong Reinforcement Learning Baseline for Model "
+                        "Reasoning, arXiv 2504.02546",
+                  summary="plain policy gradient −A·log π with the group mean as baseline, scaled by the batch's "
+                          "share of non-zero rewards", advantages=gpg_group_advantages))
 # ``needs_reference``: what the defaults need (kl_coef > 0); a run loads the reference exactly when
 # its params do (``needs_reference(params)``)
 register(LossSpec(name="reinforce++", fn=policy_gradient_loss, shape="online", params=ReinforcePPParams,

@@ -42,6 +42,9 @@ sequence (shape (B, 1)); "seq_mean_token_mean" aggregation gives exactly ℓ_i, 
 sequences. With the sampler's token weights on, the sequence is weighted by their geometric mean
 (a weight of 0, masked, makes it 0), as verl.
 
+"pg" is the plain policy gradient L_t = −A·ℓ_t, without a ratio (REINFORCE; GPG, Chu et al. 2025,
+verl's ``gpg`` policy loss): on-policy its gradient is the clip's, off-policy nothing bounds it.
+
 Two that act on the tokens whose log-prob and advantage covary most over the step (Cui et al.
 2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models", arXiv
 2505.22617; verl's ``clip_cov`` and ``kl_cov`` policy losses), with cov_t = (A_t − Ā)(ℓ_t − ℓ̄), the
@@ -153,12 +156,12 @@ from alignlab.losses.types import LossOutput
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant"]
 RatioLevel = Literal["token", "sequence"]
-Surrogate = Literal["clip", "cispo", "sapo", "vespo", "gmpo", "clip_cov", "kl_cov"]
+Surrogate = Literal["clip", "cispo", "sapo", "vespo", "gmpo", "clip_cov", "kl_cov", "pg"]
 ISMode = Literal["off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant")
 RATIO_LEVELS = ("token", "sequence")
-SURROGATES = ("clip", "cispo", "sapo", "vespo", "gmpo", "clip_cov", "kl_cov")
+SURROGATES = ("clip", "cispo", "sapo", "vespo", "gmpo", "clip_cov", "kl_cov", "pg")
 COV_SURROGATES = ("clip_cov", "kl_cov")
 IS_MODES = ("off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
@@ -237,7 +240,8 @@ class PolicyGradientParams:
                                          "advantages of reinforce++ and ppo), 'clip_cov' (the clip, with the "
                                          "gradient of a few high-covariance tokens cut, Clip-Cov), 'kl_cov' (the "
                                          "unclipped ratio, with |log π − log π_old| on the tokens of highest "
-                                         "covariance, KL-Cov)")
+                                         "covariance, KL-Cov), 'pg' (the plain policy gradient −A·log π, no "
+                                         "ratio: GPG, REINFORCE)")
     cispo_max: float = param(5.0, "CISPO's cap on the ratio: the weight is min(ratio, cispo_max) (ScaleRL's ε_max; "
                                   "TRL `epsilon_high` with loss_type cispo, 5 as TRL recommends)")
     sapo_tau_pos: float = param(1.0, "SAPO's gate temperature where the advantage is > 0 (TRL default 1.0)")
@@ -567,6 +571,8 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
         else:
             per_token = -ratio * adv + selected * params.kl_cov_coef * token_log_ratio.abs()
         metrics["cov/selected"] = _token_mean(selected, mask)
+    elif params.surrogate == "pg":  # no ratio: the gradient of the samples' log-likelihood weighted by A
+        per_token = -adv * logps
     elif params.surrogate == "gmpo":  # the sampler's weights go into the sequence's weight
         per_token = gmpo_surrogate(token_log_ratio, adv, mask, params.eps_low, params.eps_high, w)
         w = None
@@ -622,7 +628,7 @@ def zero_advantage_is_free(params: PolicyGradientParams) -> bool:
     still counting its units) gives the same update. Every token's surrogate is then 0 for any
     ratio c (−min(c·0, clip(c)·0); CISPO's −sg(min(c, C))·0·ℓ; SAPO's −(4/τ)σ(·)·0; VESPO's
     −sg(φ)·0·ℓ with φ finite; GMPO's −0·exp(0), every g_t = sign(0)·… = 0; Clip-Cov's clipped
-    one times (1 − s)), times w,
+    one times (1 − s); the plain policy gradient's −0·ℓ), times w,
     provided the importance weight w is finite (no correction, or one capped at ``is_clip_max``)
     and no term without the advantage is added: β = 0 (no KL term), no entropy bonus (nor adaptive entropy
     control, which may turn one on) and no KL-Cov penalty. PPO's value loss is such a term (``PPOParams``: never free)."""

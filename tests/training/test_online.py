@@ -81,7 +81,7 @@ def test_the_weights_push_counts_as_generation_time(tmp_path, tiny_model_dir, mo
                                           # a random model's 6-token answers all hit the limit, which
                                           # DAPO masks by default: nothing would train
                                           ("dapo", {"mask_truncated": False}),
-                                          ("remax", {}), ("opo", {"max_new_tokens": 40}), ("grpo_passk", {}),
+                                          ("remax", {}), ("opo", {"max_new_tokens": 40}), ("grpo_passk", {}), ("gpg", {}),
                                           ("reinforce++", {}),
                                           ("reinforce++", {"baseline": "group", "kl_coef": 0.0}),
                                           # the critic's weights are compared too

@@ -18,7 +18,7 @@ BASE = {"model": "m", "data": "task:arithmetic", "reward": ["task:arithmetic"]}
 
 @pytest.mark.parametrize("method,extra", [
     ("grpo", {}), ("dapo", {}), ("dr_grpo", {}), ("gspo", {}), ("grpo", {"scale_rewards": "batch"}),
-    ("rloo", {}), ("reinforce++", {"baseline": "group"}), ("opo", {}), ("grpo_passk", {}),
+    ("rloo", {}), ("reinforce++", {"baseline": "group"}), ("opo", {}), ("grpo_passk", {}), ("gpg", {}),
     ("grpo_passk", {"scale_rewards": "none"}),
 ])
 def test_one_sample_per_prompt_is_refused_where_the_advantage_compares_a_prompts_samples(method, extra):

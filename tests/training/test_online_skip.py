@@ -33,7 +33,7 @@ def run(model_dir, tmp_path, name, **kw):
 
 @pytest.mark.parametrize("method,extra", [("grpo", {}), ("grpo", {"aggregation": "seq_mean_token_mean"}),
                                           ("dr_grpo", {}), ("rloo", {}), ("gspo", {}), ("luspo", {}),
-                                          ("cispo", {}), ("sapo", {}), ("vespo", {}), ("gmpo", {}), ("opo", {}),
+                                          ("cispo", {}), ("sapo", {}), ("vespo", {}), ("gmpo", {}), ("opo", {}), ("gpg", {}),
                                           ("grpo_passk", {}),
                                           ("grpo", {"surrogate": "clip_cov", "cov_ratio": 0.2, "clip_cov_lb": -1e9,
                                                     "clip_cov_ub": 1e9}),
