@@ -248,7 +248,8 @@ class PolicyGradientParams:
     sapo_tau_neg: float = param(1.05, "SAPO's gate temperature where the advantage is <= 0 (TRL default 1.05)")
     delta: float | None = param(None, "two-sided clipping (INTELLECT-2): the unclipped ratio of the 'clip' surrogate "
                                       "is capped at delta, bounding what a token with A < 0 can push (TRL `delta`; "
-                                      "set it above 1 + eps_high; None: off)")
+                                      "set it above 1 + eps_high, where it is dual-clip PPO, verl's clip_ratio_c; "
+                                      "None: off)")
     off_policy_mask: float | None = param(None, "off-policy sequence masking (DeepSeek-V3.2): a completion with A < 0 "
                                                 "whose mean per-token log π_sampler − log π exceeds this is left "
                                                 "out of the policy loss (TRL `off_policy_mask_threshold`; None: off)")
