@@ -122,3 +122,29 @@ def test_a_run_is_split_invariant_and_selects_tokens(tmp_path, tiny_model_dir, s
     assert all(m.get("cov/selected", 0) > 0 for m in rows)
     plain = train(online(tiny_model_dir, tmp_path / "plain", updates_per_rollout=2, max_steps=4, packing=False))
     assert max_abs_diff(weights(a.model_dir), weights(plain.model_dir)) > 1e-6
+
+
+def test_a_prompt_drawn_twice_in_a_step_gets_one_selection_whatever_the_order():
+    """A prompt can come twice in one step (a prompt set smaller than the round, or dynamic
+    sampling drawing it again) and give the same completion in both groups, with other
+    advantages: D1 (A = +1) and D2 (A = −1), one token each, the same row, prompt and completion,
+    so the same key; E, another prompt's three tokens (A = 0.5). All 5 tokens are eligible
+    (lb, ub = ∓1e9; unclipped: one update per round) and Clip-Cov takes max(1, ⌊0.2·5⌋) = 1: the
+    token of least key. With a seed where that is D1's and D2's shared key, the two tokens are not
+    the same term (their advantages differ), so the choice must not follow the order the step's
+    completions come in (micro-batches put those with advantage 0 last, and split the step
+    differently): ties of the key go to the lower advantage, D2, in either order."""
+    from alignlab.training.forward.policy_gradient import _token_keys
+    from tests.training.test_online_entropy_bonus import _example
+
+    d1, d2, e = _example(5, (1, 5), (10,)), _example(5, (1, 5), (10,)), _example(6, (1, 7), (11, 12, 13))
+    d1.advantages, d2.advantages, e.advantages = (1.0,), (-1.0,), (0.5,) * 3
+    seed = next(s for s in range(100) if _token_keys(s, 0, d1)[0] < min(_token_keys(s, 0, e)))
+    model = _model()
+    spec = get_loss("grpo")
+    forward = PolicyGradientForward(spec, spec.params(surrogate="clip_cov", cov_ratio=0.2, clip_cov_lb=-1e9,
+                                                      clip_cov_ub=1e9), max_new_tokens=6, seed=seed)
+    for parts in ([[d1, d2, e]], [[d2, d1, e]], [[e], [d1], [d2]], [[d2], [e, d1]]):
+        forward.before_step(model, parts, StepReduce(Dist(), 0))
+        got = [forward._cov[id(x)].tolist() for x in (d1, d2, e)]
+        assert got == [[False], [True], [False, False, False]], parts

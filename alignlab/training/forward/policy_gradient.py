@@ -146,8 +146,11 @@ class PolicyGradientForward(Forward):
         a pseudo-random key of the run's seed, the step, and the token's prompt, completion and
         position (``_token_keys``; KL-Cov breaks ties of cov with it too), so neither the order
         the step's completions come in (micro-batches put those left out for a zero advantage
-        last) nor the processes change the choice; two tokens with the same key are the same
-        token of the same completion of the same prompt, whose terms are equal."""
+        last) nor the processes change the choice. Two tokens with the same key are the same
+        token of the same completion of the same prompt; where that prompt came twice in the step
+        (a prompt set smaller than the round, dynamic sampling drawing it again) their advantages
+        may differ, and the lower advantage goes first: tokens equal in key and advantage are one
+        term."""
         p = self.params
         local: list[tuple[float, float, bool, int]] = []
         for e, lp, c in zip(examples, logps, counted, strict=True):
@@ -170,11 +173,13 @@ class PolicyGradientForward(Forward):
             adv = torch.tensor([t[1] for t in flat], dtype=torch.float64)
             cov = ((adv - adv.mean()) * (lp - lp.mean())).tolist()
             count = max(1, int(p.cov_ratio * len(flat)))
+            # ties of the key go to the lower advantage: a prompt twice in the step (a small prompt
+            # set, dynamic sampling) can give one completion in two groups, one key, two terms
             if p.surrogate == "kl_cov":
-                chosen = sorted(range(len(flat)), key=lambda i: (-cov[i], flat[i][3]))[:count]
+                chosen = sorted(range(len(flat)), key=lambda i: (-cov[i], flat[i][3], flat[i][1]))[:count]
             else:
                 eligible = [i for i in range(len(flat)) if p.clip_cov_lb < cov[i] < p.clip_cov_ub and not flat[i][2]]
-                chosen = sorted(eligible, key=lambda i: flat[i][3])[:count]
+                chosen = sorted(eligible, key=lambda i: (flat[i][3], flat[i][1]))[:count]
             selected[chosen] = True
         out, k = {}, offset
         for e, lp, c in zip(examples, logps, counted, strict=True):
