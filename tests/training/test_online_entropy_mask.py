@@ -130,3 +130,20 @@ def test_zero_advantage_completions_still_count_in_the_cut(tmp_path, tiny_model_
 def test_a_quantile_outside_zero_to_one_is_refused():
     with pytest.raises(Exception, match="top_entropy_quantile"):
         get_loss("grpo").params(top_entropy_quantile=1.5)
+
+
+def test_under_mask_truncated_the_kept_share_counts_the_ranked_tokens_only():
+    """The 1-token completion cut at the limit (``finished`` False) with ``mask_truncated``: the cut
+    ranks the other 11 tokens, and ``entropy/kept`` is a share of those 11 (its count, not 12)."""
+    import dataclasses
+
+    model = _model()
+    examples = [dataclasses.replace(EXAMPLES[0], finished=False)] + EXAMPLES[1:]
+    spec = get_loss("grpo")
+    forward = PolicyGradientForward(spec, spec.params(top_entropy_quantile=0.5, mask_truncated=True),
+                                    max_new_tokens=6)
+    forward.before_step(model, [examples], StepReduce(Dist()))
+    out = forward(model, collate_rollout(examples, 0))
+    assert float(out.metrics["_count/entropy/kept"].sum()) == 11
+    ranked = [bool(x) for e in examples[1:] for x in forward._keep[id(e)]]
+    assert float(out.metrics["entropy/kept"].sum()) == sum(ranked) == 6  # 0.5 quantile of 11: 6 at or above

@@ -282,12 +282,13 @@ class PolicyGradientForward(Forward):
             inputs.cov_selected = selected.to(device)
         params = dataclasses.replace(self.params, entropy_coef=coef) if self.adaptive else self.params
         out = self.spec.fn(inputs, params)
-        if keep is not None:  # the share of the step's tokens above the cut, and the cut
-            out.metrics["entropy/kept"] = (keep & mask).sum(-1).to(torch.float64)
-            out.metrics["_count/entropy/kept"] = mask.sum(-1).to(torch.float64)
+        ranked = mask & ~truncated[:, None] if self.params.mask_truncated else mask  # the policy term's tokens
+        if keep is not None:  # the share of the tokens the cut ranks that are above it, and the cut
+            out.metrics["entropy/kept"] = (keep & ranked).sum(-1).to(torch.float64)
+            out.metrics["_count/entropy/kept"] = ranked.sum(-1).to(torch.float64)
             out.metrics["entropy/cut"] = torch.full((len(examples),), self._cut, dtype=torch.float64)
         if self.adaptive:  # the step's entropy over the tokens of the policy term, for the controller
-            kept = mask & ~truncated[:, None] if self.params.mask_truncated else mask
+            kept = ranked
             if keep is not None:
                 kept = kept & keep
             ent = left_align(lp.entropy_BT.detach(), lp.mask_BT)[:, :width]
