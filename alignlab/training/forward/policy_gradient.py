@@ -282,7 +282,7 @@ class PolicyGradientForward(Forward):
             inputs.cov_selected = selected.to(device)
         params = dataclasses.replace(self.params, entropy_coef=coef) if self.adaptive else self.params
         out = self.spec.fn(inputs, params)
-        ranked = mask & ~truncated[:, None] if self.params.mask_truncated else mask  # the policy term's tokens
+        ranked = mask & ~truncated[:, None] if getattr(self.params, "mask_truncated", False) else mask
         if keep is not None:  # the share of the tokens the cut ranks that are above it, and the cut
             out.metrics["entropy/kept"] = (keep & ranked).sum(-1).to(torch.float64)
             out.metrics["_count/entropy/kept"] = ranked.sum(-1).to(torch.float64)
