@@ -179,16 +179,19 @@ def _fixed_entropy(model_dir) -> float:
 def test_an_online_run_with_a_bonus_is_split_invariant_and_moves_the_entropy_its_way(tmp_path, tiny_model_dir):
     """fp64, 3 steps of GRPO: with η = 0.5 the run ends at the same weights as 8 × 1, 2 × 4 and 1 × 8
     (1e-9; padded rows, as ``test_online``'s split check) and computes every completion (none left
-    out for a zero advantage). Against the same run with η = 0 (its first step logs the same
+    out for a zero advantage, though ``skip_zero_advantage`` is on: the bonus has no such zeros). Against the same run with η = 0 (its first step logs the same
     entropy), the saved model's entropy on fixed rows is higher with η = 0.5 and far lower with
     η = −0.5 (entropy minimisation). The random test model starts near the uniform distribution
     (5.56 nats of log 263 = 5.57), where the entropy's gradient is small, so the bonus only slows
     the fall the reward causes (measured: 5.5410 against 5.5390), while the penalty speeds it (5.194)."""
     runs = {}
     for name, kw in (("8x1", {"batch_size": 8, "grad_accum": 1}), ("2x4", {"batch_size": 2, "grad_accum": 4}),
-                     ("1x8", {"batch_size": 1, "grad_accum": 8}), ("plain", {"entropy_coef": 0.0}),
+                     ("1x8", {"batch_size": 1, "grad_accum": 8}),
+                     # without the bonus completions with advantage 0 would be left out, and its
+                     # logged entropy would be over fewer tokens than the bonus run's
+                     ("plain", {"entropy_coef": 0.0, "skip_zero_advantage": False}),
                      ("minus", {"entropy_coef": -0.5})):
-        cfg = online(tiny_model_dir, tmp_path / name, max_steps=3, lr=3e-2, packing=False, skip_zero_advantage=False)
+        cfg = online(tiny_model_dir, tmp_path / name, max_steps=3, lr=3e-2, packing=False)
         runs[name] = train({**cfg, "entropy_coef": 0.5, **kw})
     base = weights(runs["8x1"].model_dir)
     for name in ("2x4", "1x8"):
