@@ -338,6 +338,15 @@ def log_squared_mass(logits_BTV: torch.Tensor, chunk_rows: int = 8) -> torch.Ten
     return torch.cat(out, dim=0)
 
 
+def _row_entropies(logits_NV: torch.Tensor, rows: int) -> torch.Tensor:
+    """−Σ_v p_v log p_v of each row of ``logits_NV`` (N,), ``rows`` rows at a time, in fp32 (fp64
+    stays fp64)."""
+    acc = _accumulator(logits_NV.dtype)
+    out = [_entropy(lg, torch.logsumexp(lg, dim=-1))
+           for lg in (logits_NV[s:s + rows].to(acc) for s in range(0, logits_NV.shape[0], rows))]
+    return torch.cat(out) if out else logits_NV.new_zeros(0, dtype=acc)
+
+
 class _TokenEntropy(torch.autograd.Function):
     """−Σ_v p_v log p_v of each row of ``logits_NV`` (N,), ``rows`` rows at a time, in fp32 (fp64
     stays fp64). The backward pass keeps only the logits (which the caller's own log-prob pass
@@ -347,10 +356,7 @@ class _TokenEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits_NV, rows):
-        acc = _accumulator(logits_NV.dtype)
-        out = [_entropy(lg, torch.logsumexp(lg, dim=-1))
-               for lg in (logits_NV[s:s + rows].to(acc) for s in range(0, logits_NV.shape[0], rows))]
-        ent_N = torch.cat(out) if out else logits_NV.new_zeros(0, dtype=acc)
+        ent_N = _row_entropies(logits_NV, rows)
         ctx.save_for_backward(logits_NV, ent_N)
         ctx.rows = rows
         return ent_N
@@ -373,17 +379,13 @@ def token_entropy(logits_BTV: torch.Tensor, chunk_rows: int = 8, grad: bool = Fa
     """−Σ_v p_v log p_v of the next-token distribution at every position (B, T), in fp32 (fp64
     stays fp64), a few rows at a time; without gradient unless ``grad`` (then ``_TokenEntropy``,
     which recomputes each chunk's softmax in the backward pass instead of keeping it)."""
+    shape = logits_BTV.shape[:-1]
+    rows = max(1, chunk_rows * (shape[1] if len(shape) > 1 else 1))  # ``chunk_rows`` of the first dimension
+    flat = logits_BTV.reshape(-1, logits_BTV.shape[-1])
     if grad and torch.is_grad_enabled():
-        shape = logits_BTV.shape[:-1]
-        rows = max(1, chunk_rows * (shape[1] if len(shape) > 1 else 1))
-        return _TokenEntropy.apply(logits_BTV.reshape(-1, logits_BTV.shape[-1]), rows).view(shape)
-    out = []
+        return _TokenEntropy.apply(flat, rows).view(shape)
     with torch.no_grad():
-        for start in range(0, logits_BTV.shape[0], chunk_rows):
-            lg = logits_BTV[start:start + chunk_rows]
-            lg = lg if lg.dtype == torch.float64 else lg.float()
-            out.append(_entropy(lg.flatten(0, -2), torch.logsumexp(lg, dim=-1).flatten()).view(lg.shape[:-1]))
-    return torch.cat(out, dim=0)
+        return _row_entropies(flat, rows).view(shape)
 
 
 def left_align(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:

@@ -79,8 +79,10 @@ def _group_sum(x: torch.Tensor, index: torch.Tensor, n_groups: int) -> torch.Ten
     return torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, index, x)
 
 
-def _centred(r: torch.Tensor, index: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """r − mean of its group (B,), and each sample's group size (B,).
+def _centred(r: torch.Tensor, index: torch.Tensor, n_groups: int, weight: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """r − mean of its group (B,), the mean weighted by ``weight`` (B,) where given (OPO), and each
+    sample's group size (B,).
 
     The mean is taken of r − (group minimum) and the minimum added back, so a group of equal
     rewards gives exactly 0 (a plain sum/G can be off by one rounding step)."""
@@ -88,7 +90,10 @@ def _centred(r: torch.Tensor, index: torch.Tensor, n_groups: int) -> tuple[torch
     low = low.scatter_reduce(0, index, r, reduce="amin")
     shifted = r - low[index]
     counts = _group_sum(torch.ones_like(r), index, n_groups)
-    return shifted - (_group_sum(shifted, index, n_groups) / counts)[index], counts[index]
+    if weight is None:
+        return shifted - (_group_sum(shifted, index, n_groups) / counts)[index], counts[index]
+    mean = _group_sum(weight * shifted, index, n_groups) / _group_sum(weight, index, n_groups)
+    return shifted - mean[index], counts[index]
 
 
 def _group_std(centred: torch.Tensor, counts: torch.Tensor, index: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -217,13 +222,9 @@ def opo_advantages(rewards: torch.Tensor, lengths: torch.Tensor, group_ids: torc
         raise ValueError("lengths must be >= 0 (tokens per completion)")
     r, index, n_groups = _group_index(rewards, group_ids)
     weight = lengths.reshape(-1).to(r.dtype)
-    low = torch.full((n_groups,), float("inf"), dtype=r.dtype, device=r.device)
-    low = low.scatter_reduce(0, index, r, reduce="amin")[index]
     total = _group_sum(weight, index, n_groups)[index]
     weight = torch.where(total > 0, weight, torch.ones_like(weight))
-    shifted = r - low
-    baseline = (_group_sum(weight * shifted, index, n_groups) / _group_sum(weight, index, n_groups))[index]
-    return (shifted - baseline).reshape(rewards.shape)
+    return _centred(r, index, n_groups, weight)[0].reshape(rewards.shape)
 
 
 def gpg_advantages(rewards: torch.Tensor, group_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -105,9 +105,14 @@ def _components(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(parts.values()), -1)
 
 
-def _group_components(parts: dict[str, list[float]]) -> torch.Tensor:
-    """One group's reward terms' values (G, K), from each term's list of G values."""
-    return torch.tensor(list(parts.values()), dtype=torch.float64).T
+def _group_tensors(group: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One group that dynamic sampling drew ((row, text, samples, rewards, each term's values)):
+    its rewards (G,), its completions' lengths in tokens (G,) and its reward terms' values (G, K),
+    the terms in the run's order."""
+    _, _, samples, rewards, parts = group
+    return (torch.tensor(rewards, dtype=torch.float64),
+            torch.tensor([float(len(s.token_ids)) for s in samples], dtype=torch.float64),
+            torch.tensor(list(parts.values()), dtype=torch.float64).T)
 
 
 def round_seed(seed: int, round_: int) -> int:
@@ -423,7 +428,8 @@ class OnlineSource:
                      {name: v[g * G:(g + 1) * G].tolist() for name, v in d.parts.items()})
                     for g in range(len(d.rows))]
             for group in (g for part in dist.gather(mine) for g in part):
-                (spread if self._has_spread(group[3], group[2], group[4]) else flat_groups).append(group)
+                group += _group_tensors(group)
+                (spread if self._has_spread(*group[5:]) else flat_groups).append(group)
                 drawn_groups += 1
                 reward_sum += sum(group[3])
                 generated += sum(len(s.token_ids) for s in group[2])
@@ -438,21 +444,17 @@ class OnlineSource:
         metrics = {"dynamic_sampling/batches": float(batch + 1),
                    "dynamic_sampling/with_spread": min(len(spread), P) / P,
                    "reward/sampled": reward_sum / max(drawn_groups * G, 1)}
-        lengths = torch.tensor([[float(len(s.token_ids)) for s in g[2]] for g in chosen], dtype=torch.float64)
-        components = torch.stack([_group_components(g[4]) for g in chosen]) if chosen else None
+        everyone, lengths, components = (torch.stack([g[k] for g in chosen]) if chosen else None for k in (5, 6, 7))
         return _Drawn([g[0] for g in mine], [g[1] for g in mine], [s for g in mine for s in g[2]], rewards, parts,
-                      torch.tensor([g[3] for g in chosen], dtype=torch.float64), lengths, None, gen_s, reward_s,
-                      metrics, drawn, float(generated), components)
+                      everyone, lengths, None, gen_s, reward_s, metrics, drawn, float(generated), components)
 
-    def _has_spread(self, rewards: list[float], samples: list, parts: dict[str, list[float]]) -> bool:
+    def _has_spread(self, rewards_G: torch.Tensor, lengths_G: torch.Tensor, components_GK: torch.Tensor) -> bool:
         """Whether the method's advantage of one group is not 0 everywhere: for the GRPO family,
         RLOO and OPO, whether its rewards differ (DAPO's criterion); for pass@k, whether its best
         reward is its own (a tie at the top gives every sample 0). Dynamic sampling is allowed only
         for sequence rules of such a group statistic (``group_baseline``), whose zeros a group
         decides alone (GRPO's batch std scales every group alike)."""
-        lengths = [[float(len(s.token_ids)) for s in samples]]
-        whole = self.advantages.sequence(torch.tensor([rewards], dtype=torch.float64), None,
-                                         torch.tensor(lengths, dtype=torch.float64), _group_components(parts)[None])
+        whole = self.advantages.sequence(rewards_G[None], None, lengths_G[None], components_GK[None])
         return bool((whole != 0).any())
 
     def _token_advantages(self, rule: AdvantageRule, scores_PG: torch.Tensor) -> None:

@@ -164,8 +164,7 @@ class PolicyGradientForward(Forward):
             local += list(zip(lp.tolist(), adv.tolist(), clipped.tolist(), _token_keys(self.seed, reduce.step, e),
                               strict=True))
         everyone = reduce.gather(local)
-        rank = getattr(getattr(reduce, "dist", None), "rank", 0)
-        offset = sum(len(x) for x in everyone[:rank])
+        offset = sum(len(x) for x in everyone[:reduce.dist.rank])
         flat = [t for x in everyone for t in x]
         selected = torch.zeros(len(flat), dtype=torch.bool)
         if flat:
@@ -267,13 +266,15 @@ class PolicyGradientForward(Forward):
                 return None
             return token_tensor(rows, width, dtype=dtype).to(device)
 
+        # the entropies by token, where the bonus or the controller reads them
+        entropy_BT = left_align(lp.entropy_BT, lp.mask_BT)[:, :width] if bonus or self.adaptive else None
         inputs = PolicyGradientInputs(
             logps=logps, mask=mask.to(device), advantages=per_token("advantages"),
             old_logps=per_token("old_logps"), ref_logps=per_token("ref_logps"),
             sampler_logps=per_token("sampler_logps"), truncated=truncated.to(device),
             values=None if values is None else values[:, :width].to(dtype), old_values=per_token("old_values"),
             returns=per_token("returns"),
-            entropy=left_align(lp.entropy_BT, lp.mask_BT)[:, :width] if bonus else None)
+            entropy=entropy_BT if bonus else None)
         keep = self._token_flags(self._keep, examples, width)
         if keep is not None:
             inputs.token_keep = keep.to(device)
@@ -291,7 +292,7 @@ class PolicyGradientForward(Forward):
             kept = ranked
             if keep is not None:
                 kept = kept & keep
-            ent = left_align(lp.entropy_BT.detach(), lp.mask_BT)[:, :width]
+            ent = entropy_BT.detach()
             out.stats = {"entropy_sum": torch.where(kept.to(ent.device), ent, torch.zeros_like(ent)).sum(-1),
                          "entropy_tokens": kept.sum(-1).to(ent.dtype)}
         out.metrics["reward"] = torch.tensor([e.reward for e in examples], dtype=torch.float64)
