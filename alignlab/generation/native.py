@@ -158,9 +158,12 @@ def decode_plan(groups: torch.Tensor, members: torch.Tensor, live: torch.Tensor,
     prefix_bias = torch.where(torch.arange(prefix_width) < lengths.unsqueeze(1), 0.0, floor)
     seen = torch.arange(suffix_width) < steps.unsqueeze(1)
     seen[:, 0] |= ~live
-    slot_rows = groups.clamp(max=used_groups - 1) * width + members.clamp(max=width - 1)
+    slot_groups = groups.clamp(max=used_groups - 1)
+    slot_rows = slot_groups * width + members.clamp(max=width - 1)
+    suffix_bias = torch.where(seen, 0.0, floor)
+    bias = torch.cat((prefix_bias.index_select(0, slot_groups), suffix_bias), 1).view(len(groups), 1, 1, -1)
     return DecodePlan((steps - 1).clamp(min=0), live_slots, slot_rows[live_slots], slot_rows, prefix_bias,
-                      torch.where(seen, 0.0, floor), width)
+                      suffix_bias, width, slot_groups, bias)
 
 
 class _Run:

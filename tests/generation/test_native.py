@@ -16,6 +16,8 @@ from transformers import (
 
 from alignlab.errors import UserError
 from alignlab.generation import SamplingParams, make_generator
+from alignlab.generation import decode_pass as decode_pass_mod
+from alignlab.generation import slots as slots_mod
 from alignlab.generation.hf import HFGenerator
 from alignlab.generation.native import NativeGenerator, decode_pass_ok, unsupported
 from alignlab.generation.slots import SlotCache
@@ -94,6 +96,15 @@ def contexts(lengths=(5, 11, 2, 17, 8, 3, 13)) -> list[tuple[int, ...]]:
     return [tuple(3 + (7 * k + 5 * i) % (VOCAB - 3) for i in range(n)) for k, n in enumerate(lengths)]
 
 
+@pytest.fixture(params=["gathered", "group layout"])
+def attention(request, monkeypatch):
+    """Each decode attention way of ``slots.attend``: the small-cache default (each slot's prompt
+    keys gathered beside its own) and the group layout (forced by a byte limit below any cache)."""
+    if request.param == "group layout":
+        monkeypatch.setattr(slots_mod, "GATHER_BYTES", -1)
+    return request.param
+
+
 def teacher_forced(model, context, tokens) -> torch.Tensor:
     """log-softmax of a plain forward pass over context + tokens, at the positions that predict tokens."""
     with torch.no_grad():
@@ -118,7 +129,7 @@ def test_greedy_equals_hf_generate_token_for_token(build):
 
 
 @pytest.mark.parametrize("build", [llama, gpt2], ids=["llama", "gpt2"])
-def test_logprobs_equal_a_teacher_forced_forward_pass(build):
+def test_logprobs_equal_a_teacher_forced_forward_pass(build, attention):
     model = build()
     params = SamplingParams(max_new_tokens=10, temperature=0.8, top_k=20, top_p=0.9, seed=5)
     out = NativeGenerator(model, Tok(), batch_size=3).generate_ids(contexts(), 3, params)
@@ -144,7 +155,7 @@ def test_logprobs_equal_a_teacher_forced_forward_pass(build):
                 assert abs(s.sampling_logprobs[i] - want.item()) < 5e-5
 
 
-def test_same_seed_same_samples_whatever_the_batch_size(monkeypatch):
+def test_same_seed_same_samples_whatever_the_batch_size(monkeypatch, attention):
     model = llama()
     # 8 of the 96 tokens stop a sequence: they end at different steps, so slots free up and refill
     params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=11, stop_token_ids=tuple(range(3, 11)))
@@ -163,6 +174,47 @@ def test_same_seed_same_samples_whatever_the_batch_size(monkeypatch):
     other = NativeGenerator(model, Tok(), batch_size=7).generate_ids(contexts(), 10, SamplingParams(
         max_new_tokens=16, seed=12, stop_token_ids=tuple(range(3, 11))))
     assert [[s.token_ids for s in row] for row in other] != tokens[0]
+
+
+def test_both_decode_attention_ways_equal_softmax_attention_written_out(monkeypatch):
+    """Every decode step and layer of a float64 Llama with grouped queries (4 heads over 2 key/value
+    heads), ragged prompts and 5 slots that free up, refill and compact: on each live slot, both
+    ways of ``attend`` equal softmax(q·kᵀ/√d)·v computed here slot by slot over the slot's prompt
+    keys (its group's first prompt-length positions) and its own tokens so far (1e-12)."""
+    model = llama().double()
+    seen = {"steps": 0, "shared": 0}
+    attend = slots_mod.attend
+
+    def checked(cache, layer, query, scaling=None):
+        plan = cache.plan
+        ways = {"gathered": attend(cache, layer, query, scaling)}
+        with monkeypatch.context() as m:
+            m.setattr(slots_mod, "GATHER_BYTES", -1)
+            ways["group layout"] = attend(cache, layer, query, scaling)
+        heads, dim = query.shape[1], query.shape[3]
+        rep = heads // cache.prefix_k[layer].shape[1]
+        for b in plan.live_slots.tolist():
+            g = int(plan.slot_groups[b])
+            length = int((plan.prefix_bias[g] == 0).sum())
+            steps = int(plan.steps[b]) + 1
+            k = torch.cat((cache.prefix_k[layer][g, :, :length], cache.suffix_k[layer][b, :, :steps]), 1)
+            v = torch.cat((cache.prefix_v[layer][g, :, :length], cache.suffix_v[layer][b, :, :steps]), 1)
+            k, v = k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)  # (heads, keys, dim)
+            weights = torch.softmax((query[b, :, 0, None, :] * k).sum(-1) / dim ** 0.5, -1)
+            want = (weights[..., None] * v).sum(1)  # (heads, dim)
+            for name, out in ways.items():
+                assert torch.allclose(out[b, 0], want, rtol=0, atol=1e-12), name
+        seen["steps"] += layer == 0
+        seen["shared"] += layer == 0 and len(plan.slot_groups.unique()) < len(plan.slot_groups)
+        return ways["gathered"]
+
+    monkeypatch.setattr(decode_pass_mod, "attend", checked)
+    monkeypatch.setattr(slots_mod, "attend", checked)
+    params = SamplingParams(max_new_tokens=9, temperature=1.0, seed=4, stop_token_ids=tuple(range(3, 14)))
+    out = NativeGenerator(model, Tok(), batch_size=5).generate_ids(contexts(), 3, params)
+    # 21 sequences through 5 slots: slots refill; slots of one prompt share its keys at some steps
+    assert decode_pass_ok(model) and seen["steps"] > 10 and seen["shared"]
+    assert len({len(s.token_ids) for row in out for s in row}) > 3
 
 
 def test_prompts_sampled_in_pieces_get_the_samples_of_one_call():
