@@ -40,11 +40,16 @@ def stream_keys(seed: int, prompts: np.ndarray, samples: np.ndarray) -> np.ndarr
         return _mix(key ^ (samples.astype(np.uint64) + _GOLDEN))
 
 
+def uniform_bits(keys: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """64 random bits (uint64) per key for its ``steps``-th draw: the splitmix64 finaliser of the
+    key plus (step + 1) times the golden-ratio increment."""
+    with np.errstate(over="ignore"):
+        return _mix(keys + (steps.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
+
+
 def uniforms(keys: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """A uniform number in [0, 1) per sequence for its ``steps``-th token (53 random bits)."""
-    with np.errstate(over="ignore"):
-        bits = _mix(keys + (steps.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return (uniform_bits(keys, steps) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

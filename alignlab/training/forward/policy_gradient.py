@@ -30,9 +30,11 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from alignlab.data.collate import Batch
+from alignlab.generation.draw import uniform_bits
 from alignlab.logprobs import left_align, sequence_logps
 from alignlab.losses.policy_gradient import COV_SURROGATES, PolicyGradientInputs, units
 from alignlab.losses.registry import LossSpec
@@ -41,24 +43,16 @@ from alignlab.training.critic import decoder_output, token_values
 from alignlab.training.forward import Forward
 from alignlab.training.rollout import collate_rollout, token_tensor
 
-_MASK64 = (1 << 64) - 1
 
-
-def _token_keys(seed: int, step: int, example) -> list[int]:
-    """A pseudo-random 64-bit key per completion token of ``example``: BLAKE2b of the seed, the
-    step, the prompt's row and tokens and the completion's tokens gives the completion's key, and
-    SplitMix64's finaliser of that key plus the token's position (times the golden-ratio
-    increment) each token's."""
+def _token_keys(seed: int, step: int, example) -> np.ndarray:
+    """A pseudo-random 64-bit key per completion token of ``example`` (uint64): BLAKE2b of the
+    seed, the step, the prompt's row and tokens and the completion's tokens gives the completion's
+    key, and SplitMix64's finaliser of that key plus the token's position (times the golden-ratio
+    increment) each token's (``draw.uniforms``' arithmetic, which wraps modulo 2⁶⁴)."""
     digest = hashlib.blake2b(repr((seed, step, example.row, tuple(example.prompt_ids),
                                    tuple(example.completion_ids))).encode(), digest_size=8).digest()
-    base = int.from_bytes(digest, "little")
-    keys = []
-    for t in range(len(example.completion_ids)):
-        z = (base + (t + 1) * 0x9E3779B97F4A7C15) & _MASK64
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        keys.append(z ^ (z >> 31))
-    return keys
+    base = np.full(len(example.completion_ids), int.from_bytes(digest, "little"), dtype=np.uint64)
+    return uniform_bits(base, np.arange(len(example.completion_ids)))
 
 
 class PolicyGradientForward(Forward):
@@ -105,9 +99,10 @@ class PolicyGradientForward(Forward):
         logps, entropies = self._step_pass(model, parts, rho < 1.0)
         counted = [e.finished or not self.params.mask_truncated for e in examples]
         if rho < 1.0:
-            local = [x for e, h, c in zip(examples, entropies, counted, strict=True) if c for x in h.tolist()]
-            every = torch.tensor([x for values in reduce.gather(local) for x in values], dtype=logps[0].dtype
-                                 if logps else torch.float32)
+            # one float64 array per process (exact for any float entropies), in rank order
+            local = [h.double().numpy() for h, c in zip(entropies, counted, strict=True) if c]
+            every = torch.from_numpy(np.concatenate(reduce.gather(np.concatenate(local) if local else np.zeros(0))))
+            every = every.to(logps[0].dtype if logps else torch.float32)
             # no token to rank: none keeps its policy term (as TRL)
             self._cut = float(torch.quantile(every, 1.0 - rho)) if every.numel() else float("inf")
             self._keep = {id(e): h >= self._cut for e, h in zip(examples, entropies, strict=True)}
@@ -152,7 +147,7 @@ class PolicyGradientForward(Forward):
         may differ, and the lower advantage goes first: tokens equal in key and advantage are one
         term."""
         p = self.params
-        local: list[tuple[float, float, bool, int]] = []
+        parts: dict[str, list[np.ndarray]] = {"lp": [], "adv": [], "clipped": [], "key": []}
         for e, lp, c in zip(examples, logps, counted, strict=True):
             if not c:
                 continue
@@ -161,25 +156,29 @@ class PolicyGradientForward(Forward):
             old = lp if e.old_logps is None else torch.tensor(e.old_logps, dtype=torch.float64)
             ratio = torch.exp(lp - old)
             clipped = -adv * ratio.clamp(1 - p.eps_low, 1 + p.eps_high) > -adv * ratio
-            local += list(zip(lp.tolist(), adv.tolist(), clipped.tolist(), _token_keys(self.seed, reduce.step, e),
-                              strict=True))
-        everyone = reduce.gather(local)
-        offset = sum(len(x) for x in everyone[:reduce.dist.rank])
-        flat = [t for x in everyone for t in x]
-        selected = torch.zeros(len(flat), dtype=torch.bool)
-        if flat:
-            lp = torch.tensor([t[0] for t in flat], dtype=torch.float64)
-            adv = torch.tensor([t[1] for t in flat], dtype=torch.float64)
-            cov = ((adv - adv.mean()) * (lp - lp.mean())).tolist()
-            count = max(1, int(p.cov_ratio * len(flat)))
+            for name, value in (("lp", lp.numpy()), ("adv", adv.numpy()), ("clipped", clipped.numpy()),
+                                ("key", _token_keys(self.seed, reduce.step, e))):
+                parts[name].append(value)
+        empty = {"lp": np.float64, "adv": np.float64, "clipped": np.bool_, "key": np.uint64}
+        mine = {k: np.concatenate(v) if v else np.zeros(0, dtype=empty[k]) for k, v in parts.items()}
+        everyone = reduce.gather(mine)  # four arrays per process, in rank order
+        offset = sum(len(x["lp"]) for x in everyone[:reduce.dist.rank])
+        flat = {k: np.concatenate([x[k] for x in everyone]) for k in empty}
+        total = len(flat["lp"])
+        selected = torch.zeros(total, dtype=torch.bool)
+        if total:
+            lp, adv, key = torch.from_numpy(flat["lp"]), torch.from_numpy(flat["adv"]), flat["key"]
+            cov = ((adv - adv.mean()) * (lp - lp.mean())).numpy()
+            count = max(1, int(p.cov_ratio * total))
             # ties of the key go to the lower advantage: a prompt twice in the step (a small prompt
             # set, dynamic sampling) can give one completion in two groups, one key, two terms
+            # (np.lexsort: the last key is the first sorted by)
             if p.surrogate == "kl_cov":
-                chosen = sorted(range(len(flat)), key=lambda i: (-cov[i], flat[i][3], flat[i][1]))[:count]
+                chosen = np.lexsort((flat["adv"], key, -cov))[:count]
             else:
-                eligible = [i for i in range(len(flat)) if p.clip_cov_lb < cov[i] < p.clip_cov_ub and not flat[i][2]]
-                chosen = sorted(eligible, key=lambda i: (flat[i][3], flat[i][1]))[:count]
-            selected[chosen] = True
+                eligible = np.flatnonzero((p.clip_cov_lb < cov) & (cov < p.clip_cov_ub) & ~flat["clipped"])
+                chosen = eligible[np.lexsort((flat["adv"][eligible], key[eligible]))][:count]
+            selected[torch.from_numpy(chosen)] = True
         out, k = {}, offset
         for e, lp, c in zip(examples, logps, counted, strict=True):
             n = len(lp)
