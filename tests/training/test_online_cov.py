@@ -148,3 +148,38 @@ def test_a_prompt_drawn_twice_in_a_step_gets_one_selection_whatever_the_order():
         forward.before_step(model, parts, StepReduce(Dist(), 0))
         got = [forward._cov[id(x)].tolist() for x in (d1, d2, e)]
         assert got == [[False], [True], [False, False, False]], parts
+
+
+def test_token_keys_are_the_documented_blake2b_and_splitmix64_keys():
+    """``_token_keys`` as its docstring defines it, written out here in Python integers: the
+    completion's key k = BLAKE2b-64 (little-endian) of repr((seed, step, row, prompt, completion)),
+    and token t's key the SplitMix64 finaliser of (k + (t + 1)·0x9E3779B97F4A7C15) mod 2⁶⁴
+    (z ^= z >> 30, z *= 0xBF58476D1CE4E5B9; z ^= z >> 27, z *= 0x94D049BB133111EB; z ^= z >> 31,
+    each product mod 2⁶⁴). The keys order the Clip-Cov draw, so they must be unsigned 64-bit
+    (uint64): as int64, a key with its top bit set would sort first. Over 8 seeds of a 40-token
+    completion, k + (t + 1)·G wraps past 2⁶⁴ (G > 2⁶³), and some completion key has its top bit set."""
+    import hashlib
+
+    import numpy as np
+
+    from alignlab.training.forward.policy_gradient import _token_keys
+    from tests.training.test_online_entropy_bonus import _example
+
+    mask = (1 << 64) - 1
+    example = _example(7, (1, 9, 4), tuple(3 + i % 50 for i in range(40)))
+    top_bit = False
+    for seed in range(8):
+        digest = hashlib.blake2b(repr((seed, 3, 7, (1, 9, 4), example.completion_ids)).encode(),
+                                 digest_size=8).digest()
+        base = int.from_bytes(digest, "little")
+        top_bit |= base >> 63 == 1
+        want = []
+        for pos in range(40):
+            z = (base + (pos + 1) * 0x9E3779B97F4A7C15) & mask
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+            want.append(z ^ (z >> 31))
+        got = _token_keys(seed, 3, example)
+        assert got.dtype == np.uint64
+        assert [int(x) for x in got] == want
+    assert top_bit
