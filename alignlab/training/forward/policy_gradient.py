@@ -48,7 +48,7 @@ def _token_keys(seed: int, step: int, example) -> np.ndarray:
     """A pseudo-random 64-bit key per completion token of ``example`` (uint64): BLAKE2b of the
     seed, the step, the prompt's row and tokens and the completion's tokens gives the completion's
     key, and SplitMix64's finaliser of that key plus the token's position (times the golden-ratio
-    increment) each token's (``draw.uniforms``' arithmetic, which wraps modulo 2⁶⁴)."""
+    increment) each token's (``draw.uniform_bits``, whose arithmetic wraps modulo 2⁶⁴)."""
     digest = hashlib.blake2b(repr((seed, step, example.row, tuple(example.prompt_ids),
                                    tuple(example.completion_ids))).encode(), digest_size=8).digest()
     base = np.full(len(example.completion_ids), int.from_bytes(digest, "little"), dtype=np.uint64)
