@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from dataclasses import dataclass
 
 import torch
@@ -127,9 +128,7 @@ class SlotCache(Cache):
         keeps (``which``: 0 a slot's gathered prompt part, 1 its keys, 2 its values), so that a
         decode step's gathered copies land in memory already mapped: a fresh tensor of more than
         128 KB comes from glibc's ``mmap`` and pays a page fault for each page it writes."""
-        size = 1
-        for n in shape:
-            size *= n
+        size = math.prod(shape)
         buf = self._buffers[which]
         if buf is None or buf.numel() < size or buf.dtype != like.dtype or buf.device != like.device:
             buf = self._buffers[which] = like.new_empty(2 * size)

@@ -29,6 +29,7 @@ redraws the same round; a checkpoint written inside a round (μ > 1) holds the r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -105,14 +106,24 @@ def _components(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(parts.values()), -1)
 
 
-def _group_tensors(group: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One group that dynamic sampling drew ((row, text, samples, rewards, each term's values)):
-    its rewards (G,), its completions' lengths in tokens (G,) and its reward terms' values (G, K),
-    the terms in the run's order."""
-    _, _, samples, rewards, parts = group
-    return (torch.tensor(rewards, dtype=torch.float64),
-            torch.tensor([float(len(s.token_ids)) for s in samples], dtype=torch.float64),
-            torch.tensor(list(parts.values()), dtype=torch.float64).T)
+@dataclass
+class _Group:
+    """One prompt's group that dynamic sampling drew: the prompt's row and text, its G samples,
+    their rewards and each reward term's values (as lists: this crosses processes); ``tensors``:
+    the rewards (G,), the completions' lengths in tokens (G,) and the terms' values (G, K), the
+    terms in the run's order, made once."""
+
+    row: int
+    text: str
+    samples: list
+    rewards: list[float]
+    parts: dict[str, list[float]]
+
+    @functools.cached_property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (torch.tensor(self.rewards, dtype=torch.float64),
+                torch.tensor([float(len(s.token_ids)) for s in self.samples], dtype=torch.float64),
+                torch.tensor(list(self.parts.values()), dtype=torch.float64).T)
 
 
 def round_seed(seed: int, round_: int) -> int:
@@ -415,8 +426,8 @@ class OnlineSource:
         1 process or several, and any split of the step, train on the same groups. Every process
         receives every group drawn (one exchange per batch)."""
         dist, G, P = self.dist, self.G, self.per_round
-        spread: list[tuple] = []
-        flat_groups: list[tuple] = []
+        spread: list[_Group] = []
+        flat_groups: list[_Group] = []
         gen_s = reward_s = 0.0
         drawn_groups, reward_sum, generated = 0, 0.0, 0
         drawn: list[int] = []
@@ -424,28 +435,28 @@ class OnlineSource:
             d = self._draw(round_, batch, drawn)
             drawn += d.order
             gen_s, reward_s = gen_s + d.gen_s, reward_s + d.reward_s
-            mine = [(d.rows[g], d.texts[g], d.flat[g * G:(g + 1) * G], d.rewards[g * G:(g + 1) * G].tolist(),
-                     {name: v[g * G:(g + 1) * G].tolist() for name, v in d.parts.items()})
+            mine = [_Group(d.rows[g], d.texts[g], d.flat[g * G:(g + 1) * G], d.rewards[g * G:(g + 1) * G].tolist(),
+                           {name: v[g * G:(g + 1) * G].tolist() for name, v in d.parts.items()})
                     for g in range(len(d.rows))]
             for group in (g for part in dist.gather(mine) for g in part):
-                group += _group_tensors(group)
-                (spread if self._has_spread(*group[5:]) else flat_groups).append(group)
+                (spread if self._has_spread(*group.tensors) else flat_groups).append(group)
                 drawn_groups += 1
-                reward_sum += sum(group[3])
-                generated += sum(len(s.token_ids) for s in group[2])
+                reward_sum += sum(group.rewards)
+                generated += sum(len(s.token_ids) for s in group.samples)
             if len(spread) >= P:
                 break
         chosen = spread[:P] + flat_groups[:max(0, P - len(spread))]
         share = P // dist.world_size
         mine = chosen[dist.rank * share:(dist.rank + 1) * share]
-        rewards = torch.tensor([r for g in mine for r in g[3]], dtype=torch.float64)
-        parts = {name: torch.tensor([r for g in mine for r in g[4][name]], dtype=torch.float64)
-                 for name in (mine[0][4] if mine else {})}
+        rewards = torch.tensor([r for g in mine for r in g.rewards], dtype=torch.float64)
+        parts = {name: torch.tensor([r for g in mine for r in g.parts[name]], dtype=torch.float64)
+                 for name in (mine[0].parts if mine else {})}
         metrics = {"dynamic_sampling/batches": float(batch + 1),
                    "dynamic_sampling/with_spread": min(len(spread), P) / P,
                    "reward/sampled": reward_sum / max(drawn_groups * G, 1)}
-        everyone, lengths, components = (torch.stack([g[k] for g in chosen]) if chosen else None for k in (5, 6, 7))
-        return _Drawn([g[0] for g in mine], [g[1] for g in mine], [s for g in mine for s in g[2]], rewards, parts,
+        everyone, lengths, components = (torch.stack([g.tensors[k] for g in chosen]) if chosen else None
+                                         for k in range(3))
+        return _Drawn([g.row for g in mine], [g.text for g in mine], [s for g in mine for s in g.samples], rewards, parts,
                       everyone, lengths, None, gen_s, reward_s, metrics, drawn, float(generated), components)
 
     def _has_spread(self, rewards_G: torch.Tensor, lengths_G: torch.Tensor, components_GK: torch.Tensor) -> bool:

@@ -288,9 +288,7 @@ class PolicyGradientForward(Forward):
             out.metrics["_count/entropy/kept"] = ranked.sum(-1).to(torch.float64)
             out.metrics["entropy/cut"] = torch.full((len(examples),), self._cut, dtype=torch.float64)
         if self.adaptive:  # the step's entropy over the tokens of the policy term, for the controller
-            kept = ranked
-            if keep is not None:
-                kept = kept & keep
+            kept = ranked if keep is None else ranked & keep
             ent = entropy_BT.detach()
             out.stats = {"entropy_sum": torch.where(kept.to(ent.device), ent, torch.zeros_like(ent)).sum(-1),
                          "entropy_tokens": kept.sum(-1).to(ent.dtype)}
