@@ -81,7 +81,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -103,9 +103,9 @@ Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
 RatioLevel = Literal["token", "sequence"]
 Surrogate = Literal["clip", "cispo", "sapo", "vespo", "gmpo", "clip_cov", "kl_cov", "pg"]
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant")
-RATIO_LEVELS = ("token", "sequence")
-SURROGATES = ("clip", "cispo", "sapo", "vespo", "gmpo", "clip_cov", "kl_cov", "pg")
+AGGREGATIONS = get_args(Aggregation)
+RATIO_LEVELS = get_args(RatioLevel)
+SURROGATES = get_args(Surrogate)
 COV_SURROGATES = ("clip_cov", "kl_cov")
 
 

@@ -80,12 +80,12 @@ changes them.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 ISMode = Literal["off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
-IS_MODES = ("off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+IS_MODES = get_args(ISMode)
 
 
 def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float,
