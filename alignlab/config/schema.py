@@ -239,6 +239,11 @@ class RolloutConfig:
                                             "update, faster; they still "
                                             "count in the normaliser, and per-example "
                                             "metrics (entropy, clip) are then over the completions trained on")
+    ref_sync_steps: int = param(0, "every this many optimizer steps, move the reference toward the policy: "
+                                   "ref <- (1 - ref_sync_alpha) * ref + ref_sync_alpha * policy (TR-DPO's soft "
+                                   "update, TRL's sync_ref_model; 0: the reference stays the starting model)")
+    ref_sync_alpha: float = param(0.6, "with ref_sync_steps, the policy's share of each update of the reference "
+                                       "(1: the reference becomes the policy)")
 
     def __post_init__(self) -> None:
         self.reward = [self.reward] if isinstance(self.reward, str) else list(self.reward or [])
@@ -267,6 +272,8 @@ class RolloutConfig:
         _check(self.max_sampling_batches >= 1, "max_sampling_batches", f"must be >= 1, got {self.max_sampling_batches}")
         _check(self.reward_weights is None or len(self.reward_weights) == len(self.reward), "reward_weights",
                f"give one weight per reward ({len(self.reward)}), got {self.reward_weights}")
+        _check(self.ref_sync_steps >= 0, "ref_sync_steps", f"must be >= 0, got {self.ref_sync_steps}")
+        _check(0 < self.ref_sync_alpha <= 1, "ref_sync_alpha", f"must be in (0, 1], got {self.ref_sync_alpha}")
 
 
 def _ray_address(address: str) -> bool:
@@ -457,6 +464,8 @@ class TrainConfig:
         _check(self.reference_model is None or not rounds or self.iterate.round_reference == "fixed",
                "round_reference", "previous makes each round's starting policy the reference; a reference_model "
                "fixes it: give one or the other")
+        if self.rollout.ref_sync_steps:
+            self._check_ref_sync(spec)
         _check(self.reference_model is None or not self.adapter.lora, "reference_model",
                "with LoRA the reference is the base model with the adapter disabled; give no reference_model")
         _check(self.reference_model is None or spec.model == "policy", "reference_model",
@@ -464,6 +473,22 @@ class TrainConfig:
         if spec.model == "reward":
             _check(not self.adapter.lora, "lora", "reward models train the whole backbone and head; LoRA is for policies")
             _check(self.eval.task is None, "task", "a reward model does not answer prompts; measure it with alignlab eval rm")
+
+    def _check_ref_sync(self, spec) -> None:
+        """A synced reference is a model of its own that an online method runs each round."""
+        from alignlab.losses.online import needs_reference
+
+        _check(spec.shape == "online", "ref_sync_steps",
+               f"syncs the reference of online methods, which run it each round; method '{self.method}' trains "
+               "on reference log-probs computed once before training")
+        _check(needs_reference(self.method_params), "ref_sync_steps",
+               f"method '{self.method}' runs no reference with these settings (no KL term: beta and kl_coef are "
+               "0); set one, or leave ref_sync_steps at 0")
+        _check(not self.adapter.lora, "ref_sync_steps",
+               "with LoRA the reference is the base model with the adapter disabled, which cannot move apart from "
+               "the policy; train without LoRA to sync the reference")
+        _check(not self.optim.fsdp and self.optim.deepspeed is None, "ref_sync_steps",
+               "the synced reference is saved in plain checkpoints only; run it without fsdp and deepspeed")
 
     def __getattr__(self, name: str) -> Any:
         """Only called for a name that is not an attribute: say where a field of a section is."""

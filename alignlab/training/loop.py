@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from alignlab.config import config_differences
 from alignlab.data.collate import Batch
@@ -178,6 +179,10 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
     else:
         ckpt.load_checkpoint(found, unwrapped, optimizer, scheduler)
     inp.source.load_state_dict(saved)
+    load_tensors = getattr(inp.source, "load_state_tensors", None)  # (optional: see StepSource)
+    if load_tensors is not None:
+        path = found / ckpt.SOURCE_FILE
+        load_tensors(load_file(path) if path.is_file() else {})
     inp.forward.load_state(state.get("loss_state", {}))
     if dist.is_main:
         inp.log(f"resumed from {found} at step {state['step']}")
@@ -402,7 +407,9 @@ def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int, skipped_st
     elif zero.is_engine(inp.model):  # every process writes its partitions, through the engine
         zero.save(root, step, inp.model, scheduler, extra, dist)
     else:  # the first process writes alone; the others must see it to resume from it
-        written = dist.from_main(lambda: str(ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler, extra)))
+        tensors = getattr(inp.source, "state_tensors", dict)()
+        written = dist.from_main(lambda: str(ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler, extra,
+                                                                  tensors)))
         ckpt.seen_by_all(Path(written), dist, "wrote as a checkpoint (it alone writes them)")
     if dist.is_main:
         ckpt.prune(root, inp.cfg.checkpoint.keep_checkpoints)

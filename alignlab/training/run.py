@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -358,7 +359,12 @@ def _train(cfg: TrainConfig, kind, deepspeed, dist: Dist) -> Summary:
         attach_critic(policy, cfg.method_params.critic, cfg.model, "fp32" if cfg.dtype == "bf16" else cfg.dtype,
                       cfg.trust_remote_code)
     if online:
-        source = online_source(cfg, dist, tokenizer, policy, reference.model if kl_term else None, partial(_log, dist))
+        kl_reference = reference
+        if kl_term and cfg.rollout.ref_sync_steps and extra_eval is not None:
+            # the KL term's reference moves toward the policy; the task evaluation's stays the start
+            kl_reference = Reference(policy, copy.deepcopy(reference.own))
+        source = online_source(cfg, dist, tokenizer, policy, kl_reference.model if kl_term else None,
+                               partial(_log, dist))
     skeleton = None
     if cfg.optim.fsdp:
         skeleton = fsdp.meta_copy(policy)  # the plain module the final weights are saved from

@@ -1,0 +1,150 @@
+"""A reference that follows the policy (``ref_sync_steps``, ``ref_sync_alpha``): TR-DPO's soft
+update of an online method's KL reference, kept in checkpoints so that a run resumes exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignlab import train
+from alignlab.errors import UserError
+from alignlab.training import checkpoint as ckpt
+from alignlab.training.ref_sync import sync_reference
+from tests.training.helpers import crash_after_save, max_abs_diff, weights
+from tests.training.test_online import metrics, online
+
+
+def test_the_update_is_the_soft_mix_written_out():
+    """ref ← (1 − α) ref + α θ per parameter, by name (the policy may hold more: PPO's critic).
+    With ref = 2, θ = 6 and α = 0.25: 0.75 · 2 + 0.25 · 6 = 3; α = 1 copies θ."""
+    ref = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        ref.weight.fill_(2.0)
+        ref.bias.fill_(-1.0)
+    policy = torch.nn.Linear(3, 2)
+    policy.critic = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        policy.weight.fill_(6.0)
+        policy.bias.fill_(1.0)
+    sync_reference(ref, policy, 0.25)
+    assert torch.equal(ref.weight, torch.full((2, 3), 3.0))
+    assert torch.equal(ref.bias, torch.full((2,), -0.5))  # 0.75 · −1 + 0.25 · 1
+    assert torch.equal(policy.weight, torch.full((2, 3), 6.0))  # the policy is not touched
+    sync_reference(ref, policy, 1.0)
+    assert torch.equal(ref.weight, policy.weight) and torch.equal(ref.bias, policy.bias)
+
+
+def _synced(out):
+    """step → the reference's tensors in checkpoint step (the state before any sync of that step)."""
+    return {int(c.name.removeprefix(ckpt.PREFIX)): load_file(c / ckpt.SOURCE_FILE)
+            for c in ckpt.list_checkpoints(out / "checkpoints")}
+
+
+def test_the_reference_moves_toward_the_policy_every_n_steps(tmp_path, tiny_model_dir):
+    """With ref_sync_steps 2 and α 0.6, the reference after step 2's update is 0.4 · the starting
+    model + 0.6 · the policy after 2 steps, and stays so until the update after step 4. Checked
+    against the checkpoints' own policy weights, computed here in float64."""
+    out = tmp_path / "run"
+    train(online(tiny_model_dir, out, beta=0.1, max_steps=5, save_every=1, keep_checkpoints=0, ref_sync_steps=2,
+                 ref_sync_alpha=0.6))
+    refs = _synced(out)
+    policy = {s: load_file(c / "trainable.safetensors") for s, c in
+              ((int(c.name.removeprefix(ckpt.PREFIX)), c) for c in ckpt.list_checkpoints(out / "checkpoints"))}
+    start = weights(tiny_model_dir)
+    names = sorted(k.removeprefix("reference.") for k in refs[1])
+    assert names and set(names) <= set(start)
+    for n in names:
+        s0 = start[n].double()
+        assert torch.equal(refs[1][f"reference.{n}"].double(), s0)  # no sync yet
+        assert torch.equal(refs[2][f"reference.{n}"].double(), s0)  # written before step 2's sync
+        want = 0.4 * s0 + 0.6 * policy[2][n].double()
+        for step in (3, 4):
+            assert torch.allclose(refs[step][f"reference.{n}"].double(), want, rtol=0, atol=1e-12), (n, step)
+        want = 0.4 * want + 0.6 * policy[4][n].double()
+        assert torch.allclose(refs[5][f"reference.{n}"].double(), want, rtol=0, atol=1e-12), n
+    assert max_abs_diff(policy[2], policy[4]) > 1e-6  # the two syncs mixed in different policies
+
+
+def test_a_full_sync_makes_the_next_rounds_kl_zero(tmp_path, tiny_model_dir):
+    """α = 1 copies the policy into the reference after steps 2 and 4: the rounds of steps 3 and 5
+    sample from the policy that is now the reference, so their KL is 0 (fp64); without the sync it
+    is not."""
+    train(online(tiny_model_dir, tmp_path / "sync", beta=0.1, max_steps=5, ref_sync_steps=2, ref_sync_alpha=1.0))
+    train(online(tiny_model_dir, tmp_path / "fixed", beta=0.1, max_steps=5))
+    kl = {m["step"]: m["kl"] for m in metrics(tmp_path / "sync") if "loss" in m}
+    fixed = {m["step"]: m["kl"] for m in metrics(tmp_path / "fixed") if "loss" in m}
+    for step in (1, 3, 5):
+        assert kl[step] == pytest.approx(0.0, abs=1e-12)
+    assert kl[2] > 1e-6 and kl[4] > 1e-6
+    assert fixed[3] > 1e-6 and fixed[5] > 1e-6
+
+
+@pytest.mark.parametrize("crash_at", [2, 3])
+def test_an_interrupted_run_with_a_synced_reference_resumes_exactly(tmp_path, tiny_model_dir, crash_at):
+    """Killed after the checkpoint of step 2 (a sync is due at the start of the next step) or 3 (one
+    was made): the same weights, metrics and reference as an uninterrupted run."""
+    cfg = dict(beta=0.1, max_steps=5, save_every=1, keep_checkpoints=0, ref_sync_steps=2, ref_sync_alpha=0.6)
+    full = train(online(tiny_model_dir, tmp_path / "full", **cfg))
+    with crash_after_save(lambda step: step == crash_at):
+        train(online(tiny_model_dir, tmp_path / "cut", **cfg))
+    resumed = train(online(tiny_model_dir, tmp_path / "cut", resume=True, **cfg))
+    assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
+    assert max_abs_diff(_synced(tmp_path / "full")[5], _synced(tmp_path / "cut")[5]) == 0
+
+    def per_step(out):
+        return {m["step"]: (m["loss"], m["reward"], m["kl"], m["grad_norm"]) for m in metrics(out) if "loss" in m}
+
+    assert per_step(tmp_path / "cut") == per_step(tmp_path / "full")
+
+
+def test_bad_sync_setups_are_one_line_errors(tmp_path, tiny_model_dir):
+    def run(name, **kw):
+        return train(online(tiny_model_dir, tmp_path / name, max_steps=1, **kw))
+
+    with pytest.raises(UserError, match=r"ref_sync_steps: method 'grpo' runs no reference"):
+        run("a", ref_sync_steps=2)
+    with pytest.raises(UserError, match=r"ref_sync_steps: with LoRA"):
+        run("b", ref_sync_steps=2, beta=0.1, lora=True)
+    with pytest.raises(UserError, match=r"ref_sync_alpha: must be in \(0, 1\]"):
+        run("c", ref_sync_steps=2, beta=0.1, ref_sync_alpha=0.0)
+    with pytest.raises(UserError, match=r"ref_sync_steps: must be >= 0"):
+        run("d", ref_sync_steps=-1, beta=0.1)
+    with pytest.raises(UserError, match=r"ref_sync_steps: syncs the reference of online methods.*'dpo'"):
+        train({"method": "dpo", "model": str(tiny_model_dir), "data": "task:arithmetic", "ref_sync_steps": 2,
+               "output_dir": str(tmp_path / "e")})
+    with pytest.raises(UserError, match=r"ref_sync_steps:.*without fsdp and deepspeed"):
+        run("f", ref_sync_steps=2, beta=0.1, fsdp=True)
+
+
+def test_resuming_with_a_sync_from_a_checkpoint_without_one_is_refused(tmp_path, tiny_model_dir):
+    """The reference a checkpoint lacks cannot be rebuilt: the resumed run says so in one line
+    (the config check may catch the change first; either way nothing trains on a wrong reference)."""
+    train(online(tiny_model_dir, tmp_path / "run", beta=0.1, max_steps=1, save_every=1, keep_checkpoints=0))
+    with pytest.raises(UserError, match=r"ref_sync_steps|synced reference"):
+        train(online(tiny_model_dir, tmp_path / "run", beta=0.1, max_steps=2, resume=True, ref_sync_steps=1))
+
+
+def test_the_task_evaluation_keeps_measuring_kl_to_the_starting_model(tmp_path, tiny_model_dir, monkeypatch):
+    """The KL term's reference moves; the task evaluation's KL stays the drift from the start, so
+    it runs on a reference of its own that no sync touches."""
+    from alignlab.eval.gold import GoldEvaluator
+
+    seen = []
+    real = GoldEvaluator.__call__
+
+    def spy(self, module, reference, **kwargs):
+        with reference() as ref:
+            seen.append({n: p.detach().clone() for n, p in ref.named_parameters()})
+        return real(self, module, reference, **kwargs)
+
+    monkeypatch.setattr(GoldEvaluator, "__call__", spy)
+    out = tmp_path / "run"
+    train(online(tiny_model_dir, out, beta=0.1, max_steps=3, ref_sync_steps=1, ref_sync_alpha=1.0, task="arithmetic",
+                 task_eval_prompts=4, eval_every=1))
+    start = weights(tiny_model_dir)
+    assert len(seen) >= 3
+    for evaluated in seen:
+        assert max_abs_diff({n: start[n] for n in evaluated}, evaluated) == 0
+    moved = _synced(out)[3]
+    assert max_abs_diff({f"reference.{n}": t for n, t in start.items() if f"reference.{n}" in moved}, moved) > 1e-6
