@@ -239,12 +239,6 @@ class RolloutConfig:
                                             "update, faster; they still "
                                             "count in the normaliser, and per-example "
                                             "metrics (entropy, clip) are then over the completions trained on")
-    ref_sync_steps: int = param(0, "every this many optimizer steps, move the reference toward the policy: "
-                                   "ref <- (1 - ref_sync_alpha) * ref + ref_sync_alpha * policy (TR-DPO's soft "
-                                   "update, TRL's sync_ref_model; 0: the reference stays the starting model)")
-    ref_sync_alpha: float = param(0.6, "with ref_sync_steps, the policy's share of each update of the reference "
-                                       "(1: the reference becomes the policy)")
-
     def __post_init__(self) -> None:
         self.reward = [self.reward] if isinstance(self.reward, str) else list(self.reward or [])
         self.reward_weights = None if self.reward_weights is None else [float(w) for w in self.reward_weights]
@@ -272,8 +266,6 @@ class RolloutConfig:
         _check(self.max_sampling_batches >= 1, "max_sampling_batches", f"must be >= 1, got {self.max_sampling_batches}")
         _check(self.reward_weights is None or len(self.reward_weights) == len(self.reward), "reward_weights",
                f"give one weight per reward ({len(self.reward)}), got {self.reward_weights}")
-        _check(self.ref_sync_steps >= 0, "ref_sync_steps", f"must be >= 0, got {self.ref_sync_steps}")
-        _check(0 < self.ref_sync_alpha <= 1, "ref_sync_alpha", f"must be in (0, 1], got {self.ref_sync_alpha}")
 
 
 def _ray_address(address: str) -> bool:
@@ -382,6 +374,12 @@ class TrainConfig:
                                         "(default $ALIGNLAB_CACHE or ~/.cache/alignlab)")
     cache: bool = param(True, "reuse cached reference log-probs and samples (false: compute them afresh, "
                               "and write nothing)")
+    ref_sync_steps: int = param(0, "every this many optimizer steps, move the reference toward the policy: "
+                                   "ref <- (1 - ref_sync_alpha) * ref + ref_sync_alpha * policy (TR-DPO's soft "
+                                   "update, TRL's sync_ref_model; offline methods then compute the reference's "
+                                   "log-probs each batch; 0: the reference stays the starting model)")
+    ref_sync_alpha: float = param(0.6, "with ref_sync_steps, the policy's share of each update of the reference "
+                                       "(1: the reference becomes the policy)")
     dataset: DataConfig = section(DataConfig, "how the training data is read and cut to length: split, columns, "
                                               "bad rows, lengths, packing")
     optim: OptimConfig = section(OptimConfig, "how long and how the weights move: steps, batches, AdamW, the "
@@ -464,7 +462,9 @@ class TrainConfig:
         _check(self.reference_model is None or not rounds or self.iterate.round_reference == "fixed",
                "round_reference", "previous makes each round's starting policy the reference; a reference_model "
                "fixes it: give one or the other")
-        if self.rollout.ref_sync_steps:
+        _check(self.ref_sync_steps >= 0, "ref_sync_steps", f"must be >= 0, got {self.ref_sync_steps}")
+        _check(0 < self.ref_sync_alpha <= 1, "ref_sync_alpha", f"must be in (0, 1], got {self.ref_sync_alpha}")
+        if self.ref_sync_steps:
             self._check_ref_sync(spec)
         _check(self.reference_model is None or not self.adapter.lora, "reference_model",
                "with LoRA the reference is the base model with the adapter disabled; give no reference_model")
@@ -475,15 +475,19 @@ class TrainConfig:
             _check(self.eval.task is None, "task", "a reward model does not answer prompts; measure it with alignlab eval rm")
 
     def _check_ref_sync(self, spec) -> None:
-        """A synced reference is a model of its own that an online method runs each round."""
+        """A synced reference is a model of its own that the method runs while training (an online
+        method's KL term each round, an offline method's reference log-probs each batch)."""
         from alignlab.losses.online import needs_reference
 
-        _check(spec.shape == "online", "ref_sync_steps",
-               f"syncs the reference of online methods, which run it each round; method '{self.method}' trains "
-               "on reference log-probs computed once before training")
-        _check(needs_reference(self.method_params), "ref_sync_steps",
-               f"method '{self.method}' runs no reference with these settings (no KL term: beta and kl_coef are "
-               "0); set one, or leave ref_sync_steps at 0")
+        if spec.shape == "online":
+            _check(needs_reference(self.method_params), "ref_sync_steps",
+                   f"method '{self.method}' runs no reference with these settings (no KL term: beta and kl_coef "
+                   "are 0); set one, or leave ref_sync_steps at 0")
+        else:
+            _check(spec.model == "policy" and spec.needs_reference, "ref_sync_steps",
+                   f"method '{self.method}' uses no reference model; leave ref_sync_steps at 0")
+        _check(self.iterate.rounds == 0, "ref_sync_steps",
+               "rounds set each round's reference themselves (round_reference); leave ref_sync_steps at 0")
         _check(not self.adapter.lora, "ref_sync_steps",
                "with LoRA the reference is the base model with the adapter disabled, which cannot move apart from "
                "the policy; train without LoRA to sync the reference")

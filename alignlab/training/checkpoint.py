@@ -5,7 +5,7 @@ Layout of ``<output_dir>/checkpoints/step-00000042/``:
     optimizer.safetensors   AdamW moments and step counts, keyed by parameter index
     rng.safetensors         torch's CPU (and CUDA) random state
     state.json              step, optimizer param groups, scheduler, run config
-    source.safetensors      what the step source keeps as tensors (a synced reference), if anything
+    reference.safetensors   the reference's weights, when they move (``ref_sync_steps``)
     manifest.json           sha256 of every file above; written last
 
 The directory is first written under a temporary name and renamed when complete, so a crash while
@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from alignlab.errors import ConfigError, UserError
 
 PREFIX = "step-"
-SOURCE_FILE = "source.safetensors"
+REFERENCE_FILE = "reference.safetensors"
 
 
 def sha256_file(path: Path) -> str:
@@ -133,9 +133,9 @@ def same_newest(found: Path | None, root: Path, dist) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, extra: dict[str, Any],
-                    source: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically and return its directory; ``source``:
-    the step source's tensors (``StepSource.state_tensors``), written when there are any."""
+                    reference: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically and return its directory; ``reference``:
+    a synced reference's weights (``RefSync``), written when given."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{step_name(step)}-", dir=root))
@@ -144,8 +144,8 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, extra: d
         save_file(trainable_state(model), tmp / "trainable.safetensors")
         save_file(opt_tensors, tmp / "optimizer.safetensors")
         save_file(rng_tensors(), tmp / "rng.safetensors")
-        if source:
-            save_file(source, tmp / SOURCE_FILE)
+        if reference:
+            save_file(reference, tmp / REFERENCE_FILE)
         state = {"step": step, "param_groups": groups, "scheduler": scheduler.state_dict(), **extra}
         (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
         seal(tmp, final, step)

@@ -41,6 +41,7 @@ from alignlab.training.forward import Forward
 from alignlab.training.interrupt import Interrupted, StopRequest
 from alignlab.training.metrics import MetricsLog, read_metrics, short
 from alignlab.training.optim import make_optimizer, make_scheduler
+from alignlab.training.ref_sync import RefSync
 from alignlab.training.sinks import sinks_for
 from alignlab.training.source import Step, StepFault, StepSource
 
@@ -64,6 +65,8 @@ class LoopInputs:
     # Extra measurements at every evaluation (e.g. a testbed task's gold reward): (module, reference) -> metrics.
     extra_eval: Callable[[torch.nn.Module, Reference | None], dict[str, float]] | None = None
     log: Callable[[str], None] = print
+    # A reference that moves toward the policy every few steps (ref_sync_steps), kept in checkpoints.
+    ref_sync: RefSync | None = None
 
 
 @dataclass
@@ -179,10 +182,9 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
     else:
         ckpt.load_checkpoint(found, unwrapped, optimizer, scheduler)
     inp.source.load_state_dict(saved)
-    load_tensors = getattr(inp.source, "load_state_tensors", None)  # (optional: see StepSource)
-    if load_tensors is not None:
-        path = found / ckpt.SOURCE_FILE
-        load_tensors(load_file(path) if path.is_file() else {})
+    if inp.ref_sync is not None:
+        path = found / ckpt.REFERENCE_FILE
+        inp.ref_sync.load_state_tensors(load_file(path) if path.is_file() else {})
     inp.forward.load_state(state.get("loss_state", {}))
     if dist.is_main:
         inp.log(f"resumed from {found} at step {state['step']}")
@@ -294,6 +296,8 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
         t0 = time.perf_counter()
         fault: StepFault | None = None
         try:
+            if inp.ref_sync is not None:
+                inp.ref_sync.before_step(step)
             batch = inp.source.step(step)
         except StepFault as exc:  # the source could not make the step (an online reward failed)
             if not cfg.optim.skip_nonfinite:
@@ -407,7 +411,7 @@ def save(inp: LoopInputs, unwrapped, optimizer, scheduler, step: int, skipped_st
     elif zero.is_engine(inp.model):  # every process writes its partitions, through the engine
         zero.save(root, step, inp.model, scheduler, extra, dist)
     else:  # the first process writes alone; the others must see it to resume from it
-        tensors = getattr(inp.source, "state_tensors", dict)()
+        tensors = inp.ref_sync.state_tensors() if inp.ref_sync is not None else None
         written = dist.from_main(lambda: str(ckpt.save_checkpoint(root, step, unwrapped, optimizer, scheduler, extra,
                                                                   tensors)))
         ckpt.seen_by_all(Path(written), dist, "wrote as a checkpoint (it alone writes them)")

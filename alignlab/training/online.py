@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from alignlab.errors import ConfigError, UserError
+from alignlab.errors import ConfigError
 from alignlab.generation.base import Generator, SamplingParams
 from alignlab.logprobs import left_align, sequence_logps
 from alignlab.losses.advantages import gdpo_advantages, whiten, whiten_stats
@@ -46,7 +46,6 @@ from alignlab.losses.online import RoundTokens
 from alignlab.training.critic import token_values
 from alignlab.training.distributed import Dist, sum_over_processes
 from alignlab.training.order import epoch_order, global_batch_indices, steps_per_epoch
-from alignlab.training.ref_sync import check_sync_pairs, sync_reference
 from alignlab.training.rollout import (
     PackingCost,
     RewardError,
@@ -239,10 +238,6 @@ class OnlineSource:
         self._examples: list[RolloutExample] = []  # this process's, prompt-major
         self._everyone: list[list[dict]] | None = None  # every process's (μ > 1: what a checkpoint holds)
         self._metrics: dict[str, float] = {}
-        self.sync_every, self.sync_alpha = rollout.ref_sync_steps, rollout.ref_sync_alpha
-        if self.sync_every:
-            with self.reference() as ref:
-                check_sync_pairs(ref, policy)
 
     # -- the StepSource protocol --------------------------------------------------------------------
 
@@ -251,11 +246,6 @@ class OnlineSource:
                 f"{'s' if self.updates > 1 else ''} per round, {len(self.prompts)} prompts"]
 
     def step(self, step: int) -> Step:
-        if self.sync_every and step and step % self.sync_every == 0:
-            # after optimizer step ``step``, as TRL's callback does at the end of that step; a
-            # checkpoint written after it holds the reference before this update
-            with self.reference() as ref:
-                sync_reference(ref, self.policy, self.sync_alpha)
         round_ = step // self.updates
         fresh = self._round != round_
         if fresh:
@@ -300,25 +290,6 @@ class OnlineSource:
         if done % self.updates and self._everyone is not None:  # inside a round: keep the round
             state["rollout"] = self._everyone
         return state
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """A synced reference's weights (they are no longer the starting model's)."""
-        if not self.sync_every:
-            return {}
-        with self.reference() as ref:
-            return {f"reference.{n}": p.detach().cpu().contiguous() for n, p in ref.named_parameters()}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        if not self.sync_every:
-            return
-        with self.reference() as ref:
-            params = dict(ref.named_parameters())
-            saved = {n.removeprefix("reference."): t for n, t in tensors.items() if n.startswith("reference.")}
-            if set(saved) != set(params):
-                raise UserError("resume: the checkpoint holds no synced reference of this model (was it written "
-                                "with ref_sync_steps 0, or another model?); resume with its settings")
-            for n, p in params.items():
-                p.copy_(saved[n])
 
     def mismatches(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         now = {"prompts": len(self.prompts), "per_round": self.per_round, "num_generations": self.G,

@@ -4,15 +4,20 @@ Every ``ref_sync_steps`` optimizer steps the reference moves toward the policy,
 ``ref ← (1 − α) · ref + α · policy`` (Gorbatovski et al., 2024, "Learn Your Reference Model for
 Real Good Alignment"; TRL's ``sync_ref_model`` with ``ref_model_mixup_alpha`` and
 ``ref_model_sync_steps``, whose ``sync_target_model`` computes the same two in-place operations).
-The online source applies it at the start of the step after the update (``OnlineSource.step``),
-so the next round's reference log-probs see it, and keeps the synced weights in its checkpoints.
+The loop applies it at the start of the step after the update (``RefSync.before_step``), so what
+runs the reference next (an online round's KL term, an offline method's reference log-probs,
+computed each step when the reference moves) sees it; checkpoints hold the synced weights.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, UserError
 
 
 def check_sync_pairs(reference: torch.nn.Module, policy: torch.nn.Module) -> None:
@@ -35,3 +40,39 @@ def sync_reference(reference: torch.nn.Module, policy: torch.nn.Module, alpha: f
     mine = dict(policy.named_parameters())
     for name, p in reference.named_parameters():
         p.mul_(1.0 - alpha).add_(mine[name].detach().to(p.dtype), alpha=alpha)
+
+
+@dataclass
+class RefSync:
+    """The run's synced reference: ``reference()`` yields its module (a model of its own),
+    ``policy`` is the unwrapped module being trained."""
+
+    reference: Callable[[], contextlib.AbstractContextManager[torch.nn.Module]]
+    policy: torch.nn.Module
+    every: int
+    alpha: float
+
+    def __post_init__(self) -> None:
+        with self.reference() as ref:
+            check_sync_pairs(ref, self.policy)
+
+    def before_step(self, step: int) -> None:
+        """At the start of step ``step``: the update after optimizer step ``step`` when it is one
+        of every ``every`` (what TRL's callback does at the end of that step). A checkpoint
+        written after ``step`` steps holds the reference before this update."""
+        if step and step % self.every == 0:
+            with self.reference() as ref:
+                sync_reference(ref, self.policy, self.alpha)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        with self.reference() as ref:
+            return {n: p.detach().cpu().contiguous() for n, p in ref.named_parameters()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with self.reference() as ref:
+            params = dict(ref.named_parameters())
+            if set(tensors) != set(params):
+                raise UserError("resume: the checkpoint holds no synced reference of this model (was it written "
+                                "with ref_sync_steps 0, or another model?); resume with its settings")
+            for n, p in params.items():
+                p.copy_(tensors[n])

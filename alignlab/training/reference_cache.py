@@ -138,6 +138,11 @@ def attach_reference(examples: list, reference: Callable[[], contextlib.Abstract
         if dist.is_main:
             log(f"reference log-probs: read {len(rows)} from the cache {cache_file}")
     dist.barrier()
+    return _with_values(examples, sums, per_token, tokens)
+
+
+def _with_values(examples: list, sums: list[float], per_token: list[list[float]], tokens: bool) -> list:
+    """``examples`` with ``ref`` (and ``ref_tokens``) from the flat per-row values."""
     out, k = [], 0
     for ex in examples:
         n = len(ex.sequences())
@@ -145,6 +150,18 @@ def attach_reference(examples: list, reference: Callable[[], contextlib.Abstract
         out.append(dataclasses.replace(ex, ref=tuple(sums[k:k + n]), **extra))
         k += n
     return out
+
+
+def live_reference(examples: list, reference: Callable[[], contextlib.AbstractContextManager], *, pad_id: int,
+                   tokens: bool, autocast: Callable) -> list:
+    """``examples`` with their reference values computed now, in one packed batch, without a
+    cache: for a reference that moves while training (``ref_sync_steps``)."""
+    with reference() as ref_model:
+        device = next(ref_model.parameters()).device
+        by_example = _compute(ref_model, examples, pad_id, max(len(examples), 1), device, tokens, autocast)
+    sums = [v for s_, _ in by_example for v in s_]
+    per_token = [t for _, t_ in by_example for t in t_] if tokens else []
+    return _with_values(examples, sums, per_token, tokens)
 
 
 def _save(path: str, sums: list[float], per_token: list[list[float]] | None) -> None:

@@ -48,6 +48,7 @@ from alignlab.training.kinds import model_kind
 from alignlab.training.loop import SPLIT_KEYS, LoopInputs, afresh, autocast, run_loop
 from alignlab.training.online_run import online_source
 from alignlab.training.optim import make_optimizer
+from alignlab.training.ref_sync import RefSync
 from alignlab.training.reference_cache import attach_reference, cache_key
 from alignlab.training.sinks import TENSORBOARD_FOLDER
 from alignlab.training.source import GatheredSource, OfflineSource
@@ -202,7 +203,8 @@ def _load_examples(cfg: TrainConfig, renderer: Renderer, dist: Dist) -> tuple[li
 def _prepare(cfg: TrainConfig, train_ex: list, eval_ex: list, tokenizer, reference: LazyReference,
              dist: Dist, fingerprint: str) -> tuple[list, list]:
     """Add what the method needs to its examples, once, before training: mismatched responses,
-    prompt weights, reference samples, and the reference's log-probs (cached)."""
+    prompt weights, reference samples, and the reference's log-probs (cached; not for a reference
+    that moves while training, whose values the forward computes for each batch)."""
     spec, params = cfg.spec, cfg.method_params
     log = partial(_log, dist)
     root = cache_root(cfg.cache_dir) if cfg.cache else None
@@ -223,7 +225,7 @@ def _prepare(cfg: TrainConfig, train_ex: list, eval_ex: list, tokenizer, referen
                 examples, reference, tokenizer, k=params.num_samples, params=sampling, max_length=cfg.dataset.max_length,
                 cache_file=root / "samples" / f"{key}.json" if root else None, dist=dist,
                 autocast=partial(autocast, cfg, dist), log=log)
-        if spec.needs_reference:
+        if spec.needs_reference and not cfg.ref_sync_steps:
             tokens = "tokens" in spec.needs
             key = cache_key(fingerprint, cfg.dtype, examples, tokens)
             examples = attach_reference(
@@ -349,22 +351,22 @@ def _train(cfg: TrainConfig, kind, deepspeed, dist: Dist) -> Summary:
         train_examples, eval_examples = _prepare(cfg, train_examples, eval_examples, tokenizer, lazy, dist,
                                                  _fingerprint(cfg, policy))
     extra_eval = _task_eval(cfg, tokenizer, dist) if cfg.eval.task else None
-    # What the loop runs the reference for: the task evaluation, and an online method's KL term.
-    # Reference log-probs may have come from the cache, so the copy is made here if not yet, before
-    # training changes the policy.
+    # What the loop runs the reference for: the task evaluation, an online method's KL term, and
+    # a reference that moves (ref_sync_steps). Reference log-probs may have come from the cache,
+    # so the copy is made here if not yet, before training changes the policy.
     kl_term = online and needs_reference(cfg.method_params)
-    reference = lazy.get() if extra_eval is not None or kl_term else None
+    sync = cfg.ref_sync_steps
+    reference = lazy.get() if extra_eval is not None or kl_term or sync else None
     lazy.release()
     if cfg.spec.value_model:  # PPO's critic, on the policy module (training/critic.py), after the reference copy
         attach_critic(policy, cfg.method_params.critic, cfg.model, "fp32" if cfg.dtype == "bf16" else cfg.dtype,
                       cfg.trust_remote_code)
+    moving = reference  # the reference the method runs; with sync, the task evaluation keeps the start
+    if sync and extra_eval is not None:
+        moving = Reference(policy, copy.deepcopy(reference.own))
+    ref_sync = RefSync(moving.model, policy, sync, cfg.ref_sync_alpha) if sync else None
     if online:
-        kl_reference = reference
-        if kl_term and cfg.rollout.ref_sync_steps and extra_eval is not None:
-            # the KL term's reference moves toward the policy; the task evaluation's stays the start
-            kl_reference = Reference(policy, copy.deepcopy(reference.own))
-        source = online_source(cfg, dist, tokenizer, policy, kl_reference.model if kl_term else None,
-                               partial(_log, dist))
+        source = online_source(cfg, dist, tokenizer, policy, moving.model if kl_term else None, partial(_log, dist))
     skeleton = None
     if cfg.optim.fsdp:
         skeleton = fsdp.meta_copy(policy)  # the plain module the final weights are saved from
@@ -388,6 +390,8 @@ def _train(cfg: TrainConfig, kind, deepspeed, dist: Dist) -> Summary:
     _claim_output_dir(cfg, out, dist)
 
     forward = kind.make_forward(tokenizer.pad_token_id, partial(autocast, cfg, dist))
+    if sync and not online:  # the reference's log-probs for each batch, from the moving reference
+        forward.live_reference = moving.model
     if "group" in cfg.spec.needs:  # a constant of the data the loss reads
         forward.state["trace_fraction"] = sum(e.group for e in train_examples) / len(train_examples)
     collate = kind.collate(tokenizer.pad_token_id)
@@ -405,7 +409,7 @@ def _train(cfg: TrainConfig, kind, deepspeed, dist: Dist) -> Summary:
         result = run_loop(LoopInputs(
             cfg=cfg, dist=dist, model=model, source=source,
             forward=forward, out_dir=out, eval_examples=eval_examples, collate=to_device,
-            reference=reference, extra_eval=extra_eval, log=partial(_log, dist),
+            reference=reference, extra_eval=extra_eval, log=partial(_log, dist), ref_sync=ref_sync,
         ))
     finally:  # the run's Ray workers (and a local cluster it started) end with it, however it ends
         close = getattr(getattr(source, "generator", None), "close", None)

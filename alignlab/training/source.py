@@ -73,11 +73,6 @@ class StepSource(Protocol):
         """Continue from a checkpoint's source state (after ``mismatches`` found none)."""
         ...
 
-    # A source may also keep tensors in a checkpoint (an online run's synced reference): then it
-    # defines ``state_tensors() -> dict[str, Tensor]`` (the same on every process; written to
-    # plain checkpoints as ``source.safetensors``) and ``load_state_tensors(tensors)``, which a
-    # resumed run calls with the file's tensors (none where the checkpoint has no such file).
-
 
 class OfflineSource:
     """A fixed list of examples, ``batch_size × grad_accum × world_size`` of them per step."""

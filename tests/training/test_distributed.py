@@ -41,14 +41,17 @@ def _launch(cmd: list[str], cfg_path, tmp_path) -> subprocess.CompletedProcess:
 # lcpo's noise estimate and kto's reference point are summed over both processes; the reference
 # log-probs are computed half by each process and gathered. A reward model trains a backbone
 # with a head, wrapped in DistributedDataParallel like a policy.
-@pytest.mark.parametrize("method,data_fixture,eval_fraction", [("dpo", "pairs_file", 1 / 16), ("sft", "sft_file", 0.25),
-                                                               ("lcpo", "pairs_file", 1 / 16),
-                                                               ("kto", "unpaired_file", 1 / 16),
-                                                               ("reward_model", "pairs_file", 1 / 16)])
-def test_two_processes_equal_one(tmp_path, tiny_model_dir, request, method, data_fixture, eval_fraction):
+# With ref_sync_steps kto's reference moves after step 2: each process computes its batches'
+# reference values (and its part of the reference point) from its own copy, synced alike.
+@pytest.mark.parametrize("method,data_fixture,eval_fraction,extra", [
+    ("dpo", "pairs_file", 1 / 16, {}), ("sft", "sft_file", 0.25, {}), ("lcpo", "pairs_file", 1 / 16, {}),
+    ("kto", "unpaired_file", 1 / 16, {}), ("reward_model", "pairs_file", 1 / 16, {}),
+    ("kto", "unpaired_file", 1 / 16, {"ref_sync_steps": 2})],
+    ids=["dpo", "sft", "lcpo", "kto", "reward_model", "kto-ref-sync"])
+def test_two_processes_equal_one(tmp_path, tiny_model_dir, request, method, data_fixture, eval_fraction, extra):
     data = request.getfixturevalue(data_fixture)
     common = dict(method=method, max_steps=3, dtype="fp64", eval_fraction=eval_fraction, eval_every=2,
-                  save_every=1, keep_checkpoints=0)
+                  save_every=1, keep_checkpoints=0, **extra)
     single = train(base_config(tiny_model_dir, data, tmp_path / "one", batch_size=4, **common))
 
     cfg = base_config(tiny_model_dir, data, tmp_path / "two", batch_size=2, **common)

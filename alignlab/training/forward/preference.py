@@ -3,7 +3,8 @@
 Every shape works the same way: all rows of the batch (chosen and rejected responses, a list's
 responses, a labelled response and its mismatched twin, a negative and its samples) go through
 the policy in one forward pass; the reference's log-probs of the same rows were computed before
-training and travel with the examples (``reference_cache.py``). What differs per shape is only
+training and travel with the examples (``reference_cache.py``), or, for a reference that moves
+while training (``ref_sync_steps``), are computed for each batch. What differs per shape is only
 how the per-row values are arranged into the loss's container (``losses/types.py``).
 """
 
@@ -18,6 +19,7 @@ from alignlab.logprobs import SequenceLogps, left_align, sequence_logps
 from alignlab.losses.registry import LossSpec
 from alignlab.losses.types import ListLogps, LossOutput, NegativeLogps, PairLogps, UnpairedLogps
 from alignlab.training.forward import Forward, Reduce
+from alignlab.training.reference_cache import live_reference
 
 
 def _tensor(values, like: torch.Tensor) -> torch.Tensor:
@@ -140,11 +142,20 @@ class PreferenceForward(Forward):
             raise ValueError(f"no preference forward for data shape '{spec.shape}'")
         self.pad_id, self.autocast = pad_id, autocast
         self.step_values: dict[str, float] = {}  # set by before_step, read by every micro-batch of the step
+        # a reference that moves while training (ref_sync_steps): its values are computed for
+        # each batch, not read from the examples (a context-manager factory yielding the module)
+        self.live_reference: Callable | None = None
+
+    def _referenced(self, examples: list) -> list:
+        if self.live_reference is None or not self.spec.needs_reference:
+            return examples
+        return live_reference(examples, self.live_reference, pad_id=self.pad_id, tokens="tokens" in self.spec.needs,
+                              autocast=self.autocast)
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> LossOutput:
         lp = sequence_logps(model, batch, sqmass="sqmass" in self.spec.needs)
         state = {**self.state, **self.step_values}
-        inputs = INPUTS[self.spec.shape](self.spec, lp, batch.examples, batch, state)
+        inputs = INPUTS[self.spec.shape](self.spec, lp, self._referenced(batch.examples), batch, state)
         return self.spec.fn(inputs, self.params)
 
     def before_step(self, model: torch.nn.Module, parts: Sequence[Sequence], reduce: Reduce) -> None:
@@ -157,6 +168,7 @@ class PreferenceForward(Forward):
         device = next(model.parameters()).device
         with torch.no_grad(), self.autocast():
             for examples in parts:
+                examples = self._referenced(list(examples))
                 rows = collate_sequences([_KLRows(e) for e in examples], self.pad_id)
                 rows.to(device)
                 logps = sequence_logps(model, rows).sum_B.double().cpu()

@@ -1,7 +1,10 @@
 """A reference that follows the policy (``ref_sync_steps``, ``ref_sync_alpha``): TR-DPO's soft
-update of an online method's KL reference, kept in checkpoints so that a run resumes exactly."""
+update, of an online method's KL reference and of an offline method's reference (whose log-probs
+are then computed each batch), kept in checkpoints so that a run resumes exactly."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from alignlab import train
 from alignlab.errors import UserError
 from alignlab.training import checkpoint as ckpt
 from alignlab.training.ref_sync import sync_reference
-from tests.training.helpers import crash_after_save, max_abs_diff, weights
+from tests.training.helpers import base_config, crash_after_save, max_abs_diff, weights
 from tests.training.test_online import metrics, online
 
 
@@ -37,7 +40,7 @@ def test_the_update_is_the_soft_mix_written_out():
 
 def _synced(out):
     """step → the reference's tensors in checkpoint step (the state before any sync of that step)."""
-    return {int(c.name.removeprefix(ckpt.PREFIX)): load_file(c / ckpt.SOURCE_FILE)
+    return {int(c.name.removeprefix(ckpt.PREFIX)): load_file(c / ckpt.REFERENCE_FILE)
             for c in ckpt.list_checkpoints(out / "checkpoints")}
 
 
@@ -52,17 +55,17 @@ def test_the_reference_moves_toward_the_policy_every_n_steps(tmp_path, tiny_mode
     policy = {s: load_file(c / "trainable.safetensors") for s, c in
               ((int(c.name.removeprefix(ckpt.PREFIX)), c) for c in ckpt.list_checkpoints(out / "checkpoints"))}
     start = weights(tiny_model_dir)
-    names = sorted(k.removeprefix("reference.") for k in refs[1])
+    names = sorted(refs[1])
     assert names and set(names) <= set(start)
     for n in names:
         s0 = start[n].double()
-        assert torch.equal(refs[1][f"reference.{n}"].double(), s0)  # no sync yet
-        assert torch.equal(refs[2][f"reference.{n}"].double(), s0)  # written before step 2's sync
+        assert torch.equal(refs[1][n].double(), s0)  # no sync yet
+        assert torch.equal(refs[2][n].double(), s0)  # written before step 2's sync
         want = 0.4 * s0 + 0.6 * policy[2][n].double()
         for step in (3, 4):
-            assert torch.allclose(refs[step][f"reference.{n}"].double(), want, rtol=0, atol=1e-12), (n, step)
+            assert torch.allclose(refs[step][n].double(), want, rtol=0, atol=1e-12), (n, step)
         want = 0.4 * want + 0.6 * policy[4][n].double()
-        assert torch.allclose(refs[5][f"reference.{n}"].double(), want, rtol=0, atol=1e-12), n
+        assert torch.allclose(refs[5][n].double(), want, rtol=0, atol=1e-12), n
     assert max_abs_diff(policy[2], policy[4]) > 1e-6  # the two syncs mixed in different policies
 
 
@@ -110,9 +113,12 @@ def test_bad_sync_setups_are_one_line_errors(tmp_path, tiny_model_dir):
         run("c", ref_sync_steps=2, beta=0.1, ref_sync_alpha=0.0)
     with pytest.raises(UserError, match=r"ref_sync_steps: must be >= 0"):
         run("d", ref_sync_steps=-1, beta=0.1)
-    with pytest.raises(UserError, match=r"ref_sync_steps: syncs the reference of online methods.*'dpo'"):
-        train({"method": "dpo", "model": str(tiny_model_dir), "data": "task:arithmetic", "ref_sync_steps": 2,
+    with pytest.raises(UserError, match=r"ref_sync_steps: method 'simpo' uses no reference model"):
+        train({"method": "simpo", "model": str(tiny_model_dir), "data": "x.jsonl", "ref_sync_steps": 2,
                "output_dir": str(tmp_path / "e")})
+    with pytest.raises(UserError, match=r"ref_sync_steps: rounds set each round's reference"):
+        train({"method": "dpo", "model": str(tiny_model_dir), "data": "task:arithmetic", "ref_sync_steps": 2,
+               "rounds": 2, "output_dir": str(tmp_path / "g")})
     with pytest.raises(UserError, match=r"ref_sync_steps:.*without fsdp and deepspeed"):
         run("f", ref_sync_steps=2, beta=0.1, fsdp=True)
 
@@ -147,4 +153,64 @@ def test_the_task_evaluation_keeps_measuring_kl_to_the_starting_model(tmp_path, 
     for evaluated in seen:
         assert max_abs_diff({n: start[n] for n in evaluated}, evaluated) == 0
     moved = _synced(out)[3]
-    assert max_abs_diff({f"reference.{n}": t for n, t in start.items() if f"reference.{n}" in moved}, moved) > 1e-6
+    assert max_abs_diff({n: t for n, t in start.items() if n in moved}, moved) > 1e-6
+
+
+# -- offline methods: the reference's log-probs computed each batch ------------------------------------
+
+def _losses(out) -> list[float]:
+    return [m["loss"] for m in metrics(out) if "loss" in m]
+
+
+@pytest.mark.parametrize("method,data_fixture", [("dpo", "pairs_file"), ("kto", "unpaired_file")])
+def test_a_reference_computed_each_batch_equals_the_precomputed_one_until_it_moves(
+        tmp_path, tiny_model_dir, request, method, data_fixture):
+    """With the first sync due after the last step, the per-batch reference values (kto's
+    reference point too) give the run the precomputed ones give (fp64), held-out loss included."""
+    data = request.getfixturevalue(data_fixture)
+    common = dict(method=method, max_steps=3, batch_size=4, dtype="fp64", cache=False, eval_fraction=0.25)
+    fixed = train(base_config(tiny_model_dir, data, tmp_path / "fixed", **common))
+    live = train(base_config(tiny_model_dir, data, tmp_path / "live", ref_sync_steps=100, **common))
+    assert max_abs_diff(weights(fixed.model_dir), weights(live.model_dir)) < 1e-12
+    assert _losses(tmp_path / "live") == pytest.approx(_losses(tmp_path / "fixed"), abs=1e-12)
+    assert live.eval_metrics["eval/loss"] == pytest.approx(fixed.eval_metrics["eval/loss"], abs=1e-12)
+    assert max_abs_diff(weights(fixed.model_dir), weights(tiny_model_dir)) > 1e-4
+
+
+def test_dpo_with_the_reference_copied_every_step_sees_no_margin(tmp_path, tiny_model_dir, pairs_file):
+    """α = 1 every step: each step starts with reference = policy, so every implicit reward
+    β(log π − log π_ref) is 0 and DPO's loss is −log σ(0) = ln 2 at every step (fp64); with the
+    reference fixed, the steps after the first see the policy's margin."""
+    common = dict(max_steps=4, batch_size=4, dtype="fp64", cache=False, lr=1e-2)
+    train(base_config(tiny_model_dir, pairs_file, tmp_path / "sync", ref_sync_steps=1, ref_sync_alpha=1.0, **common))
+    train(base_config(tiny_model_dir, pairs_file, tmp_path / "fixed", **common))
+    assert _losses(tmp_path / "sync") == pytest.approx([math.log(2)] * 4, abs=1e-12)
+    fixed = _losses(tmp_path / "fixed")
+    assert fixed[0] == pytest.approx(math.log(2), abs=1e-12)
+    assert all(abs(x - math.log(2)) > 1e-6 for x in fixed[1:])
+
+
+@pytest.mark.parametrize("crash_at", [2, 3])
+def test_an_interrupted_dpo_run_with_a_synced_reference_resumes_exactly(tmp_path, tiny_model_dir, pairs_file,
+                                                                        crash_at):
+    cfg = dict(max_steps=5, batch_size=4, dtype="fp64", save_every=1, keep_checkpoints=0, ref_sync_steps=2)
+    full = train(base_config(tiny_model_dir, pairs_file, tmp_path / "full", **cfg))
+    with crash_after_save(lambda step: step == crash_at):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "cut", **cfg))
+    resumed = train(base_config(tiny_model_dir, pairs_file, tmp_path / "cut", resume=True, **cfg))
+    assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
+    assert max_abs_diff(_synced(tmp_path / "full")[5], _synced(tmp_path / "cut")[5]) == 0
+    assert max_abs_diff(_synced(tmp_path / "full")[5], _synced(tmp_path / "full")[2]) > 1e-6
+
+
+def test_a_reference_model_of_another_shape_cannot_be_synced(tmp_path, tiny_model_dir, pairs_file):
+    """The soft update mixes weights name by name: a reference_model of another architecture
+    (here wider layers) is a one-line error naming the first parameter that does not fit."""
+    from alignlab.models import TinyModelConfig, save_tiny_model
+
+    other = save_tiny_model(tmp_path / "wide", TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4,
+                                                                 intermediate_size=192))
+    with pytest.raises(UserError, match=r"ref_sync_steps: the reference's parameter model\.layers\.0\.mlp\.\w+_proj"
+                                        r"\.weight \(.*\) has no counterpart in the policy"):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", reference_model=str(other), ref_sync_steps=1))
