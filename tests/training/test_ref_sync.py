@@ -38,6 +38,27 @@ def test_the_update_is_the_soft_mix_written_out():
     assert torch.equal(ref.weight, policy.weight) and torch.equal(ref.bias, policy.bias)
 
 
+def test_the_update_equals_trls_own_sync_on_the_same_weights(tiny_model_dir):
+    """TRL 1.16's ``SyncRefModelCallback`` moves a copy of the same reference, for the same policy,
+    to the same bits (both compute the two in-place operations in the same order)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ref = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    theirs = copy.deepcopy(ref)
+    for alpha in (0.6, 0.1, 1.0):
+        sync_reference(ref, policy, alpha)
+        SyncRefModelCallback._sync_target_model(policy, theirs, alpha)
+        assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), theirs.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), policy.parameters(), strict=True))  # α = 1 last
+
+
 def _synced(out):
     """step → the reference's tensors in checkpoint step (the state before any sync of that step)."""
     return {int(c.name.removeprefix(ckpt.PREFIX)): load_file(c / ckpt.REFERENCE_FILE)
