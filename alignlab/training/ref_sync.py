@@ -4,9 +4,10 @@ Every ``ref_sync_steps`` optimizer steps the reference moves toward the policy,
 ``ref ← (1 − α) · ref + α · policy`` (Gorbatovski et al., 2024, "Learn Your Reference Model for
 Real Good Alignment"; TRL's ``sync_ref_model`` with ``ref_model_mixup_alpha`` and
 ``ref_model_sync_steps``, whose ``sync_target_model`` computes the same two in-place operations).
-The loop applies it at the start of the step after the update (``RefSync.before_step``), so what
-runs the reference next (an online round's KL term, an offline method's reference log-probs,
-computed each step when the reference moves) sees it; checkpoints hold the synced weights.
+The loop applies it at the end of the step (``RefSync.after_step``), before that step's
+evaluation and checkpoint, so what runs the reference next (an evaluation, an online round's KL
+term, an offline method's reference log-probs, computed each step when the reference moves) sees
+it; checkpoints hold the synced weights.
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ class RefSync:
         with self.reference() as ref:
             check_sync_pairs(ref, self.policy)
 
-    def before_step(self, step: int) -> None:
-        """At the start of step ``step``: the update after optimizer step ``step`` when it is one
-        of every ``every`` (what TRL's callback does at the end of that step). A checkpoint
-        written after ``step`` steps holds the reference before this update."""
-        if step and step % self.every == 0:
+    def after_step(self, done: int) -> None:
+        """At the end of optimizer step ``done`` (skipped or not), the update when it is one of
+        every ``every``: what TRL's callback does in ``on_step_end``, before the Trainer evaluates
+        and saves, so an evaluation or checkpoint after that step sees the updated reference."""
+        if done % self.every == 0:
             with self.reference() as ref:
                 sync_reference(ref, self.policy, self.alpha)
 
