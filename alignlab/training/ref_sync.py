@@ -23,22 +23,32 @@ from alignlab.errors import ConfigError, UserError
 
 def check_sync_pairs(reference: torch.nn.Module, policy: torch.nn.Module) -> None:
     """Every parameter of the reference has one of the same name and shape in the policy (which
-    may hold more: PPO's critic), so that ``sync_reference`` can move it; else a one-line error."""
-    mine = dict(policy.named_parameters())
-    for name, p in reference.named_parameters():
+    may hold more: PPO's critic), so that ``sync_reference`` can move it, and names the reference
+    ties to one tensor (an output layer sharing the input embeddings) the policy ties too, else the
+    reference could not become the policy; else a one-line error."""
+    mine = dict(policy.named_parameters(remove_duplicate=False))
+    first: dict[int, str] = {}
+    for name, p in reference.named_parameters(remove_duplicate=False):
         if name not in mine or mine[name].shape != p.shape:
             theirs = "none" if name not in mine else tuple(mine[name].shape)
             raise ConfigError(f"ref_sync_steps: the reference's parameter {name} {tuple(p.shape)} has no "
                               f"counterpart in the policy (found {theirs}); a synced reference must be the "
                               "policy's architecture (leave reference_model unset, or give one of the same shape)")
+        tied = first.setdefault(id(p), name)
+        if mine[name] is not mine[tied]:
+            raise ConfigError(f"ref_sync_steps: the reference ties {name} to {tied} and the policy does not "
+                              "(tie_word_embeddings differs), so the reference cannot follow the policy; leave "
+                              "reference_model unset, or give one that ties its weights as the policy does")
 
 
 @torch.no_grad()
 def sync_reference(reference: torch.nn.Module, policy: torch.nn.Module, alpha: float) -> None:
     """TR-DPO's soft update (Gorbatovski et al., 2024), as TRL's ``sync_target_model`` computes it:
     each reference parameter becomes ``(1 − alpha) · itself + alpha · the policy's``, in place.
-    Parameters only: these models' buffers (rotary frequencies) do not train."""
-    mine = dict(policy.named_parameters())
+    Parameters only: these models' buffers (rotary frequencies) do not train. The policy's are
+    found by every name they have, so a reference that holds apart what the policy ties (its
+    output layer and input embeddings) takes the tied tensor for both."""
+    mine = dict(policy.named_parameters(remove_duplicate=False))
     for name, p in reference.named_parameters():
         p.mul_(1.0 - alpha).add_(mine[name].detach().to(p.dtype), alpha=alpha)
 

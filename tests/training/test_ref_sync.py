@@ -259,3 +259,52 @@ def test_an_evaluation_after_a_sync_step_sees_the_synced_reference(tmp_path, tin
     # with the reference fixed the held-out margin moves off 0: the check above can fail
     fixed = train(base_config(tiny_model_dir, pairs_file, tmp_path / "fixed", **common))
     assert abs(fixed.eval_metrics["eval/loss"] - math.log(2)) > 1e-6
+
+
+def _untied_twin(tied_dir, out):
+    """The model of ``tied_dir`` with its output layer a tensor of its own (a copy of the embeddings)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignlab.models import save_pretrained
+
+    model = AutoModelForCausalLM.from_pretrained(tied_dir)
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    save_pretrained(model, out)
+    AutoTokenizer.from_pretrained(tied_dir).save_pretrained(out)
+    return out
+
+
+def test_a_reference_that_ties_what_the_policy_holds_apart_is_refused(tmp_path, tied_model_dir, pairs_file):
+    """A reference whose output layer is its input embeddings (tie_word_embeddings) cannot follow a
+    policy whose two differ: with α = 1 its output layer would become the policy's embeddings, not
+    the policy's output layer. A one-line error names the tie."""
+    policy = _untied_twin(tied_model_dir, tmp_path / "untied")
+    with pytest.raises(UserError, match=r"^ref_sync_steps: the reference ties lm_head\.weight to "
+                                        r"model\.embed_tokens\.weight and the policy does not"):
+        train(base_config(policy, pairs_file, tmp_path / "run", reference_model=str(tied_model_dir),
+                          ref_sync_steps=1, max_steps=1))
+
+
+def test_an_untied_reference_follows_a_tied_policy(tied_model_dir, tmp_path):
+    """The other way round the update is well defined: the policy's output layer is its embeddings,
+    so with α = 1 both of the reference's tensors become the policy's one shared tensor, and with
+    α = 0.25 each becomes 0.75 · itself + 0.25 · that tensor."""
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.training.ref_sync import check_sync_pairs
+
+    policy = AutoModelForCausalLM.from_pretrained(tied_model_dir)
+    ref = AutoModelForCausalLM.from_pretrained(_untied_twin(tied_model_dir, tmp_path / "untied"))
+    with torch.no_grad():
+        policy.model.embed_tokens.weight.add_(0.5)
+        ref.lm_head.weight.fill_(2.0)
+    shared = policy.model.embed_tokens.weight.detach().clone()
+    head, embed = ref.lm_head.weight.detach().clone(), ref.model.embed_tokens.weight.detach().clone()
+    check_sync_pairs(ref, policy)
+    sync_reference(ref, policy, 0.25)
+    assert torch.equal(ref.lm_head.weight, 0.75 * head + 0.25 * shared)
+    assert torch.equal(ref.model.embed_tokens.weight, 0.75 * embed + 0.25 * shared)
+    sync_reference(ref, policy, 1.0)
+    assert torch.equal(ref.lm_head.weight, shared) and torch.equal(ref.model.embed_tokens.weight, shared)
