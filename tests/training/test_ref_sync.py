@@ -135,6 +135,8 @@ def test_bad_sync_setups_are_one_line_errors(tmp_path, tiny_model_dir):
         run("c", ref_sync_steps=2, beta=0.1, ref_sync_alpha=0.0)
     with pytest.raises(UserError, match=r"ref_sync_steps: must be >= 0"):
         run("d", ref_sync_steps=-1, beta=0.1)
+    with pytest.raises(UserError, match=r"^ref_sync_alpha: moves the reference only every ref_sync_steps steps"):
+        run("h", beta=0.1, ref_sync_alpha=0.3)  # would train with the reference fixed, the alpha unused
     with pytest.raises(UserError, match=r"ref_sync_steps: method 'simpo' uses no reference model"):
         train({"method": "simpo", "model": str(tiny_model_dir), "data": "x.jsonl", "ref_sync_steps": 2,
                "output_dir": str(tmp_path / "e")})
