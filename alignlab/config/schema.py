@@ -464,6 +464,9 @@ class TrainConfig:
                "fixes it: give one or the other")
         _check(self.ref_sync_steps >= 0, "ref_sync_steps", f"must be >= 0, got {self.ref_sync_steps}")
         _check(0 < self.ref_sync_alpha <= 1, "ref_sync_alpha", f"must be in (0, 1], got {self.ref_sync_alpha}")
+        _check(self.ref_sync_steps or self.ref_sync_alpha == TrainConfig.__dataclass_fields__["ref_sync_alpha"].default,
+               "ref_sync_alpha", "moves the reference only every ref_sync_steps steps: give ref_sync_steps too "
+               "(0, the default, keeps the reference fixed)")
         if self.ref_sync_steps:
             self._check_ref_sync(spec)
         _check(self.reference_model is None or not self.adapter.lora, "reference_model",

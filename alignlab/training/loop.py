@@ -296,8 +296,6 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
         t0 = time.perf_counter()
         fault: StepFault | None = None
         try:
-            if inp.ref_sync is not None:
-                inp.ref_sync.before_step(step)
             batch = inp.source.step(step)
         except StepFault as exc:  # the source could not make the step (an online reward failed)
             if not cfg.optim.skip_nonfinite:
@@ -348,6 +346,8 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
             scheduler.step()  # a skipped step keeps its place in the schedule, as in the data order
         optimizer.zero_grad(set_to_none=True)
+        if inp.ref_sync is not None:  # before the evaluation and the checkpoint of this step, as TRL's on_step_end
+            inp.ref_sync.after_step(done)
 
         evaluated = bool(has_eval and cfg.eval.eval_every and done % cfg.eval.eval_every == 0 and done < steps)
         if evaluated:

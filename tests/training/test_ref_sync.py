@@ -60,15 +60,16 @@ def test_the_update_equals_trls_own_sync_on_the_same_weights(tiny_model_dir):
 
 
 def _synced(out):
-    """step → the reference's tensors in checkpoint step (the state before any sync of that step)."""
+    """step → the reference's tensors in checkpoint step (after that step's sync, if one was due)."""
     return {int(c.name.removeprefix(ckpt.PREFIX)): load_file(c / ckpt.REFERENCE_FILE)
             for c in ckpt.list_checkpoints(out / "checkpoints")}
 
 
 def test_the_reference_moves_toward_the_policy_every_n_steps(tmp_path, tiny_model_dir):
     """With ref_sync_steps 2 and α 0.6, the reference after step 2's update is 0.4 · the starting
-    model + 0.6 · the policy after 2 steps, and stays so until the update after step 4. Checked
-    against the checkpoints' own policy weights, computed here in float64."""
+    model + 0.6 · the policy after 2 steps, and stays so until the update after step 4 (each in the
+    checkpoint of its step, as TRL syncs before it saves). Checked against the checkpoints' own
+    policy weights, computed here in float64."""
     out = tmp_path / "run"
     train(online(tiny_model_dir, out, beta=0.1, max_steps=5, save_every=1, keep_checkpoints=0, ref_sync_steps=2,
                  ref_sync_alpha=0.6))
@@ -81,12 +82,12 @@ def test_the_reference_moves_toward_the_policy_every_n_steps(tmp_path, tiny_mode
     for n in names:
         s0 = start[n].double()
         assert torch.equal(refs[1][n].double(), s0)  # no sync yet
-        assert torch.equal(refs[2][n].double(), s0)  # written before step 2's sync
         want = 0.4 * s0 + 0.6 * policy[2][n].double()
-        for step in (3, 4):
+        for step in (2, 3):
             assert torch.allclose(refs[step][n].double(), want, rtol=0, atol=1e-12), (n, step)
         want = 0.4 * want + 0.6 * policy[4][n].double()
-        assert torch.allclose(refs[5][n].double(), want, rtol=0, atol=1e-12), n
+        for step in (4, 5):
+            assert torch.allclose(refs[step][n].double(), want, rtol=0, atol=1e-12), (n, step)
     assert max_abs_diff(policy[2], policy[4]) > 1e-6  # the two syncs mixed in different policies
 
 
@@ -106,8 +107,8 @@ def test_a_full_sync_makes_the_next_rounds_kl_zero(tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("crash_at", [2, 3])
 def test_an_interrupted_run_with_a_synced_reference_resumes_exactly(tmp_path, tiny_model_dir, crash_at):
-    """Killed after the checkpoint of step 2 (a sync is due at the start of the next step) or 3 (one
-    was made): the same weights, metrics and reference as an uninterrupted run."""
+    """Killed after the checkpoint of step 2 (written just after a sync) or 3 (between two syncs):
+    the same weights, metrics and reference as an uninterrupted run."""
     cfg = dict(beta=0.1, max_steps=5, save_every=1, keep_checkpoints=0, ref_sync_steps=2, ref_sync_alpha=0.6)
     full = train(online(tiny_model_dir, tmp_path / "full", **cfg))
     with crash_after_save(lambda step: step == crash_at):
@@ -134,6 +135,8 @@ def test_bad_sync_setups_are_one_line_errors(tmp_path, tiny_model_dir):
         run("c", ref_sync_steps=2, beta=0.1, ref_sync_alpha=0.0)
     with pytest.raises(UserError, match=r"ref_sync_steps: must be >= 0"):
         run("d", ref_sync_steps=-1, beta=0.1)
+    with pytest.raises(UserError, match=r"^ref_sync_alpha: moves the reference only every ref_sync_steps steps"):
+        run("h", beta=0.1, ref_sync_alpha=0.3)  # would train with the reference fixed, the alpha unused
     with pytest.raises(UserError, match=r"ref_sync_steps: method 'simpo' uses no reference model"):
         train({"method": "simpo", "model": str(tiny_model_dir), "data": "x.jsonl", "ref_sync_steps": 2,
                "output_dir": str(tmp_path / "e")})
@@ -235,3 +238,75 @@ def test_a_reference_model_of_another_shape_cannot_be_synced(tmp_path, tiny_mode
     with pytest.raises(UserError, match=r"ref_sync_steps: the reference's parameter model\.layers\.0\.mlp\.\w+_proj"
                                         r"\.weight \(.*\) has no counterpart in the policy"):
         train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", reference_model=str(other), ref_sync_steps=1))
+
+
+def test_an_evaluation_after_a_sync_step_sees_the_synced_reference(tmp_path, tiny_model_dir, pairs_file):
+    """TRL syncs in ``on_step_end``, which the Trainer calls before ``_maybe_log_save_evaluate``: an
+    evaluation (and a checkpoint) after step s sees the reference synced after step s. With α = 1
+    every step that reference is the policy being evaluated, so every held-out implicit reward
+    β(log π − log π_ref) is 0 and the held-out DPO loss is −log σ(0) = ln 2 at every evaluation,
+    the final one included (fp64); the checkpoint after step 2 holds the policy after step 2."""
+    out = tmp_path / "run"
+    common = dict(max_steps=3, batch_size=4, dtype="fp64", cache=False, lr=1e-2, eval_fraction=0.25)
+    summary = train(base_config(tiny_model_dir, pairs_file, out, ref_sync_steps=1, ref_sync_alpha=1.0, eval_every=1,
+                                save_every=1, keep_checkpoints=0, **common))
+    evals = [m for m in metrics(out) if "eval/loss" in m]
+    assert [m["step"] for m in evals] == [1, 2, 3]
+    for m in evals:
+        assert m["eval/loss"] == pytest.approx(math.log(2), abs=1e-12), m["step"]
+        assert m["eval/rewards/margins"] == pytest.approx(0.0, abs=1e-12), m["step"]
+    assert summary.eval_metrics["eval/loss"] == pytest.approx(math.log(2), abs=1e-12)
+    step2 = out / "checkpoints" / ckpt.step_name(2)
+    assert max_abs_diff(load_file(step2 / ckpt.REFERENCE_FILE), load_file(step2 / "trainable.safetensors")) == 0
+    # with the reference fixed the held-out margin moves off 0: the check above can fail
+    fixed = train(base_config(tiny_model_dir, pairs_file, tmp_path / "fixed", **common))
+    assert abs(fixed.eval_metrics["eval/loss"] - math.log(2)) > 1e-6
+
+
+def _untied_twin(tied_dir, out):
+    """The model of ``tied_dir`` with its output layer a tensor of its own (a copy of the embeddings)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignlab.models import save_pretrained
+
+    model = AutoModelForCausalLM.from_pretrained(tied_dir)
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    save_pretrained(model, out)
+    AutoTokenizer.from_pretrained(tied_dir).save_pretrained(out)
+    return out
+
+
+def test_a_reference_that_ties_what_the_policy_holds_apart_is_refused(tmp_path, tied_model_dir, pairs_file):
+    """A reference whose output layer is its input embeddings (tie_word_embeddings) cannot follow a
+    policy whose two differ: with α = 1 its output layer would become the policy's embeddings, not
+    the policy's output layer. A one-line error names the tie."""
+    policy = _untied_twin(tied_model_dir, tmp_path / "untied")
+    with pytest.raises(UserError, match=r"^ref_sync_steps: the reference ties lm_head\.weight to "
+                                        r"model\.embed_tokens\.weight and the policy does not"):
+        train(base_config(policy, pairs_file, tmp_path / "run", reference_model=str(tied_model_dir),
+                          ref_sync_steps=1, max_steps=1))
+
+
+def test_an_untied_reference_follows_a_tied_policy(tied_model_dir, tmp_path):
+    """The other way round the update is well defined: the policy's output layer is its embeddings,
+    so with α = 1 both of the reference's tensors become the policy's one shared tensor, and with
+    α = 0.25 each becomes 0.75 · itself + 0.25 · that tensor."""
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.training.ref_sync import check_sync_pairs
+
+    policy = AutoModelForCausalLM.from_pretrained(tied_model_dir)
+    ref = AutoModelForCausalLM.from_pretrained(_untied_twin(tied_model_dir, tmp_path / "untied"))
+    with torch.no_grad():
+        policy.model.embed_tokens.weight.add_(0.5)
+        ref.lm_head.weight.fill_(2.0)
+    shared = policy.model.embed_tokens.weight.detach().clone()
+    head, embed = ref.lm_head.weight.detach().clone(), ref.model.embed_tokens.weight.detach().clone()
+    check_sync_pairs(ref, policy)
+    sync_reference(ref, policy, 0.25)
+    assert torch.equal(ref.lm_head.weight, 0.75 * head + 0.25 * shared)
+    assert torch.equal(ref.model.embed_tokens.weight, 0.75 * embed + 0.25 * shared)
+    sync_reference(ref, policy, 1.0)
+    assert torch.equal(ref.lm_head.weight, shared) and torch.equal(ref.model.embed_tokens.weight, shared)
