@@ -159,6 +159,7 @@ def live_reference(examples: list, reference: Callable[[], contextlib.AbstractCo
     with reference() as ref_model:
         device = next(ref_model.parameters()).device
         by_example = _compute(ref_model, examples, pad_id, max(len(examples), 1), device, tokens, autocast)
+    _check_finite(examples, by_example, "reference")
     sums = [v for s_, _ in by_example for v in s_]
     per_token = [t for _, t_ in by_example for t in t_] if tokens else []
     return _with_values(examples, sums, per_token, tokens)

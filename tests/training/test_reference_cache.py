@@ -21,7 +21,7 @@ from alignlab.models import Reference, load_model, load_tokenizer
 from alignlab.testbed.build import intra_op_threads
 from alignlab.training import loop as loop_module
 from alignlab.training.distributed import Dist
-from alignlab.training.reference_cache import attach_reference, cache_key
+from alignlab.training.reference_cache import attach_reference, cache_key, live_reference
 from tests.training.helpers import base_config, max_abs_diff, weights
 
 
@@ -90,6 +90,19 @@ def test_non_finite_reference_logps_are_refused_and_never_cached(tiny_model_dir,
                                    "16 examples (the first is data row 1); nothing was cached")
     assert str(e.value).endswith("try dtype='fp32')")  # how a Python caller sets it
     assert not cache.exists() and list(tmp_path.iterdir()) == [pairs_file]
+
+
+def test_a_moving_references_non_finite_values_are_refused_by_name(tiny_model_dir, pairs_file):
+    """The per-batch values of a reference that moves (``ref_sync_steps``) get the same check as
+    cached ones: the data row, not a non-finite loss blamed on the learning rate."""
+    tok, examples = _examples(tiny_model_dir, pairs_file)
+    model = load_model(str(tiny_model_dir))
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    with pytest.raises(UserError, match=r"^reference log-probs: the model 'reference' gives non-finite values for 4 "
+                                        r"of 4 examples \(the first is data row 3\)"):
+        live_reference(examples[2:6], lambda: contextlib.nullcontext(model), pad_id=tok.pad_token_id, tokens=False,
+                       autocast=contextlib.nullcontext)
 
 
 @pytest.mark.parametrize("tokens", [False, True])
