@@ -308,6 +308,7 @@ class SequenceLogps:
     count_B: torch.Tensor  # number of response tokens in each row
     sqmass_B: torch.Tensor | None = None  # Σ over response tokens of log Σ_v p_v², no gradient (WPO)
     entropy_BT: torch.Tensor | None = None  # (B, T-1) −Σ_v p_v log p_v where each token was predicted
+    sqmass_BT: torch.Tensor | None = None  # (B, T-1) log Σ_v p_v² where each token was predicted (with sqmass_B)
 
     @property
     def mean_B(self) -> torch.Tensor:
@@ -447,9 +448,10 @@ def _response_logps(model: torch.nn.Module, inputs: dict, rows_N: torch.Tensor, 
         return values_K.new_zeros(mask_NL.shape).index_put((n_idx, k_idx), values_K)
 
     token_logps = placed(picked_K)
-    sq = None if sq_K is None else placed(sq_K).sum(-1)
+    sq = None if sq_K is None else placed(sq_K)
     ent = None if ent_K is None else placed(ent_K)
-    return SequenceLogps(token_logps, mask, token_logps.sum(-1), mask.sum(-1), sq, ent)
+    return SequenceLogps(token_logps, mask, token_logps.sum(-1), mask.sum(-1), None if sq is None else sq.sum(-1),
+                         ent, sq)
 
 
 def forward_inputs(model: torch.nn.Module, batch: Batch) -> dict:

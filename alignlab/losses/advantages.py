@@ -411,6 +411,51 @@ def reinforce_pp_advantages(scores: torch.Tensor, mask_BT: torch.Tensor, kl_BT: 
     return advantages, returns
 
 
+OTB_EPS = 1e-8
+
+
+def otb_energy(logps_BT: torch.Tensor, sum_pi_sq_BT: torch.Tensor) -> torch.Tensor:
+    """OTB's per-token energy ‖s_t‖² = 1 − 2·π_t + Σ_v π_v² (B, T): π_t the sampled token's
+    probability, Σ_v π_v² the squared probability mass of the step's whole distribution (the squared
+    norm of the logits' score function, ∂ log π_t/∂z = e_t − π)."""
+    return 1 - 2 * logps_BT.detach().exp() + sum_pi_sq_BT.detach()
+
+
+def optimal_token_baseline(returns_BT: torch.Tensor, energy_BT: torch.Tensor, mask_BT: torch.Tensor, group: int,
+                           *, zero_tail: bool = True, eps: float = OTB_EPS) -> torch.Tensor:
+    """Advantages A_t = G_t − B*_t with the optimal token baseline (B, T), rows prompt-major,
+    ``group`` per prompt.
+
+    The Optimal Token Baseline (OTB, arXiv 2602.07078), as verl's
+    ``adv_estimator=optimal_token_baseline`` computes it: with W_t = Σ_{j≤t} ‖s_j‖² a completion's energy up to
+    token t (``otb_energy``, times ρ̄_j² under an importance-sampling correction), each prompt's
+    baseline at position t is
+
+        B*_t = Σ_i G_t^(i)·W_t^(i)·m_t^(i) / (Σ_i W_t^(i)·m_t^(i) + ε)
+
+    over the prompt's completions i that reach position t (m the mask). A prompt with one
+    completion has no baseline (A = G). ``zero_tail`` (verl's ``handle_zero_tail``): where one
+    completion is strictly the longest of its group, its positions past the second longest, where it
+    alone would set the baseline to its own return, get baseline 0 instead. No scaling follows.
+    Returns 0 on padding."""
+    mask = mask_BT.to(returns_BT.dtype)
+    G = returns_BT.detach() * mask
+    W = (energy_BT.detach().to(returns_BT.dtype) * mask).cumsum(-1)
+    B, T = G.shape
+    P = B // group
+    Gp, Wp, mp = (x.reshape(P, group, T) for x in (G, W, mask))
+    baseline = ((Gp * Wp * mp).sum(1) / ((Wp * mp).sum(1) + eps)).unsqueeze(1).expand(P, group, T).clone()
+    if group == 1:
+        baseline.zero_()
+    elif zero_tail:
+        lengths = mp.sum(-1)  # (P, G)
+        top2 = lengths.topk(2, dim=1).values
+        for p in torch.nonzero(top2[:, 0] > top2[:, 1]).reshape(-1).tolist():
+            i = int(lengths[p].argmax())
+            baseline[p, i, int(top2[p, 1]):] = 0.0
+    return (G - baseline.reshape(B, T)) * mask
+
+
 def gae(rewards_BT: torch.Tensor, values_BT: torch.Tensor, mask_BT: torch.Tensor, *, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation over right-padded completions; returns (advantages, returns).

@@ -1,5 +1,5 @@
 """The online policy-gradient methods as registry entries: GRPO and its named variants, RLOO,
-ReMax, OPO, pass@k, REINFORCE++ and PPO.
+ReMax, OPO, pass@k, OTB, REINFORCE++ and PPO.
 
 Each entry pairs the per-token loss of ``policy_gradient.py`` with an advantage rule of
 ``advantages.py``, of one of two kinds:
@@ -9,7 +9,8 @@ Each entry pairs the per-token loss of ``policy_gradient.py`` with an advantage 
   each prompt's greedy answer (``LossSpec.greedy_baseline``), OPO's the length of every
   completion (``LossSpec.lengths``).
 - token rules (``LossSpec.token_advantages``): a process's completions with their per-token
-  log-probs (sampling policy, reference) and, for PPO, the critic's values (``RoundTokens``), to
+  log-probs (sampling policy, reference), for OTB each token's Σπ² and for PPO the critic's
+  values (``RoundTokens``), to
   per-token advantages and returns. Each completion's are its own, so a process computes its
   share; the step source then whitens the advantages over every completion token of the round,
   on all processes (``whiten`` = True), as OpenRLHF normalises over its global batch.
@@ -71,6 +72,11 @@ Defaults and their sources:
   the group's std + 1e-6 (``scale_rewards="group"``: verl's ``norm_adv_by_std_in_grpo`` = True, its
   default); the loss as ``opo``'s (verl's actor defaults). Most advantages are 0, so
   ``skip_zero_advantage`` leaves most completions out of the forward and backward passes.
+- ``otb``: the Optimal Token Baseline (arXiv 2602.07078), as verl's
+  ``adv_estimator=optimal_token_baseline``: each token's baseline is the group's returns weighted by
+  their accumulated energy Σ_{j≤t} (1 − 2π_j + Σπ²) under the policy at the round's start
+  (``advantages.optimal_token_baseline``), with verl's ``handle_zero_tail`` on and its actor
+  defaults for the loss (ε = 0.2, token-mean aggregation, β = 0).
 - ``reinforce++``: Hu 2025 (REINFORCE++), as OpenRLHF's ``advantage_estimator=reinforce``: the
   per-token reward −β_KL·KL_t plus the score on the last token, returns with γ = 1, whitened over
   the round's tokens; KL_t is k1 of the sampling policy against the reference (OpenRLHF's default
@@ -97,6 +103,8 @@ from alignlab.losses.advantages import (
     group_advantages,
     kl_estimate,
     opo_advantages,
+    optimal_token_baseline,
+    otb_energy,
     passk_advantages,
     remax_advantages,
     rloo_advantages,
@@ -105,6 +113,7 @@ from alignlab.losses.advantages import (
 from alignlab.losses.params import param, require, require_non_negative
 from alignlab.losses.policy_gradient import PolicyGradientParams, PPOParams, policy_gradient_loss, ppo_loss
 from alignlab.losses.registry import LossSpec, register
+from alignlab.losses.surrogates import importance_weights
 
 SCALES = ("group", "batch", "none")
 PASSK_SCALES = ("group", "none")
@@ -222,6 +231,12 @@ class PassKParams(PolicyGradientParams):
 
 
 @dataclass
+class OTBParams(PolicyGradientParams):
+    zero_tail: bool = param(True, "where one completion is strictly the longest of its group, its tokens past the "
+                                  "second longest get baseline 0 (verl's handle_zero_tail, its default)")
+
+
+@dataclass
 class KLRewardParams(PolicyGradientParams):
     """A per-token KL penalty in the reward, returns, and whitened advantages (REINFORCE++, PPO)."""
 
@@ -278,6 +293,8 @@ class RoundTokens:
     old_logps_BT: torch.Tensor | None = None
     ref_logps_BT: torch.Tensor | None = None
     values_BT: torch.Tensor | None = None
+    sum_pi_sq_BT: torch.Tensor | None = None  # Σ_v π_v² where each token was drawn, at the round's start (OTB)
+    sampler_logps_BT: torch.Tensor | None = None  # the sampler's own log-probs
 
 
 def needs_reference(params) -> bool:
@@ -359,6 +376,23 @@ def reinforce_pp_token_advantages(r: RoundTokens, params: ReinforcePPParams) -> 
     return returns.clone(), returns
 
 
+def otb_token_advantages(r: RoundTokens, params: OTBParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """OTB: (advantages, returns) from the returns G_t (the score, on every token of its completion)
+    and each token's energy under the policy at the round's start, scaled by ρ̄_t² under an
+    importance-sampling correction (ρ̄ the weights the loss applies: ``importance_weights``)."""
+    if r.old_logps_BT is None or r.sum_pi_sq_BT is None:
+        raise ValueError("otb needs the policy's log-probs and Σπ² of every completion token at the round's start")
+    returns = discounted_returns(token_rewards(r.scores_PG.reshape(-1), r.mask_BT), r.mask_BT)
+    energy = otb_energy(r.old_logps_BT, r.sum_pi_sq_BT)
+    if params.is_mode != "off":
+        if r.sampler_logps_BT is None:
+            raise ValueError(f"is_mode={params.is_mode!r} needs the sampler's log-probs")
+        energy = energy * importance_weights(r.old_logps_BT, r.sampler_logps_BT, r.mask_BT, params.is_mode,
+                                             params.is_clip_max, params.is_clip_min) ** 2
+    group = r.scores_PG.shape[1]
+    return optimal_token_baseline(returns, energy, r.mask_BT, group, zero_tail=params.zero_tail), returns
+
+
 def ppo_token_advantages(r: RoundTokens, params: PPOOnlineParams) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO: GAE(γ, λ) advantages (before whitening) and returns (the value targets)."""
     if r.values_BT is None:
@@ -409,6 +443,12 @@ register(LossSpec(name="gpg", fn=policy_gradient_loss, shape="online", params=GP
                         "Reasoning, arXiv 2504.02546",
                   summary="plain policy gradient −A·log π with the group mean as baseline, scaled by the batch's "
                           "share of non-zero rewards", advantages=gpg_group_advantages))
+register(LossSpec(name="otb", fn=policy_gradient_loss, shape="online", params=OTBParams, needs_reference=False,
+                  paper="Optimal Token Baseline (OTB), arXiv 2602.07078; as verl's adv_estimator="
+                        "optimal_token_baseline, with verl's actor defaults",
+                  summary="clipped policy gradient; each token's baseline the group's returns weighted by their "
+                          "accumulated energy Σ(1 − 2π + Σπ²)", token_advantages=otb_token_advantages,
+                  sum_pi_squared=True))
 # ``needs_reference``: what the defaults need (kl_coef > 0); a run loads the reference exactly when
 # its params do (``needs_reference(params)``)
 register(LossSpec(name="reinforce++", fn=policy_gradient_loss, shape="online", params=ReinforcePPParams,

@@ -60,6 +60,9 @@ class LossSpec:
     greedy_baseline: bool = False
     lengths: bool = False
     value_model: bool = False
+    # ``sum_pi_squared``: the round computes, with the policy's log-probs at its start, each
+    # completion token's Σ_v π_v² (the squared mass of the distribution it was drawn from; OTB)
+    sum_pi_squared: bool = False
     # ``num_generations``: a method that compares a fixed number of samples per prompt (online DPO:
     # 2); a run must sample exactly that many, and each micro-batch must hold whole groups
     # (batch_size a multiple of it), since the loss reads a group's samples together.

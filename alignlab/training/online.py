@@ -136,22 +136,38 @@ def token_logps(model: torch.nn.Module, examples: Sequence[RolloutExample], pad_
     """Teacher-forced log-probs of each completion token under ``model`` (no gradients)."""
     def logps(batch):
         lp = sequence_logps(model, batch)
-        return left_align(lp.token_logps_BT, lp.mask_BT)
+        return (left_align(lp.token_logps_BT, lp.mask_BT),)
 
-    return _per_token(logps, examples, pad_id, batch_size, device, pack)
+    return _per_token(logps, examples, pad_id, batch_size, device, pack)[0]
+
+
+def token_logps_and_sum_pi_sq(model: torch.nn.Module, examples: Sequence[RolloutExample], pad_id: int,
+                              batch_size: int, device, pack: bool | PackingCost = False
+                              ) -> tuple[list[tuple[float, ...]], list[tuple[float, ...]]]:
+    """``token_logps`` and, from the same pass, each completion token's Σ_v π_v² (the squared mass
+    of the distribution it was drawn from) under ``model``."""
+    def both(batch):
+        lp = sequence_logps(model, batch, sqmass=True)
+        return left_align(lp.token_logps_BT, lp.mask_BT), left_align(lp.sqmass_BT.exp(), lp.mask_BT)
+
+    logps, sum_pi_sq = _per_token(both, examples, pad_id, batch_size, device, pack)
+    return logps, sum_pi_sq
 
 
 def _per_token(fn: Callable, examples: Sequence[RolloutExample], pad_id: int, batch_size: int,
-               device, pack: bool | PackingCost = False) -> list[tuple[float, ...]]:
-    """``fn(batch)`` -> (B, L) left-aligned per-token values, for every example, without gradients
-    (batches packed by group as ``pack`` says: ``collate_rollout``)."""
-    out: list[tuple[float, ...]] = []
+               device, pack: bool | PackingCost = False) -> list[list[tuple[float, ...]]]:
+    """``fn(batch)`` -> a tuple of (B, L) left-aligned per-token values; for each, every example's,
+    without gradients (batches packed by group as ``pack`` says: ``collate_rollout``)."""
+    out: list[list[tuple[float, ...]]] = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             part = examples[start:start + batch_size]
-            aligned = fn(collate_rollout(part, pad_id, pack).to(device)).double().cpu()
-            out.extend(tuple(aligned[b, :len(e.completion_ids)].tolist()) for b, e in enumerate(part))
-    return out
+            got = fn(collate_rollout(part, pad_id, pack).to(device))
+            out = out or [[] for _ in got]
+            for values, aligned in zip(out, got, strict=True):
+                aligned = aligned.double().cpu()
+                values.extend(tuple(aligned[b, :len(e.completion_ids)].tolist()) for b, e in enumerate(part))
+    return out or [[]]
 
 
 def round_size(cfg, dist: Dist) -> tuple[int, int]:
@@ -325,7 +341,12 @@ class OnlineSource:
                            components={name: float(v[k]) for name, v in parts.items()})
             for k, s in enumerate(flat)]
         examples, batch_rows, device = self._examples, self.cfg.optim.batch_size, self.dist.device
-        if self.needs_old:
+        if self.needs_old and self.cfg.spec.sum_pi_squared:
+            old, sum_pi_sq = token_logps_and_sum_pi_sq(self.policy, examples, self.pad_id, batch_rows, device,
+                                                       self.pack)
+            for e, lp, sq in zip(examples, old, sum_pi_sq, strict=True):
+                e.old_logps, e.sum_pi_sq = lp, sq
+        elif self.needs_old:
             old = token_logps(self.policy, examples, self.pad_id, batch_rows, device, self.pack)
             for e, lp in zip(examples, old, strict=True):
                 e.old_logps = lp
@@ -335,8 +356,8 @@ class OnlineSource:
                 for e, lp in zip(examples, reference, strict=True):
                     e.ref_logps = lp
         if rule.values:
-            values = _per_token(lambda b: token_values(self.policy, b), examples, self.pad_id, batch_rows, device,
-                                self.pack)
+            values = _per_token(lambda b: (token_values(self.policy, b),), examples, self.pad_id, batch_rows, device,
+                                self.pack)[0]
             for e, v in zip(examples, values, strict=True):
                 e.old_values = v
         if rule.sequence is not None:
@@ -475,11 +496,15 @@ class OnlineSource:
         mask = token_tensor([[1.0] * len(e.completion_ids) for e in examples], width).bool()
 
         def tokens(name: str) -> torch.Tensor | None:
+            """The examples' per-token values of ``name`` (None where some completion lacks them)."""
             rows = [getattr(e, name) for e in examples]
-            return None if any(r is None for r in rows) else token_tensor(rows, width, dtype=torch.float64)
+            if any(r is None or len(r) != len(e.completion_ids) for r, e in zip(rows, examples, strict=True)):
+                return None
+            return token_tensor(rows, width, dtype=torch.float64)
 
         advantages, returns = rule.token(RoundTokens(scores_PG, mask, tokens("old_logps"), tokens("ref_logps"),
-                                                     tokens("old_values")))
+                                                     tokens("old_values"), tokens("sum_pi_sq"),
+                                                     tokens("sampler_logps")))
         if rule.whiten:  # statistics of every process's tokens, concatenated in rank order
             advantages = whiten(advantages, mask, stats=whiten_stats(torch.cat(self.dist.gather(advantages[mask]))))
         for b, e in enumerate(examples):

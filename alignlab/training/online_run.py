@@ -168,9 +168,9 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
     sampling = SamplingParams(max_new_tokens=new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
                               top_k=rollout.top_k, seed=cfg.seed)
     # the policy's log-probs at the start of the round: the old policy of μ > 1 updates, the
-    # sampler correction's, and the sampling policy's side of a KL penalty in the reward
+    # sampler correction's, the sampling policy's side of a KL penalty in the reward, and OTB's π_t
     needs_old = (rollout.updates_per_rollout > 1 or getattr(params, "is_mode", "off") != "off"
-                 or getattr(params, "kl_coef", 0.0) > 0)
+                 or getattr(params, "kl_coef", 0.0) > 0 or spec.sum_pi_squared)
     skip_idle = rollout.skip_zero_advantage and spec.fn is policy_gradient_loss and zero_advantage_is_free(params)
     rule = AdvantageRule.of(spec, params, [t.weight for t in terms])
     return OnlineSource(cfg, dist, prompts, policy, generator, terms, rule, sampling,

@@ -139,6 +139,7 @@ class RolloutExample:
     ref_logps: tuple[float, ...] | None = None  # the reference's (None: no KL term)
     old_values: tuple[float, ...] | None = None  # the critic's at the start of the round (PPO)
     returns: tuple[float, ...] | None = None  # the critic's targets (PPO)
+    sum_pi_sq: tuple[float, ...] | None = None  # Σ_v π_v² of each token's distribution at the start of the round (OTB)
     components: dict[str, float] = field(default_factory=dict)
 
     def to_state(self) -> dict:

@@ -130,10 +130,12 @@ def _trained(model_dir) -> dict:
                                                                "clip_cov_lb": -1e9, "clip_cov_ub": 1e9,
                                                                "packing": False}),
                                                   # the reference synced on each process from its policy
-                                                  ("grpo", 1, {"beta": 0.1, "ref_sync_steps": 2})],
+                                                  ("grpo", 1, {"beta": 0.1, "ref_sync_steps": 2}),
+                                                  # each group's token baselines, on the process holding it
+                                                  ("otb", 2, {})],
                          ids=["grpo-1", "grpo-2", "ppo-2", "reinforce++-1", "grpo-2-lora-beta", "grpo-1-dynamic",
                               "opo-1", "opo-1-dynamic", "gdpo-1", "entropy-cut-1", "gmpo-2-entropy",
-                              "grpo_passk-1-dynamic", "clip_cov-2", "grpo-1-ref-sync"])
+                              "grpo_passk-1-dynamic", "clip_cov-2", "grpo-1-ref-sync", "otb-2"])
 def test_online_two_processes_equal_one(tmp_path, tiny_model_dir, method, updates, extra):
     """2 processes × 4 completions per step equal 1 process × 8 (fp64). Each process samples its
     own prompts, numbered so the native backend draws the same completions; the round's rewards

@@ -84,6 +84,9 @@ def test_the_weights_push_counts_as_generation_time(tmp_path, tiny_model_dir, mo
                                           ("remax", {}), ("opo", {"max_new_tokens": 40}), ("grpo_passk", {}), ("gpg", {}),
                                           ("reinforce++", {}),
                                           ("reinforce++", {"baseline": "group", "kl_coef": 0.0}),
+                                          # each token's baseline from the round's log-probs and Σπ²
+                                          ("otb", {}), ("otb", {"updates_per_rollout": 2, "max_steps": 4,
+                                                                "is_mode": "token_truncate"}),
                                           # the critic's weights are compared too
                                           ("ppo", {}), ("ppo", {"critic": "separate", "updates_per_rollout": 2,
                                                                 "max_steps": 4})])
@@ -128,7 +131,7 @@ def test_a_per_micro_batch_normaliser_would_change_the_update(tmp_path, tiny_mod
 
 
 @pytest.mark.parametrize("updates,crash_at,method", [(1, 2, "grpo"), (2, 1, "grpo"), (2, 3, "grpo"),
-                                                    (2, 1, "ppo"), (1, 2, "reinforce++")])
+                                                    (2, 1, "ppo"), (1, 2, "reinforce++"), (2, 1, "otb")])
 def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, updates, crash_at, method):
     """Killed after the checkpoint of step ``crash_at`` and resumed: the same weights and the same
     per-step metrics as an uninterrupted run (with 2 updates per round, steps 1 and 3 end inside a
