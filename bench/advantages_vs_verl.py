@@ -1,0 +1,116 @@
+"""alignlab's advantage estimators against verl's own functions, where verl can be imported.
+
+    pip install --no-deps --target /tmp/verlpkg verl tensordict pyvers orjson codetiming hydra-core \
+        omegaconf antlr4-python3-runtime
+    PYTHONPATH=/tmp/verlpkg python bench/advantages_vs_verl.py
+
+verl is not a dependency of alignlab (it pins its own stack), so this check is not among the tests.
+On random rounds it compares, estimator by estimator, what alignlab computes with what verl's
+``core_algos`` computes from the same outcome rewards (each on its completion's last token) and
+the same prompt index, and prints the largest difference of each:
+
+- OTB (``otb_token_advantages`` against ``compute_optimal_token_baseline_advantage``): 3 prompts ×
+  4 completions of 1-7 tokens, a third of the rounds with the longest tied, integer scores, random
+  log-probs, Σπ² and sampler log-probs; with and without ``handle_zero_tail``, and without
+  importance sampling, with token-level and with sequence-level truncated weights (verl takes the
+  weights as given: alignlab's ``importance_weights``, broadcast to tokens); advantages and returns.
+- pass@k (both scalings), RLOO, OPO, GPG and ReMax (``advantages.py`` against verl's
+  ``compute_*_outcome_advantage``): 4 prompts × 4 completions, integer or normal scores, some
+  groups flat. verl computes GPG's α = B / #non-zero as a float32 tensor, so GPG agrees to float32
+  rounding (about 1e-7); the others to float64 rounding.
+
+Exits 1 if any difference is above its tolerance (1e-12; GPG 1e-6).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from alignlab.losses.advantages import (
+    gpg_advantages,
+    opo_advantages,
+    passk_advantages,
+    remax_advantages,
+    rloo_advantages,
+    token_rewards,
+)
+from alignlab.losses.online import OTBParams, RoundTokens, otb_token_advantages
+from alignlab.losses.surrogates import importance_weights
+
+
+def otb(trials: int = 200) -> float:
+    from verl.trainer.ppo.core_algos import compute_optimal_token_baseline_advantage as verl_otb
+
+    torch.manual_seed(0)
+    P, G, T = 3, 4, 7
+    worst = 0.0
+    for trial in range(trials):
+        lengths = torch.randint(1, T + 1, (P * G,))
+        if trial % 3 == 0:
+            lengths[:G] = T  # the first prompt's completions tie at the top: no zero tail there
+        mask = (torch.arange(T)[None] < lengths[:, None]).double()
+        scores = torch.randint(0, 3, (P, G)).double()
+        old = -torch.rand(P * G, T, dtype=torch.float64) * 3 * mask
+        sum_pi_sq = torch.rand(P * G, T, dtype=torch.float64) * 0.9 + 0.05
+        sampler = old - 0.3 * torch.randn(P * G, T, dtype=torch.float64) * mask
+        for zero_tail in (True, False):
+            for is_mode in ("off", "token_truncate", "sequence_truncate"):
+                params = OTBParams(zero_tail=zero_tail, is_mode=is_mode)
+                ours, returns = otb_token_advantages(
+                    RoundTokens(scores, mask.bool(), old_logps_BT=old, sum_pi_sq_BT=sum_pi_sq,
+                                sampler_logps_BT=sampler), params)
+                weights = None if is_mode == "off" else importance_weights(
+                    old, sampler, mask, is_mode, params.is_clip_max, params.is_clip_min).expand(P * G, T)
+                theirs, their_returns = verl_otb(token_rewards(scores.reshape(-1), mask), mask,
+                                                 np.repeat(np.arange(P), G), old, sum_pi_sq,
+                                                 rollout_is_weights=weights, handle_zero_tail=zero_tail)
+                worst = max(worst, float((ours - theirs).abs().max()), float((returns - their_returns).abs().max()))
+    return worst
+
+
+def sequence_estimators(trials: int = 300) -> dict[str, float]:
+    import verl.trainer.ppo.core_algos as verl
+
+    torch.manual_seed(1)
+    P, G, T = 4, 4, 6
+    worst: dict[str, float] = {}
+    for trial in range(trials):
+        lengths = torch.randint(1, T + 1, (P * G,))
+        mask = (torch.arange(T)[None] < lengths[:, None]).double()
+        scores = torch.randint(0, 3, (P, G)).double() if trial % 2 else torch.randn(P, G, dtype=torch.float64)
+        if trial % 5 == 0:
+            scores[0] = 1.0  # a flat group
+        rewards, index = token_rewards(scores.reshape(-1), mask), np.repeat(np.arange(P), G)
+        greedy = scores[:, 0]  # a stand-in for each prompt's greedy answer's reward
+        pairs = {
+            "grpo_passk": (passk_advantages(scores), verl.compute_grpo_passk_outcome_advantage(
+                rewards, mask, index, config={"norm_adv_by_std_in_grpo": True})),
+            "grpo_passk, scale none": (passk_advantages(scores, scale="none"), verl.compute_grpo_passk_outcome_advantage(
+                rewards, mask, index, config={"norm_adv_by_std_in_grpo": False})),
+            "rloo": (rloo_advantages(scores), verl.compute_rloo_outcome_advantage(rewards, mask, index)),
+            "opo": (opo_advantages(scores, lengths.view(P, G).double()),
+                    verl.compute_opo_outcome_advantage(rewards, mask, index)),
+            "gpg": (gpg_advantages(scores), verl.compute_gpg_outcome_advantage(rewards, mask, index)),
+            "remax": (remax_advantages(scores, greedy), verl.compute_remax_outcome_advantage(
+                rewards, greedy.repeat_interleave(G), mask)),
+        }
+        for name, (ours, (theirs, _)) in pairs.items():
+            worst[name] = max(worst.get(name, 0.0), float((ours.reshape(-1, 1) * mask - theirs).abs().max()))
+    return worst
+
+
+def main() -> int:
+    results = {"otb (1,200 rounds)": otb(), **sequence_estimators()}
+    failed = False
+    for name, worst in results.items():
+        tolerance = 1e-6 if name == "gpg" else 1e-12
+        failed |= worst > tolerance
+        print(f"{name:28s} largest difference from verl {worst:.3g} (tolerance {tolerance:g})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
