@@ -1,8 +1,8 @@
-"""alignlab's advantage estimators against verl's own functions, where verl can be imported.
+"""alignlab's advantage estimators and GMPO's loss against verl's own functions, where verl imports.
 
     pip install --no-deps --target /tmp/verlpkg verl tensordict pyvers orjson codetiming hydra-core \
         omegaconf antlr4-python3-runtime
-    PYTHONPATH=/tmp/verlpkg python bench/advantages_vs_verl.py
+    PYTHONPATH=/tmp/verlpkg python bench/verl_check.py
 
 verl is not a dependency of alignlab (it pins its own stack), so this check is not among the tests.
 On random rounds it compares, estimator by estimator, what alignlab computes with what verl's
@@ -18,8 +18,12 @@ the same prompt index, and prints the largest difference of each:
   ``compute_*_outcome_advantage``): 4 prompts × 4 completions, integer or normal scores, some
   groups flat. verl computes GPG's α = B / #non-zero as a float32 tensor, so GPG agrees to float32
   rounding (about 1e-7); the others to float64 rounding.
+- GMPO's loss and its gradient with respect to every token log-prob (``policy_gradient_loss`` with
+  ``GMPOParams`` against ``compute_policy_loss_geo_mean``): 6 completions of 1-7 tokens, random
+  log-probs, old log-probs 0.5 off, normal sequence advantages (some 0). verl adds 1e-8 to each
+  sequence's token count where it divides by it, so the two agree to about 1e-8.
 
-Exits 1 if any difference is above its tolerance (1e-12; GPG 1e-6).
+Exits 1 if any difference is above its tolerance (1e-12; GPG 1e-6; GMPO 1e-7).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from alignlab.losses.advantages import (
     rloo_advantages,
     token_rewards,
 )
-from alignlab.losses.online import OTBParams, RoundTokens, otb_token_advantages
+from alignlab.losses.online import GMPOParams, OTBParams, RoundTokens, otb_token_advantages
+from alignlab.losses.policy_gradient import PolicyGradientInputs, policy_gradient_loss, units
 from alignlab.losses.surrogates import importance_weights
 
 
@@ -102,11 +107,39 @@ def sequence_estimators(trials: int = 300) -> dict[str, float]:
     return worst
 
 
+def gmpo(trials: int = 300) -> dict[str, float]:
+    from types import SimpleNamespace
+
+    from verl.trainer.ppo.core_algos import compute_policy_loss_geo_mean
+
+    torch.manual_seed(2)
+    B, T = 6, 7
+    params = GMPOParams()
+    config = SimpleNamespace(clip_ratio=params.eps_low, clip_ratio_low=params.eps_low, clip_ratio_high=params.eps_high)
+    worst = {"gmpo loss": 0.0, "gmpo gradient": 0.0}
+    for trial in range(trials):
+        lengths = torch.randint(1, T + 1, (B,))
+        mask = (torch.arange(T)[None] < lengths[:, None]).double()
+        logps = -torch.rand(B, T, dtype=torch.float64) * 3
+        old = logps + 0.5 * torch.randn(B, T, dtype=torch.float64)
+        advantages = torch.randn(B, dtype=torch.float64)
+        if trial % 4 == 0:
+            advantages[0] = 0.0
+        ours_in, theirs_in = logps.clone().requires_grad_(), logps.clone().requires_grad_()
+        out = policy_gradient_loss(PolicyGradientInputs(ours_in, mask, advantages, old_logps=old), params)
+        ours = out.losses.sum() / units(params.aggregation, mask).sum()
+        theirs, _ = compute_policy_loss_geo_mean(old, theirs_in, advantages[:, None] * mask, mask, config=config)
+        (ours + theirs).backward()
+        worst["gmpo loss"] = max(worst["gmpo loss"], abs(float((ours - theirs).detach())))
+        worst["gmpo gradient"] = max(worst["gmpo gradient"], float((ours_in.grad - theirs_in.grad).abs().max()))
+    return worst
+
+
 def main() -> int:
-    results = {"otb (1,200 rounds)": otb(), **sequence_estimators()}
+    results = {"otb (1,200 rounds)": otb(), **sequence_estimators(), **gmpo()}
     failed = False
     for name, worst in results.items():
-        tolerance = 1e-6 if name == "gpg" else 1e-12
+        tolerance = 1e-6 if name == "gpg" else 1e-7 if name.startswith("gmpo") else 1e-12
         failed |= worst > tolerance
         print(f"{name:28s} largest difference from verl {worst:.3g} (tolerance {tolerance:g})")
     return 1 if failed else 0
