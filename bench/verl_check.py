@@ -1,4 +1,5 @@
-"""alignlab's advantage estimators and GMPO's loss against verl's own functions, where verl imports.
+"""alignlab's advantage estimators and GMPO's and DPPO's losses against verl's own functions, where
+verl imports.
 
     pip install --no-deps --target /tmp/verlpkg verl tensordict pyvers orjson codetiming hydra-core \
         omegaconf antlr4-python3-runtime
@@ -22,6 +23,9 @@ the same prompt index, and prints the largest difference of each:
   ``GMPOParams`` against ``compute_policy_loss_geo_mean``): 6 completions of 1-7 tokens, random
   log-probs, old log-probs 0.5 off, normal sequence advantages (some 0). verl adds 1e-8 to each
   sequence's token count where it divides by it, so the two agree to about 1e-8.
+- DPPO's losses and gradients (``policy_gradient_loss`` with surrogate ``dppo_tv`` and ``dppo_kl``,
+  token-mean aggregation, against ``compute_policy_loss_dppo_tv`` / ``_kl``): the same rounds with
+  the old log-probs 0.3 off, so that some tokens leave the trust region (TV 0.15, KL 0.05).
 
 Exits 1 if any difference is above its tolerance (1e-12; GPG 1e-6; GMPO 1e-7).
 """
@@ -41,7 +45,7 @@ from alignlab.losses.advantages import (
     rloo_advantages,
     token_rewards,
 )
-from alignlab.losses.online import GMPOParams, OTBParams, RoundTokens, otb_token_advantages
+from alignlab.losses.online import DPPOParams, GMPOParams, OTBParams, RoundTokens, otb_token_advantages
 from alignlab.losses.policy_gradient import PolicyGradientInputs, policy_gradient_loss, units
 from alignlab.losses.surrogates import importance_weights
 
@@ -135,8 +139,43 @@ def gmpo(trials: int = 300) -> dict[str, float]:
     return worst
 
 
+class _ActorConfig(dict):
+    """What verl's policy losses read of their ``ActorConfig``: attributes, ``get`` and the batch info."""
+
+    def __getattr__(self, name):
+        return self[name]
+
+
+def dppo(trials: int = 300) -> dict[str, float]:
+    import verl.trainer.ppo.core_algos as verl
+
+    torch.manual_seed(3)
+    B, T = 6, 7
+    worst: dict[str, float] = {}
+    for divergence, bound in (("tv", 0.15), ("kl", 0.05)):
+        params = DPPOParams(surrogate=f"dppo_{divergence}", eps_low=bound, eps_high=bound, aggregation="token_mean")
+        config = _ActorConfig(clip_ratio=bound, clip_ratio_low=bound, clip_ratio_high=bound,
+                              clip_ratio_c=params.dppo_ratio_cap, global_batch_info={})
+        verl_loss = getattr(verl, f"compute_policy_loss_dppo_{divergence}")
+        for _ in range(trials):
+            lengths = torch.randint(1, T + 1, (B,))
+            mask = (torch.arange(T)[None] < lengths[:, None]).double()
+            logps = -torch.rand(B, T, dtype=torch.float64) * 2
+            old = (logps + 0.3 * torch.randn(B, T, dtype=torch.float64)).clamp(max=-1e-3)
+            advantages = torch.randn(B, dtype=torch.float64)
+            ours_in, theirs_in = logps.clone().requires_grad_(), logps.clone().requires_grad_()
+            out = policy_gradient_loss(PolicyGradientInputs(ours_in, mask, advantages, old_logps=old), params)
+            ours = out.losses.sum() / units(params.aggregation, mask).sum()
+            theirs, _ = verl_loss(old, theirs_in, advantages[:, None] * mask, mask, config=config)
+            (ours + theirs).backward()
+            for what, diff in (("loss", (ours - theirs).detach().abs()), ("gradient", (ours_in.grad - theirs_in.grad).abs())):
+                key = f"dppo_{divergence} {what}"
+                worst[key] = max(worst.get(key, 0.0), float(diff.max()))
+    return worst
+
+
 def main() -> int:
-    results = {"otb (1,200 rounds)": otb(), **sequence_estimators(), **gmpo()}
+    results = {"otb (1,200 rounds)": otb(), **sequence_estimators(), **gmpo(), **dppo()}
     failed = False
     for name, worst in results.items():
         tolerance = 1e-6 if name == "gpg" else 1e-7 if name.startswith("gmpo") else 1e-12

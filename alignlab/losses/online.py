@@ -51,6 +51,12 @@ Defaults and their sources:
   recipe: ``clip_ratio_low = clip_ratio_high = 0.4`` with ``loss_mode=geo_mean``), times its
   advantage, one loss per sequence (sequence-mean-token-mean aggregation: verl's mean over
   sequences); group-normalised advantages as the recipe's ``adv_estimator=grpo``.
+- ``dppo``: Divergence Proximal Policy Optimization (arXiv 2602.04879), as verl's ``dppo_tv`` policy
+  loss with its DPPO recipe's settings: a trust region of 0.15 on the change of each sampled
+  token's probability (``surrogate="dppo_kl"``: on its binary KL; the recipe's bound for it is
+  0.05), the ratio weight capped at 10⁴, each sequence's loss summed over its tokens and divided
+  by the completion-length limit (``constant``, verl's ``seq-mean-token-sum-norm``), group-centred
+  advantages without std scaling, β = 0.
 - ``rloo``: Ahmadian et al. 2024 (Back to Basics): leave-one-out baseline, no std scaling; TRL
   wraps it in the PPO clip, as here (ε = 0.2).
 - ``remax``: Li et al. 2023 (ReMax): A_i = r_i − r(greedy answer to the prompt), one greedy
@@ -197,6 +203,23 @@ class GMPOParams(GRPOParams):
     eps_high: float = param(0.4, "ε_high: GMPO clips each token's log-ratio above at ε_high (paper and verl: 0.4)")
     aggregation: str = param("seq_mean_token_mean", "'seq_mean_token_mean' (GMPO's loss per sequence, averaged over "
                                                     "sequences), 'token_mean', 'seq_mean_token_sum' or 'constant'")
+
+
+@dataclass
+class DPPOParams(GRPOParams):
+    surrogate: str = param("dppo_tv", "'dppo_tv' (DPPO-Binary-TV: a token's loss is 0 once its probability moved "
+                                      "past eps_low / eps_high) or 'dppo_kl' (DPPO-Binary-KL: the binary KL of "
+                                      "the token's probability past them; verl's recipe uses 0.05), or another "
+                                      "surrogate")
+    eps_low: float = param(0.15, "DPPO's trust region below: the bound of the decrease of a token's probability "
+                                 "(TV; verl's DPPO recipe: 0.15 for TV, 0.05 for KL)")
+    eps_high: float = param(0.15, "DPPO's trust region above: the bound of the increase of a token's probability "
+                                  "(TV; verl's DPPO recipe: 0.15 for TV, 0.05 for KL)")
+    aggregation: str = param("constant", "'constant' (verl's DPPO recipe: seq-mean-token-sum-norm, each sequence's "
+                                         "sum over the completion-length limit), 'token_mean', 'seq_mean_token_mean' "
+                                         "or 'seq_mean_token_sum'")
+    scale_rewards: str = param("none", "advantage scaling: 'none' (verl's DPPO recipe: norm_adv_by_std_in_grpo "
+                                       "False), 'group' or 'batch'")
 
 
 @dataclass
@@ -407,6 +430,8 @@ _SUMMARIES = {
     "luspo": "GSPO's sequence-ratio clip, each sequence's loss summed over its tokens (+ β·k3 KL)",
     "vespo": "policy gradient weighted by a Gamma-shaped function of the sequence's ratio (+ β·k3 KL)",
     "gmpo": "the geometric mean of log-clipped token ratios times the advantage, per sequence (+ β·k3 KL)",
+    "dppo": "the capped ratio as a constant weight on A·log π, 0 for a token whose probability left the trust "
+            "region (+ β·k3 KL)",
 }
 for _name, _params, _paper in (
         ("grpo", GRPOParams, "Shao et al. 2024, DeepSeekMath (GRPO); defaults as TRL 1.16"),
@@ -418,7 +443,9 @@ for _name, _params, _paper in (
         ("cispo", CISPOParams, "MiniMax 2025, MiniMax-M1 (CISPO), arXiv 2506.13585"),
         ("sapo", SAPOParams, "Gao et al. 2025, Soft Adaptive Policy Optimization (SAPO), arXiv 2511.20347"),
         ("vespo", VESPOParams, "Variational Sequence-Level Soft Policy Optimization (VESPO), arXiv 2602.10693"),
-        ("gmpo", GMPOParams, "Zhao et al. 2025, Geometric-Mean Policy Optimization (GMPO), arXiv 2507.20673")):
+        ("gmpo", GMPOParams, "Zhao et al. 2025, Geometric-Mean Policy Optimization (GMPO), arXiv 2507.20673"),
+        ("dppo", DPPOParams, "Divergence Proximal Policy Optimization (DPPO), Rethinking the Trust Region in LLM "
+                             "Reinforcement Learning, arXiv 2602.04879; defaults as verl's DPPO recipe")):
     register(LossSpec(name=_name, fn=policy_gradient_loss, shape="online", params=_params, needs_reference=False,
                       paper=_paper, summary=_SUMMARIES.get(_name, _GRPO_SUMMARY), advantages=grpo_advantages))
 register(LossSpec(name="rloo", fn=policy_gradient_loss, shape="online", params=RLOOParams, needs_reference=False,

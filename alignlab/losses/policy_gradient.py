@@ -91,6 +91,7 @@ from alignlab.losses.surrogates import (
     ISMode,
     cispo_surrogate,
     clipped_surrogate,
+    dppo_surrogate,
     gmpo_surrogate,
     importance_weights,
     off_policy_keep,
@@ -101,12 +102,13 @@ from alignlab.losses.types import LossOutput
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant"]
 RatioLevel = Literal["token", "sequence"]
-Surrogate = Literal["clip", "cispo", "sapo", "vespo", "gmpo", "clip_cov", "kl_cov", "pg"]
+Surrogate = Literal["clip", "cispo", "sapo", "vespo", "gmpo", "clip_cov", "kl_cov", "pg", "dppo_tv", "dppo_kl"]
 
 AGGREGATIONS = get_args(Aggregation)
 RATIO_LEVELS = get_args(RatioLevel)
 SURROGATES = get_args(Surrogate)
 COV_SURROGATES = ("clip_cov", "kl_cov")
+DPPO_SURROGATES = ("dppo_tv", "dppo_kl")
 
 
 # ------------------------------------------------------------------------------------- inputs
@@ -184,7 +186,11 @@ class PolicyGradientParams:
                                          "gradient of a few high-covariance tokens cut, Clip-Cov), 'kl_cov' (the "
                                          "unclipped ratio, with |log π − log π_old| on the tokens of highest "
                                          "covariance, KL-Cov), 'pg' (the plain policy gradient −A·log π, no "
-                                         "ratio: GPG, REINFORCE)")
+                                         "ratio: GPG, REINFORCE), 'dppo_tv' / 'dppo_kl' (the capped ratio as a "
+                                         "constant weight on A·log π, 0 where the token's probability moved "
+                                         "past eps_low / eps_high in total variation or binary KL, DPPO)")
+    dppo_ratio_cap: float = param(1e4, "dppo_tv / dppo_kl: the cap C on the ratio weight min(ratio, C) (verl's "
+                                       "clip_ratio_c; 10000 in its DPPO recipe)")
     cispo_max: float = param(5.0, "CISPO's cap on the ratio: the weight is min(ratio, cispo_max) (ScaleRL's ε_max; "
                                   "TRL `epsilon_high` with loss_type cispo, 5 as TRL recommends)")
     sapo_tau_pos: float = param(1.0, "SAPO's gate temperature where the advantage is > 0 (TRL default 1.0)")
@@ -234,6 +240,10 @@ class PolicyGradientParams:
         require_non_negative(self.vespo_k_neg, "vespo_k_neg")
         require_positive(self.vespo_lambda_pos, "vespo_lambda_pos")
         require_positive(self.vespo_lambda_neg, "vespo_lambda_neg")
+        require_positive(self.dppo_ratio_cap, "dppo_ratio_cap")
+        if self.surrogate in DPPO_SURROGATES:
+            require(self.ratio_level == "token", "ratio_level", f"must be 'token' with surrogate '{self.surrogate}', "
+                    "whose trust region is on each token's probability")
         if self.surrogate in ("vespo", "gmpo"):
             require(self.ratio_level == "token", "ratio_level", f"must be 'token' with surrogate '{self.surrogate}', "
                     "which makes each sequence's ratio from its token ratios itself")
@@ -405,6 +415,9 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
         metrics["cov/selected"] = _token_mean(selected, mask)
     elif params.surrogate == "pg":  # no ratio: the gradient of the samples' log-likelihood weighted by A
         per_token = -adv * logps
+    elif params.surrogate in DPPO_SURROGATES:
+        per_token, inside = dppo_surrogate(logps, old, adv, params.surrogate.removeprefix("dppo_"), params.eps_low,
+                                           params.eps_high, params.dppo_ratio_cap)
     elif params.surrogate == "gmpo":  # the sampler's weights go into the sequence's weight
         per_token = gmpo_surrogate(token_log_ratio, adv, mask, params.eps_low, params.eps_high, w)
         w = None
@@ -442,6 +455,9 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
     elif params.surrogate == "gmpo":  # its bounds are on the log-ratio
         low = (token_log_ratio < -params.eps_low) & (adv < 0)
         high = (token_log_ratio > params.eps_high) & (adv > 0)
+    elif params.surrogate in DPPO_SURROGATES:  # out of the trust region (verl's pg_clipfrac, split by sign)
+        low = (inside == 0) & (adv < 0)
+        high = (inside == 0) & (adv > 0)
     else:  # CISPO caps the weight above (counted where A > 0, as TRL's cispo_clip_ratio); SAPO, VESPO: no clip
         high = (ratio > params.cispo_max) & (adv > 0) if params.surrogate == "cispo" else torch.zeros_like(ratio > 0)
         low = torch.zeros_like(high)

@@ -29,6 +29,18 @@ sequence (shape (B, 1)); "seq_mean_token_mean" aggregation gives exactly ℓ_i, 
 sequences. With the sampler's token weights on, the sequence is weighted by their geometric mean
 (a weight of 0, masked, makes it 0), as verl.
 
+Two that keep a trust region on the change of the sampled token's probability itself, as verl's
+``dppo_tv`` and ``dppo_kl`` policy losses (Divergence Proximal Policy Optimization, "Rethinking the
+Trust Region in LLM Reinforcement Learning", arXiv 2602.04879), with p_t = e^{ℓ_t}, p̂_t = e^{ℓold_t}:
+
+    "dppo_tv", "dppo_kl"   L_t = −A·sg(min(c_t, C))·ℓ_t·v_t,   v_t = 1 inside the trust region, else 0
+        TV: v_t = [p_t − p̂_t ≤ ε_high] where A > 0, [p_t − p̂_t ≥ −ε_low] elsewhere
+        KL: v_t = [KL_b ≤ ε_high or p_t ≤ p̂_t] where A > 0, [KL_b ≤ ε_low or p_t ≥ p̂_t] elsewhere,
+            KL_b = p̂·(ℓold − ℓ) + (1 − p̂)·log((1 − p̂ + 1e-8)/(1 − p + 1e-8)), the binary KL
+    (C = ``dppo_ratio_cap``; the log-ratio clamped to ±20 first, as verl). On-policy (c = 1, v = 1)
+    the gradient is the policy gradient −A·∇ℓ; a token whose probability has left the region in the
+    direction its advantage pushes stops contributing, whatever its ratio.
+
 "pg" is the plain policy gradient L_t = −A·ℓ_t, without a ratio (REINFORCE; GPG, Chu et al. 2025,
 verl's ``gpg`` policy loss): on-policy its gradient is the clip's, off-policy nothing bounds it.
 
@@ -153,6 +165,22 @@ def vespo_weights(token_log_ratio: torch.Tensor, advantages: torch.Tensor, mask:
         lam = torch.where(positive, log_w.new_tensor(lambda_pos), log_w.new_tensor(lambda_neg))
         phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
         return phi.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def dppo_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, divergence: str,
+                   eps_low: float, eps_high: float, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPPO's per-token loss −A·sg(min(c, cap))·ℓ·sg(v) and its trust-region flags v (1 inside), both
+    (B, T) (see the module docstring; ``divergence`` "tv" or "kl"). ``advantages`` (B, 1) or (B, T)."""
+    with torch.no_grad():
+        ratio = torch.exp((logps - old_logps).clamp(-20.0, 20.0)).clamp(max=cap)
+        p, p_old = logps.exp(), old_logps.exp()
+        if divergence == "tv":
+            up, down = p - p_old <= eps_high, p - p_old >= -eps_low
+        else:
+            binary_kl = p_old * (old_logps - logps) + (1 - p_old) * torch.log((1 - p_old + 1e-8) / (1 - p + 1e-8))
+            up, down = (binary_kl <= eps_high) | (p <= p_old), (binary_kl <= eps_low) | (p >= p_old)
+        inside = torch.where(advantages > 0, up, down).to(logps.dtype)
+    return -advantages * ratio * logps * inside, inside
 
 
 def gmpo_surrogate(token_log_ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, eps_low: float,

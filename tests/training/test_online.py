@@ -84,6 +84,10 @@ def test_the_weights_push_counts_as_generation_time(tmp_path, tiny_model_dir, mo
                                           ("remax", {}), ("opo", {"max_new_tokens": 40}), ("grpo_passk", {}), ("gpg", {}),
                                           ("reinforce++", {}),
                                           ("reinforce++", {"baseline": "group", "kl_coef": 0.0}),
+                                          # DPPO's trust region bites from the second update of a round
+                                          ("dppo", {}), ("dppo", {"surrogate": "dppo_kl", "eps_low": 0.05,
+                                                                  "eps_high": 0.05, "updates_per_rollout": 2,
+                                                                  "max_steps": 4}),
                                           # each token's baseline from the round's log-probs and Σπ²
                                           ("otb", {}), ("otb", {"updates_per_rollout": 2, "max_steps": 4,
                                                                 "is_mode": "token_truncate"}),
