@@ -506,8 +506,10 @@ def completion_logps(model: torch.nn.Module, prompts: Sequence[tuple[int, ...]],
 def split_pairs(logps: SequenceLogps, num_pairs: int) -> tuple[SequenceLogps, SequenceLogps]:
     """Split a pair batch's log-probs into (chosen, rejected)."""
     def part(sl: slice) -> SequenceLogps:
-        sq = None if logps.sqmass_B is None else logps.sqmass_B[sl]
-        ent = None if logps.entropy_BT is None else logps.entropy_BT[sl]
-        return SequenceLogps(logps.token_logps_BT[sl], logps.mask_BT[sl], logps.sum_B[sl], logps.count_B[sl], sq, ent)
+        def rows(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[sl]
+
+        return SequenceLogps(logps.token_logps_BT[sl], logps.mask_BT[sl], logps.sum_B[sl], logps.count_B[sl],
+                             rows(logps.sqmass_B), rows(logps.entropy_BT), rows(logps.sqmass_BT))
 
     return part(slice(0, num_pairs)), part(slice(num_pairs, 2 * num_pairs))

@@ -207,6 +207,21 @@ def test_split_pairs_returns_chosen_rows_first():
     assert torch.equal(rejected.token_logps_BT, token[3:])
     assert torch.equal(rejected.mask_BT, mask[3:])
     assert rejected.mask_BT[1, 2] == 0.0
+    assert chosen.sqmass_B is None and chosen.entropy_BT is None and chosen.sqmass_BT is None
+
+
+def test_split_pairs_keeps_the_per_token_squared_mass_and_entropy():
+    """Rows 0-1 are the chosen, 2-3 the rejected: every per-row field is cut the same way,
+    the per-token log Σp² (``sqmass_BT``) and entropies included, none dropped."""
+    B, T = 4, 2
+    vals = torch.arange(B * T, dtype=torch.float64).reshape(B, T)
+    logps = SequenceLogps(vals, torch.ones(B, T), vals.sum(-1), torch.full((B,), 2.0), sqmass_B=-vals.sum(-1),
+                          entropy_BT=vals + 100, sqmass_BT=-vals)
+    chosen, rejected = split_pairs(logps, num_pairs=2)
+    assert chosen.sqmass_BT.tolist() == [[-0.0, -1.0], [-2.0, -3.0]]
+    assert rejected.sqmass_BT.tolist() == [[-4.0, -5.0], [-6.0, -7.0]]
+    assert rejected.sqmass_B.tolist() == [-9.0, -13.0]
+    assert rejected.entropy_BT.tolist() == [[104.0, 105.0], [106.0, 107.0]]
 
 
 def test_mean_B_divides_by_count_and_guards_zero():

@@ -150,6 +150,8 @@ def token_logps_and_sum_pi_sq(model: torch.nn.Module, examples: Sequence[Rollout
         lp = sequence_logps(model, batch, sqmass=True)
         return left_align(lp.token_logps_BT, lp.mask_BT), left_align(lp.sqmass_BT.exp(), lp.mask_BT)
 
+    if not examples:
+        return [], []
     logps, sum_pi_sq = _per_token(both, examples, pad_id, batch_size, device, pack)
     return logps, sum_pi_sq
 

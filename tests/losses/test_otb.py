@@ -102,3 +102,21 @@ def test_the_token_rule_reads_the_rounds_probabilities_and_importance_weights():
     assert adv.tolist()[0] == pytest.approx([1 - b[0], 1 - b[1], 1.0], abs=1e-12)
     with pytest.raises(ValueError, match="otb needs the policy's log-probs and Σπ²"):
         otb_token_advantages(RoundTokens(scores, mask.bool()), OTBParams())
+
+
+def test_a_group_that_scored_alike_learns_only_its_zero_tail():
+    """Both completions score c = 2 (no spread), a with 3 tokens, b with 2, energies as in
+    ``_two_completions``: W_a = (0.5, 0.7, 0.8), W_b = (0.3, 0.7). Before position 2 the baseline is
+    c·ΣW/(ΣW + ε), so A = c·ε/(ΣW + ε): 2e-8/(0.8 + 1e-8) and 2e-8/(1.4 + 1e-8), near 0, not 0. At
+    position 2 (a alone, past b's length) the zero tail gives baseline 0: A = c = 2. Every reward
+    shifted by 2 from 0 (A = 0 everywhere, the group's returns being 0) thus changes a's tail by 2.
+    The near-zero values come out of 2 − 2·ΣW/(ΣW + ε), a difference of numbers near 2: to a few
+    float64 ulps of 2 (1e-15)."""
+    _, energy, mask = _two_completions()
+    returns = torch.full((2, 3), 2.0, dtype=torch.float64) * mask
+    adv = optimal_token_baseline(returns, energy, mask, group=2)
+    a0, a1 = 2 * EPS / (0.8 + EPS), 2 * EPS / (1.4 + EPS)
+    assert adv[0].tolist() == pytest.approx([a0, a1, 2.0], rel=0, abs=1e-15)
+    assert adv[1].tolist() == pytest.approx([a0, a1, 0.0], rel=0, abs=1e-15)
+    assert (adv[:, :2] != 0).all()
+    assert optimal_token_baseline(returns * 0, energy, mask, group=2).abs().max() == 0

@@ -35,3 +35,9 @@ def test_the_rounds_sum_pi_squared_is_the_softmaxs(tiny_model_dir, pack, tol):
         assert len(sq) == len(e.completion_ids) and sq == pytest.approx(want_sq, abs=tol, rel=0)
         assert lp == pytest.approx(want_lp, abs=tol * 10, rel=0)
         assert all(0 < v <= 1 for v in sq)
+
+
+def test_no_completions_give_no_values(tiny_model_dir):
+    """An empty list of completions: two empty lists (log-probs, Σπ²), as ``token_logps`` gives one."""
+    model = load_model(str(tiny_model_dir), dtype="fp64").eval()
+    assert token_logps_and_sum_pi_sq(model, [], pad_id=0, batch_size=3, device="cpu") == ([], [])
