@@ -28,6 +28,7 @@ redraws the same round; a checkpoint written inside a round (μ > 1) holds the r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -229,17 +230,20 @@ class OnlineSource:
 
     def __init__(self, cfg, dist: Dist, prompts: Sequence[tuple[int, str]], policy: torch.nn.Module,
                  generator: Generator, reward: Sequence[RewardTerm], advantages: AdvantageRule, params: SamplingParams,
-                 *, pad_id: int, reference: Callable | None = None, needs_old: bool = False, skip_idle: bool = False):
+                 *, pad_id: int, reference: Callable | None = None, needs_old: bool = False, skip_idle: bool = False,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         """``prompts``: (data row, text) of the run's prompt set; ``policy``: the unwrapped module
         being trained; ``reference``: a context-manager factory yielding the reference module
         (only when the method has a KL term); ``needs_old``: compute the policy's log-probs at the
         start of each round (otherwise the loss takes its ratio against the current log-probs);
         ``skip_idle``: leave completions whose advantage is 0 out of the micro-batches (``idle``),
-        which the caller allows only where their loss is exactly 0 (``zero_advantage_is_free``)."""
+        which the caller allows only where their loss is exactly 0 (``zero_advantage_is_free``);
+        ``autocast``: the training pass's precision context (bf16 mixed precision), in which the
+        round's own passes run too."""
         rollout = cfg.rollout
         self.cfg, self.dist, self.prompts, self.policy = cfg, dist, list(prompts), policy
         self.generator, self.reward, self.advantages, self.params = generator, list(reward), advantages, params
-        self.pad_id, self.reference, self.needs_old = pad_id, reference, needs_old
+        self.pad_id, self.reference, self.needs_old, self.autocast = pad_id, reference, needs_old, autocast
         self.skip_idle = skip_idle and advantages.sequence is not None
         self._idle: list[list[bool]] | None = None  # per process, per completion: advantage 0
         # packed by group where that costs the policy no more than padded rows (``PackingCost``)
@@ -342,7 +346,30 @@ class OnlineSource:
                            reward=float(rewards[k]), advantages=(), sampler_logps=s.logprobs,
                            components={name: float(v[k]) for name, v in parts.items()})
             for k, s in enumerate(flat)]
-        examples, batch_rows, device = self._examples, self.cfg.optim.batch_size, self.dist.device
+        examples = self._examples
+        with self.autocast():  # the training pass's precision: a round's first update is then on-policy
+            self._round_passes(examples, rule)
+        if rule.sequence is not None:
+            whole = rule.sequence(drawn.everyone, drawn.greedy_all, drawn.lengths, drawn.components)
+            advantages = whole[dist.rank * share:(dist.rank + 1) * share].reshape(-1)
+            for e, a in zip(examples, advantages.tolist(), strict=True):
+                e.advantages = (a,) * len(e.completion_ids)
+            if self.skip_idle:  # every process's flags, from the round's advantages every process has
+                self._idle = (whole == 0).reshape(dist.world_size, -1).tolist()
+        else:
+            self._token_advantages(rule, rewards.view(len(rows), G))
+        self._round = round_
+        self._everyone = dist.gather([e.to_state() for e in examples]) if self.updates > 1 else None
+        self._metrics = self._round_metrics(rewards, parts, flat, pushed + drawn.gen_s, drawn.reward_s,
+                                            drawn.generated)
+        self._metrics.update(drawn.metrics)
+        if drawn.greedy_all is not None:  # every process's, already gathered
+            self._metrics["reward/greedy"] = float(drawn.greedy_all.mean())
+
+    def _round_passes(self, examples: list[RolloutExample], rule: AdvantageRule) -> None:
+        """What the round's loss needs of the models at its start, each completion token's: the
+        policy's log-probs (and Σπ², OTB), the reference's, the critic's values."""
+        batch_rows, device = self.cfg.optim.batch_size, self.dist.device
         if self.needs_old and self.cfg.spec.sum_pi_squared:
             old, sum_pi_sq = token_logps_and_sum_pi_sq(self.policy, examples, self.pad_id, batch_rows, device,
                                                        self.pack)
@@ -362,22 +389,6 @@ class OnlineSource:
                                 self.pack)[0]
             for e, v in zip(examples, values, strict=True):
                 e.old_values = v
-        if rule.sequence is not None:
-            whole = rule.sequence(drawn.everyone, drawn.greedy_all, drawn.lengths, drawn.components)
-            advantages = whole[dist.rank * share:(dist.rank + 1) * share].reshape(-1)
-            for e, a in zip(examples, advantages.tolist(), strict=True):
-                e.advantages = (a,) * len(e.completion_ids)
-            if self.skip_idle:  # every process's flags, from the round's advantages every process has
-                self._idle = (whole == 0).reshape(dist.world_size, -1).tolist()
-        else:
-            self._token_advantages(rule, rewards.view(len(rows), G))
-        self._round = round_
-        self._everyone = dist.gather([e.to_state() for e in examples]) if self.updates > 1 else None
-        self._metrics = self._round_metrics(rewards, parts, flat, pushed + drawn.gen_s, drawn.reward_s,
-                                            drawn.generated)
-        self._metrics.update(drawn.metrics)
-        if drawn.greedy_all is not None:  # every process's, already gathered
-            self._metrics["reward/greedy"] = float(drawn.greedy_all.mean())
 
     def _batch_order(self, round_: int, batch: int, drawn: Sequence[int] = ()) -> list[int]:
         """The prompts (indices, every process's in rank order) of batch ``batch`` of the round: 0

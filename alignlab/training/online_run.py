@@ -15,6 +15,7 @@ given (said in the log).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -148,8 +149,9 @@ def run_generator(cfg, dist: Dist, policy: torch.nn.Module, tokenizer, log: Call
 
 
 def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference: Callable | None,
-                  log: Callable[[str], None]) -> OnlineSource:
-    """The run's step source, with its prompts loaded and checked."""
+                  log: Callable[[str], None], autocast: Callable = contextlib.nullcontext) -> OnlineSource:
+    """The run's step source, with its prompts loaded and checked; ``autocast``: the training pass's
+    precision context."""
     rollout, spec, params = cfg.rollout, cfg.spec, cfg.method_params
     specs = rollout.reward
     if not specs:
@@ -174,4 +176,5 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
     skip_idle = rollout.skip_zero_advantage and spec.fn is policy_gradient_loss and zero_advantage_is_free(params)
     rule = AdvantageRule.of(spec, params, [t.weight for t in terms])
     return OnlineSource(cfg, dist, prompts, policy, generator, terms, rule, sampling,
-                        pad_id=tokenizer.pad_token_id, reference=reference, needs_old=needs_old, skip_idle=skip_idle)
+                        pad_id=tokenizer.pad_token_id, reference=reference, needs_old=needs_old, skip_idle=skip_idle,
+                        autocast=autocast)

@@ -366,7 +366,8 @@ def _train(cfg: TrainConfig, kind, deepspeed, dist: Dist) -> Summary:
         moving = Reference(policy, copy.deepcopy(reference.own))
     ref_sync = RefSync(moving.model, policy, sync, cfg.ref_sync_alpha) if sync else None
     if online:
-        source = online_source(cfg, dist, tokenizer, policy, moving.model if kl_term else None, partial(_log, dist))
+        source = online_source(cfg, dist, tokenizer, policy, moving.model if kl_term else None, partial(_log, dist),
+                               partial(autocast, cfg, dist))
     skeleton = None
     if cfg.optim.fsdp:
         skeleton = fsdp.meta_copy(policy)  # the plain module the final weights are saved from

@@ -41,3 +41,19 @@ def test_no_completions_give_no_values(tiny_model_dir):
     """An empty list of completions: two empty lists (log-probs, Σπ²), as ``token_logps`` gives one."""
     model = load_model(str(tiny_model_dir), dtype="fp64").eval()
     assert token_logps_and_sum_pi_sq(model, [], pad_id=0, batch_size=3, device="cpu") == ([], [])
+
+
+@pytest.mark.parametrize("method", ["otb", "reinforce++"])
+def test_under_bf16_a_rounds_first_update_is_on_policy(tmp_path, tiny_model_dir, method):
+    """The round's own pass (the old log-probs: OTB's π and Σπ², REINFORCE++'s KL side) runs in the
+    training pass's bf16 autocast, on the same micro-batches, so at μ = 1 every ratio is exactly 1,
+    as for GRPO, which takes its old log-probs from the training pass itself. Run outside autocast,
+    it read 0.99992."""
+    import json
+
+    from alignlab import train
+    from tests.training.test_online import online
+
+    train(online(tiny_model_dir, tmp_path / "run", method=method, dtype="bf16", max_steps=2))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert len(rows) == 2 and all(r["ratio/mean"] == 1.0 for r in rows)
