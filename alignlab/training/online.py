@@ -509,10 +509,15 @@ class OnlineSource:
         mask = token_tensor([[1.0] * len(e.completion_ids) for e in examples], width).bool()
 
         def tokens(name: str) -> torch.Tensor | None:
-            """The examples' per-token values of ``name`` (None where some completion lacks them)."""
+            """The examples' per-token values of ``name``; None where some completion lacks them
+            (None, or the sampler's log-probs left empty by a backend that reports none)."""
             rows = [getattr(e, name) for e in examples]
-            if any(r is None or len(r) != len(e.completion_ids) for r, e in zip(rows, examples, strict=True)):
+            if any(r is None or (not r and e.completion_ids) for r, e in zip(rows, examples, strict=True)):
                 return None
+            for r, e in zip(rows, examples, strict=True):
+                if len(r) != len(e.completion_ids):
+                    raise ValueError(f"{name}: {len(r)} values for a completion of {len(e.completion_ids)} tokens "
+                                     f"(data row {e.row})")
             return token_tensor(rows, width, dtype=torch.float64)
 
         advantages, returns = rule.token(RoundTokens(scores_PG, mask, tokens("old_logps"), tokens("ref_logps"),
