@@ -1,4 +1,4 @@
-"""A reference that follows the policy: TR-DPO's soft update, for online methods' KL term.
+"""A reference that follows the policy: TR-DPO's soft update, for every method that runs a reference.
 
 Every ``ref_sync_steps`` optimizer steps the reference moves toward the policy,
 ``ref ← (1 − α) · ref + α · policy`` (Gorbatovski et al., 2024, "Learn Your Reference Model for
