@@ -1,5 +1,5 @@
-"""alignlab's advantage estimators and GMPO's and DPPO's losses against verl's own functions, where
-verl imports.
+"""alignlab's advantage estimators and GMPO's, DPPO's, SAPO's and CISPO's losses against verl's own
+functions, where verl imports.
 
     pip install --no-deps --target /tmp/verlpkg verl tensordict pyvers orjson codetiming hydra-core \
         omegaconf antlr4-python3-runtime
@@ -26,8 +26,13 @@ the same prompt index, and prints the largest difference of each:
 - DPPO's losses and gradients (``policy_gradient_loss`` with surrogate ``dppo_tv`` and ``dppo_kl``,
   token-mean aggregation, against ``compute_policy_loss_dppo_tv`` / ``_kl``): the same rounds with
   the old log-probs 0.3 off, so that some tokens leave the trust region (TV 0.15, KL 0.05).
+- SAPO's and CISPO's losses and gradients (surrogates ``sapo``, and ``cispo`` with ``cispo_min`` 0.8
+  and ``cispo_max`` 1.2, against ``compute_policy_loss_sapo`` / ``_cispo`` with verl's
+  ``ActorConfig`` and its default clip_ratio 0.2: verl's CISPO clamps the ratio weight on both
+  sides, MiniMax-M1's form; alignlab's default is TRL's one-sided cap 5), the same rounds. verl's
+  SAPO averages each sequence's tokens over its count + 1e-8, so SAPO agrees to about 1e-8.
 
-Exits 1 if any difference is above its tolerance (1e-12; GPG 1e-6; GMPO 1e-7).
+Exits 1 if any difference is above its tolerance (1e-12; GPG 1e-6; GMPO and SAPO 1e-7).
 """
 
 from __future__ import annotations
@@ -45,7 +50,15 @@ from alignlab.losses.advantages import (
     rloo_advantages,
     token_rewards,
 )
-from alignlab.losses.online import DPPOParams, GMPOParams, OTBParams, RoundTokens, otb_token_advantages
+from alignlab.losses.online import (
+    CISPOParams,
+    DPPOParams,
+    GMPOParams,
+    OTBParams,
+    RoundTokens,
+    SAPOParams,
+    otb_token_advantages,
+)
 from alignlab.losses.policy_gradient import PolicyGradientInputs, policy_gradient_loss, units
 from alignlab.losses.surrogates import importance_weights
 
@@ -174,11 +187,41 @@ def dppo(trials: int = 300) -> dict[str, float]:
     return worst
 
 
+def sapo_and_cispo(trials: int = 300) -> dict[str, float]:
+    import verl.trainer.ppo.core_algos as verl
+    from verl.workers.config import ActorConfig
+
+    torch.manual_seed(4)
+    B, T = 6, 7
+    config = ActorConfig(strategy="fsdp", clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.2,
+                         ppo_micro_batch_size_per_gpu=1, rollout_n=4)
+    cases = {"sapo": (SAPOParams(sapo_tau_pos=config.tau_pos, sapo_tau_neg=config.tau_neg), verl.compute_policy_loss_sapo),
+             "cispo": (CISPOParams(cispo_min=0.8, cispo_max=1.2), verl.compute_policy_loss_cispo)}
+    worst: dict[str, float] = {}
+    for name, (params, verl_loss) in cases.items():
+        for _ in range(trials):
+            lengths = torch.randint(1, T + 1, (B,))
+            mask = (torch.arange(T)[None] < lengths[:, None]).double()
+            logps = -torch.rand(B, T, dtype=torch.float64) * 2
+            old = logps + 0.3 * torch.randn(B, T, dtype=torch.float64)
+            advantages = torch.randn(B, dtype=torch.float64)
+            ours_in, theirs_in = logps.clone().requires_grad_(), logps.clone().requires_grad_()
+            out = policy_gradient_loss(PolicyGradientInputs(ours_in, mask, advantages, old_logps=old), params)
+            ours = out.losses.sum() / units(params.aggregation, mask).sum()
+            theirs, _ = verl_loss(old, theirs_in, advantages[:, None] * mask, mask, config=config)
+            (ours + theirs).backward()
+            for what, diff in (("loss", (ours - theirs).detach().abs()),
+                               ("gradient", (ours_in.grad - theirs_in.grad).abs())):
+                key = f"{name} {what}"
+                worst[key] = max(worst.get(key, 0.0), float(diff.max()))
+    return worst
+
+
 def main() -> int:
-    results = {"otb (1,200 rounds)": otb(), **sequence_estimators(), **gmpo(), **dppo()}
+    results = {"otb (1,200 rounds)": otb(), **sequence_estimators(), **gmpo(), **dppo(), **sapo_and_cispo()}
     failed = False
     for name, worst in results.items():
-        tolerance = 1e-6 if name == "gpg" else 1e-7 if name.startswith("gmpo") else 1e-12
+        tolerance = 1e-6 if name == "gpg" else 1e-7 if name.startswith(("gmpo", "sapo")) else 1e-12
         failed |= worst > tolerance
         print(f"{name:28s} largest difference from verl {worst:.3g} (tolerance {tolerance:g})")
     return 1 if failed else 0

@@ -193,6 +193,9 @@ class PolicyGradientParams:
                                        "clip_ratio_c; 10000 in its DPPO recipe)")
     cispo_max: float = param(5.0, "CISPO's cap on the ratio: the weight is min(ratio, cispo_max) (ScaleRL's ε_max; "
                                   "TRL `epsilon_high` with loss_type cispo, 5 as TRL recommends)")
+    cispo_min: float | None = param(None, "CISPO's floor on the ratio weight, clamp(ratio, cispo_min, cispo_max): "
+                                          "MiniMax-M1's two-sided form, as verl's cispo (cispo_min 0.8 with "
+                                          "cispo_max 1.2 is its default clip_ratio 0.2); None: no floor, as TRL")
     sapo_tau_pos: float = param(1.0, "SAPO's gate temperature where the advantage is > 0 (TRL default 1.0)")
     sapo_tau_neg: float = param(1.05, "SAPO's gate temperature where the advantage is <= 0 (TRL default 1.05)")
     delta: float | None = param(None, "two-sided clipping (INTELLECT-2): the unclipped ratio of the 'clip' surrogate "
@@ -228,6 +231,9 @@ class PolicyGradientParams:
         require(self.is_mode in IS_MODES, "is_mode", f"must be one of {IS_MODES}, got {self.is_mode!r}")
         require(self.surrogate in SURROGATES, "surrogate", f"must be one of {SURROGATES}, got {self.surrogate!r}")
         require_positive(self.cispo_max, "cispo_max")
+        if self.cispo_min is not None:
+            require(0 <= self.cispo_min < self.cispo_max, "cispo_min",
+                    f"must be in [0, cispo_max) ({self.cispo_min} with cispo_max {self.cispo_max})")
         require_positive(self.sapo_tau_pos, "sapo_tau_pos")
         require_positive(self.sapo_tau_neg, "sapo_tau_neg")
         if self.delta is not None:
@@ -395,7 +401,7 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
     token_log_ratio = log_ratio(logps, old, mask, params.ratio_level)
     ratio = torch.exp(token_log_ratio)  # (B, T) or (B, 1)
     if params.surrogate == "cispo":
-        per_token = cispo_surrogate(ratio, adv, logps, params.cispo_max)
+        per_token = cispo_surrogate(ratio, adv, logps, params.cispo_max, params.cispo_min)
     elif params.surrogate == "sapo":
         per_token = sapo_surrogate(ratio, adv, params.sapo_tau_pos, params.sapo_tau_neg)
     elif params.surrogate == "vespo":  # the sampler's weights go into the sequence weight, not on top of it
@@ -461,6 +467,8 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
     else:  # CISPO caps the weight above (counted where A > 0, as TRL's cispo_clip_ratio); SAPO, VESPO: no clip
         high = (ratio > params.cispo_max) & (adv > 0) if params.surrogate == "cispo" else torch.zeros_like(ratio > 0)
         low = torch.zeros_like(high)
+        if params.surrogate == "cispo" and params.cispo_min is not None:
+            low = (ratio < params.cispo_min) & (adv < 0)
     metrics["clip/low"] = _token_mean(low.to(logps.dtype), mask)
     metrics["clip/high"] = _token_mean(high.to(logps.dtype), mask)
     metrics["ratio/mean"] = _token_mean(ratio, mask)

@@ -125,13 +125,16 @@ def off_policy_keep(logps: torch.Tensor, behaviour_logps: torch.Tensor, advantag
         return ((advantages >= 0) | (mean_kl <= threshold)).to(logps.dtype)
 
 
-def cispo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, logps: torch.Tensor, cap: float) -> torch.Tensor:
-    """CISPO: −sg(min(c, cap))·A·ℓ, elementwise with broadcasting (MiniMax-M1, arXiv 2506.13585).
+def cispo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, logps: torch.Tensor, cap: float,
+                    floor: float | None = None) -> torch.Tensor:
+    """CISPO: −sg(min(c, cap))·A·ℓ, elementwise with broadcasting (MiniMax-M1, arXiv 2506.13585);
+    with ``floor`` the weight is clamp(c, floor, cap), MiniMax-M1's two-sided form (verl's ``cispo``:
+    floor 1 − ε_low, cap 1 + ε_high).
 
     The ratio is a constant weight (no gradient through it), so every token keeps its gradient
     −min(c, cap)·A·∇ℓ, where the clipped surrogate drops the gradient of a clipped token; on-policy
     (c = 1) that is the clipped surrogate's gradient −A·∇ℓ, though the loss value is −A·ℓ, not −A."""
-    return -ratio.detach().clamp(max=cap) * advantages * logps
+    return -ratio.detach().clamp(min=floor, max=cap) * advantages * logps
 
 
 def sapo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, tau_pos: float, tau_neg: float) -> torch.Tensor:

@@ -127,6 +127,27 @@ def test_cispo_and_sapo_by_hand():
         assert out.metrics["ratio/mean"].tolist() == pytest.approx([0.95, 0.95], abs=TOL)
 
 
+def test_cispo_with_a_floor_is_minimax_m1s_two_sided_weight_by_hand():
+    """``cispo_min`` 0.8 and ``cispo_max`` 1.2 (verl's cispo with clip_ratio 0.2): the ratios 1.5, 0.5,
+    1.1, 0.7 of ``ratio_batch`` weigh 1.2, 0.8, 1.1, 0.8; L_t = −w·A·ℓ_t, ∂L_t/∂ℓ_t = −w·A (A = +2,
+    then −1). clip/high counts c > 1.2 where A > 0 (1/4 on row 1), clip/low c < 0.8 where A < 0
+    (0.5 and 0.7: 2/4 on row 2). A floor at or above the cap is refused."""
+    ells = [o + math.log(c) for o, c in zip(OLD, RATIOS, strict=True)]
+    advs = [2.0, -1.0]
+    w = [1.2, 0.8, 1.1, 0.8]
+    logps, old, mask = ratio_batch(advs)
+    params = PolicyGradientParams(surrogate="cispo", cispo_max=1.2, cispo_min=0.8)
+    out = policy_gradient_loss(PolicyGradientInputs(logps, mask, t(advs), old_logps=old), params)
+    want = [sum(-wt * a * ell for wt, ell in zip(w, ells, strict=True)) for a in advs]
+    assert torch.allclose(out.losses, t(want), rtol=0, atol=TOL)
+    out.losses.sum().backward()
+    assert torch.allclose(logps.grad, t([[-wt * a for wt in w] + [0.0] for a in advs]), rtol=0, atol=TOL)
+    assert out.metrics["clip/high"].tolist() == [0.25, 0.0]
+    assert out.metrics["clip/low"].tolist() == [0.0, 0.5]
+    with pytest.raises(ParamError, match="cispo_min"):
+        PolicyGradientParams(surrogate="cispo", cispo_max=1.2, cispo_min=1.2)
+
+
 def test_sapo_and_cispo_with_per_token_advantages_by_hand():
     """Per-token advantages (REINFORCE++, PPO) of mixed sign within one row, A_t = +2, −1, 0, +0.5 on
     the ratios 1.5, 0.5, 1.1, 0.7 of ``ratio_batch``, token_mean (the per-example sum).
