@@ -19,18 +19,16 @@ the same prompt index, and prints the largest difference of each:
   ``compute_*_outcome_advantage``): 4 prompts × 4 completions, integer or normal scores, some
   groups flat. verl computes GPG's α = B / #non-zero as a float32 tensor, so GPG agrees to float32
   rounding (about 1e-7); the others to float64 rounding.
-- GMPO's loss and its gradient with respect to every token log-prob (``policy_gradient_loss`` with
-  ``GMPOParams`` against ``compute_policy_loss_geo_mean``): 6 completions of 1-7 tokens, random
-  log-probs, old log-probs 0.5 off, normal sequence advantages (some 0). verl adds 1e-8 to each
-  sequence's token count where it divides by it, so the two agree to about 1e-8.
-- DPPO's losses and gradients (``policy_gradient_loss`` with surrogate ``dppo_tv`` and ``dppo_kl``,
-  token-mean aggregation, against ``compute_policy_loss_dppo_tv`` / ``_kl``): the same rounds with
-  the old log-probs 0.3 off, so that some tokens leave the trust region (TV 0.15, KL 0.05).
-- SAPO's and CISPO's losses and gradients (surrogates ``sapo``, and ``cispo`` with ``cispo_min`` 0.8
-  and ``cispo_max`` 1.2, against ``compute_policy_loss_sapo`` / ``_cispo`` with verl's
-  ``ActorConfig`` and its default clip_ratio 0.2: verl's CISPO clamps the ratio weight on both
-  sides, MiniMax-M1's form; alignlab's default is TRL's one-sided cap 5), the same rounds. verl's
-  SAPO averages each sequence's tokens over its count + 1e-8, so SAPO agrees to about 1e-8.
+- Policy losses and their gradients with respect to every token log-prob (``policy_gradient_loss``
+  against verl's ``compute_policy_loss_*``), on rounds of 6 completions of 1-7 tokens, log-probs in
+  (−2, 0), old log-probs 0.3 off (so that ratios leave the clip and tokens the trust region),
+  normal sequence advantages (some 0):
+  - GMPO (``GMPOParams`` against ``geo_mean``) and SAPO (``SAPOParams`` against ``sapo``): verl
+    divides by each sequence's token count + 1e-8, so these agree to about 1e-8;
+  - DPPO (surrogates ``dppo_tv`` and ``dppo_kl``, token-mean aggregation, TV 0.15 and KL 0.05);
+  - CISPO with ``cispo_min`` 0.8 and ``cispo_max`` 1.2, against verl's ``cispo`` at its default
+    clip_ratio 0.2 (verl clamps the ratio weight on both sides, MiniMax-M1's form; alignlab's
+    default is TRL's one-sided cap 5).
 
 Exits 1 if any difference is above its tolerance (1e-12; GPG 1e-6; GMPO and SAPO 1e-7).
 """
@@ -124,101 +122,66 @@ def sequence_estimators(trials: int = 300) -> dict[str, float]:
     return worst
 
 
-def gmpo(trials: int = 300) -> dict[str, float]:
-    from types import SimpleNamespace
-
-    from verl.trainer.ppo.core_algos import compute_policy_loss_geo_mean
-
-    torch.manual_seed(2)
+def _loss_against_verl(name: str, params, verl_loss, config, trials: int = 300) -> dict[str, float]:
+    """alignlab's whole-step loss with ``params`` and verl's ``verl_loss`` (with ``config``), and
+    their gradients with respect to every token log-prob, on random rounds: 6 completions of 1-7
+    tokens, log-probs in (−2, 0), old log-probs 0.3 off (below 0), normal sequence advantages with
+    one 0 in every fourth round."""
     B, T = 6, 7
-    params = GMPOParams()
-    config = SimpleNamespace(clip_ratio=params.eps_low, clip_ratio_low=params.eps_low, clip_ratio_high=params.eps_high)
-    worst = {"gmpo loss": 0.0, "gmpo gradient": 0.0}
+    worst = {f"{name} loss": 0.0, f"{name} gradient": 0.0}
     for trial in range(trials):
         lengths = torch.randint(1, T + 1, (B,))
         mask = (torch.arange(T)[None] < lengths[:, None]).double()
-        logps = -torch.rand(B, T, dtype=torch.float64) * 3
-        old = logps + 0.5 * torch.randn(B, T, dtype=torch.float64)
+        logps = -torch.rand(B, T, dtype=torch.float64) * 2
+        old = (logps + 0.3 * torch.randn(B, T, dtype=torch.float64)).clamp(max=-1e-3)
         advantages = torch.randn(B, dtype=torch.float64)
         if trial % 4 == 0:
             advantages[0] = 0.0
         ours_in, theirs_in = logps.clone().requires_grad_(), logps.clone().requires_grad_()
         out = policy_gradient_loss(PolicyGradientInputs(ours_in, mask, advantages, old_logps=old), params)
         ours = out.losses.sum() / units(params.aggregation, mask).sum()
-        theirs, _ = compute_policy_loss_geo_mean(old, theirs_in, advantages[:, None] * mask, mask, config=config)
+        theirs, _ = verl_loss(old, theirs_in, advantages[:, None] * mask, mask, config=config)
         (ours + theirs).backward()
-        worst["gmpo loss"] = max(worst["gmpo loss"], abs(float((ours - theirs).detach())))
-        worst["gmpo gradient"] = max(worst["gmpo gradient"], float((ours_in.grad - theirs_in.grad).abs().max()))
+        worst[f"{name} loss"] = max(worst[f"{name} loss"], abs(float((ours - theirs).detach())))
+        worst[f"{name} gradient"] = max(worst[f"{name} gradient"], float((ours_in.grad - theirs_in.grad).abs().max()))
     return worst
 
 
-class _ActorConfig(dict):
-    """What verl's policy losses read of their ``ActorConfig``: attributes, ``get`` and the batch info."""
+class _Config(dict):
+    """What verl's GMPO and DPPO losses read of their ``ActorConfig``: attributes, ``get`` and the
+    batch info (its real ``ActorConfig``, which SAPO and CISPO require, needs more to build)."""
 
     def __getattr__(self, name):
         return self[name]
 
 
-def dppo(trials: int = 300) -> dict[str, float]:
-    import verl.trainer.ppo.core_algos as verl
-
-    torch.manual_seed(3)
-    B, T = 6, 7
-    worst: dict[str, float] = {}
-    for divergence, bound in (("tv", 0.15), ("kl", 0.05)):
-        params = DPPOParams(surrogate=f"dppo_{divergence}", eps_low=bound, eps_high=bound, aggregation="token_mean")
-        config = _ActorConfig(clip_ratio=bound, clip_ratio_low=bound, clip_ratio_high=bound,
-                              clip_ratio_c=params.dppo_ratio_cap, global_batch_info={})
-        verl_loss = getattr(verl, f"compute_policy_loss_dppo_{divergence}")
-        for _ in range(trials):
-            lengths = torch.randint(1, T + 1, (B,))
-            mask = (torch.arange(T)[None] < lengths[:, None]).double()
-            logps = -torch.rand(B, T, dtype=torch.float64) * 2
-            old = (logps + 0.3 * torch.randn(B, T, dtype=torch.float64)).clamp(max=-1e-3)
-            advantages = torch.randn(B, dtype=torch.float64)
-            ours_in, theirs_in = logps.clone().requires_grad_(), logps.clone().requires_grad_()
-            out = policy_gradient_loss(PolicyGradientInputs(ours_in, mask, advantages, old_logps=old), params)
-            ours = out.losses.sum() / units(params.aggregation, mask).sum()
-            theirs, _ = verl_loss(old, theirs_in, advantages[:, None] * mask, mask, config=config)
-            (ours + theirs).backward()
-            for what, diff in (("loss", (ours - theirs).detach().abs()), ("gradient", (ours_in.grad - theirs_in.grad).abs())):
-                key = f"dppo_{divergence} {what}"
-                worst[key] = max(worst.get(key, 0.0), float(diff.max()))
-    return worst
-
-
-def sapo_and_cispo(trials: int = 300) -> dict[str, float]:
+def policy_losses() -> dict[str, float]:
     import verl.trainer.ppo.core_algos as verl
     from verl.workers.config import ActorConfig
 
-    torch.manual_seed(4)
-    B, T = 6, 7
-    config = ActorConfig(strategy="fsdp", clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.2,
-                         ppo_micro_batch_size_per_gpu=1, rollout_n=4)
-    cases = {"sapo": (SAPOParams(sapo_tau_pos=config.tau_pos, sapo_tau_neg=config.tau_neg), verl.compute_policy_loss_sapo),
-             "cispo": (CISPOParams(cispo_min=0.8, cispo_max=1.2), verl.compute_policy_loss_cispo)}
+    torch.manual_seed(2)
     worst: dict[str, float] = {}
-    for name, (params, verl_loss) in cases.items():
-        for _ in range(trials):
-            lengths = torch.randint(1, T + 1, (B,))
-            mask = (torch.arange(T)[None] < lengths[:, None]).double()
-            logps = -torch.rand(B, T, dtype=torch.float64) * 2
-            old = logps + 0.3 * torch.randn(B, T, dtype=torch.float64)
-            advantages = torch.randn(B, dtype=torch.float64)
-            ours_in, theirs_in = logps.clone().requires_grad_(), logps.clone().requires_grad_()
-            out = policy_gradient_loss(PolicyGradientInputs(ours_in, mask, advantages, old_logps=old), params)
-            ours = out.losses.sum() / units(params.aggregation, mask).sum()
-            theirs, _ = verl_loss(old, theirs_in, advantages[:, None] * mask, mask, config=config)
-            (ours + theirs).backward()
-            for what, diff in (("loss", (ours - theirs).detach().abs()),
-                               ("gradient", (ours_in.grad - theirs_in.grad).abs())):
-                key = f"{name} {what}"
-                worst[key] = max(worst.get(key, 0.0), float(diff.max()))
+    gmpo = GMPOParams()
+    worst.update(_loss_against_verl("gmpo", gmpo, verl.compute_policy_loss_geo_mean,
+                                    _Config(clip_ratio=gmpo.eps_low, clip_ratio_low=gmpo.eps_low,
+                                            clip_ratio_high=gmpo.eps_high)))
+    for divergence, bound in (("tv", 0.15), ("kl", 0.05)):
+        params = DPPOParams(surrogate=f"dppo_{divergence}", eps_low=bound, eps_high=bound, aggregation="token_mean")
+        config = _Config(clip_ratio=bound, clip_ratio_low=bound, clip_ratio_high=bound,
+                         clip_ratio_c=params.dppo_ratio_cap, global_batch_info={})
+        worst.update(_loss_against_verl(f"dppo_{divergence}", params,
+                                        getattr(verl, f"compute_policy_loss_dppo_{divergence}"), config))
+    actor = ActorConfig(strategy="fsdp", clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.2,
+                        ppo_micro_batch_size_per_gpu=1, rollout_n=4)
+    worst.update(_loss_against_verl("sapo", SAPOParams(sapo_tau_pos=actor.tau_pos, sapo_tau_neg=actor.tau_neg),
+                                    verl.compute_policy_loss_sapo, actor))
+    worst.update(_loss_against_verl("cispo", CISPOParams(cispo_min=0.8, cispo_max=1.2),
+                                    verl.compute_policy_loss_cispo, actor))
     return worst
 
 
 def main() -> int:
-    results = {"otb (1,200 rounds)": otb(), **sequence_estimators(), **gmpo(), **dppo(), **sapo_and_cispo()}
+    results = {"otb (1,200 rounds)": otb(), **sequence_estimators(), **policy_losses()}
     failed = False
     for name, worst in results.items():
         tolerance = 1e-6 if name == "gpg" else 1e-7 if name.startswith(("gmpo", "sapo")) else 1e-12
