@@ -139,7 +139,7 @@ def token_logps(model: torch.nn.Module, examples: Sequence[RolloutExample], pad_
         lp = sequence_logps(model, batch)
         return (left_align(lp.token_logps_BT, lp.mask_BT),)
 
-    return _per_token(logps, examples, pad_id, batch_size, device, pack)[0]
+    return _per_token(logps, 1, examples, pad_id, batch_size, device, pack)[0]
 
 
 def token_logps_and_sum_pi_sq(model: torch.nn.Module, examples: Sequence[RolloutExample], pad_id: int,
@@ -151,26 +151,22 @@ def token_logps_and_sum_pi_sq(model: torch.nn.Module, examples: Sequence[Rollout
         lp = sequence_logps(model, batch, sqmass=True)
         return left_align(lp.token_logps_BT, lp.mask_BT), left_align(lp.sqmass_BT.exp(), lp.mask_BT)
 
-    if not examples:
-        return [], []
-    logps, sum_pi_sq = _per_token(both, examples, pad_id, batch_size, device, pack)
+    logps, sum_pi_sq = _per_token(both, 2, examples, pad_id, batch_size, device, pack)
     return logps, sum_pi_sq
 
 
-def _per_token(fn: Callable, examples: Sequence[RolloutExample], pad_id: int, batch_size: int,
+def _per_token(fn: Callable, outputs: int, examples: Sequence[RolloutExample], pad_id: int, batch_size: int,
                device, pack: bool | PackingCost = False) -> list[list[tuple[float, ...]]]:
-    """``fn(batch)`` -> a tuple of (B, L) left-aligned per-token values; for each, every example's,
-    without gradients (batches packed by group as ``pack`` says: ``collate_rollout``)."""
-    out: list[list[tuple[float, ...]]] = []
+    """``fn(batch)`` -> a tuple of ``outputs`` (B, L) left-aligned per-token values; for each, every
+    example's, without gradients (batches packed by group as ``pack`` says: ``collate_rollout``)."""
+    out: list[list[tuple[float, ...]]] = [[] for _ in range(outputs)]
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             part = examples[start:start + batch_size]
-            got = fn(collate_rollout(part, pad_id, pack).to(device))
-            out = out or [[] for _ in got]
-            for values, aligned in zip(out, got, strict=True):
+            for values, aligned in zip(out, fn(collate_rollout(part, pad_id, pack).to(device)), strict=True):
                 aligned = aligned.double().cpu()
                 values.extend(tuple(aligned[b, :len(e.completion_ids)].tolist()) for b, e in enumerate(part))
-    return out or [[]]
+    return out
 
 
 def round_size(cfg, dist: Dist) -> tuple[int, int]:
@@ -370,13 +366,14 @@ class OnlineSource:
         """What the round's loss needs of the models at its start, each completion token's: the
         policy's log-probs (and Σπ², OTB), the reference's, the critic's values."""
         batch_rows, device = self.cfg.optim.batch_size, self.dist.device
-        if self.needs_old and self.cfg.spec.sum_pi_squared:
-            old, sum_pi_sq = token_logps_and_sum_pi_sq(self.policy, examples, self.pad_id, batch_rows, device,
-                                                       self.pack)
-            for e, lp, sq in zip(examples, old, sum_pi_sq, strict=True):
-                e.old_logps, e.sum_pi_sq = lp, sq
-        elif self.needs_old:
-            old = token_logps(self.policy, examples, self.pad_id, batch_rows, device, self.pack)
+        if self.needs_old:
+            if self.cfg.spec.sum_pi_squared:
+                old, sum_pi_sq = token_logps_and_sum_pi_sq(self.policy, examples, self.pad_id, batch_rows, device,
+                                                           self.pack)
+                for e, sq in zip(examples, sum_pi_sq, strict=True):
+                    e.sum_pi_sq = sq
+            else:
+                old = token_logps(self.policy, examples, self.pad_id, batch_rows, device, self.pack)
             for e, lp in zip(examples, old, strict=True):
                 e.old_logps = lp
         if self.reference is not None:
@@ -385,8 +382,8 @@ class OnlineSource:
                 for e, lp in zip(examples, reference, strict=True):
                     e.ref_logps = lp
         if rule.values:
-            values = _per_token(lambda b: (token_values(self.policy, b),), examples, self.pad_id, batch_rows, device,
-                                self.pack)[0]
+            values = _per_token(lambda b: (token_values(self.policy, b),), 1, examples, self.pad_id, batch_rows,
+                                device, self.pack)[0]
             for e, v in zip(examples, values, strict=True):
                 e.old_values = v
 
