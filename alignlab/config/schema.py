@@ -239,6 +239,7 @@ class RolloutConfig:
                                             "update, faster; they still "
                                             "count in the normaliser, and per-example "
                                             "metrics (entropy, clip) are then over the completions trained on")
+
     def __post_init__(self) -> None:
         self.reward = [self.reward] if isinstance(self.reward, str) else list(self.reward or [])
         self.reward_weights = None if self.reward_weights is None else [float(w) for w in self.reward_weights]

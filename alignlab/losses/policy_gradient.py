@@ -109,6 +109,12 @@ RATIO_LEVELS = get_args(RatioLevel)
 SURROGATES = get_args(Surrogate)
 COV_SURROGATES = ("clip_cov", "kl_cov")
 DPPO_SURROGATES = ("dppo_tv", "dppo_kl")
+# the surrogates that need one ratio per token, and why (the end of their error message)
+_TOKEN_RATIO_ONLY = {
+    **dict.fromkeys(("vespo", "gmpo"), "which makes each sequence's ratio from its token ratios itself"),
+    **dict.fromkeys(COV_SURROGATES, "which selects tokens"),
+    **dict.fromkeys(DPPO_SURROGATES, "whose trust region is on each token's probability"),
+}
 
 
 # ------------------------------------------------------------------------------------- inputs
@@ -247,12 +253,10 @@ class PolicyGradientParams:
         require_positive(self.vespo_lambda_pos, "vespo_lambda_pos")
         require_positive(self.vespo_lambda_neg, "vespo_lambda_neg")
         require_positive(self.dppo_ratio_cap, "dppo_ratio_cap")
-        if self.surrogate in DPPO_SURROGATES:
+        if self.surrogate in _TOKEN_RATIO_ONLY:
             require(self.ratio_level == "token", "ratio_level", f"must be 'token' with surrogate '{self.surrogate}', "
-                    "whose trust region is on each token's probability")
+                    f"{_TOKEN_RATIO_ONLY[self.surrogate]}")
         if self.surrogate in ("vespo", "gmpo"):
-            require(self.ratio_level == "token", "ratio_level", f"must be 'token' with surrogate '{self.surrogate}', "
-                    "which makes each sequence's ratio from its token ratios itself")
             require(not self.is_mode.startswith("sequence"), "is_mode", "must be 'off' or a token mode with surrogate "
                     f"'{self.surrogate}', which folds the token weights into its sequence weight")
         require_positive(self.eps_low, "eps_low")
@@ -266,9 +270,6 @@ class PolicyGradientParams:
         require(self.clip_cov_lb < self.clip_cov_ub, "clip_cov_lb", f"must be below clip_cov_ub "
                 f"({self.clip_cov_lb} >= {self.clip_cov_ub})")
         require_non_negative(self.kl_cov_coef, "kl_cov_coef")
-        if self.surrogate in COV_SURROGATES:
-            require(self.ratio_level == "token", "ratio_level", f"must be 'token' with surrogate '{self.surrogate}', "
-                    "which selects tokens")
         require(0.0 <= self.top_entropy_quantile <= 1.0, "top_entropy_quantile",
                 f"must be in [0, 1], got {self.top_entropy_quantile}")
         require_non_negative(self.entropy_target, "entropy_target")
@@ -465,10 +466,10 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
         low = (inside == 0) & (adv < 0)
         high = (inside == 0) & (adv > 0)
     else:  # CISPO caps the weight above (counted where A > 0, as TRL's cispo_clip_ratio); SAPO, VESPO: no clip
-        high = (ratio > params.cispo_max) & (adv > 0) if params.surrogate == "cispo" else torch.zeros_like(ratio > 0)
-        low = torch.zeros_like(high)
-        if params.surrogate == "cispo" and params.cispo_min is not None:
-            low = (ratio < params.cispo_min) & (adv < 0)
+        cispo = params.surrogate == "cispo"
+        high = (ratio > params.cispo_max) & (adv > 0) if cispo else torch.zeros_like(ratio > 0)
+        low = (ratio < params.cispo_min) & (adv < 0) if cispo and params.cispo_min is not None \
+            else torch.zeros_like(high)
     metrics["clip/low"] = _token_mean(low.to(logps.dtype), mask)
     metrics["clip/high"] = _token_mean(high.to(logps.dtype), mask)
     metrics["ratio/mean"] = _token_mean(ratio, mask)
