@@ -82,6 +82,15 @@ def test_only_jsonl_and_a_writable_place(tmp_path):
         write_jsonl(tmp_path / "missing" / "out.jsonl", RECORDS["sft"])
 
 
+def test_a_path_under_a_file_is_a_one_line_error(tmp_path):
+    """An output "inside" a file (its folder is a file): the temporary cannot be made, and the
+    clean-up of the temporary must not turn that into a NotADirectoryError traceback."""
+    (tmp_path / "afile").write_text("x\n")
+    with pytest.raises(UserError, match=r"afile/out.jsonl: cannot write: Not a directory$"):
+        write_jsonl(tmp_path / "afile" / "out.jsonl", RECORDS["sft"])
+    assert (tmp_path / "afile").read_text() == "x\n"
+
+
 def test_plain_rows_are_written_in_their_key_order(tmp_path):
     path = tmp_path / "rows.jsonl"
     assert write_rows(path, [{"text": "é ✓"}, {"b": 1, "a": [0.5, True]}]) == 2
