@@ -299,6 +299,55 @@ def test_a_run_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, capsys, 
     assert message in err and "\n" not in err and "delete the cell" not in err, err
 
 
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("compare.json", {"config": "c.yaml"}, "compare.json, field 'cells': expected a list of cells, got nothing"),
+    ("compare.json", {"cells": 5}, "compare.json, field 'cells': expected a list of cells, got int"),
+    ("compare.json", {"cells": [{"id": "x"}]}, "compare.json, cell 1: no 'kind'"),
+    ("compare.json", {"cells": [7]}, "compare.json, cell 1: expected a JSON object, got int"),
+    ("cells/method=dpo,seed=0/result.json", {"metrics": None}, "result.json, field 'metrics': expected a JSON object, "
+                                                               "got NoneType"),
+    ("cells/method=dpo,seed=0/result.json", {"metrics": {}, "answers": 3}, "result.json, field 'answers': expected "
+                                                                          "a file name, got int"),
+])
+def test_a_comparison_file_of_another_shape_is_one_line_naming_it(tmp_path, capsys, name, value, message):
+    """Valid JSON that does not hold what `alignlab compare` writes (a file edited by hand or
+    damaged) is a one-line error naming the file and the field, not a KeyError or TypeError."""
+    out = make_comparison(tmp_path / "out")
+    _write(out / name, value)
+    assert cli.main(["report", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("field", ["eval_metrics", "train_metrics"])
+def test_a_summary_of_another_shape_is_one_line_naming_it(tmp_path, capsys, field):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.yaml").write_text("method: dpo\nseed: 0\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n')
+    _write(run / "summary.json", {"steps": 1, "eval_metrics": {}, "train_metrics": {}} | {field: None})
+    assert cli.main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"summary.json, field '{field}': expected a JSON object, got NoneType" in err and "\n" not in err, err
+
+
+def test_a_folder_beside_the_rounds_is_not_a_round(tmp_path, capsys):
+    """Rounds write round-1, round-2, ...; a folder of the user's named round-something (a copy
+    kept aside) is not one of them and is left out, not read as round number 'something'."""
+    run = tmp_path / "rounds"
+    for name, loss in (("round-1", 0.7), ("round-2", 0.6), ("round-backup", 9.0)):
+        (run / name / "train").mkdir(parents=True)
+        (run / name / "train" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": loss}) + "\n")
+        _write(run / name / "train" / "summary.json", {"steps": 1, "eval_metrics": {}, "train_metrics": {"loss": loss}})
+    (run / "rounds.yaml").write_text("method: dpo\nseed: 0\n")
+    assert cli.main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    # the last round's summary (round 2: loss 0.6, 1 step); the curves hold one record per round,
+    # round 1's and round 2's, and none of the copy's (loss 9)
+    assert table_rows(md, "metric")["train/loss"]["value"] == "0.6"
+    assert "Status: ok; 1 optimizer steps; 2 records in metrics.jsonl." in md, md
+
+
 def test_a_run_still_writing_its_metrics_is_reported(tmp_path, capsys):
     """A last line cut short is skipped (the run is writing it); a metric that is no number (a
     list) is left out of the curves rather than stopping the report."""

@@ -10,6 +10,7 @@ cell's folder: ``result.json`` (finished), ``failed.json`` (failed: return code 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,42 @@ def read_yaml_config(path: Path) -> dict[str, Any]:
     return value
 
 
+def field_of(path: Path, record: dict[str, Any], key: str, hint: str = "") -> dict[str, Any]:
+    """``record[key]``, a JSON object (``{}`` when absent) of a file read from ``path``; any other
+    value is a one-line error naming the file and the field (and ``hint``)."""
+    from alignlab.errors import UserError
+
+    value = record.get(key, {})
+    if not isinstance(value, dict):
+        raise UserError(f"{path}, field '{key}': expected a JSON object, got {type(value).__name__}{hint}")
+    return value
+
+
+def _plan_cells(path: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cells of a comparison's plan (``compare.json``): objects with an id, a kind and a group."""
+    from alignlab.errors import UserError
+
+    cells = plan.get("cells")
+    if not isinstance(cells, list):
+        got = "nothing" if cells is None else type(cells).__name__
+        raise UserError(f"{path}, field 'cells': expected a list of cells, got {got}")
+    for number, entry in enumerate(cells, 1):
+        if not isinstance(entry, dict):
+            raise UserError(f"{path}, cell {number}: expected a JSON object, got {type(entry).__name__}")
+        for key in ("id", "kind", "group"):
+            if not isinstance(entry.get(key), str):
+                raise UserError(f"{path}, cell {number}: no '{key}'" if key not in entry else
+                                f"{path}, cell {number}, field '{key}': expected a string, got {entry[key]!r}")
+    return cells
+
+
+def round_folders(run_dir: Path, below: str = "train") -> list[Path]:
+    """``round-N/below`` of a rounds' folder, in the order of N; a folder whose name is not
+    ``round-`` and a number (one kept aside by hand) is none of the rounds."""
+    numbers = {p.relative_to(run_dir).parts[0][6:]: p for p in run_dir.glob(f"round-*/{below}")}
+    return [p for _, p in sorted((int(n), p) for n, p in numbers.items() if re.fullmatch("[1-9][0-9]*", n))]
+
+
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, JSON object) of each line of a JSON-lines file (see ``read_jsonl``)."""
     from alignlab.errors import UserError
@@ -138,7 +175,7 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
     turn, each round's steps after the previous rounds'."""
     if (run_dir / "metrics.jsonl").exists():
         return read_metrics(run_dir / "metrics.jsonl")
-    rounds = sorted(run_dir.glob("round-*/train"), key=lambda p: int(p.parent.name.split("-")[1]))
+    rounds = round_folders(run_dir)
     history, offset = [], 0
     for folder in rounds:
         rows = read_metrics(folder / "metrics.jsonl")
@@ -156,23 +193,29 @@ def _relative(path: str | Path, root: Path) -> str:
 
 def collect_comparison(out: Path) -> Collected:
     """The cells of the comparison in ``out`` (see the module docstring)."""
+    from alignlab.errors import UserError
+
     plan = read_json(out / "compare.json")
     cells = []
-    for entry in plan["cells"]:
+    for entry in _plan_cells(out / "compare.json", plan):
         folder = out / "cells" / entry["id"]
         cell = CellResult(entry["id"], entry["kind"], entry["group"], entry.get("seed"))
         if (folder / "result.json").exists():
             result = read_json(folder / "result.json", CELL_HINT)
             cell.status = OK
-            cell.metrics = {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}
+            metrics = field_of(folder / "result.json", result, "metrics", CELL_HINT)
+            cell.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             if "seconds" in result:  # the wall time of all its attempts
                 cell.metrics["seconds"] = result["seconds"]
             cell.attempts = result.get("attempts")
             cell.steps = result.get("steps")
             if entry["kind"] == "train" and cell.steps is not None:
                 cell.metrics["steps"] = cell.steps
-            cell.diagnostics = result.get("diagnostics") or {}
+            cell.diagnostics = field_of(folder / "result.json", result, "diagnostics", CELL_HINT)
             if result.get("answers"):
+                if not isinstance(result["answers"], str):
+                    raise UserError(f"{folder / 'result.json'}, field 'answers': expected a file name, got "
+                                    f"{type(result['answers']).__name__}{CELL_HINT}")
                 cell.answers = read_jsonl(folder / result["answers"])
         elif (folder / "failed.json").exists():
             failed = read_json(folder / "failed.json", CELL_HINT)
@@ -195,13 +238,13 @@ def collect_run(run_dir: Path) -> Collected:
     config = flat_config(read_yaml_config(saved)) if saved else {}
     method = str(config.get("method", "run"))
     cell = CellResult(run_dir.name, "run", method, config.get("seed"), history=read_history(run_dir))
-    rounds = sorted(run_dir.glob("round-*/train/summary.json"), key=lambda p: int(p.parent.parent.name.split("-")[1]))
+    rounds = round_folders(run_dir, "train/summary.json")
     summary_file = run_dir / "summary.json" if (run_dir / "summary.json").exists() or not rounds else rounds[-1]
     if summary_file.exists():
         summary = read_json(summary_file)
         cell.status, cell.steps = OK, summary.get("steps")
-        cell.metrics = {**summary.get("eval_metrics", {}),
-                        **{f"train/{k}": v for k, v in summary.get("train_metrics", {}).items()
+        cell.metrics = {**field_of(summary_file, summary, "eval_metrics"),
+                        **{f"train/{k}": v for k, v in field_of(summary_file, summary, "train_metrics").items()
                            if k not in ("step", "epoch")}}
         cell.metrics = {k: v for k, v in cell.metrics.items() if isinstance(v, (int, float))}
     elif cell.history:
