@@ -90,6 +90,31 @@ def test_missing_required_field(capsys):
     assert code == 2 and "model: is required" in err
 
 
+@pytest.mark.parametrize("text,line,key,first", [
+    ("model: m\nlr: 0.1\ndata: d\nlr: 0.2\n", 4, "lr", 2),
+    ("model: m\noptim:\n  lr: 0.1\n  lr: 0.2\n", 4, "lr", 3),
+    ("model: m\ncolumns: {prompt: q, prompt: r}\n", 2, "prompt", 2),
+])
+def test_a_key_given_twice_in_the_file_is_one_line(text, line, key, first, capsys, tmp_path):
+    """YAML forbids a mapping that repeats a key, and PyYAML would keep the later value without a
+    word (lr 0.2 here, the 0.1 lost); the error names the file, the line of the second one and
+    the line of the first."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    code, _, err = _run(["train", str(path)], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"config file '{path}', line {line}" in err and f"key '{key}' given twice (first on line {first})" in err
+
+
+def test_a_merged_mapping_may_be_overridden(tmp_path):
+    """A YAML merge (<<) followed by the same key is an override, not a key given twice."""
+    from alignlab.config import read_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("x: &b {lr: 0.1, beta: 0.3}\ny:\n  <<: *b\n  lr: 0.2\n")
+    assert read_yaml(path)["y"] == {"lr": 0.2, "beta": 0.3}
+
+
 def test_missing_config_file(capsys):
     code, _, err = _run(["train", "nope.yaml"], capsys)
     assert code == 2 and "nope.yaml" in err
