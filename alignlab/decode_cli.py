@@ -93,6 +93,9 @@ def _check(args) -> None:
         raise UserError(f"--output {args.output}: is a folder; name the file to write (*.jsonl)")
     if not out.parent.is_dir():
         raise UserError(f"--output {args.output}: folder '{out.parent}' does not exist")
+    from alignlab.data.write import check_not_input
+
+    check_not_input(args.output, ("the prompt file", "--prompts", args.prompts))
 
 
 def cmd_decode(tokens: list[str]) -> int:

@@ -419,7 +419,7 @@ def _quartiles(values) -> str:
 
 def cmd_ches(tokens: list[str]) -> int:
     """``alignlab eval ches``: CHES and length-normalised CHES of each pair."""
-    from alignlab.data.write import check_jsonl_path, write_rows
+    from alignlab.data.write import check_jsonl_path, check_not_input, write_rows
 
     prog = "alignlab eval ches"
     parser = ArgumentParser(
@@ -435,6 +435,7 @@ def cmd_ches(tokens: list[str]) -> int:
     args, columns = parse_with_columns(parser, tokens)
     if args.out:
         check_jsonl_path(args.out)
+        check_not_input(args.out, ("the input", "--data", args.data))
     records, label = read_pairs(args, columns, prog)
     pairs, scores = _ches_of(args, records)
     if args.out:
@@ -454,7 +455,7 @@ def cmd_ches_filter(tokens: list[str]) -> int:
     """``alignlab convert ches-filter IN OUT``: drop the pairs with the highest CHES, keep the rest
     as they are (every column)."""
     from alignlab.data.sources import iter_rows
-    from alignlab.data.write import check_jsonl_path, write_rows
+    from alignlab.data.write import check_jsonl_path, check_not_input, write_rows
     from alignlab.errors import RowIssue
     from alignlab.eval.ches import most_displacing
 
@@ -485,8 +486,10 @@ def cmd_ches_filter(tokens: list[str]) -> int:
         flag = "--keep-fraction" if args.keep_fraction is not None else "--drop-fraction"
         raise UserError(f"{prog}: {flag} must be in [0, 1], got {fraction}")
     check_jsonl_path(args.output)
+    check_not_input(args.output, ("the input", "IN", args.input))
     if args.scores_out:
         check_jsonl_path(args.scores_out)
+        check_not_input(args.scores_out, ("the input", "IN", args.input), ("the output", "OUT", args.output))
     args.data = args.input
     records, _ = read_pairs(args, columns, prog)
     pairs, scores = _ches_of(args, records)

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from alignlab.data.prompts import load_prompts
 from alignlab.data.records import PromptRecord, Text, is_conversation
+from alignlab.data.write import check_not_input
 from alignlab.errors import ArgumentParser, UserError, on_command_line, option
 from alignlab.field_flags import add_field_flags, field_values
 from alignlab.rewards.base import reward_prompt
@@ -406,6 +407,7 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
     out = Path(output)
     if out.suffix.lower() != ".jsonl":
         raise UserError(f"{_flag('output')} {out}: samples are written as JSON lines; name the file *.jsonl")
+    check_not_input(out, ("the prompt file", _flag("prompts"), job.prompts))
     prompts = read_prompts(job)
     header = {"format": FORMAT, **job.record(), "num_prompts": len(prompts), "prompts_sha256": prompts_hash(prompts)}
     kept = 0 if overwrite else resume_point(out, header, prompts)

@@ -86,6 +86,19 @@ def test_an_output_that_cannot_be_written_is_refused_before_loading(tmp_path, ou
     assert "no-model" not in err
 
 
+def test_an_output_that_is_the_prompt_file_is_refused_before_loading(tmp_path, capsys):
+    """The answers would replace the prompt file (and every other column of its rows)."""
+    prompts = tmp_path / "pairs.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1=", "chosen": "2", "rejected": "3"}) + "\n")
+    before = prompts.read_bytes()
+    code = main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--model",
+                 str(tmp_path / "no-model"), "--prompts", str(prompts), "--output", str(prompts)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{prompts}: is the prompt file (--prompts {prompts})" in err, err
+    assert len(err.strip().splitlines()) == 1 and "no-model" not in err
+    assert prompts.read_bytes() == before
+
+
 def test_urial_answers_after_the_prefix_and_is_measured(tmp_path, sft_model):
     """With a short prefix of the task's own form the command answers, writes rows without scores
     and measures gold, win rate and forward tokens (no KL: it is not defined for urial)."""

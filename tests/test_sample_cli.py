@@ -460,6 +460,16 @@ def test_bad_prompt_sources_are_one_line(tmp_path, tiny_model_dir, capsys):
                                               "--output", str(tmp_path / "s.json"))
 
 
+def test_an_output_that_is_the_prompt_file_is_refused_even_with_overwrite(tmp_path, tiny_model_dir, capsys):
+    """--overwrite replaces an earlier run's samples; it must not replace the prompts being read."""
+    src = jsonl(tmp_path / "pairs.jsonl", [{"prompt": p, "chosen": "a", "rejected": "b"} for p in PROMPTS])
+    before = src.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        err = refused(capsys, "--model", str(tiny_model_dir), "--prompts", str(src), "--output", str(src), *extra)
+        assert f"{src}: is the prompt file (--prompts {src}); writing it would replace what is read" in err, err
+    assert src.read_bytes() == before
+
+
 @pytest.fixture(scope="module")
 def short_model_dir(tmp_path_factory) -> Path:
     """A tiny model that takes at most 24 tokens."""

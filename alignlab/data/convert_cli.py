@@ -9,7 +9,7 @@ from typing import Any
 
 from alignlab.data import convert
 from alignlab.data.load import NOUNS, load_records
-from alignlab.data.write import check_jsonl_path, write_jsonl
+from alignlab.data.write import check_jsonl_path, check_not_input, write_jsonl
 from alignlab.errors import ArgumentParser, UserError
 
 _OPTIONS = ("rule", "margin", "seed", "rate", "variant")
@@ -99,6 +99,7 @@ def cmd_convert(tokens: list[str]) -> int:
     conversion = CONVERSIONS[args.conversion]
     _check_options(args, conversion)
     check_jsonl_path(args.output)
+    check_not_input(args.output, ("the input", "IN", args.input))
     loaded = load_records(args.input, conversion.reads, columns=columns, skip_invalid=args.skip_invalid,
                           split=args.split)
     print(loaded.summary())

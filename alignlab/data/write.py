@@ -67,6 +67,25 @@ def check_jsonl_path(path: str | os.PathLike[str]) -> Path:
     return final
 
 
+def check_not_input(output: str | os.PathLike[str],
+                    *inputs: tuple[str, str, str | os.PathLike[str] | None]) -> None:
+    """Refuse an output that names the same file as one of the command's inputs, given as
+    ``(what, flag, path)`` (``("the input", "--data", path)``): writing it would replace what is
+    being read. An output that does not exist yet is no input's; a path that is no file here (a
+    hub dataset's name) is none."""
+    out = Path(output).expanduser()
+    for what, flag, path in inputs:
+        if path is None or not out.exists():
+            continue
+        try:
+            same = os.path.samefile(out, Path(path).expanduser())
+        except OSError:
+            same = False
+        if same:
+            raise UserError(f"{output}: is {what} ({flag} {path}); writing it would replace what is read: write "
+                            "to another file")
+
+
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[Record]) -> int:
     """Write one row per record to a .jsonl file and return how many (``write_rows``)."""
     return write_rows(path, (record_to_row(record) for record in records))

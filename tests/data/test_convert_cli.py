@@ -145,6 +145,21 @@ def test_skip_invalid_and_output_name(tmp_path, capsys):
         cmd_convert(["pairs-to-unpaired", str(src), str(tmp_path / "out.json")])
 
 
+def test_an_output_that_is_the_input_is_refused(tmp_path, capsys):
+    """OUT naming IN (by another spelling, or a link to it) would replace the data being converted:
+    refused in one line, the input left as it was."""
+    src = jsonl(tmp_path / "scored.jsonl", SCORED)
+    before = src.read_bytes()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(src)
+    for out in (src, tmp_path / "." / "scored.jsonl", link):
+        assert main(["convert", "scored-to-pairs", str(src), str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: is the input (IN {src}); writing it would replace what is read" in err, err
+        assert err.count("\n") == 1
+    assert src.read_bytes() == before
+
+
 def test_usage_errors_exit_2(tmp_path, capsys):
     for tokens, named in ((["nonsense", "a", "b"], "nonsense"), (["flip-labels", "a"], "OUT"),
                           (["pairs-to-unpaired", "a", "b", "--bogus"], "--bogus")):

@@ -130,6 +130,37 @@ def test_eval_ches_writes_every_pairs_scores(tiny_model_dir, tmp_path, capsys):
     assert "LN-CHES" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("out", "scores", "named", "what"), [
+    ("pairs.jsonl", None, "pairs.jsonl", "the input (IN {tmp}/pairs.jsonl)"),
+    ("kept.jsonl", "pairs.jsonl", "pairs.jsonl", "the input (IN {tmp}/pairs.jsonl)"),
+    ("kept.jsonl", "kept.jsonl", "kept.jsonl", "the output (OUT {tmp}/kept.jsonl)"),
+])
+def test_ches_filter_refuses_to_write_over_what_it_reads_or_writes(tiny_model_dir, tmp_path, capsys, out, scores,
+                                                                  named, what):
+    """OUT or --scores-out naming IN would replace the pairs (the dropped ones lost); --scores-out
+    naming OUT would replace the kept pairs with scores. Refused before the model loads."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    before = data.read_bytes()
+    (tmp_path / "kept.jsonl").write_text("earlier\n")
+    extra = ["--scores-out", str(tmp_path / scores)] if scores else []
+    assert main(["convert", "ches-filter", str(data), str(tmp_path / out), "--model", str(tmp_path / "no-model"),
+                 "--drop-fraction", "0.5", "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / named}: is {what.format(tmp=tmp_path)}; writing it would replace" in err, err
+    assert err.count("\n") == 1
+    assert data.read_bytes() == before and (tmp_path / "kept.jsonl").read_text() == "earlier\n"
+
+
+def test_eval_ches_refuses_to_write_its_scores_over_the_pairs(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    before = data.read_bytes()
+    assert main(["eval", "ches", "--data", str(data), "--model", str(tmp_path / "no-model"), "--out", str(data),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}: is the input (--data {data})" in err and err.count("\n") == 1, err
+    assert data.read_bytes() == before
+
+
 def test_ches_filter_refuses_a_fraction_that_keeps_nothing(tiny_model_dir, tmp_path, capsys):
     data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     assert main(["convert", "ches-filter", str(data), str(tmp_path / "o.jsonl"), "--model", str(tiny_model_dir),
