@@ -76,11 +76,14 @@ def _log(dist: Dist, msg: str) -> None:
 
 
 def check_model_outside(cfg: TrainConfig, out: Path) -> None:
-    """Refuse an overwrite of ``out`` that would delete the model the run starts from."""
-    model = Path(cfg.model).expanduser()
-    if model.exists() and model.resolve().is_relative_to(out.resolve()):
-        raise ConfigError(f"overwrite: the model '{cfg.model}' lies inside output_dir '{out}', "
-                          f"which {option('overwrite')} would delete; choose another output_dir")
+    """Refuse an overwrite of ``out`` that would delete the model the run starts from, or its
+    reference model."""
+    for key in ("model", "reference_model"):
+        name = getattr(cfg, key)
+        path = Path(name).expanduser() if name is not None else None
+        if path is not None and path.exists() and path.resolve().is_relative_to(out.resolve()):
+            raise ConfigError(f"overwrite: the {key} '{name}' lies inside output_dir '{out}', "
+                              f"which {option('overwrite')} would delete; choose another output_dir")
 
 
 def _check_output_dir(cfg: TrainConfig, out: Path) -> None:

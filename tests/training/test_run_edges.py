@@ -65,6 +65,18 @@ def test_overwrite_keeps_a_model_that_lives_in_the_output_dir(tmp_path, tiny_mod
     assert (out / "model" / "model.safetensors").exists()
 
 
+def test_overwrite_keeps_a_reference_model_that_lives_in_the_output_dir(tmp_path, tiny_model_dir, pairs_file):
+    """The reference is read as the policy is: an overwrite that would delete it (the earlier
+    run's model/, given as reference_model) is refused, and the reference stays as it was."""
+    out = tmp_path / "r"
+    train(base_config(tiny_model_dir, pairs_file, out, max_steps=1, batch_size=4))
+    before = (out / "model" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match=r"overwrite: the reference_model '.*/r/model' lies inside output_dir"):
+        train(base_config(tiny_model_dir, pairs_file, out, max_steps=1, batch_size=4, overwrite=True,
+                          reference_model=str(out / "model")))
+    assert (out / "model" / "model.safetensors").read_bytes() == before
+
+
 def test_overwrite_only_clears_an_alignlab_run(tmp_path, tiny_model_dir, pairs_file):
     out = tmp_path / "mine"
     (out / "model").mkdir(parents=True)
