@@ -104,6 +104,20 @@ def test_empty_or_missing_paths_are_one_line_errors(folders, capsys, text, messa
     assert not list(conf.glob("out*")) and not (elsewhere / "runs").exists()
 
 
+@pytest.mark.parametrize("output_dir", ["afile", "afile/out"])
+def test_an_output_dir_that_is_or_lies_in_a_file_is_a_one_line_error(folders, capsys, output_dir):
+    """Seen before anything runs, like training's output_dir: not a FileExistsError or
+    NotADirectoryError traceback from making the folder."""
+    conf, _ = folders
+    (conf / "afile").write_text("mine\n")
+    path = _config(conf, f"output_dir: {output_dir}\nbase: {{model: models/m, data: pairs.jsonl}}\ngrid: {{seed: [0]}}\n")
+    assert cli.main(["compare", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"alignlab: error: {path}: output_dir: cannot create '{conf / output_dir}': '{conf / 'afile'}' is "
+                   "a file\n"), err
+    assert (conf / "afile").read_text() == "mine\n"
+
+
 # A cell that records the folder it runs in and reads the config's data by its relative name.
 WHERE_CELL = r"""
 import json, os, sys

@@ -115,6 +115,9 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
         output_dir = output_path(raw["output_dir"], "output_dir", config_dir)
     else:
         output_dir = Path(f"runs/compare-{Path(path).stem}").absolute()
+    made = next(p for p in [output_dir, *output_dir.parents] if p.exists())
+    if not made.is_dir():
+        raise ConfigError(f"output_dir: cannot create '{output_dir}': '{made}' is a file")
     jobs = raw.get("jobs") if jobs is None else jobs
     if jobs is None:
         jobs = available_cores()
