@@ -92,6 +92,9 @@ def _check(args) -> None:
     if out.is_dir():
         raise UserError(f"--output {args.output}: is a folder; name the file to write (*.jsonl)")
     if not out.parent.is_dir():
+        above = next((q for q in out.parents if q.exists()), None)
+        if above is not None and not above.is_dir():
+            raise UserError(f"--output {args.output}: '{above}' is a file, not a folder")
         raise UserError(f"--output {args.output}: folder '{out.parent}' does not exist")
     from alignlab.data.write import check_not_input
 

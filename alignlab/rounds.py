@@ -69,6 +69,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -190,8 +191,9 @@ def _claim(cfg: TrainConfig, out: Path) -> None:
                                   f"{', '.join(differ)}); resume with the same config or use another output_dir")
         elif cfg.checkpoint.overwrite:
             check_model_outside(cfg, out)
-            for child in out.glob("round-*"):
-                shutil.rmtree(child)
+            for child in out.glob("round-*"):  # only the rounds' own folders: round-N
+                if child.is_dir() and re.fullmatch(r"round-[1-9][0-9]*", child.name):
+                    shutil.rmtree(child)
             if not cfg.tracking.logging_dir:  # the rounds' TensorBoard folder, where it is theirs
                 shutil.rmtree(out / TENSORBOARD_FOLDER, ignore_errors=True)
             (out / "rounds.jsonl").unlink(missing_ok=True)

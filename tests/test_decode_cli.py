@@ -74,11 +74,13 @@ def test_settings_that_cannot_work_are_one_line_errors_before_loading(tmp_path, 
 @pytest.mark.parametrize(("output", "message"), [
     ("no-such-folder/o.jsonl", "folder '{tmp}/no-such-folder' does not exist"),
     (".", "is a folder; name the file to write"),
+    ("afile/o.jsonl", "'{tmp}/afile' is a file, not a folder"),
 ])
 def test_an_output_that_cannot_be_written_is_refused_before_loading(tmp_path, output, message, capsys):
     out = str(tmp_path / output) if output != "." else str(tmp_path / "x.jsonl")
     if output == ".":
         (tmp_path / "x.jsonl").mkdir()
+    (tmp_path / "afile").write_text("not a folder")
     code = main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--model",
                  str(tmp_path / "no-model"), "--task", "arithmetic", "--output", out])
     err = capsys.readouterr().err

@@ -345,7 +345,7 @@ def test_a_folder_beside_the_rounds_is_not_a_round(tmp_path, capsys):
     # the last round's summary (round 2: loss 0.6, 1 step); the curves hold one record per round,
     # round 1's and round 2's, and none of the copy's (loss 9)
     assert table_rows(md, "metric")["train/loss"]["value"] == "0.6"
-    assert "Status: ok; 1 optimizer steps; 2 records in metrics.jsonl." in md, md
+    assert "Status: ok; 1 optimizer step; 2 records in metrics.jsonl." in md, md
 
 
 def test_a_run_still_writing_its_metrics_is_reported(tmp_path, capsys):

@@ -182,8 +182,13 @@ def test_a_run_folder_with_rounds_is_not_mixed_with_another(tmp_path, tiny_model
         train(rounds_config(tiny_model_dir, prompt_file, out, rounds=1, round_prompts=2))
     with pytest.raises(ConfigError, match=r"other settings \(differs in .*round_prompts"):
         train(rounds_config(tiny_model_dir, prompt_file, out, rounds=1, round_prompts=3, resume=True))
+    (out / "round-backup").mkdir()  # the user's own, beside the rounds: overwrite leaves them
+    (out / "round-backup" / "keep.txt").write_text("mine")
+    (out / "round-notes.txt").write_text("mine too")
     train(rounds_config(tiny_model_dir, prompt_file, out, rounds=1, round_prompts=3, overwrite=True))
     assert len(jsonl(out / "round-1" / "prompts.jsonl")) == 3
+    assert (out / "round-backup" / "keep.txt").read_text() == "mine"
+    assert (out / "round-notes.txt").read_text() == "mine too"
     inside = str(out / "round-1" / "train" / "model")
     with pytest.raises(ConfigError, match="overwrite: the model .* lies inside output_dir"):
         train(rounds_config(inside, prompt_file, out, rounds=1, round_prompts=3, overwrite=True))

@@ -190,7 +190,7 @@ def run_document(data: Collected, images: Path) -> Document:
     """The report of a training run; its figures are written to ``images``."""
     (cell,) = data.cells
     steps = cell.steps if cell.steps is not None else max((r.get("step", 0) for r in cell.history), default=0)
-    intro = [f"Status: {cell.status if cell.status == OK else cell.status}; {steps} optimizer steps; "
+    intro = [f"Status: {cell.status if cell.status == OK else cell.status}; {steps} optimizer step{'' if steps == 1 else 's'}; "
              f"{len(cell.history)} records in metrics.jsonl."]
     final = Section("Final metrics")
     if cell.metrics:
