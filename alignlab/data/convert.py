@@ -207,7 +207,8 @@ def reward_augment(records: Sequence[PairRecord], variant: str = "system") -> Co
     """Reward-augmented relabeling (ALGORITHMS 1.11; *Reward-Augmented Data Enhances Direct
     Preference Alignment of LLMs*).
 
-    Pairs with ``score_chosen >= score_rejected`` are kept; each gives two pairs, in this order:
+    Scores are on the paper's scale of 1-10, which the target-score text states; a score off it
+    is an error naming its row. Pairs with ``score_chosen >= score_rejected`` are kept; each gives two pairs, in this order:
     (S(rw)+x, yw over yl) and (S(rl)+x, yl over yw), the scores going with their responses. Pairs
     the other way round are dropped and counted. A pair without scores is an error, and so is,
     for "nosys", a conversation prompt without a user turn; all such pairs are reported at once.
@@ -222,13 +223,21 @@ def reward_augment(records: Sequence[PairRecord], variant: str = "system") -> Co
     issues = [RowIssue(r.source, r.row, "score_chosen", "reward-augmented relabeling needs score_chosen "
                                                         "and score_rejected; this pair has no scores")
               for r in records if r.score_chosen is None or r.score_rejected is None]
+    # the target-score text states a scale of 1-10 (the paper's, UltraFeedback's); a score off it
+    # would be written into the prompt as it is
+    issues += [RowIssue(r.source, r.row, name, f"{value!r} is off the 1-10 scale that the target-score prompt states; "
+                                               "rescale the scores to 1-10")
+               for r in records for name, value in (("score_chosen", r.score_chosen), ("score_rejected", r.score_rejected))
+               if value is not None and not 1 <= value <= 10]
     if variant == "nosys":
         issues += [RowIssue(r.source, r.row, "prompt", "the prompt has no user turn to put the target score "
                                                        "in; use the variant 'system'")
                    for r in records if isinstance(r.prompt, tuple) and not any(m.role == "user" for m in r.prompt)]
     if issues:
-        unscored = any(i.field == "score_chosen" for i in issues)
-        hint = "every pair needs its two scores" if unscored else "use the variant 'system'"
+        unscored = any("has no scores" in i.message for i in issues)
+        off = any("off the 1-10 scale" in i.message for i in issues)
+        hint = "every pair needs its two scores" if unscored else "scores from 1 to 10" if off \
+            else "use the variant 'system'"
         raise DataError(sorted(issues, key=lambda i: (i.source, i.row)), hint=hint)
     out: Converted[PairRecord] = Converted([])
     for rec in records:

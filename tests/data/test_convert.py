@@ -198,6 +198,18 @@ def test_reward_augment_keeps_equal_scores_and_drops_reversed_pairs():
     assert out.dropped == {"pairs with score_chosen < score_rejected": 1}
 
 
+@pytest.mark.parametrize("chosen,rejected,field,value", [
+    (0.9, 0.2, "score_chosen", "0.9"), (8.0, 0.0, "score_rejected", "0.0"), (1e308, 5.0, "score_chosen", "1e+308"),
+    (float("nan"), 5.0, "score_chosen", "nan"), (11.0, 10.0, "score_chosen", "11.0")])
+def test_reward_augment_refuses_scores_off_the_scale_its_prompt_states(chosen, rejected, field, value):
+    """S(s) says "on a scale of 1-10": a score of 0.9 (a [0, 1] reward) or 1e308 would be written into
+    the prompt under that claim. The ends of the scale, 1 and 10, are on it."""
+    with pytest.raises(DataError) as e:
+        reward_augment([PairRecord("q", "a", "b", "f.jsonl", 3, chosen, rejected)])
+    assert f"f.jsonl, row 3, field '{field}'" in str(e.value) and f"{value} is off the 1-10 scale" in str(e.value)
+    assert len(reward_augment([PairRecord("q", "a", "b", "f", 1, 10.0, 1.0)]).records) == 2
+
+
 def test_reward_augment_system_variant_on_conversations():
     user = Message("user", "q")
     a, b = (Message("assistant", "a"),), (Message("assistant", "b"),)
