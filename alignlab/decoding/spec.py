@@ -10,6 +10,7 @@ way: one line, before any model loads. The method's own arguments are checked ag
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 from typing import Any
 
@@ -120,6 +121,11 @@ def check_method(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.method in ("reward-guided", "transfer-q"):  # as the searches check them, before a model loads
+        if args.candidates < 1:
+            raise UserError(f"--candidates must be >= 1, got {args.candidates}")
+        if not math.isfinite(args.guide_weight):
+            raise UserError(f"--guide-weight must be a finite number, got {args.guide_weight}")
     if args.method == "nudging" and not 0 < args.threshold <= 1:
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
     if args.method == "urial":
