@@ -431,6 +431,8 @@ class TrainConfig:
                    f"{self.rollout.num_generations} sample per prompt the reward adds nothing to any advantage, so "
                    "nothing is learned from it: "
                    "set num_generations to 2 or more")
+        if spec.shape == "online":
+            self._check_online_data()
         rounds = self.iterate.rounds > 0
         _check(not self.rollout.reward or spec.shape == "online" or rounds, "reward",
                f"method '{self.method}' trains on fixed data; a reward is for online methods (grpo, rloo, ...) "
@@ -477,6 +479,20 @@ class TrainConfig:
         if spec.model == "reward":
             _check(not self.adapter.lora, "lora", "reward models train the whole backbone and head; LoRA is for policies")
             _check(self.eval.task is None, "task", "a reward model does not answer prompts; measure it with alignlab eval rm")
+
+    def _check_online_data(self) -> None:
+        """The options of fixed training data that an online run, which reads only prompts, would
+        otherwise drop without a word."""
+        measure = "measure it on a testbed task's held-out prompts with task (and eval_every)"
+        _check(self.eval.eval_fraction == 0, "eval_fraction",
+               f"an online method measures no held-out loss, so no prompts are held out; {measure}")
+        _check(self.eval.eval_data is None, "eval_data",
+               f"an online method measures no held-out loss, so no held-out data is read; {measure}")
+        _check(not self.dataset.columns, "columns",
+               "an online method reads only the prompts of data; name their column with prompt_column")
+        _check(self.dataset.max_prompt_length is None, "max_prompt_length",
+               "an online method does not cut its prompts (one that leaves no room for max_new_tokens in the "
+               "model's context is a bad row); leave it unset")
 
     def _check_ref_sync(self, spec) -> None:
         """A synced reference is a model of its own that the method runs while training (an online

@@ -52,6 +52,7 @@ from alignlab.training.rollout import (
     RewardError,
     RewardTerm,
     RolloutExample,
+    check_statistics,
     collate_rollout,
     score_samples,
     token_tensor,
@@ -427,6 +428,7 @@ class OnlineSource:
         try:
             rewards, parts = score_samples(self.reward, [t for t in texts for _ in range(G)], [s.text for s in flat],
                                            where, [len(s.token_ids) for s in flat])
+            check_statistics(rewards, where)
             greedy_rewards = None
             if greedy is not None:
                 greedy_rewards, _ = score_samples(self.reward, texts, [g[0].text for g in greedy],

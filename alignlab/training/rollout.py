@@ -106,7 +106,20 @@ def score_samples(terms: Sequence[RewardTerm], prompts: Sequence[Text], response
         got = torch.tensor([_value(term, v, where[i]) for i, v in enumerate(values)], dtype=torch.float64)
         parts[term.name] = got
         total += term.weight * got
+    for i in range(n):  # finite values, but their weighted sum left float64 (2 × 1e308)
+        if not math.isfinite(total[i]):
+            raise RewardError(f"reward: {where[i]}: the weighted sum of the rewards overflows ({float(total[i])}); "
+                              "rescale the rewards or their weights")
     return total, parts
+
+
+def check_statistics(rewards: torch.Tensor, where: Sequence[str]) -> None:
+    """The rewards of an online round must leave room for the squared differences its advantages
+    and reward std are computed from: finite values as large as 1e300 do not."""
+    if len(rewards) and not math.isfinite(float((2 * rewards).square().sum())):
+        raise RewardError(f"reward: {where[0]} to {where[-1]}: rewards as large as {float(rewards.abs().max()):.4g} "
+                          "overflow the round's statistics (their squared differences leave float64's range); "
+                          "rescale the rewards")
 
 
 def _culprit(term: RewardTerm, prompts, responses, where, token_counts) -> str:

@@ -64,3 +64,8 @@ def odd_letters(prompt: str, response: str) -> float:
     """1 when the response has an odd number of letters, else 0: a binary reward near a coin flip,
     so a group of 4 often has two or three answers tied at the top (pass@k's advantage 0)."""
     return float(sum(c.isalpha() for c in response) % 2)
+
+
+def astronomical(prompt: str, response: str) -> float:
+    """1e300 per character: every value a finite float, their squares (1e600) not."""
+    return 1e300 * (1 + len(response))

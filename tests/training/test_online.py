@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from alignlab import train
 from alignlab.errors import DataError, UserError
 from alignlab.rewards.base import Scorer
 from alignlab.training import checkpoint as ckpt
-from alignlab.training.rollout import RewardError, RewardTerm, score_samples
+from alignlab.training.rollout import RewardError, RewardTerm, check_statistics, score_samples
 from tests.training.helpers import base_config, crash_after_save, max_abs_diff, weights
 
 DIGITS = "fn:tests.training.online_rewards:digits"
@@ -206,6 +207,30 @@ def test_reward_faults_name_the_reward_the_prompt_and_the_sample():
                                   RewardTerm("b", _Scorer(lambda ps, rs: [0.5, 0.5, 0.5]), -1.0)],
                                  prompts, responses, where, [2, 2, 2])
     assert total.tolist() == [1.5, 3.5, 5.5] and parts["b"].tolist() == [0.5, 0.5, 0.5]
+
+
+def test_rewards_too_large_for_the_rounds_arithmetic_are_reward_faults():
+    """Finite values whose weighted sum or squares leave float64 (largest 1.797e308): 2 × 1e308 is
+    inf, which the advantages turned into a NaN loss blamed on the learning rate; 1e300 squared is
+    1e600, on which the round's reward std stopped the run with a bare OverflowError. 1e100 (its
+    deviations squared and summed: at most 3 · (2e100)² = 1.2e201) is a reward like any other."""
+    where = ["prompt row 4, sample 1", "prompt row 4, sample 2", "prompt row 9, sample 1"]
+    prompts, responses = ["a", "a", "b"], ["ok", "xx", "ok"]
+    with pytest.raises(RewardError, match=r"^reward: prompt row 4, sample 2: the weighted sum of the rewards "
+                                          r"overflows \(inf\); rescale the rewards or their weights$"):
+        score_samples([RewardTerm("a", _Scorer(lambda ps, rs: [1.0, 1e308, 1.0]), 2.0)], prompts, responses,
+                      where, [2, 2, 2])
+    with pytest.raises(RewardError, match=r"^reward: prompt row 4, sample 1 to prompt row 9, sample 1: rewards as "
+                                          r"large as 1e\+300 overflow the round's statistics \(their squared "
+                                          r"differences leave float64's range\); rescale the rewards$"):
+        check_statistics(torch.tensor([1e300, -1e300, 0.0], dtype=torch.float64), where)
+    check_statistics(torch.tensor([1e100, -1e100, 0.0], dtype=torch.float64), where)
+
+
+def test_a_reward_too_large_for_the_rounds_arithmetic_stops_the_run_in_one_line(tmp_path, tiny_model_dir):
+    with pytest.raises(RewardError, match=r"^reward: prompt row 1, sample 1 to prompt row \d+, sample 4: rewards "
+                                          r"as large as \S+ overflow the round's statistics"):
+        train(online(tiny_model_dir, tmp_path / "run", reward=["fn:tests.training.online_rewards:astronomical"]))
 
 
 def test_a_failing_reward_stops_the_run_keeping_the_last_checkpoint(tmp_path, tiny_model_dir):

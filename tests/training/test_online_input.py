@@ -199,3 +199,34 @@ def test_a_conversation_that_ends_with_an_answer_or_asks_nothing_is_a_bad_row(tm
                             "prompt needs a user message and ends before the answer)")
     assert [str(i) for i in e.value.issues][1] == (f"{data}, row 3, field 'prompt': the conversation's last user "
                                                    "message is empty, so a reward has no question to read")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("eval_fraction", 0.25, "an online method measures no held-out loss, so no prompts are held out; measure it on a "
+                            "testbed task's held-out prompts with task (and eval_every)"),
+    ("eval_data", "held-out.jsonl", "an online method measures no held-out loss, so no held-out data is read; "
+                                    "measure it on a testbed task's held-out prompts with task (and eval_every)"),
+    ("columns", {"prompt": "question"}, "an online method reads only the prompts of data; name their column with "
+                                        "prompt_column"),
+    ("max_prompt_length", 8, "an online method does not cut its prompts (one that leaves no room for "
+                             "max_new_tokens in the model's context is a bad row); leave it unset"),
+])
+@pytest.mark.parametrize("method", ["grpo", "ppo", "online-dpo"])
+def test_offline_data_options_are_refused_not_ignored(method, field, value, message):
+    """These read fixed training data; an online run samples its prompts' answers and trained as if
+    they were not given: no evaluation at all for a held-out fraction or file, the prompt column of
+    the file rather than the one `columns` maps, prompts longer than max_prompt_length kept whole."""
+    extra = {"num_generations": 2} if method == "online-dpo" else {}
+    with pytest.raises(ConfigError) as e:
+        make_config({**BASE, "method": method, field: value, **extra})
+    assert str(e.value) == f"{field}: {message}"
+    assert make_config({"model": "m", "data": "pairs.jsonl", "method": "dpo", field: value})  # offline: read
+
+
+def test_a_prompt_file_with_the_column_mapped_by_columns_is_refused_before_training(tmp_path, tiny_model_dir):
+    """Rows with both a 'prompt' and a 'question': `columns: {prompt: question}` trained on 'prompt'."""
+    data = tmp_path / "both.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "1+1=", "question": f"{i}+{i}="}) + "\n" for i in range(4)))
+    with pytest.raises(ConfigError, match=r"^columns: "):
+        train(_online(tiny_model_dir, tmp_path / "a", data=str(data), columns={"prompt": "question"}))
+    assert not (tmp_path / "a" / "metrics.jsonl").exists()
