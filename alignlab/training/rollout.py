@@ -106,10 +106,11 @@ def score_samples(terms: Sequence[RewardTerm], prompts: Sequence[Text], response
         got = torch.tensor([_value(term, v, where[i]) for i, v in enumerate(values)], dtype=torch.float64)
         parts[term.name] = got
         total += term.weight * got
-    for i in range(n):  # finite values, but their weighted sum left float64 (2 × 1e308)
-        if not math.isfinite(total[i]):
-            raise RewardError(f"reward: {where[i]}: the weighted sum of the rewards overflows ({float(total[i])}); "
-                              "rescale the rewards or their weights")
+    bad = (~torch.isfinite(total)).nonzero()  # finite values, but their weighted sum left float64 (2 × 1e308)
+    if len(bad):
+        i = int(bad[0])
+        raise RewardError(f"reward: {where[i]}: the weighted sum of the rewards overflows ({float(total[i])}); "
+                          "rescale the rewards or their weights")
     return total, parts
 
 
