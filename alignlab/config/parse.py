@@ -307,7 +307,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeys)
+        loader = _UniqueKeys(p.read_text(encoding="utf-8"))  # what yaml.load does, with this safe loader
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         mark = getattr(e, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
