@@ -411,6 +411,8 @@ class TrainConfig:
         _check(self.model != "", "model", "is required (a local directory or a hub name)")
         _check(self.data != "", "data", "is required (a file, dataset directory or hub name)")
         _check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        # torch's and the samplers' streams take seeds in [0, 2**63)
+        _check(0 <= self.seed < 2**63, "seed", f"must be in [0, 2**63), got {self.seed}")
         _check(self.dtype in ("fp32", "bf16", "fp64"), "dtype", f"must be fp32, bf16 or fp64, got '{self.dtype}'")
         mix_data = self.dataset.mix_data
         _check(mix_data is None or "group" in spec.needs, "mix_data",

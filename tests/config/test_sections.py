@@ -77,6 +77,8 @@ def test_a_flag_overrides_the_files_key_however_either_is_spelled(tmp_path):
     ({"optm.lr": 0.1}, "optm: unknown key for method 'dpo'; did you mean 'optim'?"),
     ({"optim": {"lr": -1}}, "lr: must be > 0, got -1"),
     ({"adapter": {"lora_r": 0}}, "lora_r: must be >= 1, got 0"),
+    ({"seed": -1}, "seed: must be in [0, 2**63), got -1"),
+    ({"seed": 2**63}, "seed: must be in [0, 2**63), got 9223372036854775808"),
 ])
 def test_section_mistakes_are_named(raw, message):
     with pytest.raises(ConfigError) as e:
