@@ -208,7 +208,10 @@ def run_decode(job, args) -> dict[str, Any]:
                        nudged_share=nudged[0] / nudged[1] if nudged[1] else 0.0)
     else:
         summary["prefix"] = str(args.prefix or "shipped")
-    Path(f"{out}.summary.json").write_text(json.dumps(summary, indent=1))
+    try:
+        Path(f"{out}.summary.json").write_text(json.dumps(summary, indent=1))
+    except OSError as e:  # the answers are written; say what is missing, in one line
+        raise UserError(f"{out}.summary.json: cannot write: {e.strerror or e} (the answers are in {out})") from None
     result["summary"] = summary
     return result
 

@@ -104,6 +104,19 @@ def test_an_output_that_is_the_prompt_file_is_refused_before_loading(tmp_path, c
     assert prompts.read_bytes() == before
 
 
+def test_a_summary_that_cannot_be_written_is_one_line_after_the_answers(tmp_path, sft_model, capsys):
+    """The summary goes beside the answers; where its name is taken by a folder, the answers stay
+    written and the error says where they are."""
+    out = tmp_path / "bon.jsonl"
+    (tmp_path / "bon.jsonl.summary.json").mkdir()
+    code = main(["decode", "--method", "best-of-n", "--model", sft_model, "--scorer", "task:arithmetic:gold",
+                 "--n", "2", "--task", "arithmetic", "--limit", "3", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{out}.summary.json: cannot write" in err and f"(the answers are in {out})" in err
+    assert len(out.read_text().splitlines()) == 3
+
+
 def test_urial_answers_after_the_prefix_and_is_measured(tmp_path, sft_model):
     """With a short prefix of the task's own form the command answers, writes rows without scores
     and measures gold, win rate and forward tokens (no KL: it is not defined for urial)."""
