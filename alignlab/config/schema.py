@@ -52,7 +52,8 @@ class DataConfig:
     columns: dict[str, str] = param(None, "map alignlab field names to your column names, e.g. prompt=question; "
                                           "also completions=answers[].answer (a list of objects) and "
                                           "score='0.5*helpfulness + 0.5*correctness' (a weighted sum)")
-    skip_invalid: bool = param(False, "skip bad rows (counted and printed) instead of stopping at the first")
+    skip_invalid: bool = param(False, "skip bad rows (counted and printed) instead of stopping at the first (for "
+                                      "an online run, the prompt rows it cannot use)")
     max_length: int = param(1024, "maximum tokens of prompt + response; longer responses are cut at the end")
     max_prompt_length: int | None = param(None, "keep only the last this-many prompt tokens (None: no limit)")
     packing: bool = param(True, "pack batches instead of padding them: each prompt once with all its responses "
@@ -492,6 +493,9 @@ class TrainConfig:
                f"an online method measures no held-out loss, so no held-out data is read; {measure}")
         _check(not self.dataset.columns, "columns",
                "an online method reads only the prompts of data; name their column with prompt_column")
+        _check(not self.dataset.group_by_length, "group_by_length",
+               "an online method draws its prompts in an order of its own and samples their answers, so there "
+               "are no lengths to group by; leave it unset")
         _check(self.dataset.max_prompt_length is None, "max_prompt_length",
                "an online method does not cut its prompts (one that leaves no room for max_new_tokens in the "
                "model's context is a bad row); leave it unset")

@@ -26,13 +26,14 @@ from alignlab.errors import DataError, RowIssue, UserError, option
 
 
 def load_prompts(source: str | os.PathLike[str], *, prompt_column: str | None = None, split: str | None = None,
-                 limit: int | None = None) -> list[PromptRecord]:
+                 limit: int | None = None, skipped: list[RowIssue] | None = None) -> list[PromptRecord]:
     """The prompts of ``source`` in order, each with its source and row (1-based; a JSONL file's
     line number); the first ``limit`` of them when given (later rows are not read).
 
     ``source`` is anything ``load_records`` reads (a file, a dataset directory, a hub dataset).
     Raises ``UserError`` for a source with no rows, and ``DataError`` naming every bad row (read
-    before the limit was reached) when a row has no prompt or an empty one.
+    before the limit was reached) when a row has no prompt or an empty one; given a ``skipped``
+    list, the bad rows' issues go there instead and the good rows are returned (``skip_invalid``).
     """
     if limit is not None and limit < 1:
         raise UserError(f"{option('limit', limit)}: must be >= 1")
@@ -52,7 +53,9 @@ def load_prompts(source: str | os.PathLike[str], *, prompt_column: str | None = 
                 break
     if rows == 0:
         raise UserError(f"{name}: no rows (there are no prompts to answer)")
-    if issues:
+    if issues and skipped is not None:
+        skipped += issues
+    elif issues:
         lacking = any(issue.lacks == "prompt" for issue in issues)
         raise DataError(issues, hint=f"name the column that holds the prompts with {option('prompt_column', 'NAME')}"
                         if lacking else "every row needs a prompt")

@@ -48,10 +48,11 @@ def max_new_tokens(cfg) -> int:
     return cfg.rollout.max_new_tokens or (task.max_new_tokens if task else DEFAULT_MAX_NEW_TOKENS)
 
 
-def load_online_prompts(cfg, per_round: int, tokenizer) -> list[tuple[int, Text]]:
+def load_online_prompts(cfg, per_round: int, tokenizer, log: Callable[[str], None]) -> list[tuple[int, Text]]:
     """(row, prompt) pairs: a task's training prompts (enough for one fresh prompt per slot of
     the run when ``max_steps`` is set, else 1024), or a file's prompts (rows 1-based), text or
-    conversations (see the module docstring for what is checked)."""
+    conversations (see the module docstring for what is checked); with ``skip_invalid`` the bad
+    rows are left out, counted and logged."""
     task = data_task(cfg)
     if task is not None and cfg.rollout.prompt_column:
         raise ConfigError(f"prompt_column: data '{cfg.data}' is a testbed task's prompts, which have no columns; "
@@ -62,9 +63,11 @@ def load_online_prompts(cfg, per_round: int, tokenizer) -> list[tuple[int, Text]
         return list(enumerate(task.train_prompts(n, cfg.seed), start=1))
     from alignlab.data.prompts import load_prompts
 
-    records = load_prompts(cfg.data, prompt_column=cfg.rollout.prompt_column, split=cfg.dataset.data_split)
+    skipped: list[RowIssue] | None = [] if cfg.dataset.skip_invalid else None
+    records = load_prompts(cfg.data, prompt_column=cfg.rollout.prompt_column, split=cfg.dataset.data_split,
+                           skipped=skipped)
     templated = getattr(tokenizer, "chat_template", None) is not None
-    bad = []
+    bad = list(skipped or [])
     for r in records:
         if not is_conversation(r.prompt):
             continue
@@ -84,15 +87,32 @@ def load_online_prompts(cfg, per_round: int, tokenizer) -> list[tuple[int, Text]
         if not question.strip():
             bad.append(RowIssue(r.source, r.row, "prompt", "the conversation's last user message is empty, so a "
                                 "reward has no question to read"))
-    if bad:
-        raise DataError(bad, hint="give text prompts, or a model whose tokenizer has a chat template"
-                        if not templated else "every conversation prompt needs a user message and ends before "
-                                              "the answer")
-    return [(r.row, r.prompt) for r in records]
+    return kept(cfg, [(r.row, r.prompt) for r in records], bad, log,
+                "give text prompts, or a model whose tokenizer has a chat template" if not templated
+                else "every conversation prompt needs a user message and ends before the answer")
 
 
-def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_tokens: int) -> None:
-    """Every prompt must leave room for ``new_tokens`` in the model's context."""
+def kept(cfg, prompts: list[tuple[int, Text]], bad: list[RowIssue], log: Callable[[str], None], hint: str
+         ) -> list[tuple[int, Text]]:
+    """``prompts`` without the rows ``bad`` names, where the run skips invalid rows
+    (``skip_invalid``: counted and printed, as for fixed data); else the bad rows are one error."""
+    if not bad:
+        return prompts
+    if not cfg.dataset.skip_invalid:
+        raise DataError(bad, hint=hint)
+    rows = {issue.row for issue in bad}
+    left = [(row, prompt) for row, prompt in prompts if row not in rows]
+    first = sorted(bad, key=lambda i: i.row)[0]
+    log(f"{cfg.data}: {len(rows)} invalid prompt row{'s' if len(rows) > 1 else ''} skipped (first: {first})")
+    if not left:
+        raise DataError(bad, hint=f"every prompt row is invalid; {hint}")
+    return left
+
+
+def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_tokens: int,
+               log: Callable[[str], None]) -> list[tuple[int, Text]]:
+    """Every prompt must leave room for ``new_tokens`` in the model's context; returns the prompts
+    (without those that do not, where the run skips invalid rows)."""
     limit = context_limit(model)
     if limit is None:
         return
@@ -105,13 +125,13 @@ def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_token
         if n + new_tokens > limit:
             bad.append(RowIssue(cfg.data, row, "prompt", f"{n} tokens + max_new_tokens {new_tokens} exceed the "
                                 f"model's context of {limit} tokens"))
-    if bad:
-        raise DataError(bad, hint=f"shorten the prompt{'s' if len(bad) > 1 else ''} or lower max_new_tokens")
+    return kept(cfg, prompts, bad, log, f"shorten the prompt{'s' if len(bad) > 1 else ''} or lower max_new_tokens")
 
 
-def check_rewards(cfg, prompts: list[tuple[int, Text]], terms) -> None:
+def check_rewards(cfg, prompts: list[tuple[int, Text]], terms, log: Callable[[str], None]) -> list[tuple[int, Text]]:
     """Every prompt must be one each reward can score (``Scorer.prompt_problem``): a prompt
-    without BLEU references or of another task is reported now, not when a round draws it."""
+    without BLEU references or of another task is reported now, not when a round draws it.
+    Returns the prompts (as ``check_room``)."""
     bad = []
     for row, prompt in prompts:
         text = reward_prompt(prompt)
@@ -119,8 +139,7 @@ def check_rewards(cfg, prompts: list[tuple[int, Text]], terms) -> None:
             problem = term.scorer.prompt_problem(text)
             if problem is not None:
                 bad.append(RowIssue(cfg.data, row, "prompt", f"reward '{term.name}': {problem}"))
-    if bad:
-        raise DataError(bad, hint="every prompt needs what its reward reads")
+    return kept(cfg, prompts, bad, log, "every prompt needs what its reward reads")
 
 
 def generator_options(cfg) -> dict:
@@ -162,11 +181,11 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
         log(f"reward: none given; using the task's gold reward ({specs[0]})")
     terms = load_reward_terms(specs, rollout.reward_weights, tokenizer=tokenizer, max_new_tokens=max_new_tokens(cfg))
     _, per_round = round_size(cfg, dist)
-    prompts = load_online_prompts(cfg, per_round, tokenizer)
-    check_rewards(cfg, prompts, terms)
+    prompts = load_online_prompts(cfg, per_round, tokenizer, log)
+    prompts = check_rewards(cfg, prompts, terms, log)
     new_tokens = max_new_tokens(cfg)
     generator = run_generator(cfg, dist, policy, tokenizer, log)
-    check_room(cfg, prompts, generator, policy, new_tokens)
+    prompts = check_room(cfg, prompts, generator, policy, new_tokens, log)
     sampling = SamplingParams(max_new_tokens=new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
                               top_k=rollout.top_k, seed=cfg.seed)
     # the policy's log-probs at the start of the round: the old policy of μ > 1 updates, the

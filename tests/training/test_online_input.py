@@ -210,6 +210,8 @@ def test_a_conversation_that_ends_with_an_answer_or_asks_nothing_is_a_bad_row(tm
                                         "prompt_column"),
     ("max_prompt_length", 8, "an online method does not cut its prompts (one that leaves no room for "
                              "max_new_tokens in the model's context is a bad row); leave it unset"),
+    ("group_by_length", True, "an online method draws its prompts in an order of its own and samples their "
+                              "answers, so there are no lengths to group by; leave it unset"),
 ])
 @pytest.mark.parametrize("method", ["grpo", "ppo", "online-dpo"])
 def test_offline_data_options_are_refused_not_ignored(method, field, value, message):
@@ -230,3 +232,47 @@ def test_a_prompt_file_with_the_column_mapped_by_columns_is_refused_before_train
     with pytest.raises(ConfigError, match=r"^columns: "):
         train(_online(tiny_model_dir, tmp_path / "a", data=str(data), columns={"prompt": "question"}))
     assert not (tmp_path / "a" / "metrics.jsonl").exists()
+
+
+def test_skip_invalid_leaves_out_the_prompt_rows_an_online_run_cannot_use(tmp_path, tiny_model_dir, capsys,
+                                                                           monkeypatch):
+    """Row 2 has an empty prompt (the loader's check), rows 4 and 5 are no arithmetic prompts (the
+    reward's check) and row 4 is too long for the context besides (the check against
+    max_new_tokens: 2,046 digits and "=" are 2,047 tokens, and a length reward, scoring any prompt,
+    leaves that check to find it): with skip_invalid
+    each is left out, counted and printed, and the run draws from the rows left; without it the
+    first stops the run. A file of bad rows only is still an error."""
+    import alignlab.training.run as run_mod
+
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["1+1=", "", "2+2=", "9" * 2046 + "=", "hello"]))
+    with pytest.raises(DataError, match=r"row 2, field 'prompt'"):
+        train(_online(tiny_model_dir, tmp_path / "a", data=str(data)))
+    kept = []
+    make = run_mod.online_source
+
+    def recording(*args, **kwargs):
+        source = make(*args, **kwargs)
+        kept.append([row for row, _ in source.prompts])
+        return source
+
+    monkeypatch.setattr(run_mod, "online_source", recording)
+    capsys.readouterr()
+    for reward, rows in (("task:arithmetic", [1, 3]), ("length", [1, 3, 5])):
+        summary = train(_online(tiny_model_dir, tmp_path / reward.replace(":", "-"), data=str(data), reward=[reward],
+                                skip_invalid=True))
+        assert summary.steps == 1 and kept[-1] == rows
+    captured = capsys.readouterr()
+    printed = (captured.out + captured.err).splitlines()
+    head = f"{data}: "
+    assert [line for line in printed if line.startswith(head)] == [
+        f"{head}1 invalid prompt row skipped (first: {data}, row 2, field 'prompt': empty prompt)",
+        f"{head}2 invalid prompt rows skipped (first: {data}, row 4, field 'prompt': reward 'task:arithmetic': not "
+        f"an arithmetic prompt: '{'9' * 80}'... (expected the form '37+58='))",
+        f"{head}1 invalid prompt row skipped (first: {data}, row 2, field 'prompt': empty prompt)",
+        f"{head}1 invalid prompt row skipped (first: {data}, row 4, field 'prompt': 2047 tokens + max_new_tokens 3 "
+        "exceed the model's context of 2048 tokens)"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": ""}) + "\n" + json.dumps({"prompt": "hello"}) + "\n")
+    with pytest.raises(DataError, match="every prompt row is invalid"):
+        train(_online(tiny_model_dir, tmp_path / "c", data=str(bad), skip_invalid=True))
