@@ -13,7 +13,7 @@ import yaml
 
 from alignlab import train
 from alignlab.cli import main
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, DataError
 from alignlab.models import TinyModelConfig, save_tiny_model
 from tests.training.helpers import Crash, crash_after_save, max_abs_diff, weights
 
@@ -405,3 +405,15 @@ def test_unpaired_and_ranked_methods_get_their_own_shape(tmp_path, tiny_model_di
             assert sorted(r["completions"]) == sorted(s["completions"])
             assert r["scores"] == sorted((float(digit_count(c)) for c in s["completions"]), reverse=True)
     assert json.loads((out / "round-1" / "round.json").read_text())["trained"]
+
+
+def test_skip_invalid_leaves_out_prompt_rows_without_a_prompt(tmp_path, tiny_model_dir, capsys):
+    """Row 2 of the prompt file is empty: without skip_invalid the rounds stop naming it; with it,
+    the row is left out, counted and printed, and round 1 answers the 4 other prompts, in order."""
+    data = tmp_path / "holes.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [PROMPTS[0], "", *PROMPTS[1:4]]))
+    with pytest.raises(DataError, match=r"row 2, field 'prompt'"):
+        train(rounds_config(tiny_model_dir, data, tmp_path / "a", rounds=1))
+    train(rounds_config(tiny_model_dir, data, tmp_path / "b", rounds=1, skip_invalid=True))
+    assert f"{data}: 1 invalid prompt row skipped (first: {data}, row 2, field 'prompt'" in capsys.readouterr().err
+    assert [r["prompt"] for r in jsonl(tmp_path / "b" / "round-1" / "prompts.jsonl")] == PROMPTS[:4]
