@@ -115,7 +115,7 @@ def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_token
     (without those that do not, where the run skips invalid rows)."""
     limit = context_limit(model)
     if limit is None:
-        return
+        return prompts
     if new_tokens >= limit:
         raise ConfigError(f"max_new_tokens: {new_tokens} leaves no room for a prompt in the model's context of "
                           f"{limit} tokens; give at most {limit - 1}")

@@ -276,3 +276,15 @@ def test_skip_invalid_leaves_out_the_prompt_rows_an_online_run_cannot_use(tmp_pa
     bad.write_text(json.dumps({"prompt": ""}) + "\n" + json.dumps({"prompt": "hello"}) + "\n")
     with pytest.raises(DataError, match="every prompt row is invalid"):
         train(_online(tiny_model_dir, tmp_path / "c", data=str(bad), skip_invalid=True))
+
+
+def test_a_model_whose_config_gives_no_context_keeps_every_prompt():
+    """Where the config names no context length there is nothing to check the prompts against, so
+    all of them go on (and are returned: the run trains on what this returns)."""
+    from types import SimpleNamespace
+
+    from alignlab.training.online_run import check_room
+
+    prompts = [(1, "1+1="), (2, "2+2=")]
+    cfg = SimpleNamespace(data="p.jsonl", dataset=SimpleNamespace(skip_invalid=False))
+    assert check_room(cfg, prompts, None, SimpleNamespace(config=SimpleNamespace()), 3, print) == prompts
