@@ -322,14 +322,13 @@ def _all_prompts(cfg: TrainConfig) -> list[Text]:
     if task is not None:
         n = (cfg.iterate.round_prompts or TASK_ROUND_PROMPTS) * cfg.iterate.rounds
         return list(task.train_prompts(n, cfg.seed))
-    from alignlab.data.prompts import load_prompts
+    from alignlab.data.prompts import load_prompts, skipped_prompts
 
     skipped: list | None = [] if cfg.dataset.skip_invalid else None
     records = load_prompts(cfg.data, prompt_column=cfg.rollout.prompt_column, split=cfg.dataset.data_split,
                            skipped=skipped)
     if skipped:
-        rows = len({(i.source, i.row) for i in skipped})
-        _log(f"{cfg.data}: {rows} invalid prompt row{'s' if rows > 1 else ''} skipped (first: {skipped[0]})")
+        _log(skipped_prompts(cfg.data, skipped))
     if not records:
         raise UserError(f"data: {cfg.data} holds no prompts")
     return [r.prompt for r in records]

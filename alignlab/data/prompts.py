@@ -62,6 +62,14 @@ def load_prompts(source: str | os.PathLike[str], *, prompt_column: str | None = 
     return prompts
 
 
+def skipped_prompts(source: str, issues: list[RowIssue]) -> str:
+    """The line that says how many prompt rows of ``source`` were skipped (``skip_invalid``), and
+    the first one's issue."""
+    rows = len({(issue.source, issue.row) for issue in issues})
+    first = min(issues, key=lambda issue: (issue.source, issue.row))
+    return f"{source}: {rows} invalid prompt row{'s' if rows > 1 else ''} skipped (first: {first})"
+
+
 def prompt_of(data: Mapping[str, Any], source: str, row: int, prompt_column: str | None = None
               ) -> PromptRecord | list[RowIssue]:
     """The prompt of one raw row, or the issues that stop it being read (see the module docstring)."""

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 
+from alignlab.data.prompts import load_prompts, skipped_prompts
 from alignlab.data.records import Text, is_conversation
 from alignlab.errors import ConfigError, DataError, RowIssue
 from alignlab.generation.base import SamplingParams
@@ -61,8 +62,6 @@ def load_online_prompts(cfg, per_round: int, tokenizer, log: Callable[[str], Non
         rounds = math.ceil(cfg.optim.max_steps / cfg.rollout.updates_per_rollout) if cfg.optim.max_steps else 0
         n = per_round * rounds if rounds else 1024
         return list(enumerate(task.train_prompts(n, cfg.seed), start=1))
-    from alignlab.data.prompts import load_prompts
-
     skipped: list[RowIssue] | None = [] if cfg.dataset.skip_invalid else None
     records = load_prompts(cfg.data, prompt_column=cfg.rollout.prompt_column, split=cfg.dataset.data_split,
                            skipped=skipped)
@@ -102,8 +101,7 @@ def kept(cfg, prompts: list[tuple[int, Text]], bad: list[RowIssue], log: Callabl
         raise DataError(bad, hint=hint)
     rows = {issue.row for issue in bad}
     left = [(row, prompt) for row, prompt in prompts if row not in rows]
-    first = sorted(bad, key=lambda i: i.row)[0]
-    log(f"{cfg.data}: {len(rows)} invalid prompt row{'s' if len(rows) > 1 else ''} skipped (first: {first})")
+    log(skipped_prompts(cfg.data, bad))
     if not left:
         raise DataError(bad, hint=f"every prompt row is invalid; {hint}")
     return left
