@@ -220,23 +220,23 @@ def reward_augment(records: Sequence[PairRecord], variant: str = "system") -> Co
     """
     if variant not in VARIANTS:
         raise UserError(f"unknown variant '{variant}'; expected one of: {', '.join(VARIANTS)}")
-    issues = [RowIssue(r.source, r.row, "score_chosen", "reward-augmented relabeling needs score_chosen "
-                                                        "and score_rejected; this pair has no scores")
-              for r in records if r.score_chosen is None or r.score_rejected is None]
+    unscored = [RowIssue(r.source, r.row, "score_chosen", "reward-augmented relabeling needs score_chosen "
+                                                          "and score_rejected; this pair has no scores")
+                for r in records if r.score_chosen is None or r.score_rejected is None]
     # the target-score text states a scale of 1-10 (the paper's, UltraFeedback's); a score off it
     # would be written into the prompt as it is
-    issues += [RowIssue(r.source, r.row, name, f"{value!r} is off the 1-10 scale that the target-score prompt states; "
-                                               "rescale the scores to 1-10")
-               for r in records for name, value in (("score_chosen", r.score_chosen), ("score_rejected", r.score_rejected))
-               if value is not None and not 1 <= value <= 10]
-    if variant == "nosys":
-        issues += [RowIssue(r.source, r.row, "prompt", "the prompt has no user turn to put the target score "
-                                                       "in; use the variant 'system'")
-                   for r in records if isinstance(r.prompt, tuple) and not any(m.role == "user" for m in r.prompt)]
+    off_scale = [RowIssue(r.source, r.row, name, f"{value!r} is off the 1-10 scale that the target-score prompt "
+                                                 "states; rescale the scores to 1-10")
+                 for r in records for name, value in (("score_chosen", r.score_chosen),
+                                                      ("score_rejected", r.score_rejected))
+                 if value is not None and not 1 <= value <= 10]
+    no_user = [RowIssue(r.source, r.row, "prompt", "the prompt has no user turn to put the target score in; use "
+                                                   "the variant 'system'")
+               for r in records if variant == "nosys" and isinstance(r.prompt, tuple)
+               and not any(m.role == "user" for m in r.prompt)]
+    issues = unscored + off_scale + no_user
     if issues:
-        unscored = any("has no scores" in i.message for i in issues)
-        off = any("off the 1-10 scale" in i.message for i in issues)
-        hint = "every pair needs its two scores" if unscored else "scores from 1 to 10" if off \
+        hint = "every pair needs its two scores" if unscored else "scores from 1 to 10" if off_scale \
             else "use the variant 'system'"
         raise DataError(sorted(issues, key=lambda i: (i.source, i.row)), hint=hint)
     out: Converted[PairRecord] = Converted([])
