@@ -54,7 +54,8 @@ class DataConfig:
                                           "score='0.5*helpfulness + 0.5*correctness' (a weighted sum)")
     skip_invalid: bool = param(False, "skip bad rows (counted and printed) instead of stopping at the first (for "
                                       "an online run, the prompt rows it cannot use)")
-    max_length: int = param(1024, "maximum tokens of prompt + response; longer responses are cut at the end")
+    max_length: int = param(1024, "maximum tokens of prompt + response; longer responses are cut at the end (an "
+                                     "online run's prompts must each leave room for max_new_tokens within it)")
     max_prompt_length: int | None = param(None, "keep only the last this-many prompt tokens (None: no limit)")
     packing: bool = param(True, "pack batches instead of padding them: each prompt once with all its responses "
                                 "after it, short examples sharing a row, all kept apart by a block attention mask "

@@ -7,7 +7,7 @@ sample`` does (``generation/prompts.py``), and the reward reads its last user me
 (``rollout.reward_prompt``). Every prompt is checked once, at load time: a conversation when the
 tokenizer has no chat template, a conversation without a user message (or with an empty last
 one, or that ends with an assistant message), a prompt that leaves no room for
-``max_new_tokens`` in the model's context and a prompt a reward cannot score
+``max_new_tokens`` within ``max_length`` or the model's context and a prompt a reward cannot score
 (``Scorer.prompt_problem``) are errors naming the row, never cut or met silently. The reward is
 ``rollout.reward`` (scorer specs), or a task's gold when the data is a task and no reward is
 given (said in the log).
@@ -109,21 +109,24 @@ def kept(cfg, prompts: list[tuple[int, Text]], bad: list[RowIssue], log: Callabl
 
 def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_tokens: int,
                log: Callable[[str], None]) -> list[tuple[int, Text]]:
-    """Every prompt must leave room for ``new_tokens`` in the model's context; returns the prompts
-    (without those that do not, where the run skips invalid rows)."""
-    limit = context_limit(model)
-    if limit is None:
-        return prompts
+    """Every prompt must leave room for ``new_tokens`` within ``max_length`` and the model's
+    context, whichever is shorter: a completion stops at ``new_tokens``, so no sample is then
+    longer than ``max_length``, as for fixed data. Returns the prompts (without those that do not
+    fit, where the run skips invalid rows)."""
+    limit, where, fix = cfg.dataset.max_length, f"max_length ({cfg.dataset.max_length} tokens)", "max_length"
+    context = context_limit(model)
+    if context is not None and context < limit:
+        limit, where, fix = context, f"the model's context of {context} tokens", None
     if new_tokens >= limit:
-        raise ConfigError(f"max_new_tokens: {new_tokens} leaves no room for a prompt in the model's context of "
-                          f"{limit} tokens; give at most {limit - 1}")
+        raise ConfigError(f"max_new_tokens: {new_tokens} leaves no room for a prompt in {where}; give at most "
+                          f"{limit - 1}" + (f" or raise {fix}" if fix else ""))
     bad = []
     for row, prompt in prompts:
         n = len(generator.prompt_ids(prompt))
         if n + new_tokens > limit:
-            bad.append(RowIssue(cfg.data, row, "prompt", f"{n} tokens + max_new_tokens {new_tokens} exceed the "
-                                f"model's context of {limit} tokens"))
-    return kept(cfg, prompts, bad, log, f"shorten the prompt{'s' if len(bad) > 1 else ''} or lower max_new_tokens")
+            bad.append(RowIssue(cfg.data, row, "prompt", f"{n} tokens + max_new_tokens {new_tokens} exceed {where}"))
+    hint = f"shorten the prompt{'s' if len(bad) > 1 else ''}" + (f", raise {fix}" if fix else "")
+    return kept(cfg, prompts, bad, log, f"{hint} or lower max_new_tokens")
 
 
 def check_rewards(cfg, prompts: list[tuple[int, Text]], terms, log: Callable[[str], None]) -> list[tuple[int, Text]]:

@@ -121,19 +121,37 @@ def test_a_length_penalty_in_tokens_counts_the_policys_tokens(tmp_path, tiny_mod
 
 
 def test_prompts_too_long_for_the_context_are_named_with_a_hint(tmp_path, tiny_model_dir):
-    """The tiny model's context is 2048 tokens and its tokenizer writes a digit as one token. (A
-    task's reward would refuse these prompts too, showing each cut to 80 characters.)"""
+    """The tiny model's context is 2048 tokens and its tokenizer writes a digit as one token; with
+    max_length 4096 the context is the tighter bound. (A task's reward would refuse these prompts
+    too, showing each cut to 80 characters.)"""
     with pytest.raises(DataError, match=r"row 2, field 'prompt': reward 'task:arithmetic': not an arithmetic "
                                         r"prompt: '9{80}'\.\.\. \(expected"):
         train(_online(tiny_model_dir, tmp_path / "t", data=_prompt_file(tmp_path / "t.jsonl", ["1+1=", "9" * 2046])))
     data = _prompt_file(tmp_path / "long.jsonl", ["1+1=", "9" * 2046, "8" * 2100])
     with pytest.raises(DataError) as e:
-        train(_online(tiny_model_dir, tmp_path / "a", data=data, reward=["length"]))
+        train(_online(tiny_model_dir, tmp_path / "a", data=data, reward=["length"], max_length=4096))
     assert str(e.value) == (f"{data}, row 2, field 'prompt': 2046 tokens + max_new_tokens 3 exceed the model's "
                             "context of 2048 tokens (and 1 more bad row; shorten the prompts or lower max_new_tokens)")
     with pytest.raises(ConfigError, match=r"^max_new_tokens: 2048 leaves no room for a prompt in the model's "
                                           r"context of 2048 tokens; give at most 2047$"):
-        train(_online(tiny_model_dir, tmp_path / "b", data=data, reward=["length"], max_new_tokens=2048))
+        train(_online(tiny_model_dir, tmp_path / "b", data=data, reward=["length"], max_new_tokens=2048,
+                      max_length=4096))
+    assert not (tmp_path / "a" / "metrics.jsonl").exists() and not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+def test_max_length_bounds_an_online_runs_prompt_and_completion(tmp_path, tiny_model_dir):
+    """max_length 10 and max_new_tokens 3 leave 7 tokens of prompt: '1+1=' (4 tokens) and '9' * 7
+    fit, '9' * 8 (8 + 3 = 11 > 10) does not, and is named; max_new_tokens 10 leaves none. (A
+    completion stops at max_new_tokens, so a prompt that fits gives no sample longer than 10.)"""
+    data = _prompt_file(tmp_path / "p.jsonl", ["1+1=", "9" * 7, "9" * 8])
+    with pytest.raises(DataError) as e:
+        train(_online(tiny_model_dir, tmp_path / "a", data=data, reward=["length"], max_length=10))
+    assert str(e.value) == (f"{data}, row 3, field 'prompt': 8 tokens + max_new_tokens 3 exceed max_length (10 "
+                            "tokens) (shorten the prompt, raise max_length or lower max_new_tokens)")
+    with pytest.raises(ConfigError, match=r"^max_new_tokens: 10 leaves no room for a prompt in max_length \(10 "
+                                          r"tokens\); give at most 9 or raise max_length$"):
+        train(_online(tiny_model_dir, tmp_path / "b", data=data, reward=["length"], max_length=10,
+                      max_new_tokens=10))
     assert not (tmp_path / "a" / "metrics.jsonl").exists() and not (tmp_path / "b" / "metrics.jsonl").exists()
 
 
@@ -237,7 +255,7 @@ def test_a_prompt_file_with_the_column_mapped_by_columns_is_refused_before_train
 def test_skip_invalid_leaves_out_the_prompt_rows_an_online_run_cannot_use(tmp_path, tiny_model_dir, capsys,
                                                                            monkeypatch):
     """Row 2 has an empty prompt (the loader's check), rows 4 and 5 are no arithmetic prompts (the
-    reward's check) and row 4 is too long for the context besides (the check against
+    reward's check) and row 4 is too long for max_length (1024) besides (the check against
     max_new_tokens: 2,046 digits and "=" are 2,047 tokens, and a length reward, scoring any prompt,
     leaves that check to find it): with skip_invalid
     each is left out, counted and printed, and the run draws from the rows left; without it the
@@ -271,20 +289,25 @@ def test_skip_invalid_leaves_out_the_prompt_rows_an_online_run_cannot_use(tmp_pa
         f"an arithmetic prompt: '{'9' * 80}'... (expected the form '37+58='))",
         f"{head}1 invalid prompt row skipped (first: {data}, row 2, field 'prompt': empty prompt)",
         f"{head}1 invalid prompt row skipped (first: {data}, row 4, field 'prompt': 2047 tokens + max_new_tokens 3 "
-        "exceed the model's context of 2048 tokens)"]
+        "exceed max_length (1024 tokens))"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": ""}) + "\n" + json.dumps({"prompt": "hello"}) + "\n")
     with pytest.raises(DataError, match="every prompt row is invalid"):
         train(_online(tiny_model_dir, tmp_path / "c", data=str(bad), skip_invalid=True))
 
 
-def test_a_model_whose_config_gives_no_context_keeps_every_prompt():
-    """Where the config names no context length there is nothing to check the prompts against, so
-    all of them go on (and are returned: the run trains on what this returns)."""
+def test_a_model_whose_config_gives_no_context_is_bounded_by_max_length_alone():
+    """Where the config names no context length, max_length is the only bound: with max_length 8
+    and 3 new tokens, a 5-token prompt fits and a 6-token one is left out (skip_invalid). The
+    kept prompts are returned: the run trains on what this returns."""
     from types import SimpleNamespace
 
     from alignlab.training.online_run import check_room
 
-    prompts = [(1, "1+1="), (2, "2+2=")]
-    cfg = SimpleNamespace(data="p.jsonl", dataset=SimpleNamespace(skip_invalid=False))
-    assert check_room(cfg, prompts, None, SimpleNamespace(config=SimpleNamespace()), 3, print) == prompts
+    prompts = [(1, "1+1="), (2, "12345"), (3, "123456")]
+    cfg = SimpleNamespace(data="p.jsonl", dataset=SimpleNamespace(skip_invalid=True, max_length=8))
+    generator = SimpleNamespace(prompt_ids=lambda text: list(text))
+    lines = []
+    assert check_room(cfg, prompts, generator, SimpleNamespace(config=SimpleNamespace()), 3, lines.append) == prompts[:2]
+    assert lines == ["p.jsonl: 1 invalid prompt row skipped (first: p.jsonl, row 3, field 'prompt': 6 tokens + "
+                     "max_new_tokens 3 exceed max_length (8 tokens))"]
