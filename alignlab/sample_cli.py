@@ -144,6 +144,9 @@ class SampleJob:
                                 f"{_flag('limit')}")
         elif self.prompt_set != "eval":
             raise UserError(f"{_flag('prompt_set')} applies to {_flag('task')}, not to a prompt file")
+        if self.scorer is not None and not self.scorer.strip():
+            raise UserError(f"{_flag('scorer')} is empty; give a scorer spec (e.g. task:arithmetic), or leave it out "
+                            "to write the samples unscored")
         if self.dtype not in DTYPES:
             raise UserError(f"{_flag('dtype')} must be one of {', '.join(sorted(DTYPES))}, got '{self.dtype}'")
         if self.backend is not None:

@@ -66,6 +66,8 @@ def test_best_of_n_on_a_task_writes_its_answers_and_measures_them(tmp_path, sft_
     (["--method", "reward-guided", "--scorer", "task:arithmetic", "--candidates", "0"], "--candidates must be >= 1"),
     (["--method", "reward-guided", "--scorer", "task:arithmetic", "--guide-weight", "nan"],
      "--guide-weight must be a finite number, got nan"),
+    (["--method", "best-of-n", "--scorer", " "], "--scorer is empty; give a scorer spec (e.g. task:arithmetic or "
+                                                  "rm:DIR)"),
 ])
 def test_settings_that_cannot_work_are_one_line_errors_before_loading(tmp_path, args, message, capsys):
     code = main(["decode", *args, "--model", str(tmp_path / "no-model"), "--task", "arithmetic",

@@ -432,6 +432,8 @@ def test_a_finished_file_is_left_alone_and_overwrite_starts_over(tmp_path, tiny_
     (["--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
     (["--batch-size", "0"], "--batch-size must be a whole number >= 1, got 0"),
     (["--scorer", "nope:x"], "--scorer nope:x: scorer 'nope:x': unknown kind 'nope'"),
+    (["--scorer", ""], "--scorer is empty; give a scorer spec (e.g. task:arithmetic), or leave it out to write the "
+                       "samples unscored"),
     (["--scorer", "fn:no_such_module_here:f"], "--scorer fn:no_such_module_here:f: reward function "
                                                "'no_such_module_here:f': cannot import module"),
     (["--backend", "nosuch"], "generation backend 'nosuch' is unknown"),

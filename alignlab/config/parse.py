@@ -60,7 +60,7 @@ def split_scorer_specs(text: str) -> list[str]:
     for item in text.split(","):
         if specs and _OPTION.match(item.strip()) and not Path(item.strip()).expanduser().is_dir():
             specs[-1] += "," + item
-        elif item:
+        else:  # an empty item is kept for the config's check to name
             specs.append(item)
     return specs
 

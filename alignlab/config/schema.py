@@ -244,6 +244,9 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         self.reward = [self.reward] if isinstance(self.reward, str) else list(self.reward or [])
+        _check(all(spec.strip() for spec in self.reward), "reward",
+               f"an empty scorer spec in {self.reward!r}; give each one (e.g. task:arithmetic), or leave reward out "
+               "where data is task:NAME to use the task's gold reward")
         self.reward_weights = None if self.reward_weights is None else [float(w) for w in self.reward_weights]
         _check(self.num_generations >= 1, "num_generations", f"must be >= 1, got {self.num_generations}")
         _check(self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens",

@@ -101,6 +101,8 @@ def check_method(args: argparse.Namespace) -> None:
     args.lookahead = (20 if args.method == "transfer-q" else 0) if args.lookahead is None else args.lookahead
     if args.lookahead < 0 or not 0 < args.implicit_beta < float("inf"):
         raise UserError(f"--lookahead must be >= 0 and --implicit-beta > 0; got {args.lookahead}, {args.implicit_beta}")
+    if args.scorer is not None and not args.scorer.strip():
+        raise UserError("--scorer is empty; give a scorer spec (e.g. task:arithmetic or rm:DIR)")
     if args.method in NEEDS_SCORER and not args.scorer:
         raise UserError(f"--scorer: {args.method} needs a scorer (a reward); give one (e.g. --scorer task:arithmetic "
                         "or rm:DIR)")

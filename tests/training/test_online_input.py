@@ -49,6 +49,18 @@ def test_a_reward_given_as_one_text_splits_only_between_scorer_specs(given, spec
     assert make_config({**BASE, "method": "grpo", "reward": given, **weights}).rollout.reward == specs
 
 
+@pytest.mark.parametrize("given,shown", [("", "['']"), (" ", "[' ']"), ("task:arithmetic,,length",
+                                                                          "['task:arithmetic', '', 'length']"),
+                                          (["task:arithmetic", ""], "['task:arithmetic', '']")])
+def test_an_empty_reward_spec_is_refused_not_taken_for_no_reward(given, shown):
+    """An empty spec (a flag given '', a stray comma) is an error naming the specs, not a silent
+    fall back to the task's gold reward, which an absent reward means."""
+    with pytest.raises(ConfigError) as e:
+        make_config({**BASE, "method": "grpo", "reward": given})
+    assert str(e.value) == (f"reward: an empty scorer spec in {shown}; give each one (e.g. task:arithmetic), or leave "
+                            "reward out where data is task:NAME to use the task's gold reward")
+
+
 def test_a_reward_flag_with_options_reaches_the_scorer_whole(tmp_path, tiny_model_dir, capsys):
     """From the command line: the endpoint's model is not lost to a split at the comma, so the
     judge is built and asked (nothing listens on port 9: the run stops at its first request)."""
