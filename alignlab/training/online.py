@@ -52,6 +52,7 @@ from alignlab.training.rollout import (
     RewardError,
     RewardTerm,
     RolloutExample,
+    check_range,
     check_statistics,
     collate_rollout,
     score_samples,
@@ -242,6 +243,8 @@ class OnlineSource:
         self.generator, self.reward, self.advantages, self.params = generator, list(reward), advantages, params
         self.pad_id, self.reference, self.needs_old, self.autocast = pad_id, reference, needs_old, autocast
         self.skip_idle = skip_idle and advantages.sequence is not None
+        # the loss reads a round's advantages in the policy's precision (its log-probs')
+        self._dtype = next((p.dtype for p in policy.parameters() if p.is_floating_point()), torch.float32)
         self._idle: list[list[bool]] | None = None  # per process, per completion: advantage 0
         # packed by group where that costs the policy no more than padded rows (``PackingCost``)
         self.pack = (PackingCost.of(policy) or True) if cfg.dataset.packing else False
@@ -348,6 +351,7 @@ class OnlineSource:
             self._round_passes(examples, rule)
         if rule.sequence is not None:
             whole = rule.sequence(drawn.everyone, drawn.greedy_all, drawn.lengths, drawn.components)
+            check_range(float(whole.abs().max()) if whole.numel() else 0.0, self._dtype, "advantages")
             advantages = whole[dist.rank * share:(dist.rank + 1) * share].reshape(-1)
             for e, a in zip(examples, advantages.tolist(), strict=True):
                 e.advantages = (a,) * len(e.completion_ids)
@@ -524,6 +528,10 @@ class OnlineSource:
                                                      tokens("sampler_logps")))
         if rule.whiten:  # statistics of every process's tokens, concatenated in rank order
             advantages = whiten(advantages, mask, stats=whiten_stats(torch.cat(self.dist.gather(advantages[mask]))))
+        largest = [float(t[mask].abs().max()) if mask.any() else 0.0 for t in (advantages, returns) if t is not None]
+        everyone = self.dist.gather(largest)  # every process stops, or none
+        for i, what in enumerate(("advantages", "value targets")[:len(largest)]):
+            check_range(max(p[i] for p in everyone), self._dtype, what)
         for b, e in enumerate(examples):
             n = len(e.completion_ids)
             e.advantages = tuple(advantages[b, :n].tolist())

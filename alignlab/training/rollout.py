@@ -123,6 +123,16 @@ def check_statistics(rewards: torch.Tensor, where: Sequence[str]) -> None:
                           "rescale the rewards")
 
 
+def check_range(largest: float, dtype: torch.dtype, what: str) -> None:
+    """A round's advantages (or value targets), whose largest magnitude is ``largest``, must fit
+    ``dtype``, the policy's, in which the loss reads them: beyond its range they become infinite
+    there, and the loss with them."""
+    if dtype.is_floating_point and largest > torch.finfo(dtype).max:
+        raise RewardError(f"reward: this round's {what} reach {largest:.4g}, beyond what the loss's "
+                          f"{str(dtype).removeprefix('torch.')} holds ({torch.finfo(dtype).max:.4g}); rescale the "
+                          "rewards")
+
+
 def _culprit(term: RewardTerm, prompts, responses, where, token_counts) -> str:
     for i in range(len(responses)):
         try:

@@ -69,3 +69,9 @@ def odd_letters(prompt: str, response: str) -> float:
 def astronomical(prompt: str, response: str) -> float:
     """1e300 per character: every value a finite float, their squares (1e600) not."""
     return 1e300 * (1 + len(response))
+
+
+def huge(prompt: str, response: str) -> float:
+    """1e100 per character: fine in float64's statistics, but a reward-sized advantage or value
+    target of 1e100 does not fit float32 (largest about 3.4e38)."""
+    return 1e100 * (1 + len(response))

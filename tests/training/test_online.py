@@ -5,6 +5,7 @@ split; an interrupted run resumes exactly; the same seed gives the same run)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -231,6 +232,38 @@ def test_a_reward_too_large_for_the_rounds_arithmetic_stops_the_run_in_one_line(
     with pytest.raises(RewardError, match=r"^reward: prompt row 1, sample 1 to prompt row \d+, sample 4: rewards "
                                           r"as large as \S+ overflow the round's statistics"):
         train(online(tiny_model_dir, tmp_path / "run", reward=["fn:tests.training.online_rewards:astronomical"]))
+
+
+def test_advantages_beyond_the_losss_precision_are_reward_faults():
+    """float32 holds magnitudes up to 3.4028e38, bfloat16 up to 3.3895e38 and float16 up to 65504
+    (IEEE 754 / the bfloat16 format's largest finite values); float64 holds 1e100."""
+    from alignlab.training.rollout import check_range
+
+    check_range(3.4e38, torch.float32, "advantages")
+    check_range(1e100, torch.float64, "advantages")
+    check_range(65504.0, torch.float16, "advantages")
+    with pytest.raises(RewardError, match=r"^reward: this round's advantages reach 3\.5e\+38, beyond what the "
+                                          r"loss's float32 holds \(3\.403e\+38\); rescale the rewards$"):
+        check_range(3.5e38, torch.float32, "advantages")
+    with pytest.raises(RewardError, match=r"^reward: this round's value targets reach 3\.39e\+38, beyond what the "
+                                          r"loss's bfloat16 holds \(3\.39e\+38\)"):
+        check_range(3.3899e38, torch.bfloat16, "value targets")
+    with pytest.raises(RewardError, match=r"float16 holds \(6\.55e\+04\)"):
+        check_range(65520.0, torch.float16, "advantages")
+
+
+@pytest.mark.parametrize("method,what", [("rloo", "advantages"), ("ppo", "value targets")])
+def test_rewards_whose_advantages_overflow_fp32_stop_the_run_naming_them(tmp_path, tiny_model_dir, method, what):
+    """Rewards of 1e100 × (1 + length) in fp32: rloo's advantage (a reward minus the others' mean)
+    is of that size, as are PPO's value targets (its returns; the whitened advantages are not), so
+    both stop before the loss turns them into a NaN blamed on the learning rate. GRPO divides by
+    the group's std, so its advantages stay within ±sqrt(G-1) = ±1.73 and the run trains."""
+    reward = ["fn:tests.training.online_rewards:huge"]
+    with pytest.raises(RewardError, match=rf"^reward: this round's {what} reach \S+e\+10\d, beyond what the "
+                                          r"loss's float32 holds"):
+        train(online(tiny_model_dir, tmp_path / method, method=method, reward=reward, dtype="fp32", max_steps=1))
+    summary = train(online(tiny_model_dir, tmp_path / "grpo", reward=reward, dtype="fp32", max_steps=1))
+    assert summary.steps == 1 and math.isfinite(summary.train_metrics["loss"])
 
 
 def test_a_failing_reward_stops_the_run_keeping_the_last_checkpoint(tmp_path, tiny_model_dir):
