@@ -89,9 +89,12 @@ class HFBackend:
     def __init__(self, model, tokenizer, max_new_tokens: int = 512, batch_size: int = 8, backend: str = "native"):
         from alignlab.generation.factory import make_generator
 
+        from alignlab.generation.native import context_limit
+
         self.generator = make_generator(model, tokenizer, backend, batch_size=batch_size)
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
         self.chat = getattr(tokenizer, "chat_template", None) is not None
+        self.context = context_limit(model)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: str = "fp32", trust_remote_code: bool = False,
@@ -110,6 +113,17 @@ class HFBackend:
     def prompt_ids(self, prompt: str) -> tuple[int, ...]:
         """Token ids the judge model sees before its answer."""
         return self.generator.prompt_ids(self.as_text(prompt))
+
+    def room_problem(self, query: str) -> str | None:
+        """Why the judge could not answer ``query`` within its context, whatever is added to it
+        (the answers it judges); None when it has room."""
+        if self.context is None:
+            return None
+        n, answer = len(self.prompt_ids(query)), self.params.max_new_tokens
+        if n + answer <= self.context:
+            return None
+        return (f"the judge's prompt for it is {n} tokens before any answer is put in, and with the judge's "
+                f"max_new_tokens {answer} exceeds its context of {self.context} tokens (shorten the template)")
 
     def complete(self, prompts: list[str]) -> list[str]:
         prompts = list(prompts)
@@ -298,6 +312,10 @@ class PairwiseJudge(Scorer):
         self.last_report = JudgeReport.from_pairs(pairs, swapped=swap)
         return self.last_report
 
+    def prompt_problem(self, prompt: str) -> str | None:
+        """A judge prompt that leaves the judge no room to answer even with empty answers in it."""
+        return _room_problem(self.backend, render(self.template, prompt=prompt, first="", second=""))
+
     def compare(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[float]:
         """P(first better) per pair, from the judge's verdicts (see the class docstring)."""
         return [p.p_first for p in self.judge(prompts, first, second).pairs]
@@ -372,6 +390,11 @@ class PointwiseJudge(Scorer):
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         return [self.fallback if r is None else r for r in self.rate(prompts, responses)]
 
+    def prompt_problem(self, prompt: str) -> str | None:
+        """A judge prompt that leaves the judge no room to answer even with an empty answer in it."""
+        return _room_problem(self.backend, render(self.template, prompt=prompt, response="", low=_num(self.low),
+                                                  high=_num(self.high)))
+
     def compare(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[float]:
         n = check_lengths(f"{self.name}: compare", prompts, first, second)
         ratings = self.rate(list(prompts) * 2, list(first) + list(second))
@@ -379,6 +402,13 @@ class PointwiseJudge(Scorer):
         for a, b in zip(ratings[:n], ratings[n:], strict=True):
             out.append(0.5 if a is None or b is None or a == b else float(a > b))
         return out
+
+
+def _room_problem(backend: JudgeBackend, query: str) -> str | None:
+    """A backend that knows its context (``HFBackend.room_problem``) checks ``query``; any other
+    (a function, a server) has no limit to check here."""
+    check = getattr(backend, "room_problem", None)
+    return check(query) if callable(check) else None
 
 
 def _num(x: float) -> str:

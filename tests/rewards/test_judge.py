@@ -404,6 +404,25 @@ def test_hf_backend_runs_a_pairwise_judge_end_to_end(tiny_model_dir):
     assert len(raw) == 4 and all(isinstance(o, str) for o in raw)  # what backend.complete returned
 
 
+def test_a_judge_prompt_with_no_room_to_answer_is_a_prompt_problem(tiny_model_dir):
+    """The tiny judge's context is 2048 tokens; its chat template adds <|user|>, <|end|> and
+    <|assistant|> (3 tokens) and its tokenizer writes a digit or sign as one token. Pointwise
+    template '7' * k + '{prompt}{response}' on the prompt '1+1=' (4 tokens) with an empty answer
+    is k + 7 tokens; with max_new_tokens 2 it fits while k + 9 <= 2048, so k = 2039 is the
+    longest. Pairwise '7' * k + '{prompt}{first}{second}': the same count. A judge without a
+    known context (a function) has nothing to check."""
+    backend = HFBackend.from_pretrained(str(tiny_model_dir), max_new_tokens=2)
+    for k, fits in ((2039, True), (2040, False)):
+        for judge in (PointwiseJudge(backend, template="7" * k + "{prompt}{response}"),
+                      PairwiseJudge(backend, template="7" * k + "{prompt}{first}{second}")):
+            problem = judge.prompt_problem("1+1=")
+            assert problem is None if fits else problem == (
+                "the judge's prompt for it is 2047 tokens before any answer is put in, and with the judge's "
+                "max_new_tokens 2 exceeds its context of 2048 tokens (shorten the template)")
+    assert PointwiseJudge(CallableBackend(lambda p: "7"), template="7" * 5000 + "{prompt}{response}"
+                          ).prompt_problem("1+1=") is None
+
+
 # ---------------------------------------------------------------------------------------------
 # OpenAIBackend against a local stub server
 # ---------------------------------------------------------------------------------------------
