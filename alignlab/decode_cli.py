@@ -91,13 +91,13 @@ def _check(args) -> None:
     out = Path(args.output).expanduser()
     if out.is_dir():
         raise UserError(f"--output {args.output}: is a folder; name the file to write (*.jsonl)")
+    from alignlab.data.write import blocking_file, check_not_input
+
     if not out.parent.is_dir():
-        above = next((q for q in out.parents if q.exists()), None)
-        if above is not None and not above.is_dir():
+        above = blocking_file(out.parent)
+        if above is not None:
             raise UserError(f"--output {args.output}: '{above}' is a file, not a folder")
         raise UserError(f"--output {args.output}: folder '{out.parent}' does not exist")
-    from alignlab.data.write import check_not_input
-
     check_not_input(args.output, ("the prompt file", "--prompts", args.prompts))
 
 

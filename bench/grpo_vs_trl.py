@@ -311,9 +311,12 @@ def report(kind: str, s: dict, results: dict[str, dict], matmul_params: int, eve
     def steady(r: dict) -> float | None:
         return (r["steps"] - 1) / r["after_first_s"] if r.get("after_first_s") else None
 
+    def nominal_rate(r: dict) -> float:
+        """FLOP/s at 8·P per token of prompt and completion of each sample over the steps."""
+        return 8 * matmul_params * (r["prompt_tokens"] + r["completion_tokens"]) / r["loop_s"]
+
     def flops(r: dict) -> str:
-        rate = 8 * matmul_params * (r["prompt_tokens"] + r["completion_tokens"]) / r["loop_s"]
-        return f"{rate / 1e9:.1f} GFLOP/s = {rate / r['matmul_flops']:.1%}"
+        return f"{nominal_rate(r) / 1e9:.1f} GFLOP/s = {nominal_rate(r) / r['matmul_flops']:.1%}"
 
     rewards = {n: results[n]["history"].get("reward", []) for n in names}
     lengths = {"alignlab": results["alignlab"]["history"].get("completion_length", []),
@@ -365,7 +368,7 @@ def report(kind: str, s: dict, results: dict[str, dict], matmul_params: int, eve
     # What 3× asks of the machine: TRL's nominal FLOP rate times 3, as a share of the matmul peak
     # alignlab's child measured. Near or above 100% no trimming of overheads reaches it; only doing
     # fewer FLOPs does (alignlab leaves out the completions whose advantage is 0, counted below).
-    needed = 3 * 8 * matmul_params * (b["prompt_tokens"] + b["completion_tokens"]) / b["loop_s"] / a["matmul_flops"]
+    needed = 3 * nominal_rate(b) / a["matmul_flops"]
     skipped = a["history"].get("skipped_zero_advantage", [])
     left_out = f"; alignlab left out {mean(skipped):.0%} of the completions (advantage 0)" if skipped else ""
     print(f"  3× TRL's steps/s would be {needed:.0%} of the matmul peak at the nominal FLOPs{left_out}")

@@ -21,6 +21,7 @@ from typing import Any
 from alignlab.compare.names import distinct_ids, group_label, slug, value_text
 from alignlab.compare.paths import output_path, resolve_keys
 from alignlab.config import make_config, normalize, read_yaml
+from alignlab.data.write import blocking_file
 from alignlab.errors import ConfigError, UserError
 
 TOP_KEYS = ("output_dir", "base", "grid", "decoding", "jobs")
@@ -115,8 +116,8 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
         output_dir = output_path(raw["output_dir"], "output_dir", config_dir)
     else:
         output_dir = Path(f"runs/compare-{Path(path).stem}").absolute()
-    made = next(p for p in [output_dir, *output_dir.parents] if p.exists())
-    if not made.is_dir():
+    made = blocking_file(output_dir)
+    if made is not None:
         raise ConfigError(f"output_dir: cannot create '{output_dir}': '{made}' is a file")
     jobs = raw.get("jobs") if jobs is None else jobs
     if jobs is None:

@@ -67,6 +67,14 @@ def check_jsonl_path(path: str | os.PathLike[str]) -> Path:
     return final
 
 
+def blocking_file(folder: str | os.PathLike[str]) -> Path | None:
+    """The file that stands where ``folder`` or a folder above it should be (the nearest of them
+    that exists, when it is not a folder); None when the folder exists or can be made."""
+    folder = Path(folder)
+    made = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    return made if made is not None and not made.is_dir() else None
+
+
 def check_not_input(output: str | os.PathLike[str],
                     *inputs: tuple[str, str, str | os.PathLike[str] | None]) -> None:
     """Refuse an output that names the same file as one of the command's inputs, given as

@@ -88,7 +88,6 @@ class HFBackend:
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 512, batch_size: int = 8, backend: str = "native"):
         from alignlab.generation.factory import make_generator
-
         from alignlab.generation.native import context_limit
 
         self.generator = make_generator(model, tokenizer, backend, batch_size=batch_size)
