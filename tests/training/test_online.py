@@ -284,7 +284,8 @@ def test_bad_online_setups_are_one_line_errors(tmp_path, tiny_model_dir):
         train(online(tiny_model_dir, tmp_path / "c", batch_size=6, num_generations=4))
     long_prompts = tmp_path / "long.jsonl"
     long_prompts.write_text(json.dumps({"prompt": "1+1="}) + "\n" + json.dumps({"prompt": "9" * 2100}) + "\n")
-    with pytest.raises(DataError, match=r"long.jsonl.*2.*prompt.*exceed the model's context"):
+    with pytest.raises(DataError, match=r"long.jsonl, row 2, field 'prompt': 2100 tokens \+ max_new_tokens 6 exceed "
+                                        r"max_length \(128 tokens\)"):
         train(online(tiny_model_dir, tmp_path / "d", data=str(long_prompts)))
 
 
