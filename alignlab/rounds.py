@@ -115,7 +115,7 @@ def run_rounds(cfg: TrainConfig) -> Summary:
                           "launch without torchrun")
     out = Path(cfg.output_dir)
     # everything that can be checked before a model loads is, before the folder is claimed
-    prompts = _all_prompts(cfg)
+    prompts = _with_room(cfg, _all_prompts(cfg))
     per_round = _per_round(cfg, len(prompts))
     specs = _reward_specs(cfg)
     _check_specs(specs, max_new_tokens(cfg))
@@ -315,13 +315,14 @@ def _agreement(gold, ranked: list[RankedRecord], made: list) -> dict[str, float 
     return out
 
 
-def _all_prompts(cfg: TrainConfig) -> list[Text]:
-    """Every prompt the rounds draw from, in order: a task's training prompts (as many as the
-    rounds take), or a prompt file's (its rows without a prompt left out with ``skip_invalid``)."""
+def _all_prompts(cfg: TrainConfig) -> list[tuple[int, Text]]:
+    """Every prompt the rounds draw from, in order, with its data row: a task's training prompts
+    (as many as the rounds take), or a prompt file's (its rows without a prompt left out with
+    ``skip_invalid``)."""
     task = data_task(cfg)
     if task is not None:
         n = (cfg.iterate.round_prompts or TASK_ROUND_PROMPTS) * cfg.iterate.rounds
-        return list(task.train_prompts(n, cfg.seed))
+        return list(enumerate(task.train_prompts(n, cfg.seed), start=1))
     from alignlab.data.prompts import load_prompts, skipped_prompts
 
     skipped: list | None = [] if cfg.dataset.skip_invalid else None
@@ -331,7 +332,36 @@ def _all_prompts(cfg: TrainConfig) -> list[Text]:
         _log(skipped_prompts(cfg.data, skipped))
     if not records:
         raise UserError(f"data: {cfg.data} holds no prompts")
-    return [r.prompt for r in records]
+    return [(r.row, r.prompt) for r in records]
+
+
+def _with_room(cfg: TrainConfig, prompts: list[tuple[int, Text]]) -> list[Text]:
+    """The prompts that leave room for max_new_tokens in the starting model's context, as each
+    round's sampling needs (every round's policy has the starting model's tokenizer and
+    positions), checked before the first round with the data's rows named; the others are an
+    error, or left out with ``skip_invalid`` (counted and printed)."""
+    from transformers import AutoConfig
+
+    from alignlab.errors import RowIssue
+    from alignlab.generation.prompts import prompt_ids
+    from alignlab.models import load_tokenizer
+    from alignlab.sample_cli import context_length
+    from alignlab.training.online_run import kept
+
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    limit, new = context_length(config, tokenizer), max_new_tokens(cfg)
+    if limit is None:
+        return [prompt for _, prompt in prompts]
+    context, source = limit
+    bad = []
+    for row, prompt in prompts:
+        n = len(prompt_ids(tokenizer, prompt))
+        if n + new > context:
+            bad.append(RowIssue(cfg.data, row, "prompt", f"{n} tokens + max_new_tokens {new} exceed the model's "
+                                f"context of {context} tokens ({source})"))
+    hint = f"shorten the prompt{'s' if len(bad) > 1 else ''} or lower max_new_tokens"
+    return [prompt for _, prompt in kept(cfg, prompts, bad, _log, hint)]
 
 
 def _per_round(cfg: TrainConfig, available: int) -> int:

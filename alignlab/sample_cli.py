@@ -306,11 +306,11 @@ def _write_meta(path: Path, header: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- checks before sampling
 
 
-def context_length(model, tokenizer) -> tuple[int, str] | None:
+def context_length(config, tokenizer) -> tuple[int, str] | None:
     """The most tokens the model takes, and where that limit comes from: the smaller of the model
     config's max_position_embeddings and the tokenizer's model_max_length, of those that are set."""
     limits = []
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
         limits.append((positions, "max_position_embeddings"))
     longest = getattr(tokenizer, "model_max_length", None)
@@ -322,7 +322,7 @@ def context_length(model, tokenizer) -> tuple[int, str] | None:
 def check_context(generator, model, tokenizer, prompts: Sequence[PromptRecord], max_new_tokens: int) -> None:
     """Refuse a prompt that, with ``max_new_tokens`` after it, does not fit the model's context,
     naming its row."""
-    limit = context_length(model, tokenizer)
+    limit = context_length(getattr(model, "config", None), tokenizer)
     if limit is None:
         return
     context, source = limit

@@ -407,13 +407,28 @@ def test_unpaired_and_ranked_methods_get_their_own_shape(tmp_path, tiny_model_di
     assert json.loads((out / "round-1" / "round.json").read_text())["trained"]
 
 
-def test_skip_invalid_leaves_out_prompt_rows_without_a_prompt(tmp_path, tiny_model_dir, capsys):
-    """Row 2 of the prompt file is empty: without skip_invalid the rounds stop naming it; with it,
-    the row is left out, counted and printed, and round 1 answers the 4 other prompts, in order."""
-    data = tmp_path / "holes.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [PROMPTS[0], "", *PROMPTS[1:4]]))
+def test_skip_invalid_leaves_out_prompt_rows_without_a_prompt_or_room(tmp_path, tiny_model_dir, capsys):
+    """Row 2 of the prompt file is empty, and row 4 is 2046 digits, one token each (a text prompt
+    gets no template): with max_new_tokens 6 that is 2052 tokens, past the tiny model's 2048
+    positions. Without skip_invalid the rounds stop naming the first before anything samples (and
+    the long row once the empty one is gone); with it, both rows are left out, counted and
+    printed, and round 1 answers the 4 other prompts, in order."""
+    data, long = tmp_path / "holes.jsonl", "9" * 2046
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [PROMPTS[0], "", PROMPTS[1], long, *PROMPTS[2:4]]))
     with pytest.raises(DataError, match=r"row 2, field 'prompt'"):
         train(rounds_config(tiny_model_dir, data, tmp_path / "a", rounds=1))
+    filled = tmp_path / "long.jsonl"
+    filled.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [PROMPTS[0], long, *PROMPTS[1:4]]))
+    with pytest.raises(DataError) as e:
+        train(rounds_config(tiny_model_dir, filled, tmp_path / "c", rounds=1))
+    assert str(e.value) == (f"{filled}, row 2, field 'prompt': 2046 tokens + max_new_tokens 6 exceed the model's "
+                            "context of 2048 tokens (max_position_embeddings) (shorten the prompt or lower "
+                            "max_new_tokens)")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # refused before the folder is claimed
+    capsys.readouterr()
     train(rounds_config(tiny_model_dir, data, tmp_path / "b", rounds=1, skip_invalid=True))
-    assert f"{data}: 1 invalid prompt row skipped (first: {data}, row 2, field 'prompt'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{data}: 1 invalid prompt row skipped (first: {data}, row 2, field 'prompt'" in err
+    assert (f"{data}: 1 invalid prompt row skipped (first: {data}, row 4, field 'prompt': 2046 tokens + "
+            "max_new_tokens 6 exceed the model's context of 2048 tokens (max_position_embeddings))") in err
     assert [r["prompt"] for r in jsonl(tmp_path / "b" / "round-1" / "prompts.jsonl")] == PROMPTS[:4]
