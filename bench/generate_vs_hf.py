@@ -218,6 +218,8 @@ def main() -> None:
                         "(the testbed's arithmetic model)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default=None, help="folder for the model, prompts, logs and results (default: a new "
+                                                "temporary one, kept and named at the end)")
     p.add_argument("--child")
     p.add_argument("--spec")
     args = p.parse_args()
@@ -226,7 +228,11 @@ def main() -> None:
         return
     from transformers import AutoTokenizer
 
-    work = Path(tempfile.mkdtemp(prefix="alignlab-genbench-"))
+    if args.work:
+        work = Path(args.work).expanduser().absolute()
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="alignlab-genbench-"))
     model_dir = work / "model-30m"
     counts = build_model("30m", model_dir, args.seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
