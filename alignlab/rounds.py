@@ -343,9 +343,9 @@ def _with_room(cfg: TrainConfig, prompts: list[tuple[int, Text]]) -> list[Text]:
     from transformers import AutoConfig
 
     from alignlab.errors import RowIssue
+    from alignlab.generation.native import context_length
     from alignlab.generation.prompts import prompt_ids
     from alignlab.models import load_tokenizer
-    from alignlab.sample_cli import context_length
     from alignlab.training.online_run import kept
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)

@@ -69,8 +69,6 @@ if TYPE_CHECKING:  # generation imports torch: only when a command samples
 FORMAT = 1  # of the output rows and the sidecar; a rerun of another format is refused
 META_SUFFIX = ".meta.json"
 PROMPT_SETS = ("eval", "train")
-# transformers gives a tokenizer that sets no limit a model_max_length of about 1e30.
-_NO_LIMIT = 10**12
 SAMPLING_HELP = {
     "max_new_tokens": "most tokens generated per sample",
     "temperature": "sampling temperature; 0 is greedy decoding (then the n samples of a prompt agree)",
@@ -306,22 +304,11 @@ def _write_meta(path: Path, header: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- checks before sampling
 
 
-def context_length(config, tokenizer) -> tuple[int, str] | None:
-    """The most tokens the model takes, and where that limit comes from: the smaller of the model
-    config's max_position_embeddings and the tokenizer's model_max_length, of those that are set."""
-    limits = []
-    positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        limits.append((positions, "max_position_embeddings"))
-    longest = getattr(tokenizer, "model_max_length", None)
-    if isinstance(longest, int) and 0 < longest < _NO_LIMIT:
-        limits.append((longest, "the tokenizer's model_max_length"))
-    return min(limits) if limits else None
-
-
 def check_context(generator, model, tokenizer, prompts: Sequence[PromptRecord], max_new_tokens: int) -> None:
     """Refuse a prompt that, with ``max_new_tokens`` after it, does not fit the model's context,
     naming its row."""
+    from alignlab.generation.native import context_length
+
     limit = context_length(getattr(model, "config", None), tokenizer)
     if limit is None:
         return

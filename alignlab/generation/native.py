@@ -40,15 +40,30 @@ from alignlab.generation.slots import DecodePlan, SlotCache, active
 from alignlab.models import evaluating, is_lora
 from alignlab.packed_linear import Linear
 
+# the config keys that give a model's positions, by architecture
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+# transformers gives a tokenizer that sets no limit a model_max_length of about 1e30
+_NO_LIMIT = 10**12
+
+
+def context_length(config, tokenizer=None) -> tuple[int, str] | None:
+    """The most tokens the model takes, and where that limit comes from: the smaller of the
+    positions its config gives and the tokenizer's model_max_length, of those that are set."""
+    limits = []
+    name = next((k for k in _POSITION_KEYS if isinstance(getattr(config, k, None), int) and getattr(config, k) > 0),
+                None)
+    if name is not None:
+        limits.append((getattr(config, name), name))
+    longest = getattr(tokenizer, "model_max_length", None)
+    if isinstance(longest, int) and 0 < longest < _NO_LIMIT:
+        limits.append((longest, "the tokenizer's model_max_length"))
+    return min(limits) if limits else None
+
 
 def context_limit(model) -> int | None:
     """The longest sequence the model's positions allow, when its config says."""
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    found = context_length(model.config)
+    return found[0] if found else None
 
 
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
