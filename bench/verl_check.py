@@ -1,4 +1,4 @@
-"""alignlab's advantage estimators and GMPO's, DPPO's, SAPO's and CISPO's losses against verl's own
+"""alignlab's advantage estimators and GMPO's, DPPO's, DRO's, SAPO's and CISPO's losses against verl's own
 functions, where verl imports.
 
     pip install --no-deps --target /tmp/verlpkg verl tensordict pyvers orjson codetiming hydra-core \
@@ -26,6 +26,7 @@ the same prompt index, and prints the largest difference of each:
   - GMPO (``GMPOParams`` against ``geo_mean``) and SAPO (``SAPOParams`` against ``sapo``): verl
     divides by each sequence's token count + 1e-8, so these agree to about 1e-8;
   - DPPO (surrogates ``dppo_tv`` and ``dppo_kl``, token-mean aggregation, TV 0.15 and KL 0.05);
+  - DRO (surrogate ``dro``, ``dro_beta`` 0.1, token-mean aggregation) against verl's ``dro``;
   - CISPO with ``cispo_min`` 0.8 and ``cispo_max`` 1.2, against verl's ``cispo`` at its default
     clip_ratio 0.2 (verl clamps the ratio weight on both sides, MiniMax-M1's form; alignlab's
     default is TRL's one-sided cap 5).
@@ -57,7 +58,12 @@ from alignlab.losses.online import (
     SAPOParams,
     otb_token_advantages,
 )
-from alignlab.losses.policy_gradient import PolicyGradientInputs, policy_gradient_loss, units
+from alignlab.losses.policy_gradient import (
+    PolicyGradientInputs,
+    PolicyGradientParams,
+    policy_gradient_loss,
+    units,
+)
 from alignlab.losses.surrogates import importance_weights
 
 
@@ -171,6 +177,9 @@ def policy_losses() -> dict[str, float]:
                          clip_ratio_c=params.dppo_ratio_cap, global_batch_info={})
         worst.update(_loss_against_verl(f"dppo_{divergence}", params,
                                         getattr(verl, f"compute_policy_loss_dppo_{divergence}"), config))
+    worst.update(_loss_against_verl("dro", PolicyGradientParams(surrogate="dro", dro_beta=0.1),
+                                    verl.compute_policy_loss_dro,
+                                    _Config(policy_loss=_Config(dro_beta=0.1), global_batch_info={})))
     actor = ActorConfig(strategy="fsdp", clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.2,
                         ppo_micro_batch_size_per_gpu=1, rollout_n=4)
     worst.update(_loss_against_verl("sapo", SAPOParams(sapo_tau_pos=actor.tau_pos, sapo_tau_neg=actor.tau_neg),

@@ -237,7 +237,7 @@ class RolloutConfig:
                                             "backward passes where their loss is exactly 0 (grpo, dapo, dr_grpo, "
                                             "gspo, luspo, cispo, sapo, vespo, gmpo, rloo, remax, opo, gpg and "
                                             "grpo_passk "
-                                            "with beta 0, no entropy bonus and a surrogate other than kl_cov): the same "
+                                            "with beta 0, no entropy bonus and a surrogate other than kl_cov and dro): the same "
                                             "update, faster; they still "
                                             "count in the normaliser, and per-example "
                                             "metrics (entropy, clip) are then over the completions trained on")

@@ -92,6 +92,7 @@ from alignlab.losses.surrogates import (
     cispo_surrogate,
     clipped_surrogate,
     dppo_surrogate,
+    dro_surrogate,
     gmpo_surrogate,
     importance_weights,
     off_policy_keep,
@@ -102,7 +103,8 @@ from alignlab.losses.types import LossOutput
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant"]
 RatioLevel = Literal["token", "sequence"]
-Surrogate = Literal["clip", "cispo", "sapo", "vespo", "gmpo", "clip_cov", "kl_cov", "pg", "dppo_tv", "dppo_kl"]
+Surrogate = Literal["clip", "cispo", "sapo", "vespo", "gmpo", "clip_cov", "kl_cov", "pg", "dppo_tv", "dppo_kl",
+                    "dro"]
 
 AGGREGATIONS = get_args(Aggregation)
 RATIO_LEVELS = get_args(RatioLevel)
@@ -114,6 +116,7 @@ _TOKEN_RATIO_ONLY = {
     **dict.fromkeys(("vespo", "gmpo"), "which makes each sequence's ratio from its token ratios itself"),
     **dict.fromkeys(COV_SURROGATES, "which selects tokens"),
     **dict.fromkeys(DPPO_SURROGATES, "whose trust region is on each token's probability"),
+    "dro": "whose penalty is on each token's log-ratio",
 }
 
 
@@ -194,7 +197,10 @@ class PolicyGradientParams:
                                          "covariance, KL-Cov), 'pg' (the plain policy gradient −A·log π, no "
                                          "ratio: GPG, REINFORCE), 'dppo_tv' / 'dppo_kl' (the capped ratio as a "
                                          "constant weight on A·log π, 0 where the token's probability moved "
-                                         "past eps_low / eps_high in total variation or binary KL, DPPO)")
+                                         "past eps_low / eps_high in total variation or binary KL, DPPO), 'dro' "
+                                         "(−A·log π plus ½·dro_beta·(log π − log π_old)², no clip, verl's dro)")
+    dro_beta: float | None = param(None, "dro: β of the penalty ½β(log π − log π_old)² on each token (verl's "
+                                         "dro_beta, which has no default: give it with surrogate 'dro')")
     dppo_ratio_cap: float = param(1e4, "dppo_tv / dppo_kl: the cap C on the ratio weight min(ratio, C) (verl's "
                                        "clip_ratio_c; 10000 in its DPPO recipe)")
     cispo_max: float = param(5.0, "CISPO's cap on the ratio: the weight is min(ratio, cispo_max) (ScaleRL's ε_max; "
@@ -253,6 +259,13 @@ class PolicyGradientParams:
         require_positive(self.vespo_lambda_pos, "vespo_lambda_pos")
         require_positive(self.vespo_lambda_neg, "vespo_lambda_neg")
         require_positive(self.dppo_ratio_cap, "dppo_ratio_cap")
+        if self.surrogate == "dro":
+            require(self.dro_beta is not None, "dro_beta", "surrogate 'dro' needs its penalty's β, e.g. dro_beta 0.1 "
+                    "(verl gives no default)")
+            require_positive(self.dro_beta, "dro_beta")
+        else:
+            require(self.dro_beta is None, "dro_beta", f"is the penalty of surrogate 'dro'; surrogate "
+                    f"'{self.surrogate}' has none")
         if self.surrogate in _TOKEN_RATIO_ONLY:
             require(self.ratio_level == "token", "ratio_level", f"must be 'token' with surrogate '{self.surrogate}', "
                     f"{_TOKEN_RATIO_ONLY[self.surrogate]}")
@@ -422,6 +435,8 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
         metrics["cov/selected"] = _token_mean(selected, mask)
     elif params.surrogate == "pg":  # no ratio: the gradient of the samples' log-likelihood weighted by A
         per_token = -adv * logps
+    elif params.surrogate == "dro":
+        per_token = dro_surrogate(logps, token_log_ratio, adv, params.dro_beta)
     elif params.surrogate in DPPO_SURROGATES:
         per_token, inside = dppo_surrogate(logps, old, adv, params.surrogate.removeprefix("dppo_"), params.eps_low,
                                            params.eps_high, params.dppo_ratio_cap)
@@ -488,11 +503,12 @@ def zero_advantage_is_free(params: PolicyGradientParams) -> bool:
     one times (1 − s); the plain policy gradient's −0·ℓ), times w,
     provided the importance weight w is finite (no correction, or one capped at ``is_clip_max``)
     and no term without the advantage is added: β = 0 (no KL term), no entropy bonus (nor adaptive entropy
-    control, which may turn one on) and no KL-Cov penalty. PPO's value loss is such a term (``PPOParams``: never free)."""
+    control, which may turn one on) and no KL-Cov or DRO penalty (½β(ℓ − ℓold)² moves the token
+    from μ's second update on, whatever A). PPO's value loss is such a term (``PPOParams``: never free)."""
     if isinstance(params, PPOParams):
         return False
     return params.beta == 0.0 and params.entropy_coef == 0.0 and not params.adaptive_entropy \
-        and params.surrogate != "kl_cov" \
+        and params.surrogate not in ("kl_cov", "dro") \
         and (params.is_mode == "off" or params.is_clip_max is not None)
 
 

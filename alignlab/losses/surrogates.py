@@ -43,6 +43,13 @@ Trust Region in LLM Reinforcement Learning", arXiv 2602.04879), with p_t = e^{�
 
 "pg" is the plain policy gradient L_t = −A·ℓ_t, without a ratio (REINFORCE; GPG, Chu et al. 2025,
 verl's ``gpg`` policy loss): on-policy its gradient is the clip's, off-policy nothing bounds it.
+"dro" adds a quadratic penalty on each token's log-ratio in place of a clip, as verl's ``dro``
+policy loss (Direct Reward Optimization's squared log-ratio regulariser; ``dro_surrogate``):
+
+    "dro"    L_t = −(A·ℓ_t − ½·β·(ℓ_t − ℓold_t)²)       (β = ``dro_beta``, which verl leaves unset)
+
+Its gradient −A + β·(ℓ_t − ℓold_t) is the policy gradient's on-policy and pulls a token back
+towards the sampling policy by as much as it has moved since.
 
 Two that act on the tokens whose log-prob and advantage covary most over the step (Cui et al.
 2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models", arXiv
@@ -168,6 +175,13 @@ def vespo_weights(token_log_ratio: torch.Tensor, advantages: torch.Tensor, mask:
         lam = torch.where(positive, log_w.new_tensor(lambda_pos), log_w.new_tensor(lambda_neg))
         phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
         return phi.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def dro_surrogate(logps: torch.Tensor, token_log_ratio: torch.Tensor, advantages: torch.Tensor, beta: float
+                  ) -> torch.Tensor:
+    """DRO's per-token loss −(A·ℓ − ½β(ℓ − ℓold)²) (see the module docstring), from the token
+    log-ratios ℓ − ℓold (0 on padding, so that no padding value reaches the square's gradient)."""
+    return -(advantages * logps - 0.5 * beta * token_log_ratio.square())
 
 
 def dppo_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, divergence: str,
