@@ -201,6 +201,25 @@ def test_a_reference_computed_each_batch_equals_the_precomputed_one_until_it_mov
     assert max_abs_diff(weights(fixed.model_dir), weights(tiny_model_dir)) > 1e-4
 
 
+def test_kto_runs_a_moving_reference_once_per_example_and_step(tmp_path, tiny_model_dir, unpaired_file, monkeypatch):
+    """KTO's reference point needs the reference's values before the step's passes; the passes
+    then read them rather than running the reference again: 3 steps of one micro-batch each
+    (batch 4) run it 3 times, on 4 examples each (their own and mismatched rows)."""
+    import alignlab.training.forward.preference as preference
+
+    calls = []
+    real = preference.live_reference
+
+    def counted(examples, *args, **kwargs):
+        calls.append(len(examples))
+        return real(examples, *args, **kwargs)
+
+    monkeypatch.setattr(preference, "live_reference", counted)
+    train(base_config(tiny_model_dir, unpaired_file, tmp_path / "run", method="kto", max_steps=3, batch_size=4,
+                      dtype="fp64", cache=False, ref_sync_steps=2))
+    assert calls == [4, 4, 4]
+
+
 def test_dpo_with_the_reference_copied_every_step_sees_no_margin(tmp_path, tiny_model_dir, pairs_file):
     """α = 1 every step: each step starts with reference = policy, so every implicit reward
     β(log π − log π_ref) is 0 and DPO's loss is −log σ(0) = ln 2 at every step (fp64); with the

@@ -11,6 +11,7 @@ how the per-row values are arranged into the loss's container (``losses/types.py
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -145,10 +146,17 @@ class PreferenceForward(Forward):
         # a reference that moves while training (ref_sync_steps): its values are computed for
         # each batch, not read from the examples (a context-manager factory yielding the module)
         self.live_reference: Callable | None = None
+        # the step's examples with the live reference's values, as ``before_step`` computed them
+        # (by id, with the example kept so that its id is not reused): the micro-batches that
+        # follow read them instead of running the reference a second time
+        self._step_refs: dict[int, tuple[Any, Any]] = {}
 
     def _referenced(self, examples: list) -> list:
         if self.live_reference is None or not self.spec.needs_reference:
             return examples
+        known = [self._step_refs.get(id(e)) for e in examples]
+        if examples and all(k is not None and k[0] is e for k, e in zip(known, examples, strict=True)):
+            return [k[1] for k in known]
         return live_reference(examples, self.live_reference, pad_id=self.pad_id, tokens="tokens" in self.spec.needs,
                               autocast=self.autocast)
 
@@ -166,9 +174,12 @@ class PreferenceForward(Forward):
         total = torch.zeros((), dtype=torch.float64)
         count = 0
         device = next(model.parameters()).device
+        self._step_refs = {}
         with torch.no_grad(), self.autocast():
-            for examples in parts:
-                examples = self._referenced(list(examples))
+            for part in parts:
+                examples = self._referenced(list(part))
+                if self.live_reference is not None:
+                    self._step_refs.update({id(e): (e, r) for e, r in zip(part, examples, strict=True)})
                 rows = collate_sequences([_KLRows(e) for e in examples], self.pad_id)
                 rows.to(device)
                 logps = sequence_logps(model, rows).sum_B.double().cpu()
