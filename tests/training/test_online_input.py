@@ -132,38 +132,41 @@ def test_a_length_penalty_in_tokens_counts_the_policys_tokens(tmp_path, tiny_mod
     assert summary.train_metrics["reward/length:coef=1,unit=tokens"] < 0  # the answers have tokens
 
 
-def test_prompts_too_long_for_the_context_are_named_with_a_hint(tmp_path, tiny_model_dir):
-    """The tiny model's context is 2048 tokens and its tokenizer writes a digit as one token; with
-    max_length 4096 the context is the tighter bound. (A task's reward would refuse these prompts
-    too, showing each cut to 80 characters.)"""
+def test_a_prompt_of_another_kind_is_refused_by_a_tasks_reward_showing_its_start(tmp_path, tiny_model_dir):
+    """A task's reward refuses a prompt it cannot score, showing it cut to 80 characters."""
     with pytest.raises(DataError, match=r"row 2, field 'prompt': reward 'task:arithmetic': not an arithmetic "
                                         r"prompt: '9{80}'\.\.\. \(expected"):
         train(_online(tiny_model_dir, tmp_path / "t", data=_prompt_file(tmp_path / "t.jsonl", ["1+1=", "9" * 2046])))
-    data = _prompt_file(tmp_path / "long.jsonl", ["1+1=", "9" * 2046, "8" * 2100])
-    with pytest.raises(DataError) as e:
-        train(_online(tiny_model_dir, tmp_path / "a", data=data, reward=["length"], max_length=4096))
-    assert str(e.value) == (f"{data}, row 2, field 'prompt': 2046 tokens + max_new_tokens 3 exceed the model's "
-                            "context of 2048 tokens (and 1 more bad row; shorten the prompts or lower max_new_tokens)")
-    with pytest.raises(ConfigError, match=r"^max_new_tokens: 2048 leaves no room for a prompt in the model's "
-                                          r"context of 2048 tokens; give at most 2047$"):
-        train(_online(tiny_model_dir, tmp_path / "b", data=data, reward=["length"], max_new_tokens=2048,
-                      max_length=4096))
-    assert not (tmp_path / "a" / "metrics.jsonl").exists() and not (tmp_path / "b" / "metrics.jsonl").exists()
 
 
-def test_max_length_bounds_an_online_runs_prompt_and_completion(tmp_path, tiny_model_dir):
-    """max_length 10 and max_new_tokens 3 leave 7 tokens of prompt: '1+1=' (4 tokens) and '9' * 7
-    fit, '9' * 8 (8 + 3 = 11 > 10) does not, and is named; max_new_tokens 10 leaves none. (A
-    completion stops at max_new_tokens, so a prompt that fits gives no sample longer than 10.)"""
-    data = _prompt_file(tmp_path / "p.jsonl", ["1+1=", "9" * 7, "9" * 8])
+@pytest.mark.parametrize("max_length,prompts,bad,no_room", [
+    # the tiny model's context is 2048 tokens and its tokenizer writes a digit as one token; with
+    # max_length 4096 the context is the tighter bound: rows 2 and 3 (2046 and 2100 tokens) with
+    # 3 new tokens pass it, and max_new_tokens 2048 leaves no room at all
+    (4096, ["1+1=", "9" * 2046, "8" * 2100],
+     "row 2, field 'prompt': 2046 tokens + max_new_tokens 3 exceed the model's context of 2048 tokens (and 1 more "
+     "bad row; shorten the prompts or lower max_new_tokens)",
+     (2048, "max_new_tokens: 2048 leaves no room for a prompt in the model's context of 2048 tokens; give at most "
+            "2047")),
+    # max_length 10 with 3 new tokens leaves 7 of prompt: '1+1=' (4) and '9' * 7 fit, '9' * 8 does
+    # not (8 + 3 = 11 > 10); max_new_tokens 10 leaves none (a completion stops at max_new_tokens,
+    # so a prompt that fits gives no sample longer than max_length)
+    (10, ["1+1=", "9" * 7, "9" * 8],
+     "row 3, field 'prompt': 8 tokens + max_new_tokens 3 exceed max_length (10 tokens) (shorten the prompt, raise "
+     "max_length or lower max_new_tokens)",
+     (10, "max_new_tokens: 10 leaves no room for a prompt in max_length (10 tokens); give at most 9 or raise "
+          "max_length")),
+])
+def test_prompts_without_room_in_max_length_or_the_context_are_named(tmp_path, tiny_model_dir, max_length, prompts,
+                                                                     bad, no_room):
+    data = _prompt_file(tmp_path / "p.jsonl", prompts)
     with pytest.raises(DataError) as e:
-        train(_online(tiny_model_dir, tmp_path / "a", data=data, reward=["length"], max_length=10))
-    assert str(e.value) == (f"{data}, row 3, field 'prompt': 8 tokens + max_new_tokens 3 exceed max_length (10 "
-                            "tokens) (shorten the prompt, raise max_length or lower max_new_tokens)")
-    with pytest.raises(ConfigError, match=r"^max_new_tokens: 10 leaves no room for a prompt in max_length \(10 "
-                                          r"tokens\); give at most 9 or raise max_length$"):
-        train(_online(tiny_model_dir, tmp_path / "b", data=data, reward=["length"], max_length=10,
-                      max_new_tokens=10))
+        train(_online(tiny_model_dir, tmp_path / "a", data=data, reward=["length"], max_length=max_length))
+    assert str(e.value) == f"{data}, {bad}"
+    with pytest.raises(ConfigError) as e:
+        train(_online(tiny_model_dir, tmp_path / "b", data=data, reward=["length"], max_length=max_length,
+                      max_new_tokens=no_room[0]))
+    assert str(e.value) == no_room[1]
     assert not (tmp_path / "a" / "metrics.jsonl").exists() and not (tmp_path / "b" / "metrics.jsonl").exists()
 
 
