@@ -84,7 +84,12 @@ def test_smallest_run_tables_are_the_runs_records(tmp_path):
     assert len(steps) == math.ceil(1 * 4 / (4 // 2))  # 4 prompts, 2 a step (batch 4 of k 2)
     assert r["train_reward"] == {"first": steps[0]["reward"], "last": steps[-1]["reward"]}  # a tenth of 2: 1 step
     p, b, a = r["proxy"], r["before"], r["after"]
-    assert all(0.0 <= v <= 1.0 for v in p.values())
+    assert set(p) == {f"{side}/proxy/{k}" for side in ("before", "after") for k in ("sampled", "greedy", "kl")}
+    assert all(0.0 <= p[f"{side}/proxy/{k}"] <= 1.0 for side in ("before", "after") for k in ("sampled", "greedy"))
+    # the proxy scored the answers the gold evaluation scored (the same held-out prompts and seed):
+    # their KL to the SFT model is the gold evaluation's
+    assert p["before/proxy/kl"] == b["eval/gold/kl"] == 0.0
+    assert p["after/proxy/kl"] == pytest.approx(a["eval/gold/kl"], abs=1e-6)
     proxy_row = [line for line in out.splitlines() if line.startswith("| grpo-proxy | 0 | ") and "→" in line]
     assert proxy_row == [
         f"| grpo-proxy | 0 | {p['before/proxy/sampled']:.3f} → {p['after/proxy/sampled']:.3f}"
