@@ -19,6 +19,8 @@ an imperfect scorer as real reward models are; ``NAME=SPEC`` is any other scorer
 ``--qalign-beta`` gives QAlign's β, one value for every scorer and ``KIND=β`` for one (a reward
 model's scores span several units where gold's span one).
 
+``--limit N`` answers only each task's first N held-out prompts (a quick check of the script).
+
 ``--plot`` writes one figure, a row per task: gold (and the scorer's reward) against forward tokens
 for every method, and best-of-n's KL against n beside its bound. ``--json`` keeps the results;
 ``--replot FILE ...`` draws the figure from kept results without running anything.
@@ -82,7 +84,7 @@ def scorer_spec(task: str, kind: str, work: Path, seed: int) -> tuple[str, str]:
 
 
 def run(task: str, label: str, spec: str, n: int, work: Path, seed: int, method: str = "best-of-n",
-        extra: tuple[str, ...] = ()) -> dict:
+        extra: tuple[str, ...] = (), limit: int | None = None) -> dict:
     from alignlab.tasks import get_task
     from alignlab.testbed.shipped import task_model
 
@@ -90,7 +92,8 @@ def run(task: str, label: str, spec: str, n: int, work: Path, seed: int, method:
     out = work / f"{task}-{tag}.jsonl"
     cmd = cli("decode", "--method", method, "--model", str(task_model(task, "sft")), "--scorer", spec,
               *(("--n", str(n)) if method == "best-of-n" else ()), "--task", task, "--output", str(out), "--seed", str(seed),
-              "--max-new-tokens", str(get_task(task).max_new_tokens), *extra)
+              "--max-new-tokens", str(get_task(task).max_new_tokens),
+              *(("--limit", str(limit)) if limit is not None else ()), *extra)
     call(cmd)
     summary = json.loads(Path(f"{out}.summary.json").read_text())
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -174,20 +177,22 @@ def run_task(task: str, args, work: Path) -> list[dict]:
     for kind in args.scorers:
         label, spec = scorer_spec(task, kind, work, args.seed)
         for n in args.n:
-            r = run(task, label, spec, n, work, args.seed)
+            r = run(task, label, spec, n, work, args.seed, limit=args.limit)
             results.append(r)
             print(f"{task:<11} {label:<8} {n:>3} {r['gold']:>6.3f} {r['scorer_reward']:>7.3f} {r['win_rate']:>6.3f} "
                   f"{r['kl']:>6.3f} [{r['kl_low']:.3f}, {r['kl_high']:.3f}] {r['kl_bound']:>6.3f} "
                   f"{r['forward_tokens']:>10}", flush=True)
         beta = betas.get(label, betas[""])
         for steps in args.qalign_steps:
-            r = run(task, label, spec, 1, work, args.seed, "qalign", ("--steps", str(steps), "--beta", str(beta)))
+            r = run(task, label, spec, 1, work, args.seed, "qalign", ("--steps", str(steps), "--beta", str(beta)),
+                    limit=args.limit)
             results.append(r)
             print(f"{task:<11} {label:<8} qalign {steps} steps β {beta:g}: gold {r['gold']:.3f}, scorer "
                   f"{r['scorer_reward']:.3f}, win {r['win_rate']:.3f}, acceptance {r['acceptance_rate']:.3f}, "
                   f"fwd tokens {r['forward_tokens']}", flush=True)
         for weight in args.guided_weights:
-            r = run(task, label, spec, 1, work, args.seed, "reward-guided", ("--guide-weight", str(weight)))
+            r = run(task, label, spec, 1, work, args.seed, "reward-guided", ("--guide-weight", str(weight)),
+                    limit=args.limit)
             results.append(r)
             print(f"{task:<11} {label:<8} reward-guided weight {weight:g}: gold {r['gold']:.3f}, scorer "
                   f"{r['scorer_reward']:.3f}, win {r['win_rate']:.3f}, fwd tokens {r['forward_tokens']}", flush=True)
@@ -201,6 +206,8 @@ def main() -> int:
                         help="what picks: gold, proxy, rm (trained in the run) or NAME=SPEC")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="answer only each task's first N held-out prompts "
+                                                                 "(default: all of them)")
     parser.add_argument("--work", default=None, help="folder for the answers and reward models (default: a "
                                                      "temporary one); a reward model already there is reused")
     parser.add_argument("--qalign-steps", type=int, nargs="*", default=[], help="QAlign chain lengths to run")

@@ -7,6 +7,10 @@ for several seeds, and the held-out gold reward after training is compared.
     python bench/noisy_labels.py                       # rdpo and lcpo against dpo, 30% flipped, seeds 0-2
     python bench/noisy_labels.py --noise 0.2 --seeds 0 1 2 3 --methods dpo rdpo lcpo cdpo
     python bench/noisy_labels.py --beta 1.0 --methods dpo rdpo "lcpo:estimate_noise=false,noise_init=0.3"
+    python bench/noisy_labels.py --seeds 0 --methods dpo rdpo --epochs 1 --prompts 16 --eval-prompts 8  # a quick check
+
+``--prompts`` and ``--eval-prompts`` are the demo's (training prompts sampled for the pairs, held-out
+prompts answered at each evaluation); their defaults are the demo's, 512 and all of the task's.
 
 rDPO and cDPO are given the true flip rate (their premise: a known ε); LCPO estimates it unless
 told otherwise (``NAME:key=value,...`` sets a method's hyperparameters). Prints one row per
@@ -46,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["dpo", "rdpo", "lcpo"])
     parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--prompts", type=int, default=DemoSettings.num_prompts,
+                        help="training prompts to sample answers to (default %(default)s, the demo's)")
+    parser.add_argument("--eval-prompts", type=int, default=DemoSettings.eval_prompts,
+                        help="held-out prompts to answer at each evaluation (default 0: all of the task's)")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--beta", type=float, default=None, help="β of every method (default: each method's own)")
     parser.add_argument("--cache-dir", default=None)
@@ -60,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         name, params = parse_method(method, args.noise, args.beta)
         for seed in args.seeds:
             settings = DemoSettings(task=args.task, method=name, seed=seed, label_noise=args.noise,
-                                    epochs=args.epochs, lr=args.lr, method_params=params)
+                                    num_prompts=args.prompts, eval_prompts=args.eval_prompts, epochs=args.epochs,
+                                    lr=args.lr, method_params=params)
             report = run_demo(settings, out / f"m{k}-{name}-s{seed}", args.cache_dir, progress=False)
             for key in ("sampled", "greedy"):
                 results[method][key].append(report["after"][f"eval/gold/{key}"])
@@ -71,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     base = args.methods[0]
     beta = f", beta {args.beta}" if args.beta is not None else ""
-    print(f"\n{args.task}, {args.noise:.0%} of pair labels flipped, lr {args.lr or 'default'}, {args.epochs:g} epochs"
-          f"{beta}, seeds {args.seeds}: held-out gold reward\n")
+    print(f"\n{args.task}, {args.noise:.0%} of pair labels flipped, {args.prompts} prompts, lr {args.lr or 'default'}, "
+          f"{args.epochs:g} epochs{beta}, seeds {args.seeds}: held-out gold reward\n")
     for key in ("sampled", "greedy"):
         print(f"gold/{key}")
         print(f"  {'SFT model':<12} {' '.join(f'{v:.3f}' for v in before[key])}  mean {statistics.mean(before[key]):.3f}")

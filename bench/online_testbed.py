@@ -99,21 +99,25 @@ def parse_run(text: str) -> tuple[str, str]:
     return label, method or label
 
 
-def proxy_eval(task: str, seed: int, sft_dir: str, model_dir: Path) -> dict[str, float]:
+def proxy_eval(task: str, seed: int, sft_dir: str, model_dir: Path, num_prompts: int = 0) -> dict[str, float]:
     """Held-out proxy reward of the SFT model's and the trained model's answers (sampled with the
-    run's seed, as its gold evaluation: the same answers), under ``before/`` and ``after/``."""
+    run's seed on the held-out prompts of its gold evaluation, the first ``num_prompts`` (0: all):
+    the same answers), under ``before/`` and ``after/``; with their KL to the SFT model, which is the
+    gold evaluation's when the answers are the same."""
     from alignlab.eval.sampled import SampledEvaluation
     from alignlab.models import load_model, load_tokenizer
     from alignlab.rewards import load_scorer
     from alignlab.tasks import get_task
 
     t = get_task(task)
-    evaluation = SampledEvaluation(t.eval_prompts(), load_scorer(f"task:{task}:proxy"), load_tokenizer(sft_dir),
+    prompts = t.eval_prompts()[:num_prompts] if num_prompts else t.eval_prompts()
+    evaluation = SampledEvaluation(prompts, load_scorer(f"task:{task}:proxy"), load_tokenizer(sft_dir),
                                    t.max_new_tokens, prefix="proxy", seed=seed, prompts_name="held-out prompts")
     sft = load_model(sft_dir)
-    out = {f"before/{k}": v for k, v in evaluation(sft, sft).items() if k in ("proxy/sampled", "proxy/greedy")}
+    keys = ("proxy/sampled", "proxy/greedy", "proxy/kl")
+    out = {f"before/{k}": v for k, v in evaluation(sft, sft).items() if k in keys}
     trained = load_model(str(model_dir))
-    out.update({f"after/{k}": v for k, v in evaluation(trained, sft).items() if k in ("proxy/sampled", "proxy/greedy")})
+    out.update({f"after/{k}": v for k, v in evaluation(trained, sft).items() if k in keys})
     return out
 
 
@@ -144,7 +148,8 @@ def one_run(task: str, label: str, method: str, seed: int, flags: list[str], env
               "before": report["before"], "after": report["after"], "settings": report["settings"],
               "seconds": report["seconds"], "machine": report["machine"], "history": report["history"]}
     if report["settings"]["reward"] == "proxy":
-        record["proxy"] = proxy_eval(task, seed, report["sft_model"], work / "out" / "model")
+        record["proxy"] = proxy_eval(task, seed, report["sft_model"], work / "out" / "model",
+                                     report["settings"]["eval_prompts"])
     if (work / "out" / "metrics.jsonl").exists() and report["feedback"].get("online"):
         record["train_reward"] = train_reward(work / "out" / "metrics.jsonl")
     record_path.write_text(json.dumps(record, indent=1))
