@@ -230,6 +230,18 @@ def test_iterate_needs_rounds(tmp_path, tiny_model_dir, prompt_file, capsys):
     assert "alignlab iterate runs rounds: give rounds: N" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rounds", [[], ["--rounds", "0"]])
+def test_iterate_without_rounds_says_so_before_the_keys_that_need_them(tmp_path, tiny_model_dir, prompt_file, capsys,
+                                                                       rounds):
+    """A recipe and a reward are keys of rounds: without rounds the error is the missing rounds,
+    not the reward (it blamed the reward, as 'for online methods and for rounds')."""
+    code = main(["iterate", "--recipe", "iterative-dpo", "--reward", "task:arithmetic", "--model", str(tiny_model_dir),
+                 "--data", str(prompt_file), "--output-dir", str(tmp_path / "run"), *rounds])
+    assert code == 2
+    assert capsys.readouterr().err == ("alignlab: error: alignlab iterate runs rounds: give rounds: N (N >= 1) in the "
+                                       "config or --rounds N\n")
+
+
 def test_a_reference_model_of_its_own(tmp_path, tiny_model_dir, pairs_file):
     """DPO with ``reference_model`` the policy's own directory trains exactly as without it; another
     model as the reference gives other implicit rewards from the first step on, and another update."""
