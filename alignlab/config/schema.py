@@ -448,6 +448,9 @@ class TrainConfig:
                f"rounds train an offline method on their samples (data {', '.join(ROUND_SHAPES)}); method "
                f"'{self.method}' trains on {spec.shape} data")
         _check(self.iterate.recipe is None or rounds, "recipe", "a recipe runs rounds; give rounds: N (N >= 1)")
+        _check(not rounds or spec.shape == "sft" or self.rollout.num_generations >= 2, "num_generations",
+               f"rounds make {spec.shape} data for method '{self.method}' by comparing each prompt's samples; with "
+               f"{self.rollout.num_generations} sample per prompt no prompt makes any: set num_generations to 2 or more")
         _check(not rounds or self.rollout.generation_backend != "ray", "generation_backend",
                "ray samples online methods' rounds (grpo, rloo, ...); rounds sample with native, hf or vllm")
         _check(self.rollout.generation_backend != "ray" or spec.shape == "online" or rounds, "generation_backend",
