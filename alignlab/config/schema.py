@@ -270,6 +270,9 @@ class RolloutConfig:
                f"must be >= 1, got {self.generation_batch_size}")
         _check(self.updates_per_rollout >= 1, "updates_per_rollout", f"must be >= 1, got {self.updates_per_rollout}")
         _check(self.max_sampling_batches >= 1, "max_sampling_batches", f"must be >= 1, got {self.max_sampling_batches}")
+        _check(self.reward_weights is None or bool(self.reward), "reward_weights",
+               f"weigh the scorer specs of reward, and reward is not given (got weights {self.reward_weights}); give "
+               "reward with one weight per spec, or leave reward_weights out")
         _check(self.reward_weights is None or len(self.reward_weights) == len(self.reward), "reward_weights",
                f"give one weight per reward ({len(self.reward)}), got {self.reward_weights}")
 

@@ -49,6 +49,15 @@ def test_a_reward_given_as_one_text_splits_only_between_scorer_specs(given, spec
     assert make_config({**BASE, "method": "grpo", "reward": given, **weights}).rollout.reward == specs
 
 
+def test_weights_without_a_reward_say_the_reward_is_missing():
+    """On task data the reward may be left out (the task's gold); weights given then weigh
+    nothing given, which is the error (it read "give one weight per reward (0)")."""
+    with pytest.raises(ConfigError) as e:
+        make_config({"model": "m", "data": "task:arithmetic", "method": "grpo", "reward_weights": [2]})
+    assert str(e.value) == ("reward_weights: weigh the scorer specs of reward, and reward is not given (got weights "
+                            "[2.0]); give reward with one weight per spec, or leave reward_weights out")
+
+
 @pytest.mark.parametrize("given,shown", [("", "['']"), (" ", "[' ']"), ("task:arithmetic,,length",
                                                                           "['task:arithmetic', '', 'length']"),
                                           (["task:arithmetic", ""], "['task:arithmetic', '']")])
