@@ -275,6 +275,9 @@ class RolloutConfig:
                "reward with one weight per spec, or leave reward_weights out")
         _check(self.reward_weights is None or len(self.reward_weights) == len(self.reward), "reward_weights",
                f"give one weight per reward ({len(self.reward)}), got {self.reward_weights}")
+        _check(self.reward_weights is None or any(w != 0 for w in self.reward_weights), "reward_weights",
+               f"every weight is 0 ({self.reward_weights}), so every sample's reward is 0 and nothing is learned from "
+               "it; give at least one weight other than 0")
 
 
 def _ray_address(address: str) -> bool:

@@ -58,6 +58,18 @@ def test_weights_without_a_reward_say_the_reward_is_missing():
                             "[2.0]); give reward with one weight per spec, or leave reward_weights out")
 
 
+def test_weights_that_are_all_zero_are_refused():
+    """Weights all 0 make every sample's reward 0: every advantage is 0 and the run learned nothing,
+    without a word; one weight of 0 beside another is a term switched off, and is fine."""
+    with pytest.raises(ConfigError) as e:
+        make_config({**BASE, "method": "grpo", "reward": ["task:arithmetic", "length"], "reward_weights": [0, -0.0]})
+    assert str(e.value) == ("reward_weights: every weight is 0 ([0.0, -0.0]), so every sample's reward is 0 and "
+                            "nothing is learned from it; give at least one weight other than 0")
+    weights = [0.0, 1.0]
+    cfg = make_config({**BASE, "method": "grpo", "reward": ["task:arithmetic", "length"], "reward_weights": weights})
+    assert cfg.rollout.reward_weights == weights
+
+
 @pytest.mark.parametrize("given,shown", [("", "['']"), (" ", "[' ']"), ("task:arithmetic,,length",
                                                                           "['task:arithmetic', '', 'length']"),
                                           (["task:arithmetic", ""], "['task:arithmetic', '']")])
