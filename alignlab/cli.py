@@ -212,9 +212,7 @@ def cmd_train(tokens: list[str], rounds: bool = False) -> int:
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the training bar
     config_path, overrides, _ = _parse_flags(tokens, frozenset(bool_keys()), frozenset(list_keys()))
-    cfg = load_config(config_path, _bare_flags_to_true(overrides))
-    if rounds and not cfg.iterate.rounds:
-        raise UserError("alignlab iterate runs rounds: give rounds: N (N >= 1) in the config or --rounds N")
+    cfg = load_config(config_path, _bare_flags_to_true(overrides), need_rounds=rounds)
     summary = train(cfg)
     from alignlab.training.distributed import init_distributed
 

@@ -77,6 +77,15 @@ def quiet_loading() -> None:
     hf_logging.disable_progress_bar()
 
 
+def check_report_path(out: str | None, args: argparse.Namespace, *flags: str) -> None:
+    """Refuse an ``--out`` that is one of the command's input files (``flags``: the flags that
+    name them, ``--data``), before any work: the report would replace what was read."""
+    from alignlab.data.write import check_not_input
+
+    if out:
+        check_not_input(out, *(("the input", flag, getattr(args, flag[2:].replace("-", "_"), None)) for flag in flags))
+
+
 def write_report(path: str | None, report: dict) -> None:
     """Write ``report`` as JSON to ``path`` (when given); an unwritable path is one error line."""
     if not path:
@@ -115,6 +124,7 @@ def cmd_rm(tokens: list[str]) -> int:
         raise UserError("alignlab eval rm: give one of --model or --scorer")
     if args.bins < 1:
         raise UserError(f"alignlab eval rm: --bins must be >= 1, got {args.bins}")
+    check_report_path(args.out, args, "--data")
     scorer = load_scorer(f"rm:{args.model}" if args.model else args.scorer)
     pairs = load_pairs(args.data, args.subset_column, split=args.split, skip_invalid=args.skip_invalid)
     report = {"scorer": scorer.name, "data": args.data, **evaluate_pairs(scorer, pairs, args.bins)}
@@ -271,6 +281,7 @@ def cmd_ranking(tokens: list[str]) -> int:
         raise UserError(f"alignlab eval ranking: --beta values must be > 0, got {args.beta}")
     if not 0 < args.eps < 0.5:
         raise UserError(f"alignlab eval ranking: --eps must be in (0, 0.5), got {args.eps}")
+    check_report_path(args.out, args, "--data")
     records, label = read_pairs(args, columns, "alignlab eval ranking")
     tok = load_tokenizer(args.model, args.trust_remote_code)
     pairs = rendered(records, tok, args)
@@ -342,6 +353,7 @@ def cmd_displacement(tokens: list[str]) -> int:
     args, columns = parse_with_columns(parser, tokens)
     if args.models is not None and len(args.models) < 2:
         raise UserError(f"{prog}: --models needs the starting model and at least one more")
+    check_report_path(args.out, args, "--data")
     data = None
     if args.run:
         config = run_config(args.run)

@@ -75,11 +75,20 @@ def add_field_flags(parser: argparse.ArgumentParser, cls: type, command: str, re
 
 def field_values(args: argparse.Namespace, cls: type, command: str) -> dict:
     """The values of ``cls``'s fields from parsed flags; a mapping's NAME=VALUE items become a
-    dict, each value read as YAML (``--param epsilon=0.3`` gives ``{'epsilon': 0.3}``)."""
+    dict, each value read as YAML (``--param epsilon=0.3`` gives ``{'epsilon': 0.3}``); a tuple
+    field's values become a tuple."""
+    import typing
+
+    from alignlab.config.parse import _strip_optional
+
+    hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
         value = getattr(args, f.name)
-        if isinstance(value, list) and not isinstance(field_default(f), list):
+        origin = typing.get_origin(_strip_optional(hints[f.name])[0])
+        if origin is tuple and isinstance(value, list):
+            value = tuple(value)
+        elif origin is dict and isinstance(value, list):
             items = {}
             for item in value:
                 name, sep, text = item.partition("=")

@@ -81,7 +81,7 @@ import yaml
 
 from alignlab.config import TrainConfig, config_differences, make_config
 from alignlab.data import convert
-from alignlab.data.records import PairRecord, RankedRecord, Text
+from alignlab.data.records import PairRecord, PromptRecord, RankedRecord, Text
 from alignlab.data.rows.fields import to_text
 from alignlab.data.write import write_jsonl, write_rows
 from alignlab.errors import ConfigError, UserError, option
@@ -315,14 +315,14 @@ def _agreement(gold, ranked: list[RankedRecord], made: list) -> dict[str, float 
     return out
 
 
-def _all_prompts(cfg: TrainConfig) -> list[tuple[int, Text]]:
+def _all_prompts(cfg: TrainConfig) -> list[PromptRecord]:
     """Every prompt the rounds draw from, in order, with its data row: a task's training prompts
     (as many as the rounds take), or a prompt file's (its rows without a prompt left out with
     ``skip_invalid``)."""
     task = data_task(cfg)
     if task is not None:
         n = (cfg.iterate.round_prompts or TASK_ROUND_PROMPTS) * cfg.iterate.rounds
-        return list(enumerate(task.train_prompts(n, cfg.seed), start=1))
+        return [PromptRecord(p, source=cfg.data, row=i) for i, p in enumerate(task.train_prompts(n, cfg.seed), 1)]
     from alignlab.data.prompts import load_prompts, skipped_prompts
 
     skipped: list | None = [] if cfg.dataset.skip_invalid else None
@@ -332,10 +332,10 @@ def _all_prompts(cfg: TrainConfig) -> list[tuple[int, Text]]:
         _log(skipped_prompts(cfg.data, skipped))
     if not records:
         raise UserError(f"data: {cfg.data} holds no prompts")
-    return [(r.row, r.prompt) for r in records]
+    return records
 
 
-def _with_room(cfg: TrainConfig, prompts: list[tuple[int, Text]]) -> list[Text]:
+def _with_room(cfg: TrainConfig, prompts: list[PromptRecord]) -> list[Text]:
     """The prompts that leave room for max_new_tokens in the starting model's context, as each
     round's sampling needs (every round's policy has the starting model's tokenizer and
     positions), checked before the first round with the data's rows named; the others are an
@@ -352,16 +352,16 @@ def _with_room(cfg: TrainConfig, prompts: list[tuple[int, Text]]) -> list[Text]:
     config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     limit, new = context_length(config, tokenizer), max_new_tokens(cfg)
     if limit is None:
-        return [prompt for _, prompt in prompts]
+        return [r.prompt for r in prompts]
     context, source = limit
     bad = []
-    for row, prompt in prompts:
-        n = len(prompt_ids(tokenizer, prompt))
+    for r in prompts:
+        n = len(prompt_ids(tokenizer, r.prompt))
         if n + new > context:
-            bad.append(RowIssue(cfg.data, row, "prompt", f"{n} tokens + max_new_tokens {new} exceed the model's "
+            bad.append(RowIssue(r.source, r.row, "prompt", f"{n} tokens + max_new_tokens {new} exceed the model's "
                                 f"context of {context} tokens ({source})"))
     hint = f"shorten the prompt{'s' if len(bad) > 1 else ''} or lower max_new_tokens"
-    return [prompt for _, prompt in kept(cfg, prompts, bad, _log, hint)]
+    return [r.prompt for r in kept(cfg, prompts, bad, _log, hint)]
 
 
 def _per_round(cfg: TrainConfig, available: int) -> int:

@@ -223,11 +223,39 @@ def test_a_file_with_fewer_prompts_than_rounds_and_no_reward(tmp_path, tiny_mode
         train(rounds_config(tiny_model_dir, prompt_file, tmp_path / "b", reward=[]))
 
 
+@pytest.mark.parametrize("method,shape", [("dpo", "pair"), ("kto", "unpaired"), ("listmle", "ranked")])
+def test_one_sample_per_prompt_is_refused_where_the_round_compares_samples(tmp_path, method, shape):
+    """Pairs, thumbs up/down and ranked lists compare a prompt's samples: with one sample per prompt
+    a round would sample every prompt and then make no data, so it is refused before anything
+    loads; SFT rounds (raft: best-of-1) take one sample."""
+    from alignlab.config import make_config
+
+    cfg = rounds_config("m", "p.jsonl", tmp_path, method=method, num_generations=1)
+    with pytest.raises(ConfigError) as e:
+        make_config(cfg)
+    assert str(e.value) == (f"num_generations: rounds make {shape} data for method '{method}' by comparing each "
+                            "prompt's samples; with 1 sample per prompt no prompt makes any: set num_generations to 2 "
+                            "or more")
+    assert make_config({**cfg, "method": "sft"}).rollout.num_generations == 1
+
+
 def test_iterate_needs_rounds(tmp_path, tiny_model_dir, prompt_file, capsys):
     code = main(["iterate", "--model", str(tiny_model_dir), "--data", str(prompt_file), "--output-dir",
                  str(tmp_path / "run")])
     assert code == 2
     assert "alignlab iterate runs rounds: give rounds: N" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rounds", [[], ["--rounds", "0"]])
+def test_iterate_without_rounds_says_so_before_the_keys_that_need_them(tmp_path, tiny_model_dir, prompt_file, capsys,
+                                                                       rounds):
+    """A recipe and a reward are keys of rounds: without rounds the error is the missing rounds,
+    not the reward (it blamed the reward, as 'for online methods and for rounds')."""
+    code = main(["iterate", "--recipe", "iterative-dpo", "--reward", "task:arithmetic", "--model", str(tiny_model_dir),
+                 "--data", str(prompt_file), "--output-dir", str(tmp_path / "run"), *rounds])
+    assert code == 2
+    assert capsys.readouterr().err == ("alignlab: error: alignlab iterate runs rounds: give rounds: N (N >= 1) in the "
+                                       "config or --rounds N\n")
 
 
 def test_a_reference_model_of_its_own(tmp_path, tiny_model_dir, pairs_file):

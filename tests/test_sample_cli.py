@@ -227,6 +227,17 @@ def test_chunks_draw_with_their_own_seeds_and_the_options_given(tmp_path, tiny_m
     assert built[-1] == ("elsewhere", {"batch_size": 6})
 
 
+def test_stop_token_ids_reach_the_generator(tmp_path, tiny_model_dir, prompt_file, scripted, capsys):
+    """--stop-token-ids takes several ids and passes them on as a tuple (any value crashed with an
+    AttributeError, the list taken for NAME=VALUE items), and they are kept in the meta file."""
+    gen, _ = scripted(lambda p, j: f"{p}#{j}")
+    out = tmp_path / "s.jsonl"
+    assert run(capsys, "--model", str(tiny_model_dir), "--prompts", str(prompt_file), "--output", str(out),
+               "--max-new-tokens", "4", "--stop-token-ids", "5", "7")[0] == 0
+    assert {params for _, _, params in gen.calls} == {SamplingParams(max_new_tokens=4, stop_token_ids=(5, 7))}
+    assert json.loads((tmp_path / "s.jsonl.meta.json").read_text())["stop_token_ids"] == [5, 7]
+
+
 # ---------------------------------------------------------------- conversions
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from alignlab.config.schema import TrainConfig, _instantiate, get_loss, sections
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, UserError
 from alignlab.losses import REGISTRY
 
 # -- conversion of raw values (YAML or command line) to field types ------------------------------
@@ -359,8 +359,11 @@ def make_config(raw: dict[str, Any]) -> TrainConfig:
     return _instantiate(TrainConfig, {**top, **built, "method_params": params}, "the training config")
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """YAML file (optional) plus overrides (flag values; flat, dotted or by section)."""
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, *,
+                need_rounds: bool = False) -> TrainConfig:
+    """YAML file (optional) plus overrides (flag values; flat, dotted or by section). With
+    ``need_rounds`` (``alignlab iterate``), a config without ``rounds`` of 1 or more is refused
+    first, before the other keys are checked against a run without rounds."""
     raw: dict[str, Any] = {}
     if path:
         from_yaml = read_yaml(path)
@@ -374,6 +377,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for key, value in given.items():
         _merge_dotted(raw, key, value)
     overridden = {key.split(".", 1)[0] for key in given}
+    if need_rounds and convert(raw.get("rounds", 0), int, "rounds") < 1:
+        raise UserError("alignlab iterate runs rounds: give rounds: N (N >= 1) in the config or --rounds N")
     try:
         return make_config(raw)
     except ConfigError as e:

@@ -270,8 +270,14 @@ class RolloutConfig:
                f"must be >= 1, got {self.generation_batch_size}")
         _check(self.updates_per_rollout >= 1, "updates_per_rollout", f"must be >= 1, got {self.updates_per_rollout}")
         _check(self.max_sampling_batches >= 1, "max_sampling_batches", f"must be >= 1, got {self.max_sampling_batches}")
+        _check(self.reward_weights is None or bool(self.reward), "reward_weights",
+               f"weigh the scorer specs of reward, and reward is not given (got weights {self.reward_weights}); give "
+               "reward with one weight per spec, or leave reward_weights out")
         _check(self.reward_weights is None or len(self.reward_weights) == len(self.reward), "reward_weights",
                f"give one weight per reward ({len(self.reward)}), got {self.reward_weights}")
+        _check(self.reward_weights is None or any(w != 0 for w in self.reward_weights), "reward_weights",
+               f"every weight is 0 ({self.reward_weights}), so every sample's reward is 0 and nothing is learned from "
+               "it; give at least one weight other than 0")
 
 
 def _ray_address(address: str) -> bool:
@@ -448,6 +454,9 @@ class TrainConfig:
                f"rounds train an offline method on their samples (data {', '.join(ROUND_SHAPES)}); method "
                f"'{self.method}' trains on {spec.shape} data")
         _check(self.iterate.recipe is None or rounds, "recipe", "a recipe runs rounds; give rounds: N (N >= 1)")
+        _check(not rounds or spec.shape == "sft" or self.rollout.num_generations >= 2, "num_generations",
+               f"rounds make {spec.shape} data for method '{self.method}' by comparing each prompt's samples; with "
+               f"{self.rollout.num_generations} sample per prompt no prompt makes any: set num_generations to 2 or more")
         _check(not rounds or self.rollout.generation_backend != "ray", "generation_backend",
                "ray samples online methods' rounds (grpo, rloo, ...); rounds sample with native, hf or vllm")
         _check(self.rollout.generation_backend != "ray" or spec.shape == "online" or rounds, "generation_backend",

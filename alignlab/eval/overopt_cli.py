@@ -108,6 +108,7 @@ def run_overopt(args: argparse.Namespace, config: dict, saved: Callable[[], list
     """The report of ``alignlab eval overopt`` (see the module docstring) on the run whose saved
     config (run.yaml) is ``config`` and whose models ``saved()`` lists in training order as
     (label, step, load): the start (step 0) first."""
+    from alignlab.data.write import check_not_input
     from alignlab.eval.overopt import fit_gao, measure, trend
     from alignlab.generation import make_generator
     from alignlab.models import load_tokenizer
@@ -142,6 +143,8 @@ def run_overopt(args: argparse.Namespace, config: dict, saved: Callable[[], list
     for flag, path in (("--out", out), ("--plot", Path(args.plot) if args.plot else None)):
         if path is not None and not path.parent.is_dir():
             raise UserError(f"{flag} {path}: its folder {path.parent} does not exist")
+        if path is not None:
+            check_not_input(path, ("the prompt file", "--prompts", args.prompts))
     prompts = _prompt_records(args, PROG)
     tokenizer = load_tokenizer(str(config["model"]), bool(config.get("trust_remote_code", False)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -62,6 +62,9 @@ class BleuReward(Scorer):
             given = [given] if isinstance(given, str) else given
             if not isinstance(given, list) or not given or not all(isinstance(r, str) for r in given):
                 raise UserError(f"{path}, line {n}, field 'references': expected a non-empty list of strings")
+            if not all(r.strip() for r in given):
+                raise UserError(f"{path}, line {n}, field 'references': an empty reference (every answer would "
+                                "score 0 against it); give its text or leave it out")
             refs.setdefault(row["prompt"], []).extend(given)
         if not refs:
             raise UserError(f"bleu references '{path}': no rows")

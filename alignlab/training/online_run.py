@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 
 from alignlab.data.prompts import load_prompts, skipped_prompts
-from alignlab.data.records import Text, is_conversation
+from alignlab.data.records import PromptRecord, is_conversation
 from alignlab.errors import ConfigError, DataError, RowIssue
 from alignlab.generation.base import SamplingParams
 from alignlab.generation.factory import make_generator
@@ -49,8 +49,8 @@ def max_new_tokens(cfg) -> int:
     return cfg.rollout.max_new_tokens or (task.max_new_tokens if task else DEFAULT_MAX_NEW_TOKENS)
 
 
-def load_online_prompts(cfg, per_round: int, tokenizer, log: Callable[[str], None]) -> list[tuple[int, Text]]:
-    """(row, prompt) pairs: a task's training prompts (enough for one fresh prompt per slot of
+def load_online_prompts(cfg, per_round: int, tokenizer, log: Callable[[str], None]) -> list[PromptRecord]:
+    """The prompts with their source and row: a task's training prompts (enough for one fresh prompt per slot of
     the run when ``max_steps`` is set, else 1024), or a file's prompts (rows 1-based), text or
     conversations (see the module docstring for what is checked); with ``skip_invalid`` the bad
     rows are left out, counted and logged."""
@@ -61,7 +61,7 @@ def load_online_prompts(cfg, per_round: int, tokenizer, log: Callable[[str], Non
     if task is not None:
         rounds = math.ceil(cfg.optim.max_steps / cfg.rollout.updates_per_rollout) if cfg.optim.max_steps else 0
         n = per_round * rounds if rounds else 1024
-        return list(enumerate(task.train_prompts(n, cfg.seed), start=1))
+        return [PromptRecord(p, source=cfg.data, row=i) for i, p in enumerate(task.train_prompts(n, cfg.seed), 1)]
     skipped: list[RowIssue] | None = [] if cfg.dataset.skip_invalid else None
     records = load_prompts(cfg.data, prompt_column=cfg.rollout.prompt_column, split=cfg.dataset.data_split,
                            skipped=skipped)
@@ -86,29 +86,30 @@ def load_online_prompts(cfg, per_round: int, tokenizer, log: Callable[[str], Non
         if not question.strip():
             bad.append(RowIssue(r.source, r.row, "prompt", "the conversation's last user message is empty, so a "
                                 "reward has no question to read"))
-    return kept(cfg, [(r.row, r.prompt) for r in records], bad, log,
+    return kept(cfg, records, bad, log,
                 "give text prompts, or a model whose tokenizer has a chat template" if not templated
                 else "every conversation prompt needs a user message and ends before the answer")
 
 
-def kept(cfg, prompts: list[tuple[int, Text]], bad: list[RowIssue], log: Callable[[str], None], hint: str
-         ) -> list[tuple[int, Text]]:
-    """``prompts`` without the rows ``bad`` names, where the run skips invalid rows
-    (``skip_invalid``: counted and printed, as for fixed data); else the bad rows are one error."""
+def kept(cfg, prompts: list[PromptRecord], bad: list[RowIssue], log: Callable[[str], None], hint: str
+         ) -> list[PromptRecord]:
+    """``prompts`` without the rows ``bad`` names (by source and row: a dataset directory's files
+    each number their rows from 1), where the run skips invalid rows (``skip_invalid``: counted and
+    printed, as for fixed data); else the bad rows are one error."""
     if not bad:
         return prompts
     if not cfg.dataset.skip_invalid:
         raise DataError(bad, hint=hint)
-    rows = {issue.row for issue in bad}
-    left = [(row, prompt) for row, prompt in prompts if row not in rows]
+    rows = {(issue.source, issue.row) for issue in bad}
+    left = [r for r in prompts if (r.source, r.row) not in rows]
     log(skipped_prompts(cfg.data, bad))
     if not left:
         raise DataError(bad, hint=f"every prompt row is invalid; {hint}")
     return left
 
 
-def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_tokens: int,
-               log: Callable[[str], None]) -> list[tuple[int, Text]]:
+def check_room(cfg, prompts: list[PromptRecord], generator, model, new_tokens: int,
+               log: Callable[[str], None]) -> list[PromptRecord]:
     """Every prompt must leave room for ``new_tokens`` within ``max_length`` and the model's
     context, whichever is shorter: a completion stops at ``new_tokens``, so no sample is then
     longer than ``max_length``, as for fixed data. Returns the prompts (without those that do not
@@ -121,25 +122,25 @@ def check_room(cfg, prompts: list[tuple[int, Text]], generator, model, new_token
         raise ConfigError(f"max_new_tokens: {new_tokens} leaves no room for a prompt in {where}; give at most "
                           f"{limit - 1}" + (f" or raise {fix}" if fix else ""))
     bad = []
-    for row, prompt in prompts:
-        n = len(generator.prompt_ids(prompt))
+    for r in prompts:
+        n = len(generator.prompt_ids(r.prompt))
         if n + new_tokens > limit:
-            bad.append(RowIssue(cfg.data, row, "prompt", f"{n} tokens + max_new_tokens {new_tokens} exceed {where}"))
+            bad.append(RowIssue(r.source, r.row, "prompt", f"{n} tokens + max_new_tokens {new_tokens} exceed {where}"))
     hint = f"shorten the prompt{'s' if len(bad) > 1 else ''}" + (f", raise {fix}" if fix else "")
     return kept(cfg, prompts, bad, log, f"{hint} or lower max_new_tokens")
 
 
-def check_rewards(cfg, prompts: list[tuple[int, Text]], terms, log: Callable[[str], None]) -> list[tuple[int, Text]]:
+def check_rewards(cfg, prompts: list[PromptRecord], terms, log: Callable[[str], None]) -> list[PromptRecord]:
     """Every prompt must be one each reward can score (``Scorer.prompt_problem``): a prompt
     without BLEU references or of another task is reported now, not when a round draws it.
     Returns the prompts (as ``check_room``)."""
     bad = []
-    for row, prompt in prompts:
-        text = reward_prompt(prompt)
+    for r in prompts:
+        text = reward_prompt(r.prompt)
         for term in terms:
             problem = term.scorer.prompt_problem(text)
             if problem is not None:
-                bad.append(RowIssue(cfg.data, row, "prompt", f"reward '{term.name}': {problem}"))
+                bad.append(RowIssue(r.source, r.row, "prompt", f"reward '{term.name}': {problem}"))
     return kept(cfg, prompts, bad, log, "every prompt needs what its reward reads")
 
 
@@ -195,6 +196,6 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
                  or getattr(params, "kl_coef", 0.0) > 0 or spec.sum_pi_squared)
     skip_idle = rollout.skip_zero_advantage and spec.fn is policy_gradient_loss and zero_advantage_is_free(params)
     rule = AdvantageRule.of(spec, params, [t.weight for t in terms])
-    return OnlineSource(cfg, dist, prompts, policy, generator, terms, rule, sampling,
+    return OnlineSource(cfg, dist, [(r.row, r.prompt) for r in prompts], policy, generator, terms, rule, sampling,
                         pad_id=tokenizer.pad_token_id, reference=reference, needs_old=needs_old, skip_idle=skip_idle,
                         autocast=autocast)

@@ -206,3 +206,27 @@ def test_judge_bias_skips_bad_pairs_when_asked_as_its_error_says(tmp_path, capsy
     assert run(cmd_judge_bias, ["--judge", "length", "--pairs", str(pairs), "--no-perturbations", "--skip-invalid"]) == 0
     with pytest.raises(UserError, match="--skip-invalid is for --pairs"):
         run(cmd_judge_bias, ["--judge", "length", "--answers", str(pairs), "--skip-invalid"])
+
+
+@pytest.mark.parametrize("command,args,flag", [
+    ("length", ["--answers", "{a}", "--against", "{b}"], "--against"),
+    ("health", ["--samples", "{b}"], "--samples"),
+    ("judge-bias", ["--judge", "length", "--answers", "{b}"], "--answers"),
+    ("rm", ["--scorer", "length", "--data", "{b}"], "--data"),
+    ("ranking", ["--model", "{model}", "--data", "{b}"], "--data"),
+    ("displacement", ["--models", "{model}", "{model}", "--data", "{b}"], "--data"),
+])
+def test_a_report_is_not_written_over_the_commands_input(tmp_path, tiny_model_dir, command, args, flag):
+    """--out naming an input file is refused before any work, and the file is left as it was (the
+    report replaced it: `alignlab eval rm --data pairs.jsonl --out pairs.jsonl` lost the pairs)."""
+    from alignlab.cli import main
+
+    a = write_rows(tmp_path / "a.jsonl", A_ROWS)
+    b = write_rows(tmp_path / "b.jsonl", [{**row, "chosen": "c", "rejected": "r"} for row in B_ROWS])
+    before = (tmp_path / "b.jsonl").read_bytes()
+    tokens = [t.format(a=a, b=b, model=tiny_model_dir) for t in args]
+    with pytest.raises(UserError) as e:
+        with command_line():
+            main(["eval", command, *tokens, "--out", b, "--debug"])
+    assert str(e.value) == f"{b}: is the input ({flag} {b}); writing it would replace what is read: write to another file"
+    assert (tmp_path / "b.jsonl").read_bytes() == before

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import yaml
@@ -212,3 +213,19 @@ def test_a_runs_checkpoints_against_sqrt_kl_and_the_report_shows_them(tiny_model
     assert table.split("|")[3].strip() == f"{r['kl']:.3f} [{r['kl_low']:.3f}, {r['kl_high']:.3f}]"
     assert table.split("|")[6].strip().startswith(f"{r['gold']:.3f} [")
     assert (run / "report" / "overopt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flag", ["--out", "--plot"])
+def test_the_report_and_plot_are_not_written_over_the_prompt_file(tiny_model_dir, tmp_path, flag):
+    """--out or --plot naming the --prompts file is refused before any model samples, and the
+    file is left as it was (the report replaced it)."""
+    import shutil
+
+    run = run_dir(tmp_path, tiny_model_dir, data="pairs.jsonl")
+    shutil.copytree(tiny_model_dir, run / "model")
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "1+2="}])
+    before = Path(prompts).read_bytes()
+    assert error_of(["--run", str(run), "--prompts", str(prompts), "--proxy", "length", "--gold", "length",
+                     flag, str(prompts)]) == (f"{prompts}: is the prompt file (--prompts {prompts}); writing it would "
+                                              "replace what is read: write to another file")
+    assert Path(prompts).read_bytes() == before

@@ -61,6 +61,12 @@ def test_bleu_references_from_a_file_and_its_errors(tmp_path):
     bad.write_text('{"prompt": "p", "references": ["a"]}\n{"prompt": "q", "references": []}\n')
     with pytest.raises(UserError, match=r"bad.jsonl, line 2, field 'references'"):
         BleuReward.from_file(bad)
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text('{"prompt": "p", "references": ["a"]}\n{"prompt": "q", "reference": " "}\n')
+    with pytest.raises(UserError) as e:
+        BleuReward.from_file(blank)
+    assert str(e.value) == (f"{blank}, line 2, field 'references': an empty reference (every answer would score 0 "
+                            "against it); give its text or leave it out")
 
 
 def test_task_reward_is_the_gold_reward_and_refuses_foreign_prompts():

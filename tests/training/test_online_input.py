@@ -49,6 +49,27 @@ def test_a_reward_given_as_one_text_splits_only_between_scorer_specs(given, spec
     assert make_config({**BASE, "method": "grpo", "reward": given, **weights}).rollout.reward == specs
 
 
+def test_weights_without_a_reward_say_the_reward_is_missing():
+    """On task data the reward may be left out (the task's gold); weights given then weigh
+    nothing given, which is the error (it read "give one weight per reward (0)")."""
+    with pytest.raises(ConfigError) as e:
+        make_config({"model": "m", "data": "task:arithmetic", "method": "grpo", "reward_weights": [2]})
+    assert str(e.value) == ("reward_weights: weigh the scorer specs of reward, and reward is not given (got weights "
+                            "[2.0]); give reward with one weight per spec, or leave reward_weights out")
+
+
+def test_weights_that_are_all_zero_are_refused():
+    """Weights all 0 make every sample's reward 0: every advantage is 0 and the run learned nothing,
+    without a word; one weight of 0 beside another is a term switched off, and is fine."""
+    with pytest.raises(ConfigError) as e:
+        make_config({**BASE, "method": "grpo", "reward": ["task:arithmetic", "length"], "reward_weights": [0, -0.0]})
+    assert str(e.value) == ("reward_weights: every weight is 0 ([0.0, -0.0]), so every sample's reward is 0 and "
+                            "nothing is learned from it; give at least one weight other than 0")
+    weights = [0.0, 1.0]
+    cfg = make_config({**BASE, "method": "grpo", "reward": ["task:arithmetic", "length"], "reward_weights": weights})
+    assert cfg.rollout.reward_weights == weights
+
+
 @pytest.mark.parametrize("given,shown", [("", "['']"), (" ", "[' ']"), ("task:arithmetic,,length",
                                                                           "['task:arithmetic', '', 'length']"),
                                           (["task:arithmetic", ""], "['task:arithmetic', '']")])
@@ -311,15 +332,58 @@ def test_skip_invalid_leaves_out_the_prompt_rows_an_online_run_cannot_use(tmp_pa
         train(_online(tiny_model_dir, tmp_path / "c", data=str(bad), skip_invalid=True))
 
 
+def test_skip_invalid_in_a_directory_of_files_leaves_out_the_bad_rows_file_by_file(tmp_path, tiny_model_dir,
+                                                                                    monkeypatch):
+    """A dataset directory's files each number their rows from 1: an empty prompt on b.jsonl's
+    row 1 is left out, and a.jsonl's row 1 is kept (rows were matched by number alone, so
+    a.jsonl's row 1 was dropped too, without a word)."""
+    import alignlab.training.run as run_mod
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    _prompt_file(folder / "a.jsonl", ["1+1=", "2+2="])
+    _prompt_file(folder / "b.jsonl", ["", "3+3=", "4+4="])
+    trained = []
+    make = run_mod.online_source
+
+    def recording(*args, **kwargs):
+        source = make(*args, **kwargs)
+        trained.append([text for _, text in source.prompts])
+        return source
+
+    monkeypatch.setattr(run_mod, "online_source", recording)
+    train(_online(tiny_model_dir, tmp_path / "out", data=str(folder), skip_invalid=True))
+    assert trained == [["1+1=", "2+2=", "3+3=", "4+4="]]
+
+
+def test_a_prompt_too_long_in_a_directory_of_files_is_named_by_its_file():
+    """check_room names the file of the row (b.jsonl's row 2), not the directory, and leaves out
+    that row alone, not a.jsonl's row 2 with it."""
+    from types import SimpleNamespace
+
+    from alignlab.data.records import PromptRecord
+    from alignlab.training.online_run import check_room
+
+    a = [PromptRecord(text, source="d/a.jsonl", row=i) for i, text in enumerate(["1+1=", "2+2="], 1)]
+    b = [PromptRecord(text, source="d/b.jsonl", row=i) for i, text in enumerate(["3+3=", "123456"], 1)]
+    cfg = SimpleNamespace(data="d", dataset=SimpleNamespace(skip_invalid=True, max_length=8))
+    generator = SimpleNamespace(prompt_ids=lambda text: list(text))
+    lines = []
+    assert check_room(cfg, a + b, generator, SimpleNamespace(config=SimpleNamespace()), 3, lines.append) == a + b[:1]
+    assert lines == ["d: 1 invalid prompt row skipped (first: d/b.jsonl, row 2, field 'prompt': 6 tokens + "
+                     "max_new_tokens 3 exceed max_length (8 tokens))"]
+
+
 def test_a_model_whose_config_gives_no_context_is_bounded_by_max_length_alone():
     """Where the config names no context length, max_length is the only bound: with max_length 8
     and 3 new tokens, a 5-token prompt fits and a 6-token one is left out (skip_invalid). The
     kept prompts are returned: the run trains on what this returns."""
     from types import SimpleNamespace
 
+    from alignlab.data.records import PromptRecord
     from alignlab.training.online_run import check_room
 
-    prompts = [(1, "1+1="), (2, "12345"), (3, "123456")]
+    prompts = [PromptRecord(text, source="p.jsonl", row=i) for i, text in enumerate(["1+1=", "12345", "123456"], 1)]
     cfg = SimpleNamespace(data="p.jsonl", dataset=SimpleNamespace(skip_invalid=True, max_length=8))
     generator = SimpleNamespace(prompt_ids=lambda text: list(text))
     lines = []
