@@ -348,6 +348,24 @@ def test_a_folder_beside_the_rounds_is_not_a_round(tmp_path, capsys):
     assert "Status: ok; 1 optimizer step; 2 records in metrics.jsonl." in md, md
 
 
+def test_rounds_that_all_finished_without_training_are_reported_as_finished(tmp_path, capsys):
+    """Rounds whose samples made no training data write round-N/round.json and no train/ folder:
+    with both of 2 rounds done the run finished (0 steps) and the report says why nothing trained;
+    with 1 of 2 done it is still running or interrupted."""
+    run = tmp_path / "rounds"
+    (run / "round-1").mkdir(parents=True)
+    _write(run / "round-1" / "round.json", {"round": 1, "trained": False})
+    (run / "rounds.yaml").write_text("method: dpo\nseed: 0\nrounds: 2\n")
+    assert cli.main(["report", str(run)]) == 0
+    assert "The run has not finished: no summary.json yet" in (run / "report.md").read_text()
+    (run / "round-2").mkdir()
+    _write(run / "round-2" / "round.json", {"round": 2, "trained": False})
+    assert cli.main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    assert "Status: ok; 0 optimizer steps; 0 records in metrics.jsonl." in md, md
+    assert "The run finished without training: no round's samples made training data" in md
+
+
 def test_a_run_still_writing_its_metrics_is_reported(tmp_path, capsys):
     """A last line cut short is skipped (the run is writing it); a metric that is no number (a
     list) is left out of the curves rather than stopping the report."""

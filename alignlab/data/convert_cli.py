@@ -152,6 +152,8 @@ def _check_options(args: argparse.Namespace, conversion: Conversion) -> None:
                         "the pair drawn)")
     if args.seed is not None and "rule" in conversion.options and args.rule != "random":
         raise UserError("--seed applies to --rule random only (the other rules draw nothing)")
+    if args.margin is not None and not args.margin >= 0:
+        raise UserError(f"--margin must be a number >= 0 (the least score gap of a pair), got {args.margin}")
     if args.rule == "margin" and args.margin is None:
         raise UserError("--rule margin needs --margin (the least score gap of a pair)")
     if args.conversion == "flip-labels" and args.rate is None:

@@ -34,7 +34,8 @@ def write_report(folder: str | Path) -> dict[str, Path]:
     elif any((root / name).exists() for name in ("run.yaml", "rounds.yaml", "metrics.jsonl")):
         data, build = collect_run(root), run_document
     else:
-        raise UserError(f"{root}: neither a comparison (compare.json) nor a training run (run.yaml, metrics.jsonl)")
+        raise UserError(f"{root}: neither a comparison (compare.json) nor a training run (run.yaml, metrics.jsonl) "
+                        "nor a run of rounds (rounds.yaml)")
     images = root / IMAGES
     for old in images.glob("*.png"):  # figures a previous report drew and this one may not
         old.unlink()

@@ -125,6 +125,13 @@ def round_folders(run_dir: Path, below: str = "train") -> list[Path]:
     return [p for _, p in sorted((int(n), p) for n, p in numbers.items() if re.fullmatch("[1-9][0-9]*", n))]
 
 
+def rounds_finished_untrained(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether every round of a rounds' folder finished (``round-N/round.json``) and none trained
+    (each round's samples made no training data)."""
+    done = round_folders(run_dir, "round.json")
+    return bool(done) and len(done) == config.get("rounds") and not round_folders(run_dir, "train/summary.json")
+
+
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, JSON object) of each line of a JSON-lines file (see ``read_jsonl``)."""
     from alignlab.errors import UserError
@@ -247,6 +254,8 @@ def collect_run(run_dir: Path) -> Collected:
                         **{f"train/{k}": v for k, v in field_of(summary_file, summary, "train_metrics").items()
                            if k not in ("step", "epoch")}}
         cell.metrics = {k: v for k, v in cell.metrics.items() if isinstance(v, (int, float))}
+    elif saved is not None and saved.name == "rounds.yaml" and rounds_finished_untrained(run_dir, config):
+        cell.status, cell.steps = OK, 0
     elif cell.history:
         cell.status = "running or interrupted"
     title = f"Training run: {run_dir.name} ({method})"

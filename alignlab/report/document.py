@@ -196,6 +196,9 @@ def run_document(data: Collected, images: Path) -> Document:
     if cell.metrics:
         final.blocks.append(Table(["metric", "value"], [[k, _value_text(v)] for k, v in sorted(cell.metrics.items())],
                                   "From summary.json: the last evaluation and the last training step."))
+    elif cell.status == OK:  # rounds that all finished without training (``rounds_finished_untrained``)
+        final.blocks.append(Text("The run finished without training: no round's samples made training data (each "
+                                 "round's record is in rounds.jsonl), so the policy is the starting model."))
     else:
         final.blocks.append(Text("The run has not finished: no summary.json yet. The curves show what metrics.jsonl "
                                  "holds so far."))

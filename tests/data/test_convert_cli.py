@@ -114,6 +114,9 @@ def test_column_mapping(tmp_path, capsys):
         (["flip-labels"], "flip-labels needs --rate"),
         (["ranked-to-pairs", "--margin", "1"], "--margin applies to --rule margin only"),
         (["ranked-to-pairs", "--rule", "margin"], "--rule margin needs --margin"),
+        (["ranked-to-pairs", "--rule", "margin", "--margin", "-1"], "--margin must be a number >= 0 (the least score "
+                                                                    "gap of a pair), got -1.0"),
+        (["scored-to-pairs", "--rule", "random", "--margin", "nan"], "--margin must be a number >= 0"),
         (["scored-to-pairs", "--seed", "1"], "--seed applies to --rule random only"),
     ],
 )
