@@ -135,6 +135,7 @@ def run_decode(job, args) -> dict[str, Any]:
     scorer = method_scorer(args)
     tokenizer = load_tokenizer(job.model, trust_remote_code=args.trust_remote_code)
     model = load_model(job.model, dtype=job.dtype, trust_remote_code=args.trust_remote_code).to(_default_device())
+    job.params.check_stops(model, "--stop-token-ids")
     best_of = args.method == "best-of-n"
     base = generation.make_generator(model, tokenizer, job.backend,
                                      batch_size=job.batch_size * job.n * (args.n if best_of else 1))

@@ -411,6 +411,7 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
         raise UserError(f"{_flag('model')} {job.model}: the tokenizer has no end-of-sequence token (eos_token_id is "
                         "None), so no sample could end before the token limit; give a model whose tokenizer sets one")
     model = load_model(job.model, dtype=job.dtype, trust_remote_code=trust_remote_code)
+    job.params.check_stops(model, _flag("stop_token_ids"))
     model.to(device or _default_device())
     generator = generation.make_generator(model, tokenizer, job.backend, batch_size=job.batch_size * job.n)
     check_context(generator, model, tokenizer, prompts, job.params.max_new_tokens)

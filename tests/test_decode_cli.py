@@ -154,6 +154,17 @@ def test_qalign_answers_through_its_chains_and_reports_their_acceptance(tmp_path
     assert summary["forward_tokens"] > 2 * summary["forward_tokens_plain"]
 
 
+def test_a_stop_id_the_model_cannot_write_is_refused_after_it_loads(tmp_path, tiny_model_dir, capsys):
+    """The tiny model's output layer has 263 rows: id 263 never ends an answer; refused before any decoding."""
+    out = tmp_path / "b.jsonl"
+    code = main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--model", str(tiny_model_dir),
+                 "--task", "arithmetic", "--stop-token-ids", "263", "--output", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.endswith("--stop-token-ids: 263 is not among the model's 263 token ids (0 to 262), so no "
+                                      "sample would stop there"), err
+    assert not out.exists()
+
+
 def test_reward_guided_search_steers_toward_the_reward(tmp_path, sft_model):
     """Greedy ARGS guided by gold at weight 4 on 16 prompts: its answers' gold (recomputed here) is
     at least greedy decoding's own (weight 0), and each step's forward pass is counted."""

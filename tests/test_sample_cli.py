@@ -236,6 +236,12 @@ def test_stop_token_ids_reach_the_generator(tmp_path, tiny_model_dir, prompt_fil
                "--max-new-tokens", "4", "--stop-token-ids", "5", "7")[0] == 0
     assert {params for _, _, params in gen.calls} == {SamplingParams(max_new_tokens=4, stop_token_ids=(5, 7))}
     assert json.loads((tmp_path / "s.jsonl.meta.json").read_text())["stop_token_ids"] == [5, 7]
+    # the tiny model's tokenizer and output layer have 263 tokens: 263 and 300 can never end a sample
+    err = refused(capsys, "--model", str(tiny_model_dir), "--prompts", str(prompt_file), "--output",
+                  str(tmp_path / "t.jsonl"), "--stop-token-ids", "5", "263", "300")
+    assert err.strip().endswith("--stop-token-ids: 263, 300 are not among the model's 263 token ids (0 to 262), so no "
+                        "sample would stop there"), err
+    assert not (tmp_path / "t.jsonl").exists()
 
 
 # ---------------------------------------------------------------- conversions

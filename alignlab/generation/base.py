@@ -56,6 +56,16 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def check_stops(self, model, flag: str = "stop_token_ids") -> None:
+        """Every one of ``stop_token_ids`` must be a token ``model`` can write (an id below its
+        output layer's size): another never ends a sample."""
+        head = model.get_output_embeddings()
+        vocab = head.weight.shape[0] if head is not None else getattr(model.config, "vocab_size", None)
+        beyond = [t for t in self.stop_token_ids if vocab is not None and t >= vocab]
+        if beyond:
+            raise UserError(f"{flag}: {', '.join(map(str, beyond))} {'is' if len(beyond) == 1 else 'are'} not among the "
+                            f"model's {vocab} token ids (0 to {vocab - 1}), so no sample would stop there")
+
 
 @dataclass(frozen=True)
 class Sample:
