@@ -226,11 +226,12 @@ def batch_seed(seed: int, batch: int) -> int:
 class OnlineSource:
     """Prompts → generator → reward → examples, one round per ``updates_per_rollout`` steps."""
 
-    def __init__(self, cfg, dist: Dist, prompts: Sequence[tuple[int, str]], policy: torch.nn.Module,
+    def __init__(self, cfg, dist: Dist, prompts: Sequence[tuple], policy: torch.nn.Module,
                  generator: Generator, reward: Sequence[RewardTerm], advantages: AdvantageRule, params: SamplingParams,
                  *, pad_id: int, reference: Callable | None = None, needs_old: bool = False, skip_idle: bool = False,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        """``prompts``: (data row, text) of the run's prompt set; ``policy``: the unwrapped module
+        """``prompts``: (data row, text) of the run's prompt set, or (data row, text, file) where
+        the data is a folder of files; ``policy``: the unwrapped module
         being trained; ``reference``: a context-manager factory yielding the reference module
         (only when the method has a KL term); ``needs_old``: compute the policy's log-probs at the
         start of each round (otherwise the loss takes its ratio against the current log-probs);
@@ -406,6 +407,12 @@ class OnlineSource:
         pool = [i for i in perm if i not in seen] + [i for i in perm if i in seen]
         return (pool * math.ceil(P / n))[:P]
 
+    def _name(self, i: int) -> str:
+        """How messages name prompt ``i``: ``prompt row N``, or with its file where the data is a
+        folder of files, each numbering its rows from 1 (a third item of the prompt's tuple)."""
+        prompt = self.prompts[i]
+        return f"prompt {prompt[2]}, row {prompt[0]}" if len(prompt) > 2 else f"prompt row {prompt[0]}"
+
     def _draw(self, round_: int, batch: int, drawn: Sequence[int] = ()) -> _Drawn:
         """Batch ``batch`` of prompts of the round (``_batch_order``; more than one only under
         ``dynamic_sampling``), this process's share sampled G times and scored, and every
@@ -419,6 +426,7 @@ class OnlineSource:
         mine = order[dist.rank * share:(dist.rank + 1) * share]
         rows = [self.prompts[i][0] for i in mine]
         texts = [self.prompts[i][1] for i in mine]
+        named = [self._name(i) for i in mine]
         t0 = time.perf_counter()
         params = dataclasses.replace(self.params, seed=round_seed(seed, round_))
         samples = self.generator.generate(texts, G, params, start=dist.rank * share)
@@ -427,7 +435,7 @@ class OnlineSource:
             greedy = self.generator.generate(texts, 1, dataclasses.replace(params, temperature=0.0),
                                              start=dist.rank * share)
         t1 = time.perf_counter()
-        where = [f"prompt row {row}, sample {j + 1}" for row in rows for j in range(G)]
+        where = [f"{name}, sample {j + 1}" for name in named for j in range(G)]
         flat = [s for group in samples for s in group]
         try:
             rewards, parts = score_samples(self.reward, [t for t in texts for _ in range(G)], [s.text for s in flat],
@@ -436,7 +444,7 @@ class OnlineSource:
             greedy_rewards = None
             if greedy is not None:
                 greedy_rewards, _ = score_samples(self.reward, texts, [g[0].text for g in greedy],
-                                                  [f"prompt row {row}, greedy answer" for row in rows],
+                                                  [f"{name}, greedy answer" for name in named],
                                                   [len(g[0].token_ids) for g in greedy])
             lengths = torch.tensor([float(len(s.token_ids)) for s in flat], dtype=torch.float64)
             comps = _components(parts).view(len(mine), G, len(parts))

@@ -196,6 +196,8 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
                  or getattr(params, "kl_coef", 0.0) > 0 or spec.sum_pi_squared)
     skip_idle = rollout.skip_zero_advantage and spec.fn is policy_gradient_loss and zero_advantage_is_free(params)
     rule = AdvantageRule.of(spec, params, [t.weight for t in terms])
-    return OnlineSource(cfg, dist, [(r.row, r.prompt) for r in prompts], policy, generator, terms, rule, sampling,
+    # a folder of prompt files numbers each file's rows from 1: its prompts are named with their file
+    named = [(r.row, r.prompt) if r.source == cfg.data else (r.row, r.prompt, r.source) for r in prompts]
+    return OnlineSource(cfg, dist, named, policy, generator, terms, rule, sampling,
                         pad_id=tokenizer.pad_token_id, reference=reference, needs_old=needs_old, skip_idle=skip_idle,
                         autocast=autocast)

@@ -19,6 +19,13 @@ def fails_on_x(prompt: str, response: str) -> float:
     return 0.0
 
 
+def fails_on_3_plus_3(prompt: str, response: str) -> float:
+    """Raises on every answer to the prompt '3+3='."""
+    if prompt == "3+3=":
+        raise ValueError("not this one")
+    return 0.0
+
+
 def nan_on_x(prompt: str, response: str) -> float:
     return float("nan") if "x" in response else 0.0
 

@@ -348,12 +348,32 @@ def test_skip_invalid_in_a_directory_of_files_leaves_out_the_bad_rows_file_by_fi
 
     def recording(*args, **kwargs):
         source = make(*args, **kwargs)
-        trained.append([text for _, text in source.prompts])
+        trained.append([prompt[1] for prompt in source.prompts])
         return source
 
     monkeypatch.setattr(run_mod, "online_source", recording)
     train(_online(tiny_model_dir, tmp_path / "out", data=str(folder), skip_invalid=True))
     assert trained == [["1+1=", "2+2=", "3+3=", "4+4="]]
+
+
+def test_a_reward_fault_in_a_directory_of_files_names_the_prompts_file(tmp_path, tiny_model_dir):
+    """Each file of a folder numbers its rows from 1, so a fault while training names the prompt
+    by its file and row ('3+3=' is b.jsonl's row 1), not by a row number that two files share;
+    a single file's prompts keep their plain 'prompt row N'."""
+    from alignlab.training.rollout import RewardError
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    _prompt_file(folder / "a.jsonl", ["1+1=", "2+2="])
+    _prompt_file(folder / "b.jsonl", ["3+3=", "4+4="])
+    reward = "fn:tests.training.online_rewards:fails_on_3_plus_3"
+    with pytest.raises(RewardError) as e:
+        train(_online(tiny_model_dir, tmp_path / "out", data=str(folder), reward=[reward], max_steps=2))
+    assert str(e.value).startswith(f"reward '{reward}': prompt {folder / 'b.jsonl'}, row 1, sample 1: raised "), e.value
+    single = _prompt_file(tmp_path / "one.jsonl", ["3+3=", "1+1="])
+    with pytest.raises(RewardError) as e:
+        train(_online(tiny_model_dir, tmp_path / "one", data=single, reward=[reward], max_steps=2))
+    assert str(e.value).startswith(f"reward '{reward}': prompt row 1, sample 1: raised "), e.value
 
 
 def test_a_prompt_too_long_in_a_directory_of_files_is_named_by_its_file():
