@@ -115,10 +115,11 @@ def run_rounds(cfg: TrainConfig) -> Summary:
                           "launch without torchrun")
     out = Path(cfg.output_dir)
     # everything that can be checked before a model loads is, before the folder is claimed
-    prompts = _with_room(cfg, _all_prompts(cfg))
-    per_round = _per_round(cfg, len(prompts))
     specs = _reward_specs(cfg)
     _check_specs(specs, max_new_tokens(cfg))
+    fixed = _fixed_scorers(specs, max_new_tokens(cfg))
+    prompts = [r.prompt for r in _scorable(cfg, _with_room(cfg, _all_prompts(cfg)), fixed)]
+    per_round = _per_round(cfg, len(prompts))
     gold = _gold(cfg, specs)
     _claim(cfg, out)
     policy, summary = cfg.model, None
@@ -146,7 +147,7 @@ def run_rounds(cfg: TrainConfig) -> Summary:
             terms = load_reward_terms(specs, cfg.rollout.reward_weights,
                                       partial(_resolve, policy=policy, start=cfg.model,
                                               reference=cfg.reference_model or cfg.model),
-                                      max_new_tokens=max_new_tokens(cfg))
+                                      max_new_tokens=max_new_tokens(cfg), loaded=fixed)
             ranked, scores = _score(terms, rows, samples)
             data, made, records = _convert(cfg, ranked, folder / "data.jsonl", terms)
             if gold is not None:
@@ -335,7 +336,27 @@ def _all_prompts(cfg: TrainConfig) -> list[PromptRecord]:
     return records
 
 
-def _with_room(cfg: TrainConfig, prompts: list[PromptRecord]) -> list[Text]:
+def _fixed_scorers(specs: Sequence[str], limit: int) -> dict[str, Any]:
+    """The scorers of the reward specs that name no round's model (no ``{policy}``, ``{start}`` or
+    ``{reference}``), loaded once: every round scores with them, and the prompts are checked
+    against them before the first round."""
+    from alignlab.rewards import load_scorer
+
+    return {spec: load_scorer(spec, sampled=True, max_new_tokens=limit) for spec in dict.fromkeys(specs)
+            if _resolve(spec, policy="", start="", reference="") == spec}
+
+
+def _scorable(cfg: TrainConfig, prompts: list[PromptRecord], fixed: dict[str, Any]) -> list[PromptRecord]:
+    """The prompts each fixed scorer can score (``check_rewards``: a task's reward on a prompt of
+    another kind, BLEU without references for it), before anything samples; the others are an
+    error naming their rows, or left out with ``skip_invalid``."""
+    from alignlab.training.online_run import check_rewards
+    from alignlab.training.rollout import RewardTerm
+
+    return check_rewards(cfg, prompts, [RewardTerm(spec, scorer) for spec, scorer in fixed.items()], _log)
+
+
+def _with_room(cfg: TrainConfig, prompts: list[PromptRecord]) -> list[PromptRecord]:
     """The prompts that leave room for max_new_tokens in the starting model's context, as each
     round's sampling needs (every round's policy has the starting model's tokenizer and
     positions), checked before the first round with the data's rows named; the others are an
@@ -352,7 +373,7 @@ def _with_room(cfg: TrainConfig, prompts: list[PromptRecord]) -> list[Text]:
     config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     limit, new = context_length(config, tokenizer), max_new_tokens(cfg)
     if limit is None:
-        return [r.prompt for r in prompts]
+        return prompts
     context, source = limit
     bad = []
     for r in prompts:
@@ -361,7 +382,7 @@ def _with_room(cfg: TrainConfig, prompts: list[PromptRecord]) -> list[Text]:
             bad.append(RowIssue(r.source, r.row, "prompt", f"{n} tokens + max_new_tokens {new} exceed the model's "
                                 f"context of {context} tokens ({source})"))
     hint = f"shorten the prompt{'s' if len(bad) > 1 else ''} or lower max_new_tokens"
-    return [r.prompt for r in kept(cfg, prompts, bad, _log, hint)]
+    return kept(cfg, prompts, bad, _log, hint)
 
 
 def _per_round(cfg: TrainConfig, available: int) -> int:

@@ -460,3 +460,40 @@ def test_skip_invalid_leaves_out_prompt_rows_without_a_prompt_or_room(tmp_path, 
     assert (f"{data}: 1 invalid prompt row skipped (first: {data}, row 4, field 'prompt': 2046 tokens + "
             "max_new_tokens 6 exceed the model's context of 2048 tokens (max_position_embeddings))") in err
     assert [r["prompt"] for r in jsonl(tmp_path / "b" / "round-1" / "prompts.jsonl")] == PROMPTS[:4]
+
+
+def test_a_prompt_the_reward_cannot_score_is_named_before_the_first_round(tmp_path, tiny_model_dir, capsys):
+    """The arithmetic task's reward scores prompts of the form '37+58='; row 2 is not one. Without
+    skip_invalid the rounds stop naming it before anything samples (the run folder is not made);
+    with it, the row is left out and round 1 answers the other 4, in order."""
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["1+1=", "hello", "2+2=", "3+3=", "4+4="]))
+    with pytest.raises(DataError) as e:
+        train(rounds_config(tiny_model_dir, data, tmp_path / "a", rounds=1, reward=["task:arithmetic"]))
+    assert str(e.value).startswith(f"{data}, row 2, field 'prompt': reward 'task:arithmetic': not an arithmetic "
+                                   "prompt: 'hello'"), e.value
+    assert not (tmp_path / "a").exists()
+    capsys.readouterr()
+    train(rounds_config(tiny_model_dir, data, tmp_path / "b", rounds=1, reward=["task:arithmetic"], skip_invalid=True))
+    assert f"{data}: 1 invalid prompt row skipped (first: {data}, row 2, field 'prompt': reward" in capsys.readouterr().err
+    assert [r["prompt"] for r in jsonl(tmp_path / "b" / "round-1" / "prompts.jsonl")] == ["1+1=", "2+2=", "3+3=", "4+4="]
+
+
+def test_a_reward_that_names_no_rounds_model_is_loaded_once_for_every_round(tmp_path, tiny_model_dir, prompt_file,
+                                                                            monkeypatch):
+    """Two rounds scored by the digits reward: its scorer is loaded once, before the first round,
+    and both rounds score with it (each round's record has its mean reward)."""
+    import alignlab.rewards as rewards
+
+    loaded = []
+    real = rewards.load_scorer
+
+    def counted(spec, *args, **kwargs):
+        loaded.append(spec)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(rewards, "load_scorer", counted)
+    out = tmp_path / "run"
+    train(rounds_config(tiny_model_dir, prompt_file, out, rounds=2))
+    assert loaded == [DIGITS]
+    assert all(json.loads((out / f"round-{r}" / "round.json").read_text())["reward"] >= 0 for r in (1, 2))

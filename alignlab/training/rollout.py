@@ -19,7 +19,7 @@ one sample at a time to find the one at fault).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,13 +47,16 @@ class RewardTerm:
 
 def load_reward_terms(specs: Sequence[str], weights: Sequence[float] | None = None,
                       resolve: Callable[[str], str] | None = None, tokenizer=None,
-                      max_new_tokens: int | None = None) -> list[RewardTerm]:
+                      max_new_tokens: int | None = None, loaded: Mapping[str, Scorer] | None = None
+                      ) -> list[RewardTerm]:
     """Scorers from their text specs (``alignlab.rewards.load_scorer``), with weights (1 each by
     default). Two terms of the same spec are logged as ``spec``, ``spec#2``. ``resolve``: the spec
     a scorer is loaded from, when it differs from the one it is logged as (rounds fill in the
     round's policy for ``{policy}``). ``tokenizer``: the policy's, for ``length:unit=tokens``.
     The terms score samples (``score_samples`` with their token counts), so ``overlong`` is
-    allowed, its ``max`` by default ``max_new_tokens``, the sampling limit."""
+    allowed, its ``max`` by default ``max_new_tokens``, the sampling limit. ``loaded``: scorers
+    loaded before, by spec, used instead of loading them again (rounds keep those of the specs
+    that name no round's model)."""
     from alignlab.rewards import load_scorer
 
     if not specs:
@@ -66,9 +69,12 @@ def load_reward_terms(specs: Sequence[str], weights: Sequence[float] | None = No
         if not math.isfinite(w):
             raise UserError(f"reward_weights: the weight of '{spec}' is {w}, not a finite number")
         seen[spec] = seen.get(spec, 0) + 1
-        terms.append(RewardTerm(spec if seen[spec] == 1 else f"{spec}#{seen[spec]}",
-                                load_scorer(resolve(spec) if resolve else spec, tokenizer, sampled=True,
-                                            max_new_tokens=max_new_tokens), float(w)))
+        if loaded and spec in loaded:
+            scorer = loaded[spec]
+        else:
+            scorer = load_scorer(resolve(spec) if resolve else spec, tokenizer, sampled=True,
+                                 max_new_tokens=max_new_tokens)
+        terms.append(RewardTerm(spec if seen[spec] == 1 else f"{spec}#{seen[spec]}", scorer, float(w)))
     return terms
 
 
