@@ -2,6 +2,7 @@
 
     python bench/generate_vs_hf.py                      # the full comparison (about 40 min on 2 cores)
     python bench/generate_vs_hf.py --prompts 32 --max-new-tokens 64 --subset 8   # a quick look
+    python bench/generate_vs_hf.py --model tiny --prompts 4 --parts full   # the plumbing only (the tests)
 
 The 30M model of the DPO benchmark (a Llama with a 32k vocabulary, random weights), 256 prompts of
 50-300 tokens (the DPO benchmark's prompts, byte-level tokens), 4 samples each, up to 256 new
@@ -206,6 +207,9 @@ def line(r: dict, base: dict | None) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=["30m", "tiny"], default="30m",
+                   help="the random model of the full and subset tables: the DPO benchmark's 30M one, or the tiny "
+                        "one (a quick look)")
     p.add_argument("--prompts", type=int, default=256)
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -233,14 +237,14 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
     else:
         work = Path(tempfile.mkdtemp(prefix="alignlab-genbench-"))
-    model_dir = work / "model-30m"
-    counts = build_model("30m", model_dir, args.seed)
+    model_dir = work / f"model-{args.model}"
+    counts = build_model(args.model, model_dir, args.seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
     everything = prompts(args.prompts, args.seed, tok)
     subset = random.Random(args.seed).sample(everything, min(args.subset, len(everything)))
     print(f"machine: {machine()}; torch threads {args.threads}; code {code_version(HERE.parents[1])}")
     print(f"matmul peak at the start: {matmul_flops(args.threads) / 1e9:.0f} GFLOP/s")
-    print(f"30M model: {counts['matmul'] / 1e6:.1f}M parameters in matmuls; {len(everything)} prompts of "
+    print(f"{args.model} model: {counts['matmul'] / 1e6:.1f}M parameters in matmuls; {len(everything)} prompts of "
           f"{min(map(len, everything))}-{max(map(len, everything))} tokens, {args.samples} samples each, up to "
           f"{args.max_new_tokens} new tokens, temperature 1\n")
 

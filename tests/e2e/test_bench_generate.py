@@ -40,7 +40,7 @@ def test_smallest_run_compares_native_with_generate(tmp_path):
     pytest.importorskip("transformers")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "generate_vs_hf.py"), "--prompts", "4", "--samples", "2",
+        [sys.executable, str(REPO / "bench" / "generate_vs_hf.py"), "--model", "tiny", "--prompts", "4", "--samples", "2",
          "--max-new-tokens", "8", "--subset", "2", "--hf-batches", "4", "--native-batch", "8", "--parts", "full",
          "--threads", "1", "--work", str(tmp_path)],
         env=env, cwd=REPO / "bench", capture_output=True, text=True, timeout=600)
