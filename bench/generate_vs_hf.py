@@ -12,7 +12,7 @@ after one untimed call on a single prompt (a process's first forward pass pays o
 
 1. alignlab's native backend (``make_generator(model, tok, "native")``) on the whole set;
 2. ``model.generate`` on a subset of the prompts at each of ``--hf-batches`` sequences per call,
-   to find its best batch size, then on the whole set at that batch size (and, when that is not
+   to find its best batch size (no search for a single one), then on the whole set at that batch size (and, when that is not
    the native backend's batch size, on the subset at the native one, for memory at equal batch);
 3. on the subset, what else transformers ships: ``generate`` with its static cache, the static
    cache with the model's forward compiled (``torch.compile``), and ``generate_batch``
@@ -249,13 +249,16 @@ def main() -> None:
           f"{args.max_new_tokens} new tokens, temperature 1\n")
 
     parts = set(args.parts.split(","))
-    if parts & {"full", "subset"}:
-        sweep = [run("generate", int(b), subset, args, work, model_dir, f"generate-b{b}-subset")
-                 for b in args.hf_batches.split(",")]
+    batches = [int(b) for b in args.hf_batches.split(",")]
+    # the search for generate's best batch size, where there is one to search (or the subset
+    # table shows it)
+    if "subset" in parts or ("full" in parts and len(batches) > 1):
+        sweep = [run("generate", b, subset, args, work, model_dir, f"generate-b{b}-subset") for b in batches]
         best = max(sweep, key=lambda r: r["tokens"] / r["seconds"])
     if "full" in parts:
         native = run("native", args.native_batch, everything, args, work, model_dir, "native")
-        hf = run("generate", best["batch"], everything, args, work, model_dir, "generate")
+        hf = run("generate", best["batch"] if len(batches) > 1 or "subset" in parts else batches[0], everything,
+                 args, work, model_dir, "generate")
         print(f"\nall {len(everything)} prompts:")
         print(line(hf, None))
         print(line(native, hf))
