@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+from alignlab.data.write import check_report_path
 from alignlab.errors import ArgumentParser, UserError
 
 
@@ -75,15 +76,6 @@ def quiet_loading() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-
-def check_report_path(out: str | None, args: argparse.Namespace, *flags: str) -> None:
-    """Refuse an ``--out`` that is one of the command's input files (``flags``: the flags that
-    name them, ``--data``), before any work: the report would replace what was read."""
-    from alignlab.data.write import check_not_input
-
-    if out:
-        check_not_input(out, *(("the input", flag, getattr(args, flag[2:].replace("-", "_"), None)) for flag in flags))
 
 
 def write_report(path: str | None, report: dict) -> None:

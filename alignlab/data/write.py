@@ -94,6 +94,13 @@ def check_not_input(output: str | os.PathLike[str],
                             "to another file")
 
 
+def check_report_path(out: str | None, args, *flags: str) -> None:
+    """Refuse a report path ``out`` that is one of a command's input files, before any work:
+    ``flags`` name the inputs' flags (``--data``), read from the parsed ``args``."""
+    if out:
+        check_not_input(out, *(("the input", flag, getattr(args, flag[2:].replace("-", "_"), None)) for flag in flags))
+
+
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[Record]) -> int:
     """Write one row per record to a .jsonl file and return how many (``write_rows``)."""
     return write_rows(path, (record_to_row(record) for record in records))

@@ -314,7 +314,7 @@ def _cell(x: Any) -> str:
 
 def _command(parser, run, format_report, tokens: list[str]) -> int:
     """One diagnostic command: read the flags, measure, write the report with ``--out``, print the table."""
-    from alignlab.eval_cli import check_report_path
+    from alignlab.data.write import check_report_path
 
     args = parser().parse_args(tokens)
     check_report_path(args.out, args, "--answers", "--against", "--samples", "--pairs", "--prompts", "--perturbations")
