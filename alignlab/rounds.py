@@ -363,26 +363,19 @@ def _with_room(cfg: TrainConfig, prompts: list[PromptRecord]) -> list[PromptReco
     error, or left out with ``skip_invalid`` (counted and printed)."""
     from transformers import AutoConfig
 
-    from alignlab.errors import RowIssue
     from alignlab.generation.native import context_length
     from alignlab.generation.prompts import prompt_ids
     from alignlab.models import load_tokenizer
-    from alignlab.training.online_run import kept
+    from alignlab.training.online_run import with_room
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    limit, new = context_length(config, tokenizer), max_new_tokens(cfg)
+    limit = context_length(config, tokenizer)
     if limit is None:
         return prompts
     context, source = limit
-    bad = []
-    for r in prompts:
-        n = len(prompt_ids(tokenizer, r.prompt))
-        if n + new > context:
-            bad.append(RowIssue(r.source, r.row, "prompt", f"{n} tokens + max_new_tokens {new} exceed the model's "
-                                f"context of {context} tokens ({source})"))
-    hint = f"shorten the prompt{'s' if len(bad) > 1 else ''} or lower max_new_tokens"
-    return kept(cfg, prompts, bad, _log, hint)
+    return with_room(cfg, prompts, partial(prompt_ids, tokenizer), max_new_tokens(cfg), context,
+                     f"the model's context of {context} tokens ({source})", _log)
 
 
 def _per_round(cfg: TrainConfig, available: int) -> int:

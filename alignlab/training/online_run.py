@@ -121,9 +121,17 @@ def check_room(cfg, prompts: list[PromptRecord], generator, model, new_tokens: i
     if new_tokens >= limit:
         raise ConfigError(f"max_new_tokens: {new_tokens} leaves no room for a prompt in {where}; give at most "
                           f"{limit - 1}" + (f" or raise {fix}" if fix else ""))
+    return with_room(cfg, prompts, generator.prompt_ids, new_tokens, limit, where, log, fix)
+
+
+def with_room(cfg, prompts: list[PromptRecord], prompt_ids: Callable, new_tokens: int, limit: int, where: str,
+              log: Callable[[str], None], fix: str | None = None) -> list[PromptRecord]:
+    """The prompts whose tokens (``prompt_ids``) and ``new_tokens`` fit ``limit`` (``where``, as
+    messages name it; ``fix``, a key to raise besides); the others are one error naming their rows,
+    or left out where the run skips invalid rows (``kept``). Online runs and rounds check with it."""
     bad = []
     for r in prompts:
-        n = len(generator.prompt_ids(r.prompt))
+        n = len(prompt_ids(r.prompt))
         if n + new_tokens > limit:
             bad.append(RowIssue(r.source, r.row, "prompt", f"{n} tokens + max_new_tokens {new_tokens} exceed {where}"))
     hint = f"shorten the prompt{'s' if len(bad) > 1 else ''}" + (f", raise {fix}" if fix else "")
