@@ -226,12 +226,12 @@ def batch_seed(seed: int, batch: int) -> int:
 class OnlineSource:
     """Prompts → generator → reward → examples, one round per ``updates_per_rollout`` steps."""
 
-    def __init__(self, cfg, dist: Dist, prompts: Sequence[tuple], policy: torch.nn.Module,
+    def __init__(self, cfg, dist: Dist, prompts: Sequence[tuple[int, str, str]], policy: torch.nn.Module,
                  generator: Generator, reward: Sequence[RewardTerm], advantages: AdvantageRule, params: SamplingParams,
                  *, pad_id: int, reference: Callable | None = None, needs_old: bool = False, skip_idle: bool = False,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        """``prompts``: (data row, text) of the run's prompt set, or (data row, text, file) where
-        the data is a folder of files; ``policy``: the unwrapped module
+        """``prompts``: (data row, text, how messages name the prompt) of the run's prompt set;
+        ``policy``: the unwrapped module
         being trained; ``reference``: a context-manager factory yielding the reference module
         (only when the method has a KL term); ``needs_old``: compute the policy's log-probs at the
         start of each round (otherwise the loss takes its ratio against the current log-probs);
@@ -407,12 +407,6 @@ class OnlineSource:
         pool = [i for i in perm if i not in seen] + [i for i in perm if i in seen]
         return (pool * math.ceil(P / n))[:P]
 
-    def _name(self, i: int) -> str:
-        """How messages name prompt ``i``: ``prompt row N``, or with its file where the data is a
-        folder of files, each numbering its rows from 1 (a third item of the prompt's tuple)."""
-        prompt = self.prompts[i]
-        return f"prompt {prompt[2]}, row {prompt[0]}" if len(prompt) > 2 else f"prompt row {prompt[0]}"
-
     def _draw(self, round_: int, batch: int, drawn: Sequence[int] = ()) -> _Drawn:
         """Batch ``batch`` of prompts of the round (``_batch_order``; more than one only under
         ``dynamic_sampling``), this process's share sampled G times and scored, and every
@@ -426,7 +420,7 @@ class OnlineSource:
         mine = order[dist.rank * share:(dist.rank + 1) * share]
         rows = [self.prompts[i][0] for i in mine]
         texts = [self.prompts[i][1] for i in mine]
-        named = [self._name(i) for i in mine]
+        named = [self.prompts[i][2] for i in mine]
         t0 = time.perf_counter()
         params = dataclasses.replace(self.params, seed=round_seed(seed, round_))
         samples = self.generator.generate(texts, G, params, start=dist.rank * share)

@@ -307,7 +307,7 @@ def test_skip_invalid_leaves_out_the_prompt_rows_an_online_run_cannot_use(tmp_pa
 
     def recording(*args, **kwargs):
         source = make(*args, **kwargs)
-        kept.append([row for row, _ in source.prompts])
+        kept.append([prompt[0] for prompt in source.prompts])
         return source
 
     monkeypatch.setattr(run_mod, "online_source", recording)
