@@ -252,13 +252,13 @@ def main() -> None:
     batches = [int(b) for b in args.hf_batches.split(",")]
     # the search for generate's best batch size, where there is one to search (or the subset
     # table shows it)
-    if "subset" in parts or ("full" in parts and len(batches) > 1):
+    search = "subset" in parts or ("full" in parts and len(batches) > 1)
+    if search:
         sweep = [run("generate", b, subset, args, work, model_dir, f"generate-b{b}-subset") for b in batches]
         best = max(sweep, key=lambda r: r["tokens"] / r["seconds"])
     if "full" in parts:
         native = run("native", args.native_batch, everything, args, work, model_dir, "native")
-        hf = run("generate", best["batch"] if len(batches) > 1 or "subset" in parts else batches[0], everything,
-                 args, work, model_dir, "generate")
+        hf = run("generate", best["batch"] if search else batches[0], everything, args, work, model_dir, "generate")
         print(f"\nall {len(everything)} prompts:")
         print(line(hf, None))
         print(line(native, hf))
