@@ -141,15 +141,23 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def write_pairs_file(folder: Path) -> Path:
+    return write_jsonl(folder / "pairs.jsonl", make_pairs(16))
+
+
+def write_sft_file(folder: Path) -> Path:
+    rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in make_pairs(16, seed=1)]
+    return write_jsonl(folder / "sft.jsonl", rows)
+
+
 @pytest.fixture
 def pairs_file(tmp_path) -> Path:
-    return write_jsonl(tmp_path / "pairs.jsonl", make_pairs(16))
+    return write_pairs_file(tmp_path)
 
 
 @pytest.fixture
 def sft_file(tmp_path) -> Path:
-    rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in make_pairs(16, seed=1)]
-    return write_jsonl(tmp_path / "sft.jsonl", rows)
+    return write_sft_file(tmp_path)
 
 
 def overwrite_values(file: Path, tensor: str, values: list[float]) -> None:

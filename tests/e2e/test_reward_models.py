@@ -23,7 +23,9 @@ from alignlab.testbed.shipped import task_model
 
 pytestmark = pytest.mark.slow
 
-PROMPTS = 1024
+# 535 pairs; 0.90 held-out accuracy on the 2-core AMD EPYC, one thread (0.98 from 1024 prompts, in
+# twice the time; 0.87 from 512)
+PROMPTS = 768
 HELD_OUT = 0.25
 
 
@@ -33,7 +35,7 @@ def sentiment_pairs(isolated_cache, tmp_path_factory):
     model = task_model("sentiment", "sft", isolated_cache)
     out = tmp_path_factory.mktemp("sentiment-feedback")
     meta = synthesize(model, FeedbackSpec("sentiment", num_prompts=PROMPTS, k=4, seed=11), out)
-    assert meta["rows"]["pairs"] > 600
+    assert meta["rows"]["pairs"] > 450
     return out / "pairs.jsonl"
 
 

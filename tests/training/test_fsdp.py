@@ -20,14 +20,16 @@ import yaml
 from alignlab import train
 from alignlab.errors import ConfigError
 from alignlab.training.checkpoint import newest_valid
+from tests.conftest import write_pairs_file, write_sft_file
 from tests.training.helpers import base_config, max_abs_diff, weights
+from tests.training.train_many import check_done, launch_all
 
 pytestmark = pytest.mark.slow
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 
 
 def _free_port() -> str:
-    from tests.training.test_distributed import _free_port as free
+    from tests.training.train_many import free_port as free
 
     return free()
 
@@ -55,43 +57,87 @@ def _train_lines(out) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
 
 
-# SFT divides by the global batch's tokens, DPO by its pairs (and evaluates one held-out pair, on
-# the first process only); with LoRA only the adapter trains, beside frozen sharded weights.
-@pytest.mark.parametrize("method,data_fixture,lora", [("dpo", "pairs_file", False), ("sft", "sft_file", False),
-                                                       ("dpo", "pairs_file", True)])
-def test_fsdp_two_processes_equal_one(tmp_path, tiny_model_dir, request, method, data_fixture, lora):
-    data = request.getfixturevalue(data_fixture)
+def _offline(model_dir, data: Path, out: Path, batch_size: int, method: str, lora: bool, **more) -> dict:
     common = dict(method=method, max_steps=3, dtype="fp64", eval_fraction=1 / 16, eval_every=2, save_every=1,
                   keep_checkpoints=0, lora=lora, lora_r=4, lr=1e-2)
-    single = train(base_config(tiny_model_dir, data, tmp_path / "one", batch_size=4, **common))
-    cfg = base_config(tiny_model_dir, data, tmp_path / "two", batch_size=2, fsdp=True, **common)
-    _torchrun(cfg, tmp_path, "two")
+    return base_config(model_dir, data, out, batch_size=batch_size, **common, **more)
 
-    one, two = _saved(Path(single.model_dir)), _saved(tmp_path / "two" / "model")
+
+def _online(model_dir, out: Path, batch_size: int, lora: bool, **more) -> dict:
+    common = dict(method="grpo", reward=["fn:tests.training.online_rewards:digits"], num_generations=4,
+                  max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2, max_steps=4, updates_per_rollout=2)
+    if lora:
+        common.update(lora=True, lora_r=4, beta=0.1)
+    return base_config(model_dir, "task:arithmetic", out, batch_size=batch_size, **common, **more)
+
+
+def _critic(model_dir, out: Path, batch_size: int, **more) -> dict:
+    common = dict(method="ppo", critic="separate", reward=["fn:tests.training.online_rewards:digits"],
+                  num_generations=4, max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2, max_steps=2,
+                  updates_per_rollout=2)
+    return base_config(model_dir, "task:arithmetic", out, batch_size=batch_size, **common, **more)
+
+
+def _accumulated(model_dir, data: Path, out: Path, batch_size: int, **more) -> dict:
+    common = dict(method="sft", max_steps=2, dtype="fp64", lr=1e-2, eval_fraction=0.0, cache=False)
+    return base_config(model_dir, data, out, batch_size=batch_size, **common, **more)
+
+
+OFFLINE = [("dpo", "dpo", "pairs", False), ("sft", "sft", "sft", False), ("dpo-lora", "dpo", "pairs", True)]
+
+
+@pytest.fixture(scope="module")
+def fsdp_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict[str, Path], subprocess.CompletedProcess]:
+    """The two-process runs of the tests below that run the plain CLI, in one launch
+    (``train_many``): their folder, the data files by shape, and the launch."""
+    root = tmp_path_factory.mktemp("fsdp-two")
+    data = {"pairs": write_pairs_file(root), "sft": write_sft_file(root)}
+    configs = {name: _offline(tiny_model_dir, data[shape], root / name, 2, method, lora, fsdp=True)
+               for name, method, shape, lora in OFFLINE}
+    configs.update({"online": _online(tiny_model_dir, root / "online", 4, False, fsdp=True),
+                    "online-lora": _online(tiny_model_dir, root / "online-lora", 4, True, fsdp=True),
+                    "critic": _critic(tiny_model_dir, root / "critic", 4, fsdp=True)})
+    accum = dict(batch_size=1, grad_accum=2)
+    configs["accum-fsdp"] = _accumulated(tiny_model_dir, data["sft"], root / "accum-fsdp", fsdp=True, **accum)
+    configs["accum-ddp"] = _accumulated(tiny_model_dir, data["sft"], root / "accum-ddp", **accum)
+    return root, data, launch_all(configs, root)
+
+
+# SFT divides by the global batch's tokens, DPO by its pairs (and evaluates one held-out pair, on
+# the first process only); with LoRA only the adapter trains, beside frozen sharded weights.
+@pytest.mark.xdist_group("fsdp-two")  # one worker runs the module's launch, for all its tests
+@pytest.mark.parametrize("name,method,shape,lora", OFFLINE, ids=[c[0] for c in OFFLINE])
+def test_fsdp_two_processes_equal_one(tmp_path, tiny_model_dir, fsdp_two, name, method, shape, lora):
+    root, data, launch = fsdp_two
+    check_done(root, name, launch)
+    single = train(_offline(tiny_model_dir, data[shape], tmp_path / "one", 4, method, lora))
+    cfg = _offline(tiny_model_dir, data[shape], root / name, 2, method, lora, fsdp=True)
+    two_dir = root / name
+
+    one, two = _saved(Path(single.model_dir)), _saved(two_dir / "model")
     assert max_abs_diff(one, two) < 1e-9
     start = weights(tiny_model_dir)
     if not lora:  # the equality is of weights that moved
         assert max_abs_diff({k: v for k, v in one.items() if k in start}, start) > 1e-3
     else:  # the adapter's B starts at zero
         assert max(float(v.abs().max()) for k, v in two.items() if "lora_B" in k) > 1e-4
-    for a, b in zip(_train_lines(tmp_path / "one"), _train_lines(tmp_path / "two"), strict=True):
+    for a, b in zip(_train_lines(tmp_path / "one"), _train_lines(two_dir), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-9) and b["grad_norm"] == pytest.approx(a["grad_norm"], abs=1e-9)
 
     # each process wrote its own shard; no unsharded copy of the weights
-    step3 = tmp_path / "two" / "checkpoints" / "step-00000003"
+    step3 = two_dir / "checkpoints" / "step-00000003"
     assert sorted(p.name for p in (step3 / "shards").iterdir()) == [
         "shard-00001-model-00001-of-00001.safetensors", "shard-00002-model-00001-of-00001.safetensors"]
     assert not (step3 / "trainable.safetensors").exists()
     # the run's models over training (eval displacement --run): each sharded checkpoint's shards
     # put together on this process hold the unsharded run's checkpoint of the same step
-    _same_models(tmp_path / "one", tmp_path / "two", ["start", "step-00000001", "step-00000002", "step-00000003",
-                                                      "final"])
+    _same_models(tmp_path / "one", two_dir, ["start", "step-00000001", "step-00000002", "step-00000003", "final"])
 
     if method == "dpo" and not lora:
         # Resumed on one process from the two-process checkpoint of step 2: the shards are re-cut
         # (batch 4 × 1 process, the same global batch) and the run ends where the others did.
         shutil.rmtree(step3)
-        shutil.rmtree(tmp_path / "two" / "model")
+        shutil.rmtree(two_dir / "model")
         resumed = train({**cfg, "batch_size": 4, "resume": True})
         assert max_abs_diff(one, weights(resumed.model_dir)) < 1e-9
         # with another global batch it is refused, naming both
@@ -110,42 +156,40 @@ def _same_models(one, two, labels: list[str]) -> None:
     assert max_abs_diff(a[1][1]().state_dict(), a[2][1]().state_dict()) > 1e-5  # the steps differ
 
 
+@pytest.mark.xdist_group("fsdp-two")
 @pytest.mark.parametrize("lora", [False, True])
-def test_fsdp_online_equal_one(tmp_path, tiny_model_dir, lora):
+def test_fsdp_online_equal_one(tmp_path, tiny_model_dir, fsdp_two, lora):
     """GRPO, two updates per round: each process samples its prompts from the whole policy (its
     parameters gathered for the round), and the weights end as one unsharded process's. With LoRA
     (and β > 0: the reference is the adapter switched off) the rollouts run the PEFT model's base
     network, not the wrapper FSDP made the root; sharding settles the root first, so the training
     forward pass through the wrapper is not refused after them (it was, at step 1)."""
-    common = dict(method="grpo", reward=["fn:tests.training.online_rewards:digits"], num_generations=4,
-                  max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2, max_steps=4, updates_per_rollout=2)
-    if lora:
-        common.update(lora=True, lora_r=4, beta=0.1)
-    single = train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "one", batch_size=8, **common))
-    _torchrun(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "two", batch_size=4, fsdp=True, **common),
-              tmp_path, "two")
+    root, _, launch = fsdp_two
+    name = "online-lora" if lora else "online"
+    check_done(root, name, launch)
+    single = train(_online(tiny_model_dir, tmp_path / "one", 8, lora))
+    two_dir = root / name
     one = _saved(Path(single.model_dir))
-    assert max_abs_diff(one, _saved(tmp_path / "two" / "model")) < 1e-9
+    assert max_abs_diff(one, _saved(two_dir / "model")) < 1e-9
     if lora:  # the adapter trained: B starts at 0
         assert max(float(v.abs().max()) for k, v in one.items() if "lora_B" in k) > 1e-4
     else:
         start = weights(tiny_model_dir)
         assert max_abs_diff({k: v for k, v in one.items() if k in start}, start) > 1e-4
-    for a, b in zip(_train_lines(tmp_path / "one"), _train_lines(tmp_path / "two"), strict=True):
+    for a, b in zip(_train_lines(tmp_path / "one"), _train_lines(two_dir), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-9) and b["reward"] == pytest.approx(a["reward"], abs=1e-12)
 
 
-def test_fsdp_ppo_separate_critic_equal_one(tmp_path, tiny_model_dir):
+@pytest.mark.xdist_group("fsdp-two")
+def test_fsdp_ppo_separate_critic_equal_one(tmp_path, tiny_model_dir, fsdp_two):
     """PPO with a critic of its own network: the critic's backbone and head are sharded as units
     apart from the policy's; on 2 processes the policy and the critic end as one unsharded
     process's, two updates per round (the second clips against the round's values)."""
-    common = dict(method="ppo", critic="separate", reward=["fn:tests.training.online_rewards:digits"],
-                  num_generations=4, max_new_tokens=6, dtype="fp64", warmup_steps=0, lr=1e-2, max_steps=2,
-                  updates_per_rollout=2)
-    single = train(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "one", batch_size=8, **common))
-    _torchrun(base_config(tiny_model_dir, "task:arithmetic", tmp_path / "two", batch_size=4, fsdp=True, **common),
-              tmp_path, "two")
-    one, two = weights(single.model_dir), weights(tmp_path / "two" / "model")
+    root, _, launch = fsdp_two
+    check_done(root, "critic", launch)
+    single = train(_critic(tiny_model_dir, tmp_path / "one", 8))
+    two_dir = root / "critic"
+    one, two = weights(single.model_dir), weights(two_dir / "model")
     assert any(k.startswith("value_model/") for k in one)
     assert max_abs_diff(one, two) < 1e-9
     start = weights(tiny_model_dir)
@@ -153,25 +197,25 @@ def test_fsdp_ppo_separate_critic_equal_one(tmp_path, tiny_model_dir):
     # the critic starts as a copy of the policy's decoder ("model.*"), and trains
     critic_start = {f"value_model/{k[len('model.'):]}": v for k, v in start.items() if k.startswith("model.")}
     assert max_abs_diff({k: one[k] for k in critic_start}, critic_start) > 1e-4
-    for a, b in zip(_train_lines(tmp_path / "one"), _train_lines(tmp_path / "two"), strict=True):
+    for a, b in zip(_train_lines(tmp_path / "one"), _train_lines(two_dir), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-9)
         assert b["value_loss"] == pytest.approx(a["value_loss"], abs=1e-9)
 
 
-def test_fsdp_accumulation_equals_ddp_and_one(tmp_path, tiny_model_dir, sft_file):
+@pytest.mark.xdist_group("fsdp-two")
+def test_fsdp_accumulation_equals_ddp_and_one(tmp_path, tiny_model_dir, fsdp_two):
     """SFT, 2 processes × batch 1 × grad_accum 2: FSDP (whose first micro-batch keeps its gradient
     on the process, no reduce-scatter) and DDP (no all-reduce) end with the weights of one process
     taking the same global batch of 4 at once."""
-    common = dict(method="sft", max_steps=2, dtype="fp64", lr=1e-2, eval_fraction=0.0, cache=False)
-    single = train(base_config(tiny_model_dir, sft_file, tmp_path / "one", batch_size=4, **common))
-    accum = dict(batch_size=1, grad_accum=2, **common)
-    _torchrun(base_config(tiny_model_dir, sft_file, tmp_path / "fsdp", fsdp=True, **accum), tmp_path, "fsdp")
-    _torchrun(base_config(tiny_model_dir, sft_file, tmp_path / "ddp", **accum), tmp_path, "ddp")
+    root, data, launch = fsdp_two
+    check_done(root, "accum-fsdp", launch)
+    check_done(root, "accum-ddp", launch)
+    single = train(_accumulated(tiny_model_dir, data["sft"], tmp_path / "one", 4))
     one = weights(single.model_dir)
-    assert max_abs_diff(one, weights(tmp_path / "fsdp" / "model")) < 1e-9
-    assert max_abs_diff(weights(tmp_path / "ddp" / "model"), weights(tmp_path / "fsdp" / "model")) < 1e-9
+    assert max_abs_diff(one, weights(root / "accum-fsdp" / "model")) < 1e-9
+    assert max_abs_diff(weights(root / "accum-ddp" / "model"), weights(root / "accum-fsdp" / "model")) < 1e-9
     assert max_abs_diff(one, weights(tiny_model_dir)) > 1e-3
-    for a, b in zip(_train_lines(tmp_path / "ddp"), _train_lines(tmp_path / "fsdp"), strict=True):
+    for a, b in zip(_train_lines(root / "accum-ddp"), _train_lines(root / "accum-fsdp"), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-9) and b["grad_norm"] == pytest.approx(a["grad_norm"], abs=1e-9)
 
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def _measure(processes: int) -> list[dict]:
-    from tests.training.test_distributed import _free_port
+    from tests.training.train_many import free_port as _free_port
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
