@@ -14,7 +14,7 @@ import yaml
 
 from alignlab import train
 from tests.training.helpers import base_config, max_abs_diff, weights
-from tests.training.test_distributed import _free_port
+from tests.training.train_many import free_port as _free_port
 
 pytestmark = pytest.mark.slow
 

@@ -38,7 +38,7 @@ TOL = 5e-4
 
 
 def _free_port() -> str:
-    from tests.training.test_distributed import _free_port as free
+    from tests.training.train_many import free_port as free
 
     return free()
 
