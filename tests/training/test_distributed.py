@@ -19,7 +19,7 @@ from alignlab.errors import ConfigError
 from tests.conftest import write_pairs_file, write_sft_file
 from tests.training.helpers import base_config, max_abs_diff, weights
 from tests.training.shape_data import write_shape
-from tests.training.train_many import check_done, free_port, launch_all
+from tests.training.train_many import Launch, check_done, free_port, launch_all
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +46,11 @@ def _offline_config(model_dir, data: Path, out: Path, batch_size: int, method: s
 
 
 @pytest.fixture(scope="module")
-def offline_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict[str, Path], subprocess.CompletedProcess]:
+def offline_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict[str, Path], Launch]:
     """Every case's two-process run, in one launch (``train_many``): its folder, the data files
     by shape, and the launch."""
-    root = tmp_path_factory.mktemp("offline-two")
+    root = tmp_path_factory.getbasetemp() / "offline-two"
+    root.mkdir(exist_ok=True)
     data = {"pairs": write_pairs_file(root), "sft": write_sft_file(root),
             "unpaired": write_shape(root, "unpaired", n=16)}
     configs = {name: _offline_config(tiny_model_dir, data[shape], root / name, 2, method, fraction, extra)
@@ -152,9 +153,9 @@ def _online_config(model_dir, out: Path, batch_size: int, method: str, updates: 
 
 
 @pytest.fixture(scope="module")
-def online_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, subprocess.CompletedProcess]:
+def online_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, Launch]:
     """Every case's two-process run, in one launch (``train_many``): its folder, and the launch."""
-    root = tmp_path_factory.mktemp("online-two")
+    root = tmp_path_factory.getbasetemp() / "online-two"
     configs = {name: _online_config(tiny_model_dir, root / name, 4, method, updates, extra)
                for name, method, updates, extra in ONLINE_CASES}
     return root, launch_all(configs, root)

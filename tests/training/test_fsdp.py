@@ -22,7 +22,7 @@ from alignlab.errors import ConfigError
 from alignlab.training.checkpoint import newest_valid
 from tests.conftest import write_pairs_file, write_sft_file
 from tests.training.helpers import base_config, max_abs_diff, weights
-from tests.training.train_many import check_done, launch_all
+from tests.training.train_many import Launch, check_done, launch_all
 
 pytestmark = pytest.mark.slow
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
@@ -87,10 +87,11 @@ OFFLINE = [("dpo", "dpo", "pairs", False), ("sft", "sft", "sft", False), ("dpo-l
 
 
 @pytest.fixture(scope="module")
-def fsdp_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict[str, Path], subprocess.CompletedProcess]:
+def fsdp_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict[str, Path], Launch]:
     """The two-process runs of the tests below that run the plain CLI, in one launch
     (``train_many``): their folder, the data files by shape, and the launch."""
-    root = tmp_path_factory.mktemp("fsdp-two")
+    root = tmp_path_factory.getbasetemp() / "fsdp-two"
+    root.mkdir(exist_ok=True)
     data = {"pairs": write_pairs_file(root), "sft": write_sft_file(root)}
     configs = {name: _offline(tiny_model_dir, data[shape], root / name, 2, method, lora, fsdp=True)
                for name, method, shape, lora in OFFLINE}

@@ -10,6 +10,8 @@ process group is the launcher's, kept from one run to the next, and the processe
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -28,22 +30,37 @@ def free_port() -> str:
         return str(sock.getsockname()[1])
 
 
-def launch_all(configs: dict[str, dict], root: Path) -> subprocess.CompletedProcess:
+def launch_all(configs: dict[str, dict], root: Path) -> Launch:
     """Each of ``configs`` (name -> config) written to ``root/<name>.yaml`` and trained by two
     processes under torchrun, all in one launch; a test checks for its run's ``.done`` (see the
-    module docstring) and shows the launch's stderr where it is missing."""
+    module docstring) and shows the launch's stderr where it is missing. Launched once per
+    ``root``: pytest may end a module's fixture between two of its tests (under xdist, where the
+    worker waits for its next test) and set it up again, which then finds the launch done."""
+    record = root / "launch.json"
+    if record.exists():
+        return Launch(**json.loads(record.read_text()))
+    root.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, cfg in configs.items():
         path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         paths.append(str(path))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                            free_port(), "-m", "tests.training.train_many", *paths], env=env, cwd=root,
                           capture_output=True, text=True, timeout=600)
+    launch = Launch(proc.returncode, proc.stderr)
+    record.write_text(json.dumps(dataclasses.asdict(launch)))
+    return launch
 
 
-def check_done(root: Path, name: str, launch: subprocess.CompletedProcess) -> None:
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    returncode: int
+    stderr: str
+
+
+def check_done(root: Path, name: str, launch: Launch) -> None:
     assert (root / f"{name}.yaml.done").exists(), launch.stderr[-3000:]
 
 
