@@ -46,11 +46,11 @@ def add_field_flags(parser: argparse.ArgumentParser, cls: type, command: str, re
     mapping field is a repeatable ``--flag NAME=VALUE``; a tuple field takes any number of values."""
     import typing
 
-    from alignlab.config.parse import _strip_optional
+    from alignlab.config.parse import strip_optional
 
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        tp, _ = _strip_optional(hints[f.name])
+        tp, _ = strip_optional(hints[f.name])
         flag = field_flag(command, f.name)
         shown = "required" if f.name in required else f"default {default_text(field_default(f))}"
         text = f.metadata.get("help") or (helps or {}).get(f.name, "")
@@ -79,13 +79,13 @@ def field_values(args: argparse.Namespace, cls: type, command: str) -> dict:
     field's values become a tuple."""
     import typing
 
-    from alignlab.config.parse import _strip_optional
+    from alignlab.config.parse import strip_optional
 
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
         value = getattr(args, f.name)
-        origin = typing.get_origin(_strip_optional(hints[f.name])[0])
+        origin = typing.get_origin(strip_optional(hints[f.name])[0])
         if origin is tuple and isinstance(value, list):
             value = tuple(value)
         elif origin is dict and isinstance(value, list):

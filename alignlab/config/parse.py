@@ -65,7 +65,7 @@ def split_scorer_specs(text: str) -> list[str]:
     return specs
 
 
-def _strip_optional(tp: Any) -> tuple[Any, bool]:
+def strip_optional(tp: Any) -> tuple[Any, bool]:
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
@@ -79,7 +79,7 @@ _FALSE = {"false", "no", "0", "off"}
 
 def convert(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` (from YAML or a flag string) to type ``tp``; ConfigError names ``key``."""
-    tp, optional = _strip_optional(tp)
+    tp, optional = strip_optional(tp)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
@@ -399,7 +399,7 @@ def field_help(cls: type) -> list[tuple[str, str, Any, str]]:
     for f in dataclasses.fields(cls):
         if f.metadata.get("internal") or f.metadata.get("section"):
             continue
-        tp, _ = _strip_optional(hints[f.name])
+        tp, _ = strip_optional(hints[f.name])
         name = getattr(tp, "__name__", str(tp))
         rows.append((f.name, name, f.default, f.metadata.get("help", "")))
     return rows
@@ -433,11 +433,11 @@ def list_keys() -> set[str]:
     """Keys of list values, as ``bool_keys`` gives the boolean ones (``report_to``,
     ``tracking.report_to``, ``reward``, ...)."""
     layout = _layout()
-    out = {name for name, tp in _value_types().items() if typing.get_origin(_strip_optional(tp)[0]) is list}
+    out = {name for name, tp in _value_types().items() if typing.get_origin(strip_optional(tp)[0]) is list}
     out |= {f"{layout[name]}.{name}" for name in out if layout[name]}
     for spec in REGISTRY.values():
         out |= {name for name, tp in _field_types(spec.params).items()
-                if typing.get_origin(_strip_optional(tp)[0]) is list}
+                if typing.get_origin(strip_optional(tp)[0]) is list}
     return out
 
 
@@ -445,10 +445,10 @@ def bool_keys() -> set[str]:
     """Keys of boolean values: fields of TrainConfig (flat, and by section: ``adapter.lora``) and
     every method's hyperparameters."""
     layout = _layout()
-    out = {name for name, tp in _value_types().items() if _strip_optional(tp)[0] is bool}
+    out = {name for name, tp in _value_types().items() if strip_optional(tp)[0] is bool}
     out |= {f"{layout[name]}.{name}" for name in out if layout[name]}
     for spec in REGISTRY.values():
-        out |= {name for name, tp in _field_types(spec.params).items() if _strip_optional(tp)[0] is bool}
+        out |= {name for name, tp in _field_types(spec.params).items() if strip_optional(tp)[0] is bool}
     return out
 
 
