@@ -26,7 +26,7 @@ from alignlab.data.records import PromptRecord, is_conversation
 from alignlab.errors import ConfigError, DataError, RowIssue
 from alignlab.generation.base import SamplingParams
 from alignlab.generation.factory import make_generator
-from alignlab.generation.native import context_limit
+from alignlab.generation.native import context_length
 from alignlab.losses.policy_gradient import policy_gradient_loss, zero_advantage_is_free
 from alignlab.rewards.base import reward_prompt
 from alignlab.training.distributed import Dist
@@ -109,15 +109,17 @@ def kept(cfg, prompts: list[PromptRecord], bad: list[RowIssue], log: Callable[[s
 
 
 def check_room(cfg, prompts: list[PromptRecord], generator, model, new_tokens: int,
-               log: Callable[[str], None]) -> list[PromptRecord]:
+               log: Callable[[str], None], tokenizer=None) -> list[PromptRecord]:
     """Every prompt must leave room for ``new_tokens`` within ``max_length`` and the model's
     context, whichever is shorter: a completion stops at ``new_tokens``, so no sample is then
-    longer than ``max_length``, as for fixed data. Returns the prompts (without those that do not
-    fit, where the run skips invalid rows)."""
+    longer than ``max_length``, as for fixed data. The context is the one ``alignlab sample`` and
+    rounds read (``native.context_length``: the config's positions and the ``tokenizer``'s
+    model_max_length, the smaller). Returns the prompts (without those that do not fit, where the
+    run skips invalid rows)."""
     limit, where, fix = cfg.dataset.max_length, f"max_length ({cfg.dataset.max_length} tokens)", "max_length"
-    context = context_limit(model)
-    if context is not None and context < limit:
-        limit, where, fix = context, f"the model's context of {context} tokens", None
+    context = context_length(getattr(model, "config", None), tokenizer)
+    if context is not None and context[0] < limit:
+        limit, where, fix = context[0], f"the model's context of {context[0]} tokens ({context[1]})", None
     if new_tokens >= limit:
         raise ConfigError(f"max_new_tokens: {new_tokens} leaves no room for a prompt in {where}; give at most "
                           f"{limit - 1}" + (f" or raise {fix}" if fix else ""))
@@ -195,7 +197,7 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
     prompts = check_rewards(cfg, prompts, terms, log)
     new_tokens = max_new_tokens(cfg)
     generator = run_generator(cfg, dist, policy, tokenizer, log)
-    prompts = check_room(cfg, prompts, generator, policy, new_tokens, log)
+    prompts = check_room(cfg, prompts, generator, policy, new_tokens, log, tokenizer)
     sampling = SamplingParams(max_new_tokens=new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
                               top_k=rollout.top_k, seed=cfg.seed)
     # the policy's log-probs at the start of the round: the old policy of μ > 1 updates, the

@@ -421,6 +421,15 @@ def test_a_judge_prompt_with_no_room_to_answer_is_a_prompt_problem(tiny_model_di
                 "max_new_tokens 2 exceeds its context of 2048 tokens (shorten the template)")
     assert PointwiseJudge(CallableBackend(lambda p: "7"), template="7" * 5000 + "{prompt}{response}"
                           ).prompt_problem("1+1=") is None
+    # a tokenizer's model_max_length below the positions is the context, as `alignlab sample` reads it
+    from alignlab.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    tokenizer.model_max_length = 100
+    short = HFBackend(load_model(str(tiny_model_dir)), tokenizer, max_new_tokens=2)
+    for k, fits in ((91, True), (92, False)):
+        problem = PointwiseJudge(short, template="7" * k + "{prompt}{response}").prompt_problem("1+1=")
+        assert problem is None if fits else problem.endswith("exceeds its context of 100 tokens (shorten the template)")
 
 
 # ---------------------------------------------------------------------------------------------

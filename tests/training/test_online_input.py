@@ -165,10 +165,10 @@ def test_a_prompt_of_another_kind_is_refused_by_a_tasks_reward_showing_its_start
     # max_length 4096 the context is the tighter bound: rows 2 and 3 (2046 and 2100 tokens) with
     # 3 new tokens pass it, and max_new_tokens 2048 leaves no room at all
     (4096, ["1+1=", "9" * 2046, "8" * 2100],
-     "row 2, field 'prompt': 2046 tokens + max_new_tokens 3 exceed the model's context of 2048 tokens (and 1 more "
-     "bad row; shorten the prompts or lower max_new_tokens)",
-     (2048, "max_new_tokens: 2048 leaves no room for a prompt in the model's context of 2048 tokens; give at most "
-            "2047")),
+     "row 2, field 'prompt': 2046 tokens + max_new_tokens 3 exceed the model's context of 2048 tokens "
+     "(max_position_embeddings) (and 1 more bad row; shorten the prompts or lower max_new_tokens)",
+     (2048, "max_new_tokens: 2048 leaves no room for a prompt in the model's context of 2048 tokens "
+            "(max_position_embeddings); give at most 2047")),
     # max_length 10 with 3 new tokens leaves 7 of prompt: '1+1=' (4) and '9' * 7 fit, '9' * 8 does
     # not (8 + 3 = 11 > 10); max_new_tokens 10 leaves none (a completion stops at max_new_tokens,
     # so a prompt that fits gives no sample longer than max_length)
@@ -392,6 +392,28 @@ def test_a_prompt_too_long_in_a_directory_of_files_is_named_by_its_file():
     assert check_room(cfg, a + b, generator, SimpleNamespace(config=SimpleNamespace()), 3, lines.append) == a + b[:1]
     assert lines == ["d: 1 invalid prompt row skipped (first: d/b.jsonl, row 2, field 'prompt': 6 tokens + "
                      "max_new_tokens 3 exceed max_length (8 tokens))"]
+
+
+def test_the_tokenizers_model_max_length_bounds_the_context_as_for_sample_and_rounds():
+    """A tokenizer whose model_max_length (8) is below the config's positions (2048) bounds the
+    prompts, as `alignlab sample` and rounds read the context: with 3 new tokens a 5-token prompt
+    fits and a 6-token one is left out, named with where the bound comes from."""
+    from types import SimpleNamespace
+
+    from alignlab.data.records import PromptRecord
+    from alignlab.training.online_run import check_room
+
+    prompts = [PromptRecord(text, source="p.jsonl", row=i) for i, text in enumerate(["12345", "123456"], 1)]
+    cfg = SimpleNamespace(data="p.jsonl", dataset=SimpleNamespace(skip_invalid=True, max_length=1024))
+    generator = SimpleNamespace(prompt_ids=lambda text: list(text))
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048))
+    lines = []
+    assert check_room(cfg, prompts, generator, model, 3, lines.append, SimpleNamespace(model_max_length=8)) \
+        == prompts[:1]
+    assert lines == ["p.jsonl: 1 invalid prompt row skipped (first: p.jsonl, row 2, field 'prompt': 6 tokens + "
+                     "max_new_tokens 3 exceed the model's context of 8 tokens (the tokenizer's model_max_length))"]
+    # without the tokenizer's bound, the config's positions are the context, and max_length the tighter
+    assert check_room(cfg, prompts, generator, model, 3, lines.append) == prompts
 
 
 def test_a_model_whose_config_gives_no_context_is_bounded_by_max_length_alone():
