@@ -52,6 +52,7 @@ class TokenizedSFT:
     prompt_ids: tuple[int, ...]
     completion: Response
     row: int = 0
+    source: str = ""  # the data file of the row (a folder of files numbers each file's rows from 1)
 
     def sequences(self) -> list[Seq]:
         return [(self.prompt_ids, self.completion)]
@@ -74,6 +75,7 @@ class TokenizedPair:
     group: float | None = None  # 1.0: pair of the first set, 0.0: of the second (mixtures of two sets)
     ref: tuple[float, ...] | None = None
     ref_tokens: tuple[tuple[float, ...], ...] | None = None
+    source: str = ""  # the data file of the row (a folder of files numbers each file's rows from 1)
 
     def sequences(self) -> list[Seq]:
         other = self.prompt_ids if self.rejected_prompt_ids is None else self.rejected_prompt_ids
@@ -93,6 +95,7 @@ class TokenizedUnpaired:
     udm_weight: float = 1.0
     ref: tuple[float, ...] | None = None
     ref_tokens: tuple[tuple[float, ...], ...] | None = None
+    source: str = ""  # the data file of the row (a folder of files numbers each file's rows from 1)
 
     def sequences(self) -> list[Seq]:
         rows = [(self.prompt_ids, self.completion)]
@@ -109,6 +112,7 @@ class TokenizedRanked:
     row: int = 0
     ref: tuple[float, ...] | None = None
     ref_tokens: tuple[tuple[float, ...], ...] | None = None
+    source: str = ""  # the data file of the row (a folder of files numbers each file's rows from 1)
 
     def sequences(self) -> list[Seq]:
         return [(self.prompt_ids, c) for c in self.completions]
@@ -124,6 +128,7 @@ class TokenizedNegative:
     samples: tuple[Response, ...] = ()
     ref: tuple[float, ...] | None = None
     ref_tokens: tuple[tuple[float, ...], ...] | None = None
+    source: str = ""  # the data file of the row (a folder of files numbers each file's rows from 1)
 
     def sequences(self) -> list[Seq]:
         return [(self.prompt_ids, self.rejected)] + [(self.prompt_ids, s) for s in self.samples]
@@ -285,33 +290,36 @@ class Renderer:
             completion = self._fit_response(len(prompt), self._response(rec.prompt, rec.completion), result)
             if not any(completion.mask):
                 return RowIssue(rec.source, rec.row, "completion", "no response token is left to train on after truncation")
-            return TokenizedSFT(prompt, completion, rec.row)
+            return TokenizedSFT(prompt, completion, rec.row, source=rec.source)
         if isinstance(rec, PairRecord):
             got = self._prompted(rec, rec.prompt, {"chosen": rec.chosen, "rejected": rec.rejected}, result)
             if isinstance(got, RowIssue):
                 return got
             prompt, (chosen, rejected) = got
             gap = None if rec.score_chosen is None or rec.score_rejected is None else rec.score_chosen - rec.score_rejected
-            return TokenizedPair(prompt, chosen, rejected, rec.row, strength=rec.strength, score_gap=gap)
+            return TokenizedPair(prompt, chosen, rejected, rec.row, strength=rec.strength, score_gap=gap,
+                                 source=rec.source)
         if isinstance(rec, JointRecord):
             got_c = self._prompted(rec, rec.prompt_chosen, {"chosen": rec.chosen}, result, "prompt_chosen")
             got_r = self._prompted(rec, rec.prompt_rejected, {"rejected": rec.rejected}, result, "prompt_rejected")
             for got in (got_c, got_r):
                 if isinstance(got, RowIssue):
                     return got
-            return TokenizedPair(got_c[0], got_c[1][0], got_r[1][0], rec.row, rejected_prompt_ids=got_r[0])
+            return TokenizedPair(got_c[0], got_c[1][0], got_r[1][0], rec.row, rejected_prompt_ids=got_r[0],
+                                 source=rec.source)
         if isinstance(rec, UnpairedRecord):
             got = self._prompted(rec, rec.prompt, {"completion": rec.completion}, result)
-            return got if isinstance(got, RowIssue) else TokenizedUnpaired(got[0], got[1][0], rec.label, rec.row)
+            return got if isinstance(got, RowIssue) else TokenizedUnpaired(got[0], got[1][0], rec.label, rec.row,
+                                                                           source=rec.source)
         if isinstance(rec, RankedRecord):
             texts = {f"completions[{i}]": c for i, c in enumerate(rec.completions)}
             got = self._prompted(rec, rec.prompt, texts, result)
             if isinstance(got, RowIssue):
                 return got
-            return TokenizedRanked(got[0], tuple(got[1]), tuple(rec.scores), rec.row)
+            return TokenizedRanked(got[0], tuple(got[1]), tuple(rec.scores), rec.row, source=rec.source)
         if isinstance(rec, NegativeRecord):
             got = self._prompted(rec, rec.prompt, {"rejected": rec.rejected}, result)
-            return got if isinstance(got, RowIssue) else TokenizedNegative(got[0], got[1][0], rec.row)
+            return got if isinstance(got, RowIssue) else TokenizedNegative(got[0], got[1][0], rec.row, source=rec.source)
         raise TypeError(f"cannot render {type(rec).__name__}")
 
     def _prompted(self, rec, prompt_text: Text, responses: dict[str, Text], result: RenderResult,

@@ -89,7 +89,7 @@ class RewardModelKind:
         """A margin comes from the data's scores: every pair must have them."""
         cfg = self.cfg
         if cfg.method_params.margin_scale > 0:
-            bad = [RowIssue(cfg.data, e.row, "score_chosen", "margin_scale > 0 takes the margin from score_chosen − "
+            bad = [RowIssue(e.source or cfg.data, e.row, "score_chosen", "margin_scale > 0 takes the margin from score_chosen − "
                             "score_rejected; this pair has no scores") for e in examples if e.score_gap is None]
             if bad:
                 raise DataError(bad, hint="")

@@ -43,7 +43,7 @@ from alignlab.training.metrics import MetricsLog, read_metrics, short
 from alignlab.training.optim import make_optimizer, make_scheduler
 from alignlab.training.ref_sync import RefSync
 from alignlab.training.sinks import sinks_for
-from alignlab.training.source import Step, StepFault, StepSource
+from alignlab.training.source import Step, StepFault, StepSource, rows_text
 
 # How a process's share of the global batch is cut: a sharded checkpoint resumes with another cut
 # (another number of processes) as long as the global batch is the same.
@@ -390,14 +390,14 @@ class NumericError(UserError):
 
 def _numeric_fault(inp: LoopInputs, step: int, loss: float, grad_norm: float, batch: Step,
                    skipped: bool = False) -> str:
-    shown = ", ".join(map(str, batch.rows[:8])) + (", ..." if len(batch.rows) > 8 else "")
+    shown = rows_text(batch.rows)
     if skipped:
         return (f"step {step + 1}: skipped (skip_nonfinite): the loss ({loss}) or gradient norm ({grad_norm}) "
-                f"is not finite, on the batch of data rows {shown}")
+                f"is not finite, on the batch of {shown}")
     newest = ckpt.newest_valid(inp.out_dir / "checkpoints", report=lambda _: None)
     state = f"the newest checkpoint, {newest}, is the last good state" if newest else "no checkpoint was written yet"
     return (f"step {step + 1}: the loss ({loss}) or gradient norm ({grad_norm}) is not finite, on the batch of "
-            f"data rows {shown}; the weights were not updated and {state}. A lower lr or max_grad_norm, "
+            f"{shown}; the weights were not updated and {state}. A lower lr or max_grad_norm, "
             f"or a smaller beta, usually helps (start afresh with {afresh()})")
 
 

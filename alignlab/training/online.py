@@ -287,7 +287,7 @@ class OnlineSource:
             batch = collate_rollout(work, self.pad_id, self.pack).to(device)
             batch.idle, batch.placeholder = idle, placeholder
             micro.append(batch)
-        rows = sorted({e.row for e in self._examples})
+        rows = sorted({("", e.row) for e in self._examples})  # named as data rows (a prompt's file is not kept)
         metrics = dict(self._metrics) if fresh else {"generation_s": 0.0, "reward_s": 0.0}
         if not fresh and self._everyone is not None:  # a later step of the round (μ > 1) logs its reward too
             metrics["reward"] = self._round_reward()

@@ -91,15 +91,21 @@ def _read(cache_file: Path | None, n_rows: int, tokens: bool, log: Callable[[str
         return None
 
 
+def _row_name(example) -> str:
+    """An example's data row as messages name it: with its file where the example knows it."""
+    source = getattr(example, "source", "")
+    return f"{source}, row {example.row}" if source else f"data row {example.row}"
+
+
 def _check_finite(examples: list, by_example: list, model_name: str) -> None:
     """Refuse non-finite reference log-probs (on every process alike: they all hold every value),
     before anything is cached or trained on."""
-    bad = [ex.row for ex, (sums, per_token) in zip(examples, by_example, strict=True)
+    bad = [ex for ex, (sums, per_token) in zip(examples, by_example, strict=True)
            if not all(map(math.isfinite, sums)) or not all(math.isfinite(v) for t in per_token for v in t)]
     if bad:
         raise UserError(
             f"reference log-probs: the model '{model_name}' gives non-finite values for {len(bad)} of "
-            f"{len(examples)} examples (the first is data row {bad[0]}); nothing was cached, and no loss can be "
+            f"{len(examples)} examples (the first is {_row_name(bad[0])}); nothing was cached, and no loss can be "
             f"computed from them (a model overflows sooner in bf16: try {option('dtype', 'fp32')})")
 
 

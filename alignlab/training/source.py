@@ -13,7 +13,7 @@ scorer → examples) plugs into the same seam and keeps its own state in the che
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,10 +33,22 @@ from alignlab.training.order import (
 class Step:
     micro: list[Batch]  # this process's micro-batches, collated, on the device
     size: int  # examples in the whole step, over every process (what per-example metrics are averaged over)
-    rows: list[int]  # data rows of the step's examples, over every process (named when a step fails)
+    # (data file, row) of the step's examples, over every process, named when a step fails
+    # (``rows_text``; the file "" where the source does not know it)
+    rows: list[tuple[str, int]]
     # what the source measured making the step, logged with it (an online round's reward, its
     # generation time); the same on every process
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def rows_text(rows: Sequence[tuple[str, int]], shown: int = 8) -> str:
+    """How a message names a step's data rows: "data rows 3, 5" when they come from one file, else
+    each with its file ("a.jsonl row 3, b.jsonl row 1"), as a folder of files numbers each file's
+    rows from 1; the first ``shown`` of them."""
+    more = ", ..." if len(rows) > shown else ""
+    if len({source for source, _ in rows}) <= 1:
+        return "data rows " + ", ".join(str(row) for _, row in rows[:shown]) + more
+    return ", ".join(f"{source} row {row}" for source, row in rows[:shown]) + more
 
 
 class StepFault(UserError):
@@ -99,7 +111,8 @@ class OfflineSource:
         indices = global_batch_indices(len(self.examples), self.global_batch, cfg.seed, step, self.lengths)
         micro = [self.collate([self.examples[i] for i in idx])
                  for idx in local_micro_batches(indices, cfg.optim.batch_size, cfg.optim.grad_accum, self.dist)]
-        return Step(micro, self.global_batch, sorted({self.examples[i].row for i in indices}))
+        return Step(micro, self.global_batch,
+                    sorted({(getattr(self.examples[i], "source", ""), self.examples[i].row) for i in indices}))
 
     def position(self, done: int) -> dict[str, float]:
         return {"epoch": done / self.per_epoch}

@@ -163,6 +163,25 @@ def test_non_finite_loss_stops_naming_step_and_rows_and_keeps_the_last_good_chec
     assert ckpt.verify(ckpt.list_checkpoints(root)[0]) is None
 
 
+def test_a_non_finite_step_on_a_folder_of_files_names_each_rows_file(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """A folder of data files numbers each file's rows from 1: the step's rows are named with
+    their files (a.jsonl and b.jsonl hold 2 pairs each; the one step of 4 holds all four rows)."""
+    from tests.conftest import make_pairs, write_jsonl
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    rows = make_pairs(4)
+    write_jsonl(folder / "a.jsonl", rows[:2])
+    write_jsonl(folder / "b.jsonl", rows[2:])
+    _nan_on_call(monkeypatch, {1})
+    argv = ["train", "--method", "dpo", "--model", str(tiny_model_dir), "--data", str(folder), "--output-dir",
+            str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "4", "--progress", "false"]
+    assert cli.main(argv) == 2
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("alignlab: error:")]
+    a, b = folder / "a.jsonl", folder / "b.jsonl"
+    assert len(line) == 1 and f"on the batch of {a} row 1, {a} row 2, {b} row 1, {b} row 2;" in line[0], line
+
+
 def test_skip_nonfinite_skips_and_counts_the_bad_steps(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
     """Steps 2 and 4 are poisoned: their updates are not applied (the weights after step 2 equal
     those after step 1), the schedule and the data order go on, and both are counted."""

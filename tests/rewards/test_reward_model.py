@@ -113,6 +113,13 @@ def test_margins_need_scores_and_reward_models_refuse_policy_options(tiny_model_
     data = _pairs_file(tmp_path, scores=False)
     with pytest.raises(DataError, match=r"pairs.jsonl, row 1, field 'score_chosen'.*margin_scale"):
         train(_config(tiny_model_dir, data, tmp_path / "m", margin_scale=1.0))
+    # in a folder of files the row is named with its file, not the folder
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    data.rename(folder / "part.jsonl")
+    with pytest.raises(DataError, match=r"folder/part.jsonl, row 1, field 'score_chosen'.*margin_scale"):
+        train(_config(tiny_model_dir, folder, tmp_path / "f", margin_scale=1.0))
+    (folder / "part.jsonl").rename(data)
     with pytest.raises(ConfigError, match="lora: reward models train the whole backbone"):
         train(_config(tiny_model_dir, data, tmp_path / "l", lora=True))
     with pytest.raises(ConfigError, match="task: a reward model does not answer prompts"):

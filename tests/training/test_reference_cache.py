@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import re
 
 import pytest
 import torch
@@ -87,7 +88,7 @@ def test_non_finite_reference_logps_are_refused_and_never_cached(tiny_model_dir,
                          dist=Dist(), cache_file=cache, tokens=True, autocast=contextlib.nullcontext,
                          log=lambda _: None, model_name="runs/my-model")
     assert str(e.value).startswith("reference log-probs: the model 'runs/my-model' gives non-finite values for 16 of "
-                                   "16 examples (the first is data row 1); nothing was cached")
+                                   f"16 examples (the first is {pairs_file}, row 1); nothing was cached")
     assert str(e.value).endswith("try dtype='fp32')")  # how a Python caller sets it
     assert not cache.exists() and list(tmp_path.iterdir()) == [pairs_file]
 
@@ -100,7 +101,7 @@ def test_a_moving_references_non_finite_values_are_refused_by_name(tiny_model_di
     with torch.no_grad():
         model.model.norm.weight[0] = float("nan")
     with pytest.raises(UserError, match=r"^reference log-probs: the model 'reference' gives non-finite values for 4 "
-                                        r"of 4 examples \(the first is data row 3\)"):
+                                        rf"of 4 examples \(the first is {re.escape(str(pairs_file))}, row 3\)"):
         live_reference(examples[2:6], lambda: contextlib.nullcontext(model), pad_id=tok.pad_token_id, tokens=False,
                        autocast=contextlib.nullcontext)
 
