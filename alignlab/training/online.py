@@ -111,12 +111,12 @@ def _components(parts: dict[str, torch.Tensor]) -> torch.Tensor:
 
 @dataclass
 class _Group:
-    """One prompt's group that dynamic sampling drew: the prompt's row and text, its G samples,
+    """One prompt's group that dynamic sampling drew: the prompt's (data file, row) and text, its G samples,
     their rewards and each reward term's values (as lists: this crosses processes); ``tensors``:
     the rewards (G,), the completions' lengths in tokens (G,) and the terms' values (G, K), the
     terms in the run's order, made once."""
 
-    row: int
+    row: tuple[str, int]
     text: str
     samples: list
     rewards: list[float]
@@ -195,13 +195,13 @@ def round_size(cfg, dist: Dist) -> tuple[int, int]:
 
 @dataclass
 class _Drawn:
-    """What a round drew: this process's prompts (data rows, texts), its completions (prompt-major,
+    """What a round drew: this process's prompts ((data file, row), texts), its completions (prompt-major,
     G each) with their rewards and each reward term's values, the whole round's rewards (prompts ×
     G, every process's in rank order) and the lengths of their completions in tokens, ReMax's
     greedy rewards of every prompt (or None), the seconds spent sampling and scoring, and metrics
     of the drawing itself."""
 
-    rows: list[int]
+    rows: list[tuple[str, int]]
     texts: list
     flat: list
     rewards: torch.Tensor
@@ -226,11 +226,11 @@ def batch_seed(seed: int, batch: int) -> int:
 class OnlineSource:
     """Prompts → generator → reward → examples, one round per ``updates_per_rollout`` steps."""
 
-    def __init__(self, cfg, dist: Dist, prompts: Sequence[tuple[int, str, str]], policy: torch.nn.Module,
+    def __init__(self, cfg, dist: Dist, prompts: Sequence[tuple[int, str, str, str]], policy: torch.nn.Module,
                  generator: Generator, reward: Sequence[RewardTerm], advantages: AdvantageRule, params: SamplingParams,
                  *, pad_id: int, reference: Callable | None = None, needs_old: bool = False, skip_idle: bool = False,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        """``prompts``: (data row, text, how messages name the prompt) of the run's prompt set;
+        """``prompts``: (data row, text, how messages name the prompt, data file) of the run's prompt set;
         ``policy``: the unwrapped module
         being trained; ``reference``: a context-manager factory yielding the reference module
         (only when the method has a KL term); ``needs_old``: compute the policy's log-probs at the
@@ -287,7 +287,7 @@ class OnlineSource:
             batch = collate_rollout(work, self.pad_id, self.pack).to(device)
             batch.idle, batch.placeholder = idle, placeholder
             micro.append(batch)
-        rows = sorted({("", e.row) for e in self._examples})  # named as data rows (a prompt's file is not kept)
+        rows = sorted({(e.source, e.row) for e in self._examples})
         metrics = dict(self._metrics) if fresh else {"generation_s": 0.0, "reward_s": 0.0}
         if not fresh and self._everyone is not None:  # a later step of the round (μ > 1) logs its reward too
             metrics["reward"] = self._round_reward()
@@ -343,8 +343,8 @@ class OnlineSource:
         rows, flat, rewards, parts = drawn.rows, drawn.flat, drawn.rewards, drawn.parts
         rule = self.advantages
         self._examples = [
-            RolloutExample(row=rows[k // G], prompt_ids=s.prompt_ids, completion_ids=s.token_ids, finished=s.finished,
-                           reward=float(rewards[k]), advantages=(), sampler_logps=s.logprobs,
+            RolloutExample(row=rows[k // G][1], source=rows[k // G][0], prompt_ids=s.prompt_ids,
+                           completion_ids=s.token_ids, finished=s.finished, reward=float(rewards[k]), advantages=(), sampler_logps=s.logprobs,
                            components={name: float(v[k]) for name, v in parts.items()})
             for k, s in enumerate(flat)]
         examples = self._examples
@@ -418,7 +418,7 @@ class OnlineSource:
         order = self._batch_order(round_, batch, drawn)
         share = self.per_round // dist.world_size
         mine = order[dist.rank * share:(dist.rank + 1) * share]
-        rows = [self.prompts[i][0] for i in mine]
+        rows = [(self.prompts[i][3], self.prompts[i][0]) for i in mine]
         texts = [self.prompts[i][1] for i in mine]
         named = [self.prompts[i][2] for i in mine]
         t0 = time.perf_counter()
@@ -522,7 +522,7 @@ class OnlineSource:
             for r, e in zip(rows, examples, strict=True):
                 if len(r) != len(e.completion_ids):
                     raise ValueError(f"{name}: {len(r)} values for a completion of {len(e.completion_ids)} tokens "
-                                     f"(data row {e.row})")
+                                     f"({e.source}, row {e.row})")
             return token_tensor(rows, width, dtype=torch.float64)
 
         advantages, returns = rule.token(RoundTokens(scores_PG, mask, tokens("old_logps"), tokens("ref_logps"),

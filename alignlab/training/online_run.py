@@ -207,8 +207,8 @@ def online_source(cfg, dist: Dist, tokenizer, policy: torch.nn.Module, reference
     skip_idle = rollout.skip_zero_advantage and spec.fn is policy_gradient_loss and zero_advantage_is_free(params)
     rule = AdvantageRule.of(spec, params, [t.weight for t in terms])
     # a folder of prompt files numbers each file's rows from 1: its prompts are named with their file
-    named = [(r.row, r.prompt, f"prompt row {r.row}" if r.source == cfg.data else f"prompt {r.source}, row {r.row}")
-             for r in prompts]
+    named = [(r.row, r.prompt, f"prompt row {r.row}" if r.source == cfg.data else f"prompt {r.source}, row {r.row}",
+              r.source) for r in prompts]
     return OnlineSource(cfg, dist, named, policy, generator, terms, rule, sampling,
                         pad_id=tokenizer.pad_token_id, reference=reference, needs_old=needs_old, skip_idle=skip_idle,
                         autocast=autocast)

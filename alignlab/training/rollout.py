@@ -171,6 +171,7 @@ class RolloutExample:
     returns: tuple[float, ...] | None = None  # the critic's targets (PPO)
     sum_pi_sq: tuple[float, ...] | None = None  # Σ_v π_v² of each token's distribution at the start of the round (OTB)
     components: dict[str, float] = field(default_factory=dict)
+    source: str = ""  # the prompt's data file (a folder of files numbers each file's rows from 1)
 
     def to_state(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}

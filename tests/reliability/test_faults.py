@@ -182,6 +182,33 @@ def test_a_non_finite_step_on_a_folder_of_files_names_each_rows_file(tmp_path, t
     assert len(line) == 1 and f"on the batch of {a} row 1, {a} row 2, {b} row 1, {b} row 2;" in line[0], line
 
 
+def test_a_non_finite_online_step_on_a_folder_of_prompt_files_names_each_rows_file(tmp_path, tiny_model_dir,
+                                                                                   monkeypatch, capsys):
+    """The same for an online run: two prompt files of one prompt each, one step of both prompts."""
+    from alignlab.training.forward import policy_gradient
+
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"prompt": "1+1="}\n')
+    (folder / "b.jsonl").write_text('{"prompt": "2+3="}\n')
+    real = policy_gradient.PolicyGradientForward.__call__
+
+    def poisoned(self, model, batch):
+        out = real(self, model, batch)
+        out.losses = out.losses * float("nan")
+        return out
+
+    monkeypatch.setattr(policy_gradient.PolicyGradientForward, "__call__", poisoned)
+    argv = ["train", "--method", "grpo", "--model", str(tiny_model_dir), "--data", str(folder), "--reward",
+            "task:arithmetic:gold", "--num-generations", "2", "--batch-size", "4", "--max-new-tokens", "4",
+            "--max-steps", "1", "--output-dir", str(tmp_path / "run"), "--progress", "false",
+            "--skip-zero-advantage", "false"]
+    assert cli.main(argv) == 2
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("alignlab: error:")]
+    a, b = folder / "a.jsonl", folder / "b.jsonl"
+    assert len(line) == 1 and f"on the batch of {a} row 1, {b} row 1;" in line[0], line
+
+
 def test_skip_nonfinite_skips_and_counts_the_bad_steps(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
     """Steps 2 and 4 are poisoned: their updates are not applied (the weights after step 2 equal
     those after step 1), the schedule and the data order go on, and both are counted."""
