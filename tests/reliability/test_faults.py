@@ -133,9 +133,10 @@ def test_ctrl_c_at_a_random_moment(faults):
         assert f.identical(f.final_weights(out), reference)
 
 
-def _nan_on_call(monkeypatch, bad_calls: set[int]) -> None:
-    """The preference forward returns NaN losses on the given calls (1-based: one per step here)."""
-    real = preference.PreferenceForward.__call__
+def _nan_on_call(monkeypatch, bad_calls: set[int], forward: type = preference.PreferenceForward) -> None:
+    """The ``forward`` (the preference forward by default) returns NaN losses on the given calls
+    (1-based: one per step here)."""
+    real = forward.__call__
     calls = [0]
 
     def poisoned(self, model, batch):
@@ -145,7 +146,7 @@ def _nan_on_call(monkeypatch, bad_calls: set[int]) -> None:
             out.losses = out.losses * float("nan")
         return out
 
-    monkeypatch.setattr(preference.PreferenceForward, "__call__", poisoned)
+    monkeypatch.setattr(forward, "__call__", poisoned)
 
 
 def test_non_finite_loss_stops_naming_step_and_rows_and_keeps_the_last_good_checkpoint(
@@ -191,14 +192,7 @@ def test_a_non_finite_online_step_on_a_folder_of_prompt_files_names_each_rows_fi
     folder.mkdir()
     (folder / "a.jsonl").write_text('{"prompt": "1+1="}\n')
     (folder / "b.jsonl").write_text('{"prompt": "2+3="}\n')
-    real = policy_gradient.PolicyGradientForward.__call__
-
-    def poisoned(self, model, batch):
-        out = real(self, model, batch)
-        out.losses = out.losses * float("nan")
-        return out
-
-    monkeypatch.setattr(policy_gradient.PolicyGradientForward, "__call__", poisoned)
+    _nan_on_call(monkeypatch, {1}, policy_gradient.PolicyGradientForward)
     argv = ["train", "--method", "grpo", "--model", str(tiny_model_dir), "--data", str(folder), "--reward",
             "task:arithmetic:gold", "--num-generations", "2", "--batch-size", "4", "--max-new-tokens", "4",
             "--max-steps", "1", "--output-dir", str(tmp_path / "run"), "--progress", "false",
