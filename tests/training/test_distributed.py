@@ -4,7 +4,6 @@ batch. Runs the real CLI in subprocesses."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,13 +18,13 @@ from alignlab.errors import ConfigError
 from tests.conftest import write_pairs_file, write_sft_file
 from tests.training.helpers import base_config, max_abs_diff, weights
 from tests.training.shape_data import write_shape
-from tests.training.train_many import Launch, check_done, free_port, launch_all
+from tests.training.train_many import check_done, free_port, launch_all, launch_env
 
 pytestmark = pytest.mark.slow
 
 
 def _launch(cmd: list[str], cfg_path, tmp_path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    env = launch_env()
     proc = subprocess.run(cmd + ["-m", "alignlab.cli", "train", str(cfg_path)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -46,11 +45,10 @@ def _offline_config(model_dir, data: Path, out: Path, batch_size: int, method: s
 
 
 @pytest.fixture(scope="module")
-def offline_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict[str, Path], Launch]:
+def offline_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict[str, Path], subprocess.CompletedProcess]:
     """Every case's two-process run, in one launch (``train_many``): its folder, the data files
     by shape, and the launch."""
-    root = tmp_path_factory.getbasetemp() / "offline-two"
-    root.mkdir(exist_ok=True)
+    root = tmp_path_factory.mktemp("offline-two")
     data = {"pairs": write_pairs_file(root), "sft": write_sft_file(root),
             "unpaired": write_shape(root, "unpaired", n=16)}
     configs = {name: _offline_config(tiny_model_dir, data[shape], root / name, 2, method, fraction, extra)
@@ -153,9 +151,9 @@ def _online_config(model_dir, out: Path, batch_size: int, method: str, updates: 
 
 
 @pytest.fixture(scope="module")
-def online_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, Launch]:
+def online_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, subprocess.CompletedProcess]:
     """Every case's two-process run, in one launch (``train_many``): its folder, and the launch."""
-    root = tmp_path_factory.getbasetemp() / "online-two"
+    root = tmp_path_factory.mktemp("online-two")
     configs = {name: _online_config(tiny_model_dir, root / name, 4, method, updates, extra)
                for name, method, updates, extra in ONLINE_CASES}
     return root, launch_all(configs, root)

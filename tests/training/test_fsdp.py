@@ -22,23 +22,17 @@ from alignlab.errors import ConfigError
 from alignlab.training.checkpoint import newest_valid
 from tests.conftest import write_pairs_file, write_sft_file
 from tests.training.helpers import base_config, max_abs_diff, weights
-from tests.training.train_many import Launch, check_done, launch_all
+from tests.training.train_many import check_done, free_port, launch_all, launch_env
 
 pytestmark = pytest.mark.slow
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 
 
-def _free_port() -> str:
-    from tests.training.train_many import free_port as free
-
-    return free()
-
-
 def _torchrun(cfg: dict, tmp_path, name: str, module: str = "alignlab.cli", ok: bool = True):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    proc = subprocess.run(TORCHRUN + ["--master_port", _free_port(), "-m", module, "train", str(path)], env=env,
+    env = launch_env()
+    proc = subprocess.run(TORCHRUN + ["--master_port", free_port(), "-m", module, "train", str(path)], env=env,
                           cwd=os.getcwd(), capture_output=True, text=True, timeout=300)
     if ok:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -87,11 +81,10 @@ OFFLINE = [("dpo", "dpo", "pairs", False), ("sft", "sft", "sft", False), ("dpo-l
 
 
 @pytest.fixture(scope="module")
-def fsdp_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict[str, Path], Launch]:
+def fsdp_two(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict[str, Path], subprocess.CompletedProcess]:
     """The two-process runs of the tests below that run the plain CLI, in one launch
     (``train_many``): their folder, the data files by shape, and the launch."""
-    root = tmp_path_factory.getbasetemp() / "fsdp-two"
-    root.mkdir(exist_ok=True)
+    root = tmp_path_factory.mktemp("fsdp-two")
     data = {"pairs": write_pairs_file(root), "sft": write_sft_file(root)}
     configs = {name: _offline(tiny_model_dir, data[shape], root / name, 2, method, lora, fsdp=True)
                for name, method, shape, lora in OFFLINE}

@@ -5,7 +5,6 @@ one unsharded copy."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -17,12 +16,11 @@ pytestmark = pytest.mark.slow
 
 
 def _measure(processes: int) -> list[dict]:
-    from tests.training.train_many import free_port as _free_port
+    from tests.training.train_many import free_port, launch_env
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                           "--master_port", _free_port(), "bench/fsdp_memory.py", "--hidden", "64", "--layers", "2"],
-                          env=env, capture_output=True, text=True, timeout=300)
+                           "--master_port", free_port(), "bench/fsdp_memory.py", "--hidden", "64", "--layers", "2"],
+                          env=launch_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith('{"rank"')]
     assert [r["rank"] for r in rows] == list(range(processes))

@@ -29,6 +29,7 @@ import yaml
 
 from alignlab import train
 from tests.training.helpers import base_config, max_abs_diff, weights
+from tests.training.train_many import free_port
 
 # the runs import DeepSpeed in their own processes; this one never does
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
@@ -37,17 +38,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TOL = 5e-4
 
 
-def _free_port() -> str:
-    from tests.training.train_many import free_port as free
-
-    return free()
-
-
 def _launch(cfg: dict, tmp_path, name: str, launcher: list[str] | None = None):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     launcher = launcher or [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_port", _free_port()]
+                            "--master_port", free_port()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(launcher + ["-m", "alignlab.cli", "train", str(path)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=400)
@@ -108,7 +103,7 @@ def test_accelerate_launch_with_the_shipped_zero3_config(tmp_path, tiny_model_di
     cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "two", batch_size=1, **_common())
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 str(ROOT / "examples" / "accelerate" / "zero3.yaml"), "--num_processes", "2",
-                "--main_process_port", _free_port()]
+                "--main_process_port", free_port()]
     _launch(cfg, tmp_path, "two", launcher)
     assert max_abs_diff(weights(Path(single.model_dir)), weights(tmp_path / "two" / "model")) < TOL
     state = json.loads((tmp_path / "two" / "checkpoints" / "step-00000003" / "state.json").read_text())

@@ -10,8 +10,6 @@ process group is the launcher's, kept from one run to the next, and the processe
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import socket
 import subprocess
@@ -30,37 +28,27 @@ def free_port() -> str:
         return str(sock.getsockname()[1])
 
 
-def launch_all(configs: dict[str, dict], root: Path) -> Launch:
+def launch_env() -> dict[str, str]:
+    """The environment of a test's launched processes: one intra-op thread each (two processes
+    share the 2-core machine with the other test worker), and this checkout importable."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+
+
+def launch_all(configs: dict[str, dict], root: Path) -> subprocess.CompletedProcess:
     """Each of ``configs`` (name -> config) written to ``root/<name>.yaml`` and trained by two
     processes under torchrun, all in one launch; a test checks for its run's ``.done`` (see the
-    module docstring) and shows the launch's stderr where it is missing. Launched once per
-    ``root``: pytest may end a module's fixture between two of its tests (under xdist, where the
-    worker waits for its next test) and set it up again, which then finds the launch done."""
-    record = root / "launch.json"
-    if record.exists():
-        return Launch(**json.loads(record.read_text()))
-    root.mkdir(parents=True, exist_ok=True)
+    module docstring) and shows the launch's stderr where it is missing."""
     paths = []
     for name, cfg in configs.items():
         path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         paths.append(str(path))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           free_port(), "-m", "tests.training.train_many", *paths], env=env, cwd=root,
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           free_port(), "-m", "tests.training.train_many", *paths], env=launch_env(), cwd=root,
                           capture_output=True, text=True, timeout=600)
-    launch = Launch(proc.returncode, proc.stderr)
-    record.write_text(json.dumps(dataclasses.asdict(launch)))
-    return launch
 
 
-@dataclasses.dataclass(frozen=True)
-class Launch:
-    returncode: int
-    stderr: str
-
-
-def check_done(root: Path, name: str, launch: Launch) -> None:
+def check_done(root: Path, name: str, launch: subprocess.CompletedProcess) -> None:
     assert (root / f"{name}.yaml.done").exists(), launch.stderr[-3000:]
 
 
