@@ -60,9 +60,10 @@ def context_length(config, tokenizer=None) -> tuple[int, str] | None:
     return min(limits) if limits else None
 
 
-def context_limit(model) -> int | None:
-    """The longest sequence the model's positions allow, when its config says."""
-    found = context_length(model.config)
+def context_limit(model, tokenizer=None) -> int | None:
+    """The longest sequence the model takes (``context_length``: its positions, and the
+    ``tokenizer``'s model_max_length where one is given), when either says."""
+    found = context_length(model.config, tokenizer)
     return found[0] if found else None
 
 

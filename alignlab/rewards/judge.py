@@ -88,13 +88,12 @@ class HFBackend:
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 512, batch_size: int = 8, backend: str = "native"):
         from alignlab.generation.factory import make_generator
-        from alignlab.generation.native import context_length
+        from alignlab.generation.native import context_limit
 
         self.generator = make_generator(model, tokenizer, backend, batch_size=batch_size)
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
         self.chat = getattr(tokenizer, "chat_template", None) is not None
-        found = context_length(getattr(model, "config", None), tokenizer)  # as `alignlab sample` reads it
-        self.context = found[0] if found else None
+        self.context = context_limit(model, tokenizer)  # as `alignlab sample` reads it
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: str = "fp32", trust_remote_code: bool = False,

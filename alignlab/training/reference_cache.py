@@ -93,8 +93,7 @@ def _read(cache_file: Path | None, n_rows: int, tokens: bool, log: Callable[[str
 
 def _row_name(example) -> str:
     """An example's data row as messages name it: with its file where the example knows it."""
-    source = getattr(example, "source", "")
-    return f"{source}, row {example.row}" if source else f"data row {example.row}"
+    return f"{example.source}, row {example.row}" if example.source else f"data row {example.row}"
 
 
 def _check_finite(examples: list, by_example: list, model_name: str) -> None:

@@ -112,7 +112,7 @@ class OfflineSource:
         micro = [self.collate([self.examples[i] for i in idx])
                  for idx in local_micro_batches(indices, cfg.optim.batch_size, cfg.optim.grad_accum, self.dist)]
         return Step(micro, self.global_batch,
-                    sorted({(getattr(self.examples[i], "source", ""), self.examples[i].row) for i in indices}))
+                    sorted({(self.examples[i].source, self.examples[i].row) for i in indices}))
 
     def position(self, done: int) -> dict[str, float]:
         return {"epoch": done / self.per_epoch}
