@@ -117,7 +117,7 @@ def check_room(cfg, prompts: list[PromptRecord], generator, model, new_tokens: i
     model_max_length, the smaller). Returns the prompts (without those that do not fit, where the
     run skips invalid rows)."""
     limit, where, fix = cfg.dataset.max_length, f"max_length ({cfg.dataset.max_length} tokens)", "max_length"
-    context = context_length(getattr(model, "config", None), tokenizer)
+    context = context_length(model.config, tokenizer)
     if context is not None and context[0] < limit:
         limit, where, fix = context[0], f"the model's context of {context[0]} tokens ({context[1]})", None
     if new_tokens >= limit:
