@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from alignlab.errors import UserError
 from alignlab.rewards.base import Scorer, check_finite, check_lengths
@@ -93,6 +94,9 @@ def import_function(spec: str) -> Callable:
         obj = importlib.import_module(module_name)
     except ImportError as e:
         raise UserError(f"reward function '{spec}': cannot import module '{module_name}': {e}") from None
+    except Exception as e:  # the module's own code failed: a syntax error, or an error while it runs
+        raise UserError(f"reward function '{spec}': importing module '{module_name}' raised "
+                        f"{type(e).__name__}: {_where(e)}") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UserError(f"reward function '{spec}': module '{module_name}' has no '{attr}'")
@@ -106,6 +110,13 @@ def import_function(spec: str) -> Callable:
     except ValueError:  # a builtin without a signature: trust it
         pass
     return obj
+
+
+def _where(e: Exception) -> str:
+    """An exception's message in one line, with the file and line of a syntax error."""
+    if isinstance(e, SyntaxError):
+        return f"{e.msg} ({Path(e.filename or '?').name}, line {e.lineno})"
+    return " ".join(str(e).split()) or "(no message)"
 
 
 class FunctionReward(Scorer):

@@ -139,6 +139,22 @@ def test_function_reward_by_name_and_its_errors(tmp_path, monkeypatch):
         FunctionReward("justaname")
 
 
+def test_a_module_that_fails_while_importing_is_one_line(tmp_path, monkeypatch):
+    """A syntax error names the module, the error and its file and line; an error raised by the
+    module's own code at import names its type and message."""
+    (tmp_path / "synerr_mod.py").write_text("def f(prompt, response)\n    return 1\n")
+    (tmp_path / "raising_mod.py").write_text("raise ValueError('module-level\\nfailure')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("synerr_mod", "raising_mod"):
+        sys.modules.pop(name, None)
+    with pytest.raises(UserError) as e:
+        FunctionReward("synerr_mod:f")
+    assert str(e.value).startswith("reward function 'synerr_mod:f': importing module 'synerr_mod' raised SyntaxError")
+    assert str(e.value).endswith("(synerr_mod.py, line 1)") and "\n" not in str(e.value)
+    with pytest.raises(UserError, match="importing module 'raising_mod' raised ValueError: module-level failure$"):
+        FunctionReward("raising_mod:f")
+
+
 def test_weighted_sum_by_hand():
     """2·(words) − 1·(exclamation marks): "a b!" → 2·2 − 1 = 3."""
     words = FunctionReward(lambda p, y: len(y.split()), name="words")
