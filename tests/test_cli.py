@@ -265,6 +265,12 @@ def test_demo_rejects_unknown_task_and_method_before_any_work(capsys, tmp_path):
                                ("--eval-prompts", "-2", "--eval-prompts: must be >= 0, got -2")):
         assert main(["demo", flag, value, "--cache-dir", str(tmp_path)]) == 2
         assert f"alignlab: error: {words}\n" in capsys.readouterr().err
+    # an online method scores its own samples: no pairs to flip, and one sample a prompt is allowed
+    assert main(["demo", "--method", "grpo", "--label-noise", "0.3", "--cache-dir", str(tmp_path)]) == 2
+    assert "alignlab: error: --label-noise: an online method scores its own samples" in capsys.readouterr().err
+    assert DemoSettings(method="remax", k=1).k == 1
+    assert main(["demo", "--method", "remax", "--k", "0", "--cache-dir", str(tmp_path)]) == 2
+    assert "alignlab: error: --k 0: must be >= 1\n" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing was built
 
 

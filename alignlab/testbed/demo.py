@@ -118,8 +118,15 @@ class DemoSettings:
                                    ("eval_prompts", self.eval_prompts, 0)):
             if value < least:
                 raise UserError(f"{option(name)}: must be >= {least}, got {value}")
-        # Checked now, before minutes of model building, not when the feedback is written.
-        FeedbackSpec(self.task, self.num_prompts, self.k, self.reward, label_noise=self.label_noise, seed=self.seed)
+        if spec.shape == "online":  # it samples and scores while it trains: no pairs, nothing to flip
+            if self.label_noise:
+                raise UserError(f"{option('label_noise')}: an online method scores its own samples with the "
+                                "reward as it trains; label noise flips the pairs of the offline demo")
+            if self.k < 1:
+                raise UserError(f"{option('k', self.k)}: must be >= 1")
+        else:  # checked now, before minutes of model building, not when the feedback is written
+            FeedbackSpec(self.task, self.num_prompts, self.k, self.reward, label_noise=self.label_noise,
+                         seed=self.seed)
         if not (0 <= self.seed < 2**63):
             raise UserError(f"seed must be in [0, 2**63), got {self.seed}")
         from alignlab.config import build
