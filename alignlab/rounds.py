@@ -128,7 +128,8 @@ def run_rounds(cfg: TrainConfig) -> Summary:
         done = folder / DONE_FILE
         if done.exists():
             record = json.loads(done.read_text())
-            policy = record["model"]
+            # a round that trained left its model in its folder, read from where the folder is now
+            policy = str(folder / "train" / "model") if record.get("trained") else policy
             _log(f"round {r}/{cfg.iterate.rounds}: done earlier ({policy})")
             summary = Summary(**record["summary"]) if record.get("summary") else summary
             continue
@@ -188,7 +189,7 @@ def _claim(cfg: TrainConfig, out: Path) -> None:
         if cfg.checkpoint.resume:
             differ = config_differences(yaml.safe_load(saved.read_text()) or {}, _recorded(cfg))
             if differ:
-                raise ConfigError(f"resume: '{out}' holds rounds run with other settings (differs in "
+                raise ConfigError(f"resume: '{out}' holds a rounds run with other settings (differs in "
                                   f"{', '.join(differ)}); resume with the same config or use another output_dir")
         elif cfg.checkpoint.overwrite:
             check_model_outside(cfg, out)

@@ -111,8 +111,9 @@ def test_raft_trains_on_the_best_samples_that_reach_min_score(tmp_path, tiny_mod
 
 
 def test_a_round_killed_in_training_resumes_to_the_same_weights(tmp_path, tiny_model_dir, prompt_file, monkeypatch):
-    """Killed after round 2's first checkpoint, then resumed: round 1 is not redone (its folder is
-    untouched) and the final weights equal an uninterrupted run's exactly."""
+    """Killed after round 2's first checkpoint, then resumed with the folder written another way:
+    round 1 is not redone (its folder is untouched) and the final weights equal an uninterrupted
+    run's exactly."""
     extra = dict(save_every=1, keep_checkpoints=0)
     full = train(rounds_config(tiny_model_dir, prompt_file, tmp_path / "full", **extra))
     calls = []
@@ -132,9 +133,11 @@ def test_a_round_killed_in_training_resumes_to_the_same_weights(tmp_path, tiny_m
     def no_scoring(*args, **kwargs):
         raise AssertionError("scored again")
 
+    (tmp_path / "x").mkdir()  # resumed through another spelling of the same folder
     with monkeypatch.context() as m:
         m.setattr(rounds_mod, "_score", no_scoring)
-        resumed = train(rounds_config(tiny_model_dir, prompt_file, cut, resume=True, **extra))
+        resumed = train(rounds_config(tiny_model_dir, prompt_file, tmp_path / "x" / ".." / "cut", resume=True,
+                                      **extra))
     assert (cut / "round-1" / "round.json").stat().st_mtime_ns == stamp
     assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
     assert len(jsonl(cut / "rounds.jsonl")) == 2

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -29,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from alignlab.config.schema import TrainConfig, _instantiate, get_loss, sections
+from alignlab.config.schema import SOURCE_KEYS, TrainConfig, _instantiate, get_loss, sections
 from alignlab.errors import ConfigError, UserError
 from alignlab.losses import REGISTRY
 
@@ -405,9 +406,11 @@ def field_help(cls: type) -> list[tuple[str, str, Any, str]]:
     return rows
 
 
-# Keys that may differ between a run and its resumption: they do not change the weights.
+# Keys that may differ between a run and its resumption: they do not change the weights. The
+# output_dir is where the run was found (its run.yaml, its checkpoints), however it is written
+# now, or wherever the folder has been moved.
 RESUMABLE_KEYS = frozenset({
-    "resume", "progress", "overwrite", "save_every", "keep_checkpoints", "log_every", "eval_every",
+    "resume", "progress", "overwrite", "save_every", "keep_checkpoints", "log_every", "eval_every", "output_dir",
     "eval_batch_size", "eval_data", "eval_data_split", "merge_lora", "trust_remote_code", "task",
     "task_eval_prompts", "task_eval_decoding", "cache_dir", "cache", "eval_at_start", "gradient_checkpointing", "skip_nonfinite",
     "report_to", "logging_dir", "run_name", "run_group", "project",
@@ -420,7 +423,17 @@ def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> lis
     one of them lacks (written by another version) is not compared."""
     previous, current = flat_config(previous), flat_config(current)
     return sorted(k for k in set(previous) & set(current)
-                  if k not in RESUMABLE_KEYS and previous[k] != current[k])
+                  if k not in RESUMABLE_KEYS and not _same_value(k, previous[k], current[k]))
+
+
+def _same_value(key: str, a: Any, b: Any) -> bool:
+    """Equal, or for a path key (``SOURCE_KEYS``) two spellings of one path from the same folder
+    (``./runs/x/`` and ``runs/x``); a relative path read from another folder is not recognised."""
+    if a == b:
+        return True
+    if key in SOURCE_KEYS and isinstance(a, str) and isinstance(b, str):
+        return os.path.normpath(os.path.expanduser(a)) == os.path.normpath(os.path.expanduser(b))
+    return False
 
 
 def known_keys() -> set[str]:

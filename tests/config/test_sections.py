@@ -119,6 +119,16 @@ def test_config_differences_compare_flat_and_sectioned_configs():
     assert config_differences(cfg.to_dict(), {**old, "batch_size": 3}) == ["batch_size"]
 
 
+def test_config_differences_read_a_folder_however_it_is_written():
+    """The output_dir is where the run was found; a source path written another way from the same
+    folder is the same path; another path, or the same name in another folder, is not."""
+    a = {**BASE, "output_dir": "runs/x", "model": "models/m", "data": "d/pairs.jsonl"}
+    b = {**BASE, "output_dir": "/elsewhere/x/", "model": "./models/m/", "data": "d//pairs.jsonl"}
+    assert config_differences(a, b) == []
+    assert config_differences(a, {**b, "model": "models/m2", "data": "e/pairs.jsonl"}) == ["data", "model"]
+    assert config_differences({**a, "method": "dpo"}, {**a, "method": "./dpo"}) == ["method"]  # not a path key
+
+
 def test_a_run_with_a_flat_run_yaml_resumes(tmp_path, tiny_model_dir, pairs_file):
     """A run written before the sections (its run.yaml flat) resumes; one with another lr does not."""
     import shutil
