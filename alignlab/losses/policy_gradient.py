@@ -491,7 +491,17 @@ def _policy_terms(inputs: PolicyGradientInputs, params: PolicyGradientParams) ->
     metrics["advantages"] = _token_mean(adv, mask)
     if inputs.entropy is not None:
         metrics["entropy"] = _token_mean(inputs.entropy, mask)
+    _count_rows(metrics, mask)
     return per_token.expand(mask.shape), mask, metrics
+
+
+def _count_rows(metrics: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
+    """Each token-mean metric averaged over the completions that have a token in the loss: a
+    completion that ``mask_truncated`` leaves out counts 0 (``_count/<name>``, ``LossOutput``), not
+    as a ratio, clip share or advantage of 0."""
+    rows = (mask.sum(dim=-1) > 0).to(torch.float64)
+    for name in [k for k in metrics if not k.startswith("_")]:
+        metrics[f"_count/{name}"] = rows
 
 
 def zero_advantage_is_free(params: PolicyGradientParams) -> bool:
@@ -547,6 +557,7 @@ def ppo_loss(inputs: PolicyGradientInputs, params: PPOParams) -> LossOutput:
         clipped_values = old_values + (inputs.values.detach() - old_values).clamp(-params.value_clip, params.value_clip)
         used_clip = (clipped_values - returns) ** 2 > (inputs.values.detach() - returns) ** 2
         metrics["value/clip"] = _token_mean(used_clip.to(per_token.dtype), mask)
+        _count_rows(metrics, mask)
     metrics["policy_loss"] = policy.detach()
     metrics["value_loss"] = value.detach()
     return LossOutput(policy + params.vf_coef * value, metrics)

@@ -145,7 +145,7 @@ class LossOutput:
     the step's batch is split. ``metrics`` are per-example (B,) values, averaged for logging: summed
     over the step (or held-out set) and divided by its examples, or, for a metric ``name`` that comes
     with per-example counts ``_count/name``, by the summed counts (a mean over tokens, whatever the
-    split). Names that start with ``_`` are not logged.
+    split; a metric whose counts sum to 0 is not logged). Names that start with ``_`` are not logged.
     ``stats`` (stateful losses only) are scalar sums; the loop adds them over the step's
     micro-batches and processes and hands the totals to ``LossSpec.update_state`` after the step.
     """

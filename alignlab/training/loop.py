@@ -84,8 +84,10 @@ def _sum_metrics(acc: dict[str, torch.Tensor], out: LossOutput, what: str = "met
 
 def _means(tot: dict[str, float], examples: float, prefix: str = "") -> dict[str, float]:
     """The logged metrics of summed ones: each sum over the examples, or over its own count
-    ``_count/<name>`` where the forward gives one (a mean over tokens: ``LossOutput``)."""
-    return {prefix + k: v / max(tot.get(f"_count/{k}", examples), 1.0) for k, v in tot.items() if not k.startswith("_")}
+    ``_count/<name>`` where the forward gives one (a mean over tokens: ``LossOutput``); a metric
+    whose count is 0 (nothing it is a mean of) is left out."""
+    return {prefix + k: v / max(tot.get(f"_count/{k}", examples), 1.0) for k, v in tot.items()
+            if not k.startswith("_") and tot.get(f"_count/{k}", 1.0) != 0}
 
 
 def autocast(cfg, dist: Dist):
@@ -280,6 +282,7 @@ def _gradients(inp: LoopInputs, micro: list[Batch], step: int = -1) -> tuple[flo
         _sum_metrics(stats, out, "stats")
     tot = sum_over_processes(dist, sums, {"_loss": loss_sum, "_tokens": torch.tensor(float(tokens), dtype=torch.float64),
                                           "_slots": torch.tensor(float(slots), dtype=torch.float64)})
+    tot["_units"] = global_units
     return tot["_loss"] / max(global_units, 1.0), tot, stats
 
 
@@ -322,6 +325,9 @@ def _steps(inp: LoopInputs, optimizer, scheduler, trainable, metrics_log: Metric
             metrics = {"step": done, **position, "loss": loss}
             if batch.size:  # none when an online step computed no completion (all with advantage 0)
                 metrics.update(_means(tot, batch.size))
+                if tot["_units"] == 0 and dist.is_main:
+                    inp.log(f"step {done}: no token is in the loss (mask_truncated leaves out every completion cut "
+                            "at max_new_tokens, here all of them); the step's gradient is 0")
             metrics.update({"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tot["_tokens"] / max(elapsed, 1e-9),
                             "padding": 1.0 - tot["_tokens"] / max(tot["_slots"], 1.0)})
             if batch.metrics:  # an online round's reward and timings; training time is the rest

@@ -539,6 +539,10 @@ def test_truncated_completions_are_masked():
         assert out.losses.tolist() == expected
         out.losses.sum().backward()
         assert logps.grad[1].tolist() == ([0.0, 0.0] if on else [1.0, 1.0])
+        # the masked row is in no token-mean metric: its count is 0, so it does not log a ratio of 0
+        counts = [1.0, 0.0] if on else [1.0, 1.0]
+        for name in ("ratio/mean", "clip/low", "clip/high", "advantages"):
+            assert out.metrics[f"_count/{name}"].tolist() == counts
     assert units("token_mean", mask, flags).tolist() == [2.0, 0.0]
 
 

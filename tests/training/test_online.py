@@ -328,15 +328,21 @@ def test_a_round_whose_reward_failed_is_not_resumed_from_the_round_before(tmp_pa
     assert max_abs_diff(weights(full.model_dir), weights(resumed.model_dir)) == 0
 
 
-def test_dapo_masks_completions_cut_at_the_limit(tmp_path, tiny_model_dir):
+def test_dapo_masks_completions_cut_at_the_limit(tmp_path, tiny_model_dir, capsys):
     """A random model's 6-token answers all hit the limit: DAPO (mask_truncated) gives them no loss
-    and no units, so nothing moves; with the mask off the same run trains."""
+    and no units, so nothing moves, the step says so, and the means over the loss's completions
+    (ratio, clip shares, advantages) are not logged as 0; with the mask off the same run trains,
+    its ratio exactly 1 (one update per round)."""
     masked = train(online(tiny_model_dir, tmp_path / "masked", method="dapo", max_steps=1))
     rows = [m for m in metrics(tmp_path / "masked") if "loss" in m]
     assert rows[0]["truncated"] == 1.0 and rows[0]["loss"] == 0.0
+    assert not {"ratio/mean", "clip/low", "clip/high", "advantages"} & set(rows[0])
+    assert "step 1: no token is in the loss (mask_truncated leaves out every completion" in capsys.readouterr().err
     assert max_abs_diff(weights(masked.model_dir), weights(tiny_model_dir)) < 1e-12  # fp64 save of fp32 weights
     unmasked = train(online(tiny_model_dir, tmp_path / "unmasked", method="dapo", max_steps=1, mask_truncated=False))
     assert max_abs_diff(weights(unmasked.model_dir), weights(tiny_model_dir)) > 1e-4
+    assert [m["ratio/mean"] for m in metrics(tmp_path / "unmasked") if "loss" in m] == [1.0]
+    assert "no token is in the loss" not in capsys.readouterr().err
 
 
 def test_ppo_saves_its_critic_beside_the_policy_and_learns_values(tmp_path, tiny_model_dir):
