@@ -193,8 +193,8 @@ def run_decode(job, args) -> dict[str, Any]:
     if best_of:
         summary.update(pick_temperature=args.pick_temperature, calibrate=args.calibrate,
                        **estimate(candidate_rewards, args.n).as_dict())  # with n
-        if args.pick_temperature > 0 or args.calibrate:
-            summary["kl_note"] = "the bound and the estimate are best-of-n's; a soft or calibrated pick moves less"
+        if args.pick_temperature > 0:  # a calibrated hard pick is best-of-n's own
+            summary["kl_note"] = "the bound and the estimate are best-of-n's; a soft pick moves less"
     elif args.method == "qalign":
         accepted, proposed = (sum(x) for x in zip(*acceptance, strict=True)) if acceptance else (0, 0)
         summary.update(steps=args.steps, beta=args.beta, vote=args.vote, burn_in=args.burn_in,
