@@ -36,6 +36,7 @@ from typing import Any
 from alignlab.decoding.spec import (
     GREEDY_ONLY,
     METHODS,
+    SEARCHES,
     add_method_flags,
     build_method,
     check_method,
@@ -82,6 +83,10 @@ def _check(args) -> None:
     if args.method in GREEDY_ONLY and (args.temperature != 0 or args.stop_token_ids):
         raise UserError(f"{args.method} decodes greedily, as the paper does, and ends at either model's end token: "
                         "pass --temperature 0 and no --stop-token-ids")
+    for name, plain in (("top_p", 1.0), ("top_k", 0)):
+        if args.method in SEARCHES and getattr(args, name) != plain:
+            raise UserError(f"--{name.replace('_', '-')}: {args.method} does not read it (it samples from the "
+                            "softmax of its own scores at --temperature; the flag is for best-of-n, qalign and urial)")
     for name in ("answers", "batch_size"):
         value = getattr(args, name)
         if value < 1:
@@ -226,6 +231,8 @@ def format_summary(s: dict[str, Any]) -> str:
     if "kl" in s:
         lines.append(f"  KL to the model        {s['kl']:.4f} [{s['kl_low']:.4f}, {s['kl_high']:.4f}]   "
                      f"(bound log n - (n-1)/n = {s['kl_bound']:.4f})")
+        if "kl_note" in s:
+            lines.append(f"                         ({s['kl_note']})")
     if "acceptance_rate" in s:
         lines.append(f"  acceptance rate        {s['acceptance_rate']:.4f}   ({s['steps']} steps, beta {s['beta']:g})")
     if "nudged_share" in s:

@@ -68,6 +68,10 @@ def test_best_of_n_on_a_task_writes_its_answers_and_measures_them(tmp_path, sft_
      "--guide-weight must be a finite number, got nan"),
     (["--method", "best-of-n", "--scorer", " "], "--scorer is empty; give a scorer spec (e.g. task:arithmetic or "
                                                   "rm:DIR)"),
+    (["--method", "reward-guided", "--scorer", "task:arithmetic", "--top-p", "0.5"],
+     "--top-p: reward-guided does not read it"),
+    (["--method", "transfer-q", "--aligned", "a", "--reference", "r", "--top-k", "5"],
+     "--top-k: transfer-q does not read it"),
 ])
 def test_settings_that_cannot_work_are_one_line_errors_before_loading(tmp_path, args, message, capsys):
     code = main(["decode", *args, "--model", str(tmp_path / "no-model"), "--task", "arithmetic",
@@ -269,3 +273,13 @@ def test_transfer_q_refuses_models_of_another_vocabulary_before_loading_them(tmp
     assert f"transfer-q needs one vocabulary: the base model {sft_model} and the aligned model {other} have " \
            "different vocabularies (263 and 263 tokens, 4 entries not shared)" in err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_the_console_shows_the_kl_caveat_of_a_soft_pick():
+    """The KL line of a soft pick is best-of-n's, and the console says so as the summary does."""
+    summary = {"method": "best-of-n", "n": 4, "prompts": 2, "task": "arithmetic", "scorer": "task:arithmetic",
+               "gold": 0.5, "gold_plain": 0.5, "win_rate": 0.5, "forward_tokens": 8, "forward_tokens_plain": 2,
+               "temperature": 1.0, "kl": 0.1, "kl_low": 0.0, "kl_high": 0.2, "kl_bound": 0.6}
+    assert "soft pick" not in format_summary(summary)
+    note = "the bound and the estimate are best-of-n's; a soft pick moves less"
+    assert f"({note})" in format_summary({**summary, "kl_note": note})

@@ -19,6 +19,7 @@ from alignlab.errors import UserError
 METHODS = ("best-of-n", "qalign", "reward-guided", "transfer-q", "urial", "nudging")
 NEEDS_SCORER = ("best-of-n", "qalign", "reward-guided")
 GREEDY_ONLY = ("nudging",)  # the methods that decode greedily and nothing else
+SEARCHES = ("reward-guided", "transfer-q")  # token-level searches: they sample their own scores (no top-p/top-k)
 # Flags only some methods read, with the methods that read them and their defaults. Each defaults
 # to None on the command line, so a flag given to a method that does not read it is refused rather
 # than ignored; check_method then fills in the default.
