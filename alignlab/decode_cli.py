@@ -134,7 +134,7 @@ def run_decode(job, args) -> dict[str, Any]:
     from alignlab.models import load_model, load_tokenizer
     from alignlab.rewards import load_scorer
     from alignlab.rewards.base import reward_prompt, win_points
-    from alignlab.sample_cli import _default_device, output_row, read_prompts
+    from alignlab.sample_cli import _default_device, check_context, output_row, read_prompts
 
     prompts = read_prompts(job)
     scorer = method_scorer(args)
@@ -146,6 +146,12 @@ def run_decode(job, args) -> dict[str, Any]:
                                      batch_size=job.batch_size * job.n * (args.n if best_of else 1))
     others = method_models(args, job.dtype, args.trust_remote_code, _default_device(), tokenizer, job.model)
     method = build_method(args, model, tokenizer, base, scorer, others)
+    framing = ""
+    if args.method == "urial":
+        size = len(tokenizer(method.prefix, add_special_tokens=False)["input_ids"])
+        framing = (f" with urial's in-context prefix ({args.prefix or 'the shipped one'}; the prefix alone is {size} "
+                   "tokens, --prefix FILE gives a shorter one)")
+    check_context(method, model, tokenizer, prompts, job.params.max_new_tokens, framing)
     acceptance, nudged = [], [0, 0]  # qalign: (accepted, proposed) per batch; nudging: (nudged, all) tokens
     rows, answers, candidate_rewards, forward, rollout = [], [], [], 0, 0
     for start in range(0, len(prompts), job.batch_size):

@@ -283,3 +283,33 @@ def test_the_console_shows_the_kl_caveat_of_a_soft_pick():
     assert "soft pick" not in format_summary(summary)
     note = "the bound and the estimate are best-of-n's; a soft pick moves less"
     assert f"({note})" in format_summary({**summary, "kl_note": note})
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("reward-guided", ["--scorer", "task:arithmetic"]),
+    ("transfer-q", ["--aligned", "SFT", "--reference", "SFT"]),
+    ("best-of-n", ["--scorer", "task:arithmetic"]),
+])
+def test_a_prompt_past_the_context_is_refused_naming_its_file_and_row(tmp_path, sft_model, method, extra, capsys):
+    """The tiny model's context is 512 tokens; a prompt of 600 '1+'s is longer, in row 2 of the file
+    (row 1 fits). Each method refuses it before decoding, naming the file and row; nothing is written."""
+    prompts = tmp_path / "long.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1="}) + "\n" + json.dumps({"prompt": "1+" * 600}) + "\n")
+    out = tmp_path / "o.jsonl"
+    code = main(["decode", "--method", method, *[sft_model if x == "SFT" else x for x in extra], "--model", sft_model,
+                 "--prompts", str(prompts), "--max-new-tokens", "4", "--temperature", "0", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{prompts}, row 2: the prompt is " in err and "the model's context is 512 tokens" in err, err
+    assert not out.exists()
+
+
+def test_urials_prefix_is_named_where_it_makes_a_prompt_too_long(tmp_path, sft_model, capsys):
+    """A 4-character prompt after the shipped prefix (README: it does not fit the 512-token context)."""
+    prompts = tmp_path / "short.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1="}) + "\n")
+    code = main(["decode", "--method", "urial", "--model", sft_model, "--prompts", str(prompts),
+                 "--max-new-tokens", "4", "--output", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{prompts}, row 1: the prompt is " in err and "with urial's in-context prefix (the shipped one" in err
