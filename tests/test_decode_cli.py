@@ -68,6 +68,10 @@ def test_best_of_n_on_a_task_writes_its_answers_and_measures_them(tmp_path, sft_
      "--guide-weight must be a finite number, got nan"),
     (["--method", "best-of-n", "--scorer", " "], "--scorer is empty; give a scorer spec (e.g. task:arithmetic or "
                                                   "rm:DIR)"),
+    (["--method", "best-of-n", "--scorer", "implicit:policy=/no/p,reference=/no/r,beta=nan"],
+     "--scorer: scorer 'implicit:policy=/no/p,reference=/no/r,beta=nan': beta must be a finite number > 0"),
+    (["--method", "best-of-n", "--scorer", "implicit:policy=/no/p,reference=/no/r,beta=0"],
+     "beta must be a finite number > 0"),
     (["--method", "reward-guided", "--scorer", "task:arithmetic", "--top-p", "0.5"],
      "--top-p: reward-guided does not read it"),
     (["--method", "transfer-q", "--aligned", "a", "--reference", "r", "--top-k", "5"],

@@ -151,9 +151,13 @@ def check_scorer(spec: str, method: str, max_new_tokens: int | None = None) -> N
     default ``max``."""
     from pathlib import Path
 
-    from alignlab.rewards import SPECS, load_scorer
+    from alignlab.rewards import SPECS, load_scorer, spec_problem
 
     kind = spec.partition(":")[0]
+    if kind == "implicit":  # its folders and beta, before its two models load
+        problem = spec_problem(spec)
+        if problem:
+            raise UserError(f"--scorer: {problem}")
     try:
         if kind in ("task", "length", "overlong", "fn", "bleu") or (kind not in SPECS
                                                                     and not Path(spec).expanduser().is_dir()):
