@@ -22,7 +22,8 @@ the share of the answers' tokens the aligned model wrote.
 Settings that cannot work (a method that needs a scorer or a model and has none, n < 1, an unknown
 method, a flag given to a method that does not read it, models of different vocabularies for
 transfer-q) are one-line errors before the model loads. The command does not resume: it writes the
-file at the end.
+file at the end, and refuses an existing output (or its summary) unless ``--overwrite`` is given,
+which also removes the summary and an `alignlab sample` record (``O.jsonl.meta.json``) beside it.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt-set", default="eval", choices=PROMPT_SETS, help="with --task: eval (default) or train")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N prompts")
     parser.add_argument("--output", required=True, help="the .jsonl file to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output and the summary or sample record beside it")
     add_field_flags(parser, SamplingParams, "decode", helps=SAMPLING_HELP)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts answered together (default 16)")
     parser.add_argument("--backend", default=default_backend(), help=f"generation backend (default {default_backend()})")
@@ -104,6 +107,11 @@ def _check(args) -> None:
             raise UserError(f"--output {args.output}: '{above}' is a file, not a folder")
         raise UserError(f"--output {args.output}: folder '{out.parent}' does not exist")
     check_not_input(args.output, ("the prompt file", "--prompts", args.prompts))
+    if not args.overwrite:
+        taken = next((p for p in (out, Path(f"{out}.summary.json")) if p.is_file()), None)
+        if taken is not None:
+            raise UserError(f"--output {args.output}: {taken} exists (decode does not resume); pass --overwrite to "
+                            "replace it, or choose another --output")
 
 
 def cmd_decode(tokens: list[str]) -> int:
@@ -134,7 +142,7 @@ def run_decode(job, args) -> dict[str, Any]:
     from alignlab.models import load_model, load_tokenizer
     from alignlab.rewards import load_scorer
     from alignlab.rewards.base import reward_prompt, win_points
-    from alignlab.sample_cli import _default_device, check_context, output_row, read_prompts
+    from alignlab.sample_cli import _default_device, check_context, meta_path, output_row, read_prompts
 
     prompts = read_prompts(job)
     scorer = method_scorer(args)
@@ -176,8 +184,11 @@ def run_decode(job, args) -> dict[str, Any]:
         for i, p in enumerate(chunk):
             rows.append(output_row(p, got[i], None if scores is None else scores[i]))
             answers.append(got[i])
-    out = Path(args.output)
+    out = Path(args.output).expanduser()
     try:
+        for stale in (Path(f"{out}.summary.json"), meta_path(out)):  # of the run this one replaces
+            if stale.is_file():
+                stale.unlink()
         out.write_text("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows),
                        encoding="utf-8")
     except OSError as e:

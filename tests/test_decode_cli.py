@@ -317,3 +317,30 @@ def test_urials_prefix_is_named_where_it_makes_a_prompt_too_long(tmp_path, sft_m
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{prompts}, row 1: the prompt is " in err and "with urial's in-context prefix (the shipped one" in err
+
+
+def test_an_existing_output_or_summary_is_refused_before_loading(tmp_path, capsys):
+    """A long `alignlab sample` run's output (or an earlier decode's summary) is not replaced silently."""
+    for taken in ("o.jsonl", "o.jsonl.summary.json"):
+        (tmp_path / taken).write_text("kept\n")
+        code = main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--model",
+                     str(tmp_path / "no-model"), "--task", "arithmetic", "--output", str(tmp_path / "o.jsonl")])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"{tmp_path / taken} exists (decode does not resume); pass --overwrite" in err and "no-model" not in err
+        assert (tmp_path / taken).read_text() == "kept\n"
+        (tmp_path / taken).unlink()
+
+
+def test_overwrite_replaces_the_output_and_removes_what_described_the_old_one(tmp_path, sft_model):
+    """With --overwrite and no --task the answers replace the file, and the sample record and the
+    summary beside it, which described the old rows, are removed (no new summary is written)."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1="}) + "\n")
+    out = tmp_path / "o.jsonl"
+    for old in (out, tmp_path / "o.jsonl.meta.json", tmp_path / "o.jsonl.summary.json"):
+        old.write_text("{}\n")
+    assert main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--n", "2", "--model", sft_model,
+                 "--prompts", str(prompts), "--max-new-tokens", "4", "--overwrite", "--output", str(out)]) == 0
+    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == ["1+1="]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "p.jsonl"]
