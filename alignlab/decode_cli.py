@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", default=None, help=f"answer a testbed task's prompts and measure the answers: "
                                                      f"{', '.join(task_names())}")
     parser.add_argument("--prompt-set", default="eval", choices=PROMPT_SETS, help="with --task: eval (default) or train")
+    parser.add_argument("--prompt-column", default=None, help="with --prompts: the column that holds the prompt "
+                                                              "(default prompt)")
+    parser.add_argument("--split", default=None, help="with --prompts: split of a dataset directory or hub dataset")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N prompts")
     parser.add_argument("--output", required=True, help="the .jsonl file to write")
     parser.add_argument("--overwrite", action="store_true",
@@ -126,7 +129,7 @@ def cmd_decode(tokens: list[str]) -> int:
 
     params = _sampling_params(field_values(args, SamplingParams, "decode"))
     job = SampleJob(model=args.model, params=params, n=args.answers, prompts=args.prompts, task=args.task,
-                    prompt_set=args.prompt_set, limit=args.limit, backend=args.backend, batch_size=args.batch_size,
+                    prompt_set=args.prompt_set, prompt_column=args.prompt_column, split=args.split, limit=args.limit, backend=args.backend, batch_size=args.batch_size,
                     scorer=args.scorer, dtype=args.dtype)
     result = run_decode(job, args)
     print(f"wrote {result['rows']} rows to {args.output}")

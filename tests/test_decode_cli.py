@@ -344,3 +344,17 @@ def test_overwrite_replaces_the_output_and_removes_what_described_the_old_one(tm
                  "--prompts", str(prompts), "--max-new-tokens", "4", "--overwrite", "--output", str(out)]) == 0
     assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == ["1+1="]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "p.jsonl"]
+
+
+def test_a_prompt_file_names_its_prompt_column_as_the_hint_says(tmp_path, sft_model, capsys):
+    """A CSV whose prompts are in 'question': without --prompt-column the one-line error points to
+    the flag, which decode takes; with it the rows are answered."""
+    prompts = tmp_path / "q.csv"
+    prompts.write_text("question\n2+2=\n")
+    args = ["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--n", "1", "--model", sft_model,
+            "--prompts", str(prompts), "--max-new-tokens", "4", "--output", str(tmp_path / "o.jsonl")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--prompt-column NAME" in err and len(err.strip().splitlines()) == 1, err
+    assert main([*args, "--prompt-column", "question"]) == 0
+    assert json.loads((tmp_path / "o.jsonl").read_text())["prompt"] == "2+2="
