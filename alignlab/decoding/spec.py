@@ -95,6 +95,7 @@ def check_method(args: argparse.Namespace) -> None:
     for flag, what in needs.get(args.method, ()):
         if getattr(args, flag) is None:
             raise UserError(f"--{flag}: {args.method} needs {what}; give --{flag} DIR")
+    calibration_given = args.calibration_samples is not None
     # the defaults of the flags above, now that they are known to be the method's
     for flag, (_, default) in METHOD_FLAGS.items():
         if getattr(args, flag) is None:
@@ -124,6 +125,10 @@ def check_method(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if calibration_given and not args.calibrate:
+        raise UserError("--calibration-samples: it sets --calibrate's samples; pass --calibrate, or leave it out")
+    if not (math.isfinite(args.pick_temperature) and args.pick_temperature >= 0):
+        raise UserError(f"--pick-temperature must be a finite number >= 0 (0: the best), got {args.pick_temperature}")
     if args.method in ("reward-guided", "transfer-q"):  # as the searches check them, before a model loads
         if args.candidates < 1:
             raise UserError(f"--candidates must be >= 1, got {args.candidates}")
