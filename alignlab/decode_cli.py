@@ -22,7 +22,8 @@ the share of the answers' tokens the aligned model wrote.
 Settings that cannot work (a method that needs a scorer or a model and has none, n < 1, an unknown
 method, a flag given to a method that does not read it, models of different vocabularies for
 transfer-q) are one-line errors before the model loads. The command does not resume: it writes the
-file at the end.
+file at the end, and refuses an existing output (or its summary) unless ``--overwrite`` is given,
+which also removes the summary and an `alignlab sample` record (``O.jsonl.meta.json``) beside it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 from alignlab.decoding.spec import (
     GREEDY_ONLY,
     METHODS,
+    SEARCHES,
     add_method_flags,
     build_method,
     check_method,
@@ -65,8 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", default=None, help=f"answer a testbed task's prompts and measure the answers: "
                                                      f"{', '.join(task_names())}")
     parser.add_argument("--prompt-set", default="eval", choices=PROMPT_SETS, help="with --task: eval (default) or train")
+    parser.add_argument("--prompt-column", default=None, help="with --prompts: the column that holds the prompt "
+                                                              "(default prompt)")
+    parser.add_argument("--split", default=None, help="with --prompts: split of a dataset directory or hub dataset")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N prompts")
     parser.add_argument("--output", required=True, help="the .jsonl file to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output and the summary or sample record beside it")
     add_field_flags(parser, SamplingParams, "decode", helps=SAMPLING_HELP)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts answered together (default 16)")
     parser.add_argument("--backend", default=default_backend(), help=f"generation backend (default {default_backend()})")
@@ -82,6 +89,10 @@ def _check(args) -> None:
     if args.method in GREEDY_ONLY and (args.temperature != 0 or args.stop_token_ids):
         raise UserError(f"{args.method} decodes greedily, as the paper does, and ends at either model's end token: "
                         "pass --temperature 0 and no --stop-token-ids")
+    for name, plain in (("top_p", 1.0), ("top_k", 0)):
+        if args.method in SEARCHES and getattr(args, name) != plain:
+            raise UserError(f"--{name.replace('_', '-')}: {args.method} does not read it (it samples from the "
+                            "softmax of its own scores at --temperature; the flag is for best-of-n, qalign and urial)")
     for name in ("answers", "batch_size"):
         value = getattr(args, name)
         if value < 1:
@@ -99,6 +110,11 @@ def _check(args) -> None:
             raise UserError(f"--output {args.output}: '{above}' is a file, not a folder")
         raise UserError(f"--output {args.output}: folder '{out.parent}' does not exist")
     check_not_input(args.output, ("the prompt file", "--prompts", args.prompts))
+    if not args.overwrite:
+        taken = next((p for p in (out, Path(f"{out}.summary.json")) if p.is_file()), None)
+        if taken is not None:
+            raise UserError(f"--output {args.output}: {taken} exists (decode does not resume); pass --overwrite to "
+                            "replace it, or choose another --output")
 
 
 def cmd_decode(tokens: list[str]) -> int:
@@ -113,7 +129,7 @@ def cmd_decode(tokens: list[str]) -> int:
 
     params = _sampling_params(field_values(args, SamplingParams, "decode"))
     job = SampleJob(model=args.model, params=params, n=args.answers, prompts=args.prompts, task=args.task,
-                    prompt_set=args.prompt_set, limit=args.limit, backend=args.backend, batch_size=args.batch_size,
+                    prompt_set=args.prompt_set, prompt_column=args.prompt_column, split=args.split, limit=args.limit, backend=args.backend, batch_size=args.batch_size,
                     scorer=args.scorer, dtype=args.dtype)
     result = run_decode(job, args)
     print(f"wrote {result['rows']} rows to {args.output}")
@@ -129,7 +145,7 @@ def run_decode(job, args) -> dict[str, Any]:
     from alignlab.models import load_model, load_tokenizer
     from alignlab.rewards import load_scorer
     from alignlab.rewards.base import reward_prompt, win_points
-    from alignlab.sample_cli import _default_device, output_row, read_prompts
+    from alignlab.sample_cli import _default_device, check_context, meta_path, output_row, read_prompts
 
     prompts = read_prompts(job)
     scorer = method_scorer(args)
@@ -141,6 +157,12 @@ def run_decode(job, args) -> dict[str, Any]:
                                      batch_size=job.batch_size * job.n * (args.n if best_of else 1))
     others = method_models(args, job.dtype, args.trust_remote_code, _default_device(), tokenizer, job.model)
     method = build_method(args, model, tokenizer, base, scorer, others)
+    framing = ""
+    if args.method == "urial":
+        size = len(tokenizer(method.prefix, add_special_tokens=False)["input_ids"])
+        framing = (f" with urial's in-context prefix ({args.prefix or 'the shipped one'}; the prefix alone is {size} "
+                   "tokens, --prefix FILE gives a shorter one)")
+    check_context(method, model, tokenizer, prompts, job.params.max_new_tokens, framing)
     acceptance, nudged = [], [0, 0]  # qalign: (accepted, proposed) per batch; nudging: (nudged, all) tokens
     rows, answers, candidate_rewards, forward, rollout = [], [], [], 0, 0
     for start in range(0, len(prompts), job.batch_size):
@@ -165,8 +187,11 @@ def run_decode(job, args) -> dict[str, Any]:
         for i, p in enumerate(chunk):
             rows.append(output_row(p, got[i], None if scores is None else scores[i]))
             answers.append(got[i])
-    out = Path(args.output)
+    out = Path(args.output).expanduser()
     try:
+        for stale in (Path(f"{out}.summary.json"), meta_path(out)):  # of the run this one replaces
+            if stale.is_file():
+                stale.unlink()
         out.write_text("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows),
                        encoding="utf-8")
     except OSError as e:
@@ -193,8 +218,8 @@ def run_decode(job, args) -> dict[str, Any]:
     if best_of:
         summary.update(pick_temperature=args.pick_temperature, calibrate=args.calibrate,
                        **estimate(candidate_rewards, args.n).as_dict())  # with n
-        if args.pick_temperature > 0 or args.calibrate:
-            summary["kl_note"] = "the bound and the estimate are best-of-n's; a soft or calibrated pick moves less"
+        if args.pick_temperature > 0:  # a calibrated hard pick is best-of-n's own
+            summary["kl_note"] = "the bound and the estimate are best-of-n's; a soft pick moves less"
     elif args.method == "qalign":
         accepted, proposed = (sum(x) for x in zip(*acceptance, strict=True)) if acceptance else (0, 0)
         summary.update(steps=args.steps, beta=args.beta, vote=args.vote, burn_in=args.burn_in,
@@ -226,6 +251,8 @@ def format_summary(s: dict[str, Any]) -> str:
     if "kl" in s:
         lines.append(f"  KL to the model        {s['kl']:.4f} [{s['kl_low']:.4f}, {s['kl_high']:.4f}]   "
                      f"(bound log n - (n-1)/n = {s['kl_bound']:.4f})")
+        if "kl_note" in s:
+            lines.append(f"                         ({s['kl_note']})")
     if "acceptance_rate" in s:
         lines.append(f"  acceptance rate        {s['acceptance_rate']:.4f}   ({s['steps']} steps, beta {s['beta']:g})")
     if "nudged_share" in s:

@@ -162,8 +162,10 @@ def resolve_source(name_or_path: str) -> str:
 def load_failed(what: str, name_or_path: str, error: Exception) -> UserError:
     """The one-line error for a model, tokenizer or config that would not load: what, from where, and
     the first line of the cause (saying so when a name was neither a local directory nor on the hub)."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     first = lines[0] if lines else type(error).__name__
+    if first.endswith(":"):  # a line that announces the next ones: the cause is in them, on one line
+        first = " ".join(lines)
     lookup = isinstance(error, OSError) and not Path(name_or_path).expanduser().exists()
     where = " (no local directory has that name, and the hub could not provide it)" if lookup else ""
     return UserError(f"cannot load {what} from '{name_or_path}'{where}: {type(error).__name__}: {first}")
@@ -221,11 +223,20 @@ def check_finite_weights(model: torch.nn.Module, name_or_path: str, what: str = 
                     "training run diverged")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """Load a tokenizer; give it a pad token (EOS) when it has none. Padding is on the right."""
     from transformers import AutoTokenizer
 
     source = resolve_source(name_or_path)
+    folder = Path(str(source)).expanduser()
+    if folder.is_dir() and (folder / "config.json").is_file() and not any((folder / f).is_file()
+                                                                          for f in TOKENIZER_FILES):
+        raise UserError(f"cannot load tokenizer from '{name_or_path}': the folder has no tokenizer files (none of "
+                        f"{', '.join(TOKENIZER_FILES)}); save the model's tokenizer into it (tokenizer.save_pretrained)")
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as e:  # any failure to read the user's files is theirs to fix, not a crash

@@ -304,9 +304,11 @@ def _write_meta(path: Path, header: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- checks before sampling
 
 
-def check_context(generator, model, tokenizer, prompts: Sequence[PromptRecord], max_new_tokens: int) -> None:
+def check_context(generator, model, tokenizer, prompts: Sequence[PromptRecord], max_new_tokens: int,
+                  framing: str = "") -> None:
     """Refuse a prompt that, with ``max_new_tokens`` after it, does not fit the model's context,
-    naming its row."""
+    naming its row; ``framing`` says what the generator adds to each prompt (e.g. " with urial's
+    in-context prefix"), as the message should show it after the prompt's length."""
     from alignlab.generation.native import context_length
 
     limit = context_length(getattr(model, "config", None), tokenizer)
@@ -316,10 +318,10 @@ def check_context(generator, model, tokenizer, prompts: Sequence[PromptRecord], 
     for p in prompts:
         length = len(generator.prompt_ids(p.prompt))
         if length >= context:
-            raise UserError(f"{p.source}, row {p.row}: the prompt is {length} tokens, and the model's context is "
+            raise UserError(f"{p.source}, row {p.row}: the prompt is {length} tokens{framing}, and the model's context is "
                             f"{context} tokens ({source}): no room is left for a response")
         if length + max_new_tokens > context:
-            raise UserError(f"{p.source}, row {p.row}: the prompt is {length} tokens, and with "
+            raise UserError(f"{p.source}, row {p.row}: the prompt is {length} tokens{framing}, and with "
                             f"{option('max_new_tokens', max_new_tokens)} the samples would run past the model's "
                             f"context of {context} tokens ({source}); lower {_flag('max_new_tokens')} to at most "
                             f"{context - length}")

@@ -274,7 +274,7 @@ def chains(work: Path, seeds: list[int], sizes: Sizes) -> list[Chain]:
         def decode(task: str, scorer: str, n: int, output: Path, seed_: int) -> list[str]:
             return ["decode", "--method", "best-of-n", "--model", sft(task), "--scorer", f"task:{task}:{scorer}",
                     "--n", str(n), "--task", task, "--seed", str(seed_),
-                    "--max-new-tokens", str(get_task(task).max_new_tokens), *sizes.decode, "--output", str(output)]
+                    "--max-new-tokens", str(get_task(task).max_new_tokens), *sizes.decode, "--overwrite", "--output", str(output)]
 
         steps = []
         for scorer in ("proxy", "gold"):

@@ -68,6 +68,19 @@ def test_best_of_n_on_a_task_writes_its_answers_and_measures_them(tmp_path, sft_
      "--guide-weight must be a finite number, got nan"),
     (["--method", "best-of-n", "--scorer", " "], "--scorer is empty; give a scorer spec (e.g. task:arithmetic or "
                                                   "rm:DIR)"),
+    (["--method", "best-of-n", "--scorer", "implicit:policy=/no/p,reference=/no/r,beta=nan"],
+     "--scorer: scorer 'implicit:policy=/no/p,reference=/no/r,beta=nan': beta must be a finite number > 0"),
+    (["--method", "best-of-n", "--scorer", "implicit:policy=/no/p,reference=/no/r,beta=0"],
+     "beta must be a finite number > 0"),
+    (["--method", "best-of-n", "--scorer", "task:arithmetic", "--pick-temperature", "-1"],
+     "--pick-temperature must be a finite number >= 0 (0: the best), got -1.0"),
+    (["--method", "best-of-n", "--scorer", "task:arithmetic", "--calibration-samples", "4"],
+     "--calibration-samples: it sets --calibrate's samples; pass --calibrate"),
+    (["--method", "urial", "--prefix", "."], "is a folder; give the prefix's text file"),
+    (["--method", "reward-guided", "--scorer", "task:arithmetic", "--top-p", "0.5"],
+     "--top-p: reward-guided does not read it"),
+    (["--method", "transfer-q", "--aligned", "a", "--reference", "r", "--top-k", "5"],
+     "--top-k: transfer-q does not read it"),
 ])
 def test_settings_that_cannot_work_are_one_line_errors_before_loading(tmp_path, args, message, capsys):
     code = main(["decode", *args, "--model", str(tmp_path / "no-model"), "--task", "arithmetic",
@@ -269,3 +282,84 @@ def test_transfer_q_refuses_models_of_another_vocabulary_before_loading_them(tmp
     assert f"transfer-q needs one vocabulary: the base model {sft_model} and the aligned model {other} have " \
            "different vocabularies (263 and 263 tokens, 4 entries not shared)" in err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_the_console_shows_the_kl_caveat_of_a_soft_pick():
+    """The KL line of a soft pick is best-of-n's, and the console says so as the summary does."""
+    summary = {"method": "best-of-n", "n": 4, "prompts": 2, "task": "arithmetic", "scorer": "task:arithmetic",
+               "gold": 0.5, "gold_plain": 0.5, "win_rate": 0.5, "forward_tokens": 8, "forward_tokens_plain": 2,
+               "temperature": 1.0, "kl": 0.1, "kl_low": 0.0, "kl_high": 0.2, "kl_bound": 0.6}
+    assert "soft pick" not in format_summary(summary)
+    note = "the bound and the estimate are best-of-n's; a soft pick moves less"
+    assert f"({note})" in format_summary({**summary, "kl_note": note})
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("reward-guided", ["--scorer", "task:arithmetic"]),
+    ("transfer-q", ["--aligned", "SFT", "--reference", "SFT"]),
+    ("best-of-n", ["--scorer", "task:arithmetic"]),
+])
+def test_a_prompt_past_the_context_is_refused_naming_its_file_and_row(tmp_path, sft_model, method, extra, capsys):
+    """The tiny model's context is 512 tokens; a prompt of 600 '1+'s is longer, in row 2 of the file
+    (row 1 fits). Each method refuses it before decoding, naming the file and row; nothing is written."""
+    prompts = tmp_path / "long.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1="}) + "\n" + json.dumps({"prompt": "1+" * 600}) + "\n")
+    out = tmp_path / "o.jsonl"
+    code = main(["decode", "--method", method, *[sft_model if x == "SFT" else x for x in extra], "--model", sft_model,
+                 "--prompts", str(prompts), "--max-new-tokens", "4", "--temperature", "0", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{prompts}, row 2: the prompt is " in err and "the model's context is 512 tokens" in err, err
+    assert not out.exists()
+
+
+def test_urials_prefix_is_named_where_it_makes_a_prompt_too_long(tmp_path, sft_model, capsys):
+    """A 4-character prompt after the shipped prefix (README: it does not fit the 512-token context)."""
+    prompts = tmp_path / "short.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1="}) + "\n")
+    code = main(["decode", "--method", "urial", "--model", sft_model, "--prompts", str(prompts),
+                 "--max-new-tokens", "4", "--output", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{prompts}, row 1: the prompt is " in err and "with urial's in-context prefix (the shipped one" in err
+
+
+def test_an_existing_output_or_summary_is_refused_before_loading(tmp_path, capsys):
+    """A long `alignlab sample` run's output (or an earlier decode's summary) is not replaced silently."""
+    for taken in ("o.jsonl", "o.jsonl.summary.json"):
+        (tmp_path / taken).write_text("kept\n")
+        code = main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--model",
+                     str(tmp_path / "no-model"), "--task", "arithmetic", "--output", str(tmp_path / "o.jsonl")])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"{tmp_path / taken} exists (decode does not resume); pass --overwrite" in err and "no-model" not in err
+        assert (tmp_path / taken).read_text() == "kept\n"
+        (tmp_path / taken).unlink()
+
+
+def test_overwrite_replaces_the_output_and_removes_what_described_the_old_one(tmp_path, sft_model):
+    """With --overwrite and no --task the answers replace the file, and the sample record and the
+    summary beside it, which described the old rows, are removed (no new summary is written)."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1="}) + "\n")
+    out = tmp_path / "o.jsonl"
+    for old in (out, tmp_path / "o.jsonl.meta.json", tmp_path / "o.jsonl.summary.json"):
+        old.write_text("{}\n")
+    assert main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--n", "2", "--model", sft_model,
+                 "--prompts", str(prompts), "--max-new-tokens", "4", "--overwrite", "--output", str(out)]) == 0
+    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == ["1+1="]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "p.jsonl"]
+
+
+def test_a_prompt_file_names_its_prompt_column_as_the_hint_says(tmp_path, sft_model, capsys):
+    """A CSV whose prompts are in 'question': without --prompt-column the one-line error points to
+    the flag, which decode takes; with it the rows are answered."""
+    prompts = tmp_path / "q.csv"
+    prompts.write_text("question\n2+2=\n")
+    args = ["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--n", "1", "--model", sft_model,
+            "--prompts", str(prompts), "--max-new-tokens", "4", "--output", str(tmp_path / "o.jsonl")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--prompt-column NAME" in err and len(err.strip().splitlines()) == 1, err
+    assert main([*args, "--prompt-column", "question"]) == 0
+    assert json.loads((tmp_path / "o.jsonl").read_text())["prompt"] == "2+2="

@@ -61,6 +61,27 @@ def test_directory_without_config(tmp_path):
         load_tokenizer(str(tmp_path))
 
 
+def test_a_model_folder_without_a_tokenizer_is_one_whole_line_naming_it(tiny_model_dir, tmp_path):
+    """Only config.json: the error names the folder and says what is missing, on one line."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    with pytest.raises(UserError) as got:
+        load_tokenizer(str(bare))
+    message = str(got.value)
+    assert message.startswith(f"cannot load tokenizer from '{bare}': the folder has no tokenizer files (none of "
+                              "tokenizer.json, ") and "\n" not in message and not message.endswith(": ")
+
+
+def test_a_cause_that_announces_its_lines_is_kept_whole():
+    from alignlab.models import load_failed
+
+    error = ValueError("Couldn't instantiate the backend tokenizer from one of: \n(1) a file, \n(2) a class")
+    assert str(load_failed("tokenizer", "m", error)) == ("cannot load tokenizer from 'm': ValueError: Couldn't "
+                                                         "instantiate the backend tokenizer from one of: (1) a file, "
+                                                         "(2) a class")
+
+
 def test_bad_dtype(tiny_model_dir):
     with pytest.raises(UserError, match="dtype"):
         load_model(str(tiny_model_dir), dtype="fp8")

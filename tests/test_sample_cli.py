@@ -453,6 +453,7 @@ def test_a_finished_file_is_left_alone_and_overwrite_starts_over(tmp_path, tiny_
                        "samples unscored"),
     (["--scorer", "fn:no_such_module_here:f"], "--scorer fn:no_such_module_here:f: reward function "
                                                "'no_such_module_here:f': cannot import module"),
+    (["--scorer", "implicit:policy=/no/p,reference=/no/r,beta=-1"], "beta must be a finite number > 0"),
     (["--backend", "nosuch"], "generation backend 'nosuch' is unknown"),
     (["--task", "arithmetic"], "give the prompts with one of --prompts (a data file) or --task (a testbed task), "
                                "not both"),

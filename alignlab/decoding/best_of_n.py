@@ -12,9 +12,11 @@ not depend on the batch it shares. τ → 0 is best-of-n; τ → ∞ one plain s
 ``calibrate`` (InfAlign, Balashankar et al. 2024, ALGORITHMS.md §7.7): each candidate's reward
 is replaced before the pick by its calibrated quantile under the base policy,
 C(x, y) = P_{y' ~ π}[r(x, y') ≤ r(x, y)], estimated from ``calibration_samples`` further samples of
-the same prompt (drawn once per prompt and call). For best-of-n the pick is the same (the quantile
-is monotone in r; ties stay ties), so calibration changes soft best-of-n and the rewards reported,
-not plain best-of-n's choice.
+the same prompt (drawn once per prompt and call), and soft best-of-n picks by the quantiles. For
+best-of-n (τ = 0) the quantile is monotone in r, so the best quantile holds the best reward, but a
+few calibration samples give many ties: best-of-n keeps its own pick (the first of the best reward)
+and draws no calibration samples, so calibration changes nothing there. The rewards reported
+(``last_report``) are always the scorer's, never the quantiles.
 
 What each call spent and scored is kept in ``last_report`` (``BestOfNReport``): the candidates'
 rewards per answer (for the KL estimate, ``kl.py``), the picked rewards, and the model's forward
@@ -113,7 +115,7 @@ class BestOfN(Wraps):
         candidates, and with ``calibrate`` the reference samples (another seed), then the picks."""
         candidates = draw(n * self.n, params)
         reference = draw(self.calibration_samples, replace(params, seed=(params.seed + _PICK_SALT) % (2**63))) \
-            if self.calibrate else None
+            if self.calibrate and self.temperature > 0 else None
         return self._pick(texts, candidates, n, params, start, reference)
 
     def _pick(self, texts: list[str], candidates: list[list[Sample]], k: int, params: SamplingParams, start: int,
@@ -130,21 +132,20 @@ class BestOfN(Wraps):
         out: list[list[Sample]] = []
         at = ref_at = 0
         for p, group in enumerate(candidates):
-            rewards = scores[at:at + len(group)]
+            rewards = by = scores[at:at + len(group)]  # the scorer's rewards, and what the pick reads
             at += len(group)
             if reference is not None:
                 mine = [float(x) for x in ref_scores[ref_at:ref_at + len(reference[p])]]
                 ref_at += len(reference[p])
-                rewards = quantiles(rewards, mine)
+                by = quantiles(rewards, mine)
             keys = stream_keys((params.seed + _PICK_SALT) % (2**63), np.full(k, start + p), np.arange(k))
             u = uniforms(keys, np.zeros(k, dtype=np.int64))
             answers, picks, per_answer = [], [], []
             for j in range(k):
-                cand = rewards[j * self.n:(j + 1) * self.n]
-                i = softmax_pick(cand, self.temperature, float(u[j]))
+                i = softmax_pick(by[j * self.n:(j + 1) * self.n], self.temperature, float(u[j]))
                 answers.append(group[j * self.n + i])
                 picks.append(i)
-                per_answer.append(cand)
+                per_answer.append(rewards[j * self.n:(j + 1) * self.n])
             out.append(answers)
             report.picked.append(picks)
             report.candidate_rewards.append(per_answer)

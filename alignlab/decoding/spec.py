@@ -19,6 +19,7 @@ from alignlab.errors import UserError
 METHODS = ("best-of-n", "qalign", "reward-guided", "transfer-q", "urial", "nudging")
 NEEDS_SCORER = ("best-of-n", "qalign", "reward-guided")
 GREEDY_ONLY = ("nudging",)  # the methods that decode greedily and nothing else
+SEARCHES = ("reward-guided", "transfer-q")  # token-level searches: they sample their own scores (no top-p/top-k)
 # Flags only some methods read, with the methods that read them and their defaults. Each defaults
 # to None on the command line, so a flag given to a method that does not read it is refused rather
 # than ignored; check_method then fills in the default.
@@ -94,6 +95,7 @@ def check_method(args: argparse.Namespace) -> None:
     for flag, what in needs.get(args.method, ()):
         if getattr(args, flag) is None:
             raise UserError(f"--{flag}: {args.method} needs {what}; give --{flag} DIR")
+    calibration_given = args.calibration_samples is not None
     # the defaults of the flags above, now that they are known to be the method's
     for flag, (_, default) in METHOD_FLAGS.items():
         if getattr(args, flag) is None:
@@ -123,6 +125,10 @@ def check_method(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if calibration_given and not args.calibrate:
+        raise UserError("--calibration-samples: it sets --calibrate's samples; pass --calibrate, or leave it out")
+    if not (math.isfinite(args.pick_temperature) and args.pick_temperature >= 0):
+        raise UserError(f"--pick-temperature must be a finite number >= 0 (0: the best), got {args.pick_temperature}")
     if args.method in ("reward-guided", "transfer-q"):  # as the searches check them, before a model loads
         if args.candidates < 1:
             raise UserError(f"--candidates must be >= 1, got {args.candidates}")
@@ -150,9 +156,13 @@ def check_scorer(spec: str, method: str, max_new_tokens: int | None = None) -> N
     default ``max``."""
     from pathlib import Path
 
-    from alignlab.rewards import SPECS, load_scorer
+    from alignlab.rewards import SPECS, load_scorer, spec_problem
 
     kind = spec.partition(":")[0]
+    if kind == "implicit":  # its folders and beta, before its two models load
+        problem = spec_problem(spec)
+        if problem:
+            raise UserError(f"--scorer: {problem}")
     try:
         if kind in ("task", "length", "overlong", "fn", "bleu") or (kind not in SPECS
                                                                     and not Path(spec).expanduser().is_dir()):

@@ -32,6 +32,8 @@ def read_prefix(path: str | Path | None) -> str:
     """The prefix file's text (the shipped one when ``path`` is None); a one-line error for a
     file that is missing or empty."""
     file = Path(path).expanduser() if path is not None else DEFAULT_PREFIX
+    if file.is_dir():
+        raise UserError(f"urial: prefix '{file}' is a folder; give the prefix's text file")
     if not file.is_file():
         raise UserError(f"urial: prefix file '{file}' not found")
     text = file.read_text(encoding="utf-8").rstrip()

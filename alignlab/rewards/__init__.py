@@ -27,6 +27,7 @@ endpoint), ``combine`` (weighted sums, log-sigmoid sums, routing by prompt).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from alignlab.errors import UserError
@@ -86,6 +87,19 @@ def _known(opts: dict[str, str], allowed: set[str], what: str) -> None:
         raise UserError(f"scorer '{what}': unknown option {unknown[0]!r} (options: {', '.join(sorted(allowed))})")
 
 
+def _implicit(rest: str, spec: str) -> tuple[str, str, float]:
+    """An ``implicit:`` spec's policy and reference folders and its β, checked (β finite and > 0)."""
+    opts = _options(rest, spec, positional="policy")
+    _known(opts, {"policy", "reference", "beta"}, spec)
+    if "policy" not in opts or "reference" not in opts:
+        raise UserError(f"scorer '{spec}': give policy=DIR,reference=DIR")
+    beta = _number(opts.get("beta", "0.1"), "beta", spec)
+    if not (math.isfinite(beta) and beta > 0):
+        raise UserError(f"scorer '{spec}': beta must be a finite number > 0 (the β the policy was trained with), "
+                        f"got {opts['beta']}")
+    return opts["policy"], opts["reference"], beta
+
+
 def spec_problem(spec: str, folder: Path | None = None) -> str | None:
     """What is wrong with scorer ``spec`` that shows without loading anything (an unknown kind, an
     unknown task, a reward-model or policy folder that is not there), its relative paths read from
@@ -115,12 +129,12 @@ def spec_problem(spec: str, folder: Path | None = None) -> str | None:
             return f"scorer '{spec}': unknown task '{name}' (tasks: {', '.join(task_names())})"
     if kind == "implicit":
         try:
-            opts = _options(rest, spec, positional="policy")
+            folders = dict(zip(("policy", "reference"), _implicit(rest, spec)[:2], strict=True))
         except UserError as e:
             return str(e)
-        for key in ("policy", "reference"):
-            if key in opts and not where(opts[key]).is_dir():
-                return f"scorer '{spec}': {key} folder '{opts[key]}' not found"
+        for key, path in folders.items():
+            if not where(path).is_dir():
+                return f"scorer '{spec}': {key} folder '{path}' not found"
     return None
 
 
@@ -160,11 +174,7 @@ def load_scorer(spec: str, tokenizer=None, sampled: bool = False, max_new_tokens
     if kind == "bleu":
         return BleuReward.from_file(rest)
     if kind == "implicit":
-        opts = _options(rest, spec, positional="policy")
-        _known(opts, {"policy", "reference", "beta"}, spec)
-        if "policy" not in opts or "reference" not in opts:
-            raise UserError(f"scorer '{spec}': give policy=DIR,reference=DIR")
-        return ImplicitReward.from_dirs(opts["policy"], opts["reference"], _number(opts.get("beta", "0.1"), "beta", spec))
+        return ImplicitReward.from_dirs(*_implicit(rest, spec))
     if kind == "judge":
         opts = _options(rest, spec, positional="model")
         _known(opts, {"model", "swap", "max_new_tokens", "mode", "template"}, spec)

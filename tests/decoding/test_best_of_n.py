@@ -130,3 +130,21 @@ def test_the_plug_in_with_as_many_samples_as_n_is_low_by_a_known_amount():
                for k in range(1, 9))
     assert kl_of_rewards([float(k) for k in range(8)], 8) == pytest.approx(want, abs=1e-14)
     assert want == pytest.approx(1.162556, abs=1e-6) and kl_bound(8) == pytest.approx(1.204442, abs=1e-6)
+
+
+def test_calibration_leaves_best_of_n_as_it_is_and_reports_the_scorers_rewards():
+    """Candidates of lengths (1, 2 | 3, 1) against one calibration sample of length 1 have quantiles
+    (1, 1 | 1, 1): all tied, so a pick by quantile would take the first of each answer. Best-of-n
+    keeps its own picks (lengths 2 and 3), draws no calibration samples and reports the lengths.
+    Soft best-of-n at a huge temperature picks by the (tied) quantiles, and also reports lengths."""
+    texts = ["a", "bb", "ccc", "d"]
+    gen = Scripted(lambda p, j: texts[j] if j < 4 else "e")
+    bon = BestOfN(gen, Length(), n=2, calibrate=True, calibration_samples=1)
+    out = bon.generate(["q"], 2, SamplingParams())
+    assert [s.text for s in out[0]] == ["bb", "ccc"] and gen.calls == [(["q"], 4, 0)]
+    assert bon.last_report.candidate_rewards == [[[1.0, 2.0], [3.0, 1.0]]]
+    assert bon.last_report.picked_rewards == [[2.0, 3.0]]
+    soft = BestOfN(gen, Length(), n=2, temperature=1.0, calibrate=True, calibration_samples=1)
+    soft.generate(["q"], 2, SamplingParams())
+    assert soft.last_report.candidate_rewards == [[[1.0, 2.0], [3.0, 1.0]]]
+    assert gen.calls[-1] == (["q"], 1, 0)  # the calibration sample, drawn for the soft pick

@@ -149,6 +149,10 @@ def test_scorers_that_know_sentiment_agree_on_the_clear_pairs():
     ("length:coef=x", "coef must be a number"),
     ("length:size=3", "unknown option 'size'"),
     ("implicit:beta=1", "give policy=DIR,reference=DIR"),
+    ("implicit:policy=/no/p,reference=/no/r,beta=-1", "beta must be a finite number > 0 .the β the policy was "
+                                                       "trained with., got -1$"),
+    ("implicit:policy=/no/p,reference=/no/r,beta=0", "beta must be a finite number > 0"),
+    ("implicit:policy=/no/p,reference=/no/r,beta=nan", "beta must be a finite number > 0"),
     ("openai:http://127.0.0.1:9/v1", "give the endpoint's model"),
     ("judge:/no/such/dir,swap=maybe", "swap must be true or false"),
     ("task:nosuchtask", "unknown task 'nosuchtask'"),
