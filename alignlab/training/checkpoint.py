@@ -178,6 +178,12 @@ def verify(ckpt: Path) -> str | None:
         have = len(list((ckpt / "shards").glob("*.safetensors")))
         if have != then:
             return f"it holds the shards of {have} of the {then} processes that wrote it"
+    try:  # matching its checksum, yet not a state a run writes (edited by hand, manifest and all)
+        state = read_state(ckpt)
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            return "state.json holds no step"
+    except (OSError, ValueError):
+        return "state.json is unreadable"
     return None
 
 
@@ -204,11 +210,13 @@ def newest_valid(root: Path, report=print) -> Path | None:
 
 
 def prune(root: Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest checkpoints (keep=0 keeps all); drop stale temporaries."""
+    """Delete all but the ``keep`` newest complete checkpoints (keep=0 keeps all); drop stale
+    temporaries. A folder named as a checkpoint without a manifest (never written by a run, which
+    renames a checkpoint into place after its manifest) is neither counted nor deleted."""
     for tmp in [*root.glob(f".tmp-{PREFIX}*"), *root.glob(f".old-{PREFIX}*")]:
         shutil.rmtree(tmp, ignore_errors=True)
     if keep > 0:
-        for old in list_checkpoints(root)[keep:]:
+        for old in [c for c in list_checkpoints(root) if (c / "manifest.json").is_file()][keep:]:
             # renamed first (atomic), so a kill while deleting never leaves a half-deleted step-N
             gone = root / f".old-{old.name}"
             os.replace(old, gone)

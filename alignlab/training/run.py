@@ -91,6 +91,9 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
     written (read-only; every process checks, before anything loads)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir: '{out}' is a file")
+    for name in ("checkpoints", "model"):  # where the run writes its checkpoints and its final model
+        if (out / name).exists() and not (out / name).is_dir():
+            raise ConfigError(f"output_dir: '{out / name}' is a file, where the run keeps its {name}; move it away")
     parent = next(p for p in [out, *out.absolute().parents] if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"output_dir: cannot create '{out}': '{parent}' is not a writable directory")

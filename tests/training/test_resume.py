@@ -77,6 +77,38 @@ def test_corrupted_checkpoint_fails_its_checksum(tmp_path, tiny_model_dir, pairs
     assert "checksum" in ckpt.verify(newest)
 
 
+def test_state_that_matches_its_checksum_but_is_not_json_is_skipped(tmp_path, tiny_model_dir, pairs_file):
+    """A state.json edited by hand, manifest and all, is reported as unreadable, never loaded."""
+    train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=2, save_every=1, batch_size=4))
+    root = tmp_path / "run" / "checkpoints"
+    newest, older = ckpt.list_checkpoints(root)
+    (newest / "state.json").write_text("{not json")
+    manifest = json.loads((newest / "manifest.json").read_text())
+    manifest["sha256"]["state.json"] = ckpt.sha256_file(newest / "state.json")
+    (newest / "manifest.json").write_text(json.dumps(manifest))
+    assert ckpt.verify(newest) == "state.json is unreadable"
+    assert ckpt.newest_valid(root, report=lambda _: None) == older
+
+
+def test_pruning_counts_complete_checkpoints_only(tmp_path):
+    """keep 2 of steps 2, 4, 6 and a folder step-10 without a manifest: steps 6 and 4 stay, and the
+    folder (no run's checkpoint) is left as it is, not counted as one of the two."""
+    root = tmp_path / "checkpoints"
+    for step in (2, 4, 6, 10):
+        (root / ckpt.step_name(step)).mkdir(parents=True)
+        if step != 10:
+            (root / ckpt.step_name(step) / "manifest.json").write_text("{}")
+    ckpt.prune(root, 2)
+    assert [c.name for c in ckpt.list_checkpoints(root)] == [ckpt.step_name(s) for s in (10, 6, 4)]
+
+
+def test_a_file_where_the_run_keeps_its_checkpoints_is_one_line(tmp_path, tiny_model_dir, pairs_file):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("x")
+    with pytest.raises(ConfigError, match="checkpoints' is a file, where the run keeps its checkpoints; move it away"):
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=1, batch_size=4))
+
+
 def test_output_dir_with_another_run_is_refused(tmp_path, tiny_model_dir, pairs_file):
     train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=1, batch_size=4))
     with pytest.raises(ConfigError, match="already holds a run"):
