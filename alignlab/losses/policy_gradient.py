@@ -249,7 +249,9 @@ class PolicyGradientParams:
         require_positive(self.sapo_tau_pos, "sapo_tau_pos")
         require_positive(self.sapo_tau_neg, "sapo_tau_neg")
         if self.delta is not None:
-            require_positive(self.delta, "delta")
+            require(math.isfinite(self.delta) and self.delta > 1, "delta",
+                    f"must be > 1, got {self.delta}: a cap at or below 1 takes the gradient of every token with "
+                    "A > 0 at the ratio 1 of a round's first update (INTELLECT-2 sets it above 1 + eps_high)")
             require(self.surrogate == "clip", "delta", f"caps the clipped surrogate's ratio; surrogate "
                     f"'{self.surrogate}' has no such ratio")
         if self.off_policy_mask is not None:

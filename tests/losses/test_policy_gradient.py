@@ -374,6 +374,10 @@ def test_two_sided_clipping_by_hand():
     out = policy_gradient_loss(PolicyGradientInputs(logps, mask, t([2.0]), old_logps=old),
                                PolicyGradientParams(eps_low=0.2, eps_high=0.28, delta=1.3))
     assert out.losses.tolist() == pytest.approx([-7.16], abs=TOL)  # test_token_surrogate_by_hand's A = +2 row
+    # δ = 0.5 would make an on-policy token with A = +1 lose −min(0.5, 1) = −0.5, constant in c: refused
+    for bad in (0.5, 1.0, float("inf"), float("nan")):
+        with pytest.raises(ParamError, match="delta: must be > 1"):
+            PolicyGradientParams(delta=bad)
 
 
 def test_off_policy_sequence_mask_by_hand():
