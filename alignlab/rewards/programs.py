@@ -70,6 +70,9 @@ class LengthPenalty(Scorer):
             raise UserError("length penalty: unit 'tokens' needs a tokenizer")
         if coef < 0 or target < 0:
             raise UserError(f"length penalty: coef and target must be >= 0, got {coef} and {target}")
+        if coef == 0:
+            raise UserError("length penalty: coef 0 scores every answer 0, from which nothing is learned; give a "
+                            "coef > 0, or leave the term out")
         self.coef, self.target, self.unit, self.tokenizer = coef, target, unit, tokenizer
         self.name = f"length:{unit}"
 

@@ -109,6 +109,8 @@ def test_length_penalty_by_hand():
     target 0, "abc" → −1.5."""
     assert LengthPenalty(0.5, 2).score(["p", "p"], ["a b c d", "a b"]) == [-1.0, 0.0]
     assert LengthPenalty(0.5, 0, "chars").score(["p"], ["abc"]) == [-1.5]
+    with pytest.raises(UserError, match="length penalty: coef 0 scores every answer 0"):
+        LengthPenalty(0.0)
     with pytest.raises(UserError, match="unit must be one of words, chars, tokens"):
         LengthPenalty(unit="lines")
 
