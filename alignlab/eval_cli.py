@@ -95,6 +95,7 @@ def cmd_rm(tokens: list[str]) -> int:
     """``alignlab eval rm``: a reward model's (or any scorer's) accuracy, calibration and length bias."""
     from alignlab.eval.rm import evaluate_pairs, load_pairs
     from alignlab.rewards import load_scorer
+    from alignlab.rewards.guard import guard
 
     parser = ArgumentParser(
         prog="alignlab eval rm",
@@ -117,7 +118,11 @@ def cmd_rm(tokens: list[str]) -> int:
     if args.bins < 1:
         raise UserError(f"alignlab eval rm: --bins must be >= 1, got {args.bins}")
     check_report_path(args.out, args, "--data")
-    scorer = load_scorer(f"rm:{args.model}" if args.model else args.scorer)
+    spec, flag = (f"rm:{args.model}", "--model") if args.model else (args.scorer, "--scorer")
+    try:
+        scorer = guard(load_scorer(spec), f"{flag} {args.model or args.scorer}")
+    except UserError as e:
+        raise UserError(f"{flag} {args.model or args.scorer}: {e}") from None
     pairs = load_pairs(args.data, args.subset_column, split=args.split, skip_invalid=args.skip_invalid)
     report = {"scorer": scorer.name, "data": args.data, **evaluate_pairs(scorer, pairs, args.bins)}
     write_report(args.out, report)

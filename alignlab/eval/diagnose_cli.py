@@ -129,11 +129,14 @@ def _draw(model, tokenizer, prompts, args: argparse.Namespace, seed_offset: int 
     return draw_answer_rows(generator, prompts, args.n, _params(args, seed_offset), args.batch_size)
 
 
-def _scorer(spec: str, flag: str):
+def _scorer(spec: str, flag: str, where=None):
+    """The scorer of ``flag`` ``spec``; its failures are one line naming the answer at fault
+    (``rewards/guard.py``), its prompt's file and row where ``where`` knows them."""
     from alignlab.rewards import load_scorer
+    from alignlab.rewards.guard import guard
 
     try:
-        return load_scorer(spec)
+        return guard(load_scorer(spec), f"{flag} {spec}", where)
     except UserError as e:
         raise UserError(f"{flag} {spec}: {e}") from None
 
@@ -236,7 +239,9 @@ def run_length(args: argparse.Namespace) -> dict[str, Any]:
     if spec is None and (args.model or args.against_model) and args.task:
         spec = f"task:{args.task}"
     if spec is not None:
-        scorer = _scorer(spec, "--scorer")
+        from alignlab.rewards.guard import rows_of
+
+        scorer = _scorer(spec, "--scorer", rows_of(a_rows + (b_rows or [])))
         for rows in (a_rows, b_rows):  # one scorer for every answer, files included
             if rows is not None:
                 score_rows(rows, scorer)
