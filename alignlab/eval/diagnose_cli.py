@@ -558,14 +558,19 @@ def format_judge_bias(report: dict[str, Any]) -> str:
         lines.append(f"  {'perturbation':<14}{'robust':>8}{'first':>8}{'second':>8}{'toward':>8}"
                      + (f"{'accuracy':>10}" if "accuracy" in base else ""))
         for name, e in suite["perturbations"].items():
-            toward = (e["first"]["toward_perturbed"] + e["second"]["toward_perturbed"]) / 2
+            towards = [e[slot]["toward_perturbed"] for slot in ("first", "second")]
+            toward = None if None in towards else sum(towards) / 2
             acc = ""
             if "accuracy" in base:
-                acc = f"{_f((e['first']['accuracy'] + e['second']['accuracy']) / 2):>10}"
-            lines.append(f"  {name:<14}{e['robustness_rate']:>8.3f}{e['first']['robustness_rate']:>8.3f}"
-                         f"{e['second']['robustness_rate']:>8.3f}{toward:>8.3f}{acc}")
+                accs = [e[slot]["accuracy"] for slot in ("first", "second")]
+                acc = f"{_f(None if None in accs else sum(accs) / 2):>10}"
+            lines.append(f"  {name:<14}{_f(e['robustness_rate']):>8}{_f(e['first']['robustness_rate']):>8}"
+                         f"{_f(e['second']['robustness_rate']):>8}{_f(toward):>8}{acc}")
         lines.append(f"  robustness rate      {_f(suite['robustness_rate'])}   (share of verdicts unchanged; first/"
                      "second: which answer was perturbed)")
+        if suite.get("unparsed"):
+            lines.append(f"  unparsed verdicts    {suite['unparsed']} of {suite['pairs'] * (1 + 2 * len(suite['perturbations']))}"
+                         "   (left out of accuracy and robustness; '-': no verdict parsed)")
     return "\n".join(lines)
 
 
