@@ -224,6 +224,13 @@ def run_length(args: argparse.Namespace) -> dict[str, Any]:
     _check_counts(args)
     if args.answers is None and args.model is None:
         raise UserError("alignlab eval length: give the answers to measure with --answers FILE or --model DIR")
+    if args.model is None and args.against_model is None:
+        for flag, value in (("--task", args.task), ("--prompts", args.prompts)):
+            if value is not None:
+                raise UserError(f"alignlab eval length: {flag} gives the prompts of answers drawn now (--model, "
+                                "--against-model); the files hold their own"
+                                + (f" (to score them with the task's reward: --scorer task:{value})"
+                                   if flag == "--task" else ""))
     cache: dict = {}
     a_rows = _answer_set(args.answers, args.model, ("--answers", "--model"), args, cache)
     has_b = args.against is not None or args.against_model is not None
@@ -251,11 +258,14 @@ def run_length(args: argparse.Namespace) -> dict[str, Any]:
     lengths = {}
     for key, rows, name in sides:
         lengths[key] = _lengths(rows, args.unit)
-        kept = [(length, a.score) for r, ls in zip(rows, lengths[key], strict=True)
-                for length, a in zip(ls, r.answers, strict=True) if a.score is not None]
-        total = sum(len(r.answers) for r in rows)
-        report[key] = {"source": name, "prompts": len(rows), "unscored": total - len(kept),
-                       **answer_summary([k[0] for k in kept], [k[1] for k in kept], args.bins)}
+        scores = [a.score for r in rows for a in r.answers]
+        report[key] = {"source": name, "prompts": len(rows), "unscored": scores.count(None),
+                       **answer_summary([x for ls in lengths[key] for x in ls], scores, args.bins)}
+    missing = [side["source"] for _, side in ((k, report[k]) for k, _, _ in sides) if side["unscored"]]
+    if missing:
+        report["note"] = (f"{' and '.join(missing)}: {sum(report[k]['unscored'] for k, _, _ in sides)} answers hold no "
+                          "score, so mean score, its correlation with length and the win rates leave them out; "
+                          "give --scorer SPEC to score every answer")
     if b_rows is None:
         return report
     la, lb, prefs, firsts, seconds, prompts = [], [], [], [], [], []
@@ -287,11 +297,14 @@ def format_length(report: dict[str, Any]) -> str:
     unit = report["unit"]
     lines = [f"length exploitation ({unit}; scores: {report['scorer'] or 'from the files'})",
              f"{'':28}{'A':>10}" + (f"{'B':>10}" if b else "")]
-    for label, key in (("answers", "answers"), (f"mean length ({unit})", "mean_length"), ("mean score", "mean_score"),
+    for label, key in (("answers", "answers"), (f"mean length ({unit})", "mean_length"), ("scored", "scored"),
+                       ("mean score", "mean_score"),
                        ("corr(score, length)", "score_length_correlation")):
         row = f"{label:28}" + "".join(f"{_cell(side.get(key)):>10}" for side in ([a, b] if b else [a]))
         lines.append(row)
     lines.append(f"A: {a['source']}" + (f"\nB: {b['source']}" if b else ""))
+    if report.get("note"):
+        lines.append(f"note: {report['note']}")
     pairs = report.get("pairs")
     if pairs and pairs.get("pairs"):
         iv = pairs.get("intervals", {})

@@ -230,3 +230,26 @@ def test_a_report_is_not_written_over_the_commands_input(tmp_path, tiny_model_di
             main(["eval", command, *tokens, "--out", b, "--debug"])
     assert str(e.value) == f"{b}: is the input ({flag} {b}); writing it would replace what is read: write to another file"
     assert (tmp_path / "b.jsonl").read_bytes() == before
+
+
+def test_length_of_unscored_answers_is_reported_and_says_what_needs_a_scorer(tmp_path, capsys):
+    """A holds no scores (sample output without --scorer): its 4 answers' lengths are still
+    measured, (4 + 2 + 3 + 1) / 4 = 2.5; no score statistic and no pair is made of them, and one
+    line says so and names --scorer."""
+    unscored = [{"prompt": r["prompt"], "samples": [{k: v for k, v in s.items() if k != "score"}
+                                                     for s in r["samples"]]} for r in A_ROWS]
+    a, b = write_rows(tmp_path / "un.jsonl", unscored), write_rows(tmp_path / "b.jsonl", B_ROWS)
+    out = tmp_path / "report.json"
+    assert run(cmd_length, ["--answers", a, "--against", b, "--bootstrap", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["a"]["answers"], report["a"]["mean_length"], report["a"]["scored"]) == (4, 2.5, 0)
+    assert "mean_score" not in report["a"] and report["b"]["mean_score"] == 0.375
+    assert report["pairs"]["pairs"] == 0 and report["pairs"]["unscored"] == 4
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "un.jsonl: 4 answers hold no score" in notes[0] and "--scorer" in notes[0]
+
+
+def test_length_refuses_task_with_files(tmp_path):
+    a, b = write_rows(tmp_path / "a.jsonl", A_ROWS), write_rows(tmp_path / "b.jsonl", B_ROWS)
+    with pytest.raises(UserError, match=r"--task gives the prompts of answers drawn now .*--scorer task:arithmetic"):
+        run(cmd_length, ["--answers", a, "--against", b, "--task", "arithmetic"])
