@@ -388,6 +388,32 @@ def _retokenize(rows: list, generator, tokenizer) -> tuple[list, list, int]:
     return prompts, responses, mismatched
 
 
+def _check_kl_sampling(args: argparse.Namespace) -> None:
+    """Refuse ``--reference`` for samples not drawn from the model's own distribution (temperature
+    1, no top-p or top-k): the mean log-ratio over them is no estimate of KL(model || reference).
+    A --samples file says how it was drawn in its sidecar (``alignlab sample``'s record)."""
+    why = "the KL estimate needs the model's own samples (temperature 1, no top-p or top-k)"
+    if args.samples is None:
+        if args.temperature != 1.0:
+            raise UserError(f"alignlab eval health: --reference with --temperature {args.temperature:g}: {why}; "
+                            "draw at --temperature 1")
+        return
+    from alignlab.sample_cli import meta_path
+
+    meta = meta_path(Path(args.samples))
+    try:
+        record = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(f"alignlab eval health: --reference with --samples {args.samples}: {why}, and without its "
+                        f"record {meta.name} (written by alignlab sample) how they were drawn is unknown") from None
+    drawn = {"temperature": (record.get("temperature"), 1.0), "top_p": (record.get("top_p"), 1.0),
+             "top_k": (record.get("top_k"), 0)}
+    for key, (value, plain) in drawn.items():
+        if value != plain:
+            raise UserError(f"alignlab eval health: --reference with --samples {args.samples}: they were drawn with "
+                            f"{key} {value} ({meta.name}); {why}")
+
+
 def run_health(args: argparse.Namespace) -> dict[str, Any]:
     """The report of ``alignlab eval health`` (see ``eval/health.py``)."""
     from alignlab.eval.answers import read_answer_rows
@@ -401,6 +427,8 @@ def run_health(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("alignlab eval health: --reference needs --model, the model whose KL to it is estimated")
     if args.distinct_unit == "tokens" and args.model is None:
         raise UserError("alignlab eval health: --distinct-unit tokens needs --model, whose tokenizer makes the tokens")
+    if args.reference is not None:
+        _check_kl_sampling(args)
     model = tokenizer = None
     if args.model is not None:
         model, tokenizer = _load(args.model, args, "--model")

@@ -253,3 +253,19 @@ def test_length_refuses_task_with_files(tmp_path):
     a, b = write_rows(tmp_path / "a.jsonl", A_ROWS), write_rows(tmp_path / "b.jsonl", B_ROWS)
     with pytest.raises(UserError, match=r"--task gives the prompts of answers drawn now .*--scorer task:arithmetic"):
         run(cmd_length, ["--answers", a, "--against", b, "--task", "arithmetic"])
+
+
+def test_health_refuses_kl_of_samples_not_drawn_at_temperature_1(tmp_path):
+    """Greedy or truncated samples are not the model's own distribution: a KL to --reference over
+    them is refused, before any model loads (the model paths here do not exist)."""
+    fake = ["--model", str(tmp_path / "m"), "--reference", str(tmp_path / "r")]
+    with pytest.raises(UserError, match=r"--reference with --temperature 0: the KL estimate needs"):
+        run(cmd_health, [*fake, "--task", "arithmetic", "--temperature", "0"])
+    samples = write_rows(tmp_path / "s.jsonl", A_ROWS)
+    with pytest.raises(UserError, match=r"without its record s\.jsonl\.meta\.json .* how they were drawn is unknown"):
+        run(cmd_health, [*fake, "--samples", samples])
+    meta = tmp_path / "s.jsonl.meta.json"
+    for key, value in (("temperature", 0.0), ("top_p", 0.9), ("top_k", 5)):
+        meta.write_text(json.dumps({"temperature": 1.0, "top_p": 1.0, "top_k": 0, key: value}))
+        with pytest.raises(UserError, match=rf"drawn with {key} {value} \(s\.jsonl\.meta\.json\)"):
+            run(cmd_health, [*fake, "--samples", samples])
