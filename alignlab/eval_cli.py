@@ -157,8 +157,9 @@ def add_pair_flags(parser: argparse.ArgumentParser, data_help: str = "preference
     pairs.add_argument("--split", default=None, help="split of a dataset directory or hub dataset")
     pairs.add_argument("--skip-invalid", action="store_true", help="skip bad rows and rows that do not fit "
                                                                      "--max-length (they are counted)")
-    pairs.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens, as in training "
-                                                                    "(default 1024); a longer response is cut")
+    pairs.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens (default 1024); a "
+                                                                    "pair whose response would be cut to fit is a "
+                                                                    "bad row (--skip-invalid leaves it out)")
     pairs.add_argument("--max-prompt-length", type=int, default=None, help="keep the last this-many prompt tokens")
     run = parser.add_argument_group("running the model")
     run.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (default 32)")
