@@ -112,7 +112,8 @@ def cmd_rm(tokens: list[str]) -> int:
     parser.add_argument("--subset-column", default="subset", help="column naming each pair's subset (default subset)")
     parser.add_argument("--out", default=None, help="also write the full report here as JSON")
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(tokens)
+    parser.epilog = "--columns.FIELD NAME: the column that holds FIELD (prompt, chosen, rejected) when it is named otherwise"
+    args, columns = parse_with_columns(parser, tokens)
     if (args.model is None) == (args.scorer is None):
         raise UserError("alignlab eval rm: give one of --model or --scorer")
     if args.bins < 1:
@@ -123,7 +124,8 @@ def cmd_rm(tokens: list[str]) -> int:
         scorer = guard(load_scorer(spec), f"{flag} {args.model or args.scorer}")
     except UserError as e:
         raise UserError(f"{flag} {args.model or args.scorer}: {e}") from None
-    pairs = load_pairs(args.data, args.subset_column, split=args.split, skip_invalid=args.skip_invalid)
+    pairs = load_pairs(args.data, args.subset_column, columns=columns, split=args.split,
+                       skip_invalid=args.skip_invalid)
     report = {"scorer": scorer.name, "data": args.data, **evaluate_pairs(scorer, pairs, args.bins)}
     write_report(args.out, report)
     print(f"{scorer.name} on {report['pairs']} pairs from {args.data}")

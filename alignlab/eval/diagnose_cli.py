@@ -330,11 +330,18 @@ def _cell(x: Any) -> str:
     return str(x) if isinstance(x, int) else f"{x:.3f}"
 
 
-def _command(parser, run, format_report, tokens: list[str]) -> int:
-    """One diagnostic command: read the flags, measure, write the report with ``--out``, print the table."""
+def _command(parser, run, format_report, tokens: list[str], columns: bool = False) -> int:
+    """One diagnostic command: read the flags (with ``columns``, ``--columns.FIELD NAME`` too, as
+    ``args.columns``), measure, write the report with ``--out``, print the table."""
     from alignlab.data.write import check_report_path
 
-    args = parser().parse_args(tokens)
+    if columns:
+        from alignlab.data.convert_cli import columns_flags
+
+        args, rest = parser().parse_known_args(tokens)
+        args.columns = columns_flags(rest, parser())
+    else:
+        args = parser().parse_args(tokens)
     check_report_path(args.out, args, "--answers", "--against", "--samples", "--pairs", "--prompts", "--perturbations")
     report = run(args)
     _write(report, args.out)
@@ -503,7 +510,8 @@ def _judge_parser() -> argparse.ArgumentParser:
                "ones, so that the better answer is not always in one slot), from --answers (alignlab sample output: "
                "each row's first two non-empty answers, the higher-scored one labelled better when the row has "
                "scores) or are drawn now (--task T --model M: two answers per held-out prompt, labelled by the "
-               "task's gold reward).")
+               "task's gold reward). --columns.FIELD NAME (with --pairs): the column that holds FIELD (prompt, "
+               "chosen, rejected) when it is named otherwise.")
     parser.add_argument("--judge", required=True, help="the scorer to test: judge:DIR, openai:URL,model=NAME, rm:DIR, "
                                                        "task:NAME[:gold|proxy], fn:MODULE:FUNCTION, ...")
     parser.add_argument("--pairs", default=None, help="preference pairs (prompt, chosen, rejected), any format")
@@ -527,12 +535,15 @@ def _judge_pairs(args: argparse.Namespace) -> tuple[list[str], list[str], list[s
     if len(given) != 1:
         raise UserError("alignlab eval judge-bias: give the pairs with one of --pairs, --answers or --model, "
                         + (f"not {' and '.join('--' + g for g in given)}" if given else "got none"))
-    if args.skip_invalid and args.pairs is None:
-        raise UserError("alignlab eval judge-bias: --skip-invalid is for --pairs")
+    columns = getattr(args, "columns", None) or {}
+    for flag, given in (("--skip-invalid", args.skip_invalid), ("--columns.FIELD", columns)):
+        if given and args.pairs is None:
+            raise UserError(f"alignlab eval judge-bias: {flag} is for --pairs")
     if args.pairs is not None:
         from alignlab.eval.rm import load_pairs
 
-        pairs = load_pairs(args.pairs, subset_column=None, skip_invalid=args.skip_invalid)[:args.limit]
+        pairs = load_pairs(args.pairs, subset_column=None, columns=columns,
+                           skip_invalid=args.skip_invalid)[:args.limit]
         prompts, first, second, labels = [], [], [], []
         for i, p in enumerate(pairs):
             swap = i % 2 == 1
@@ -617,4 +628,4 @@ def format_judge_bias(report: dict[str, Any]) -> str:
 
 def cmd_judge_bias(tokens: list[str]) -> int:
     """``alignlab eval judge-bias``: prints the table, writes the report with ``--out``."""
-    return _command(_judge_parser, run_judge_bias, format_judge_bias, tokens)
+    return _command(_judge_parser, run_judge_bias, format_judge_bias, tokens, columns=True)

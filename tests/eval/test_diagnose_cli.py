@@ -269,3 +269,27 @@ def test_health_refuses_kl_of_samples_not_drawn_at_temperature_1(tmp_path):
         meta.write_text(json.dumps({"temperature": 1.0, "top_p": 1.0, "top_k": 0, key: value}))
         with pytest.raises(UserError, match=rf"drawn with {key} {value} \(s\.jsonl\.meta\.json\)"):
             run(cmd_health, [*fake, "--samples", samples])
+
+
+def test_pairs_take_the_column_option_their_hint_names(tmp_path, monkeypatch, capsys):
+    """Pairs under other column names: the error's hint (--columns.chosen NAME ...) is an option
+    judge-bias and eval rm take, and with it the pairs read. A scorer of length prefers the longer
+    answer, shown chosen first: eval rm's accuracy is 1."""
+    from alignlab.cli import main
+
+    (tmp_path / "lenjudge.py").write_text("def chars(prompt, response):\n    return len(response)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cols = write_rows(tmp_path / "cols.jsonl", [{"q": "q1", "good": "long answer", "bad": "s"}])
+    mapping = ["--columns.prompt", "q", "--columns.chosen", "good", "--columns.rejected", "bad"]
+    for command in (["eval", "judge-bias", "--judge", "fn:lenjudge:chars", "--pairs", cols, "--no-perturbations"],
+                    ["eval", "rm", "--scorer", "fn:lenjudge:chars", "--data", cols]):
+        assert main(command) != 0
+        assert "--columns.chosen NAME" in capsys.readouterr().err
+        assert main([*command, *mapping]) == 0
+        assert "on 1 pairs" in capsys.readouterr().out
+    assert main(["eval", "rm", "--scorer", "fn:lenjudge:chars", "--data", cols, "--out", str(tmp_path / "r.json"),
+                 *mapping]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["accuracy"] == 1.0
+    assert main(["eval", "judge-bias", "--judge", "fn:lenjudge:chars", "--task", "arithmetic", "--model", "m",
+                 "--columns.chosen", "good"]) != 0
+    assert "--columns.FIELD is for --pairs" in capsys.readouterr().err
