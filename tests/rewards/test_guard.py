@@ -77,3 +77,26 @@ def test_a_failing_scorer_is_one_line_in_decode(tmp_path, monkeypatch, capsys):
     assert code != 0 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "--scorer fn:allboom:boom failed on the answer" in err and "RuntimeError: kaboom" in err
     assert "(task arithmetic" in err
+
+
+def test_a_module_in_the_current_folder_off_the_path_gets_a_hint(tmp_path, monkeypatch):
+    """my_rewards.py in the working folder, which is not on sys.path: the one-line error says to
+    run with PYTHONPATH=.; a module found nowhere says to add its folder; a module that is found
+    but fails to import something of its own gets no path hint (the path is not the problem)."""
+    import sys
+
+    (tmp_path / "my_rewards.py").write_text("def f(prompt, response):\n    return 1.0\n")
+    (tmp_path / "broken_rewards.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    with pytest.raises(UserError) as e:
+        load_scorer("fn:my_rewards:f")
+    assert str(e.value).endswith("(my_rewards is in the current folder, which is not on the import path: run with "
+                                 "PYTHONPATH=.)") and "\n" not in str(e.value)
+    with pytest.raises(UserError, match=r"add the folder that holds it\)$"):
+        load_scorer("fn:nowhere_rewards_xyz:f")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError) as e:
+        load_scorer("fn:broken_rewards:f")
+    assert "no_such_dependency_xyz" in str(e.value) and "PYTHONPATH" not in str(e.value)
+    assert load_scorer("fn:my_rewards:f").score(["p"], ["r"]) == [1.0]
