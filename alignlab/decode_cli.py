@@ -145,10 +145,13 @@ def run_decode(job, args) -> dict[str, Any]:
     from alignlab.models import load_model, load_tokenizer
     from alignlab.rewards import load_scorer
     from alignlab.rewards.base import reward_prompt, win_points
+    from alignlab.rewards.guard import guard, rows_of
     from alignlab.sample_cli import _default_device, check_context, meta_path, output_row, read_prompts
 
     prompts = read_prompts(job)
     scorer = method_scorer(args)
+    if scorer is not None:  # a failing scorer is one line naming the answer, not a traceback
+        scorer = guard(scorer, f"--scorer {args.scorer}", rows_of(prompts))
     tokenizer = load_tokenizer(job.model, trust_remote_code=args.trust_remote_code)
     model = load_model(job.model, dtype=job.dtype, trust_remote_code=args.trust_remote_code).to(_default_device())
     job.params.check_stops(model, "--stop-token-ids")

@@ -95,6 +95,7 @@ def cmd_rm(tokens: list[str]) -> int:
     """``alignlab eval rm``: a reward model's (or any scorer's) accuracy, calibration and length bias."""
     from alignlab.eval.rm import evaluate_pairs, load_pairs
     from alignlab.rewards import load_scorer
+    from alignlab.rewards.guard import guard
 
     parser = ArgumentParser(
         prog="alignlab eval rm",
@@ -111,14 +112,20 @@ def cmd_rm(tokens: list[str]) -> int:
     parser.add_argument("--subset-column", default="subset", help="column naming each pair's subset (default subset)")
     parser.add_argument("--out", default=None, help="also write the full report here as JSON")
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(tokens)
+    parser.epilog = "--columns.FIELD NAME: the column that holds FIELD (prompt, chosen, rejected) when it is named otherwise"
+    args, columns = parse_with_columns(parser, tokens)
     if (args.model is None) == (args.scorer is None):
         raise UserError("alignlab eval rm: give one of --model or --scorer")
     if args.bins < 1:
         raise UserError(f"alignlab eval rm: --bins must be >= 1, got {args.bins}")
     check_report_path(args.out, args, "--data")
-    scorer = load_scorer(f"rm:{args.model}" if args.model else args.scorer)
-    pairs = load_pairs(args.data, args.subset_column, split=args.split, skip_invalid=args.skip_invalid)
+    spec, flag = (f"rm:{args.model}", "--model") if args.model else (args.scorer, "--scorer")
+    try:
+        scorer = guard(load_scorer(spec), f"{flag} {args.model or args.scorer}")
+    except UserError as e:
+        raise UserError(f"{flag} {args.model or args.scorer}: {e}") from None
+    pairs = load_pairs(args.data, args.subset_column, columns=columns, split=args.split,
+                       skip_invalid=args.skip_invalid)
     report = {"scorer": scorer.name, "data": args.data, **evaluate_pairs(scorer, pairs, args.bins)}
     write_report(args.out, report)
     print(f"{scorer.name} on {report['pairs']} pairs from {args.data}")
@@ -152,8 +159,9 @@ def add_pair_flags(parser: argparse.ArgumentParser, data_help: str = "preference
     pairs.add_argument("--split", default=None, help="split of a dataset directory or hub dataset")
     pairs.add_argument("--skip-invalid", action="store_true", help="skip bad rows and rows that do not fit "
                                                                      "--max-length (they are counted)")
-    pairs.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens, as in training "
-                                                                    "(default 1024); a longer response is cut")
+    pairs.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens (default 1024); a "
+                                                                    "pair whose response would be cut to fit is a "
+                                                                    "bad row (--skip-invalid leaves it out)")
     pairs.add_argument("--max-prompt-length", type=int, default=None, help="keep the last this-many prompt tokens")
     run = parser.add_argument_group("running the model")
     run.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (default 32)")

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -62,6 +61,7 @@ from alignlab.data.write import check_not_input
 from alignlab.errors import ArgumentParser, UserError, on_command_line, option
 from alignlab.field_flags import add_field_flags, field_values
 from alignlab.rewards.base import reward_prompt
+from alignlab.rewards.guard import find_fault, whole_call
 
 if TYPE_CHECKING:  # generation imports torch: only when a command samples
     from alignlab.generation import SamplingParams
@@ -327,19 +327,6 @@ def check_context(generator, model, tokenizer, prompts: Sequence[PromptRecord], 
                             f"{context - length}")
 
 
-def _finite(value: object) -> bool:
-    try:
-        return not isinstance(value, bool) and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _cause(e: BaseException) -> str:
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    return text if isinstance(e, UserError) else f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 def score_chunk(scorer, spec: str, chunk: Sequence[PromptRecord], samples: Sequence[Sequence[Any]], start: int,
                 n: int, written: str) -> list[list[float | None]]:
     """Each sample's score (None for an empty response), from one ``score_sampled`` call over the
@@ -353,30 +340,26 @@ def score_chunk(scorer, spec: str, chunk: Sequence[PromptRecord], samples: Seque
     scores: list[list[float | None]] = [[None] * len(row) for row in samples]
     if not where:
         return scores
-    error = None
-    try:
-        values = list(scorer.score_sampled([reward_prompt(chunk[i].prompt) for i, _ in where],
-                                           [samples[i][j].text for i, j in where],
-                                           [len(samples[i][j].token_ids) for i, j in where]))
-        if len(values) != len(where) or not all(_finite(v) for v in values):
-            error = f"it gave {len(values)} scores for {len(where)} samples, or one that is not a finite number"
-    except Exception as e:  # a scorer is the user's code or model: any failure is reported, not a crash
-        error = _cause(e)
-    if error is None:
+    values, error = whole_call(lambda: scorer.score_sampled([reward_prompt(chunk[i].prompt) for i, _ in where],
+                                                            [samples[i][j].text for i, j in where],
+                                                            [len(samples[i][j].token_ids) for i, j in where]),
+                               len(where))
+    if values is not None:
         for (i, j), value in zip(where, values, strict=True):
-            scores[i][j] = float(value)
+            scores[i][j] = value
         return scores
-    for i, j in where:
-        try:
-            alone = list(scorer.score_sampled([reward_prompt(chunk[i].prompt)], [samples[i][j].text],
-                                              [len(samples[i][j].token_ids)]))
-            problem = None if len(alone) == 1 and _finite(alone[0]) else f"it gave {alone!r}, not one finite number"
-        except Exception as e:  # see above
-            problem = _cause(e)
-        if problem is not None:
-            p = chunk[i]
-            raise UserError(f"{_flag('scorer')} {spec} failed on prompt {start + i + 1} ({p.source}, row {p.row}), "
-                            f"sample {j + 1} of {n}: {problem}; {written}")
+
+    def alone(k: int):
+        i, j = where[k]
+        return scorer.score_sampled([reward_prompt(chunk[i].prompt)], [samples[i][j].text],
+                                    [len(samples[i][j].token_ids)])
+
+    fault = find_fault(alone, len(where))
+    if fault is not None:
+        (i, j), problem = where[fault[0]], fault[1]
+        p = chunk[i]
+        raise UserError(f"{_flag('scorer')} {spec} failed on prompt {start + i + 1} ({p.source}, row {p.row}), "
+                        f"sample {j + 1} of {n}: {problem}; {written}")
     raise UserError(f"{_flag('scorer')} {spec} failed on prompts {start + 1} to {start + len(chunk)} together, though "
                     f"on none of their samples alone: {error}; {written}")
 

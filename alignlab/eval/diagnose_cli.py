@@ -129,11 +129,14 @@ def _draw(model, tokenizer, prompts, args: argparse.Namespace, seed_offset: int 
     return draw_answer_rows(generator, prompts, args.n, _params(args, seed_offset), args.batch_size)
 
 
-def _scorer(spec: str, flag: str):
+def _scorer(spec: str, flag: str, where=None):
+    """The scorer of ``flag`` ``spec``; its failures are one line naming the answer at fault
+    (``rewards/guard.py``), its prompt's file and row where ``where`` knows them."""
     from alignlab.rewards import load_scorer
+    from alignlab.rewards.guard import guard
 
     try:
-        return load_scorer(spec)
+        return guard(load_scorer(spec), f"{flag} {spec}", where)
     except UserError as e:
         raise UserError(f"{flag} {spec}: {e}") from None
 
@@ -221,6 +224,13 @@ def run_length(args: argparse.Namespace) -> dict[str, Any]:
     _check_counts(args)
     if args.answers is None and args.model is None:
         raise UserError("alignlab eval length: give the answers to measure with --answers FILE or --model DIR")
+    if args.model is None and args.against_model is None:
+        for flag, value in (("--task", args.task), ("--prompts", args.prompts)):
+            if value is not None:
+                raise UserError(f"alignlab eval length: {flag} gives the prompts of answers drawn now (--model, "
+                                "--against-model); the files hold their own"
+                                + (f" (to score them with the task's reward: --scorer task:{value})"
+                                   if flag == "--task" else ""))
     cache: dict = {}
     a_rows = _answer_set(args.answers, args.model, ("--answers", "--model"), args, cache)
     has_b = args.against is not None or args.against_model is not None
@@ -236,7 +246,9 @@ def run_length(args: argparse.Namespace) -> dict[str, Any]:
     if spec is None and (args.model or args.against_model) and args.task:
         spec = f"task:{args.task}"
     if spec is not None:
-        scorer = _scorer(spec, "--scorer")
+        from alignlab.rewards.guard import rows_of
+
+        scorer = _scorer(spec, "--scorer", rows_of(a_rows + (b_rows or [])))
         for rows in (a_rows, b_rows):  # one scorer for every answer, files included
             if rows is not None:
                 score_rows(rows, scorer)
@@ -246,11 +258,14 @@ def run_length(args: argparse.Namespace) -> dict[str, Any]:
     lengths = {}
     for key, rows, name in sides:
         lengths[key] = _lengths(rows, args.unit)
-        kept = [(length, a.score) for r, ls in zip(rows, lengths[key], strict=True)
-                for length, a in zip(ls, r.answers, strict=True) if a.score is not None]
-        total = sum(len(r.answers) for r in rows)
-        report[key] = {"source": name, "prompts": len(rows), "unscored": total - len(kept),
-                       **answer_summary([k[0] for k in kept], [k[1] for k in kept], args.bins)}
+        scores = [a.score for r in rows for a in r.answers]
+        report[key] = {"source": name, "prompts": len(rows), "unscored": scores.count(None),
+                       **answer_summary([x for ls in lengths[key] for x in ls], scores, args.bins)}
+    missing = [side["source"] for _, side in ((k, report[k]) for k, _, _ in sides) if side["unscored"]]
+    if missing:
+        report["note"] = (f"{' and '.join(missing)}: {sum(report[k]['unscored'] for k, _, _ in sides)} answers hold no "
+                          "score, so mean score, its correlation with length and the win rates leave them out; "
+                          "give --scorer SPEC to score every answer")
     if b_rows is None:
         return report
     la, lb, prefs, firsts, seconds, prompts = [], [], [], [], [], []
@@ -282,11 +297,14 @@ def format_length(report: dict[str, Any]) -> str:
     unit = report["unit"]
     lines = [f"length exploitation ({unit}; scores: {report['scorer'] or 'from the files'})",
              f"{'':28}{'A':>10}" + (f"{'B':>10}" if b else "")]
-    for label, key in (("answers", "answers"), (f"mean length ({unit})", "mean_length"), ("mean score", "mean_score"),
+    for label, key in (("answers", "answers"), (f"mean length ({unit})", "mean_length"), ("scored", "scored"),
+                       ("mean score", "mean_score"),
                        ("corr(score, length)", "score_length_correlation")):
         row = f"{label:28}" + "".join(f"{_cell(side.get(key)):>10}" for side in ([a, b] if b else [a]))
         lines.append(row)
     lines.append(f"A: {a['source']}" + (f"\nB: {b['source']}" if b else ""))
+    if report.get("note"):
+        lines.append(f"note: {report['note']}")
     pairs = report.get("pairs")
     if pairs and pairs.get("pairs"):
         iv = pairs.get("intervals", {})
@@ -312,11 +330,18 @@ def _cell(x: Any) -> str:
     return str(x) if isinstance(x, int) else f"{x:.3f}"
 
 
-def _command(parser, run, format_report, tokens: list[str]) -> int:
-    """One diagnostic command: read the flags, measure, write the report with ``--out``, print the table."""
+def _command(parser, run, format_report, tokens: list[str], columns: bool = False) -> int:
+    """One diagnostic command: read the flags (with ``columns``, ``--columns.FIELD NAME`` too, as
+    ``args.columns``), measure, write the report with ``--out``, print the table."""
     from alignlab.data.write import check_report_path
 
-    args = parser().parse_args(tokens)
+    if columns:
+        from alignlab.data.convert_cli import columns_flags
+
+        args, rest = parser().parse_known_args(tokens)
+        args.columns = columns_flags(rest, parser())
+    else:
+        args = parser().parse_args(tokens)
     check_report_path(args.out, args, "--answers", "--against", "--samples", "--pairs", "--prompts", "--perturbations")
     report = run(args)
     _write(report, args.out)
@@ -370,6 +395,32 @@ def _retokenize(rows: list, generator, tokenizer) -> tuple[list, list, int]:
     return prompts, responses, mismatched
 
 
+def _check_kl_sampling(args: argparse.Namespace) -> None:
+    """Refuse ``--reference`` for samples not drawn from the model's own distribution (temperature
+    1, no top-p or top-k): the mean log-ratio over them is no estimate of KL(model || reference).
+    A --samples file says how it was drawn in its sidecar (``alignlab sample``'s record)."""
+    why = "the KL estimate needs the model's own samples (temperature 1, no top-p or top-k)"
+    if args.samples is None:
+        if args.temperature != 1.0:
+            raise UserError(f"alignlab eval health: --reference with --temperature {args.temperature:g}: {why}; "
+                            "draw at --temperature 1")
+        return
+    from alignlab.sample_cli import meta_path
+
+    meta = meta_path(Path(args.samples))
+    try:
+        record = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(f"alignlab eval health: --reference with --samples {args.samples}: {why}, and without its "
+                        f"record {meta.name} (written by alignlab sample) how they were drawn is unknown") from None
+    drawn = {"temperature": (record.get("temperature"), 1.0), "top_p": (record.get("top_p"), 1.0),
+             "top_k": (record.get("top_k"), 0)}
+    for key, (value, plain) in drawn.items():
+        if value != plain:
+            raise UserError(f"alignlab eval health: --reference with --samples {args.samples}: they were drawn with "
+                            f"{key} {value} ({meta.name}); {why}")
+
+
 def run_health(args: argparse.Namespace) -> dict[str, Any]:
     """The report of ``alignlab eval health`` (see ``eval/health.py``)."""
     from alignlab.eval.answers import read_answer_rows
@@ -383,6 +434,8 @@ def run_health(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("alignlab eval health: --reference needs --model, the model whose KL to it is estimated")
     if args.distinct_unit == "tokens" and args.model is None:
         raise UserError("alignlab eval health: --distinct-unit tokens needs --model, whose tokenizer makes the tokens")
+    if args.reference is not None:
+        _check_kl_sampling(args)
     model = tokenizer = None
     if args.model is not None:
         model, tokenizer = _load(args.model, args, "--model")
@@ -457,7 +510,8 @@ def _judge_parser() -> argparse.ArgumentParser:
                "ones, so that the better answer is not always in one slot), from --answers (alignlab sample output: "
                "each row's first two non-empty answers, the higher-scored one labelled better when the row has "
                "scores) or are drawn now (--task T --model M: two answers per held-out prompt, labelled by the "
-               "task's gold reward).")
+               "task's gold reward). --columns.FIELD NAME (with --pairs): the column that holds FIELD (prompt, "
+               "chosen, rejected) when it is named otherwise.")
     parser.add_argument("--judge", required=True, help="the scorer to test: judge:DIR, openai:URL,model=NAME, rm:DIR, "
                                                        "task:NAME[:gold|proxy], fn:MODULE:FUNCTION, ...")
     parser.add_argument("--pairs", default=None, help="preference pairs (prompt, chosen, rejected), any format")
@@ -481,12 +535,15 @@ def _judge_pairs(args: argparse.Namespace) -> tuple[list[str], list[str], list[s
     if len(given) != 1:
         raise UserError("alignlab eval judge-bias: give the pairs with one of --pairs, --answers or --model, "
                         + (f"not {' and '.join('--' + g for g in given)}" if given else "got none"))
-    if args.skip_invalid and args.pairs is None:
-        raise UserError("alignlab eval judge-bias: --skip-invalid is for --pairs")
+    columns = getattr(args, "columns", None) or {}
+    for flag, given in (("--skip-invalid", args.skip_invalid), ("--columns.FIELD", columns)):
+        if given and args.pairs is None:
+            raise UserError(f"alignlab eval judge-bias: {flag} is for --pairs")
     if args.pairs is not None:
         from alignlab.eval.rm import load_pairs
 
-        pairs = load_pairs(args.pairs, subset_column=None, skip_invalid=args.skip_invalid)[:args.limit]
+        pairs = load_pairs(args.pairs, subset_column=None, columns=columns,
+                           skip_invalid=args.skip_invalid)[:args.limit]
         prompts, first, second, labels = [], [], [], []
         for i, p in enumerate(pairs):
             swap = i % 2 == 1
@@ -553,17 +610,22 @@ def format_judge_bias(report: dict[str, Any]) -> str:
         lines.append(f"  {'perturbation':<14}{'robust':>8}{'first':>8}{'second':>8}{'toward':>8}"
                      + (f"{'accuracy':>10}" if "accuracy" in base else ""))
         for name, e in suite["perturbations"].items():
-            toward = (e["first"]["toward_perturbed"] + e["second"]["toward_perturbed"]) / 2
+            towards = [e[slot]["toward_perturbed"] for slot in ("first", "second")]
+            toward = None if None in towards else sum(towards) / 2
             acc = ""
             if "accuracy" in base:
-                acc = f"{_f((e['first']['accuracy'] + e['second']['accuracy']) / 2):>10}"
-            lines.append(f"  {name:<14}{e['robustness_rate']:>8.3f}{e['first']['robustness_rate']:>8.3f}"
-                         f"{e['second']['robustness_rate']:>8.3f}{toward:>8.3f}{acc}")
+                accs = [e[slot]["accuracy"] for slot in ("first", "second")]
+                acc = f"{_f(None if None in accs else sum(accs) / 2):>10}"
+            lines.append(f"  {name:<14}{_f(e['robustness_rate']):>8}{_f(e['first']['robustness_rate']):>8}"
+                         f"{_f(e['second']['robustness_rate']):>8}{_f(toward):>8}{acc}")
         lines.append(f"  robustness rate      {_f(suite['robustness_rate'])}   (share of verdicts unchanged; first/"
                      "second: which answer was perturbed)")
+        if suite.get("unparsed"):
+            lines.append(f"  unparsed verdicts    {suite['unparsed']} of {suite['pairs'] * (1 + 2 * len(suite['perturbations']))}"
+                         "   (left out of accuracy and robustness; '-': no verdict parsed)")
     return "\n".join(lines)
 
 
 def cmd_judge_bias(tokens: list[str]) -> int:
     """``alignlab eval judge-bias``: prints the table, writes the report with ``--out``."""
-    return _command(_judge_parser, run_judge_bias, format_judge_bias, tokens)
+    return _command(_judge_parser, run_judge_bias, format_judge_bias, tokens, columns=True)

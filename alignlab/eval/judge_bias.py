@@ -18,6 +18,12 @@ answer of the pair, as passed to ``compare``), the verdict on the perturbed pair
 the verdict on the original pair. Reported per perturbation and slot:
 
 - ``robustness_rate``: the share of pairs whose verdict is unchanged;
+
+An unparsed verdict (a judge's output that names no answer, or a rating that cannot be read) is no
+verdict: a pair whose original or perturbed verdict is unparsed is left out of that slot's rates
+(``compared`` counts the pairs kept; ``unparsed`` counts the judge calls that gave none), and a
+perturbed verdict that is unparsed is left out of its accuracy, as ``base.accuracy`` leaves out an
+unparsed original. A rate over no pair is None.
 - ``toward_perturbed`` / ``away_from_perturbed``: the share whose verdict moved in favour of the
   perturbed answer (its loss became a tie or a win, or its tie a win) / against it;
 - ``mean_shift``: the mean change of P(perturbed answer better), the same in continuous form;
@@ -43,7 +49,7 @@ from pathlib import Path
 from alignlab.errors import UserError
 from alignlab.eval.perturbations import PERTURBATIONS
 from alignlab.rewards.base import Scorer, check_lengths
-from alignlab.rewards.judge import JudgeReport, PairVerdict, PairwiseJudge, swap_consistency
+from alignlab.rewards.judge import JudgeReport, PairVerdict, PairwiseJudge, PointwiseJudge, swap_consistency
 from alignlab.rewards.verdicts import Verdict, flip
 
 PLACEHOLDER = "{answer}"
@@ -101,11 +107,29 @@ def load_perturbations(path: str | Path) -> list[Perturbation]:
     return out
 
 
+def unwrapped(judge: Scorer) -> Scorer:
+    """The scorer inside a guarded one (``rewards/guard.py``), else ``judge``."""
+    return getattr(judge, "inner", judge)
+
+
+def parsed_items(judge: Scorer, count: int) -> list[bool]:
+    """Per item of ``judge``'s latest ``compare`` call (``count`` items), whether every verdict or
+    rating behind it was parsed; a scorer that reads no judge output parses everything."""
+    judge = unwrapped(judge)
+    if isinstance(judge, PairwiseJudge) and judge.last_report is not None:
+        return [p.verdict is not None and (p.raw_swapped is None or p.swapped_verdict is not None)
+                for p in judge.last_report.pairs]
+    if isinstance(judge, PointwiseJudge) and judge.last_report is not None:
+        ratings = judge.last_report.ratings
+        return [ratings[i] is not None and ratings[count + i] is not None for i in range(count)]
+    return [True] * count
+
+
 def position_report(judge: Scorer, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> JudgeReport:
     """The position-bias report of the module docstring for any scorer."""
     n = check_lengths("position bias", prompts, first, second)
-    if isinstance(judge, PairwiseJudge):
-        return swap_consistency(judge, prompts, first, second)
+    if isinstance(unwrapped(judge), PairwiseJudge):
+        return swap_consistency(unwrapped(judge), prompts, first, second)
     both = judge.compare(list(prompts) * 2, list(first) + list(second), list(second) + list(first))
     pairs = [PairVerdict(prompts[i], first[i], second[i], verdict_of(both[i]), flip(verdict_of(both[n + i])),
                          raw=repr(both[i]), raw_swapped=repr(both[n + i]), p_first=(both[i] + 1 - both[n + i]) / 2)
@@ -133,39 +157,49 @@ def perturbation_suite(judge: Scorer, prompts: Sequence[str], first: Sequence[st
     probs = judge.compare(prompts * (1 + 2 * len(perturbations)), q_first, q_second)
     if len(probs) != n * (1 + 2 * len(perturbations)):
         raise UserError(f"perturbation suite: the judge gave {len(probs)} preferences for {len(q_first)} pairs")
+    parsed = parsed_items(judge, len(probs))
     base = [float(x) for x in probs[:n]]
     base_v = [verdict_of(x) for x in base]
     labelled = [i for i in range(n) if labels is not None and labels[i] is not None]
 
-    def accuracy(verdicts: list[Verdict]) -> float | None:
-        return sum(_points(verdicts[i], labels[i]) for i in labelled) / len(labelled) if labelled else None
+    def rate(hits: int, count: int) -> float | None:
+        return hits / count if count else None
 
-    out: dict = {"pairs": n, "labelled": len(labelled),
+    def accuracy(verdicts: list[Verdict], ok: list[bool]) -> float | None:
+        kept = [i for i in labelled if ok[i]]
+        return rate(sum(_points(verdicts[i], labels[i]) for i in kept), len(kept))
+
+    out: dict = {"pairs": n, "labelled": len(labelled), "unparsed": parsed.count(False),
                  "base": {"mean_p_first": sum(base) / n, "first_wins": base_v.count("A") / n,
-                          "second_wins": base_v.count("B") / n, "ties": base_v.count("tie") / n},
+                          "second_wins": base_v.count("B") / n, "ties": base_v.count("tie") / n,
+                          "unparsed": parsed[:n].count(False)},
                  "perturbations": {}}
     if labelled:
-        out["base"]["accuracy"] = accuracy(base_v)
-    unchanged_all = 0
+        out["base"]["accuracy"] = accuracy(base_v, parsed[:n])
+    unchanged_all = compared_all = 0
     for j, p in enumerate(perturbations):
         entry: dict = {"template": p.template}
-        unchanged_p = 0
+        unchanged_p = compared_p = 0
         for s, slot in enumerate(SLOTS):
             start = n * (1 + 2 * j + s)
             new = [float(x) for x in probs[start:start + n]]
             new_v = [verdict_of(x) for x in new]
+            both = [parsed[i] and parsed[start + i] for i in range(n)]  # an unparsed verdict is no verdict
             sign = 1 if slot == "first" else -1  # +1: a higher rank is better for the perturbed answer
-            moves = [sign * (_RANK[b] - _RANK[a]) for a, b in zip(base_v, new_v, strict=True)]
-            unchanged = sum(m == 0 for m in moves)
-            stats = {"robustness_rate": unchanged / n, "toward_perturbed": sum(m > 0 for m in moves) / n,
-                     "away_from_perturbed": sum(m < 0 for m in moves) / n,
-                     "mean_shift": sum(sign * (b - a) for a, b in zip(base, new, strict=True)) / n}
+            moves = [sign * (_RANK[b] - _RANK[a]) for a, b, ok in zip(base_v, new_v, both, strict=True) if ok]
+            unchanged, compared = sum(m == 0 for m in moves), len(moves)
+            stats = {"robustness_rate": rate(unchanged, compared),
+                     "toward_perturbed": rate(sum(m > 0 for m in moves), compared),
+                     "away_from_perturbed": rate(sum(m < 0 for m in moves), compared),
+                     "mean_shift": rate(sum(sign * (b - a) for a, b, ok in zip(base, new, both, strict=True) if ok),
+                                        compared),
+                     "compared": compared}
             if labelled:
-                stats["accuracy"] = accuracy(new_v)
+                stats["accuracy"] = accuracy(new_v, [parsed[start + i] for i in range(n)])
             entry[slot] = stats
-            unchanged_p += unchanged
-        entry["robustness_rate"] = unchanged_p / (2 * n)
+            unchanged_p, compared_p = unchanged_p + unchanged, compared_p + compared
+        entry["robustness_rate"] = rate(unchanged_p, compared_p)
         out["perturbations"][p.name] = entry
-        unchanged_all += unchanged_p
-    out["robustness_rate"] = unchanged_all / (2 * n * len(perturbations)) if perturbations else None
+        unchanged_all, compared_all = unchanged_all + unchanged_p, compared_all + compared_p
+    out["robustness_rate"] = rate(unchanged_all, compared_all)
     return out

@@ -220,15 +220,20 @@ def bootstrap_win_rates(diffs: Sequence[float], prefs: Sequence[float], resample
     return {"win_rate": _percentiles(raw), "lc_win_rate": _percentiles(lc)}
 
 
-def answer_summary(lengths: Sequence[float], scores: Sequence[float], bins: int) -> dict:
-    """Mean length and score of a set of answers, the correlation of score with length, and the
-    score per length bin (``length_bins``)."""
+def answer_summary(lengths: Sequence[float], scores: Sequence[float | None], bins: int) -> dict:
+    """Mean length of a set of answers; over those with a score (not None), their number, mean
+    score, the correlation of score with length and the score per length bin (``length_bins``)."""
     n = len(lengths)
     if n == 0:
         return {"answers": 0}
-    return {"answers": n, "mean_length": sum(lengths) / n, "mean_score": sum(scores) / n,
-            "score_length_correlation": _none_if_nan(pearson([float(x) for x in lengths], list(scores))),
-            "score_by_length": length_bins(lengths, scores, bins)}
+    out = {"answers": n, "mean_length": sum(lengths) / n}
+    kept = [(float(x), float(y)) for x, y in zip(lengths, scores, strict=True) if y is not None]
+    out["scored"] = len(kept)
+    if kept:
+        xs, ys = [k[0] for k in kept], [k[1] for k in kept]
+        out.update(mean_score=sum(ys) / len(ys), score_length_correlation=_none_if_nan(pearson(xs, ys)),
+                   score_by_length=length_bins(xs, ys, bins))
+    return out
 
 
 def pair_summary(lengths_a: Sequence[float], lengths_b: Sequence[float], prefs: Sequence[float], bins: int,

@@ -42,7 +42,7 @@ def overopt_parser() -> argparse.ArgumentParser:
                     "model. Gao, Schulman & Hilton 2023, 'Scaling Laws for Reward Model Overoptimization'.",
         epilog="Each model answers the same prompts with the same seed (temperature 1: KL is estimated from the "
                "model's own samples, log p(y|x) - log p_start(y|x) summed over the answer's tokens). Intervals are "
-               "95%% percentile bootstraps over the prompts. Without --task or --prompts, the held-out prompts of "
+               "95% percentile bootstraps over the prompts. Without --task or --prompts, the held-out prompts of "
                "the run's task (its `task`, or `data: task:NAME`). Without --out the report goes to RUN/"
                f"{REPORT_NAME}, where `alignlab report RUN` finds it.")
     parser.add_argument("--run", required=True, help="a training run's output_dir (run.yaml, checkpoints/)")
@@ -141,10 +141,16 @@ def run_overopt(args: argparse.Namespace, config: dict, saved: Callable[[], list
                         "--save-every N --keep-checkpoints 0 to keep every checkpoint)")
     out = Path(args.out) if args.out else Path(args.run) / REPORT_NAME
     for flag, path in (("--out", out), ("--plot", Path(args.plot) if args.plot else None)):
-        if path is not None and not path.parent.is_dir():
+        if path is None:
+            continue
+        check_not_input(path, ("the prompt file", "--prompts", args.prompts))
+        if path.is_dir():
+            raise UserError(f"{flag} {path}: is a folder; name the file to write" + (" (*.png)" if flag == "--plot"
+                                                                                    else ""))
+        if flag == "--plot" and path.suffix.lower() != ".png":
+            raise UserError(f"--plot {path}: the plot is written as PNG; name the file *.png")
+        if not path.parent.is_dir():
             raise UserError(f"{flag} {path}: its folder {path.parent} does not exist")
-        if path is not None:
-            check_not_input(path, ("the prompt file", "--prompts", args.prompts))
     prompts = _prompt_records(args, PROG)
     tokenizer = load_tokenizer(str(config["model"]), bool(config.get("trust_remote_code", False)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

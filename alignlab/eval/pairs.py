@@ -4,8 +4,10 @@ displacement, CHES): validated records, rendered to token ids exactly as trainin
 template), and each response's summed log-prob and token count under a model
 (``logprobs.sequence_logps``, the same code training uses).
 
-A pair that does not fit ``max_length`` is a bad row, reported with its source, row and field, as
-training reports it; ``skip_invalid`` leaves such rows out and counts them.
+A pair that does not fit ``max_length`` is a bad row, reported with its source, row and field:
+training would cut its longer response to fit, but a cut response's log-prob measures another
+text. ``skip_invalid`` leaves such rows out and counts them. ``max_prompt_length`` keeps the end of
+a longer prompt, as training does (the user asked for that cut).
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def render_pairs(records: Sequence[PairRecord], tokenizer, max_length: int = 102
     for record in records:  # one at a time, so that each example stays beside its record
         result = renderer.render([record])
         issues += result.issues
-        if result.examples:
+        if result.examples and result.truncated_responses:
+            issues.append(_cut(renderer, record, result.examples[0]))
+        elif result.examples:
             kept.append(record)
             examples.append(result.examples[0])
     if issues and not skip_invalid:
@@ -53,6 +57,19 @@ def render_pairs(records: Sequence[PairRecord], tokenizer, max_length: int = 102
     if not examples:
         raise UserError("no pair is left to evaluate: " + "; ".join(str(i) for i in issues[:3]))
     return TokenPairs(kept, examples, issues)
+
+
+def _cut(renderer: Renderer, record: PairRecord, example: TokenizedPair) -> RowIssue:
+    """The issue of a pair whose response would be cut to fit ``max_length``: the log-prob of a
+    cut response is not the response's."""
+    prompt = len(example.prompt_ids)
+    for name in ("chosen", "rejected"):
+        full = len(renderer._response(record.prompt, getattr(record, name)))
+        if len(getattr(example, name)) < full:
+            return RowIssue(record.source, record.row, name, f"the prompt ({prompt} tokens) and this response "
+                            f"({full} tokens) do not fit max_length={renderer.max_length}, and a cut response's "
+                            "log-prob is not the response's")
+    raise AssertionError("a response was cut, but neither of the pair's")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -88,6 +89,19 @@ class LengthPenalty(Scorer):
         return [-self.coef * max(0, self.length(r) - self.target) for r in responses]
 
 
+def _path_hint(module_name: str, e: ImportError) -> str:
+    """Where the module itself is not found (not a module it imports): that its folder must be on
+    the import path, and, when it is in the current folder, how to put that folder there."""
+    top = module_name.split(".")[0]
+    if not isinstance(e, ModuleNotFoundError) or e.name not in (top, module_name):
+        return ""
+    here = Path.cwd()
+    if ((here / f"{top}.py").is_file() or (here / top).is_dir()) and not any(
+            Path(p or ".").resolve() == here.resolve() for p in sys.path):
+        return f" ({top} is in the current folder, which is not on the import path: run with PYTHONPATH=.)"
+    return " (a module of your own is found through PYTHONPATH: add the folder that holds it)"
+
+
 def import_function(spec: str) -> Callable:
     """The callable named ``module:function`` (dots allowed in both parts)."""
     module_name, sep, attr = spec.partition(":")
@@ -96,7 +110,8 @@ def import_function(spec: str) -> Callable:
     try:
         obj = importlib.import_module(module_name)
     except ImportError as e:
-        raise UserError(f"reward function '{spec}': cannot import module '{module_name}': {e}") from None
+        raise UserError(f"reward function '{spec}': cannot import module '{module_name}': {e}"
+                        f"{_path_hint(module_name, e)}") from None
     except Exception as e:  # the module's own code failed: a syntax error, or an error while it runs
         raise UserError(f"reward function '{spec}': importing module '{module_name}' raised "
                         f"{type(e).__name__}: {_where(e)}") from None

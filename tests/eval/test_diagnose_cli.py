@@ -230,3 +230,66 @@ def test_a_report_is_not_written_over_the_commands_input(tmp_path, tiny_model_di
             main(["eval", command, *tokens, "--out", b, "--debug"])
     assert str(e.value) == f"{b}: is the input ({flag} {b}); writing it would replace what is read: write to another file"
     assert (tmp_path / "b.jsonl").read_bytes() == before
+
+
+def test_length_of_unscored_answers_is_reported_and_says_what_needs_a_scorer(tmp_path, capsys):
+    """A holds no scores (sample output without --scorer): its 4 answers' lengths are still
+    measured, (4 + 2 + 3 + 1) / 4 = 2.5; no score statistic and no pair is made of them, and one
+    line says so and names --scorer."""
+    unscored = [{"prompt": r["prompt"], "samples": [{k: v for k, v in s.items() if k != "score"}
+                                                     for s in r["samples"]]} for r in A_ROWS]
+    a, b = write_rows(tmp_path / "un.jsonl", unscored), write_rows(tmp_path / "b.jsonl", B_ROWS)
+    out = tmp_path / "report.json"
+    assert run(cmd_length, ["--answers", a, "--against", b, "--bootstrap", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["a"]["answers"], report["a"]["mean_length"], report["a"]["scored"]) == (4, 2.5, 0)
+    assert "mean_score" not in report["a"] and report["b"]["mean_score"] == 0.375
+    assert report["pairs"]["pairs"] == 0 and report["pairs"]["unscored"] == 4
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "un.jsonl: 4 answers hold no score" in notes[0] and "--scorer" in notes[0]
+
+
+def test_length_refuses_task_with_files(tmp_path):
+    a, b = write_rows(tmp_path / "a.jsonl", A_ROWS), write_rows(tmp_path / "b.jsonl", B_ROWS)
+    with pytest.raises(UserError, match=r"--task gives the prompts of answers drawn now .*--scorer task:arithmetic"):
+        run(cmd_length, ["--answers", a, "--against", b, "--task", "arithmetic"])
+
+
+def test_health_refuses_kl_of_samples_not_drawn_at_temperature_1(tmp_path):
+    """Greedy or truncated samples are not the model's own distribution: a KL to --reference over
+    them is refused, before any model loads (the model paths here do not exist)."""
+    fake = ["--model", str(tmp_path / "m"), "--reference", str(tmp_path / "r")]
+    with pytest.raises(UserError, match=r"--reference with --temperature 0: the KL estimate needs"):
+        run(cmd_health, [*fake, "--task", "arithmetic", "--temperature", "0"])
+    samples = write_rows(tmp_path / "s.jsonl", A_ROWS)
+    with pytest.raises(UserError, match=r"without its record s\.jsonl\.meta\.json .* how they were drawn is unknown"):
+        run(cmd_health, [*fake, "--samples", samples])
+    meta = tmp_path / "s.jsonl.meta.json"
+    for key, value in (("temperature", 0.0), ("top_p", 0.9), ("top_k", 5)):
+        meta.write_text(json.dumps({"temperature": 1.0, "top_p": 1.0, "top_k": 0, key: value}))
+        with pytest.raises(UserError, match=rf"drawn with {key} {value} \(s\.jsonl\.meta\.json\)"):
+            run(cmd_health, [*fake, "--samples", samples])
+
+
+def test_pairs_take_the_column_option_their_hint_names(tmp_path, monkeypatch, capsys):
+    """Pairs under other column names: the error's hint (--columns.chosen NAME ...) is an option
+    judge-bias and eval rm take, and with it the pairs read. A scorer of length prefers the longer
+    answer, shown chosen first: eval rm's accuracy is 1."""
+    from alignlab.cli import main
+
+    (tmp_path / "lenjudge.py").write_text("def chars(prompt, response):\n    return len(response)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cols = write_rows(tmp_path / "cols.jsonl", [{"q": "q1", "good": "long answer", "bad": "s"}])
+    mapping = ["--columns.prompt", "q", "--columns.chosen", "good", "--columns.rejected", "bad"]
+    for command in (["eval", "judge-bias", "--judge", "fn:lenjudge:chars", "--pairs", cols, "--no-perturbations"],
+                    ["eval", "rm", "--scorer", "fn:lenjudge:chars", "--data", cols]):
+        assert main(command) != 0
+        assert "--columns.chosen NAME" in capsys.readouterr().err
+        assert main([*command, *mapping]) == 0
+        assert "on 1 pairs" in capsys.readouterr().out
+    assert main(["eval", "rm", "--scorer", "fn:lenjudge:chars", "--data", cols, "--out", str(tmp_path / "r.json"),
+                 *mapping]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["accuracy"] == 1.0
+    assert main(["eval", "judge-bias", "--judge", "fn:lenjudge:chars", "--task", "arithmetic", "--model", "m",
+                 "--columns.chosen", "good"]) != 0
+    assert "--columns.FIELD is for --pairs" in capsys.readouterr().err

@@ -143,3 +143,38 @@ def test_perturbation_files(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="expected a JSON object"):
         load_perturbations(tmp_path / "list.json")
+
+
+def test_unparsed_verdicts_count_in_no_rate():
+    """A judge that never names an answer gives no verdict: no accuracy, no robustness (None, shown
+    '-'), and every one of its 2 pairs x (1 + 2 x 4 perturbations) = 18 calls is counted unparsed.
+    A judge whose verdicts on the authority-perturbed first answer alone are unparsed: that slot
+    compares no pair; every other slot keeps both pairs."""
+    mute = PairwiseJudge(CallableBackend(lambda text: "I cannot decide."), template=TEMPLATE)
+    out = perturbation_suite(mute, ["q1", "q2"], ["good one", "bad one"], ["bad one", "good one"], labels=["A", "B"])
+    assert out["base"]["accuracy"] is None and out["robustness_rate"] is None and out["unparsed"] == 18
+    assert all(e["robustness_rate"] is None and e["first"]["accuracy"] is None
+               for e in out["perturbations"].values())
+
+    def shy(text):
+        a, _ = slots(text)
+        return "hmm" if "Source:" in a else authority_then_quality(text)
+
+    out = perturbation_suite(PairwiseJudge(CallableBackend(shy), template=TEMPLATE, swap=False), ["q1", "q2"],
+                             ["good one", "bad one"], ["bad one", "good one"], labels=["A", "B"])
+    auth = out["perturbations"]["authority"]
+    assert auth["first"]["compared"] == 0 and auth["first"]["robustness_rate"] is None
+    assert auth["second"]["compared"] == 2 and out["unparsed"] == 2
+    assert out["base"]["accuracy"] == 1.0
+
+
+def test_judge_bias_prints_dash_for_unparsed(tmp_path, capsys):
+    from alignlab.eval.diagnose_cli import format_judge_bias
+
+    mute = PairwiseJudge(CallableBackend(lambda text: "I cannot decide."), template=TEMPLATE)
+    suite = perturbation_suite(mute, ["q1"], ["a"], ["b"], labels=["A"])
+    report = {"judge": "mute", "pairs_from": "x", "pairs": 1,
+              "position": position_report(mute, ["q1"], ["a"], ["b"]).as_dict(), "perturbation": suite}
+    text = format_judge_bias(report)
+    assert "accuracy             -" in text and "robustness rate      -" in text and "1.000" not in text
+    assert "unparsed verdicts    9 of 9" in text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,27 @@ def test_the_report_and_plot_are_not_written_over_the_prompt_file(tiny_model_dir
                      flag, str(prompts)]) == (f"{prompts}: is the prompt file (--prompts {prompts}); writing it would "
                                               "replace what is read: write to another file")
     assert Path(prompts).read_bytes() == before
+
+
+@pytest.mark.parametrize("flag, name, message", [
+    ("--plot", "x.txt", "--plot {p}: the plot is written as PNG; name the file *.png"),
+    ("--plot", "myplot", "--plot {p}: the plot is written as PNG; name the file *.png"),
+    ("--plot", "adir", "--plot {p}: is a folder; name the file to write (*.png)"),
+    ("--out", "adir", "--out {p}: is a folder; name the file to write"),
+])
+def test_a_report_or_plot_that_cannot_be_written_is_refused_before_sampling(tiny_model_dir, tmp_path, flag, name,
+                                                                           message):
+    """Each of these failed (or wrote elsewhere) only after every model had sampled."""
+    run = run_dir(tmp_path, tiny_model_dir, task="arithmetic")
+    shutil.copytree(tiny_model_dir, run / "model")
+    (tmp_path / "adir").mkdir()
+    path = tmp_path / name
+    assert error_of(["--run", str(run), flag, str(path)]) == message.format(p=path)
+    assert not (tmp_path / "adir.png").exists() and not (tmp_path / "myplot.png").exists()
+
+
+def test_the_help_shows_one_percent_sign(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "overopt", "--help"])
+    out = capsys.readouterr().out
+    assert "95% percentile" in out and "%%" not in out

@@ -219,3 +219,23 @@ def test_task_pairs_are_held_out_and_labelled_by_gold(tmp_path):
     assert all(task.gold(r["prompt"], r["chosen"]) > task.gold(r["prompt"], r["rejected"]) for r in rows)
     report = json.loads(out.read_text())
     assert report["pairs"] == len(rows) and "implicit_reward_accuracy" not in report
+
+
+def test_a_pair_whose_response_would_be_cut_is_a_bad_row(tiny_model_dir):
+    """Row 2's chosen response is 20 tokens (its end token included): with max_length exactly its
+    prompt + 20 every response of row 2 fits (its rejected one is shorter: 5 tokens); one token
+    less would cut it, so row 2 is a bad row naming the field, and --skip-invalid leaves it out."""
+    from alignlab.errors import DataError
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    records = [PairRecord(r["prompt"], r["chosen"], r["rejected"], row=i + 1, source="p.jsonl")
+               for i, r in enumerate(PAIRS[:2])]
+    whole = render_pairs(records, tok)
+    assert [len(e.chosen) for e in whole.examples] == [6, 20]
+    fits = len(whole.examples[1].prompt_ids) + 20
+    assert len(render_pairs(records, tok, max_length=fits)) == 2
+    with pytest.raises(DataError) as e:
+        render_pairs(records, tok, max_length=fits - 1)
+    assert "p.jsonl, row 2" in str(e.value) and "chosen" in str(e.value) and "(20 tokens)" in str(e.value)
+    kept = render_pairs(records, tok, max_length=fits - 1, skip_invalid=True)
+    assert [r.row for r in kept.records] == [1] and [i.row for i in kept.skipped] == [2]

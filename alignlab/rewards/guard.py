@@ -1,0 +1,131 @@
+"""A scorer's failure as one line naming the answer at fault, not a traceback.
+
+A scorer is the user's code or model: any exception it raises, or an answer other than one finite
+number per item, is a failure of the scorer on some item. ``find_fault`` scores the items one by one
+to find the first at fault; ``Guarded`` wraps a scorer so that every call (``score``,
+``score_sampled``, ``compare``) fails with a ``UserError`` naming the flag, the spec, the prompt
+(its file and row where the caller knows them) and the error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from alignlab.errors import UserError
+from alignlab.rewards.base import Scorer
+
+
+def finite(value: object) -> bool:
+    try:
+        return not isinstance(value, bool) and math.isfinite(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def cause(e: BaseException) -> str:
+    """An exception in one line: a UserError's own text, else its type and first line."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return text if isinstance(e, UserError) else f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def whole_call(call: Callable[[], Sequence], count: int) -> tuple[list[float] | None, str | None]:
+    """(the values, None) when ``call`` gives ``count`` finite numbers, else (None, what went wrong)."""
+    try:
+        values = list(call())
+    except Exception as e:  # a scorer is the user's code or model: any failure is reported, not a crash
+        return None, cause(e)
+    if len(values) != count or not all(finite(v) for v in values):
+        return None, f"it gave {len(values)} scores for {count} items, or one that is not a finite number"
+    return [float(v) for v in values], None
+
+
+def find_fault(call_one: Callable[[int], Sequence], count: int) -> tuple[int, str] | None:
+    """The first item ``i`` (of ``count``) on which ``call_one(i)`` fails, and how; None when none does."""
+    for i in range(count):
+        try:
+            alone = list(call_one(i))
+            problem = None if len(alone) == 1 and finite(alone[0]) else f"it gave {alone!r}, not one finite number"
+        except Exception as e:  # see whole_call
+            problem = cause(e)
+        if problem is not None:
+            return i, problem
+    return None
+
+
+def _short(text: str, size: int = 40) -> str:
+    text = " ".join(str(text).split())
+    return repr(text if len(text) <= size else text[:size] + "...")
+
+
+class Guarded(Scorer):
+    """``scorer`` whose failures are ``UserError``s: "``label`` failed on the answer to PROMPT:
+    ERROR". ``where(prompt)`` names a prompt's file and row ("p.jsonl, row 3"), or None to quote the
+    prompt. Everything else is the wrapped scorer's."""
+
+    def __init__(self, scorer: Scorer, label: str, where: Callable[[str], str | None] | None = None):
+        self.inner, self.label, self.where = scorer, label, where
+        self.name = scorer.name
+
+    def __getattr__(self, attr: str):
+        if attr == "inner":
+            raise AttributeError(attr)
+        return getattr(self.inner, attr)
+
+    @property
+    def compares_by_score(self) -> bool:
+        return self.inner.compares_by_score
+
+    def prompt_problem(self, prompt: str) -> str | None:
+        return self.inner.prompt_problem(prompt)
+
+    def _place(self, prompt: str) -> str:
+        found = self.where(prompt) if self.where is not None else None
+        return f"prompt ({found})" if found else f"prompt {_short(prompt)}"
+
+    def _run(self, call: Callable[[Sequence[int]], Sequence], prompts: Sequence[str], answers: Sequence[str],
+             count: int | None = None) -> list[float]:
+        count = len(prompts) if count is None else count
+        values, error = whole_call(lambda: call(range(count)), count)
+        if values is not None:
+            return values
+        fault = find_fault(lambda i: call([i]), count)
+        if fault is None:
+            raise UserError(f"{self.label} failed on {count} items together, though on none alone: {error}")
+        i, problem = fault
+        raise UserError(f"{self.label} failed on the answer {_short(answers[i])} to {self._place(prompts[i])}: "
+                        f"{problem}")
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        return self._run(lambda ix: self.inner.score([prompts[i] for i in ix], [responses[i] for i in ix]),
+                         prompts, responses)
+
+    def score_sampled(self, prompts: Sequence[str], responses: Sequence[str],
+                      token_counts: Sequence[int]) -> list[float]:
+        return self._run(lambda ix: self.inner.score_sampled([prompts[i] for i in ix], [responses[i] for i in ix],
+                                                             [token_counts[i] for i in ix]), prompts, responses)
+
+    def compare(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[float]:
+        return self._run(lambda ix: self.inner.compare([prompts[i] for i in ix], [first[i] for i in ix],
+                                                       [second[i] for i in ix]), prompts, first)
+
+
+def guard(scorer: Scorer, label: str, where: Callable[[str], str | None] | None = None) -> Scorer:
+    """``scorer`` as a ``Guarded`` one (see there); a scorer already guarded is returned as it is."""
+    return scorer if isinstance(scorer, Guarded) else Guarded(scorer, label, where)
+
+
+def rows_of(records) -> Callable[[str], str | None]:
+    """``where`` for ``Guarded`` from records with ``source``, ``row`` and a prompt (``scorer_prompt``
+    or ``prompt``): the first record of each prompt."""
+    from alignlab.rewards.base import reward_prompt
+
+    places: dict[str, str] = {}
+    for r in records:
+        try:
+            text = getattr(r, "scorer_prompt", None) or reward_prompt(r.prompt)
+        except ValueError:
+            continue
+        places.setdefault(text, f"{r.source}, row {r.row}")
+    return places.get

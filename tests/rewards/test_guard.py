@@ -1,0 +1,102 @@
+"""A scorer that fails (raises, or gives no finite number) is one line naming the answer at fault,
+in every command that scores: eval length, judge-bias, rm and decode (sample has its own test)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignlab.cli import main
+from alignlab.errors import UserError
+from alignlab.rewards import load_scorer
+from alignlab.rewards.guard import guard
+from alignlab.testbed.shipped import task_model
+
+BOOM = ("def boom(prompt, response):\n"
+        "    if response == 'bad':\n"
+        "        raise RuntimeError('kaboom')\n"
+        "    return 1.0\n")
+
+
+@pytest.fixture
+def myr(tmp_path, monkeypatch):
+    (tmp_path / "myr.py").write_text(BOOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def write_rows(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_guard_names_the_answer_and_its_row(myr):
+    """Of three answers the second ('bad', to prompt p2 of a.jsonl row 2) raises: found alone."""
+    scorer = guard(load_scorer("fn:myr:boom"), "--scorer fn:myr:boom", {"p2": "a.jsonl, row 2"}.get)
+    assert scorer.score(["p1", "p2"], ["ok", "ok"]) == [1.0, 1.0]
+    with pytest.raises(UserError) as e:
+        scorer.score(["p1", "p2", "p3"], ["ok", "bad", "ok"])
+    assert str(e.value) == "--scorer fn:myr:boom failed on the answer 'bad' to prompt (a.jsonl, row 2): RuntimeError: kaboom"
+    with pytest.raises(UserError, match="the answer 'bad' to prompt 'p3': RuntimeError: kaboom"):
+        scorer.compare(["p1", "p3"], ["ok", "bad"], ["ok", "ok"])
+
+
+def sample(text):
+    return {"text": text, "num_tokens": 2, "finished": True}
+
+
+@pytest.mark.parametrize("command", [
+    ["eval", "length", "--answers", "{a}", "--against", "{b}", "--scorer", "fn:myr:boom"],
+    ["eval", "judge-bias", "--judge", "fn:myr:boom", "--answers", "{a}"],
+    ["eval", "rm", "--data", "{pairs}", "--scorer", "fn:myr:boom"],
+])
+def test_a_failing_scorer_is_one_line_in_eval(tmp_path, myr, capsys, command):
+    a = write_rows(tmp_path / "a.jsonl", [{"prompt": "p1", "samples": [sample("ok"), sample("ok")]},
+                                          {"prompt": "p2", "samples": [sample("bad"), sample("ok")]}])
+    b = write_rows(tmp_path / "b.jsonl", [{"prompt": "p1", "samples": [sample("ok"), sample("ok")]},
+                                          {"prompt": "p2", "samples": [sample("ok"), sample("ok")]}])
+    pairs = write_rows(tmp_path / "pairs.jsonl", [{"prompt": "p1", "chosen": "ok", "rejected": "no"},
+                                                  {"prompt": "p2", "chosen": "bad", "rejected": "ok"}])
+    tokens = [t.format(a=a, b=b, pairs=pairs) for t in command]
+    code = main(tokens)
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "fn:myr:boom failed on the answer 'bad' to prompt" in err and "RuntimeError: kaboom" in err
+    if "--against" in tokens:
+        assert "a.jsonl, row 2" in err
+
+
+def test_a_failing_scorer_is_one_line_in_decode(tmp_path, monkeypatch, capsys):
+    """best-of-n scores every candidate; the scorer raises on every answer of the first prompt."""
+    (tmp_path / "allboom.py").write_text("def boom(prompt, response):\n    raise RuntimeError('kaboom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["decode", "--method", "best-of-n", "--model", str(task_model("arithmetic", "sft")), "--scorer", "fn:allboom:boom", "--n", "2",
+                 "--task", "arithmetic", "--limit", "2", "--max-new-tokens", "4", "--output",
+                 str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "--scorer fn:allboom:boom failed on the answer" in err and "RuntimeError: kaboom" in err
+    assert "(task arithmetic" in err
+
+
+def test_a_module_in_the_current_folder_off_the_path_gets_a_hint(tmp_path, monkeypatch):
+    """my_rewards.py in the working folder, which is not on sys.path: the one-line error says to
+    run with PYTHONPATH=.; a module found nowhere says to add its folder; a module that is found
+    but fails to import something of its own gets no path hint (the path is not the problem)."""
+    import sys
+
+    (tmp_path / "my_rewards.py").write_text("def f(prompt, response):\n    return 1.0\n")
+    (tmp_path / "broken_rewards.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    with pytest.raises(UserError) as e:
+        load_scorer("fn:my_rewards:f")
+    assert str(e.value).endswith("(my_rewards is in the current folder, which is not on the import path: run with "
+                                 "PYTHONPATH=.)") and "\n" not in str(e.value)
+    with pytest.raises(UserError, match=r"add the folder that holds it\)$"):
+        load_scorer("fn:nowhere_rewards_xyz:f")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError) as e:
+        load_scorer("fn:broken_rewards:f")
+    assert "no_such_dependency_xyz" in str(e.value) and "PYTHONPATH" not in str(e.value)
+    assert load_scorer("fn:my_rewards:f").score(["p"], ["r"]) == [1.0]
