@@ -64,7 +64,7 @@ def check_finite(what: str, values: Sequence[float]) -> list[float]:
     for i, v in enumerate(values):
         x, problem = finite_number(v)
         if x is None:
-            raise UserError(f"{what}: item {i} is {problem}")
+            raise UserError(f"{what}: returned {problem}" if len(values) == 1 else f"{what}: item {i} is {problem}")
         out.append(x)
     return out
 

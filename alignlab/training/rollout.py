@@ -104,11 +104,13 @@ def score_samples(terms: Sequence[RewardTerm], prompts: Sequence[Text], response
         except RewardError:
             raise
         except Exception as exc:  # find the sample at fault, then report it in one line
-            raise RewardError(f"reward '{term.name}': {_culprit(term, prompts, responses, where, token_counts)}: raised "
-                              f"{type(exc).__name__}: {_first_line(exc)}") from None
+            at, alone = _culprit(term, prompts, responses, where, token_counts)
+            exc = alone or exc  # what it raised on that sample alone
+            what = _first_line(exc) if isinstance(exc, UserError) else f"raised {type(exc).__name__}: {_first_line(exc)}"
+            raise RewardError(f"reward '{term.name}': {at}: {what}") from None
         if len(values) != n:
             raise RewardError(f"reward '{term.name}': returned {len(values)} values for {n} responses "
-                              f"({where[0]} to {where[-1]}); a reward gives one value per response")
+                              f"({_all(where)}); a reward gives one value per response")
         got = torch.tensor([_value(term, v, where[i]) for i, v in enumerate(values)], dtype=torch.float64)
         parts[term.name] = got
         total += term.weight * got
@@ -124,7 +126,7 @@ def check_statistics(rewards: torch.Tensor, where: Sequence[str]) -> None:
     """The rewards of an online round must leave room for the squared differences its advantages
     and reward std are computed from: finite values as large as 1e300 do not."""
     if len(rewards) and not math.isfinite(float((2 * rewards).square().sum())):
-        raise RewardError(f"reward: {where[0]} to {where[-1]}: rewards as large as {float(rewards.abs().max()):.4g} "
+        raise RewardError(f"reward: {_all(where)}: rewards as large as {float(rewards.abs().max()):.4g} "
                           "overflow the round's statistics (their squared differences leave float64's range); "
                           "rescale the rewards")
 
@@ -139,13 +141,20 @@ def check_range(largest: float, dtype: torch.dtype, what: str) -> None:
                           "rewards")
 
 
-def _culprit(term: RewardTerm, prompts, responses, where, token_counts) -> str:
+def _culprit(term: RewardTerm, prompts, responses, where, token_counts) -> tuple[str, Exception | None]:
+    """The first sample the scorer fails on alone, and what it raised there; or all of them, when
+    each alone scores."""
     for i in range(len(responses)):
         try:
             term.scorer.score_sampled([prompts[i]], [responses[i]], [token_counts[i]])
-        except Exception:
-            return where[i]
-    return f"{where[0]} to {where[-1]} (each alone scores)"
+        except Exception as exc:
+            return where[i], exc
+    return f"{_all(where)}, each alone scoring", None
+
+
+def _all(where: Sequence[str]) -> str:
+    """The round's samples, named by the first and last in the round's order (not a range of rows)."""
+    return where[0] if len(where) == 1 else f"the {len(where)} samples {where[0]}, …, {where[-1]}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -639,7 +639,7 @@ def test_a_judge_that_fails_in_online_training_names_the_reward_the_prompt_and_t
     with pytest.raises(RewardError) as e:
         score_samples([RewardTerm("openai:j", judge)], ["p", "p", "q"], ["first answer", "second answer", "third"],
                       where, [2, 2, 1])
-    assert str(e.value) == (f"reward 'openai:j': prompt row 4, sample 2: raised UserError: judge request to "
+    assert str(e.value) == (f"reward 'openai:j': prompt row 4, sample 2: judge request to "
                             f"{stub.base_url}/chat/completions failed after 2 tries: answered 'no idea', which is "
                             "not a verdict")
 

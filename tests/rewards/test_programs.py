@@ -129,7 +129,7 @@ def test_function_reward_by_name_and_its_errors(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("myrewards", None)
     assert load_scorer("fn:myrewards:exclaim").score(["p", "p"], ["hi!!", "hi"]) == [2.0, 0.0]
-    with pytest.raises(UserError, match="reward function myrewards:broken: item 0 is nan"):
+    with pytest.raises(UserError, match="reward function myrewards:broken: returned nan"):
         FunctionReward("myrewards:broken").score(["p"], ["x"])
     with pytest.raises(UserError, match="must take \\(prompt, response\\)"):
         FunctionReward("myrewards:one_arg")

@@ -202,8 +202,25 @@ def test_reward_faults_name_the_reward_the_prompt_and_the_sample():
         score_samples(term(lambda ps, rs: [1.0, 2.0, float("nan")]), prompts, responses, where, [2, 2, 2])
     with pytest.raises(RewardError, match=r"prompt row 4, sample 1: returned 'high', not a number"):
         score_samples(term(lambda ps, rs: ["high", 1, 2]), prompts, responses, where, [2, 2, 2])
-    with pytest.raises(RewardError, match=r"returned 2 values for 3 responses"):
+    with pytest.raises(RewardError, match=r"returned 2 values for 3 responses \(the 3 samples prompt row 4, "
+                                          r"sample 1, …, prompt row 9, sample 1\)"):
         score_samples(term(lambda ps, rs: [1.0, 2.0]), prompts, responses, where, [2, 2, 2])
+    from alignlab.rewards import FunctionReward
+
+    # a function's own check, as the sample at fault met it alone (not "raised UserError: ... item 0")
+    texts = [RewardTerm("fn", FunctionReward(lambda p, r: "1.0" if "x" in r else 1.0, name="f"))]
+    with pytest.raises(RewardError, match=r"^reward 'fn': prompt row 4, sample 2: reward function f: returned '1.0', "
+                                          r"not a number$"):
+        score_samples(texts, prompts, responses, where, [2, 2, 2])
+
+    def batch_only(ps, rs):
+        if len(rs) > 1:
+            raise RuntimeError("only in a batch")
+        return [1.0]
+
+    with pytest.raises(RewardError, match=r"^reward 'mine': the 3 samples prompt row 4, sample 1, …, prompt row 9, "
+                                          r"sample 1, each alone scoring: raised RuntimeError: only in a batch$"):
+        score_samples(term(batch_only), prompts, responses, where, [2, 2, 2])
     total, parts = score_samples([RewardTerm("a", _Scorer(lambda ps, rs: [1.0, 2.0, 3.0]), 2.0),
                                   RewardTerm("b", _Scorer(lambda ps, rs: [0.5, 0.5, 0.5]), -1.0)],
                                  prompts, responses, where, [2, 2, 2])
@@ -221,7 +238,7 @@ def test_rewards_too_large_for_the_rounds_arithmetic_are_reward_faults():
                                           r"overflows \(inf\); rescale the rewards or their weights$"):
         score_samples([RewardTerm("a", _Scorer(lambda ps, rs: [1.0, 1e308, 1.0]), 2.0)], prompts, responses,
                       where, [2, 2, 2])
-    with pytest.raises(RewardError, match=r"^reward: prompt row 4, sample 1 to prompt row 9, sample 1: rewards as "
+    with pytest.raises(RewardError, match=r"^reward: the 3 samples prompt row 4, sample 1, …, prompt row 9, sample 1: rewards as "
                                           r"large as 1e\+300 overflow the round's statistics \(their squared "
                                           r"differences leave float64's range\); rescale the rewards$"):
         check_statistics(torch.tensor([1e300, -1e300, 0.0], dtype=torch.float64), where)
@@ -229,7 +246,7 @@ def test_rewards_too_large_for_the_rounds_arithmetic_are_reward_faults():
 
 
 def test_a_reward_too_large_for_the_rounds_arithmetic_stops_the_run_in_one_line(tmp_path, tiny_model_dir):
-    with pytest.raises(RewardError, match=r"^reward: prompt row 1, sample 1 to prompt row \d+, sample 4: rewards "
+    with pytest.raises(RewardError, match=r"^reward: the \d+ samples prompt row 1, sample 1, …, prompt row \d+, sample 4: rewards "
                                           r"as large as \S+ overflow the round's statistics"):
         train(online(tiny_model_dir, tmp_path / "run", reward=["fn:tests.training.online_rewards:astronomical"]))
 
@@ -268,7 +285,7 @@ def test_rewards_whose_advantages_overflow_fp32_stop_the_run_naming_them(tmp_pat
 
 def test_a_failing_reward_stops_the_run_keeping_the_last_checkpoint(tmp_path, tiny_model_dir):
     with pytest.raises(RewardError, match=r"reward 'fn:tests.training.online_rewards:nan_on_x': prompt row \d+, "
-                                          r"sample \d+: raised UserError"):
+                                          r"sample \d+: reward function \S+: returned nan, not a "):
         # 'x' is one of ~260 byte tokens: within 40 steps of 8 six-token samples one surely shows up
         train(online(tiny_model_dir, tmp_path / "nan", max_steps=40, save_every=1,
                      reward=["fn:tests.training.online_rewards:nan_on_x"]))

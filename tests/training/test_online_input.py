@@ -94,7 +94,7 @@ def test_a_reward_flag_with_options_reaches_the_scorer_whole(tmp_path, tiny_mode
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
     assert err.startswith("alignlab: error: reward 'openai:http://127.0.0.1:9/v1,model=judge': prompt row 1, "
-                          "sample 1: raised UserError: judge request to http://127.0.0.1:9/v1/chat/completions "
+                          "sample 1: judge request to http://127.0.0.1:9/v1/chat/completions "
                           "failed: cannot connect")
 
 
@@ -203,6 +203,9 @@ def test_a_reward_function_must_return_a_number_not_text_or_an_overflowing_one(v
     reward = FunctionReward(lambda prompt, response: value, name="mine")
     with pytest.raises(UserError) as e:
         reward.score(["p"], ["r"])
+    assert str(e.value) == f"reward function mine: returned {shown}"
+    with pytest.raises(UserError) as e:  # one of several: named by its place in the call
+        reward.score(["p", "p"], ["r", "s"])
     assert str(e.value) == f"reward function mine: item 0 is {shown}"
     assert reward.__class__(lambda p, r: True, name="b").score(["p"], ["r"]) == [1.0]  # a bool is a number
 
