@@ -56,10 +56,11 @@ _OPTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 def split_scorer_specs(text: str) -> list[str]:
     """Scorer specs written as one text, split at the commas between specs and not at those
     inside one: an item that reads ``name=value`` is an option of the spec before it
-    (``openai:URL,model=NAME``), unless it is a folder (a reward model)."""
+    (``openai:URL,model=NAME``), unless it is a folder (a reward model). Spaces around a comma are
+    dropped."""
     specs: list[str] = []
-    for item in text.split(","):
-        if specs and _OPTION.match(item.strip()) and not Path(item.strip()).expanduser().is_dir():
+    for item in (part.strip() for part in text.split(",")):  # "a, b" as "a,b"
+        if specs and _OPTION.match(item) and not Path(item).expanduser().is_dir():
             specs[-1] += "," + item
         else:  # an empty item is kept for the config's check to name
             specs.append(item)

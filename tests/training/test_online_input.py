@@ -41,6 +41,7 @@ def test_one_sample_per_prompt_is_fine_where_the_baseline_is_not_the_group(metho
     ("openai:http://127.0.0.1:9/v1,model=judge,swap=false", ["openai:http://127.0.0.1:9/v1,model=judge,swap=false"]),
     ("task:arithmetic,length:coef=0.5,unit=chars", ["task:arithmetic", "length:coef=0.5,unit=chars"]),
     ("task:arithmetic,length,fn:m:f", ["task:arithmetic", "length", "fn:m:f"]),
+    ("task:arithmetic:gold, length:coef=0.5, unit=chars", ["task:arithmetic:gold", "length:coef=0.5,unit=chars"]),
     ('["length:coef=0.01,target=5", "task:arithmetic"]', ["length:coef=0.01,target=5", "task:arithmetic"]),
 ])
 def test_a_reward_given_as_one_text_splits_only_between_scorer_specs(given, specs):
