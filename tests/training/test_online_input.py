@@ -71,7 +71,7 @@ def test_weights_that_are_all_zero_are_refused():
     assert cfg.rollout.reward_weights == weights
 
 
-@pytest.mark.parametrize("given,shown", [("", "['']"), (" ", "[' ']"), ("task:arithmetic,,length",
+@pytest.mark.parametrize("given,shown", [("", "['']"), (" ", "['']"), ("task:arithmetic,,length",
                                                                           "['task:arithmetic', '', 'length']"),
                                           (["task:arithmetic", ""], "['task:arithmetic', '']")])
 def test_an_empty_reward_spec_is_refused_not_taken_for_no_reward(given, shown):
