@@ -60,6 +60,10 @@ grid:
     ("lr: 1.0e-5", "epochs: [1, 1.0]", "", "grid: cells epochs=1 and epochs=1.0 are the same run (their settings are "
                                            "equal once read, as 1 and 1.0 are, or two spellings of one path); give "
                                            "each value once"),
+    ("epochs: 1", "lr: [1e-5, 0.00001]", "", "grid: cells lr=1e-5 and lr=1e-05 are the same run"),
+    ("epochs: 1", "beta: [0.1, 1e-1]", "", "grid: cells beta=0.1 and beta=1e-1 are the same run"),
+    ("epochs: 1", "lr: [1e-4, 1E-4]", "", "grid: cells lr=1e-4 and lr=1E-4 are the same run"),
+    ("epochs: 1", "adam_betas: ['0.9,0.99', [0.9, 0.99]]", "", "grid: cells adam_betas=0.9,0.99 and "),
     ("epochs: 1", "method: [dpo]", "decoding: ['best-of-n --n 4 --scorer task:arithmetic', "
                                    "'best-of-n  --scorer task:arithmetic --n 4']",
      "decoding[1]: 'best-of-n  --scorer task:arithmetic --n 4' is the same method as decoding[0]"),
@@ -73,6 +77,14 @@ def test_config_errors_are_one_line_before_anything_runs(tmp_path, capsys, base,
     assert err.count("\n") == 1 and err.startswith(f"alignlab: error: {path}: "), err
     assert message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_base_model_cells_take_the_seeds_as_the_train_cells_read_them(tmp_path):
+    plan = load_plan(write_config(tmp_path, "output_dir: OUT\nbase: {task: arithmetic, epochs: 1}\n"
+                                            "grid: {seed: ['0', '1']}\n"))
+    base = [c for c in plan.cells if c.kind == "base"]
+    assert [(c.id, c.seed, c.settings["seed"]) for c in base] == [("base,seed=0", 0, 0), ("base,seed=1", 1, 1)]
+    assert all(type(c.settings["seed"]) is int for c in base)
 
 
 def test_an_unknown_task_and_a_missing_model_are_config_errors(tmp_path):
