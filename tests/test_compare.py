@@ -50,7 +50,9 @@ grid:
     ("epochs: 1", "method: [dpo]", "decoding: ['beam --n 2']", "decoding[0]: --method: unknown decoding method 'beam'"),
     ("output_dir: x", "method: [dpo]", "", "base.output_dir: set by alignlab compare for each cell"),
     ("feedback: {promts: 8}", "method: [dpo]", "", "base.feedback.promts: unknown key (keys: "),
-    ("feedback: {k: 1}", "method: [dpo]", "", "k must be >= 2"),
+    ("feedback: {k: 1}", "method: [dpo]", "", "base.feedback.k: must be >= 2"),
+    ("feedback: {seed: -1}", "method: [dpo]", "", "base.feedback.seed: must be >= 0, got -1"),
+    ("feedback: {prompts: 0}", "method: [dpo]", "", "base.feedback.prompts: must be >= 1, got 0"),
     ("feedback: {prompts: many}", "method: [dpo]", "", "base.feedback.prompts: a whole number, got 'many'"),
     ("feedback: {label_noise: [0.1]}", "method: [dpo]", "", "base.feedback.label_noise: a number, got [0.1]"),
     ("feedback: {k: 2.5}", "method: [dpo]", "", "base.feedback.k: a whole number, got 2.5"),
@@ -77,6 +79,12 @@ def test_config_errors_are_one_line_before_anything_runs(tmp_path, capsys, base,
     assert err.count("\n") == 1 and err.startswith(f"alignlab: error: {path}: "), err
     assert message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_feedback_numbers_are_read_as_train_keys_are(tmp_path):
+    plan = load_plan(write_config(tmp_path, "output_dir: OUT\nbase: {task: arithmetic, epochs: 1, "
+                                            "feedback: {label_noise: 1e-1, prompts: 10}}\ngrid: {method: [dpo]}\n"))
+    assert plan.feedback["label_noise"] == 0.1 and plan.feedback["num_prompts"] == 10
 
 
 def test_base_model_cells_take_the_seeds_as_the_train_cells_read_them(tmp_path):

@@ -21,6 +21,7 @@ from typing import Any
 from alignlab.compare.names import distinct_ids, group_label, slug, value_text
 from alignlab.compare.paths import output_path, resolve_keys
 from alignlab.config import make_config, normalize, read_yaml
+from alignlab.config.parse import convert
 from alignlab.data.write import blocking_file
 from alignlab.errors import ConfigError, UserError
 
@@ -273,16 +274,23 @@ def _feedback(raw: Any, task: str | None) -> dict[str, Any] | None:
             raise ConfigError(f"base.feedback.{key}: unknown key (keys: {', '.join(shown)})")
         kind = types[names[key]]
         kind = kind if isinstance(kind, str) else kind.__name__
-        wrong = {"int": isinstance(value, bool) or not isinstance(value, int),
-                 "float": isinstance(value, bool) or not isinstance(value, (int, float)),
-                 "str": not isinstance(value, str)}.get(kind, False)
-        if wrong:
-            what = {"int": "a whole number", "float": "a number", "str": "a string"}[kind]
+        what = {"int": "a whole number", "float": "a number", "str": "a string"}.get(kind)
+        if kind == "str" and not isinstance(value, str):
             raise ConfigError(f"base.feedback.{key}: {what}, got {value!r}")
+        if kind in ("int", "float"):  # read as train keys are: 1e-1 is a number
+            try:
+                value = convert(value, {"int": int, "float": float}[kind], key)
+            except ConfigError:
+                raise ConfigError(f"base.feedback.{key}: {what}, got {value!r}") from None
         values[names[key]] = value
     try:
         spec = FeedbackSpec(task=task, **values)
-    except (TypeError, UserError) as e:
+    except UserError as e:
+        name = getattr(e, "field", None)
+        shown = next((k for k, v in FEEDBACK_NAMES.items() if v == name), name)
+        text = str(e).removeprefix("feedback: ").removeprefix(f"{name} ")
+        raise ConfigError(f"base.feedback.{shown}: {text}" if name else f"base.{e}") from None
+    except TypeError as e:
         raise ConfigError(f"base.{e}") from None
     return {f.name: getattr(spec, f.name) for f in fields(FeedbackSpec)}
 
