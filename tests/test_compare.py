@@ -320,4 +320,7 @@ def test_a_bad_jobs_flag_names_the_flag_and_a_folder_is_not_a_config(tmp_path, c
     assert "--jobs: cells run at once, a whole number >= 1, got 0" in err and str(path) not in err, err
     assert cli.main(["compare", str(tmp_path)]) == 2
     assert f"config file '{tmp_path}' is a folder" in capsys.readouterr().err
+    assert cli.main(["compare", "/dev/null"]) == 2
+    assert capsys.readouterr().err == ("alignlab: error: /dev/null: config file '/dev/null' is not a regular file; "
+                                       "give the YAML file\n")
     assert not (tmp_path / "out").exists()
