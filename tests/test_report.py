@@ -5,6 +5,7 @@ and `alignlab report` on a training run."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from alignlab import cli
 from alignlab.report import write_report
-from alignlab.report.stats import spread, spread_text, win_matrix
+from alignlab.report.stats import column_texts, spread, spread_text, win_matrix
 
 # Hand-made comparison: rows dpo (3 seeds), ipo (seed 2 failed), kto (every seed failed), base.
 GOLD = {("dpo", 0): 0.5, ("dpo", 1): 0.7, ("dpo", 2): 0.9, ("ipo", 0): 0.6, ("ipo", 1): 0.6,
@@ -86,8 +87,28 @@ def test_spread_is_the_mean_and_the_sample_standard_deviation():
     assert s.mean == pytest.approx(0.7) and s.std == pytest.approx(0.2) and s.n == 3
     assert spread_text(s) == "0.700 ± 0.200"
     assert spread_text(spread([0.25])) == "0.250"
-    assert spread([]) is None and spread([float("nan")]) is None and spread_text(None) == "–"
+    assert spread([]) is None and spread([None]) is None and spread_text(None) == "–"
     assert spread_text(spread([1500.0, 2500.0])) == "2,000 ± 707"
+
+
+def test_a_seed_that_is_not_finite_shows_in_its_row():
+    """0.5 and NaN: the mean is NaN, not 0.5 over one seed; 1.0 and inf: inf."""
+    s = spread([0.5, float("nan")])
+    assert math.isnan(s.mean) and s.std is None and (s.n, s.nonfinite) == (2, 1)
+    assert spread_text(s) == "nan (1 of 2 seeds not finite)"
+    assert spread_text(spread([1.0, float("inf")])) == "inf (1 of 2 seeds not finite)"
+    assert spread_text(spread([float("nan")])) == "nan (1 of 1 seeds not finite)"
+
+
+def test_each_entry_keeps_the_decimals_its_own_size_needs():
+    """One column: a loss of 0.62 and 0.60 (mean 0.61, std 0.02/√2 = 0.01414) beside one of 24.0
+    and 25.2 (mean 24.6, std 1.2/√2 = 0.849); 0.012 has three significant digits, 0.0004 and
+    0.0006 (mean 5e-4, std 2e-4/√2 = 1.414e-4) exponent form. Whole numbers are whole numbers only
+    in a count column: a gold of 1.0 and a KL of 0 keep their decimals, 8 steps are 8."""
+    column = [spread([0.62, 0.60]), spread([24.0, 25.2]), spread([0.012]), spread([0.0004, 0.0006]), None]
+    assert column_texts(column) == ["0.610 ± 0.014", "24.6 ± 0.8", "0.0120", "5.00e-04 ± 1.41e-04", "–"]
+    assert column_texts([spread([1.0]), spread([0.0, 0.0])]) == ["1.000", "0.000 ± 0.000"]
+    assert column_texts([spread([8, 8]), spread([8, 10]), None], counts=True) == ["8", "9.000 ± 1.414", "–"]
 
 
 def test_win_matrix_by_hand():
@@ -120,7 +141,8 @@ def test_comparison_table_marks_failed_cells_and_computes_mean_and_std(tmp_path)
     rows = table_rows(md, "row")
     assert rows["dpo"]["gold (sampled)"] == "0.700 ± 0.200"
     assert rows["dpo"]["KL to base"] == "3.000 ± 2.646"
-    assert rows["dpo"]["seeds"] == "3"
+    assert rows["dpo"]["seeds"] == "3" and rows["dpo"]["steps"] == "8"
+    assert rows["base"]["KL to base"] == "0.000 ± 0.000" and rows["base"]["steps"] == "–"
     assert rows["ipo"]["gold (sampled)"] == "0.600 ± 0.000"
     assert rows["ipo"]["KL to base"] == "1.000 ± 0.707"
     assert rows["ipo"]["seeds"] == "2 of 3 (failed: seed 2)"

@@ -67,7 +67,8 @@ def results_table(data: Collected) -> Table:
     columns = metric_columns(data.cells)
     spreads = {g: [spread([c.metrics[k] for c in data.of(g) if c.status == OK and k in c.metrics]) for k, _ in columns]
                for g in data.groups}
-    texts = [column_texts([spreads[g][i] for g in data.groups]) for i in range(len(columns))]
+    texts = [column_texts([spreads[g][i] for g in data.groups], counts=key == "steps")
+             for i, (key, _) in enumerate(columns)]
     rows = []
     for j, g in enumerate(data.groups):
         cells = data.of(g)
