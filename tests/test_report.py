@@ -286,6 +286,14 @@ def test_columns_of_a_decoding_method_in_training_and_without_a_task():
     ("cells/method=dpo,seed=0/result.json", "{bad", "method=dpo,seed=0/result.json: cannot read it as JSON"),
     ("cells/method=dpo,seed=0/result.json", "[1]", "method=dpo,seed=0/result.json: expected a JSON object, got list"),
     ("compare.json", "", "compare.json: cannot read it as JSON"),
+    ("cells/method=dpo,seed=0/answers.jsonl", '{"prompt": 0, "gold": 1}\n{"prompt": 0, "gold": "x"}\n',
+     "method=dpo,seed=0/answers.jsonl, line 2, field 'gold': expected a number, got 'x'; delete the cell's folder"),
+    ("cells/method=dpo,seed=0/answers.jsonl", '{"prompt": 0}\n{"prompt": 1, "gold": 1}\n',
+     "method=dpo,seed=0/answers.jsonl, line 1: no 'gold'; delete the cell's folder"),
+    ("cells/method=dpo,seed=0/answers.jsonl", '{"prompt": "a", "gold": 1}\n{"prompt": 1, "gold": 1}\n',
+     "method=dpo,seed=0/answers.jsonl, line 1, field 'prompt': expected a whole number (the prompt's index), got 'a'"),
+    ("cells/method=dpo,seed=0/answers.jsonl", '{"prompt": 0, "gold": true}\n{"prompt": 1, "gold": 1}\n',
+     "method=dpo,seed=0/answers.jsonl, line 1, field 'gold': expected a number, got True"),
 ])
 def test_a_comparison_file_that_is_not_json_is_one_line_naming_it(tmp_path, capsys, name, text, message):
     out = make_comparison(tmp_path / "out")

@@ -159,6 +159,25 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [record for _, record in _records(path)]
 
 
+def read_answers(path: Path) -> list[dict[str, Any]]:
+    """A cell's answers.jsonl (``read_jsonl``): each row's ``prompt`` a whole number (the held-out
+    prompt's index) and its ``gold`` a number; any other row is a one-line error naming the file,
+    the line and the field."""
+    from alignlab.errors import UserError
+
+    rows = []
+    for number, record in _records(path):
+        for key, ok, what in (("prompt", isinstance(record.get("prompt"), int), "a whole number (the prompt's index)"),
+                              ("gold", _number(record.get("gold")), "a number")):
+            if key not in record:
+                raise UserError(f"{path}, line {number}: no '{key}'{CELL_HINT}")
+            if not ok or isinstance(record[key], bool):
+                raise UserError(f"{path}, line {number}, field '{key}': expected {what}, got {record[key]!r}"
+                                f"{CELL_HINT}")
+        rows.append(record)
+    return rows
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -223,7 +242,7 @@ def collect_comparison(out: Path) -> Collected:
                 if not isinstance(result["answers"], str):
                     raise UserError(f"{folder / 'result.json'}, field 'answers': expected a file name, got "
                                     f"{type(result['answers']).__name__}{CELL_HINT}")
-                cell.answers = read_jsonl(folder / result["answers"])
+                cell.answers = read_answers(folder / result["answers"])
         elif (folder / "failed.json").exists():
             failed = read_json(folder / "failed.json", CELL_HINT)
             cell.status, cell.returncode = FAILED, failed.get("returncode")
