@@ -372,10 +372,26 @@ def test_a_folder_beside_the_rounds_is_not_a_round(tmp_path, capsys):
     (run / "rounds.yaml").write_text("method: dpo\nseed: 0\n")
     assert cli.main(["report", str(run)]) == 0
     md = (run / "report.md").read_text()
-    # the last round's summary (round 2: loss 0.6, 1 step); the curves hold one record per round,
-    # round 1's and round 2's, and none of the copy's (loss 9)
+    # the last round's metrics (round 2: loss 0.6) and every round's steps (1 + 1); the curves
+    # hold one record per round, round 1's and round 2's, and none of the copy's (loss 9)
     assert table_rows(md, "metric")["train/loss"]["value"] == "0.6"
-    assert "Status: ok; 1 optimizer step; 2 records in metrics.jsonl." in md, md
+    assert "Status: ok; 2 optimizer steps; 2 records in metrics.jsonl." in md, md
+
+
+def test_a_rounds_cell_shows_the_steps_of_every_round(tmp_path):
+    """A comparison's rounds cell (method=dpo,seed=0) whose rounds took 3 and 5 steps: its row
+    shows 8, not the last round's 5 that its result.json holds."""
+    out = make_comparison(tmp_path / "cmp")
+    run = out / "cells" / "method=dpo,seed=0" / "run"
+    (run / "rounds.yaml").write_text("method: dpo\nrounds: 2\n")
+    for r, steps in ((1, 3), (2, 5)):
+        _write(run / f"round-{r}" / "train" / "summary.json", {"steps": steps, "eval_metrics": {}, "train_metrics": {}})
+    result = json.loads((run.parent / "result.json").read_text())
+    _write(run.parent / "result.json", {**result, "steps": 5})
+    for other in ("method=dpo,seed=1", "method=dpo,seed=2"):  # the row's other seeds: 8 steps as well
+        assert json.loads((out / "cells" / other / "result.json").read_text())["steps"] == 8
+    md = write_report(out)["markdown"].read_text()
+    assert table_rows(md, "row")["dpo"]["steps"] == "8"
 
 
 def test_rounds_that_all_finished_without_training_are_reported_as_finished(tmp_path, capsys):

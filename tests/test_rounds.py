@@ -59,6 +59,9 @@ def test_two_rounds_of_iterative_dpo(tmp_path, tiny_model_dir, prompt_file):
     assert records[0]["start_model"] == str(tiny_model_dir)
     assert records[1]["start_model"] == records[0]["model"] == str(out / "round-1" / "train" / "model")
     assert summary.model_dir == str(out / "round-2" / "train" / "model") and summary.output_dir == str(out)
+    # the steps of both rounds (max_steps 2 each), not the last round's
+    assert [json.loads((out / f"round-{r}" / "train" / "summary.json").read_text())["steps"] for r in (1, 2)] == [2, 2]
+    assert summary.steps == 4
     for r, prompts in ((1, PROMPTS[:4]), (2, PROMPTS[4:])):
         folder = out / f"round-{r}"
         assert [row["prompt"] for row in jsonl(folder / "prompts.jsonl")] == prompts

@@ -132,6 +132,16 @@ def rounds_finished_untrained(run_dir: Path, config: dict[str, Any]) -> bool:
     return bool(done) and len(done) == config.get("rounds") and not round_folders(run_dir, "train/summary.json")
 
 
+def rounds_steps(run_dir: Path) -> int | None:
+    """The optimizer steps of a rounds' folder: the sum over its rounds that trained
+    (``round-N/train/summary.json``); None for a folder of no rounds."""
+    summaries = round_folders(run_dir, "train/summary.json")
+    if not summaries:
+        return None
+    steps = [read_json(path).get("steps") for path in summaries]
+    return sum(int(n) for n in steps if isinstance(n, (int, float)) and not isinstance(n, bool))
+
+
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, JSON object) of each line of a JSON-lines file (see ``read_jsonl``)."""
     from alignlab.errors import UserError
@@ -235,6 +245,8 @@ def collect_comparison(out: Path) -> Collected:
                 cell.metrics["seconds"] = result["seconds"]
             cell.attempts = result.get("attempts")
             cell.steps = result.get("steps")
+            if entry["kind"] == "train" and (folder / "run" / "rounds.yaml").exists():
+                cell.steps = rounds_steps(folder / "run") or 0  # every round's, not the last one's
             if entry["kind"] == "train" and cell.steps is not None:
                 cell.metrics["steps"] = cell.steps
             cell.diagnostics = field_of(folder / "result.json", result, "diagnostics", CELL_HINT)
@@ -269,6 +281,8 @@ def collect_run(run_dir: Path) -> Collected:
     if summary_file.exists():
         summary = read_json(summary_file)
         cell.status, cell.steps = OK, summary.get("steps")
+        if summary_file != run_dir / "summary.json":  # rounds: every round's steps, not the last one's
+            cell.steps = rounds_steps(run_dir)
         cell.metrics = {**field_of(summary_file, summary, "eval_metrics"),
                         **{f"train/{k}": v for k, v in field_of(summary_file, summary, "train_metrics").items()
                            if k not in ("step", "epoch")}}
