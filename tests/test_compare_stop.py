@@ -103,6 +103,57 @@ def test_ctrl_c_twice_stops_slow_cells_at_once(tmp_path):
     assert not list(out.glob("cells/*/failed.json"))
 
 
+def test_sigterm_stops_the_cells_as_ctrl_c_does(tmp_path):
+    """SIGTERM (kill, timeout, a batch scheduler) asks the cells to stop as Ctrl-C does and waits
+    for them; a second one stops them at once: exit 130, no cell process left, none failed."""
+    out = tmp_path / "out"
+    path = tmp_path / "compare.yaml"
+    path.write_text(CONFIG.format(out=out))
+    harness = _start_harness(path)
+    pids = [out / "cells" / f"lr={lr}" / "pid" for lr in ("0.1", "0.2")]
+    logs = [p.with_name("log.txt") for p in pids]
+    try:
+        _wait_for(lambda: all(p.exists() and p.read_text() for p in pids))
+        harness.send_signal(signal.SIGTERM)
+        _wait_for(lambda: all("asked to stop" in log.read_text() for log in logs))
+        time.sleep(0.3)
+        assert harness.poll() is None
+        harness.send_signal(signal.SIGTERM)
+        _, err = harness.communicate(timeout=20)
+    finally:
+        _end(harness, pids)
+    assert harness.returncode == 130, err
+    assert "stopping 2 running cells" in err and "stopping them at once" in err, err
+    assert not any(process_alive(int(p.read_text())) for p in pids)
+    assert not list(out.glob("cells/*/failed.json"))
+
+
+def test_a_cell_still_running_is_neither_cleared_nor_run_again(tmp_path):
+    """A cell whose lock a process still holds (left by a comparison killed outright), and whose
+    settings the config has since changed: the rerun is a one-line error naming the cell and the
+    process, and the cell's folder is left as it is."""
+    path = tmp_path / "compare.yaml"
+    path.write_text(CONFIG.format(out=tmp_path / "out"))
+    plan = load_plan(path)
+    cell = plan.cells[0]
+    folder = plan.cell_dir(cell)
+    folder.mkdir(parents=True)
+    record = compare_run.cell_record(plan, cell, 1)
+    record["settings"]["train"]["lr"] = 0.5  # started under another config
+    (folder / "cell.json").write_text(json.dumps(record))
+    (folder / "log.txt").write_text("training\n")
+    held = hold_lock(folder / compare_cell.LOCK)
+    try:
+        with pytest.raises(UserError) as e:
+            compare_run.run_compare(plan, command=lambda d: ["false"])
+    finally:
+        held.close()
+    assert str(e.value) == (f"output_dir: cell {cell.id} is still running in another process (pid {os.getpid()}), "
+                            "perhaps left by a comparison that was killed; wait for it or stop it, then run the "
+                            "comparison again")
+    assert (folder / "log.txt").read_text() == "training\n" and not plan.cell_dir(plan.cells[1]).exists()
+
+
 def test_ctrl_c_pressed_in_a_burst_always_stops_the_cells(tmp_path):
     """Presses that land anywhere in the harness (here: bursts of SIGINT at random moments, over
     and over) never leave it hung or its cells running: each run exits 130 within seconds with no
@@ -218,7 +269,7 @@ def test_the_report_shows_time_over_all_attempts_and_the_resumed_cells(tmp_path)
     compare_run.run_compare(plan, command=lambda d: [sys.executable, "-c", TIMED_CELL, str(d)])
     md = (plan.output_dir / "report.md").read_text()
     assert "| row | seeds | eval loss | steps | time (s) |" in md
-    assert "| dpo | 2 | 1 | 1 | 4.000 ± 1.414 |" in md, md  # mean 4, sample std √2
+    assert "| dpo | 2 | 1.000 | 1 | 4.000 ± 1.414 |" in md, md  # mean 4, sample std √2; a loss of 1 is no count
     assert "Cells that took more than one attempt (stopped or failed, then resumed; their time counts every attempt): " \
            "seed=1 (2 attempts)." in md
     assert "Time: a cell's wall-clock seconds, summed over its attempts when it was resumed." in md
