@@ -193,6 +193,7 @@ def test_a_failed_cell_is_reported_and_a_rerun_keeps_the_finished_ones(tmp_path,
     assert cli.main(["compare", str(path)]) == 1
     printed = capsys.readouterr().out
     assert "FAILED lr=0.5,seed=0 (exit 3)" in printed and "FAILED lr=0.5,seed=1 (exit 3)" in printed
+    assert "4 cells ran: 2 finished, 2 failed; 0 had finished earlier" in printed
     for seed in (0, 1):
         failed = json.loads((out / "cells" / f"lr=0.5,seed={seed}" / "failed.json").read_text())
         assert failed["returncode"] == 3 and "boom" in Path(failed["log"]).read_text()
@@ -209,7 +210,7 @@ def test_a_failed_cell_is_reported_and_a_rerun_keeps_the_finished_ones(tmp_path,
 
     (out / "fixed").touch()
     assert cli.main(["compare", str(path)]) == 0
-    assert "2 cells ran, 2 had finished earlier, 0 failed" in capsys.readouterr().out
+    assert "2 cells ran: 2 finished, 0 failed; 2 had finished earlier" in capsys.readouterr().out
     assert sorted((out / "runs.txt").read_text().split()[4:]) == ["lr=0.5,seed=0", "lr=0.5,seed=1"]
     assert {s: (out / "cells" / f"lr=0.1,seed={s}" / "result.json").stat().st_mtime_ns for s in (0, 1)} == finished
     assert not list(out.glob("cells/*/failed.json"))
@@ -263,7 +264,7 @@ def test_compare_on_the_arithmetic_testbed(tmp_path, capsys):
     path = tmp_path / "compare.yaml"
     path.write_text(yaml.safe_dump(config))
     assert cli.main(["compare", str(path)]) == 0
-    assert "4 cells ran, 0 had finished earlier, 0 failed" in capsys.readouterr().out
+    assert "4 cells ran: 4 finished, 0 failed; 0 had finished earlier" in capsys.readouterr().out
     out = tmp_path / "out"
     for cell in ("method=dpo", "method=kto", "base,seed=0", "base+best-of-n_--n_2_--scorer_task_arithmetic,seed=0"):
         result = json.loads((out / "cells" / cell / "result.json").read_text())
@@ -282,7 +283,7 @@ def test_compare_on_the_arithmetic_testbed(tmp_path, capsys):
     decoded = next(line for line in md.splitlines() if line.startswith("| base + best-of-n"))
     assert decoded.split(" | ")[5] == "–"  # no KL for a decoding row
     assert cli.main(["compare", str(path)]) == 0
-    assert "0 cells ran, 4 had finished earlier" in capsys.readouterr().out
+    assert "0 cells ran: 0 finished, 0 failed; 4 had finished earlier" in capsys.readouterr().out
 
 
 def test_the_readme_shows_the_example_config():
