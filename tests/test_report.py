@@ -378,6 +378,26 @@ def test_a_folder_beside_the_rounds_is_not_a_round(tmp_path, capsys):
     assert "Status: ok; 2 optimizer steps; 2 records in metrics.jsonl." in md, md
 
 
+def test_a_cell_running_now_is_reported_as_running(tmp_path):
+    """kto seed 0's process is alive (this one holds its lock) and its attempt says running: it is
+    running. Seed 1's attempt says running too but its process has ended (killed outright): not
+    run. Seed 2 failed. 8 cells of 12 finished."""
+    import os
+    import subprocess
+    import sys
+
+    out = make_comparison(tmp_path / "cmp")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for seed, pid in ((0, os.getpid()), (1, int(ended.stdout))):
+        folder = out / "cells" / f"method=kto,seed={seed}"
+        (folder / "failed.json").unlink()
+        _write(folder / "attempts.json", [{"started": "2026-01-01 00:00:00", "seconds": 1.0, "end": "running"}])
+        (folder / ".lock").write_text(f"{pid}\n")
+    md = write_report(out)["markdown"].read_text()
+    assert "12 cells in 4 rows: 8 finished, 2 failed, 1 running, 1 not run." in md
+    assert table_rows(md, "row")["kto"]["seeds"] == "0 of 3 (failed: seed 2) (1 running) (1 not run)"
+
+
 def test_a_rounds_cell_shows_the_steps_of_every_round(tmp_path):
     """A comparison's rounds cell (method=dpo,seed=0) whose rounds took 3 and 5 steps: its row
     shows 8, not the last round's 5 that its result.json holds."""

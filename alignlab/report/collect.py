@@ -3,7 +3,7 @@ metrics, learning curves, answers and diagnostics.
 
 A comparison (``alignlab compare``'s output folder) is read from its plan, ``compare.json``, and each
 cell's folder: ``result.json`` (finished), ``failed.json`` (failed: return code and log) or neither
-(not run, or interrupted). A single training run (``alignlab train``'s output folder) is one cell:
+(running, while its process runs; else not run, or interrupted). A single training run (``alignlab train``'s output folder) is one cell:
 ``run.yaml``, ``summary.json`` when it finished and ``metrics.jsonl``, read even while it runs.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-OK, FAILED, NOT_RUN = "ok", "failed", "not run"
+OK, FAILED, NOT_RUN, RUNNING = "ok", "failed", "not run", "running"
 
 
 @dataclass
@@ -227,6 +227,28 @@ def _relative(path: str | Path, root: Path) -> str:
         return str(path)
 
 
+def cell_running(folder: Path) -> bool:
+    """Whether a cell is running now: its last attempt (``attempts.json``) says ``running`` and the
+    process whose pid its ``.lock`` holds is alive (one killed outright leaves ``running`` behind)."""
+    import os
+
+    try:
+        attempts = json.loads((folder / "attempts.json").read_text())
+        pid = int((folder / ".lock").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if not (isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict)
+            and attempts[-1].get("end") == "running") or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        return True
+    return True
+
+
 def collect_comparison(out: Path) -> Collected:
     """The cells of the comparison in ``out`` (see the module docstring)."""
     from alignlab.errors import UserError
@@ -258,6 +280,8 @@ def collect_comparison(out: Path) -> Collected:
         elif (folder / "failed.json").exists():
             failed = read_json(folder / "failed.json", CELL_HINT)
             cell.status, cell.returncode = FAILED, failed.get("returncode")
+        elif cell_running(folder):
+            cell.status = RUNNING
         if (folder / "log.txt").exists():
             cell.log = _relative(folder / "log.txt", out)
         if entry["kind"] == "train":

@@ -17,7 +17,7 @@ from typing import Any
 
 from alignlab.report import figures
 from alignlab.report.blocks import Document, Figure, Section, Table, Text
-from alignlab.report.collect import FAILED, OK, CellResult, Collected
+from alignlab.report.collect import FAILED, OK, RUNNING, CellResult, Collected
 from alignlab.report.overopt import overopt_section
 from alignlab.report.stats import column_texts, spread, win_matrix
 
@@ -56,7 +56,10 @@ def _seeds_text(cells: list[CellResult]) -> str:
     failed = [c for c in cells if c.status == FAILED]
     if failed:
         text += " (failed: " + ", ".join(f"seed {c.seed}" if c.seed is not None else c.id for c in failed) + ")"
-    missing = [c for c in cells if c.status not in (OK, FAILED)]
+    running = sum(c.status == RUNNING for c in cells)
+    if running:
+        text += f" ({running} running)"
+    missing = [c for c in cells if c.status not in (OK, FAILED, RUNNING)]
     if missing:
         text += f" ({len(missing)} not run)"
     return text
@@ -73,7 +76,8 @@ def results_table(data: Collected) -> Table:
     for j, g in enumerate(data.groups):
         cells = data.of(g)
         if not any(c.status == OK for c in cells):
-            status = "FAILED" if any(c.status == FAILED for c in cells) else "not run"
+            status = ("FAILED" if any(c.status == FAILED for c in cells) else
+                      RUNNING if any(c.status == RUNNING for c in cells) else "not run")
             rows.append([g, _seeds_text(cells)] + [status] * len(columns))
             continue
         rows.append([g, _seeds_text(cells)] + [texts[i][j] for i in range(len(columns))])
@@ -140,8 +144,9 @@ def comparison_document(data: Collected, images: Path) -> Document:
     """The report of a comparison; its figures are written to ``images``."""
     done = sum(c.status == OK for c in data.cells)
     failed = [c for c in data.cells if c.status == FAILED]
+    running = sum(c.status == RUNNING for c in data.cells)
     intro = [f"{len(data.cells)} cells in {len(data.groups)} rows: {done} finished, {len(failed)} failed, "
-             f"{len(data.cells) - done - len(failed)} not run."]
+             + (f"{running} running, " if running else "") + f"{len(data.cells) - done - len(failed) - running} not run."]
     resumed = [c for c in data.cells if c.status == OK and (c.attempts or 1) > 1]
     if resumed:
         intro.append("Cells that took more than one attempt (stopped or failed, then resumed; their time counts every "
