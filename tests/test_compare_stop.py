@@ -209,6 +209,24 @@ def test_an_attempt_killed_outright_keeps_its_time_to_the_last_heartbeat(tmp_pat
     assert seconds == pytest.approx(first["seconds"] + recorded[1]["seconds"], abs=0.006)
 
 
+def test_an_attempt_is_timed_from_the_launch_of_its_process(tmp_path):
+    """The harness tells a cell when it launched it; an attempt launched 5 s before it began
+    counts those 5 s (its start-up: imports, loading)."""
+    from alignlab.compare.attempts import LAUNCHED
+
+    with Attempt(tmp_path, launched=time.time() - 5.0) as attempt:
+        attempt.end = "ok"
+    assert 5.0 <= attempt.seconds < 6.0 and 5.0 <= read_attempts(tmp_path)[0]["seconds"] < 6.0
+    path = tmp_path / "compare.yaml"
+    path.write_text(CONFIG.format(out=tmp_path / "out"))
+    plan = load_plan(path)
+    write = f"import os, sys; open(sys.argv[1] + '/launched', 'w').write(os.environ[{LAUNCHED!r}])"
+    before = time.time()
+    compare_run.run_cells(plan, plan.cells[:1], command=lambda d: [sys.executable, "-c", write, str(d)], poll=0.05)
+    launched = float((plan.cell_dir(plan.cells[0]) / "launched").read_text())
+    assert before <= launched <= time.time()
+
+
 def test_an_attempt_that_raises_is_recorded_as_failed(tmp_path):
     with pytest.raises(RuntimeError), Attempt(tmp_path):
         raise RuntimeError("boom")
@@ -269,10 +287,11 @@ def test_the_report_shows_time_over_all_attempts_and_the_resumed_cells(tmp_path)
     compare_run.run_compare(plan, command=lambda d: [sys.executable, "-c", TIMED_CELL, str(d)])
     md = (plan.output_dir / "report.md").read_text()
     assert "| row | seeds | eval loss | steps | time (s) |" in md
-    assert "| dpo | 2 | 1.000 | 1 | 4.000 ± 1.414 |" in md, md  # mean 4, sample std √2; a loss of 1 is no count
+    assert "| dpo | 2 | 1.000 ± 0.000 | 1 | 4.000 ± 1.414 |" in md, md  # mean 4, sample std √2; a loss is no count
     assert "Cells that took more than one attempt (stopped or failed, then resumed; their time counts every attempt): " \
            "seed=1 (2 attempts)." in md
-    assert "Time: a cell's wall-clock seconds, summed over its attempts when it was resumed." in md
+    assert ("Time: a cell's wall-clock seconds from the launch of its process (start-up included), summed over its "
+            "attempts when it was resumed.") in md
 
 
 def test_a_cell_ended_by_a_signal_from_outside_says_so(tmp_path, capsys, monkeypatch):

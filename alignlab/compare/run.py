@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import alignlab
-from alignlab.compare.attempts import hold_lock, lock_holder
+from alignlab.compare.attempts import LAUNCHED, hold_lock, lock_holder
 from alignlab.compare.cell import LOCK, RESULT, write_json
 from alignlab.compare.config import Cell, Plan, available_cores
 from alignlab.errors import ConfigError, Interrupted, UserError
@@ -259,7 +259,8 @@ def run_cells(plan: Plan, cells: list[Cell], command: Callable[[Path], list[str]
                     log.flush()
                     proc = subprocess.Popen(command(folder), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             cwd=plan.config_dir,
-                                            env={**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+                                            env={**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                                                 LAUNCHED: repr(time.time())})
                     running[cell.id] = (proc, cell, time.perf_counter(), log)
                     _log(f"started  {cell.id} ({total - len(pending)} of {total})")
                 time.sleep(poll)

@@ -88,7 +88,8 @@ def results_table(data: Collected) -> Table:
                "steps of the training runs (epochs are passes over each method's own data).") if data.task else (
                "Final metrics, mean ± sample standard deviation over the seeds that finished.")
     if any(k == "seconds" for k, _ in columns):
-        caption += " Time: a cell's wall-clock seconds, summed over its attempts when it was resumed."
+        caption += (" Time: a cell's wall-clock seconds from the launch of its process (start-up included), summed "
+                    "over its attempts when it was resumed.")
     return Table(["row", "seeds", *[label for _, label in columns]], rows, caption)
 
 
