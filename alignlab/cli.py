@@ -151,11 +151,13 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _train_help() -> str:
+def _train_help(rounds: bool = False) -> str:
     from alignlab.config import TrainConfig, field_help, sections
     from alignlab.losses import REGISTRY
 
-    lines = [f"usage: {USAGE}", "", "Train a model. Keys come from the YAML file, then from flags. A key of a "
+    usage = USAGE.replace("alignlab train", "alignlab iterate") if rounds else USAGE
+    what = "Run rounds (sample, score, train; rounds: N)" if rounds else "Train a model"
+    lines = [f"usage: {usage}", "", f"{what}. Keys come from the YAML file, then from flags. A key of a "
              "section is given flat", "(--lr 1e-4; lr: 1e-4 in YAML) or by its section (--optim.lr 1e-4; optim: "
              "{lr: 1e-4}).", "", "fields:"]
 
@@ -203,7 +205,7 @@ def cmd_iterate(tokens: list[str]) -> int:
 
 def cmd_train(tokens: list[str], rounds: bool = False) -> int:
     if any(t in ("-h", "--help") for t in tokens):
-        print(_train_help())
+        print(_train_help(rounds))
         return 0
     from transformers.utils import logging as hf_logging
 

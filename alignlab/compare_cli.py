@@ -39,7 +39,8 @@ def cmd_compare(tokens: list[str]) -> int:
     markdown = outcome.report["markdown"].read_text(encoding="utf-8")
     table = markdown.split("## Results", 1)[-1].strip().split("\n\n", 1)[0]
     print(f"\n{table}\n")
-    print(f"{len(outcome.ran)} cells ran, {len(outcome.skipped)} had finished earlier, {len(outcome.failed)} failed")
+    print(f"{len(outcome.ran) + len(outcome.failed)} cells ran: {len(outcome.ran)} finished, {len(outcome.failed)} "
+          f"failed; {len(outcome.skipped)} had finished earlier")
     for cell_id, info in outcome.failed.items():
         print(f"  FAILED {cell_id} ({ending(info['returncode'])}): {info['log']}")
     print(_paths(outcome.report))

@@ -109,7 +109,7 @@ def _log(msg: str) -> None:
 
 def run_rounds(cfg: TrainConfig) -> Summary:
     """Run ``cfg.iterate.rounds`` rounds (see the module docstring); returns the last round's
-    training summary, with the run folder as ``output_dir``."""
+    training summary, with the run folder as ``output_dir`` and ``steps`` the sum over the rounds."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("rounds: rounds run in one process (their sampling is not split over processes); "
                           "launch without torchrun")
@@ -122,7 +122,7 @@ def run_rounds(cfg: TrainConfig) -> Summary:
     per_round = _per_round(cfg, len(prompts))
     gold = _gold(cfg, specs)
     _claim(cfg, out)
-    policy, summary = cfg.model, None
+    policy, summary, steps = cfg.model, None, 0
     for r in range(1, cfg.iterate.rounds + 1):
         folder = out / f"round-{r}"
         done = folder / DONE_FILE
@@ -132,6 +132,7 @@ def run_rounds(cfg: TrainConfig) -> Summary:
             policy = str(folder / "train" / "model") if record.get("trained") else policy
             _log(f"round {r}/{cfg.iterate.rounds}: done earlier ({policy})")
             summary = Summary(**record["summary"]) if record.get("summary") else summary
+            steps += int(record["summary"]["steps"]) if record.get("summary") else 0
             continue
         scored = folder / SCORED_FILE
         if (folder / "train" / "run.yaml").exists() and scored.exists():
@@ -162,7 +163,7 @@ def run_rounds(cfg: TrainConfig) -> Summary:
             record.update(model=policy, trained=False, summary=None)
         else:
             summary = train_once(_round_config(cfg, r, policy, data, folder / "train"))
-            policy = summary.model_dir
+            policy, steps = summary.model_dir, steps + summary.steps
             record.update(model=policy, trained=True, summary=dataclasses.asdict(summary))
         _write_json(done, record)
         _gather(out, r)
@@ -170,7 +171,7 @@ def run_rounds(cfg: TrainConfig) -> Summary:
         _log(f"rounds: none of the {cfg.iterate.rounds} rounds made training data (see {out / 'rounds.jsonl'}); "
              f"the policy is the starting model")
         return Summary(output_dir=str(out), model_dir=policy, steps=0)
-    return dataclasses.replace(summary, output_dir=str(out), model_dir=policy)
+    return dataclasses.replace(summary, output_dir=str(out), model_dir=policy, steps=steps)
 
 
 # -- the run folder ---------------------------------------------------------------------------------

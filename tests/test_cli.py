@@ -23,6 +23,12 @@ def _run(argv, capsys):
     return code, out.out, out.err
 
 
+def test_iterate_help_names_iterate(capsys):
+    code, out, _ = _run(["iterate", "--help"], capsys)
+    assert code == 0 and out.startswith("usage: alignlab iterate [CONFIG.yaml] [--field value ...]\n"), out[:80]
+    assert _run(["train", "--help"], capsys)[1].startswith("usage: alignlab train [CONFIG.yaml]")
+
+
 def test_train_help_lists_every_field_with_its_help(capsys):
     code, out, _ = _run(["train", "--help"], capsys)
     assert code == 0

@@ -50,7 +50,9 @@ grid:
     ("epochs: 1", "method: [dpo]", "decoding: ['beam --n 2']", "decoding[0]: --method: unknown decoding method 'beam'"),
     ("output_dir: x", "method: [dpo]", "", "base.output_dir: set by alignlab compare for each cell"),
     ("feedback: {promts: 8}", "method: [dpo]", "", "base.feedback.promts: unknown key (keys: "),
-    ("feedback: {k: 1}", "method: [dpo]", "", "k must be >= 2"),
+    ("feedback: {k: 1}", "method: [dpo]", "", "base.feedback.k: must be >= 2"),
+    ("feedback: {seed: -1}", "method: [dpo]", "", "base.feedback.seed: must be >= 0, got -1"),
+    ("feedback: {prompts: 0}", "method: [dpo]", "", "base.feedback.prompts: must be >= 1, got 0"),
     ("feedback: {prompts: many}", "method: [dpo]", "", "base.feedback.prompts: a whole number, got 'many'"),
     ("feedback: {label_noise: [0.1]}", "method: [dpo]", "", "base.feedback.label_noise: a number, got [0.1]"),
     ("feedback: {k: 2.5}", "method: [dpo]", "", "base.feedback.k: a whole number, got 2.5"),
@@ -60,6 +62,10 @@ grid:
     ("lr: 1.0e-5", "epochs: [1, 1.0]", "", "grid: cells epochs=1 and epochs=1.0 are the same run (their settings are "
                                            "equal once read, as 1 and 1.0 are, or two spellings of one path); give "
                                            "each value once"),
+    ("epochs: 1", "lr: [1e-5, 0.00001]", "", "grid: cells lr=1e-5 and lr=1e-05 are the same run"),
+    ("epochs: 1", "beta: [0.1, 1e-1]", "", "grid: cells beta=0.1 and beta=1e-1 are the same run"),
+    ("epochs: 1", "lr: [1e-4, 1E-4]", "", "grid: cells lr=1e-4 and lr=1E-4 are the same run"),
+    ("epochs: 1", "adam_betas: ['0.9,0.99', [0.9, 0.99]]", "", "grid: cells adam_betas=0.9,0.99 and "),
     ("epochs: 1", "method: [dpo]", "decoding: ['best-of-n --n 4 --scorer task:arithmetic', "
                                    "'best-of-n  --scorer task:arithmetic --n 4']",
      "decoding[1]: 'best-of-n  --scorer task:arithmetic --n 4' is the same method as decoding[0]"),
@@ -73,6 +79,20 @@ def test_config_errors_are_one_line_before_anything_runs(tmp_path, capsys, base,
     assert err.count("\n") == 1 and err.startswith(f"alignlab: error: {path}: "), err
     assert message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_feedback_numbers_are_read_as_train_keys_are(tmp_path):
+    plan = load_plan(write_config(tmp_path, "output_dir: OUT\nbase: {task: arithmetic, epochs: 1, "
+                                            "feedback: {label_noise: 1e-1, prompts: 10}}\ngrid: {method: [dpo]}\n"))
+    assert plan.feedback["label_noise"] == 0.1 and plan.feedback["num_prompts"] == 10
+
+
+def test_base_model_cells_take_the_seeds_as_the_train_cells_read_them(tmp_path):
+    plan = load_plan(write_config(tmp_path, "output_dir: OUT\nbase: {task: arithmetic, epochs: 1}\n"
+                                            "grid: {seed: ['0', '1']}\n"))
+    base = [c for c in plan.cells if c.kind == "base"]
+    assert [(c.id, c.seed, c.settings["seed"]) for c in base] == [("base,seed=0", 0, 0), ("base,seed=1", 1, 1)]
+    assert all(type(c.settings["seed"]) is int for c in base)
 
 
 def test_an_unknown_task_and_a_missing_model_are_config_errors(tmp_path):
@@ -173,6 +193,7 @@ def test_a_failed_cell_is_reported_and_a_rerun_keeps_the_finished_ones(tmp_path,
     assert cli.main(["compare", str(path)]) == 1
     printed = capsys.readouterr().out
     assert "FAILED lr=0.5,seed=0 (exit 3)" in printed and "FAILED lr=0.5,seed=1 (exit 3)" in printed
+    assert "4 cells ran: 2 finished, 2 failed; 0 had finished earlier" in printed
     for seed in (0, 1):
         failed = json.loads((out / "cells" / f"lr=0.5,seed={seed}" / "failed.json").read_text())
         assert failed["returncode"] == 3 and "boom" in Path(failed["log"]).read_text()
@@ -189,7 +210,7 @@ def test_a_failed_cell_is_reported_and_a_rerun_keeps_the_finished_ones(tmp_path,
 
     (out / "fixed").touch()
     assert cli.main(["compare", str(path)]) == 0
-    assert "2 cells ran, 2 had finished earlier, 0 failed" in capsys.readouterr().out
+    assert "2 cells ran: 2 finished, 0 failed; 2 had finished earlier" in capsys.readouterr().out
     assert sorted((out / "runs.txt").read_text().split()[4:]) == ["lr=0.5,seed=0", "lr=0.5,seed=1"]
     assert {s: (out / "cells" / f"lr=0.1,seed={s}" / "result.json").stat().st_mtime_ns for s in (0, 1)} == finished
     assert not list(out.glob("cells/*/failed.json"))
@@ -243,7 +264,7 @@ def test_compare_on_the_arithmetic_testbed(tmp_path, capsys):
     path = tmp_path / "compare.yaml"
     path.write_text(yaml.safe_dump(config))
     assert cli.main(["compare", str(path)]) == 0
-    assert "4 cells ran, 0 had finished earlier, 0 failed" in capsys.readouterr().out
+    assert "4 cells ran: 4 finished, 0 failed; 0 had finished earlier" in capsys.readouterr().out
     out = tmp_path / "out"
     for cell in ("method=dpo", "method=kto", "base,seed=0", "base+best-of-n_--n_2_--scorer_task_arithmetic,seed=0"):
         result = json.loads((out / "cells" / cell / "result.json").read_text())
@@ -262,7 +283,7 @@ def test_compare_on_the_arithmetic_testbed(tmp_path, capsys):
     decoded = next(line for line in md.splitlines() if line.startswith("| base + best-of-n"))
     assert decoded.split(" | ")[5] == "–"  # no KL for a decoding row
     assert cli.main(["compare", str(path)]) == 0
-    assert "0 cells ran, 4 had finished earlier" in capsys.readouterr().out
+    assert "0 cells ran: 0 finished, 0 failed; 4 had finished earlier" in capsys.readouterr().out
 
 
 def test_the_readme_shows_the_example_config():
@@ -300,4 +321,7 @@ def test_a_bad_jobs_flag_names_the_flag_and_a_folder_is_not_a_config(tmp_path, c
     assert "--jobs: cells run at once, a whole number >= 1, got 0" in err and str(path) not in err, err
     assert cli.main(["compare", str(tmp_path)]) == 2
     assert f"config file '{tmp_path}' is a folder" in capsys.readouterr().err
+    assert cli.main(["compare", "/dev/null"]) == 2
+    assert capsys.readouterr().err == ("alignlab: error: /dev/null: config file '/dev/null' is not a regular file; "
+                                       "give the YAML file\n")
     assert not (tmp_path / "out").exists()

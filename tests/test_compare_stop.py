@@ -103,6 +103,57 @@ def test_ctrl_c_twice_stops_slow_cells_at_once(tmp_path):
     assert not list(out.glob("cells/*/failed.json"))
 
 
+def test_sigterm_stops_the_cells_as_ctrl_c_does(tmp_path):
+    """SIGTERM (kill, timeout, a batch scheduler) asks the cells to stop as Ctrl-C does and waits
+    for them; a second one stops them at once: exit 130, no cell process left, none failed."""
+    out = tmp_path / "out"
+    path = tmp_path / "compare.yaml"
+    path.write_text(CONFIG.format(out=out))
+    harness = _start_harness(path)
+    pids = [out / "cells" / f"lr={lr}" / "pid" for lr in ("0.1", "0.2")]
+    logs = [p.with_name("log.txt") for p in pids]
+    try:
+        _wait_for(lambda: all(p.exists() and p.read_text() for p in pids))
+        harness.send_signal(signal.SIGTERM)
+        _wait_for(lambda: all("asked to stop" in log.read_text() for log in logs))
+        time.sleep(0.3)
+        assert harness.poll() is None
+        harness.send_signal(signal.SIGTERM)
+        _, err = harness.communicate(timeout=20)
+    finally:
+        _end(harness, pids)
+    assert harness.returncode == 130, err
+    assert "stopping 2 running cells" in err and "stopping them at once" in err, err
+    assert not any(process_alive(int(p.read_text())) for p in pids)
+    assert not list(out.glob("cells/*/failed.json"))
+
+
+def test_a_cell_still_running_is_neither_cleared_nor_run_again(tmp_path):
+    """A cell whose lock a process still holds (left by a comparison killed outright), and whose
+    settings the config has since changed: the rerun is a one-line error naming the cell and the
+    process, and the cell's folder is left as it is."""
+    path = tmp_path / "compare.yaml"
+    path.write_text(CONFIG.format(out=tmp_path / "out"))
+    plan = load_plan(path)
+    cell = plan.cells[0]
+    folder = plan.cell_dir(cell)
+    folder.mkdir(parents=True)
+    record = compare_run.cell_record(plan, cell, 1)
+    record["settings"]["train"]["lr"] = 0.5  # started under another config
+    (folder / "cell.json").write_text(json.dumps(record))
+    (folder / "log.txt").write_text("training\n")
+    held = hold_lock(folder / compare_cell.LOCK)
+    try:
+        with pytest.raises(UserError) as e:
+            compare_run.run_compare(plan, command=lambda d: ["false"])
+    finally:
+        held.close()
+    assert str(e.value) == (f"output_dir: cell {cell.id} is still running in another process (pid {os.getpid()}), "
+                            "perhaps left by a comparison that was killed; wait for it or stop it, then run the "
+                            "comparison again")
+    assert (folder / "log.txt").read_text() == "training\n" and not plan.cell_dir(plan.cells[1]).exists()
+
+
 def test_ctrl_c_pressed_in_a_burst_always_stops_the_cells(tmp_path):
     """Presses that land anywhere in the harness (here: bursts of SIGINT at random moments, over
     and over) never leave it hung or its cells running: each run exits 130 within seconds with no
@@ -156,6 +207,24 @@ def test_an_attempt_killed_outright_keeps_its_time_to_the_last_heartbeat(tmp_pat
     assert [a["end"] for a in recorded] == ["running", "ok"] and count == 2
     assert 0.2 <= recorded[1]["seconds"] <= whole + 0.005
     assert seconds == pytest.approx(first["seconds"] + recorded[1]["seconds"], abs=0.006)
+
+
+def test_an_attempt_is_timed_from_the_launch_of_its_process(tmp_path):
+    """The harness tells a cell when it launched it; an attempt launched 5 s before it began
+    counts those 5 s (its start-up: imports, loading)."""
+    from alignlab.compare.attempts import LAUNCHED
+
+    with Attempt(tmp_path, launched=time.time() - 5.0) as attempt:
+        attempt.end = "ok"
+    assert 5.0 <= attempt.seconds < 6.0 and 5.0 <= read_attempts(tmp_path)[0]["seconds"] < 6.0
+    path = tmp_path / "compare.yaml"
+    path.write_text(CONFIG.format(out=tmp_path / "out"))
+    plan = load_plan(path)
+    write = f"import os, sys; open(sys.argv[1] + '/launched', 'w').write(os.environ[{LAUNCHED!r}])"
+    before = time.time()
+    compare_run.run_cells(plan, plan.cells[:1], command=lambda d: [sys.executable, "-c", write, str(d)], poll=0.05)
+    launched = float((plan.cell_dir(plan.cells[0]) / "launched").read_text())
+    assert before <= launched <= time.time()
 
 
 def test_an_attempt_that_raises_is_recorded_as_failed(tmp_path):
@@ -218,10 +287,11 @@ def test_the_report_shows_time_over_all_attempts_and_the_resumed_cells(tmp_path)
     compare_run.run_compare(plan, command=lambda d: [sys.executable, "-c", TIMED_CELL, str(d)])
     md = (plan.output_dir / "report.md").read_text()
     assert "| row | seeds | eval loss | steps | time (s) |" in md
-    assert "| dpo | 2 | 1 | 1 | 4.000 ± 1.414 |" in md, md  # mean 4, sample std √2
+    assert "| dpo | 2 | 1.000 ± 0.000 | 1 | 4.000 ± 1.414 |" in md, md  # mean 4, sample std √2; a loss is no count
     assert "Cells that took more than one attempt (stopped or failed, then resumed; their time counts every attempt): " \
            "seed=1 (2 attempts)." in md
-    assert "Time: a cell's wall-clock seconds, summed over its attempts when it was resumed." in md
+    assert ("Time: a cell's wall-clock seconds from the launch of its process (start-up included), summed over its "
+            "attempts when it was resumed.") in md
 
 
 def test_a_cell_ended_by_a_signal_from_outside_says_so(tmp_path, capsys, monkeypatch):

@@ -5,6 +5,7 @@ and `alignlab report` on a training run."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from alignlab import cli
 from alignlab.report import write_report
-from alignlab.report.stats import spread, spread_text, win_matrix
+from alignlab.report.stats import column_texts, spread, spread_text, win_matrix
 
 # Hand-made comparison: rows dpo (3 seeds), ipo (seed 2 failed), kto (every seed failed), base.
 GOLD = {("dpo", 0): 0.5, ("dpo", 1): 0.7, ("dpo", 2): 0.9, ("ipo", 0): 0.6, ("ipo", 1): 0.6,
@@ -86,8 +87,28 @@ def test_spread_is_the_mean_and_the_sample_standard_deviation():
     assert s.mean == pytest.approx(0.7) and s.std == pytest.approx(0.2) and s.n == 3
     assert spread_text(s) == "0.700 ± 0.200"
     assert spread_text(spread([0.25])) == "0.250"
-    assert spread([]) is None and spread([float("nan")]) is None and spread_text(None) == "–"
+    assert spread([]) is None and spread([None]) is None and spread_text(None) == "–"
     assert spread_text(spread([1500.0, 2500.0])) == "2,000 ± 707"
+
+
+def test_a_seed_that_is_not_finite_shows_in_its_row():
+    """0.5 and NaN: the mean is NaN, not 0.5 over one seed; 1.0 and inf: inf."""
+    s = spread([0.5, float("nan")])
+    assert math.isnan(s.mean) and s.std is None and (s.n, s.nonfinite) == (2, 1)
+    assert spread_text(s) == "nan (1 of 2 seeds not finite)"
+    assert spread_text(spread([1.0, float("inf")])) == "inf (1 of 2 seeds not finite)"
+    assert spread_text(spread([float("nan")])) == "nan (1 of 1 seeds not finite)"
+
+
+def test_each_entry_keeps_the_decimals_its_own_size_needs():
+    """One column: a loss of 0.62 and 0.60 (mean 0.61, std 0.02/√2 = 0.01414) beside one of 24.0
+    and 25.2 (mean 24.6, std 1.2/√2 = 0.849); 0.012 has three significant digits, 0.0004 and
+    0.0006 (mean 5e-4, std 2e-4/√2 = 1.414e-4) exponent form. Whole numbers are whole numbers only
+    in a count column: a gold of 1.0 and a KL of 0 keep their decimals, 8 steps are 8."""
+    column = [spread([0.62, 0.60]), spread([24.0, 25.2]), spread([0.012]), spread([0.0004, 0.0006]), None]
+    assert column_texts(column) == ["0.610 ± 0.014", "24.6 ± 0.8", "0.0120", "5.00e-04 ± 1.41e-04", "–"]
+    assert column_texts([spread([1.0]), spread([0.0, 0.0])]) == ["1.000", "0.000 ± 0.000"]
+    assert column_texts([spread([8, 8]), spread([8, 10]), None], counts=True) == ["8", "9.000 ± 1.414", "–"]
 
 
 def test_win_matrix_by_hand():
@@ -120,7 +141,8 @@ def test_comparison_table_marks_failed_cells_and_computes_mean_and_std(tmp_path)
     rows = table_rows(md, "row")
     assert rows["dpo"]["gold (sampled)"] == "0.700 ± 0.200"
     assert rows["dpo"]["KL to base"] == "3.000 ± 2.646"
-    assert rows["dpo"]["seeds"] == "3"
+    assert rows["dpo"]["seeds"] == "3" and rows["dpo"]["steps"] == "8"
+    assert rows["base"]["KL to base"] == "0.000 ± 0.000" and rows["base"]["steps"] == "–"
     assert rows["ipo"]["gold (sampled)"] == "0.600 ± 0.000"
     assert rows["ipo"]["KL to base"] == "1.000 ± 0.707"
     assert rows["ipo"]["seeds"] == "2 of 3 (failed: seed 2)"
@@ -264,6 +286,14 @@ def test_columns_of_a_decoding_method_in_training_and_without_a_task():
     ("cells/method=dpo,seed=0/result.json", "{bad", "method=dpo,seed=0/result.json: cannot read it as JSON"),
     ("cells/method=dpo,seed=0/result.json", "[1]", "method=dpo,seed=0/result.json: expected a JSON object, got list"),
     ("compare.json", "", "compare.json: cannot read it as JSON"),
+    ("cells/method=dpo,seed=0/answers.jsonl", '{"prompt": 0, "gold": 1}\n{"prompt": 0, "gold": "x"}\n',
+     "method=dpo,seed=0/answers.jsonl, line 2, field 'gold': expected a number, got 'x'; delete the cell's folder"),
+    ("cells/method=dpo,seed=0/answers.jsonl", '{"prompt": 0}\n{"prompt": 1, "gold": 1}\n',
+     "method=dpo,seed=0/answers.jsonl, line 1: no 'gold'; delete the cell's folder"),
+    ("cells/method=dpo,seed=0/answers.jsonl", '{"prompt": "a", "gold": 1}\n{"prompt": 1, "gold": 1}\n',
+     "method=dpo,seed=0/answers.jsonl, line 1, field 'prompt': expected a whole number (the prompt's index), got 'a'"),
+    ("cells/method=dpo,seed=0/answers.jsonl", '{"prompt": 0, "gold": true}\n{"prompt": 1, "gold": 1}\n',
+     "method=dpo,seed=0/answers.jsonl, line 1, field 'gold': expected a number, got True"),
 ])
 def test_a_comparison_file_that_is_not_json_is_one_line_naming_it(tmp_path, capsys, name, text, message):
     out = make_comparison(tmp_path / "out")
@@ -342,10 +372,46 @@ def test_a_folder_beside_the_rounds_is_not_a_round(tmp_path, capsys):
     (run / "rounds.yaml").write_text("method: dpo\nseed: 0\n")
     assert cli.main(["report", str(run)]) == 0
     md = (run / "report.md").read_text()
-    # the last round's summary (round 2: loss 0.6, 1 step); the curves hold one record per round,
-    # round 1's and round 2's, and none of the copy's (loss 9)
+    # the last round's metrics (round 2: loss 0.6) and every round's steps (1 + 1); the curves
+    # hold one record per round, round 1's and round 2's, and none of the copy's (loss 9)
     assert table_rows(md, "metric")["train/loss"]["value"] == "0.6"
-    assert "Status: ok; 1 optimizer step; 2 records in metrics.jsonl." in md, md
+    assert "Status: ok; 2 optimizer steps; 2 records in metrics.jsonl." in md, md
+
+
+def test_a_cell_running_now_is_reported_as_running(tmp_path):
+    """kto seed 0's process is alive (this one holds its lock) and its attempt says running: it is
+    running. Seed 1's attempt says running too but its process has ended (killed outright): not
+    run. Seed 2 failed. 8 cells of 12 finished."""
+    import os
+    import subprocess
+    import sys
+
+    out = make_comparison(tmp_path / "cmp")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for seed, pid in ((0, os.getpid()), (1, int(ended.stdout))):
+        folder = out / "cells" / f"method=kto,seed={seed}"
+        (folder / "failed.json").unlink()
+        _write(folder / "attempts.json", [{"started": "2026-01-01 00:00:00", "seconds": 1.0, "end": "running"}])
+        (folder / ".lock").write_text(f"{pid}\n")
+    md = write_report(out)["markdown"].read_text()
+    assert "12 cells in 4 rows: 8 finished, 2 failed, 1 running, 1 not run." in md
+    assert table_rows(md, "row")["kto"]["seeds"] == "0 of 3 (failed: seed 2) (1 running) (1 not run)"
+
+
+def test_a_rounds_cell_shows_the_steps_of_every_round(tmp_path):
+    """A comparison's rounds cell (method=dpo,seed=0) whose rounds took 3 and 5 steps: its row
+    shows 8, not the last round's 5 that its result.json holds."""
+    out = make_comparison(tmp_path / "cmp")
+    run = out / "cells" / "method=dpo,seed=0" / "run"
+    (run / "rounds.yaml").write_text("method: dpo\nrounds: 2\n")
+    for r, steps in ((1, 3), (2, 5)):
+        _write(run / f"round-{r}" / "train" / "summary.json", {"steps": steps, "eval_metrics": {}, "train_metrics": {}})
+    result = json.loads((run.parent / "result.json").read_text())
+    _write(run.parent / "result.json", {**result, "steps": 5})
+    for other in ("method=dpo,seed=1", "method=dpo,seed=2"):  # the row's other seeds: 8 steps as well
+        assert json.loads((out / "cells" / other / "result.json").read_text())["steps"] == 8
+    md = write_report(out)["markdown"].read_text()
+    assert table_rows(md, "row")["dpo"]["steps"] == "8"
 
 
 def test_rounds_that_all_finished_without_training_are_reported_as_finished(tmp_path, capsys):

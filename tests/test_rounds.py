@@ -59,6 +59,9 @@ def test_two_rounds_of_iterative_dpo(tmp_path, tiny_model_dir, prompt_file):
     assert records[0]["start_model"] == str(tiny_model_dir)
     assert records[1]["start_model"] == records[0]["model"] == str(out / "round-1" / "train" / "model")
     assert summary.model_dir == str(out / "round-2" / "train" / "model") and summary.output_dir == str(out)
+    # the steps of both rounds (max_steps 2 each), not the last round's
+    assert [json.loads((out / f"round-{r}" / "train" / "summary.json").read_text())["steps"] for r in (1, 2)] == [2, 2]
+    assert summary.steps == 4
     for r, prompts in ((1, PROMPTS[:4]), (2, PROMPTS[4:])):
         folder = out / f"round-{r}"
         assert [row["prompt"] for row in jsonl(folder / "prompts.jsonl")] == prompts
@@ -500,3 +503,37 @@ def test_a_reward_that_names_no_rounds_model_is_loaded_once_for_every_round(tmp_
     train(rounds_config(tiny_model_dir, prompt_file, out, rounds=2))
     assert loaded == [DIGITS]
     assert all(json.loads((out / f"round-{r}" / "round.json").read_text())["reward"] >= 0 for r in (1, 2))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"recipe": "iterative-dpo", "min_score": 0.5}, "min_score: applies to the rounds of SFT methods (recipe raft); "
+                                                    "method 'dpo' trains on pair data: leave it out"),
+    ({"keep_top": 2}, "keep_top: applies to the rounds of SFT methods (recipe raft); method 'dpo' trains on pair "
+                      "data: leave it out"),
+    ({"pair_margin": 0.5}, "pair_margin: applies to pair_rule random or margin, not best_worst"),
+    ({"pair_rule": "all_pairs", "pair_margin": 0.5}, "pair_margin: applies to pair_rule random or margin, not "
+                                                     "all_pairs"),
+    ({"recipe": "raft", "method": None, "pair_rule": "all_pairs"},
+     "pair_rule: applies to the rounds of pair and unpaired methods; method 'sft' trains on sft data: leave it out"),
+    ({"method": "listmle", "pair_rule": "random"}, "pair_rule: applies to the rounds of pair and unpaired methods; "
+                                                   "method 'listmle' trains on ranked data: leave it out"),
+    ({"refine_fraction": 0.2}, "refine_fraction: applies to the spa recipe: leave it out"),
+    ({"refine_smoothing": 0.2}, "refine_smoothing: applies to the spa recipe: leave it out"),
+])
+def test_round_options_the_method_would_ignore_are_refused(tmp_path, overrides, message):
+    from alignlab.config import make_config
+
+    with pytest.raises(ConfigError) as e:
+        make_config(rounds_config("m", "p.jsonl", tmp_path, **overrides))
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"recipe": "raft", "method": None}, {"method": "sft", "keep_top": 2, "min_score": 0.5},
+    {"pair_rule": "margin", "pair_margin": 0.5}, {"method": "kto", "pair_rule": "random", "pair_margin": 0.1},
+    {"keep_top": 1, "pair_rule": "best_worst", "refine_fraction": 0.1},  # the defaults, given or not
+])
+def test_round_options_that_apply_or_are_left_at_their_defaults_pass(tmp_path, overrides):
+    from alignlab.config import make_config
+
+    make_config(rounds_config("m", "p.jsonl", tmp_path, **overrides))

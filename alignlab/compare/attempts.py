@@ -5,7 +5,8 @@ next run of the comparison. ``CELL_DIR/attempts.json`` lists them, each with whe
 wall-clock seconds and how it ended (``ok``, ``failed``, ``interrupted``; ``running`` while it runs,
 and still ``running`` afterwards if the process was killed outright). The running attempt's
 seconds are rewritten every ``HEARTBEAT`` seconds, so a process killed without warning loses at
-most that much of its time. The report's time is the sum over the attempts.
+most that much of its time. An attempt's time runs from the launch of its process by the harness
+(``LAUNCHED``), start-up included. The report's time is the sum over the attempts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import IO, Any
 
 ATTEMPTS = "attempts.json"
 HEARTBEAT = 10.0
+LAUNCHED = "ALIGNLAB_CELL_LAUNCHED"  # the environment variable of when the harness launched the process (Unix time)
 
 
 def read_attempts(cell_dir: Path) -> list[dict[str, Any]]:
@@ -33,14 +35,16 @@ def read_attempts(cell_dir: Path) -> list[dict[str, Any]]:
 class Attempt:
     """This process's attempt at a cell: ``with Attempt(cell_dir) as attempt: ...; attempt.end = "ok"``.
     Entering records it (``running``), a thread keeps its seconds current, leaving records how it
-    ended (``failed`` unless ``end`` was set)."""
+    ended (``failed`` unless ``end`` was set). Its time runs from ``launched`` (Unix time: when the
+    harness started the process, so the start-up, imports included, counts) or else from now."""
 
-    def __init__(self, cell_dir: Path, heartbeat: float = HEARTBEAT):
+    def __init__(self, cell_dir: Path, heartbeat: float = HEARTBEAT, launched: float | None = None):
         self.file = cell_dir / ATTEMPTS
         self.heartbeat = heartbeat
         self.earlier = read_attempts(cell_dir)
         self.end = "failed"
-        self._start = time.perf_counter()
+        before = max(0.0, time.time() - launched) if launched is not None else 0.0
+        self._start = time.perf_counter() - before
         self._ended: float | None = None
         self._entry = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": 0.0, "end": "running"}
         self._stop = threading.Event()

@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from alignlab.compare.attempts import Attempt, hold_lock, lock_holder
+    from alignlab.compare.attempts import LAUNCHED, Attempt, hold_lock, lock_holder
     from alignlab.errors import Interrupted, UserError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     hf_logging.disable_progress_bar()
     _log(f"cell {record['id']} ({record['kind']}), seed {record['seed']}, {torch.get_num_threads()} threads")
-    with Attempt(cell_dir) as attempt:
+    launched = os.environ.get(LAUNCHED)
+    with Attempt(cell_dir, launched=float(launched) if launched else None) as attempt:
         try:
             result = (run_train if record["kind"] == "train" else run_eval)(cell_dir, record)
         except UserError as e:  # the user's to fix: one line, as the command line says it

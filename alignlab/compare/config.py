@@ -21,6 +21,7 @@ from typing import Any
 from alignlab.compare.names import distinct_ids, group_label, slug, value_text
 from alignlab.compare.paths import output_path, resolve_keys
 from alignlab.config import make_config, normalize, read_yaml
+from alignlab.config.parse import convert
 from alignlab.data.write import blocking_file
 from alignlab.errors import ConfigError, UserError
 
@@ -45,6 +46,8 @@ class Cell:
     seed: int
     values: dict[str, Any]  # the grid's values of a train cell (seed included)
     settings: dict[str, Any]
+    # a train cell's training config as make_config reads it: two cells alike in it are one run
+    checked: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -147,7 +150,6 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
     feedback = _feedback(feedback_raw, task)
 
     plan = Plan(path, output_dir, jobs, task, base.get("model"), None)
-    seeds = grid.get("seed", [base.get("seed", 0)])
     paths = {k: [resolve_keys({k: v}, "grid", config_dir)[k] for v in vs] for k, vs in grid.items()}
     for combo, resolved in zip(itertools.product(*grid.values()), itertools.product(*paths.values()), strict=True):
         values = dict(zip(grid, combo, strict=True))  # as written: the cell's id and row
@@ -155,18 +157,25 @@ def _plan(raw: dict[str, Any], path: str, jobs: int | None) -> Plan:
     if any(c.settings.get("feedback") for c in plan.cells):
         plan.feedback = feedback
     if task is not None and "model" not in grid:  # the base model: where every cell starts
+        seeds = list(dict.fromkeys(c.seed for c in plan.cells))  # as the train cells read them
         for text in [None, *decoding]:
             for seed in seeds:
                 plan.cells.append(_eval_cell(plan, base, text, seed))
         plan.cells = [c for c in plan.cells if c.kind != "train"] + [c for c in plan.cells if c.kind == "train"]
     trains = [c for c in plan.cells if c.kind == "train"]
     for i, cell in enumerate(trains):
-        same = next((c for c in trains[i + 1:] if c.settings == cell.settings), None)
+        same = next((c for c in trains[i + 1:] if _run_of(c) == _run_of(cell)), None)
         if same is not None:
             raise ConfigError(f"grid: cells {cell.id} and {same.id} are the same run (their settings are equal once "
                               "read, as 1 and 1.0 are, or two spellings of one path); give each value once")
     plan.cells = distinct_ids(plan.cells)
     return plan
+
+
+def _run_of(cell: Cell) -> tuple[Any, dict[str, Any]]:
+    """What decides a train cell's run: its checked training config (``1e-5`` and ``0.00001`` read
+    alike) and the settings besides its training keys as written."""
+    return cell.checked, {k: v for k, v in cell.settings.items() if k != "train"}
 
 
 def _check_scorers(where: str, specs: list[str], folder: Path) -> None:
@@ -265,16 +274,23 @@ def _feedback(raw: Any, task: str | None) -> dict[str, Any] | None:
             raise ConfigError(f"base.feedback.{key}: unknown key (keys: {', '.join(shown)})")
         kind = types[names[key]]
         kind = kind if isinstance(kind, str) else kind.__name__
-        wrong = {"int": isinstance(value, bool) or not isinstance(value, int),
-                 "float": isinstance(value, bool) or not isinstance(value, (int, float)),
-                 "str": not isinstance(value, str)}.get(kind, False)
-        if wrong:
-            what = {"int": "a whole number", "float": "a number", "str": "a string"}[kind]
+        what = {"int": "a whole number", "float": "a number", "str": "a string"}.get(kind)
+        if kind == "str" and not isinstance(value, str):
             raise ConfigError(f"base.feedback.{key}: {what}, got {value!r}")
+        if kind in ("int", "float"):  # read as train keys are: 1e-1 is a number
+            try:
+                value = convert(value, {"int": int, "float": float}[kind], key)
+            except ConfigError:
+                raise ConfigError(f"base.feedback.{key}: {what}, got {value!r}") from None
         values[names[key]] = value
     try:
         spec = FeedbackSpec(task=task, **values)
-    except (TypeError, UserError) as e:
+    except UserError as e:
+        name = getattr(e, "field", None)
+        shown = next((k for k, v in FEEDBACK_NAMES.items() if v == name), name)
+        text = str(e).removeprefix("feedback: ").removeprefix(f"{name} ")
+        raise ConfigError(f"base.feedback.{shown}: {text}" if name else f"base.{e}") from None
+    except TypeError as e:
         raise ConfigError(f"base.{e}") from None
     return {f.name: getattr(spec, f.name) for f in fields(FeedbackSpec)}
 
@@ -337,7 +353,7 @@ def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedba
             settings["feedback_spec"] = feedback  # what made it: a change is a change of the cell
     settings["train"] = train
     settings["eval_prompts"] = cfg.eval.task_eval_prompts
-    return Cell(cell_id, "train", group_label(values, method), cfg.seed, values, settings)
+    return Cell(cell_id, "train", group_label(values, method), cfg.seed, values, settings, cfg)
 
 
 def _eval_cell(plan: Plan, base: dict[str, Any], decoding: str | None, seed: int) -> Cell:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import alignlab
-from alignlab.compare.attempts import hold_lock, lock_holder
+from alignlab.compare.attempts import LAUNCHED, hold_lock, lock_holder
 from alignlab.compare.cell import LOCK, RESULT, write_json
 from alignlab.compare.config import Cell, Plan, available_cores
 from alignlab.errors import ConfigError, Interrupted, UserError
@@ -165,27 +165,30 @@ STOPS = ((signal.SIGTERM, 60.0), (signal.SIGINT, 5.0), (None, 0.0))
 
 
 class CtrlC:
-    """Ctrl-C presses counted by a handler of SIGINT while the cells run, instead of raised as
+    """Ctrl-C presses (and SIGTERM: ``kill``, ``timeout``, a batch scheduler, taken as a press)
+    counted by a handler of SIGINT and SIGTERM while the cells run, instead of raised as
     ``KeyboardInterrupt`` wherever the harness happens to be: raised inside ``Popen.poll``, that
     exception can leave the process object's internal lock held, after which ``wait`` blocks
     forever and the harness cannot stop its cells. Off the main thread (where no handler can be
     set) presses arrive as ``KeyboardInterrupt`` as usual."""
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
         self.presses = 0
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def _press(self, signum, frame) -> None:
         self.presses += 1
 
     def __enter__(self) -> CtrlC:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._press)
+            self._previous = {sig: signal.signal(sig, self._press) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _stop(running: dict[str, tuple[subprocess.Popen, Cell, float, Any]], ctrl_c: CtrlC) -> None:
@@ -256,7 +259,8 @@ def run_cells(plan: Plan, cells: list[Cell], command: Callable[[Path], list[str]
                     log.flush()
                     proc = subprocess.Popen(command(folder), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             cwd=plan.config_dir,
-                                            env={**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+                                            env={**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                                                 LAUNCHED: repr(time.time())})
                     running[cell.id] = (proc, cell, time.perf_counter(), log)
                     _log(f"started  {cell.id} ({total - len(pending)} of {total})")
                 time.sleep(poll)
@@ -312,10 +316,27 @@ def run_compare(plan: Plan, command: Callable[[Path], list[str]] | None = None) 
         lock.close()
 
 
+def check_not_running(plan: Plan, todo: list[Cell]) -> None:
+    """A one-line error when a cell left to run is still running in a process of its own (its
+    ``CELL_DIR/.lock`` held: left by a comparison that was killed): its folder is neither cleared
+    nor run a second time."""
+    for cell in todo:
+        folder = plan.cell_dir(cell)
+        if not folder.is_dir():
+            continue
+        lock = hold_lock(folder / LOCK)
+        if lock is None:
+            raise UserError(f"output_dir: cell {cell.id} is still running in another process (pid "
+                            f"{lock_holder(folder / LOCK)}), perhaps left by a comparison that was killed; wait for "
+                            "it or stop it, then run the comparison again")
+        lock.close()
+
+
 def _run(plan: Plan, command: Callable[[Path], list[str]]) -> Outcome:
     from alignlab.report import write_report
 
     todo = check_earlier(plan)
+    check_not_running(plan, todo)
     outcome = Outcome(skipped=[c.id for c in plan.cells if c not in todo])
     write_plan(plan)
     if outcome.skipped:

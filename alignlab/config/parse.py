@@ -306,8 +306,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"config file '{path}' is a folder; give the YAML file")
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"config file '{path}' does not exist")
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' is not a regular file; give the YAML file")
     try:
         loader = _UniqueKeys(p.read_text(encoding="utf-8"))  # what yaml.load does, with this safe loader
         try:

@@ -473,6 +473,8 @@ class TrainConfig:
         if self.iterate.recipe in ("iterative-dpo", "self-rewarding"):
             _check(spec.shape == "pair", "recipe", f"{self.iterate.recipe} trains a pair method (dpo, ipo, ...); "
                                                    f"method '{self.method}' trains on {spec.shape} data")
+        if rounds:
+            self._check_round_options(spec)
         _check(not rounds or not self.adapter.lora, "lora",
                "rounds start each round from the previous round's whole model; train them without LoRA")
         _check(self.iterate.recipe != "spa" or self.reference_model is not None, "reference_model",
@@ -495,6 +497,29 @@ class TrainConfig:
         if spec.model == "reward":
             _check(not self.adapter.lora, "lora", "reward models train the whole backbone and head; LoRA is for policies")
             _check(self.eval.task is None, "task", "a reward model does not answer prompts; measure it with alignlab eval rm")
+
+    def _check_round_options(self, spec) -> None:
+        """The options of rounds that the method's data would ignore, refused when given (set to
+        other than their defaults): SFT's keep_top and min_score, pairs' pair_rule and pair_margin
+        (the margin under rules random and margin only), spa's refine_fraction and refine_smoothing."""
+        it = self.iterate
+        defaults = IterateConfig.__dataclass_fields__
+
+        def given(name: str) -> bool:
+            return getattr(it, name) != defaults[name].default
+
+        for name in ("keep_top", "min_score"):
+            _check(spec.shape == "sft" or not given(name), name,
+                   f"applies to the rounds of SFT methods (recipe raft); method '{self.method}' trains on "
+                   f"{spec.shape} data: leave it out")
+        for name in ("pair_rule", "pair_margin"):
+            _check(spec.shape in ("pair", "unpaired") or not given(name), name,
+                   f"applies to the rounds of pair and unpaired methods; method '{self.method}' trains on "
+                   f"{spec.shape} data: leave it out")
+        _check(not given("pair_margin") or it.pair_rule in ("random", "margin"), "pair_margin",
+               f"applies to pair_rule random or margin, not {it.pair_rule}")
+        for name in ("refine_fraction", "refine_smoothing"):
+            _check(it.recipe == "spa" or not given(name), name, "applies to the spa recipe: leave it out")
 
     def _check_online_data(self) -> None:
         """The options of fixed training data that an online run, which reads only prompts, would

@@ -3,7 +3,7 @@ metrics, learning curves, answers and diagnostics.
 
 A comparison (``alignlab compare``'s output folder) is read from its plan, ``compare.json``, and each
 cell's folder: ``result.json`` (finished), ``failed.json`` (failed: return code and log) or neither
-(not run, or interrupted). A single training run (``alignlab train``'s output folder) is one cell:
+(running, while its process runs; else not run, or interrupted). A single training run (``alignlab train``'s output folder) is one cell:
 ``run.yaml``, ``summary.json`` when it finished and ``metrics.jsonl``, read even while it runs.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-OK, FAILED, NOT_RUN = "ok", "failed", "not run"
+OK, FAILED, NOT_RUN, RUNNING = "ok", "failed", "not run", "running"
 
 
 @dataclass
@@ -132,6 +132,16 @@ def rounds_finished_untrained(run_dir: Path, config: dict[str, Any]) -> bool:
     return bool(done) and len(done) == config.get("rounds") and not round_folders(run_dir, "train/summary.json")
 
 
+def rounds_steps(run_dir: Path) -> int | None:
+    """The optimizer steps of a rounds' folder: the sum over its rounds that trained
+    (``round-N/train/summary.json``); None for a folder of no rounds."""
+    summaries = round_folders(run_dir, "train/summary.json")
+    if not summaries:
+        return None
+    steps = [read_json(path).get("steps") for path in summaries]
+    return sum(int(n) for n in steps if isinstance(n, (int, float)) and not isinstance(n, bool))
+
+
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, JSON object) of each line of a JSON-lines file (see ``read_jsonl``)."""
     from alignlab.errors import UserError
@@ -157,6 +167,25 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     still writing it) and is then skipped; any other line that is no JSON object is a one-line
     error naming the file and the line."""
     return [record for _, record in _records(path)]
+
+
+def read_answers(path: Path) -> list[dict[str, Any]]:
+    """A cell's answers.jsonl (``read_jsonl``): each row's ``prompt`` a whole number (the held-out
+    prompt's index) and its ``gold`` a number; any other row is a one-line error naming the file,
+    the line and the field."""
+    from alignlab.errors import UserError
+
+    rows = []
+    for number, record in _records(path):
+        for key, ok, what in (("prompt", isinstance(record.get("prompt"), int), "a whole number (the prompt's index)"),
+                              ("gold", _number(record.get("gold")), "a number")):
+            if key not in record:
+                raise UserError(f"{path}, line {number}: no '{key}'{CELL_HINT}")
+            if not ok or isinstance(record[key], bool):
+                raise UserError(f"{path}, line {number}, field '{key}': expected {what}, got {record[key]!r}"
+                                f"{CELL_HINT}")
+        rows.append(record)
+    return rows
 
 
 def _number(value: Any) -> bool:
@@ -198,6 +227,28 @@ def _relative(path: str | Path, root: Path) -> str:
         return str(path)
 
 
+def cell_running(folder: Path) -> bool:
+    """Whether a cell is running now: its last attempt (``attempts.json``) says ``running`` and the
+    process whose pid its ``.lock`` holds is alive (one killed outright leaves ``running`` behind)."""
+    import os
+
+    try:
+        attempts = json.loads((folder / "attempts.json").read_text())
+        pid = int((folder / ".lock").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if not (isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict)
+            and attempts[-1].get("end") == "running") or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        return True
+    return True
+
+
 def collect_comparison(out: Path) -> Collected:
     """The cells of the comparison in ``out`` (see the module docstring)."""
     from alignlab.errors import UserError
@@ -216,6 +267,8 @@ def collect_comparison(out: Path) -> Collected:
                 cell.metrics["seconds"] = result["seconds"]
             cell.attempts = result.get("attempts")
             cell.steps = result.get("steps")
+            if entry["kind"] == "train" and (folder / "run" / "rounds.yaml").exists():
+                cell.steps = rounds_steps(folder / "run") or 0  # every round's, not the last one's
             if entry["kind"] == "train" and cell.steps is not None:
                 cell.metrics["steps"] = cell.steps
             cell.diagnostics = field_of(folder / "result.json", result, "diagnostics", CELL_HINT)
@@ -223,10 +276,12 @@ def collect_comparison(out: Path) -> Collected:
                 if not isinstance(result["answers"], str):
                     raise UserError(f"{folder / 'result.json'}, field 'answers': expected a file name, got "
                                     f"{type(result['answers']).__name__}{CELL_HINT}")
-                cell.answers = read_jsonl(folder / result["answers"])
+                cell.answers = read_answers(folder / result["answers"])
         elif (folder / "failed.json").exists():
             failed = read_json(folder / "failed.json", CELL_HINT)
             cell.status, cell.returncode = FAILED, failed.get("returncode")
+        elif cell_running(folder):
+            cell.status = RUNNING
         if (folder / "log.txt").exists():
             cell.log = _relative(folder / "log.txt", out)
         if entry["kind"] == "train":
@@ -250,6 +305,8 @@ def collect_run(run_dir: Path) -> Collected:
     if summary_file.exists():
         summary = read_json(summary_file)
         cell.status, cell.steps = OK, summary.get("steps")
+        if summary_file != run_dir / "summary.json":  # rounds: every round's steps, not the last one's
+            cell.steps = rounds_steps(run_dir)
         cell.metrics = {**field_of(summary_file, summary, "eval_metrics"),
                         **{f"train/{k}": v for k, v in field_of(summary_file, summary, "train_metrics").items()
                            if k not in ("step", "epoch")}}

@@ -17,7 +17,7 @@ from typing import Any
 
 from alignlab.report import figures
 from alignlab.report.blocks import Document, Figure, Section, Table, Text
-from alignlab.report.collect import FAILED, OK, CellResult, Collected
+from alignlab.report.collect import FAILED, OK, RUNNING, CellResult, Collected
 from alignlab.report.overopt import overopt_section
 from alignlab.report.stats import column_texts, spread, win_matrix
 
@@ -56,7 +56,10 @@ def _seeds_text(cells: list[CellResult]) -> str:
     failed = [c for c in cells if c.status == FAILED]
     if failed:
         text += " (failed: " + ", ".join(f"seed {c.seed}" if c.seed is not None else c.id for c in failed) + ")"
-    missing = [c for c in cells if c.status not in (OK, FAILED)]
+    running = sum(c.status == RUNNING for c in cells)
+    if running:
+        text += f" ({running} running)"
+    missing = [c for c in cells if c.status not in (OK, FAILED, RUNNING)]
     if missing:
         text += f" ({len(missing)} not run)"
     return text
@@ -67,12 +70,14 @@ def results_table(data: Collected) -> Table:
     columns = metric_columns(data.cells)
     spreads = {g: [spread([c.metrics[k] for c in data.of(g) if c.status == OK and k in c.metrics]) for k, _ in columns]
                for g in data.groups}
-    texts = [column_texts([spreads[g][i] for g in data.groups]) for i in range(len(columns))]
+    texts = [column_texts([spreads[g][i] for g in data.groups], counts=key == "steps")
+             for i, (key, _) in enumerate(columns)]
     rows = []
     for j, g in enumerate(data.groups):
         cells = data.of(g)
         if not any(c.status == OK for c in cells):
-            status = "FAILED" if any(c.status == FAILED for c in cells) else "not run"
+            status = ("FAILED" if any(c.status == FAILED for c in cells) else
+                      RUNNING if any(c.status == RUNNING for c in cells) else "not run")
             rows.append([g, _seeds_text(cells)] + [status] * len(columns))
             continue
         rows.append([g, _seeds_text(cells)] + [texts[i][j] for i in range(len(columns))])
@@ -83,7 +88,8 @@ def results_table(data: Collected) -> Table:
                "steps of the training runs (epochs are passes over each method's own data).") if data.task else (
                "Final metrics, mean ± sample standard deviation over the seeds that finished.")
     if any(k == "seconds" for k, _ in columns):
-        caption += " Time: a cell's wall-clock seconds, summed over its attempts when it was resumed."
+        caption += (" Time: a cell's wall-clock seconds from the launch of its process (start-up included), summed "
+                    "over its attempts when it was resumed.")
     return Table(["row", "seeds", *[label for _, label in columns]], rows, caption)
 
 
@@ -139,8 +145,9 @@ def comparison_document(data: Collected, images: Path) -> Document:
     """The report of a comparison; its figures are written to ``images``."""
     done = sum(c.status == OK for c in data.cells)
     failed = [c for c in data.cells if c.status == FAILED]
+    running = sum(c.status == RUNNING for c in data.cells)
     intro = [f"{len(data.cells)} cells in {len(data.groups)} rows: {done} finished, {len(failed)} failed, "
-             f"{len(data.cells) - done - len(failed)} not run."]
+             + (f"{running} running, " if running else "") + f"{len(data.cells) - done - len(failed) - running} not run."]
     resumed = [c for c in data.cells if c.status == OK and (c.attempts or 1) > 1]
     if resumed:
         intro.append("Cells that took more than one attempt (stopped or failed, then resumed; their time counts every "

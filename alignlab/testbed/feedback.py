@@ -70,19 +70,23 @@ class FeedbackSpec:
     def __post_init__(self) -> None:
         get_task(self.task)
         checks = [
-            (self.num_prompts >= 1, f"num_prompts must be >= 1, got {self.num_prompts}"),
-            (self.k >= 2, f"k must be >= 2 (pairs need two samples), got {self.k}"),
-            (self.reward in ("gold", "proxy"), f"reward must be 'gold' or 'proxy', got '{self.reward}'"),
-            (self.pair_rule in PAIR_RULES, f"pair_rule must be one of {', '.join(PAIR_RULES)}, got '{self.pair_rule}'"),
-            (self.margin >= 0, f"margin must be >= 0, got {self.margin}"),
-            (self.margin == 0 or self.pair_rule in ("margin", "random"),
+            ("num_prompts", self.num_prompts >= 1, f"num_prompts must be >= 1, got {self.num_prompts}"),
+            ("k", self.k >= 2, f"k must be >= 2 (pairs need two samples), got {self.k}"),
+            ("reward", self.reward in ("gold", "proxy"), f"reward must be 'gold' or 'proxy', got '{self.reward}'"),
+            ("pair_rule", self.pair_rule in PAIR_RULES,
+             f"pair_rule must be one of {', '.join(PAIR_RULES)}, got '{self.pair_rule}'"),
+            ("margin", self.margin >= 0, f"margin must be >= 0, got {self.margin}"),
+            ("margin", self.margin == 0 or self.pair_rule in ("margin", "random"),
              f"margin applies to pair_rule margin or random, not {self.pair_rule}"),
-            (0.0 <= self.label_noise < 0.5, f"label_noise must be in [0, 0.5), got {self.label_noise}"),
-            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            ("label_noise", 0.0 <= self.label_noise < 0.5, f"label_noise must be in [0, 0.5), got {self.label_noise}"),
+            ("temperature", self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            ("seed", self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
         ]
-        for ok, message in checks:
+        for name, ok, message in checks:
             if not ok:
-                raise UserError(f"feedback: {message}")
+                error = UserError(f"feedback: {message}")
+                error.field = name  # the field at fault, for a caller that names it its own way
+                raise error
 
 
 def pairs_of(prompts: list[str], texts: list[list[str]], scores: list[list[float]], spec: FeedbackSpec):
