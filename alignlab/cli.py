@@ -85,22 +85,27 @@ def _parse_flags(tokens: list[str], bool_keys: frozenset[str] = frozenset(),
     --reward b` reads as both, and keeping one would drop the other without a word).
     """
     config, overrides, debug = None, {}, False
+    last = None  # the flag just read with its value, which a stray token follows
     i = 0
     while i < len(tokens):
         tok = tokens[i]
         if not tok.startswith("--"):
+            if last is not None and not tok.lower().endswith((".yaml", ".yml")):
+                raise UserError(f"unexpected argument '{tok}' after '{last}' (a flag takes one value, true or false "
+                                "for a switch, a list flag several; the config file, one only, ends in .yaml)")
             if config is not None:
                 raise UserError(f"unexpected argument '{tok}' (only one config file can be given)")
-            config = tok
+            config, last = tok, None
             i += 1
             continue
+        start = i
         key, eq, value = tok[2:].partition("=")
         key = key.replace("-", "_")
         i += 1
         if not key:
             raise UserError(f"malformed flag '{tok}'")
         if key == "debug":
-            debug = True
+            debug, last = True, None
             continue
         if not eq:
             nxt = tokens[i] if i < len(tokens) else None
@@ -125,6 +130,7 @@ def _parse_flags(tokens: list[str], bool_keys: frozenset[str] = frozenset(),
             raise UserError(f"{flag} given twice ({shown[0]!r} and {shown[1]!r}); give every value after one "
                             f"flag: {flag} A B")
         overrides[key] = value
+        last = " ".join(tokens[start:i]) if not isinstance(value, list) and value is not BARE else None
     return config, overrides, debug
 
 

@@ -49,6 +49,14 @@ def test_flags_parse():
     assert _parse_flags(["--resume", "c.yaml", "--lora", "false"], frozenset({"resume", "lora"}))[:2] == (
         "c.yaml", {"resume": "true", "lora": "false"})
     assert _parse_flags(["--data"])[1] == {"data": None}
+    # a second value after a flag's is named with that flag, not taken for a second config file
+    for tokens, after in ((["c.yaml", "--lr", "1e-5", "2e-5"], "--lr 1e-5"), (["--lr", "1e-5", "2e-5"], "--lr 1e-5"),
+                          (["c.yaml", "--lora", "maybe"], "--lora"), (["--lr=1e-5", "2e-5"], "--lr=1e-5")):
+        with pytest.raises(UserError, match=f"^unexpected argument '[a-z0-9-]+' after '{after}' \\(a flag takes one "):
+            _parse_flags(tokens, frozenset({"lora"}))
+    with pytest.raises(UserError, match="^unexpected argument 'd.yaml' \\(only one config file can be given\\)$"):
+        _parse_flags(["c.yaml", "--lr", "1e-5", "d.yaml"])
+    assert _parse_flags(["--lr", "1e-5", "c.yaml"])[:2] == ("c.yaml", {"lr": "1e-5"})
 
 
 @pytest.mark.parametrize("flags,message", [
