@@ -32,7 +32,7 @@ summed per-row losses by the step's summed units, counted over every micro-batch
 sum of the pair losses over the number of decisive pairs, the same however the step is split
 (a pair never is). The metrics (``rewards/*``, ``logps/*`` as offline DPO's, β·ρ with summed
 log-probs) sit on the chosen row too, with a count ``_count/<name>`` of 1 there, so they are means
-over the step's decisive pairs; ``pairs/tied`` is on both rows of a pair, so its mean over the
+over the step's decisive pairs (not logged in a step without one); ``pairs/tied`` is on both rows of a pair, so its mean over the
 step's completions is the share of tied pairs. ``kl/sequence``: Σ_t (ℓθ − ℓref) of each completion,
 its mean over the step's completions (ties too) the k1 estimate of KL(π‖π_ref) per completion on
 the policy's own samples (TRL's ``objective/kl``).
