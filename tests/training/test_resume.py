@@ -56,6 +56,24 @@ def test_resume_is_exact(tmp_path, tiny_model_dir, monkeypatch, request, method,
     assert strip == strip_cut
 
 
+def test_a_run_moved_to_another_folder_resumes_exactly(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
+    """Interrupted after step 2's checkpoint, its folder moved, resumed there: the same weights as
+    an uninterrupted run (the folder is found by its run.yaml; output_dir is not compared)."""
+    import shutil
+
+    cfg = dict(max_steps=4, batch_size=4, save_every=2)
+    full = train(base_config(tiny_model_dir, pairs_file, tmp_path / "full", **cfg))
+    with monkeypatch.context() as m:
+        _crash_after_saving(m, at_step=2)
+        with pytest.raises(Crash):
+            train(base_config(tiny_model_dir, pairs_file, tmp_path / "cut", **cfg))
+    shutil.move(tmp_path / "cut", tmp_path / "moved")
+    resumed = train(base_config(tiny_model_dir, pairs_file, tmp_path / "moved", resume=True, **cfg))
+    assert resumed.steps == 4
+    a, b = weights(full.model_dir), weights(resumed.model_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_partial_checkpoint_is_ignored(tmp_path, tiny_model_dir, pairs_file, capsys):
     cfg = base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=4, save_every=2, batch_size=4)
     train(cfg)
