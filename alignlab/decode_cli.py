@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def summary_path(out: Path) -> Path:
+    """Where a run's summary is written beside its answers (``O.jsonl.summary.json``)."""
+    return Path(f"{out}.summary.json")
+
+
 def _check(args) -> None:
     """Everything that can be wrong before a model loads."""
     check_method(args)
@@ -111,7 +116,7 @@ def _check(args) -> None:
         raise UserError(f"--output {args.output}: folder '{out.parent}' does not exist")
     check_not_input(args.output, ("the prompt file", "--prompts", args.prompts))
     if not args.overwrite:
-        taken = next((p for p in (out, Path(f"{out}.summary.json")) if p.is_file()), None)
+        taken = next((p for p in (out, summary_path(out)) if p.is_file()), None)
         if taken is not None:
             raise UserError(f"--output {args.output}: {taken} exists (decode does not resume); pass --overwrite to "
                             "replace it, or choose another --output")
@@ -192,7 +197,7 @@ def run_decode(job, args) -> dict[str, Any]:
             answers.append(got[i])
     out = Path(args.output).expanduser()
     try:
-        for stale in (Path(f"{out}.summary.json"), meta_path(out)):  # of the run this one replaces
+        for stale in (summary_path(out), meta_path(out)):  # of the run this one replaces
             if stale.is_file():
                 stale.unlink()
         out.write_text("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows),
@@ -238,9 +243,9 @@ def run_decode(job, args) -> dict[str, Any]:
     else:
         summary["prefix"] = str(args.prefix or "shipped")
     try:
-        Path(f"{out}.summary.json").write_text(json.dumps(summary, indent=1))
+        summary_path(out).write_text(json.dumps(summary, indent=1))
     except OSError as e:  # the answers are written; say what is missing, in one line
-        raise UserError(f"{out}.summary.json: cannot write: {e.strerror or e} (the answers are in {out})") from None
+        raise UserError(f"{summary_path(out)}: cannot write: {e.strerror or e} (the answers are in {out})") from None
     result["summary"] = summary
     return result
 
