@@ -170,20 +170,20 @@ def verify(ckpt: Path) -> str | None:
             return f"{name} is missing"
         if sha256_file(f) != digest:
             return f"{name} does not match its checksum"
+    try:  # matching its checksum, yet not a state a run writes (edited by hand, manifest and all)
+        state = read_state(ckpt)
+    except (OSError, ValueError):
+        return "state.json is unreadable"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return "state.json holds no step"
     if (ckpt / "shards").is_dir():  # a sharded checkpoint (sharded.py): one shard file per process that wrote it
         try:
-            then = int(read_state(ckpt).get("world_size", 1))
-        except (OSError, ValueError, TypeError):
+            then = int(state.get("world_size", 1))
+        except (ValueError, TypeError):
             return "state.json is unreadable"
         have = len(list((ckpt / "shards").glob("*.safetensors")))
         if have != then:
             return f"it holds the shards of {have} of the {then} processes that wrote it"
-    try:  # matching its checksum, yet not a state a run writes (edited by hand, manifest and all)
-        state = read_state(ckpt)
-        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-            return "state.json holds no step"
-    except (OSError, ValueError):
-        return "state.json is unreadable"
     return None
 
 
