@@ -363,7 +363,7 @@ def test_a_scorer_that_fails_names_the_sample_and_keeps_the_rows_before(tmp_path
     out = tmp_path / "s.jsonl"
     monkeypatch.setenv("SAMPLE_TEST_BAD_RESPONSE", f"{PROMPTS[3]}|1")
     err = refused(capsys, *args, "--output", str(out))
-    assert (f"--scorer fn:{scorers}:picky failed on prompt 4 ({prompt_file}, row 4), sample 2 of 2: ValueError: "
+    assert (f"--scorer fn:{scorers}:picky failed on prompt 4 ({prompt_file}, row 4), sample 2 of 2: raised ValueError: "
             f"cannot score '{PROMPTS[3]}|1'; 2 rows are in {out}, and the same command resumes after them") in err
     assert [r["input_row"] for r in rows(out)] == [1, 2]
     monkeypatch.delenv("SAMPLE_TEST_BAD_RESPONSE")

@@ -9,25 +9,31 @@ to find the first at fault; ``Guarded`` wraps a scorer so that every call (``sco
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 from alignlab.errors import UserError
-from alignlab.rewards.base import Scorer
-
-
-def finite(value: object) -> bool:
-    try:
-        return not isinstance(value, bool) and math.isfinite(float(value))
-    except (TypeError, ValueError, OverflowError):
-        return False
+from alignlab.rewards.base import Scorer, finite_number
 
 
 def cause(e: BaseException) -> str:
-    """An exception in one line: a UserError's own text, else its type and first line."""
+    """An exception in one line: a UserError's own text (the scorer's own check), else "raised"
+    with its type and first line."""
     lines = [line for line in str(e).splitlines() if line.strip()]
     text = lines[0] if lines else ""
-    return text if isinstance(e, UserError) else f"{type(e).__name__}: {text}" if text else type(e).__name__
+    if isinstance(e, UserError):
+        return text or type(e).__name__
+    return f"raised {type(e).__name__}: {text}" if text else f"raised {type(e).__name__}"
+
+
+def values_problem(values: Sequence, count: int) -> str | None:
+    """What is wrong with ``values`` as the scores of ``count`` items (one finite number each, as
+    ``finite_number`` reads a number: text is not), or None."""
+    if len(values) != count:
+        return f"returned {len(values)} values for {count} item{'s' if count != 1 else ''}"
+    for v in values:
+        if finite_number(v)[0] is None:
+            return f"returned {finite_number(v)[1]}"
+    return None
 
 
 def whole_call(call: Callable[[], Sequence], count: int) -> tuple[list[float] | None, str | None]:
@@ -36,17 +42,16 @@ def whole_call(call: Callable[[], Sequence], count: int) -> tuple[list[float] | 
         values = list(call())
     except Exception as e:  # a scorer is the user's code or model: any failure is reported, not a crash
         return None, cause(e)
-    if len(values) != count or not all(finite(v) for v in values):
-        return None, f"it gave {len(values)} scores for {count} items, or one that is not a finite number"
-    return [float(v) for v in values], None
+    problem = values_problem(values, count)
+    return (None, problem) if problem else ([float(v) for v in values], None)
 
 
 def find_fault(call_one: Callable[[int], Sequence], count: int) -> tuple[int, str] | None:
-    """The first item ``i`` (of ``count``) on which ``call_one(i)`` fails, and how; None when none does."""
+    """The first item ``i`` (of ``count``) on which ``call_one(i)`` fails alone, and how (see
+    ``cause`` and ``values_problem``); None when none does."""
     for i in range(count):
         try:
-            alone = list(call_one(i))
-            problem = None if len(alone) == 1 and finite(alone[0]) else f"it gave {alone!r}, not one finite number"
+            problem = values_problem(list(call_one(i)), 1)
         except Exception as e:  # see whole_call
             problem = cause(e)
         if problem is not None:

@@ -31,6 +31,7 @@ from alignlab.data.records import Text
 from alignlab.data.render import Response
 from alignlab.errors import UserError
 from alignlab.rewards.base import Scorer, finite_number, reward_prompt
+from alignlab.rewards.guard import cause, find_fault
 from alignlab.training.source import StepFault
 
 
@@ -104,10 +105,11 @@ def score_samples(terms: Sequence[RewardTerm], prompts: Sequence[Text], response
         except RewardError:
             raise
         except Exception as exc:  # find the sample at fault, then report it in one line
-            at, alone = _culprit(term, prompts, responses, where, token_counts)
-            exc = alone or exc  # what it raised on that sample alone
-            what = _first_line(exc) if isinstance(exc, UserError) else f"raised {type(exc).__name__}: {_first_line(exc)}"
-            raise RewardError(f"reward '{term.name}': {at}: {what}") from None
+            fault = find_fault(lambda i, term=term: term.scorer.score_sampled([prompts[i]], [responses[i]],
+                                                                              [token_counts[i]]), n)
+            if fault is None:
+                raise RewardError(f"reward '{term.name}': {_all(where)}, each alone scoring: {cause(exc)}") from None
+            raise RewardError(f"reward '{term.name}': {where[fault[0]]}: {fault[1]}") from None
         if len(values) != n:
             raise RewardError(f"reward '{term.name}': returned {len(values)} values for {n} responses "
                               f"({_all(where)}); a reward gives one value per response")
@@ -141,25 +143,9 @@ def check_range(largest: float, dtype: torch.dtype, what: str) -> None:
                           "rewards")
 
 
-def _culprit(term: RewardTerm, prompts, responses, where, token_counts) -> tuple[str, Exception | None]:
-    """The first sample the scorer fails on alone, and what it raised there; or all of them, when
-    each alone scores."""
-    for i in range(len(responses)):
-        try:
-            term.scorer.score_sampled([prompts[i]], [responses[i]], [token_counts[i]])
-        except Exception as exc:
-            return where[i], exc
-    return f"{_all(where)}, each alone scoring", None
-
-
 def _all(where: Sequence[str]) -> str:
     """The round's samples, named by the first and last in the round's order (not a range of rows)."""
     return where[0] if len(where) == 1 else f"the {len(where)} samples {where[0]}, …, {where[-1]}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
 
 
 @dataclass

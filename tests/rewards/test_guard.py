@@ -10,6 +10,7 @@ import pytest
 from alignlab.cli import main
 from alignlab.errors import UserError
 from alignlab.rewards import load_scorer
+from alignlab.rewards.base import Scorer
 from alignlab.rewards.guard import guard
 from alignlab.testbed.shipped import task_model
 
@@ -36,9 +37,50 @@ def test_guard_names_the_answer_and_its_row(myr):
     assert scorer.score(["p1", "p2"], ["ok", "ok"]) == [1.0, 1.0]
     with pytest.raises(UserError) as e:
         scorer.score(["p1", "p2", "p3"], ["ok", "bad", "ok"])
-    assert str(e.value) == "--scorer fn:myr:boom failed on the answer 'bad' to prompt (a.jsonl, row 2): RuntimeError: kaboom"
-    with pytest.raises(UserError, match="the answer 'bad' to prompt 'p3': RuntimeError: kaboom"):
+    assert str(e.value) == "--scorer fn:myr:boom failed on the answer 'bad' to prompt (a.jsonl, row 2): raised RuntimeError: kaboom"
+    with pytest.raises(UserError, match="the answer 'bad' to prompt 'p3': raised RuntimeError: kaboom"):
         scorer.compare(["p1", "p3"], ["ok", "bad"], ["ok", "ok"])
+
+
+class _Gives(Scorer):
+    """Scores every answer with ``value``, except answers equal to ``odd``, which get ``odd_value``."""
+
+    name = "gives"
+
+    def __init__(self, odd: str, odd_value):
+        self.odd, self.odd_value = odd, odd_value
+
+    def score(self, prompts, responses):
+        return [self.odd_value if r == self.odd else 1.0 for r in responses]
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("1.5", "returned '1.5', not a number"),       # the text of a number is a bug in the scorer, as in training
+    (b"2", "returned b'2', not a number"),
+    (float("nan"), "returned nan, not a finite number"),
+    (None, "returned None, not a number"),
+])
+def test_the_commands_read_a_score_as_training_does(value, problem):
+    """The commands' guard and online training's rewards judge a score by one rule
+    (``finite_number``): the answer at fault is named with what it returned."""
+    from alignlab.training.rollout import RewardError, RewardTerm, score_samples
+
+    scorer = guard(_Gives("odd", value), "--scorer s")
+    with pytest.raises(UserError) as e:
+        scorer.score(["p1", "p2"], ["ok", "odd"])
+    assert str(e.value) == f"--scorer s failed on the answer 'odd' to prompt 'p2': {problem}"
+    with pytest.raises(RewardError) as e:
+        score_samples([RewardTerm("s", _Gives("odd", value))], ["p1", "p2"], ["ok", "odd"],
+                      ["prompt row 1, sample 1", "prompt row 2, sample 1"], [1, 1])
+    assert str(e.value) == f"reward 's': prompt row 2, sample 1: {problem}"
+
+
+def test_a_true_or_false_verdict_is_one_or_zero_everywhere():
+    from alignlab.training.rollout import RewardTerm, score_samples
+
+    assert guard(_Gives("odd", False), "--scorer s").score(["p", "p"], ["ok", "odd"]) == [1.0, 0.0]
+    total, _ = score_samples([RewardTerm("s", _Gives("odd", False))], ["p", "p"], ["ok", "odd"], ["a", "b"], [1, 1])
+    assert total.tolist() == [1.0, 0.0]
 
 
 def sample(text):
