@@ -172,6 +172,12 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
     mismatches = inp.source.mismatches(saved)
     if mismatches:
         key, then, now = mismatches[0]
+        if key == "data_digest":
+            raise ConfigError(
+                f"resume: checkpoint {found.name} was written from other data: as many examples, but what they "
+                f"hold differs (the data file, the tokenizer or the chat template changed since); resume with "
+                f"the data it was written with, or start afresh with {afresh()}"
+            )
         raise ConfigError(
             f"resume: checkpoint {found.name} was written with {key}={then} and this run has {now}; "
             "resume with the same batch_size × grad_accum × processes and the same data, "

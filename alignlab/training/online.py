@@ -58,7 +58,7 @@ from alignlab.training.rollout import (
     score_samples,
     token_tensor,
 )
-from alignlab.training.source import Step
+from alignlab.training.source import Step, data_digest
 
 
 @dataclass(frozen=True)
@@ -241,6 +241,7 @@ class OnlineSource:
         round's own passes run too."""
         rollout = cfg.rollout
         self.cfg, self.dist, self.prompts, self.policy = cfg, dist, list(prompts), policy
+        self._digest: str | None = None
         self.generator, self.reward, self.advantages, self.params = generator, list(reward), advantages, params
         self.pad_id, self.reference, self.needs_old, self.autocast = pad_id, reference, needs_old, autocast
         self.skip_idle = skip_idle and advantages.sequence is not None
@@ -309,7 +310,7 @@ class OnlineSource:
 
     def state_dict(self, done: int) -> dict[str, Any]:
         state = {"round": done // self.updates, "prompts": len(self.prompts), "per_round": self.per_round,
-                 "num_generations": self.G, "updates_per_rollout": self.updates}
+                 "num_generations": self.G, "updates_per_rollout": self.updates, "data_digest": self._data_digest()}
         if done % self.updates and self._everyone is not None:  # inside a round: keep the round
             state["rollout"] = self._everyone
         return state
@@ -317,7 +318,16 @@ class OnlineSource:
     def mismatches(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         now = {"prompts": len(self.prompts), "per_round": self.per_round, "num_generations": self.G,
                "updates_per_rollout": self.updates}
-        return [(k, saved[k], v) for k, v in now.items() if k in saved and saved[k] != v]
+        found = [(k, saved[k], v) for k, v in now.items() if k in saved and saved[k] != v]
+        if not found and "data_digest" in saved and saved["data_digest"] != self._data_digest():
+            found.append(("data_digest", saved["data_digest"], self._data_digest()))
+        return found
+
+    def _data_digest(self) -> str:
+        """The prompts' digest (their rows and texts, as the round reads them; see ``data_digest``)."""
+        if self._digest is None:
+            self._digest = data_digest((row, prompt) for row, prompt, *_ in self.prompts)
+        return self._digest
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         if "rollout" in saved:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignlab import train
-from alignlab.errors import DataError, UserError
+from alignlab.errors import ConfigError, DataError, UserError
 from alignlab.rewards.base import Scorer
 from alignlab.training import checkpoint as ckpt
 from alignlab.training.rollout import RewardError, RewardTerm, check_statistics, score_samples
@@ -496,3 +496,19 @@ def test_grpo_passk_gives_only_each_groups_best_sample_an_advantage(tmp_path, ti
     assert winners and ties
     rows = [m for m in metrics(tmp_path / "pk") if "loss" in m]
     assert all(m["advantage/zero"] >= 0.75 for m in rows)
+
+
+def test_a_resume_on_changed_prompts_of_the_same_number_is_refused(tmp_path, tiny_model_dir):
+    """A prompt's text edited after the checkpoint of step 1 (as many prompts): refused in one line,
+    where the run would go on sampling other prompts than the checkpoint's run."""
+    data = tmp_path / "prompts.jsonl"
+    texts = ["1+2=", "3+4=", "5+6=", "7+8="]
+    data.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    cfg = online(tiny_model_dir, tmp_path / "cut", data=str(data), max_steps=2, save_every=1)
+    with crash_after_save(lambda step: step == 1):
+        train(cfg)
+    data.write_text("".join(json.dumps({"prompt": t.replace("5+6", "5+9")}) + "\n" for t in texts))
+    with pytest.raises(ConfigError) as e:
+        train({**cfg, "resume": True})
+    assert str(e.value).startswith("resume: checkpoint step-00000001 was written from other data") \
+        and "\n" not in str(e.value)

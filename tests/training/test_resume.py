@@ -137,3 +137,27 @@ def test_output_dir_with_another_run_is_refused(tmp_path, tiny_model_dir, pairs_
     again = train(base_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=1, batch_size=4, lr=0.5,
                               overwrite=True))
     assert again.steps == 1
+
+
+def test_a_resume_on_changed_data_of_the_same_size_is_refused(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
+    """One pair's chosen answer edited after the checkpoint of step 2, as many rows as before: the
+    resumed run would train on other examples than the checkpoint's run. Refused in one line; the
+    data as it was resumes, to the uninterrupted run's weights."""
+    cfg = dict(max_steps=4, batch_size=4, save_every=2)
+    with monkeypatch.context() as m:
+        _crash_after_saving(m, at_step=2)
+        with pytest.raises(Crash):
+            train(base_config(tiny_model_dir, pairs_file, tmp_path / "cut", **cfg))
+    original = pairs_file.read_text()
+    rows = [json.loads(line) for line in original.splitlines()]
+    rows[5]["chosen"] = rows[5]["chosen"] + " (edited)"
+    pairs_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError) as e:
+        train(base_config(tiny_model_dir, pairs_file, tmp_path / "cut", resume=True, **cfg))
+    assert str(e.value).startswith("resume: checkpoint step-00000002 was written from other data: as many examples, "
+                                   "but what they hold differs") and "\n" not in str(e.value)
+    pairs_file.write_text(original)
+    resumed = train(base_config(tiny_model_dir, pairs_file, tmp_path / "cut", resume=True, **cfg))
+    full = train(base_config(tiny_model_dir, pairs_file, tmp_path / "full", **cfg))
+    a, b = weights(full.model_dir), weights(resumed.model_dir)
+    assert resumed.steps == 4 and all(torch.equal(a[k], b[k]) for k in a)
