@@ -228,6 +228,34 @@ def test_a_failed_cell_is_reported_and_a_rerun_keeps_the_finished_ones(tmp_path,
     assert len((out / "runs.txt").read_text().split()) == 6
 
 
+def test_a_finished_cell_answers_for_its_data_files_contents(tmp_path, monkeypatch, capsys):
+    """A data file edited after its cells finished (same path, same config): the rerun is refused
+    in one line naming the file's key, where it kept results of the old contents; with the file as
+    it was, nothing runs. A cell.json from before contents were recorded is taken as it is."""
+    monkeypatch.setattr(compare_run, "cell_command", lambda d: [sys.executable, "-c", FAKE_CELL, str(d)])
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    path = write_config(tmp_path, USER.replace("/data/pairs.jsonl", str(data)).replace("0.5", "0.2"))
+    out = tmp_path / "out"
+    assert cli.main(["compare", str(path)]) == 0
+    capsys.readouterr()
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "c"}\n')
+    assert cli.main(["compare", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differs in the contents of data (edited since)" in err
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    assert cli.main(["compare", str(path)]) == 0
+    capsys.readouterr()
+    assert len((out / "runs.txt").read_text().split()) == 4  # the four cells of the first run, none since
+    saved = out / "cells" / "lr=0.1,seed=0" / "cell.json"
+    record = json.loads(saved.read_text())
+    del record["settings"]["data_contents"]
+    saved.write_text(json.dumps(record))
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "d"}\n')
+    assert cli.main(["compare", str(path)]) == 2  # the other cells still know their contents
+    assert "cell lr=0.1,seed=0 " not in capsys.readouterr().err
+
+
 def test_an_unfinished_cell_runs_again_and_one_of_changed_settings_starts_afresh(tmp_path):
     """A cell with cell.json but no result.json (interrupted) is run again; if its settings have
     changed since, its folder is cleared first."""

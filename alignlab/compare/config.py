@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.compare.names import distinct_ids, group_label, slug, value_text
-from alignlab.compare.paths import output_path, resolve_keys
+from alignlab.compare.paths import data_contents, output_path, resolve_keys
 from alignlab.config import make_config, normalize, read_yaml
 from alignlab.config.parse import convert
 from alignlab.data.write import blocking_file
@@ -352,6 +352,9 @@ def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedba
             settings["feedback"] = spec.shape  # trains on OUT/data/<the shape's file>
             settings["feedback_spec"] = feedback  # what made it: a change is a change of the cell
     settings["train"] = train
+    contents = data_contents(train)
+    if contents:  # what the data files held: an edited file is a change of the cell
+        settings["data_contents"] = contents
     settings["eval_prompts"] = cfg.eval.task_eval_prompts
     return Cell(cell_id, "train", group_label(values, method), cfg.seed, values, settings, cfg)
 

@@ -17,6 +17,7 @@ paths are expected to be, wherever the command runs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -81,4 +82,48 @@ def resolve_keys(keys: dict[str, Any], where: str, config_dir: Path) -> dict[str
     for key in SOURCE_KEYS:
         if key in out and not (out[key] is None and key in NULLABLE):
             out[key] = source_path(out[key], f"{where}.{key}", config_dir)
+    return out
+
+
+DATA_KEYS = ("data", "mix_data", "eval_data")  # local files whose contents a finished cell answers for
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (file, size, mtime) -> digest: each file read once per command
+
+
+def contents_digest(path: str) -> str | None:
+    """The sha256 of a local data file's bytes, or of a folder's files (their paths under it and
+    bytes, in path order); None for what is not a local path (a hub dataset, ``task:NAME``)."""
+    target = Path(path)
+    if not target.exists():
+        return None
+    files = [target] if target.is_file() else sorted(f for f in target.rglob("*") if f.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(target)).encode() + b"\0")
+        h.update(_file_digest(f).encode())
+    return h.hexdigest()[:16]
+
+
+def _file_digest(f: Path) -> str:
+    stat = f.stat()
+    key = (str(f), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(f, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def data_contents(train: dict[str, Any]) -> dict[str, str]:
+    """The digests of a cell's local data files (``contents_digest``) by key: a cell that finished
+    on other contents of the same file no longer answers for the config."""
+    out = {}
+    for key in DATA_KEYS:
+        value = train.get(key)
+        digest = contents_digest(value) if isinstance(value, str) else None
+        if digest is not None:
+            out[key] = digest
     return out

@@ -65,6 +65,15 @@ def cell_record(plan: Plan, cell: Cell, threads: int | None = None) -> dict[str,
     return json.loads(json.dumps(record))
 
 
+def settings_now(plan: Plan, cell: Cell, saved: dict[str, Any]) -> dict[str, Any]:
+    """The cell's settings as the config gives them now, to compare with those of its ``saved``
+    cell.json; a cell saved before its data files' contents were recorded is compared without them."""
+    now = cell_record(plan, cell)["settings"]
+    if "data_contents" not in saved.get("settings", {}):
+        now.pop("data_contents", None)
+    return now
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Keys whose values differ, one level into ``train`` (a training config)."""
     keys = sorted(set(old) | set(new))
@@ -91,8 +100,10 @@ def check_earlier(plan: Plan) -> list[Cell]:
             todo.append(cell)
             continue
         old = json.loads(saved.read_text())
-        differ = _differences(old.get("settings", {}), cell_record(plan, cell)["settings"])
+        differ = _differences(old.get("settings", {}), settings_now(plan, cell, old))
         if differ and (folder / RESULT).exists():
+            differ = [f"the contents of {d.split('.', 1)[1]} (edited since)" if d.startswith("data_contents.")
+                      else d for d in differ]
             raise ConfigError(f"output_dir: cell {cell.id} in {plan.output_dir} finished with other settings "
                               f"(differs in {', '.join(differ)}); use another output_dir, or delete {folder} to "
                               "run it again")
@@ -142,7 +153,7 @@ def cell_threads(plan: Plan, cell: Cell, slots: int) -> int:
     saved = plan.cell_dir(cell) / "cell.json"
     if saved.exists():
         old = json.loads(saved.read_text())
-        if old.get("threads") and old.get("settings") == cell_record(plan, cell)["settings"]:
+        if old.get("threads") and old.get("settings") == settings_now(plan, cell, old):
             return int(old["threads"])
     return max(1, available_cores() // slots)
 
@@ -345,7 +356,8 @@ def _run(plan: Plan, command: Callable[[Path], list[str]]) -> Outcome:
         for cell in todo:  # an unfinished cell of other settings starts afresh
             folder = plan.cell_dir(cell)
             saved = folder / "cell.json"
-            if saved.exists() and json.loads(saved.read_text()).get("settings") != cell_record(plan, cell)["settings"]:
+            old = json.loads(saved.read_text()) if saved.exists() else None
+            if old is not None and old.get("settings") != settings_now(plan, cell, old):
                 _log(f"{cell.id}: its settings changed since it was started; starting it afresh")
                 shutil.rmtree(folder)
         prepare_data(plan, todo)
