@@ -273,6 +273,10 @@ def _task_eval(cfg: TrainConfig, tokenizer, dist: Dist) -> Callable:
     through ``task_eval_decoding``'s method when given: ``measure(module, reference) -> metrics``."""
     from alignlab.eval.gold import GoldEvaluator
 
+    trained_on = str(cfg.data).split(":")[1] if str(cfg.data).startswith("task:") else None
+    if trained_on is not None and trained_on != cfg.eval.task:
+        _log(dist, f"note: the run trains on task {trained_on}'s prompts and is evaluated on task {cfg.eval.task}'s "
+                   f"held-out prompts and gold reward (task: {cfg.eval.task})")
     decoding, name = None, "decoded"
     if cfg.eval.task_eval_decoding:
         from alignlab.decoding.spec import build_method, method_models, method_scorer, parse_method

@@ -108,3 +108,17 @@ def test_transfer_q_with_models_of_another_vocabulary_stops_the_run_before_train
     with pytest.raises(UserError, match="^task_eval_decoding: transfer-q needs one vocabulary: the base model "):
         train(cfg)
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_run_evaluated_on_another_task_than_its_prompts_says_so(tiny_model_dir, tmp_path, capsys):
+    """Trained on task:arithmetic's prompts, evaluated with task: chainsum (a slip, or on purpose:
+    the run says which, and goes on)."""
+    cfg = base_config(tiny_model_dir, "task:arithmetic", tmp_path / "run", method="grpo", reward=["length"],
+                      num_generations=2, batch_size=4, max_new_tokens=4, max_steps=1, task="chainsum",
+                      task_eval_prompts=2)
+    train(cfg)
+    err = capsys.readouterr().err
+    assert ("note: the run trains on task arithmetic's prompts and is evaluated on task chainsum's held-out prompts "
+            "and gold reward (task: chainsum)") in err
+    train({**cfg, "task": "arithmetic", "output_dir": str(tmp_path / "same")})
+    assert "note: the run trains on task" not in capsys.readouterr().err
