@@ -201,10 +201,11 @@ class EvalConfig:
 class RolloutConfig:
     """Online methods: how each round samples, scores and reuses its completions."""
 
-    reward: list[str] = param(None, "the reward: one scorer spec or several (task:NAME[:gold|proxy], rm:DIR, bleu:FILE, "
-                                    "fn:MODULE:FUNCTION, judge:DIR, openai:URL,model=NAME, length[:...], "
-                                    "overlong:cache=N[,...]); their "
-                                    "weighted sum is the reward, each one's mean is logged")
+    reward: list[str] | None = param(None, "the reward: one scorer spec or several (task:NAME[:gold|proxy], rm:DIR, "
+                                           "bleu:FILE, fn:MODULE:FUNCTION, judge:DIR, openai:URL,model=NAME, "
+                                           "length[:...], overlong:cache=N[,...]); their weighted sum is the reward, "
+                                           "each one's mean is logged. Left out, null or []: a run on task:NAME "
+                                           "scores with the task's gold reward (a recipe's reward where it has one)")
     reward_weights: list[float] | None = param(None, "one weight per reward (default 1 each)")
     num_generations: int = param(8, "G: completions sampled per prompt each round")
     max_new_tokens: int | None = param(None, "most tokens per completion (default: the task's when data is "

@@ -83,6 +83,32 @@ def test_an_empty_reward_spec_is_refused_not_taken_for_no_reward(given, shown):
                             "reward out where data is task:NAME to use the task's gold reward")
 
 
+@pytest.mark.parametrize("yaml_line,flags", [
+    ("reward:\n", {}), ("reward: null\n", {}), ("reward: []\n", {}), ("rollout: {reward: null}\n", {}),
+    *(("reward: [task:arithmetic:proxy]\n", {"reward": flag}) for flag in ("null", "none", "[]")),
+])
+def test_a_reward_given_as_null_or_no_specs_is_the_same_as_leaving_it_out(tmp_path, yaml_line, flags):
+    """null (YAML's, or a flag's null / none, which clears the file's reward) and [] (what a run's
+    run.yaml holds for a reward left out) give the config of a reward left out: a run on task:NAME
+    then scores with the task's gold reward. null was refused ("a value is required")."""
+    from alignlab.config import load_config
+
+    common = "model: m\ndata: task:arithmetic\nmethod: grpo\n"
+    (tmp_path / "given.yaml").write_text(common + yaml_line)
+    (tmp_path / "left_out.yaml").write_text(common)
+    cfg = load_config(tmp_path / "given.yaml", flags)
+    assert cfg.rollout.reward == []
+    assert cfg.to_dict() == load_config(tmp_path / "left_out.yaml").to_dict()
+
+
+@pytest.mark.parametrize("reward", [None, [], "null"])
+def test_a_recipes_reward_is_used_where_reward_is_null_or_no_specs(reward):
+    """As where reward is left out: self-rewarding's judge, not the task's gold."""
+    cfg = make_config({"model": "m", "data": "task:arithmetic", "rounds": 1, "recipe": "self-rewarding",
+                       "reward": reward})
+    assert cfg.rollout.reward == ["judge:{policy}"]
+
+
 def test_a_reward_flag_with_options_reaches_the_scorer_whole(tmp_path, tiny_model_dir, capsys):
     """From the command line: the endpoint's model is not lost to a split at the comma, so the
     judge is built and asked (nothing listens on port 9: the run stops at its first request)."""
