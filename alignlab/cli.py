@@ -292,7 +292,7 @@ def cmd_tiny_model(tokens: list[str]) -> int:
 
 
 def cmd_demo(tokens: list[str]) -> int:
-    from alignlab.testbed.demo import DemoSettings, default_out_dir, run_demo, table
+    from alignlab.testbed.demo import TABLE_NOTE, DemoSettings, default_out_dir, run_demo, table
 
     parser = ArgumentParser(
         prog="alignlab demo",
@@ -322,6 +322,7 @@ def cmd_demo(tokens: list[str]) -> int:
                       report_to=args.report_to)
     print(f"\n{args.method} on the {args.task} task, seed {args.seed}: held-out gold reward before and after\n")
     print(table(report))
+    print(f"\n{TABLE_NOTE}")
     print(f"\nreport: {out}/metrics.json, {out}/plot.png; trained model: {report['model']} "
           f"({report['seconds']['total']:.0f} s)")
     return 0

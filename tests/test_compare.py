@@ -153,6 +153,18 @@ def test_cells_of_a_grid(tmp_path):
     assert online.output_dir == (Path.cwd() / "runs" / "compare-online").absolute()
 
 
+@pytest.mark.parametrize("reward", ["null", "[]"])
+def test_an_online_cell_whose_reward_is_null_or_no_specs_gets_the_feedbacks_reward(tmp_path, reward):
+    """As one whose reward is left out: the task's proxy here, which the feedback names, not the gold
+    that an online run on task:NAME falls back to."""
+    plan = load_plan(write_config(tmp_path, f"""
+        base: {{task: arithmetic, reward: {reward}, feedback: {{prompts: 64, reward: proxy}}}}
+        grid: {{method: [grpo]}}
+        """))
+    (grpo,) = (c.settings["train"] for c in plan.cells if c.kind == "train")
+    assert grpo["reward"] == ["task:arithmetic:proxy"]
+
+
 # A stand-in for a cell's process: records that it ran, fails (exit 3) for lr 0.5 until the file
 # `fixed` exists, else writes a result whose eval loss is 10 × lr + seed.
 FAKE_CELL = r"""

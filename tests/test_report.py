@@ -147,6 +147,9 @@ def test_comparison_table_marks_failed_cells_and_computes_mean_and_std(tmp_path)
     assert rows["ipo"]["KL to base"] == "1.000 ± 0.707"
     assert rows["ipo"]["seeds"] == "2 of 3 (failed: seed 2)"
     assert rows["kto"]["gold (sampled)"] == "FAILED" and rows["kto"]["seeds"].startswith("0 of 3")
+    # the KL column is k1's estimate, which a model close to the base can show a little below 0
+    assert ("KL: the sampled (k1) estimate from the row's samples, which can fall slightly below 0 for a model "
+            "close to the base.") in md
     failed = table_rows(md, "cell", "exit status")
     assert set(failed) == {"method=ipo,seed=2", "method=kto,seed=0", "method=kto,seed=1", "method=kto,seed=2"}
     assert failed["method=kto,seed=1"]["log"] == "cells/method=kto,seed=1/log.txt"

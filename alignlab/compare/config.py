@@ -335,7 +335,8 @@ def _train_cell(plan: Plan, base: dict[str, Any], values: dict[str, Any], feedba
                               "SFT model)")
         if spec.shape == "online" or rounds:  # the task's prompts, sampled and scored while training
             train["data"] = f"task:{plan.task}"
-            train.setdefault("reward", [f"task:{plan.task}:{feedback['reward']}"])
+            if not cfg.rollout.reward:  # left out, null or []
+                train["reward"] = [f"task:{plan.task}:{feedback['reward']}"]
             k = int(train.setdefault("num_generations", spec.num_generations or feedback["k"]))
             if rounds:
                 train.setdefault("round_prompts", max(feedback["num_prompts"] // rounds, 1))

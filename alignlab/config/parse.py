@@ -335,6 +335,10 @@ def make_config(raw: dict[str, Any]) -> TrainConfig:
     flat: dict[str, Any] = {}
     for key, value in normalize(raw).items():
         _merge_dotted(flat, key, value)
+    layout, types_ = _layout(), _value_types()
+    for key in SPEC_LIST_KEYS & flat.keys():
+        if not convert(flat[key], types_[key], key):  # null or [] (a run's run.yaml writes []): as if left out
+            del flat[key]
     recipe = flat.get("recipe")
     for key, value in (RECIPE_DEFAULTS.get(recipe, {}) if isinstance(recipe, str) else {}).items():
         flat.setdefault(key, value)  # a recipe's, unless given
@@ -342,7 +346,6 @@ def make_config(raw: dict[str, Any]) -> TrainConfig:
     spec = get_loss(method)
     if spec.num_generations is not None:  # a method that compares a fixed number of samples (online-dpo: 2)
         flat.setdefault("num_generations", spec.num_generations)
-    layout, types_ = _layout(), _value_types()
     method_keys = set(_field_types(spec.params))
     parts: dict[str | None, dict[str, Any]] = {None: {}, **{s.name: {} for s in sections()}}
     method_raw = {}

@@ -201,17 +201,19 @@ class EvalConfig:
 class RolloutConfig:
     """Online methods: how each round samples, scores and reuses its completions."""
 
-    reward: list[str] = param(None, "the reward: one scorer spec or several (task:NAME[:gold|proxy], rm:DIR, bleu:FILE, "
-                                    "fn:MODULE:FUNCTION, judge:DIR, openai:URL,model=NAME, length[:...], "
-                                    "overlong:cache=N[,...]); their "
-                                    "weighted sum is the reward, each one's mean is logged")
+    reward: list[str] | None = param(None, "the reward: one scorer spec or several (task:NAME[:gold|proxy], rm:DIR, "
+                                           "bleu:FILE, fn:MODULE:FUNCTION, judge:DIR, openai:URL,model=NAME, "
+                                           "length[:...], overlong:cache=N[,...]); their weighted sum is the reward, "
+                                           "each one's mean is logged. Left out, null or []: a run on task:NAME "
+                                           "scores with the task's gold reward (a recipe's reward where it has one)")
     reward_weights: list[float] | None = param(None, "one weight per reward (default 1 each)")
     num_generations: int = param(8, "G: completions sampled per prompt each round")
     max_new_tokens: int | None = param(None, "most tokens per completion (default: the task's when data is "
                                                       "task:NAME, else 256)")
     temperature: float = param(1.0, "sampling temperature of the rollouts")
     top_p: float = param(1.0, "nucleus sampling of the rollouts (1: off)")
-    top_k: int = param(0, "top-k sampling of the rollouts (0: off)")
+    top_k: int = param(0, "top-k sampling of the rollouts (0: off; 1 makes every sample of a prompt the same, "
+                          "refused where the method then learns nothing from the reward)")
     generation_backend: str = param("native", "generation backend: native, hf, vllm or ray (workers as Ray actors, "
                                               "ray_workers of them)")
     generation_batch_size: int | None = param(None, "sequences the generator decodes at once (per Ray worker); none: "
@@ -285,6 +287,10 @@ def _ray_address(address: str) -> bool:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     return address == "auto" or (bool(host) and port.isdigit())
 
+
+# what rollout top_k 1 does, for the checks that refuse it
+_TOP_K_1 = ("keeps only the most likely token at each step, so every sample of a prompt is one and the same "
+            "completion, with one reward")
 
 ROUND_RECIPES = ("raft", "iterative-dpo", "self-rewarding", "osp", "spa")
 ROUND_SHAPES = ("sft", "pair", "unpaired", "ranked")
@@ -446,6 +452,7 @@ class TrainConfig:
                    "set num_generations to 2 or more")
         if spec.shape == "online":
             self._check_online_data()
+            self._check_tied_samples(spec)
         rounds = self.iterate.rounds > 0
         _check(not self.rollout.reward or spec.shape == "online" or rounds, "reward",
                f"method '{self.method}' trains on fixed data; a reward is for online methods (grpo, rloo, ...) "
@@ -457,6 +464,9 @@ class TrainConfig:
         _check(not rounds or spec.shape == "sft" or self.rollout.num_generations >= 2, "num_generations",
                f"rounds make {spec.shape} data for method '{self.method}' by comparing each prompt's samples; with "
                f"{self.rollout.num_generations} sample per prompt no prompt makes any: set num_generations to 2 or more")
+        _check(not rounds or spec.shape == "sft" or self.rollout.top_k != 1, "top_k",
+               f"1 {_TOP_K_1}, and rounds make {spec.shape} data for method '{self.method}' from samples that score "
+               "differently: no prompt makes any; set top_k to 0 (off) or 2 or more")
         _check(not rounds or self.rollout.generation_backend != "ray", "generation_backend",
                "ray samples online methods' rounds (grpo, rloo, ...); rounds sample with native, hf or vllm")
         _check(self.rollout.generation_backend != "ray" or spec.shape == "online" or rounds, "generation_backend",
@@ -537,6 +547,19 @@ class TrainConfig:
         _check(self.dataset.max_prompt_length is None, "max_prompt_length",
                "an online method does not cut its prompts (one that leaves no room for max_new_tokens in the "
                "model's context is a bad row); leave it unset")
+
+    def _check_tied_samples(self, spec) -> None:
+        """Sampling that makes every sample of a prompt the same completion (top_k 1; temperature 0
+        is refused by the rollout section) leaves a method whose advantage compares a prompt's
+        samples, or compares them with the greedy answer, nothing to learn from the reward
+        (``learns_nothing_from_tied_samples`` says which methods and why)."""
+        from alignlab.losses.online import learns_nothing_from_tied_samples
+
+        if self.rollout.top_k != 1:
+            return
+        why = learns_nothing_from_tied_samples(spec, self.method_params, self.rollout.num_generations)
+        _check(why is None, "top_k", f"1 {_TOP_K_1}, and method '{self.method}' learns nothing from the reward: "
+                                     f"{why}; set top_k to 0 (off) or 2 or more")
 
     def _check_ref_sync(self, spec) -> None:
         """A synced reference is a model of its own that the method runs while training (an online

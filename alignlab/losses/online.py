@@ -346,6 +346,50 @@ def group_baseline(spec: LossSpec, params) -> str | None:
     return None
 
 
+def learns_nothing_from_tied_samples(spec: LossSpec, params, num_generations: int) -> str | None:
+    """Why an online method learns nothing from the reward when every sample of a prompt is one
+    completion (sampling with top_k 1, which keeps only the most likely token at each step: the
+    samples differ only where two logits tie exactly), or None where it still learns. A reward is
+    taken to score one completion alike each time.
+
+    - The group baselines (``group_baseline``: the GRPO family, RLOO, OPO, GPG, pass@k, and
+      REINFORCE++ with ``baseline="group"``): G equal rewards are their own mean (their own
+      length-weighted mean, their own second best), so the reward adds nothing to any advantage,
+      as with one sample per prompt. REINFORCE++'s group baseline leaves only the KL penalty in
+      its per-token rewards (nothing at all with ``kl_coef`` 0).
+    - ReMax: its baseline is the reward of the prompt's greedy answer, which each sample then is,
+      so every advantage is 0, whatever G.
+    - OTB with G >= 2: each token's baseline is the energy-weighted mean of the group's returns,
+      which is the sample's own return R_t but for the ε = 1e-8 guard of its denominator: the
+      advantage is R_t·ε/(G·W_t + ε). A token's energy term is the squared norm of its log-prob's
+      gradient in the logits and W_t is at least that term, so A_t·∂log π_t/∂z is at most
+      |R_t|·√(ε/G)/2 < 5e-5·|R_t| in norm (with an importance-sampling correction too, whose
+      weight scales the energy by its square): nothing learned. With G = 1 OTB has no baseline
+      (REINFORCE) and learns.
+    - Online DPO: its two answers tie, and a tie adds no loss.
+    Still learning, so not refused: REINFORCE++ without a group baseline whitens its returns over
+    the whole round, across prompts, so a prompt whose one answer scores above the round's mean
+    gets positive advantages and one below negative ones (the policy pushes its answer up where
+    it scores well and down where it does not, which can change the answer); PPO's baseline is
+    its critic's value, which the reward differs from until the critic has learned it.
+    Small ``top_p`` is not refused either: it keeps the second most likely token wherever the most
+    likely one has less probability than ``top_p``, which depends on the model."""
+    from alignlab.losses.online_pref import pair_labels
+
+    why = group_baseline(spec, params)
+    if why is not None:
+        return f"{why}, so the reward adds nothing to any advantage"
+    if spec.greedy_baseline:
+        return ("its baseline is the reward of the prompt's greedy answer, which each sample then is, so every "
+                "advantage is 0")
+    if spec.token_advantages is otb_token_advantages and num_generations >= 2:
+        return ("each token's baseline is the energy-weighted mean of the group's returns, which is then the "
+                "sample's own return (but for a 1e-8 guard), so every advantage is about 0")
+    if spec.advantages is pair_labels:
+        return "its two answers tie, and a tie adds no loss"
+    return None
+
+
 def grpo_advantages(rewards_PG: torch.Tensor, params: GRPOParams, greedy_P: torch.Tensor | None = None) -> torch.Tensor:
     """(P, G) rewards → (P, G) advantages with the params' scaling."""
     return group_advantages(rewards_PG, scale=params.scale_rewards)

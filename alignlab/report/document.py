@@ -83,7 +83,8 @@ def results_table(data: Collected) -> Table:
         rows.append([g, _seeds_text(cells)] + [texts[i][j] for i in range(len(columns))])
     caption = ("Final metrics, mean ± sample standard deviation over the seeds that finished (seeds: how many). "
                "Gold: the task's gold reward of one answer per held-out prompt; win rate: against an answer of the "
-               "base model (a tie counts half); KL: estimated from the row's samples. A decoding row's numbers are "
+               "base model (a tie counts half); KL: the sampled (k1) estimate from the row's samples, which can fall "
+               "slightly below 0 for a model close to the base. A decoding row's numbers are "
                "those of its answers (it has no KL: its samples' log-probs are the model's). Steps: optimizer "
                "steps of the training runs (epochs are passes over each method's own data).") if data.task else (
                "Final metrics, mean ± sample standard deviation over the seeds that finished.")

@@ -8,7 +8,8 @@ from pathlib import Path
 def plot_history(history: list[dict[str, float]], path: str | Path, title: str = "") -> Path:
     """Gold reward (sampled and greedy) and KL to the starting model against the training step.
 
-    ``history`` holds one dict per evaluation with ``step`` and ``eval/gold/*`` keys.
+    ``history`` holds one dict per evaluation with ``step`` and ``eval/gold/*`` keys. The KL is the
+    sampled k1 estimate (``eval/sampled.py``), which can dip a little below 0 near the start.
     """
     import matplotlib
 
@@ -25,7 +26,7 @@ def plot_history(history: list[dict[str, float]], path: str | Path, title: str =
     ax_gold.grid(alpha=0.3)
     ax_kl.plot(steps, [h.get("eval/gold/kl", float("nan")) for h in history], marker="o", color="tab:red")
     ax_kl.set_xlabel("optimizer step")
-    ax_kl.set_ylabel("KL(policy ‖ SFT), nats")
+    ax_kl.set_ylabel("KL(policy ‖ SFT), nats (k1: can dip below 0)")
     ax_kl.grid(alpha=0.3)
     if title:
         fig.suptitle(title)

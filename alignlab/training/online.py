@@ -555,7 +555,12 @@ class OnlineSource:
         """The round's reward, per-term means, advantage statistics, lengths, truncation and (when
         both log-probs were computed) the sampling policy's KL to the reference per completion,
         over every process; the generation throughput over ``generated`` tokens (every process's,
-        dynamic sampling's batches included) where given, else over the round's completions."""
+        dynamic sampling's batches included) where given, else over the round's completions.
+
+        ``kl/sampled`` is the k1 estimate: the mean over the round's completions of
+        Σ_t ℓold − ℓref. It is unbiased, but a completion's term is below 0 wherever the reference
+        gave that completion more probability than the policy did, so for a policy still close to
+        its reference the mean over few completions can come out slightly below 0."""
         lengths = torch.tensor([float(len(s.token_ids)) for s in flat], dtype=torch.float64)
         truncated = torch.tensor([0.0 if s.finished else 1.0 for s in flat], dtype=torch.float64)
         adv = torch.tensor([a for e in self._examples for a in e.advantages], dtype=torch.float64)
@@ -565,7 +570,8 @@ class OnlineSource:
                 "adv_zero": (adv == 0).sum().double()}
         sums.update({f"reward/{k}": v.sum() for k, v in parts.items()})
         if all(e.old_logps is not None and e.ref_logps is not None for e in self._examples):
-            # the sampling policy's KL to the reference, per completion (k1: Σ_t ℓold − ℓref)
+            # the sampling policy's KL to the reference, per completion: the k1 estimate Σ_t ℓold − ℓref,
+            # which can be slightly below 0 (the docstring says why)
             sums["kl_k1"] = torch.tensor(sum(sum(e.old_logps) - sum(e.ref_logps) for e in self._examples),
                                          dtype=torch.float64)
         tot = sum_over_processes(self.dist, sums)

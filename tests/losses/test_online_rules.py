@@ -138,3 +138,45 @@ def test_the_registry_entries_and_their_bad_values():
             PPOOnlineParams(**bad)
     with pytest.raises(ParamError, match="baseline"):
         ReinforcePPParams(baseline="mean")
+
+
+def _tied_round_advantages(spec, params, scores_PG: torch.Tensor) -> torch.Tensor:
+    """The advantages of a round whose every prompt's G samples are one completion of 2 tokens
+    (same tokens, log-probs and, for PPO, values), as the method's rule computes them before the
+    step source whitens them; ReMax's greedy answer is that completion too."""
+    P, G = scores_PG.shape
+    if spec.advantages is not None:
+        lengths = torch.full((P, G), 2.0, dtype=F64)
+        return spec.advantages(scores_PG, params, scores_PG[:, 0], *([lengths] if spec.lengths else []))
+    mask = torch.ones(P * G, 2, dtype=torch.bool)
+    logps = t([[-0.5, -0.2]] * (P * G))
+    r = RoundTokens(scores_PG, mask, old_logps_BT=logps, ref_logps_BT=logps - 0.3,
+                    values_BT=t([[0.1, 0.4]] * (P * G)), sum_pi_sq_BT=t([[0.5, 0.7]] * (P * G)))
+    return spec.token_advantages(r, params)[0]
+
+
+TIED_CASES = [(name, {}, spec.num_generations or 3) for name, spec in REGISTRY.items() if spec.shape == "online"] + [
+    ("reinforce++", {"baseline": "group"}, 3), ("reinforce++", {"baseline": "group", "kl_coef": 0.0}, 3),
+    ("reinforce++", {"kl_coef": 0.0}, 3), ("ppo", {"kl_coef": 0.0}, 3), ("grpo", {"scale_rewards": "batch"}, 3),
+    ("grpo_passk", {"scale_rewards": "none"}, 3), ("otb", {"zero_tail": False}, 3), ("otb", {}, 1), ("remax", {}, 1),
+    ("reinforce++", {}, 1)]
+
+
+@pytest.mark.parametrize("name,extra,G", TIED_CASES)
+def test_a_method_is_said_to_learn_nothing_from_tied_samples_exactly_where_the_reward_moves_no_advantage(name, extra,
+                                                                                                         G):
+    """Every prompt's samples one completion (top_k 1): the reward changes no advantage (the round's
+    advantages with rewards 1 and 0 for its two prompts are those with every reward 0) for exactly
+    the methods ``learns_nothing_from_tied_samples`` names, which a run with top_k 1 refuses. OTB's
+    advantage is then the ε guard's share of the return, G·ε/(G·W + ε), below 1e-7 here.
+    With one sample per prompt OTB has no baseline; REINFORCE++ without a group baseline still
+    tells the prompts apart; PPO's critic is no reward's mean."""
+    from alignlab.losses.online import learns_nothing_from_tied_samples
+
+    spec = REGISTRY[name]
+    params = spec.params(**extra)
+    scores = t([[1.0] * G, [0.0] * G])
+    moved = (_tied_round_advantages(spec, params, scores) - _tied_round_advantages(spec, params, 0 * scores)).abs()
+    why = learns_nothing_from_tied_samples(spec, params, G)
+    assert (why is not None) == bool(moved.max() < 1e-7), (why, moved)
+    assert why is not None or moved.max() > 0.1

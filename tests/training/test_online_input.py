@@ -36,6 +36,62 @@ def test_one_sample_per_prompt_is_fine_where_the_baseline_is_not_the_group(metho
     assert make_config({**BASE, "method": method, "num_generations": 1, **extra}).rollout.num_generations == 1
 
 
+TOP_K_1 = ("top_k: 1 keeps only the most likely token at each step, so every sample of a prompt is one and the same "
+           "completion, with one reward")
+
+
+@pytest.mark.parametrize("method,extra,why", [
+    *((m, {}, "its advantage is a reward minus its group's mean, so the reward adds nothing to any advantage")
+      for m in ("grpo", "dapo", "dr_grpo", "gspo", "luspo", "cispo", "sapo", "vespo", "gmpo", "dppo")),
+    ("rloo", {}, "its baseline is the mean reward of the prompt's other samples, so the reward adds nothing to any "
+                 "advantage"),
+    ("opo", {}, "its baseline is the length-weighted mean reward of the prompt's samples, so the reward adds nothing "
+                "to any advantage"),
+    ("gpg", {}, "its baseline is the mean reward of the prompt's samples, so the reward adds nothing to any advantage"),
+    ("grpo_passk", {}, "its advantage is the best sample's margin over the prompt's second best, so the reward adds "
+                       "nothing to any advantage"),
+    ("reinforce++", {"baseline": "group"}, "baseline 'group' subtracts the prompt's mean score, so the reward adds "
+                                           "nothing to any advantage"),
+    *(("remax", {"num_generations": g}, "its baseline is the reward of the prompt's greedy answer, which each sample "
+                                        "then is, so every advantage is 0") for g in (1, 4)),
+    ("otb", {"num_generations": 2}, "each token's baseline is the energy-weighted mean of the group's returns, which "
+                                    "is then the sample's own return (but for a 1e-8 guard), so every advantage is "
+                                    "about 0"),
+    ("online-dpo", {}, "its two answers tie, and a tie adds no loss"),
+])
+def test_top_k_1_is_refused_where_the_method_would_learn_nothing_from_the_reward(method, extra, why):
+    """top_k 1 makes a prompt's samples one completion: every group-relative advantage is 0, ReMax's
+    samples are its greedy baseline, online DPO's pairs tie. The run sampled and trained on nothing,
+    without a word (``learns_nothing_from_tied_samples`` says why for each)."""
+    with pytest.raises(ConfigError) as e:
+        make_config({**BASE, "method": method, "top_k": 1, **extra})
+    assert str(e.value) == (f"{TOP_K_1}, and method '{method}' learns nothing from the reward: {why}; set top_k "
+                            "to 0 (off) or 2 or more")
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("reinforce++", {}), ("ppo", {}), ("otb", {"num_generations": 1}), ("grpo", {"top_k": 2}), ("grpo", {"top_k": 0}),
+    ("grpo", {"top_k": 0, "top_p": 1e-9}), ("grpo", {"top_k": 0, "temperature": 1e-3}), ("remax", {"top_k": 2}),
+])
+def test_top_k_1_is_taken_where_the_method_still_learns_and_near_greedy_sampling_is_taken(method, extra):
+    """REINFORCE++ whitens over the whole round (prompts with different rewards still differ), PPO's
+    baseline is its critic, OTB with one sample per prompt has no baseline; a tiny top_p or
+    temperature does not make every sample the same for certain."""
+    cfg = make_config({**BASE, "method": method, "top_k": 1, **extra})
+    assert cfg.rollout.top_k == extra.get("top_k", 1)
+
+
+@pytest.mark.parametrize("method,shape", [("dpo", "pair"), ("kto", "unpaired"), ("listmle", "ranked")])
+def test_top_k_1_is_refused_for_rounds_that_compare_a_prompts_samples(method, shape):
+    """Samples that all tie make no pair, thumbs or ranked list: every round would train on nothing.
+    SFT rounds (raft) keep the best sample, which one completion still is."""
+    with pytest.raises(ConfigError) as e:
+        make_config({**BASE, "method": method, "rounds": 2, "top_k": 1})
+    assert str(e.value) == (f"{TOP_K_1}, and rounds make {shape} data for method '{method}' from samples that score "
+                            "differently: no prompt makes any; set top_k to 0 (off) or 2 or more")
+    assert make_config({**BASE, "method": "sft", "rounds": 2, "top_k": 1}).rollout.top_k == 1
+
+
 @pytest.mark.parametrize("given,specs", [
     ("length:coef=0.01,target=5", ["length:coef=0.01,target=5"]),
     ("openai:http://127.0.0.1:9/v1,model=judge,swap=false", ["openai:http://127.0.0.1:9/v1,model=judge,swap=false"]),
@@ -81,6 +137,32 @@ def test_an_empty_reward_spec_is_refused_not_taken_for_no_reward(given, shown):
         make_config({**BASE, "method": "grpo", "reward": given})
     assert str(e.value) == (f"reward: an empty scorer spec in {shown}; give each one (e.g. task:arithmetic), or leave "
                             "reward out where data is task:NAME to use the task's gold reward")
+
+
+@pytest.mark.parametrize("yaml_line,flags", [
+    ("reward:\n", {}), ("reward: null\n", {}), ("reward: []\n", {}), ("rollout: {reward: null}\n", {}),
+    *(("reward: [task:arithmetic:proxy]\n", {"reward": flag}) for flag in ("null", "none", "[]")),
+])
+def test_a_reward_given_as_null_or_no_specs_is_the_same_as_leaving_it_out(tmp_path, yaml_line, flags):
+    """null (YAML's, or a flag's null / none, which clears the file's reward) and [] (what a run's
+    run.yaml holds for a reward left out) give the config of a reward left out: a run on task:NAME
+    then scores with the task's gold reward. null was refused ("a value is required")."""
+    from alignlab.config import load_config
+
+    common = "model: m\ndata: task:arithmetic\nmethod: grpo\n"
+    (tmp_path / "given.yaml").write_text(common + yaml_line)
+    (tmp_path / "left_out.yaml").write_text(common)
+    cfg = load_config(tmp_path / "given.yaml", flags)
+    assert cfg.rollout.reward == []
+    assert cfg.to_dict() == load_config(tmp_path / "left_out.yaml").to_dict()
+
+
+@pytest.mark.parametrize("reward", [None, [], "null"])
+def test_a_recipes_reward_is_used_where_reward_is_null_or_no_specs(reward):
+    """As where reward is left out: self-rewarding's judge, not the task's gold."""
+    cfg = make_config({"model": "m", "data": "task:arithmetic", "rounds": 1, "recipe": "self-rewarding",
+                       "reward": reward})
+    assert cfg.rollout.reward == ["judge:{policy}"]
 
 
 def test_a_reward_flag_with_options_reaches_the_scorer_whole(tmp_path, tiny_model_dir, capsys):
