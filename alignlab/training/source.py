@@ -90,9 +90,10 @@ class StepSource(Protocol):
 
 
 # Fields of an example that are not its data: where it was read from (a moved data folder is the
-# same data) and what is computed from the models before training, which a resume may compute again
-# (with other threads, or without the cache) to other rounding or other samples.
-_NOT_DATA = frozenset({"source", "ref", "ref_tokens", "samples", "kl_completion"})
+# same data) and what is computed from models before training (reference log-probs, samples, BCO's
+# UDM weights), which a resume may compute again (with other threads, or without the cache) to other
+# rounding or other samples.
+_NOT_DATA = frozenset({"source", "ref", "ref_tokens", "samples", "kl_completion", "udm_weight"})
 
 
 def data_digest(items: Iterable) -> str:
