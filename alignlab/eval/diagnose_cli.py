@@ -527,9 +527,11 @@ def _judge_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _judge_pairs(args: argparse.Namespace) -> tuple[list[str], list[str], list[str], list, str]:
-    """(prompts, first, second, labels, where they came from)."""
+def _judge_pairs(args: argparse.Namespace) -> tuple[list[str], list[str], list[str], list, str, Any]:
+    """(prompts, first, second, labels, where they came from, a prompt's file and row: ``Guarded``'s
+    ``where``)."""
     from alignlab.eval.answers import read_answer_rows, score_rows
+    from alignlab.rewards.guard import rows_of
 
     given = [name for name in ("pairs", "answers", "model") if getattr(args, name) is not None]
     if len(given) != 1:
@@ -551,7 +553,7 @@ def _judge_pairs(args: argparse.Namespace) -> tuple[list[str], list[str], list[s
             first.append(p.rejected if swap else p.chosen)
             second.append(p.chosen if swap else p.rejected)
             labels.append("B" if swap else "A")
-        return prompts, first, second, labels, args.pairs
+        return prompts, first, second, labels, args.pairs, rows_of(pairs)
     if args.answers is not None:
         rows = read_answer_rows(args.answers)[:args.limit]
         where = args.answers
@@ -561,7 +563,7 @@ def _judge_pairs(args: argparse.Namespace) -> tuple[list[str], list[str], list[s
         model, tokenizer = _load(args.model, args, "--model")
         rows = _draw(model, tokenizer, _prompt_records(args, "--model"), args)
         if args.task is not None:
-            score_rows(rows, _scorer(f"task:{args.task}", "--task"))
+            score_rows(rows, _scorer(f"task:{args.task}", "--task", rows_of(rows)))
         where = f"answers of {args.model}"
     prompts, first, second, labels = [], [], [], []
     for r in rows:
@@ -576,7 +578,7 @@ def _judge_pairs(args: argparse.Namespace) -> tuple[list[str], list[str], list[s
         labels.append(("A" if x.score > y.score else "B") if known else None)
     if not prompts:
         raise UserError(f"{where}: no row has two non-empty answers to make a pair of")
-    return prompts, first, second, labels, where
+    return prompts, first, second, labels, where, rows_of(rows)
 
 
 def run_judge_bias(args: argparse.Namespace) -> dict[str, Any]:
@@ -587,8 +589,8 @@ def run_judge_bias(args: argparse.Namespace) -> dict[str, Any]:
     if args.perturbations is not None and args.no_perturbations:
         raise UserError("alignlab eval judge-bias: --perturbations and --no-perturbations exclude each other")
     perturbations = load_perturbations(args.perturbations) if args.perturbations else None
-    judge = _scorer(args.judge, "--judge")
-    prompts, first, second, labels, where = _judge_pairs(args)
+    judge = _scorer(args.judge, "--judge")  # loaded first: a judge that cannot load fails before any sampling
+    prompts, first, second, labels, where, judge.where = _judge_pairs(args)
     report: dict[str, Any] = {"judge": args.judge, "pairs_from": where, "pairs": len(prompts),
                               "position": position_report(judge, prompts, first, second).as_dict()}
     if not args.no_perturbations:

@@ -86,8 +86,9 @@ def _run_reward(config: dict) -> tuple[list[str], list[float] | None] | None:
     return ([f"task:{data.split(':')[1]}:gold"], None) if online and data.startswith("task:") else None
 
 
-def _proxy_of_run(config: dict):
-    """(label, scorer) of the run's own reward (``_run_reward``), or None."""
+def _proxy_of_run(config: dict, where=None):
+    """(label, scorer) of the run's own reward (``_run_reward``), or None; ``where`` names a
+    prompt's file and row in a scorer's failure (``rewards/guard.py``)."""
     from alignlab.rewards.combine import WeightedSum
 
     reward = _run_reward(config)
@@ -98,9 +99,9 @@ def _proxy_of_run(config: dict):
     if len(weights) != len(specs):
         raise UserError(f"{PROG}: run.yaml names {len(specs)} rewards and {len(weights)} reward_weights; give --proxy")
     if len(specs) == 1 and weights[0] == 1.0:
-        return specs[0], _scorer(specs[0], "--proxy (the run's reward)")
-    scorer = WeightedSum([(w, _scorer(spec, "--proxy (the run's reward)")) for w, spec in zip(weights, specs,
-                                                                                            strict=True)])
+        return specs[0], _scorer(specs[0], "--proxy (the run's reward)", where)
+    scorer = WeightedSum([(w, _scorer(spec, "--proxy (the run's reward)", where))
+                          for w, spec in zip(weights, specs, strict=True)])
     return scorer.name, scorer
 
 
@@ -112,6 +113,7 @@ def run_overopt(args: argparse.Namespace, config: dict, saved: Callable[[], list
     from alignlab.eval.overopt import fit_gao, measure, trend
     from alignlab.generation import make_generator
     from alignlab.models import load_tokenizer
+    from alignlab.rewards.guard import rows_of
 
     _check_counts(args)
     if args.temperature != 1.0:
@@ -125,14 +127,16 @@ def run_overopt(args: argparse.Namespace, config: dict, saved: Callable[[], list
 
     if args.task is not None and args.task not in task_names():
         raise UserError(f"{PROG}: --task {args.task}: not a testbed task ({', '.join(task_names())})")
-    own = _proxy_of_run(config) if args.proxy is None else None
+    prompts = _prompt_records(args, PROG)
+    places = rows_of(prompts)
+    own = _proxy_of_run(config, places) if args.proxy is None else None
     if ((args.proxy is None and own is None) or args.gold is None) and args.task is None:
         raise UserError(f"{PROG}: with --prompts there is no task to take the scorers from; give "
                         + ("--gold" if own is not None or args.proxy is not None else "--proxy and --gold"))
     specs = {"gold": args.gold or f"task:{args.task}"}
     if own is None:
         specs["proxy"] = args.proxy or f"task:{args.task}:proxy"
-    scorers = {k: _scorer(spec, f"--{k}") for k, spec in specs.items()}
+    scorers = {k: _scorer(spec, f"--{k}", places) for k, spec in specs.items()}
     if own is not None:
         specs["proxy"], scorers["proxy"] = own
     models = saved()
@@ -151,7 +155,6 @@ def run_overopt(args: argparse.Namespace, config: dict, saved: Callable[[], list
             raise UserError(f"--plot {path}: the plot is written as PNG; name the file *.png")
         if not path.parent.is_dir():
             raise UserError(f"{flag} {path}: its folder {path.parent} does not exist")
-    prompts = _prompt_records(args, PROG)
     tokenizer = load_tokenizer(str(config["model"]), bool(config.get("trust_remote_code", False)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = _device(args)

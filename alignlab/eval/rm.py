@@ -32,6 +32,8 @@ class HeldOutPair:
     chosen: str
     rejected: str
     subset: str | None = None
+    source: str = ""  # the data file and row it was read from (errors name them)
+    row: int = 0
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
@@ -131,5 +133,6 @@ def load_pairs(source: str, subset_column: str | None = "subset", columns: dict[
         if not all(isinstance(t, str) for t in (rec.prompt, rec.chosen, rec.rejected)):
             raise UserError(f"{rec.source}, row {rec.row}: scorers take plain-text pairs; this row is a conversation")
         subset = subsets.get(rec.row)
-        out.append(HeldOutPair(rec.prompt, rec.chosen, rec.rejected, None if subset is None else str(subset)))
+        out.append(HeldOutPair(rec.prompt, rec.chosen, rec.rejected, None if subset is None else str(subset),
+                               rec.source, rec.row))
     return out

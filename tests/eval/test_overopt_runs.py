@@ -121,3 +121,27 @@ def test_a_scorer_that_returns_no_number_is_one_line():
     with pytest.raises(UserError, match=r"scorer broken: returned nan for answer 2 "):
         measure(model, model, TableSampler((0.5, 0.25, 0.25)), prompts, 2, SamplingParams(max_new_tokens=5, seed=1),
                 CountA(), NotANumber(), pad_id=EOS, resamples=0)
+
+
+def test_a_scorer_that_fails_names_the_prompts_file_and_row(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """--gold a function that raises on every answer to the second prompt of q.jsonl: one line
+    naming q.jsonl, row 2 (not the prompt's text), for the gold scorer and for the run's own
+    reward as the proxy."""
+    (tmp_path / "picky.py").write_text("def f(prompt, response):\n"
+                                       "    if prompt == '2+2=':\n"
+                                       "        raise RuntimeError('no')\n"
+                                       "    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = online_run(tmp_path, tiny_model_dir)
+    prompts = write_jsonl(tmp_path / "q.jsonl", [{"prompt": f"{a}+{a}="} for a in range(1, 4)])
+    common = ["eval", "overopt", "--run", str(run), "-n", "2", "--bootstrap", "0", "--device", "cpu",
+              "--max-new-tokens", "4", "--prompts", str(prompts)]
+    for flags in (["--gold", "fn:picky:f"], ["--gold", "task:arithmetic", "--proxy", "fn:picky:f"]):
+        assert main([*common, *flags]) != 0
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "fn:picky:f failed on the answer" in err and f"to prompt ({prompts}, row 2): raised RuntimeError: no" \
+            in err, err
+    (run / "run.yaml").write_text(yaml.safe_dump({"model": str(tiny_model_dir), "method": "grpo",
+                                                  "data": "task:arithmetic", "rollout": {"reward": ["fn:picky:f"]}}))
+    assert main([*common, "--gold", "task:arithmetic"]) != 0
+    assert f"to prompt ({prompts}, row 2): raised RuntimeError: no" in capsys.readouterr().err

@@ -104,8 +104,8 @@ def test_a_failing_scorer_is_one_line_in_eval(tmp_path, myr, capsys, command):
     err = capsys.readouterr().err.strip()
     assert code != 0 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "fn:myr:boom failed on the answer 'bad' to prompt" in err and "RuntimeError: kaboom" in err
-    if "--against" in tokens:
-        assert "a.jsonl, row 2" in err
+    # the prompt named by its file and row, not its text
+    assert f"to prompt ({pairs if 'rm' in tokens else a}, row 2)" in err
 
 
 def test_a_failing_scorer_is_one_line_in_decode(tmp_path, monkeypatch, capsys):
