@@ -42,6 +42,11 @@ do, on the same machine and device), even when a prompt's samples depend on its 
 as the "hf" backend's do: a chunk always holds the same prompts. A backend whose samples change from call to call (an engine
 with state of its own, nondeterministic kernels) resumes with rows that are valid samples but not
 the same ones.
+
+A larger ``limit`` (or none) on the same output extends it: the same settings otherwise, and the
+first prompts those it answered (``extended_from``); the earlier run's last chunk, cut short by
+its limit, is cut off and sampled again whole with the prompts after it, so the file equals one
+run of the larger limit. A smaller limit is refused as any other change.
 """
 
 from __future__ import annotations
@@ -290,8 +295,55 @@ def resume_point(output: Path, header: dict[str, Any], prompts: Sequence[PromptR
     except (OSError, ValueError) as e:
         raise UserError(f"{meta}: cannot read the record of the earlier run ({e}); pass {option('overwrite')} to "
                         "start over") from None
-    check_same_run(old if isinstance(old, dict) else {}, header, output)
-    return rows_kept(output, prompts)
+    old = old if isinstance(old, dict) else {}
+    answered = extended_from(old, header, prompts, output)
+    if answered is None:
+        check_same_run(old, header, output)
+        return rows_kept(output, prompts)
+    kept = rows_kept(output, prompts[:answered])
+    if answered == len(prompts):  # the prompts ran out before either limit: nothing to add
+        return kept
+    # the earlier run's last chunk, cut short by its limit, is sampled again whole with the prompts
+    # after it, as a run of the larger limit samples it (samples may depend on their batch)
+    batch = header["batch_size"]
+    whole = min(kept, answered // batch * batch)
+    if whole < kept:
+        _keep_rows(output, whole)
+    return whole
+
+
+# what a run with a larger --limit may change in the record of the run it extends
+_EXTENDED = ("limit", "num_prompts", "prompts_sha256")
+
+
+def extended_from(old: dict[str, Any], new: dict[str, Any], prompts: Sequence[PromptRecord],
+                  output: Path) -> int | None:
+    """The number of prompts the earlier run ``old`` answered when this run (``new``, its
+    ``prompts``) extends it to more of them: the same settings but a larger ``--limit`` (or none),
+    and the same first prompts; else None (``check_same_run`` judges it). A larger limit that
+    draws other first prompts (a task's training prompts are drawn for the count asked) is a
+    ``UserError``."""
+    if any(old.get(k) != v for k, v in new.items() if k not in _EXTENDED):
+        return None
+    before, now = old.get("limit"), new["limit"]
+    answered = old.get("num_prompts")
+    if before is None or (now is not None and now <= before) or not isinstance(answered, int):
+        return None
+    if answered > len(prompts) or prompts_hash(prompts[:answered]) != old.get("prompts_sha256"):
+        raise UserError(f"{output} was started with {_setting('limit', before)}; with {_setting('limit', now)} its "
+                        f"first {answered} prompts are not those it answered, so it cannot be extended: rerun with "
+                        f"{_setting('limit', before)}, or pass {option('overwrite')} to start over")
+    return answered
+
+
+def _keep_rows(output: Path, count: int) -> None:
+    """Cut ``output`` after its first ``count`` rows."""
+    end = 0
+    with output.open("rb") as f:
+        for _ in range(count):
+            end += len(f.readline())
+    with output.open("r+b") as f:
+        f.truncate(end)
 
 
 def _write_meta(path: Path, header: dict[str, Any]) -> None:

@@ -543,3 +543,42 @@ def test_a_scorer_reads_a_conversation_as_its_last_user_message(tmp_path, tiny_m
                "--max-new-tokens", "3", "--scorer", f"fn:{scorers}:prompt_length")[0] == 0
     got = [[s["score"] for s in r["samples"] if s["score"] is not None] for r in rows(out)]
     assert all(v == 1.0 for v in got[0]) and all(v == 5.0 for v in got[1]) and got[0] and got[1]
+
+
+@pytest.mark.parametrize("first", ["3", "4"])
+def test_a_larger_limit_extends_the_file_to_the_uninterrupted_one(tmp_path, tiny_model_dir, uninterrupted, capsys,
+                                                                  first):
+    """--limit 3 (its last chunk, of batch 2, cut short by the limit) or 4, then the same command
+    with no --limit: the file of one run over all five prompts, byte for byte (the short chunk is
+    sampled again whole). A smaller limit than the file's is refused, naming --limit."""
+    src, whole, meta = uninterrupted
+    out = tmp_path / "grown.jsonl"
+    common = ["--model", str(tiny_model_dir), "--prompts", str(src), "--output", str(out), *RESUMED_ARGS]
+    assert run(capsys, *common, "--limit", first)[0] == 0
+    assert len(rows(out)) == int(first)
+    code, printed, err = run(capsys, *common)
+    assert code == 0, err
+    assert printed.startswith(f"wrote {5 - int(first) + (first == '3')} rows to {out} (5 in all, resumed after row "
+                              f"{int(first) - (first == '3')})")
+    assert out.read_bytes() == whole
+    assert json.loads((tmp_path / "grown.jsonl.meta.json").read_text()) == json.loads(meta)  # the record too
+    smaller = tmp_path / "smaller.jsonl"
+    assert run(capsys, *common[:5], str(smaller), *RESUMED_ARGS, "--limit", "4")[0] == 0
+    err = refused(capsys, *common[:5], str(smaller), *RESUMED_ARGS, "--limit", "2")
+    assert "was started with --limit 4, this run has --limit 2" in err
+
+
+def test_a_larger_limit_that_draws_other_first_prompts_is_refused(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """A task's training prompts drawn anew for each count: --limit 5 after --limit 3 would not
+    start with the three prompts the file answered (simulated: the draw depends on the count)."""
+    from alignlab.tasks.arithmetic import ArithmeticTask
+
+    real = ArithmeticTask.train_prompts
+    monkeypatch.setattr(ArithmeticTask, "train_prompts", lambda self, n, seed: real(self, n, seed + n))
+    out = tmp_path / "t.jsonl"
+    common = ["--model", str(tiny_model_dir), "--task", "arithmetic", "--prompt-set", "train", "--output", str(out),
+              "-n", "1", "--max-new-tokens", "2"]
+    assert run(capsys, *common, "--limit", "3")[0] == 0
+    err = refused(capsys, *common, "--limit", "5")
+    assert (f"{out} was started with --limit 3; with --limit 5 its first 3 prompts are not those it answered, so it "
+            "cannot be extended") in err
