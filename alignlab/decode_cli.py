@@ -21,15 +21,15 @@ the share of the answers' tokens the aligned model wrote.
 
 Settings that cannot work (a method that needs a scorer or a model and has none, n < 1, an unknown
 method, a flag given to a method that does not read it, models of different vocabularies for
-transfer-q) are one-line errors before the model loads. The command does not resume: it writes the
-file at the end, and refuses an existing output (or its summary) unless ``--overwrite`` is given,
-which also removes the summary and an `alignlab sample` record (``O.jsonl.meta.json``) beside it.
+transfer-q) are one-line errors before the model loads. The answers are written a chunk at a time
+and the command resumes a stopped run (``decode_record.py``); ``--overwrite`` starts over.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -116,10 +116,14 @@ def _check(args) -> None:
         raise UserError(f"--output {args.output}: folder '{out.parent}' does not exist")
     check_not_input(args.output, ("the prompt file", "--prompts", args.prompts))
     if not args.overwrite:
-        taken = next((p for p in (out, summary_path(out)) if p.is_file()), None)
-        if taken is not None:
-            raise UserError(f"--output {args.output}: {taken} exists (decode does not resume); pass --overwrite to "
-                            "replace it, or choose another --output")
+        from alignlab.sample_cli import meta_path
+
+        if out.is_file() and out.stat().st_size and not meta_path(out).is_file():
+            raise UserError(f"--output {args.output}: {out} exists and has no record of an alignlab decode run beside "
+                            f"it ({meta_path(out).name}); pass --overwrite to replace it, or choose another --output")
+        if summary_path(out).is_file() and not out.is_file():
+            raise UserError(f"--output {args.output}: {summary_path(out)} exists, of answers no longer there; pass "
+                            "--overwrite to replace it, or choose another --output")
 
 
 def cmd_decode(tokens: list[str]) -> int:
@@ -137,7 +141,11 @@ def cmd_decode(tokens: list[str]) -> int:
                     prompt_set=args.prompt_set, prompt_column=args.prompt_column, split=args.split, limit=args.limit, backend=args.backend, batch_size=args.batch_size,
                     scorer=args.scorer, dtype=args.dtype)
     result = run_decode(job, args)
-    print(f"wrote {result['rows']} rows to {args.output}")
+    if not result["written"]:
+        print(f"{args.output} already holds all {result['rows']} rows (--overwrite decodes again)")
+    else:
+        resumed = f", resumed after row {result['resumed_at']}" if result["resumed_at"] else ""
+        print(f"wrote {result['written']} rows to {args.output} ({result['rows']} in all{resumed})")
     if "summary" in result:
         print(format_summary(result["summary"]))
     return 0
@@ -146,14 +154,22 @@ def cmd_decode(tokens: list[str]) -> int:
 def run_decode(job, args) -> dict[str, Any]:
     """Answer ``job``'s prompts through ``args.method``; write the rows, and with a task measure them."""
     from alignlab import generation
+    from alignlab.decode_record import append_chunk
     from alignlab.decoding import estimate
     from alignlab.models import load_model, load_tokenizer
     from alignlab.rewards import load_scorer
     from alignlab.rewards.base import reward_prompt, win_points
     from alignlab.rewards.guard import guard, rows_of
-    from alignlab.sample_cli import _default_device, check_context, meta_path, output_row, read_prompts
+    from alignlab.sample_cli import _default_device, check_context, output_row, read_prompts
 
     prompts = read_prompts(job)
+    out = Path(args.output).expanduser()
+    kept, chunks = _start(out, job, args, prompts)
+    if kept == len(prompts) and (job.task is None or summary_path(out).is_file()):  # finished earlier
+        result: dict[str, Any] = {"rows": kept, "resumed_at": kept, "written": 0}
+        if job.task is not None:
+            result["summary"] = json.loads(summary_path(out).read_text())
+        return result
     scorer = method_scorer(args)
     if scorer is not None:  # a failing scorer is one line naming the answer, not a traceback
         scorer = guard(scorer, f"--scorer {args.scorer}", rows_of(prompts))
@@ -171,40 +187,42 @@ def run_decode(job, args) -> dict[str, Any]:
         framing = (f" with urial's in-context prefix ({args.prefix or 'the shipped one'}; the prefix alone is {size} "
                    "tokens, --prefix FILE gives a shorter one)")
     check_context(method, model, tokenizer, prompts, job.params.max_new_tokens, framing)
-    acceptance, nudged = [], [0, 0]  # qalign: (accepted, proposed) per batch; nudging: (nudged, all) tokens
-    rows, answers, candidate_rewards, forward, rollout = [], [], [], 0, 0
-    for start in range(0, len(prompts), job.batch_size):
+    for start in range(kept, len(prompts), job.batch_size):
         chunk = prompts[start:start + job.batch_size]
         got = method.generate([p.prompt for p in chunk], job.n, job.params, start=start)
         report = method.last_report
-        forward += report.forward_tokens
-        rollout += getattr(report, "rollout_tokens", 0)
+        tally: dict[str, Any] = {"start": start, "rows": len(chunk), "forward": report.forward_tokens,
+                                 "rollout": getattr(report, "rollout_tokens", 0)}
         if best_of:
             scores = report.picked_rewards
-            candidate_rewards += [[r for per in report.candidate_rewards[i] for r in per] for i in range(len(chunk))]
+            tally["candidate_rewards"] = [[r for per in report.candidate_rewards[i] for r in per]
+                                          for i in range(len(chunk))]
         else:
             if args.method == "qalign":
-                acceptance.append((report.accepted, report.proposals))
+                tally.update(accepted=report.accepted, proposed=report.proposals)
             if args.method == "nudging":
-                nudged = [nudged[0] + report.nudged_tokens, nudged[1] + report.answer_tokens]
+                tally.update(nudged=report.nudged_tokens, answer_tokens=report.answer_tokens)
             scores = None
             if scorer is not None:
                 flat = scorer.score([reward_prompt(p.prompt) for p in chunk for _ in range(job.n)],
                                     [s.text for group in got for s in group])
                 scores = [flat[i * job.n:(i + 1) * job.n] for i in range(len(chunk))]
-        for i, p in enumerate(chunk):
-            rows.append(output_row(p, got[i], None if scores is None else scores[i]))
-            answers.append(got[i])
-    out = Path(args.output).expanduser()
-    try:
-        for stale in (summary_path(out), meta_path(out)):  # of the run this one replaces
-            if stale.is_file():
-                stale.unlink()
-        out.write_text("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows),
-                       encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{out}: cannot write: {e.strerror or e}") from None
-    result: dict[str, Any] = {"rows": len(rows)}
+        lines = [json.dumps(output_row(p, got[i], None if scores is None else scores[i]), ensure_ascii=False,
+                            allow_nan=False) + "\n" for i, p in enumerate(chunk)]
+        try:
+            with out.open("a", encoding="utf-8") as handle:
+                handle.write("".join(lines))
+                handle.flush()
+                os.fsync(handle.fileno())
+            append_chunk(out, tally)
+        except OSError as e:
+            raise UserError(f"{out}: cannot write: {e.strerror or e}") from None
+        chunks.append(tally)
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    answers = [[s["text"] for s in row["samples"]] for row in rows]
+    forward = sum(c["forward"] for c in chunks)
+    rollout = sum(c["rollout"] for c in chunks)
+    result = {"rows": len(rows), "resumed_at": kept, "written": len(rows) - kept}
     if job.task is None:
         return result
     gold = load_scorer(f"task:{job.task}:gold")
@@ -216,7 +234,7 @@ def run_decode(job, args) -> dict[str, Any]:
         plain += chunk
         plain_tokens += sum(len(s.prompt_ids) + len(s.token_ids) for group in chunk for s in group)
     flat_prompts = [t for t in texts for _ in range(job.n)]
-    g_dec = gold.score(flat_prompts, [s.text for group in answers for s in group])
+    g_dec = gold.score(flat_prompts, [text for group in answers for text in group])
     g_plain = gold.score(flat_prompts, [s.text for group in plain for s in group])
     win = sum(win_points(g_dec, g_plain)) / len(g_dec)
     summary = {"method": args.method, "scorer": args.scorer, "task": job.task, "prompts": len(prompts),
@@ -224,12 +242,13 @@ def run_decode(job, args) -> dict[str, Any]:
                "forward_tokens": forward, "forward_tokens_plain": plain_tokens,
                "temperature": args.temperature}
     if best_of:
+        candidate_rewards = [per for c in chunks for per in c["candidate_rewards"]]
         summary.update(pick_temperature=args.pick_temperature, calibrate=args.calibrate,
                        **estimate(candidate_rewards, args.n).as_dict())  # with n
         if args.pick_temperature > 0:  # a calibrated hard pick is best-of-n's own
             summary["kl_note"] = "the bound and the estimate are best-of-n's; a soft pick moves less"
     elif args.method == "qalign":
-        accepted, proposed = (sum(x) for x in zip(*acceptance, strict=True)) if acceptance else (0, 0)
+        accepted, proposed = (sum(c[k] for c in chunks) for k in ("accepted", "proposed"))
         summary.update(steps=args.steps, beta=args.beta, vote=args.vote, burn_in=args.burn_in,
                        acceptance_rate=accepted / proposed if proposed else 0.0)
     elif args.method in ("reward-guided", "transfer-q"):
@@ -238,8 +257,9 @@ def run_decode(job, args) -> dict[str, Any]:
         if args.method == "transfer-q":
             summary.update(aligned=args.aligned, reference=args.reference, implicit_beta=args.implicit_beta)
     elif args.method == "nudging":
+        nudged, tokens = (sum(c[k] for c in chunks) for k in ("nudged", "answer_tokens"))
         summary.update(aligned=args.aligned, threshold=args.threshold,
-                       nudged_share=nudged[0] / nudged[1] if nudged[1] else 0.0)
+                       nudged_share=nudged / tokens if tokens else 0.0)
     else:
         summary["prefix"] = str(args.prefix or "shipped")
     try:
@@ -248,6 +268,44 @@ def run_decode(job, args) -> dict[str, Any]:
         raise UserError(f"{summary_path(out)}: cannot write: {e.strerror or e} (the answers are in {out})") from None
     result["summary"] = summary
     return result
+
+
+def _start(out: Path, job, args, prompts) -> tuple[int, list[dict[str, Any]]]:
+    """The rows of ``out`` an earlier run of the same settings wrote, and their chunks' tally
+    (``decode_record.py``), with the record of this run's settings written; with ``--overwrite``
+    (or no earlier run) none, the earlier files removed."""
+    from alignlab.decode_record import check_same_decode, chunks_path, method_settings, resumable_rows
+    from alignlab.sample_cli import FORMAT, _write_meta, check_same_run, meta_path, prompts_hash, rows_kept
+
+    header = {"format": FORMAT, **job.record(), "num_prompts": len(prompts), "prompts_sha256": prompts_hash(prompts),
+              "decode": method_settings(args)}
+    meta = meta_path(out)
+    kept, chunks = 0, []
+    try:
+        if args.overwrite or not out.is_file():
+            for stale in (out, summary_path(out), meta, chunks_path(out)):  # of the run this one replaces
+                if stale.is_file():
+                    stale.unlink()
+        else:
+            try:
+                old = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+            except ValueError as e:
+                raise UserError(f"{meta}: cannot read the record of the earlier run ({e}); pass --overwrite to "
+                                "start over") from None
+            old = old if isinstance(old, dict) else {}
+            def flags(record):  # as decode's flags name them: the sample record's n is --answers
+                return {("answers" if k == "n" else k): v for k, v in record.items() if k != "decode"}
+
+            check_same_decode(old, header, out)  # first: a file of alignlab sample is named as such
+            check_same_run(flags(old), flags(header), out)
+            kept, chunks = resumable_rows(out, rows_kept(out, prompts), job.batch_size, len(prompts))
+            if kept < len(prompts) and summary_path(out).is_file():
+                summary_path(out).unlink()  # of the rows before this run's
+        if not meta.is_file():
+            _write_meta(meta, header)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write: {e.strerror or e}") from None
+    return kept, chunks
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -296,6 +296,9 @@ def resume_point(output: Path, header: dict[str, Any], prompts: Sequence[PromptR
         raise UserError(f"{meta}: cannot read the record of the earlier run ({e}); pass {option('overwrite')} to "
                         "start over") from None
     old = old if isinstance(old, dict) else {}
+    if "decode" in old:
+        raise UserError(f"{output} was written by alignlab decode, not sample; pass {option('overwrite')} to start "
+                        f"over, or choose another {_flag('output')}")
     answered = extended_from(old, header, prompts, output)
     if answered is None:
         check_same_run(old, header, output)
@@ -308,7 +311,7 @@ def resume_point(output: Path, header: dict[str, Any], prompts: Sequence[PromptR
     batch = header["batch_size"]
     whole = min(kept, answered // batch * batch)
     if whole < kept:
-        _keep_rows(output, whole)
+        keep_lines(output, whole)
     return whole
 
 
@@ -336,14 +339,17 @@ def extended_from(old: dict[str, Any], new: dict[str, Any], prompts: Sequence[Pr
     return answered
 
 
-def _keep_rows(output: Path, count: int) -> None:
-    """Cut ``output`` after its first ``count`` rows."""
+def keep_lines(path: Path, count: int) -> None:
+    """Cut ``path`` after its first ``count`` lines (a missing file stays missing)."""
+    if not path.is_file():
+        return
     end = 0
-    with output.open("rb") as f:
+    with path.open("rb") as f:
         for _ in range(count):
             end += len(f.readline())
-    with output.open("r+b") as f:
-        f.truncate(end)
+    if end < path.stat().st_size:
+        with path.open("r+b") as f:
+            f.truncate(end)
 
 
 def _write_meta(path: Path, header: dict[str, Any]) -> None:

@@ -324,22 +324,27 @@ def test_urials_prefix_is_named_where_it_makes_a_prompt_too_long(tmp_path, sft_m
     assert f"{prompts}, row 1: the prompt is " in err and "with urial's in-context prefix (the shipped one" in err
 
 
-def test_an_existing_output_or_summary_is_refused_before_loading(tmp_path, capsys):
-    """A long `alignlab sample` run's output (or an earlier decode's summary) is not replaced silently."""
-    for taken in ("o.jsonl", "o.jsonl.summary.json"):
-        (tmp_path / taken).write_text("kept\n")
-        code = main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--model",
-                     str(tmp_path / "no-model"), "--task", "arithmetic", "--output", str(tmp_path / "o.jsonl")])
-        err = capsys.readouterr().err
-        assert code == 2 and len(err.strip().splitlines()) == 1, err
-        assert f"{tmp_path / taken} exists (decode does not resume); pass --overwrite" in err and "no-model" not in err
-        assert (tmp_path / taken).read_text() == "kept\n"
-        (tmp_path / taken).unlink()
+@pytest.mark.parametrize(("taken", "message"), [
+    ("o.jsonl", "o.jsonl exists and has no record of an alignlab decode run beside it (o.jsonl.meta.json); pass "
+                "--overwrite"),
+    ("o.jsonl.summary.json", "o.jsonl.summary.json exists, of answers no longer there; pass --overwrite"),
+])
+def test_an_existing_output_or_summary_of_no_run_is_refused_before_loading(tmp_path, capsys, taken, message):
+    """A file that no decode run wrote (or an earlier decode's summary without its answers) is not
+    replaced silently."""
+    (tmp_path / taken).write_text("kept\n")
+    code = main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--model",
+                 str(tmp_path / "no-model"), "--task", "arithmetic", "--output", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{tmp_path}/{message}" in err and "no-model" not in err
+    assert (tmp_path / taken).read_text() == "kept\n"
 
 
 def test_overwrite_replaces_the_output_and_removes_what_described_the_old_one(tmp_path, sft_model):
-    """With --overwrite and no --task the answers replace the file, and the sample record and the
-    summary beside it, which described the old rows, are removed (no new summary is written)."""
+    """With --overwrite and no --task the answers replace the file, and the record and the summary
+    beside it, which described the old rows, are replaced by this run's record and chunk tally (no
+    summary is written)."""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "1+1="}) + "\n")
     out = tmp_path / "o.jsonl"
@@ -348,7 +353,9 @@ def test_overwrite_replaces_the_output_and_removes_what_described_the_old_one(tm
     assert main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--n", "2", "--model", sft_model,
                  "--prompts", str(prompts), "--max-new-tokens", "4", "--overwrite", "--output", str(out)]) == 0
     assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == ["1+1="]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "p.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "o.jsonl.chunks.jsonl", "o.jsonl.meta.json",
+                                                          "p.jsonl"]
+    assert json.loads((tmp_path / "o.jsonl.meta.json").read_text())["decode"]["n"] == 2
 
 
 def test_a_prompt_file_names_its_prompt_column_as_the_hint_says(tmp_path, sft_model, capsys):
@@ -363,3 +370,93 @@ def test_a_prompt_file_names_its_prompt_column_as_the_hint_says(tmp_path, sft_mo
     assert "--prompt-column NAME" in err and len(err.strip().splitlines()) == 1, err
     assert main([*args, "--prompt-column", "question"]) == 0
     assert json.loads((tmp_path / "o.jsonl").read_text())["prompt"] == "2+2="
+
+
+BON = ["decode", "--method", "best-of-n", "--scorer", "task:arithmetic:gold", "--n", "2", "--task", "arithmetic",
+       "--limit", "5", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, sft_model):
+    """One uninterrupted best-of-2 run over 5 prompts in chunks of 2: its answers, tally and summary."""
+    folder = tmp_path_factory.mktemp("whole")
+    out = folder / "o.jsonl"
+    assert main([*BON, "--model", sft_model, "--output", str(out)]) == 0
+    return {name: (folder / name).read_bytes() for name in ("o.jsonl", "o.jsonl.chunks.jsonl",
+                                                            "o.jsonl.summary.json", "o.jsonl.meta.json")}
+
+
+@pytest.mark.parametrize(("rows", "part", "chunks"), [(0, 0.5, 0), (2, 0.0, 1), (2, 0.4, 1), (4, 0.0, 1), (4, 0.0, 2),
+                                                      (5, 0.0, 2), (5, 0.0, 3)],
+                         ids=["in-row-1", "after-chunk-1", "in-row-3", "rows-before-tally", "after-chunk-2",
+                              "last-rows-before-tally", "before-summary"])
+def test_a_stopped_run_resumes_to_the_uninterrupted_files(tmp_path, sft_model, whole_run, capsys, rows, part, chunks):
+    """The files as a stop leaves them: ``rows`` whole rows and ``part`` of the next, ``chunks``
+    lines of the tally, no summary. The same command again gives the uninterrupted run's answers,
+    tally and summary, byte for byte; a row whose chunk's line is missing is decoded again."""
+    out = tmp_path / "o.jsonl"
+    lines = whole_run["o.jsonl"].splitlines(keepends=True)
+    cut = b"".join(lines[:rows]) + (lines[rows][:int(len(lines[rows]) * part)] if rows < len(lines) else b"")
+    out.write_bytes(cut)
+    tally = whole_run["o.jsonl.chunks.jsonl"].splitlines(keepends=True)
+    (tmp_path / "o.jsonl.chunks.jsonl").write_bytes(b"".join(tally[:chunks]))
+    (tmp_path / "o.jsonl.meta.json").write_bytes(whole_run["o.jsonl.meta.json"])
+    assert main([*BON, "--model", sft_model, "--output", str(out)]) == 0
+    done = min(rows, [0, 2, 4, 5][chunks])
+    printed = capsys.readouterr().out
+    if done < 5:
+        assert printed.startswith(f"wrote {5 - done} rows to {out} (5 in all"
+                                  + (f", resumed after row {done})" if done else ")"))
+    for name in ("o.jsonl", "o.jsonl.chunks.jsonl", "o.jsonl.summary.json"):
+        assert (tmp_path / name).read_bytes() == whole_run[name], name
+    assert main([*BON, "--model", sft_model, "--output", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"{out} already holds all 5 rows (--overwrite decodes again)")
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (["--n", "3"], "was started with --n 2, this run has --n 3"),
+    (["--answers", "2"], "was started with --answers 1, this run has --answers 2"),
+    (["--pick-temperature", "0.5"], "was started with --pick-temperature 0.0, this run has --pick-temperature 0.5"),
+    (["--seed", "1"], "was started with --seed 0, this run has --seed 1"),
+])
+def test_a_rerun_with_other_settings_is_refused_naming_the_option(tmp_path, sft_model, whole_run, capsys, change,
+                                                                  named):
+    out = tmp_path / "o.jsonl"
+    for name in ("o.jsonl", "o.jsonl.chunks.jsonl", "o.jsonl.meta.json"):
+        (tmp_path / name).write_bytes(whole_run[name][:len(whole_run[name]) // 2] if name == "o.jsonl"
+                                      else whole_run[name])
+    args = [*BON, "--model", sft_model, "--output", str(out)]
+    for flag, value in zip(change[::2], change[1::2], strict=True):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and named in err, err
+
+
+def test_an_output_of_alignlab_sample_is_not_continued_by_decode(tmp_path, sft_model, capsys):
+    out = tmp_path / "o.jsonl"
+    assert main(["sample", "--model", sft_model, "--task", "arithmetic", "--limit", "2", "-n", "1",
+                 "--max-new-tokens", "2", "--output", str(out), "--no-progress"]) == 0
+    before = out.read_bytes()
+    code = main([*BON, "--model", sft_model, "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{out} was written by alignlab sample, not decode; pass --overwrite" in err \
+        and len(err.strip().splitlines()) == 1, err
+    assert out.read_bytes() == before
+
+
+def test_an_output_of_alignlab_decode_is_not_continued_by_sample(tmp_path, sft_model, whole_run, capsys):
+    """The same model, prompts and sampling settings as the decode run: still not sample's file."""
+    for name in ("o.jsonl", "o.jsonl.meta.json"):
+        (tmp_path / name).write_bytes(whole_run[name][:len(whole_run[name]) // 2] if name == "o.jsonl"
+                                      else whole_run[name])
+    out = tmp_path / "o.jsonl"
+    before = out.read_bytes()
+    code = main(["sample", "--model", sft_model, "--task", "arithmetic", "--limit", "5", "--batch-size", "2",
+                 "--scorer", "task:arithmetic:gold", "--output", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{out} was written by alignlab decode, not sample; pass --overwrite" in err, err
+    assert out.read_bytes() == before
