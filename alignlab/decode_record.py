@@ -7,9 +7,10 @@ the chunk it was on). Beside the output ``O.jsonl``:
     O.jsonl.meta.json     `alignlab sample`'s record of the settings (model, prompts and their hash,
                           sampling options, backend, batch size, scorer, dtype) and ``decode``: the
                           method's own settings (the method, n, steps, beta, models, prefix, ...)
-    O.jsonl.chunks.jsonl  one line per chunk written, after its rows: what the summary adds up
+    O.jsonl.chunks        a JSON line per chunk written, after its rows: what the summary adds up
                           that the rows do not hold (forward and rollout tokens, qalign's accepted
-                          and proposed steps, nudging's token counts, best-of-n's candidate rewards)
+                          and proposed steps, nudging's token counts, best-of-n's candidate rewards);
+                          not named *.jsonl, so that a glob for outputs does not find it
 
 The same command run again continues after the last chunk both files hold (a row without its
 chunk's line, or a partly written line, is cut off and its chunk decoded again); other settings
@@ -30,7 +31,7 @@ from typing import Any
 from alignlab.errors import UserError, option
 from alignlab.sample_cli import keep_lines
 
-CHUNKS_SUFFIX = ".chunks.jsonl"
+CHUNKS_SUFFIX = ".chunks"
 # flags that name a file or model: kept as absolute paths where they are local, as the model is
 _PATH_KEYS = ("aligned", "reference", "prefix")
 

@@ -353,7 +353,7 @@ def test_overwrite_replaces_the_output_and_removes_what_described_the_old_one(tm
     assert main(["decode", "--method", "best-of-n", "--scorer", "task:arithmetic", "--n", "2", "--model", sft_model,
                  "--prompts", str(prompts), "--max-new-tokens", "4", "--overwrite", "--output", str(out)]) == 0
     assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == ["1+1="]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "o.jsonl.chunks.jsonl", "o.jsonl.meta.json",
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "o.jsonl.chunks", "o.jsonl.meta.json",
                                                           "p.jsonl"]
     assert json.loads((tmp_path / "o.jsonl.meta.json").read_text())["decode"]["n"] == 2
 
@@ -382,7 +382,7 @@ def whole_run(tmp_path_factory, sft_model):
     folder = tmp_path_factory.mktemp("whole")
     out = folder / "o.jsonl"
     assert main([*BON, "--model", sft_model, "--output", str(out)]) == 0
-    return {name: (folder / name).read_bytes() for name in ("o.jsonl", "o.jsonl.chunks.jsonl",
+    return {name: (folder / name).read_bytes() for name in ("o.jsonl", "o.jsonl.chunks",
                                                             "o.jsonl.summary.json", "o.jsonl.meta.json")}
 
 
@@ -398,8 +398,8 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_files(tmp_path, sft_model, w
     lines = whole_run["o.jsonl"].splitlines(keepends=True)
     cut = b"".join(lines[:rows]) + (lines[rows][:int(len(lines[rows]) * part)] if rows < len(lines) else b"")
     out.write_bytes(cut)
-    tally = whole_run["o.jsonl.chunks.jsonl"].splitlines(keepends=True)
-    (tmp_path / "o.jsonl.chunks.jsonl").write_bytes(b"".join(tally[:chunks]))
+    tally = whole_run["o.jsonl.chunks"].splitlines(keepends=True)
+    (tmp_path / "o.jsonl.chunks").write_bytes(b"".join(tally[:chunks]))
     (tmp_path / "o.jsonl.meta.json").write_bytes(whole_run["o.jsonl.meta.json"])
     assert main([*BON, "--model", sft_model, "--output", str(out)]) == 0
     done = min(rows, [0, 2, 4, 5][chunks])
@@ -407,7 +407,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_files(tmp_path, sft_model, w
     if done < 5:
         assert printed.startswith(f"wrote {5 - done} rows to {out} (5 in all"
                                   + (f", resumed after row {done})" if done else ")"))
-    for name in ("o.jsonl", "o.jsonl.chunks.jsonl", "o.jsonl.summary.json"):
+    for name in ("o.jsonl", "o.jsonl.chunks", "o.jsonl.summary.json"):
         assert (tmp_path / name).read_bytes() == whole_run[name], name
     assert main([*BON, "--model", sft_model, "--output", str(out)]) == 0
     assert capsys.readouterr().out.startswith(f"{out} already holds all 5 rows (--overwrite decodes again)")
@@ -422,7 +422,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_files(tmp_path, sft_model, w
 def test_a_rerun_with_other_settings_is_refused_naming_the_option(tmp_path, sft_model, whole_run, capsys, change,
                                                                   named):
     out = tmp_path / "o.jsonl"
-    for name in ("o.jsonl", "o.jsonl.chunks.jsonl", "o.jsonl.meta.json"):
+    for name in ("o.jsonl", "o.jsonl.chunks", "o.jsonl.meta.json"):
         (tmp_path / name).write_bytes(whole_run[name][:len(whole_run[name]) // 2] if name == "o.jsonl"
                                       else whole_run[name])
     args = [*BON, "--model", sft_model, "--output", str(out)]
