@@ -120,12 +120,13 @@ def cmd_rm(tokens: list[str]) -> int:
         raise UserError(f"alignlab eval rm: --bins must be >= 1, got {args.bins}")
     check_report_path(args.out, args, "--data")
     spec, flag = (f"rm:{args.model}", "--model") if args.model else (args.scorer, "--scorer")
-    pairs = load_pairs(args.data, args.subset_column, columns=columns, split=args.split,
-                       skip_invalid=args.skip_invalid)
     try:
-        scorer = guard(load_scorer(spec), f"{flag} {args.model or args.scorer}", rows_of(pairs))
+        scorer = guard(load_scorer(spec), f"{flag} {args.model or args.scorer}")
     except UserError as e:
         raise UserError(f"{flag} {args.model or args.scorer}: {e}") from None
+    pairs = load_pairs(args.data, args.subset_column, columns=columns, split=args.split,
+                       skip_invalid=args.skip_invalid)
+    scorer.where = rows_of(pairs)
     report = {"scorer": scorer.name, "data": args.data, **evaluate_pairs(scorer, pairs, args.bins)}
     write_report(args.out, report)
     print(f"{scorer.name} on {report['pairs']} pairs from {args.data}")

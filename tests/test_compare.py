@@ -268,6 +268,37 @@ def test_a_finished_cell_answers_for_its_data_files_contents(tmp_path, monkeypat
     assert "cell lr=0.1,seed=0 " not in capsys.readouterr().err
 
 
+def test_only_the_files_a_cell_reads_count_as_its_data(tmp_path, monkeypatch, capsys):
+    """data: a folder with train.jsonl, test.jsonl and a README. Editing the README or the test
+    split, or adding a notes file, changes nothing the cells read: the rerun keeps every cell (an
+    unfinished one resumes, its folder kept). Editing train.jsonl refuses the finished cells. The
+    data folder moved away: the finished cells are kept (their contents cannot be compared)."""
+    monkeypatch.setattr(compare_run, "cell_command", lambda d: [sys.executable, "-c", FAKE_CELL, str(d)])
+    data = tmp_path / "ds"
+    data.mkdir()
+    for name in ("train.jsonl", "test.jsonl"):
+        (data / name).write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    (data / "README.md").write_text("about\n")
+    path = write_config(tmp_path, USER.replace("/data/pairs.jsonl", str(data)).replace("0.5", "0.2"))
+    out = tmp_path / "out"
+    assert cli.main(["compare", str(path)]) == 0
+    unfinished = out / "cells" / "lr=0.2,seed=1"
+    (unfinished / "result.json").unlink()
+    (unfinished / "partial").touch()
+    (data / "README.md").write_text("about, edited\n")
+    (data / "test.jsonl").write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    (data / "NOTES.md").write_text("notes\n")
+    capsys.readouterr()
+    assert cli.main(["compare", str(path)]) == 0
+    assert "3 had finished earlier" in capsys.readouterr().out and (unfinished / "partial").exists()
+    (data / "train.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "c"}\n')
+    assert cli.main(["compare", str(path)]) == 2
+    assert "differs in the contents of data (edited since)" in capsys.readouterr().err
+    data.rename(tmp_path / "elsewhere")
+    assert cli.main(["compare", str(path)]) == 0
+    assert "4 cells finished earlier and are kept" in capsys.readouterr().err
+
+
 def test_an_unfinished_cell_runs_again_and_one_of_changed_settings_starts_afresh(tmp_path):
     """A cell with cell.json but no result.json (interrupted) is run again; if its settings have
     changed since, its folder is cleared first."""

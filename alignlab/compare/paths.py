@@ -85,22 +85,24 @@ def resolve_keys(keys: dict[str, Any], where: str, config_dir: Path) -> dict[str
     return out
 
 
-DATA_KEYS = ("data", "mix_data", "eval_data")  # local files whose contents a finished cell answers for
-
-
+# local data a finished cell answers for, and the key of its split
+DATA_KEYS = {"data": "data_split", "mix_data": None, "eval_data": "eval_data_split"}
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (file, size, mtime) -> digest: each file read once per command
 
 
-def contents_digest(path: str) -> str | None:
-    """The sha256 of a local data file's bytes, or of a folder's files (their paths under it and
-    bytes, in path order); None for what is not a local path (a hub dataset, ``task:NAME``)."""
-    target = Path(path)
-    if not target.exists():
+def contents_digest(path: str, split: str | None = None) -> str | None:
+    """The sha256 of the bytes of the local files a run reads from ``path`` (``source_files``: the
+    file, or the files of ``split`` in a folder, with their paths under it), or None for what is
+    not local (a hub dataset, ``task:NAME``) or no longer there."""
+    from alignlab.data.sources import source_files
+
+    files = source_files(path, split)
+    if files is None:
         return None
-    files = [target] if target.is_file() else sorted(f for f in target.rglob("*") if f.is_file())
+    root = Path(path).expanduser()
     h = hashlib.sha256()
     for f in files:
-        h.update(str(f.relative_to(target)).encode() + b"\0")
+        h.update(str(f.relative_to(root) if f != root else "").encode() + b"\0")
         h.update(_file_digest(f).encode())
     return h.hexdigest()[:16]
 
@@ -118,12 +120,14 @@ def _file_digest(f: Path) -> str:
 
 
 def data_contents(train: dict[str, Any]) -> dict[str, str]:
-    """The digests of a cell's local data files (``contents_digest``) by key: a cell that finished
-    on other contents of the same file no longer answers for the config."""
+    """The digests of a cell's local data (``contents_digest``) by key: a cell that finished on
+    other contents of the same files no longer answers for the config."""
     out = {}
-    for key in DATA_KEYS:
+    for key, split_key in DATA_KEYS.items():
         value = train.get(key)
-        digest = contents_digest(value) if isinstance(value, str) else None
+        split = train.get(split_key) if split_key else None
+        digest = contents_digest(value, split if isinstance(split, str) else None) if isinstance(value, str) \
+            else None
         if digest is not None:
             out[key] = digest
     return out

@@ -67,10 +67,16 @@ def cell_record(plan: Plan, cell: Cell, threads: int | None = None) -> dict[str,
 
 def settings_now(plan: Plan, cell: Cell, saved: dict[str, Any]) -> dict[str, Any]:
     """The cell's settings as the config gives them now, to compare with those of its ``saved``
-    cell.json; a cell saved before its data files' contents were recorded is compared without them."""
+    cell.json; a cell saved before its data files' contents were recorded is compared without them,
+    and a data file no longer there by the contents it had."""
     now = cell_record(plan, cell)["settings"]
-    if "data_contents" not in saved.get("settings", {}):
+    before = saved.get("settings", {}).get("data_contents")
+    if not isinstance(before, dict):
         now.pop("data_contents", None)
+        return now
+    contents = now.setdefault("data_contents", {})
+    for key, digest in before.items():  # a data file gone since (moved, deleted) cannot be compared: kept
+        contents.setdefault(key, digest)
     return now
 
 

@@ -404,6 +404,24 @@ def _json_type(value: Any) -> str:
 # ---------------------------------------------------------------- directories and datasets
 
 
+def source_files(source: str | os.PathLike[str], split: str | None = None) -> list[Path] | None:
+    """The local files ``iter_rows(source, split=split)`` reads rows from: the file itself, the
+    files of ``split`` in a directory of data files, every file (not hidden) of a directory saved
+    by ``datasets``; None where ``source`` is not local (a hub dataset) or names no data files."""
+    path = Path(os.fspath(source)).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return None
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return sorted(f for f in path.rglob("*")
+                      if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    try:
+        return _pick_split_files(path, os.fspath(source), split)
+    except UserError:  # no data files: the run's own loading says so
+        return None
+
+
 def _iter_directory(path: Path, name: str, split: str | None) -> Iterator[RawRow]:
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         yield from _iter_saved_dataset(path, name, split)

@@ -248,9 +248,10 @@ def run_length(args: argparse.Namespace) -> dict[str, Any]:
     if spec is not None:
         from alignlab.rewards.guard import rows_of
 
-        scorer = _scorer(spec, "--scorer", rows_of(a_rows + (b_rows or [])))
+        scorer = _scorer(spec, "--scorer")
         for rows in (a_rows, b_rows):  # one scorer for every answer, files included
             if rows is not None:
+                scorer.where = rows_of(rows)  # a failure names the row of the file being scored
                 score_rows(rows, scorer)
     report: dict[str, Any] = {"unit": args.unit, "scorer": spec}
     sides = [("a", a_rows, args.answers or args.model)] + ([("b", b_rows, args.against or args.against_model)]

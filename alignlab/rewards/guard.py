@@ -123,14 +123,33 @@ def guard(scorer: Scorer, label: str, where: Callable[[str], str | None] | None 
 
 def rows_of(records) -> Callable[[str], str | None]:
     """``where`` for ``Guarded`` from records with ``source``, ``row`` and a prompt (``scorer_prompt``
-    or ``prompt``): the first record of each prompt."""
+    or ``prompt``): the rows that hold the prompt ("a.jsonl, row 3"; a prompt on several rows, as
+    pair data often has, names them all: "a.jsonl, rows 1, 4 and 9", the first few of many)."""
     from alignlab.rewards.base import reward_prompt
 
-    places: dict[str, str] = {}
+    places: dict[str, list[tuple[str, int]]] = {}
     for r in records:
         try:
             text = getattr(r, "scorer_prompt", None) or reward_prompt(r.prompt)
         except ValueError:
             continue
-        places.setdefault(text, f"{r.source}, row {r.row}")
-    return places.get
+        places.setdefault(text, []).append((r.source, r.row))
+
+    def where(prompt: str) -> str | None:
+        found = places.get(prompt)
+        if not found:
+            return None
+        if len(found) == 1:
+            return f"{found[0][0]}, row {found[0][1]}"
+        shown = found[:_SHOWN_ROWS]
+        more = f" … ({len(found)} rows)" if len(found) > _SHOWN_ROWS else ""
+        if len({source for source, _ in found}) > 1:  # several files: each row with its file
+            return "; ".join(f"{source}, row {row}" for source, row in shown) + more
+        rows = [str(row) for _, row in shown]
+        listed = ", ".join(rows) + more if more else ", ".join(rows[:-1]) + " and " + rows[-1]
+        return f"{shown[0][0]}, rows {listed}"
+
+    return where
+
+
+_SHOWN_ROWS = 5  # rows of one prompt named in a scorer's failure

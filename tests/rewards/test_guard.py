@@ -142,3 +142,19 @@ def test_a_module_in_the_current_folder_off_the_path_gets_a_hint(tmp_path, monke
         load_scorer("fn:broken_rewards:f")
     assert "no_such_dependency_xyz" in str(e.value) and "PYTHONPATH" not in str(e.value)
     assert load_scorer("fn:my_rewards:f").score(["p"], ["r"]) == [1.0]
+
+
+def test_a_prompt_on_several_rows_is_named_by_all_of_them():
+    """Pair data holds a prompt on several rows; the answer at fault could be on any: every row of
+    its prompt is named (the first five of more), never just the first."""
+    from types import SimpleNamespace as Row
+
+    from alignlab.rewards.guard import rows_of
+
+    where = rows_of([Row(source="a.jsonl", row=r, prompt="p1") for r in (1, 3)]
+                    + [Row(source="a.jsonl", row=2, prompt="p2")])
+    assert (where("p1"), where("p2"), where("p3")) == ("a.jsonl, rows 1 and 3", "a.jsonl, row 2", None)
+    assert rows_of([Row(source="a.jsonl", row=r, prompt="p") for r in range(1, 9)])("p") == \
+        "a.jsonl, rows 1, 2, 3, 4, 5 … (8 rows)"
+    assert rows_of([Row(source="a.jsonl", row=1, prompt="p"), Row(source="b.jsonl", row=4, prompt="p")])("p") == \
+        "a.jsonl, row 1; b.jsonl, row 4"
