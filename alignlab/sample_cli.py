@@ -279,13 +279,15 @@ def rows_kept(output: Path, prompts: Sequence[PromptRecord]) -> int:
     return count
 
 
-def resume_point(output: Path, header: dict[str, Any], prompts: Sequence[PromptRecord]) -> int:
-    """The rows of ``output`` an earlier run of the same settings wrote (0 for a new file); a
-    ``UserError`` when the file holds rows of other settings or of no recorded run."""
+def resume_point(output: Path, header: dict[str, Any], prompts: Sequence[PromptRecord]) -> tuple[int, bool]:
+    """The rows of ``output`` an earlier run of the same settings wrote that this run keeps (0 for a
+    new file), and whether the file holds more rows that this run samples again (an extended run's
+    short last chunk), to be cut off when it first writes; a ``UserError`` when the file holds rows
+    of other settings or of no recorded run."""
     meta = meta_path(output)
     has_rows = output.exists() and output.stat().st_size > 0
     if not has_rows:
-        return 0
+        return 0, False
     if not meta.exists():
         raise UserError(f"{output} exists but {meta.name} does not: it was not written by alignlab sample (or its "
                         f"record was removed); pass {option('overwrite')} to replace it, or choose another "
@@ -301,18 +303,18 @@ def resume_point(output: Path, header: dict[str, Any], prompts: Sequence[PromptR
                         f"over, or choose another {_flag('output')}")
     answered = extended_from(old, header, prompts, output)
     if answered is None:
+        # another setting than the limit is named first: a larger limit alone would be allowed
+        check_same_run(*({k: v for k, v in d.items() if k not in _EXTENDED} for d in (old, header)), output)
         check_same_run(old, header, output)
-        return rows_kept(output, prompts)
+        return rows_kept(output, prompts), False
     kept = rows_kept(output, prompts[:answered])
     if answered == len(prompts):  # the prompts ran out before either limit: nothing to add
-        return kept
+        return kept, False
     # the earlier run's last chunk, cut short by its limit, is sampled again whole with the prompts
     # after it, as a run of the larger limit samples it (samples may depend on their batch)
     batch = header["batch_size"]
     whole = min(kept, answered // batch * batch)
-    if whole < kept:
-        keep_lines(output, whole)
-    return whole
+    return whole, whole < kept
 
 
 # what a run with a larger --limit may change in the record of the run it extends
@@ -443,7 +445,7 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
     check_not_input(out, ("the prompt file", _flag("prompts"), job.prompts))
     prompts = read_prompts(job)
     header = {"format": FORMAT, **job.record(), "num_prompts": len(prompts), "prompts_sha256": prompts_hash(prompts)}
-    kept = 0 if overwrite else resume_point(out, header, prompts)
+    kept, cut = (0, False) if overwrite else resume_point(out, header, prompts)
     result: dict[str, Any] = {"output": str(out), "rows": len(prompts), "resumed_at": kept, "written": 0,
                               "mean_score": None}
     if kept == len(prompts):
@@ -461,11 +463,9 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
 
     meta = meta_path(out)
     try:
-        if overwrite or not meta.exists() or json.loads(meta.read_text(encoding="utf-8")) != header:
-            _write_meta(meta, header)
         handle = out.open("w" if overwrite else "a", encoding="utf-8")
-    except (OSError, ValueError) as e:
-        raise UserError(f"{out}: cannot write: {getattr(e, 'strerror', None) or e}") from None
+    except OSError as e:
+        raise UserError(f"{out}: cannot write: {e.strerror or e}") from None
     total, count = 0.0, 0
     bar = tqdm(total=len(prompts), initial=kept, unit="prompt", desc=f"sampling {job.n} per prompt",
                dynamic_ncols=True, disable=not progress)
@@ -485,11 +485,18 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
                                 allow_nan=False) + "\n"
                      for i, p in enumerate(chunk) if start + i >= kept]
             try:
+                if not result["written"]:  # this run's first rows: its record, and
+                    # an extended run's rows to sample again cut off (only now: a run that fails
+                    # before it writes leaves the file and its record as they were)
+                    if overwrite or not meta.exists() or json.loads(meta.read_text(encoding="utf-8")) != header:
+                        _write_meta(meta, header)
+                    if cut:
+                        keep_lines(out, kept)
                 handle.write("".join(lines))
                 handle.flush()
                 os.fsync(handle.fileno())
-            except OSError as e:
-                raise UserError(f"{out}: cannot write: {e.strerror or e}") from None
+            except (OSError, ValueError) as e:
+                raise UserError(f"{out}: cannot write: {getattr(e, 'strerror', None) or e}") from None
             result["written"] += len(lines)
             bar.update(len(lines))
     result["mean_score"] = total / count if count else None

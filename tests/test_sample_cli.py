@@ -582,3 +582,26 @@ def test_a_larger_limit_that_draws_other_first_prompts_is_refused(tmp_path, tiny
     err = refused(capsys, *common, "--limit", "5")
     assert (f"{out} was started with --limit 3; with --limit 5 its first 3 prompts are not those it answered, so it "
             "cannot be extended") in err
+
+
+def test_an_extension_that_fails_leaves_the_file_and_its_record_as_they_were(tmp_path, tiny_model_dir, capsys):
+    """--limit 3 in chunks of 2, then --limit 5 where prompt 5 does not fit the context: refused
+    before anything is written, the three rows and the record of --limit 3 untouched (the short
+    chunk is cut off only when the extension writes)."""
+    src = jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in PROMPTS[:4]] + [{"prompt": "1+" * 5000}])
+    out = tmp_path / "o.jsonl"
+    common = ["--model", str(tiny_model_dir), "--prompts", str(src), "--output", str(out), *RESUMED_ARGS]
+    assert run(capsys, *common, "--limit", "3")[0] == 0
+    before = {p: p.read_bytes() for p in (out, tmp_path / "o.jsonl.meta.json")}
+    err = refused(capsys, *common, "--limit", "5")
+    assert f"{src}, row 5" in err
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_larger_limit_with_another_change_names_the_change(tmp_path, tiny_model_dir, uninterrupted, capsys):
+    src, whole, meta = uninterrupted
+    out = tmp_path / "o.jsonl"
+    common = ["--model", str(tiny_model_dir), "--prompts", str(src), "--output", str(out), *RESUMED_ARGS]
+    assert run(capsys, *common, "--limit", "3")[0] == 0
+    err = refused(capsys, *common, "--limit", "4", "--seed", "1")
+    assert "was started with --seed 0, this run has --seed 1" in err
