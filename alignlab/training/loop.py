@@ -175,8 +175,8 @@ def _resume(inp: LoopInputs, unwrapped, optimizer, scheduler) -> tuple[int, int]
         if key == "data_digest":
             raise ConfigError(
                 f"resume: checkpoint {found.name} was written from other data: as many examples, but what they "
-                f"hold differs (the data file, the tokenizer or the chat template changed since); resume with "
-                f"the data it was written with, or start afresh with {afresh()}"
+                f"hold differs (the data changed since, or for fixed data the tokenizer or chat template); resume "
+                f"with the data it was written with, or start afresh with {afresh()}"
             )
         raise ConfigError(
             f"resume: checkpoint {found.name} was written with {key}={then} and this run has {now}; "

@@ -558,9 +558,11 @@ class OnlineSource:
         dynamic sampling's batches included) where given, else over the round's completions.
 
         ``kl/sampled`` is the k1 estimate: the mean over the round's completions of
-        Σ_t ℓold − ℓref. It is unbiased, but a completion's term is below 0 wherever the reference
-        gave that completion more probability than the policy did, so for a policy still close to
-        its reference the mean over few completions can come out slightly below 0."""
+        Σ_t ℓold − ℓref. For completions drawn from the policy itself (temperature 1, no top-p or
+        top-k) it is unbiased, but a completion's term is below 0 wherever the reference gave that
+        completion more probability than the policy did, so for a policy still close to its
+        reference the mean over few completions can come out slightly below 0. Under other
+        sampling settings it is the mean log-ratio over what was drawn, not the KL of the policy."""
         lengths = torch.tensor([float(len(s.token_ids)) for s in flat], dtype=torch.float64)
         truncated = torch.tensor([0.0 if s.finished else 1.0 for s in flat], dtype=torch.float64)
         adv = torch.tensor([a for e in self._examples for a in e.advantages], dtype=torch.float64)

@@ -100,7 +100,8 @@ def data_digest(items: Iterable) -> str:
     """A short digest of what ``items`` (examples, or an online run's prompts) hold: their token
     ids, labels, scores and rows, in order; dataclasses without the fields of ``_NOT_DATA``. A
     checkpoint keeps it, and a resumed run whose data file, tokenizer or chat template changed what
-    it trains on is refused: the same count of examples is not the same data."""
+    it trains on is refused: the same count of examples is not the same data. An online run's
+    prompts are digested as their rows and texts, before any template."""
     h = hashlib.sha256()
     for item in items:
         _feed(h, item)

@@ -71,3 +71,28 @@ def test_a_source_of_its_own_feeds_the_loop_and_resumes_from_its_state(tmp_path,
     a, b, c = weights(plain.model_dir), weights(full.model_dir), weights(resumed.model_dir)
     assert all(torch.equal(a[k], b[k]) and torch.equal(b[k], c[k]) for k in a)
     assert any(not torch.equal(a[k], weights(tiny_model_dir)[k]) for k in a)  # it trained
+
+
+def test_the_data_digest_reads_the_data_and_nothing_computed_from_models():
+    """What a resume may compute again to other values (reference log-probs with other threads or
+    without the cache, reference samples, KTO's mismatched completion, BCO's UDM weights) or what
+    names a file's place (its path) leaves the digest as it is; a token, a label, a score or a
+    row changes it. Token tuples are framed by their length: (1, 2) + (3,) is not (1,) + (2, 3)."""
+    import dataclasses
+
+    from alignlab.data.render import Response, TokenizedPair, TokenizedUnpaired
+    from alignlab.training.source import data_digest
+
+    r = Response((5, 6), (1, 1))
+    pair = TokenizedPair((1, 2), r, Response((7,), (1,)), row=3, source="a.jsonl")
+    kto = TokenizedUnpaired((1, 2), r, True, row=4, source="a.jsonl")
+    base = data_digest([pair, kto])
+    same = [dataclasses.replace(pair, ref=(0.5, 0.25), ref_tokens=((0.1,), (0.2,)), source="/moved/a.jsonl"),
+            dataclasses.replace(kto, kl_completion=Response((9,), (1,)), udm_weight=2.5, ref=(1.0,))]
+    assert data_digest(same) == base
+    for changed in ([dataclasses.replace(pair, chosen=Response((5, 8), (1, 1))), kto],
+                    [dataclasses.replace(pair, score_gap=1.0), kto], [pair, dataclasses.replace(kto, label=False)],
+                    [dataclasses.replace(pair, row=9), kto], [kto, pair],
+                    [dataclasses.replace(pair, prompt_ids=(1,), chosen=Response((2, 5, 6), (1, 1, 1))), kto]):
+        assert data_digest(changed) != base
+    assert data_digest([(1, "2+2=")]) != data_digest([(1, "2+3=")])
