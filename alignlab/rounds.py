@@ -482,14 +482,16 @@ def _strengths(pairs: list, terms) -> list:
     if not pairs:
         return pairs
     if len(terms) == 1 and terms[0].weight == 1.0 and not terms[0].scorer.compares_by_score:
+        from alignlab.rewards.guard import guard
+
         prompts = [reward_prompt(p.prompt) for p in pairs]
-        try:
-            probs = terms[0].scorer.compare(prompts, [_text(p.chosen) for p in pairs], [_text(p.rejected) for p in pairs])
-        except UserError:
-            raise
-        except Exception as e:  # a judge that failed: one line naming it
-            raise UserError(f"reward '{terms[0].name}': comparing the round's pairs raised {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        # a judge that fails, or answers other than a number per pair, is one line naming the pair
+        judge = guard(terms[0].scorer, f"reward '{terms[0].name}' (comparing the round's pairs)")
+        probs = judge.compare(prompts, [_text(p.chosen) for p in pairs], [_text(p.rejected) for p in pairs])
+        outside = next((i for i, x in enumerate(probs) if not 0.0 <= x <= 1.0), None)
+        if outside is not None:
+            raise UserError(f"reward '{terms[0].name}': its comparison of the round's pair {outside + 1} is "
+                            f"{probs[outside]}, not a probability in [0, 1]")
     else:  # σ of the (weighted) reward difference the pair was made from
         probs = [1.0 / (1.0 + math.exp(-(p.score_chosen - p.score_rejected))) for p in pairs]
     out = []

@@ -537,3 +537,36 @@ def test_round_options_that_apply_or_are_left_at_their_defaults_pass(tmp_path, o
     from alignlab.config import make_config
 
     make_config(rounds_config("m", "p.jsonl", tmp_path, **overrides))
+
+
+@pytest.mark.parametrize(("verdict", "message"), [
+    ("0.7", "reward 'j' (comparing the round's pairs) failed on the answer 'b2' to prompt 'p2': returned '0.7', "
+            "not a number"),
+    (float("nan"), "failed on the answer 'b2' to prompt 'p2': returned nan, not a finite number"),
+    (1.5, "reward 'j': its comparison of the round's pair 2 is 1.5, not a probability in [0, 1]"),
+])
+def test_a_judges_verdict_on_a_rounds_pair_is_read_by_the_score_rule(verdict, message):
+    """A pairwise judge's strength for each pair of a round: text, NaN or a number outside [0, 1]
+    for the second pair is one line naming it, not a traceback or a strength of nan."""
+    from alignlab.data.records import PairRecord
+    from alignlab.errors import UserError
+    from alignlab.rewards.base import Scorer
+    from alignlab.rounds import _strengths
+    from alignlab.training.rollout import RewardTerm
+
+    class Judge(Scorer):
+        name = "j"
+        compares_by_score = False
+
+        def score(self, prompts, responses):
+            return [0.0] * len(responses)
+
+        def compare(self, prompts, first, second):
+            return [verdict if a == "b2" else 0.75 for a in first]
+
+    pairs = [PairRecord(f"p{i}", f"b{i}", f"w{i}", score_chosen=1.0, score_rejected=0.0) for i in (1, 2)]
+    with pytest.raises(UserError) as e:
+        _strengths(pairs, [RewardTerm("j", Judge())])
+    assert message in str(e.value) and "\n" not in str(e.value)
+    good = _strengths(pairs[:1], [RewardTerm("j", Judge())])
+    assert good[0].strength == 0.75
