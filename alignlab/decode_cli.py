@@ -282,7 +282,7 @@ def _start(out: Path, job, args, prompts) -> tuple[int, list[dict[str, Any]]]:
     meta = meta_path(out)
     kept, chunks = 0, []
     try:
-        if args.overwrite or not out.is_file():
+        if args.overwrite or not out.is_file() or not out.stat().st_size:  # no rows of an earlier run
             for stale in (out, summary_path(out), meta, chunks_path(out)):  # of the run this one replaces
                 if stale.is_file():
                     stale.unlink()

@@ -460,3 +460,12 @@ def test_an_output_of_alignlab_decode_is_not_continued_by_sample(tmp_path, sft_m
     err = capsys.readouterr().err
     assert code == 2 and f"{out} was written by alignlab decode, not sample; pass --overwrite" in err, err
     assert out.read_bytes() == before
+
+
+def test_an_empty_output_is_written_as_a_new_one(tmp_path, sft_model, capsys):
+    """An empty file at --output (touched, or left by a run that failed before its first chunk) holds
+    no rows of any run: decode writes it, with or without a record beside it."""
+    out = tmp_path / "o.jsonl"
+    out.touch()
+    assert main([*BON, "--model", sft_model, "--output", str(out)]) == 0, capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == 5
