@@ -44,9 +44,12 @@ with state of its own, nondeterministic kernels) resumes with rows that are vali
 the same ones.
 
 A larger ``limit`` (or none) on the same output extends it: the same settings otherwise, and the
-first prompts those it answered (``extended_from``); the earlier run's last chunk, cut short by
-its limit, is cut off and sampled again whole with the prompts after it, so the file equals one
-run of the larger limit. A smaller limit is refused as any other change.
+first prompts those it answered (``extended_from``). The rows written are kept byte for byte and
+the run goes on after them as a resume does (the chunk the earlier limit cut short is sampled whole
+and only its missing rows are written). So the file holds the samples one run of the larger limit
+draws wherever a prompt's draws do not depend on its batch ("native", "vllm"; the log-probs of that
+short chunk may differ in their last bits, batched arithmetic); with "hf" that chunk's rows are the
+earlier run's draws. A smaller limit is refused as any other change: a run never deletes rows.
 """
 
 from __future__ import annotations
@@ -279,15 +282,14 @@ def rows_kept(output: Path, prompts: Sequence[PromptRecord]) -> int:
     return count
 
 
-def resume_point(output: Path, header: dict[str, Any], prompts: Sequence[PromptRecord]) -> tuple[int, bool]:
-    """The rows of ``output`` an earlier run of the same settings wrote that this run keeps (0 for a
-    new file), and whether the file holds more rows that this run samples again (an extended run's
-    short last chunk), to be cut off when it first writes; a ``UserError`` when the file holds rows
-    of other settings or of no recorded run."""
+def resume_point(output: Path, header: dict[str, Any], prompts: Sequence[PromptRecord]) -> int:
+    """The rows of ``output`` an earlier run of the same settings (or of a smaller limit, which this
+    run extends) wrote: all are kept (0 for a new file); a ``UserError`` when the file holds rows of
+    other settings or of no recorded run."""
     meta = meta_path(output)
     has_rows = output.exists() and output.stat().st_size > 0
     if not has_rows:
-        return 0, False
+        return 0
     if not meta.exists():
         raise UserError(f"{output} exists but {meta.name} does not: it was not written by alignlab sample (or its "
                         f"record was removed); pass {option('overwrite')} to replace it, or choose another "
@@ -306,15 +308,10 @@ def resume_point(output: Path, header: dict[str, Any], prompts: Sequence[PromptR
         # another setting than the limit is named first: a larger limit alone would be allowed
         check_same_run(*({k: v for k, v in d.items() if k not in _EXTENDED} for d in (old, header)), output)
         check_same_run(old, header, output)
-        return rows_kept(output, prompts), False
-    kept = rows_kept(output, prompts[:answered])
-    if answered == len(prompts):  # the prompts ran out before either limit: nothing to add
-        return kept, False
-    # the earlier run's last chunk, cut short by its limit, is sampled again whole with the prompts
-    # after it, as a run of the larger limit samples it (samples may depend on their batch)
-    batch = header["batch_size"]
-    whole = min(kept, answered // batch * batch)
-    return whole, whole < kept
+        return rows_kept(output, prompts)
+    # the rows written stay as they are; the chunk the earlier limit cut short is sampled whole
+    # again with the prompts after it, and only its rows after them are written (as any resume does)
+    return rows_kept(output, prompts[:answered])
 
 
 # what a run with a larger --limit may change in the record of the run it extends
@@ -445,7 +442,7 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
     check_not_input(out, ("the prompt file", _flag("prompts"), job.prompts))
     prompts = read_prompts(job)
     header = {"format": FORMAT, **job.record(), "num_prompts": len(prompts), "prompts_sha256": prompts_hash(prompts)}
-    kept, cut = (0, False) if overwrite else resume_point(out, header, prompts)
+    kept = 0 if overwrite else resume_point(out, header, prompts)
     result: dict[str, Any] = {"output": str(out), "rows": len(prompts), "resumed_at": kept, "written": 0,
                               "mean_score": None}
     if kept == len(prompts):
@@ -485,13 +482,10 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
                                 allow_nan=False) + "\n"
                      for i, p in enumerate(chunk) if start + i >= kept]
             try:
-                if not result["written"]:  # this run's first rows: its record, and
-                    # an extended run's rows to sample again cut off (only now: a run that fails
-                    # before it writes leaves the file and its record as they were)
+                if not result["written"]:  # this run's first rows: its record (only now: a run that
+                    # fails before it writes leaves the record of the run it extends as it was)
                     if overwrite or not meta.exists() or json.loads(meta.read_text(encoding="utf-8")) != header:
                         _write_meta(meta, header)
-                    if cut:
-                        keep_lines(out, kept)
                 handle.write("".join(lines))
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -549,18 +549,32 @@ def test_a_scorer_reads_a_conversation_as_its_last_user_message(tmp_path, tiny_m
 def test_a_larger_limit_extends_the_file_to_the_uninterrupted_one(tmp_path, tiny_model_dir, uninterrupted, capsys,
                                                                   first):
     """--limit 3 (its last chunk, of batch 2, cut short by the limit) or 4, then the same command
-    with no --limit: the file of one run over all five prompts, byte for byte (the short chunk is
-    sampled again whole). A smaller limit than the file's is refused, naming --limit."""
+    with no --limit: the rows written are kept byte for byte, and the file is that of one run over
+    all five prompts (the native backend draws a prompt's samples whatever its batch). Only the
+    log-probs of prompt 3 (both kinds), drawn alone by the first run and beside prompt 4 by the
+    whole one, may differ, in their last bits (batched arithmetic). A smaller limit than the
+    file's is refused, naming --limit."""
     src, whole, meta = uninterrupted
     out = tmp_path / "grown.jsonl"
     common = ["--model", str(tiny_model_dir), "--prompts", str(src), "--output", str(out), *RESUMED_ARGS]
     assert run(capsys, *common, "--limit", first)[0] == 0
     assert len(rows(out)) == int(first)
+    before = out.read_bytes()
     code, printed, err = run(capsys, *common)
     assert code == 0, err
-    assert printed.startswith(f"wrote {5 - int(first) + (first == '3')} rows to {out} (5 in all, resumed after row "
-                              f"{int(first) - (first == '3')})")
-    assert out.read_bytes() == whole
+    assert printed.startswith(f"wrote {5 - int(first)} rows to {out} (5 in all, resumed after row {first})")
+    assert out.read_bytes().startswith(before)
+    grown, single = out.read_bytes().splitlines(), whole.splitlines()
+    short = {2} if first == "3" else set()  # the rows of the chunk the first run's limit cut short
+    assert [line for i, line in enumerate(grown) if i not in short] == [
+        line for i, line in enumerate(single) if i not in short]
+    for i in short:
+        a, b = json.loads(grown[i]), json.loads(single[i])
+        for x, y in zip(a["samples"], b["samples"], strict=True):
+            for key in ("logprobs", "sampling_logprobs"):
+                assert x[key] == pytest.approx(y[key], rel=0, abs=1e-5)
+                x[key] = y[key]
+        assert a == b
     assert json.loads((tmp_path / "grown.jsonl.meta.json").read_text()) == json.loads(meta)  # the record too
     smaller = tmp_path / "smaller.jsonl"
     assert run(capsys, *common[:5], str(smaller), *RESUMED_ARGS, "--limit", "4")[0] == 0
@@ -605,3 +619,24 @@ def test_a_larger_limit_with_another_change_names_the_change(tmp_path, tiny_mode
     assert run(capsys, *common, "--limit", "3")[0] == 0
     err = refused(capsys, *common, "--limit", "4", "--seed", "1")
     assert "was started with --seed 0, this run has --seed 1" in err
+
+
+def test_a_larger_limit_keeps_the_rows_written_when_samples_depend_on_their_batch(tmp_path, tiny_model_dir,
+                                                                                 prompt_file, scripted, capsys):
+    """A backend whose samples depend on their batch (each text names the size of the call that
+    drew it): --limit 3 with batch 2 draws prompt 3 alone; the same command with no --limit keeps
+    the three rows written, byte for byte, and adds prompts 4 and 5 (prompt 4 from the chunk of
+    prompts 3 and 4, sampled whole as a resume samples a chunk cut short)."""
+    gen, _ = scripted(lambda p, j: f"{p}|{j}|batch of {len(gen.calls[-1][0])}")
+    out = tmp_path / "s.jsonl"
+    common = ["--model", str(tiny_model_dir), "--prompts", str(prompt_file), "--output", str(out), "-n", "1",
+              "--batch-size", "2", "--max-new-tokens", "4"]
+    assert run(capsys, *common, "--limit", "3")[0] == 0
+    before = out.read_bytes()
+    assert [r["completions"] for r in rows(out)][2] == ["1+1=|0|batch of 1"]
+    code, printed, err = run(capsys, *common)
+    assert code == 0, err
+    assert printed.startswith(f"wrote 2 rows to {out} (5 in all, resumed after row 3)")
+    assert out.read_bytes().startswith(before)
+    assert [r["completions"] for r in rows(out)][3:] == [["the sky is|0|batch of 2"], ["count: one, two,|0|batch of 1"]]
+    assert [prompts for prompts, _, _ in gen.calls[-2:]] == [PROMPTS[2:4], PROMPTS[4:5]]
