@@ -90,6 +90,7 @@ def sample(text):
 @pytest.mark.parametrize("command", [
     ["eval", "length", "--answers", "{a}", "--against", "{b}", "--scorer", "fn:myr:boom"],
     ["eval", "judge-bias", "--judge", "fn:myr:boom", "--answers", "{a}"],
+    ["eval", "judge-bias", "--judge", "fn:myr:boom", "--pairs", "{pairs}"],
     ["eval", "rm", "--data", "{pairs}", "--scorer", "fn:myr:boom"],
 ])
 def test_a_failing_scorer_is_one_line_in_eval(tmp_path, myr, capsys, command):
@@ -97,15 +98,34 @@ def test_a_failing_scorer_is_one_line_in_eval(tmp_path, myr, capsys, command):
                                           {"prompt": "p2", "samples": [sample("bad"), sample("ok")]}])
     b = write_rows(tmp_path / "b.jsonl", [{"prompt": "p1", "samples": [sample("ok"), sample("ok")]},
                                           {"prompt": "p2", "samples": [sample("ok"), sample("ok")]}])
+    # judge-bias shows the pair of an even row rejected first: 'bad' is the first answer either way
     pairs = write_rows(tmp_path / "pairs.jsonl", [{"prompt": "p1", "chosen": "ok", "rejected": "no"},
-                                                  {"prompt": "p2", "chosen": "bad", "rejected": "ok"}])
+                                                  {"prompt": "p2", "chosen": "ok", "rejected": "bad"}])
     tokens = [t.format(a=a, b=b, pairs=pairs) for t in command]
     code = main(tokens)
     err = capsys.readouterr().err.strip()
     assert code != 0 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "fn:myr:boom failed on the answer 'bad' to prompt" in err and "RuntimeError: kaboom" in err
     # the prompt named by its file and row, not its text
-    assert f"to prompt ({pairs if 'rm' in tokens else a}, row 2)" in err
+    assert f"to prompt ({pairs if {'rm', '--pairs'} & set(tokens) else a}, row 2)" in err
+
+
+def test_a_failing_judge_names_the_file_and_row_of_a_drawn_answers_prompt(tmp_path, tiny_model_dir, monkeypatch,
+                                                                           capsys):
+    """judge-bias on answers drawn now (--model) to the prompts of a file: a judge that fails on
+    every answer to the second prompt names that file and row, not the prompt's text."""
+    (tmp_path / "picky_judge.py").write_text("def f(prompt, response):\n"
+                                             "    if prompt == 'second':\n"
+                                             "        raise RuntimeError('no')\n"
+                                             "    return float(len(response))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prompts = write_rows(tmp_path / "q.jsonl", [{"prompt": p} for p in ("first", "second", "third")])
+    code = main(["eval", "judge-bias", "--judge", "fn:picky_judge:f", "--model", str(tiny_model_dir), "--prompts",
+                 prompts, "--max-new-tokens", "3", "--device", "cpu", "--no-perturbations"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1, err
+    assert "--judge fn:picky_judge:f failed on the answer" in err, err
+    assert f"to prompt ({prompts}, row 2): raised RuntimeError: no" in err, err
 
 
 def test_a_failing_scorer_is_one_line_in_decode(tmp_path, monkeypatch, capsys):
