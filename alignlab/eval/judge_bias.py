@@ -41,6 +41,7 @@ All the judge's queries go in one ``compare`` call (the original pairs and every
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from pathlib import Path
 from alignlab.errors import UserError
 from alignlab.eval.perturbations import PERTURBATIONS
 from alignlab.rewards.base import Scorer, check_lengths
+from alignlab.rewards.guard import Guarded
 from alignlab.rewards.judge import JudgeReport, PairVerdict, PairwiseJudge, PointwiseJudge, swap_consistency
 from alignlab.rewards.verdicts import Verdict, flip
 
@@ -128,8 +130,16 @@ def parsed_items(judge: Scorer, count: int) -> list[bool]:
 def position_report(judge: Scorer, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> JudgeReport:
     """The position-bias report of the module docstring for any scorer."""
     n = check_lengths("position bias", prompts, first, second)
-    if isinstance(unwrapped(judge), PairwiseJudge):
-        return swap_consistency(unwrapped(judge), prompts, first, second)
+    inner = unwrapped(judge)
+    if isinstance(inner, PairwiseJudge):
+        if not isinstance(judge, Guarded):
+            return swap_consistency(inner, prompts, first, second)
+        # through the guard (a failure is one line naming the answer and its prompt's row), asking
+        # in both orders as swap_consistency does, whatever the judge's own swap setting
+        asked = copy.copy(inner)
+        asked.swap = True
+        Guarded(asked, judge.label, judge.where).compare(prompts, first, second)
+        return asked.last_report
     both = judge.compare(list(prompts) * 2, list(first) + list(second), list(second) + list(first))
     pairs = [PairVerdict(prompts[i], first[i], second[i], verdict_of(both[i]), flip(verdict_of(both[n + i])),
                          raw=repr(both[i]), raw_swapped=repr(both[n + i]), p_first=(both[i] + 1 - both[n + i]) / 2)

@@ -110,6 +110,35 @@ def test_a_failing_scorer_is_one_line_in_eval(tmp_path, myr, capsys, command):
     assert f"to prompt ({pairs if {'rm', '--pairs'} & set(tokens) else a}, row 2)" in err
 
 
+@pytest.mark.parametrize("swap", [True, False])
+def test_a_failing_pairwise_judge_is_one_line_in_judge_bias(tmp_path, monkeypatch, capsys, swap):
+    """A pairwise judge is asked for the position report in both orders, whatever its swap
+    setting; its backend raising on a query about the answer 'bad' is one line naming that
+    answer and its prompt's file and row, where it was a traceback."""
+    import alignlab.rewards
+    from alignlab.rewards.judge import PairwiseJudge
+
+    class Failing:
+        def complete(self, queries):
+            if any("bad" in q for q in queries):
+                raise RuntimeError("judge fell over")
+            return ["A"] * len(queries)
+
+    real = alignlab.rewards.load_scorer
+
+    def load(spec, **kw):
+        return PairwiseJudge(Failing(), swap=swap) if spec == "pairwise" else real(spec, **kw)
+
+    monkeypatch.setattr(alignlab.rewards, "load_scorer", load)
+    a = write_rows(tmp_path / "a.jsonl", [{"prompt": "p1", "samples": [sample("ok"), sample("fine")]},
+                                          {"prompt": "p2", "samples": [sample("bad"), sample("ok")]}])
+    code = main(["eval", "judge-bias", "--judge", "pairwise", "--answers", a])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.endswith(f"--judge pairwise failed on the answer 'bad' to prompt ({a}, row 2): raised RuntimeError: "
+                        "judge fell over"), err
+
+
 def test_a_failing_judge_names_the_file_and_row_of_a_drawn_answers_prompt(tmp_path, tiny_model_dir, monkeypatch,
                                                                            capsys):
     """judge-bias on answers drawn now (--model) to the prompts of a file: a judge that fails on
