@@ -189,24 +189,30 @@ def run_decode(job, args) -> dict[str, Any]:
     check_context(method, model, tokenizer, prompts, job.params.max_new_tokens, framing)
     for start in range(kept, len(prompts), job.batch_size):
         chunk = prompts[start:start + job.batch_size]
-        got = method.generate([p.prompt for p in chunk], job.n, job.params, start=start)
-        report = method.last_report
-        tally: dict[str, Any] = {"start": start, "rows": len(chunk), "forward": report.forward_tokens,
-                                 "rollout": getattr(report, "rollout_tokens", 0)}
-        if best_of:
-            scores = report.picked_rewards
-            tally["candidate_rewards"] = [[r for per in report.candidate_rewards[i] for r in per]
-                                          for i in range(len(chunk))]
-        else:
-            if args.method == "qalign":
-                tally.update(accepted=report.accepted, proposed=report.proposals)
-            if args.method == "nudging":
-                tally.update(nudged=report.nudged_tokens, answer_tokens=report.answer_tokens)
-            scores = None
-            if scorer is not None:
-                flat = scorer.score([reward_prompt(p.prompt) for p in chunk for _ in range(job.n)],
-                                    [s.text for group in got for s in group])
-                scores = [flat[i * job.n:(i + 1) * job.n] for i in range(len(chunk))]
+        try:  # a failure (the scorer's, mostly) says what is kept of the run
+            got = method.generate([p.prompt for p in chunk], job.n, job.params, start=start)
+            report = method.last_report
+            tally: dict[str, Any] = {"start": start, "rows": len(chunk), "forward": report.forward_tokens,
+                                     "rollout": getattr(report, "rollout_tokens", 0)}
+            if best_of:
+                scores = report.picked_rewards
+                tally["candidate_rewards"] = [[r for per in report.candidate_rewards[i] for r in per]
+                                              for i in range(len(chunk))]
+            else:
+                if args.method == "qalign":
+                    tally.update(accepted=report.accepted, proposed=report.proposals)
+                if args.method == "nudging":
+                    tally.update(nudged=report.nudged_tokens, answer_tokens=report.answer_tokens)
+                scores = None
+                if scorer is not None:
+                    flat = scorer.score([reward_prompt(p.prompt) for p in chunk for _ in range(job.n)],
+                                        [s.text for group in got for s in group])
+                    scores = [flat[i * job.n:(i + 1) * job.n] for i in range(len(chunk))]
+        except UserError as e:
+            kept_now = (f"no row was written to {out}" if not start else
+                        f"1 row is in {out}, and the same command resumes after it" if start == 1 else
+                        f"{start} rows are in {out}, and the same command resumes after them")  # as sample says
+            raise UserError(f"{e}; {kept_now}") from None
         lines = [json.dumps(output_row(p, got[i], None if scores is None else scores[i]), ensure_ascii=False,
                             allow_nan=False) + "\n" for i, p in enumerate(chunk)]
         try:

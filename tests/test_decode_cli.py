@@ -469,3 +469,40 @@ def test_an_empty_output_is_written_as_a_new_one(tmp_path, sft_model, capsys):
     out.touch()
     assert main([*BON, "--model", sft_model, "--output", str(out)]) == 0, capsys.readouterr().err
     assert len(out.read_text().splitlines()) == 5
+
+
+FLAKY = '''import os
+
+
+def score(prompt, response):
+    if prompt == "3+4=" and os.environ.get("DECODE_TEST_SCORER_DOWN"):
+        raise RuntimeError("scorer down")
+    return float(len(response))
+'''
+
+
+def test_a_scorer_that_fails_on_the_last_chunk_keeps_the_rows_before_and_a_rerun_finishes(tmp_path, sft_model,
+                                                                                           monkeypatch, capsys):
+    """best-of-2 over three prompts in chunks of two; the scorer fails on the third prompt's
+    candidates: one line naming its file and row and saying the first chunk's two rows are kept.
+    Once the scorer works, the same command decodes the third prompt only, and the answers equal
+    those of a run that never failed."""
+    (tmp_path / "flaky_decode_scorer.py").write_text(FLAKY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("1+2=", "2+3=", "3+4=")))
+    args = ["decode", "--method", "best-of-n", "--scorer", "fn:flaky_decode_scorer:score", "--n", "2", "--model",
+            sft_model, "--prompts", str(prompts), "--max-new-tokens", "4", "--batch-size", "2"]
+    assert main([*args, "--output", str(tmp_path / "whole.jsonl")]) == 0
+    out = tmp_path / "o.jsonl"
+    monkeypatch.setenv("DECODE_TEST_SCORER_DOWN", "1")
+    capsys.readouterr()
+    assert main([*args, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"to prompt ({prompts}, row 3): raised RuntimeError: scorer down" in err, err
+    assert err.endswith(f"; 2 rows are in {out}, and the same command resumes after them"), err
+    assert len(out.read_text().splitlines()) == 2
+    monkeypatch.delenv("DECODE_TEST_SCORER_DOWN")
+    assert main([*args, "--output", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote 1 rows to {out} (3 in all, resumed after row 2)")
+    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
