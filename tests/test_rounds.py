@@ -540,9 +540,10 @@ def test_round_options_that_apply_or_are_left_at_their_defaults_pass(tmp_path, o
 
 
 @pytest.mark.parametrize(("verdict", "message"), [
-    ("0.7", "reward 'j' (comparing the round's pairs) failed on the answer 'b2' to prompt 'p2': returned '0.7', "
+    ("0.7", "reward 'j' (comparing the round's pairs) failed on the pair of answers 'b2' and 'w2' to prompt 'p2': "
+            "returned '0.7', "
             "not a number"),
-    (float("nan"), "failed on the answer 'b2' to prompt 'p2': returned nan, not a finite number"),
+    (float("nan"), "failed on the pair of answers 'b2' and 'w2' to prompt 'p2': returned nan, not a finite number"),
     (1.5, "reward 'j': its comparison of the round's pair 2 is 1.5, not a probability in [0, 1]"),
 ])
 def test_a_judges_verdict_on_a_rounds_pair_is_read_by_the_score_rule(verdict, message):

@@ -90,7 +90,7 @@ class Guarded(Scorer):
         return f"prompt ({found})" if found else f"prompt {_short(prompt)}"
 
     def _run(self, call: Callable[[Sequence[int]], Sequence], prompts: Sequence[str], answers: Sequence[str],
-             count: int | None = None) -> list[float]:
+             count: int | None = None, second: Sequence[str] | None = None) -> list[float]:
         count = len(prompts) if count is None else count
         values, error = whole_call(lambda: call(range(count)), count)
         if values is not None:
@@ -99,7 +99,9 @@ class Guarded(Scorer):
         if fault is None:
             raise UserError(f"{self.label} failed on {count} items together, though on none alone: {error}")
         i, problem = fault
-        raise UserError(f"{self.label} failed on the answer {_short(answers[i])} to {self._place(prompts[i])}: "
+        answer = f"the answer {_short(answers[i])}" if second is None else \
+            f"the pair of answers {_short(answers[i])} and {_short(second[i])}"
+        raise UserError(f"{self.label} failed on {answer} to {self._place(prompts[i])}: "
                         f"{problem}")
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
@@ -113,7 +115,8 @@ class Guarded(Scorer):
 
     def compare(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[float]:
         return self._run(lambda ix: self.inner.compare([prompts[i] for i in ix], [first[i] for i in ix],
-                                                       [second[i] for i in ix]), prompts, first)
+                                                       [second[i] for i in ix]), prompts, first,
+                         second=second)
 
 
 def guard(scorer: Scorer, label: str, where: Callable[[str], str | None] | None = None) -> Scorer:

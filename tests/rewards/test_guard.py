@@ -38,8 +38,10 @@ def test_guard_names_the_answer_and_its_row(myr):
     with pytest.raises(UserError) as e:
         scorer.score(["p1", "p2", "p3"], ["ok", "bad", "ok"])
     assert str(e.value) == "--scorer fn:myr:boom failed on the answer 'bad' to prompt (a.jsonl, row 2): raised RuntimeError: kaboom"
-    with pytest.raises(UserError, match="the answer 'bad' to prompt 'p3': raised RuntimeError: kaboom"):
+    with pytest.raises(UserError, match="the pair of answers 'bad' and 'ok' to prompt 'p3': raised RuntimeError: kaboom"):
         scorer.compare(["p1", "p3"], ["ok", "bad"], ["ok", "ok"])
+    with pytest.raises(UserError, match="the pair of answers 'ok' and 'bad' to prompt 'p3': raised RuntimeError: kaboom"):
+        scorer.compare(["p1", "p3"], ["ok", "ok"], ["ok", "bad"])  # the second answer at fault is named too
 
 
 class _Gives(Scorer):
@@ -105,7 +107,8 @@ def test_a_failing_scorer_is_one_line_in_eval(tmp_path, myr, capsys, command):
     code = main(tokens)
     err = capsys.readouterr().err.strip()
     assert code != 0 and "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert "fn:myr:boom failed on the answer 'bad' to prompt" in err and "RuntimeError: kaboom" in err
+    answer = "the pair of answers 'bad' and 'ok'" if "judge-bias" in tokens else "the answer 'bad'"
+    assert f"fn:myr:boom failed on {answer} to prompt" in err and "RuntimeError: kaboom" in err
     # the prompt named by its file and row, not its text
     assert f"to prompt ({pairs if {'rm', '--pairs'} & set(tokens) else a}, row 2)" in err
 
@@ -135,7 +138,7 @@ def test_a_failing_pairwise_judge_is_one_line_in_judge_bias(tmp_path, monkeypatc
     code = main(["eval", "judge-bias", "--judge", "pairwise", "--answers", a])
     err = capsys.readouterr().err.strip()
     assert code != 0 and "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.endswith(f"--judge pairwise failed on the answer 'bad' to prompt ({a}, row 2): raised RuntimeError: "
+    assert err.endswith(f"--judge pairwise failed on the pair of answers 'bad' and 'ok' to prompt ({a}, row 2): raised RuntimeError: "
                         "judge fell over"), err
 
 
@@ -153,7 +156,7 @@ def test_a_failing_judge_names_the_file_and_row_of_a_drawn_answers_prompt(tmp_pa
                  prompts, "--max-new-tokens", "3", "--device", "cpu", "--no-perturbations"])
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1, err
-    assert "--judge fn:picky_judge:f failed on the answer" in err, err
+    assert "--judge fn:picky_judge:f failed on the pair of answers" in err, err
     assert f"to prompt ({prompts}, row 2): raised RuntimeError: no" in err, err
 
 
