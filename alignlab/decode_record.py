@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.errors import UserError, option
-from alignlab.sample_cli import keep_lines
 
 CHUNKS_SUFFIX = ".chunks"
 # flags that name a file or model: kept as absolute paths where they are local, as the model is
@@ -120,3 +119,16 @@ def append_chunk(output: Path, chunk: dict[str, Any]) -> None:
         f.write(json.dumps(chunk, allow_nan=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def keep_lines(path: Path, count: int) -> None:
+    """Cut ``path`` after its first ``count`` lines (a missing file stays missing)."""
+    if not path.is_file():
+        return
+    end = 0
+    with path.open("rb") as f:
+        for _ in range(count):
+            end += len(f.readline())
+    if end < path.stat().st_size:
+        with path.open("r+b") as f:
+            f.truncate(end)

@@ -338,19 +338,6 @@ def extended_from(old: dict[str, Any], new: dict[str, Any], prompts: Sequence[Pr
     return answered
 
 
-def keep_lines(path: Path, count: int) -> None:
-    """Cut ``path`` after its first ``count`` lines (a missing file stays missing)."""
-    if not path.is_file():
-        return
-    end = 0
-    with path.open("rb") as f:
-        for _ in range(count):
-            end += len(f.readline())
-    if end < path.stat().st_size:
-        with path.open("r+b") as f:
-            f.truncate(end)
-
-
 def _write_meta(path: Path, header: dict[str, Any]) -> None:
     """Write the record atomically: a temporary file renamed into place."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
