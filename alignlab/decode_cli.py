@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -154,13 +153,13 @@ def cmd_decode(tokens: list[str]) -> int:
 def run_decode(job, args) -> dict[str, Any]:
     """Answer ``job``'s prompts through ``args.method``; write the rows, and with a task measure them."""
     from alignlab import generation
-    from alignlab.decode_record import append_chunk
+    from alignlab.decode_record import append_lines, chunks_path
     from alignlab.decoding import estimate
     from alignlab.models import load_model, load_tokenizer
     from alignlab.rewards import load_scorer
     from alignlab.rewards.base import reward_prompt, win_points
     from alignlab.rewards.guard import guard, rows_of
-    from alignlab.sample_cli import _default_device, check_context, output_row, read_prompts
+    from alignlab.sample_cli import _default_device, check_context, output_row, read_prompts, rows_kept_text
 
     prompts = read_prompts(job)
     out = Path(args.output).expanduser()
@@ -209,18 +208,12 @@ def run_decode(job, args) -> dict[str, Any]:
                                         [s.text for group in got for s in group])
                     scores = [flat[i * job.n:(i + 1) * job.n] for i in range(len(chunk))]
         except UserError as e:
-            kept_now = (f"no row was written to {out}" if not start else
-                        f"1 row is in {out}, and the same command resumes after it" if start == 1 else
-                        f"{start} rows are in {out}, and the same command resumes after them")  # as sample says
-            raise UserError(f"{e}; {kept_now}") from None
+            raise UserError(f"{e}; {rows_kept_text(out, start)}") from None
         lines = [json.dumps(output_row(p, got[i], None if scores is None else scores[i]), ensure_ascii=False,
                             allow_nan=False) + "\n" for i, p in enumerate(chunk)]
         try:
-            with out.open("a", encoding="utf-8") as handle:
-                handle.write("".join(lines))
-                handle.flush()
-                os.fsync(handle.fileno())
-            append_chunk(out, tally)
+            append_lines(out, "".join(lines))
+            append_lines(chunks_path(out), json.dumps(tally, allow_nan=False) + "\n")  # after its rows
         except OSError as e:
             raise UserError(f"{out}: cannot write: {e.strerror or e}") from None
         chunks.append(tally)

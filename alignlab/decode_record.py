@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.errors import UserError, option
+from alignlab.sample_cli import _setting
 
 CHUNKS_SUFFIX = ".chunks"
 # flags that name a file or model: kept as absolute paths where they are local, as the model is
@@ -69,14 +70,8 @@ def check_same_decode(old: dict[str, Any], new: dict[str, Any], output: Path) ->
     for key, value in new["decode"].items():
         before = old["decode"].get(key)
         if before != value:
-            raise UserError(f"{output} was started with {_shown(key, before)}, this run has {_shown(key, value)}; "
+            raise UserError(f"{output} was started with {_setting(key, before)}, this run has {_setting(key, value)}; "
                             f"rerun with the earlier options to resume it, or {restart}")
-
-
-def _shown(key: str, value: object) -> str:
-    if value is None or value is False:
-        return f"no {option(key)}"
-    return option(key, value)
 
 
 def read_chunks(path: Path) -> list[dict[str, Any]]:
@@ -113,10 +108,10 @@ def resumable_rows(output: Path, rows: int, batch_size: int, prompts: int) -> tu
     return kept, chunks
 
 
-def append_chunk(output: Path, chunk: dict[str, Any]) -> None:
-    """Add a chunk's line to the tally, after its rows were written."""
-    with chunks_path(output).open("a", encoding="utf-8") as f:
-        f.write(json.dumps(chunk, allow_nan=False) + "\n")
+def append_lines(path: Path, text: str) -> None:
+    """Append ``text`` (whole lines) to ``path`` and make it durable before going on."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
 

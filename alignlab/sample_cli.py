@@ -232,9 +232,18 @@ def meta_path(output: Path) -> Path:
 
 
 def _setting(key: str, value: object) -> str:
-    if value is None:
+    """An option as a run had it, for a message: ``--key value``, or ``no --key`` (unset, or a flag off)."""
+    if value is None or value is False:
         return f"no {_flag(key)}"
     return option(key, value)
+
+
+def rows_kept_text(out: Path, rows: int) -> str:
+    """What a run that stops after writing ``rows`` rows to ``out`` leaves, for its error message."""
+    if not rows:
+        return f"no row was written to {out}"
+    return (f"1 row is in {out}, and the same command resumes after it" if rows == 1 else
+            f"{rows} rows are in {out}, and the same command resumes after them")
 
 
 def check_same_run(old: dict[str, Any], new: dict[str, Any], output: Path) -> None:
@@ -460,8 +469,7 @@ def run_sample(job: SampleJob, output: str | os.PathLike[str], *, trust_remote_c
             scores = None
             if scorer is not None:
                 done = kept + result["written"]
-                written = (f"{done} rows are in {out}, and the same command resumes after them" if done
-                           else f"no row was written to {out}")
+                written = rows_kept_text(out, done)
                 scores = score_chunk(scorer, job.scorer, chunk, samples, start, job.n, written)
                 found = [s for i, row in enumerate(scores) if start + i >= kept for s in row if s is not None]
                 total, count = total + sum(found), count + len(found)
