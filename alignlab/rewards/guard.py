@@ -31,8 +31,9 @@ def values_problem(values: Sequence, count: int) -> str | None:
     if len(values) != count:
         return f"returned {len(values)} values for {count} item{'s' if count != 1 else ''}"
     for v in values:
-        if finite_number(v)[0] is None:
-            return f"returned {finite_number(v)[1]}"
+        x, problem = finite_number(v)
+        if x is None:
+            return f"returned {problem}"
     return None
 
 

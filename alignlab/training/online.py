@@ -58,7 +58,7 @@ from alignlab.training.rollout import (
     score_samples,
     token_tensor,
 )
-from alignlab.training.source import Step, data_digest
+from alignlab.training.source import Step, data_digest, mismatched
 
 
 @dataclass(frozen=True)
@@ -316,12 +316,8 @@ class OnlineSource:
         return state
 
     def mismatches(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-        now = {"prompts": len(self.prompts), "per_round": self.per_round, "num_generations": self.G,
-               "updates_per_rollout": self.updates}
-        found = [(k, saved[k], v) for k, v in now.items() if k in saved and saved[k] != v]
-        if not found and "data_digest" in saved and saved["data_digest"] != self._data_digest():
-            found.append(("data_digest", saved["data_digest"], self._data_digest()))
-        return found
+        return mismatched(saved, {"prompts": len(self.prompts), "per_round": self.per_round, "num_generations": self.G,
+                                  "updates_per_rollout": self.updates}, self._data_digest)
 
     def _data_digest(self) -> str:
         """The prompts' digest (their rows and texts, as the round reads them; see ``data_digest``)."""

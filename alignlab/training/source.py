@@ -132,6 +132,16 @@ def _feed(h, value) -> None:
     h.update(repr(value).encode())
 
 
+def mismatched(saved: dict[str, Any], now: dict[str, Any], digest: Callable[[], str]) -> list[tuple[str, Any, Any]]:
+    """(key, saved, now) for each of ``now``'s values a checkpoint's source state ``saved`` holds
+    otherwise; where they all agree, the data digest (``digest()``, computed only then) against the
+    saved one, when the checkpoint has one (one written before the digest existed has none)."""
+    found = [(k, saved[k], v) for k, v in now.items() if k in saved and saved[k] != v]
+    if not found and "data_digest" in saved and saved["data_digest"] != digest():
+        found.append(("data_digest", saved["data_digest"], digest()))
+    return found
+
+
 class OfflineSource:
     """A fixed list of examples, ``batch_size × grad_accum × world_size`` of them per step."""
 
@@ -175,11 +185,8 @@ class OfflineSource:
                 "train_examples": len(self.examples), "data_digest": self.digest()}
 
     def mismatches(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-        now = {"global_batch": self.global_batch, "train_examples": len(self.examples)}
-        found = [(k, saved[k], v) for k, v in now.items() if k in saved and saved[k] != v]
-        if not found and "data_digest" in saved and saved["data_digest"] != self.digest():
-            found.append(("data_digest", saved["data_digest"], self.digest()))
-        return found
+        return mismatched(saved, {"global_batch": self.global_batch, "train_examples": len(self.examples)},
+                          self.digest)
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Nothing to restore: the position in the data is a function of the step."""
