@@ -108,14 +108,12 @@ def contents_digest(path: str, split: str | None = None) -> str | None:
 
 
 def _file_digest(f: Path) -> str:
+    from alignlab.training.checkpoint import sha256_file
+
     stat = f.stat()
     key = (str(f), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(f, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
+        _DIGESTS[key] = sha256_file(f)
     return _DIGESTS[key]
 
 

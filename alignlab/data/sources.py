@@ -413,17 +413,27 @@ def source_files(source: str | os.PathLike[str], split: str | None = None) -> li
         return [path]
     if not path.is_dir():
         return None
-    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        return sorted(f for f in path.rglob("*")
-                      if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    if _saved_dataset(path):
+        return _visible_files(path)
     try:
         return _pick_split_files(path, os.fspath(source), split)
     except UserError:  # no data files: the run's own loading says so
         return None
 
 
+def _saved_dataset(path: Path) -> bool:
+    """Whether the directory ``path`` was saved by ``datasets`` (``save_to_disk``)."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _visible_files(path: Path) -> list[Path]:
+    """The files under ``path``, in path order, but those in or under a hidden (dot) name."""
+    return sorted(f for f in path.rglob("*")
+                  if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts))
+
+
 def _iter_directory(path: Path, name: str, split: str | None) -> Iterator[RawRow]:
-    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+    if _saved_dataset(path):
         yield from _iter_saved_dataset(path, name, split)
         return
     for file in _pick_split_files(path, name, split):
@@ -473,13 +483,7 @@ def _pick_split_files(path: Path, name: str, split: str | None) -> list[Path]:
     (``data/train/0.parquet``). With no ``split``, the "train" files are used; only if no file is
     tagged with any known split name are all files used.
     """
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in SUPPORTED_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
+    files = [p for p in _visible_files(path) if p.suffix.lower() in SUPPORTED_EXTENSIONS]
     if not files:
         raise UserError(f"{name}: no data files ({', '.join(SUPPORTED_EXTENSIONS)}) in this directory")
     wanted = split or DEFAULT_SPLIT
